@@ -1,0 +1,67 @@
+/*
+ * api: the REST resources of DESIGN.md §2, with no MHD and no SQLite. The
+ * HTTP transport hands over one whole request (method, path, body, and
+ * lookups for headers and query arguments) and gets back one response (status,
+ * content type, body, a few headers). The router table and the handlers live
+ * in api.c; JSON goes through codec, Prometheus text through prom.
+ *
+ * A POST with ?wait=true is answered in two steps: api_handle returns a
+ * response whose wait_seq is set; the transport parks the request until the
+ * engine's durable seq reaches wait_seq or wait_timeout passes, then calls
+ * api_finish_wait to turn it into the final 200 (durable) or 202.
+ */
+#ifndef NODESTATE_API_H
+#define NODESTATE_API_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "../server/engine/engine.h"
+
+typedef struct api api;
+
+typedef struct api_config {
+    size_t max_body_bytes;   /* the transport answers 413 above this */
+    size_t max_error_bytes;  /* longest last_error */
+    double max_wait;         /* cap on ?timeout= seconds */
+    double default_wait;     /* ?wait=true without ?timeout= */
+} api_config;
+
+typedef struct api_request {
+    const char *method;
+    const char *path;        /* decoded path, no query string */
+    const char *body;        /* NULL when there is none */
+    size_t body_len;
+    /* Header value by case-insensitive name, or NULL. */
+    const char *(*header)(void *ctx, const char *name);
+    /* Query argument by name, or NULL (present without value: ""). */
+    const char *(*query)(void *ctx, const char *name);
+    void *ctx;
+} api_request;
+
+typedef struct api_response {
+    int status;
+    const char *content_type;  /* static string; NULL with no body */
+    char *body;                /* malloc'd; api_response_free frees it */
+    size_t body_len;
+    char etag[32];             /* "" for none, else a quoted entity tag */
+    unsigned retry_after;      /* seconds; 0 for no Retry-After */
+    const char *allow;         /* Allow header of a 405, else NULL */
+    int64_t wait_seq;          /* > 0: park until durable (see above) */
+    double wait_timeout;       /* seconds to park at most */
+    ns_row *wait_row;          /* the row to answer with once parked */
+} api_response;
+
+api *api_new(engine *e, const api_config *cfg);
+void api_free(api *a);
+/* Answers one request; never fails (out of memory becomes a 500). */
+void api_handle(api *a, const api_request *req, api_response *resp);
+/* Finishes a parked ?wait=true response: 200 durable or 202 not yet. */
+void api_finish_wait(api *a, api_response *resp, bool durable);
+/* A problem+json response the transport itself decides on (413, 400, 503). */
+void api_problem(api *a, api_response *resp, int status, const char *slug,
+                 const char *title, const char *detail);
+void api_response_free(api_response *resp);
+
+#endif

@@ -1,0 +1,51 @@
+/*
+ * codec: JSON in and out of the API, and the only file that includes
+ * jansson.h. Decoding turns a request body into an ns_update, answering a
+ * 400/422 detail for anything malformed; encoding writes rows, pages,
+ * summaries, problems (RFC 9457) and the JSON counters into a buf.
+ */
+#ifndef NODESTATE_CODEC_H
+#define NODESTATE_CODEC_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "../server/engine/engine.h"
+#include "buf.h"
+
+/* The decoded document an ns_update borrows its strings from. */
+typedef struct codec_doc codec_doc;
+
+/*
+ * Decodes an update body for the node (run_id, node_id) into *out. Returns the
+ * document (free it with codec_doc_free after the update is used), or NULL
+ * with *status set to 400 (not JSON, not an object) or 422 (a member missing,
+ * unknown, of the wrong type or out of range) and detail naming the member
+ * and the problem. last_error longer than max_error_bytes is a 422.
+ */
+codec_doc *codec_decode_update(const char *body, size_t len,
+                               const char *run_id, const char *node_id,
+                               size_t max_error_bytes, ns_update *out,
+                               int *status, char *detail, size_t detail_len);
+void codec_doc_free(codec_doc *d);
+
+/* A node state object, every field present, with "durable". */
+void codec_row(buf *b, const ns_row *row, bool durable);
+/*
+ * An RFC 9457 problem: {"type":"urn:nodestate:problem:<slug>","title",
+ * "status","detail"} plus "current": the row, when current is not NULL.
+ */
+void codec_problem(buf *b, int status, const char *slug, const char *title,
+                   const char *detail, const ns_row *current, bool durable);
+/* {"run_id","nodes":[rows],"next": last node_id or null}; durable per row from durable_seq. */
+void codec_page(buf *b, const char *run_id, const engine_page *page,
+                int64_t durable_seq);
+/* {"run_id","nodes","counts":{status: n ...},"last_seq","updated_at"}. */
+void codec_summary(buf *b, const char *run_id, const engine_summary *s);
+/* {"run_id","deleted","seq","durable"}. */
+void codec_deleted(buf *b, const char *run_id, size_t deleted, int64_t seq,
+                   bool durable);
+/* The counters as one JSON object (DESIGN.md §5 names). */
+void codec_stats(buf *b, const ns_stats *s, int64_t now_ms);
+
+#endif

@@ -1,0 +1,48 @@
+/*
+ * config: the service's options. Every option is a flag and an environment
+ * variable NODESTATE_<NAME> (--batch-size / NODESTATE_BATCH_SIZE); the flag
+ * wins. --help lists them with their defaults; a bad value is an error that
+ * names the option.
+ */
+#ifndef NODESTATE_CONFIG_H
+#define NODESTATE_CONFIG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+typedef struct config {
+    char listen_host[256];        /* --listen HOST:PORT, default 127.0.0.1:8080 */
+    uint16_t listen_port;         /* 0 asks the kernel for a free port */
+    char db_path[4096];           /* --db, default ./nodestate.db */
+    size_t batch_size;            /* --batch-size */
+    double batch_interval;        /* --batch-interval seconds, default 0.1 */
+    size_t queue_capacity;        /* --queue-capacity */
+    double shutdown_timeout;      /* --shutdown-timeout seconds */
+    bool synchronous_full;        /* --synchronous normal|full, default normal */
+    unsigned threads;             /* --threads: HTTP worker threads, 0 = one per core */
+    size_t max_body_bytes;        /* --max-body-bytes: larger bodies get 413 */
+    unsigned max_connections;     /* --max-connections */
+    unsigned connection_timeout;  /* --connection-timeout: idle seconds before closing */
+    double max_wait;              /* --max-wait: cap on ?timeout= for ?wait=true */
+    int log_level;                /* --log-level debug|info|warn|error (NS_LOG_*) */
+} config;
+
+typedef enum config_outcome {
+    CONFIG_RUN,       /* parsed: start the service */
+    CONFIG_EXIT_OK,   /* --help or --version was printed: exit 0 */
+    CONFIG_ERROR      /* err names the option and the problem: exit non-zero */
+} config_outcome;
+
+/* Fills c with the defaults. */
+void config_defaults(config *c);
+/*
+ * Defaults, then the environment (through env, e.g. getenv), then argv.
+ * Flags take "--name value" and "--name=value". Help and version text go to out.
+ */
+config_outcome config_parse(config *c, int argc, char **argv,
+                            char *(*env)(const char *name), FILE *out,
+                            char *err, size_t errlen);
+
+#endif

@@ -1,0 +1,132 @@
+/*
+ * engine: the state engine behind the HTTP API, with no HTTP in it.
+ *
+ * engine_submit checks an update against the cached state with the transition
+ * rules, updates the cache, assigns the next global seq and appends the new row
+ * to the bounded queue, all under one lock: all or nothing, queue order is seq
+ * order. ONE writer thread owns the only write connection; it takes up to
+ * batch_size queued entries, coalesces them (newest row per node wins), sorts
+ * them by key and commits them in one transaction, retrying a failed commit
+ * with capped backoff without ever dropping an entry. Reads come from the
+ * cache; a run that is not cached is read through from SQLite on a separate
+ * read-only connection and cached whole.
+ *
+ * All functions are thread-safe unless noted.
+ */
+#ifndef NODESTATE_ENGINE_H
+#define NODESTATE_ENGINE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "model.h"
+#include "stats.h"
+
+typedef struct engine engine;
+
+/* Log levels, shared by every layer's logger callback. */
+enum { NS_LOG_DEBUG, NS_LOG_INFO, NS_LOG_WARN, NS_LOG_ERROR };
+/*
+ * A logger: msg is a short event name, fields is logfmt "key=value ..."
+ * text (may be empty). Called from any thread.
+ */
+typedef void ns_log_fn(void *ctx, int level, const char *msg, const char *fields);
+
+typedef struct engine_config {
+    const char *db_path;
+    size_t batch_size;         /* most queued entries per transaction */
+    double batch_interval;     /* seconds the oldest entry may wait */
+    size_t queue_capacity;     /* most entries queued at once */
+    double shutdown_timeout;   /* seconds engine_close may spend flushing */
+    bool synchronous_full;     /* synchronous=FULL instead of NORMAL */
+    ns_log_fn *log;            /* may be NULL */
+    void *log_ctx;
+} engine_config;
+
+typedef enum engine_result {
+    ENGINE_ACCEPTED,    /* queued; *out is the new row */
+    ENGINE_DUPLICATE,   /* changes nothing; *out is the current row */
+    ENGINE_STALE,       /* lower attempt; *out is the current row */
+    ENGINE_ILLEGAL,     /* transition refused; *out is the current row */
+    ENGINE_NOT_FOUND,   /* (delete) no such run */
+    ENGINE_QUEUE_FULL,  /* nothing changed; try again later */
+    ENGINE_ERROR        /* reading through SQLite or memory failed */
+} engine_result;
+
+/* A page of a run's nodes, in node_id order. */
+typedef struct engine_page {
+    ns_row **rows;      /* each holds a reference; engine_page_free drops them */
+    size_t count;
+    bool more;          /* further matching nodes follow the last one */
+} engine_page;
+
+typedef struct engine_summary {
+    size_t nodes;
+    size_t counts[NS_STATUS_COUNT];
+    int64_t last_seq;   /* highest seq among the run's nodes */
+    int64_t updated_at; /* latest updated_at among them, ms */
+} engine_summary;
+
+/*
+ * Opens the store, reads the last seq, starts the writer thread. On error
+ * returns NULL with a message in err.
+ */
+engine *engine_open(const engine_config *cfg, char *err, size_t errlen);
+/*
+ * Stops taking writes, lets the writer flush the queue for at most
+ * shutdown_timeout seconds, stops it and frees everything. Returns the number
+ * of queued entries that could not be written (0 when all are on disk).
+ */
+size_t engine_close(engine *e);
+
+/*
+ * Applies one update to (run_id, node_id); ids must already be valid. On
+ * every result but QUEUE_FULL, NOT_FOUND and ERROR, *out receives a row
+ * reference the caller must drop with model_row_unref.
+ */
+engine_result engine_submit(engine *e, const char *run_id, const char *node_id,
+                            const ns_update *u, ns_row **out);
+/*
+ * Forgets a run, through the writer like every write. On ENGINE_ACCEPTED
+ * *deleted is the number of nodes it had and *seq the seq of the delete.
+ */
+engine_result engine_delete_run(engine *e, const char *run_id, size_t *deleted,
+                                int64_t *seq);
+
+/* The node's latest accepted row (a reference), or NULL with *res NOT_FOUND or ERROR. */
+ns_row *engine_get(engine *e, const char *run_id, const char *node_id,
+                   engine_result *res);
+/*
+ * Lists a run's nodes whose status bit (1u << status) is in status_mask, with
+ * node_id > after (NULL: from the start), at most limit of them.
+ * Returns ENGINE_ACCEPTED (found; the page may be empty), NOT_FOUND (no such
+ * run) or ERROR.
+ */
+engine_result engine_list(engine *e, const char *run_id, unsigned status_mask,
+                          const char *after, size_t limit, engine_page *page);
+void engine_page_free(engine_page *page);
+/* Counts a run's nodes by status; ACCEPTED, NOT_FOUND or ERROR. */
+engine_result engine_summarize(engine *e, const char *run_id,
+                               engine_summary *out);
+
+/* Every seq <= the returned one is committed. */
+int64_t engine_durable_seq(engine *e);
+/*
+ * Registers fn, called by the writer thread after each commit with the new
+ * durable seq (used to resume waiting requests). Set it before traffic.
+ */
+void engine_on_durable(engine *e, void (*fn)(void *ctx, int64_t durable_seq),
+                       void *ctx);
+/* Asks the writer to commit what is queued now instead of after batch_interval. */
+void engine_flush_soon(engine *e);
+
+/* Liveness: the writer thread is running. */
+bool engine_alive(engine *e);
+/* Readiness: store accepting writes, queue not full. Else false with a reason. */
+bool engine_ready(engine *e, const char **reason);
+/* The counters; valid until engine_close. */
+ns_stats *engine_stats(engine *e);
+const engine_config *engine_config_of(engine *e);
+
+#endif

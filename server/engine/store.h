@@ -1,0 +1,70 @@
+/*
+ * store: the SQLite file, and the only file that includes sqlite3.h.
+ *
+ * Two kinds of connection. A `store` is the one write connection; it belongs to
+ * the writer thread and is never shared. A `store_reader` is a separate
+ * read-only connection used to read through on a cache miss; any thread may
+ * call it (it serialises callers with its own mutex). WAL lets the reader run
+ * beside the writer.
+ *
+ * Schema (PRAGMA user_version = 1):
+ *   run_node_state(run_id, node_id, status, attempt, scheduled_at, started_at,
+ *                  completed_at, failed_at, suspended_at, last_error, retryable,
+ *                  suspension_reason, resume_state_json, outputs_json,
+ *                  updated_at, seq), PRIMARY KEY (run_id, node_id),
+ *                  index on (run_id, status); timestamps are RFC 3339 text.
+ *   nodestate_meta(key PRIMARY KEY, value): 'last_seq' survives deleted runs,
+ *                  so seq keeps growing across restarts.
+ */
+#ifndef NODESTATE_STORE_H
+#define NODESTATE_STORE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "model.h"
+
+typedef struct store store;
+typedef struct store_reader store_reader;
+
+/* One transaction's worth of work, prepared by the writer. */
+typedef struct store_batch {
+    const char *const *delete_runs; /* runs to forget, applied first */
+    size_t n_deletes;
+    ns_row *const *rows;            /* upserts, sorted by (run_id, node_id) */
+    size_t n_rows;
+    int64_t last_seq;               /* recorded in nodestate_meta */
+} store_batch;
+
+/*
+ * Opens (creating if needed) the database for writing: WAL, synchronous
+ * NORMAL or FULL, schema, prepared statements. On error returns NULL and
+ * writes a message that names the path into err.
+ */
+store *store_open(const char *path, bool sync_full, char *err, size_t errlen);
+void store_close(store *s);
+/* The highest seq ever committed to this file; 0 for a new one. */
+int64_t store_last_seq(const store *s);
+/*
+ * Writes a batch in ONE transaction of prepared statements. Returns 0 once
+ * committed; on failure rolls back (nothing of the batch is written) and
+ * returns -1, with store_errmsg telling why.
+ */
+int store_write(store *s, const store_batch *b);
+/* SQLite's message for the last failure of s. */
+const char *store_errmsg(const store *s);
+
+/* Opens a read-only connection to a file that store_open has set up. */
+store_reader *store_reader_open(const char *path, char *err, size_t errlen);
+void store_reader_close(store_reader *r);
+/*
+ * Calls fn once for every stored row of run_id, in node_id order. Each row
+ * is packed with one reference that fn takes over. fn returns 0 to go on or
+ * -1 to stop. Returns 0 when every row was delivered, -1 on a SQLite error or
+ * when fn stopped.
+ */
+int store_reader_load_run(store_reader *r, const char *run_id,
+                          int (*fn)(void *ctx, ns_row *row), void *ctx);
+
+#endif

@@ -1,0 +1,42 @@
+/*
+ * http: the HTTP transport on libmicrohttpd, and the only file that includes
+ * microhttpd.h. It runs MHD's thread pool, collects each request's body
+ * (answering 413 past max_body_bytes before buffering more), hands whole
+ * requests to the api, and parks ?wait=true requests with MHD's
+ * suspend/resume until the engine reports their seq durable (or they time out),
+ * so a waiting request holds no worker thread.
+ */
+#ifndef NODESTATE_HTTP_H
+#define NODESTATE_HTTP_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "../api/api.h"
+#include "engine/engine.h"
+
+typedef struct http_server http_server;
+
+typedef struct http_config {
+    const char *host;             /* numeric IPv4/IPv6 address or "localhost" */
+    uint16_t port;                /* 0: any free port (see http_port) */
+    unsigned threads;             /* worker threads, >= 1 */
+    size_t max_body_bytes;
+    unsigned max_connections;
+    unsigned connection_timeout;  /* idle seconds */
+    ns_log_fn *log;
+    void *log_ctx;
+} http_config;
+
+/* Binds and starts serving; NULL with a message in err on failure (e.g. port in use). */
+http_server *http_start(const http_config *cfg, api *a, engine *e, char *err,
+                        size_t errlen);
+/* The bound port (useful after asking for port 0). */
+uint16_t http_port(http_server *s);
+/*
+ * Stops accepting connections, gives requests in flight (parked ones
+ * included) up to timeout seconds to be answered, then stops and frees.
+ */
+void http_stop(http_server *s, double timeout);
+
+#endif
