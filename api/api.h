@@ -50,7 +50,7 @@ typedef struct api_response {
     const char *allow;         /* Allow header of a 405, else NULL */
     int64_t wait_seq;          /* > 0: park until durable (see above) */
     double wait_timeout;       /* seconds to park at most */
-    ns_row *wait_row;          /* the row to answer with once parked */
+    struct api_wait *wait;     /* api's own: what to answer with once parked */
 } api_response;
 
 api *api_new(engine *e, const api_config *cfg);

@@ -45,4 +45,11 @@ config_outcome config_parse(config *c, int argc, char **argv,
                             char *(*env)(const char *name), FILE *out,
                             char *err, size_t errlen);
 
+/*
+ * Writes every setting of c as logfmt "listen=127.0.0.1:8080 db=... ..."
+ * (keys are the option names with '-' as '_', values quoted where logfmt
+ * needs it) into buf, truncating to fit. Returns buf.
+ */
+const char *config_format(const config *c, char *buf, size_t size);
+
 #endif

@@ -1,0 +1,446 @@
+#include "codec.h"
+
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <jansson.h>
+
+/* Largest attempt we take: beyond 2^53 a JSON number stops being exact in most clients. */
+#define CODEC_ATTEMPT_MAX (INT64_C(1) << 53)
+
+/*
+ * The parsed body the ns_update borrows from: strings point into root, and
+ * the two JSON-valued members are re-serialised compactly into text we own.
+ */
+struct codec_doc {
+    json_t *root;
+    char *resume_state;   /* json_dumps result, or NULL */
+    char *outputs;        /* json_dumps result, or NULL */
+};
+
+void codec_doc_free(codec_doc *d)
+{
+    if (d == NULL)
+        return;
+    json_decref(d->root);
+    free(d->resume_state);
+    free(d->outputs);
+    free(d);
+}
+
+/* Sets the answer of a refused body; always returns -1 so callers can `return codec_fail(...)`. */
+static int codec_fail(int *status, int code, char *detail, size_t detail_len,
+                      const char *fmt, const char *member)
+{
+    *status = code;
+    if (detail != NULL && detail_len > 0)
+        snprintf(detail, detail_len, fmt, member);
+    return -1;
+}
+
+/* The ts field named key, or -1. */
+static int codec_ts_field(const char *key)
+{
+    for (int f = 0; f < NS_TS_COUNT; f++) {
+        const char *name = model_ts_field_name((ns_ts_field)f);
+        if (name != NULL && strcmp(name, key) == 0)
+            return f;
+    }
+    return -1;
+}
+
+/* A string-or-null member into an ns_text; -1 for any other type. */
+static int codec_text(json_t *v, ns_text *out)
+{
+    if (json_is_null(v)) {
+        out->set = true;
+        out->value = NULL;
+        return 0;
+    }
+    if (!json_is_string(v))
+        return -1;
+    out->set = true;
+    out->value = json_string_value(v);
+    return 0;
+}
+
+/*
+ * An any-JSON member: null clears, anything else becomes compact text owned
+ * by *slot. Returns -1 only when out of memory.
+ */
+static int codec_raw(json_t *v, char **slot, ns_text *out)
+{
+    out->set = true;
+    out->value = NULL;
+    if (json_is_null(v))
+        return 0;
+    free(*slot);    /* cannot hold anything: duplicates are refused */
+    *slot = json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY);
+    if (*slot == NULL)
+        return -1;
+    out->value = *slot;
+    return 0;
+}
+
+/* A member that must, when present, repeat the id from the path. */
+static int codec_same_id(json_t *v, const char *id)
+{
+    return json_is_string(v) && id != NULL &&
+           strcmp(json_string_value(v), id) == 0 ? 0 : -1;
+}
+
+/* Checks and stores one member of the body; -1 with *status and detail set. */
+static int codec_member(codec_doc *d, const char *key, json_t *v,
+                        const char *run_id, const char *node_id,
+                        size_t max_error_bytes, ns_update *out,
+                        bool *have_status, int *status, char *detail,
+                        size_t detail_len)
+{
+    int f;
+
+    if (strcmp(key, "status") == 0) {
+        if (!json_is_string(v) ||
+            model_status_parse(json_string_value(v), &out->status) != 0)
+            return codec_fail(status, 422, detail, detail_len,
+                              "member \"%s\" must be one of idle, scheduled, "
+                              "running, paused, suspended, completed, failed",
+                              key);
+        *have_status = true;
+    } else if (strcmp(key, "attempt") == 0) {
+        if (!json_is_integer(v) || json_integer_value(v) < 1 ||
+            json_integer_value(v) > CODEC_ATTEMPT_MAX)
+            return codec_fail(status, 422, detail, detail_len,
+                              "member \"%s\" must be an integer >= 1 "
+                              "and <= 2^53", key);
+        out->has_attempt = true;
+        out->attempt = (int64_t)json_integer_value(v);
+    } else if ((f = codec_ts_field(key)) >= 0) {
+        int64_t ms = NS_TS_NULL;
+        if (!json_is_null(v) &&
+            (!json_is_string(v) || model_ts_parse(json_string_value(v), &ms) != 0))
+            return codec_fail(status, 422, detail, detail_len,
+                              "member \"%s\" must be an RFC 3339 date-time "
+                              "string or null", key);
+        out->ts_set |= 1u << f;
+        out->ts[f] = ms;
+    } else if (strcmp(key, "last_error") == 0) {
+        if (codec_text(v, &out->last_error) != 0)
+            return codec_fail(status, 422, detail, detail_len,
+                              "member \"%s\" must be a string or null", key);
+        if (json_is_string(v) && json_string_length(v) > max_error_bytes) {
+            *status = 422;
+            snprintf(detail, detail_len,
+                     "member \"%s\" must be at most %zu bytes long", key,
+                     max_error_bytes);
+            return -1;
+        }
+    } else if (strcmp(key, "retryable") == 0) {
+        if (!json_is_boolean(v) && !json_is_null(v))
+            return codec_fail(status, 422, detail, detail_len,
+                              "member \"%s\" must be a boolean or null", key);
+        out->has_retryable = true;
+        out->retryable = json_is_true(v);
+    } else if (strcmp(key, "suspension_reason") == 0) {
+        if (codec_text(v, &out->suspension_reason) != 0)
+            return codec_fail(status, 422, detail, detail_len,
+                              "member \"%s\" must be a string or null", key);
+    } else if (strcmp(key, "resume_state") == 0) {
+        if (codec_raw(v, &d->resume_state, &out->resume_state) != 0)
+            return codec_fail(status, 500, detail, detail_len,
+                              "out of memory encoding member \"%s\"", key);
+    } else if (strcmp(key, "outputs") == 0) {
+        if (codec_raw(v, &d->outputs, &out->outputs) != 0)
+            return codec_fail(status, 500, detail, detail_len,
+                              "out of memory encoding member \"%s\"", key);
+    } else if (strcmp(key, "force") == 0) {
+        if (!json_is_boolean(v))
+            return codec_fail(status, 422, detail, detail_len,
+                              "member \"%s\" must be a boolean", key);
+        out->force = json_is_true(v);
+    } else if (strcmp(key, "run_id") == 0) {
+        if (codec_same_id(v, run_id) != 0)
+            return codec_fail(status, 422, detail, detail_len,
+                              "member \"%s\" must equal the run id in the path",
+                              key);
+    } else if (strcmp(key, "node_id") == 0) {
+        if (codec_same_id(v, node_id) != 0)
+            return codec_fail(status, 422, detail, detail_len,
+                              "member \"%s\" must equal the node id in the path",
+                              key);
+    } else if (strcmp(key, "updated_at") == 0 || strcmp(key, "seq") == 0 ||
+               strcmp(key, "durable") == 0) {
+        /* Server-owned fields: ignored so a GET body can be POSTed back. */
+    } else {
+        /* The key came from the client: bound it so the detail stays readable. */
+        *status = 422;
+        snprintf(detail, detail_len, "unknown member \"%.64s\"", key);
+        return -1;
+    }
+    return 0;
+}
+
+codec_doc *codec_decode_update(const char *body, size_t len,
+                               const char *run_id, const char *node_id,
+                               size_t max_error_bytes, ns_update *out,
+                               int *status, char *detail, size_t detail_len)
+{
+    /* Every path below writes detail; make a NULL/0 destination harmless. */
+    char scratch[1];
+    if (detail == NULL || detail_len == 0) {
+        detail = scratch;
+        detail_len = sizeof scratch;
+    }
+    detail[0] = '\0';
+
+    memset(out, 0, sizeof *out);
+    for (int f = 0; f < NS_TS_COUNT; f++)
+        out->ts[f] = NS_TS_NULL;
+
+    if (body == NULL || len == 0) {
+        codec_fail(status, 400, detail, detail_len, "%s", "empty body");
+        return NULL;
+    }
+
+    codec_doc *d = calloc(1, sizeof *d);
+    if (d == NULL) {
+        codec_fail(status, 500, detail, detail_len, "%s", "out of memory");
+        return NULL;
+    }
+
+    json_error_t err;
+    /* DECODE_ANY so a bare scalar gets "not an object" rather than a parse error. */
+    d->root = json_loadb(body, len, JSON_REJECT_DUPLICATES | JSON_DECODE_ANY,
+                         &err);
+    if (d->root == NULL) {
+        *status = 400;
+        snprintf(detail, detail_len, "invalid JSON at line %d column %d: %s",
+                 err.line, err.column, err.text);
+        goto fail;
+    }
+    if (!json_is_object(d->root)) {
+        codec_fail(status, 400, detail, detail_len, "%s",
+                   "body must be a JSON object");
+        goto fail;
+    }
+
+    bool have_status = false;
+    const char *key;
+    json_t *v;
+    json_object_foreach(d->root, key, v) {
+        if (codec_member(d, key, v, run_id, node_id, max_error_bytes, out,
+                         &have_status, status, detail, detail_len) != 0)
+            goto fail;
+    }
+    if (!have_status) {
+        codec_fail(status, 422, detail, detail_len, "missing member \"%s\"",
+                   "status");
+        goto fail;
+    }
+    return d;
+
+fail:
+    codec_doc_free(d);
+    memset(out, 0, sizeof *out);
+    return NULL;
+}
+
+/* ---- encoders: written by hand into buf, no jansson objects needed ---- */
+
+static void codec_ts(buf *b, int64_t ms)
+{
+    if (ms == NS_TS_NULL) {
+        buf_puts(b, "null");
+        return;
+    }
+    char ts[NS_TS_BUF];
+    model_ts_format(ms, ts);
+    buf_append(b, "\"", 1);
+    buf_puts(b, ts);
+    buf_append(b, "\"", 1);
+}
+
+/* Stored JSON text, already compact; NULL is JSON null. */
+static void codec_raw_out(buf *b, const char *json)
+{
+    buf_puts(b, json != NULL ? json : "null");
+}
+
+static void codec_bool(buf *b, bool v)
+{
+    buf_puts(b, v ? "true" : "false");
+}
+
+/*
+ * A fixed-point number of millionths as an exact JSON number ("1.5",
+ * "0.000002", "3.0"); the fraction is always there so clients see a float.
+ */
+static void codec_micro(buf *b, uint64_t micro)
+{
+    char frac[8];
+    snprintf(frac, sizeof frac, "%06u", (unsigned)(micro % 1000000u));
+    size_t n = strlen(frac);
+    while (n > 1 && frac[n - 1] == '0')
+        n--;
+    buf_printf(b, "%" PRIu64 ".", micro / 1000000u);
+    buf_append(b, frac, n);
+}
+
+void codec_row(buf *b, const ns_row *row, bool durable)
+{
+    buf_puts(b, "{\"run_id\":");
+    buf_json_string(b, row->run_id);
+    buf_puts(b, ",\"node_id\":");
+    buf_json_string(b, row->node_id);
+    buf_puts(b, ",\"status\":");
+    buf_json_string(b, model_status_name(row->status));
+    buf_printf(b, ",\"attempt\":%" PRId64, row->attempt);
+    for (int f = 0; f < NS_TS_COUNT; f++) {
+        buf_puts(b, ",\"");
+        buf_puts(b, model_ts_field_name((ns_ts_field)f));
+        buf_puts(b, "\":");
+        codec_ts(b, row->ts[f]);
+    }
+    buf_puts(b, ",\"last_error\":");
+    buf_json_string(b, row->last_error);
+    buf_puts(b, ",\"retryable\":");
+    codec_bool(b, row->retryable);
+    buf_puts(b, ",\"suspension_reason\":");
+    buf_json_string(b, row->suspension_reason);
+    buf_puts(b, ",\"resume_state\":");
+    codec_raw_out(b, row->resume_state);
+    buf_puts(b, ",\"outputs\":");
+    codec_raw_out(b, row->outputs);
+    buf_puts(b, ",\"updated_at\":");
+    codec_ts(b, row->updated_at);
+    buf_printf(b, ",\"seq\":%" PRId64 ",\"durable\":", row->seq);
+    codec_bool(b, durable);
+    buf_append(b, "}", 1);
+}
+
+void codec_problem(buf *b, int status, const char *slug, const char *title,
+                   const char *detail, const ns_row *current, bool durable)
+{
+    /* The slug is ours, never the client's, so it needs no escaping. */
+    buf_puts(b, "{\"type\":\"urn:nodestate:problem:");
+    buf_puts(b, slug);
+    buf_puts(b, "\",\"title\":");
+    buf_json_string(b, title);
+    buf_printf(b, ",\"status\":%d", status);
+    if (detail != NULL) {
+        buf_puts(b, ",\"detail\":");
+        buf_json_string(b, detail);
+    }
+    if (current != NULL) {
+        buf_puts(b, ",\"current\":");
+        codec_row(b, current, durable);
+    }
+    buf_append(b, "}", 1);
+}
+
+void codec_page(buf *b, const char *run_id, const engine_page *page,
+                int64_t durable_seq)
+{
+    buf_puts(b, "{\"run_id\":");
+    buf_json_string(b, run_id);
+    buf_puts(b, ",\"nodes\":[");
+    for (size_t i = 0; i < page->count; i++) {
+        if (i > 0)
+            buf_append(b, ",", 1);
+        codec_row(b, page->rows[i], page->rows[i]->seq <= durable_seq);
+    }
+    buf_puts(b, "],\"next\":");
+    /* next is the cursor for ?after=, and only when more nodes follow. */
+    if (page->more && page->count > 0)
+        buf_json_string(b, page->rows[page->count - 1]->node_id);
+    else
+        buf_puts(b, "null");
+    buf_append(b, "}", 1);
+}
+
+void codec_summary(buf *b, const char *run_id, const engine_summary *s)
+{
+    buf_puts(b, "{\"run_id\":");
+    buf_json_string(b, run_id);
+    buf_printf(b, ",\"nodes\":%zu,\"counts\":{", s->nodes);
+    for (int st = 0; st < NS_STATUS_COUNT; st++)
+        buf_printf(b, "%s\"%s\":%zu", st > 0 ? "," : "",
+                   model_status_name((ns_status)st), s->counts[st]);
+    buf_printf(b, "},\"last_seq\":%" PRId64 ",\"updated_at\":", s->last_seq);
+    if (s->nodes == 0)
+        buf_puts(b, "null");
+    else
+        codec_ts(b, s->updated_at);
+    buf_append(b, "}", 1);
+}
+
+void codec_deleted(buf *b, const char *run_id, size_t deleted, int64_t seq,
+                   bool durable)
+{
+    buf_puts(b, "{\"run_id\":");
+    buf_json_string(b, run_id);
+    buf_printf(b, ",\"deleted\":%zu,\"seq\":%" PRId64 ",\"durable\":", deleted,
+               seq);
+    codec_bool(b, durable);
+    buf_append(b, "}", 1);
+}
+
+static void codec_hist(buf *b, const char *name, const ns_hist *h)
+{
+    buf_printf(b, ",\"%s\":{\"count\":%" PRIu64 ",\"sum\":", name,
+               atomic_load(&h->count));
+    codec_micro(b, atomic_load(&h->sum_micro));
+    buf_append(b, "}", 1);
+}
+
+void codec_stats(buf *b, const ns_stats *s, int64_t now_ms)
+{
+    buf_printf(b,
+               "{\"updates_queued\":%" PRIu64
+               ",\"updates_processed\":%" PRIu64
+               ",\"batches_written\":%" PRIu64
+               ",\"errors\":%" PRIu64
+               ",\"queue_depth\":%" PRIu64
+               ",\"queue_capacity\":%" PRIu64
+               ",\"updates_coalesced\":%" PRIu64
+               ",\"rows_written\":%" PRIu64
+               ",\"runs_deleted\":%" PRIu64
+               ",\"updates_rejected\":{",
+               atomic_load(&s->updates_queued),
+               atomic_load(&s->updates_processed),
+               atomic_load(&s->batches_written),
+               atomic_load(&s->errors),
+               atomic_load(&s->queue_depth),
+               s->queue_capacity,
+               atomic_load(&s->updates_coalesced),
+               atomic_load(&s->rows_written),
+               atomic_load(&s->runs_deleted));
+    for (int r = 0; r < NS_REJECT_COUNT; r++) {
+        const char *name = stats_reject_name((ns_reject)r);
+        buf_printf(b, "%s\"%s\":%" PRIu64, r > 0 ? "," : "",
+                   name != NULL ? name : "unknown",
+                   atomic_load(&s->rejected[r]));
+    }
+    buf_printf(b,
+               "},\"updates_duplicate\":%" PRIu64
+               ",\"cache_nodes\":%" PRIu64
+               ",\"cache_runs\":%" PRIu64
+               ",\"cache_loads\":%" PRIu64
+               ",\"last_seq\":%" PRId64
+               ",\"durable_seq\":%" PRId64
+               ",\"uptime_seconds\":",
+               atomic_load(&s->updates_duplicate),
+               atomic_load(&s->cache_nodes),
+               atomic_load(&s->cache_runs),
+               atomic_load(&s->cache_loads),
+               atomic_load(&s->last_seq),
+               atomic_load(&s->durable_seq));
+    /* The wall clock can step back; uptime never goes negative. */
+    int64_t up_ms = now_ms > s->start_ms ? now_ms - s->start_ms : 0;
+    codec_micro(b, (uint64_t)up_ms * 1000u);
+    codec_hist(b, "commit_seconds", &s->commit_seconds);
+    codec_hist(b, "batch_updates", &s->batch_updates);
+    codec_hist(b, "enqueue_to_commit_seconds", &s->enqueue_to_commit_seconds);
+    buf_append(b, "}", 1);
+}

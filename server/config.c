@@ -1,0 +1,512 @@
+#include "config.h"
+
+#include <arpa/inet.h>
+#include <assert.h>
+#include <errno.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "log.h"
+
+#ifndef NODESTATE_VERSION
+/* The build defines it; this keeps a hand-compiled file building. */
+#define NODESTATE_VERSION "0.0.0"
+#endif
+
+#define ENV_PREFIX "NODESTATE_"
+/* Room for NODESTATE_ plus the longest option name. */
+#define ENV_NAME_MAX 64
+/* A year: long enough for any real use, small enough that no caller's
+ * seconds-to-nanoseconds conversion can overflow. */
+#define SECONDS_MAX 31536000.0
+
+/* How a value is parsed and which field type it lands in. */
+typedef enum opt_kind {
+    OPT_LISTEN,   /* HOST:PORT or [IPv6]:PORT -> listen_host, listen_port */
+    OPT_PATH,     /* non-empty string -> char[] */
+    OPT_SIZE,     /* whole number in [min, max] -> size_t */
+    OPT_UINT,     /* whole number in [min, max] -> unsigned */
+    OPT_SECONDS,  /* finite number in [0, max_seconds] -> double */
+    OPT_SYNC,     /* normal|full -> bool */
+    OPT_LEVEL     /* debug|info|warn|error -> int (NS_LOG_*) */
+} opt_kind;
+
+/*
+ * One row per option: it drives parsing, the environment lookup, --help,
+ * config_defaults and config_format, so adding an option is adding a row.
+ */
+typedef struct option_def {
+    const char *name;      /* the flag without "--" */
+    opt_kind kind;
+    size_t offset;         /* of the field in struct config */
+    size_t field_size;     /* of that field (for OPT_PATH) */
+    uint64_t min, max;     /* range of OPT_SIZE / OPT_UINT */
+    double max_seconds;    /* upper bound of OPT_SECONDS */
+    const char *def;       /* the default, written as a user would */
+    const char *metavar;
+    const char *help;
+} option_def;
+
+#define FIELD(f) offsetof(config, f), sizeof(((config *)0)->f)
+
+static const option_def options[] = {
+    {"listen", OPT_LISTEN, FIELD(listen_host), 0, 0, 0, "127.0.0.1:8080",
+     "HOST:PORT",
+     "address to serve on; [IPv6]:PORT for IPv6, port 0 takes any free port"},
+    {"db", OPT_PATH, FIELD(db_path), 0, 0, 0, "./nodestate.db", "PATH",
+     "SQLite database file (WAL mode)"},
+    {"batch-size", OPT_SIZE, FIELD(batch_size), 1, 1000000, 0, "2048", "N",
+     "most queued updates written in one transaction"},
+    {"batch-interval", OPT_SECONDS, FIELD(batch_interval), 0, 0, 60, "0.1",
+     "SECONDS", "longest the oldest queued update waits for its batch (<= 60)"},
+    {"queue-capacity", OPT_SIZE, FIELD(queue_capacity), 1, (uint64_t)1 << 30, 0,
+     "262144", "N", "most updates queued at once; past it writes get 503"},
+    {"shutdown-timeout", OPT_SECONDS, FIELD(shutdown_timeout), 0, 0,
+     SECONDS_MAX, "10", "SECONDS",
+     "time allowed on SIGTERM to answer requests and flush the queue"},
+    {"synchronous", OPT_SYNC, FIELD(synchronous_full), 0, 0, 0, "normal",
+     "normal|full", "SQLite synchronous mode; full also survives power loss"},
+    {"threads", OPT_UINT, FIELD(threads), 0, 256, 0, "0", "N",
+     "HTTP worker threads; 0 = one per core"},
+    {"max-body-bytes", OPT_SIZE, FIELD(max_body_bytes), 1, (uint64_t)1 << 30, 0,
+     "1048576", "N", "largest request body; larger ones get 413 (<= 1 GiB)"},
+    {"max-connections", OPT_UINT, FIELD(max_connections), 1, 1000000, 0, "1024",
+     "N", "most client connections open at once"},
+    {"connection-timeout", OPT_UINT, FIELD(connection_timeout), 0, 31536000, 0,
+     "60", "SECONDS", "whole seconds an idle connection stays open; 0 = forever"},
+    {"max-wait", OPT_SECONDS, FIELD(max_wait), 0, 0, SECONDS_MAX, "60",
+     "SECONDS", "cap on ?timeout= of a POST ...?wait=true"},
+    {"log-level", OPT_LEVEL, FIELD(log_level), 0, 0, 0, "info",
+     "debug|info|warn|error", "lowest level of log line written to stderr"},
+};
+
+#define OPTION_COUNT (sizeof options / sizeof options[0])
+
+/* "batch-size" -> "NODESTATE_BATCH_SIZE". */
+static void env_name(const option_def *o, char buf[ENV_NAME_MAX])
+{
+    size_t n = strlen(ENV_PREFIX);
+
+    memcpy(buf, ENV_PREFIX, n);
+    for (const char *p = o->name; *p && n + 1 < ENV_NAME_MAX; p++)
+        buf[n++] = *p == '-' ? '_' : (char)(*p >= 'a' && *p <= 'z' ? *p - 32 : *p);
+    buf[n] = '\0';
+}
+
+/* "--batch-size: <what> (from <source>)". */
+static void fail(char *err, size_t errlen, const option_def *o,
+                 const char *source, const char *fmt, ...)
+    __attribute__((format(printf, 5, 6)));
+
+static void fail(char *err, size_t errlen, const option_def *o,
+                 const char *source, const char *fmt, ...)
+{
+    va_list ap;
+    int n;
+
+    n = snprintf(err, errlen, "--%s: ", o->name);
+    if (n < 0 || (size_t)n >= errlen)
+        return;
+    va_start(ap, fmt);
+    vsnprintf(err + n, errlen - (size_t)n, fmt, ap);
+    va_end(ap);
+    n = (int)strlen(err);
+    snprintf(err + n, errlen - (size_t)n, " (from %s)", source);
+}
+
+/*
+ * A whole number: digits only (strtoull alone would take "-1", " 1" and
+ * "+1"), all of them used. 0 ok, -1 not a number, -2 too large for 64 bits.
+ */
+static int parse_whole(const char *s, uint64_t *out)
+{
+    char *end;
+    unsigned long long v;
+
+    if (*s < '0' || *s > '9')
+        return -1;
+    errno = 0;
+    v = strtoull(s, &end, 10);
+    if (*end != '\0')
+        return -1;
+    if (errno == ERANGE)
+        return -2;
+    *out = v;
+    return 0;
+}
+
+/*
+ * A number of seconds: starts with a digit or '.', so strtod's "nan",
+ * "inf", signs and leading blanks are refused; hex ("0x10") too.
+ */
+static int parse_seconds(const char *s, double *out)
+{
+    char *end;
+    double v;
+
+    if (!((*s >= '0' && *s <= '9') || *s == '.'))
+        return -1;
+    if (strpbrk(s, "xX") != NULL)
+        return -1;
+    errno = 0;
+    v = strtod(s, &end);
+    if (end == s || *end != '\0')
+        return -1;
+    *out = v;
+    return 0;
+}
+
+static int set_listen(config *c, const option_def *o, const char *v,
+                      const char *src, char *err, size_t errlen)
+{
+    char host[sizeof c->listen_host];
+    const char *port_text;
+    size_t host_len;
+    uint64_t port;
+    unsigned char addr[sizeof(struct in6_addr)];
+    bool bracketed = v[0] == '[';
+
+    if (bracketed) {
+        const char *close = strchr(v, ']');
+        if (close == NULL || close[1] != ':') {
+            fail(err, errlen, o, src,
+                 "\"%.100s\" is not [IPv6]:PORT (expected \"]:\" after the address)",
+                 v);
+            return -1;
+        }
+        host_len = (size_t)(close - v - 1);
+        port_text = close + 2;
+        if (host_len >= sizeof host) {
+            fail(err, errlen, o, src, "\"%.100s\": the host is too long", v);
+            return -1;
+        }
+        memcpy(host, v + 1, host_len);
+    } else {
+        const char *colon = strrchr(v, ':');
+        if (colon == NULL) {
+            fail(err, errlen, o, src, "\"%.100s\" is not HOST:PORT (no port)", v);
+            return -1;
+        }
+        if (memchr(v, ':', (size_t)(colon - v)) != NULL) {
+            fail(err, errlen, o, src,
+                 "\"%.100s\": an IPv6 address goes in brackets, [::1]:8080", v);
+            return -1;
+        }
+        host_len = (size_t)(colon - v);
+        port_text = colon + 1;
+        if (host_len >= sizeof host) {
+            fail(err, errlen, o, src, "\"%.100s\": the host is too long", v);
+            return -1;
+        }
+        memcpy(host, v, host_len);
+    }
+    host[host_len] = '\0';
+
+    /* Check here what the HTTP transport can bind, so the error names the option. */
+    if (bracketed ? inet_pton(AF_INET6, host, addr) != 1
+                  : inet_pton(AF_INET, host, addr) != 1 &&
+                        strcmp(host, "localhost") != 0) {
+        fail(err, errlen, o, src,
+             "\"%.100s\": the host must be a numeric IPv4 address, "
+             "[IPv6] in brackets or localhost", v);
+        return -1;
+    }
+    if (parse_whole(port_text, &port) != 0 || port > 65535) {
+        fail(err, errlen, o, src,
+             "\"%.100s\": the port must be a whole number 0..65535", v);
+        return -1;
+    }
+    memcpy(c->listen_host, host, host_len + 1);
+    c->listen_port = (uint16_t)port;
+    return 0;
+}
+
+/* Parses v for option o into c; on error fills err and returns -1. */
+static int set_value(config *c, const option_def *o, const char *v,
+                     const char *src, char *err, size_t errlen)
+{
+    char *field = (char *)c + o->offset;
+    uint64_t n;
+    double d;
+    int rc;
+
+    switch (o->kind) {
+    case OPT_LISTEN:
+        return set_listen(c, o, v, src, err, errlen);
+    case OPT_PATH:
+        if (*v == '\0') {
+            fail(err, errlen, o, src, "must not be empty");
+            return -1;
+        }
+        if (strlen(v) >= o->field_size) {
+            fail(err, errlen, o, src, "is longer than %zu bytes",
+                 o->field_size - 1);
+            return -1;
+        }
+        memcpy(field, v, strlen(v) + 1);
+        return 0;
+    case OPT_SIZE:
+    case OPT_UINT:
+        rc = parse_whole(v, &n);
+        if (rc == -1) {
+            fail(err, errlen, o, src, "\"%.100s\" is not a whole number", v);
+            return -1;
+        }
+        if (rc == -2 || n < o->min || n > o->max) {
+            fail(err, errlen, o, src, "%.100s is out of range %llu..%llu", v,
+                 (unsigned long long)o->min, (unsigned long long)o->max);
+            return -1;
+        }
+        if (o->kind == OPT_SIZE)
+            *(size_t *)(void *)field = (size_t)n;
+        else
+            *(unsigned *)(void *)field = (unsigned)n;
+        return 0;
+    case OPT_SECONDS:
+        if (parse_seconds(v, &d) != 0) {
+            fail(err, errlen, o, src, "\"%.100s\" is not a number of seconds", v);
+            return -1;
+        }
+        if (!isfinite(d) || d < 0 || d > o->max_seconds) {
+            fail(err, errlen, o, src, "%.100s is out of range 0..%g seconds", v,
+                 o->max_seconds);
+            return -1;
+        }
+        *(double *)(void *)field = d;
+        return 0;
+    case OPT_SYNC:
+        if (strcmp(v, "normal") != 0 && strcmp(v, "full") != 0) {
+            fail(err, errlen, o, src, "\"%.100s\" is not normal or full", v);
+            return -1;
+        }
+        *(bool *)(void *)field = strcmp(v, "full") == 0;
+        return 0;
+    case OPT_LEVEL:
+        rc = log_level_parse(v);
+        if (rc < 0) {
+            fail(err, errlen, o, src,
+                 "\"%.100s\" is not debug, info, warn or error", v);
+            return -1;
+        }
+        *(int *)(void *)field = rc;
+        return 0;
+    }
+    fail(err, errlen, o, src, "has an unknown kind");
+    return -1;
+}
+
+void config_defaults(config *c)
+{
+    char err[256];
+
+    memset(c, 0, sizeof *c);
+    for (size_t i = 0; i < OPTION_COUNT; i++) {
+        int rc = set_value(c, &options[i], options[i].def, "the defaults", err,
+                           sizeof err);
+        /* The table's defaults are constants the unit tests parse. */
+        assert(rc == 0);
+        (void)rc;
+    }
+}
+
+static const option_def *find_option(const char *name, size_t len)
+{
+    for (size_t i = 0; i < OPTION_COUNT; i++) {
+        if (strlen(options[i].name) == len &&
+            memcmp(options[i].name, name, len) == 0)
+            return &options[i];
+    }
+    return NULL;
+}
+
+static void print_help(FILE *out)
+{
+    char env[ENV_NAME_MAX];
+    char flag[128];
+    int w = (int)strlen("--version");
+
+    for (size_t i = 0; i < OPTION_COUNT; i++) {
+        int n = snprintf(flag, sizeof flag, "--%s %s", options[i].name,
+                         options[i].metavar);
+        if (n > w)
+            w = n;
+    }
+    fprintf(out,
+            "Usage: nodestate [OPTION]...\n"
+            "Keeps the state of every node of every workflow run, over HTTP,\n"
+            "in one SQLite file written by a single batching writer.\n"
+            "\n"
+            "Every option is also an environment variable; a flag beats it.\n"
+            "Write \"--name value\" or \"--name=value\".\n"
+            "\n");
+    fprintf(out, "  %-*s  %-30s  %s\n", w, "OPTION", "ENVIRONMENT", "DEFAULT");
+    for (size_t i = 0; i < OPTION_COUNT; i++) {
+        snprintf(flag, sizeof flag, "--%s %s", options[i].name,
+                 options[i].metavar);
+        env_name(&options[i], env);
+        fprintf(out, "  %-*s  %-30s  %s\n      %s\n", w, flag, env,
+                options[i].def, options[i].help);
+    }
+    fprintf(out, "  --help\n      print this help and exit\n");
+    fprintf(out, "  --version\n      print the version and exit\n");
+}
+
+config_outcome config_parse(config *c, int argc, char **argv,
+                            char *(*env)(const char *name), FILE *out,
+                            char *err, size_t errlen)
+{
+    /* The flag's value per option (the last one given wins). */
+    const char *flag_value[OPTION_COUNT] = {0};
+    char scratch[8];
+    char envbuf[ENV_NAME_MAX];
+
+    if (err == NULL || errlen == 0) {
+        err = scratch;
+        errlen = sizeof scratch;
+    }
+    err[0] = '\0';
+    config_defaults(c);
+
+    /*
+     * Read the flags before the environment, so --help and --version work
+     * even when a variable holds a bad value, and a variable overridden by a
+     * flag is never judged.
+     */
+    for (int i = 1; i < argc; i++) {
+        const char *arg = argv[i];
+        const char *name, *eq, *value;
+        const option_def *o;
+        size_t len;
+
+        if (strcmp(arg, "--help") == 0 || strcmp(arg, "-h") == 0) {
+            if (out != NULL)
+                print_help(out);
+            return CONFIG_EXIT_OK;
+        }
+        if (strcmp(arg, "--version") == 0) {
+            if (out != NULL)
+                fprintf(out, "nodestate %s\n", NODESTATE_VERSION);
+            return CONFIG_EXIT_OK;
+        }
+        if (strncmp(arg, "--", 2) != 0) {
+            snprintf(err, errlen,
+                     "unexpected argument \"%.100s\" (options start with --; see --help)",
+                     arg);
+            return CONFIG_ERROR;
+        }
+        name = arg + 2;
+        eq = strchr(name, '=');
+        len = eq != NULL ? (size_t)(eq - name) : strlen(name);
+        o = find_option(name, len);
+        if (o == NULL) {
+            snprintf(err, errlen, "unknown option \"--%.*s\" (see --help)",
+                     (int)(len > 100 ? 100 : len), name);
+            return CONFIG_ERROR;
+        }
+        if (eq != NULL) {
+            value = eq + 1;
+        } else {
+            /* "--db --batch-size 5" is a forgotten value, not a path. */
+            if (i + 1 >= argc || strncmp(argv[i + 1], "--", 2) == 0) {
+                fail(err, errlen, o, "the command line",
+                     "needs a value, as in --%s %s", o->name, o->metavar);
+                return CONFIG_ERROR;
+            }
+            value = argv[++i];
+        }
+        flag_value[o - options] = value;
+    }
+
+    for (size_t i = 0; i < OPTION_COUNT; i++) {
+        const char *value = flag_value[i];
+        const char *src = "the command line";
+
+        if (value == NULL && env != NULL) {
+            env_name(&options[i], envbuf);
+            value = env(envbuf);
+            src = envbuf;
+            /* An empty variable (as compose files often pass) means unset. */
+            if (value != NULL && *value == '\0')
+                value = NULL;
+        }
+        if (value != NULL &&
+            set_value(c, &options[i], value, src, err, errlen) != 0)
+            return CONFIG_ERROR;
+    }
+    return CONFIG_RUN;
+}
+
+/* The value of option o in c, as a user would write it. */
+static void format_value(const config *c, const option_def *o, char *buf,
+                         size_t size)
+{
+    const char *field = (const char *)c + o->offset;
+
+    switch (o->kind) {
+    case OPT_LISTEN:
+        if (strchr(c->listen_host, ':') != NULL)
+            snprintf(buf, size, "[%s]:%u", c->listen_host,
+                     (unsigned)c->listen_port);
+        else
+            snprintf(buf, size, "%s:%u", c->listen_host,
+                     (unsigned)c->listen_port);
+        return;
+    case OPT_PATH:
+        snprintf(buf, size, "%s", field);
+        return;
+    case OPT_SIZE:
+        snprintf(buf, size, "%zu", *(const size_t *)(const void *)field);
+        return;
+    case OPT_UINT:
+        snprintf(buf, size, "%u", *(const unsigned *)(const void *)field);
+        return;
+    case OPT_SECONDS:
+        snprintf(buf, size, "%g", *(const double *)(const void *)field);
+        return;
+    case OPT_SYNC:
+        snprintf(buf, size, "%s",
+                 *(const bool *)(const void *)field ? "full" : "normal");
+        return;
+    case OPT_LEVEL:
+        snprintf(buf, size, "%s",
+                 log_level_name(*(const int *)(const void *)field));
+        return;
+    }
+    snprintf(buf, size, "?");
+}
+
+const char *config_format(const config *c, char *buf, size_t size)
+{
+    /* A value is at most a path (4 KiB) and, escaped, six bytes per byte. */
+    char value[sizeof c->db_path + 64];
+    char quoted[sizeof value * 6 + 3];
+    size_t len = 0;
+
+    if (buf == NULL || size == 0)
+        return buf;
+    buf[0] = '\0';
+    for (size_t i = 0; i < OPTION_COUNT && len + 1 < size; i++) {
+        const char *name = options[i].name;
+        int n;
+
+        format_value(c, &options[i], value, sizeof value);
+        log_quote(quoted, sizeof quoted, value);
+        n = snprintf(buf + len, size - len, "%s", i > 0 ? " " : "");
+        if (n < 0 || (size_t)n >= size - len)
+            break;
+        len += (size_t)n;
+        /* Keys are the option names with '_' for '-', as logfmt keys go. */
+        for (const char *p = name; *p && len + 1 < size; p++)
+            buf[len++] = *p == '-' ? '_' : *p;
+        buf[len] = '\0';
+        n = snprintf(buf + len, size - len, "=%s", quoted);
+        if (n < 0 || (size_t)n >= size - len) {
+            len = size - 1;
+            break;
+        }
+        len += (size_t)n;
+    }
+    return buf;
+}

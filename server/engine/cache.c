@@ -1,0 +1,247 @@
+#include "cache.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+/*
+ * Both tables are open addressing with linear probing, power-of-two sizes,
+ * kept at most half full so probes stay short.
+ */
+struct cache {
+    cache_run **slots;      /* runs keyed by run_id */
+    size_t n_slots;
+    size_t runs;
+    size_t nodes;
+    uint64_t removals;
+};
+
+static uint64_t hash_str(const char *s)
+{
+    uint64_t h = 1469598103934665603ull; /* FNV-1a */
+    for (; *s; s++) {
+        h ^= (unsigned char)*s;
+        h *= 1099511628211ull;
+    }
+    return h ^ (h >> 29);
+}
+
+cache *cache_new(void)
+{
+    cache *c = calloc(1, sizeof *c);
+    if (!c)
+        return NULL;
+    c->n_slots = 64;
+    c->slots = calloc(c->n_slots, sizeof *c->slots);
+    if (!c->slots) {
+        free(c);
+        return NULL;
+    }
+    return c;
+}
+
+static void run_free(cache_run *run)
+{
+    for (size_t i = 0; i < run->n_slots; i++)
+        model_row_unref(run->slots[i]);
+    free(run->slots);
+    free(run->run_id);
+    free(run);
+}
+
+void cache_free(cache *c)
+{
+    if (!c)
+        return;
+    for (size_t i = 0; i < c->n_slots; i++)
+        if (c->slots[i])
+            run_free(c->slots[i]);
+    free(c->slots);
+    free(c);
+}
+
+static size_t run_slot(const cache *c, const char *run_id)
+{
+    size_t mask = c->n_slots - 1;
+    size_t i = hash_str(run_id) & mask;
+    while (c->slots[i] && strcmp(c->slots[i]->run_id, run_id) != 0)
+        i = (i + 1) & mask;
+    return i;
+}
+
+cache_run *cache_run_find(cache *c, const char *run_id)
+{
+    return c->slots[run_slot(c, run_id)];
+}
+
+static int runs_grow(cache *c)
+{
+    size_t n = c->n_slots * 2;
+    cache_run **slots = calloc(n, sizeof *slots);
+    if (!slots)
+        return -1;
+    cache_run **old = c->slots;
+    size_t old_n = c->n_slots;
+    c->slots = slots;
+    c->n_slots = n;
+    for (size_t i = 0; i < old_n; i++)
+        if (old[i])
+            c->slots[run_slot(c, old[i]->run_id)] = old[i];
+    free(old);
+    return 0;
+}
+
+cache_run *cache_run_add(cache *c, const char *run_id)
+{
+    if ((c->runs + 1) * 2 > c->n_slots && runs_grow(c) != 0)
+        return NULL;
+    cache_run *run = calloc(1, sizeof *run);
+    if (!run)
+        return NULL;
+    run->run_id = strdup(run_id);
+    run->n_slots = 8;
+    run->slots = calloc(run->n_slots, sizeof *run->slots);
+    if (!run->run_id || !run->slots) {
+        free(run->run_id);
+        free(run->slots);
+        free(run);
+        return NULL;
+    }
+    c->slots[run_slot(c, run_id)] = run;
+    c->runs++;
+    return run;
+}
+
+void cache_run_remove(cache *c, cache_run *run)
+{
+    size_t mask = c->n_slots - 1;
+    size_t i = run_slot(c, run->run_id);
+    if (c->slots[i] != run)
+        return;
+    /* Backward-shift deletion keeps every other key reachable without tombstones. */
+    size_t j = i;
+    for (;;) {
+        j = (j + 1) & mask;
+        if (!c->slots[j])
+            break;
+        size_t home = hash_str(c->slots[j]->run_id) & mask;
+        bool between = i <= j ? (i < home && home <= j) : (i < home || home <= j);
+        if (!between) {
+            c->slots[i] = c->slots[j];
+            i = j;
+        }
+    }
+    c->slots[i] = NULL;
+    c->runs--;
+    c->nodes -= run->nodes;
+    c->removals++;
+    run_free(run);
+}
+
+void cache_run_clear(cache *c, cache_run *run)
+{
+    for (size_t i = 0; i < run->n_slots; i++) {
+        model_row_unref(run->slots[i]);
+        run->slots[i] = NULL;
+    }
+    c->nodes -= run->nodes;
+    run->nodes = 0;
+    memset(run->counts, 0, sizeof run->counts);
+}
+
+uint64_t cache_removals(const cache *c)
+{
+    return c->removals;
+}
+
+size_t cache_nodes(const cache *c)
+{
+    return c->nodes;
+}
+
+size_t cache_runs(const cache *c)
+{
+    return c->runs;
+}
+
+static size_t node_slot(const cache_run *run, const char *node_id)
+{
+    size_t mask = run->n_slots - 1;
+    size_t i = hash_str(node_id) & mask;
+    while (run->slots[i] && strcmp(run->slots[i]->node_id, node_id) != 0)
+        i = (i + 1) & mask;
+    return i;
+}
+
+ns_row *cache_node_get(const cache_run *run, const char *node_id)
+{
+    return run->slots[node_slot(run, node_id)];
+}
+
+static int nodes_grow(cache_run *run)
+{
+    size_t n = run->n_slots * 2;
+    ns_row **slots = calloc(n, sizeof *slots);
+    if (!slots)
+        return -1;
+    ns_row **old = run->slots;
+    size_t old_n = run->n_slots;
+    run->slots = slots;
+    run->n_slots = n;
+    for (size_t i = 0; i < old_n; i++)
+        if (old[i])
+            run->slots[node_slot(run, old[i]->node_id)] = old[i];
+    free(old);
+    return 0;
+}
+
+int cache_node_put(cache *c, cache_run *run, ns_row *row)
+{
+    size_t i = node_slot(run, row->node_id);
+    ns_row *old = run->slots[i];
+    if (!old) {
+        if ((run->nodes + 1) * 2 > run->n_slots) {
+            if (nodes_grow(run) != 0)
+                return -1;
+            i = node_slot(run, row->node_id);
+        }
+        run->nodes++;
+        c->nodes++;
+    } else {
+        run->counts[old->status]--;
+        model_row_unref(old);
+    }
+    run->slots[i] = row;
+    run->counts[row->status]++;
+    return 0;
+}
+
+static int by_node_id(const void *a, const void *b)
+{
+    const ns_row *x = *(const ns_row *const *)a;
+    const ns_row *y = *(const ns_row *const *)b;
+    return strcmp(x->node_id, y->node_id);
+}
+
+long cache_run_collect(const cache_run *run, unsigned status_mask,
+                       const char *after, size_t limit, ns_row **out, bool *more)
+{
+    ns_row **all = malloc((run->nodes ? run->nodes : 1) * sizeof *all);
+    if (!all)
+        return -1;
+    size_t n = 0;
+    for (size_t i = 0; i < run->n_slots; i++) {
+        ns_row *r = run->slots[i];
+        if (r && (status_mask & (1u << r->status)) &&
+            (!after || strcmp(r->node_id, after) > 0))
+            all[n++] = r;
+    }
+    qsort(all, n, sizeof *all, by_node_id);
+    size_t take = n < limit ? n : limit;
+    for (size_t i = 0; i < take; i++) {
+        model_row_ref(all[i]);
+        out[i] = all[i];
+    }
+    *more = n > take;
+    free(all);
+    return (long)take;
+}

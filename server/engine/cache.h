@@ -1,0 +1,60 @@
+/*
+ * cache: the latest accepted row of every node the engine holds in memory,
+ * as run_id -> run -> node_id -> row. The unit of caching is a whole run: a
+ * run is either absent (SQLite holds its truth) or present with all its
+ * nodes, so listings and summaries never need to merge cache and disk.
+ *
+ * Not thread-safe: the engine's lock guards the cache and every run in it.
+ */
+#ifndef NODESTATE_CACHE_H
+#define NODESTATE_CACHE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "model.h"
+
+typedef struct cache cache;
+
+typedef struct cache_run {
+    char *run_id;
+    size_t pending;            /* queued ops of this run not yet committed; pins it */
+    size_t counts[NS_STATUS_COUNT]; /* nodes per status */
+    size_t nodes;              /* nodes held */
+    /* the node table (open addressing, keyed by row->node_id) */
+    ns_row **slots;
+    size_t n_slots;
+} cache_run;
+
+cache *cache_new(void);
+/* Frees every run and drops every row reference. */
+void cache_free(cache *c);
+/* The run, or NULL when it is not cached. */
+cache_run *cache_run_find(cache *c, const char *run_id);
+/* Adds an empty run (not yet cached); NULL when out of memory. */
+cache_run *cache_run_add(cache *c, const char *run_id);
+/* Removes a run and drops its rows. */
+void cache_run_remove(cache *c, cache_run *run);
+/* Drops every node of a run, keeping the (now empty) run. */
+void cache_run_clear(cache *c, cache_run *run);
+/* Incremented by every cache_run_remove: lets a reader detect a removal during a load. */
+uint64_t cache_removals(const cache *c);
+size_t cache_nodes(const cache *c);
+size_t cache_runs(const cache *c);
+
+/* The node's row (no reference taken), or NULL. */
+ns_row *cache_node_get(const cache_run *run, const char *node_id);
+/* Stores row (taking over the caller's reference), replacing and unreffing any previous one. -1 when out of memory. */
+int cache_node_put(cache *c, cache_run *run, ns_row *row);
+
+/*
+ * Collects the run's rows whose status bit is in status_mask and whose
+ * node_id sorts after `after` (NULL: all), in node_id order, at most limit,
+ * taking a reference on each into out (room for limit). *more tells whether
+ * further matching rows follow. Returns the count, or -1 when out of memory.
+ */
+long cache_run_collect(const cache_run *run, unsigned status_mask,
+                       const char *after, size_t limit, ns_row **out, bool *more);
+
+#endif

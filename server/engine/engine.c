@@ -1,0 +1,662 @@
+#include "engine.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "cache.h"
+#include "queue.h"
+#include "rules.h"
+#include "store.h"
+#include "writer.h"
+
+/* Retries of a failed commit wait this long at first, doubling up to the cap. */
+#define BACKOFF_FIRST_NS 10000000ll   /* 10 ms */
+#define BACKOFF_CAP_NS 1000000000ll   /* 1 s, DESIGN.md §4 */
+/* How often one load of a run is retried when runs are removed meanwhile. */
+#define LOAD_TRIES 8
+
+struct engine {
+    engine_config cfg;            /* db_path points at db_path below */
+    char *db_path;
+    ns_stats stats;
+    store_reader *reader;         /* read-through connection, locks itself */
+    store *store;                 /* the write connection: writer thread only */
+    ns_op *batch;                 /* writer thread only: batch_size ops */
+    void (*on_durable)(void *ctx, int64_t durable_seq); /* set before traffic */
+    void *on_durable_ctx;
+    pthread_t writer;
+    _Atomic bool writer_running;
+    _Atomic bool store_failing;   /* the last commit attempt failed */
+
+    pthread_mutex_t lock;         /* guards every field below */
+    pthread_cond_t wake;          /* the writer sleeps on it (CLOCK_MONOTONIC) */
+    cache *cache;
+    queue *queue;
+    int64_t last_seq;             /* last seq assigned */
+    int64_t flush_until;          /* commit without waiting while seqs <= this are queued */
+    bool stopping;                /* engine_close: drain, then exit */
+    int64_t drain_deadline_ns;    /* when stopping: give up failing commits after this */
+    size_t unflushed;             /* ops the writer could not write before giving up */
+};
+
+static int64_t mono_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000ll + ts.tv_nsec;
+}
+
+static void logf_(engine *e, int level, const char *msg, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+static void logf_(engine *e, int level, const char *msg, const char *fmt, ...)
+{
+    if (!e->cfg.log)
+        return;
+    char fields[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(fields, sizeof fields, fmt, ap);
+    va_end(ap);
+    e->cfg.log(e->cfg.log_ctx, level, msg, fields);
+}
+
+/* Copies SQLite's message into a logfmt-safe quoted value (no quotes or newlines inside). */
+static void quote_value(const char *src, char *dst, size_t n)
+{
+    size_t j = 0;
+    for (size_t i = 0; src[i] && j + 1 < n; i++) {
+        char c = src[i];
+        dst[j++] = (c == '"' || c == '\n' || c == '\r') ? '\'' : c;
+    }
+    dst[j] = '\0';
+}
+
+static void publish_cache_size(engine *e)
+{
+    atomic_store_explicit(&e->stats.cache_nodes, cache_nodes(e->cache), memory_order_relaxed);
+    atomic_store_explicit(&e->stats.cache_runs, cache_runs(e->cache), memory_order_relaxed);
+}
+
+/* ---- reading through ---- */
+
+typedef struct row_vec {
+    ns_row **rows;
+    size_t n, cap;
+} row_vec;
+
+static int row_vec_push(void *ctx, ns_row *row)
+{
+    row_vec *v = ctx;
+    if (v->n == v->cap) {
+        size_t cap = v->cap ? v->cap * 2 : 64;
+        ns_row **rows = realloc(v->rows, cap * sizeof *rows);
+        if (!rows) {
+            model_row_unref(row);
+            return -1;
+        }
+        v->rows = rows;
+        v->cap = cap;
+    }
+    v->rows[v->n++] = row;
+    return 0;
+}
+
+static void row_vec_free(row_vec *v)
+{
+    for (size_t i = 0; i < v->n; i++)
+        model_row_unref(v->rows[i]);
+    free(v->rows);
+    v->rows = NULL;
+    v->n = v->cap = 0;
+}
+
+/*
+ * The cached run, loading it whole from SQLite on a miss. Called and returns
+ * with e->lock held, but drops it while reading the file so a slow read
+ * stalls no one else. A run absent from the cache has nothing queued, so the
+ * file holds its truth; if a run was removed from the cache meanwhile, the rows
+ * read may predate that removal, so the load is done again. With create false
+ * a run with no rows is not cached and answers NOT_FOUND.
+ */
+static cache_run *run_get(engine *e, const char *run_id, bool create,
+                          engine_result *res)
+{
+    for (int tries = 0; tries < LOAD_TRIES; tries++) {
+        cache_run *run = cache_run_find(e->cache, run_id);
+        if (run)
+            return run;
+        uint64_t removals = cache_removals(e->cache);
+        row_vec v = { 0 };
+        pthread_mutex_unlock(&e->lock);
+        int rc = store_reader_load_run(e->reader, run_id, row_vec_push, &v);
+        pthread_mutex_lock(&e->lock);
+        if (rc != 0) {
+            row_vec_free(&v);
+            logf_(e, NS_LOG_ERROR, "read-through-failed", "run_id=%s", run_id);
+            *res = ENGINE_ERROR;
+            return NULL;
+        }
+        run = cache_run_find(e->cache, run_id);
+        if (run || cache_removals(e->cache) != removals) {
+            row_vec_free(&v);
+            continue; /* someone else loaded it, or the file may have moved on */
+        }
+        if (v.n == 0 && !create) {
+            row_vec_free(&v);
+            *res = ENGINE_NOT_FOUND;
+            return NULL;
+        }
+        run = cache_run_add(e->cache, run_id);
+        for (size_t i = 0; run && i < v.n; i++) {
+            if (cache_node_put(e->cache, run, v.rows[i]) != 0) {
+                cache_run_remove(e->cache, run);
+                run = NULL;
+                break;
+            }
+            v.rows[i] = NULL; /* the cache owns it now */
+        }
+        row_vec_free(&v);
+        if (!run) {
+            *res = ENGINE_ERROR;
+            return NULL;
+        }
+        atomic_fetch_add_explicit(&e->stats.cache_loads, 1, memory_order_relaxed);
+        publish_cache_size(e);
+        return run;
+    }
+    *res = ENGINE_ERROR;
+    return NULL;
+}
+
+/* Forgets a run that holds nothing and has nothing queued (a failed first submit, a committed delete). */
+static void run_drop_if_empty(engine *e, cache_run *run)
+{
+    if (run->nodes == 0 && run->pending == 0) {
+        cache_run_remove(e->cache, run);
+        publish_cache_size(e);
+    }
+}
+
+/* ---- accepting writes ---- */
+
+static void reject(engine *e, ns_reject why)
+{
+    atomic_fetch_add_explicit(&e->stats.rejected[why], 1, memory_order_relaxed);
+}
+
+/* Appends an op under e->lock; the caller checked there is room. */
+static void enqueue(engine *e, ns_op *op)
+{
+    op->seq = ++e->last_seq;
+    op->enqueued_ns = mono_ns();
+    op->run->pending++;
+    queue_push(e->queue, op);
+    size_t len = queue_len(e->queue);
+    atomic_store_explicit(&e->stats.queue_depth, len, memory_order_relaxed);
+    atomic_store_explicit(&e->stats.last_seq, e->last_seq, memory_order_relaxed);
+    atomic_fetch_add_explicit(&e->stats.updates_queued, 1, memory_order_relaxed);
+    /* Wake the writer only when it may be waiting for this: the first op, or a full batch. */
+    if (len == 1 || len == e->cfg.batch_size)
+        pthread_cond_signal(&e->wake);
+}
+
+engine_result engine_submit(engine *e, const char *run_id, const char *node_id,
+                            const ns_update *u, ns_row **out)
+{
+    engine_result res = ENGINE_ERROR;
+    *out = NULL;
+    pthread_mutex_lock(&e->lock);
+    cache_run *run = run_get(e, run_id, true, &res);
+    if (!run)
+        goto done;
+    ns_row *cur = cache_node_get(run, node_id);
+    ns_row draft;
+    int64_t now = model_now_ms();
+    switch (rules_apply(cur, run_id, node_id, u, now, &draft)) {
+    case RULES_STALE:
+        reject(e, NS_REJECT_STALE);
+        res = ENGINE_STALE;
+        goto current;
+    case RULES_ILLEGAL:
+        reject(e, NS_REJECT_ILLEGAL);
+        res = ENGINE_ILLEGAL;
+        goto current;
+    case RULES_DUPLICATE:
+        atomic_fetch_add_explicit(&e->stats.updates_duplicate, 1, memory_order_relaxed);
+        res = ENGINE_DUPLICATE;
+        goto current;
+    case RULES_APPLY:
+        break;
+    }
+    if (queue_len(e->queue) == queue_capacity(e->queue)) {
+        reject(e, NS_REJECT_QUEUE_FULL);
+        res = ENGINE_QUEUE_FULL;
+        goto drop;
+    }
+    draft.seq = e->last_seq + 1;
+    draft.updated_at = now;
+    ns_row *row = model_row_copy(&draft);
+    if (!row || cache_node_put(e->cache, run, row) != 0) {
+        model_row_unref(row);
+        res = ENGINE_ERROR;
+        goto drop;
+    }
+    model_row_ref(row); /* the queue's reference */
+    model_row_ref(row); /* the caller's */
+    ns_op op = { .row = row, .run = run };
+    enqueue(e, &op);
+    publish_cache_size(e);
+    *out = row;
+    res = ENGINE_ACCEPTED;
+    goto done;
+current:
+    model_row_ref(cur);
+    *out = cur;
+    goto done;
+drop:
+    run_drop_if_empty(e, run);
+done:
+    pthread_mutex_unlock(&e->lock);
+    return res;
+}
+
+engine_result engine_delete_run(engine *e, const char *run_id, size_t *deleted,
+                                int64_t *seq)
+{
+    engine_result res = ENGINE_ERROR;
+    char *id = strdup(run_id);
+    if (!id)
+        return ENGINE_ERROR;
+    pthread_mutex_lock(&e->lock);
+    cache_run *run = run_get(e, run_id, false, &res);
+    if (run && run->nodes == 0)
+        res = ENGINE_NOT_FOUND;
+    if (!run || run->nodes == 0)
+        goto done;
+    if (queue_len(e->queue) == queue_capacity(e->queue)) {
+        reject(e, NS_REJECT_QUEUE_FULL);
+        res = ENGINE_QUEUE_FULL;
+        goto done;
+    }
+    *deleted = run->nodes;
+    /* The run stays cached, empty and pinned, until the delete commits: a read must not find the old rows on disk. */
+    cache_run_clear(e->cache, run);
+    ns_op op = { .delete_run = id, .run = run };
+    enqueue(e, &op);
+    *seq = op.seq;
+    id = NULL;
+    publish_cache_size(e);
+    res = ENGINE_ACCEPTED;
+done:
+    pthread_mutex_unlock(&e->lock);
+    free(id);
+    return res;
+}
+
+/* ---- reading ---- */
+
+ns_row *engine_get(engine *e, const char *run_id, const char *node_id,
+                   engine_result *res)
+{
+    ns_row *row = NULL;
+    *res = ENGINE_NOT_FOUND;
+    pthread_mutex_lock(&e->lock);
+    cache_run *run = run_get(e, run_id, false, res);
+    if (run) {
+        row = cache_node_get(run, node_id);
+        if (row) {
+            model_row_ref(row);
+            *res = ENGINE_ACCEPTED;
+        } else {
+            *res = ENGINE_NOT_FOUND;
+        }
+    }
+    pthread_mutex_unlock(&e->lock);
+    return row;
+}
+
+engine_result engine_list(engine *e, const char *run_id, unsigned status_mask,
+                          const char *after, size_t limit, engine_page *page)
+{
+    engine_result res = ENGINE_ERROR;
+    memset(page, 0, sizeof *page);
+    page->rows = malloc((limit ? limit : 1) * sizeof *page->rows);
+    if (!page->rows)
+        return ENGINE_ERROR;
+    pthread_mutex_lock(&e->lock);
+    cache_run *run = run_get(e, run_id, false, &res);
+    if (run && run->nodes == 0)
+        res = ENGINE_NOT_FOUND;
+    if (run && run->nodes > 0) {
+        long n = cache_run_collect(run, status_mask, after, limit, page->rows,
+                                   &page->more);
+        res = n < 0 ? ENGINE_ERROR : ENGINE_ACCEPTED;
+        page->count = n < 0 ? 0 : (size_t)n;
+    }
+    pthread_mutex_unlock(&e->lock);
+    return res;
+}
+
+void engine_page_free(engine_page *page)
+{
+    for (size_t i = 0; i < page->count; i++)
+        model_row_unref(page->rows[i]);
+    free(page->rows);
+    memset(page, 0, sizeof *page);
+}
+
+engine_result engine_summarize(engine *e, const char *run_id, engine_summary *out)
+{
+    engine_result res = ENGINE_ERROR;
+    memset(out, 0, sizeof *out);
+    pthread_mutex_lock(&e->lock);
+    cache_run *run = run_get(e, run_id, false, &res);
+    if (run && run->nodes == 0)
+        res = ENGINE_NOT_FOUND;
+    if (run && run->nodes > 0) {
+        out->nodes = run->nodes;
+        memcpy(out->counts, run->counts, sizeof out->counts);
+        for (size_t i = 0; i < run->n_slots; i++) {
+            const ns_row *r = run->slots[i];
+            if (!r)
+                continue;
+            if (r->seq > out->last_seq)
+                out->last_seq = r->seq;
+            if (r->updated_at > out->updated_at)
+                out->updated_at = r->updated_at;
+        }
+        res = ENGINE_ACCEPTED;
+    }
+    pthread_mutex_unlock(&e->lock);
+    return res;
+}
+
+/* ---- the writer thread ---- */
+
+/* Sleeps ns on the monotonic clock. */
+static void nap(int64_t ns)
+{
+    struct timespec ts = { (time_t)(ns / 1000000000ll), (long)(ns % 1000000000ll) };
+    while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
+    }
+}
+
+/*
+ * Writes ops[0..n) in one transaction, retrying with capped backoff until it
+ * commits. Only while stopping, past the drain deadline, does it give up
+ * (returns -1). Called without the lock.
+ */
+static int commit_ops(engine *e, const ns_op *ops, size_t n)
+{
+    writer_plan plan;
+    int64_t backoff = BACKOFF_FIRST_NS;
+    bool planned = false;
+    int64_t t0;
+    for (;;) {
+        if (!planned)
+            planned = writer_plan_build(ops, n, &plan) == 0;
+        t0 = mono_ns();
+        if (planned && store_write(e->store, &plan.batch) == 0)
+            break;
+        atomic_fetch_add_explicit(&e->stats.errors, 1, memory_order_relaxed);
+        atomic_store(&e->store_failing, true);
+        char why[512];
+        quote_value(planned ? store_errmsg(e->store) : "out of memory", why, sizeof why);
+        logf_(e, NS_LOG_ERROR, "commit-failed",
+              "updates=%zu error=\"%s\" retry_in_ms=%lld", n, why,
+              (long long)(backoff / 1000000));
+        pthread_mutex_lock(&e->lock);
+        bool stopping = e->stopping;
+        int64_t deadline = e->drain_deadline_ns;
+        pthread_mutex_unlock(&e->lock);
+        int64_t now = mono_ns();
+        if (stopping && now >= deadline) {
+            if (planned)
+                writer_plan_free(&plan);
+            return -1;
+        }
+        nap(stopping && deadline - now < backoff ? deadline - now : backoff);
+        backoff = backoff * 2 > BACKOFF_CAP_NS ? BACKOFF_CAP_NS : backoff * 2;
+    }
+    int64_t done = mono_ns();
+    atomic_store(&e->store_failing, false);
+    ns_stats *s = &e->stats;
+    atomic_fetch_add_explicit(&s->batches_written, 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(&s->rows_written, plan.batch.n_rows, memory_order_relaxed);
+    atomic_fetch_add_explicit(&s->runs_deleted, plan.batch.n_deletes, memory_order_relaxed);
+    atomic_fetch_add_explicit(&s->updates_coalesced, plan.coalesced, memory_order_relaxed);
+    atomic_fetch_add_explicit(&s->updates_processed, n, memory_order_relaxed);
+    stats_observe(&s->commit_seconds, (double)(done - t0) / 1e9);
+    stats_observe(&s->batch_updates, (double)n);
+    for (size_t i = 0; i < n; i++)
+        stats_observe(&s->enqueue_to_commit_seconds, (double)(done - ops[i].enqueued_ns) / 1e9);
+    writer_plan_free(&plan);
+    return 0;
+}
+
+/* Drops what the queue held for ops[0..n) once they are written (or given up). Lock held. */
+static void release_ops(engine *e, ns_op *ops, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        ops[i].run->pending--;
+        run_drop_if_empty(e, ops[i].run);
+        model_row_unref(ops[i].row);
+        free(ops[i].delete_run);
+    }
+}
+
+static void deadline_to_timespec(int64_t ns, struct timespec *ts)
+{
+    ts->tv_sec = (time_t)(ns / 1000000000ll);
+    ts->tv_nsec = (long)(ns % 1000000000ll);
+}
+
+/* Whether the writer should commit now rather than wait for more. Lock held. */
+static bool batch_due(engine *e)
+{
+    const ns_op *oldest = queue_peek(e->queue);
+    if (!oldest)
+        return false;
+    return e->stopping || queue_len(e->queue) >= e->cfg.batch_size ||
+           oldest->seq <= e->flush_until;
+}
+
+static void *writer_main(void *arg)
+{
+    engine *e = arg;
+    int64_t interval_ns = (int64_t)(e->cfg.batch_interval * 1e9);
+    pthread_mutex_lock(&e->lock);
+    for (;;) {
+        while (!e->stopping && queue_len(e->queue) == 0)
+            pthread_cond_wait(&e->wake, &e->lock);
+        if (queue_len(e->queue) == 0)
+            break; /* stopping and drained */
+        while (!batch_due(e)) {
+            int64_t deadline = queue_peek(e->queue)->enqueued_ns + interval_ns;
+            if (mono_ns() >= deadline)
+                break;
+            struct timespec ts;
+            deadline_to_timespec(deadline, &ts);
+            pthread_cond_timedwait(&e->wake, &e->lock, &ts);
+        }
+        size_t n = queue_pop(e->queue, e->batch, e->cfg.batch_size);
+        atomic_store_explicit(&e->stats.queue_depth, queue_len(e->queue), memory_order_relaxed);
+        pthread_mutex_unlock(&e->lock);
+
+        int rc = commit_ops(e, e->batch, n);
+        int64_t durable = e->batch[n - 1].seq;
+
+        pthread_mutex_lock(&e->lock);
+        if (rc != 0) {
+            /* Stopping past the deadline with the store still failing: count what is lost. */
+            e->unflushed = n + queue_len(e->queue);
+            release_ops(e, e->batch, n);
+            size_t left;
+            while ((left = queue_pop(e->queue, e->batch, e->cfg.batch_size)) > 0)
+                release_ops(e, e->batch, left);
+            break;
+        }
+        release_ops(e, e->batch, n);
+        atomic_store(&e->stats.durable_seq, durable);
+        if (e->on_durable) {
+            pthread_mutex_unlock(&e->lock);
+            e->on_durable(e->on_durable_ctx, durable);
+            pthread_mutex_lock(&e->lock);
+        }
+    }
+    pthread_mutex_unlock(&e->lock);
+    atomic_store(&e->writer_running, false);
+    return NULL;
+}
+
+/* ---- life cycle ---- */
+
+engine *engine_open(const engine_config *cfg, char *err, size_t errlen)
+{
+    if (cfg->batch_size == 0 || cfg->queue_capacity == 0) {
+        snprintf(err, errlen, "batch size and queue capacity must be at least 1");
+        return NULL;
+    }
+    engine *e = calloc(1, sizeof *e);
+    if (!e) {
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    e->cfg = *cfg;
+    e->db_path = strdup(cfg->db_path);
+    e->cfg.db_path = e->db_path;
+    stats_init(&e->stats, cfg->queue_capacity);
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_mutex_init(&e->lock, NULL);
+    pthread_cond_init(&e->wake, &ca);
+    pthread_condattr_destroy(&ca);
+    e->cache = cache_new();
+    e->queue = queue_new(cfg->queue_capacity);
+    e->batch = calloc(cfg->batch_size, sizeof *e->batch);
+    if (!e->db_path || !e->cache || !e->queue || !e->batch) {
+        snprintf(err, errlen, "out of memory");
+        goto err;
+    }
+    e->store = store_open(e->db_path, cfg->synchronous_full, err, errlen);
+    if (!e->store)
+        goto err;
+    e->reader = store_reader_open(e->db_path, err, errlen);
+    if (!e->reader)
+        goto err;
+    e->last_seq = store_last_seq(e->store);
+    atomic_store(&e->stats.last_seq, e->last_seq);
+    atomic_store(&e->stats.durable_seq, e->last_seq);
+    atomic_store(&e->writer_running, true);
+    if (pthread_create(&e->writer, NULL, writer_main, e) != 0) {
+        atomic_store(&e->writer_running, false);
+        snprintf(err, errlen, "cannot start the writer thread");
+        goto err;
+    }
+    return e;
+err:
+    store_reader_close(e->reader);
+    store_close(e->store);
+    free(e->batch);
+    queue_free(e->queue);
+    cache_free(e->cache);
+    pthread_cond_destroy(&e->wake);
+    pthread_mutex_destroy(&e->lock);
+    free(e->db_path);
+    free(e);
+    return NULL;
+}
+
+size_t engine_close(engine *e)
+{
+    if (!e)
+        return 0;
+    pthread_mutex_lock(&e->lock);
+    e->stopping = true;
+    e->drain_deadline_ns = mono_ns() + (int64_t)(e->cfg.shutdown_timeout * 1e9);
+    pthread_cond_signal(&e->wake);
+    pthread_mutex_unlock(&e->lock);
+    pthread_join(e->writer, NULL);
+    size_t unflushed = e->unflushed;
+    if (unflushed)
+        logf_(e, NS_LOG_ERROR, "flush-incomplete", "unflushed=%zu", unflushed);
+    store_reader_close(e->reader);
+    store_close(e->store);
+    free(e->batch);
+    queue_free(e->queue);
+    cache_free(e->cache);
+    pthread_cond_destroy(&e->wake);
+    pthread_mutex_destroy(&e->lock);
+    free(e->db_path);
+    free(e);
+    return unflushed;
+}
+
+/* ---- state for the API ---- */
+
+int64_t engine_durable_seq(engine *e)
+{
+    return atomic_load(&e->stats.durable_seq);
+}
+
+void engine_on_durable(engine *e, void (*fn)(void *ctx, int64_t durable_seq),
+                       void *ctx)
+{
+    pthread_mutex_lock(&e->lock);
+    e->on_durable = fn;
+    e->on_durable_ctx = ctx;
+    pthread_mutex_unlock(&e->lock);
+}
+
+void engine_flush_soon(engine *e)
+{
+    pthread_mutex_lock(&e->lock);
+    e->flush_until = e->last_seq;
+    pthread_cond_signal(&e->wake);
+    pthread_mutex_unlock(&e->lock);
+}
+
+bool engine_alive(engine *e)
+{
+    return atomic_load(&e->writer_running);
+}
+
+bool engine_ready(engine *e, const char **reason)
+{
+    if (!atomic_load(&e->writer_running)) {
+        *reason = "the writer thread is not running";
+        return false;
+    }
+    if (atomic_load(&e->store_failing)) {
+        *reason = "commits to the database are failing; retrying";
+        return false;
+    }
+    if (atomic_load(&e->stats.queue_depth) >= e->stats.queue_capacity) {
+        *reason = "the write queue is full";
+        return false;
+    }
+    pthread_mutex_lock(&e->lock);
+    bool stopping = e->stopping;
+    pthread_mutex_unlock(&e->lock);
+    if (stopping) {
+        *reason = "shutting down";
+        return false;
+    }
+    return true;
+}
+
+ns_stats *engine_stats(engine *e)
+{
+    return &e->stats;
+}
+
+const engine_config *engine_config_of(engine *e)
+{
+    return &e->cfg;
+}

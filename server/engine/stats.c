@@ -1,0 +1,61 @@
+#include "stats.h"
+
+#include <string.h>
+
+#include "model.h"
+
+static const double commit_bounds[] = {
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5,
+};
+static const double batch_bounds[] = {
+    1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 25000, 100000,
+};
+static const double latency_bounds[] = {
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30,
+};
+
+static const char *const reject_names[NS_REJECT_COUNT] = {
+    "invalid", "stale", "illegal", "queue_full",
+};
+
+_Static_assert(sizeof commit_bounds / sizeof *commit_bounds <= NS_HIST_MAX_BUCKETS, "buckets");
+_Static_assert(sizeof batch_bounds / sizeof *batch_bounds <= NS_HIST_MAX_BUCKETS, "buckets");
+_Static_assert(sizeof latency_bounds / sizeof *latency_bounds <= NS_HIST_MAX_BUCKETS, "buckets");
+
+static void hist_setup(ns_hist *h, const double *bounds, size_t n)
+{
+    h->bounds = bounds;
+    h->n_bounds = n;
+}
+
+void stats_init(ns_stats *s, uint64_t queue_capacity)
+{
+    memset(s, 0, sizeof *s);
+    s->queue_capacity = queue_capacity;
+    s->start_ms = model_now_ms();
+    hist_setup(&s->commit_seconds, commit_bounds,
+               sizeof commit_bounds / sizeof *commit_bounds);
+    hist_setup(&s->batch_updates, batch_bounds,
+               sizeof batch_bounds / sizeof *batch_bounds);
+    hist_setup(&s->enqueue_to_commit_seconds, latency_bounds,
+               sizeof latency_bounds / sizeof *latency_bounds);
+}
+
+void stats_observe(ns_hist *h, double value)
+{
+    size_t i = 0;
+    while (i < h->n_bounds && value > h->bounds[i])
+        i++;
+    atomic_fetch_add_explicit(&h->counts[i], 1, memory_order_relaxed);
+    if (value > 0)
+        atomic_fetch_add_explicit(&h->sum_micro, (uint64_t)(value * 1e6 + 0.5),
+                                  memory_order_relaxed);
+    atomic_fetch_add_explicit(&h->count, 1, memory_order_relaxed);
+}
+
+const char *stats_reject_name(ns_reject r)
+{
+    if ((unsigned)r >= NS_REJECT_COUNT)
+        return NULL;
+    return reject_names[r];
+}

@@ -1,0 +1,117 @@
+#include "writer.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+/* A set of (run, node) keys; node NULL stands for "the whole run" (a delete). */
+typedef struct keyset {
+    const char **runs;
+    const char **nodes;
+    size_t mask;
+} keyset;
+
+static uint64_t hash_key(const char *run, const char *node)
+{
+    uint64_t h = 1469598103934665603ull;
+    for (const char *s = run; *s; s++)
+        h = (h ^ (unsigned char)*s) * 1099511628211ull;
+    h = (h ^ 0xff) * 1099511628211ull; /* separator: ("ab","c") != ("a","bc") */
+    if (node)
+        for (const char *s = node; *s; s++)
+            h = (h ^ (unsigned char)*s) * 1099511628211ull;
+    return h ^ (h >> 29);
+}
+
+static bool str_eq(const char *a, const char *b)
+{
+    return a == b || (a && b && strcmp(a, b) == 0);
+}
+
+/* Adds (run, node); returns false if it was already there. */
+static bool keyset_add(keyset *k, const char *run, const char *node)
+{
+    size_t i = hash_key(run, node) & k->mask;
+    while (k->runs[i]) {
+        if (str_eq(k->nodes[i], node) && strcmp(k->runs[i], run) == 0)
+            return false;
+        i = (i + 1) & k->mask;
+    }
+    k->runs[i] = run;
+    k->nodes[i] = node;
+    return true;
+}
+
+static bool keyset_has(const keyset *k, const char *run, const char *node)
+{
+    size_t i = hash_key(run, node) & k->mask;
+    while (k->runs[i]) {
+        if (str_eq(k->nodes[i], node) && strcmp(k->runs[i], run) == 0)
+            return true;
+        i = (i + 1) & k->mask;
+    }
+    return false;
+}
+
+static int by_key(const void *a, const void *b)
+{
+    const ns_row *x = *(const ns_row *const *)a;
+    const ns_row *y = *(const ns_row *const *)b;
+    int c = strcmp(x->run_id, y->run_id);
+    return c ? c : strcmp(x->node_id, y->node_id);
+}
+
+int writer_plan_build(const ns_op *ops, size_t n, writer_plan *plan)
+{
+    memset(plan, 0, sizeof *plan);
+    size_t slots = 16;
+    while (slots < n * 2)
+        slots *= 2;
+    keyset k = { calloc(slots, sizeof *k.runs), calloc(slots, sizeof *k.nodes), slots - 1 };
+    plan->deletes = malloc((n ? n : 1) * sizeof *plan->deletes);
+    plan->rows = malloc((n ? n : 1) * sizeof *plan->rows);
+    if (!k.runs || !k.nodes || !plan->deletes || !plan->rows)
+        goto err;
+
+    /*
+     * Newest first: the first row seen for a node is the one that wins, and a
+     * row older than a delete of its run is moot.
+     */
+    size_t n_del = 0, n_rows = 0;
+    for (size_t i = n; i-- > 0;) {
+        const ns_op *op = &ops[i];
+        if (op->delete_run) {
+            if (keyset_add(&k, op->delete_run, NULL))
+                plan->deletes[n_del++] = op->delete_run;
+            continue;
+        }
+        plan->upserts++;
+        const ns_row *r = op->row;
+        if (keyset_has(&k, r->run_id, NULL) || !keyset_add(&k, r->run_id, r->node_id)) {
+            plan->coalesced++;
+            continue;
+        }
+        plan->rows[n_rows++] = op->row;
+    }
+    qsort(plan->rows, n_rows, sizeof *plan->rows, by_key);
+
+    plan->batch.delete_runs = plan->deletes;
+    plan->batch.n_deletes = n_del;
+    plan->batch.rows = plan->rows;
+    plan->batch.n_rows = n_rows;
+    plan->batch.last_seq = n ? ops[n - 1].seq : 0;
+    free(k.runs);
+    free(k.nodes);
+    return 0;
+err:
+    free(k.runs);
+    free(k.nodes);
+    writer_plan_free(plan);
+    return -1;
+}
+
+void writer_plan_free(writer_plan *plan)
+{
+    free(plan->deletes);
+    free(plan->rows);
+    memset(plan, 0, sizeof *plan);
+}

@@ -1,0 +1,179 @@
+/*
+ * main: the nodestate process. Reads the configuration, opens the engine,
+ * serves HTTP until SIGTERM or SIGINT, then shuts down in order: stop taking
+ * requests, answer those in flight, flush the queue, close the store.
+ * Exit status: 0 clean, 1 failed to start or left updates unwritten, 2 bad
+ * configuration.
+ */
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "../api/api.h"
+#include "config.h"
+#include "engine/engine.h"
+#include "http.h"
+#include "log.h"
+
+#ifndef NODESTATE_VERSION
+#define NODESTATE_VERSION "0.0.0"
+#endif
+
+/* The wait of ?wait=true without ?timeout= (seconds), before --max-wait caps it. */
+#define DEFAULT_WAIT 10.0
+/* Longest last_error an update may carry (DESIGN.md §1). */
+#define MAX_ERROR_BYTES 65536
+
+/*
+ * Blocks SIGTERM and SIGINT so every thread started later inherits the mask
+ * and only sigwait in main sees them; ignores SIGPIPE so a client hanging up
+ * is an EPIPE on that one socket, not the death of the process.
+ */
+static int setup_signals(sigset_t *stop)
+{
+    struct sigaction ign;
+
+    memset(&ign, 0, sizeof ign);
+    ign.sa_handler = SIG_IGN;
+    sigemptyset(&ign.sa_mask);
+    if (sigaction(SIGPIPE, &ign, NULL) != 0)
+        return -1;
+    if (sigemptyset(stop) != 0 || sigaddset(stop, SIGTERM) != 0 ||
+        sigaddset(stop, SIGINT) != 0)
+        return -1;
+    return pthread_sigmask(SIG_BLOCK, stop, NULL) == 0 ? 0 : -1;
+}
+
+/* HOST:PORT, or [HOST]:PORT for an IPv6 host. */
+static void format_addr(char *buf, size_t size, const char *host,
+                        unsigned port)
+{
+    if (strchr(host, ':') != NULL)
+        snprintf(buf, size, "[%s]:%u", host, port);
+    else
+        snprintf(buf, size, "%s:%u", host, port);
+}
+
+int main(int argc, char **argv)
+{
+    config cfg;
+    char err[512];
+    char quoted[2048];
+    char db[8192];
+    char settings[16384];
+    char addr[300];
+    sigset_t stop;
+    engine_config ec;
+    api_config ac;
+    http_config hc;
+    logger *log = NULL;
+    engine *e = NULL;
+    api *a = NULL;
+    http_server *srv = NULL;
+    int sig = 0;
+    size_t unflushed;
+
+    /* Before any thread exists: threads inherit the signal mask. */
+    if (setup_signals(&stop) != 0) {
+        fprintf(stderr, "nodestate: cannot set up signal handling\n");
+        return 1;
+    }
+
+    switch (config_parse(&cfg, argc, argv, getenv, stdout, err, sizeof err)) {
+    case CONFIG_RUN:
+        break;
+    case CONFIG_EXIT_OK:
+        return 0;
+    case CONFIG_ERROR:
+        fprintf(stderr, "nodestate: %s\n", err);
+        return 2;
+    }
+
+    log = log_new(stderr, cfg.log_level);
+    if (log == NULL) {
+        fprintf(stderr, "nodestate: out of memory\n");
+        return 1;
+    }
+
+    if (cfg.threads == 0) {
+        long n = sysconf(_SC_NPROCESSORS_ONLN);
+        cfg.threads = n < 1 ? 1 : n > 256 ? 256 : (unsigned)n;
+    }
+
+    ec = (engine_config){
+        .db_path = cfg.db_path,
+        .batch_size = cfg.batch_size,
+        .batch_interval = cfg.batch_interval,
+        .queue_capacity = cfg.queue_capacity,
+        .shutdown_timeout = cfg.shutdown_timeout,
+        .synchronous_full = cfg.synchronous_full,
+        .log = log_write,
+        .log_ctx = log,
+    };
+    e = engine_open(&ec, err, sizeof err);
+    if (e == NULL) {
+        log_printf(log, NS_LOG_ERROR, "start-failed", "db=%s error=%s",
+                   log_quote(db, sizeof db, cfg.db_path),
+                   log_quote(quoted, sizeof quoted, err));
+        goto fail;
+    }
+
+    ac = (api_config){
+        .max_body_bytes = cfg.max_body_bytes,
+        .max_error_bytes = MAX_ERROR_BYTES,
+        .max_wait = cfg.max_wait,
+        /* --max-wait caps the default too, or a small cap would be ignored. */
+        .default_wait = DEFAULT_WAIT < cfg.max_wait ? DEFAULT_WAIT : cfg.max_wait,
+    };
+    a = api_new(e, &ac);
+    if (a == NULL) {
+        log_write(log, NS_LOG_ERROR, "start-failed", "error=\"out of memory\"");
+        goto fail;
+    }
+
+    hc = (http_config){
+        .host = cfg.listen_host,
+        .port = cfg.listen_port,
+        .threads = cfg.threads,
+        .max_body_bytes = cfg.max_body_bytes,
+        .max_connections = cfg.max_connections,
+        .connection_timeout = cfg.connection_timeout,
+        .log = log_write,
+        .log_ctx = log,
+    };
+    srv = http_start(&hc, a, e, err, sizeof err);
+    if (srv == NULL) {
+        format_addr(addr, sizeof addr, cfg.listen_host, cfg.listen_port);
+        log_printf(log, NS_LOG_ERROR, "start-failed", "addr=%s error=%s", addr,
+                   log_quote(quoted, sizeof quoted, err));
+        goto fail;
+    }
+
+    log_printf(log, NS_LOG_INFO, "started", "version=%s %s", NODESTATE_VERSION,
+               config_format(&cfg, settings, sizeof settings));
+    format_addr(addr, sizeof addr, cfg.listen_host, http_port(srv));
+    log_printf(log, NS_LOG_INFO, "listening", "addr=%s", addr);
+
+    /* sigwait fails only for a bad set; then shut down rather than spin. */
+    if (sigwait(&stop, &sig) != 0)
+        sig = 0;
+    log_printf(log, NS_LOG_INFO, "stopping", "signal=%s",
+               sig == SIGTERM ? "TERM" : sig == SIGINT ? "INT" : "other");
+
+    http_stop(srv, cfg.shutdown_timeout);
+    unflushed = engine_close(e);  /* flushes the queue first */
+    api_free(a);
+    log_printf(log, NS_LOG_INFO, "stopped", "unflushed=%zu", unflushed);
+    log_free(log);
+    return unflushed == 0 ? 0 : 1;
+
+fail:
+    if (a != NULL)
+        api_free(a);
+    if (e != NULL)
+        engine_close(e);
+    log_free(log);
+    return 1;
+}

@@ -1,0 +1,774 @@
+#include <stdlib.h>
+#include <string.h>
+
+#include <criterion/criterion.h>
+#include <jansson.h>
+
+#include "api/codec.h"
+
+#define RUN "run-1"
+#define NODE "node.a"
+#define MAX_ERR 64
+
+/* ---- decoding ---- */
+
+typedef struct decoded {
+    codec_doc *doc;
+    ns_update u;
+    int status;
+    char detail[256];
+} decoded;
+
+static decoded decode(const char *body)
+{
+    decoded d;
+    memset(&d, 0, sizeof d);
+    d.status = -1;
+    d.doc = codec_decode_update(body, strlen(body), RUN, NODE, MAX_ERR, &d.u,
+                                &d.status, d.detail, sizeof d.detail);
+    return d;
+}
+
+/* Decodes body that must be accepted; the caller frees d.doc. */
+static decoded decode_ok(const char *body)
+{
+    decoded d = decode(body);
+    cr_assert_not_null(d.doc, "refused %s: %d %s", body, d.status, d.detail);
+    return d;
+}
+
+/* Decodes body that must be refused with code, the detail containing want. */
+static void decode_bad(const char *body, int code, const char *want)
+{
+    decoded d = decode(body);
+    cr_assert_null(d.doc, "accepted %s", body);
+    cr_assert_eq(d.status, code, "%s: status %d, want %d (%s)", body,
+                 d.status, code, d.detail);
+    cr_assert_not_null(strstr(d.detail, want), "%s: detail \"%s\" lacks \"%s\"",
+                       body, d.detail, want);
+}
+
+/* Refused with 422 and a detail naming the member. */
+static void decode_bad_member(const char *body, const char *member)
+{
+    char want[64];
+    snprintf(want, sizeof want, "member \"%s\"", member);
+    decode_bad(body, 422, want);
+}
+
+Test(decode, minimal_body)
+{
+    decoded d = decode_ok("{\"status\":\"running\"}");
+    cr_assert_eq(d.u.status, NS_RUNNING);
+    cr_assert_not(d.u.has_attempt);
+    cr_assert_eq(d.u.ts_set, 0);
+    cr_assert_not(d.u.last_error.set);
+    cr_assert_not(d.u.has_retryable);
+    cr_assert_not(d.u.suspension_reason.set);
+    cr_assert_not(d.u.resume_state.set);
+    cr_assert_not(d.u.outputs.set);
+    cr_assert_not(d.u.force);
+    codec_doc_free(d.doc);
+}
+
+Test(decode, every_status_name)
+{
+    static const char *names[] = { "idle", "scheduled", "running", "paused",
+                                   "suspended", "completed", "failed" };
+    for (int i = 0; i < NS_STATUS_COUNT; i++) {
+        char body[64];
+        snprintf(body, sizeof body, "{\"status\":\"%s\"}", names[i]);
+        decoded d = decode_ok(body);
+        cr_assert_eq((int)d.u.status, i);
+        codec_doc_free(d.doc);
+    }
+}
+
+Test(decode, status_rules)
+{
+    decode_bad("{}", 422, "missing member \"status\"");
+    decode_bad("{\"attempt\":2}", 422, "missing member \"status\"");
+    decode_bad_member("{\"status\":\"done\"}", "status");
+    decode_bad_member("{\"status\":\"RUNNING\"}", "status");
+    decode_bad_member("{\"status\":null}", "status");
+    decode_bad_member("{\"status\":3}", "status");
+    decode_bad_member("{\"status\":[\"running\"]}", "status");
+}
+
+Test(decode, full_body)
+{
+    decoded d = decode_ok(
+        "{\"run_id\":\"run-1\",\"node_id\":\"node.a\",\"status\":\"failed\","
+        "\"attempt\":3,\"scheduled_at\":\"2026-11-26T16:27:29.123Z\","
+        "\"started_at\":\"2026-11-26T17:27:30.5+01:00\",\"completed_at\":null,"
+        "\"failed_at\":\"2026-11-26t16:27:31Z\",\"suspended_at\":null,"
+        "\"last_error\":\"boom \\\"x\\\" \\u00e9\",\"retryable\":true,"
+        "\"suspension_reason\":\"why\",\"resume_state\":{ \"k\" : [ 1, 2 ] },"
+        "\"outputs\":\"text\",\"force\":true,"
+        "\"updated_at\":\"whatever\",\"seq\":\"x\",\"durable\":{}}");
+    cr_assert_eq(d.u.status, NS_FAILED);
+    cr_assert(d.u.has_attempt);
+    cr_assert_eq(d.u.attempt, 3);
+    cr_assert_eq(d.u.ts_set, (1u << NS_TS_COUNT) - 1);
+    int64_t want;
+    cr_assert_eq(model_ts_parse("2026-11-26T16:27:29.123Z", &want), 0);
+    cr_assert_eq(d.u.ts[NS_TS_SCHEDULED], want);
+    cr_assert_eq(d.u.ts[NS_TS_STARTED], want + 1377);
+    cr_assert_eq(d.u.ts[NS_TS_COMPLETED], NS_TS_NULL);
+    cr_assert_eq(d.u.ts[NS_TS_FAILED], want + 1877);
+    cr_assert_eq(d.u.ts[NS_TS_SUSPENDED], NS_TS_NULL);
+    cr_assert(d.u.last_error.set);
+    cr_assert_str_eq(d.u.last_error.value, "boom \"x\" \xc3\xa9");
+    cr_assert(d.u.has_retryable);
+    cr_assert(d.u.retryable);
+    cr_assert(d.u.suspension_reason.set);
+    cr_assert_str_eq(d.u.suspension_reason.value, "why");
+    cr_assert(d.u.resume_state.set);
+    cr_assert_str_eq(d.u.resume_state.value, "{\"k\":[1,2]}");
+    cr_assert(d.u.outputs.set);
+    cr_assert_str_eq(d.u.outputs.value, "\"text\"");
+    cr_assert(d.u.force);
+    codec_doc_free(d.doc);
+}
+
+Test(decode, attempt_rules)
+{
+    decoded d = decode_ok("{\"status\":\"idle\",\"attempt\":1}");
+    cr_assert(d.u.has_attempt);
+    cr_assert_eq(d.u.attempt, 1);
+    codec_doc_free(d.doc);
+    d = decode_ok("{\"status\":\"idle\",\"attempt\":9007199254740992}");
+    cr_assert_eq(d.u.attempt, INT64_C(9007199254740992));
+    codec_doc_free(d.doc);
+
+    decode_bad("{\"status\":\"idle\",\"attempt\":0}", 422,
+               "member \"attempt\" must be an integer >= 1");
+    decode_bad_member("{\"status\":\"idle\",\"attempt\":-4}", "attempt");
+    decode_bad_member("{\"status\":\"idle\",\"attempt\":9007199254740993}", "attempt");
+    decode_bad_member("{\"status\":\"idle\",\"attempt\":1.5}", "attempt");
+    decode_bad_member("{\"status\":\"idle\",\"attempt\":2.0}", "attempt");
+    decode_bad_member("{\"status\":\"idle\",\"attempt\":\"2\"}", "attempt");
+    decode_bad_member("{\"status\":\"idle\",\"attempt\":null}", "attempt");
+    decode_bad_member("{\"status\":\"idle\",\"attempt\":true}", "attempt");
+}
+
+Test(decode, timestamp_rules)
+{
+    for (int f = 0; f < NS_TS_COUNT; f++) {
+        const char *name = model_ts_field_name((ns_ts_field)f);
+        char body[160];
+
+        snprintf(body, sizeof body,
+                 "{\"status\":\"idle\",\"%s\":\"2026-01-02T03:04:05.006Z\"}", name);
+        decoded d = decode_ok(body);
+        int64_t want;
+        cr_assert_eq(model_ts_parse("2026-01-02T03:04:05.006Z", &want), 0);
+        cr_assert_eq(d.u.ts_set, 1u << f);
+        cr_assert_eq(d.u.ts[f], want);
+        codec_doc_free(d.doc);
+
+        /* null clears: present, with the null marker */
+        snprintf(body, sizeof body, "{\"status\":\"idle\",\"%s\":null}", name);
+        d = decode_ok(body);
+        cr_assert_eq(d.u.ts_set, 1u << f);
+        cr_assert_eq(d.u.ts[f], NS_TS_NULL);
+        codec_doc_free(d.doc);
+
+        snprintf(body, sizeof body, "{\"status\":\"idle\",\"%s\":\"yesterday\"}", name);
+        decode_bad_member(body, name);
+        snprintf(body, sizeof body, "{\"status\":\"idle\",\"%s\":\"2026-02-30T00:00:00Z\"}", name);
+        decode_bad_member(body, name);
+        snprintf(body, sizeof body, "{\"status\":\"idle\",\"%s\":1764174449}", name);
+        decode_bad_member(body, name);
+        snprintf(body, sizeof body, "{\"status\":\"idle\",\"%s\":false}", name);
+        decode_bad_member(body, name);
+    }
+}
+
+Test(decode, text_members)
+{
+    static const char *members[] = { "last_error", "suspension_reason" };
+    for (size_t i = 0; i < 2; i++) {
+        char body[160];
+        snprintf(body, sizeof body, "{\"status\":\"idle\",\"%s\":\"t\\n\\u65e5\"}",
+                 members[i]);
+        decoded d = decode_ok(body);
+        ns_text *t = i == 0 ? &d.u.last_error : &d.u.suspension_reason;
+        cr_assert(t->set);
+        cr_assert_str_eq(t->value, "t\n\xe6\x97\xa5");
+        codec_doc_free(d.doc);
+
+        snprintf(body, sizeof body, "{\"status\":\"idle\",\"%s\":null}", members[i]);
+        d = decode_ok(body);
+        t = i == 0 ? &d.u.last_error : &d.u.suspension_reason;
+        cr_assert(t->set);
+        cr_assert_null(t->value);
+        codec_doc_free(d.doc);
+
+        snprintf(body, sizeof body, "{\"status\":\"idle\",\"%s\":42}", members[i]);
+        decode_bad_member(body, members[i]);
+        snprintf(body, sizeof body, "{\"status\":\"idle\",\"%s\":{\"a\":1}}", members[i]);
+        decode_bad_member(body, members[i]);
+    }
+}
+
+Test(decode, last_error_length_limit)
+{
+    char body[256];
+    char text[MAX_ERR + 2];
+    memset(text, 'e', sizeof text);
+    text[MAX_ERR] = '\0';
+    snprintf(body, sizeof body, "{\"status\":\"failed\",\"last_error\":\"%s\"}", text);
+    decoded d = decode_ok(body);
+    cr_assert_eq(strlen(d.u.last_error.value), MAX_ERR);
+    codec_doc_free(d.doc);
+
+    text[MAX_ERR] = 'e';
+    text[MAX_ERR + 1] = '\0';
+    snprintf(body, sizeof body, "{\"status\":\"failed\",\"last_error\":\"%s\"}", text);
+    decode_bad_member(body, "last_error");
+    /* suspension_reason has no such limit */
+    snprintf(body, sizeof body, "{\"status\":\"failed\",\"suspension_reason\":\"%s\"}", text);
+    d = decode_ok(body);
+    codec_doc_free(d.doc);
+}
+
+Test(decode, retryable_rules)
+{
+    decoded d = decode_ok("{\"status\":\"failed\",\"retryable\":true}");
+    cr_assert(d.u.has_retryable);
+    cr_assert(d.u.retryable);
+    codec_doc_free(d.doc);
+    d = decode_ok("{\"status\":\"failed\",\"retryable\":false}");
+    cr_assert(d.u.has_retryable);
+    cr_assert_not(d.u.retryable);
+    codec_doc_free(d.doc);
+    d = decode_ok("{\"status\":\"failed\",\"retryable\":null}");
+    cr_assert(d.u.has_retryable);
+    cr_assert_not(d.u.retryable);
+    codec_doc_free(d.doc);
+    decode_bad_member("{\"status\":\"failed\",\"retryable\":\"true\"}", "retryable");
+    decode_bad_member("{\"status\":\"failed\",\"retryable\":1}", "retryable");
+}
+
+Test(decode, json_members_stored_compact)
+{
+    static const char *members[] = { "resume_state", "outputs" };
+    static const struct { const char *in, *out; } cases[] = {
+        { "{ \"b\" : 1 , \"a\" : [ true , null , \"x\" ] }",
+          "{\"b\":1,\"a\":[true,null,\"x\"]}" },
+        { "[ ]", "[]" },
+        { "\"caf\\u00e9\"", "\"caf\xc3\xa9\"" },
+        { "12", "12" },
+        { "false", "false" },
+        { "{}", "{}" },
+    };
+    for (size_t m = 0; m < 2; m++) {
+        for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+            char body[200];
+            snprintf(body, sizeof body, "{\"status\":\"suspended\",\"%s\":%s}",
+                     members[m], cases[i].in);
+            decoded d = decode_ok(body);
+            ns_text *t = m == 0 ? &d.u.resume_state : &d.u.outputs;
+            cr_assert(t->set);
+            cr_assert_str_eq(t->value, cases[i].out);
+            codec_doc_free(d.doc);
+        }
+        char body[100];
+        snprintf(body, sizeof body, "{\"status\":\"suspended\",\"%s\":null}", members[m]);
+        decoded d = decode_ok(body);
+        ns_text *t = m == 0 ? &d.u.resume_state : &d.u.outputs;
+        cr_assert(t->set);
+        cr_assert_null(t->value);
+        codec_doc_free(d.doc);
+    }
+}
+
+Test(decode, force_rules)
+{
+    decoded d = decode_ok("{\"status\":\"idle\",\"force\":true}");
+    cr_assert(d.u.force);
+    codec_doc_free(d.doc);
+    d = decode_ok("{\"status\":\"idle\",\"force\":false}");
+    cr_assert_not(d.u.force);
+    codec_doc_free(d.doc);
+    decode_bad_member("{\"status\":\"idle\",\"force\":null}", "force");
+    decode_bad_member("{\"status\":\"idle\",\"force\":\"yes\"}", "force");
+    decode_bad_member("{\"status\":\"idle\",\"force\":1}", "force");
+}
+
+Test(decode, path_ids_must_match)
+{
+    decoded d = decode_ok("{\"status\":\"idle\",\"run_id\":\"run-1\",\"node_id\":\"node.a\"}");
+    codec_doc_free(d.doc);
+    decode_bad_member("{\"status\":\"idle\",\"run_id\":\"run-2\"}", "run_id");
+    decode_bad_member("{\"status\":\"idle\",\"run_id\":null}", "run_id");
+    decode_bad_member("{\"status\":\"idle\",\"run_id\":1}", "run_id");
+    decode_bad_member("{\"status\":\"idle\",\"node_id\":\"node.b\"}", "node_id");
+    decode_bad_member("{\"status\":\"idle\",\"node_id\":\"node.a \"}", "node_id");
+}
+
+Test(decode, server_fields_ignored)
+{
+    decoded d = decode_ok("{\"status\":\"idle\",\"updated_at\":5,\"seq\":\"s\","
+                          "\"durable\":[1]}");
+    cr_assert_eq(d.u.status, NS_IDLE);
+    codec_doc_free(d.doc);
+}
+
+Test(decode, unknown_member)
+{
+    decode_bad("{\"status\":\"idle\",\"foo\":1}", 422, "unknown member \"foo\"");
+    decode_bad("{\"foo\":1,\"status\":\"idle\"}", 422, "unknown member \"foo\"");
+    decode_bad("{\"status\":\"idle\",\"Status\":\"idle\"}", 422,
+               "unknown member \"Status\"");
+}
+
+Test(decode, not_json_or_not_object)
+{
+    decode_bad("{\"status\":", 400, "invalid JSON at line 1 column");
+    decode_bad("{\"status\" \"idle\"}", 400, "invalid JSON at line 1 column ");
+    decode_bad("{\n  \"status\": \"idle\",\n  \"attempt\": }", 400,
+               "invalid JSON at line 3 column ");
+    decode_bad("nope", 400, "invalid JSON");
+    decode_bad("{\"status\":\"idle\"} x", 400, "invalid JSON");
+    decode_bad("   ", 400, "invalid JSON");
+    decode_bad("[{\"status\":\"idle\"}]", 400, "object");
+    decode_bad("\"status\"", 400, "object");
+    decode_bad("null", 400, "object");
+    /* duplicate keys make the body ambiguous */
+    decode_bad("{\"status\":\"idle\",\"status\":\"failed\"}", 400, "invalid JSON");
+    /* a NUL inside a string cannot become a C string */
+    decode_bad("{\"status\":\"idle\",\"last_error\":\"a\\u0000b\"}", 400,
+               "invalid JSON");
+    /* invalid UTF-8 */
+    decode_bad("{\"status\":\"idle\",\"last_error\":\"\xff\"}", 400, "invalid JSON");
+}
+
+Test(decode, empty_body)
+{
+    ns_update u;
+    int status = 0;
+    char detail[128];
+    cr_assert_null(codec_decode_update("", 0, RUN, NODE, MAX_ERR, &u, &status,
+                                       detail, sizeof detail));
+    cr_assert_eq(status, 400);
+    cr_assert_neq(detail[0], '\0');
+    status = 0;
+    cr_assert_null(codec_decode_update(NULL, 0, RUN, NODE, MAX_ERR, &u, &status,
+                                       detail, sizeof detail));
+    cr_assert_eq(status, 400);
+}
+
+Test(decode, body_need_not_be_nul_terminated)
+{
+    const char *text = "{\"status\":\"paused\"}GARBAGE";
+    ns_update u;
+    int status = 0;
+    char detail[128];
+    codec_doc *doc = codec_decode_update(text, strlen("{\"status\":\"paused\"}"),
+                                         RUN, NODE, MAX_ERR, &u, &status,
+                                         detail, sizeof detail);
+    cr_assert_not_null(doc);
+    cr_assert_eq(u.status, NS_PAUSED);
+    codec_doc_free(doc);
+}
+
+Test(decode, no_detail_buffer_is_safe)
+{
+    ns_update u;
+    int status = 0;
+    const char *body = "{\"status\":\"bogus\"}";
+    cr_assert_null(codec_decode_update(body, strlen(body), RUN, NODE, MAX_ERR,
+                                       &u, &status, NULL, 0));
+    cr_assert_eq(status, 422);
+    codec_doc_free(NULL);
+}
+
+/* ---- encoding ---- */
+
+/* Parses the buffer as JSON (the test fails if it does not parse). */
+static json_t *parse_buf(buf *b)
+{
+    cr_assert_not(b->failed);
+    json_error_t err;
+    json_t *j = json_loadb(b->data, b->len, JSON_REJECT_DUPLICATES, &err);
+    cr_assert_not_null(j, "not JSON (%s): %s", err.text, b->data);
+    return j;
+}
+
+/* The object's keys in order must be exactly keys[0..n). */
+static void assert_keys(json_t *obj, const char *const *keys, size_t n)
+{
+    cr_assert(json_is_object(obj));
+    cr_assert_eq(json_object_size(obj), n);
+    size_t i = 0;
+    for (void *it = json_object_iter(obj); it != NULL;
+         it = json_object_iter_next(obj, it), i++)
+        cr_assert_str_eq(json_object_iter_key(it), keys[i]);
+}
+
+static const char *const row_keys[] = {
+    "run_id", "node_id", "status", "attempt", "scheduled_at", "started_at",
+    "completed_at", "failed_at", "suspended_at", "last_error", "retryable",
+    "suspension_reason", "resume_state", "outputs", "updated_at", "seq",
+    "durable",
+};
+#define ROW_KEYS (sizeof row_keys / sizeof *row_keys)
+
+static const char *str_of(json_t *obj, const char *key)
+{
+    json_t *v = json_object_get(obj, key);
+    cr_assert(json_is_string(v), "%s is not a string", key);
+    return json_string_value(v);
+}
+
+static json_int_t int_of(json_t *obj, const char *key)
+{
+    json_t *v = json_object_get(obj, key);
+    cr_assert(json_is_integer(v), "%s is not an integer", key);
+    return json_integer_value(v);
+}
+
+static void assert_null(json_t *obj, const char *key)
+{
+    cr_assert(json_is_null(json_object_get(obj, key)), "%s is not null", key);
+}
+
+/* A draft row with every field filled, strings that need escaping. */
+static ns_row full_row(void)
+{
+    ns_row r;
+    memset(&r, 0, sizeof r);
+    r.run_id = "run-\"1\"";
+    r.node_id = "n\\ode\x01\xc3\xa9";
+    r.status = NS_SUSPENDED;
+    r.attempt = 7;
+    for (int f = 0; f < NS_TS_COUNT; f++)
+        r.ts[f] = NS_TS_NULL;
+    r.ts[NS_TS_SCHEDULED] = INT64_C(1764174449123);
+    r.ts[NS_TS_SUSPENDED] = INT64_C(1764174450000);
+    r.last_error = "line1\nline2\t\"quoted\" \x1f \xe6\x97\xa5\xe6\x9c\xac";
+    r.retryable = true;
+    r.suspension_reason = "waiting for \\approval/";
+    r.resume_state = "{\"cursor\":[1,2,{\"k\":null}],\"s\":\"\\u00e9\"}";
+    r.outputs = "\"out\"";
+    r.updated_at = INT64_C(1764174451001);
+    r.seq = 42;
+    return r;
+}
+
+static void assert_full_row(json_t *j, bool durable)
+{
+    assert_keys(j, row_keys, ROW_KEYS);
+    cr_assert_str_eq(str_of(j, "run_id"), "run-\"1\"");
+    cr_assert_str_eq(str_of(j, "node_id"), "n\\ode\x01\xc3\xa9");
+    cr_assert_str_eq(str_of(j, "status"), "suspended");
+    cr_assert_eq(int_of(j, "attempt"), 7);
+    cr_assert_str_eq(str_of(j, "scheduled_at"), "2025-11-26T16:27:29.123Z");
+    assert_null(j, "started_at");
+    assert_null(j, "completed_at");
+    assert_null(j, "failed_at");
+    cr_assert_str_eq(str_of(j, "suspended_at"), "2025-11-26T16:27:30.000Z");
+    cr_assert_str_eq(str_of(j, "last_error"),
+                     "line1\nline2\t\"quoted\" \x1f \xe6\x97\xa5\xe6\x9c\xac");
+    cr_assert(json_is_true(json_object_get(j, "retryable")));
+    cr_assert_str_eq(str_of(j, "suspension_reason"), "waiting for \\approval/");
+    json_t *rs = json_object_get(j, "resume_state");
+    json_t *want = json_loads("{\"cursor\":[1,2,{\"k\":null}],\"s\":\"\xc3\xa9\"}",
+                              0, NULL);
+    cr_assert_not_null(want);
+    cr_assert(json_equal(rs, want));
+    json_decref(want);
+    cr_assert_str_eq(str_of(j, "outputs"), "out");
+    cr_assert_str_eq(str_of(j, "updated_at"), "2025-11-26T16:27:31.001Z");
+    cr_assert_eq(int_of(j, "seq"), 42);
+    cr_assert(json_is_boolean(json_object_get(j, "durable")));
+    cr_assert_eq(json_is_true(json_object_get(j, "durable")), durable);
+}
+
+Test(encode, row_full_with_escaping)
+{
+    ns_row r = full_row();
+    buf b;
+    buf_init(&b);
+    codec_row(&b, &r, true);
+    json_t *j = parse_buf(&b);
+    assert_full_row(j, true);
+    json_decref(j);
+    /* compact: no whitespace outside strings from the encoder itself */
+    cr_assert_null(strstr(b.data, "\": "));
+    cr_assert_null(strstr(b.data, ", \""));
+    buf_free(&b);
+}
+
+Test(encode, row_with_nulls)
+{
+    ns_row r;
+    memset(&r, 0, sizeof r);
+    r.run_id = "r";
+    r.node_id = "n";
+    r.status = NS_IDLE;
+    r.attempt = 1;
+    for (int f = 0; f < NS_TS_COUNT; f++)
+        r.ts[f] = NS_TS_NULL;
+    r.updated_at = 0;
+    r.seq = 1;
+    buf b;
+    buf_init(&b);
+    codec_row(&b, &r, false);
+    json_t *j = parse_buf(&b);
+    assert_keys(j, row_keys, ROW_KEYS);
+    cr_assert_str_eq(str_of(j, "status"), "idle");
+    for (int f = 0; f < NS_TS_COUNT; f++)
+        assert_null(j, model_ts_field_name((ns_ts_field)f));
+    assert_null(j, "last_error");
+    cr_assert(json_is_false(json_object_get(j, "retryable")));
+    assert_null(j, "suspension_reason");
+    assert_null(j, "resume_state");
+    assert_null(j, "outputs");
+    cr_assert_str_eq(str_of(j, "updated_at"), "1970-01-01T00:00:00.000Z");
+    cr_assert(json_is_false(json_object_get(j, "durable")));
+    json_decref(j);
+    buf_free(&b);
+}
+
+Test(encode, problem_without_current)
+{
+    buf b;
+    buf_init(&b);
+    codec_problem(&b, 422, "invalid-update", "Invalid update",
+                  "unknown member \"f\x01o\"", NULL, false);
+    json_t *j = parse_buf(&b);
+    static const char *const keys[] = { "type", "title", "status", "detail" };
+    assert_keys(j, keys, 4);
+    cr_assert_str_eq(str_of(j, "type"), "urn:nodestate:problem:invalid-update");
+    cr_assert_str_eq(str_of(j, "title"), "Invalid update");
+    cr_assert_eq(int_of(j, "status"), 422);
+    cr_assert_str_eq(str_of(j, "detail"), "unknown member \"f\x01o\"");
+    json_decref(j);
+    buf_free(&b);
+}
+
+Test(encode, problem_with_current)
+{
+    ns_row r = full_row();
+    buf b;
+    buf_init(&b);
+    codec_problem(&b, 409, "stale-attempt", "Stale attempt",
+                  "attempt 3 is older than the current attempt 7", &r, true);
+    json_t *j = parse_buf(&b);
+    static const char *const keys[] = { "type", "title", "status", "detail",
+                                        "current" };
+    assert_keys(j, keys, 5);
+    cr_assert_str_eq(str_of(j, "type"), "urn:nodestate:problem:stale-attempt");
+    cr_assert_eq(int_of(j, "status"), 409);
+    assert_full_row(json_object_get(j, "current"), true);
+    json_decref(j);
+    buf_free(&b);
+}
+
+static ns_row page_row(const char *node, int64_t seq)
+{
+    ns_row r;
+    memset(&r, 0, sizeof r);
+    r.run_id = "run-1";
+    r.node_id = node;
+    r.status = NS_RUNNING;
+    r.attempt = 1;
+    for (int f = 0; f < NS_TS_COUNT; f++)
+        r.ts[f] = NS_TS_NULL;
+    r.seq = seq;
+    r.updated_at = INT64_C(1764174449123);
+    return r;
+}
+
+Test(encode, page_with_more)
+{
+    ns_row r0 = page_row("a", 5), r1 = page_row("b\"q", 9), r2 = page_row("c", 10);
+    ns_row *rows[] = { &r0, &r1, &r2 };
+    engine_page page = { .rows = rows, .count = 3, .more = true };
+    buf b;
+    buf_init(&b);
+    codec_page(&b, "run-1", &page, 9);
+    json_t *j = parse_buf(&b);
+    static const char *const keys[] = { "run_id", "nodes", "next" };
+    assert_keys(j, keys, 3);
+    cr_assert_str_eq(str_of(j, "run_id"), "run-1");
+    json_t *nodes = json_object_get(j, "nodes");
+    cr_assert(json_is_array(nodes));
+    cr_assert_eq(json_array_size(nodes), 3);
+    cr_assert_str_eq(str_of(json_array_get(nodes, 1), "node_id"), "b\"q");
+    /* durable exactly when seq <= durable_seq */
+    cr_assert(json_is_true(json_object_get(json_array_get(nodes, 0), "durable")));
+    cr_assert(json_is_true(json_object_get(json_array_get(nodes, 1), "durable")));
+    cr_assert(json_is_false(json_object_get(json_array_get(nodes, 2), "durable")));
+    cr_assert_str_eq(str_of(j, "next"), "c");
+    json_decref(j);
+    buf_free(&b);
+}
+
+Test(encode, page_last_and_empty)
+{
+    ns_row r0 = page_row("a", 5);
+    ns_row *rows[] = { &r0 };
+    engine_page page = { .rows = rows, .count = 1, .more = false };
+    buf b;
+    buf_init(&b);
+    codec_page(&b, "run-1", &page, 0);
+    json_t *j = parse_buf(&b);
+    cr_assert_eq(json_array_size(json_object_get(j, "nodes")), 1);
+    cr_assert(json_is_false(json_object_get(
+        json_array_get(json_object_get(j, "nodes"), 0), "durable")));
+    assert_null(j, "next");
+    json_decref(j);
+    buf_free(&b);
+
+    engine_page empty = { .rows = NULL, .count = 0, .more = false };
+    buf_init(&b);
+    codec_page(&b, "run-1", &empty, 0);
+    cr_assert_str_eq(b.data, "{\"run_id\":\"run-1\",\"nodes\":[],\"next\":null}");
+    buf_free(&b);
+}
+
+Test(encode, summary)
+{
+    engine_summary s = { .nodes = 6, .counts = { 0, 1, 2, 0, 0, 3, 0 },
+                         .last_seq = 77, .updated_at = INT64_C(1764174449123) };
+    buf b;
+    buf_init(&b);
+    codec_summary(&b, "run-\x02", &s);
+    json_t *j = parse_buf(&b);
+    static const char *const keys[] = { "run_id", "nodes", "counts", "last_seq",
+                                        "updated_at" };
+    assert_keys(j, keys, 5);
+    cr_assert_str_eq(str_of(j, "run_id"), "run-\x02");
+    cr_assert_eq(int_of(j, "nodes"), 6);
+    static const char *const statuses[] = { "idle", "scheduled", "running",
+                                            "paused", "suspended", "completed",
+                                            "failed" };
+    json_t *counts = json_object_get(j, "counts");
+    assert_keys(counts, statuses, 7);
+    for (int i = 0; i < 7; i++)
+        cr_assert_eq(int_of(counts, statuses[i]), (json_int_t)s.counts[i]);
+    cr_assert_eq(int_of(j, "last_seq"), 77);
+    cr_assert_str_eq(str_of(j, "updated_at"), "2025-11-26T16:27:29.123Z");
+    json_decref(j);
+    buf_free(&b);
+
+    engine_summary none = { 0 };
+    buf_init(&b);
+    codec_summary(&b, "r", &none);
+    j = parse_buf(&b);
+    cr_assert_eq(int_of(j, "nodes"), 0);
+    assert_null(j, "updated_at");
+    json_decref(j);
+    buf_free(&b);
+}
+
+Test(encode, deleted)
+{
+    buf b;
+    buf_init(&b);
+    codec_deleted(&b, "run-9", 12, INT64_C(9007199254740992), true);
+    json_t *j = parse_buf(&b);
+    static const char *const keys[] = { "run_id", "deleted", "seq", "durable" };
+    assert_keys(j, keys, 4);
+    cr_assert_str_eq(str_of(j, "run_id"), "run-9");
+    cr_assert_eq(int_of(j, "deleted"), 12);
+    cr_assert_eq(int_of(j, "seq"), INT64_C(9007199254740992));
+    cr_assert(json_is_true(json_object_get(j, "durable")));
+    json_decref(j);
+    buf_free(&b);
+}
+
+Test(encode, stats)
+{
+    static ns_stats s;   /* static: large, and zeroed before stats_init */
+    stats_init(&s, 5000);
+    s.start_ms = 1000000;
+    atomic_store(&s.updates_queued, 11);
+    atomic_store(&s.updates_processed, 10);
+    atomic_store(&s.batches_written, 3);
+    atomic_store(&s.errors, 1);
+    atomic_store(&s.queue_depth, 1);
+    atomic_store(&s.updates_coalesced, 4);
+    atomic_store(&s.rows_written, 6);
+    atomic_store(&s.runs_deleted, 2);
+    atomic_store(&s.rejected[NS_REJECT_INVALID], 5);
+    atomic_store(&s.rejected[NS_REJECT_STALE], 6);
+    atomic_store(&s.rejected[NS_REJECT_ILLEGAL], 7);
+    atomic_store(&s.rejected[NS_REJECT_QUEUE_FULL], 8);
+    atomic_store(&s.updates_duplicate, 9);
+    atomic_store(&s.cache_nodes, 100);
+    atomic_store(&s.cache_runs, 4);
+    atomic_store(&s.cache_loads, 2);
+    atomic_store(&s.last_seq, 12);
+    atomic_store(&s.durable_seq, 11);
+    atomic_store(&s.commit_seconds.count, 3);
+    atomic_store(&s.commit_seconds.sum_micro, 1500000);
+    atomic_store(&s.batch_updates.count, 3);
+    atomic_store(&s.batch_updates.sum_micro, 10000000);
+    atomic_store(&s.enqueue_to_commit_seconds.count, 10);
+    atomic_store(&s.enqueue_to_commit_seconds.sum_micro, 2);
+
+    buf b;
+    buf_init(&b);
+    codec_stats(&b, &s, 1000000 + 61250);
+    json_t *j = parse_buf(&b);
+    static const char *const keys[] = {
+        "updates_queued", "updates_processed", "batches_written", "errors",
+        "queue_depth", "queue_capacity", "updates_coalesced", "rows_written",
+        "runs_deleted", "updates_rejected", "updates_duplicate", "cache_nodes",
+        "cache_runs", "cache_loads", "last_seq", "durable_seq", "uptime_seconds",
+        "commit_seconds", "batch_updates", "enqueue_to_commit_seconds",
+    };
+    assert_keys(j, keys, sizeof keys / sizeof *keys);
+    cr_assert_eq(int_of(j, "updates_queued"), 11);
+    cr_assert_eq(int_of(j, "updates_processed"), 10);
+    cr_assert_eq(int_of(j, "batches_written"), 3);
+    cr_assert_eq(int_of(j, "errors"), 1);
+    cr_assert_eq(int_of(j, "queue_depth"), 1);
+    cr_assert_eq(int_of(j, "queue_capacity"), 5000);
+    cr_assert_eq(int_of(j, "updates_coalesced"), 4);
+    cr_assert_eq(int_of(j, "rows_written"), 6);
+    cr_assert_eq(int_of(j, "runs_deleted"), 2);
+    static const char *const reasons[] = { "invalid", "stale", "illegal",
+                                           "queue_full" };
+    json_t *rej = json_object_get(j, "updates_rejected");
+    assert_keys(rej, reasons, 4);
+    for (int i = 0; i < 4; i++)
+        cr_assert_eq(int_of(rej, reasons[i]), 5 + i);
+    cr_assert_eq(int_of(j, "updates_duplicate"), 9);
+    cr_assert_eq(int_of(j, "cache_nodes"), 100);
+    cr_assert_eq(int_of(j, "cache_runs"), 4);
+    cr_assert_eq(int_of(j, "cache_loads"), 2);
+    cr_assert_eq(int_of(j, "last_seq"), 12);
+    cr_assert_eq(int_of(j, "durable_seq"), 11);
+    json_t *up = json_object_get(j, "uptime_seconds");
+    cr_assert(json_is_real(up));
+    cr_assert_float_eq(json_real_value(up), 61.25, 1e-9);
+
+    static const char *const hkeys[] = { "count", "sum" };
+    json_t *h = json_object_get(j, "commit_seconds");
+    assert_keys(h, hkeys, 2);
+    cr_assert_eq(int_of(h, "count"), 3);
+    cr_assert(json_is_real(json_object_get(h, "sum")));
+    cr_assert_float_eq(json_real_value(json_object_get(h, "sum")), 1.5, 1e-9);
+    h = json_object_get(j, "batch_updates");
+    cr_assert_float_eq(json_number_value(json_object_get(h, "sum")), 10.0, 1e-9);
+    h = json_object_get(j, "enqueue_to_commit_seconds");
+    cr_assert_eq(int_of(h, "count"), 10);
+    cr_assert_float_eq(json_number_value(json_object_get(h, "sum")), 0.000002, 1e-12);
+    json_decref(j);
+
+    /* a clock that stepped back never gives a negative uptime */
+    buf_free(&b);
+    buf_init(&b);
+    codec_stats(&b, &s, 0);
+    j = parse_buf(&b);
+    cr_assert_float_eq(json_number_value(json_object_get(j, "uptime_seconds")),
+                       0.0, 1e-12);
+    json_decref(j);
+    buf_free(&b);
+}

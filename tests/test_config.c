@@ -1,0 +1,492 @@
+/* Unit tests of server/config: defaults, flags, environment, errors, help. */
+#include <criterion/criterion.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "server/config.h"
+#include "server/log.h"
+
+/* Every option of spec.md "Service" with its variable: the test's own list. */
+static const char *const option_names[][2] = {
+    {"--listen", "NODESTATE_LISTEN"},
+    {"--db", "NODESTATE_DB"},
+    {"--batch-size", "NODESTATE_BATCH_SIZE"},
+    {"--batch-interval", "NODESTATE_BATCH_INTERVAL"},
+    {"--queue-capacity", "NODESTATE_QUEUE_CAPACITY"},
+    {"--shutdown-timeout", "NODESTATE_SHUTDOWN_TIMEOUT"},
+    {"--synchronous", "NODESTATE_SYNCHRONOUS"},
+    {"--threads", "NODESTATE_THREADS"},
+    {"--max-body-bytes", "NODESTATE_MAX_BODY_BYTES"},
+    {"--max-connections", "NODESTATE_MAX_CONNECTIONS"},
+    {"--connection-timeout", "NODESTATE_CONNECTION_TIMEOUT"},
+    {"--max-wait", "NODESTATE_MAX_WAIT"},
+    {"--log-level", "NODESTATE_LOG_LEVEL"},
+};
+#define N_OPTIONS (sizeof option_names / sizeof option_names[0])
+
+/* The test process may inherit NODESTATE_* from whoever runs it. */
+static void clear_env(void)
+{
+    for (size_t i = 0; i < N_OPTIONS; i++)
+        unsetenv(option_names[i][1]);
+}
+
+TestSuite(config, .init = clear_env);
+
+typedef struct run {
+    config_outcome outcome;
+    config c;
+    char err[512];
+    char out[16384];
+} run;
+
+/* Parses argv (NULL-terminated, without the program name) with getenv. */
+static run *parse(const char *const *args)
+{
+    static run r;  /* one parse at a time per test process */
+    char *argv[32];
+    int argc = 0;
+    char *buf = NULL;
+    size_t len = 0;
+    FILE *out = open_memstream(&buf, &len);
+
+    cr_assert_not_null(out);
+    argv[argc++] = "nodestate";
+    for (; *args != NULL; args++) {
+        cr_assert_lt(argc, 31);
+        argv[argc++] = (char *)*args;
+    }
+    argv[argc] = NULL;
+    memset(&r, 0, sizeof r);
+    r.outcome = config_parse(&r.c, argc, argv, getenv, out, r.err, sizeof r.err);
+    cr_assert_eq(fclose(out), 0);
+    snprintf(r.out, sizeof r.out, "%s", buf ? buf : "");
+    free(buf);
+    return &r;
+}
+
+#define ARGS(...) ((const char *const[]){__VA_ARGS__, NULL})
+#define NO_ARGS ((const char *const[]){NULL})
+
+static void assert_same(const config *got, const config *want, const char *what)
+{
+    cr_assert_str_eq(got->listen_host, want->listen_host, "%s: listen host", what);
+    cr_assert_eq(got->listen_port, want->listen_port, "%s: listen port", what);
+    cr_assert_str_eq(got->db_path, want->db_path, "%s: db", what);
+    cr_assert_eq(got->batch_size, want->batch_size, "%s: batch_size", what);
+    cr_assert_eq(got->batch_interval, want->batch_interval, "%s: batch_interval", what);
+    cr_assert_eq(got->queue_capacity, want->queue_capacity, "%s: queue_capacity", what);
+    cr_assert_eq(got->shutdown_timeout, want->shutdown_timeout, "%s: shutdown_timeout", what);
+    cr_assert_eq(got->synchronous_full, want->synchronous_full, "%s: synchronous", what);
+    cr_assert_eq(got->threads, want->threads, "%s: threads", what);
+    cr_assert_eq(got->max_body_bytes, want->max_body_bytes, "%s: max_body_bytes", what);
+    cr_assert_eq(got->max_connections, want->max_connections, "%s: max_connections", what);
+    cr_assert_eq(got->connection_timeout, want->connection_timeout, "%s: connection_timeout", what);
+    cr_assert_eq(got->max_wait, want->max_wait, "%s: max_wait", what);
+    cr_assert_eq(got->log_level, want->log_level, "%s: log_level", what);
+}
+
+/* The defaults written out by hand, independent of config.c's table. */
+static void want_defaults(config *c)
+{
+    memset(c, 0, sizeof *c);
+    strcpy(c->listen_host, "127.0.0.1");
+    c->listen_port = 8080;
+    strcpy(c->db_path, "./nodestate.db");
+    c->batch_size = 2048;
+    c->batch_interval = 0.1;
+    c->queue_capacity = 262144;
+    c->shutdown_timeout = 10;
+    c->synchronous_full = false;
+    c->threads = 0;
+    c->max_body_bytes = 1048576;
+    c->max_connections = 1024;
+    c->connection_timeout = 60;
+    c->max_wait = 60;
+    c->log_level = NS_LOG_INFO;
+}
+
+Test(config, defaults)
+{
+    config c, want;
+
+    want_defaults(&want);
+    config_defaults(&c);
+    assert_same(&c, &want, "config_defaults");
+
+    run *r = parse(NO_ARGS);
+    cr_assert_eq(r->outcome, CONFIG_RUN, "err: %s", r->err);
+    assert_same(&r->c, &want, "no arguments");
+    cr_assert_str_eq(r->out, "", "nothing printed on a normal start");
+}
+
+/* One non-default value per option and what it must set. */
+typedef struct option_case {
+    const char *flag;
+    const char *env;
+    const char *value;
+    void (*expect)(config *c);
+} option_case;
+
+static void x_listen(config *c) { strcpy(c->listen_host, "0.0.0.0"); c->listen_port = 9090; }
+static void x_db(config *c) { strcpy(c->db_path, "/tmp/some dir/state.db"); }
+static void x_batch_size(config *c) { c->batch_size = 1000000; }
+static void x_batch_interval(config *c) { c->batch_interval = 0.25; }
+static void x_queue_capacity(config *c) { c->queue_capacity = 1; }
+static void x_shutdown_timeout(config *c) { c->shutdown_timeout = 2.5; }
+static void x_synchronous(config *c) { c->synchronous_full = true; }
+static void x_threads(config *c) { c->threads = 256; }
+static void x_max_body_bytes(config *c) { c->max_body_bytes = 1073741824; }
+static void x_max_connections(config *c) { c->max_connections = 7; }
+static void x_connection_timeout(config *c) { c->connection_timeout = 0; }
+static void x_max_wait(config *c) { c->max_wait = 0; }
+static void x_log_level(config *c) { c->log_level = NS_LOG_DEBUG; }
+
+static const option_case option_cases[] = {
+    {"--listen", "NODESTATE_LISTEN", "0.0.0.0:9090", x_listen},
+    {"--db", "NODESTATE_DB", "/tmp/some dir/state.db", x_db},
+    {"--batch-size", "NODESTATE_BATCH_SIZE", "1000000", x_batch_size},
+    {"--batch-interval", "NODESTATE_BATCH_INTERVAL", "0.25", x_batch_interval},
+    {"--queue-capacity", "NODESTATE_QUEUE_CAPACITY", "1", x_queue_capacity},
+    {"--shutdown-timeout", "NODESTATE_SHUTDOWN_TIMEOUT", "2.5", x_shutdown_timeout},
+    {"--synchronous", "NODESTATE_SYNCHRONOUS", "full", x_synchronous},
+    {"--threads", "NODESTATE_THREADS", "256", x_threads},
+    {"--max-body-bytes", "NODESTATE_MAX_BODY_BYTES", "1073741824", x_max_body_bytes},
+    {"--max-connections", "NODESTATE_MAX_CONNECTIONS", "7", x_max_connections},
+    {"--connection-timeout", "NODESTATE_CONNECTION_TIMEOUT", "0", x_connection_timeout},
+    {"--max-wait", "NODESTATE_MAX_WAIT", "0", x_max_wait},
+    {"--log-level", "NODESTATE_LOG_LEVEL", "debug", x_log_level},
+};
+#define N_CASES (sizeof option_cases / sizeof option_cases[0])
+
+Test(config, every_option_from_flag)
+{
+    cr_assert_eq(N_CASES, N_OPTIONS, "a case per option");
+    for (size_t i = 0; i < N_CASES; i++) {
+        const option_case *k = &option_cases[i];
+        config want;
+        run *r = parse(ARGS(k->flag, k->value));
+
+        cr_assert_eq(r->outcome, CONFIG_RUN, "%s: %s", k->flag, r->err);
+        want_defaults(&want);
+        k->expect(&want);
+        assert_same(&r->c, &want, k->flag);
+    }
+}
+
+Test(config, every_option_from_flag_with_equals)
+{
+    for (size_t i = 0; i < N_CASES; i++) {
+        const option_case *k = &option_cases[i];
+        char arg[256];
+        config want;
+
+        snprintf(arg, sizeof arg, "%s=%s", k->flag, k->value);
+        run *r = parse(ARGS(arg));
+        cr_assert_eq(r->outcome, CONFIG_RUN, "%s: %s", arg, r->err);
+        want_defaults(&want);
+        k->expect(&want);
+        assert_same(&r->c, &want, arg);
+    }
+}
+
+Test(config, every_option_from_env)
+{
+    for (size_t i = 0; i < N_CASES; i++) {
+        const option_case *k = &option_cases[i];
+        config want;
+
+        clear_env();
+        cr_assert_eq(setenv(k->env, k->value, 1), 0);
+        run *r = parse(NO_ARGS);
+        cr_assert_eq(r->outcome, CONFIG_RUN, "%s: %s", k->env, r->err);
+        want_defaults(&want);
+        k->expect(&want);
+        assert_same(&r->c, &want, k->env);
+    }
+}
+
+Test(config, all_options_together)
+{
+    const char *args[2 * N_CASES + 1];
+    config want;
+
+    want_defaults(&want);
+    for (size_t i = 0; i < N_CASES; i++) {
+        args[2 * i] = option_cases[i].flag;
+        args[2 * i + 1] = option_cases[i].value;
+        option_cases[i].expect(&want);
+    }
+    args[2 * N_CASES] = NULL;
+    run *r = parse(args);
+    cr_assert_eq(r->outcome, CONFIG_RUN, "%s", r->err);
+    assert_same(&r->c, &want, "all flags");
+}
+
+Test(config, flag_beats_env)
+{
+    cr_assert_eq(setenv("NODESTATE_BATCH_SIZE", "100", 1), 0);
+    cr_assert_eq(setenv("NODESTATE_DB", "/env.db", 1), 0);
+    run *r = parse(ARGS("--batch-size", "200"));
+    cr_assert_eq(r->outcome, CONFIG_RUN, "%s", r->err);
+    cr_assert_eq(r->c.batch_size, 200);
+    cr_assert_str_eq(r->c.db_path, "/env.db", "env applies where no flag is given");
+
+    r = parse(ARGS("--batch-size=300"));
+    cr_assert_eq(r->c.batch_size, 300);
+}
+
+Test(config, overridden_bad_env_is_not_judged)
+{
+    cr_assert_eq(setenv("NODESTATE_BATCH_SIZE", "abc", 1), 0);
+    run *r = parse(ARGS("--batch-size", "5"));
+    cr_assert_eq(r->outcome, CONFIG_RUN, "%s", r->err);
+    cr_assert_eq(r->c.batch_size, 5);
+
+    r = parse(NO_ARGS);
+    cr_assert_eq(r->outcome, CONFIG_ERROR);
+}
+
+Test(config, empty_env_means_unset)
+{
+    cr_assert_eq(setenv("NODESTATE_LISTEN", "", 1), 0);
+    run *r = parse(NO_ARGS);
+    cr_assert_eq(r->outcome, CONFIG_RUN, "%s", r->err);
+    cr_assert_eq(r->c.listen_port, 8080);
+}
+
+Test(config, last_flag_wins)
+{
+    run *r = parse(ARGS("--threads", "3", "--threads=4"));
+    cr_assert_eq(r->outcome, CONFIG_RUN, "%s", r->err);
+    cr_assert_eq(r->c.threads, 4);
+}
+
+Test(config, listen_forms)
+{
+    run *r = parse(ARGS("--listen", "[::1]:0"));
+    cr_assert_eq(r->outcome, CONFIG_RUN, "%s", r->err);
+    cr_assert_str_eq(r->c.listen_host, "::1", "brackets are not part of the host");
+    cr_assert_eq(r->c.listen_port, 0);
+
+    r = parse(ARGS("--listen=[2001:db8::7]:65535"));
+    cr_assert_eq(r->outcome, CONFIG_RUN, "%s", r->err);
+    cr_assert_str_eq(r->c.listen_host, "2001:db8::7");
+    cr_assert_eq(r->c.listen_port, 65535);
+
+    r = parse(ARGS("--listen", "localhost:80"));
+    cr_assert_eq(r->outcome, CONFIG_RUN, "%s", r->err);
+    cr_assert_str_eq(r->c.listen_host, "localhost");
+    cr_assert_eq(r->c.listen_port, 80);
+
+    cr_assert_eq(setenv("NODESTATE_LISTEN", "[::]:8081", 1), 0);
+    r = parse(NO_ARGS);
+    cr_assert_eq(r->outcome, CONFIG_RUN, "%s", r->err);
+    cr_assert_str_eq(r->c.listen_host, "::");
+    cr_assert_eq(r->c.listen_port, 8081);
+}
+
+Test(config, exact_error_text)
+{
+    cr_assert_eq(setenv("NODESTATE_BATCH_SIZE", "abc", 1), 0);
+    run *r = parse(NO_ARGS);
+    cr_assert_eq(r->outcome, CONFIG_ERROR);
+    cr_assert_str_eq(r->err,
+                     "--batch-size: \"abc\" is not a whole number (from NODESTATE_BATCH_SIZE)");
+}
+
+/* A bad value for an option and the class of problem it stands for. */
+typedef struct bad_case {
+    const char *option;  /* without "--" */
+    const char *value;
+    const char *why;
+} bad_case;
+
+static const bad_case bad_cases[] = {
+    {"batch-size", "abc", "not a number"},
+    {"batch-size", "12x", "trailing garbage"},
+    {"batch-size", "-1", "negative"},
+    {"batch-size", "+5", "signed"},
+    {"batch-size", " 5", "leading blank"},
+    {"batch-size", "", "empty"},
+    {"batch-size", "0", "below range"},
+    {"batch-size", "1000001", "above range"},
+    {"batch-size", "99999999999999999999999", "overflows 64 bits"},
+    {"batch-size", "1.5", "fraction"},
+    {"queue-capacity", "0", "below range"},
+    {"threads", "257", "above range"},
+    {"threads", "-0", "signed"},
+    {"max-body-bytes", "0", "below range"},
+    {"max-body-bytes", "1073741825", "above 1 GiB"},
+    {"max-connections", "0", "below range"},
+    {"connection-timeout", "1.5", "not whole seconds"},
+    {"batch-interval", "61", "above 60"},
+    {"batch-interval", "-0.1", "negative"},
+    {"batch-interval", "nan", "not finite"},
+    {"batch-interval", "inf", "not finite"},
+    {"batch-interval", "1e999", "overflows to infinity"},
+    {"batch-interval", "0x10", "hex"},
+    {"batch-interval", "0.1s", "trailing garbage"},
+    {"batch-interval", "", "empty"},
+    {"shutdown-timeout", "-1", "negative"},
+    {"shutdown-timeout", "abc", "not a number"},
+    {"max-wait", "infinity", "not finite"},
+    {"max-wait", "1e300", "absurdly large"},
+    {"listen", "127.0.0.1", "no port"},
+    {"listen", "127.0.0.1:", "empty port"},
+    {"listen", "127.0.0.1:65536", "port too large"},
+    {"listen", "127.0.0.1:-1", "negative port"},
+    {"listen", "127.0.0.1:http", "port not a number"},
+    {"listen", ":8080", "empty host"},
+    {"listen", "::1:8080", "IPv6 without brackets"},
+    {"listen", "[::1:8080", "missing ]"},
+    {"listen", "[::1]8080", "missing : after ]"},
+    {"listen", "[127.0.0.1]:80", "IPv4 in brackets"},
+    {"listen", "[]:80", "empty IPv6"},
+    {"listen", "example.com:80", "a name, not an address"},
+    {"listen", "300.1.1.1:80", "not an IPv4 address"},
+    {"db", "", "empty"},
+    {"synchronous", "off", "not normal|full"},
+    {"synchronous", "", "empty"},
+    {"log-level", "verbose", "not a level"},
+    {"log-level", "", "empty"},
+};
+
+Test(config, bad_values_from_flag)
+{
+    for (size_t i = 0; i < sizeof bad_cases / sizeof bad_cases[0]; i++) {
+        const bad_case *b = &bad_cases[i];
+        char arg[256], name[64];
+
+        snprintf(arg, sizeof arg, "--%s=%s", b->option, b->value);
+        snprintf(name, sizeof name, "--%s", b->option);
+        run *r = parse(ARGS(arg));
+        cr_assert_eq(r->outcome, CONFIG_ERROR, "%s (%s) accepted", arg, b->why);
+        cr_assert_not_null(strstr(r->err, name), "%s: err \"%s\" names no option",
+                           arg, r->err);
+        cr_assert_not_null(strstr(r->err, "command line"),
+                           "%s: err \"%s\" names no source", arg, r->err);
+    }
+}
+
+Test(config, bad_values_from_env)
+{
+    for (size_t i = 0; i < sizeof bad_cases / sizeof bad_cases[0]; i++) {
+        const bad_case *b = &bad_cases[i];
+        char env[64], name[64];
+
+        if (b->value[0] == '\0')
+            continue;  /* an empty variable is taken as unset */
+        snprintf(name, sizeof name, "--%s", b->option);
+        snprintf(env, sizeof env, "NODESTATE_");
+        for (const char *p = b->option; *p; p++) {
+            size_t n = strlen(env);
+            env[n] = *p == '-' ? '_' : (char)(*p - 'a' + 'A');
+            env[n + 1] = '\0';
+        }
+        clear_env();
+        cr_assert_eq(setenv(env, b->value, 1), 0);
+        run *r = parse(NO_ARGS);
+        cr_assert_eq(r->outcome, CONFIG_ERROR, "%s=%s (%s) accepted", env,
+                     b->value, b->why);
+        cr_assert_not_null(strstr(r->err, name), "err \"%s\" names no option", r->err);
+        cr_assert_not_null(strstr(r->err, env), "err \"%s\" names no variable", r->err);
+    }
+}
+
+Test(config, unknown_flags_and_arguments)
+{
+    run *r = parse(ARGS("--nope", "1"));
+    cr_assert_eq(r->outcome, CONFIG_ERROR);
+    cr_assert_not_null(strstr(r->err, "--nope"), "%s", r->err);
+
+    r = parse(ARGS("--nope=1"));
+    cr_assert_eq(r->outcome, CONFIG_ERROR);
+    cr_assert_not_null(strstr(r->err, "--nope"), "%s", r->err);
+
+    r = parse(ARGS("-b", "5"));
+    cr_assert_eq(r->outcome, CONFIG_ERROR);
+
+    r = parse(ARGS("stray"));
+    cr_assert_eq(r->outcome, CONFIG_ERROR);
+    cr_assert_not_null(strstr(r->err, "stray"), "%s", r->err);
+
+    /* A prefix of a real option is not that option. */
+    r = parse(ARGS("--batch", "5"));
+    cr_assert_eq(r->outcome, CONFIG_ERROR);
+}
+
+Test(config, missing_value)
+{
+    run *r = parse(ARGS("--db"));
+    cr_assert_eq(r->outcome, CONFIG_ERROR);
+    cr_assert_not_null(strstr(r->err, "--db"), "%s", r->err);
+
+    r = parse(ARGS("--db", "--batch-size", "5"));
+    cr_assert_eq(r->outcome, CONFIG_ERROR, "a flag is not taken as a value");
+    cr_assert_not_null(strstr(r->err, "--db"), "%s", r->err);
+}
+
+Test(config, help_lists_every_option)
+{
+    run *r = parse(ARGS("--help"));
+    cr_assert_eq(r->outcome, CONFIG_EXIT_OK);
+    for (size_t i = 0; i < N_OPTIONS; i++) {
+        char flag[64];
+        /* Followed by a blank, so "--db" is not found inside another name. */
+        snprintf(flag, sizeof flag, "%s ", option_names[i][0]);
+        cr_assert_not_null(strstr(r->out, flag), "help lacks %s", flag);
+        cr_assert_not_null(strstr(r->out, option_names[i][1]), "help lacks %s",
+                           option_names[i][1]);
+    }
+    const char *defaults[] = {"127.0.0.1:8080", "./nodestate.db", "2048", "0.1",
+                              "262144", "1048576", "1024", "normal", "info"};
+    for (size_t i = 0; i < sizeof defaults / sizeof defaults[0]; i++)
+        cr_assert_not_null(strstr(r->out, defaults[i]), "help lacks default %s",
+                           defaults[i]);
+    cr_assert_not_null(strstr(r->out, "--version"));
+
+    r = parse(ARGS("-h"));
+    cr_assert_eq(r->outcome, CONFIG_EXIT_OK);
+    cr_assert_not_null(strstr(r->out, "--listen"));
+}
+
+Test(config, help_despite_bad_env)
+{
+    cr_assert_eq(setenv("NODESTATE_THREADS", "many", 1), 0);
+    run *r = parse(ARGS("--help"));
+    cr_assert_eq(r->outcome, CONFIG_EXIT_OK);
+    cr_assert_not_null(strstr(r->out, "NODESTATE_THREADS"));
+}
+
+Test(config, version)
+{
+    run *r = parse(ARGS("--version"));
+    cr_assert_eq(r->outcome, CONFIG_EXIT_OK);
+    cr_assert_str_eq(r->out, "nodestate " NODESTATE_VERSION "\n");
+}
+
+Test(config, format_lists_every_setting)
+{
+    config c;
+    char buf[8192];
+
+    config_defaults(&c);
+    strcpy(c.db_path, "/a b/x.db");
+    strcpy(c.listen_host, "::1");
+    c.threads = 2;
+    config_format(&c, buf, sizeof buf);
+    const char *want[] = {"listen=[::1]:8080", "db=\"/a b/x.db\"", "batch_size=2048",
+                          "batch_interval=0.1", "queue_capacity=262144",
+                          "shutdown_timeout=10", "synchronous=normal", "threads=2",
+                          "max_body_bytes=1048576", "max_connections=1024",
+                          "connection_timeout=60", "max_wait=60", "log_level=info"};
+    for (size_t i = 0; i < sizeof want / sizeof want[0]; i++)
+        cr_assert_not_null(strstr(buf, want[i]), "\"%s\" lacks %s", buf, want[i]);
+
+    /* Truncation stays inside the buffer. */
+    char small[16];
+    memset(small, 'x', sizeof small);
+    config_format(&c, small, sizeof small);
+    cr_assert_lt(strlen(small), sizeof small);
+}
