@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Builds the nodestate binary (Release, in build/) and runs it in the
+# foreground with the given arguments; without any it serves the defaults
+# (127.0.0.1:8080, ./nodestate.db). Stop it with Ctrl-C.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+bash scripts/deps.sh
+# The same build directory and build type as scripts/test.sh, so running both
+# configures once and compiles each file once.
+cmake -S . -B build -DCMAKE_BUILD_TYPE=Release >/dev/null
+cmake --build build --target nodestate -j2
+exec build/nodestate "$@"
