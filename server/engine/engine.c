@@ -27,13 +27,13 @@ struct engine {
     store_reader *reader;         /* read-through connection, locks itself */
     store *store;                 /* the write connection: writer thread only */
     ns_op *batch;                 /* writer thread only: batch_size ops */
-    void (*on_durable)(void *ctx, int64_t durable_seq); /* set before traffic */
-    void *on_durable_ctx;
     pthread_t writer;
     _Atomic bool writer_running;
     _Atomic bool store_failing;   /* the last commit attempt failed */
 
     pthread_mutex_t lock;         /* guards every field below */
+    void (*on_durable)(void *ctx, int64_t durable_seq);
+    void *on_durable_ctx;
     pthread_cond_t wake;          /* the writer sleeps on it (CLOCK_MONOTONIC) */
     cache *cache;
     queue *queue;
@@ -42,6 +42,8 @@ struct engine {
     bool stopping;                /* engine_close: drain, then exit */
     int64_t drain_deadline_ns;    /* when stopping: give up failing commits after this */
     size_t unflushed;             /* ops the writer could not write before giving up */
+    bool in_callback;             /* the writer is calling on_durable (unlocked) */
+    pthread_cond_t callback_done; /* signalled when that call returns */
 };
 
 static int64_t mono_ns(void)
@@ -503,10 +505,16 @@ static void *writer_main(void *arg)
         }
         release_ops(e, e->batch, n);
         atomic_store(&e->stats.durable_seq, durable);
-        if (e->on_durable) {
+        void (*fn)(void *, int64_t) = e->on_durable;
+        void *ctx = e->on_durable_ctx;
+        if (fn) {
+            /* Called unlocked; engine_on_durable waits for it to return before swapping. */
+            e->in_callback = true;
             pthread_mutex_unlock(&e->lock);
-            e->on_durable(e->on_durable_ctx, durable);
+            fn(ctx, durable);
             pthread_mutex_lock(&e->lock);
+            e->in_callback = false;
+            pthread_cond_broadcast(&e->callback_done);
         }
     }
     pthread_mutex_unlock(&e->lock);
@@ -536,6 +544,7 @@ engine *engine_open(const engine_config *cfg, char *err, size_t errlen)
     pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
     pthread_mutex_init(&e->lock, NULL);
     pthread_cond_init(&e->wake, &ca);
+    pthread_cond_init(&e->callback_done, NULL);
     pthread_condattr_destroy(&ca);
     e->cache = cache_new();
     e->queue = queue_new(cfg->queue_capacity);
@@ -567,6 +576,7 @@ err:
     queue_free(e->queue);
     cache_free(e->cache);
     pthread_cond_destroy(&e->wake);
+    pthread_cond_destroy(&e->callback_done);
     pthread_mutex_destroy(&e->lock);
     free(e->db_path);
     free(e);
@@ -592,6 +602,7 @@ size_t engine_close(engine *e)
     queue_free(e->queue);
     cache_free(e->cache);
     pthread_cond_destroy(&e->wake);
+    pthread_cond_destroy(&e->callback_done);
     pthread_mutex_destroy(&e->lock);
     free(e->db_path);
     free(e);
@@ -609,6 +620,8 @@ void engine_on_durable(engine *e, void (*fn)(void *ctx, int64_t durable_seq),
                        void *ctx)
 {
     pthread_mutex_lock(&e->lock);
+    while (e->in_callback)
+        pthread_cond_wait(&e->callback_done, &e->lock);
     e->on_durable = fn;
     e->on_durable_ctx = ctx;
     pthread_mutex_unlock(&e->lock);

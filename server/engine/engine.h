@@ -114,7 +114,8 @@ engine_result engine_summarize(engine *e, const char *run_id,
 int64_t engine_durable_seq(engine *e);
 /*
  * Registers fn, called by the writer thread after each commit with the new
- * durable seq (used to resume waiting requests). Set it before traffic.
+ * durable seq (used to resume waiting requests). Replacing it (or NULL)
+ * waits until a call in progress has returned, so ctx may be freed after.
  */
 void engine_on_durable(engine *e, void (*fn)(void *ctx, int64_t durable_seq),
                        void *ctx);

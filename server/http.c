@@ -1,0 +1,829 @@
+#include "http.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/types.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <microhttpd.h>
+
+/* How often http_stop looks at the number of requests in flight. */
+#define HTTP_DRAIN_POLL_NS 10000000L
+/* Longest park we honour; the api caps ?timeout= far below this already. */
+#define HTTP_MAX_PARK_SECONDS 86400.0
+
+typedef enum http_phase {
+    HTTP_READING,   /* headers seen, body (if any) arriving */
+    HTTP_PARKED,    /* suspended until durable or deadline */
+    HTTP_RESUMED    /* a resumer took it off the waiter list */
+} http_phase;
+
+/*
+ * One request, from the first handler call to MHD_OPTION_NOTIFY_COMPLETED.
+ * Only the connection's MHD worker touches it, except the waiter fields
+ * (next, prev, wait_seq, deadline, durable, phase while parked), which are
+ * guarded by http_server.mu while the request is on the waiter list. Whoever
+ * unlinks a waiter owns the resume: the request cannot complete before
+ * MHD_resume_connection, so the unlinker may still read it.
+ */
+typedef struct http_req {
+    http_server *srv;
+    struct MHD_Connection *con;
+    char *body;                 /* NUL-terminated; NULL before the first byte */
+    size_t len;
+    size_t cap;
+    bool too_large;             /* Content-Length or the bytes seen passed the limit */
+    bool oom;                   /* buffering the body ran out of memory */
+    http_phase phase;
+    api_response resp;          /* the api's first answer while parked */
+    int64_t wait_seq;
+    struct timespec deadline;   /* CLOCK_MONOTONIC */
+    bool durable;               /* set by the resumer */
+    struct http_req *next;      /* waiter list links (mu) */
+    struct http_req *prev;
+} http_req;
+
+struct http_server {
+    struct MHD_Daemon *daemon;
+    api *a;
+    engine *e;
+    size_t max_body_bytes;
+    uint16_t port;
+    ns_log_fn *log;
+    void *log_ctx;
+    /* Requests between their first handler call and their completion. */
+    _Atomic size_t inflight;
+
+    pthread_mutex_t mu;
+    /* Guarded by mu: */
+    http_req *waiters;          /* parked requests, unordered */
+    bool closing;               /* no more parking; answer at once */
+    bool timer_stop;            /* the timer thread should exit */
+    pthread_cond_t timer_cv;    /* a waiter was added, or timer_stop */
+
+    pthread_t timer;
+    bool timer_started;
+    bool mu_init;
+    bool cv_init;
+};
+
+/* ---- logging ------------------------------------------------------------ */
+
+static void http_log(http_server *s, int level, const char *msg,
+                     const char *fmt, ...) __attribute__((format(printf, 4, 5)));
+
+static void http_log(http_server *s, int level, const char *msg,
+                     const char *fmt, ...)
+{
+    char fields[512];
+    va_list ap;
+
+    if (s->log == NULL)
+        return;
+    va_start(ap, fmt);
+    vsnprintf(fields, sizeof fields, fmt, ap);
+    va_end(ap);
+    s->log(s->log_ctx, level, msg, fields);
+}
+
+/*
+ * MHD's own diagnostics (bind failures, out of memory, protocol trouble)
+ * become one logfmt line each, the text quoted so the line stays parseable.
+ */
+static void http_mhd_log(void *cls, const char *fm, va_list ap)
+{
+    http_server *s = cls;
+    char text[400];
+    char quoted[2 * sizeof text + 3];
+    size_t i, o = 0;
+
+    if (s->log == NULL)
+        return;
+    vsnprintf(text, sizeof text, fm, ap);
+    quoted[o++] = '"';
+    for (i = 0; text[i] != '\0'; i++) {
+        char c = text[i];
+        if (c == '\n' || c == '\r') {
+            if (text[i + 1] == '\0')
+                break;
+            c = ' ';
+        }
+        if (c == '"' || c == '\\')
+            quoted[o++] = '\\';
+        quoted[o++] = c;
+    }
+    quoted[o++] = '"';
+    quoted[o] = '\0';
+    http_log(s, NS_LOG_WARN, "http_library", "detail=%s", quoted);
+}
+
+/* ---- time ---------------------------------------------------------------- */
+
+static struct timespec http_now(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts;
+}
+
+static struct timespec http_after(double seconds)
+{
+    struct timespec ts = http_now();
+    double whole;
+    long ns;
+
+    /* NaN and negatives park for no time; absurd values are capped. */
+    if (!(seconds > 0))
+        seconds = 0;
+    if (seconds > HTTP_MAX_PARK_SECONDS)
+        seconds = HTTP_MAX_PARK_SECONDS;
+    whole = (double)(time_t)seconds;
+    ns = (long)((seconds - whole) * 1e9);
+    ts.tv_sec += (time_t)whole;
+    ts.tv_nsec += ns;
+    if (ts.tv_nsec >= 1000000000L) {
+        ts.tv_sec++;
+        ts.tv_nsec -= 1000000000L;
+    }
+    return ts;
+}
+
+static bool http_ts_before(struct timespec a, struct timespec b)
+{
+    return a.tv_sec < b.tv_sec || (a.tv_sec == b.tv_sec && a.tv_nsec < b.tv_nsec);
+}
+
+/* ---- the waiter list (mu held) ------------------------------------------- */
+
+static void http_waiter_link(http_server *s, http_req *r)
+{
+    r->prev = NULL;
+    r->next = s->waiters;
+    if (s->waiters != NULL)
+        s->waiters->prev = r;
+    s->waiters = r;
+}
+
+static void http_waiter_unlink(http_server *s, http_req *r)
+{
+    if (r->prev != NULL)
+        r->prev->next = r->next;
+    else
+        s->waiters = r->next;
+    if (r->next != NULL)
+        r->next->prev = r->prev;
+    r->next = r->prev = NULL;
+}
+
+/*
+ * Takes r off the waiter list onto *ready (chained through next), recording
+ * whether its seq is durable; the caller resumes *ready after dropping mu.
+ */
+static void http_waiter_take(http_server *s, http_req *r, bool durable,
+                             http_req **ready)
+{
+    http_waiter_unlink(s, r);
+    r->durable = durable;
+    r->phase = HTTP_RESUMED;
+    r->next = *ready;
+    *ready = r;
+}
+
+/*
+ * Resumes requests taken off the list. Called without mu, so that MHD's own
+ * locks are never taken inside ours. The links are read before each resume:
+ * once resumed, the request may complete and be freed at any moment.
+ */
+static void http_resume_all(http_req *ready)
+{
+    while (ready != NULL) {
+        http_req *next = ready->next;
+        struct MHD_Connection *con = ready->con;
+
+        ready->next = NULL;
+        MHD_resume_connection(con);
+        ready = next;
+    }
+}
+
+/* Takes every parked request off the list, durable or not by the engine's word. */
+static void http_release_all(http_server *s)
+{
+    http_req *ready = NULL;
+    int64_t durable = engine_durable_seq(s->e);
+
+    pthread_mutex_lock(&s->mu);
+    while (s->waiters != NULL)
+        http_waiter_take(s, s->waiters, s->waiters->wait_seq <= durable, &ready);
+    pthread_mutex_unlock(&s->mu);
+    http_resume_all(ready);
+}
+
+/* engine_on_durable callback, on the writer thread after each commit. */
+static void http_on_durable(void *ctx, int64_t durable_seq)
+{
+    http_server *s = ctx;
+    http_req *ready = NULL;
+    http_req *r, *next;
+
+    pthread_mutex_lock(&s->mu);
+    for (r = s->waiters; r != NULL; r = next) {
+        next = r->next;
+        if (r->wait_seq <= durable_seq)
+            http_waiter_take(s, r, true, &ready);
+    }
+    pthread_mutex_unlock(&s->mu);
+    http_resume_all(ready);
+}
+
+/*
+ * The timer thread: sleeps until the earliest waiter deadline and resumes the
+ * expired ones (not durable, unless the engine caught up meanwhile). MHD does
+ * not time out suspended connections, so without it a lost commit would park
+ * a request forever.
+ */
+static void *http_timer_main(void *arg)
+{
+    http_server *s = arg;
+
+    pthread_mutex_lock(&s->mu);
+    while (!s->timer_stop) {
+        struct timespec now = http_now();
+        struct timespec earliest = {0, 0};
+        bool any = false;
+        http_req *ready = NULL;
+        http_req *r, *next;
+        int64_t durable = -1;
+
+        for (r = s->waiters; r != NULL; r = next) {
+            next = r->next;
+            if (!http_ts_before(now, r->deadline)) {
+                if (durable < 0)
+                    durable = engine_durable_seq(s->e);
+                http_waiter_take(s, r, r->wait_seq <= durable, &ready);
+            } else if (!any || http_ts_before(r->deadline, earliest)) {
+                earliest = r->deadline;
+                any = true;
+            }
+        }
+        if (ready != NULL) {
+            pthread_mutex_unlock(&s->mu);
+            http_resume_all(ready);
+            pthread_mutex_lock(&s->mu);
+            continue;
+        }
+        if (any)
+            pthread_cond_timedwait(&s->timer_cv, &s->mu, &earliest);
+        else
+            pthread_cond_wait(&s->timer_cv, &s->mu);
+    }
+    pthread_mutex_unlock(&s->mu);
+    return NULL;
+}
+
+/* ---- request lookups handed to the api ------------------------------------ */
+
+static const char *http_header(void *ctx, const char *name)
+{
+    return MHD_lookup_connection_value(ctx, MHD_HEADER_KIND, name);
+}
+
+/* "?wait" (no '=') is present with a NULL value in MHD: the api wants "". */
+static const char *http_query(void *ctx, const char *name)
+{
+    const char *value = NULL;
+
+    if (MHD_lookup_connection_value_n(ctx, MHD_GET_ARGUMENT_KIND, name,
+                                      strlen(name), &value, NULL) != MHD_YES)
+        return NULL;
+    return value != NULL ? value : "";
+}
+
+/* ---- answering ------------------------------------------------------------ */
+
+/*
+ * Queues resp on the connection and frees it. The body moves to MHD, which
+ * frees it with free() once sent. MHD_NO (close the connection) when MHD
+ * cannot take the response.
+ */
+static enum MHD_Result http_queue(struct MHD_Connection *con, api_response *resp)
+{
+    struct MHD_Response *mr;
+    enum MHD_Result ret = MHD_NO;
+    bool has_body = resp->status != 304 && resp->body != NULL && resp->body_len > 0;
+
+    if (has_body) {
+        mr = MHD_create_response_from_buffer_with_free_callback(
+            resp->body_len, resp->body, free);
+        if (mr != NULL)
+            resp->body = NULL;
+    } else {
+        mr = MHD_create_response_from_buffer(0, (void *)"", MHD_RESPMEM_PERSISTENT);
+    }
+    if (mr == NULL)
+        goto out;
+    if (has_body && resp->content_type != NULL &&
+        MHD_add_response_header(mr, MHD_HTTP_HEADER_CONTENT_TYPE,
+                                resp->content_type) != MHD_YES)
+        goto out;
+    if (resp->etag[0] != '\0' &&
+        MHD_add_response_header(mr, MHD_HTTP_HEADER_ETAG, resp->etag) != MHD_YES)
+        goto out;
+    if (resp->retry_after > 0) {
+        char secs[24];
+
+        snprintf(secs, sizeof secs, "%u", resp->retry_after);
+        if (MHD_add_response_header(mr, MHD_HTTP_HEADER_RETRY_AFTER, secs) != MHD_YES)
+            goto out;
+    }
+    if (resp->allow != NULL &&
+        MHD_add_response_header(mr, MHD_HTTP_HEADER_ALLOW, resp->allow) != MHD_YES)
+        goto out;
+    ret = MHD_queue_response(con, (unsigned)resp->status, mr);
+out:
+    if (mr != NULL)
+        MHD_destroy_response(mr);
+    api_response_free(resp);
+    return ret;
+}
+
+/*
+ * Parks r (whose api answer waits for resp.wait_seq) until the writer reports
+ * it durable or its deadline passes. The connection is suspended before r
+ * goes on the list so that any resume finds it suspended; durable_seq is
+ * checked again after linking so that a commit landing in between is not
+ * missed. While http_stop is closing, nothing parks: r is resumed at once.
+ */
+static void http_park(http_server *s, http_req *r)
+{
+    bool resume_now = false;
+
+    r->phase = HTTP_PARKED;
+    r->wait_seq = r->resp.wait_seq;
+    r->deadline = http_after(r->resp.wait_timeout);
+    MHD_suspend_connection(r->con);
+
+    pthread_mutex_lock(&s->mu);
+    if (s->closing) {
+        r->durable = engine_durable_seq(s->e) >= r->wait_seq;
+        r->phase = HTTP_RESUMED;
+        resume_now = true;
+    } else {
+        http_waiter_link(s, r);
+        pthread_cond_signal(&s->timer_cv);
+    }
+    pthread_mutex_unlock(&s->mu);
+
+    if (!resume_now) {
+        engine_flush_soon(s->e);
+        if (engine_durable_seq(s->e) >= r->wait_seq) {
+            pthread_mutex_lock(&s->mu);
+            /* Still ours only if no resumer took it meanwhile. */
+            if (r->phase == HTTP_PARKED) {
+                http_waiter_unlink(s, r);
+                r->durable = true;
+                r->phase = HTTP_RESUMED;
+                resume_now = true;
+            }
+            pthread_mutex_unlock(&s->mu);
+        }
+    }
+    if (resume_now)
+        MHD_resume_connection(r->con);
+}
+
+/* Appends a chunk of body, or only counts it once past the limit. 0 / -1 (OOM). */
+static int http_append(http_server *s, http_req *r, const char *data, size_t n)
+{
+    size_t need;
+    char *grown;
+
+    if (r->too_large || r->oom)
+        return 0;
+    if (n > s->max_body_bytes - r->len) {
+        /* Past the limit: drop what we have and keep draining the rest, so
+         * the connection stays usable for the 413 and after it. */
+        r->too_large = true;
+        free(r->body);
+        r->body = NULL;
+        r->len = r->cap = 0;
+        return 0;
+    }
+    need = r->len + n + 1;
+    if (need > r->cap) {
+        size_t cap = r->cap != 0 ? r->cap : 4096;
+
+        while (cap < need)
+            cap = cap > SIZE_MAX / 2 ? need : cap * 2;
+        if (cap > s->max_body_bytes + 1)
+            cap = s->max_body_bytes + 1;
+        grown = realloc(r->body, cap);
+        if (grown == NULL)
+            return -1;
+        r->body = grown;
+        r->cap = cap;
+    }
+    memcpy(r->body + r->len, data, n);
+    r->len += n;
+    r->body[r->len] = '\0';
+    return 0;
+}
+
+/* A declared Content-Length above the limit; malformed ones MHD itself refuses. */
+static bool http_declared_too_large(const char *value, size_t limit)
+{
+    unsigned long long n;
+    char *end;
+
+    if (value == NULL || *value < '0' || *value > '9')
+        return false;
+    errno = 0;
+    n = strtoull(value, &end, 10);
+    if (errno == ERANGE)
+        return true;
+    return n > limit;
+}
+
+static enum MHD_Result http_on_request(void *cls, struct MHD_Connection *con,
+                                       const char *url, const char *method,
+                                       const char *version,
+                                       const char *upload_data,
+                                       size_t *upload_data_size, void **con_cls)
+{
+    http_server *s = cls;
+    http_req *r = *con_cls;
+    api_request req;
+    api_response resp;
+
+    if (r == NULL) {
+        /* Headers only. No response here: queueing one now makes MHD 0.9.75
+         * close the connection after it (see STYLE.md). */
+        r = calloc(1, sizeof *r);
+        if (r == NULL)
+            return MHD_NO;
+        r->srv = s;
+        r->con = con;
+        r->phase = HTTP_READING;
+        atomic_fetch_add(&s->inflight, 1);
+        *con_cls = r;
+        r->too_large = http_declared_too_large(
+            MHD_lookup_connection_value(con, MHD_HEADER_KIND,
+                                        MHD_HTTP_HEADER_CONTENT_LENGTH),
+            s->max_body_bytes);
+        return MHD_YES;
+    }
+
+    if (r->phase == HTTP_RESUMED) {
+        /* Back from parking; the resumer recorded durability under mu. */
+        bool durable;
+
+        pthread_mutex_lock(&s->mu);
+        durable = r->durable;
+        pthread_mutex_unlock(&s->mu);
+        api_finish_wait(s->a, &r->resp, durable);
+        return http_queue(con, &r->resp);
+    }
+    if (r->phase == HTTP_PARKED)
+        return MHD_YES;  /* not expected: MHD does not call a suspended request */
+
+    if (*upload_data_size != 0) {
+        if (http_append(s, r, upload_data, *upload_data_size) != 0) {
+            r->oom = true;
+            free(r->body);
+            r->body = NULL;
+            r->len = r->cap = 0;
+        }
+        *upload_data_size = 0;
+        return MHD_YES;
+    }
+
+    memset(&resp, 0, sizeof resp);
+    if (r->too_large) {
+        char detail[96];
+
+        snprintf(detail, sizeof detail, "the request body exceeds %zu bytes",
+                 s->max_body_bytes);
+        api_problem(s->a, &resp, 413, "body-too-large", "Request body too large",
+                    detail);
+    } else if (r->oom) {
+        api_problem(s->a, &resp, 503, "out-of-memory", "Service unavailable",
+                    "out of memory while reading the request body");
+    } else {
+        req.method = method;
+        req.path = url;
+        req.body = r->body;
+        req.body_len = r->len;
+        req.header = http_header;
+        req.query = http_query;
+        req.ctx = con;
+        api_handle(s->a, &req, &resp);
+    }
+
+    if (resp.wait_seq > 0 && engine_durable_seq(s->e) < resp.wait_seq) {
+        r->resp = resp;
+        http_park(s, r);
+        return MHD_YES;
+    }
+    if (resp.wait_seq > 0)
+        api_finish_wait(s->a, &resp, true);
+    return http_queue(con, &resp);
+}
+
+/* MHD_OPTION_NOTIFY_COMPLETED: a request ended (answered, failed or shut down). */
+static void http_on_completed(void *cls, struct MHD_Connection *con,
+                              void **con_cls, enum MHD_RequestTerminationCode toe)
+{
+    http_server *s = cls;
+    http_req *r = *con_cls;
+
+    if (r == NULL)
+        return;
+    /* A request still parked here would be a bug: it is never on the waiter
+     * list when MHD ends it, because every park ends with a resume first. */
+    api_response_free(&r->resp);
+    free(r->body);
+    free(r);
+    *con_cls = NULL;
+    atomic_fetch_sub(&s->inflight, 1);
+}
+
+/* ---- start / stop --------------------------------------------------------- */
+
+/* "host:port", bracketing IPv6 literals. */
+static void http_format_addr(char *out, size_t outlen, const char *host,
+                             uint16_t port)
+{
+    if (strchr(host, ':') != NULL)
+        snprintf(out, outlen, "[%s]:%u", host, (unsigned)port);
+    else
+        snprintf(out, outlen, "%s:%u", host, (unsigned)port);
+}
+
+/*
+ * MHD does not say why it could not start. Binding the same address again
+ * ourselves (with the same SO_REUSEADDR MHD uses) recovers the reason for
+ * the common case, a port already in use; 0 when that bind works.
+ */
+static int http_probe_bind(const struct addrinfo *ai)
+{
+    int fd, on = 1, err = 0;
+
+    fd = socket(ai->ai_family, ai->ai_socktype, ai->ai_protocol);
+    if (fd < 0)
+        return errno;
+    (void)setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, sizeof on);
+    if (ai->ai_family == AF_INET6)
+        (void)setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &on, sizeof on);
+    if (bind(fd, ai->ai_addr, ai->ai_addrlen) != 0)
+        err = errno;
+    close(fd);
+    return err;
+}
+
+/* Prefers an IPv4 result ("localhost" usually means 127.0.0.1 to users). */
+static const struct addrinfo *http_pick_addr(const struct addrinfo *list)
+{
+    const struct addrinfo *ai;
+
+    for (ai = list; ai != NULL; ai = ai->ai_next)
+        if (ai->ai_family == AF_INET)
+            return ai;
+    for (ai = list; ai != NULL; ai = ai->ai_next)
+        if (ai->ai_family == AF_INET6)
+            return ai;
+    return NULL;
+}
+
+static void http_free(http_server *s)
+{
+    if (s->timer_started) {
+        pthread_mutex_lock(&s->mu);
+        s->timer_stop = true;
+        pthread_cond_broadcast(&s->timer_cv);
+        pthread_mutex_unlock(&s->mu);
+        pthread_join(s->timer, NULL);
+    }
+    if (s->cv_init)
+        pthread_cond_destroy(&s->timer_cv);
+    if (s->mu_init)
+        pthread_mutex_destroy(&s->mu);
+    free(s);
+}
+
+http_server *http_start(const http_config *cfg, api *a, engine *e, char *err,
+                        size_t errlen)
+{
+    http_server *s = NULL;
+    struct addrinfo hints, *list = NULL;
+    const struct addrinfo *ai;
+    const union MHD_DaemonInfo *info;
+    pthread_condattr_t cattr;
+    char port_text[8];
+    char addr[300];
+    unsigned flags;
+    struct MHD_OptionItem opts[4];
+    size_t n = 0;
+    int rc, saved_errno;
+
+    if (errlen > 0)
+        err[0] = '\0';
+    http_format_addr(addr, sizeof addr, cfg->host, cfg->port);
+
+    s = calloc(1, sizeof *s);
+    if (s == NULL) {
+        snprintf(err, errlen, "out of memory starting the HTTP server");
+        goto fail;
+    }
+    s->a = a;
+    s->e = e;
+    s->max_body_bytes = cfg->max_body_bytes;
+    s->log = cfg->log;
+    s->log_ctx = cfg->log_ctx;
+    atomic_init(&s->inflight, 0);
+
+    if (pthread_mutex_init(&s->mu, NULL) != 0) {
+        snprintf(err, errlen, "cannot create a mutex");
+        goto fail;
+    }
+    s->mu_init = true;
+    /* Deadlines are monotonic so that a clock step neither fires nor
+     * strands waiters. */
+    if (pthread_condattr_init(&cattr) != 0) {
+        snprintf(err, errlen, "cannot create a condition variable");
+        goto fail;
+    }
+    rc = pthread_condattr_setclock(&cattr, CLOCK_MONOTONIC);
+    if (rc == 0)
+        rc = pthread_cond_init(&s->timer_cv, &cattr);
+    pthread_condattr_destroy(&cattr);
+    if (rc != 0) {
+        snprintf(err, errlen, "cannot create a condition variable");
+        goto fail;
+    }
+    s->cv_init = true;
+
+    memset(&hints, 0, sizeof hints);
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = AI_NUMERICSERV | AI_PASSIVE;
+    snprintf(port_text, sizeof port_text, "%u", (unsigned)cfg->port);
+    rc = getaddrinfo(cfg->host, port_text, &hints, &list);
+    if (rc != 0) {
+        snprintf(err, errlen, "cannot listen on %s: %s", addr, gai_strerror(rc));
+        goto fail;
+    }
+    ai = http_pick_addr(list);
+    if (ai == NULL) {
+        snprintf(err, errlen, "cannot listen on %s: no IPv4 or IPv6 address",
+                 addr);
+        goto fail;
+    }
+
+    /* The timer and the durable callback exist before the first request can
+     * park, so no waiter is ever missed. */
+    if (pthread_create(&s->timer, NULL, http_timer_main, s) != 0) {
+        snprintf(err, errlen, "cannot start the HTTP timer thread");
+        goto fail;
+    }
+    s->timer_started = true;
+    engine_on_durable(e, http_on_durable, s);
+
+    flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_AUTO |
+            MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ITC | MHD_USE_ERROR_LOG;
+    if (ai->ai_family == AF_INET6)
+        flags |= MHD_USE_IPv6;
+    if (cfg->threads > 1)
+        opts[n++] = (struct MHD_OptionItem){MHD_OPTION_THREAD_POOL_SIZE,
+                                            (intptr_t)cfg->threads, NULL};
+    if (cfg->max_connections > 0)
+        opts[n++] = (struct MHD_OptionItem){MHD_OPTION_CONNECTION_LIMIT,
+                                            (intptr_t)cfg->max_connections, NULL};
+    opts[n++] = (struct MHD_OptionItem){MHD_OPTION_CONNECTION_TIMEOUT,
+                                        (intptr_t)cfg->connection_timeout, NULL};
+    opts[n] = (struct MHD_OptionItem){MHD_OPTION_END, 0, NULL};
+
+    /*
+     * MHD_OPTION_LISTENING_ADDRESS_REUSE is left out on purpose: absent, MHD
+     * sets SO_REUSEADDR only (a restart can bind while old connections sit in
+     * TIME_WAIT, a second live listener still gets EADDRINUSE); 0 would also
+     * drop SO_REUSEADDR, and 1 would add SO_REUSEPORT and let two servers
+     * share the port.
+     */
+    errno = 0;
+    s->daemon = MHD_start_daemon(flags, cfg->port, NULL, NULL, http_on_request, s,
+                                 MHD_OPTION_SOCK_ADDR, ai->ai_addr,
+                                 MHD_OPTION_NOTIFY_COMPLETED, http_on_completed, s,
+                                 MHD_OPTION_EXTERNAL_LOGGER, http_mhd_log, s,
+                                 MHD_OPTION_ARRAY, opts,
+                                 MHD_OPTION_END);
+    saved_errno = errno;
+    if (s->daemon == NULL) {
+        int why = http_probe_bind(ai);
+
+        if (why != 0)
+            snprintf(err, errlen, "cannot listen on %s: %s", addr, strerror(why));
+        else if (saved_errno != 0)
+            snprintf(err, errlen, "cannot start the HTTP server on %s: %s", addr,
+                     strerror(saved_errno));
+        else
+            snprintf(err, errlen, "cannot start the HTTP server on %s", addr);
+        goto fail;
+    }
+
+    info = MHD_get_daemon_info(s->daemon, MHD_DAEMON_INFO_BIND_PORT);
+    if (info == NULL || info->port == 0) {
+        snprintf(err, errlen, "cannot read the bound port of %s", addr);
+        goto fail;
+    }
+    s->port = info->port;
+    freeaddrinfo(list);
+    return s;
+
+fail:
+    if (list != NULL)
+        freeaddrinfo(list);
+    if (s != NULL) {
+        if (s->daemon != NULL)
+            MHD_stop_daemon(s->daemon);
+        if (s->timer_started)
+            engine_on_durable(e, NULL, NULL);
+        http_free(s);
+    }
+    return NULL;
+}
+
+uint16_t http_port(http_server *s)
+{
+    return s->port;
+}
+
+static void http_sleep_poll(void)
+{
+    struct timespec ts = {0, HTTP_DRAIN_POLL_NS};
+
+    nanosleep(&ts, NULL);
+}
+
+/*
+ * Drain order: stop accepting; let requests in flight finish while the
+ * engine commits (parked ones are resumed by commits or their deadlines);
+ * past half the timeout, answer every parked request as it stands and stop
+ * parking new ones; then stop MHD, which closes idle keep-alive connections.
+ * Requests in flight are counted by us, not MHD's connection count, so idle
+ * keep-alive connections do not hold the stop for the whole timeout.
+ */
+void http_stop(http_server *s, double timeout)
+{
+    struct timespec deadline, half;
+    MHD_socket listen_fd;
+    bool released = false;
+
+    if (s == NULL)
+        return;
+    if (!(timeout >= 0))
+        timeout = 0;
+    deadline = http_after(timeout);
+    half = http_after(timeout / 2);
+
+    listen_fd = MHD_quiesce_daemon(s->daemon);
+    engine_flush_soon(s->e);
+    while (atomic_load(&s->inflight) > 0 && http_ts_before(http_now(), deadline)) {
+        if (!released && !http_ts_before(http_now(), half)) {
+            pthread_mutex_lock(&s->mu);
+            s->closing = true;
+            pthread_mutex_unlock(&s->mu);
+            http_release_all(s);
+            released = true;
+        }
+        http_sleep_poll();
+    }
+
+    /* Nothing may stay suspended into MHD_stop_daemon. */
+    pthread_mutex_lock(&s->mu);
+    s->closing = true;
+    pthread_mutex_unlock(&s->mu);
+    http_release_all(s);
+    if (atomic_load(&s->inflight) > 0)
+        http_log(s, NS_LOG_WARN, "http_drain_timeout", "in_flight=%zu",
+                 atomic_load(&s->inflight));
+
+    MHD_stop_daemon(s->daemon);
+    /* Ours since MHD_quiesce_daemon, and only closable after the stop. */
+    if (listen_fd != MHD_INVALID_SOCKET)
+        close(listen_fd);
+    engine_on_durable(s->e, NULL, NULL);
+    http_free(s);
+}

@@ -1,0 +1,717 @@
+/*
+ * Unit tests for http: the MHD transport, started on 127.0.0.1 port 0 over a
+ * real engine (fresh temporary database) and api, spoken to with libcurl.
+ * They cover what the transport itself owns: binding (port 0, port in use),
+ * the body limit (413 by Content-Length and by counting a chunked body, and
+ * the connection surviving it), keep-alive, response headers (ETag, 304,
+ * Retry-After, Allow) and ?wait=true parking until the writer commits.
+ *
+ * The engine runs with a long batch interval, so a parked request can only
+ * be answered 200 "durable" through engine_flush_soon and the durable
+ * callback, never by the writer's own schedule within the test. To keep a
+ * request parked on purpose, a raw SQLite connection holds the write lock the
+ * way another process would, so the writer's commits fail and retry.
+ */
+#include <criterion/criterion.h>
+#include <criterion/new/assert.h>
+
+#include <limits.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <curl/curl.h>
+#include <sqlite3.h>
+
+#include "api/api.h"
+#include "server/engine/engine.h"
+#include "server/http.h"
+
+/* A writer schedule far beyond any test: only flush_soon commits early. */
+#define SLOW_BATCH_INTERVAL 60.0
+#define BODY_LIMIT 1024
+
+typedef struct stack {
+    char dir[64];
+    char db[128];
+    engine *e;
+    api *a;
+    http_server *srv;
+    uint16_t port;
+} stack;
+
+typedef struct reply {
+    long status;
+    char *body;                 /* NUL-terminated, "" when empty */
+    size_t len;
+    char content_type[128];
+    char etag[64];
+    char retry_after[32];
+    char allow[128];
+    char error[CURL_ERROR_SIZE];
+    long connects;              /* CURLINFO_NUM_CONNECTS: 0 when reused */
+} reply;
+
+static void stack_start(stack *st, size_t queue_capacity, double batch_interval)
+{
+    char err[512] = "";
+    engine_config ec = {
+        .batch_size = 1000,
+        .batch_interval = batch_interval,
+        .queue_capacity = queue_capacity,
+        .shutdown_timeout = 5,
+    };
+    api_config ac = {
+        .max_body_bytes = BODY_LIMIT,
+        .max_error_bytes = 65536,
+        .max_wait = 30,
+        .default_wait = 20,
+    };
+    http_config hc = {
+        .host = "127.0.0.1",
+        .port = 0,
+        .threads = 2,
+        .max_body_bytes = BODY_LIMIT,
+        .max_connections = 64,
+        .connection_timeout = 30,
+    };
+
+    memset(st, 0, sizeof *st);
+    strcpy(st->dir, "/tmp/test_http.XXXXXX");
+    cr_assert(mkdtemp(st->dir) != NULL);
+    snprintf(st->db, sizeof st->db, "%s/ns.db", st->dir);
+    ec.db_path = st->db;
+    st->e = engine_open(&ec, err, sizeof err);
+    cr_assert(st->e != NULL, "engine_open: %s", err);
+    st->a = api_new(st->e, &ac);
+    cr_assert(st->a != NULL);
+    st->srv = http_start(&hc, st->a, st->e, err, sizeof err);
+    cr_assert(st->srv != NULL, "http_start: %s", err);
+    st->port = http_port(st->srv);
+}
+
+static void stack_stop(stack *st)
+{
+    static const char *const suffixes[] = {"", "-wal", "-shm", "-journal"};
+    char p[PATH_MAX];
+
+    if (st->srv != NULL) {
+        http_stop(st->srv, 5);
+        api_free(st->a);
+        engine_close(st->e);
+    }
+    for (size_t i = 0; i < sizeof suffixes / sizeof suffixes[0]; i++) {
+        snprintf(p, sizeof p, "%s%s", st->db, suffixes[i]);
+        unlink(p);
+    }
+    rmdir(st->dir);
+}
+
+/* ---- a small libcurl client ------------------------------------------------ */
+
+static size_t on_body(char *data, size_t size, size_t n, void *ctx)
+{
+    reply *r = ctx;
+    size_t add = size * n;
+    char *grown = realloc(r->body, r->len + add + 1);
+
+    if (grown == NULL)
+        return 0;
+    memcpy(grown + r->len, data, add);
+    r->body = grown;
+    r->len += add;
+    r->body[r->len] = '\0';
+    return add;
+}
+
+/* Copies the value of header line "Name: value\r\n" into dst when name matches. */
+static void grab(const char *line, size_t len, const char *name, char *dst,
+                 size_t dstlen)
+{
+    size_t nl = strlen(name);
+
+    if (len <= nl + 1 || strncasecmp(line, name, nl) != 0 || line[nl] != ':')
+        return;
+    line += nl + 1;
+    len -= nl + 1;
+    while (len > 0 && (*line == ' ' || *line == '\t')) {
+        line++;
+        len--;
+    }
+    while (len > 0 && (line[len - 1] == '\r' || line[len - 1] == '\n'))
+        len--;
+    if (len >= dstlen)
+        len = dstlen - 1;
+    memcpy(dst, line, len);
+    dst[len] = '\0';
+}
+
+static size_t on_header(char *line, size_t size, size_t n, void *ctx)
+{
+    reply *r = ctx;
+    size_t len = size * n;
+
+    grab(line, len, "Content-Type", r->content_type, sizeof r->content_type);
+    grab(line, len, "ETag", r->etag, sizeof r->etag);
+    grab(line, len, "Retry-After", r->retry_after, sizeof r->retry_after);
+    grab(line, len, "Allow", r->allow, sizeof r->allow);
+    return len;
+}
+
+/* A chunked upload: hands out the remaining bytes of a string. */
+typedef struct source {
+    const char *data;
+    size_t left;
+} source;
+
+static size_t on_read(char *buf, size_t size, size_t n, void *ctx)
+{
+    source *src = ctx;
+    size_t take = size * n;
+
+    if (take > src->left)
+        take = src->left;
+    if (take > 100)
+        take = 100;  /* several chunks, so the limit is crossed mid-body */
+    memcpy(buf, src->data, take);
+    src->data += take;
+    src->left -= take;
+    return take;
+}
+
+#define SETOPT(h, opt, val) \
+    do { if (curl_easy_setopt((h), (opt), (val)) != CURLE_OK) goto out; } while (0)
+
+/*
+ * One request on the handle h (keep-alive across calls). body NULL: no body;
+ * chunked: send body with Transfer-Encoding: chunked instead of
+ * Content-Length. header is one extra request header or NULL. Returns 0 with
+ * r filled (r->status 0 and r->error on a transport failure), -1 when curl
+ * could not be set up. Never asserts, so threads may call it.
+ */
+static int request(CURL *h, uint16_t port, const char *method, const char *path,
+                   const char *body, bool chunked, const char *header, reply *r)
+{
+    char url[512];
+    struct curl_slist *hdrs = NULL, *more;
+    source src = {body, body != NULL ? strlen(body) : 0};
+    CURLcode rc;
+    int ret = -1;
+
+    free(r->body);
+    memset(r, 0, sizeof *r);
+    r->body = calloc(1, 1);
+    if (r->body == NULL)
+        return -1;
+    snprintf(url, sizeof url, "http://127.0.0.1:%u%s", (unsigned)port, path);
+
+    /* No "Expect: 100-continue": bodies go at once. */
+    if ((more = curl_slist_append(hdrs, "Expect:")) == NULL)
+        goto out;
+    hdrs = more;
+    if (body != NULL) {
+        if ((more = curl_slist_append(hdrs, "Content-Type: application/json")) == NULL)
+            goto out;
+        hdrs = more;
+    }
+    if (chunked) {
+        if ((more = curl_slist_append(hdrs, "Transfer-Encoding: chunked")) == NULL)
+            goto out;
+        hdrs = more;
+    }
+    if (header != NULL) {
+        if ((more = curl_slist_append(hdrs, header)) == NULL)
+            goto out;
+        hdrs = more;
+    }
+
+    SETOPT(h, CURLOPT_URL, url);
+    SETOPT(h, CURLOPT_HTTPHEADER, hdrs);
+    SETOPT(h, CURLOPT_WRITEFUNCTION, on_body);
+    SETOPT(h, CURLOPT_WRITEDATA, r);
+    SETOPT(h, CURLOPT_HEADERFUNCTION, on_header);
+    SETOPT(h, CURLOPT_HEADERDATA, r);
+    SETOPT(h, CURLOPT_ERRORBUFFER, r->error);
+    SETOPT(h, CURLOPT_TIMEOUT, 60L);
+    SETOPT(h, CURLOPT_NOSIGNAL, 1L);
+    if (body != NULL && chunked) {
+        SETOPT(h, CURLOPT_POST, 1L);
+        SETOPT(h, CURLOPT_READFUNCTION, on_read);
+        SETOPT(h, CURLOPT_READDATA, &src);
+        SETOPT(h, CURLOPT_POSTFIELDSIZE, -1L);
+    } else if (body != NULL) {
+        SETOPT(h, CURLOPT_POST, 1L);
+        SETOPT(h, CURLOPT_POSTFIELDS, body);
+        SETOPT(h, CURLOPT_POSTFIELDSIZE, (long)strlen(body));
+    } else {
+        SETOPT(h, CURLOPT_HTTPGET, 1L);
+    }
+    SETOPT(h, CURLOPT_CUSTOMREQUEST, strcmp(method, "GET") == 0 ||
+                                     strcmp(method, "POST") == 0 ? NULL : method);
+
+    rc = curl_easy_perform(h);
+    if (rc == CURLE_OK) {
+        if (curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &r->status) != CURLE_OK ||
+            curl_easy_getinfo(h, CURLINFO_NUM_CONNECTS, &r->connects) != CURLE_OK)
+            goto out;
+    } else if (r->error[0] == '\0') {
+        snprintf(r->error, sizeof r->error, "%s", curl_easy_strerror(rc));
+    }
+    ret = 0;
+out:
+    curl_slist_free_all(hdrs);
+    /* The handle outlives this call; do not leave it pointing at locals. */
+    (void)curl_easy_setopt(h, CURLOPT_HTTPHEADER, NULL);
+    (void)curl_easy_setopt(h, CURLOPT_ERRORBUFFER, NULL);
+    (void)curl_easy_setopt(h, CURLOPT_READDATA, NULL);
+    return ret;
+}
+
+static CURL *client(void)
+{
+    CURL *h = curl_easy_init();
+
+    cr_assert(h != NULL);
+    return h;
+}
+
+/* request() for the test's main thread: asserts the exchange happened. */
+static void must(CURL *h, uint16_t port, const char *method, const char *path,
+                 const char *body, bool chunked, const char *header, reply *r)
+{
+    cr_assert(eq(int, request(h, port, method, path, body, chunked, header, r), 0));
+    cr_assert(r->status != 0, "%s %s failed: %s", method, path, r->error);
+}
+
+static void init_curl(void)
+{
+    cr_assert(eq(int, curl_global_init(CURL_GLOBAL_DEFAULT), CURLE_OK));
+}
+
+static void fini_curl(void)
+{
+    curl_global_cleanup();
+}
+
+TestSuite(http, .init = init_curl, .fini = fini_curl, .timeout = 120);
+
+/* ---- binding ------------------------------------------------------------- */
+
+Test(http, port_zero_gives_a_real_port)
+{
+    stack st;
+    reply r = {0};
+    CURL *h = client();
+
+    stack_start(&st, 1000, SLOW_BATCH_INTERVAL);
+    cr_assert(st.port != 0);
+    must(h, st.port, "GET", "/healthz", NULL, false, NULL, &r);
+    cr_expect(eq(long, r.status, 200));
+    cr_expect(strstr(r.body, "\"ok\"") != NULL, "body: %s", r.body);
+    curl_easy_cleanup(h);
+    free(r.body);
+    stack_stop(&st);
+}
+
+Test(http, port_in_use_fails_with_a_message)
+{
+    stack st;
+    char err[512] = "";
+    char want[64];
+    http_config hc = {
+        .host = "127.0.0.1",
+        .threads = 1,
+        .max_body_bytes = BODY_LIMIT,
+        .max_connections = 8,
+        .connection_timeout = 5,
+    };
+
+    stack_start(&st, 1000, SLOW_BATCH_INTERVAL);
+    hc.port = st.port;
+    cr_assert(http_start(&hc, st.a, st.e, err, sizeof err) == NULL);
+    snprintf(want, sizeof want, "cannot listen on 127.0.0.1:%u: ", (unsigned)st.port);
+    cr_expect(strstr(err, want) != NULL, "err: %s", err);
+    cr_expect(strstr(err, "Address already in use") != NULL, "err: %s", err);
+    stack_stop(&st);
+}
+
+Test(http, bad_host_fails_with_a_message)
+{
+    stack st;
+    char err[512] = "";
+    http_config hc = {
+        .host = "not-an-address.invalid",
+        .threads = 1,
+        .max_body_bytes = BODY_LIMIT,
+    };
+
+    stack_start(&st, 1000, SLOW_BATCH_INTERVAL);
+    cr_assert(http_start(&hc, st.a, st.e, err, sizeof err) == NULL);
+    cr_expect(strstr(err, "cannot listen on not-an-address.invalid:0") != NULL,
+              "err: %s", err);
+    stack_stop(&st);
+}
+
+/* ---- keep-alive and the body limit ---------------------------------------- */
+
+Test(http, keep_alive_reuses_the_connection)
+{
+    stack st;
+    reply r = {0};
+    CURL *h = client();
+
+    stack_start(&st, 1000, SLOW_BATCH_INTERVAL);
+    must(h, st.port, "GET", "/healthz", NULL, false, NULL, &r);
+    cr_expect(eq(long, r.status, 200));
+    cr_expect(eq(long, r.connects, 1));
+    must(h, st.port, "GET", "/healthz", NULL, false, NULL, &r);
+    cr_expect(eq(long, r.status, 200));
+    cr_expect(eq(long, r.connects, 0), "the second request opened a new connection");
+    curl_easy_cleanup(h);
+    free(r.body);
+    stack_stop(&st);
+}
+
+/* A JSON update padded with blanks to exactly len bytes. */
+static char *padded_update(size_t len)
+{
+    static const char json[] = "{\"status\":\"running\"}";
+    char *b = malloc(len + 1);
+
+    cr_assert(b != NULL);
+    cr_assert(len >= sizeof json - 1);
+    memset(b, ' ', len);
+    memcpy(b, json, sizeof json - 1);
+    b[len] = '\0';
+    return b;
+}
+
+Test(http, body_over_the_limit_gets_413_and_keeps_the_connection)
+{
+    stack st;
+    reply r = {0};
+    CURL *h = client();
+    char *big = padded_update(BODY_LIMIT + 1);
+
+    stack_start(&st, 1000, SLOW_BATCH_INTERVAL);
+    must(h, st.port, "POST", "/runs/r1/nodes/n1/state", big, false, NULL, &r);
+    cr_expect(eq(long, r.status, 413));
+    cr_expect(eq(str, r.content_type, "application/problem+json"));
+    cr_expect(strstr(r.body, "body-too-large") != NULL, "body: %s", r.body);
+    /* The rest of the body was drained, so the connection serves on. */
+    must(h, st.port, "GET", "/healthz", NULL, false, NULL, &r);
+    cr_expect(eq(long, r.status, 200));
+    cr_expect(eq(long, r.connects, 0));
+    /* And the update was not applied. */
+    must(h, st.port, "GET", "/runs/r1/nodes/n1/state", NULL, false, NULL, &r);
+    cr_expect(eq(long, r.status, 404));
+    curl_easy_cleanup(h);
+    free(r.body);
+    free(big);
+    stack_stop(&st);
+}
+
+Test(http, chunked_body_over_the_limit_gets_413)
+{
+    stack st;
+    reply r = {0};
+    CURL *h = client();
+    char *big = padded_update(4 * BODY_LIMIT);
+
+    stack_start(&st, 1000, SLOW_BATCH_INTERVAL);
+    must(h, st.port, "POST", "/runs/r1/nodes/n1/state", big, true, NULL, &r);
+    cr_expect(eq(long, r.status, 413));
+    cr_expect(strstr(r.body, "body-too-large") != NULL, "body: %s", r.body);
+    must(h, st.port, "GET", "/healthz", NULL, false, NULL, &r);
+    cr_expect(eq(long, r.status, 200));
+    cr_expect(eq(long, r.connects, 0));
+    curl_easy_cleanup(h);
+    free(r.body);
+    free(big);
+    stack_stop(&st);
+}
+
+Test(http, body_at_the_limit_is_accepted)
+{
+    stack st;
+    reply r = {0};
+    CURL *h = client();
+    char *exact = padded_update(BODY_LIMIT);
+
+    stack_start(&st, 1000, SLOW_BATCH_INTERVAL);
+    must(h, st.port, "POST", "/runs/r1/nodes/n1/state", exact, false, NULL, &r);
+    cr_expect(eq(long, r.status, 202), "body: %s", r.body);
+    must(h, st.port, "POST", "/runs/r1/nodes/n2/state", exact, true, NULL, &r);
+    cr_expect(eq(long, r.status, 202), "chunked body: %s", r.body);
+    curl_easy_cleanup(h);
+    free(r.body);
+    free(exact);
+    stack_stop(&st);
+}
+
+/* ---- response headers ------------------------------------------------------ */
+
+Test(http, etag_and_if_none_match_give_304_without_a_body)
+{
+    stack st;
+    reply r = {0};
+    CURL *h = client();
+    char inm[96];
+
+    stack_start(&st, 1000, SLOW_BATCH_INTERVAL);
+    must(h, st.port, "POST", "/runs/r1/nodes/n1/state", "{\"status\":\"scheduled\"}",
+         false, NULL, &r);
+    cr_assert(eq(long, r.status, 202), "body: %s", r.body);
+    must(h, st.port, "GET", "/runs/r1/nodes/n1/state", NULL, false, NULL, &r);
+    cr_assert(eq(long, r.status, 200));
+    cr_assert(eq(str, r.etag, "\"1\""));
+    cr_expect(eq(str, r.content_type, "application/json"));
+    snprintf(inm, sizeof inm, "If-None-Match: %s", r.etag);
+    must(h, st.port, "GET", "/runs/r1/nodes/n1/state", NULL, false, inm, &r);
+    cr_expect(eq(long, r.status, 304));
+    cr_expect(eq(sz, r.len, 0));
+    cr_expect(eq(str, r.etag, "\"1\""));
+    curl_easy_cleanup(h);
+    free(r.body);
+    stack_stop(&st);
+}
+
+Test(http, queue_full_answers_503_with_retry_after)
+{
+    stack st;
+    reply r = {0};
+    CURL *h = client();
+
+    /* One slot and a writer that waits a minute: the second update cannot queue. */
+    stack_start(&st, 1, SLOW_BATCH_INTERVAL);
+    must(h, st.port, "POST", "/runs/r1/nodes/n1/state", "{\"status\":\"scheduled\"}",
+         false, NULL, &r);
+    cr_assert(eq(long, r.status, 202), "body: %s", r.body);
+    must(h, st.port, "POST", "/runs/r1/nodes/n2/state", "{\"status\":\"scheduled\"}",
+         false, NULL, &r);
+    cr_expect(eq(long, r.status, 503), "body: %s", r.body);
+    cr_expect(eq(str, r.retry_after, "1"));
+    cr_expect(eq(str, r.content_type, "application/problem+json"));
+    curl_easy_cleanup(h);
+    free(r.body);
+    stack_stop(&st);
+}
+
+Test(http, wrong_method_answers_405_with_allow)
+{
+    stack st;
+    reply r = {0};
+    CURL *h = client();
+
+    stack_start(&st, 1000, SLOW_BATCH_INTERVAL);
+    must(h, st.port, "DELETE", "/runs/r1/nodes/n1/state", NULL, false, NULL, &r);
+    cr_expect(eq(long, r.status, 405));
+    cr_expect(r.allow[0] != '\0', "no Allow header");
+    cr_expect(strstr(r.allow, "GET") != NULL, "Allow: %s", r.allow);
+    curl_easy_cleanup(h);
+    free(r.body);
+    stack_stop(&st);
+}
+
+/* ---- ?wait=true ------------------------------------------------------------ */
+
+Test(http, wait_true_is_answered_durable_after_the_commit)
+{
+    stack st;
+    reply r = {0};
+    CURL *h = client();
+
+    stack_start(&st, 1000, SLOW_BATCH_INTERVAL);
+    /* Without flush_soon and the durable callback this would sit out the
+     * 60 s batch interval past the 30 s wait and come back 202. */
+    must(h, st.port, "POST", "/runs/r1/nodes/n1/state?wait=true&timeout=30",
+         "{\"status\":\"scheduled\"}", false, NULL, &r);
+    cr_expect(eq(long, r.status, 200), "body: %s", r.body);
+    cr_expect(strstr(r.body, "\"durable\":true") != NULL, "body: %s", r.body);
+    cr_expect(engine_durable_seq(st.e) >= 1);
+    /* A resumed connection stays usable for the next request. */
+    must(h, st.port, "POST", "/runs/r1/nodes/n1/state?wait=true&timeout=30",
+         "{\"status\":\"running\"}", false, NULL, &r);
+    cr_expect(eq(long, r.status, 200), "body: %s", r.body);
+    cr_expect(strstr(r.body, "\"durable\":true") != NULL, "body: %s", r.body);
+    cr_expect(eq(long, r.connects, 0));
+    cr_expect(engine_durable_seq(st.e) >= 2);
+    curl_easy_cleanup(h);
+    free(r.body);
+    stack_stop(&st);
+}
+
+#define WAITERS 6
+#define WAITS_EACH 15
+
+typedef struct waiter_job {
+    uint16_t port;
+    int index;
+    int durable_200;            /* answers that were 200 with "durable":true */
+    int other;                  /* anything else */
+} waiter_job;
+
+static void *waiter_main(void *arg)
+{
+    waiter_job *job = arg;
+    CURL *h = curl_easy_init();
+    reply r = {0};
+    char path[128];
+
+    if (h == NULL) {
+        job->other = WAITS_EACH;
+        return NULL;
+    }
+    for (int i = 0; i < WAITS_EACH; i++) {
+        snprintf(path, sizeof path, "/runs/r%d/nodes/n%d/state?wait=true&timeout=30",
+                 job->index, i);
+        if (request(h, job->port, "POST", path, "{\"status\":\"running\"}", false,
+                    NULL, &r) == 0 &&
+            r.status == 200 && strstr(r.body, "\"durable\":true") != NULL)
+            job->durable_200++;
+        else
+            job->other++;
+    }
+    curl_easy_cleanup(h);
+    free(r.body);
+    return NULL;
+}
+
+Test(http, concurrent_waiters_are_all_answered_durable)
+{
+    stack st;
+    pthread_t threads[WAITERS];
+    waiter_job jobs[WAITERS];
+
+    stack_start(&st, 1000, SLOW_BATCH_INTERVAL);
+    for (int i = 0; i < WAITERS; i++) {
+        jobs[i] = (waiter_job){.port = st.port, .index = i};
+        cr_assert(eq(int, pthread_create(&threads[i], NULL, waiter_main, &jobs[i]), 0));
+    }
+    for (int i = 0; i < WAITERS; i++) {
+        pthread_join(threads[i], NULL);
+        cr_expect(eq(int, jobs[i].durable_200, WAITS_EACH), "thread %d: %d other answers",
+                  i, jobs[i].other);
+    }
+    cr_expect(engine_durable_seq(st.e) >= WAITERS * WAITS_EACH);
+    stack_stop(&st);
+}
+
+Test(http, stop_with_an_idle_keep_alive_connection_returns)
+{
+    stack st;
+    reply r = {0};
+    CURL *h = client();
+
+    stack_start(&st, 1000, SLOW_BATCH_INTERVAL);
+    must(h, st.port, "GET", "/healthz", NULL, false, NULL, &r);
+    cr_expect(eq(long, r.status, 200));
+    /* The connection stays open in h; http_stop must still return and the
+     * next request must fail rather than hang. */
+    stack_stop(&st);
+    cr_expect(eq(int, request(h, st.port, "GET", "/healthz", NULL, false, NULL, &r), 0));
+    cr_expect(eq(long, r.status, 0), "the stopped server answered %ld", r.status);
+    curl_easy_cleanup(h);
+    free(r.body);
+}
+
+/* ---- parked requests that never become durable ---------------------------- */
+
+/* Takes the database's write lock from outside the engine. */
+static sqlite3 *lock_db(const stack *st)
+{
+    sqlite3 *db = NULL;
+
+    cr_assert(eq(int, sqlite3_open(st->db, &db), SQLITE_OK));
+    cr_assert(eq(int, sqlite3_exec(db, "BEGIN IMMEDIATE", NULL, NULL, NULL), SQLITE_OK),
+              "BEGIN IMMEDIATE: %s", sqlite3_errmsg(db));
+    return db;
+}
+
+static void unlock_db(sqlite3 *db)
+{
+    cr_expect(eq(int, sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL), SQLITE_OK));
+    sqlite3_close(db);
+}
+
+Test(http, wait_past_its_timeout_answers_202_not_durable)
+{
+    stack st;
+    reply r = {0};
+    CURL *h = client();
+    sqlite3 *db;
+
+    stack_start(&st, 1000, SLOW_BATCH_INTERVAL);
+    db = lock_db(&st);
+    /* Only the timer thread can answer this one. */
+    must(h, st.port, "POST", "/runs/r1/nodes/n1/state?wait=true&timeout=0.3",
+         "{\"status\":\"scheduled\"}", false, NULL, &r);
+    cr_expect(eq(long, r.status, 202), "body: %s", r.body);
+    cr_expect(strstr(r.body, "\"durable\":false") != NULL, "body: %s", r.body);
+    cr_expect(eq(i64, engine_durable_seq(st.e), 0));
+    /* The resumed connection serves on. */
+    must(h, st.port, "GET", "/runs/r1/nodes/n1/state", NULL, false, NULL, &r);
+    cr_expect(eq(long, r.status, 200));
+    cr_expect(eq(long, r.connects, 0));
+    unlock_db(db);
+    curl_easy_cleanup(h);
+    free(r.body);
+    stack_stop(&st);
+}
+
+typedef struct post_job {
+    uint16_t port;
+    reply r;
+    int rc;
+} post_job;
+
+static void *post_main(void *arg)
+{
+    post_job *job = arg;
+    CURL *h = curl_easy_init();
+
+    job->rc = -1;
+    if (h == NULL)
+        return NULL;
+    job->rc = request(h, job->port, "POST",
+                      "/runs/r1/nodes/n1/state?wait=true&timeout=30",
+                      "{\"status\":\"scheduled\"}", false, NULL, &job->r);
+    curl_easy_cleanup(h);
+    return NULL;
+}
+
+Test(http, stop_answers_a_parked_request)
+{
+    stack st;
+    sqlite3 *db;
+    pthread_t t;
+    post_job job = {0};
+    int i;
+
+    stack_start(&st, 1000, SLOW_BATCH_INTERVAL);
+    db = lock_db(&st);
+    job.port = st.port;
+    cr_assert(eq(int, pthread_create(&t, NULL, post_main, &job), 0));
+    /* Bounded wait until the update is queued, i.e. the request is in flight. */
+    for (i = 0; i < 3000 && atomic_load(&engine_stats(st.e)->updates_queued) == 0; i++)
+        usleep(10000);
+    cr_assert(atomic_load(&engine_stats(st.e)->updates_queued) >= 1);
+
+    /* The commit cannot happen and the wait is 30 s: only the stop can answer. */
+    http_stop(st.srv, 2);
+    pthread_join(t, NULL);
+    cr_expect(eq(int, job.rc, 0));
+    cr_expect(eq(long, job.r.status, 202), "status %ld error %s body %s", job.r.status,
+              job.r.error, job.r.body ? job.r.body : "");
+    cr_expect(job.r.body != NULL && strstr(job.r.body, "\"durable\":false") != NULL);
+    free(job.r.body);
+
+    unlock_db(db);
+    api_free(st.a);
+    engine_close(st.e);
+    st.srv = NULL;
+    stack_stop(&st);  /* only removes the files now */
+}
