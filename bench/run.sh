@@ -1,0 +1,164 @@
+#!/usr/bin/env bash
+# Reproducible benchmarks: builds a Release tree, runs engine_bench (direct
+# SQLite vs the engine), then drives the real binary with wrk and checks what
+# reached the database. Not part of the test suite.
+#
+# Everything is overridable from the environment:
+#   BUILD_DIR            build tree (default <repo>/build-bench)
+#   BENCH_UPDATES        engine_bench --updates (default 300000)
+#   BENCH_DIRECT_UPDATES engine_bench --direct-updates (default 20000)
+#   BENCH_PRODUCERS      engine_bench --producers (default 8)
+#   BENCH_BATCH_SIZE     engine_bench --batch-size (default: the service's)
+#   BENCH_ARGS           more engine_bench arguments (e.g. "--sync full")
+#   WRK_THREADS WRK_CONNECTIONS WRK_DURATION   wrk -t -c -d (2, 64, 10s)
+#   HTTP_RUNS            runs the wrk script spreads nodes over (16)
+#   SERVER_ARGS          more nodestate arguments (e.g. "--synchronous full")
+#   SKIP_ENGINE=1 / SKIP_HTTP=1   skip one half
+set -euo pipefail
+
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+build=${BUILD_DIR:-$root/build-bench}
+wrk_threads=${WRK_THREADS:-2}
+wrk_connections=${WRK_CONNECTIONS:-64}
+wrk_duration=${WRK_DURATION:-10s}
+http_runs=${HTTP_RUNS:-16}
+
+apt_updated=0
+need() { # need COMMAND PACKAGE: install PACKAGE with apt-get when COMMAND is missing
+    command -v "$1" >/dev/null 2>&1 && return 0
+    echo "run.sh: $1 not found, installing $2" >&2
+    if [ "$apt_updated" = 0 ]; then
+        apt-get update -qq
+        apt_updated=1
+    fi
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$2" >/dev/null
+}
+
+need cmake cmake
+need sqlite3 sqlite3
+need curl curl
+need wrk wrk
+
+echo "== build (Release) in $build"
+cmake -S "$root" -B "$build" -DCMAKE_BUILD_TYPE=Release -DNODESTATE_TESTS=OFF >/dev/null
+cmake --build "$build" --target nodestate engine_bench -j "$(nproc)" >/dev/null
+
+status=0
+
+if [ "${SKIP_ENGINE:-0}" != 1 ]; then
+    echo
+    echo "== engine_bench"
+    args=(--updates "${BENCH_UPDATES:-300000}"
+          --direct-updates "${BENCH_DIRECT_UPDATES:-20000}"
+          --producers "${BENCH_PRODUCERS:-8}")
+    if [ -n "${BENCH_BATCH_SIZE:-}" ]; then
+        args+=(--batch-size "$BENCH_BATCH_SIZE")
+    fi
+    # shellcheck disable=SC2206 # BENCH_ARGS is meant to be word-split
+    extra=(${BENCH_ARGS:-})
+    echo "\$ $build/bench/engine_bench ${args[*]} ${extra[*]}"
+    "$build/bench/engine_bench" "${args[@]}" "${extra[@]}" || status=1
+fi
+
+if [ "${SKIP_HTTP:-0}" = 1 ]; then
+    exit "$status"
+fi
+
+echo
+echo "== HTTP: wrk against $build/nodestate"
+tmp=$(mktemp -d "${TMPDIR:-/tmp}/nodestate-bench.XXXXXX")
+server_pid=
+# shellcheck disable=SC2317 # called through the EXIT trap
+cleanup() {
+    if [ -n "$server_pid" ] && kill -0 "$server_pid" 2>/dev/null; then
+        kill -TERM "$server_pid" 2>/dev/null || true
+        wait "$server_pid" 2>/dev/null || true
+    fi
+    rm -rf "$tmp"
+}
+trap cleanup EXIT
+
+db=$tmp/nodestate.db
+# Port 0: the kernel picks a free port; the server logs the real one.
+# shellcheck disable=SC2086 # SERVER_ARGS is meant to be word-split
+"$build/nodestate" --listen 127.0.0.1:0 --db "$db" ${SERVER_ARGS:-} \
+    2>"$tmp/server.log" &
+server_pid=$!
+
+addr=
+for _ in $(seq 100); do
+    addr=$(sed -n 's/.*msg=listening.*addr=\([0-9.]*:[0-9]*\).*/\1/p' "$tmp/server.log" | head -n 1)
+    [ -n "$addr" ] && break
+    if ! kill -0 "$server_pid" 2>/dev/null; then
+        break
+    fi
+    sleep 0.1
+done
+if [ -z "$addr" ]; then
+    echo "run.sh: the server did not start listening; its log:" >&2
+    cat "$tmp/server.log" >&2
+    exit 1
+fi
+echo "server: pid $server_pid, $addr, db $db ${SERVER_ARGS:-}"
+
+wrk_cmd=(wrk "-t$wrk_threads" "-c$wrk_connections" "-d$wrk_duration" --latency
+         -s "$root/bench/http_lifecycle.lua" "http://$addr" -- "$http_runs")
+echo "\$ ${wrk_cmd[*]}"
+"${wrk_cmd[@]}" | tee "$tmp/wrk.out"
+
+# Requests still in flight when wrk stopped are answered by now.
+sleep 0.5
+stats=$(curl -fsS "http://$addr/stats?format=json")
+echo "$stats" >"$tmp/stats.json"
+
+kill -TERM "$server_pid"
+server_rc=0
+wait "$server_pid" || server_rc=$?
+server_pid=
+if [ "$server_rc" != 0 ] || ! grep -q 'msg=stopped' "$tmp/server.log"; then
+    echo "run.sh: server exit status $server_rc after SIGTERM; its log:" >&2
+    tail -n 20 "$tmp/server.log" >&2
+    status=1
+fi
+
+lc() { awk -v k="$1" '$1 == "lifecycle" && $2 == k { print $3 }' "$tmp/wrk.out"; }
+rps=$(awk '/^Requests\/sec:/ { print $2 }' "$tmp/wrk.out")
+p50=$(awk '/Latency Distribution/ { f = 1; next } f && $1 == "50%" { print $2; exit }' "$tmp/wrk.out")
+p99=$(awk '/Latency Distribution/ { f = 1; next } f && $1 == "99%" { print $2; exit }' "$tmp/wrk.out")
+ok2xx=$(lc responses_2xx)
+non2xx=$(awk '$1 == "lifecycle" && $2 == "non_2xx" { print $3 " (" $4 ")" }' "$tmp/wrk.out")
+unparsed=$(lc unparsed_2xx)
+started=$(lc nodes_started)
+completed=$(lc nodes_completed)
+queued=$(printf '%s' "$stats" | grep -o '"updates_queued":[0-9]*' | cut -d: -f2)
+read -r rows db_completed < <(sqlite3 -separator ' ' "$db" \
+    "SELECT count(*), coalesce(sum(status = 'completed'), 0) FROM run_node_state")
+
+echo
+echo "== HTTP results (wrk -t$wrk_threads -c$wrk_connections -d$wrk_duration)"
+echo "requests/s:            $rps"
+echo "latency p50 / p99:     $p50 / $p99"
+echo "2xx / non-2xx:         $ok2xx / $non2xx"
+echo
+
+# wrk drops the answers to requests in flight when it stops (at most one per
+# connection), though the server may have accepted them: the database and the
+# counters may be ahead of what wrk saw by up to $wrk_connections, never behind.
+check() { # check LABEL SERVER_SIDE WRK_SIDE
+    local diff=$(( $2 - $3 ))
+    if [ "$diff" -ge 0 ] && [ "$diff" -le "$wrk_connections" ]; then
+        printf 'check %-34s server %-9s wrk %-9s diff %-4s OK\n' "$1" "$2" "$3" "$diff"
+    else
+        printf 'check %-34s server %-9s wrk %-9s diff %-4s FAILED\n' "$1" "$2" "$3" "$diff"
+        status=1
+    fi
+}
+check "rows vs nodes started" "$rows" "$started"
+check "completed rows vs nodes completed" "$db_completed" "$completed"
+check "updates_queued vs 2xx responses" "$queued" "$ok2xx"
+echo "partial nodes (cut at the end): db $(( rows - db_completed )), wrk $(( started - completed ))"
+if [ "$unparsed" != 0 ]; then
+    echo "check 2xx bodies without run_id/node_id/status: $unparsed FAILED"
+    status=1
+fi
+exit "$status"
