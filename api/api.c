@@ -23,7 +23,9 @@
 
 struct api {
     engine *engine;
-    api_config cfg;
+    api_config cfg;        /* cfg.token points at token below */
+    char *token;           /* NULL: no auth */
+    size_t token_len;
 };
 
 /* What a parked ?wait=true response is rebuilt from. */
@@ -50,11 +52,29 @@ api *api_new(engine *e, const api_config *cfg)
         return NULL;
     a->engine = e;
     a->cfg = *cfg;
+    if (cfg->token) {
+        a->token = strdup(cfg->token);
+        if (!a->token) {
+            free(a);
+            return NULL;
+        }
+        a->token_len = strlen(a->token);
+    }
+    a->cfg.token = a->token;
     return a;
 }
 
 void api_free(api *a)
 {
+    if (!a)
+        return;
+    if (a->token) {
+        /* The secret should not outlive its use in freed heap memory. */
+        volatile char *p = a->token;
+        for (size_t i = 0; i < a->token_len; i++)
+            p[i] = 0;
+        free(a->token);
+    }
     free(a);
 }
 
@@ -89,12 +109,14 @@ static void problem(api_response *resp, int status, const char *slug,
 void api_problem(api *a, api_response *resp, int status, const char *slug,
                  const char *title, const char *detail)
 {
+    memset(resp, 0, sizeof *resp);
     if (status == 413 || status == 400)
         atomic_fetch_add_explicit(&engine_stats(a->engine)->rejected[NS_REJECT_INVALID],
                                   1, memory_order_relaxed);
     problem(resp, status, slug, title, detail, NULL, false);
     if (status == 503)
         resp->retry_after = RETRY_AFTER_SECONDS;
+    stats_count_http(engine_stats(a->engine), resp->status);
 }
 
 static void set_etag(api_response *resp, int64_t seq)
@@ -545,6 +567,48 @@ static void get_readyz(api *a, const api_request *req, const route_args *args,
     status_body(resp, "ready");
 }
 
+/* ---- authentication ---- */
+
+/*
+ * Compares the request's bearer token with the configured one in time that
+ * depends only on the configured token's length, not on where they differ.
+ */
+static bool token_matches(const api *a, const char *given, size_t given_len)
+{
+    unsigned char diff = given_len != a->token_len;
+    for (size_t i = 0; i < a->token_len; i++) {
+        unsigned char g = i < given_len ? (unsigned char)given[i] : 0;
+        diff |= (unsigned char)a->token[i] ^ g;
+    }
+    return diff == 0;
+}
+
+/* Whether the request may go on; otherwise answers 401 in resp. */
+static bool authorized(const api *a, const api_request *req, api_response *resp)
+{
+    if (!a->token)
+        return true;
+    const char *auth = header(req, "Authorization");
+    if (auth && strncasecmp(auth, "Bearer ", 7) == 0) {
+        const char *given = auth + 7;
+        while (*given == ' ')
+            given++;
+        size_t n = strlen(given);
+        while (n > 0 && given[n - 1] == ' ')
+            n--;
+        if (token_matches(a, given, n))
+            return true;
+        problem(resp, 401, "unauthorized", "Unauthorized",
+                "the bearer token is not valid", NULL, false);
+        resp->www_authenticate = "Bearer realm=\"nodestate\", error=\"invalid_token\"";
+        return false;
+    }
+    problem(resp, 401, "unauthorized", "Unauthorized",
+            "this service needs an Authorization: Bearer <token> header", NULL, false);
+    resp->www_authenticate = "Bearer realm=\"nodestate\"";
+    return false;
+}
+
 /* ---- routing ---- */
 
 typedef struct route {
@@ -637,9 +701,22 @@ static const route *match(const char *path, route_args *args, const char **bad_i
     return NULL;
 }
 
+static void dispatch(api *a, const api_request *req, api_response *resp);
+
 void api_handle(api *a, const api_request *req, api_response *resp)
 {
     memset(resp, 0, sizeof *resp);
+    dispatch(a, req, resp);
+    if (!resp->wait)
+        stats_count_http(engine_stats(a->engine), resp->status);
+}
+
+/* Routes one request to its handler, or answers 401, 404, 405 or 400 itself. */
+static void dispatch(api *a, const api_request *req, api_response *resp)
+{
+    /* Liveness stays open without a token, so orchestrators can probe it. */
+    if (strcmp(req->path, "/healthz") != 0 && !authorized(a, req, resp))
+        return;
     route_args args;
     const char *bad_id;
     const route *rt = match(req->path, &args, &bad_id);
@@ -693,6 +770,7 @@ void api_finish_wait(api *a, api_response *resp, bool durable)
     resp->wait = NULL;
     model_row_unref(w->row);
     free(w);
+    stats_count_http(engine_stats(a->engine), resp->status);
 }
 
 void api_response_free(api_response *resp)

@@ -9,6 +9,9 @@
  * response whose wait_seq is set; the transport parks the request until the
  * engine's durable seq reaches wait_seq or wait_timeout passes, then calls
  * api_finish_wait to turn it into the final 200 (durable) or 202.
+ *
+ * Every final answer (api_handle's when not parked, api_finish_wait's,
+ * api_problem's) is counted by status code in the engine's stats.
  */
 #ifndef NODESTATE_API_H
 #define NODESTATE_API_H
@@ -26,6 +29,7 @@ typedef struct api_config {
     size_t max_error_bytes;  /* longest last_error */
     double max_wait;         /* cap on ?timeout= seconds */
     double default_wait;     /* ?wait=true without ?timeout= */
+    const char *token;       /* bearer token every route but /healthz needs; NULL: no auth */
 } api_config;
 
 typedef struct api_request {
@@ -48,11 +52,13 @@ typedef struct api_response {
     char etag[32];             /* "" for none, else a quoted entity tag */
     unsigned retry_after;      /* seconds; 0 for no Retry-After */
     const char *allow;         /* Allow header of a 405, else NULL */
+    const char *www_authenticate; /* WWW-Authenticate of a 401, else NULL */
     int64_t wait_seq;          /* > 0: park until durable (see above) */
     double wait_timeout;       /* seconds to park at most */
     struct api_wait *wait;     /* api's own: what to answer with once parked */
 } api_response;
 
+/* cfg->token is copied. NULL when out of memory. */
 api *api_new(engine *e, const api_config *cfg);
 void api_free(api *a);
 /* Answers one request; never fails (out of memory becomes a 500). */

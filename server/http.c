@@ -352,6 +352,10 @@ static enum MHD_Result http_queue(struct MHD_Connection *con, api_response *resp
     if (resp->allow != NULL &&
         MHD_add_response_header(mr, MHD_HTTP_HEADER_ALLOW, resp->allow) != MHD_YES)
         goto out;
+    if (resp->www_authenticate != NULL &&
+        MHD_add_response_header(mr, MHD_HTTP_HEADER_WWW_AUTHENTICATE,
+                                resp->www_authenticate) != MHD_YES)
+        goto out;
     ret = MHD_queue_response(con, (unsigned)resp->status, mr);
 out:
     if (mr != NULL)

@@ -53,6 +53,13 @@ void stats_observe(ns_hist *h, double value)
     atomic_fetch_add_explicit(&h->count, 1, memory_order_relaxed);
 }
 
+void stats_count_http(ns_stats *s, int status)
+{
+    if (status >= NS_HTTP_MIN && status < NS_HTTP_MIN + NS_HTTP_CODES)
+        atomic_fetch_add_explicit(&s->http_responses[status - NS_HTTP_MIN], 1,
+                                  memory_order_relaxed);
+}
+
 const char *stats_reject_name(ns_reject r)
 {
     if ((unsigned)r >= NS_REJECT_COUNT)

@@ -19,6 +19,10 @@ typedef enum ns_reject {
     NS_REJECT_COUNT
 } ns_reject;
 
+/* HTTP status codes counted: 100..599, at index code - NS_HTTP_MIN. */
+#define NS_HTTP_MIN 100
+#define NS_HTTP_CODES 500
+
 /* Largest number of finite buckets any histogram has. */
 #define NS_HIST_MAX_BUCKETS 16
 
@@ -56,11 +60,14 @@ typedef struct ns_stats {
     ns_hist commit_seconds;              /* duration of one committed transaction */
     ns_hist batch_updates;               /* queued entries per committed batch */
     ns_hist enqueue_to_commit_seconds;   /* acceptance to commit, per entry */
+    _Atomic uint64_t http_responses[NS_HTTP_CODES]; /* answers sent, by status code */
 } ns_stats;
 
 /* Zeroes s and sets up the histogram buckets. */
 void stats_init(ns_stats *s, uint64_t queue_capacity);
 void stats_observe(ns_hist *h, double value);
+/* Counts one HTTP answer with this status code (ignored outside 100..599). */
+void stats_count_http(ns_stats *s, int status);
 /* Name of a reject reason as it appears in /stats ("stale"). */
 const char *stats_reject_name(ns_reject r);
 

@@ -456,6 +456,12 @@ int store_write(store *s, const store_batch *b)
     /* Formatted timestamps of the row being upserted. */
     char tsbuf[NS_TS_COUNT + 1][NS_TS_BUF];
 
+    /* Misuse is an error, not a crash; nothing has started yet. */
+    if (b == NULL || (b->n_deletes > 0 && b->delete_runs == NULL)
+        || (b->n_rows > 0 && b->rows == NULL)) {
+        snprintf(s->errmsg, sizeof s->errmsg, "invalid batch");
+        return -1;
+    }
     if (store_step_once(s->begin) != SQLITE_DONE) {
         store_fail(s, "begin");
         goto err;
