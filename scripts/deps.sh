@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Installs the Debian packages nodestate needs to build, test and benchmark,
-# and only those that are missing: safe to run any number of times.
+# Installs the Debian packages nodestate needs, and only those that are
+# missing: safe to run any number of times.
+#   bash scripts/deps.sh          what building and running needs
+#   bash scripts/deps.sh --test   that plus what the test suite needs
 # Needs root (or sudo) when something is missing; Debian 12 (bookworm).
 set -euo pipefail
 
@@ -8,8 +10,17 @@ packages=(
   build-essential cmake pkg-config
   libmicrohttpd-dev libsqlite3-dev libjansson-dev
   libcurl4-openssl-dev libcriterion-dev
-  sqlite3 wrk curl ca-certificates
+  sqlite3 curl ca-certificates
 )
+if [[ "${1:-}" == "--test" ]]; then
+  # wrk drives the benchmarks; promtool (in prometheus) lints /metrics and a
+  # real Prometheus scrapes it; node runs the OpenAPI contract test and lint.
+  packages+=(wrk prometheus)
+  # A machine may carry Node.js from elsewhere (with its own npm); only
+  # install Debian's when there is none, since the two conflict.
+  command -v node >/dev/null 2>&1 || packages+=(nodejs)
+  command -v npm >/dev/null 2>&1 || packages+=(npm)
+fi
 
 missing=()
 for pkg in "${packages[@]}"; do
