@@ -1,0 +1,393 @@
+/*
+ * it_badinput: every class of bad input answers its own status as an RFC 9457
+ * problem (type, title, status, detail), changes nothing, and leaves the
+ * server serving.
+ */
+#include <criterion/criterion.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "harness.h"
+
+#define STATE_PATH "/runs/rb/nodes/n1/state"
+/* --max-body-bytes for these tests: small so a 413 needs no big body. */
+#define MAX_BODY 1024
+
+static ns_server *start(void)
+{
+    ns_server *s = ns_start("--max-body-bytes %d", MAX_BODY);
+    cr_assert_not_null(s, "server did not start");
+    return s;
+}
+
+/* Sends a request and asserts a problem of status and slug; returns "detail". */
+static char *expect_problem_req(ns_server *s, const char *method, const char *path,
+                                const char *body, const char *const *headers,
+                                long status, const char *slug)
+{
+    ns_resp r = { 0 };
+    cr_assert_eq(ns_req(s, method, path, body, headers, &r), 0, "%s %s: %s",
+                 method, path, r.error);
+    char why[768];
+    cr_assert_eq(ns_check_problem(&r, status, slug, why, sizeof why), 0,
+                 "%s %s body %.200s: %s", method, path, body ? body : "(none)", why);
+    json_t *doc = ns_resp_json(&r);
+    char *detail = strdup(ns_jstr(doc, "detail"));
+    cr_assert_not_null(detail);
+    json_decref(doc);
+    ns_resp_free(&r);
+    return detail;
+}
+
+static void expect_post_problem(ns_server *s, const char *body, long status,
+                                const char *slug, const char *detail_has)
+{
+    char *detail = expect_problem_req(s, "POST", STATE_PATH, body, NULL, status, slug);
+    if (detail_has != NULL)
+        cr_assert(strstr(detail, detail_has) != NULL,
+                  "body %s: detail \"%s\" does not name %s", body, detail, detail_has);
+    free(detail);
+}
+
+/* The server still answers /healthz and accepts a valid update. */
+static void expect_still_serving(ns_server *s)
+{
+    ns_resp r = { 0 };
+    cr_assert_eq(ns_req(s, "GET", "/healthz", NULL, NULL, &r), 0, "%s", r.error);
+    cr_assert_eq(r.status, 200);
+    cr_assert_eq(ns_post_state(s, "ok-run", "ok-node", NULL, "{\"status\":\"running\"}", &r), 0,
+                 "%s", r.error);
+    cr_assert_eq(r.status, 202, "valid POST after bad input: %ld %s", r.status, r.body);
+    ns_resp_free(&r);
+}
+
+/* Nothing of the bad requests reached the node. */
+static void expect_untouched(ns_server *s)
+{
+    ns_resp r = { 0 };
+    cr_assert_eq(ns_req(s, "GET", STATE_PATH, NULL, NULL, &r), 0);
+    cr_assert_eq(r.status, 404, "bad input created the node: %s", r.body);
+    ns_resp_free(&r);
+}
+
+Test(badinput, invalid_json_and_non_objects_are_400)
+{
+    ns_server *s = start();
+    static const char *const bodies[] = {
+        "{bad", "{\"status\":\"running\"", "", "not json", "[1,2]", "\"running\"",
+        "42", "null", "true", "{\"status\":\"running\"} trailing",
+    };
+    for (size_t i = 0; i < sizeof bodies / sizeof *bodies; i++)
+        expect_post_problem(s, bodies[i], 400, "invalid-json", NULL);
+    /* Invalid UTF-8 and a NUL inside the document are not JSON either. */
+    expect_post_problem(s, "{\"status\":\"running\",\"last_error\":\"\xff\xfe\"}", 400,
+                        "invalid-json", NULL);
+    ns_resp r = { 0 };
+    static const char nul_body[] = "{\"status\":\"run\0ning\"}";
+    cr_assert_eq(ns_req_len(s, "POST", STATE_PATH, nul_body, sizeof nul_body - 1, NULL, &r),
+                 0, "%s", r.error);
+    char why[768];
+    cr_assert_eq(ns_check_problem(&r, 400, "invalid-json", why, sizeof why), 0,
+                 "a NUL inside the body: %s", why);
+    ns_resp_free(&r);
+    expect_untouched(s);
+    expect_still_serving(s);
+    ns_free(s);
+}
+
+Test(badinput, bad_members_are_422_naming_the_member)
+{
+    ns_server *s = start();
+    static const struct {
+        const char *body;
+        const char *member;
+    } cases[] = {
+        { "{}", "status" },
+        { "{\"attempt\":1}", "status" },
+        { "{\"status\":\"done\"}", "status" },
+        { "{\"status\":\"RUNNING\"}", "status" },
+        { "{\"status\":3}", "status" },
+        { "{\"status\":null}", "status" },
+        { "{\"status\":\"running\",\"attempt\":\"1\"}", "attempt" },
+        { "{\"status\":\"running\",\"attempt\":0}", "attempt" },
+        { "{\"status\":\"running\",\"attempt\":-3}", "attempt" },
+        { "{\"status\":\"running\",\"attempt\":1.5}", "attempt" },
+        { "{\"status\":\"running\",\"attempt\":null}", "attempt" },
+        { "{\"status\":\"running\",\"attempt\":9007199254740993}", "attempt" },
+        { "{\"status\":\"running\",\"started_at\":123}", "started_at" },
+        { "{\"status\":\"running\",\"started_at\":\"yesterday\"}", "started_at" },
+        { "{\"status\":\"running\",\"started_at\":\"2026-13-01T00:00:00Z\"}", "started_at" },
+        { "{\"status\":\"running\",\"scheduled_at\":true}", "scheduled_at" },
+        { "{\"status\":\"failed\",\"failed_at\":{}}", "failed_at" },
+        { "{\"status\":\"running\",\"retryable\":\"yes\"}", "retryable" },
+        { "{\"status\":\"running\",\"retryable\":1}", "retryable" },
+        { "{\"status\":\"failed\",\"last_error\":5}", "last_error" },
+        { "{\"status\":\"suspended\",\"suspension_reason\":[]}", "suspension_reason" },
+        { "{\"status\":\"running\",\"force\":\"true\"}", "force" },
+        { "{\"status\":\"running\",\"foo\":1}", "foo" },
+        { "{\"status\":\"running\",\"run_id\":\"other\"}", "run_id" },
+        { "{\"status\":\"running\",\"node_id\":\"other\"}", "node_id" },
+        { "{\"status\":\"running\",\"run_id\":7}", "run_id" },
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++)
+        expect_post_problem(s, cases[i].body, 422, "invalid-update", cases[i].member);
+    expect_untouched(s);
+
+    /* Ids equal to the path's, and the ignored read-only members, are fine. */
+    ns_resp r = { 0 };
+    cr_assert_eq(ns_req(s, "POST", STATE_PATH,
+                        "{\"status\":\"running\",\"run_id\":\"rb\",\"node_id\":\"n1\","
+                        "\"seq\":99,\"updated_at\":\"x\",\"durable\":true}", NULL, &r), 0);
+    cr_assert_eq(r.status, 202, "%ld %s", r.status, r.body);
+    ns_resp_free(&r);
+    expect_still_serving(s);
+    ns_free(s);
+}
+
+Test(badinput, long_last_error_is_422)
+{
+    /* The body limit must let the long text reach the decoder. */
+    ns_server *s = ns_start("--max-body-bytes 200000");
+    cr_assert_not_null(s);
+    size_t n = 65537;
+    char *body = malloc(n + 64);
+    cr_assert_not_null(body);
+    int head = snprintf(body, 64, "{\"status\":\"failed\",\"last_error\":\"");
+    memset(body + head, 'e', n);
+    strcpy(body + head + n, "\"}");
+    expect_post_problem(s, body, 422, "invalid-update", "last_error");
+    /* 65536 bytes is still fine. */
+    strcpy(body + head + n - 1, "\"}");
+    ns_resp r = { 0 };
+    cr_assert_eq(ns_req(s, "POST", STATE_PATH, body, NULL, &r), 0, "%s", r.error);
+    cr_assert_eq(r.status, 202, "65536-byte last_error: %ld %.200s", r.status, r.body);
+    ns_resp_free(&r);
+    free(body);
+    ns_free(s);
+}
+
+Test(badinput, bad_ids_are_400)
+{
+    ns_server *s = start();
+    char id129[130], id128[129];
+    memset(id129, 'a', 129);
+    id129[129] = '\0';
+    memset(id128, 'b', 128);
+    id128[128] = '\0';
+    char path[512];
+    const char *body = "{\"status\":\"running\"}";
+
+    static const char *const bad_paths[] = {
+        "/runs/r!x/nodes/n/state", "/runs/r/nodes/n@1/state",
+        "/runs/r%20x/nodes/n/state", "/runs/r/nodes/n%2Bx/state",
+        "/runs/r/nodes/%C3%A9/state", "/runs/r*/nodes/n/state",
+    };
+    for (size_t i = 0; i < sizeof bad_paths / sizeof *bad_paths; i++) {
+        free(expect_problem_req(s, "POST", bad_paths[i], body, NULL, 400, "invalid-id"));
+        free(expect_problem_req(s, "GET", bad_paths[i], NULL, NULL, 400, "invalid-id"));
+    }
+    snprintf(path, sizeof path, "/runs/%s/nodes/n/state", id129);
+    free(expect_problem_req(s, "POST", path, body, NULL, 400, "invalid-id"));
+    snprintf(path, sizeof path, "/runs/r/nodes/%s/state", id129);
+    free(expect_problem_req(s, "POST", path, body, NULL, 400, "invalid-id"));
+    snprintf(path, sizeof path, "/runs/%s", id129);
+    free(expect_problem_req(s, "GET", path, NULL, NULL, 400, "invalid-id"));
+    free(expect_problem_req(s, "DELETE", path, NULL, NULL, 400, "invalid-id"));
+
+    /* 128 bytes of every allowed character class is a valid id. */
+    ns_resp r = { 0 };
+    snprintf(path, sizeof path, "/runs/%s/nodes/A-z.0_9~:x/state", id128);
+    cr_assert_eq(ns_req(s, "POST", path, body, NULL, &r), 0);
+    cr_assert_eq(r.status, 202, "128-byte id: %ld %s", r.status, r.body);
+    ns_resp_free(&r);
+    expect_still_serving(s);
+    ns_free(s);
+}
+
+Test(badinput, body_over_limit_is_413)
+{
+    ns_server *s = start();
+    /* Exactly the limit is accepted. */
+    char body[4 * MAX_BODY];
+    const char *head = "{\"status\":\"failed\",\"last_error\":\"";
+    size_t hl = strlen(head);
+    memcpy(body, head, hl);
+    memset(body + hl, 'x', MAX_BODY - hl - 2);
+    memcpy(body + MAX_BODY - 2, "\"}", 3);
+    cr_assert_eq(strlen(body), MAX_BODY);
+    ns_resp r = { 0 };
+    cr_assert_eq(ns_req(s, "POST", STATE_PATH, body, NULL, &r), 0, "%s", r.error);
+    cr_assert_eq(r.status, 202, "a body of exactly the limit: %ld %s", r.status, r.body);
+
+    memset(body + hl, 'x', sizeof body - hl - 3);
+    memcpy(body + sizeof body - 3, "\"}", 3);
+    free(expect_problem_req(s, "POST", "/runs/rb/nodes/n2/state", body, NULL, 413,
+                            "body-too-large"));
+    /* One byte over. */
+    memset(body + hl, 'x', MAX_BODY + 1 - hl - 2);
+    memcpy(body + MAX_BODY + 1 - 2, "\"}", 3);
+    free(expect_problem_req(s, "POST", "/runs/rb/nodes/n2/state", body, NULL, 413,
+                            "body-too-large"));
+    cr_assert_eq(ns_req(s, "GET", "/runs/rb/nodes/n2/state", NULL, NULL, &r), 0);
+    cr_assert_eq(r.status, 404, "a refused body created the node");
+    ns_resp_free(&r);
+    expect_still_serving(s);
+    ns_free(s);
+}
+
+Test(badinput, content_type_not_json_is_415)
+{
+    ns_server *s = start();
+    const char *body = "{\"status\":\"running\"}";
+    static const char *const bad[] = {
+        "Content-Type: text/plain", "Content-Type: application/x-www-form-urlencoded",
+        "Content-Type: application/xml", "Content-Type: multipart/form-data; boundary=x",
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        const char *hdr[] = { bad[i], NULL };
+        free(expect_problem_req(s, "POST", STATE_PATH, body, hdr, 415,
+                                "unsupported-media-type"));
+    }
+    expect_untouched(s);
+
+    /* JSON with parameters, +json types and no Content-Type at all are JSON. */
+    static const struct {
+        const char *header;
+        const char *node;
+    } good[] = {
+        { "Content-Type: application/json; charset=utf-8", "g1" },
+        { "Content-Type: application/merge-patch+json", "g2" },
+        { "Content-Type: APPLICATION/JSON", "g3" },
+        { "Content-Type:", "g4" },
+    };
+    for (size_t i = 0; i < sizeof good / sizeof *good; i++) {
+        const char *hdr[] = { good[i].header, NULL };
+        char path[128];
+        snprintf(path, sizeof path, "/runs/rb/nodes/%s/state", good[i].node);
+        ns_resp r = { 0 };
+        cr_assert_eq(ns_req(s, "POST", path, body, hdr, &r), 0);
+        cr_assert_eq(r.status, 202, "%s: %ld %s", good[i].header, r.status, r.body);
+        ns_resp_free(&r);
+    }
+    expect_still_serving(s);
+    ns_free(s);
+}
+
+Test(badinput, unknown_path_404_wrong_method_405)
+{
+    ns_server *s = start();
+    static const char *const unknown[] = {
+        "/", "/nope", "/runs", "/runs/r/nodes/n", "/runs/r/nodes/n/state/x",
+        "/runs/r/other", "/healthz/x", "/statsx",
+    };
+    for (size_t i = 0; i < sizeof unknown / sizeof *unknown; i++)
+        free(expect_problem_req(s, "GET", unknown[i], NULL, NULL, 404, "not-found"));
+
+    static const struct {
+        const char *method;
+        const char *path;
+        const char *allow_has[3];
+    } wrong[] = {
+        { "PUT", STATE_PATH, { "GET", "POST", NULL } },
+        { "DELETE", STATE_PATH, { "GET", "POST", NULL } },
+        { "PATCH", STATE_PATH, { "GET", "POST", NULL } },
+        { "POST", "/runs/rb", { "GET", "DELETE", NULL } },
+        { "PUT", "/runs/rb", { "GET", "DELETE", NULL } },
+        { "POST", "/runs/rb/nodes", { "GET", NULL, NULL } },
+        { "DELETE", "/stats", { "GET", NULL, NULL } },
+        { "POST", "/metrics", { "GET", NULL, NULL } },
+        { "POST", "/healthz", { "GET", NULL, NULL } },
+        { "PUT", "/readyz", { "GET", NULL, NULL } },
+    };
+    for (size_t i = 0; i < sizeof wrong / sizeof *wrong; i++) {
+        ns_resp r = { 0 };
+        const char *body = strcmp(wrong[i].method, "DELETE") == 0 ? NULL : "{}";
+        cr_assert_eq(ns_req(s, wrong[i].method, wrong[i].path, body, NULL, &r), 0);
+        char why[768];
+        cr_assert_eq(ns_check_problem(&r, 405, "method-not-allowed", why, sizeof why), 0,
+                     "%s %s: %s", wrong[i].method, wrong[i].path, why);
+        cr_assert(r.allow[0] != '\0', "%s %s: no Allow header", wrong[i].method,
+                  wrong[i].path);
+        for (int k = 0; k < 3 && wrong[i].allow_has[k] != NULL; k++)
+            cr_assert(strstr(r.allow, wrong[i].allow_has[k]) != NULL,
+                      "%s %s: Allow \"%s\" lacks %s", wrong[i].method, wrong[i].path,
+                      r.allow, wrong[i].allow_has[k]);
+        cr_assert(strstr(r.allow, wrong[i].method) == NULL,
+                  "%s %s: Allow \"%s\" lists the refused method", wrong[i].method,
+                  wrong[i].path, r.allow);
+        ns_resp_free(&r);
+    }
+    expect_untouched(s);
+    expect_still_serving(s);
+    ns_free(s);
+}
+
+Test(badinput, garbage_never_kills_the_server)
+{
+    ns_server *s = start();
+    /* Deep nesting inside a free-form member, just under the body limit. */
+    char deep[MAX_BODY];
+    size_t depth = 400;
+    size_t off = (size_t)snprintf(deep, sizeof deep, "{\"status\":\"running\",\"outputs\":");
+    for (size_t i = 0; i < depth; i++)
+        deep[off++] = '[';
+    for (size_t i = 0; i < depth; i++)
+        deep[off++] = ']';
+    deep[off++] = '}';
+    deep[off] = '\0';
+    ns_resp r = { 0 };
+    cr_assert_eq(ns_req(s, "POST", "/runs/rg/nodes/deep/state", deep, NULL, &r), 0);
+    cr_assert(r.status == 202 || (r.status >= 400 && r.status < 500),
+              "deep nesting: %ld", r.status);
+
+    ns_resp_free(&r);
+
+    static const char *const junk[] = {
+        "{\"status\":\"running\",\"outputs\":", "{\"\":\"\"}", "{\"status\":\"\"}",
+        "{\"status\":\"running\",\"status\":\"failed\",\"status\":1}",
+        "\xef\xbb\xbf{\"status\":\"running\"}", "{\"status\":\"running\",\"attempt\":1e400}",
+        "{\"status\":\"running\",\"attempt\":18446744073709551616}",
+        "{\"status\":\"running\",\"started_at\":\"\"}",
+        "{\"status\":\"running\",\"started_at\":\"2026-02-30T00:00:00Z\"}",
+        "{\"status\":\"running\",\"started_at\":\"9999-12-31T23:59:60.999999999+23:59\"}",
+    };
+    for (size_t i = 0; i < sizeof junk / sizeof *junk; i++) {
+        cr_assert_eq(ns_req(s, "POST", "/runs/rg/nodes/j/state", junk[i], NULL, &r), 0,
+                     "junk %zu: %s", i, r.error);
+        if (r.status >= 400) {
+            char why[768];
+            cr_assert(r.status == 400 || r.status == 422, "junk %zu: %ld", i, r.status);
+            cr_assert_eq(ns_check_problem(&r, r.status, r.status == 400 ? "invalid-json"
+                                                                        : "invalid-update",
+                                          why, sizeof why), 0, "junk %zu: %s", i, why);
+        } else {
+            cr_assert(r.status == 200 || r.status == 202, "junk %zu: %ld", i, r.status);
+        }
+    }
+    ns_resp_free(&r);
+    cr_assert_eq(ns_stop(s, SIGTERM), 0, "exit code after garbage");
+    cr_assert(ns_log_contains(s, "msg=stopped"));
+    ns_free(s);
+}
+
+Test(badinput, rejections_are_counted)
+{
+    ns_server *s = start();
+    expect_post_problem(s, "{bad", 400, "invalid-json", NULL);
+    expect_post_problem(s, "{\"status\":\"nope\"}", 422, "invalid-update", "status");
+    json_t *st = ns_stats(s);
+    cr_assert_not_null(st);
+    json_t *rej = json_object_get(st, "updates_rejected");
+    long long invalid = -1;
+    if (json_is_object(rej))
+        invalid = json_integer_value(json_object_get(rej, "invalid"));
+    else if (json_is_integer(rej))
+        invalid = json_integer_value(rej);
+    cr_assert_geq(invalid, 2, "updates_rejected does not count bad input");
+    long long queued = -1;
+    cr_assert_eq(ns_jint(st, "updates_queued", &queued), 0);
+    cr_assert_eq(queued, 0, "bad input was queued");
+    json_decref(st);
+    ns_free(s);
+}

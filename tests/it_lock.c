@@ -1,0 +1,152 @@
+/*
+ * it_lock: another process holding the SQLite write lock does not stall the
+ * API. While the test holds BEGIN EXCLUSIVE on the file, every POST is still
+ * accepted (202, queued); the writer's transactions fail and are counted
+ * (errors), /readyz turns unready, and once the lock is gone the writer
+ * retries and every update reaches the file, none dropped.
+ */
+#include <criterion/criterion.h>
+#include <signal.h>
+#include <sqlite3.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+
+#include "harness.h"
+
+enum { UPDATES = 200 };
+/* Bounds, not expectations: the writer's busy timeout plus retry backoff. */
+#define FAIL_TIMEOUT 25.0
+#define RECOVER_TIMEOUT 30.0
+
+/* Opens the server's file for writing and takes its write lock. */
+static sqlite3 *lock_db(ns_server *s)
+{
+    sqlite3 *db = NULL;
+    cr_assert_eq(sqlite3_open_v2(ns_db_path(s), &db, SQLITE_OPEN_READWRITE, NULL),
+                 SQLITE_OK, "open %s", ns_db_path(s));
+    cr_assert_eq(sqlite3_busy_timeout(db, 5000), SQLITE_OK);
+    char *err = NULL;
+    int rc = sqlite3_exec(db, "BEGIN EXCLUSIVE", NULL, NULL, &err);
+    cr_assert_eq(rc, SQLITE_OK, "BEGIN EXCLUSIVE: %s", err ? err : "");
+    return db;
+}
+
+static void unlock_db(sqlite3 *db)
+{
+    char *err = NULL;
+    cr_assert_eq(sqlite3_exec(db, "ROLLBACK", NULL, NULL, &err), SQLITE_OK,
+                 "ROLLBACK: %s", err ? err : "");
+    cr_assert_eq(sqlite3_close(db), SQLITE_OK);
+}
+
+/* Counts rows through the lock holder's own connection (inside its transaction). */
+static long long locked_count(sqlite3 *db)
+{
+    sqlite3_stmt *st = NULL;
+    cr_assert_eq(sqlite3_prepare_v2(db, "SELECT count(*) FROM run_node_state", -1, &st, NULL),
+                 SQLITE_OK, "%s", sqlite3_errmsg(db));
+    cr_assert_eq(sqlite3_step(st), SQLITE_ROW);
+    long long n = sqlite3_column_int64(st, 0);
+    sqlite3_finalize(st);
+    return n;
+}
+
+Test(lock, posts_are_accepted_while_the_file_is_locked)
+{
+    ns_server *s = ns_start("--queue-capacity 10000");
+    cr_assert_not_null(s);
+    sqlite3 *db = lock_db(s);
+
+    ns_resp r = { 0 };
+    int accepted = 0;
+    for (int i = 0; i < UPDATES; i++) {
+        char node[16], body[96];
+        snprintf(node, sizeof node, "n%03d", i);
+        snprintf(body, sizeof body, "{\"status\":\"running\",\"outputs\":%d}", i);
+        cr_assert_eq(ns_post_state(s, "rl", node, NULL, body, &r), 0, "%s", r.error);
+        cr_assert_eq(r.status, 202, "POST %d under the lock: %ld %s", i, r.status, r.body);
+        accepted++;
+    }
+    /* Every answer came while the lock was held: nothing reached the file. */
+    cr_assert_eq(accepted, UPDATES);
+    cr_assert_eq(ns_stat(s, "updates_queued"), UPDATES);
+    cr_assert_eq(ns_stat(s, "updates_processed"), 0, "committed through an exclusive lock?");
+    cr_assert_eq(locked_count(db), 0);
+    cr_assert_eq(ns_get_state(s, "rl", "n000", &r), 0);
+    cr_assert_eq(r.status, 200, "reads work while the file is locked: %ld", r.status);
+    json_t *doc = ns_resp_json(&r);
+    cr_assert(json_is_false(json_object_get(doc, "durable")), "%s", r.body);
+    json_decref(doc);
+
+    /* Keep the lock until the writer has met it at least once. */
+    cr_assert_eq(ns_wait_stat_ge(s, "errors", 1, FAIL_TIMEOUT), 0,
+                 "no failed transaction counted while the file was locked");
+    unlock_db(db);
+
+    cr_assert_eq(ns_wait_idle(s, RECOVER_TIMEOUT), 0, "writer did not recover: %lld of %d",
+                 ns_stat(s, "updates_processed"), UPDATES);
+    cr_assert_eq(ns_stat(s, "updates_processed"), UPDATES);
+    cr_assert_gt(ns_stat(s, "errors"), 0);
+    cr_assert_eq(ns_db_int(s, "SELECT count(*) FROM run_node_state WHERE run_id='rl' "
+                              "AND status='running' AND CAST(outputs_json AS INTEGER) = "
+                              "CAST(substr(node_id, 2) AS INTEGER)", NULL), UPDATES);
+    cr_assert_eq(ns_db_int(s, "SELECT count(*) FROM run_node_state", NULL), UPDATES);
+
+    /* And it keeps working. */
+    cr_assert_eq(ns_post_state(s, "rl", "after", "?wait=true", "{\"status\":\"running\"}", &r), 0);
+    cr_assert_eq(r.status, 200, "?wait=true after recovery: %ld %s", r.status, r.body);
+    ns_resp_free(&r);
+    cr_assert_eq(ns_stop(s, SIGTERM), 0);
+    ns_free(s);
+}
+
+Test(lock, readyz_unready_while_the_store_fails)
+{
+    ns_server *s = ns_start(NULL);
+    cr_assert_not_null(s);
+    ns_resp r = { 0 };
+    cr_assert_eq(ns_req(s, "GET", "/readyz", NULL, NULL, &r), 0);
+    cr_assert_eq(r.status, 200, "/readyz before the lock: %ld %s", r.status, r.body);
+
+    sqlite3 *db = lock_db(s);
+    cr_assert_eq(ns_post_state(s, "ry", "a", NULL, "{\"status\":\"running\"}", &r), 0);
+    cr_assert_eq(r.status, 202);
+    cr_assert_eq(ns_wait_stat_ge(s, "errors", 1, FAIL_TIMEOUT), 0);
+
+    /* Bounded poll: the writer reports the failure, then readiness follows. */
+    long long deadline = ns_mono_ms() + 15000;
+    bool unready = false;
+    for (int i = 0; i < 1500 && ns_mono_ms() < deadline && !unready; i++) {
+        cr_assert_eq(ns_req(s, "GET", "/readyz", NULL, NULL, &r), 0);
+        if (r.status == 503) {
+            unready = true;
+            break;
+        }
+        struct timespec ts = { 0, 10 * 1000 * 1000 };
+        nanosleep(&ts, NULL);
+    }
+    cr_assert(unready, "/readyz stayed %ld while every transaction failed", r.status);
+    char why[512];
+    cr_assert_eq(ns_check_problem(&r, 503, "not-ready", why, sizeof why), 0, "%s", why);
+    cr_assert(r.retry_after[0] != '\0', "503 without Retry-After");
+    /* Liveness is another matter: the process and its writer are alive. */
+    cr_assert_eq(ns_req(s, "GET", "/healthz", NULL, NULL, &r), 0);
+    cr_assert_eq(r.status, 200, "/healthz while the store fails: %ld", r.status);
+
+    unlock_db(db);
+    cr_assert_eq(ns_wait_idle(s, RECOVER_TIMEOUT), 0);
+    deadline = ns_mono_ms() + 15000;
+    bool ready = false;
+    for (int i = 0; i < 1500 && ns_mono_ms() < deadline && !ready; i++) {
+        cr_assert_eq(ns_req(s, "GET", "/readyz", NULL, NULL, &r), 0);
+        ready = r.status == 200;
+        if (!ready) {
+            struct timespec ts = { 0, 10 * 1000 * 1000 };
+            nanosleep(&ts, NULL);
+        }
+    }
+    cr_assert(ready, "/readyz did not recover: %ld %s", r.status, r.body);
+    ns_resp_free(&r);
+    ns_free(s);
+}
