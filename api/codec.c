@@ -427,6 +427,8 @@ void codec_stats(buf *b, const ns_stats *s, int64_t now_ms)
                ",\"cache_nodes\":%" PRIu64
                ",\"cache_runs\":%" PRIu64
                ",\"cache_loads\":%" PRIu64
+               ",\"cache_evictions\":%" PRIu64
+               ",\"rows_isolated\":%" PRIu64
                ",\"last_seq\":%" PRId64
                ",\"durable_seq\":%" PRId64
                ",\"uptime_seconds\":",
@@ -434,6 +436,8 @@ void codec_stats(buf *b, const ns_stats *s, int64_t now_ms)
                atomic_load(&s->cache_nodes),
                atomic_load(&s->cache_runs),
                atomic_load(&s->cache_loads),
+               atomic_load(&s->cache_evictions),
+               atomic_load(&s->rows_isolated),
                atomic_load(&s->last_seq),
                atomic_load(&s->durable_seq));
     /* The wall clock can step back; uptime never goes negative. */
@@ -442,5 +446,15 @@ void codec_stats(buf *b, const ns_stats *s, int64_t now_ms)
     codec_hist(b, "commit_seconds", &s->commit_seconds);
     codec_hist(b, "batch_updates", &s->batch_updates);
     codec_hist(b, "enqueue_to_commit_seconds", &s->enqueue_to_commit_seconds);
-    buf_append(b, "}", 1);
+    /* Codes never answered are left out, as in the Prometheus text. */
+    buf_puts(b, ",\"http_responses\":{");
+    bool first = true;
+    for (int i = 0; i < NS_HTTP_CODES; i++) {
+        uint64_t n = atomic_load(&s->http_responses[i]);
+        if (n == 0)
+            continue;
+        buf_printf(b, "%s\"%d\":%" PRIu64, first ? "" : ",", NS_HTTP_MIN + i, n);
+        first = false;
+    }
+    buf_puts(b, "}}");
 }

@@ -1,10 +1,19 @@
 #include "prom.h"
 
+#include <ctype.h>
+#include <dirent.h>
 #include <inttypes.h>
 #include <math.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
+
+/* Set by the build; the fallback keeps a stray compile of this file working. */
+#ifndef NODESTATE_VERSION
+#define NODESTATE_VERSION "0.0.0"
+#endif
 
 /*
  * The shortest %g text that reads back as exactly v, so bucket bounds print
@@ -101,7 +110,79 @@ static void prom_hist(buf *b, const char *name, const char *help,
     buf_printf(b, "\n%s_count %" PRIu64 "\n", name, cum);
 }
 
+/* Resident set size in bytes from <dir>/statm (its second field, in pages). */
+static int64_t prom_read_rss(const char *dir)
+{
+    char path[4096];
+    int n = snprintf(path, sizeof path, "%s/statm", dir);
+    if (n < 0 || (size_t)n >= sizeof path)
+        return -1;
+    FILE *f = fopen(path, "r");
+    if (f == NULL)
+        return -1;
+    uint64_t size_pages, resident_pages;
+    int got = fscanf(f, "%" SCNu64 " %" SCNu64, &size_pages, &resident_pages);
+    fclose(f);
+    long page = sysconf(_SC_PAGESIZE);
+    if (got != 2 || page <= 0 || resident_pages > (uint64_t)INT64_MAX / (uint64_t)page)
+        return -1;
+    return (int64_t)(resident_pages * (uint64_t)page);
+}
+
+static bool prom_all_digits(const char *s)
+{
+    if (*s == '\0')
+        return false;
+    for (; *s != '\0'; s++)
+        if (!isdigit((unsigned char)*s))
+            return false;
+    return true;
+}
+
+/*
+ * Descriptors listed in <dir>/fd. Listing the directory takes a descriptor of
+ * its own, which the process did not have before the scrape: it is skipped.
+ */
+static int64_t prom_count_fds(const char *dir)
+{
+    char path[4096];
+    int n = snprintf(path, sizeof path, "%s/fd", dir);
+    if (n < 0 || (size_t)n >= sizeof path)
+        return -1;
+    DIR *d = opendir(path);
+    if (d == NULL)
+        return -1;
+    char self[24];
+    int dfd = dirfd(d);
+    snprintf(self, sizeof self, "%d", dfd);
+    int64_t count = 0;
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL) {
+        if (!prom_all_digits(e->d_name))
+            continue;   /* "." and ".." */
+        if (dfd >= 0 && strcmp(e->d_name, self) == 0)
+            continue;
+        count++;
+    }
+    closedir(d);
+    return count;
+}
+
+void prom_process_read(const char *dir, prom_process *out)
+{
+    out->resident_bytes = prom_read_rss(dir);
+    out->open_fds = prom_count_fds(dir);
+}
+
 void prom_render(buf *b, const ns_stats *s, int64_t now_ms)
+{
+    prom_process proc;
+    prom_process_read("/proc/self", &proc);
+    prom_render_with(b, s, now_ms, &proc);
+}
+
+void prom_render_with(buf *b, const ns_stats *s, int64_t now_ms,
+                      const prom_process *proc)
 {
     prom_counter(b, "nodestate_updates_queued_total",
                  "Updates and deletes accepted into the write queue.",
@@ -149,6 +230,12 @@ void prom_render(buf *b, const ns_stats *s, int64_t now_ms)
     prom_counter(b, "nodestate_cache_loads_total",
                  "Runs read through from SQLite into the cache.",
                  atomic_load(&s->cache_loads));
+    prom_counter(b, "nodestate_cache_evictions_total",
+                 "Runs dropped from the cache to bound its size.",
+                 atomic_load(&s->cache_evictions));
+    prom_counter(b, "nodestate_rows_isolated_total",
+                 "Rows SQLite refused for good, left out of their batch.",
+                 atomic_load(&s->rows_isolated));
     prom_gauge(b, "nodestate_last_seq", "Highest sequence number assigned.",
                atomic_load(&s->last_seq));
     prom_gauge(b, "nodestate_durable_seq",
@@ -171,4 +258,36 @@ void prom_render(buf *b, const ns_stats *s, int64_t now_ms)
     prom_hist(b, "nodestate_enqueue_to_commit_seconds",
               "Time from acceptance into the queue to commit, per entry.",
               &s->enqueue_to_commit_seconds);
+
+    /*
+     * Only codes that were answered: a series per possible code would be 500
+     * mostly-zero samples. A code's series appears with its first answer, as
+     * the client libraries do for label values they have not seen yet.
+     */
+    prom_head(b, "nodestate_http_responses_total", "counter",
+              "HTTP responses sent, by status code.");
+    for (int i = 0; i < NS_HTTP_CODES; i++) {
+        uint64_t n = atomic_load(&s->http_responses[i]);
+        if (n > 0)
+            buf_printf(b, "nodestate_http_responses_total{code=\"%d\"} %" PRIu64
+                       "\n", NS_HTTP_MIN + i, n);
+    }
+
+    prom_head(b, "nodestate_build_info", "gauge",
+              "Always 1; the version nodestate was built as, in a label.");
+    buf_puts(b, "nodestate_build_info{version=\"" NODESTATE_VERSION "\"} 1\n");
+
+    if (s->start_ms >= 0) {
+        prom_head(b, "process_start_time_seconds", "gauge",
+                  "Start time of the process since the Unix epoch in seconds.");
+        buf_puts(b, "process_start_time_seconds ");
+        prom_fixed(b, (uint64_t)s->start_ms, 3, 1000u);
+        buf_append(b, "\n", 1);
+    }
+    if (proc->resident_bytes >= 0)
+        prom_gauge(b, "process_resident_memory_bytes",
+                   "Resident memory size in bytes.", proc->resident_bytes);
+    if (proc->open_fds >= 0)
+        prom_gauge(b, "process_open_fds", "Number of open file descriptors.",
+                   proc->open_fds);
 }

@@ -703,6 +703,8 @@ Test(encode, stats)
     atomic_store(&s.cache_nodes, 100);
     atomic_store(&s.cache_runs, 4);
     atomic_store(&s.cache_loads, 2);
+    atomic_store(&s.cache_evictions, 13);
+    atomic_store(&s.rows_isolated, 14);
     atomic_store(&s.last_seq, 12);
     atomic_store(&s.durable_seq, 11);
     atomic_store(&s.commit_seconds.count, 3);
@@ -711,6 +713,10 @@ Test(encode, stats)
     atomic_store(&s.batch_updates.sum_micro, 10000000);
     atomic_store(&s.enqueue_to_commit_seconds.count, 10);
     atomic_store(&s.enqueue_to_commit_seconds.sum_micro, 2);
+    atomic_store(&s.http_responses[100 - NS_HTTP_MIN], 1);  /* lowest code */
+    atomic_store(&s.http_responses[202 - NS_HTTP_MIN], 7);
+    atomic_store(&s.http_responses[409 - NS_HTTP_MIN], 3);
+    atomic_store(&s.http_responses[599 - NS_HTTP_MIN], 2);  /* highest code */
 
     buf b;
     buf_init(&b);
@@ -720,8 +726,10 @@ Test(encode, stats)
         "updates_queued", "updates_processed", "batches_written", "errors",
         "queue_depth", "queue_capacity", "updates_coalesced", "rows_written",
         "runs_deleted", "updates_rejected", "updates_duplicate", "cache_nodes",
-        "cache_runs", "cache_loads", "last_seq", "durable_seq", "uptime_seconds",
+        "cache_runs", "cache_loads", "cache_evictions", "rows_isolated",
+        "last_seq", "durable_seq", "uptime_seconds",
         "commit_seconds", "batch_updates", "enqueue_to_commit_seconds",
+        "http_responses",
     };
     assert_keys(j, keys, sizeof keys / sizeof *keys);
     cr_assert_eq(int_of(j, "updates_queued"), 11);
@@ -743,6 +751,8 @@ Test(encode, stats)
     cr_assert_eq(int_of(j, "cache_nodes"), 100);
     cr_assert_eq(int_of(j, "cache_runs"), 4);
     cr_assert_eq(int_of(j, "cache_loads"), 2);
+    cr_assert_eq(int_of(j, "cache_evictions"), 13);
+    cr_assert_eq(int_of(j, "rows_isolated"), 14);
     cr_assert_eq(int_of(j, "last_seq"), 12);
     cr_assert_eq(int_of(j, "durable_seq"), 11);
     json_t *up = json_object_get(j, "uptime_seconds");
@@ -760,6 +770,15 @@ Test(encode, stats)
     h = json_object_get(j, "enqueue_to_commit_seconds");
     cr_assert_eq(int_of(h, "count"), 10);
     cr_assert_float_eq(json_number_value(json_object_get(h, "sum")), 0.000002, 1e-12);
+
+    /* only the codes answered, ascending, each with its count */
+    static const char *const codes[] = { "100", "202", "409", "599" };
+    json_t *http = json_object_get(j, "http_responses");
+    assert_keys(http, codes, 4);
+    cr_assert_eq(int_of(http, "100"), 1);
+    cr_assert_eq(int_of(http, "202"), 7);
+    cr_assert_eq(int_of(http, "409"), 3);
+    cr_assert_eq(int_of(http, "599"), 2);
     json_decref(j);
 
     /* a clock that stepped back never gives a negative uptime */
@@ -769,6 +788,21 @@ Test(encode, stats)
     j = parse_buf(&b);
     cr_assert_float_eq(json_number_value(json_object_get(j, "uptime_seconds")),
                        0.0, 1e-12);
+    json_decref(j);
+    buf_free(&b);
+}
+
+Test(encode, stats_without_http_responses)
+{
+    static ns_stats s;
+    stats_init(&s, 10);
+    buf b;
+    buf_init(&b);
+    codec_stats(&b, &s, s.start_ms);
+    json_t *j = parse_buf(&b);
+    json_t *http = json_object_get(j, "http_responses");
+    cr_assert(json_is_object(http), "http_responses missing or not an object");
+    cr_assert_eq(json_object_size(http), 0);
     json_decref(j);
     buf_free(&b);
 }

@@ -1,6 +1,10 @@
+#include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <criterion/criterion.h>
 
@@ -33,6 +37,8 @@ static void fill_stats(void)
     atomic_store(&stats.cache_nodes, 16);
     atomic_store(&stats.cache_runs, 17);
     atomic_store(&stats.cache_loads, 18);
+    atomic_store(&stats.cache_evictions, 21);
+    atomic_store(&stats.rows_isolated, 22);
     atomic_store(&stats.last_seq, 19);
     atomic_store(&stats.durable_seq, 20);
 
@@ -125,6 +131,8 @@ Test(prom, counters_and_gauges, .init = fill_stats)
     assert_sample(t, "nodestate_cache_nodes", "16");
     assert_sample(t, "nodestate_cache_runs", "17");
     assert_sample(t, "nodestate_cache_loads_total", "18");
+    assert_sample(t, "nodestate_cache_evictions_total", "21");
+    assert_sample(t, "nodestate_rows_isolated_total", "22");
     assert_sample(t, "nodestate_last_seq", "19");
     assert_sample(t, "nodestate_durable_seq", "20");
     assert_sample(t, "nodestate_uptime_seconds", "90.5");
@@ -156,12 +164,19 @@ Test(prom, types_of_families, .init = fill_stats)
         { "nodestate_cache_nodes", "gauge" },
         { "nodestate_cache_runs", "gauge" },
         { "nodestate_cache_loads_total", "counter" },
+        { "nodestate_cache_evictions_total", "counter" },
+        { "nodestate_rows_isolated_total", "counter" },
         { "nodestate_last_seq", "gauge" },
         { "nodestate_durable_seq", "gauge" },
         { "nodestate_uptime_seconds", "gauge" },
         { "nodestate_commit_duration_seconds", "histogram" },
         { "nodestate_batch_updates", "histogram" },
         { "nodestate_enqueue_to_commit_seconds", "histogram" },
+        { "nodestate_http_responses_total", "counter" },
+        { "nodestate_build_info", "gauge" },
+        { "process_start_time_seconds", "gauge" },
+        { "process_resident_memory_bytes", "gauge" },
+        { "process_open_fds", "gauge" },
     };
     char *t = render(6000);
     for (size_t i = 0; i < sizeof families / sizeof *families; i++) {
@@ -232,7 +247,7 @@ Test(prom, help_and_type_precede_every_family, .init = fill_stats)
             samples++;
         }
     }
-    cr_assert_eq(n_seen, 20);
+    cr_assert_eq(n_seen, 27);
     cr_assert_gt(samples, 20);
     free(t);
 }
@@ -285,5 +300,195 @@ Test(prom, fresh_stats_render_zeroes)
     assert_sample(t, "nodestate_commit_duration_seconds_count", "0");
     assert_sample(t, "nodestate_queue_capacity", "10");
     cr_assert_eq(t[strlen(t) - 1], '\n');
+    free(t);
+}
+
+/* A sample line "<series> " exists at all. */
+static bool has_series(const char *text, const char *series)
+{
+    char v[64];
+    return sample(text, series, v, sizeof v) != NULL;
+}
+
+Test(prom, http_responses_by_code, .init = fill_stats)
+{
+    atomic_store(&stats.http_responses[100 - NS_HTTP_MIN], 1);
+    atomic_store(&stats.http_responses[200 - NS_HTTP_MIN], 40);
+    atomic_store(&stats.http_responses[409 - NS_HTTP_MIN], 2);
+    atomic_store(&stats.http_responses[599 - NS_HTTP_MIN], 3);
+    char *t = render(6000);
+    assert_sample(t, "nodestate_http_responses_total{code=\"100\"}", "1");
+    assert_sample(t, "nodestate_http_responses_total{code=\"200\"}", "40");
+    assert_sample(t, "nodestate_http_responses_total{code=\"409\"}", "2");
+    assert_sample(t, "nodestate_http_responses_total{code=\"599\"}", "3");
+    /* codes never answered have no series */
+    cr_assert_not(has_series(t, "nodestate_http_responses_total{code=\"404\"}"));
+    cr_assert_eq(strstr(t, "nodestate_http_responses_total{code=\"404\"}"), NULL);
+    size_t lines = 0;
+    for (const char *p = t; (p = strstr(p, "\nnodestate_http_responses_total{")) != NULL; p++)
+        lines++;
+    cr_assert_eq(lines, 4);
+    free(t);
+}
+
+Test(prom, build_info_and_start_time, .init = fill_stats)
+{
+    char *t = render(6000);
+    assert_sample(t, "nodestate_build_info{version=\"" NODESTATE_VERSION "\"}", "1");
+    assert_sample(t, "process_start_time_seconds", "5");
+    free(t);
+
+    /* milliseconds as a decimal fraction of a second, no exponent */
+    stats.start_ms = INT64_C(1764174449123);
+    t = render(INT64_C(1764174449123));
+    assert_sample(t, "process_start_time_seconds", "1764174449.123");
+    free(t);
+}
+
+static char *render_with(int64_t rss, int64_t fds)
+{
+    prom_process proc = { .resident_bytes = rss, .open_fds = fds };
+    buf b;
+    buf_init(&b);
+    prom_render_with(&b, &stats, 6000, &proc);
+    cr_assert_not(b.failed);
+    char *text = buf_steal(&b, NULL);
+    cr_assert_not_null(text);
+    return text;
+}
+
+Test(prom, process_metrics_given, .init = fill_stats)
+{
+    char *t = render_with(INT64_C(123457536), 9);
+    assert_sample(t, "process_resident_memory_bytes", "123457536");
+    assert_sample(t, "process_open_fds", "9");
+    free(t);
+}
+
+Test(prom, process_metrics_left_out_when_unreadable, .init = fill_stats)
+{
+    char *t = render_with(-1, -1);
+    /* no sample and no HELP/TYPE either: an empty family says nothing */
+    cr_assert_eq(strstr(t, "process_resident_memory_bytes"), NULL);
+    cr_assert_eq(strstr(t, "process_open_fds"), NULL);
+    /* the rest is still there */
+    assert_sample(t, "process_start_time_seconds", "5");
+    assert_sample(t, "nodestate_updates_queued_total", "101");
+    free(t);
+
+    t = render_with(4096, -1);
+    assert_sample(t, "process_resident_memory_bytes", "4096");
+    cr_assert_eq(strstr(t, "process_open_fds"), NULL);
+    free(t);
+}
+
+static void write_file(const char *path, const char *text)
+{
+    FILE *f = fopen(path, "w");
+    cr_assert_not_null(f, "%s: %s", path, strerror(errno));
+    cr_assert_geq(fputs(text, f), 0);
+    cr_assert_eq(fclose(f), 0);
+}
+
+/* A fake procfs process directory: statm text and fd entries by name. */
+static void fake_proc(char *dir, size_t len, const char *statm,
+                      const char *const *fds, size_t n_fds)
+{
+    snprintf(dir, len, "/tmp/test_prom.XXXXXX");
+    cr_assert_not_null(mkdtemp(dir));
+    char path[512];
+    if (statm != NULL) {
+        snprintf(path, sizeof path, "%s/statm", dir);
+        write_file(path, statm);
+    }
+    if (fds != NULL) {
+        snprintf(path, sizeof path, "%s/fd", dir);
+        cr_assert_eq(mkdir(path, 0700), 0);
+        for (size_t i = 0; i < n_fds; i++) {
+            snprintf(path, sizeof path, "%s/fd/%s", dir, fds[i]);
+            write_file(path, "");
+        }
+    }
+}
+
+static void rm_fake_proc(const char *dir, const char *const *fds, size_t n_fds)
+{
+    char path[512];
+    for (size_t i = 0; i < n_fds; i++) {
+        snprintf(path, sizeof path, "%s/fd/%s", dir, fds[i]);
+        unlink(path);
+    }
+    snprintf(path, sizeof path, "%s/fd", dir);
+    rmdir(path);
+    snprintf(path, sizeof path, "%s/statm", dir);
+    unlink(path);
+    rmdir(dir);
+}
+
+Test(prom, process_read_from_fake_proc)
+{
+    /* names far above any descriptor this test has open, and one that is not a number */
+    static const char *const fds[] = { "0", "1", "2", "100000", "100001", "notanfd" };
+    char dir[64];
+    fake_proc(dir, sizeof dir, "2000 25 10 1 0 30 0\n", fds, 6);
+    prom_process p;
+    prom_process_read(dir, &p);
+    long page = sysconf(_SC_PAGESIZE);
+    cr_assert_gt(page, 0);
+    cr_assert_eq(p.resident_bytes, 25 * (int64_t)page);
+    cr_assert_eq(p.open_fds, 5);
+    rm_fake_proc(dir, fds, 6);
+}
+
+Test(prom, process_read_failures)
+{
+    prom_process p;
+    prom_process_read("/nonexistent/nodestate-test", &p);
+    cr_assert_eq(p.resident_bytes, -1);
+    cr_assert_eq(p.open_fds, -1);
+
+    /* statm that does not parse; no fd directory */
+    char dir[64];
+    fake_proc(dir, sizeof dir, "garbage\n", NULL, 0);
+    prom_process_read(dir, &p);
+    cr_assert_eq(p.resident_bytes, -1);
+    cr_assert_eq(p.open_fds, -1);
+    rm_fake_proc(dir, NULL, 0);
+
+    /* only one number */
+    fake_proc(dir, sizeof dir, "2000\n", NULL, 0);
+    prom_process_read(dir, &p);
+    cr_assert_eq(p.resident_bytes, -1);
+    rm_fake_proc(dir, NULL, 0);
+}
+
+Test(prom, process_read_self_counts_descriptors)
+{
+    prom_process before, after;
+    prom_process_read("/proc/self", &before);
+    cr_assert_gt(before.resident_bytes, 0);
+    cr_assert_geq(before.open_fds, 0);
+    int extra[3];
+    for (int i = 0; i < 3; i++) {
+        extra[i] = open("/dev/null", O_RDONLY);
+        cr_assert_geq(extra[i], 0);
+    }
+    prom_process_read("/proc/self", &after);
+    for (int i = 0; i < 3; i++)
+        close(extra[i]);
+    cr_assert_eq(after.open_fds, before.open_fds + 3);
+
+    /* the count is the descriptors open, the listing's own one not included */
+    int64_t open_now = 0;
+    for (int fd = 0; fd < 65536; fd++)
+        if (fcntl(fd, F_GETFD) != -1)
+            open_now++;
+    cr_assert_eq(before.open_fds, open_now);
+
+    /* prom_render reports the same process */
+    fill_stats();
+    char *t = render(6000);
+    cr_assert_gt(sample_u(t, "process_resident_memory_bytes"), 0);
+    cr_assert_eq(sample_u(t, "process_open_fds"), (unsigned long long)before.open_fds);
     free(t);
 }

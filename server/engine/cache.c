@@ -13,7 +13,46 @@ struct cache {
     size_t runs;
     size_t nodes;
     uint64_t removals;
+    cache_run *lru_first;   /* least recently used */
+    cache_run *lru_last;    /* most recently used */
 };
+
+static void lru_unlink(cache *c, cache_run *run)
+{
+    if (run->lru_prev)
+        run->lru_prev->lru_next = run->lru_next;
+    else
+        c->lru_first = run->lru_next;
+    if (run->lru_next)
+        run->lru_next->lru_prev = run->lru_prev;
+    else
+        c->lru_last = run->lru_prev;
+    run->lru_prev = run->lru_next = NULL;
+}
+
+static void lru_append(cache *c, cache_run *run)
+{
+    run->lru_prev = c->lru_last;
+    run->lru_next = NULL;
+    if (c->lru_last)
+        c->lru_last->lru_next = run;
+    else
+        c->lru_first = run;
+    c->lru_last = run;
+}
+
+void cache_touch(cache *c, cache_run *run)
+{
+    if (c->lru_last == run)
+        return;
+    lru_unlink(c, run);
+    lru_append(c, run);
+}
+
+cache_run *cache_lru_first(const cache *c)
+{
+    return c->lru_first;
+}
 
 static uint64_t hash_str(const char *s)
 {
@@ -108,6 +147,7 @@ cache_run *cache_run_add(cache *c, const char *run_id)
     }
     c->slots[run_slot(c, run_id)] = run;
     c->runs++;
+    lru_append(c, run);
     return run;
 }
 
@@ -134,6 +174,7 @@ void cache_run_remove(cache *c, cache_run *run)
     c->runs--;
     c->nodes -= run->nodes;
     c->removals++;
+    lru_unlink(c, run);
     run_free(run);
 }
 

@@ -25,6 +25,9 @@ typedef struct cache_run {
     /* the node table (open addressing, keyed by row->node_id) */
     ns_row **slots;
     size_t n_slots;
+    /* recency list: lru_prev is less recently used */
+    struct cache_run *lru_prev;
+    struct cache_run *lru_next;
 } cache_run;
 
 cache *cache_new(void);
@@ -42,6 +45,11 @@ void cache_run_clear(cache *c, cache_run *run);
 uint64_t cache_removals(const cache *c);
 size_t cache_nodes(const cache *c);
 size_t cache_runs(const cache *c);
+
+/* Marks a run as the most recently used (cache_run_add does too). */
+void cache_touch(cache *c, cache_run *run);
+/* The least recently used run, or NULL; then ->lru_next towards the most recent. */
+cache_run *cache_lru_first(const cache *c);
 
 /* The node's row (no reference taken), or NULL. */
 ns_row *cache_node_get(const cache_run *run, const char *node_id);

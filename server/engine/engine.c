@@ -19,6 +19,8 @@
 #define BACKOFF_CAP_NS 1000000000ll   /* 1 s, DESIGN.md §4 */
 /* How often one load of a run is retried when runs are removed meanwhile. */
 #define LOAD_TRIES 8
+/* Replaying a sidecar at start is tried this often, BACKOFF_FIRST_NS doubling between tries (~5 s). */
+#define REPLAY_TRIES 9
 
 struct engine {
     engine_config cfg;            /* db_path points at db_path below */
@@ -30,6 +32,7 @@ struct engine {
     pthread_t writer;
     _Atomic bool writer_running;
     _Atomic bool store_failing;   /* the last commit attempt failed */
+    _Atomic bool draining;        /* engine_drain: shutting down soon */
 
     pthread_mutex_t lock;         /* guards every field below */
     void (*on_durable)(void *ctx, int64_t durable_seq);
@@ -86,6 +89,8 @@ static void publish_cache_size(engine *e)
 
 /* ---- reading through ---- */
 
+static void evict(engine *e, const cache_run *keep);
+
 typedef struct row_vec {
     ns_row **rows;
     size_t n, cap;
@@ -130,8 +135,10 @@ static cache_run *run_get(engine *e, const char *run_id, bool create,
 {
     for (int tries = 0; tries < LOAD_TRIES; tries++) {
         cache_run *run = cache_run_find(e->cache, run_id);
-        if (run)
+        if (run) {
+            cache_touch(e->cache, run);
             return run;
+        }
         uint64_t removals = cache_removals(e->cache);
         row_vec v = { 0 };
         pthread_mutex_unlock(&e->lock);
@@ -168,11 +175,31 @@ static cache_run *run_get(engine *e, const char *run_id, bool create,
             return NULL;
         }
         atomic_fetch_add_explicit(&e->stats.cache_loads, 1, memory_order_relaxed);
-        publish_cache_size(e);
+        evict(e, run);
         return run;
     }
     *res = ENGINE_ERROR;
     return NULL;
+}
+
+/*
+ * Drops least recently used runs until the cache holds at most
+ * cache_max_nodes nodes. Only runs with nothing queued can go (the file
+ * holds their truth); keep is spared because a caller is using it. Lock held.
+ */
+static void evict(engine *e, const cache_run *keep)
+{
+    size_t max = e->cfg.cache_max_nodes;
+    cache_run *run = cache_lru_first(e->cache);
+    while (max && run && cache_nodes(e->cache) > max) {
+        cache_run *next = run->lru_next;
+        if (run != keep && run->pending == 0) {
+            cache_run_remove(e->cache, run);
+            atomic_fetch_add_explicit(&e->stats.cache_evictions, 1, memory_order_relaxed);
+        }
+        run = next;
+    }
+    publish_cache_size(e);
 }
 
 /* Forgets a run that holds nothing and has nothing queued (a failed first submit, a committed delete). */
@@ -252,7 +279,8 @@ engine_result engine_submit(engine *e, const char *run_id, const char *node_id,
     model_row_ref(row); /* the caller's */
     ns_op op = { .row = row, .run = run };
     enqueue(e, &op);
-    publish_cache_size(e);
+    if (!cur)
+        evict(e, run);
     *out = row;
     res = ENGINE_ACCEPTED;
     goto done;
@@ -388,6 +416,18 @@ static void nap(int64_t ns)
     }
 }
 
+/* store_batch.on_isolated: a row SQLite will never take; counted and logged, then dropped. */
+static void on_isolated(void *ctx, const ns_row *row, const char *why)
+{
+    engine *e = ctx;
+    char quoted[512];
+    quote_value(why, quoted, sizeof quoted);
+    atomic_fetch_add_explicit(&e->stats.rows_isolated, 1, memory_order_relaxed);
+    logf_(e, NS_LOG_ERROR, "row-isolated",
+          "run_id=%s node_id=%s seq=%lld error=\"%s\"", row->run_id, row->node_id,
+          (long long)row->seq, quoted);
+}
+
 /*
  * Writes ops[0..n) in one transaction, retrying with capped backoff until it
  * commits. Only while stopping, past the drain deadline, does it give up
@@ -400,8 +440,11 @@ static int commit_ops(engine *e, const ns_op *ops, size_t n)
     bool planned = false;
     int64_t t0;
     for (;;) {
-        if (!planned)
+        if (!planned) {
             planned = writer_plan_build(ops, n, &plan) == 0;
+            plan.batch.on_isolated = on_isolated;
+            plan.batch.isolated_ctx = e;
+        }
         t0 = mono_ns();
         if (planned && store_write(e->store, &plan.batch) == 0)
             break;
@@ -452,6 +495,53 @@ static void release_ops(engine *e, ns_op *ops, size_t n)
     }
 }
 
+/*
+ * Stopping past the deadline with the store still failing: the failed batch
+ * (e->batch[0..n)) and everything still queued go to the sidecar, which the
+ * next start replays. Lock held; dropped while writing the sidecar.
+ */
+static void spill_rest(engine *e, size_t n)
+{
+    size_t rest = queue_len(e->queue);
+    size_t total = n + rest;
+    ns_op *all = malloc(total * sizeof *all);
+    if (!all) {
+        e->unflushed = total;
+        logf_(e, NS_LOG_ERROR, "spill-failed", "updates=%zu error=\"out of memory\"", total);
+        release_ops(e, e->batch, n);
+        while ((n = queue_pop(e->queue, e->batch, e->cfg.batch_size)) > 0)
+            release_ops(e, e->batch, n);
+        return;
+    }
+    memcpy(all, e->batch, n * sizeof *all);
+    queue_pop(e->queue, all + n, rest);
+    atomic_store_explicit(&e->stats.queue_depth, 0, memory_order_relaxed);
+    pthread_mutex_unlock(&e->lock);
+
+    char path[4200], err[512], why[512];
+    store_spill_path(e->db_path, path, sizeof path);
+    writer_plan plan;
+    int rc = writer_plan_build(all, total, &plan);
+    if (rc == 0) {
+        rc = store_spill(e->db_path, &plan.batch, err, sizeof err);
+        writer_plan_free(&plan);
+    } else {
+        snprintf(err, sizeof err, "out of memory");
+    }
+    if (rc == 0) {
+        logf_(e, NS_LOG_WARN, "spilled", "updates=%zu path=\"%s\"", total, path);
+    } else {
+        quote_value(err, why, sizeof why);
+        logf_(e, NS_LOG_ERROR, "spill-failed", "updates=%zu path=\"%s\" error=\"%s\"",
+              total, path, why);
+    }
+
+    pthread_mutex_lock(&e->lock);
+    e->unflushed = rc == 0 ? 0 : total;
+    release_ops(e, all, total);
+    free(all);
+}
+
 static void deadline_to_timespec(int64_t ns, struct timespec *ts)
 {
     ts->tv_sec = (time_t)(ns / 1000000000ll);
@@ -495,15 +585,11 @@ static void *writer_main(void *arg)
 
         pthread_mutex_lock(&e->lock);
         if (rc != 0) {
-            /* Stopping past the deadline with the store still failing: count what is lost. */
-            e->unflushed = n + queue_len(e->queue);
-            release_ops(e, e->batch, n);
-            size_t left;
-            while ((left = queue_pop(e->queue, e->batch, e->cfg.batch_size)) > 0)
-                release_ops(e, e->batch, left);
+            spill_rest(e, n);
             break;
         }
         release_ops(e, e->batch, n);
+        evict(e, NULL); /* runs just written may go now */
         atomic_store(&e->stats.durable_seq, durable);
         void (*fn)(void *, int64_t) = e->on_durable;
         void *ctx = e->on_durable_ctx;
@@ -523,6 +609,30 @@ static void *writer_main(void *arg)
 }
 
 /* ---- life cycle ---- */
+
+/*
+ * Applies a sidecar an earlier shutdown left, before anything is served. The
+ * database may still be locked by whoever kept the last run from flushing,
+ * so this waits a little; past that the start fails and the sidecar stays.
+ */
+static int replay(engine *e, char *err, size_t errlen)
+{
+    size_t rows = 0, deletes = 0;
+    int64_t backoff = BACKOFF_FIRST_NS;
+    for (int i = 0; store_replay(e->store, &rows, &deletes, err, errlen) != 0; i++) {
+        if (i + 1 == REPLAY_TRIES)
+            return -1;
+        nap(backoff);
+        backoff *= 2;
+    }
+    if (rows || deletes) {
+        char path[4200];
+        store_spill_path(e->db_path, path, sizeof path);
+        logf_(e, NS_LOG_WARN, "spill-replayed", "rows=%zu deletes=%zu path=\"%s\"", rows,
+              deletes, path);
+    }
+    return 0;
+}
 
 engine *engine_open(const engine_config *cfg, char *err, size_t errlen)
 {
@@ -555,6 +665,8 @@ engine *engine_open(const engine_config *cfg, char *err, size_t errlen)
     }
     e->store = store_open(e->db_path, cfg->synchronous_full, err, errlen);
     if (!e->store)
+        goto err;
+    if (replay(e, err, errlen) != 0)
         goto err;
     e->reader = store_reader_open(e->db_path, err, errlen);
     if (!e->reader)
@@ -635,6 +747,11 @@ void engine_flush_soon(engine *e)
     pthread_mutex_unlock(&e->lock);
 }
 
+void engine_drain(engine *e)
+{
+    atomic_store(&e->draining, true);
+}
+
 bool engine_alive(engine *e)
 {
     return atomic_load(&e->writer_running);
@@ -654,11 +771,8 @@ bool engine_ready(engine *e, const char **reason)
         *reason = "the write queue is full";
         return false;
     }
-    pthread_mutex_lock(&e->lock);
-    bool stopping = e->stopping;
-    pthread_mutex_unlock(&e->lock);
-    if (stopping) {
-        *reason = "shutting down";
+    if (atomic_load(&e->draining)) {
+        *reason = "draining for shutdown";
         return false;
     }
     return true;

@@ -40,6 +40,7 @@ typedef struct engine_config {
     size_t queue_capacity;     /* most entries queued at once */
     double shutdown_timeout;   /* seconds engine_close may spend flushing */
     bool synchronous_full;     /* synchronous=FULL instead of NORMAL */
+    size_t cache_max_nodes;    /* evict idle runs above this many cached nodes; 0: no bound */
     ns_log_fn *log;            /* may be NULL */
     void *log_ctx;
 } engine_config;
@@ -69,14 +70,17 @@ typedef struct engine_summary {
 } engine_summary;
 
 /*
- * Opens the store, reads the last seq, starts the writer thread. On error
- * returns NULL with a message in err.
+ * Opens the store, replays a sidecar left by an earlier shutdown that could
+ * not flush (see engine_close), reads the last seq, starts the writer thread.
+ * On error returns NULL with a message in err.
  */
 engine *engine_open(const engine_config *cfg, char *err, size_t errlen);
 /*
- * Stops taking writes, lets the writer flush the queue for at most
- * shutdown_timeout seconds, stops it and frees everything. Returns the number
- * of queued entries that could not be written (0 when all are on disk).
+ * Lets the writer flush the queue for at most shutdown_timeout seconds, stops
+ * it and frees everything. What the database would not take by then (say, it
+ * stayed locked) is written to the sidecar next to it, which the next
+ * engine_open replays. Returns the number of queued entries that reached
+ * neither (0 when all are on disk or in the sidecar).
  */
 size_t engine_close(engine *e);
 
@@ -122,6 +126,8 @@ void engine_on_durable(engine *e, void (*fn)(void *ctx, int64_t durable_seq),
 /* Asks the writer to commit what is queued now instead of after batch_interval. */
 void engine_flush_soon(engine *e);
 
+/* From now on /readyz says the service is draining for shutdown; writes still work. */
+void engine_drain(engine *e);
 /* Liveness: the writer thread is running. */
 bool engine_alive(engine *e);
 /* Readiness: store accepting writes, queue not full. Else false with a reason. */

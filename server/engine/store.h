@@ -7,6 +7,15 @@
  * call it (it serialises callers with its own mutex). WAL lets the reader run
  * beside the writer.
  *
+ * Fault injection (builds with NODESTATE_FAULTS defined only, i.e. the
+ * nodestate-faults test binary): the environment variable NODESTATE_FAULTS,
+ * read at store_open, makes writes fail on purpose, e.g.
+ *   "commit=busy:3"   the next 3 store_write calls fail with SQLITE_BUSY
+ *   "commit=ioerr:2"  ... with SQLITE_IOERR; "commit=full:1" with SQLITE_FULL
+ *   "after=5"         faults start after 5 successful writes
+ *   "row=NODE_ID"     every upsert of that node fails as unwritable
+ * (comma-separated). Without NODESTATE_FAULTS defined there is no such code.
+ *
  * Schema (PRAGMA user_version = 1):
  *   run_node_state(run_id, node_id, status, attempt, scheduled_at, started_at,
  *                  completed_at, failed_at, suspended_at, last_error, retryable,
@@ -35,6 +44,15 @@ typedef struct store_batch {
     ns_row *const *rows;            /* upserts, sorted by (run_id, node_id) */
     size_t n_rows;
     int64_t last_seq;               /* recorded in nodestate_meta */
+    /*
+     * Called for each row that can never be written (SQLite refuses that
+     * row itself: constraint, too big, mismatch; not busy, I/O or full).
+     * Such a row is left out and the rest of the batch still commits.
+     * May be NULL. Output: how many rows were left out.
+     */
+    void (*on_isolated)(void *ctx, const ns_row *row, const char *why);
+    void *isolated_ctx;
+    size_t n_isolated;
 } store_batch;
 
 /*
@@ -48,10 +66,26 @@ void store_close(store *s);
 int64_t store_last_seq(const store *s);
 /*
  * Writes a batch in ONE transaction of prepared statements. Returns 0 once
- * committed; on failure rolls back (nothing of the batch is written) and
- * returns -1, with store_errmsg telling why.
+ * committed (rows isolated as described at store_batch excepted); on failure
+ * rolls back (nothing of the batch is written) and returns -1, with
+ * store_errmsg telling why.
  */
-int store_write(store *s, const store_batch *b);
+int store_write(store *s, store_batch *b);
+
+/*
+ * The sidecar next to the database ("<path>.spill"), an SQLite file of the
+ * same schema plus the runs deleted, holding writes that could not reach the
+ * database before shutdown. store_spill appends a batch to it (creating it),
+ * deletes included; store_replay applies a sidecar's content to s in one
+ * transaction (deletes first, then rows, last_seq raised) and removes the
+ * sidecar. *rows and *deletes tell how much was replayed (0 without a
+ * sidecar). Both return 0, or -1 with a message in err.
+ */
+void store_spill_path(const char *db_path, char *out, size_t outlen);
+int store_spill(const char *db_path, const store_batch *b, char *err,
+                size_t errlen);
+int store_replay(store *s, size_t *rows, size_t *deletes, char *err,
+                 size_t errlen);
 /* SQLite's message for the last failure of s. */
 const char *store_errmsg(const store *s);
 
