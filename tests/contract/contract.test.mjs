@@ -1,0 +1,331 @@
+// Contract test: starts the real nodestate binary, sends real requests that
+// reach every path, method, status and media type openapi.yaml lists, and
+// judges every answer against the spec (checker.mjs). Prints
+// "N passed, M failed" and exits non-zero on any failure.
+//
+// Environment: NODESTATE_BIN (the binary), NODESTATE_SOURCE_DIR (for
+// openapi.yaml; default ../..), TMPDIR for the scratch databases.
+import { spawn } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import http from 'node:http';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { Contract, PROBE_METHODS } from './checker.mjs';
+
+const here = path.dirname(fileURLToPath(import.meta.url));
+const sourceDir = process.env.NODESTATE_SOURCE_DIR ?? path.resolve(here, '../..');
+const bin = process.env.NODESTATE_BIN;
+if (!bin) {
+  console.error('contract: NODESTATE_BIN is not set');
+  process.exit(2);
+}
+
+// Responses the spec lists that no honest request from outside can cause.
+// Each needs a reason; checkCoverage fails if an entry goes stale (matches
+// nothing in the spec) or if the status turns out to be exercised after all.
+const NOT_TRIGGERABLE = [
+  {
+    status: '500',
+    reason: 'internal-error: only when reading SQLite through the read-only ' +
+      'connection fails or memory runs out; neither can be caused over HTTP ' +
+      'without corrupting the database file under a live server.',
+  },
+  {
+    status: '503',
+    template: '/healthz',
+    reason: 'not-alive: only when the writer thread has died, which no ' +
+      'request can cause.',
+  },
+];
+
+const TOKEN = 'contract-test-token';
+const scratch = mkdtempSync(path.join(os.tmpdir(), 'nodestate-contract-'));
+const servers = [];
+const contract = new Contract(path.join(sourceDir, 'openapi.yaml'));
+
+/* ---- the server ---- */
+
+// Starts the binary on a free port; resolves with {base, proc, log()}.
+function startServer(name, extraArgs = []) {
+  const db = path.join(scratch, `${name}.db`);
+  const proc = spawn(bin, ['--listen', '127.0.0.1:0', '--db', db, ...extraArgs],
+    { stdio: ['ignore', 'ignore', 'pipe'] });
+  let stderr = '';
+  const srv = { name, proc, log: () => stderr, exited: null };
+  servers.push(srv);
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`${name}: no "msg=listening" within 10 s:\n${stderr}`)), 10000);
+    proc.stderr.setEncoding('utf8');
+    proc.stderr.on('data', (chunk) => {
+      stderr += chunk;
+      const m = /msg=listening\b.*\baddr=(\S+)/.exec(stderr);
+      if (m && !srv.base) {
+        clearTimeout(timer);
+        srv.base = `http://${m[1]}`;
+        srv.port = Number(m[1].split(':').pop());
+        resolve(srv);
+      }
+    });
+    proc.on('exit', (code, signal) => {
+      srv.exited = { code, signal };
+      clearTimeout(timer);
+      if (!srv.base) reject(new Error(`${name} exited (${code ?? signal}) before listening:\n${stderr}`));
+    });
+  });
+}
+
+async function stopServer(srv) {
+  if (srv.exited) return;
+  const done = new Promise((r) => srv.proc.once('exit', r));
+  srv.proc.kill('SIGTERM');
+  const timer = setTimeout(() => srv.proc.kill('SIGKILL'), 15000);
+  await done;
+  clearTimeout(timer);
+}
+
+/* ---- HTTP ---- */
+
+// One request on a fresh connection; body is a string/Buffer or an object (sent as JSON).
+function send(srv, method, url, { headers = {}, body } = {}) {
+  let payload = body;
+  const h = { ...headers };
+  if (payload !== undefined && typeof payload !== 'string' && !Buffer.isBuffer(payload)) {
+    payload = JSON.stringify(payload);
+    if (!Object.keys(h).some((k) => k.toLowerCase() === 'content-type')) h['Content-Type'] = 'application/json';
+  }
+  if (payload !== undefined) h['Content-Length'] = Buffer.byteLength(payload);
+  return new Promise((resolve, reject) => {
+    const req = http.request({
+      host: '127.0.0.1', port: srv.port, method, path: url, headers: h, agent: false, timeout: 20000,
+    }, (res) => {
+      const chunks = [];
+      res.on('data', (c) => chunks.push(c));
+      res.on('end', () => resolve({ status: res.statusCode, headers: res.headers, body: Buffer.concat(chunks) }));
+      res.on('error', reject);
+    });
+    req.on('timeout', () => req.destroy(new Error('no answer within 20 s')));
+    req.on('error', reject);
+    if (payload !== undefined) req.write(payload);
+    req.end();
+  });
+}
+
+/*
+ * Sends one request, judges the answer against the spec, and checks what
+ * this scenario expects (status, problem slug, extra assertions). Returns
+ * {res, body}, body being the parsed JSON if any.
+ */
+async function call(srv, label, method, url, { expect, slug, assert, ...opts } = {}) {
+  let res;
+  try {
+    res = await send(srv, method, url, opts);
+  } catch (e) {
+    contract.fail(`${label} (${method} ${url})`, `request failed: ${e.message}`);
+    return {};
+  }
+  const pathOnly = url.split('?')[0];
+  const body = contract.check(label, { method, path: pathOnly }, res);
+  const wrong = [];
+  if (expect !== undefined && res.status !== expect) wrong.push(`expected status ${expect}, got ${res.status}: ${res.body.toString('utf8').slice(0, 300)}`);
+  if (slug && body?.type !== `urn:nodestate:problem:${slug}`) wrong.push(`expected problem ${slug}, got ${body?.type}`);
+  if (assert && !wrong.length) {
+    let why;
+    try {
+      why = assert(body, res);
+    } catch (e) {
+      why = `assertion threw ${e.message}`;
+    }
+    if (why) wrong.push(why);
+  }
+  if (wrong.length) contract.fail(`${label} (${method} ${url}) scenario`, wrong.join('; '));
+  else contract.passed++;
+  return { res, body };
+}
+
+// A concrete path for a template: every {param} gets a valid id.
+function concrete(template, values = {}) {
+  return template.replace(/\{([^}]+)\}/g, (_, name) => values[name] ?? 'r1');
+}
+
+/* ---- scenarios ---- */
+
+const LONG_ID = 'x'.repeat(129); // one byte past the id limit
+const NO_NODE = '/runs/r1/nodes/no-such-node/state';
+
+async function mainServer(s) {
+  const a = '/runs/r1/nodes/a/state';
+  const ok = (cond, msg) => (cond ? null : msg);
+
+  // POST: every outcome of an update.
+  await call(s, 'new node is queued', 'POST', a, { body: { status: 'running' }, expect: 202,
+    assert: (b) => ok(b.durable === false && b.status === 'running', 'want durable:false status:running') });
+  await call(s, 'duplicate', 'POST', a, { body: { status: 'running' }, expect: 200 });
+  await call(s, 'wait for the commit', 'POST', '/runs/r1/nodes/b/state?wait=true', { body: { status: 'scheduled' }, expect: 200,
+    assert: (b) => ok(b.durable === true, 'want durable:true') });
+  await call(s, 'lower rank', 'POST', a, { body: { status: 'scheduled' }, expect: 409, slug: 'illegal-transition',
+    assert: (b) => ok(b.current?.status === 'running', 'want current.status running') });
+  await call(s, 'new attempt', 'POST', a, { body: { status: 'running', attempt: 2 }, expect: 202 });
+  await call(s, 'stale attempt', 'POST', a, { body: { status: 'completed', attempt: 1 }, expect: 409, slug: 'stale-attempt' });
+  await call(s, 'no Content-Type is JSON', 'POST', a, { body: Buffer.from('{"status":"running","attempt":2}'), expect: 200 });
+  await call(s, 'not JSON', 'POST', a, { body: 'nope', headers: { 'Content-Type': 'application/json' }, expect: 400, slug: 'invalid-json' });
+  await call(s, 'bad node id', 'POST', `/runs/r1/nodes/${LONG_ID}/state`, { body: { status: 'running' }, expect: 400, slug: 'invalid-id' });
+  await call(s, 'bad wait', 'POST', `${a}?wait=maybe`, { body: { status: 'running' }, expect: 400, slug: 'invalid-query' });
+  await call(s, 'unknown member', 'POST', a, { body: { status: 'running', colour: 'red' }, expect: 422, slug: 'invalid-update' });
+  await call(s, 'not JSON media type', 'POST', a, { body: 'status=running', headers: { 'Content-Type': 'text/plain' }, expect: 415, slug: 'unsupported-media-type' });
+
+  // GET/HEAD of a node.
+  const { res } = await call(s, 'node state', 'GET', a, { expect: 200,
+    assert: (b, r) => ok(r.headers.etag === `"${b.seq}"`, `ETag ${r.headers.etag} is not the quoted seq ${b.seq}`) });
+  const etag = res?.headers.etag ?? '"0"';
+  await call(s, 'not modified', 'GET', a, { headers: { 'If-None-Match': etag }, expect: 304 });
+  await call(s, 'unknown node', 'GET', NO_NODE, { expect: 404, slug: 'not-found' });
+  await call(s, 'bad run id', 'GET', `/runs/${LONG_ID}/nodes/a/state`, { expect: 400, slug: 'invalid-id' });
+  await call(s, 'node state', 'HEAD', a, { expect: 200 });
+  await call(s, 'not modified', 'HEAD', a, { headers: { 'If-None-Match': etag }, expect: 304 });
+  await call(s, 'unknown node', 'HEAD', NO_NODE, { expect: 404 });
+  await call(s, 'bad run id', 'HEAD', `/runs/${LONG_ID}/nodes/a/state`, { expect: 400 });
+
+  // The nodes of a run.
+  await call(s, 'list', 'GET', '/runs/r1/nodes', { expect: 200,
+    assert: (b) => ok(b.nodes.map((n) => n.node_id).join() === 'a,b' && b.next === null, 'want nodes a,b and next null') });
+  await call(s, 'filter', 'GET', '/runs/r1/nodes?status=scheduled,paused', { expect: 200,
+    assert: (b) => ok(b.nodes.map((n) => n.node_id).join() === 'b', 'want node b only') });
+  await call(s, 'page', 'GET', '/runs/r1/nodes?limit=1', { expect: 200,
+    assert: (b) => ok(b.nodes.length === 1 && b.next === 'a', 'want one node and next "a"') });
+  await call(s, 'next page', 'GET', '/runs/r1/nodes?limit=1&after=a', { expect: 200 });
+  await call(s, 'limit 0', 'GET', '/runs/r1/nodes?limit=0', { expect: 400, slug: 'invalid-query' });
+  await call(s, 'unknown status', 'GET', '/runs/r1/nodes?status=sleeping', { expect: 400, slug: 'invalid-query' });
+  await call(s, 'bad run id', 'GET', `/runs/${LONG_ID}/nodes`, { expect: 400, slug: 'invalid-id' });
+  await call(s, 'unknown run', 'GET', '/runs/no-such-run/nodes', { expect: 404, slug: 'not-found' });
+  await call(s, 'list', 'HEAD', '/runs/r1/nodes', { expect: 200 });
+  await call(s, 'limit 0', 'HEAD', '/runs/r1/nodes?limit=0', { expect: 400 });
+  await call(s, 'unknown run', 'HEAD', '/runs/no-such-run/nodes', { expect: 404 });
+
+  // Run summary.
+  await call(s, 'summary', 'GET', '/runs/r1', { expect: 200,
+    assert: (b) => ok(b.nodes === 2 && b.counts.running === 1 && b.counts.scheduled === 1, 'want 2 nodes: 1 running, 1 scheduled') });
+  await call(s, 'bad run id', 'GET', `/runs/${LONG_ID}`, { expect: 400, slug: 'invalid-id' });
+  await call(s, 'unknown run', 'GET', '/runs/no-such-run', { expect: 404, slug: 'not-found' });
+  await call(s, 'summary', 'HEAD', '/runs/r1', { expect: 200 });
+  await call(s, 'bad run id', 'HEAD', `/runs/${LONG_ID}`, { expect: 400 });
+  await call(s, 'unknown run', 'HEAD', '/runs/no-such-run', { expect: 404 });
+
+  // Deleting runs.
+  await call(s, 'setup r2', 'POST', '/runs/r2/nodes/a/state', { body: { status: 'idle' }, expect: 202 });
+  await call(s, 'setup r3', 'POST', '/runs/r3/nodes/a/state', { body: { status: 'idle' }, expect: 202 });
+  await call(s, 'delete', 'DELETE', '/runs/r2', { expect: 202,
+    assert: (b) => ok(b.deleted === 1 && b.durable === false, 'want deleted:1 durable:false') });
+  await call(s, 'delete and wait', 'DELETE', '/runs/r3?wait=true', { expect: 200,
+    assert: (b) => ok(b.durable === true, 'want durable:true') });
+  await call(s, 'delete unknown', 'DELETE', '/runs/no-such-run', { expect: 404, slug: 'not-found' });
+  await call(s, 'delete bad id', 'DELETE', `/runs/${LONG_ID}`, { expect: 400, slug: 'invalid-id' });
+  await call(s, 'delete bad timeout', 'DELETE', '/runs/r1?wait=true&timeout=soon', { expect: 400, slug: 'invalid-query' });
+
+  // Counters and probes.
+  await call(s, 'stats text', 'GET', '/stats', { expect: 200 });
+  await call(s, 'stats json', 'GET', '/stats?format=json', { expect: 200,
+    assert: (b) => ok(b.last_seq >= 1, 'want last_seq >= 1') });
+  await call(s, 'stats by Accept', 'GET', '/stats', { headers: { Accept: 'application/json' }, expect: 200,
+    assert: (b) => ok(b !== undefined, 'want a JSON body') });
+  await call(s, 'stats bad format', 'GET', '/stats?format=xml', { expect: 400, slug: 'invalid-query' });
+  await call(s, 'stats', 'HEAD', '/stats', { expect: 200 });
+  await call(s, 'stats bad format', 'HEAD', '/stats?format=xml', { expect: 400 });
+  await call(s, 'metrics', 'GET', '/metrics', { expect: 200 });
+  await call(s, 'metrics', 'HEAD', '/metrics', { expect: 200 });
+  await call(s, 'alive', 'GET', '/healthz', { expect: 200 });
+  await call(s, 'alive', 'HEAD', '/healthz', { expect: 200 });
+  await call(s, 'ready', 'GET', '/readyz', { expect: 200 });
+  await call(s, 'ready', 'HEAD', '/readyz', { expect: 200 });
+
+  // Every path, every method the spec does not give it: 405 with Allow.
+  for (const template of Object.keys(contract.spec.paths)) {
+    const declared = contract.declaredMethods(template);
+    for (const m of PROBE_METHODS.filter((x) => !declared.includes(x)))
+      await call(s, 'undeclared method', m, concrete(template, { node_id: 'a' }), { expect: 405, slug: 'method-not-allowed' });
+  }
+  await call(s, 'no route', 'GET', '/no/such/path', { expect: 404, slug: 'not-found' });
+}
+
+// --queue-capacity 1 and a long batch interval keep the one queued update
+// in the queue, so the next write and /readyz see it full.
+async function fullQueueServer(s) {
+  await call(s, 'fills the queue', 'POST', '/runs/q/nodes/a/state', { body: { status: 'running' }, expect: 202 });
+  await call(s, 'queue full', 'POST', '/runs/q/nodes/b/state', { body: { status: 'running' }, expect: 503, slug: 'queue-full' });
+  await call(s, 'queue full', 'DELETE', '/runs/q', { expect: 503, slug: 'queue-full' });
+  await call(s, 'not ready', 'GET', '/readyz', { expect: 503, slug: 'not-ready' });
+  await call(s, 'not ready', 'HEAD', '/readyz', { expect: 503 });
+}
+
+async function smallBodyServer(s) {
+  const body = JSON.stringify({ status: 'running', last_error: 'e'.repeat(80) });
+  await call(s, 'body too large', 'POST', '/runs/r1/nodes/a/state', { body, headers: { 'Content-Type': 'application/json' }, expect: 413, slug: 'body-too-large' });
+}
+
+// With --token: every operation but /healthz's answers 401 without it.
+async function tokenServer(s) {
+  for (const template of Object.keys(contract.spec.paths)) {
+    for (const m of contract.declaredMethods(template)) {
+      const url = concrete(template, { node_id: 'a' });
+      const opts = m === 'POST' ? { body: { status: 'running' } } : {};
+      if (template === '/healthz') {
+        await call(s, 'healthz needs no token', m, url, { ...opts, expect: 200 });
+        continue;
+      }
+      await call(s, 'no token', m, url, { ...opts, expect: 401,
+        assert: m === 'HEAD' ? undefined : (b) => (b.type === 'urn:nodestate:problem:unauthorized' ? null : `want unauthorized, got ${b.type}`) });
+    }
+  }
+  await call(s, 'wrong token', 'GET', '/runs/r1', { headers: { Authorization: 'Bearer not-the-token' }, expect: 401, slug: 'unauthorized',
+    assert: (b, r) => (/error="invalid_token"/.test(r.headers['www-authenticate']) ? null : 'want error="invalid_token" in WWW-Authenticate') });
+  await call(s, 'right token', 'GET', '/stats?format=json', { headers: { Authorization: `Bearer ${TOKEN}` }, expect: 200 });
+}
+
+/* ---- main ---- */
+
+async function scenario(name, args, fn) {
+  let srv;
+  try {
+    srv = await startServer(name, args);
+  } catch (e) {
+    contract.fail(`server ${name} (${args.join(' ')})`, e.message);
+    return;
+  }
+  try {
+    await fn(srv);
+  } catch (e) {
+    contract.fail(`scenario ${name}`, e.stack);
+  }
+  await stopServer(srv);
+  if (srv.exited.code !== 0) contract.fail(`server ${name}`, `exited ${srv.exited.code ?? srv.exited.signal} on SIGTERM:\n${srv.log()}`);
+  if (/level=error/.test(srv.log())) contract.fail(`server ${name}`, `logged errors:\n${srv.log()}`);
+}
+
+async function main() {
+  const started = Date.now();
+  await Promise.all([
+    scenario('main', [], mainServer),
+    scenario('queue-full', ['--queue-capacity', '1', '--batch-interval', '30'], fullQueueServer),
+    scenario('small-body', ['--max-body-bytes', '64'], smallBodyServer),
+    scenario('token', ['--token', TOKEN], tokenServer),
+  ]);
+  const { listed, covered } = contract.checkCoverage(NOT_TRIGGERABLE);
+  for (const f of contract.failures) console.log(`FAIL ${f}`);
+  for (const a of NOT_TRIGGERABLE) console.log(`not triggerable: ${a.status} ${a.template ?? '(any path)'}: ${a.reason}`);
+  console.log(`coverage: ${covered} of ${listed} listed (method, path, status, media type) exercised; ` +
+    `${(Date.now() - started) / 1000} s`);
+  console.log(`${contract.passed} passed, ${contract.failures.length} failed`);
+  return contract.failures.length === 0;
+}
+
+let ok = false;
+try {
+  ok = await main();
+} catch (e) {
+  console.log(`FAIL contract test crashed: ${e.stack}`);
+  console.log(`${contract.passed} passed, ${contract.failures.length + 1} failed`);
+} finally {
+  for (const s of servers) if (!s.exited) s.proc.kill('SIGKILL');
+  rmSync(scratch, { recursive: true, force: true });
+}
+process.exit(ok ? 0 : 1);
