@@ -174,7 +174,8 @@ static cache_run *run_get(engine *e, const char *run_id, bool create,
             *res = ENGINE_ERROR;
             return NULL;
         }
-        atomic_fetch_add_explicit(&e->stats.cache_loads, 1, memory_order_relaxed);
+        if (v.n > 0)
+            atomic_fetch_add_explicit(&e->stats.cache_loads, 1, memory_order_relaxed);
         evict(e, run);
         return run;
     }
@@ -229,8 +230,8 @@ static void enqueue(engine *e, ns_op *op)
     atomic_store_explicit(&e->stats.queue_depth, len, memory_order_relaxed);
     atomic_store_explicit(&e->stats.last_seq, e->last_seq, memory_order_relaxed);
     atomic_fetch_add_explicit(&e->stats.updates_queued, 1, memory_order_relaxed);
-    /* Wake the writer only when it may be waiting for this: the first op, or a full batch. */
-    if (len == 1 || len == e->cfg.batch_size)
+    /* Wake the writer only when it may be waiting for this: the first op, a full batch, a full queue. */
+    if (len == 1 || len == e->cfg.batch_size || len == queue_capacity(e->queue))
         pthread_cond_signal(&e->wake);
 }
 
@@ -554,8 +555,9 @@ static bool batch_due(engine *e)
     const ns_op *oldest = queue_peek(e->queue);
     if (!oldest)
         return false;
-    return e->stopping || queue_len(e->queue) >= e->cfg.batch_size ||
-           oldest->seq <= e->flush_until;
+    size_t len = queue_len(e->queue);
+    return e->stopping || len >= e->cfg.batch_size ||
+           len == queue_capacity(e->queue) || oldest->seq <= e->flush_until;
 }
 
 static void *writer_main(void *arg)

@@ -51,7 +51,7 @@ typedef struct ns_stats {
     _Atomic uint64_t rejected[NS_REJECT_COUNT];
     _Atomic uint64_t cache_nodes;        /* nodes held in the cache */
     _Atomic uint64_t cache_runs;         /* runs held in the cache */
-    _Atomic uint64_t cache_loads;        /* runs read through from SQLite */
+    _Atomic uint64_t cache_loads;        /* runs read through from SQLite (that had rows) */
     _Atomic uint64_t cache_evictions;    /* runs dropped from the cache to bound it */
     _Atomic uint64_t rows_isolated;      /* rows SQLite refused for good, left out of their batch */
     _Atomic int64_t last_seq;            /* highest seq assigned */

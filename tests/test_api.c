@@ -1,0 +1,1043 @@
+/*
+ * Unit tests for api: api_handle driven with hand-built api_request structs
+ * (headers and query arguments looked up in small arrays) on a real engine
+ * over a temp SQLite file. Covers routing (404, 405 with Allow, 400 for bad
+ * ids), every POST outcome, GET with ETag and If-None-Match, listing with
+ * filters and pages, summaries, deletes, /stats content negotiation,
+ * /healthz and /readyz, and the two-step ?wait=true answer.
+ * Response bodies are parsed with jansson.
+ */
+#include <criterion/criterion.h>
+
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <jansson.h>
+
+#include "api/api.h"
+#include "api/prom.h"
+#include "server/engine/engine.h"
+
+#define JSON_TYPE "application/json"
+#define PROBLEM_TYPE "application/problem+json"
+#define HANG_SECONDS 30
+
+/* Criterion fixtures have no context argument; this is per test process. */
+static char tmp_dir[64];
+static char db_path[128];
+static engine *E;
+static api *A;
+
+static const api_config api_cfg = {
+    .max_body_bytes = 1 << 20,
+    .max_error_bytes = 65536,
+    .max_wait = 30,
+    .default_wait = 10,
+};
+
+static void open_env(size_t queue_capacity)
+{
+    engine_config c = {
+        .db_path = db_path,
+        .batch_size = 1000,
+        .batch_interval = 60, /* the writer commits only when asked to flush */
+        .queue_capacity = queue_capacity,
+        .shutdown_timeout = 10,
+    };
+    char err[512] = "";
+    E = engine_open(&c, err, sizeof err);
+    cr_assert_not_null(E, "engine_open: %s", err);
+    A = api_new(E, &api_cfg);
+    cr_assert_not_null(A);
+}
+
+static void close_env(void)
+{
+    api_free(A);
+    A = NULL;
+    if (E)
+        cr_assert_eq(engine_close(E), 0);
+    E = NULL;
+}
+
+static void setup(void)
+{
+    strcpy(tmp_dir, "/tmp/test_api.XXXXXX");
+    cr_assert_not_null(mkdtemp(tmp_dir));
+    snprintf(db_path, sizeof db_path, "%s/ns.db", tmp_dir);
+    open_env(10000);
+}
+
+static void teardown(void)
+{
+    close_env();
+    static const char *const suffixes[] = { "", "-wal", "-shm", "-journal", ".spill", ".spill-wal", ".spill-shm", ".spill-journal" };
+    char p[PATH_MAX + 16];
+    for (size_t i = 0; i < sizeof suffixes / sizeof *suffixes; i++) {
+        snprintf(p, sizeof p, "%s%s", db_path, suffixes[i]);
+        unlink(p);
+    }
+    rmdir(tmp_dir);
+}
+
+TestSuite(api, .init = setup, .fini = teardown, .timeout = 120);
+
+/* ---- building requests ---- */
+
+typedef struct kv {
+    const char *name;
+    const char *value;
+} kv;
+
+/* A request: headers and query arguments end at the first NULL name. */
+typedef struct spec {
+    const char *method;
+    const char *path;
+    const char *body;
+    kv headers[6];
+    kv query[6];
+} spec;
+
+static const char *header_of(void *ctx, const char *name)
+{
+    const spec *s = ctx;
+    for (size_t i = 0; i < 6 && s->headers[i].name; i++)
+        if (strcasecmp(s->headers[i].name, name) == 0)
+            return s->headers[i].value;
+    return NULL;
+}
+
+static const char *query_of(void *ctx, const char *name)
+{
+    const spec *s = ctx;
+    for (size_t i = 0; i < 6 && s->query[i].name; i++)
+        if (strcmp(s->query[i].name, name) == 0)
+            return s->query[i].value;
+    return NULL;
+}
+
+static void call(const spec *s, api_response *resp)
+{
+    api_request req = {
+        .method = s->method,
+        .path = s->path,
+        .body = s->body,
+        .body_len = s->body ? strlen(s->body) : 0,
+        .header = header_of,
+        .query = query_of,
+        .ctx = (void *)s,
+    };
+    api_handle(A, &req, resp);
+    if (resp->body) {
+        cr_assert_not_null(resp->content_type, "a body without a content type");
+        cr_assert_eq(strlen(resp->body), resp->body_len, "body_len disagrees with the body");
+    }
+}
+
+/* Parses a JSON body; the caller json_decref()s it. */
+static json_t *body_json(const api_response *resp)
+{
+    cr_assert_not_null(resp->body, "no body (status %d)", resp->status);
+    json_error_t err;
+    json_t *j = json_loadb(resp->body, resp->body_len, 0, &err);
+    cr_assert_not_null(j, "body is not JSON: %s: %.*s", err.text, (int)resp->body_len,
+                       resp->body);
+    return j;
+}
+
+static const char *jstr(json_t *o, const char *key)
+{
+    json_t *v = json_object_get(o, key);
+    cr_assert(json_is_string(v), "\"%s\" is not a string", key);
+    return json_string_value(v);
+}
+
+static json_int_t jint(json_t *o, const char *key)
+{
+    json_t *v = json_object_get(o, key);
+    cr_assert(json_is_integer(v), "\"%s\" is not an integer", key);
+    return json_integer_value(v);
+}
+
+static bool jbool(json_t *o, const char *key)
+{
+    json_t *v = json_object_get(o, key);
+    cr_assert(json_is_boolean(v), "\"%s\" is not a boolean", key);
+    return json_is_true(v);
+}
+
+/* Asserts a problem+json answer with this status and slug; returns the parsed body. */
+static json_t *expect_problem(const api_response *resp, int status, const char *slug)
+{
+    cr_assert_eq(resp->status, status, "status %d, want %d: %.*s", resp->status, status,
+                 (int)resp->body_len, resp->body ? resp->body : "");
+    cr_assert_str_eq(resp->content_type, PROBLEM_TYPE);
+    json_t *j = body_json(resp);
+    char type[128];
+    snprintf(type, sizeof type, "urn:nodestate:problem:%s", slug);
+    cr_assert_str_eq(jstr(j, "type"), type);
+    cr_assert_eq(jint(j, "status"), status);
+    cr_assert_not_null(json_object_get(j, "title"));
+    cr_assert_gt(strlen(jstr(j, "detail")), 0, "an empty detail");
+    return j;
+}
+
+static void check_problem(const spec *s, int status, const char *slug)
+{
+    api_response resp;
+    call(s, &resp);
+    json_decref(expect_problem(&resp, status, slug));
+    api_response_free(&resp);
+}
+
+/* POSTs body to the node's state and returns the HTTP status. */
+static int post(const char *run, const char *node, const char *body)
+{
+    char path[512];
+    snprintf(path, sizeof path, "/runs/%s/nodes/%s/state", run, node);
+    spec s = { .method = "POST", .path = path, .body = body,
+               .headers = { { "Content-Type", "application/json" } } };
+    api_response resp;
+    call(&s, &resp);
+    int status = resp.status;
+    api_response_free(&resp);
+    return status;
+}
+
+static void sleep_ms(long ms)
+{
+    struct timespec ts = { ms / 1000, (ms % 1000) * 1000000L };
+    nanosleep(&ts, NULL);
+}
+
+static void flush_all(void)
+{
+    int64_t want = atomic_load(&engine_stats(E)->last_seq);
+    for (int i = 0; i < HANG_SECONDS * 200; i++) {
+        engine_flush_soon(E);
+        if (engine_durable_seq(E) >= want)
+            return;
+        sleep_ms(5);
+    }
+    cr_assert_fail("not durable after %d s", HANG_SECONDS);
+}
+
+/* The node state keys, in the agreed order. */
+static const char *const row_keys[] = {
+    "run_id", "node_id", "status", "attempt", "scheduled_at", "started_at",
+    "completed_at", "failed_at", "suspended_at", "last_error", "retryable",
+    "suspension_reason", "resume_state", "outputs", "updated_at", "seq", "durable",
+};
+
+/* Every key present, in order, and nothing else. */
+static void check_row_shape(json_t *row, const char *raw)
+{
+    cr_assert(json_is_object(row));
+    size_t n = sizeof row_keys / sizeof *row_keys;
+    cr_assert_eq(json_object_size(row), n, "extra or missing keys");
+    const char *prev = raw;
+    for (size_t i = 0; i < n; i++) {
+        cr_assert_not_null(json_object_get(row, row_keys[i]), "no \"%s\"", row_keys[i]);
+        char quoted[64];
+        snprintf(quoted, sizeof quoted, "\"%s\":", row_keys[i]);
+        const char *at = raw ? strstr(prev, quoted) : NULL;
+        if (raw) {
+            cr_assert_not_null(at, "\"%s\" out of order", row_keys[i]);
+            prev = at;
+        }
+    }
+}
+
+/* ---- routing ---- */
+
+Test(api, unknown_paths_are_404)
+{
+    static const char *const paths[] = {
+        "/", "/nope", "/runs", "/runs/r/nodes/n", "/runs/r/nodes/n/state/x",
+        "/runs/r/x", "/runs/r/nodes/n/status", "//runs/r", "/runs/r/", "/runs//nodes",
+        "runs/r", "/stats/x", "/Runs/r", "/runs/r/nodes/n/state/x/y/z",
+    };
+    for (size_t i = 0; i < sizeof paths / sizeof *paths; i++) {
+        spec s = { .method = "GET", .path = paths[i] };
+        api_response resp;
+        call(&s, &resp);
+        cr_assert_eq(resp.status, 404, "%s: %d", paths[i], resp.status);
+        json_decref(expect_problem(&resp, 404, "not-found"));
+        api_response_free(&resp);
+    }
+}
+
+Test(api, wrong_method_is_405_with_allow)
+{
+    static const struct {
+        const char *method, *path, *allow;
+    } cases[] = {
+        { "POST", "/stats", "GET, HEAD" },
+        { "DELETE", "/metrics", "GET, HEAD" },
+        { "POST", "/healthz", "GET, HEAD" },
+        { "PUT", "/readyz", "GET, HEAD" },
+        { "DELETE", "/runs/r/nodes/n/state", "GET, HEAD, POST" },
+        { "PUT", "/runs/r/nodes/n/state", "GET, HEAD, POST" },
+        { "POST", "/runs/r/nodes", "GET, HEAD" },
+        { "POST", "/runs/r", "GET, HEAD, DELETE" },
+        { "PATCH", "/runs/r", "GET, HEAD, DELETE" },
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        spec s = { .method = cases[i].method, .path = cases[i].path };
+        api_response resp;
+        call(&s, &resp);
+        json_decref(expect_problem(&resp, 405, "method-not-allowed"));
+        cr_assert_not_null(resp.allow, "%s %s: no Allow", cases[i].method, cases[i].path);
+        cr_assert_str_eq(resp.allow, cases[i].allow);
+        api_response_free(&resp);
+    }
+}
+
+Test(api, bad_ids_are_400)
+{
+    char long_id[NS_ID_MAX + 2];
+    memset(long_id, 'x', NS_ID_MAX + 1);
+    long_id[NS_ID_MAX + 1] = '\0';
+    char path[512];
+    static const char *const bad[] = { "a b", "a%2Fb", "caf\xc3\xa9", "a+b", "a?b" };
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        snprintf(path, sizeof path, "/runs/%s/nodes/n/state", bad[i]);
+        check_problem(&(spec){ .method = "GET", .path = path }, 400, "invalid-id");
+        snprintf(path, sizeof path, "/runs/r/nodes/%s/state", bad[i]);
+        check_problem(&(spec){ .method = "POST", .path = path, .body = "{\"status\":\"idle\"}" },
+                      400, "invalid-id");
+        snprintf(path, sizeof path, "/runs/%s", bad[i]);
+        check_problem(&(spec){ .method = "DELETE", .path = path }, 400, "invalid-id");
+        snprintf(path, sizeof path, "/runs/%s/nodes", bad[i]);
+        check_problem(&(spec){ .method = "GET", .path = path }, 400, "invalid-id");
+    }
+    /* 129 bytes is one too many; 128 is fine (and simply unknown). */
+    snprintf(path, sizeof path, "/runs/%s/nodes/n/state", long_id);
+    check_problem(&(spec){ .method = "GET", .path = path }, 400, "invalid-id");
+    snprintf(path, sizeof path, "/runs/r/nodes/%s/state", long_id);
+    check_problem(&(spec){ .method = "POST", .path = path, .body = "{\"status\":\"idle\"}" },
+                  400, "invalid-id");
+    snprintf(path, sizeof path, "/runs/%s", long_id);
+    check_problem(&(spec){ .method = "GET", .path = path }, 400, "invalid-id");
+    long_id[NS_ID_MAX] = '\0';
+    snprintf(path, sizeof path, "/runs/%s/nodes/n/state", long_id);
+    check_problem(&(spec){ .method = "GET", .path = path }, 404, "not-found");
+    cr_assert_eq(post(long_id, long_id, "{\"status\":\"idle\"}"), 202);
+    /* Nothing was stored for the refused POSTs. */
+    cr_assert_eq(atomic_load(&engine_stats(E)->updates_queued), 1);
+    cr_assert_geq(atomic_load(&engine_stats(E)->rejected[NS_REJECT_INVALID]), 6);
+}
+
+/* ---- POST ---- */
+
+Test(api, post_accepted_duplicate_conflict)
+{
+    spec s = { .method = "POST", .path = "/runs/r1/nodes/n1/state",
+               .body = "{\"status\":\"running\",\"attempt\":2,\"outputs\":{\"a\": [1, 2]}}",
+               .headers = { { "Content-Type", "application/json" } } };
+    api_response resp;
+    call(&s, &resp);
+    cr_assert_eq(resp.status, 202, "%.*s", (int)resp.body_len, resp.body);
+    cr_assert_str_eq(resp.content_type, JSON_TYPE);
+    cr_assert_str_eq(resp.etag, "\"1\"");
+    cr_assert_eq(resp.wait_seq, 0);
+    json_t *j = body_json(&resp);
+    check_row_shape(j, resp.body);
+    cr_assert_str_eq(jstr(j, "run_id"), "r1");
+    cr_assert_str_eq(jstr(j, "node_id"), "n1");
+    cr_assert_str_eq(jstr(j, "status"), "running");
+    cr_assert_eq(jint(j, "attempt"), 2);
+    cr_assert_eq(jint(j, "seq"), 1);
+    cr_assert_not(jbool(j, "durable"));
+    cr_assert(json_is_string(json_object_get(j, "started_at")), "started_at not stamped");
+    cr_assert(json_is_null(json_object_get(j, "completed_at")));
+    cr_assert(json_is_string(json_object_get(j, "updated_at")));
+    json_t *outputs = json_object_get(j, "outputs");
+    cr_assert(json_is_object(outputs), "outputs not embedded as JSON");
+    cr_assert_eq(json_array_size(json_object_get(outputs, "a")), 2);
+    int64_t ms;
+    cr_assert_eq(model_ts_parse(jstr(j, "started_at"), &ms), 0);
+    cr_assert_eq(strlen(jstr(j, "started_at")), 24, "not millisecond UTC: %s",
+                 jstr(j, "started_at"));
+    json_decref(j);
+    api_response_free(&resp);
+
+    /* The same again: 200, nothing queued. */
+    call(&s, &resp);
+    cr_assert_eq(resp.status, 200);
+    j = body_json(&resp);
+    cr_assert_eq(jint(j, "seq"), 1);
+    json_decref(j);
+    api_response_free(&resp);
+    cr_assert_eq(atomic_load(&engine_stats(E)->updates_queued), 1);
+
+    /* Once durable, a duplicate says so. */
+    flush_all();
+    call(&s, &resp);
+    cr_assert_eq(resp.status, 200);
+    j = body_json(&resp);
+    cr_assert(jbool(j, "durable"));
+    json_decref(j);
+    api_response_free(&resp);
+
+    /* Regression within the attempt: 409 illegal-transition with the current state. */
+    s.body = "{\"status\":\"scheduled\"}";
+    call(&s, &resp);
+    j = expect_problem(&resp, 409, "illegal-transition");
+    json_t *cur = json_object_get(j, "current");
+    check_row_shape(cur, NULL);
+    cr_assert_str_eq(jstr(cur, "status"), "running");
+    cr_assert_eq(jint(cur, "seq"), 1);
+    cr_assert(jbool(cur, "durable"));
+    json_decref(j);
+    api_response_free(&resp);
+
+    /* Lower attempt: 409 stale-attempt with the current state. */
+    s.body = "{\"status\":\"completed\",\"attempt\":1}";
+    call(&s, &resp);
+    j = expect_problem(&resp, 409, "stale-attempt");
+    cur = json_object_get(j, "current");
+    cr_assert_eq(jint(cur, "attempt"), 2);
+    json_decref(j);
+    api_response_free(&resp);
+
+    /* A GET body can be POSTed back: a duplicate. */
+    spec g = { .method = "GET", .path = "/runs/r1/nodes/n1/state" };
+    call(&g, &resp);
+    cr_assert_eq(resp.status, 200);
+    char *echo = strdup(resp.body);
+    cr_assert_not_null(echo);
+    api_response_free(&resp);
+    s.body = echo;
+    call(&s, &resp);
+    cr_assert_eq(resp.status, 200, "GET body POSTed back: %.*s", (int)resp.body_len, resp.body);
+    api_response_free(&resp);
+    free(echo);
+
+    ns_stats *st = engine_stats(E);
+    cr_assert_eq(atomic_load(&st->rejected[NS_REJECT_ILLEGAL]), 1);
+    cr_assert_eq(atomic_load(&st->rejected[NS_REJECT_STALE]), 1);
+    cr_assert_eq(atomic_load(&st->updates_queued), 1);
+}
+
+Test(api, post_content_types)
+{
+    const char *body = "{\"status\":\"scheduled\"}";
+    static const char *const ok[] = {
+        "application/json", "application/json; charset=utf-8", "APPLICATION/JSON",
+        "application/problem+json", "application/vnd.nodestate+json;charset=utf-8",
+    };
+    static const char *const bad[] = {
+        "text/plain", "application/x-www-form-urlencoded", "text/json", "application/jsonx",
+        "application/+json", "multipart/form-data",
+    };
+    char node[16];
+    for (size_t i = 0; i < sizeof ok / sizeof *ok; i++) {
+        snprintf(node, sizeof node, "ok%zu", i);
+        char path[64];
+        snprintf(path, sizeof path, "/runs/r/nodes/%s/state", node);
+        spec s = { .method = "POST", .path = path, .body = body,
+                   .headers = { { "Content-Type", ok[i] } } };
+        api_response resp;
+        call(&s, &resp);
+        cr_assert_eq(resp.status, 202, "%s: %d", ok[i], resp.status);
+        api_response_free(&resp);
+    }
+    /* No Content-Type at all is taken as JSON. */
+    check_problem(&(spec){ .method = "GET", .path = "/runs/r/nodes/none/state" }, 404,
+                  "not-found");
+    spec none = { .method = "POST", .path = "/runs/r/nodes/none/state", .body = body };
+    api_response resp;
+    call(&none, &resp);
+    cr_assert_eq(resp.status, 202);
+    api_response_free(&resp);
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        spec s = { .method = "POST", .path = "/runs/r/nodes/bad/state", .body = body,
+                   .headers = { { "Content-Type", bad[i] } } };
+        check_problem(&s, 415, "unsupported-media-type");
+    }
+    check_problem(&(spec){ .method = "GET", .path = "/runs/r/nodes/bad/state" }, 404,
+                  "not-found");
+}
+
+Test(api, post_bad_bodies)
+{
+    static const char *const invalid_json[] = {
+        "", "not json", "{\"status\":", "[]", "\"running\"", "42", "null",
+        "{\"status\":\"idle\",\"status\":\"idle\"}",
+    };
+    for (size_t i = 0; i < sizeof invalid_json / sizeof *invalid_json; i++) {
+        spec s = { .method = "POST", .path = "/runs/r/nodes/n/state", .body = invalid_json[i],
+                   .headers = { { "Content-Type", "application/json" } } };
+        api_response resp;
+        call(&s, &resp);
+        cr_assert_eq(resp.status, 400, "body %s: %d", invalid_json[i], resp.status);
+        json_decref(expect_problem(&resp, 400, "invalid-json"));
+        api_response_free(&resp);
+    }
+    /* A NULL body is an empty one. */
+    check_problem(&(spec){ .method = "POST", .path = "/runs/r/nodes/n/state" }, 400,
+                  "invalid-json");
+
+    static const struct {
+        const char *body, *names;
+    } invalid_update[] = {
+        { "{}", "status" },
+        { "{\"attempt\":1}", "status" },
+        { "{\"status\":\"done\"}", "status" },
+        { "{\"status\":1}", "status" },
+        { "{\"status\":\"idle\",\"attempt\":0}", "attempt" },
+        { "{\"status\":\"idle\",\"attempt\":\"1\"}", "attempt" },
+        { "{\"status\":\"idle\",\"attempt\":null}", "attempt" },
+        { "{\"status\":\"idle\",\"attempt\":1.5}", "attempt" },
+        { "{\"status\":\"idle\",\"started_at\":\"yesterday\"}", "started_at" },
+        { "{\"status\":\"idle\",\"started_at\":\"2026-02-30T00:00:00Z\"}", "started_at" },
+        { "{\"status\":\"idle\",\"failed_at\":5}", "failed_at" },
+        { "{\"status\":\"idle\",\"last_error\":5}", "last_error" },
+        { "{\"status\":\"idle\",\"retryable\":\"yes\"}", "retryable" },
+        { "{\"status\":\"idle\",\"force\":1}", "force" },
+        { "{\"status\":\"idle\",\"run_id\":\"other\"}", "run_id" },
+        { "{\"status\":\"idle\",\"node_id\":\"other\"}", "node_id" },
+        { "{\"status\":\"idle\",\"colour\":\"red\"}", "colour" },
+    };
+    for (size_t i = 0; i < sizeof invalid_update / sizeof *invalid_update; i++) {
+        spec s = { .method = "POST", .path = "/runs/r/nodes/n/state",
+                   .body = invalid_update[i].body,
+                   .headers = { { "Content-Type", "application/json" } } };
+        api_response resp;
+        call(&s, &resp);
+        cr_assert_eq(resp.status, 422, "body %s: %d", invalid_update[i].body, resp.status);
+        json_t *j = expect_problem(&resp, 422, "invalid-update");
+        cr_assert_not_null(strstr(jstr(j, "detail"), invalid_update[i].names),
+                           "detail \"%s\" does not name %s", jstr(j, "detail"),
+                           invalid_update[i].names);
+        json_decref(j);
+        api_response_free(&resp);
+    }
+    /* Nothing of the above reached the engine. */
+    cr_assert_eq(atomic_load(&engine_stats(E)->updates_queued), 0);
+    check_problem(&(spec){ .method = "GET", .path = "/runs/r/nodes/n/state" }, 404,
+                  "not-found");
+    cr_assert_geq(atomic_load(&engine_stats(E)->rejected[NS_REJECT_INVALID]),
+                  sizeof invalid_json / sizeof *invalid_json + 1 +
+                      sizeof invalid_update / sizeof *invalid_update);
+    /* A bad ?wait= is a 400 too. */
+    spec w = { .method = "POST", .path = "/runs/r/nodes/n/state", .body = "{\"status\":\"idle\"}",
+               .query = { { "wait", "maybe" } } };
+    check_problem(&w, 400, "invalid-query");
+    spec t = { .method = "POST", .path = "/runs/r/nodes/n/state", .body = "{\"status\":\"idle\"}",
+               .query = { { "wait", "true" }, { "timeout", "soon" } } };
+    check_problem(&t, 400, "invalid-query");
+    t.query[1].value = "-1";
+    check_problem(&t, 400, "invalid-query");
+}
+
+/* Holds the writer inside its on_durable callback so the queue cannot drain (see test_engine.c). */
+typedef struct blocker {
+    _Atomic bool entered;
+    _Atomic bool release;
+} blocker;
+
+static void block_writer(void *ctx, int64_t durable_seq)
+{
+    blocker *b = ctx;
+    (void)durable_seq;
+    atomic_store(&b->entered, true);
+    for (int i = 0; i < HANG_SECONDS * 200 && !atomic_load(&b->release); i++)
+        sleep_ms(5);
+}
+
+Test(api, post_queue_full_is_503)
+{
+    close_env();
+    open_env(1);
+    blocker bl;
+    atomic_init(&bl.entered, false);
+    atomic_init(&bl.release, false);
+    engine_on_durable(E, block_writer, &bl);
+    cr_assert_eq(post("w", "blocker", "{\"status\":\"running\"}"), 202);
+    for (int i = 0; i < HANG_SECONDS * 200 && !atomic_load(&bl.entered); i++) {
+        engine_flush_soon(E);
+        sleep_ms(5);
+    }
+    cr_assert(atomic_load(&bl.entered), "the writer never committed the blocker");
+    /* The writer is stuck; capacity 1. */
+    cr_assert_eq(post("r", "a", "{\"status\":\"running\"}"), 202);
+    spec s = { .method = "POST", .path = "/runs/r/nodes/b/state", .body = "{\"status\":\"running\"}" };
+    api_response resp;
+    call(&s, &resp);
+    json_decref(expect_problem(&resp, 503, "queue-full"));
+    cr_assert_eq(resp.retry_after, 1);
+    api_response_free(&resp);
+    check_problem(&(spec){ .method = "GET", .path = "/runs/r/nodes/b/state" }, 404, "not-found");
+
+    /* Not ready while full. */
+    call(&(spec){ .method = "GET", .path = "/readyz" }, &resp);
+    json_decref(expect_problem(&resp, 503, "not-ready"));
+    cr_assert_eq(resp.retry_after, 1);
+    api_response_free(&resp);
+    /* Still alive. */
+    call(&(spec){ .method = "GET", .path = "/healthz" }, &resp);
+    cr_assert_eq(resp.status, 200);
+    api_response_free(&resp);
+    /* A delete needs a slot too. */
+    call(&(spec){ .method = "DELETE", .path = "/runs/r" }, &resp);
+    json_decref(expect_problem(&resp, 503, "queue-full"));
+    cr_assert_eq(resp.retry_after, 1);
+    api_response_free(&resp);
+    atomic_store(&bl.release, true);
+    close_env();
+}
+
+/* ---- GET a node ---- */
+
+Test(api, get_etag_and_if_none_match)
+{
+    cr_assert_eq(post("r", "a", "{\"status\":\"scheduled\"}"), 202);
+    cr_assert_eq(post("r", "a", "{\"status\":\"running\"}"), 202);
+    api_response resp;
+    spec s = { .method = "GET", .path = "/runs/r/nodes/a/state" };
+    call(&s, &resp);
+    cr_assert_eq(resp.status, 200);
+    cr_assert_str_eq(resp.content_type, JSON_TYPE);
+    cr_assert_str_eq(resp.etag, "\"2\"");
+    json_t *j = body_json(&resp);
+    check_row_shape(j, resp.body);
+    cr_assert_str_eq(jstr(j, "status"), "running");
+    cr_assert_eq(jint(j, "seq"), 2);
+    cr_assert_not(jbool(j, "durable"));
+    json_decref(j);
+    api_response_free(&resp);
+
+    static const char *const match[] = { "\"2\"", "W/\"2\"", "*", "\"1\", \"2\"", "\"9\",\"2\"" };
+    for (size_t i = 0; i < sizeof match / sizeof *match; i++) {
+        spec c = { .method = "GET", .path = "/runs/r/nodes/a/state",
+                   .headers = { { "If-None-Match", match[i] } } };
+        call(&c, &resp);
+        cr_assert_eq(resp.status, 304, "If-None-Match: %s -> %d", match[i], resp.status);
+        cr_assert_null(resp.body, "a 304 with a body");
+        cr_assert_str_eq(resp.etag, "\"2\"");
+        api_response_free(&resp);
+    }
+    static const char *const nomatch[] = { "\"1\"", "\"22\"", "2", "\"20\", \"3\"" };
+    for (size_t i = 0; i < sizeof nomatch / sizeof *nomatch; i++) {
+        spec c = { .method = "GET", .path = "/runs/r/nodes/a/state",
+                   .headers = { { "If-None-Match", nomatch[i] } } };
+        call(&c, &resp);
+        cr_assert_eq(resp.status, 200, "If-None-Match: %s -> %d", nomatch[i], resp.status);
+        api_response_free(&resp);
+    }
+
+    /* After a flush the same state reads durable. */
+    flush_all();
+    call(&s, &resp);
+    j = body_json(&resp);
+    cr_assert(jbool(j, "durable"));
+    json_decref(j);
+    api_response_free(&resp);
+
+    /* HEAD is answered like GET (the transport drops the body). */
+    call(&(spec){ .method = "HEAD", .path = "/runs/r/nodes/a/state" }, &resp);
+    cr_assert_eq(resp.status, 200);
+    cr_assert_str_eq(resp.etag, "\"2\"");
+    api_response_free(&resp);
+
+    check_problem(&(spec){ .method = "GET", .path = "/runs/r/nodes/zz/state" }, 404, "not-found");
+    check_problem(&(spec){ .method = "GET", .path = "/runs/zz/nodes/a/state" }, 404, "not-found");
+}
+
+/* ---- listing and summaries ---- */
+
+/* r: a idle, b scheduled, c running, d running, e completed; other: x failed. */
+static void list_fixture(void)
+{
+    cr_assert_eq(post("r", "d", "{\"status\":\"running\"}"), 202);
+    cr_assert_eq(post("r", "a", "{\"status\":\"idle\"}"), 202);
+    cr_assert_eq(post("r", "e", "{\"status\":\"completed\"}"), 202);
+    cr_assert_eq(post("r", "c", "{\"status\":\"running\"}"), 202);
+    cr_assert_eq(post("r", "b", "{\"status\":\"scheduled\"}"), 202);
+    cr_assert_eq(post("other", "x", "{\"status\":\"failed\"}"), 202);
+}
+
+/* GETs a listing; returns the parsed body after checking its frame. */
+static json_t *list(const spec *s, const char *ids)
+{
+    api_response resp;
+    call(s, &resp);
+    cr_assert_eq(resp.status, 200, "%s: %d %.*s", s->path, resp.status, (int)resp.body_len,
+                 resp.body);
+    cr_assert_str_eq(resp.content_type, JSON_TYPE);
+    json_t *j = body_json(&resp);
+    api_response_free(&resp);
+    cr_assert_str_eq(jstr(j, "run_id"), "r");
+    json_t *nodes = json_object_get(j, "nodes");
+    cr_assert(json_is_array(nodes));
+    char got[64] = "";
+    for (size_t i = 0; i < json_array_size(nodes); i++) {
+        json_t *row = json_array_get(nodes, i);
+        check_row_shape(row, NULL);
+        strncat(got, jstr(row, "node_id"), sizeof got - strlen(got) - 1);
+    }
+    cr_assert_str_eq(got, ids, "listing");
+    cr_assert_not_null(json_object_get(j, "next"), "no \"next\"");
+    return j;
+}
+
+static void expect_next(json_t *j, const char *next)
+{
+    json_t *v = json_object_get(j, "next");
+    if (next)
+        cr_assert_str_eq(json_string_value(v), next);
+    else
+        cr_assert(json_is_null(v), "next is not null");
+    json_decref(j);
+}
+
+Test(api, list_nodes)
+{
+    list_fixture();
+    expect_next(list(&(spec){ .method = "GET", .path = "/runs/r/nodes" }, "abcde"), NULL);
+    expect_next(list(&(spec){ .method = "GET", .path = "/runs/r/nodes",
+                              .query = { { "status", "scheduled,running" } } },
+                     "bcd"),
+                NULL);
+    expect_next(list(&(spec){ .method = "GET", .path = "/runs/r/nodes",
+                              .query = { { "status", "failed" } } },
+                     ""),
+                NULL);
+    expect_next(list(&(spec){ .method = "GET", .path = "/runs/r/nodes",
+                              .query = { { "status", "" } } },
+                     "abcde"),
+                NULL);
+    /* Pages of two, following next. */
+    expect_next(list(&(spec){ .method = "GET", .path = "/runs/r/nodes",
+                              .query = { { "limit", "2" } } },
+                     "ab"),
+                "b");
+    expect_next(list(&(spec){ .method = "GET", .path = "/runs/r/nodes",
+                              .query = { { "limit", "2" }, { "after", "b" } } },
+                     "cd"),
+                "d");
+    expect_next(list(&(spec){ .method = "GET", .path = "/runs/r/nodes",
+                              .query = { { "limit", "2" }, { "after", "d" } } },
+                     "e"),
+                NULL);
+    /* Exactly limit left: no next. */
+    expect_next(list(&(spec){ .method = "GET", .path = "/runs/r/nodes",
+                              .query = { { "limit", "5" } } },
+                     "abcde"),
+                NULL);
+    expect_next(list(&(spec){ .method = "GET", .path = "/runs/r/nodes",
+                              .query = { { "status", "running,idle" }, { "limit", "1" },
+                                         { "after", "a" } } },
+                     "c"),
+                "c");
+    expect_next(list(&(spec){ .method = "GET", .path = "/runs/r/nodes",
+                              .query = { { "after", "zzz" } } },
+                     ""),
+                NULL);
+    expect_next(list(&(spec){ .method = "GET", .path = "/runs/r/nodes",
+                              .query = { { "limit", "10000" } } },
+                     "abcde"),
+                NULL);
+
+    check_problem(&(spec){ .method = "GET", .path = "/runs/nobody/nodes" }, 404, "not-found");
+}
+
+Test(api, list_bad_queries_are_400)
+{
+    list_fixture();
+    static const kv bad[] = {
+        { "status", "bogus" }, { "status", "running,bogus" }, { "status", ",running" },
+        { "status", "running,,idle" }, { "status", "Running" },
+        { "limit", "0" }, { "limit", "10001" }, { "limit", "abc" }, { "limit", "-1" },
+        { "limit", "" }, { "limit", "5x" }, { "limit", "+5" }, { "limit", " 5" },
+        { "limit", "99999999999999999999999" },
+        { "after", "a b" }, { "after", "a/b" },
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        spec s = { .method = "GET", .path = "/runs/r/nodes", .query = { bad[i] } };
+        api_response resp;
+        call(&s, &resp);
+        cr_assert_eq(resp.status, 400, "%s=%s: %d", bad[i].name, bad[i].value, resp.status);
+        json_decref(expect_problem(&resp, 400, "invalid-query"));
+        api_response_free(&resp);
+    }
+}
+
+Test(api, run_summary)
+{
+    list_fixture();
+    api_response resp;
+    call(&(spec){ .method = "GET", .path = "/runs/r" }, &resp);
+    cr_assert_eq(resp.status, 200);
+    cr_assert_str_eq(resp.content_type, JSON_TYPE);
+    json_t *j = body_json(&resp);
+    cr_assert_str_eq(jstr(j, "run_id"), "r");
+    cr_assert_eq(jint(j, "nodes"), 5);
+    json_t *counts = json_object_get(j, "counts");
+    cr_assert_eq(json_object_size(counts), 7);
+    static const struct {
+        const char *name;
+        int n;
+    } want[] = { { "idle", 1 }, { "scheduled", 1 }, { "running", 2 }, { "paused", 0 },
+                 { "suspended", 0 }, { "completed", 1 }, { "failed", 0 } };
+    for (size_t i = 0; i < sizeof want / sizeof *want; i++)
+        cr_assert_eq(jint(counts, want[i].name), want[i].n, "%s", want[i].name);
+    cr_assert_eq(jint(j, "last_seq"), 5);
+    int64_t ms;
+    cr_assert_eq(model_ts_parse(jstr(j, "updated_at"), &ms), 0);
+    json_decref(j);
+    api_response_free(&resp);
+    check_problem(&(spec){ .method = "GET", .path = "/runs/nobody" }, 404, "not-found");
+}
+
+/* ---- DELETE ---- */
+
+Test(api, delete_run)
+{
+    list_fixture();
+    api_response resp;
+    call(&(spec){ .method = "DELETE", .path = "/runs/r" }, &resp);
+    cr_assert_eq(resp.status, 202);
+    cr_assert_str_eq(resp.content_type, JSON_TYPE);
+    cr_assert_eq(resp.wait_seq, 0);
+    json_t *j = body_json(&resp);
+    cr_assert_str_eq(jstr(j, "run_id"), "r");
+    cr_assert_eq(jint(j, "deleted"), 5);
+    cr_assert_eq(jint(j, "seq"), 7);
+    cr_assert_not(jbool(j, "durable"));
+    json_decref(j);
+    api_response_free(&resp);
+
+    check_problem(&(spec){ .method = "GET", .path = "/runs/r" }, 404, "not-found");
+    check_problem(&(spec){ .method = "GET", .path = "/runs/r/nodes" }, 404, "not-found");
+    check_problem(&(spec){ .method = "GET", .path = "/runs/r/nodes/a/state" }, 404, "not-found");
+    check_problem(&(spec){ .method = "DELETE", .path = "/runs/r" }, 404, "not-found");
+    check_problem(&(spec){ .method = "DELETE", .path = "/runs/nobody" }, 404, "not-found");
+    /* Still gone after the writer committed it. */
+    flush_all();
+    check_problem(&(spec){ .method = "GET", .path = "/runs/r" }, 404, "not-found");
+    call(&(spec){ .method = "GET", .path = "/runs/other" }, &resp);
+    cr_assert_eq(resp.status, 200);
+    api_response_free(&resp);
+}
+
+/* ---- stats and probes ---- */
+
+static bool is_prometheus(const api_response *resp)
+{
+    return resp->status == 200 && resp->content_type &&
+           strcmp(resp->content_type, PROM_CONTENT_TYPE) == 0 && resp->body &&
+           strstr(resp->body, "# TYPE nodestate_") != NULL;
+}
+
+static bool is_stats_json(const api_response *resp)
+{
+    if (resp->status != 200 || !resp->content_type ||
+        strcmp(resp->content_type, JSON_TYPE) != 0)
+        return false;
+    json_t *j = body_json(resp);
+    bool ok = json_is_integer(json_object_get(j, "updates_queued"));
+    json_decref(j);
+    return ok;
+}
+
+Test(api, stats_json_or_prometheus)
+{
+    cr_assert_eq(post("r", "a", "{\"status\":\"running\"}"), 202);
+    static const struct {
+        const char *path, *format, *accept;
+        bool json;
+    } cases[] = {
+        { "/stats", NULL, NULL, false },
+        { "/stats", "json", NULL, true },
+        { "/stats", "prometheus", NULL, false },
+        { "/stats", "prometheus", "application/json", false },
+        { "/stats", "json", "text/plain", true },
+        { "/stats", NULL, "application/json", true },
+        { "/stats", NULL, "application/json, text/plain;q=0.5", true },
+        { "/stats", NULL, "text/plain;version=0.0.4, application/json", false },
+        { "/stats", NULL, "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5,*/*;q=0.1", false },
+        { "/stats", NULL, "*/*", false },
+        { "/metrics", NULL, NULL, false },
+        { "/metrics", NULL, "application/json", false },
+        { "/metrics", "json", NULL, false },
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        spec s = { .method = "GET", .path = cases[i].path };
+        if (cases[i].format)
+            s.query[0] = (kv){ "format", cases[i].format };
+        if (cases[i].accept)
+            s.headers[0] = (kv){ "Accept", cases[i].accept };
+        api_response resp;
+        call(&s, &resp);
+        if (cases[i].json)
+            cr_assert(is_stats_json(&resp), "case %zu: %s format=%s Accept=%s: not JSON", i,
+                      cases[i].path, cases[i].format, cases[i].accept);
+        else
+            cr_assert(is_prometheus(&resp), "case %zu: %s format=%s Accept=%s: not Prometheus", i,
+                      cases[i].path, cases[i].format, cases[i].accept);
+        api_response_free(&resp);
+    }
+
+    /* The JSON counters carry the engine's values. */
+    api_response resp;
+    call(&(spec){ .method = "GET", .path = "/stats", .query = { { "format", "json" } } }, &resp);
+    json_t *j = body_json(&resp);
+    cr_assert_eq(jint(j, "updates_queued"), 1);
+    cr_assert_eq(jint(j, "last_seq"), 1);
+    cr_assert_eq(jint(j, "queue_capacity"), 10000);
+    cr_assert(json_is_object(json_object_get(j, "updates_rejected")));
+    json_decref(j);
+    api_response_free(&resp);
+
+    check_problem(&(spec){ .method = "GET", .path = "/stats", .query = { { "format", "xml" } } },
+                  400, "invalid-query");
+}
+
+Test(api, healthz_and_readyz)
+{
+    api_response resp;
+    call(&(spec){ .method = "GET", .path = "/healthz" }, &resp);
+    cr_assert_eq(resp.status, 200);
+    cr_assert_str_eq(resp.content_type, JSON_TYPE);
+    json_t *j = body_json(&resp);
+    cr_assert_str_eq(jstr(j, "status"), "ok");
+    json_decref(j);
+    api_response_free(&resp);
+
+    call(&(spec){ .method = "GET", .path = "/readyz" }, &resp);
+    cr_assert_eq(resp.status, 200);
+    j = body_json(&resp);
+    cr_assert_str_eq(jstr(j, "status"), "ready");
+    json_decref(j);
+    api_response_free(&resp);
+}
+
+/* ---- ?wait=true ---- */
+
+Test(api, wait_true_parks_then_answers_durable)
+{
+    spec s = { .method = "POST", .path = "/runs/r/nodes/a/state", .body = "{\"status\":\"running\"}",
+               .query = { { "wait", "true" } } };
+    api_response resp;
+    call(&s, &resp);
+    cr_assert_eq(resp.wait_seq, 1, "not parked");
+    cr_assert_eq(resp.wait_timeout, api_cfg.default_wait);
+    flush_all();
+    cr_assert_geq(engine_durable_seq(E), resp.wait_seq);
+    api_finish_wait(A, &resp, true);
+    cr_assert_eq(resp.status, 200);
+    cr_assert_eq(resp.wait_seq, 0);
+    cr_assert_null(resp.wait);
+    cr_assert_str_eq(resp.content_type, JSON_TYPE);
+    json_t *j = body_json(&resp);
+    check_row_shape(j, resp.body);
+    cr_assert(jbool(j, "durable"));
+    cr_assert_eq(jint(j, "seq"), 1);
+    cr_assert_str_eq(jstr(j, "status"), "running");
+    json_decref(j);
+    api_response_free(&resp);
+}
+
+Test(api, wait_timeout_answers_202)
+{
+    spec s = { .method = "POST", .path = "/runs/r/nodes/a/state", .body = "{\"status\":\"running\"}",
+               .query = { { "wait", "1" }, { "timeout", "2.5" } } };
+    api_response resp;
+    call(&s, &resp);
+    cr_assert_eq(resp.wait_seq, 1);
+    cr_assert_eq(resp.wait_timeout, 2.5);
+    api_finish_wait(A, &resp, false);
+    cr_assert_eq(resp.status, 202);
+    json_t *j = body_json(&resp);
+    cr_assert_not(jbool(j, "durable"));
+    json_decref(j);
+    api_response_free(&resp);
+
+    /* The timeout is capped by max_wait. */
+    s.path = "/runs/r/nodes/b/state";
+    s.query[1].value = "1000";
+    call(&s, &resp);
+    cr_assert_eq(resp.wait_seq, 2);
+    cr_assert_eq(resp.wait_timeout, api_cfg.max_wait);
+    /* Freeing a parked response without finishing it is allowed (client went away). */
+    api_response_free(&resp);
+
+    /* wait=false does not park. */
+    s.path = "/runs/r/nodes/c/state";
+    s.query[0].value = "false";
+    call(&s, &resp);
+    cr_assert_eq(resp.status, 202);
+    cr_assert_eq(resp.wait_seq, 0);
+    api_response_free(&resp);
+}
+
+Test(api, wait_on_a_durable_duplicate_does_not_park)
+{
+    cr_assert_eq(post("r", "a", "{\"status\":\"running\"}"), 202);
+    flush_all();
+    spec s = { .method = "POST", .path = "/runs/r/nodes/a/state", .body = "{\"status\":\"running\"}",
+               .query = { { "wait", "true" } } };
+    api_response resp;
+    call(&s, &resp);
+    cr_assert_eq(resp.status, 200);
+    cr_assert_eq(resp.wait_seq, 0);
+    json_t *j = body_json(&resp);
+    cr_assert(jbool(j, "durable"));
+    json_decref(j);
+    api_response_free(&resp);
+}
+
+Test(api, wait_on_delete)
+{
+    cr_assert_eq(post("r", "a", "{\"status\":\"running\"}"), 202);
+    cr_assert_eq(post("r", "b", "{\"status\":\"running\"}"), 202);
+    api_response resp;
+    call(&(spec){ .method = "DELETE", .path = "/runs/r", .query = { { "wait", "true" } } }, &resp);
+    cr_assert_eq(resp.wait_seq, 3);
+    flush_all();
+    api_finish_wait(A, &resp, true);
+    cr_assert_eq(resp.status, 200);
+    json_t *j = body_json(&resp);
+    cr_assert_eq(jint(j, "deleted"), 2);
+    cr_assert_eq(jint(j, "seq"), 3);
+    cr_assert(jbool(j, "durable"));
+    json_decref(j);
+    api_response_free(&resp);
+}
+
+Test(api, finish_wait_without_wait_is_a_no_op)
+{
+    cr_assert_eq(post("r", "a", "{\"status\":\"running\"}"), 202);
+    api_response resp;
+    call(&(spec){ .method = "GET", .path = "/runs/r/nodes/a/state" }, &resp);
+    char *before = strdup(resp.body);
+    cr_assert_not_null(before);
+    api_finish_wait(A, &resp, true);
+    cr_assert_eq(resp.status, 200);
+    cr_assert_str_eq(resp.body, before);
+    free(before);
+    api_response_free(&resp);
+}
+
+Test(api, transport_problem)
+{
+    api_response resp;
+    memset(&resp, 0, sizeof resp);
+    api_problem(A, &resp, 413, "body-too-large", "Body too large", "at most 1048576 bytes");
+    json_decref(expect_problem(&resp, 413, "body-too-large"));
+    cr_assert_eq(resp.retry_after, 0);
+    api_response_free(&resp);
+    memset(&resp, 0, sizeof resp);
+    api_problem(A, &resp, 503, "overloaded", "Overloaded", "too many connections");
+    json_decref(expect_problem(&resp, 503, "overloaded"));
+    cr_assert_eq(resp.retry_after, 1);
+    api_response_free(&resp);
+}

@@ -1,0 +1,448 @@
+/*
+ * Unit tests for cache: runs and nodes in, found, replaced (with per-status
+ * counts and reference handling), both tables growing, removal by backward
+ * shift keeping every other key reachable, clearing a run, and collecting a
+ * run's rows in order with a status mask, a cursor, a limit and "more".
+ */
+#include <criterion/criterion.h>
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "server/engine/cache.h"
+#include "server/engine/model.h"
+
+#define ALL_STATUSES ((1u << NS_STATUS_COUNT) - 1)
+
+static ns_row *mk(const char *run, const char *node, ns_status s, int64_t seq)
+{
+    ns_row d;
+    memset(&d, 0, sizeof d);
+    d.run_id = run;
+    d.node_id = node;
+    d.status = s;
+    d.attempt = 1;
+    for (int i = 0; i < NS_TS_COUNT; i++)
+        d.ts[i] = NS_TS_NULL;
+    d.seq = seq;
+    ns_row *r = model_row_copy(&d);
+    cr_assert_not_null(r);
+    return r;
+}
+
+static cache *new_cache(void)
+{
+    cache *c = cache_new();
+    cr_assert_not_null(c);
+    return c;
+}
+
+static cache_run *add_run(cache *c, const char *run_id)
+{
+    cache_run *run = cache_run_add(c, run_id);
+    cr_assert_not_null(run, "cache_run_add(%s)", run_id);
+    return run;
+}
+
+static void put(cache *c, cache_run *run, ns_row *row)
+{
+    cr_assert_eq(cache_node_put(c, run, row), 0);
+}
+
+Test(cache, empty)
+{
+    cache *c = new_cache();
+    cr_assert_null(cache_run_find(c, "r"));
+    cr_assert_eq(cache_runs(c), 0);
+    cr_assert_eq(cache_nodes(c), 0);
+    cr_assert_eq(cache_removals(c), 0);
+    cache_free(c);
+    cache_free(NULL);
+}
+
+Test(cache, add_and_find_run)
+{
+    cache *c = new_cache();
+    cache_run *run = add_run(c, "run-1");
+    cr_assert_str_eq(run->run_id, "run-1");
+    cr_assert_eq(run->nodes, 0);
+    cr_assert_eq(run->pending, 0);
+    for (int s = 0; s < NS_STATUS_COUNT; s++)
+        cr_assert_eq(run->counts[s], 0);
+    cr_assert_eq(cache_run_find(c, "run-1"), run);
+    cr_assert_null(cache_run_find(c, "run-2"));
+    cr_assert_null(cache_node_get(run, "a"));
+    cr_assert_eq(cache_runs(c), 1);
+    cache_free(c);
+}
+
+Test(cache, put_get_replace_counts)
+{
+    cache *c = new_cache();
+    cache_run *run = add_run(c, "r");
+    ns_row *a1 = mk("r", "a", NS_RUNNING, 1);
+    put(c, run, a1);
+    put(c, run, mk("r", "b", NS_RUNNING, 2));
+    put(c, run, mk("r", "c", NS_SCHEDULED, 3));
+    cr_assert_eq(cache_node_get(run, "a"), a1);
+    cr_assert_eq(cache_node_get(run, "b")->seq, 2);
+    cr_assert_null(cache_node_get(run, "d"));
+    cr_assert_eq(run->nodes, 3);
+    cr_assert_eq(cache_nodes(c), 3);
+    cr_assert_eq(run->counts[NS_RUNNING], 2);
+    cr_assert_eq(run->counts[NS_SCHEDULED], 1);
+
+    /* Replacing drops the cache's reference on the old row. */
+    model_row_ref(a1);
+    ns_row *a2 = mk("r", "a", NS_COMPLETED, 4);
+    put(c, run, a2);
+    cr_assert_eq(atomic_load(&a1->refs), 1, "old row still referenced by the cache");
+    model_row_unref(a1);
+    cr_assert_eq(cache_node_get(run, "a"), a2);
+    cr_assert_eq(run->nodes, 3, "a replacement is not a new node");
+    cr_assert_eq(cache_nodes(c), 3);
+    cr_assert_eq(run->counts[NS_RUNNING], 1);
+    cr_assert_eq(run->counts[NS_COMPLETED], 1);
+    cr_assert_eq(run->counts[NS_SCHEDULED], 1);
+
+    /* Same status replacement keeps counts. */
+    put(c, run, mk("r", "a", NS_COMPLETED, 5));
+    cr_assert_eq(run->counts[NS_COMPLETED], 1);
+    size_t total = 0;
+    for (int s = 0; s < NS_STATUS_COUNT; s++)
+        total += run->counts[s];
+    cr_assert_eq(total, run->nodes);
+    cache_free(c);
+}
+
+Test(cache, free_drops_row_references)
+{
+    cache *c = new_cache();
+    cache_run *run = add_run(c, "r");
+    ns_row *row = mk("r", "a", NS_IDLE, 1);
+    model_row_ref(row);
+    put(c, run, row);
+    cache_free(c);
+    cr_assert_eq(atomic_load(&row->refs), 1);
+    model_row_unref(row);
+}
+
+Test(cache, many_runs_and_nodes_grow)
+{
+    cache *c = new_cache();
+    char run_id[32], node_id[32];
+    enum { RUNS = 300, NODES = 40, BIG = 5000 };
+    for (int r = 0; r < RUNS; r++) {
+        snprintf(run_id, sizeof run_id, "run-%d", r);
+        cache_run *run = add_run(c, run_id);
+        for (int n = 0; n < NODES; n++) {
+            snprintf(node_id, sizeof node_id, "node-%d", n);
+            put(c, run, mk(run_id, node_id, (ns_status)(n % NS_STATUS_COUNT), r * NODES + n));
+        }
+    }
+    cache_run *big = add_run(c, "big");
+    for (int n = 0; n < BIG; n++) {
+        snprintf(node_id, sizeof node_id, "n%05d", n);
+        put(c, big, mk("big", node_id, NS_RUNNING, n));
+    }
+    cr_assert_eq(cache_runs(c), RUNS + 1);
+    cr_assert_eq(cache_nodes(c), RUNS * NODES + BIG);
+    cr_assert_eq(big->nodes, BIG);
+    cr_assert_eq(big->counts[NS_RUNNING], BIG);
+    for (int r = 0; r < RUNS; r++) {
+        snprintf(run_id, sizeof run_id, "run-%d", r);
+        cache_run *run = cache_run_find(c, run_id);
+        cr_assert_not_null(run, "%s lost after growing", run_id);
+        cr_assert_str_eq(run->run_id, run_id);
+        cr_assert_eq(run->nodes, NODES);
+        for (int n = 0; n < NODES; n++) {
+            snprintf(node_id, sizeof node_id, "node-%d", n);
+            ns_row *row = cache_node_get(run, node_id);
+            cr_assert_not_null(row, "%s/%s lost", run_id, node_id);
+            cr_assert_eq(row->seq, r * NODES + n);
+        }
+    }
+    for (int n = 0; n < BIG; n++) {
+        snprintf(node_id, sizeof node_id, "n%05d", n);
+        ns_row *row = cache_node_get(big, node_id);
+        cr_assert_not_null(row, "big/%s lost", node_id);
+        cr_assert_eq(row->seq, n);
+    }
+    cr_assert_null(cache_node_get(big, "n99999"));
+    cache_free(c);
+}
+
+Test(cache, remove_keeps_the_others_findable)
+{
+    cache *c = new_cache();
+    char id[32];
+    enum { RUNS = 1000 };
+    for (int r = 0; r < RUNS; r++) {
+        snprintf(id, sizeof id, "run-%d", r);
+        cache_run *run = add_run(c, id);
+        put(c, run, mk(id, "a", NS_RUNNING, r));
+        put(c, run, mk(id, "b", NS_RUNNING, r));
+    }
+    cr_assert_eq(cache_nodes(c), 2 * RUNS);
+    for (int r = 0; r < RUNS; r += 2) {
+        snprintf(id, sizeof id, "run-%d", r);
+        cache_run *run = cache_run_find(c, id);
+        cr_assert_not_null(run);
+        cache_run_remove(c, run);
+    }
+    cr_assert_eq(cache_runs(c), RUNS / 2);
+    cr_assert_eq(cache_nodes(c), RUNS);
+    cr_assert_eq(cache_removals(c), RUNS / 2);
+    for (int r = 0; r < RUNS; r++) {
+        snprintf(id, sizeof id, "run-%d", r);
+        cache_run *run = cache_run_find(c, id);
+        if (r % 2 == 0) {
+            cr_assert_null(run, "%s still found after removal", id);
+        } else {
+            cr_assert_not_null(run, "%s lost by a removal", id);
+            cr_assert_str_eq(run->run_id, id);
+            cr_assert_eq(cache_node_get(run, "a")->seq, r);
+        }
+    }
+    /* Removed ids can be added again, and the survivors stay put. */
+    for (int r = 0; r < RUNS; r += 2) {
+        snprintf(id, sizeof id, "run-%d", r);
+        add_run(c, id);
+    }
+    cr_assert_eq(cache_runs(c), RUNS);
+    for (int r = 0; r < RUNS; r++) {
+        snprintf(id, sizeof id, "run-%d", r);
+        cr_assert_not_null(cache_run_find(c, id), "%s", id);
+    }
+    /* Remove everything, in another order. */
+    for (int r = RUNS - 1; r >= 0; r--) {
+        snprintf(id, sizeof id, "run-%d", r);
+        cache_run *run = cache_run_find(c, id);
+        cr_assert_not_null(run, "%s", id);
+        cache_run_remove(c, run);
+    }
+    cr_assert_eq(cache_runs(c), 0);
+    cr_assert_eq(cache_nodes(c), 0);
+    cache_free(c);
+}
+
+Test(cache, remove_drops_row_references)
+{
+    cache *c = new_cache();
+    cache_run *run = add_run(c, "r");
+    ns_row *row = mk("r", "a", NS_IDLE, 1);
+    model_row_ref(row);
+    put(c, run, row);
+    cache_run_remove(c, run);
+    cr_assert_eq(atomic_load(&row->refs), 1);
+    model_row_unref(row);
+    cache_free(c);
+}
+
+Test(cache, clear_keeps_the_empty_run)
+{
+    cache *c = new_cache();
+    cache_run *other = add_run(c, "other");
+    put(c, other, mk("other", "x", NS_IDLE, 1));
+    cache_run *run = add_run(c, "r");
+    char id[16];
+    for (int i = 0; i < 10; i++) {
+        snprintf(id, sizeof id, "n%d", i);
+        put(c, run, mk("r", id, NS_COMPLETED, i));
+    }
+    ns_row *kept = cache_node_get(run, "n3");
+    model_row_ref(kept);
+    cr_assert_eq(cache_nodes(c), 11);
+    cache_run_clear(c, run);
+    cr_assert_eq(atomic_load(&kept->refs), 1, "clear did not drop the row");
+    model_row_unref(kept);
+    cr_assert_eq(cache_run_find(c, "r"), run);
+    cr_assert_eq(run->nodes, 0);
+    cr_assert_eq(run->counts[NS_COMPLETED], 0);
+    cr_assert_eq(cache_nodes(c), 1);
+    cr_assert_eq(cache_runs(c), 2);
+    cr_assert_eq(cache_removals(c), 0, "clear is not a removal");
+    for (int i = 0; i < 10; i++) {
+        snprintf(id, sizeof id, "n%d", i);
+        cr_assert_null(cache_node_get(run, id));
+    }
+    put(c, run, mk("r", "n1", NS_RUNNING, 20));
+    cr_assert_eq(run->nodes, 1);
+    cr_assert_eq(run->counts[NS_RUNNING], 1);
+    cr_assert_eq(cache_nodes(c), 2);
+    cr_assert_eq(cache_node_get(other, "x")->seq, 1);
+    cache_free(c);
+}
+
+/* A run with nodes n00..n19 inserted out of order; status of nK is K % 7. */
+static cache_run *collect_fixture(cache *c)
+{
+    cache_run *run = add_run(c, "r");
+    char id[16];
+    for (int k = 0; k < 20; k++) {
+        int i = (k * 7) % 20; /* 7 and 20 are coprime: a permutation */
+        snprintf(id, sizeof id, "n%02d", i);
+        put(c, run, mk("r", id, (ns_status)(i % NS_STATUS_COUNT), i));
+    }
+    return run;
+}
+
+static void release(ns_row **rows, long n)
+{
+    for (long i = 0; i < n; i++)
+        model_row_unref(rows[i]);
+}
+
+Test(cache, collect_all_in_order)
+{
+    cache *c = new_cache();
+    cache_run *run = collect_fixture(c);
+    ns_row *out[32];
+    bool more = true;
+    long n = cache_run_collect(run, ALL_STATUSES, NULL, 32, out, &more);
+    cr_assert_eq(n, 20);
+    cr_assert_not(more);
+    char id[16];
+    for (long i = 0; i < n; i++) {
+        snprintf(id, sizeof id, "n%02ld", i);
+        cr_assert_str_eq(out[i]->node_id, id);
+        cr_assert_eq(atomic_load(&out[i]->refs), 2, "collect takes a reference");
+    }
+    release(out, n);
+    cr_assert_eq(atomic_load(&cache_node_get(run, "n00")->refs), 1);
+    cache_free(c);
+}
+
+Test(cache, collect_status_mask)
+{
+    cache *c = new_cache();
+    cache_run *run = collect_fixture(c);
+    ns_row *out[32];
+    bool more = true;
+    unsigned mask = (1u << NS_SCHEDULED) | (1u << NS_RUNNING);
+    long n = cache_run_collect(run, mask, NULL, 32, out, &more);
+    /* i % 7 in {1, 2}: 1 2 8 9 15 16 */
+    static const char *const want[] = { "n01", "n02", "n08", "n09", "n15", "n16" };
+    cr_assert_eq(n, 6);
+    cr_assert_not(more);
+    for (long i = 0; i < n; i++)
+        cr_assert_str_eq(out[i]->node_id, want[i]);
+    release(out, n);
+    n = cache_run_collect(run, 0, NULL, 32, out, &more);
+    cr_assert_eq(n, 0);
+    cr_assert_not(more);
+    cache_free(c);
+}
+
+Test(cache, collect_after_limit_more)
+{
+    cache *c = new_cache();
+    cache_run *run = collect_fixture(c);
+    ns_row *out[32];
+    bool more = false;
+    long n = cache_run_collect(run, ALL_STATUSES, "n05", 32, out, &more);
+    cr_assert_eq(n, 14, "after is exclusive");
+    cr_assert_str_eq(out[0]->node_id, "n06");
+    cr_assert_not(more);
+    release(out, n);
+
+    /* Page through by 6: 6 + 6 + 6 + 2, more on all pages but the last. */
+    const char *after = NULL;
+    char cursor[16];
+    int pages = 0, seen = 0;
+    for (;;) {
+        n = cache_run_collect(run, ALL_STATUSES, after, 6, out, &more);
+        cr_assert_geq(n, 0);
+        for (long i = 0; i < n; i++) {
+            char id[16];
+            snprintf(id, sizeof id, "n%02d", seen + (int)i);
+            cr_assert_str_eq(out[i]->node_id, id);
+        }
+        seen += (int)n;
+        pages++;
+        if (n > 0) {
+            snprintf(cursor, sizeof cursor, "%s", out[n - 1]->node_id);
+            after = cursor;
+        }
+        release(out, n);
+        if (!more)
+            break;
+        cr_assert_eq(n, 6);
+        cr_assert_lt(pages, 10);
+    }
+    cr_assert_eq(pages, 4);
+    cr_assert_eq(seen, 20);
+
+    /* Exactly limit rows left: more is false. */
+    n = cache_run_collect(run, ALL_STATUSES, "n14", 5, out, &more);
+    cr_assert_eq(n, 5);
+    cr_assert_not(more);
+    release(out, n);
+    n = cache_run_collect(run, ALL_STATUSES, "n14", 4, out, &more);
+    cr_assert_eq(n, 4);
+    cr_assert(more);
+    release(out, n);
+    /* Past the end. */
+    n = cache_run_collect(run, ALL_STATUSES, "n99", 5, out, &more);
+    cr_assert_eq(n, 0);
+    cr_assert_not(more);
+    /* Mask and cursor together, with a limit cutting it short. */
+    n = cache_run_collect(run, 1u << NS_IDLE, "n00", 2, out, &more);
+    cr_assert_eq(n, 2);
+    cr_assert_str_eq(out[0]->node_id, "n07");
+    cr_assert_str_eq(out[1]->node_id, "n14");
+    cr_assert_not(more);
+    release(out, n);
+    cache_free(c);
+}
+
+Test(cache, collect_empty_run)
+{
+    cache *c = new_cache();
+    cache_run *run = add_run(c, "r");
+    ns_row *out[1];
+    bool more = true;
+    cr_assert_eq(cache_run_collect(run, ALL_STATUSES, NULL, 1, out, &more), 0);
+    cr_assert_not(more);
+    cache_free(c);
+}
+
+/* The recency list from least to most recently used, as "a,b,c". */
+static void lru_is(const cache *c, const char *want)
+{
+    char got[256] = "";
+    size_t n = 0;
+    for (const cache_run *r = cache_lru_first(c); r; r = r->lru_next) {
+        if (got[0])
+            strncat(got, ",", sizeof got - strlen(got) - 1);
+        strncat(got, r->run_id, sizeof got - strlen(got) - 1);
+        cr_assert_lt(++n, 100, "recency list loops");
+    }
+    cr_assert_str_eq(got, want);
+}
+
+Test(cache, recency_order)
+{
+    cache *c = new_cache();
+    lru_is(c, "");
+    cache_run *a = add_run(c, "a");
+    cache_run *b = add_run(c, "b");
+    add_run(c, "c");
+    lru_is(c, "a,b,c");
+    cache_touch(c, a);
+    lru_is(c, "b,c,a");
+    cache_touch(c, a); /* already the most recent */
+    lru_is(c, "b,c,a");
+    cache_run_remove(c, cache_run_find(c, "c"));
+    lru_is(c, "b,a");
+    cache_run_remove(c, b);
+    lru_is(c, "a");
+    cache_run_clear(c, a); /* clearing keeps the run, and its place */
+    lru_is(c, "a");
+    cache_run_remove(c, a);
+    lru_is(c, "");
+    add_run(c, "d");
+    lru_is(c, "d");
+    cache_free(c);
+}
