@@ -7,6 +7,7 @@
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "log.h"
 
@@ -30,7 +31,9 @@ typedef enum opt_kind {
     OPT_UINT,     /* whole number in [min, max] -> unsigned */
     OPT_SECONDS,  /* finite number in [0, max_seconds] -> double */
     OPT_SYNC,     /* normal|full -> bool */
-    OPT_LEVEL     /* debug|info|warn|error -> int (NS_LOG_*) */
+    OPT_LEVEL,    /* debug|info|warn|error -> int (NS_LOG_*) */
+    OPT_SECRET,   /* the token: visible ASCII, never echoed -> char[] */
+    OPT_BOOL      /* on/off; "--name" alone is on -> bool */
 } opt_kind;
 
 /*
@@ -44,7 +47,7 @@ typedef struct option_def {
     size_t field_size;     /* of that field (for OPT_PATH) */
     uint64_t min, max;     /* range of OPT_SIZE / OPT_UINT */
     double max_seconds;    /* upper bound of OPT_SECONDS */
-    const char *def;       /* the default, written as a user would */
+    const char *def;       /* the default, written as a user would; NULL: none */
     const char *metavar;
     const char *help;
 } option_def;
@@ -63,6 +66,10 @@ static const option_def options[] = {
      "SECONDS", "longest the oldest queued update waits for its batch (<= 60)"},
     {"queue-capacity", OPT_SIZE, FIELD(queue_capacity), 1, (uint64_t)1 << 30, 0,
      "262144", "N", "most updates queued at once; past it writes get 503"},
+    {"cache-max-nodes", OPT_SIZE, FIELD(cache_max_nodes), 0, (uint64_t)1 << 40, 0,
+     "1000000", "N",
+     "most nodes kept in memory; idle runs past it are evicted (least\n"
+     "      recently used first) and read back from SQLite; 0 = no bound"},
     {"shutdown-timeout", OPT_SECONDS, FIELD(shutdown_timeout), 0, 0,
      SECONDS_MAX, "10", "SECONDS",
      "time allowed on SIGTERM to answer requests and flush the queue"},
@@ -80,6 +87,15 @@ static const option_def options[] = {
      "SECONDS", "cap on ?timeout= of a POST ...?wait=true"},
     {"log-level", OPT_LEVEL, FIELD(log_level), 0, 0, 0, "info",
      "debug|info|warn|error", "lowest level of log line written to stderr"},
+    {"token", OPT_SECRET, FIELD(token), 0, 0, 0, NULL, "TOKEN",
+     "require Authorization: Bearer TOKEN on every route but /healthz;\n"
+     "      unset: no auth. Other users can see a command line: prefer\n"
+     "      --token-file or the variable"},
+    {"token-file", OPT_PATH, FIELD(token_file), 0, 0, 0, NULL, "PATH",
+     "read the token from this file (trailing newline stripped)"},
+    {"access-log", OPT_BOOL, FIELD(access_log), 0, 0, 0, "false", "",
+     "log one info line per answered request (method, path, status, bytes,\n"
+     "      duration); the variable takes 1/true or 0/false"},
 };
 
 #define OPTION_COUNT (sizeof options / sizeof options[0])
@@ -223,6 +239,58 @@ static int set_listen(config *c, const option_def *o, const char *v,
     return 0;
 }
 
+/*
+ * A token must fit its field and be what a client can send after "Bearer ":
+ * visible ASCII only, so a stray blank or an inner newline (a file holding
+ * two lines) is caught at start-up instead of as 401s later. file names
+ * where the token came from (NULL: the value itself). The messages never
+ * include the token.
+ */
+static int check_token(const char *v, size_t len, size_t field_size,
+                       const char *file, const option_def *o, const char *src,
+                       char *err, size_t errlen)
+{
+    char where[320] = "";
+
+    if (file != NULL)
+        snprintf(where, sizeof where, " in \"%.300s\"", file);
+    if (len == 0) {
+        fail(err, errlen, o, src, "the token%s must not be empty", where);
+        return -1;
+    }
+    if (len >= field_size) {
+        fail(err, errlen, o, src, "the token%s is longer than %zu bytes", where,
+             field_size - 1);
+        return -1;
+    }
+    for (size_t i = 0; i < len; i++) {
+        unsigned char ch = (unsigned char)v[i];
+        if (ch <= 0x20 || ch >= 0x7f) {
+            fail(err, errlen, o, src,
+                 "the token%s may hold only visible ASCII characters "
+                 "(byte %zu is a blank, control or non-ASCII character)",
+                 where, i + 1);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* Writes n zero bytes at p through a volatile pointer, so the store is kept. */
+static void wipe(void *p, size_t n)
+{
+    volatile unsigned char *b = p;
+
+    while (n-- > 0)
+        *b++ = 0;
+}
+
+void config_clear_secrets(config *c)
+{
+    if (c != NULL)
+        wipe(c->token, sizeof c->token);
+}
+
 /* Parses v for option o into c; on error fills err and returns -1. */
 static int set_value(config *c, const option_def *o, const char *v,
                      const char *src, char *err, size_t errlen)
@@ -292,6 +360,25 @@ static int set_value(config *c, const option_def *o, const char *v,
         }
         *(int *)(void *)field = rc;
         return 0;
+    case OPT_SECRET:
+        /* The value is a secret: no message below may quote it. */
+        if (check_token(v, strlen(v), o->field_size, NULL, o, src, err, errlen) != 0)
+            return -1;
+        memcpy(field, v, strlen(v) + 1);
+        return 0;
+    case OPT_BOOL:
+        if (strcmp(v, "1") == 0 || strcasecmp(v, "true") == 0 ||
+            strcasecmp(v, "yes") == 0 || strcasecmp(v, "on") == 0) {
+            *(bool *)(void *)field = true;
+            return 0;
+        }
+        if (strcmp(v, "0") == 0 || strcasecmp(v, "false") == 0 ||
+            strcasecmp(v, "no") == 0 || strcasecmp(v, "off") == 0) {
+            *(bool *)(void *)field = false;
+            return 0;
+        }
+        fail(err, errlen, o, src, "\"%.100s\" is not true or false (or 1, 0)", v);
+        return -1;
     }
     fail(err, errlen, o, src, "has an unknown kind");
     return -1;
@@ -303,7 +390,12 @@ void config_defaults(config *c)
 
     memset(c, 0, sizeof *c);
     for (size_t i = 0; i < OPTION_COUNT; i++) {
-        int rc = set_value(c, &options[i], options[i].def, "the defaults", err,
+        int rc;
+
+        /* No default: the zeroed field ("" / false) is the unset state. */
+        if (options[i].def == NULL)
+            continue;
+        rc = set_value(c, &options[i], options[i].def, "the defaults", err,
                            sizeof err);
         /* The table's defaults are constants the unit tests parse. */
         assert(rc == 0);
@@ -346,11 +438,99 @@ static void print_help(FILE *out)
         snprintf(flag, sizeof flag, "--%s %s", options[i].name,
                  options[i].metavar);
         env_name(&options[i], env);
-        fprintf(out, "  %-*s  %-30s  %s\n      %s\n", w, flag, env,
-                options[i].def, options[i].help);
+        /* The token's row shows no default, so help never prints a secret. */
+        if (options[i].def != NULL)
+            fprintf(out, "  %-*s  %-30s  %s\n      %s\n", w, flag, env,
+                    options[i].def, options[i].help);
+        else
+            fprintf(out, "  %-*s  %s\n      %s\n", w, flag, env, options[i].help);
     }
     fprintf(out, "  --help\n      print this help and exit\n");
     fprintf(out, "  --version\n      print the version and exit\n");
+}
+
+/* The index of an option known to be in the table. */
+static size_t option_index(const char *name)
+{
+    const option_def *o = find_option(name, strlen(name));
+
+    assert(o != NULL);
+    return (size_t)(o - options);
+}
+
+/*
+ * Reads the token from c->token_file into c->token: the whole file, with
+ * trailing CR/LF stripped (what `echo secret > file` leaves), checked like
+ * --token. The copy on the stack is wiped before returning.
+ */
+static int read_token_file(config *c, const option_def *o, const char *src,
+                           char *err, size_t errlen)
+{
+    /* Room for a full token, its newline and one byte to notice "too long". */
+    char buf[sizeof c->token + 3];
+    size_t len;
+    FILE *f;
+    int rc = -1;
+
+    f = fopen(c->token_file, "r");
+    if (f == NULL) {
+        fail(err, errlen, o, src, "cannot read \"%.300s\": %s", c->token_file,
+             strerror(errno));
+        return -1;
+    }
+    len = fread(buf, 1, sizeof buf, f);
+    /* A directory opens but fails to read, with EISDIR. */
+    if (ferror(f)) {
+        fail(err, errlen, o, src, "cannot read \"%.300s\": %s", c->token_file,
+             strerror(errno));
+        goto out;
+    }
+    if (len == sizeof buf) {
+        fail(err, errlen, o, src, "\"%.300s\" is longer than a token may be "
+             "(%zu bytes)", c->token_file, sizeof c->token - 1);
+        goto out;
+    }
+    while (len > 0 && (buf[len - 1] == '\n' || buf[len - 1] == '\r'))
+        len--;
+    if (len == 0) {
+        fail(err, errlen, o, src, "\"%.300s\" is empty", c->token_file);
+        goto out;
+    }
+    if (memchr(buf, '\0', len) != NULL) {
+        fail(err, errlen, o, src, "\"%.300s\" holds a NUL byte", c->token_file);
+        goto out;
+    }
+    if (check_token(buf, len, sizeof c->token, c->token_file, o, src, err,
+                    errlen) != 0)
+        goto out;
+    memcpy(c->token, buf, len);
+    c->token[len] = '\0';
+    rc = 0;
+out:
+    wipe(buf, sizeof buf);
+    fclose(f);
+    return rc;
+}
+
+/*
+ * After every option is set: --token and --token-file exclude each other
+ * (from any source: which one should win is a guess, and a wrong guess is a
+ * service that rejects its clients), and a file fills the token.
+ */
+static int finish_token(config *c, char source[][ENV_NAME_MAX], char *err,
+                        size_t errlen)
+{
+    size_t ti = option_index("token"), fi = option_index("token-file");
+
+    if (source[ti][0] != '\0' && source[fi][0] != '\0') {
+        snprintf(err, errlen,
+                 "--token and --token-file: give only one of them "
+                 "(the token from %s, the file from %s)", source[ti], source[fi]);
+        return -1;
+    }
+    if (source[fi][0] == '\0')
+        return 0;
+    return read_token_file(c, &options[fi], source[fi], err, errlen);
 }
 
 config_outcome config_parse(config *c, int argc, char **argv,
@@ -359,6 +539,8 @@ config_outcome config_parse(config *c, int argc, char **argv,
 {
     /* The flag's value per option (the last one given wins). */
     const char *flag_value[OPTION_COUNT] = {0};
+    /* Where each option's value came from, for the messages; "" = nowhere. */
+    char source[OPTION_COUNT][ENV_NAME_MAX];
     char scratch[8];
     char envbuf[ENV_NAME_MAX];
 
@@ -407,6 +589,9 @@ config_outcome config_parse(config *c, int argc, char **argv,
         }
         if (eq != NULL) {
             value = eq + 1;
+        } else if (o->kind == OPT_BOOL) {
+            /* An on/off flag alone turns it on and takes no argument. */
+            value = "true";
         } else {
             /* "--db --batch-size 5" is a forgotten value, not a path. */
             if (i + 1 >= argc || strncmp(argv[i + 1], "--", 2) == 0) {
@@ -423,6 +608,7 @@ config_outcome config_parse(config *c, int argc, char **argv,
         const char *value = flag_value[i];
         const char *src = "the command line";
 
+        source[i][0] = '\0';
         if (value == NULL && env != NULL) {
             env_name(&options[i], envbuf);
             value = env(envbuf);
@@ -431,11 +617,13 @@ config_outcome config_parse(config *c, int argc, char **argv,
             if (value != NULL && *value == '\0')
                 value = NULL;
         }
-        if (value != NULL &&
-            set_value(c, &options[i], value, src, err, errlen) != 0)
+        if (value == NULL)
+            continue;
+        if (set_value(c, &options[i], value, src, err, errlen) != 0)
             return CONFIG_ERROR;
+        snprintf(source[i], sizeof source[i], "%s", src);
     }
-    return CONFIG_RUN;
+    return finish_token(c, source, err, errlen) == 0 ? CONFIG_RUN : CONFIG_ERROR;
 }
 
 /* The value of option o in c, as a user would write it. */
@@ -473,6 +661,13 @@ static void format_value(const config *c, const option_def *o, char *buf,
         snprintf(buf, size, "%s",
                  log_level_name(*(const int *)(const void *)field));
         return;
+    case OPT_SECRET:
+        snprintf(buf, size, "%s", *field != '\0' ? "set" : "unset");
+        return;
+    case OPT_BOOL:
+        snprintf(buf, size, "%s",
+                 *(const bool *)(const void *)field ? "true" : "false");
+        return;
     }
     snprintf(buf, size, "?");
 }
@@ -493,6 +688,9 @@ const char *config_format(const config *c, char *buf, size_t size)
 
         format_value(c, &options[i], value, sizeof value);
         log_quote(quoted, sizeof quoted, value);
+        /* An unset path reads better as "" than as nothing after '='. */
+        if (value[0] == '\0')
+            snprintf(quoted, sizeof quoted, "\"\"");
         n = snprintf(buf + len, size - len, "%s", i > 0 ? " " : "");
         if (n < 0 || (size_t)n >= size - len)
             break;

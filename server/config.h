@@ -3,6 +3,10 @@
  * variable NODESTATE_<NAME> (--batch-size / NODESTATE_BATCH_SIZE); the flag
  * wins. --help lists them with their defaults; a bad value is an error that
  * names the option.
+ *
+ * The bearer token is a secret: --help shows no default for it, errors never
+ * echo it, config_format writes only whether it is set, and
+ * config_clear_secrets zeroes it once the api holds its own copy.
  */
 #ifndef NODESTATE_CONFIG_H
 #define NODESTATE_CONFIG_H
@@ -19,6 +23,7 @@ typedef struct config {
     size_t batch_size;            /* --batch-size */
     double batch_interval;        /* --batch-interval seconds, default 0.1 */
     size_t queue_capacity;        /* --queue-capacity */
+    size_t cache_max_nodes;       /* --cache-max-nodes: 0 = no bound */
     double shutdown_timeout;      /* --shutdown-timeout seconds */
     bool synchronous_full;        /* --synchronous normal|full, default normal */
     unsigned threads;             /* --threads: HTTP worker threads, 0 = one per core */
@@ -27,6 +32,9 @@ typedef struct config {
     unsigned connection_timeout;  /* --connection-timeout: idle seconds before closing */
     double max_wait;              /* --max-wait: cap on ?timeout= for ?wait=true */
     int log_level;                /* --log-level debug|info|warn|error (NS_LOG_*) */
+    char token[4096];             /* --token, or read from --token-file; "" = no auth */
+    char token_file[4096];        /* --token-file PATH the token came from; "" = none */
+    bool access_log;              /* --access-log: one info line per answered request */
 } config;
 
 typedef enum config_outcome {
@@ -39,16 +47,24 @@ typedef enum config_outcome {
 void config_defaults(config *c);
 /*
  * Defaults, then the environment (through env, e.g. getenv), then argv.
- * Flags take "--name value" and "--name=value". Help and version text go to out.
+ * Flags take "--name value" and "--name=value"; an on/off option
+ * (--access-log) takes "--name" alone or "--name=true|false", its variable
+ * 1/true/yes/on or 0/false/no/off. --token and --token-file together are an
+ * error; the file's content, trailing newline stripped, becomes the token.
+ * Help and version text go to out.
  */
 config_outcome config_parse(config *c, int argc, char **argv,
                             char *(*env)(const char *name), FILE *out,
                             char *err, size_t errlen);
 
+/* Zeroes the token (in a way the compiler keeps); token_file stays. */
+void config_clear_secrets(config *c);
+
 /*
  * Writes every setting of c as logfmt "listen=127.0.0.1:8080 db=... ..."
  * (keys are the option names with '-' as '_', values quoted where logfmt
- * needs it) into buf, truncating to fit. Returns buf.
+ * needs it) into buf, truncating to fit; the token appears only as
+ * token=set or token=unset. Returns buf.
  */
 const char *config_format(const config *c, char *buf, size_t size);
 

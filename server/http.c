@@ -19,6 +19,8 @@
 
 #include <microhttpd.h>
 
+#include "log.h"
+
 /* How often http_stop looks at the number of requests in flight. */
 #define HTTP_DRAIN_POLL_NS 10000000L
 /* Longest park we honour; the api caps ?timeout= far below this already. */
@@ -51,6 +53,7 @@ typedef struct http_req {
     int64_t wait_seq;
     struct timespec deadline;   /* CLOCK_MONOTONIC */
     bool durable;               /* set by the resumer */
+    struct timespec start;      /* CLOCK_MONOTONIC at the first call, for the access log */
     struct http_req *next;      /* waiter list links (mu) */
     struct http_req *prev;
 } http_req;
@@ -61,6 +64,7 @@ struct http_server {
     engine *e;
     size_t max_body_bytes;
     uint16_t port;
+    bool access_log;            /* log every answer (http_config.access_log) */
     ns_log_fn *log;
     void *log_ctx;
     /* Requests between their first handler call and their completion. */
@@ -314,16 +318,58 @@ static const char *http_query(void *ctx, const char *name)
 
 /* ---- answering ------------------------------------------------------------ */
 
+/* The client's address as text, or "-" when MHD cannot tell. */
+static void http_remote(struct MHD_Connection *con, char *buf, size_t size)
+{
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(con, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+    const struct sockaddr *sa = ci != NULL ? ci->client_addr : NULL;
+    const void *addr = NULL;
+
+    if (sa != NULL && sa->sa_family == AF_INET)
+        addr = &((const struct sockaddr_in *)(const void *)sa)->sin_addr;
+    else if (sa != NULL && sa->sa_family == AF_INET6)
+        addr = &((const struct sockaddr_in6 *)(const void *)sa)->sin6_addr;
+    if (addr == NULL || inet_ntop(sa->sa_family, addr, buf, (socklen_t)size) == NULL)
+        snprintf(buf, size, "-");
+}
+
+/*
+ * One access line for an answer just queued. Method and path come from the
+ * client, so they are quoted (and cut to fit) like any logfmt value.
+ */
+static void http_access_log(http_server *s, struct MHD_Connection *con,
+                            const http_req *r, const char *method,
+                            const char *url, int status, size_t bytes)
+{
+    char qmethod[40];
+    char qpath[256];
+    char remote[INET6_ADDRSTRLEN];
+    struct timespec now = http_now();
+    double ms = (double)(now.tv_sec - r->start.tv_sec) * 1e3 +
+                (double)(now.tv_nsec - r->start.tv_nsec) / 1e6;
+
+    http_remote(con, remote, sizeof remote);
+    http_log(s, NS_LOG_INFO, "access",
+             "method=%s path=%s status=%d bytes=%zu duration_ms=%.2f remote=%s",
+             log_quote(qmethod, sizeof qmethod, method),
+             log_quote(qpath, sizeof qpath, url), status, bytes, ms, remote);
+}
+
 /*
  * Queues resp on the connection and frees it. The body moves to MHD, which
  * frees it with free() once sent. MHD_NO (close the connection) when MHD
- * cannot take the response.
+ * cannot take the response. With the access log on, a queued answer is
+ * logged for r's method and url.
  */
-static enum MHD_Result http_queue(struct MHD_Connection *con, api_response *resp)
+static enum MHD_Result http_queue(http_server *s, const http_req *r,
+                                  const char *method, const char *url,
+                                  struct MHD_Connection *con, api_response *resp)
 {
     struct MHD_Response *mr;
     enum MHD_Result ret = MHD_NO;
     bool has_body = resp->status != 304 && resp->body != NULL && resp->body_len > 0;
+    size_t bytes = has_body ? resp->body_len : 0;
 
     if (has_body) {
         mr = MHD_create_response_from_buffer_with_free_callback(
@@ -357,6 +403,8 @@ static enum MHD_Result http_queue(struct MHD_Connection *con, api_response *resp
                                 resp->www_authenticate) != MHD_YES)
         goto out;
     ret = MHD_queue_response(con, (unsigned)resp->status, mr);
+    if (ret == MHD_YES && s->access_log)
+        http_access_log(s, con, r, method, url, resp->status, bytes);
 out:
     if (mr != NULL)
         MHD_destroy_response(mr);
@@ -481,6 +529,7 @@ static enum MHD_Result http_on_request(void *cls, struct MHD_Connection *con,
         r->srv = s;
         r->con = con;
         r->phase = HTTP_READING;
+        r->start = http_now();
         atomic_fetch_add(&s->inflight, 1);
         *con_cls = r;
         r->too_large = http_declared_too_large(
@@ -498,7 +547,7 @@ static enum MHD_Result http_on_request(void *cls, struct MHD_Connection *con,
         durable = r->durable;
         pthread_mutex_unlock(&s->mu);
         api_finish_wait(s->a, &r->resp, durable);
-        return http_queue(con, &r->resp);
+        return http_queue(s, r, method, url, con, &r->resp);
     }
     if (r->phase == HTTP_PARKED)
         return MHD_YES;  /* not expected: MHD does not call a suspended request */
@@ -543,7 +592,7 @@ static enum MHD_Result http_on_request(void *cls, struct MHD_Connection *con,
     }
     if (resp.wait_seq > 0)
         api_finish_wait(s->a, &resp, true);
-    return http_queue(con, &resp);
+    return http_queue(s, r, method, url, con, &resp);
 }
 
 /* MHD_OPTION_NOTIFY_COMPLETED: a request ended (answered, failed or shut down). */
@@ -654,6 +703,7 @@ http_server *http_start(const http_config *cfg, api *a, engine *e, char *err,
     s->a = a;
     s->e = e;
     s->max_body_bytes = cfg->max_body_bytes;
+    s->access_log = cfg->access_log;
     s->log = cfg->log;
     s->log_ctx = cfg->log_ctx;
     atomic_init(&s->inflight, 0);
@@ -727,10 +777,11 @@ http_server *http_start(const http_config *cfg, api *a, engine *e, char *err,
      * share the port.
      */
     errno = 0;
+    /* The logger goes first: MHD reports options given before it on its own stderr logger. */
     s->daemon = MHD_start_daemon(flags, cfg->port, NULL, NULL, http_on_request, s,
+                                 MHD_OPTION_EXTERNAL_LOGGER, http_mhd_log, s,
                                  MHD_OPTION_SOCK_ADDR, ai->ai_addr,
                                  MHD_OPTION_NOTIFY_COMPLETED, http_on_completed, s,
-                                 MHD_OPTION_EXTERNAL_LOGGER, http_mhd_log, s,
                                  MHD_OPTION_ARRAY, opts,
                                  MHD_OPTION_END);
     saved_errno = errno;

@@ -9,6 +9,7 @@
 #ifndef NODESTATE_HTTP_H
 #define NODESTATE_HTTP_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -24,6 +25,10 @@ typedef struct http_config {
     size_t max_body_bytes;
     unsigned max_connections;
     unsigned connection_timeout;  /* idle seconds */
+    /* One info line per answered request, "msg=access method=… path=…
+     * status=… bytes=… duration_ms=… remote=…", written when the answer is
+     * queued (413s and parked ?wait=true requests included). */
+    bool access_log;
     ns_log_fn *log;
     void *log_ctx;
 } http_config;

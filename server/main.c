@@ -6,6 +6,7 @@
  * configuration.
  */
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -46,6 +47,30 @@ static int setup_signals(sigset_t *stop)
     return pthread_sigmask(SIG_BLOCK, stop, NULL) == 0 ? 0 : -1;
 }
 
+/*
+ * Overwrites the value of --token in argv with NULs, so that the secret
+ * leaves /proc/<pid>/cmdline (and ps) once parsed. config_parse never takes
+ * a value starting with "--", so scanning left to right finds exactly the
+ * values it read. The environment copy of NODESTATE_TOKEN is left alone:
+ * only the same user (or root) can read /proc/<pid>/environ.
+ */
+static void hide_token_argument(int argc, char **argv)
+{
+    static const char flag[] = "--token";
+
+    for (int i = 1; i < argc; i++) {
+        char *value = NULL;
+
+        if (strcmp(argv[i], flag) == 0 && i + 1 < argc)
+            value = argv[++i];
+        else if (strncmp(argv[i], flag, strlen(flag)) == 0 &&
+                 argv[i][strlen(flag)] == '=')
+            value = argv[i] + strlen(flag) + 1;
+        if (value != NULL)
+            memset(value, 0, strlen(value));
+    }
+}
+
 /* HOST:PORT, or [HOST]:PORT for an IPv6 host. */
 static void format_addr(char *buf, size_t size, const char *host,
                         unsigned port)
@@ -74,6 +99,7 @@ int main(int argc, char **argv)
     http_server *srv = NULL;
     int sig = 0;
     size_t unflushed;
+    uint64_t queued;
 
     /* Before any thread exists: threads inherit the signal mask. */
     if (setup_signals(&stop) != 0) {
@@ -87,12 +113,15 @@ int main(int argc, char **argv)
     case CONFIG_EXIT_OK:
         return 0;
     case CONFIG_ERROR:
+        config_clear_secrets(&cfg);
         fprintf(stderr, "nodestate: %s\n", err);
         return 2;
     }
+    hide_token_argument(argc, argv);
 
     log = log_new(stderr, cfg.log_level);
     if (log == NULL) {
+        config_clear_secrets(&cfg);
         fprintf(stderr, "nodestate: out of memory\n");
         return 1;
     }
@@ -107,6 +136,7 @@ int main(int argc, char **argv)
         .batch_size = cfg.batch_size,
         .batch_interval = cfg.batch_interval,
         .queue_capacity = cfg.queue_capacity,
+        .cache_max_nodes = cfg.cache_max_nodes,
         .shutdown_timeout = cfg.shutdown_timeout,
         .synchronous_full = cfg.synchronous_full,
         .log = log_write,
@@ -126,6 +156,8 @@ int main(int argc, char **argv)
         .max_wait = cfg.max_wait,
         /* --max-wait caps the default too, or a small cap would be ignored. */
         .default_wait = DEFAULT_WAIT < cfg.max_wait ? DEFAULT_WAIT : cfg.max_wait,
+        /* api_new copies it; ours is wiped once the started line is out. */
+        .token = cfg.token[0] != '\0' ? cfg.token : NULL,
     };
     a = api_new(e, &ac);
     if (a == NULL) {
@@ -140,6 +172,7 @@ int main(int argc, char **argv)
         .max_body_bytes = cfg.max_body_bytes,
         .max_connections = cfg.max_connections,
         .connection_timeout = cfg.connection_timeout,
+        .access_log = cfg.access_log,
         .log = log_write,
         .log_ctx = log,
     };
@@ -153,6 +186,7 @@ int main(int argc, char **argv)
 
     log_printf(log, NS_LOG_INFO, "started", "version=%s %s", NODESTATE_VERSION,
                config_format(&cfg, settings, sizeof settings));
+    config_clear_secrets(&cfg);
     format_addr(addr, sizeof addr, cfg.listen_host, http_port(srv));
     log_printf(log, NS_LOG_INFO, "listening", "addr=%s", addr);
 
@@ -162,14 +196,20 @@ int main(int argc, char **argv)
     log_printf(log, NS_LOG_INFO, "stopping", "signal=%s",
                sig == SIGTERM ? "TERM" : sig == SIGINT ? "INT" : "other");
 
+    engine_drain(e); /* /readyz says so while in-flight requests finish */
     http_stop(srv, cfg.shutdown_timeout);
+    /* What is queued now is what the close must flush; the stats die with e. */
+    queued = atomic_load(&engine_stats(e)->queue_depth);
     unflushed = engine_close(e);  /* flushes the queue first */
     api_free(a);
-    log_printf(log, NS_LOG_INFO, "stopped", "unflushed=%zu", unflushed);
+    log_printf(log, NS_LOG_INFO, "stopped", "flushed=%llu unflushed=%zu",
+               (unsigned long long)(queued > unflushed ? queued - unflushed : 0),
+               unflushed);
     log_free(log);
     return unflushed == 0 ? 0 : 1;
 
 fail:
+    config_clear_secrets(&cfg);
     if (a != NULL)
         api_free(a);
     if (e != NULL)

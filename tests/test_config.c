@@ -1,7 +1,10 @@
 /* Unit tests of server/config: defaults, flags, environment, errors, help. */
 #include <criterion/criterion.h>
+#include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "server/config.h"
 #include "server/log.h"
@@ -21,8 +24,29 @@ static const char *const option_names[][2] = {
     {"--connection-timeout", "NODESTATE_CONNECTION_TIMEOUT"},
     {"--max-wait", "NODESTATE_MAX_WAIT"},
     {"--log-level", "NODESTATE_LOG_LEVEL"},
+    {"--token", "NODESTATE_TOKEN"},
+    {"--token-file", "NODESTATE_TOKEN_FILE"},
+    {"--access-log", "NODESTATE_ACCESS_LOG"},
 };
 #define N_OPTIONS (sizeof option_names / sizeof option_names[0])
+
+/*
+ * A token file for the cases that need one, made fresh in each test's
+ * process (Criterion forks one per test) so parallel runs never share it.
+ */
+static char token_dir[64];
+static char token_path[128];
+#define FILE_TOKEN "filetoken"
+
+/* Writes text (len bytes) to path, replacing it. */
+static void write_file(const char *path, const char *text, size_t len)
+{
+    FILE *f = fopen(path, "w");
+
+    cr_assert_not_null(f, "%s: %s", path, strerror(errno));
+    cr_assert_eq(fwrite(text, 1, len, f), len);
+    cr_assert_eq(fclose(f), 0);
+}
 
 /* The test process may inherit NODESTATE_* from whoever runs it. */
 static void clear_env(void)
@@ -31,7 +55,22 @@ static void clear_env(void)
         unsetenv(option_names[i][1]);
 }
 
-TestSuite(config, .init = clear_env);
+static void setup(void)
+{
+    clear_env();
+    snprintf(token_dir, sizeof token_dir, "/tmp/nodestate-test-config-XXXXXX");
+    cr_assert_not_null(mkdtemp(token_dir), "mkdtemp: %s", strerror(errno));
+    snprintf(token_path, sizeof token_path, "%s/token", token_dir);
+    write_file(token_path, FILE_TOKEN "\n", strlen(FILE_TOKEN "\n"));
+}
+
+static void teardown(void)
+{
+    unlink(token_path);
+    rmdir(token_dir);
+}
+
+TestSuite(config, .init = setup, .fini = teardown);
 
 typedef struct run {
     config_outcome outcome;
@@ -84,6 +123,9 @@ static void assert_same(const config *got, const config *want, const char *what)
     cr_assert_eq(got->connection_timeout, want->connection_timeout, "%s: connection_timeout", what);
     cr_assert_eq(got->max_wait, want->max_wait, "%s: max_wait", what);
     cr_assert_eq(got->log_level, want->log_level, "%s: log_level", what);
+    cr_assert_str_eq(got->token, want->token, "%s: token", what);
+    cr_assert_str_eq(got->token_file, want->token_file, "%s: token_file", what);
+    cr_assert_eq(got->access_log, want->access_log, "%s: access_log", what);
 }
 
 /* The defaults written out by hand, independent of config.c's table. */
@@ -104,6 +146,7 @@ static void want_defaults(config *c)
     c->connection_timeout = 60;
     c->max_wait = 60;
     c->log_level = NS_LOG_INFO;
+    /* token and token_file "", access_log false: the memset. */
 }
 
 Test(config, defaults)
@@ -124,9 +167,16 @@ Test(config, defaults)
 typedef struct option_case {
     const char *flag;
     const char *env;
-    const char *value;
+    const char *value;         /* NULL: the token file's path */
     void (*expect)(config *c);
+    bool alone;                /* an on/off flag: "--flag" stands alone */
+    bool not_with_token;       /* excludes --token (so skipped in "all together") */
 } option_case;
+
+static const char *case_value(const option_case *k)
+{
+    return k->value != NULL ? k->value : token_path;
+}
 
 static void x_listen(config *c) { strcpy(c->listen_host, "0.0.0.0"); c->listen_port = 9090; }
 static void x_db(config *c) { strcpy(c->db_path, "/tmp/some dir/state.db"); }
@@ -141,21 +191,31 @@ static void x_max_connections(config *c) { c->max_connections = 7; }
 static void x_connection_timeout(config *c) { c->connection_timeout = 0; }
 static void x_max_wait(config *c) { c->max_wait = 0; }
 static void x_log_level(config *c) { c->log_level = NS_LOG_DEBUG; }
+static void x_token(config *c) { strcpy(c->token, "Tok-en.~+/=123"); }
+static void x_token_file(config *c)
+{
+    strcpy(c->token_file, token_path);
+    strcpy(c->token, FILE_TOKEN);
+}
+static void x_access_log(config *c) { c->access_log = true; }
 
 static const option_case option_cases[] = {
-    {"--listen", "NODESTATE_LISTEN", "0.0.0.0:9090", x_listen},
-    {"--db", "NODESTATE_DB", "/tmp/some dir/state.db", x_db},
-    {"--batch-size", "NODESTATE_BATCH_SIZE", "1000000", x_batch_size},
-    {"--batch-interval", "NODESTATE_BATCH_INTERVAL", "0.25", x_batch_interval},
-    {"--queue-capacity", "NODESTATE_QUEUE_CAPACITY", "1", x_queue_capacity},
-    {"--shutdown-timeout", "NODESTATE_SHUTDOWN_TIMEOUT", "2.5", x_shutdown_timeout},
-    {"--synchronous", "NODESTATE_SYNCHRONOUS", "full", x_synchronous},
-    {"--threads", "NODESTATE_THREADS", "256", x_threads},
-    {"--max-body-bytes", "NODESTATE_MAX_BODY_BYTES", "1073741824", x_max_body_bytes},
-    {"--max-connections", "NODESTATE_MAX_CONNECTIONS", "7", x_max_connections},
-    {"--connection-timeout", "NODESTATE_CONNECTION_TIMEOUT", "0", x_connection_timeout},
-    {"--max-wait", "NODESTATE_MAX_WAIT", "0", x_max_wait},
-    {"--log-level", "NODESTATE_LOG_LEVEL", "debug", x_log_level},
+    {"--listen", "NODESTATE_LISTEN", "0.0.0.0:9090", x_listen, false, false},
+    {"--db", "NODESTATE_DB", "/tmp/some dir/state.db", x_db, false, false},
+    {"--batch-size", "NODESTATE_BATCH_SIZE", "1000000", x_batch_size, false, false},
+    {"--batch-interval", "NODESTATE_BATCH_INTERVAL", "0.25", x_batch_interval, false, false},
+    {"--queue-capacity", "NODESTATE_QUEUE_CAPACITY", "1", x_queue_capacity, false, false},
+    {"--shutdown-timeout", "NODESTATE_SHUTDOWN_TIMEOUT", "2.5", x_shutdown_timeout, false, false},
+    {"--synchronous", "NODESTATE_SYNCHRONOUS", "full", x_synchronous, false, false},
+    {"--threads", "NODESTATE_THREADS", "256", x_threads, false, false},
+    {"--max-body-bytes", "NODESTATE_MAX_BODY_BYTES", "1073741824", x_max_body_bytes, false, false},
+    {"--max-connections", "NODESTATE_MAX_CONNECTIONS", "7", x_max_connections, false, false},
+    {"--connection-timeout", "NODESTATE_CONNECTION_TIMEOUT", "0", x_connection_timeout, false, false},
+    {"--max-wait", "NODESTATE_MAX_WAIT", "0", x_max_wait, false, false},
+    {"--log-level", "NODESTATE_LOG_LEVEL", "debug", x_log_level, false, false},
+    {"--token", "NODESTATE_TOKEN", "Tok-en.~+/=123", x_token, false, false},
+    {"--token-file", "NODESTATE_TOKEN_FILE", NULL, x_token_file, false, true},
+    {"--access-log", "NODESTATE_ACCESS_LOG", "true", x_access_log, true, false},
 };
 #define N_CASES (sizeof option_cases / sizeof option_cases[0])
 
@@ -165,7 +225,7 @@ Test(config, every_option_from_flag)
     for (size_t i = 0; i < N_CASES; i++) {
         const option_case *k = &option_cases[i];
         config want;
-        run *r = parse(ARGS(k->flag, k->value));
+        run *r = k->alone ? parse(ARGS(k->flag)) : parse(ARGS(k->flag, case_value(k)));
 
         cr_assert_eq(r->outcome, CONFIG_RUN, "%s: %s", k->flag, r->err);
         want_defaults(&want);
@@ -181,7 +241,7 @@ Test(config, every_option_from_flag_with_equals)
         char arg[256];
         config want;
 
-        snprintf(arg, sizeof arg, "%s=%s", k->flag, k->value);
+        snprintf(arg, sizeof arg, "%s=%s", k->flag, case_value(k));
         run *r = parse(ARGS(arg));
         cr_assert_eq(r->outcome, CONFIG_RUN, "%s: %s", arg, r->err);
         want_defaults(&want);
@@ -197,7 +257,7 @@ Test(config, every_option_from_env)
         config want;
 
         clear_env();
-        cr_assert_eq(setenv(k->env, k->value, 1), 0);
+        cr_assert_eq(setenv(k->env, case_value(k), 1), 0);
         run *r = parse(NO_ARGS);
         cr_assert_eq(r->outcome, CONFIG_RUN, "%s: %s", k->env, r->err);
         want_defaults(&want);
@@ -209,15 +269,19 @@ Test(config, every_option_from_env)
 Test(config, all_options_together)
 {
     const char *args[2 * N_CASES + 1];
+    size_t n = 0;
     config want;
 
     want_defaults(&want);
     for (size_t i = 0; i < N_CASES; i++) {
-        args[2 * i] = option_cases[i].flag;
-        args[2 * i + 1] = option_cases[i].value;
+        if (option_cases[i].not_with_token)
+            continue;
+        args[n++] = option_cases[i].flag;
+        if (!option_cases[i].alone)
+            args[n++] = case_value(&option_cases[i]);
         option_cases[i].expect(&want);
     }
-    args[2 * N_CASES] = NULL;
+    args[n] = NULL;
     run *r = parse(args);
     cr_assert_eq(r->outcome, CONFIG_RUN, "%s", r->err);
     assert_same(&r->c, &want, "all flags");
@@ -350,6 +414,16 @@ static const bad_case bad_cases[] = {
     {"synchronous", "", "empty"},
     {"log-level", "verbose", "not a level"},
     {"log-level", "", "empty"},
+    {"token", "", "empty"},
+    {"token", "two words", "a blank"},
+    {"token", "tab\there", "a control character"},
+    {"token", "caf\xc3\xa9", "not ASCII"},
+    {"token-file", "", "empty path"},
+    {"token-file", "/nonexistent-dir/token", "no such file"},
+    {"token-file", "/", "a directory"},
+    {"access-log", "maybe", "not a boolean"},
+    {"access-log", "2", "not a boolean"},
+    {"access-log", "", "empty"},
 };
 
 Test(config, bad_values_from_flag)
@@ -480,7 +554,8 @@ Test(config, format_lists_every_setting)
                           "batch_interval=0.1", "queue_capacity=262144",
                           "shutdown_timeout=10", "synchronous=normal", "threads=2",
                           "max_body_bytes=1048576", "max_connections=1024",
-                          "connection_timeout=60", "max_wait=60", "log_level=info"};
+                          "connection_timeout=60", "max_wait=60", "log_level=info",
+                          "token=unset", "token_file=\"\"", "access_log=false"};
     for (size_t i = 0; i < sizeof want / sizeof want[0]; i++)
         cr_assert_not_null(strstr(buf, want[i]), "\"%s\" lacks %s", buf, want[i]);
 
@@ -489,4 +564,221 @@ Test(config, format_lists_every_setting)
     memset(small, 'x', sizeof small);
     config_format(&c, small, sizeof small);
     cr_assert_lt(strlen(small), sizeof small);
+}
+
+/* ---- the token, the token file and the access log ------------------------ */
+
+Test(config, token_file_content)
+{
+    static const struct {
+        const char *content;
+        size_t len;
+        const char *token;
+    } cases[] = {
+        {"abc", 3, "abc"},
+        {"abc\n", 4, "abc"},
+        {"abc\r\n", 5, "abc"},
+        {"abc\n\n", 5, "abc"},
+        {"a.b-c_d~e+f/g=", 14, "a.b-c_d~e+f/g="},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        write_file(token_path, cases[i].content, cases[i].len);
+        run *r = parse(ARGS("--token-file", token_path));
+        cr_assert_eq(r->outcome, CONFIG_RUN, "case %zu: %s", i, r->err);
+        cr_assert_str_eq(r->c.token, cases[i].token, "case %zu", i);
+        cr_assert_str_eq(r->c.token_file, token_path);
+    }
+
+    /* The longest token fits, with its newline; one byte more does not. */
+    config c;
+    char big[sizeof c.token + 2];
+    memset(big, 'a', sizeof big);
+    big[sizeof c.token - 1] = '\n';
+    write_file(token_path, big, sizeof c.token);
+    run *r = parse(ARGS("--token-file", token_path));
+    cr_assert_eq(r->outcome, CONFIG_RUN, "%s", r->err);
+    cr_assert_eq(strlen(r->c.token), sizeof c.token - 1);
+
+    write_file(token_path, big, sizeof c.token - 1);
+    big[sizeof c.token - 1] = 'a';
+    write_file(token_path, big, sizeof c.token);
+    r = parse(ARGS("--token-file", token_path));
+    cr_assert_eq(r->outcome, CONFIG_ERROR);
+    cr_assert_not_null(strstr(r->err, "longer"), "%s", r->err);
+}
+
+Test(config, token_file_problems_name_option_and_path)
+{
+    static const struct {
+        const char *content;
+        size_t len;
+        const char *why;
+    } cases[] = {
+        {"", 0, "empty"},
+        {"\n", 1, "empty"},
+        {"\r\n\n", 3, "empty"},
+        {"filetoken\nsecond\n", 17, "visible ASCII"},
+        {"file token\n", 11, "visible ASCII"},
+        {"file\0token\n", 11, "NUL"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        write_file(token_path, cases[i].content, cases[i].len);
+        run *r = parse(ARGS("--token-file", token_path));
+        cr_assert_eq(r->outcome, CONFIG_ERROR, "case %zu accepted", i);
+        cr_assert_not_null(strstr(r->err, "--token-file"), "%s", r->err);
+        cr_assert_not_null(strstr(r->err, token_path), "%s", r->err);
+        cr_assert_not_null(strstr(r->err, cases[i].why), "case %zu: %s", i, r->err);
+        cr_assert_null(strstr(r->err, "token\n"), "%s", r->err);
+        cr_assert_null(strstr(r->err, "second"), "content echoed: %s", r->err);
+        cr_assert_null(strstr(r->err, "file token"), "content echoed: %s", r->err);
+    }
+
+    char missing[256];
+    snprintf(missing, sizeof missing, "%s/missing", token_dir);
+    cr_assert_eq(setenv("NODESTATE_TOKEN_FILE", missing, 1), 0);
+    run *r = parse(NO_ARGS);
+    cr_assert_eq(r->outcome, CONFIG_ERROR);
+    cr_assert_not_null(strstr(r->err, "--token-file"), "%s", r->err);
+    cr_assert_not_null(strstr(r->err, "NODESTATE_TOKEN_FILE"), "%s", r->err);
+    cr_assert_not_null(strstr(r->err, missing), "%s", r->err);
+    cr_assert_not_null(strstr(r->err, strerror(ENOENT)), "%s", r->err);
+}
+
+Test(config, token_and_token_file_exclude_each_other)
+{
+    /* Every mix of sources: which should win is a guess, so neither does. */
+    run *r = parse(ARGS("--token", "flagtoken", "--token-file", token_path));
+    cr_assert_eq(r->outcome, CONFIG_ERROR);
+    cr_assert_str_eq(r->err,
+                     "--token and --token-file: give only one of them (the token "
+                     "from the command line, the file from the command line)");
+
+    cr_assert_eq(setenv("NODESTATE_TOKEN", "envtoken", 1), 0);
+    r = parse(ARGS("--token-file", token_path));
+    cr_assert_eq(r->outcome, CONFIG_ERROR);
+    cr_assert_not_null(strstr(r->err, "NODESTATE_TOKEN"), "%s", r->err);
+
+    cr_assert_eq(setenv("NODESTATE_TOKEN_FILE", token_path, 1), 0);
+    r = parse(NO_ARGS);
+    cr_assert_eq(r->outcome, CONFIG_ERROR);
+    cr_assert_not_null(strstr(r->err, "NODESTATE_TOKEN_FILE"), "%s", r->err);
+    cr_assert_null(strstr(r->err, "envtoken"), "token echoed: %s", r->err);
+
+    /* One of them alone is fine. */
+    unsetenv("NODESTATE_TOKEN");
+    r = parse(NO_ARGS);
+    cr_assert_eq(r->outcome, CONFIG_RUN, "%s", r->err);
+    cr_assert_str_eq(r->c.token, FILE_TOKEN);
+}
+
+Test(config, token_errors_never_echo_it)
+{
+    static const char *const bad[] = {"--token=my secret", "--token=my\tsecret",
+                                      "--token=mysecret\xc3\xa9"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        run *r = parse(ARGS(bad[i]));
+        cr_assert_eq(r->outcome, CONFIG_ERROR, "%s accepted", bad[i]);
+        cr_assert_not_null(strstr(r->err, "--token"), "%s", r->err);
+        cr_assert_null(strstr(r->err, "secret"), "token echoed: %s", r->err);
+    }
+
+    config c;
+    char longtok[sizeof c.token + 16];
+    memset(longtok, 's', sizeof longtok - 1);
+    longtok[sizeof longtok - 1] = '\0';
+    cr_assert_eq(setenv("NODESTATE_TOKEN", longtok, 1), 0);
+    run *r = parse(NO_ARGS);
+    cr_assert_eq(r->outcome, CONFIG_ERROR);
+    cr_assert_not_null(strstr(r->err, "longer"), "%s", r->err);
+    cr_assert_null(strstr(r->err, "ssss"), "token echoed: %s", r->err);
+}
+
+Test(config, help_shows_no_token)
+{
+    cr_assert_eq(setenv("NODESTATE_TOKEN", "envsecret", 1), 0);
+    run *r = parse(ARGS("--token", "flagsecret", "--help"));
+    cr_assert_eq(r->outcome, CONFIG_EXIT_OK);
+    cr_assert_null(strstr(r->out, "secret"), "help shows the token:\n%s", r->out);
+
+    /* The token's row ends after the variable's name: no default column. */
+    const char *row = strstr(r->out, "--token TOKEN");
+    cr_assert_not_null(row, "%s", r->out);
+    const char *eol = strchr(row, '\n');
+    cr_assert_not_null(eol);
+    const char *var = strstr(row, "NODESTATE_TOKEN");
+    cr_assert(var != NULL && var < eol, "row: %.*s", (int)(eol - row), row);
+    cr_assert_eq(var + strlen("NODESTATE_TOKEN"), eol, "row: %.*s",
+                 (int)(eol - row), row);
+}
+
+Test(config, format_redacts_the_token)
+{
+    run *r = parse(ARGS("--token", "flagsecret", "--access-log"));
+    char buf[16384];
+
+    cr_assert_eq(r->outcome, CONFIG_RUN, "%s", r->err);
+    config_format(&r->c, buf, sizeof buf);
+    cr_assert_null(strstr(buf, "secret"), "%s", buf);
+    cr_assert_not_null(strstr(buf, " token=set"), "%s", buf);
+    cr_assert_not_null(strstr(buf, " access_log=true"), "%s", buf);
+
+    r = parse(ARGS("--token-file", token_path));
+    cr_assert_eq(r->outcome, CONFIG_RUN, "%s", r->err);
+    config_format(&r->c, buf, sizeof buf);
+    cr_assert_null(strstr(buf, FILE_TOKEN), "%s", buf);
+    cr_assert_not_null(strstr(buf, " token=set"), "%s", buf);
+    char want[256];
+    snprintf(want, sizeof want, " token_file=%s", token_path);
+    cr_assert_not_null(strstr(buf, want), "%s", buf);
+}
+
+Test(config, clear_secrets_zeroes_the_token)
+{
+    run *r = parse(ARGS("--token", "flagsecret"));
+    cr_assert_eq(r->outcome, CONFIG_RUN, "%s", r->err);
+    config_clear_secrets(&r->c);
+    for (size_t i = 0; i < sizeof r->c.token; i++)
+        cr_assert_eq(r->c.token[i], 0, "byte %zu left", i);
+    cr_assert_eq(r->c.batch_size, 2048, "other settings stay");
+}
+
+Test(config, access_log_values)
+{
+    static const struct {
+        const char *value;
+        bool on;
+    } cases[] = {
+        {"1", true}, {"true", true}, {"TRUE", true}, {"yes", true}, {"on", true},
+        {"0", false}, {"false", false}, {"False", false}, {"no", false}, {"off", false},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char arg[64];
+
+        clear_env();
+        cr_assert_eq(setenv("NODESTATE_ACCESS_LOG", cases[i].value, 1), 0);
+        run *r = parse(NO_ARGS);
+        cr_assert_eq(r->outcome, CONFIG_RUN, "%s: %s", cases[i].value, r->err);
+        cr_assert_eq(r->c.access_log, cases[i].on, "env %s", cases[i].value);
+
+        clear_env();
+        snprintf(arg, sizeof arg, "--access-log=%s", cases[i].value);
+        r = parse(ARGS(arg));
+        cr_assert_eq(r->outcome, CONFIG_RUN, "%s: %s", arg, r->err);
+        cr_assert_eq(r->c.access_log, cases[i].on, "%s", arg);
+    }
+
+    /* Alone, it takes no value: the next word is the next option. */
+    run *r = parse(ARGS("--access-log", "--threads", "3"));
+    cr_assert_eq(r->outcome, CONFIG_RUN, "%s", r->err);
+    cr_assert(r->c.access_log);
+    cr_assert_eq(r->c.threads, 3);
+
+    r = parse(ARGS("--access-log", "true"));
+    cr_assert_eq(r->outcome, CONFIG_ERROR, "a separate value is a stray argument");
+
+    /* The flag beats the variable, both ways. */
+    cr_assert_eq(setenv("NODESTATE_ACCESS_LOG", "1", 1), 0);
+    r = parse(ARGS("--access-log=false"));
+    cr_assert_eq(r->outcome, CONFIG_RUN, "%s", r->err);
+    cr_assert_not(r->c.access_log);
 }

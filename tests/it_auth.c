@@ -1,0 +1,408 @@
+/*
+ * it_auth: bearer-token authentication of the real binary. With a token
+ * (--token, NODESTATE_TOKEN, --token-file or NODESTATE_TOKEN_FILE) every
+ * route but /healthz needs "Authorization: Bearer <token>"; a missing or
+ * wrong one is a 401 problem with WWW-Authenticate: Bearer. The token never
+ * shows in the log or in --help.
+ */
+#include <criterion/criterion.h>
+#include <curl/curl.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "harness.h"
+
+#define TOKEN "secret123"
+#define AUTH_OK "Authorization: Bearer " TOKEN
+
+static void clear_nodestate_env(void)
+{
+    unsetenv("NODESTATE_TOKEN");
+    unsetenv("NODESTATE_TOKEN_FILE");
+    unsetenv("NODESTATE_ACCESS_LOG");
+    unsetenv("NODESTATE_LOG_LEVEL");
+}
+
+TestSuite(auth, .init = clear_nodestate_env, .timeout = 120);
+
+static ns_server *start(const char *args)
+{
+    ns_server *s = ns_start("%s", args);
+    cr_assert_not_null(s, "server did not start with %s", args);
+    return s;
+}
+
+/* ---- the WWW-Authenticate header (ns_resp does not keep it) --------------- */
+
+typedef struct hdr_ctx {
+    char value[256];
+} hdr_ctx;
+
+/* Drops a response body. */
+static size_t discard(char *data, size_t size, size_t nmemb, void *arg)
+{
+    (void)data;
+    (void)arg;
+    return size * nmemb;
+}
+
+static size_t on_header(char *data, size_t size, size_t nmemb, void *arg)
+{
+    hdr_ctx *h = arg;
+    size_t n = size * nmemb;
+    static const char name[] = "WWW-Authenticate:";
+
+    if (n > strlen(name) && strncasecmp(data, name, strlen(name)) == 0) {
+        const char *v = data + strlen(name);
+        size_t len = n - strlen(name);
+
+        while (len > 0 && *v == ' ') {
+            v++;
+            len--;
+        }
+        while (len > 0 && (v[len - 1] == '\r' || v[len - 1] == '\n'))
+            len--;
+        if (len >= sizeof h->value)
+            len = sizeof h->value - 1;
+        memcpy(h->value, v, len);
+        h->value[len] = '\0';
+    }
+    return n;
+}
+
+/* GET path with an optional extra header; returns the status, fills www. */
+static long get_www_authenticate(ns_server *s, const char *path,
+                                 const char *header, char *www, size_t size)
+{
+    CURL *h = curl_easy_init();
+    struct curl_slist *list = NULL;
+    hdr_ctx ctx = {{0}};
+    char url[512];
+    long status = 0;
+
+    cr_assert_not_null(h);
+    snprintf(url, sizeof url, "http://127.0.0.1:%d%s", ns_port(s), path);
+    if (header != NULL) {
+        list = curl_slist_append(NULL, header);
+        cr_assert_not_null(list);
+    }
+    cr_assert_eq(curl_easy_setopt(h, CURLOPT_URL, url), CURLE_OK);
+    cr_assert_eq(curl_easy_setopt(h, CURLOPT_PROXY, ""), CURLE_OK);
+    cr_assert_eq(curl_easy_setopt(h, CURLOPT_NOBODY, 0L), CURLE_OK);
+    cr_assert_eq(curl_easy_setopt(h, CURLOPT_TIMEOUT, 30L), CURLE_OK);
+    cr_assert_eq(curl_easy_setopt(h, CURLOPT_HTTPHEADER, list), CURLE_OK);
+    cr_assert_eq(curl_easy_setopt(h, CURLOPT_HEADERFUNCTION, on_header), CURLE_OK);
+    cr_assert_eq(curl_easy_setopt(h, CURLOPT_HEADERDATA, &ctx), CURLE_OK);
+    /* The body is checked through the harness; here it is dropped. */
+    cr_assert_eq(curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, discard), CURLE_OK);
+    cr_assert_eq(curl_easy_perform(h), CURLE_OK);
+    cr_assert_eq(curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &status), CURLE_OK);
+    snprintf(www, size, "%s", ctx.value);
+    curl_slist_free_all(list);
+    curl_easy_cleanup(h);
+    return status;
+}
+
+/* ---- assertions ----------------------------------------------------------- */
+
+static void assert_401(ns_server *s, const char *method, const char *path,
+                       const char *body, const char *header)
+{
+    const char *headers[] = {header, NULL};
+    ns_resp r = {0};
+    char why[512];
+
+    cr_assert_eq(ns_req(s, method, path, body, header != NULL ? headers : NULL, &r),
+                 0, "%s %s: %s", method, path, r.error);
+    cr_assert_eq(ns_check_problem(&r, 401, "unauthorized", why, sizeof why), 0,
+                 "%s %s with %s: %s (body %s)", method, path,
+                 header != NULL ? header : "no header", why, r.body);
+    ns_resp_free(&r);
+}
+
+static void assert_status(ns_server *s, const char *method, const char *path,
+                          const char *body, const char *header, long want)
+{
+    const char *headers[] = {header, NULL};
+    ns_resp r = {0};
+
+    cr_assert_eq(ns_req(s, method, path, body, header != NULL ? headers : NULL, &r),
+                 0, "%s %s: %s", method, path, r.error);
+    cr_assert_eq(r.status, want, "%s %s with %s: status %ld, want %ld; body %s",
+                 method, path, header != NULL ? header : "no header", r.status,
+                 want, r.body);
+    ns_resp_free(&r);
+}
+
+/* Every route the api serves, in an order where each succeeds with the token. */
+typedef struct route {
+    const char *method;
+    const char *path;
+    const char *body;
+    long ok;             /* the status with the right token, in this order */
+} route;
+
+static const route routes[] = {
+    {"POST", "/runs/r1/nodes/n1/state", "{\"status\":\"running\"}", 202},
+    {"GET", "/runs/r1/nodes/n1/state", NULL, 200},
+    {"GET", "/runs/r1/nodes", NULL, 200},
+    {"GET", "/runs/r1", NULL, 200},
+    {"DELETE", "/runs/r1", NULL, 202},
+    {"GET", "/stats", NULL, 200},
+    {"GET", "/stats?format=json", NULL, 200},
+    {"GET", "/metrics", NULL, 200},
+    {"GET", "/readyz", NULL, 200},
+    {"GET", "/no/such/path", NULL, 404},
+};
+#define N_ROUTES (sizeof routes / sizeof routes[0])
+
+/* The checks every way of giving the token must pass. */
+static void assert_token_required(ns_server *s, const char *token)
+{
+    char ok[256], www[256];
+
+    snprintf(ok, sizeof ok, "Authorization: Bearer %s", token);
+    for (size_t i = 0; i < N_ROUTES; i++)
+        assert_401(s, routes[i].method, routes[i].path, routes[i].body, NULL);
+    cr_assert_eq(get_www_authenticate(s, "/readyz", NULL, www, sizeof www), 401);
+    cr_assert_eq(strncmp(www, "Bearer", 6), 0, "WWW-Authenticate: %s", www);
+    assert_status(s, "GET", "/readyz", NULL, ok, 200);
+    assert_status(s, "GET", "/healthz", NULL, NULL, 200);
+}
+
+/* ---- tests ---------------------------------------------------------------- */
+
+Test(auth, no_token_is_401_on_every_route_but_healthz)
+{
+    ns_server *s = start("--token " TOKEN);
+    char www[256];
+
+    for (size_t i = 0; i < N_ROUTES; i++)
+        assert_401(s, routes[i].method, routes[i].path, routes[i].body, NULL);
+
+    cr_assert_eq(get_www_authenticate(s, "/stats", NULL, www, sizeof www), 401);
+    cr_assert_eq(strncmp(www, "Bearer", 6), 0, "WWW-Authenticate: %s", www);
+    cr_assert_eq(get_www_authenticate(s, "/runs/r1/nodes/n1/state", NULL, www,
+                                      sizeof www), 401);
+    cr_assert_eq(strncmp(www, "Bearer", 6), 0, "WWW-Authenticate: %s", www);
+
+    /* Liveness stays open for orchestrators' probes. */
+    assert_status(s, "GET", "/healthz", NULL, NULL, 200);
+    assert_status(s, "GET", "/healthz", NULL, "Authorization: Bearer wrong", 200);
+
+    /* Nothing was written by the refused POST. */
+    assert_status(s, "GET", "/runs/r1/nodes/n1/state", NULL, AUTH_OK, 404);
+    ns_free(s);
+}
+
+Test(auth, wrong_token_is_401)
+{
+    ns_server *s = start("--token " TOKEN);
+    static const char *const wrong[] = {
+        "Authorization: Bearer wrong",
+        "Authorization: Bearer secret12",      /* a prefix */
+        "Authorization: Bearer secret1234",    /* longer */
+        "Authorization: Bearer Secret123",     /* case matters in the token */
+        "Authorization: Bearer",               /* no token */
+        "Authorization: Basic " TOKEN,         /* another scheme */
+        "Authorization: " TOKEN,               /* no scheme */
+        "X-Token: " TOKEN,                     /* another header */
+    };
+    char www[256];
+
+    for (size_t w = 0; w < sizeof wrong / sizeof wrong[0]; w++)
+        for (size_t i = 0; i < N_ROUTES; i++)
+            assert_401(s, routes[i].method, routes[i].path, routes[i].body, wrong[w]);
+    cr_assert_eq(get_www_authenticate(s, "/readyz", "Authorization: Bearer wrong",
+                                      www, sizeof www), 401);
+    cr_assert_eq(strncmp(www, "Bearer", 6), 0, "WWW-Authenticate: %s", www);
+    ns_free(s);
+}
+
+Test(auth, right_token_works)
+{
+    ns_server *s = start("--token " TOKEN);
+
+    assert_status(s, "POST", "/runs/r1/nodes/n1/state", "{\"status\":\"running\"}",
+                  AUTH_OK, 202);
+    assert_status(s, "POST", "/runs/r1/nodes/n2/state?wait=true",
+                  "{\"status\":\"running\"}", AUTH_OK, 200);
+    assert_status(s, "GET", "/runs/r1/nodes/n1/state", NULL, AUTH_OK, 200);
+    assert_status(s, "GET", "/runs/r1/nodes", NULL, AUTH_OK, 200);
+    assert_status(s, "GET", "/runs/r1", NULL, AUTH_OK, 200);
+    assert_status(s, "GET", "/stats", NULL, AUTH_OK, 200);
+    assert_status(s, "GET", "/stats?format=json", NULL, AUTH_OK, 200);
+    assert_status(s, "GET", "/metrics", NULL, AUTH_OK, 200);
+    assert_status(s, "GET", "/readyz", NULL, AUTH_OK, 200);
+    assert_status(s, "GET", "/healthz", NULL, AUTH_OK, 200);
+    assert_status(s, "GET", "/no/such/path", NULL, AUTH_OK, 404);
+    assert_status(s, "DELETE", "/runs/r1", NULL, AUTH_OK, 202);
+    ns_free(s);
+}
+
+Test(auth, no_token_configured_means_open)
+{
+    ns_server *s = start("");
+
+    assert_status(s, "GET", "/readyz", NULL, NULL, 200);
+    assert_status(s, "POST", "/runs/r1/nodes/n1/state", "{\"status\":\"running\"}",
+                  NULL, 202);
+    /* A header nobody asked for is ignored. */
+    assert_status(s, "GET", "/runs/r1/nodes/n1/state", NULL,
+                  "Authorization: Bearer anything", 200);
+    cr_assert(ns_log_contains(s, " token=unset"), "started line lacks token=unset");
+    ns_free(s);
+}
+
+Test(auth, token_from_environment)
+{
+    cr_assert_eq(setenv("NODESTATE_TOKEN", "envtoken456", 1), 0);
+    ns_server *s = start("");
+
+    assert_token_required(s, "envtoken456");
+    assert_401(s, "GET", "/readyz", NULL, AUTH_OK);
+    cr_assert_eq(ns_stop(s, SIGTERM), 0);
+    cr_assert_not(ns_log_contains(s, "envtoken456"), "the token is in the log");
+    cr_assert(ns_log_contains(s, " token=set"), "started line lacks token=set");
+    ns_free(s);
+}
+
+/* A temporary token file holding text; path receives its name. */
+static void token_file(char *dir, size_t dir_size, char *path, size_t size,
+                       const char *text)
+{
+    snprintf(dir, dir_size, "/tmp/nodestate-it-auth-XXXXXX");
+    cr_assert_not_null(mkdtemp(dir), "mkdtemp: %s", strerror(errno));
+    snprintf(path, size, "%s/token", dir);
+    FILE *f = fopen(path, "w");
+    cr_assert_not_null(f);
+    cr_assert(fputs(text, f) >= 0);
+    cr_assert_eq(fclose(f), 0);
+}
+
+Test(auth, token_from_file)
+{
+    char dir[64], path[128];
+
+    /* The newline `echo` leaves is not part of the token. */
+    token_file(dir, sizeof dir, path, sizeof path, "filetoken789\n");
+    ns_server *s = ns_start("--token-file %s", path);
+    cr_assert_not_null(s, "server did not start with --token-file");
+
+    assert_token_required(s, "filetoken789");
+    cr_assert_eq(ns_stop(s, SIGTERM), 0);
+    cr_assert_not(ns_log_contains(s, "filetoken789"), "the token is in the log");
+    cr_assert(ns_log_contains(s, " token=set"), "started line lacks token=set");
+    cr_assert(ns_log_contains(s, path), "started line lacks the token file's path");
+    ns_free(s);
+    unlink(path);
+    rmdir(dir);
+}
+
+Test(auth, token_file_from_environment)
+{
+    char dir[64], path[128];
+
+    token_file(dir, sizeof dir, path, sizeof path, "envfiletoken\r\n");
+    cr_assert_eq(setenv("NODESTATE_TOKEN_FILE", path, 1), 0);
+    ns_server *s = start("");
+
+    assert_token_required(s, "envfiletoken");
+    cr_assert_eq(ns_stop(s, SIGTERM), 0);
+    cr_assert_not(ns_log_contains(s, "envfiletoken"), "the token is in the log");
+    ns_free(s);
+    unlink(path);
+    rmdir(dir);
+}
+
+Test(auth, token_absent_from_log)
+{
+    /* Debug level and the access log: the most the service ever writes. */
+    ns_server *s = start("--token " TOKEN " --log-level debug --access-log");
+    char www[256];
+
+    for (size_t i = 0; i < N_ROUTES; i++) {
+        assert_status(s, routes[i].method, routes[i].path, routes[i].body, AUTH_OK,
+                      routes[i].ok);
+        assert_401(s, routes[i].method, routes[i].path, routes[i].body,
+                   "Authorization: Bearer " TOKEN "x");
+    }
+    cr_assert_eq(get_www_authenticate(s, "/readyz", NULL, www, sizeof www), 401);
+    /* The path is logged; a token in it would be the client's doing. */
+    cr_assert_eq(ns_stop(s, SIGTERM), 0);
+
+    char *log = ns_log(s);
+    cr_assert_not_null(log);
+    cr_assert_null(strstr(log, TOKEN), "the token is in the log:\n%s", log);
+    cr_assert_not_null(strstr(log, " msg=started "), "no started line:\n%s", log);
+    cr_assert_not_null(strstr(log, " token=set"), "started line lacks token=set:\n%s", log);
+    cr_assert_not_null(strstr(log, " status=401 "), "401s are access-logged:\n%s", log);
+    cr_assert_not_null(strstr(log, " msg=stopped "), "no stopped line:\n%s", log);
+    free(log);
+    ns_free(s);
+}
+
+/* ---- --help --------------------------------------------------------------- */
+
+/* Runs the binary with args (and env added); returns what it wrote, both streams. */
+static char *run_capture(char *const argv[], const char *env_add, int *code)
+{
+    char path[] = "/tmp/nodestate-it-auth-out-XXXXXX";
+    int fd = mkstemp(path);
+    pid_t pid;
+    int status = 0;
+    char *text;
+    long size;
+    FILE *f;
+
+    cr_assert_geq(fd, 0);
+    if (env_add != NULL)
+        cr_assert_eq(putenv((char *)env_add), 0);
+    pid = fork();
+    cr_assert_geq(pid, 0);
+    if (pid == 0) {
+        if (dup2(fd, 1) < 0 || dup2(fd, 2) < 0)
+            _exit(127);
+        execv(NODESTATE_BIN, argv);
+        _exit(127);
+    }
+    /* --help exits at once; a hang fails the suite's timeout. */
+    cr_assert_eq(waitpid(pid, &status, 0), pid);
+    *code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+    close(fd);
+    f = fopen(path, "r");
+    cr_assert_not_null(f);
+    cr_assert_eq(fseek(f, 0, SEEK_END), 0);
+    size = ftell(f);
+    cr_assert_geq(size, 0);
+    rewind(f);
+    text = calloc(1, (size_t)size + 1);
+    cr_assert_not_null(text);
+    cr_assert_eq(fread(text, 1, (size_t)size, f), (size_t)size);
+    fclose(f);
+    unlink(path);
+    return text;
+}
+
+Test(auth, token_absent_from_help)
+{
+    static char env[] = "NODESTATE_TOKEN=" TOKEN;
+    char *argv1[] = {(char *)NODESTATE_BIN, (char *)"--token", (char *)TOKEN,
+                     (char *)"--help", NULL};
+    int code = -1;
+    char *out = run_capture(argv1, env, &code);
+
+    cr_assert_eq(code, 0, "--help: exit %d:\n%s", code, out);
+    cr_assert_not_null(strstr(out, "--token"), "help lacks --token:\n%s", out);
+    cr_assert_not_null(strstr(out, "NODESTATE_TOKEN"), "help lacks the variable");
+    cr_assert_null(strstr(out, TOKEN), "the token is in --help:\n%s", out);
+    free(out);
+}
