@@ -1,7 +1,9 @@
 /*
  * Unit tests for store: schema and pragmas on open, the write/read round
  * trip, upsert and delete semantics, last_seq persistence, version refusal,
- * and all-or-nothing batches when SQLite says no.
+ * migration of the original design's (version 0) table, all-or-nothing
+ * batches when SQLite says no, isolation of a row SQLite refuses by itself,
+ * and the spill sidecar with its replay.
  *
  * Each test gets a fresh directory from mkdtemp; raw sqlite3 connections
  * inspect the file or hold locks the way another process would.
@@ -33,7 +35,10 @@ static void setup(void)
 
 static void teardown(void)
 {
-    static const char *const suffixes[] = {"", "-wal", "-shm", "-journal"};
+    static const char *const suffixes[] = {
+        "", "-wal", "-shm", "-journal",
+        ".spill", ".spill-wal", ".spill-shm", ".spill-journal",
+    };
     char p[PATH_MAX + 16];
 
     for (size_t i = 0; i < sizeof suffixes / sizeof suffixes[0]; i++) {
@@ -473,18 +478,32 @@ Test(store, failure_mid_batch_rolls_back_everything)
     ns_row keep = draft("r", "keep", NS_RUNNING, 1);
     ns_row other = draft("q", "x", NS_RUNNING, 2);
     ns_row good = draft("q", "y", NS_SCHEDULED, 3);
-    ns_row bad = draft("q", "z", NS_STATUS_COUNT, 4); /* no status name */
+    ns_row bad = draft("q", "z", NS_RUNNING, 4);
     ns_row *base[] = {&keep, &other};
     ns_row *batch[] = {&good, &bad};
     ns_row *fixed[] = {&good};
     const char *const del[] = {"r"};
+    sqlite3 *raw;
 
     cr_assert(eq(int, write_rows(s, base, 2, NULL, 0, 2), 0));
+    /*
+     * RAISE(ROLLBACK) is a constraint error like a refused row, but it ends
+     * the transaction: that is a batch failure, not an isolated row.
+     */
+    raw = open_raw();
+    cr_assert(sqlite3_exec(raw, "CREATE TRIGGER t_z BEFORE INSERT ON"
+                                " run_node_state WHEN NEW.node_id = 'z'"
+                                " BEGIN SELECT RAISE(ROLLBACK, 'no z'); END",
+                           NULL, NULL, NULL) == SQLITE_OK);
 
     /* The delete and the first upsert succeed inside the transaction. */
     cr_assert(eq(int, write_rows(s, batch, 2, del, 1, 4), -1));
-    cr_assert(strlen(store_errmsg(s)) > 0);
+    cr_assert(strstr(store_errmsg(s), "no z") != NULL, "errmsg: %s",
+              store_errmsg(s));
     cr_assert(eq(i64, store_last_seq(s), 2));
+    cr_assert(sqlite3_exec(raw, "DROP TRIGGER t_z", NULL, NULL, NULL)
+              == SQLITE_OK);
+    sqlite3_close(raw);
 
     load(r, "r", &l);
     cr_assert(eq(sz, l.n, 1), "the delete was rolled back");
@@ -591,4 +610,614 @@ Test(store, reader_refuses_a_row_it_cannot_parse)
     sqlite3_close(db);
     store_reader_close(r);
     store_close(s);
+}
+
+/* ---- row isolation ---- */
+
+/* What on_isolated was told. */
+#define MAX_ISOLATED 8
+typedef struct isolated {
+    const ns_row *rows[MAX_ISOLATED];
+    char why[MAX_ISOLATED][256];
+    size_t n;
+} isolated;
+
+static void on_isolated(void *ctx, const ns_row *row, const char *why)
+{
+    isolated *iso = ctx;
+
+    cr_assert(iso->n < MAX_ISOLATED);
+    cr_assert(why != NULL);
+    iso->rows[iso->n] = row;
+    snprintf(iso->why[iso->n], sizeof iso->why[0], "%s", why);
+    iso->n++;
+}
+
+static void raw_exec(sqlite3 *db, const char *sql)
+{
+    char *msg = NULL;
+
+    cr_assert(sqlite3_exec(db, sql, NULL, NULL, &msg) == SQLITE_OK, "%s: %s",
+              sql, msg != NULL ? msg : "?");
+}
+
+/* A row the database refuses whenever node_id is 'bad'. */
+static void add_bad_row_trigger(void)
+{
+    sqlite3 *db = open_raw();
+
+    raw_exec(db, "CREATE TRIGGER refuse_bad BEFORE INSERT ON run_node_state"
+                 " WHEN NEW.node_id = 'bad'"
+                 " BEGIN SELECT RAISE(ABORT, 'bad row'); END");
+    sqlite3_close(db);
+}
+
+Test(store, unwritable_rows_are_isolated_and_the_rest_commits)
+{
+    store *s = open_store();
+    store_reader *r = open_reader();
+    loaded l;
+    isolated iso = {0};
+    ns_row old_bad = draft("r", "bad", NS_RUNNING, 1);
+    ns_row gone = draft("old", "x", NS_RUNNING, 2);
+    ns_row a = draft("r", "a", NS_COMPLETED, 3);
+    ns_row bad = draft("r", "bad", NS_FAILED, 4);
+    ns_row c = draft("r", "c", NS_SCHEDULED, 5);
+    ns_row nostatus = draft("r", "d", NS_STATUS_COUNT, 6); /* NOT NULL */
+    ns_row *base[] = {&old_bad, &gone};
+    ns_row *rows[] = {&a, &bad, &c, &nostatus};
+    const char *const del[] = {"old"};
+
+    cr_assert(eq(int, write_rows(s, base, 2, NULL, 0, 2), 0));
+    add_bad_row_trigger();
+
+    store_batch b = {
+        .delete_runs = del, .n_deletes = 1, .rows = rows, .n_rows = 4,
+        .last_seq = 6, .on_isolated = on_isolated, .isolated_ctx = &iso,
+    };
+    cr_assert(eq(int, store_write(s, &b), 0), "store_write: %s",
+              store_errmsg(s));
+    cr_assert(eq(sz, b.n_isolated, 2));
+    cr_assert(eq(sz, iso.n, 2));
+    cr_assert(iso.rows[0] == &bad, "the callback gets the batch's own row");
+    cr_assert(strstr(iso.why[0], "bad row") != NULL, "why: %s", iso.why[0]);
+    cr_assert(iso.rows[1] == &nostatus);
+    cr_assert(strstr(iso.why[1], "NOT NULL constraint failed") != NULL,
+              "why: %s", iso.why[1]);
+    cr_assert(eq(i64, store_last_seq(s), 6));
+
+    /* The good rows and the delete committed; 'bad' kept its old version. */
+    load(r, "r", &l);
+    cr_assert(eq(sz, l.n, 3));
+    assert_row_eq(l.rows[0], &a);
+    assert_row_eq(l.rows[1], &old_bad);
+    assert_row_eq(l.rows[2], &c);
+    loaded_free(&l);
+    load(r, "old", &l);
+    cr_assert(eq(sz, l.n, 0));
+
+    /* No callback is fine, and n_isolated starts again from zero. */
+    ns_row *again[] = {&bad};
+    store_batch b2 = {.rows = again, .n_rows = 1, .last_seq = 7,
+                      .n_isolated = 99};
+    cr_assert(eq(int, store_write(s, &b2), 0));
+    cr_assert(eq(sz, b2.n_isolated, 1));
+    cr_assert(eq(i64, store_last_seq(s), 7));
+    store_reader_close(r);
+    store_close(s);
+}
+
+Test(store, isolated_rows_are_not_reported_when_the_batch_fails)
+{
+    store *s = open_store();
+    store_reader *r = open_reader();
+    loaded l;
+    isolated iso = {0};
+    ns_row a = draft("r", "a", NS_RUNNING, 1);
+    ns_row bad = draft("r", "bad", NS_RUNNING, 2);
+    ns_row *rows[] = {&a, &bad};
+    sqlite3 *db;
+
+    add_bad_row_trigger();
+    /* Recording last_seq fails after the rows: a batch-level failure. */
+    db = open_raw();
+    raw_exec(db, "CREATE TRIGGER refuse_meta BEFORE INSERT ON nodestate_meta"
+                 " BEGIN SELECT RAISE(ABORT, 'meta refused'); END");
+
+    store_batch b = {.rows = rows, .n_rows = 2, .last_seq = 2,
+                     .on_isolated = on_isolated, .isolated_ctx = &iso};
+    cr_assert(eq(int, store_write(s, &b), -1));
+    cr_assert(strstr(store_errmsg(s), "meta refused") != NULL, "errmsg: %s",
+              store_errmsg(s));
+    cr_assert(eq(sz, iso.n, 0), "a retried batch would report it twice");
+    cr_assert(eq(sz, b.n_isolated, 0));
+    cr_assert(eq(i64, store_last_seq(s), 0));
+    load(r, "r", &l);
+    cr_assert(eq(sz, l.n, 0), "the good row was rolled back");
+
+    /* The retry commits and reports the row once. */
+    raw_exec(db, "DROP TRIGGER refuse_meta");
+    sqlite3_close(db);
+    cr_assert(eq(int, store_write(s, &b), 0), "store_write: %s",
+              store_errmsg(s));
+    cr_assert(eq(sz, iso.n, 1));
+    cr_assert(iso.rows[0] == &bad);
+    cr_assert(eq(sz, b.n_isolated, 1));
+    load(r, "r", &l);
+    cr_assert(eq(sz, l.n, 1));
+    assert_row_eq(l.rows[0], &a);
+    loaded_free(&l);
+    store_reader_close(r);
+    store_close(s);
+}
+
+Test(store, a_null_row_fails_the_batch)
+{
+    store *s = open_store();
+    store_reader *r = open_reader();
+    loaded l;
+    ns_row a = draft("r", "a", NS_RUNNING, 1);
+    ns_row *rows[] = {&a, NULL};
+
+    cr_assert(eq(int, write_rows(s, rows, 2, NULL, 0, 2), -1));
+    cr_assert(strstr(store_errmsg(s), "NULL") != NULL, "errmsg: %s",
+              store_errmsg(s));
+    load(r, "r", &l);
+    cr_assert(eq(sz, l.n, 0));
+    store_reader_close(r);
+    store_close(s);
+}
+
+/* This binary links the normal core: the variable must do nothing. */
+Test(store, normal_build_ignores_NODESTATE_FAULTS)
+{
+    store *s;
+    store_reader *r;
+    loaded l;
+    ns_row a = draft("r", "a", NS_RUNNING, 1);
+    ns_row *rows[] = {&a};
+
+    cr_assert(setenv("NODESTATE_FAULTS", "commit=busy:5,row=a", 1) == 0);
+    s = open_store();
+    cr_assert(eq(int, write_rows(s, rows, 1, NULL, 0, 1), 0),
+              "store_write: %s", store_errmsg(s));
+    r = open_reader();
+    load(r, "r", &l);
+    cr_assert(eq(sz, l.n, 1));
+    loaded_free(&l);
+    store_reader_close(r);
+    store_close(s);
+
+    /* Not even a spec it could not read stops it. */
+    cr_assert(setenv("NODESTATE_FAULTS", "nonsense", 1) == 0);
+    s = open_store();
+    store_close(s);
+}
+
+/* ---- spill and replay ---- */
+
+static char spill_path[PATH_MAX + 16];
+
+static const char *spill_file(void)
+{
+    store_spill_path(db_path, spill_path, sizeof spill_path);
+    return spill_path;
+}
+
+static bool file_exists(const char *path)
+{
+    return access(path, F_OK) == 0;
+}
+
+static void spill(ns_row *const *rows, size_t n, const char *const *deletes,
+                  size_t nd, int64_t last_seq)
+{
+    char err[512] = "";
+    store_batch b = {
+        .delete_runs = deletes, .n_deletes = nd, .rows = rows, .n_rows = n,
+        .last_seq = last_seq,
+    };
+
+    cr_assert(eq(int, store_spill(db_path, &b, err, sizeof err), 0),
+              "store_spill: %s", err);
+}
+
+static sqlite3 *open_raw_spill(void)
+{
+    sqlite3 *db = NULL;
+
+    cr_assert(sqlite3_open_v2(spill_file(), &db, SQLITE_OPEN_READWRITE, NULL)
+              == SQLITE_OK);
+    return db;
+}
+
+Test(store, spill_path_is_next_to_the_database)
+{
+    char out[64];
+
+    store_spill_path("/var/lib/ns/ns.db", out, sizeof out);
+    cr_assert(eq(str, out, "/var/lib/ns/ns.db.spill"));
+}
+
+Test(store, spill_then_replay_round_trip_with_deletes_and_last_seq)
+{
+    store *s = open_store();
+    store_reader *r;
+    loaded l;
+    size_t rows = 99, deletes = 99;
+    char err[512] = "";
+    ns_row x1 = draft("r1", "x", NS_RUNNING, 1);
+    ns_row a1 = draft("r1", "a", NS_RUNNING, 2);
+    ns_row z3 = draft("r3", "z", NS_COMPLETED, 3);
+    ns_row sa1 = draft("r1", "a", NS_COMPLETED, 5);
+    ns_row sb1 = draft("r1", "b", NS_RUNNING, 6);
+    ns_row sa2 = draft("r2", "a", NS_SCHEDULED, 7);
+    ns_row sc1 = draft("r1", "c", NS_SUSPENDED, 8);
+    ns_row sa2b = draft("r2", "a", NS_FAILED, 9);
+    ns_row *base[] = {&x1, &a1, &z3};
+    ns_row *first[] = {&sa1, &sb1, &sa2};
+    ns_row *second[] = {&sc1, &sa2b};
+    const char *const del[] = {"r1"};
+
+    /* Every column must make the trip through the sidecar. */
+    sc1.attempt = 4;
+    sc1.ts[NS_TS_SCHEDULED] = T0;
+    sc1.ts[NS_TS_STARTED] = T0 + 1;
+    sc1.ts[NS_TS_SUSPENDED] = T0 + 2;
+    sc1.last_error = "earlier failure";
+    sc1.retryable = true;
+    sc1.suspension_reason = "approval";
+    sc1.resume_state = "{\"cursor\":7}";
+    sc1.outputs = "[1,\"two\"]";
+    sa2b.ts[NS_TS_FAILED] = T0 + 3;
+    sa2b.last_error = "boom";
+
+    cr_assert(eq(int, write_rows(s, base, 3, NULL, 0, 3), 0));
+    cr_assert(false == file_exists(spill_file()));
+
+    /* Two spills append; the second deletes r1, including spilled rows. */
+    spill(first, 3, NULL, 0, 7);
+    spill(second, 2, del, 1, 10);
+    cr_assert(file_exists(spill_file()));
+    sqlite3 *sp = open_raw_spill();
+    cr_assert(eq(i64, raw_int(sp, "PRAGMA user_version"), 1));
+    cr_assert(eq(i64, raw_int(sp, "SELECT count(*) FROM run_node_state"), 2));
+    cr_assert(eq(i64, raw_int(sp, "SELECT count(*) FROM run_node_state"
+                                  " WHERE run_id = 'r1' AND node_id = 'c'"),
+                 1));
+    cr_assert(eq(i64, raw_int(sp, "SELECT count(*) FROM spilled_deletes"
+                                  " WHERE run_id = 'r1'"), 1));
+    cr_assert(eq(i64, raw_int(sp, "SELECT value FROM nodestate_meta"
+                                  " WHERE key = 'last_seq'"), 10));
+    sqlite3_close(sp);
+    cr_assert(eq(i64, store_last_seq(s), 3), "spilling is not committing");
+
+    cr_assert(eq(int, store_replay(s, &rows, &deletes, err, sizeof err), 0),
+              "store_replay: %s", err);
+    cr_assert(eq(sz, rows, 2));
+    cr_assert(eq(sz, deletes, 1));
+    cr_assert(eq(i64, store_last_seq(s), 10));
+    cr_assert(false == file_exists(spill_file()),
+              "a replayed sidecar is removed");
+    char journal[PATH_MAX + 32];
+    snprintf(journal, sizeof journal, "%s-journal", spill_file());
+    cr_assert(false == file_exists(journal));
+
+    r = open_reader();
+    load(r, "r1", &l);
+    cr_assert(eq(sz, l.n, 1), "r1 was deleted, then only c was written");
+    assert_row_eq(l.rows[0], &sc1);
+    loaded_free(&l);
+    load(r, "r2", &l);
+    cr_assert(eq(sz, l.n, 1));
+    assert_row_eq(l.rows[0], &sa2b);
+    loaded_free(&l);
+    load(r, "r3", &l);
+    cr_assert(eq(sz, l.n, 1), "runs the sidecar never named are untouched");
+    assert_row_eq(l.rows[0], &z3);
+    loaded_free(&l);
+
+    /* A second replay finds nothing. */
+    rows = deletes = 99;
+    cr_assert(eq(int, store_replay(s, &rows, &deletes, err, sizeof err), 0),
+              "store_replay: %s", err);
+    cr_assert(eq(sz, rows, 0));
+    cr_assert(eq(sz, deletes, 0));
+
+    /* The write connection still works after ATTACH/DETACH. */
+    ns_row next = draft("r3", "y", NS_IDLE, 11);
+    ns_row *after[] = {&next};
+    cr_assert(eq(int, write_rows(s, after, 1, NULL, 0, 11), 0),
+              "store_write: %s", store_errmsg(s));
+    store_reader_close(r);
+    store_close(s);
+
+    s = open_store();
+    cr_assert(eq(i64, store_last_seq(s), 11));
+    store_close(s);
+}
+
+/* The timeout is a hang guard: replay gives up after the busy timeout. */
+Test(store, replay_with_the_database_locked_keeps_the_sidecar, .timeout = 10)
+{
+    store *s = open_store();
+    store_reader *r = open_reader();
+    loaded l;
+    size_t rows = 99, deletes = 99;
+    char err[512] = "";
+    ns_row a = draft("r", "a", NS_RUNNING, 1);
+    ns_row sa = draft("r", "a", NS_COMPLETED, 2);
+    ns_row *base[] = {&a};
+    ns_row *spilled[] = {&sa};
+    sqlite3 *other;
+
+    cr_assert(eq(int, write_rows(s, base, 1, NULL, 0, 1), 0));
+    spill(spilled, 1, NULL, 0, 2);
+    other = open_raw();
+    raw_exec(other, "BEGIN EXCLUSIVE");
+
+    cr_assert(eq(int, store_replay(s, &rows, &deletes, err, sizeof err), -1));
+    cr_assert(strstr(err, "locked") != NULL, "err: %s", err);
+    cr_assert(eq(sz, rows, 0));
+    cr_assert(file_exists(spill_file()), "the sidecar is kept");
+    cr_assert(eq(i64, store_last_seq(s), 1));
+
+    raw_exec(other, "COMMIT");
+    sqlite3_close(other);
+    load(r, "r", &l);
+    cr_assert(eq(sz, l.n, 1));
+    assert_row_eq(l.rows[0], &a);
+    loaded_free(&l);
+
+    /* Once the lock is gone the same sidecar replays. */
+    cr_assert(eq(int, store_replay(s, &rows, &deletes, err, sizeof err), 0),
+              "store_replay: %s", err);
+    cr_assert(eq(sz, rows, 1));
+    cr_assert(eq(sz, deletes, 0));
+    cr_assert(false == file_exists(spill_file()));
+    cr_assert(eq(i64, store_last_seq(s), 2));
+    load(r, "r", &l);
+    cr_assert(eq(sz, l.n, 1));
+    assert_row_eq(l.rows[0], &sa);
+    loaded_free(&l);
+    store_reader_close(r);
+    store_close(s);
+}
+
+Test(store, replay_of_a_missing_or_empty_sidecar_is_a_no_op)
+{
+    store *s = open_store();
+    size_t rows = 99, deletes = 99;
+    char err[512] = "";
+    FILE *f;
+
+    cr_assert(eq(int, store_replay(s, &rows, &deletes, err, sizeof err), 0),
+              "store_replay: %s", err);
+    cr_assert(eq(sz, rows, 0));
+    cr_assert(eq(sz, deletes, 0));
+
+    f = fopen(spill_file(), "w");
+    cr_assert(f != NULL);
+    fclose(f);
+    rows = deletes = 99;
+    cr_assert(eq(int, store_replay(s, &rows, &deletes, err, sizeof err), 0),
+              "store_replay: %s", err);
+    cr_assert(eq(sz, rows, 0));
+    cr_assert(eq(sz, deletes, 0));
+    cr_assert(false == file_exists(spill_file()));
+    cr_assert(eq(i64, store_last_seq(s), 0));
+    store_close(s);
+}
+
+Test(store, replay_refuses_a_sidecar_it_did_not_write)
+{
+    store *s = open_store();
+    size_t rows, deletes;
+    char err[512] = "";
+    sqlite3 *db = NULL;
+
+    cr_assert(sqlite3_open_v2(spill_file(), &db,
+                              SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE,
+                              NULL) == SQLITE_OK);
+    raw_exec(db, "CREATE TABLE something_else (x)");
+    sqlite3_close(db);
+
+    cr_assert(eq(int, store_replay(s, &rows, &deletes, err, sizeof err), -1));
+    cr_assert(strstr(err, "not a nodestate spill file") != NULL, "err: %s",
+              err);
+    cr_assert(strstr(err, spill_file()) != NULL, "err names it: %s", err);
+    cr_assert(file_exists(spill_file()));
+    store_close(s);
+}
+
+Test(store, spill_isolates_a_row_it_cannot_store)
+{
+    store *s = open_store();
+    isolated iso = {0};
+    size_t rows, deletes;
+    char err[512] = "";
+    ns_row good = draft("r", "a", NS_RUNNING, 1);
+    ns_row bad = draft("r", "b", NS_STATUS_COUNT, 2);
+    ns_row *both[] = {&good, &bad};
+    store_batch b = {.rows = both, .n_rows = 2, .last_seq = 2,
+                     .on_isolated = on_isolated, .isolated_ctx = &iso};
+
+    cr_assert(eq(int, store_spill(db_path, &b, err, sizeof err), 0),
+              "store_spill: %s", err);
+    cr_assert(eq(sz, iso.n, 1));
+    cr_assert(iso.rows[0] == &bad);
+    cr_assert(eq(int, store_replay(s, &rows, &deletes, err, sizeof err), 0),
+              "store_replay: %s", err);
+    cr_assert(eq(sz, rows, 1));
+    cr_assert(eq(i64, store_last_seq(s), 2));
+    store_close(s);
+}
+
+/* ---- migration from the original design's file (user_version 0) ---- */
+
+/* Creates db_path with raw SQL and no user_version, as the old design did. */
+static void make_v0(const char *sql)
+{
+    sqlite3 *db = NULL;
+
+    cr_assert(sqlite3_open_v2(db_path, &db,
+                              SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE,
+                              NULL) == SQLITE_OK);
+    raw_exec(db, sql);
+    sqlite3_close(db);
+}
+
+/* The original table: no seq, retryable, suspension or resume state. */
+#define V0_TABLE                                                            \
+    "CREATE TABLE run_node_state ("                                         \
+    " run_id TEXT NOT NULL, node_id TEXT NOT NULL,"                         \
+    " status VARCHAR(16) NOT NULL, attempt INTEGER NOT NULL,"               \
+    " scheduled_at TEXT, started_at TEXT, completed_at TEXT,"               \
+    " failed_at TEXT, last_error TEXT, outputs_json TEXT,"                  \
+    " updated_at TEXT NOT NULL,"                                            \
+    " PRIMARY KEY (run_id, node_id));"
+
+Test(store, migrates_a_version_0_file_adding_missing_columns)
+{
+    store *s;
+    store_reader *r;
+    loaded l;
+    sqlite3 *db;
+    ns_row want_a = draft("run", "a", NS_COMPLETED, 0);
+    ns_row want_b = draft("run", "b", NS_FAILED, 0);
+
+    make_v0(V0_TABLE
+            "INSERT INTO run_node_state VALUES ('run', 'a', 'completed', 2,"
+            " '2026-11-26T16:27:29.123Z', NULL, '2026-11-26T16:27:30.000Z',"
+            " NULL, NULL, '{\"k\":1}', '2026-11-26T16:27:31.000Z');"
+            "INSERT INTO run_node_state VALUES ('run', 'b', 'failed', 1,"
+            " NULL, NULL, NULL, '2026-11-26T16:27:29.500Z', 'boom', NULL,"
+            " '2026-11-26T16:27:29.500Z');");
+    want_a.attempt = 2;
+    want_a.ts[NS_TS_SCHEDULED] = T0;
+    want_a.ts[NS_TS_COMPLETED] = T0 + 877;
+    want_a.outputs = "{\"k\":1}";
+    want_a.updated_at = T0 + 1877;
+    want_b.ts[NS_TS_FAILED] = T0 + 377;
+    want_b.last_error = "boom";
+    want_b.updated_at = T0 + 377;
+
+    s = open_store();
+    cr_assert(eq(i64, store_last_seq(s), 0));
+    db = open_raw();
+    cr_assert(eq(i64, raw_int(db, "PRAGMA user_version"), 1));
+    cr_assert(eq(i64, raw_int(db, "SELECT count(*) FROM pragma_table_info("
+                                  "'run_node_state')"), 16));
+    cr_assert(eq(i64, raw_int(db, "SELECT count(*) FROM sqlite_master WHERE"
+                                  " type='index' AND"
+                                  " name='run_node_state_run_status'"), 1));
+    cr_assert(eq(i64, raw_int(db, "SELECT value FROM nodestate_meta WHERE"
+                                  " key='last_seq'"), 0));
+    cr_assert(eq(i64, raw_int(db, "SELECT count(*) FROM run_node_state"), 2));
+    sqlite3_close(db);
+
+    /* Old rows read back with the defaults of the new columns. */
+    r = open_reader();
+    load(r, "run", &l);
+    cr_assert(eq(sz, l.n, 2));
+    assert_row_eq(l.rows[0], &want_a);
+    assert_row_eq(l.rows[1], &want_b);
+    loaded_free(&l);
+
+    /* And the migrated table takes our writes. */
+    ns_row c = draft("run", "c", NS_SUSPENDED, 5);
+    c.suspension_reason = "why";
+    c.resume_state = "{}";
+    c.retryable = true;
+    ns_row *rows[] = {&c};
+    cr_assert(eq(int, write_rows(s, rows, 1, NULL, 0, 5), 0),
+              "store_write: %s", store_errmsg(s));
+    load(r, "run", &l);
+    cr_assert(eq(sz, l.n, 3));
+    assert_row_eq(l.rows[2], &c);
+    loaded_free(&l);
+    store_reader_close(r);
+    store_close(s);
+
+    /* Reopening the now version-1 file changes nothing. */
+    s = open_store();
+    cr_assert(eq(i64, store_last_seq(s), 5));
+    store_close(s);
+}
+
+Test(store, migration_takes_last_seq_from_the_rows)
+{
+    store *s;
+
+    make_v0("CREATE TABLE run_node_state (run_id TEXT, node_id TEXT,"
+            " status TEXT, attempt INTEGER, updated_at TEXT, seq INTEGER,"
+            " PRIMARY KEY (run_id, node_id));"
+            "INSERT INTO run_node_state VALUES ('r', 'a', 'idle', 1,"
+            " '2026-11-26T16:27:29.123Z', 17);"
+            "INSERT INTO run_node_state VALUES ('r', 'b', 'idle', 1,"
+            " '2026-11-26T16:27:29.123Z', 42);");
+    s = open_store();
+    cr_assert(eq(i64, store_last_seq(s), 42));
+    store_close(s);
+}
+
+/* Refused, and the file is left exactly as it was. */
+static void assert_migration_refused(const char *table_sql, const char *want)
+{
+    char err[512] = "";
+    sqlite3 *db;
+
+    make_v0(table_sql);
+    cr_assert(store_open(db_path, false, err, sizeof err) == NULL);
+    cr_assert(strstr(err, want) != NULL, "err: %s", err);
+    cr_assert(strstr(err, db_path) != NULL, "err names the path: %s", err);
+    db = open_raw();
+    cr_assert(eq(i64, raw_int(db, "PRAGMA user_version"), 0));
+    cr_assert(eq(i64, raw_int(db, "SELECT count(*) FROM sqlite_master WHERE"
+                                  " name = 'nodestate_meta'"), 0));
+    cr_assert(eq(i64, raw_int(db, "SELECT count(*) FROM pragma_table_info("
+                                  "'run_node_state') WHERE name = 'seq'"), 0));
+    sqlite3_close(db);
+}
+
+Test(store, migration_refuses_another_primary_key)
+{
+    assert_migration_refused(
+        "CREATE TABLE run_node_state (id INTEGER PRIMARY KEY, run_id TEXT,"
+        " node_id TEXT, status TEXT, attempt INTEGER, updated_at TEXT)",
+        "primary key of run_node_state is not (run_id, node_id)");
+}
+
+Test(store, migration_refuses_a_key_in_the_other_order)
+{
+    assert_migration_refused(
+        "CREATE TABLE run_node_state (run_id TEXT, node_id TEXT, status TEXT,"
+        " attempt INTEGER, updated_at TEXT, PRIMARY KEY (node_id, run_id))",
+        "primary key of run_node_state is not (run_id, node_id)");
+}
+
+Test(store, migration_refuses_non_text_status_or_timestamps)
+{
+    assert_migration_refused(
+        "CREATE TABLE run_node_state (run_id TEXT, node_id TEXT,"
+        " status INTEGER, attempt INTEGER, updated_at TEXT,"
+        " PRIMARY KEY (run_id, node_id))",
+        "run_node_state.status is declared INTEGER, not text");
+}
+
+Test(store, migration_refuses_epoch_timestamps)
+{
+    assert_migration_refused(
+        "CREATE TABLE run_node_state (run_id TEXT, node_id TEXT, status TEXT,"
+        " attempt INTEGER, started_at BIGINT, updated_at TEXT,"
+        " PRIMARY KEY (run_id, node_id))",
+        "run_node_state.started_at is declared BIGINT, not text");
+}
+
+Test(store, migration_refuses_a_table_without_updated_at)
+{
+    assert_migration_refused(
+        "CREATE TABLE run_node_state (run_id TEXT, node_id TEXT, status TEXT,"
+        " attempt INTEGER, PRIMARY KEY (run_id, node_id))",
+        "run_node_state has no updated_at column");
 }

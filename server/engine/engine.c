@@ -160,6 +160,7 @@ static cache_run *run_get(engine *e, const char *run_id, bool create,
             *res = ENGINE_NOT_FOUND;
             return NULL;
         }
+        size_t loaded = v.n;
         run = cache_run_add(e->cache, run_id);
         for (size_t i = 0; run && i < v.n; i++) {
             if (cache_node_put(e->cache, run, v.rows[i]) != 0) {
@@ -174,7 +175,7 @@ static cache_run *run_get(engine *e, const char *run_id, bool create,
             *res = ENGINE_ERROR;
             return NULL;
         }
-        if (v.n > 0)
+        if (loaded > 0)
             atomic_fetch_add_explicit(&e->stats.cache_loads, 1, memory_order_relaxed);
         evict(e, run);
         return run;

@@ -6,11 +6,15 @@
  */
 #include "store.h"
 
+#include <errno.h>
+#include <limits.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <sqlite3.h>
 
@@ -23,12 +27,18 @@
 #define STORE_WRITE_BUSY_MS 100
 /* A read-through may wait a little longer: it is rare and off the hot path. */
 #define STORE_READ_BUSY_MS 1000
+/* A spill is the last write before exit; waiting a moment beats losing it. */
+#define STORE_SPILL_BUSY_MS 1000
 /* 64 MiB of page cache (negative = KiB): the working set of hot runs. */
 #define STORE_CACHE_SIZE "-65536"
 /* Pages between automatic checkpoints; fewer checkpoints measured ~1.6x faster. */
 #define STORE_WAL_AUTOCHECKPOINT "10000"
 /* Room for "<operation>: <sqlite message>". */
 #define STORE_ERRMSG_MAX 256
+/* Room for a database path plus ".spill" or "-journal". */
+#define STORE_PATH_MAX (PATH_MAX + 16)
+/* The schema name the sidecar is attached under while it is replayed. */
+#define STORE_SPILL_SCHEMA "spill"
 
 /* Parameter / result column positions shared by the upsert and the select. */
 enum store_col {
@@ -52,9 +62,28 @@ enum store_col {
     "completed_at, failed_at, suspended_at, last_error, retryable, "        \
     "suspension_reason, resume_state_json, outputs_json, updated_at, seq"
 
+/* Every column but the key takes the incoming row's value. */
+#define STORE_UPSERT_SET                                                    \
+    " ON CONFLICT (run_id, node_id) DO UPDATE SET"                          \
+    " status = excluded.status,"                                            \
+    " attempt = excluded.attempt,"                                          \
+    " scheduled_at = excluded.scheduled_at,"                                \
+    " started_at = excluded.started_at,"                                    \
+    " completed_at = excluded.completed_at,"                                \
+    " failed_at = excluded.failed_at,"                                      \
+    " suspended_at = excluded.suspended_at,"                                \
+    " last_error = excluded.last_error,"                                    \
+    " retryable = excluded.retryable,"                                      \
+    " suspension_reason = excluded.suspension_reason,"                      \
+    " resume_state_json = excluded.resume_state_json,"                      \
+    " outputs_json = excluded.outputs_json,"                                \
+    " updated_at = excluded.updated_at,"                                    \
+    " seq = excluded.seq"
+
 /*
  * Idempotent (IF NOT EXISTS) so that two processes racing to create the same
- * new file both end up with the same schema.
+ * new file both end up with the same schema, and so that a migrated file
+ * (whose table exists already) gets only the index and meta table.
  */
 static const char store_schema_sql[] =
     "CREATE TABLE IF NOT EXISTS run_node_state ("
@@ -84,28 +113,22 @@ static const char store_schema_sql[] =
     ");"
     "PRAGMA user_version = 1;";
 
+/* What the sidecar has beyond the main schema: the runs deleted. */
+static const char store_spill_schema_sql[] =
+    "CREATE TABLE IF NOT EXISTS spilled_deletes ("
+    " run_id TEXT PRIMARY KEY"
+    ");";
+
 static const char store_upsert_sql[] =
     "INSERT INTO run_node_state (" STORE_COLUMNS ")"
     " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14,"
-    " ?15, ?16)"
-    " ON CONFLICT (run_id, node_id) DO UPDATE SET"
-    " status = excluded.status,"
-    " attempt = excluded.attempt,"
-    " scheduled_at = excluded.scheduled_at,"
-    " started_at = excluded.started_at,"
-    " completed_at = excluded.completed_at,"
-    " failed_at = excluded.failed_at,"
-    " suspended_at = excluded.suspended_at,"
-    " last_error = excluded.last_error,"
-    " retryable = excluded.retryable,"
-    " suspension_reason = excluded.suspension_reason,"
-    " resume_state_json = excluded.resume_state_json,"
-    " outputs_json = excluded.outputs_json,"
-    " updated_at = excluded.updated_at,"
-    " seq = excluded.seq";
+    " ?15, ?16)" STORE_UPSERT_SET;
 
 static const char store_delete_run_sql[] =
     "DELETE FROM run_node_state WHERE run_id = ?1";
+
+static const char store_spill_delete_sql[] =
+    "INSERT OR IGNORE INTO spilled_deletes (run_id) VALUES (?1)";
 
 /*
  * max() keeps the recorded value "the highest seq ever committed" even if a
@@ -122,9 +145,206 @@ static const char store_select_run_sql[] =
     "SELECT " STORE_COLUMNS " FROM run_node_state WHERE run_id = ?1"
     " ORDER BY node_id";
 
+/*
+ * Replay, run on the write connection with the sidecar attached. Deletes
+ * first, as they were spilled before the rows of the same run that follow
+ * them. The seq guard only matters if a sidecar were ever replayed late,
+ * after newer writes: it never lets an older spilled row replace them.
+ * "WHERE true" is SQLite's documented way to keep ON CONFLICT from being
+ * parsed as a join constraint after INSERT ... SELECT.
+ */
+static const char store_replay_sql[] =
+    "DELETE FROM main.run_node_state WHERE run_id IN"
+    " (SELECT run_id FROM " STORE_SPILL_SCHEMA ".spilled_deletes);"
+    "INSERT INTO main.run_node_state (" STORE_COLUMNS ")"
+    " SELECT " STORE_COLUMNS " FROM " STORE_SPILL_SCHEMA ".run_node_state"
+    " WHERE true" STORE_UPSERT_SET
+    " WHERE excluded.seq >= run_node_state.seq;"
+    "INSERT INTO main.nodestate_meta (key, value)"
+    " SELECT 'last_seq', max("
+    "  coalesce((SELECT value FROM " STORE_SPILL_SCHEMA ".nodestate_meta"
+    "            WHERE key = 'last_seq'), 0),"
+    "  coalesce((SELECT max(seq) FROM " STORE_SPILL_SCHEMA
+    ".run_node_state), 0))"
+    " WHERE true"
+    " ON CONFLICT (key) DO UPDATE SET value = max(value, excluded.value);";
+
+/* ---------------------------------------------------------------------
+ * Fault injection: NODESTATE_FAULTS builds only (see store.h).
+ *
+ * Everything that makes a write fail on purpose lives in this section. A
+ * normal build defines the hooks at its end as empty macros, so it carries
+ * no fault code at all. The hooks are:
+ *   STORE_FAULTS_LOAD(s, msg, len)  parse the environment at open (0 / -1)
+ *   STORE_FAULT_ROW(s, row)         true: refuse this upsert as unwritable
+ *   STORE_FAULT_COMMIT(s)           -1 (errmsg set): fail this write
+ *   STORE_FAULT_WROTE(s)            a write committed
+ * --------------------------------------------------------------------- */
+#ifdef NODESTATE_FAULTS
+
+/* How many row= entries one spec may name. */
+#define STORE_FAULT_ROWS_MAX 8
+
+typedef struct store_faults {
+    int commit_rc;              /* SQLITE_BUSY / _IOERR / _FULL; 0 = none */
+    long commit_left;           /* injected write failures still to come */
+    long after;                 /* successful writes before faults start */
+    long wrote;                 /* successful writes so far */
+    size_t n_rows;
+    char rows[STORE_FAULT_ROWS_MAX][NS_ID_MAX + 1]; /* node_ids refused */
+} store_faults;
+
+#define STORE_FAULTS_FIELD store_faults faults;
+
+/* A whole decimal number in [min, LONG_MAX]; 0 or -1. */
+static int store_faults_number(const char *text, long min, long *out)
+{
+    char *end;
+    long v;
+
+    if (text[0] < '0' || text[0] > '9')
+        return -1;
+    errno = 0;
+    v = strtol(text, &end, 10);
+    if (errno != 0 || *end != '\0' || v < min)
+        return -1;
+    *out = v;
+    return 0;
+}
+
+/* One "key=value" entry of the spec into f. 0, or -1 if it is not one. */
+static int store_faults_entry(store_faults *f, char *entry)
+{
+    char *value = strchr(entry, '=');
+    char *count;
+
+    if (value == NULL)
+        return -1;
+    *value++ = '\0';
+    if (strcmp(entry, "commit") == 0) {
+        count = strchr(value, ':');
+        if (count == NULL)
+            return -1;
+        *count++ = '\0';
+        if (strcmp(value, "busy") == 0)
+            f->commit_rc = SQLITE_BUSY;
+        else if (strcmp(value, "ioerr") == 0)
+            f->commit_rc = SQLITE_IOERR;
+        else if (strcmp(value, "full") == 0)
+            f->commit_rc = SQLITE_FULL;
+        else
+            return -1;
+        return store_faults_number(count, 1, &f->commit_left);
+    }
+    if (strcmp(entry, "after") == 0)
+        return store_faults_number(value, 0, &f->after);
+    if (strcmp(entry, "row") == 0) {
+        if (!model_id_valid(value, strlen(value))
+            || f->n_rows == STORE_FAULT_ROWS_MAX)
+            return -1;
+        snprintf(f->rows[f->n_rows++], sizeof f->rows[0], "%s", value);
+        return 0;
+    }
+    return -1;
+}
+
+/*
+ * Reads NODESTATE_FAULTS into f (unset or empty: no faults). On a spec it
+ * cannot read, writes a message naming the variable and returns -1, so a
+ * typo in a test fails loudly instead of testing nothing.
+ */
+static int store_faults_load(store_faults *f, char *msg, size_t msglen)
+{
+    const char *spec = getenv("NODESTATE_FAULTS");
+    char *copy, *entry, *save = NULL;
+    int ret = 0;
+
+    memset(f, 0, sizeof *f);
+    if (spec == NULL || spec[0] == '\0')
+        return 0;
+    copy = strdup(spec);
+    if (copy == NULL) {
+        snprintf(msg, msglen, "NODESTATE_FAULTS: out of memory");
+        return -1;
+    }
+    /* strtok_r would skip empty entries; a stray comma is a typo. */
+    for (entry = copy; ret == 0 && entry != NULL; entry = save) {
+        save = strchr(entry, ',');
+        if (save != NULL)
+            *save++ = '\0';
+        if (store_faults_entry(f, entry) != 0) {
+            snprintf(msg, msglen,
+                     "NODESTATE_FAULTS=\"%s\": cannot read \"%s\" (expected "
+                     "commit=busy|ioerr|full:N, after=N or row=NODE_ID, "
+                     "comma-separated)", spec, entry);
+            ret = -1;
+        }
+    }
+    free(copy);
+    return ret;
+}
+
+static bool store_faults_active(const store_faults *f)
+{
+    return f->wrote >= f->after;
+}
+
+static bool store_faults_row(const store_faults *f, const char *node_id)
+{
+    if (!store_faults_active(f))
+        return false;
+    for (size_t i = 0; i < f->n_rows; i++)
+        if (strcmp(f->rows[i], node_id) == 0)
+            return true;
+    return false;
+}
+
+/* -1 with errmsg set when this write is to fail; each one uses up one. */
+static int store_faults_commit(store_faults *f, char *errmsg, size_t len)
+{
+    if (f->commit_rc == 0 || f->commit_left == 0 || !store_faults_active(f))
+        return 0;
+    f->commit_left--;
+    snprintf(errmsg, len, "commit: %s (injected fault)",
+             sqlite3_errstr(f->commit_rc));
+    return -1;
+}
+
+#define STORE_FAULTS_LOAD(s, msg, len) store_faults_load(&(s)->faults, msg, len)
+#define STORE_FAULT_ROW(s, row)                                             \
+    ((s) != NULL && store_faults_row(&(s)->faults, (row)->node_id))
+#define STORE_FAULT_COMMIT(s)                                               \
+    store_faults_commit(&(s)->faults, (s)->errmsg, sizeof (s)->errmsg)
+#define STORE_FAULT_WROTE(s) ((void)(s)->faults.wrote++)
+
+#else /* !NODESTATE_FAULTS */
+
+#define STORE_FAULTS_FIELD
+#define STORE_FAULTS_LOAD(s, msg, len) 0
+#define STORE_FAULT_ROW(s, row) false
+#define STORE_FAULT_COMMIT(s) 0
+#define STORE_FAULT_WROTE(s) ((void)0)
+
+#endif /* NODESTATE_FAULTS */
+/* ---------------------- end of fault injection ---------------------- */
+
+/* A row a transaction left out, reported only once that transaction commits. */
+typedef struct store_isolated {
+    size_t row;                 /* index into store_batch.rows */
+    char why[STORE_ERRMSG_MAX]; /* SQLite's message */
+} store_isolated;
+
+/* The rows left out of the transaction in progress. */
+typedef struct store_isolation {
+    store_isolated *v;
+    size_t n;
+    size_t cap;
+} store_isolation;
+
 /* The write connection. Owned by one thread (the writer); no locking. */
 struct store {
     sqlite3 *db;
+    char *path;                 /* as given to store_open; names the sidecar */
     sqlite3_stmt *upsert;       /* one row of run_node_state */
     sqlite3_stmt *delete_run;   /* every row of one run */
     sqlite3_stmt *set_seq;      /* nodestate_meta 'last_seq' */
@@ -132,7 +352,9 @@ struct store {
     sqlite3_stmt *commit;
     sqlite3_stmt *rollback;
     int64_t last_seq;           /* highest seq committed to the file */
+    store_isolation iso;        /* reused by every store_write */
     char errmsg[STORE_ERRMSG_MAX]; /* why the last store_write failed */
+    STORE_FAULTS_FIELD          /* injected faults (NODESTATE_FAULTS only) */
 };
 
 /* The read-through connection; any thread may use it. */
@@ -165,6 +387,19 @@ static void store_set_db_err(char *err, size_t errlen, const char *path,
 static int store_exec(sqlite3 *db, const char *sql)
 {
     return sqlite3_exec(db, sql, NULL, NULL, NULL);
+}
+
+/* Ends the transaction in progress, if any, keeping nothing of it. */
+static void store_rollback(sqlite3 *db)
+{
+    /*
+     * Some errors (IOERR, FULL, NOMEM) roll the transaction back by
+     * themselves; a failed COMMIT (BUSY) leaves it open. Autocommit tells
+     * which. If ROLLBACK itself fails, SQLite undoes the transaction when
+     * the next BEGIN finds the journal hot, so there is nothing more to do.
+     */
+    if (!sqlite3_get_autocommit(db))
+        store_exec(db, "ROLLBACK");
 }
 
 /*
@@ -228,13 +463,191 @@ err:
 }
 
 /*
- * Creates the schema on a new file (user_version 0), accepts version 1 and
+ * The columns a version-0 run_node_state (the original design's table) may
+ * lack, and how each is added. run_id, node_id, status and updated_at have
+ * no sensible default, so a table without them is refused instead. attempt
+ * defaults to 1 because every recorded node has had at least one attempt
+ * and the API promises attempt >= 1.
+ */
+static const struct store_added_col {
+    const char *name;
+    const char *decl;           /* for ALTER TABLE ... ADD COLUMN */
+} store_added_cols[] = {
+    {"attempt", "attempt INTEGER NOT NULL DEFAULT 1"},
+    {"scheduled_at", "scheduled_at TEXT"},
+    {"started_at", "started_at TEXT"},
+    {"completed_at", "completed_at TEXT"},
+    {"failed_at", "failed_at TEXT"},
+    {"suspended_at", "suspended_at TEXT"},
+    {"last_error", "last_error TEXT"},
+    {"retryable", "retryable INTEGER NOT NULL DEFAULT 0"},
+    {"suspension_reason", "suspension_reason TEXT"},
+    {"resume_state_json", "resume_state_json TEXT"},
+    {"outputs_json", "outputs_json TEXT"},
+    {"seq", "seq INTEGER NOT NULL DEFAULT 0"},
+};
+#define STORE_N_ADDED_COLS                                                  \
+    (sizeof store_added_cols / sizeof store_added_cols[0])
+
+/* Columns we read as RFC 3339 text or as a status name. */
+static const char *const store_text_cols[] = {
+    "status", "scheduled_at", "started_at", "completed_at", "failed_at",
+    "suspended_at", "updated_at",
+};
+#define STORE_N_TEXT_COLS (sizeof store_text_cols / sizeof store_text_cols[0])
+
+/*
+ * Whether a declared column type has TEXT affinity, by SQLite's own rules
+ * (datatype3.html §3.1): "INT" anywhere wins, then CHAR, CLOB or TEXT.
+ */
+static bool store_text_affinity(const char *decl)
+{
+    char up[64];
+    size_t i;
+
+    for (i = 0; decl[i] != '\0' && i + 1 < sizeof up; i++)
+        up[i] = (char)(decl[i] >= 'a' && decl[i] <= 'z' ? decl[i] - 'a' + 'A'
+                                                        : decl[i]);
+    up[i] = '\0';
+    if (strstr(up, "INT") != NULL)
+        return false;
+    return strstr(up, "CHAR") != NULL || strstr(up, "CLOB") != NULL
+           || strstr(up, "TEXT") != NULL;
+}
+
+/* What a version-0 run_node_state has, from PRAGMA table_info. */
+typedef struct store_old_table {
+    bool has_added[STORE_N_ADDED_COLS];
+    bool has_status;
+    bool has_updated_at;
+    bool key_ok;                /* primary key is exactly (run_id, node_id) */
+    const char *bad_type_col;   /* a text column of another type, or NULL */
+    char bad_type[64];          /* its declared type */
+} store_old_table;
+
+/* Fills t from the table's columns. Returns an sqlite rc. */
+static int store_inspect_old(sqlite3 *db, store_old_table *t)
+{
+    sqlite3_stmt *st = NULL;
+    int n_key = 0, key_hits = 0;
+    int rc;
+
+    memset(t, 0, sizeof *t);
+    rc = sqlite3_prepare_v2(db,
+                            "SELECT name, coalesce(type, ''), pk FROM"
+                            " pragma_table_info('run_node_state')",
+                            -1, &st, NULL);
+    if (rc != SQLITE_OK)
+        return rc;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        const char *name = (const char *)sqlite3_column_text(st, 0);
+        const char *type = (const char *)sqlite3_column_text(st, 1);
+        int pk = sqlite3_column_int(st, 2);
+
+        if (name == NULL || type == NULL) {
+            rc = SQLITE_NOMEM;
+            break;
+        }
+        if (pk > 0) {
+            n_key++;
+            if ((pk == 1 && strcmp(name, "run_id") == 0)
+                || (pk == 2 && strcmp(name, "node_id") == 0))
+                key_hits++;
+        }
+        t->has_status |= strcmp(name, "status") == 0;
+        t->has_updated_at |= strcmp(name, "updated_at") == 0;
+        for (size_t i = 0; i < STORE_N_ADDED_COLS; i++)
+            if (strcmp(name, store_added_cols[i].name) == 0)
+                t->has_added[i] = true;
+        for (size_t i = 0; i < STORE_N_TEXT_COLS; i++)
+            if (t->bad_type_col == NULL
+                && strcmp(name, store_text_cols[i]) == 0
+                && !store_text_affinity(type)) {
+                t->bad_type_col = store_text_cols[i];
+                snprintf(t->bad_type, sizeof t->bad_type, "%s",
+                         type[0] != '\0' ? type : "(no type)");
+            }
+    }
+    sqlite3_finalize(st);
+    if (rc != SQLITE_DONE)
+        return rc;
+    t->key_ok = n_key == 2 && key_hits == 2;
+    return SQLITE_OK;
+}
+
+/*
+ * Brings the original design's table (user_version 0) up to version 1
+ * inside the caller's transaction: the missing columns, then the index,
+ * meta table and version, then last_seq from the rows. A table we cannot
+ * read the same way (another key, non-text statuses or timestamps) is
+ * refused rather than half converted. Returns 0 or -1 with err set.
+ */
+static int store_migrate_v0(sqlite3 *db, char *err, size_t errlen,
+                            const char *path)
+{
+    store_old_table t;
+    char msg[STORE_ERRMSG_MAX];
+    char sql[128];
+
+    if (store_inspect_old(db, &t) != SQLITE_OK) {
+        store_set_db_err(err, errlen, path, db,
+                         "migrating schema version 0: reading run_node_state");
+        return -1;
+    }
+    if (!t.key_ok) {
+        store_set_err(err, errlen, path,
+                      "cannot migrate schema version 0: the primary key of "
+                      "run_node_state is not (run_id, node_id)");
+        return -1;
+    }
+    if (!t.has_status || !t.has_updated_at) {
+        snprintf(msg, sizeof msg,
+                 "cannot migrate schema version 0: run_node_state has no "
+                 "%s column", !t.has_status ? "status" : "updated_at");
+        store_set_err(err, errlen, path, msg);
+        return -1;
+    }
+    if (t.bad_type_col != NULL) {
+        snprintf(msg, sizeof msg,
+                 "cannot migrate schema version 0: run_node_state.%s is "
+                 "declared %s, not text", t.bad_type_col, t.bad_type);
+        store_set_err(err, errlen, path, msg);
+        return -1;
+    }
+    for (size_t i = 0; i < STORE_N_ADDED_COLS; i++) {
+        if (t.has_added[i])
+            continue;
+        snprintf(sql, sizeof sql, "ALTER TABLE run_node_state ADD COLUMN %s",
+                 store_added_cols[i].decl);
+        if (store_exec(db, sql) != SQLITE_OK) {
+            store_set_db_err(err, errlen, path, db,
+                             "migrating schema version 0: adding a column");
+            return -1;
+        }
+    }
+    if (store_exec(db, store_schema_sql) != SQLITE_OK
+        || store_exec(db,
+                      "INSERT INTO nodestate_meta (key, value)"
+                      " SELECT 'last_seq', coalesce(max(seq), 0)"
+                      " FROM run_node_state WHERE true"
+                      " ON CONFLICT (key) DO UPDATE SET"
+                      " value = max(value, excluded.value)") != SQLITE_OK) {
+        store_set_db_err(err, errlen, path, db, "migrating schema version 0");
+        return -1;
+    }
+    return 0;
+}
+
+/*
+ * Creates the schema on a new file (user_version 0), migrates the original
+ * design's table (user_version 0 with run_node_state), accepts version 1 and
  * refuses anything newer. Returns 0 or -1 with err set.
  */
 static int store_check_schema(sqlite3 *db, char *err, size_t errlen,
                               const char *path)
 {
     int64_t version = 0;
+    int64_t has_table = 0;
     char msg[STORE_ERRMSG_MAX];
 
     if (store_query_int(db, "PRAGMA user_version", &version) != SQLITE_OK) {
@@ -262,14 +675,31 @@ static int store_check_schema(sqlite3 *db, char *err, size_t errlen,
         store_set_db_err(err, errlen, path, db, "creating schema");
         return -1;
     }
-    if (store_exec(db, store_schema_sql) != SQLITE_OK
-        || store_exec(db, "COMMIT") != SQLITE_OK) {
+    /* Read again under the write lock: another process may have won. */
+    if (store_query_int(db, "PRAGMA user_version", &version) != SQLITE_OK
+        || store_query_int(db,
+                           "SELECT count(*) FROM sqlite_master WHERE"
+                           " type = 'table' AND name = 'run_node_state'",
+                           &has_table) != SQLITE_OK) {
         store_set_db_err(err, errlen, path, db, "creating schema");
-        if (!sqlite3_get_autocommit(db))
-            store_exec(db, "ROLLBACK");
-        return -1;
+        goto err;
+    }
+    if (version == 0 && has_table) {
+        if (store_migrate_v0(db, err, errlen, path) != 0)
+            goto err;
+    } else if (version == 0 && store_exec(db, store_schema_sql) != SQLITE_OK) {
+        store_set_db_err(err, errlen, path, db, "creating schema");
+        goto err;
+    }
+    if (store_exec(db, "COMMIT") != SQLITE_OK) {
+        store_set_db_err(err, errlen, path, db, "creating schema");
+        goto err;
     }
     return 0;
+
+err:
+    store_rollback(db);
+    return -1;
 }
 
 /* Prepares one statement that lives as long as the connection. */
@@ -287,6 +717,7 @@ static int store_prepare(sqlite3 *db, const char *sql, sqlite3_stmt **out,
 store *store_open(const char *path, bool sync_full, char *err, size_t errlen)
 {
     store *s = NULL;
+    char msg[STORE_ERRMSG_MAX * 2];
     int rc;
 
     if (path == NULL || path[0] == '\0') {
@@ -294,9 +725,14 @@ store *store_open(const char *path, bool sync_full, char *err, size_t errlen)
         return NULL;
     }
     s = calloc(1, sizeof *s);
-    if (s == NULL) {
+    if (s == NULL || (s->path = strdup(path)) == NULL) {
         store_set_err(err, errlen, path, "out of memory");
-        return NULL;
+        goto err;
+    }
+    /* Before the file is touched: a bad spec must change nothing. */
+    if (STORE_FAULTS_LOAD(s, msg, sizeof msg) != 0) {
+        store_set_err(err, errlen, path, msg);
+        goto err;
     }
     rc = sqlite3_open_v2(path, &s->db,
                          SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE
@@ -363,6 +799,8 @@ void store_close(store *s)
     sqlite3_finalize(s->rollback);
     /* Every statement is finalized above, so close cannot be refused. */
     sqlite3_close(s->db);
+    free(s->iso.v);
+    free(s->path);
     free(s);
 }
 
@@ -410,7 +848,7 @@ static int store_bind_ts(sqlite3_stmt *st, int idx, int64_t ms,
 /*
  * Binds all 16 columns of one row into the upsert. Strings are bound
  * SQLITE_STATIC: the row and tsbuf outlive the step that follows, and
- * store_step_once clears the bindings afterwards. A NULL status name (an
+ * store_upsert_rows clears the bindings afterwards. A NULL status name (an
  * out-of-range status) binds NULL, which the NOT NULL constraint rejects.
  */
 static int store_bind_row(sqlite3_stmt *st, const ns_row *row,
@@ -451,17 +889,128 @@ static int store_bind_row(sqlite3_stmt *st, const ns_row *row,
     return SQLITE_OK;
 }
 
-int store_write(store *s, const store_batch *b)
+/*
+ * Whether SQLite refused a row for something about the row itself, so that
+ * retrying the same row can never succeed. Everything else (BUSY, LOCKED,
+ * IOERR, FULL, NOMEM, ...) is about the database and fails the whole batch.
+ */
+static bool store_row_level(int rc)
+{
+    switch (rc & 0xff) {
+    case SQLITE_CONSTRAINT:
+    case SQLITE_TOOBIG:
+    case SQLITE_MISMATCH:
+    case SQLITE_RANGE:
+        return true;
+    default:
+        return false;
+    }
+}
+
+/* Notes rows[row] as left out. 0, or -1 when out of memory. */
+static int store_isolation_add(store_isolation *iso, size_t row,
+                               const char *why)
+{
+    if (iso->n == iso->cap) {
+        size_t cap = iso->cap != 0 ? iso->cap * 2 : 4;
+        store_isolated *v = realloc(iso->v, cap * sizeof *v);
+
+        if (v == NULL)
+            return -1;
+        iso->v = v;
+        iso->cap = cap;
+    }
+    iso->v[iso->n].row = row;
+    snprintf(iso->v[iso->n].why, sizeof iso->v[0].why, "%s", why);
+    iso->n++;
+    return 0;
+}
+
+/*
+ * Tells the batch's callback about the rows left out. Only called after
+ * COMMIT: a batch that fails is retried whole, and reporting its isolated
+ * rows each time would count them twice.
+ */
+static void store_isolation_report(const store_isolation *iso,
+                                   const store_batch *b)
+{
+    if (b->on_isolated == NULL)
+        return;
+    for (size_t i = 0; i < iso->n; i++)
+        b->on_isolated(b->isolated_ctx, b->rows[iso->v[i].row],
+                       iso->v[i].why);
+}
+
+/*
+ * Upserts rows[0..n) with st inside the open transaction of db. A row that
+ * SQLite refuses by itself is skipped and noted in iso: its statement was
+ * undone (ABORT, the default conflict resolution) and the transaction goes
+ * on. faults_of is the store whose injected row faults apply, or NULL.
+ * Any other failure stops: returns -1 with "upsert: <why>" in msg.
+ */
+static int store_upsert_rows(sqlite3 *db, sqlite3_stmt *st,
+                             ns_row *const *rows, size_t n,
+                             const store *faults_of, store_isolation *iso,
+                             char *msg, size_t msglen)
 {
     /* Formatted timestamps of the row being upserted. */
     char tsbuf[NS_TS_COUNT + 1][NS_TS_BUF];
+    /* Leaves room for the "upsert: " prefix in msg. */
+    char why[STORE_ERRMSG_MAX - 16];
+    int rc;
 
+    for (size_t i = 0; i < n; i++) {
+        if (rows[i] == NULL) {
+            snprintf(msg, msglen, "upsert: row %zu is NULL", i);
+            return -1;
+        }
+        if (STORE_FAULT_ROW(faults_of, rows[i])) {
+            snprintf(why, sizeof why, "row refused (injected fault)");
+            rc = SQLITE_CONSTRAINT;
+        } else {
+            rc = store_bind_row(st, rows[i], tsbuf);
+            if (rc == SQLITE_OK)
+                rc = sqlite3_step(st);
+            /* Read before reset, which may replace the message. */
+            if (rc != SQLITE_DONE)
+                snprintf(why, sizeof why, "%s", sqlite3_errmsg(db));
+            sqlite3_reset(st);
+            sqlite3_clear_bindings(st);
+        }
+        if (rc == SQLITE_DONE)
+            continue;
+        /*
+         * RAISE(ROLLBACK) in a trigger is a constraint error that ends the
+         * transaction too; without a transaction nothing is left to commit.
+         */
+        if (!store_row_level(rc) || sqlite3_get_autocommit(db)) {
+            snprintf(msg, msglen, "upsert: %s", why);
+            return -1;
+        }
+        if (store_isolation_add(iso, i, why) != 0) {
+            snprintf(msg, msglen, "upsert: out of memory");
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* Whether b's arrays are there for the counts it claims. */
+static bool store_batch_valid(const store_batch *b)
+{
+    return b != NULL && (b->n_deletes == 0 || b->delete_runs != NULL)
+           && (b->n_rows == 0 || b->rows != NULL);
+}
+
+int store_write(store *s, store_batch *b)
+{
     /* Misuse is an error, not a crash; nothing has started yet. */
-    if (b == NULL || (b->n_deletes > 0 && b->delete_runs == NULL)
-        || (b->n_rows > 0 && b->rows == NULL)) {
+    if (!store_batch_valid(b)) {
         snprintf(s->errmsg, sizeof s->errmsg, "invalid batch");
         return -1;
     }
+    b->n_isolated = 0;
+    s->iso.n = 0;
     if (store_step_once(s->begin) != SQLITE_DONE) {
         store_fail(s, "begin");
         goto err;
@@ -478,22 +1027,9 @@ int store_write(store *s, const store_batch *b)
             goto err;
         }
     }
-    for (size_t i = 0; i < b->n_rows; i++) {
-        if (b->rows[i] == NULL) {
-            snprintf(s->errmsg, sizeof s->errmsg, "upsert: row %zu is NULL",
-                     i);
-            goto err;
-        }
-        if (store_bind_row(s->upsert, b->rows[i], tsbuf) != SQLITE_OK) {
-            store_fail(s, "upsert");
-            sqlite3_clear_bindings(s->upsert);
-            goto err;
-        }
-        if (store_step_once(s->upsert) != SQLITE_DONE) {
-            store_fail(s, "upsert");
-            goto err;
-        }
-    }
+    if (store_upsert_rows(s->db, s->upsert, b->rows, b->n_rows, s, &s->iso,
+                          s->errmsg, sizeof s->errmsg) != 0)
+        goto err;
     if (sqlite3_bind_int64(s->set_seq, 1, b->last_seq) != SQLITE_OK) {
         store_fail(s, "last_seq");
         goto err;
@@ -502,25 +1038,310 @@ int store_write(store *s, const store_batch *b)
         store_fail(s, "last_seq");
         goto err;
     }
+    /* Injected at the commit, so the rollback of real work is exercised. */
+    if (STORE_FAULT_COMMIT(s) != 0)
+        goto err;
     if (store_step_once(s->commit) != SQLITE_DONE) {
         store_fail(s, "commit");
         goto err;
     }
+    STORE_FAULT_WROTE(s);
     if (b->last_seq > s->last_seq)
         s->last_seq = b->last_seq;
     s->errmsg[0] = '\0';
+    b->n_isolated = s->iso.n;
+    store_isolation_report(&s->iso, b);
     return 0;
 
 err:
-    /*
-     * Some errors (IOERR, FULL, NOMEM) roll the transaction back by
-     * themselves; a failed COMMIT (BUSY) leaves it open. Autocommit tells
-     * which. If ROLLBACK itself fails, SQLite undoes the transaction when
-     * the next BEGIN finds the journal hot, so there is nothing more to do.
-     */
-    if (!sqlite3_get_autocommit(s->db))
-        store_step_once(s->rollback);
+    store_rollback(s->db);
     return -1;
+}
+
+/* ---- the sidecar: spill at shutdown, replay at the next start ---- */
+
+void store_spill_path(const char *db_path, char *out, size_t outlen)
+{
+    if (outlen > 0)
+        snprintf(out, outlen, "%s.spill", db_path != NULL ? db_path : "");
+}
+
+/* path + suffix into out; -1 (with err set) if it does not fit. */
+static int store_path_with(const char *path, const char *suffix, char *out,
+                           size_t outlen, char *err, size_t errlen)
+{
+    int n = snprintf(out, outlen, "%s%s", path, suffix);
+
+    if (n < 0 || (size_t)n >= outlen) {
+        store_set_err(err, errlen, path, "path too long");
+        return -1;
+    }
+    return 0;
+}
+
+/*
+ * Appends b to the sidecar in one transaction: the runs deleted (their
+ * spilled rows go, the run is remembered for replay), the rows, last_seq.
+ * The sidecar uses a rollback journal and synchronous=FULL whatever the
+ * database does: it exists because the process is going away, and it must
+ * survive a power loss that follows.
+ */
+int store_spill(const char *db_path, const store_batch *b, char *err,
+                size_t errlen)
+{
+    char path[STORE_PATH_MAX];
+    char msg[STORE_ERRMSG_MAX];
+    sqlite3 *db = NULL;
+    sqlite3_stmt *del_rows = NULL, *del_run = NULL, *upsert = NULL;
+    sqlite3_stmt *set_seq = NULL;
+    store_isolation iso = {NULL, 0, 0};
+    int64_t version = 0;
+    int ret = -1;
+
+    if (db_path == NULL || db_path[0] == '\0') {
+        store_set_err(err, errlen, "(none)", "no database path given");
+        return -1;
+    }
+    if (store_path_with(db_path, ".spill", path, sizeof path, err, errlen)
+        != 0)
+        return -1;
+    if (!store_batch_valid(b)) {
+        store_set_err(err, errlen, path, "invalid batch");
+        return -1;
+    }
+    if (sqlite3_open_v2(path, &db,
+                        SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE
+                            | SQLITE_OPEN_NOMUTEX, NULL) != SQLITE_OK) {
+        store_set_db_err(err, errlen, path, db, "opening spill file");
+        goto out;
+    }
+    if (sqlite3_busy_timeout(db, STORE_SPILL_BUSY_MS) != SQLITE_OK
+        || store_exec(db, "PRAGMA synchronous = FULL") != SQLITE_OK
+        || store_query_int(db, "PRAGMA user_version", &version)
+               != SQLITE_OK) {
+        store_set_db_err(err, errlen, path, db, "opening spill file");
+        goto out;
+    }
+    if (version > STORE_SCHEMA_VERSION) {
+        snprintf(msg, sizeof msg,
+                 "spill file schema version %lld is newer than this "
+                 "nodestate supports (%d)", (long long)version,
+                 STORE_SCHEMA_VERSION);
+        store_set_err(err, errlen, path, msg);
+        goto out;
+    }
+    if (store_exec(db, "BEGIN IMMEDIATE") != SQLITE_OK
+        || store_exec(db, store_schema_sql) != SQLITE_OK
+        || store_exec(db, store_spill_schema_sql) != SQLITE_OK) {
+        store_set_db_err(err, errlen, path, db, "creating spill schema");
+        goto out;
+    }
+    if (sqlite3_prepare_v2(db, store_delete_run_sql, -1, &del_rows, NULL)
+            != SQLITE_OK
+        || sqlite3_prepare_v2(db, store_spill_delete_sql, -1, &del_run, NULL)
+               != SQLITE_OK
+        || sqlite3_prepare_v2(db, store_upsert_sql, -1, &upsert, NULL)
+               != SQLITE_OK
+        || sqlite3_prepare_v2(db, store_set_seq_sql, -1, &set_seq, NULL)
+               != SQLITE_OK) {
+        store_set_db_err(err, errlen, path, db, "spill: preparing statements");
+        goto out;
+    }
+    for (size_t i = 0; i < b->n_deletes; i++) {
+        const char *run = b->delete_runs[i];
+
+        if (sqlite3_bind_text(del_rows, 1, run, -1, SQLITE_STATIC)
+                != SQLITE_OK
+            || store_step_once(del_rows) != SQLITE_DONE
+            || sqlite3_bind_text(del_run, 1, run, -1, SQLITE_STATIC)
+                   != SQLITE_OK
+            || store_step_once(del_run) != SQLITE_DONE) {
+            store_set_db_err(err, errlen, path, db, "spill: delete run");
+            goto out;
+        }
+    }
+    if (store_upsert_rows(db, upsert, b->rows, b->n_rows, NULL, &iso, msg,
+                          sizeof msg) != 0) {
+        store_set_err(err, errlen, path, msg);
+        goto out;
+    }
+    if (sqlite3_bind_int64(set_seq, 1, b->last_seq) != SQLITE_OK
+        || store_step_once(set_seq) != SQLITE_DONE) {
+        store_set_db_err(err, errlen, path, db, "spill: last_seq");
+        goto out;
+    }
+    if (store_exec(db, "COMMIT") != SQLITE_OK) {
+        store_set_db_err(err, errlen, path, db, "spill: commit");
+        goto out;
+    }
+    store_isolation_report(&iso, b);
+    ret = 0;
+
+out:
+    if (db != NULL)
+        store_rollback(db);
+    sqlite3_finalize(del_rows);
+    sqlite3_finalize(del_run);
+    sqlite3_finalize(upsert);
+    sqlite3_finalize(set_seq);
+    sqlite3_close(db);
+    free(iso.v);
+    return ret;
+}
+
+/* Removes a file that may not exist. 0, or -1 with err set. */
+static int store_unlink(const char *path, const char *suffix, char *err,
+                        size_t errlen)
+{
+    char p[STORE_PATH_MAX + 16];
+    char msg[STORE_ERRMSG_MAX];
+
+    if (store_path_with(path, suffix, p, sizeof p, err, errlen) != 0)
+        return -1;
+    if (unlink(p) != 0 && errno != ENOENT) {
+        snprintf(msg, sizeof msg, "spill replayed, but cannot remove: %s",
+                 strerror(errno));
+        store_set_err(err, errlen, p, msg);
+        return -1;
+    }
+    return 0;
+}
+
+/*
+ * Removes a replayed (or empty) sidecar. The file itself goes first: a
+ * leftover journal next to no database is harmless, while a leftover
+ * database would be replayed again, its deletes included, over newer rows.
+ */
+static int store_remove_spill(const char *spill, char *err, size_t errlen)
+{
+    static const char *const suffixes[] = {"", "-journal", "-wal", "-shm"};
+
+    for (size_t i = 0; i < sizeof suffixes / sizeof suffixes[0]; i++)
+        if (store_unlink(spill, suffixes[i], err, errlen) != 0)
+            return -1;
+    return 0;
+}
+
+/*
+ * Checks the attached sidecar: 1 when it holds a spill, 0 when it holds
+ * nothing (a spill whose first transaction never committed), -1 with err
+ * set for anything else.
+ */
+static int store_spill_kind(sqlite3 *db, const char *spill, char *err,
+                            size_t errlen)
+{
+    int64_t version = 0, tables = 0, ours = 0;
+    char msg[STORE_ERRMSG_MAX];
+
+    if (store_query_int(db, "PRAGMA " STORE_SPILL_SCHEMA ".user_version",
+                        &version) != SQLITE_OK
+        || store_query_int(db,
+                           "SELECT count(*) FROM " STORE_SPILL_SCHEMA
+                           ".sqlite_master WHERE type = 'table'",
+                           &tables) != SQLITE_OK
+        || store_query_int(db,
+                           "SELECT count(*) FROM " STORE_SPILL_SCHEMA
+                           ".sqlite_master WHERE type = 'table' AND name IN"
+                           " ('run_node_state', 'nodestate_meta',"
+                           "  'spilled_deletes')",
+                           &ours) != SQLITE_OK) {
+        store_set_db_err(err, errlen, spill, db, "reading spill file");
+        return -1;
+    }
+    if (version == 0 && tables == 0)
+        return 0;
+    if (version != STORE_SCHEMA_VERSION || ours != 3) {
+        snprintf(msg, sizeof msg,
+                 "not a nodestate spill file of schema version %d "
+                 "(user_version %lld); move it away to start",
+                 STORE_SCHEMA_VERSION, (long long)version);
+        store_set_err(err, errlen, spill, msg);
+        return -1;
+    }
+    return 1;
+}
+
+int store_replay(store *s, size_t *rows, size_t *deletes, char *err,
+                 size_t errlen)
+{
+    char spill[STORE_PATH_MAX];
+    struct stat sb;
+    sqlite3_stmt *attach = NULL;
+    int64_t n_rows = 0, n_deletes = 0, last_seq = 0;
+    bool attached = false;
+    int kind;
+    int ret = -1;
+
+    *rows = 0;
+    *deletes = 0;
+    if (store_path_with(s->path, ".spill", spill, sizeof spill, err, errlen)
+        != 0)
+        return -1;
+    if (stat(spill, &sb) != 0) {
+        if (errno == ENOENT)
+            return 0;
+        store_set_err(err, errlen, spill, strerror(errno));
+        return -1;
+    }
+    /* An empty file is a spill that never got its schema: nothing to do. */
+    if (sb.st_size == 0)
+        return store_remove_spill(spill, err, errlen);
+
+    if (sqlite3_prepare_v2(s->db, "ATTACH DATABASE ?1 AS " STORE_SPILL_SCHEMA,
+                           -1, &attach, NULL) != SQLITE_OK
+        || sqlite3_bind_text(attach, 1, spill, -1, SQLITE_STATIC)
+               != SQLITE_OK
+        || sqlite3_step(attach) != SQLITE_DONE) {
+        store_set_db_err(err, errlen, spill, s->db, "attaching spill file");
+        goto out;
+    }
+    attached = true;
+    kind = store_spill_kind(s->db, spill, err, errlen);
+    if (kind < 0)
+        goto out;
+    if (kind == 0) {
+        ret = 0;
+        goto out;
+    }
+    /* BEGIN IMMEDIATE takes the main file's write lock, or fails if held. */
+    if (store_exec(s->db, "BEGIN IMMEDIATE") != SQLITE_OK) {
+        store_set_db_err(err, errlen, s->path, s->db, "replaying spill file");
+        goto out;
+    }
+    if (store_query_int(s->db,
+                        "SELECT count(*) FROM " STORE_SPILL_SCHEMA
+                        ".run_node_state", &n_rows) != SQLITE_OK
+        || store_query_int(s->db,
+                           "SELECT count(*) FROM " STORE_SPILL_SCHEMA
+                           ".spilled_deletes", &n_deletes) != SQLITE_OK
+        || store_exec(s->db, store_replay_sql) != SQLITE_OK
+        || store_query_int(s->db, "SELECT value FROM main.nodestate_meta"
+                                  " WHERE key = 'last_seq'", &last_seq)
+               != SQLITE_OK
+        || store_exec(s->db, "COMMIT") != SQLITE_OK) {
+        store_set_db_err(err, errlen, s->path, s->db, "replaying spill file");
+        goto out;
+    }
+    if (last_seq > s->last_seq)
+        s->last_seq = last_seq;
+    *rows = (size_t)n_rows;
+    *deletes = (size_t)n_deletes;
+    ret = 0;
+
+out:
+    sqlite3_finalize(attach);
+    store_rollback(s->db);
+    /* Every statement is reset or finalized, so DETACH cannot be refused. */
+    if (attached && store_exec(s->db, "DETACH DATABASE " STORE_SPILL_SCHEMA)
+                        != SQLITE_OK
+        && ret == 0) {
+        store_set_db_err(err, errlen, spill, s->db, "detaching spill file");
+        ret = -1;
+    }
+    /* Only once the content is in the database (or there was none). */
+    if (ret == 0 && attached)
+        ret = store_remove_spill(spill, err, errlen);
+    return ret;
 }
 
 store_reader *store_reader_open(const char *path, char *err, size_t errlen)

@@ -1,0 +1,258 @@
+/*
+ * Unit tests for the store's fault injection (the NODESTATE_FAULTS build of
+ * the core, linked here as nodestate_core_faults): reading the
+ * NODESTATE_FAULTS variable at store_open, injected commit failures that
+ * roll back and count down, "after=", and "row=" isolating one node.
+ *
+ * Criterion runs each test in its own process, so setenv in one test does
+ * not leak into the next.
+ */
+#include <criterion/criterion.h>
+#include <criterion/new/assert.h>
+
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "server/engine/model.h"
+#include "server/engine/store.h"
+
+static char tmp_dir[64];
+static char db_path[128];
+
+static void setup(void)
+{
+    strcpy(tmp_dir, "/tmp/test_store_faults.XXXXXX");
+    cr_assert(mkdtemp(tmp_dir) != NULL);
+    snprintf(db_path, sizeof db_path, "%s/ns.db", tmp_dir);
+    cr_assert(unsetenv("NODESTATE_FAULTS") == 0);
+}
+
+static void teardown(void)
+{
+    static const char *const suffixes[] = {"", "-wal", "-shm", "-journal"};
+    char p[PATH_MAX + 16];
+
+    for (size_t i = 0; i < sizeof suffixes / sizeof suffixes[0]; i++) {
+        snprintf(p, sizeof p, "%s%s", db_path, suffixes[i]);
+        unlink(p);
+    }
+    rmdir(tmp_dir);
+}
+
+TestSuite(faults, .init = setup, .fini = teardown);
+
+#define T0 INT64_C(1795710449123)
+
+static store *open_with(const char *spec)
+{
+    char err[512] = "";
+    store *s;
+
+    cr_assert(setenv("NODESTATE_FAULTS", spec, 1) == 0);
+    s = store_open(db_path, false, err, sizeof err);
+    cr_assert(s != NULL, "store_open with NODESTATE_FAULTS=\"%s\": %s", spec,
+              err);
+    return s;
+}
+
+static ns_row draft(const char *run, const char *node, int64_t seq)
+{
+    ns_row d;
+
+    memset(&d, 0, sizeof d);
+    d.run_id = run;
+    d.node_id = node;
+    d.status = NS_RUNNING;
+    d.attempt = 1;
+    for (int f = 0; f < NS_TS_COUNT; f++)
+        d.ts[f] = NS_TS_NULL;
+    d.updated_at = T0 + seq;
+    d.seq = seq;
+    return d;
+}
+
+/* Writes one row of run "r"; returns store_write's result. */
+static int write_one(store *s, const char *node, int64_t seq)
+{
+    ns_row a = draft("r", node, seq);
+    ns_row *rows[] = {&a};
+    store_batch b = {.rows = rows, .n_rows = 1, .last_seq = seq};
+
+    return store_write(s, &b);
+}
+
+static int count_row(void *ctx, ns_row *row)
+{
+    int *n = ctx;
+
+    model_row_unref(row);
+    (*n)++;
+    return 0;
+}
+
+/* How many rows of run "r" are in the file. */
+static int count_rows(void)
+{
+    char err[512] = "";
+    store_reader *r = store_reader_open(db_path, err, sizeof err);
+    int n = 0;
+
+    cr_assert(r != NULL, "store_reader_open: %s", err);
+    cr_assert(eq(int, store_reader_load_run(r, "r", count_row, &n), 0));
+    store_reader_close(r);
+    return n;
+}
+
+Test(faults, unset_or_empty_injects_nothing)
+{
+    store *s = open_with("");
+
+    for (int i = 1; i <= 3; i++)
+        cr_assert(eq(int, write_one(s, "a", i), 0), "%s", store_errmsg(s));
+    store_close(s);
+}
+
+Test(faults, a_spec_it_cannot_read_fails_open_and_names_the_variable)
+{
+    static const char *const bad[] = {
+        "bogus=1",      "commit=busy",   "commit=nope:1", "commit=busy:0",
+        "commit=busy:x", "commit=busy:-1", "after=-1",     "after=",
+        "row=",          "row=no spaces", "commit=busy:1,", ",row=a",
+        "commit",
+        /* more row= entries than it keeps */
+        "row=a,row=b,row=c,row=d,row=e,row=f,row=g,row=h,row=i",
+    };
+
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        char err[512] = "";
+
+        cr_assert(setenv("NODESTATE_FAULTS", bad[i], 1) == 0);
+        cr_assert(store_open(db_path, false, err, sizeof err) == NULL,
+                  "accepted \"%s\"", bad[i]);
+        cr_assert(strstr(err, "NODESTATE_FAULTS") != NULL, "err: %s", err);
+        cr_assert(strstr(err, db_path) != NULL, "err: %s", err);
+        cr_assert(access(db_path, F_OK) != 0,
+                  "a refused spec must not create the file (\"%s\")", bad[i]);
+    }
+}
+
+Test(faults, commit_busy_fails_n_writes_then_lets_them_through)
+{
+    store *s = open_with("commit=busy:2");
+
+    cr_assert(eq(int, write_one(s, "a", 1), -1));
+    cr_assert(eq(str, (char *)store_errmsg(s),
+                 "commit: database is locked (injected fault)"));
+    cr_assert(eq(int, write_one(s, "a", 2), -1));
+    cr_assert(eq(i64, store_last_seq(s), 0));
+    cr_assert(eq(int, count_rows(), 0), "an injected failure rolls back");
+
+    cr_assert(eq(int, write_one(s, "a", 3), 0), "%s", store_errmsg(s));
+    cr_assert(eq(str, (char *)store_errmsg(s), ""));
+    cr_assert(eq(i64, store_last_seq(s), 3));
+    cr_assert(eq(int, count_rows(), 1));
+    cr_assert(eq(int, write_one(s, "b", 4), 0), "the count is used up");
+    store_close(s);
+}
+
+Test(faults, commit_ioerr_and_full_say_so)
+{
+    store *s = open_with("commit=ioerr:1");
+
+    cr_assert(eq(int, write_one(s, "a", 1), -1));
+    cr_assert(eq(str, (char *)store_errmsg(s),
+                 "commit: disk I/O error (injected fault)"));
+    cr_assert(eq(int, write_one(s, "a", 2), 0), "%s", store_errmsg(s));
+    store_close(s);
+
+    s = open_with("commit=full:1");
+    cr_assert(eq(int, write_one(s, "a", 3), -1));
+    cr_assert(eq(str, (char *)store_errmsg(s),
+                 "commit: database or disk is full (injected fault)"));
+    cr_assert(eq(int, write_one(s, "a", 4), 0), "%s", store_errmsg(s));
+    store_close(s);
+}
+
+Test(faults, after_delays_the_faults)
+{
+    store *s = open_with("after=2,commit=busy:1");
+
+    cr_assert(eq(int, write_one(s, "a", 1), 0), "%s", store_errmsg(s));
+    cr_assert(eq(int, write_one(s, "a", 2), 0), "%s", store_errmsg(s));
+    cr_assert(eq(int, write_one(s, "a", 3), -1));
+    cr_assert(strstr(store_errmsg(s), "injected") != NULL);
+    cr_assert(eq(int, write_one(s, "a", 4), 0), "%s", store_errmsg(s));
+    cr_assert(eq(i64, store_last_seq(s), 4));
+    store_close(s);
+}
+
+/* What on_isolated was told. */
+typedef struct isolated {
+    const ns_row *rows[4];
+    char why[4][256];
+    size_t n;
+} isolated;
+
+static void on_isolated(void *ctx, const ns_row *row, const char *why)
+{
+    isolated *iso = ctx;
+
+    cr_assert(iso->n < 4);
+    iso->rows[iso->n] = row;
+    snprintf(iso->why[iso->n], sizeof iso->why[0], "%s", why);
+    iso->n++;
+}
+
+Test(faults, row_fault_isolates_that_node_every_time)
+{
+    store *s = open_with("row=bad,row=worse");
+    isolated iso = {0};
+    ns_row a = draft("r", "a", 1);
+    ns_row bad = draft("r", "bad", 2);
+    ns_row c = draft("r", "c", 3);
+    ns_row worse = draft("r", "worse", 4);
+    ns_row *rows[] = {&a, &bad, &c, &worse};
+    store_batch b = {.rows = rows, .n_rows = 4, .last_seq = 4,
+                     .on_isolated = on_isolated, .isolated_ctx = &iso};
+
+    cr_assert(eq(int, store_write(s, &b), 0), "%s", store_errmsg(s));
+    cr_assert(eq(sz, b.n_isolated, 2));
+    cr_assert(eq(sz, iso.n, 2));
+    cr_assert(iso.rows[0] == &bad);
+    cr_assert(iso.rows[1] == &worse);
+    cr_assert(strstr(iso.why[0], "injected") != NULL, "why: %s", iso.why[0]);
+    cr_assert(eq(int, count_rows(), 2));
+    cr_assert(eq(i64, store_last_seq(s), 4));
+
+    /* Not once: every upsert of that node. */
+    iso.n = 0;
+    cr_assert(eq(int, store_write(s, &b), 0), "%s", store_errmsg(s));
+    cr_assert(eq(sz, iso.n, 2));
+    cr_assert(eq(int, count_rows(), 2));
+    store_close(s);
+}
+
+Test(faults, a_failed_commit_reports_no_isolated_rows)
+{
+    store *s = open_with("commit=busy:1,row=bad");
+    isolated iso = {0};
+    ns_row a = draft("r", "a", 1);
+    ns_row bad = draft("r", "bad", 2);
+    ns_row *rows[] = {&a, &bad};
+    store_batch b = {.rows = rows, .n_rows = 2, .last_seq = 2,
+                     .on_isolated = on_isolated, .isolated_ctx = &iso};
+
+    cr_assert(eq(int, store_write(s, &b), -1));
+    cr_assert(eq(sz, iso.n, 0));
+    cr_assert(eq(sz, b.n_isolated, 0));
+    cr_assert(eq(int, count_rows(), 0));
+
+    cr_assert(eq(int, store_write(s, &b), 0), "%s", store_errmsg(s));
+    cr_assert(eq(sz, iso.n, 1),
+              "reported once, by the commit that left it out");
+    cr_assert(eq(int, count_rows(), 1));
+    store_close(s);
+}
