@@ -6,8 +6,5 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 bash scripts/deps.sh
-# The same build directory and build type as scripts/test.sh, so running both
-# configures once and compiles each file once.
-cmake -S . -B build -DCMAKE_BUILD_TYPE=Release >/dev/null
-cmake --build build --target nodestate -j2
+bash scripts/build.sh
 exec build/nodestate "$@"

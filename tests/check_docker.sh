@@ -1,0 +1,445 @@
+#!/usr/bin/env bash
+# check_docker: proves docker/Dockerfile, docker/compose.yaml and
+# docker/prometheus.yml without a Docker engine, by reading them and running
+# the same commands the image would run.
+#   (1) structure: multi-stage, every stage FROM debian:bookworm-slim; the
+#       runtime stage installs no compiler and every shared library the binary
+#       links; USER is not root; VOLUME /data; EXPOSE 8080; the ENV defaults;
+#       HEALTHCHECK; STOPSIGNAL SIGTERM; an exec-form ENTRYPOINT.
+#   (2) build step: the build stage's RUN lines are exactly the scripts that
+#       scripts/run.sh runs before it starts the binary (the Quick start path).
+#       The stage is then replayed: what it COPYs is copied from the source
+#       tree into a scratch "image root", its RUN lines run there verbatim, and
+#       the file the runtime stage copies out (--from=build) must exist, run
+#       and link only libraries the runtime stage installs.
+#   (3) start step: $NODESTATE_BIN starts with the ENV the Dockerfile declares,
+#       parsed from the file, with two substitutions: the directory of
+#       NODESTATE_DB (the VOLUME, /data) becomes a scratch directory, which is
+#       also the working directory (WORKDIR /data); NODESTATE_LISTEN
+#       0.0.0.0:8080 becomes 127.0.0.1:0 and the real port is read from the
+#       `msg=listening` log line. The HEALTHCHECK command runs verbatim under
+#       sh with NODESTATE_LISTEN=127.0.0.1:<real port> in its environment (a
+#       literal :8080 in it would be replaced by the real port) and must
+#       succeed; the URL the shipped prometheus.yml scrapes must pass
+#       `promtool check metrics`; then after a few writes SIGTERM must end the
+#       process with status 0 within NODESTATE_SHUTDOWN_TIMEOUT seconds, with
+#       the writes on disk. Once it is gone the HEALTHCHECK must fail.
+#   (4) compose.yaml and prometheus.yml: prometheus.yml passes `promtool check
+#       config`; both parse as YAML (PyYAML when python3 has it, otherwise a
+#       line-shape check) and agree with each other and with the Dockerfile.
+# Needs NODESTATE_BIN, NODESTATE_SOURCE_DIR, curl, promtool, sqlite3, readelf
+# and dpkg (Debian), and the packages of scripts/deps.sh (the replayed build
+# runs it; it installs nothing when they are present).
+set -euo pipefail
+
+fail() {
+    echo "check_docker: FAIL: $*" >&2
+    exit 1
+}
+note() {
+    echo "check_docker: $*"
+}
+
+[[ -n "${NODESTATE_BIN:-}" ]] || fail "NODESTATE_BIN is not set (path to the nodestate binary)"
+[[ -x "$NODESTATE_BIN" ]] || fail "NODESTATE_BIN=$NODESTATE_BIN is not an executable"
+[[ -n "${NODESTATE_SOURCE_DIR:-}" ]] || fail "NODESTATE_SOURCE_DIR is not set (the repository root)"
+src=$NODESTATE_SOURCE_DIR
+dockerfile=$src/docker/Dockerfile
+compose=$src/docker/compose.yaml
+promconf=$src/docker/prometheus.yml
+for f in "$dockerfile" "$compose" "$promconf" "$src/scripts/run.sh"; do
+    [[ -f "$f" ]] || fail "$f is missing"
+done
+for tool in curl promtool sqlite3 readelf dpkg; do
+    command -v "$tool" >/dev/null 2>&1 ||
+        fail "$tool not found on PATH; install the test packages with: bash scripts/deps.sh --test"
+done
+
+tmp=$(mktemp -d "${TMPDIR:-/tmp}/check_docker.XXXXXX")
+ns_pid=""
+cleanup() {
+    if [[ -n "$ns_pid" ]] && kill -0 "$ns_pid" 2>/dev/null; then
+        kill -KILL "$ns_pid" 2>/dev/null || true
+        wait "$ns_pid" 2>/dev/null || true
+    fi
+    rm -rf "$tmp"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# ---------------------------------------------------------------------------
+# Parse the Dockerfile into instructions: continuation lines joined, comment
+# lines dropped (Docker drops them inside continuations too).
+# ---------------------------------------------------------------------------
+op=() args=() stage=() lineno=()
+stage_names=() stage_images=()
+cur=-1
+while IFS=$'\t' read -r ln text; do
+    word=${text%%[[:space:]]*}
+    rest=${text#"$word"}
+    rest=$(sed -E 's/^[[:space:]]+//; s/[[:space:]]+$//; s/[[:space:]]+/ /g' <<<"$rest")
+    word=${word^^}
+    if [[ "$word" == FROM ]]; then
+        cur=$((cur + 1))
+        read -r image as name <<<"$rest"
+        stage_images+=("$image")
+        [[ "${as,,}" == as ]] && stage_names+=("$name") || stage_names+=("")
+    fi
+    ((cur >= 0)) || fail "Dockerfile line $ln: $word before the first FROM"
+    op+=("$word") args+=("$rest") stage+=("$cur") lineno+=("$ln")
+done < <(awk '
+    /^[[:space:]]*#/ { next }
+    /^[[:space:]]*$/ { next }
+    {
+        line = $0
+        if (acc == "") start = NR
+        if (line ~ /\\[[:space:]]*$/) {
+            sub(/\\[[:space:]]*$/, "", line)
+            acc = acc line " "
+            next
+        }
+        print start "\t" acc line
+        acc = ""
+    }' "$dockerfile")
+
+nstages=${#stage_images[@]}
+final=$((nstages - 1))
+((nstages >= 2)) || fail "Dockerfile has $nstages stage(s); it must be multi-stage (build, runtime)"
+for i in "${!stage_images[@]}"; do
+    [[ "${stage_images[$i]}" == debian:bookworm-slim ]] ||
+        fail "stage $i is FROM ${stage_images[$i]}, not debian:bookworm-slim"
+done
+build_stage=""
+for i in "${!stage_names[@]}"; do
+    [[ "${stage_names[$i]}" == build ]] && build_stage=$i
+done
+[[ -n "$build_stage" && "$build_stage" != "$final" ]] ||
+    fail "no build stage: expected 'FROM debian:bookworm-slim AS build' before the runtime stage"
+
+# instr STAGE OP: prints the arguments of every OP instruction of STAGE, one a line.
+instr() {
+    local i
+    for i in "${!op[@]}"; do
+        [[ "${stage[$i]}" == "$1" && "${op[$i]}" == "$2" ]] && printf '%s\n' "${args[$i]}"
+    done
+    return 0
+}
+# last STAGE OP: the arguments of the last OP instruction of STAGE, or fails.
+last() {
+    local v
+    v=$(instr "$1" "$2" | tail -n 1)
+    [[ -n "$v" ]] || fail "the runtime stage has no $2 instruction"
+    printf '%s\n' "$v"
+}
+
+# ---------------------------------------------------------------------------
+# (1) The runtime stage.
+# ---------------------------------------------------------------------------
+declare -A envv=()
+while read -r line; do
+    read -ra words <<<"$line"
+    if [[ "${words[0]}" != *=* ]]; then
+        # Legacy form: ENV KEY value with spaces.
+        envv[${words[0]}]=${line#"${words[0]} "}
+        continue
+    fi
+    for w in "${words[@]}"; do
+        [[ "$w" == *=* ]] || fail "ENV $line: cannot parse '$w' (write KEY=VALUE without spaces)"
+        v=${w#*=}
+        v=${v#\"} v=${v%\"}
+        envv[${w%%=*}]=$v
+    done
+done < <(instr "$final" ENV)
+
+listen=${envv[NODESTATE_LISTEN]:-}
+db=${envv[NODESTATE_DB]:-}
+shutdown=${envv[NODESTATE_SHUTDOWN_TIMEOUT]:-}
+[[ "$listen" == 0.0.0.0:8080 ]] || fail "ENV NODESTATE_LISTEN is '$listen', want 0.0.0.0:8080"
+[[ "$db" == /data/* ]] || fail "ENV NODESTATE_DB is '$db', want a file in /data"
+[[ "$shutdown" =~ ^[0-9]+(\.[0-9]+)?$ ]] || fail "ENV NODESTATE_SHUTDOWN_TIMEOUT is '$shutdown', want seconds"
+# docker stop waits 10 s after SIGTERM before SIGKILL; leave a margin to exit.
+awk -v t="$shutdown" 'BEGIN { exit !(t > 0 && t <= 9) }' ||
+    fail "NODESTATE_SHUTDOWN_TIMEOUT=$shutdown does not fit docker stop's 10 s grace period (want 0 < t <= 9)"
+
+user=$(last "$final" USER)
+user=${user%%:*}
+[[ -n "$user" && "$user" != root && "$user" != 0 ]] || fail "USER is '$user'; the image must not run as root"
+instr "$final" RUN | grep -Eq "useradd .*\\b$user\\b" || fail "no RUN creates the user $user (useradd)"
+instr "$final" RUN | grep -Eq "chown [^ ]*${user}[^ ]* /data" || fail "no RUN gives /data to $user (chown)"
+volume=$(last "$final" VOLUME)
+[[ "$volume" =~ (^|[\"[:space:]])/data([\"[:space:]]|$) ]] || fail "VOLUME is '$volume', want /data"
+[[ "$(last "$final" WORKDIR)" == /data ]] || fail "the runtime WORKDIR is not /data"
+expose=$(last "$final" EXPOSE)
+[[ " $expose " == *" 8080 "* || " $expose " == *" 8080/tcp "* ]] || fail "EXPOSE is '$expose', want 8080"
+[[ "$(last "$final" STOPSIGNAL)" == SIGTERM ]] || fail "STOPSIGNAL is not SIGTERM"
+
+healthcheck=$(last "$final" HEALTHCHECK)
+[[ "$healthcheck" == *" CMD "* || "$healthcheck" == "CMD "* ]] || fail "HEALTHCHECK has no CMD: $healthcheck"
+hc_cmd=${healthcheck#*CMD }
+[[ "$hc_cmd" != \[* ]] || fail "HEALTHCHECK CMD must be the shell form (this check runs it with sh)"
+[[ "$hc_cmd" == *"/healthz"* ]] || fail "HEALTHCHECK does not probe /healthz: $hc_cmd"
+hc_tool=${hc_cmd%% *}
+
+# The binary the runtime stage copies out of the build stage, and where to.
+copy_from=$(instr "$final" COPY | grep -E -- '^--from=build ' || true)
+[[ $(grep -c . <<<"$copy_from") == 1 ]] || fail "the runtime stage must COPY --from=build exactly once (the binary)"
+read -r _ artifact bin_dest <<<"$copy_from"
+[[ -n "$bin_dest" ]] || fail "cannot parse: COPY $copy_from"
+entry=$(last "$final" ENTRYPOINT)
+[[ "$entry" =~ ^\[\ *\"([^\"]+)\" ]] || fail "ENTRYPOINT must be the exec form [\"...\"], so nodestate is PID 1 and gets SIGTERM: $entry"
+[[ "${BASH_REMATCH[1]}" == "$bin_dest" ]] || fail "ENTRYPOINT runs ${BASH_REMATCH[1]}, but the binary is copied to $bin_dest"
+
+# Packages the runtime stage installs: the words after "apt-get install" up to "&&".
+runtime_pkgs=$(instr "$final" RUN | grep -oE 'apt-get install[^&]*' | sed -E 's/apt-get install//' |
+               tr ' ' '\n' | grep -Ev '^(-.*)?$' || true)
+[[ -n "$runtime_pkgs" ]] || fail "the runtime stage installs no packages (apt-get install)"
+for p in $runtime_pkgs; do
+    case $p in
+    gcc* | g++* | cpp* | clang* | cc | build-essential | cmake | make | pkg-config | *-dev)
+        fail "the runtime stage installs $p; it must carry no compilers or headers" ;;
+    esac
+done
+grep -qx "$hc_tool" <<<"$runtime_pkgs" || fail "the HEALTHCHECK runs $hc_tool, which the runtime stage does not install"
+note "structure ok: 2 stages on debian:bookworm-slim, USER $user, VOLUME /data, EXPOSE 8080, runtime packages: $(tr '\n' ' ' <<<"$runtime_pkgs")"
+
+# ---------------------------------------------------------------------------
+# (2) The build step: the same scripts as scripts/run.sh, then replayed.
+# ---------------------------------------------------------------------------
+# Commands of the build stage's RUN lines, one a line, split at &&.
+docker_build_cmds=$(instr "$build_stage" RUN | sed 's/ && /\n/g' | sed -E 's/^ +| +$//g')
+# What scripts/run.sh runs before it execs the binary: its `bash scripts/...` lines.
+run_sh_cmds=$(grep -E '^[[:space:]]*bash scripts/' "$src/scripts/run.sh" | sed -E 's/^ +| +$//g')
+[[ -n "$run_sh_cmds" ]] || fail "scripts/run.sh runs no 'bash scripts/...' step"
+while read -r c; do
+    [[ "$c" =~ ^bash\ scripts/[a-z_]+\.sh$ ]] ||
+        fail "build stage runs '$c'; it may only call scripts (bash scripts/NAME.sh), as CI does"
+done <<<"$docker_build_cmds"
+[[ "$docker_build_cmds" == "$run_sh_cmds" ]] ||
+    fail "the build stage runs [$(tr '\n' ';' <<<"$docker_build_cmds")] but scripts/run.sh runs [$(tr '\n' ';' <<<"$run_sh_cmds")]"
+note "build stage runs the scripts run.sh runs: $(tr '\n' ';' <<<"$docker_build_cmds")"
+
+root=$tmp/rootfs
+mkdir -p "$root"
+workdir=/
+build_log=$tmp/build.log
+for i in "${!op[@]}"; do
+    [[ "${stage[$i]}" == "$build_stage" ]] || continue
+    a=${args[$i]}
+    case ${op[$i]} in
+    FROM) ;;
+    WORKDIR)
+        [[ "$a" == /* ]] && workdir=$a || workdir=$workdir/$a
+        mkdir -p "$root$workdir" ;;
+    COPY)
+        [[ "$a" != -* ]] || fail "Dockerfile line ${lineno[$i]}: the replay does not know COPY flags: $a"
+        [[ "$a" != *[\*\?]* ]] || fail "Dockerfile line ${lineno[$i]}: the replay does not know wildcards: $a"
+        read -ra parts <<<"$a"
+        dest=${parts[-1]}
+        [[ "$dest" == /* ]] || dest=$workdir/$dest
+        unset 'parts[-1]'
+        for s in "${parts[@]}"; do
+            [[ -e "$src/$s" ]] || fail "Dockerfile line ${lineno[$i]}: COPY $s: no such file in the source tree"
+            if [[ -d "$src/$s" ]]; then
+                mkdir -p "$root$dest"
+                cp -a "$src/$s/." "$root$dest/"
+            elif [[ "$dest" == */ || ${#parts[@]} -gt 1 ]]; then
+                mkdir -p "$root$dest"
+                cp -a "$src/$s" "$root$dest/"
+            else
+                mkdir -p "$(dirname "$root$dest")"
+                cp -a "$src/$s" "$root$dest"
+            fi
+        done ;;
+    RUN)
+        note "replaying build step: RUN $a (in $workdir, log in $build_log)"
+        if ! (cd "$root$workdir" && sh -c "$a") >>"$build_log" 2>&1; then
+            tail -n 40 "$build_log" >&2
+            fail "Dockerfile line ${lineno[$i]}: RUN $a failed"
+        fi ;;
+    ENV | ARG | LABEL | SHELL) fail "Dockerfile line ${lineno[$i]}: the replay does not know ${op[$i]} in the build stage" ;;
+    *) fail "Dockerfile line ${lineno[$i]}: the replay does not know ${op[$i]}" ;;
+    esac
+done
+[[ "$artifact" == /* ]] || fail "COPY --from=build $artifact: give the build stage path absolutely"
+image_bin=$root$artifact
+[[ -x "$image_bin" ]] || fail "the build stage did not produce $artifact (the runtime stage copies it)"
+want_version=$("$NODESTATE_BIN" --version) || fail "$NODESTATE_BIN --version failed"
+got_version=$("$image_bin" --version) || fail "the replayed build's $artifact --version failed"
+[[ "$got_version" == "$want_version" ]] || fail "replayed build says '$got_version', NODESTATE_BIN says '$want_version'"
+
+# Every library the binary links directly must come from libc6 (in the base
+# image) or from a package the runtime stage installs.
+ldd_out=$(ldd "$image_bin") || fail "ldd $image_bin failed"
+while read -r soname; do
+    path=$(awk -v n="$soname" '$1 == n && $2 == "=>" { print $3 }' <<<"$ldd_out")
+    [[ -n "$path" ]] || fail "the build links $soname, which ldd cannot resolve"
+    # With merged /usr, dpkg knows a library under /lib or /usr/lib, whichever
+    # its package ships: ask for every spelling of the path.
+    real=$(readlink -f "$path")
+    pkg=""
+    for p in "$path" "$real" "${path#/usr}" "/usr${path#/usr}" "${real#/usr}" "/usr${real#/usr}"; do
+        pkg=$(dpkg -S "$p" 2>/dev/null | head -n 1 | cut -d: -f1) || true
+        [[ -n "$pkg" ]] && break
+    done
+    [[ -n "$pkg" ]] || fail "no Debian package owns $path ($soname)"
+    [[ "$pkg" == libc6 ]] || grep -qx "$pkg" <<<"$runtime_pkgs" ||
+        fail "the binary links $soname from package $pkg, which the runtime stage does not install"
+done < <(readelf -d "$image_bin" | sed -n 's/.*(NEEDED).*\[\(.*\)\].*/\1/p')
+note "build step ok: $artifact built ($got_version), its libraries are in the runtime stage"
+
+# ---------------------------------------------------------------------------
+# (3) The start step, with the Dockerfile's ENV.
+# ---------------------------------------------------------------------------
+data=$tmp/data # stands in for the VOLUME /data
+mkdir -p "$data"
+run_env=()
+for k in "${!envv[@]}"; do
+    v=${envv[$k]}
+    case $k in
+    NODESTATE_LISTEN) v=127.0.0.1:0 ;;
+    NODESTATE_DB) v=$data/${db#/data/} ;;
+    esac
+    run_env+=("$k=$v")
+done
+# Only the image's settings: no NODESTATE_* from the caller's environment.
+clean_env=()
+for k in $(compgen -e); do
+    [[ "$k" == NODESTATE_* ]] && clean_env+=(-u "$k")
+done
+log=$tmp/nodestate.log
+(cd "$data" && exec env "${clean_env[@]}" "${run_env[@]}" "$NODESTATE_BIN") 2>"$log" &
+ns_pid=$!
+port=""
+for _ in $(seq 100); do
+    port=$(sed -n 's/.*msg=listening.*addr=127\.0\.0\.1:\([0-9][0-9]*\).*/\1/p' "$log" | head -n 1)
+    [[ -n "$port" ]] && break
+    kill -0 "$ns_pid" 2>/dev/null || { cat "$log" >&2; fail "nodestate exited at start with the image's ENV"; }
+    sleep 0.1
+done
+[[ -n "$port" ]] || { cat "$log" >&2; fail "no 'msg=listening addr=127.0.0.1:PORT' line within 10 s"; }
+note "start step: nodestate with ${run_env[*]} listens on 127.0.0.1:$port"
+
+# run_healthcheck: the HEALTHCHECK command as Docker runs it (sh -c, image ENV).
+hc_run=${hc_cmd//:8080/:$port}
+run_healthcheck() {
+    env "${clean_env[@]}" "${run_env[@]}" NODESTATE_LISTEN="127.0.0.1:$port" sh -c "$hc_run"
+}
+run_healthcheck >"$tmp/hc.out" 2>&1 || { cat "$tmp/hc.out" >&2; fail "HEALTHCHECK failed against a running nodestate: $hc_cmd"; }
+note "HEALTHCHECK succeeded: $(cat "$tmp/hc.out")"
+[[ -f "$data/${db#/data/}" ]] || fail "no database at NODESTATE_DB (the volume): $data/${db#/data/}"
+
+# The URL the shipped prometheus.yml scrapes, asked for as Prometheus asks.
+metrics_path=$(sed -n 's/^[[:space:]]*metrics_path:[[:space:]]*\([^[:space:]#]*\).*/\1/p' "$promconf" | head -n 1)
+format=$(sed -n 's/^[[:space:]]*format:[[:space:]]*\[\([a-z]*\)\].*/\1/p' "$promconf" | head -n 1)
+[[ "$metrics_path" == /stats ]] || fail "prometheus.yml scrapes '$metrics_path', not /stats"
+scrape_url="http://127.0.0.1:$port$metrics_path${format:+?format=$format}"
+ctype=$(curl -sS --max-time 15 -o "$tmp/scrape.txt" -w '%{content_type}' \
+    -H 'Accept: application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1' \
+    "$scrape_url") || fail "scraping $scrape_url failed"
+[[ "$ctype" == "text/plain; version=0.0.4"* ]] || fail "$scrape_url answers Content-Type '$ctype', not Prometheus text"
+promtool check metrics <"$tmp/scrape.txt" >"$tmp/promtool.out" 2>&1 ||
+    { cat "$tmp/promtool.out" >&2; fail "promtool check metrics rejects what prometheus.yml scrapes ($scrape_url)"; }
+note "the scrape of prometheus.yml ($metrics_path${format:+?format=$format}) passes promtool check metrics"
+
+# A few writes for the shutdown to flush, then docker stop's SIGTERM.
+for n in 1 2 3; do
+    code=$(curl -sS --max-time 15 -o /dev/null -w '%{http_code}' -X POST \
+        -H 'Content-Type: application/json' -d '{"status":"running"}' \
+        "http://127.0.0.1:$port/runs/docker-check/nodes/n$n/state") || fail "POST failed"
+    [[ "$code" == 202 || "$code" == 200 ]] || fail "POST answered $code, want 202"
+done
+kill -TERM "$ns_pid"
+deadline=$(awk -v t="$shutdown" 'BEGIN { printf "%d", t * 10 }')
+for ((tick = 0; tick < deadline; tick++)); do
+    kill -0 "$ns_pid" 2>/dev/null || break
+    sleep 0.1
+done
+if kill -0 "$ns_pid" 2>/dev/null; then
+    cat "$log" >&2
+    fail "nodestate still runs ${shutdown} s after SIGTERM (NODESTATE_SHUTDOWN_TIMEOUT); docker would SIGKILL it"
+fi
+rc=0
+wait "$ns_pid" || rc=$?
+ns_pid=""
+[[ "$rc" == 0 ]] || { cat "$log" >&2; fail "nodestate exited $rc after SIGTERM, want 0"; }
+grep -q 'msg=stopped' "$log" || { cat "$log" >&2; fail "no msg=stopped line after SIGTERM"; }
+rows=$(sqlite3 "file:$data/${db#/data/}?mode=ro" "SELECT count(*) FROM run_node_state WHERE run_id = 'docker-check'" 2>&1) ||
+    fail "reading the database after shutdown failed: $rows"
+[[ "$rows" == 3 ]] || fail "after SIGTERM the database holds $rows of the 3 accepted writes"
+note "SIGTERM: exit 0 within ${shutdown} s, the 3 accepted writes are on disk"
+
+# The check must be able to fail: with nothing listening it has to.
+if run_healthcheck >/dev/null 2>&1; then
+    fail "HEALTHCHECK succeeds with nodestate stopped; it checks nothing"
+fi
+
+# ---------------------------------------------------------------------------
+# (4) compose.yaml and prometheus.yml.
+# ---------------------------------------------------------------------------
+promtool check config "$promconf" >"$tmp/promconf.out" 2>&1 ||
+    { cat "$tmp/promconf.out" >&2; fail "promtool check config docker/prometheus.yml"; }
+
+if python3 -c 'import yaml' >/dev/null 2>&1; then
+    python3 - "$compose" "$promconf" "$shutdown" <<'EOF' || fail "compose.yaml / prometheus.yml (see above)"
+import re, sys, yaml
+
+compose_path, prom_path, shutdown = sys.argv[1], sys.argv[2], float(sys.argv[3])
+errors = []
+def check(ok, msg):
+    if not ok:
+        errors.append(msg)
+
+compose = yaml.safe_load(open(compose_path))
+prom = yaml.safe_load(open(prom_path))
+services = compose.get("services") or {}
+
+ns_name = next((n for n, s in services.items()
+                if isinstance(s.get("build"), dict)
+                and s["build"].get("dockerfile") == "docker/Dockerfile"), None)
+check(ns_name, "no service builds docker/Dockerfile")
+if ns_name:
+    ns = services[ns_name]
+    check(ns["build"].get("context") == "..", "the nodestate build context is not .. (the repository root)")
+    check(any(str(p).endswith(":8080") for p in ns.get("ports", [])), "nodestate's port 8080 is not published")
+    check(any(str(v).split(":")[1:2] == ["/data"] for v in ns.get("volumes", [])), "no volume on /data")
+    grace = str(ns.get("stop_grace_period", "10s"))
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)s", grace)
+    check(m and float(m.group(1)) > shutdown,
+          f"stop_grace_period {grace} is not longer than NODESTATE_SHUTDOWN_TIMEOUT={shutdown:g}")
+
+prom_name = next((n for n, s in services.items() if "prometheus" in str(s.get("image", ""))), None)
+check(prom_name, "no Prometheus service")
+if prom_name:
+    p = services[prom_name]
+    conf = next((a.split("=", 1)[1] for a in p.get("command", []) if a.startswith("--config.file=")), None)
+    check(conf, "the Prometheus service has no --config.file")
+    check(any(str(v).startswith("./prometheus.yml:" + str(conf)) for v in p.get("volumes", [])),
+          f"./prometheus.yml is not mounted at {conf}")
+    dep = p.get("depends_on") or {}
+    check(ns_name in dep, "Prometheus does not depend on nodestate")
+
+jobs = prom.get("scrape_configs") or []
+targets = [t for j in jobs if j.get("metrics_path") == "/stats"
+           for sc in j.get("static_configs", []) for t in sc.get("targets", [])]
+check(f"{ns_name}:8080" in targets, f"prometheus.yml does not scrape /stats on {ns_name}:8080 (targets {targets})")
+
+for e in errors:
+    print("check_docker: compose/prometheus:", e, file=sys.stderr)
+sys.exit(1 if errors else 0)
+EOF
+    note "compose.yaml and prometheus.yml parse as YAML (PyYAML) and agree with the Dockerfile"
+else
+    # No YAML parser: check that every line has a YAML block shape, and the
+    # facts above by text.
+    for f in "$compose" "$promconf"; do
+        bad=$(grep -nvE '^[ ]*(#.*)?$|^[ ]*(- )?[A-Za-z0-9_.-]+:( .*)?$|^[ ]*- [^ ].*$' "$f" || true)
+        [[ -z "$bad" ]] || fail "$f: lines that are not YAML block mappings or lists: $bad"
+        ! grep -qP '^\t' "$f" || fail "$f: a tab in the indentation"
+    done
+    grep -q 'dockerfile: docker/Dockerfile' "$compose" || fail "compose.yaml does not build docker/Dockerfile"
+    grep -q 'prometheus.yml:/etc/prometheus/prometheus.yml' "$compose" || fail "compose.yaml does not mount prometheus.yml"
+    grep -q '"nodestate:8080"' "$promconf" || fail "prometheus.yml does not scrape nodestate:8080"
+    note "compose.yaml and prometheus.yml: line shapes ok (python3 has no yaml module; no full parse)"
+fi
+
+note "PASS"
