@@ -60,7 +60,7 @@ static const option_def options[] = {
      "address to serve on; [IPv6]:PORT for IPv6, port 0 takes any free port"},
     {"db", OPT_PATH, FIELD(db_path), 0, 0, 0, "./nodestate.db", "PATH",
      "SQLite database file (WAL mode)"},
-    {"batch-size", OPT_SIZE, FIELD(batch_size), 1, 1000000, 0, "2048", "N",
+    {"batch-size", OPT_SIZE, FIELD(batch_size), 1, 1000000, 0, "8192", "N",
      "most queued updates written in one transaction"},
     {"batch-interval", OPT_SECONDS, FIELD(batch_interval), 0, 0, 60, "0.1",
      "SECONDS", "longest the oldest queued update waits for its batch (<= 60)"},

@@ -135,7 +135,7 @@ static void want_defaults(config *c)
     strcpy(c->listen_host, "127.0.0.1");
     c->listen_port = 8080;
     strcpy(c->db_path, "./nodestate.db");
-    c->batch_size = 2048;
+    c->batch_size = 8192;
     c->batch_interval = 0.1;
     c->queue_capacity = 262144;
     c->shutdown_timeout = 10;
@@ -513,7 +513,7 @@ Test(config, help_lists_every_option)
         cr_assert_not_null(strstr(r->out, option_names[i][1]), "help lacks %s",
                            option_names[i][1]);
     }
-    const char *defaults[] = {"127.0.0.1:8080", "./nodestate.db", "2048", "0.1",
+    const char *defaults[] = {"127.0.0.1:8080", "./nodestate.db", "8192", "0.1",
                               "262144", "1048576", "1024", "normal", "info"};
     for (size_t i = 0; i < sizeof defaults / sizeof defaults[0]; i++)
         cr_assert_not_null(strstr(r->out, defaults[i]), "help lacks default %s",
@@ -550,7 +550,7 @@ Test(config, format_lists_every_setting)
     strcpy(c.listen_host, "::1");
     c.threads = 2;
     config_format(&c, buf, sizeof buf);
-    const char *want[] = {"listen=[::1]:8080", "db=\"/a b/x.db\"", "batch_size=2048",
+    const char *want[] = {"listen=[::1]:8080", "db=\"/a b/x.db\"", "batch_size=8192",
                           "batch_interval=0.1", "queue_capacity=262144",
                           "shutdown_timeout=10", "synchronous=normal", "threads=2",
                           "max_body_bytes=1048576", "max_connections=1024",
@@ -739,7 +739,7 @@ Test(config, clear_secrets_zeroes_the_token)
     config_clear_secrets(&r->c);
     for (size_t i = 0; i < sizeof r->c.token; i++)
         cr_assert_eq(r->c.token[i], 0, "byte %zu left", i);
-    cr_assert_eq(r->c.batch_size, 2048, "other settings stay");
+    cr_assert_eq(r->c.batch_size, 8192, "other settings stay");
 }
 
 Test(config, access_log_values)
