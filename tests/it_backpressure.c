@@ -1,0 +1,293 @@
+/*
+ * it_backpressure: a full queue refuses writes instead of growing. With the
+ * database locked and a long batch interval the queue fills: the next POST is
+ * 503 queue-full with a whole-seconds Retry-After and changes nothing,
+ * /readyz is 503 not-ready with the reason; once the lock is gone and the
+ * writer drains, /readyz is 200 again, every accepted (202) update is in the
+ * file and no refused (503) one is. While draining for shutdown /readyz is 503
+ * too, and the request still in flight is answered.
+ */
+#include <arpa/inet.h>
+#include <criterion/criterion.h>
+#include <ctype.h>
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <sqlite3.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "harness.h"
+
+enum {
+    CAPACITY = 50,
+    MAX_POSTS = 500,         /* bound on the fill loop */
+    REFUSED = 5,             /* further new nodes refused after the first 503 */
+};
+
+static sqlite3 *lock_db(ns_server *s)
+{
+    sqlite3 *db = NULL;
+    cr_assert_eq(sqlite3_open_v2(ns_db_path(s), &db, SQLITE_OPEN_READWRITE, NULL),
+                 SQLITE_OK, "open %s", ns_db_path(s));
+    cr_assert_eq(sqlite3_busy_timeout(db, 5000), SQLITE_OK);
+    char *err = NULL;
+    int rc = sqlite3_exec(db, "BEGIN EXCLUSIVE", NULL, NULL, &err);
+    cr_assert_eq(rc, SQLITE_OK, "BEGIN EXCLUSIVE: %s", err ? err : "");
+    return db;
+}
+
+static void unlock_db(sqlite3 *db)
+{
+    char *err = NULL;
+    cr_assert_eq(sqlite3_exec(db, "ROLLBACK", NULL, NULL, &err), SQLITE_OK,
+                 "ROLLBACK: %s", err ? err : "");
+    cr_assert_eq(sqlite3_close(db), SQLITE_OK);
+}
+
+/* Retry-After must be a whole number of seconds, at least 1. */
+static void check_retry_after(const ns_resp *r)
+{
+    const char *v = r->retry_after;
+    cr_assert(v[0] != '\0', "503 without Retry-After: %s", r->body);
+    for (const char *p = v; *p != '\0'; p++)
+        cr_assert(isdigit((unsigned char)*p), "Retry-After \"%s\" is not whole seconds", v);
+    cr_assert_geq(atol(v), 1, "Retry-After \"%s\"", v);
+}
+
+static void node_body(char *buf, size_t len, int i)
+{
+    snprintf(buf, len, "{\"status\":\"running\",\"outputs\":%d}", i);
+}
+
+/* Polls /readyz (bounded) until it answers want; the last answer stays in r. */
+static bool wait_readyz(ns_server *s, long want, ns_resp *r, double timeout_s)
+{
+    long long deadline = ns_mono_ms() + (long long)(timeout_s * 1000);
+    for (int i = 0; i < 10000 && ns_mono_ms() < deadline; i++) {
+        if (ns_req(s, "GET", "/readyz", NULL, NULL, r) == 0 && r->status == want)
+            return true;
+        struct timespec ts = { 0, 20 * 1000 * 1000 };
+        nanosleep(&ts, NULL);
+    }
+    return false;
+}
+
+Test(backpressure, full_queue_503_then_drain_and_ready_again)
+{
+    ns_server *s = ns_start("--queue-capacity %d --batch-interval 60", CAPACITY);
+    cr_assert_not_null(s);
+    ns_resp r = { 0 };
+    cr_assert(wait_readyz(s, 200, &r, 10.0), "/readyz at start: %ld %s", r.status, r.body);
+    sqlite3 *db = lock_db(s);
+
+    /* Fill the queue. Nothing reaches the file: a full queue wakes the writer,
+     * which takes one batch (at most the queue's worth) into its hands and
+     * keeps failing on the lock, so the queue fills up a second time. */
+    int accepted = 0;
+    char node[16], body[96], why[512];
+    for (int i = 0; i < MAX_POSTS; i++) {
+        snprintf(node, sizeof node, "n%03d", i);
+        node_body(body, sizeof body, i);
+        cr_assert_eq(ns_post_state(s, "bp", node, NULL, body, &r), 0, "%s", r.error);
+        if (r.status == 503)
+            break;
+        cr_assert_eq(r.status, 202, "POST %d: %ld %s", i, r.status, r.body);
+        accepted++;
+    }
+    cr_assert(accepted >= CAPACITY && accepted <= 2 * CAPACITY,
+              "%d accepted before the first 503, capacity %d", accepted, CAPACITY);
+    fprintf(stderr, "it_backpressure: %d accepted before the first 503 (capacity %d)\n",
+            accepted, CAPACITY);
+    cr_assert_eq(ns_check_problem(&r, 503, "queue-full", why, sizeof why), 0, "%s", why);
+    check_retry_after(&r);
+    int first_refused = accepted;
+
+    /* More refusals: new nodes, and a change to an accepted node. */
+    for (int i = first_refused + 1; i <= first_refused + REFUSED; i++) {
+        snprintf(node, sizeof node, "n%03d", i);
+        node_body(body, sizeof body, i);
+        cr_assert_eq(ns_post_state(s, "bp", node, NULL, body, &r), 0);
+        cr_assert_eq(ns_check_problem(&r, 503, "queue-full", why, sizeof why), 0, "%s", why);
+        check_retry_after(&r);
+    }
+    cr_assert_eq(ns_post_state(s, "bp", "n000", NULL, "{\"status\":\"completed\"}", &r), 0);
+    cr_assert_eq(ns_check_problem(&r, 503, "queue-full", why, sizeof why), 0, "%s", why);
+    cr_assert_eq(ns_req(s, "DELETE", "/runs/bp", NULL, NULL, &r), 0);
+    cr_assert_eq(ns_check_problem(&r, 503, "queue-full", why, sizeof why), 0,
+                 "DELETE with a full queue: %s", why);
+    /* A refused update changed nothing in memory. */
+    cr_assert_eq(ns_get_state(s, "bp", "n000", &r), 0);
+    cr_assert_eq(r.status, 200);
+    json_t *doc = ns_resp_json(&r);
+    cr_assert_str_eq(ns_jstr(doc, "status"), "running", "a refused update applied: %s", r.body);
+    json_decref(doc);
+    snprintf(node, sizeof node, "n%03d", first_refused);
+    cr_assert_eq(ns_get_state(s, "bp", node, &r), 0);
+    cr_assert_eq(r.status, 404, "a refused new node exists: %ld %s", r.status, r.body);
+    cr_assert_eq(ns_stat(s, "queue_depth"), CAPACITY);
+    cr_assert_eq(ns_stat(s, "updates_queued"), accepted);
+    cr_assert_eq(ns_stat(s, "updates_processed"), 0, "committed through an exclusive lock?");
+
+    /* Readiness reports the full queue (or, once the writer has met the lock,
+     * the failing commits). */
+    cr_assert_eq(ns_req(s, "GET", "/readyz", NULL, NULL, &r), 0);
+    cr_assert_eq(ns_check_problem(&r, 503, "not-ready", why, sizeof why), 0, "/readyz: %s", why);
+    check_retry_after(&r);
+    doc = ns_resp_json(&r);
+    const char *detail = ns_jstr(doc, "detail");
+    cr_assert(detail != NULL && (strstr(detail, "queue") != NULL ||
+                                 strstr(detail, "commit") != NULL),
+              "/readyz detail names neither the full queue nor the failing commits: %s",
+              r.body);
+    fprintf(stderr, "it_backpressure: /readyz detail \"%s\"\n", detail);
+    json_decref(doc);
+    /* Liveness is another matter. */
+    cr_assert_eq(ns_req(s, "GET", "/healthz", NULL, NULL, &r), 0);
+    cr_assert_eq(r.status, 200, "/healthz with a full queue: %ld", r.status);
+
+    /* Unlock; a durable re-POST of the last accepted update (a duplicate, so
+     * the full queue takes it) asks the writer to commit now. */
+    unlock_db(db);
+    snprintf(node, sizeof node, "n%03d", accepted - 1);
+    node_body(body, sizeof body, accepted - 1);
+    cr_assert_eq(ns_post_state(s, "bp", node, "?wait=true&timeout=25", body, &r), 0, "%s",
+                 r.error);
+    cr_assert_eq(r.status, 200, "durable re-POST after unlock: %ld %s", r.status, r.body);
+    doc = ns_resp_json(&r);
+    cr_assert(json_is_true(json_object_get(doc, "durable")), "%s", r.body);
+    json_decref(doc);
+    cr_assert_eq(ns_wait_idle(s, 30.0), 0, "the queue did not drain");
+    cr_assert(wait_readyz(s, 200, &r, 15.0), "/readyz after the drain: %ld %s", r.status,
+              r.body);
+
+    /* Every accepted update is in the file, no refused one is. */
+    cr_assert_eq(ns_db_int(s, "SELECT count(*) FROM run_node_state WHERE run_id='bp'", NULL),
+                 accepted);
+    char limit[16];
+    snprintf(limit, sizeof limit, "%d", accepted);
+    cr_assert_eq(ns_db_int(s, "SELECT count(*) FROM run_node_state WHERE run_id='bp' AND "
+                              "status='running' AND CAST(outputs_json AS INTEGER) = "
+                              "CAST(substr(node_id, 2) AS INTEGER) AND "
+                              "CAST(substr(node_id, 2) AS INTEGER) < CAST(? AS INTEGER)",
+                           limit, NULL), accepted);
+    for (int i = first_refused; i <= first_refused + REFUSED; i++) {
+        snprintf(node, sizeof node, "n%03d", i);
+        cr_assert_eq(ns_db_int(s, "SELECT count(*) FROM run_node_state WHERE run_id='bp' AND "
+                                  "node_id=?", node, NULL), 0, "refused %s is in the file", node);
+    }
+    cr_assert_eq(ns_stat(s, "updates_processed"), accepted);
+
+    /* Writes are accepted again. */
+    cr_assert_eq(ns_post_state(s, "bp", "after", NULL, "{\"status\":\"running\"}", &r), 0);
+    cr_assert_eq(r.status, 202, "%ld %s", r.status, r.body);
+    ns_resp_free(&r);
+    cr_assert_eq(ns_stop(s, SIGTERM), 0);
+    ns_free(s);
+}
+
+/* The pid of the nodestate process whose command line names db, or -1. */
+static pid_t find_server_pid(const char *db)
+{
+    DIR *d = opendir("/proc");
+    cr_assert_not_null(d);
+    pid_t found = -1;
+    struct dirent *e;
+    while (found < 0 && (e = readdir(d)) != NULL) {
+        if (!isdigit((unsigned char)e->d_name[0]))
+            continue;
+        char path[300], cmd[8192];
+        snprintf(path, sizeof path, "/proc/%s/cmdline", e->d_name);
+        int fd = open(path, O_RDONLY);
+        if (fd < 0)
+            continue;
+        ssize_t n = read(fd, cmd, sizeof cmd - 1);
+        close(fd);
+        if (n <= 0)
+            continue;
+        cmd[n] = '\0';
+        if (strstr(cmd, "nodestate") == NULL)
+            continue;
+        for (char *a = cmd; a < cmd + n; a += strlen(a) + 1)
+            if (strcmp(a, db) == 0)
+                found = (pid_t)atol(e->d_name);
+    }
+    closedir(d);
+    return found;
+}
+
+static void send_all(int fd, const char *text)
+{
+    size_t len = strlen(text), off = 0;
+    while (off < len) {
+        ssize_t n = send(fd, text + off, len - off, MSG_NOSIGNAL);
+        if (n < 0 && errno == EINTR)
+            continue;
+        cr_assert_gt(n, 0, "send: %s", strerror(errno));
+        off += (size_t)n;
+    }
+}
+
+Test(backpressure, readyz_503_while_draining_for_shutdown)
+{
+    ns_server *s = ns_start("--shutdown-timeout 20");
+    cr_assert_not_null(s);
+    ns_resp r = { 0 };
+    /* Opens the keep-alive connection the /readyz below will reuse: the
+     * listening socket closes at SIGTERM, open connections stay served. */
+    cr_assert(wait_readyz(s, 200, &r, 10.0), "/readyz at start: %ld %s", r.status, r.body);
+
+    /* A request in flight: headers and half of the body, the rest held back. */
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    cr_assert_geq(fd, 0);
+    struct timeval tv = { 20, 0 };
+    cr_assert_eq(setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv), 0);
+    struct sockaddr_in addr = { .sin_family = AF_INET, .sin_port = htons((uint16_t)ns_port(s)) };
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    cr_assert_eq(connect(fd, (struct sockaddr *)&addr, sizeof addr), 0, "%s", strerror(errno));
+    const char *rest = "\"running\"}";
+    char head[256];
+    snprintf(head, sizeof head,
+             "POST /runs/dr/nodes/n1/state HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+             "Content-Type: application/json\r\nContent-Length: %zu\r\n\r\n{\"status\":",
+             strlen("{\"status\":") + strlen(rest));
+    send_all(fd, head);
+    /* Let the server read the headers (it counts the request from then on). */
+    struct timespec ts = { 0, 300 * 1000 * 1000 };
+    nanosleep(&ts, NULL);
+
+    pid_t pid = find_server_pid(ns_db_path(s));
+    cr_assert_gt(pid, 0, "cannot find the server's pid");
+    cr_assert_eq(kill(pid, SIGTERM), 0);
+    cr_assert(wait_readyz(s, 503, &r, 10.0), "/readyz while draining: %ld %s %s", r.status,
+              r.body, r.error);
+    char why[512];
+    cr_assert_eq(ns_check_problem(&r, 503, "not-ready", why, sizeof why), 0, "%s", why);
+    check_retry_after(&r);
+    json_t *doc = ns_resp_json(&r);
+    const char *detail = ns_jstr(doc, "detail");
+    cr_assert(detail != NULL && strstr(detail, "drain") != NULL,
+              "/readyz detail does not say draining: %s", r.body);
+    json_decref(doc);
+    ns_resp_free(&r);
+
+    /* The request in flight is still answered, and its update kept. */
+    send_all(fd, rest);
+    char answer[1024];
+    ssize_t n = recv(fd, answer, sizeof answer - 1, 0);
+    cr_assert_gt(n, 0, "no answer to the request in flight: %s", n < 0 ? strerror(errno) : "EOF");
+    answer[n] = '\0';
+    cr_assert(strncmp(answer, "HTTP/1.1 202", 12) == 0, "in-flight POST: %.200s", answer);
+    close(fd);
+    cr_assert_eq(ns_stop(s, SIGTERM), 0);
+    cr_assert_eq(ns_db_int(s, "SELECT count(*) FROM run_node_state WHERE run_id='dr' AND "
+                              "node_id='n1' AND status='running'", NULL), 1);
+    ns_free(s);
+}

@@ -1,0 +1,233 @@
+/*
+ * it_spill: nothing accepted is dropped on shutdown. While another process
+ * holds the database's write lock past --shutdown-timeout, SIGTERM writes the
+ * queued updates (a run's DELETE among them) to the sidecar "<db>.spill" and
+ * exits 0, logging how many were spilled; the next start replays the sidecar
+ * into the database before it serves, logs it, removes the sidecar, and every
+ * update is there, in the file and through the API.
+ */
+#include <criterion/criterion.h>
+#include <errno.h>
+#include <signal.h>
+#include <sqlite3.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "harness.h"
+
+enum {
+    NODES = 20,              /* new nodes of run "sp", queued under the lock */
+    COMPLETED = 5,           /* of them updated a second time (coalesced) */
+};
+
+static sqlite3 *lock_db(ns_server *s)
+{
+    sqlite3 *db = NULL;
+    cr_assert_eq(sqlite3_open_v2(ns_db_path(s), &db, SQLITE_OPEN_READWRITE, NULL),
+                 SQLITE_OK, "open %s", ns_db_path(s));
+    cr_assert_eq(sqlite3_busy_timeout(db, 5000), SQLITE_OK);
+    char *err = NULL;
+    int rc = sqlite3_exec(db, "BEGIN EXCLUSIVE", NULL, NULL, &err);
+    cr_assert_eq(rc, SQLITE_OK, "BEGIN EXCLUSIVE: %s", err ? err : "");
+    return db;
+}
+
+static void unlock_db(sqlite3 *db)
+{
+    char *err = NULL;
+    cr_assert_eq(sqlite3_exec(db, "ROLLBACK", NULL, NULL, &err), SQLITE_OK,
+                 "ROLLBACK: %s", err ? err : "");
+    cr_assert_eq(sqlite3_close(db), SQLITE_OK);
+}
+
+/* One integer from the sidecar (an SQLite file), -1 when there is no row. */
+static long long spill_int(const char *path, const char *sql)
+{
+    sqlite3 *db = NULL;
+    sqlite3_stmt *st = NULL;
+    cr_assert_eq(sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY, NULL), SQLITE_OK,
+                 "open sidecar %s", path);
+    cr_assert_eq(sqlite3_prepare_v2(db, sql, -1, &st, NULL), SQLITE_OK, "%s: %s", sql,
+                 sqlite3_errmsg(db));
+    long long v = -1;
+    if (sqlite3_step(st) == SQLITE_ROW && sqlite3_column_type(st, 0) != SQLITE_NULL)
+        v = sqlite3_column_int64(st, 0);
+    sqlite3_finalize(st);
+    sqlite3_close(db);
+    return v;
+}
+
+static void post(ns_server *s, const char *run, const char *node, const char *query,
+                 const char *json, long want)
+{
+    ns_resp r = { 0 };
+    cr_assert_eq(ns_post_state(s, run, node, query, json, &r), 0, "POST: %s", r.error);
+    cr_assert_eq(r.status, want, "POST %s/%s%s %s: %ld %s, want %ld", run, node,
+                 query ? query : "", json, r.status, r.body, want);
+    ns_resp_free(&r);
+}
+
+/* The expected state of sp/n%03d i after the spilled updates. */
+static const char *sp_status(int i)
+{
+    return i < COMPLETED ? "completed" : "running";
+}
+
+/* Checks run "sp", run "gone" and node gone/c in the file and through GET. */
+static void check_replayed(ns_server *s)
+{
+    cr_assert_eq(ns_db_int(s, "SELECT count(*) FROM run_node_state WHERE run_id='sp'", NULL),
+                 NODES);
+    ns_resp r = { 0 };
+    for (int i = 0; i < NODES; i++) {
+        char node[16], want_outputs[16];
+        snprintf(node, sizeof node, "n%03d", i);
+        snprintf(want_outputs, sizeof want_outputs, "%d", i < COMPLETED ? 1000 + i : i);
+        ns_dbrow *row = ns_db_row(s, "SELECT status, outputs_json, attempt FROM run_node_state "
+                                     "WHERE run_id='sp' AND node_id=?", node, NULL);
+        cr_assert_not_null(row, "sp/%s is not in the file", node);
+        cr_assert_str_eq(ns_dbrow_get(row, "status"), sp_status(i), "sp/%s", node);
+        cr_assert_str_eq(ns_dbrow_get(row, "outputs_json"), want_outputs, "sp/%s", node);
+        cr_assert_str_eq(ns_dbrow_get(row, "attempt"), "2", "sp/%s", node);
+        ns_dbrow_free(row);
+
+        cr_assert_eq(ns_get_state(s, "sp", node, &r), 0, "%s", r.error);
+        cr_assert_eq(r.status, 200, "GET sp/%s: %ld %s", node, r.status, r.body);
+        json_t *doc = ns_resp_json(&r);
+        cr_assert_str_eq(ns_jstr(doc, "status"), sp_status(i), "%s", r.body);
+        long long out = -1;
+        cr_assert_eq(ns_jint(doc, "outputs", &out), 0, "%s", r.body);
+        cr_assert_eq(out, i < COMPLETED ? 1000 + i : i, "%s", r.body);
+        cr_assert(json_is_true(json_object_get(doc, "durable")), "%s", r.body);
+        json_decref(doc);
+    }
+    /* The DELETE ran before the later update of its run, as it was queued. */
+    cr_assert_eq(ns_db_int(s, "SELECT count(*) FROM run_node_state WHERE run_id='gone'", NULL),
+                 1);
+    cr_assert_eq(ns_db_int(s, "SELECT count(*) FROM run_node_state WHERE run_id='gone' "
+                              "AND node_id='c' AND status='scheduled'", NULL), 1);
+    cr_assert_eq(ns_get_state(s, "gone", "a", &r), 0);
+    cr_assert_eq(r.status, 404, "a node of the deleted run came back: %s", r.body);
+    cr_assert_eq(ns_get_state(s, "gone", "c", &r), 0);
+    cr_assert_eq(r.status, 200, "%ld %s", r.status, r.body);
+    ns_resp_free(&r);
+}
+
+Test(spill, locked_database_on_sigterm_spills_and_next_start_replays)
+{
+    ns_server *s = ns_start("--shutdown-timeout 1 --batch-interval 60");
+    cr_assert_not_null(s);
+    char spill[4200];
+    snprintf(spill, sizeof spill, "%s.spill", ns_db_path(s));
+
+    /* A run that is on disk before the lock, to be deleted under it. */
+    post(s, "gone", "a", NULL, "{\"status\":\"running\"}", 202);
+    post(s, "gone", "b", "?wait=true", "{\"status\":\"running\"}", 200);
+    cr_assert_eq(ns_db_int(s, "SELECT count(*) FROM run_node_state WHERE run_id='gone'", NULL),
+                 2);
+    long long queued_before = ns_stat(s, "updates_queued");
+    cr_assert_eq(queued_before, 2);
+
+    sqlite3 *db = lock_db(s);
+    for (int i = 0; i < NODES; i++) {
+        char node[16], body[96];
+        snprintf(node, sizeof node, "n%03d", i);
+        snprintf(body, sizeof body, "{\"status\":\"running\",\"attempt\":2,\"outputs\":%d}", i);
+        post(s, "sp", node, NULL, body, 202);
+    }
+    for (int i = 0; i < COMPLETED; i++) {
+        char node[16], body[96];
+        snprintf(node, sizeof node, "n%03d", i);
+        snprintf(body, sizeof body, "{\"status\":\"completed\",\"outputs\":%d}", 1000 + i);
+        post(s, "sp", node, NULL, body, 202);
+    }
+    ns_resp r = { 0 };
+    cr_assert_eq(ns_req(s, "DELETE", "/runs/gone", NULL, NULL, &r), 0, "%s", r.error);
+    cr_assert_eq(r.status, 202, "DELETE under the lock: %ld %s", r.status, r.body);
+    ns_resp_free(&r);
+    post(s, "gone", "c", NULL, "{\"status\":\"scheduled\"}", 202);
+    const long long spilled = NODES + COMPLETED + 1 + 1;
+    cr_assert_eq(ns_stat(s, "updates_queued") - queued_before, spilled);
+    cr_assert_eq(ns_stat(s, "queue_depth"), spilled);
+
+    /* The lock outlives --shutdown-timeout: the queue goes to the sidecar. */
+    int code = ns_stop(s, SIGTERM);
+    char *log = ns_log(s);
+    cr_assert_eq(code, 0, "exit code %d after a spill; log:\n%s", code, log);
+    char want[64];
+    snprintf(want, sizeof want, "msg=spilled updates=%lld", spilled);
+    cr_assert(strstr(log, want) != NULL, "no \"%s\" in the log:\n%s", want, log);
+    free(log);
+    cr_assert_eq(access(spill, F_OK), 0, "no sidecar %s", spill);
+
+    /* The sidecar holds the updates (coalesced per node), not the database. */
+    cr_assert_eq(spill_int(spill, "SELECT count(*) FROM run_node_state WHERE run_id='sp'"),
+                 NODES);
+    cr_assert_eq(spill_int(spill, "SELECT count(*) FROM run_node_state WHERE run_id='sp' AND "
+                                  "status='completed' AND CAST(outputs_json AS INTEGER) = "
+                                  "1000 + CAST(substr(node_id, 2) AS INTEGER)"), COMPLETED);
+    cr_assert_eq(spill_int(spill, "SELECT count(*) FROM run_node_state WHERE run_id='sp' AND "
+                                  "status='running' AND CAST(outputs_json AS INTEGER) = "
+                                  "CAST(substr(node_id, 2) AS INTEGER)"), NODES - COMPLETED);
+    cr_assert_eq(spill_int(spill, "SELECT count(*) FROM run_node_state WHERE run_id='gone' "
+                                  "AND node_id='c'"), 1);
+    cr_assert_eq(spill_int(spill, "SELECT count(*) FROM run_node_state WHERE run_id='gone' "
+                                  "AND node_id IN ('a','b')"), 0);
+    unlock_db(db);
+    cr_assert_eq(ns_db_int(s, "SELECT count(*) FROM run_node_state WHERE run_id='sp'", NULL), 0);
+    cr_assert_eq(ns_db_int(s, "SELECT count(*) FROM run_node_state WHERE run_id='gone'", NULL),
+                 2);
+
+    /* The restart replays the sidecar before it serves: no waiting here. */
+    cr_assert_eq(ns_restart(s, "--shutdown-timeout 1"), 0, "restart with a sidecar");
+    log = ns_log(s);
+    snprintf(want, sizeof want, "msg=spill-replayed rows=%d deletes=1", NODES + 1);
+    cr_assert(strstr(log, want) != NULL, "no \"%s\" in the log:\n%s", want, log);
+    char *replayed = strstr(log, "msg=spill-replayed");
+    char *listening = strstr(log, "msg=listening");
+    cr_assert(replayed != NULL && listening != NULL && replayed < listening,
+              "replayed after it started listening:\n%s", log);
+    free(log);
+    cr_assert_neq(access(spill, F_OK), 0, "the sidecar %s is still there", spill);
+    cr_assert_eq(errno, ENOENT);
+    check_replayed(s);
+
+    /* Replayed once: another restart finds no sidecar and changes nothing. */
+    cr_assert_eq(ns_stop(s, SIGTERM), 0);
+    cr_assert_eq(ns_restart(s, NULL), 0);
+    cr_assert(!ns_log_contains(s, "msg=spill-replayed"), "replayed twice");
+    check_replayed(s);
+    /* seq went on past the spilled updates. */
+    cr_assert_eq(ns_post_state(s, "sp", "n000", NULL, "{\"status\":\"running\",\"attempt\":3}",
+                               &r), 0);
+    cr_assert_eq(r.status, 202, "%ld %s", r.status, r.body);
+    json_t *doc = ns_resp_json(&r);
+    long long seq = 0;
+    cr_assert_eq(ns_jint(doc, "seq", &seq), 0);
+    cr_assert_gt(seq, 2 + spilled, "seq %lld went back over the spill", seq);
+    json_decref(doc);
+    ns_resp_free(&r);
+    cr_assert_eq(ns_stop(s, SIGTERM), 0);
+    ns_free(s);
+}
+
+Test(spill, clean_shutdown_leaves_no_sidecar)
+{
+    ns_server *s = ns_start("--shutdown-timeout 5 --batch-interval 60");
+    cr_assert_not_null(s);
+    char spill[4200];
+    snprintf(spill, sizeof spill, "%s.spill", ns_db_path(s));
+    for (int i = 0; i < 10; i++) {
+        char node[16];
+        snprintf(node, sizeof node, "n%d", i);
+        post(s, "clean", node, NULL, "{\"status\":\"running\"}", 202);
+    }
+    cr_assert_eq(ns_stop(s, SIGTERM), 0);
+    cr_assert(!ns_log_contains(s, "msg=spilled"));
+    cr_assert_neq(access(spill, F_OK), 0, "a sidecar after a clean flush");
+    cr_assert_eq(ns_db_int(s, "SELECT count(*) FROM run_node_state WHERE run_id='clean'", NULL),
+                 10);
+    ns_free(s);
+}
