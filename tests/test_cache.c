@@ -446,3 +446,22 @@ Test(cache, recency_order)
     lru_is(c, "d");
     cache_free(c);
 }
+
+Test(cache, run_tracks_last_seq_and_updated_at)
+{
+    cache *c = new_cache();
+    cache_run *run = add_run(c, "r");
+    cr_assert_eq(run->last_seq, 0);
+    ns_row *a = mk("r", "a", NS_RUNNING, 5);
+    a->updated_at = 1000;
+    put(c, run, a);
+    ns_row *b = mk("r", "b", NS_RUNNING, 3);
+    b->updated_at = 2000;
+    put(c, run, b);
+    cr_assert_eq(run->last_seq, 5, "the highest seq, not the last put");
+    cr_assert_eq(run->updated_at, 2000, "the latest updated_at");
+    cache_run_clear(c, run);
+    cr_assert_eq(run->last_seq, 0, "an emptied run has no seq");
+    cr_assert_eq(run->updated_at, 0);
+    cache_free(c);
+}

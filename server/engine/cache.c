@@ -186,6 +186,8 @@ void cache_run_clear(cache *c, cache_run *run)
     }
     c->nodes -= run->nodes;
     run->nodes = 0;
+    run->last_seq = 0;
+    run->updated_at = 0;
     memset(run->counts, 0, sizeof run->counts);
 }
 
@@ -253,6 +255,10 @@ int cache_node_put(cache *c, cache_run *run, ns_row *row)
     }
     run->slots[i] = row;
     run->counts[row->status]++;
+    if (row->seq > run->last_seq)
+        run->last_seq = row->seq;
+    if (row->updated_at > run->updated_at)
+        run->updated_at = row->updated_at;
     return 0;
 }
 

@@ -22,6 +22,8 @@ typedef struct cache_run {
     size_t pending;            /* queued ops of this run not yet committed; pins it */
     size_t counts[NS_STATUS_COUNT]; /* nodes per status */
     size_t nodes;              /* nodes held */
+    int64_t last_seq;          /* highest seq among them (0 when empty) */
+    int64_t updated_at;        /* latest updated_at among them, ms (0 when empty) */
     /* the node table (open addressing, keyed by row->node_id) */
     ns_row **slots;
     size_t n_slots;

@@ -393,15 +393,8 @@ engine_result engine_summarize(engine *e, const char *run_id, engine_summary *ou
     if (run && run->nodes > 0) {
         out->nodes = run->nodes;
         memcpy(out->counts, run->counts, sizeof out->counts);
-        for (size_t i = 0; i < run->n_slots; i++) {
-            const ns_row *r = run->slots[i];
-            if (!r)
-                continue;
-            if (r->seq > out->last_seq)
-                out->last_seq = r->seq;
-            if (r->updated_at > out->updated_at)
-                out->updated_at = r->updated_at;
-        }
+        out->last_seq = run->last_seq;
+        out->updated_at = run->updated_at;
         res = ENGINE_ACCEPTED;
     }
     pthread_mutex_unlock(&e->lock);
