@@ -465,3 +465,38 @@ Test(cache, run_tracks_last_seq_and_updated_at)
     cr_assert_eq(run->updated_at, 0);
     cache_free(c);
 }
+
+Test(cache, collect_sees_nodes_added_and_replaced_after_a_listing)
+{
+    cache *c = new_cache();
+    cache_run *run = add_run(c, "r");
+    put(c, run, mk("r", "b", NS_RUNNING, 1));
+    put(c, run, mk("r", "d", NS_RUNNING, 2));
+    ns_row *out[8];
+    bool more;
+    long n = cache_run_collect(run, ALL_STATUSES, NULL, 8, out, &more);
+    cr_assert_eq(n, 2);
+    release(out, n);
+    /* A new node lands between the two; a replaced one keeps its place with its new state. */
+    put(c, run, mk("r", "c", NS_SCHEDULED, 3));
+    put(c, run, mk("r", "b", NS_COMPLETED, 4));
+    for (int i = 0; i < 40; i++) { /* and enough more to grow the table */
+        char id[8];
+        snprintf(id, sizeof id, "z%02d", i);
+        put(c, run, mk("r", id, NS_IDLE, 5 + i));
+    }
+    n = cache_run_collect(run, ALL_STATUSES, "a", 3, out, &more);
+    cr_assert_eq(n, 3);
+    cr_assert_str_eq(out[0]->node_id, "b");
+    cr_assert_eq(out[0]->status, NS_COMPLETED);
+    cr_assert_str_eq(out[1]->node_id, "c");
+    cr_assert_str_eq(out[2]->node_id, "d");
+    cr_assert(more);
+    release(out, n);
+    n = cache_run_collect(run, 1u << NS_COMPLETED, NULL, 8, out, &more);
+    cr_assert_eq(n, 1);
+    cr_assert_str_eq(out[0]->node_id, "b");
+    cr_assert(!more);
+    release(out, n);
+    cache_free(c);
+}

@@ -82,6 +82,7 @@ static void run_free(cache_run *run)
 {
     for (size_t i = 0; i < run->n_slots; i++)
         model_row_unref(run->slots[i]);
+    free(run->order);
     free(run->slots);
     free(run->run_id);
     free(run);
@@ -186,6 +187,7 @@ void cache_run_clear(cache *c, cache_run *run)
     }
     c->nodes -= run->nodes;
     run->nodes = 0;
+    run->order_stale = true;
     run->last_seq = 0;
     run->updated_at = 0;
     memset(run->counts, 0, sizeof run->counts);
@@ -234,6 +236,7 @@ static int nodes_grow(cache_run *run)
         if (old[i])
             run->slots[node_slot(run, old[i]->node_id)] = old[i];
     free(old);
+    run->order_stale = true;
     return 0;
 }
 
@@ -249,6 +252,7 @@ int cache_node_put(cache *c, cache_run *run, ns_row *row)
         }
         run->nodes++;
         c->nodes++;
+        run->order_stale = true;
     } else {
         run->counts[old->status]--;
         model_row_unref(old);
@@ -269,26 +273,63 @@ static int by_node_id(const void *a, const void *b)
     return strcmp(x->node_id, y->node_id);
 }
 
-long cache_run_collect(const cache_run *run, unsigned status_mask,
+/* Rebuilds run->order from the node table; -1 when out of memory. */
+static int order_build(cache_run *run)
+{
+    size_t n = run->nodes;
+    ns_row **rows = malloc((n ? n : 1) * sizeof *rows);
+    size_t *order = malloc((n ? n : 1) * sizeof *order);
+    if (!rows || !order) {
+        free(rows);
+        free(order);
+        return -1;
+    }
+    size_t k = 0;
+    for (size_t i = 0; i < run->n_slots; i++)
+        if (run->slots[i])
+            rows[k++] = run->slots[i];
+    qsort(rows, k, sizeof *rows, by_node_id);
+    for (size_t i = 0; i < k; i++)
+        order[i] = node_slot(run, rows[i]->node_id);
+    free(rows);
+    free(run->order);
+    run->order = order;
+    run->n_order = k;
+    run->order_stale = false;
+    return 0;
+}
+
+/* The first position in run->order whose node_id sorts after `after`. */
+static size_t order_after(const cache_run *run, const char *after)
+{
+    size_t lo = 0, hi = run->n_order;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (strcmp(run->slots[run->order[mid]]->node_id, after) <= 0)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo;
+}
+
+long cache_run_collect(cache_run *run, unsigned status_mask,
                        const char *after, size_t limit, ns_row **out, bool *more)
 {
-    ns_row **all = malloc((run->nodes ? run->nodes : 1) * sizeof *all);
-    if (!all)
+    if ((run->order_stale || !run->order) && order_build(run) != 0)
         return -1;
-    size_t n = 0;
-    for (size_t i = 0; i < run->n_slots; i++) {
-        ns_row *r = run->slots[i];
-        if (r && (status_mask & (1u << r->status)) &&
-            (!after || strcmp(r->node_id, after) > 0))
-            all[n++] = r;
+    size_t taken = 0;
+    *more = false;
+    for (size_t i = after ? order_after(run, after) : 0; i < run->n_order; i++) {
+        ns_row *r = run->slots[run->order[i]];
+        if (!(status_mask & (1u << r->status)))
+            continue;
+        if (taken == limit) {
+            *more = true;
+            break;
+        }
+        model_row_ref(r);
+        out[taken++] = r;
     }
-    qsort(all, n, sizeof *all, by_node_id);
-    size_t take = n < limit ? n : limit;
-    for (size_t i = 0; i < take; i++) {
-        model_row_ref(all[i]);
-        out[i] = all[i];
-    }
-    *more = n > take;
-    free(all);
-    return (long)take;
+    return (long)taken;
 }

@@ -27,6 +27,14 @@ typedef struct cache_run {
     /* the node table (open addressing, keyed by row->node_id) */
     ns_row **slots;
     size_t n_slots;
+    /*
+     * Slot indexes in node_id order, for listings; rebuilt on the next
+     * listing after the set of nodes changed (a row replaced in its slot
+     * keeps its place, since its node_id is the same).
+     */
+    size_t *order;
+    size_t n_order;
+    bool order_stale;
     /* recency list: lru_prev is less recently used */
     struct cache_run *lru_prev;
     struct cache_run *lru_next;
@@ -63,8 +71,10 @@ int cache_node_put(cache *c, cache_run *run, ns_row *row);
  * node_id sorts after `after` (NULL: all), in node_id order, at most limit,
  * taking a reference on each into out (room for limit). *more tells whether
  * further matching rows follow. Returns the count, or -1 when out of memory.
+ * Costs a binary search plus the rows it steps over, once the run's order
+ * is built (O(n log n) after nodes were added).
  */
-long cache_run_collect(const cache_run *run, unsigned status_mask,
+long cache_run_collect(cache_run *run, unsigned status_mask,
                        const char *after, size_t limit, ns_row **out, bool *more);
 
 #endif
