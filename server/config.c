@@ -687,7 +687,7 @@ const char *config_format(const config *c, char *buf, size_t size)
         int n;
 
         format_value(c, &options[i], value, sizeof value);
-        log_quote(quoted, sizeof quoted, value);
+        logfmt_quote(quoted, sizeof quoted, value);
         /* An unset path reads better as "" than as nothing after '='. */
         if (value[0] == '\0')
             snprintf(quoted, sizeof quoted, "\"\"");

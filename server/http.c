@@ -111,26 +111,16 @@ static void http_mhd_log(void *cls, const char *fm, va_list ap)
     http_server *s = cls;
     char text[400];
     char quoted[2 * sizeof text + 3];
-    size_t i, o = 0;
+    size_t n;
 
     if (s->log == NULL)
         return;
     vsnprintf(text, sizeof text, fm, ap);
-    quoted[o++] = '"';
-    for (i = 0; text[i] != '\0'; i++) {
-        char c = text[i];
-        if (c == '\n' || c == '\r') {
-            if (text[i + 1] == '\0')
-                break;
-            c = ' ';
-        }
-        if (c == '"' || c == '\\')
-            quoted[o++] = '\\';
-        quoted[o++] = c;
-    }
-    quoted[o++] = '"';
-    quoted[o] = '\0';
-    http_log(s, NS_LOG_WARN, "http_library", "detail=%s", quoted);
+    n = strlen(text); /* MHD ends its messages with a newline: not part of the text */
+    while (n > 0 && (text[n - 1] == '\n' || text[n - 1] == '\r'))
+        text[--n] = '\0';
+    http_log(s, NS_LOG_WARN, "http_library", "detail=%s",
+             logfmt_quote(quoted, sizeof quoted, text));
 }
 
 /* ---- time ---------------------------------------------------------------- */
@@ -352,8 +342,8 @@ static void http_access_log(http_server *s, struct MHD_Connection *con,
     http_remote(con, remote, sizeof remote);
     http_log(s, NS_LOG_INFO, "access",
              "method=%s path=%s status=%d bytes=%zu duration_ms=%.2f remote=%s",
-             log_quote(qmethod, sizeof qmethod, method),
-             log_quote(qpath, sizeof qpath, url), status, bytes, ms, remote);
+             logfmt_quote(qmethod, sizeof qmethod, method),
+             logfmt_quote(qpath, sizeof qpath, url), status, bytes, ms, remote);
 }
 
 /*

@@ -11,6 +11,7 @@
 #include <stdio.h>
 
 #include "engine/engine.h"
+#include "engine/logfmt.h" /* logfmt_quote, for the values of fields */
 
 typedef struct logger logger;
 
@@ -22,13 +23,6 @@ int log_level_parse(const char *name);
 const char *log_level_name(int level);
 /* ns_log_fn: ctx is a logger. Writes one whole line atomically. */
 void log_write(void *ctx, int level, const char *msg, const char *fields);
-/*
- * Writes value into buf (size bytes) as a logfmt value: as it is when it needs
- * no quotes, else in double quotes with '"', '\\' and control characters
- * escaped. Truncates to fit (never mid-escape); returns buf, so it can be
- * used as a printf argument.
- */
-const char *log_quote(char *buf, size_t size, const char *value);
 /* printf-style convenience: log_printf(l, NS_LOG_INFO, "listening", "addr=%s", a). */
 void log_printf(logger *l, int level, const char *msg, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));

@@ -145,8 +145,8 @@ int main(int argc, char **argv)
     e = engine_open(&ec, err, sizeof err);
     if (e == NULL) {
         log_printf(log, NS_LOG_ERROR, "start-failed", "db=%s error=%s",
-                   log_quote(db, sizeof db, cfg.db_path),
-                   log_quote(quoted, sizeof quoted, err));
+                   logfmt_quote(db, sizeof db, cfg.db_path),
+                   logfmt_quote(quoted, sizeof quoted, err));
         goto fail;
     }
 
@@ -180,7 +180,7 @@ int main(int argc, char **argv)
     if (srv == NULL) {
         format_addr(addr, sizeof addr, cfg.listen_host, cfg.listen_port);
         log_printf(log, NS_LOG_ERROR, "start-failed", "addr=%s error=%s", addr,
-                   log_quote(quoted, sizeof quoted, err));
+                   logfmt_quote(quoted, sizeof quoted, err));
         goto fail;
     }
 

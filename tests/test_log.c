@@ -240,15 +240,15 @@ Test(log, quote)
 {
     char buf[64];
 
-    cr_assert_str_eq(log_quote(buf, sizeof buf, "plain"), "plain");
-    cr_assert_str_eq(log_quote(buf, sizeof buf, "a b"), "\"a b\"");
-    cr_assert_str_eq(log_quote(buf, sizeof buf, "x=\"y\"\\"), "\"x=\\\"y\\\"\\\\\"");
-    cr_assert_str_eq(log_quote(buf, sizeof buf, "tab\there"), "\"tab\\there\"");
-    cr_assert_str_eq(log_quote(buf, sizeof buf, NULL), "");
+    cr_assert_str_eq(logfmt_quote(buf, sizeof buf, "plain"), "plain");
+    cr_assert_str_eq(logfmt_quote(buf, sizeof buf, "a b"), "\"a b\"");
+    cr_assert_str_eq(logfmt_quote(buf, sizeof buf, "x=\"y\"\\"), "\"x=\\\"y\\\"\\\\\"");
+    cr_assert_str_eq(logfmt_quote(buf, sizeof buf, "tab\there"), "\"tab\\there\"");
+    cr_assert_str_eq(logfmt_quote(buf, sizeof buf, NULL), "");
     /* Truncation keeps the closing quote and never splits an escape. */
-    cr_assert_str_eq(log_quote(buf, 8, "a b c d e f"), "\"a b c\"");
-    cr_assert_str_eq(log_quote(buf, 6, "ab\"cd e"), "\"ab\"");
-    cr_assert_str_eq(log_quote(buf, 4, "plain"), "pla");
+    cr_assert_str_eq(logfmt_quote(buf, 8, "a b c d e f"), "\"a b c\"");
+    cr_assert_str_eq(logfmt_quote(buf, 6, "ab\"cd e"), "\"ab\"");
+    cr_assert_str_eq(logfmt_quote(buf, 4, "plain"), "pla");
 }
 
 Test(log, null_logger_is_harmless)

@@ -9,6 +9,7 @@
 #include <time.h>
 
 #include "cache.h"
+#include "logfmt.h"
 #include "queue.h"
 #include "rules.h"
 #include "store.h"
@@ -68,17 +69,6 @@ static void logf_(engine *e, int level, const char *msg, const char *fmt, ...)
     vsnprintf(fields, sizeof fields, fmt, ap);
     va_end(ap);
     e->cfg.log(e->cfg.log_ctx, level, msg, fields);
-}
-
-/* Copies SQLite's message into a logfmt-safe quoted value (no quotes or newlines inside). */
-static void quote_value(const char *src, char *dst, size_t n)
-{
-    size_t j = 0;
-    for (size_t i = 0; src[i] && j + 1 < n; i++) {
-        char c = src[i];
-        dst[j++] = (c == '"' || c == '\n' || c == '\r') ? '\'' : c;
-    }
-    dst[j] = '\0';
 }
 
 static void publish_cache_size(engine *e)
@@ -416,10 +406,10 @@ static void on_isolated(void *ctx, const ns_row *row, const char *why)
 {
     engine *e = ctx;
     char quoted[512];
-    quote_value(why, quoted, sizeof quoted);
+    logfmt_quote(quoted, sizeof quoted, why);
     atomic_fetch_add_explicit(&e->stats.rows_isolated, 1, memory_order_relaxed);
     logf_(e, NS_LOG_ERROR, "row-isolated",
-          "run_id=%s node_id=%s seq=%lld error=\"%s\"", row->run_id, row->node_id,
+          "run_id=%s node_id=%s seq=%lld error=%s", row->run_id, row->node_id,
           (long long)row->seq, quoted);
 }
 
@@ -446,9 +436,9 @@ static int commit_ops(engine *e, const ns_op *ops, size_t n)
         atomic_fetch_add_explicit(&e->stats.errors, 1, memory_order_relaxed);
         atomic_store(&e->store_failing, true);
         char why[512];
-        quote_value(planned ? store_errmsg(e->store) : "out of memory", why, sizeof why);
+        logfmt_quote(why, sizeof why, planned ? store_errmsg(e->store) : "out of memory");
         logf_(e, NS_LOG_ERROR, "commit-failed",
-              "updates=%zu error=\"%s\" retry_in_ms=%lld", n, why,
+              "updates=%zu error=%s retry_in_ms=%lld", n, why,
               (long long)(backoff / 1000000));
         pthread_mutex_lock(&e->lock);
         bool stopping = e->stopping;
@@ -513,8 +503,9 @@ static void spill_rest(engine *e, size_t n)
     atomic_store_explicit(&e->stats.queue_depth, 0, memory_order_relaxed);
     pthread_mutex_unlock(&e->lock);
 
-    char path[4200], err[512], why[512];
+    char path[4200], qpath[4300], err[512], why[512];
     store_spill_path(e->db_path, path, sizeof path);
+    logfmt_quote(qpath, sizeof qpath, path);
     writer_plan plan;
     int rc = writer_plan_build(all, total, &plan);
     if (rc == 0) {
@@ -524,11 +515,10 @@ static void spill_rest(engine *e, size_t n)
         snprintf(err, sizeof err, "out of memory");
     }
     if (rc == 0) {
-        logf_(e, NS_LOG_WARN, "spilled", "updates=%zu path=\"%s\"", total, path);
+        logf_(e, NS_LOG_WARN, "spilled", "updates=%zu path=%s", total, qpath);
     } else {
-        quote_value(err, why, sizeof why);
-        logf_(e, NS_LOG_ERROR, "spill-failed", "updates=%zu path=\"%s\" error=\"%s\"",
-              total, path, why);
+        logf_(e, NS_LOG_ERROR, "spill-failed", "updates=%zu path=%s error=%s", total,
+              qpath, logfmt_quote(why, sizeof why, err));
     }
 
     pthread_mutex_lock(&e->lock);
@@ -622,10 +612,10 @@ static int replay(engine *e, char *err, size_t errlen)
         backoff *= 2;
     }
     if (rows || deletes) {
-        char path[4200];
+        char path[4200], qpath[4300];
         store_spill_path(e->db_path, path, sizeof path);
-        logf_(e, NS_LOG_WARN, "spill-replayed", "rows=%zu deletes=%zu path=\"%s\"", rows,
-              deletes, path);
+        logf_(e, NS_LOG_WARN, "spill-replayed", "rows=%zu deletes=%zu path=%s", rows,
+              deletes, logfmt_quote(qpath, sizeof qpath, path));
     }
     return 0;
 }
