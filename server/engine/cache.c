@@ -56,12 +56,8 @@ cache_run *cache_lru_first(const cache *c)
 
 static uint64_t hash_str(const char *s)
 {
-    uint64_t h = 1469598103934665603ull; /* FNV-1a */
-    for (; *s; s++) {
-        h ^= (unsigned char)*s;
-        h *= 1099511628211ull;
-    }
-    return h ^ (h >> 29);
+    uint64_t h = model_hash(MODEL_HASH_SEED, s);
+    return h ^ (h >> 29); /* fold the high bits into the low ones the mask keeps */
 }
 
 cache *cache_new(void)

@@ -50,12 +50,6 @@ struct engine {
     pthread_cond_t callback_done; /* signalled when that call returns */
 };
 
-static int64_t mono_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000000000ll + ts.tv_nsec;
-}
 
 static void logf_(engine *e, int level, const char *msg, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
@@ -214,7 +208,7 @@ static void reject(engine *e, ns_reject why)
 static void enqueue(engine *e, ns_op *op)
 {
     op->seq = ++e->last_seq;
-    op->enqueued_ns = mono_ns();
+    op->enqueued_ns = model_mono_ns();
     op->run->pending++;
     queue_push(e->queue, op);
     size_t len = queue_len(e->queue);
@@ -430,7 +424,7 @@ static int commit_ops(engine *e, const ns_op *ops, size_t n)
             plan.batch.on_isolated = on_isolated;
             plan.batch.isolated_ctx = e;
         }
-        t0 = mono_ns();
+        t0 = model_mono_ns();
         if (planned && store_write(e->store, &plan.batch) == 0)
             break;
         atomic_fetch_add_explicit(&e->stats.errors, 1, memory_order_relaxed);
@@ -444,7 +438,7 @@ static int commit_ops(engine *e, const ns_op *ops, size_t n)
         bool stopping = e->stopping;
         int64_t deadline = e->drain_deadline_ns;
         pthread_mutex_unlock(&e->lock);
-        int64_t now = mono_ns();
+        int64_t now = model_mono_ns();
         if (stopping && now >= deadline) {
             if (planned)
                 writer_plan_free(&plan);
@@ -453,7 +447,7 @@ static int commit_ops(engine *e, const ns_op *ops, size_t n)
         nap(stopping && deadline - now < backoff ? deadline - now : backoff);
         backoff = backoff * 2 > BACKOFF_CAP_NS ? BACKOFF_CAP_NS : backoff * 2;
     }
-    int64_t done = mono_ns();
+    int64_t done = model_mono_ns();
     atomic_store(&e->store_failing, false);
     ns_stats *s = &e->stats;
     atomic_fetch_add_explicit(&s->batches_written, 1, memory_order_relaxed);
@@ -556,7 +550,7 @@ static void *writer_main(void *arg)
             break; /* stopping and drained */
         while (!batch_due(e)) {
             int64_t deadline = queue_peek(e->queue)->enqueued_ns + interval_ns;
-            if (mono_ns() >= deadline)
+            if (model_mono_ns() >= deadline)
                 break;
             struct timespec ts;
             deadline_to_timespec(deadline, &ts);
@@ -687,7 +681,7 @@ size_t engine_close(engine *e)
         return 0;
     pthread_mutex_lock(&e->lock);
     e->stopping = true;
-    e->drain_deadline_ns = mono_ns() + (int64_t)(e->cfg.shutdown_timeout * 1e9);
+    e->drain_deadline_ns = model_mono_ns() + (int64_t)(e->cfg.shutdown_timeout * 1e9);
     pthread_cond_signal(&e->wake);
     pthread_mutex_unlock(&e->lock);
     pthread_join(e->writer, NULL);

@@ -105,6 +105,14 @@ bool model_id_valid(const char *id, size_t len);
 
 /* Now, in ms since the epoch (CLOCK_REALTIME). */
 int64_t model_now_ms(void);
+/* Now on CLOCK_MONOTONIC, in ns: for deadlines and durations. */
+int64_t model_mono_ns(void);
+/*
+ * FNV-1a over the bytes of s, continuing from h (start with
+ * MODEL_HASH_SEED): the hash of every in-memory table keyed by ids.
+ */
+#define MODEL_HASH_SEED 1469598103934665603ull
+uint64_t model_hash(uint64_t h, const char *s);
 /* Formats ms as "YYYY-MM-DDTHH:MM:SS.mmmZ" into buf (NS_TS_BUF bytes). */
 void model_ts_format(int64_t ms, char buf[NS_TS_BUF]);
 /*

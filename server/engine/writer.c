@@ -12,13 +12,10 @@ typedef struct keyset {
 
 static uint64_t hash_key(const char *run, const char *node)
 {
-    uint64_t h = 1469598103934665603ull;
-    for (const char *s = run; *s; s++)
-        h = (h ^ (unsigned char)*s) * 1099511628211ull;
-    h = (h ^ 0xff) * 1099511628211ull; /* separator: ("ab","c") != ("a","bc") */
+    /* "\xff" never occurs in an id: ("ab","c") and ("a","bc") hash apart. */
+    uint64_t h = model_hash(model_hash(MODEL_HASH_SEED, run), "\xff");
     if (node)
-        for (const char *s = node; *s; s++)
-            h = (h ^ (unsigned char)*s) * 1099511628211ull;
+        h = model_hash(h, node);
     return h ^ (h >> 29);
 }
 
