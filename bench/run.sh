@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Reproducible benchmarks: builds a Release tree, runs engine_bench (direct
-# SQLite vs the engine), then drives the real binary with wrk and checks what
-# reached the database. Not part of the test suite.
+# SQLite vs the engine), durable_bench (?wait=true acks of the real binary vs
+# one commit per update on the same disk) and memory_bench (RSS per cached
+# node), then drives the real binary with wrk and checks what reached the
+# database. Not part of the test suite.
 #
 # Everything is overridable from the environment:
 #   BUILD_DIR            build tree (default <repo>/build-bench)
@@ -13,7 +15,14 @@
 #   WRK_THREADS WRK_CONNECTIONS WRK_DURATION   wrk -t -c -d (2, 64, 10s)
 #   HTTP_RUNS            runs the wrk script spreads nodes over (16)
 #   SERVER_ARGS          more nodestate arguments (e.g. "--synchronous full")
-#   SKIP_ENGINE=1 / SKIP_HTTP=1   skip one half
+#   DURABLE_CLIENTS      durable_bench --clients (default 32)
+#   DURABLE_DURATION     durable_bench --duration seconds per sync mode (10)
+#   DURABLE_CEILING_SECONDS  durable_bench --ceiling-seconds (6)
+#   DURABLE_ARGS         more durable_bench arguments (e.g. "--sync full")
+#   MEMORY_NODES         memory_bench --nodes (default 1000000)
+#   MEMORY_THREADS       memory_bench --threads (default 8)
+#   MEMORY_ARGS          more memory_bench arguments (e.g. "--runs 1000")
+#   SKIP_ENGINE=1 / SKIP_DURABLE=1 / SKIP_MEMORY=1 / SKIP_HTTP=1   skip a step
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -41,7 +50,8 @@ need wrk wrk
 
 echo "== build (Release) in $build"
 cmake -S "$root" -B "$build" -DCMAKE_BUILD_TYPE=Release -DNODESTATE_TESTS=OFF >/dev/null
-cmake --build "$build" --target nodestate engine_bench -j "$(nproc)" >/dev/null
+cmake --build "$build" --target nodestate engine_bench durable_bench \
+    memory_bench -j "$(nproc)" >/dev/null
 
 status=0
 
@@ -58,6 +68,31 @@ if [ "${SKIP_ENGINE:-0}" != 1 ]; then
     extra=(${BENCH_ARGS:-})
     echo "\$ $build/bench/engine_bench ${args[*]} ${extra[*]}"
     "$build/bench/engine_bench" "${args[@]}" "${extra[@]}" || status=1
+fi
+
+if [ "${SKIP_DURABLE:-0}" != 1 ]; then
+    echo
+    echo "== durable_bench"
+    args=(--server "$build/nodestate"
+          --clients "${DURABLE_CLIENTS:-32}"
+          --duration "${DURABLE_DURATION:-10}"
+          --ceiling-seconds "${DURABLE_CEILING_SECONDS:-6}")
+    # shellcheck disable=SC2206 # DURABLE_ARGS is meant to be word-split
+    extra=(${DURABLE_ARGS:-})
+    echo "\$ $build/bench/durable_bench ${args[*]} ${extra[*]}"
+    "$build/bench/durable_bench" "${args[@]}" "${extra[@]}" || status=1
+fi
+
+if [ "${SKIP_MEMORY:-0}" != 1 ]; then
+    echo
+    echo "== memory_bench"
+    args=(--server "$build/nodestate"
+          --nodes "${MEMORY_NODES:-1000000}"
+          --threads "${MEMORY_THREADS:-8}")
+    # shellcheck disable=SC2206 # MEMORY_ARGS is meant to be word-split
+    extra=(${MEMORY_ARGS:-})
+    echo "\$ $build/bench/memory_bench ${args[*]} ${extra[*]}"
+    "$build/bench/memory_bench" "${args[@]}" "${extra[@]}" || status=1
 fi
 
 if [ "${SKIP_HTTP:-0}" = 1 ]; then

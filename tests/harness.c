@@ -23,6 +23,8 @@
 #error "NODESTATE_BIN must name the nodestate binary (tests/CMakeLists.txt sets it)"
 #endif
 
+extern char **environ;
+
 /* How long the server may take to log its port. */
 #define NS_START_TIMEOUT_MS 10000
 /* How long ns_stop waits for a clean exit before SIGKILL. */
@@ -35,6 +37,8 @@
 #define NS_MAX_ARGS 64
 
 struct ns_server {
+    char bin[PATH_MAX];      /* the binary ns_start_bin was given */
+    char **env;              /* its extra NAME=VALUE strings (a copy) */
     char dir[PATH_MAX];
     char db[PATH_MAX];
     pid_t pid;
@@ -214,6 +218,41 @@ static void ns_dump_log(ns_server *s, const char *why)
     pthread_mutex_unlock(&s->mu);
 }
 
+/* Whether env (NAME=VALUE strings) sets the variable of var (NAME=...). */
+static bool ns_env_sets(char *const *env, const char *var)
+{
+    size_t n = strcspn(var, "=");
+    for (size_t i = 0; env[i] != NULL; i++)
+        if (strncmp(env[i], var, n) == 0 && env[i][n] == '=')
+            return true;
+    return false;
+}
+
+/*
+ * The child's environment: ours as it is now (tests may setenv before a
+ * start), less what env replaces, then env. The array is malloc'd, its
+ * strings borrowed. NULL when out of memory.
+ */
+static char **ns_child_env(char *const *env)
+{
+    size_t n_own = 0, n_env = 0;
+    while (environ[n_own] != NULL)
+        n_own++;
+    while (env[n_env] != NULL)
+        n_env++;
+    char **out = calloc(n_own + n_env + 1, sizeof *out);
+    if (out == NULL)
+        return NULL;
+    size_t k = 0;
+    for (size_t i = 0; i < n_own; i++)
+        if (!ns_env_sets(env, environ[i]))
+            out[k++] = environ[i];
+    for (size_t i = 0; i < n_env; i++)
+        out[k++] = env[i];
+    out[k] = NULL;
+    return out;
+}
+
 /*
  * Runs the binary with the fixed arguments plus the blank-separated words of
  * extra, and waits for its port. 0, or -1 with the child gone.
@@ -223,9 +262,10 @@ static int ns_launch(ns_server *s, const char *extra)
     char *words = strdup(extra != NULL ? extra : "");
     if (words == NULL)
         return -1;
+    char **envp = NULL;
     char *argv[NS_MAX_ARGS + 8];
     int argc = 0;
-    argv[argc++] = (char *)NODESTATE_BIN;
+    argv[argc++] = s->bin;
     argv[argc++] = (char *)"--listen";
     argv[argc++] = (char *)"127.0.0.1:0";
     argv[argc++] = (char *)"--db";
@@ -241,6 +281,13 @@ static int ns_launch(ns_server *s, const char *extra)
         argv[argc++] = w;
     }
     argv[argc] = NULL;
+    /* Built before fork: the child may only make async-signal-safe calls. */
+    envp = ns_child_env(s->env);
+    if (envp == NULL) {
+        fprintf(stderr, "harness: out of memory\n");
+        free(words);
+        return -1;
+    }
 
     pthread_mutex_lock(&s->mu);
     s->log_len = 0;
@@ -277,7 +324,7 @@ static int ns_launch(ns_server *s, const char *extra)
         if (dup2(devnull, 0) == -1 || dup2(fds[1], 1) == -1 ||
             dup2(fds[1], 2) == -1)
             _exit(127);
-        execv(NODESTATE_BIN, argv);
+        execve(s->bin, argv, envp);
         _exit(127);
     }
     close(fds[1]);
@@ -286,6 +333,8 @@ static int ns_launch(ns_server *s, const char *extra)
     devnull = -1;
     free(words);
     words = NULL;
+    free(envp);
+    envp = NULL;
     s->pid = pid;
     s->running = true;
     s->exit_code = -1;
@@ -319,8 +368,7 @@ static int ns_launch(ns_server *s, const char *extra)
     return -1;
 
 fail:
-    fprintf(stderr, "harness: cannot start %s: %s\n", NODESTATE_BIN,
-            strerror(errno));
+    fprintf(stderr, "harness: cannot start %s: %s\n", s->bin, strerror(errno));
     if (fds[0] >= 0)
         close(fds[0]);
     if (fds[1] >= 0)
@@ -328,6 +376,7 @@ fail:
     if (devnull >= 0)
         close(devnull);
     free(words);
+    free(envp);
     return -1;
 }
 
@@ -348,14 +397,60 @@ static char *ns_vformat(const char *fmt, va_list ap)
     return text;
 }
 
-ns_server *ns_start(const char *extra_args_fmt, ...)
+static void ns_strv_free(char **v)
 {
+    for (size_t i = 0; v != NULL && v[i] != NULL; i++)
+        free(v[i]);
+    free(v);
+}
+
+/*
+ * A copy of env (NULL counts as empty), or NULL when out of memory or when an
+ * entry is not NAME=VALUE.
+ */
+static char **ns_env_dup(const char *const *env)
+{
+    size_t n = 0;
+    while (env != NULL && env[n] != NULL)
+        n++;
+    char **copy = calloc(n + 1, sizeof *copy);
+    if (copy == NULL)
+        return NULL;
+    for (size_t i = 0; i < n; i++) {
+        const char *eq = strchr(env[i], '=');
+        if (eq == NULL || eq == env[i]) {
+            fprintf(stderr, "harness: environment entry \"%s\" is not NAME=VALUE\n",
+                    env[i]);
+            ns_strv_free(copy);
+            return NULL;
+        }
+        copy[i] = strdup(env[i]);
+        if (copy[i] == NULL) {
+            ns_strv_free(copy);
+            return NULL;
+        }
+    }
+    return copy;
+}
+
+/* ns_start_bin with its arguments in ap. */
+static ns_server *ns_vstart(const char *bin, const char *const *env,
+                            const char *extra_args_fmt, va_list ap)
+{
+    if (bin == NULL)
+        return NULL;
     if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK)
         return NULL;
     ns_server *s = calloc(1, sizeof *s);
     if (s == NULL)
         goto fail_curl;
     s->log_fd = -1;
+    int n = snprintf(s->bin, sizeof s->bin, "%s", bin);
+    if (n < 0 || (size_t)n >= sizeof s->bin)
+        goto fail_free;
+    s->env = ns_env_dup(env);
+    if (s->env == NULL)
+        goto fail_free;
     const char *verbose = getenv("NS_IT_VERBOSE");
     s->verbose = verbose != NULL && strcmp(verbose, "1") == 0;
     if (pthread_mutex_init(&s->mu, NULL) != 0)
@@ -363,17 +458,14 @@ ns_server *ns_start(const char *extra_args_fmt, ...)
     const char *tmp = getenv("TMPDIR");
     if (tmp == NULL || tmp[0] == '\0')
         tmp = "/tmp";
-    int n = snprintf(s->dir, sizeof s->dir, "%s/nodestate-it-XXXXXX", tmp);
+    n = snprintf(s->dir, sizeof s->dir, "%s/nodestate-it-XXXXXX", tmp);
     if (n < 0 || (size_t)n >= sizeof s->dir || mkdtemp(s->dir) == NULL)
         goto fail_mutex;
     n = snprintf(s->db, sizeof s->db, "%s/nodestate.db", s->dir);
     if (n < 0 || (size_t)n >= sizeof s->db)
         goto fail_dir;
 
-    va_list ap;
-    va_start(ap, extra_args_fmt);
     char *extra = ns_vformat(extra_args_fmt, ap);
-    va_end(ap);
     if (extra == NULL)
         goto fail_dir;
     int rc = ns_launch(s, extra);
@@ -392,11 +484,31 @@ fail_dir:
 fail_mutex:
     pthread_mutex_destroy(&s->mu);
 fail_free:
+    ns_strv_free(s->env);
     free(s->log);
     free(s);
 fail_curl:
     curl_global_cleanup();
     return NULL;
+}
+
+ns_server *ns_start_bin(const char *bin, const char *const *env,
+                        const char *extra_args_fmt, ...)
+{
+    va_list ap;
+    va_start(ap, extra_args_fmt);
+    ns_server *s = ns_vstart(bin, env, extra_args_fmt, ap);
+    va_end(ap);
+    return s;
+}
+
+ns_server *ns_start(const char *extra_args_fmt, ...)
+{
+    va_list ap;
+    va_start(ap, extra_args_fmt);
+    ns_server *s = ns_vstart(NODESTATE_BIN, NULL, extra_args_fmt, ap);
+    va_end(ap);
+    return s;
 }
 
 int ns_restart(ns_server *s, const char *extra_args_fmt, ...)
@@ -472,6 +584,7 @@ void ns_free(ns_server *s)
     ns_client_free(s->client);
     ns_rm_dir(s->dir);
     pthread_mutex_destroy(&s->mu);
+    ns_strv_free(s->env);
     free(s->log);
     free(s);
     curl_global_cleanup();
@@ -480,6 +593,11 @@ void ns_free(ns_server *s)
 int ns_port(const ns_server *s)
 {
     return s->port;
+}
+
+pid_t ns_pid(const ns_server *s)
+{
+    return s != NULL && s->running ? s->pid : -1;
 }
 
 const char *ns_dir(const ns_server *s)
@@ -751,17 +869,26 @@ int ns_req_len(ns_server *s, const char *method, const char *path,
                              out);
 }
 
-int ns_post_state(ns_server *s, const char *run, const char *node,
-                  const char *query, const char *json, ns_resp *out)
+/* The node's state path; 0, or -1 with out's error set when it is too long. */
+static int ns_state_path(char *path, size_t size, const char *run,
+                         const char *node, const char *query, ns_resp *out)
 {
-    char path[1024];
-    int n = snprintf(path, sizeof path, "/runs/%s/nodes/%s/state%s", run, node,
+    int n = snprintf(path, size, "/runs/%s/nodes/%s/state%s", run, node,
                      query != NULL ? query : "");
-    if (n < 0 || (size_t)n >= sizeof path) {
+    if (n < 0 || (size_t)n >= size) {
         ns_resp_free(out);
         snprintf(out->error, sizeof out->error, "path too long");
         return -1;
     }
+    return 0;
+}
+
+int ns_post_state(ns_server *s, const char *run, const char *node,
+                  const char *query, const char *json, ns_resp *out)
+{
+    char path[1024];
+    if (ns_state_path(path, sizeof path, run, node, query, out) != 0)
+        return -1;
     return ns_req(s, "POST", path, json, NULL, out);
 }
 
@@ -769,24 +896,16 @@ int ns_client_post_state(ns_client *c, const char *run, const char *node,
                          const char *json, ns_resp *out)
 {
     char path[1024];
-    int n = snprintf(path, sizeof path, "/runs/%s/nodes/%s/state", run, node);
-    if (n < 0 || (size_t)n >= sizeof path) {
-        ns_resp_free(out);
-        snprintf(out->error, sizeof out->error, "path too long");
+    if (ns_state_path(path, sizeof path, run, node, NULL, out) != 0)
         return -1;
-    }
     return ns_client_req(c, "POST", path, json, NULL, out);
 }
 
 int ns_get_state(ns_server *s, const char *run, const char *node, ns_resp *out)
 {
     char path[1024];
-    int n = snprintf(path, sizeof path, "/runs/%s/nodes/%s/state", run, node);
-    if (n < 0 || (size_t)n >= sizeof path) {
-        ns_resp_free(out);
-        snprintf(out->error, sizeof out->error, "path too long");
+    if (ns_state_path(path, sizeof path, run, node, NULL, out) != 0)
         return -1;
-    }
     return ns_req(s, "GET", path, NULL, NULL, out);
 }
 

@@ -1,6 +1,7 @@
 /*
  * harness: what the integration tests (tests/it_*.c) share. It starts the real
- * nodestate binary (NODESTATE_BIN) on 127.0.0.1 port 0 with its database in a
+ * nodestate binary (NODESTATE_BIN, or another build of it such as
+ * nodestate-faults) on 127.0.0.1 port 0 with its database in a
  * fresh temporary directory, keeps the process's log in memory and reads the
  * real port from its `msg=listening addr=HOST:PORT` line; it talks HTTP with
  * libcurl over keep-alive handles, reads the SQLite file directly (read-only)
@@ -18,6 +19,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 typedef struct ns_server ns_server;
 typedef struct ns_client ns_client;
@@ -37,17 +39,25 @@ typedef struct ns_resp {
 /* ---- process ---------------------------------------------------------- */
 
 /*
- * Makes a temporary directory and runs NODESTATE_BIN --listen 127.0.0.1:0
+ * Makes a temporary directory and runs bin --listen 127.0.0.1:0
  * --db <dir>/nodestate.db plus the extra arguments (printf-style, split on
- * blanks; may be NULL or ""). Returns once the server logged its port, or NULL
- * (with the log echoed to stderr) when it did not within ~10 s or exited.
- * Set NS_IT_VERBOSE=1 to echo the server's log to stderr as it comes.
+ * blanks; may be NULL or ""). The process inherits our environment with env
+ * added: NAME=VALUE strings, NULL-terminated, each replacing an inherited
+ * variable of the same name (env may be NULL). Returns once the server logged
+ * its port, or NULL (with the log echoed to stderr) when it did not within
+ * ~10 s or exited. Set NS_IT_VERBOSE=1 to echo the server's log to stderr as
+ * it comes.
  */
+ns_server *ns_start_bin(const char *bin, const char *const *env,
+                        const char *extra_args_fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+/* ns_start_bin of NODESTATE_BIN with no extra environment. */
 ns_server *ns_start(const char *extra_args_fmt, ...)
     __attribute__((format(printf, 1, 2)));
 /*
- * Starts the binary again on the same directory and database after ns_stop
- * or ns_kill, with new extra arguments. The log starts over. 0 or -1.
+ * Starts the same binary with the same extra environment again on the same
+ * directory and database after ns_stop or ns_kill, with new extra arguments.
+ * The log starts over. 0 or -1.
  */
 int ns_restart(ns_server *s, const char *extra_args_fmt, ...)
     __attribute__((format(printf, 2, 3)));
@@ -63,6 +73,8 @@ int ns_kill(ns_server *s);
 void ns_free(ns_server *s);
 
 int ns_port(const ns_server *s);
+/* The running server process, or -1 when none runs (stopped or killed). */
+pid_t ns_pid(const ns_server *s);
 const char *ns_dir(const ns_server *s);
 const char *ns_db_path(const ns_server *s);
 /* A copy of the log captured so far (free it), or NULL when out of memory. */

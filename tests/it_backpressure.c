@@ -10,9 +10,7 @@
 #include <arpa/inet.h>
 #include <criterion/criterion.h>
 #include <ctype.h>
-#include <dirent.h>
 #include <errno.h>
-#include <fcntl.h>
 #include <netinet/in.h>
 #include <signal.h>
 #include <sqlite3.h>
@@ -193,36 +191,6 @@ Test(backpressure, full_queue_503_then_drain_and_ready_again)
     ns_free(s);
 }
 
-/* The pid of the nodestate process whose command line names db, or -1. */
-static pid_t find_server_pid(const char *db)
-{
-    DIR *d = opendir("/proc");
-    cr_assert_not_null(d);
-    pid_t found = -1;
-    struct dirent *e;
-    while (found < 0 && (e = readdir(d)) != NULL) {
-        if (!isdigit((unsigned char)e->d_name[0]))
-            continue;
-        char path[300], cmd[8192];
-        snprintf(path, sizeof path, "/proc/%s/cmdline", e->d_name);
-        int fd = open(path, O_RDONLY);
-        if (fd < 0)
-            continue;
-        ssize_t n = read(fd, cmd, sizeof cmd - 1);
-        close(fd);
-        if (n <= 0)
-            continue;
-        cmd[n] = '\0';
-        if (strstr(cmd, "nodestate") == NULL)
-            continue;
-        for (char *a = cmd; a < cmd + n; a += strlen(a) + 1)
-            if (strcmp(a, db) == 0)
-                found = (pid_t)atol(e->d_name);
-    }
-    closedir(d);
-    return found;
-}
-
 static void send_all(int fd, const char *text)
 {
     size_t len = strlen(text), off = 0;
@@ -263,7 +231,7 @@ Test(backpressure, readyz_503_while_draining_for_shutdown)
     struct timespec ts = { 0, 300 * 1000 * 1000 };
     nanosleep(&ts, NULL);
 
-    pid_t pid = find_server_pid(ns_db_path(s));
+    pid_t pid = ns_pid(s);
     cr_assert_gt(pid, 0, "cannot find the server's pid");
     cr_assert_eq(kill(pid, SIGTERM), 0);
     cr_assert(wait_readyz(s, 503, &r, 10.0), "/readyz while draining: %ld %s %s", r.status,

@@ -7,9 +7,6 @@
  * serving within seconds of the start without loading the table.
  */
 #include <criterion/criterion.h>
-#include <ctype.h>
-#include <dirent.h>
-#include <fcntl.h>
 #include <signal.h>
 #include <sqlite3.h>
 #include <stdio.h>
@@ -355,37 +352,6 @@ static void bulk_insert(const char *path)
     cr_assert_eq(sqlite3_close(db), SQLITE_OK);
 }
 
-/* The pid of the nodestate process whose command line names db, or -1. */
-static pid_t find_server_pid(const char *db)
-{
-    DIR *d = opendir("/proc");
-    cr_assert_not_null(d);
-    pid_t found = -1;
-    struct dirent *e;
-    while (found < 0 && (e = readdir(d)) != NULL) {
-        if (!isdigit((unsigned char)e->d_name[0]))
-            continue;
-        char path[300], cmd[8192];
-        snprintf(path, sizeof path, "/proc/%s/cmdline", e->d_name);
-        int fd = open(path, O_RDONLY);
-        if (fd < 0)
-            continue;
-        ssize_t n = read(fd, cmd, sizeof cmd - 1);
-        close(fd);
-        if (n <= 0)
-            continue;
-        cmd[n] = '\0';
-        /* NUL-separated arguments: argv[0] is the binary, one of the rest db. */
-        if (strstr(cmd, "nodestate") == NULL)
-            continue;
-        for (char *a = cmd; a < cmd + n; a += strlen(a) + 1)
-            if (strcmp(a, db) == 0)
-                found = (pid_t)atol(e->d_name);
-    }
-    closedir(d);
-    return found;
-}
-
 /* VmRSS of pid in KiB, or -1. */
 static long long rss_kib(pid_t pid)
 {
@@ -448,7 +414,7 @@ Test(cache, million_row_database_starts_lazily, .timeout = 240)
     long long cached = ns_stat(s, "cache_nodes");
     cr_assert_geq(cached, 1);
     cr_assert_leq(cached, BIG_NODES, "%lld nodes cached after one GET", cached);
-    pid_t pid = find_server_pid(ns_db_path(s));
+    pid_t pid = ns_pid(s);
     cr_assert_gt(pid, 0, "cannot find the server's pid");
     long long kib = rss_kib(pid);
     fprintf(stderr, "it_cache: RSS %lld KiB with 1,000,000 rows on disk\n", kib);

@@ -420,3 +420,17 @@ Test(model, row_same_sees_every_state_field)
     DIFFERS(b.outputs = "[1,2]");
 #undef DIFFERS
 }
+
+Test(model, ts_parse_refuses_utc_times_outside_four_digit_years)
+{
+    int64_t ms;
+    cr_assert_eq(model_ts_parse("9999-12-31T23:30:00-01:00", &ms), -1, "year 10000 in UTC");
+    cr_assert_eq(model_ts_parse("0000-01-01T00:30:00+01:00", &ms), -1, "year -1 in UTC");
+    cr_assert_eq(model_ts_parse("9999-12-31T23:59:59.999Z", &ms), 0);
+    char buf[NS_TS_BUF];
+    model_ts_format(ms, buf);
+    cr_assert_str_eq(buf, "9999-12-31T23:59:59.999Z");
+    cr_assert_eq(model_ts_parse("0000-01-01T00:00:00Z", &ms), 0);
+    model_ts_format(ms, buf);
+    cr_assert_str_eq(buf, "0000-01-01T00:00:00.000Z");
+}

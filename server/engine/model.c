@@ -242,6 +242,12 @@ int model_ts_parse(const char *s, int64_t *ms)
     /* A leap second is folded into the next second: SQLite and JSON users expect a valid time. */
     int64_t secs = days_from_civil(y, (unsigned)mo, (unsigned)d) * 86400 +
                    (int64_t)h * 3600 + (int64_t)mi * 60 + sec - (int64_t)offset_min * 60;
+    /* An offset can carry a time past year 9999 or before year 0 in UTC, which the
+     * stored four-digit form cannot hold: refuse it rather than store another time. */
+    int64_t first = days_from_civil(0, 1, 1) * 86400;
+    int64_t end = days_from_civil(10000, 1, 1) * 86400;
+    if (secs < first || secs >= end)
+        return -1;
     *ms = secs * 1000 + milli;
     return 0;
 }

@@ -118,7 +118,8 @@ void model_ts_format(int64_t ms, char buf[NS_TS_BUF]);
 /*
  * Parses an RFC 3339 date-time (any fraction digits, 'Z' or a numeric
  * offset, 'T' or 't') into ms since the epoch, truncating below the ms.
- * Returns 0, or -1 for anything that is not RFC 3339.
+ * Returns 0, or -1 for anything that is not RFC 3339 or whose UTC time
+ * falls outside the years 0000-9999.
  */
 int model_ts_parse(const char *s, int64_t *ms);
 
