@@ -12,13 +12,29 @@
 
 /*
  * The parsed body the ns_update borrows from: strings point into root, and
- * the two JSON-valued members are re-serialised compactly into text we own.
+ * the two JSON-valued members are copied from the body as the client wrote
+ * them (minus whitespace) into text we own. Re-serialising them instead
+ * would turn 1.1 into 1.1000000000000001 and cannot hold integers beyond
+ * int64, and DESIGN.md §1 promises these members back as sent.
  */
 struct codec_doc {
     json_t *root;
-    char *resume_state;   /* json_dumps result, or NULL */
-    char *outputs;        /* json_dumps result, or NULL */
+    char *resume_state;   /* compact copy from the body, or NULL */
+    char *outputs;        /* compact copy from the body, or NULL */
 };
+
+/* A member's value exactly as written in the body; p is NULL when absent. */
+typedef struct codec_span {
+    const char *p;
+    size_t n;
+} codec_span;
+
+/* The members whose spelling in the body matters, not just their value. */
+typedef struct codec_spans {
+    codec_span attempt;        /* an integer must be written as one */
+    codec_span resume_state;
+    codec_span outputs;
+} codec_spans;
 
 void codec_doc_free(codec_doc *d)
 {
@@ -38,6 +54,251 @@ static int codec_fail(int *status, int code, char *detail, size_t detail_len,
     if (detail != NULL && detail_len > 0)
         snprintf(detail, detail_len, fmt, member);
     return -1;
+}
+
+/*
+ * ---- a scanner over the body jansson has already accepted ----
+ *
+ * It only has to find where top-level members' values begin and end, so it
+ * trusts the grammar jansson checked, but it never reads past end and gives
+ * -1/NULL rather than guessing if the text is not what it expects. It does
+ * not recurse: nesting is only counted, so jansson's depth limit (2048) is
+ * the only one.
+ */
+
+static bool codec_is_ws(char c)
+{
+    return c == ' ' || c == '\t' || c == '\n' || c == '\r';
+}
+
+static const char *codec_skip_ws(const char *p, const char *end)
+{
+    while (p < end && codec_is_ws(*p))
+        p++;
+    return p;
+}
+
+/* p is at an opening quote: the byte after the closing one, or NULL. */
+static const char *codec_skip_string(const char *p, const char *end)
+{
+    for (p++; p < end; p++) {
+        if (*p == '\\') {
+            p++;    /* the escaped byte cannot end the string */
+            continue;
+        }
+        if (*p == '"')
+            return p + 1;
+    }
+    return NULL;
+}
+
+/* A byte that can be part of a number or of true/false/null. */
+static bool codec_is_scalar(char c)
+{
+    return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') ||
+           (c >= 'A' && c <= 'Z') || c == '+' || c == '-' || c == '.';
+}
+
+/* p is at a value: the byte after it, or NULL. */
+static const char *codec_skip_value(const char *p, const char *end)
+{
+    size_t depth = 0;
+
+    do {
+        p = codec_skip_ws(p, end);
+        if (p == end)
+            return NULL;
+        if (*p == '"') {
+            p = codec_skip_string(p, end);
+            if (p == NULL)
+                return NULL;
+        } else if (*p == '{' || *p == '[') {
+            depth++;
+            p++;
+        } else if (*p == '}' || *p == ']') {
+            if (depth == 0)
+                return NULL;
+            depth--;
+            p++;
+        } else if (*p == ',' || *p == ':') {
+            if (depth == 0)
+                return NULL;
+            p++;
+        } else {
+            const char *start = p;
+            while (p < end && codec_is_scalar(*p))
+                p++;
+            if (p == start)
+                return NULL;
+        }
+    } while (depth > 0);
+    return p;
+}
+
+static int codec_hex_digit(char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    return -1;
+}
+
+/*
+ * Whether the key text p..end (between the quotes, escapes still in it)
+ * means name. jansson compares keys after unescaping, so we must too:
+ * "outp\u0075ts" is outputs. name is ASCII, so any escape for a code point
+ * of 0x80 or more cannot match.
+ */
+static bool codec_key_is(const char *p, const char *end, const char *name)
+{
+    static const char plain[] = "\"\\/bfnrt";
+    static const char means[] = "\"\\/\b\f\n\r\t";
+
+    while (p < end) {
+        char c = *p++;
+        if (c == '\\') {
+            if (p == end)
+                return false;
+            char e = *p++;
+            if (e == 'u') {
+                unsigned cp = 0;
+                for (int i = 0; i < 4; i++) {
+                    int h = p < end ? codec_hex_digit(*p++) : -1;
+                    if (h < 0)
+                        return false;
+                    cp = cp << 4 | (unsigned)h;
+                }
+                if (cp == 0 || cp >= 0x80)
+                    return false;
+                c = (char)cp;
+            } else {
+                const char *at = strchr(plain, e);
+                if (e == '\0' || at == NULL)
+                    return false;
+                c = means[at - plain];
+            }
+        }
+        if (*name == '\0' || c != *name++)
+            return false;
+    }
+    return *name == '\0';
+}
+
+/*
+ * Finds the spans of attempt, resume_state and outputs in the top-level
+ * object of body (which jansson accepted as an object with no duplicate
+ * keys, so each is there at most once). -1 only if the text is not what
+ * jansson said it was.
+ */
+static int codec_scan(const char *body, size_t len, codec_spans *spans)
+{
+    const char *end = body + len;
+    const char *p = codec_skip_ws(body, end);
+
+    memset(spans, 0, sizeof *spans);
+    if (p == end || *p != '{')
+        return -1;
+    p = codec_skip_ws(p + 1, end);
+    if (p < end && *p == '}')
+        return 0;
+    for (;;) {
+        if (p == end || *p != '"')
+            return -1;
+        const char *key = p + 1;
+        p = codec_skip_string(p, end);
+        if (p == NULL)
+            return -1;
+        const char *key_end = p - 1;    /* the closing quote */
+        p = codec_skip_ws(p, end);
+        if (p == end || *p != ':')
+            return -1;
+        const char *value = codec_skip_ws(p + 1, end);
+        p = codec_skip_value(value, end);
+        if (p == NULL)
+            return -1;
+
+        codec_span *slot = NULL;
+        if (codec_key_is(key, key_end, "attempt"))
+            slot = &spans->attempt;
+        else if (codec_key_is(key, key_end, "resume_state"))
+            slot = &spans->resume_state;
+        else if (codec_key_is(key, key_end, "outputs"))
+            slot = &spans->outputs;
+        if (slot != NULL) {
+            slot->p = value;
+            slot->n = (size_t)(p - value);
+        }
+
+        p = codec_skip_ws(p, end);
+        if (p == end)
+            return -1;
+        if (*p == '}')
+            return 0;
+        if (*p != ',')
+            return -1;
+        p = codec_skip_ws(p + 1, end);
+    }
+}
+
+/*
+ * A copy of the value text without the whitespace outside strings, so the
+ * same value sent with other spacing stores the same text (and an update
+ * repeating it is still a duplicate). Everything else, number spelling and
+ * string escapes included, is kept byte for byte. NULL when out of memory.
+ */
+static char *codec_compact(codec_span s)
+{
+    char *out = malloc(s.n + 1);
+    if (out == NULL)
+        return NULL;
+
+    size_t n = 0;
+    bool in_string = false;
+    for (size_t i = 0; i < s.n; i++) {
+        char c = s.p[i];
+        if (in_string) {
+            out[n++] = c;
+            if (c == '\\' && i + 1 < s.n)
+                out[n++] = s.p[++i];
+            else if (c == '"')
+                in_string = false;
+        } else if (!codec_is_ws(c)) {
+            if (c == '"')
+                in_string = true;
+            out[n++] = c;
+        }
+    }
+    out[n] = '\0';
+    return out;
+}
+
+/*
+ * The attempt as written: digits only (no sign, fraction or exponent: "2.0"
+ * and "2e0" are refused like any other non-integer) with a value in
+ * [1, CODEC_ATTEMPT_MAX]. Read from the text because jansson decodes every
+ * number as a double here, which cannot tell 2^53 + 1 from 2^53.
+ */
+static int codec_attempt_text(codec_span s, int64_t *out)
+{
+    int64_t v = 0;
+
+    if (s.p == NULL || s.n == 0)
+        return -1;
+    for (size_t i = 0; i < s.n; i++) {
+        if (s.p[i] < '0' || s.p[i] > '9')
+            return -1;
+        /* v <= 2^53 here, so v * 10 + 9 cannot overflow int64 */
+        v = v * 10 + (s.p[i] - '0');
+        if (v > CODEC_ATTEMPT_MAX)
+            return -1;
+    }
+    if (v < 1)
+        return -1;
+    *out = v;
+    return 0;
 }
 
 /* The ts field named key, or -1. */
@@ -67,17 +328,20 @@ static int codec_text(json_t *v, ns_text *out)
 }
 
 /*
- * An any-JSON member: null clears, anything else becomes compact text owned
- * by *slot. Returns -1 only when out of memory.
+ * An any-JSON member: null clears, anything else becomes the compact copy
+ * of its text in the body, owned by *slot. Returns -1 only when the scanner
+ * did not find the member or out of memory.
  */
-static int codec_raw(json_t *v, char **slot, ns_text *out)
+static int codec_raw(json_t *v, codec_span text, char **slot, ns_text *out)
 {
     out->set = true;
     out->value = NULL;
     if (json_is_null(v))
         return 0;
+    if (text.p == NULL)
+        return -1;
     free(*slot);    /* cannot hold anything: duplicates are refused */
-    *slot = json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY);
+    *slot = codec_compact(text);
     if (*slot == NULL)
         return -1;
     out->value = *slot;
@@ -92,11 +356,11 @@ static int codec_same_id(json_t *v, const char *id)
 }
 
 /* Checks and stores one member of the body; -1 with *status and detail set. */
-static int codec_member(codec_doc *d, const char *key, json_t *v,
-                        const char *run_id, const char *node_id,
-                        size_t max_error_bytes, ns_update *out,
-                        bool *have_status, int *status, char *detail,
-                        size_t detail_len)
+static int codec_member(codec_doc *d, const codec_spans *spans,
+                        const char *key, json_t *v, const char *run_id,
+                        const char *node_id, size_t max_error_bytes,
+                        ns_update *out, bool *have_status, int *status,
+                        char *detail, size_t detail_len)
 {
     int f;
 
@@ -109,13 +373,14 @@ static int codec_member(codec_doc *d, const char *key, json_t *v,
                               key);
         *have_status = true;
     } else if (strcmp(key, "attempt") == 0) {
-        if (!json_is_integer(v) || json_integer_value(v) < 1 ||
-            json_integer_value(v) > CODEC_ATTEMPT_MAX)
+        int64_t attempt;
+        if (!json_is_number(v) ||
+            codec_attempt_text(spans->attempt, &attempt) != 0)
             return codec_fail(status, 422, detail, detail_len,
                               "member \"%s\" must be an integer >= 1 "
                               "and <= 2^53", key);
         out->has_attempt = true;
-        out->attempt = (int64_t)json_integer_value(v);
+        out->attempt = attempt;
     } else if ((f = codec_ts_field(key)) >= 0) {
         int64_t ms = NS_TS_NULL;
         if (!json_is_null(v) &&
@@ -147,13 +412,13 @@ static int codec_member(codec_doc *d, const char *key, json_t *v,
             return codec_fail(status, 422, detail, detail_len,
                               "member \"%s\" must be a string or null", key);
     } else if (strcmp(key, "resume_state") == 0) {
-        if (codec_raw(v, &d->resume_state, &out->resume_state) != 0)
+        if (codec_raw(v, spans->resume_state, &d->resume_state, &out->resume_state) != 0)
             return codec_fail(status, 500, detail, detail_len,
-                              "out of memory encoding member \"%s\"", key);
+                              "cannot store member \"%s\"", key);
     } else if (strcmp(key, "outputs") == 0) {
-        if (codec_raw(v, &d->outputs, &out->outputs) != 0)
+        if (codec_raw(v, spans->outputs, &d->outputs, &out->outputs) != 0)
             return codec_fail(status, 500, detail, detail_len,
-                              "out of memory encoding member \"%s\"", key);
+                              "cannot store member \"%s\"", key);
     } else if (strcmp(key, "force") == 0) {
         if (!json_is_boolean(v))
             return codec_fail(status, 422, detail, detail_len,
@@ -210,9 +475,17 @@ codec_doc *codec_decode_update(const char *body, size_t len,
     }
 
     json_error_t err;
-    /* DECODE_ANY so a bare scalar gets "not an object" rather than a parse error. */
-    d->root = json_loadb(body, len, JSON_REJECT_DUPLICATES | JSON_DECODE_ANY,
-                         &err);
+    /*
+     * DECODE_ANY so a bare scalar gets "not an object" rather than a parse
+     * error. INT_AS_REAL so an integer beyond int64 in outputs/resume_state
+     * (any JSON, DESIGN.md §1) does not make jansson refuse the body; their
+     * text comes from the body, and attempt is read from its text, so no
+     * precision is lost. A number beyond double range (1e400, a 310-digit
+     * integer) is still refused here as invalid JSON.
+     */
+    d->root = json_loadb(body, len,
+                         JSON_REJECT_DUPLICATES | JSON_DECODE_ANY |
+                         JSON_DECODE_INT_AS_REAL, &err);
     if (d->root == NULL) {
         *status = 400;
         snprintf(detail, detail_len, "invalid JSON at line %d column %d: %s",
@@ -225,12 +498,20 @@ codec_doc *codec_decode_update(const char *body, size_t len,
         goto fail;
     }
 
+    codec_spans spans;
+    if (codec_scan(body, len, &spans) != 0) {
+        /* jansson accepted what the scanner cannot read: our bug, not the client's. */
+        codec_fail(status, 500, detail, detail_len, "%s",
+                   "cannot locate the members of the body");
+        goto fail;
+    }
+
     bool have_status = false;
     const char *key;
     json_t *v;
     json_object_foreach(d->root, key, v) {
-        if (codec_member(d, key, v, run_id, node_id, max_error_bytes, out,
-                         &have_status, status, detail, detail_len) != 0)
+        if (codec_member(d, &spans, key, v, run_id, node_id, max_error_bytes,
+                         out, &have_status, status, detail, detail_len) != 0)
             goto fail;
     }
     if (!have_status) {

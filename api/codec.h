@@ -22,6 +22,10 @@ typedef struct codec_doc codec_doc;
  * with *status set to 400 (not JSON, not an object) or 422 (a member missing,
  * unknown, of the wrong type or out of range) and detail naming the member
  * and the problem. last_error longer than max_error_bytes is a 422.
+ * resume_state and outputs are stored as the client wrote them, with only the
+ * whitespace outside strings removed (numbers and escapes kept byte for byte);
+ * attempt must be written as an integer ("2.0" is a 422). A number beyond the
+ * range of a double (1e400) anywhere in the body is a 400, as jansson refuses it.
  */
 codec_doc *codec_decode_update(const char *body, size_t len,
                                const char *run_id, const char *node_id,

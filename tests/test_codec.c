@@ -147,6 +147,19 @@ Test(decode, attempt_rules)
     decode_bad_member("{\"status\":\"idle\",\"attempt\":9007199254740993}", "attempt");
     decode_bad_member("{\"status\":\"idle\",\"attempt\":1.5}", "attempt");
     decode_bad_member("{\"status\":\"idle\",\"attempt\":2.0}", "attempt");
+    /* written as a non-integer: refused even when the value is whole */
+    decode_bad_member("{\"status\":\"idle\",\"attempt\":1.0}", "attempt");
+    decode_bad_member("{\"status\":\"idle\",\"attempt\":1e0}", "attempt");
+    decode_bad_member("{\"status\":\"idle\",\"attempt\":2.5}", "attempt");
+    decode_bad_member("{\"status\":\"idle\",\"attempt\":-0}", "attempt");
+    /* beyond int64 reaches the check (it used to be a jansson parse error) */
+    decode_bad_member("{\"status\":\"idle\",\"attempt\":18446744073709551616}",
+                      "attempt");
+    decode_bad_member("{\"status\":\"idle\",\"attempt\":123456789012345678901234567890}",
+                      "attempt");
+    d = decode_ok("{\"status\":\"idle\",\"attempt\":9007199254740991}");
+    cr_assert_eq(d.u.attempt, INT64_C(9007199254740991));
+    codec_doc_free(d.doc);
     decode_bad_member("{\"status\":\"idle\",\"attempt\":\"2\"}", "attempt");
     decode_bad_member("{\"status\":\"idle\",\"attempt\":null}", "attempt");
     decode_bad_member("{\"status\":\"idle\",\"attempt\":true}", "attempt");
@@ -258,7 +271,8 @@ Test(decode, json_members_stored_compact)
         { "{ \"b\" : 1 , \"a\" : [ true , null , \"x\" ] }",
           "{\"b\":1,\"a\":[true,null,\"x\"]}" },
         { "[ ]", "[]" },
-        { "\"caf\\u00e9\"", "\"caf\xc3\xa9\"" },
+        /* escapes are kept as written, not re-encoded */
+        { "\"caf\\u00e9\"", "\"caf\\u00e9\"" },
         { "12", "12" },
         { "false", "false" },
         { "{}", "{}" },
@@ -282,6 +296,156 @@ Test(decode, json_members_stored_compact)
         cr_assert_null(t->value);
         codec_doc_free(d.doc);
     }
+}
+
+/* The stored text of outputs (m == 1) or resume_state (m == 0) for value. */
+static void expect_stored(size_t m, const char *value, const char *want)
+{
+    static const char *members[] = { "resume_state", "outputs" };
+    size_t size = strlen(value) + 64;
+    char *body = malloc(size);
+    cr_assert_not_null(body);
+    snprintf(body, size, "{\"status\":\"suspended\",\"%s\":%s}", members[m], value);
+    decoded d = decode_ok(body);
+    ns_text *t = m == 0 ? &d.u.resume_state : &d.u.outputs;
+    cr_assert(t->set);
+    cr_assert_not_null(t->value);
+    cr_assert_str_eq(t->value, want, "%s: stored %s, want %s", members[m],
+                     t->value, want);
+    codec_doc_free(d.doc);
+    free(body);
+}
+
+Test(decode, json_members_numbers_kept_as_written)
+{
+    for (size_t m = 0; m < 2; m++) {
+        /* json_dumps would give 1.1000000000000001 */
+        expect_stored(m, "{\"x\":1.1}", "{\"x\":1.1}");
+        expect_stored(m, "0.1", "0.1");
+        expect_stored(m, "[1E+2, 1e-7, -0.0, 2.50, 0]", "[1E+2,1e-7,-0.0,2.50,0]");
+        /* beyond int64 (and beyond double precision): kept digit for digit */
+        expect_stored(m, "{\"n\":123456789012345678901234567890}",
+                      "{\"n\":123456789012345678901234567890}");
+        expect_stored(m, "-123456789012345678901234567890",
+                      "-123456789012345678901234567890");
+        expect_stored(m, "[18446744073709551616, 9007199254740993]",
+                      "[18446744073709551616,9007199254740993]");
+        /* underflow is finite: jansson takes it, and the text is kept */
+        expect_stored(m, "1e-400", "1e-400");
+    }
+}
+
+Test(decode, json_members_strings_kept_byte_for_byte)
+{
+    /* escapes of every kind, raw UTF-8, a surrogate pair, spaces and
+     * brackets inside strings; only the whitespace between tokens goes */
+    const char *in =
+        "{ \"s\" : \"a \\\"b\\\" \\\\ \\/ \\b\\f\\n\\r\\t \\u00e9 \\ud83d\\ude00 } ] , :\" ,\n"
+        "  \"t\" : [ \"\xe6\x97\xa5\xe6\x9c\xac\" , { \"k\\u0022\" : \"\\u0022\" } ] }";
+    const char *want =
+        "{\"s\":\"a \\\"b\\\" \\\\ \\/ \\b\\f\\n\\r\\t \\u00e9 \\ud83d\\ude00 } ] , :\","
+        "\"t\":[\"\xe6\x97\xa5\xe6\x9c\xac\",{\"k\\u0022\":\"\\u0022\"}]}";
+    for (size_t m = 0; m < 2; m++) {
+        expect_stored(m, in, want);
+        expect_stored(m, "\"\\\\\"", "\"\\\\\"");   /* a string ending in an escaped backslash */
+        expect_stored(m, "\"  \"", "\"  \"");
+    }
+}
+
+Test(decode, json_members_spacing_removed)
+{
+    static const char *const spellings[] = {
+        "{\"a\":[1,{\"b\":null}],\"c\":true}",
+        "{ \"a\" : [ 1 , { \"b\" : null } ] , \"c\" : true }",
+        "\r\n\t{\n\t\"a\":\r\n[1,\t{\"b\"\n:null}\n]\n,\"c\":true\n}\r\n",
+    };
+    for (size_t m = 0; m < 2; m++)
+        for (size_t i = 0; i < 3; i++)
+            expect_stored(m, spellings[i], spellings[0]);
+    /* the whole body spaced out, members around the JSON ones still seen */
+    decoded d = decode_ok(" \n{ \"outputs\" : [ \"]}\" , 1 ] , \"attempt\" : 4 ,"
+                          " \"resume_state\" : { } , \"status\" : \"failed\" } \n");
+    cr_assert_eq(d.u.status, NS_FAILED);
+    cr_assert_eq(d.u.attempt, 4);
+    cr_assert_str_eq(d.u.outputs.value, "[\"]}\",1]");
+    cr_assert_str_eq(d.u.resume_state.value, "{}");
+    codec_doc_free(d.doc);
+}
+
+Test(decode, json_members_deep_nesting)
+{
+    /* deeper than any recursion we would want, within jansson's 2048 */
+    enum { DEPTH = 2000 };
+    char *value = malloc(3 * DEPTH + 16);
+    char *want = malloc(2 * DEPTH + 16);
+    cr_assert(value != NULL && want != NULL);
+    size_t n = 0, w = 0;
+    for (size_t i = 0; i < DEPTH; i++) {
+        value[n++] = '[';
+        value[n++] = ' ';
+        want[w++] = '[';
+    }
+    for (size_t i = 0; i < DEPTH; i++) {
+        value[n++] = ']';
+        want[w++] = ']';
+    }
+    value[n] = '\0';
+    want[w] = '\0';
+    expect_stored(1, value, want);
+    free(value);
+    free(want);
+}
+
+Test(decode, escaped_member_keys)
+{
+    /* jansson unescapes keys, so the scanner must agree on which is which */
+    decoded d = decode_ok("{\"status\":\"idle\",\"outp\\u0075ts\":{\"x\":1.1},"
+                          "\"resume\\u005Fstate\":[2.0],\"\\u0061ttempt\":3}");
+    cr_assert(d.u.outputs.set);
+    cr_assert_str_eq(d.u.outputs.value, "{\"x\":1.1}");
+    cr_assert(d.u.resume_state.set);
+    cr_assert_str_eq(d.u.resume_state.value, "[2.0]");
+    cr_assert(d.u.has_attempt);
+    cr_assert_eq(d.u.attempt, 3);
+    codec_doc_free(d.doc);
+
+    /* an escaped key that is the same as a plain one is a duplicate */
+    decode_bad("{\"status\":\"idle\",\"outputs\":1,\"outp\\u0075ts\":2}", 400,
+               "invalid JSON");
+    /* a key that only starts like one is unknown */
+    decode_bad("{\"status\":\"idle\",\"outputs\\u0020\":1}", 422,
+               "unknown member \"outputs \"");
+    decode_bad("{\"status\":\"idle\",\"outputsx\":1}", 422,
+               "unknown member \"outputsx\"");
+    /* a member whose name contains a quote, before the JSON one */
+    d = decode_ok("{\"status\":\"idle\",\"updated_at\":\"a\\\"}\",\"outputs\":[\"\\\"\"]}");
+    cr_assert_str_eq(d.u.outputs.value, "[\"\\\"\"]");
+    codec_doc_free(d.doc);
+}
+
+Test(decode, numbers_beyond_double_range)
+{
+    /* jansson refuses non-finite numbers outright: the body is not JSON we can read */
+    decode_bad("{\"status\":\"idle\",\"outputs\":1e400}", 400, "invalid JSON");
+    decode_bad("{\"status\":\"idle\",\"resume_state\":{\"a\":[-1e400]}}", 400,
+               "invalid JSON");
+    decode_bad("{\"status\":\"idle\",\"attempt\":1e400}", 400, "invalid JSON");
+}
+
+Test(decode, big_numbers_elsewhere)
+{
+    /* a big integer in an ignored server field no longer refuses the body */
+    decoded d = decode_ok("{\"status\":\"idle\",\"seq\":123456789012345678901234567890}");
+    cr_assert_eq(d.u.status, NS_IDLE);
+    codec_doc_free(d.doc);
+    /* and is the type error it always was where a number does not belong */
+    decode_bad_member("{\"status\":\"idle\",\"retryable\":123456789012345678901234567890}",
+                      "retryable");
+    decode_bad_member("{\"status\":\"idle\",\"force\":0}", "force");
+    decode_bad_member("{\"status\":\"idle\",\"last_error\":1.5}", "last_error");
+    decode_bad_member("{\"status\":\"idle\",\"started_at\":1e3}", "started_at");
+    decode_bad_member("{\"status\":\"idle\",\"run_id\":123456789012345678901234567890}",
+                      "run_id");
 }
 
 Test(decode, force_rules)
