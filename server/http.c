@@ -19,12 +19,24 @@
 
 #include <microhttpd.h>
 
+#include "engine/model.h"
 #include "log.h"
 
 /* How often http_stop looks at the number of requests in flight. */
-#define HTTP_DRAIN_POLL_NS 10000000L
-/* Longest park we honour; the api caps ?timeout= far below this already. */
+#define HTTP_DRAIN_POLL_NS 10000000LL
+/*
+ * Longest park (and stop timeout) we honour; the api caps ?timeout= far below
+ * this already. It also keeps deadlines in ns far from int64 overflow.
+ */
 #define HTTP_MAX_PARK_SECONDS 86400.0
+/*
+ * The tail of http_stop's budget kept for the teardown after the drain
+ * (unhooking the durable callback, joining the timer, MHD_stop_daemon), so
+ * that the whole stop fits in its timeout. At most a tenth of the budget.
+ */
+#define HTTP_STOP_RESERVE_NS 50000000LL
+/* First size of the deadline heap; it doubles as waiters pile up. */
+#define HTTP_HEAP_FIRST_CAP 64
 
 typedef enum http_phase {
     HTTP_READING,   /* headers seen, body (if any) arriving */
@@ -35,10 +47,10 @@ typedef enum http_phase {
 /*
  * One request, from the first handler call to MHD_OPTION_NOTIFY_COMPLETED.
  * Only the connection's MHD worker touches it, except the waiter fields
- * (next, prev, wait_seq, deadline, durable, phase while parked), which are
- * guarded by http_server.mu while the request is on the waiter list. Whoever
- * unlinks a waiter owns the resume: the request cannot complete before
- * MHD_resume_connection, so the unlinker may still read it.
+ * (next, prev, heap_at, durable, phase while parked), which are guarded by
+ * http_server.mu while the request is parked. Whoever takes a waiter off the
+ * lists owns the resume: the request cannot complete before
+ * MHD_resume_connection, so the taker may still read it.
  */
 typedef struct http_req {
     http_server *srv;
@@ -50,12 +62,13 @@ typedef struct http_req {
     bool oom;                   /* buffering the body ran out of memory */
     http_phase phase;
     api_response resp;          /* the api's first answer while parked */
-    int64_t wait_seq;
-    struct timespec deadline;   /* CLOCK_MONOTONIC */
+    int64_t wait_seq;           /* set before parking, then read-only */
+    int64_t deadline_ns;        /* model_mono_ns() clock; set before parking */
+    size_t heap_at;             /* index in http_server.by_deadline (mu) */
     bool durable;               /* set by the resumer */
-    struct timespec start;      /* CLOCK_MONOTONIC at the first call, for the access log */
-    struct http_req *next;      /* waiter list links (mu) */
-    struct http_req *prev;
+    int64_t start_ns;           /* model_mono_ns() at the first call, for the access log */
+    struct http_req *next;      /* by-seq list links (mu); next also chains */
+    struct http_req *prev;      /*   the taker's ready list once taken */
 } http_req;
 
 struct http_server {
@@ -71,14 +84,33 @@ struct http_server {
     _Atomic size_t inflight;
 
     pthread_mutex_t mu;
-    /* Guarded by mu: */
-    http_req *waiters;          /* parked requests, unordered */
+    /*
+     * Guarded by mu. Every parked request is on both the by-seq list and the
+     * deadline heap. The list is ordered by wait_seq (requests park nearly in
+     * seq order, so linking walks from the tail) and lets the durable callback
+     * stop at the first request not yet durable. The heap is a binary
+     * min-heap on deadline_ns: timeouts differ per request, so deadlines are
+     * not in arrival order, and the timer needs only the earliest.
+     */
+    http_req *waiters;          /* by-seq list: lowest wait_seq first */
+    http_req *waiters_tail;     /* highest wait_seq */
+    http_req **by_deadline;     /* the heap, by_deadline[0] the earliest */
+    size_t n_parked;            /* requests on the heap (and on the list) */
+    size_t heap_cap;            /* slots allocated in by_deadline */
+    /*
+     * The deadline the timer sleeps towards: INT64_MAX when it sleeps with no
+     * deadline, INT64_MIN while it is awake (it looks at the heap before it
+     * sleeps again). A park signals the timer only when its deadline is
+     * earlier, so that parking stays O(log n) instead of waking the timer.
+     */
+    int64_t timer_wake_ns;
     bool closing;               /* no more parking; answer at once */
     bool timer_stop;            /* the timer thread should exit */
-    pthread_cond_t timer_cv;    /* a waiter was added, or timer_stop */
+    pthread_cond_t timer_cv;    /* an earlier deadline, or timer_stop */
 
     pthread_t timer;
-    bool timer_started;
+    bool timer_started;         /* joined (and false again) by http_timer_stop */
+    bool durable_hooked;        /* http_on_durable is registered with the engine */
     bool mu_init;
     bool cv_init;
 };
@@ -125,50 +157,131 @@ static void http_mhd_log(void *cls, const char *fm, va_list ap)
 
 /* ---- time ---------------------------------------------------------------- */
 
-static struct timespec http_now(void)
+/* seconds as ns; NaN and negatives become 0, absurd values the park cap. */
+static int64_t http_seconds_ns(double seconds)
+{
+    if (!(seconds > 0))
+        return 0;
+    if (seconds > HTTP_MAX_PARK_SECONDS)
+        seconds = HTTP_MAX_PARK_SECONDS;
+    return (int64_t)(seconds * 1e9);
+}
+
+/* pthread_cond_timedwait wants a timespec on the cv's clock (CLOCK_MONOTONIC). */
+static struct timespec http_timespec(int64_t ns)
 {
     struct timespec ts;
 
-    clock_gettime(CLOCK_MONOTONIC, &ts);
+    ts.tv_sec = (time_t)(ns / 1000000000LL);
+    ts.tv_nsec = (long)(ns % 1000000000LL);
     return ts;
 }
 
-static struct timespec http_after(double seconds)
-{
-    struct timespec ts = http_now();
-    double whole;
-    long ns;
+/* ---- the deadline heap (mu held) ----------------------------------------- */
 
-    /* NaN and negatives park for no time; absurd values are capped. */
-    if (!(seconds > 0))
-        seconds = 0;
-    if (seconds > HTTP_MAX_PARK_SECONDS)
-        seconds = HTTP_MAX_PARK_SECONDS;
-    whole = (double)(time_t)seconds;
-    ns = (long)((seconds - whole) * 1e9);
-    ts.tv_sec += (time_t)whole;
-    ts.tv_nsec += ns;
-    if (ts.tv_nsec >= 1000000000L) {
-        ts.tv_sec++;
-        ts.tv_nsec -= 1000000000L;
+static void http_heap_put(http_server *s, size_t i, http_req *r)
+{
+    s->by_deadline[i] = r;
+    r->heap_at = i;
+}
+
+static void http_heap_up(http_server *s, size_t i)
+{
+    http_req *r = s->by_deadline[i];
+
+    while (i > 0) {
+        size_t parent = (i - 1) / 2;
+
+        if (s->by_deadline[parent]->deadline_ns <= r->deadline_ns)
+            break;
+        http_heap_put(s, i, s->by_deadline[parent]);
+        i = parent;
     }
-    return ts;
+    http_heap_put(s, i, r);
 }
 
-static bool http_ts_before(struct timespec a, struct timespec b)
+static void http_heap_down(http_server *s, size_t i)
 {
-    return a.tv_sec < b.tv_sec || (a.tv_sec == b.tv_sec && a.tv_nsec < b.tv_nsec);
+    http_req *r = s->by_deadline[i];
+
+    for (;;) {
+        size_t child = 2 * i + 1;
+
+        if (child >= s->n_parked)
+            break;
+        if (child + 1 < s->n_parked &&
+            s->by_deadline[child + 1]->deadline_ns < s->by_deadline[child]->deadline_ns)
+            child++;
+        if (r->deadline_ns <= s->by_deadline[child]->deadline_ns)
+            break;
+        http_heap_put(s, i, s->by_deadline[child]);
+        i = child;
+    }
+    http_heap_put(s, i, r);
 }
 
-/* ---- the waiter list (mu held) ------------------------------------------- */
-
-static void http_waiter_link(http_server *s, http_req *r)
+/* Adds r to the heap. 0, or -1 when the heap cannot grow (out of memory). */
+static int http_heap_push(http_server *s, http_req *r)
 {
-    r->prev = NULL;
-    r->next = s->waiters;
-    if (s->waiters != NULL)
-        s->waiters->prev = r;
-    s->waiters = r;
+    if (s->n_parked == s->heap_cap) {
+        size_t cap = s->heap_cap != 0 ? s->heap_cap * 2 : HTTP_HEAP_FIRST_CAP;
+        http_req **grown;
+
+        if (cap > SIZE_MAX / sizeof *grown)
+            return -1;
+        grown = realloc(s->by_deadline, cap * sizeof *grown);
+        if (grown == NULL)
+            return -1;
+        s->by_deadline = grown;
+        s->heap_cap = cap;
+    }
+    http_heap_put(s, s->n_parked, r);
+    s->n_parked++;
+    http_heap_up(s, s->n_parked - 1);
+    return 0;
+}
+
+static void http_heap_remove(http_server *s, http_req *r)
+{
+    size_t i = r->heap_at;
+    http_req *last = s->by_deadline[--s->n_parked];
+
+    if (i == s->n_parked)
+        return;
+    /* The last entry fills the hole and moves whichever way restores order. */
+    http_heap_put(s, i, last);
+    if (i > 0 && last->deadline_ns < s->by_deadline[(i - 1) / 2]->deadline_ns)
+        http_heap_up(s, i);
+    else
+        http_heap_down(s, i);
+}
+
+/* ---- the waiters (mu held) ----------------------------------------------- */
+
+/*
+ * Parks r on the by-seq list and the deadline heap. Requests arrive nearly
+ * in seq order, so the walk from the tail is short. 0, or -1 (out of memory,
+ * r is on neither).
+ */
+static int http_waiter_link(http_server *s, http_req *r)
+{
+    http_req *after = s->waiters_tail;
+
+    if (http_heap_push(s, r) != 0)
+        return -1;
+    while (after != NULL && after->wait_seq > r->wait_seq)
+        after = after->prev;
+    r->prev = after;
+    r->next = after != NULL ? after->next : s->waiters;
+    if (r->next != NULL)
+        r->next->prev = r;
+    else
+        s->waiters_tail = r;
+    if (after != NULL)
+        after->next = r;
+    else
+        s->waiters = r;
+    return 0;
 }
 
 static void http_waiter_unlink(http_server *s, http_req *r)
@@ -179,11 +292,14 @@ static void http_waiter_unlink(http_server *s, http_req *r)
         s->waiters = r->next;
     if (r->next != NULL)
         r->next->prev = r->prev;
+    else
+        s->waiters_tail = r->prev;
     r->next = r->prev = NULL;
+    http_heap_remove(s, r);
 }
 
 /*
- * Takes r off the waiter list onto *ready (chained through next), recording
+ * Takes r off the waiters onto *ready (chained through next), recording
  * whether its seq is durable; the caller resumes *ready after dropping mu.
  */
 static void http_waiter_take(http_server *s, http_req *r, bool durable,
@@ -197,9 +313,9 @@ static void http_waiter_take(http_server *s, http_req *r, bool durable,
 }
 
 /*
- * Resumes requests taken off the list. Called without mu, so that MHD's own
- * locks are never taken inside ours. The links are read before each resume:
- * once resumed, the request may complete and be freed at any moment.
+ * Resumes requests taken off the waiters. Called without mu, so that MHD's
+ * own locks are never taken inside ours. The links are read before each
+ * resume: once resumed, the request may complete and be freed at any moment.
  */
 static void http_resume_all(http_req *ready)
 {
@@ -213,7 +329,7 @@ static void http_resume_all(http_req *ready)
     }
 }
 
-/* Takes every parked request off the list, durable or not by the engine's word. */
+/* Takes every parked request off the waiters, durable or not by the engine's word. */
 static void http_release_all(http_server *s)
 {
     http_req *ready = NULL;
@@ -226,19 +342,19 @@ static void http_release_all(http_server *s)
     http_resume_all(ready);
 }
 
-/* engine_on_durable callback, on the writer thread after each commit. */
+/*
+ * engine_on_durable callback, on the writer thread after each commit. The
+ * by-seq order lets it stop at the first request not yet durable: the cost
+ * is the requests answered, not the requests parked.
+ */
 static void http_on_durable(void *ctx, int64_t durable_seq)
 {
     http_server *s = ctx;
     http_req *ready = NULL;
-    http_req *r, *next;
 
     pthread_mutex_lock(&s->mu);
-    for (r = s->waiters; r != NULL; r = next) {
-        next = r->next;
-        if (r->wait_seq <= durable_seq)
-            http_waiter_take(s, r, true, &ready);
-    }
+    while (s->waiters != NULL && s->waiters->wait_seq <= durable_seq)
+        http_waiter_take(s, s->waiters, true, &ready);
     pthread_mutex_unlock(&s->mu);
     http_resume_all(ready);
 }
@@ -255,23 +371,20 @@ static void *http_timer_main(void *arg)
 
     pthread_mutex_lock(&s->mu);
     while (!s->timer_stop) {
-        struct timespec now = http_now();
-        struct timespec earliest = {0, 0};
-        bool any = false;
+        int64_t now = model_mono_ns();
+        int64_t durable = 0;
+        bool durable_read = false;
         http_req *ready = NULL;
-        http_req *r, *next;
-        int64_t durable = -1;
 
-        for (r = s->waiters; r != NULL; r = next) {
-            next = r->next;
-            if (!http_ts_before(now, r->deadline)) {
-                if (durable < 0)
-                    durable = engine_durable_seq(s->e);
-                http_waiter_take(s, r, r->wait_seq <= durable, &ready);
-            } else if (!any || http_ts_before(r->deadline, earliest)) {
-                earliest = r->deadline;
-                any = true;
+        s->timer_wake_ns = INT64_MIN;  /* awake: parks need not signal */
+        while (s->n_parked > 0 && s->by_deadline[0]->deadline_ns <= now) {
+            http_req *r = s->by_deadline[0];
+
+            if (!durable_read) {
+                durable = engine_durable_seq(s->e);
+                durable_read = true;
             }
+            http_waiter_take(s, r, r->wait_seq <= durable, &ready);
         }
         if (ready != NULL) {
             pthread_mutex_unlock(&s->mu);
@@ -279,13 +392,35 @@ static void *http_timer_main(void *arg)
             pthread_mutex_lock(&s->mu);
             continue;
         }
-        if (any)
-            pthread_cond_timedwait(&s->timer_cv, &s->mu, &earliest);
-        else
+        if (s->n_parked > 0) {
+            struct timespec until;
+
+            s->timer_wake_ns = s->by_deadline[0]->deadline_ns;
+            until = http_timespec(s->timer_wake_ns);
+            pthread_cond_timedwait(&s->timer_cv, &s->mu, &until);
+        } else {
+            s->timer_wake_ns = INT64_MAX;
             pthread_cond_wait(&s->timer_cv, &s->mu);
+        }
     }
     pthread_mutex_unlock(&s->mu);
     return NULL;
+}
+
+/*
+ * Stops the timer thread and waits for it, resumes in progress included.
+ * Bounded: the timer only ever waits on timer_cv, which this signals.
+ */
+static void http_timer_stop(http_server *s)
+{
+    if (!s->timer_started)
+        return;
+    pthread_mutex_lock(&s->mu);
+    s->timer_stop = true;
+    pthread_cond_broadcast(&s->timer_cv);
+    pthread_mutex_unlock(&s->mu);
+    pthread_join(s->timer, NULL);
+    s->timer_started = false;
 }
 
 /* ---- request lookups handed to the api ------------------------------------ */
@@ -335,9 +470,7 @@ static void http_access_log(http_server *s, struct MHD_Connection *con,
     char qmethod[40];
     char qpath[256];
     char remote[INET6_ADDRSTRLEN];
-    struct timespec now = http_now();
-    double ms = (double)(now.tv_sec - r->start.tv_sec) * 1e3 +
-                (double)(now.tv_nsec - r->start.tv_nsec) / 1e6;
+    double ms = (double)(model_mono_ns() - r->start_ns) / 1e6;
 
     http_remote(con, remote, sizeof remote);
     http_log(s, NS_LOG_INFO, "access",
@@ -405,29 +538,38 @@ out:
 /*
  * Parks r (whose api answer waits for resp.wait_seq) until the writer reports
  * it durable or its deadline passes. The connection is suspended before r
- * goes on the list so that any resume finds it suspended; durable_seq is
+ * goes on the waiters so that any resume finds it suspended; durable_seq is
  * checked again after linking so that a commit landing in between is not
- * missed. While http_stop is closing, nothing parks: r is resumed at once.
+ * missed. While http_stop is closing, nothing parks: r is resumed at once,
+ * and so it is when the deadline heap cannot grow (answered not durable
+ * unless it already is, rather than failing the request).
  */
 static void http_park(http_server *s, http_req *r)
 {
     bool resume_now = false;
+    bool no_memory = false;
 
     r->phase = HTTP_PARKED;
     r->wait_seq = r->resp.wait_seq;
-    r->deadline = http_after(r->resp.wait_timeout);
+    r->deadline_ns = model_mono_ns() + http_seconds_ns(r->resp.wait_timeout);
     MHD_suspend_connection(r->con);
 
     pthread_mutex_lock(&s->mu);
-    if (s->closing) {
+    if (!s->closing && http_waiter_link(s, r) != 0)
+        no_memory = true;
+    if (s->closing || no_memory) {
         r->durable = engine_durable_seq(s->e) >= r->wait_seq;
         r->phase = HTTP_RESUMED;
         resume_now = true;
-    } else {
-        http_waiter_link(s, r);
+    } else if (r->deadline_ns < s->timer_wake_ns) {
+        /* Earlier than what the timer sleeps towards: it must look again. */
+        s->timer_wake_ns = INT64_MIN;
         pthread_cond_signal(&s->timer_cv);
     }
     pthread_mutex_unlock(&s->mu);
+    if (no_memory)
+        http_log(s, NS_LOG_WARN, "http_park_failed",
+                 "seq=%" PRId64 " error=\"out of memory\"", r->wait_seq);
 
     if (!resume_now) {
         engine_flush_soon(s->e);
@@ -519,7 +661,7 @@ static enum MHD_Result http_on_request(void *cls, struct MHD_Connection *con,
         r->srv = s;
         r->con = con;
         r->phase = HTTP_READING;
-        r->start = http_now();
+        r->start_ns = model_mono_ns();
         atomic_fetch_add(&s->inflight, 1);
         *con_cls = r;
         r->too_large = http_declared_too_large(
@@ -650,15 +792,38 @@ static const struct addrinfo *http_pick_addr(const struct addrinfo *list)
     return NULL;
 }
 
+/*
+ * The end of every server, in the only safe order. Resumes come from the
+ * writer (http_on_durable) and the timer, each after dropping mu; MHD 0.9.75
+ * panics on a connection still suspended in MHD_stop_daemon, and a resume
+ * after it would touch a freed connection. So: no new parks, no more
+ * resumers (engine_on_durable waits for a callback in progress, the join
+ * for the timer's), every remaining waiter resumed, and only then MHD
+ * stopped. Each step is bounded by the work of one callback or timer pass,
+ * plus MHD finishing the handler calls in progress.
+ */
+static void http_teardown(http_server *s)
+{
+    pthread_mutex_lock(&s->mu);
+    s->closing = true;
+    pthread_mutex_unlock(&s->mu);
+    if (s->durable_hooked) {
+        engine_on_durable(s->e, NULL, NULL);
+        s->durable_hooked = false;
+    }
+    http_timer_stop(s);
+    /* Parks seen after this resume themselves (closing), on MHD's own threads. */
+    http_release_all(s);
+    if (s->daemon != NULL) {
+        MHD_stop_daemon(s->daemon);
+        s->daemon = NULL;
+    }
+}
+
+/* Frees what http_teardown left: nothing runs on s any more. */
 static void http_free(http_server *s)
 {
-    if (s->timer_started) {
-        pthread_mutex_lock(&s->mu);
-        s->timer_stop = true;
-        pthread_cond_broadcast(&s->timer_cv);
-        pthread_mutex_unlock(&s->mu);
-        pthread_join(s->timer, NULL);
-    }
+    free(s->by_deadline);
     if (s->cv_init)
         pthread_cond_destroy(&s->timer_cv);
     if (s->mu_init)
@@ -696,6 +861,7 @@ http_server *http_start(const http_config *cfg, api *a, engine *e, char *err,
     s->access_log = cfg->access_log;
     s->log = cfg->log;
     s->log_ctx = cfg->log_ctx;
+    s->timer_wake_ns = INT64_MIN;
     atomic_init(&s->inflight, 0);
 
     if (pthread_mutex_init(&s->mu, NULL) != 0) {
@@ -744,6 +910,7 @@ http_server *http_start(const http_config *cfg, api *a, engine *e, char *err,
     }
     s->timer_started = true;
     engine_on_durable(e, http_on_durable, s);
+    s->durable_hooked = true;
 
     flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_AUTO |
             MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ITC | MHD_USE_ERROR_LOG;
@@ -801,10 +968,8 @@ fail:
     if (list != NULL)
         freeaddrinfo(list);
     if (s != NULL) {
-        if (s->daemon != NULL)
-            MHD_stop_daemon(s->daemon);
-        if (s->timer_started)
-            engine_on_durable(e, NULL, NULL);
+        if (s->mu_init && s->cv_init)
+            http_teardown(s);
         http_free(s);
     }
     return NULL;
@@ -815,60 +980,74 @@ uint16_t http_port(http_server *s)
     return s->port;
 }
 
-static void http_sleep_poll(void)
+/* Sleeps one drain poll, or less when until (model_mono_ns) comes sooner. */
+static void http_sleep_until(int64_t until)
 {
-    struct timespec ts = {0, HTTP_DRAIN_POLL_NS};
+    int64_t left = until - model_mono_ns();
+    struct timespec ts;
 
+    if (left <= 0)
+        return;
+    if (left > HTTP_DRAIN_POLL_NS)
+        left = HTTP_DRAIN_POLL_NS;
+    ts.tv_sec = 0;
+    ts.tv_nsec = (long)left;
     nanosleep(&ts, NULL);
 }
 
 /*
  * Drain order: stop accepting; let requests in flight finish while the
  * engine commits (parked ones are resumed by commits or their deadlines);
- * past half the timeout, answer every parked request as it stands and stop
- * parking new ones; then stop MHD, which closes idle keep-alive connections.
- * Requests in flight are counted by us, not MHD's connection count, so idle
- * keep-alive connections do not hold the stop for the whole timeout.
+ * at half the timeout, answer every parked request as it stands (not
+ * durable unless it is) and stop parking new ones, which leaves the other
+ * half for those answers to go out; then http_teardown, which closes idle
+ * keep-alive connections. Requests in flight are counted by us, not MHD's
+ * connection count, so idle keep-alive connections do not hold the stop for
+ * the whole timeout.
+ *
+ * The budget: the drain ends HTTP_STOP_RESERVE_NS (at most a tenth of the
+ * timeout) before the deadline, and the teardown's steps are each bounded by
+ * one callback, one timer pass or the handler calls in progress, so the stop
+ * as a whole stays within timeout.
  */
 void http_stop(http_server *s, double timeout)
 {
-    struct timespec deadline, half;
+    int64_t start, budget, reserve, release_at, drain_end;
     MHD_socket listen_fd;
     bool released = false;
 
     if (s == NULL)
         return;
-    if (!(timeout >= 0))
-        timeout = 0;
-    deadline = http_after(timeout);
-    half = http_after(timeout / 2);
+    start = model_mono_ns();
+    budget = http_seconds_ns(timeout);
+    reserve = budget / 10 < HTTP_STOP_RESERVE_NS ? budget / 10 : HTTP_STOP_RESERVE_NS;
+    release_at = start + budget / 2;
+    drain_end = start + budget - reserve;
 
     listen_fd = MHD_quiesce_daemon(s->daemon);
     engine_flush_soon(s->e);
-    while (atomic_load(&s->inflight) > 0 && http_ts_before(http_now(), deadline)) {
-        if (!released && !http_ts_before(http_now(), half)) {
+    for (;;) {
+        int64_t now = model_mono_ns();
+
+        if (atomic_load(&s->inflight) == 0 || now >= drain_end)
+            break;
+        if (!released && now >= release_at) {
             pthread_mutex_lock(&s->mu);
             s->closing = true;
             pthread_mutex_unlock(&s->mu);
             http_release_all(s);
             released = true;
+            continue;
         }
-        http_sleep_poll();
+        http_sleep_until(released ? drain_end : release_at);
     }
-
-    /* Nothing may stay suspended into MHD_stop_daemon. */
-    pthread_mutex_lock(&s->mu);
-    s->closing = true;
-    pthread_mutex_unlock(&s->mu);
-    http_release_all(s);
     if (atomic_load(&s->inflight) > 0)
         http_log(s, NS_LOG_WARN, "http_drain_timeout", "in_flight=%zu",
                  atomic_load(&s->inflight));
 
-    MHD_stop_daemon(s->daemon);
+    http_teardown(s);
     /* Ours since MHD_quiesce_daemon, and only closable after the stop. */
     if (listen_fd != MHD_INVALID_SOCKET)
         close(listen_fd);
-    engine_on_durable(s->e, NULL, NULL);
     http_free(s);
 }

@@ -39,8 +39,11 @@ http_server *http_start(const http_config *cfg, api *a, engine *e, char *err,
 /* The bound port (useful after asking for port 0). */
 uint16_t http_port(http_server *s);
 /*
- * Stops accepting connections, gives requests in flight (parked ones
- * included) up to timeout seconds to be answered, then stops and frees.
+ * Stops accepting connections, gives requests in flight up to timeout
+ * seconds to be answered, then stops and frees. Parked ?wait=true requests
+ * are answered as they stand (not durable unless they are) at timeout / 2
+ * at the latest. Returns within timeout (plus the handler calls MHD is in
+ * the middle of), so a caller can give the engine what is left of its own.
  */
 void http_stop(http_server *s, double timeout);
 
