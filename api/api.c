@@ -762,7 +762,11 @@ void api_finish_wait(api *a, api_response *resp, bool durable)
     resp->body = NULL;
     resp->body_len = 0;
     int status = durable ? 200 : 202;
-    if (w->row)
+    if (w->row && durable && engine_refused(a->engine, w->seq))
+        problem(resp, 500, "write-refused", "Write refused",
+                "the database refused this update for good; it is not stored (see the "
+                "row-isolated log line)", NULL, false);
+    else if (w->row)
         row_response(a, resp, status, w->row, durable);
     else
         deleted_response(resp, status, w, durable);

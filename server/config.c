@@ -79,6 +79,8 @@ static const option_def options[] = {
      "HTTP worker threads; 0 = one per core"},
     {"max-body-bytes", OPT_SIZE, FIELD(max_body_bytes), 1, (uint64_t)1 << 30, 0,
      "1048576", "N", "largest request body; larger ones get 413 (<= 1 GiB)"},
+    {"max-error-bytes", OPT_SIZE, FIELD(max_error_bytes), 1, (uint64_t)1 << 30, 0,
+     "65536", "N", "longest last_error accepted in an update; longer ones get 422"},
     {"max-connections", OPT_UINT, FIELD(max_connections), 1, 1000000, 0, "1024",
      "N", "most client connections open at once"},
     {"connection-timeout", OPT_UINT, FIELD(connection_timeout), 0, 31536000, 0,

@@ -28,6 +28,7 @@ typedef struct config {
     bool synchronous_full;        /* --synchronous normal|full, default normal */
     unsigned threads;             /* --threads: HTTP worker threads, 0 = one per core */
     size_t max_body_bytes;        /* --max-body-bytes: larger bodies get 413 */
+    size_t max_error_bytes;       /* --max-error-bytes: longer last_error gets 422 */
     unsigned max_connections;     /* --max-connections */
     unsigned connection_timeout;  /* --connection-timeout: idle seconds before closing */
     double max_wait;              /* --max-wait: cap on ?timeout= for ?wait=true */

@@ -912,7 +912,15 @@ http_server *http_start(const http_config *cfg, api *a, engine *e, char *err,
     engine_on_durable(e, http_on_durable, s);
     s->durable_hooked = true;
 
-    flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_AUTO |
+    /*
+     * poll(), not epoll: in 0.9.75 MHD_quiesce_daemon removes the listen socket
+     * from each worker's epoll set while the worker may remove it too, and the
+     * loser of that race hits MHD_PANIC (seen as an abort in
+     * stop_while_commits_land_does_not_crash). With poll the workers are told
+     * through their ITC instead. Measured with wrk here, both serve the same
+     * load (62-64k vs 50-61k req/s in alternating runs).
+     */
+    flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_POLL |
             MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ITC | MHD_USE_ERROR_LOG;
     if (ai->ai_family == AF_INET6)
         flags |= MHD_USE_IPv6;

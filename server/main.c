@@ -24,8 +24,6 @@
 
 /* The wait of ?wait=true without ?timeout= (seconds), before --max-wait caps it. */
 #define DEFAULT_WAIT 10.0
-/* Longest last_error an update may carry (DESIGN.md §1). */
-#define MAX_ERROR_BYTES 65536
 
 /*
  * Blocks SIGTERM and SIGINT so every thread started later inherits the mask
@@ -98,8 +96,7 @@ int main(int argc, char **argv)
     api *a = NULL;
     http_server *srv = NULL;
     int sig = 0;
-    size_t unflushed;
-    uint64_t queued;
+    engine_closing closing;
 
     /* Before any thread exists: threads inherit the signal mask. */
     if (setup_signals(&stop) != 0) {
@@ -152,7 +149,7 @@ int main(int argc, char **argv)
 
     ac = (api_config){
         .max_body_bytes = cfg.max_body_bytes,
-        .max_error_bytes = MAX_ERROR_BYTES,
+        .max_error_bytes = cfg.max_error_bytes,
         .max_wait = cfg.max_wait,
         /* --max-wait caps the default too, or a small cap would be ignored. */
         .default_wait = DEFAULT_WAIT < cfg.max_wait ? DEFAULT_WAIT : cfg.max_wait,
@@ -196,17 +193,19 @@ int main(int argc, char **argv)
     log_printf(log, NS_LOG_INFO, "stopping", "signal=%s",
                sig == SIGTERM ? "TERM" : sig == SIGINT ? "INT" : "other");
 
-    engine_drain(e); /* /readyz says so while in-flight requests finish */
-    http_stop(srv, cfg.shutdown_timeout);
-    /* What is queued now is what the close must flush; the stats die with e. */
-    queued = atomic_load(&engine_stats(e)->queue_depth);
-    unflushed = engine_close(e);  /* flushes the queue first */
+    /*
+     * One budget of --shutdown-timeout for the whole stop, starting now:
+     * requests in flight get half of it, and the engine's flush (then the
+     * spill, if the database will not take the rest) ends with the budget.
+     */
+    engine_drain(e); /* and /readyz says so while in-flight requests finish */
+    http_stop(srv, cfg.shutdown_timeout / 2);
+    engine_close_counted(e, &closing);
     api_free(a);
-    log_printf(log, NS_LOG_INFO, "stopped", "flushed=%llu unflushed=%zu",
-               (unsigned long long)(queued > unflushed ? queued - unflushed : 0),
-               unflushed);
+    log_printf(log, NS_LOG_INFO, "stopped", "flushed=%llu spilled=%zu unflushed=%zu",
+               (unsigned long long)closing.flushed, closing.spilled, closing.lost);
     log_free(log);
-    return unflushed == 0 ? 0 : 1;
+    return closing.lost == 0 ? 0 : 1;
 
 fail:
     config_clear_secrets(&cfg);

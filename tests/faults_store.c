@@ -101,7 +101,7 @@ static int count_rows(void)
     int n = 0;
 
     cr_assert(r != NULL, "store_reader_open: %s", err);
-    cr_assert(eq(int, store_reader_load_run(r, "r", count_row, &n), 0));
+    cr_assert(eq(int, store_reader_load_run(r, "r", count_row, &n, NULL), 0));
     store_reader_close(r);
     return n;
 }

@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "harness.h"
+#include "it_assert.h"
 
 /* Generous bound for "the writer caught up"; idle servers flush in ~0.1 s. */
 #define IDLE_TIMEOUT 15.0
@@ -69,13 +70,6 @@ static json_t *post_conflict(ns_server *s, const char *run, const char *node,
     return current;
 }
 
-static long long jint(const json_t *o, const char *key)
-{
-    long long v = 0;
-    cr_assert_eq(ns_jint(o, key, &v), 0, "member %s is not an integer", key);
-    return v;
-}
-
 static void expect_str(const json_t *o, const char *key, const char *want)
 {
     const char *got = ns_jstr(o, key);
@@ -125,7 +119,7 @@ Test(api, post_then_get_with_etag)
     expect_str(doc, "run_id", "run-1");
     expect_str(doc, "node_id", "node.a");
     expect_str(doc, "status", "scheduled");
-    cr_assert_eq(jint(doc, "attempt"), 1);
+    cr_assert_eq(it_jint(doc, "attempt"), 1);
     long long stamped = ns_ts_ms(ns_jstr(doc, "scheduled_at"));
     cr_assert(stamped >= before && stamped <= after,
               "scheduled_at %s is not the server's now", ns_jstr(doc, "scheduled_at"));
@@ -140,7 +134,7 @@ Test(api, post_then_get_with_etag)
     expect_null(doc, "outputs");
     cr_assert_geq(ns_ts_ms(ns_jstr(doc, "updated_at")), before);
     cr_assert(json_is_false(json_object_get(doc, "durable")));
-    long long seq = jint(doc, "seq");
+    long long seq = it_jint(doc, "seq");
     cr_assert_gt(seq, 0);
     json_decref(doc);
 
@@ -155,7 +149,7 @@ Test(api, post_then_get_with_etag)
     doc = ns_resp_json(&r);
     expect_state_shape(doc);
     expect_str(doc, "status", "scheduled");
-    cr_assert_eq(jint(doc, "seq"), seq);
+    cr_assert_eq(it_jint(doc, "seq"), seq);
     json_decref(doc);
 
     char inm[96];
@@ -171,7 +165,7 @@ Test(api, post_then_get_with_etag)
 
     /* A newer change makes the old tag stale. */
     doc = post(s, "run-1", "node.a", "{\"status\":\"running\"}", 202);
-    long long seq2 = jint(doc, "seq");
+    long long seq2 = it_jint(doc, "seq");
     cr_assert_gt(seq2, seq);
     json_decref(doc);
     cr_assert_eq(ns_req(s, "GET", "/runs/run-1/nodes/node.a/state", NULL, hdr, &r), 0);
@@ -198,7 +192,7 @@ Test(api, wait_true_is_durable_at_once)
     json_t *doc = ns_resp_json(&r);
     cr_assert(json_is_true(json_object_get(doc, "durable")), "%s", r.body);
     char seq[32];
-    snprintf(seq, sizeof seq, "%lld", jint(doc, "seq"));
+    snprintf(seq, sizeof seq, "%lld", it_jint(doc, "seq"));
     json_decref(doc);
     /* Durable means in the file now, without waiting for anything. */
     cr_assert_eq(ns_db_int(s, "SELECT count(*) FROM run_node_state WHERE "
@@ -332,13 +326,13 @@ Test(api, run_summary_counts)
     ns_server *s = start(NULL);
     post_five(s, "rs");
     json_t *last = post(s, "rs", "n6", "{\"status\":\"suspended\"}", 202);
-    long long last_seq = jint(last, "seq");
+    long long last_seq = it_jint(last, "seq");
     json_decref(last);
     json_decref(post(s, "other", "x", "{\"status\":\"running\"}", 202));
 
     json_t *sum = call(s, "GET", "/runs/rs", NULL, 200);
     expect_str(sum, "run_id", "rs");
-    cr_assert_eq(jint(sum, "nodes"), 6);
+    cr_assert_eq(it_jint(sum, "nodes"), 6);
     json_t *counts = json_object_get(sum, "counts");
     cr_assert(json_is_object(counts));
     static const struct {
@@ -350,9 +344,9 @@ Test(api, run_summary_counts)
     };
     cr_assert_eq(json_object_size(counts), 7);
     for (size_t i = 0; i < sizeof want / sizeof *want; i++)
-        cr_assert_eq(jint(counts, want[i].status), want[i].n, "count of %s",
+        cr_assert_eq(it_jint(counts, want[i].status), want[i].n, "count of %s",
                      want[i].status);
-    cr_assert_eq(jint(sum, "last_seq"), last_seq);
+    cr_assert_eq(it_jint(sum, "last_seq"), last_seq);
     cr_assert_gt(ns_ts_ms(ns_jstr(sum, "updated_at")), 0);
     json_decref(sum);
 
@@ -375,8 +369,8 @@ Test(api, delete_run_then_404_and_rows_gone)
 
     json_t *del = call(s, "DELETE", "/runs/rd", NULL, 202);
     expect_str(del, "run_id", "rd");
-    cr_assert_eq(jint(del, "deleted"), 3);
-    long long seq = jint(del, "seq");
+    cr_assert_eq(it_jint(del, "deleted"), 3);
+    long long seq = it_jint(del, "seq");
     cr_assert_gt(seq, 0);
     cr_assert(json_is_false(json_object_get(del, "durable")));
     json_decref(del);
@@ -402,14 +396,14 @@ Test(api, delete_run_then_404_and_rows_gone)
     json_decref(post(s, "rd2", "a", "{\"status\":\"running\"}", 202));
     del = call(s, "DELETE", "/runs/rd2?wait=true", NULL, 200);
     cr_assert(json_is_true(json_object_get(del, "durable")));
-    cr_assert_eq(jint(del, "deleted"), 1);
+    cr_assert_eq(it_jint(del, "deleted"), 1);
     json_decref(del);
     cr_assert_eq(ns_db_int(s, "SELECT count(*) FROM run_node_state WHERE run_id='rd2'", NULL), 0);
 
     /* A deleted run can start over. */
     json_t *again = post(s, "rd", "a", "{\"status\":\"scheduled\"}", 202);
-    cr_assert_gt(jint(again, "seq"), seq);
-    cr_assert_eq(jint(again, "attempt"), 1);
+    cr_assert_gt(it_jint(again, "seq"), seq);
+    cr_assert_eq(it_jint(again, "attempt"), 1);
     json_decref(again);
     ns_resp_free(&r);
     ns_free(s);
@@ -442,15 +436,15 @@ Test(api, stats_json_text_metrics_health)
                   json_is_integer(json_object_get(st, "updates_rejected")),
               "/stats lacks updates_rejected");
     cr_assert(json_is_number(json_object_get(st, "uptime_seconds")));
-    cr_assert_eq(jint(st, "updates_queued"), 2);
-    cr_assert_eq(jint(st, "updates_processed"), 2);
-    cr_assert_eq(jint(st, "updates_duplicate"), 1);
-    cr_assert_eq(jint(st, "queue_capacity"), 777);
-    cr_assert_eq(jint(st, "queue_depth"), 0);
-    cr_assert_eq(jint(st, "last_seq"), jint(st, "durable_seq"));
-    cr_assert_geq(jint(st, "batches_written"), 1);
-    long long queued = jint(st, "updates_queued");
-    long long batches = jint(st, "batches_written");
+    cr_assert_eq(it_jint(st, "updates_queued"), 2);
+    cr_assert_eq(it_jint(st, "updates_processed"), 2);
+    cr_assert_eq(it_jint(st, "updates_duplicate"), 1);
+    cr_assert_eq(it_jint(st, "queue_capacity"), 777);
+    cr_assert_eq(it_jint(st, "queue_depth"), 0);
+    cr_assert_eq(it_jint(st, "last_seq"), it_jint(st, "durable_seq"));
+    cr_assert_geq(it_jint(st, "batches_written"), 1);
+    long long queued = it_jint(st, "updates_queued");
+    long long batches = it_jint(st, "batches_written");
     json_decref(st);
 
     ns_resp r = { 0 };
@@ -461,7 +455,7 @@ Test(api, stats_json_text_metrics_health)
               "Accept: application/json gave %s", r.content_type);
     st = ns_resp_json(&r);
     cr_assert(json_is_object(st));
-    cr_assert_eq(jint(st, "updates_queued"), queued);
+    cr_assert_eq(it_jint(st, "updates_queued"), queued);
     json_decref(st);
 
     /* Prometheus text by default, with the same values as JSON. */
@@ -582,23 +576,23 @@ Test(api, regression_is_409_with_current)
 {
     ns_server *s = start(NULL);
     json_t *d = post(s, "rr", "a", "{\"status\":\"running\"}", 202);
-    long long seq = jint(d, "seq");
+    long long seq = it_jint(d, "seq");
     json_decref(d);
 
     json_t *cur = post_conflict(s, "rr", "a", "{\"status\":\"scheduled\"}", "illegal-transition");
     expect_str(cur, "status", "running");
-    cr_assert_eq(jint(cur, "seq"), seq);
+    cr_assert_eq(it_jint(cur, "seq"), seq);
     json_decref(cur);
     cur = post_conflict(s, "rr", "a", "{\"status\":\"idle\"}", "illegal-transition");
     json_decref(cur);
 
     d = post(s, "rr", "a", "{\"status\":\"completed\",\"outputs\":{\"v\":1}}", 202);
-    seq = jint(d, "seq");
+    seq = it_jint(d, "seq");
     json_decref(d);
     /* Terminal is final for its attempt. */
     cur = post_conflict(s, "rr", "a", "{\"status\":\"running\"}", "illegal-transition");
     expect_str(cur, "status", "completed");
-    cr_assert_eq(jint(cur, "seq"), seq);
+    cr_assert_eq(it_jint(cur, "seq"), seq);
     json_decref(cur);
     json_decref(post_conflict(s, "rr", "a", "{\"status\":\"failed\"}", "illegal-transition"));
     json_decref(post_conflict(s, "rr", "a", "{\"status\":\"completed\",\"outputs\":{\"v\":2}}",
@@ -608,7 +602,7 @@ Test(api, regression_is_409_with_current)
 
     /* Rejections changed nothing, in memory or on disk. */
     d = call(s, "GET", "/runs/rr/nodes/a/state", NULL, 200);
-    cr_assert_eq(jint(d, "seq"), seq);
+    cr_assert_eq(it_jint(d, "seq"), seq);
     expect_str(d, "status", "completed");
     json_decref(d);
     wait_idle(s);
@@ -629,16 +623,16 @@ Test(api, stale_attempt_is_409)
 {
     ns_server *s = start(NULL);
     json_t *d = post(s, "ra", "a", "{\"status\":\"running\",\"attempt\":2}", 202);
-    cr_assert_eq(jint(d, "attempt"), 2);
+    cr_assert_eq(it_jint(d, "attempt"), 2);
     json_decref(d);
     json_t *cur = post_conflict(s, "ra", "a", "{\"status\":\"completed\",\"attempt\":1}",
                                 "stale-attempt");
-    cr_assert_eq(jint(cur, "attempt"), 2);
+    cr_assert_eq(it_jint(cur, "attempt"), 2);
     expect_str(cur, "status", "running");
     json_decref(cur);
     /* Without attempt the update means the current attempt. */
     d = post(s, "ra", "a", "{\"status\":\"completed\"}", 202);
-    cr_assert_eq(jint(d, "attempt"), 2);
+    cr_assert_eq(it_jint(d, "attempt"), 2);
     json_decref(d);
     ns_free(s);
 }
@@ -660,7 +654,7 @@ Test(api, higher_attempt_clears_the_attempts_fields)
     long long before = ns_wall_ms();
     d = post(s, "rh", "a", "{\"status\":\"running\",\"attempt\":2}", 202);
     long long after = ns_wall_ms();
-    cr_assert_eq(jint(d, "attempt"), 2);
+    cr_assert_eq(it_jint(d, "attempt"), 2);
     expect_str(d, "status", "running");
     long long started = ns_ts_ms(ns_jstr(d, "started_at"));
     cr_assert(started >= before && started <= after);
@@ -680,7 +674,7 @@ Test(api, higher_attempt_clears_the_attempts_fields)
 
     /* A new attempt may go to any status, even a lower rank. */
     d = post(s, "rh", "a", "{\"status\":\"scheduled\",\"attempt\":3}", 202);
-    cr_assert_eq(jint(d, "attempt"), 3);
+    cr_assert_eq(it_jint(d, "attempt"), 3);
     expect_null(d, "started_at");
     json_decref(d);
     ns_free(s);
@@ -690,7 +684,7 @@ Test(api, duplicate_is_200_and_queues_nothing)
 {
     ns_server *s = start(NULL);
     json_t *d = post(s, "rp", "a", "{\"status\":\"scheduled\",\"outputs\":{\"o\":1}}", 202);
-    long long seq = jint(d, "seq");
+    long long seq = it_jint(d, "seq");
     json_decref(d);
     wait_idle(s);
     long long queued = ns_stat(s, "updates_queued");
@@ -698,12 +692,12 @@ Test(api, duplicate_is_200_and_queues_nothing)
     cr_assert_eq(queued, 1);
 
     d = post(s, "rp", "a", "{\"status\":\"scheduled\"}", 200);
-    cr_assert_eq(jint(d, "seq"), seq);
+    cr_assert_eq(it_jint(d, "seq"), seq);
     cr_assert(json_is_true(json_object_get(d, "durable")),
               "a duplicate of a durable state reports durable");
     json_decref(d);
     d = post(s, "rp", "a", "{\"status\":\"scheduled\",\"attempt\":1,\"outputs\":{\"o\":1}}", 200);
-    cr_assert_eq(jint(d, "seq"), seq);
+    cr_assert_eq(it_jint(d, "seq"), seq);
     json_decref(d);
     /* A GET body posted back is a duplicate too. */
     d = call(s, "GET", "/runs/rp/nodes/a/state", NULL, 200);
@@ -727,7 +721,7 @@ Test(api, force_bypasses_rules)
     json_decref(d);
     d = post(s, "rf", "a", "{\"status\":\"idle\",\"attempt\":1,\"force\":true}", 202);
     expect_str(d, "status", "idle");
-    cr_assert_eq(jint(d, "attempt"), 1);
+    cr_assert_eq(it_jint(d, "attempt"), 1);
     cr_assert(json_object_get(d, "force") == NULL, "force is not part of the state");
     json_decref(d);
     wait_idle(s);

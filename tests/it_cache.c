@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include "harness.h"
+#include "it_assert.h"
 
 enum {
     RUNS = 10,
@@ -45,24 +46,6 @@ static json_t *node_outputs(int run, int j)
     return o;
 }
 
-static json_t *get_json(ns_server *s, const char *path, long want)
-{
-    ns_resp r = { 0 };
-    cr_assert_eq(ns_req(s, "GET", path, NULL, NULL, &r), 0, "GET %s: %s", path, r.error);
-    cr_assert_eq(r.status, want, "GET %s: %ld %s, want %ld", path, r.status, r.body, want);
-    json_t *doc = ns_resp_json(&r);
-    cr_assert(json_is_object(doc), "GET %s: %s", path, r.body);
-    ns_resp_free(&r);
-    return doc;
-}
-
-static long long jint(const json_t *o, const char *key)
-{
-    long long v = 0;
-    cr_assert_eq(ns_jint(o, key, &v), 0, "member %s is not an integer", key);
-    return v;
-}
-
 /* The node states as the POSTs answered them, without "durable". */
 typedef struct written {
     json_t *state[RUNS][NODES];
@@ -81,7 +64,7 @@ static void check_node(const written *w, const json_t *n, int run, int j)
     cr_assert_str_eq(ns_jstr(n, "run_id"), run_id, "%s", text);
     cr_assert_str_eq(ns_jstr(n, "node_id"), node_id, "%s", text);
     cr_assert_str_eq(ns_jstr(n, "status"), node_status(j), "%s", text);
-    cr_assert_eq(jint(n, "attempt"), node_attempt(j), "%s", text);
+    cr_assert_eq(it_jint(n, "attempt"), node_attempt(j), "%s", text);
     json_t *want = node_outputs(run, j);
     cr_assert(json_equal(json_object_get(n, "outputs"), want), "outputs of %s", text);
     json_decref(want);
@@ -115,7 +98,7 @@ static void check_run_nodes(ns_server *s, const written *w, int run)
     for (int j = 0; j < NODES; j++) {
         char path[96];
         snprintf(path, sizeof path, "/runs/c%02d/nodes/n%03d/state", run, j);
-        json_t *n = get_json(s, path, 200);
+        json_t *n = it_get_json(s, path, 200);
         check_node(w, n, run, j);
         cr_assert(json_is_true(json_object_get(n, "durable")), "GET %s: not durable", path);
         json_decref(n);
@@ -146,7 +129,7 @@ static void check_run_listing(ns_server *s, const written *w, int run, const cha
         snprintf(path, sizeof path, "/runs/c%02d/nodes?limit=%d%s%s%s%s", run, PAGE,
                  filter ? "&status=" : "", filter ? filter : "", after[0] ? "&after=" : "",
                  after);
-        json_t *page = get_json(s, path, 200);
+        json_t *page = it_get_json(s, path, 200);
         pages++;
         cr_assert_leq(pages, NODES + 1, "listing does not end");
         json_t *nodes = json_object_get(page, "nodes");
@@ -177,21 +160,22 @@ static void check_run_summary(ns_server *s, const written *w, int run)
 {
     char path[32];
     snprintf(path, sizeof path, "/runs/c%02d", run);
-    json_t *sum = get_json(s, path, 200);
-    cr_assert_eq(jint(sum, "nodes"), NODES);
+    json_t *sum = it_get_json(s, path, 200);
+    cr_assert_eq(it_jint(sum, "nodes"), NODES);
     json_t *counts = json_object_get(sum, "counts");
     int want[3] = { 0, 0, 0 };
     for (int j = 0; j < NODES; j++)
         want[j % 3]++;
     for (int k = 0; k < 3; k++)
-        cr_assert_eq(jint(counts, statuses[k]), want[k], "%s of run c%02d", statuses[k], run);
-    cr_assert_eq(jint(counts, "idle"), 0);
-    cr_assert_eq(jint(counts, "failed"), 0);
+        cr_assert_eq(it_jint(counts, statuses[k]), want[k], "%s of run c%02d", statuses[k],
+                     run);
+    cr_assert_eq(it_jint(counts, "idle"), 0);
+    cr_assert_eq(it_jint(counts, "failed"), 0);
     long long last_seq = 0;
     for (int j = 0; j < NODES; j++)
-        if (jint(w->state[run][j], "seq") > last_seq)
-            last_seq = jint(w->state[run][j], "seq");
-    cr_assert_eq(jint(sum, "last_seq"), last_seq, "last_seq of run c%02d", run);
+        if (it_jint(w->state[run][j], "seq") > last_seq)
+            last_seq = it_jint(w->state[run][j], "seq");
+    cr_assert_eq(it_jint(sum, "last_seq"), last_seq, "last_seq of run c%02d", run);
     json_decref(sum);
 }
 
@@ -292,7 +276,7 @@ Test(cache, evicted_runs_read_back_whole_and_right)
     cr_assert(json_equal(json_object_get(doc, "outputs"), want), "%s", r.body);
     json_decref(want);
     cr_assert_str_eq(ns_jstr(doc, "status"), "running");
-    cr_assert_eq(jint(doc, "attempt"), 1);
+    cr_assert_eq(it_jint(doc, "attempt"), 1);
     cr_assert(ns_jstr(doc, "scheduled_at") != NULL, "scheduled_at lost: %s", r.body);
     json_decref(doc);
     ns_resp_free(&r);
@@ -428,10 +412,10 @@ Test(cache, million_row_database_starts_lazily, .timeout = 240)
     cr_assert_eq(ns_post_state(s, "m0001", "n0001", NULL, "{\"status\":\"completed\"}", &r), 0);
     cr_assert_eq(r.status, 202, "%ld %s", r.status, r.body);
     doc = ns_resp_json(&r);
-    cr_assert_gt(jint(doc, "seq"), (long long)BIG_RUNS * BIG_NODES);
+    cr_assert_gt(it_jint(doc, "seq"), (long long)BIG_RUNS * BIG_NODES);
     json_decref(doc);
-    json_t *sum = get_json(s, "/runs/m0999", 200);
-    cr_assert_eq(jint(sum, "nodes"), BIG_NODES);
+    json_t *sum = it_get_json(s, "/runs/m0999", 200);
+    cr_assert_eq(it_jint(sum, "nodes"), BIG_NODES);
     json_decref(sum);
     ns_resp_free(&r);
     cr_assert_eq(ns_stop(s, SIGTERM), 0);

@@ -14,21 +14,9 @@
 #include <string.h>
 
 #include "harness.h"
+#include "it_assert.h"
 
 #define IDLE_TIMEOUT 20.0
-
-static json_t *post(ns_server *s, const char *run, const char *node,
-                    const char *query, const char *json, long want)
-{
-    ns_resp r = { 0 };
-    cr_assert_eq(ns_post_state(s, run, node, query, json, &r), 0, "POST: %s", r.error);
-    cr_assert_eq(r.status, want, "POST %s/%s%s %s: %ld %s, want %ld", run, node,
-                 query ? query : "", json, r.status, r.body, want);
-    json_t *doc = ns_resp_json(&r);
-    cr_assert(json_is_object(doc), "%s", r.body);
-    ns_resp_free(&r);
-    return doc;
-}
 
 static long long stat_of(const json_t *st, const char *key)
 {
@@ -73,12 +61,12 @@ Test(coalesce, three_updates_of_one_node_are_one_row_write)
 {
     ns_server *s = ns_start("--batch-interval 30 --batch-size 1000");
     cr_assert_not_null(s);
-    json_decref(post(s, "rc", "n1", NULL, "{\"status\":\"scheduled\"}", 202));
-    json_decref(post(s, "rc", "n1", NULL, "{\"status\":\"running\"}", 202));
+    json_decref(it_post_json(s, "rc", "n1", NULL, "{\"status\":\"scheduled\"}", 202));
+    json_decref(it_post_json(s, "rc", "n1", NULL, "{\"status\":\"running\"}", 202));
     /* Nothing is written yet: the interval is long and no one waits. */
     cr_assert_eq(ns_stat(s, "batches_written"), 0);
-    json_t *last = post(s, "rc", "n1", "?wait=true",
-                        "{\"status\":\"completed\",\"outputs\":{\"ok\":true}}", 200);
+    json_t *last = it_post_json(s, "rc", "n1", "?wait=true",
+                                "{\"status\":\"completed\",\"outputs\":{\"ok\":true}}", 200);
     cr_assert(json_is_true(json_object_get(last, "durable")));
 
     json_t *st = ns_stats(s);
@@ -116,13 +104,13 @@ Test(coalesce, many_nodes_coalesce_per_node)
         for (int i = 0; i < NODES; i++) {
             char node[16];
             snprintf(node, sizeof node, "n%03d", i);
-            json_t *d = post(s, "rm", node, NULL, steps[step], 202);
+            json_t *d = it_post_json(s, "rm", node, NULL, steps[step], 202);
             if (step == 2)
                 final[i] = d;
             else
                 json_decref(d);
         }
-    json_decref(post(s, "rm", "flush", "?wait=true", "{\"status\":\"idle\"}", 200));
+    json_decref(it_post_json(s, "rm", "flush", "?wait=true", "{\"status\":\"idle\"}", 200));
 
     json_t *st = ns_stats(s);
     cr_assert_not_null(st);
@@ -150,10 +138,11 @@ Test(coalesce, sigterm_flushes_the_coalesced_rows)
     for (int n = 0; n < 2; n++) {
         char node[8];
         snprintf(node, sizeof node, "n%d", n);
-        json_decref(post(s, "rs", node, NULL, "{\"status\":\"scheduled\"}", 202));
-        json_decref(post(s, "rs", node, NULL, "{\"status\":\"running\"}", 202));
-        final[n] = post(s, "rs", node, NULL,
-                        "{\"status\":\"failed\",\"last_error\":\"oom\",\"retryable\":true}", 202);
+        json_decref(it_post_json(s, "rs", node, NULL, "{\"status\":\"scheduled\"}", 202));
+        json_decref(it_post_json(s, "rs", node, NULL, "{\"status\":\"running\"}", 202));
+        final[n] = it_post_json(s, "rs", node, NULL,
+                                "{\"status\":\"failed\",\"last_error\":\"oom\","
+                                "\"retryable\":true}", 202);
     }
     cr_assert_eq(ns_db_int(s, "SELECT count(*) FROM run_node_state", NULL), 0,
                  "written before the interval or a flush");
@@ -179,7 +168,7 @@ Test(coalesce, no_transaction_exceeds_batch_size)
     for (int i = 0; i < NODES; i++) {
         char node[16];
         snprintf(node, sizeof node, "n%03d", i);
-        json_decref(post(s, "rb", node, NULL, "{\"status\":\"running\"}", 202));
+        json_decref(it_post_json(s, "rb", node, NULL, "{\"status\":\"running\"}", 202));
     }
     cr_assert_eq(ns_wait_stat_eq(s, "updates_processed", NODES, IDLE_TIMEOUT), 0,
                  "writer did not catch up: processed %lld",

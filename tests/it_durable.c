@@ -17,6 +17,7 @@
 #include <time.h>
 
 #include "harness.h"
+#include "it_assert.h"
 
 enum {
     WAITERS = 32,
@@ -24,27 +25,6 @@ enum {
 };
 /* Bounds, not expectations. */
 #define IDLE_TIMEOUT 30.0
-
-/* Opens the server's file for writing and takes its write lock. */
-static sqlite3 *lock_db(ns_server *s)
-{
-    sqlite3 *db = NULL;
-    cr_assert_eq(sqlite3_open_v2(ns_db_path(s), &db, SQLITE_OPEN_READWRITE, NULL),
-                 SQLITE_OK, "open %s", ns_db_path(s));
-    cr_assert_eq(sqlite3_busy_timeout(db, 5000), SQLITE_OK);
-    char *err = NULL;
-    int rc = sqlite3_exec(db, "BEGIN EXCLUSIVE", NULL, NULL, &err);
-    cr_assert_eq(rc, SQLITE_OK, "BEGIN EXCLUSIVE: %s", err ? err : "");
-    return db;
-}
-
-static void unlock_db(sqlite3 *db)
-{
-    char *err = NULL;
-    cr_assert_eq(sqlite3_exec(db, "ROLLBACK", NULL, NULL, &err), SQLITE_OK,
-                 "ROLLBACK: %s", err ? err : "");
-    cr_assert_eq(sqlite3_close(db), SQLITE_OK);
-}
 
 /* Whether a response body says "durable": want. */
 static bool body_durable_is(const ns_resp *r, bool want)
@@ -171,7 +151,7 @@ static void release_when_parked(ns_server *s, void *arg)
     (void)ns_wait_stat_eq(s, "updates_queued", WAITERS, 20.0);
     p->queued = ns_stat(s, "updates_queued");
     p->batches = ns_stat(s, "batches_written");
-    unlock_db(p->db);
+    it_unlock_db(p->db);
     p->db = NULL;
 }
 
@@ -180,7 +160,7 @@ Test(durable, one_commit_acknowledges_many_parked_waiters)
     ns_server *s = ns_start("--batch-interval 60");
     cr_assert_not_null(s);
     long long before = ns_stat(s, "batches_written");
-    park_ctx p = { .db = lock_db(s) };
+    park_ctx p = { .db = it_lock_db(s) };
 
     /* All 32 waiters park while the file is locked; at most one batch is in
      * the writer's hands, the rest wait in the queue for the next commit. */
@@ -231,7 +211,7 @@ Test(durable, wait_times_out_into_202_while_the_file_is_locked)
 {
     ns_server *s = ns_start(NULL);
     cr_assert_not_null(s);
-    sqlite3 *db = lock_db(s);
+    sqlite3 *db = it_lock_db(s);
     ns_resp r = { 0 };
     cr_assert_eq(ns_post_state(s, "to", "n1", "?wait=true&timeout=1",
                                "{\"status\":\"running\",\"outputs\":7}", &r), 0, "%s", r.error);
@@ -244,7 +224,7 @@ Test(durable, wait_times_out_into_202_while_the_file_is_locked)
     cr_assert_eq(ns_stat(s, "updates_processed"), 0, "committed through an exclusive lock?");
 
     /* Still accepted: it is written once the lock is gone. */
-    unlock_db(db);
+    it_unlock_db(db);
     cr_assert_eq(ns_wait_idle(s, IDLE_TIMEOUT), 0);
     cr_assert_eq(ns_db_int(s, "SELECT count(*) FROM run_node_state WHERE run_id='to' "
                               "AND node_id='n1' AND outputs_json='7'", NULL), 1);

@@ -221,6 +221,15 @@ Test(faults, unwritable_row_is_isolated_and_the_batch_commits)
     cr_assert_eq(ns_db_int(s, "SELECT count(*) FROM run_node_state WHERE run_id='iso'", NULL),
                  7);
     ns_resp r = { 0 };
+    /* The refused node reads as the file has it (absent), not as the cache once had it. */
+    cr_assert_eq(ns_req(s, "GET", "/runs/iso/nodes/bad/state", NULL, NULL, &r), 0);
+    cr_assert_eq(r.status, 404, "GET of the refused node: %ld %s", r.status, r.body);
+    /* A durable wait on a refused update says so instead of "durable": true. */
+    cr_assert_eq(ns_req(s, "POST", "/runs/iso/nodes/bad/state?wait=true&timeout=25",
+                        "{\"status\":\"running\"}", NULL, &r), 0);
+    cr_assert_eq(r.status, 500, "durable POST of a refused row: %ld %s", r.status, r.body);
+    cr_assert(strstr(r.body, "urn:nodestate:problem:write-refused") != NULL, "%s", r.body);
+    cr_assert_eq(ns_stat(s, "rows_isolated"), 2);
     cr_assert_eq(ns_req(s, "GET", "/readyz", NULL, NULL, &r), 0);
     cr_assert_eq(r.status, 200, "/readyz: %ld %s", r.status, r.body);
     cr_assert_eq(ns_req(s, "GET", "/healthz", NULL, NULL, &r), 0);

@@ -13,32 +13,12 @@
 #include <time.h>
 
 #include "harness.h"
+#include "it_assert.h"
 
 enum { UPDATES = 200 };
 /* Bounds, not expectations: the writer's busy timeout plus retry backoff. */
 #define FAIL_TIMEOUT 25.0
 #define RECOVER_TIMEOUT 30.0
-
-/* Opens the server's file for writing and takes its write lock. */
-static sqlite3 *lock_db(ns_server *s)
-{
-    sqlite3 *db = NULL;
-    cr_assert_eq(sqlite3_open_v2(ns_db_path(s), &db, SQLITE_OPEN_READWRITE, NULL),
-                 SQLITE_OK, "open %s", ns_db_path(s));
-    cr_assert_eq(sqlite3_busy_timeout(db, 5000), SQLITE_OK);
-    char *err = NULL;
-    int rc = sqlite3_exec(db, "BEGIN EXCLUSIVE", NULL, NULL, &err);
-    cr_assert_eq(rc, SQLITE_OK, "BEGIN EXCLUSIVE: %s", err ? err : "");
-    return db;
-}
-
-static void unlock_db(sqlite3 *db)
-{
-    char *err = NULL;
-    cr_assert_eq(sqlite3_exec(db, "ROLLBACK", NULL, NULL, &err), SQLITE_OK,
-                 "ROLLBACK: %s", err ? err : "");
-    cr_assert_eq(sqlite3_close(db), SQLITE_OK);
-}
 
 /* Counts rows through the lock holder's own connection (inside its transaction). */
 static long long locked_count(sqlite3 *db)
@@ -56,7 +36,7 @@ Test(lock, posts_are_accepted_while_the_file_is_locked)
 {
     ns_server *s = ns_start("--queue-capacity 10000");
     cr_assert_not_null(s);
-    sqlite3 *db = lock_db(s);
+    sqlite3 *db = it_lock_db(s);
 
     ns_resp r = { 0 };
     int accepted = 0;
@@ -82,7 +62,7 @@ Test(lock, posts_are_accepted_while_the_file_is_locked)
     /* Keep the lock until the writer has met it at least once. */
     cr_assert_eq(ns_wait_stat_ge(s, "errors", 1, FAIL_TIMEOUT), 0,
                  "no failed transaction counted while the file was locked");
-    unlock_db(db);
+    it_unlock_db(db);
 
     cr_assert_eq(ns_wait_idle(s, RECOVER_TIMEOUT), 0, "writer did not recover: %lld of %d",
                  ns_stat(s, "updates_processed"), UPDATES);
@@ -109,7 +89,7 @@ Test(lock, readyz_unready_while_the_store_fails)
     cr_assert_eq(ns_req(s, "GET", "/readyz", NULL, NULL, &r), 0);
     cr_assert_eq(r.status, 200, "/readyz before the lock: %ld %s", r.status, r.body);
 
-    sqlite3 *db = lock_db(s);
+    sqlite3 *db = it_lock_db(s);
     cr_assert_eq(ns_post_state(s, "ry", "a", NULL, "{\"status\":\"running\"}", &r), 0);
     cr_assert_eq(r.status, 202);
     cr_assert_eq(ns_wait_stat_ge(s, "errors", 1, FAIL_TIMEOUT), 0);
@@ -134,7 +114,7 @@ Test(lock, readyz_unready_while_the_store_fails)
     cr_assert_eq(ns_req(s, "GET", "/healthz", NULL, NULL, &r), 0);
     cr_assert_eq(r.status, 200, "/healthz while the store fails: %ld", r.status);
 
-    unlock_db(db);
+    it_unlock_db(db);
     cr_assert_eq(ns_wait_idle(s, RECOVER_TIMEOUT), 0);
     deadline = ns_mono_ms() + 15000;
     bool ready = false;

@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "harness.h"
+#include "it_assert.h"
 
 /* Runs sql on a fresh read-write connection to path (creating the file). */
 static void exec_db(const char *path, const char *sql)
@@ -91,13 +92,6 @@ static json_t *get_node(ns_server *s, const char *run, const char *node)
     return doc;
 }
 
-static long long jint(const json_t *o, const char *key)
-{
-    long long v = 0;
-    cr_assert_eq(ns_jint(o, key, &v), 0, "member %s is not an integer", key);
-    return v;
-}
-
 Test(migrate, version_0_file_is_migrated)
 {
     ns_server *s = stopped_server();
@@ -116,7 +110,7 @@ Test(migrate, version_0_file_is_migrated)
 
     json_t *n = get_node(s, "old", "done");
     cr_assert_str_eq(ns_jstr(n, "status"), "completed");
-    cr_assert_eq(jint(n, "attempt"), 2);
+    cr_assert_eq(it_jint(n, "attempt"), 2);
     cr_assert_str_eq(ns_jstr(n, "completed_at"), "2025-01-01T00:00:02.500Z");
     cr_assert_str_eq(ns_jstr(n, "scheduled_at"), "2025-01-01T00:00:00.000Z");
     cr_assert_eq(json_integer_value(json_object_get(json_object_get(n, "outputs"), "answer")),
@@ -153,7 +147,7 @@ Test(migrate, version_0_file_is_migrated)
     cr_assert_eq(ns_req(s, "GET", "/runs/old", NULL, NULL, &r), 0);
     cr_assert_eq(r.status, 200, "%ld %s", r.status, r.body);
     sum = ns_resp_json(&r);
-    cr_assert_eq(jint(sum, "nodes"), 3);
+    cr_assert_eq(it_jint(sum, "nodes"), 3);
     json_decref(sum);
     ns_resp_free(&r);
 

@@ -11,37 +11,7 @@
 #include <string.h>
 
 #include "harness.h"
-
-static json_t *post(ns_server *s, const char *run, const char *node,
-                    const char *json, long want)
-{
-    ns_resp r = { 0 };
-    cr_assert_eq(ns_post_state(s, run, node, NULL, json, &r), 0, "POST: %s", r.error);
-    cr_assert_eq(r.status, want, "POST %s/%s %s: %ld %s, want %ld", run, node, json,
-                 r.status, r.body, want);
-    json_t *doc = ns_resp_json(&r);
-    cr_assert(json_is_object(doc), "%s", r.body);
-    ns_resp_free(&r);
-    return doc;
-}
-
-static json_t *get(ns_server *s, const char *path, long want)
-{
-    ns_resp r = { 0 };
-    cr_assert_eq(ns_req(s, "GET", path, NULL, NULL, &r), 0, "GET %s: %s", path, r.error);
-    cr_assert_eq(r.status, want, "GET %s: %ld %s, want %ld", path, r.status, r.body, want);
-    json_t *doc = ns_resp_json(&r);
-    cr_assert(json_is_object(doc), "%s", r.body);
-    ns_resp_free(&r);
-    return doc;
-}
-
-static long long jint(const json_t *o, const char *key)
-{
-    long long v = 0;
-    cr_assert_eq(ns_jint(o, key, &v), 0, "member %s is not an integer", key);
-    return v;
-}
+#include "it_assert.h"
 
 Test(shutdown, sigterm_flushes_every_accepted_update)
 {
@@ -59,7 +29,7 @@ Test(shutdown, sigterm_flushes_every_accepted_update)
         cr_assert_eq(ns_post_state(s, run, node, NULL, body, &r), 0, "POST %d: %s", i, r.error);
         cr_assert_eq(r.status, 202, "POST %d: %ld %s", i, r.status, r.body);
         json_t *doc = ns_resp_json(&r);
-        long long seq = jint(doc, "seq");
+        long long seq = it_jint(doc, "seq");
         cr_assert_gt(seq, max_seq, "seq does not grow");
         max_seq = seq;
         json_decref(doc);
@@ -86,8 +56,8 @@ Test(shutdown, sigint_flushes_too)
     for (int i = 0; i < 10; i++) {
         char node[8];
         snprintf(node, sizeof node, "n%d", i);
-        json_decref(post(s, "si", node, "{\"status\":\"scheduled\"}", 202));
-        json_decref(post(s, "si", node, "{\"status\":\"completed\"}", 202));
+        json_decref(it_post_json(s, "si", node, NULL, "{\"status\":\"scheduled\"}", 202));
+        json_decref(it_post_json(s, "si", node, NULL, "{\"status\":\"completed\"}", 202));
     }
     cr_assert_eq(ns_stop(s, SIGINT), 0, "exit code after SIGINT");
     cr_assert(ns_log_contains(s, "msg=stopped"));
@@ -109,13 +79,17 @@ Test(shutdown, restart_serves_persisted_state)
 {
     ns_server *s = ns_start("--batch-interval 0.05");
     cr_assert_not_null(s);
-    json_decref(post(s, "rp", "n1", "{\"status\":\"scheduled\",\"resume_state\":{\"k\":[1,2]}}", 202));
-    json_decref(post(s, "rp", "n1", "{\"status\":\"running\"}", 202));
-    json_decref(post(s, "rp", "n1", "{\"status\":\"completed\",\"outputs\":{\"v\":\"done\"}}", 202));
-    json_decref(post(s, "rp", "n2", "{\"status\":\"running\",\"attempt\":2}", 202));
-    json_decref(post(s, "rp", "n3", "{\"status\":\"suspended\",\"suspension_reason\":\"input\","
-                                    "\"last_error\":\"e\\u00e9\\\"\",\"retryable\":true}", 202));
-    json_decref(post(s, "gone", "g1", "{\"status\":\"running\"}", 202));
+    json_decref(it_post_json(s, "rp", "n1", NULL,
+                             "{\"status\":\"scheduled\",\"resume_state\":{\"k\":[1,2]}}", 202));
+    json_decref(it_post_json(s, "rp", "n1", NULL, "{\"status\":\"running\"}", 202));
+    json_decref(it_post_json(s, "rp", "n1", NULL,
+                             "{\"status\":\"completed\",\"outputs\":{\"v\":\"done\"}}", 202));
+    json_decref(it_post_json(s, "rp", "n2", NULL, "{\"status\":\"running\",\"attempt\":2}",
+                             202));
+    json_decref(it_post_json(s, "rp", "n3", NULL,
+                             "{\"status\":\"suspended\",\"suspension_reason\":\"input\","
+                             "\"last_error\":\"e\\u00e9\\\"\",\"retryable\":true}", 202));
+    json_decref(it_post_json(s, "gone", "g1", NULL, "{\"status\":\"running\"}", 202));
 
     const char *const nodes[] = { "n1", "n2", "n3" };
     json_t *before[3];
@@ -123,9 +97,9 @@ Test(shutdown, restart_serves_persisted_state)
     for (int i = 0; i < 3; i++) {
         char path[64];
         snprintf(path, sizeof path, "/runs/rp/nodes/%s/state", nodes[i]);
-        json_t *d = get(s, path, 200);
-        if (jint(d, "seq") > run_last_seq)
-            run_last_seq = jint(d, "seq");
+        json_t *d = it_get_json(s, path, 200);
+        if (it_jint(d, "seq") > run_last_seq)
+            run_last_seq = it_jint(d, "seq");
         before[i] = without_durable(d);
         json_decref(d);
     }
@@ -134,7 +108,7 @@ Test(shutdown, restart_serves_persisted_state)
     cr_assert_eq(ns_req(s, "DELETE", "/runs/gone", NULL, NULL, &r), 0);
     cr_assert_eq(r.status, 202, "DELETE: %ld %s", r.status, r.body);
     json_t *del = ns_resp_json(&r);
-    long long delete_seq = jint(del, "seq");
+    long long delete_seq = it_jint(del, "seq");
     json_decref(del);
     cr_assert_gt(delete_seq, run_last_seq);
 
@@ -149,7 +123,7 @@ Test(shutdown, restart_serves_persisted_state)
         json_t *d = ns_resp_json(&r);
         cr_assert(json_is_true(json_object_get(d, "durable")), "%s", r.body);
         char etag[48];
-        snprintf(etag, sizeof etag, "\"%lld\"", jint(d, "seq"));
+        snprintf(etag, sizeof etag, "\"%lld\"", it_jint(d, "seq"));
         cr_assert_str_eq(r.etag, etag);
         json_t *after = without_durable(d);
         char *a = json_dumps(after, JSON_COMPACT | JSON_SORT_KEYS);
@@ -164,23 +138,23 @@ Test(shutdown, restart_serves_persisted_state)
     cr_assert_eq(ns_req(s, "GET", "/runs/gone/nodes/g1/state", NULL, NULL, &r), 0);
     cr_assert_eq(r.status, 404, "a deleted run came back: %s", r.body);
 
-    json_t *page = get(s, "/runs/rp/nodes", 200);
+    json_t *page = it_get_json(s, "/runs/rp/nodes", 200);
     cr_assert_eq(json_array_size(json_object_get(page, "nodes")), 3);
     json_decref(page);
-    page = get(s, "/runs/rp/nodes?status=completed,suspended", 200);
+    page = it_get_json(s, "/runs/rp/nodes?status=completed,suspended", 200);
     json_t *listed = json_object_get(page, "nodes");
     cr_assert_eq(json_array_size(listed), 2);
     cr_assert_str_eq(ns_jstr(json_array_get(listed, 0), "node_id"), "n1");
     cr_assert_str_eq(ns_jstr(json_array_get(listed, 1), "node_id"), "n3");
     json_decref(page);
-    json_t *sum = get(s, "/runs/rp", 200);
-    cr_assert_eq(jint(sum, "nodes"), 3);
+    json_t *sum = it_get_json(s, "/runs/rp", 200);
+    cr_assert_eq(it_jint(sum, "nodes"), 3);
     json_t *counts = json_object_get(sum, "counts");
-    cr_assert_eq(jint(counts, "completed"), 1);
-    cr_assert_eq(jint(counts, "running"), 1);
-    cr_assert_eq(jint(counts, "suspended"), 1);
-    cr_assert_eq(jint(counts, "scheduled"), 0);
-    cr_assert_eq(jint(sum, "last_seq"), run_last_seq);
+    cr_assert_eq(it_jint(counts, "completed"), 1);
+    cr_assert_eq(it_jint(counts, "running"), 1);
+    cr_assert_eq(it_jint(counts, "suspended"), 1);
+    cr_assert_eq(it_jint(counts, "scheduled"), 0);
+    cr_assert_eq(it_jint(sum, "last_seq"), run_last_seq);
     json_decref(sum);
 
     /* The rules see the persisted state. */
@@ -192,15 +166,15 @@ Test(shutdown, restart_serves_persisted_state)
                                "{\"status\":\"completed\",\"attempt\":1}", &r), 0);
     cr_assert_eq(ns_check_problem(&r, 409, "stale-attempt", why, sizeof why), 0,
                  "stale attempt after restart: %s", why);
-    json_decref(post(s, "rp", "n1", "{\"status\":\"completed\"}", 200));
+    json_decref(it_post_json(s, "rp", "n1", NULL, "{\"status\":\"completed\"}", 200));
 
     /* seq keeps growing past the highest ever assigned, the delete's. */
-    json_t *d = post(s, "rp", "n2", "{\"status\":\"completed\"}", 202);
-    cr_assert_gt(jint(d, "seq"), delete_seq, "seq went back after a restart");
-    cr_assert_eq(jint(d, "attempt"), 2);
+    json_t *d = it_post_json(s, "rp", "n2", NULL, "{\"status\":\"completed\"}", 202);
+    cr_assert_gt(it_jint(d, "seq"), delete_seq, "seq went back after a restart");
+    cr_assert_eq(it_jint(d, "attempt"), 2);
     json_decref(d);
-    d = post(s, "new-run", "x", "{\"status\":\"scheduled\"}", 202);
-    cr_assert_gt(jint(d, "seq"), delete_seq);
+    d = it_post_json(s, "new-run", "x", NULL, "{\"status\":\"scheduled\"}", 202);
+    cr_assert_gt(it_jint(d, "seq"), delete_seq);
     json_decref(d);
 
     cr_assert_eq(ns_stop(s, SIGTERM), 0);

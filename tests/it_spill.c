@@ -16,31 +16,12 @@
 #include <unistd.h>
 
 #include "harness.h"
+#include "it_assert.h"
 
 enum {
     NODES = 20,              /* new nodes of run "sp", queued under the lock */
     COMPLETED = 5,           /* of them updated a second time (coalesced) */
 };
-
-static sqlite3 *lock_db(ns_server *s)
-{
-    sqlite3 *db = NULL;
-    cr_assert_eq(sqlite3_open_v2(ns_db_path(s), &db, SQLITE_OPEN_READWRITE, NULL),
-                 SQLITE_OK, "open %s", ns_db_path(s));
-    cr_assert_eq(sqlite3_busy_timeout(db, 5000), SQLITE_OK);
-    char *err = NULL;
-    int rc = sqlite3_exec(db, "BEGIN EXCLUSIVE", NULL, NULL, &err);
-    cr_assert_eq(rc, SQLITE_OK, "BEGIN EXCLUSIVE: %s", err ? err : "");
-    return db;
-}
-
-static void unlock_db(sqlite3 *db)
-{
-    char *err = NULL;
-    cr_assert_eq(sqlite3_exec(db, "ROLLBACK", NULL, NULL, &err), SQLITE_OK,
-                 "ROLLBACK: %s", err ? err : "");
-    cr_assert_eq(sqlite3_close(db), SQLITE_OK);
-}
 
 /* One integer from the sidecar (an SQLite file), -1 when there is no row. */
 static long long spill_int(const char *path, const char *sql)
@@ -57,16 +38,6 @@ static long long spill_int(const char *path, const char *sql)
     sqlite3_finalize(st);
     sqlite3_close(db);
     return v;
-}
-
-static void post(ns_server *s, const char *run, const char *node, const char *query,
-                 const char *json, long want)
-{
-    ns_resp r = { 0 };
-    cr_assert_eq(ns_post_state(s, run, node, query, json, &r), 0, "POST: %s", r.error);
-    cr_assert_eq(r.status, want, "POST %s/%s%s %s: %ld %s, want %ld", run, node,
-                 query ? query : "", json, r.status, r.body, want);
-    ns_resp_free(&r);
 }
 
 /* The expected state of sp/n%03d i after the spilled updates. */
@@ -123,31 +94,31 @@ Test(spill, locked_database_on_sigterm_spills_and_next_start_replays)
     snprintf(spill, sizeof spill, "%s.spill", ns_db_path(s));
 
     /* A run that is on disk before the lock, to be deleted under it. */
-    post(s, "gone", "a", NULL, "{\"status\":\"running\"}", 202);
-    post(s, "gone", "b", "?wait=true", "{\"status\":\"running\"}", 200);
+    it_post(s, "gone", "a", NULL, "{\"status\":\"running\"}", 202);
+    it_post(s, "gone", "b", "?wait=true", "{\"status\":\"running\"}", 200);
     cr_assert_eq(ns_db_int(s, "SELECT count(*) FROM run_node_state WHERE run_id='gone'", NULL),
                  2);
     long long queued_before = ns_stat(s, "updates_queued");
     cr_assert_eq(queued_before, 2);
 
-    sqlite3 *db = lock_db(s);
+    sqlite3 *db = it_lock_db(s);
     for (int i = 0; i < NODES; i++) {
         char node[16], body[96];
         snprintf(node, sizeof node, "n%03d", i);
         snprintf(body, sizeof body, "{\"status\":\"running\",\"attempt\":2,\"outputs\":%d}", i);
-        post(s, "sp", node, NULL, body, 202);
+        it_post(s, "sp", node, NULL, body, 202);
     }
     for (int i = 0; i < COMPLETED; i++) {
         char node[16], body[96];
         snprintf(node, sizeof node, "n%03d", i);
         snprintf(body, sizeof body, "{\"status\":\"completed\",\"outputs\":%d}", 1000 + i);
-        post(s, "sp", node, NULL, body, 202);
+        it_post(s, "sp", node, NULL, body, 202);
     }
     ns_resp r = { 0 };
     cr_assert_eq(ns_req(s, "DELETE", "/runs/gone", NULL, NULL, &r), 0, "%s", r.error);
     cr_assert_eq(r.status, 202, "DELETE under the lock: %ld %s", r.status, r.body);
     ns_resp_free(&r);
-    post(s, "gone", "c", NULL, "{\"status\":\"scheduled\"}", 202);
+    it_post(s, "gone", "c", NULL, "{\"status\":\"scheduled\"}", 202);
     const long long spilled = NODES + COMPLETED + 1 + 1;
     cr_assert_eq(ns_stat(s, "updates_queued") - queued_before, spilled);
     cr_assert_eq(ns_stat(s, "queue_depth"), spilled);
@@ -175,7 +146,7 @@ Test(spill, locked_database_on_sigterm_spills_and_next_start_replays)
                                   "AND node_id='c'"), 1);
     cr_assert_eq(spill_int(spill, "SELECT count(*) FROM run_node_state WHERE run_id='gone' "
                                   "AND node_id IN ('a','b')"), 0);
-    unlock_db(db);
+    it_unlock_db(db);
     cr_assert_eq(ns_db_int(s, "SELECT count(*) FROM run_node_state WHERE run_id='sp'", NULL), 0);
     cr_assert_eq(ns_db_int(s, "SELECT count(*) FROM run_node_state WHERE run_id='gone'", NULL),
                  2);
@@ -222,7 +193,7 @@ Test(spill, clean_shutdown_leaves_no_sidecar)
     for (int i = 0; i < 10; i++) {
         char node[16];
         snprintf(node, sizeof node, "n%d", i);
-        post(s, "clean", node, NULL, "{\"status\":\"running\"}", 202);
+        it_post(s, "clean", node, NULL, "{\"status\":\"running\"}", 202);
     }
     cr_assert_eq(ns_stop(s, SIGTERM), 0);
     cr_assert(!ns_log_contains(s, "msg=spilled"));

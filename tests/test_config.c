@@ -16,10 +16,12 @@ static const char *const option_names[][2] = {
     {"--batch-size", "NODESTATE_BATCH_SIZE"},
     {"--batch-interval", "NODESTATE_BATCH_INTERVAL"},
     {"--queue-capacity", "NODESTATE_QUEUE_CAPACITY"},
+    {"--cache-max-nodes", "NODESTATE_CACHE_MAX_NODES"},
     {"--shutdown-timeout", "NODESTATE_SHUTDOWN_TIMEOUT"},
     {"--synchronous", "NODESTATE_SYNCHRONOUS"},
     {"--threads", "NODESTATE_THREADS"},
     {"--max-body-bytes", "NODESTATE_MAX_BODY_BYTES"},
+    {"--max-error-bytes", "NODESTATE_MAX_ERROR_BYTES"},
     {"--max-connections", "NODESTATE_MAX_CONNECTIONS"},
     {"--connection-timeout", "NODESTATE_CONNECTION_TIMEOUT"},
     {"--max-wait", "NODESTATE_MAX_WAIT"},
@@ -83,7 +85,7 @@ typedef struct run {
 static run *parse(const char *const *args)
 {
     static run r;  /* one parse at a time per test process */
-    char *argv[32];
+    char *argv[64];
     int argc = 0;
     char *buf = NULL;
     size_t len = 0;
@@ -92,7 +94,7 @@ static run *parse(const char *const *args)
     cr_assert_not_null(out);
     argv[argc++] = "nodestate";
     for (; *args != NULL; args++) {
-        cr_assert_lt(argc, 31);
+        cr_assert_lt(argc, 63);
         argv[argc++] = (char *)*args;
     }
     argv[argc] = NULL;
@@ -119,6 +121,8 @@ static void assert_same(const config *got, const config *want, const char *what)
     cr_assert_eq(got->synchronous_full, want->synchronous_full, "%s: synchronous", what);
     cr_assert_eq(got->threads, want->threads, "%s: threads", what);
     cr_assert_eq(got->max_body_bytes, want->max_body_bytes, "%s: max_body_bytes", what);
+    cr_assert_eq(got->max_error_bytes, want->max_error_bytes, "%s: max_error_bytes", what);
+    cr_assert_eq(got->cache_max_nodes, want->cache_max_nodes, "%s: cache_max_nodes", what);
     cr_assert_eq(got->max_connections, want->max_connections, "%s: max_connections", what);
     cr_assert_eq(got->connection_timeout, want->connection_timeout, "%s: connection_timeout", what);
     cr_assert_eq(got->max_wait, want->max_wait, "%s: max_wait", what);
@@ -142,6 +146,8 @@ static void want_defaults(config *c)
     c->synchronous_full = false;
     c->threads = 0;
     c->max_body_bytes = 1048576;
+    c->max_error_bytes = 65536;
+    c->cache_max_nodes = 1000000;
     c->max_connections = 1024;
     c->connection_timeout = 60;
     c->max_wait = 60;
@@ -188,6 +194,8 @@ static void x_synchronous(config *c) { c->synchronous_full = true; }
 static void x_threads(config *c) { c->threads = 256; }
 static void x_max_body_bytes(config *c) { c->max_body_bytes = 1073741824; }
 static void x_max_connections(config *c) { c->max_connections = 7; }
+static void x_max_error_bytes(config *c) { c->max_error_bytes = 10; }
+static void x_cache_max_nodes(config *c) { c->cache_max_nodes = 0; }
 static void x_connection_timeout(config *c) { c->connection_timeout = 0; }
 static void x_max_wait(config *c) { c->max_wait = 0; }
 static void x_log_level(config *c) { c->log_level = NS_LOG_DEBUG; }
@@ -210,6 +218,8 @@ static const option_case option_cases[] = {
     {"--threads", "NODESTATE_THREADS", "256", x_threads, false, false},
     {"--max-body-bytes", "NODESTATE_MAX_BODY_BYTES", "1073741824", x_max_body_bytes, false, false},
     {"--max-connections", "NODESTATE_MAX_CONNECTIONS", "7", x_max_connections, false, false},
+    {"--max-error-bytes", "NODESTATE_MAX_ERROR_BYTES", "10", x_max_error_bytes, false, false},
+    {"--cache-max-nodes", "NODESTATE_CACHE_MAX_NODES", "0", x_cache_max_nodes, false, false},
     {"--connection-timeout", "NODESTATE_CONNECTION_TIMEOUT", "0", x_connection_timeout, false, false},
     {"--max-wait", "NODESTATE_MAX_WAIT", "0", x_max_wait, false, false},
     {"--log-level", "NODESTATE_LOG_LEVEL", "debug", x_log_level, false, false},

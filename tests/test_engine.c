@@ -844,6 +844,8 @@ Test(engine, drain_makes_unready_but_writes_work)
     cr_assert_not_null(why);
     cr_assert(engine_alive(e));
     accept(e, "r", "a", NS_RUNNING);
+    /* Draining, the writer no longer waits out batch_interval (minutes here). */
+    wait_durable(e, 1, false);
     cr_assert_eq(engine_close(e), 0);
     cr_assert_eq(db_count("r"), 1);
 }

@@ -107,6 +107,14 @@ static void raw_text(sqlite3 *db, const char *sql, char *buf, size_t len)
     sqlite3_finalize(st);
 }
 
+static void raw_exec(sqlite3 *db, const char *sql)
+{
+    char *msg = NULL;
+
+    cr_assert(sqlite3_exec(db, sql, NULL, NULL, &msg) == SQLITE_OK, "%s: %s",
+              sql, msg != NULL ? msg : "?");
+}
+
 /* A draft with every timestamp NULL and every optional text NULL. */
 static ns_row draft(const char *run, const char *node, ns_status st,
                     int64_t seq)
@@ -165,10 +173,15 @@ static void loaded_free(loaded *l)
     l->n = 0;
 }
 
+/* Loads run into l, asserting success and that no row was skipped. */
 static void load(store_reader *r, const char *run, loaded *l)
 {
+    size_t skipped = 99;
+
     memset(l, 0, sizeof *l);
-    cr_assert(eq(int, store_reader_load_run(r, run, collect, l), 0));
+    cr_assert(eq(int, store_reader_load_run(r, run, collect, l, &skipped),
+                 0));
+    cr_assert(eq(sz, skipped, 0));
 }
 
 static void assert_str_or_null(const char *got, const char *want,
@@ -573,7 +586,7 @@ Test(store, reader_stops_when_fn_says_so)
     cr_assert(eq(int, write_rows(s, rows, 2, NULL, 0, 2), 0));
     memset(&l, 0, sizeof l);
     l.stop_after = 1;
-    cr_assert(eq(int, store_reader_load_run(r, "r", collect, &l), -1));
+    cr_assert(eq(int, store_reader_load_run(r, "r", collect, &l, NULL), -1));
     cr_assert(eq(sz, l.n, 1));
     loaded_free(&l);
 
@@ -585,29 +598,89 @@ Test(store, reader_stops_when_fn_says_so)
     store_close(s);
 }
 
-Test(store, reader_refuses_a_row_it_cannot_parse)
+/* Makes row (run "r", node) unreadable with a raw UPDATE ... SET <set>. */
+static void spoil_row(const char *node, const char *set)
 {
+    char sql[256];
+    sqlite3 *db = open_raw();
+
+    snprintf(sql, sizeof sql,
+             "UPDATE run_node_state SET %s WHERE run_id = 'r' AND"
+             " node_id = '%s'", set, node);
+    cr_assert(sqlite3_exec(db, sql, NULL, NULL, NULL) == SQLITE_OK, "%s",
+              sql);
+    cr_assert(eq(int, sqlite3_changes(db), 1));
+    sqlite3_close(db);
+}
+
+/* Loads run "r", expecting success; returns how many rows were skipped. */
+static size_t load_skipping(store_reader *r, loaded *l)
+{
+    size_t skipped = 99;
+
+    memset(l, 0, sizeof *l);
+    cr_assert(eq(int, store_reader_load_run(r, "r", collect, l, &skipped),
+                 0));
+    return skipped;
+}
+
+Test(store, reader_skips_and_counts_rows_it_cannot_parse)
+{
+    static const char *const spoilers[] = {
+        "status = 'bogus'",
+        "started_at = 'yesterday'",
+        "failed_at = '2026-11-26 16:27:29'",  /* SQLite's form, not ours */
+        "updated_at = '2026-13-01T00:00:00Z'",
+    };
     store *s = open_store();
     store_reader *r = open_reader();
     loaded l;
     ns_row a = draft("r", "a", NS_IDLE, 1);
-    ns_row *rows[] = {&a};
-    sqlite3 *db;
+    ns_row b = draft("r", "b", NS_RUNNING, 2);
+    ns_row c = draft("r", "c", NS_IDLE, 3);
+    ns_row *rows[] = {&a, &b, &c};
+    ns_row *fix[] = {&b};
 
-    cr_assert(eq(int, write_rows(s, rows, 1, NULL, 0, 1), 0));
-    db = open_raw();
-    cr_assert(sqlite3_exec(db, "UPDATE run_node_state SET status='bogus'",
-                           NULL, NULL, NULL) == SQLITE_OK);
+    cr_assert(eq(int, write_rows(s, rows, 3, NULL, 0, 3), 0));
+
+    for (size_t i = 0; i < sizeof spoilers / sizeof spoilers[0]; i++) {
+        spoil_row("b", spoilers[i]);
+        cr_assert(eq(sz, load_skipping(r, &l), 1), "%s", spoilers[i]);
+        cr_assert(eq(sz, l.n, 2), "%s: the other rows still load",
+                  spoilers[i]);
+        assert_row_eq(l.rows[0], &a);
+        assert_row_eq(l.rows[1], &c);
+        loaded_free(&l);
+        /* Writing the node again replaces the bad row: the repair path. */
+        cr_assert(eq(int, write_rows(s, fix, 1, NULL, 0, 3), 0),
+                  "store_write: %s", store_errmsg(s));
+        cr_assert(eq(sz, load_skipping(r, &l), 0));
+        cr_assert(eq(sz, l.n, 3));
+        assert_row_eq(l.rows[1], &b);
+        loaded_free(&l);
+    }
+
+    /* Counted also when fn stops the load, and NULL is allowed. */
+    spoil_row("a", "status = 'bogus'");
+    size_t skipped = 99;
     memset(&l, 0, sizeof l);
-    cr_assert(eq(int, store_reader_load_run(r, "r", collect, &l), -1));
-    cr_assert(eq(sz, l.n, 0));
+    l.stop_after = 1;
+    cr_assert(eq(int, store_reader_load_run(r, "r", collect, &l, &skipped),
+                 -1));
+    cr_assert(eq(sz, skipped, 1));
+    cr_assert(eq(sz, l.n, 1));
+    assert_row_eq(l.rows[0], &b);
+    loaded_free(&l);
+    memset(&l, 0, sizeof l);
+    cr_assert(eq(int, store_reader_load_run(r, "r", collect, &l, NULL), 0));
+    cr_assert(eq(sz, l.n, 2));
+    loaded_free(&l);
 
-    cr_assert(sqlite3_exec(db, "UPDATE run_node_state SET status='idle',"
-                               " started_at='yesterday'",
-                           NULL, NULL, NULL) == SQLITE_OK);
-    cr_assert(eq(int, store_reader_load_run(r, "r", collect, &l), -1));
+    /* A run whose every row is unreadable loads as empty, not as an error. */
+    spoil_row("b", "status = 'bogus'");
+    spoil_row("c", "updated_at = 'never'");
+    cr_assert(eq(sz, load_skipping(r, &l), 3));
     cr_assert(eq(sz, l.n, 0));
-    sqlite3_close(db);
     store_reader_close(r);
     store_close(s);
 }
@@ -631,14 +704,6 @@ static void on_isolated(void *ctx, const ns_row *row, const char *why)
     iso->rows[iso->n] = row;
     snprintf(iso->why[iso->n], sizeof iso->why[0], "%s", why);
     iso->n++;
-}
-
-static void raw_exec(sqlite3 *db, const char *sql)
-{
-    char *msg = NULL;
-
-    cr_assert(sqlite3_exec(db, sql, NULL, NULL, &msg) == SQLITE_OK, "%s: %s",
-              sql, msg != NULL ? msg : "?");
 }
 
 /* A row the database refuses whenever node_id is 'bad'. */
@@ -1220,4 +1285,254 @@ Test(store, migration_refuses_a_table_without_updated_at)
         "CREATE TABLE run_node_state (run_id TEXT, node_id TEXT, status TEXT,"
         " attempt INTEGER, PRIMARY KEY (run_id, node_id))",
         "run_node_state has no updated_at column");
+}
+
+/* T0 at midnight, and at whole seconds. */
+#define T0_DAY (T0 - INT64_C(59249123))
+#define T0_SEC (T0 - 123)
+
+Test(store, migration_converts_timestamps_to_our_form)
+{
+    store *s;
+    store_reader *r;
+    loaded l;
+    sqlite3 *db;
+    char buf[64];
+    ns_row want_a = draft("run", "a", NS_COMPLETED, 0);
+    ns_row want_b = draft("run", "b", NS_IDLE, 0);
+
+    /* SQLite's CURRENT_TIMESTAMP form, other RFC 3339 forms, date only. */
+    make_v0(V0_TABLE
+            "INSERT INTO run_node_state VALUES ('run', 'a', 'completed', 1,"
+            " '2026-11-26 16:27:29', '2026-11-26 16:27:29.123',"
+            " '2026-11-26T18:27:29.5+02:00', NULL, NULL, NULL,"
+            " '2026-11-26t16:27:29.1239z');"
+            "INSERT INTO run_node_state VALUES ('run', 'b', 'idle', 1,"
+            " '2026-11-26', '2026-11-26T16:27', NULL, NULL, NULL, NULL,"
+            " '2026-11-26T16:27:29.123Z');");
+    want_a.ts[NS_TS_SCHEDULED] = T0_SEC;
+    want_a.ts[NS_TS_STARTED] = T0;
+    want_a.ts[NS_TS_COMPLETED] = T0_SEC + 500;
+    want_a.updated_at = T0;
+    want_b.ts[NS_TS_SCHEDULED] = T0_DAY;
+    want_b.ts[NS_TS_STARTED] = T0_SEC - 29000;
+    want_b.updated_at = T0;
+
+    s = open_store();
+    db = open_raw();
+    cr_assert(eq(i64, raw_int(db, "PRAGMA user_version"), 1));
+    raw_text(db, "SELECT scheduled_at FROM run_node_state WHERE node_id='a'",
+             buf, sizeof buf);
+    cr_assert(eq(str, buf, "2026-11-26T16:27:29.000Z"));
+    raw_text(db, "SELECT completed_at FROM run_node_state WHERE node_id='a'",
+             buf, sizeof buf);
+    cr_assert(eq(str, buf, "2026-11-26T16:27:29.500Z"), "in UTC");
+    raw_text(db, "SELECT updated_at FROM run_node_state WHERE node_id='a'",
+             buf, sizeof buf);
+    cr_assert(eq(str, buf, "2026-11-26T16:27:29.123Z"),
+              "truncated below the ms, as the reader does");
+    raw_text(db, "SELECT scheduled_at FROM run_node_state WHERE node_id='b'",
+             buf, sizeof buf);
+    cr_assert(eq(str, buf, "2026-11-26T00:00:00.000Z"));
+    /* Every stored timestamp now has exactly our shape. */
+#define OUR_TS_GLOB                                                         \
+    "'[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]T[0-9][0-9]:[0-9][0-9]:"    \
+    "[0-9][0-9].[0-9][0-9][0-9]Z'"
+    cr_assert(eq(i64, raw_int(db, "SELECT count(*) FROM run_node_state WHERE"
+                                  " NOT updated_at GLOB " OUR_TS_GLOB
+                                  " OR NOT scheduled_at GLOB " OUR_TS_GLOB
+                                  " OR NOT coalesce(started_at, '') GLOB "
+                                  OUR_TS_GLOB), 0));
+    sqlite3_close(db);
+
+    r = open_reader();
+    load(r, "run", &l);
+    cr_assert(eq(sz, l.n, 2));
+    assert_row_eq(l.rows[0], &want_a);
+    assert_row_eq(l.rows[1], &want_b);
+    loaded_free(&l);
+    store_reader_close(r);
+    store_close(s);
+}
+
+/* Removes db_path and its companions, for a test that makes several files. */
+static void remove_db(void)
+{
+    static const char *const suffixes[] = {"", "-wal", "-shm", "-journal"};
+    char p[PATH_MAX + 16];
+
+    for (size_t i = 0; i < sizeof suffixes / sizeof suffixes[0]; i++) {
+        snprintf(p, sizeof p, "%s%s", db_path, suffixes[i]);
+        unlink(p);
+    }
+}
+
+Test(store, migration_refuses_values_it_cannot_read_and_changes_nothing)
+{
+    static const struct {
+        const char *col;
+        const char *value;      /* SQL literal */
+        const char *want;       /* in the message */
+    } cases[] = {
+        {"started_at", "'yesterday'", "run_node_state.started_at holds"
+                                      " 'yesterday'"},
+        {"completed_at", "'now'", "run_node_state.completed_at holds 'now'"},
+        {"failed_at", "'2461000.5'", "run_node_state.failed_at holds"
+                                     " '2461000.5'"},
+        {"started_at", "'16:27:29'", "run_node_state.started_at holds"
+                                     " '16:27:29'"},
+        {"updated_at", "'2026-13-01 00:00:00'",
+         "run_node_state.updated_at holds '2026-13-01 00:00:00'"},
+        {"updated_at", "NULL", "run_node_state.updated_at holds NULL"},
+        {"status", "'done'", "run_node_state.status holds 'done'"},
+        {"status", "NULL", "run_node_state.status holds NULL"},
+    };
+
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char sql[1024];
+        char err[512] = "";
+        char buf[64];
+        sqlite3 *db;
+
+        remove_db();
+        /* Row a converts fine and comes first: its change must not stay. */
+        snprintf(sql, sizeof sql,
+                 "CREATE TABLE run_node_state (run_id TEXT, node_id TEXT,"
+                 " status TEXT, attempt INTEGER, scheduled_at TEXT,"
+                 " started_at TEXT, completed_at TEXT, failed_at TEXT,"
+                 " updated_at TEXT, PRIMARY KEY (run_id, node_id));"
+                 "INSERT INTO run_node_state VALUES ('r', 'a', 'idle', 1,"
+                 " '2026-11-26 16:27:29', NULL, NULL, NULL,"
+                 " '2026-11-26 16:27:29');"
+                 "INSERT INTO run_node_state VALUES ('r', 'b', 'idle', 1,"
+                 " NULL, NULL, NULL, NULL, '2026-11-26T16:27:29.123Z');"
+                 "UPDATE run_node_state SET %s = %s WHERE node_id = 'b';",
+                 cases[i].col, cases[i].value);
+        make_v0(sql);
+
+        cr_assert(store_open(db_path, false, err, sizeof err) == NULL,
+                  "%s = %s was migrated", cases[i].col, cases[i].value);
+        cr_assert(strstr(err, cases[i].want) != NULL, "err: %s", err);
+        cr_assert(strstr(err, "run_id 'r', node_id 'b'") != NULL, "err: %s",
+                  err);
+        cr_assert(strstr(err, db_path) != NULL, "err: %s", err);
+
+        db = open_raw();
+        cr_assert(eq(i64, raw_int(db, "PRAGMA user_version"), 0));
+        cr_assert(eq(i64, raw_int(db, "SELECT count(*) FROM sqlite_master"
+                                      " WHERE name = 'nodestate_meta'"), 0));
+        cr_assert(eq(i64, raw_int(db, "SELECT count(*) FROM pragma_table_info"
+                                      "('run_node_state')"), 9));
+        raw_text(db, "SELECT scheduled_at || '|' || updated_at FROM"
+                     " run_node_state WHERE node_id = 'a'", buf, sizeof buf);
+        cr_assert(eq(str, buf, "2026-11-26 16:27:29|2026-11-26 16:27:29"),
+                  "the conversion was rolled back");
+        sqlite3_close(db);
+    }
+}
+
+/* ---- nodestate_meta for the caller ---- */
+
+Test(store, meta_get_and_set_round_trip_and_survive_reopen)
+{
+    store *s = open_store();
+    int64_t v = 99;
+    sqlite3 *db;
+    ns_row a = draft("r", "a", NS_IDLE, 7);
+    ns_row *rows[] = {&a};
+
+    cr_assert(eq(int, store_meta_get(s, "seq_reserved", &v), 1));
+    cr_assert(eq(i64, v, 99), "absent leaves *value alone");
+
+    cr_assert(eq(int, store_meta_set(s, "seq_reserved", 1000), 0), "%s",
+              store_errmsg(s));
+    cr_assert(eq(int, store_meta_get(s, "seq_reserved", &v), 0));
+    cr_assert(eq(i64, v, 1000));
+    /* Committed at once: another connection sees it. */
+    db = open_raw();
+    cr_assert(eq(i64, raw_int(db, "SELECT value FROM nodestate_meta WHERE"
+                                  " key = 'seq_reserved'"), 1000));
+    sqlite3_close(db);
+
+    /* A plain replace, not max(); keys are independent. */
+    cr_assert(eq(int, store_meta_set(s, "seq_reserved", 5), 0));
+    cr_assert(eq(int, store_meta_set(s, "other", INT64_MIN), 0));
+    cr_assert(eq(int, store_meta_get(s, "seq_reserved", &v), 0));
+    cr_assert(eq(i64, v, 5));
+    cr_assert(eq(int, store_meta_get(s, "other", &v), 0));
+    cr_assert(eq(i64, v, INT64_MIN));
+
+    /* store_write's last_seq is readable and unaffected by the caller's. */
+    cr_assert(eq(int, write_rows(s, rows, 1, NULL, 0, 7), 0),
+              "store_write: %s", store_errmsg(s));
+    cr_assert(eq(int, store_meta_get(s, "last_seq", &v), 0));
+    cr_assert(eq(i64, v, 7));
+    store_close(s);
+
+    s = open_store();
+    cr_assert(eq(int, store_meta_get(s, "seq_reserved", &v), 0));
+    cr_assert(eq(i64, v, 5));
+    cr_assert(eq(i64, store_last_seq(s), 7));
+    store_close(s);
+}
+
+Test(store, meta_set_refuses_last_seq)
+{
+    store *s = open_store();
+    int64_t v = 0;
+    ns_row a = draft("r", "a", NS_IDLE, 3);
+    ns_row *rows[] = {&a};
+
+    cr_assert(eq(int, write_rows(s, rows, 1, NULL, 0, 3), 0));
+    cr_assert(eq(int, store_meta_set(s, "last_seq", 1), -1));
+    cr_assert(strstr(store_errmsg(s), "last_seq") != NULL, "errmsg: %s",
+              store_errmsg(s));
+    cr_assert(eq(int, store_meta_get(s, "last_seq", &v), 0));
+    cr_assert(eq(i64, v, 3));
+    cr_assert(eq(i64, store_last_seq(s), 3));
+    store_close(s);
+}
+
+Test(store, meta_get_refuses_a_value_that_is_not_an_integer)
+{
+    store *s = open_store();
+    int64_t v = 99;
+    sqlite3 *db = open_raw();
+
+    raw_exec(db, "INSERT INTO nodestate_meta VALUES ('text', 'abc'),"
+                 " ('null', NULL)");
+    sqlite3_close(db);
+    cr_assert(eq(int, store_meta_get(s, "text", &v), -1));
+    cr_assert(strstr(store_errmsg(s), "not an integer") != NULL,
+              "errmsg: %s", store_errmsg(s));
+    cr_assert(eq(int, store_meta_get(s, "null", &v), -1));
+    cr_assert(eq(i64, v, 99));
+    cr_assert(eq(int, store_meta_get(s, NULL, &v), -1));
+    cr_assert(eq(int, store_meta_set(s, NULL, 1), -1));
+    store_close(s);
+}
+
+/* The timeout is a hang guard: the write gives up after its busy timeout. */
+Test(store, meta_set_fails_cleanly_while_the_file_is_locked, .timeout = 10)
+{
+    store *s = open_store();
+    int64_t v = 0;
+    sqlite3 *other;
+
+    cr_assert(eq(int, store_meta_set(s, "k", 1), 0));
+    other = open_raw();
+    raw_exec(other, "BEGIN EXCLUSIVE");
+    cr_assert(eq(int, store_meta_set(s, "k", 2), -1));
+    cr_assert(strstr(store_errmsg(s), "locked") != NULL, "errmsg: %s",
+              store_errmsg(s));
+    raw_exec(other, "COMMIT");
+    sqlite3_close(other);
+
+    cr_assert(eq(int, store_meta_get(s, "k", &v), 0));
+    cr_assert(eq(i64, v, 1));
+    /* The statement was reset: the next set works. */
+    cr_assert(eq(int, store_meta_set(s, "k", 2), 0), "%s", store_errmsg(s));
+    cr_assert(eq(int, store_meta_get(s, "k", &v), 0));
+    cr_assert(eq(i64, v, 2));
+    store_close(s);
 }

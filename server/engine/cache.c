@@ -7,14 +7,19 @@
  * Both tables are open addressing with linear probing, power-of-two sizes,
  * kept at most half full so probes stay short.
  */
+/* Removals remembered for cache_removed_since. */
+#define REMOVED_RING 64
+
 struct cache {
     cache_run **slots;      /* runs keyed by run_id */
     size_t n_slots;
     size_t runs;
     size_t nodes;
     uint64_t removals;
-    cache_run *lru_first;   /* least recently used */
-    cache_run *lru_last;    /* most recently used */
+    cache_run *lru_first;   /* least recently used unpinned run */
+    cache_run *lru_last;    /* most recently used unpinned run */
+    /* hashes of the last REMOVED_RING removed run ids, by removal number */
+    uint64_t removed_hash[REMOVED_RING];
 };
 
 static void lru_unlink(cache *c, cache_run *run)
@@ -43,10 +48,24 @@ static void lru_append(cache *c, cache_run *run)
 
 void cache_touch(cache *c, cache_run *run)
 {
-    if (c->lru_last == run)
+    if (run->pending > 0 || c->lru_last == run)
         return;
     lru_unlink(c, run);
     lru_append(c, run);
+}
+
+void cache_pin(cache *c, cache_run *run)
+{
+    if (run->pending++ == 0)
+        lru_unlink(c, run);
+}
+
+bool cache_unpin(cache *c, cache_run *run)
+{
+    if (--run->pending > 0)
+        return false;
+    lru_append(c, run);
+    return true;
 }
 
 cache_run *cache_lru_first(const cache *c)
@@ -170,8 +189,10 @@ void cache_run_remove(cache *c, cache_run *run)
     c->slots[i] = NULL;
     c->runs--;
     c->nodes -= run->nodes;
+    c->removed_hash[c->removals % REMOVED_RING] = hash_str(run->run_id);
     c->removals++;
-    lru_unlink(c, run);
+    if (run->pending == 0)
+        lru_unlink(c, run);
     run_free(run);
 }
 
@@ -192,6 +213,17 @@ void cache_run_clear(cache *c, cache_run *run)
 uint64_t cache_removals(const cache *c)
 {
     return c->removals;
+}
+
+bool cache_removed_since(const cache *c, const char *run_id, uint64_t since)
+{
+    if (c->removals - since > REMOVED_RING)
+        return true;
+    uint64_t h = hash_str(run_id);
+    for (uint64_t n = since; n < c->removals; n++)
+        if (c->removed_hash[n % REMOVED_RING] == h)
+            return true; /* or a hash twin: a needless reload, never a stale one */
+    return false;
 }
 
 size_t cache_nodes(const cache *c)

@@ -19,7 +19,8 @@ typedef struct cache cache;
 
 typedef struct cache_run {
     char *run_id;
-    size_t pending;            /* queued ops of this run not yet committed; pins it */
+    size_t pending;            /* queued ops not yet committed (cache_pin); a pinned run stays */
+    bool stale;                /* cached rows may differ from disk: drop once unpinned */
     size_t counts[NS_STATUS_COUNT]; /* nodes per status */
     size_t nodes;              /* nodes held */
     int64_t last_seq;          /* highest seq among them (0 when empty) */
@@ -35,7 +36,7 @@ typedef struct cache_run {
     size_t *order;
     size_t n_order;
     bool order_stale;
-    /* recency list: lru_prev is less recently used */
+    /* recency list of unpinned runs: lru_prev is less recently used */
     struct cache_run *lru_prev;
     struct cache_run *lru_next;
 } cache_run;
@@ -51,15 +52,30 @@ cache_run *cache_run_add(cache *c, const char *run_id);
 void cache_run_remove(cache *c, cache_run *run);
 /* Drops every node of a run, keeping the (now empty) run. */
 void cache_run_clear(cache *c, cache_run *run);
-/* Incremented by every cache_run_remove: lets a reader detect a removal during a load. */
+/* Incremented by every cache_run_remove. */
 uint64_t cache_removals(const cache *c);
+/*
+ * Whether run_id may have been removed since cache_removals() returned
+ * `since` (true when unsure: too many removals to tell). A reader that
+ * loaded a run from disk without the lock uses it to know its rows may
+ * predate a removal and so be stale.
+ */
+bool cache_removed_since(const cache *c, const char *run_id, uint64_t since);
 size_t cache_nodes(const cache *c);
 size_t cache_runs(const cache *c);
 
 /* Marks a run as the most recently used (cache_run_add does too). */
 void cache_touch(cache *c, cache_run *run);
-/* The least recently used run, or NULL; then ->lru_next towards the most recent. */
+/*
+ * The least recently used unpinned run, or NULL; then ->lru_next towards
+ * the most recent. Pinned runs are not on this list, so eviction never
+ * steps over them.
+ */
 cache_run *cache_lru_first(const cache *c);
+/* One more queued op for run: it cannot be evicted until unpinned. */
+void cache_pin(cache *c, cache_run *run);
+/* One queued op of run committed; returns true when that was the last one. */
+bool cache_unpin(cache *c, cache_run *run);
 
 /* The node's row (no reference taken), or NULL. */
 ns_row *cache_node_get(const cache_run *run, const char *node_id);

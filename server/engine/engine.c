@@ -15,11 +15,17 @@
 #include "store.h"
 #include "writer.h"
 
+/* Isolated rows one batch remembers (more are still counted and logged). */
+#define ISOLATED_MAX 64
+/* Refused seqs remembered for engine_refused. */
+#define REFUSED_RING 256
 /* Retries of a failed commit wait this long at first, doubling up to the cap. */
 #define BACKOFF_FIRST_NS 10000000ll   /* 10 ms */
 #define BACKOFF_CAP_NS 1000000000ll   /* 1 s, DESIGN.md §4 */
 /* How often one load of a run is retried when runs are removed meanwhile. */
 #define LOAD_TRIES 8
+/* Time kept at the end of the shutdown budget for writing the sidecar. */
+#define SPILL_RESERVE_NS 1000000000ll /* 1 s */
 /* Replaying a sidecar at start is tried this often, BACKOFF_FIRST_NS doubling between tries (~5 s). */
 #define REPLAY_TRIES 9
 
@@ -30,6 +36,8 @@ struct engine {
     store_reader *reader;         /* read-through connection, locks itself */
     store *store;                 /* the write connection: writer thread only */
     ns_op *batch;                 /* writer thread only: batch_size ops */
+    const ns_row *isolated[ISOLATED_MAX]; /* writer thread only: rows isolated in this batch */
+    size_t n_isolated;
     pthread_t writer;
     _Atomic bool writer_running;
     _Atomic bool store_failing;   /* the last commit attempt failed */
@@ -45,8 +53,13 @@ struct engine {
     int64_t flush_until;          /* commit without waiting while seqs <= this are queued */
     bool stopping;                /* engine_close: drain, then exit */
     int64_t drain_deadline_ns;    /* when stopping: give up failing commits after this */
+    int64_t drain_started_ns;     /* engine_drain (or close): the shutdown budget starts */
+    uint64_t drain_processed;     /* updates_processed then, for engine_closing.flushed */
+    size_t spilled;               /* ops written to the sidecar at the end */
     size_t unflushed;             /* ops the writer could not write before giving up */
     bool in_callback;             /* the writer is calling on_durable (unlocked) */
+    int64_t refused[REFUSED_RING]; /* seqs isolated for good, newest at refused_next - 1 */
+    size_t refused_next;
     pthread_cond_t callback_done; /* signalled when that call returns */
 };
 
@@ -126,7 +139,10 @@ static cache_run *run_get(engine *e, const char *run_id, bool create,
         uint64_t removals = cache_removals(e->cache);
         row_vec v = { 0 };
         pthread_mutex_unlock(&e->lock);
-        int rc = store_reader_load_run(e->reader, run_id, row_vec_push, &v);
+        size_t skipped = 0;
+        int rc = store_reader_load_run(e->reader, run_id, row_vec_push, &v, &skipped);
+        if (skipped)
+            logf_(e, NS_LOG_WARN, "rows-unreadable", "run_id=%s skipped=%zu", run_id, skipped);
         pthread_mutex_lock(&e->lock);
         if (rc != 0) {
             row_vec_free(&v);
@@ -135,7 +151,7 @@ static cache_run *run_get(engine *e, const char *run_id, bool create,
             return NULL;
         }
         run = cache_run_find(e->cache, run_id);
-        if (run || cache_removals(e->cache) != removals) {
+        if (run || cache_removed_since(e->cache, run_id, removals)) {
             row_vec_free(&v);
             continue; /* someone else loaded it, or the file may have moved on */
         }
@@ -164,6 +180,7 @@ static cache_run *run_get(engine *e, const char *run_id, bool create,
         evict(e, run);
         return run;
     }
+    logf_(e, NS_LOG_ERROR, "read-through-gave-up", "run_id=%s tries=%d", run_id, LOAD_TRIES);
     *res = ENGINE_ERROR;
     return NULL;
 }
@@ -176,22 +193,24 @@ static cache_run *run_get(engine *e, const char *run_id, bool create,
 static void evict(engine *e, const cache_run *keep)
 {
     size_t max = e->cfg.cache_max_nodes;
-    cache_run *run = cache_lru_first(e->cache);
-    while (max && run && cache_nodes(e->cache) > max) {
-        cache_run *next = run->lru_next;
-        if (run != keep && run->pending == 0) {
-            cache_run_remove(e->cache, run);
-            atomic_fetch_add_explicit(&e->stats.cache_evictions, 1, memory_order_relaxed);
-        }
-        run = next;
+    while (max && cache_nodes(e->cache) > max) {
+        cache_run *run = cache_lru_first(e->cache); /* unpinned runs only */
+        if (!run || run == keep)
+            break; /* keep is the most recent: nothing else may go */
+        cache_run_remove(e->cache, run);
+        atomic_fetch_add_explicit(&e->stats.cache_evictions, 1, memory_order_relaxed);
     }
     publish_cache_size(e);
 }
 
-/* Forgets a run that holds nothing and has nothing queued (a failed first submit, a committed delete). */
-static void run_drop_if_empty(engine *e, cache_run *run)
+/*
+ * Forgets an unpinned run that holds nothing (a failed first submit, a
+ * committed delete) or whose rows may differ from disk (a row of it was
+ * isolated): the file is its truth again.
+ */
+static void run_drop_if_idle(engine *e, cache_run *run)
 {
-    if (run->nodes == 0 && run->pending == 0) {
+    if (run->pending == 0 && (run->nodes == 0 || run->stale)) {
         cache_run_remove(e->cache, run);
         publish_cache_size(e);
     }
@@ -209,7 +228,7 @@ static void enqueue(engine *e, ns_op *op)
 {
     op->seq = ++e->last_seq;
     op->enqueued_ns = model_mono_ns();
-    op->run->pending++;
+    cache_pin(e->cache, op->run);
     queue_push(e->queue, op);
     size_t len = queue_len(e->queue);
     atomic_store_explicit(&e->stats.queue_depth, len, memory_order_relaxed);
@@ -275,7 +294,7 @@ current:
     *out = cur;
     goto done;
 drop:
-    run_drop_if_empty(e, run);
+    run_drop_if_idle(e, run);
 done:
     pthread_mutex_unlock(&e->lock);
     return res;
@@ -395,7 +414,12 @@ static void nap(int64_t ns)
     }
 }
 
-/* store_batch.on_isolated: a row SQLite will never take; counted and logged, then dropped. */
+/*
+ * store_batch.on_isolated (writer thread): a row SQLite will never take.
+ * Counted and logged now; remembered so that, once its batch is released,
+ * the node's run is dropped from the cache (disk is its truth again) and its
+ * seqs are reported as refused instead of durable (mark_refused).
+ */
 static void on_isolated(void *ctx, const ns_row *row, const char *why)
 {
     engine *e = ctx;
@@ -405,6 +429,35 @@ static void on_isolated(void *ctx, const ns_row *row, const char *why)
     logf_(e, NS_LOG_ERROR, "row-isolated",
           "run_id=%s node_id=%s seq=%lld error=%s", row->run_id, row->node_id,
           (long long)row->seq, quoted);
+    if (e->n_isolated < ISOLATED_MAX)
+        e->isolated[e->n_isolated++] = row;
+}
+
+/* Remembers a seq whose update will never be on disk. Lock held. */
+static void refuse(engine *e, int64_t seq)
+{
+    e->refused[e->refused_next++ % REFUSED_RING] = seq;
+}
+
+/*
+ * After a commit that isolated rows: every op of ops[0..n) for an isolated
+ * node (the newest, and the older ones coalesced into it) is refused, and
+ * its run goes stale. Lock held, before release_ops.
+ */
+static void mark_refused(engine *e, const ns_op *ops, size_t n)
+{
+    for (size_t k = 0; k < e->n_isolated; k++) {
+        const ns_row *bad = e->isolated[k];
+        for (size_t i = 0; i < n; i++) {
+            const ns_row *r = ops[i].row;
+            if (r && strcmp(r->node_id, bad->node_id) == 0 &&
+                strcmp(r->run_id, bad->run_id) == 0) {
+                ops[i].run->stale = true;
+                refuse(e, ops[i].seq);
+            }
+        }
+    }
+    e->n_isolated = 0;
 }
 
 /*
@@ -451,14 +504,18 @@ static int commit_ops(engine *e, const ns_op *ops, size_t n)
     atomic_store(&e->store_failing, false);
     ns_stats *s = &e->stats;
     atomic_fetch_add_explicit(&s->batches_written, 1, memory_order_relaxed);
-    atomic_fetch_add_explicit(&s->rows_written, plan.batch.n_rows, memory_order_relaxed);
+    atomic_fetch_add_explicit(&s->rows_written, plan.batch.n_rows - plan.batch.n_isolated,
+                              memory_order_relaxed);
     atomic_fetch_add_explicit(&s->runs_deleted, plan.batch.n_deletes, memory_order_relaxed);
     atomic_fetch_add_explicit(&s->updates_coalesced, plan.coalesced, memory_order_relaxed);
     atomic_fetch_add_explicit(&s->updates_processed, n, memory_order_relaxed);
     stats_observe(&s->commit_seconds, (double)(done - t0) / 1e9);
     stats_observe(&s->batch_updates, (double)n);
+    ns_hist_batch waits = { { 0 }, 0, 0 };
     for (size_t i = 0; i < n; i++)
-        stats_observe(&s->enqueue_to_commit_seconds, (double)(done - ops[i].enqueued_ns) / 1e9);
+        stats_batch_observe(&s->enqueue_to_commit_seconds, &waits,
+                            (double)(done - ops[i].enqueued_ns) / 1e9);
+    stats_batch_add(&s->enqueue_to_commit_seconds, &waits);
     writer_plan_free(&plan);
     return 0;
 }
@@ -467,8 +524,8 @@ static int commit_ops(engine *e, const ns_op *ops, size_t n)
 static void release_ops(engine *e, ns_op *ops, size_t n)
 {
     for (size_t i = 0; i < n; i++) {
-        ops[i].run->pending--;
-        run_drop_if_empty(e, ops[i].run);
+        if (cache_unpin(e->cache, ops[i].run))
+            run_drop_if_idle(e, ops[i].run);
         model_row_unref(ops[i].row);
         free(ops[i].delete_run);
     }
@@ -517,6 +574,7 @@ static void spill_rest(engine *e, size_t n)
 
     pthread_mutex_lock(&e->lock);
     e->unflushed = rc == 0 ? 0 : total;
+    e->spilled = rc == 0 ? total : 0;
     release_ops(e, all, total);
     free(all);
 }
@@ -568,6 +626,7 @@ static void *writer_main(void *arg)
             spill_rest(e, n);
             break;
         }
+        mark_refused(e, e->batch, n);
         release_ops(e, e->batch, n);
         evict(e, NULL); /* runs just written may go now */
         atomic_store(&e->stats.durable_seq, durable);
@@ -612,6 +671,21 @@ static int replay(engine *e, char *err, size_t errlen)
               deletes, logfmt_quote(qpath, sizeof qpath, path));
     }
     return 0;
+}
+
+/* Frees what engine_open built; the writer thread is not running. */
+static void engine_free(engine *e)
+{
+    store_reader_close(e->reader);
+    store_close(e->store);
+    free(e->batch);
+    queue_free(e->queue);
+    cache_free(e->cache);
+    pthread_cond_destroy(&e->wake);
+    pthread_cond_destroy(&e->callback_done);
+    pthread_mutex_destroy(&e->lock);
+    free(e->db_path);
+    free(e);
 }
 
 engine *engine_open(const engine_config *cfg, char *err, size_t errlen)
@@ -662,43 +736,49 @@ engine *engine_open(const engine_config *cfg, char *err, size_t errlen)
     }
     return e;
 err:
-    store_reader_close(e->reader);
-    store_close(e->store);
-    free(e->batch);
-    queue_free(e->queue);
-    cache_free(e->cache);
-    pthread_cond_destroy(&e->wake);
-    pthread_cond_destroy(&e->callback_done);
-    pthread_mutex_destroy(&e->lock);
-    free(e->db_path);
-    free(e);
+    engine_free(e);
     return NULL;
 }
 
-size_t engine_close(engine *e)
+/*
+ * The shutdown budget starts at engine_drain (or here without it) and is
+ * shutdown_timeout long in all; the writer stops retrying a failing commit
+ * SPILL_RESERVE before its end (at most a quarter of it), leaving that time
+ * to write the sidecar, so the whole shutdown fits what a supervisor such as
+ * Docker allows before it kills the process.
+ */
+size_t engine_close_counted(engine *e, engine_closing *report)
 {
     if (!e)
         return 0;
+    int64_t now = model_mono_ns();
+    int64_t budget = (int64_t)(e->cfg.shutdown_timeout * 1e9);
+    int64_t reserve = budget / 4 < SPILL_RESERVE_NS ? budget / 4 : SPILL_RESERVE_NS;
     pthread_mutex_lock(&e->lock);
+    if (!e->drain_started_ns) {
+        e->drain_started_ns = now;
+        e->drain_processed = atomic_load(&e->stats.updates_processed);
+    }
     e->stopping = true;
-    e->drain_deadline_ns = model_mono_ns() + (int64_t)(e->cfg.shutdown_timeout * 1e9);
+    e->drain_deadline_ns = e->drain_started_ns + budget - reserve;
     pthread_cond_signal(&e->wake);
     pthread_mutex_unlock(&e->lock);
     pthread_join(e->writer, NULL);
     size_t unflushed = e->unflushed;
     if (unflushed)
         logf_(e, NS_LOG_ERROR, "flush-incomplete", "unflushed=%zu", unflushed);
-    store_reader_close(e->reader);
-    store_close(e->store);
-    free(e->batch);
-    queue_free(e->queue);
-    cache_free(e->cache);
-    pthread_cond_destroy(&e->wake);
-    pthread_cond_destroy(&e->callback_done);
-    pthread_mutex_destroy(&e->lock);
-    free(e->db_path);
-    free(e);
+    if (report) {
+        report->flushed = atomic_load(&e->stats.updates_processed) - e->drain_processed;
+        report->spilled = e->spilled;
+        report->lost = unflushed;
+    }
+    engine_free(e);
     return unflushed;
+}
+
+size_t engine_close(engine *e)
+{
+    return engine_close_counted(e, NULL);
 }
 
 /* ---- state for the API ---- */
@@ -722,7 +802,8 @@ void engine_on_durable(engine *e, void (*fn)(void *ctx, int64_t durable_seq),
 void engine_flush_soon(engine *e)
 {
     pthread_mutex_lock(&e->lock);
-    e->flush_until = e->last_seq;
+    if (e->flush_until < e->last_seq)
+        e->flush_until = e->last_seq;
     pthread_cond_signal(&e->wake);
     pthread_mutex_unlock(&e->lock);
 }
@@ -730,6 +811,26 @@ void engine_flush_soon(engine *e)
 void engine_drain(engine *e)
 {
     atomic_store(&e->draining, true);
+    pthread_mutex_lock(&e->lock);
+    if (!e->drain_started_ns) {
+        e->drain_started_ns = model_mono_ns();
+        e->drain_processed = atomic_load(&e->stats.updates_processed);
+    }
+    /* Shutting down: what is queued from now on is written at once, not after batch_interval. */
+    e->flush_until = INT64_MAX;
+    pthread_cond_signal(&e->wake);
+    pthread_mutex_unlock(&e->lock);
+}
+
+bool engine_refused(engine *e, int64_t seq)
+{
+    bool found = false;
+    pthread_mutex_lock(&e->lock);
+    size_t n = e->refused_next < REFUSED_RING ? e->refused_next : REFUSED_RING;
+    for (size_t i = 0; i < n && !found; i++)
+        found = e->refused[i] == seq;
+    pthread_mutex_unlock(&e->lock);
+    return found;
 }
 
 bool engine_alive(engine *e)

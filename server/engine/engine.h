@@ -76,13 +76,24 @@ typedef struct engine_summary {
  */
 engine *engine_open(const engine_config *cfg, char *err, size_t errlen);
 /*
- * Lets the writer flush the queue for at most shutdown_timeout seconds, stops
- * it and frees everything. What the database would not take by then (say, it
- * stayed locked) is written to the sidecar next to it, which the next
- * engine_open replays. Returns the number of queued entries that reached
- * neither (0 when all are on disk or in the sidecar).
+ * Lets the writer flush the queue, stops it and frees everything. The
+ * flush ends shutdown_timeout seconds after engine_drain was called (or
+ * after this call, without it), less a moment kept for what follows: what
+ * the database would not take by then (say, it stayed locked) is written to
+ * the sidecar next to it, which the next engine_open replays. Returns the
+ * number of queued entries that reached neither (0 when all are on disk or
+ * in the sidecar).
  */
 size_t engine_close(engine *e);
+
+/* What a shutdown did with the queue. */
+typedef struct engine_closing {
+    uint64_t flushed;   /* queued updates committed since engine_drain */
+    size_t spilled;     /* written to the sidecar instead */
+    size_t lost;        /* neither (the return value) */
+} engine_closing;
+/* engine_close, also telling what became of the queue (report may be NULL). */
+size_t engine_close_counted(engine *e, engine_closing *report);
 
 /*
  * Applies one update to (run_id, node_id); ids must already be valid. On
@@ -123,10 +134,21 @@ int64_t engine_durable_seq(engine *e);
  */
 void engine_on_durable(engine *e, void (*fn)(void *ctx, int64_t durable_seq),
                        void *ctx);
+/*
+ * Whether the update with this seq was refused by SQLite for good (an
+ * isolated row, or an older update of its node coalesced into one): it
+ * will never be on disk although durable_seq has passed it. Remembers the
+ * last few hundred such seqs.
+ */
+bool engine_refused(engine *e, int64_t seq);
 /* Asks the writer to commit what is queued now instead of after batch_interval. */
 void engine_flush_soon(engine *e);
 
-/* From now on /readyz says the service is draining for shutdown; writes still work. */
+/*
+ * From now on /readyz says the service is draining for shutdown; writes
+ * still work, and the writer commits them at once instead of after
+ * batch_interval. The shutdown budget (shutdown_timeout) starts now.
+ */
 void engine_drain(engine *e);
 /* Liveness: the writer thread is running. */
 bool engine_alive(engine *e);

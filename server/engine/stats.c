@@ -41,16 +41,42 @@ void stats_init(ns_stats *s, uint64_t queue_capacity)
                sizeof latency_bounds / sizeof *latency_bounds);
 }
 
-void stats_observe(ns_hist *h, double value)
+/* The bucket of value: the first whose upper bound is >= value, else +Inf. */
+static size_t bucket(const ns_hist *h, double value)
 {
     size_t i = 0;
     while (i < h->n_bounds && value > h->bounds[i])
         i++;
-    atomic_fetch_add_explicit(&h->counts[i], 1, memory_order_relaxed);
-    if (value > 0)
-        atomic_fetch_add_explicit(&h->sum_micro, (uint64_t)(value * 1e6 + 0.5),
-                                  memory_order_relaxed);
+    return i;
+}
+
+static uint64_t micro(double value)
+{
+    return value > 0 ? (uint64_t)(value * 1e6 + 0.5) : 0;
+}
+
+void stats_observe(ns_hist *h, double value)
+{
+    atomic_fetch_add_explicit(&h->counts[bucket(h, value)], 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(&h->sum_micro, micro(value), memory_order_relaxed);
     atomic_fetch_add_explicit(&h->count, 1, memory_order_relaxed);
+}
+
+void stats_batch_observe(const ns_hist *h, ns_hist_batch *b, double value)
+{
+    b->counts[bucket(h, value)]++;
+    if (value > 0)
+        b->sum += value;
+    b->count++;
+}
+
+void stats_batch_add(ns_hist *h, const ns_hist_batch *b)
+{
+    for (size_t i = 0; i <= h->n_bounds; i++)
+        if (b->counts[i])
+            atomic_fetch_add_explicit(&h->counts[i], b->counts[i], memory_order_relaxed);
+    atomic_fetch_add_explicit(&h->sum_micro, micro(b->sum), memory_order_relaxed);
+    atomic_fetch_add_explicit(&h->count, b->count, memory_order_relaxed);
 }
 
 void stats_count_http(ns_stats *s, int status)

@@ -68,6 +68,19 @@ typedef struct ns_stats {
 /* Zeroes s and sets up the histogram buckets. */
 void stats_init(ns_stats *s, uint64_t queue_capacity);
 void stats_observe(ns_hist *h, double value);
+
+/*
+ * Observations gathered privately (one thread, no atomics) and added to a
+ * histogram at once, with one atomic add per bucket instead of three per
+ * observation: the writer times every update of a batch this way.
+ */
+typedef struct ns_hist_batch {
+    uint64_t counts[NS_HIST_MAX_BUCKETS + 1];
+    double sum;
+    uint64_t count;
+} ns_hist_batch;
+void stats_batch_observe(const ns_hist *h, ns_hist_batch *b, double value);
+void stats_batch_add(ns_hist *h, const ns_hist_batch *b);
 /* Counts one HTTP answer with this status code (ignored outside 100..599). */
 void stats_count_http(ns_stats *s, int status);
 /* Name of a reject reason as it appears in /stats ("stale"). */

@@ -141,6 +141,14 @@ static const char store_set_seq_sql[] =
 static const char store_get_seq_sql[] =
     "SELECT value FROM nodestate_meta WHERE key = 'last_seq'";
 
+static const char store_meta_get_sql[] =
+    "SELECT value FROM nodestate_meta WHERE key = ?1";
+
+/* A plain replace: the caller's keys need not only grow. */
+static const char store_meta_set_sql[] =
+    "INSERT INTO nodestate_meta (key, value) VALUES (?1, ?2)"
+    " ON CONFLICT (key) DO UPDATE SET value = excluded.value";
+
 static const char store_select_run_sql[] =
     "SELECT " STORE_COLUMNS " FROM run_node_state WHERE run_id = ?1"
     " ORDER BY node_id";
@@ -348,6 +356,8 @@ struct store {
     sqlite3_stmt *upsert;       /* one row of run_node_state */
     sqlite3_stmt *delete_run;   /* every row of one run */
     sqlite3_stmt *set_seq;      /* nodestate_meta 'last_seq' */
+    sqlite3_stmt *meta_get;     /* any nodestate_meta key */
+    sqlite3_stmt *meta_set;
     sqlite3_stmt *begin;        /* BEGIN IMMEDIATE */
     sqlite3_stmt *commit;
     sqlite3_stmt *rollback;
@@ -496,6 +506,195 @@ static const char *const store_text_cols[] = {
 };
 #define STORE_N_TEXT_COLS (sizeof store_text_cols / sizeof store_text_cols[0])
 
+/* The timestamp columns, every one of them present once columns are added. */
+static const char *const store_ts_cols[] = {
+    "scheduled_at", "started_at", "completed_at", "failed_at",
+    "suspended_at", "updated_at",
+};
+#define STORE_N_TS_COLS (sizeof store_ts_cols / sizeof store_ts_cols[0])
+
+/*
+ * Room for the value checks and rewrites of one column (our own column
+ * names only, so they always fit), and for the message of a refusal.
+ */
+#define STORE_MIGRATE_SQL_MAX 1024
+#define STORE_MIGRATE_MSG_MAX 512
+
+/*
+ * Migration's timestamp conversion, as SQL on one column:
+ * first nodestate_ts, i.e. exactly what the reader accepts (any RFC 3339,
+ * truncated to the ms like the reader does), then SQLite's own date forms
+ * ("2026-11-26 16:27:29", taken as UTC as SQLite writes them), rounded to
+ * the ms by strftime. The GLOB keeps SQLite from reading bare numbers (a
+ * julian day), 'now' or a time without a date as a date. NULL: none fits.
+ * The column name goes in three times.
+ */
+#define STORE_TS_CONVERT_SQL                                                \
+    "coalesce(nodestate_ts(%s), CASE WHEN %s GLOB"                          \
+    " '[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]*'"                        \
+    " THEN strftime('%%Y-%%m-%%dT%%H:%%M:%%fZ', %s) END)"
+
+/*
+ * nodestate_ts(x): x in our stored form when model_ts_parse reads it, else
+ * NULL. Registered on the write connection only while migrating.
+ */
+static void store_sql_ts(sqlite3_context *ctx, int argc, sqlite3_value **argv)
+{
+    const unsigned char *text;
+    char buf[NS_TS_BUF];
+    int64_t ms;
+
+    if (sqlite3_value_type(argv[0]) == SQLITE_NULL) {
+        sqlite3_result_null(ctx);
+        return;
+    }
+    text = sqlite3_value_text(argv[0]);
+    if (text == NULL) {
+        sqlite3_result_error_nomem(ctx);
+        return;
+    }
+    if (model_ts_parse((const char *)text, &ms) != 0) {
+        sqlite3_result_null(ctx);
+        return;
+    }
+    model_ts_format(ms, buf);
+    sqlite3_result_text(ctx, buf, -1, SQLITE_TRANSIENT);
+}
+
+/*
+ * Runs sql, which selects quote(value), quote(run_id), quote(node_id) of
+ * the first offending row, if any. Returns 0 for none, 1 with msg saying
+ * "run_node_state.<col> holds <value> (<key>), <why>", or -1 on a SQLite
+ * error (the connection's message tells it).
+ */
+static int store_migrate_find_bad(sqlite3 *db, const char *sql,
+                                  const char *col, const char *why,
+                                  char *msg, size_t msglen)
+{
+    sqlite3_stmt *st = NULL;
+    const unsigned char *v[3];
+    int ret = -1;
+    int rc;
+
+    if (sqlite3_prepare_v2(db, sql, -1, &st, NULL) != SQLITE_OK)
+        goto out;
+    rc = sqlite3_step(st);
+    if (rc == SQLITE_DONE) {
+        ret = 0;
+        goto out;
+    }
+    if (rc != SQLITE_ROW)
+        goto out;
+    for (int i = 0; i < 3; i++)
+        if ((v[i] = sqlite3_column_text(st, i)) == NULL)
+            goto out;       /* quote() never gives NULL: out of memory */
+    snprintf(msg, msglen,
+             "cannot migrate schema version 0: run_node_state.%s holds %.48s"
+             " (run_id %.48s, node_id %.48s), %s; fix or remove such rows"
+             " first", col, (const char *)v[0], (const char *)v[1],
+             (const char *)v[2], why);
+    ret = 1;
+
+out:
+    sqlite3_finalize(st);
+    return ret;
+}
+
+/*
+ * The values of a version-0 table, checked and converted so that every row
+ * migrated reads back: statuses must be ours, timestamps are rewritten to
+ * our RFC 3339 UTC millisecond form, updated_at must be there. Declared
+ * types alone cannot promise this (a TEXT column may hold SQLite's
+ * "2026-11-26 16:27:29"). Runs inside the migration's transaction, so a
+ * refusal leaves the file as it was. Returns 0 or -1 with err set.
+ */
+static int store_migrate_values(sqlite3 *db, char *err, size_t errlen,
+                                const char *path)
+{
+    char sql[STORE_MIGRATE_SQL_MAX];
+    char msg[STORE_MIGRATE_MSG_MAX];
+    size_t used;
+    bool registered = false;
+    int bad;
+    int ret = -1;
+
+    if (sqlite3_create_function_v2(db, "nodestate_ts", 1,
+                                   SQLITE_UTF8 | SQLITE_DETERMINISTIC
+                                       | SQLITE_DIRECTONLY,
+                                   NULL, store_sql_ts, NULL, NULL, NULL)
+        != SQLITE_OK) {
+        store_set_db_err(err, errlen, path, db,
+                         "migrating schema version 0: registering a function");
+        goto out;
+    }
+    registered = true;
+
+    used = (size_t)snprintf(sql, sizeof sql,
+                            "SELECT quote(status), quote(run_id),"
+                            " quote(node_id) FROM run_node_state WHERE"
+                            " status IS NULL OR CAST(status AS TEXT)"
+                            " NOT IN (");
+    for (int i = 0; i < NS_STATUS_COUNT && used < sizeof sql; i++)
+        used += (size_t)snprintf(sql + used, sizeof sql - used, "%s'%s'",
+                                 i > 0 ? ", " : "",
+                                 model_status_name((ns_status)i));
+    if (used < sizeof sql)
+        snprintf(sql + used, sizeof sql - used, ") LIMIT 1");
+    bad = store_migrate_find_bad(db, sql, "status", "not a known status",
+                                 msg, sizeof msg);
+    if (bad != 0)
+        goto refused;
+
+    for (size_t i = 0; i < STORE_N_TS_COLS; i++) {
+        const char *col = store_ts_cols[i];
+        /* The reader needs updated_at; the other timestamps may be NULL. */
+        bool required = strcmp(col, "updated_at") == 0;
+
+        snprintf(sql, sizeof sql,
+                 "SELECT quote(%s), quote(run_id), quote(node_id) FROM"
+                 " run_node_state WHERE %s %s " STORE_TS_CONVERT_SQL
+                 " IS NULL LIMIT 1", col, required ? "" : col,
+                 required ? "" : "IS NOT NULL AND", col, col, col);
+        bad = store_migrate_find_bad(db, sql, col,
+                                     "not a timestamp it can convert", msg,
+                                     sizeof msg);
+        if (bad != 0)
+            goto refused;
+        snprintf(sql, sizeof sql,
+                 "UPDATE run_node_state SET %s = " STORE_TS_CONVERT_SQL
+                 " WHERE %s IS NOT " STORE_TS_CONVERT_SQL, col, col, col, col,
+                 col, col, col, col);
+        if (store_exec(db, sql) != SQLITE_OK) {
+            store_set_db_err(err, errlen, path, db,
+                             "migrating schema version 0: converting "
+                             "timestamps");
+            goto out;
+        }
+    }
+    ret = 0;
+    goto out;
+
+refused:
+    if (bad < 0)
+        store_set_db_err(err, errlen, path, db,
+                         "migrating schema version 0: checking values");
+    else
+        store_set_err(err, errlen, path, msg);
+
+out:
+    /* Only this migration may use it; nothing else depends on it. */
+    if (registered
+        && sqlite3_create_function_v2(db, "nodestate_ts", 1, SQLITE_UTF8,
+                                      NULL, NULL, NULL, NULL, NULL)
+               != SQLITE_OK
+        && ret == 0) {
+        store_set_db_err(err, errlen, path, db,
+                         "migrating schema version 0: removing a function");
+        ret = -1;
+    }
+    return ret;
+}
+
 /*
  * Whether a declared column type has TEXT affinity, by SQLite's own rules
  * (datatype3.html §3.1): "INT" anywhere wins, then CHAR, CLOB or TEXT.
@@ -625,6 +824,8 @@ static int store_migrate_v0(sqlite3 *db, char *err, size_t errlen,
             return -1;
         }
     }
+    if (store_migrate_values(db, err, errlen, path) != 0)
+        return -1;
     if (store_exec(db, store_schema_sql) != SQLITE_OK
         || store_exec(db,
                       "INSERT INTO nodestate_meta (key, value)"
@@ -775,6 +976,10 @@ store *store_open(const char *path, bool sync_full, char *err, size_t errlen)
                          errlen, path)
         || store_prepare(s->db, store_set_seq_sql, &s->set_seq, err, errlen,
                          path)
+        || store_prepare(s->db, store_meta_get_sql, &s->meta_get, err,
+                         errlen, path)
+        || store_prepare(s->db, store_meta_set_sql, &s->meta_set, err,
+                         errlen, path)
         || store_prepare(s->db, "BEGIN IMMEDIATE", &s->begin, err, errlen,
                          path)
         || store_prepare(s->db, "COMMIT", &s->commit, err, errlen, path)
@@ -794,6 +999,8 @@ void store_close(store *s)
     sqlite3_finalize(s->upsert);
     sqlite3_finalize(s->delete_run);
     sqlite3_finalize(s->set_seq);
+    sqlite3_finalize(s->meta_get);
+    sqlite3_finalize(s->meta_set);
     sqlite3_finalize(s->begin);
     sqlite3_finalize(s->commit);
     sqlite3_finalize(s->rollback);
@@ -1056,6 +1263,73 @@ int store_write(store *s, store_batch *b)
 err:
     store_rollback(s->db);
     return -1;
+}
+
+/* ---- nodestate_meta, for the caller's own counters ---- */
+
+int store_meta_get(store *s, const char *key, int64_t *value)
+{
+    int ret = -1;
+    int rc;
+
+    if (key == NULL || value == NULL) {
+        snprintf(s->errmsg, sizeof s->errmsg, "meta get: no key given");
+        return -1;
+    }
+    if (sqlite3_bind_text(s->meta_get, 1, key, -1, SQLITE_STATIC)
+        != SQLITE_OK) {
+        store_fail(s, "meta get");
+        goto out;
+    }
+    rc = sqlite3_step(s->meta_get);
+    if (rc == SQLITE_DONE) {
+        ret = 1;
+    } else if (rc != SQLITE_ROW) {
+        store_fail(s, "meta get");
+    } else if (sqlite3_column_type(s->meta_get, 0) != SQLITE_INTEGER) {
+        /* Not ours to guess at: 0 for a NULL would restart a counter. */
+        snprintf(s->errmsg, sizeof s->errmsg,
+                 "meta get: nodestate_meta '%.64s' is not an integer", key);
+    } else {
+        *value = sqlite3_column_int64(s->meta_get, 0);
+        ret = 0;
+    }
+
+out:
+    sqlite3_reset(s->meta_get);
+    sqlite3_clear_bindings(s->meta_get);
+    return ret;
+}
+
+int store_meta_set(store *s, const char *key, int64_t value)
+{
+    if (key == NULL) {
+        snprintf(s->errmsg, sizeof s->errmsg, "meta set: no key given");
+        return -1;
+    }
+    /* store_write keeps last_seq with max() and caches it in s->last_seq. */
+    if (strcmp(key, "last_seq") == 0) {
+        snprintf(s->errmsg, sizeof s->errmsg,
+                 "meta set: 'last_seq' is written by store_write only");
+        return -1;
+    }
+    /*
+     * Outside BEGIN, the one statement is its own transaction: committed
+     * (with the file's synchronous setting) when the step returns DONE.
+     */
+    if (sqlite3_bind_text(s->meta_set, 1, key, -1, SQLITE_STATIC)
+            != SQLITE_OK
+        || sqlite3_bind_int64(s->meta_set, 2, value) != SQLITE_OK) {
+        store_fail(s, "meta set");
+        sqlite3_clear_bindings(s->meta_set);
+        return -1;
+    }
+    if (store_step_once(s->meta_set) != SQLITE_DONE) {
+        store_fail(s, "meta set");
+        return -1;
+    }
+    s->errmsg[0] = '\0';
+    return 0;
 }
 
 /* ---- the sidecar: spill at shutdown, replay at the next start ---- */
@@ -1406,7 +1680,7 @@ static int store_column_text(sqlite3_stmt *st, int col, const char **out)
     return *out != NULL ? 0 : -1;
 }
 
-/* A nullable timestamp column. -1 for text that is not RFC 3339. */
+/* A nullable timestamp column: 0, 1 for text that is not RFC 3339, -1 OOM. */
 static int store_column_ts(sqlite3_stmt *st, int col, int64_t *out)
 {
     const char *text;
@@ -1417,30 +1691,33 @@ static int store_column_ts(sqlite3_stmt *st, int col, int64_t *out)
         *out = NS_TS_NULL;
         return 0;
     }
-    return model_ts_parse(text, out);
+    return model_ts_parse(text, out) == 0 ? 0 : 1;
 }
 
 /*
  * Fills a draft from the current result row. Its strings borrow from the
  * statement and stay valid until the next step or reset. A row we did not
  * write (unknown status, bad timestamp) is refused rather than guessed at.
+ * Returns 0, 1 for such an unreadable row, or -1 when SQLite could not
+ * produce a value (out of memory), which says nothing about the row.
  */
 static int store_row_draft(sqlite3_stmt *st, const char *run_id, ns_row *d)
 {
     const char *status;
+    int rc;
 
     memset(d, 0, sizeof *d);
     d->run_id = run_id;
     if (store_column_text(st, COL_NODE_ID, &d->node_id) != 0
-        || d->node_id == NULL)
+        || store_column_text(st, COL_STATUS, &status) != 0)
         return -1;
-    if (store_column_text(st, COL_STATUS, &status) != 0 || status == NULL
+    if (d->node_id == NULL || status == NULL
         || model_status_parse(status, &d->status) != 0)
-        return -1;
+        return 1;
     d->attempt = sqlite3_column_int64(st, COL_ATTEMPT);
     for (int f = 0; f < NS_TS_COUNT; f++)
-        if (store_column_ts(st, COL_TS_FIRST + f, &d->ts[f]) != 0)
-            return -1;
+        if ((rc = store_column_ts(st, COL_TS_FIRST + f, &d->ts[f])) != 0)
+            return rc;
     if (store_column_text(st, COL_LAST_ERROR, &d->last_error) != 0)
         return -1;
     d->retryable = sqlite3_column_int64(st, COL_RETRYABLE) != 0;
@@ -1449,9 +1726,10 @@ static int store_row_draft(sqlite3_stmt *st, const char *run_id, ns_row *d)
         || store_column_text(st, COL_RESUME_STATE, &d->resume_state) != 0
         || store_column_text(st, COL_OUTPUTS, &d->outputs) != 0)
         return -1;
-    if (store_column_ts(st, COL_UPDATED_AT, &d->updated_at) != 0
-        || d->updated_at == NS_TS_NULL)
-        return -1;
+    if ((rc = store_column_ts(st, COL_UPDATED_AT, &d->updated_at)) != 0)
+        return rc;
+    if (d->updated_at == NS_TS_NULL)
+        return 1;
     d->seq = sqlite3_column_int64(st, COL_SEQ);
     return 0;
 }
@@ -1461,12 +1739,16 @@ static int store_row_draft(sqlite3_stmt *st, const char *run_id, ns_row *d)
  * statement), so fn must not call back into this reader.
  */
 int store_reader_load_run(store_reader *r, const char *run_id,
-                          int (*fn)(void *ctx, ns_row *row), void *ctx)
+                          int (*fn)(void *ctx, ns_row *row), void *ctx,
+                          size_t *skipped)
 {
     sqlite3_stmt *st = r->select_run;
+    size_t n_skipped = 0;
     int ret = -1;
     int rc;
 
+    if (skipped != NULL)
+        *skipped = 0;
     if (run_id == NULL || fn == NULL)
         return -1;
     pthread_mutex_lock(&r->lock);
@@ -1475,9 +1757,19 @@ int store_reader_load_run(store_reader *r, const char *run_id,
     while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
         ns_row draft;
         ns_row *row;
+        int drc = store_row_draft(st, run_id, &draft);
 
-        if (store_row_draft(st, run_id, &draft) != 0)
+        if (drc < 0)
             goto out;
+        /*
+         * One bad row must not make the whole run unloadable forever (every
+         * request for it would fail, and nothing could repair it): leave it
+         * out and let the caller report it.
+         */
+        if (drc > 0) {
+            n_skipped++;
+            continue;
+        }
         row = model_row_copy(&draft);
         if (row == NULL)
             goto out;
@@ -1493,5 +1785,7 @@ out:
     sqlite3_reset(st);
     sqlite3_clear_bindings(st);
     pthread_mutex_unlock(&r->lock);
+    if (skipped != NULL)
+        *skipped = n_skipped;
     return ret;
 }

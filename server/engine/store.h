@@ -23,7 +23,16 @@
  *                  updated_at, seq), PRIMARY KEY (run_id, node_id),
  *                  index on (run_id, status); timestamps are RFC 3339 text.
  *   nodestate_meta(key PRIMARY KEY, value): 'last_seq' survives deleted runs,
- *                  so seq keeps growing across restarts.
+ *                  so seq keeps growing across restarts; other keys are the
+ *                  caller's (store_meta_get / store_meta_set).
+ *
+ * A version-0 file (the original design's table, no user_version) is
+ * migrated in one transaction at store_open: missing columns are added and
+ * every timestamp is rewritten to our RFC 3339 UTC millisecond form, from
+ * RFC 3339 or from SQLite's own date forms ("2026-11-26 16:27:29", UTC). The
+ * migration is refused, leaving the file untouched, when a status is NULL or
+ * unknown, updated_at is NULL, or a timestamp cannot be converted; the
+ * message names the column and shows a value.
  */
 #ifndef NODESTATE_STORE_H
 #define NODESTATE_STORE_H
@@ -89,16 +98,37 @@ int store_replay(store *s, size_t *rows, size_t *deletes, char *err,
 /* SQLite's message for the last failure of s. */
 const char *store_errmsg(const store *s);
 
+/*
+ * An integer in nodestate_meta, read on the write connection (writer thread,
+ * or before it starts). Returns 0 with *value set when key is there, 1 when
+ * it is absent, -1 on a SQLite error or a stored value that is not an
+ * integer (store_errmsg tells which).
+ */
+int store_meta_get(store *s, const char *key, int64_t *value);
+/*
+ * Sets key to value (replacing, not max()) in a transaction of its own, so
+ * call it outside store_write and only from the writer thread or before it
+ * starts. 'last_seq' is store_write's own and is refused. Returns 0 once
+ * committed, -1 with store_errmsg set (nothing changed).
+ */
+int store_meta_set(store *s, const char *key, int64_t value);
+
 /* Opens a read-only connection to a file that store_open has set up. */
 store_reader *store_reader_open(const char *path, char *err, size_t errlen);
 void store_reader_close(store_reader *r);
 /*
- * Calls fn once for every stored row of run_id, in node_id order. Each row
- * is packed with one reference that fn takes over. fn returns 0 to go on or
- * -1 to stop. Returns 0 when every row was delivered, -1 on a SQLite error or
- * when fn stopped.
+ * Calls fn once for every readable stored row of run_id, in node_id order.
+ * Each row is packed with one reference that fn takes over. fn returns 0 to
+ * go on or -1 to stop. A row this build cannot read (unknown status, NULL
+ * node_id or updated_at, a timestamp that is not RFC 3339) is skipped rather
+ * than failing the run forever: the others still load, and writing that
+ * node (or deleting the run) through the API replaces the bad row.
+ * *skipped (if not NULL) is set to how many rows were skipped, also when -1
+ * is returned, so the caller can log them. Returns 0 when every readable row
+ * was delivered, -1 on a SQLite error, out of memory, or when fn stopped.
  */
 int store_reader_load_run(store_reader *r, const char *run_id,
-                          int (*fn)(void *ctx, ns_row *row), void *ctx);
+                          int (*fn)(void *ctx, ns_row *row), void *ctx,
+                          size_t *skipped);
 
 #endif

@@ -1,0 +1,68 @@
+#include "it_assert.h"
+
+#include <criterion/criterion.h>
+#include <sqlite3.h>
+
+/* How long it_lock_db waits for the server to let go of the file. */
+#define IT_LOCK_BUSY_MS 5000
+
+sqlite3 *it_lock_db(ns_server *s)
+{
+    sqlite3 *db = NULL;
+    cr_assert_eq(sqlite3_open_v2(ns_db_path(s), &db, SQLITE_OPEN_READWRITE, NULL),
+                 SQLITE_OK, "open %s", ns_db_path(s));
+    cr_assert_eq(sqlite3_busy_timeout(db, IT_LOCK_BUSY_MS), SQLITE_OK);
+    char *err = NULL;
+    int rc = sqlite3_exec(db, "BEGIN EXCLUSIVE", NULL, NULL, &err);
+    cr_assert_eq(rc, SQLITE_OK, "BEGIN EXCLUSIVE: %s", err ? err : "");
+    return db;
+}
+
+void it_unlock_db(sqlite3 *db)
+{
+    char *err = NULL;
+    cr_assert_eq(sqlite3_exec(db, "ROLLBACK", NULL, NULL, &err), SQLITE_OK,
+                 "ROLLBACK: %s", err ? err : "");
+    cr_assert_eq(sqlite3_close(db), SQLITE_OK);
+}
+
+json_t *it_get_json(ns_server *s, const char *path, long want)
+{
+    ns_resp r = { 0 };
+    cr_assert_eq(ns_req(s, "GET", path, NULL, NULL, &r), 0, "GET %s: %s", path, r.error);
+    cr_assert_eq(r.status, want, "GET %s: %ld %s, want %ld", path, r.status, r.body, want);
+    json_t *doc = ns_resp_json(&r);
+    cr_assert(json_is_object(doc), "GET %s: %s", path, r.body);
+    ns_resp_free(&r);
+    return doc;
+}
+
+json_t *it_post_json(ns_server *s, const char *run, const char *node,
+                     const char *query, const char *json, long want)
+{
+    ns_resp r = { 0 };
+    cr_assert_eq(ns_post_state(s, run, node, query, json, &r), 0, "POST: %s", r.error);
+    cr_assert_eq(r.status, want, "POST %s/%s%s %s: %ld %s, want %ld", run, node,
+                 query ? query : "", json, r.status, r.body, want);
+    json_t *doc = ns_resp_json(&r);
+    cr_assert(json_is_object(doc), "%s", r.body);
+    ns_resp_free(&r);
+    return doc;
+}
+
+void it_post(ns_server *s, const char *run, const char *node, const char *query,
+             const char *json, long want)
+{
+    ns_resp r = { 0 };
+    cr_assert_eq(ns_post_state(s, run, node, query, json, &r), 0, "POST: %s", r.error);
+    cr_assert_eq(r.status, want, "POST %s/%s%s %s: %ld %s, want %ld", run, node,
+                 query ? query : "", json, r.status, r.body, want);
+    ns_resp_free(&r);
+}
+
+long long it_jint(const json_t *o, const char *key)
+{
+    long long v = 0;
+    cr_assert_eq(ns_jint(o, key, &v), 0, "member %s is not an integer", key);
+    return v;
+}

@@ -1,0 +1,54 @@
+/*
+ * it_assert: helpers the integration tests (tests/it_*.c) share that assert
+ * with Criterion. They live apart from the harness because the harness
+ * promises never to assert (its functions may run on any thread); these end
+ * the test on failure, so call them only from a test's main thread.
+ *
+ * A failure reports this file's line, and the message names what failed
+ * (method, path, member, status and body) so the calling test can be found.
+ */
+#ifndef NODESTATE_IT_ASSERT_H
+#define NODESTATE_IT_ASSERT_H
+
+#include <jansson.h>
+
+#include "harness.h"
+
+/* The same declaration as sqlite3.h's, so callers need not include it. */
+typedef struct sqlite3 sqlite3;
+
+/* ---- the SQLite file's write lock -------------------------------------- */
+
+/*
+ * Opens the server's database for writing and takes its write lock
+ * (BEGIN EXCLUSIVE, waiting up to 5 s for it), as another process would.
+ * Asserts every step; returns the connection holding the lock.
+ */
+sqlite3 *it_lock_db(ns_server *s);
+/* Rolls back the lock holder's transaction and closes it; asserts both. */
+void it_unlock_db(sqlite3 *db);
+
+/* ---- HTTP with JSON answers -------------------------------------------- */
+
+/*
+ * GET path on s's client; asserts the request was answered with status want
+ * and a JSON object body. Returns that object (json_decref it).
+ */
+json_t *it_get_json(ns_server *s, const char *path, long want);
+/*
+ * POST /runs/{run}/nodes/{node}/state{query} (query may be NULL) with body
+ * json; asserts status want and a JSON object body. Returns that object
+ * (json_decref it).
+ */
+json_t *it_post_json(ns_server *s, const char *run, const char *node,
+                     const char *query, const char *json, long want);
+/* The same POST asserting only the status; the body is dropped. */
+void it_post(ns_server *s, const char *run, const char *node, const char *query,
+             const char *json, long want);
+
+/* ---- JSON members ------------------------------------------------------ */
+
+/* Member key of o as an integer; asserts it is present and an integer. */
+long long it_jint(const json_t *o, const char *key);
+
+#endif
