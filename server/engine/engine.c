@@ -24,6 +24,9 @@
 #define BACKOFF_CAP_NS 1000000000ll   /* 1 s, DESIGN.md §4 */
 /* How often one load of a run is retried when runs are removed meanwhile. */
 #define LOAD_TRIES 8
+/* nodestate_meta keys of seq_start. */
+#define META_RUNNING "running"
+#define META_SEQ_SLACK "seq_slack"
 /* Time kept at the end of the shutdown budget for writing the sidecar. */
 #define SPILL_RESERVE_NS 1000000000ll /* 1 s */
 /* Replaying a sidecar at start is tried this often, BACKOFF_FIRST_NS doubling between tries (~5 s). */
@@ -673,6 +676,37 @@ static int replay(engine *e, char *err, size_t errlen)
     return 0;
 }
 
+/*
+ * Where seq resumes. A process that died (SIGKILL, a crash) may have handed
+ * out seqs it never committed, as ETags of accepted updates; a new process
+ * must not hand them out again. At most queue_capacity + batch_size seqs are
+ * ever ahead of the last commit, so a start after an unclean stop skips that
+ * many (the slack the dead process recorded). "running" marks a process that
+ * has not yet stopped cleanly. Before the writer starts.
+ */
+static int seq_start(engine *e, char *err, size_t errlen)
+{
+    int64_t running = 0, slack = 0;
+    e->last_seq = store_last_seq(e->store);
+    if (store_meta_get(e->store, META_RUNNING, &running) < 0 ||
+        store_meta_get(e->store, META_SEQ_SLACK, &slack) < 0)
+        goto err;
+    if (running == 1 && slack > 0) {
+        logf_(e, NS_LOG_WARN, "unclean-stop", "seq_skipped=%lld last_seq=%lld",
+              (long long)slack, (long long)e->last_seq);
+        e->last_seq += slack;
+    }
+    if (store_meta_set(e->store, META_SEQ_SLACK,
+                       (int64_t)(e->cfg.queue_capacity + e->cfg.batch_size)) != 0 ||
+        store_meta_set(e->store, META_RUNNING, 1) != 0)
+        goto err;
+    return 0;
+err:
+    snprintf(err, errlen, "cannot record the start in %s: %s", e->db_path,
+             store_errmsg(e->store));
+    return -1;
+}
+
 /* Frees what engine_open built; the writer thread is not running. */
 static void engine_free(engine *e)
 {
@@ -725,7 +759,8 @@ engine *engine_open(const engine_config *cfg, char *err, size_t errlen)
     e->reader = store_reader_open(e->db_path, err, errlen);
     if (!e->reader)
         goto err;
-    e->last_seq = store_last_seq(e->store);
+    if (seq_start(e, err, errlen) != 0)
+        goto err;
     atomic_store(&e->stats.last_seq, e->last_seq);
     atomic_store(&e->stats.durable_seq, e->last_seq);
     atomic_store(&e->writer_running, true);
@@ -767,6 +802,12 @@ size_t engine_close_counted(engine *e, engine_closing *report)
     size_t unflushed = e->unflushed;
     if (unflushed)
         logf_(e, NS_LOG_ERROR, "flush-incomplete", "unflushed=%zu", unflushed);
+    /* Every seq handed out is on disk or in the sidecar: the next start needs no skip. */
+    else if (store_meta_set(e->store, META_RUNNING, 0) != 0) {
+        char why[512];
+        logf_(e, NS_LOG_WARN, "clean-stop-not-recorded", "error=%s",
+              logfmt_quote(why, sizeof why, store_errmsg(e->store)));
+    }
     if (report) {
         report->flushed = atomic_load(&e->stats.updates_processed) - e->drain_processed;
         report->spilled = e->spilled;
