@@ -28,7 +28,6 @@
  * target (durable acks/s >= 2x the ceiling under full) was met is printed,
  * not enforced, because this shared machine's numbers are noisy.
  */
-#include <errno.h>
 #include <inttypes.h>
 #include <limits.h>
 #include <pthread.h>
@@ -44,12 +43,8 @@
 #include <curl/curl.h>
 #include <sqlite3.h>
 
-#include "bench_server.h"
+#include "bench_common.h"
 #include "server/engine/model.h"
-#include "server/engine/store.h"
-
-/* Most extra arguments --server-arg may pass to the service. */
-#define DB_MAX_SERVER_ARGS 32
 /* How long the service may take to log its address after starting. */
 #define DB_START_LIMIT_MS 10000
 /* How long the service may take to flush and exit after SIGTERM. */
@@ -58,8 +53,6 @@
 #define DB_REQUEST_TIMEOUT_S 120L
 /* Latency samples a client records before it grows its array. */
 #define DB_SAMPLES_INITIAL 4096
-
-enum { DB_SYNC_NORMAL = 1, DB_SYNC_FULL = 2 };
 
 /* What one request came back as. */
 typedef enum db_kind {
@@ -72,15 +65,14 @@ typedef enum db_kind {
 
 typedef struct db_opts {
     char server[PATH_MAX];     /* the nodestate binary */
-    const char *server_args[DB_MAX_SERVER_ARGS];
-    size_t n_server_args;
+    bench_arg_list server_args;
     unsigned clients;
     unsigned runs;             /* nodes are spread over this many runs */
     double duration;           /* seconds measured per mode */
     double warmup;             /* seconds run before measuring */
     double ceiling_seconds;    /* ceiling time per mode, split in two halves */
     double wait_timeout;       /* ?timeout= sent with wait=true; 0: none */
-    int sync_modes;            /* DB_SYNC_* bits */
+    int sync_modes;            /* BENCH_SYNC_* bits */
     const char *dir;
     bool keep;
 } db_opts;
@@ -152,19 +144,10 @@ static double db_pct(const uint32_t *v, size_t n, unsigned pct)
 static int db_server_start(bench_server *srv, const db_opts *o,
                            const char *db_path, bool full)
 {
-    const char *argv[DB_MAX_SERVER_ARGS + 10];
-    size_t argc = 0;
+    const char *argv[BENCH_MAX_SERVER_ARGS + 10];
+    const char *sync[2] = {"--synchronous", full ? "full" : "normal"};
 
-    argv[argc++] = o->server;
-    argv[argc++] = "--listen";
-    argv[argc++] = "127.0.0.1:0";
-    argv[argc++] = "--db";
-    argv[argc++] = db_path;
-    argv[argc++] = "--synchronous";
-    argv[argc++] = full ? "full" : "normal";
-    for (size_t i = 0; i < o->n_server_args; i++)
-        argv[argc++] = o->server_args[i];
-    argv[argc] = NULL;
+    bench_server_argv(argv, o->server, db_path, sync, 2, &o->server_args);
     return bench_server_start(srv, "durable_bench", argv, DB_START_LIMIT_MS);
 }
 
@@ -203,7 +186,7 @@ static void *db_client_main(void *arg)
 {
     db_client *cl = arg;
     const db_opts *o = cl->sh->o;
-    struct curl_slist *headers = NULL, *h;
+    struct curl_slist *headers = bench_json_headers();
     bench_body *body = malloc(sizeof *body);
     char bodies[3][40], url[512], query[64];
     CURL *c = NULL;
@@ -218,11 +201,6 @@ static void *db_client_main(void *arg)
     for (int s = 0; s < 3; s++)
         snprintf(bodies[s], sizeof bodies[s], "{\"status\":\"%s\"}",
                  db_steps[s]);
-    h = curl_slist_append(NULL, "Content-Type: application/json");
-    if (h != NULL)
-        headers = curl_slist_append(h, "Expect:");
-    if (headers == NULL)
-        curl_slist_free_all(h);
     if (body == NULL || headers == NULL
         || (c = bench_curl_new(body, headers, DB_REQUEST_TIMEOUT_S)) == NULL) {
         cl->alloc_failed = true;
@@ -456,25 +434,6 @@ out:
 
 /* ---- the ceiling: one commit per update ---------------------------------- */
 
-/* The statement engine_bench's direct design uses: a full-row upsert. */
-static const char db_upsert_sql[] =
-    "INSERT INTO run_node_state (run_id, node_id, status, attempt,"
-    " scheduled_at, started_at, completed_at, failed_at, suspended_at,"
-    " last_error, retryable, suspension_reason, resume_state_json,"
-    " outputs_json, updated_at, seq)"
-    " VALUES (?1, ?2, ?3, 1, ?4, ?5, ?6, NULL, NULL, NULL, 0, NULL, NULL,"
-    " NULL, ?7, ?8)"
-    " ON CONFLICT (run_id, node_id) DO UPDATE SET"
-    " status = excluded.status, attempt = excluded.attempt,"
-    " scheduled_at = excluded.scheduled_at, started_at = excluded.started_at,"
-    " completed_at = excluded.completed_at, failed_at = excluded.failed_at,"
-    " suspended_at = excluded.suspended_at, last_error = excluded.last_error,"
-    " retryable = excluded.retryable,"
-    " suspension_reason = excluded.suspension_reason,"
-    " resume_state_json = excluded.resume_state_json,"
-    " outputs_json = excluded.outputs_json,"
-    " updated_at = excluded.updated_at, seq = excluded.seq";
-
 typedef struct db_ceiling {
     sqlite3 *db;
     sqlite3_stmt *upsert;
@@ -486,38 +445,16 @@ typedef struct db_ceiling {
     size_t n_lat, cap_lat;
 } db_ceiling;
 
-static int db_bind_ts(sqlite3_stmt *st, int idx, int64_t ms)
-{
-    char buf[NS_TS_BUF];
-
-    if (ms == NS_TS_NULL)
-        return sqlite3_bind_null(st, idx);
-    model_ts_format(ms, buf);
-    return sqlite3_bind_text(st, idx, buf, -1, SQLITE_TRANSIENT);
-}
-
 /*
- * Lays out the service's schema in path with the service's own store (WAL,
- * the sync mode), then opens the ceiling's connection to it. 0 or -1.
+ * Lays out the service's schema in path with the service's own store, then
+ * opens the ceiling's connection to it: engine_bench's direct design, one
+ * writer. 0 or -1.
  */
 static int db_ceiling_open(db_ceiling *cg, const char *path, bool full)
 {
-    char err[512];
-    store *s = store_open(path, full, err, sizeof err);
-
-    if (s == NULL) {
-        fprintf(stderr, "durable_bench: %s\n", err);
+    if (bench_direct_init("durable_bench", path, full) != 0)
         return -1;
-    }
-    store_close(s);
-    if (sqlite3_open_v2(path, &cg->db, SQLITE_OPEN_READWRITE, NULL)
-            != SQLITE_OK
-        || sqlite3_busy_timeout(cg->db, 5000) != SQLITE_OK
-        || sqlite3_exec(cg->db, full ? "PRAGMA synchronous = FULL"
-                                     : "PRAGMA synchronous = NORMAL",
-                        NULL, NULL, NULL) != SQLITE_OK
-        || sqlite3_prepare_v2(cg->db, db_upsert_sql, -1, &cg->upsert, NULL)
-               != SQLITE_OK) {
+    if (bench_direct_open(path, full, &cg->db, &cg->upsert) != 0) {
         fprintf(stderr, "durable_bench: ceiling %s: %s\n", path,
                 cg->db ? sqlite3_errmsg(cg->db) : "out of memory");
         return -1;
@@ -553,16 +490,8 @@ static int db_ceiling_loop(db_ceiling *cg, double seconds, unsigned runs,
         cg->ts[cg->step] = now;
         snprintf(run, sizeof run, "dbench-%" PRIu64, cg->node % runs);
         snprintf(node, sizeof node, "c0-n%" PRIu64, cg->node);
-        if (sqlite3_bind_text(st, 1, run, -1, SQLITE_TRANSIENT) != SQLITE_OK
-            || sqlite3_bind_text(st, 2, node, -1, SQLITE_TRANSIENT)
-                   != SQLITE_OK
-            || sqlite3_bind_text(st, 3, db_steps[cg->step], -1,
-                                 SQLITE_STATIC) != SQLITE_OK
-            || db_bind_ts(st, 4, cg->ts[0]) != SQLITE_OK
-            || db_bind_ts(st, 5, cg->ts[1]) != SQLITE_OK
-            || db_bind_ts(st, 6, cg->ts[2]) != SQLITE_OK
-            || db_bind_ts(st, 7, now) != SQLITE_OK
-            || sqlite3_bind_int64(st, 8, ++cg->seq) != SQLITE_OK)
+        if (bench_direct_bind(st, run, node, db_steps[cg->step], cg->ts, now,
+                              ++cg->seq) != SQLITE_OK)
             goto err;
         rc = sqlite3_step(st);
         sqlite3_reset(st);
@@ -655,96 +584,28 @@ static void db_usage(FILE *out)
             "  --keep               keep the database files and service logs\n");
 }
 
-static int db_parse_num(const char *name, const char *v, double min,
-                        double max, double *out)
-{
-    char *end;
-    double d;
-
-    errno = 0;
-    d = strtod(v, &end);
-    if (errno != 0 || end == v || *end != '\0' || !(d >= min && d <= max)) {
-        fprintf(stderr, "durable_bench: %s wants a number in [%g, %g], got "
-                "\"%s\"\n", name, min, max, v);
-        return -1;
-    }
-    *out = d;
-    return 0;
-}
-
 /* Parses argv over the defaults in o; 0 to run, 1 after --help, -1 on error. */
 static int db_parse(db_opts *o, int argc, char **argv)
 {
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i];
-        const char *v = i + 1 < argc ? argv[i + 1] : NULL;
-        double d;
+    const bench_opt opts[] = {
+        {"--server", BENCH_OPT_PATH, o->server, 0, 0, 0, 0},
+        {"--server-arg", BENCH_OPT_ARG_LIST, &o->server_args, 0, 0, 0, 0},
+        {"--clients", BENCH_OPT_UNSIGNED, &o->clients, 1, 1024, 0, 0},
+        {"--runs", BENCH_OPT_UNSIGNED, &o->runs, 1, 1000000, 0, 0},
+        {"--duration", BENCH_OPT_NUMBER, &o->duration, 0, 0, 0.1, 3600},
+        {"--warmup", BENCH_OPT_NUMBER, &o->warmup, 0, 0, 0, 600},
+        {"--ceiling-seconds", BENCH_OPT_NUMBER, &o->ceiling_seconds, 0, 0,
+         0.1, 3600},
+        {"--wait-timeout", BENCH_OPT_NUMBER, &o->wait_timeout, 0, 0, 0.001,
+         3600},
+        {"--sync", BENCH_OPT_SYNC, &o->sync_modes, 0, 0, 0, 0},
+        {"--dir", BENCH_OPT_STRING, &o->dir, 0, 0, 0, 0},
+        {"--keep", BENCH_OPT_FLAG, &o->keep, 0, 0, 0, 0},
+    };
 
-        if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
-            db_usage(stdout);
-            return 1;
-        }
-        if (strcmp(a, "--keep") == 0) {
-            o->keep = true;
-            continue;
-        }
-        if (v == NULL || strncmp(a, "--", 2) != 0) {
-            fprintf(stderr, "durable_bench: %s: unknown option or missing "
-                    "value\n", a);
-            db_usage(stderr);
-            return -1;
-        }
-        i++;
-        if (strcmp(a, "--server") == 0) {
-            snprintf(o->server, sizeof o->server, "%s", v);
-        } else if (strcmp(a, "--server-arg") == 0) {
-            if (o->n_server_args == DB_MAX_SERVER_ARGS) {
-                fprintf(stderr, "durable_bench: at most %d --server-arg\n",
-                        DB_MAX_SERVER_ARGS);
-                return -1;
-            }
-            o->server_args[o->n_server_args++] = v;
-        } else if (strcmp(a, "--clients") == 0) {
-            if (db_parse_num(a, v, 1, 1024, &d) != 0)
-                return -1;
-            o->clients = (unsigned)d;
-        } else if (strcmp(a, "--runs") == 0) {
-            if (db_parse_num(a, v, 1, 1000000, &d) != 0)
-                return -1;
-            o->runs = (unsigned)d;
-        } else if (strcmp(a, "--duration") == 0) {
-            if (db_parse_num(a, v, 0.1, 3600, &o->duration) != 0)
-                return -1;
-        } else if (strcmp(a, "--warmup") == 0) {
-            if (db_parse_num(a, v, 0, 600, &o->warmup) != 0)
-                return -1;
-        } else if (strcmp(a, "--ceiling-seconds") == 0) {
-            if (db_parse_num(a, v, 0.1, 3600, &o->ceiling_seconds) != 0)
-                return -1;
-        } else if (strcmp(a, "--wait-timeout") == 0) {
-            if (db_parse_num(a, v, 0.001, 3600, &o->wait_timeout) != 0)
-                return -1;
-        } else if (strcmp(a, "--sync") == 0) {
-            if (strcmp(v, "normal") == 0)
-                o->sync_modes = DB_SYNC_NORMAL;
-            else if (strcmp(v, "full") == 0)
-                o->sync_modes = DB_SYNC_FULL;
-            else if (strcmp(v, "both") == 0)
-                o->sync_modes = DB_SYNC_NORMAL | DB_SYNC_FULL;
-            else {
-                fprintf(stderr, "durable_bench: --sync wants normal, full or "
-                        "both, got \"%s\"\n", v);
-                return -1;
-            }
-        } else if (strcmp(a, "--dir") == 0) {
-            o->dir = v;
-        } else {
-            fprintf(stderr, "durable_bench: unknown option %s\n", a);
-            db_usage(stderr);
-            return -1;
-        }
-    }
-    return 0;
+    return bench_parse_args("durable_bench", opts,
+                            sizeof opts / sizeof opts[0], db_usage, argc,
+                            argv);
 }
 
 int main(int argc, char **argv)
@@ -755,7 +616,7 @@ int main(int argc, char **argv)
         .duration = 10,
         .warmup = 1,
         .ceiling_seconds = 6,
-        .sync_modes = DB_SYNC_NORMAL | DB_SYNC_FULL,
+        .sync_modes = BENCH_SYNC_NORMAL | BENCH_SYNC_FULL,
     };
     db_result res[2];
     size_t n_res = 0;
@@ -763,33 +624,28 @@ int main(int argc, char **argv)
     int failed = 0;
 
     bench_default_server(o.server, sizeof o.server);
-    o.dir = getenv("TMPDIR") != NULL ? getenv("TMPDIR") : "/tmp";
+    o.dir = bench_default_dir();
     switch (db_parse(&o, argc, argv)) {
     case 1:
         return 0;
     case -1:
         return 2;
     }
-    if (access(o.server, X_OK) != 0) {
-        fprintf(stderr, "durable_bench: %s: %s (use --server)\n", o.server,
-                strerror(errno));
+    if (bench_check_server("durable_bench", o.server) != 0)
         return 2;
-    }
     /* A client whose server went away must not kill the program. */
     signal(SIGPIPE, SIG_IGN);
     if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
         fprintf(stderr, "durable_bench: curl_global_init failed\n");
         return 1;
     }
-    snprintf(dir, sizeof dir, "%s/durable_bench.XXXXXX", o.dir);
-    if (mkdtemp(dir) == NULL) {
-        fprintf(stderr, "durable_bench: mkdtemp %s: %s\n", dir,
-                strerror(errno));
+    if (bench_make_dir("durable_bench", o.dir, dir, sizeof dir) != 0) {
+        curl_global_cleanup();
         return 1;
     }
 
     printf("nodestate durable_bench\n");
-    bench_print_machine();
+    bench_print_machine(true);
     printf("workload: %u clients, keep-alive, POST ...?wait=true%s, "
            "lifecycle scheduled->running->completed over %u runs; "
            "warm-up %.1f s, measured %.1f s\n", o.clients,
@@ -798,15 +654,15 @@ int main(int argc, char **argv)
     printf("ceiling: one thread, single-row upsert per transaction, %.1f s "
            "(half before, half after the durable run)\n", o.ceiling_seconds);
     printf("service: %s", o.server);
-    for (size_t i = 0; i < o.n_server_args; i++)
-        printf(" %s", o.server_args[i]);
+    for (size_t i = 0; i < o.server_args.n; i++)
+        printf(" %s", o.server_args.args[i]);
     printf("; files in %s\n\n", dir);
     fflush(stdout);
 
     for (int m = 0; m < 2; m++) {
         bool full = m == 1;
 
-        if (!(o.sync_modes & (full ? DB_SYNC_FULL : DB_SYNC_NORMAL)))
+        if (!(o.sync_modes & (full ? BENCH_SYNC_FULL : BENCH_SYNC_NORMAL)))
             continue;
         db_result *r = &res[n_res++];
         memset(r, 0, sizeof *r);

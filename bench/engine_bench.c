@@ -20,8 +20,8 @@
  * Afterwards each file is checked: one row per node in every run, all of them
  * completed. Exit status is 0 only when every check passed.
  */
-#include <errno.h>
 #include <inttypes.h>
+#include <limits.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
@@ -29,16 +29,15 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/utsname.h>
 #include <time.h>
 #include <unistd.h>
 
 #include <sqlite3.h>
 
+#include "bench_common.h"
 #include "server/config.h"
 #include "server/engine/engine.h"
 #include "server/engine/model.h"
-#include "server/engine/store.h"
 
 /* Pause after a queue-full answer: long enough to let the writer run. */
 #define BENCH_QUEUE_FULL_PAUSE_NS 50000L
@@ -46,8 +45,6 @@
 #define BENCH_BUSY_TRIES 100
 /* The longest we wait for the engine to drain before calling it stuck. */
 #define BENCH_DRAIN_LIMIT_S 600
-
-enum { BENCH_SYNC_NORMAL = 1, BENCH_SYNC_FULL = 2 };
 
 typedef struct bench_opts {
     size_t updates;          /* design B: updates to submit */
@@ -112,13 +109,6 @@ typedef struct bench_durable {
 static const ns_status bench_phases[3] = {NS_SCHEDULED, NS_RUNNING,
                                           NS_COMPLETED};
 
-static uint64_t bench_now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
-
 /* Producer p's k-th node is global node p + k * P; its run is k % runs, so
  * every producer writes into every run, as workers of one run would. */
 static size_t bench_global_node(const bench_opts *o, unsigned p, size_t k)
@@ -141,35 +131,6 @@ static size_t bench_producer_nodes(size_t total_nodes, unsigned producers,
 
 /* ---- design A: direct SQLite --------------------------------------------- */
 
-static const char bench_upsert_sql[] =
-    "INSERT INTO run_node_state (run_id, node_id, status, attempt,"
-    " scheduled_at, started_at, completed_at, failed_at, suspended_at,"
-    " last_error, retryable, suspension_reason, resume_state_json,"
-    " outputs_json, updated_at, seq)"
-    " VALUES (?1, ?2, ?3, 1, ?4, ?5, ?6, NULL, NULL, NULL, 0, NULL, NULL,"
-    " NULL, ?7, ?8)"
-    " ON CONFLICT (run_id, node_id) DO UPDATE SET"
-    " status = excluded.status, attempt = excluded.attempt,"
-    " scheduled_at = excluded.scheduled_at, started_at = excluded.started_at,"
-    " completed_at = excluded.completed_at, failed_at = excluded.failed_at,"
-    " suspended_at = excluded.suspended_at, last_error = excluded.last_error,"
-    " retryable = excluded.retryable,"
-    " suspension_reason = excluded.suspension_reason,"
-    " resume_state_json = excluded.resume_state_json,"
-    " outputs_json = excluded.outputs_json,"
-    " updated_at = excluded.updated_at, seq = excluded.seq";
-
-/* Binds an optional timestamp: NS_TS_NULL is SQL NULL. */
-static int bench_bind_ts(sqlite3_stmt *st, int idx, int64_t ms)
-{
-    char buf[NS_TS_BUF];
-
-    if (ms == NS_TS_NULL)
-        return sqlite3_bind_null(st, idx);
-    model_ts_format(ms, buf);
-    return sqlite3_bind_text(st, idx, buf, -1, SQLITE_TRANSIENT);
-}
-
 /*
  * Commits one full-row upsert in its own (autocommit) transaction, as each
  * worker of the old design did. A statement still busy after the 5 s busy
@@ -184,15 +145,8 @@ static int bench_direct_upsert(bench_producer *pr, const char *run,
     int64_t seq = atomic_fetch_add(&pr->sh->next_seq, 1) + 1;
     int rc = SQLITE_OK;
 
-    if (sqlite3_bind_text(st, 1, run, -1, SQLITE_TRANSIENT) != SQLITE_OK
-        || sqlite3_bind_text(st, 2, node, -1, SQLITE_TRANSIENT) != SQLITE_OK
-        || sqlite3_bind_text(st, 3, model_status_name(status), -1,
-                             SQLITE_STATIC) != SQLITE_OK
-        || bench_bind_ts(st, 4, ts[0]) != SQLITE_OK
-        || bench_bind_ts(st, 5, ts[1]) != SQLITE_OK
-        || bench_bind_ts(st, 6, ts[2]) != SQLITE_OK
-        || bench_bind_ts(st, 7, now) != SQLITE_OK
-        || sqlite3_bind_int64(st, 8, seq) != SQLITE_OK)
+    if (bench_direct_bind(st, run, node, model_status_name(status), ts, now,
+                          seq) != SQLITE_OK)
         goto err;
     for (int tries = 0; tries < BENCH_BUSY_TRIES; tries++) {
         rc = sqlite3_step(st);
@@ -246,31 +200,6 @@ static void *bench_direct_main(void *arg)
     }
     free(ts);
     return NULL;
-}
-
-/*
- * Opens producer pr's own connection to path as the old design did: WAL
- * (already set by store_open), the given synchronous mode, busy_timeout 5000,
- * default cache and checkpointing. Returns 0 or -1 with a message printed.
- */
-static int bench_direct_connect(bench_producer *pr, const char *path,
-                                bool sync_full)
-{
-    if (sqlite3_open_v2(path, &pr->db, SQLITE_OPEN_READWRITE, NULL)
-        != SQLITE_OK)
-        goto err;
-    if (sqlite3_busy_timeout(pr->db, 5000) != SQLITE_OK
-        || sqlite3_exec(pr->db, sync_full ? "PRAGMA synchronous = FULL"
-                                          : "PRAGMA synchronous = NORMAL",
-                        NULL, NULL, NULL) != SQLITE_OK
-        || sqlite3_prepare_v2(pr->db, bench_upsert_sql, -1, &pr->upsert, NULL)
-               != SQLITE_OK)
-        goto err;
-    return 0;
-err:
-    fprintf(stderr, "engine_bench: %s: %s\n", path,
-            pr->db ? sqlite3_errmsg(pr->db) : "out of memory");
-    return -1;
 }
 
 /* ---- design B: the engine ------------------------------------------------ */
@@ -533,17 +462,6 @@ static void bench_join(bench_shared *sh, bench_producer *prs,
     pthread_barrier_destroy(&sh->start);
 }
 
-static void bench_remove_db(const char *path)
-{
-    char side[4200];
-
-    unlink(path);
-    snprintf(side, sizeof side, "%s-wal", path);
-    unlink(side);
-    snprintf(side, sizeof side, "%s-shm", path);
-    unlink(side);
-}
-
 /* Design A under one sync mode, into res. Returns 0 or -1. */
 static int bench_run_direct(const bench_opts *o, const char *path,
                             bool sync_full, bench_result *res)
@@ -551,29 +469,27 @@ static int bench_run_direct(const bench_opts *o, const char *path,
     bench_shared sh = {.o = o};
     size_t nodes = o->direct_updates / 3;
     bench_producer *prs = NULL;
-    char err[512];
-    store *s;
     uint64_t t0;
     int rc = -1;
 
     if (nodes < o->producers)
         nodes = o->producers;
     atomic_init(&sh.next_seq, 0);
-    /* The service's own store lays out the schema, so both designs write
-     * the same table, index and WAL file layout. */
-    s = store_open(path, sync_full, err, sizeof err);
-    if (s == NULL) {
-        fprintf(stderr, "engine_bench: %s\n", err);
+    /* Both designs write the same table, index and WAL file layout. */
+    if (bench_direct_init("engine_bench", path, sync_full) != 0)
         return -1;
-    }
-    store_close(s);
     prs = bench_producers_new(&sh, nodes);
     if (prs == NULL)
         goto out;
     /* Connections open before the clock starts: the old design kept them. */
-    for (unsigned p = 0; p < o->producers; p++)
-        if (bench_direct_connect(&prs[p], path, sync_full) != 0)
+    for (unsigned p = 0; p < o->producers; p++) {
+        if (bench_direct_open(path, sync_full, &prs[p].db, &prs[p].upsert)
+            != 0) {
+            fprintf(stderr, "engine_bench: %s: %s\n", path,
+                    prs[p].db ? sqlite3_errmsg(prs[p].db) : "out of memory");
             goto out;
+        }
+    }
     t0 = bench_start(&sh, prs, bench_direct_main);
     if (t0 == 0)
         goto out;
@@ -674,32 +590,6 @@ out:
 
 /* ---- the program --------------------------------------------------------- */
 
-static void bench_print_machine(void)
-{
-    char model[256] = "unknown", line[512];
-    struct utsname u;
-    FILE *f = fopen("/proc/cpuinfo", "r");
-
-    while (f != NULL && fgets(line, sizeof line, f) != NULL) {
-        char *colon = strchr(line, ':');
-        if (strncmp(line, "model name", 10) == 0 && colon != NULL) {
-            colon++;
-            while (*colon == ' ' || *colon == '\t')
-                colon++;
-            colon[strcspn(colon, "\n")] = '\0';
-            snprintf(model, sizeof model, "%s", colon);
-            break;
-        }
-    }
-    if (f != NULL)
-        fclose(f);
-    printf("machine: nproc %ld, cpu \"%s\"", sysconf(_SC_NPROCESSORS_ONLN),
-           model);
-    if (uname(&u) == 0)
-        printf(", kernel %s %s %s", u.sysname, u.release, u.machine);
-    printf(", sqlite %s\n", sqlite3_libversion());
-}
-
 static void bench_usage(FILE *out)
 {
     fprintf(out,
@@ -717,112 +607,29 @@ static void bench_usage(FILE *out)
             "  --keep               keep the database files\n");
 }
 
-static int bench_parse_size(const char *name, const char *v, size_t min,
-                            size_t *out)
-{
-    char *end;
-    unsigned long long n;
-
-    errno = 0;
-    n = strtoull(v, &end, 10);
-    if (errno != 0 || end == v || *end != '\0' || v[0] == '-' || n < min
-        || n > SIZE_MAX / 8) {
-        fprintf(stderr, "engine_bench: %s wants an integer >= %zu, got "
-                "\"%s\"\n", name, min, v);
-        return -1;
-    }
-    *out = (size_t)n;
-    return 0;
-}
-
-static bool bench_takes_value(const char *a)
-{
-    static const char *const names[] = {
-        "--updates", "--direct-updates", "--producers", "--runs", "--window",
-        "--batch-size", "--queue-capacity", "--batch-interval", "--sync",
-        "--dir"};
-
-    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
-        if (strcmp(a, names[i]) == 0)
-            return true;
-    return false;
-}
-
 /* Parses argv over the defaults in o; 0 to run, 1 after --help, -1 on error. */
 static int bench_parse(bench_opts *o, int argc, char **argv)
 {
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i];
-        const char *v = i + 1 < argc ? argv[i + 1] : NULL;
-        size_t n;
+    const bench_opt opts[] = {
+        {"--updates", BENCH_OPT_SIZE, &o->updates, 3, BENCH_NO_MAX, 0, 0},
+        {"--direct-updates", BENCH_OPT_SIZE, &o->direct_updates, 3,
+         BENCH_NO_MAX, 0, 0},
+        {"--producers", BENCH_OPT_UNSIGNED, &o->producers, 1, 1024, 0, 0},
+        {"--runs", BENCH_OPT_UNSIGNED, &o->runs, 1, 1000000, 0, 0},
+        {"--window", BENCH_OPT_SIZE, &o->window, 1, BENCH_NO_MAX, 0, 0},
+        {"--batch-size", BENCH_OPT_SIZE, &o->batch_size, 1, BENCH_NO_MAX, 0,
+         0},
+        {"--queue-capacity", BENCH_OPT_SIZE, &o->queue_capacity, 1,
+         BENCH_NO_MAX, 0, 0},
+        {"--batch-interval", BENCH_OPT_NUMBER, &o->batch_interval, 0, 0, 0.0,
+         60.0},
+        {"--sync", BENCH_OPT_SYNC, &o->sync_modes, 0, 0, 0, 0},
+        {"--dir", BENCH_OPT_STRING, &o->dir, 0, 0, 0, 0},
+        {"--keep", BENCH_OPT_FLAG, &o->keep, 0, 0, 0, 0},
+    };
 
-        if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
-            bench_usage(stdout);
-            return 1;
-        }
-        if (strcmp(a, "--keep") == 0) {
-            o->keep = true;
-            continue;
-        }
-        if (!bench_takes_value(a)) {
-            fprintf(stderr, "engine_bench: unknown option %s\n", a);
-            bench_usage(stderr);
-            return -1;
-        }
-        if (v == NULL) {
-            fprintf(stderr, "engine_bench: %s needs a value\n", a);
-            return -1;
-        }
-        i++;
-        if (strcmp(a, "--updates") == 0) {
-            if (bench_parse_size(a, v, 3, &o->updates) != 0)
-                return -1;
-        } else if (strcmp(a, "--direct-updates") == 0) {
-            if (bench_parse_size(a, v, 3, &o->direct_updates) != 0)
-                return -1;
-        } else if (strcmp(a, "--producers") == 0) {
-            if (bench_parse_size(a, v, 1, &n) != 0 || n > 1024)
-                return -1;
-            o->producers = (unsigned)n;
-        } else if (strcmp(a, "--runs") == 0) {
-            if (bench_parse_size(a, v, 1, &n) != 0 || n > 1000000)
-                return -1;
-            o->runs = (unsigned)n;
-        } else if (strcmp(a, "--window") == 0) {
-            if (bench_parse_size(a, v, 1, &o->window) != 0)
-                return -1;
-        } else if (strcmp(a, "--batch-size") == 0) {
-            if (bench_parse_size(a, v, 1, &o->batch_size) != 0)
-                return -1;
-        } else if (strcmp(a, "--queue-capacity") == 0) {
-            if (bench_parse_size(a, v, 1, &o->queue_capacity) != 0)
-                return -1;
-        } else if (strcmp(a, "--batch-interval") == 0) {
-            char *end;
-            double d = strtod(v, &end);
-            if (end == v || *end != '\0' || !(d >= 0.0 && d <= 60.0)) {
-                fprintf(stderr, "engine_bench: --batch-interval wants "
-                        "seconds in [0, 60], got \"%s\"\n", v);
-                return -1;
-            }
-            o->batch_interval = d;
-        } else if (strcmp(a, "--sync") == 0) {
-            if (strcmp(v, "normal") == 0)
-                o->sync_modes = BENCH_SYNC_NORMAL;
-            else if (strcmp(v, "full") == 0)
-                o->sync_modes = BENCH_SYNC_FULL;
-            else if (strcmp(v, "both") == 0)
-                o->sync_modes = BENCH_SYNC_NORMAL | BENCH_SYNC_FULL;
-            else {
-                fprintf(stderr, "engine_bench: --sync wants normal, full or "
-                        "both, got \"%s\"\n", v);
-                return -1;
-            }
-        } else {
-            o->dir = v; /* --dir, the last of bench_takes_value's names */
-        }
-    }
-    return 0;
+    return bench_parse_args("engine_bench", opts, sizeof opts / sizeof opts[0],
+                            bench_usage, argc, argv);
 }
 
 static void bench_print_row(const bench_result *r)
@@ -848,9 +655,19 @@ int main(int argc, char **argv)
         .window = 1024,
         .sync_modes = BENCH_SYNC_NORMAL | BENCH_SYNC_FULL,
     };
+    /* Each sync mode runs design A, then design B, into its own file. */
+    static const struct {
+        const char *name;
+        const char *file;
+        int (*run)(const bench_opts *o, const char *path, bool sync_full,
+                   bench_result *res);
+    } designs[2] = {
+        {"A direct", "a", bench_run_direct},
+        {"B engine", "b", bench_run_engine},
+    };
     bench_result res[4];
     size_t n_res = 0;
-    char dir[4096];
+    char dir[PATH_MAX];
     int failed = 0;
 
     /* The engine runs with the service's defaults unless told otherwise. */
@@ -859,22 +676,18 @@ int main(int argc, char **argv)
     o.batch_interval = defaults.batch_interval;
     o.queue_capacity = defaults.queue_capacity;
     o.shutdown_timeout = defaults.shutdown_timeout;
-    o.dir = getenv("TMPDIR") != NULL ? getenv("TMPDIR") : "/tmp";
+    o.dir = bench_default_dir();
     switch (bench_parse(&o, argc, argv)) {
     case 1:
         return 0;
     case -1:
         return 2;
     }
-    snprintf(dir, sizeof dir, "%s/engine_bench.XXXXXX", o.dir);
-    if (mkdtemp(dir) == NULL) {
-        fprintf(stderr, "engine_bench: mkdtemp %s: %s\n", dir,
-                strerror(errno));
+    if (bench_make_dir("engine_bench", o.dir, dir, sizeof dir) != 0)
         return 1;
-    }
 
     printf("nodestate engine_bench\n");
-    bench_print_machine();
+    bench_print_machine(false);
     printf("workload: %u producers, %u runs, window %zu nodes/producer, "
            "lifecycle scheduled->running->completed\n",
            o.producers, o.runs, o.window);
@@ -886,27 +699,22 @@ int main(int argc, char **argv)
     for (int m = 0; m < 2; m++) {
         bool full = m == 1;
         const char *sync = full ? "full" : "normal";
-        char path[4200];
+        char path[PATH_MAX + 16];
 
         if (!(o.sync_modes & (full ? BENCH_SYNC_FULL : BENCH_SYNC_NORMAL)))
             continue;
-        bench_result *a = &res[n_res++];
-        memset(a, 0, sizeof *a);
-        a->design = "A direct";
-        a->sync = sync;
-        snprintf(path, sizeof path, "%s/a-%s.db", dir, sync);
-        a->ok = bench_run_direct(&o, path, full, a) == 0;
-        if (!o.keep)
-            bench_remove_db(path);
+        for (int d = 0; d < 2; d++) {
+            bench_result *r = &res[n_res++];
 
-        bench_result *b = &res[n_res++];
-        memset(b, 0, sizeof *b);
-        b->design = "B engine";
-        b->sync = sync;
-        snprintf(path, sizeof path, "%s/b-%s.db", dir, sync);
-        b->ok = bench_run_engine(&o, path, full, b) == 0;
-        if (!o.keep)
-            bench_remove_db(path);
+            memset(r, 0, sizeof *r);
+            r->design = designs[d].name;
+            r->sync = sync;
+            snprintf(path, sizeof path, "%s/%s-%s.db", dir, designs[d].file,
+                     sync);
+            r->ok = designs[d].run(&o, path, full, r) == 0;
+            if (!o.keep)
+                bench_remove_db(path);
+        }
         fflush(stdout);
     }
     if (!o.keep)

@@ -35,10 +35,7 @@
 #include <curl/curl.h>
 #include <sqlite3.h>
 
-#include "bench_server.h"
-
-/* Most extra arguments --server-arg may pass to the service. */
-#define MB_MAX_SERVER_ARGS 32
+#include "bench_common.h"
 /* How long the service may take to log its address after starting. */
 #define MB_START_LIMIT_MS 10000
 /* How long the service may take to flush and exit after SIGTERM. */
@@ -54,8 +51,7 @@
 
 typedef struct mb_opts {
     char server[PATH_MAX];
-    const char *server_args[MB_MAX_SERVER_ARGS];
-    size_t n_server_args;
+    bench_arg_list server_args;
     uint64_t nodes;
     unsigned runs;
     unsigned threads;
@@ -151,23 +147,14 @@ static bool mb_server_has(const char *server, const char *option)
 static int mb_server_start(bench_server *srv, const mb_opts *o,
                            const char *db_path, bool cache_flag)
 {
-    const char *argv[MB_MAX_SERVER_ARGS + 10];
+    const char *argv[BENCH_MAX_SERVER_ARGS + 10];
     char cache_max[32];
-    size_t argc = 0;
+    const char *cache[2] = {"--cache-max-nodes", cache_max};
+    size_t argc;
 
-    argv[argc++] = o->server;
-    argv[argc++] = "--listen";
-    argv[argc++] = "127.0.0.1:0";
-    argv[argc++] = "--db";
-    argv[argc++] = db_path;
-    if (cache_flag) {
-        snprintf(cache_max, sizeof cache_max, "%" PRIu64, o->cache_max_nodes);
-        argv[argc++] = "--cache-max-nodes";
-        argv[argc++] = cache_max;
-    }
-    for (size_t i = 0; i < o->n_server_args; i++)
-        argv[argc++] = o->server_args[i];
-    argv[argc] = NULL;
+    snprintf(cache_max, sizeof cache_max, "%" PRIu64, o->cache_max_nodes);
+    argc = bench_server_argv(argv, o->server, db_path, cache,
+                             cache_flag ? 2 : 0, &o->server_args);
 
     printf("service:");
     for (size_t i = 0; i < argc; i++)
@@ -188,16 +175,11 @@ static void *mb_client_main(void *arg)
     mb_client *cl = arg;
     const mb_opts *o = cl->sh->o;
     static const char body_text[] = "{\"status\":\"scheduled\"}";
-    struct curl_slist *headers = NULL, *h;
+    struct curl_slist *headers = bench_json_headers();
     bench_body *body = malloc(sizeof *body);
     char url[256];
     CURL *c = NULL;
 
-    h = curl_slist_append(NULL, "Content-Type: application/json");
-    if (h != NULL)
-        headers = curl_slist_append(h, "Expect:");
-    if (headers == NULL)
-        curl_slist_free_all(h);
     if (body == NULL || headers == NULL
         || (c = bench_curl_new(body, headers, MB_REQUEST_TIMEOUT_S)) == NULL
         || curl_easy_setopt(c, CURLOPT_POSTFIELDS, body_text) != CURLE_OK) {
@@ -290,88 +272,24 @@ static void mb_usage(FILE *out)
             "  --keep                 keep the database file and service log\n");
 }
 
-static int mb_parse_u64(const char *name, const char *v, uint64_t min,
-                        uint64_t max, uint64_t *out)
-{
-    char *end;
-    unsigned long long n;
-
-    errno = 0;
-    n = strtoull(v, &end, 10);
-    if (errno != 0 || end == v || *end != '\0' || v[0] == '-' || n < min
-        || n > max) {
-        fprintf(stderr, "memory_bench: %s wants an integer in [%" PRIu64
-                ", %" PRIu64 "], got \"%s\"\n", name, min, max, v);
-        return -1;
-    }
-    *out = n;
-    return 0;
-}
-
+/* Parses argv over the defaults in o; 0 to run, 1 after --help, -1 on error. */
 static int mb_parse(mb_opts *o, int argc, char **argv)
 {
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i];
-        const char *v = i + 1 < argc ? argv[i + 1] : NULL;
-        uint64_t n;
+    const bench_opt opts[] = {
+        {"--server", BENCH_OPT_PATH, o->server, 0, 0, 0, 0},
+        {"--server-arg", BENCH_OPT_ARG_LIST, &o->server_args, 0, 0, 0, 0},
+        {"--nodes", BENCH_OPT_U64, &o->nodes, 1, 100000000, 0, 0},
+        {"--runs", BENCH_OPT_UNSIGNED, &o->runs, 1, 1000000, 0, 0},
+        {"--threads", BENCH_OPT_UNSIGNED, &o->threads, 1, 1024, 0, 0},
+        {"--cache-max-nodes", BENCH_OPT_U64, &o->cache_max_nodes, 0,
+         UINT64_MAX / 2, 0, 0},
+        {"--settle", BENCH_OPT_NUMBER, &o->settle, 0, 0, 0, 600},
+        {"--dir", BENCH_OPT_STRING, &o->dir, 0, 0, 0, 0},
+        {"--keep", BENCH_OPT_FLAG, &o->keep, 0, 0, 0, 0},
+    };
 
-        if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
-            mb_usage(stdout);
-            return 1;
-        }
-        if (strcmp(a, "--keep") == 0) {
-            o->keep = true;
-            continue;
-        }
-        if (v == NULL || strncmp(a, "--", 2) != 0) {
-            fprintf(stderr, "memory_bench: %s: unknown option or missing "
-                    "value\n", a);
-            mb_usage(stderr);
-            return -1;
-        }
-        i++;
-        if (strcmp(a, "--server") == 0) {
-            snprintf(o->server, sizeof o->server, "%s", v);
-        } else if (strcmp(a, "--server-arg") == 0) {
-            if (o->n_server_args == MB_MAX_SERVER_ARGS) {
-                fprintf(stderr, "memory_bench: at most %d --server-arg\n",
-                        MB_MAX_SERVER_ARGS);
-                return -1;
-            }
-            o->server_args[o->n_server_args++] = v;
-        } else if (strcmp(a, "--nodes") == 0) {
-            if (mb_parse_u64(a, v, 1, 100000000, &o->nodes) != 0)
-                return -1;
-        } else if (strcmp(a, "--runs") == 0) {
-            if (mb_parse_u64(a, v, 1, 1000000, &n) != 0)
-                return -1;
-            o->runs = (unsigned)n;
-        } else if (strcmp(a, "--threads") == 0) {
-            if (mb_parse_u64(a, v, 1, 1024, &n) != 0)
-                return -1;
-            o->threads = (unsigned)n;
-        } else if (strcmp(a, "--cache-max-nodes") == 0) {
-            if (mb_parse_u64(a, v, 0, UINT64_MAX / 2, &o->cache_max_nodes)
-                != 0)
-                return -1;
-        } else if (strcmp(a, "--settle") == 0) {
-            char *end;
-            double d = strtod(v, &end);
-            if (end == v || *end != '\0' || !(d >= 0 && d <= 600)) {
-                fprintf(stderr, "memory_bench: --settle wants seconds in "
-                        "[0, 600], got \"%s\"\n", v);
-                return -1;
-            }
-            o->settle = d;
-        } else if (strcmp(a, "--dir") == 0) {
-            o->dir = v;
-        } else {
-            fprintf(stderr, "memory_bench: unknown option %s\n", a);
-            mb_usage(stderr);
-            return -1;
-        }
-    }
-    return 0;
+    return bench_parse_args("memory_bench", opts, sizeof opts / sizeof opts[0],
+                            mb_usage, argc, argv);
 }
 
 /* Polls /stats until durable_seq reaches last_seq. 0, or -1 on timeout. */
@@ -411,7 +329,7 @@ int main(int argc, char **argv)
     int rc = 1;
 
     bench_default_server(o.server, sizeof o.server);
-    o.dir = getenv("TMPDIR") != NULL ? getenv("TMPDIR") : "/tmp";
+    o.dir = bench_default_dir();
     switch (mb_parse(&o, argc, argv)) {
     case 1:
         free(body);
@@ -420,9 +338,7 @@ int main(int argc, char **argv)
         free(body);
         return 2;
     }
-    if (access(o.server, X_OK) != 0) {
-        fprintf(stderr, "memory_bench: %s: %s (use --server)\n", o.server,
-                strerror(errno));
+    if (bench_check_server("memory_bench", o.server) != 0) {
         free(body);
         return 2;
     }
@@ -434,17 +350,13 @@ int main(int argc, char **argv)
         free(body);
         return 1;
     }
-    snprintf(dir, sizeof dir, "%s/memory_bench.XXXXXX", o.dir);
-    if (mkdtemp(dir) == NULL) {
-        fprintf(stderr, "memory_bench: mkdtemp %s: %s\n", dir,
-                strerror(errno));
+    if (bench_make_dir("memory_bench", o.dir, dir, sizeof dir) != 0)
         goto out;
-    }
     snprintf(db_path, sizeof db_path, "%s/memory.db", dir);
     snprintf(srv.log_path, sizeof srv.log_path, "%s/memory.log", dir);
 
     printf("nodestate memory_bench\n");
-    bench_print_machine();
+    bench_print_machine(true);
     printf("workload: %" PRIu64 " nodes, one POST {\"status\":\"scheduled\"} "
            "each, %u runs, %u keep-alive client threads\n", o.nodes, o.runs,
            o.threads);
