@@ -486,6 +486,61 @@ static void delete_run(api *a, const api_request *req, const route_args *args,
     free(w);
 }
 
+/*
+ * The preference an Accept header gives JSON and Prometheus text: the best q
+ * of application/json, and of text/plain, text/(any) or
+ * application/openmetrics-text; with the first position of each for ties.
+ * A range without q= has q=1; "*" ranges favour neither.
+ */
+typedef struct accept_pref {
+    double json_q, text_q;
+    int json_at, text_at;   /* position in the list, -1 when absent */
+} accept_pref;
+
+static void accept_parse(const char *accept, accept_pref *p)
+{
+    *p = (accept_pref){ 0, 0, -1, -1 };
+    int at = 0;
+    for (const char *item = accept; *item; at++) {
+        size_t n = strcspn(item, ",");
+        while (n > 0 && *item == ' ') {
+            item++;
+            n--;
+        }
+        size_t type_len = strcspn(item, ";, ");
+        if (type_len > n)
+            type_len = n;
+        double q = 1;
+        const char *qs = item + type_len;
+        while (qs < item + n) {
+            qs += strspn(qs, "; ");
+            if (strncmp(qs, "q=", 2) == 0) {
+                q = strtod(qs + 2, NULL);
+                break;
+            }
+            qs += strcspn(qs, ";,");
+        }
+        bool json = type_len == 16 && strncasecmp(item, "application/json", 16) == 0;
+        bool text = (type_len == 10 && strncasecmp(item, "text/plain", 10) == 0) ||
+                    (type_len == 6 && strncasecmp(item, "text/*", 6) == 0) ||
+                    (type_len == 28 &&
+                     strncasecmp(item, "application/openmetrics-text", 28) == 0);
+        if (json && q > p->json_q) {
+            p->json_q = q;
+            if (p->json_at < 0)
+                p->json_at = at;
+        }
+        if (text && q > p->text_q) {
+            p->text_q = q;
+            if (p->text_at < 0)
+                p->text_at = at;
+        }
+        item += n;
+        if (*item == ',')
+            item++;
+    }
+}
+
 /* Prometheus text unless JSON is asked for by ?format=json or an Accept that prefers it. */
 static bool wants_json(const api_request *req)
 {
@@ -495,12 +550,13 @@ static bool wants_json(const api_request *req)
     const char *accept = header(req, "Accept");
     if (!accept)
         return false;
-    const char *json = strstr(accept, "application/json");
-    const char *text = strstr(accept, "text/plain");
-    const char *om = strstr(accept, "application/openmetrics-text");
-    if (!json)
+    accept_pref p;
+    accept_parse(accept, &p);
+    if (p.json_q <= 0)
         return false;
-    return (!text || json < text) && (!om || json < om);
+    if (p.json_q != p.text_q)
+        return p.json_q > p.text_q;
+    return p.text_at < 0 || p.json_at < p.text_at;
 }
 
 static void render_stats(api *a, api_response *resp, bool json)
