@@ -467,6 +467,12 @@ codec_doc *codec_decode_update(const char *body, size_t len,
         codec_fail(status, 400, detail, detail_len, "%s", "empty body");
         return NULL;
     }
+    /* JSON text never holds a raw NUL; jansson's reader would stop at one mid-number. */
+    if (memchr(body, '\0', len) != NULL) {
+        codec_fail(status, 400, detail, detail_len, "%s",
+                   "invalid JSON: the body contains a NUL byte");
+        return NULL;
+    }
 
     codec_doc *d = calloc(1, sizeof *d);
     if (d == NULL) {

@@ -105,6 +105,7 @@ struct http_server {
      */
     int64_t timer_wake_ns;
     bool closing;               /* no more parking; answer at once */
+    _Atomic bool stopping;      /* http_stop began: every answer closes its connection */
     bool timer_stop;            /* the timer thread should exit */
     pthread_cond_t timer_cv;    /* an earlier deadline, or timer_stop */
 
@@ -520,6 +521,9 @@ static enum MHD_Result http_queue(http_server *s, const http_req *r,
     }
     if (resp->allow != NULL &&
         MHD_add_response_header(mr, MHD_HTTP_HEADER_ALLOW, resp->allow) != MHD_YES)
+        goto out;
+    if (atomic_load(&s->stopping) &&
+        MHD_add_response_header(mr, MHD_HTTP_HEADER_CONNECTION, "close") != MHD_YES)
         goto out;
     if (resp->www_authenticate != NULL &&
         MHD_add_response_header(mr, MHD_HTTP_HEADER_WWW_AUTHENTICATE,
@@ -1032,6 +1036,12 @@ void http_stop(http_server *s, double timeout)
     release_at = start + budget / 2;
     drain_end = start + budget - reserve;
 
+    /*
+     * No new connections, and every answer from now on carries
+     * "Connection: close", so a keep-alive client cannot go on sending
+     * requests through the drain: its connection ends after its answer.
+     */
+    atomic_store(&s->stopping, true);
     listen_fd = MHD_quiesce_daemon(s->daemon);
     engine_flush_soon(s->e);
     for (;;) {

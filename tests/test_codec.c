@@ -970,3 +970,17 @@ Test(encode, stats_without_http_responses)
     json_decref(j);
     buf_free(&b);
 }
+
+Test(decode, nul_byte_in_the_body_is_invalid_json)
+{
+    /* jansson stops reading a number at a NUL; the body must still be a 400, not a 500. */
+    static const char body[] = "{\"status\":\"running\",\"outputs\":12\0}";
+    ns_update u;
+    int status = -1;
+    char detail[256] = "";
+    codec_doc *d = codec_decode_update(body, sizeof body - 1, RUN, NODE, MAX_ERR, &u,
+                                       &status, detail, sizeof detail);
+    cr_assert_null(d);
+    cr_assert_eq(status, 400, "status %d: %s", status, detail);
+    cr_assert_not_null(strstr(detail, "NUL"), "%s", detail);
+}

@@ -55,6 +55,7 @@ typedef struct reply {
     char etag[64];
     char retry_after[32];
     char allow[128];
+    char connection[32];
     char error[CURL_ERROR_SIZE];
     long connects;              /* CURLINFO_NUM_CONNECTS: 0 when reused */
 } reply;
@@ -171,6 +172,7 @@ static size_t on_header(char *line, size_t size, size_t n, void *ctx)
     grab(line, len, "ETag", r->etag, sizeof r->etag);
     grab(line, len, "Retry-After", r->retry_after, sizeof r->retry_after);
     grab(line, len, "Allow", r->allow, sizeof r->allow);
+    grab(line, len, "Connection", r->connection, sizeof r->connection);
     return len;
 }
 
@@ -733,6 +735,8 @@ Test(http, stop_answers_a_parked_request)
     cr_expect(eq(long, job.r.status, 202), "status %ld error %s body %s", job.r.status,
               job.r.error, job.r.body ? job.r.body : "");
     cr_expect(job.r.body != NULL && strstr(job.r.body, "\"durable\":false") != NULL);
+    /* Answers during the stop end their keep-alive connection, so the drain can finish. */
+    cr_expect(eq(str, job.r.connection, "close"));
     free(job.r.body);
 
     unlock_db(db);

@@ -15,8 +15,6 @@
 #include "store.h"
 #include "writer.h"
 
-/* Isolated rows one batch remembers (more are still counted and logged). */
-#define ISOLATED_MAX 64
 /* Refused seqs remembered for engine_refused. */
 #define REFUSED_RING 256
 /* Retries of a failed commit wait this long at first, doubling up to the cap. */
@@ -39,8 +37,9 @@ struct engine {
     store_reader *reader;         /* read-through connection, locks itself */
     store *store;                 /* the write connection: writer thread only */
     ns_op *batch;                 /* writer thread only: batch_size ops */
-    const ns_row *isolated[ISOLATED_MAX]; /* writer thread only: rows isolated in this batch */
-    size_t n_isolated;
+    const ns_row **isolated;      /* writer thread only: rows isolated in this batch */
+    size_t n_isolated, cap_isolated;
+    bool isolated_lost;           /* writer thread only: one did not fit (out of memory) */
     pthread_t writer;
     _Atomic bool writer_running;
     _Atomic bool store_failing;   /* the last commit attempt failed */
@@ -126,8 +125,9 @@ static void row_vec_free(row_vec *v)
  * The cached run, loading it whole from SQLite on a miss. Called and returns
  * with e->lock held, but drops it while reading the file so a slow read
  * stalls no one else. A run absent from the cache has nothing queued, so the
- * file holds its truth; if a run was removed from the cache meanwhile, the rows
- * read may predate that removal, so the load is done again. With create false
+ * file holds its truth; if this run was removed from the cache meanwhile, the
+ * rows read may predate that removal, so the load is done again (the last
+ * time with the lock held, so it cannot be overtaken). With create false
  * a run with no rows is not cached and answers NOT_FOUND.
  */
 static cache_run *run_get(engine *e, const char *run_id, bool create,
@@ -141,12 +141,16 @@ static cache_run *run_get(engine *e, const char *run_id, bool create,
         }
         uint64_t removals = cache_removals(e->cache);
         row_vec v = { 0 };
-        pthread_mutex_unlock(&e->lock);
+        /* The last try reads under the lock: slower for everyone, but always right. */
+        bool locked = tries == LOAD_TRIES - 1;
+        if (!locked)
+            pthread_mutex_unlock(&e->lock);
         size_t skipped = 0;
         int rc = store_reader_load_run(e->reader, run_id, row_vec_push, &v, &skipped);
         if (skipped)
             logf_(e, NS_LOG_WARN, "rows-unreadable", "run_id=%s skipped=%zu", run_id, skipped);
-        pthread_mutex_lock(&e->lock);
+        if (!locked)
+            pthread_mutex_lock(&e->lock);
         if (rc != 0) {
             row_vec_free(&v);
             logf_(e, NS_LOG_ERROR, "read-through-failed", "run_id=%s", run_id);
@@ -183,8 +187,7 @@ static cache_run *run_get(engine *e, const char *run_id, bool create,
         evict(e, run);
         return run;
     }
-    logf_(e, NS_LOG_ERROR, "read-through-gave-up", "run_id=%s tries=%d", run_id, LOAD_TRIES);
-    *res = ENGINE_ERROR;
+    *res = ENGINE_ERROR; /* not reached: the last try holds the lock throughout */
     return NULL;
 }
 
@@ -409,12 +412,33 @@ engine_result engine_summarize(engine *e, const char *run_id, engine_summary *ou
 
 /* ---- the writer thread ---- */
 
-/* Sleeps ns on the monotonic clock. */
-static void nap(int64_t ns)
+static void deadline_to_timespec(int64_t ns, struct timespec *ts);
+
+/*
+ * Waits out one retry backoff of a failing commit on the writer's condvar,
+ * so engine_close cuts it short. Returns false once stopping is past the
+ * drain deadline (the caller gives up and spills). Called without the lock.
+ */
+static bool backoff_wait(engine *e, int64_t backoff)
 {
-    struct timespec ts = { (time_t)(ns / 1000000000ll), (long)(ns % 1000000000ll) };
-    while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
+    int64_t until = model_mono_ns() + backoff;
+    bool go_on = true;
+    pthread_mutex_lock(&e->lock);
+    for (;;) {
+        int64_t now = model_mono_ns();
+        if (e->stopping && now >= e->drain_deadline_ns) {
+            go_on = false;
+            break;
+        }
+        int64_t end = e->stopping && e->drain_deadline_ns < until ? e->drain_deadline_ns : until;
+        if (now >= end)
+            break;
+        struct timespec ts;
+        deadline_to_timespec(end, &ts);
+        pthread_cond_timedwait(&e->wake, &e->lock, &ts);
     }
+    pthread_mutex_unlock(&e->lock);
+    return go_on;
 }
 
 /*
@@ -432,8 +456,17 @@ static void on_isolated(void *ctx, const ns_row *row, const char *why)
     logf_(e, NS_LOG_ERROR, "row-isolated",
           "run_id=%s node_id=%s seq=%lld error=%s", row->run_id, row->node_id,
           (long long)row->seq, quoted);
-    if (e->n_isolated < ISOLATED_MAX)
-        e->isolated[e->n_isolated++] = row;
+    if (e->n_isolated == e->cap_isolated) {
+        size_t cap = e->cap_isolated ? e->cap_isolated * 2 : 16;
+        const ns_row **grown = realloc(e->isolated, cap * sizeof *grown);
+        if (!grown) {
+            e->isolated_lost = true;
+            return;
+        }
+        e->isolated = grown;
+        e->cap_isolated = cap;
+    }
+    e->isolated[e->n_isolated++] = row;
 }
 
 /* Remembers a seq whose update will never be on disk. Lock held. */
@@ -449,6 +482,12 @@ static void refuse(engine *e, int64_t seq)
  */
 static void mark_refused(engine *e, const ns_op *ops, size_t n)
 {
+    if (e->isolated_lost) {
+        /* Which rows went is not known: let every run of the batch reload from disk. */
+        for (size_t i = 0; i < n; i++)
+            ops[i].run->stale = true;
+        e->isolated_lost = false;
+    }
     for (size_t k = 0; k < e->n_isolated; k++) {
         const ns_row *bad = e->isolated[k];
         for (size_t i = 0; i < n; i++) {
@@ -490,17 +529,11 @@ static int commit_ops(engine *e, const ns_op *ops, size_t n)
         logf_(e, NS_LOG_ERROR, "commit-failed",
               "updates=%zu error=%s retry_in_ms=%lld", n, why,
               (long long)(backoff / 1000000));
-        pthread_mutex_lock(&e->lock);
-        bool stopping = e->stopping;
-        int64_t deadline = e->drain_deadline_ns;
-        pthread_mutex_unlock(&e->lock);
-        int64_t now = model_mono_ns();
-        if (stopping && now >= deadline) {
+        if (!backoff_wait(e, backoff)) {
             if (planned)
                 writer_plan_free(&plan);
             return -1;
         }
-        nap(stopping && deadline - now < backoff ? deadline - now : backoff);
         backoff = backoff * 2 > BACKOFF_CAP_NS ? BACKOFF_CAP_NS : backoff * 2;
     }
     int64_t done = model_mono_ns();
@@ -619,6 +652,11 @@ static void *writer_main(void *arg)
         }
         size_t n = queue_pop(e->queue, e->batch, e->cfg.batch_size);
         atomic_store_explicit(&e->stats.queue_depth, queue_len(e->queue), memory_order_relaxed);
+        if (e->stopping && model_mono_ns() >= e->drain_deadline_ns) {
+            /* Out of shutdown budget with work left (slow commits): the rest goes to the sidecar. */
+            spill_rest(e, n);
+            break;
+        }
         pthread_mutex_unlock(&e->lock);
 
         int rc = commit_ops(e, e->batch, n);
@@ -651,6 +689,14 @@ static void *writer_main(void *arg)
 }
 
 /* ---- life cycle ---- */
+
+/* Sleeps ns (before the writer exists: nothing needs to wake it). */
+static void nap(int64_t ns)
+{
+    struct timespec ts = { (time_t)(ns / 1000000000ll), (long)(ns % 1000000000ll) };
+    while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
+    }
+}
 
 /*
  * Applies a sidecar an earlier shutdown left, before anything is served. The
@@ -713,6 +759,7 @@ static void engine_free(engine *e)
     store_reader_close(e->reader);
     store_close(e->store);
     free(e->batch);
+    free(e->isolated);
     queue_free(e->queue);
     cache_free(e->cache);
     pthread_cond_destroy(&e->wake);
