@@ -193,6 +193,15 @@ Test(crash, seq_never_reused_after_sigkill)
     cr_assert_gt(seq, highest, "seq %lld handed out again after the crash (had %lld)", seq,
                  highest);
     cr_assert(ns_log_contains(s, "msg=unclean-stop"), "no msg=unclean-stop in the log");
+    /* A second crash before anything of this process was committed: still no reuse. */
+    highest = seq;
+    cr_assert_eq(ns_kill(s), 128 + SIGKILL);
+    cr_assert_eq(ns_restart(s, "--batch-interval 60"), 0);
+    doc = it_post_json(s, "seqs", "again", NULL, "{\"status\":\"running\"}", 202);
+    seq = it_jint(doc, "seq");
+    json_decref(doc);
+    cr_assert_gt(seq, highest, "seq %lld handed out again after a second crash (had %lld)",
+                 seq, highest);
     /* A clean stop needs no skip: the next start continues right after. */
     cr_assert_eq(ns_stop(s, SIGTERM), 0);
     cr_assert_eq(ns_restart(s, "--batch-interval 60"), 0);

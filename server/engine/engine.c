@@ -741,6 +741,10 @@ static int seq_start(engine *e, char *err, size_t errlen)
         logf_(e, NS_LOG_WARN, "unclean-stop", "seq_skipped=%lld last_seq=%lld",
               (long long)slack, (long long)e->last_seq);
         e->last_seq += slack;
+        /* Committed now, so a second crash before any write skips from here, not again from before. */
+        store_batch floor = { .last_seq = e->last_seq };
+        if (store_write(e->store, &floor) != 0)
+            goto err;
     }
     if (store_meta_set(e->store, META_SEQ_SLACK,
                        (int64_t)(e->cfg.queue_capacity + e->cfg.batch_size)) != 0 ||
