@@ -631,6 +631,10 @@ Test(store, reader_skips_and_counts_rows_it_cannot_parse)
         "started_at = 'yesterday'",
         "failed_at = '2026-11-26 16:27:29'",  /* SQLite's form, not ours */
         "updated_at = '2026-13-01T00:00:00Z'",
+        /* The api splices these into responses as they are. */
+        "outputs_json = 'done: ok'",
+        "outputs_json = ''",
+        "resume_state_json = '{\"a\": 1'",
     };
     store *s = open_store();
     store_reader *r = open_reader();
@@ -1166,9 +1170,12 @@ Test(store, migrates_a_version_0_file_adding_missing_columns)
     want_b.ts[NS_TS_FAILED] = T0 + 377;
     want_b.last_error = "boom";
     want_b.updated_at = T0 + 377;
+    /* The old rows had no seq: numbered 1..N in (run_id, node_id) order. */
+    want_a.seq = 1;
+    want_b.seq = 2;
 
     s = open_store();
-    cr_assert(eq(i64, store_last_seq(s), 0));
+    cr_assert(eq(i64, store_last_seq(s), 2));
     db = open_raw();
     cr_assert(eq(i64, raw_int(db, "PRAGMA user_version"), 1));
     cr_assert(eq(i64, raw_int(db, "SELECT count(*) FROM pragma_table_info("
@@ -1177,7 +1184,7 @@ Test(store, migrates_a_version_0_file_adding_missing_columns)
                                   " type='index' AND"
                                   " name='run_node_state_run_status'"), 1));
     cr_assert(eq(i64, raw_int(db, "SELECT value FROM nodestate_meta WHERE"
-                                  " key='last_seq'"), 0));
+                                  " key='last_seq'"), 2));
     cr_assert(eq(i64, raw_int(db, "SELECT count(*) FROM run_node_state"), 2));
     sqlite3_close(db);
 
@@ -1317,6 +1324,8 @@ Test(store, migration_converts_timestamps_to_our_form)
     want_b.ts[NS_TS_SCHEDULED] = T0_DAY;
     want_b.ts[NS_TS_STARTED] = T0_SEC - 29000;
     want_b.updated_at = T0;
+    want_a.seq = 1;
+    want_b.seq = 2;
 
     s = open_store();
     db = open_raw();
@@ -1386,6 +1395,16 @@ Test(store, migration_refuses_values_it_cannot_read_and_changes_nothing)
         {"updated_at", "NULL", "run_node_state.updated_at holds NULL"},
         {"status", "'done'", "run_node_state.status holds 'done'"},
         {"status", "NULL", "run_node_state.status holds NULL"},
+        {"attempt", "NULL", "run_node_state.attempt holds NULL"},
+        {"attempt", "0", "run_node_state.attempt holds 0"},
+        {"attempt", "-2", "run_node_state.attempt holds -2"},
+        {"attempt", "1.5", "run_node_state.attempt holds 1.5"},
+        {"attempt", "'two'", "run_node_state.attempt holds 'two'"},
+        {"outputs_json", "'done: ok'",
+         "run_node_state.outputs_json holds 'done: ok'"},
+        {"outputs_json", "''", "run_node_state.outputs_json holds ''"},
+        {"resume_state_json", "'{\"a\": 1'",
+         "run_node_state.resume_state_json holds '{\"a\": 1'"},
     };
 
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
@@ -1400,12 +1419,14 @@ Test(store, migration_refuses_values_it_cannot_read_and_changes_nothing)
                  "CREATE TABLE run_node_state (run_id TEXT, node_id TEXT,"
                  " status TEXT, attempt INTEGER, scheduled_at TEXT,"
                  " started_at TEXT, completed_at TEXT, failed_at TEXT,"
-                 " updated_at TEXT, PRIMARY KEY (run_id, node_id));"
+                 " updated_at TEXT, resume_state_json TEXT,"
+                 " outputs_json TEXT, PRIMARY KEY (run_id, node_id));"
                  "INSERT INTO run_node_state VALUES ('r', 'a', 'idle', 1,"
                  " '2026-11-26 16:27:29', NULL, NULL, NULL,"
-                 " '2026-11-26 16:27:29');"
+                 " '2026-11-26 16:27:29', '{}', '{\"k\":1}');"
                  "INSERT INTO run_node_state VALUES ('r', 'b', 'idle', 1,"
-                 " NULL, NULL, NULL, NULL, '2026-11-26T16:27:29.123Z');"
+                 " NULL, NULL, NULL, NULL, '2026-11-26T16:27:29.123Z',"
+                 " NULL, NULL);"
                  "UPDATE run_node_state SET %s = %s WHERE node_id = 'b';",
                  cases[i].col, cases[i].value);
         make_v0(sql);
@@ -1422,13 +1443,102 @@ Test(store, migration_refuses_values_it_cannot_read_and_changes_nothing)
         cr_assert(eq(i64, raw_int(db, "SELECT count(*) FROM sqlite_master"
                                       " WHERE name = 'nodestate_meta'"), 0));
         cr_assert(eq(i64, raw_int(db, "SELECT count(*) FROM pragma_table_info"
-                                      "('run_node_state')"), 9));
+                                      "('run_node_state')"), 11));
         raw_text(db, "SELECT scheduled_at || '|' || updated_at FROM"
                      " run_node_state WHERE node_id = 'a'", buf, sizeof buf);
         cr_assert(eq(str, buf, "2026-11-26 16:27:29|2026-11-26 16:27:29"),
                   "the conversion was rolled back");
         sqlite3_close(db);
     }
+}
+
+Test(store, migration_numbers_rows_without_a_seq_above_the_highest)
+{
+    store *s;
+    store_reader *r;
+    loaded l;
+    sqlite3 *db;
+
+    /*
+     * b keeps its 17; the others (0, NULL, negative, text) are numbered
+     * above it in (run_id, node_id) order, run "q" before run "r".
+     */
+    make_v0("CREATE TABLE run_node_state (run_id TEXT, node_id TEXT,"
+            " status TEXT, attempt INTEGER, updated_at TEXT, seq INTEGER,"
+            " PRIMARY KEY (run_id, node_id));"
+            "INSERT INTO run_node_state VALUES"
+            " ('r', 'd', 'idle', 1, '2026-11-26T16:27:29.123Z', -3),"
+            " ('r', 'c', 'idle', 1, '2026-11-26T16:27:29.123Z', NULL),"
+            " ('r', 'b', 'idle', 1, '2026-11-26T16:27:29.123Z', 17),"
+            " ('r', 'a', 'idle', 1, '2026-11-26T16:27:29.123Z', 0),"
+            " ('r', 'e', 'idle', 1, '2026-11-26T16:27:29.123Z', 'x'),"
+            " ('q', 'z', 'idle', 1, '2026-11-26T16:27:29.123Z', 0);");
+    s = open_store();
+    cr_assert(eq(i64, store_last_seq(s), 22));
+    db = open_raw();
+    cr_assert(eq(i64, raw_int(db, "SELECT value FROM nodestate_meta WHERE"
+                                  " key = 'last_seq'"), 22));
+    cr_assert(eq(i64, raw_int(db, "SELECT seq FROM run_node_state WHERE"
+                                  " run_id = 'q'"), 18));
+    sqlite3_close(db);
+
+    r = open_reader();
+    load(r, "r", &l);
+    cr_assert(eq(sz, l.n, 5));
+    cr_assert(eq(i64, l.rows[0]->seq, 19), "a");
+    cr_assert(eq(i64, l.rows[1]->seq, 17), "b keeps its seq");
+    cr_assert(eq(i64, l.rows[2]->seq, 20), "c");
+    cr_assert(eq(i64, l.rows[3]->seq, 21), "d");
+    cr_assert(eq(i64, l.rows[4]->seq, 22), "e");
+    loaded_free(&l);
+    store_reader_close(r);
+    store_close(s);
+}
+
+Test(store, migration_numbers_above_a_last_seq_already_recorded)
+{
+    store *s;
+    sqlite3 *db;
+
+    make_v0(V0_TABLE
+            "CREATE TABLE nodestate_meta (key TEXT PRIMARY KEY,"
+            " value INTEGER);"
+            "INSERT INTO nodestate_meta VALUES ('last_seq', 100);"
+            "INSERT INTO run_node_state VALUES ('r', 'a', 'idle', 1, NULL,"
+            " NULL, NULL, NULL, NULL, NULL, '2026-11-26T16:27:29.123Z');");
+    s = open_store();
+    cr_assert(eq(i64, store_last_seq(s), 101));
+    db = open_raw();
+    cr_assert(eq(i64, raw_int(db, "SELECT seq FROM run_node_state"), 101));
+    sqlite3_close(db);
+    store_close(s);
+}
+
+Test(store, migration_keeps_valid_json_as_written_by_another_tool)
+{
+    store *s;
+    store_reader *r;
+    loaded l;
+
+    /* Valid but not compact: still JSON, so it is kept byte for byte. */
+    make_v0(V0_TABLE
+            "INSERT INTO run_node_state VALUES ('r', 'a', 'completed', 3,"
+            " NULL, NULL, NULL, NULL, NULL, ' { \"a\" : [1, 2] } ',"
+            " '2026-11-26T16:27:29.123Z');"
+            "INSERT INTO run_node_state VALUES ('r', 'b', 'completed', 1,"
+            " NULL, NULL, NULL, NULL, NULL, '\"text\"',"
+            " '2026-11-26T16:27:29.123Z');");
+    s = open_store();
+    r = open_reader();
+    load(r, "r", &l);
+    cr_assert(eq(sz, l.n, 2));
+    cr_assert(eq(i64, l.rows[0]->attempt, 3));
+    assert_str_or_null(l.rows[0]->outputs, " { \"a\" : [1, 2] } ",
+                       "outputs");
+    assert_str_or_null(l.rows[1]->outputs, "\"text\"", "outputs");
+    loaded_free(&l);
+    store_reader_close(r);
+    store_close(s);
 }
 
 /* ---- nodestate_meta for the caller ---- */

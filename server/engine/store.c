@@ -54,7 +54,10 @@ enum store_col {
     COL_OUTPUTS,
     COL_UPDATED_AT,
     COL_SEQ,
-    COL_COUNT
+    COL_COUNT,
+    /* The select's json_valid() of the two JSON columns (NULL for NULL). */
+    COL_RESUME_STATE_VALID = COL_COUNT,
+    COL_OUTPUTS_VALID
 };
 
 #define STORE_COLUMNS                                                       \
@@ -149,8 +152,13 @@ static const char store_meta_set_sql[] =
     "INSERT INTO nodestate_meta (key, value) VALUES (?1, ?2)"
     " ON CONFLICT (key) DO UPDATE SET value = excluded.value";
 
+/*
+ * The api splices the JSON columns into responses as they are, so the reader
+ * must know whether they hold JSON; json_valid() tells without a parse in C.
+ */
 static const char store_select_run_sql[] =
-    "SELECT " STORE_COLUMNS " FROM run_node_state WHERE run_id = ?1"
+    "SELECT " STORE_COLUMNS ", json_valid(resume_state_json),"
+    " json_valid(outputs_json) FROM run_node_state WHERE run_id = ?1"
     " ORDER BY node_id";
 
 /*
@@ -513,6 +521,13 @@ static const char *const store_ts_cols[] = {
 };
 #define STORE_N_TS_COLS (sizeof store_ts_cols / sizeof store_ts_cols[0])
 
+/* The columns holding JSON text, every one of them present by then too. */
+static const char *const store_json_cols[] = {
+    "resume_state_json", "outputs_json",
+};
+#define STORE_N_JSON_COLS                                                   \
+    (sizeof store_json_cols / sizeof store_json_cols[0])
+
 /*
  * Room for the value checks and rewrites of one column (our own column
  * names only, so they always fit), and for the message of a refusal.
@@ -602,8 +617,9 @@ out:
 
 /*
  * The values of a version-0 table, checked and converted so that every row
- * migrated reads back: statuses must be ours, timestamps are rewritten to
- * our RFC 3339 UTC millisecond form, updated_at must be there. Declared
+ * migrated reads back: statuses must be ours, attempt a whole number >= 1,
+ * the JSON columns NULL or JSON, timestamps are rewritten to our RFC 3339
+ * UTC millisecond form, updated_at must be there. Declared
  * types alone cannot promise this (a TEXT column may hold SQLite's
  * "2026-11-26 16:27:29"). Runs inside the migration's transaction, so a
  * refusal leaves the file as it was. Returns 0 or -1 with err set.
@@ -644,6 +660,34 @@ static int store_migrate_values(sqlite3 *db, char *err, size_t errlen,
                                  msg, sizeof msg);
     if (bad != 0)
         goto refused;
+
+    /*
+     * The API promises attempt >= 1, and the reader would take text or a
+     * fraction through sqlite3_column_int64 as some other number.
+     */
+    bad = store_migrate_find_bad(db,
+                                 "SELECT quote(attempt), quote(run_id),"
+                                 " quote(node_id) FROM run_node_state WHERE"
+                                 " attempt IS NULL OR typeof(attempt) <>"
+                                 " 'integer' OR attempt < 1 LIMIT 1",
+                                 "attempt", "not a whole number >= 1", msg,
+                                 sizeof msg);
+    if (bad != 0)
+        goto refused;
+
+    /* The api splices these into responses; text not JSON would break them. */
+    for (size_t i = 0; i < STORE_N_JSON_COLS; i++) {
+        const char *col = store_json_cols[i];
+
+        snprintf(sql, sizeof sql,
+                 "SELECT quote(%s), quote(run_id), quote(node_id) FROM"
+                 " run_node_state WHERE %s IS NOT NULL AND NOT json_valid(%s)"
+                 " LIMIT 1", col, col, col);
+        bad = store_migrate_find_bad(db, sql, col, "not valid JSON", msg,
+                                     sizeof msg);
+        if (bad != 0)
+            goto refused;
+    }
 
     for (size_t i = 0; i < STORE_N_TS_COLS; i++) {
         const char *col = store_ts_cols[i];
@@ -775,11 +819,33 @@ static int store_inspect_old(sqlite3 *db, store_old_table *t)
 }
 
 /*
+ * Gives every version-0 row without a seq of its own (0, NULL, not a whole
+ * number; the old design had no seq, so the added column says 0) a distinct
+ * one: an ETag shared by every node would let a conditional write pass
+ * against a state it never saw. Rows are numbered in (run_id, node_id)
+ * order above the highest seq already there (positive seqs are kept, and a
+ * last_seq already recorded counts too), so seq still only ever grows. IS,
+ * not =, because a rowid table's key columns may hold NULL.
+ */
+static const char store_number_v0_sql[] =
+    "UPDATE run_node_state SET seq = numbered.n FROM"
+    " (SELECT run_id, node_id, max("
+    "   coalesce((SELECT max(seq) FROM run_node_state"
+    "             WHERE typeof(seq) = 'integer' AND seq > 0), 0),"
+    "   coalesce((SELECT value FROM nodestate_meta WHERE key = 'last_seq'"
+    "             AND typeof(value) = 'integer'), 0))"
+    "   + row_number() OVER (ORDER BY run_id, node_id) AS n"
+    "  FROM run_node_state WHERE typeof(seq) <> 'integer' OR seq < 1)"
+    " AS numbered"
+    " WHERE numbered.run_id IS run_node_state.run_id"
+    " AND numbered.node_id IS run_node_state.node_id";
+
+/*
  * Brings the original design's table (user_version 0) up to version 1
  * inside the caller's transaction: the missing columns, then the index,
- * meta table and version, then last_seq from the rows. A table we cannot
- * read the same way (another key, non-text statuses or timestamps) is
- * refused rather than half converted. Returns 0 or -1 with err set.
+ * meta table and version, then seqs for the rows and last_seq from them.
+ * A table we cannot read the same way (another key, non-text statuses or
+ * timestamps) is refused rather than half converted. Returns 0 or -1 with err set.
  */
 static int store_migrate_v0(sqlite3 *db, char *err, size_t errlen,
                             const char *path)
@@ -827,6 +893,7 @@ static int store_migrate_v0(sqlite3 *db, char *err, size_t errlen,
     if (store_migrate_values(db, err, errlen, path) != 0)
         return -1;
     if (store_exec(db, store_schema_sql) != SQLITE_OK
+        || store_exec(db, store_number_v0_sql) != SQLITE_OK
         || store_exec(db,
                       "INSERT INTO nodestate_meta (key, value)"
                       " SELECT 'last_seq', coalesce(max(seq), 0)"
@@ -1697,7 +1764,8 @@ static int store_column_ts(sqlite3_stmt *st, int col, int64_t *out)
 /*
  * Fills a draft from the current result row. Its strings borrow from the
  * statement and stay valid until the next step or reset. A row we did not
- * write (unknown status, bad timestamp) is refused rather than guessed at.
+ * write (unknown status, bad timestamp, a JSON column that is not JSON) is
+ * refused rather than guessed at.
  * Returns 0, 1 for such an unreadable row, or -1 when SQLite could not
  * produce a value (out of memory), which says nothing about the row.
  */
@@ -1726,6 +1794,12 @@ static int store_row_draft(sqlite3_stmt *st, const char *run_id, ns_row *d)
         || store_column_text(st, COL_RESUME_STATE, &d->resume_state) != 0
         || store_column_text(st, COL_OUTPUTS, &d->outputs) != 0)
         return -1;
+    /* Text that is not JSON would make every response carrying it invalid. */
+    if ((d->resume_state != NULL
+         && sqlite3_column_int(st, COL_RESUME_STATE_VALID) == 0)
+        || (d->outputs != NULL
+            && sqlite3_column_int(st, COL_OUTPUTS_VALID) == 0))
+        return 1;
     if ((rc = store_column_ts(st, COL_UPDATED_AT, &d->updated_at)) != 0)
         return rc;
     if (d->updated_at == NS_TS_NULL)

@@ -29,10 +29,14 @@
  * A version-0 file (the original design's table, no user_version) is
  * migrated in one transaction at store_open: missing columns are added and
  * every timestamp is rewritten to our RFC 3339 UTC millisecond form, from
- * RFC 3339 or from SQLite's own date forms ("2026-11-26 16:27:29", UTC). The
- * migration is refused, leaving the file untouched, when a status is NULL or
- * unknown, updated_at is NULL, or a timestamp cannot be converted; the
- * message names the column and shows a value.
+ * RFC 3339 or from SQLite's own date forms ("2026-11-26 16:27:29", UTC).
+ * Rows without a positive seq (the old design had none) are numbered in
+ * (run_id, node_id) order above the highest seq already there, and last_seq
+ * is set to the highest. The migration is refused, leaving the file
+ * untouched, when a status is NULL or unknown, attempt is not a whole number
+ * >= 1, resume_state_json or outputs_json is neither NULL nor valid JSON,
+ * updated_at is NULL, or a timestamp cannot be converted; the message names
+ * the column and shows a value and the row's key.
  */
 #ifndef NODESTATE_STORE_H
 #define NODESTATE_STORE_H
@@ -120,9 +124,10 @@ void store_reader_close(store_reader *r);
  * Calls fn once for every readable stored row of run_id, in node_id order.
  * Each row is packed with one reference that fn takes over. fn returns 0 to
  * go on or -1 to stop. A row this build cannot read (unknown status, NULL
- * node_id or updated_at, a timestamp that is not RFC 3339) is skipped rather
- * than failing the run forever: the others still load, and writing that
- * node (or deleting the run) through the API replaces the bad row.
+ * node_id or updated_at, a timestamp that is not RFC 3339, resume_state_json
+ * or outputs_json that is not valid JSON) is skipped rather than failing
+ * the run forever: the others still load, and writing that node (or
+ * deleting the run) through the API replaces the bad row.
  * *skipped (if not NULL) is set to how many rows were skipped, also when -1
  * is returned, so the caller can log them. Returns 0 when every readable row
  * was delivered, -1 on a SQLite error, out of memory, or when fn stopped.
