@@ -32,17 +32,10 @@
 # runs it; it installs nothing when they are present).
 set -euo pipefail
 
-fail() {
-    echo "check_docker: FAIL: $*" >&2
-    exit 1
-}
-note() {
-    echo "check_docker: $*"
-}
+check_name=check_docker
+source "$(dirname "${BASH_SOURCE[0]}")/lib_check.sh"
 
-[[ -n "${NODESTATE_BIN:-}" ]] || fail "NODESTATE_BIN is not set (path to the nodestate binary)"
-[[ -x "$NODESTATE_BIN" ]] || fail "NODESTATE_BIN=$NODESTATE_BIN is not an executable"
-[[ -n "${NODESTATE_SOURCE_DIR:-}" ]] || fail "NODESTATE_SOURCE_DIR is not set (the repository root)"
+check_require_env
 src=$NODESTATE_SOURCE_DIR
 dockerfile=$src/docker/Dockerfile
 compose=$src/docker/compose.yaml
@@ -55,17 +48,7 @@ for tool in curl promtool sqlite3 readelf dpkg; do
         fail "$tool not found on PATH; install the test packages with: bash scripts/deps.sh --test"
 done
 
-tmp=$(mktemp -d "${TMPDIR:-/tmp}/check_docker.XXXXXX")
-ns_pid=""
-cleanup() {
-    if [[ -n "$ns_pid" ]] && kill -0 "$ns_pid" 2>/dev/null; then
-        kill -KILL "$ns_pid" 2>/dev/null || true
-        wait "$ns_pid" 2>/dev/null || true
-    fi
-    rm -rf "$tmp"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+check_scratch
 
 # ---------------------------------------------------------------------------
 # Parse the Dockerfile into instructions: continuation lines joined, comment
@@ -302,21 +285,11 @@ for k in "${!envv[@]}"; do
     run_env+=("$k=$v")
 done
 # Only the image's settings: no NODESTATE_* from the caller's environment.
-clean_env=()
-for k in $(compgen -e); do
-    [[ "$k" == NODESTATE_* ]] && clean_env+=(-u "$k")
-done
+check_clean_env
 log=$tmp/nodestate.log
 (cd "$data" && exec env "${clean_env[@]}" "${run_env[@]}" "$NODESTATE_BIN") 2>"$log" &
 ns_pid=$!
-port=""
-for _ in $(seq 100); do
-    port=$(sed -n 's/.*msg=listening.*addr=127\.0\.0\.1:\([0-9][0-9]*\).*/\1/p' "$log" | head -n 1)
-    [[ -n "$port" ]] && break
-    kill -0 "$ns_pid" 2>/dev/null || { cat "$log" >&2; fail "nodestate exited at start with the image's ENV"; }
-    sleep 0.1
-done
-[[ -n "$port" ]] || { cat "$log" >&2; fail "no 'msg=listening addr=127.0.0.1:PORT' line within 10 s"; }
+ns_wait_listening "$log" "nodestate exited at start with the image's ENV"
 note "start step: nodestate with ${run_env[*]} listens on 127.0.0.1:$port"
 
 # run_healthcheck: the HEALTHCHECK command as Docker runs it (sh -c, image ENV).
@@ -350,18 +323,11 @@ for n in 1 2 3; do
 done
 kill -TERM "$ns_pid"
 deadline=$(awk -v t="$shutdown" 'BEGIN { printf "%d", t * 10 }')
-for ((tick = 0; tick < deadline; tick++)); do
-    kill -0 "$ns_pid" 2>/dev/null || break
-    sleep 0.1
-done
-if kill -0 "$ns_pid" 2>/dev/null; then
+if ! ns_wait_exit "$deadline"; then
     cat "$log" >&2
     fail "nodestate still runs ${shutdown} s after SIGTERM (NODESTATE_SHUTDOWN_TIMEOUT); docker would SIGKILL it"
 fi
-rc=0
-wait "$ns_pid" || rc=$?
-ns_pid=""
-[[ "$rc" == 0 ]] || { cat "$log" >&2; fail "nodestate exited $rc after SIGTERM, want 0"; }
+[[ "$ns_rc" == 0 ]] || { cat "$log" >&2; fail "nodestate exited $ns_rc after SIGTERM, want 0"; }
 grep -q 'msg=stopped' "$log" || { cat "$log" >&2; fail "no msg=stopped line after SIGTERM"; }
 rows=$(sqlite3 "file:$data/${db#/data/}?mode=ro" "SELECT count(*) FROM run_node_state WHERE run_id = 'docker-check'" 2>&1) ||
     fail "reading the database after shutdown failed: $rows"

@@ -22,33 +22,16 @@
 # Needs NODESTATE_BIN, NODESTATE_SOURCE_DIR and curl.
 set -euo pipefail
 
-fail() {
-    echo "check_readme: FAIL: $*" >&2
-    exit 1
-}
-note() {
-    echo "check_readme: $*"
-}
+check_name=check_readme
+source "$(dirname "${BASH_SOURCE[0]}")/lib_check.sh"
 
-[[ -n "${NODESTATE_BIN:-}" ]] || fail "NODESTATE_BIN is not set (path to the nodestate binary)"
-[[ -x "$NODESTATE_BIN" ]] || fail "NODESTATE_BIN=$NODESTATE_BIN is not an executable"
-[[ -n "${NODESTATE_SOURCE_DIR:-}" ]] || fail "NODESTATE_SOURCE_DIR is not set (the repository root)"
+check_require_env
 readme=$NODESTATE_SOURCE_DIR/README.md
 [[ -f "$readme" ]] || fail "$readme is missing"
 command -v curl >/dev/null 2>&1 || fail "curl not found on PATH"
 curl_bin=$(command -v curl)
 
-tmp=$(mktemp -d "${TMPDIR:-/tmp}/check_readme.XXXXXX")
-ns_pid=""
-cleanup() {
-    if [[ -n "$ns_pid" ]] && kill -0 "$ns_pid" 2>/dev/null; then
-        kill -KILL "$ns_pid" 2>/dev/null || true
-        wait "$ns_pid" 2>/dev/null || true
-    fi
-    rm -rf "$tmp"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+check_scratch
 
 # --- Quick start: exactly the two commands -----------------------------------
 quick=$(awk '
@@ -82,23 +65,13 @@ blocks=("$tmp"/blocks/*.sh)
 note "${#blocks[@]} curl example blocks in README.md"
 
 # --- nodestate on a free port, with nothing of the caller's configuration ----
-clean_env=()
-for k in $(compgen -e); do
-    [[ "$k" == NODESTATE_* ]] && clean_env+=(-u "$k")
-done
+check_clean_env
 mkdir -p "$tmp/run"
 log=$tmp/nodestate.log
 (cd "$tmp/run" && exec env "${clean_env[@]}" "$NODESTATE_BIN" --listen 127.0.0.1:0 \
     --db "$tmp/run/nodestate.db") 2>"$log" &
 ns_pid=$!
-port=""
-for _ in $(seq 100); do
-    port=$(sed -n 's/.*msg=listening.*addr=127\.0\.0\.1:\([0-9][0-9]*\).*/\1/p' "$log" | head -n 1)
-    [[ -n "$port" ]] && break
-    kill -0 "$ns_pid" 2>/dev/null || { cat "$log" >&2; fail "nodestate exited before listening"; }
-    sleep 0.1
-done
-[[ -n "$port" ]] || { cat "$log" >&2; fail "no 'msg=listening addr=127.0.0.1:PORT' line within 10 s"; }
+ns_wait_listening "$log" "nodestate exited before listening"
 note "nodestate on 127.0.0.1:$port"
 
 # A curl that records each command's status and output for the claims. Our
@@ -196,13 +169,6 @@ note "$total curl commands in ${#blocks[@]} blocks got the status and output the
 
 # The service the examples ran against must still stop cleanly.
 kill -TERM "$ns_pid"
-for _ in $(seq 300); do
-    kill -0 "$ns_pid" 2>/dev/null || break
-    sleep 0.1
-done
-kill -0 "$ns_pid" 2>/dev/null && { cat "$log" >&2; fail "nodestate still runs 30 s after SIGTERM"; }
-rc=0
-wait "$ns_pid" || rc=$?
-ns_pid=""
-((rc == 0)) || { cat "$log" >&2; fail "nodestate exited $rc on SIGTERM after the examples"; }
+ns_wait_exit 300 || { cat "$log" >&2; fail "nodestate still runs 30 s after SIGTERM"; }
+((ns_rc == 0)) || { cat "$log" >&2; fail "nodestate exited $ns_rc on SIGTERM after the examples"; }
 note "PASS"

@@ -10,7 +10,6 @@
 #include <criterion/criterion.h>
 #include <criterion/new/assert.h>
 
-#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -18,33 +17,15 @@
 
 #include "server/engine/model.h"
 #include "server/engine/store.h"
-
-static char tmp_dir[64];
-static char db_path[128];
+#include "store_fixture.h"
 
 static void setup(void)
 {
-    strcpy(tmp_dir, "/tmp/test_store_faults.XXXXXX");
-    cr_assert(mkdtemp(tmp_dir) != NULL);
-    snprintf(db_path, sizeof db_path, "%s/ns.db", tmp_dir);
+    sfx_setup("test_store_faults");
     cr_assert(unsetenv("NODESTATE_FAULTS") == 0);
 }
 
-static void teardown(void)
-{
-    static const char *const suffixes[] = {"", "-wal", "-shm", "-journal"};
-    char p[PATH_MAX + 16];
-
-    for (size_t i = 0; i < sizeof suffixes / sizeof suffixes[0]; i++) {
-        snprintf(p, sizeof p, "%s%s", db_path, suffixes[i]);
-        unlink(p);
-    }
-    rmdir(tmp_dir);
-}
-
-TestSuite(faults, .init = setup, .fini = teardown);
-
-#define T0 INT64_C(1795710449123)
+TestSuite(faults, .init = setup, .fini = sfx_teardown);
 
 static store *open_with(const char *spec)
 {
@@ -52,32 +33,16 @@ static store *open_with(const char *spec)
     store *s;
 
     cr_assert(setenv("NODESTATE_FAULTS", spec, 1) == 0);
-    s = store_open(db_path, false, err, sizeof err);
+    s = store_open(sfx_db_path(), false, err, sizeof err);
     cr_assert(s != NULL, "store_open with NODESTATE_FAULTS=\"%s\": %s", spec,
               err);
     return s;
 }
 
-static ns_row draft(const char *run, const char *node, int64_t seq)
-{
-    ns_row d;
-
-    memset(&d, 0, sizeof d);
-    d.run_id = run;
-    d.node_id = node;
-    d.status = NS_RUNNING;
-    d.attempt = 1;
-    for (int f = 0; f < NS_TS_COUNT; f++)
-        d.ts[f] = NS_TS_NULL;
-    d.updated_at = T0 + seq;
-    d.seq = seq;
-    return d;
-}
-
 /* Writes one row of run "r"; returns store_write's result. */
 static int write_one(store *s, const char *node, int64_t seq)
 {
-    ns_row a = draft("r", node, seq);
+    ns_row a = sfx_draft("r", node, NS_RUNNING, seq);
     ns_row *rows[] = {&a};
     store_batch b = {.rows = rows, .n_rows = 1, .last_seq = seq};
 
@@ -96,11 +61,9 @@ static int count_row(void *ctx, ns_row *row)
 /* How many rows of run "r" are in the file. */
 static int count_rows(void)
 {
-    char err[512] = "";
-    store_reader *r = store_reader_open(db_path, err, sizeof err);
+    store_reader *r = sfx_open_reader();
     int n = 0;
 
-    cr_assert(r != NULL, "store_reader_open: %s", err);
     cr_assert(eq(int, store_reader_load_run(r, "r", count_row, &n, NULL), 0));
     store_reader_close(r);
     return n;
@@ -130,11 +93,11 @@ Test(faults, a_spec_it_cannot_read_fails_open_and_names_the_variable)
         char err[512] = "";
 
         cr_assert(setenv("NODESTATE_FAULTS", bad[i], 1) == 0);
-        cr_assert(store_open(db_path, false, err, sizeof err) == NULL,
+        cr_assert(store_open(sfx_db_path(), false, err, sizeof err) == NULL,
                   "accepted \"%s\"", bad[i]);
         cr_assert(strstr(err, "NODESTATE_FAULTS") != NULL, "err: %s", err);
-        cr_assert(strstr(err, db_path) != NULL, "err: %s", err);
-        cr_assert(access(db_path, F_OK) != 0,
+        cr_assert(strstr(err, sfx_db_path()) != NULL, "err: %s", err);
+        cr_assert(access(sfx_db_path(), F_OK) != 0,
                   "a refused spec must not create the file (\"%s\")", bad[i]);
     }
 }
@@ -189,34 +152,17 @@ Test(faults, after_delays_the_faults)
     store_close(s);
 }
 
-/* What on_isolated was told. */
-typedef struct isolated {
-    const ns_row *rows[4];
-    char why[4][256];
-    size_t n;
-} isolated;
-
-static void on_isolated(void *ctx, const ns_row *row, const char *why)
-{
-    isolated *iso = ctx;
-
-    cr_assert(iso->n < 4);
-    iso->rows[iso->n] = row;
-    snprintf(iso->why[iso->n], sizeof iso->why[0], "%s", why);
-    iso->n++;
-}
-
 Test(faults, row_fault_isolates_that_node_every_time)
 {
     store *s = open_with("row=bad,row=worse");
-    isolated iso = {0};
-    ns_row a = draft("r", "a", 1);
-    ns_row bad = draft("r", "bad", 2);
-    ns_row c = draft("r", "c", 3);
-    ns_row worse = draft("r", "worse", 4);
+    sfx_isolated iso = {0};
+    ns_row a = sfx_draft("r", "a", NS_RUNNING, 1);
+    ns_row bad = sfx_draft("r", "bad", NS_RUNNING, 2);
+    ns_row c = sfx_draft("r", "c", NS_RUNNING, 3);
+    ns_row worse = sfx_draft("r", "worse", NS_RUNNING, 4);
     ns_row *rows[] = {&a, &bad, &c, &worse};
     store_batch b = {.rows = rows, .n_rows = 4, .last_seq = 4,
-                     .on_isolated = on_isolated, .isolated_ctx = &iso};
+                     .on_isolated = sfx_on_isolated, .isolated_ctx = &iso};
 
     cr_assert(eq(int, store_write(s, &b), 0), "%s", store_errmsg(s));
     cr_assert(eq(sz, b.n_isolated, 2));
@@ -238,12 +184,12 @@ Test(faults, row_fault_isolates_that_node_every_time)
 Test(faults, a_failed_commit_reports_no_isolated_rows)
 {
     store *s = open_with("commit=busy:1,row=bad");
-    isolated iso = {0};
-    ns_row a = draft("r", "a", 1);
-    ns_row bad = draft("r", "bad", 2);
+    sfx_isolated iso = {0};
+    ns_row a = sfx_draft("r", "a", NS_RUNNING, 1);
+    ns_row bad = sfx_draft("r", "bad", NS_RUNNING, 2);
     ns_row *rows[] = {&a, &bad};
     store_batch b = {.rows = rows, .n_rows = 2, .last_seq = 2,
-                     .on_isolated = on_isolated, .isolated_ctx = &iso};
+                     .on_isolated = sfx_on_isolated, .isolated_ctx = &iso};
 
     cr_assert(eq(int, store_write(s, &b), -1));
     cr_assert(eq(sz, iso.n, 0));

@@ -124,6 +124,15 @@ static void stack_stop(stack *st)
     rmdir(st->dir);
 }
 
+/* stack_stop for a test that has called http_stop on st->srv itself. */
+static void stack_stop_stopped(stack *st)
+{
+    api_free(st->a);
+    engine_close(st->e);
+    st->srv = NULL;
+    stack_stop(st);  /* only removes the files now */
+}
+
 /* ---- a small libcurl client ------------------------------------------------ */
 
 static size_t on_body(char *data, size_t size, size_t n, void *ctx)
@@ -301,6 +310,37 @@ static void must(CURL *h, uint16_t port, const char *method, const char *path,
     cr_assert(r->status != 0, "%s %s failed: %s", method, path, r->error);
 }
 
+/*
+ * The usual set-up: a stack with room for 1000 updates on the slow writer
+ * schedule, and one keep-alive client on it holding its last reply.
+ */
+typedef struct session {
+    stack st;
+    CURL *h;
+    reply r;
+} session;
+
+static void session_start(session *t)
+{
+    memset(t, 0, sizeof *t);
+    t->h = client();
+    stack_start(&t->st, 1000, SLOW_BATCH_INTERVAL);
+}
+
+static void session_end(session *t)
+{
+    curl_easy_cleanup(t->h);
+    free(t->r.body);
+    stack_stop(&t->st);
+}
+
+/* must() on the session's client and server; the reply lands in t->r. */
+static void call(session *t, const char *method, const char *path,
+                 const char *body, bool chunked, const char *header)
+{
+    must(t->h, t->st.port, method, path, body, chunked, header, &t->r);
+}
+
 static void init_curl(void)
 {
     cr_assert(eq(int, curl_global_init(CURL_GLOBAL_DEFAULT), CURLE_OK));
@@ -317,18 +357,15 @@ TestSuite(http, .init = init_curl, .fini = fini_curl, .timeout = 120);
 
 Test(http, port_zero_gives_a_real_port)
 {
-    stack st;
-    reply r = {0};
-    CURL *h = client();
+    session t;
+    reply *r = &t.r;
 
-    stack_start(&st, 1000, SLOW_BATCH_INTERVAL);
-    cr_assert(st.port != 0);
-    must(h, st.port, "GET", "/healthz", NULL, false, NULL, &r);
-    cr_expect(eq(long, r.status, 200));
-    cr_expect(strstr(r.body, "\"ok\"") != NULL, "body: %s", r.body);
-    curl_easy_cleanup(h);
-    free(r.body);
-    stack_stop(&st);
+    session_start(&t);
+    cr_assert(t.st.port != 0);
+    call(&t, "GET", "/healthz", NULL, false, NULL);
+    cr_expect(eq(long, r->status, 200));
+    cr_expect(strstr(r->body, "\"ok\"") != NULL, "body: %s", r->body);
+    session_end(&t);
 }
 
 Test(http, port_in_use_fails_with_a_message)
@@ -374,20 +411,17 @@ Test(http, bad_host_fails_with_a_message)
 
 Test(http, keep_alive_reuses_the_connection)
 {
-    stack st;
-    reply r = {0};
-    CURL *h = client();
+    session t;
+    reply *r = &t.r;
 
-    stack_start(&st, 1000, SLOW_BATCH_INTERVAL);
-    must(h, st.port, "GET", "/healthz", NULL, false, NULL, &r);
-    cr_expect(eq(long, r.status, 200));
-    cr_expect(eq(long, r.connects, 1));
-    must(h, st.port, "GET", "/healthz", NULL, false, NULL, &r);
-    cr_expect(eq(long, r.status, 200));
-    cr_expect(eq(long, r.connects, 0), "the second request opened a new connection");
-    curl_easy_cleanup(h);
-    free(r.body);
-    stack_stop(&st);
+    session_start(&t);
+    call(&t, "GET", "/healthz", NULL, false, NULL);
+    cr_expect(eq(long, r->status, 200));
+    cr_expect(eq(long, r->connects, 1));
+    call(&t, "GET", "/healthz", NULL, false, NULL);
+    cr_expect(eq(long, r->status, 200));
+    cr_expect(eq(long, r->connects, 0), "the second request opened a new connection");
+    session_end(&t);
 }
 
 /* A JSON update padded with blanks to exactly len bytes. */
@@ -406,92 +440,80 @@ static char *padded_update(size_t len)
 
 Test(http, body_over_the_limit_gets_413_and_keeps_the_connection)
 {
-    stack st;
-    reply r = {0};
-    CURL *h = client();
+    session t;
+    reply *r = &t.r;
     char *big = padded_update(BODY_LIMIT + 1);
 
-    stack_start(&st, 1000, SLOW_BATCH_INTERVAL);
-    must(h, st.port, "POST", "/runs/r1/nodes/n1/state", big, false, NULL, &r);
-    cr_expect(eq(long, r.status, 413));
-    cr_expect(eq(str, r.content_type, "application/problem+json"));
-    cr_expect(strstr(r.body, "body-too-large") != NULL, "body: %s", r.body);
+    session_start(&t);
+    call(&t, "POST", "/runs/r1/nodes/n1/state", big, false, NULL);
+    cr_expect(eq(long, r->status, 413));
+    cr_expect(eq(str, r->content_type, "application/problem+json"));
+    cr_expect(strstr(r->body, "body-too-large") != NULL, "body: %s", r->body);
     /* The rest of the body was drained, so the connection serves on. */
-    must(h, st.port, "GET", "/healthz", NULL, false, NULL, &r);
-    cr_expect(eq(long, r.status, 200));
-    cr_expect(eq(long, r.connects, 0));
+    call(&t, "GET", "/healthz", NULL, false, NULL);
+    cr_expect(eq(long, r->status, 200));
+    cr_expect(eq(long, r->connects, 0));
     /* And the update was not applied. */
-    must(h, st.port, "GET", "/runs/r1/nodes/n1/state", NULL, false, NULL, &r);
-    cr_expect(eq(long, r.status, 404));
-    curl_easy_cleanup(h);
-    free(r.body);
+    call(&t, "GET", "/runs/r1/nodes/n1/state", NULL, false, NULL);
+    cr_expect(eq(long, r->status, 404));
     free(big);
-    stack_stop(&st);
+    session_end(&t);
 }
 
 Test(http, chunked_body_over_the_limit_gets_413)
 {
-    stack st;
-    reply r = {0};
-    CURL *h = client();
+    session t;
+    reply *r = &t.r;
     char *big = padded_update(4 * BODY_LIMIT);
 
-    stack_start(&st, 1000, SLOW_BATCH_INTERVAL);
-    must(h, st.port, "POST", "/runs/r1/nodes/n1/state", big, true, NULL, &r);
-    cr_expect(eq(long, r.status, 413));
-    cr_expect(strstr(r.body, "body-too-large") != NULL, "body: %s", r.body);
-    must(h, st.port, "GET", "/healthz", NULL, false, NULL, &r);
-    cr_expect(eq(long, r.status, 200));
-    cr_expect(eq(long, r.connects, 0));
-    curl_easy_cleanup(h);
-    free(r.body);
+    session_start(&t);
+    call(&t, "POST", "/runs/r1/nodes/n1/state", big, true, NULL);
+    cr_expect(eq(long, r->status, 413));
+    cr_expect(strstr(r->body, "body-too-large") != NULL, "body: %s", r->body);
+    call(&t, "GET", "/healthz", NULL, false, NULL);
+    cr_expect(eq(long, r->status, 200));
+    cr_expect(eq(long, r->connects, 0));
     free(big);
-    stack_stop(&st);
+    session_end(&t);
 }
 
 Test(http, body_at_the_limit_is_accepted)
 {
-    stack st;
-    reply r = {0};
-    CURL *h = client();
+    session t;
+    reply *r = &t.r;
     char *exact = padded_update(BODY_LIMIT);
 
-    stack_start(&st, 1000, SLOW_BATCH_INTERVAL);
-    must(h, st.port, "POST", "/runs/r1/nodes/n1/state", exact, false, NULL, &r);
-    cr_expect(eq(long, r.status, 202), "body: %s", r.body);
-    must(h, st.port, "POST", "/runs/r1/nodes/n2/state", exact, true, NULL, &r);
-    cr_expect(eq(long, r.status, 202), "chunked body: %s", r.body);
-    curl_easy_cleanup(h);
-    free(r.body);
+    session_start(&t);
+    call(&t, "POST", "/runs/r1/nodes/n1/state", exact, false, NULL);
+    cr_expect(eq(long, r->status, 202), "body: %s", r->body);
+    call(&t, "POST", "/runs/r1/nodes/n2/state", exact, true, NULL);
+    cr_expect(eq(long, r->status, 202), "chunked body: %s", r->body);
     free(exact);
-    stack_stop(&st);
+    session_end(&t);
 }
 
 /* ---- response headers ------------------------------------------------------ */
 
 Test(http, etag_and_if_none_match_give_304_without_a_body)
 {
-    stack st;
-    reply r = {0};
-    CURL *h = client();
+    session t;
+    reply *r = &t.r;
     char inm[96];
 
-    stack_start(&st, 1000, SLOW_BATCH_INTERVAL);
-    must(h, st.port, "POST", "/runs/r1/nodes/n1/state", "{\"status\":\"scheduled\"}",
-         false, NULL, &r);
-    cr_assert(eq(long, r.status, 202), "body: %s", r.body);
-    must(h, st.port, "GET", "/runs/r1/nodes/n1/state", NULL, false, NULL, &r);
-    cr_assert(eq(long, r.status, 200));
-    cr_assert(eq(str, r.etag, "\"1\""));
-    cr_expect(eq(str, r.content_type, "application/json"));
-    snprintf(inm, sizeof inm, "If-None-Match: %s", r.etag);
-    must(h, st.port, "GET", "/runs/r1/nodes/n1/state", NULL, false, inm, &r);
-    cr_expect(eq(long, r.status, 304));
-    cr_expect(eq(sz, r.len, 0));
-    cr_expect(eq(str, r.etag, "\"1\""));
-    curl_easy_cleanup(h);
-    free(r.body);
-    stack_stop(&st);
+    session_start(&t);
+    call(&t, "POST", "/runs/r1/nodes/n1/state", "{\"status\":\"scheduled\"}",
+         false, NULL);
+    cr_assert(eq(long, r->status, 202), "body: %s", r->body);
+    call(&t, "GET", "/runs/r1/nodes/n1/state", NULL, false, NULL);
+    cr_assert(eq(long, r->status, 200));
+    cr_assert(eq(str, r->etag, "\"1\""));
+    cr_expect(eq(str, r->content_type, "application/json"));
+    snprintf(inm, sizeof inm, "If-None-Match: %s", r->etag);
+    call(&t, "GET", "/runs/r1/nodes/n1/state", NULL, false, inm);
+    cr_expect(eq(long, r->status, 304));
+    cr_expect(eq(sz, r->len, 0));
+    cr_expect(eq(str, r->etag, "\"1\""));
+    session_end(&t);
 }
 
 static sqlite3 *lock_db(const stack *st);
@@ -530,46 +552,40 @@ Test(http, queue_full_answers_503_with_retry_after)
 
 Test(http, wrong_method_answers_405_with_allow)
 {
-    stack st;
-    reply r = {0};
-    CURL *h = client();
+    session t;
+    reply *r = &t.r;
 
-    stack_start(&st, 1000, SLOW_BATCH_INTERVAL);
-    must(h, st.port, "DELETE", "/runs/r1/nodes/n1/state", NULL, false, NULL, &r);
-    cr_expect(eq(long, r.status, 405));
-    cr_expect(r.allow[0] != '\0', "no Allow header");
-    cr_expect(strstr(r.allow, "GET") != NULL, "Allow: %s", r.allow);
-    curl_easy_cleanup(h);
-    free(r.body);
-    stack_stop(&st);
+    session_start(&t);
+    call(&t, "DELETE", "/runs/r1/nodes/n1/state", NULL, false, NULL);
+    cr_expect(eq(long, r->status, 405));
+    cr_expect(r->allow[0] != '\0', "no Allow header");
+    cr_expect(strstr(r->allow, "GET") != NULL, "Allow: %s", r->allow);
+    session_end(&t);
 }
 
 /* ---- ?wait=true ------------------------------------------------------------ */
 
 Test(http, wait_true_is_answered_durable_after_the_commit)
 {
-    stack st;
-    reply r = {0};
-    CURL *h = client();
+    session t;
+    reply *r = &t.r;
 
-    stack_start(&st, 1000, SLOW_BATCH_INTERVAL);
+    session_start(&t);
     /* Without flush_soon and the durable callback this would sit out the
      * 60 s batch interval past the 30 s wait and come back 202. */
-    must(h, st.port, "POST", "/runs/r1/nodes/n1/state?wait=true&timeout=30",
-         "{\"status\":\"scheduled\"}", false, NULL, &r);
-    cr_expect(eq(long, r.status, 200), "body: %s", r.body);
-    cr_expect(strstr(r.body, "\"durable\":true") != NULL, "body: %s", r.body);
-    cr_expect(engine_durable_seq(st.e) >= 1);
+    call(&t, "POST", "/runs/r1/nodes/n1/state?wait=true&timeout=30",
+         "{\"status\":\"scheduled\"}", false, NULL);
+    cr_expect(eq(long, r->status, 200), "body: %s", r->body);
+    cr_expect(strstr(r->body, "\"durable\":true") != NULL, "body: %s", r->body);
+    cr_expect(engine_durable_seq(t.st.e) >= 1);
     /* A resumed connection stays usable for the next request. */
-    must(h, st.port, "POST", "/runs/r1/nodes/n1/state?wait=true&timeout=30",
-         "{\"status\":\"running\"}", false, NULL, &r);
-    cr_expect(eq(long, r.status, 200), "body: %s", r.body);
-    cr_expect(strstr(r.body, "\"durable\":true") != NULL, "body: %s", r.body);
-    cr_expect(eq(long, r.connects, 0));
-    cr_expect(engine_durable_seq(st.e) >= 2);
-    curl_easy_cleanup(h);
-    free(r.body);
-    stack_stop(&st);
+    call(&t, "POST", "/runs/r1/nodes/n1/state?wait=true&timeout=30",
+         "{\"status\":\"running\"}", false, NULL);
+    cr_expect(eq(long, r->status, 200), "body: %s", r->body);
+    cr_expect(strstr(r->body, "\"durable\":true") != NULL, "body: %s", r->body);
+    cr_expect(eq(long, r->connects, 0));
+    cr_expect(engine_durable_seq(t.st.e) >= 2);
+    session_end(&t);
 }
 
 #define WAITERS 6
@@ -667,27 +683,24 @@ static void unlock_db(sqlite3 *db)
 
 Test(http, wait_past_its_timeout_answers_202_not_durable)
 {
-    stack st;
-    reply r = {0};
-    CURL *h = client();
+    session t;
+    reply *r = &t.r;
     sqlite3 *db;
 
-    stack_start(&st, 1000, SLOW_BATCH_INTERVAL);
-    db = lock_db(&st);
+    session_start(&t);
+    db = lock_db(&t.st);
     /* Only the timer thread can answer this one. */
-    must(h, st.port, "POST", "/runs/r1/nodes/n1/state?wait=true&timeout=0.3",
-         "{\"status\":\"scheduled\"}", false, NULL, &r);
-    cr_expect(eq(long, r.status, 202), "body: %s", r.body);
-    cr_expect(strstr(r.body, "\"durable\":false") != NULL, "body: %s", r.body);
-    cr_expect(eq(i64, engine_durable_seq(st.e), 0));
+    call(&t, "POST", "/runs/r1/nodes/n1/state?wait=true&timeout=0.3",
+         "{\"status\":\"scheduled\"}", false, NULL);
+    cr_expect(eq(long, r->status, 202), "body: %s", r->body);
+    cr_expect(strstr(r->body, "\"durable\":false") != NULL, "body: %s", r->body);
+    cr_expect(eq(i64, engine_durable_seq(t.st.e), 0));
     /* The resumed connection serves on. */
-    must(h, st.port, "GET", "/runs/r1/nodes/n1/state", NULL, false, NULL, &r);
-    cr_expect(eq(long, r.status, 200));
-    cr_expect(eq(long, r.connects, 0));
+    call(&t, "GET", "/runs/r1/nodes/n1/state", NULL, false, NULL);
+    cr_expect(eq(long, r->status, 200));
+    cr_expect(eq(long, r->connects, 0));
     unlock_db(db);
-    curl_easy_cleanup(h);
-    free(r.body);
-    stack_stop(&st);
+    session_end(&t);
 }
 
 typedef struct post_job {
@@ -740,10 +753,7 @@ Test(http, stop_answers_a_parked_request)
     free(job.r.body);
 
     unlock_db(db);
-    api_free(st.a);
-    engine_close(st.e);
-    st.srv = NULL;
-    stack_stop(&st);  /* only removes the files now */
+    stack_stop_stopped(&st);
 }
 
 /* ---- many waiters, and stopping while they wait ----------------------------- */
@@ -868,10 +878,20 @@ static void crowd_join(crowd *c, int *durable_200, int *pending_202)
     }
 }
 
+static crowd *crowd_new(void)
+{
+    crowd *c = malloc(sizeof *c);
+
+    cr_assert(c != NULL);
+    return c;
+}
+
+/* Frees the replies and c itself. */
 static void crowd_free(crowd *c)
 {
     for (int i = 0; i < c->n; i++)
         free(c->replies[i].body);
+    free(c);
 }
 
 /* Bounded wait until the engine has queued n updates (the requests are in flight). */
@@ -904,18 +924,31 @@ static double short_wait(int i)
     return 0.2 + (double)(i % 5) / 10;
 }
 
+/*
+ * Starts st for crowds with its database locked from outside, then n long
+ * waiters on run, and waits until all are queued (parked, or parking: none
+ * can commit). Returns the lock for unlock_db.
+ */
+static sqlite3 *start_locked_crowd(stack *st, crowd *c, int n,
+                                   const char *run)
+{
+    sqlite3 *db;
+
+    stack_start_with(st, 1000, SLOW_BATCH_INTERVAL, CROWD_CONNECTIONS);
+    db = lock_db(st);
+    crowd_start(c, st->port, n, run, long_wait);
+    wait_queued(st, n);
+    return db;
+}
+
 Test(http, many_parked_waiters_are_all_answered_after_the_commit)
 {
     stack st;
-    crowd *c = malloc(sizeof *c);
+    crowd *c = crowd_new();
     sqlite3 *db;
     int ok, pending;
 
-    cr_assert(c != NULL);
-    stack_start_with(&st, 1000, SLOW_BATCH_INTERVAL, CROWD_CONNECTIONS);
-    db = lock_db(&st);
-    crowd_start(c, st.port, CROWD_MAX, "many", long_wait);
-    wait_queued(&st, CROWD_MAX);
+    db = start_locked_crowd(&st, c, CROWD_MAX, "many");
     /* Nothing can commit and the shortest wait is 20 s: all are parked or parking. */
     cr_expect(eq(int, atomic_load(&c->done), 0));
     unlock_db(db);
@@ -930,24 +963,19 @@ Test(http, many_parked_waiters_are_all_answered_after_the_commit)
               CROWD_MAX);
     cr_expect(ge(i64, engine_durable_seq(st.e), CROWD_MAX));
     crowd_free(c);
-    free(c);
     stack_stop(&st);
 }
 
 Test(http, a_later_park_with_an_earlier_deadline_wakes_the_timer)
 {
     stack st;
-    crowd *slow = malloc(sizeof *slow);
-    crowd *fast = malloc(sizeof *fast);
+    crowd *slow = crowd_new();
+    crowd *fast = crowd_new();
     sqlite3 *db;
     int ok, pending;
 
-    cr_assert(slow != NULL && fast != NULL);
-    stack_start_with(&st, 1000, SLOW_BATCH_INTERVAL, CROWD_CONNECTIONS);
-    db = lock_db(&st);
     /* The timer first sleeps towards a 20 s deadline... */
-    crowd_start(slow, st.port, 20, "slow", long_wait);
-    wait_queued(&st, 20);
+    db = start_locked_crowd(&st, slow, 20, "slow");
     /* ...so these sub-second waits are answered only if parking them woke it. */
     crowd_start(fast, st.port, 20, "fast", short_wait);
     crowd_join(fast, &ok, &pending);
@@ -960,8 +988,6 @@ Test(http, a_later_park_with_an_earlier_deadline_wakes_the_timer)
     cr_expect(eq(int, ok, 20), "%d durable, %d not durable", ok, pending);
     crowd_free(slow);
     crowd_free(fast);
-    free(slow);
-    free(fast);
     stack_stop(&st);
 }
 
@@ -976,16 +1002,12 @@ static double now_s(void)
 Test(http, stop_with_parked_waiters_and_a_locked_db_keeps_its_timeout)
 {
     stack st;
-    crowd *c = malloc(sizeof *c);
+    crowd *c = crowd_new();
     sqlite3 *db;
     double t0, took;
     int ok, pending;
 
-    cr_assert(c != NULL);
-    stack_start_with(&st, 1000, SLOW_BATCH_INTERVAL, CROWD_CONNECTIONS);
-    db = lock_db(&st);
-    crowd_start(c, st.port, 50, "stop", long_wait);
-    wait_queued(&st, 50);
+    db = start_locked_crowd(&st, c, 50, "stop");
 
     t0 = now_s();
     http_stop(st.srv, 1.0);
@@ -998,11 +1020,7 @@ Test(http, stop_with_parked_waiters_and_a_locked_db_keeps_its_timeout)
 
     unlock_db(db);
     crowd_free(c);
-    free(c);
-    api_free(st.a);
-    engine_close(st.e);
-    st.srv = NULL;
-    stack_stop(&st);  /* only removes the files now */
+    stack_stop_stopped(&st);
 }
 
 #define RACE_ROUNDS 20
@@ -1065,15 +1083,11 @@ static void *racer_main(void *arg)
 static void race_burst(int round)
 {
     stack st;
-    crowd *c = malloc(sizeof *c);
+    crowd *c = crowd_new();
     sqlite3 *db;
     int ok, pending, closed = 0;
 
-    cr_assert(c != NULL);
-    stack_start_with(&st, 1000, SLOW_BATCH_INTERVAL, CROWD_CONNECTIONS);
-    db = lock_db(&st);
-    crowd_start(c, st.port, RACE_BURST, "burst", long_wait);
-    wait_queued(&st, RACE_BURST);
+    db = start_locked_crowd(&st, c, RACE_BURST, "burst");
     unlock_db(db);
     for (int i = 0; i < 500000 && engine_durable_seq(st.e) < RACE_BURST; i++)
         usleep(10);
@@ -1086,11 +1100,7 @@ static void race_burst(int round)
     cr_expect(eq(int, ok + pending + closed, RACE_BURST),
               "round %d: %d durable, %d not, %d closed", round, ok, pending, closed);
     crowd_free(c);
-    free(c);
-    api_free(st.a);
-    engine_close(st.e);
-    st.srv = NULL;
-    stack_stop(&st);
+    stack_stop_stopped(&st);
 }
 
 /*
@@ -1117,10 +1127,7 @@ static void race_stream(int round)
         cr_expect(eq(int, racers[i].wrong, 0), "round %d client %d: %d wrong answers",
                   round, i, racers[i].wrong);
     }
-    api_free(st.a);
-    engine_close(st.e);
-    st.srv = NULL;
-    stack_stop(&st);
+    stack_stop_stopped(&st);
 }
 
 /*

@@ -12,6 +12,7 @@
 #include <criterion/new/assert.h>
 
 #include <limits.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -21,61 +22,23 @@
 
 #include "server/engine/model.h"
 #include "server/engine/store.h"
-
-/* Criterion fixtures have no context argument; this is per test process. */
-static char tmp_dir[64];
-static char db_path[128];
+#include "store_fixture.h"
 
 static void setup(void)
 {
-    strcpy(tmp_dir, "/tmp/test_store.XXXXXX");
-    cr_assert(mkdtemp(tmp_dir) != NULL);
-    snprintf(db_path, sizeof db_path, "%s/ns.db", tmp_dir);
+    sfx_setup("test_store");
 }
 
-static void teardown(void)
-{
-    static const char *const suffixes[] = {
-        "", "-wal", "-shm", "-journal",
-        ".spill", ".spill-wal", ".spill-shm", ".spill-journal",
-    };
-    char p[PATH_MAX + 16];
-
-    for (size_t i = 0; i < sizeof suffixes / sizeof suffixes[0]; i++) {
-        snprintf(p, sizeof p, "%s%s", db_path, suffixes[i]);
-        unlink(p);
-    }
-    rmdir(tmp_dir);
-}
-
-TestSuite(store, .init = setup, .fini = teardown);
+TestSuite(store, .init = setup, .fini = sfx_teardown);
 
 /* 2026-11-26T16:27:29.123Z and a few neighbours. */
-#define T0 INT64_C(1795710449123)
-
-static store *open_store(void)
-{
-    char err[512] = "";
-    store *s = store_open(db_path, false, err, sizeof err);
-
-    cr_assert(s != NULL, "store_open: %s", err);
-    return s;
-}
-
-static store_reader *open_reader(void)
-{
-    char err[512] = "";
-    store_reader *r = store_reader_open(db_path, err, sizeof err);
-
-    cr_assert(r != NULL, "store_reader_open: %s", err);
-    return r;
-}
+#define T0 SFX_T0
 
 static sqlite3 *open_raw(void)
 {
     sqlite3 *db = NULL;
 
-    cr_assert(sqlite3_open_v2(db_path, &db, SQLITE_OPEN_READWRITE, NULL)
+    cr_assert(sqlite3_open_v2(sfx_db_path(), &db, SQLITE_OPEN_READWRITE, NULL)
               == SQLITE_OK);
     return db;
 }
@@ -115,22 +78,19 @@ static void raw_exec(sqlite3 *db, const char *sql)
               sql, msg != NULL ? msg : "?");
 }
 
-/* A draft with every timestamp NULL and every optional text NULL. */
-static ns_row draft(const char *run, const char *node, ns_status st,
-                    int64_t seq)
+/* Another connection takes the write lock, as another process would. */
+static sqlite3 *lock_db(void)
 {
-    ns_row d;
+    sqlite3 *db = open_raw();
 
-    memset(&d, 0, sizeof d);
-    d.run_id = run;
-    d.node_id = node;
-    d.status = st;
-    d.attempt = 1;
-    for (int f = 0; f < NS_TS_COUNT; f++)
-        d.ts[f] = NS_TS_NULL;
-    d.updated_at = T0 + seq;
-    d.seq = seq;
-    return d;
+    raw_exec(db, "BEGIN EXCLUSIVE");
+    return db;
+}
+
+static void unlock_db(sqlite3 *db)
+{
+    raw_exec(db, "COMMIT");
+    sqlite3_close(db);
 }
 
 static int write_rows(store *s, ns_row *const *rows, size_t n,
@@ -144,6 +104,14 @@ static int write_rows(store *s, ns_row *const *rows, size_t n,
         .last_seq = last_seq,
     };
     return store_write(s, &b);
+}
+
+/* write_rows, asserting it succeeded. */
+static void write_ok(store *s, ns_row *const *rows, size_t n,
+                     const char *const *deletes, size_t nd, int64_t last_seq)
+{
+    cr_assert(eq(int, write_rows(s, rows, n, deletes, nd, last_seq), 0),
+              "store_write: %s", store_errmsg(s));
 }
 
 /* What a load_run delivered. */
@@ -214,9 +182,37 @@ static void assert_row_eq(const ns_row *got, const ns_row *want)
     cr_assert(eq(i64, got->seq, want->seq));
 }
 
+/* In expect_run: a row that is counted but not compared. */
+#define ANY ((const ns_row *)NULL)
+
+/*
+ * Loads run and asserts it holds n rows, the i-th equal to the i-th of the
+ * n const ns_row * arguments that follow (ANY: not compared); why, if not
+ * NULL, says what a wrong count means.
+ */
+static void expect_run(store_reader *r, const char *run, const char *why,
+                       size_t n, ...)
+{
+    loaded l;
+    va_list ap;
+
+    load(r, run, &l);
+    cr_assert(eq(sz, l.n, n), "run \"%s\": %s", run,
+              why != NULL ? why : "row count");
+    va_start(ap, n);
+    for (size_t i = 0; i < n; i++) {
+        const ns_row *want = va_arg(ap, const ns_row *);
+
+        if (want != NULL)
+            assert_row_eq(l.rows[i], want);
+    }
+    va_end(ap);
+    loaded_free(&l);
+}
+
 Test(store, open_creates_schema_wal_and_version)
 {
-    store *s = open_store();
+    store *s = sfx_open_store();
     sqlite3 *db;
     char mode[16];
 
@@ -243,17 +239,16 @@ Test(store, open_creates_schema_wal_and_version)
     store_close(s);
 
     /* Reopening an existing version-1 file is fine. */
-    s = open_store();
+    s = sfx_open_store();
     store_close(s);
 }
 
 Test(store, write_then_read_back_field_by_field)
 {
-    store *s = open_store();
+    store *s = sfx_open_store();
     store_reader *r;
-    loaded l;
-    ns_row a = draft("run-1", "a", NS_COMPLETED, 7);
-    ns_row b = draft("run-1", "b", NS_SUSPENDED, 8);
+    ns_row a = sfx_draft("run-1", "a", NS_COMPLETED, 7);
+    ns_row b = sfx_draft("run-1", "b", NS_SUSPENDED, 8);
 
     a.attempt = 3;
     a.ts[NS_TS_SCHEDULED] = T0;
@@ -269,20 +264,14 @@ Test(store, write_then_read_back_field_by_field)
     b.retryable = false;
 
     ns_row *rows[] = {&a, &b};
-    cr_assert(eq(int, write_rows(s, rows, 2, NULL, 0, 8), 0),
-              "store_write: %s", store_errmsg(s));
+    write_ok(s, rows, 2, NULL, 0, 8);
     cr_assert(eq(i64, store_last_seq(s), 8));
 
-    r = open_reader();
-    load(r, "run-1", &l);
-    cr_assert(eq(sz, l.n, 2));
-    assert_row_eq(l.rows[0], &a);
-    assert_row_eq(l.rows[1], &b);
-    loaded_free(&l);
+    r = sfx_open_reader();
+    expect_run(r, "run-1", NULL, 2, &a, &b);
 
     /* A run with no rows delivers nothing and succeeds. */
-    load(r, "run-unknown", &l);
-    cr_assert(eq(sz, l.n, 0));
+    expect_run(r, "run-unknown", NULL, 0);
 
     /* On disk: RFC 3339 text, NULL for absent timestamps, 0/1 retryable. */
     sqlite3 *db = open_raw();
@@ -306,89 +295,77 @@ Test(store, write_then_read_back_field_by_field)
 
 Test(store, upsert_replaces_the_row)
 {
-    store *s = open_store();
-    store_reader *r = open_reader();
-    loaded l;
-    ns_row v1 = draft("run", "n", NS_RUNNING, 1);
-    ns_row v2 = draft("run", "n", NS_FAILED, 2);
+    store *s = sfx_open_store();
+    store_reader *r = sfx_open_reader();
+    ns_row v1 = sfx_draft("run", "n", NS_RUNNING, 1);
+    ns_row v2 = sfx_draft("run", "n", NS_FAILED, 2);
 
     v1.ts[NS_TS_STARTED] = T0;
     v1.last_error = "old";
     v1.outputs = "[1]";
     v1.retryable = true;
     ns_row *rows1[] = {&v1};
-    cr_assert(eq(int, write_rows(s, rows1, 1, NULL, 0, 1), 0));
+    write_ok(s, rows1, 1, NULL, 0, 1);
 
     /* v2 clears what v1 had set: NULL must overwrite, not keep. */
     v2.attempt = 2;
     v2.ts[NS_TS_FAILED] = T0 + 10;
     v2.suspension_reason = "new";
     ns_row *rows2[] = {&v2};
-    cr_assert(eq(int, write_rows(s, rows2, 1, NULL, 0, 2), 0));
+    write_ok(s, rows2, 1, NULL, 0, 2);
 
-    load(r, "run", &l);
-    cr_assert(eq(sz, l.n, 1));
-    assert_row_eq(l.rows[0], &v2);
-    loaded_free(&l);
+    expect_run(r, "run", NULL, 1, &v2);
     store_reader_close(r);
     store_close(s);
 }
 
 Test(store, delete_run_removes_only_that_run_and_comes_first)
 {
-    store *s = open_store();
-    store_reader *r = open_reader();
-    loaded l;
-    ns_row a1 = draft("r1", "a", NS_RUNNING, 1);
-    ns_row b1 = draft("r1", "b", NS_RUNNING, 2);
-    ns_row a2 = draft("r2", "a", NS_SCHEDULED, 3);
-    ns_row c1 = draft("r1", "c", NS_IDLE, 4);
+    store *s = sfx_open_store();
+    store_reader *r = sfx_open_reader();
+    ns_row a1 = sfx_draft("r1", "a", NS_RUNNING, 1);
+    ns_row b1 = sfx_draft("r1", "b", NS_RUNNING, 2);
+    ns_row a2 = sfx_draft("r2", "a", NS_SCHEDULED, 3);
+    ns_row c1 = sfx_draft("r1", "c", NS_IDLE, 4);
 
     ns_row *rows[] = {&a1, &b1, &a2};
-    cr_assert(eq(int, write_rows(s, rows, 3, NULL, 0, 3), 0));
+    write_ok(s, rows, 3, NULL, 0, 3);
 
     /* Deletes apply before the upserts of the same batch. */
     const char *const del[] = {"r1"};
     ns_row *rows2[] = {&c1};
-    cr_assert(eq(int, write_rows(s, rows2, 1, del, 1, 4), 0),
-              "store_write: %s", store_errmsg(s));
+    write_ok(s, rows2, 1, del, 1, 4);
 
-    load(r, "r1", &l);
-    cr_assert(eq(sz, l.n, 1));
-    assert_row_eq(l.rows[0], &c1);
-    loaded_free(&l);
-    load(r, "r2", &l);
-    cr_assert(eq(sz, l.n, 1));
-    assert_row_eq(l.rows[0], &a2);
-    loaded_free(&l);
+    expect_run(r, "r1", NULL, 1, &c1);
+    expect_run(r, "r2", NULL, 1, &a2);
 
     /* Deleting a run that does not exist is not an error. */
     const char *const del2[] = {"nope"};
-    cr_assert(eq(int, write_rows(s, NULL, 0, del2, 1, 4), 0));
+    write_ok(s, NULL, 0, del2, 1, 4);
     store_reader_close(r);
     store_close(s);
 }
 
 Test(store, last_seq_persists_and_survives_deleting_all_rows)
 {
-    store *s = open_store();
-    ns_row a = draft("r", "a", NS_RUNNING, 41);
+    store *s = sfx_open_store();
+    ns_row a = sfx_draft("r", "a", NS_RUNNING, 41);
     ns_row *rows[] = {&a};
 
-    cr_assert(eq(int, write_rows(s, rows, 1, NULL, 0, 42), 0));
+    write_ok(s, rows, 1, NULL, 0, 42);
     cr_assert(eq(i64, store_last_seq(s), 42));
     store_close(s);
 
     /* Reopen with synchronous=FULL: the other mode reads the same file. */
     char err[512] = "";
-    s = store_open(db_path, true, err, sizeof err);
+    s = store_open(sfx_db_path(), true, err, sizeof err);
     cr_assert(s != NULL, "store_open: %s", err);
     cr_assert(eq(i64, store_last_seq(s), 42));
     const char *const del[] = {"r"};
-    cr_assert(eq(int, write_rows(s, NULL, 0, del, 1, 43), 0));
+    write_ok(s, NULL, 0, del, 1, 43);
     store_close(s);
 
-    s = open_store();
+    s = sfx_open_store();
     cr_assert(eq(i64, store_last_seq(s), 43));
     sqlite3 *db = open_raw();
     cr_assert(eq(i64, raw_int(db, "SELECT count(*) FROM run_node_state"), 0));
@@ -401,17 +378,18 @@ Test(store, newer_schema_version_is_refused)
     sqlite3 *db = NULL;
     char err[512] = "";
 
-    cr_assert(sqlite3_open_v2(db_path, &db,
+    cr_assert(sqlite3_open_v2(sfx_db_path(), &db,
                               SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE,
                               NULL) == SQLITE_OK);
     cr_assert(sqlite3_exec(db, "PRAGMA user_version = 2", NULL, NULL, NULL)
               == SQLITE_OK);
     sqlite3_close(db);
 
-    cr_assert(store_open(db_path, false, err, sizeof err) == NULL);
+    cr_assert(store_open(sfx_db_path(), false, err, sizeof err) == NULL);
     cr_assert(strstr(err, "database schema version 2 is newer than this"
                           " nodestate supports (1)") != NULL, "err: %s", err);
-    cr_assert(strstr(err, db_path) != NULL, "err names the path: %s", err);
+    cr_assert(strstr(err, sfx_db_path()) != NULL, "err names the path: %s",
+              err);
 }
 
 Test(store, open_errors_name_the_path)
@@ -420,19 +398,19 @@ Test(store, open_errors_name_the_path)
     char bad[PATH_MAX + 32];
     FILE *f;
 
-    snprintf(bad, sizeof bad, "%s/no/such/dir/x.db", tmp_dir);
+    snprintf(bad, sizeof bad, "%s/no/such/dir/x.db", sfx_dir());
     cr_assert(store_open(bad, false, err, sizeof err) == NULL);
     cr_assert(strstr(err, bad) != NULL, "err: %s", err);
 
     /* A file that is not a database. */
-    f = fopen(db_path, "w");
+    f = fopen(sfx_db_path(), "w");
     cr_assert(f != NULL);
     for (int i = 0; i < 64; i++)
         fputs("this is not an sqlite database file\n", f);
     fclose(f);
     err[0] = '\0';
-    cr_assert(store_open(db_path, true, err, sizeof err) == NULL);
-    cr_assert(strstr(err, db_path) != NULL, "err: %s", err);
+    cr_assert(store_open(sfx_db_path(), true, err, sizeof err) == NULL);
+    cr_assert(strstr(err, sfx_db_path()) != NULL, "err: %s", err);
 }
 
 /*
@@ -441,20 +419,18 @@ Test(store, open_errors_name_the_path)
  */
 Test(store, write_fails_fast_under_external_lock_then_succeeds, .timeout = 10)
 {
-    store *s = open_store();
-    store_reader *r = open_reader();
-    loaded l;
-    ns_row a = draft("r", "a", NS_RUNNING, 1);
-    ns_row a2 = draft("r", "a", NS_COMPLETED, 2);
-    ns_row b = draft("r", "b", NS_SCHEDULED, 3);
+    store *s = sfx_open_store();
+    store_reader *r = sfx_open_reader();
+    ns_row a = sfx_draft("r", "a", NS_RUNNING, 1);
+    ns_row a2 = sfx_draft("r", "a", NS_COMPLETED, 2);
+    ns_row b = sfx_draft("r", "b", NS_SCHEDULED, 3);
     ns_row *base[] = {&a};
     ns_row *next[] = {&a2, &b};
     const char *const del[] = {"r"};
-    sqlite3 *other = open_raw();
+    sqlite3 *other;
 
-    cr_assert(eq(int, write_rows(s, base, 1, NULL, 0, 1), 0));
-    cr_assert(sqlite3_exec(other, "BEGIN EXCLUSIVE", NULL, NULL, NULL)
-              == SQLITE_OK);
+    write_ok(s, base, 1, NULL, 0, 1);
+    other = lock_db();
 
     cr_assert(eq(int, write_rows(s, next, 2, del, 1, 3), -1));
     cr_assert(strlen(store_errmsg(s)) > 0);
@@ -462,43 +438,33 @@ Test(store, write_fails_fast_under_external_lock_then_succeeds, .timeout = 10)
               store_errmsg(s));
     cr_assert(eq(i64, store_last_seq(s), 1), "last_seq only moves on commit");
 
-    cr_assert(sqlite3_exec(other, "COMMIT", NULL, NULL, NULL) == SQLITE_OK);
-    sqlite3_close(other);
+    unlock_db(other);
 
-    load(r, "r", &l);
-    cr_assert(eq(sz, l.n, 1), "nothing of the failed batch was written");
-    assert_row_eq(l.rows[0], &a);
-    loaded_free(&l);
+    expect_run(r, "r", "nothing of the failed batch was written", 1, &a);
 
     /* The same batch goes through once the lock is gone. */
-    cr_assert(eq(int, write_rows(s, next, 2, del, 1, 3), 0),
-              "store_write: %s", store_errmsg(s));
+    write_ok(s, next, 2, del, 1, 3);
     cr_assert(eq(i64, store_last_seq(s), 3));
-    load(r, "r", &l);
-    cr_assert(eq(sz, l.n, 2));
-    assert_row_eq(l.rows[0], &a2);
-    assert_row_eq(l.rows[1], &b);
-    loaded_free(&l);
+    expect_run(r, "r", NULL, 2, &a2, &b);
     store_reader_close(r);
     store_close(s);
 }
 
 Test(store, failure_mid_batch_rolls_back_everything)
 {
-    store *s = open_store();
-    store_reader *r = open_reader();
-    loaded l;
-    ns_row keep = draft("r", "keep", NS_RUNNING, 1);
-    ns_row other = draft("q", "x", NS_RUNNING, 2);
-    ns_row good = draft("q", "y", NS_SCHEDULED, 3);
-    ns_row bad = draft("q", "z", NS_RUNNING, 4);
+    store *s = sfx_open_store();
+    store_reader *r = sfx_open_reader();
+    ns_row keep = sfx_draft("r", "keep", NS_RUNNING, 1);
+    ns_row other = sfx_draft("q", "x", NS_RUNNING, 2);
+    ns_row good = sfx_draft("q", "y", NS_SCHEDULED, 3);
+    ns_row bad = sfx_draft("q", "z", NS_RUNNING, 4);
     ns_row *base[] = {&keep, &other};
     ns_row *batch[] = {&good, &bad};
     ns_row *fixed[] = {&good};
     const char *const del[] = {"r"};
     sqlite3 *raw;
 
-    cr_assert(eq(int, write_rows(s, base, 2, NULL, 0, 2), 0));
+    write_ok(s, base, 2, NULL, 0, 2);
     /*
      * RAISE(ROLLBACK) is a constraint error like a refused row, but it ends
      * the transaction: that is a batch failure, not an isolated row.
@@ -518,14 +484,8 @@ Test(store, failure_mid_batch_rolls_back_everything)
               == SQLITE_OK);
     sqlite3_close(raw);
 
-    load(r, "r", &l);
-    cr_assert(eq(sz, l.n, 1), "the delete was rolled back");
-    assert_row_eq(l.rows[0], &keep);
-    loaded_free(&l);
-    load(r, "q", &l);
-    cr_assert(eq(sz, l.n, 1), "the good upsert was rolled back");
-    assert_row_eq(l.rows[0], &other);
-    loaded_free(&l);
+    expect_run(r, "r", "the delete was rolled back", 1, &keep);
+    expect_run(r, "q", "the good upsert was rolled back", 1, &other);
 
     sqlite3 *db = open_raw();
     cr_assert(eq(i64, raw_int(db, "SELECT value FROM nodestate_meta WHERE"
@@ -533,34 +493,28 @@ Test(store, failure_mid_batch_rolls_back_everything)
     sqlite3_close(db);
 
     /* Statements were reset: the next batch on the same store works. */
-    cr_assert(eq(int, write_rows(s, fixed, 1, del, 1, 3), 0),
-              "store_write: %s", store_errmsg(s));
-    load(r, "r", &l);
-    cr_assert(eq(sz, l.n, 0));
-    load(r, "q", &l);
-    cr_assert(eq(sz, l.n, 2));
-    assert_row_eq(l.rows[0], &other);
-    assert_row_eq(l.rows[1], &good);
-    loaded_free(&l);
+    write_ok(s, fixed, 1, del, 1, 3);
+    expect_run(r, "r", NULL, 0);
+    expect_run(r, "q", NULL, 2, &other, &good);
     store_reader_close(r);
     store_close(s);
 }
 
 Test(store, reader_returns_rows_in_node_id_order)
 {
-    store *s = open_store();
-    store_reader *r = open_reader();
+    store *s = sfx_open_store();
+    store_reader *r = sfx_open_reader();
     loaded l;
-    ns_row c = draft("r", "c", NS_IDLE, 1);
-    ns_row a = draft("r", "a", NS_IDLE, 2);
-    ns_row b = draft("r", "B", NS_IDLE, 3);
-    ns_row d = draft("r", "a.1", NS_IDLE, 4);
+    ns_row c = sfx_draft("r", "c", NS_IDLE, 1);
+    ns_row a = sfx_draft("r", "a", NS_IDLE, 2);
+    ns_row b = sfx_draft("r", "B", NS_IDLE, 3);
+    ns_row d = sfx_draft("r", "a.1", NS_IDLE, 4);
 
     /* Written out of order, in two batches. */
     ns_row *first[] = {&c, &a};
     ns_row *second[] = {&d, &b};
-    cr_assert(eq(int, write_rows(s, first, 2, NULL, 0, 2), 0));
-    cr_assert(eq(int, write_rows(s, second, 2, NULL, 0, 4), 0));
+    write_ok(s, first, 2, NULL, 0, 2);
+    write_ok(s, second, 2, NULL, 0, 4);
 
     load(r, "r", &l);
     cr_assert(eq(sz, l.n, 4));
@@ -576,14 +530,14 @@ Test(store, reader_returns_rows_in_node_id_order)
 
 Test(store, reader_stops_when_fn_says_so)
 {
-    store *s = open_store();
-    store_reader *r = open_reader();
+    store *s = sfx_open_store();
+    store_reader *r = sfx_open_reader();
     loaded l;
-    ns_row a = draft("r", "a", NS_IDLE, 1);
-    ns_row b = draft("r", "b", NS_IDLE, 2);
+    ns_row a = sfx_draft("r", "a", NS_IDLE, 1);
+    ns_row b = sfx_draft("r", "b", NS_IDLE, 2);
     ns_row *rows[] = {&a, &b};
 
-    cr_assert(eq(int, write_rows(s, rows, 2, NULL, 0, 2), 0));
+    write_ok(s, rows, 2, NULL, 0, 2);
     memset(&l, 0, sizeof l);
     l.stop_after = 1;
     cr_assert(eq(int, store_reader_load_run(r, "r", collect, &l, NULL), -1));
@@ -591,9 +545,7 @@ Test(store, reader_stops_when_fn_says_so)
     loaded_free(&l);
 
     /* The statement was reset: a full read still works afterwards. */
-    load(r, "r", &l);
-    cr_assert(eq(sz, l.n, 2));
-    loaded_free(&l);
+    expect_run(r, "r", NULL, 2, ANY, ANY);
     store_reader_close(r);
     store_close(s);
 }
@@ -636,16 +588,16 @@ Test(store, reader_skips_and_counts_rows_it_cannot_parse)
         "outputs_json = ''",
         "resume_state_json = '{\"a\": 1'",
     };
-    store *s = open_store();
-    store_reader *r = open_reader();
+    store *s = sfx_open_store();
+    store_reader *r = sfx_open_reader();
     loaded l;
-    ns_row a = draft("r", "a", NS_IDLE, 1);
-    ns_row b = draft("r", "b", NS_RUNNING, 2);
-    ns_row c = draft("r", "c", NS_IDLE, 3);
+    ns_row a = sfx_draft("r", "a", NS_IDLE, 1);
+    ns_row b = sfx_draft("r", "b", NS_RUNNING, 2);
+    ns_row c = sfx_draft("r", "c", NS_IDLE, 3);
     ns_row *rows[] = {&a, &b, &c};
     ns_row *fix[] = {&b};
 
-    cr_assert(eq(int, write_rows(s, rows, 3, NULL, 0, 3), 0));
+    write_ok(s, rows, 3, NULL, 0, 3);
 
     for (size_t i = 0; i < sizeof spoilers / sizeof spoilers[0]; i++) {
         spoil_row("b", spoilers[i]);
@@ -656,8 +608,7 @@ Test(store, reader_skips_and_counts_rows_it_cannot_parse)
         assert_row_eq(l.rows[1], &c);
         loaded_free(&l);
         /* Writing the node again replaces the bad row: the repair path. */
-        cr_assert(eq(int, write_rows(s, fix, 1, NULL, 0, 3), 0),
-                  "store_write: %s", store_errmsg(s));
+        write_ok(s, fix, 1, NULL, 0, 3);
         cr_assert(eq(sz, load_skipping(r, &l), 0));
         cr_assert(eq(sz, l.n, 3));
         assert_row_eq(l.rows[1], &b);
@@ -691,25 +642,6 @@ Test(store, reader_skips_and_counts_rows_it_cannot_parse)
 
 /* ---- row isolation ---- */
 
-/* What on_isolated was told. */
-#define MAX_ISOLATED 8
-typedef struct isolated {
-    const ns_row *rows[MAX_ISOLATED];
-    char why[MAX_ISOLATED][256];
-    size_t n;
-} isolated;
-
-static void on_isolated(void *ctx, const ns_row *row, const char *why)
-{
-    isolated *iso = ctx;
-
-    cr_assert(iso->n < MAX_ISOLATED);
-    cr_assert(why != NULL);
-    iso->rows[iso->n] = row;
-    snprintf(iso->why[iso->n], sizeof iso->why[0], "%s", why);
-    iso->n++;
-}
-
 /* A row the database refuses whenever node_id is 'bad'. */
 static void add_bad_row_trigger(void)
 {
@@ -723,26 +655,25 @@ static void add_bad_row_trigger(void)
 
 Test(store, unwritable_rows_are_isolated_and_the_rest_commits)
 {
-    store *s = open_store();
-    store_reader *r = open_reader();
-    loaded l;
-    isolated iso = {0};
-    ns_row old_bad = draft("r", "bad", NS_RUNNING, 1);
-    ns_row gone = draft("old", "x", NS_RUNNING, 2);
-    ns_row a = draft("r", "a", NS_COMPLETED, 3);
-    ns_row bad = draft("r", "bad", NS_FAILED, 4);
-    ns_row c = draft("r", "c", NS_SCHEDULED, 5);
-    ns_row nostatus = draft("r", "d", NS_STATUS_COUNT, 6); /* NOT NULL */
+    store *s = sfx_open_store();
+    store_reader *r = sfx_open_reader();
+    sfx_isolated iso = {0};
+    ns_row old_bad = sfx_draft("r", "bad", NS_RUNNING, 1);
+    ns_row gone = sfx_draft("old", "x", NS_RUNNING, 2);
+    ns_row a = sfx_draft("r", "a", NS_COMPLETED, 3);
+    ns_row bad = sfx_draft("r", "bad", NS_FAILED, 4);
+    ns_row c = sfx_draft("r", "c", NS_SCHEDULED, 5);
+    ns_row nostatus = sfx_draft("r", "d", NS_STATUS_COUNT, 6); /* NOT NULL */
     ns_row *base[] = {&old_bad, &gone};
     ns_row *rows[] = {&a, &bad, &c, &nostatus};
     const char *const del[] = {"old"};
 
-    cr_assert(eq(int, write_rows(s, base, 2, NULL, 0, 2), 0));
+    write_ok(s, base, 2, NULL, 0, 2);
     add_bad_row_trigger();
 
     store_batch b = {
         .delete_runs = del, .n_deletes = 1, .rows = rows, .n_rows = 4,
-        .last_seq = 6, .on_isolated = on_isolated, .isolated_ctx = &iso,
+        .last_seq = 6, .on_isolated = sfx_on_isolated, .isolated_ctx = &iso,
     };
     cr_assert(eq(int, store_write(s, &b), 0), "store_write: %s",
               store_errmsg(s));
@@ -756,14 +687,8 @@ Test(store, unwritable_rows_are_isolated_and_the_rest_commits)
     cr_assert(eq(i64, store_last_seq(s), 6));
 
     /* The good rows and the delete committed; 'bad' kept its old version. */
-    load(r, "r", &l);
-    cr_assert(eq(sz, l.n, 3));
-    assert_row_eq(l.rows[0], &a);
-    assert_row_eq(l.rows[1], &old_bad);
-    assert_row_eq(l.rows[2], &c);
-    loaded_free(&l);
-    load(r, "old", &l);
-    cr_assert(eq(sz, l.n, 0));
+    expect_run(r, "r", NULL, 3, &a, &old_bad, &c);
+    expect_run(r, "old", NULL, 0);
 
     /* No callback is fine, and n_isolated starts again from zero. */
     ns_row *again[] = {&bad};
@@ -778,12 +703,11 @@ Test(store, unwritable_rows_are_isolated_and_the_rest_commits)
 
 Test(store, isolated_rows_are_not_reported_when_the_batch_fails)
 {
-    store *s = open_store();
-    store_reader *r = open_reader();
-    loaded l;
-    isolated iso = {0};
-    ns_row a = draft("r", "a", NS_RUNNING, 1);
-    ns_row bad = draft("r", "bad", NS_RUNNING, 2);
+    store *s = sfx_open_store();
+    store_reader *r = sfx_open_reader();
+    sfx_isolated iso = {0};
+    ns_row a = sfx_draft("r", "a", NS_RUNNING, 1);
+    ns_row bad = sfx_draft("r", "bad", NS_RUNNING, 2);
     ns_row *rows[] = {&a, &bad};
     sqlite3 *db;
 
@@ -794,15 +718,14 @@ Test(store, isolated_rows_are_not_reported_when_the_batch_fails)
                  " BEGIN SELECT RAISE(ABORT, 'meta refused'); END");
 
     store_batch b = {.rows = rows, .n_rows = 2, .last_seq = 2,
-                     .on_isolated = on_isolated, .isolated_ctx = &iso};
+                     .on_isolated = sfx_on_isolated, .isolated_ctx = &iso};
     cr_assert(eq(int, store_write(s, &b), -1));
     cr_assert(strstr(store_errmsg(s), "meta refused") != NULL, "errmsg: %s",
               store_errmsg(s));
     cr_assert(eq(sz, iso.n, 0), "a retried batch would report it twice");
     cr_assert(eq(sz, b.n_isolated, 0));
     cr_assert(eq(i64, store_last_seq(s), 0));
-    load(r, "r", &l);
-    cr_assert(eq(sz, l.n, 0), "the good row was rolled back");
+    expect_run(r, "r", "the good row was rolled back", 0);
 
     /* The retry commits and reports the row once. */
     raw_exec(db, "DROP TRIGGER refuse_meta");
@@ -812,27 +735,22 @@ Test(store, isolated_rows_are_not_reported_when_the_batch_fails)
     cr_assert(eq(sz, iso.n, 1));
     cr_assert(iso.rows[0] == &bad);
     cr_assert(eq(sz, b.n_isolated, 1));
-    load(r, "r", &l);
-    cr_assert(eq(sz, l.n, 1));
-    assert_row_eq(l.rows[0], &a);
-    loaded_free(&l);
+    expect_run(r, "r", NULL, 1, &a);
     store_reader_close(r);
     store_close(s);
 }
 
 Test(store, a_null_row_fails_the_batch)
 {
-    store *s = open_store();
-    store_reader *r = open_reader();
-    loaded l;
-    ns_row a = draft("r", "a", NS_RUNNING, 1);
+    store *s = sfx_open_store();
+    store_reader *r = sfx_open_reader();
+    ns_row a = sfx_draft("r", "a", NS_RUNNING, 1);
     ns_row *rows[] = {&a, NULL};
 
     cr_assert(eq(int, write_rows(s, rows, 2, NULL, 0, 2), -1));
     cr_assert(strstr(store_errmsg(s), "NULL") != NULL, "errmsg: %s",
               store_errmsg(s));
-    load(r, "r", &l);
-    cr_assert(eq(sz, l.n, 0));
+    expect_run(r, "r", NULL, 0);
     store_reader_close(r);
     store_close(s);
 }
@@ -842,24 +760,20 @@ Test(store, normal_build_ignores_NODESTATE_FAULTS)
 {
     store *s;
     store_reader *r;
-    loaded l;
-    ns_row a = draft("r", "a", NS_RUNNING, 1);
+    ns_row a = sfx_draft("r", "a", NS_RUNNING, 1);
     ns_row *rows[] = {&a};
 
     cr_assert(setenv("NODESTATE_FAULTS", "commit=busy:5,row=a", 1) == 0);
-    s = open_store();
-    cr_assert(eq(int, write_rows(s, rows, 1, NULL, 0, 1), 0),
-              "store_write: %s", store_errmsg(s));
-    r = open_reader();
-    load(r, "r", &l);
-    cr_assert(eq(sz, l.n, 1));
-    loaded_free(&l);
+    s = sfx_open_store();
+    write_ok(s, rows, 1, NULL, 0, 1);
+    r = sfx_open_reader();
+    expect_run(r, "r", NULL, 1, ANY);
     store_reader_close(r);
     store_close(s);
 
     /* Not even a spec it could not read stops it. */
     cr_assert(setenv("NODESTATE_FAULTS", "nonsense", 1) == 0);
-    s = open_store();
+    s = sfx_open_store();
     store_close(s);
 }
 
@@ -869,7 +783,7 @@ static char spill_path[PATH_MAX + 16];
 
 static const char *spill_file(void)
 {
-    store_spill_path(db_path, spill_path, sizeof spill_path);
+    store_spill_path(sfx_db_path(), spill_path, sizeof spill_path);
     return spill_path;
 }
 
@@ -887,8 +801,20 @@ static void spill(ns_row *const *rows, size_t n, const char *const *deletes,
         .last_seq = last_seq,
     };
 
-    cr_assert(eq(int, store_spill(db_path, &b, err, sizeof err), 0),
+    cr_assert(eq(int, store_spill(sfx_db_path(), &b, err, sizeof err), 0),
               "store_spill: %s", err);
+}
+
+/* store_replay, asserting it succeeded and what it counted. */
+static void replay_ok(store *s, size_t want_rows, size_t want_deletes)
+{
+    size_t rows = 99, deletes = 99;
+    char err[512] = "";
+
+    cr_assert(eq(int, store_replay(s, &rows, &deletes, err, sizeof err), 0),
+              "store_replay: %s", err);
+    cr_assert(eq(sz, rows, want_rows));
+    cr_assert(eq(sz, deletes, want_deletes));
 }
 
 static sqlite3 *open_raw_spill(void)
@@ -910,19 +836,16 @@ Test(store, spill_path_is_next_to_the_database)
 
 Test(store, spill_then_replay_round_trip_with_deletes_and_last_seq)
 {
-    store *s = open_store();
+    store *s = sfx_open_store();
     store_reader *r;
-    loaded l;
-    size_t rows = 99, deletes = 99;
-    char err[512] = "";
-    ns_row x1 = draft("r1", "x", NS_RUNNING, 1);
-    ns_row a1 = draft("r1", "a", NS_RUNNING, 2);
-    ns_row z3 = draft("r3", "z", NS_COMPLETED, 3);
-    ns_row sa1 = draft("r1", "a", NS_COMPLETED, 5);
-    ns_row sb1 = draft("r1", "b", NS_RUNNING, 6);
-    ns_row sa2 = draft("r2", "a", NS_SCHEDULED, 7);
-    ns_row sc1 = draft("r1", "c", NS_SUSPENDED, 8);
-    ns_row sa2b = draft("r2", "a", NS_FAILED, 9);
+    ns_row x1 = sfx_draft("r1", "x", NS_RUNNING, 1);
+    ns_row a1 = sfx_draft("r1", "a", NS_RUNNING, 2);
+    ns_row z3 = sfx_draft("r3", "z", NS_COMPLETED, 3);
+    ns_row sa1 = sfx_draft("r1", "a", NS_COMPLETED, 5);
+    ns_row sb1 = sfx_draft("r1", "b", NS_RUNNING, 6);
+    ns_row sa2 = sfx_draft("r2", "a", NS_SCHEDULED, 7);
+    ns_row sc1 = sfx_draft("r1", "c", NS_SUSPENDED, 8);
+    ns_row sa2b = sfx_draft("r2", "a", NS_FAILED, 9);
     ns_row *base[] = {&x1, &a1, &z3};
     ns_row *first[] = {&sa1, &sb1, &sa2};
     ns_row *second[] = {&sc1, &sa2b};
@@ -941,7 +864,7 @@ Test(store, spill_then_replay_round_trip_with_deletes_and_last_seq)
     sa2b.ts[NS_TS_FAILED] = T0 + 3;
     sa2b.last_error = "boom";
 
-    cr_assert(eq(int, write_rows(s, base, 3, NULL, 0, 3), 0));
+    write_ok(s, base, 3, NULL, 0, 3);
     cr_assert(false == file_exists(spill_file()));
 
     /* Two spills append; the second deletes r1, including spilled rows. */
@@ -961,10 +884,7 @@ Test(store, spill_then_replay_round_trip_with_deletes_and_last_seq)
     sqlite3_close(sp);
     cr_assert(eq(i64, store_last_seq(s), 3), "spilling is not committing");
 
-    cr_assert(eq(int, store_replay(s, &rows, &deletes, err, sizeof err), 0),
-              "store_replay: %s", err);
-    cr_assert(eq(sz, rows, 2));
-    cr_assert(eq(sz, deletes, 1));
+    replay_ok(s, 2, 1);
     cr_assert(eq(i64, store_last_seq(s), 10));
     cr_assert(false == file_exists(spill_file()),
               "a replayed sidecar is removed");
@@ -972,36 +892,22 @@ Test(store, spill_then_replay_round_trip_with_deletes_and_last_seq)
     snprintf(journal, sizeof journal, "%s-journal", spill_file());
     cr_assert(false == file_exists(journal));
 
-    r = open_reader();
-    load(r, "r1", &l);
-    cr_assert(eq(sz, l.n, 1), "r1 was deleted, then only c was written");
-    assert_row_eq(l.rows[0], &sc1);
-    loaded_free(&l);
-    load(r, "r2", &l);
-    cr_assert(eq(sz, l.n, 1));
-    assert_row_eq(l.rows[0], &sa2b);
-    loaded_free(&l);
-    load(r, "r3", &l);
-    cr_assert(eq(sz, l.n, 1), "runs the sidecar never named are untouched");
-    assert_row_eq(l.rows[0], &z3);
-    loaded_free(&l);
+    r = sfx_open_reader();
+    expect_run(r, "r1", "r1 was deleted, then only c was written", 1, &sc1);
+    expect_run(r, "r2", NULL, 1, &sa2b);
+    expect_run(r, "r3", "runs the sidecar never named are untouched", 1, &z3);
 
     /* A second replay finds nothing. */
-    rows = deletes = 99;
-    cr_assert(eq(int, store_replay(s, &rows, &deletes, err, sizeof err), 0),
-              "store_replay: %s", err);
-    cr_assert(eq(sz, rows, 0));
-    cr_assert(eq(sz, deletes, 0));
+    replay_ok(s, 0, 0);
 
     /* The write connection still works after ATTACH/DETACH. */
-    ns_row next = draft("r3", "y", NS_IDLE, 11);
+    ns_row next = sfx_draft("r3", "y", NS_IDLE, 11);
     ns_row *after[] = {&next};
-    cr_assert(eq(int, write_rows(s, after, 1, NULL, 0, 11), 0),
-              "store_write: %s", store_errmsg(s));
+    write_ok(s, after, 1, NULL, 0, 11);
     store_reader_close(r);
     store_close(s);
 
-    s = open_store();
+    s = sfx_open_store();
     cr_assert(eq(i64, store_last_seq(s), 11));
     store_close(s);
 }
@@ -1009,21 +915,19 @@ Test(store, spill_then_replay_round_trip_with_deletes_and_last_seq)
 /* The timeout is a hang guard: replay gives up after the busy timeout. */
 Test(store, replay_with_the_database_locked_keeps_the_sidecar, .timeout = 10)
 {
-    store *s = open_store();
-    store_reader *r = open_reader();
-    loaded l;
+    store *s = sfx_open_store();
+    store_reader *r = sfx_open_reader();
     size_t rows = 99, deletes = 99;
     char err[512] = "";
-    ns_row a = draft("r", "a", NS_RUNNING, 1);
-    ns_row sa = draft("r", "a", NS_COMPLETED, 2);
+    ns_row a = sfx_draft("r", "a", NS_RUNNING, 1);
+    ns_row sa = sfx_draft("r", "a", NS_COMPLETED, 2);
     ns_row *base[] = {&a};
     ns_row *spilled[] = {&sa};
     sqlite3 *other;
 
-    cr_assert(eq(int, write_rows(s, base, 1, NULL, 0, 1), 0));
+    write_ok(s, base, 1, NULL, 0, 1);
     spill(spilled, 1, NULL, 0, 2);
-    other = open_raw();
-    raw_exec(other, "BEGIN EXCLUSIVE");
+    other = lock_db();
 
     cr_assert(eq(int, store_replay(s, &rows, &deletes, err, sizeof err), -1));
     cr_assert(strstr(err, "locked") != NULL, "err: %s", err);
@@ -1031,48 +935,29 @@ Test(store, replay_with_the_database_locked_keeps_the_sidecar, .timeout = 10)
     cr_assert(file_exists(spill_file()), "the sidecar is kept");
     cr_assert(eq(i64, store_last_seq(s), 1));
 
-    raw_exec(other, "COMMIT");
-    sqlite3_close(other);
-    load(r, "r", &l);
-    cr_assert(eq(sz, l.n, 1));
-    assert_row_eq(l.rows[0], &a);
-    loaded_free(&l);
+    unlock_db(other);
+    expect_run(r, "r", NULL, 1, &a);
 
     /* Once the lock is gone the same sidecar replays. */
-    cr_assert(eq(int, store_replay(s, &rows, &deletes, err, sizeof err), 0),
-              "store_replay: %s", err);
-    cr_assert(eq(sz, rows, 1));
-    cr_assert(eq(sz, deletes, 0));
+    replay_ok(s, 1, 0);
     cr_assert(false == file_exists(spill_file()));
     cr_assert(eq(i64, store_last_seq(s), 2));
-    load(r, "r", &l);
-    cr_assert(eq(sz, l.n, 1));
-    assert_row_eq(l.rows[0], &sa);
-    loaded_free(&l);
+    expect_run(r, "r", NULL, 1, &sa);
     store_reader_close(r);
     store_close(s);
 }
 
 Test(store, replay_of_a_missing_or_empty_sidecar_is_a_no_op)
 {
-    store *s = open_store();
-    size_t rows = 99, deletes = 99;
-    char err[512] = "";
+    store *s = sfx_open_store();
     FILE *f;
 
-    cr_assert(eq(int, store_replay(s, &rows, &deletes, err, sizeof err), 0),
-              "store_replay: %s", err);
-    cr_assert(eq(sz, rows, 0));
-    cr_assert(eq(sz, deletes, 0));
+    replay_ok(s, 0, 0);
 
     f = fopen(spill_file(), "w");
     cr_assert(f != NULL);
     fclose(f);
-    rows = deletes = 99;
-    cr_assert(eq(int, store_replay(s, &rows, &deletes, err, sizeof err), 0),
-              "store_replay: %s", err);
-    cr_assert(eq(sz, rows, 0));
-    cr_assert(eq(sz, deletes, 0));
+    replay_ok(s, 0, 0);
     cr_assert(false == file_exists(spill_file()));
     cr_assert(eq(i64, store_last_seq(s), 0));
     store_close(s);
@@ -1080,7 +965,7 @@ Test(store, replay_of_a_missing_or_empty_sidecar_is_a_no_op)
 
 Test(store, replay_refuses_a_sidecar_it_did_not_write)
 {
-    store *s = open_store();
+    store *s = sfx_open_store();
     size_t rows, deletes;
     char err[512] = "";
     sqlite3 *db = NULL;
@@ -1101,17 +986,17 @@ Test(store, replay_refuses_a_sidecar_it_did_not_write)
 
 Test(store, spill_isolates_a_row_it_cannot_store)
 {
-    store *s = open_store();
-    isolated iso = {0};
+    store *s = sfx_open_store();
+    sfx_isolated iso = {0};
     size_t rows, deletes;
     char err[512] = "";
-    ns_row good = draft("r", "a", NS_RUNNING, 1);
-    ns_row bad = draft("r", "b", NS_STATUS_COUNT, 2);
+    ns_row good = sfx_draft("r", "a", NS_RUNNING, 1);
+    ns_row bad = sfx_draft("r", "b", NS_STATUS_COUNT, 2);
     ns_row *both[] = {&good, &bad};
     store_batch b = {.rows = both, .n_rows = 2, .last_seq = 2,
-                     .on_isolated = on_isolated, .isolated_ctx = &iso};
+                     .on_isolated = sfx_on_isolated, .isolated_ctx = &iso};
 
-    cr_assert(eq(int, store_spill(db_path, &b, err, sizeof err), 0),
+    cr_assert(eq(int, store_spill(sfx_db_path(), &b, err, sizeof err), 0),
               "store_spill: %s", err);
     cr_assert(eq(sz, iso.n, 1));
     cr_assert(iso.rows[0] == &bad);
@@ -1124,12 +1009,15 @@ Test(store, spill_isolates_a_row_it_cannot_store)
 
 /* ---- migration from the original design's file (user_version 0) ---- */
 
-/* Creates db_path with raw SQL and no user_version, as the old design did. */
+/*
+ * Creates the database with raw SQL and no user_version, as the old design
+ * did.
+ */
 static void make_v0(const char *sql)
 {
     sqlite3 *db = NULL;
 
-    cr_assert(sqlite3_open_v2(db_path, &db,
+    cr_assert(sqlite3_open_v2(sfx_db_path(), &db,
                               SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE,
                               NULL) == SQLITE_OK);
     raw_exec(db, sql);
@@ -1150,10 +1038,9 @@ Test(store, migrates_a_version_0_file_adding_missing_columns)
 {
     store *s;
     store_reader *r;
-    loaded l;
     sqlite3 *db;
-    ns_row want_a = draft("run", "a", NS_COMPLETED, 0);
-    ns_row want_b = draft("run", "b", NS_FAILED, 0);
+    ns_row want_a = sfx_draft("run", "a", NS_COMPLETED, 0);
+    ns_row want_b = sfx_draft("run", "b", NS_FAILED, 0);
 
     make_v0(V0_TABLE
             "INSERT INTO run_node_state VALUES ('run', 'a', 'completed', 2,"
@@ -1174,7 +1061,7 @@ Test(store, migrates_a_version_0_file_adding_missing_columns)
     want_a.seq = 1;
     want_b.seq = 2;
 
-    s = open_store();
+    s = sfx_open_store();
     cr_assert(eq(i64, store_last_seq(s), 2));
     db = open_raw();
     cr_assert(eq(i64, raw_int(db, "PRAGMA user_version"), 1));
@@ -1189,30 +1076,22 @@ Test(store, migrates_a_version_0_file_adding_missing_columns)
     sqlite3_close(db);
 
     /* Old rows read back with the defaults of the new columns. */
-    r = open_reader();
-    load(r, "run", &l);
-    cr_assert(eq(sz, l.n, 2));
-    assert_row_eq(l.rows[0], &want_a);
-    assert_row_eq(l.rows[1], &want_b);
-    loaded_free(&l);
+    r = sfx_open_reader();
+    expect_run(r, "run", NULL, 2, &want_a, &want_b);
 
     /* And the migrated table takes our writes. */
-    ns_row c = draft("run", "c", NS_SUSPENDED, 5);
+    ns_row c = sfx_draft("run", "c", NS_SUSPENDED, 5);
     c.suspension_reason = "why";
     c.resume_state = "{}";
     c.retryable = true;
     ns_row *rows[] = {&c};
-    cr_assert(eq(int, write_rows(s, rows, 1, NULL, 0, 5), 0),
-              "store_write: %s", store_errmsg(s));
-    load(r, "run", &l);
-    cr_assert(eq(sz, l.n, 3));
-    assert_row_eq(l.rows[2], &c);
-    loaded_free(&l);
+    write_ok(s, rows, 1, NULL, 0, 5);
+    expect_run(r, "run", NULL, 3, ANY, ANY, &c);
     store_reader_close(r);
     store_close(s);
 
     /* Reopening the now version-1 file changes nothing. */
-    s = open_store();
+    s = sfx_open_store();
     cr_assert(eq(i64, store_last_seq(s), 5));
     store_close(s);
 }
@@ -1228,9 +1107,23 @@ Test(store, migration_takes_last_seq_from_the_rows)
             " '2026-11-26T16:27:29.123Z', 17);"
             "INSERT INTO run_node_state VALUES ('r', 'b', 'idle', 1,"
             " '2026-11-26T16:27:29.123Z', 42);");
-    s = open_store();
+    s = sfx_open_store();
     cr_assert(eq(i64, store_last_seq(s), 42));
     store_close(s);
+}
+
+/*
+ * Opens the database a refused migration left, asserting it is still at
+ * version 0 with no nodestate_meta; the caller checks the rest and closes.
+ */
+static sqlite3 *open_unmigrated(void)
+{
+    sqlite3 *db = open_raw();
+
+    cr_assert(eq(i64, raw_int(db, "PRAGMA user_version"), 0));
+    cr_assert(eq(i64, raw_int(db, "SELECT count(*) FROM sqlite_master WHERE"
+                                  " name = 'nodestate_meta'"), 0));
+    return db;
 }
 
 /* Refused, and the file is left exactly as it was. */
@@ -1240,13 +1133,11 @@ static void assert_migration_refused(const char *table_sql, const char *want)
     sqlite3 *db;
 
     make_v0(table_sql);
-    cr_assert(store_open(db_path, false, err, sizeof err) == NULL);
+    cr_assert(store_open(sfx_db_path(), false, err, sizeof err) == NULL);
     cr_assert(strstr(err, want) != NULL, "err: %s", err);
-    cr_assert(strstr(err, db_path) != NULL, "err names the path: %s", err);
-    db = open_raw();
-    cr_assert(eq(i64, raw_int(db, "PRAGMA user_version"), 0));
-    cr_assert(eq(i64, raw_int(db, "SELECT count(*) FROM sqlite_master WHERE"
-                                  " name = 'nodestate_meta'"), 0));
+    cr_assert(strstr(err, sfx_db_path()) != NULL, "err names the path: %s",
+              err);
+    db = open_unmigrated();
     cr_assert(eq(i64, raw_int(db, "SELECT count(*) FROM pragma_table_info("
                                   "'run_node_state') WHERE name = 'seq'"), 0));
     sqlite3_close(db);
@@ -1302,11 +1193,10 @@ Test(store, migration_converts_timestamps_to_our_form)
 {
     store *s;
     store_reader *r;
-    loaded l;
     sqlite3 *db;
     char buf[64];
-    ns_row want_a = draft("run", "a", NS_COMPLETED, 0);
-    ns_row want_b = draft("run", "b", NS_IDLE, 0);
+    ns_row want_a = sfx_draft("run", "a", NS_COMPLETED, 0);
+    ns_row want_b = sfx_draft("run", "b", NS_IDLE, 0);
 
     /* SQLite's CURRENT_TIMESTAMP form, other RFC 3339 forms, date only. */
     make_v0(V0_TABLE
@@ -1327,7 +1217,7 @@ Test(store, migration_converts_timestamps_to_our_form)
     want_a.seq = 1;
     want_b.seq = 2;
 
-    s = open_store();
+    s = sfx_open_store();
     db = open_raw();
     cr_assert(eq(i64, raw_int(db, "PRAGMA user_version"), 1));
     raw_text(db, "SELECT scheduled_at FROM run_node_state WHERE node_id='a'",
@@ -1354,26 +1244,10 @@ Test(store, migration_converts_timestamps_to_our_form)
                                   OUR_TS_GLOB), 0));
     sqlite3_close(db);
 
-    r = open_reader();
-    load(r, "run", &l);
-    cr_assert(eq(sz, l.n, 2));
-    assert_row_eq(l.rows[0], &want_a);
-    assert_row_eq(l.rows[1], &want_b);
-    loaded_free(&l);
+    r = sfx_open_reader();
+    expect_run(r, "run", NULL, 2, &want_a, &want_b);
     store_reader_close(r);
     store_close(s);
-}
-
-/* Removes db_path and its companions, for a test that makes several files. */
-static void remove_db(void)
-{
-    static const char *const suffixes[] = {"", "-wal", "-shm", "-journal"};
-    char p[PATH_MAX + 16];
-
-    for (size_t i = 0; i < sizeof suffixes / sizeof suffixes[0]; i++) {
-        snprintf(p, sizeof p, "%s%s", db_path, suffixes[i]);
-        unlink(p);
-    }
 }
 
 Test(store, migration_refuses_values_it_cannot_read_and_changes_nothing)
@@ -1413,7 +1287,7 @@ Test(store, migration_refuses_values_it_cannot_read_and_changes_nothing)
         char buf[64];
         sqlite3 *db;
 
-        remove_db();
+        sfx_remove_files();
         /* Row a converts fine and comes first: its change must not stay. */
         snprintf(sql, sizeof sql,
                  "CREATE TABLE run_node_state (run_id TEXT, node_id TEXT,"
@@ -1431,17 +1305,14 @@ Test(store, migration_refuses_values_it_cannot_read_and_changes_nothing)
                  cases[i].col, cases[i].value);
         make_v0(sql);
 
-        cr_assert(store_open(db_path, false, err, sizeof err) == NULL,
+        cr_assert(store_open(sfx_db_path(), false, err, sizeof err) == NULL,
                   "%s = %s was migrated", cases[i].col, cases[i].value);
         cr_assert(strstr(err, cases[i].want) != NULL, "err: %s", err);
         cr_assert(strstr(err, "run_id 'r', node_id 'b'") != NULL, "err: %s",
                   err);
-        cr_assert(strstr(err, db_path) != NULL, "err: %s", err);
+        cr_assert(strstr(err, sfx_db_path()) != NULL, "err: %s", err);
 
-        db = open_raw();
-        cr_assert(eq(i64, raw_int(db, "PRAGMA user_version"), 0));
-        cr_assert(eq(i64, raw_int(db, "SELECT count(*) FROM sqlite_master"
-                                      " WHERE name = 'nodestate_meta'"), 0));
+        db = open_unmigrated();
         cr_assert(eq(i64, raw_int(db, "SELECT count(*) FROM pragma_table_info"
                                       "('run_node_state')"), 11));
         raw_text(db, "SELECT scheduled_at || '|' || updated_at FROM"
@@ -1473,7 +1344,7 @@ Test(store, migration_numbers_rows_without_a_seq_above_the_highest)
             " ('r', 'a', 'idle', 1, '2026-11-26T16:27:29.123Z', 0),"
             " ('r', 'e', 'idle', 1, '2026-11-26T16:27:29.123Z', 'x'),"
             " ('q', 'z', 'idle', 1, '2026-11-26T16:27:29.123Z', 0);");
-    s = open_store();
+    s = sfx_open_store();
     cr_assert(eq(i64, store_last_seq(s), 22));
     db = open_raw();
     cr_assert(eq(i64, raw_int(db, "SELECT value FROM nodestate_meta WHERE"
@@ -1482,7 +1353,7 @@ Test(store, migration_numbers_rows_without_a_seq_above_the_highest)
                                   " run_id = 'q'"), 18));
     sqlite3_close(db);
 
-    r = open_reader();
+    r = sfx_open_reader();
     load(r, "r", &l);
     cr_assert(eq(sz, l.n, 5));
     cr_assert(eq(i64, l.rows[0]->seq, 19), "a");
@@ -1506,7 +1377,7 @@ Test(store, migration_numbers_above_a_last_seq_already_recorded)
             "INSERT INTO nodestate_meta VALUES ('last_seq', 100);"
             "INSERT INTO run_node_state VALUES ('r', 'a', 'idle', 1, NULL,"
             " NULL, NULL, NULL, NULL, NULL, '2026-11-26T16:27:29.123Z');");
-    s = open_store();
+    s = sfx_open_store();
     cr_assert(eq(i64, store_last_seq(s), 101));
     db = open_raw();
     cr_assert(eq(i64, raw_int(db, "SELECT seq FROM run_node_state"), 101));
@@ -1528,8 +1399,8 @@ Test(store, migration_keeps_valid_json_as_written_by_another_tool)
             "INSERT INTO run_node_state VALUES ('r', 'b', 'completed', 1,"
             " NULL, NULL, NULL, NULL, NULL, '\"text\"',"
             " '2026-11-26T16:27:29.123Z');");
-    s = open_store();
-    r = open_reader();
+    s = sfx_open_store();
+    r = sfx_open_reader();
     load(r, "r", &l);
     cr_assert(eq(sz, l.n, 2));
     cr_assert(eq(i64, l.rows[0]->attempt, 3));
@@ -1545,10 +1416,10 @@ Test(store, migration_keeps_valid_json_as_written_by_another_tool)
 
 Test(store, meta_get_and_set_round_trip_and_survive_reopen)
 {
-    store *s = open_store();
+    store *s = sfx_open_store();
     int64_t v = 99;
     sqlite3 *db;
-    ns_row a = draft("r", "a", NS_IDLE, 7);
+    ns_row a = sfx_draft("r", "a", NS_IDLE, 7);
     ns_row *rows[] = {&a};
 
     cr_assert(eq(int, store_meta_get(s, "seq_reserved", &v), 1));
@@ -1573,13 +1444,12 @@ Test(store, meta_get_and_set_round_trip_and_survive_reopen)
     cr_assert(eq(i64, v, INT64_MIN));
 
     /* store_write's last_seq is readable and unaffected by the caller's. */
-    cr_assert(eq(int, write_rows(s, rows, 1, NULL, 0, 7), 0),
-              "store_write: %s", store_errmsg(s));
+    write_ok(s, rows, 1, NULL, 0, 7);
     cr_assert(eq(int, store_meta_get(s, "last_seq", &v), 0));
     cr_assert(eq(i64, v, 7));
     store_close(s);
 
-    s = open_store();
+    s = sfx_open_store();
     cr_assert(eq(int, store_meta_get(s, "seq_reserved", &v), 0));
     cr_assert(eq(i64, v, 5));
     cr_assert(eq(i64, store_last_seq(s), 7));
@@ -1588,12 +1458,12 @@ Test(store, meta_get_and_set_round_trip_and_survive_reopen)
 
 Test(store, meta_set_refuses_last_seq)
 {
-    store *s = open_store();
+    store *s = sfx_open_store();
     int64_t v = 0;
-    ns_row a = draft("r", "a", NS_IDLE, 3);
+    ns_row a = sfx_draft("r", "a", NS_IDLE, 3);
     ns_row *rows[] = {&a};
 
-    cr_assert(eq(int, write_rows(s, rows, 1, NULL, 0, 3), 0));
+    write_ok(s, rows, 1, NULL, 0, 3);
     cr_assert(eq(int, store_meta_set(s, "last_seq", 1), -1));
     cr_assert(strstr(store_errmsg(s), "last_seq") != NULL, "errmsg: %s",
               store_errmsg(s));
@@ -1605,7 +1475,7 @@ Test(store, meta_set_refuses_last_seq)
 
 Test(store, meta_get_refuses_a_value_that_is_not_an_integer)
 {
-    store *s = open_store();
+    store *s = sfx_open_store();
     int64_t v = 99;
     sqlite3 *db = open_raw();
 
@@ -1625,18 +1495,16 @@ Test(store, meta_get_refuses_a_value_that_is_not_an_integer)
 /* The timeout is a hang guard: the write gives up after its busy timeout. */
 Test(store, meta_set_fails_cleanly_while_the_file_is_locked, .timeout = 10)
 {
-    store *s = open_store();
+    store *s = sfx_open_store();
     int64_t v = 0;
     sqlite3 *other;
 
     cr_assert(eq(int, store_meta_set(s, "k", 1), 0));
-    other = open_raw();
-    raw_exec(other, "BEGIN EXCLUSIVE");
+    other = lock_db();
     cr_assert(eq(int, store_meta_set(s, "k", 2), -1));
     cr_assert(strstr(store_errmsg(s), "locked") != NULL, "errmsg: %s",
               store_errmsg(s));
-    raw_exec(other, "COMMIT");
-    sqlite3_close(other);
+    unlock_db(other);
 
     cr_assert(eq(int, store_meta_get(s, "k", &v), 0));
     cr_assert(eq(i64, v, 1));

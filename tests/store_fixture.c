@@ -1,0 +1,98 @@
+/*
+ * store_fixture: the store unit tests' shared set-up; see store_fixture.h.
+ */
+#include "store_fixture.h"
+
+#include <criterion/criterion.h>
+
+#include <limits.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+/* Criterion fixtures have no context argument; this is per test process. */
+static char tmp_dir[64];
+static char db_path[128];
+
+void sfx_setup(const char *name)
+{
+    snprintf(tmp_dir, sizeof tmp_dir, "/tmp/%s.XXXXXX", name);
+    cr_assert(mkdtemp(tmp_dir) != NULL);
+    snprintf(db_path, sizeof db_path, "%s/ns.db", tmp_dir);
+}
+
+void sfx_remove_files(void)
+{
+    static const char *const suffixes[] = {
+        "", "-wal", "-shm", "-journal",
+        ".spill", ".spill-wal", ".spill-shm", ".spill-journal",
+    };
+    char p[PATH_MAX + 16];
+
+    for (size_t i = 0; i < sizeof suffixes / sizeof suffixes[0]; i++) {
+        snprintf(p, sizeof p, "%s%s", db_path, suffixes[i]);
+        unlink(p);
+    }
+}
+
+void sfx_teardown(void)
+{
+    sfx_remove_files();
+    rmdir(tmp_dir);
+}
+
+const char *sfx_dir(void)
+{
+    return tmp_dir;
+}
+
+const char *sfx_db_path(void)
+{
+    return db_path;
+}
+
+store *sfx_open_store(void)
+{
+    char err[512] = "";
+    store *s = store_open(db_path, false, err, sizeof err);
+
+    cr_assert(s != NULL, "store_open: %s", err);
+    return s;
+}
+
+store_reader *sfx_open_reader(void)
+{
+    char err[512] = "";
+    store_reader *r = store_reader_open(db_path, err, sizeof err);
+
+    cr_assert(r != NULL, "store_reader_open: %s", err);
+    return r;
+}
+
+ns_row sfx_draft(const char *run, const char *node, ns_status st,
+                 int64_t seq)
+{
+    ns_row d;
+
+    memset(&d, 0, sizeof d);
+    d.run_id = run;
+    d.node_id = node;
+    d.status = st;
+    d.attempt = 1;
+    for (int f = 0; f < NS_TS_COUNT; f++)
+        d.ts[f] = NS_TS_NULL;
+    d.updated_at = SFX_T0 + seq;
+    d.seq = seq;
+    return d;
+}
+
+void sfx_on_isolated(void *ctx, const ns_row *row, const char *why)
+{
+    sfx_isolated *iso = ctx;
+
+    cr_assert(iso->n < SFX_MAX_ISOLATED);
+    cr_assert(why != NULL);
+    iso->rows[iso->n] = row;
+    snprintf(iso->why[iso->n], sizeof iso->why[0], "%s", why);
+    iso->n++;
+}

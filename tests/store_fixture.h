@@ -1,0 +1,51 @@
+/*
+ * store_fixture: set-up the store's unit tests share (test_store.c, and
+ * faults_store.c against the NODESTATE_FAULTS build of the core): a fresh
+ * directory per test, opening the store and a reader, drafting rows and
+ * recording what store_write's on_isolated callback was told.
+ *
+ * These assert with Criterion; call them only from a test or its fixtures.
+ */
+#ifndef NODESTATE_STORE_FIXTURE_H
+#define NODESTATE_STORE_FIXTURE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "server/engine/model.h"
+#include "server/engine/store.h"
+
+/* 2026-11-26T16:27:29.123Z; a draft's updated_at is this plus its seq. */
+#define SFX_T0 INT64_C(1795710449123)
+
+/* Makes /tmp/<name>.XXXXXX and the database path inside it. */
+void sfx_setup(const char *name);
+/*
+ * Removes the database with its companions and spill sidecar, for a test
+ * that makes several files in turn; sfx_teardown also removes the dir.
+ */
+void sfx_remove_files(void);
+void sfx_teardown(void);
+/* The directory and the database path sfx_setup made. */
+const char *sfx_dir(void);
+const char *sfx_db_path(void);
+
+/* store_open / store_reader_open on the database path; assert success. */
+store *sfx_open_store(void);
+store_reader *sfx_open_reader(void);
+
+/* A draft with every timestamp NULL and every optional text NULL. */
+ns_row sfx_draft(const char *run, const char *node, ns_status st,
+                 int64_t seq);
+
+/* What sfx_on_isolated was told (pass one as store_batch.isolated_ctx). */
+#define SFX_MAX_ISOLATED 8
+typedef struct sfx_isolated {
+    const ns_row *rows[SFX_MAX_ISOLATED];
+    char why[SFX_MAX_ISOLATED][256];
+    size_t n;
+} sfx_isolated;
+
+void sfx_on_isolated(void *ctx, const ns_row *row, const char *why);
+
+#endif
