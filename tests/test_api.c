@@ -19,6 +19,7 @@
 
 #include <jansson.h>
 
+#include "writer_blocker.h"
 #include "api/api.h"
 #include "api/prom.h"
 #include "server/engine/engine.h"
@@ -537,35 +538,14 @@ Test(api, post_bad_bodies)
     check_problem(&t, 400, "invalid-query");
 }
 
-/* Holds the writer inside its on_durable callback so the queue cannot drain (see test_engine.c). */
-typedef struct blocker {
-    _Atomic bool entered;
-    _Atomic bool release;
-} blocker;
-
-static void block_writer(void *ctx, int64_t durable_seq)
-{
-    blocker *b = ctx;
-    (void)durable_seq;
-    atomic_store(&b->entered, true);
-    for (int i = 0; i < HANG_SECONDS * 200 && !atomic_load(&b->release); i++)
-        sleep_ms(5);
-}
-
 Test(api, post_queue_full_is_503)
 {
     close_env();
     open_env(1);
     blocker bl;
-    atomic_init(&bl.entered, false);
-    atomic_init(&bl.release, false);
-    engine_on_durable(E, block_writer, &bl);
+    blocker_arm(E, &bl);
     cr_assert_eq(post("w", "blocker", "{\"status\":\"running\"}"), 202);
-    for (int i = 0; i < HANG_SECONDS * 200 && !atomic_load(&bl.entered); i++) {
-        engine_flush_soon(E);
-        sleep_ms(5);
-    }
-    cr_assert(atomic_load(&bl.entered), "the writer never committed the blocker");
+    cr_assert(blocker_wait(E, &bl), "the writer never committed the blocker");
     /* The writer is stuck; capacity 1. */
     cr_assert_eq(post("r", "a", "{\"status\":\"running\"}"), 202);
     spec s = { .method = "POST", .path = "/runs/r/nodes/b/state", .body = "{\"status\":\"running\"}" };

@@ -22,6 +22,7 @@
 
 #include <sqlite3.h>
 
+#include "writer_blocker.h"
 #include "server/engine/engine.h"
 #include "server/engine/model.h"
 
@@ -436,33 +437,12 @@ Test(engine, batch_size_bounds_each_transaction)
     cr_assert_eq(engine_close(e), 0);
 }
 
-/*
- * Holds the writer thread inside its on_durable callback, so it can take
- * nothing from the queue until released: a full queue stays full however the
- * writer decides when to flush.
- */
-typedef struct blocker {
-    _Atomic bool entered;
-    _Atomic bool release;
-} blocker;
-
-static void block_writer(void *ctx, int64_t durable_seq)
-{
-    blocker *b = ctx;
-    (void)durable_seq;
-    atomic_store(&b->entered, true);
-    for (int i = 0; i < HANG_SECONDS * 200 && !atomic_load(&b->release); i++)
-        sleep_ms(5);
-}
-
 /* Commits one row and returns once the writer is stuck in the callback after it. */
 static void stall_writer(engine *e, blocker *b)
 {
-    engine_on_durable(e, block_writer, b);
+    blocker_arm(e, b);
     accept(e, "w", "blocker", NS_RUNNING);
-    for (int i = 0; i < HANG_SECONDS * 200 && !atomic_load(&b->entered); i++)
-        sleep_ms(5);
-    cr_assert(atomic_load(&b->entered), "the writer never committed the blocker");
+    cr_assert(blocker_wait(e, b), "the writer never committed the blocker");
 }
 
 Test(engine, queue_full_changes_nothing)
@@ -471,8 +451,6 @@ Test(engine, queue_full_changes_nothing)
     engine *e = open_with(&c);
     ns_stats *st = engine_stats(e);
     blocker b;
-    atomic_init(&b.entered, false);
-    atomic_init(&b.release, false);
     stall_writer(e, &b);
 
     /* Capacity 2: the third distinct write finds the queue full. */
