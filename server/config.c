@@ -29,6 +29,8 @@ typedef enum opt_kind {
     OPT_PATH,     /* non-empty string -> char[] */
     OPT_SIZE,     /* whole number in [min, max] -> size_t */
     OPT_UINT,     /* whole number in [min, max] -> unsigned */
+    OPT_BYTES,    /* whole number of bytes, optional K/M/G (powers of 1024),
+                     in [min, max] -> size_t */
     OPT_SECONDS,  /* finite number in [0, max_seconds] -> double */
     OPT_SYNC,     /* normal|full -> bool */
     OPT_LEVEL,    /* debug|info|warn|error -> int (NS_LOG_*) */
@@ -45,7 +47,7 @@ typedef struct option_def {
     opt_kind kind;
     size_t offset;         /* of the field in struct config */
     size_t field_size;     /* of that field (for OPT_PATH) */
-    uint64_t min, max;     /* range of OPT_SIZE / OPT_UINT */
+    uint64_t min, max;     /* range of OPT_SIZE / OPT_UINT / OPT_BYTES */
     double max_seconds;    /* upper bound of OPT_SECONDS */
     const char *def;       /* the default, written as a user would; NULL: none */
     const char *metavar;
@@ -66,10 +68,18 @@ static const option_def options[] = {
      "SECONDS", "longest the oldest queued update waits for its batch (<= 60)"},
     {"queue-capacity", OPT_SIZE, FIELD(queue_capacity), 1, (uint64_t)1 << 30, 0,
      "262144", "N", "most updates queued at once; past it writes get 503"},
+    {"queue-max-bytes", OPT_BYTES, FIELD(queue_max_bytes), 1 << 20,
+     (uint64_t)1 << 40, 0, "128M", "BYTES",
+     "most bytes of updates queued at once; past it writes get 503\n"
+     "      (K, M, G suffixes: powers of 1024)"},
     {"cache-max-nodes", OPT_SIZE, FIELD(cache_max_nodes), 0, (uint64_t)1 << 40, 0,
      "1000000", "N",
      "most nodes kept in memory; idle runs past it are evicted (least\n"
      "      recently used first) and read back from SQLite; 0 = no bound"},
+    {"cache-max-bytes", OPT_BYTES, FIELD(cache_max_bytes), 0, (uint64_t)1 << 40, 0,
+     "256M", "BYTES",
+     "most bytes of node state kept in memory; idle runs past it are\n"
+     "      evicted like --cache-max-nodes; 0 = no bound (K, M, G suffixes)"},
     {"shutdown-timeout", OPT_SECONDS, FIELD(shutdown_timeout), 0, 0,
      SECONDS_MAX, "10", "SECONDS",
      "time allowed on SIGTERM to answer requests and flush the queue"},
@@ -77,12 +87,20 @@ static const option_def options[] = {
      "normal|full", "SQLite synchronous mode; full also survives power loss"},
     {"threads", OPT_UINT, FIELD(threads), 0, 256, 0, "0", "N",
      "HTTP worker threads; 0 = one per core"},
-    {"max-body-bytes", OPT_SIZE, FIELD(max_body_bytes), 1, (uint64_t)1 << 30, 0,
-     "1048576", "N", "largest request body; larger ones get 413 (<= 1 GiB)"},
-    {"max-error-bytes", OPT_SIZE, FIELD(max_error_bytes), 1, (uint64_t)1 << 30, 0,
-     "65536", "N", "longest last_error accepted in an update; longer ones get 422"},
+    {"max-body-bytes", OPT_BYTES, FIELD(max_body_bytes), 1, (uint64_t)1 << 30, 0,
+     "1M", "BYTES", "largest request body; larger ones get 413 (<= 1 GiB)"},
+    {"max-error-bytes", OPT_BYTES, FIELD(max_error_bytes), 1, (uint64_t)1 << 30, 0,
+     "64K", "BYTES",
+     "longest last_error accepted in an update; longer ones get 422"},
     {"max-connections", OPT_UINT, FIELD(max_connections), 1, 1000000, 0, "1024",
      "N", "most client connections open at once"},
+    {"max-connections-per-ip", OPT_UINT, FIELD(max_connections_per_ip), 0,
+     1000000, 0, "256", "N",
+     "most connections open at once from one client address; 0 = no bound"},
+    {"header-timeout", OPT_SECONDS, FIELD(header_timeout), 0, 0, 3600, "10",
+     "SECONDS",
+     "time a client has to send a request's headers once it connects\n"
+     "      or starts a request on a kept-alive connection; 0 = no limit"},
     {"connection-timeout", OPT_UINT, FIELD(connection_timeout), 0, 31536000, 0,
      "60", "SECONDS", "whole seconds an idle connection stays open; 0 = forever"},
     {"max-wait", OPT_SECONDS, FIELD(max_wait), 0, 0, SECONDS_MAX, "60",
@@ -98,6 +116,9 @@ static const option_def options[] = {
     {"access-log", OPT_BOOL, FIELD(access_log), 0, 0, 0, "false", "",
      "log one info line per answered request (method, path, status, bytes,\n"
      "      duration); the variable takes 1/true or 0/false"},
+    {"port-file", OPT_PATH, FIELD(port_file), 0, 0, 0, NULL, "PATH",
+     "once listening, write the bound port (a line of digits) to this\n"
+     "      file, created anew; handy with --listen HOST:0"},
 };
 
 #define OPTION_COUNT (sizeof options / sizeof options[0])
@@ -152,6 +173,41 @@ static int parse_whole(const char *s, uint64_t *out)
     if (errno == ERANGE)
         return -2;
     *out = v;
+    return 0;
+}
+
+/*
+ * A size in bytes: a whole number with an optional K, M or G (or k, m, g)
+ * suffix, powers of 1024. 0 ok, -1 not a size, -2 too large for 64 bits.
+ */
+static int parse_bytes(const char *s, uint64_t *out)
+{
+    char digits[32];
+    size_t len = strlen(s);
+    unsigned shift = 0;
+    uint64_t v;
+    int rc;
+
+    if (len > 0) {
+        switch (s[len - 1]) {
+        case 'K': case 'k': shift = 10; break;
+        case 'M': case 'm': shift = 20; break;
+        case 'G': case 'g': shift = 30; break;
+        default: break;
+        }
+    }
+    if (shift != 0)
+        len--;
+    if (len == 0 || len >= sizeof digits)
+        return len == 0 ? -1 : -2;
+    memcpy(digits, s, len);
+    digits[len] = '\0';
+    rc = parse_whole(digits, &v);
+    if (rc != 0)
+        return rc;
+    if (v > (UINT64_MAX >> shift))
+        return -2;
+    *out = v << shift;
     return 0;
 }
 
@@ -333,6 +389,20 @@ static int set_value(config *c, const option_def *o, const char *v,
             *(size_t *)(void *)field = (size_t)n;
         else
             *(unsigned *)(void *)field = (unsigned)n;
+        return 0;
+    case OPT_BYTES:
+        rc = parse_bytes(v, &n);
+        if (rc == -1) {
+            fail(err, errlen, o, src,
+                 "\"%.100s\" is not a size (a whole number, K, M or G after it)", v);
+            return -1;
+        }
+        if (rc == -2 || n < o->min || n > o->max) {
+            fail(err, errlen, o, src, "%.100s is out of range %llu..%llu bytes", v,
+                 (unsigned long long)o->min, (unsigned long long)o->max);
+            return -1;
+        }
+        *(size_t *)(void *)field = (size_t)n;
         return 0;
     case OPT_SECONDS:
         if (parse_seconds(v, &d) != 0) {
@@ -647,6 +717,7 @@ static void format_value(const config *c, const option_def *o, char *buf,
         snprintf(buf, size, "%s", field);
         return;
     case OPT_SIZE:
+    case OPT_BYTES:
         snprintf(buf, size, "%zu", *(const size_t *)(const void *)field);
         return;
     case OPT_UINT:

@@ -23,19 +23,24 @@ typedef struct config {
     size_t batch_size;            /* --batch-size */
     double batch_interval;        /* --batch-interval seconds, default 0.1 */
     size_t queue_capacity;        /* --queue-capacity */
+    size_t queue_max_bytes;       /* --queue-max-bytes: bytes of queued updates */
     size_t cache_max_nodes;       /* --cache-max-nodes: 0 = no bound */
+    size_t cache_max_bytes;       /* --cache-max-bytes: 0 = no bound */
     double shutdown_timeout;      /* --shutdown-timeout seconds */
     bool synchronous_full;        /* --synchronous normal|full, default normal */
     unsigned threads;             /* --threads: HTTP worker threads, 0 = one per core */
     size_t max_body_bytes;        /* --max-body-bytes: larger bodies get 413 */
     size_t max_error_bytes;       /* --max-error-bytes: longer last_error gets 422 */
     unsigned max_connections;     /* --max-connections */
+    unsigned max_connections_per_ip; /* --max-connections-per-ip: 0 = no bound */
+    double header_timeout;        /* --header-timeout: seconds to send the headers; 0 = none */
     unsigned connection_timeout;  /* --connection-timeout: idle seconds before closing */
     double max_wait;              /* --max-wait: cap on ?timeout= for ?wait=true */
     int log_level;                /* --log-level debug|info|warn|error (NS_LOG_*) */
     char token[4096];             /* --token, or read from --token-file; "" = no auth */
     char token_file[4096];        /* --token-file PATH the token came from; "" = none */
     bool access_log;              /* --access-log: one info line per answered request */
+    char port_file[4096];         /* --port-file: where to write the bound port; "" = none */
 } config;
 
 typedef enum config_outcome {

@@ -25,6 +25,8 @@ typedef struct http_config {
     size_t max_body_bytes;
     unsigned max_connections;
     unsigned connection_timeout;  /* idle seconds */
+    unsigned max_connections_per_ip; /* 0: no bound */
+    double header_timeout;        /* seconds to receive a request's headers; 0: none */
     /* One info line per answered request, "msg=access method=… path=…
      * status=… bytes=… duration_ms=… remote=…", written when the answer is
      * queued (413s and parked ?wait=true requests included). */

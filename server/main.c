@@ -5,6 +5,7 @@
  * Exit status: 0 clean, 1 failed to start or left updates unwritten, 2 bad
  * configuration.
  */
+#include <errno.h>
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -28,7 +29,9 @@
 /*
  * Blocks SIGTERM and SIGINT so every thread started later inherits the mask
  * and only sigwait in main sees them; ignores SIGPIPE so a client hanging up
- * is an EPIPE on that one socket, not the death of the process.
+ * is an EPIPE on that one socket, not the death of the process, and SIGHUP,
+ * whose default would end the process without a flush when its terminal
+ * goes away or an operator sends it out of habit.
  */
 static int setup_signals(sigset_t *stop)
 {
@@ -37,7 +40,7 @@ static int setup_signals(sigset_t *stop)
     memset(&ign, 0, sizeof ign);
     ign.sa_handler = SIG_IGN;
     sigemptyset(&ign.sa_mask);
-    if (sigaction(SIGPIPE, &ign, NULL) != 0)
+    if (sigaction(SIGPIPE, &ign, NULL) != 0 || sigaction(SIGHUP, &ign, NULL) != 0)
         return -1;
     if (sigemptyset(stop) != 0 || sigaddset(stop, SIGTERM) != 0 ||
         sigaddset(stop, SIGINT) != 0)
@@ -67,6 +70,37 @@ static void hide_token_argument(int argc, char **argv)
         if (value != NULL)
             memset(value, 0, strlen(value));
     }
+}
+
+/*
+ * Writes the bound port and a newline to path, through a temporary file
+ * renamed over it, so a reader that sees the file sees the whole number.
+ * 0, or -1 with errno set.
+ */
+static int write_port_file(const char *path, unsigned port)
+{
+    char tmp[4096 + 16];
+    FILE *f;
+    int rc;
+
+    if (snprintf(tmp, sizeof tmp, "%s.tmp", path) >= (int)sizeof tmp) {
+        errno = ENAMETOOLONG;
+        return -1;
+    }
+    f = fopen(tmp, "w");
+    if (f == NULL)
+        return -1;
+    rc = fprintf(f, "%u\n", port) < 0 ? -1 : 0;
+    if (fclose(f) != 0)
+        rc = -1;
+    if (rc == 0 && rename(tmp, path) != 0)
+        rc = -1;
+    if (rc != 0) {
+        int saved = errno;
+        unlink(tmp);
+        errno = saved;
+    }
+    return rc;
 }
 
 /* HOST:PORT, or [HOST]:PORT for an IPv6 host. */
@@ -133,7 +167,9 @@ int main(int argc, char **argv)
         .batch_size = cfg.batch_size,
         .batch_interval = cfg.batch_interval,
         .queue_capacity = cfg.queue_capacity,
+        .queue_max_bytes = cfg.queue_max_bytes,
         .cache_max_nodes = cfg.cache_max_nodes,
+        .cache_max_bytes = cfg.cache_max_bytes,
         .shutdown_timeout = cfg.shutdown_timeout,
         .synchronous_full = cfg.synchronous_full,
         .log = log_write,
@@ -169,6 +205,8 @@ int main(int argc, char **argv)
         .max_body_bytes = cfg.max_body_bytes,
         .max_connections = cfg.max_connections,
         .connection_timeout = cfg.connection_timeout,
+        .max_connections_per_ip = cfg.max_connections_per_ip,
+        .header_timeout = cfg.header_timeout,
         .access_log = cfg.access_log,
         .log = log_write,
         .log_ctx = log,
@@ -186,6 +224,14 @@ int main(int argc, char **argv)
     config_clear_secrets(&cfg);
     format_addr(addr, sizeof addr, cfg.listen_host, http_port(srv));
     log_printf(log, NS_LOG_INFO, "listening", "addr=%s", addr);
+    if (cfg.port_file[0] != '\0' && write_port_file(cfg.port_file, http_port(srv)) != 0) {
+        log_printf(log, NS_LOG_ERROR, "start-failed", "port_file=%s error=%s",
+                   logfmt_quote(db, sizeof db, cfg.port_file),
+                   logfmt_quote(quoted, sizeof quoted, strerror(errno)));
+        http_stop(srv, 0);
+        srv = NULL;
+        goto fail;
+    }
 
     /* sigwait fails only for a bad set; then shut down rather than spin. */
     if (sigwait(&stop, &sig) != 0)

@@ -29,6 +29,11 @@ static const char *const option_names[][2] = {
     {"--token", "NODESTATE_TOKEN"},
     {"--token-file", "NODESTATE_TOKEN_FILE"},
     {"--access-log", "NODESTATE_ACCESS_LOG"},
+    {"--queue-max-bytes", "NODESTATE_QUEUE_MAX_BYTES"},
+    {"--cache-max-bytes", "NODESTATE_CACHE_MAX_BYTES"},
+    {"--max-connections-per-ip", "NODESTATE_MAX_CONNECTIONS_PER_IP"},
+    {"--header-timeout", "NODESTATE_HEADER_TIMEOUT"},
+    {"--port-file", "NODESTATE_PORT_FILE"},
 };
 #define N_OPTIONS (sizeof option_names / sizeof option_names[0])
 
@@ -130,6 +135,12 @@ static void assert_same(const config *got, const config *want, const char *what)
     cr_assert_str_eq(got->token, want->token, "%s: token", what);
     cr_assert_str_eq(got->token_file, want->token_file, "%s: token_file", what);
     cr_assert_eq(got->access_log, want->access_log, "%s: access_log", what);
+    cr_assert_eq(got->queue_max_bytes, want->queue_max_bytes, "%s: queue_max_bytes", what);
+    cr_assert_eq(got->cache_max_bytes, want->cache_max_bytes, "%s: cache_max_bytes", what);
+    cr_assert_eq(got->max_connections_per_ip, want->max_connections_per_ip,
+                 "%s: max_connections_per_ip", what);
+    cr_assert_eq(got->header_timeout, want->header_timeout, "%s: header_timeout", what);
+    cr_assert_str_eq(got->port_file, want->port_file, "%s: port_file", what);
 }
 
 /* The defaults written out by hand, independent of config.c's table. */
@@ -152,7 +163,11 @@ static void want_defaults(config *c)
     c->connection_timeout = 60;
     c->max_wait = 60;
     c->log_level = NS_LOG_INFO;
-    /* token and token_file "", access_log false: the memset. */
+    c->queue_max_bytes = 128u << 20;
+    c->cache_max_bytes = 256u << 20;
+    c->max_connections_per_ip = 256;
+    c->header_timeout = 10;
+    /* token, token_file and port_file "", access_log false: the memset. */
 }
 
 Test(config, defaults)
@@ -206,6 +221,11 @@ static void x_token_file(config *c)
     strcpy(c->token, FILE_TOKEN);
 }
 static void x_access_log(config *c) { c->access_log = true; }
+static void x_queue_max_bytes(config *c) { c->queue_max_bytes = (size_t)3 << 30; }
+static void x_cache_max_bytes(config *c) { c->cache_max_bytes = 0; }
+static void x_max_connections_per_ip(config *c) { c->max_connections_per_ip = 0; }
+static void x_header_timeout(config *c) { c->header_timeout = 2.5; }
+static void x_port_file(config *c) { strcpy(c->port_file, "/tmp/ns.port"); }
 
 static const option_case option_cases[] = {
     {"--listen", "NODESTATE_LISTEN", "0.0.0.0:9090", x_listen, false, false},
@@ -226,6 +246,12 @@ static const option_case option_cases[] = {
     {"--token", "NODESTATE_TOKEN", "Tok-en.~+/=123", x_token, false, false},
     {"--token-file", "NODESTATE_TOKEN_FILE", NULL, x_token_file, false, true},
     {"--access-log", "NODESTATE_ACCESS_LOG", "true", x_access_log, true, false},
+    {"--queue-max-bytes", "NODESTATE_QUEUE_MAX_BYTES", "3G", x_queue_max_bytes, false, false},
+    {"--cache-max-bytes", "NODESTATE_CACHE_MAX_BYTES", "0", x_cache_max_bytes, false, false},
+    {"--max-connections-per-ip", "NODESTATE_MAX_CONNECTIONS_PER_IP", "0",
+     x_max_connections_per_ip, false, false},
+    {"--header-timeout", "NODESTATE_HEADER_TIMEOUT", "2.5", x_header_timeout, false, false},
+    {"--port-file", "NODESTATE_PORT_FILE", "/tmp/ns.port", x_port_file, false, false},
 };
 #define N_CASES (sizeof option_cases / sizeof option_cases[0])
 
@@ -392,6 +418,15 @@ static const bad_case bad_cases[] = {
     {"threads", "-0", "signed"},
     {"max-body-bytes", "0", "below range"},
     {"max-body-bytes", "1073741825", "above 1 GiB"},
+    {"max-body-bytes", "2G", "above 1 GiB with a suffix"},
+    {"max-body-bytes", "1T", "unknown suffix"},
+    {"max-body-bytes", "K", "a suffix alone"},
+    {"max-body-bytes", "1.5M", "fraction with a suffix"},
+    {"max-body-bytes", "-1K", "negative with a suffix"},
+    {"queue-max-bytes", "99999999999G", "overflows 64 bits after the suffix"},
+    {"queue-max-bytes", "1K", "below 1 MiB"},
+    {"header-timeout", "3601", "above an hour"},
+    {"port-file", "", "empty"},
     {"max-connections", "0", "below range"},
     {"connection-timeout", "1.5", "not whole seconds"},
     {"batch-interval", "61", "above 60"},
@@ -524,7 +559,7 @@ Test(config, help_lists_every_option)
                            option_names[i][1]);
     }
     const char *defaults[] = {"127.0.0.1:8080", "./nodestate.db", "8192", "0.1",
-                              "262144", "1048576", "1024", "normal", "info"};
+                              "262144", "1M", "64K", "128M", "256M", "1024", "normal", "info"};
     for (size_t i = 0; i < sizeof defaults / sizeof defaults[0]; i++)
         cr_assert_not_null(strstr(r->out, defaults[i]), "help lacks default %s",
                            defaults[i]);
@@ -564,6 +599,7 @@ Test(config, format_lists_every_setting)
                           "batch_interval=0.1", "queue_capacity=262144",
                           "shutdown_timeout=10", "synchronous=normal", "threads=2",
                           "max_body_bytes=1048576", "max_connections=1024",
+                          "queue_max_bytes=134217728", "header_timeout=10", "port_file=\"\"",
                           "connection_timeout=60", "max_wait=60", "log_level=info",
                           "token=unset", "token_file=\"\"", "access_log=false"};
     for (size_t i = 0; i < sizeof want / sizeof want[0]; i++)
@@ -791,4 +827,24 @@ Test(config, access_log_values)
     r = parse(ARGS("--access-log=false"));
     cr_assert_eq(r->outcome, CONFIG_RUN, "%s", r->err);
     cr_assert_not(r->c.access_log);
+}
+
+/* ---- sizes ------------------------------------------------------------------ */
+
+Test(config, sizes_take_suffixes_in_powers_of_1024)
+{
+    static const struct {
+        const char *value;
+        size_t want;
+    } cases[] = {
+        {"1048576", 1048576}, {"64K", 65536}, {"64k", 65536},
+        {"2M", (size_t)2 << 20}, {"1G", (size_t)1 << 30}, {"0", 0},
+    };
+
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        run *r = parse(ARGS("--cache-max-bytes", cases[i].value));
+
+        cr_assert_eq(r->outcome, CONFIG_RUN, "%s: %s", cases[i].value, r->err);
+        cr_assert_eq(r->c.cache_max_bytes, cases[i].want, "%s", cases[i].value);
+    }
 }

@@ -38,9 +38,11 @@ typedef struct engine_config {
     size_t batch_size;         /* most queued entries per transaction */
     double batch_interval;     /* seconds the oldest entry may wait */
     size_t queue_capacity;     /* most entries queued at once */
+    size_t queue_max_bytes;    /* most bytes of rows queued at once; 0: no bound */
     double shutdown_timeout;   /* seconds engine_close may spend flushing */
     bool synchronous_full;     /* synchronous=FULL instead of NORMAL */
     size_t cache_max_nodes;    /* evict idle runs above this many cached nodes; 0: no bound */
+    size_t cache_max_bytes;    /* evict idle runs above this many cached bytes; 0: no bound */
     ns_log_fn *log;            /* may be NULL */
     void *log_ctx;
 } engine_config;
