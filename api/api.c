@@ -10,6 +10,7 @@
 #include "buf.h"
 #include "codec.h"
 #include "prom.h"
+#include "text.h"
 
 #define JSON_TYPE "application/json"
 #define PROBLEM_TYPE "application/problem+json"
@@ -20,6 +21,8 @@
 #define LIST_MAX_LIMIT 10000
 /* Path segments of the longest route. */
 #define MAX_SEGMENTS 5
+/* Longest query value read, decoded: ours are short (an id, a status list). */
+#define QUERY_VALUE_MAX 1024
 
 struct api {
     engine *engine;
@@ -172,9 +175,31 @@ static void bad_query(api_response *resp, const char *detail)
 
 /* ---- request helpers ---- */
 
-static const char *query(const api_request *req, const char *name)
+/*
+ * Query argument name, percent-decoded into out (QUERY_VALUE_MAX + 1 bytes).
+ * 1 when present (out holds it; "" for a bare "?name"), 0 when absent, -1
+ * after answering 400: a value with a bad escape or an encoded NUL, which
+ * would otherwise mean something shorter than what was sent.
+ */
+static int query_arg(const api_request *req, api_response *resp, const char *name,
+                     char out[QUERY_VALUE_MAX + 1])
 {
-    return req->query ? req->query(req->ctx, name) : NULL;
+    const char *raw = req->query ? req->query(req->ctx, name) : NULL;
+    if (!raw)
+        return 0;
+    text_decode_result r = text_query_decode(out, QUERY_VALUE_MAX + 1, raw, NULL);
+    if (r == TEXT_DECODED)
+        return 1;
+    char detail[160];
+    if (r == TEXT_TOO_LONG)
+        snprintf(detail, sizeof detail, "query parameter \"%s\" is longer than %d bytes",
+                 name, QUERY_VALUE_MAX);
+    else
+        snprintf(detail, sizeof detail,
+                 "query parameter \"%s\" is not percent-encoded right: every %% needs two "
+                 "hex digits, and %%00 is not allowed", name);
+    bad_query(resp, detail);
+    return -1;
 }
 
 static const char *header(const api_request *req, const char *name)
@@ -182,12 +207,9 @@ static const char *header(const api_request *req, const char *name)
     return req->header ? req->header(req->ctx, name) : NULL;
 }
 
-/* Reads a boolean query flag: absent false, "", "true", "1" true. -1 if malformed. */
-static int query_flag(const api_request *req, const char *name)
+/* A boolean query flag's value: "", "true", "1" true; "false", "0" false; -1 otherwise. */
+static int flag_value(const char *v)
 {
-    const char *v = query(req, name);
-    if (!v)
-        return 0;
     if (!*v || strcmp(v, "true") == 0 || strcmp(v, "1") == 0)
         return 1;
     if (strcmp(v, "false") == 0 || strcmp(v, "0") == 0)
@@ -202,22 +224,28 @@ static int query_flag(const api_request *req, const char *name)
 static int wait_args(api *a, const api_request *req, api_response *resp,
                      bool *wait, double *timeout)
 {
-    int w = query_flag(req, "wait");
+    char v[QUERY_VALUE_MAX + 1];
+    int has = query_arg(req, resp, "wait", v);
+    if (has < 0)
+        return -1;
+    int w = has ? flag_value(v) : 0;
     if (w < 0) {
         bad_query(resp, "query parameter \"wait\" must be true or false");
         return -1;
     }
     *wait = w == 1;
     *timeout = a->cfg.default_wait;
-    const char *t = query(req, "timeout");
-    if (t) {
+    has = query_arg(req, resp, "timeout", v);
+    if (has < 0)
+        return -1;
+    if (has) {
         char *end;
-        double v = strtod(t, &end);
-        if (!*t || *end || !isfinite(v) || v < 0) {
+        double secs = strtod(v, &end);
+        if (!*v || *end || !isfinite(secs) || secs < 0) {
             bad_query(resp, "query parameter \"timeout\" must be a number of seconds >= 0");
             return -1;
         }
-        *timeout = v;
+        *timeout = secs;
     }
     if (*timeout > a->cfg.max_wait)
         *timeout = a->cfg.max_wait;
@@ -396,8 +424,11 @@ static void list_nodes(api *a, const api_request *req, const route_args *args,
                        api_response *resp)
 {
     unsigned mask = (1u << NS_STATUS_COUNT) - 1;
-    const char *st = query(req, "status");
-    if (st && *st) {
+    char st[QUERY_VALUE_MAX + 1];
+    int has = query_arg(req, resp, "status", st);
+    if (has < 0)
+        return;
+    if (has && *st) {
         mask = status_mask(st);
         if (!mask) {
             bad_query(resp, "query parameter \"status\" must be a comma-separated list of "
@@ -406,8 +437,11 @@ static void list_nodes(api *a, const api_request *req, const route_args *args,
         }
     }
     size_t limit = LIST_DEFAULT_LIMIT;
-    const char *l = query(req, "limit");
-    if (l) {
+    char l[QUERY_VALUE_MAX + 1];
+    has = query_arg(req, resp, "limit", l);
+    if (has < 0)
+        return;
+    if (has) {
         char *end;
         unsigned long long v = strtoull(l, &end, 10);
         if (!*l || *end || !isdigit((unsigned char)*l) || v < 1 || v > LIST_MAX_LIMIT) {
@@ -416,7 +450,11 @@ static void list_nodes(api *a, const api_request *req, const route_args *args,
         }
         limit = (size_t)v;
     }
-    const char *after = query(req, "after");
+    char after_value[QUERY_VALUE_MAX + 1];
+    has = query_arg(req, resp, "after", after_value);
+    if (has < 0)
+        return;
+    const char *after = has ? after_value : NULL;
     if (after && !model_id_valid(after, strlen(after))) {
         bad_query(resp, "query parameter \"after\" must be a node id");
         return;
@@ -541,10 +579,12 @@ static void accept_parse(const char *accept, accept_pref *p)
     }
 }
 
-/* Prometheus text unless JSON is asked for by ?format=json or an Accept that prefers it. */
-static bool wants_json(const api_request *req)
+/*
+ * Prometheus text unless JSON is asked for by ?format=json (format, decoded;
+ * NULL when absent) or an Accept that prefers it.
+ */
+static bool wants_json(const api_request *req, const char *format)
 {
-    const char *format = query(req, "format");
     if (format)
         return strcmp(format, "json") == 0;
     const char *accept = header(req, "Accept");
@@ -575,12 +615,16 @@ static void render_stats(api *a, api_response *resp, bool json)
 static void get_stats(api *a, const api_request *req, const route_args *args,
                       api_response *resp)
 {
-    const char *format = query(req, "format");
+    char v[QUERY_VALUE_MAX + 1];
+    int has = query_arg(req, resp, "format", v);
+    if (has < 0)
+        return;
+    const char *format = has ? v : NULL;
     if (format && strcmp(format, "json") != 0 && strcmp(format, "prometheus") != 0) {
         bad_query(resp, "query parameter \"format\" must be json or prometheus");
         return;
     }
-    render_stats(a, resp, wants_json(req));
+    render_stats(a, resp, wants_json(req, format));
 }
 
 static void get_metrics(api *a, const api_request *req, const route_args *args,
@@ -714,13 +758,18 @@ static bool literal_is(const char *seg, size_t len, const char *lit)
 
 /*
  * Finds the route of a path. Returns the route, or NULL; *bad_id is set when
- * the path has a route's shape but an id in it is invalid.
+ * the path has a route's shape but an id in it is invalid, and *encoded when
+ * that id holds a '%'. The path is as the client sent it: percent-encoding
+ * is never decoded here, so "%00" cannot cut an id short and "%2F" cannot
+ * add a segment; ids are unreserved characters, which need no encoding.
  */
-static const route *match(const char *path, route_args *args, const char **bad_id)
+static const route *match(const char *path, route_args *args, const char **bad_id,
+                          bool *encoded)
 {
     const char *seg[MAX_SEGMENTS];
     size_t len[MAX_SEGMENTS];
     *bad_id = NULL;
+    *encoded = false;
     int n = split_path(path, seg, len);
     if (n < 0)
         return NULL;
@@ -741,16 +790,20 @@ static const route *match(const char *path, route_args *args, const char **bad_i
             }
             char *dst = strcmp(p, "{run}") == 0 ? args->run_id : args->node_id;
             if (!model_id_valid(seg[i], len[i])) {
-                if (!id_problem)
+                if (!id_problem) {
                     id_problem = strcmp(p, "{run}") == 0 ? "run_id" : "node_id";
+                    *encoded = memchr(seg[i], '%', len[i]) != NULL;
+                }
                 dst[0] = '\0';
                 continue;
             }
             memcpy(dst, seg[i], len[i]);
             dst[len[i]] = '\0';
         }
-        if (!ok)
+        if (!ok) {
+            *encoded = false;
             continue;
+        }
         *bad_id = id_problem;
         return rt;
     }
@@ -775,7 +828,8 @@ static void dispatch(api *a, const api_request *req, api_response *resp)
         return;
     route_args args;
     const char *bad_id;
-    const route *rt = match(req->path, &args, &bad_id);
+    bool encoded;
+    const route *rt = match(req->path, &args, &bad_id, &encoded);
     if (!rt) {
         not_found(resp, "no resource at this path");
         return;
@@ -798,8 +852,13 @@ static void dispatch(api *a, const api_request *req, api_response *resp)
     }
     if (bad_id) {
         char detail[256];
-        snprintf(detail, sizeof detail,
-                 "%s must be 1 to %d bytes of A-Z a-z 0-9 . _ ~ : -", bad_id, NS_ID_MAX);
+        if (encoded)
+            snprintf(detail, sizeof detail,
+                     "%s must be sent as it is, without percent-encoding (%%): 1 to %d "
+                     "bytes of A-Z a-z 0-9 . _ ~ : -", bad_id, NS_ID_MAX);
+        else
+            snprintf(detail, sizeof detail,
+                     "%s must be 1 to %d bytes of A-Z a-z 0-9 . _ ~ : -", bad_id, NS_ID_MAX);
         if (h == post_state)
             atomic_fetch_add_explicit(&engine_stats(a->engine)->rejected[NS_REJECT_INVALID],
                                       1, memory_order_relaxed);

@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "harness.h"
+#include "it_assert.h"
 
 #define STATE_PATH "/runs/rb/nodes/n1/state"
 /* --max-body-bytes for these tests: small so a 413 needs no big body. */
@@ -389,5 +390,133 @@ Test(badinput, rejections_are_counted)
     cr_assert_eq(ns_jint(st, "updates_queued", &queued), 0);
     cr_assert_eq(queued, 0, "bad input was queued");
     json_decref(st);
+    ns_free(s);
+}
+
+/* ---- input in disguise: percent-encoding in paths and query values ------ */
+
+/* The rows of the SQLite file, as "run/node=status;" in key order. */
+static char *db_rows(ns_server *s)
+{
+    bool err = false;
+    char *rows = ns_db_text(s, &err,
+                            "SELECT group_concat(run_id || '/' || node_id || '=' || status, ';')"
+                            " FROM (SELECT * FROM run_node_state ORDER BY run_id, node_id)",
+                            NULL);
+    cr_assert_not(err, "reading the database failed");
+    cr_assert_not_null(rows, "the database holds no rows");
+    return rows;
+}
+
+Test(badinput, percent_encoded_ids_are_400_and_change_nothing)
+{
+    ns_server *s = start();
+    it_post(s, "r1", "n1", "?wait=true", "{\"status\":\"running\"}", 200);
+    it_post(s, "r1", "n2", "?wait=true", "{\"status\":\"scheduled\"}", 200);
+    char *before = db_rows(s);
+    cr_assert_str_eq(before, "r1/n1=running;r1/n2=scheduled");
+
+    const char *done = "{\"status\":\"completed\"}";
+    static const char *const state_paths[] = {
+        "/runs/r1%00/nodes/n1/state", "/runs/r1/nodes/n1%00/state",
+        "/runs/r1%00junk/nodes/n1/state", "/runs/r1%2Fnodes%2Fn1/nodes/n1/state",
+        "/runs/r1/nodes/n1%2Fstate/state", "/runs/r%251/nodes/n1/state",
+        "/runs/r%7E1/nodes/n1/state", "/runs/r1/nodes/n%31/state",
+    };
+    for (size_t i = 0; i < sizeof state_paths / sizeof *state_paths; i++) {
+        free(expect_problem_req(s, "POST", state_paths[i], done, NULL, 400, "invalid-id"));
+        free(expect_problem_req(s, "GET", state_paths[i], NULL, NULL, 400, "invalid-id"));
+    }
+    static const char *const run_paths[] = { "/runs/r1%00", "/runs/r1%00junk", "/runs/r%31",
+                                              "/runs/r1%2F", "/runs/r1%00/nodes" };
+    for (size_t i = 0; i < sizeof run_paths / sizeof *run_paths; i++) {
+        const char *method = strstr(run_paths[i], "/nodes") != NULL ? "GET" : "DELETE";
+        char *detail = expect_problem_req(s, method, run_paths[i], NULL, NULL, 400,
+                                          "invalid-id");
+        cr_assert(strstr(detail, "percent-encoding") != NULL, "%s: detail \"%s\"",
+                  run_paths[i], detail);
+        free(detail);
+    }
+    /* No DELETE on a node state, whatever the ids; an encoded '/' makes no route. */
+    free(expect_problem_req(s, "DELETE", "/runs/r1%00/nodes/n1/state", NULL, NULL, 405,
+                            "method-not-allowed"));
+    free(expect_problem_req(s, "POST", "/runs/r9/nodes%2Fn1%2Fstate", done, NULL, 404,
+                            "not-found"));
+    free(expect_problem_req(s, "GET", "/runs/r9/nodes%2Fn1%2Fstate", NULL, NULL, 404,
+                            "not-found"));
+
+    /* Nothing reached the queue or the file. */
+    cr_assert_eq(ns_stat(s, "updates_queued"), 2);
+    cr_assert_eq(ns_wait_idle(s, 30), 0, "the writer did not go idle");
+    char *after = db_rows(s);
+    cr_assert_str_eq(after, before, "refused requests changed the database");
+    free(before);
+    free(after);
+    json_t *run = it_get_json(s, "/runs/r1", 200);
+    cr_assert_eq(it_jint(run, "nodes"), 2);
+    json_decref(run);
+    expect_still_serving(s);
+    ns_free(s);
+}
+
+Test(badinput, query_values_work_encoded_and_plain)
+{
+    ns_server *s = start();
+    it_post(s, "rq", "a", "?wait=%74rue&timeout=%35", "{\"status\":\"running\"}", 200);
+    it_post(s, "rq", "b", "?wait=true&timeout=5", "{\"status\":\"completed\"}", 200);
+    it_post(s, "rq", "c", NULL, "{\"status\":\"failed\"}", 202);
+
+    static const struct {
+        const char *query;
+        const char *ids;   /* node ids of the page, in order */
+        const char *next;  /* NULL: null */
+    } cases[] = {
+        { "?status=running,completed", "ab", NULL },
+        { "?status=running%2Ccompleted", "ab", NULL },
+        { "?status=running%2ccompleted&limit=%31", "a", "a" },
+        { "?status=%72unning,completed&limit=1&after=%61", "b", NULL },
+        { "?limit=2&after=a", "bc", NULL },
+        { "?limit=%32", "ab", "b" },
+        { "?status=", "abc", NULL },
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        char path[256];
+        snprintf(path, sizeof path, "/runs/rq/nodes%s", cases[i].query);
+        json_t *page = it_get_json(s, path, 200);
+        json_t *nodes = json_object_get(page, "nodes");
+        char got[16] = "";
+        for (size_t k = 0; k < json_array_size(nodes) && k + 1 < sizeof got; k++)
+            strncat(got, ns_jstr(json_array_get(nodes, k), "node_id"), 1);
+        cr_assert_str_eq(got, cases[i].ids, "%s", path);
+        if (cases[i].next == NULL)
+            cr_assert(ns_jnull(page, "next"), "%s: next is not null", path);
+        else
+            cr_assert_str_eq(ns_jstr(page, "next"), cases[i].next, "%s", path);
+        json_decref(page);
+    }
+    json_t *st = it_get_json(s, "/stats?format=%6Ason", 200);
+    cr_assert_eq(it_jint(st, "updates_queued"), 3);
+    json_decref(st);
+
+    /* An encoded NUL no longer cuts a value short ("a%00zzz" was "a"). */
+    static const char *const bad[] = {
+        "/runs/rq/nodes?after=a%00zzz", "/runs/rq/nodes?status=running%00",
+        "/runs/rq/nodes?limit=1%00", "/runs/rq/nodes?limit=%zz", "/runs/rq/nodes?after=%",
+        "/stats?format=json%00", "/runs/rq/nodes?status=running%2",
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        char *detail = expect_problem_req(s, "GET", bad[i], NULL, NULL, 400, "invalid-query");
+        cr_assert(strstr(detail, "percent-encoded") != NULL, "%s: detail \"%s\"", bad[i],
+                  detail);
+        free(detail);
+    }
+    free(expect_problem_req(s, "POST", "/runs/rq/nodes/d/state?wait=true%00no",
+                            "{\"status\":\"running\"}", NULL, 400, "invalid-query"));
+    free(expect_problem_req(s, "DELETE", "/runs/rq?wait=%", NULL, NULL, 400,
+                            "invalid-query"));
+    cr_assert_eq(ns_stat(s, "updates_queued"), 3, "a refused request was queued");
+    json_t *run = it_get_json(s, "/runs/rq", 200);
+    cr_assert_eq(it_jint(run, "nodes"), 3);
+    json_decref(run);
     ns_free(s);
 }

@@ -1025,3 +1025,133 @@ Test(api, transport_problem)
     cr_assert_eq(resp.retry_after, 1);
     api_response_free(&resp);
 }
+
+/* ---- input in disguise: percent-encoding in paths and query values ---- */
+
+/* A problem whose detail contains has. */
+static void check_problem_detail(const spec *s, int status, const char *slug, const char *has)
+{
+    api_response resp;
+    call(s, &resp);
+    json_t *j = expect_problem(&resp, status, slug);
+    cr_assert(strstr(jstr(j, "detail"), has) != NULL, "%s %s: detail \"%s\" lacks \"%s\"",
+              s->method, s->path, jstr(j, "detail"), has);
+    json_decref(j);
+    api_response_free(&resp);
+}
+
+Test(api, percent_in_an_id_is_400_and_never_shortens_it)
+{
+    cr_assert_eq(post("r1", "n1", "{\"status\":\"running\"}"), 202);
+    static const char *const paths[] = {
+        "/runs/r1%00/nodes/n1/state", "/runs/r1/nodes/n1%00/state",
+        "/runs/r1%00junk/nodes/n1/state", "/runs/r1%2Fx/nodes/n1/state",
+        "/runs/r%251/nodes/n1/state", "/runs/r%7E1/nodes/n1/state",
+        "/runs/r1/nodes/n%31/state",
+    };
+    for (size_t i = 0; i < sizeof paths / sizeof *paths; i++) {
+        check_problem_detail(&(spec){ .method = "GET", .path = paths[i] }, 400, "invalid-id",
+                             "percent-encoding");
+        check_problem_detail(&(spec){ .method = "POST", .path = paths[i],
+                                      .body = "{\"status\":\"completed\"}" },
+                             400, "invalid-id", "percent-encoding");
+    }
+    static const char *const runs[] = { "/runs/r1%00", "/runs/r1%00junk", "/runs/r%31",
+                                        "/runs/r1%2F" };
+    for (size_t i = 0; i < sizeof runs / sizeof *runs; i++) {
+        check_problem_detail(&(spec){ .method = "DELETE", .path = runs[i] }, 400, "invalid-id",
+                             "percent-encoding");
+        check_problem_detail(&(spec){ .method = "GET", .path = runs[i] }, 400, "invalid-id",
+                             "percent-encoding");
+    }
+    /* An encoded '/' never makes a route: this is not the state of node n1. */
+    check_problem(&(spec){ .method = "POST", .path = "/runs/r9/nodes%2Fn1%2Fstate",
+                           .body = "{\"status\":\"running\"}" }, 404, "not-found");
+    /* The state route has no DELETE, whatever its ids. */
+    check_problem(&(spec){ .method = "DELETE", .path = "/runs/r1%00/nodes/n1/state" }, 405,
+                  "method-not-allowed");
+
+    /* Nothing was queued, r1/n1 is as it was, and r9 does not exist. */
+    cr_assert_eq(atomic_load(&engine_stats(E)->updates_queued), 1);
+    api_response resp;
+    call(&(spec){ .method = "GET", .path = "/runs/r1/nodes/n1/state" }, &resp);
+    cr_assert_eq(resp.status, 200);
+    json_t *j = body_json(&resp);
+    cr_assert_str_eq(jstr(j, "status"), "running");
+    json_decref(j);
+    api_response_free(&resp);
+    check_problem(&(spec){ .method = "GET", .path = "/runs/r9" }, 404, "not-found");
+}
+
+Test(api, query_values_are_percent_decoded)
+{
+    list_fixture();
+    expect_next(list(&(spec){ .method = "GET", .path = "/runs/r/nodes",
+                              .query = { { "status", "scheduled%2Crunning" } } },
+                     "bcd"),
+                NULL);
+    expect_next(list(&(spec){ .method = "GET", .path = "/runs/r/nodes",
+                              .query = { { "status", "%72unning%2cidle" }, { "limit", "%32" },
+                                         { "after", "%61" } } },
+                     "cd"),
+                NULL);
+    expect_next(list(&(spec){ .method = "GET", .path = "/runs/r/nodes",
+                              .query = { { "limit", "1%30" } } },
+                     "abcde"),
+                NULL);
+    /* ?format= on /stats. */
+    api_response resp;
+    call(&(spec){ .method = "GET", .path = "/stats", .query = { { "format", "%6Ason" } } },
+         &resp);
+    cr_assert(is_stats_json(&resp), "format=%%6Ason is not JSON");
+    api_response_free(&resp);
+    /* ?wait= and ?timeout= on a POST. */
+    spec s = { .method = "POST", .path = "/runs/r/nodes/f/state", .body = "{\"status\":\"running\"}",
+               .query = { { "wait", "%74rue" }, { "timeout", "2%2E5" } } };
+    call(&s, &resp);
+    cr_assert_eq(resp.wait_seq, 7, "wait=%%74rue did not park");
+    cr_assert_eq(resp.wait_timeout, 2.5);
+    api_finish_wait(A, &resp, false);
+    cr_assert_eq(resp.status, 202);
+    api_response_free(&resp);
+}
+
+Test(api, bad_escapes_and_encoded_nul_in_query_values_are_400)
+{
+    list_fixture();
+    static const char *const bad[] = { "%", "%4", "%zz", "%00", "a%00", "1%0", "%g1" };
+    static const char *const names[] = { "status", "limit", "after" };
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        for (size_t k = 0; k < sizeof names / sizeof *names; k++)
+            check_problem_detail(&(spec){ .method = "GET", .path = "/runs/r/nodes",
+                                          .query = { { names[k], bad[i] } } },
+                                 400, "invalid-query", "percent-encoded");
+        check_problem_detail(&(spec){ .method = "GET", .path = "/stats",
+                                      .query = { { "format", bad[i] } } },
+                             400, "invalid-query", "percent-encoded");
+        check_problem_detail(&(spec){ .method = "POST", .path = "/runs/r/nodes/z/state",
+                                      .body = "{\"status\":\"running\"}",
+                                      .query = { { "wait", bad[i] } } },
+                             400, "invalid-query", "percent-encoded");
+        check_problem_detail(&(spec){ .method = "DELETE", .path = "/runs/r",
+                                      .query = { { "timeout", bad[i] } } },
+                             400, "invalid-query", "percent-encoded");
+    }
+    /* An encoded NUL cannot shorten a value into a valid one. */
+    check_problem_detail(&(spec){ .method = "GET", .path = "/runs/r/nodes",
+                                  .query = { { "after", "b%00zzz" } } },
+                         400, "invalid-query", "%00");
+    check_problem_detail(&(spec){ .method = "POST", .path = "/runs/r/nodes/z/state",
+                                  .body = "{\"status\":\"running\"}",
+                                  .query = { { "wait", "true%00junk" } } },
+                         400, "invalid-query", "%00");
+    /* Longer than any value we read. */
+    char long_value[1100];
+    memset(long_value, '1', sizeof long_value - 1);
+    long_value[sizeof long_value - 1] = '\0';
+    check_problem_detail(&(spec){ .method = "GET", .path = "/runs/r/nodes",
+                                  .query = { { "limit", long_value } } },
+                         400, "invalid-query", "longer than");
+    /* Nothing was queued or deleted by the refused requests. */
+    cr_assert_eq(atomic_load(&engine_stats(E)->updates_queued), 6);
+}
