@@ -122,9 +122,16 @@ void api_problem(api *a, api_response *resp, int status, const char *slug,
     stats_count_http(engine_stats(a->engine), resp->status);
 }
 
-static void set_etag(api_response *resp, int64_t seq)
+/*
+ * The entity tag of a representation that holds seq. A node state also
+ * says whether it is durable, and the tag must change whenever the body
+ * does: "<seq>" once durable, "<seq>-q" while still queued, so a client
+ * holding the queued tag gets 200 (durable: true), not 304, after the commit.
+ */
+static void set_etag(api_response *resp, int64_t seq, bool queued)
 {
-    snprintf(resp->etag, sizeof resp->etag, "\"%lld\"", (long long)seq);
+    snprintf(resp->etag, sizeof resp->etag, "\"%lld%s\"", (long long)seq,
+             queued ? "-q" : "");
 }
 
 static bool is_durable(api *a, int64_t seq)
@@ -139,7 +146,7 @@ static void row_response(api *a, api_response *resp, int status, const ns_row *r
     buf_init(&b);
     codec_row(&b, row, durable);
     respond(resp, status, JSON_TYPE, &b);
-    set_etag(resp, row->seq);
+    set_etag(resp, row->seq, !durable);
 }
 
 static void deleted_response(api_response *resp, int status, const struct api_wait *w,
@@ -389,11 +396,13 @@ static void get_state(api *a, const api_request *req, const route_args *args,
             internal_error(resp, "reading the database failed");
         return;
     }
-    set_etag(resp, row->seq);
+    /* Read once: the tag compared and the body sent must agree. */
+    bool durable = is_durable(a, row->seq);
+    set_etag(resp, row->seq, !durable);
     if (etag_matches(header(req, "If-None-Match"), resp->etag)) {
         resp->status = 304;
     } else {
-        row_response(a, resp, 200, row, is_durable(a, row->seq));
+        row_response(a, resp, 200, row, durable);
     }
     model_row_unref(row);
 }
@@ -491,7 +500,8 @@ static void get_run(api *a, const api_request *req, const route_args *args,
     buf_init(&b);
     codec_summary(&b, args->run_id, &s);
     respond(resp, 200, JSON_TYPE, &b);
-    set_etag(resp, s.last_seq);
+    /* A summary does not say what is durable: its tag is the seq alone. */
+    set_etag(resp, s.last_seq, false);
 }
 
 static void delete_run(api *a, const api_request *req, const route_args *args,

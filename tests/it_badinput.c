@@ -520,3 +520,50 @@ Test(badinput, query_values_work_encoded_and_plain)
     json_decref(run);
     ns_free(s);
 }
+
+/* ---- the ETag follows the body ------------------------------------------ */
+
+Test(badinput, etag_changes_when_the_state_becomes_durable)
+{
+    /* Nothing commits on its own: only the ?wait=true below makes it durable. */
+    ns_server *s = ns_start("--batch-interval 60");
+    cr_assert_not_null(s);
+    json_t *doc = it_post_json(s, "re", "n1", NULL, "{\"status\":\"running\"}", 202);
+    long long seq = it_jint(doc, "seq");
+    cr_assert(json_is_false(json_object_get(doc, "durable")));
+    json_decref(doc);
+
+    ns_resp r = { 0 };
+    cr_assert_eq(ns_get_state(s, "re", "n1", &r), 0, "%s", r.error);
+    cr_assert_eq(r.status, 200);
+    doc = ns_resp_json(&r);
+    cr_assert(json_is_false(json_object_get(doc, "durable")), "%s", r.body);
+    json_decref(doc);
+    char queued[64];
+    snprintf(queued, sizeof queued, "\"%lld-q\"", seq);
+    cr_assert_str_eq(r.etag, queued, "the tag of a queued state");
+    char inm[96];
+    snprintf(inm, sizeof inm, "If-None-Match: %s", queued);
+    const char *hdr[] = { inm, NULL };
+    cr_assert_eq(ns_req(s, "GET", "/runs/re/nodes/n1/state", NULL, hdr, &r), 0);
+    cr_assert_eq(r.status, 304, "unchanged and still queued: %ld", r.status);
+
+    /* A waiting write commits everything queued before it, n1 included. */
+    it_post(s, "re", "n2", "?wait=true", "{\"status\":\"running\"}", 200);
+    cr_assert_eq(ns_req(s, "GET", "/runs/re/nodes/n1/state", NULL, hdr, &r), 0);
+    cr_assert_eq(r.status, 200, "the queued tag matched the durable state: %ld", r.status);
+    doc = ns_resp_json(&r);
+    cr_assert_not_null(doc, "no body with the 200");
+    cr_assert(json_is_true(json_object_get(doc, "durable")), "%s", r.body);
+    cr_assert_eq(it_jint(doc, "seq"), seq);
+    json_decref(doc);
+    char durable[64];
+    snprintf(durable, sizeof durable, "\"%lld\"", seq);
+    cr_assert_str_eq(r.etag, durable, "the tag of a durable state");
+    snprintf(inm, sizeof inm, "If-None-Match: %s", durable);
+    cr_assert_eq(ns_req(s, "GET", "/runs/re/nodes/n1/state", NULL, hdr, &r), 0);
+    cr_assert_eq(r.status, 304);
+    cr_assert_str_eq(r.etag, durable);
+    ns_resp_free(&r);
+    ns_free(s);
+}

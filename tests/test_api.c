@@ -345,7 +345,7 @@ Test(api, post_accepted_duplicate_conflict)
     call(&s, &resp);
     cr_assert_eq(resp.status, 202, "%.*s", (int)resp.body_len, resp.body);
     cr_assert_str_eq(resp.content_type, JSON_TYPE);
-    cr_assert_str_eq(resp.etag, "\"1\"");
+    cr_assert_str_eq(resp.etag, "\"1-q\"", "the tag of a queued state");
     cr_assert_eq(resp.wait_seq, 0);
     json_t *j = body_json(&resp);
     check_row_shape(j, resp.body);
@@ -585,7 +585,7 @@ Test(api, get_etag_and_if_none_match)
     call(&s, &resp);
     cr_assert_eq(resp.status, 200);
     cr_assert_str_eq(resp.content_type, JSON_TYPE);
-    cr_assert_str_eq(resp.etag, "\"2\"");
+    cr_assert_str_eq(resp.etag, "\"2-q\"");
     json_t *j = body_json(&resp);
     check_row_shape(j, resp.body);
     cr_assert_str_eq(jstr(j, "status"), "running");
@@ -594,17 +594,19 @@ Test(api, get_etag_and_if_none_match)
     json_decref(j);
     api_response_free(&resp);
 
-    static const char *const match[] = { "\"2\"", "W/\"2\"", "*", "\"1\", \"2\"", "\"9\",\"2\"" };
+    static const char *const match[] = { "\"2-q\"", "W/\"2-q\"", "*", "\"1\", \"2-q\"",
+                                         "\"9\",\"2-q\"" };
     for (size_t i = 0; i < sizeof match / sizeof *match; i++) {
         spec c = { .method = "GET", .path = "/runs/r/nodes/a/state",
                    .headers = { { "If-None-Match", match[i] } } };
         call(&c, &resp);
         cr_assert_eq(resp.status, 304, "If-None-Match: %s -> %d", match[i], resp.status);
         cr_assert_null(resp.body, "a 304 with a body");
-        cr_assert_str_eq(resp.etag, "\"2\"");
+        cr_assert_str_eq(resp.etag, "\"2-q\"");
         api_response_free(&resp);
     }
-    static const char *const nomatch[] = { "\"1\"", "\"22\"", "2", "\"20\", \"3\"" };
+    static const char *const nomatch[] = { "\"1\"", "\"22\"", "2", "\"20\", \"3\"", "\"2\"",
+                                           "\"2-\"", "\"2-q" };
     for (size_t i = 0; i < sizeof nomatch / sizeof *nomatch; i++) {
         spec c = { .method = "GET", .path = "/runs/r/nodes/a/state",
                    .headers = { { "If-None-Match", nomatch[i] } } };
@@ -613,12 +615,29 @@ Test(api, get_etag_and_if_none_match)
         api_response_free(&resp);
     }
 
-    /* After a flush the same state reads durable. */
+    /*
+     * After a flush the same state reads durable: another body, so another
+     * tag, and the queued tag no longer matches.
+     */
     flush_all();
     call(&s, &resp);
+    cr_assert_str_eq(resp.etag, "\"2\"");
     j = body_json(&resp);
     cr_assert(jbool(j, "durable"));
     json_decref(j);
+    api_response_free(&resp);
+    spec old = { .method = "GET", .path = "/runs/r/nodes/a/state",
+                 .headers = { { "If-None-Match", "\"2-q\"" } } };
+    call(&old, &resp);
+    cr_assert_eq(resp.status, 200, "the queued tag matched the durable state");
+    cr_assert_str_eq(resp.etag, "\"2\"");
+    j = body_json(&resp);
+    cr_assert(jbool(j, "durable"));
+    json_decref(j);
+    api_response_free(&resp);
+    old.headers[0].value = "\"2\"";
+    call(&old, &resp);
+    cr_assert_eq(resp.status, 304);
     api_response_free(&resp);
 
     /* HEAD is answered like GET (the transport drops the body). */

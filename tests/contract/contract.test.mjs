@@ -174,9 +174,11 @@ async function mainServer(s) {
   await call(s, 'unknown member', 'POST', a, { body: { status: 'running', colour: 'red' }, expect: 422, slug: 'invalid-update' });
   await call(s, 'not JSON media type', 'POST', a, { body: 'status=running', headers: { 'Content-Type': 'text/plain' }, expect: 415, slug: 'unsupported-media-type' });
 
-  // GET/HEAD of a node.
+  // GET/HEAD of a node, durable first: a queued state's ETag changes at the commit.
+  await call(s, 'durable duplicate', 'POST', `${a}?wait=true`, { body: { status: 'running', attempt: 2 }, expect: 200,
+    assert: (b) => ok(b.durable === true, 'want durable:true') });
   const { res } = await call(s, 'node state', 'GET', a, { expect: 200,
-    assert: (b, r) => ok(r.headers.etag === `"${b.seq}"`, `ETag ${r.headers.etag} is not the quoted seq ${b.seq}`) });
+    assert: (b, r) => ok(r.headers.etag === `"${b.seq}"`, `ETag ${r.headers.etag} is not the quoted seq ${b.seq} of a durable state`) });
   const etag = res?.headers.etag ?? '"0"';
   await call(s, 'not modified', 'GET', a, { headers: { 'If-None-Match': etag }, expect: 304 });
   await call(s, 'unknown node', 'GET', NO_NODE, { expect: 404, slug: 'not-found' });
