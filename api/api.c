@@ -23,6 +23,8 @@
 #define MAX_SEGMENTS 5
 /* Longest query value read, decoded: ours are short (an id, a status list). */
 #define QUERY_VALUE_MAX 1024
+/* Bytes of a refused method shown in the 405 detail. */
+#define METHOD_SHOWN 32
 
 struct api {
     engine *engine;
@@ -853,9 +855,12 @@ static void dispatch(api *a, const api_request *req, api_response *resp)
     else if (strcmp(req->method, "DELETE") == 0)
         h = rt->del;
     if (!h) {
+        /* The method is the client's bytes, anything but a space. */
+        char method[METHOD_SHOWN + 1];
+        text_safe(method, sizeof method, req->method, strlen(req->method));
         char detail[128];
-        snprintf(detail, sizeof detail, "%.16s is not allowed here; allowed: %s",
-                 req->method, rt->allow);
+        snprintf(detail, sizeof detail, "%s is not allowed here; allowed: %s",
+                 method, rt->allow);
         problem(resp, 405, "method-not-allowed", "Method not allowed", detail, NULL, false);
         resp->allow = rt->allow;
         return;

@@ -8,17 +8,16 @@
 #define TEXT_ELLIPSIS "..."
 #define TEXT_ELLIPSIS_LEN 3
 
-/*
- * The length of the valid UTF-8 character at s (at most len bytes), or 0.
- * Valid as RFC 3629 says: shortest form only, no surrogates, nothing above
- * U+10FFFF; the checks on the second byte are what rule those out.
- */
-static size_t text_utf8_len(const unsigned char *s, size_t len)
+/* The checks on the second byte are what rule out overlongs, surrogates and too big. */
+size_t text_char_len(const char *str, size_t len)
 {
-    unsigned char c = s[0];
+    const unsigned char *s = (const unsigned char *)str;
+    unsigned char c, lo = 0x80, hi = 0xbf;
     size_t n;
-    unsigned char lo = 0x80, hi = 0xbf;
 
+    if (len == 0)
+        return 0;
+    c = s[0];
     if (c < 0x80)
         return 1;
     if (c >= 0xc2 && c <= 0xdf)
@@ -56,7 +55,7 @@ static bool text_is_control(unsigned char c)
  */
 static size_t text_unit(const unsigned char *s, size_t len, size_t *in)
 {
-    size_t n = text_is_control(s[0]) ? 0 : text_utf8_len(s, len);
+    size_t n = text_is_control(s[0]) ? 0 : text_char_len((const char *)s, len);
 
     if (n == 0) {
         *in = 1;

@@ -10,6 +10,7 @@
 
 #include "harness.h"
 #include "it_assert.h"
+#include "utf8_check.h"
 
 #define STATE_PATH "/runs/rb/nodes/n1/state"
 /* --max-body-bytes for these tests: small so a 413 needs no big body. */
@@ -565,5 +566,58 @@ Test(badinput, etag_changes_when_the_state_becomes_durable)
     cr_assert_eq(r.status, 304);
     cr_assert_str_eq(r.etag, durable);
     ns_resp_free(&r);
+    ns_free(s);
+}
+
+/* ---- client bytes in problem details ------------------------------------ */
+
+/* Sends a request; asserts a problem of status and slug whose body is valid UTF-8. Returns the detail. */
+static char *expect_utf8_problem(ns_server *s, const char *method, const char *path,
+                                 const char *body, long status, const char *slug)
+{
+    ns_resp r = { 0 };
+    cr_assert_eq(ns_req(s, method, path, body, NULL, &r), 0, "%s", r.error);
+    cr_assert(utf8_check(r.body, r.body_len), "%s: the body is not UTF-8: %s", slug, r.body);
+    char why[768];
+    cr_assert_eq(ns_check_problem(&r, status, slug, why, sizeof why), 0, "%s", why);
+    json_t *doc = ns_resp_json(&r);
+    char *detail = strdup(ns_jstr(doc, "detail"));
+    cr_assert_not_null(detail);
+    json_decref(doc);
+    ns_resp_free(&r);
+    return detail;
+}
+
+Test(badinput, problem_bodies_are_utf8_whatever_the_request_bytes)
+{
+    ns_server *s = start();
+    /* Invalid UTF-8 and a control byte in the method are shown escaped. */
+    char *d = expect_utf8_problem(s, "G\xffT", "/runs/r1", NULL, 405, "method-not-allowed");
+    cr_assert(strstr(d, "G\\xFFT") != NULL, "detail \"%s\"", d);
+    free(d);
+    /* A method of multi-byte characters, cut at every offset: never inside one. */
+    for (int lead = 0; lead < 3; lead++) {
+        char method[96];
+        memset(method, 'M', (size_t)lead);
+        for (int i = 0; i < 30; i++)
+            memcpy(method + lead + 2 * i, "\xc3\xa9", 2);
+        method[lead + 60] = '\0';
+        free(expect_utf8_problem(s, method, "/runs/r1", NULL, 405, "method-not-allowed"));
+    }
+    /* Invalid UTF-8 in the path. */
+    free(expect_utf8_problem(s, "GET", "/runs/r\xff\xfe/nodes/n\xc3/state", NULL, 400,
+                             "invalid-id"));
+    free(expect_utf8_problem(s, "GET", "/n\xc3\xa9\xff", NULL, 404, "not-found"));
+    /* A member name with a multi-byte character where the detail cuts it. */
+    for (int lead = 61; lead <= 65; lead++) {
+        char body[256];
+        snprintf(body, sizeof body, "{\"status\":\"idle\",\"%.*s\xe2\x82\xac\xe2\x82\xac\":1}", lead,
+                 "kkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkk");
+        d = expect_utf8_problem(s, "POST", STATE_PATH, body, 422, "invalid-update");
+        cr_assert(strstr(d, "unknown member \"kkkk") != NULL, "detail \"%s\"", d);
+        free(d);
+    }
+    expect_untouched(s);
+    expect_still_serving(s);
     ns_free(s);
 }

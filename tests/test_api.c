@@ -19,6 +19,7 @@
 
 #include <jansson.h>
 
+#include "utf8_check.h"
 #include "writer_blocker.h"
 #include "api/api.h"
 #include "api/prom.h"
@@ -1173,4 +1174,60 @@ Test(api, bad_escapes_and_encoded_nul_in_query_values_are_400)
                          400, "invalid-query", "longer than");
     /* Nothing was queued or deleted by the refused requests. */
     cr_assert_eq(atomic_load(&engine_stats(E)->updates_queued), 6);
+}
+
+/* ---- client bytes in problem details ---- */
+
+/* Answers s with a problem of status whose body is valid UTF-8; returns the detail (free it). */
+static char *utf8_problem(const spec *s, int status, const char *slug)
+{
+    api_response resp;
+    call(s, &resp);
+    cr_assert_not_null(resp.body);
+    cr_assert(utf8_check(resp.body, resp.body_len), "%s: body is not UTF-8: %s", slug,
+              resp.body);
+    json_t *j = expect_problem(&resp, status, slug);
+    char *detail = strdup(jstr(j, "detail"));
+    cr_assert_not_null(detail);
+    json_decref(j);
+    api_response_free(&resp);
+    return detail;
+}
+
+Test(api, a_refused_method_is_echoed_safely)
+{
+    char *d = utf8_problem(&(spec){ .method = "G\xffT", .path = "/runs/r" }, 405,
+                           "method-not-allowed");
+    cr_assert_not_null(strstr(d, "G\\xFFT is not allowed"), "%s", d);
+    free(d);
+    d = utf8_problem(&(spec){ .method = "GE\x01T", .path = "/stats" }, 405, "method-not-allowed");
+    cr_assert_not_null(strstr(d, "GE\\x01T"), "%s", d);
+    free(d);
+    /* Multi-byte characters across every cut point of the shown method. */
+    for (int lead = 0; lead < 4; lead++) {
+        char method[128];
+        memset(method, 'X', (size_t)lead);
+        for (int i = 0; i < 30; i++)
+            memcpy(method + lead + 2 * i, "\xc3\xa9", 2);
+        method[lead + 60] = '\0';
+        d = utf8_problem(&(spec){ .method = method, .path = "/runs/r/nodes" }, 405,
+                         "method-not-allowed");
+        cr_assert_not_null(strstr(d, "... is not allowed"), "lead %d: %s", lead, d);
+        free(d);
+    }
+}
+
+Test(api, an_unknown_member_name_is_cut_at_a_whole_character)
+{
+    for (int lead = 60; lead <= 66; lead++) {
+        char body[256];
+        snprintf(body, sizeof body, "{\"status\":\"idle\",\"%.*s\xc3\xa9\xc3\xa9\":1}", lead,
+                 "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb");
+        char *d = utf8_problem(&(spec){ .method = "POST", .path = "/runs/r/nodes/a/state",
+                                        .body = body },
+                               422, "invalid-update");
+        cr_assert_not_null(strstr(d, "unknown member \"bbbb"), "%s", d);
+        free(d);
+    }
+    cr_assert_eq(atomic_load(&engine_stats(E)->updates_queued), 0);
 }

@@ -8,40 +8,11 @@
 #include <string.h>
 
 #include "api/text.h"
+#include "utf8_check.h"
 
-/* Whether s is valid UTF-8 (RFC 3629), checked independently of text.c. */
 static bool utf8_ok(const char *s)
 {
-    const unsigned char *p = (const unsigned char *)s;
-    while (*p) {
-        unsigned cp;
-        int n;
-        if (*p < 0x80) {
-            p++;
-            continue;
-        } else if ((*p & 0xe0) == 0xc0) {
-            cp = *p & 0x1f;
-            n = 1;
-        } else if ((*p & 0xf0) == 0xe0) {
-            cp = *p & 0x0f;
-            n = 2;
-        } else if ((*p & 0xf8) == 0xf0) {
-            cp = *p & 0x07;
-            n = 3;
-        } else {
-            return false;
-        }
-        p++;
-        for (int i = 0; i < n; i++, p++) {
-            if ((*p & 0xc0) != 0x80)
-                return false;
-            cp = cp << 6 | (*p & 0x3f);
-        }
-        unsigned min = n == 1 ? 0x80 : n == 2 ? 0x800 : 0x10000;
-        if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
-            return false;
-    }
-    return true;
+    return utf8_check(s, strlen(s));
 }
 
 static const char *safe(const char *s, size_t len, size_t size)
@@ -161,4 +132,24 @@ Test(text, query_decode_refuses_bad_escapes_nul_and_overflow)
     cr_assert_eq(decode("%31%32%33%34%35%36%37", out, sizeof out), TEXT_DECODED);
     cr_assert_str_eq(out, "1234567");
     cr_assert_eq(decode("%31%32%33%34%35%36%37%38", out, sizeof out), TEXT_TOO_LONG);
+}
+
+Test(text, char_len_follows_rfc_3629)
+{
+    cr_assert_eq(text_char_len("a", 1), 1);
+    cr_assert_eq(text_char_len("\xc3\xa9", 2), 2);
+    cr_assert_eq(text_char_len("\xe2\x82\xac", 3), 3);
+    cr_assert_eq(text_char_len("\xf0\x9f\x98\x80", 4), 4);
+    cr_assert_eq(text_char_len("\xef\xbf\xbd", 3), 3);      /* U+FFFD */
+    cr_assert_eq(text_char_len("\xf4\x8f\xbf\xbf", 4), 4);  /* U+10FFFF */
+    cr_assert_eq(text_char_len("\xc3\xa9", 1), 0);          /* cut short */
+    cr_assert_eq(text_char_len("", 0), 0);
+    static const char *const bad[] = { "\x80", "\xbf", "\xc0\x80", "\xc1\xbf", "\xe0\x9f\xbf",
+                                       "\xed\xa0\x80", "\xed\xbf\xbf", "\xf0\x8f\xbf\xbf",
+                                       "\xf4\x90\x80\x80", "\xf5\x80\x80\x80", "\xff",
+                                       "\xc3\x28", "\xe2\x82\x28" };
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++)
+        cr_assert_eq(text_char_len(bad[i], strlen(bad[i])), 0, "case %zu", i);
+    cr_assert(utf8_check("\xc3\xa9", 2));
+    cr_assert_not(utf8_check("\xc3", 1));
 }
