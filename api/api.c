@@ -111,13 +111,19 @@ static void problem(api_response *resp, int status, const char *slug,
     respond(resp, status, PROBLEM_TYPE, &b);
 }
 
+/* Counts an update refused for bad input (updates_rejected.invalid). */
+static void count_invalid(api *a)
+{
+    atomic_fetch_add_explicit(&engine_stats(a->engine)->rejected[NS_REJECT_INVALID], 1,
+                              memory_order_relaxed);
+}
+
 void api_problem(api *a, api_response *resp, int status, const char *slug,
                  const char *title, const char *detail)
 {
     memset(resp, 0, sizeof *resp);
     if (status == 413 || status == 400)
-        atomic_fetch_add_explicit(&engine_stats(a->engine)->rejected[NS_REJECT_INVALID],
-                                  1, memory_order_relaxed);
+        count_invalid(a);
     problem(resp, status, slug, title, detail, NULL, false);
     if (status == 503)
         resp->retry_after = RETRY_AFTER_SECONDS;
@@ -291,17 +297,19 @@ static bool json_content_type(const char *ct)
 static void post_state(api *a, const api_request *req, const route_args *args,
                        api_response *resp)
 {
-    ns_stats *stats = engine_stats(a->engine);
     bool wait;
     double timeout;
     if (!json_content_type(header(req, "Content-Type"))) {
-        atomic_fetch_add_explicit(&stats->rejected[NS_REJECT_INVALID], 1, memory_order_relaxed);
+        count_invalid(a);
         problem(resp, 415, "unsupported-media-type", "Unsupported media type",
                 "the body must be JSON (Content-Type: application/json)", NULL, false);
         return;
     }
-    if (wait_args(a, req, resp, &wait, &timeout) != 0)
+    if (wait_args(a, req, resp, &wait, &timeout) != 0) {
+        /* A bad ?wait= or ?timeout= refuses the update as much as a bad body. */
+        count_invalid(a);
         return;
+    }
     ns_update u;
     int status = 400;
     char detail[512];
@@ -314,7 +322,7 @@ static void post_state(api *a, const api_request *req, const route_args *args,
             internal_error(resp, detail);
             return;
         }
-        atomic_fetch_add_explicit(&stats->rejected[NS_REJECT_INVALID], 1, memory_order_relaxed);
+        count_invalid(a);
         if (status == 400)
             problem(resp, 400, "invalid-json", "Invalid JSON", detail, NULL, false);
         else
@@ -875,8 +883,7 @@ static void dispatch(api *a, const api_request *req, api_response *resp)
             snprintf(detail, sizeof detail,
                      "%s must be 1 to %d bytes of A-Z a-z 0-9 . _ ~ : -", bad_id, NS_ID_MAX);
         if (h == post_state)
-            atomic_fetch_add_explicit(&engine_stats(a->engine)->rejected[NS_REJECT_INVALID],
-                                      1, memory_order_relaxed);
+            count_invalid(a);
         problem(resp, 400, "invalid-id", "Invalid id", detail, NULL, false);
         return;
     }

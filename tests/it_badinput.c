@@ -621,3 +621,60 @@ Test(badinput, problem_bodies_are_utf8_whatever_the_request_bytes)
     expect_still_serving(s);
     ns_free(s);
 }
+
+/* ---- every answer is counted ------------------------------------------- */
+
+Test(badinput, every_problem_answered_is_counted_by_code)
+{
+    ns_server *s = start();
+    it_post(s, "rc", "n1", "?wait=true", "{\"status\":\"completed\"}", 200);
+    static const struct {
+        const char *method, *path, *body;
+        long status;
+        const char *slug;
+    } cases[] = {
+        { "GET", "/nope", NULL, 404, "not-found" },
+        { "PUT", "/runs/rc", "{}", 405, "method-not-allowed" },
+        { "G\xffT", "/runs/rc", NULL, 405, "method-not-allowed" },
+        { "GET", "/runs/rc%00", NULL, 400, "invalid-id" },
+        { "GET", "/runs/rc/nodes?after=%00", NULL, 400, "invalid-query" },
+        { "POST", "/runs/rc/nodes/n2/state?wait=maybe", "{\"status\":\"idle\"}", 400,
+          "invalid-query" },
+        { "POST", "/runs/rc/nodes/n2/state", "{", 400, "invalid-json" },
+        { "POST", "/runs/rc/nodes/n2/state", "{\"status\":\"x\"}", 422, "invalid-update" },
+        { "POST", "/runs/rc/nodes/n1/state", "{\"status\":\"running\"}", 409,
+          "illegal-transition" },
+    };
+    long long want[600] = { 0 };
+    want[200] = 1;
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        free(expect_problem_req(s, cases[i].method, cases[i].path, cases[i].body, NULL,
+                                cases[i].status, cases[i].slug));
+        want[cases[i].status]++;
+    }
+    /* The transport's own 413 goes through the api's counting too. */
+    char big[2 * MAX_BODY];
+    memset(big, ' ', sizeof big - 1);
+    big[sizeof big - 1] = '\0';
+    free(expect_problem_req(s, "POST", "/runs/rc/nodes/n3/state", big, NULL, 413,
+                            "body-too-large"));
+    want[413]++;
+
+    json_t *st = ns_stats(s);
+    cr_assert_not_null(st);
+    json_t *codes = json_object_get(st, "http_responses");
+    cr_assert(json_is_object(codes), "no http_responses");
+    for (int code = 100; code < 600; code++) {
+        char key[8];
+        snprintf(key, sizeof key, "%d", code);
+        json_t *v = json_object_get(codes, key);
+        long long got = json_is_integer(v) ? json_integer_value(v) : 0;
+        cr_assert_eq(got, want[code], "http_responses[%d] = %lld, want %lld", code, got,
+                     want[code]);
+    }
+    /* Refused updates: the bad ?wait=, the bad body, the bad member, the 413. */
+    json_t *rej = json_object_get(st, "updates_rejected");
+    cr_assert_eq(json_integer_value(json_object_get(rej, "invalid")), 4);
+    json_decref(st);
+    ns_free(s);
+}

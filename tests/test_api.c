@@ -1231,3 +1231,99 @@ Test(api, an_unknown_member_name_is_cut_at_a_whole_character)
     }
     cr_assert_eq(atomic_load(&engine_stats(E)->updates_queued), 0);
 }
+
+/* ---- every answer is counted, once ---- */
+
+static uint64_t answered(int code)
+{
+    return atomic_load(&engine_stats(E)->http_responses[code - NS_HTTP_MIN]);
+}
+
+static uint64_t answered_total(void)
+{
+    uint64_t n = 0;
+    for (int i = 0; i < NS_HTTP_CODES; i++)
+        n += atomic_load(&engine_stats(E)->http_responses[i]);
+    return n;
+}
+
+static uint64_t rejected_invalid(void)
+{
+    return atomic_load(&engine_stats(E)->rejected[NS_REJECT_INVALID]);
+}
+
+Test(api, every_problem_is_counted_once_by_code)
+{
+    cr_assert_eq(post("r", "a", "{\"status\":\"completed\",\"attempt\":2}"), 202);
+    static const struct {
+        spec s;
+        int status;
+        int invalid;   /* how much updates_rejected.invalid grows */
+    } cases[] = {
+        { { .method = "GET", .path = "/nope" }, 404, 0 },
+        { { .method = "GET", .path = "/runs/zz" }, 404, 0 },
+        { { .method = "PUT", .path = "/runs/r" }, 405, 0 },
+        { { .method = "G\xffT", .path = "/runs/r" }, 405, 0 },
+        { { .method = "GET", .path = "/runs/r%00" }, 400, 0 },
+        { { .method = "POST", .path = "/runs/r%00/nodes/a/state", .body = "{}" }, 400, 1 },
+        { { .method = "POST", .path = "/runs/r/nodes/a/state", .body = "{",
+            .headers = { { "Content-Type", "application/json" } } }, 400, 1 },
+        { { .method = "POST", .path = "/runs/r/nodes/a/state", .body = "{\"x\":1}" }, 422, 1 },
+        { { .method = "POST", .path = "/runs/r/nodes/a/state", .body = "{}",
+            .headers = { { "Content-Type", "text/plain" } } }, 415, 1 },
+        { { .method = "POST", .path = "/runs/r/nodes/a/state",
+            .body = "{\"status\":\"running\"}", .query = { { "wait", "maybe" } } }, 400, 1 },
+        { { .method = "POST", .path = "/runs/r/nodes/a/state",
+            .body = "{\"status\":\"running\"}", .query = { { "timeout", "%zz" } } }, 400, 1 },
+        { { .method = "POST", .path = "/runs/r/nodes/a/state",
+            .body = "{\"status\":\"running\",\"attempt\":1}" }, 409, 0 },
+        { { .method = "POST", .path = "/runs/r/nodes/a/state",
+            .body = "{\"status\":\"running\",\"attempt\":2}" }, 409, 0 },
+        { { .method = "GET", .path = "/runs/r/nodes", .query = { { "limit", "0" } } }, 400, 0 },
+        { { .method = "GET", .path = "/runs/r/nodes", .query = { { "after", "%00" } } }, 400, 0 },
+        { { .method = "DELETE", .path = "/runs/r", .query = { { "wait", "%" } } }, 400, 0 },
+        { { .method = "GET", .path = "/stats", .query = { { "format", "xml" } } }, 400, 0 },
+        { { .method = "GET", .path = "/runs/r/nodes/a/state",
+            .headers = { { "If-None-Match", "*" } } }, 304, 0 },
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        uint64_t code_before = answered(cases[i].status);
+        uint64_t total_before = answered_total();
+        uint64_t invalid_before = rejected_invalid();
+        api_response resp;
+        call(&cases[i].s, &resp);
+        cr_assert_eq(resp.status, cases[i].status, "case %zu: %d %.*s", i, resp.status,
+                     (int)resp.body_len, resp.body ? resp.body : "");
+        api_response_free(&resp);
+        cr_assert_eq(answered(cases[i].status), code_before + 1, "case %zu: not counted", i);
+        cr_assert_eq(answered_total(), total_before + 1, "case %zu: counted more than once", i);
+        cr_assert_eq(rejected_invalid(), invalid_before + (uint64_t)cases[i].invalid,
+                     "case %zu: updates_rejected.invalid", i);
+    }
+
+    /* 401 from an api that wants a token. */
+    api_config with_token = api_cfg;
+    with_token.token = "sesame";
+    api *guarded = api_new(E, &with_token);
+    cr_assert_not_null(guarded);
+    uint64_t before = answered(401);
+    spec s = { .method = "GET", .path = "/runs/r" };
+    api_request req = { .method = s.method, .path = s.path, .header = header_of,
+                        .query = query_of, .ctx = &s };
+    api_response resp;
+    api_handle(guarded, &req, &resp);
+    cr_assert_eq(resp.status, 401);
+    api_response_free(&resp);
+    api_free(guarded);
+    cr_assert_eq(answered(401), before + 1);
+
+    /* A parked answer is counted when it is finished, not when parked. */
+    uint64_t total = answered_total();
+    call(&(spec){ .method = "POST", .path = "/runs/r/nodes/w/state",
+                  .body = "{\"status\":\"running\"}", .query = { { "wait", "true" } } }, &resp);
+    cr_assert_gt(resp.wait_seq, 0);
+    cr_assert_eq(answered_total(), total, "a parked answer was counted");
+    api_finish_wait(A, &resp, false);
+    cr_assert_eq(answered_total(), total + 1);
+    api_response_free(&resp);
+}
