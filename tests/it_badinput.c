@@ -1,7 +1,11 @@
 /*
  * it_badinput: every class of bad input answers its own status as an RFC 9457
  * problem (type, title, status, detail), changes nothing, and leaves the
- * server serving.
+ * server serving. Input in disguise too: percent-encoded ids (an encoded NUL
+ * or '/' must not shorten an id or change the route; the SQLite file is
+ * compared before and after), encoded query values, request bytes that are
+ * not UTF-8 (the problem body must still be UTF-8), the ETag of a state that
+ * becomes durable, and the counting of every problem by code.
  */
 #include <criterion/criterion.h>
 #include <signal.h>

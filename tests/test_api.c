@@ -4,7 +4,9 @@
  * over a temp SQLite file. Covers routing (404, 405 with Allow, 400 for bad
  * ids), every POST outcome, GET with ETag and If-None-Match, listing with
  * filters and pages, summaries, deletes, /stats content negotiation,
- * /healthz and /readyz, and the two-step ?wait=true answer.
+ * /healthz and /readyz, the two-step ?wait=true answer, percent-encoding in
+ * paths (refused in ids) and query values (decoded), client bytes in problem
+ * details, and the counting of every answer by code.
  * Response bodies are parsed with jansson.
  */
 #include <criterion/criterion.h>
