@@ -8,9 +8,15 @@
  * becomes durable, and the counting of every problem by code.
  */
 #include <criterion/criterion.h>
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <unistd.h>
 
 #include "harness.h"
 #include "it_assert.h"
@@ -592,6 +598,46 @@ static char *expect_utf8_problem(ns_server *s, const char *method, const char *p
     return detail;
 }
 
+/*
+ * Sends "METHOD PATH HTTP/1.1" with Connection: close over a plain socket
+ * (curl would percent-encode the path's bytes), reads the answer to the end
+ * (bounded by a 30 s receive timeout) and returns its body (free it), with
+ * the status in *status.
+ */
+static char *raw_request(ns_server *s, const char *method, const char *path, long *status)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    cr_assert_geq(fd, 0);
+    struct timeval tv = { 30, 0 };
+    cr_assert_eq(setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv), 0);
+    struct sockaddr_in addr = { .sin_family = AF_INET, .sin_port = htons((uint16_t)ns_port(s)) };
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    cr_assert_eq(connect(fd, (struct sockaddr *)&addr, sizeof addr), 0, "%s", strerror(errno));
+    char req[512];
+    int n = snprintf(req, sizeof req, "%s %s HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                     "Connection: close\r\n\r\n", method, path);
+    cr_assert(n > 0 && (size_t)n < sizeof req);
+    cr_assert_eq(send(fd, req, (size_t)n, MSG_NOSIGNAL), n, "%s", strerror(errno));
+    static char answer[16384];
+    size_t got = 0;
+    for (;;) {
+        cr_assert_lt(got, sizeof answer - 1, "answer too long");
+        ssize_t k = recv(fd, answer + got, sizeof answer - 1 - got, 0);
+        cr_assert_geq(k, 0, "recv: %s", strerror(errno));
+        if (k == 0)
+            break;
+        got += (size_t)k;
+    }
+    close(fd);
+    answer[got] = '\0';
+    cr_assert_eq(sscanf(answer, "HTTP/1.1 %ld", status), 1, "no status line: %.100s", answer);
+    const char *body = strstr(answer, "\r\n\r\n");
+    cr_assert_not_null(body, "no end of headers");
+    char *copy = strdup(body + 4);
+    cr_assert_not_null(copy);
+    return copy;
+}
+
 Test(badinput, problem_bodies_are_utf8_whatever_the_request_bytes)
 {
     ns_server *s = start();
@@ -608,10 +654,34 @@ Test(badinput, problem_bodies_are_utf8_whatever_the_request_bytes)
         method[lead + 60] = '\0';
         free(expect_utf8_problem(s, method, "/runs/r1", NULL, 405, "method-not-allowed"));
     }
-    /* Invalid UTF-8 in the path. */
+    /* Invalid UTF-8 in the path, as curl sends it (percent-encoded) and raw. */
     free(expect_utf8_problem(s, "GET", "/runs/r\xff\xfe/nodes/n\xc3/state", NULL, 400,
                              "invalid-id"));
     free(expect_utf8_problem(s, "GET", "/n\xc3\xa9\xff", NULL, 404, "not-found"));
+    static const struct {
+        const char *method, *path;
+        long status;
+    } raw[] = {
+        { "GET", "/runs/r\xff\xfe/nodes/n\xc3/state", 400 },
+        { "POST", "/runs/r\x01/nodes/n/state", 400 },
+        { "GET", "/r\xc3\xa9\xff", 404 },
+        { "\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9M", "/runs/r\xff", 405 },
+        { "M\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9",
+          "/stats", 405 },
+    };
+    for (size_t i = 0; i < sizeof raw / sizeof *raw; i++) {
+        long status = 0;
+        char *body = raw_request(s, raw[i].method, raw[i].path, &status);
+        cr_assert_eq(status, raw[i].status, "raw case %zu: %ld %s", i, status, body);
+        cr_assert(utf8_check(body, strlen(body)), "raw case %zu: the body is not UTF-8: %s",
+                  i, body);
+        json_error_t err;
+        json_t *doc = json_loads(body, 0, &err);
+        cr_assert_not_null(doc, "raw case %zu: not JSON (%s): %s", i, err.text, body);
+        cr_assert(json_is_string(json_object_get(doc, "detail")), "raw case %zu", i);
+        json_decref(doc);
+        free(body);
+    }
     /* A member name with a multi-byte character where the detail cuts it. */
     for (int lead = 61; lead <= 65; lead++) {
         char body[256];
