@@ -10,6 +10,7 @@
 #include "buf.h"
 #include "codec.h"
 #include "prom.h"
+#include "text.h"
 
 #define JSON_TYPE "application/json"
 #define PROBLEM_TYPE "application/problem+json"
@@ -20,6 +21,10 @@
 #define LIST_MAX_LIMIT 10000
 /* Path segments of the longest route. */
 #define MAX_SEGMENTS 5
+/* Longest query value read, decoded: ours are short (an id, a status list). */
+#define QUERY_VALUE_MAX 1024
+/* Bytes of a refused method shown in the 405 detail. */
+#define METHOD_SHOWN 32
 
 struct api {
     engine *engine;
@@ -106,22 +111,35 @@ static void problem(api_response *resp, int status, const char *slug,
     respond(resp, status, PROBLEM_TYPE, &b);
 }
 
+/* Counts an update refused for bad input (updates_rejected.invalid). */
+static void count_invalid(api *a)
+{
+    atomic_fetch_add_explicit(&engine_stats(a->engine)->rejected[NS_REJECT_INVALID], 1,
+                              memory_order_relaxed);
+}
+
 void api_problem(api *a, api_response *resp, int status, const char *slug,
                  const char *title, const char *detail)
 {
     memset(resp, 0, sizeof *resp);
     if (status == 413 || status == 400)
-        atomic_fetch_add_explicit(&engine_stats(a->engine)->rejected[NS_REJECT_INVALID],
-                                  1, memory_order_relaxed);
+        count_invalid(a);
     problem(resp, status, slug, title, detail, NULL, false);
     if (status == 503)
         resp->retry_after = RETRY_AFTER_SECONDS;
     stats_count_http(engine_stats(a->engine), resp->status);
 }
 
-static void set_etag(api_response *resp, int64_t seq)
+/*
+ * The entity tag of a representation that holds seq. A node state also
+ * says whether it is durable, and the tag must change whenever the body
+ * does: "<seq>" once durable, "<seq>-q" while still queued, so a client
+ * holding the queued tag gets 200 (durable: true), not 304, after the commit.
+ */
+static void set_etag(api_response *resp, int64_t seq, bool queued)
 {
-    snprintf(resp->etag, sizeof resp->etag, "\"%lld\"", (long long)seq);
+    snprintf(resp->etag, sizeof resp->etag, "\"%lld%s\"", (long long)seq,
+             queued ? "-q" : "");
 }
 
 static bool is_durable(api *a, int64_t seq)
@@ -136,7 +154,7 @@ static void row_response(api *a, api_response *resp, int status, const ns_row *r
     buf_init(&b);
     codec_row(&b, row, durable);
     respond(resp, status, JSON_TYPE, &b);
-    set_etag(resp, row->seq);
+    set_etag(resp, row->seq, !durable);
 }
 
 static void deleted_response(api_response *resp, int status, const struct api_wait *w,
@@ -172,9 +190,31 @@ static void bad_query(api_response *resp, const char *detail)
 
 /* ---- request helpers ---- */
 
-static const char *query(const api_request *req, const char *name)
+/*
+ * Query argument name, percent-decoded into out (QUERY_VALUE_MAX + 1 bytes).
+ * 1 when present (out holds it; "" for a bare "?name"), 0 when absent, -1
+ * after answering 400: a value with a bad escape or an encoded NUL, which
+ * would otherwise mean something shorter than what was sent.
+ */
+static int query_arg(const api_request *req, api_response *resp, const char *name,
+                     char out[QUERY_VALUE_MAX + 1])
 {
-    return req->query ? req->query(req->ctx, name) : NULL;
+    const char *raw = req->query ? req->query(req->ctx, name) : NULL;
+    if (!raw)
+        return 0;
+    text_decode_result r = text_query_decode(out, QUERY_VALUE_MAX + 1, raw, NULL);
+    if (r == TEXT_DECODED)
+        return 1;
+    char detail[160];
+    if (r == TEXT_TOO_LONG)
+        snprintf(detail, sizeof detail, "query parameter \"%s\" is longer than %d bytes",
+                 name, QUERY_VALUE_MAX);
+    else
+        snprintf(detail, sizeof detail,
+                 "query parameter \"%s\" is not percent-encoded right: every %% needs two "
+                 "hex digits, and %%00 is not allowed", name);
+    bad_query(resp, detail);
+    return -1;
 }
 
 static const char *header(const api_request *req, const char *name)
@@ -182,12 +222,9 @@ static const char *header(const api_request *req, const char *name)
     return req->header ? req->header(req->ctx, name) : NULL;
 }
 
-/* Reads a boolean query flag: absent false, "", "true", "1" true. -1 if malformed. */
-static int query_flag(const api_request *req, const char *name)
+/* A boolean query flag's value: "", "true", "1" true; "false", "0" false; -1 otherwise. */
+static int flag_value(const char *v)
 {
-    const char *v = query(req, name);
-    if (!v)
-        return 0;
     if (!*v || strcmp(v, "true") == 0 || strcmp(v, "1") == 0)
         return 1;
     if (strcmp(v, "false") == 0 || strcmp(v, "0") == 0)
@@ -202,22 +239,28 @@ static int query_flag(const api_request *req, const char *name)
 static int wait_args(api *a, const api_request *req, api_response *resp,
                      bool *wait, double *timeout)
 {
-    int w = query_flag(req, "wait");
+    char v[QUERY_VALUE_MAX + 1];
+    int has = query_arg(req, resp, "wait", v);
+    if (has < 0)
+        return -1;
+    int w = has ? flag_value(v) : 0;
     if (w < 0) {
         bad_query(resp, "query parameter \"wait\" must be true or false");
         return -1;
     }
     *wait = w == 1;
     *timeout = a->cfg.default_wait;
-    const char *t = query(req, "timeout");
-    if (t) {
+    has = query_arg(req, resp, "timeout", v);
+    if (has < 0)
+        return -1;
+    if (has) {
         char *end;
-        double v = strtod(t, &end);
-        if (!*t || *end || !isfinite(v) || v < 0) {
+        double secs = strtod(v, &end);
+        if (!*v || *end || !isfinite(secs) || secs < 0) {
             bad_query(resp, "query parameter \"timeout\" must be a number of seconds >= 0");
             return -1;
         }
-        *timeout = v;
+        *timeout = secs;
     }
     if (*timeout > a->cfg.max_wait)
         *timeout = a->cfg.max_wait;
@@ -254,17 +297,19 @@ static bool json_content_type(const char *ct)
 static void post_state(api *a, const api_request *req, const route_args *args,
                        api_response *resp)
 {
-    ns_stats *stats = engine_stats(a->engine);
     bool wait;
     double timeout;
     if (!json_content_type(header(req, "Content-Type"))) {
-        atomic_fetch_add_explicit(&stats->rejected[NS_REJECT_INVALID], 1, memory_order_relaxed);
+        count_invalid(a);
         problem(resp, 415, "unsupported-media-type", "Unsupported media type",
                 "the body must be JSON (Content-Type: application/json)", NULL, false);
         return;
     }
-    if (wait_args(a, req, resp, &wait, &timeout) != 0)
+    if (wait_args(a, req, resp, &wait, &timeout) != 0) {
+        /* A bad ?wait= or ?timeout= refuses the update as much as a bad body. */
+        count_invalid(a);
         return;
+    }
     ns_update u;
     int status = 400;
     char detail[512];
@@ -277,7 +322,7 @@ static void post_state(api *a, const api_request *req, const route_args *args,
             internal_error(resp, detail);
             return;
         }
-        atomic_fetch_add_explicit(&stats->rejected[NS_REJECT_INVALID], 1, memory_order_relaxed);
+        count_invalid(a);
         if (status == 400)
             problem(resp, 400, "invalid-json", "Invalid JSON", detail, NULL, false);
         else
@@ -361,11 +406,13 @@ static void get_state(api *a, const api_request *req, const route_args *args,
             internal_error(resp, "reading the database failed");
         return;
     }
-    set_etag(resp, row->seq);
+    /* Read once: the tag compared and the body sent must agree. */
+    bool durable = is_durable(a, row->seq);
+    set_etag(resp, row->seq, !durable);
     if (etag_matches(header(req, "If-None-Match"), resp->etag)) {
         resp->status = 304;
     } else {
-        row_response(a, resp, 200, row, is_durable(a, row->seq));
+        row_response(a, resp, 200, row, durable);
     }
     model_row_unref(row);
 }
@@ -396,8 +443,11 @@ static void list_nodes(api *a, const api_request *req, const route_args *args,
                        api_response *resp)
 {
     unsigned mask = (1u << NS_STATUS_COUNT) - 1;
-    const char *st = query(req, "status");
-    if (st && *st) {
+    char st[QUERY_VALUE_MAX + 1];
+    int has = query_arg(req, resp, "status", st);
+    if (has < 0)
+        return;
+    if (has && *st) {
         mask = status_mask(st);
         if (!mask) {
             bad_query(resp, "query parameter \"status\" must be a comma-separated list of "
@@ -406,8 +456,11 @@ static void list_nodes(api *a, const api_request *req, const route_args *args,
         }
     }
     size_t limit = LIST_DEFAULT_LIMIT;
-    const char *l = query(req, "limit");
-    if (l) {
+    char l[QUERY_VALUE_MAX + 1];
+    has = query_arg(req, resp, "limit", l);
+    if (has < 0)
+        return;
+    if (has) {
         char *end;
         unsigned long long v = strtoull(l, &end, 10);
         if (!*l || *end || !isdigit((unsigned char)*l) || v < 1 || v > LIST_MAX_LIMIT) {
@@ -416,7 +469,11 @@ static void list_nodes(api *a, const api_request *req, const route_args *args,
         }
         limit = (size_t)v;
     }
-    const char *after = query(req, "after");
+    char after_value[QUERY_VALUE_MAX + 1];
+    has = query_arg(req, resp, "after", after_value);
+    if (has < 0)
+        return;
+    const char *after = has ? after_value : NULL;
     if (after && !model_id_valid(after, strlen(after))) {
         bad_query(resp, "query parameter \"after\" must be a node id");
         return;
@@ -453,7 +510,8 @@ static void get_run(api *a, const api_request *req, const route_args *args,
     buf_init(&b);
     codec_summary(&b, args->run_id, &s);
     respond(resp, 200, JSON_TYPE, &b);
-    set_etag(resp, s.last_seq);
+    /* A summary does not say what is durable: its tag is the seq alone. */
+    set_etag(resp, s.last_seq, false);
 }
 
 static void delete_run(api *a, const api_request *req, const route_args *args,
@@ -541,10 +599,12 @@ static void accept_parse(const char *accept, accept_pref *p)
     }
 }
 
-/* Prometheus text unless JSON is asked for by ?format=json or an Accept that prefers it. */
-static bool wants_json(const api_request *req)
+/*
+ * Prometheus text unless JSON is asked for by ?format=json (format, decoded;
+ * NULL when absent) or an Accept that prefers it.
+ */
+static bool wants_json(const api_request *req, const char *format)
 {
-    const char *format = query(req, "format");
     if (format)
         return strcmp(format, "json") == 0;
     const char *accept = header(req, "Accept");
@@ -575,12 +635,16 @@ static void render_stats(api *a, api_response *resp, bool json)
 static void get_stats(api *a, const api_request *req, const route_args *args,
                       api_response *resp)
 {
-    const char *format = query(req, "format");
+    char v[QUERY_VALUE_MAX + 1];
+    int has = query_arg(req, resp, "format", v);
+    if (has < 0)
+        return;
+    const char *format = has ? v : NULL;
     if (format && strcmp(format, "json") != 0 && strcmp(format, "prometheus") != 0) {
         bad_query(resp, "query parameter \"format\" must be json or prometheus");
         return;
     }
-    render_stats(a, resp, wants_json(req));
+    render_stats(a, resp, wants_json(req, format));
 }
 
 static void get_metrics(api *a, const api_request *req, const route_args *args,
@@ -714,13 +778,18 @@ static bool literal_is(const char *seg, size_t len, const char *lit)
 
 /*
  * Finds the route of a path. Returns the route, or NULL; *bad_id is set when
- * the path has a route's shape but an id in it is invalid.
+ * the path has a route's shape but an id in it is invalid, and *encoded when
+ * that id holds a '%'. The path is as the client sent it: percent-encoding
+ * is never decoded here, so "%00" cannot cut an id short and "%2F" cannot
+ * add a segment; ids are unreserved characters, which need no encoding.
  */
-static const route *match(const char *path, route_args *args, const char **bad_id)
+static const route *match(const char *path, route_args *args, const char **bad_id,
+                          bool *encoded)
 {
     const char *seg[MAX_SEGMENTS];
     size_t len[MAX_SEGMENTS];
     *bad_id = NULL;
+    *encoded = false;
     int n = split_path(path, seg, len);
     if (n < 0)
         return NULL;
@@ -741,16 +810,20 @@ static const route *match(const char *path, route_args *args, const char **bad_i
             }
             char *dst = strcmp(p, "{run}") == 0 ? args->run_id : args->node_id;
             if (!model_id_valid(seg[i], len[i])) {
-                if (!id_problem)
+                if (!id_problem) {
                     id_problem = strcmp(p, "{run}") == 0 ? "run_id" : "node_id";
+                    *encoded = memchr(seg[i], '%', len[i]) != NULL;
+                }
                 dst[0] = '\0';
                 continue;
             }
             memcpy(dst, seg[i], len[i]);
             dst[len[i]] = '\0';
         }
-        if (!ok)
+        if (!ok) {
+            *encoded = false;
             continue;
+        }
         *bad_id = id_problem;
         return rt;
     }
@@ -775,7 +848,8 @@ static void dispatch(api *a, const api_request *req, api_response *resp)
         return;
     route_args args;
     const char *bad_id;
-    const route *rt = match(req->path, &args, &bad_id);
+    bool encoded;
+    const route *rt = match(req->path, &args, &bad_id, &encoded);
     if (!rt) {
         not_found(resp, "no resource at this path");
         return;
@@ -789,20 +863,27 @@ static void dispatch(api *a, const api_request *req, api_response *resp)
     else if (strcmp(req->method, "DELETE") == 0)
         h = rt->del;
     if (!h) {
+        /* The method is the client's bytes, anything but a space. */
+        char method[METHOD_SHOWN + 1];
+        text_safe(method, sizeof method, req->method, strlen(req->method));
         char detail[128];
-        snprintf(detail, sizeof detail, "%.16s is not allowed here; allowed: %s",
-                 req->method, rt->allow);
+        snprintf(detail, sizeof detail, "%s is not allowed here; allowed: %s",
+                 method, rt->allow);
         problem(resp, 405, "method-not-allowed", "Method not allowed", detail, NULL, false);
         resp->allow = rt->allow;
         return;
     }
     if (bad_id) {
         char detail[256];
-        snprintf(detail, sizeof detail,
-                 "%s must be 1 to %d bytes of A-Z a-z 0-9 . _ ~ : -", bad_id, NS_ID_MAX);
+        if (encoded)
+            snprintf(detail, sizeof detail,
+                     "%s must be sent as it is, without percent-encoding (%%): 1 to %d "
+                     "bytes of A-Z a-z 0-9 . _ ~ : -", bad_id, NS_ID_MAX);
+        else
+            snprintf(detail, sizeof detail,
+                     "%s must be 1 to %d bytes of A-Z a-z 0-9 . _ ~ : -", bad_id, NS_ID_MAX);
         if (h == post_state)
-            atomic_fetch_add_explicit(&engine_stats(a->engine)->rejected[NS_REJECT_INVALID],
-                                      1, memory_order_relaxed);
+            count_invalid(a);
         problem(resp, 400, "invalid-id", "Invalid id", detail, NULL, false);
         return;
     }

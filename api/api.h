@@ -34,12 +34,15 @@ typedef struct api_config {
 
 typedef struct api_request {
     const char *method;
-    const char *path;        /* decoded path, no query string */
+    const char *path;        /* path as sent (not percent-decoded), no query string */
     const char *body;        /* NULL when there is none */
     size_t body_len;
     /* Header value by case-insensitive name, or NULL. */
     const char *(*header)(void *ctx, const char *name);
-    /* Query argument by name, or NULL (present without value: ""). */
+    /*
+     * Query argument by name as sent, still percent-encoded (the api decodes
+     * it; '+' may already be ' '), or NULL (present without value: "").
+     */
     const char *(*query)(void *ctx, const char *name);
     void *ctx;
 } api_request;

@@ -6,6 +6,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "text.h"
+
 /* First allocation: big enough for a typical node state object. */
 #define BUF_MIN_CAP 256
 
@@ -111,11 +113,28 @@ void buf_json_string(buf *b, const char *s)
     buf_append(b, "\"", 1);
     /* Copy runs of bytes that need no escape in one append. */
     const char *run = s;
+    const char *end = s + strlen(s);
     for (const char *p = s; *p != '\0'; p++) {
         unsigned char c = (unsigned char)*p;
         char esc[6];
         size_t elen = 2;
         esc[0] = '\\';
+        if (c >= 0x80) {
+            /*
+             * A JSON text must be UTF-8 (RFC 8259); a byte that is not part
+             * of a valid character (a row another program wrote, a cut
+             * somewhere upstream) becomes U+FFFD rather than breaking it.
+             */
+            size_t n = text_char_len(p, (size_t)(end - p));
+            if (n > 0) {
+                p += n - 1;
+                continue;
+            }
+            buf_append(b, run, (size_t)(p - run));
+            buf_append(b, "\\ufffd", 6);
+            run = p + 1;
+            continue;
+        }
         switch (c) {
         case '"':  esc[1] = '"'; break;
         case '\\': esc[1] = '\\'; break;
@@ -126,7 +145,7 @@ void buf_json_string(buf *b, const char *s)
         case '\t': esc[1] = 't'; break;
         default:
             if (c >= 0x20)
-                continue;   /* ASCII and UTF-8 bytes pass through */
+                continue;   /* printable ASCII passes through */
             esc[1] = 'u';
             esc[2] = '0';
             esc[3] = '0';

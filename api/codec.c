@@ -1,14 +1,23 @@
 #include "codec.h"
 
 #include <inttypes.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include <jansson.h>
 
+#include "text.h"
+
 /* Largest attempt we take: beyond 2^53 a JSON number stops being exact in most clients. */
 #define CODEC_ATTEMPT_MAX (INT64_C(1) << 53)
+/* Bytes of a client's member name shown in a detail; the rest is cut ("..."). */
+#define CODEC_KEY_SHOWN 64
+/* Room for a detail before it is cut to the caller's size; ours fit easily. */
+#define CODEC_DETAIL_MAX 512
+/* Longest problem detail answered, cut at a whole character. */
+#define CODEC_PROBLEM_DETAIL_MAX 1024
 
 /*
  * The parsed body the ns_update borrows from: strings point into root, and
@@ -46,13 +55,36 @@ void codec_doc_free(codec_doc *d)
     free(d);
 }
 
+/*
+ * Writes a detail, formatted, into the caller's detail_len bytes. It may hold
+ * client text (a member name, jansson's account of the body), so it goes
+ * through text_safe: cut at a whole character whatever detail_len is, and
+ * anything that is not valid UTF-8 escaped.
+ */
+static void codec_detail(char *detail, size_t detail_len, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static void codec_detail(char *detail, size_t detail_len, const char *fmt, ...)
+{
+    char text[CODEC_DETAIL_MAX];
+    va_list ap;
+
+    if (detail == NULL || detail_len == 0)
+        return;
+    va_start(ap, fmt);
+    int n = vsnprintf(text, sizeof text, fmt, ap);
+    va_end(ap);
+    if (n < 0)
+        text[0] = '\0';
+    text_safe(detail, detail_len, text, strlen(text));
+}
+
 /* Sets the answer of a refused body; always returns -1 so callers can `return codec_fail(...)`. */
 static int codec_fail(int *status, int code, char *detail, size_t detail_len,
                       const char *fmt, const char *member)
 {
     *status = code;
-    if (detail != NULL && detail_len > 0)
-        snprintf(detail, detail_len, fmt, member);
+    codec_detail(detail, detail_len, fmt, member);
     return -1;
 }
 
@@ -396,9 +428,9 @@ static int codec_member(codec_doc *d, const codec_spans *spans,
                               "member \"%s\" must be a string or null", key);
         if (json_is_string(v) && json_string_length(v) > max_error_bytes) {
             *status = 422;
-            snprintf(detail, detail_len,
-                     "member \"%s\" must be at most %zu bytes long", key,
-                     max_error_bytes);
+            codec_detail(detail, detail_len,
+                         "member \"%s\" must be at most %zu bytes long", key,
+                         max_error_bytes);
             return -1;
         }
     } else if (strcmp(key, "retryable") == 0) {
@@ -438,9 +470,14 @@ static int codec_member(codec_doc *d, const codec_spans *spans,
                strcmp(key, "durable") == 0) {
         /* Server-owned fields: ignored so a GET body can be POSTed back. */
     } else {
-        /* The key came from the client: bound it so the detail stays readable. */
+        /*
+         * The key came from the client: bound it so the detail stays
+         * readable, cut at a whole character (a byte count could split one).
+         */
+        char shown[CODEC_KEY_SHOWN + 1];
+        text_safe(shown, sizeof shown, key, strlen(key));
         *status = 422;
-        snprintf(detail, detail_len, "unknown member \"%.64s\"", key);
+        codec_detail(detail, detail_len, "unknown member \"%s\"", shown);
         return -1;
     }
     return 0;
@@ -494,8 +531,9 @@ codec_doc *codec_decode_update(const char *body, size_t len,
                          JSON_DECODE_INT_AS_REAL, &err);
     if (d->root == NULL) {
         *status = 400;
-        snprintf(detail, detail_len, "invalid JSON at line %d column %d: %s",
-                 err.line, err.column, err.text);
+        /* jansson's text may quote the body, and it cuts it at a byte count. */
+        codec_detail(detail, detail_len, "invalid JSON at line %d column %d: %s",
+                     err.line, err.column, err.text);
         goto fail;
     }
     if (!json_is_object(d->root)) {
@@ -616,8 +654,14 @@ void codec_problem(buf *b, int status, const char *slug, const char *title,
     buf_json_string(b, title);
     buf_printf(b, ",\"status\":%d", status);
     if (detail != NULL) {
+        /*
+         * The one gate every detail passes: whatever request bytes a caller
+         * put in, the answer stays valid UTF-8, cut at a whole character.
+         */
+        char safe[CODEC_PROBLEM_DETAIL_MAX];
+        text_safe(safe, sizeof safe, detail, strlen(detail));
         buf_puts(b, ",\"detail\":");
-        buf_json_string(b, detail);
+        buf_json_string(b, safe);
     }
     if (current != NULL) {
         buf_puts(b, ",\"current\":");

@@ -21,7 +21,8 @@ typedef struct codec_doc codec_doc;
  * document (free it with codec_doc_free after the update is used), or NULL
  * with *status set to 400 (not JSON, not an object) or 422 (a member missing,
  * unknown, of the wrong type or out of range) and detail naming the member
- * and the problem. last_error longer than max_error_bytes is a 422.
+ * and the problem (cut to detail_len at a whole character; client text in it
+ * made safe by text_safe). last_error longer than max_error_bytes is a 422.
  * resume_state and outputs are stored as the client wrote them, with only the
  * whitespace outside strings removed (numbers and escapes kept byte for byte);
  * attempt must be written as an integer ("2.0" is a 422). A number beyond the
@@ -38,6 +39,9 @@ void codec_row(buf *b, const ns_row *row, bool durable);
 /*
  * An RFC 9457 problem: {"type":"urn:nodestate:problem:<slug>","title",
  * "status","detail"} plus "current": the row, when current is not NULL.
+ * detail goes through text_safe (at most 1023 bytes, cut at a whole
+ * character, control bytes and invalid UTF-8 as \xHH), so request bytes in
+ * it can never make the body invalid UTF-8.
  */
 void codec_problem(buf *b, int status, const char *slug, const char *title,
                    const char *detail, const ns_row *current, bool durable);

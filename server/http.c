@@ -442,6 +442,20 @@ static const char *http_query(void *ctx, const char *name)
     return value != NULL ? value : "";
 }
 
+/*
+ * MHD_OPTION_UNESCAPE_CALLBACK: the URL and query values stay as sent. MHD's
+ * own unescaping ran before the api saw them, so "/runs/r1%00/nodes/n1/state"
+ * arrived as "/runs/r1" (a shorter id, another route) and "%2F" as a route
+ * separator. The api refuses '%' in ids and decodes query values itself.
+ * (MHD still turns '+' in query values into ' ' before calling this.)
+ */
+static size_t http_unescape_none(void *cls, struct MHD_Connection *con, char *s)
+{
+    (void)cls;
+    (void)con;
+    return strlen(s);
+}
+
 /* ---- answering ------------------------------------------------------------ */
 
 /* The client's address as text, or "-" when MHD cannot tell. */
@@ -951,6 +965,7 @@ http_server *http_start(const http_config *cfg, api *a, engine *e, char *err,
                                  MHD_OPTION_EXTERNAL_LOGGER, http_mhd_log, s,
                                  MHD_OPTION_SOCK_ADDR, ai->ai_addr,
                                  MHD_OPTION_NOTIFY_COMPLETED, http_on_completed, s,
+                                 MHD_OPTION_UNESCAPE_CALLBACK, http_unescape_none, NULL,
                                  MHD_OPTION_ARRAY, opts,
                                  MHD_OPTION_END);
     saved_errno = errno;

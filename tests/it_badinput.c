@@ -1,14 +1,26 @@
 /*
  * it_badinput: every class of bad input answers its own status as an RFC 9457
  * problem (type, title, status, detail), changes nothing, and leaves the
- * server serving.
+ * server serving. Input in disguise too: percent-encoded ids (an encoded NUL
+ * or '/' must not shorten an id or change the route; the SQLite file is
+ * compared before and after), encoded query values, request bytes that are
+ * not UTF-8 (the problem body must still be UTF-8), the ETag of a state that
+ * becomes durable, and the counting of every problem by code.
  */
 #include <criterion/criterion.h>
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <unistd.h>
 
 #include "harness.h"
+#include "it_assert.h"
+#include "utf8_check.h"
 
 #define STATE_PATH "/runs/rb/nodes/n1/state"
 /* --max-body-bytes for these tests: small so a 413 needs no big body. */
@@ -388,6 +400,355 @@ Test(badinput, rejections_are_counted)
     long long queued = -1;
     cr_assert_eq(ns_jint(st, "updates_queued", &queued), 0);
     cr_assert_eq(queued, 0, "bad input was queued");
+    json_decref(st);
+    ns_free(s);
+}
+
+/* ---- input in disguise: percent-encoding in paths and query values ------ */
+
+/* The rows of the SQLite file, as "run/node=status;" in key order. */
+static char *db_rows(ns_server *s)
+{
+    bool err = false;
+    char *rows = ns_db_text(s, &err,
+                            "SELECT group_concat(run_id || '/' || node_id || '=' || status, ';')"
+                            " FROM (SELECT * FROM run_node_state ORDER BY run_id, node_id)",
+                            NULL);
+    cr_assert_not(err, "reading the database failed");
+    cr_assert_not_null(rows, "the database holds no rows");
+    return rows;
+}
+
+Test(badinput, percent_encoded_ids_are_400_and_change_nothing)
+{
+    ns_server *s = start();
+    it_post(s, "r1", "n1", "?wait=true", "{\"status\":\"running\"}", 200);
+    it_post(s, "r1", "n2", "?wait=true", "{\"status\":\"scheduled\"}", 200);
+    char *before = db_rows(s);
+    cr_assert_str_eq(before, "r1/n1=running;r1/n2=scheduled");
+
+    const char *done = "{\"status\":\"completed\"}";
+    static const char *const state_paths[] = {
+        "/runs/r1%00/nodes/n1/state", "/runs/r1/nodes/n1%00/state",
+        "/runs/r1%00junk/nodes/n1/state", "/runs/r1%2Fnodes%2Fn1/nodes/n1/state",
+        "/runs/r1/nodes/n1%2Fstate/state", "/runs/r%251/nodes/n1/state",
+        "/runs/r%7E1/nodes/n1/state", "/runs/r1/nodes/n%31/state",
+    };
+    for (size_t i = 0; i < sizeof state_paths / sizeof *state_paths; i++) {
+        free(expect_problem_req(s, "POST", state_paths[i], done, NULL, 400, "invalid-id"));
+        free(expect_problem_req(s, "GET", state_paths[i], NULL, NULL, 400, "invalid-id"));
+    }
+    static const char *const run_paths[] = { "/runs/r1%00", "/runs/r1%00junk", "/runs/r%31",
+                                              "/runs/r1%2F", "/runs/r1%00/nodes" };
+    for (size_t i = 0; i < sizeof run_paths / sizeof *run_paths; i++) {
+        const char *method = strstr(run_paths[i], "/nodes") != NULL ? "GET" : "DELETE";
+        char *detail = expect_problem_req(s, method, run_paths[i], NULL, NULL, 400,
+                                          "invalid-id");
+        cr_assert(strstr(detail, "percent-encoding") != NULL, "%s: detail \"%s\"",
+                  run_paths[i], detail);
+        free(detail);
+    }
+    /* No DELETE on a node state, whatever the ids; an encoded '/' makes no route. */
+    free(expect_problem_req(s, "DELETE", "/runs/r1%00/nodes/n1/state", NULL, NULL, 405,
+                            "method-not-allowed"));
+    free(expect_problem_req(s, "POST", "/runs/r9/nodes%2Fn1%2Fstate", done, NULL, 404,
+                            "not-found"));
+    free(expect_problem_req(s, "GET", "/runs/r9/nodes%2Fn1%2Fstate", NULL, NULL, 404,
+                            "not-found"));
+
+    /* Nothing reached the queue or the file. */
+    cr_assert_eq(ns_stat(s, "updates_queued"), 2);
+    cr_assert_eq(ns_wait_idle(s, 30), 0, "the writer did not go idle");
+    char *after = db_rows(s);
+    cr_assert_str_eq(after, before, "refused requests changed the database");
+    free(before);
+    free(after);
+    json_t *run = it_get_json(s, "/runs/r1", 200);
+    cr_assert_eq(it_jint(run, "nodes"), 2);
+    json_decref(run);
+    expect_still_serving(s);
+    ns_free(s);
+}
+
+Test(badinput, query_values_work_encoded_and_plain)
+{
+    ns_server *s = start();
+    it_post(s, "rq", "a", "?wait=%74rue&timeout=%35", "{\"status\":\"running\"}", 200);
+    it_post(s, "rq", "b", "?wait=true&timeout=5", "{\"status\":\"completed\"}", 200);
+    it_post(s, "rq", "c", NULL, "{\"status\":\"failed\"}", 202);
+
+    static const struct {
+        const char *query;
+        const char *ids;   /* node ids of the page, in order */
+        const char *next;  /* NULL: null */
+    } cases[] = {
+        { "?status=running,completed", "ab", NULL },
+        { "?status=running%2Ccompleted", "ab", NULL },
+        { "?status=running%2ccompleted&limit=%31", "a", "a" },
+        { "?status=%72unning,completed&limit=1&after=%61", "b", NULL },
+        { "?limit=2&after=a", "bc", NULL },
+        { "?limit=%32", "ab", "b" },
+        { "?status=", "abc", NULL },
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        char path[256];
+        snprintf(path, sizeof path, "/runs/rq/nodes%s", cases[i].query);
+        json_t *page = it_get_json(s, path, 200);
+        json_t *nodes = json_object_get(page, "nodes");
+        char got[16] = "";
+        for (size_t k = 0; k < json_array_size(nodes) && k + 1 < sizeof got; k++)
+            strncat(got, ns_jstr(json_array_get(nodes, k), "node_id"), 1);
+        cr_assert_str_eq(got, cases[i].ids, "%s", path);
+        if (cases[i].next == NULL)
+            cr_assert(ns_jnull(page, "next"), "%s: next is not null", path);
+        else
+            cr_assert_str_eq(ns_jstr(page, "next"), cases[i].next, "%s", path);
+        json_decref(page);
+    }
+    json_t *st = it_get_json(s, "/stats?format=%6Ason", 200);
+    cr_assert_eq(it_jint(st, "updates_queued"), 3);
+    json_decref(st);
+
+    /* An encoded NUL no longer cuts a value short ("a%00zzz" was "a"). */
+    static const char *const bad[] = {
+        "/runs/rq/nodes?after=a%00zzz", "/runs/rq/nodes?status=running%00",
+        "/runs/rq/nodes?limit=1%00", "/runs/rq/nodes?limit=%zz", "/runs/rq/nodes?after=%",
+        "/stats?format=json%00", "/runs/rq/nodes?status=running%2",
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        char *detail = expect_problem_req(s, "GET", bad[i], NULL, NULL, 400, "invalid-query");
+        cr_assert(strstr(detail, "percent-encoded") != NULL, "%s: detail \"%s\"", bad[i],
+                  detail);
+        free(detail);
+    }
+    free(expect_problem_req(s, "POST", "/runs/rq/nodes/d/state?wait=true%00no",
+                            "{\"status\":\"running\"}", NULL, 400, "invalid-query"));
+    free(expect_problem_req(s, "DELETE", "/runs/rq?wait=%", NULL, NULL, 400,
+                            "invalid-query"));
+    cr_assert_eq(ns_stat(s, "updates_queued"), 3, "a refused request was queued");
+    json_t *run = it_get_json(s, "/runs/rq", 200);
+    cr_assert_eq(it_jint(run, "nodes"), 3);
+    json_decref(run);
+    ns_free(s);
+}
+
+/* ---- the ETag follows the body ------------------------------------------ */
+
+Test(badinput, etag_changes_when_the_state_becomes_durable)
+{
+    /* Nothing commits on its own: only the ?wait=true below makes it durable. */
+    ns_server *s = ns_start("--batch-interval 60");
+    cr_assert_not_null(s);
+    json_t *doc = it_post_json(s, "re", "n1", NULL, "{\"status\":\"running\"}", 202);
+    long long seq = it_jint(doc, "seq");
+    cr_assert(json_is_false(json_object_get(doc, "durable")));
+    json_decref(doc);
+
+    ns_resp r = { 0 };
+    cr_assert_eq(ns_get_state(s, "re", "n1", &r), 0, "%s", r.error);
+    cr_assert_eq(r.status, 200);
+    doc = ns_resp_json(&r);
+    cr_assert(json_is_false(json_object_get(doc, "durable")), "%s", r.body);
+    json_decref(doc);
+    char queued[64];
+    snprintf(queued, sizeof queued, "\"%lld-q\"", seq);
+    cr_assert_str_eq(r.etag, queued, "the tag of a queued state");
+    char inm[96];
+    snprintf(inm, sizeof inm, "If-None-Match: %s", queued);
+    const char *hdr[] = { inm, NULL };
+    cr_assert_eq(ns_req(s, "GET", "/runs/re/nodes/n1/state", NULL, hdr, &r), 0);
+    cr_assert_eq(r.status, 304, "unchanged and still queued: %ld", r.status);
+
+    /* A waiting write commits everything queued before it, n1 included. */
+    it_post(s, "re", "n2", "?wait=true", "{\"status\":\"running\"}", 200);
+    cr_assert_eq(ns_req(s, "GET", "/runs/re/nodes/n1/state", NULL, hdr, &r), 0);
+    cr_assert_eq(r.status, 200, "the queued tag matched the durable state: %ld", r.status);
+    doc = ns_resp_json(&r);
+    cr_assert_not_null(doc, "no body with the 200");
+    cr_assert(json_is_true(json_object_get(doc, "durable")), "%s", r.body);
+    cr_assert_eq(it_jint(doc, "seq"), seq);
+    json_decref(doc);
+    char durable[64];
+    snprintf(durable, sizeof durable, "\"%lld\"", seq);
+    cr_assert_str_eq(r.etag, durable, "the tag of a durable state");
+    snprintf(inm, sizeof inm, "If-None-Match: %s", durable);
+    cr_assert_eq(ns_req(s, "GET", "/runs/re/nodes/n1/state", NULL, hdr, &r), 0);
+    cr_assert_eq(r.status, 304);
+    cr_assert_str_eq(r.etag, durable);
+    ns_resp_free(&r);
+    ns_free(s);
+}
+
+/* ---- client bytes in problem details ------------------------------------ */
+
+/* Sends a request; asserts a problem of status and slug whose body is valid UTF-8. Returns the detail. */
+static char *expect_utf8_problem(ns_server *s, const char *method, const char *path,
+                                 const char *body, long status, const char *slug)
+{
+    ns_resp r = { 0 };
+    cr_assert_eq(ns_req(s, method, path, body, NULL, &r), 0, "%s", r.error);
+    cr_assert(utf8_check(r.body, r.body_len), "%s: the body is not UTF-8: %s", slug, r.body);
+    char why[768];
+    cr_assert_eq(ns_check_problem(&r, status, slug, why, sizeof why), 0, "%s", why);
+    json_t *doc = ns_resp_json(&r);
+    char *detail = strdup(ns_jstr(doc, "detail"));
+    cr_assert_not_null(detail);
+    json_decref(doc);
+    ns_resp_free(&r);
+    return detail;
+}
+
+/*
+ * Sends "METHOD PATH HTTP/1.1" with Connection: close over a plain socket
+ * (curl would percent-encode the path's bytes), reads the answer to the end
+ * (bounded by a 30 s receive timeout) and returns its body (free it), with
+ * the status in *status.
+ */
+static char *raw_request(ns_server *s, const char *method, const char *path, long *status)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    cr_assert_geq(fd, 0);
+    struct timeval tv = { 30, 0 };
+    cr_assert_eq(setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv), 0);
+    struct sockaddr_in addr = { .sin_family = AF_INET, .sin_port = htons((uint16_t)ns_port(s)) };
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    cr_assert_eq(connect(fd, (struct sockaddr *)&addr, sizeof addr), 0, "%s", strerror(errno));
+    char req[512];
+    int n = snprintf(req, sizeof req, "%s %s HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                     "Connection: close\r\n\r\n", method, path);
+    cr_assert(n > 0 && (size_t)n < sizeof req);
+    cr_assert_eq(send(fd, req, (size_t)n, MSG_NOSIGNAL), n, "%s", strerror(errno));
+    static char answer[16384];
+    size_t got = 0;
+    for (;;) {
+        cr_assert_lt(got, sizeof answer - 1, "answer too long");
+        ssize_t k = recv(fd, answer + got, sizeof answer - 1 - got, 0);
+        cr_assert_geq(k, 0, "recv: %s", strerror(errno));
+        if (k == 0)
+            break;
+        got += (size_t)k;
+    }
+    close(fd);
+    answer[got] = '\0';
+    cr_assert_eq(sscanf(answer, "HTTP/1.1 %ld", status), 1, "no status line: %.100s", answer);
+    const char *body = strstr(answer, "\r\n\r\n");
+    cr_assert_not_null(body, "no end of headers");
+    char *copy = strdup(body + 4);
+    cr_assert_not_null(copy);
+    return copy;
+}
+
+Test(badinput, problem_bodies_are_utf8_whatever_the_request_bytes)
+{
+    ns_server *s = start();
+    /* Invalid UTF-8 and a control byte in the method are shown escaped. */
+    char *d = expect_utf8_problem(s, "G\xffT", "/runs/r1", NULL, 405, "method-not-allowed");
+    cr_assert(strstr(d, "G\\xFFT") != NULL, "detail \"%s\"", d);
+    free(d);
+    /* A method of multi-byte characters, cut at every offset: never inside one. */
+    for (int lead = 0; lead < 3; lead++) {
+        char method[96];
+        memset(method, 'M', (size_t)lead);
+        for (int i = 0; i < 30; i++)
+            memcpy(method + lead + 2 * i, "\xc3\xa9", 2);
+        method[lead + 60] = '\0';
+        free(expect_utf8_problem(s, method, "/runs/r1", NULL, 405, "method-not-allowed"));
+    }
+    /* Invalid UTF-8 in the path, as curl sends it (percent-encoded) and raw. */
+    free(expect_utf8_problem(s, "GET", "/runs/r\xff\xfe/nodes/n\xc3/state", NULL, 400,
+                             "invalid-id"));
+    free(expect_utf8_problem(s, "GET", "/n\xc3\xa9\xff", NULL, 404, "not-found"));
+    static const struct {
+        const char *method, *path;
+        long status;
+    } raw[] = {
+        { "GET", "/runs/r\xff\xfe/nodes/n\xc3/state", 400 },
+        { "POST", "/runs/r\x01/nodes/n/state", 400 },
+        { "GET", "/r\xc3\xa9\xff", 404 },
+        { "\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9M", "/runs/r\xff", 405 },
+        { "M\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9",
+          "/stats", 405 },
+    };
+    for (size_t i = 0; i < sizeof raw / sizeof *raw; i++) {
+        long status = 0;
+        char *body = raw_request(s, raw[i].method, raw[i].path, &status);
+        cr_assert_eq(status, raw[i].status, "raw case %zu: %ld %s", i, status, body);
+        cr_assert(utf8_check(body, strlen(body)), "raw case %zu: the body is not UTF-8: %s",
+                  i, body);
+        json_error_t err;
+        json_t *doc = json_loads(body, 0, &err);
+        cr_assert_not_null(doc, "raw case %zu: not JSON (%s): %s", i, err.text, body);
+        cr_assert(json_is_string(json_object_get(doc, "detail")), "raw case %zu", i);
+        json_decref(doc);
+        free(body);
+    }
+    /* A member name with a multi-byte character where the detail cuts it. */
+    for (int lead = 61; lead <= 65; lead++) {
+        char body[256];
+        snprintf(body, sizeof body, "{\"status\":\"idle\",\"%.*s\xe2\x82\xac\xe2\x82\xac\":1}", lead,
+                 "kkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkk");
+        d = expect_utf8_problem(s, "POST", STATE_PATH, body, 422, "invalid-update");
+        cr_assert(strstr(d, "unknown member \"kkkk") != NULL, "detail \"%s\"", d);
+        free(d);
+    }
+    expect_untouched(s);
+    expect_still_serving(s);
+    ns_free(s);
+}
+
+/* ---- every answer is counted ------------------------------------------- */
+
+Test(badinput, every_problem_answered_is_counted_by_code)
+{
+    ns_server *s = start();
+    it_post(s, "rc", "n1", "?wait=true", "{\"status\":\"completed\"}", 200);
+    static const struct {
+        const char *method, *path, *body;
+        long status;
+        const char *slug;
+    } cases[] = {
+        { "GET", "/nope", NULL, 404, "not-found" },
+        { "PUT", "/runs/rc", "{}", 405, "method-not-allowed" },
+        { "G\xffT", "/runs/rc", NULL, 405, "method-not-allowed" },
+        { "GET", "/runs/rc%00", NULL, 400, "invalid-id" },
+        { "GET", "/runs/rc/nodes?after=%00", NULL, 400, "invalid-query" },
+        { "POST", "/runs/rc/nodes/n2/state?wait=maybe", "{\"status\":\"idle\"}", 400,
+          "invalid-query" },
+        { "POST", "/runs/rc/nodes/n2/state", "{", 400, "invalid-json" },
+        { "POST", "/runs/rc/nodes/n2/state", "{\"status\":\"x\"}", 422, "invalid-update" },
+        { "POST", "/runs/rc/nodes/n1/state", "{\"status\":\"running\"}", 409,
+          "illegal-transition" },
+    };
+    long long want[600] = { 0 };
+    want[200] = 1;
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        free(expect_problem_req(s, cases[i].method, cases[i].path, cases[i].body, NULL,
+                                cases[i].status, cases[i].slug));
+        want[cases[i].status]++;
+    }
+    /* The transport's own 413 goes through the api's counting too. */
+    char big[2 * MAX_BODY];
+    memset(big, ' ', sizeof big - 1);
+    big[sizeof big - 1] = '\0';
+    free(expect_problem_req(s, "POST", "/runs/rc/nodes/n3/state", big, NULL, 413,
+                            "body-too-large"));
+    want[413]++;
+
+    json_t *st = ns_stats(s);
+    cr_assert_not_null(st);
+    json_t *codes = json_object_get(st, "http_responses");
+    cr_assert(json_is_object(codes), "no http_responses");
+    for (int code = 100; code < 600; code++) {
+        char key[8];
+        snprintf(key, sizeof key, "%d", code);
+        json_t *v = json_object_get(codes, key);
+        long long got = json_is_integer(v) ? json_integer_value(v) : 0;
+        cr_assert_eq(got, want[code], "http_responses[%d] = %lld, want %lld", code, got,
+                     want[code]);
+    }
+    /* Refused updates: the bad ?wait=, the bad body, the bad member, the 413. */
+    json_t *rej = json_object_get(st, "updates_rejected");
+    cr_assert_eq(json_integer_value(json_object_get(rej, "invalid")), 4);
     json_decref(st);
     ns_free(s);
 }

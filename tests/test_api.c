@@ -4,7 +4,9 @@
  * over a temp SQLite file. Covers routing (404, 405 with Allow, 400 for bad
  * ids), every POST outcome, GET with ETag and If-None-Match, listing with
  * filters and pages, summaries, deletes, /stats content negotiation,
- * /healthz and /readyz, and the two-step ?wait=true answer.
+ * /healthz and /readyz, the two-step ?wait=true answer, percent-encoding in
+ * paths (refused in ids) and query values (decoded), client bytes in problem
+ * details, and the counting of every answer by code.
  * Response bodies are parsed with jansson.
  */
 #include <criterion/criterion.h>
@@ -19,6 +21,7 @@
 
 #include <jansson.h>
 
+#include "utf8_check.h"
 #include "writer_blocker.h"
 #include "api/api.h"
 #include "api/prom.h"
@@ -345,7 +348,7 @@ Test(api, post_accepted_duplicate_conflict)
     call(&s, &resp);
     cr_assert_eq(resp.status, 202, "%.*s", (int)resp.body_len, resp.body);
     cr_assert_str_eq(resp.content_type, JSON_TYPE);
-    cr_assert_str_eq(resp.etag, "\"1\"");
+    cr_assert_str_eq(resp.etag, "\"1-q\"", "the tag of a queued state");
     cr_assert_eq(resp.wait_seq, 0);
     json_t *j = body_json(&resp);
     check_row_shape(j, resp.body);
@@ -585,7 +588,7 @@ Test(api, get_etag_and_if_none_match)
     call(&s, &resp);
     cr_assert_eq(resp.status, 200);
     cr_assert_str_eq(resp.content_type, JSON_TYPE);
-    cr_assert_str_eq(resp.etag, "\"2\"");
+    cr_assert_str_eq(resp.etag, "\"2-q\"");
     json_t *j = body_json(&resp);
     check_row_shape(j, resp.body);
     cr_assert_str_eq(jstr(j, "status"), "running");
@@ -594,17 +597,19 @@ Test(api, get_etag_and_if_none_match)
     json_decref(j);
     api_response_free(&resp);
 
-    static const char *const match[] = { "\"2\"", "W/\"2\"", "*", "\"1\", \"2\"", "\"9\",\"2\"" };
+    static const char *const match[] = { "\"2-q\"", "W/\"2-q\"", "*", "\"1\", \"2-q\"",
+                                         "\"9\",\"2-q\"" };
     for (size_t i = 0; i < sizeof match / sizeof *match; i++) {
         spec c = { .method = "GET", .path = "/runs/r/nodes/a/state",
                    .headers = { { "If-None-Match", match[i] } } };
         call(&c, &resp);
         cr_assert_eq(resp.status, 304, "If-None-Match: %s -> %d", match[i], resp.status);
         cr_assert_null(resp.body, "a 304 with a body");
-        cr_assert_str_eq(resp.etag, "\"2\"");
+        cr_assert_str_eq(resp.etag, "\"2-q\"");
         api_response_free(&resp);
     }
-    static const char *const nomatch[] = { "\"1\"", "\"22\"", "2", "\"20\", \"3\"" };
+    static const char *const nomatch[] = { "\"1\"", "\"22\"", "2", "\"20\", \"3\"", "\"2\"",
+                                           "\"2-\"", "\"2-q" };
     for (size_t i = 0; i < sizeof nomatch / sizeof *nomatch; i++) {
         spec c = { .method = "GET", .path = "/runs/r/nodes/a/state",
                    .headers = { { "If-None-Match", nomatch[i] } } };
@@ -613,12 +618,29 @@ Test(api, get_etag_and_if_none_match)
         api_response_free(&resp);
     }
 
-    /* After a flush the same state reads durable. */
+    /*
+     * After a flush the same state reads durable: another body, so another
+     * tag, and the queued tag no longer matches.
+     */
     flush_all();
     call(&s, &resp);
+    cr_assert_str_eq(resp.etag, "\"2\"");
     j = body_json(&resp);
     cr_assert(jbool(j, "durable"));
     json_decref(j);
+    api_response_free(&resp);
+    spec old = { .method = "GET", .path = "/runs/r/nodes/a/state",
+                 .headers = { { "If-None-Match", "\"2-q\"" } } };
+    call(&old, &resp);
+    cr_assert_eq(resp.status, 200, "the queued tag matched the durable state");
+    cr_assert_str_eq(resp.etag, "\"2\"");
+    j = body_json(&resp);
+    cr_assert(jbool(j, "durable"));
+    json_decref(j);
+    api_response_free(&resp);
+    old.headers[0].value = "\"2\"";
+    call(&old, &resp);
+    cr_assert_eq(resp.status, 304);
     api_response_free(&resp);
 
     /* HEAD is answered like GET (the transport drops the body). */
@@ -1023,5 +1045,287 @@ Test(api, transport_problem)
     api_problem(A, &resp, 503, "overloaded", "Overloaded", "too many connections");
     json_decref(expect_problem(&resp, 503, "overloaded"));
     cr_assert_eq(resp.retry_after, 1);
+    api_response_free(&resp);
+}
+
+/* ---- input in disguise: percent-encoding in paths and query values ---- */
+
+/* A problem whose detail contains has. */
+static void check_problem_detail(const spec *s, int status, const char *slug, const char *has)
+{
+    api_response resp;
+    call(s, &resp);
+    json_t *j = expect_problem(&resp, status, slug);
+    cr_assert(strstr(jstr(j, "detail"), has) != NULL, "%s %s: detail \"%s\" lacks \"%s\"",
+              s->method, s->path, jstr(j, "detail"), has);
+    json_decref(j);
+    api_response_free(&resp);
+}
+
+Test(api, percent_in_an_id_is_400_and_never_shortens_it)
+{
+    cr_assert_eq(post("r1", "n1", "{\"status\":\"running\"}"), 202);
+    static const char *const paths[] = {
+        "/runs/r1%00/nodes/n1/state", "/runs/r1/nodes/n1%00/state",
+        "/runs/r1%00junk/nodes/n1/state", "/runs/r1%2Fx/nodes/n1/state",
+        "/runs/r%251/nodes/n1/state", "/runs/r%7E1/nodes/n1/state",
+        "/runs/r1/nodes/n%31/state",
+    };
+    for (size_t i = 0; i < sizeof paths / sizeof *paths; i++) {
+        check_problem_detail(&(spec){ .method = "GET", .path = paths[i] }, 400, "invalid-id",
+                             "percent-encoding");
+        check_problem_detail(&(spec){ .method = "POST", .path = paths[i],
+                                      .body = "{\"status\":\"completed\"}" },
+                             400, "invalid-id", "percent-encoding");
+    }
+    static const char *const runs[] = { "/runs/r1%00", "/runs/r1%00junk", "/runs/r%31",
+                                        "/runs/r1%2F" };
+    for (size_t i = 0; i < sizeof runs / sizeof *runs; i++) {
+        check_problem_detail(&(spec){ .method = "DELETE", .path = runs[i] }, 400, "invalid-id",
+                             "percent-encoding");
+        check_problem_detail(&(spec){ .method = "GET", .path = runs[i] }, 400, "invalid-id",
+                             "percent-encoding");
+    }
+    /* An encoded '/' never makes a route: this is not the state of node n1. */
+    check_problem(&(spec){ .method = "POST", .path = "/runs/r9/nodes%2Fn1%2Fstate",
+                           .body = "{\"status\":\"running\"}" }, 404, "not-found");
+    /* The state route has no DELETE, whatever its ids. */
+    check_problem(&(spec){ .method = "DELETE", .path = "/runs/r1%00/nodes/n1/state" }, 405,
+                  "method-not-allowed");
+
+    /* Nothing was queued, r1/n1 is as it was, and r9 does not exist. */
+    cr_assert_eq(atomic_load(&engine_stats(E)->updates_queued), 1);
+    api_response resp;
+    call(&(spec){ .method = "GET", .path = "/runs/r1/nodes/n1/state" }, &resp);
+    cr_assert_eq(resp.status, 200);
+    json_t *j = body_json(&resp);
+    cr_assert_str_eq(jstr(j, "status"), "running");
+    json_decref(j);
+    api_response_free(&resp);
+    check_problem(&(spec){ .method = "GET", .path = "/runs/r9" }, 404, "not-found");
+}
+
+Test(api, query_values_are_percent_decoded)
+{
+    list_fixture();
+    expect_next(list(&(spec){ .method = "GET", .path = "/runs/r/nodes",
+                              .query = { { "status", "scheduled%2Crunning" } } },
+                     "bcd"),
+                NULL);
+    expect_next(list(&(spec){ .method = "GET", .path = "/runs/r/nodes",
+                              .query = { { "status", "%72unning%2cidle" }, { "limit", "%32" },
+                                         { "after", "%61" } } },
+                     "cd"),
+                NULL);
+    expect_next(list(&(spec){ .method = "GET", .path = "/runs/r/nodes",
+                              .query = { { "limit", "1%30" } } },
+                     "abcde"),
+                NULL);
+    /* ?format= on /stats. */
+    api_response resp;
+    call(&(spec){ .method = "GET", .path = "/stats", .query = { { "format", "%6Ason" } } },
+         &resp);
+    cr_assert(is_stats_json(&resp), "format=%%6Ason is not JSON");
+    api_response_free(&resp);
+    /* ?wait= and ?timeout= on a POST. */
+    spec s = { .method = "POST", .path = "/runs/r/nodes/f/state", .body = "{\"status\":\"running\"}",
+               .query = { { "wait", "%74rue" }, { "timeout", "2%2E5" } } };
+    call(&s, &resp);
+    cr_assert_eq(resp.wait_seq, 7, "wait=%%74rue did not park");
+    cr_assert_eq(resp.wait_timeout, 2.5);
+    api_finish_wait(A, &resp, false);
+    cr_assert_eq(resp.status, 202);
+    api_response_free(&resp);
+}
+
+Test(api, bad_escapes_and_encoded_nul_in_query_values_are_400)
+{
+    list_fixture();
+    static const char *const bad[] = { "%", "%4", "%zz", "%00", "a%00", "1%0", "%g1" };
+    static const char *const names[] = { "status", "limit", "after" };
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        for (size_t k = 0; k < sizeof names / sizeof *names; k++)
+            check_problem_detail(&(spec){ .method = "GET", .path = "/runs/r/nodes",
+                                          .query = { { names[k], bad[i] } } },
+                                 400, "invalid-query", "percent-encoded");
+        check_problem_detail(&(spec){ .method = "GET", .path = "/stats",
+                                      .query = { { "format", bad[i] } } },
+                             400, "invalid-query", "percent-encoded");
+        check_problem_detail(&(spec){ .method = "POST", .path = "/runs/r/nodes/z/state",
+                                      .body = "{\"status\":\"running\"}",
+                                      .query = { { "wait", bad[i] } } },
+                             400, "invalid-query", "percent-encoded");
+        check_problem_detail(&(spec){ .method = "DELETE", .path = "/runs/r",
+                                      .query = { { "timeout", bad[i] } } },
+                             400, "invalid-query", "percent-encoded");
+    }
+    /* An encoded NUL cannot shorten a value into a valid one. */
+    check_problem_detail(&(spec){ .method = "GET", .path = "/runs/r/nodes",
+                                  .query = { { "after", "b%00zzz" } } },
+                         400, "invalid-query", "%00");
+    check_problem_detail(&(spec){ .method = "POST", .path = "/runs/r/nodes/z/state",
+                                  .body = "{\"status\":\"running\"}",
+                                  .query = { { "wait", "true%00junk" } } },
+                         400, "invalid-query", "%00");
+    /* Longer than any value we read. */
+    char long_value[1100];
+    memset(long_value, '1', sizeof long_value - 1);
+    long_value[sizeof long_value - 1] = '\0';
+    check_problem_detail(&(spec){ .method = "GET", .path = "/runs/r/nodes",
+                                  .query = { { "limit", long_value } } },
+                         400, "invalid-query", "longer than");
+    /* Nothing was queued or deleted by the refused requests. */
+    cr_assert_eq(atomic_load(&engine_stats(E)->updates_queued), 6);
+}
+
+/* ---- client bytes in problem details ---- */
+
+/* Answers s with a problem of status whose body is valid UTF-8; returns the detail (free it). */
+static char *utf8_problem(const spec *s, int status, const char *slug)
+{
+    api_response resp;
+    call(s, &resp);
+    cr_assert_not_null(resp.body);
+    cr_assert(utf8_check(resp.body, resp.body_len), "%s: body is not UTF-8: %s", slug,
+              resp.body);
+    json_t *j = expect_problem(&resp, status, slug);
+    char *detail = strdup(jstr(j, "detail"));
+    cr_assert_not_null(detail);
+    json_decref(j);
+    api_response_free(&resp);
+    return detail;
+}
+
+Test(api, a_refused_method_is_echoed_safely)
+{
+    char *d = utf8_problem(&(spec){ .method = "G\xffT", .path = "/runs/r" }, 405,
+                           "method-not-allowed");
+    cr_assert_not_null(strstr(d, "G\\xFFT is not allowed"), "%s", d);
+    free(d);
+    d = utf8_problem(&(spec){ .method = "GE\x01T", .path = "/stats" }, 405, "method-not-allowed");
+    cr_assert_not_null(strstr(d, "GE\\x01T"), "%s", d);
+    free(d);
+    /* Multi-byte characters across every cut point of the shown method. */
+    for (int lead = 0; lead < 4; lead++) {
+        char method[128];
+        memset(method, 'X', (size_t)lead);
+        for (int i = 0; i < 30; i++)
+            memcpy(method + lead + 2 * i, "\xc3\xa9", 2);
+        method[lead + 60] = '\0';
+        d = utf8_problem(&(spec){ .method = method, .path = "/runs/r/nodes" }, 405,
+                         "method-not-allowed");
+        cr_assert_not_null(strstr(d, "... is not allowed"), "lead %d: %s", lead, d);
+        free(d);
+    }
+}
+
+Test(api, an_unknown_member_name_is_cut_at_a_whole_character)
+{
+    for (int lead = 60; lead <= 66; lead++) {
+        char body[256];
+        snprintf(body, sizeof body, "{\"status\":\"idle\",\"%.*s\xc3\xa9\xc3\xa9\":1}", lead,
+                 "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb");
+        char *d = utf8_problem(&(spec){ .method = "POST", .path = "/runs/r/nodes/a/state",
+                                        .body = body },
+                               422, "invalid-update");
+        cr_assert_not_null(strstr(d, "unknown member \"bbbb"), "%s", d);
+        free(d);
+    }
+    cr_assert_eq(atomic_load(&engine_stats(E)->updates_queued), 0);
+}
+
+/* ---- every answer is counted, once ---- */
+
+static uint64_t answered(int code)
+{
+    return atomic_load(&engine_stats(E)->http_responses[code - NS_HTTP_MIN]);
+}
+
+static uint64_t answered_total(void)
+{
+    uint64_t n = 0;
+    for (int i = 0; i < NS_HTTP_CODES; i++)
+        n += atomic_load(&engine_stats(E)->http_responses[i]);
+    return n;
+}
+
+static uint64_t rejected_invalid(void)
+{
+    return atomic_load(&engine_stats(E)->rejected[NS_REJECT_INVALID]);
+}
+
+Test(api, every_problem_is_counted_once_by_code)
+{
+    cr_assert_eq(post("r", "a", "{\"status\":\"completed\",\"attempt\":2}"), 202);
+    static const struct {
+        spec s;
+        int status;
+        int invalid;   /* how much updates_rejected.invalid grows */
+    } cases[] = {
+        { { .method = "GET", .path = "/nope" }, 404, 0 },
+        { { .method = "GET", .path = "/runs/zz" }, 404, 0 },
+        { { .method = "PUT", .path = "/runs/r" }, 405, 0 },
+        { { .method = "G\xffT", .path = "/runs/r" }, 405, 0 },
+        { { .method = "GET", .path = "/runs/r%00" }, 400, 0 },
+        { { .method = "POST", .path = "/runs/r%00/nodes/a/state", .body = "{}" }, 400, 1 },
+        { { .method = "POST", .path = "/runs/r/nodes/a/state", .body = "{",
+            .headers = { { "Content-Type", "application/json" } } }, 400, 1 },
+        { { .method = "POST", .path = "/runs/r/nodes/a/state", .body = "{\"x\":1}" }, 422, 1 },
+        { { .method = "POST", .path = "/runs/r/nodes/a/state", .body = "{}",
+            .headers = { { "Content-Type", "text/plain" } } }, 415, 1 },
+        { { .method = "POST", .path = "/runs/r/nodes/a/state",
+            .body = "{\"status\":\"running\"}", .query = { { "wait", "maybe" } } }, 400, 1 },
+        { { .method = "POST", .path = "/runs/r/nodes/a/state",
+            .body = "{\"status\":\"running\"}", .query = { { "timeout", "%zz" } } }, 400, 1 },
+        { { .method = "POST", .path = "/runs/r/nodes/a/state",
+            .body = "{\"status\":\"running\",\"attempt\":1}" }, 409, 0 },
+        { { .method = "POST", .path = "/runs/r/nodes/a/state",
+            .body = "{\"status\":\"running\",\"attempt\":2}" }, 409, 0 },
+        { { .method = "GET", .path = "/runs/r/nodes", .query = { { "limit", "0" } } }, 400, 0 },
+        { { .method = "GET", .path = "/runs/r/nodes", .query = { { "after", "%00" } } }, 400, 0 },
+        { { .method = "DELETE", .path = "/runs/r", .query = { { "wait", "%" } } }, 400, 0 },
+        { { .method = "GET", .path = "/stats", .query = { { "format", "xml" } } }, 400, 0 },
+        { { .method = "GET", .path = "/runs/r/nodes/a/state",
+            .headers = { { "If-None-Match", "*" } } }, 304, 0 },
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        uint64_t code_before = answered(cases[i].status);
+        uint64_t total_before = answered_total();
+        uint64_t invalid_before = rejected_invalid();
+        api_response resp;
+        call(&cases[i].s, &resp);
+        cr_assert_eq(resp.status, cases[i].status, "case %zu: %d %.*s", i, resp.status,
+                     (int)resp.body_len, resp.body ? resp.body : "");
+        api_response_free(&resp);
+        cr_assert_eq(answered(cases[i].status), code_before + 1, "case %zu: not counted", i);
+        cr_assert_eq(answered_total(), total_before + 1, "case %zu: counted more than once", i);
+        cr_assert_eq(rejected_invalid(), invalid_before + (uint64_t)cases[i].invalid,
+                     "case %zu: updates_rejected.invalid", i);
+    }
+
+    /* 401 from an api that wants a token. */
+    api_config with_token = api_cfg;
+    with_token.token = "sesame";
+    api *guarded = api_new(E, &with_token);
+    cr_assert_not_null(guarded);
+    uint64_t before = answered(401);
+    spec s = { .method = "GET", .path = "/runs/r" };
+    api_request req = { .method = s.method, .path = s.path, .header = header_of,
+                        .query = query_of, .ctx = &s };
+    api_response resp;
+    api_handle(guarded, &req, &resp);
+    cr_assert_eq(resp.status, 401);
+    api_response_free(&resp);
+    api_free(guarded);
+    cr_assert_eq(answered(401), before + 1);
+
+    /* A parked answer is counted when it is finished, not when parked. */
+    uint64_t total = answered_total();
+    call(&(spec){ .method = "POST", .path = "/runs/r/nodes/w/state",
+                  .body = "{\"status\":\"running\"}", .query = { { "wait", "true" } } }, &resp);
+    cr_assert_gt(resp.wait_seq, 0);
+    cr_assert_eq(answered_total(), total, "a parked answer was counted");
+    api_finish_wait(A, &resp, false);
+    cr_assert_eq(answered_total(), total + 1);
     api_response_free(&resp);
 }

@@ -142,6 +142,26 @@ Test(buf, json_string_passes_utf8_through)
     free(s);
 }
 
+Test(buf, json_string_replaces_invalid_utf8)
+{
+    static const struct {
+        const char *in, *out;
+    } cases[] = {
+        { "a\xff" "b", "\"a\\ufffdb\"" },
+        { "caf\xc3", "\"caf\\ufffd\"" },              /* cut inside a character */
+        { "\xc3\xa9\xa9", "\"\xc3\xa9\\ufffd\"" },    /* a stray continuation byte */
+        { "\xc0\xaf", "\"\\ufffd\\ufffd\"" },           /* overlong '/' */
+        { "\xed\xa0\x80", "\"\\ufffd\\ufffd\\ufffd\"" }, /* a surrogate */
+        { "\xf4\x90\x80\x80", "\"\\ufffd\\ufffd\\ufffd\\ufffd\"" }, /* past U+10FFFF */
+        { "\xe2\x82\xac\"", "\"\xe2\x82\xac\\\"\"" },  /* valid, then an escape */
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        char *s = json_of(cases[i].in);
+        cr_assert_str_eq(s, cases[i].out, "case %zu", i);
+        free(s);
+    }
+}
+
 Test(buf, json_string_appends_after_existing_content)
 {
     buf b;

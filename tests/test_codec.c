@@ -5,6 +5,7 @@
 #include <jansson.h>
 
 #include "api/codec.h"
+#include "utf8_check.h"
 
 #define RUN "run-1"
 #define NODE "node.a"
@@ -488,6 +489,45 @@ Test(decode, unknown_member)
                "unknown member \"Status\"");
 }
 
+static bool utf8_ok(const char *s)
+{
+    return utf8_check(s, strlen(s));
+}
+
+Test(decode, unknown_member_is_cut_at_a_whole_character)
+{
+    /* 'é' (2 bytes) at bytes 63-64 of the name: a cut at 64 bytes splits it. */
+    for (int lead = 60; lead <= 66; lead++) {
+        char body[256];
+        int n = snprintf(body, sizeof body, "{\"status\":\"idle\",\"%.*s\xc3\xa9\xc3\xa9\":1}",
+                         lead, "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa");
+        cr_assert_lt(n, (int)sizeof body);
+        decoded d = decode(body);
+        cr_assert_eq(d.status, 422);
+        cr_assert(utf8_ok(d.detail), "lead %d: detail is not UTF-8: %s", lead, d.detail);
+        cr_assert_not_null(strstr(d.detail, "unknown member \"aaaa"), "%s", d.detail);
+    }
+    /* A short name is shown whole. */
+    decode_bad("{\"status\":\"idle\",\"caf\xc3\xa9\":1}", 422, "unknown member \"caf\xc3\xa9\"");
+}
+
+Test(decode, detail_fits_any_size_at_a_whole_character)
+{
+    const char *body = "{\"status\":\"idle\",\"\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\":1}";
+    for (size_t size = 1; size < 48; size++) {
+        ns_update u;
+        int status = 0;
+        char detail[48];
+        memset(detail, 'Z', sizeof detail);
+        codec_doc *doc = codec_decode_update(body, strlen(body), RUN, NODE, MAX_ERR, &u,
+                                             &status, detail, size);
+        cr_assert_null(doc);
+        cr_assert_eq(status, 422);
+        cr_assert_lt(strlen(detail), size, "size %zu: overran", size);
+        cr_assert(utf8_ok(detail), "size %zu: detail is not UTF-8: %s", size, detail);
+    }
+}
+
 Test(decode, not_json_or_not_object)
 {
     decode_bad("{\"status\":", 400, "invalid JSON at line 1 column");
@@ -709,9 +749,39 @@ Test(encode, problem_without_current)
     cr_assert_str_eq(str_of(j, "type"), "urn:nodestate:problem:invalid-update");
     cr_assert_str_eq(str_of(j, "title"), "Invalid update");
     cr_assert_eq(int_of(j, "status"), 422);
-    cr_assert_str_eq(str_of(j, "detail"), "unknown member \"f\x01o\"");
+    /* A control byte is shown, escaped, rather than passed on. */
+    cr_assert_str_eq(str_of(j, "detail"), "unknown member \"f\\x01o\"");
     json_decref(j);
     buf_free(&b);
+}
+
+Test(encode, problem_detail_is_always_utf8_and_bounded)
+{
+    /* Invalid UTF-8 and controls are escaped; a long detail is cut at a character. */
+    char long_detail[3000];
+    long_detail[0] = 'x';
+    for (size_t i = 1; i + 2 < sizeof long_detail; i += 2)
+        memcpy(long_detail + i, "\xc3\xa9", 2);
+    long_detail[sizeof long_detail - 1] = '\0';
+    static const char *const raw[] = { "G\xffT is not allowed", "a\xc3", "\xed\xa0\x80",
+                                       "tab\there" };
+    static const char *const shown[] = { "G\\xFFT is not allowed", "a\\xC3",
+                                         "\\xED\\xA0\\x80", "tab\\x09here" };
+    for (size_t i = 0; i < 5; i++) {
+        buf b;
+        buf_init(&b);
+        const char *detail = i < 4 ? raw[i] : long_detail;
+        codec_problem(&b, 400, "invalid-json", "Invalid JSON", detail, NULL, false);
+        cr_assert_not(b.failed);
+        cr_assert(utf8_ok(b.data), "case %zu: body is not UTF-8", i);
+        json_t *j = parse_buf(&b);
+        if (i < 4)
+            cr_assert_str_eq(str_of(j, "detail"), shown[i]);
+        else
+            cr_assert_leq(strlen(str_of(j, "detail")), 1023);
+        json_decref(j);
+        buf_free(&b);
+    }
 }
 
 Test(encode, problem_with_current)

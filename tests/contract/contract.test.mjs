@@ -174,13 +174,17 @@ async function mainServer(s) {
   await call(s, 'unknown member', 'POST', a, { body: { status: 'running', colour: 'red' }, expect: 422, slug: 'invalid-update' });
   await call(s, 'not JSON media type', 'POST', a, { body: 'status=running', headers: { 'Content-Type': 'text/plain' }, expect: 415, slug: 'unsupported-media-type' });
 
-  // GET/HEAD of a node.
+  // GET/HEAD of a node, durable first: a queued state's ETag changes at the commit.
+  await call(s, 'durable duplicate', 'POST', `${a}?wait=true`, { body: { status: 'running', attempt: 2 }, expect: 200,
+    assert: (b) => ok(b.durable === true, 'want durable:true') });
   const { res } = await call(s, 'node state', 'GET', a, { expect: 200,
-    assert: (b, r) => ok(r.headers.etag === `"${b.seq}"`, `ETag ${r.headers.etag} is not the quoted seq ${b.seq}`) });
+    assert: (b, r) => ok(r.headers.etag === `"${b.seq}"`, `ETag ${r.headers.etag} is not the quoted seq ${b.seq} of a durable state`) });
   const etag = res?.headers.etag ?? '"0"';
   await call(s, 'not modified', 'GET', a, { headers: { 'If-None-Match': etag }, expect: 304 });
   await call(s, 'unknown node', 'GET', NO_NODE, { expect: 404, slug: 'not-found' });
   await call(s, 'bad run id', 'GET', `/runs/${LONG_ID}/nodes/a/state`, { expect: 400, slug: 'invalid-id' });
+  await call(s, 'percent-encoded run id', 'GET', '/runs/r1%00/nodes/a/state', { expect: 400, slug: 'invalid-id' });
+  await call(s, 'percent-encoded node id', 'POST', '/runs/r1/nodes/%61/state', { body: { status: 'running' }, expect: 400, slug: 'invalid-id' });
   await call(s, 'node state', 'HEAD', a, { expect: 200 });
   await call(s, 'not modified', 'HEAD', a, { headers: { 'If-None-Match': etag }, expect: 304 });
   await call(s, 'unknown node', 'HEAD', NO_NODE, { expect: 404 });
@@ -196,6 +200,9 @@ async function mainServer(s) {
   await call(s, 'next page', 'GET', '/runs/r1/nodes?limit=1&after=a', { expect: 200 });
   await call(s, 'limit 0', 'GET', '/runs/r1/nodes?limit=0', { expect: 400, slug: 'invalid-query' });
   await call(s, 'unknown status', 'GET', '/runs/r1/nodes?status=sleeping', { expect: 400, slug: 'invalid-query' });
+  await call(s, 'encoded filter', 'GET', '/runs/r1/nodes?status=scheduled%2Cpaused&limit=%31', { expect: 200,
+    assert: (b) => ok(b.nodes.map((n) => n.node_id).join() === 'b', 'want node b only, as for the plain filter') });
+  await call(s, 'encoded NUL in a value', 'GET', '/runs/r1/nodes?after=a%00z', { expect: 400, slug: 'invalid-query' });
   await call(s, 'bad run id', 'GET', `/runs/${LONG_ID}/nodes`, { expect: 400, slug: 'invalid-id' });
   await call(s, 'unknown run', 'GET', '/runs/no-such-run/nodes', { expect: 404, slug: 'not-found' });
   await call(s, 'list', 'HEAD', '/runs/r1/nodes', { expect: 200 });
