@@ -20,17 +20,6 @@ static bool framing_name_is(const char *name, size_t len, const char *want)
     return true;
 }
 
-/* RFC 9110 OWS around a field value is not part of it. */
-static void framing_trim(const char **value, size_t *len)
-{
-    while (*len > 0 && (**value == ' ' || **value == '\t')) {
-        (*value)++;
-        (*len)--;
-    }
-    while (*len > 0 && ((*value)[*len - 1] == ' ' || (*value)[*len - 1] == '\t'))
-        (*len)--;
-}
-
 /* 1*DIGIT into *out; false when empty, not digits, or above UINT64_MAX. */
 static bool framing_parse_length(const char *v, size_t len, uint64_t *out)
 {
@@ -65,8 +54,6 @@ void framing_add(framing_state *st, const char *name, size_t name_len,
         return;
     if (value == NULL)
         value_len = 0;
-    if (value_len > 0)
-        framing_trim(&value, &value_len);
 
     if (framing_name_is(name, name_len, "content-length")) {
         uint64_t n;

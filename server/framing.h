@@ -42,7 +42,12 @@ typedef struct framing_header {
 } framing_header;
 
 void framing_init(framing_state *st);
-/* One field; names compare without case, values lose surrounding blanks. */
+/*
+ * One field; names compare without case. Values are taken as they are: the
+ * transport's parser drops the blanks before a value, and MHD 0.9.75 keeps
+ * those after it and then refuses "20 " as a length, or takes "chunked " for
+ * an unknown coding; so a blank is not trimmed here either.
+ */
 void framing_add(framing_state *st, const char *name, size_t name_len,
                  const char *value, size_t value_len);
 framing_verdict framing_verdict_of(const framing_state *st);

@@ -14,6 +14,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/types.h>
+#include <sys/uio.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -39,8 +40,6 @@
 #define HTTP_STOP_RESERVE_NS 50000000LL
 /* The struct holding member m, from a pointer to that member. */
 #define HTTP_OWNER(ptr, type, m) ((type *)(void *)((char *)(ptr) - offsetof(type, m)))
-/* MHD 0.9.75's log line for each error answer it sends itself. */
-#define HTTP_MHD_ERROR_PREFIX "Error processing request (HTTP response code is "
 
 typedef enum http_phase {
     HTTP_READING,   /* headers seen, body (if any) arriving */
@@ -77,16 +76,23 @@ typedef struct http_req {
 
 /*
  * One client connection, from MHD_CONNECTION_NOTIFY_STARTED to
- * MHD_CONNECTION_NOTIFY_CLOSED (its MHD socket context). Exists only with a
- * header timeout. headers is on http_server.headers (under mu) while the
- * connection owes a request's headers: from accept, and again from the end
- * of each request, to the first handler call of the next. fd is MHD's and
- * stays open while the connection is registered, which is what lets the
- * timer shut it down under mu without racing its close.
+ * MHD_CONNECTION_NOTIFY_CLOSED (its MHD socket context), on the list
+ * http_server.conns. fd is MHD's and stays open while the connection is
+ * registered, which is what lets the timer shut it down under mu without
+ * racing its close. headers is on http_server.headers (with a header
+ * timeout) while the connection owes a request's headers.
  */
 typedef struct http_conn {
-    deadline_item headers;
-    int fd;
+    deadline_item headers;      /* (mu) */
+    struct http_conn *next;     /* http_server.conns links (mu) */
+    struct http_conn *prev;
+    struct MHD_Connection *con; /* set before linking, then read-only */
+    pthread_t owner;            /*   the MHD worker thread serving it */
+    int fd;                     /*   its socket */
+    /* Owner thread only: */
+    bool awaiting;              /* from accept, and again from the end of each
+                                 * request, to the next first handler call */
+    bool answered_by_us;        /* we answered what MHD is about to refuse */
 } http_conn;
 
 struct http_server {
@@ -94,7 +100,7 @@ struct http_server {
     api *a;
     engine *e;
     size_t max_body_bytes;
-    int64_t header_timeout_ns;  /* 0: no header deadline (no http_conn either) */
+    int64_t header_timeout_ns;  /* 0: no header deadline */
     uint16_t port;
     bool access_log;            /* log every answer (http_config.access_log) */
     ns_log_fn *log;
@@ -115,6 +121,7 @@ struct http_server {
     http_req *waiters_tail;     /* highest wait_seq */
     deadline_heap parked;       /* http_req.park of every parked request */
     deadline_heap headers;      /* http_conn.headers of connections owing headers */
+    http_conn *conns;           /* every open connection (with memory for it) */
     /*
      * The deadline the timer sleeps towards: INT64_MAX when it sleeps with no
      * deadline, INT64_MIN while it is awake (it looks at the heaps before it
@@ -153,26 +160,7 @@ static void http_log(http_server *s, int level, const char *msg,
     s->log(s->log_ctx, level, msg, fields);
 }
 
-/*
- * MHD answers some requests itself, before any callback of ours sees them
- * (URI or headers too large, an unparsable request line or header, a
- * malformed chunk or Content-Length, an unsupported HTTP version). Its only
- * report of such an answer in 0.9.75 is this log line, sent for every one:
- * "Error processing request (HTTP response code is 431 (...))". Counting it
- * here keeps http_responses complete.
- */
-static void http_count_library_answer(http_server *s, const char *text)
-{
-    size_t plen = strlen(HTTP_MHD_ERROR_PREFIX);
-    int status = 0;
-    const char *p;
-
-    if (strncmp(text, HTTP_MHD_ERROR_PREFIX, plen) != 0)
-        return;
-    for (p = text + plen; *p >= '0' && *p <= '9' && status < 1000; p++)
-        status = status * 10 + (*p - '0');
-    stats_count_http(engine_stats(s->e), status);
-}
+static void http_on_library_message(http_server *s, const char *text);
 
 /*
  * MHD's own diagnostics (bind failures, out of memory, protocol trouble)
@@ -186,7 +174,7 @@ static void http_mhd_log(void *cls, const char *fm, va_list ap)
     size_t n;
 
     vsnprintf(text, sizeof text, fm, ap);
-    http_count_library_answer(s, text);
+    http_on_library_message(s, text);
     if (s->log == NULL)
         return;
     n = strlen(text); /* MHD ends its messages with a newline: not part of the text */
@@ -441,9 +429,9 @@ static void http_timer_stop(http_server *s)
     s->timer_started = false;
 }
 
-/* ---- header deadlines ------------------------------------------------------ */
+/* ---- connections and their header deadlines ---------------------------------- */
 
-/* The connection's http_conn, or NULL (no header timeout, or MHD cannot tell). */
+/* The connection's http_conn, or NULL (out of memory at its start). */
 static http_conn *http_conn_of(struct MHD_Connection *con)
 {
     const union MHD_ConnectionInfo *ci =
@@ -453,7 +441,8 @@ static http_conn *http_conn_of(struct MHD_Connection *con)
 }
 
 /*
- * Starts c's wait for a request's headers. Without memory for the heap the
+ * c owes a request's headers from now: from accept, and from the end of each
+ * request on a kept-alive connection. Without memory for the heap the
  * connection goes without a header deadline (MHD's idle timeout still holds).
  */
 static void http_headers_arm(http_server *s, http_conn *c)
@@ -461,6 +450,9 @@ static void http_headers_arm(http_server *s, http_conn *c)
     int64_t at = model_mono_ns() + s->header_timeout_ns;
     int rc = 0;
 
+    c->awaiting = true;
+    if (s->header_timeout_ns == 0)
+        return;
     pthread_mutex_lock(&s->mu);
     if (!deadline_item_queued(&c->headers)) {
         rc = deadline_push(&s->headers, &c->headers, at);
@@ -476,6 +468,9 @@ static void http_headers_arm(http_server *s, http_conn *c)
 /* The headers came (first handler call of a request): no deadline until it ends. */
 static void http_headers_disarm(http_server *s, http_conn *c)
 {
+    c->awaiting = false;
+    if (s->header_timeout_ns == 0)
+        return;
     pthread_mutex_lock(&s->mu);
     deadline_remove(&s->headers, &c->headers);
     pthread_mutex_unlock(&s->mu);
@@ -483,7 +478,7 @@ static void http_headers_disarm(http_server *s, http_conn *c)
 
 /*
  * MHD_OPTION_NOTIFY_CONNECTION, on the connection's own worker thread:
- * registers each connection with a header deadline from its accept, and
+ * registers each connection (owing headers from its accept), and
  * unregisters it on close, before MHD closes the socket.
  */
 static void http_on_connection(void *cls, struct MHD_Connection *con,
@@ -497,23 +492,39 @@ static void http_on_connection(void *cls, struct MHD_Connection *con,
         const union MHD_ConnectionInfo *ci =
             MHD_get_connection_info(con, MHD_CONNECTION_INFO_CONNECTION_FD);
 
-        if (s->header_timeout_ns == 0 || ci == NULL)
+        if (ci == NULL)
             return;
         c = calloc(1, sizeof *c);
         if (c == NULL) {
-            http_log(s, NS_LOG_WARN, "http_header_deadline_failed",
+            http_log(s, NS_LOG_WARN, "http_connection_untracked",
                      "error=\"out of memory\"");
             return;
         }
         deadline_item_init(&c->headers);
+        c->con = con;
+        c->owner = pthread_self();
         c->fd = ci->connect_fd;
+        pthread_mutex_lock(&s->mu);
+        c->next = s->conns;
+        if (s->conns != NULL)
+            s->conns->prev = c;
+        s->conns = c;
+        pthread_mutex_unlock(&s->mu);
         *socket_context = c;
         http_headers_arm(s, c);
         return;
     }
     if (c == NULL)
         return;
-    http_headers_disarm(s, c);
+    pthread_mutex_lock(&s->mu);
+    deadline_remove(&s->headers, &c->headers);
+    if (c->prev != NULL)
+        c->prev->next = c->next;
+    else
+        s->conns = c->next;
+    if (c->next != NULL)
+        c->next->prev = c->prev;
+    pthread_mutex_unlock(&s->mu);
     free(c);
     *socket_context = NULL;
 }
@@ -538,6 +549,143 @@ static framing_verdict http_framing(struct MHD_Connection *con)
                                     &st) < 0)
         return FRAMING_OK;
     return framing_verdict_of(&st);
+}
+
+/* ---- what MHD answers itself --------------------------------------------------- */
+
+/* MHD 0.9.75's log line for each error answer it sends itself. */
+#define HTTP_MHD_ERROR_PREFIX "Error processing request (HTTP response code is "
+/* Its lines for a Content-Length it cannot parse (400) or that overflows (413). */
+#define HTTP_MHD_BAD_LENGTH "Failed to parse `Content-Length' header"
+#define HTTP_MHD_HUGE_LENGTH "Too large value of 'Content-Length' header"
+/* Most connections of one worker looked at to find the one MHD refuses. */
+#define HTTP_SUSPECTS_MAX 16
+
+static bool http_starts_with(const char *text, const char *prefix)
+{
+    return strncmp(text, prefix, strlen(prefix)) == 0;
+}
+
+/*
+ * The connection whose Content-Length MHD is refusing right now, or NULL
+ * when it cannot be told for sure. MHD logs the refusal from inside its
+ * header parsing, on the connection's own worker thread and before it has
+ * sent anything; so the connection is one of this thread's that await their
+ * first handler call, and the one among them whose fields framing_check
+ * finds malformed. Two such (one still trickling its headers) are left to
+ * MHD rather than guessed between.
+ */
+static http_conn *http_refused_conn(http_server *s)
+{
+    http_conn *suspects[HTTP_SUSPECTS_MAX];
+    http_conn *hit = NULL;
+    pthread_t self = pthread_self();
+    size_t n = 0, hits = 0, i;
+    http_conn *c;
+
+    pthread_mutex_lock(&s->mu);
+    for (c = s->conns; c != NULL && n < HTTP_SUSPECTS_MAX; c = c->next)
+        if (pthread_equal(c->owner, self) && c->awaiting)
+            suspects[n++] = c;
+    pthread_mutex_unlock(&s->mu);
+    /* Only this thread closes its connections: they outlive the lock. */
+    for (i = 0; i < n; i++) {
+        if (http_framing(suspects[i]->con) == FRAMING_LENGTH_MALFORMED) {
+            hit = suspects[i];
+            hits++;
+        }
+    }
+    return hits == 1 ? hit : NULL;
+}
+
+/*
+ * MHD 0.9.75 answers a malformed or overflowing Content-Length with a 400
+ * or 413 of its own, HTML, with its status line and headers sent twice.
+ * Nothing of ours runs for that request but the log line it writes first,
+ * so the answer is given from there: our 400 problem goes straight onto the
+ * socket and the socket is shut, so that MHD's own answer, queued next,
+ * fails to send and MHD closes the connection. A closed connection is what
+ * MHD would have done after its answer too.
+ */
+static void http_answer_bad_length(http_server *s)
+{
+    http_conn *c = http_refused_conn(s);
+    api_response resp;
+    char head[256];
+    struct iovec iov[2];
+    struct msghdr msg;
+    int n;
+
+    if (c == NULL)
+        return;
+    api_problem(s->a, &resp, 400, "bad-framing", "Bad request framing",
+                framing_detail(FRAMING_LENGTH_MALFORMED));
+    n = snprintf(head, sizeof head,
+                 "HTTP/1.1 400 Bad Request\r\nConnection: close\r\n"
+                 "Content-Type: %s\r\nContent-Length: %zu\r\n\r\n",
+                 resp.content_type != NULL ? resp.content_type : "text/plain",
+                 resp.body != NULL ? resp.body_len : 0);
+    if (n > 0 && (size_t)n < sizeof head) {
+        memset(&msg, 0, sizeof msg);
+        iov[0].iov_base = head;
+        iov[0].iov_len = (size_t)n;
+        iov[1].iov_base = resp.body;
+        iov[1].iov_len = resp.body != NULL ? resp.body_len : 0;
+        msg.msg_iov = iov;
+        msg.msg_iovlen = 2;
+        /* A few hundred bytes into a fresh socket's send buffer: one call. */
+        (void)sendmsg(c->fd, &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
+    }
+    (void)shutdown(c->fd, SHUT_RDWR);
+    c->answered_by_us = true;
+    http_headers_disarm(s, c);
+    api_response_free(&resp);
+}
+
+/*
+ * Whether the error answer MHD is logging on this thread is one that
+ * http_answer_bad_length replaced (and counted) already; it clears the mark.
+ */
+static bool http_replaced_answer(http_server *s)
+{
+    pthread_t self = pthread_self();
+    bool replaced = false;
+    http_conn *c;
+
+    pthread_mutex_lock(&s->mu);
+    for (c = s->conns; c != NULL && !replaced; c = c->next)
+        if (pthread_equal(c->owner, self) && c->answered_by_us) {
+            c->answered_by_us = false;
+            replaced = true;
+        }
+    pthread_mutex_unlock(&s->mu);
+    return replaced;
+}
+
+/*
+ * Every MHD log line passes here first. MHD answers some requests itself,
+ * before any callback of ours sees them (URI or headers too large, an
+ * unparsable request line or header, a malformed chunk, an unsupported HTTP
+ * version); its only report of such an answer in 0.9.75 is a log line, sent
+ * for every one: "Error processing request (HTTP response code is 431
+ * (...))". Counting it keeps http_responses complete.
+ */
+static void http_on_library_message(http_server *s, const char *text)
+{
+    int status = 0;
+    const char *p;
+
+    if (http_starts_with(text, HTTP_MHD_BAD_LENGTH) ||
+        http_starts_with(text, HTTP_MHD_HUGE_LENGTH)) {
+        http_answer_bad_length(s);
+        return;
+    }
+    if (!http_starts_with(text, HTTP_MHD_ERROR_PREFIX) || http_replaced_answer(s))
+        return;
+    for (p = text + strlen(HTTP_MHD_ERROR_PREFIX); *p >= '0' && *p <= '9' && status < 1000;
+         p++)
+        status = status * 10 + (*p - '0');
+    stats_count_http(engine_stats(s->e), status);
 }
 
 /* ---- request lookups handed to the api ------------------------------------ */
@@ -1000,9 +1148,8 @@ static size_t http_guard_options(const http_config *cfg, http_server *s,
         opts[n++] = (struct MHD_OptionItem){MHD_OPTION_PER_IP_CONNECTION_LIMIT,
                                             (intptr_t)cfg->max_connections_per_ip,
                                             NULL};
-    if (s->header_timeout_ns > 0)
-        opts[n++] = (struct MHD_OptionItem){MHD_OPTION_NOTIFY_CONNECTION,
-                                            (intptr_t)(void *)http_on_connection, s};
+    opts[n++] = (struct MHD_OptionItem){MHD_OPTION_NOTIFY_CONNECTION,
+                                        (intptr_t)(void *)http_on_connection, s};
     return n;
 }
 

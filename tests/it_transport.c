@@ -383,6 +383,14 @@ Test(transport, ambiguous_body_lengths_get_one_400_problem)
         /* Two different lengths: MHD 0.9.75 takes the first. */
         POST_HEAD "Content-Length: 20\r\nContent-Length: 25\r\n\r\n" BODY "12345",
         POST_HEAD "Content-Length: 25\r\nContent-Length: 20\r\n\r\n" BODY,
+        /* Lengths MHD 0.9.75 refuses itself (400, or 413 for the overflow),
+         * with its status line sent twice. */
+        POST_HEAD "Content-Length: abc\r\n\r\n" BODY,
+        POST_HEAD "Content-Length: 2x\r\n\r\n" BODY,
+        POST_HEAD "Content-Length: -1\r\n\r\n" BODY,
+        POST_HEAD "Content-Length: 20, 20\r\n\r\n" BODY,
+        POST_HEAD "Content-Length: 20 \r\n\r\n" BODY,
+        POST_HEAD "Content-Length: 99999999999999999999999\r\n\r\n" BODY,
         /* A length and chunked: MHD 0.9.75 goes by chunked. */
         POST_HEAD "Content-Length: 20\r\nTransfer-Encoding: chunked\r\n\r\n" CHUNKED_BODY,
         POST_HEAD "Transfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n" CHUNKED_BODY,
@@ -399,14 +407,17 @@ Test(transport, ambiguous_body_lengths_get_one_400_problem)
     };
     size_t n = sizeof requests / sizeof requests[0];
     ns_server *s = ns_start(NULL);
-    long long before;
+    long long before, before_413;
     ns_resp r = { 0 };
 
     cr_assert_not_null(s);
     before = answered(s, "400");
+    before_413 = answered(s, "413");
     for (size_t i = 0; i < n; i++)
         expect_one_framing_400(s, requests[i]);
+    /* Each counted once, as what it was answered. */
     cr_assert_eq(answered(s, "400"), before + (long long)n);
+    cr_assert_eq(answered(s, "413"), before_413);
     /* Nothing of them was applied, and the server still serves. */
     cr_assert_eq(ns_req(s, "GET", "/runs/fr/nodes/n1/state", NULL, NULL, &r), 0);
     cr_assert_eq(r.status, 404, "a refused request was applied: %s", r.body);

@@ -25,12 +25,10 @@ Test(framing, one_content_length_is_ok)
     const framing_header h[] = { F("Content-Length", "20") };
     const framing_header zero[] = { F("content-length", "0") };
     const framing_header max[] = { F("CONTENT-LENGTH", "18446744073709551615") };
-    const framing_header blanks[] = { F("Content-Length", " \t20\t ") };
 
     cr_assert_eq(check(h, 1), FRAMING_OK);
     cr_assert_eq(check(zero, 1), FRAMING_OK);
     cr_assert_eq(check(max, 1), FRAMING_OK);
-    cr_assert_eq(check(blanks, 1), FRAMING_OK);
 }
 
 Test(framing, repeated_equal_content_length_is_ok)
@@ -53,7 +51,8 @@ Test(framing, malformed_content_lengths)
 {
     static const char *const bad[] = {
         "", " ", "abc", "2x", "-1", "+20", "20, 20", "2 0", "0x14", "1e3",
-        "18446744073709551616", "99999999999999999999999", "20\r",
+        "18446744073709551616", "99999999999999999999999", "20\r", "20 ", " 20",
+        "\t20",
     };
 
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
@@ -87,7 +86,7 @@ Test(framing, content_length_with_transfer_encoding)
 Test(framing, chunked_alone_is_ok)
 {
     const framing_header h[] = { F("Transfer-Encoding", "chunked") };
-    const framing_header upper[] = { F("TRANSFER-ENCODING", " Chunked ") };
+    const framing_header upper[] = { F("TRANSFER-ENCODING", "Chunked") };
 
     cr_assert_eq(check(h, 1), FRAMING_OK);
     cr_assert_eq(check(upper, 1), FRAMING_OK);
@@ -96,7 +95,8 @@ Test(framing, chunked_alone_is_ok)
 Test(framing, other_codings_are_unsupported)
 {
     static const char *const bad[] = { "", "gzip", "gzip, chunked", "chunked, chunked",
-                                       "chunked;x=1", "identity", "chunkedx" };
+                                       "chunked;x=1", "identity", "chunkedx",
+                                       "chunked ", " chunked" };
 
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         framing_header h = { "Transfer-Encoding", 17, bad[i], strlen(bad[i]) };
