@@ -816,7 +816,6 @@ static void http_park(http_server *s, http_req *r)
 {
     bool resume_now = false;
     bool no_memory = false;
-
     int64_t deadline_ns;
 
     r->phase = HTTP_PARKED;
@@ -980,6 +979,11 @@ static enum MHD_Result http_on_request(void *cls, struct MHD_Connection *con,
     }
     if (r->phase == HTTP_PARKED)
         return MHD_YES;  /* not expected: MHD does not call a suspended request */
+    if (r->must_close) {
+        /* Answered on the first call already; nothing it sends matters. */
+        *upload_data_size = 0;
+        return MHD_YES;
+    }
 
     if (*upload_data_size != 0) {
         if (http_append(s, r, upload_data, *upload_data_size) != 0) {
