@@ -161,6 +161,7 @@ static void http_log(http_server *s, int level, const char *msg,
 }
 
 static void http_on_library_message(http_server *s, const char *text);
+static void http_remote(struct MHD_Connection *con, char *buf, size_t size);
 
 /*
  * MHD's own diagnostics (bind failures, out of memory, protocol trouble)
@@ -639,6 +640,15 @@ static void http_answer_bad_length(http_server *s)
     (void)shutdown(c->fd, SHUT_RDWR);
     c->answered_by_us = true;
     http_headers_disarm(s, c);
+    if (s->access_log) {
+        char remote[INET6_ADDRSTRLEN];
+
+        /* MHD has not handed over the method and path; the remote it has. */
+        http_remote(c->con, remote, sizeof remote);
+        http_log(s, NS_LOG_INFO, "access",
+                 "method=- path=- status=400 bytes=%zu duration_ms=0.00 remote=%s",
+                 resp.body != NULL ? resp.body_len : 0, remote);
+    }
     api_response_free(&resp);
 }
 
