@@ -14,12 +14,15 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/types.h>
+#include <sys/uio.h>
 #include <time.h>
 #include <unistd.h>
 
 #include <microhttpd.h>
 
+#include "deadline.h"
 #include "engine/model.h"
+#include "framing.h"
 #include "log.h"
 
 /* How often http_stop looks at the number of requests in flight. */
@@ -35,8 +38,8 @@
  * that the whole stop fits in its timeout. At most a tenth of the budget.
  */
 #define HTTP_STOP_RESERVE_NS 50000000LL
-/* First size of the deadline heap; it doubles as waiters pile up. */
-#define HTTP_HEAP_FIRST_CAP 64
+/* The struct holding member m, from a pointer to that member. */
+#define HTTP_OWNER(ptr, type, m) ((type *)(void *)((char *)(ptr) - offsetof(type, m)))
 
 typedef enum http_phase {
     HTTP_READING,   /* headers seen, body (if any) arriving */
@@ -47,7 +50,7 @@ typedef enum http_phase {
 /*
  * One request, from the first handler call to MHD_OPTION_NOTIFY_COMPLETED.
  * Only the connection's MHD worker touches it, except the waiter fields
- * (next, prev, heap_at, durable, phase while parked), which are guarded by
+ * (next, prev, park, durable, phase while parked), which are guarded by
  * http_server.mu while the request is parked. Whoever takes a waiter off the
  * lists owns the resume: the request cannot complete before
  * MHD_resume_connection, so the taker may still read it.
@@ -59,23 +62,45 @@ typedef struct http_req {
     size_t len;
     size_t cap;
     bool too_large;             /* Content-Length or the bytes seen passed the limit */
+    bool must_close;            /* the answer ends the connection (bad framing) */
     bool oom;                   /* buffering the body ran out of memory */
     http_phase phase;
     api_response resp;          /* the api's first answer while parked */
     int64_t wait_seq;           /* set before parking, then read-only */
-    int64_t deadline_ns;        /* model_mono_ns() clock; set before parking */
-    size_t heap_at;             /* index in http_server.by_deadline (mu) */
+    deadline_item park;         /* in http_server.parked (mu); model_mono_ns() clock */
     bool durable;               /* set by the resumer */
     int64_t start_ns;           /* model_mono_ns() at the first call, for the access log */
     struct http_req *next;      /* by-seq list links (mu); next also chains */
     struct http_req *prev;      /*   the taker's ready list once taken */
 } http_req;
 
+/*
+ * One client connection, from MHD_CONNECTION_NOTIFY_STARTED to
+ * MHD_CONNECTION_NOTIFY_CLOSED (its MHD socket context), on the list
+ * http_server.conns. fd is MHD's and stays open while the connection is
+ * registered, which is what lets the timer shut it down under mu without
+ * racing its close. headers is on http_server.headers (with a header
+ * timeout) while the connection owes a request's headers.
+ */
+typedef struct http_conn {
+    deadline_item headers;      /* (mu) */
+    struct http_conn *next;     /* http_server.conns links (mu) */
+    struct http_conn *prev;
+    struct MHD_Connection *con; /* set before linking, then read-only */
+    pthread_t owner;            /*   the MHD worker thread serving it */
+    int fd;                     /*   its socket */
+    /* Owner thread only: */
+    bool awaiting;              /* from accept, and again from the end of each
+                                 * request, to the next first handler call */
+    bool answered_by_us;        /* we answered what MHD is about to refuse */
+} http_conn;
+
 struct http_server {
     struct MHD_Daemon *daemon;
     api *a;
     engine *e;
     size_t max_body_bytes;
+    int64_t header_timeout_ns;  /* 0: no header deadline */
     uint16_t port;
     bool access_log;            /* log every answer (http_config.access_log) */
     ns_log_fn *log;
@@ -86,22 +111,22 @@ struct http_server {
     pthread_mutex_t mu;
     /*
      * Guarded by mu. Every parked request is on both the by-seq list and the
-     * deadline heap. The list is ordered by wait_seq (requests park nearly in
+     * parked heap. The list is ordered by wait_seq (requests park nearly in
      * seq order, so linking walks from the tail) and lets the durable callback
-     * stop at the first request not yet durable. The heap is a binary
-     * min-heap on deadline_ns: timeouts differ per request, so deadlines are
-     * not in arrival order, and the timer needs only the earliest.
+     * stop at the first request not yet durable. The heap is a min-heap on
+     * the park deadline: timeouts differ per request, so deadlines are not in
+     * arrival order, and the timer needs only the earliest.
      */
     http_req *waiters;          /* by-seq list: lowest wait_seq first */
     http_req *waiters_tail;     /* highest wait_seq */
-    http_req **by_deadline;     /* the heap, by_deadline[0] the earliest */
-    size_t n_parked;            /* requests on the heap (and on the list) */
-    size_t heap_cap;            /* slots allocated in by_deadline */
+    deadline_heap parked;       /* http_req.park of every parked request */
+    deadline_heap headers;      /* http_conn.headers of connections owing headers */
+    http_conn *conns;           /* every open connection (with memory for it) */
     /*
      * The deadline the timer sleeps towards: INT64_MAX when it sleeps with no
-     * deadline, INT64_MIN while it is awake (it looks at the heap before it
-     * sleeps again). A park signals the timer only when its deadline is
-     * earlier, so that parking stays O(log n) instead of waking the timer.
+     * deadline, INT64_MIN while it is awake (it looks at the heaps before it
+     * sleeps again). A park or a header deadline signals the timer only when
+     * it is earlier, so that both stay O(log n) instead of waking the timer.
      */
     int64_t timer_wake_ns;
     bool closing;               /* no more parking; answer at once */
@@ -135,6 +160,9 @@ static void http_log(http_server *s, int level, const char *msg,
     s->log(s->log_ctx, level, msg, fields);
 }
 
+static void http_on_library_message(http_server *s, const char *text);
+static void http_remote(struct MHD_Connection *con, char *buf, size_t size);
+
 /*
  * MHD's own diagnostics (bind failures, out of memory, protocol trouble)
  * become one logfmt line each, the text quoted so the line stays parseable.
@@ -146,9 +174,10 @@ static void http_mhd_log(void *cls, const char *fm, va_list ap)
     char quoted[2 * sizeof text + 3];
     size_t n;
 
+    vsnprintf(text, sizeof text, fm, ap);
+    http_on_library_message(s, text);
     if (s->log == NULL)
         return;
-    vsnprintf(text, sizeof text, fm, ap);
     n = strlen(text); /* MHD ends its messages with a newline: not part of the text */
     while (n > 0 && (text[n - 1] == '\n' || text[n - 1] == '\r'))
         text[--n] = '\0';
@@ -178,83 +207,15 @@ static struct timespec http_timespec(int64_t ns)
     return ts;
 }
 
-/* ---- the deadline heap (mu held) ----------------------------------------- */
+/* ---- the timer's deadlines (mu held) ------------------------------------- */
 
-static void http_heap_put(http_server *s, size_t i, http_req *r)
+/* A new deadline at ns: the timer must look again when it sleeps towards a later one. */
+static void http_timer_nudge(http_server *s, int64_t ns)
 {
-    s->by_deadline[i] = r;
-    r->heap_at = i;
-}
-
-static void http_heap_up(http_server *s, size_t i)
-{
-    http_req *r = s->by_deadline[i];
-
-    while (i > 0) {
-        size_t parent = (i - 1) / 2;
-
-        if (s->by_deadline[parent]->deadline_ns <= r->deadline_ns)
-            break;
-        http_heap_put(s, i, s->by_deadline[parent]);
-        i = parent;
+    if (ns < s->timer_wake_ns) {
+        s->timer_wake_ns = INT64_MIN;
+        pthread_cond_signal(&s->timer_cv);
     }
-    http_heap_put(s, i, r);
-}
-
-static void http_heap_down(http_server *s, size_t i)
-{
-    http_req *r = s->by_deadline[i];
-
-    for (;;) {
-        size_t child = 2 * i + 1;
-
-        if (child >= s->n_parked)
-            break;
-        if (child + 1 < s->n_parked &&
-            s->by_deadline[child + 1]->deadline_ns < s->by_deadline[child]->deadline_ns)
-            child++;
-        if (r->deadline_ns <= s->by_deadline[child]->deadline_ns)
-            break;
-        http_heap_put(s, i, s->by_deadline[child]);
-        i = child;
-    }
-    http_heap_put(s, i, r);
-}
-
-/* Adds r to the heap. 0, or -1 when the heap cannot grow (out of memory). */
-static int http_heap_push(http_server *s, http_req *r)
-{
-    if (s->n_parked == s->heap_cap) {
-        size_t cap = s->heap_cap != 0 ? s->heap_cap * 2 : HTTP_HEAP_FIRST_CAP;
-        http_req **grown;
-
-        if (cap > SIZE_MAX / sizeof *grown)
-            return -1;
-        grown = realloc(s->by_deadline, cap * sizeof *grown);
-        if (grown == NULL)
-            return -1;
-        s->by_deadline = grown;
-        s->heap_cap = cap;
-    }
-    http_heap_put(s, s->n_parked, r);
-    s->n_parked++;
-    http_heap_up(s, s->n_parked - 1);
-    return 0;
-}
-
-static void http_heap_remove(http_server *s, http_req *r)
-{
-    size_t i = r->heap_at;
-    http_req *last = s->by_deadline[--s->n_parked];
-
-    if (i == s->n_parked)
-        return;
-    /* The last entry fills the hole and moves whichever way restores order. */
-    http_heap_put(s, i, last);
-    if (i > 0 && last->deadline_ns < s->by_deadline[(i - 1) / 2]->deadline_ns)
-        http_heap_up(s, i);
-    else
-        http_heap_down(s, i);
 }
 
 /* ---- the waiters (mu held) ----------------------------------------------- */
@@ -264,11 +225,11 @@ static void http_heap_remove(http_server *s, http_req *r)
  * in seq order, so the walk from the tail is short. 0, or -1 (out of memory,
  * r is on neither).
  */
-static int http_waiter_link(http_server *s, http_req *r)
+static int http_waiter_link(http_server *s, http_req *r, int64_t deadline_ns)
 {
     http_req *after = s->waiters_tail;
 
-    if (http_heap_push(s, r) != 0)
+    if (deadline_push(&s->parked, &r->park, deadline_ns) != 0)
         return -1;
     while (after != NULL && after->wait_seq > r->wait_seq)
         after = after->prev;
@@ -296,7 +257,7 @@ static void http_waiter_unlink(http_server *s, http_req *r)
     else
         s->waiters_tail = r->prev;
     r->next = r->prev = NULL;
-    http_heap_remove(s, r);
+    deadline_remove(&s->parked, &r->park);
 }
 
 /*
@@ -361,10 +322,49 @@ static void http_on_durable(void *ctx, int64_t durable_seq)
 }
 
 /*
- * The timer thread: sleeps until the earliest waiter deadline and resumes the
- * expired ones (not durable, unless the engine caught up meanwhile). MHD does
- * not time out suspended connections, so without it a lost commit would park
- * a request forever.
+ * Connections still owing their request's headers at now are shut down (mu
+ * held). A registered connection's fd is still MHD's own (it is closed only
+ * after MHD_CONNECTION_NOTIFY_CLOSED, which unregisters under mu), so the
+ * shutdown cannot hit a reused descriptor. MHD then sees the end of the
+ * stream on its next poll and closes the connection itself, notifying us as
+ * for any close: trickled bytes do not help a client, whereas MHD's own
+ * timeout counts only idle time.
+ */
+static size_t http_expire_headers(http_server *s, int64_t now)
+{
+    deadline_item *it;
+    size_t n = 0;
+
+    while ((it = deadline_first(&s->headers)) != NULL && it->at <= now) {
+        http_conn *c = HTTP_OWNER(it, http_conn, headers);
+
+        deadline_remove(&s->headers, it);
+        (void)shutdown(c->fd, SHUT_RDWR);
+        n++;
+    }
+    return n;
+}
+
+/* The earliest deadline of both heaps, or INT64_MAX when there is none. */
+static int64_t http_next_deadline(const http_server *s)
+{
+    const deadline_item *p = deadline_first(&s->parked);
+    const deadline_item *h = deadline_first(&s->headers);
+    int64_t next = INT64_MAX;
+
+    if (p != NULL)
+        next = p->at;
+    if (h != NULL && h->at < next)
+        next = h->at;
+    return next;
+}
+
+/*
+ * The timer thread: sleeps until the earliest deadline, resumes the expired
+ * waiters (not durable, unless the engine caught up meanwhile) and shuts the
+ * connections that have not sent their headers in time. MHD does not time
+ * out suspended connections, so without it a lost commit would park a
+ * request forever.
  */
 static void *http_timer_main(void *arg)
 {
@@ -376,10 +376,12 @@ static void *http_timer_main(void *arg)
         int64_t durable = 0;
         bool durable_read = false;
         http_req *ready = NULL;
+        deadline_item *it;
+        size_t cut;
 
         s->timer_wake_ns = INT64_MIN;  /* awake: parks need not signal */
-        while (s->n_parked > 0 && s->by_deadline[0]->deadline_ns <= now) {
-            http_req *r = s->by_deadline[0];
+        while ((it = deadline_first(&s->parked)) != NULL && it->at <= now) {
+            http_req *r = HTTP_OWNER(it, http_req, park);
 
             if (!durable_read) {
                 durable = engine_durable_seq(s->e);
@@ -387,16 +389,20 @@ static void *http_timer_main(void *arg)
             }
             http_waiter_take(s, r, r->wait_seq <= durable, &ready);
         }
-        if (ready != NULL) {
+        cut = http_expire_headers(s, now);
+        if (ready != NULL || cut > 0) {
             pthread_mutex_unlock(&s->mu);
             http_resume_all(ready);
+            if (cut > 0)
+                http_log(s, NS_LOG_DEBUG, "http_header_timeout", "connections=%zu",
+                         cut);
             pthread_mutex_lock(&s->mu);
             continue;
         }
-        if (s->n_parked > 0) {
+        if (http_next_deadline(s) != INT64_MAX) {
             struct timespec until;
 
-            s->timer_wake_ns = s->by_deadline[0]->deadline_ns;
+            s->timer_wake_ns = http_next_deadline(s);
             until = http_timespec(s->timer_wake_ns);
             pthread_cond_timedwait(&s->timer_cv, &s->mu, &until);
         } else {
@@ -422,6 +428,274 @@ static void http_timer_stop(http_server *s)
     pthread_mutex_unlock(&s->mu);
     pthread_join(s->timer, NULL);
     s->timer_started = false;
+}
+
+/* ---- connections and their header deadlines ---------------------------------- */
+
+/* The connection's http_conn, or NULL (out of memory at its start). */
+static http_conn *http_conn_of(struct MHD_Connection *con)
+{
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(con, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+
+    return ci != NULL ? ci->socket_context : NULL;
+}
+
+/*
+ * c owes a request's headers from now: from accept, and from the end of each
+ * request on a kept-alive connection. Without memory for the heap the
+ * connection goes without a header deadline (MHD's idle timeout still holds).
+ */
+static void http_headers_arm(http_server *s, http_conn *c)
+{
+    int64_t at = model_mono_ns() + s->header_timeout_ns;
+    int rc = 0;
+
+    c->awaiting = true;
+    if (s->header_timeout_ns == 0)
+        return;
+    pthread_mutex_lock(&s->mu);
+    if (!deadline_item_queued(&c->headers)) {
+        rc = deadline_push(&s->headers, &c->headers, at);
+        if (rc == 0)
+            http_timer_nudge(s, at);
+    }
+    pthread_mutex_unlock(&s->mu);
+    if (rc != 0)
+        http_log(s, NS_LOG_WARN, "http_header_deadline_failed",
+                 "error=\"out of memory\"");
+}
+
+/* The headers came (first handler call of a request): no deadline until it ends. */
+static void http_headers_disarm(http_server *s, http_conn *c)
+{
+    c->awaiting = false;
+    if (s->header_timeout_ns == 0)
+        return;
+    pthread_mutex_lock(&s->mu);
+    deadline_remove(&s->headers, &c->headers);
+    pthread_mutex_unlock(&s->mu);
+}
+
+/*
+ * MHD_OPTION_NOTIFY_CONNECTION, on the connection's own worker thread:
+ * registers each connection (owing headers from its accept), and
+ * unregisters it on close, before MHD closes the socket.
+ */
+static void http_on_connection(void *cls, struct MHD_Connection *con,
+                               void **socket_context,
+                               enum MHD_ConnectionNotificationCode toe)
+{
+    http_server *s = cls;
+    http_conn *c = *socket_context;
+
+    if (toe == MHD_CONNECTION_NOTIFY_STARTED) {
+        const union MHD_ConnectionInfo *ci =
+            MHD_get_connection_info(con, MHD_CONNECTION_INFO_CONNECTION_FD);
+
+        if (ci == NULL)
+            return;
+        c = calloc(1, sizeof *c);
+        if (c == NULL) {
+            http_log(s, NS_LOG_WARN, "http_connection_untracked",
+                     "error=\"out of memory\"");
+            return;
+        }
+        deadline_item_init(&c->headers);
+        c->con = con;
+        c->owner = pthread_self();
+        c->fd = ci->connect_fd;
+        pthread_mutex_lock(&s->mu);
+        c->next = s->conns;
+        if (s->conns != NULL)
+            s->conns->prev = c;
+        s->conns = c;
+        pthread_mutex_unlock(&s->mu);
+        *socket_context = c;
+        http_headers_arm(s, c);
+        return;
+    }
+    if (c == NULL)
+        return;
+    pthread_mutex_lock(&s->mu);
+    deadline_remove(&s->headers, &c->headers);
+    if (c->prev != NULL)
+        c->prev->next = c->next;
+    else
+        s->conns = c->next;
+    if (c->next != NULL)
+        c->next->prev = c->prev;
+    pthread_mutex_unlock(&s->mu);
+    free(c);
+    *socket_context = NULL;
+}
+
+/* ---- framing ---------------------------------------------------------------- */
+
+static enum MHD_Result http_framing_field(void *cls, enum MHD_ValueKind kind,
+                                          const char *key, size_t key_size,
+                                          const char *value, size_t value_size)
+{
+    framing_add(cls, key, key_size, value, value_size);
+    return MHD_YES;
+}
+
+/* The verdict on the request's Content-Length / Transfer-Encoding fields. */
+static framing_verdict http_framing(struct MHD_Connection *con)
+{
+    framing_state st;
+
+    framing_init(&st);
+    if (MHD_get_connection_values_n(con, MHD_HEADER_KIND, http_framing_field,
+                                    &st) < 0)
+        return FRAMING_OK;
+    return framing_verdict_of(&st);
+}
+
+/* ---- what MHD answers itself --------------------------------------------------- */
+
+/* MHD 0.9.75's log line for each error answer it sends itself. */
+#define HTTP_MHD_ERROR_PREFIX "Error processing request (HTTP response code is "
+/* Its lines for a Content-Length it cannot parse (400) or that overflows (413). */
+#define HTTP_MHD_BAD_LENGTH "Failed to parse `Content-Length' header"
+#define HTTP_MHD_HUGE_LENGTH "Too large value of 'Content-Length' header"
+/* Most connections of one worker looked at to find the one MHD refuses. */
+#define HTTP_SUSPECTS_MAX 16
+
+static bool http_starts_with(const char *text, const char *prefix)
+{
+    return strncmp(text, prefix, strlen(prefix)) == 0;
+}
+
+/*
+ * The connection whose Content-Length MHD is refusing right now, or NULL
+ * when it cannot be told for sure. MHD logs the refusal from inside its
+ * header parsing, on the connection's own worker thread and before it has
+ * sent anything; so the connection is one of this thread's that await their
+ * first handler call, and the one among them whose fields framing_check
+ * finds malformed. Two such (one still trickling its headers) are left to
+ * MHD rather than guessed between.
+ */
+static http_conn *http_refused_conn(http_server *s)
+{
+    http_conn *suspects[HTTP_SUSPECTS_MAX];
+    http_conn *hit = NULL;
+    pthread_t self = pthread_self();
+    size_t n = 0, hits = 0, i;
+    http_conn *c;
+
+    pthread_mutex_lock(&s->mu);
+    for (c = s->conns; c != NULL && n < HTTP_SUSPECTS_MAX; c = c->next)
+        if (pthread_equal(c->owner, self) && c->awaiting)
+            suspects[n++] = c;
+    pthread_mutex_unlock(&s->mu);
+    /* Only this thread closes its connections: they outlive the lock. */
+    for (i = 0; i < n; i++) {
+        if (http_framing(suspects[i]->con) == FRAMING_LENGTH_MALFORMED) {
+            hit = suspects[i];
+            hits++;
+        }
+    }
+    return hits == 1 ? hit : NULL;
+}
+
+/*
+ * MHD 0.9.75 answers a malformed or overflowing Content-Length with a 400
+ * or 413 of its own, HTML, with its status line and headers sent twice.
+ * Nothing of ours runs for that request but the log line it writes first,
+ * so the answer is given from there: our 400 problem goes straight onto the
+ * socket and the socket is shut, so that MHD's own answer, queued next,
+ * fails to send and MHD closes the connection. A closed connection is what
+ * MHD would have done after its answer too.
+ */
+static void http_answer_bad_length(http_server *s)
+{
+    http_conn *c = http_refused_conn(s);
+    api_response resp;
+    char head[256];
+    struct iovec iov[2];
+    struct msghdr msg;
+    int n;
+
+    if (c == NULL)
+        return;
+    api_problem(s->a, &resp, 400, "bad-framing", "Bad request framing",
+                framing_detail(FRAMING_LENGTH_MALFORMED));
+    n = snprintf(head, sizeof head,
+                 "HTTP/1.1 400 Bad Request\r\nConnection: close\r\n"
+                 "Content-Type: %s\r\nContent-Length: %zu\r\n\r\n",
+                 resp.content_type != NULL ? resp.content_type : "text/plain",
+                 resp.body != NULL ? resp.body_len : 0);
+    if (n > 0 && (size_t)n < sizeof head) {
+        memset(&msg, 0, sizeof msg);
+        iov[0].iov_base = head;
+        iov[0].iov_len = (size_t)n;
+        iov[1].iov_base = resp.body;
+        iov[1].iov_len = resp.body != NULL ? resp.body_len : 0;
+        msg.msg_iov = iov;
+        msg.msg_iovlen = 2;
+        /* A few hundred bytes into a fresh socket's send buffer: one call. */
+        (void)sendmsg(c->fd, &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
+    }
+    (void)shutdown(c->fd, SHUT_RDWR);
+    c->answered_by_us = true;
+    http_headers_disarm(s, c);
+    if (s->access_log) {
+        char remote[INET6_ADDRSTRLEN];
+
+        /* MHD has not handed over the method and path; the remote it has. */
+        http_remote(c->con, remote, sizeof remote);
+        http_log(s, NS_LOG_INFO, "access",
+                 "method=- path=- status=400 bytes=%zu duration_ms=0.00 remote=%s",
+                 resp.body != NULL ? resp.body_len : 0, remote);
+    }
+    api_response_free(&resp);
+}
+
+/*
+ * Whether the error answer MHD is logging on this thread is one that
+ * http_answer_bad_length replaced (and counted) already; it clears the mark.
+ */
+static bool http_replaced_answer(http_server *s)
+{
+    pthread_t self = pthread_self();
+    bool replaced = false;
+    http_conn *c;
+
+    pthread_mutex_lock(&s->mu);
+    for (c = s->conns; c != NULL && !replaced; c = c->next)
+        if (pthread_equal(c->owner, self) && c->answered_by_us) {
+            c->answered_by_us = false;
+            replaced = true;
+        }
+    pthread_mutex_unlock(&s->mu);
+    return replaced;
+}
+
+/*
+ * Every MHD log line passes here first. MHD answers some requests itself,
+ * before any callback of ours sees them (URI or headers too large, an
+ * unparsable request line or header, a malformed chunk, an unsupported HTTP
+ * version); its only report of such an answer in 0.9.75 is a log line, sent
+ * for every one: "Error processing request (HTTP response code is 431
+ * (...))". Counting it keeps http_responses complete.
+ */
+static void http_on_library_message(http_server *s, const char *text)
+{
+    int status = 0;
+    const char *p;
+
+    if (http_starts_with(text, HTTP_MHD_BAD_LENGTH) ||
+        http_starts_with(text, HTTP_MHD_HUGE_LENGTH)) {
+        http_answer_bad_length(s);
+        return;
+    }
+    if (!http_starts_with(text, HTTP_MHD_ERROR_PREFIX) || http_replaced_answer(s))
+        return;
+    for (p = text + strlen(HTTP_MHD_ERROR_PREFIX); *p >= '0' && *p <= '9' && status < 1000;
+         p++)
+        status = status * 10 + (*p - '0');
+    stats_count_http(engine_stats(s->e), status);
 }
 
 /* ---- request lookups handed to the api ------------------------------------ */
@@ -536,7 +810,7 @@ static enum MHD_Result http_queue(http_server *s, const http_req *r,
     if (resp->allow != NULL &&
         MHD_add_response_header(mr, MHD_HTTP_HEADER_ALLOW, resp->allow) != MHD_YES)
         goto out;
-    if (atomic_load(&s->stopping) &&
+    if ((r->must_close || atomic_load(&s->stopping)) &&
         MHD_add_response_header(mr, MHD_HTTP_HEADER_CONNECTION, "close") != MHD_YES)
         goto out;
     if (resp->www_authenticate != NULL &&
@@ -566,23 +840,22 @@ static void http_park(http_server *s, http_req *r)
 {
     bool resume_now = false;
     bool no_memory = false;
+    int64_t deadline_ns;
 
     r->phase = HTTP_PARKED;
     r->wait_seq = r->resp.wait_seq;
-    r->deadline_ns = model_mono_ns() + http_seconds_ns(r->resp.wait_timeout);
+    deadline_ns = model_mono_ns() + http_seconds_ns(r->resp.wait_timeout);
     MHD_suspend_connection(r->con);
 
     pthread_mutex_lock(&s->mu);
-    if (!s->closing && http_waiter_link(s, r) != 0)
+    if (!s->closing && http_waiter_link(s, r, deadline_ns) != 0)
         no_memory = true;
     if (s->closing || no_memory) {
         r->durable = engine_durable_seq(s->e) >= r->wait_seq;
         r->phase = HTTP_RESUMED;
         resume_now = true;
-    } else if (r->deadline_ns < s->timer_wake_ns) {
-        /* Earlier than what the timer sleeps towards: it must look again. */
-        s->timer_wake_ns = INT64_MIN;
-        pthread_cond_signal(&s->timer_cv);
+    } else {
+        http_timer_nudge(s, deadline_ns);
     }
     pthread_mutex_unlock(&s->mu);
     if (no_memory)
@@ -659,6 +932,26 @@ static bool http_declared_too_large(const char *value, size_t limit)
     return n > limit;
 }
 
+/*
+ * A request whose body cannot be delimited one way only is answered 400 at
+ * once, before any of its body is read, and its connection closed: where
+ * the next request would start is exactly what is in doubt (request
+ * smuggling). This is the exception to answering on the last call, and the
+ * close is what it wants.
+ */
+static enum MHD_Result http_refuse_framing(http_server *s, http_req *r,
+                                           const char *method, const char *url,
+                                           struct MHD_Connection *con,
+                                           framing_verdict verdict)
+{
+    api_response resp;
+
+    r->must_close = true;
+    api_problem(s->a, &resp, 400, "bad-framing", "Bad request framing",
+                framing_detail(verdict));
+    return http_queue(s, r, method, url, con, &resp);
+}
+
 static enum MHD_Result http_on_request(void *cls, struct MHD_Connection *con,
                                        const char *url, const char *method,
                                        const char *version,
@@ -671,17 +964,26 @@ static enum MHD_Result http_on_request(void *cls, struct MHD_Connection *con,
     api_response resp;
 
     if (r == NULL) {
-        /* Headers only. No response here: queueing one now makes MHD 0.9.75
-         * close the connection after it (see STYLE.md). */
+        /* Headers only. No response here as a rule: queueing one now makes
+         * MHD 0.9.75 close the connection after it. */
+        framing_verdict framing;
+        http_conn *c = http_conn_of(con);
+
+        if (c != NULL)
+            http_headers_disarm(s, c);
         r = calloc(1, sizeof *r);
         if (r == NULL)
             return MHD_NO;
         r->srv = s;
         r->con = con;
         r->phase = HTTP_READING;
+        deadline_item_init(&r->park);
         r->start_ns = model_mono_ns();
         atomic_fetch_add(&s->inflight, 1);
         *con_cls = r;
+        framing = http_framing(con);
+        if (framing != FRAMING_OK)
+            return http_refuse_framing(s, r, method, url, con, framing);
         r->too_large = http_declared_too_large(
             MHD_lookup_connection_value(con, MHD_HEADER_KIND,
                                         MHD_HTTP_HEADER_CONTENT_LENGTH),
@@ -701,6 +1003,11 @@ static enum MHD_Result http_on_request(void *cls, struct MHD_Connection *con,
     }
     if (r->phase == HTTP_PARKED)
         return MHD_YES;  /* not expected: MHD does not call a suspended request */
+    if (r->must_close) {
+        /* Answered on the first call already; nothing it sends matters. */
+        *upload_data_size = 0;
+        return MHD_YES;
+    }
 
     if (*upload_data_size != 0) {
         if (http_append(s, r, upload_data, *upload_data_size) != 0) {
@@ -751,7 +1058,11 @@ static void http_on_completed(void *cls, struct MHD_Connection *con,
 {
     http_server *s = cls;
     http_req *r = *con_cls;
+    http_conn *c = http_conn_of(con);
 
+    /* The next request's headers are due within the timeout from now. */
+    if (c != NULL)
+        http_headers_arm(s, c);
     if (r == NULL)
         return;
     /* A request still parked here would be a bug: it is never on the waiter
@@ -841,12 +1152,33 @@ static void http_teardown(http_server *s)
 /* Frees what http_teardown left: nothing runs on s any more. */
 static void http_free(http_server *s)
 {
-    free(s->by_deadline);
+    deadline_free(&s->parked);
+    deadline_free(&s->headers);
     if (s->cv_init)
         pthread_cond_destroy(&s->timer_cv);
     if (s->mu_init)
         pthread_mutex_destroy(&s->mu);
     free(s);
+}
+
+/*
+ * The options that hold slow and greedy clients: MHD refuses (accepts and
+ * closes at once) connections past the per-address limit, and tells us of
+ * every connection so that the header deadline can be kept. Writes at most
+ * two items to opts; returns how many.
+ */
+static size_t http_guard_options(const http_config *cfg, http_server *s,
+                                 struct MHD_OptionItem *opts)
+{
+    size_t n = 0;
+
+    if (cfg->max_connections_per_ip > 0)
+        opts[n++] = (struct MHD_OptionItem){MHD_OPTION_PER_IP_CONNECTION_LIMIT,
+                                            (intptr_t)cfg->max_connections_per_ip,
+                                            NULL};
+    opts[n++] = (struct MHD_OptionItem){MHD_OPTION_NOTIFY_CONNECTION,
+                                        (intptr_t)(void *)http_on_connection, s};
+    return n;
 }
 
 http_server *http_start(const http_config *cfg, api *a, engine *e, char *err,
@@ -860,7 +1192,7 @@ http_server *http_start(const http_config *cfg, api *a, engine *e, char *err,
     char port_text[8];
     char addr[300];
     unsigned flags;
-    struct MHD_OptionItem opts[4];
+    struct MHD_OptionItem opts[8];
     size_t n = 0;
     int rc, saved_errno;
 
@@ -876,6 +1208,9 @@ http_server *http_start(const http_config *cfg, api *a, engine *e, char *err,
     s->a = a;
     s->e = e;
     s->max_body_bytes = cfg->max_body_bytes;
+    s->header_timeout_ns = http_seconds_ns(cfg->header_timeout);
+    deadline_init(&s->parked);
+    deadline_init(&s->headers);
     s->access_log = cfg->access_log;
     s->log = cfg->log;
     s->log_ctx = cfg->log_ctx;
@@ -950,6 +1285,7 @@ http_server *http_start(const http_config *cfg, api *a, engine *e, char *err,
                                             (intptr_t)cfg->max_connections, NULL};
     opts[n++] = (struct MHD_OptionItem){MHD_OPTION_CONNECTION_TIMEOUT,
                                         (intptr_t)cfg->connection_timeout, NULL};
+    n += http_guard_options(cfg, s, opts + n);
     opts[n] = (struct MHD_OptionItem){MHD_OPTION_END, 0, NULL};
 
     /*
