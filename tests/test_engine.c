@@ -827,3 +827,193 @@ Test(engine, drain_makes_unready_but_writes_work)
     cr_assert_eq(engine_close(e), 0);
     cr_assert_eq(db_count("r"), 1);
 }
+
+/* ---- counting deletes ---- */
+
+Test(engine, runs_deleted_counts_two_deletes_of_one_run_in_one_batch)
+{
+    engine *e = open_lazy();
+    ns_stats *st = engine_stats(e);
+    size_t deleted = 0;
+    int64_t seq = 0;
+    accept(e, "r", "a", NS_RUNNING);
+    accept(e, "r", "b", NS_RUNNING);
+    cr_assert_eq(engine_delete_run(e, "r", &deleted, &seq), ENGINE_ACCEPTED);
+    cr_assert_eq(deleted, 2);
+    /* The run has a node again, so a second delete is accepted too (and answered so). */
+    accept(e, "r", "c", NS_SCHEDULED);
+    cr_assert_eq(engine_delete_run(e, "r", &deleted, &seq), ENGINE_ACCEPTED);
+    cr_assert_eq(deleted, 1);
+    accept(e, "other", "x", NS_RUNNING);
+    cr_assert_eq(engine_delete_run(e, "other", &deleted, &seq), ENGINE_ACCEPTED);
+    wait_durable(e, seq, true);
+    wait_counter(&st->updates_processed, 7);
+    cr_assert_eq(atomic_load(&st->batches_written), 1, "the deletes met in one batch");
+    cr_assert_eq(atomic_load(&st->runs_deleted), 3,
+                 "every accepted delete of an existing run counts, merged ones too");
+    cr_assert_eq(engine_close(e), 0);
+    cr_assert_eq(db_count("r"), 0);
+}
+
+/* ---- partially cached runs ---- */
+
+enum { PARTIAL_NODES = 100 };
+
+/* Run "p" on disk with n000..n099: completed for multiples of 10, else running; then reopened. */
+static engine *partial_fixture(void)
+{
+    engine *e = open_lazy();
+    char node[16];
+    for (int i = 0; i < PARTIAL_NODES; i++) {
+        snprintf(node, sizeof node, "n%03d", i);
+        accept(e, "p", node, i % 10 ? NS_RUNNING : NS_COMPLETED);
+    }
+    accept(e, "q", "only", NS_IDLE);
+    cr_assert_eq(engine_close(e), 0);
+    e = open_lazy();
+    cr_assert_eq(atomic_load(&engine_stats(e)->cache_nodes), 0);
+    return e;
+}
+
+Test(engine, get_of_an_uncached_run_reads_one_node)
+{
+    engine *e = partial_fixture();
+    ns_stats *st = engine_stats(e);
+    ns_row *g = get(e, "p", "n050");
+    cr_assert_eq(g->status, NS_COMPLETED);
+    cr_assert_eq(g->seq, 51);
+    model_row_unref(g);
+    cr_assert_eq(atomic_load(&st->cache_nodes), 1, "the whole run was read for one node");
+    cr_assert_eq(atomic_load(&st->cache_loads), 1);
+    /* A node the run does not have, of a run partly cached: still read from disk, not found. */
+    get_none(e, "p", "zzz");
+    get_none(e, "missing", "a");
+    cr_assert_eq(atomic_load(&st->cache_nodes), 1);
+    cr_assert_eq(atomic_load(&st->cache_runs), 1, "a run that is not on disk got cached");
+    /* A second node comes alone too. */
+    g = get(e, "p", "n051");
+    cr_assert_eq(g->status, NS_RUNNING);
+    model_row_unref(g);
+    cr_assert_eq(atomic_load(&st->cache_nodes), 2);
+    cr_assert_eq(engine_close(e), 0);
+}
+
+Test(engine, writes_to_an_uncached_run_read_one_node_and_listings_merge)
+{
+    engine *e = partial_fixture();
+    ns_stats *st = engine_stats(e);
+    /* The rules judge by the stored row, read alone. */
+    cr_assert_eq(submit(e, "p", "n020", NS_RUNNING, 0, NULL), ENGINE_ILLEGAL);
+    cr_assert_eq(submit(e, "p", "n021", NS_SCHEDULED, 0, NULL), ENGINE_ILLEGAL);
+    /* Queued, not written (the writer waits a minute): cached rows newer than the file. */
+    int64_t s1 = 0, s2 = 0;
+    cr_assert_eq(submit(e, "p", "n021", NS_COMPLETED, 0, &s1), ENGINE_ACCEPTED);
+    cr_assert_eq(submit(e, "p", "new", NS_FAILED, 0, &s2), ENGINE_ACCEPTED);
+    cr_assert_eq(atomic_load(&st->cache_nodes), 3, "n020, n021 and new");
+    cr_assert_lt(engine_durable_seq(e), s1);
+
+    /* A listing reads the run whole and merges: the cached rows win. */
+    unsigned done = 1u << NS_COMPLETED;
+    engine_page page;
+    cr_assert_eq(engine_list(e, "p", done, "n015", 3, &page), ENGINE_ACCEPTED);
+    cr_assert_eq(page.count, 3);
+    cr_assert_str_eq(page.rows[0]->node_id, "n020");
+    cr_assert_str_eq(page.rows[1]->node_id, "n021");
+    cr_assert_eq(page.rows[1]->seq, s1);
+    cr_assert_str_eq(page.rows[2]->node_id, "n030");
+    cr_assert(page.more);
+    engine_page_free(&page);
+    cr_assert_eq(atomic_load(&st->cache_nodes), PARTIAL_NODES + 1);
+    engine_summary sum;
+    cr_assert_eq(engine_summarize(e, "p", &sum), ENGINE_ACCEPTED);
+    cr_assert_eq(sum.nodes, PARTIAL_NODES + 1);
+    cr_assert_eq(sum.counts[NS_COMPLETED], 11);
+    cr_assert_eq(sum.counts[NS_RUNNING], 89);
+    cr_assert_eq(sum.counts[NS_FAILED], 1);
+    cr_assert_eq(sum.last_seq, s2);
+    cr_assert_eq(engine_list(e, "p", 1u << NS_FAILED, NULL, 10, &page), ENGINE_ACCEPTED);
+    cr_assert_eq(page.count, 1);
+    cr_assert_str_eq(page.rows[0]->node_id, "new");
+    engine_page_free(&page);
+
+    /* A new run: one read tells it has no rows, and then it needs none. */
+    uint64_t loads = atomic_load(&st->cache_loads);
+    accept(e, "fresh", "a", NS_RUNNING);
+    accept(e, "fresh", "b", NS_RUNNING);
+    cr_assert_eq(engine_list(e, "fresh", ALL, NULL, 10, &page), ENGINE_ACCEPTED);
+    cr_assert_eq(page.count, 2);
+    engine_page_free(&page);
+    cr_assert_eq(atomic_load(&st->cache_loads), loads);
+    cr_assert_eq(engine_close(e), 0);
+
+    e = open_lazy();
+    ns_row *g = get(e, "p", "n021");
+    cr_assert_eq(g->status, NS_COMPLETED);
+    model_row_unref(g);
+    cr_assert_eq(engine_close(e), 0);
+    cr_assert_eq(db_count("p"), PARTIAL_NODES + 1);
+}
+
+Test(engine, delete_of_a_partial_run_counts_every_node)
+{
+    engine *e = partial_fixture();
+    ns_row *g = get(e, "p", "n007");
+    model_row_unref(g);
+    size_t deleted = 0;
+    int64_t seq = 0;
+    cr_assert_eq(engine_delete_run(e, "p", &deleted, &seq), ENGINE_ACCEPTED);
+    cr_assert_eq(deleted, PARTIAL_NODES);
+    get_none(e, "p", "n008");
+    engine_page page;
+    cr_assert_eq(engine_list(e, "p", ALL, NULL, 10, &page), ENGINE_NOT_FOUND);
+    engine_page_free(&page);
+    cr_assert_eq(engine_close(e), 0);
+    cr_assert_eq(db_count("p"), 0);
+}
+
+Test(engine, byte_bound_evicts_idle_runs)
+{
+    enum { RUNS = 8, NODES = 10, OUT = 4000 };
+    engine_config c = config(1000, 60, 10000);
+    c.cache_max_bytes = 3 * NODES * (OUT + 512); /* about three runs */
+    engine *e = open_with(&c);
+    ns_stats *st = engine_stats(e);
+    char *outputs = malloc(OUT + 3);
+    cr_assert_not_null(outputs);
+    outputs[0] = '"';
+    memset(outputs + 1, 'o', OUT);
+    outputs[OUT + 1] = '"';
+    outputs[OUT + 2] = '\0';
+    char run[16], node[16];
+    int64_t seq = 0;
+    for (int r = 0; r < RUNS; r++) {
+        snprintf(run, sizeof run, "r%d", r);
+        for (int n = 0; n < NODES; n++) {
+            snprintf(node, sizeof node, "n%d", n);
+            ns_update u = upd(NS_RUNNING, 0);
+            u.outputs = (ns_text){ true, outputs };
+            ns_row *out = NULL;
+            cr_assert_eq(engine_submit(e, run, node, &u, &out), ENGINE_ACCEPTED);
+            seq = out->seq;
+            model_row_unref(out);
+        }
+    }
+    /* Pinned by the queue, nothing may go yet. */
+    cr_assert_gt(atomic_load(&st->cache_bytes), c.cache_max_bytes);
+    cr_assert_eq(atomic_load(&st->cache_evictions), 0);
+    wait_durable(e, seq, true);
+    cr_assert_leq(atomic_load(&st->cache_bytes), c.cache_max_bytes);
+    cr_assert_geq(atomic_load(&st->cache_evictions), RUNS - 3);
+    for (int r = 0; r < RUNS; r++) {
+        snprintf(run, sizeof run, "r%d", r);
+        engine_summary s;
+        cr_assert_eq(engine_summarize(e, run, &s), ENGINE_ACCEPTED);
+        cr_assert_eq(s.nodes, NODES);
+        ns_row *g = get(e, run, "n3");
+        cr_assert_str_eq(g->outputs, outputs);
+        model_row_unref(g);
+        cr_assert_leq(atomic_load(&st->cache_bytes), c.cache_max_bytes);
+    }
+    free(outputs);
+    cr_assert_eq(engine_close(e), 0);
+}

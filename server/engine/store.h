@@ -135,5 +135,16 @@ void store_reader_close(store_reader *r);
 int store_reader_load_run(store_reader *r, const char *run_id,
                           int (*fn)(void *ctx, ns_row *row), void *ctx,
                           size_t *skipped);
+/*
+ * Reads one stored node by primary key: *out gets it packed with one
+ * reference (NULL when there is no such row), *run_has_rows whether the run
+ * has any row at all (this one or another), so a caller knows a run with
+ * none is empty without reading it whole. Returns 0, 1 when the row is
+ * there but unreadable (as store_reader_load_run skips; *out stays NULL),
+ * -1 on a SQLite error or out of memory.
+ */
+int store_reader_load_node(store_reader *r, const char *run_id,
+                           const char *node_id, ns_row **out,
+                           bool *run_has_rows);
 
 #endif
