@@ -912,7 +912,7 @@ Test(engine, writes_to_an_uncached_run_read_one_node_and_listings_merge)
     cr_assert_eq(atomic_load(&st->cache_nodes), 3, "n020, n021 and new");
     cr_assert_lt(engine_durable_seq(e), s1);
 
-    /* A listing reads the run whole and merges: the cached rows win. */
+    /* A listing reads a page of the stored rows and merges: the cached rows win. */
     unsigned done = 1u << NS_COMPLETED;
     engine_page page;
     cr_assert_eq(engine_list(e, "p", done, "n015", 3, &page), ENGINE_ACCEPTED);
@@ -923,9 +923,33 @@ Test(engine, writes_to_an_uncached_run_read_one_node_and_listings_merge)
     cr_assert_str_eq(page.rows[2]->node_id, "n030");
     cr_assert(page.more);
     engine_page_free(&page);
-    cr_assert_eq(atomic_load(&st->cache_nodes), PARTIAL_NODES + 1);
+    cr_assert_eq(atomic_load(&st->cache_nodes), 3, "a listing cached the run it read");
+    /* Paging on through every node, in pages of 7: each node once, in order, merged. */
+    char cursor[16] = "";
+    size_t seen = 0, completed = 0;
+    for (int pages = 0; pages < 100; pages++) {
+        cr_assert_eq(engine_list(e, "p", ALL, cursor[0] ? cursor : NULL, 7, &page),
+                     ENGINE_ACCEPTED);
+        for (size_t i = 0; i < page.count; i++) {
+            if (seen > 0 || i > 0)
+                cr_assert_gt(strcmp(page.rows[i]->node_id, cursor), 0, "out of order");
+            snprintf(cursor, sizeof cursor, "%s", page.rows[i]->node_id);
+            completed += page.rows[i]->status == NS_COMPLETED;
+            if (strcmp(cursor, "n021") == 0)
+                cr_assert_eq(page.rows[i]->seq, s1, "the stored n021 shown, not the cached");
+        }
+        seen += page.count;
+        bool more = page.more;
+        engine_page_free(&page);
+        if (!more)
+            break;
+    }
+    cr_assert_eq(seen, PARTIAL_NODES + 1);
+    cr_assert_eq(completed, 11);
+    /* A summary reads it whole and caches it (it fits). */
     engine_summary sum;
     cr_assert_eq(engine_summarize(e, "p", &sum), ENGINE_ACCEPTED);
+    cr_assert_eq(atomic_load(&st->cache_nodes), PARTIAL_NODES + 1);
     cr_assert_eq(sum.nodes, PARTIAL_NODES + 1);
     cr_assert_eq(sum.counts[NS_COMPLETED], 11);
     cr_assert_eq(sum.counts[NS_RUNNING], 89);
@@ -1016,4 +1040,68 @@ Test(engine, byte_bound_evicts_idle_runs)
     }
     free(outputs);
     cr_assert_eq(engine_close(e), 0);
+}
+
+Test(engine, listing_a_partial_run_reads_on_past_stored_rows_that_cached_ones_replace)
+{
+    engine *e = partial_fixture();
+    char node[16];
+    /* n001..n039 leave "running" in the cache only (queued, not written). */
+    for (int i = 1; i < 40; i++) {
+        if (i % 10 == 0)
+            continue;
+        snprintf(node, sizeof node, "n%03d", i);
+        accept(e, "p", node, NS_COMPLETED);
+    }
+    engine_page page;
+    unsigned running = 1u << NS_RUNNING;
+    /* The first stored running rows are all replaced by cached completed ones. */
+    cr_assert_eq(engine_list(e, "p", running, NULL, 5, &page), ENGINE_ACCEPTED);
+    cr_assert_eq(page.count, 5);
+    static const char *const want[] = { "n041", "n042", "n043", "n044", "n045" };
+    for (size_t i = 0; i < page.count; i++)
+        cr_assert_str_eq(page.rows[i]->node_id, want[i]);
+    cr_assert(page.more);
+    engine_page_free(&page);
+    cr_assert_eq(engine_list(e, "p", 1u << NS_COMPLETED, "n005", 4, &page), ENGINE_ACCEPTED);
+    static const char *const done[] = { "n006", "n007", "n008", "n009" };
+    cr_assert_eq(page.count, 4);
+    for (size_t i = 0; i < page.count; i++)
+        cr_assert_str_eq(page.rows[i]->node_id, done[i]);
+    cr_assert(page.more);
+    engine_page_free(&page);
+    /* The last page: exactly what is left, and no more. */
+    cr_assert_eq(engine_list(e, "p", running, "n097", 5, &page), ENGINE_ACCEPTED);
+    cr_assert_eq(page.count, 2);
+    cr_assert_not(page.more);
+    engine_page_free(&page);
+    cr_assert_eq(engine_list(e, "p", ALL, "zzz", 5, &page), ENGINE_ACCEPTED,
+                 "found, though nothing is after the cursor");
+    cr_assert_eq(page.count, 0);
+    engine_page_free(&page);
+    cr_assert_eq(engine_close(e), 0);
+}
+
+Test(engine, a_run_too_big_to_cache_whole_is_answered_from_a_copy)
+{
+    engine *e = partial_fixture();
+    cr_assert_eq(engine_close(e), 0);
+    engine_config c = config(1000, 60, 10000);
+    c.cache_max_nodes = 50; /* p has 100 */
+    e = open_with(&c);
+    ns_stats *st = engine_stats(e);
+    accept(e, "p", "n001", NS_COMPLETED);
+    engine_summary sum;
+    cr_assert_eq(engine_summarize(e, "p", &sum), ENGINE_ACCEPTED);
+    cr_assert_eq(sum.nodes, PARTIAL_NODES);
+    cr_assert_eq(sum.counts[NS_COMPLETED], 11, "the cached n001 counted over the stored one");
+    cr_assert_leq(atomic_load(&st->cache_nodes), 50, "the whole run got cached");
+    size_t deleted = 0;
+    int64_t seq = 0;
+    cr_assert_eq(engine_delete_run(e, "p", &deleted, &seq), ENGINE_ACCEPTED);
+    cr_assert_eq(deleted, PARTIAL_NODES);
+    get_none(e, "p", "n002");
+    cr_assert_eq(engine_summarize(e, "p", &sum), ENGINE_NOT_FOUND);
+    cr_assert_eq(engine_close(e), 0);
+    cr_assert_eq(db_count("p"), 0);
 }

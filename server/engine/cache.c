@@ -521,18 +521,26 @@ int cache_node_put(cache *c, cache_run *run, ns_row *row)
     return 0;
 }
 
-int cache_run_adopt(cache *c, cache_run *run, cache_run *loaded)
+int cache_run_merge_into(const cache_run *run, cache_run *loaded)
 {
     for (size_t i = 0; i < run->n_slots; i++) {
         if (!run->slots[i])
             continue;
         ns_row *row = run->slots[i]->row;
-        model_row_ref(row); /* loaded's; run's own goes with its old table below */
+        model_row_ref(row); /* loaded's own */
         if (cache_node_put(NULL, loaded, row) != 0) {
             model_row_unref(row);
-            cache_run_free(loaded);
             return -1;
         }
+    }
+    return 0;
+}
+
+int cache_run_adopt(cache *c, cache_run *run, cache_run *loaded)
+{
+    if (cache_run_merge_into(run, loaded) != 0) {
+        cache_run_free(loaded);
+        return -1;
     }
     c->nodes = c->nodes - run->nodes + loaded->nodes;
     c->bytes = c->bytes - run->bytes + loaded->bytes;

@@ -109,6 +109,14 @@ cache_run *cache_run_new(const char *run_id);
 /* Frees a detached run and drops its rows. NULL is a no-op. */
 void cache_run_free(cache_run *run);
 /*
+ * Puts run's rows into loaded (a detached run holding every stored node of
+ * it), a reference each, replacing loaded's rows of the same nodes: run's
+ * are newer. loaded is then the whole run as it stands, outside the cache.
+ * Costs O(k log n) for the k nodes run holds. 0, or -1 when out of memory
+ * (loaded holds some of them then).
+ */
+int cache_run_merge_into(const cache_run *run, cache_run *loaded);
+/*
  * Makes run complete with the nodes of loaded (a detached run holding every
  * stored node of it): run's own rows are newer and win, the others come
  * from loaded. Costs O(k log n) for the k nodes run held, not O(n): loaded's

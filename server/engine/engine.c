@@ -102,6 +102,49 @@ static int load_into(void *ctx, ns_row *row)
     return 0;
 }
 
+/* store_reader_load_page's callback: collects a page's rows. */
+typedef struct row_vec {
+    ns_row **rows;
+    size_t n, cap;
+} row_vec;
+
+static int row_vec_push(void *ctx, ns_row *row)
+{
+    row_vec *v = ctx;
+    if (v->n == v->cap) {
+        size_t cap = v->cap ? v->cap * 2 : 64;
+        ns_row **rows = realloc(v->rows, cap * sizeof *rows);
+        if (!rows) {
+            model_row_unref(row);
+            return -1;
+        }
+        v->rows = rows;
+        v->cap = cap;
+    }
+    v->rows[v->n++] = row;
+    return 0;
+}
+
+static void row_vec_free(row_vec *v)
+{
+    for (size_t i = 0; i < v->n; i++)
+        model_row_unref(v->rows[i]);
+    free(v->rows);
+    v->rows = NULL;
+    v->n = v->cap = 0;
+}
+
+/*
+ * Whether a run read whole may be cached whole: it takes at most half of
+ * each bound, so caching it does not push out everything else (and then
+ * itself, at the next commit, only to be read again).
+ */
+static bool may_cache_whole(const engine *e, const cache_run *loaded)
+{
+    return (!e->cfg.cache_max_nodes || loaded->nodes <= e->cfg.cache_max_nodes / 2) &&
+           (!e->cfg.cache_max_bytes || loaded->bytes <= e->cfg.cache_max_bytes / 2);
+}
+
 /*
  * The cached run, complete: read whole from SQLite when it is not cached or
  * cached only in part. Called and returns with e->lock held, but drops it
@@ -114,9 +157,15 @@ static int load_into(void *ctx, ns_row *row)
  * again (the last time with the lock held, so it cannot be overtaken); if it
  * became complete meanwhile (another load, or a delete that emptied it), the
  * copy is dropped. A run with no rows is not cached and answers NOT_FOUND.
+ *
+ * A run too big to cache whole (may_cache_whole) is not: NULL is returned
+ * with *view set to the merged copy, which the caller frees (after
+ * unlocking: freeing a big run takes a while) and *res ACCEPTED.
  */
-static cache_run *run_get_whole(engine *e, const char *run_id, engine_result *res)
+static cache_run *run_get_whole(engine *e, const char *run_id, engine_result *res,
+                                cache_run **view)
 {
+    *view = NULL;
     for (int tries = 0; tries < LOAD_TRIES; tries++) {
         cache_run *run = cache_run_find(e->cache, run_id);
         if (run && run->complete) {
@@ -148,6 +197,18 @@ static cache_run *run_get_whole(engine *e, const char *run_id, engine_result *re
             continue; /* someone else completed it, or the file may have moved on */
         }
         size_t found = loaded->nodes;
+        if (found > 0)
+            atomic_fetch_add_explicit(&e->stats.cache_loads, 1, memory_order_relaxed);
+        if (!may_cache_whole(e, loaded)) {
+            if (run && cache_run_merge_into(run, loaded) != 0) {
+                cache_run_free(loaded);
+                *res = ENGINE_ERROR;
+                return NULL;
+            }
+            *view = loaded;
+            *res = ENGINE_ACCEPTED;
+            return NULL;
+        }
         if (!run) {
             if (found == 0) {
                 cache_run_free(loaded);
@@ -164,8 +225,6 @@ static cache_run *run_get_whole(engine *e, const char *run_id, engine_result *re
             *res = ENGINE_ERROR;
             return NULL;
         }
-        if (found > 0)
-            atomic_fetch_add_explicit(&e->stats.cache_loads, 1, memory_order_relaxed);
         evict(e, run);
         return run;
     }
@@ -381,19 +440,27 @@ engine_result engine_delete_run(engine *e, const char *run_id, size_t *deleted,
     char *id = strdup(run_id);
     if (!id)
         return ENGINE_ERROR;
+    cache_run *view = NULL;
     pthread_mutex_lock(&e->lock);
     /* Whole: the answer tells how many nodes went. */
-    cache_run *run = run_get_whole(e, run_id, &res);
-    if (run && run->nodes == 0)
+    cache_run *run = run_get_whole(e, run_id, &res, &view);
+    size_t nodes = run ? run->nodes : view ? view->nodes : 0;
+    if ((run || view) && nodes == 0)
         res = ENGINE_NOT_FOUND;
-    if (!run || run->nodes == 0)
+    if (nodes == 0)
         goto done;
     if (queue_len(e->queue) == queue_capacity(e->queue)) {
         reject(e, NS_REJECT_QUEUE_FULL);
         res = ENGINE_QUEUE_FULL;
         goto done;
     }
-    *deleted = run->nodes;
+    /* Too big to cache whole: the run (in part, or not at all) is what gets emptied and pinned. */
+    if (!run && !(run = cache_run_find(e->cache, run_id)) &&
+        !(run = cache_run_add(e->cache, run_id))) {
+        res = ENGINE_ERROR;
+        goto done;
+    }
+    *deleted = nodes;
     /* The run stays cached, empty and pinned, until the delete commits: a read must not find the old rows on disk. */
     cache_run_clear(e->cache, run);
     ns_op op = { .delete_run = id, .run = run };
@@ -405,6 +472,7 @@ engine_result engine_delete_run(engine *e, const char *run_id, size_t *deleted,
 done:
     pthread_mutex_unlock(&e->lock);
     free(id);
+    cache_run_free(view);
     return res;
 }
 
@@ -428,25 +496,125 @@ ns_row *engine_get(engine *e, const char *run_id, const char *node_id,
     return row;
 }
 
+/*
+ * A page of a run that is not cached whole, read through: the stored rows
+ * of the page (store_reader_load_page, without the lock) merged with the
+ * cached ones, which win, so a listing never reads a run whole. What the
+ * disk read covers ends at its last row when more follow; if the merge
+ * needs rows beyond that (cached nodes took the place of stored ones), a
+ * longer stretch is read. Races as in run_get_whole. Lock held, dropped
+ * while reading; cached has room for limit + 1.
+ */
+static engine_result list_through(engine *e, const char *run_id, unsigned status_mask,
+                                  const char *after, size_t limit, engine_page *page,
+                                  ns_row **cached)
+{
+    size_t want = limit + 1;
+    for (int tries = 0; tries < LOAD_TRIES;) {
+        cache_run *run = cache_run_find(e->cache, run_id);
+        if (run && run->complete) {
+            cache_touch(e->cache, run);
+            if (run->nodes == 0)
+                return ENGINE_NOT_FOUND;
+            page->count = (size_t)cache_run_collect(run, status_mask, after, limit, page->rows,
+                                                    &page->more);
+            return ENGINE_ACCEPTED;
+        }
+        uint64_t removals = cache_removals(e->cache);
+        bool locked = tries == LOAD_TRIES - 1;
+        if (!locked)
+            pthread_mutex_unlock(&e->lock);
+        row_vec disk = { 0 };
+        store_page sp;
+        int rc = store_reader_load_page(e->reader, run_id, after, status_mask, want,
+                                        row_vec_push, &disk, &sp);
+        if (sp.skipped)
+            logf_(e, NS_LOG_WARN, "rows-unreadable", "run_id=%s skipped=%zu", run_id,
+                  sp.skipped);
+        if (!locked)
+            pthread_mutex_lock(&e->lock);
+        if (rc != 0) {
+            row_vec_free(&disk);
+            logf_(e, NS_LOG_ERROR, "read-through-failed", "run_id=%s", run_id);
+            return ENGINE_ERROR;
+        }
+        run = cache_run_find(e->cache, run_id);
+        if ((run && run->complete) || cache_removed_since(e->cache, run_id, removals)) {
+            row_vec_free(&disk);
+            tries++;
+            continue; /* the cache knows better now, or the file may have moved on */
+        }
+        if (!sp.run_has_rows && (!run || run->nodes == 0)) {
+            row_vec_free(&disk);
+            return ENGINE_NOT_FOUND;
+        }
+        if (run)
+            cache_touch(e->cache, run);
+        if (disk.n > 0)
+            atomic_fetch_add_explicit(&e->stats.cache_loads, 1, memory_order_relaxed);
+        /* Beyond `end` the file is unknown (more rows follow it); NULL: known to the end. */
+        const char *end = sp.more ? disk.rows[disk.n - 1]->node_id : NULL;
+        bool cached_more;
+        size_t nc = run ? (size_t)cache_run_collect(run, status_mask, after, limit + 1, cached,
+                                                    &cached_more)
+                        : 0;
+        size_t i = 0, j = 0, k = 0;
+        bool full = false;
+        for (;;) {
+            while (i < disk.n && run && cache_node_get(run, disk.rows[i]->node_id))
+                i++; /* cached: its cached row (if it matches) is among cached[] */
+            ns_row *d = i < disk.n ? disk.rows[i] : NULL;
+            ns_row *c = j < nc ? cached[j] : NULL;
+            ns_row *next = d && (!c || strcmp(d->node_id, c->node_id) < 0) ? d : c;
+            if (!next)
+                break;
+            if (k == limit) {
+                full = true; /* a real row follows: a stored one read, or a cached one */
+                break;
+            }
+            if (end && strcmp(next->node_id, end) > 0)
+                break;
+            model_row_ref(next);
+            page->rows[k++] = next;
+            if (next == d)
+                i++;
+            else
+                j++;
+        }
+        for (size_t x = 0; x < nc; x++)
+            model_row_unref(cached[x]);
+        row_vec_free(&disk);
+        if (full || !end) {
+            page->count = k;
+            page->more = full;
+            return ENGINE_ACCEPTED;
+        }
+        /* Cached nodes took stored rows' places: read a longer stretch. */
+        for (size_t x = 0; x < k; x++)
+            model_row_unref(page->rows[x]);
+        want *= 2;
+    }
+    return ENGINE_ERROR; /* not reached: the last try holds the lock throughout */
+}
+
 engine_result engine_list(engine *e, const char *run_id, unsigned status_mask,
                           const char *after, size_t limit, engine_page *page)
 {
-    engine_result res = ENGINE_ERROR;
     memset(page, 0, sizeof *page);
     page->rows = malloc((limit ? limit : 1) * sizeof *page->rows);
-    if (!page->rows)
+    ns_row **cached = malloc((limit + 1) * sizeof *cached);
+    if (!page->rows || !cached) {
+        free(page->rows);
+        page->rows = NULL;
+        free(cached);
         return ENGINE_ERROR;
-    pthread_mutex_lock(&e->lock);
-    cache_run *run = run_get_whole(e, run_id, &res);
-    if (run && run->nodes == 0)
-        res = ENGINE_NOT_FOUND;
-    if (run && run->nodes > 0) {
-        long n = cache_run_collect(run, status_mask, after, limit, page->rows,
-                                   &page->more);
-        res = n < 0 ? ENGINE_ERROR : ENGINE_ACCEPTED;
-        page->count = n < 0 ? 0 : (size_t)n;
     }
+    pthread_mutex_lock(&e->lock);
+    engine_result res = list_through(e, run_id, status_mask, after, limit, page, cached);
     pthread_mutex_unlock(&e->lock);
+    free(cached);
+    if (res != ENGINE_ACCEPTED)
+        page->count = 0;
     return res;
 }
 
@@ -461,9 +629,12 @@ void engine_page_free(engine_page *page)
 engine_result engine_summarize(engine *e, const char *run_id, engine_summary *out)
 {
     engine_result res = ENGINE_ERROR;
+    cache_run *view = NULL;
     memset(out, 0, sizeof *out);
     pthread_mutex_lock(&e->lock);
-    cache_run *run = run_get_whole(e, run_id, &res);
+    const cache_run *run = run_get_whole(e, run_id, &res, &view);
+    if (!run)
+        run = view;
     if (run && run->nodes == 0)
         res = ENGINE_NOT_FOUND;
     if (run && run->nodes > 0) {
@@ -474,6 +645,7 @@ engine_result engine_summarize(engine *e, const char *run_id, engine_summary *ou
         res = ENGINE_ACCEPTED;
     }
     pthread_mutex_unlock(&e->lock);
+    cache_run_free(view); /* a run too big to cache, read for this answer alone */
     return res;
 }
 

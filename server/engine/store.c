@@ -165,6 +165,11 @@ static const char store_select_node_sql[] =
     "SELECT " STORE_COLUMNS ", json_valid(resume_state_json),"
     " json_valid(outputs_json) FROM run_node_state"
     " WHERE run_id = ?1 AND node_id = ?2";
+/* A run's rows after a node id, in node_id order ("" is before every id). */
+static const char store_select_after_sql[] =
+    "SELECT " STORE_COLUMNS ", json_valid(resume_state_json),"
+    " json_valid(outputs_json) FROM run_node_state"
+    " WHERE run_id = ?1 AND node_id > ?2 ORDER BY node_id";
 static const char store_select_run_exists_sql[] =
     "SELECT 1 FROM run_node_state WHERE run_id = ?1 LIMIT 1";
 
@@ -388,6 +393,7 @@ struct store_reader {
     sqlite3 *db;
     sqlite3_stmt *select_run;   /* rows of one run in node_id order */
     sqlite3_stmt *select_node;  /* one row by primary key */
+    sqlite3_stmt *select_after; /* rows of one run after a node id */
     sqlite3_stmt *run_exists;   /* whether a run has any row */
 };
 
@@ -1726,6 +1732,8 @@ store_reader *store_reader_open(const char *path, char *err, size_t errlen)
                       errlen, path) != 0
         || store_prepare(r->db, store_select_node_sql, &r->select_node, err,
                          errlen, path) != 0
+        || store_prepare(r->db, store_select_after_sql, &r->select_after, err,
+                         errlen, path) != 0
         || store_prepare(r->db, store_select_run_exists_sql, &r->run_exists,
                          err, errlen, path) != 0)
         goto err;
@@ -1742,6 +1750,7 @@ void store_reader_close(store_reader *r)
         return;
     sqlite3_finalize(r->select_run);
     sqlite3_finalize(r->select_node);
+    sqlite3_finalize(r->select_after);
     sqlite3_finalize(r->run_exists);
     sqlite3_close(r->db);
     pthread_mutex_destroy(&r->lock);
@@ -1926,6 +1935,97 @@ out:
     sqlite3_clear_bindings(st);
     sqlite3_reset(ex);
     sqlite3_clear_bindings(ex);
+    pthread_mutex_unlock(&r->lock);
+    return ret;
+}
+
+/* Whether run_id has any stored row; 0/1, or -1 on a SQLite error. Reader lock held. */
+static int store_reader_run_exists(store_reader *r, const char *run_id)
+{
+    sqlite3_stmt *ex = r->run_exists;
+    int ret = -1;
+    int rc;
+
+    if (sqlite3_bind_text(ex, 1, run_id, -1, SQLITE_STATIC) == SQLITE_OK) {
+        rc = sqlite3_step(ex);
+        if (rc == SQLITE_ROW || rc == SQLITE_DONE)
+            ret = rc == SQLITE_ROW;
+    }
+    sqlite3_reset(ex);
+    sqlite3_clear_bindings(ex);
+    return ret;
+}
+
+/*
+ * Rows whose status is not asked for are passed over on their status
+ * column alone, before anything else of them is read.
+ */
+int store_reader_load_page(store_reader *r, const char *run_id,
+                           const char *after, unsigned status_mask,
+                           size_t want, int (*fn)(void *ctx, ns_row *row),
+                           void *ctx, store_page *page)
+{
+    sqlite3_stmt *st = r->select_after;
+    size_t delivered = 0;
+    int ret = -1;
+    int rc;
+
+    memset(page, 0, sizeof *page);
+    if (run_id == NULL || fn == NULL || want == 0)
+        return -1;
+    pthread_mutex_lock(&r->lock);
+    if (sqlite3_bind_text(st, 1, run_id, -1, SQLITE_STATIC) != SQLITE_OK
+        || sqlite3_bind_text(st, 2, after != NULL ? after : "", -1,
+                             SQLITE_STATIC) != SQLITE_OK)
+        goto out;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        const char *status;
+        ns_status s;
+        ns_row draft;
+        ns_row *row;
+        int drc;
+
+        page->run_has_rows = true;
+        if (store_column_text(st, COL_STATUS, &status) != 0)
+            goto out;
+        if (status != NULL && model_status_parse(status, &s) == 0
+            && !(status_mask & (1u << s)))
+            continue;
+        if (delivered == want) {
+            page->more = true;
+            break;
+        }
+        drc = store_row_draft(st, run_id, &draft);
+        if (drc < 0)
+            goto out;
+        if (drc > 0 || !(status_mask & (1u << draft.status))) {
+            page->skipped += drc > 0;
+            continue;
+        }
+        row = model_row_copy(&draft);
+        if (row == NULL)
+            goto out;
+        /* fn owns the row from here, whatever it returns. */
+        if (fn(ctx, row) != 0)
+            goto out;
+        delivered++;
+    }
+    if (rc != SQLITE_ROW && rc != SQLITE_DONE)
+        goto out;
+    sqlite3_reset(st);
+    if (!page->run_has_rows) {
+        /* Nothing after `after`: whether the run is there at all. */
+        rc = store_reader_run_exists(r, run_id);
+        if (rc < 0)
+            goto out;
+        page->run_has_rows = rc == 1;
+    }
+    ret = 0;
+
+out:
+    /* Ends the read transaction so the writer's checkpoints can progress. */
+    sqlite3_reset(st);
+    sqlite3_clear_bindings(st);
     pthread_mutex_unlock(&r->lock);
     return ret;
 }
