@@ -5,7 +5,10 @@
  * Run "big" is laid into a fresh file straight through SQLite (--nodes rows,
  * n000000..., all running; the schema laid out by the service's own store),
  * and so is run "ctl" with --control-nodes, the same way; then nodestate is
- * started on the file with its defaults plus --server-arg. Then:
+ * started on the file with its defaults plus --server-arg, and a summary of
+ * each run (GET /runs/{run}) reads it whole into the cache, as if it had been
+ * written through the service (--cold skips that: the runs are then cached
+ * in part, and listings read their pages from SQLite). Then:
  *
  *   alone    --small-clients threads, each with its own keep-alive libcurl
  *            handle, write small runs: one POST {"status":"running"} per new
@@ -72,6 +75,7 @@ typedef struct br_opts {
     unsigned small_run_nodes;
     double duration;           /* seconds measured per phase */
     double warmup;             /* seconds before each measurement */
+    bool cold;                 /* no summaries first: the runs stay on disk */
     const char *dir;
     bool keep;
 } br_opts;
@@ -295,6 +299,7 @@ static void br_usage(FILE *out)
             "  --small-run-nodes N    nodes per small run, default 50\n"
             "  --duration S           seconds measured per phase, default 5\n"
             "  --warmup S             seconds before each measurement, default 1\n"
+            "  --cold                 do not read the runs into the cache first\n"
             "  --dir DIR              where the files go (TMPDIR or /tmp)\n"
             "  --keep                 keep the database file and service log\n");
 }
@@ -311,6 +316,7 @@ static int br_parse(br_opts *o, int argc, char **argv)
         {"--small-run-nodes", BENCH_OPT_UNSIGNED, &o->small_run_nodes, 1, 1000000, 0, 0},
         {"--duration", BENCH_OPT_NUMBER, &o->duration, 0, 0, 0.1, 3600},
         {"--warmup", BENCH_OPT_NUMBER, &o->warmup, 0, 0, 0, 600},
+        {"--cold", BENCH_OPT_FLAG, &o->cold, 0, 0, 0, 0},
         {"--dir", BENCH_OPT_STRING, &o->dir, 0, 0, 0, 0},
         {"--keep", BENCH_OPT_FLAG, &o->keep, 0, 0, 0, 0},
     };
@@ -409,6 +415,25 @@ int main(int argc, char **argv)
     snprintf(sh.base_url, sizeof sh.base_url, "http://%s", srv.addr);
     if ((c = bench_curl_new(body, NULL, BR_REQUEST_TIMEOUT_S)) == NULL)
         goto out;
+    for (int k = 0; k < 2 && !o.cold; k++) {
+        char url[256];
+        long code = 0;
+        snprintf(url, sizeof url, "%s/runs/%s", sh.base_url, k ? BR_CTL : BR_BIG);
+        t0 = bench_now_ns();
+        if (curl_easy_setopt(c, CURLOPT_URL, url) != CURLE_OK
+            || curl_easy_perform(c) != CURLE_OK
+            || curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &code) != CURLE_OK
+            || code != 200) {
+            fprintf(stderr, "bigrun_bench: GET %s: HTTP %ld\n", url, code);
+            goto out;
+        }
+        printf("GET %s (reads the run whole into the cache): %.0f ms\n", url,
+               (double)(bench_now_ns() - t0) / 1e6);
+    }
+    printf("cache: %" PRId64 " nodes, %" PRId64 " bytes\n",
+           bench_get_stat(c, body, sh.base_url, "cache_nodes"),
+           bench_get_stat(c, body, sh.base_url, "cache_bytes"));
+    fflush(stdout);
 
     n_cls = o.small_clients + o.big_clients;
     if ((cls = calloc(n_cls, sizeof *cls)) == NULL)
