@@ -230,7 +230,7 @@ void prom_render_with(buf *b, const ns_stats *s, int64_t now_ms,
     prom_gauge(b, "nodestate_cache_bytes", "Bytes the nodes held in the cache take.",
                (int64_t)atomic_load(&s->cache_bytes));
     prom_counter(b, "nodestate_cache_loads_total",
-                 "Read-throughs from SQLite into the cache that found rows (a run, or a node).",
+                 "Read-throughs from SQLite that found rows (a run, a node, or a page).",
                  atomic_load(&s->cache_loads));
     prom_counter(b, "nodestate_cache_evictions_total",
                  "Runs dropped from the cache to bound its size.",

@@ -417,8 +417,7 @@ engine_result engine_submit(engine *e, const char *run_id, const char *node_id,
     model_row_ref(row); /* the caller's */
     ns_op op = { .row = row, .run = run };
     enqueue(e, &op);
-    if (!cur)
-        evict(e, run);
+    evict(e, run); /* a new node, or a bigger row, may pass a bound */
     *out = row;
     res = ENGINE_ACCEPTED;
     goto done;

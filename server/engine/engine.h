@@ -10,8 +10,8 @@
  * with capped backoff without ever dropping an entry. Reads come from the
  * cache, which may hold a run whole or in part; what it lacks is read
  * through from SQLite on a separate read-only connection: one node for a
- * write or a node's GET, the whole run (merged with what is cached) for a
- * listing, a summary or a delete. Idle runs are evicted, least recently used
+ * write or a node's GET, one page of stored rows for a listing, the whole
+ * run for a summary or a delete, each merged with what is cached. Idle runs are evicted, least recently used
  * first, to keep the cache within cache_max_nodes and cache_max_bytes.
  *
  * All functions are thread-safe unless noted.

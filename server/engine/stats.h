@@ -52,7 +52,7 @@ typedef struct ns_stats {
     _Atomic uint64_t cache_nodes;        /* nodes held in the cache */
     _Atomic uint64_t cache_runs;         /* runs held in the cache */
     _Atomic uint64_t cache_bytes;        /* bytes the cached nodes take */
-    _Atomic uint64_t cache_loads;        /* read-throughs from SQLite that found rows: a run, or a node */
+    _Atomic uint64_t cache_loads;        /* read-throughs from SQLite that found rows: a run, a node, a page */
     _Atomic uint64_t cache_evictions;    /* runs dropped from the cache to bound it */
     _Atomic uint64_t rows_isolated;      /* rows SQLite refused for good, left out of their batch */
     _Atomic int64_t last_seq;            /* highest seq assigned */
