@@ -1105,3 +1105,163 @@ Test(engine, a_run_too_big_to_cache_whole_is_answered_from_a_copy)
     cr_assert_eq(engine_close(e), 0);
     cr_assert_eq(db_count("p"), 0);
 }
+
+/*
+ * Randomized, against a plain model: forced updates (any status) of random
+ * nodes of a few runs, run deletes, commits and restarts, with a cache bound
+ * that keeps runs coming and going (evicted, cached in part, cached whole),
+ * so reads meet every mix of cached and stored rows. Every listing (random
+ * status mask, cursor and limit), summary and GET must match the model.
+ */
+enum { RE_RUNS = 3, RE_NODES = 40, RE_OPS = 3000 };
+
+static uint64_t re_state = 0x2545f4914f6cdd1dull;
+
+static uint32_t re_rnd(uint32_t n)
+{
+    re_state ^= re_state >> 12;
+    re_state ^= re_state << 25;
+    re_state ^= re_state >> 27;
+    return (uint32_t)((re_state * 2685821657736338717ull) >> 33) % n;
+}
+
+typedef struct re_node {
+    bool present;
+    ns_status status;
+    int64_t seq;
+} re_node;
+
+static void re_id(char *id, size_t n, int k)
+{
+    snprintf(id, n, "n%d", k * 13 % RE_NODES);
+}
+
+static void re_check_run(engine *e, const char *run, const re_node *m)
+{
+    size_t nodes = 0;
+    size_t counts[NS_STATUS_COUNT] = { 0 };
+    for (int k = 0; k < RE_NODES; k++) {
+        if (m[k].present) {
+            nodes++;
+            counts[m[k].status]++;
+        }
+    }
+    engine_summary sum;
+    engine_page page;
+    unsigned mask = re_rnd(1u << NS_STATUS_COUNT);
+    size_t limit = 1 + re_rnd(12);
+    char after[16];
+    bool has_after = re_rnd(2);
+    re_id(after, sizeof after, (int)re_rnd(RE_NODES));
+    engine_result r = engine_list(e, run, mask, has_after ? after : NULL, limit, &page);
+    if (nodes == 0) {
+        cr_assert_eq(r, ENGINE_NOT_FOUND, "%s listed but the model has no nodes", run);
+        cr_assert_eq(engine_summarize(e, run, &sum), ENGINE_NOT_FOUND);
+        engine_page_free(&page);
+        return;
+    }
+    cr_assert_eq(r, ENGINE_ACCEPTED, "%s: %d", run, r);
+    /* The model's matching ids in order: ids are n0..n39, compared as strings. */
+    char ids[RE_NODES][16];
+    int order[RE_NODES], n = 0;
+    for (int k = 0; k < RE_NODES; k++) {
+        re_id(ids[k], sizeof ids[k], k);
+        if (m[k].present && (mask & (1u << m[k].status)) &&
+            (!has_after || strcmp(ids[k], after) > 0))
+            order[n++] = k;
+    }
+    for (int i = 1; i < n; i++)
+        for (int j = i; j > 0 && strcmp(ids[order[j - 1]], ids[order[j]]) > 0; j--) {
+            int t = order[j];
+            order[j] = order[j - 1];
+            order[j - 1] = t;
+        }
+    size_t want = (size_t)n < limit ? (size_t)n : limit;
+    cr_assert_eq(page.count, want, "%s mask %u after %s limit %zu: %zu rows, model %zu", run,
+                 mask, has_after ? after : "-", limit, page.count, want);
+    cr_assert_eq(page.more, (size_t)n > limit, "%s: more", run);
+    for (size_t i = 0; i < page.count; i++) {
+        const re_node *x = &m[order[i]];
+        cr_assert_str_eq(page.rows[i]->node_id, ids[order[i]]);
+        cr_assert_eq(page.rows[i]->status, x->status, "%s/%s", run, ids[order[i]]);
+        cr_assert_eq(page.rows[i]->seq, x->seq, "%s/%s", run, ids[order[i]]);
+    }
+    engine_page_free(&page);
+    if (re_rnd(3) == 0) {
+        cr_assert_eq(engine_summarize(e, run, &sum), ENGINE_ACCEPTED);
+        cr_assert_eq(sum.nodes, nodes, "%s: summary nodes", run);
+        for (int s = 0; s < NS_STATUS_COUNT; s++)
+            cr_assert_eq(sum.counts[s], counts[s], "%s: count of status %d", run, s);
+    }
+    int k = (int)re_rnd(RE_NODES);
+    char id[16];
+    re_id(id, sizeof id, k);
+    engine_result gr;
+    ns_row *g = engine_get(e, run, id, &gr);
+    if (m[k].present) {
+        cr_assert_not_null(g, "%s/%s not found", run, id);
+        cr_assert_eq(g->status, m[k].status);
+        cr_assert_eq(g->seq, m[k].seq);
+    } else {
+        cr_assert_null(g, "%s/%s found", run, id);
+        cr_assert_eq(gr, ENGINE_NOT_FOUND);
+    }
+    model_row_unref(g);
+}
+
+Test(engine, randomized_reads_match_a_model_through_evictions_and_restarts, .timeout = 240)
+{
+    engine_config c = config(1000, 60, 10000);
+    c.cache_max_nodes = 30; /* a run of up to 40: cached whole only when small enough */
+    engine *e = open_with(&c);
+    static re_node m[RE_RUNS][RE_NODES];
+    memset(m, 0, sizeof m);
+    char run[8], id[16];
+    uint64_t evictions = 0, loads = 0;
+    for (int op = 0; op < RE_OPS; op++) {
+        int r = (int)re_rnd(RE_RUNS);
+        snprintf(run, sizeof run, "r%d", r);
+        uint32_t what = re_rnd(1000);
+        if (what < 10) {
+            size_t deleted = 0;
+            int64_t seq;
+            size_t nodes = 0;
+            for (int k = 0; k < RE_NODES; k++)
+                nodes += m[r][k].present;
+            engine_result res = engine_delete_run(e, run, &deleted, &seq);
+            cr_assert_eq(res, nodes ? ENGINE_ACCEPTED : ENGINE_NOT_FOUND, "delete %s", run);
+            cr_assert_eq(deleted, nodes);
+            memset(m[r], 0, sizeof m[r]);
+        } else if (what < 60) {
+            /* Commit what is queued, so runs become idle and can be evicted. */
+            wait_durable(e, atomic_load(&engine_stats(e)->last_seq), true);
+        } else if (what < 63) {
+            evictions += atomic_load(&engine_stats(e)->cache_evictions);
+            loads += atomic_load(&engine_stats(e)->cache_loads);
+            cr_assert_eq(engine_close(e), 0);
+            e = open_with(&c);
+        } else if (what < 700) {
+            int k = (int)re_rnd(RE_NODES);
+            re_id(id, sizeof id, k);
+            ns_update u = upd((ns_status)re_rnd(NS_STATUS_COUNT), 0);
+            u.force = true;
+            ns_row *out = NULL;
+            engine_result res = engine_submit(e, run, id, &u, &out);
+            cr_assert(res == ENGINE_ACCEPTED || res == ENGINE_DUPLICATE, "%s/%s: %d", run, id,
+                      res);
+            m[r][k] = (re_node){ true, out->status, out->seq };
+            model_row_unref(out);
+        } else {
+            re_check_run(e, run, m[r]);
+        }
+    }
+    for (int r = 0; r < RE_RUNS; r++) {
+        snprintf(run, sizeof run, "r%d", r);
+        re_check_run(e, run, m[r]);
+    }
+    evictions += atomic_load(&engine_stats(e)->cache_evictions);
+    loads += atomic_load(&engine_stats(e)->cache_loads);
+    cr_assert_gt(evictions, 0, "the bound never evicted: the test covers less than it says");
+    cr_assert_gt(loads, 0);
+    cr_assert_eq(engine_close(e), 0);
+}
