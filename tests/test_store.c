@@ -1,6 +1,7 @@
 /*
  * Unit tests for store: schema and pragmas on open, the write/read round
- * trip, upsert and delete semantics, last_seq persistence, version refusal,
+ * trip (a whole run, one node by key, a page after a cursor with a status
+ * mask), upsert and delete semantics, last_seq persistence, version refusal,
  * migration of the original design's (version 0) table, all-or-nothing
  * batches when SQLite says no, isolation of a row SQLite refuses by itself,
  * and the spill sidecar with its replay.
