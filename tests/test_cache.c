@@ -758,7 +758,15 @@ Test(cache, randomized_against_a_model)
         if (!run)
             run = add_run(c, run_id);
         if (what < 9) {
-            cache_run_clear(c, run);
+            /* A delete empties the run, in place or handing its rows over. */
+            if (rnd(2)) {
+                cache_run_clear(c, run);
+            } else {
+                cache_run *gone = cache_run_take(c, run);
+                cr_assert_not_null(gone);
+                check_run(gone);
+                cache_run_free(gone);
+            }
             memset(m[r], 0, sizeof m[r]);
         } else if (what < 12) {
             /* Adopting a disk copy: only nodes the run does not hold yet come from it. */
@@ -803,5 +811,43 @@ Test(cache, randomized_against_a_model)
     }
     cr_assert_eq(cache_nodes(c), nodes);
     cr_assert_eq(cache_bytes(c), bytes);
+    cache_free(c);
+}
+
+Test(cache, take_empties_the_run_and_hands_its_rows_over)
+{
+    cache *c = new_cache();
+    cache_run *other = add_run(c, "o");
+    put(c, other, mk("o", "x", NS_IDLE, 1));
+    cache_run *run = add_run(c, "r");
+    char id[16];
+    for (int i = 0; i < 100; i++) {
+        snprintf(id, sizeof id, "n%03d", i);
+        put(c, run, mk("r", id, (ns_status)(i % NS_STATUS_COUNT), i + 2));
+    }
+    ns_row *kept = cache_node_get(run, "n042");
+    model_row_ref(kept);
+    size_t bytes = run->bytes;
+    cache_run *gone = cache_run_take(c, run);
+    cr_assert_not_null(gone);
+    check_run(run);
+    check_run(gone);
+    cr_assert_eq(run->nodes, 0);
+    cr_assert(run->complete, "an emptied run is known to have no nodes");
+    cr_assert_eq(cache_run_find(c, "r"), run, "the run itself stays");
+    cr_assert_null(cache_node_get(run, "n042"));
+    cr_assert_eq(gone->nodes, 100);
+    cr_assert_eq(gone->bytes, bytes);
+    cr_assert_eq(cache_node_get(gone, "n042"), kept);
+    cr_assert_eq(cache_nodes(c), 1);
+    cr_assert_eq(cache_bytes(c), other->bytes);
+    cr_assert_eq(cache_removals(c), 0, "taking is not a removal");
+    cache_run_free(gone);
+    cr_assert_eq(atomic_load(&kept->refs), 1, "freeing what was taken drops its rows");
+    model_row_unref(kept);
+    /* The run is usable again. */
+    put(c, run, mk("r", "n042", NS_RUNNING, 200));
+    check_run(run);
+    cr_assert_eq(cache_nodes(c), 2);
     cache_free(c);
 }

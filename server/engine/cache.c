@@ -255,6 +255,36 @@ void cache_run_clear(cache *c, cache_run *run)
     run->complete = true;
 }
 
+cache_run *cache_run_take(cache *c, cache_run *run)
+{
+    cache_run *old = cache_run_new(run->run_id);
+    if (!old) {
+        cache_run_clear(c, run);
+        return NULL;
+    }
+    /* old leaves with the full table and trees, run keeps old's empty table. */
+    cache_node **slots = old->slots;
+    size_t n_slots = old->n_slots;
+    old->slots = run->slots;
+    old->n_slots = run->n_slots;
+    run->slots = slots;
+    run->n_slots = n_slots;
+    memcpy(old->by_status, run->by_status, sizeof old->by_status);
+    memcpy(old->counts, run->counts, sizeof old->counts);
+    old->nodes = run->nodes;
+    old->bytes = run->bytes;
+    c->nodes -= run->nodes;
+    c->bytes -= run->bytes;
+    run->nodes = 0;
+    run->bytes = 0;
+    run->last_seq = 0;
+    run->updated_at = 0;
+    memset(run->counts, 0, sizeof run->counts);
+    memset(run->by_status, 0, sizeof run->by_status);
+    run->complete = true;
+    return old;
+}
+
 uint64_t cache_removals(const cache *c)
 {
     return c->removals;

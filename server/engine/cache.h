@@ -60,6 +60,13 @@ cache_run *cache_run_add(cache *c, const char *run_id);
 void cache_run_remove(cache *c, cache_run *run);
 /* Drops every node of a run, keeping the (now empty) run, which is complete: it has none. */
 void cache_run_clear(cache *c, cache_run *run);
+/*
+ * cache_run_clear that hands the rows over instead of dropping them: returns
+ * a detached run holding them, for the caller to free (cache_run_free)
+ * without the engine's lock, since freeing a big run takes a while. NULL
+ * when out of memory; run is cleared in place then.
+ */
+cache_run *cache_run_take(cache *c, cache_run *run);
 /* Incremented by every cache_run_remove. */
 uint64_t cache_removals(const cache *c);
 /*

@@ -439,7 +439,7 @@ engine_result engine_delete_run(engine *e, const char *run_id, size_t *deleted,
     char *id = strdup(run_id);
     if (!id)
         return ENGINE_ERROR;
-    cache_run *view = NULL;
+    cache_run *view = NULL, *gone = NULL;
     pthread_mutex_lock(&e->lock);
     /* Whole: the answer tells how many nodes went. */
     cache_run *run = run_get_whole(e, run_id, &res, &view);
@@ -461,7 +461,7 @@ engine_result engine_delete_run(engine *e, const char *run_id, size_t *deleted,
     }
     *deleted = nodes;
     /* The run stays cached, empty and pinned, until the delete commits: a read must not find the old rows on disk. */
-    cache_run_clear(e->cache, run);
+    gone = cache_run_take(e->cache, run);
     ns_op op = { .delete_run = id, .run = run };
     enqueue(e, &op);
     *seq = op.seq;
@@ -471,6 +471,8 @@ engine_result engine_delete_run(engine *e, const char *run_id, size_t *deleted,
 done:
     pthread_mutex_unlock(&e->lock);
     free(id);
+    /* The rows the run had, or its copy: freed without the lock, a big run takes a while. */
+    cache_run_free(gone);
     cache_run_free(view);
     return res;
 }
