@@ -1265,3 +1265,27 @@ Test(engine, randomized_reads_match_a_model_through_evictions_and_restarts, .tim
     cr_assert_gt(loads, 0);
     cr_assert_eq(engine_close(e), 0);
 }
+
+Test(engine, a_read_through_into_the_least_recent_run_still_keeps_the_bound)
+{
+    engine *e = partial_fixture();
+    cr_assert_eq(engine_close(e), 0);
+    engine_config c = config(1000, 60, 10000);
+    c.cache_max_nodes = 3;
+    e = open_with(&c);
+    ns_stats *st = engine_stats(e);
+    ns_row *g = get(e, "p", "n001"); /* p cached in part: 1 node */
+    model_row_unref(g);
+    accept(e, "q", "a", NS_RUNNING);
+    int64_t seq = 0;
+    cr_assert_eq(submit(e, "q", "b", NS_RUNNING, 0, &seq), ENGINE_ACCEPTED);
+    wait_durable(e, seq, true);
+    cr_assert_eq(atomic_load(&st->cache_nodes), 3, "p's node and q's two");
+    /* p is now the least recently used run; reading another of its nodes uses it again. */
+    g = get(e, "p", "n002");
+    model_row_unref(g);
+    cr_assert_leq(atomic_load(&st->cache_nodes), 3, "the bound gave way to the run being read");
+    g = get(e, "p", "n001");
+    model_row_unref(g);
+    cr_assert_eq(engine_close(e), 0);
+}

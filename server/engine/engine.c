@@ -225,6 +225,7 @@ static cache_run *run_get_whole(engine *e, const char *run_id, engine_result *re
             *res = ENGINE_ERROR;
             return NULL;
         }
+        cache_touch(e->cache, run); /* the most recent, so evict spares it alone */
         evict(e, run);
         return run;
     }
@@ -293,6 +294,7 @@ static cache_run *run_get_node(engine *e, const char *run_id, const char *node_i
             /* Nothing cached of it, nothing queued: the file is its truth. */
             run->complete = !run_has_rows;
         }
+        cache_touch(e->cache, run); /* the most recent, so evict spares it alone */
         if (row) {
             if (cache_node_put(e->cache, run, row) != 0) {
                 model_row_unref(row);
