@@ -757,6 +757,7 @@ void codec_stats(buf *b, const ns_stats *s, int64_t now_ms)
                "},\"updates_duplicate\":%" PRIu64
                ",\"cache_nodes\":%" PRIu64
                ",\"cache_runs\":%" PRIu64
+               ",\"cache_bytes\":%" PRIu64
                ",\"cache_loads\":%" PRIu64
                ",\"cache_evictions\":%" PRIu64
                ",\"rows_isolated\":%" PRIu64
@@ -766,6 +767,7 @@ void codec_stats(buf *b, const ns_stats *s, int64_t now_ms)
                atomic_load(&s->updates_duplicate),
                atomic_load(&s->cache_nodes),
                atomic_load(&s->cache_runs),
+               atomic_load(&s->cache_bytes),
                atomic_load(&s->cache_loads),
                atomic_load(&s->cache_evictions),
                atomic_load(&s->rows_isolated),

@@ -203,7 +203,7 @@ void prom_render_with(buf *b, const ns_stats *s, int64_t now_ms,
                  "Node rows upserted in committed transactions.",
                  atomic_load(&s->rows_written));
     prom_counter(b, "nodestate_runs_deleted_total",
-                 "Run deletions committed.",
+                 "Accepted run deletes committed, each counted.",
                  atomic_load(&s->runs_deleted));
     prom_counter(b, "nodestate_updates_duplicate_total",
                  "Updates that changed nothing and were answered 200.",
@@ -227,8 +227,10 @@ void prom_render_with(buf *b, const ns_stats *s, int64_t now_ms,
                (int64_t)atomic_load(&s->cache_nodes));
     prom_gauge(b, "nodestate_cache_runs", "Runs held in the cache.",
                (int64_t)atomic_load(&s->cache_runs));
+    prom_gauge(b, "nodestate_cache_bytes", "Bytes the nodes held in the cache take.",
+               (int64_t)atomic_load(&s->cache_bytes));
     prom_counter(b, "nodestate_cache_loads_total",
-                 "Runs read through from SQLite into the cache.",
+                 "Read-throughs from SQLite that found rows (a run, a node, or a page).",
                  atomic_load(&s->cache_loads));
     prom_counter(b, "nodestate_cache_evictions_total",
                  "Runs dropped from the cache to bound its size.",

@@ -1,6 +1,6 @@
 /*
  * bench_common: what the benchmark programs (engine_bench, durable_bench,
- * memory_bench) share, so each keeps only its own measurement:
+ * memory_bench, bigrun_bench) share, so each keeps only its own measurement:
  *
  *   - the command line: a table-driven parser for their --name VALUE options
  *     (--help and -h built in);

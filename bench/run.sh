@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Reproducible benchmarks: builds a Release tree, runs engine_bench (direct
 # SQLite vs the engine), durable_bench (?wait=true acks of the real binary vs
-# one commit per update on the same disk) and memory_bench (RSS per cached
-# node), then drives the real binary with wrk and checks what reached the
+# one commit per update on the same disk), memory_bench (RSS per cached
+# node) and bigrun_bench (clients writing small runs beside clients adding to
+# and listing a 100,000-node run), then drives the real binary with wrk and checks what reached the
 # database. Not part of the test suite.
 #
 # Everything is overridable from the environment:
@@ -22,7 +23,11 @@
 #   MEMORY_NODES         memory_bench --nodes (default 1000000)
 #   MEMORY_THREADS       memory_bench --threads (default 8)
 #   MEMORY_ARGS          more memory_bench arguments (e.g. "--runs 1000")
-#   SKIP_ENGINE=1 / SKIP_DURABLE=1 / SKIP_MEMORY=1 / SKIP_HTTP=1   skip a step
+#   BIGRUN_NODES         bigrun_bench --nodes (default 100000)
+#   BIGRUN_DURATION      bigrun_bench --duration seconds per phase (5)
+#   BIGRUN_ARGS          more bigrun_bench arguments (e.g. "--big-clients 4")
+#   SKIP_ENGINE=1 / SKIP_DURABLE=1 / SKIP_MEMORY=1 / SKIP_BIGRUN=1 / SKIP_HTTP=1
+#                        skip a step
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -51,7 +56,7 @@ need wrk wrk
 echo "== build (Release) in $build"
 cmake -S "$root" -B "$build" -DCMAKE_BUILD_TYPE=Release -DNODESTATE_TESTS=OFF >/dev/null
 cmake --build "$build" --target nodestate engine_bench durable_bench \
-    memory_bench -j "$(nproc)" >/dev/null
+    memory_bench bigrun_bench -j "$(nproc)" >/dev/null
 
 status=0
 
@@ -93,6 +98,18 @@ if [ "${SKIP_MEMORY:-0}" != 1 ]; then
     extra=(${MEMORY_ARGS:-})
     echo "\$ $build/bench/memory_bench ${args[*]} ${extra[*]}"
     "$build/bench/memory_bench" "${args[@]}" "${extra[@]}" || status=1
+fi
+
+if [ "${SKIP_BIGRUN:-0}" != 1 ]; then
+    echo
+    echo "== bigrun_bench"
+    args=(--server "$build/nodestate"
+          --nodes "${BIGRUN_NODES:-100000}"
+          --duration "${BIGRUN_DURATION:-5}")
+    # shellcheck disable=SC2206 # BIGRUN_ARGS is meant to be word-split
+    extra=(${BIGRUN_ARGS:-})
+    echo "\$ $build/bench/bigrun_bench ${args[*]} ${extra[*]}"
+    "$build/bench/bigrun_bench" "${args[@]}" "${extra[@]}" || status=1
 fi
 
 if [ "${SKIP_HTTP:-0}" = 1 ]; then

@@ -3,8 +3,11 @@
  * below what was written, whole idle runs are evicted; every evicted run reads
  * back whole and right from SQLite (each node, the listing with a status filter
  * and pagination, the summary), and the transition rules judge updates of an
- * evicted node against the state on disk. A database of 1,000,000 rows is
- * serving within seconds of the start without loading the table.
+ * evicted node against the state on disk. With --cache-max-bytes below what
+ * was written (nodes with large outputs), cache_bytes stays within the bound
+ * plus what queued writes pin, and within it once they are committed, while
+ * every node still reads back. A database of 1,000,000 rows is serving
+ * within seconds of the start without loading the table.
  */
 #include <criterion/criterion.h>
 #include <signal.h>
@@ -286,6 +289,135 @@ Test(cache, evicted_runs_read_back_whole_and_right)
         for (int j = 0; j < NODES; j++)
             json_decref(w->state[run][j]);
     free(w);
+}
+
+/* ---- the byte bound ---- */
+
+enum {
+    B_RUNS = 24,
+    B_NODES = 8,
+    B_BLOB = 16 * 1024,            /* bytes of outputs per node */
+    B_MAX_BYTES = 256 * 1024,      /* --cache-max-bytes: about two runs */
+    B_RUN_BYTES = B_NODES * (B_BLOB + 1024), /* more than a run's nodes take */
+};
+
+static char *blob_body(int run, int j, const char *status)
+{
+    static char blob[B_BLOB + 1];
+    memset(blob, 'a' + (run + j) % 26, B_BLOB);
+    blob[B_BLOB] = '\0';
+    json_t *body = json_pack("{s:s, s:{s:i, s:i, s:s}}", "status", status, "outputs", "run",
+                             run, "j", j, "blob", blob);
+    cr_assert_not_null(body);
+    char *text = json_dumps(body, JSON_COMPACT);
+    json_decref(body);
+    cr_assert_not_null(text);
+    return text;
+}
+
+static void check_blob_node(const json_t *n, int run, int j, const char *status)
+{
+    json_t *out = json_object_get(n, "outputs");
+    cr_assert_str_eq(ns_jstr(n, "status"), status);
+    cr_assert_eq(it_jint(out, "run"), run);
+    cr_assert_eq(it_jint(out, "j"), j);
+    const char *blob = ns_jstr(out, "blob");
+    cr_assert_not_null(blob);
+    cr_assert_eq(strlen(blob), B_BLOB);
+    cr_assert_eq(blob[0], 'a' + (run + j) % 26);
+}
+
+static bool bytes_bounded_pred(const json_t *st, void *ctx)
+{
+    (void)ctx;
+    long long bytes;
+    return ns_jint(st, "cache_bytes", &bytes) == 0 && bytes > 0 && bytes <= B_MAX_BYTES;
+}
+
+Test(cache, byte_bound_holds_and_every_node_reads_back)
+{
+    ns_server *s = ns_start("--cache-max-bytes %d --batch-interval 0.01", B_MAX_BYTES);
+    cr_assert_not_null(s, "the server did not start with --cache-max-bytes");
+    ns_resp r = { 0 };
+    long long peak = 0;
+    for (int run = 0; run < B_RUNS; run++) {
+        char run_id[16], node_id[16];
+        snprintf(run_id, sizeof run_id, "b%02d", run);
+        for (int j = 0; j < B_NODES; j++) {
+            snprintf(node_id, sizeof node_id, "n%d", j);
+            char *text = blob_body(run, j, "running");
+            cr_assert_eq(ns_post_state(s, run_id, node_id, NULL, text, &r), 0, "%s", r.error);
+            cr_assert_eq(r.status, 202, "POST %s/%s: %ld %s", run_id, node_id, r.status,
+                         r.body);
+            free(text);
+        }
+        /*
+         * Between our writes: over the bound by at most what queued writes
+         * pin, each pinning at most one run. The writer publishes
+         * durable_seq after it has released a batch and evicted what that
+         * allowed, so the seqs above the durable_seq read first are all
+         * that can pin what the cache_bytes read next counts (nothing else
+         * writes meanwhile).
+         */
+        json_t *st = ns_stats(s);
+        cr_assert_not_null(st);
+        long long pending = it_jint(st, "last_seq") - it_jint(st, "durable_seq");
+        json_decref(st);
+        st = ns_stats(s);
+        cr_assert_not_null(st);
+        long long bytes = it_jint(st, "cache_bytes");
+        json_decref(st);
+        long long pinned_runs = pending < run + 1 ? pending : run + 1;
+        cr_assert_leq(bytes, B_MAX_BYTES + pinned_runs * B_RUN_BYTES,
+                      "after run %d: cache_bytes %lld with %lld seqs not durable", run, bytes,
+                      pending);
+        if (bytes > peak)
+            peak = bytes;
+    }
+    cr_assert_eq(ns_wait_idle(s, 30.0), 0);
+    cr_assert_eq(ns_wait_stats(s, bytes_bounded_pred, NULL, 15.0), 0,
+                 "cache not within --cache-max-bytes once idle: cache_bytes %lld",
+                 ns_stat(s, "cache_bytes"));
+    cr_assert_gt(ns_stat(s, "cache_evictions"), 0);
+    cr_assert_leq(ns_stat(s, "cache_nodes"), 2 * B_NODES, "%lld nodes cached",
+                  ns_stat(s, "cache_nodes"));
+    cr_assert_eq(ns_db_int(s, "SELECT count(*) FROM run_node_state", NULL), B_RUNS * B_NODES);
+    fprintf(stderr, "it_cache: %d KiB written, cache_bytes peaked at %lld while writing, "
+            "%lld once idle\n", B_RUNS * B_NODES * B_BLOB / 1024, peak,
+            ns_stat(s, "cache_bytes"));
+
+    /* Every node reads back, and with nothing queued the bound holds after each read. */
+    for (int run = 0; run < B_RUNS; run++) {
+        for (int j = 0; j < B_NODES; j++) {
+            char path[96];
+            snprintf(path, sizeof path, "/runs/b%02d/nodes/n%d/state", run, j);
+            json_t *n = it_get_json(s, path, 200);
+            check_blob_node(n, run, j, "running");
+            json_decref(n);
+            long long bytes = ns_stat(s, "cache_bytes");
+            cr_assert_leq(bytes, B_MAX_BYTES, "after GET %s: cache_bytes %lld", path, bytes);
+        }
+        char path[64];
+        snprintf(path, sizeof path, "/runs/b%02d/nodes?limit=%d", run, B_NODES);
+        json_t *page = it_get_json(s, path, 200);
+        json_t *nodes = json_object_get(page, "nodes");
+        cr_assert_eq(json_array_size(nodes), B_NODES);
+        for (int j = 0; j < B_NODES; j++)
+            check_blob_node(json_array_get(nodes, (size_t)j), run, j, "running");
+        json_decref(page);
+        cr_assert_leq(ns_stat(s, "cache_bytes"), B_MAX_BYTES);
+    }
+    /* A write to an evicted run is judged by what is on disk and keeps the outputs. */
+    char *text = blob_body(0, 3, "completed");
+    cr_assert_eq(ns_post_state(s, "b00", "n3", "?wait=true", text, &r), 0);
+    free(text);
+    cr_assert_eq(r.status, 200, "%ld %s", r.status, r.body);
+    cr_assert_eq(ns_post_state(s, "b00", "n3", NULL, "{\"status\":\"running\"}", &r), 0);
+    char why[512];
+    cr_assert_eq(ns_check_problem(&r, 409, "illegal-transition", why, sizeof why), 0, "%s", why);
+    ns_resp_free(&r);
+    cr_assert_eq(ns_stop(s, SIGTERM), 0);
+    ns_free(s);
 }
 
 /* ---- the 1,000,000-row start ---- */

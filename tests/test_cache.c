@@ -2,7 +2,10 @@
  * Unit tests for cache: runs and nodes in, found, replaced (with per-status
  * counts and reference handling), both tables growing, removal by backward
  * shift keeping every other key reachable, clearing a run, and collecting a
- * run's rows in order with a status mask, a cursor, a limit and "more".
+ * run's rows in order with a status mask, a cursor, a limit and "more";
+ * the per-status trees staying ordered and balanced (also through randomized
+ * operations checked against a plain model), bytes accounting, and partial
+ * runs merged with a copy read from disk.
  */
 #include <criterion/criterion.h>
 
@@ -498,5 +501,353 @@ Test(cache, collect_sees_nodes_added_and_replaced_after_a_listing)
     cr_assert_str_eq(out[0]->node_id, "b");
     cr_assert(!more);
     release(out, n);
+    cache_free(c);
+}
+
+/* ---- the ordered trees, bytes, partial runs ---- */
+
+static void check_run(const cache_run *run)
+{
+    char why[256] = "";
+    cr_assert_eq(cache_run_check(run, why, sizeof why), 0, "run %s: %s", run->run_id, why);
+}
+
+Test(cache, trees_stay_ordered_and_balanced_through_sequential_inserts)
+{
+    cache *c = new_cache();
+    cache_run *run = add_run(c, "r");
+    char id[16];
+    /* Ascending keys are the worst case of an unbalanced tree. */
+    for (int i = 0; i < 20000; i++) {
+        snprintf(id, sizeof id, "n%06d", i);
+        put(c, run, mk("r", id, NS_RUNNING, i + 1));
+    }
+    check_run(run);
+    /* Every node moves to another status and so to another tree, descending. */
+    for (int i = 19999; i >= 0; i--) {
+        snprintf(id, sizeof id, "n%06d", i);
+        put(c, run, mk("r", id, i % 2 ? NS_COMPLETED : NS_FAILED, 20001 + i));
+    }
+    check_run(run);
+    cr_assert_eq(run->counts[NS_RUNNING], 0);
+    cr_assert_eq(run->counts[NS_COMPLETED], 10000);
+    ns_row *out[3];
+    bool more;
+    long n = cache_run_collect(run, 1u << NS_FAILED, "n010000", 3, out, &more);
+    cr_assert_eq(n, 3);
+    cr_assert_str_eq(out[0]->node_id, "n010002");
+    cr_assert_str_eq(out[2]->node_id, "n010006");
+    cr_assert(more);
+    release(out, n);
+    cache_free(c);
+}
+
+Test(cache, bytes_follow_every_row)
+{
+    cache *c = new_cache();
+    cr_assert_eq(cache_bytes(c), 0);
+    cache_run *run = add_run(c, "r");
+    ns_row *a = mk("r", "a", NS_RUNNING, 1);
+    size_t a_bytes = cache_row_bytes(a);
+    cr_assert_gt(a_bytes, sizeof(ns_row) + 4, "the row, its ids and the entry");
+    put(c, run, a);
+    cr_assert_eq(cache_bytes(c), a_bytes);
+    cr_assert_eq(run->bytes, a_bytes);
+
+    /* A bigger replacement counts its outputs and error, and only once. */
+    ns_row d;
+    memset(&d, 0, sizeof d);
+    d.run_id = "r";
+    d.node_id = "a";
+    d.status = NS_COMPLETED;
+    d.attempt = 1;
+    for (int i = 0; i < NS_TS_COUNT; i++)
+        d.ts[i] = NS_TS_NULL;
+    char big[5000];
+    memset(big, 'x', sizeof big - 1);
+    big[sizeof big - 1] = '\0';
+    d.outputs = big;
+    d.last_error = "boom";
+    ns_row *a2 = model_row_copy(&d);
+    cr_assert_not_null(a2);
+    size_t a2_bytes = cache_row_bytes(a2);
+    cr_assert_eq(a2_bytes, a_bytes + sizeof big + 5);
+    put(c, run, a2);
+    cr_assert_eq(cache_bytes(c), a2_bytes);
+    cache_run *other = add_run(c, "o");
+    ns_row *x = mk("o", "x", NS_IDLE, 2);
+    size_t x_bytes = cache_row_bytes(x);
+    put(c, other, x);
+    cr_assert_eq(cache_bytes(c), a2_bytes + x_bytes);
+    check_run(run);
+    cache_run_clear(c, run);
+    cr_assert_eq(cache_bytes(c), x_bytes);
+    cr_assert_eq(run->bytes, 0);
+    cache_run_remove(c, other);
+    cr_assert_eq(cache_bytes(c), 0);
+    cache_free(c);
+}
+
+Test(cache, runs_start_partial_and_clearing_completes_them)
+{
+    cache *c = new_cache();
+    cache_run *run = add_run(c, "r");
+    cr_assert_not(run->complete, "a new cached run holds only what is put in it");
+    put(c, run, mk("r", "a", NS_RUNNING, 1));
+    cache_run_clear(c, run);
+    cr_assert(run->complete, "an emptied run is known to have no nodes");
+    cache_free(c);
+}
+
+Test(cache, adopt_merges_with_cached_rows_winning)
+{
+    cache *c = new_cache();
+    cache_run *other = add_run(c, "o");
+    put(c, other, mk("o", "x", NS_IDLE, 1));
+    cache_run *run = add_run(c, "r");
+    /* Cached (newer than disk): b moved on to completed, z is new. */
+    ns_row *b_new = mk("r", "b", NS_COMPLETED, 50);
+    put(c, run, b_new);
+    put(c, run, mk("r", "z", NS_SCHEDULED, 51));
+    /* Loaded from disk: a, b (still running), c. */
+    cache_run *loaded = cache_run_new("r");
+    cr_assert_not_null(loaded);
+    cr_assert_eq(cache_node_put(NULL, loaded, mk("r", "a", NS_RUNNING, 10)), 0);
+    cr_assert_eq(cache_node_put(NULL, loaded, mk("r", "b", NS_RUNNING, 11)), 0);
+    cr_assert_eq(cache_node_put(NULL, loaded, mk("r", "c", NS_FAILED, 12)), 0);
+    check_run(loaded);
+    cr_assert_eq(cache_run_adopt(c, run, loaded), 0);
+    cr_assert(run->complete);
+    check_run(run);
+    cr_assert_eq(run->nodes, 4);
+    cr_assert_eq(cache_nodes(c), 5);
+    cr_assert_eq(cache_node_get(run, "b"), b_new, "the cached row wins");
+    cr_assert_eq(atomic_load(&b_new->refs), 1, "one reference, the cache's");
+    cr_assert_eq(run->counts[NS_RUNNING], 1);
+    cr_assert_eq(run->counts[NS_COMPLETED], 1);
+    cr_assert_eq(run->last_seq, 51);
+    size_t bytes = cache_row_bytes(cache_node_get(other, "x"));
+    ns_row *out[8];
+    bool more;
+    long n = cache_run_collect(run, ALL_STATUSES, NULL, 8, out, &more);
+    cr_assert_eq(n, 4);
+    static const char *const want[] = { "a", "b", "c", "z" };
+    for (long i = 0; i < n; i++) {
+        cr_assert_str_eq(out[i]->node_id, want[i]);
+        bytes += cache_row_bytes(out[i]);
+    }
+    release(out, n);
+    cr_assert_eq(cache_bytes(c), bytes);
+    /* Still usable as an ordinary run afterwards. */
+    put(c, run, mk("r", "b", NS_COMPLETED, 60));
+    put(c, run, mk("r", "bb", NS_RUNNING, 61));
+    check_run(run);
+    cache_free(c);
+}
+
+/*
+ * Randomized: runs of a small node universe under random puts (new nodes,
+ * replacements with and without a status change), clears, removals (as a
+ * delete or an eviction does), evictions of the least recently used run and
+ * adoptions of "disk" copies, each checked against a plain model: every
+ * structure check passes, and every listing (random mask, cursor and limit)
+ * matches the model sorted by node_id.
+ */
+enum { RND_RUNS = 4, RND_NODES = 300, RND_OPS = 40000 };
+
+typedef struct model_node {
+    bool present;
+    ns_status status;
+    int64_t seq;
+} model_node;
+
+static uint64_t rnd_state = 0x9e3779b97f4a7c15ull;
+
+static uint32_t rnd(uint32_t n)
+{
+    /* xorshift64*: reproducible, so a failure names the same sequence again. */
+    rnd_state ^= rnd_state >> 12;
+    rnd_state ^= rnd_state << 25;
+    rnd_state ^= rnd_state >> 27;
+    return (uint32_t)((rnd_state * 2685821657736338717ull) >> 33) % n;
+}
+
+static void rnd_node_id(char *id, size_t n, int k)
+{
+    /* Varying lengths, so order is not the numbers' order. */
+    snprintf(id, n, "n%d", k * 7919 % 1000);
+}
+
+static void check_against_model(cache_run *run, const model_node *m)
+{
+    check_run(run);
+    /* The model's node ids, sorted. */
+    char ids[RND_NODES][16];
+    int order[RND_NODES], n_order = 0;
+    for (int k = 0; k < RND_NODES; k++) {
+        rnd_node_id(ids[k], sizeof ids[k], k);
+        if (m[k].present)
+            order[n_order++] = k;
+    }
+    for (int i = 1; i < n_order; i++)
+        for (int j = i; j > 0 && strcmp(ids[order[j - 1]], ids[order[j]]) > 0; j--) {
+            int t = order[j];
+            order[j] = order[j - 1];
+            order[j - 1] = t;
+        }
+    cr_assert_eq(run->nodes, (size_t)n_order);
+    unsigned mask = rnd(1u << NS_STATUS_COUNT);
+    size_t limit = 1 + rnd(40);
+    const char *after = NULL;
+    char cursor[16];
+    if (rnd(2)) {
+        rnd_node_id(cursor, sizeof cursor, (int)rnd(RND_NODES));
+        after = cursor;
+    }
+    ns_row *out[40];
+    bool more;
+    long got = cache_run_collect(run, mask, after, limit, out, &more);
+    size_t want = 0;
+    bool want_more = false;
+    for (int i = 0; i < n_order; i++) {
+        int k = order[i];
+        if (!(mask & (1u << m[k].status)) || (after && strcmp(ids[k], after) <= 0))
+            continue;
+        if (want == limit) {
+            want_more = true;
+            break;
+        }
+        cr_assert_lt(want, (size_t)got, "listing of %s ends early at %zu", run->run_id, want);
+        cr_assert_str_eq(out[want]->node_id, ids[k]);
+        cr_assert_eq(out[want]->status, m[k].status);
+        cr_assert_eq(out[want]->seq, m[k].seq);
+        want++;
+    }
+    cr_assert_eq((size_t)got, want, "listing of %s: %ld rows, the model has %zu", run->run_id,
+                 got, want);
+    cr_assert_eq(more, want_more);
+    release(out, got);
+}
+
+Test(cache, randomized_against_a_model)
+{
+    cache *c = new_cache();
+    static model_node m[RND_RUNS][RND_NODES];
+    memset(m, 0, sizeof m);
+    char run_id[8], id[16];
+    int64_t seq = 0;
+    for (int op = 0; op < RND_OPS; op++) {
+        int r = (int)rnd(RND_RUNS);
+        snprintf(run_id, sizeof run_id, "r%d", r);
+        cache_run *run = cache_run_find(c, run_id);
+        uint32_t what = rnd(1000);
+        if (what < 3 && run) {
+            /* A removal: a delete committed, or an eviction; its nodes go with it. */
+            cache_run_remove(c, run);
+            memset(m[r], 0, sizeof m[r]);
+            continue;
+        }
+        if (what < 6) {
+            cache_run *lru = cache_lru_first(c);
+            if (lru) {
+                memset(m[lru->run_id[1] - '0'], 0, sizeof m[0]);
+                cache_run_remove(c, lru);
+            }
+            continue;
+        }
+        if (!run)
+            run = add_run(c, run_id);
+        if (what < 9) {
+            /* A delete empties the run, in place or handing its rows over. */
+            if (rnd(2)) {
+                cache_run_clear(c, run);
+            } else {
+                cache_run *gone = cache_run_take(c, run);
+                cr_assert_not_null(gone);
+                check_run(gone);
+                cache_run_free(gone);
+            }
+            memset(m[r], 0, sizeof m[r]);
+        } else if (what < 12) {
+            /* Adopting a disk copy: only nodes the run does not hold yet come from it. */
+            cache_run *loaded = cache_run_new(run_id);
+            cr_assert_not_null(loaded);
+            for (int k = 0; k < RND_NODES; k++) {
+                if (rnd(4))
+                    continue;
+                rnd_node_id(id, sizeof id, k);
+                ns_status s = (ns_status)rnd(NS_STATUS_COUNT);
+                cr_assert_eq(cache_node_put(NULL, loaded, mk(run_id, id, s, ++seq)), 0);
+                if (!m[r][k].present)
+                    m[r][k] = (model_node){ true, s, seq };
+            }
+            cr_assert_eq(cache_run_adopt(c, run, loaded), 0);
+            cr_assert(run->complete);
+        } else {
+            int k = (int)rnd(RND_NODES);
+            rnd_node_id(id, sizeof id, k);
+            ns_status s = (ns_status)rnd(NS_STATUS_COUNT);
+            put(c, run, mk(run_id, id, s, ++seq));
+            m[r][k] = (model_node){ true, s, seq };
+            if (rnd(3) == 0)
+                cache_touch(c, run);
+        }
+        if (op % 97 == 0 || what < 12)
+            check_against_model(run, m[r]);
+    }
+    /* Every run, and the cache's totals, at the end. */
+    size_t nodes = 0, bytes = 0;
+    for (int r = 0; r < RND_RUNS; r++) {
+        snprintf(run_id, sizeof run_id, "r%d", r);
+        cache_run *run = cache_run_find(c, run_id);
+        if (!run) {
+            for (int k = 0; k < RND_NODES; k++)
+                cr_assert_not(m[r][k].present, "%s gone but the model has nodes", run_id);
+            continue;
+        }
+        check_against_model(run, m[r]);
+        nodes += run->nodes;
+        bytes += run->bytes;
+    }
+    cr_assert_eq(cache_nodes(c), nodes);
+    cr_assert_eq(cache_bytes(c), bytes);
+    cache_free(c);
+}
+
+Test(cache, take_empties_the_run_and_hands_its_rows_over)
+{
+    cache *c = new_cache();
+    cache_run *other = add_run(c, "o");
+    put(c, other, mk("o", "x", NS_IDLE, 1));
+    cache_run *run = add_run(c, "r");
+    char id[16];
+    for (int i = 0; i < 100; i++) {
+        snprintf(id, sizeof id, "n%03d", i);
+        put(c, run, mk("r", id, (ns_status)(i % NS_STATUS_COUNT), i + 2));
+    }
+    ns_row *kept = cache_node_get(run, "n042");
+    model_row_ref(kept);
+    size_t bytes = run->bytes;
+    cache_run *gone = cache_run_take(c, run);
+    cr_assert_not_null(gone);
+    check_run(run);
+    check_run(gone);
+    cr_assert_eq(run->nodes, 0);
+    cr_assert(run->complete, "an emptied run is known to have no nodes");
+    cr_assert_eq(cache_run_find(c, "r"), run, "the run itself stays");
+    cr_assert_null(cache_node_get(run, "n042"));
+    cr_assert_eq(gone->nodes, 100);
+    cr_assert_eq(gone->bytes, bytes);
+    cr_assert_eq(cache_node_get(gone, "n042"), kept);
+    cr_assert_eq(cache_nodes(c), 1);
+    cr_assert_eq(cache_bytes(c), other->bytes);
+    cr_assert_eq(cache_removals(c), 0, "taking is not a removal");
+    cache_run_free(gone);
+    cr_assert_eq(atomic_load(&kept->refs), 1, "freeing what was taken drops its rows");
+    model_row_unref(kept);
+    /* The run is usable again. */
+    put(c, run, mk("r", "n042", NS_RUNNING, 200));
+    check_run(run);
+    cr_assert_eq(cache_nodes(c), 2);
     cache_free(c);
 }

@@ -936,6 +936,7 @@ Test(encode, stats)
     atomic_store(&s.updates_duplicate, 9);
     atomic_store(&s.cache_nodes, 100);
     atomic_store(&s.cache_runs, 4);
+    atomic_store(&s.cache_bytes, 123456);
     atomic_store(&s.cache_loads, 2);
     atomic_store(&s.cache_evictions, 13);
     atomic_store(&s.rows_isolated, 14);
@@ -960,7 +961,7 @@ Test(encode, stats)
         "updates_queued", "updates_processed", "batches_written", "errors",
         "queue_depth", "queue_capacity", "updates_coalesced", "rows_written",
         "runs_deleted", "updates_rejected", "updates_duplicate", "cache_nodes",
-        "cache_runs", "cache_loads", "cache_evictions", "rows_isolated",
+        "cache_runs", "cache_bytes", "cache_loads", "cache_evictions", "rows_isolated",
         "last_seq", "durable_seq", "uptime_seconds",
         "commit_seconds", "batch_updates", "enqueue_to_commit_seconds",
         "http_responses",
@@ -984,6 +985,7 @@ Test(encode, stats)
     cr_assert_eq(int_of(j, "updates_duplicate"), 9);
     cr_assert_eq(int_of(j, "cache_nodes"), 100);
     cr_assert_eq(int_of(j, "cache_runs"), 4);
+    cr_assert_eq(int_of(j, "cache_bytes"), 123456);
     cr_assert_eq(int_of(j, "cache_loads"), 2);
     cr_assert_eq(int_of(j, "cache_evictions"), 13);
     cr_assert_eq(int_of(j, "rows_isolated"), 14);

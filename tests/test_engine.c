@@ -827,3 +827,465 @@ Test(engine, drain_makes_unready_but_writes_work)
     cr_assert_eq(engine_close(e), 0);
     cr_assert_eq(db_count("r"), 1);
 }
+
+/* ---- counting deletes ---- */
+
+Test(engine, runs_deleted_counts_two_deletes_of_one_run_in_one_batch)
+{
+    engine *e = open_lazy();
+    ns_stats *st = engine_stats(e);
+    size_t deleted = 0;
+    int64_t seq = 0;
+    accept(e, "r", "a", NS_RUNNING);
+    accept(e, "r", "b", NS_RUNNING);
+    cr_assert_eq(engine_delete_run(e, "r", &deleted, &seq), ENGINE_ACCEPTED);
+    cr_assert_eq(deleted, 2);
+    /* The run has a node again, so a second delete is accepted too (and answered so). */
+    accept(e, "r", "c", NS_SCHEDULED);
+    cr_assert_eq(engine_delete_run(e, "r", &deleted, &seq), ENGINE_ACCEPTED);
+    cr_assert_eq(deleted, 1);
+    accept(e, "other", "x", NS_RUNNING);
+    cr_assert_eq(engine_delete_run(e, "other", &deleted, &seq), ENGINE_ACCEPTED);
+    wait_durable(e, seq, true);
+    wait_counter(&st->updates_processed, 7);
+    cr_assert_eq(atomic_load(&st->batches_written), 1, "the deletes met in one batch");
+    cr_assert_eq(atomic_load(&st->runs_deleted), 3,
+                 "every accepted delete of an existing run counts, merged ones too");
+    cr_assert_eq(engine_close(e), 0);
+    cr_assert_eq(db_count("r"), 0);
+}
+
+/* ---- partially cached runs ---- */
+
+enum { PARTIAL_NODES = 100 };
+
+/* Run "p" on disk with n000..n099: completed for multiples of 10, else running; then reopened. */
+static engine *partial_fixture(void)
+{
+    engine *e = open_lazy();
+    char node[16];
+    for (int i = 0; i < PARTIAL_NODES; i++) {
+        snprintf(node, sizeof node, "n%03d", i);
+        accept(e, "p", node, i % 10 ? NS_RUNNING : NS_COMPLETED);
+    }
+    accept(e, "q", "only", NS_IDLE);
+    cr_assert_eq(engine_close(e), 0);
+    e = open_lazy();
+    cr_assert_eq(atomic_load(&engine_stats(e)->cache_nodes), 0);
+    return e;
+}
+
+Test(engine, get_of_an_uncached_run_reads_one_node)
+{
+    engine *e = partial_fixture();
+    ns_stats *st = engine_stats(e);
+    ns_row *g = get(e, "p", "n050");
+    cr_assert_eq(g->status, NS_COMPLETED);
+    cr_assert_eq(g->seq, 51);
+    model_row_unref(g);
+    cr_assert_eq(atomic_load(&st->cache_nodes), 1, "the whole run was read for one node");
+    cr_assert_eq(atomic_load(&st->cache_loads), 1);
+    /* A node the run does not have, of a run partly cached: still read from disk, not found. */
+    get_none(e, "p", "zzz");
+    get_none(e, "missing", "a");
+    cr_assert_eq(atomic_load(&st->cache_nodes), 1);
+    cr_assert_eq(atomic_load(&st->cache_runs), 1, "a run that is not on disk got cached");
+    /* A second node comes alone too. */
+    g = get(e, "p", "n051");
+    cr_assert_eq(g->status, NS_RUNNING);
+    model_row_unref(g);
+    cr_assert_eq(atomic_load(&st->cache_nodes), 2);
+    cr_assert_eq(engine_close(e), 0);
+}
+
+Test(engine, writes_to_an_uncached_run_read_one_node_and_listings_merge)
+{
+    engine *e = partial_fixture();
+    ns_stats *st = engine_stats(e);
+    /* The rules judge by the stored row, read alone. */
+    cr_assert_eq(submit(e, "p", "n020", NS_RUNNING, 0, NULL), ENGINE_ILLEGAL);
+    cr_assert_eq(submit(e, "p", "n021", NS_SCHEDULED, 0, NULL), ENGINE_ILLEGAL);
+    /* Queued, not written (the writer waits a minute): cached rows newer than the file. */
+    int64_t s1 = 0, s2 = 0;
+    cr_assert_eq(submit(e, "p", "n021", NS_COMPLETED, 0, &s1), ENGINE_ACCEPTED);
+    cr_assert_eq(submit(e, "p", "new", NS_FAILED, 0, &s2), ENGINE_ACCEPTED);
+    cr_assert_eq(atomic_load(&st->cache_nodes), 3, "n020, n021 and new");
+    cr_assert_lt(engine_durable_seq(e), s1);
+
+    /* A listing reads a page of the stored rows and merges: the cached rows win. */
+    unsigned done = 1u << NS_COMPLETED;
+    engine_page page;
+    cr_assert_eq(engine_list(e, "p", done, "n015", 3, &page), ENGINE_ACCEPTED);
+    cr_assert_eq(page.count, 3);
+    cr_assert_str_eq(page.rows[0]->node_id, "n020");
+    cr_assert_str_eq(page.rows[1]->node_id, "n021");
+    cr_assert_eq(page.rows[1]->seq, s1);
+    cr_assert_str_eq(page.rows[2]->node_id, "n030");
+    cr_assert(page.more);
+    engine_page_free(&page);
+    cr_assert_eq(atomic_load(&st->cache_nodes), 3, "a listing cached the run it read");
+    /* Paging on through every node, in pages of 7: each node once, in order, merged. */
+    char cursor[16] = "";
+    size_t seen = 0, completed = 0;
+    for (int pages = 0; pages < 100; pages++) {
+        cr_assert_eq(engine_list(e, "p", ALL, cursor[0] ? cursor : NULL, 7, &page),
+                     ENGINE_ACCEPTED);
+        for (size_t i = 0; i < page.count; i++) {
+            if (seen > 0 || i > 0)
+                cr_assert_gt(strcmp(page.rows[i]->node_id, cursor), 0, "out of order");
+            snprintf(cursor, sizeof cursor, "%s", page.rows[i]->node_id);
+            completed += page.rows[i]->status == NS_COMPLETED;
+            if (strcmp(cursor, "n021") == 0)
+                cr_assert_eq(page.rows[i]->seq, s1, "the stored n021 shown, not the cached");
+        }
+        seen += page.count;
+        bool more = page.more;
+        engine_page_free(&page);
+        if (!more)
+            break;
+    }
+    cr_assert_eq(seen, PARTIAL_NODES + 1);
+    cr_assert_eq(completed, 11);
+    /* A summary reads it whole and caches it (it fits). */
+    engine_summary sum;
+    cr_assert_eq(engine_summarize(e, "p", &sum), ENGINE_ACCEPTED);
+    cr_assert_eq(atomic_load(&st->cache_nodes), PARTIAL_NODES + 1);
+    cr_assert_eq(sum.nodes, PARTIAL_NODES + 1);
+    cr_assert_eq(sum.counts[NS_COMPLETED], 11);
+    cr_assert_eq(sum.counts[NS_RUNNING], 89);
+    cr_assert_eq(sum.counts[NS_FAILED], 1);
+    cr_assert_eq(sum.last_seq, s2);
+    cr_assert_eq(engine_list(e, "p", 1u << NS_FAILED, NULL, 10, &page), ENGINE_ACCEPTED);
+    cr_assert_eq(page.count, 1);
+    cr_assert_str_eq(page.rows[0]->node_id, "new");
+    engine_page_free(&page);
+
+    /* A new run: one read tells it has no rows, and then it needs none. */
+    uint64_t loads = atomic_load(&st->cache_loads);
+    accept(e, "fresh", "a", NS_RUNNING);
+    accept(e, "fresh", "b", NS_RUNNING);
+    cr_assert_eq(engine_list(e, "fresh", ALL, NULL, 10, &page), ENGINE_ACCEPTED);
+    cr_assert_eq(page.count, 2);
+    engine_page_free(&page);
+    cr_assert_eq(atomic_load(&st->cache_loads), loads);
+    cr_assert_eq(engine_close(e), 0);
+
+    e = open_lazy();
+    ns_row *g = get(e, "p", "n021");
+    cr_assert_eq(g->status, NS_COMPLETED);
+    model_row_unref(g);
+    cr_assert_eq(engine_close(e), 0);
+    cr_assert_eq(db_count("p"), PARTIAL_NODES + 1);
+}
+
+Test(engine, delete_of_a_partial_run_counts_every_node)
+{
+    engine *e = partial_fixture();
+    ns_row *g = get(e, "p", "n007");
+    model_row_unref(g);
+    size_t deleted = 0;
+    int64_t seq = 0;
+    cr_assert_eq(engine_delete_run(e, "p", &deleted, &seq), ENGINE_ACCEPTED);
+    cr_assert_eq(deleted, PARTIAL_NODES);
+    get_none(e, "p", "n008");
+    engine_page page;
+    cr_assert_eq(engine_list(e, "p", ALL, NULL, 10, &page), ENGINE_NOT_FOUND);
+    engine_page_free(&page);
+    cr_assert_eq(engine_close(e), 0);
+    cr_assert_eq(db_count("p"), 0);
+}
+
+Test(engine, byte_bound_evicts_idle_runs)
+{
+    enum { RUNS = 8, NODES = 10, OUT = 4000 };
+    engine_config c = config(1000, 60, 10000);
+    c.cache_max_bytes = 3 * NODES * (OUT + 512); /* about three runs */
+    engine *e = open_with(&c);
+    ns_stats *st = engine_stats(e);
+    char *outputs = malloc(OUT + 3);
+    cr_assert_not_null(outputs);
+    outputs[0] = '"';
+    memset(outputs + 1, 'o', OUT);
+    outputs[OUT + 1] = '"';
+    outputs[OUT + 2] = '\0';
+    char run[16], node[16];
+    int64_t seq = 0;
+    for (int r = 0; r < RUNS; r++) {
+        snprintf(run, sizeof run, "r%d", r);
+        for (int n = 0; n < NODES; n++) {
+            snprintf(node, sizeof node, "n%d", n);
+            ns_update u = upd(NS_RUNNING, 0);
+            u.outputs = (ns_text){ true, outputs };
+            ns_row *out = NULL;
+            cr_assert_eq(engine_submit(e, run, node, &u, &out), ENGINE_ACCEPTED);
+            seq = out->seq;
+            model_row_unref(out);
+        }
+    }
+    /* Pinned by the queue, nothing may go yet. */
+    cr_assert_gt(atomic_load(&st->cache_bytes), c.cache_max_bytes);
+    cr_assert_eq(atomic_load(&st->cache_evictions), 0);
+    wait_durable(e, seq, true);
+    cr_assert_leq(atomic_load(&st->cache_bytes), c.cache_max_bytes);
+    cr_assert_geq(atomic_load(&st->cache_evictions), RUNS - 3);
+    for (int r = 0; r < RUNS; r++) {
+        snprintf(run, sizeof run, "r%d", r);
+        engine_summary s;
+        cr_assert_eq(engine_summarize(e, run, &s), ENGINE_ACCEPTED);
+        cr_assert_eq(s.nodes, NODES);
+        ns_row *g = get(e, run, "n3");
+        cr_assert_str_eq(g->outputs, outputs);
+        model_row_unref(g);
+        cr_assert_leq(atomic_load(&st->cache_bytes), c.cache_max_bytes);
+    }
+    free(outputs);
+    cr_assert_eq(engine_close(e), 0);
+}
+
+Test(engine, listing_a_partial_run_reads_on_past_stored_rows_that_cached_ones_replace)
+{
+    engine *e = partial_fixture();
+    char node[16];
+    /* n001..n039 leave "running" in the cache only (queued, not written). */
+    for (int i = 1; i < 40; i++) {
+        if (i % 10 == 0)
+            continue;
+        snprintf(node, sizeof node, "n%03d", i);
+        accept(e, "p", node, NS_COMPLETED);
+    }
+    engine_page page;
+    unsigned running = 1u << NS_RUNNING;
+    /* The first stored running rows are all replaced by cached completed ones. */
+    cr_assert_eq(engine_list(e, "p", running, NULL, 5, &page), ENGINE_ACCEPTED);
+    cr_assert_eq(page.count, 5);
+    static const char *const want[] = { "n041", "n042", "n043", "n044", "n045" };
+    for (size_t i = 0; i < page.count; i++)
+        cr_assert_str_eq(page.rows[i]->node_id, want[i]);
+    cr_assert(page.more);
+    engine_page_free(&page);
+    cr_assert_eq(engine_list(e, "p", 1u << NS_COMPLETED, "n005", 4, &page), ENGINE_ACCEPTED);
+    static const char *const done[] = { "n006", "n007", "n008", "n009" };
+    cr_assert_eq(page.count, 4);
+    for (size_t i = 0; i < page.count; i++)
+        cr_assert_str_eq(page.rows[i]->node_id, done[i]);
+    cr_assert(page.more);
+    engine_page_free(&page);
+    /* The last page: exactly what is left, and no more. */
+    cr_assert_eq(engine_list(e, "p", running, "n097", 5, &page), ENGINE_ACCEPTED);
+    cr_assert_eq(page.count, 2);
+    cr_assert_not(page.more);
+    engine_page_free(&page);
+    cr_assert_eq(engine_list(e, "p", ALL, "zzz", 5, &page), ENGINE_ACCEPTED,
+                 "found, though nothing is after the cursor");
+    cr_assert_eq(page.count, 0);
+    engine_page_free(&page);
+    cr_assert_eq(engine_close(e), 0);
+}
+
+Test(engine, a_run_too_big_to_cache_whole_is_answered_from_a_copy)
+{
+    engine *e = partial_fixture();
+    cr_assert_eq(engine_close(e), 0);
+    engine_config c = config(1000, 60, 10000);
+    c.cache_max_nodes = 50; /* p has 100 */
+    e = open_with(&c);
+    ns_stats *st = engine_stats(e);
+    accept(e, "p", "n001", NS_COMPLETED);
+    engine_summary sum;
+    cr_assert_eq(engine_summarize(e, "p", &sum), ENGINE_ACCEPTED);
+    cr_assert_eq(sum.nodes, PARTIAL_NODES);
+    cr_assert_eq(sum.counts[NS_COMPLETED], 11, "the cached n001 counted over the stored one");
+    cr_assert_leq(atomic_load(&st->cache_nodes), 50, "the whole run got cached");
+    size_t deleted = 0;
+    int64_t seq = 0;
+    cr_assert_eq(engine_delete_run(e, "p", &deleted, &seq), ENGINE_ACCEPTED);
+    cr_assert_eq(deleted, PARTIAL_NODES);
+    get_none(e, "p", "n002");
+    cr_assert_eq(engine_summarize(e, "p", &sum), ENGINE_NOT_FOUND);
+    cr_assert_eq(engine_close(e), 0);
+    cr_assert_eq(db_count("p"), 0);
+}
+
+/*
+ * Randomized, against a plain model: forced updates (any status) of random
+ * nodes of a few runs, run deletes, commits and restarts, with a cache bound
+ * that keeps runs coming and going (evicted, cached in part, cached whole),
+ * so reads meet every mix of cached and stored rows. Every listing (random
+ * status mask, cursor and limit), summary and GET must match the model.
+ */
+enum { RE_RUNS = 3, RE_NODES = 40, RE_OPS = 3000 };
+
+static uint64_t re_state = 0x2545f4914f6cdd1dull;
+
+static uint32_t re_rnd(uint32_t n)
+{
+    re_state ^= re_state >> 12;
+    re_state ^= re_state << 25;
+    re_state ^= re_state >> 27;
+    return (uint32_t)((re_state * 2685821657736338717ull) >> 33) % n;
+}
+
+typedef struct re_node {
+    bool present;
+    ns_status status;
+    int64_t seq;
+} re_node;
+
+static void re_id(char *id, size_t n, int k)
+{
+    snprintf(id, n, "n%d", k * 13 % RE_NODES);
+}
+
+static void re_check_run(engine *e, const char *run, const re_node *m)
+{
+    size_t nodes = 0;
+    size_t counts[NS_STATUS_COUNT] = { 0 };
+    for (int k = 0; k < RE_NODES; k++) {
+        if (m[k].present) {
+            nodes++;
+            counts[m[k].status]++;
+        }
+    }
+    engine_summary sum;
+    engine_page page;
+    unsigned mask = re_rnd(1u << NS_STATUS_COUNT);
+    size_t limit = 1 + re_rnd(12);
+    char after[16];
+    bool has_after = re_rnd(2);
+    re_id(after, sizeof after, (int)re_rnd(RE_NODES));
+    engine_result r = engine_list(e, run, mask, has_after ? after : NULL, limit, &page);
+    if (nodes == 0) {
+        cr_assert_eq(r, ENGINE_NOT_FOUND, "%s listed but the model has no nodes", run);
+        cr_assert_eq(engine_summarize(e, run, &sum), ENGINE_NOT_FOUND);
+        engine_page_free(&page);
+        return;
+    }
+    cr_assert_eq(r, ENGINE_ACCEPTED, "%s: %d", run, r);
+    /* The model's matching ids in order: ids are n0..n39, compared as strings. */
+    char ids[RE_NODES][16];
+    int order[RE_NODES], n = 0;
+    for (int k = 0; k < RE_NODES; k++) {
+        re_id(ids[k], sizeof ids[k], k);
+        if (m[k].present && (mask & (1u << m[k].status)) &&
+            (!has_after || strcmp(ids[k], after) > 0))
+            order[n++] = k;
+    }
+    for (int i = 1; i < n; i++)
+        for (int j = i; j > 0 && strcmp(ids[order[j - 1]], ids[order[j]]) > 0; j--) {
+            int t = order[j];
+            order[j] = order[j - 1];
+            order[j - 1] = t;
+        }
+    size_t want = (size_t)n < limit ? (size_t)n : limit;
+    cr_assert_eq(page.count, want, "%s mask %u after %s limit %zu: %zu rows, model %zu", run,
+                 mask, has_after ? after : "-", limit, page.count, want);
+    cr_assert_eq(page.more, (size_t)n > limit, "%s: more", run);
+    for (size_t i = 0; i < page.count; i++) {
+        const re_node *x = &m[order[i]];
+        cr_assert_str_eq(page.rows[i]->node_id, ids[order[i]]);
+        cr_assert_eq(page.rows[i]->status, x->status, "%s/%s", run, ids[order[i]]);
+        cr_assert_eq(page.rows[i]->seq, x->seq, "%s/%s", run, ids[order[i]]);
+    }
+    engine_page_free(&page);
+    if (re_rnd(3) == 0) {
+        cr_assert_eq(engine_summarize(e, run, &sum), ENGINE_ACCEPTED);
+        cr_assert_eq(sum.nodes, nodes, "%s: summary nodes", run);
+        for (int s = 0; s < NS_STATUS_COUNT; s++)
+            cr_assert_eq(sum.counts[s], counts[s], "%s: count of status %d", run, s);
+    }
+    int k = (int)re_rnd(RE_NODES);
+    char id[16];
+    re_id(id, sizeof id, k);
+    engine_result gr;
+    ns_row *g = engine_get(e, run, id, &gr);
+    if (m[k].present) {
+        cr_assert_not_null(g, "%s/%s not found", run, id);
+        cr_assert_eq(g->status, m[k].status);
+        cr_assert_eq(g->seq, m[k].seq);
+    } else {
+        cr_assert_null(g, "%s/%s found", run, id);
+        cr_assert_eq(gr, ENGINE_NOT_FOUND);
+    }
+    model_row_unref(g);
+}
+
+Test(engine, randomized_reads_match_a_model_through_evictions_and_restarts, .timeout = 240)
+{
+    engine_config c = config(1000, 60, 10000);
+    c.cache_max_nodes = 30; /* a run of up to 40: cached whole only when small enough */
+    engine *e = open_with(&c);
+    static re_node m[RE_RUNS][RE_NODES];
+    memset(m, 0, sizeof m);
+    char run[8], id[16];
+    uint64_t evictions = 0, loads = 0;
+    for (int op = 0; op < RE_OPS; op++) {
+        int r = (int)re_rnd(RE_RUNS);
+        snprintf(run, sizeof run, "r%d", r);
+        uint32_t what = re_rnd(1000);
+        if (what < 10) {
+            size_t deleted = 0;
+            int64_t seq;
+            size_t nodes = 0;
+            for (int k = 0; k < RE_NODES; k++)
+                nodes += m[r][k].present;
+            engine_result res = engine_delete_run(e, run, &deleted, &seq);
+            cr_assert_eq(res, nodes ? ENGINE_ACCEPTED : ENGINE_NOT_FOUND, "delete %s", run);
+            cr_assert_eq(deleted, nodes);
+            memset(m[r], 0, sizeof m[r]);
+        } else if (what < 60) {
+            /* Commit what is queued, so runs become idle and can be evicted. */
+            wait_durable(e, atomic_load(&engine_stats(e)->last_seq), true);
+        } else if (what < 63) {
+            evictions += atomic_load(&engine_stats(e)->cache_evictions);
+            loads += atomic_load(&engine_stats(e)->cache_loads);
+            cr_assert_eq(engine_close(e), 0);
+            e = open_with(&c);
+        } else if (what < 700) {
+            int k = (int)re_rnd(RE_NODES);
+            re_id(id, sizeof id, k);
+            ns_update u = upd((ns_status)re_rnd(NS_STATUS_COUNT), 0);
+            u.force = true;
+            ns_row *out = NULL;
+            engine_result res = engine_submit(e, run, id, &u, &out);
+            cr_assert(res == ENGINE_ACCEPTED || res == ENGINE_DUPLICATE, "%s/%s: %d", run, id,
+                      res);
+            m[r][k] = (re_node){ true, out->status, out->seq };
+            model_row_unref(out);
+        } else {
+            re_check_run(e, run, m[r]);
+        }
+    }
+    for (int r = 0; r < RE_RUNS; r++) {
+        snprintf(run, sizeof run, "r%d", r);
+        re_check_run(e, run, m[r]);
+    }
+    evictions += atomic_load(&engine_stats(e)->cache_evictions);
+    loads += atomic_load(&engine_stats(e)->cache_loads);
+    cr_assert_gt(evictions, 0, "the bound never evicted: the test covers less than it says");
+    cr_assert_gt(loads, 0);
+    cr_assert_eq(engine_close(e), 0);
+}
+
+Test(engine, a_read_through_into_the_least_recent_run_still_keeps_the_bound)
+{
+    engine *e = partial_fixture();
+    cr_assert_eq(engine_close(e), 0);
+    engine_config c = config(1000, 60, 10000);
+    c.cache_max_nodes = 3;
+    e = open_with(&c);
+    ns_stats *st = engine_stats(e);
+    ns_row *g = get(e, "p", "n001"); /* p cached in part: 1 node */
+    model_row_unref(g);
+    accept(e, "q", "a", NS_RUNNING);
+    int64_t seq = 0;
+    cr_assert_eq(submit(e, "q", "b", NS_RUNNING, 0, &seq), ENGINE_ACCEPTED);
+    wait_durable(e, seq, true);
+    cr_assert_eq(atomic_load(&st->cache_nodes), 3, "p's node and q's two");
+    /* p is now the least recently used run; reading another of its nodes uses it again. */
+    g = get(e, "p", "n002");
+    model_row_unref(g);
+    cr_assert_leq(atomic_load(&st->cache_nodes), 3, "the bound gave way to the run being read");
+    g = get(e, "p", "n001");
+    model_row_unref(g);
+    cr_assert_eq(engine_close(e), 0);
+}

@@ -36,6 +36,7 @@ static void fill_stats(void)
     atomic_store(&stats.queue_depth, 15);
     atomic_store(&stats.cache_nodes, 16);
     atomic_store(&stats.cache_runs, 17);
+    atomic_store(&stats.cache_bytes, 4096);
     atomic_store(&stats.cache_loads, 18);
     atomic_store(&stats.cache_evictions, 21);
     atomic_store(&stats.rows_isolated, 22);
@@ -130,6 +131,7 @@ Test(prom, counters_and_gauges, .init = fill_stats)
     assert_sample(t, "nodestate_queue_capacity", "4096");
     assert_sample(t, "nodestate_cache_nodes", "16");
     assert_sample(t, "nodestate_cache_runs", "17");
+    assert_sample(t, "nodestate_cache_bytes", "4096");
     assert_sample(t, "nodestate_cache_loads_total", "18");
     assert_sample(t, "nodestate_cache_evictions_total", "21");
     assert_sample(t, "nodestate_rows_isolated_total", "22");
@@ -163,6 +165,7 @@ Test(prom, types_of_families, .init = fill_stats)
         { "nodestate_queue_capacity", "gauge" },
         { "nodestate_cache_nodes", "gauge" },
         { "nodestate_cache_runs", "gauge" },
+        { "nodestate_cache_bytes", "gauge" },
         { "nodestate_cache_loads_total", "counter" },
         { "nodestate_cache_evictions_total", "counter" },
         { "nodestate_rows_isolated_total", "counter" },
@@ -247,7 +250,7 @@ Test(prom, help_and_type_precede_every_family, .init = fill_stats)
             samples++;
         }
     }
-    cr_assert_eq(n_seen, 27);
+    cr_assert_eq(n_seen, 28);
     cr_assert_gt(samples, 20);
     free(t);
 }

@@ -1,6 +1,7 @@
 /*
  * Unit tests for store: schema and pragmas on open, the write/read round
- * trip, upsert and delete semantics, last_seq persistence, version refusal,
+ * trip (a whole run, one node by key, a page after a cursor with a status
+ * mask), upsert and delete semantics, last_seq persistence, version refusal,
  * migration of the original design's (version 0) table, all-or-nothing
  * batches when SQLite says no, isolation of a row SQLite refuses by itself,
  * and the spill sidecar with its replay.
@@ -636,6 +637,125 @@ Test(store, reader_skips_and_counts_rows_it_cannot_parse)
     spoil_row("c", "updated_at = 'never'");
     cr_assert(eq(sz, load_skipping(r, &l), 3));
     cr_assert(eq(sz, l.n, 0));
+    store_reader_close(r);
+    store_close(s);
+}
+
+/* ---- reading one node, or a page ---- */
+
+Test(store, reader_loads_one_node_by_key)
+{
+    store *s = sfx_open_store();
+    store_reader *r = sfx_open_reader();
+    ns_row a = sfx_draft("r", "a", NS_IDLE, 1);
+    ns_row b = sfx_draft("r", "b", NS_RUNNING, 2);
+    ns_row x = sfx_draft("other", "x", NS_FAILED, 3);
+    b.outputs = "{\"n\":1}";
+    b.last_error = "boom";
+    ns_row *rows[] = {&a, &b, &x};
+    ns_row *got = NULL;
+    bool has_rows = false;
+
+    write_ok(s, rows, 3, NULL, 0, 3);
+    cr_assert(eq(int, store_reader_load_node(r, "r", "b", &got, &has_rows), 0));
+    cr_assert(got != NULL);
+    cr_assert(got->refs == 1, "the row carries one reference");
+    assert_row_eq(got, &b);
+    cr_assert(has_rows);
+    model_row_unref(got);
+    /* Another node of a run that has rows: none, but the run is there. */
+    cr_assert(eq(int, store_reader_load_node(r, "r", "zz", &got, &has_rows), 0));
+    cr_assert(got == NULL);
+    cr_assert(has_rows, "the run has other rows");
+    cr_assert(eq(int, store_reader_load_node(r, "nope", "a", &got, &has_rows), 0));
+    cr_assert(got == NULL);
+    cr_assert(eq(int, has_rows, 0), "a run without rows");
+    /* An unreadable row: 1, no row, the run is there. */
+    spoil_row("a", "status = 'bogus'");
+    has_rows = false;
+    cr_assert(eq(int, store_reader_load_node(r, "r", "a", &got, &has_rows), 1));
+    cr_assert(got == NULL);
+    cr_assert(has_rows);
+    store_reader_close(r);
+    store_close(s);
+}
+
+/* Loads a page of run "r" into l; returns what the page said. */
+static store_page load_page(store_reader *r, const char *run, const char *after,
+                            unsigned mask, size_t want, loaded *l)
+{
+    store_page page;
+
+    memset(l, 0, sizeof *l);
+    cr_assert(eq(int, store_reader_load_page(r, run, after, mask, want, collect,
+                                             l, &page), 0));
+    return page;
+}
+
+static void expect_ids(const loaded *l, const char *want)
+{
+    char got[128] = "";
+
+    for (size_t i = 0; i < l->n; i++) {
+        if (i > 0)
+            strcat(got, ",");
+        strcat(got, l->rows[i]->node_id);
+    }
+    cr_assert(eq(str, got, (char *)want));
+}
+
+Test(store, reader_loads_a_page_after_a_cursor_with_a_status_mask)
+{
+    store *s = sfx_open_store();
+    store_reader *r = sfx_open_reader();
+    ns_row d[10];
+    ns_row *rows[10];
+    char ids[10][8];
+    unsigned all = (1u << NS_STATUS_COUNT) - 1;
+    unsigned running = 1u << NS_RUNNING;
+    loaded l;
+    store_page p;
+
+    for (int i = 0; i < 10; i++) {
+        snprintf(ids[i], sizeof ids[i], "n%d", i);
+        d[i] = sfx_draft("r", ids[i], i % 2 ? NS_RUNNING : NS_COMPLETED, i + 1);
+        rows[i] = &d[i];
+    }
+    write_ok(s, rows, 10, NULL, 0, 10);
+
+    p = load_page(r, "r", NULL, all, 3, &l);
+    expect_ids(&l, "n0,n1,n2");
+    assert_row_eq(l.rows[1], &d[1]);
+    cr_assert(p.more);
+    cr_assert(p.run_has_rows);
+    cr_assert(eq(sz, p.skipped, 0));
+    loaded_free(&l);
+    p = load_page(r, "r", "n2", running, 2, &l);
+    expect_ids(&l, "n3,n5");
+    cr_assert(p.more, "n7 and n9 follow");
+    loaded_free(&l);
+    p = load_page(r, "r", "n6", running, 2, &l);
+    expect_ids(&l, "n7,n9");
+    cr_assert(eq(int, p.more, 0), "exactly want left: no more");
+    loaded_free(&l);
+    p = load_page(r, "r", "n8", 1u << NS_COMPLETED, 5, &l);
+    expect_ids(&l, "");
+    cr_assert(eq(int, p.more, 0));
+    cr_assert(p.run_has_rows, "rows after the cursor, none matching");
+    p = load_page(r, "r", "n9", all, 5, &l);
+    cr_assert(eq(sz, l.n, 0));
+    cr_assert(eq(int, p.more, 0));
+    cr_assert(p.run_has_rows, "nothing after the cursor, but the run is there");
+    p = load_page(r, "nope", NULL, all, 5, &l);
+    cr_assert(eq(sz, l.n, 0));
+    cr_assert(eq(int, p.run_has_rows, 0));
+    /* An unreadable row is passed over and counted. */
+    spoil_row("n4", "updated_at = 'never'");
+    p = load_page(r, "r", "n1", all, 4, &l);
+    expect_ids(&l, "n2,n3,n5,n6");
+    cr_assert(eq(sz, p.skipped, 1));
+    cr_assert(p.more);
+    loaded_free(&l);
     store_reader_close(r);
     store_close(s);
 }

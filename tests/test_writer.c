@@ -76,6 +76,7 @@ Test(writer, empty)
     plan(&f, &p);
     cr_assert_eq(p.batch.n_rows, 0);
     cr_assert_eq(p.batch.n_deletes, 0);
+    cr_assert_eq(p.run_deletes, 0);
     cr_assert_eq(p.batch.last_seq, 0);
     cr_assert_eq(p.upserts, 0);
     cr_assert_eq(p.coalesced, 0);
@@ -196,6 +197,7 @@ Test(writer, duplicate_deletes_deduped)
     writer_plan p;
     plan(&f, &p);
     cr_assert_eq(p.batch.n_deletes, 2);
+    cr_assert_eq(p.run_deletes, 4, "each delete op counts, though three of r make one delete");
     bool r = false, s = false;
     for (size_t i = 0; i < p.batch.n_deletes; i++) {
         r |= strcmp(p.batch.delete_runs[i], "r") == 0;

@@ -1,5 +1,6 @@
 #include "cache.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -9,12 +10,25 @@
  */
 /* Removals remembered for cache_removed_since. */
 #define REMOVED_RING 64
+/*
+ * Deepest tree walk: an AVL tree of n nodes is at most 1.44 log2(n + 2)
+ * high, so 64 levels hold more nodes than memory can.
+ */
+#define TREE_MAX_DEPTH 64
+
+/* One cached node: in its run's table, and in the tree of its row's status. */
+struct cache_node {
+    ns_row *row;
+    cache_node *left, *right;
+    int height;             /* of the subtree rooted here; a leaf is 1 */
+};
 
 struct cache {
     cache_run **slots;      /* runs keyed by run_id */
     size_t n_slots;
     size_t runs;
     size_t nodes;
+    size_t bytes;           /* sum of the runs' bytes */
     uint64_t removals;
     cache_run *lru_first;   /* least recently used unpinned run */
     cache_run *lru_last;    /* most recently used unpinned run */
@@ -95,9 +109,12 @@ cache *cache_new(void)
 
 static void run_free(cache_run *run)
 {
-    for (size_t i = 0; i < run->n_slots; i++)
-        model_row_unref(run->slots[i]);
-    free(run->order);
+    for (size_t i = 0; i < run->n_slots; i++) {
+        if (run->slots[i]) {
+            model_row_unref(run->slots[i]->row);
+            free(run->slots[i]);
+        }
+    }
     free(run->slots);
     free(run->run_id);
     free(run);
@@ -145,10 +162,8 @@ static int runs_grow(cache *c)
     return 0;
 }
 
-cache_run *cache_run_add(cache *c, const char *run_id)
+cache_run *cache_run_new(const char *run_id)
 {
-    if ((c->runs + 1) * 2 > c->n_slots && runs_grow(c) != 0)
-        return NULL;
     cache_run *run = calloc(1, sizeof *run);
     if (!run)
         return NULL;
@@ -161,6 +176,22 @@ cache_run *cache_run_add(cache *c, const char *run_id)
         free(run);
         return NULL;
     }
+    return run;
+}
+
+void cache_run_free(cache_run *run)
+{
+    if (run)
+        run_free(run);
+}
+
+cache_run *cache_run_add(cache *c, const char *run_id)
+{
+    if ((c->runs + 1) * 2 > c->n_slots && runs_grow(c) != 0)
+        return NULL;
+    cache_run *run = cache_run_new(run_id);
+    if (!run)
+        return NULL;
     c->slots[run_slot(c, run_id)] = run;
     c->runs++;
     lru_append(c, run);
@@ -189,6 +220,7 @@ void cache_run_remove(cache *c, cache_run *run)
     c->slots[i] = NULL;
     c->runs--;
     c->nodes -= run->nodes;
+    c->bytes -= run->bytes;
     c->removed_hash[c->removals % REMOVED_RING] = hash_str(run->run_id);
     c->removals++;
     if (run->pending == 0)
@@ -199,15 +231,58 @@ void cache_run_remove(cache *c, cache_run *run)
 void cache_run_clear(cache *c, cache_run *run)
 {
     for (size_t i = 0; i < run->n_slots; i++) {
-        model_row_unref(run->slots[i]);
-        run->slots[i] = NULL;
+        if (run->slots[i]) {
+            model_row_unref(run->slots[i]->row);
+            free(run->slots[i]);
+            run->slots[i] = NULL;
+        }
+    }
+    /* A big run emptied gives its table back; keeping the old one is fine too. */
+    cache_node **small = run->n_slots > 8 ? calloc(8, sizeof *small) : NULL;
+    if (small) {
+        free(run->slots);
+        run->slots = small;
+        run->n_slots = 8;
     }
     c->nodes -= run->nodes;
+    c->bytes -= run->bytes;
     run->nodes = 0;
-    run->order_stale = true;
+    run->bytes = 0;
     run->last_seq = 0;
     run->updated_at = 0;
     memset(run->counts, 0, sizeof run->counts);
+    memset(run->by_status, 0, sizeof run->by_status);
+    run->complete = true;
+}
+
+cache_run *cache_run_take(cache *c, cache_run *run)
+{
+    cache_run *old = cache_run_new(run->run_id);
+    if (!old) {
+        cache_run_clear(c, run);
+        return NULL;
+    }
+    /* old leaves with the full table and trees, run keeps old's empty table. */
+    cache_node **slots = old->slots;
+    size_t n_slots = old->n_slots;
+    old->slots = run->slots;
+    old->n_slots = run->n_slots;
+    run->slots = slots;
+    run->n_slots = n_slots;
+    memcpy(old->by_status, run->by_status, sizeof old->by_status);
+    memcpy(old->counts, run->counts, sizeof old->counts);
+    old->nodes = run->nodes;
+    old->bytes = run->bytes;
+    c->nodes -= run->nodes;
+    c->bytes -= run->bytes;
+    run->nodes = 0;
+    run->bytes = 0;
+    run->last_seq = 0;
+    run->updated_at = 0;
+    memset(run->counts, 0, sizeof run->counts);
+    memset(run->by_status, 0, sizeof run->by_status);
+    run->complete = true;
+    return old;
 }
 
 uint64_t cache_removals(const cache *c)
@@ -236,57 +311,239 @@ size_t cache_runs(const cache *c)
     return c->runs;
 }
 
+size_t cache_bytes(const cache *c)
+{
+    return c->bytes;
+}
+
+static size_t str_size(const char *s)
+{
+    return s ? strlen(s) + 1 : 0;
+}
+
+size_t cache_row_bytes(const ns_row *row)
+{
+    /* model_row_copy's one allocation, the node, and its table slot (kept at most half full). */
+    return sizeof *row + str_size(row->run_id) + str_size(row->node_id) +
+           str_size(row->last_error) + str_size(row->suspension_reason) +
+           str_size(row->resume_state) + str_size(row->outputs) + sizeof(cache_node) +
+           2 * sizeof(cache_node *);
+}
+
+
+/* ---- the node table ---- */
+
 static size_t node_slot(const cache_run *run, const char *node_id)
 {
     size_t mask = run->n_slots - 1;
     size_t i = hash_str(node_id) & mask;
-    while (run->slots[i] && strcmp(run->slots[i]->node_id, node_id) != 0)
+    while (run->slots[i] && strcmp(run->slots[i]->row->node_id, node_id) != 0)
         i = (i + 1) & mask;
     return i;
 }
 
 ns_row *cache_node_get(const cache_run *run, const char *node_id)
 {
-    return run->slots[node_slot(run, node_id)];
+    const cache_node *n = run->slots[node_slot(run, node_id)];
+    return n ? n->row : NULL;
 }
 
 static int nodes_grow(cache_run *run)
 {
     size_t n = run->n_slots * 2;
-    ns_row **slots = calloc(n, sizeof *slots);
+    cache_node **slots = calloc(n, sizeof *slots);
     if (!slots)
         return -1;
-    ns_row **old = run->slots;
+    cache_node **old = run->slots;
     size_t old_n = run->n_slots;
     run->slots = slots;
     run->n_slots = n;
     for (size_t i = 0; i < old_n; i++)
         if (old[i])
-            run->slots[node_slot(run, old[i]->node_id)] = old[i];
+            run->slots[node_slot(run, old[i]->row->node_id)] = old[i];
     free(old);
-    run->order_stale = true;
     return 0;
+}
+
+/* ---- the trees: AVL, keyed by node_id (unique within a run) ---- */
+
+static int height(const cache_node *n)
+{
+    return n ? n->height : 0;
+}
+
+static void fix_height(cache_node *n)
+{
+    int l = height(n->left), r = height(n->right);
+    n->height = (l > r ? l : r) + 1;
+}
+
+static cache_node *rotate_right(cache_node *n)
+{
+    cache_node *l = n->left;
+    n->left = l->right;
+    l->right = n;
+    fix_height(n);
+    fix_height(l);
+    return l;
+}
+
+static cache_node *rotate_left(cache_node *n)
+{
+    cache_node *r = n->right;
+    n->right = r->left;
+    r->left = n;
+    fix_height(n);
+    fix_height(r);
+    return r;
+}
+
+/* Restores the AVL balance at n (its subtrees are balanced); returns the subtree's new root. */
+static cache_node *rebalance(cache_node *n)
+{
+    fix_height(n);
+    int b = height(n->left) - height(n->right);
+    if (b > 1) {
+        if (height(n->left->left) < height(n->left->right))
+            n->left = rotate_left(n->left);
+        return rotate_right(n);
+    }
+    if (b < -1) {
+        if (height(n->right->right) < height(n->right->left))
+            n->right = rotate_right(n->right);
+        return rotate_left(n);
+    }
+    return n;
+}
+
+static cache_node *tree_insert(cache_node *root, cache_node *n)
+{
+    if (!root) {
+        n->left = n->right = NULL;
+        n->height = 1;
+        return n;
+    }
+    if (strcmp(n->row->node_id, root->row->node_id) < 0)
+        root->left = tree_insert(root->left, n);
+    else
+        root->right = tree_insert(root->right, n);
+    return rebalance(root);
+}
+
+/* Unlinks the leftmost node of root into *min; returns the new root. */
+static cache_node *tree_take_min(cache_node *root, cache_node **min)
+{
+    if (!root->left) {
+        *min = root;
+        return root->right;
+    }
+    root->left = tree_take_min(root->left, min);
+    return rebalance(root);
+}
+
+/* Unlinks n, which is in the tree; returns the new root. */
+static cache_node *tree_remove(cache_node *root, const cache_node *n)
+{
+    if (root == n) {
+        cache_node *l = root->left, *r = root->right;
+        if (!r)
+            return l;
+        cache_node *min;
+        r = tree_take_min(r, &min);
+        min->left = l;
+        min->right = r;
+        return rebalance(min);
+    }
+    if (strcmp(n->row->node_id, root->row->node_id) < 0)
+        root->left = tree_remove(root->left, n);
+    else
+        root->right = tree_remove(root->right, n);
+    return rebalance(root);
+}
+
+/* An in-order walk from a starting key: the stack holds the nodes still to visit. */
+typedef struct tree_iter {
+    const cache_node *stack[TREE_MAX_DEPTH];
+    int depth;
+} tree_iter;
+
+/* Positions it on the first node whose node_id sorts after `after` (NULL: the first). */
+static void iter_seek(tree_iter *it, const cache_node *root, const char *after)
+{
+    it->depth = 0;
+    while (root) {
+        if (!after || strcmp(root->row->node_id, after) > 0) {
+            it->stack[it->depth++] = root;
+            root = root->left;
+        } else {
+            root = root->right;
+        }
+    }
+}
+
+static const cache_node *iter_peek(const tree_iter *it)
+{
+    return it->depth ? it->stack[it->depth - 1] : NULL;
+}
+
+static void iter_next(tree_iter *it)
+{
+    const cache_node *n = it->stack[--it->depth];
+    for (n = n->right; n; n = n->left)
+        it->stack[it->depth++] = n;
+}
+
+/* ---- storing rows ---- */
+
+static void account(cache *c, cache_run *run, const ns_row *row, bool add)
+{
+    size_t b = cache_row_bytes(row);
+    if (add) {
+        run->bytes += b;
+        run->counts[row->status]++;
+        if (c)
+            c->bytes += b;
+    } else {
+        run->bytes -= b;
+        run->counts[row->status]--;
+        if (c)
+            c->bytes -= b;
+    }
 }
 
 int cache_node_put(cache *c, cache_run *run, ns_row *row)
 {
     size_t i = node_slot(run, row->node_id);
-    ns_row *old = run->slots[i];
-    if (!old) {
+    cache_node *n = run->slots[i];
+    if (!n) {
         if ((run->nodes + 1) * 2 > run->n_slots) {
             if (nodes_grow(run) != 0)
                 return -1;
             i = node_slot(run, row->node_id);
         }
+        n = malloc(sizeof *n);
+        if (!n)
+            return -1;
+        n->row = row;
+        run->slots[i] = n;
+        run->by_status[row->status] = tree_insert(run->by_status[row->status], n);
         run->nodes++;
-        c->nodes++;
-        run->order_stale = true;
+        if (c)
+            c->nodes++;
     } else {
-        run->counts[old->status]--;
+        ns_row *old = n->row;
+        account(c, run, old, false);
+        if (old->status != row->status) {
+            /* Same key, another tree. */
+            run->by_status[old->status] = tree_remove(run->by_status[old->status], n);
+            n->row = row;
+            run->by_status[row->status] = tree_insert(run->by_status[row->status], n);
+        } else {
+            n->row = row;
+        }
         model_row_unref(old);
     }
-    run->slots[i] = row;
-    run->counts[row->status]++;
+    account(c, run, row, true);
     if (row->seq > run->last_seq)
         run->last_seq = row->seq;
     if (row->updated_at > run->updated_at)
@@ -294,70 +551,170 @@ int cache_node_put(cache *c, cache_run *run, ns_row *row)
     return 0;
 }
 
-static int by_node_id(const void *a, const void *b)
+int cache_run_merge_into(const cache_run *run, cache_run *loaded)
 {
-    const ns_row *x = *(const ns_row *const *)a;
-    const ns_row *y = *(const ns_row *const *)b;
-    return strcmp(x->node_id, y->node_id);
-}
-
-/* Rebuilds run->order from the node table; -1 when out of memory. */
-static int order_build(cache_run *run)
-{
-    size_t n = run->nodes;
-    ns_row **rows = malloc((n ? n : 1) * sizeof *rows);
-    size_t *order = malloc((n ? n : 1) * sizeof *order);
-    if (!rows || !order) {
-        free(rows);
-        free(order);
-        return -1;
+    for (size_t i = 0; i < run->n_slots; i++) {
+        if (!run->slots[i])
+            continue;
+        ns_row *row = run->slots[i]->row;
+        model_row_ref(row); /* loaded's own */
+        if (cache_node_put(NULL, loaded, row) != 0) {
+            model_row_unref(row);
+            return -1;
+        }
     }
-    size_t k = 0;
-    for (size_t i = 0; i < run->n_slots; i++)
-        if (run->slots[i])
-            rows[k++] = run->slots[i];
-    qsort(rows, k, sizeof *rows, by_node_id);
-    for (size_t i = 0; i < k; i++)
-        order[i] = node_slot(run, rows[i]->node_id);
-    free(rows);
-    free(run->order);
-    run->order = order;
-    run->n_order = k;
-    run->order_stale = false;
     return 0;
 }
 
-/* The first position in run->order whose node_id sorts after `after`. */
-static size_t order_after(const cache_run *run, const char *after)
+int cache_run_adopt(cache *c, cache_run *run, cache_run *loaded)
 {
-    size_t lo = 0, hi = run->n_order;
-    while (lo < hi) {
-        size_t mid = lo + (hi - lo) / 2;
-        if (strcmp(run->slots[run->order[mid]]->node_id, after) <= 0)
-            lo = mid + 1;
-        else
-            hi = mid;
+    if (cache_run_merge_into(run, loaded) != 0) {
+        cache_run_free(loaded);
+        return -1;
     }
-    return lo;
+    c->nodes = c->nodes - run->nodes + loaded->nodes;
+    c->bytes = c->bytes - run->bytes + loaded->bytes;
+    /* Swap the bodies: run takes loaded's tables, loaded leaves with run's old ones. */
+    cache_node **slots = run->slots;
+    size_t n_slots = run->n_slots;
+    run->slots = loaded->slots;
+    run->n_slots = loaded->n_slots;
+    loaded->slots = slots;
+    loaded->n_slots = n_slots;
+    memcpy(run->by_status, loaded->by_status, sizeof run->by_status);
+    memcpy(run->counts, loaded->counts, sizeof run->counts);
+    run->nodes = loaded->nodes;
+    run->bytes = loaded->bytes;
+    if (loaded->last_seq > run->last_seq)
+        run->last_seq = loaded->last_seq;
+    if (loaded->updated_at > run->updated_at)
+        run->updated_at = loaded->updated_at;
+    run->complete = true;
+    run_free(loaded);
+    return 0;
 }
 
-long cache_run_collect(cache_run *run, unsigned status_mask,
+/* ---- listing ---- */
+
+long cache_run_collect(const cache_run *run, unsigned status_mask,
                        const char *after, size_t limit, ns_row **out, bool *more)
 {
-    if ((run->order_stale || !run->order) && order_build(run) != 0)
-        return -1;
+    /* One walk per status asked for, merged: each step takes the smallest node_id ahead. */
+    tree_iter its[NS_STATUS_COUNT];
+    int n_its = 0;
+    for (int s = 0; s < NS_STATUS_COUNT; s++) {
+        if (!(status_mask & (1u << s)) || !run->by_status[s])
+            continue;
+        iter_seek(&its[n_its], run->by_status[s], after);
+        if (its[n_its].depth)
+            n_its++;
+    }
     size_t taken = 0;
     *more = false;
-    for (size_t i = after ? order_after(run, after) : 0; i < run->n_order; i++) {
-        ns_row *r = run->slots[run->order[i]];
-        if (!(status_mask & (1u << r->status)))
-            continue;
+    while (n_its > 0) {
+        int best = 0;
+        for (int i = 1; i < n_its; i++)
+            if (strcmp(iter_peek(&its[i])->row->node_id,
+                       iter_peek(&its[best])->row->node_id) < 0)
+                best = i;
         if (taken == limit) {
             *more = true;
             break;
         }
+        ns_row *r = iter_peek(&its[best])->row;
         model_row_ref(r);
         out[taken++] = r;
+        iter_next(&its[best]);
+        if (!its[best].depth)
+            its[best] = its[--n_its];
     }
     return (long)taken;
+}
+
+/* ---- checking ---- */
+
+typedef struct check_state {
+    const cache_run *run;
+    size_t nodes, bytes;
+    char *why;
+    size_t why_len;
+} check_state;
+
+/*
+ * Checks the subtree at n: keys strictly between lo and hi (NULL: open),
+ * every node of status s and in the table, heights right and balanced.
+ * Returns its height, or -1 at the first fault.
+ */
+static int check_tree(check_state *cs, const cache_node *n, int s, const char *lo,
+                      const char *hi, int depth)
+{
+    if (!n)
+        return 0;
+    const char *id = n->row->node_id;
+    if (depth >= TREE_MAX_DEPTH) {
+        snprintf(cs->why, cs->why_len, "tree of status %d deeper than %d", s, TREE_MAX_DEPTH);
+        return -1;
+    }
+    if ((lo && strcmp(id, lo) <= 0) || (hi && strcmp(id, hi) >= 0)) {
+        snprintf(cs->why, cs->why_len, "%s out of order in the tree of status %d", id, s);
+        return -1;
+    }
+    if ((int)n->row->status != s) {
+        snprintf(cs->why, cs->why_len, "%s (status %d) in the tree of status %d", id,
+                 (int)n->row->status, s);
+        return -1;
+    }
+    if (cs->run->slots[node_slot(cs->run, id)] != n) {
+        snprintf(cs->why, cs->why_len, "%s in a tree but not in the table", id);
+        return -1;
+    }
+    int l = check_tree(cs, n->left, s, lo, id, depth + 1);
+    if (l < 0)
+        return -1;
+    int r = check_tree(cs, n->right, s, id, hi, depth + 1);
+    if (r < 0)
+        return -1;
+    int h = (l > r ? l : r) + 1;
+    if (n->height != h || l - r > 1 || r - l > 1) {
+        snprintf(cs->why, cs->why_len, "%s: height %d, subtrees %d and %d", id, n->height,
+                 l, r);
+        return -1;
+    }
+    cs->nodes++;
+    cs->bytes += cache_row_bytes(n->row);
+    return h;
+}
+
+/* The number of nodes in the subtree at n. */
+static size_t tree_size(const cache_node *n)
+{
+    return n ? 1 + tree_size(n->left) + tree_size(n->right) : 0;
+}
+
+int cache_run_check(const cache_run *run, char *why, size_t why_len)
+{
+    check_state cs = { run, 0, 0, why, why_len };
+    for (int s = 0; s < NS_STATUS_COUNT; s++) {
+        size_t before = cs.nodes;
+        if (check_tree(&cs, run->by_status[s], s, NULL, NULL, 0) < 0)
+            return -1;
+        if (cs.nodes - before != run->counts[s] || tree_size(run->by_status[s]) != run->counts[s]) {
+            snprintf(why, why_len, "status %d: %zu nodes in its tree, counted %zu", s,
+                     cs.nodes - before, run->counts[s]);
+            return -1;
+        }
+    }
+    size_t in_table = 0;
+    for (size_t i = 0; i < run->n_slots; i++)
+        in_table += run->slots[i] != NULL;
+    if (in_table != run->nodes || cs.nodes != run->nodes) {
+        snprintf(why, why_len, "%zu nodes in the table, %zu in the trees, counted %zu",
+                 in_table, cs.nodes, run->nodes);
+        return -1;
+    }
+    if (cs.bytes != run->bytes) {
+        snprintf(why, why_len, "%zu bytes held, counted %zu", cs.bytes, run->bytes);
+        return -1;
+    }
+    return 0;
 }

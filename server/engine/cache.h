@@ -1,10 +1,22 @@
 /*
  * cache: the latest accepted row of every node the engine holds in memory,
- * as run_id -> run -> node_id -> row. The unit of caching is a whole run: a
- * run is either absent (SQLite holds its truth) or present with all its
- * nodes, so listings and summaries never need to merge cache and disk.
+ * as run_id -> run -> node_id -> row.
+ *
+ * A run is cached whole (complete: the cache holds every node of it) or in
+ * part (some of its nodes; the others may be on disk). A cached row is never
+ * older than the stored one, so a run read whole from disk is merged into a
+ * partial one with the cached rows winning (cache_run_adopt).
+ *
+ * Each run keeps its nodes twice over: a hash table for lookups, and one
+ * ordered tree (AVL, keyed by node_id) per status for listings, maintained
+ * as rows come and go, so adding a node costs O(log n) and a listing page
+ * O(log n) plus the rows it returns, whatever the run's size and filter.
+ *
+ * The cache counts its nodes and the bytes they take (cache_row_bytes), for
+ * the engine's bounds.
  *
  * Not thread-safe: the engine's lock guards the cache and every run in it.
+ * A detached run (cache_run_new) belongs to whoever made it, until adopted.
  */
 #ifndef NODESTATE_CACHE_H
 #define NODESTATE_CACHE_H
@@ -16,26 +28,22 @@
 #include "model.h"
 
 typedef struct cache cache;
+typedef struct cache_node cache_node;
 
 typedef struct cache_run {
     char *run_id;
     size_t pending;            /* queued ops not yet committed (cache_pin); a pinned run stays */
     bool stale;                /* cached rows may differ from disk: drop once unpinned */
-    size_t counts[NS_STATUS_COUNT]; /* nodes per status */
+    bool complete;             /* every node of the run is held (else only some) */
+    size_t counts[NS_STATUS_COUNT]; /* nodes held per status */
     size_t nodes;              /* nodes held */
+    size_t bytes;              /* what they take (cache_row_bytes each) */
     int64_t last_seq;          /* highest seq among them (0 when empty) */
     int64_t updated_at;        /* latest updated_at among them, ms (0 when empty) */
-    /* the node table (open addressing, keyed by row->node_id) */
-    ns_row **slots;
+    /* the node table (open addressing, keyed by node_id) */
+    cache_node **slots;
     size_t n_slots;
-    /*
-     * Slot indexes in node_id order, for listings; rebuilt on the next
-     * listing after the set of nodes changed (a row replaced in its slot
-     * keeps its place, since its node_id is the same).
-     */
-    size_t *order;
-    size_t n_order;
-    bool order_stale;
+    cache_node *by_status[NS_STATUS_COUNT]; /* tree roots, node_id order */
     /* recency list of unpinned runs: lru_prev is less recently used */
     struct cache_run *lru_prev;
     struct cache_run *lru_next;
@@ -46,23 +54,37 @@ cache *cache_new(void);
 void cache_free(cache *c);
 /* The run, or NULL when it is not cached. */
 cache_run *cache_run_find(cache *c, const char *run_id);
-/* Adds an empty run (not yet cached); NULL when out of memory. */
+/* Adds an empty, partial run (not yet cached); NULL when out of memory. */
 cache_run *cache_run_add(cache *c, const char *run_id);
 /* Removes a run and drops its rows. */
 void cache_run_remove(cache *c, cache_run *run);
-/* Drops every node of a run, keeping the (now empty) run. */
+/* Drops every node of a run, keeping the (now empty) run, which is complete: it has none. */
 void cache_run_clear(cache *c, cache_run *run);
+/*
+ * cache_run_clear that hands the rows over instead of dropping them: returns
+ * a detached run holding them, for the caller to free (cache_run_free)
+ * without the engine's lock, since freeing a big run takes a while. NULL
+ * when out of memory; run is cleared in place then.
+ */
+cache_run *cache_run_take(cache *c, cache_run *run);
 /* Incremented by every cache_run_remove. */
 uint64_t cache_removals(const cache *c);
 /*
  * Whether run_id may have been removed since cache_removals() returned
  * `since` (true when unsure: too many removals to tell). A reader that
- * loaded a run from disk without the lock uses it to know its rows may
+ * read a run from disk without the lock uses it to know its rows may
  * predate a removal and so be stale.
  */
 bool cache_removed_since(const cache *c, const char *run_id, uint64_t since);
 size_t cache_nodes(const cache *c);
 size_t cache_runs(const cache *c);
+/* Bytes the cached nodes take, the sum of cache_row_bytes. */
+size_t cache_bytes(const cache *c);
+/*
+ * What one cached row costs: the row and its strings and JSON texts (one
+ * allocation) plus the cache's own entry for it.
+ */
+size_t cache_row_bytes(const ns_row *row);
 
 /* Marks a run as the most recently used (cache_run_add does too). */
 void cache_touch(cache *c, cache_run *run);
@@ -79,18 +101,53 @@ bool cache_unpin(cache *c, cache_run *run);
 
 /* The node's row (no reference taken), or NULL. */
 ns_row *cache_node_get(const cache_run *run, const char *node_id);
-/* Stores row (taking over the caller's reference), replacing and unreffing any previous one. -1 when out of memory. */
+/*
+ * Stores row (taking over the caller's reference), replacing and unreffing
+ * any previous one. c is NULL for a detached run. -1 when out of memory
+ * (the caller keeps its reference then).
+ */
 int cache_node_put(cache *c, cache_run *run, ns_row *row);
+
+/*
+ * A run outside any cache, to fill (cache_node_put with c NULL) without the
+ * engine's lock, e.g. while reading a run from disk. NULL when out of memory.
+ */
+cache_run *cache_run_new(const char *run_id);
+/* Frees a detached run and drops its rows. NULL is a no-op. */
+void cache_run_free(cache_run *run);
+/*
+ * Puts run's rows into loaded (a detached run holding every stored node of
+ * it), a reference each, replacing loaded's rows of the same nodes: run's
+ * are newer. loaded is then the whole run as it stands, outside the cache.
+ * Costs O(k log n) for the k nodes run holds. 0, or -1 when out of memory
+ * (loaded holds some of them then).
+ */
+int cache_run_merge_into(const cache_run *run, cache_run *loaded);
+/*
+ * Makes run complete with the nodes of loaded (a detached run holding every
+ * stored node of it): run's own rows are newer and win, the others come
+ * from loaded. Costs O(k log n) for the k nodes run held, not O(n): loaded's
+ * tables are taken over whole. loaded is consumed (freed) either way.
+ * Returns 0, or -1 when out of memory (run is unchanged then).
+ */
+int cache_run_adopt(cache *c, cache_run *run, cache_run *loaded);
 
 /*
  * Collects the run's rows whose status bit is in status_mask and whose
  * node_id sorts after `after` (NULL: all), in node_id order, at most limit,
  * taking a reference on each into out (room for limit). *more tells whether
- * further matching rows follow. Returns the count, or -1 when out of memory.
- * Costs a binary search plus the rows it steps over, once the run's order
- * is built (O(n log n) after nodes were added).
+ * further matching rows follow. Returns the count. Costs O(log n) per
+ * status in the mask plus the rows returned.
  */
-long cache_run_collect(cache_run *run, unsigned status_mask,
+long cache_run_collect(const cache_run *run, unsigned status_mask,
                        const char *after, size_t limit, ns_row **out, bool *more);
+
+/*
+ * Checks a run's structure: every tree ordered and balanced with the right
+ * heights, each node in its status's tree, the table and the trees holding
+ * the same nodes, counts, nodes and bytes matching. 0, or -1 with the first
+ * fault described in why. For tests.
+ */
+int cache_run_check(const cache_run *run, char *why, size_t why_len);
 
 #endif

@@ -84,12 +84,25 @@ static void publish_cache_size(engine *e)
 {
     atomic_store_explicit(&e->stats.cache_nodes, cache_nodes(e->cache), memory_order_relaxed);
     atomic_store_explicit(&e->stats.cache_runs, cache_runs(e->cache), memory_order_relaxed);
+    atomic_store_explicit(&e->stats.cache_bytes, cache_bytes(e->cache), memory_order_relaxed);
 }
 
 /* ---- reading through ---- */
 
 static void evict(engine *e, const cache_run *keep);
+static void run_drop_if_idle(engine *e, cache_run *run);
 
+/* store_reader_load_run's callback: fills a detached run, outside the lock. */
+static int load_into(void *ctx, ns_row *row)
+{
+    if (cache_node_put(NULL, ctx, row) != 0) {
+        model_row_unref(row);
+        return -1;
+    }
+    return 0;
+}
+
+/* store_reader_load_page's callback: collects a page's rows. */
 typedef struct row_vec {
     ns_row **rows;
     size_t n, cap;
@@ -122,68 +135,97 @@ static void row_vec_free(row_vec *v)
 }
 
 /*
- * The cached run, loading it whole from SQLite on a miss. Called and returns
- * with e->lock held, but drops it while reading the file so a slow read
- * stalls no one else. A run absent from the cache has nothing queued, so the
- * file holds its truth; if this run was removed from the cache meanwhile, the
- * rows read may predate that removal, so the load is done again (the last
- * time with the lock held, so it cannot be overtaken). With create false
- * a run with no rows is not cached and answers NOT_FOUND.
+ * Whether a run read whole may be cached whole: it takes at most half of
+ * each bound, so caching it does not push out everything else (and then
+ * itself, at the next commit, only to be read again).
  */
-static cache_run *run_get(engine *e, const char *run_id, bool create,
-                          engine_result *res)
+static bool may_cache_whole(const engine *e, const cache_run *loaded)
 {
+    return (!e->cfg.cache_max_nodes || loaded->nodes <= e->cfg.cache_max_nodes / 2) &&
+           (!e->cfg.cache_max_bytes || loaded->bytes <= e->cfg.cache_max_bytes / 2);
+}
+
+/*
+ * The cached run, complete: read whole from SQLite when it is not cached or
+ * cached only in part. Called and returns with e->lock held, but drops it
+ * while reading the file, into a detached run with its tables built, so a
+ * slow read of a big run stalls no one else; under the lock the copy is only
+ * merged, at the cost of the nodes that were cached. A cached row is never
+ * older than the file (every write reaches the cache before the writer), so
+ * cached rows win the merge. If this run was removed from the cache
+ * meanwhile, the rows read may predate that removal, so the load is done
+ * again (the last time with the lock held, so it cannot be overtaken); if it
+ * became complete meanwhile (another load, or a delete that emptied it), the
+ * copy is dropped. A run with no rows is not cached and answers NOT_FOUND.
+ *
+ * A run too big to cache whole (may_cache_whole) is not: NULL is returned
+ * with *view set to the merged copy, which the caller frees (after
+ * unlocking: freeing a big run takes a while) and *res ACCEPTED.
+ */
+static cache_run *run_get_whole(engine *e, const char *run_id, engine_result *res,
+                                cache_run **view)
+{
+    *view = NULL;
     for (int tries = 0; tries < LOAD_TRIES; tries++) {
         cache_run *run = cache_run_find(e->cache, run_id);
-        if (run) {
+        if (run && run->complete) {
             cache_touch(e->cache, run);
             return run;
         }
         uint64_t removals = cache_removals(e->cache);
-        row_vec v = { 0 };
         /* The last try reads under the lock: slower for everyone, but always right. */
         bool locked = tries == LOAD_TRIES - 1;
         if (!locked)
             pthread_mutex_unlock(&e->lock);
         size_t skipped = 0;
-        int rc = store_reader_load_run(e->reader, run_id, row_vec_push, &v, &skipped);
+        cache_run *loaded = cache_run_new(run_id);
+        int rc = loaded ? store_reader_load_run(e->reader, run_id, load_into, loaded, &skipped)
+                        : -1;
         if (skipped)
             logf_(e, NS_LOG_WARN, "rows-unreadable", "run_id=%s skipped=%zu", run_id, skipped);
         if (!locked)
             pthread_mutex_lock(&e->lock);
         if (rc != 0) {
-            row_vec_free(&v);
+            cache_run_free(loaded);
             logf_(e, NS_LOG_ERROR, "read-through-failed", "run_id=%s", run_id);
             *res = ENGINE_ERROR;
             return NULL;
         }
         run = cache_run_find(e->cache, run_id);
-        if (run || cache_removed_since(e->cache, run_id, removals)) {
-            row_vec_free(&v);
-            continue; /* someone else loaded it, or the file may have moved on */
+        if ((run && run->complete) || cache_removed_since(e->cache, run_id, removals)) {
+            cache_run_free(loaded);
+            continue; /* someone else completed it, or the file may have moved on */
         }
-        if (v.n == 0 && !create) {
-            row_vec_free(&v);
-            *res = ENGINE_NOT_FOUND;
+        size_t found = loaded->nodes;
+        if (found > 0)
+            atomic_fetch_add_explicit(&e->stats.cache_loads, 1, memory_order_relaxed);
+        if (!may_cache_whole(e, loaded)) {
+            if (run && cache_run_merge_into(run, loaded) != 0) {
+                cache_run_free(loaded);
+                *res = ENGINE_ERROR;
+                return NULL;
+            }
+            *view = loaded;
+            *res = ENGINE_ACCEPTED;
             return NULL;
         }
-        size_t loaded = v.n;
-        run = cache_run_add(e->cache, run_id);
-        for (size_t i = 0; run && i < v.n; i++) {
-            if (cache_node_put(e->cache, run, v.rows[i]) != 0) {
-                cache_run_remove(e->cache, run);
-                run = NULL;
-                break;
-            }
-            v.rows[i] = NULL; /* the cache owns it now */
-        }
-        row_vec_free(&v);
         if (!run) {
+            if (found == 0) {
+                cache_run_free(loaded);
+                *res = ENGINE_NOT_FOUND;
+                return NULL;
+            }
+            run = cache_run_add(e->cache, run_id);
+        }
+        if (!run || cache_run_adopt(e->cache, run, loaded) != 0) {
+            if (!run)
+                cache_run_free(loaded);
+            else
+                run_drop_if_idle(e, run);
             *res = ENGINE_ERROR;
             return NULL;
         }
-        if (loaded > 0)
-            atomic_fetch_add_explicit(&e->stats.cache_loads, 1, memory_order_relaxed);
+        cache_touch(e->cache, run); /* the most recent, so evict spares it alone */
         evict(e, run);
         return run;
     }
@@ -192,14 +234,101 @@ static cache_run *run_get(engine *e, const char *run_id, bool create,
 }
 
 /*
+ * The run holding node_id, with the node's current row in *cur (NULL for a
+ * node that has none): a run not cached, or cached in part without this
+ * node, gets just that row read from SQLite, not the whole run. Locking and
+ * races as in run_get_whole. A run with no rows on disk is cached complete
+ * (empty), so its later new nodes need no read at all. With create false
+ * nothing is cached for a node of an uncached run that is not on disk: NULL
+ * with NOT_FOUND.
+ */
+static cache_run *run_get_node(engine *e, const char *run_id, const char *node_id,
+                               bool create, ns_row **cur, engine_result *res)
+{
+    *cur = NULL;
+    for (int tries = 0; tries < LOAD_TRIES; tries++) {
+        cache_run *run = cache_run_find(e->cache, run_id);
+        if (run) {
+            ns_row *row = cache_node_get(run, node_id);
+            if (row || run->complete) {
+                cache_touch(e->cache, run);
+                *cur = row;
+                return run;
+            }
+        }
+        uint64_t removals = cache_removals(e->cache);
+        bool locked = tries == LOAD_TRIES - 1;
+        if (!locked)
+            pthread_mutex_unlock(&e->lock);
+        ns_row *row = NULL;
+        bool run_has_rows = false;
+        int rc = store_reader_load_node(e->reader, run_id, node_id, &row, &run_has_rows);
+        if (rc > 0)
+            logf_(e, NS_LOG_WARN, "rows-unreadable", "run_id=%s node_id=%s skipped=1", run_id,
+                  node_id);
+        if (!locked)
+            pthread_mutex_lock(&e->lock);
+        if (rc < 0) {
+            logf_(e, NS_LOG_ERROR, "read-through-failed", "run_id=%s node_id=%s", run_id,
+                  node_id);
+            *res = ENGINE_ERROR;
+            return NULL;
+        }
+        run = cache_run_find(e->cache, run_id);
+        if ((run && (run->complete || cache_node_get(run, node_id))) ||
+            cache_removed_since(e->cache, run_id, removals)) {
+            model_row_unref(row);
+            continue; /* the cache knows better now, or the file may have moved on */
+        }
+        if (!run) {
+            if (!row && !create) {
+                *res = ENGINE_NOT_FOUND;
+                return NULL;
+            }
+            run = cache_run_add(e->cache, run_id);
+            if (!run) {
+                model_row_unref(row);
+                *res = ENGINE_ERROR;
+                return NULL;
+            }
+            /* Nothing cached of it, nothing queued: the file is its truth. */
+            run->complete = !run_has_rows;
+        }
+        cache_touch(e->cache, run); /* the most recent, so evict spares it alone */
+        if (row) {
+            if (cache_node_put(e->cache, run, row) != 0) {
+                model_row_unref(row);
+                run_drop_if_idle(e, run);
+                *res = ENGINE_ERROR;
+                return NULL;
+            }
+            atomic_fetch_add_explicit(&e->stats.cache_loads, 1, memory_order_relaxed);
+        }
+        evict(e, run);
+        *cur = row;
+        return run;
+    }
+    *res = ENGINE_ERROR; /* not reached: the last try holds the lock throughout */
+    return NULL;
+}
+
+/* Whether the cache holds more than either bound allows. Lock held. */
+static bool over_bounds(const engine *e)
+{
+    size_t max_nodes = e->cfg.cache_max_nodes, max_bytes = e->cfg.cache_max_bytes;
+    return (max_nodes && cache_nodes(e->cache) > max_nodes) ||
+           (max_bytes && cache_bytes(e->cache) > max_bytes);
+}
+
+/*
  * Drops least recently used runs until the cache holds at most
- * cache_max_nodes nodes. Only runs with nothing queued can go (the file
- * holds their truth); keep is spared because a caller is using it. Lock held.
+ * cache_max_nodes nodes and cache_max_bytes bytes. Only runs with nothing
+ * queued can go (the file holds their truth); keep is spared because a
+ * caller is using it. Lock held.
  */
 static void evict(engine *e, const cache_run *keep)
 {
-    size_t max = e->cfg.cache_max_nodes;
-    while (max && cache_nodes(e->cache) > max) {
+    while (over_bounds(e)) {
         cache_run *run = cache_lru_first(e->cache); /* unpinned runs only */
         if (!run || run == keep)
             break; /* keep is the most recent: nothing else may go */
@@ -251,10 +380,10 @@ engine_result engine_submit(engine *e, const char *run_id, const char *node_id,
     engine_result res = ENGINE_ERROR;
     *out = NULL;
     pthread_mutex_lock(&e->lock);
-    cache_run *run = run_get(e, run_id, true, &res);
+    ns_row *cur = NULL;
+    cache_run *run = run_get_node(e, run_id, node_id, true, &cur, &res);
     if (!run)
         goto done;
-    ns_row *cur = cache_node_get(run, node_id);
     ns_row draft;
     int64_t now = model_now_ms();
     switch (rules_apply(cur, run_id, node_id, u, now, &draft)) {
@@ -290,8 +419,7 @@ engine_result engine_submit(engine *e, const char *run_id, const char *node_id,
     model_row_ref(row); /* the caller's */
     ns_op op = { .row = row, .run = run };
     enqueue(e, &op);
-    if (!cur)
-        evict(e, run);
+    evict(e, run); /* a new node, or a bigger row, may pass a bound */
     *out = row;
     res = ENGINE_ACCEPTED;
     goto done;
@@ -313,20 +441,29 @@ engine_result engine_delete_run(engine *e, const char *run_id, size_t *deleted,
     char *id = strdup(run_id);
     if (!id)
         return ENGINE_ERROR;
+    cache_run *view = NULL, *gone = NULL;
     pthread_mutex_lock(&e->lock);
-    cache_run *run = run_get(e, run_id, false, &res);
-    if (run && run->nodes == 0)
+    /* Whole: the answer tells how many nodes went. */
+    cache_run *run = run_get_whole(e, run_id, &res, &view);
+    size_t nodes = run ? run->nodes : view ? view->nodes : 0;
+    if ((run || view) && nodes == 0)
         res = ENGINE_NOT_FOUND;
-    if (!run || run->nodes == 0)
+    if (nodes == 0)
         goto done;
     if (queue_len(e->queue) == queue_capacity(e->queue)) {
         reject(e, NS_REJECT_QUEUE_FULL);
         res = ENGINE_QUEUE_FULL;
         goto done;
     }
-    *deleted = run->nodes;
+    /* Too big to cache whole: the run (in part, or not at all) is what gets emptied and pinned. */
+    if (!run && !(run = cache_run_find(e->cache, run_id)) &&
+        !(run = cache_run_add(e->cache, run_id))) {
+        res = ENGINE_ERROR;
+        goto done;
+    }
+    *deleted = nodes;
     /* The run stays cached, empty and pinned, until the delete commits: a read must not find the old rows on disk. */
-    cache_run_clear(e->cache, run);
+    gone = cache_run_take(e->cache, run);
     ns_op op = { .delete_run = id, .run = run };
     enqueue(e, &op);
     *seq = op.seq;
@@ -336,6 +473,9 @@ engine_result engine_delete_run(engine *e, const char *run_id, size_t *deleted,
 done:
     pthread_mutex_unlock(&e->lock);
     free(id);
+    /* The rows the run had, or its copy: freed without the lock, a big run takes a while. */
+    cache_run_free(gone);
+    cache_run_free(view);
     return res;
 }
 
@@ -347,9 +487,7 @@ ns_row *engine_get(engine *e, const char *run_id, const char *node_id,
     ns_row *row = NULL;
     *res = ENGINE_NOT_FOUND;
     pthread_mutex_lock(&e->lock);
-    cache_run *run = run_get(e, run_id, false, res);
-    if (run) {
-        row = cache_node_get(run, node_id);
+    if (run_get_node(e, run_id, node_id, false, &row, res)) {
         if (row) {
             model_row_ref(row);
             *res = ENGINE_ACCEPTED;
@@ -361,25 +499,125 @@ ns_row *engine_get(engine *e, const char *run_id, const char *node_id,
     return row;
 }
 
+/*
+ * A page of a run that is not cached whole, read through: the stored rows
+ * of the page (store_reader_load_page, without the lock) merged with the
+ * cached ones, which win, so a listing never reads a run whole. What the
+ * disk read covers ends at its last row when more follow; if the merge
+ * needs rows beyond that (cached nodes took the place of stored ones), a
+ * longer stretch is read. Races as in run_get_whole. Lock held, dropped
+ * while reading; cached has room for limit + 1.
+ */
+static engine_result list_through(engine *e, const char *run_id, unsigned status_mask,
+                                  const char *after, size_t limit, engine_page *page,
+                                  ns_row **cached)
+{
+    size_t want = limit + 1;
+    for (int tries = 0; tries < LOAD_TRIES;) {
+        cache_run *run = cache_run_find(e->cache, run_id);
+        if (run && run->complete) {
+            cache_touch(e->cache, run);
+            if (run->nodes == 0)
+                return ENGINE_NOT_FOUND;
+            page->count = (size_t)cache_run_collect(run, status_mask, after, limit, page->rows,
+                                                    &page->more);
+            return ENGINE_ACCEPTED;
+        }
+        uint64_t removals = cache_removals(e->cache);
+        bool locked = tries == LOAD_TRIES - 1;
+        if (!locked)
+            pthread_mutex_unlock(&e->lock);
+        row_vec disk = { 0 };
+        store_page sp;
+        int rc = store_reader_load_page(e->reader, run_id, after, status_mask, want,
+                                        row_vec_push, &disk, &sp);
+        if (sp.skipped)
+            logf_(e, NS_LOG_WARN, "rows-unreadable", "run_id=%s skipped=%zu", run_id,
+                  sp.skipped);
+        if (!locked)
+            pthread_mutex_lock(&e->lock);
+        if (rc != 0) {
+            row_vec_free(&disk);
+            logf_(e, NS_LOG_ERROR, "read-through-failed", "run_id=%s", run_id);
+            return ENGINE_ERROR;
+        }
+        run = cache_run_find(e->cache, run_id);
+        if ((run && run->complete) || cache_removed_since(e->cache, run_id, removals)) {
+            row_vec_free(&disk);
+            tries++;
+            continue; /* the cache knows better now, or the file may have moved on */
+        }
+        if (!sp.run_has_rows && (!run || run->nodes == 0)) {
+            row_vec_free(&disk);
+            return ENGINE_NOT_FOUND;
+        }
+        if (run)
+            cache_touch(e->cache, run);
+        if (disk.n > 0)
+            atomic_fetch_add_explicit(&e->stats.cache_loads, 1, memory_order_relaxed);
+        /* Beyond `end` the file is unknown (more rows follow it); NULL: known to the end. */
+        const char *end = sp.more ? disk.rows[disk.n - 1]->node_id : NULL;
+        bool cached_more;
+        size_t nc = run ? (size_t)cache_run_collect(run, status_mask, after, limit + 1, cached,
+                                                    &cached_more)
+                        : 0;
+        size_t i = 0, j = 0, k = 0;
+        bool full = false;
+        for (;;) {
+            while (i < disk.n && run && cache_node_get(run, disk.rows[i]->node_id))
+                i++; /* cached: its cached row (if it matches) is among cached[] */
+            ns_row *d = i < disk.n ? disk.rows[i] : NULL;
+            ns_row *c = j < nc ? cached[j] : NULL;
+            ns_row *next = d && (!c || strcmp(d->node_id, c->node_id) < 0) ? d : c;
+            if (!next)
+                break;
+            if (k == limit) {
+                full = true; /* a real row follows: a stored one read, or a cached one */
+                break;
+            }
+            if (end && strcmp(next->node_id, end) > 0)
+                break;
+            model_row_ref(next);
+            page->rows[k++] = next;
+            if (next == d)
+                i++;
+            else
+                j++;
+        }
+        for (size_t x = 0; x < nc; x++)
+            model_row_unref(cached[x]);
+        row_vec_free(&disk);
+        if (full || !end) {
+            page->count = k;
+            page->more = full;
+            return ENGINE_ACCEPTED;
+        }
+        /* Cached nodes took stored rows' places: read a longer stretch. */
+        for (size_t x = 0; x < k; x++)
+            model_row_unref(page->rows[x]);
+        want *= 2;
+    }
+    return ENGINE_ERROR; /* not reached: the last try holds the lock throughout */
+}
+
 engine_result engine_list(engine *e, const char *run_id, unsigned status_mask,
                           const char *after, size_t limit, engine_page *page)
 {
-    engine_result res = ENGINE_ERROR;
     memset(page, 0, sizeof *page);
     page->rows = malloc((limit ? limit : 1) * sizeof *page->rows);
-    if (!page->rows)
+    ns_row **cached = malloc((limit + 1) * sizeof *cached);
+    if (!page->rows || !cached) {
+        free(page->rows);
+        page->rows = NULL;
+        free(cached);
         return ENGINE_ERROR;
-    pthread_mutex_lock(&e->lock);
-    cache_run *run = run_get(e, run_id, false, &res);
-    if (run && run->nodes == 0)
-        res = ENGINE_NOT_FOUND;
-    if (run && run->nodes > 0) {
-        long n = cache_run_collect(run, status_mask, after, limit, page->rows,
-                                   &page->more);
-        res = n < 0 ? ENGINE_ERROR : ENGINE_ACCEPTED;
-        page->count = n < 0 ? 0 : (size_t)n;
     }
+    pthread_mutex_lock(&e->lock);
+    engine_result res = list_through(e, run_id, status_mask, after, limit, page, cached);
     pthread_mutex_unlock(&e->lock);
+    free(cached);
+    if (res != ENGINE_ACCEPTED)
+        page->count = 0;
     return res;
 }
 
@@ -394,9 +632,12 @@ void engine_page_free(engine_page *page)
 engine_result engine_summarize(engine *e, const char *run_id, engine_summary *out)
 {
     engine_result res = ENGINE_ERROR;
+    cache_run *view = NULL;
     memset(out, 0, sizeof *out);
     pthread_mutex_lock(&e->lock);
-    cache_run *run = run_get(e, run_id, false, &res);
+    const cache_run *run = run_get_whole(e, run_id, &res, &view);
+    if (!run)
+        run = view;
     if (run && run->nodes == 0)
         res = ENGINE_NOT_FOUND;
     if (run && run->nodes > 0) {
@@ -407,6 +648,7 @@ engine_result engine_summarize(engine *e, const char *run_id, engine_summary *ou
         res = ENGINE_ACCEPTED;
     }
     pthread_mutex_unlock(&e->lock);
+    cache_run_free(view); /* a run too big to cache, read for this answer alone */
     return res;
 }
 
@@ -542,7 +784,8 @@ static int commit_ops(engine *e, const ns_op *ops, size_t n)
     atomic_fetch_add_explicit(&s->batches_written, 1, memory_order_relaxed);
     atomic_fetch_add_explicit(&s->rows_written, plan.batch.n_rows - plan.batch.n_isolated,
                               memory_order_relaxed);
-    atomic_fetch_add_explicit(&s->runs_deleted, plan.batch.n_deletes, memory_order_relaxed);
+    /* Every accepted delete, even one its batch merged with another of the same run. */
+    atomic_fetch_add_explicit(&s->runs_deleted, plan.run_deletes, memory_order_relaxed);
     atomic_fetch_add_explicit(&s->updates_coalesced, plan.coalesced, memory_order_relaxed);
     atomic_fetch_add_explicit(&s->updates_processed, n, memory_order_relaxed);
     stats_observe(&s->commit_seconds, (double)(done - t0) / 1e9);

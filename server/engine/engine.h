@@ -8,8 +8,11 @@
  * batch_size queued entries, coalesces them (newest row per node wins), sorts
  * them by key and commits them in one transaction, retrying a failed commit
  * with capped backoff without ever dropping an entry. Reads come from the
- * cache; a run that is not cached is read through from SQLite on a separate
- * read-only connection and cached whole.
+ * cache, which may hold a run whole or in part; what it lacks is read
+ * through from SQLite on a separate read-only connection: one node for a
+ * write or a node's GET, one page of stored rows for a listing, the whole
+ * run for a summary or a delete, each merged with what is cached. Idle runs are evicted, least recently used
+ * first, to keep the cache within cache_max_nodes and cache_max_bytes.
  *
  * All functions are thread-safe unless noted.
  */

@@ -46,12 +46,13 @@ typedef struct ns_stats {
     _Atomic uint64_t errors;             /* failed transactions (each retry counts) */
     _Atomic uint64_t updates_coalesced;  /* queued entries absorbed by a newer one in the same batch */
     _Atomic uint64_t rows_written;       /* row upserts committed */
-    _Atomic uint64_t runs_deleted;       /* DELETE /runs committed */
+    _Atomic uint64_t runs_deleted;       /* accepted run deletes committed (each counts) */
     _Atomic uint64_t updates_duplicate;  /* no-change updates answered 200 */
     _Atomic uint64_t rejected[NS_REJECT_COUNT];
     _Atomic uint64_t cache_nodes;        /* nodes held in the cache */
     _Atomic uint64_t cache_runs;         /* runs held in the cache */
-    _Atomic uint64_t cache_loads;        /* runs read through from SQLite (that had rows) */
+    _Atomic uint64_t cache_bytes;        /* bytes the cached nodes take */
+    _Atomic uint64_t cache_loads;        /* read-throughs from SQLite that found rows: a run, a node, a page */
     _Atomic uint64_t cache_evictions;    /* runs dropped from the cache to bound it */
     _Atomic uint64_t rows_isolated;      /* rows SQLite refused for good, left out of their batch */
     _Atomic int64_t last_seq;            /* highest seq assigned */

@@ -160,6 +160,18 @@ static const char store_select_run_sql[] =
     "SELECT " STORE_COLUMNS ", json_valid(resume_state_json),"
     " json_valid(outputs_json) FROM run_node_state WHERE run_id = ?1"
     " ORDER BY node_id";
+/* One node by primary key, and whether its run has any row. */
+static const char store_select_node_sql[] =
+    "SELECT " STORE_COLUMNS ", json_valid(resume_state_json),"
+    " json_valid(outputs_json) FROM run_node_state"
+    " WHERE run_id = ?1 AND node_id = ?2";
+/* A run's rows after a node id, in node_id order ("" is before every id). */
+static const char store_select_after_sql[] =
+    "SELECT " STORE_COLUMNS ", json_valid(resume_state_json),"
+    " json_valid(outputs_json) FROM run_node_state"
+    " WHERE run_id = ?1 AND node_id > ?2 ORDER BY node_id";
+static const char store_select_run_exists_sql[] =
+    "SELECT 1 FROM run_node_state WHERE run_id = ?1 LIMIT 1";
 
 /*
  * Replay, run on the write connection with the sidecar attached. Deletes
@@ -377,9 +389,12 @@ struct store {
 
 /* The read-through connection; any thread may use it. */
 struct store_reader {
-    pthread_mutex_t lock;       /* guards db and select_run */
+    pthread_mutex_t lock;       /* guards db and the statements */
     sqlite3 *db;
     sqlite3_stmt *select_run;   /* rows of one run in node_id order */
+    sqlite3_stmt *select_node;  /* one row by primary key */
+    sqlite3_stmt *select_after; /* rows of one run after a node id */
+    sqlite3_stmt *run_exists;   /* whether a run has any row */
 };
 
 /* Writes "<path>: <msg>" into err, tolerating a NULL or empty buffer. */
@@ -1714,7 +1729,13 @@ store_reader *store_reader_open(const char *path, char *err, size_t errlen)
         goto err;
     }
     if (store_prepare(r->db, store_select_run_sql, &r->select_run, err,
-                      errlen, path) != 0)
+                      errlen, path) != 0
+        || store_prepare(r->db, store_select_node_sql, &r->select_node, err,
+                         errlen, path) != 0
+        || store_prepare(r->db, store_select_after_sql, &r->select_after, err,
+                         errlen, path) != 0
+        || store_prepare(r->db, store_select_run_exists_sql, &r->run_exists,
+                         err, errlen, path) != 0)
         goto err;
     return r;
 
@@ -1728,6 +1749,9 @@ void store_reader_close(store_reader *r)
     if (r == NULL)
         return;
     sqlite3_finalize(r->select_run);
+    sqlite3_finalize(r->select_node);
+    sqlite3_finalize(r->select_after);
+    sqlite3_finalize(r->run_exists);
     sqlite3_close(r->db);
     pthread_mutex_destroy(&r->lock);
     free(r);
@@ -1861,5 +1885,147 @@ out:
     pthread_mutex_unlock(&r->lock);
     if (skipped != NULL)
         *skipped = n_skipped;
+    return ret;
+}
+
+int store_reader_load_node(store_reader *r, const char *run_id,
+                           const char *node_id, ns_row **out,
+                           bool *run_has_rows)
+{
+    sqlite3_stmt *st = r->select_node;
+    sqlite3_stmt *ex = r->run_exists;
+    int ret = -1;
+    int rc;
+
+    *out = NULL;
+    *run_has_rows = false;
+    if (run_id == NULL || node_id == NULL)
+        return -1;
+    pthread_mutex_lock(&r->lock);
+    if (sqlite3_bind_text(st, 1, run_id, -1, SQLITE_STATIC) != SQLITE_OK
+        || sqlite3_bind_text(st, 2, node_id, -1, SQLITE_STATIC) != SQLITE_OK)
+        goto out;
+    rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW) {
+        ns_row draft;
+        int drc = store_row_draft(st, run_id, &draft);
+
+        if (drc < 0)
+            goto out;
+        *run_has_rows = true;
+        if (drc == 0 && (*out = model_row_copy(&draft)) == NULL)
+            goto out;
+        ret = drc == 0 ? 0 : 1;
+        goto out;
+    }
+    if (rc != SQLITE_DONE)
+        goto out;
+    /* No such node: say whether the run has others, so a new run can be known empty. */
+    if (sqlite3_bind_text(ex, 1, run_id, -1, SQLITE_STATIC) != SQLITE_OK)
+        goto out;
+    rc = sqlite3_step(ex);
+    if (rc == SQLITE_ROW || rc == SQLITE_DONE) {
+        *run_has_rows = rc == SQLITE_ROW;
+        ret = 0;
+    }
+
+out:
+    /* Ends the read transactions so the writer's checkpoints can progress. */
+    sqlite3_reset(st);
+    sqlite3_clear_bindings(st);
+    sqlite3_reset(ex);
+    sqlite3_clear_bindings(ex);
+    pthread_mutex_unlock(&r->lock);
+    return ret;
+}
+
+/* Whether run_id has any stored row; 0/1, or -1 on a SQLite error. Reader lock held. */
+static int store_reader_run_exists(store_reader *r, const char *run_id)
+{
+    sqlite3_stmt *ex = r->run_exists;
+    int ret = -1;
+    int rc;
+
+    if (sqlite3_bind_text(ex, 1, run_id, -1, SQLITE_STATIC) == SQLITE_OK) {
+        rc = sqlite3_step(ex);
+        if (rc == SQLITE_ROW || rc == SQLITE_DONE)
+            ret = rc == SQLITE_ROW;
+    }
+    sqlite3_reset(ex);
+    sqlite3_clear_bindings(ex);
+    return ret;
+}
+
+/*
+ * Rows whose status is not asked for are passed over on their status
+ * column alone, before anything else of them is read.
+ */
+int store_reader_load_page(store_reader *r, const char *run_id,
+                           const char *after, unsigned status_mask,
+                           size_t want, int (*fn)(void *ctx, ns_row *row),
+                           void *ctx, store_page *page)
+{
+    sqlite3_stmt *st = r->select_after;
+    size_t delivered = 0;
+    int ret = -1;
+    int rc;
+
+    memset(page, 0, sizeof *page);
+    if (run_id == NULL || fn == NULL || want == 0)
+        return -1;
+    pthread_mutex_lock(&r->lock);
+    if (sqlite3_bind_text(st, 1, run_id, -1, SQLITE_STATIC) != SQLITE_OK
+        || sqlite3_bind_text(st, 2, after != NULL ? after : "", -1,
+                             SQLITE_STATIC) != SQLITE_OK)
+        goto out;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        const char *status;
+        ns_status s;
+        ns_row draft;
+        ns_row *row;
+        int drc;
+
+        page->run_has_rows = true;
+        if (store_column_text(st, COL_STATUS, &status) != 0)
+            goto out;
+        if (status != NULL && model_status_parse(status, &s) == 0
+            && !(status_mask & (1u << s)))
+            continue;
+        if (delivered == want) {
+            page->more = true;
+            break;
+        }
+        drc = store_row_draft(st, run_id, &draft);
+        if (drc < 0)
+            goto out;
+        if (drc > 0 || !(status_mask & (1u << draft.status))) {
+            page->skipped += drc > 0;
+            continue;
+        }
+        row = model_row_copy(&draft);
+        if (row == NULL)
+            goto out;
+        /* fn owns the row from here, whatever it returns. */
+        if (fn(ctx, row) != 0)
+            goto out;
+        delivered++;
+    }
+    if (rc != SQLITE_ROW && rc != SQLITE_DONE)
+        goto out;
+    sqlite3_reset(st);
+    if (!page->run_has_rows) {
+        /* Nothing after `after`: whether the run is there at all. */
+        rc = store_reader_run_exists(r, run_id);
+        if (rc < 0)
+            goto out;
+        page->run_has_rows = rc == 1;
+    }
+    ret = 0;
+
+out:
+    /* Ends the read transaction so the writer's checkpoints can progress. */
+    sqlite3_reset(st);
+    sqlite3_clear_bindings(st);
+    pthread_mutex_unlock(&r->lock);
     return ret;
 }

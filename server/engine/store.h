@@ -135,5 +135,35 @@ void store_reader_close(store_reader *r);
 int store_reader_load_run(store_reader *r, const char *run_id,
                           int (*fn)(void *ctx, ns_row *row), void *ctx,
                           size_t *skipped);
+/*
+ * Reads one stored node by primary key: *out gets it packed with one
+ * reference (NULL when there is no such row), *run_has_rows whether the run
+ * has any row at all (this one or another), so a caller knows a run with
+ * none is empty without reading it whole. Returns 0, 1 when the row is
+ * there but unreadable (as store_reader_load_run skips; *out stays NULL),
+ * -1 on a SQLite error or out of memory.
+ */
+int store_reader_load_node(store_reader *r, const char *run_id,
+                           const char *node_id, ns_row **out,
+                           bool *run_has_rows);
+
+/* What store_reader_load_page found besides its rows. */
+typedef struct store_page {
+    bool more;          /* another matching row follows the last one handed over */
+    bool run_has_rows;  /* the run has some row (matching or not) */
+    size_t skipped;     /* unreadable rows passed over */
+} store_page;
+/*
+ * Calls fn, as store_reader_load_run does, for at most `want` (>= 1) stored
+ * rows of run_id in node_id order: those whose node_id sorts after `after`
+ * (NULL: from the first) and whose status bit (1u << status) is in
+ * status_mask. Costs the rows it steps over, not the run: one page of a
+ * listing. Returns 0, or -1 on a SQLite error, out of memory, or when fn
+ * stopped.
+ */
+int store_reader_load_page(store_reader *r, const char *run_id,
+                           const char *after, unsigned status_mask,
+                           size_t want, int (*fn)(void *ctx, ns_row *row),
+                           void *ctx, store_page *page);
 
 #endif

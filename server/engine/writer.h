@@ -20,6 +20,7 @@ typedef struct writer_plan {
     ns_row **rows;
     size_t upserts;          /* upsert ops seen */
     size_t coalesced;        /* upsert ops that write no row of their own */
+    size_t run_deletes;      /* delete ops seen: two of one run count two, though one deletes */
 } writer_plan;
 
 /* Plans ops[0..n) into *plan. Returns 0, or -1 when out of memory. */
