@@ -13,6 +13,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <poll.h>
+#include <sys/ioctl.h>
 #include <sys/prctl.h>
 #include <sys/types.h>
 #include <sys/wait.h>
@@ -96,14 +98,26 @@ static void *ns_reader_main(void *arg)
     ns_server *s = arg;
     char chunk[4096];
     for (;;) {
-        ssize_t n = read(s->log_fd, chunk, sizeof chunk);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n <= 0)
+        /* Waits unlocked, then reads and appends under mu, so that bytes are
+         * never out of the pipe but not yet in the log (ns_log_sync). */
+        struct pollfd pfd = { .fd = s->log_fd, .events = POLLIN };
+        if (poll(&pfd, 1, -1) == -1) {
+            if (errno == EINTR)
+                continue;
             break;
+        }
+        pthread_mutex_lock(&s->mu);
+        ssize_t n = read(s->log_fd, chunk, sizeof chunk);
+        if (n < 0 && errno == EINTR) {
+            pthread_mutex_unlock(&s->mu);
+            continue;
+        }
+        if (n <= 0) {
+            pthread_mutex_unlock(&s->mu);
+            break;
+        }
         if (s->verbose)
             fwrite(chunk, 1, (size_t)n, stderr);
-        pthread_mutex_lock(&s->mu);
         if (s->log_len + (size_t)n + 1 > s->log_cap) {
             size_t cap = s->log_cap ? s->log_cap : 8192;
             while (cap < s->log_len + (size_t)n + 1)
@@ -126,6 +140,27 @@ static void *ns_reader_main(void *arg)
     s->eof = true;
     pthread_mutex_unlock(&s->mu);
     return NULL;
+}
+
+/*
+ * Waits (bounded) until everything the server wrote so far is in the log: the
+ * pipe is empty while mu is held, and the reader reads and appends only under
+ * mu. Main thread only (it owns log_fd).
+ */
+static void ns_log_sync(ns_server *s)
+{
+    long long deadline = ns_mono_ms() + NS_START_TIMEOUT_MS;
+    long rounds = NS_START_TIMEOUT_MS + 1; /* 1 ms apart */
+    for (long i = 0; i < rounds && s->log_fd >= 0; i++) {
+        int pending = 0;
+        pthread_mutex_lock(&s->mu);
+        bool drained = s->eof || ioctl(s->log_fd, FIONREAD, &pending) == -1 ||
+                       pending == 0;
+        pthread_mutex_unlock(&s->mu);
+        if (drained || ns_mono_ms() >= deadline)
+            return;
+        ns_sleep_ms(1);
+    }
 }
 
 /* ---- process ----------------------------------------------------------- */
@@ -353,6 +388,9 @@ static int ns_launch(ns_server *s, const char *extra)
         int port = ns_read_port_file(s->port_file);
         if (port > 0) {
             s->port = port;
+            /* The server logged up to msg=listening before it wrote the
+             * file: callers may look for those lines at once. */
+            ns_log_sync(s);
             return 0;
         }
         if (ns_wait_exit(s, 0)) {
@@ -729,6 +767,7 @@ const char *ns_db_path(const ns_server *s)
 
 char *ns_log(ns_server *s)
 {
+    ns_log_sync(s);
     pthread_mutex_lock(&s->mu);
     char *copy = strdup(s->log != NULL ? s->log : "");
     pthread_mutex_unlock(&s->mu);
@@ -737,6 +776,7 @@ char *ns_log(ns_server *s)
 
 bool ns_log_contains(ns_server *s, const char *needle)
 {
+    ns_log_sync(s);
     pthread_mutex_lock(&s->mu);
     bool found = s->log != NULL && strstr(s->log, needle) != NULL;
     pthread_mutex_unlock(&s->mu);

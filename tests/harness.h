@@ -87,8 +87,13 @@ int ns_port(const ns_server *s);
 pid_t ns_pid(const ns_server *s);
 const char *ns_dir(const ns_server *s);
 const char *ns_db_path(const ns_server *s);
-/* A copy of the log captured so far (free it), or NULL when out of memory. */
+/*
+ * A copy of the log (free it), or NULL when out of memory. It holds every
+ * line the server wrote before the call: the call first waits (bounded) for
+ * the pipe to drain. Main thread only, like ns_stop.
+ */
 char *ns_log(ns_server *s);
+/* Whether the log (as ns_log has it) contains needle. Main thread only. */
 bool ns_log_contains(ns_server *s, const char *needle);
 
 /* ---- HTTP ------------------------------------------------------------- */
