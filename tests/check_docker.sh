@@ -17,7 +17,7 @@
 #       NODESTATE_DB (the VOLUME, /data) becomes a scratch directory, which is
 #       also the working directory (WORKDIR /data); NODESTATE_LISTEN
 #       0.0.0.0:8080 becomes 127.0.0.1:0 and the real port is read from the
-#       `msg=listening` log line. The HEALTHCHECK command runs verbatim under
+#       file --port-file names. The HEALTHCHECK command runs verbatim under
 #       sh with NODESTATE_LISTEN=127.0.0.1:<real port> in its environment (a
 #       literal :8080 in it would be replaced by the real port) and must
 #       succeed; the URL the shipped prometheus.yml scrapes must pass
@@ -287,9 +287,10 @@ done
 # Only the image's settings: no NODESTATE_* from the caller's environment.
 check_clean_env
 log=$tmp/nodestate.log
-(cd "$data" && exec env "${clean_env[@]}" "${run_env[@]}" "$NODESTATE_BIN") 2>"$log" &
+# --port-file is the check's only addition: the port to talk to.
+(cd "$data" && exec env "${clean_env[@]}" "${run_env[@]}" "$NODESTATE_BIN" --port-file "$tmp/port") 2>"$log" &
 ns_pid=$!
-ns_wait_listening "$log" "nodestate exited at start with the image's ENV"
+ns_wait_port "$tmp/port" "$log" "nodestate exited at start with the image's ENV"
 note "start step: nodestate with ${run_env[*]} listens on 127.0.0.1:$port"
 
 # run_healthcheck: the HEALTHCHECK command as Docker runs it (sh -c, image ENV).

@@ -15,6 +15,10 @@ fail() {
     exit 1
 }
 
+check_name=check_prometheus
+# shellcheck source=lib_check.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib_check.sh"
+
 [[ -n "${NODESTATE_BIN:-}" ]] || fail "NODESTATE_BIN is not set (path to the nodestate binary)"
 [[ -x "$NODESTATE_BIN" ]] || fail "NODESTATE_BIN=$NODESTATE_BIN is not an executable"
 for tool in curl promtool prometheus; do
@@ -53,19 +57,10 @@ show_log() {
 }
 
 # --- nodestate on an ephemeral port ------------------------------------------
-"$NODESTATE_BIN" --listen 127.0.0.1:0 --db "$tmp/x.db" 2>"$tmp/nodestate.log" &
+"$NODESTATE_BIN" --listen 127.0.0.1:0 --db "$tmp/x.db" --port-file "$tmp/port" \
+    2>"$tmp/nodestate.log" &
 ns_pid=$!
-port=""
-for _ in $(seq 100); do
-    line=$(grep -m1 'msg=listening' "$tmp/nodestate.log" || true)
-    if [[ -n "$line" ]]; then
-        port=$(sed -n 's/.*addr=127\.0\.0\.1:\([0-9][0-9]*\).*/\1/p' <<<"$line")
-        break
-    fi
-    kill -0 "$ns_pid" 2>/dev/null || { show_log "$tmp/nodestate.log"; fail "nodestate exited before listening"; }
-    sleep 0.1
-done
-[[ -n "$port" ]] || { show_log "$tmp/nodestate.log"; fail "no 'msg=listening addr=127.0.0.1:PORT' line within 10 s"; }
+ns_wait_port "$tmp/port" "$tmp/nodestate.log" "nodestate exited before listening"
 base="http://127.0.0.1:$port"
 echo "check_prometheus: nodestate on $base"
 
@@ -138,14 +133,14 @@ port_in_use() {
 
 cat >"$tmp/prom.yml" <<EOF
 global:
-  scrape_interval: 1s
-  scrape_timeout: 1s
-  evaluation_interval: 1s
+  scrape_interval: 2s
+  scrape_timeout: 2s
+  evaluation_interval: 2s
 scrape_configs:
   - job_name: nodestate
     metrics_path: /stats
-    scrape_interval: 1s
-    scrape_timeout: 1s
+    scrape_interval: 2s
+    scrape_timeout: 2s
     static_configs:
       - targets: ['127.0.0.1:$port']
 EOF
@@ -162,7 +157,9 @@ for attempt in $(seq 10); do
         >"$tmp/prometheus.log" 2>&1 &
     prom_pid=$!
     ready=""
-    for _ in $(seq 300); do
+    ready_end=$((SECONDS + 60))
+    for _ in $(seq 3000); do
+        ((SECONDS <= ready_end)) || break
         if ! kill -0 "$prom_pid" 2>/dev/null; then
             wait "$prom_pid" 2>/dev/null || true
             prom_pid=""
@@ -181,7 +178,7 @@ for attempt in $(seq 10); do
     fi
     if [[ -n "$prom_pid" ]]; then
         show_log "$tmp/prometheus.log"
-        fail "prometheus on 127.0.0.1:$candidate not ready within 30 s"
+        fail "prometheus on 127.0.0.1:$candidate not ready within 60 s"
     fi
     grep -qi 'address already in use' "$tmp/prometheus.log" ||
         { show_log "$tmp/prometheus.log"; fail "prometheus exited at start-up"; }
@@ -197,22 +194,23 @@ query() {
         sed -n 's/.*"value":\[[^,]*,"\([^"]*\)"\].*/\1/p' || true
 }
 
-scraped=""
-for _ in $(seq 60); do
-    scraped=$(query 'nodestate_updates_queued_total{job="nodestate"}')
-    [[ -n "$scraped" ]] && break
-    sleep 0.5
-done
-if [[ -z "$scraped" ]]; then
-    show_log "$tmp/prometheus.log"
-    curl -s --max-time 5 "$prom/api/v1/targets" >&2 || true
-    fail "prometheus has no nodestate_updates_queued_total after ~30 s"
-fi
+# query_is EXPR WANT: whether the query's value is WANT now (sets scraped).
+# A scrape that a busy machine made time out leaves the series stale for a
+# moment, so the checks below wait for the value rather than read it once.
+query_is() {
+    scraped=$(query "$1")
+    [[ "$scraped" == "$2" ]]
+}
 
 json=$(curl -s --max-time 15 "$base/stats?format=json") || fail "GET /stats?format=json failed"
 queued=$(grep -o '"updates_queued":[0-9]*' <<<"$json" | cut -d: -f2)
 [[ -n "$queued" ]] || fail "no updates_queued in the JSON /stats: $json"
 [[ "$queued" -gt 0 ]] || fail "updates_queued is 0 after the updates above"
+scraped=""
+if ! check_wait 90 query_is 'nodestate_updates_queued_total{job="nodestate"}' "$queued"; then
+    show_log "$tmp/prometheus.log"
+    curl -s --max-time 5 "$prom/api/v1/targets" >&2 || true
+fi
 [[ "$scraped" == "$queued" ]] ||
     fail "prometheus scraped nodestate_updates_queued_total=$scraped, JSON /stats says updates_queued=$queued"
 echo "check_prometheus: nodestate_updates_queued_total $scraped == JSON updates_queued $queued"
@@ -221,7 +219,7 @@ echo "check_prometheus: nodestate_updates_queued_total $scraped == JSON updates_
 codes=$(sed -n 's/.*"http_responses":{\([^}]*\)}.*/\1/p' <<<"$json")
 conflicts=$(grep -o '"409":[0-9]*' <<<"$codes" | cut -d: -f2)
 [[ "$conflicts" == 2 ]] || fail "JSON /stats http_responses has 409=${conflicts:-none}, want 2: $codes"
-scraped=$(query 'nodestate_http_responses_total{job="nodestate",code="409"}')
+check_wait 60 query_is 'nodestate_http_responses_total{job="nodestate",code="409"}' "$conflicts" || true
 [[ "$scraped" == "$conflicts" ]] ||
     fail "prometheus scraped nodestate_http_responses_total{code=\"409\"}=${scraped:-none}, JSON says $conflicts"
 echo "check_prometheus: nodestate_http_responses_total{code=\"409\"} $scraped == JSON $conflicts"
@@ -251,7 +249,8 @@ while IFS= read -r expr; do
 done <"$tmp/examples"
 echo "check_prometheus: $n_examples README PromQL examples evaluate"
 
-up=$(query 'up{job="nodestate"}')
+check_wait 60 query_is 'up{job="nodestate"}' 1 || true
+up=$scraped
 [[ "$up" == 1 ]] || fail "up{job=\"nodestate\"} is ${up:-absent}, want 1"
 echo "check_prometheus: up{job=\"nodestate\"} == 1"
 echo "check_prometheus: OK"

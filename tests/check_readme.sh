@@ -5,7 +5,7 @@
 # An example is a fenced ```sh block that contains `curl`. The blocks are
 # written to run one after another on a fresh database, and run here in README
 # order, each with `set -e -o pipefail`, against $NODESTATE_BIN started on a
-# free port (127.0.0.1:0, the real port read from its `msg=listening` line)
+# free port (127.0.0.1:0, the real port read from its --port-file)
 # with a scratch database; 127.0.0.1:8080 and localhost:8080 in a block are
 # rewritten to that port, and no other :8080 may be left.
 #
@@ -69,9 +69,9 @@ check_clean_env
 mkdir -p "$tmp/run"
 log=$tmp/nodestate.log
 (cd "$tmp/run" && exec env "${clean_env[@]}" "$NODESTATE_BIN" --listen 127.0.0.1:0 \
-    --db "$tmp/run/nodestate.db") 2>"$log" &
+    --db "$tmp/run/nodestate.db" --port-file "$tmp/port") 2>"$log" &
 ns_pid=$!
-ns_wait_listening "$log" "nodestate exited before listening"
+ns_wait_port "$tmp/port" "$log" "nodestate exited before listening"
 note "nodestate on 127.0.0.1:$port"
 
 # A curl that records each command's status and output for the claims. Our

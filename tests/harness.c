@@ -13,6 +13,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <poll.h>
+#include <sys/ioctl.h>
 #include <sys/prctl.h>
 #include <sys/types.h>
 #include <sys/wait.h>
@@ -25,8 +27,9 @@
 
 extern char **environ;
 
-/* How long the server may take to log its port. */
-#define NS_START_TIMEOUT_MS 10000
+/* How long the server may take to write its port file: a bound, not an
+ * expectation (the suite runs on busy machines). */
+#define NS_START_TIMEOUT_MS 30000
 /* How long ns_stop waits for a clean exit before SIGKILL. */
 #define NS_STOP_TIMEOUT_MS 60000
 /* Polling step of every bounded wait here. */
@@ -41,6 +44,7 @@ struct ns_server {
     char **env;              /* its extra NAME=VALUE strings (a copy) */
     char dir[PATH_MAX];
     char db[PATH_MAX];
+    char port_file[PATH_MAX];  /* --port-file: the server writes its port here */
     pid_t pid;
     bool running;            /* a child process exists and is not reaped */
     int exit_code;           /* of the last process, once reaped */
@@ -49,14 +53,13 @@ struct ns_server {
     bool reader_started;
     bool verbose;            /* echo the log to our stderr */
     ns_client *client;       /* for the main thread (ns_req) */
+    int port;                /* read from port_file; 0 until then */
 
     /* Guarded by mu: written by the reader thread, read by the tests. */
     pthread_mutex_t mu;
     char *log;
     size_t log_len;
     size_t log_cap;
-    size_t scanned;          /* log bytes already scanned for the port line */
-    int port;                /* 0 until the listening line was seen */
     bool eof;                /* the child closed its end of the pipe */
 };
 
@@ -90,52 +93,31 @@ static void ns_sleep_ms(long ms)
 
 /* ---- the log reader ---------------------------------------------------- */
 
-/* Called with mu held: looks at whole new lines for msg=listening addr=H:P. */
-static void ns_scan_log(ns_server *s)
-{
-    for (;;) {
-        char *start = s->log + s->scanned;
-        char *nl = memchr(start, '\n', s->log_len - s->scanned);
-        if (nl == NULL)
-            return;
-        *nl = '\0';
-        if (s->port == 0 && strstr(start, "msg=listening") != NULL) {
-            const char *addr = strstr(start, "addr=");
-            if (addr != NULL) {
-                addr += 5;
-                if (*addr == '"')
-                    addr++;
-                /* The port follows the last ':' of the address value. */
-                const char *end = addr + strcspn(addr, " \"");
-                const char *colon = NULL;
-                for (const char *p = addr; p < end; p++)
-                    if (*p == ':')
-                        colon = p;
-                if (colon != NULL) {
-                    long port = strtol(colon + 1, NULL, 10);
-                    if (port > 0 && port < 65536)
-                        s->port = (int)port;
-                }
-            }
-        }
-        *nl = '\n';
-        s->scanned = (size_t)(nl - s->log) + 1;
-    }
-}
-
 static void *ns_reader_main(void *arg)
 {
     ns_server *s = arg;
     char chunk[4096];
     for (;;) {
-        ssize_t n = read(s->log_fd, chunk, sizeof chunk);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n <= 0)
+        /* Waits unlocked, then reads and appends under mu, so that bytes are
+         * never out of the pipe but not yet in the log (ns_log_sync). */
+        struct pollfd pfd = { .fd = s->log_fd, .events = POLLIN };
+        if (poll(&pfd, 1, -1) == -1) {
+            if (errno == EINTR)
+                continue;
             break;
+        }
+        pthread_mutex_lock(&s->mu);
+        ssize_t n = read(s->log_fd, chunk, sizeof chunk);
+        if (n < 0 && errno == EINTR) {
+            pthread_mutex_unlock(&s->mu);
+            continue;
+        }
+        if (n <= 0) {
+            pthread_mutex_unlock(&s->mu);
+            break;
+        }
         if (s->verbose)
             fwrite(chunk, 1, (size_t)n, stderr);
-        pthread_mutex_lock(&s->mu);
         if (s->log_len + (size_t)n + 1 > s->log_cap) {
             size_t cap = s->log_cap ? s->log_cap : 8192;
             while (cap < s->log_len + (size_t)n + 1)
@@ -152,13 +134,33 @@ static void *ns_reader_main(void *arg)
         memcpy(s->log + s->log_len, chunk, (size_t)n);
         s->log_len += (size_t)n;
         s->log[s->log_len] = '\0';
-        ns_scan_log(s);
         pthread_mutex_unlock(&s->mu);
     }
     pthread_mutex_lock(&s->mu);
     s->eof = true;
     pthread_mutex_unlock(&s->mu);
     return NULL;
+}
+
+/*
+ * Waits (bounded) until everything the server wrote so far is in the log: the
+ * pipe is empty while mu is held, and the reader reads and appends only under
+ * mu. Main thread only (it owns log_fd).
+ */
+static void ns_log_sync(ns_server *s)
+{
+    long long deadline = ns_mono_ms() + NS_START_TIMEOUT_MS;
+    long rounds = NS_START_TIMEOUT_MS + 1; /* 1 ms apart */
+    for (long i = 0; i < rounds && s->log_fd >= 0; i++) {
+        int pending = 0;
+        pthread_mutex_lock(&s->mu);
+        bool drained = s->eof || ioctl(s->log_fd, FIONREAD, &pending) == -1 ||
+                       pending == 0;
+        pthread_mutex_unlock(&s->mu);
+        if (drained || ns_mono_ms() >= deadline)
+            return;
+        ns_sleep_ms(1);
+    }
 }
 
 /* ---- process ----------------------------------------------------------- */
@@ -254,6 +256,28 @@ static char **ns_child_env(char *const *env)
 }
 
 /*
+ * The port in a --port-file: digits and a newline, written whole (the server
+ * renames a finished temporary file over it). 0 while the file is absent.
+ */
+static int ns_read_port_file(const char *path)
+{
+    char buf[16];
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd == -1)
+        return 0;
+    ssize_t n = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    if (n <= 0)
+        return 0;
+    buf[n] = '\0';
+    char *end;
+    long port = strtol(buf, &end, 10);
+    if (end == buf || *end != '\n' || port <= 0 || port > 65535)
+        return 0;
+    return (int)port;
+}
+
+/*
  * Runs the binary with the fixed arguments plus the blank-separated words of
  * extra, and waits for its port. 0, or -1 with the child gone.
  */
@@ -264,16 +288,24 @@ static int ns_launch(ns_server *s, const char *extra)
         return -1;
     char **envp = NULL;
     char *argv[NS_MAX_ARGS + 8];
+    /* A restart must not read the port of the process before. */
+    if (unlink(s->port_file) == -1 && errno != ENOENT) {
+        fprintf(stderr, "harness: cannot remove %s: %s\n", s->port_file, strerror(errno));
+        free(words);
+        return -1;
+    }
     int argc = 0;
     argv[argc++] = s->bin;
     argv[argc++] = (char *)"--listen";
     argv[argc++] = (char *)"127.0.0.1:0";
     argv[argc++] = (char *)"--db";
     argv[argc++] = s->db;
+    argv[argc++] = (char *)"--port-file";
+    argv[argc++] = s->port_file;
     char *save = NULL;
     for (char *w = strtok_r(words, " \t\n", &save); w != NULL;
          w = strtok_r(NULL, " \t\n", &save)) {
-        if (argc >= NS_MAX_ARGS + 5) {
+        if (argc >= NS_MAX_ARGS + 7) {
             fprintf(stderr, "harness: too many arguments\n");
             free(words);
             return -1;
@@ -289,10 +321,9 @@ static int ns_launch(ns_server *s, const char *extra)
         return -1;
     }
 
+    s->port = 0;
     pthread_mutex_lock(&s->mu);
     s->log_len = 0;
-    s->scanned = 0;
-    s->port = 0;
     s->eof = false;
     if (s->log != NULL)
         s->log[0] = '\0';
@@ -348,23 +379,36 @@ static int ns_launch(ns_server *s, const char *extra)
     }
     s->reader_started = true;
 
+    /* Until the port file appears (the server writes it once it listens) or
+     * the process exits: whichever comes first ends the wait. */
     long long deadline = ns_mono_ms() + NS_START_TIMEOUT_MS;
     long rounds = NS_START_TIMEOUT_MS / NS_POLL_MS + 1;
-    for (long i = 0; i < rounds && ns_mono_ms() < deadline; i++) {
-        pthread_mutex_lock(&s->mu);
-        int port = s->port;
-        bool eof = s->eof;
-        pthread_mutex_unlock(&s->mu);
-        if (port > 0)
+    const char *why = "server did not write its port file in time";
+    for (long i = 0; i < rounds; i++) {
+        int port = ns_read_port_file(s->port_file);
+        if (port > 0) {
+            s->port = port;
+            /* The server logged up to msg=listening before it wrote the
+             * file: callers may look for those lines at once. */
+            ns_log_sync(s);
             return 0;
-        if (eof)
+        }
+        if (ns_wait_exit(s, 0)) {
+            why = "server exited before writing its port file";
+            break;
+        }
+        if (ns_mono_ms() >= deadline)
             break;
         ns_sleep_ms(NS_POLL_MS);
     }
-    kill(pid, SIGKILL);
-    ns_wait_exit(s, NS_STOP_TIMEOUT_MS);
+    if (s->running) {
+        kill(pid, SIGKILL);
+        ns_wait_exit(s, NS_STOP_TIMEOUT_MS);
+    }
     ns_reap_reader(s);
-    ns_dump_log(s, "server did not log msg=listening addr=...");
+    char msg[PATH_MAX + 128];
+    snprintf(msg, sizeof msg, "%s (%s, exit code %d)", why, s->port_file, s->exit_code);
+    ns_dump_log(s, msg);
     return -1;
 
 fail:
@@ -463,6 +507,9 @@ static ns_server *ns_vstart(const char *bin, const char *const *env,
         goto fail_mutex;
     n = snprintf(s->db, sizeof s->db, "%s/nodestate.db", s->dir);
     if (n < 0 || (size_t)n >= sizeof s->db)
+        goto fail_dir;
+    n = snprintf(s->port_file, sizeof s->port_file, "%s/port", s->dir);
+    if (n < 0 || (size_t)n >= sizeof s->port_file)
         goto fail_dir;
 
     char *extra = ns_vformat(extra_args_fmt, ap);
@@ -590,6 +637,114 @@ void ns_free(ns_server *s)
     curl_global_cleanup();
 }
 
+/* The whole of the file at fd from its start (malloc'd), or NULL. */
+static char *ns_slurp(int fd)
+{
+    size_t len = 0, cap = 4096;
+    char *text = malloc(cap);
+    if (text == NULL || lseek(fd, 0, SEEK_SET) == -1)
+        goto fail;
+    for (;;) {
+        if (cap - len < 2) {
+            char *grown = realloc(text, cap * 2);
+            if (grown == NULL)
+                goto fail;
+            text = grown;
+            cap *= 2;
+        }
+        ssize_t n = read(fd, text + len, cap - len - 1);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0)
+            goto fail;
+        if (n == 0)
+            break;
+        len += (size_t)n;
+    }
+    text[len] = '\0';
+    return text;
+fail:
+    free(text);
+    return NULL;
+}
+
+int ns_run(const char *const *args, double timeout_s, char **output)
+{
+    char *argv[NS_MAX_ARGS + 2];
+    int argc = 0, code = -1, out_fd = -1, devnull = -1;
+    if (output != NULL)
+        *output = NULL;
+    argv[argc++] = (char *)NODESTATE_BIN;
+    for (; args != NULL && *args != NULL; args++) {
+        if (argc > NS_MAX_ARGS) {
+            fprintf(stderr, "harness: too many arguments\n");
+            return -1;
+        }
+        argv[argc++] = (char *)*args;
+    }
+    argv[argc] = NULL;
+    const char *tmp = getenv("TMPDIR");
+    char out_path[PATH_MAX];
+    snprintf(out_path, sizeof out_path, "%s/nodestate-run-XXXXXX",
+             tmp != NULL && tmp[0] != '\0' ? tmp : "/tmp");
+    out_fd = mkstemp(out_path);
+    if (out_fd == -1)
+        goto fail;
+    unlink(out_path);
+    devnull = open("/dev/null", O_RDONLY | O_CLOEXEC);
+    if (devnull == -1)
+        goto fail;
+    pid_t parent = getpid();
+    pid_t pid = fork();
+    if (pid == -1)
+        goto fail;
+    if (pid == 0) {
+        sigset_t none;
+        sigemptyset(&none);
+        sigprocmask(SIG_SETMASK, &none, NULL);
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        if (getppid() != parent)
+            _exit(127);
+        if (dup2(devnull, 0) == -1 || dup2(out_fd, 1) == -1 || dup2(out_fd, 2) == -1)
+            _exit(127);
+        execv(NODESTATE_BIN, argv);
+        _exit(127);
+    }
+    long long timeout_ms = (long long)(timeout_s * 1000.0);
+    long long deadline = ns_mono_ms() + timeout_ms;
+    long rounds = (long)(timeout_ms / NS_POLL_MS) + 1;
+    int wstatus = 0;
+    pid_t done = 0;
+    for (long i = 0; i < rounds && done == 0; i++) {
+        done = waitpid(pid, &wstatus, WNOHANG);
+        if (done == 0 && ns_mono_ms() >= deadline)
+            break;
+        if (done == 0)
+            ns_sleep_ms(NS_POLL_MS);
+    }
+    if (done == pid) {
+        code = ns_code(wstatus);
+    } else {
+        kill(pid, SIGKILL);
+        waitpid(pid, NULL, 0);
+        fprintf(stderr, "harness: %s did not exit within %.0f s; killed\n",
+                NODESTATE_BIN, timeout_s);
+    }
+    if (output != NULL)
+        *output = ns_slurp(out_fd);
+    close(out_fd);
+    close(devnull);
+    return code;
+
+fail:
+    fprintf(stderr, "harness: cannot run %s: %s\n", NODESTATE_BIN, strerror(errno));
+    if (out_fd != -1)
+        close(out_fd);
+    if (devnull != -1)
+        close(devnull);
+    return -1;
+}
+
 int ns_port(const ns_server *s)
 {
     return s->port;
@@ -612,6 +767,7 @@ const char *ns_db_path(const ns_server *s)
 
 char *ns_log(ns_server *s)
 {
+    ns_log_sync(s);
     pthread_mutex_lock(&s->mu);
     char *copy = strdup(s->log != NULL ? s->log : "");
     pthread_mutex_unlock(&s->mu);
@@ -620,6 +776,7 @@ char *ns_log(ns_server *s)
 
 bool ns_log_contains(ns_server *s, const char *needle)
 {
+    ns_log_sync(s);
     pthread_mutex_lock(&s->mu);
     bool found = s->log != NULL && strstr(s->log, needle) != NULL;
     pthread_mutex_unlock(&s->mu);

@@ -3,7 +3,7 @@
  * nodestate binary (NODESTATE_BIN, or another build of it such as
  * nodestate-faults) on 127.0.0.1 port 0 with its database in a
  * fresh temporary directory, keeps the process's log in memory and reads the
- * real port from its `msg=listening addr=HOST:PORT` line; it talks HTTP with
+ * real port from the file the server writes with --port-file; it talks HTTP with
  * libcurl over keep-alive handles, reads the SQLite file directly (read-only)
  * to check what is durable, and polls /stats with bounded waits.
  *
@@ -40,12 +40,12 @@ typedef struct ns_resp {
 
 /*
  * Makes a temporary directory and runs bin --listen 127.0.0.1:0
- * --db <dir>/nodestate.db plus the extra arguments (printf-style, split on
+ * --db <dir>/nodestate.db --port-file <dir>/port plus the extra arguments (printf-style, split on
  * blanks; may be NULL or ""). The process inherits our environment with env
  * added: NAME=VALUE strings, NULL-terminated, each replacing an inherited
- * variable of the same name (env may be NULL). Returns once the server logged
- * its port, or NULL (with the log echoed to stderr) when it did not within
- * ~10 s or exited. Set NS_IT_VERBOSE=1 to echo the server's log to stderr as
+ * variable of the same name (env may be NULL). Returns once the server wrote
+ * its port file, or NULL (with the log echoed to stderr) when it exited first
+ * or did not within ~30 s. Set NS_IT_VERBOSE=1 to echo the server's log to stderr as
  * it comes.
  */
 ns_server *ns_start_bin(const char *bin, const char *const *env,
@@ -72,13 +72,28 @@ int ns_kill(ns_server *s);
 /* Kills the process if it still runs, removes the directory, frees s. */
 void ns_free(ns_server *s);
 
+/*
+ * Runs NODESTATE_BIN with args (NULL-terminated, after the program name) in
+ * our environment to its end, for a process expected to exit by itself (a
+ * start that must fail). Its stdout and stderr go to *output when output is
+ * not NULL (malloc'd, NUL-terminated; free it). Waits at most timeout_s, then
+ * SIGKILLs it. Returns the exit code, 128 + signal, or -1 on error or when it
+ * had to be killed.
+ */
+int ns_run(const char *const *args, double timeout_s, char **output);
+
 int ns_port(const ns_server *s);
 /* The running server process, or -1 when none runs (stopped or killed). */
 pid_t ns_pid(const ns_server *s);
 const char *ns_dir(const ns_server *s);
 const char *ns_db_path(const ns_server *s);
-/* A copy of the log captured so far (free it), or NULL when out of memory. */
+/*
+ * A copy of the log (free it), or NULL when out of memory. It holds every
+ * line the server wrote before the call: the call first waits (bounded) for
+ * the pipe to drain. Main thread only, like ns_stop.
+ */
 char *ns_log(ns_server *s);
+/* Whether the log (as ns_log has it) contains needle. Main thread only. */
 bool ns_log_contains(ns_server *s, const char *needle);
 
 /* ---- HTTP ------------------------------------------------------------- */

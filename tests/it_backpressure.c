@@ -64,7 +64,7 @@ Test(backpressure, full_queue_503_then_drain_and_ready_again)
     ns_server *s = ns_start("--queue-capacity %d --batch-interval 60", CAPACITY);
     cr_assert_not_null(s);
     ns_resp r = { 0 };
-    cr_assert(wait_readyz(s, 200, &r, 10.0), "/readyz at start: %ld %s", r.status, r.body);
+    cr_assert(wait_readyz(s, 200, &r, 30.0), "/readyz at start: %ld %s", r.status, r.body);
     sqlite3 *db = it_lock_db(s);
 
     /* Fill the queue. Nothing reaches the file: a full queue wakes the writer,
@@ -83,7 +83,7 @@ Test(backpressure, full_queue_503_then_drain_and_ready_again)
             /* The first 503 may come before the woken writer took its batch;
              * once it has failed on the lock it holds that batch, and the
              * queue can only fill. Then post the same node again. */
-            cr_assert_eq(ns_wait_stat_ge(s, "errors", 1, 20.0), 0, "the writer never failed");
+            cr_assert_eq(ns_wait_stat_ge(s, "errors", 1, 30.0), 0, "the writer never failed");
             writer_holds_a_batch = true;
             i--;
             continue;
@@ -154,7 +154,7 @@ Test(backpressure, full_queue_503_then_drain_and_ready_again)
     cr_assert(json_is_true(json_object_get(doc, "durable")), "%s", r.body);
     json_decref(doc);
     cr_assert_eq(ns_wait_idle(s, 30.0), 0, "the queue did not drain");
-    cr_assert(wait_readyz(s, 200, &r, 15.0), "/readyz after the drain: %ld %s", r.status,
+    cr_assert(wait_readyz(s, 200, &r, 30.0), "/readyz after the drain: %ld %s", r.status,
               r.body);
 
     /* Every accepted update is in the file, no refused one is. */
@@ -201,31 +201,41 @@ Test(backpressure, readyz_503_while_draining_for_shutdown)
     ns_resp r = { 0 };
     /* Opens the keep-alive connection the /readyz below will reuse: the
      * listening socket closes at SIGTERM, open connections stay served. */
-    cr_assert(wait_readyz(s, 200, &r, 10.0), "/readyz at start: %ld %s", r.status, r.body);
+    cr_assert(wait_readyz(s, 200, &r, 30.0), "/readyz at start: %ld %s", r.status, r.body);
 
     /* A request in flight: headers and half of the body, the rest held back. */
     int fd = socket(AF_INET, SOCK_STREAM, 0);
     cr_assert_geq(fd, 0);
-    struct timeval tv = { 20, 0 };
+    struct timeval tv = { 30, 0 };
     cr_assert_eq(setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv), 0);
     struct sockaddr_in addr = { .sin_family = AF_INET, .sin_port = htons((uint16_t)ns_port(s)) };
     addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
     cr_assert_eq(connect(fd, (struct sockaddr *)&addr, sizeof addr), 0, "%s", strerror(errno));
-    const char *rest = "\"running\"}";
+    const char *rest = "{\"status\":\"running\"}";
     char head[256];
     snprintf(head, sizeof head,
              "POST /runs/dr/nodes/n1/state HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-             "Content-Type: application/json\r\nContent-Length: %zu\r\n\r\n{\"status\":",
-             strlen("{\"status\":") + strlen(rest));
+             "Content-Type: application/json\r\nContent-Length: %zu\r\n"
+             "Expect: 100-continue\r\n\r\n", strlen(rest));
     send_all(fd, head);
-    /* Let the server read the headers (it counts the request from then on). */
-    struct timespec ts = { 0, 300 * 1000 * 1000 };
-    nanosleep(&ts, NULL);
+    /* The server counts the request from its headers on; its 100 Continue
+     * says it has read them (waiting for it, not for a guessed time). */
+    char cont[256];
+    size_t got = 0;
+    while (got < sizeof cont - 1) {
+        ssize_t n = recv(fd, cont + got, sizeof cont - 1 - got, 0);
+        cr_assert_gt(n, 0, "no 100 Continue: %s", n < 0 ? strerror(errno) : "EOF");
+        got += (size_t)n;
+        cont[got] = '\0';
+        if (strstr(cont, "\r\n\r\n") != NULL)
+            break;
+    }
+    cr_assert(strncmp(cont, "HTTP/1.1 100", 12) == 0, "not a 100 Continue: %.200s", cont);
 
     pid_t pid = ns_pid(s);
     cr_assert_gt(pid, 0, "cannot find the server's pid");
     cr_assert_eq(kill(pid, SIGTERM), 0);
-    cr_assert(wait_readyz(s, 503, &r, 10.0), "/readyz while draining: %ld %s %s", r.status,
+    cr_assert(wait_readyz(s, 503, &r, 30.0), "/readyz while draining: %ld %s %s", r.status,
               r.body, r.error);
     char why[512];
     cr_assert_eq(ns_check_problem(&r, 503, "not-ready", why, sizeof why), 0, "%s", why);

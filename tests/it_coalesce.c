@@ -59,7 +59,7 @@ static void expect_row_is(ns_server *s, const char *run, const char *node,
 
 Test(coalesce, three_updates_of_one_node_are_one_row_write)
 {
-    ns_server *s = ns_start("--batch-interval 30 --batch-size 1000");
+    ns_server *s = ns_start("--batch-interval 60 --batch-size 1000");
     cr_assert_not_null(s);
     json_decref(it_post_json(s, "rc", "n1", NULL, "{\"status\":\"scheduled\"}", 202));
     json_decref(it_post_json(s, "rc", "n1", NULL, "{\"status\":\"running\"}", 202));
@@ -92,7 +92,7 @@ Test(coalesce, three_updates_of_one_node_are_one_row_write)
 
 Test(coalesce, many_nodes_coalesce_per_node)
 {
-    ns_server *s = ns_start("--batch-interval 30 --batch-size 1000");
+    ns_server *s = ns_start("--batch-interval 60 --batch-size 1000");
     cr_assert_not_null(s);
     enum { NODES = 50 };
     static const char *const steps[] = {
@@ -132,7 +132,7 @@ Test(coalesce, many_nodes_coalesce_per_node)
 
 Test(coalesce, sigterm_flushes_the_coalesced_rows)
 {
-    ns_server *s = ns_start("--batch-interval 30 --batch-size 1000");
+    ns_server *s = ns_start("--batch-interval 60 --batch-size 1000");
     cr_assert_not_null(s);
     json_t *final[2];
     for (int n = 0; n < 2; n++) {

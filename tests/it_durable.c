@@ -1,7 +1,8 @@
 /*
  * it_durable: POST ...?wait=true answers only once the update is committed
- * (200, "durable": true), and many concurrent waiters share commits (group
- * commit: batches_written far below the number of durable acks). A waiter
+ * (200, "durable": true), and waiters parked behind one commit are all
+ * acknowledged by the next (group commit; how many acks a commit carries
+ * under real load is a speed figure, measured by bench/durable_bench.c). A waiter
  * makes the writer commit at once instead of waiting out --batch-interval;
  * when the database stays locked the wait times out into 202 "durable": false
  * and the update is still written later; GET tells whether a node's last
@@ -123,10 +124,9 @@ Test(durable, concurrent_waiters_share_commits)
     fprintf(stderr, "it_durable: %d durable acks from %d concurrent waiters in %lld commits\n",
             acks, WAITERS, batches);
     cr_assert_gt(batches, 0);
-    /* Group commit: each commit acknowledged several waiters on average
-     * (measured: 11-15 here; one per commit would be 640 commits). */
-    cr_assert_leq(batches * 4, acks, "%lld commits for %d durable acks: no group commit",
-                  batches, acks);
+    /* How many acks share a commit depends on how the threads get scheduled:
+     * bench/durable_bench.c measures it (acks/commit); the deterministic
+     * check of sharing is one_commit_acknowledges_many_parked_waiters. */
 
     /* Every acknowledged update is in the file, with its value. */
     cr_assert_eq(ns_db_int(s, "SELECT count(*) FROM run_node_state WHERE run_id='dw' AND "
@@ -148,7 +148,7 @@ typedef struct park_ctx {
 static void release_when_parked(ns_server *s, void *arg)
 {
     park_ctx *p = arg;
-    (void)ns_wait_stat_eq(s, "updates_queued", WAITERS, 20.0);
+    (void)ns_wait_stat_eq(s, "updates_queued", WAITERS, 60.0);
     p->queued = ns_stat(s, "updates_queued");
     p->batches = ns_stat(s, "batches_written");
     it_unlock_db(p->db);

@@ -16,7 +16,8 @@
 Test(shutdown, sigterm_flushes_every_accepted_update)
 {
     enum { UPDATES = 5000 };
-    ns_server *s = ns_start("--batch-interval 30 --batch-size 100000 --queue-capacity 100000");
+    ns_server *s = ns_start("--batch-interval 60 --batch-size 100000 --queue-capacity 100000 "
+                            "--shutdown-timeout 60");
     cr_assert_not_null(s);
     ns_resp r = { 0 };
     long long max_seq = 0;

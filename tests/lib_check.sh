@@ -46,18 +46,57 @@ check_clean_env() {
     return 0  # not the last test's status: that would trip set -e
 }
 
-# ns_wait_listening LOG MESSAGE: waits up to 10 s for the nodestate in $ns_pid
-# to log `msg=listening addr=127.0.0.1:PORT` in LOG and sets port; fails with
-# MESSAGE (and the log) if it exits first.
-ns_wait_listening() {
-    port=""
-    for _ in $(seq 100); do
-        port=$(sed -n 's/.*msg=listening.*addr=127\.0\.0\.1:\([0-9][0-9]*\).*/\1/p' "$1" | head -n 1)
-        [[ -n "$port" ]] && break
-        kill -0 "$ns_pid" 2>/dev/null || { cat "$1" >&2; fail "$2"; }
+# check_wait SECONDS COMMAND...: runs COMMAND every 0.1 s until it succeeds
+# (returns 0) or SECONDS of wall time pass (returns 1). The condition ends the
+# wait, never a guessed sleep; the deadline is wall time, so a busy machine
+# gets the same time, and the loop is bounded in count too.
+check_wait() {
+    local end=$((SECONDS + $1)) i
+    shift
+    for ((i = 0; i < 100000; i++)); do
+        "$@" && return 0
+        ((SECONDS <= end)) || return 1
         sleep 0.1
     done
-    [[ -n "$port" ]] || { cat "$1" >&2; fail "no 'msg=listening addr=127.0.0.1:PORT' line within 10 s"; }
+    return 1
+}
+
+# ns_wait_port PORT_FILE LOG MESSAGE: waits (up to 30 s) for the nodestate in
+# $ns_pid, started with --port-file PORT_FILE, to write its port there (it
+# does once listening, renaming a finished file into place) and sets port;
+# fails with MESSAGE (and the log) if the process exits first.
+ns_wait_port() {
+    port=""
+    local end=$((SECONDS + 30)) i
+    for ((i = 0; i < 3000; i++)); do
+        if [[ -f "$1" ]]; then
+            port=$(cat "$1" 2>/dev/null || true)
+            [[ "$port" =~ ^[0-9]+$ ]] && return 0
+            port=""
+        fi
+        kill -0 "$ns_pid" 2>/dev/null || { cat "$2" >&2 2>/dev/null || true; fail "$3"; }
+        ((SECONDS <= end)) || break
+        sleep 0.05
+    done
+    cat "$2" >&2 2>/dev/null || true
+    fail "nodestate wrote no port to $1 within 30 s"
+}
+
+# ns_wait_listening LOG MESSAGE: like ns_wait_port, for a nodestate started
+# without --port-file: waits (up to 30 s) for its `msg=listening
+# addr=127.0.0.1:PORT` line in LOG (which may not exist yet) and sets port.
+ns_wait_listening() {
+    port=""
+    local end=$((SECONDS + 30)) i
+    for ((i = 0; i < 3000; i++)); do
+        port=$(sed -n 's/.*msg=listening.*addr=127\.0\.0\.1:\([0-9][0-9]*\).*/\1/p' "$1" 2>/dev/null | head -n 1 || true)
+        [[ -n "$port" ]] && return 0
+        kill -0 "$ns_pid" 2>/dev/null || { cat "$1" >&2 2>/dev/null || true; fail "$2"; }
+        ((SECONDS <= end)) || break
+        sleep 0.05
+    done
+    cat "$1" >&2 2>/dev/null || true
+    fail "no 'msg=listening addr=127.0.0.1:PORT' line within 30 s"
 }
 
 # ns_wait_exit TICKS: after a signal, waits up to TICKS tenths of a second

@@ -957,7 +957,7 @@ Test(http, many_parked_waiters_are_all_answered_after_the_commit)
      * would say durable too, the engine having caught up by then): all are
      * done well before the first deadline.
      */
-    cr_expect(eq(int, wait_done(c, CROWD_MAX, 10000), CROWD_MAX));
+    cr_expect(eq(int, wait_done(c, CROWD_MAX, 15000), CROWD_MAX));
     crowd_join(c, &ok, &pending);
     cr_expect(eq(int, ok, CROWD_MAX), "%d durable, %d not durable of %d", ok, pending,
               CROWD_MAX);
@@ -1012,8 +1012,10 @@ Test(http, stop_with_parked_waiters_and_a_locked_db_keeps_its_timeout)
     t0 = now_s();
     http_stop(st.srv, 1.0);
     took = now_s() - t0;
-    /* Generous: the point is that the stop does not sit out the 20 s waits. */
-    cr_expect(lt(dbl, took, 3.0), "http_stop(1.0) took %.2f s", took);
+    /* Not a speed check: the point is that the stop does not sit out the
+     * waits, which are 20 s or more, so only a bound well under that tells
+     * the two apart, whatever else the machine is doing. */
+    cr_expect(lt(dbl, took, 15.0), "http_stop(1.0) took %.2f s", took);
     /* Answered at half the timeout, as they stood: not durable. */
     crowd_join(c, &ok, &pending);
     cr_expect(eq(int, pending, 50), "%d not durable, %d durable of 50", pending, ok);

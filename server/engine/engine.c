@@ -9,6 +9,7 @@
 #include <time.h>
 
 #include "cache.h"
+#include "dblock.h"
 #include "logfmt.h"
 #include "queue.h"
 #include "rules.h"
@@ -33,6 +34,7 @@
 struct engine {
     engine_config cfg;            /* db_path points at db_path below */
     char *db_path;
+    dblock *dblock;               /* held from before the store opens until after it closes */
     ns_stats stats;
     store_reader *reader;         /* read-through connection, locks itself */
     store *store;                 /* the write connection: writer thread only */
@@ -1012,6 +1014,7 @@ static void engine_free(engine *e)
     pthread_cond_destroy(&e->wake);
     pthread_cond_destroy(&e->callback_done);
     pthread_mutex_destroy(&e->lock);
+    dblock_release(e->dblock);
     free(e->db_path);
     free(e);
 }
@@ -1045,6 +1048,10 @@ engine *engine_open(const engine_config *cfg, char *err, size_t errlen)
         snprintf(err, errlen, "out of memory");
         goto err;
     }
+    /* Before anything opens the database or replays its sidecar. */
+    e->dblock = dblock_acquire(e->db_path, err, errlen);
+    if (!e->dblock)
+        goto err;
     e->store = store_open(e->db_path, cfg->synchronous_full, err, errlen);
     if (!e->store)
         goto err;

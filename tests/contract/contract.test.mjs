@@ -55,7 +55,8 @@ function startServer(name, extraArgs = []) {
   const srv = { name, proc, log: () => stderr, exited: null };
   servers.push(srv);
   return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`${name}: no "msg=listening" within 10 s:\n${stderr}`)), 10000);
+    // A bound for a busy machine; the listening line itself ends the wait.
+    const timer = setTimeout(() => reject(new Error(`${name}: no "msg=listening" within 30 s:\n${stderr}`)), 30000);
     proc.stderr.setEncoding('utf8');
     proc.stderr.on('data', (chunk) => {
       stderr += chunk;

@@ -1,0 +1,103 @@
+/*
+ * it_dblock: one process per database file. A second server on a file a
+ * running server holds exits 1 at start, naming the holder's pid and the
+ * lock file, and leaves the holder's rows alone; once the holder stopped
+ * cleanly, or was SIGKILLed (its lock file stays behind), a new server
+ * starts on the file.
+ */
+#include <criterion/criterion.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "harness.h"
+#include "it_assert.h"
+
+/* A bound for a start that must fail at once, not an expectation. */
+#define RUN_TIMEOUT 60.0
+
+/* Runs a second server on s's database; asserts it is refused, naming s. */
+static void assert_second_server_refused(ns_server *s)
+{
+    char dir[4096], port_file[4200], lock[4200], want_pid[64];
+    snprintf(dir, sizeof dir, "%s", ns_dir(s));
+    snprintf(port_file, sizeof port_file, "%s/second.port", dir);
+    snprintf(lock, sizeof lock, "%s.lock", ns_db_path(s));
+    snprintf(want_pid, sizeof want_pid, "pid %d", (int)ns_pid(s));
+    char *out = NULL;
+    int code = ns_run((const char *const[]){ "--listen", "127.0.0.1:0", "--db",
+                                             ns_db_path(s), "--port-file", port_file,
+                                             NULL },
+                      RUN_TIMEOUT, &out);
+    cr_assert_not_null(out);
+    cr_assert_eq(code, 1, "second server on one file: exit %d, want 1; output:\n%s", code,
+                 out);
+    cr_assert_not_null(strstr(out, want_pid), "no \"%s\" (the holder) in:\n%s", want_pid,
+                       out);
+    cr_assert_not_null(strstr(out, lock), "no lock file %s in:\n%s", lock, out);
+    cr_assert_not_null(strstr(out, "msg=start-failed"), "%s", out);
+    cr_assert_null(strstr(out, "msg=listening"), "the second server listened:\n%s", out);
+    cr_assert_neq(access(port_file, F_OK), 0, "the second server wrote a port file");
+    free(out);
+}
+
+Test(dblock, second_server_on_one_file_exits_1_naming_the_holder)
+{
+    ns_server *s = ns_start("--batch-interval 60");
+    cr_assert_not_null(s);
+    json_decref(it_post_json(s, "r", "n", "?wait=true",
+                             "{\"status\":\"completed\",\"outputs\":{\"rows\":3}}", 200));
+
+    assert_second_server_refused(s);
+
+    /* The holder goes on as before: its row is intact and it still serves. */
+    cr_assert_eq(ns_db_int(s, "SELECT count(*) FROM run_node_state WHERE run_id='r' AND "
+                              "node_id='n' AND status='completed' AND "
+                              "json_extract(outputs_json, '$.rows') = 3", NULL), 1);
+    json_t *got = it_get_json(s, "/runs/r/nodes/n/state", 200);
+    cr_assert_str_eq(ns_jstr(got, "status"), "completed");
+    json_decref(got);
+
+    /* Stopped cleanly, the holder leaves the file free (and no lock file). */
+    cr_assert_eq(ns_stop(s, SIGTERM), 0);
+    char lock[4200];
+    snprintf(lock, sizeof lock, "%s.lock", ns_db_path(s));
+    cr_assert_neq(access(lock, F_OK), 0, "the lock file outlived a clean stop");
+    cr_assert_eq(ns_restart(s, NULL), 0, "no start after the holder stopped");
+    got = it_get_json(s, "/runs/r/nodes/n/state", 200);
+    cr_assert_str_eq(ns_jstr(got, "status"), "completed");
+    json_decref(got);
+    assert_second_server_refused(s);
+    cr_assert_eq(ns_stop(s, SIGTERM), 0);
+    ns_free(s);
+}
+
+Test(dblock, lock_file_of_a_killed_server_does_not_block_a_restart)
+{
+    ns_server *s = ns_start(NULL);
+    cr_assert_not_null(s);
+    json_decref(it_post_json(s, "r", "n", "?wait=true", "{\"status\":\"running\"}", 200));
+    pid_t dead = ns_pid(s);
+    cr_assert_eq(ns_kill(s), 128 + SIGKILL);
+
+    /* The file stays behind naming the dead process... */
+    char lock[4200];
+    snprintf(lock, sizeof lock, "%s.lock", ns_db_path(s));
+    FILE *f = fopen(lock, "r");
+    cr_assert_not_null(f, "no lock file left by the killed server");
+    long pid = -1;
+    cr_assert_eq(fscanf(f, "%ld", &pid), 1);
+    fclose(f);
+    cr_assert_eq(pid, (long)dead);
+
+    /* ...but the kernel dropped the lock with the process. */
+    cr_assert_eq(ns_restart(s, NULL), 0, "a dead server's lock file blocks the restart");
+    json_t *got = it_get_json(s, "/runs/r/nodes/n/state", 200);
+    cr_assert_str_eq(ns_jstr(got, "status"), "running");
+    json_decref(got);
+    assert_second_server_refused(s);
+    cr_assert_eq(ns_stop(s, SIGTERM), 0);
+    ns_free(s);
+}

@@ -1,0 +1,175 @@
+/*
+ * Unit tests for dblock: the lock file holds the holder's pid and goes away
+ * on release; a second taker is refused with the holder's pid and the lock
+ * file in its message, whether it is this process or another; a lock file
+ * left by a SIGKILLed holder does not block the next taker; and closing
+ * other descriptors of the database or lock file does not drop the lock
+ * (which a POSIX lock would).
+ */
+#include <criterion/criterion.h>
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "server/engine/dblock.h"
+
+static char tmp_dir[] = "/tmp/nodestate-dblock-XXXXXX";
+static char db_path[PATH_MAX];
+static char lock_path[PATH_MAX + 8];
+
+static void setup(void)
+{
+    cr_assert_not_null(mkdtemp(tmp_dir));
+    snprintf(db_path, sizeof db_path, "%s/ns.db", tmp_dir);
+    cr_assert_eq(dblock_path(db_path, lock_path, sizeof lock_path), 0);
+}
+
+static void teardown(void)
+{
+    unlink(lock_path);
+    unlink(db_path);
+    rmdir(tmp_dir);
+}
+
+TestSuite(dblock, .init = setup, .fini = teardown, .timeout = 60);
+
+/* The pid written in the lock file, or -1 when there is none. */
+static long file_pid(void)
+{
+    char buf[64] = "";
+    FILE *f = fopen(lock_path, "r");
+    if (f == NULL)
+        return -1;
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    char *end;
+    long pid = strtol(buf, &end, 10);
+    return end != buf && *end == '\n' ? pid : -1;
+}
+
+/* Whether a child process could take the lock (it releases it again). */
+static bool child_can_acquire(void)
+{
+    pid_t pid = fork();
+    cr_assert_geq(pid, 0, "fork: %s", strerror(errno));
+    if (pid == 0) {
+        char err[512];
+        dblock *l = dblock_acquire(db_path, err, sizeof err);
+        _exit(l != NULL ? 0 : 3);
+    }
+    int status = 0;
+    cr_assert_eq(waitpid(pid, &status, 0), pid);
+    cr_assert(WIFEXITED(status), "child died: %d", status);
+    cr_assert(WEXITSTATUS(status) == 0 || WEXITSTATUS(status) == 3);
+    return WEXITSTATUS(status) == 0;
+}
+
+Test(dblock, path_is_the_database_path_with_lock_appended)
+{
+    char out[64];
+    cr_assert_eq(dblock_path("/x/ns.db", out, sizeof out), 0);
+    cr_assert_str_eq(out, "/x/ns.db.lock");
+    cr_assert_eq(dblock_path("/x/ns.db", out, 10), -1);
+}
+
+Test(dblock, lock_file_names_the_holder_and_goes_on_release)
+{
+    char err[512] = "";
+    dblock *l = dblock_acquire(db_path, err, sizeof err);
+    cr_assert_not_null(l, "%s", err);
+    cr_assert_eq(file_pid(), (long)getpid());
+    dblock_release(l);
+    cr_assert_eq(access(lock_path, F_OK), -1, "the lock file is still there");
+    dblock_release(NULL);
+}
+
+Test(dblock, second_taker_is_refused_with_the_holders_pid)
+{
+    char err[512] = "";
+    dblock *l = dblock_acquire(db_path, err, sizeof err);
+    cr_assert_not_null(l, "%s", err);
+    char want[64];
+    snprintf(want, sizeof want, "pid %ld", (long)getpid());
+    err[0] = '\0';
+    cr_assert_null(dblock_acquire(db_path, err, sizeof err), "taken twice");
+    cr_assert_not_null(strstr(err, want), "no \"%s\" in: %s", want, err);
+    cr_assert_not_null(strstr(err, lock_path), "no lock file in: %s", err);
+    cr_assert_not_null(strstr(err, "in use"), "%s", err);
+    cr_assert(!child_can_acquire(), "another process took a held lock");
+    /* The refusal changed nothing: still ours, with our pid. */
+    cr_assert_eq(file_pid(), (long)getpid());
+
+    dblock_release(l);
+    l = dblock_acquire(db_path, err, sizeof err);
+    cr_assert_not_null(l, "not free after the release: %s", err);
+    dblock_release(l);
+}
+
+Test(dblock, closing_other_descriptors_of_the_files_keeps_the_lock)
+{
+    char err[512] = "";
+    dblock *l = dblock_acquire(db_path, err, sizeof err);
+    cr_assert_not_null(l, "%s", err);
+    /* SQLite opens and closes descriptors of the database all the time. */
+    static const char *const paths[] = { db_path, lock_path };
+    for (size_t i = 0; i < 2; i++) {
+        int fd = open(paths[i], O_RDWR | O_CREAT, 0644);
+        cr_assert_geq(fd, 0, "%s: %s", paths[i], strerror(errno));
+        cr_assert_eq(close(fd), 0);
+    }
+    cr_assert(!child_can_acquire(), "the lock went with another descriptor");
+    dblock_release(l);
+    cr_assert(child_can_acquire());
+}
+
+Test(dblock, lock_of_a_killed_holder_does_not_block)
+{
+    int ready[2];
+    cr_assert_eq(pipe(ready), 0);
+    pid_t pid = fork();
+    cr_assert_geq(pid, 0, "fork: %s", strerror(errno));
+    if (pid == 0) {
+        char err[512];
+        char ok = dblock_acquire(db_path, err, sizeof err) != NULL ? 'y' : 'n';
+        if (write(ready[1], &ok, 1) != 1)
+            _exit(1);
+        for (;;)
+            pause();
+    }
+    close(ready[1]);
+    char ok = 0;
+    cr_assert_eq(read(ready[0], &ok, 1), 1);
+    close(ready[0]);
+    cr_assert_eq(ok, 'y', "the child could not take the lock");
+
+    char err[512] = "";
+    char want[64];
+    snprintf(want, sizeof want, "pid %ld", (long)pid);
+    cr_assert_null(dblock_acquire(db_path, err, sizeof err));
+    cr_assert_not_null(strstr(err, want), "no \"%s\" in: %s", want, err);
+
+    cr_assert_eq(kill(pid, SIGKILL), 0);
+    cr_assert_eq(waitpid(pid, NULL, 0), pid);
+    /* The dead holder's file is left behind, naming it... */
+    cr_assert_eq(file_pid(), (long)pid);
+    /* ...and the kernel released its lock with it. */
+    dblock *l = dblock_acquire(db_path, err, sizeof err);
+    cr_assert_not_null(l, "a dead holder's lock file blocks: %s", err);
+    cr_assert_eq(file_pid(), (long)getpid());
+    dblock_release(l);
+}
+
+Test(dblock, missing_directory_is_an_error_naming_the_file)
+{
+    char err[512] = "";
+    cr_assert_null(dblock_acquire("/nonexistent-dir-for-test/ns.db", err, sizeof err));
+    cr_assert_not_null(strstr(err, "/nonexistent-dir-for-test/ns.db.lock"), "%s", err);
+}
