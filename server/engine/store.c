@@ -1420,113 +1420,178 @@ static int store_path_with(const char *path, const char *suffix, char *out,
     return 0;
 }
 
-/*
- * Appends b to the sidecar in one transaction: the runs deleted (their
- * spilled rows go, the run is remembered for replay), the rows, last_seq.
- * The sidecar uses a rollback journal and synchronous=FULL whatever the
- * database does: it exists because the process is going away, and it must
- * survive a power loss that follows.
- */
-int store_spill(const char *db_path, const store_batch *b, char *err,
-                size_t errlen)
-{
+/* The sidecar open for appending pieces (store_spill_open). */
+struct store_sidecar {
     char path[STORE_PATH_MAX];
+    sqlite3 *db;
+    sqlite3_stmt *del_rows;     /* spilled rows of a deleted run */
+    sqlite3_stmt *del_run;      /* spilled_deletes: the run, for replay */
+    sqlite3_stmt *upsert;
+    sqlite3_stmt *set_seq;
+    sqlite3_stmt *count_piece;  /* nodestate_meta 'pieces' + 1 */
+    store_isolation iso;        /* reused by every append */
+};
+
+/* Counts the pieces a sidecar holds, so replay can say how many it restored. */
+static const char store_spill_count_piece_sql[] =
+    "INSERT INTO nodestate_meta (key, value) VALUES ('pieces', 1)"
+    " ON CONFLICT (key) DO UPDATE SET value = value + 1";
+
+void store_spill_close(store_sidecar *sc)
+{
+    if (sc == NULL)
+        return;
+    sqlite3_finalize(sc->del_rows);
+    sqlite3_finalize(sc->del_run);
+    sqlite3_finalize(sc->upsert);
+    sqlite3_finalize(sc->set_seq);
+    sqlite3_finalize(sc->count_piece);
+    sqlite3_close(sc->db);
+    free(sc->iso.v);
+    free(sc);
+}
+
+/*
+ * The sidecar uses a rollback journal and synchronous=FULL whatever the
+ * database does: it exists because the process is going away, and each
+ * piece must survive a power loss that follows, while a piece cut short by
+ * SIGKILL is rolled back from its journal by the next open.
+ */
+store_sidecar *store_spill_open(const char *db_path, char *err, size_t errlen)
+{
     char msg[STORE_ERRMSG_MAX];
-    sqlite3 *db = NULL;
-    sqlite3_stmt *del_rows = NULL, *del_run = NULL, *upsert = NULL;
-    sqlite3_stmt *set_seq = NULL;
-    store_isolation iso = {NULL, 0, 0};
     int64_t version = 0;
-    int ret = -1;
+    store_sidecar *sc;
 
     if (db_path == NULL || db_path[0] == '\0') {
         store_set_err(err, errlen, "(none)", "no database path given");
-        return -1;
+        return NULL;
     }
-    if (store_path_with(db_path, ".spill", path, sizeof path, err, errlen)
-        != 0)
-        return -1;
-    if (!store_batch_valid(b)) {
-        store_set_err(err, errlen, path, "invalid batch");
-        return -1;
+    sc = calloc(1, sizeof *sc);
+    if (sc == NULL) {
+        store_set_err(err, errlen, db_path, "out of memory");
+        return NULL;
     }
-    if (sqlite3_open_v2(path, &db,
+    if (store_path_with(db_path, ".spill", sc->path, sizeof sc->path, err,
+                        errlen) != 0)
+        goto err;
+    if (sqlite3_open_v2(sc->path, &sc->db,
                         SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE
                             | SQLITE_OPEN_NOMUTEX, NULL) != SQLITE_OK) {
-        store_set_db_err(err, errlen, path, db, "opening spill file");
-        goto out;
+        store_set_db_err(err, errlen, sc->path, sc->db, "opening spill file");
+        goto err;
     }
-    if (sqlite3_busy_timeout(db, STORE_SPILL_BUSY_MS) != SQLITE_OK
-        || store_exec(db, "PRAGMA synchronous = FULL") != SQLITE_OK
-        || store_query_int(db, "PRAGMA user_version", &version)
+    if (sqlite3_busy_timeout(sc->db, STORE_SPILL_BUSY_MS) != SQLITE_OK
+        || store_exec(sc->db, "PRAGMA journal_mode = DELETE") != SQLITE_OK
+        || store_exec(sc->db, "PRAGMA synchronous = FULL") != SQLITE_OK
+        || store_query_int(sc->db, "PRAGMA user_version", &version)
                != SQLITE_OK) {
-        store_set_db_err(err, errlen, path, db, "opening spill file");
-        goto out;
+        store_set_db_err(err, errlen, sc->path, sc->db, "opening spill file");
+        goto err;
     }
     if (version > STORE_SCHEMA_VERSION) {
         snprintf(msg, sizeof msg,
                  "spill file schema version %lld is newer than this "
                  "nodestate supports (%d)", (long long)version,
                  STORE_SCHEMA_VERSION);
-        store_set_err(err, errlen, path, msg);
-        goto out;
+        store_set_err(err, errlen, sc->path, msg);
+        goto err;
     }
-    if (store_exec(db, "BEGIN IMMEDIATE") != SQLITE_OK
-        || store_exec(db, store_schema_sql) != SQLITE_OK
-        || store_exec(db, store_spill_schema_sql) != SQLITE_OK) {
-        store_set_db_err(err, errlen, path, db, "creating spill schema");
-        goto out;
+    /* Its own transaction: a piece killed half-way then leaves no schema half-made. */
+    if (store_exec(sc->db, "BEGIN IMMEDIATE") != SQLITE_OK
+        || store_exec(sc->db, store_schema_sql) != SQLITE_OK
+        || store_exec(sc->db, store_spill_schema_sql) != SQLITE_OK
+        || store_exec(sc->db, "COMMIT") != SQLITE_OK) {
+        store_set_db_err(err, errlen, sc->path, sc->db,
+                         "creating spill schema");
+        store_rollback(sc->db);
+        goto err;
     }
-    if (sqlite3_prepare_v2(db, store_delete_run_sql, -1, &del_rows, NULL)
-            != SQLITE_OK
-        || sqlite3_prepare_v2(db, store_spill_delete_sql, -1, &del_run, NULL)
-               != SQLITE_OK
-        || sqlite3_prepare_v2(db, store_upsert_sql, -1, &upsert, NULL)
-               != SQLITE_OK
-        || sqlite3_prepare_v2(db, store_set_seq_sql, -1, &set_seq, NULL)
-               != SQLITE_OK) {
-        store_set_db_err(err, errlen, path, db, "spill: preparing statements");
-        goto out;
+    if (store_prepare(sc->db, store_delete_run_sql, &sc->del_rows, err,
+                      errlen, sc->path) != 0
+        || store_prepare(sc->db, store_spill_delete_sql, &sc->del_run, err,
+                         errlen, sc->path) != 0
+        || store_prepare(sc->db, store_upsert_sql, &sc->upsert, err, errlen,
+                         sc->path) != 0
+        || store_prepare(sc->db, store_set_seq_sql, &sc->set_seq, err,
+                         errlen, sc->path) != 0
+        || store_prepare(sc->db, store_spill_count_piece_sql,
+                         &sc->count_piece, err, errlen, sc->path) != 0)
+        goto err;
+    return sc;
+
+err:
+    store_spill_close(sc);
+    return NULL;
+}
+
+/*
+ * One piece, one transaction: the runs deleted (their spilled rows go, the
+ * run is remembered for replay), the rows, last_seq, the piece count.
+ */
+int store_spill_append(store_sidecar *sc, const store_batch *b, char *err,
+                       size_t errlen)
+{
+    char msg[STORE_ERRMSG_MAX];
+
+    if (!store_batch_valid(b)) {
+        store_set_err(err, errlen, sc->path, "invalid batch");
+        return -1;
+    }
+    sc->iso.n = 0;
+    if (store_exec(sc->db, "BEGIN IMMEDIATE") != SQLITE_OK) {
+        store_set_db_err(err, errlen, sc->path, sc->db, "spill: begin");
+        goto err;
     }
     for (size_t i = 0; i < b->n_deletes; i++) {
         const char *run = b->delete_runs[i];
 
-        if (sqlite3_bind_text(del_rows, 1, run, -1, SQLITE_STATIC)
+        if (sqlite3_bind_text(sc->del_rows, 1, run, -1, SQLITE_STATIC)
                 != SQLITE_OK
-            || store_step_once(del_rows) != SQLITE_DONE
-            || sqlite3_bind_text(del_run, 1, run, -1, SQLITE_STATIC)
+            || store_step_once(sc->del_rows) != SQLITE_DONE
+            || sqlite3_bind_text(sc->del_run, 1, run, -1, SQLITE_STATIC)
                    != SQLITE_OK
-            || store_step_once(del_run) != SQLITE_DONE) {
-            store_set_db_err(err, errlen, path, db, "spill: delete run");
-            goto out;
+            || store_step_once(sc->del_run) != SQLITE_DONE) {
+            store_set_db_err(err, errlen, sc->path, sc->db,
+                             "spill: delete run");
+            goto err;
         }
     }
-    if (store_upsert_rows(db, upsert, b->rows, b->n_rows, NULL, &iso, msg,
-                          sizeof msg) != 0) {
-        store_set_err(err, errlen, path, msg);
-        goto out;
+    if (store_upsert_rows(sc->db, sc->upsert, b->rows, b->n_rows, NULL,
+                          &sc->iso, msg, sizeof msg) != 0) {
+        store_set_err(err, errlen, sc->path, msg);
+        goto err;
     }
-    if (sqlite3_bind_int64(set_seq, 1, b->last_seq) != SQLITE_OK
-        || store_step_once(set_seq) != SQLITE_DONE) {
-        store_set_db_err(err, errlen, path, db, "spill: last_seq");
-        goto out;
+    if (sqlite3_bind_int64(sc->set_seq, 1, b->last_seq) != SQLITE_OK
+        || store_step_once(sc->set_seq) != SQLITE_DONE
+        || store_step_once(sc->count_piece) != SQLITE_DONE) {
+        store_set_db_err(err, errlen, sc->path, sc->db, "spill: last_seq");
+        goto err;
     }
-    if (store_exec(db, "COMMIT") != SQLITE_OK) {
-        store_set_db_err(err, errlen, path, db, "spill: commit");
-        goto out;
+    if (store_exec(sc->db, "COMMIT") != SQLITE_OK) {
+        store_set_db_err(err, errlen, sc->path, sc->db, "spill: commit");
+        goto err;
     }
-    store_isolation_report(&iso, b);
-    ret = 0;
+    store_isolation_report(&sc->iso, b);
+    return 0;
 
-out:
-    if (db != NULL)
-        store_rollback(db);
-    sqlite3_finalize(del_rows);
-    sqlite3_finalize(del_run);
-    sqlite3_finalize(upsert);
-    sqlite3_finalize(set_seq);
-    sqlite3_close(db);
-    free(iso.v);
+err:
+    sqlite3_clear_bindings(sc->del_rows);
+    sqlite3_clear_bindings(sc->del_run);
+    store_rollback(sc->db);
+    return -1;
+}
+
+int store_spill(const char *db_path, const store_batch *b, char *err,
+                size_t errlen)
+{
+    store_sidecar *sc = store_spill_open(db_path, err, errlen);
+    int ret;
+
+    if (sc == NULL)
+        return -1;
+    ret = store_spill_append(sc, b, err, errlen);
+    store_spill_close(sc);
     return ret;
 }
 
@@ -1602,19 +1667,34 @@ static int store_spill_kind(sqlite3 *db, const char *spill, char *err,
     return 1;
 }
 
-int store_replay(store *s, size_t *rows, size_t *deletes, char *err,
-                 size_t errlen)
+/*
+ * Whether the sidecar's rollback journal holds content: the process that
+ * wrote the sidecar died inside a piece's transaction. Attaching rolls that
+ * piece back (SQLite's hot journal), and the caller is told, so it is never
+ * dropped silently.
+ */
+static bool store_spill_torn(const char *spill)
+{
+    char journal[STORE_PATH_MAX + 16];
+    struct stat sb;
+
+    if (snprintf(journal, sizeof journal, "%s-journal", spill)
+        >= (int)sizeof journal)
+        return false;
+    return stat(journal, &sb) == 0 && sb.st_size > 0;
+}
+
+int store_replay(store *s, store_replayed *out, char *err, size_t errlen)
 {
     char spill[STORE_PATH_MAX];
     struct stat sb;
     sqlite3_stmt *attach = NULL;
-    int64_t n_rows = 0, n_deletes = 0, last_seq = 0;
+    int64_t n_rows = 0, n_deletes = 0, n_pieces = 0, last_seq = 0;
     bool attached = false;
     int kind;
     int ret = -1;
 
-    *rows = 0;
-    *deletes = 0;
+    memset(out, 0, sizeof *out);
     if (store_path_with(s->path, ".spill", spill, sizeof spill, err, errlen)
         != 0)
         return -1;
@@ -1624,6 +1704,7 @@ int store_replay(store *s, size_t *rows, size_t *deletes, char *err,
         store_set_err(err, errlen, spill, strerror(errno));
         return -1;
     }
+    out->torn = store_spill_torn(spill);
     /* An empty file is a spill that never got its schema: nothing to do. */
     if (sb.st_size == 0)
         return store_remove_spill(spill, err, errlen);
@@ -1637,6 +1718,7 @@ int store_replay(store *s, size_t *rows, size_t *deletes, char *err,
         goto out;
     }
     attached = true;
+    /* The first read of the attached file rolls a torn piece back. */
     kind = store_spill_kind(s->db, spill, err, errlen);
     if (kind < 0)
         goto out;
@@ -1655,6 +1737,10 @@ int store_replay(store *s, size_t *rows, size_t *deletes, char *err,
         || store_query_int(s->db,
                            "SELECT count(*) FROM " STORE_SPILL_SCHEMA
                            ".spilled_deletes", &n_deletes) != SQLITE_OK
+        || store_query_int(s->db,
+                           "SELECT value FROM " STORE_SPILL_SCHEMA
+                           ".nodestate_meta WHERE key = 'pieces'", &n_pieces)
+               != SQLITE_OK
         || store_exec(s->db, store_replay_sql) != SQLITE_OK
         || store_query_int(s->db, "SELECT value FROM main.nodestate_meta"
                                   " WHERE key = 'last_seq'", &last_seq)
@@ -1665,8 +1751,11 @@ int store_replay(store *s, size_t *rows, size_t *deletes, char *err,
     }
     if (last_seq > s->last_seq)
         s->last_seq = last_seq;
-    *rows = (size_t)n_rows;
-    *deletes = (size_t)n_deletes;
+    out->rows = (size_t)n_rows;
+    out->deletes = (size_t)n_deletes;
+    /* A sidecar of an earlier build counted no pieces: it was written as one. */
+    out->pieces = n_pieces > 0 ? (size_t)n_pieces
+                  : n_rows > 0 || n_deletes > 0 ? 1 : 0;
     ret = 0;
 
 out:
@@ -1682,6 +1771,8 @@ out:
     /* Only once the content is in the database (or there was none). */
     if (ret == 0 && attached)
         ret = store_remove_spill(spill, err, errlen);
+    if (ret != 0)
+        out->rows = out->deletes = out->pieces = 0;
     return ret;
 }
 
