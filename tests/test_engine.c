@@ -534,7 +534,7 @@ Test(engine, queue_byte_bound_refuses_and_changes_nothing)
     const size_t fit = c.queue_max_bytes / per;
     cr_assert_lt(fit, 1000, "the byte bound, not the capacity, must be what refuses");
     for (size_t i = 0; i < fit; i++) {
-        char node[8];
+        char node[24];
         snprintf(node, sizeof node, "n%02zu", i);
         cr_assert_eq(submit_big(e, node, BIG), ENGINE_ACCEPTED, "%s", node);
     }
