@@ -277,7 +277,7 @@ static long long check_prefix(ns_server *s, const char *run, const long long *se
     cr_assert_eq(ns_db_int(s, "SELECT max(CAST(substr(node_id, 2) AS INTEGER)) FROM run_node_state "
                               "WHERE run_id = ?", run, NULL), k - 1,
                  "the %lld rows of %s are not the first %lld updates: a piece is missing", k, run, k);
-    char first[16], last[16];
+    char first[32], last[32];
     snprintf(first, sizeof first, "n%05d", 0);
     snprintf(last, sizeof last, "n%05lld", k - 1);
     cr_assert_eq(ns_db_int(s, "SELECT seq FROM run_node_state WHERE run_id = ? AND node_id = ?",
