@@ -53,6 +53,7 @@ struct engine {
     bool spilling;                /* writer thread only: the flush gave up on the database */
     store_sidecar *sidecar;       /* writer thread only: open once spilling */
     size_t spill_pieces;          /* writer thread only: pieces committed to the sidecar */
+    int64_t spill_piece_ns;       /* writer thread only: how long the last piece took */
     pthread_t writer;
     _Atomic bool writer_running;
     _Atomic bool store_failing;   /* the last commit attempt failed */
@@ -665,15 +666,17 @@ static void nap_until(int64_t ns, int64_t end)
  * Appends ops[0..n) (oldest first) to the sidecar in pieces of at most
  * SPILL_PIECE_BYTES, each its own committed transaction, so a SIGKILL in
  * the middle loses only the piece being written. A failed piece is retried
- * with backoff until end_ns. Returns how many ops, counted from the first,
- * are in the sidecar: n, or fewer when end_ns came first. Writer thread,
- * without the lock.
+ * with backoff until end_ns, and no piece is begun that would, at the pace
+ * of the last one, end after end_ns. Returns how many ops, counted from the
+ * first, are in the sidecar: n, or fewer when end_ns came first. Writer
+ * thread, without the lock.
  */
 static size_t spill_ops(engine *e, const ns_op *ops, size_t n, int64_t end_ns)
 {
     size_t done = 0;
     int64_t backoff = BACKOFF_FIRST_NS;
-    while (done < n && model_mono_ns() < end_ns) {
+    while (done < n && model_mono_ns() + e->spill_piece_ns < end_ns) {
+        int64_t t0 = model_mono_ns();
         size_t k = 1, bytes = ops[done].bytes;
         while (done + k < n && bytes + ops[done + k].bytes <= SPILL_PIECE_BYTES)
             bytes += ops[done + k++].bytes;
@@ -698,6 +701,7 @@ static size_t spill_ops(engine *e, const ns_op *ops, size_t n, int64_t end_ns)
         if (rc == 0) {
             done += k;
             backoff = BACKOFF_FIRST_NS;
+            e->spill_piece_ns = model_mono_ns() - t0;
             continue;
         }
         logf_(e, NS_LOG_ERROR, "spill-failed", "updates=%zu error=%s retry_in_ms=%lld", k,

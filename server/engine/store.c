@@ -29,6 +29,11 @@
 #define STORE_READ_BUSY_MS 1000
 /* A spill is the last write before exit; waiting a moment beats losing it. */
 #define STORE_SPILL_BUSY_MS 1000
+/*
+ * 32 MiB of page cache for the sidecar: a piece (SPILL_PIECE_BYTES in the
+ * engine) and the pages it lands on stay in memory until its commit.
+ */
+#define STORE_SPILL_CACHE_SIZE "-32768"
 /* 64 MiB of page cache (negative = KiB): the working set of hot runs. */
 #define STORE_CACHE_SIZE "-65536"
 /* Pages between automatic checkpoints; fewer checkpoints measured ~1.6x faster. */
@@ -1484,6 +1489,8 @@ store_sidecar *store_spill_open(const char *db_path, char *err, size_t errlen)
     if (sqlite3_busy_timeout(sc->db, STORE_SPILL_BUSY_MS) != SQLITE_OK
         || store_exec(sc->db, "PRAGMA journal_mode = DELETE") != SQLITE_OK
         || store_exec(sc->db, "PRAGMA synchronous = FULL") != SQLITE_OK
+        || store_exec(sc->db, "PRAGMA cache_size = " STORE_SPILL_CACHE_SIZE)
+               != SQLITE_OK
         || store_query_int(sc->db, "PRAGMA user_version", &version)
                != SQLITE_OK) {
         store_set_db_err(err, errlen, sc->path, sc->db, "opening spill file");
