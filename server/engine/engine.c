@@ -835,11 +835,11 @@ static void *writer_main(void *arg)
     }
     size_t spilled = e->spilled;
     pthread_mutex_unlock(&e->lock);
-    if (e->sidecar) {
-        char qpath[4300];
-        store_spill_close(e->sidecar);
-        e->sidecar = NULL;
+    store_spill_close(e->sidecar);
+    e->sidecar = NULL;
+    if (e->spilling) {
         /* Every piece is committed: what was spilled is safe from here on, SIGKILL or not. */
+        char qpath[4300];
         logf_(e, NS_LOG_WARN, "spilled", "updates=%zu pieces=%zu path=%s", spilled,
               e->spill_pieces, spill_qpath(e, qpath, sizeof qpath));
     }
