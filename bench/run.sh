@@ -2,7 +2,9 @@
 # Reproducible benchmarks: builds a Release tree, runs engine_bench (direct
 # SQLite vs the engine), durable_bench (?wait=true acks of the real binary vs
 # one commit per update on the same disk) and memory_bench (RSS per cached
-# node), then drives the real binary with wrk and checks what reached the
+# node), shutdown_bench.sh (SIGTERM with the database locked by another
+# connection: time to exit, and every accepted update kept through the
+# spill), then drives the real binary with wrk and checks what reached the
 # database. Not part of the test suite.
 #
 # Everything is overridable from the environment:
@@ -22,7 +24,9 @@
 #   MEMORY_NODES         memory_bench --nodes (default 1000000)
 #   MEMORY_THREADS       memory_bench --threads (default 8)
 #   MEMORY_ARGS          more memory_bench arguments (e.g. "--runs 1000")
-#   SKIP_ENGINE=1 / SKIP_DURABLE=1 / SKIP_MEMORY=1 / SKIP_HTTP=1   skip a step
+#   SHUTDOWN_TIMEOUT WRITE_SECONDS   shutdown_bench.sh (8 s budget, 20 s of writes)
+#   SKIP_ENGINE=1 / SKIP_DURABLE=1 / SKIP_MEMORY=1 / SKIP_SHUTDOWN=1 / SKIP_HTTP=1
+#                        skip a step
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -93,6 +97,12 @@ if [ "${SKIP_MEMORY:-0}" != 1 ]; then
     extra=(${MEMORY_ARGS:-})
     echo "\$ $build/bench/memory_bench ${args[*]} ${extra[*]}"
     "$build/bench/memory_bench" "${args[@]}" "${extra[@]}" || status=1
+fi
+
+if [ "${SKIP_SHUTDOWN:-0}" != 1 ]; then
+    echo
+    echo "== shutdown_bench (SIGTERM with the database locked)"
+    NODESTATE_BIN="$build/nodestate" bash "$root/bench/shutdown_bench.sh" || status=1
 fi
 
 if [ "${SKIP_HTTP:-0}" = 1 ]; then
