@@ -224,11 +224,15 @@ Test(backpressure, queue_max_bytes_503_then_drain)
     json_decref(st);
     cr_assert_eq(ns_get_state(s, "qb", node, &r), 0);
     cr_assert_eq(r.status, 404, "a refused update exists: %ld %s", r.status, r.body);
+    cr_assert_eq(ns_req(s, "GET", "/readyz", NULL, NULL, &r), 0);
+    cr_assert_eq(ns_check_problem(&r, 503, "not-ready", why, sizeof why), 0, "/readyz: %s", why);
 
     /* Once the writer can commit, the bytes are free and the same update goes in. */
     it_unlock_db(db);
     cr_assert_eq(ns_wait_idle(s, 30.0), 0, "the queue did not drain");
     cr_assert_eq(ns_stat(s, "queue_bytes"), 0);
+    cr_assert(wait_readyz(s, 200, &r, 15.0), "/readyz after the drain: %ld %s", r.status,
+              r.body);
     cr_assert_eq(ns_post_state(s, "qb", node, NULL, body, &r), 0, "%s", r.error);
     cr_assert_eq(r.status, 202, "%ld %s", r.status, r.body);
     ns_resp_free(&r);

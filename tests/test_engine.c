@@ -539,8 +539,12 @@ Test(engine, queue_byte_bound_refuses_and_changes_nothing)
         cr_assert_eq(submit_big(e, node, BIG), ENGINE_ACCEPTED, "%s", node);
     }
     cr_assert_eq(atomic_load(&st->queue_bytes), fit * per);
+    const char *why = NULL;
+    cr_assert(engine_ready(e, &why), "not ready before any refusal: %s", why);
     int64_t last = atomic_load(&st->last_seq);
     cr_assert_eq(submit_big(e, "nXX", BIG), ENGINE_QUEUE_FULL);
+    cr_assert_not(engine_ready(e, &why), "ready while writes are refused for bytes");
+    cr_assert(strstr(why, "queue-max-bytes") != NULL, "%s", why);
     get_none(e, "rb", "nXX");
     cr_assert_eq(submit_big(e, "n00", BIG + 1), ENGINE_QUEUE_FULL, "a change of a queued node too");
     ns_row *g = get(e, "rb", "n00");
@@ -561,6 +565,7 @@ Test(engine, queue_byte_bound_refuses_and_changes_nothing)
         sleep_ms(5);
     }
     cr_assert_eq(atomic_load(&st->queue_bytes), 0);
+    cr_assert(engine_ready(e, &why), "still not ready once written: %s", why);
     cr_assert_eq(submit_big(e, "nXX", BIG), ENGINE_ACCEPTED);
     cr_assert_eq(engine_close(e), 0);
     cr_assert_eq(db_count("rb"), (int64_t)fit + 2);

@@ -58,6 +58,7 @@ struct engine {
     _Atomic bool writer_running;
     _Atomic bool store_failing;   /* the last commit attempt failed */
     _Atomic bool draining;        /* engine_drain: shutting down soon */
+    _Atomic bool bytes_full;      /* a write was refused for queue_max_bytes; cleared as bytes are freed */
 
     pthread_mutex_t lock;         /* guards every field below */
     void (*on_durable)(void *ctx, int64_t durable_seq);
@@ -318,6 +319,7 @@ engine_result engine_submit(engine *e, const char *run_id, const char *node_id,
     }
     ns_op probe = { .row = &draft };
     if (!queue_has_room(e, queue_op_bytes(&probe))) {
+        atomic_store(&e->bytes_full, queue_len(e->queue) < queue_capacity(e->queue));
         reject(e, NS_REJECT_QUEUE_FULL);
         res = ENGINE_QUEUE_FULL;
         goto drop;
@@ -365,6 +367,7 @@ engine_result engine_delete_run(engine *e, const char *run_id, size_t *deleted,
         goto done;
     ns_op probe = { .delete_run = id };
     if (!queue_has_room(e, queue_op_bytes(&probe))) {
+        atomic_store(&e->bytes_full, queue_len(e->queue) < queue_capacity(e->queue));
         reject(e, NS_REJECT_QUEUE_FULL);
         res = ENGINE_QUEUE_FULL;
         goto done;
@@ -726,6 +729,8 @@ static void release_ops(engine *e, ns_op *ops, size_t n)
         e->queue_bytes -= ops[i].bytes;
     }
     atomic_store_explicit(&e->stats.queue_bytes, e->queue_bytes, memory_order_relaxed);
+    if (n)
+        atomic_store(&e->bytes_full, false);
 }
 
 /*
@@ -1113,6 +1118,10 @@ bool engine_ready(engine *e, const char **reason)
     }
     if (atomic_load(&e->stats.queue_depth) >= e->stats.queue_capacity) {
         *reason = "the write queue is full";
+        return false;
+    }
+    if (atomic_load(&e->bytes_full)) {
+        *reason = "the write queue is full (--queue-max-bytes)";
         return false;
     }
     if (atomic_load(&e->draining)) {
