@@ -157,7 +157,10 @@ void engine_flush_soon(engine *e);
 void engine_drain(engine *e);
 /* Liveness: the writer thread is running. */
 bool engine_alive(engine *e);
-/* Readiness: store accepting writes, queue not full (in entries, or in bytes since a refusal). Else false with a reason. */
+/*
+ * Readiness: store accepting writes, queue not full (in entries, or in
+ * bytes from a refusal until the writer frees some). Else false with a reason.
+ */
 bool engine_ready(engine *e, const char **reason);
 /* The counters; valid until engine_close. */
 ns_stats *engine_stats(engine *e);
