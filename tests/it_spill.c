@@ -20,6 +20,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -312,6 +313,11 @@ static long long kill_during_spill(const char *kill_at)
     free(log);
     cr_assert_eq(ns_db_int(s, "SELECT count(*) FROM run_node_state WHERE run_id = 'big'", NULL),
                  0, "the database was locked: nothing can be in it yet");
+    /* A journal with content: the kill cut a piece short, which the restart must say. */
+    char journal[4300];
+    snprintf(journal, sizeof journal, "%s-journal", spill);
+    struct stat sb;
+    bool torn = stat(journal, &sb) == 0 && sb.st_size > 0;
     it_unlock_db(db);
 
     cr_assert_eq(ns_restart(s, "--shutdown-timeout 5"), 0, "restart after SIGKILL");
@@ -320,7 +326,11 @@ static long long kill_during_spill(const char *kill_at)
     char *listening = strstr(log, "msg=listening");
     cr_assert_not_null(listening);
     cr_assert(replayed == NULL || replayed < listening, "replayed after listening:\n%s", log);
+    cr_assert(!torn || strstr(log, "msg=spill-piece-torn") != NULL,
+              "a piece was cut short and the restart did not say so:\n%s", log);
     long long k = check_prefix(s, "big", seqs);
+    fprintf(stderr, "it_spill: SIGKILL at \"%s\": %lld of %d updates restored%s\n", kill_at, k,
+            BIG_UPDATES, strstr(log, "msg=spill-piece-torn") ? ", a torn piece rolled back" : "");
     if (k > 0) {
         char want[64];
         snprintf(want, sizeof want, "msg=spill-replayed rows=%lld deletes=0 pieces=", k);
