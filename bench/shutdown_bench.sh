@@ -36,8 +36,10 @@ cleanup() {
 }
 trap cleanup EXIT
 
-start() { # start LOG: runs the server on a free port, sets server_pid and addr
+start() { # start LOG: runs the server on a free port, sets server_pid, addr, start_ms
     rm -f "$tmp/port"
+    local t0
+    t0=$(date +%s%N)
     # shellcheck disable=SC2086 # SERVER_ARGS is meant to be word-split
     "$bin" --listen 127.0.0.1:0 --db "$db" --shutdown-timeout "$budget" \
         --port-file "$tmp/port" ${SERVER_ARGS:-} 2>"$1" &
@@ -49,6 +51,7 @@ start() { # start LOG: runs the server on a free port, sets server_pid and addr
     done
     [ -s "$tmp/port" ] || { echo "shutdown_bench: the server did not start:" >&2; cat "$1" >&2; exit 1; }
     addr=127.0.0.1:$(cat "$tmp/port")
+    start_ms=$(( ($(date +%s%N) - t0) / 1000000 ))
 }
 
 start "$tmp/server.log"
@@ -82,6 +85,7 @@ wait "$lock_pid" 2>/dev/null || true
 lock_pid=
 
 start "$tmp/restart.log"
+restart_ms=$start_ms
 kill -TERM "$server_pid"
 wait "$server_pid" || true
 server_pid=
@@ -93,6 +97,7 @@ echo "queue_bytes at SIGTERM: $held"
 echo "SIGTERM to exit:        $exit_ms ms (budget ${budget} s, promised at most $(( budget * 1000 + 1000 )) ms), exit status $rc"
 grep -o 'msg=spill-started [^ ]*\|msg=spilled updates=[0-9]* pieces=[0-9]*\|msg=stopped .*' "$tmp/server.log" | sed 's/^/  /'
 grep -o 'msg=spill-replayed .* pieces=[0-9]*' "$tmp/restart.log" | sed 's/^/  restart: /' || true
+echo "restart to listening:   $restart_ms ms (the replay included)"
 echo "rows in the file:       $rows"
 status=0
 if [ "$exit_ms" -gt $(( budget * 1000 + 1000 )) ]; then

@@ -142,19 +142,23 @@ Test(spill, locked_database_on_sigterm_spills_and_next_start_replays)
     free(log);
     cr_assert_eq(access(spill, F_OK), 0, "no sidecar %s", spill);
 
-    /* The sidecar holds the updates (coalesced per node), not the database. */
-    cr_assert_eq(spill_int(spill, "SELECT count(*) FROM run_node_state WHERE run_id='sp'"),
+    /*
+     * The sidecar's log holds the updates (coalesced per node: they went in
+     * one piece) and the run deleted, not the database.
+     */
+    cr_assert_eq(spill_int(spill, "SELECT count(*) FROM spill_log WHERE run_id='sp'"),
                  NODES);
-    cr_assert_eq(spill_int(spill, "SELECT count(*) FROM run_node_state WHERE run_id='sp' AND "
+    cr_assert_eq(spill_int(spill, "SELECT count(*) FROM spill_log WHERE run_id='sp' AND "
                                   "status='completed' AND CAST(outputs_json AS INTEGER) = "
                                   "1000 + CAST(substr(node_id, 2) AS INTEGER)"), COMPLETED);
-    cr_assert_eq(spill_int(spill, "SELECT count(*) FROM run_node_state WHERE run_id='sp' AND "
+    cr_assert_eq(spill_int(spill, "SELECT count(*) FROM spill_log WHERE run_id='sp' AND "
                                   "status='running' AND CAST(outputs_json AS INTEGER) = "
                                   "CAST(substr(node_id, 2) AS INTEGER)"), NODES - COMPLETED);
-    cr_assert_eq(spill_int(spill, "SELECT count(*) FROM run_node_state WHERE run_id='gone' "
+    cr_assert_eq(spill_int(spill, "SELECT count(*) FROM spill_log WHERE run_id='gone' "
                                   "AND node_id='c'"), 1);
-    cr_assert_eq(spill_int(spill, "SELECT count(*) FROM run_node_state WHERE run_id='gone' "
+    cr_assert_eq(spill_int(spill, "SELECT count(*) FROM spill_log WHERE run_id='gone' "
                                   "AND node_id IN ('a','b')"), 0);
+    cr_assert_eq(spill_int(spill, "SELECT count(*) FROM spill_deletes WHERE run_id='gone'"), 1);
     it_unlock_db(db);
     cr_assert_eq(ns_db_int(s, "SELECT count(*) FROM run_node_state WHERE run_id='sp'", NULL), 0);
     cr_assert_eq(ns_db_int(s, "SELECT count(*) FROM run_node_state WHERE run_id='gone'", NULL),

@@ -871,18 +871,20 @@ Test(store, spill_then_replay_round_trip_with_deletes_and_last_seq)
     write_ok(s, base, 3, NULL, 0, 3);
     cr_assert(false == file_exists(spill_file()));
 
-    /* Two spills append; the second deletes r1, including spilled rows. */
+    /* Two spills append; the second deletes r1, voiding its spilled rows. */
     spill(first, 3, NULL, 0, 7);
     spill(second, 2, del, 1, 10);
     cr_assert(file_exists(spill_file()));
     sqlite3 *sp = open_raw_spill();
     cr_assert(eq(i64, raw_int(sp, "PRAGMA user_version"), 1));
-    cr_assert(eq(i64, raw_int(sp, "SELECT count(*) FROM run_node_state"), 2));
-    cr_assert(eq(i64, raw_int(sp, "SELECT count(*) FROM run_node_state"
-                                  " WHERE run_id = 'r1' AND node_id = 'c'"),
-                 1));
-    cr_assert(eq(i64, raw_int(sp, "SELECT count(*) FROM spilled_deletes"
-                                  " WHERE run_id = 'r1'"), 1));
+    cr_assert(eq(i64, raw_int(sp, "SELECT count(*) FROM spill_log"), 5),
+              "every row is logged, in seq order");
+    cr_assert(eq(i64, raw_int(sp, "SELECT count(*) FROM spill_log"
+                                  " WHERE run_id = 'r1' AND node_id = 'c'"
+                                  " AND seq = 8"), 1));
+    cr_assert(eq(i64, raw_int(sp, "SELECT before_seq FROM spill_deletes"
+                                  " WHERE run_id = 'r1'"), 8),
+              "the delete voids r1's rows of the first piece (seqs <= 7)");
     cr_assert(eq(i64, raw_int(sp, "SELECT value FROM nodestate_meta"
                                   " WHERE key = 'last_seq'"), 10));
     sqlite3_close(sp);
@@ -937,13 +939,14 @@ static void tear_a_piece(void)
                             "BEGIN IMMEDIATE;"
                             "WITH RECURSIVE i(n) AS (SELECT 1 UNION ALL"
                             " SELECT n + 1 FROM i WHERE n < 3000)"
-                            " INSERT INTO run_node_state (run_id, node_id,"
+                            " INSERT INTO spill_log (run_id, node_id,"
                             " status, attempt, updated_at, seq)"
                             " SELECT 'torn', printf('n%05d', n), 'running', 1,"
                             " '2026-11-26T16:27:29.123Z', 100 + n FROM i;"
                             "UPDATE nodestate_meta SET value = 99999"
                             " WHERE key = 'last_seq';"
-                            "DELETE FROM run_node_state WHERE run_id = 'r1';",
+                            "DELETE FROM spill_log WHERE run_id = 'r1';"
+                            "INSERT INTO spill_deletes VALUES ('r2', 99999);",
                             NULL, NULL, NULL) != SQLITE_OK)
             _exit(3);
         raise(SIGKILL);
@@ -992,6 +995,52 @@ Test(store, a_torn_piece_is_rolled_back_and_reported_and_the_rest_replays)
     expect_run(r, "r1", "the committed pieces are kept whole", 2, &a, &b);
     expect_run(r, "r2", NULL, 1, &c);
     expect_run(r, "torn", "nothing of the torn piece", 0);
+    store_reader_close(r);
+    store_close(s);
+}
+
+Test(store, a_sidecar_of_an_earlier_build_still_replays)
+{
+    store *s = sfx_open_store();
+    store_reader *r;
+    ns_row a = sfx_draft("r", "a", NS_RUNNING, 1);
+    ns_row x = sfx_draft("old", "x", NS_RUNNING, 2);
+    ns_row *base[] = {&a, &x};
+    sqlite3 *db = NULL;
+
+    write_ok(s, base, 2, NULL, 0, 2);
+    /* One row per node keyed like the main table, and the runs deleted. */
+    cr_assert(sqlite3_open_v2(spill_file(), &db,
+                              SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE,
+                              NULL) == SQLITE_OK);
+    raw_exec(db, "CREATE TABLE run_node_state (run_id TEXT NOT NULL,"
+                 " node_id TEXT NOT NULL, status TEXT NOT NULL,"
+                 " attempt INTEGER NOT NULL, scheduled_at TEXT,"
+                 " started_at TEXT, completed_at TEXT, failed_at TEXT,"
+                 " suspended_at TEXT, last_error TEXT,"
+                 " retryable INTEGER NOT NULL DEFAULT 0,"
+                 " suspension_reason TEXT, resume_state_json TEXT,"
+                 " outputs_json TEXT, updated_at TEXT NOT NULL,"
+                 " seq INTEGER NOT NULL, PRIMARY KEY (run_id, node_id))"
+                 " WITHOUT ROWID;"
+                 "CREATE TABLE nodestate_meta (key TEXT PRIMARY KEY,"
+                 " value INTEGER);"
+                 "CREATE TABLE spilled_deletes (run_id TEXT PRIMARY KEY);"
+                 "PRAGMA user_version = 1;"
+                 "INSERT INTO run_node_state (run_id, node_id, status,"
+                 " attempt, updated_at, seq) VALUES ('r', 'b', 'completed',"
+                 " 1, '2026-11-26T16:27:29.123Z', 5);"
+                 "INSERT INTO spilled_deletes VALUES ('old');"
+                 "INSERT INTO nodestate_meta VALUES ('last_seq', 6);");
+    sqlite3_close(db);
+
+    store_replayed got = replay_ok(s, 1, 1);
+    cr_assert(eq(sz, got.pieces, 1));
+    cr_assert(eq(i64, store_last_seq(s), 6));
+    cr_assert(false == file_exists(spill_file()));
+    r = sfx_open_reader();
+    expect_run(r, "r", "the spilled row joins the stored one", 2, &a, NULL);
+    expect_run(r, "old", "the spilled delete applies", 0);
     store_reader_close(r);
     store_close(s);
 }

@@ -86,14 +86,15 @@ int64_t store_last_seq(const store *s);
 int store_write(store *s, store_batch *b);
 
 /*
- * The sidecar next to the database ("<path>.spill"), an SQLite file of the
- * same schema plus the runs deleted, holding writes that could not reach the
- * database before shutdown. It is written in pieces: store_spill_append
- * commits one batch, deletes included, as its own transaction (rollback
- * journal, synchronous=FULL), so a process killed while writing a piece
- * loses that piece only: the next open rolls it back from its journal and
- * every piece committed before it stays. Pieces are appended in seq order;
- * the sidecar keeps the newest row per node.
+ * The sidecar next to the database ("<path>.spill"), an SQLite file holding
+ * writes that could not reach the database before shutdown: a log of rows
+ * in seq order and the runs deleted. It is written in pieces:
+ * store_spill_append commits one batch, deletes included, as its own
+ * transaction (rollback journal, synchronous=FULL), so a process killed
+ * while writing a piece loses that piece only: the next open rolls it back
+ * from its journal and every piece committed before it stays. Pieces must
+ * be appended in seq order; a delete voids the rows of its run appended
+ * before its piece.
  *
  * store_spill_open opens (creating) the sidecar of db_path; NULL with a
  * message in err on failure. store_spill_append returns 0 once the piece is
@@ -119,7 +120,9 @@ typedef struct store_replayed {
 } store_replayed;
 /*
  * Applies the sidecar of s's file, if there is one, in one transaction
- * (deletes first, then rows, last_seq raised) and only then removes it.
+ * (deletes first, then the newest live row of each node, last_seq raised)
+ * and only then removes it. A sidecar of an earlier build (one row per node
+ * in a table like the main one) replays too.
  * Returns 0 (all zero without a sidecar), or -1 with a message in err and
  * the sidecar left in place (say, the database is locked).
  */
