@@ -734,6 +734,7 @@ void codec_stats(buf *b, const ns_stats *s, int64_t now_ms)
                ",\"errors\":%" PRIu64
                ",\"queue_depth\":%" PRIu64
                ",\"queue_capacity\":%" PRIu64
+               ",\"queue_bytes\":%" PRIu64
                ",\"updates_coalesced\":%" PRIu64
                ",\"rows_written\":%" PRIu64
                ",\"runs_deleted\":%" PRIu64
@@ -744,6 +745,7 @@ void codec_stats(buf *b, const ns_stats *s, int64_t now_ms)
                atomic_load(&s->errors),
                atomic_load(&s->queue_depth),
                s->queue_capacity,
+               atomic_load(&s->queue_bytes),
                atomic_load(&s->updates_coalesced),
                atomic_load(&s->rows_written),
                atomic_load(&s->runs_deleted));

@@ -223,6 +223,9 @@ void prom_render_with(buf *b, const ns_stats *s, int64_t now_ms,
     prom_gauge(b, "nodestate_queue_capacity",
                "Most entries the write queue holds.",
                (int64_t)s->queue_capacity);
+    prom_gauge(b, "nodestate_queue_bytes",
+               "Bytes of the rows accepted and not yet written.",
+               (int64_t)atomic_load(&s->queue_bytes));
     prom_gauge(b, "nodestate_cache_nodes", "Nodes held in the cache.",
                (int64_t)atomic_load(&s->cache_nodes));
     prom_gauge(b, "nodestate_cache_runs", "Runs held in the cache.",

@@ -2,8 +2,10 @@
 # Reproducible benchmarks: builds a Release tree, runs engine_bench (direct
 # SQLite vs the engine), durable_bench (?wait=true acks of the real binary vs
 # one commit per update on the same disk), memory_bench (RSS per cached
-# node) and bigrun_bench (clients writing small runs beside clients adding to
-# and listing a 100,000-node run), then drives the real binary with wrk and checks what reached the
+# node), bigrun_bench (clients writing small runs beside clients adding to
+# and listing a 100,000-node run) and shutdown_bench.sh (SIGTERM with the
+# database locked by another connection: time to exit, and every accepted
+# update kept through the spill), then drives the real binary with wrk and checks what reached the
 # database. Not part of the test suite.
 #
 # Everything is overridable from the environment:
@@ -26,7 +28,8 @@
 #   BIGRUN_NODES         bigrun_bench --nodes (default 100000)
 #   BIGRUN_DURATION      bigrun_bench --duration seconds per phase (5)
 #   BIGRUN_ARGS          more bigrun_bench arguments (e.g. "--big-clients 4")
-#   SKIP_ENGINE=1 / SKIP_DURABLE=1 / SKIP_MEMORY=1 / SKIP_BIGRUN=1 / SKIP_HTTP=1
+#   SHUTDOWN_TIMEOUT WRITE_SECONDS   shutdown_bench.sh (8 s budget, 20 s of writes)
+#   SKIP_ENGINE=1 / SKIP_DURABLE=1 / SKIP_MEMORY=1 / SKIP_BIGRUN=1 / SKIP_SHUTDOWN=1 / SKIP_HTTP=1
 #                        skip a step
 set -euo pipefail
 
@@ -110,6 +113,12 @@ if [ "${SKIP_BIGRUN:-0}" != 1 ]; then
     extra=(${BIGRUN_ARGS:-})
     echo "\$ $build/bench/bigrun_bench ${args[*]} ${extra[*]}"
     "$build/bench/bigrun_bench" "${args[@]}" "${extra[@]}" || status=1
+fi
+
+if [ "${SKIP_SHUTDOWN:-0}" != 1 ]; then
+    echo
+    echo "== shutdown_bench (SIGTERM with the database locked)"
+    NODESTATE_BIN="$build/nodestate" bash "$root/bench/shutdown_bench.sh" || status=1
 fi
 
 if [ "${SKIP_HTTP:-0}" = 1 ]; then

@@ -70,8 +70,8 @@ static const option_def options[] = {
      "262144", "N", "most updates queued at once; past it writes get 503"},
     {"queue-max-bytes", OPT_BYTES, FIELD(queue_max_bytes), 1 << 20,
      (uint64_t)1 << 40, 0, "128M", "BYTES",
-     "most bytes of updates queued at once; past it writes get 503\n"
-     "      (K, M, G suffixes: powers of 1024)"},
+     "most bytes held by updates accepted and not yet written; past it\n"
+     "      writes get 503 (K, M, G suffixes: powers of 1024)"},
     {"cache-max-nodes", OPT_SIZE, FIELD(cache_max_nodes), 0, (uint64_t)1 << 40, 0,
      "1000000", "N",
      "most nodes kept in memory; idle runs past it are evicted (least\n"
@@ -82,7 +82,8 @@ static const option_def options[] = {
      "      evicted like --cache-max-nodes; 0 = no bound (K, M, G suffixes)"},
     {"shutdown-timeout", OPT_SECONDS, FIELD(shutdown_timeout), 0, 0,
      SECONDS_MAX, "10", "SECONDS",
-     "time allowed on SIGTERM to answer requests and flush the queue"},
+     "time allowed on SIGTERM to answer requests and flush the queue (or\n"
+     "      spill it to <db>.spill); the process exits within it plus 1 s"},
     {"synchronous", OPT_SYNC, FIELD(synchronous_full), 0, 0, 0, "normal",
      "normal|full", "SQLite synchronous mode; full also survives power loss"},
     {"threads", OPT_UINT, FIELD(threads), 0, 256, 0, "0", "N",

@@ -241,8 +241,10 @@ int main(int argc, char **argv)
 
     /*
      * One budget of --shutdown-timeout for the whole stop, starting now:
-     * requests in flight get half of it, and the engine's flush (then the
-     * spill, if the database will not take the rest) ends with the budget.
+     * requests in flight get half of it, and the engine's flush ends with
+     * the budget; if the database will not take the rest, the spill to the
+     * sidecar (begun as soon as the flush stalls) ends 0.5 s after it, so
+     * the process is gone within the budget plus 1 s.
      */
     engine_drain(e); /* and /readyz says so while in-flight requests finish */
     http_stop(srv, cfg.shutdown_timeout / 2);

@@ -420,8 +420,8 @@ Test(api, delete_run_then_404_and_rows_gone)
 
 static const char *const stats_keys[] = {
     "updates_queued", "updates_processed", "batches_written", "errors",
-    "queue_depth", "queue_capacity", "updates_coalesced", "rows_written",
-    "updates_duplicate", "cache_nodes", "last_seq", "durable_seq",
+    "queue_depth", "queue_capacity", "queue_bytes", "updates_coalesced",
+    "rows_written", "updates_duplicate", "cache_nodes", "last_seq", "durable_seq",
 };
 
 Test(api, stats_json_text_metrics_health)
@@ -448,6 +448,7 @@ Test(api, stats_json_text_metrics_health)
     cr_assert_eq(it_jint(st, "updates_duplicate"), 1);
     cr_assert_eq(it_jint(st, "queue_capacity"), 777);
     cr_assert_eq(it_jint(st, "queue_depth"), 0);
+    cr_assert_eq(it_jint(st, "queue_bytes"), 0, "nothing is queued once idle");
     cr_assert_eq(it_jint(st, "last_seq"), it_jint(st, "durable_seq"));
     cr_assert_geq(it_jint(st, "batches_written"), 1);
     long long queued = it_jint(st, "updates_queued");

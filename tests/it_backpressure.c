@@ -4,8 +4,10 @@
  * 503 queue-full with a whole-seconds Retry-After and changes nothing,
  * /readyz is 503 not-ready with the reason; once the lock is gone and the
  * writer drains, /readyz is 200 again, every accepted (202) update is in the
- * file and no refused (503) one is. While draining for shutdown /readyz is 503
- * too, and the request still in flight is answered.
+ * file and no refused (503) one is. --queue-max-bytes bounds the queue in
+ * bytes the same way: big updates meet 503 queue-full long before the entry
+ * capacity, with the bytes held reported as queue_bytes. While draining for
+ * shutdown /readyz is 503 too, and the request still in flight is answered.
  */
 #include <arpa/inet.h>
 #include <criterion/criterion.h>
@@ -179,6 +181,64 @@ Test(backpressure, full_queue_503_then_drain_and_ready_again)
     cr_assert_eq(r.status, 202, "%ld %s", r.status, r.body);
     ns_resp_free(&r);
     cr_assert_eq(ns_stop(s, SIGTERM), 0);
+    ns_free(s);
+}
+
+Test(backpressure, queue_max_bytes_503_then_drain)
+{
+    enum { OUTPUTS = 16 * 1024, BOUND = 1024 * 1024 };
+    ns_server *s = ns_start("--queue-max-bytes 1M");
+    cr_assert_not_null(s);
+    static char body[OUTPUTS + 128];
+    char pad[OUTPUTS + 1], node[16], why[512];
+    memset(pad, 'y', OUTPUTS);
+    pad[OUTPUTS] = '\0';
+    snprintf(body, sizeof body, "{\"status\":\"running\",\"outputs\":\"%s\"}", pad);
+    sqlite3 *db = it_lock_db(s);
+
+    /* ~16 KB per update: the 1 MiB bound refuses after ~64, far below the 262144 entries. */
+    ns_resp r = { 0 };
+    int accepted = 0;
+    for (int i = 0; i < MAX_POSTS; i++) {
+        snprintf(node, sizeof node, "n%03d", i);
+        cr_assert_eq(ns_post_state(s, "qb", node, NULL, body, &r), 0, "%s", r.error);
+        if (r.status == 503)
+            break;
+        cr_assert_eq(r.status, 202, "POST %d: %ld %s", i, r.status, r.body);
+        accepted++;
+    }
+    cr_assert_eq(ns_check_problem(&r, 503, "queue-full", why, sizeof why), 0,
+                 "%d updates of 16 KB accepted and no 503: %s", accepted, why);
+    check_retry_after(&r);
+    cr_assert(accepted >= BOUND / OUTPUTS / 2 && accepted <= BOUND / OUTPUTS,
+              "%d updates of 16 KB accepted under a bound of 1 MiB", accepted);
+    long long held = ns_stat(s, "queue_bytes");
+    cr_assert(held > BOUND - 2 * (OUTPUTS + 1024) && held <= BOUND,
+              "queue_bytes %lld with %d updates of 16 KB held, bound %d", held, accepted, BOUND);
+    cr_assert_eq(ns_stat(s, "updates_queued"), accepted);
+    json_t *st = ns_stats(s);
+    cr_assert_not_null(st);
+    long long full = -1;
+    cr_assert_eq(ns_jint(json_object_get(st, "updates_rejected"), "queue_full", &full), 0);
+    cr_assert_eq(full, 1);
+    json_decref(st);
+    cr_assert_eq(ns_get_state(s, "qb", node, &r), 0);
+    cr_assert_eq(r.status, 404, "a refused update exists: %ld %s", r.status, r.body);
+    cr_assert_eq(ns_req(s, "GET", "/readyz", NULL, NULL, &r), 0);
+    cr_assert_eq(ns_check_problem(&r, 503, "not-ready", why, sizeof why), 0, "/readyz: %s", why);
+
+    /* Once the writer can commit, the bytes are free and the same update goes in. */
+    it_unlock_db(db);
+    cr_assert_eq(ns_wait_idle(s, 30.0), 0, "the queue did not drain");
+    cr_assert_eq(ns_stat(s, "queue_bytes"), 0);
+    cr_assert(wait_readyz(s, 200, &r, 15.0), "/readyz after the drain: %ld %s", r.status,
+              r.body);
+    cr_assert_eq(ns_post_state(s, "qb", node, NULL, body, &r), 0, "%s", r.error);
+    cr_assert_eq(r.status, 202, "%ld %s", r.status, r.body);
+    ns_resp_free(&r);
+    cr_assert_eq(ns_stop(s, SIGTERM), 0);
+    cr_assert_eq(ns_db_int(s, "SELECT count(*) FROM run_node_state WHERE run_id='qb'", NULL),
+                 accepted + 1);
     ns_free(s);
 }
 

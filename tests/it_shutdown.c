@@ -3,12 +3,15 @@
  * exits 0, and a restart on the same file serves the persisted state: reads,
  * lists and summaries work, the transition rules apply to what was persisted,
  * and seq keeps growing past anything seen before (deleted runs included).
+ * SIGHUP (a closed terminal, an operator's habit) changes nothing: the server
+ * keeps serving, and a later SIGTERM still flushes everything.
  */
 #include <criterion/criterion.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/types.h>
 
 #include "harness.h"
 #include "it_assert.h"
@@ -64,6 +67,36 @@ Test(shutdown, sigint_flushes_too)
     cr_assert(ns_log_contains(s, "msg=stopped"));
     cr_assert_eq(ns_db_int(s, "SELECT count(*) FROM run_node_state WHERE status='completed'",
                            NULL), 10);
+    ns_free(s);
+}
+
+Test(shutdown, sighup_is_ignored_and_sigterm_still_flushes)
+{
+    enum { BEFORE = 20, AFTER = 20 };
+    /* A long interval: what is queued at SIGHUP is still only in memory. */
+    ns_server *s = ns_start("--batch-interval 60");
+    cr_assert_not_null(s);
+    char node[16];
+    for (int i = 0; i < BEFORE; i++) {
+        snprintf(node, sizeof node, "n%03d", i);
+        it_post(s, "hup", node, NULL, "{\"status\":\"running\"}", 202);
+    }
+    cr_assert_eq(ns_stat(s, "updates_processed"), 0);
+    pid_t pid = ns_pid(s);
+    cr_assert_eq(kill(pid, SIGHUP), 0);
+    /* Still the same process, still serving: reads, writes, health. */
+    for (int i = BEFORE; i < BEFORE + AFTER; i++) {
+        snprintf(node, sizeof node, "n%03d", i);
+        it_post(s, "hup", node, NULL, "{\"status\":\"running\"}", 202);
+    }
+    json_decref(it_get_json(s, "/runs/hup/nodes/n000/state", 200));
+    json_decref(it_get_json(s, "/healthz", 200));
+    cr_assert_eq(ns_pid(s), pid);
+    cr_assert_eq(kill(pid, SIGHUP), 0);
+    cr_assert_eq(ns_stop(s, SIGTERM), 0, "exit code after SIGHUP then SIGTERM");
+    cr_assert(ns_log_contains(s, "msg=stopped"), "no msg=stopped in the log");
+    cr_assert_eq(ns_db_int(s, "SELECT count(*) FROM run_node_state WHERE run_id='hup'", NULL),
+                 BEFORE + AFTER, "updates accepted before and after SIGHUP were lost");
     ns_free(s);
 }
 

@@ -1,10 +1,17 @@
 /*
  * it_spill: nothing accepted is dropped on shutdown. While another process
- * holds the database's write lock past --shutdown-timeout, SIGTERM writes the
- * queued updates (a run's DELETE among them) to the sidecar "<db>.spill" and
- * exits 0, logging how many were spilled; the next start replays the sidecar
- * into the database before it serves, logs it, removes the sidecar, and every
- * update is there, in the file and through the API.
+ * holds the database's write lock, SIGTERM writes the queued updates (a
+ * run's DELETE among them) to the sidecar "<db>.spill" and exits 0, logging
+ * how many were spilled; the next start replays the sidecar into the
+ * database before it serves, logs it, removes the sidecar, and every update
+ * is there, in the file and through the API.
+ *
+ * The spill starts as soon as the flush stalls, not at the end of
+ * --shutdown-timeout (here 60 s, far beyond any wait of the tests), and is
+ * written in pieces that each survive a SIGKILL: killed right after the
+ * spill starts, after its first piece, or once it is complete, a restart
+ * restores every committed piece, so the file holds a prefix in seq order of
+ * what was accepted, and all of it when the spill had finished.
  */
 #include <criterion/criterion.h>
 #include <errno.h>
@@ -13,6 +20,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "harness.h"
@@ -133,19 +142,23 @@ Test(spill, locked_database_on_sigterm_spills_and_next_start_replays)
     free(log);
     cr_assert_eq(access(spill, F_OK), 0, "no sidecar %s", spill);
 
-    /* The sidecar holds the updates (coalesced per node), not the database. */
-    cr_assert_eq(spill_int(spill, "SELECT count(*) FROM run_node_state WHERE run_id='sp'"),
+    /*
+     * The sidecar's log holds the updates (coalesced per node: they went in
+     * one piece) and the run deleted, not the database.
+     */
+    cr_assert_eq(spill_int(spill, "SELECT count(*) FROM spill_log WHERE run_id='sp'"),
                  NODES);
-    cr_assert_eq(spill_int(spill, "SELECT count(*) FROM run_node_state WHERE run_id='sp' AND "
+    cr_assert_eq(spill_int(spill, "SELECT count(*) FROM spill_log WHERE run_id='sp' AND "
                                   "status='completed' AND CAST(outputs_json AS INTEGER) = "
                                   "1000 + CAST(substr(node_id, 2) AS INTEGER)"), COMPLETED);
-    cr_assert_eq(spill_int(spill, "SELECT count(*) FROM run_node_state WHERE run_id='sp' AND "
+    cr_assert_eq(spill_int(spill, "SELECT count(*) FROM spill_log WHERE run_id='sp' AND "
                                   "status='running' AND CAST(outputs_json AS INTEGER) = "
                                   "CAST(substr(node_id, 2) AS INTEGER)"), NODES - COMPLETED);
-    cr_assert_eq(spill_int(spill, "SELECT count(*) FROM run_node_state WHERE run_id='gone' "
+    cr_assert_eq(spill_int(spill, "SELECT count(*) FROM spill_log WHERE run_id='gone' "
                                   "AND node_id='c'"), 1);
-    cr_assert_eq(spill_int(spill, "SELECT count(*) FROM run_node_state WHERE run_id='gone' "
+    cr_assert_eq(spill_int(spill, "SELECT count(*) FROM spill_log WHERE run_id='gone' "
                                   "AND node_id IN ('a','b')"), 0);
+    cr_assert_eq(spill_int(spill, "SELECT count(*) FROM spill_deletes WHERE run_id='gone'"), 1);
     it_unlock_db(db);
     cr_assert_eq(ns_db_int(s, "SELECT count(*) FROM run_node_state WHERE run_id='sp'", NULL), 0);
     cr_assert_eq(ns_db_int(s, "SELECT count(*) FROM run_node_state WHERE run_id='gone'", NULL),
@@ -201,4 +214,159 @@ Test(spill, clean_shutdown_leaves_no_sidecar)
     cr_assert_eq(ns_db_int(s, "SELECT count(*) FROM run_node_state WHERE run_id='clean'", NULL),
                  10);
     ns_free(s);
+}
+
+/* ---- SIGKILL during and after the spill ---- */
+
+enum {
+    BIG_UPDATES = 6000,      /* ~3 KB each: ~18 MB, several 4 MiB pieces */
+    BIG_PAD = 3000,
+    WAIT_MS = 30000,         /* bound on every wait below; meeting the condition ends it */
+};
+
+/* Polls the server's log until it holds needle; false when WAIT_MS passed first. */
+static bool wait_log(ns_server *s, const char *needle)
+{
+    long long end = ns_mono_ms() + WAIT_MS;
+    for (int i = 0; i < WAIT_MS / 5 + 1; i++) {
+        if (ns_log_contains(s, needle))
+            return true;
+        if (ns_mono_ms() >= end)
+            break;
+        struct timespec ts = { 0, 5 * 1000000L };
+        nanosleep(&ts, NULL);
+    }
+    return ns_log_contains(s, needle);
+}
+
+/* Posts BIG_UPDATES new nodes n00000.. of run, each with ~3 KB of outputs; seqs[i] gets node i's seq. */
+static void post_big(ns_server *s, const char *run, long long *seqs)
+{
+    static char body[BIG_PAD + 128];
+    char pad[BIG_PAD + 1];
+    memset(pad, 'x', BIG_PAD);
+    pad[BIG_PAD] = '\0';
+    ns_resp r = { 0 };
+    for (int i = 0; i < BIG_UPDATES; i++) {
+        char node[16];
+        snprintf(node, sizeof node, "n%05d", i);
+        snprintf(body, sizeof body, "{\"status\":\"running\",\"outputs\":{\"i\":%d,\"pad\":\"%s\"}}",
+                 i, pad);
+        cr_assert_eq(ns_post_state(s, run, node, NULL, body, &r), 0, "POST %d: %s", i, r.error);
+        cr_assert_eq(r.status, 202, "POST %d: %ld %s", i, r.status, r.body);
+        json_t *doc = ns_resp_json(&r);
+        seqs[i] = it_jint(doc, "seq");
+        cr_assert(i == 0 || seqs[i] > seqs[i - 1], "seq does not grow");
+        json_decref(doc);
+    }
+    ns_resp_free(&r);
+}
+
+/*
+ * After a restart: the file holds, for run, exactly the first k accepted
+ * updates, each with its own seq and outputs, for some k (a prefix in seq
+ * order: no committed piece lost, none replayed out of order). Returns k.
+ */
+static long long check_prefix(ns_server *s, const char *run, const long long *seqs)
+{
+    long long k = ns_db_int(s, "SELECT count(*) FROM run_node_state WHERE run_id = ?", run, NULL);
+    cr_assert_geq(k, 0);
+    cr_assert_leq(k, BIG_UPDATES);
+    cr_assert_eq(ns_db_int(s, "SELECT count(*) FROM run_node_state WHERE run_id = ? AND "
+                              "status = 'running' AND "
+                              "json_extract(outputs_json, '$.i') = CAST(substr(node_id, 2) AS INTEGER) "
+                              "AND length(json_extract(outputs_json, '$.pad')) = 3000", run, NULL),
+                 k, "a row of %s does not hold what was posted for it", run);
+    if (k == 0)
+        return 0;
+    cr_assert_eq(ns_db_int(s, "SELECT max(CAST(substr(node_id, 2) AS INTEGER)) FROM run_node_state "
+                              "WHERE run_id = ?", run, NULL), k - 1,
+                 "the %lld rows of %s are not the first %lld updates: a piece is missing", k, run, k);
+    char first[32], last[32];
+    snprintf(first, sizeof first, "n%05d", 0);
+    snprintf(last, sizeof last, "n%05lld", k - 1);
+    cr_assert_eq(ns_db_int(s, "SELECT seq FROM run_node_state WHERE run_id = ? AND node_id = ?",
+                           run, first, NULL), seqs[0]);
+    cr_assert_eq(ns_db_int(s, "SELECT seq FROM run_node_state WHERE run_id = ? AND node_id = ?",
+                           run, last, NULL), seqs[k - 1]);
+    return k;
+}
+
+/*
+ * Locks the database, queues BIG_UPDATES, sends SIGTERM and, once the log
+ * shows kill_at, SIGKILL. Then unlocks, restarts and checks what the file
+ * holds. Returns how many of the updates survived (the prefix length).
+ */
+static long long kill_during_spill(const char *kill_at)
+{
+    static long long seqs[BIG_UPDATES];
+    ns_server *s = ns_start("--shutdown-timeout 60 --log-level debug");
+    cr_assert_not_null(s);
+    char spill[4200];
+    snprintf(spill, sizeof spill, "%s.spill", ns_db_path(s));
+    sqlite3 *db = it_lock_db(s);
+    post_big(s, "big", seqs);
+
+    cr_assert_eq(kill(ns_pid(s), SIGTERM), 0);
+    bool seen = wait_log(s, kill_at);
+    ns_kill(s);
+    char *log = ns_log(s);
+    cr_assert(seen, "no \"%s\" within %d s of SIGTERM (the spill must start when the flush "
+              "stalls, not at the end of --shutdown-timeout 60); log:\n%s", kill_at,
+              WAIT_MS / 1000, log);
+    free(log);
+    cr_assert_eq(ns_db_int(s, "SELECT count(*) FROM run_node_state WHERE run_id = 'big'", NULL),
+                 0, "the database was locked: nothing can be in it yet");
+    /* A journal with content: the kill cut a piece short, which the restart must say. */
+    char journal[4300];
+    snprintf(journal, sizeof journal, "%s-journal", spill);
+    struct stat sb;
+    bool torn = stat(journal, &sb) == 0 && sb.st_size > 0;
+    it_unlock_db(db);
+
+    cr_assert_eq(ns_restart(s, "--shutdown-timeout 5"), 0, "restart after SIGKILL");
+    log = ns_log(s);
+    char *replayed = strstr(log, "msg=spill-replayed");
+    char *listening = strstr(log, "msg=listening");
+    cr_assert_not_null(listening);
+    cr_assert(replayed == NULL || replayed < listening, "replayed after listening:\n%s", log);
+    cr_assert(!torn || strstr(log, "msg=spill-piece-torn") != NULL,
+              "a piece was cut short and the restart did not say so:\n%s", log);
+    long long k = check_prefix(s, "big", seqs);
+    fprintf(stderr, "it_spill: SIGKILL at \"%s\": %lld of %d updates restored%s\n", kill_at, k,
+            BIG_UPDATES, strstr(log, "msg=spill-piece-torn") ? ", a torn piece rolled back" : "");
+    if (k > 0) {
+        char want[64];
+        snprintf(want, sizeof want, "msg=spill-replayed rows=%lld deletes=0 pieces=", k);
+        cr_assert(replayed != NULL && strncmp(replayed, want, strlen(want)) == 0,
+                  "no \"%s\" in the log:\n%s", want, log);
+    }
+    free(log);
+    cr_assert_neq(access(spill, F_OK), 0, "the sidecar is still there after its replay");
+    /* The survivors stay: a clean stop and start keep them and replay nothing. */
+    cr_assert_eq(ns_stop(s, SIGTERM), 0);
+    cr_assert_eq(ns_restart(s, NULL), 0);
+    cr_assert(!ns_log_contains(s, "msg=spill-replayed"));
+    cr_assert_eq(check_prefix(s, "big", seqs), k);
+    cr_assert_eq(ns_stop(s, SIGTERM), 0);
+    ns_free(s);
+    return k;
+}
+
+Test(spill, sigkill_once_the_spill_is_complete_loses_nothing, .timeout = 240)
+{
+    /* "spilled" is logged once the last piece is committed, long before the 60 s budget ends. */
+    cr_assert_eq(kill_during_spill("msg=spilled "), BIG_UPDATES,
+                 "an accepted update was lost");
+}
+
+Test(spill, sigkill_after_the_first_piece_keeps_every_committed_piece, .timeout = 240)
+{
+    cr_assert_geq(kill_during_spill("msg=spill-piece piece=1 "), 1,
+                  "the committed first piece was lost");
+}
+
+Test(spill, sigkill_as_the_spill_starts_keeps_a_consistent_prefix, .timeout = 240)
+{
+    kill_during_spill("msg=spill-started ");
 }

@@ -926,6 +926,7 @@ Test(encode, stats)
     atomic_store(&s.batches_written, 3);
     atomic_store(&s.errors, 1);
     atomic_store(&s.queue_depth, 1);
+    atomic_store(&s.queue_bytes, 4242);
     atomic_store(&s.updates_coalesced, 4);
     atomic_store(&s.rows_written, 6);
     atomic_store(&s.runs_deleted, 2);
@@ -959,8 +960,8 @@ Test(encode, stats)
     json_t *j = parse_buf(&b);
     static const char *const keys[] = {
         "updates_queued", "updates_processed", "batches_written", "errors",
-        "queue_depth", "queue_capacity", "updates_coalesced", "rows_written",
-        "runs_deleted", "updates_rejected", "updates_duplicate", "cache_nodes",
+        "queue_depth", "queue_capacity", "queue_bytes", "updates_coalesced",
+        "rows_written", "runs_deleted", "updates_rejected", "updates_duplicate", "cache_nodes",
         "cache_runs", "cache_bytes", "cache_loads", "cache_evictions", "rows_isolated",
         "last_seq", "durable_seq", "uptime_seconds",
         "commit_seconds", "batch_updates", "enqueue_to_commit_seconds",
@@ -973,6 +974,7 @@ Test(encode, stats)
     cr_assert_eq(int_of(j, "errors"), 1);
     cr_assert_eq(int_of(j, "queue_depth"), 1);
     cr_assert_eq(int_of(j, "queue_capacity"), 5000);
+    cr_assert_eq(int_of(j, "queue_bytes"), 4242);
     cr_assert_eq(int_of(j, "updates_coalesced"), 4);
     cr_assert_eq(int_of(j, "rows_written"), 6);
     cr_assert_eq(int_of(j, "runs_deleted"), 2);

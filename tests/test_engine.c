@@ -500,6 +500,77 @@ Test(engine, queue_full_changes_nothing)
     cr_assert_eq(seq, 2);
 }
 
+/* An update to run "rb" carrying outputs of `size` bytes of JSON text (with its NUL). */
+static engine_result submit_big(engine *e, const char *node, size_t size)
+{
+    char *outputs = malloc(size);
+    cr_assert_not_null(outputs);
+    memset(outputs, 'x', size - 1);
+    outputs[0] = outputs[size - 2] = '"';
+    outputs[size - 1] = '\0';
+    ns_update u = upd(NS_RUNNING, 0);
+    u.outputs.set = true;
+    u.outputs.value = outputs;
+    ns_row *out = NULL;
+    engine_result r = engine_submit(e, "rb", node, &u, &out);
+    model_row_unref(out);
+    free(outputs);
+    return r;
+}
+
+Test(engine, queue_byte_bound_refuses_and_changes_nothing)
+{
+    enum { BIG = 8192 };
+    engine_config c = config(1, 0, 1000);
+    c.queue_max_bytes = 64 * 1024;
+    engine *e = open_with(&c);
+    ns_stats *st = engine_stats(e);
+    blocker b;
+    stall_writer(e, &b);
+    cr_assert_eq(atomic_load(&st->queue_bytes), 0, "the blocker's op is released");
+
+    /* Each op holds its row: the struct, "rb", "nNN" and the outputs. */
+    const size_t per = sizeof(ns_row) + 3 + 4 + BIG;
+    const size_t fit = c.queue_max_bytes / per;
+    cr_assert_lt(fit, 1000, "the byte bound, not the capacity, must be what refuses");
+    for (size_t i = 0; i < fit; i++) {
+        char node[24];
+        snprintf(node, sizeof node, "n%02zu", i);
+        cr_assert_eq(submit_big(e, node, BIG), ENGINE_ACCEPTED, "%s", node);
+    }
+    cr_assert_eq(atomic_load(&st->queue_bytes), fit * per);
+    const char *why = NULL;
+    cr_assert(engine_ready(e, &why), "not ready before any refusal: %s", why);
+    int64_t last = atomic_load(&st->last_seq);
+    cr_assert_eq(submit_big(e, "nXX", BIG), ENGINE_QUEUE_FULL);
+    cr_assert_not(engine_ready(e, &why), "ready while writes are refused for bytes");
+    cr_assert(strstr(why, "queue-max-bytes") != NULL, "%s", why);
+    get_none(e, "rb", "nXX");
+    cr_assert_eq(submit_big(e, "n00", BIG + 1), ENGINE_QUEUE_FULL, "a change of a queued node too");
+    ns_row *g = get(e, "rb", "n00");
+    cr_assert_eq(strlen(g->outputs), BIG - 1, "a refused update changed the node");
+    model_row_unref(g);
+    cr_assert_eq(atomic_load(&st->last_seq), last, "a refused write used a seq");
+    cr_assert_eq(atomic_load(&st->rejected[NS_REJECT_QUEUE_FULL]), 2);
+    cr_assert_eq(atomic_load(&st->queue_bytes), fit * per);
+    /* What is left of the bound still takes a small update: bytes decide, not entries. */
+    cr_assert_lt(fit * per + sizeof(ns_row) + 3 + 6, c.queue_max_bytes);
+    accept(e, "rb", "small", NS_SCHEDULED);
+
+    /* Once written, the bytes are free again. */
+    atomic_store(&b.release, true);
+    engine_on_durable(e, NULL, NULL);
+    for (int i = 0; i < HANG_SECONDS * 200 && atomic_load(&st->queue_bytes) != 0; i++) {
+        engine_flush_soon(e);
+        sleep_ms(5);
+    }
+    cr_assert_eq(atomic_load(&st->queue_bytes), 0);
+    cr_assert(engine_ready(e, &why), "still not ready once written: %s", why);
+    cr_assert_eq(submit_big(e, "nXX", BIG), ENGINE_ACCEPTED);
+    cr_assert_eq(engine_close(e), 0);
+    cr_assert_eq(db_count("rb"), (int64_t)fit + 2);
+}
+
 /* ---- deleting ---- */
 
 Test(engine, delete_run_forgets_it_for_good)

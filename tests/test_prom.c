@@ -34,6 +34,7 @@ static void fill_stats(void)
     atomic_store(&stats.rejected[NS_REJECT_ILLEGAL], 13);
     atomic_store(&stats.rejected[NS_REJECT_QUEUE_FULL], 14);
     atomic_store(&stats.queue_depth, 15);
+    atomic_store(&stats.queue_bytes, 4242);
     atomic_store(&stats.cache_nodes, 16);
     atomic_store(&stats.cache_runs, 17);
     atomic_store(&stats.cache_bytes, 4096);
@@ -129,6 +130,7 @@ Test(prom, counters_and_gauges, .init = fill_stats)
     assert_sample(t, "nodestate_updates_rejected_total{reason=\"queue_full\"}", "14");
     assert_sample(t, "nodestate_queue_depth", "15");
     assert_sample(t, "nodestate_queue_capacity", "4096");
+    assert_sample(t, "nodestate_queue_bytes", "4242");
     assert_sample(t, "nodestate_cache_nodes", "16");
     assert_sample(t, "nodestate_cache_runs", "17");
     assert_sample(t, "nodestate_cache_bytes", "4096");
@@ -163,6 +165,7 @@ Test(prom, types_of_families, .init = fill_stats)
         { "nodestate_updates_rejected_total", "counter" },
         { "nodestate_queue_depth", "gauge" },
         { "nodestate_queue_capacity", "gauge" },
+        { "nodestate_queue_bytes", "gauge" },
         { "nodestate_cache_nodes", "gauge" },
         { "nodestate_cache_runs", "gauge" },
         { "nodestate_cache_bytes", "gauge" },
@@ -250,7 +253,7 @@ Test(prom, help_and_type_precede_every_family, .init = fill_stats)
             samples++;
         }
     }
-    cr_assert_eq(n_seen, 28);
+    cr_assert_eq(n_seen, 29);
     cr_assert_gt(samples, 20);
     free(t);
 }

@@ -1,6 +1,7 @@
 /*
  * Unit tests for queue: first in first out, the ring wrapping around, a
- * full queue refusing without changing, pop taking at most max, and peek.
+ * full queue refusing without changing, pop taking at most max, peek, and
+ * the bytes an op is counted for.
  */
 #include <criterion/criterion.h>
 
@@ -169,4 +170,25 @@ Test(queue, wraparound_keeps_order)
     cr_assert_eq(next_out, next_in);
     cr_assert_gt(next_in, 3 * CAP, "the ring never wrapped");
     queue_free(q);
+}
+
+Test(queue, op_bytes_count_the_row_and_its_strings)
+{
+    ns_row r;
+    memset(&r, 0, sizeof r);
+    r.run_id = "run";          /* 4 with the NUL */
+    r.node_id = "n1";          /* 3 */
+    r.outputs = "{\"a\":1}";   /* 8 */
+    ns_op up = op(1);
+    up.row = &r;
+    cr_assert_eq(queue_op_bytes(&up), sizeof r + 4 + 3 + 8);
+    r.last_error = "boom";     /* 5 */
+    r.resume_state = "[]";     /* 3 */
+    r.suspension_reason = "";  /* 1 */
+    cr_assert_eq(queue_op_bytes(&up), sizeof r + 4 + 3 + 8 + 5 + 3 + 1);
+
+    char run[] = "gone";
+    ns_op del = op(2);
+    del.delete_run = run;
+    cr_assert_eq(queue_op_bytes(&del), 5);
 }

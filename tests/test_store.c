@@ -16,7 +16,10 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <signal.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <sqlite3.h>
@@ -926,15 +929,16 @@ static void spill(ns_row *const *rows, size_t n, const char *const *deletes,
 }
 
 /* store_replay, asserting it succeeded and what it counted. */
-static void replay_ok(store *s, size_t want_rows, size_t want_deletes)
+static store_replayed replay_ok(store *s, size_t want_rows, size_t want_deletes)
 {
-    size_t rows = 99, deletes = 99;
+    store_replayed got = {99, 99, 99, true};
     char err[512] = "";
 
-    cr_assert(eq(int, store_replay(s, &rows, &deletes, err, sizeof err), 0),
+    cr_assert(eq(int, store_replay(s, &got, err, sizeof err), 0),
               "store_replay: %s", err);
-    cr_assert(eq(sz, rows, want_rows));
-    cr_assert(eq(sz, deletes, want_deletes));
+    cr_assert(eq(sz, got.rows, want_rows));
+    cr_assert(eq(sz, got.deletes, want_deletes));
+    return got;
 }
 
 static sqlite3 *open_raw_spill(void)
@@ -987,24 +991,26 @@ Test(store, spill_then_replay_round_trip_with_deletes_and_last_seq)
     write_ok(s, base, 3, NULL, 0, 3);
     cr_assert(false == file_exists(spill_file()));
 
-    /* Two spills append; the second deletes r1, including spilled rows. */
+    /* Two spills append; the second deletes r1, voiding its spilled rows. */
     spill(first, 3, NULL, 0, 7);
     spill(second, 2, del, 1, 10);
     cr_assert(file_exists(spill_file()));
     sqlite3 *sp = open_raw_spill();
     cr_assert(eq(i64, raw_int(sp, "PRAGMA user_version"), 1));
-    cr_assert(eq(i64, raw_int(sp, "SELECT count(*) FROM run_node_state"), 2));
-    cr_assert(eq(i64, raw_int(sp, "SELECT count(*) FROM run_node_state"
-                                  " WHERE run_id = 'r1' AND node_id = 'c'"),
-                 1));
-    cr_assert(eq(i64, raw_int(sp, "SELECT count(*) FROM spilled_deletes"
-                                  " WHERE run_id = 'r1'"), 1));
+    cr_assert(eq(i64, raw_int(sp, "SELECT count(*) FROM spill_log"), 5),
+              "every row is logged, in seq order");
+    cr_assert(eq(i64, raw_int(sp, "SELECT count(*) FROM spill_log"
+                                  " WHERE run_id = 'r1' AND node_id = 'c'"
+                                  " AND seq = 8"), 1));
+    cr_assert(eq(i64, raw_int(sp, "SELECT before_seq FROM spill_deletes"
+                                  " WHERE run_id = 'r1'"), 8),
+              "the delete voids r1's rows of the first piece (seqs <= 7)");
     cr_assert(eq(i64, raw_int(sp, "SELECT value FROM nodestate_meta"
                                   " WHERE key = 'last_seq'"), 10));
     sqlite3_close(sp);
     cr_assert(eq(i64, store_last_seq(s), 3), "spilling is not committing");
 
-    replay_ok(s, 2, 1);
+    cr_assert(eq(sz, replay_ok(s, 2, 1).pieces, 2), "two spills, two pieces");
     cr_assert(eq(i64, store_last_seq(s), 10));
     cr_assert(false == file_exists(spill_file()),
               "a replayed sidecar is removed");
@@ -1032,12 +1038,139 @@ Test(store, spill_then_replay_round_trip_with_deletes_and_last_seq)
     store_close(s);
 }
 
+/*
+ * Kills a child process in the middle of a piece's transaction on the
+ * sidecar, with pages of it already in the file (a tiny page cache spills
+ * them), the way SIGKILL would find a spill: a hot journal is left behind.
+ */
+static void tear_a_piece(void)
+{
+    pid_t pid = fork();
+    int status = 0;
+
+    cr_assert(pid >= 0);
+    if (pid == 0) {
+        sqlite3 *db = NULL;
+
+        if (sqlite3_open_v2(spill_file(), &db, SQLITE_OPEN_READWRITE, NULL)
+                != SQLITE_OK
+            || sqlite3_exec(db,
+                            "PRAGMA cache_size = 2; PRAGMA synchronous = FULL;"
+                            "BEGIN IMMEDIATE;"
+                            "WITH RECURSIVE i(n) AS (SELECT 1 UNION ALL"
+                            " SELECT n + 1 FROM i WHERE n < 3000)"
+                            " INSERT INTO spill_log (run_id, node_id,"
+                            " status, attempt, updated_at, seq)"
+                            " SELECT 'torn', printf('n%05d', n), 'running', 1,"
+                            " '2026-11-26T16:27:29.123Z', 100 + n FROM i;"
+                            "UPDATE nodestate_meta SET value = 99999"
+                            " WHERE key = 'last_seq';"
+                            "DELETE FROM spill_log WHERE run_id = 'r1';"
+                            "INSERT INTO spill_deletes VALUES ('r2', 99999);",
+                            NULL, NULL, NULL) != SQLITE_OK)
+            _exit(3);
+        raise(SIGKILL);
+        _exit(4);
+    }
+    cr_assert(waitpid(pid, &status, 0) == pid);
+    bool killed = WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL;
+    cr_assert(killed, "the child did not die inside its transaction (status %d)",
+              status);
+}
+
+Test(store, a_torn_piece_is_rolled_back_and_reported_and_the_rest_replays)
+{
+    store *s = sfx_open_store();
+    store_reader *r;
+    char err[512] = "";
+    char journal[PATH_MAX + 32];
+    struct stat sb;
+    ns_row a = sfx_draft("r1", "a", NS_RUNNING, 1);
+    ns_row b = sfx_draft("r1", "b", NS_COMPLETED, 2);
+    ns_row c = sfx_draft("r2", "c", NS_SCHEDULED, 3);
+    ns_row *one[] = {&a, &b};
+    ns_row *two[] = {&c};
+    store_batch b1 = {.rows = one, .n_rows = 2, .last_seq = 2};
+    store_batch b2 = {.rows = two, .n_rows = 1, .last_seq = 3};
+
+    /* Two pieces through one handle, as the engine spills them. */
+    store_sidecar *sc = store_spill_open(sfx_db_path(), err, sizeof err);
+    cr_assert(sc != NULL, "store_spill_open: %s", err);
+    cr_assert(eq(int, store_spill_append(sc, &b1, err, sizeof err), 0), "%s", err);
+    cr_assert(eq(int, store_spill_append(sc, &b2, err, sizeof err), 0), "%s", err);
+    store_spill_close(sc);
+
+    tear_a_piece();
+    snprintf(journal, sizeof journal, "%s-journal", spill_file());
+    bool hot = stat(journal, &sb) == 0 && sb.st_size > 0;
+    cr_assert(hot, "no hot journal: the test did not tear a piece");
+
+    store_replayed got = replay_ok(s, 3, 0);
+    cr_assert(got.torn, "the torn piece must be reported");
+    cr_assert(eq(sz, got.pieces, 2));
+    cr_assert(eq(i64, store_last_seq(s), 3), "the torn piece's last_seq is not taken");
+    cr_assert(false == file_exists(spill_file()));
+    cr_assert(false == file_exists(journal));
+    r = sfx_open_reader();
+    expect_run(r, "r1", "the committed pieces are kept whole", 2, &a, &b);
+    expect_run(r, "r2", NULL, 1, &c);
+    expect_run(r, "torn", "nothing of the torn piece", 0);
+    store_reader_close(r);
+    store_close(s);
+}
+
+Test(store, a_sidecar_of_an_earlier_build_still_replays)
+{
+    store *s = sfx_open_store();
+    store_reader *r;
+    ns_row a = sfx_draft("r", "a", NS_RUNNING, 1);
+    ns_row x = sfx_draft("old", "x", NS_RUNNING, 2);
+    ns_row *base[] = {&a, &x};
+    sqlite3 *db = NULL;
+
+    write_ok(s, base, 2, NULL, 0, 2);
+    /* One row per node keyed like the main table, and the runs deleted. */
+    cr_assert(sqlite3_open_v2(spill_file(), &db,
+                              SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE,
+                              NULL) == SQLITE_OK);
+    raw_exec(db, "CREATE TABLE run_node_state (run_id TEXT NOT NULL,"
+                 " node_id TEXT NOT NULL, status TEXT NOT NULL,"
+                 " attempt INTEGER NOT NULL, scheduled_at TEXT,"
+                 " started_at TEXT, completed_at TEXT, failed_at TEXT,"
+                 " suspended_at TEXT, last_error TEXT,"
+                 " retryable INTEGER NOT NULL DEFAULT 0,"
+                 " suspension_reason TEXT, resume_state_json TEXT,"
+                 " outputs_json TEXT, updated_at TEXT NOT NULL,"
+                 " seq INTEGER NOT NULL, PRIMARY KEY (run_id, node_id))"
+                 " WITHOUT ROWID;"
+                 "CREATE TABLE nodestate_meta (key TEXT PRIMARY KEY,"
+                 " value INTEGER);"
+                 "CREATE TABLE spilled_deletes (run_id TEXT PRIMARY KEY);"
+                 "PRAGMA user_version = 1;"
+                 "INSERT INTO run_node_state (run_id, node_id, status,"
+                 " attempt, updated_at, seq) VALUES ('r', 'b', 'completed',"
+                 " 1, '2026-11-26T16:27:29.123Z', 5);"
+                 "INSERT INTO spilled_deletes VALUES ('old');"
+                 "INSERT INTO nodestate_meta VALUES ('last_seq', 6);");
+    sqlite3_close(db);
+
+    store_replayed got = replay_ok(s, 1, 1);
+    cr_assert(eq(sz, got.pieces, 1));
+    cr_assert(eq(i64, store_last_seq(s), 6));
+    cr_assert(false == file_exists(spill_file()));
+    r = sfx_open_reader();
+    expect_run(r, "r", "the spilled row joins the stored one", 2, &a, NULL);
+    expect_run(r, "old", "the spilled delete applies", 0);
+    store_reader_close(r);
+    store_close(s);
+}
+
 /* The timeout is a hang guard: replay gives up after the busy timeout. */
 Test(store, replay_with_the_database_locked_keeps_the_sidecar, .timeout = 10)
 {
     store *s = sfx_open_store();
     store_reader *r = sfx_open_reader();
-    size_t rows = 99, deletes = 99;
+    store_replayed got;
     char err[512] = "";
     ns_row a = sfx_draft("r", "a", NS_RUNNING, 1);
     ns_row sa = sfx_draft("r", "a", NS_COMPLETED, 2);
@@ -1049,9 +1182,9 @@ Test(store, replay_with_the_database_locked_keeps_the_sidecar, .timeout = 10)
     spill(spilled, 1, NULL, 0, 2);
     other = lock_db();
 
-    cr_assert(eq(int, store_replay(s, &rows, &deletes, err, sizeof err), -1));
+    cr_assert(eq(int, store_replay(s, &got, err, sizeof err), -1));
     cr_assert(strstr(err, "locked") != NULL, "err: %s", err);
-    cr_assert(eq(sz, rows, 0));
+    cr_assert(eq(sz, got.rows, 0));
     cr_assert(file_exists(spill_file()), "the sidecar is kept");
     cr_assert(eq(i64, store_last_seq(s), 1));
 
@@ -1086,7 +1219,7 @@ Test(store, replay_of_a_missing_or_empty_sidecar_is_a_no_op)
 Test(store, replay_refuses_a_sidecar_it_did_not_write)
 {
     store *s = sfx_open_store();
-    size_t rows, deletes;
+    store_replayed got;
     char err[512] = "";
     sqlite3 *db = NULL;
 
@@ -1096,7 +1229,7 @@ Test(store, replay_refuses_a_sidecar_it_did_not_write)
     raw_exec(db, "CREATE TABLE something_else (x)");
     sqlite3_close(db);
 
-    cr_assert(eq(int, store_replay(s, &rows, &deletes, err, sizeof err), -1));
+    cr_assert(eq(int, store_replay(s, &got, err, sizeof err), -1));
     cr_assert(strstr(err, "not a nodestate spill file") != NULL, "err: %s",
               err);
     cr_assert(strstr(err, spill_file()) != NULL, "err names it: %s", err);
@@ -1108,7 +1241,7 @@ Test(store, spill_isolates_a_row_it_cannot_store)
 {
     store *s = sfx_open_store();
     sfx_isolated iso = {0};
-    size_t rows, deletes;
+    store_replayed got;
     char err[512] = "";
     ns_row good = sfx_draft("r", "a", NS_RUNNING, 1);
     ns_row bad = sfx_draft("r", "b", NS_STATUS_COUNT, 2);
@@ -1120,9 +1253,9 @@ Test(store, spill_isolates_a_row_it_cannot_store)
               "store_spill: %s", err);
     cr_assert(eq(sz, iso.n, 1));
     cr_assert(iso.rows[0] == &bad);
-    cr_assert(eq(int, store_replay(s, &rows, &deletes, err, sizeof err), 0),
+    cr_assert(eq(int, store_replay(s, &got, err, sizeof err), 0),
               "store_replay: %s", err);
-    cr_assert(eq(sz, rows, 1));
+    cr_assert(eq(sz, got.rows, 1));
     cr_assert(eq(i64, store_last_seq(s), 2));
     store_close(s);
 }

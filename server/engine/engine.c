@@ -26,8 +26,18 @@
 /* nodestate_meta keys of seq_start. */
 #define META_RUNNING "running"
 #define META_SEQ_SLACK "seq_slack"
-/* Time kept at the end of the shutdown budget for writing the sidecar. */
+/*
+ * Shutdown (see engine_close_counted). The flush gives up on the database
+ * and spills what is left once commits have failed for SPILL_STALL_NS, or
+ * SPILL_RESERVE_NS before the end of the budget; the spill may run
+ * SPILL_OVERRUN_NS past that end, what is not in the sidecar by then is
+ * lost (and logged), so the process is gone within the budget plus 1 s.
+ */
+#define SPILL_STALL_NS 500000000ll    /* 0.5 s */
 #define SPILL_RESERVE_NS 1000000000ll /* 1 s */
+#define SPILL_OVERRUN_NS 500000000ll  /* 0.5 s */
+/* Most bytes of queued rows in one piece of the sidecar (one transaction). */
+#define SPILL_PIECE_BYTES ((size_t)4 << 20)
 /* Replaying a sidecar at start is tried this often, BACKOFF_FIRST_NS doubling between tries (~5 s). */
 #define REPLAY_TRIES 9
 
@@ -42,10 +52,15 @@ struct engine {
     const ns_row **isolated;      /* writer thread only: rows isolated in this batch */
     size_t n_isolated, cap_isolated;
     bool isolated_lost;           /* writer thread only: one did not fit (out of memory) */
+    bool spilling;                /* writer thread only: the flush gave up on the database */
+    store_sidecar *sidecar;       /* writer thread only: open once spilling */
+    size_t spill_pieces;          /* writer thread only: pieces committed to the sidecar */
+    int64_t spill_piece_ns;       /* writer thread only: how long the last piece took */
     pthread_t writer;
     _Atomic bool writer_running;
     _Atomic bool store_failing;   /* the last commit attempt failed */
     _Atomic bool draining;        /* engine_drain: shutting down soon */
+    _Atomic bool bytes_full;      /* a write was refused for queue_max_bytes; cleared as bytes are freed */
 
     pthread_mutex_t lock;         /* guards every field below */
     void (*on_durable)(void *ctx, int64_t durable_seq);
@@ -54,13 +69,15 @@ struct engine {
     cache *cache;
     queue *queue;
     int64_t last_seq;             /* last seq assigned */
+    size_t queue_bytes;           /* queue_op_bytes of the ops accepted and not yet released */
     int64_t flush_until;          /* commit without waiting while seqs <= this are queued */
     bool stopping;                /* engine_close: drain, then exit */
-    int64_t drain_deadline_ns;    /* when stopping: give up failing commits after this */
-    int64_t drain_started_ns;     /* engine_drain (or close): the shutdown budget starts */
+    int64_t drain_started_ns;     /* engine_drain (or close): the shutdown budget starts; 0 before */
+    int64_t give_up_ns;           /* set with it: no more commit retries after this, spill */
+    int64_t spill_end_ns;         /* set with it: nothing more goes to the sidecar after this */
     uint64_t drain_processed;     /* updates_processed then, for engine_closing.flushed */
-    size_t spilled;               /* ops written to the sidecar at the end */
-    size_t unflushed;             /* ops the writer could not write before giving up */
+    size_t spilled;               /* ops written to the sidecar */
+    size_t unflushed;             /* ops that reached neither the database nor the sidecar */
     bool in_callback;             /* the writer is calling on_durable (unlocked) */
     int64_t refused[REFUSED_RING]; /* seqs isolated for good, newest at refused_next - 1 */
     size_t refused_next;
@@ -360,19 +377,46 @@ static void reject(engine *e, ns_reject why)
     atomic_fetch_add_explicit(&e->stats.rejected[why], 1, memory_order_relaxed);
 }
 
-/* Appends an op under e->lock; the caller checked there is room. */
+/*
+ * Whether an op of this many bytes may be queued: a free slot, and its bytes
+ * within queue_max_bytes with what is held already (an op larger than the
+ * whole bound still goes when nothing is held, or it could never go). Lock held.
+ */
+static bool queue_has_room(engine *e, size_t bytes)
+{
+    size_t max = e->cfg.queue_max_bytes;
+    if (queue_len(e->queue) == queue_capacity(e->queue))
+        return false;
+    return max == 0 || e->queue_bytes == 0 || bytes <= max - (max < e->queue_bytes ? max : e->queue_bytes);
+}
+
+/* Queued bytes from which the writer commits without waiting for batch_interval. Lock held. */
+static bool queue_bytes_high(const engine *e)
+{
+    return e->cfg.queue_max_bytes && e->queue_bytes >= e->cfg.queue_max_bytes / 2;
+}
+
+/* Appends an op under e->lock; the caller checked there is room (queue_has_room). */
 static void enqueue(engine *e, ns_op *op)
 {
+    bool was_high = queue_bytes_high(e);
     op->seq = ++e->last_seq;
     op->enqueued_ns = model_mono_ns();
+    op->bytes = queue_op_bytes(op);
     cache_pin(e->cache, op->run);
     queue_push(e->queue, op);
+    e->queue_bytes += op->bytes;
     size_t len = queue_len(e->queue);
     atomic_store_explicit(&e->stats.queue_depth, len, memory_order_relaxed);
+    atomic_store_explicit(&e->stats.queue_bytes, e->queue_bytes, memory_order_relaxed);
     atomic_store_explicit(&e->stats.last_seq, e->last_seq, memory_order_relaxed);
     atomic_fetch_add_explicit(&e->stats.updates_queued, 1, memory_order_relaxed);
-    /* Wake the writer only when it may be waiting for this: the first op, a full batch, a full queue. */
-    if (len == 1 || len == e->cfg.batch_size || len == queue_capacity(e->queue))
+    /*
+     * Wake the writer only when it may be waiting for this: the first op, a
+     * full batch, a full queue, half the byte bound reached.
+     */
+    if (len == 1 || len == e->cfg.batch_size || len == queue_capacity(e->queue) ||
+        (!was_high && queue_bytes_high(e)))
         pthread_cond_signal(&e->wake);
 }
 
@@ -404,7 +448,9 @@ engine_result engine_submit(engine *e, const char *run_id, const char *node_id,
     case RULES_APPLY:
         break;
     }
-    if (queue_len(e->queue) == queue_capacity(e->queue)) {
+    ns_op probe = { .row = &draft };
+    if (!queue_has_room(e, queue_op_bytes(&probe))) {
+        atomic_store(&e->bytes_full, queue_len(e->queue) < queue_capacity(e->queue));
         reject(e, NS_REJECT_QUEUE_FULL);
         res = ENGINE_QUEUE_FULL;
         goto drop;
@@ -452,7 +498,9 @@ engine_result engine_delete_run(engine *e, const char *run_id, size_t *deleted,
         res = ENGINE_NOT_FOUND;
     if (nodes == 0)
         goto done;
-    if (queue_len(e->queue) == queue_capacity(e->queue)) {
+    ns_op probe = { .delete_run = id };
+    if (!queue_has_room(e, queue_op_bytes(&probe))) {
+        atomic_store(&e->bytes_full, queue_len(e->queue) < queue_capacity(e->queue));
         reject(e, NS_REJECT_QUEUE_FULL);
         res = ENGINE_QUEUE_FULL;
         goto done;
@@ -656,25 +704,48 @@ engine_result engine_summarize(engine *e, const char *run_id, engine_summary *ou
 
 /* ---- the writer thread ---- */
 
-static void deadline_to_timespec(int64_t ns, struct timespec *ts);
+static void deadline_to_timespec(int64_t ns, struct timespec *ts)
+{
+    ts->tv_sec = (time_t)(ns / 1000000000ll);
+    ts->tv_nsec = (long)(ns % 1000000000ll);
+}
+
+/*
+ * Whether a commit failing since failing_since should be given up for the
+ * sidecar now: only once the shutdown budget runs (drain_started_ns), when
+ * the failures have lasted SPILL_STALL_NS (the flush makes no progress) or
+ * the budget is nearly spent. Lock held.
+ */
+static bool flush_stalled(const engine *e, int64_t failing_since, int64_t now)
+{
+    return e->drain_started_ns &&
+           (now >= e->give_up_ns || now - failing_since >= SPILL_STALL_NS);
+}
 
 /*
  * Waits out one retry backoff of a failing commit on the writer's condvar,
- * so engine_close cuts it short. Returns false once stopping is past the
- * drain deadline (the caller gives up and spills). Called without the lock.
+ * so engine_drain and engine_close cut it short. Returns false once the
+ * flush is stalled (flush_stalled: the caller gives up and spills). Called
+ * without the lock.
  */
-static bool backoff_wait(engine *e, int64_t backoff)
+static bool backoff_wait(engine *e, int64_t backoff, int64_t failing_since)
 {
     int64_t until = model_mono_ns() + backoff;
     bool go_on = true;
     pthread_mutex_lock(&e->lock);
     for (;;) {
         int64_t now = model_mono_ns();
-        if (e->stopping && now >= e->drain_deadline_ns) {
+        if (flush_stalled(e, failing_since, now)) {
             go_on = false;
             break;
         }
-        int64_t end = e->stopping && e->drain_deadline_ns < until ? e->drain_deadline_ns : until;
+        int64_t end = until;
+        if (e->drain_started_ns) {
+            if (e->give_up_ns < end)
+                end = e->give_up_ns;
+            if (failing_since + SPILL_STALL_NS < end)
+                end = failing_since + SPILL_STALL_NS;
+        }
         if (now >= end)
             break;
         struct timespec ts;
@@ -746,17 +817,40 @@ static void mark_refused(engine *e, const ns_op *ops, size_t n)
     e->n_isolated = 0;
 }
 
+/* The sidecar's path, quoted for a log line. */
+static const char *spill_qpath(engine *e, char *out, size_t outlen)
+{
+    char path[4200];
+    store_spill_path(e->db_path, path, sizeof path);
+    return logfmt_quote(out, outlen, path);
+}
+
+/*
+ * From now on the writer sends everything to the sidecar, to the end: an
+ * op committed to the database after an older one was spilled would be
+ * overwritten by it at replay (a spilled delete has no seq to compare).
+ * Writer thread, lock held or not.
+ */
+static void spill_start(engine *e, const char *reason, size_t updates)
+{
+    char qpath[4300];
+    e->spilling = true;
+    logf_(e, NS_LOG_WARN, "spill-started", "reason=%s updates=%zu path=%s", reason,
+          updates, spill_qpath(e, qpath, sizeof qpath));
+}
+
 /*
  * Writes ops[0..n) in one transaction, retrying with capped backoff until it
- * commits. Only while stopping, past the drain deadline, does it give up
- * (returns -1). Called without the lock.
+ * commits. Only during shutdown, once the flush is stalled (flush_stalled),
+ * does it give up: it starts the spill (spill_start) and returns -1. Called
+ * without the lock.
  */
 static int commit_ops(engine *e, const ns_op *ops, size_t n)
 {
     writer_plan plan;
     int64_t backoff = BACKOFF_FIRST_NS;
     bool planned = false;
-    int64_t t0;
+    int64_t t0, failing_since = 0;
     for (;;) {
         if (!planned) {
             planned = writer_plan_build(ops, n, &plan) == 0;
@@ -766,6 +860,8 @@ static int commit_ops(engine *e, const ns_op *ops, size_t n)
         t0 = model_mono_ns();
         if (planned && store_write(e->store, &plan.batch) == 0)
             break;
+        if (!failing_since)
+            failing_since = t0;
         atomic_fetch_add_explicit(&e->stats.errors, 1, memory_order_relaxed);
         atomic_store(&e->store_failing, true);
         char why[512];
@@ -773,9 +869,10 @@ static int commit_ops(engine *e, const ns_op *ops, size_t n)
         logf_(e, NS_LOG_ERROR, "commit-failed",
               "updates=%zu error=%s retry_in_ms=%lld", n, why,
               (long long)(backoff / 1000000));
-        if (!backoff_wait(e, backoff)) {
+        if (!backoff_wait(e, backoff, failing_since)) {
             if (planned)
                 writer_plan_free(&plan);
+            spill_start(e, "commits-failing", n);
             return -1;
         }
         backoff = backoff * 2 > BACKOFF_CAP_NS ? BACKOFF_CAP_NS : backoff * 2;
@@ -801,6 +898,71 @@ static int commit_ops(engine *e, const ns_op *ops, size_t n)
     return 0;
 }
 
+/* Sleeps until min(now + ns, end), on a clock nothing needs to wake. */
+static void nap_until(int64_t ns, int64_t end)
+{
+    int64_t until = model_mono_ns() + ns;
+    if (until > end)
+        until = end;
+    struct timespec ts;
+    deadline_to_timespec(until, &ts);
+    while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, NULL) == EINTR) {
+    }
+}
+
+/*
+ * Appends ops[0..n) (oldest first) to the sidecar in pieces of at most
+ * SPILL_PIECE_BYTES, each its own committed transaction, so a SIGKILL in
+ * the middle loses only the piece being written. A failed piece is retried
+ * with backoff until end_ns, and no piece is begun that would, at the pace
+ * of the last one, end after end_ns. Returns how many ops, counted from the
+ * first, are in the sidecar: n, or fewer when end_ns came first. Writer
+ * thread, without the lock.
+ */
+static size_t spill_ops(engine *e, const ns_op *ops, size_t n, int64_t end_ns)
+{
+    size_t done = 0;
+    int64_t backoff = BACKOFF_FIRST_NS;
+    while (done < n && model_mono_ns() + e->spill_piece_ns < end_ns) {
+        int64_t t0 = model_mono_ns();
+        size_t k = 1, bytes = ops[done].bytes;
+        while (done + k < n && bytes + ops[done + k].bytes <= SPILL_PIECE_BYTES)
+            bytes += ops[done + k++].bytes;
+        char err[512] = "out of memory", why[600];
+        int rc = -1;
+        writer_plan plan;
+        if (!e->sidecar)
+            e->sidecar = store_spill_open(e->db_path, err, sizeof err);
+        if (e->sidecar && writer_plan_build(ops + done, k, &plan) == 0) {
+            plan.batch.on_isolated = on_isolated;
+            plan.batch.isolated_ctx = e;
+            rc = store_spill_append(e->sidecar, &plan.batch, err, sizeof err);
+            if (rc == 0) {
+                e->spill_pieces++;
+                logf_(e, NS_LOG_DEBUG, "spill-piece",
+                      "piece=%zu updates=%zu rows=%zu deletes=%zu last_seq=%lld",
+                      e->spill_pieces, k, plan.batch.n_rows - plan.batch.n_isolated,
+                      plan.batch.n_deletes, (long long)plan.batch.last_seq);
+            }
+            writer_plan_free(&plan);
+        }
+        if (rc == 0) {
+            done += k;
+            backoff = BACKOFF_FIRST_NS;
+            e->spill_piece_ns = model_mono_ns() - t0;
+            continue;
+        }
+        logf_(e, NS_LOG_ERROR, "spill-failed", "updates=%zu error=%s retry_in_ms=%lld", k,
+              logfmt_quote(why, sizeof why, err), (long long)(backoff / 1000000));
+        /* Opened afresh on the next try, in case the handle is what is broken. */
+        store_spill_close(e->sidecar);
+        e->sidecar = NULL;
+        nap_until(backoff, end_ns);
+        backoff = backoff * 2 > BACKOFF_CAP_NS ? BACKOFF_CAP_NS : backoff * 2;
+    }
+    return done;
+}
+
 /* Drops what the queue held for ops[0..n) once they are written (or given up). Lock held. */
 static void release_ops(engine *e, ns_op *ops, size_t n)
 {
@@ -809,61 +971,26 @@ static void release_ops(engine *e, ns_op *ops, size_t n)
             run_drop_if_idle(e, ops[i].run);
         model_row_unref(ops[i].row);
         free(ops[i].delete_run);
+        e->queue_bytes -= ops[i].bytes;
     }
+    atomic_store_explicit(&e->stats.queue_bytes, e->queue_bytes, memory_order_relaxed);
+    if (n)
+        atomic_store(&e->bytes_full, false);
 }
 
 /*
- * Stopping past the deadline with the store still failing: the failed batch
- * (e->batch[0..n)) and everything still queued go to the sidecar, which the
- * next start replays. Lock held; dropped while writing the sidecar.
+ * Gives up on everything still queued: past the end of the spill (or when
+ * the writer is gone), it can go nowhere. Counted in unflushed, which
+ * engine_close reports. Lock held.
  */
-static void spill_rest(engine *e, size_t n)
+static void drop_queue(engine *e)
 {
-    size_t rest = queue_len(e->queue);
-    size_t total = n + rest;
-    ns_op *all = malloc(total * sizeof *all);
-    if (!all) {
-        e->unflushed = total;
-        logf_(e, NS_LOG_ERROR, "spill-failed", "updates=%zu error=\"out of memory\"", total);
+    size_t n;
+    while ((n = queue_pop(e->queue, e->batch, e->cfg.batch_size)) > 0) {
+        e->unflushed += n;
         release_ops(e, e->batch, n);
-        while ((n = queue_pop(e->queue, e->batch, e->cfg.batch_size)) > 0)
-            release_ops(e, e->batch, n);
-        return;
     }
-    memcpy(all, e->batch, n * sizeof *all);
-    queue_pop(e->queue, all + n, rest);
     atomic_store_explicit(&e->stats.queue_depth, 0, memory_order_relaxed);
-    pthread_mutex_unlock(&e->lock);
-
-    char path[4200], qpath[4300], err[512], why[512];
-    store_spill_path(e->db_path, path, sizeof path);
-    logfmt_quote(qpath, sizeof qpath, path);
-    writer_plan plan;
-    int rc = writer_plan_build(all, total, &plan);
-    if (rc == 0) {
-        rc = store_spill(e->db_path, &plan.batch, err, sizeof err);
-        writer_plan_free(&plan);
-    } else {
-        snprintf(err, sizeof err, "out of memory");
-    }
-    if (rc == 0) {
-        logf_(e, NS_LOG_WARN, "spilled", "updates=%zu path=%s", total, qpath);
-    } else {
-        logf_(e, NS_LOG_ERROR, "spill-failed", "updates=%zu path=%s error=%s", total,
-              qpath, logfmt_quote(why, sizeof why, err));
-    }
-
-    pthread_mutex_lock(&e->lock);
-    e->unflushed = rc == 0 ? 0 : total;
-    e->spilled = rc == 0 ? total : 0;
-    release_ops(e, all, total);
-    free(all);
-}
-
-static void deadline_to_timespec(int64_t ns, struct timespec *ts)
-{
-    ts->tv_sec = (time_t)(ns / 1000000000ll);
-    ts->tv_nsec = (long)(ns % 1000000000ll);
 }
 
 /* Whether the writer should commit now rather than wait for more. Lock held. */
@@ -873,8 +1000,46 @@ static bool batch_due(engine *e)
     if (!oldest)
         return false;
     size_t len = queue_len(e->queue);
-    return e->stopping || len >= e->cfg.batch_size ||
-           len == queue_capacity(e->queue) || oldest->seq <= e->flush_until;
+    return e->stopping || len >= e->cfg.batch_size || len == queue_capacity(e->queue) ||
+           queue_bytes_high(e) || oldest->seq <= e->flush_until;
+}
+
+/* After a commit of e->batch[0..n): counters, cache, waiters. Lock held (dropped for the callback). */
+static void committed(engine *e, size_t n)
+{
+    int64_t durable = e->batch[n - 1].seq;
+    mark_refused(e, e->batch, n);
+    release_ops(e, e->batch, n);
+    evict(e, NULL); /* runs just written may go now */
+    atomic_store(&e->stats.durable_seq, durable);
+    void (*fn)(void *, int64_t) = e->on_durable;
+    void *ctx = e->on_durable_ctx;
+    if (fn) {
+        /* Called unlocked; engine_on_durable waits for it to return before swapping. */
+        e->in_callback = true;
+        pthread_mutex_unlock(&e->lock);
+        fn(ctx, durable);
+        pthread_mutex_lock(&e->lock);
+        e->in_callback = false;
+        pthread_cond_broadcast(&e->callback_done);
+    }
+}
+
+/*
+ * After e->batch[0..n) went to the sidecar, of which the first `spilled`
+ * made it. Returns false when some did not (the spill is out of time): the
+ * rest of the queue is dropped, counted in unflushed. Lock held.
+ */
+static bool spilled_ops(engine *e, size_t n, size_t spilled)
+{
+    mark_refused(e, e->batch, n);
+    e->spilled += spilled;
+    e->unflushed += n - spilled;
+    release_ops(e, e->batch, n);
+    if (spilled == n)
+        return true;
+    drop_queue(e);
+    return false;
 }
 
 static void *writer_main(void *arg)
@@ -897,38 +1062,37 @@ static void *writer_main(void *arg)
         }
         size_t n = queue_pop(e->queue, e->batch, e->cfg.batch_size);
         atomic_store_explicit(&e->stats.queue_depth, queue_len(e->queue), memory_order_relaxed);
-        if (e->stopping && model_mono_ns() >= e->drain_deadline_ns) {
-            /* Out of shutdown budget with work left (slow commits): the rest goes to the sidecar. */
-            spill_rest(e, n);
-            break;
-        }
+        /* Nearly out of budget with work left (slow commits): the rest goes to the sidecar. */
+        if (!e->spilling && e->drain_started_ns && model_mono_ns() >= e->give_up_ns)
+            spill_start(e, "budget-spent", n + queue_len(e->queue));
         pthread_mutex_unlock(&e->lock);
 
-        int rc = commit_ops(e, e->batch, n);
-        int64_t durable = e->batch[n - 1].seq;
+        bool ok = !e->spilling && commit_ops(e, e->batch, n) == 0;
+        size_t spilled = 0;
+        if (!ok) {
+            /* Spilling happens only once the shutdown budget runs, which has set spill_end_ns. */
+            pthread_mutex_lock(&e->lock);
+            int64_t spill_end = e->spill_end_ns;
+            pthread_mutex_unlock(&e->lock);
+            spilled = spill_ops(e, e->batch, n, spill_end);
+        }
 
         pthread_mutex_lock(&e->lock);
-        if (rc != 0) {
-            spill_rest(e, n);
+        if (ok)
+            committed(e, n);
+        else if (!spilled_ops(e, n, spilled))
             break;
-        }
-        mark_refused(e, e->batch, n);
-        release_ops(e, e->batch, n);
-        evict(e, NULL); /* runs just written may go now */
-        atomic_store(&e->stats.durable_seq, durable);
-        void (*fn)(void *, int64_t) = e->on_durable;
-        void *ctx = e->on_durable_ctx;
-        if (fn) {
-            /* Called unlocked; engine_on_durable waits for it to return before swapping. */
-            e->in_callback = true;
-            pthread_mutex_unlock(&e->lock);
-            fn(ctx, durable);
-            pthread_mutex_lock(&e->lock);
-            e->in_callback = false;
-            pthread_cond_broadcast(&e->callback_done);
-        }
     }
+    size_t spilled = e->spilled;
     pthread_mutex_unlock(&e->lock);
+    store_spill_close(e->sidecar);
+    e->sidecar = NULL;
+    if (e->spilling) {
+        /* Every piece is committed: what was spilled is safe from here on, SIGKILL or not. */
+        char qpath[4300];
+        logf_(e, NS_LOG_WARN, "spilled", "updates=%zu pieces=%zu path=%s", spilled,
+              e->spill_pieces, spill_qpath(e, qpath, sizeof qpath));
+    }
     atomic_store(&e->writer_running, false);
     return NULL;
 }
@@ -947,23 +1111,27 @@ static void nap(int64_t ns)
  * Applies a sidecar an earlier shutdown left, before anything is served. The
  * database may still be locked by whoever kept the last run from flushing,
  * so this waits a little; past that the start fails and the sidecar stays.
+ * A piece its writer did not live to commit is rolled back, and said so.
  */
 static int replay(engine *e, char *err, size_t errlen)
 {
-    size_t rows = 0, deletes = 0;
+    store_replayed got;
     int64_t backoff = BACKOFF_FIRST_NS;
-    for (int i = 0; store_replay(e->store, &rows, &deletes, err, errlen) != 0; i++) {
+    for (int i = 0; store_replay(e->store, &got, err, errlen) != 0; i++) {
         if (i + 1 == REPLAY_TRIES)
             return -1;
         nap(backoff);
         backoff *= 2;
     }
-    if (rows || deletes) {
-        char path[4200], qpath[4300];
-        store_spill_path(e->db_path, path, sizeof path);
-        logf_(e, NS_LOG_WARN, "spill-replayed", "rows=%zu deletes=%zu path=%s", rows,
-              deletes, logfmt_quote(qpath, sizeof qpath, path));
-    }
+    char qpath[4300];
+    if (got.torn)
+        logf_(e, NS_LOG_ERROR, "spill-piece-torn",
+              "path=%s detail=\"the process writing the sidecar died inside a piece; "
+              "that piece was rolled back, the pieces committed before it are kept\"",
+              spill_qpath(e, qpath, sizeof qpath));
+    if (got.pieces || got.rows || got.deletes)
+        logf_(e, NS_LOG_WARN, "spill-replayed", "rows=%zu deletes=%zu pieces=%zu path=%s",
+              got.rows, got.deletes, got.pieces, spill_qpath(e, qpath, sizeof qpath));
     return 0;
 }
 
@@ -1077,30 +1245,41 @@ err:
 }
 
 /*
- * The shutdown budget starts at engine_drain (or here without it) and is
- * shutdown_timeout long in all; the writer stops retrying a failing commit
- * SPILL_RESERVE before its end (at most a quarter of it), leaving that time
- * to write the sidecar, so the whole shutdown fits what a supervisor such as
- * Docker allows before it kills the process.
+ * Starts the shutdown budget (shutdown_timeout) if it has not started: from
+ * now on a stalled flush gives up on the database for the sidecar, at the
+ * latest SPILL_RESERVE (at most a quarter of the budget) before its end, and
+ * the spill ends SPILL_OVERRUN after it, so the whole shutdown fits what a
+ * supervisor such as Docker allows before it kills the process. Lock held.
  */
+static void budget_start(engine *e)
+{
+    if (e->drain_started_ns)
+        return;
+    int64_t now = model_mono_ns();
+    int64_t budget = (int64_t)(e->cfg.shutdown_timeout * 1e9);
+    int64_t reserve = budget / 4 < SPILL_RESERVE_NS ? budget / 4 : SPILL_RESERVE_NS;
+    e->drain_started_ns = now;
+    e->give_up_ns = now + budget - reserve;
+    e->spill_end_ns = now + budget + SPILL_OVERRUN_NS;
+    e->drain_processed = atomic_load(&e->stats.updates_processed);
+}
+
 size_t engine_close_counted(engine *e, engine_closing *report)
 {
     if (!e)
         return 0;
-    int64_t now = model_mono_ns();
-    int64_t budget = (int64_t)(e->cfg.shutdown_timeout * 1e9);
-    int64_t reserve = budget / 4 < SPILL_RESERVE_NS ? budget / 4 : SPILL_RESERVE_NS;
     pthread_mutex_lock(&e->lock);
-    if (!e->drain_started_ns) {
-        e->drain_started_ns = now;
-        e->drain_processed = atomic_load(&e->stats.updates_processed);
-    }
+    budget_start(e);
     e->stopping = true;
-    e->drain_deadline_ns = e->drain_started_ns + budget - reserve;
     pthread_cond_signal(&e->wake);
     pthread_mutex_unlock(&e->lock);
     pthread_join(e->writer, NULL);
+    /* Ops queued after the writer gave up (out of time, still draining) go nowhere. */
+    pthread_mutex_lock(&e->lock);
+    drop_queue(e);
     size_t unflushed = e->unflushed;
+    size_t spilled = e->spilled;
+    pthread_mutex_unlock(&e->lock);
     if (unflushed)
         logf_(e, NS_LOG_ERROR, "flush-incomplete", "unflushed=%zu", unflushed);
     /* Every seq handed out is on disk or in the sidecar: the next start needs no skip. */
@@ -1111,7 +1290,7 @@ size_t engine_close_counted(engine *e, engine_closing *report)
     }
     if (report) {
         report->flushed = atomic_load(&e->stats.updates_processed) - e->drain_processed;
-        report->spilled = e->spilled;
+        report->spilled = spilled;
         report->lost = unflushed;
     }
     engine_free(e);
@@ -1154,10 +1333,7 @@ void engine_drain(engine *e)
 {
     atomic_store(&e->draining, true);
     pthread_mutex_lock(&e->lock);
-    if (!e->drain_started_ns) {
-        e->drain_started_ns = model_mono_ns();
-        e->drain_processed = atomic_load(&e->stats.updates_processed);
-    }
+    budget_start(e);
     /* Shutting down: what is queued from now on is written at once, not after batch_interval. */
     e->flush_until = INT64_MAX;
     pthread_cond_signal(&e->wake);
@@ -1192,6 +1368,10 @@ bool engine_ready(engine *e, const char **reason)
     }
     if (atomic_load(&e->stats.queue_depth) >= e->stats.queue_capacity) {
         *reason = "the write queue is full";
+        return false;
+    }
+    if (atomic_load(&e->bytes_full)) {
+        *reason = "the write queue is full (--queue-max-bytes)";
         return false;
     }
     if (atomic_load(&e->draining)) {

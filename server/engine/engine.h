@@ -41,7 +41,7 @@ typedef struct engine_config {
     size_t batch_size;         /* most queued entries per transaction */
     double batch_interval;     /* seconds the oldest entry may wait */
     size_t queue_capacity;     /* most entries queued at once */
-    size_t queue_max_bytes;    /* most bytes of rows queued at once; 0: no bound */
+    size_t queue_max_bytes;    /* most bytes of rows accepted and not yet written (queue_op_bytes); 0: no bound */
     double shutdown_timeout;   /* seconds engine_close may spend flushing */
     bool synchronous_full;     /* synchronous=FULL instead of NORMAL */
     size_t cache_max_nodes;    /* evict idle runs above this many cached nodes; 0: no bound */
@@ -56,7 +56,7 @@ typedef enum engine_result {
     ENGINE_STALE,       /* lower attempt; *out is the current row */
     ENGINE_ILLEGAL,     /* transition refused; *out is the current row */
     ENGINE_NOT_FOUND,   /* (delete) no such run */
-    ENGINE_QUEUE_FULL,  /* nothing changed; try again later */
+    ENGINE_QUEUE_FULL,  /* queue at queue_capacity or queue_max_bytes: nothing changed; try again later */
     ENGINE_ERROR        /* reading through SQLite or memory failed */
 } engine_result;
 
@@ -82,10 +82,13 @@ typedef struct engine_summary {
 engine *engine_open(const engine_config *cfg, char *err, size_t errlen);
 /*
  * Lets the writer flush the queue, stops it and frees everything. The
- * flush ends shutdown_timeout seconds after engine_drain was called (or
- * after this call, without it), less a moment kept for what follows: what
- * the database would not take by then (say, it stayed locked) is written to
- * the sidecar next to it, which the next engine_open replays. Returns the
+ * shutdown budget, shutdown_timeout, starts at engine_drain (or at this
+ * call, without it). Once the flush stalls (commits failing for 0.5 s) or
+ * the budget is nearly spent, what the database would not take (say, it
+ * stays locked) is written to the sidecar next to it instead, in pieces
+ * that each survive a SIGKILL, which the next engine_open replays. The
+ * spill stops 0.5 s past the budget whatever is left, so this returns
+ * within about shutdown_timeout + 0.5 s of the budget's start. Returns the
  * number of queued entries that reached neither (0 when all are on disk or
  * in the sidecar).
  */
@@ -157,7 +160,10 @@ void engine_flush_soon(engine *e);
 void engine_drain(engine *e);
 /* Liveness: the writer thread is running. */
 bool engine_alive(engine *e);
-/* Readiness: store accepting writes, queue not full. Else false with a reason. */
+/*
+ * Readiness: store accepting writes, queue not full (in entries, or in
+ * bytes from a refusal until the writer frees some). Else false with a reason.
+ */
 bool engine_ready(engine *e, const char **reason);
 /* The counters; valid until engine_close. */
 ns_stats *engine_stats(engine *e);

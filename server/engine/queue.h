@@ -1,7 +1,9 @@
 /*
  * queue: the bounded FIFO of accepted writes between the request threads and
  * the writer. A fixed ring allocated once at start, so a full queue is a
- * refusal (backpressure), never more memory. Not thread-safe: the engine's
+ * refusal (backpressure), never more memory. Each op also carries its size
+ * in bytes (queue_op_bytes), which the engine adds up to bound the memory
+ * the queued rows hold, not only their number. Not thread-safe: the engine's
  * lock guards it, which is what makes acceptance atomic and keeps queue
  * order equal to seq order.
  */
@@ -23,6 +25,7 @@ typedef struct ns_op {
     struct cache_run *run;    /* the cached run this op keeps pinned until committed */
     int64_t seq;
     int64_t enqueued_ns;      /* CLOCK_MONOTONIC at acceptance */
+    size_t bytes;             /* queue_op_bytes, set by whoever queues it */
 } ns_op;
 
 typedef struct queue queue;
@@ -39,5 +42,11 @@ int queue_push(queue *q, const ns_op *op);
 const ns_op *queue_peek(const queue *q);
 /* Moves up to max oldest ops into out, oldest first; returns how many. */
 size_t queue_pop(queue *q, ns_op *out, size_t max);
+/*
+ * The memory an op keeps alive while queued: its row (the struct and every
+ * string packed with it: ids, texts, JSON) or the run id of a delete. The
+ * ring slot itself is not counted, it is allocated once at start.
+ */
+size_t queue_op_bytes(const ns_op *op);
 
 #endif

@@ -58,6 +58,7 @@ typedef struct ns_stats {
     _Atomic int64_t last_seq;            /* highest seq assigned */
     _Atomic int64_t durable_seq;         /* every seq <= this is committed */
     _Atomic uint64_t queue_depth;        /* entries waiting in the queue */
+    _Atomic uint64_t queue_bytes;        /* bytes of the rows accepted and not yet written */
     uint64_t queue_capacity;             /* fixed at start */
     int64_t start_ms;                    /* wall clock at start */
     ns_hist commit_seconds;              /* duration of one committed transaction */

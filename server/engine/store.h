@@ -86,19 +86,47 @@ int64_t store_last_seq(const store *s);
 int store_write(store *s, store_batch *b);
 
 /*
- * The sidecar next to the database ("<path>.spill"), an SQLite file of the
- * same schema plus the runs deleted, holding writes that could not reach the
- * database before shutdown. store_spill appends a batch to it (creating it),
- * deletes included; store_replay applies a sidecar's content to s in one
- * transaction (deletes first, then rows, last_seq raised) and removes the
- * sidecar. *rows and *deletes tell how much was replayed (0 without a
- * sidecar). Both return 0, or -1 with a message in err.
+ * The sidecar next to the database ("<path>.spill"), an SQLite file holding
+ * writes that could not reach the database before shutdown: a log of rows
+ * in seq order and the runs deleted. It is written in pieces:
+ * store_spill_append commits one batch, deletes included, as its own
+ * transaction (rollback journal, synchronous=FULL), so a process killed
+ * while writing a piece loses that piece only: the next open rolls it back
+ * from its journal and every piece committed before it stays. Pieces must
+ * be appended in seq order; a delete voids the rows of its run appended
+ * before its piece.
+ *
+ * store_spill_open opens (creating) the sidecar of db_path; NULL with a
+ * message in err on failure. store_spill_append returns 0 once the piece is
+ * committed, or -1 (nothing of it written) with a message in err; rows the
+ * sidecar refuses for good are reported through b->on_isolated as by
+ * store_write. store_spill is open, append, close in one call.
  */
+typedef struct store_sidecar store_sidecar;
 void store_spill_path(const char *db_path, char *out, size_t outlen);
+store_sidecar *store_spill_open(const char *db_path, char *err, size_t errlen);
+int store_spill_append(store_sidecar *sc, const store_batch *b, char *err,
+                       size_t errlen);
+void store_spill_close(store_sidecar *sc);
 int store_spill(const char *db_path, const store_batch *b, char *err,
                 size_t errlen);
-int store_replay(store *s, size_t *rows, size_t *deletes, char *err,
-                 size_t errlen);
+
+/* What store_replay found and restored. */
+typedef struct store_replayed {
+    size_t pieces;      /* committed pieces restored */
+    size_t rows;        /* rows they held (the newest per node) */
+    size_t deletes;     /* runs they deleted */
+    bool torn;          /* a piece cut short by the death of its writer was rolled back */
+} store_replayed;
+/*
+ * Applies the sidecar of s's file, if there is one, in one transaction
+ * (deletes first, then the newest live row of each node, last_seq raised)
+ * and only then removes it. A sidecar of an earlier build (one row per node
+ * in a table like the main one) replays too.
+ * Returns 0 (all zero without a sidecar), or -1 with a message in err and
+ * the sidecar left in place (say, the database is locked).
+ */
+int store_replay(store *s, store_replayed *out, char *err, size_t errlen);
 /* SQLite's message for the last failure of s. */
 const char *store_errmsg(const store *s);
 
