@@ -316,18 +316,10 @@ size_t cache_bytes(const cache *c)
     return c->bytes;
 }
 
-static size_t str_size(const char *s)
-{
-    return s ? strlen(s) + 1 : 0;
-}
-
 size_t cache_row_bytes(const ns_row *row)
 {
     /* model_row_copy's one allocation, the node, and its table slot (kept at most half full). */
-    return sizeof *row + str_size(row->run_id) + str_size(row->node_id) +
-           str_size(row->last_error) + str_size(row->suspension_reason) +
-           str_size(row->resume_state) + str_size(row->outputs) + sizeof(cache_node) +
-           2 * sizeof(cache_node *);
+    return model_row_bytes(row) + sizeof(cache_node) + 2 * sizeof(cache_node *);
 }
 
 

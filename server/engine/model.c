@@ -269,12 +269,16 @@ static const char *pack(char **cursor, const char *s)
     return dst;
 }
 
+size_t model_row_bytes(const ns_row *row)
+{
+    return sizeof *row + str_size(row->run_id) + str_size(row->node_id) +
+           str_size(row->last_error) + str_size(row->suspension_reason) +
+           str_size(row->resume_state) + str_size(row->outputs);
+}
+
 ns_row *model_row_copy(const ns_row *draft)
 {
-    size_t extra = str_size(draft->run_id) + str_size(draft->node_id) +
-                   str_size(draft->last_error) + str_size(draft->suspension_reason) +
-                   str_size(draft->resume_state) + str_size(draft->outputs);
-    ns_row *row = malloc(sizeof *row + extra);
+    ns_row *row = malloc(model_row_bytes(draft));
     if (!row)
         return NULL;
     memcpy(row, draft, sizeof *row);

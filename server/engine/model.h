@@ -128,6 +128,11 @@ int model_ts_parse(const char *s, int64_t *ms);
  * Returns NULL when out of memory.
  */
 ns_row *model_row_copy(const ns_row *draft);
+/*
+ * The bytes of model_row_copy's one allocation for row: the struct and each
+ * string with its NUL. What the queue and the cache count against their bounds.
+ */
+size_t model_row_bytes(const ns_row *row);
 void model_row_ref(ns_row *row);
 /* Drops one reference; frees the row at zero. NULL is a no-op. */
 void model_row_unref(ns_row *row);

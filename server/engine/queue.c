@@ -73,18 +73,10 @@ size_t queue_pop(queue *q, ns_op *out, size_t max)
     return n;
 }
 
-/* A string and its NUL, as model_row_copy packs it; 0 for NULL. */
-static size_t str_bytes(const char *s)
-{
-    return s ? strlen(s) + 1 : 0;
-}
 
 size_t queue_op_bytes(const ns_op *op)
 {
-    const ns_row *r = op->row;
-    if (!r)
-        return str_bytes(op->delete_run);
-    return sizeof *r + str_bytes(r->run_id) + str_bytes(r->node_id) +
-           str_bytes(r->last_error) + str_bytes(r->suspension_reason) +
-           str_bytes(r->resume_state) + str_bytes(r->outputs);
+    if (!op->row)
+        return op->delete_run ? strlen(op->delete_run) + 1 : 0;
+    return model_row_bytes(op->row);
 }
