@@ -167,17 +167,6 @@ static const char *codec_skip_value(const char *p, const char *end)
     return p;
 }
 
-static int codec_hex_digit(char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
-
 /*
  * Whether the key text p..end (between the quotes, escapes still in it)
  * means name. jansson compares keys after unescaping, so we must too:
@@ -198,7 +187,7 @@ static bool codec_key_is(const char *p, const char *end, const char *name)
             if (e == 'u') {
                 unsigned cp = 0;
                 for (int i = 0; i < 4; i++) {
-                    int h = p < end ? codec_hex_digit(*p++) : -1;
+                    int h = p < end ? text_hex_digit(*p++) : -1;
                     if (h < 0)
                         return false;
                     cp = cp << 4 | (unsigned)h;

@@ -105,7 +105,7 @@ size_t text_safe(char *out, size_t size, const char *s, size_t len)
     return w;
 }
 
-static int text_hex(char c)
+int text_hex_digit(char c)
 {
     if (c >= '0' && c <= '9')
         return c - '0';
@@ -130,8 +130,8 @@ text_decode_result text_query_decode(char *out, size_t size, const char *s,
         char c = *p;
 
         if (c == '%') {
-            int hi = text_hex(p[1]);
-            int lo = hi >= 0 ? text_hex(p[2]) : -1;
+            int hi = text_hex_digit(p[1]);
+            int lo = hi >= 0 ? text_hex_digit(p[2]) : -1;
 
             if (lo < 0 || (hi == 0 && lo == 0)) {
                 out[0] = '\0';

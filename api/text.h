@@ -30,6 +30,9 @@ size_t text_safe(char *out, size_t size, const char *s, size_t len);
  */
 size_t text_char_len(const char *s, size_t len);
 
+/* The value of a hex digit (either case), or -1 for any other byte. */
+int text_hex_digit(char c);
+
 /* Why text_query_decode refused a value. */
 typedef enum text_decode_result {
     TEXT_DECODED = 0,
