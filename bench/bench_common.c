@@ -588,3 +588,17 @@ int64_t bench_get_stat(CURL *c, bench_body *body, const char *base,
         return -1;
     return strtoll(p + strlen(pat), NULL, 10);
 }
+
+int bench_wait_drained(CURL *c, bench_body *body, const char *base,
+                       int limit_ms)
+{
+    for (int waited = 0; waited < limit_ms; waited += 100) {
+        int64_t last = bench_get_stat(c, body, base, "last_seq");
+        int64_t durable = bench_get_stat(c, body, base, "durable_seq");
+
+        if (last >= 0 && durable >= last)
+            return 0;
+        bench_sleep_ms(100);
+    }
+    return -1;
+}

@@ -184,5 +184,11 @@ struct curl_slist *bench_json_headers(void);
  */
 int64_t bench_get_stat(CURL *c, bench_body *body, const char *base,
                        const char *key);
+/*
+ * Polls /stats every 100 ms until durable_seq reaches last_seq (everything
+ * accepted is committed). 0, or -1 after limit_ms.
+ */
+int bench_wait_drained(CURL *c, bench_body *body, const char *base,
+                       int limit_ms);
 
 #endif

@@ -325,20 +325,6 @@ static int br_parse(br_opts *o, int argc, char **argv)
                             br_usage, argc, argv);
 }
 
-/* Polls /stats until durable_seq reaches last_seq. 0, or -1 on timeout. */
-static int br_wait_drained(CURL *c, bench_body *body, const char *base)
-{
-    for (int waited = 0; waited < BR_STOP_LIMIT_MS; waited += 100) {
-        int64_t last = bench_get_stat(c, body, base, "last_seq");
-        int64_t durable = bench_get_stat(c, body, base, "durable_seq");
-
-        if (last >= 0 && durable >= last)
-            return 0;
-        bench_sleep_ms(100);
-    }
-    return -1;
-}
-
 int main(int argc, char **argv)
 {
     br_opts o = {
@@ -493,7 +479,7 @@ stop:
     printf("answers: %" PRIu64 " small-run POSTs, %" PRIu64 " big-run POSTs, %" PRIu64
            " listings accepted; %" PRIu64 " queue-full retries, %" PRIu64 " failures\n",
            small_posts, big_posts, br_sum(cls, n_cls, true, true), retries, failures);
-    if (br_wait_drained(c, body, sh.base_url) != 0) {
+    if (bench_wait_drained(c, body, sh.base_url, BR_STOP_LIMIT_MS) != 0) {
         fprintf(stderr, "bigrun_bench: the queue did not drain\n");
         goto out;
     }

@@ -292,20 +292,6 @@ static int mb_parse(mb_opts *o, int argc, char **argv)
                             mb_usage, argc, argv);
 }
 
-/* Polls /stats until durable_seq reaches last_seq. 0, or -1 on timeout. */
-static int mb_wait_drained(CURL *c, bench_body *body, const char *base)
-{
-    for (int waited = 0; waited < MB_DRAIN_LIMIT_MS; waited += 100) {
-        int64_t last = bench_get_stat(c, body, base, "last_seq");
-        int64_t durable = bench_get_stat(c, body, base, "durable_seq");
-
-        if (last >= 0 && durable >= last)
-            return 0;
-        bench_sleep_ms(100);
-    }
-    return -1;
-}
-
 int main(int argc, char **argv)
 {
     mb_opts o = {
@@ -406,7 +392,7 @@ int main(int argc, char **argv)
     fflush(stdout);
     if (started < o.threads || failures != 0)
         goto out;
-    if (mb_wait_drained(c, body, sh.base_url) != 0) {
+    if (bench_wait_drained(c, body, sh.base_url, MB_DRAIN_LIMIT_MS) != 0) {
         fprintf(stderr, "memory_bench: the queue did not drain within %d "
                 "ms\n", MB_DRAIN_LIMIT_MS);
         goto out;
