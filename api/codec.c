@@ -24,7 +24,7 @@
  * the two JSON-valued members are copied from the body as the client wrote
  * them (minus whitespace) into text we own. Re-serialising them instead
  * would turn 1.1 into 1.1000000000000001 and cannot hold integers beyond
- * int64, and DESIGN.md §1 promises these members back as sent.
+ * int64, and the API promises these members back as sent.
  */
 struct codec_doc {
     json_t *root;
@@ -510,7 +510,7 @@ codec_doc *codec_decode_update(const char *body, size_t len,
     /*
      * DECODE_ANY so a bare scalar gets "not an object" rather than a parse
      * error. INT_AS_REAL so an integer beyond int64 in outputs/resume_state
-     * (any JSON, DESIGN.md §1) does not make jansson refuse the body; their
+     * (any JSON, as the API allows) does not make jansson refuse the body; their
      * text comes from the body, and attempt is read from its text, so no
      * precision is lost. A number beyond double range (1e400, a 310-digit
      * integer) is still refused here as invalid JSON.

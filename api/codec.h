@@ -53,7 +53,7 @@ void codec_summary(buf *b, const char *run_id, const engine_summary *s);
 /* {"run_id","deleted","seq","durable"}. */
 void codec_deleted(buf *b, const char *run_id, size_t deleted, int64_t seq,
                    bool durable);
-/* The counters as one JSON object (DESIGN.md §5 names). */
+/* The counters as one JSON object (the names of README: Counters). */
 void codec_stats(buf *b, const ns_stats *s, int64_t now_ms);
 
 #endif

@@ -1,6 +1,6 @@
 /*
  * it_api: every endpoint's happy path against the real binary, and the
- * transition rules (DESIGN.md §3) as a worker sees them through HTTP.
+ * transition rules (docs/design.md §3) as a worker sees them through HTTP.
  */
 #include <criterion/criterion.h>
 #include <string.h>

@@ -1,6 +1,6 @@
 /*
  * it_coalesce: the writer coalesces queued updates of one node into one row
- * write (DESIGN.md §4) and never puts more than --batch-size queued entries
+ * write (docs/design.md §4) and never puts more than --batch-size queued entries
  * into one transaction.
  *
  * The coalescing tests use a long --batch-interval so nothing is written

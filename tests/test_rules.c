@@ -1,5 +1,5 @@
 /*
- * Unit tests for rules: the transition table of DESIGN.md §3 for every
+ * Unit tests for rules: the transition table of docs/design.md §3 for every
  * (current status, new status) pair within one attempt, plus a node never
  * seen; attempts as fencing tokens (stale, new try clearing the attempt's
  * own fields); server-side timestamp stamping; null clearing fields; and
@@ -182,7 +182,7 @@ Test(rules, every_pair_same_attempt_absent)
 
 Test(rules, table_matches_the_rank_rules)
 {
-    /* The literal table above, cross-checked against the rules as DESIGN.md words them. */
+    /* The literal table above, cross-checked against the rules as docs/design.md words them. */
     for (int from = 0; from < NS_STATUS_COUNT; from++) {
         for (int to = 0; to < NS_STATUS_COUNT; to++) {
             rules_verdict want = RULES_APPLY;

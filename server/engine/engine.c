@@ -20,7 +20,7 @@
 #define REFUSED_RING 256
 /* Retries of a failed commit wait this long at first, doubling up to the cap. */
 #define BACKOFF_FIRST_NS 10000000ll   /* 10 ms */
-#define BACKOFF_CAP_NS 1000000000ll   /* 1 s, DESIGN.md §4 */
+#define BACKOFF_CAP_NS 1000000000ll   /* 1 s: a locked database is retried at least once a second */
 /* How often one load of a run is retried when runs are removed meanwhile. */
 #define LOAD_TRIES 8
 /* nodestate_meta keys of seq_start. */

@@ -18,7 +18,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* Longest run_id / node_id in bytes (DESIGN.md §1). */
+/* Longest run_id / node_id in bytes (the API contract, openapi.yaml). */
 #define NS_ID_MAX 128
 /* A timestamp field that holds JSON null. */
 #define NS_TS_NULL INT64_MIN
@@ -92,7 +92,7 @@ typedef struct ns_update {
 const char *model_status_name(ns_status s);
 /* Parses a status name; 0 on success, -1 for an unknown name. */
 int model_status_parse(const char *name, ns_status *out);
-/* Rank of a status per DESIGN.md §3: idle 0, scheduled 1, running/paused/suspended 2, completed/failed 3. */
+/* Rank of a status (docs/design.md §3): idle 0, scheduled 1, running/paused/suspended 2, completed/failed 3. */
 int model_status_rank(ns_status s);
 bool model_status_terminal(ns_status s);
 /* The timestamp a status stamps when a node moves into it, or -1 (idle, paused). */

@@ -1,5 +1,5 @@
 /*
- * rules: the transition rules of DESIGN.md §3 as one pure function. Given the
+ * rules: the transition rules (docs/design.md §3) as one pure function. Given the
  * current row (or none) and an update, it decides whether the update applies,
  * changes nothing, is stale or is illegal, and builds the row that results.
  *

@@ -1,5 +1,5 @@
 /*
- * stats: the service's counters and histograms (DESIGN.md §5), as atomics
+ * stats: the service's counters and histograms (README: Counters), as atomics
  * that any thread may bump or read without a lock. The engine owns one
  * ns_stats; the api layer reads it to render JSON and Prometheus text.
  */
