@@ -62,6 +62,11 @@ void it_post(ns_server *s, const char *run, const char *node, const char *query,
     ns_resp_free(&r);
 }
 
+void it_env_clear(void)
+{
+    cr_assert_eq(ns_env_clear(), 0, "cannot clear the NODESTATE_* environment");
+}
+
 long long it_jint(const json_t *o, const char *key)
 {
     long long v = 0;

@@ -59,6 +59,14 @@ int it_raw_read_for(int fd, char *buf, size_t cap, size_t *len, int ms);
 void it_raw_read_to_close(int fd, char *buf, size_t cap, size_t *len,
                           double timeout_s);
 
+/* ---- the environment (env_clear.h) -------------------------------------- */
+
+/*
+ * ns_env_clear, asserted: a suite's .init, so that no NODESTATE_* variable of
+ * a developer's shell or CI changes what the server under test is set to.
+ */
+void it_env_clear(void);
+
 /* ---- JSON members ------------------------------------------------------ */
 
 /* Member key of o as an integer; asserts it is present and an integer. */
