@@ -67,6 +67,16 @@ void it_env_clear(void)
     cr_assert_eq(ns_env_clear(), 0, "cannot clear the NODESTATE_* environment");
 }
 
+void it_write_file(const char *path, const char *text)
+{
+    cr_assert_eq(ns_file_write(path, text), 0, "%s: %s", path, strerror(errno));
+}
+
+void it_read_file(const char *path, char *buf, size_t size)
+{
+    cr_assert_eq(ns_file_read(path, buf, size), 0, "cannot open %s", path);
+}
+
 long long it_jint(const json_t *o, const char *key)
 {
     long long v = 0;

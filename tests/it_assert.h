@@ -67,6 +67,13 @@ void it_raw_read_to_close(int fd, char *buf, size_t cap, size_t *len,
  */
 void it_env_clear(void);
 
+/* ---- small files (tmp_files.h) ------------------------------------------ */
+
+/* Writes text as the whole of path; asserts it was written. */
+void it_write_file(const char *path, const char *text);
+/* The content of path into buf (at most size - 1 bytes); asserts it opened. */
+void it_read_file(const char *path, char *buf, size_t size);
+
 /* ---- JSON members ------------------------------------------------------ */
 
 /* Member key of o as an integer; asserts it is present and an integer. */

@@ -215,7 +215,7 @@ static void token_file(char *dir, size_t dir_size, char *path, size_t size,
 {
     cr_assert_eq(ns_tmp_dir(dir, dir_size, "it-auth"), 0, "mkdtemp: %s", strerror(errno));
     snprintf(path, size, "%s/token", dir);
-    cr_assert_eq(ns_file_write(path, text), 0, "%s: %s", path, strerror(errno));
+    it_write_file(path, text);
 }
 
 Test(auth, token_from_file)
