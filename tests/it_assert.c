@@ -1,7 +1,9 @@
 #include "it_assert.h"
 
 #include <criterion/criterion.h>
+#include <errno.h>
 #include <sqlite3.h>
+#include <string.h>
 
 /* How long it_lock_db waits for the server to let go of the file. */
 #define IT_LOCK_BUSY_MS 5000
@@ -60,9 +62,49 @@ void it_post(ns_server *s, const char *run, const char *node, const char *query,
     ns_resp_free(&r);
 }
 
+void it_env_clear(void)
+{
+    cr_assert_eq(ns_env_clear(), 0, "cannot clear the NODESTATE_* environment");
+}
+
+void it_write_file(const char *path, const char *text)
+{
+    cr_assert_eq(ns_file_write(path, text), 0, "%s: %s", path, strerror(errno));
+}
+
+void it_read_file(const char *path, char *buf, size_t size)
+{
+    cr_assert_eq(ns_file_read(path, buf, size), 0, "cannot open %s", path);
+}
+
 long long it_jint(const json_t *o, const char *key)
 {
     long long v = 0;
     cr_assert_eq(ns_jint(o, key, &v), 0, "member %s is not an integer", key);
     return v;
+}
+
+int it_raw_connect(const ns_server *s, const char *src)
+{
+    int fd = ns_raw_connect(s, src);
+    cr_assert_geq(fd, 0, "connect from %s: %s", src != NULL ? src : "127.0.0.1",
+                  strerror(errno));
+    return fd;
+}
+
+int it_raw_read_for(int fd, char *buf, size_t cap, size_t *len, int ms)
+{
+    int rc = ns_raw_read_for(fd, buf, cap, len, ms);
+    cr_assert_geq(rc, 0, "recv: %s", strerror(errno));
+    return rc;
+}
+
+void it_raw_read_to_close(int fd, char *buf, size_t cap, size_t *len,
+                          double timeout_s)
+{
+    *len = 0;
+    buf[0] = '\0';
+    cr_assert_eq(it_raw_read_for(fd, buf, cap, len, (int)(timeout_s * 1000)), 1,
+                 "the server did not close the connection within %.0f s; got: %.300s",
+                 timeout_s, buf);
 }

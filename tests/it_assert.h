@@ -46,6 +46,34 @@ json_t *it_post_json(ns_server *s, const char *run, const char *node,
 void it_post(ns_server *s, const char *run, const char *node, const char *query,
              const char *json, long want);
 
+/* ---- raw sockets (raw_socket.h) ----------------------------------------- */
+
+/* ns_raw_connect from src (NULL for 127.0.0.1); asserts it connected. */
+int it_raw_connect(const ns_server *s, const char *src);
+/* ns_raw_read_for; asserts no receive error. 1 when the peer closed, else 0. */
+int it_raw_read_for(int fd, char *buf, size_t cap, size_t *len, int ms);
+/*
+ * Reads into buf (NUL-terminated, *len bytes) until the server closes;
+ * asserts it did within timeout_s.
+ */
+void it_raw_read_to_close(int fd, char *buf, size_t cap, size_t *len,
+                          double timeout_s);
+
+/* ---- the environment (env_clear.h) -------------------------------------- */
+
+/*
+ * ns_env_clear, asserted: a suite's .init, so that no NODESTATE_* variable of
+ * a developer's shell or CI changes what the server under test is set to.
+ */
+void it_env_clear(void);
+
+/* ---- small files (tmp_files.h) ------------------------------------------ */
+
+/* Writes text as the whole of path; asserts it was written. */
+void it_write_file(const char *path, const char *text);
+/* The content of path into buf (at most size - 1 bytes); asserts it opened. */
+void it_read_file(const char *path, char *buf, size_t size);
+
 /* ---- JSON members ------------------------------------------------------ */
 
 /* Member key of o as an integer; asserts it is present and an integer. */

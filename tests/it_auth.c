@@ -6,32 +6,20 @@
  * shows in the log or in --help.
  */
 #include <criterion/criterion.h>
-#include <curl/curl.h>
 #include <errno.h>
-#include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
-#include <sys/wait.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "harness.h"
+#include "it_assert.h"
 
 #define TOKEN "secret123"
 #define AUTH_OK "Authorization: Bearer " TOKEN
 
-static void clear_nodestate_env(void)
-{
-    unsetenv("NODESTATE_TOKEN");
-    unsetenv("NODESTATE_TOKEN_FILE");
-    unsetenv("NODESTATE_ACCESS_LOG");
-    unsetenv("NODESTATE_LOG_LEVEL");
-}
-
-TestSuite(auth, .init = clear_nodestate_env, .timeout = 120);
+TestSuite(auth, .init = it_env_clear, .timeout = 120);
 
 static ns_server *start(const char *args)
 {
@@ -40,74 +28,20 @@ static ns_server *start(const char *args)
     return s;
 }
 
-/* ---- the WWW-Authenticate header (ns_resp does not keep it) --------------- */
-
-typedef struct hdr_ctx {
-    char value[256];
-} hdr_ctx;
-
-/* Drops a response body. */
-static size_t discard(char *data, size_t size, size_t nmemb, void *arg)
-{
-    (void)data;
-    (void)arg;
-    return size * nmemb;
-}
-
-static size_t on_header(char *data, size_t size, size_t nmemb, void *arg)
-{
-    hdr_ctx *h = arg;
-    size_t n = size * nmemb;
-    static const char name[] = "WWW-Authenticate:";
-
-    if (n > strlen(name) && strncasecmp(data, name, strlen(name)) == 0) {
-        const char *v = data + strlen(name);
-        size_t len = n - strlen(name);
-
-        while (len > 0 && *v == ' ') {
-            v++;
-            len--;
-        }
-        while (len > 0 && (v[len - 1] == '\r' || v[len - 1] == '\n'))
-            len--;
-        if (len >= sizeof h->value)
-            len = sizeof h->value - 1;
-        memcpy(h->value, v, len);
-        h->value[len] = '\0';
-    }
-    return n;
-}
+/* ---- the WWW-Authenticate header ------------------------------------------ */
 
 /* GET path with an optional extra header; returns the status, fills www. */
 static long get_www_authenticate(ns_server *s, const char *path,
                                  const char *header, char *www, size_t size)
 {
-    CURL *h = curl_easy_init();
-    struct curl_slist *list = NULL;
-    hdr_ctx ctx = {{0}};
-    char url[512];
-    long status = 0;
+    const char *headers[] = {header, NULL};
+    ns_resp r = {0};
 
-    cr_assert_not_null(h);
-    snprintf(url, sizeof url, "http://127.0.0.1:%d%s", ns_port(s), path);
-    if (header != NULL) {
-        list = curl_slist_append(NULL, header);
-        cr_assert_not_null(list);
-    }
-    cr_assert_eq(curl_easy_setopt(h, CURLOPT_URL, url), CURLE_OK);
-    cr_assert_eq(curl_easy_setopt(h, CURLOPT_PROXY, ""), CURLE_OK);
-    cr_assert_eq(curl_easy_setopt(h, CURLOPT_NOBODY, 0L), CURLE_OK);
-    cr_assert_eq(curl_easy_setopt(h, CURLOPT_TIMEOUT, 30L), CURLE_OK);
-    cr_assert_eq(curl_easy_setopt(h, CURLOPT_HTTPHEADER, list), CURLE_OK);
-    cr_assert_eq(curl_easy_setopt(h, CURLOPT_HEADERFUNCTION, on_header), CURLE_OK);
-    cr_assert_eq(curl_easy_setopt(h, CURLOPT_HEADERDATA, &ctx), CURLE_OK);
-    /* The body is checked through the harness; here it is dropped. */
-    cr_assert_eq(curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, discard), CURLE_OK);
-    cr_assert_eq(curl_easy_perform(h), CURLE_OK);
-    cr_assert_eq(curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &status), CURLE_OK);
-    snprintf(www, size, "%s", ctx.value);
-    curl_slist_free_all(list);
-    curl_easy_cleanup(h);
+    cr_assert_eq(ns_req(s, "GET", path, NULL, header != NULL ? headers : NULL, &r),
+                 0, "GET %s: %s", path, r.error);
+    snprintf(www, size, "%s", r.www_authenticate);
+    long status = r.status;
+    ns_resp_free(&r);
     return status;
 }
 
@@ -279,13 +213,9 @@ Test(auth, token_from_environment)
 static void token_file(char *dir, size_t dir_size, char *path, size_t size,
                        const char *text)
 {
-    snprintf(dir, dir_size, "/tmp/nodestate-it-auth-XXXXXX");
-    cr_assert_not_null(mkdtemp(dir), "mkdtemp: %s", strerror(errno));
+    cr_assert_eq(ns_tmp_dir(dir, dir_size, "it-auth"), 0, "mkdtemp: %s", strerror(errno));
     snprintf(path, size, "%s/token", dir);
-    FILE *f = fopen(path, "w");
-    cr_assert_not_null(f);
-    cr_assert(fputs(text, f) >= 0);
-    cr_assert_eq(fclose(f), 0);
+    it_write_file(path, text);
 }
 
 Test(auth, token_from_file)
@@ -352,54 +282,15 @@ Test(auth, token_absent_from_log)
 
 /* ---- --help --------------------------------------------------------------- */
 
-/* Runs the binary with args (and env added); returns what it wrote, both streams. */
-static char *run_capture(char *const argv[], const char *env_add, int *code)
-{
-    char path[] = "/tmp/nodestate-it-auth-out-XXXXXX";
-    int fd = mkstemp(path);
-    pid_t pid;
-    int status = 0;
-    char *text;
-    long size;
-    FILE *f;
-
-    cr_assert_geq(fd, 0);
-    if (env_add != NULL)
-        cr_assert_eq(putenv((char *)env_add), 0);
-    pid = fork();
-    cr_assert_geq(pid, 0);
-    if (pid == 0) {
-        if (dup2(fd, 1) < 0 || dup2(fd, 2) < 0)
-            _exit(127);
-        execv(NODESTATE_BIN, argv);
-        _exit(127);
-    }
-    /* --help exits at once; a hang fails the suite's timeout. */
-    cr_assert_eq(waitpid(pid, &status, 0), pid);
-    *code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-    close(fd);
-    f = fopen(path, "r");
-    cr_assert_not_null(f);
-    cr_assert_eq(fseek(f, 0, SEEK_END), 0);
-    size = ftell(f);
-    cr_assert_geq(size, 0);
-    rewind(f);
-    text = calloc(1, (size_t)size + 1);
-    cr_assert_not_null(text);
-    cr_assert_eq(fread(text, 1, (size_t)size, f), (size_t)size);
-    fclose(f);
-    unlink(path);
-    return text;
-}
-
 Test(auth, token_absent_from_help)
 {
-    static char env[] = "NODESTATE_TOKEN=" TOKEN;
-    char *argv1[] = {(char *)NODESTATE_BIN, (char *)"--token", (char *)TOKEN,
-                     (char *)"--help", NULL};
-    int code = -1;
-    char *out = run_capture(argv1, env, &code);
+    const char *const env[] = {"NODESTATE_TOKEN=" TOKEN, NULL};
+    const char *const args[] = {"--token", TOKEN, "--help", NULL};
+    char *out = NULL;
+    /* --help exits at once: the bound is for a hang, not an expectation. */
+    int code = ns_run_env(args, env, 60.0, &out, NULL);
 
+    cr_assert_not_null(out);
     cr_assert_eq(code, 0, "--help: exit %d:\n%s", code, out);
     cr_assert_not_null(strstr(out, "--token"), "help lacks --token:\n%s", out);
     cr_assert_not_null(strstr(out, "NODESTATE_TOKEN"), "help lacks the variable");

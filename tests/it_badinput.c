@@ -8,14 +8,11 @@
  * becomes durable, and the counting of every problem by code.
  */
 #include <criterion/criterion.h>
-#include <arpa/inet.h>
 #include <errno.h>
-#include <netinet/in.h>
 #include <signal.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
-#include <sys/time.h>
 #include <unistd.h>
 
 #include "harness.h"
@@ -601,35 +598,21 @@ static char *expect_utf8_problem(ns_server *s, const char *method, const char *p
 /*
  * Sends "METHOD PATH HTTP/1.1" with Connection: close over a plain socket
  * (curl would percent-encode the path's bytes), reads the answer to the end
- * (bounded by a 30 s receive timeout) and returns its body (free it), with
- * the status in *status.
+ * (bounded: 30 s) and returns its body (free it), with the status in *status.
  */
 static char *raw_request(ns_server *s, const char *method, const char *path, long *status)
 {
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    cr_assert_geq(fd, 0);
-    struct timeval tv = { 30, 0 };
-    cr_assert_eq(setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv), 0);
-    struct sockaddr_in addr = { .sin_family = AF_INET, .sin_port = htons((uint16_t)ns_port(s)) };
-    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    cr_assert_eq(connect(fd, (struct sockaddr *)&addr, sizeof addr), 0, "%s", strerror(errno));
+    int fd = it_raw_connect(s, NULL);
     char req[512];
     int n = snprintf(req, sizeof req, "%s %s HTTP/1.1\r\nHost: 127.0.0.1\r\n"
                      "Connection: close\r\n\r\n", method, path);
     cr_assert(n > 0 && (size_t)n < sizeof req);
-    cr_assert_eq(send(fd, req, (size_t)n, MSG_NOSIGNAL), n, "%s", strerror(errno));
+    cr_assert_eq(ns_raw_send(fd, req, (size_t)n), 0, "%s", strerror(errno));
     static char answer[16384];
     size_t got = 0;
-    for (;;) {
-        cr_assert_lt(got, sizeof answer - 1, "answer too long");
-        ssize_t k = recv(fd, answer + got, sizeof answer - 1 - got, 0);
-        cr_assert_geq(k, 0, "recv: %s", strerror(errno));
-        if (k == 0)
-            break;
-        got += (size_t)k;
-    }
+    it_raw_read_to_close(fd, answer, sizeof answer, &got, 30.0);
+    cr_assert_lt(got, sizeof answer - 1, "answer too long");
     close(fd);
-    answer[got] = '\0';
     cr_assert_eq(sscanf(answer, "HTTP/1.1 %ld", status), 1, "no status line: %.100s", answer);
     const char *body = strstr(answer, "\r\n\r\n");
     cr_assert_not_null(body, "no end of headers");

@@ -17,7 +17,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/types.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "harness.h"
@@ -503,17 +502,8 @@ Test(cache, million_row_database_starts_lazily, .timeout = 240)
     long long listening = ns_mono_ms() - t0;
     ns_resp r = { 0 };
     /* A bound, not the target: how fast it serves is printed below. */
-    long long deadline = ns_mono_ms() + 30000;
-    bool ready = false;
-    for (int i = 0; i < 6000 && !ready && ns_mono_ms() < deadline; i++) {
-        cr_assert_eq(ns_req(s, "GET", "/readyz", NULL, NULL, &r), 0, "%s", r.error);
-        ready = r.status == 200;
-        if (!ready) {
-            struct timespec ts = { 0, 5 * 1000 * 1000 };
-            nanosleep(&ts, NULL);
-        }
-    }
-    cr_assert(ready, "/readyz: %ld %s", r.status, r.body);
+    cr_assert_eq(ns_req_until(s, "GET", "/readyz", 200, &r, 30.0, 5), 0,
+                 "/readyz: %ld %s %s", r.status, r.body, r.error);
     cr_assert_eq(ns_get_state(s, "m0777", "n0123", &r), 0, "%s", r.error);
     long long serving = ns_mono_ms() - t0;
     fprintf(stderr, "it_cache: 1,000,000 rows: listening after %lld ms, /readyz 200 and a GET "

@@ -18,13 +18,6 @@
 
 #define IDLE_TIMEOUT 20.0
 
-static long long stat_of(const json_t *st, const char *key)
-{
-    long long v = -1;
-    cr_assert_eq(ns_jint(st, key, &v), 0, "/stats lacks %s", key);
-    return v;
-}
-
 /* The file's row for (run, node) matches the state the server answered. */
 static void expect_row_is(ns_server *s, const char *run, const char *node,
                           const json_t *state)
@@ -71,12 +64,12 @@ Test(coalesce, three_updates_of_one_node_are_one_row_write)
 
     json_t *st = ns_stats(s);
     cr_assert_not_null(st);
-    cr_assert_eq(stat_of(st, "updates_queued"), 3);
-    cr_assert_eq(stat_of(st, "updates_processed"), 3);
-    cr_assert_eq(stat_of(st, "updates_coalesced"), 2);
-    cr_assert_eq(stat_of(st, "rows_written"), 1);
-    cr_assert_eq(stat_of(st, "batches_written"), 1);
-    cr_assert_eq(stat_of(st, "durable_seq"), stat_of(st, "last_seq"));
+    cr_assert_eq(it_jint(st, "updates_queued"), 3);
+    cr_assert_eq(it_jint(st, "updates_processed"), 3);
+    cr_assert_eq(it_jint(st, "updates_coalesced"), 2);
+    cr_assert_eq(it_jint(st, "rows_written"), 1);
+    cr_assert_eq(it_jint(st, "batches_written"), 1);
+    cr_assert_eq(it_jint(st, "durable_seq"), it_jint(st, "last_seq"));
     json_decref(st);
 
     cr_assert_eq(ns_db_int(s, "SELECT count(*) FROM run_node_state", NULL), 1);
@@ -114,10 +107,10 @@ Test(coalesce, many_nodes_coalesce_per_node)
 
     json_t *st = ns_stats(s);
     cr_assert_not_null(st);
-    cr_assert_eq(stat_of(st, "updates_processed"), 3 * NODES + 1);
-    cr_assert_eq(stat_of(st, "updates_coalesced"), 2 * NODES);
-    cr_assert_eq(stat_of(st, "rows_written"), NODES + 1);
-    cr_assert_eq(stat_of(st, "batches_written"), 1);
+    cr_assert_eq(it_jint(st, "updates_processed"), 3 * NODES + 1);
+    cr_assert_eq(it_jint(st, "updates_coalesced"), 2 * NODES);
+    cr_assert_eq(it_jint(st, "rows_written"), NODES + 1);
+    cr_assert_eq(it_jint(st, "batches_written"), 1);
     json_decref(st);
     cr_assert_eq(ns_db_int(s, "SELECT count(*) FROM run_node_state WHERE run_id='rm' "
                               "AND status='completed'", NULL), NODES);
@@ -175,11 +168,11 @@ Test(coalesce, no_transaction_exceeds_batch_size)
                  ns_stat(s, "updates_processed"));
     json_t *st = ns_stats(s);
     cr_assert_not_null(st);
-    long long batches = stat_of(st, "batches_written");
+    long long batches = it_jint(st, "batches_written");
     cr_assert_geq(batches, NODES / BATCH, "%lld batches for %d updates of at most %d",
                   batches, NODES, BATCH);
-    cr_assert_eq(stat_of(st, "rows_written"), NODES);
-    cr_assert_eq(stat_of(st, "updates_coalesced"), 0);
+    cr_assert_eq(it_jint(st, "rows_written"), NODES);
+    cr_assert_eq(it_jint(st, "updates_coalesced"), 0);
     json_t *hist = json_object_get(st, "batch_updates");
     if (json_is_object(hist))
         cr_assert_eq(json_integer_value(json_object_get(hist, "count")), batches);

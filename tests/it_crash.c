@@ -13,7 +13,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "harness.h"
 #include "it_assert.h"
@@ -72,6 +71,12 @@ static void *client_main(void *arg)
     return NULL;
 }
 
+/* Whether the clients have had KILL_AFTER_ACKS acknowledgements (ctx: the count). */
+static bool enough_acks(void *ctx)
+{
+    return atomic_load((atomic_int *)ctx) >= KILL_AFTER_ACKS;
+}
+
 static void check_survived(const char *sync)
 {
     ns_server *s = ns_start("--synchronous %s", sync);
@@ -90,12 +95,7 @@ static void check_survived(const char *sync)
         cr_assert_eq(pthread_create(&t[i], NULL, client_main, &cl[i]), 0);
     }
     /* Bounded wait for enough acknowledgements, then kill in mid-stream. */
-    long long deadline = ns_mono_ms() + 60000;
-    for (int i = 0; i < 6000 && ns_mono_ms() < deadline &&
-                    atomic_load(&acks_total) < KILL_AFTER_ACKS; i++) {
-        struct timespec ts = { 0, 10 * 1000 * 1000 };
-        nanosleep(&ts, NULL);
-    }
+    (void)ns_wait_until(enough_acks, &acks_total, 60.0, 10);
     int acks_at_kill = atomic_load(&acks_total);
     int code = ns_kill(s);
     atomic_store(&stop, true);

@@ -20,34 +20,10 @@
 #include <unistd.h>
 
 #include "harness.h"
+#include "it_assert.h"
 
-extern char **environ;
-
-/*
- * Clears inherited NODESTATE_* variables: the server reads its configuration
- * from them, and the counts asserted here (commits, errors) assume the
- * defaults. Criterion runs each test in a process of its own.
- */
-static void clear_nodestate_env(void)
-{
-    for (int rounds = 0; rounds < 1000; rounds++) {
-        char name[256] = "";
-        for (size_t i = 0; environ[i] != NULL; i++) {
-            size_t n = strcspn(environ[i], "=");
-            if (strncmp(environ[i], "NODESTATE_", 10) == 0 && n < sizeof name) {
-                memcpy(name, environ[i], n);
-                name[n] = '\0';
-                break;
-            }
-        }
-        if (name[0] == '\0')
-            return;
-        cr_assert_eq(unsetenv(name), 0, "unsetenv %s", name);
-    }
-    cr_assert_fail("cannot clear the NODESTATE_* environment");
-}
-
-TestSuite(faults, .init = clear_nodestate_env);
+/* The counts asserted here (commits, errors) assume the defaults. */
+TestSuite(faults, .init = it_env_clear);
 
 /* Starts dirname(NODESTATE_BIN)/nodestate-faults with NODESTATE_FAULTS=faults. */
 static ns_server *start_faults(const char *faults, const char *extra_args)

@@ -10,7 +10,6 @@
 #include <sqlite3.h>
 #include <stdio.h>
 #include <string.h>
-#include <time.h>
 
 #include "harness.h"
 #include "it_assert.h"
@@ -95,18 +94,8 @@ Test(lock, readyz_unready_while_the_store_fails)
     cr_assert_eq(ns_wait_stat_ge(s, "errors", 1, FAIL_TIMEOUT), 0);
 
     /* Bounded poll: the writer reports the failure, then readiness follows. */
-    long long deadline = ns_mono_ms() + 15000;
-    bool unready = false;
-    for (int i = 0; i < 1500 && ns_mono_ms() < deadline && !unready; i++) {
-        cr_assert_eq(ns_req(s, "GET", "/readyz", NULL, NULL, &r), 0);
-        if (r.status == 503) {
-            unready = true;
-            break;
-        }
-        struct timespec ts = { 0, 10 * 1000 * 1000 };
-        nanosleep(&ts, NULL);
-    }
-    cr_assert(unready, "/readyz stayed %ld while every transaction failed", r.status);
+    cr_assert_eq(ns_req_until(s, "GET", "/readyz", 503, &r, 15.0, 10), 0,
+                 "/readyz stayed %ld while every transaction failed %s", r.status, r.error);
     char why[512];
     cr_assert_eq(ns_check_problem(&r, 503, "not-ready", why, sizeof why), 0, "%s", why);
     cr_assert(r.retry_after[0] != '\0', "503 without Retry-After");
@@ -116,17 +105,8 @@ Test(lock, readyz_unready_while_the_store_fails)
 
     it_unlock_db(db);
     cr_assert_eq(ns_wait_idle(s, RECOVER_TIMEOUT), 0);
-    deadline = ns_mono_ms() + 15000;
-    bool ready = false;
-    for (int i = 0; i < 1500 && ns_mono_ms() < deadline && !ready; i++) {
-        cr_assert_eq(ns_req(s, "GET", "/readyz", NULL, NULL, &r), 0);
-        ready = r.status == 200;
-        if (!ready) {
-            struct timespec ts = { 0, 10 * 1000 * 1000 };
-            nanosleep(&ts, NULL);
-        }
-    }
-    cr_assert(ready, "/readyz did not recover: %ld %s", r.status, r.body);
+    cr_assert_eq(ns_req_until(s, "GET", "/readyz", 200, &r, 15.0, 10), 0,
+                 "/readyz did not recover: %ld %s %s", r.status, r.body, r.error);
     ns_resp_free(&r);
     ns_free(s);
 }

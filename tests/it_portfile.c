@@ -17,23 +17,13 @@
 /* A bound for a start that must fail at once, not an expectation. */
 #define RUN_TIMEOUT 60.0
 
-/* The whole content of path (at most size - 1 bytes). */
-static void read_text(const char *path, char *buf, size_t size)
-{
-    FILE *f = fopen(path, "r");
-    cr_assert_not_null(f, "cannot open %s", path);
-    size_t n = fread(buf, 1, size - 1, f);
-    buf[n] = '\0';
-    fclose(f);
-}
-
 Test(portfile, holds_the_port_the_server_listens_on)
 {
     ns_server *s = ns_start(NULL);
     cr_assert_not_null(s);
     char path[4200], text[64], want[64];
     snprintf(path, sizeof path, "%s/port", ns_dir(s));
-    read_text(path, text, sizeof text);
+    it_read_file(path, text, sizeof text);
     snprintf(want, sizeof want, "%d\n", ns_port(s));
     cr_assert_str_eq(text, want, "port file holds \"%s\"", text);
     cr_assert_gt(ns_port(s), 0);
@@ -48,12 +38,9 @@ Test(portfile, holds_the_port_the_server_listens_on)
 
     /* A restart (on another port 0) replaces the file with its own port. */
     cr_assert_eq(ns_stop(s, SIGTERM), 0);
-    FILE *f = fopen(path, "w");
-    cr_assert_not_null(f);
-    fputs("1\n", f);
-    fclose(f);
+    it_write_file(path, "1\n");
     cr_assert_eq(ns_restart(s, NULL), 0);
-    read_text(path, text, sizeof text);
+    it_read_file(path, text, sizeof text);
     snprintf(want, sizeof want, "%d\n", ns_port(s));
     cr_assert_str_eq(text, want);
     json_decref(it_get_json(s, "/healthz", 200));

@@ -6,13 +6,11 @@
  * log says about a run: the started line with every setting, one access
  * line per answered request with --access-log, and the stopped line.
  *
- * Processes that must fail are run by run_bin below (the harness only
- * starts servers that come up); servers that must come up go through
- * harness.h.
+ * Processes that must fail are run by run_bin below (ns_run_env, with
+ * stdout and stderr apart); servers that must come up go through ns_start.
  */
 #include <criterion/criterion.h>
 #include <errno.h>
-#include <fcntl.h>
 #include <netinet/in.h>
 #include <signal.h>
 #include <stdio.h>
@@ -20,19 +18,13 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
-#include <sys/wait.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "harness.h"
+#include "it_assert.h"
 
 /* A process that should fail at once gets this long before SIGKILL. */
-#define RUN_TIMEOUT_MS 15000
-#define RUN_POLL_MS 20
-#define RUN_MAX_ARGS 32
-#define RUN_MAX_ENV 512
-
-extern char **environ;
+#define RUN_TIMEOUT_S 15.0
 
 /* What a finished run of the binary left behind. */
 typedef struct run_result {
@@ -41,136 +33,37 @@ typedef struct run_result {
     char err[32768];   /* stderr */
 } run_result;
 
-/* Variables of ours a developer's shell or CI might have set. */
-static void clear_nodestate_env(void)
-{
-    static const char *const names[] = {
-        "NODESTATE_LISTEN", "NODESTATE_DB", "NODESTATE_BATCH_SIZE",
-        "NODESTATE_TOKEN", "NODESTATE_TOKEN_FILE", "NODESTATE_ACCESS_LOG",
-        "NODESTATE_LOG_LEVEL",
-    };
-    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
-        unsetenv(names[i]);
-}
-
-TestSuite(startup, .init = clear_nodestate_env, .timeout = 120);
-
-static void read_file(const char *path, char *buf, size_t size)
-{
-    FILE *f = fopen(path, "r");
-    size_t n = 0;
-
-    buf[0] = '\0';
-    if (f == NULL)
-        return;
-    n = fread(buf, 1, size - 1, f);
-    buf[n] = '\0';
-    fclose(f);
-}
-
-static void sleep_ms(long ms)
-{
-    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
-    nanosleep(&ts, NULL);
-}
+TestSuite(startup, .init = it_env_clear, .timeout = 120);
 
 /*
  * Runs NODESTATE_BIN with args (NULL-terminated, without the program name)
- * and the test's environment without NODESTATE_* plus env (NULL-terminated
- * "NAME=value" or NULL); stdout and stderr go to temporary files. Waits at
- * most RUN_TIMEOUT_MS, then kills it (code -1). Asserts on setup failures.
+ * and the test's environment (no NODESTATE_*: the suite clears them) plus
+ * env (NULL-terminated "NAME=value" or NULL). Waits at most RUN_TIMEOUT_S,
+ * then kills it (code -1). Asserts on setup failures.
  */
 static run_result *run_bin(const char *const *args, const char *const *env)
 {
     static run_result r;  /* one run at a time per test process */
-    char out_path[] = "/tmp/nodestate-it-startup-out-XXXXXX";
-    char err_path[] = "/tmp/nodestate-it-startup-err-XXXXXX";
-    char *argv[RUN_MAX_ARGS + 2];
-    char *envp[RUN_MAX_ENV + 16];
-    int argc = 0, envc = 0, status = 0;
-    int out_fd, err_fd;
-    pid_t pid, done = 0;
+    char *out = NULL, *err = NULL;
 
     memset(&r, 0, sizeof r);
-    argv[argc++] = (char *)NODESTATE_BIN;
-    for (; args != NULL && *args != NULL; args++) {
-        cr_assert_lt(argc, RUN_MAX_ARGS);
-        argv[argc++] = (char *)*args;
-    }
-    argv[argc] = NULL;
-    for (char **e = environ; *e != NULL; e++) {
-        if (strncmp(*e, "NODESTATE_", 10) == 0)
-            continue;
-        cr_assert_lt(envc, RUN_MAX_ENV, "environment too large");
-        envp[envc++] = *e;
-    }
-    for (; env != NULL && *env != NULL; env++) {
-        cr_assert_lt(envc, RUN_MAX_ENV + 15);
-        envp[envc++] = (char *)*env;
-    }
-    envp[envc] = NULL;
-
-    out_fd = mkstemp(out_path);
-    cr_assert_geq(out_fd, 0, "mkstemp: %s", strerror(errno));
-    err_fd = mkstemp(err_path);
-    cr_assert_geq(err_fd, 0, "mkstemp: %s", strerror(errno));
-    pid = fork();
-    cr_assert_geq(pid, 0, "fork: %s", strerror(errno));
-    if (pid == 0) {
-        int devnull = open("/dev/null", O_RDONLY);
-        if (devnull < 0 || dup2(devnull, 0) < 0 || dup2(out_fd, 1) < 0 ||
-            dup2(err_fd, 2) < 0)
-            _exit(127);
-        execve(NODESTATE_BIN, argv, envp);
-        _exit(127);
-    }
-    for (int i = 0; i < RUN_TIMEOUT_MS / RUN_POLL_MS && done == 0; i++) {
-        done = waitpid(pid, &status, WNOHANG);
-        if (done == 0)
-            sleep_ms(RUN_POLL_MS);
-    }
-    if (done == 0) {
-        kill(pid, SIGKILL);
-        waitpid(pid, &status, 0);
-        r.code = -1;
-    } else if (WIFEXITED(status)) {
-        r.code = WEXITSTATUS(status);
-    } else {
-        r.code = WIFSIGNALED(status) ? 128 + WTERMSIG(status) : -1;
-    }
-    close(out_fd);
-    close(err_fd);
-    read_file(out_path, r.out, sizeof r.out);
-    read_file(err_path, r.err, sizeof r.err);
-    unlink(out_path);
-    unlink(err_path);
+    r.code = ns_run_env(args, env, RUN_TIMEOUT_S, &out, &err);
+    cr_assert(out != NULL && err != NULL, "cannot run %s (see stderr)", NODESTATE_BIN);
+    snprintf(r.out, sizeof r.out, "%s", out);
+    snprintf(r.err, sizeof r.err, "%s", err);
+    free(out);
+    free(err);
     return &r;
 }
 
 #define ARGS(...) ((const char *const[]){__VA_ARGS__, NULL})
 #define ENV(...) ((const char *const[]){__VA_ARGS__, NULL})
 
-/* A fresh directory for a test's files; removed by rm_dir. */
+/* A fresh directory for a test's files; removed by ns_rm_dir. */
 static void make_dir(char *buf, size_t size)
 {
-    snprintf(buf, size, "/tmp/nodestate-it-startup-XXXXXX");
-    cr_assert_not_null(mkdtemp(buf), "mkdtemp: %s", strerror(errno));
+    cr_assert_eq(ns_tmp_dir(buf, size, "it-startup"), 0, "mkdtemp: %s", strerror(errno));
 }
-
-static void rm_dir(const char *dir, const char *const *files)
-{
-    char path[512];
-
-    for (; files != NULL && *files != NULL; files++) {
-        snprintf(path, sizeof path, "%s/%s", dir, *files);
-        unlink(path);
-    }
-    rmdir(dir);
-}
-
-/* The files SQLite may leave beside a database named nodestate.db. */
-static const char *const db_files[] = {"nodestate.db", "nodestate.db-wal",
-                                       "nodestate.db-shm", "token", NULL};
 
 /* Asserts a clean failure: non-zero exit and every needle in stderr. */
 static void assert_fails(const run_result *r, const char *what,
@@ -205,7 +98,7 @@ Test(startup, db_is_a_directory)
     make_dir(dir, sizeof dir);
     run_result *r = run_bin(ARGS("--listen", "127.0.0.1:0", "--db", dir), NULL);
     assert_fails(r, "--db <a directory>", ARGS("level=error", dir));
-    rm_dir(dir, db_files);
+    ns_rm_dir(dir);
 }
 
 Test(startup, db_from_environment)
@@ -295,19 +188,10 @@ Test(startup, port_in_use)
     assert_fails(r, "port in use",
                  ARGS("level=error", listen_arg, "in use"));
     close(fd);
-    rm_dir(dir, db_files);
+    ns_rm_dir(dir);
 }
 
 /* ---- the token settings ------------------------------------------------- */
-
-static void write_file(const char *path, const char *text)
-{
-    FILE *f = fopen(path, "w");
-
-    cr_assert_not_null(f, "%s: %s", path, strerror(errno));
-    cr_assert_eq(fputs(text, f) >= 0, true);
-    cr_assert_eq(fclose(f), 0);
-}
 
 Test(startup, token_file_problems)
 {
@@ -322,7 +206,7 @@ Test(startup, token_file_problems)
                  ARGS("--token-file", path, "No such file"));
 
     /* Empty, or only a newline. */
-    write_file(path, "\n");
+    it_write_file(path, "\n");
     r = run_bin(ARGS("--token-file", path), NULL);
     assert_fails(r, "empty token file", ARGS("--token-file", path, "empty"));
 
@@ -331,7 +215,7 @@ Test(startup, token_file_problems)
     assert_fails(r, "directory as token file", ARGS("--token-file", dir));
 
     /* Unreadable (root reads anything, so only checked for others). */
-    write_file(path, "filetoken\n");
+    it_write_file(path, "filetoken\n");
     cr_assert_eq(chmod(path, 0), 0);
     if (geteuid() != 0) {
         r = run_bin(ARGS("--token-file", path), NULL);
@@ -347,13 +231,13 @@ Test(startup, token_file_problems)
                  ARGS("--token-file", "NODESTATE_TOKEN_FILE", "/none"));
 
     /* Two lines is a mistake, not a token with a newline in it; never echoed. */
-    write_file(path, "filetoken\nsecond-line\n");
+    it_write_file(path, "filetoken\nsecond-line\n");
     r = run_bin(ARGS("--token-file", path), NULL);
     assert_fails(r, "two-line token file", ARGS("--token-file", path));
     cr_assert_null(strstr(r->err, "filetoken"), "the token leaked:\n%s", r->err);
     cr_assert_null(strstr(r->err, "second-line"), "the token leaked:\n%s", r->err);
 
-    rm_dir(dir, db_files);
+    ns_rm_dir(dir);
 }
 
 Test(startup, token_and_token_file_together)
@@ -362,7 +246,7 @@ Test(startup, token_and_token_file_together)
 
     make_dir(dir, sizeof dir);
     snprintf(path, sizeof path, "%s/token", dir);
-    write_file(path, "filetoken\n");
+    it_write_file(path, "filetoken\n");
 
     run_result *r = run_bin(ARGS("--token", "flagtoken", "--token-file", path), NULL);
     assert_fails(r, "both flags", ARGS("--token", "--token-file", "only one"));
@@ -375,7 +259,7 @@ Test(startup, token_and_token_file_together)
                  ARGS("--token", "--token-file", "NODESTATE_TOKEN"));
     cr_assert_null(strstr(r->err, "envtoken"), "the token leaked:\n%s", r->err);
 
-    rm_dir(dir, db_files);
+    ns_rm_dir(dir);
 }
 
 Test(startup, bad_token_is_not_echoed)

@@ -11,19 +11,14 @@
  * Every wait is on the event itself (a close, an answer) with a generous
  * bound; nothing asserts how soon it came.
  */
-#include <arpa/inet.h>
 #include <criterion/criterion.h>
-#include <errno.h>
-#include <netinet/in.h>
-#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "harness.h"
+#include "it_assert.h"
 
 /* Bound on every wait for the server to act; meeting the condition ends it. */
 #define WAIT_S 30.0
@@ -31,97 +26,6 @@
 #define TRICKLE_MS 500
 
 /* ---- raw sockets ---------------------------------------------------------- */
-
-/* A TCP connection to the server from source address src ("127.0.0.1" when NULL). */
-static int raw_connect(const ns_server *s, const char *src)
-{
-    struct sockaddr_in to, from;
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-
-    cr_assert_geq(fd, 0, "socket: %s", strerror(errno));
-    if (src != NULL) {
-        memset(&from, 0, sizeof from);
-        from.sin_family = AF_INET;
-        cr_assert_eq(inet_pton(AF_INET, src, &from.sin_addr), 1);
-        cr_assert_eq(bind(fd, (struct sockaddr *)&from, sizeof from), 0,
-                     "bind %s: %s", src, strerror(errno));
-    }
-    memset(&to, 0, sizeof to);
-    to.sin_family = AF_INET;
-    to.sin_port = htons((uint16_t)ns_port(s));
-    to.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    cr_assert_eq(connect(fd, (struct sockaddr *)&to, sizeof to), 0, "connect: %s",
-                 strerror(errno));
-    return fd;
-}
-
-/* 0, or -1 when the peer is gone (EPIPE, ECONNRESET). */
-static int raw_send(int fd, const char *data, size_t len)
-{
-    while (len > 0) {
-        ssize_t n = send(fd, data, len, MSG_NOSIGNAL);
-
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n <= 0)
-            return -1;
-        data += n;
-        len -= (size_t)n;
-    }
-    return 0;
-}
-
-static int raw_send_str(int fd, const char *text)
-{
-    return raw_send(fd, text, strlen(text));
-}
-
-/*
- * Reads what arrives within ms into buf (NUL-terminated, *len grows).
- * 1 when the peer closed (end of stream or reset), 0 when it did not.
- */
-static int raw_read_for(int fd, char *buf, size_t cap, size_t *len, int ms)
-{
-    long long until = ns_mono_ms() + ms;
-
-    for (;;) {
-        long long left = until - ns_mono_ms();
-        struct pollfd p = { .fd = fd, .events = POLLIN };
-        char sink[4096];
-        char *into = *len + 1 < cap ? buf + *len : sink;
-        size_t room = *len + 1 < cap ? cap - 1 - *len : sizeof sink;
-        ssize_t n;
-        int rc;
-
-        if (left <= 0)
-            return 0;
-        rc = poll(&p, 1, (int)left);
-        if (rc < 0 && errno == EINTR)
-            continue;
-        if (rc <= 0)
-            return 0;
-        n = recv(fd, into, room, 0);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n == 0 || (n < 0 && errno == ECONNRESET))
-            return 1;
-        cr_assert_geq(n, 0, "recv: %s", strerror(errno));
-        if (into != sink) {
-            *len += (size_t)n;
-            buf[*len] = '\0';
-        }
-    }
-}
-
-/* Reads until the server closes (within WAIT_S); the bytes, NUL-terminated. */
-static void raw_read_to_close(int fd, char *buf, size_t cap, size_t *len)
-{
-    *len = 0;
-    buf[0] = '\0';
-    cr_assert_eq(raw_read_for(fd, buf, cap, len, (int)(WAIT_S * 1000)), 1,
-                 "the server did not close the connection within %.0f s; got: %.300s",
-                 WAIT_S, buf);
-}
 
 /* Reads one whole answer carrying Content-Length (keep-alive); asserts it came. */
 static void raw_read_answer(int fd, char *buf, size_t cap)
@@ -137,7 +41,7 @@ static void raw_read_answer(int fd, char *buf, size_t cap)
         if (end != NULL && cl != NULL && cl < end &&
             len >= (size_t)(end + 4 - buf) + strtoul(cl + 16, NULL, 10))
             return;
-        cr_assert_eq(raw_read_for(fd, buf, cap, &len, 100), 0,
+        cr_assert_eq(it_raw_read_for(fd, buf, cap, &len, 100), 0,
                      "closed before a whole answer: %.300s", buf);
     }
     cr_assert_fail("no whole answer within %.0f s: %.300s", WAIT_S, buf);
@@ -162,11 +66,11 @@ static void healthz_from(const ns_server *s, const char *src)
 {
     char buf[2048];
     size_t len;
-    int fd = raw_connect(s, src);
+    int fd = it_raw_connect(s, src);
 
-    cr_assert_eq(raw_send_str(fd, "GET /healthz HTTP/1.1\r\nHost: x\r\n"
+    cr_assert_eq(ns_raw_send_str(fd, "GET /healthz HTTP/1.1\r\nHost: x\r\n"
                                   "Connection: close\r\n\r\n"), 0);
-    raw_read_to_close(fd, buf, sizeof buf, &len);
+    it_raw_read_to_close(fd, buf, sizeof buf, &len, WAIT_S);
     cr_assert(strncmp(buf, "HTTP/1.1 200 ", 13) == 0, "/healthz from %s: %.200s",
               src != NULL ? src : "127.0.0.1", buf);
     close(fd);
@@ -188,13 +92,6 @@ static long long answered(ns_server *s, const char *code)
     return n;
 }
 
-static void sleep_ms(int ms)
-{
-    struct timespec ts = { ms / 1000, (long)(ms % 1000) * 1000000L };
-
-    nanosleep(&ts, NULL);
-}
-
 /* ---- connections per address ------------------------------------------------ */
 
 Test(transport, connections_past_the_per_ip_limit_are_refused)
@@ -209,15 +106,15 @@ Test(transport, connections_past_the_per_ip_limit_are_refused)
     cr_assert_not_null(s);
     /* An answer on each proves the server has accepted and counts it. */
     for (int i = 0; i < LIMIT; i++) {
-        held[i] = raw_connect(s, NULL);
-        cr_assert_eq(raw_send_str(held[i], "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"), 0);
+        held[i] = it_raw_connect(s, NULL);
+        cr_assert_eq(ns_raw_send_str(held[i], "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"), 0);
         raw_read_answer(held[i], buf, sizeof buf);
         cr_assert(strncmp(buf, "HTTP/1.1 200 ", 13) == 0, "%.200s", buf);
     }
 
-    extra = raw_connect(s, NULL);
-    (void)raw_send_str(extra, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
-    cr_assert_eq(raw_read_for(extra, buf, sizeof buf, &len, (int)(WAIT_S * 1000)), 1,
+    extra = it_raw_connect(s, NULL);
+    (void)ns_raw_send_str(extra, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
+    cr_assert_eq(it_raw_read_for(extra, buf, sizeof buf, &len, (int)(WAIT_S * 1000)), 1,
                  "connection %d from one address was not refused", LIMIT + 1);
     cr_assert_eq(len, 0, "the refused connection got an answer: %.200s", buf);
     close(extra);
@@ -232,17 +129,17 @@ Test(transport, connections_past_the_per_ip_limit_are_refused)
         bool served = false;
 
         while (!served && ns_mono_ms() < until) {
-            int fd = raw_connect(s, NULL);
+            int fd = it_raw_connect(s, NULL);
 
             len = 0;
             buf[0] = '\0';
-            if (raw_send_str(fd, "GET /healthz HTTP/1.1\r\nHost: x\r\n"
+            if (ns_raw_send_str(fd, "GET /healthz HTTP/1.1\r\nHost: x\r\n"
                                  "Connection: close\r\n\r\n") == 0 &&
-                raw_read_for(fd, buf, sizeof buf, &len, (int)(WAIT_S * 1000)) == 1)
+                it_raw_read_for(fd, buf, sizeof buf, &len, (int)(WAIT_S * 1000)) == 1)
                 served = strncmp(buf, "HTTP/1.1 200 ", 13) == 0;
             close(fd);
             if (!served)
-                sleep_ms(50);
+                ns_sleep_ms(50);
         }
         cr_assert(served, "no connection from 127.0.0.1 served after one closed");
     }
@@ -268,9 +165,9 @@ static void trickle_until_closed(int fd)
         char text[64];
 
         snprintf(text, sizeof text, "X-Trickle-%d: still here\r\n", line++);
-        if (raw_send_str(fd, text) != 0)
+        if (ns_raw_send_str(fd, text) != 0)
             return; /* reset: closed */
-        if (raw_read_for(fd, buf, sizeof buf, &len, TRICKLE_MS) == 1)
+        if (it_raw_read_for(fd, buf, sizeof buf, &len, TRICKLE_MS) == 1)
             return;
     }
     cr_assert_fail("a client trickling its headers was still connected after %.0f s",
@@ -284,8 +181,8 @@ Test(transport, trickling_headers_are_cut_off_at_the_header_timeout)
     int fd;
 
     cr_assert_not_null(s);
-    fd = raw_connect(s, NULL);
-    cr_assert_eq(raw_send_str(fd, "GET /healthz HTTP/1.1\r\nHost: x\r\n"), 0);
+    fd = it_raw_connect(s, NULL);
+    cr_assert_eq(ns_raw_send_str(fd, "GET /healthz HTTP/1.1\r\nHost: x\r\n"), 0);
     trickle_until_closed(fd);
     close(fd);
     healthz_from(s, NULL);
@@ -299,12 +196,12 @@ Test(transport, a_kept_alive_connection_owes_each_requests_headers)
     int fd;
 
     cr_assert_not_null(s);
-    fd = raw_connect(s, NULL);
-    cr_assert_eq(raw_send_str(fd, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"), 0);
+    fd = it_raw_connect(s, NULL);
+    cr_assert_eq(ns_raw_send_str(fd, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"), 0);
     raw_read_answer(fd, buf, sizeof buf);
     cr_assert(strncmp(buf, "HTTP/1.1 200 ", 13) == 0, "%.200s", buf);
     /* The deadline starts again for the next request on the same connection. */
-    cr_assert_eq(raw_send_str(fd, "GET /healthz HTTP/1.1\r\n"), 0);
+    cr_assert_eq(ns_raw_send_str(fd, "GET /healthz HTTP/1.1\r\n"), 0);
     trickle_until_closed(fd);
     close(fd);
     healthz_from(s, NULL);
@@ -321,20 +218,20 @@ Test(transport, a_slow_body_is_not_cut_off_by_the_header_timeout)
     int fd;
 
     cr_assert_not_null(s);
-    fd = raw_connect(s, NULL);
+    fd = it_raw_connect(s, NULL);
     snprintf(head, sizeof head,
              "POST /runs/slow/nodes/n1/state HTTP/1.1\r\nHost: x\r\n"
              "Content-Type: application/json\r\nContent-Length: %zu\r\n"
              "Connection: close\r\n\r\n", strlen(body));
-    cr_assert_eq(raw_send_str(fd, head), 0);
+    cr_assert_eq(ns_raw_send_str(fd, head), 0);
     /* The body takes several header timeouts to arrive, a few bytes at a time. */
     for (size_t i = 0; i < strlen(body); i += 5) {
         size_t n = strlen(body) - i < 5 ? strlen(body) - i : 5;
 
-        sleep_ms(TRICKLE_MS);
-        cr_assert_eq(raw_send(fd, body + i, n), 0, "cut off after %zu body bytes", i);
+        ns_sleep_ms(TRICKLE_MS);
+        cr_assert_eq(ns_raw_send(fd, body + i, n), 0, "cut off after %zu body bytes", i);
     }
-    raw_read_to_close(fd, buf, sizeof buf, &len);
+    it_raw_read_to_close(fd, buf, sizeof buf, &len, WAIT_S);
     cr_assert(strncmp(buf, "HTTP/1.1 202 ", 13) == 0, "slow body: %.300s", buf);
     close(fd);
     ns_free(s);
@@ -350,10 +247,10 @@ static void expect_one_framing_400(ns_server *s, const char *request)
     const char *body;
     json_t *doc;
     json_error_t jerr;
-    int fd = raw_connect(s, NULL);
+    int fd = it_raw_connect(s, NULL);
 
-    (void)raw_send_str(fd, request);
-    raw_read_to_close(fd, buf, sizeof buf, &len);
+    (void)ns_raw_send_str(fd, request);
+    it_raw_read_to_close(fd, buf, sizeof buf, &len, WAIT_S);
     close(fd);
     cr_assert_eq(status_lines(buf), 1, "request:\n%s\nanswer:\n%s", request, buf);
     cr_assert(strncmp(buf, "HTTP/1.1 400 ", 13) == 0, "request:\n%s\nanswer:\n%s",
@@ -438,10 +335,10 @@ Test(transport, equal_repeated_lengths_and_plain_chunked_are_served)
 
     cr_assert_not_null(s);
     for (size_t i = 0; i < sizeof requests / sizeof requests[0]; i++) {
-        int fd = raw_connect(s, NULL);
+        int fd = it_raw_connect(s, NULL);
 
-        cr_assert_eq(raw_send_str(fd, requests[i]), 0);
-        raw_read_to_close(fd, buf, sizeof buf, &len);
+        cr_assert_eq(ns_raw_send_str(fd, requests[i]), 0);
+        it_raw_read_to_close(fd, buf, sizeof buf, &len, WAIT_S);
         close(fd);
         cr_assert_eq(status_lines(buf), 1, "%s", buf);
         cr_assert(strncmp(buf, "HTTP/1.1 202 ", 13) == 0 ||
@@ -472,9 +369,9 @@ Test(transport, library_answers_are_counted_by_code)
     memcpy(req, "GET /", 5);
     memset(req + 5, 'a', big);
     strcpy(req + 5 + big, " HTTP/1.1\r\nHost: x\r\n\r\n");
-    fd = raw_connect(s, NULL);
-    (void)raw_send_str(fd, req);
-    raw_read_to_close(fd, buf, sizeof buf, &len);
+    fd = it_raw_connect(s, NULL);
+    (void)ns_raw_send_str(fd, req);
+    it_raw_read_to_close(fd, buf, sizeof buf, &len, WAIT_S);
     close(fd);
     cr_assert(strncmp(buf, "HTTP/1.1 414 ", 13) == 0, "long URI: %.200s", buf);
     cr_assert_eq(status_lines(buf), 1, "%s", buf);
@@ -484,9 +381,9 @@ Test(transport, library_answers_are_counted_by_code)
     len = strlen(req);
     memset(req + len, 'b', big);
     strcpy(req + len + big, "\r\n\r\n");
-    fd = raw_connect(s, NULL);
-    (void)raw_send_str(fd, req);
-    raw_read_to_close(fd, buf, sizeof buf, &len);
+    fd = it_raw_connect(s, NULL);
+    (void)ns_raw_send_str(fd, req);
+    it_raw_read_to_close(fd, buf, sizeof buf, &len, WAIT_S);
     close(fd);
     cr_assert(strncmp(buf, "HTTP/1.1 431 ", 13) == 0, "long header: %.200s", buf);
     cr_assert_eq(status_lines(buf), 1, "%s", buf);
