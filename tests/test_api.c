@@ -1037,13 +1037,13 @@ Test(api, transport_problem)
 {
     api_response resp;
     memset(&resp, 0, sizeof resp);
-    api_problem(A, &resp, 413, "body-too-large", "Body too large", "at most 1048576 bytes");
+    api_problem(A, &resp, PROBLEM_BODY_TOO_LARGE, "at most 1048576 bytes");
     json_decref(expect_problem(&resp, 413, "body-too-large"));
     cr_assert_eq(resp.retry_after, 0);
     api_response_free(&resp);
     memset(&resp, 0, sizeof resp);
-    api_problem(A, &resp, 503, "overloaded", "Overloaded", "too many connections");
-    json_decref(expect_problem(&resp, 503, "overloaded"));
+    api_problem(A, &resp, PROBLEM_OUT_OF_MEMORY, "out of memory");
+    json_decref(expect_problem(&resp, 503, "out-of-memory"));
     cr_assert_eq(resp.retry_after, 1);
     api_response_free(&resp);
 }
