@@ -1,9 +1,11 @@
 /*
- * api: the REST resources of DESIGN.md §2, with no MHD and no SQLite. The
+ * api: the REST resources of the service, with no MHD and no SQLite. The
  * HTTP transport hands over one whole request (method, path, body, and
  * lookups for headers and query arguments) and gets back one response (status,
- * content type, body, a few headers). The router table and the handlers live
- * in api.c; JSON goes through codec, Prometheus text through prom.
+ * content type, body, a few headers). The route table lives in router.c, the
+ * handlers in handlers.c, responses are built in api.c (api_internal.h is what
+ * they share); every problem answer is one of problems.h; JSON goes through
+ * codec, Prometheus text through prom.
  *
  * A POST with ?wait=true is answered in two steps: api_handle returns a
  * response whose wait_seq is set; the transport parks the request until the
@@ -21,6 +23,7 @@
 #include <stdint.h>
 
 #include "../server/engine/engine.h"
+#include "problems.h"
 
 typedef struct api api;
 
@@ -68,9 +71,12 @@ void api_free(api *a);
 void api_handle(api *a, const api_request *req, api_response *resp);
 /* Finishes a parked ?wait=true response: 200 durable or 202 not yet. */
 void api_finish_wait(api *a, api_response *resp, bool durable);
-/* A problem+json response the transport itself decides on (413, 400, 503). */
-void api_problem(api *a, api_response *resp, int status, const char *slug,
-                 const char *title, const char *detail);
+/*
+ * A problem+json response the transport itself decides on (bad-framing,
+ * body-too-large, out-of-memory); a 400 or 413 counts as an update refused
+ * for bad input, a 503 gets Retry-After.
+ */
+void api_problem(api *a, api_response *resp, problem_id id, const char *detail);
 void api_response_free(api_response *resp);
 
 #endif

@@ -619,7 +619,7 @@ static void http_answer_bad_length(http_server *s)
 
     if (c == NULL)
         return;
-    api_problem(s->a, &resp, 400, "bad-framing", "Bad request framing",
+    api_problem(s->a, &resp, PROBLEM_BAD_FRAMING,
                 framing_detail(FRAMING_LENGTH_MALFORMED));
     n = snprintf(head, sizeof head,
                  "HTTP/1.1 400 Bad Request\r\nConnection: close\r\n"
@@ -947,8 +947,7 @@ static enum MHD_Result http_refuse_framing(http_server *s, http_req *r,
     api_response resp;
 
     r->must_close = true;
-    api_problem(s->a, &resp, 400, "bad-framing", "Bad request framing",
-                framing_detail(verdict));
+    api_problem(s->a, &resp, PROBLEM_BAD_FRAMING, framing_detail(verdict));
     return http_queue(s, r, method, url, con, &resp);
 }
 
@@ -1026,10 +1025,9 @@ static enum MHD_Result http_on_request(void *cls, struct MHD_Connection *con,
 
         snprintf(detail, sizeof detail, "the request body exceeds %zu bytes",
                  s->max_body_bytes);
-        api_problem(s->a, &resp, 413, "body-too-large", "Request body too large",
-                    detail);
+        api_problem(s->a, &resp, PROBLEM_BODY_TOO_LARGE, detail);
     } else if (r->oom) {
-        api_problem(s->a, &resp, 503, "out-of-memory", "Service unavailable",
+        api_problem(s->a, &resp, PROBLEM_OUT_OF_MEMORY,
                     "out of memory while reading the request body");
     } else {
         req.method = method;

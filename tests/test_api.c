@@ -6,7 +6,8 @@
  * filters and pages, summaries, deletes, /stats content negotiation,
  * /healthz and /readyz, the two-step ?wait=true answer, percent-encoding in
  * paths (refused in ids) and query values (decoded), client bytes in problem
- * details, and the counting of every answer by code.
+ * details, the counting of every answer by code, every problem type as
+ * api_problem renders it, and the route table's flags and Allow lists.
  * Response bodies are parsed with jansson.
  */
 #include <criterion/criterion.h>
@@ -24,6 +25,7 @@
 #include "utf8_check.h"
 #include "writer_blocker.h"
 #include "api/api.h"
+#include "api/api_internal.h"
 #include "api/prom.h"
 #include "server/engine/engine.h"
 
@@ -1037,13 +1039,13 @@ Test(api, transport_problem)
 {
     api_response resp;
     memset(&resp, 0, sizeof resp);
-    api_problem(A, &resp, 413, "body-too-large", "Body too large", "at most 1048576 bytes");
+    api_problem(A, &resp, PROBLEM_BODY_TOO_LARGE, "at most 1048576 bytes");
     json_decref(expect_problem(&resp, 413, "body-too-large"));
     cr_assert_eq(resp.retry_after, 0);
     api_response_free(&resp);
     memset(&resp, 0, sizeof resp);
-    api_problem(A, &resp, 503, "overloaded", "Overloaded", "too many connections");
-    json_decref(expect_problem(&resp, 503, "overloaded"));
+    api_problem(A, &resp, PROBLEM_OUT_OF_MEMORY, "out of memory");
+    json_decref(expect_problem(&resp, 503, "out-of-memory"));
     cr_assert_eq(resp.retry_after, 1);
     api_response_free(&resp);
 }
@@ -1328,4 +1330,91 @@ Test(api, every_problem_is_counted_once_by_code)
     api_finish_wait(A, &resp, false);
     cr_assert_eq(answered_total(), total + 1);
     api_response_free(&resp);
+}
+
+/* ---- the tables: problem types and routes ---- */
+
+Test(api, every_problem_type_renders_its_slug_title_and_status)
+{
+    for (int i = 0; i < PROBLEM_COUNT; i++) {
+        const problem_type *t = problems_get((problem_id)i);
+        api_response resp;
+        api_problem(A, &resp, (problem_id)i, "a detail");
+        json_t *j = expect_problem(&resp, t->status, t->slug);
+        cr_assert_str_eq(jstr(j, "title"), t->title);
+        cr_assert_str_eq(jstr(j, "detail"), "a detail");
+        /* A 503 is passing; nothing else asks the client to come back. */
+        cr_assert_eq(resp.retry_after, t->status == 503 ? 1u : 0u, "%s", t->slug);
+        json_decref(j);
+        api_response_free(&resp);
+    }
+}
+
+/* A path of route rt's shape, ids filled in, into out. */
+static void route_path(const api_route *rt, char *out, size_t size)
+{
+    size_t used = 0;
+    out[0] = '\0';
+    for (int i = 0; i < API_MAX_SEGMENTS && rt->pattern[i]; i++) {
+        const char *seg = rt->pattern[i][0] == '{' ? "x1" : rt->pattern[i];
+        int n = snprintf(out + used, size - used, "/%s", seg);
+        cr_assert(n > 0 && (size_t)n < size - used);
+        used += (size_t)n;
+    }
+}
+
+Test(api, only_healthz_is_exempt_from_the_token)
+{
+    size_t count;
+    const api_route *routes = api_routes(&count);
+    cr_assert_gt(count, 0);
+    int exempt = 0;
+    for (size_t r = 0; r < count; r++) {
+        if (!(routes[r].flags & ROUTE_NO_AUTH))
+            continue;
+        exempt++;
+        cr_assert_str_eq(routes[r].pattern[0], "healthz");
+        cr_assert_null(routes[r].pattern[1]);
+    }
+    cr_assert_eq(exempt, 1, "%d routes are exempt from the token", exempt);
+
+    /* And as answered: without a token, every route but /healthz is 401. */
+    api_config with_token = api_cfg;
+    with_token.token = "sesame";
+    api *guarded = api_new(E, &with_token);
+    cr_assert_not_null(guarded);
+    for (size_t r = 0; r < count; r++) {
+        char path[256];
+        route_path(&routes[r], path, sizeof path);
+        spec s = { .method = "GET", .path = path };
+        api_request req = { .method = s.method, .path = s.path, .header = header_of,
+                            .query = query_of, .ctx = &s };
+        api_response resp;
+        api_handle(guarded, &req, &resp);
+        if (strcmp(path, "/healthz") == 0)
+            cr_assert_eq(resp.status, 200, "%s: %d", path, resp.status);
+        else
+            cr_assert_eq(resp.status, 401, "%s: %d", path, resp.status);
+        api_response_free(&resp);
+    }
+    api_free(guarded);
+}
+
+Test(api, route_allow_lists_match_their_handlers)
+{
+    size_t count;
+    const api_route *routes = api_routes(&count);
+    int updates = 0;
+    for (size_t r = 0; r < count; r++) {
+        const api_route *rt = &routes[r];
+        char want[64];
+        snprintf(want, sizeof want, "%s%s%s", rt->get ? "GET, HEAD" : "",
+                 rt->post ? ", POST" : "", rt->del ? ", DELETE" : "");
+        cr_assert_str_eq(rt->allow, want, "route /%s", rt->pattern[0]);
+        if (rt->flags & ROUTE_UPDATE) {
+            updates++;
+            cr_assert_not_null(rt->post, "an update route without a POST");
+        }
+    }
+    cr_assert_eq(updates, 1);
 }

@@ -1,0 +1,105 @@
+/*
+ * api_internal: what the files of the api module share, and nothing outside
+ * api/ may use (api.h is the module's public header). api.c owns the api
+ * object and builds responses; router.c matches a path to a route of its
+ * table, checks the token and calls the route's handler; handlers.c answers
+ * each route.
+ */
+#ifndef NODESTATE_API_INTERNAL_H
+#define NODESTATE_API_INTERNAL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "api.h"
+#include "buf.h"
+#include "problems.h"
+
+#define API_JSON_TYPE "application/json"
+/* Path segments of the longest route. */
+#define API_MAX_SEGMENTS 5
+
+struct api {
+    engine *engine;
+    api_config cfg;        /* cfg.token points at token below */
+    char *token;           /* NULL: no auth */
+    size_t token_len;
+};
+
+/* What a parked ?wait=true response is rebuilt from. */
+struct api_wait {
+    ns_row *row;          /* node update: the row; NULL for a delete */
+    char run_id[NS_ID_MAX + 1];
+    size_t deleted;
+    int64_t seq;
+};
+
+/* The path parameters a route captured. */
+typedef struct route_args {
+    char run_id[NS_ID_MAX + 1];
+    char node_id[NS_ID_MAX + 1];
+} route_args;
+
+typedef void handler_fn(api *a, const api_request *req, const route_args *args,
+                        api_response *resp);
+
+/* What a route does besides calling its handlers. */
+enum route_flag {
+    /* Answered without a token: liveness stays open so orchestrators can probe it. */
+    ROUTE_NO_AUTH = 1u << 0,
+    /*
+     * Its POST is a node update: the body must be JSON (else 415), and a
+     * refusal for bad input counts in updates_rejected.invalid.
+     */
+    ROUTE_UPDATE = 1u << 1,
+};
+
+typedef struct api_route {
+    const char *pattern[API_MAX_SEGMENTS]; /* "{run}" and "{node}" capture ids */
+    const char *allow;                     /* the methods of the handlers below */
+    unsigned flags;                        /* enum route_flag bits */
+    handler_fn *get;                       /* GET and HEAD */
+    handler_fn *post;
+    handler_fn *del;
+} api_route;
+
+/* ---- router.c ---- */
+
+/* The route table, *count entries. */
+const api_route *api_routes(size_t *count);
+/* Routes one request to its handler, or answers 401, 404, 405, 400 or 415 itself. */
+void api_dispatch(api *a, const api_request *req, api_response *resp);
+
+/* ---- api.c: building responses ---- */
+
+/* Takes b's bytes as the body; a bodiless 500 if rendering ran out of memory. */
+void api_respond(api_response *resp, int status, const char *type, buf *b);
+/* The problem id with detail (NULL for none); a 503 also gets Retry-After. */
+void api_answer_problem(api_response *resp, problem_id id, const char *detail);
+/* As api_answer_problem, with the node's current state as "current". */
+void api_answer_conflict(api_response *resp, problem_id id, const char *detail,
+                         const ns_row *current, bool durable);
+/* Counts an update refused for bad input (updates_rejected.invalid). */
+void api_count_invalid(api *a);
+void api_set_etag(api_response *resp, int64_t seq, bool queued);
+bool api_is_durable(api *a, int64_t seq);
+void api_row_response(api_response *resp, int status, const ns_row *row, bool durable);
+void api_deleted_response(api_response *resp, int status, const struct api_wait *w,
+                          bool durable);
+/* Header value by name, or NULL. */
+const char *api_header(const api_request *req, const char *name);
+
+/* ---- handlers.c: one per route and method ---- */
+
+handler_fn api_get_state;
+handler_fn api_post_state;
+handler_fn api_list_nodes;
+handler_fn api_get_run;
+handler_fn api_delete_run;
+handler_fn api_get_stats;
+handler_fn api_get_metrics;
+handler_fn api_get_healthz;
+handler_fn api_get_readyz;
+
+#endif

@@ -1,0 +1,503 @@
+#include "api_internal.h"
+
+#include <ctype.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "codec.h"
+#include "prom.h"
+#include "text.h"
+
+/* Page sizes of GET /runs/{run_id}/nodes (README "API in short"). */
+#define LIST_DEFAULT_LIMIT 1000
+#define LIST_MAX_LIMIT 10000
+/* Longest query value read, decoded: ours are short (an id, a status list). */
+#define QUERY_VALUE_MAX 1024
+
+static void queue_full(api_response *resp)
+{
+    api_answer_problem(resp, PROBLEM_QUEUE_FULL,
+                       "the write queue is full; retry after the Retry-After delay");
+}
+
+/* ---- request helpers ---- */
+
+/*
+ * Query argument name, percent-decoded into out (QUERY_VALUE_MAX + 1 bytes).
+ * 1 when present (out holds it; "" for a bare "?name"), 0 when absent, -1
+ * after answering 400: a value with a bad escape or an encoded NUL, which
+ * would otherwise mean something shorter than what was sent.
+ */
+static int query_arg(const api_request *req, api_response *resp, const char *name,
+                     char out[QUERY_VALUE_MAX + 1])
+{
+    const char *raw = req->query ? req->query(req->ctx, name) : NULL;
+    if (!raw)
+        return 0;
+    text_decode_result r = text_query_decode(out, QUERY_VALUE_MAX + 1, raw, NULL);
+    if (r == TEXT_DECODED)
+        return 1;
+    char detail[160];
+    if (r == TEXT_TOO_LONG)
+        snprintf(detail, sizeof detail, "query parameter \"%s\" is longer than %d bytes",
+                 name, QUERY_VALUE_MAX);
+    else
+        snprintf(detail, sizeof detail,
+                 "query parameter \"%s\" is not percent-encoded right: every %% needs two "
+                 "hex digits, and %%00 is not allowed", name);
+    api_answer_problem(resp, PROBLEM_INVALID_QUERY, detail);
+    return -1;
+}
+
+/* A boolean query flag's value: "", "true", "1" true; "false", "0" false; -1 otherwise. */
+static int flag_value(const char *v)
+{
+    if (!*v || strcmp(v, "true") == 0 || strcmp(v, "1") == 0)
+        return 1;
+    if (strcmp(v, "false") == 0 || strcmp(v, "0") == 0)
+        return 0;
+    return -1;
+}
+
+/*
+ * The ?wait= and ?timeout= of a write. Returns 0 with *wait and *timeout
+ * set, or -1 after answering 400.
+ */
+static int wait_args(api *a, const api_request *req, api_response *resp,
+                     bool *wait, double *timeout)
+{
+    char v[QUERY_VALUE_MAX + 1];
+    int has = query_arg(req, resp, "wait", v);
+    if (has < 0)
+        return -1;
+    int w = has ? flag_value(v) : 0;
+    if (w < 0) {
+        api_answer_problem(resp, PROBLEM_INVALID_QUERY,
+                           "query parameter \"wait\" must be true or false");
+        return -1;
+    }
+    *wait = w == 1;
+    *timeout = a->cfg.default_wait;
+    has = query_arg(req, resp, "timeout", v);
+    if (has < 0)
+        return -1;
+    if (has) {
+        char *end;
+        double secs = strtod(v, &end);
+        if (!*v || *end || !isfinite(secs) || secs < 0) {
+            api_answer_problem(resp, PROBLEM_INVALID_QUERY,
+                               "query parameter \"timeout\" must be a number of "
+                               "seconds >= 0");
+            return -1;
+        }
+        *timeout = secs;
+    }
+    if (*timeout > a->cfg.max_wait)
+        *timeout = a->cfg.max_wait;
+    return 0;
+}
+
+/* Parks resp until seq is durable; the transport calls api_finish_wait. */
+static void park(api *a, api_response *resp, struct api_wait *w, double timeout)
+{
+    resp->wait = w;
+    resp->wait_seq = w->seq;
+    resp->wait_timeout = timeout;
+    (void)a;
+}
+
+/* ---- handlers ---- */
+
+void api_post_state(api *a, const api_request *req, const route_args *args,
+                    api_response *resp)
+{
+    bool wait;
+    double timeout;
+    if (wait_args(a, req, resp, &wait, &timeout) != 0) {
+        /* A bad ?wait= or ?timeout= refuses the update as much as a bad body. */
+        api_count_invalid(a);
+        return;
+    }
+    ns_update u;
+    int status = 400;
+    char detail[512];
+    codec_doc *doc = codec_decode_update(req->body ? req->body : "", req->body_len,
+                                         args->run_id, args->node_id,
+                                         a->cfg.max_error_bytes, &u, &status,
+                                         detail, sizeof detail);
+    if (!doc) {
+        if (status >= 500) {
+            api_answer_problem(resp, PROBLEM_INTERNAL_ERROR, detail);
+            return;
+        }
+        api_count_invalid(a);
+        if (status == 400)
+            api_answer_problem(resp, PROBLEM_INVALID_JSON, detail);
+        else
+            api_answer_problem(resp, PROBLEM_INVALID_UPDATE, detail);
+        return;
+    }
+    ns_row *row = NULL;
+    engine_result res = engine_submit(a->engine, args->run_id, args->node_id, &u, &row);
+    codec_doc_free(doc);
+    switch (res) {
+    case ENGINE_ACCEPTED:
+    case ENGINE_DUPLICATE: {
+        bool durable = res == ENGINE_DUPLICATE && api_is_durable(a, row->seq);
+        api_row_response(resp, res == ENGINE_ACCEPTED ? 202 : 200, row, durable);
+        struct api_wait *w = wait && !durable ? calloc(1, sizeof *w) : NULL;
+        if (w) {
+            w->row = row;
+            w->seq = row->seq;
+            park(a, resp, w, timeout);
+            return; /* the wait keeps the row's reference */
+        }
+        break;
+    }
+    case ENGINE_STALE:
+        api_answer_conflict(resp, PROBLEM_STALE_ATTEMPT,
+                            "the update's attempt is lower than the node's current attempt",
+                            row, api_is_durable(a, row->seq));
+        break;
+    case ENGINE_ILLEGAL: {
+        char why[256];
+        snprintf(why, sizeof why, "a node cannot move from %s to %s within attempt %lld",
+                 model_status_name(row->status), model_status_name(u.status),
+                 (long long)row->attempt);
+        if (row->status == u.status)
+            snprintf(why, sizeof why, "node is %s, which is final for attempt %lld",
+                     model_status_name(row->status), (long long)row->attempt);
+        api_answer_conflict(resp, PROBLEM_ILLEGAL_TRANSITION, why, row,
+                            api_is_durable(a, row->seq));
+        break;
+    }
+    case ENGINE_QUEUE_FULL:
+        queue_full(resp);
+        break;
+    case ENGINE_NOT_FOUND:
+    case ENGINE_ERROR:
+        api_answer_problem(resp, PROBLEM_INTERNAL_ERROR,
+                           "the update could not be applied (reading the database failed)");
+        break;
+    }
+    model_row_unref(row);
+}
+
+/* Whether an If-None-Match header matches the entity tag etag ("*" or one of a list). */
+static bool etag_matches(const char *inm, const char *etag)
+{
+    if (!inm)
+        return false;
+    size_t n = strlen(etag);
+    for (const char *p = inm; *p;) {
+        while (*p == ' ' || *p == ',')
+            p++;
+        if (*p == '*')
+            return true;
+        if (strncmp(p, "W/", 2) == 0)
+            p += 2;
+        if (strncmp(p, etag, n) == 0 && (p[n] == '\0' || p[n] == ',' || p[n] == ' '))
+            return true;
+        p += strcspn(p, ",");
+    }
+    return false;
+}
+
+void api_get_state(api *a, const api_request *req, const route_args *args,
+                   api_response *resp)
+{
+    engine_result res;
+    ns_row *row = engine_get(a->engine, args->run_id, args->node_id, &res);
+    if (!row) {
+        if (res == ENGINE_NOT_FOUND)
+            api_answer_problem(resp, PROBLEM_NOT_FOUND, "no such node in this run");
+        else
+            api_answer_problem(resp, PROBLEM_INTERNAL_ERROR, "reading the database failed");
+        return;
+    }
+    /* Read once: the tag compared and the body sent must agree. */
+    bool durable = api_is_durable(a, row->seq);
+    api_set_etag(resp, row->seq, !durable);
+    if (etag_matches(api_header(req, "If-None-Match"), resp->etag)) {
+        resp->status = 304;
+    } else {
+        api_row_response(resp, 200, row, durable);
+    }
+    model_row_unref(row);
+}
+
+/* Parses ?status=a,b into a mask of status bits; 0 for a bad name. */
+static unsigned status_mask(const char *list)
+{
+    unsigned mask = 0;
+    char name[32];
+    for (const char *p = list; *p;) {
+        size_t n = strcspn(p, ",");
+        if (n == 0 || n >= sizeof name)
+            return 0;
+        memcpy(name, p, n);
+        name[n] = '\0';
+        ns_status s;
+        if (model_status_parse(name, &s) != 0)
+            return 0;
+        mask |= 1u << s;
+        p += n;
+        if (*p == ',')
+            p++;
+    }
+    return mask;
+}
+
+void api_list_nodes(api *a, const api_request *req, const route_args *args,
+                    api_response *resp)
+{
+    unsigned mask = (1u << NS_STATUS_COUNT) - 1;
+    char st[QUERY_VALUE_MAX + 1];
+    int has = query_arg(req, resp, "status", st);
+    if (has < 0)
+        return;
+    if (has && *st) {
+        mask = status_mask(st);
+        if (!mask) {
+            api_answer_problem(resp, PROBLEM_INVALID_QUERY,
+                               "query parameter \"status\" must be a comma-separated "
+                               "list of idle, scheduled, running, paused, suspended, "
+                               "completed, failed");
+            return;
+        }
+    }
+    size_t limit = LIST_DEFAULT_LIMIT;
+    char l[QUERY_VALUE_MAX + 1];
+    has = query_arg(req, resp, "limit", l);
+    if (has < 0)
+        return;
+    if (has) {
+        char *end;
+        unsigned long long v = strtoull(l, &end, 10);
+        if (!*l || *end || !isdigit((unsigned char)*l) || v < 1 || v > LIST_MAX_LIMIT) {
+            api_answer_problem(resp, PROBLEM_INVALID_QUERY,
+                               "query parameter \"limit\" must be a whole number from 1 "
+                               "to 10000");
+            return;
+        }
+        limit = (size_t)v;
+    }
+    char after_value[QUERY_VALUE_MAX + 1];
+    has = query_arg(req, resp, "after", after_value);
+    if (has < 0)
+        return;
+    const char *after = has ? after_value : NULL;
+    if (after && !model_id_valid(after, strlen(after))) {
+        api_answer_problem(resp, PROBLEM_INVALID_QUERY,
+                           "query parameter \"after\" must be a node id");
+        return;
+    }
+    engine_page page;
+    engine_result res = engine_list(a->engine, args->run_id, mask, after, limit, &page);
+    if (res == ENGINE_ACCEPTED) {
+        buf b;
+        buf_init(&b);
+        codec_page(&b, args->run_id, &page, engine_durable_seq(a->engine));
+        api_respond(resp, 200, API_JSON_TYPE, &b);
+    } else if (res == ENGINE_NOT_FOUND) {
+        api_answer_problem(resp, PROBLEM_NOT_FOUND, "no such run");
+    } else {
+        api_answer_problem(resp, PROBLEM_INTERNAL_ERROR, "listing the run failed");
+    }
+    engine_page_free(&page);
+}
+
+void api_get_run(api *a, const api_request *req, const route_args *args,
+                 api_response *resp)
+{
+    engine_summary s;
+    engine_result res = engine_summarize(a->engine, args->run_id, &s);
+    if (res == ENGINE_NOT_FOUND) {
+        api_answer_problem(resp, PROBLEM_NOT_FOUND, "no such run");
+        return;
+    }
+    if (res != ENGINE_ACCEPTED) {
+        api_answer_problem(resp, PROBLEM_INTERNAL_ERROR, "reading the run failed");
+        return;
+    }
+    buf b;
+    buf_init(&b);
+    codec_summary(&b, args->run_id, &s);
+    api_respond(resp, 200, API_JSON_TYPE, &b);
+    /* A summary does not say what is durable: its tag is the seq alone. */
+    api_set_etag(resp, s.last_seq, false);
+}
+
+void api_delete_run(api *a, const api_request *req, const route_args *args,
+                    api_response *resp)
+{
+    bool wait;
+    double timeout;
+    if (wait_args(a, req, resp, &wait, &timeout) != 0)
+        return;
+    struct api_wait *w = calloc(1, sizeof *w);
+    if (!w) {
+        api_answer_problem(resp, PROBLEM_INTERNAL_ERROR, "out of memory");
+        return;
+    }
+    snprintf(w->run_id, sizeof w->run_id, "%s", args->run_id);
+    engine_result res = engine_delete_run(a->engine, args->run_id, &w->deleted, &w->seq);
+    if (res == ENGINE_ACCEPTED) {
+        api_deleted_response(resp, 202, w, false);
+        if (wait) {
+            park(a, resp, w, timeout);
+            return;
+        }
+    } else if (res == ENGINE_NOT_FOUND) {
+        api_answer_problem(resp, PROBLEM_NOT_FOUND, "no such run");
+    } else if (res == ENGINE_QUEUE_FULL) {
+        queue_full(resp);
+    } else {
+        api_answer_problem(resp, PROBLEM_INTERNAL_ERROR, "deleting the run failed");
+    }
+    free(w);
+}
+
+/*
+ * The preference an Accept header gives JSON and Prometheus text: the best q
+ * of application/json, and of text/plain, text/(any) or
+ * application/openmetrics-text; with the first position of each for ties.
+ * A range without q= has q=1; "*" ranges favour neither.
+ */
+typedef struct accept_pref {
+    double json_q, text_q;
+    int json_at, text_at;   /* position in the list, -1 when absent */
+} accept_pref;
+
+static void accept_parse(const char *accept, accept_pref *p)
+{
+    *p = (accept_pref){ 0, 0, -1, -1 };
+    int at = 0;
+    for (const char *item = accept; *item; at++) {
+        size_t n = strcspn(item, ",");
+        while (n > 0 && *item == ' ') {
+            item++;
+            n--;
+        }
+        size_t type_len = strcspn(item, ";, ");
+        if (type_len > n)
+            type_len = n;
+        double q = 1;
+        const char *qs = item + type_len;
+        while (qs < item + n) {
+            qs += strspn(qs, "; ");
+            if (strncmp(qs, "q=", 2) == 0) {
+                q = strtod(qs + 2, NULL);
+                break;
+            }
+            qs += strcspn(qs, ";,");
+        }
+        bool json = type_len == 16 && strncasecmp(item, "application/json", 16) == 0;
+        bool text = (type_len == 10 && strncasecmp(item, "text/plain", 10) == 0) ||
+                    (type_len == 6 && strncasecmp(item, "text/*", 6) == 0) ||
+                    (type_len == 28 &&
+                     strncasecmp(item, "application/openmetrics-text", 28) == 0);
+        if (json && q > p->json_q) {
+            p->json_q = q;
+            if (p->json_at < 0)
+                p->json_at = at;
+        }
+        if (text && q > p->text_q) {
+            p->text_q = q;
+            if (p->text_at < 0)
+                p->text_at = at;
+        }
+        item += n;
+        if (*item == ',')
+            item++;
+    }
+}
+
+/*
+ * Prometheus text unless JSON is asked for by ?format=json (format, decoded;
+ * NULL when absent) or an Accept that prefers it.
+ */
+static bool wants_json(const api_request *req, const char *format)
+{
+    if (format)
+        return strcmp(format, "json") == 0;
+    const char *accept = api_header(req, "Accept");
+    if (!accept)
+        return false;
+    accept_pref p;
+    accept_parse(accept, &p);
+    if (p.json_q <= 0)
+        return false;
+    if (p.json_q != p.text_q)
+        return p.json_q > p.text_q;
+    return p.text_at < 0 || p.json_at < p.text_at;
+}
+
+static void render_stats(api *a, api_response *resp, bool json)
+{
+    buf b;
+    buf_init(&b);
+    if (json) {
+        codec_stats(&b, engine_stats(a->engine), model_now_ms());
+        api_respond(resp, 200, API_JSON_TYPE, &b);
+    } else {
+        prom_render(&b, engine_stats(a->engine), model_now_ms());
+        api_respond(resp, 200, PROM_CONTENT_TYPE, &b);
+    }
+}
+
+void api_get_stats(api *a, const api_request *req, const route_args *args,
+                   api_response *resp)
+{
+    char v[QUERY_VALUE_MAX + 1];
+    int has = query_arg(req, resp, "format", v);
+    if (has < 0)
+        return;
+    const char *format = has ? v : NULL;
+    if (format && strcmp(format, "json") != 0 && strcmp(format, "prometheus") != 0) {
+        api_answer_problem(resp, PROBLEM_INVALID_QUERY,
+                           "query parameter \"format\" must be json or prometheus");
+        return;
+    }
+    render_stats(a, resp, wants_json(req, format));
+}
+
+void api_get_metrics(api *a, const api_request *req, const route_args *args,
+                     api_response *resp)
+{
+    render_stats(a, resp, false);
+}
+
+static void status_body(api_response *resp, const char *status)
+{
+    buf b;
+    buf_init(&b);
+    buf_puts(&b, "{\"status\":");
+    buf_json_string(&b, status);
+    buf_puts(&b, "}");
+    api_respond(resp, 200, API_JSON_TYPE, &b);
+}
+
+void api_get_healthz(api *a, const api_request *req, const route_args *args,
+                     api_response *resp)
+{
+    if (!engine_alive(a->engine)) {
+        api_answer_problem(resp, PROBLEM_NOT_ALIVE, "the writer thread is not running");
+        return;
+    }
+    status_body(resp, "ok");
+}
+
+void api_get_readyz(api *a, const api_request *req, const route_args *args,
+                    api_response *resp)
+{
+    const char *reason = NULL;
+    if (!engine_ready(a->engine, &reason)) {
+        api_answer_problem(resp, PROBLEM_NOT_READY, reason);
+        return;
+    }
+    status_body(resp, "ready");
+}
