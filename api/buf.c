@@ -100,6 +100,41 @@ void buf_printf(buf *b, const char *fmt, ...)
     b->len += (size_t)n;
 }
 
+/*
+ * The length of the well-formed UTF-8 sequence at p (RFC 3629: no overlong
+ * forms, no surrogates, nothing above U+10FFFF), or 0 when there is none.
+ * p[0] is 0x80 or more; the string's NUL ends any sequence early.
+ */
+static size_t utf8_sequence(const unsigned char *p)
+{
+    size_t n;
+    unsigned char lo = 0x80, hi = 0xbf;   /* range of the second byte */
+
+    if (p[0] >= 0xc2 && p[0] <= 0xdf) {
+        n = 2;
+    } else if (p[0] >= 0xe0 && p[0] <= 0xef) {
+        n = 3;
+        if (p[0] == 0xe0)
+            lo = 0xa0;                    /* overlong below U+0800 */
+        else if (p[0] == 0xed)
+            hi = 0x9f;                    /* surrogates U+D800..U+DFFF */
+    } else if (p[0] >= 0xf0 && p[0] <= 0xf4) {
+        n = 4;
+        if (p[0] == 0xf0)
+            lo = 0x90;                    /* overlong below U+10000 */
+        else if (p[0] == 0xf4)
+            hi = 0x8f;                    /* above U+10FFFF */
+    } else {
+        return 0;                         /* a continuation byte, C0, C1, F5..FF */
+    }
+    if (p[1] < lo || p[1] > hi)
+        return 0;
+    for (size_t i = 2; i < n; i++)
+        if (p[i] < 0x80 || p[i] > 0xbf)
+            return 0;
+    return n;
+}
+
 void buf_json_string(buf *b, const char *s)
 {
     static const char hex[] = "0123456789abcdef";
@@ -125,8 +160,23 @@ void buf_json_string(buf *b, const char *s)
         case '\r': esc[1] = 'r'; break;
         case '\t': esc[1] = 't'; break;
         default:
-            if (c >= 0x20)
-                continue;   /* ASCII and UTF-8 bytes pass through */
+            if (c >= 0x20 && c < 0x80)
+                continue;   /* ASCII passes through */
+            if (c >= 0x80) {
+                size_t n = utf8_sequence((const unsigned char *)p);
+                if (n > 0) {
+                    p += n - 1;   /* well-formed UTF-8 passes through */
+                    continue;
+                }
+                /*
+                 * Client text (a method, a cut key, a parser's message)
+                 * may hold bytes that are not UTF-8, which JSON cannot
+                 * carry: each such byte becomes U+FFFD.
+                 */
+                memcpy(esc, "\\ufffd", 6);
+                elen = 6;
+                break;
+            }
             esc[1] = 'u';
             esc[2] = '0';
             esc[3] = '0';

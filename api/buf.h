@@ -21,7 +21,11 @@ void buf_free(buf *b);
 void buf_append(buf *b, const char *s, size_t n);
 void buf_puts(buf *b, const char *s);
 void buf_printf(buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-/* Appends s as a JSON string literal, quotes included; NULL appends null. */
+/*
+ * Appends s as a JSON string literal, quotes included; NULL appends null.
+ * Well-formed UTF-8 is copied; any byte that is not part of it becomes
+ * U+FFFD, so the result is valid JSON whatever bytes s holds.
+ */
 void buf_json_string(buf *b, const char *s);
 /* Hands the bytes to the caller (free with free) and resets b; NULL if failed. */
 char *buf_steal(buf *b, size_t *len);
