@@ -82,6 +82,7 @@ typedef struct config_result {
 
 static void config_run(const config_input *in, config_result *res)
 {
+    /* Help and version text go nowhere; opened once for the whole run. */
     static FILE *devnull;
     if (!devnull)
         devnull = fopen("/dev/null", "w");
