@@ -2,7 +2,9 @@
 # Installs the Debian packages nodestate needs, and only those that are
 # missing: safe to run any number of times.
 #   bash scripts/deps.sh          what building and running needs
-#   bash scripts/deps.sh --test   that plus what the test suite needs
+#   bash scripts/deps.sh --fuzz   that plus clang and libFuzzer (scripts/fuzz.sh)
+#   bash scripts/deps.sh --test   that plus what the test suite needs (which
+#                                 fuzzes too)
 # Needs root (or sudo) when something is missing; Debian 12 (bookworm).
 set -euo pipefail
 
@@ -12,6 +14,11 @@ packages=(
   libcurl4-openssl-dev libcriterion-dev
   sqlite3 curl ca-certificates
 )
+if [[ "${1:-}" == "--test" || "${1:-}" == "--fuzz" ]]; then
+  # clang 14 builds the libFuzzer targets; libclang-rt-14-dev holds libFuzzer
+  # and clang's sanitizer runtimes.
+  packages+=(clang libclang-rt-14-dev)
+fi
 if [[ "${1:-}" == "--test" ]]; then
   # wrk drives the benchmarks; promtool (in prometheus) lints /metrics and a
   # real Prometheus scrapes it; node runs the OpenAPI contract test and lint.

@@ -304,6 +304,39 @@ Test(api, wrong_method_is_405_with_allow)
     }
 }
 
+/*
+ * Found by fuzzing (tests/fuzz/corpus/router/crash-405-method-not-utf8): the
+ * 405 detail quotes the method, and a method that is not UTF-8 (or one cut
+ * inside a character at 16 bytes) made the body invalid JSON.
+ */
+Test(api, problem_bodies_stay_json_for_bytes_that_are_not_utf8)
+{
+    static const char *const methods[] = {
+        "DE42?wait\xc3LETE",
+        "\xff\xfe",
+        "ABCDEFGHIJKLMNO\xc3\xa9",   /* é cut in half by the 16-byte limit */
+    };
+    for (size_t i = 0; i < sizeof methods / sizeof *methods; i++) {
+        spec s = { .method = methods[i], .path = "/runs/r" };
+        api_response resp;
+        call(&s, &resp);
+        json_t *j = expect_problem(&resp, 405, "method-not-allowed");
+        cr_assert_not_null(strstr(jstr(j, "detail"), "\xef\xbf\xbd"), "no U+FFFD in %s",
+                           jstr(j, "detail"));
+        json_decref(j);
+        api_response_free(&resp);
+    }
+    /* jansson's message quotes the bytes it could not decode. */
+    static const char *const bodies[] = { "{\"status\":\"\xc3(\"}", "{\"k\xe9\":1}" };
+    for (size_t i = 0; i < sizeof bodies / sizeof *bodies; i++) {
+        spec s = { .method = "POST", .path = "/runs/r/nodes/n/state", .body = bodies[i] };
+        api_response resp;
+        call(&s, &resp);
+        json_decref(expect_problem(&resp, 400, "invalid-json"));
+        api_response_free(&resp);
+    }
+}
+
 Test(api, bad_ids_are_400)
 {
     char long_id[NS_ID_MAX + 2];

@@ -172,3 +172,33 @@ Test(buf, json_string_appends_after_existing_content)
     cr_assert_str_eq(b.data, "{\"k\":\"a\\\"b\"}");
     buf_free(&b);
 }
+
+/*
+ * Found by fuzzing (tests/fuzz/corpus/router/crash-405-method-not-utf8): a
+ * 405 echoes the client's method, which may hold bytes that are not UTF-8,
+ * and the body was then not JSON. Every byte outside well-formed UTF-8 now
+ * becomes U+FFFD; well-formed sequences around it are kept.
+ */
+Test(buf, json_string_replaces_bytes_that_are_not_utf8)
+{
+    static const struct {
+        const char *in;
+        const char *out;
+    } cases[] = {
+        { "DE42?wait\xc3LETE", "\"DE42?wait\\ufffdLETE\"" },      /* lead byte, no continuation */
+        { "a\x80z", "\"a\\ufffdz\"" },                              /* lone continuation */
+        { "\xc0\xaf", "\"\\ufffd\\ufffd\"" },                       /* overlong '/' */
+        { "\xe0\x80\xaf", "\"\\ufffd\\ufffd\\ufffd\"" },            /* overlong, 3 bytes */
+        { "\xed\xa0\x80", "\"\\ufffd\\ufffd\\ufffd\"" },            /* a surrogate */
+        { "\xf4\x90\x80\x80", "\"\\ufffd\\ufffd\\ufffd\\ufffd\"" }, /* above U+10FFFF */
+        { "\xff\xfe", "\"\\ufffd\\ufffd\"" },
+        { "\xe6\x97", "\"\\ufffd\\ufffd\"" },                       /* cut at the end */
+        { "\xe6\x97\xa5\xe6", "\"\xe6\x97\xa5\\ufffd\"" },          /* whole, then cut */
+        { "\xf4\x8f\xbf\xbf\xed\x9f\xbf", "\"\xf4\x8f\xbf\xbf\xed\x9f\xbf\"" }, /* U+10FFFF, U+D7FF */
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char *s = json_of(cases[i].in);
+        cr_assert_str_eq(s, cases[i].out, "case %zu", i);
+        free(s);
+    }
+}
