@@ -601,34 +601,53 @@ static void codec_micro(buf *b, uint64_t micro)
     buf_append(b, frac, n);
 }
 
+/* The encoders of NS_NODE_FIELDS' kinds, codec_field_<kind>. */
+static void codec_field_id(buf *b, const char *v)
+{
+    buf_json_string(b, v);
+}
+
+static void codec_field_status(buf *b, ns_status v)
+{
+    buf_json_string(b, model_status_name(v));
+}
+
+static void codec_field_int(buf *b, int64_t v)
+{
+    buf_printf(b, "%" PRId64, v);
+}
+
+static void codec_field_timestamp(buf *b, int64_t v)
+{
+    codec_ts(b, v);
+}
+
+static void codec_field_text(buf *b, const char *v)
+{
+    buf_json_string(b, v);
+}
+
+static void codec_field_bool(buf *b, bool v)
+{
+    codec_bool(b, v);
+}
+
+static void codec_field_json(buf *b, const char *v)
+{
+    codec_raw_out(b, v);
+}
+
 void codec_row(buf *b, const ns_row *row, bool durable)
 {
-    buf_puts(b, "{\"run_id\":");
-    buf_json_string(b, row->run_id);
-    buf_puts(b, ",\"node_id\":");
-    buf_json_string(b, row->node_id);
-    buf_puts(b, ",\"status\":");
-    buf_json_string(b, model_status_name(row->status));
-    buf_printf(b, ",\"attempt\":%" PRId64, row->attempt);
-    for (int f = 0; f < NS_TS_COUNT; f++) {
-        buf_puts(b, ",\"");
-        buf_puts(b, model_ts_field_name((ns_ts_field)f));
-        buf_puts(b, "\":");
-        codec_ts(b, row->ts[f]);
-    }
-    buf_puts(b, ",\"last_error\":");
-    buf_json_string(b, row->last_error);
-    buf_puts(b, ",\"retryable\":");
-    codec_bool(b, row->retryable);
-    buf_puts(b, ",\"suspension_reason\":");
-    buf_json_string(b, row->suspension_reason);
-    buf_puts(b, ",\"resume_state\":");
-    codec_raw_out(b, row->resume_state);
-    buf_puts(b, ",\"outputs\":");
-    codec_raw_out(b, row->outputs);
-    buf_puts(b, ",\"updated_at\":");
-    codec_ts(b, row->updated_at);
-    buf_printf(b, ",\"seq\":%" PRId64 ",\"durable\":", row->seq);
+    const char *sep = "{";
+#define CODEC_FIELD_(name, member, json, column, kind) \
+    buf_puts(b, sep);                                  \
+    buf_puts(b, "\"" json "\":");                      \
+    codec_field_##kind(b, row->member);                \
+    sep = ",";
+    NS_NODE_FIELDS(CODEC_FIELD_)
+#undef CODEC_FIELD_
+    buf_puts(b, ",\"durable\":");
     codec_bool(b, durable);
     buf_append(b, "}", 1);
 }
