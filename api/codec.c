@@ -601,34 +601,53 @@ static void codec_micro(buf *b, uint64_t micro)
     buf_append(b, frac, n);
 }
 
+/* The encoders of NS_NODE_FIELDS' kinds, codec_field_<kind>. */
+static void codec_field_id(buf *b, const char *v)
+{
+    buf_json_string(b, v);
+}
+
+static void codec_field_status(buf *b, ns_status v)
+{
+    buf_json_string(b, model_status_name(v));
+}
+
+static void codec_field_int(buf *b, int64_t v)
+{
+    buf_printf(b, "%" PRId64, v);
+}
+
+static void codec_field_timestamp(buf *b, int64_t v)
+{
+    codec_ts(b, v);
+}
+
+static void codec_field_text(buf *b, const char *v)
+{
+    buf_json_string(b, v);
+}
+
+static void codec_field_bool(buf *b, bool v)
+{
+    codec_bool(b, v);
+}
+
+static void codec_field_json(buf *b, const char *v)
+{
+    codec_raw_out(b, v);
+}
+
 void codec_row(buf *b, const ns_row *row, bool durable)
 {
-    buf_puts(b, "{\"run_id\":");
-    buf_json_string(b, row->run_id);
-    buf_puts(b, ",\"node_id\":");
-    buf_json_string(b, row->node_id);
-    buf_puts(b, ",\"status\":");
-    buf_json_string(b, model_status_name(row->status));
-    buf_printf(b, ",\"attempt\":%" PRId64, row->attempt);
-    for (int f = 0; f < NS_TS_COUNT; f++) {
-        buf_puts(b, ",\"");
-        buf_puts(b, model_ts_field_name((ns_ts_field)f));
-        buf_puts(b, "\":");
-        codec_ts(b, row->ts[f]);
-    }
-    buf_puts(b, ",\"last_error\":");
-    buf_json_string(b, row->last_error);
-    buf_puts(b, ",\"retryable\":");
-    codec_bool(b, row->retryable);
-    buf_puts(b, ",\"suspension_reason\":");
-    buf_json_string(b, row->suspension_reason);
-    buf_puts(b, ",\"resume_state\":");
-    codec_raw_out(b, row->resume_state);
-    buf_puts(b, ",\"outputs\":");
-    codec_raw_out(b, row->outputs);
-    buf_puts(b, ",\"updated_at\":");
-    codec_ts(b, row->updated_at);
-    buf_printf(b, ",\"seq\":%" PRId64 ",\"durable\":", row->seq);
+    const char *sep = "{";
+#define CODEC_FIELD_(name, member, json, column, kind) \
+    buf_puts(b, sep);                                  \
+    buf_puts(b, "\"" json "\":");                      \
+    codec_field_##kind(b, row->member);                \
+    sep = ",";
+    NS_NODE_FIELDS(CODEC_FIELD_)
+#undef CODEC_FIELD_
+    buf_puts(b, ",\"durable\":");
     codec_bool(b, durable);
     buf_append(b, "}", 1);
 }
@@ -714,62 +733,57 @@ static void codec_hist(buf *b, const char *name, const ns_hist *h)
     buf_append(b, "}", 1);
 }
 
+/* One member of the stats object; sep is "" for the first and "," after. */
+static void codec_stat_u64(buf *b, const char **sep, const char *name,
+                           uint64_t v)
+{
+    buf_printf(b, "%s\"%s\":%" PRIu64, *sep, name, v);
+    *sep = ",";
+}
+
+static void codec_stat_i64(buf *b, const char **sep, const char *name,
+                           int64_t v)
+{
+    buf_printf(b, "%s\"%s\":%" PRId64, *sep, name, v);
+    *sep = ",";
+}
+
+#define CODEC_STAT(b, sep, name, v) \
+    _Generic((v), uint64_t: codec_stat_u64, int64_t: codec_stat_i64)(b, sep, name, v)
+
+/* The members of NS_STATS_SCALARS that go on this side of updates_rejected. */
+static void codec_scalars(buf *b, const char **sep, const ns_stats *s,
+                          ns_stat_at at)
+{
+#define CODEC_SCALAR_(field, prom, type, store, json_at, prom_at, help) \
+    if ((json_at) == at)                                              \
+        CODEC_STAT(b, sep, #field, NS_STAT_READ_##store(&s->field));
+    NS_STATS_SCALARS(CODEC_SCALAR_)
+#undef CODEC_SCALAR_
+}
+
 void codec_stats(buf *b, const ns_stats *s, int64_t now_ms)
 {
-    buf_printf(b,
-               "{\"updates_queued\":%" PRIu64
-               ",\"updates_processed\":%" PRIu64
-               ",\"batches_written\":%" PRIu64
-               ",\"errors\":%" PRIu64
-               ",\"queue_depth\":%" PRIu64
-               ",\"queue_capacity\":%" PRIu64
-               ",\"queue_bytes\":%" PRIu64
-               ",\"updates_coalesced\":%" PRIu64
-               ",\"rows_written\":%" PRIu64
-               ",\"runs_deleted\":%" PRIu64
-               ",\"updates_rejected\":{",
-               atomic_load(&s->updates_queued),
-               atomic_load(&s->updates_processed),
-               atomic_load(&s->batches_written),
-               atomic_load(&s->errors),
-               atomic_load(&s->queue_depth),
-               s->queue_capacity,
-               atomic_load(&s->queue_bytes),
-               atomic_load(&s->updates_coalesced),
-               atomic_load(&s->rows_written),
-               atomic_load(&s->runs_deleted));
+    const char *sep = "";
+    buf_append(b, "{", 1);
+    codec_scalars(b, &sep, s, NS_STAT_BEFORE_REJECTED);
+    buf_printf(b, "%s\"updates_rejected\":{", sep);
     for (int r = 0; r < NS_REJECT_COUNT; r++) {
         const char *name = stats_reject_name((ns_reject)r);
         buf_printf(b, "%s\"%s\":%" PRIu64, r > 0 ? "," : "",
                    name != NULL ? name : "unknown",
                    atomic_load(&s->rejected[r]));
     }
-    buf_printf(b,
-               "},\"updates_duplicate\":%" PRIu64
-               ",\"cache_nodes\":%" PRIu64
-               ",\"cache_runs\":%" PRIu64
-               ",\"cache_bytes\":%" PRIu64
-               ",\"cache_loads\":%" PRIu64
-               ",\"cache_evictions\":%" PRIu64
-               ",\"rows_isolated\":%" PRIu64
-               ",\"last_seq\":%" PRId64
-               ",\"durable_seq\":%" PRId64
-               ",\"uptime_seconds\":",
-               atomic_load(&s->updates_duplicate),
-               atomic_load(&s->cache_nodes),
-               atomic_load(&s->cache_runs),
-               atomic_load(&s->cache_bytes),
-               atomic_load(&s->cache_loads),
-               atomic_load(&s->cache_evictions),
-               atomic_load(&s->rows_isolated),
-               atomic_load(&s->last_seq),
-               atomic_load(&s->durable_seq));
+    buf_append(b, "}", 1);
+    sep = ",";
+    codec_scalars(b, &sep, s, NS_STAT_AFTER_REJECTED);
+    buf_puts(b, ",\"uptime_seconds\":");
     /* The wall clock can step back; uptime never goes negative. */
     int64_t up_ms = now_ms > s->start_ms ? now_ms - s->start_ms : 0;
     codec_micro(b, (uint64_t)up_ms * 1000u);
-    codec_hist(b, "commit_seconds", &s->commit_seconds);
-    codec_hist(b, "batch_updates", &s->batch_updates);
-    codec_hist(b, "enqueue_to_commit_seconds", &s->enqueue_to_commit_seconds);
+#define CODEC_HIST_(field, prom, bounds, help) codec_hist(b, #field, &s->field);
+    NS_STATS_HISTS(CODEC_HIST_)
+#undef CODEC_HIST_
     /* Codes never answered are left out, as in the Prometheus text. */
     buf_puts(b, ",\"http_responses\":{");
     bool first = true;

@@ -181,33 +181,20 @@ void prom_render(buf *b, const ns_stats *s, int64_t now_ms)
     prom_render_with(b, s, now_ms, &proc);
 }
 
+/* The families of NS_STATS_SCALARS that go on this side of updates_rejected. */
+static void prom_scalars(buf *b, const ns_stats *s, ns_stat_at at)
+{
+#define PROM_SCALAR_(field, prom, type, store, json_at, prom_at, help) \
+    if ((prom_at) == at)                                             \
+        prom_##type(b, prom, help, NS_STAT_READ_##store(&s->field));
+    NS_STATS_SCALARS(PROM_SCALAR_)
+#undef PROM_SCALAR_
+}
+
 void prom_render_with(buf *b, const ns_stats *s, int64_t now_ms,
                       const prom_process *proc)
 {
-    prom_counter(b, "nodestate_updates_queued_total",
-                 "Updates and deletes accepted into the write queue.",
-                 atomic_load(&s->updates_queued));
-    prom_counter(b, "nodestate_updates_processed_total",
-                 "Queued entries committed to SQLite, coalesced ones included.",
-                 atomic_load(&s->updates_processed));
-    prom_counter(b, "nodestate_batches_written_total",
-                 "Transactions committed by the writer.",
-                 atomic_load(&s->batches_written));
-    prom_counter(b, "nodestate_errors_total",
-                 "Transactions that failed to commit (each retry counts).",
-                 atomic_load(&s->errors));
-    prom_counter(b, "nodestate_updates_coalesced_total",
-                 "Queued entries absorbed by a newer one in the same batch.",
-                 atomic_load(&s->updates_coalesced));
-    prom_counter(b, "nodestate_rows_written_total",
-                 "Node rows upserted in committed transactions.",
-                 atomic_load(&s->rows_written));
-    prom_counter(b, "nodestate_runs_deleted_total",
-                 "Accepted run deletes committed, each counted.",
-                 atomic_load(&s->runs_deleted));
-    prom_counter(b, "nodestate_updates_duplicate_total",
-                 "Updates that changed nothing and were answered 200.",
-                 atomic_load(&s->updates_duplicate));
+    prom_scalars(b, s, NS_STAT_BEFORE_REJECTED);
 
     prom_head(b, "nodestate_updates_rejected_total", "counter",
               "Updates refused, by reason.");
@@ -218,34 +205,7 @@ void prom_render_with(buf *b, const ns_stats *s, int64_t now_ms,
                    atomic_load(&s->rejected[r]));
     }
 
-    prom_gauge(b, "nodestate_queue_depth", "Entries waiting in the write queue.",
-               (int64_t)atomic_load(&s->queue_depth));
-    prom_gauge(b, "nodestate_queue_capacity",
-               "Most entries the write queue holds.",
-               (int64_t)s->queue_capacity);
-    prom_gauge(b, "nodestate_queue_bytes",
-               "Bytes of the rows accepted and not yet written.",
-               (int64_t)atomic_load(&s->queue_bytes));
-    prom_gauge(b, "nodestate_cache_nodes", "Nodes held in the cache.",
-               (int64_t)atomic_load(&s->cache_nodes));
-    prom_gauge(b, "nodestate_cache_runs", "Runs held in the cache.",
-               (int64_t)atomic_load(&s->cache_runs));
-    prom_gauge(b, "nodestate_cache_bytes", "Bytes the nodes held in the cache take.",
-               (int64_t)atomic_load(&s->cache_bytes));
-    prom_counter(b, "nodestate_cache_loads_total",
-                 "Read-throughs from SQLite that found rows (a run, a node, or a page).",
-                 atomic_load(&s->cache_loads));
-    prom_counter(b, "nodestate_cache_evictions_total",
-                 "Runs dropped from the cache to bound its size.",
-                 atomic_load(&s->cache_evictions));
-    prom_counter(b, "nodestate_rows_isolated_total",
-                 "Rows SQLite refused for good, left out of their batch.",
-                 atomic_load(&s->rows_isolated));
-    prom_gauge(b, "nodestate_last_seq", "Highest sequence number assigned.",
-               atomic_load(&s->last_seq));
-    prom_gauge(b, "nodestate_durable_seq",
-               "Every sequence number up to this one is committed.",
-               atomic_load(&s->durable_seq));
+    prom_scalars(b, s, NS_STAT_AFTER_REJECTED);
 
     prom_head(b, "nodestate_uptime_seconds", "gauge",
               "Seconds since the service started.");
@@ -255,14 +215,9 @@ void prom_render_with(buf *b, const ns_stats *s, int64_t now_ms,
     prom_fixed(b, (uint64_t)up_ms, 3, 1000u);
     buf_append(b, "\n", 1);
 
-    prom_hist(b, "nodestate_commit_duration_seconds",
-              "Duration of one committed transaction.", &s->commit_seconds);
-    prom_hist(b, "nodestate_batch_updates",
-              "Queued entries (updates per batch) in one committed transaction.",
-              &s->batch_updates);
-    prom_hist(b, "nodestate_enqueue_to_commit_seconds",
-              "Time from acceptance into the queue to commit, per entry.",
-              &s->enqueue_to_commit_seconds);
+#define PROM_HIST_(field, prom, bounds, help) prom_hist(b, prom, help, &s->field);
+    NS_STATS_HISTS(PROM_HIST_)
+#undef PROM_HIST_
 
     /*
      * Only codes that were answered: a series per possible code would be 500

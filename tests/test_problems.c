@@ -12,31 +12,9 @@
 #include <string.h>
 
 #include "api/problems.h"
-
-#ifndef NODESTATE_SOURCE_DIR
-#error "NODESTATE_SOURCE_DIR must name the source tree (tests/CMakeLists.txt sets it)"
-#endif
+#include "doc_table.h"
 
 #define README_HEADER "| slug | status | title | when |"
-
-/* The whole file under the source tree, NUL-terminated; the test fails if unreadable. */
-static char *slurp(const char *name)
-{
-    char path[1024];
-    snprintf(path, sizeof path, "%s/%s", NODESTATE_SOURCE_DIR, name);
-    FILE *f = fopen(path, "rb");
-    cr_assert_not_null(f, "cannot open %s", path);
-    cr_assert_eq(fseek(f, 0, SEEK_END), 0);
-    long n = ftell(f);
-    cr_assert_geq(n, 0);
-    cr_assert_eq(fseek(f, 0, SEEK_SET), 0);
-    char *s = malloc((size_t)n + 1);
-    cr_assert_not_null(s);
-    cr_assert_eq(fread(s, 1, (size_t)n, f), (size_t)n);
-    s[n] = '\0';
-    fclose(f);
-    return s;
-}
 
 /* The id of slug (len bytes), or PROBLEM_COUNT when the table has none. */
 static problem_id find(const char *slug, size_t len)
@@ -47,31 +25,6 @@ static problem_id find(const char *slug, size_t len)
             return (problem_id)i;
     }
     return PROBLEM_COUNT;
-}
-
-/* The text of a table cell between p and the next '|', trimmed, into out. */
-static const char *cell(const char *p, char *out, size_t size)
-{
-    size_t n = strcspn(p, "|\n");
-    cr_assert_eq(p[n], '|', "a README row ends early: %.60s", p);
-    const char *b = p, *e = p + n;
-    while (b < e && *b == ' ')
-        b++;
-    while (e > b && e[-1] == ' ')
-        e--;
-    cr_assert_lt((size_t)(e - b), size, "a README cell is too long: %.60s", b);
-    memcpy(out, b, (size_t)(e - b));
-    out[e - b] = '\0';
-    return p + n + 1;
-}
-
-/* s without its enclosing backticks, in place; the test fails if it has none. */
-static char *unquote(char *s)
-{
-    size_t n = strlen(s);
-    cr_assert(n >= 2 && s[0] == '`' && s[n - 1] == '`', "not in backticks: %s", s);
-    s[n - 1] = '\0';
-    return s + 1;
 }
 
 Test(problems, every_type_is_sound)
@@ -95,22 +48,18 @@ Test(problems, every_type_is_sound)
 
 Test(problems, readme_table_matches)
 {
-    char *readme = slurp("README.md");
-    const char *p = strstr(readme, "\n" README_HEADER "\n");
-    cr_assert_not_null(p, "README.md has no table headed \"%s\"", README_HEADER);
-    p = strchr(p + 1, '\n') + 1;
-    cr_assert_eq(strncmp(p, "|---|", 5), 0, "the problem table has no separator row");
-    p = strchr(p, '\n') + 1;
+    char *readme = doc_table_slurp("README.md");
+    const char *p = doc_table_find(readme, README_HEADER);
     bool seen[PROBLEM_COUNT] = { false };
     int rows = 0;
-    for (; *p == '|'; p = strchr(p, '\n') + 1) {
+    for (; *p == '|'; p = doc_table_next(p)) {
         char slug_cell[64], status_cell[16], title[128], when[512];
-        const char *q = cell(p + 1, slug_cell, sizeof slug_cell);
-        q = cell(q, status_cell, sizeof status_cell);
-        q = cell(q, title, sizeof title);
-        cell(q, when, sizeof when);
-        char *slug = unquote(slug_cell);
-        int status = atoi(unquote(status_cell));
+        const char *q = doc_table_cell(p + 1, slug_cell, sizeof slug_cell);
+        q = doc_table_cell(q, status_cell, sizeof status_cell);
+        q = doc_table_cell(q, title, sizeof title);
+        doc_table_cell(q, when, sizeof when);
+        char *slug = doc_table_unquote(slug_cell);
+        int status = atoi(doc_table_unquote(status_cell));
         problem_id id = find(slug, strlen(slug));
         cr_assert_neq(id, PROBLEM_COUNT, "README lists \"%s\", which the service never answers",
                       slug);
@@ -122,7 +71,6 @@ Test(problems, readme_table_matches)
         cr_assert_str_eq(title, t->title, "README: the title of %s", slug);
         cr_assert_gt(strlen(when), 0, "README: %s does not say when", slug);
         rows++;
-        cr_assert_not_null(strchr(p, '\n'));
     }
     for (int i = 0; i < PROBLEM_COUNT; i++)
         cr_assert(seen[i], "README's problem table lacks \"%s\"", problems_get((problem_id)i)->slug);
@@ -152,7 +100,7 @@ static void next_value(const char *p, const char *key, char *out, size_t size)
 
 Test(problems, openapi_examples_and_descriptions_match)
 {
-    char *spec = slurp("openapi.yaml");
+    char *spec = doc_table_slurp("openapi.yaml");
     static const char urn[] = "urn:nodestate:problem:";
     int examples = 0;
     for (const char *p = strstr(spec, urn); p; p = strstr(p + 1, urn)) {

@@ -950,6 +950,74 @@ static sqlite3 *open_raw_spill(void)
     return db;
 }
 
+/*
+ * The columns of table in db, in order, joined by ", ", into out; and the
+ * same of NS_NODE_FIELDS' columns, leading with lead (the spill log's seq)
+ * and leaving out skip.
+ */
+static void table_columns(sqlite3 *db, const char *table, char *out, size_t len)
+{
+    sqlite3_stmt *st = NULL;
+    size_t n = 0;
+
+    out[0] = '\0';
+    cr_assert(sqlite3_prepare_v2(db, "SELECT name FROM pragma_table_info(?1)"
+                                     " ORDER BY cid", -1, &st, NULL) == SQLITE_OK);
+    cr_assert(sqlite3_bind_text(st, 1, table, -1, SQLITE_STATIC) == SQLITE_OK);
+    while (sqlite3_step(st) == SQLITE_ROW) {
+        int w = snprintf(out + n, len - n, "%s%s", n > 0 ? ", " : "",
+                         (const char *)sqlite3_column_text(st, 0));
+        cr_assert(w > 0 && (size_t)w < len - n, "the columns of %s are too long", table);
+        n += (size_t)w;
+    }
+    sqlite3_finalize(st);
+}
+
+static void list_columns(const char *lead, const char *skip, char *out, size_t len)
+{
+    size_t n = 0;
+
+    out[0] = '\0';
+    if (lead != NULL)
+        n += (size_t)snprintf(out, len, "%s", lead);
+#define LIST_COLUMN_(name, member, json, column, kind)                     \
+    if (skip == NULL || strcmp(column, skip) != 0)                         \
+        n += (size_t)snprintf(out + n, len - n, "%s%s", n > 0 ? ", " : "", \
+                              column);
+    NS_NODE_FIELDS(LIST_COLUMN_)
+#undef LIST_COLUMN_
+    cr_assert_lt(n, len);
+}
+
+/*
+ * The SQL of store.c names the node's columns by hand; the tables it
+ * creates, in a new database and in a new sidecar, have exactly the columns
+ * of NS_NODE_FIELDS, which drives the binding and the reading, in its order.
+ */
+Test(store, tables_have_the_columns_of_the_node_fields_in_order)
+{
+    char got[1024], want[1024];
+    store *s = sfx_open_store();
+    sqlite3 *db = open_raw();
+
+    table_columns(db, "run_node_state", got, sizeof got);
+    list_columns(NULL, NULL, want, sizeof want);
+    cr_assert(eq(str, got, want), "run_node_state");
+    sqlite3_close(db);
+
+    ns_row d = sfx_draft("r", "a", NS_RUNNING, 1);
+    ns_row *row = model_row_copy(&d);
+    cr_assert_not_null(row);
+    spill(&row, 1, NULL, 0, 1);
+    model_row_unref(row);
+    db = open_raw_spill();
+    table_columns(db, "spill_log", got, sizeof got);
+    list_columns("seq", "seq", want, sizeof want);
+    cr_assert(eq(str, got, want), "spill_log");
+    sqlite3_close(db);
+    store_close(s);
+}
+
 Test(store, spill_path_is_next_to_the_database)
 {
     char out[64];

@@ -63,6 +63,57 @@ typedef struct ns_row {
     char data[];                 /* packed strings (packed rows only) */
 } ns_row;
 
+/*
+ * The fields of a node, one line each, in the order of the JSON row, of the
+ * columns of run_node_state and of every statement that names them:
+ *
+ *   X(name, member, json, column, kind)
+ *
+ * name    an identifier for the field (store.c's COL_<name>)
+ * member  the ns_row member that holds it (row->member)
+ * json    its key in the JSON row
+ * column  its SQL column in run_node_state and in the sidecar's spill_log
+ * kind    how it is stored, bound, read and encoded:
+ *         id         text, never NULL (run_id, node_id)
+ *         status     ns_status, stored as its name
+ *         int        int64_t
+ *         timestamp  ms since the epoch, stored as RFC 3339 text; NS_TS_NULL
+ *                    is SQL NULL and JSON null (updated_at is never null)
+ *         text       a string; NULL is SQL NULL and JSON null
+ *         bool       stored as 0 or 1
+ *         json       compact JSON text, spliced into answers as it is
+ *
+ * store.c binds and reads the columns, and codec.c encodes a row, from this
+ * list. The SQL text of the schema and statements is written out in store.c
+ * (the schema text of existing files must not change): store.c checks each
+ * statement that binds or returns a row against the list when it prepares it,
+ * and tests/test_store.c checks that the tables it creates (run_node_state,
+ * the sidecar's spill_log) have exactly these columns, in order.
+ * ns_row and ns_update stay written out: the timestamps are an array indexed
+ * by ns_ts_field, and an update has presence flags a row does not.
+ */
+#define NS_NODE_FIELDS(X)                                                   \
+    X(run_id, run_id, "run_id", "run_id", id)                               \
+    X(node_id, node_id, "node_id", "node_id", id)                           \
+    X(status, status, "status", "status", status)                           \
+    X(attempt, attempt, "attempt", "attempt", int)                          \
+    X(scheduled_at, ts[NS_TS_SCHEDULED], "scheduled_at", "scheduled_at",    \
+      timestamp)                                                            \
+    X(started_at, ts[NS_TS_STARTED], "started_at", "started_at", timestamp) \
+    X(completed_at, ts[NS_TS_COMPLETED], "completed_at", "completed_at",    \
+      timestamp)                                                            \
+    X(failed_at, ts[NS_TS_FAILED], "failed_at", "failed_at", timestamp)     \
+    X(suspended_at, ts[NS_TS_SUSPENDED], "suspended_at", "suspended_at",    \
+      timestamp)                                                            \
+    X(last_error, last_error, "last_error", "last_error", text)             \
+    X(retryable, retryable, "retryable", "retryable", bool)                 \
+    X(suspension_reason, suspension_reason, "suspension_reason",            \
+      "suspension_reason", text)                                            \
+    X(resume_state, resume_state, "resume_state", "resume_state_json", json) \
+    X(outputs, outputs, "outputs", "outputs_json", json)                    \
+    X(updated_at, updated_at, "updated_at", "updated_at", timestamp)        \
+    X(seq, seq, "seq", "seq", int)
+
 /* A writable field of an update: absent, null, or a value. */
 typedef struct ns_text {
     bool set;                    /* present in the request */

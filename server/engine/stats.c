@@ -18,9 +18,10 @@ static const char *const reject_names[NS_REJECT_COUNT] = {
     "invalid", "stale", "illegal", "queue_full",
 };
 
-_Static_assert(sizeof commit_bounds / sizeof *commit_bounds <= NS_HIST_MAX_BUCKETS, "buckets");
-_Static_assert(sizeof batch_bounds / sizeof *batch_bounds <= NS_HIST_MAX_BUCKETS, "buckets");
-_Static_assert(sizeof latency_bounds / sizeof *latency_bounds <= NS_HIST_MAX_BUCKETS, "buckets");
+#define STATS_BOUNDS_FIT_(field, prom, bounds, help) \
+    _Static_assert(sizeof bounds / sizeof *bounds <= NS_HIST_MAX_BUCKETS, #bounds);
+NS_STATS_HISTS(STATS_BOUNDS_FIT_)
+#undef STATS_BOUNDS_FIT_
 
 static void hist_setup(ns_hist *h, const double *bounds, size_t n)
 {
@@ -33,12 +34,10 @@ void stats_init(ns_stats *s, uint64_t queue_capacity)
     memset(s, 0, sizeof *s);
     s->queue_capacity = queue_capacity;
     s->start_ms = model_now_ms();
-    hist_setup(&s->commit_seconds, commit_bounds,
-               sizeof commit_bounds / sizeof *commit_bounds);
-    hist_setup(&s->batch_updates, batch_bounds,
-               sizeof batch_bounds / sizeof *batch_bounds);
-    hist_setup(&s->enqueue_to_commit_seconds, latency_bounds,
-               sizeof latency_bounds / sizeof *latency_bounds);
+#define STATS_HIST_SETUP_(field, prom, bounds, help) \
+    hist_setup(&s->field, bounds, sizeof bounds / sizeof *bounds);
+    NS_STATS_HISTS(STATS_HIST_SETUP_)
+#undef STATS_HIST_SETUP_
 }
 
 /* The bucket of value: the first whose upper bound is >= value, else +Inf. */

@@ -45,26 +45,45 @@
 /* The schema name the sidecar is attached under while it is replayed. */
 #define STORE_SPILL_SCHEMA "spill"
 
-/* Parameter / result column positions shared by the upsert and the select. */
+/*
+ * Parameter / result column positions shared by the upsert and the select:
+ * COL_<name> for each field of NS_NODE_FIELDS, in its order.
+ */
 enum store_col {
-    COL_RUN_ID,
-    COL_NODE_ID,
-    COL_STATUS,
-    COL_ATTEMPT,
-    COL_TS_FIRST,                       /* NS_TS_COUNT timestamp columns */
-    COL_LAST_ERROR = COL_TS_FIRST + NS_TS_COUNT,
-    COL_RETRYABLE,
-    COL_SUSPENSION_REASON,
-    COL_RESUME_STATE,
-    COL_OUTPUTS,
-    COL_UPDATED_AT,
-    COL_SEQ,
+#define STORE_COL_(name, member, json, column, kind) COL_##name,
+    NS_NODE_FIELDS(STORE_COL_)
+#undef STORE_COL_
     COL_COUNT,
-    /* The select's json_valid() of the two JSON columns (NULL for NULL). */
-    COL_RESUME_STATE_VALID = COL_COUNT,
-    COL_OUTPUTS_VALID
+    /*
+     * The select's json_valid() of the json columns (NULL for NULL), one
+     * each, in the list's order, after the row's columns.
+     */
+    COL_JSON_VALID_FIRST = COL_COUNT
 };
 
+/* Per kind of NS_NODE_FIELDS: whether it is a timestamp, or a json column. */
+#define STORE_IS_TS_id 0
+#define STORE_IS_TS_status 0
+#define STORE_IS_TS_int 0
+#define STORE_IS_TS_timestamp 1
+#define STORE_IS_TS_text 0
+#define STORE_IS_TS_bool 0
+#define STORE_IS_TS_json 0
+#define STORE_IS_JSON_id 0
+#define STORE_IS_JSON_status 0
+#define STORE_IS_JSON_int 0
+#define STORE_IS_JSON_timestamp 0
+#define STORE_IS_JSON_text 0
+#define STORE_IS_JSON_bool 0
+#define STORE_IS_JSON_json 1
+
+/*
+ * The SQL below names the columns of NS_NODE_FIELDS by hand, in the list's
+ * order (tests/test_store.c checks the tables against the list); a field
+ * added to the list needs its column here, in both schemas, in the upsert's
+ * SET, a placeholder more and, for a json field, a json_valid() in the
+ * selects.
+ */
 #define STORE_COLUMNS                                                       \
     "run_id, node_id, status, attempt, scheduled_at, started_at, "          \
     "completed_at, failed_at, suspended_at, last_error, retryable, "        \
@@ -1072,6 +1091,46 @@ static int store_prepare(sqlite3 *db, const char *sql, sqlite3_stmt **out,
     return 0;
 }
 
+/*
+ * store_prepare for a statement that binds a row (params) or returns one
+ * (!params), checking it against NS_NODE_FIELDS: the SQL above is written by
+ * hand, and a column out of place would bind or read one field as another.
+ * An insert must take one parameter per field; a select must return the
+ * fields' columns by name, in order, then one json_valid() per json field.
+ */
+static int store_prepare_row(sqlite3 *db, const char *sql, bool params,
+                             sqlite3_stmt **out, char *err, size_t errlen,
+                             const char *path)
+{
+#define STORE_COLUMN_NAME_(name, member, json, column, kind) column,
+    static const char *const columns[COL_COUNT] = {
+        NS_NODE_FIELDS(STORE_COLUMN_NAME_)
+    };
+#undef STORE_COLUMN_NAME_
+#define STORE_IS_JSON_(name, member, json, column, kind) + STORE_IS_JSON_##kind
+    enum { n_json = 0 NS_NODE_FIELDS(STORE_IS_JSON_) };
+#undef STORE_IS_JSON_
+    bool ok;
+
+    if (store_prepare(db, sql, out, err, errlen, path) != 0)
+        return -1;
+    if (params) {
+        ok = sqlite3_bind_parameter_count(*out) == COL_COUNT;
+    } else {
+        ok = sqlite3_column_count(*out) == COL_COUNT + n_json;
+        for (int i = 0; ok && i < COL_COUNT; i++) {
+            const char *name = sqlite3_column_name(*out, i);
+            ok = name != NULL && strcmp(name, columns[i]) == 0;
+        }
+    }
+    if (!ok) {
+        store_set_err(err, errlen, path,
+                      "internal: a statement's columns are not the node's fields");
+        return -1;
+    }
+    return 0;
+}
+
 store *store_open(const char *path, bool sync_full, char *err, size_t errlen)
 {
     store *s = NULL;
@@ -1128,7 +1187,8 @@ store *store_open(const char *path, bool sync_full, char *err, size_t errlen)
         store_set_db_err(err, errlen, path, s->db, "reading last_seq");
         goto err;
     }
-    if (store_prepare(s->db, store_upsert_sql, &s->upsert, err, errlen, path)
+    if (store_prepare_row(s->db, store_upsert_sql, true, &s->upsert, err,
+                          errlen, path)
         || store_prepare(s->db, store_delete_run_sql, &s->delete_run, err,
                          errlen, path)
         || store_prepare(s->db, store_set_seq_sql, &s->set_seq, err, errlen,
@@ -1199,57 +1259,88 @@ static int store_step_once(sqlite3_stmt *st)
     return rc;
 }
 
-/* Binds a timestamp as RFC 3339 text from buf, or NULL. */
-static int store_bind_ts(sqlite3_stmt *st, int idx, int64_t ms,
-                         char buf[NS_TS_BUF])
+/*
+ * The binders of NS_NODE_FIELDS' kinds, store_bind_<kind>. A timestamp is
+ * bound as RFC 3339 text from the next buffer of *ts, or as NULL.
+ */
+static int store_bind_id(sqlite3_stmt *st, int idx, const char *v,
+                         char (**ts)[NS_TS_BUF])
 {
+    (void)ts;
+    return sqlite3_bind_text(st, idx, v, -1, SQLITE_STATIC);
+}
+
+static int store_bind_status(sqlite3_stmt *st, int idx, ns_status v,
+                             char (**ts)[NS_TS_BUF])
+{
+    (void)ts;
+    return sqlite3_bind_text(st, idx, model_status_name(v), -1, SQLITE_STATIC);
+}
+
+static int store_bind_int(sqlite3_stmt *st, int idx, int64_t v,
+                          char (**ts)[NS_TS_BUF])
+{
+    (void)ts;
+    return sqlite3_bind_int64(st, idx, v);
+}
+
+static int store_bind_timestamp(sqlite3_stmt *st, int idx, int64_t ms,
+                                char (**ts)[NS_TS_BUF])
+{
+    char *buf = **ts;
+
+    (*ts)++;
     if (ms == NS_TS_NULL)
         return sqlite3_bind_null(st, idx);
     model_ts_format(ms, buf);
     return sqlite3_bind_text(st, idx, buf, -1, SQLITE_STATIC);
 }
 
+static int store_bind_text(sqlite3_stmt *st, int idx, const char *v,
+                           char (**ts)[NS_TS_BUF])
+{
+    (void)ts;
+    return sqlite3_bind_text(st, idx, v, -1, SQLITE_STATIC);
+}
+
+static int store_bind_bool(sqlite3_stmt *st, int idx, bool v,
+                           char (**ts)[NS_TS_BUF])
+{
+    (void)ts;
+    return sqlite3_bind_int(st, idx, v ? 1 : 0);
+}
+
+static int store_bind_json(sqlite3_stmt *st, int idx, const char *v,
+                           char (**ts)[NS_TS_BUF])
+{
+    (void)ts;
+    return sqlite3_bind_text(st, idx, v, -1, SQLITE_STATIC);
+}
+
 /*
- * Binds all 16 columns of one row into the upsert. Strings are bound
- * SQLITE_STATIC: the row and tsbuf outlive the step that follows, and
- * store_upsert_rows clears the bindings afterwards. A NULL status name (an
- * out-of-range status) binds NULL, which the NOT NULL constraint rejects.
+ * Binds every column of one row into the upsert (or the spill log's insert).
+ * Strings are bound SQLITE_STATIC: the row and tsbuf outlive the step that
+ * follows, and store_upsert_rows clears the bindings afterwards. A NULL
+ * status name (an out-of-range status) binds NULL, which the NOT NULL
+ * constraint rejects.
  */
+#define STORE_COUNT_TS_(name, member, json, column, kind) + STORE_IS_TS_##kind
+_Static_assert(0 NS_NODE_FIELDS(STORE_COUNT_TS_) == NS_TS_COUNT + 1,
+               "a buffer of store_bind_row's tsbuf per timestamp column");
+#undef STORE_COUNT_TS_
+
 static int store_bind_row(sqlite3_stmt *st, const ns_row *row,
                           char tsbuf[NS_TS_COUNT + 1][NS_TS_BUF])
 {
+    char (*ts)[NS_TS_BUF] = tsbuf;
     int rc;
 
-#define STORE_BIND(call)                                                    \
-    do {                                                                    \
-        if ((rc = (call)) != SQLITE_OK)                                     \
-            return rc;                                                      \
-    } while (0)
-
-    STORE_BIND(sqlite3_bind_text(st, COL_RUN_ID + 1, row->run_id, -1,
-                                 SQLITE_STATIC));
-    STORE_BIND(sqlite3_bind_text(st, COL_NODE_ID + 1, row->node_id, -1,
-                                 SQLITE_STATIC));
-    STORE_BIND(sqlite3_bind_text(st, COL_STATUS + 1,
-                                 model_status_name(row->status), -1,
-                                 SQLITE_STATIC));
-    STORE_BIND(sqlite3_bind_int64(st, COL_ATTEMPT + 1, row->attempt));
-    for (int f = 0; f < NS_TS_COUNT; f++)
-        STORE_BIND(store_bind_ts(st, COL_TS_FIRST + f + 1, row->ts[f],
-                                 tsbuf[f]));
-    STORE_BIND(sqlite3_bind_text(st, COL_LAST_ERROR + 1, row->last_error, -1,
-                                 SQLITE_STATIC));
-    STORE_BIND(sqlite3_bind_int(st, COL_RETRYABLE + 1, row->retryable ? 1 : 0));
-    STORE_BIND(sqlite3_bind_text(st, COL_SUSPENSION_REASON + 1,
-                                 row->suspension_reason, -1, SQLITE_STATIC));
-    STORE_BIND(sqlite3_bind_text(st, COL_RESUME_STATE + 1, row->resume_state,
-                                 -1, SQLITE_STATIC));
-    STORE_BIND(sqlite3_bind_text(st, COL_OUTPUTS + 1, row->outputs, -1,
-                                 SQLITE_STATIC));
-    STORE_BIND(store_bind_ts(st, COL_UPDATED_AT + 1, row->updated_at,
-                             tsbuf[NS_TS_COUNT]));
-    STORE_BIND(sqlite3_bind_int64(st, COL_SEQ + 1, row->seq));
-#undef STORE_BIND
+#define STORE_BIND_(name, member, json, column, kind)                       \
+    if ((rc = store_bind_##kind(st, COL_##name + 1, row->member, &ts))      \
+        != SQLITE_OK)                                                       \
+        return rc;
+    NS_NODE_FIELDS(STORE_BIND_)
+#undef STORE_BIND_
     return SQLITE_OK;
 }
 
@@ -1598,8 +1689,8 @@ store_sidecar *store_spill_open(const char *db_path, char *err, size_t errlen)
     }
     if (store_prepare(sc->db, store_spill_delete_sql, &sc->del_run, err,
                       errlen, sc->path) != 0
-        || store_prepare(sc->db, store_spill_row_sql, &sc->add_row, err,
-                         errlen, sc->path) != 0
+        || store_prepare_row(sc->db, store_spill_row_sql, true, &sc->add_row,
+                             err, errlen, sc->path) != 0
         || store_prepare(sc->db, store_set_seq_sql, &sc->set_seq, err,
                          errlen, sc->path) != 0
         || store_prepare(sc->db, store_spill_count_piece_sql,
@@ -1915,12 +2006,12 @@ store_reader *store_reader_open(const char *path, char *err, size_t errlen)
         store_set_db_err(err, errlen, path, r->db, "setting busy timeout");
         goto err;
     }
-    if (store_prepare(r->db, store_select_run_sql, &r->select_run, err,
-                      errlen, path) != 0
-        || store_prepare(r->db, store_select_node_sql, &r->select_node, err,
-                         errlen, path) != 0
-        || store_prepare(r->db, store_select_after_sql, &r->select_after, err,
-                         errlen, path) != 0
+    if (store_prepare_row(r->db, store_select_run_sql, false, &r->select_run,
+                          err, errlen, path) != 0
+        || store_prepare_row(r->db, store_select_node_sql, false,
+                             &r->select_node, err, errlen, path) != 0
+        || store_prepare_row(r->db, store_select_after_sql, false,
+                             &r->select_after, err, errlen, path) != 0
         || store_prepare(r->db, store_select_run_exists_sql, &r->run_exists,
                          err, errlen, path) != 0)
         goto err;
@@ -1973,49 +2064,92 @@ static int store_column_ts(sqlite3_stmt *st, int col, int64_t *out)
 }
 
 /*
- * Fills a draft from the current result row. Its strings borrow from the
- * statement and stay valid until the next step or reset. A row we did not
- * write (unknown status, bad timestamp, a JSON column that is not JSON) is
- * refused rather than guessed at.
+ * The readers of NS_NODE_FIELDS' kinds, store_read_<kind>: 0, 1 for a value
+ * we did not write (refused rather than guessed at), -1 when SQLite could not
+ * produce a value (out of memory). A json column is also refused when its
+ * json_valid() (the next of the select's extra columns, *valid) says it is
+ * not JSON: that text would make every response carrying it invalid.
+ */
+static int store_read_id(sqlite3_stmt *st, int col, const char **out,
+                         int *valid)
+{
+    (void)valid;
+    if (store_column_text(st, col, out) != 0)
+        return -1;
+    return *out != NULL ? 0 : 1;
+}
+
+static int store_read_status(sqlite3_stmt *st, int col, ns_status *out,
+                             int *valid)
+{
+    const char *name;
+
+    (void)valid;
+    if (store_column_text(st, col, &name) != 0)
+        return -1;
+    return name != NULL && model_status_parse(name, out) == 0 ? 0 : 1;
+}
+
+static int store_read_int(sqlite3_stmt *st, int col, int64_t *out,
+                          int *valid)
+{
+    (void)valid;
+    *out = sqlite3_column_int64(st, col);
+    return 0;
+}
+
+static int store_read_timestamp(sqlite3_stmt *st, int col, int64_t *out,
+                                int *valid)
+{
+    (void)valid;
+    return store_column_ts(st, col, out);
+}
+
+static int store_read_text(sqlite3_stmt *st, int col, const char **out,
+                           int *valid)
+{
+    (void)valid;
+    return store_column_text(st, col, out);
+}
+
+static int store_read_bool(sqlite3_stmt *st, int col, bool *out, int *valid)
+{
+    (void)valid;
+    *out = sqlite3_column_int64(st, col) != 0;
+    return 0;
+}
+
+static int store_read_json(sqlite3_stmt *st, int col, const char **out,
+                           int *valid)
+{
+    int is_json = sqlite3_column_int(st, (*valid)++);
+
+    if (store_column_text(st, col, out) != 0)
+        return -1;
+    return *out == NULL || is_json != 0 ? 0 : 1;
+}
+
+/*
+ * Fills a draft from the current result row, column by column. Its strings
+ * borrow from the statement and stay valid until the next step or reset. A
+ * row we did not write (unknown status, bad timestamp, a JSON column that is
+ * not JSON, no updated_at) is refused rather than guessed at.
  * Returns 0, 1 for such an unreadable row, or -1 when SQLite could not
  * produce a value (out of memory), which says nothing about the row.
  */
-static int store_row_draft(sqlite3_stmt *st, const char *run_id, ns_row *d)
+static int store_row_draft(sqlite3_stmt *st, ns_row *d)
 {
-    const char *status;
+    int valid = COL_JSON_VALID_FIRST;
     int rc;
 
     memset(d, 0, sizeof *d);
-    d->run_id = run_id;
-    if (store_column_text(st, COL_NODE_ID, &d->node_id) != 0
-        || store_column_text(st, COL_STATUS, &status) != 0)
-        return -1;
-    if (d->node_id == NULL || status == NULL
-        || model_status_parse(status, &d->status) != 0)
-        return 1;
-    d->attempt = sqlite3_column_int64(st, COL_ATTEMPT);
-    for (int f = 0; f < NS_TS_COUNT; f++)
-        if ((rc = store_column_ts(st, COL_TS_FIRST + f, &d->ts[f])) != 0)
-            return rc;
-    if (store_column_text(st, COL_LAST_ERROR, &d->last_error) != 0)
-        return -1;
-    d->retryable = sqlite3_column_int64(st, COL_RETRYABLE) != 0;
-    if (store_column_text(st, COL_SUSPENSION_REASON, &d->suspension_reason)
-            != 0
-        || store_column_text(st, COL_RESUME_STATE, &d->resume_state) != 0
-        || store_column_text(st, COL_OUTPUTS, &d->outputs) != 0)
-        return -1;
-    /* Text that is not JSON would make every response carrying it invalid. */
-    if ((d->resume_state != NULL
-         && sqlite3_column_int(st, COL_RESUME_STATE_VALID) == 0)
-        || (d->outputs != NULL
-            && sqlite3_column_int(st, COL_OUTPUTS_VALID) == 0))
-        return 1;
-    if ((rc = store_column_ts(st, COL_UPDATED_AT, &d->updated_at)) != 0)
+#define STORE_READ_(name, member, json, column, kind)                       \
+    if ((rc = store_read_##kind(st, COL_##name, &d->member, &valid)) != 0)  \
         return rc;
+    NS_NODE_FIELDS(STORE_READ_)
+#undef STORE_READ_
     if (d->updated_at == NS_TS_NULL)
         return 1;
-    d->seq = sqlite3_column_int64(st, COL_SEQ);
     return 0;
 }
 
@@ -2042,7 +2176,7 @@ int store_reader_load_run(store_reader *r, const char *run_id,
     while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
         ns_row draft;
         ns_row *row;
-        int drc = store_row_draft(st, run_id, &draft);
+        int drc = store_row_draft(st, &draft);
 
         if (drc < 0)
             goto out;
@@ -2095,7 +2229,7 @@ int store_reader_load_node(store_reader *r, const char *run_id,
     rc = sqlite3_step(st);
     if (rc == SQLITE_ROW) {
         ns_row draft;
-        int drc = store_row_draft(st, run_id, &draft);
+        int drc = store_row_draft(st, &draft);
 
         if (drc < 0)
             goto out;
@@ -2173,7 +2307,7 @@ int store_reader_load_page(store_reader *r, const char *run_id,
         int drc;
 
         page->run_has_rows = true;
-        if (store_column_text(st, COL_STATUS, &status) != 0)
+        if (store_column_text(st, COL_status, &status) != 0)
             goto out;
         if (status != NULL && model_status_parse(status, &s) == 0
             && !(status_mask & (1u << s)))
@@ -2182,7 +2316,7 @@ int store_reader_load_page(store_reader *r, const char *run_id,
             page->more = true;
             break;
         }
-        drc = store_row_draft(st, run_id, &draft);
+        drc = store_row_draft(st, &draft);
         if (drc < 0)
             goto out;
         if (drc > 0 || !(status_mask & (1u << draft.status))) {
