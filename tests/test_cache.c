@@ -306,7 +306,7 @@ Test(cache, collect_all_in_order)
     long n = cache_run_collect(run, ALL_STATUSES, NULL, 32, out, &more);
     cr_assert_eq(n, 20);
     cr_assert_not(more);
-    char id[16];
+    char id[32];
     for (long i = 0; i < n; i++) {
         snprintf(id, sizeof id, "n%02ld", i);
         cr_assert_str_eq(out[i]->node_id, id);
