@@ -1,5 +1,6 @@
 #include "engine.h"
 
+#include <assert.h>
 #include <errno.h>
 #include <pthread.h>
 #include <stdarg.h>
@@ -8,6 +9,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "../lockcheck.h"
 #include "cache.h"
 #include "dblock.h"
 #include "logfmt.h"
@@ -41,6 +43,19 @@
 /* Replaying a sidecar at start is tried this often, BACKOFF_FIRST_NS doubling between tries (~5 s). */
 #define REPLAY_TRIES 9
 
+/*
+ * Where the engine is in its life (the diagram is in engine.h). It only
+ * moves forward (state_advance), one step or more at a time: the writer may
+ * go from DRAINING straight to CLOSED when its spill runs out of time.
+ */
+typedef enum engine_state {
+    ENGINE_OPENING,   /* engine_open: the writer thread does not run yet */
+    ENGINE_RUNNING,   /* engine_open returned: serving */
+    ENGINE_DRAINING,  /* engine_drain: not ready, the shutdown budget runs */
+    ENGINE_CLOSING,   /* engine_close: the writer flushes (then spills) and exits */
+    ENGINE_CLOSED     /* writer_main returned: nothing more is written */
+} engine_state;
+
 struct engine {
     engine_config cfg;            /* db_path points at db_path below */
     char *db_path;
@@ -52,17 +67,22 @@ struct engine {
     const ns_row **isolated;      /* writer thread only: rows isolated in this batch */
     size_t n_isolated, cap_isolated;
     bool isolated_lost;           /* writer thread only: one did not fit (out of memory) */
-    bool spilling;                /* writer thread only: the flush gave up on the database */
+    bool spilling;                /* writer thread only: the flush gave up on the database
+                                   * (a mode of the writer within DRAINING/CLOSING, not a state) */
     store_sidecar *sidecar;       /* writer thread only: open once spilling */
     size_t spill_pieces;          /* writer thread only: pieces committed to the sidecar */
     int64_t spill_piece_ns;       /* writer thread only: how long the last piece took */
-    pthread_t writer;
-    _Atomic bool writer_running;
+    pthread_t writer;             /* joined by engine_close once started (state past OPENING) */
+    /*
+     * An engine_state. Written only with lock held (state_advance), so the
+     * writer's waits on `wake` see every change; _Atomic so that
+     * engine_alive and engine_ready may read it without the lock.
+     */
+    _Atomic int state;
     _Atomic bool store_failing;   /* the last commit attempt failed */
-    _Atomic bool draining;        /* engine_drain: shutting down soon */
     _Atomic bool bytes_full;      /* a write was refused for queue_max_bytes; cleared as bytes are freed */
 
-    pthread_mutex_t lock;         /* guards every field below */
+    lockcheck_mutex lock;         /* guards every field below; lockcheck_assert_held where required */
     void (*on_durable)(void *ctx, int64_t durable_seq);
     void *on_durable_ctx;
     pthread_cond_t wake;          /* the writer sleeps on it (CLOCK_MONOTONIC) */
@@ -71,7 +91,6 @@ struct engine {
     int64_t last_seq;             /* last seq assigned */
     size_t queue_bytes;           /* queue_op_bytes of the ops accepted and not yet released */
     int64_t flush_until;          /* commit without waiting while seqs <= this are queued */
-    bool stopping;                /* engine_close: drain, then exit */
     int64_t drain_started_ns;     /* engine_drain (or close): the shutdown budget starts; 0 before */
     int64_t give_up_ns;           /* set with it: no more commit retries after this, spill */
     int64_t spill_end_ns;         /* set with it: nothing more goes to the sidecar after this */
@@ -97,6 +116,25 @@ static void logf_(engine *e, int level, const char *msg, const char *fmt, ...)
     vsnprintf(fields, sizeof fields, fmt, ap);
     va_end(ap);
     e->cfg.log(e->cfg.log_ctx, level, msg, fields);
+}
+
+static engine_state state_of(engine *e)
+{
+    return (engine_state)atomic_load(&e->state);
+}
+
+/* Moves the state forward to `to`; a later state already reached stays. Lock held. */
+static void state_advance(engine *e, engine_state to)
+{
+    lockcheck_assert_held(&e->lock);
+    if (state_of(e) < to)
+        atomic_store(&e->state, (int)to);
+}
+
+/* Whether engine_open has returned e: the precondition of every call on it. */
+static inline bool state_opened(engine *e)
+{
+    return state_of(e) != ENGINE_OPENING;
 }
 
 static void publish_cache_size(engine *e)
@@ -184,6 +222,7 @@ static bool may_cache_whole(const engine *e, const cache_run *loaded)
 static cache_run *run_get_whole(engine *e, const char *run_id, engine_result *res,
                                 cache_run **view)
 {
+    lockcheck_assert_held(&e->lock);
     *view = NULL;
     for (int tries = 0; tries < LOAD_TRIES; tries++) {
         cache_run *run = cache_run_find(e->cache, run_id);
@@ -195,7 +234,7 @@ static cache_run *run_get_whole(engine *e, const char *run_id, engine_result *re
         /* The last try reads under the lock: slower for everyone, but always right. */
         bool locked = tries == LOAD_TRIES - 1;
         if (!locked)
-            pthread_mutex_unlock(&e->lock);
+            lockcheck_unlock(&e->lock);
         size_t skipped = 0;
         cache_run *loaded = cache_run_new(run_id);
         int rc = loaded ? store_reader_load_run(e->reader, run_id, load_into, loaded, &skipped)
@@ -203,7 +242,7 @@ static cache_run *run_get_whole(engine *e, const char *run_id, engine_result *re
         if (skipped)
             logf_(e, NS_LOG_WARN, "rows-unreadable", "run_id=%s skipped=%zu", run_id, skipped);
         if (!locked)
-            pthread_mutex_lock(&e->lock);
+            lockcheck_lock(&e->lock);
         if (rc != 0) {
             cache_run_free(loaded);
             logf_(e, NS_LOG_ERROR, "read-through-failed", "run_id=%s", run_id);
@@ -264,6 +303,7 @@ static cache_run *run_get_whole(engine *e, const char *run_id, engine_result *re
 static cache_run *run_get_node(engine *e, const char *run_id, const char *node_id,
                                bool create, ns_row **cur, engine_result *res)
 {
+    lockcheck_assert_held(&e->lock);
     *cur = NULL;
     for (int tries = 0; tries < LOAD_TRIES; tries++) {
         cache_run *run = cache_run_find(e->cache, run_id);
@@ -278,7 +318,7 @@ static cache_run *run_get_node(engine *e, const char *run_id, const char *node_i
         uint64_t removals = cache_removals(e->cache);
         bool locked = tries == LOAD_TRIES - 1;
         if (!locked)
-            pthread_mutex_unlock(&e->lock);
+            lockcheck_unlock(&e->lock);
         ns_row *row = NULL;
         bool run_has_rows = false;
         int rc = store_reader_load_node(e->reader, run_id, node_id, &row, &run_has_rows);
@@ -286,7 +326,7 @@ static cache_run *run_get_node(engine *e, const char *run_id, const char *node_i
             logf_(e, NS_LOG_WARN, "rows-unreadable", "run_id=%s node_id=%s skipped=1", run_id,
                   node_id);
         if (!locked)
-            pthread_mutex_lock(&e->lock);
+            lockcheck_lock(&e->lock);
         if (rc < 0) {
             logf_(e, NS_LOG_ERROR, "read-through-failed", "run_id=%s node_id=%s", run_id,
                   node_id);
@@ -334,6 +374,7 @@ static cache_run *run_get_node(engine *e, const char *run_id, const char *node_i
 /* Whether the cache holds more than either bound allows. Lock held. */
 static bool over_bounds(const engine *e)
 {
+    lockcheck_assert_held(&e->lock);
     size_t max_nodes = e->cfg.cache_max_nodes, max_bytes = e->cfg.cache_max_bytes;
     return (max_nodes && cache_nodes(e->cache) > max_nodes) ||
            (max_bytes && cache_bytes(e->cache) > max_bytes);
@@ -347,6 +388,7 @@ static bool over_bounds(const engine *e)
  */
 static void evict(engine *e, const cache_run *keep)
 {
+    lockcheck_assert_held(&e->lock);
     while (over_bounds(e)) {
         cache_run *run = cache_lru_first(e->cache); /* unpinned runs only */
         if (!run || run == keep)
@@ -360,10 +402,11 @@ static void evict(engine *e, const cache_run *keep)
 /*
  * Forgets an unpinned run that holds nothing (a failed first submit, a
  * committed delete) or whose rows may differ from disk (a row of it was
- * isolated): the file is its truth again.
+ * isolated): the file is its truth again. Lock held.
  */
 static void run_drop_if_idle(engine *e, cache_run *run)
 {
+    lockcheck_assert_held(&e->lock);
     if (run->pending == 0 && (run->nodes == 0 || run->stale)) {
         cache_run_remove(e->cache, run);
         publish_cache_size(e);
@@ -384,6 +427,7 @@ static void reject(engine *e, ns_reject why)
  */
 static bool queue_has_room(engine *e, size_t bytes)
 {
+    lockcheck_assert_held(&e->lock);
     size_t max = e->cfg.queue_max_bytes;
     if (queue_len(e->queue) == queue_capacity(e->queue))
         return false;
@@ -393,12 +437,14 @@ static bool queue_has_room(engine *e, size_t bytes)
 /* Queued bytes from which the writer commits without waiting for batch_interval. Lock held. */
 static bool queue_bytes_high(const engine *e)
 {
+    lockcheck_assert_held(&e->lock);
     return e->cfg.queue_max_bytes && e->queue_bytes >= e->cfg.queue_max_bytes / 2;
 }
 
 /* Appends an op under e->lock; the caller checked there is room (queue_has_room). */
 static void enqueue(engine *e, ns_op *op)
 {
+    lockcheck_assert_held(&e->lock);
     bool was_high = queue_bytes_high(e);
     op->seq = ++e->last_seq;
     op->enqueued_ns = model_mono_ns();
@@ -423,9 +469,11 @@ static void enqueue(engine *e, ns_op *op)
 engine_result engine_submit(engine *e, const char *run_id, const char *node_id,
                             const ns_update *u, ns_row **out)
 {
+    assert(state_opened(e));
+    lockcheck_assert_not_held(&e->lock);
     engine_result res = ENGINE_ERROR;
     *out = NULL;
-    pthread_mutex_lock(&e->lock);
+    lockcheck_lock(&e->lock);
     ns_row *cur = NULL;
     cache_run *run = run_get_node(e, run_id, node_id, true, &cur, &res);
     if (!run)
@@ -478,19 +526,21 @@ current:
 drop:
     run_drop_if_idle(e, run);
 done:
-    pthread_mutex_unlock(&e->lock);
+    lockcheck_unlock(&e->lock);
     return res;
 }
 
 engine_result engine_delete_run(engine *e, const char *run_id, size_t *deleted,
                                 int64_t *seq)
 {
+    assert(state_opened(e));
+    lockcheck_assert_not_held(&e->lock);
     engine_result res = ENGINE_ERROR;
     char *id = strdup(run_id);
     if (!id)
         return ENGINE_ERROR;
     cache_run *view = NULL, *gone = NULL;
-    pthread_mutex_lock(&e->lock);
+    lockcheck_lock(&e->lock);
     /* Whole: the answer tells how many nodes went. */
     cache_run *run = run_get_whole(e, run_id, &res, &view);
     size_t nodes = run ? run->nodes : view ? view->nodes : 0;
@@ -521,7 +571,7 @@ engine_result engine_delete_run(engine *e, const char *run_id, size_t *deleted,
     publish_cache_size(e);
     res = ENGINE_ACCEPTED;
 done:
-    pthread_mutex_unlock(&e->lock);
+    lockcheck_unlock(&e->lock);
     free(id);
     /* The rows the run had, or its copy: freed without the lock, a big run takes a while. */
     cache_run_free(gone);
@@ -534,9 +584,11 @@ done:
 ns_row *engine_get(engine *e, const char *run_id, const char *node_id,
                    engine_result *res)
 {
+    assert(state_opened(e));
+    lockcheck_assert_not_held(&e->lock);
     ns_row *row = NULL;
     *res = ENGINE_NOT_FOUND;
-    pthread_mutex_lock(&e->lock);
+    lockcheck_lock(&e->lock);
     if (run_get_node(e, run_id, node_id, false, &row, res)) {
         if (row) {
             model_row_ref(row);
@@ -545,7 +597,7 @@ ns_row *engine_get(engine *e, const char *run_id, const char *node_id,
             *res = ENGINE_NOT_FOUND;
         }
     }
-    pthread_mutex_unlock(&e->lock);
+    lockcheck_unlock(&e->lock);
     return row;
 }
 
@@ -562,6 +614,7 @@ static engine_result list_through(engine *e, const char *run_id, unsigned status
                                   const char *after, size_t limit, engine_page *page,
                                   ns_row **cached)
 {
+    lockcheck_assert_held(&e->lock);
     size_t want = limit + 1;
     for (int tries = 0; tries < LOAD_TRIES;) {
         cache_run *run = cache_run_find(e->cache, run_id);
@@ -576,7 +629,7 @@ static engine_result list_through(engine *e, const char *run_id, unsigned status
         uint64_t removals = cache_removals(e->cache);
         bool locked = tries == LOAD_TRIES - 1;
         if (!locked)
-            pthread_mutex_unlock(&e->lock);
+            lockcheck_unlock(&e->lock);
         row_vec disk = { 0 };
         store_page sp;
         int rc = store_reader_load_page(e->reader, run_id, after, status_mask, want,
@@ -585,7 +638,7 @@ static engine_result list_through(engine *e, const char *run_id, unsigned status
             logf_(e, NS_LOG_WARN, "rows-unreadable", "run_id=%s skipped=%zu", run_id,
                   sp.skipped);
         if (!locked)
-            pthread_mutex_lock(&e->lock);
+            lockcheck_lock(&e->lock);
         if (rc != 0) {
             row_vec_free(&disk);
             logf_(e, NS_LOG_ERROR, "read-through-failed", "run_id=%s", run_id);
@@ -653,6 +706,8 @@ static engine_result list_through(engine *e, const char *run_id, unsigned status
 engine_result engine_list(engine *e, const char *run_id, unsigned status_mask,
                           const char *after, size_t limit, engine_page *page)
 {
+    assert(state_opened(e));
+    lockcheck_assert_not_held(&e->lock);
     memset(page, 0, sizeof *page);
     page->rows = malloc((limit ? limit : 1) * sizeof *page->rows);
     ns_row **cached = malloc((limit + 1) * sizeof *cached);
@@ -662,9 +717,9 @@ engine_result engine_list(engine *e, const char *run_id, unsigned status_mask,
         free(cached);
         return ENGINE_ERROR;
     }
-    pthread_mutex_lock(&e->lock);
+    lockcheck_lock(&e->lock);
     engine_result res = list_through(e, run_id, status_mask, after, limit, page, cached);
-    pthread_mutex_unlock(&e->lock);
+    lockcheck_unlock(&e->lock);
     free(cached);
     if (res != ENGINE_ACCEPTED)
         page->count = 0;
@@ -681,10 +736,12 @@ void engine_page_free(engine_page *page)
 
 engine_result engine_summarize(engine *e, const char *run_id, engine_summary *out)
 {
+    assert(state_opened(e));
+    lockcheck_assert_not_held(&e->lock);
     engine_result res = ENGINE_ERROR;
     cache_run *view = NULL;
     memset(out, 0, sizeof *out);
-    pthread_mutex_lock(&e->lock);
+    lockcheck_lock(&e->lock);
     const cache_run *run = run_get_whole(e, run_id, &res, &view);
     if (!run)
         run = view;
@@ -697,7 +754,7 @@ engine_result engine_summarize(engine *e, const char *run_id, engine_summary *ou
         out->updated_at = run->updated_at;
         res = ENGINE_ACCEPTED;
     }
-    pthread_mutex_unlock(&e->lock);
+    lockcheck_unlock(&e->lock);
     cache_run_free(view); /* a run too big to cache, read for this answer alone */
     return res;
 }
@@ -718,6 +775,7 @@ static void deadline_to_timespec(int64_t ns, struct timespec *ts)
  */
 static bool flush_stalled(const engine *e, int64_t failing_since, int64_t now)
 {
+    lockcheck_assert_held(&e->lock);
     return e->drain_started_ns &&
            (now >= e->give_up_ns || now - failing_since >= SPILL_STALL_NS);
 }
@@ -730,9 +788,10 @@ static bool flush_stalled(const engine *e, int64_t failing_since, int64_t now)
  */
 static bool backoff_wait(engine *e, int64_t backoff, int64_t failing_since)
 {
+    lockcheck_assert_not_held(&e->lock);
     int64_t until = model_mono_ns() + backoff;
     bool go_on = true;
-    pthread_mutex_lock(&e->lock);
+    lockcheck_lock(&e->lock);
     for (;;) {
         int64_t now = model_mono_ns();
         if (flush_stalled(e, failing_since, now)) {
@@ -750,9 +809,9 @@ static bool backoff_wait(engine *e, int64_t backoff, int64_t failing_since)
             break;
         struct timespec ts;
         deadline_to_timespec(end, &ts);
-        pthread_cond_timedwait(&e->wake, &e->lock, &ts);
+        lockcheck_timedwait(&e->wake, &e->lock, &ts);
     }
-    pthread_mutex_unlock(&e->lock);
+    lockcheck_unlock(&e->lock);
     return go_on;
 }
 
@@ -787,6 +846,7 @@ static void on_isolated(void *ctx, const ns_row *row, const char *why)
 /* Remembers a seq whose update will never be on disk. Lock held. */
 static void refuse(engine *e, int64_t seq)
 {
+    lockcheck_assert_held(&e->lock);
     e->refused[e->refused_next++ % REFUSED_RING] = seq;
 }
 
@@ -797,6 +857,7 @@ static void refuse(engine *e, int64_t seq)
  */
 static void mark_refused(engine *e, const ns_op *ops, size_t n)
 {
+    lockcheck_assert_held(&e->lock);
     if (e->isolated_lost) {
         /* Which rows went is not known: let every run of the batch reload from disk. */
         for (size_t i = 0; i < n; i++)
@@ -847,6 +908,7 @@ static void spill_start(engine *e, const char *reason, size_t updates)
  */
 static int commit_ops(engine *e, const ns_op *ops, size_t n)
 {
+    lockcheck_assert_not_held(&e->lock);
     writer_plan plan;
     int64_t backoff = BACKOFF_FIRST_NS;
     bool planned = false;
@@ -921,6 +983,7 @@ static void nap_until(int64_t ns, int64_t end)
  */
 static size_t spill_ops(engine *e, const ns_op *ops, size_t n, int64_t end_ns)
 {
+    lockcheck_assert_not_held(&e->lock);
     size_t done = 0;
     int64_t backoff = BACKOFF_FIRST_NS;
     while (done < n && model_mono_ns() + e->spill_piece_ns < end_ns) {
@@ -966,6 +1029,7 @@ static size_t spill_ops(engine *e, const ns_op *ops, size_t n, int64_t end_ns)
 /* Drops what the queue held for ops[0..n) once they are written (or given up). Lock held. */
 static void release_ops(engine *e, ns_op *ops, size_t n)
 {
+    lockcheck_assert_held(&e->lock);
     for (size_t i = 0; i < n; i++) {
         if (cache_unpin(e->cache, ops[i].run))
             run_drop_if_idle(e, ops[i].run);
@@ -985,6 +1049,7 @@ static void release_ops(engine *e, ns_op *ops, size_t n)
  */
 static void drop_queue(engine *e)
 {
+    lockcheck_assert_held(&e->lock);
     size_t n;
     while ((n = queue_pop(e->queue, e->batch, e->cfg.batch_size)) > 0) {
         e->unflushed += n;
@@ -996,17 +1061,19 @@ static void drop_queue(engine *e)
 /* Whether the writer should commit now rather than wait for more. Lock held. */
 static bool batch_due(engine *e)
 {
+    lockcheck_assert_held(&e->lock);
     const ns_op *oldest = queue_peek(e->queue);
     if (!oldest)
         return false;
     size_t len = queue_len(e->queue);
-    return e->stopping || len >= e->cfg.batch_size || len == queue_capacity(e->queue) ||
+    return state_of(e) >= ENGINE_CLOSING || len >= e->cfg.batch_size || len == queue_capacity(e->queue) ||
            queue_bytes_high(e) || oldest->seq <= e->flush_until;
 }
 
 /* After a commit of e->batch[0..n): counters, cache, waiters. Lock held (dropped for the callback). */
 static void committed(engine *e, size_t n)
 {
+    lockcheck_assert_held(&e->lock);
     int64_t durable = e->batch[n - 1].seq;
     mark_refused(e, e->batch, n);
     release_ops(e, e->batch, n);
@@ -1017,9 +1084,9 @@ static void committed(engine *e, size_t n)
     if (fn) {
         /* Called unlocked; engine_on_durable waits for it to return before swapping. */
         e->in_callback = true;
-        pthread_mutex_unlock(&e->lock);
+        lockcheck_unlock(&e->lock);
         fn(ctx, durable);
-        pthread_mutex_lock(&e->lock);
+        lockcheck_lock(&e->lock);
         e->in_callback = false;
         pthread_cond_broadcast(&e->callback_done);
     }
@@ -1032,6 +1099,7 @@ static void committed(engine *e, size_t n)
  */
 static bool spilled_ops(engine *e, size_t n, size_t spilled)
 {
+    lockcheck_assert_held(&e->lock);
     mark_refused(e, e->batch, n);
     e->spilled += spilled;
     e->unflushed += n - spilled;
@@ -1046,45 +1114,45 @@ static void *writer_main(void *arg)
 {
     engine *e = arg;
     int64_t interval_ns = (int64_t)(e->cfg.batch_interval * 1e9);
-    pthread_mutex_lock(&e->lock);
+    lockcheck_lock(&e->lock);
     for (;;) {
-        while (!e->stopping && queue_len(e->queue) == 0)
-            pthread_cond_wait(&e->wake, &e->lock);
+        while (state_of(e) < ENGINE_CLOSING && queue_len(e->queue) == 0)
+            lockcheck_wait(&e->wake, &e->lock);
         if (queue_len(e->queue) == 0)
-            break; /* stopping and drained */
+            break; /* closing and drained */
         while (!batch_due(e)) {
             int64_t deadline = queue_peek(e->queue)->enqueued_ns + interval_ns;
             if (model_mono_ns() >= deadline)
                 break;
             struct timespec ts;
             deadline_to_timespec(deadline, &ts);
-            pthread_cond_timedwait(&e->wake, &e->lock, &ts);
+            lockcheck_timedwait(&e->wake, &e->lock, &ts);
         }
         size_t n = queue_pop(e->queue, e->batch, e->cfg.batch_size);
         atomic_store_explicit(&e->stats.queue_depth, queue_len(e->queue), memory_order_relaxed);
         /* Nearly out of budget with work left (slow commits): the rest goes to the sidecar. */
         if (!e->spilling && e->drain_started_ns && model_mono_ns() >= e->give_up_ns)
             spill_start(e, "budget-spent", n + queue_len(e->queue));
-        pthread_mutex_unlock(&e->lock);
+        lockcheck_unlock(&e->lock);
 
         bool ok = !e->spilling && commit_ops(e, e->batch, n) == 0;
         size_t spilled = 0;
         if (!ok) {
             /* Spilling happens only once the shutdown budget runs, which has set spill_end_ns. */
-            pthread_mutex_lock(&e->lock);
+            lockcheck_lock(&e->lock);
             int64_t spill_end = e->spill_end_ns;
-            pthread_mutex_unlock(&e->lock);
+            lockcheck_unlock(&e->lock);
             spilled = spill_ops(e, e->batch, n, spill_end);
         }
 
-        pthread_mutex_lock(&e->lock);
+        lockcheck_lock(&e->lock);
         if (ok)
             committed(e, n);
         else if (!spilled_ops(e, n, spilled))
             break;
     }
     size_t spilled = e->spilled;
-    pthread_mutex_unlock(&e->lock);
+    lockcheck_unlock(&e->lock);
     store_spill_close(e->sidecar);
     e->sidecar = NULL;
     if (e->spilling) {
@@ -1093,7 +1161,9 @@ static void *writer_main(void *arg)
         logf_(e, NS_LOG_WARN, "spilled", "updates=%zu pieces=%zu path=%s", spilled,
               e->spill_pieces, spill_qpath(e, qpath, sizeof qpath));
     }
-    atomic_store(&e->writer_running, false);
+    lockcheck_lock(&e->lock);
+    state_advance(e, ENGINE_CLOSED);
+    lockcheck_unlock(&e->lock);
     return NULL;
 }
 
@@ -1181,7 +1251,7 @@ static void engine_free(engine *e)
     cache_free(e->cache);
     pthread_cond_destroy(&e->wake);
     pthread_cond_destroy(&e->callback_done);
-    pthread_mutex_destroy(&e->lock);
+    lockcheck_destroy(&e->lock);
     dblock_release(e->dblock);
     free(e->db_path);
     free(e);
@@ -1205,7 +1275,7 @@ engine *engine_open(const engine_config *cfg, char *err, size_t errlen)
     pthread_condattr_t ca;
     pthread_condattr_init(&ca);
     pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-    pthread_mutex_init(&e->lock, NULL);
+    lockcheck_init(&e->lock);
     pthread_cond_init(&e->wake, &ca);
     pthread_cond_init(&e->callback_done, NULL);
     pthread_condattr_destroy(&ca);
@@ -1232,9 +1302,11 @@ engine *engine_open(const engine_config *cfg, char *err, size_t errlen)
         goto err;
     atomic_store(&e->stats.last_seq, e->last_seq);
     atomic_store(&e->stats.durable_seq, e->last_seq);
-    atomic_store(&e->writer_running, true);
+    /* Before the writer exists, so that it starts in RUNNING. */
+    lockcheck_lock(&e->lock);
+    state_advance(e, ENGINE_RUNNING);
+    lockcheck_unlock(&e->lock);
     if (pthread_create(&e->writer, NULL, writer_main, e) != 0) {
-        atomic_store(&e->writer_running, false);
         snprintf(err, errlen, "cannot start the writer thread");
         goto err;
     }
@@ -1253,6 +1325,7 @@ err:
  */
 static void budget_start(engine *e)
 {
+    lockcheck_assert_held(&e->lock);
     if (e->drain_started_ns)
         return;
     int64_t now = model_mono_ns();
@@ -1268,18 +1341,20 @@ size_t engine_close_counted(engine *e, engine_closing *report)
 {
     if (!e)
         return 0;
-    pthread_mutex_lock(&e->lock);
+    lockcheck_lock(&e->lock);
+    /* Called once, after engine_open returned e (DRAINING or not; CLOSED if the writer ran out of time). */
+    assert(state_opened(e) && state_of(e) != ENGINE_CLOSING);
     budget_start(e);
-    e->stopping = true;
+    state_advance(e, ENGINE_CLOSING);
     pthread_cond_signal(&e->wake);
-    pthread_mutex_unlock(&e->lock);
+    lockcheck_unlock(&e->lock);
     pthread_join(e->writer, NULL);
     /* Ops queued after the writer gave up (out of time, still draining) go nowhere. */
-    pthread_mutex_lock(&e->lock);
+    lockcheck_lock(&e->lock);
     drop_queue(e);
     size_t unflushed = e->unflushed;
     size_t spilled = e->spilled;
-    pthread_mutex_unlock(&e->lock);
+    lockcheck_unlock(&e->lock);
     if (unflushed)
         logf_(e, NS_LOG_ERROR, "flush-incomplete", "unflushed=%zu", unflushed);
     /* Every seq handed out is on disk or in the sidecar: the next start needs no skip. */
@@ -1312,53 +1387,63 @@ int64_t engine_durable_seq(engine *e)
 void engine_on_durable(engine *e, void (*fn)(void *ctx, int64_t durable_seq),
                        void *ctx)
 {
-    pthread_mutex_lock(&e->lock);
+    assert(state_opened(e));
+    lockcheck_assert_not_held(&e->lock);
+    lockcheck_lock(&e->lock);
     while (e->in_callback)
-        pthread_cond_wait(&e->callback_done, &e->lock);
+        lockcheck_wait(&e->callback_done, &e->lock);
     e->on_durable = fn;
     e->on_durable_ctx = ctx;
-    pthread_mutex_unlock(&e->lock);
+    lockcheck_unlock(&e->lock);
 }
 
 void engine_flush_soon(engine *e)
 {
-    pthread_mutex_lock(&e->lock);
+    assert(state_opened(e));
+    lockcheck_assert_not_held(&e->lock);
+    lockcheck_lock(&e->lock);
     if (e->flush_until < e->last_seq)
         e->flush_until = e->last_seq;
     pthread_cond_signal(&e->wake);
-    pthread_mutex_unlock(&e->lock);
+    lockcheck_unlock(&e->lock);
 }
 
 void engine_drain(engine *e)
 {
-    atomic_store(&e->draining, true);
-    pthread_mutex_lock(&e->lock);
+    lockcheck_lock(&e->lock);
+    /* Before engine_close; twice is harmless. */
+    assert(state_opened(e) && state_of(e) != ENGINE_CLOSING);
+    state_advance(e, ENGINE_DRAINING);
     budget_start(e);
     /* Shutting down: what is queued from now on is written at once, not after batch_interval. */
     e->flush_until = INT64_MAX;
     pthread_cond_signal(&e->wake);
-    pthread_mutex_unlock(&e->lock);
+    lockcheck_unlock(&e->lock);
 }
 
 bool engine_refused(engine *e, int64_t seq)
 {
+    assert(state_opened(e));
+    lockcheck_assert_not_held(&e->lock);
     bool found = false;
-    pthread_mutex_lock(&e->lock);
+    lockcheck_lock(&e->lock);
     size_t n = e->refused_next < REFUSED_RING ? e->refused_next : REFUSED_RING;
     for (size_t i = 0; i < n && !found; i++)
         found = e->refused[i] == seq;
-    pthread_mutex_unlock(&e->lock);
+    lockcheck_unlock(&e->lock);
     return found;
 }
 
 bool engine_alive(engine *e)
 {
-    return atomic_load(&e->writer_running);
+    engine_state st = state_of(e);
+    return st >= ENGINE_RUNNING && st < ENGINE_CLOSED;
 }
 
 bool engine_ready(engine *e, const char **reason)
 {
-    if (!atomic_load(&e->writer_running)) {
+    engine_state st = state_of(e);
+    if (st < ENGINE_RUNNING || st == ENGINE_CLOSED) {
         *reason = "the writer thread is not running";
         return false;
     }
@@ -1374,7 +1459,7 @@ bool engine_ready(engine *e, const char **reason)
         *reason = "the write queue is full (--queue-max-bytes)";
         return false;
     }
-    if (atomic_load(&e->draining)) {
+    if (st >= ENGINE_DRAINING) {
         *reason = "draining for shutdown";
         return false;
     }
