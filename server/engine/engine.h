@@ -22,8 +22,8 @@
  *   RUNNING ──engine_drain──▶ DRAINING        not ready; the shutdown budget starts
  *   RUNNING or DRAINING ──engine_close──▶ CLOSING
  *                                    the writer flushes, then spills, then exits
- *   CLOSING ──writer_main returns──▶ CLOSED   not alive; engine_close joins and frees
- *   DRAINING ──writer_main returns──▶ CLOSED  only when the spill ran out of time
+ *   CLOSING ──writer_thread_main returns──▶ CLOSED   not alive; engine_close joins and frees
+ *   DRAINING ──writer_thread_main returns──▶ CLOSED  only when the spill ran out of time
  *
  * engine_alive: RUNNING, DRAINING, CLOSING. engine_ready: RUNNING only (and
  * the store and queue fine). engine_drain may be called again (harmless),
