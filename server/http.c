@@ -1,6 +1,7 @@
 #include "http.h"
 
 #include <arpa/inet.h>
+#include <assert.h>
 #include <errno.h>
 #include <inttypes.h>
 #include <netdb.h>
@@ -21,6 +22,7 @@
 #include <microhttpd.h>
 
 #include "deadline.h"
+#include "lockcheck.h"
 #include "engine/model.h"
 #include "framing.h"
 #include "log.h"
@@ -40,6 +42,19 @@
 #define HTTP_STOP_RESERVE_NS 50000000LL
 /* The struct holding member m, from a pointer to that member. */
 #define HTTP_OWNER(ptr, type, m) ((type *)(void *)((char *)(ptr) - offsetof(type, m)))
+
+/*
+ * Where the server is in its life (the diagram is in http.h). It only moves
+ * forward (http_state_advance); a failed http_start goes from STARTING
+ * through its teardown to STOPPED.
+ */
+typedef enum http_state {
+    HTTP_STARTING,  /* http_start: nothing served yet */
+    HTTP_SERVING,   /* http_start returned */
+    HTTP_STOPPING,  /* http_stop: quiesced, every answer closes its connection */
+    HTTP_RELEASED,  /* parked requests answered as they stand; nothing parks any more */
+    HTTP_STOPPED    /* http_teardown: the timer thread exits, the daemon stops */
+} http_state;
 
 typedef enum http_phase {
     HTTP_READING,   /* headers seen, body (if any) arriving */
@@ -108,7 +123,13 @@ struct http_server {
     /* Requests between their first handler call and their completion. */
     _Atomic size_t inflight;
 
-    pthread_mutex_t mu;
+    lockcheck_mutex mu;         /* lockcheck_assert_held where a function needs it */
+    /*
+     * An http_state. Written only with mu held (http_state_advance), so the
+     * timer's wait on timer_cv sees each change; _Atomic so that http_queue
+     * may read it without mu.
+     */
+    _Atomic int state;
     /*
      * Guarded by mu. Every parked request is on both the by-seq list and the
      * parked heap. The list is ordered by wait_seq (requests park nearly in
@@ -129,17 +150,33 @@ struct http_server {
      * it is earlier, so that both stay O(log n) instead of waking the timer.
      */
     int64_t timer_wake_ns;
-    bool closing;               /* no more parking; answer at once */
-    _Atomic bool stopping;      /* http_stop began: every answer closes its connection */
-    bool timer_stop;            /* the timer thread should exit */
-    pthread_cond_t timer_cv;    /* an earlier deadline, or timer_stop */
+    pthread_cond_t timer_cv;    /* an earlier deadline, or HTTP_STOPPED */
 
     pthread_t timer;
+    /*
+     * What the teardown must undo, whatever the state: these say which
+     * resources exist (a failed http_start has only some of them).
+     */
     bool timer_started;         /* joined (and false again) by http_timer_stop */
     bool durable_hooked;        /* http_on_durable is registered with the engine */
     bool mu_init;
     bool cv_init;
 };
+
+/* ---- the life cycle ------------------------------------------------------- */
+
+static http_state http_state_of(const http_server *s)
+{
+    return (http_state)atomic_load(&s->state);
+}
+
+/* Moves the state forward to `to`; a later state already reached stays. mu held. */
+static void http_state_advance(http_server *s, http_state to)
+{
+    lockcheck_assert_held(&s->mu);
+    if (http_state_of(s) < to)
+        atomic_store(&s->state, (int)to);
+}
 
 /* ---- logging ------------------------------------------------------------ */
 
@@ -212,6 +249,7 @@ static struct timespec http_timespec(int64_t ns)
 /* A new deadline at ns: the timer must look again when it sleeps towards a later one. */
 static void http_timer_nudge(http_server *s, int64_t ns)
 {
+    lockcheck_assert_held(&s->mu);
     if (ns < s->timer_wake_ns) {
         s->timer_wake_ns = INT64_MIN;
         pthread_cond_signal(&s->timer_cv);
@@ -229,6 +267,7 @@ static int http_waiter_link(http_server *s, http_req *r, int64_t deadline_ns)
 {
     http_req *after = s->waiters_tail;
 
+    lockcheck_assert_held(&s->mu);
     if (deadline_push(&s->parked, &r->park, deadline_ns) != 0)
         return -1;
     while (after != NULL && after->wait_seq > r->wait_seq)
@@ -248,6 +287,7 @@ static int http_waiter_link(http_server *s, http_req *r, int64_t deadline_ns)
 
 static void http_waiter_unlink(http_server *s, http_req *r)
 {
+    lockcheck_assert_held(&s->mu);
     if (r->prev != NULL)
         r->prev->next = r->next;
     else
@@ -267,6 +307,7 @@ static void http_waiter_unlink(http_server *s, http_req *r)
 static void http_waiter_take(http_server *s, http_req *r, bool durable,
                              http_req **ready)
 {
+    lockcheck_assert_held(&s->mu);
     http_waiter_unlink(s, r);
     r->durable = durable;
     r->phase = HTTP_RESUMED;
@@ -297,10 +338,11 @@ static void http_release_all(http_server *s)
     http_req *ready = NULL;
     int64_t durable = engine_durable_seq(s->e);
 
-    pthread_mutex_lock(&s->mu);
+    lockcheck_assert_not_held(&s->mu);
+    lockcheck_lock(&s->mu);
     while (s->waiters != NULL)
         http_waiter_take(s, s->waiters, s->waiters->wait_seq <= durable, &ready);
-    pthread_mutex_unlock(&s->mu);
+    lockcheck_unlock(&s->mu);
     http_resume_all(ready);
 }
 
@@ -314,10 +356,11 @@ static void http_on_durable(void *ctx, int64_t durable_seq)
     http_server *s = ctx;
     http_req *ready = NULL;
 
-    pthread_mutex_lock(&s->mu);
+    lockcheck_assert_not_held(&s->mu);
+    lockcheck_lock(&s->mu);
     while (s->waiters != NULL && s->waiters->wait_seq <= durable_seq)
         http_waiter_take(s, s->waiters, true, &ready);
-    pthread_mutex_unlock(&s->mu);
+    lockcheck_unlock(&s->mu);
     http_resume_all(ready);
 }
 
@@ -335,6 +378,7 @@ static size_t http_expire_headers(http_server *s, int64_t now)
     deadline_item *it;
     size_t n = 0;
 
+    lockcheck_assert_held(&s->mu);
     while ((it = deadline_first(&s->headers)) != NULL && it->at <= now) {
         http_conn *c = HTTP_OWNER(it, http_conn, headers);
 
@@ -352,6 +396,7 @@ static int64_t http_next_deadline(const http_server *s)
     const deadline_item *h = deadline_first(&s->headers);
     int64_t next = INT64_MAX;
 
+    lockcheck_assert_held(&s->mu);
     if (p != NULL)
         next = p->at;
     if (h != NULL && h->at < next)
@@ -370,8 +415,8 @@ static void *http_timer_main(void *arg)
 {
     http_server *s = arg;
 
-    pthread_mutex_lock(&s->mu);
-    while (!s->timer_stop) {
+    lockcheck_lock(&s->mu);
+    while (http_state_of(s) != HTTP_STOPPED) {
         int64_t now = model_mono_ns();
         int64_t durable = 0;
         bool durable_read = false;
@@ -391,12 +436,12 @@ static void *http_timer_main(void *arg)
         }
         cut = http_expire_headers(s, now);
         if (ready != NULL || cut > 0) {
-            pthread_mutex_unlock(&s->mu);
+            lockcheck_unlock(&s->mu);
             http_resume_all(ready);
             if (cut > 0)
                 http_log(s, NS_LOG_DEBUG, "http_header_timeout", "connections=%zu",
                          cut);
-            pthread_mutex_lock(&s->mu);
+            lockcheck_lock(&s->mu);
             continue;
         }
         if (http_next_deadline(s) != INT64_MAX) {
@@ -404,13 +449,13 @@ static void *http_timer_main(void *arg)
 
             s->timer_wake_ns = http_next_deadline(s);
             until = http_timespec(s->timer_wake_ns);
-            pthread_cond_timedwait(&s->timer_cv, &s->mu, &until);
+            lockcheck_timedwait(&s->timer_cv, &s->mu, &until);
         } else {
             s->timer_wake_ns = INT64_MAX;
-            pthread_cond_wait(&s->timer_cv, &s->mu);
+            lockcheck_wait(&s->timer_cv, &s->mu);
         }
     }
-    pthread_mutex_unlock(&s->mu);
+    lockcheck_unlock(&s->mu);
     return NULL;
 }
 
@@ -420,12 +465,12 @@ static void *http_timer_main(void *arg)
  */
 static void http_timer_stop(http_server *s)
 {
+    lockcheck_lock(&s->mu);
+    http_state_advance(s, HTTP_STOPPED);
+    pthread_cond_broadcast(&s->timer_cv);
+    lockcheck_unlock(&s->mu);
     if (!s->timer_started)
         return;
-    pthread_mutex_lock(&s->mu);
-    s->timer_stop = true;
-    pthread_cond_broadcast(&s->timer_cv);
-    pthread_mutex_unlock(&s->mu);
     pthread_join(s->timer, NULL);
     s->timer_started = false;
 }
@@ -454,13 +499,13 @@ static void http_headers_arm(http_server *s, http_conn *c)
     c->awaiting = true;
     if (s->header_timeout_ns == 0)
         return;
-    pthread_mutex_lock(&s->mu);
+    lockcheck_lock(&s->mu);
     if (!deadline_item_queued(&c->headers)) {
         rc = deadline_push(&s->headers, &c->headers, at);
         if (rc == 0)
             http_timer_nudge(s, at);
     }
-    pthread_mutex_unlock(&s->mu);
+    lockcheck_unlock(&s->mu);
     if (rc != 0)
         http_log(s, NS_LOG_WARN, "http_header_deadline_failed",
                  "error=\"out of memory\"");
@@ -472,9 +517,9 @@ static void http_headers_disarm(http_server *s, http_conn *c)
     c->awaiting = false;
     if (s->header_timeout_ns == 0)
         return;
-    pthread_mutex_lock(&s->mu);
+    lockcheck_lock(&s->mu);
     deadline_remove(&s->headers, &c->headers);
-    pthread_mutex_unlock(&s->mu);
+    lockcheck_unlock(&s->mu);
 }
 
 /*
@@ -505,19 +550,19 @@ static void http_on_connection(void *cls, struct MHD_Connection *con,
         c->con = con;
         c->owner = pthread_self();
         c->fd = ci->connect_fd;
-        pthread_mutex_lock(&s->mu);
+        lockcheck_lock(&s->mu);
         c->next = s->conns;
         if (s->conns != NULL)
             s->conns->prev = c;
         s->conns = c;
-        pthread_mutex_unlock(&s->mu);
+        lockcheck_unlock(&s->mu);
         *socket_context = c;
         http_headers_arm(s, c);
         return;
     }
     if (c == NULL)
         return;
-    pthread_mutex_lock(&s->mu);
+    lockcheck_lock(&s->mu);
     deadline_remove(&s->headers, &c->headers);
     if (c->prev != NULL)
         c->prev->next = c->next;
@@ -525,7 +570,7 @@ static void http_on_connection(void *cls, struct MHD_Connection *con,
         s->conns = c->next;
     if (c->next != NULL)
         c->next->prev = c->prev;
-    pthread_mutex_unlock(&s->mu);
+    lockcheck_unlock(&s->mu);
     free(c);
     *socket_context = NULL;
 }
@@ -584,11 +629,11 @@ static http_conn *http_refused_conn(http_server *s)
     size_t n = 0, hits = 0, i;
     http_conn *c;
 
-    pthread_mutex_lock(&s->mu);
+    lockcheck_lock(&s->mu);
     for (c = s->conns; c != NULL && n < HTTP_SUSPECTS_MAX; c = c->next)
         if (pthread_equal(c->owner, self) && c->awaiting)
             suspects[n++] = c;
-    pthread_mutex_unlock(&s->mu);
+    lockcheck_unlock(&s->mu);
     /* Only this thread closes its connections: they outlive the lock. */
     for (i = 0; i < n; i++) {
         if (http_framing(suspects[i]->con) == FRAMING_LENGTH_MALFORMED) {
@@ -662,13 +707,13 @@ static bool http_replaced_answer(http_server *s)
     bool replaced = false;
     http_conn *c;
 
-    pthread_mutex_lock(&s->mu);
+    lockcheck_lock(&s->mu);
     for (c = s->conns; c != NULL && !replaced; c = c->next)
         if (pthread_equal(c->owner, self) && c->answered_by_us) {
             c->answered_by_us = false;
             replaced = true;
         }
-    pthread_mutex_unlock(&s->mu);
+    lockcheck_unlock(&s->mu);
     return replaced;
 }
 
@@ -810,7 +855,7 @@ static enum MHD_Result http_queue(http_server *s, const http_req *r,
     if (resp->allow != NULL &&
         MHD_add_response_header(mr, MHD_HTTP_HEADER_ALLOW, resp->allow) != MHD_YES)
         goto out;
-    if ((r->must_close || atomic_load(&s->stopping)) &&
+    if ((r->must_close || http_state_of(s) >= HTTP_STOPPING) &&
         MHD_add_response_header(mr, MHD_HTTP_HEADER_CONNECTION, "close") != MHD_YES)
         goto out;
     if (resp->www_authenticate != NULL &&
@@ -840,6 +885,7 @@ static void http_park(http_server *s, http_req *r)
 {
     bool resume_now = false;
     bool no_memory = false;
+    bool released;
     int64_t deadline_ns;
 
     r->phase = HTTP_PARKED;
@@ -847,17 +893,18 @@ static void http_park(http_server *s, http_req *r)
     deadline_ns = model_mono_ns() + http_seconds_ns(r->resp.wait_timeout);
     MHD_suspend_connection(r->con);
 
-    pthread_mutex_lock(&s->mu);
-    if (!s->closing && http_waiter_link(s, r, deadline_ns) != 0)
+    lockcheck_lock(&s->mu);
+    released = http_state_of(s) >= HTTP_RELEASED;
+    if (!released && http_waiter_link(s, r, deadline_ns) != 0)
         no_memory = true;
-    if (s->closing || no_memory) {
+    if (released || no_memory) {
         r->durable = engine_durable_seq(s->e) >= r->wait_seq;
         r->phase = HTTP_RESUMED;
         resume_now = true;
     } else {
         http_timer_nudge(s, deadline_ns);
     }
-    pthread_mutex_unlock(&s->mu);
+    lockcheck_unlock(&s->mu);
     if (no_memory)
         http_log(s, NS_LOG_WARN, "http_park_failed",
                  "seq=%" PRId64 " error=\"out of memory\"", r->wait_seq);
@@ -865,7 +912,7 @@ static void http_park(http_server *s, http_req *r)
     if (!resume_now) {
         engine_flush_soon(s->e);
         if (engine_durable_seq(s->e) >= r->wait_seq) {
-            pthread_mutex_lock(&s->mu);
+            lockcheck_lock(&s->mu);
             /* Still ours only if no resumer took it meanwhile. */
             if (r->phase == HTTP_PARKED) {
                 http_waiter_unlink(s, r);
@@ -873,7 +920,7 @@ static void http_park(http_server *s, http_req *r)
                 r->phase = HTTP_RESUMED;
                 resume_now = true;
             }
-            pthread_mutex_unlock(&s->mu);
+            lockcheck_unlock(&s->mu);
         }
     }
     if (resume_now)
@@ -994,9 +1041,9 @@ static enum MHD_Result http_on_request(void *cls, struct MHD_Connection *con,
         /* Back from parking; the resumer recorded durability under mu. */
         bool durable;
 
-        pthread_mutex_lock(&s->mu);
+        lockcheck_lock(&s->mu);
         durable = r->durable;
-        pthread_mutex_unlock(&s->mu);
+        lockcheck_unlock(&s->mu);
         api_finish_wait(s->a, &r->resp, durable);
         return http_queue(s, r, method, url, con, &r->resp);
     }
@@ -1131,15 +1178,15 @@ static const struct addrinfo *http_pick_addr(const struct addrinfo *list)
  */
 static void http_teardown(http_server *s)
 {
-    pthread_mutex_lock(&s->mu);
-    s->closing = true;
-    pthread_mutex_unlock(&s->mu);
+    lockcheck_lock(&s->mu);
+    http_state_advance(s, HTTP_RELEASED);
+    lockcheck_unlock(&s->mu);
     if (s->durable_hooked) {
         engine_on_durable(s->e, NULL, NULL);
         s->durable_hooked = false;
     }
     http_timer_stop(s);
-    /* Parks seen after this resume themselves (closing), on MHD's own threads. */
+    /* Parks seen after this resume themselves (RELEASED), on MHD's own threads. */
     http_release_all(s);
     if (s->daemon != NULL) {
         MHD_stop_daemon(s->daemon);
@@ -1155,7 +1202,7 @@ static void http_free(http_server *s)
     if (s->cv_init)
         pthread_cond_destroy(&s->timer_cv);
     if (s->mu_init)
-        pthread_mutex_destroy(&s->mu);
+        lockcheck_destroy(&s->mu);
     free(s);
 }
 
@@ -1215,7 +1262,7 @@ http_server *http_start(const http_config *cfg, api *a, engine *e, char *err,
     s->timer_wake_ns = INT64_MIN;
     atomic_init(&s->inflight, 0);
 
-    if (pthread_mutex_init(&s->mu, NULL) != 0) {
+    if (lockcheck_init(&s->mu) != 0) {
         snprintf(err, errlen, "cannot create a mutex");
         goto fail;
     }
@@ -1323,6 +1370,9 @@ http_server *http_start(const http_config *cfg, api *a, engine *e, char *err,
     }
     s->port = info->port;
     freeaddrinfo(list);
+    lockcheck_lock(&s->mu);
+    http_state_advance(s, HTTP_SERVING);
+    lockcheck_unlock(&s->mu);
     return s;
 
 fail:
@@ -1338,6 +1388,7 @@ fail:
 
 uint16_t http_port(http_server *s)
 {
+    assert(http_state_of(s) == HTTP_SERVING);
     return s->port;
 }
 
@@ -1379,6 +1430,9 @@ void http_stop(http_server *s, double timeout)
 
     if (s == NULL)
         return;
+    /* Once per server: it frees s. */
+    assert(http_state_of(s) == HTTP_SERVING);
+    lockcheck_assert_not_held(&s->mu);
     start = model_mono_ns();
     budget = http_seconds_ns(timeout);
     reserve = budget / 10 < HTTP_STOP_RESERVE_NS ? budget / 10 : HTTP_STOP_RESERVE_NS;
@@ -1390,7 +1444,9 @@ void http_stop(http_server *s, double timeout)
      * "Connection: close", so a keep-alive client cannot go on sending
      * requests through the drain: its connection ends after its answer.
      */
-    atomic_store(&s->stopping, true);
+    lockcheck_lock(&s->mu);
+    http_state_advance(s, HTTP_STOPPING);
+    lockcheck_unlock(&s->mu);
     listen_fd = MHD_quiesce_daemon(s->daemon);
     engine_flush_soon(s->e);
     for (;;) {
@@ -1399,9 +1455,9 @@ void http_stop(http_server *s, double timeout)
         if (atomic_load(&s->inflight) == 0 || now >= drain_end)
             break;
         if (!released && now >= release_at) {
-            pthread_mutex_lock(&s->mu);
-            s->closing = true;
-            pthread_mutex_unlock(&s->mu);
+            lockcheck_lock(&s->mu);
+            http_state_advance(s, HTTP_RELEASED);
+            lockcheck_unlock(&s->mu);
             http_release_all(s);
             released = true;
             continue;

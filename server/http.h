@@ -5,6 +5,21 @@
  * requests to the api, and parks ?wait=true requests with MHD's
  * suspend/resume until the engine reports their seq durable (or they time out),
  * so a waiting request holds no worker thread.
+ *
+ * Life cycle (http_state in http.c; it only moves forward):
+ *
+ *   STARTING ──http_start: daemon bound──▶ SERVING
+ *   SERVING ──http_stop: quiesce──▶ STOPPING
+ *            no new connections, every answer closes its connection,
+ *            requests in flight are answered, parked ones wait for commits
+ *   STOPPING ──http_stop at half its timeout, or its teardown──▶ RELEASED
+ *            parked requests answered as they stand, nothing parks any more
+ *   RELEASED ──http_stop's teardown──▶ STOPPED
+ *            timer thread joined, daemon stopped; http_stop then frees
+ *
+ * A failed http_start goes from STARTING through RELEASED to STOPPED and
+ * frees. http_port needs SERVING; http_stop is called once per server (it
+ * frees it). Debug builds assert both.
  */
 #ifndef NODESTATE_HTTP_H
 #define NODESTATE_HTTP_H

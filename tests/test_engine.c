@@ -14,6 +14,8 @@
 #include <criterion/criterion.h>
 
 #include <limits.h>
+#include <pthread.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -896,6 +898,60 @@ Test(engine, drain_makes_unready_but_writes_work)
     /* Draining, the writer no longer waits out batch_interval (minutes here). */
     wait_durable(e, 1, false);
     cr_assert_eq(engine_close(e), 0);
+    cr_assert_eq(db_count("r"), 1);
+}
+
+/* ---- the life cycle (the diagram in engine.h) ---- */
+
+static void *close_in_thread(void *arg)
+{
+    return (void *)(uintptr_t)engine_close(arg);
+}
+
+/* RUNNING: alive and ready. DRAINING (engine_drain; twice is harmless): alive, not ready. */
+Test(engine, state_moves_running_to_draining)
+{
+    engine *e = open_lazy();
+    const char *why = NULL;
+    cr_assert(engine_alive(e));
+    cr_assert(engine_ready(e, &why), "RUNNING but not ready: %s", why ? why : "?");
+
+    engine_drain(e);
+    engine_drain(e);
+    cr_assert(engine_alive(e));
+    cr_assert_not(engine_ready(e, &why));
+    cr_assert_str_eq(why, "draining for shutdown");
+    cr_assert_eq(engine_close(e), 0);
+}
+
+/*
+ * CLOSING (engine_close, here without engine_drain, while the writer is held
+ * in a callback): still alive, not ready; then the close flushes the queue.
+ */
+Test(engine, closing_is_alive_and_not_ready)
+{
+    engine *e = open_lazy();
+    blocker b;
+    stall_writer(e, &b);
+    const char *why = NULL;
+    cr_assert(engine_ready(e, &why), "not ready before the close: %s", why ? why : "?");
+    accept(e, "r", "queued", NS_RUNNING);
+
+    pthread_t closer;
+    cr_assert_eq(pthread_create(&closer, NULL, close_in_thread, e), 0);
+    /* The close cannot finish while the writer is held: e stays valid until release. */
+    bool closing = false;
+    for (int i = 0; i < HANG_SECONDS * 200 && !closing; i++) {
+        closing = !engine_ready(e, &why) && strcmp(why, "draining for shutdown") == 0;
+        if (!closing)
+            sleep_ms(5);
+    }
+    cr_assert(closing, "engine_close never made the engine unready");
+    cr_assert(engine_alive(e), "the writer is held, not gone");
+    atomic_store(&b.release, true);
+    void *lost = NULL;
+    pthread_join(closer, &lost);
+    cr_assert_eq((uintptr_t)lost, 0, "the queued update was not flushed");
     cr_assert_eq(db_count("r"), 1);
 }
 

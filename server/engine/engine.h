@@ -15,6 +15,20 @@
  * first, to keep the cache within cache_max_nodes and cache_max_bytes.
  *
  * All functions are thread-safe unless noted.
+ *
+ * Life cycle (engine_state in engine.c; it only moves forward):
+ *
+ *   OPENING ──engine_open: writer started──▶ RUNNING
+ *   RUNNING ──engine_drain──▶ DRAINING        not ready; the shutdown budget starts
+ *   RUNNING or DRAINING ──engine_close──▶ CLOSING
+ *                                    the writer flushes, then spills, then exits
+ *   CLOSING ──writer_thread_main returns──▶ CLOSED   not alive; engine_close joins and frees
+ *   DRAINING ──writer_thread_main returns──▶ CLOSED  only when the spill ran out of time
+ *
+ * engine_alive: RUNNING, DRAINING, CLOSING. engine_ready: RUNNING only (and
+ * the store and queue fine). engine_drain may be called again (harmless),
+ * never after engine_close; every other call needs an engine from
+ * engine_open and not yet passed to engine_close. Debug builds assert this.
  */
 #ifndef NODESTATE_ENGINE_H
 #define NODESTATE_ENGINE_H

@@ -1,0 +1,142 @@
+/*
+ * engine_internal: the engine's private parts, shared by the files it is
+ * split into: engine.c (accepting writes, reads, the life cycle),
+ * readthrough.c (reading what the cache lacks from SQLite) and
+ * writer_thread.c (the one writer thread). Holds struct engine, its
+ * life-cycle state and the helpers they share. Nothing outside
+ * server/engine/ includes it (tests of these files aside).
+ */
+#ifndef NODESTATE_ENGINE_INTERNAL_H
+#define NODESTATE_ENGINE_INTERNAL_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "../lockcheck.h"
+#include "cache.h"
+#include "dblock.h"
+#include "engine.h"
+#include "queue.h"
+#include "store.h"
+#include "writer.h"
+
+#include "writer.h"
+
+/* Refused seqs remembered for engine_refused. */
+#define REFUSED_RING 256
+/* Retries of a failed commit wait this long at first, doubling up to the cap. */
+#define BACKOFF_FIRST_NS 10000000ll   /* 10 ms */
+#define BACKOFF_CAP_NS 1000000000ll   /* 1 s: a locked database is retried at least once a second */
+/* How often one load of a run is retried when runs are removed meanwhile. */
+#define LOAD_TRIES 8
+/* nodestate_meta keys of seq_start. */
+#define META_RUNNING "running"
+#define META_SEQ_SLACK "seq_slack"
+/*
+ * Shutdown (see engine_close_counted). The flush gives up on the database
+ * and spills what is left once commits have failed for SPILL_STALL_NS, or
+ * SPILL_RESERVE_NS before the end of the budget; the spill may run
+ * SPILL_OVERRUN_NS past that end, what is not in the sidecar by then is
+ * lost (and logged), so the process is gone within the budget plus 1 s.
+ */
+#define SPILL_STALL_NS 500000000ll    /* 0.5 s */
+#define SPILL_RESERVE_NS 1000000000ll /* 1 s */
+#define SPILL_OVERRUN_NS 500000000ll  /* 0.5 s */
+/* Most bytes of queued rows in one piece of the sidecar (one transaction). */
+#define SPILL_PIECE_BYTES ((size_t)4 << 20)
+/* Replaying a sidecar at start is tried this often, BACKOFF_FIRST_NS doubling between tries (~5 s). */
+#define REPLAY_TRIES 9
+
+/*
+ * Where the engine is in its life (the diagram is in engine.h). It only
+ * moves forward (state_advance), one step or more at a time: the writer may
+ * go from DRAINING straight to CLOSED when its spill runs out of time.
+ */
+typedef enum engine_state {
+    ENGINE_OPENING,   /* engine_open: the writer thread does not run yet */
+    ENGINE_RUNNING,   /* engine_open returned: serving */
+    ENGINE_DRAINING,  /* engine_drain: not ready, the shutdown budget runs */
+    ENGINE_CLOSING,   /* engine_close: the writer flushes (then spills) and exits */
+    ENGINE_CLOSED     /* writer_thread_main returned: nothing more is written */
+} engine_state;
+
+struct engine {
+    engine_config cfg;            /* db_path points at db_path below */
+    char *db_path;
+    dblock *dblock;               /* held from before the store opens until after it closes */
+    ns_stats stats;
+    store_reader *reader;         /* read-through connection, locks itself */
+    store *store;                 /* the write connection: writer thread only */
+    ns_op *batch;                 /* writer thread only: batch_size ops */
+    const ns_row **isolated;      /* writer thread only: rows isolated in this batch */
+    size_t n_isolated, cap_isolated;
+    bool isolated_lost;           /* writer thread only: one did not fit (out of memory) */
+    bool spilling;                /* writer thread only: the flush gave up on the database
+                                   * (a mode of the writer within DRAINING/CLOSING, not a state) */
+    store_sidecar *sidecar;       /* writer thread only: open once spilling */
+    size_t spill_pieces;          /* writer thread only: pieces committed to the sidecar */
+    int64_t spill_piece_ns;       /* writer thread only: how long the last piece took */
+    pthread_t writer;             /* joined by engine_close once started (state past OPENING) */
+    /*
+     * An engine_state. Written only with lock held (state_advance), so the
+     * writer's waits on `wake` see every change; _Atomic so that
+     * engine_alive and engine_ready may read it without the lock.
+     */
+    _Atomic int state;
+    _Atomic bool store_failing;   /* the last commit attempt failed */
+    _Atomic bool bytes_full;      /* a write was refused for queue_max_bytes; cleared as bytes are freed */
+
+    lockcheck_mutex lock;         /* guards every field below; lockcheck_assert_held where required */
+    void (*on_durable)(void *ctx, int64_t durable_seq);
+    void *on_durable_ctx;
+    pthread_cond_t wake;          /* the writer sleeps on it (CLOCK_MONOTONIC) */
+    cache *cache;
+    queue *queue;
+    int64_t last_seq;             /* last seq assigned */
+    size_t queue_bytes;           /* queue_op_bytes of the ops accepted and not yet released */
+    int64_t flush_until;          /* commit without waiting while seqs <= this are queued */
+    int64_t drain_started_ns;     /* engine_drain (or close): the shutdown budget starts; 0 before */
+    int64_t give_up_ns;           /* set with it: no more commit retries after this, spill */
+    int64_t spill_end_ns;         /* set with it: nothing more goes to the sidecar after this */
+    uint64_t drain_processed;     /* updates_processed then, for engine_closing.flushed */
+    size_t spilled;               /* ops written to the sidecar */
+    size_t unflushed;             /* ops that reached neither the database nor the sidecar */
+    bool in_callback;             /* the writer is calling on_durable (unlocked) */
+    int64_t refused[REFUSED_RING]; /* seqs isolated for good, newest at refused_next - 1 */
+    size_t refused_next;
+    pthread_cond_t callback_done; /* signalled when that call returns */
+};
+
+/* Logs through cfg.log (if any): fields is printf-formatted logfmt. */
+void engine_log(engine *e, int level, const char *msg, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+/* Drops least recently used idle runs until the cache is within its bounds, sparing keep. Lock held. */
+void engine_evict(engine *e, const cache_run *keep);
+/* Forgets an unpinned run that holds nothing or may differ from disk. Lock held. */
+void engine_run_drop_if_idle(engine *e, cache_run *run);
+/* Queued bytes from which the writer commits without waiting for batch_interval. Lock held. */
+bool engine_queue_bytes_high(const engine *e);
+
+static inline engine_state state_of(engine *e)
+{
+    return (engine_state)atomic_load(&e->state);
+}
+
+/* Moves the state forward to `to`; a later state already reached stays. Lock held. */
+static inline void state_advance(engine *e, engine_state to)
+{
+    lockcheck_assert_held(&e->lock);
+    if (state_of(e) < to)
+        atomic_store(&e->state, (int)to);
+}
+
+/* Whether engine_open has returned e: the precondition of every call on it. */
+static inline bool state_opened(engine *e)
+{
+    return state_of(e) != ENGINE_OPENING;
+}
+
+#endif

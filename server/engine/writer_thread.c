@@ -1,0 +1,414 @@
+#include "writer_thread.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "logfmt.h"
+
+static void deadline_to_timespec(int64_t ns, struct timespec *ts)
+{
+    ts->tv_sec = (time_t)(ns / 1000000000ll);
+    ts->tv_nsec = (long)(ns % 1000000000ll);
+}
+
+/*
+ * Whether a commit failing since failing_since should be given up for the
+ * sidecar now: only once the shutdown budget runs (drain_started_ns), when
+ * the failures have lasted SPILL_STALL_NS (the flush makes no progress) or
+ * the budget is nearly spent. Lock held.
+ */
+static bool flush_stalled(const engine *e, int64_t failing_since, int64_t now)
+{
+    lockcheck_assert_held(&e->lock);
+    return e->drain_started_ns &&
+           (now >= e->give_up_ns || now - failing_since >= SPILL_STALL_NS);
+}
+
+/*
+ * Waits out one retry backoff of a failing commit on the writer's condvar,
+ * so engine_drain and engine_close cut it short. Returns false once the
+ * flush is stalled (flush_stalled: the caller gives up and spills). Called
+ * without the lock.
+ */
+static bool backoff_wait(engine *e, int64_t backoff, int64_t failing_since)
+{
+    lockcheck_assert_not_held(&e->lock);
+    int64_t until = model_mono_ns() + backoff;
+    bool go_on = true;
+    lockcheck_lock(&e->lock);
+    for (;;) {
+        int64_t now = model_mono_ns();
+        if (flush_stalled(e, failing_since, now)) {
+            go_on = false;
+            break;
+        }
+        int64_t end = until;
+        if (e->drain_started_ns) {
+            if (e->give_up_ns < end)
+                end = e->give_up_ns;
+            if (failing_since + SPILL_STALL_NS < end)
+                end = failing_since + SPILL_STALL_NS;
+        }
+        if (now >= end)
+            break;
+        struct timespec ts;
+        deadline_to_timespec(end, &ts);
+        lockcheck_timedwait(&e->wake, &e->lock, &ts);
+    }
+    lockcheck_unlock(&e->lock);
+    return go_on;
+}
+
+/*
+ * store_batch.on_isolated (writer thread): a row SQLite will never take.
+ * Counted and logged now; remembered so that, once its batch is released,
+ * the node's run is dropped from the cache (disk is its truth again) and its
+ * seqs are reported as refused instead of durable (mark_refused).
+ */
+static void on_isolated(void *ctx, const ns_row *row, const char *why)
+{
+    engine *e = ctx;
+    char quoted[512];
+    logfmt_quote(quoted, sizeof quoted, why);
+    atomic_fetch_add_explicit(&e->stats.rows_isolated, 1, memory_order_relaxed);
+    engine_log(e, NS_LOG_ERROR, "row-isolated",
+          "run_id=%s node_id=%s seq=%lld error=%s", row->run_id, row->node_id,
+          (long long)row->seq, quoted);
+    if (e->n_isolated == e->cap_isolated) {
+        size_t cap = e->cap_isolated ? e->cap_isolated * 2 : 16;
+        const ns_row **grown = realloc(e->isolated, cap * sizeof *grown);
+        if (!grown) {
+            e->isolated_lost = true;
+            return;
+        }
+        e->isolated = grown;
+        e->cap_isolated = cap;
+    }
+    e->isolated[e->n_isolated++] = row;
+}
+
+/* Remembers a seq whose update will never be on disk. Lock held. */
+static void refuse(engine *e, int64_t seq)
+{
+    lockcheck_assert_held(&e->lock);
+    e->refused[e->refused_next++ % REFUSED_RING] = seq;
+}
+
+/*
+ * After a commit that isolated rows: every op of ops[0..n) for an isolated
+ * node (the newest, and the older ones coalesced into it) is refused, and
+ * its run goes stale. Lock held, before release_ops.
+ */
+static void mark_refused(engine *e, const ns_op *ops, size_t n)
+{
+    lockcheck_assert_held(&e->lock);
+    if (e->isolated_lost) {
+        /* Which rows went is not known: let every run of the batch reload from disk. */
+        for (size_t i = 0; i < n; i++)
+            ops[i].run->stale = true;
+        e->isolated_lost = false;
+    }
+    for (size_t k = 0; k < e->n_isolated; k++) {
+        const ns_row *bad = e->isolated[k];
+        for (size_t i = 0; i < n; i++) {
+            const ns_row *r = ops[i].row;
+            if (r && strcmp(r->node_id, bad->node_id) == 0 &&
+                strcmp(r->run_id, bad->run_id) == 0) {
+                ops[i].run->stale = true;
+                refuse(e, ops[i].seq);
+            }
+        }
+    }
+    e->n_isolated = 0;
+}
+
+/* The sidecar's path, quoted for a log line. */
+const char *writer_thread_spill_qpath(engine *e, char *out, size_t outlen)
+{
+    char path[4200];
+    store_spill_path(e->db_path, path, sizeof path);
+    return logfmt_quote(out, outlen, path);
+}
+
+/*
+ * From now on the writer sends everything to the sidecar, to the end: an
+ * op committed to the database after an older one was spilled would be
+ * overwritten by it at replay (a spilled delete has no seq to compare).
+ * Writer thread, lock held or not.
+ */
+static void spill_start(engine *e, const char *reason, size_t updates)
+{
+    char qpath[4300];
+    e->spilling = true;
+    engine_log(e, NS_LOG_WARN, "spill-started", "reason=%s updates=%zu path=%s", reason,
+          updates, writer_thread_spill_qpath(e, qpath, sizeof qpath));
+}
+
+/*
+ * Writes ops[0..n) in one transaction, retrying with capped backoff until it
+ * commits. Only during shutdown, once the flush is stalled (flush_stalled),
+ * does it give up: it starts the spill (spill_start) and returns -1. Called
+ * without the lock.
+ */
+static int commit_ops(engine *e, const ns_op *ops, size_t n)
+{
+    lockcheck_assert_not_held(&e->lock);
+    writer_plan plan;
+    int64_t backoff = BACKOFF_FIRST_NS;
+    bool planned = false;
+    int64_t t0, failing_since = 0;
+    for (;;) {
+        if (!planned) {
+            planned = writer_plan_build(ops, n, &plan) == 0;
+            plan.batch.on_isolated = on_isolated;
+            plan.batch.isolated_ctx = e;
+        }
+        t0 = model_mono_ns();
+        if (planned && store_write(e->store, &plan.batch) == 0)
+            break;
+        if (!failing_since)
+            failing_since = t0;
+        atomic_fetch_add_explicit(&e->stats.errors, 1, memory_order_relaxed);
+        atomic_store(&e->store_failing, true);
+        char why[512];
+        logfmt_quote(why, sizeof why, planned ? store_errmsg(e->store) : "out of memory");
+        engine_log(e, NS_LOG_ERROR, "commit-failed",
+              "updates=%zu error=%s retry_in_ms=%lld", n, why,
+              (long long)(backoff / 1000000));
+        if (!backoff_wait(e, backoff, failing_since)) {
+            if (planned)
+                writer_plan_free(&plan);
+            spill_start(e, "commits-failing", n);
+            return -1;
+        }
+        backoff = backoff * 2 > BACKOFF_CAP_NS ? BACKOFF_CAP_NS : backoff * 2;
+    }
+    int64_t done = model_mono_ns();
+    atomic_store(&e->store_failing, false);
+    ns_stats *s = &e->stats;
+    atomic_fetch_add_explicit(&s->batches_written, 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(&s->rows_written, plan.batch.n_rows - plan.batch.n_isolated,
+                              memory_order_relaxed);
+    /* Every accepted delete, even one its batch merged with another of the same run. */
+    atomic_fetch_add_explicit(&s->runs_deleted, plan.run_deletes, memory_order_relaxed);
+    atomic_fetch_add_explicit(&s->updates_coalesced, plan.coalesced, memory_order_relaxed);
+    atomic_fetch_add_explicit(&s->updates_processed, n, memory_order_relaxed);
+    stats_observe(&s->commit_seconds, (double)(done - t0) / 1e9);
+    stats_observe(&s->batch_updates, (double)n);
+    ns_hist_batch waits = { { 0 }, 0, 0 };
+    for (size_t i = 0; i < n; i++)
+        stats_batch_observe(&s->enqueue_to_commit_seconds, &waits,
+                            (double)(done - ops[i].enqueued_ns) / 1e9);
+    stats_batch_add(&s->enqueue_to_commit_seconds, &waits);
+    writer_plan_free(&plan);
+    return 0;
+}
+
+/* Sleeps until min(now + ns, end), on a clock nothing needs to wake. */
+static void nap_until(int64_t ns, int64_t end)
+{
+    int64_t until = model_mono_ns() + ns;
+    if (until > end)
+        until = end;
+    struct timespec ts;
+    deadline_to_timespec(until, &ts);
+    while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, NULL) == EINTR) {
+    }
+}
+
+/*
+ * Appends ops[0..n) (oldest first) to the sidecar in pieces of at most
+ * SPILL_PIECE_BYTES, each its own committed transaction, so a SIGKILL in
+ * the middle loses only the piece being written. A failed piece is retried
+ * with backoff until end_ns, and no piece is begun that would, at the pace
+ * of the last one, end after end_ns. Returns how many ops, counted from the
+ * first, are in the sidecar: n, or fewer when end_ns came first. Writer
+ * thread, without the lock.
+ */
+static size_t spill_ops(engine *e, const ns_op *ops, size_t n, int64_t end_ns)
+{
+    lockcheck_assert_not_held(&e->lock);
+    size_t done = 0;
+    int64_t backoff = BACKOFF_FIRST_NS;
+    while (done < n && model_mono_ns() + e->spill_piece_ns < end_ns) {
+        int64_t t0 = model_mono_ns();
+        size_t k = 1, bytes = ops[done].bytes;
+        while (done + k < n && bytes + ops[done + k].bytes <= SPILL_PIECE_BYTES)
+            bytes += ops[done + k++].bytes;
+        char err[512] = "out of memory", why[600];
+        int rc = -1;
+        writer_plan plan;
+        if (!e->sidecar)
+            e->sidecar = store_spill_open(e->db_path, err, sizeof err);
+        if (e->sidecar && writer_plan_build(ops + done, k, &plan) == 0) {
+            plan.batch.on_isolated = on_isolated;
+            plan.batch.isolated_ctx = e;
+            rc = store_spill_append(e->sidecar, &plan.batch, err, sizeof err);
+            if (rc == 0) {
+                e->spill_pieces++;
+                engine_log(e, NS_LOG_DEBUG, "spill-piece",
+                      "piece=%zu updates=%zu rows=%zu deletes=%zu last_seq=%lld",
+                      e->spill_pieces, k, plan.batch.n_rows - plan.batch.n_isolated,
+                      plan.batch.n_deletes, (long long)plan.batch.last_seq);
+            }
+            writer_plan_free(&plan);
+        }
+        if (rc == 0) {
+            done += k;
+            backoff = BACKOFF_FIRST_NS;
+            e->spill_piece_ns = model_mono_ns() - t0;
+            continue;
+        }
+        engine_log(e, NS_LOG_ERROR, "spill-failed", "updates=%zu error=%s retry_in_ms=%lld", k,
+              logfmt_quote(why, sizeof why, err), (long long)(backoff / 1000000));
+        /* Opened afresh on the next try, in case the handle is what is broken. */
+        store_spill_close(e->sidecar);
+        e->sidecar = NULL;
+        nap_until(backoff, end_ns);
+        backoff = backoff * 2 > BACKOFF_CAP_NS ? BACKOFF_CAP_NS : backoff * 2;
+    }
+    return done;
+}
+
+/* Drops what the queue held for ops[0..n) once they are written (or given up). Lock held. */
+static void release_ops(engine *e, ns_op *ops, size_t n)
+{
+    lockcheck_assert_held(&e->lock);
+    for (size_t i = 0; i < n; i++) {
+        if (cache_unpin(e->cache, ops[i].run))
+            engine_run_drop_if_idle(e, ops[i].run);
+        model_row_unref(ops[i].row);
+        free(ops[i].delete_run);
+        e->queue_bytes -= ops[i].bytes;
+    }
+    atomic_store_explicit(&e->stats.queue_bytes, e->queue_bytes, memory_order_relaxed);
+    if (n)
+        atomic_store(&e->bytes_full, false);
+}
+
+/*
+ * Gives up on everything still queued: past the end of the spill (or when
+ * the writer is gone), it can go nowhere. Counted in unflushed, which
+ * engine_close reports. Lock held.
+ */
+void writer_thread_drop_queue(engine *e)
+{
+    lockcheck_assert_held(&e->lock);
+    size_t n;
+    while ((n = queue_pop(e->queue, e->batch, e->cfg.batch_size)) > 0) {
+        e->unflushed += n;
+        release_ops(e, e->batch, n);
+    }
+    atomic_store_explicit(&e->stats.queue_depth, 0, memory_order_relaxed);
+}
+
+/* Whether the writer should commit now rather than wait for more. Lock held. */
+static bool batch_due(engine *e)
+{
+    lockcheck_assert_held(&e->lock);
+    const ns_op *oldest = queue_peek(e->queue);
+    if (!oldest)
+        return false;
+    size_t len = queue_len(e->queue);
+    return state_of(e) >= ENGINE_CLOSING || len >= e->cfg.batch_size || len == queue_capacity(e->queue) ||
+           engine_queue_bytes_high(e) || oldest->seq <= e->flush_until;
+}
+
+/* After a commit of e->batch[0..n): counters, cache, waiters. Lock held (dropped for the callback). */
+static void committed(engine *e, size_t n)
+{
+    lockcheck_assert_held(&e->lock);
+    int64_t durable = e->batch[n - 1].seq;
+    mark_refused(e, e->batch, n);
+    release_ops(e, e->batch, n);
+    engine_evict(e, NULL); /* runs just written may go now */
+    atomic_store(&e->stats.durable_seq, durable);
+    void (*fn)(void *, int64_t) = e->on_durable;
+    void *ctx = e->on_durable_ctx;
+    if (fn) {
+        /* Called unlocked; engine_on_durable waits for it to return before swapping. */
+        e->in_callback = true;
+        lockcheck_unlock(&e->lock);
+        fn(ctx, durable);
+        lockcheck_lock(&e->lock);
+        e->in_callback = false;
+        pthread_cond_broadcast(&e->callback_done);
+    }
+}
+
+/*
+ * After e->batch[0..n) went to the sidecar, of which the first `spilled`
+ * made it. Returns false when some did not (the spill is out of time): the
+ * rest of the queue is dropped, counted in unflushed. Lock held.
+ */
+static bool spilled_ops(engine *e, size_t n, size_t spilled)
+{
+    lockcheck_assert_held(&e->lock);
+    mark_refused(e, e->batch, n);
+    e->spilled += spilled;
+    e->unflushed += n - spilled;
+    release_ops(e, e->batch, n);
+    if (spilled == n)
+        return true;
+    writer_thread_drop_queue(e);
+    return false;
+}
+
+void *writer_thread_main(void *arg)
+{
+    engine *e = arg;
+    int64_t interval_ns = (int64_t)(e->cfg.batch_interval * 1e9);
+    lockcheck_lock(&e->lock);
+    for (;;) {
+        while (state_of(e) < ENGINE_CLOSING && queue_len(e->queue) == 0)
+            lockcheck_wait(&e->wake, &e->lock);
+        if (queue_len(e->queue) == 0)
+            break; /* closing and drained */
+        while (!batch_due(e)) {
+            int64_t deadline = queue_peek(e->queue)->enqueued_ns + interval_ns;
+            if (model_mono_ns() >= deadline)
+                break;
+            struct timespec ts;
+            deadline_to_timespec(deadline, &ts);
+            lockcheck_timedwait(&e->wake, &e->lock, &ts);
+        }
+        size_t n = queue_pop(e->queue, e->batch, e->cfg.batch_size);
+        atomic_store_explicit(&e->stats.queue_depth, queue_len(e->queue), memory_order_relaxed);
+        /* Nearly out of budget with work left (slow commits): the rest goes to the sidecar. */
+        if (!e->spilling && e->drain_started_ns && model_mono_ns() >= e->give_up_ns)
+            spill_start(e, "budget-spent", n + queue_len(e->queue));
+        lockcheck_unlock(&e->lock);
+
+        bool ok = !e->spilling && commit_ops(e, e->batch, n) == 0;
+        size_t spilled = 0;
+        if (!ok) {
+            /* Spilling happens only once the shutdown budget runs, which has set spill_end_ns. */
+            lockcheck_lock(&e->lock);
+            int64_t spill_end = e->spill_end_ns;
+            lockcheck_unlock(&e->lock);
+            spilled = spill_ops(e, e->batch, n, spill_end);
+        }
+
+        lockcheck_lock(&e->lock);
+        if (ok)
+            committed(e, n);
+        else if (!spilled_ops(e, n, spilled))
+            break;
+    }
+    size_t spilled = e->spilled;
+    lockcheck_unlock(&e->lock);
+    store_spill_close(e->sidecar);
+    e->sidecar = NULL;
+    if (e->spilling) {
+        /* Every piece is committed: what was spilled is safe from here on, SIGKILL or not. */
+        char qpath[4300];
+        engine_log(e, NS_LOG_WARN, "spilled", "updates=%zu pieces=%zu path=%s", spilled,
+              e->spill_pieces, writer_thread_spill_qpath(e, qpath, sizeof qpath));
+    }
+    lockcheck_lock(&e->lock);
+    state_advance(e, ENGINE_CLOSED);
+    lockcheck_unlock(&e->lock);
+    return NULL;
+}
