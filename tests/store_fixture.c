@@ -26,6 +26,7 @@ void sfx_remove_files(void)
     static const char *const suffixes[] = {
         "", "-wal", "-shm", "-journal",
         ".spill", ".spill-wal", ".spill-shm", ".spill-journal",
+        ".lock",   /* an engine's, left when a test does not close it */
     };
     char p[PATH_MAX + 16];
 

@@ -1,8 +1,9 @@
 /*
- * store_fixture: set-up the store's unit tests share (test_store.c, and
- * faults_store.c against the NODESTATE_FAULTS build of the core): a fresh
- * directory per test, opening the store and a reader, drafting rows and
- * recording what store_write's on_isolated callback was told.
+ * store_fixture: set-up the unit tests on a real database file share
+ * (test_store.c, test_engine.c and the engine's parts, and faults_store.c
+ * against the NODESTATE_FAULTS build of the core): a fresh directory per
+ * test, opening the store and a reader, drafting rows and recording what
+ * store_write's on_isolated callback was told.
  *
  * These assert with Criterion; call them only from a test or its fixtures.
  */

@@ -24,33 +24,18 @@
 
 #include <sqlite3.h>
 
+#include "store_fixture.h"
 #include "writer_blocker.h"
 #include "server/engine/engine.h"
 #include "server/engine/model.h"
 
 /* Criterion fixtures have no context argument; this is per test process. */
-static char tmp_dir[64];
-static char db_path[128];
-
 static void setup(void)
 {
-    strcpy(tmp_dir, "/tmp/test_engine.XXXXXX");
-    cr_assert_not_null(mkdtemp(tmp_dir));
-    snprintf(db_path, sizeof db_path, "%s/ns.db", tmp_dir);
+    sfx_setup("test_engine");
 }
 
-static void teardown(void)
-{
-    static const char *const suffixes[] = { "", "-wal", "-shm", "-journal", ".spill", ".spill-wal", ".spill-shm", ".spill-journal" };
-    char p[PATH_MAX + 16];
-    for (size_t i = 0; i < sizeof suffixes / sizeof *suffixes; i++) {
-        snprintf(p, sizeof p, "%s%s", db_path, suffixes[i]);
-        unlink(p);
-    }
-    rmdir(tmp_dir);
-}
-
-TestSuite(engine, .init = setup, .fini = teardown, .timeout = 120);
+TestSuite(engine, .init = setup, .fini = sfx_teardown, .timeout = 120);
 
 #define ALL ((1u << NS_STATUS_COUNT) - 1)
 /* Seconds any wait for the writer may take before the test calls it a hang. */
@@ -59,7 +44,7 @@ TestSuite(engine, .init = setup, .fini = teardown, .timeout = 120);
 static engine_config config(size_t batch_size, double interval, size_t capacity)
 {
     engine_config c = {
-        .db_path = db_path,
+        .db_path = sfx_db_path(),
         .batch_size = batch_size,
         .batch_interval = interval,
         .queue_capacity = capacity,
@@ -175,7 +160,7 @@ static void get_none(engine *e, const char *run, const char *node)
 static sqlite3 *db_open(void)
 {
     sqlite3 *db = NULL;
-    int rc = sqlite3_open_v2(db_path, &db, SQLITE_OPEN_READONLY, NULL);
+    int rc = sqlite3_open_v2(sfx_db_path(), &db, SQLITE_OPEN_READONLY, NULL);
     cr_assert_eq(rc, SQLITE_OK, "sqlite3_open_v2: %s", db ? sqlite3_errmsg(db) : "?");
     return db;
 }
@@ -234,9 +219,9 @@ Test(engine, open_fresh_file)
     cr_assert_eq(engine_durable_seq(e), 0);
     cr_assert_eq(atomic_load(&engine_stats(e)->last_seq), 0);
     cr_assert_eq(engine_config_of(e)->batch_size, 1000);
-    cr_assert_str_eq(engine_config_of(e)->db_path, db_path);
+    cr_assert_str_eq(engine_config_of(e)->db_path, sfx_db_path());
     cr_assert_eq(engine_close(e), 0);
-    cr_assert_eq(access(db_path, F_OK), 0, "no database file");
+    cr_assert_eq(access(sfx_db_path(), F_OK), 0, "no database file");
 }
 
 Test(engine, open_refuses_zero_sizes)

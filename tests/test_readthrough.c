@@ -12,35 +12,20 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "store_fixture.h"
 #include "server/engine/readthrough.h"
-
-static char tmp_dir[64];
-static char db_path[128];
 
 static void setup(void)
 {
-    strcpy(tmp_dir, "/tmp/test_readthrough.XXXXXX");
-    cr_assert_not_null(mkdtemp(tmp_dir));
-    snprintf(db_path, sizeof db_path, "%s/ns.db", tmp_dir);
+    sfx_setup("test_readthrough");
 }
 
-static void teardown(void)
-{
-    static const char *const suffixes[] = { "", "-wal", "-shm", "-journal" };
-    char p[PATH_MAX + 16];
-    for (size_t i = 0; i < sizeof suffixes / sizeof *suffixes; i++) {
-        snprintf(p, sizeof p, "%s%s", db_path, suffixes[i]);
-        unlink(p);
-    }
-    rmdir(tmp_dir);
-}
-
-TestSuite(readthrough, .init = setup, .fini = teardown, .timeout = 120);
+TestSuite(readthrough, .init = setup, .fini = sfx_teardown, .timeout = 120);
 
 static engine *open_engine(void)
 {
     engine_config c = {
-        .db_path = db_path,
+        .db_path = sfx_db_path(),
         .batch_size = 1000,
         .batch_interval = 60,
         .queue_capacity = 10000,

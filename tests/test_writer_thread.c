@@ -13,36 +13,21 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "store_fixture.h"
 #include "server/engine/writer_thread.h"
 #include "writer_blocker.h"
 
-static char tmp_dir[64];
-static char db_path[128];
-
 static void setup(void)
 {
-    strcpy(tmp_dir, "/tmp/test_writer_thread.XXXXXX");
-    cr_assert_not_null(mkdtemp(tmp_dir));
-    snprintf(db_path, sizeof db_path, "%s/ns.db", tmp_dir);
+    sfx_setup("test_writer_thread");
 }
 
-static void teardown(void)
-{
-    static const char *const suffixes[] = { "", "-wal", "-shm", "-journal" };
-    char p[PATH_MAX + 16];
-    for (size_t i = 0; i < sizeof suffixes / sizeof *suffixes; i++) {
-        snprintf(p, sizeof p, "%s%s", db_path, suffixes[i]);
-        unlink(p);
-    }
-    rmdir(tmp_dir);
-}
-
-TestSuite(writer_thread, .init = setup, .fini = teardown, .timeout = 120);
+TestSuite(writer_thread, .init = setup, .fini = sfx_teardown, .timeout = 120);
 
 static engine *open_engine(void)
 {
     engine_config c = {
-        .db_path = db_path,
+        .db_path = sfx_db_path(),
         .batch_size = 1000,
         .batch_interval = 60,
         .queue_capacity = 10000,
@@ -100,6 +85,6 @@ Test(writer_thread, spill_path_names_the_sidecar)
     char quoted[4300];
     const char *q = writer_thread_spill_qpath(e, quoted, sizeof quoted);
     cr_assert_not_null(strstr(q, ".spill"), "%s", q);
-    cr_assert_not_null(strstr(q, tmp_dir), "%s", q);
+    cr_assert_not_null(strstr(q, sfx_dir()), "%s", q);
     cr_assert_eq(engine_close(e), 0);
 }
