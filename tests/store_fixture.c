@@ -52,6 +52,35 @@ const char *sfx_db_path(void)
     return db_path;
 }
 
+engine *sfx_open_engine(void)
+{
+    engine_config c = {
+        .db_path = db_path,
+        .batch_size = 1000,
+        .batch_interval = 60,
+        .queue_capacity = 10000,
+        .shutdown_timeout = 10,
+    };
+    char err[512] = "";
+    engine *e = engine_open(&c, err, sizeof err);
+
+    cr_assert(e != NULL, "engine_open: %s", err);
+    return e;
+}
+
+void sfx_accept(engine *e, const char *run, const char *node, ns_status st)
+{
+    ns_update u;
+    ns_row *out = NULL;
+
+    memset(&u, 0, sizeof u);
+    u.status = st;
+    for (int i = 0; i < NS_TS_COUNT; i++)
+        u.ts[i] = NS_TS_NULL;
+    cr_assert_eq(engine_submit(e, run, node, &u, &out), ENGINE_ACCEPTED);
+    model_row_unref(out);
+}
+
 store *sfx_open_store(void)
 {
     char err[512] = "";

@@ -14,6 +14,7 @@
 #include <stdint.h>
 
 #include "server/engine/model.h"
+#include "server/engine/engine.h"
 #include "server/engine/store.h"
 
 /* 2026-11-26T16:27:29.123Z; a draft's updated_at is this plus its seq. */
@@ -34,6 +35,15 @@ const char *sfx_db_path(void);
 /* store_open / store_reader_open on the database path; assert success. */
 store *sfx_open_store(void);
 store_reader *sfx_open_reader(void);
+
+/*
+ * engine_open on the database path with a batch interval of 60 s (only a
+ * flush or a waiter commits) and room for 10,000 queued updates; asserts
+ * success.
+ */
+engine *sfx_open_engine(void);
+/* Submits status st (no timestamps given) to run/node; asserts ACCEPTED. */
+void sfx_accept(engine *e, const char *run, const char *node, ns_status st);
 
 /* A draft with every timestamp NULL and every optional text NULL. */
 ns_row sfx_draft(const char *run, const char *node, ns_status st,

@@ -22,40 +22,13 @@ static void setup(void)
 
 TestSuite(readthrough, .init = setup, .fini = sfx_teardown, .timeout = 120);
 
-static engine *open_engine(void)
-{
-    engine_config c = {
-        .db_path = sfx_db_path(),
-        .batch_size = 1000,
-        .batch_interval = 60,
-        .queue_capacity = 10000,
-        .shutdown_timeout = 10,
-    };
-    char err[512] = "";
-    engine *e = engine_open(&c, err, sizeof err);
-    cr_assert_not_null(e, "engine_open: %s", err);
-    return e;
-}
-
-static void accept(engine *e, const char *run, const char *node, ns_status s)
-{
-    ns_update u;
-    memset(&u, 0, sizeof u);
-    u.status = s;
-    for (int i = 0; i < NS_TS_COUNT; i++)
-        u.ts[i] = NS_TS_NULL;
-    ns_row *out = NULL;
-    cr_assert_eq(engine_submit(e, run, node, &u, &out), ENGINE_ACCEPTED);
-    model_row_unref(out);
-}
-
 Test(readthrough, node_then_whole_run_from_the_file)
 {
-    engine *e = open_engine();
-    accept(e, "r", "a", NS_RUNNING);
-    accept(e, "r", "b", NS_SCHEDULED);
+    engine *e = sfx_open_engine();
+    sfx_accept(e, "r", "a", NS_RUNNING);
+    sfx_accept(e, "r", "b", NS_SCHEDULED);
     cr_assert_eq(engine_close(e), 0);
-    e = open_engine(); /* an empty cache over the stored rows */
+    e = sfx_open_engine(); /* an empty cache over the stored rows */
 
     lockcheck_lock(&e->lock);
     ns_row *cur = NULL;
