@@ -22,7 +22,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "../server/engine/engine.h"
+#include "engine.h"
 #include "problems.h"
 
 typedef struct api api;

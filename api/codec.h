@@ -10,7 +10,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 
-#include "../server/engine/engine.h"
+#include "engine.h"
 #include "buf.h"
 
 /* The decoded document an ns_update borrows its strings from. */

@@ -9,7 +9,7 @@
 
 #include <stdint.h>
 
-#include "../server/engine/stats.h"
+#include "stats.h"
 #include "buf.h"
 
 #define PROM_CONTENT_TYPE "text/plain; version=0.0.4; charset=utf-8"

@@ -11,8 +11,8 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "server/engine/model.h"
-#include "server/engine/store.h"
+#include "model.h"
+#include "store.h"
 
 /* Polling step of the start and stop waits. */
 #define BENCH_POLL_MS 20

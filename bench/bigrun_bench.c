@@ -49,7 +49,7 @@
 #include <sqlite3.h>
 
 #include "bench_common.h"
-#include "server/engine/model.h"
+#include "model.h"
 
 /* How long the service may take to log its address after starting. */
 #define BR_START_LIMIT_MS 30000

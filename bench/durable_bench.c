@@ -44,7 +44,7 @@
 #include <sqlite3.h>
 
 #include "bench_common.h"
-#include "server/engine/model.h"
+#include "model.h"
 /* How long the service may take to log its address after starting. */
 #define DB_START_LIMIT_MS 10000
 /* How long the service may take to flush and exit after SIGTERM. */

@@ -35,9 +35,9 @@
 #include <sqlite3.h>
 
 #include "bench_common.h"
-#include "server/config.h"
-#include "server/engine/engine.h"
-#include "server/engine/model.h"
+#include "config.h"
+#include "engine.h"
+#include "model.h"
 
 /* Pause after a queue-full answer: long enough to let the writer run. */
 #define BENCH_QUEUE_FULL_PAUSE_NS 50000L

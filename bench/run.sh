@@ -57,7 +57,7 @@ need curl curl
 need wrk wrk
 
 echo "== build (Release) in $build"
-cmake -S "$root" -B "$build" -DCMAKE_BUILD_TYPE=Release -DNODESTATE_TESTS=OFF >/dev/null
+cmake -S "$root" -B "$build" -DCMAKE_BUILD_TYPE=Release -DBUILD_TESTING=OFF >/dev/null
 cmake --build "$build" --target nodestate engine_bench durable_bench \
     memory_bench bigrun_bench -j "$(nproc)" >/dev/null
 

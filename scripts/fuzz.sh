@@ -23,7 +23,7 @@ bash scripts/deps.sh --fuzz
 build=build-fuzz
 echo "== fuzz: configure and build in $build/"
 cmake -S . -B "$build" -DCMAKE_C_COMPILER=clang -DCMAKE_BUILD_TYPE=RelWithDebInfo \
-  -DNODESTATE_FUZZ=ON -DNODESTATE_TESTS=OFF >/dev/null
+  -DNODESTATE_FUZZ=ON -DBUILD_TESTING=OFF >/dev/null
 cmake --build "$build" -j2 --target fuzzers
 
 targets=()

@@ -8,8 +8,8 @@
 #include <string.h>
 #include <time.h>
 
-#include "engine/logfmt.h"
-#include "engine/model.h"
+#include "logfmt.h"
+#include "model.h"
 
 struct logger {
     FILE *out;             /* not owned: log_free leaves it open */

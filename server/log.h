@@ -10,8 +10,8 @@
 #include <stddef.h>
 #include <stdio.h>
 
-#include "engine/engine.h"
-#include "engine/logfmt.h" /* logfmt_quote, for the values of fields */
+#include "loglevel.h" /* ns_log_fn, NS_LOG_*: log_write is one */
+#include "logfmt.h" /* logfmt_quote, for the values of fields */
 
 typedef struct logger logger;
 

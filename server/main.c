@@ -13,9 +13,9 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "../api/api.h"
+#include "api.h"
 #include "config.h"
-#include "engine/engine.h"
+#include "engine.h"
 #include "http.h"
 #include "log.h"
 

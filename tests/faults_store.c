@@ -15,8 +15,8 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "server/engine/model.h"
-#include "server/engine/store.h"
+#include "model.h"
+#include "store.h"
 #include "store_fixture.h"
 
 static void setup(void)

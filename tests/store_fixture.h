@@ -13,9 +13,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "server/engine/model.h"
-#include "server/engine/engine.h"
-#include "server/engine/store.h"
+#include "model.h"
+#include "engine.h"
+#include "store.h"
 
 /* 2026-11-26T16:27:29.123Z; a draft's updated_at is this plus its seq. */
 #define SFX_T0 INT64_C(1795710449123)

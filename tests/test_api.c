@@ -24,10 +24,10 @@
 
 #include "utf8_check.h"
 #include "writer_blocker.h"
-#include "api/api.h"
-#include "api/api_internal.h"
-#include "api/prom.h"
-#include "server/engine/engine.h"
+#include "api.h"
+#include "api_internal.h"
+#include "prom.h"
+#include "engine.h"
 
 #define JSON_TYPE "application/json"
 #define PROBLEM_TYPE "application/problem+json"

@@ -3,7 +3,7 @@
 
 #include <criterion/criterion.h>
 
-#include "api/buf.h"
+#include "buf.h"
 
 /* Runs buf_json_string on s and returns the text (caller frees). */
 static char *json_of(const char *s)

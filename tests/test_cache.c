@@ -13,8 +13,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "server/engine/cache.h"
-#include "server/engine/model.h"
+#include "cache.h"
+#include "model.h"
 
 #define ALL_STATUSES ((1u << NS_STATUS_COUNT) - 1)
 

@@ -4,7 +4,7 @@
 #include <criterion/criterion.h>
 #include <jansson.h>
 
-#include "api/codec.h"
+#include "codec.h"
 #include "utf8_check.h"
 
 #define RUN "run-1"

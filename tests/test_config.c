@@ -6,8 +6,8 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "server/config.h"
-#include "server/log.h"
+#include "config.h"
+#include "log.h"
 
 /* Every option of spec.md "Service" with its variable: the test's own list. */
 static const char *const option_names[][2] = {

@@ -18,7 +18,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "server/engine/dblock.h"
+#include "dblock.h"
 
 static char tmp_dir[] = "/tmp/nodestate-dblock-XXXXXX";
 static char db_path[PATH_MAX];

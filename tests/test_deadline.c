@@ -2,7 +2,7 @@
 #include <criterion/criterion.h>
 #include <stdlib.h>
 
-#include "server/deadline.h"
+#include "deadline.h"
 
 #define N 1000
 

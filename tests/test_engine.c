@@ -26,8 +26,8 @@
 
 #include "store_fixture.h"
 #include "writer_blocker.h"
-#include "server/engine/engine.h"
-#include "server/engine/model.h"
+#include "engine.h"
+#include "model.h"
 
 /* Criterion fixtures have no context argument; this is per test process. */
 static void setup(void)

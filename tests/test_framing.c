@@ -2,7 +2,7 @@
 #include <criterion/criterion.h>
 #include <string.h>
 
-#include "server/framing.h"
+#include "framing.h"
 
 #define F(n, v) { (n), sizeof(n) - 1, (v), sizeof(v) - 1 }
 

@@ -30,9 +30,9 @@
 #include <curl/curl.h>
 #include <sqlite3.h>
 
-#include "api/api.h"
-#include "server/engine/engine.h"
-#include "server/http.h"
+#include "api.h"
+#include "engine.h"
+#include "http.h"
 
 /* A writer schedule far beyond any test: only flush_soon commits early. */
 #define SLOW_BATCH_INTERVAL 60.0

@@ -12,7 +12,7 @@
 #include <stdbool.h>
 #include <time.h>
 
-#include "server/lockcheck.h"
+#include "lockcheck.h"
 
 typedef struct meeting {
     lockcheck_mutex mu;

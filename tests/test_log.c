@@ -5,7 +5,7 @@
 #include <string.h>
 #include <time.h>
 
-#include "server/log.h"
+#include "log.h"
 
 /* A logger writing into memory, and what it wrote so far. */
 typedef struct sink {

@@ -9,7 +9,7 @@
 #include <stdint.h>
 #include <string.h>
 
-#include "server/engine/model.h"
+#include "model.h"
 
 /* 2026-11-26T16:27:29.123Z in ms since the epoch (date -u -d ... +%s, plus .123). */
 #define T0 INT64_C(1795710449123)

@@ -11,7 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "api/problems.h"
+#include "problems.h"
 #include "doc_table.h"
 
 #define README_HEADER "| slug | status | title | when |"

@@ -8,8 +8,8 @@
 
 #include <criterion/criterion.h>
 
-#include "api/prom.h"
-#include "server/engine/stats.h"
+#include "prom.h"
+#include "stats.h"
 
 /* Bounds chosen to exercise the number formatting. */
 static const double test_bounds[] = { 1e-7, 0.005, 1, 2.5, 100000 };

@@ -7,7 +7,7 @@
 
 #include <string.h>
 
-#include "server/engine/queue.h"
+#include "queue.h"
 
 static ns_op op(int64_t seq)
 {

@@ -13,7 +13,7 @@
 #include <unistd.h>
 
 #include "store_fixture.h"
-#include "server/engine/readthrough.h"
+#include "readthrough.h"
 
 static void setup(void)
 {

@@ -10,8 +10,8 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "server/engine/model.h"
-#include "server/engine/rules.h"
+#include "model.h"
+#include "rules.h"
 
 #define RUN "run-1"
 #define NODE "node-a"

@@ -15,11 +15,11 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "api/buf.h"
-#include "api/codec.h"
-#include "api/prom.h"
+#include "buf.h"
+#include "codec.h"
+#include "prom.h"
 #include "doc_table.h"
-#include "server/engine/stats.h"
+#include "stats.h"
 
 #define COUNTERS_HEADER "| JSON | Prometheus | meaning |"
 #define PROM_HEADER "| metric | type | meaning |"

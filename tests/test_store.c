@@ -24,8 +24,8 @@
 
 #include <sqlite3.h>
 
-#include "server/engine/model.h"
-#include "server/engine/store.h"
+#include "model.h"
+#include "store.h"
 #include "store_fixture.h"
 
 static void setup(void)

@@ -7,7 +7,7 @@
 
 #include <string.h>
 
-#include "api/text.h"
+#include "text.h"
 #include "utf8_check.h"
 
 static bool utf8_ok(const char *s)

@@ -11,8 +11,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "server/engine/model.h"
-#include "server/engine/writer.h"
+#include "model.h"
+#include "writer.h"
 
 /* Ops own their rows and delete ids; this file frees them at the end of each test. */
 #define MAX_OPS 64

@@ -14,7 +14,7 @@
 #include <unistd.h>
 
 #include "store_fixture.h"
-#include "server/engine/writer_thread.h"
+#include "writer_thread.h"
 #include "writer_blocker.h"
 
 static void setup(void)

@@ -12,7 +12,7 @@
 #include <stdint.h>
 #include <time.h>
 
-#include "server/engine/engine.h"
+#include "engine.h"
 
 /* Upper bound on any wait here: a hang becomes a failure, never a timing check. */
 #define BLOCKER_HANG_SECONDS 30

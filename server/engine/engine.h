@@ -37,18 +37,11 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "loglevel.h" /* NS_LOG_*, ns_log_fn */
 #include "model.h"
 #include "stats.h"
 
 typedef struct engine engine;
-
-/* Log levels, shared by every layer's logger callback. */
-enum { NS_LOG_DEBUG, NS_LOG_INFO, NS_LOG_WARN, NS_LOG_ERROR };
-/*
- * A logger: msg is a short event name, fields is logfmt "key=value ..."
- * text (may be empty). Called from any thread.
- */
-typedef void ns_log_fn(void *ctx, int level, const char *msg, const char *fields);
 
 typedef struct engine_config {
     const char *db_path;

@@ -15,7 +15,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "../lockcheck.h"
+#include "lockcheck.h"
 #include "cache.h"
 #include "dblock.h"
 #include "engine.h"

@@ -14,9 +14,9 @@
 #include <string.h>
 
 #include "fuzzkit.h"
-#include "api/buf.h"
-#include "api/codec.h"
-#include "server/engine/rules.h"
+#include "buf.h"
+#include "codec.h"
+#include "rules.h"
 
 #define CODEC_RUN "run-1"
 #define CODEC_NODE "node-1"

@@ -18,7 +18,7 @@
 #include <string.h>
 
 #include "fuzzkit.h"
-#include "server/config.h"
+#include "config.h"
 
 #define CONFIG_MAX_ITEMS 64
 

@@ -10,7 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "server/framing.h"
+#include "framing.h"
 
 /* Bounded like MHD's header memory: a few thousand fields at most. */
 #define FUZZ_MAX_FIELDS 4096

@@ -20,8 +20,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "api/api.h"
-#include "server/engine/engine.h"
+#include "api.h"
+#include "engine.h"
 
 #define FUZZKIT_MAX_FIELDS 16
 

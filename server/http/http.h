@@ -28,8 +28,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "../api/api.h"
-#include "engine/engine.h"
+#include "api.h"
+#include "engine.h"
 
 typedef struct http_server http_server;
 

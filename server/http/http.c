@@ -22,10 +22,11 @@
 #include <microhttpd.h>
 
 #include "deadline.h"
-#include "lockcheck.h"
-#include "engine/model.h"
 #include "framing.h"
-#include "log.h"
+#include "lockcheck.h"
+#include "logfmt.h"
+#include "loglevel.h"
+#include "model.h"
 
 /* How often http_stop looks at the number of requests in flight. */
 #define HTTP_DRAIN_POLL_NS 10000000LL
