@@ -1,4 +1,4 @@
-/* Unit tests of server/deadline: heap order under pushes and removals anywhere. */
+/* Unit tests of server/util/deadline: heap order under pushes and removals anywhere. */
 #include <criterion/criterion.h>
 #include <stdlib.h>
 

@@ -1,4 +1,4 @@
-/* Unit tests of server/framing: which header sets delimit a body one way only. */
+/* Unit tests of server/http/framing: which header sets delimit a body one way only. */
 #include <criterion/criterion.h>
 #include <string.h>
 

@@ -1,5 +1,5 @@
 /*
- * fuzz_framing: libFuzzer target for server/framing. The input is a header
+ * fuzz_framing: libFuzzer target for server/http/framing. The input is a header
  * block, one "Name: value" field per line (LF or CRLF); a line without a
  * colon is a name with no value. Whatever the bytes, framing_check must
  * return one of its verdicts, read nothing outside the fields it is given,
