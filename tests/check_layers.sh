@@ -91,16 +91,18 @@ expect_ok ns_http http.h framing.h api.h engine.h model.h
 expect_missing ns_http "${main_h[@]}"
 expect_ok ns_main config.h log.h http.h
 
-# Third-party headers: only in the directory of the layer that owns them.
+# Third-party headers (and the store's private header, which brings
+# sqlite3.h): only in the directory of the layer that owns them.
 check_header_home() {
   local header=$1 home=$2 f
   while IFS= read -r f; do
-    [[ $f == "$home"/* ]] || fail "$f includes <$header>, which only $home/ may"
-  done < <(cd "$src" && grep -rlE "#[[:space:]]*include[[:space:]]*<$header>" server api)
+    [[ $f == "$home"/* ]] || fail "$f includes $header, which only $home/ may"
+  done < <(cd "$src" && grep -rlE "#[[:space:]]*include[[:space:]]*$header" server api)
 }
-check_header_home sqlite3.h server/store
-check_header_home jansson.h api
-check_header_home microhttpd.h server/http
+check_header_home '<sqlite3.h>' server/store
+check_header_home '"sqlite_internal.h"' server/store
+check_header_home '<jansson.h>' api
+check_header_home '<microhttpd.h>' server/http
 
 # Third-party calls: no layer's objects may need a symbol of another layer's
 # library. The store is an object library (each program links its objects).

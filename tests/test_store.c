@@ -990,8 +990,8 @@ static void list_columns(const char *lead, const char *skip, char *out, size_t l
 }
 
 /*
- * The SQL of store.c names the node's columns by hand; the tables it
- * creates, in a new database and in a new sidecar, have exactly the columns
+ * The SQL of the store (server/store/sqlite_*.c) names the node's columns
+ * by hand; the tables it creates, in a new database and in a new sidecar, have exactly the columns
  * of NS_NODE_FIELDS, which drives the binding and the reading, in its order.
  */
 Test(store, tables_have_the_columns_of_the_node_fields_in_order)

@@ -69,7 +69,7 @@ typedef struct ns_row {
  *
  *   X(name, member, json, column, kind)
  *
- * name    an identifier for the field (store.c's COL_<name>)
+ * name    an identifier for the field (the SQLite store's COL_<name>)
  * member  the ns_row member that holds it (row->member)
  * json    its key in the JSON row
  * column  its SQL column in run_node_state and in the sidecar's spill_log
@@ -83,10 +83,11 @@ typedef struct ns_row {
  *         bool       stored as 0 or 1
  *         json       compact JSON text, spliced into answers as it is
  *
- * store.c binds and reads the columns, and codec.c encodes a row, from this
- * list. The SQL text of the schema and statements is written out in store.c
- * (the schema text of existing files must not change): store.c checks each
- * statement that binds or returns a row against the list when it prepares it,
+ * The SQLite store (server/store) binds and reads the columns, and codec.c
+ * encodes a row, from this list. The SQL text of the schema and statements
+ * is written out in the store's sqlite_*.c (the schema text of existing
+ * files must not change): store_prepare_row checks each statement that
+ * binds or returns a row against the list when it prepares it,
  * and tests/test_store.c checks that the tables it creates (run_node_state,
  * the sidecar's spill_log) have exactly these columns, in order.
  * ns_row and ns_update stay written out: the timestamps are an array indexed

@@ -1,0 +1,335 @@
+/*
+ * sqlite_common: what every connection of the store uses: error messages,
+ * statements, binding a row and upserting rows with isolation of the ones
+ * SQLite refuses.
+ */
+#include "sqlite_internal.h"
+
+#include <stdio.h>
+#include <string.h>
+#include <stdlib.h>
+
+/* Writes "<path>: <msg>" into err, tolerating a NULL or empty buffer. */
+void store_set_err(char *err, size_t errlen, const char *path,
+                   const char *msg)
+{
+    if (err != NULL && errlen > 0)
+        snprintf(err, errlen, "%s: %s", path, msg);
+}
+
+/* Same as store_set_err with the connection's own message, if any. */
+void store_set_db_err(char *err, size_t errlen, const char *path,
+                      sqlite3 *db, const char *what)
+{
+    char msg[STORE_ERRMSG_MAX];
+
+    snprintf(msg, sizeof msg, "%s: %s", what,
+             db != NULL ? sqlite3_errmsg(db) : "out of memory");
+    store_set_err(err, errlen, path, msg);
+}
+
+/* Runs a statement that returns no rows we care about. Returns an sqlite rc. */
+int store_exec(sqlite3 *db, const char *sql)
+{
+    return sqlite3_exec(db, sql, NULL, NULL, NULL);
+}
+
+/* Ends the transaction in progress, if any, keeping nothing of it. */
+void store_rollback(sqlite3 *db)
+{
+    /*
+     * Some errors (IOERR, FULL, NOMEM) roll the transaction back by
+     * themselves; a failed COMMIT (BUSY) leaves it open. Autocommit tells
+     * which. If ROLLBACK itself fails, SQLite undoes the transaction when
+     * the next BEGIN finds the journal hot, so there is nothing more to do.
+     */
+    if (!sqlite3_get_autocommit(db))
+        store_exec(db, "ROLLBACK");
+}
+
+/*
+ * Runs a single-value query and returns its first column as an integer in
+ * *out (0 when there is no row). Returns an sqlite rc.
+ */
+int store_query_int(sqlite3 *db, const char *sql, int64_t *out)
+{
+    sqlite3_stmt *st = NULL;
+    int rc = sqlite3_prepare_v2(db, sql, -1, &st, NULL);
+
+    if (rc != SQLITE_OK)
+        return rc;
+    rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW) {
+        *out = sqlite3_column_int64(st, 0);
+        rc = SQLITE_OK;
+    } else if (rc == SQLITE_DONE) {
+        *out = 0;
+        rc = SQLITE_OK;
+    }
+    sqlite3_finalize(st);
+    return rc;
+}
+
+/* Prepares one statement that lives as long as the connection. */
+int store_prepare(sqlite3 *db, const char *sql, sqlite3_stmt **out,
+                  char *err, size_t errlen, const char *path)
+{
+    if (sqlite3_prepare_v3(db, sql, -1, SQLITE_PREPARE_PERSISTENT, out, NULL)
+        != SQLITE_OK) {
+        store_set_db_err(err, errlen, path, db, "preparing statements");
+        return -1;
+    }
+    return 0;
+}
+
+/*
+ * store_prepare for a statement that binds a row (params) or returns one
+ * (!params), checking it against NS_NODE_FIELDS: the SQL of the sqlite_*.c
+ * files is written by hand, and a column out of place would bind or read one field as another.
+ * An insert must take one parameter per field; a select must return the
+ * fields' columns by name, in order, then one json_valid() per json field.
+ */
+int store_prepare_row(sqlite3 *db, const char *sql, bool params,
+                      sqlite3_stmt **out, char *err, size_t errlen,
+                      const char *path)
+{
+#define STORE_COLUMN_NAME_(name, member, json, column, kind) column,
+    static const char *const columns[COL_COUNT] = {
+        NS_NODE_FIELDS(STORE_COLUMN_NAME_)
+    };
+#undef STORE_COLUMN_NAME_
+#define STORE_IS_JSON_(name, member, json, column, kind) + STORE_IS_JSON_##kind
+    enum { n_json = 0 NS_NODE_FIELDS(STORE_IS_JSON_) };
+#undef STORE_IS_JSON_
+    bool ok;
+
+    if (store_prepare(db, sql, out, err, errlen, path) != 0)
+        return -1;
+    if (params) {
+        ok = sqlite3_bind_parameter_count(*out) == COL_COUNT;
+    } else {
+        ok = sqlite3_column_count(*out) == COL_COUNT + n_json;
+        for (int i = 0; ok && i < COL_COUNT; i++) {
+            const char *name = sqlite3_column_name(*out, i);
+            ok = name != NULL && strcmp(name, columns[i]) == 0;
+        }
+    }
+    if (!ok) {
+        store_set_err(err, errlen, path,
+                      "internal: a statement's columns are not the node's fields");
+        return -1;
+    }
+    return 0;
+}
+
+/*
+ * Steps a statement that returns no rows and readies it for the next use.
+ * Bindings are cleared because they may point into rows the caller frees
+ * after this batch. Returns an sqlite rc (SQLITE_DONE on success).
+ */
+int store_step_once(sqlite3_stmt *st)
+{
+    int rc = sqlite3_step(st);
+
+    sqlite3_reset(st);
+    sqlite3_clear_bindings(st);
+    return rc;
+}
+
+/*
+ * The binders of NS_NODE_FIELDS' kinds, store_bind_<kind>. A timestamp is
+ * bound as RFC 3339 text from the next buffer of *ts, or as NULL.
+ */
+static int store_bind_id(sqlite3_stmt *st, int idx, const char *v,
+                         char (**ts)[NS_TS_BUF])
+{
+    (void)ts;
+    return sqlite3_bind_text(st, idx, v, -1, SQLITE_STATIC);
+}
+
+static int store_bind_status(sqlite3_stmt *st, int idx, ns_status v,
+                             char (**ts)[NS_TS_BUF])
+{
+    (void)ts;
+    return sqlite3_bind_text(st, idx, model_status_name(v), -1, SQLITE_STATIC);
+}
+
+static int store_bind_int(sqlite3_stmt *st, int idx, int64_t v,
+                          char (**ts)[NS_TS_BUF])
+{
+    (void)ts;
+    return sqlite3_bind_int64(st, idx, v);
+}
+
+static int store_bind_timestamp(sqlite3_stmt *st, int idx, int64_t ms,
+                                char (**ts)[NS_TS_BUF])
+{
+    char *buf = **ts;
+
+    (*ts)++;
+    if (ms == NS_TS_NULL)
+        return sqlite3_bind_null(st, idx);
+    model_ts_format(ms, buf);
+    return sqlite3_bind_text(st, idx, buf, -1, SQLITE_STATIC);
+}
+
+static int store_bind_text(sqlite3_stmt *st, int idx, const char *v,
+                           char (**ts)[NS_TS_BUF])
+{
+    (void)ts;
+    return sqlite3_bind_text(st, idx, v, -1, SQLITE_STATIC);
+}
+
+static int store_bind_bool(sqlite3_stmt *st, int idx, bool v,
+                           char (**ts)[NS_TS_BUF])
+{
+    (void)ts;
+    return sqlite3_bind_int(st, idx, v ? 1 : 0);
+}
+
+static int store_bind_json(sqlite3_stmt *st, int idx, const char *v,
+                           char (**ts)[NS_TS_BUF])
+{
+    (void)ts;
+    return sqlite3_bind_text(st, idx, v, -1, SQLITE_STATIC);
+}
+
+/*
+ * Binds every column of one row into the upsert (or the spill log's insert).
+ * Strings are bound SQLITE_STATIC: the row and tsbuf outlive the step that
+ * follows, and store_upsert_rows clears the bindings afterwards. A NULL
+ * status name (an out-of-range status) binds NULL, which the NOT NULL
+ * constraint rejects.
+ */
+#define STORE_COUNT_TS_(name, member, json, column, kind) + STORE_IS_TS_##kind
+_Static_assert(0 NS_NODE_FIELDS(STORE_COUNT_TS_) == NS_TS_COUNT + 1,
+               "a buffer of store_bind_row's tsbuf per timestamp column");
+#undef STORE_COUNT_TS_
+
+static int store_bind_row(sqlite3_stmt *st, const ns_row *row,
+                          char tsbuf[NS_TS_COUNT + 1][NS_TS_BUF])
+{
+    char (*ts)[NS_TS_BUF] = tsbuf;
+    int rc;
+
+#define STORE_BIND_(name, member, json, column, kind)                       \
+    if ((rc = store_bind_##kind(st, COL_##name + 1, row->member, &ts))      \
+        != SQLITE_OK)                                                       \
+        return rc;
+    NS_NODE_FIELDS(STORE_BIND_)
+#undef STORE_BIND_
+    return SQLITE_OK;
+}
+
+/*
+ * Whether SQLite refused a row for something about the row itself, so that
+ * retrying the same row can never succeed. Everything else (BUSY, LOCKED,
+ * IOERR, FULL, NOMEM, ...) is about the database and fails the whole batch.
+ */
+static bool store_row_level(int rc)
+{
+    switch (rc & 0xff) {
+    case SQLITE_CONSTRAINT:
+    case SQLITE_TOOBIG:
+    case SQLITE_MISMATCH:
+    case SQLITE_RANGE:
+        return true;
+    default:
+        return false;
+    }
+}
+
+/* Notes rows[row] as left out. 0, or -1 when out of memory. */
+static int store_isolation_add(store_isolation *iso, size_t row,
+                               const char *why)
+{
+    if (iso->n == iso->cap) {
+        size_t cap = iso->cap != 0 ? iso->cap * 2 : 4;
+        store_isolated *v = realloc(iso->v, cap * sizeof *v);
+
+        if (v == NULL)
+            return -1;
+        iso->v = v;
+        iso->cap = cap;
+    }
+    iso->v[iso->n].row = row;
+    snprintf(iso->v[iso->n].why, sizeof iso->v[0].why, "%s", why);
+    iso->n++;
+    return 0;
+}
+
+/*
+ * Tells the batch's callback about the rows left out. Only called after
+ * COMMIT: a batch that fails is retried whole, and reporting its isolated
+ * rows each time would count them twice.
+ */
+void store_isolation_report(const store_isolation *iso,
+                            const store_batch *b)
+{
+    if (b->on_isolated == NULL)
+        return;
+    for (size_t i = 0; i < iso->n; i++)
+        b->on_isolated(b->isolated_ctx, b->rows[iso->v[i].row],
+                       iso->v[i].why);
+}
+
+/*
+ * Upserts rows[0..n) with st inside the open transaction of db. A row that
+ * SQLite refuses by itself is skipped and noted in iso: its statement was
+ * undone (ABORT, the default conflict resolution) and the transaction goes
+ * on. faults_of is the store whose injected row faults apply, or NULL.
+ * Any other failure stops: returns -1 with "upsert: <why>" in msg.
+ */
+int store_upsert_rows(sqlite3 *db, sqlite3_stmt *st,
+                      ns_row *const *rows, size_t n,
+                      const store *faults_of, store_isolation *iso,
+                      char *msg, size_t msglen)
+{
+    /* Formatted timestamps of the row being upserted. */
+    char tsbuf[NS_TS_COUNT + 1][NS_TS_BUF];
+    /* Leaves room for the "upsert: " prefix in msg. */
+    char why[STORE_ERRMSG_MAX - 16];
+    int rc;
+
+    for (size_t i = 0; i < n; i++) {
+        if (rows[i] == NULL) {
+            snprintf(msg, msglen, "upsert: row %zu is NULL", i);
+            return -1;
+        }
+        if (STORE_FAULT_ROW(faults_of, rows[i])) {
+            snprintf(why, sizeof why, "row refused (injected fault)");
+            rc = SQLITE_CONSTRAINT;
+        } else {
+            rc = store_bind_row(st, rows[i], tsbuf);
+            if (rc == SQLITE_OK)
+                rc = sqlite3_step(st);
+            /* Read before reset, which may replace the message. */
+            if (rc != SQLITE_DONE)
+                snprintf(why, sizeof why, "%s", sqlite3_errmsg(db));
+            sqlite3_reset(st);
+            sqlite3_clear_bindings(st);
+        }
+        if (rc == SQLITE_DONE)
+            continue;
+        /*
+         * RAISE(ROLLBACK) in a trigger is a constraint error that ends the
+         * transaction too; without a transaction nothing is left to commit.
+         */
+        if (!store_row_level(rc) || sqlite3_get_autocommit(db)) {
+            snprintf(msg, msglen, "upsert: %s", why);
+            return -1;
+        }
+        if (store_isolation_add(iso, i, why) != 0) {
+            snprintf(msg, msglen, "upsert: out of memory");
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* Whether b's arrays are there for the counts it claims. */
+bool store_batch_valid(const store_batch *b)
+{
+    return b != NULL && (b->n_deletes == 0 || b->delete_runs != NULL)
+           && (b->n_rows == 0 || b->rows != NULL);
+}

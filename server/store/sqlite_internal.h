@@ -1,0 +1,234 @@
+/*
+ * sqlite_internal: what the files of the SQLite store share, and nothing
+ * outside server/store may include (it brings sqlite3.h): the column
+ * positions and SQL pieces of NS_NODE_FIELDS, struct store, the fault hooks
+ * (NODESTATE_FAULTS builds), and the helpers every connection uses. The
+ * store is split by concern: sqlite_write.c (schema, open, the write
+ * transaction, meta), sqlite_migrate.c (the version-0 migration),
+ * sqlite_spill.c (spill and replay), sqlite_read.c (the reader),
+ * sqlite_faults.c (fault injection), sqlite_common.c (errors, statements,
+ * binding and upserting rows).
+ */
+#ifndef NODESTATE_SQLITE_INTERNAL_H
+#define NODESTATE_SQLITE_INTERNAL_H
+
+#include <limits.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <sqlite3.h>
+
+#include "model.h"
+#include "store.h"
+
+/* The schema this build writes and the newest one it can read. */
+#define STORE_SCHEMA_VERSION 1
+/*
+ * The writer retries failed batches with its own backoff, so a lock held by
+ * someone else must make a write fail fast rather than stall the writer.
+ */
+#define STORE_WRITE_BUSY_MS 100
+/* A read-through may wait a little longer: it is rare and off the hot path. */
+#define STORE_READ_BUSY_MS 1000
+/* A spill is the last write before exit; waiting a moment beats losing it. */
+#define STORE_SPILL_BUSY_MS 1000
+/*
+ * 32 MiB of page cache for the sidecar: a piece (SPILL_PIECE_BYTES in the
+ * engine) and the pages it lands on stay in memory until its commit.
+ */
+#define STORE_SPILL_CACHE_SIZE "-32768"
+/* 64 MiB of page cache (negative = KiB): the working set of hot runs. */
+#define STORE_CACHE_SIZE "-65536"
+/* Pages between automatic checkpoints; fewer checkpoints measured ~1.6x faster. */
+#define STORE_WAL_AUTOCHECKPOINT "10000"
+/* Room for "<operation>: <sqlite message>". */
+#define STORE_ERRMSG_MAX 256
+/* Room for a database path plus ".spill" or "-journal". */
+#define STORE_PATH_MAX (PATH_MAX + 16)
+/* The schema name the sidecar is attached under while it is replayed. */
+#define STORE_SPILL_SCHEMA "spill"
+
+/*
+ * Parameter / result column positions shared by the upsert and the select:
+ * COL_<name> for each field of NS_NODE_FIELDS, in its order.
+ */
+enum store_col {
+#define STORE_COL_(name, member, json, column, kind) COL_##name,
+    NS_NODE_FIELDS(STORE_COL_)
+#undef STORE_COL_
+    COL_COUNT,
+    /*
+     * The select's json_valid() of the json columns (NULL for NULL), one
+     * each, in the list's order, after the row's columns.
+     */
+    COL_JSON_VALID_FIRST = COL_COUNT
+};
+
+/* Per kind of NS_NODE_FIELDS: whether it is a timestamp, or a json column. */
+#define STORE_IS_TS_id 0
+#define STORE_IS_TS_status 0
+#define STORE_IS_TS_int 0
+#define STORE_IS_TS_timestamp 1
+#define STORE_IS_TS_text 0
+#define STORE_IS_TS_bool 0
+#define STORE_IS_TS_json 0
+#define STORE_IS_JSON_id 0
+#define STORE_IS_JSON_status 0
+#define STORE_IS_JSON_int 0
+#define STORE_IS_JSON_timestamp 0
+#define STORE_IS_JSON_text 0
+#define STORE_IS_JSON_bool 0
+#define STORE_IS_JSON_json 1
+
+/*
+ * The SQL below names the columns of NS_NODE_FIELDS by hand, in the list's
+ * order (tests/test_store.c checks the tables against the list); a field
+ * added to the list needs its column here, in both schemas, in the upsert's
+ * SET, a placeholder more and, for a json field, a json_valid() in the
+ * selects.
+ */
+#define STORE_COLUMNS                                                       \
+    "run_id, node_id, status, attempt, scheduled_at, started_at, "          \
+    "completed_at, failed_at, suspended_at, last_error, retryable, "        \
+    "suspension_reason, resume_state_json, outputs_json, updated_at, seq"
+
+/* Every column but the key takes the incoming row's value. */
+#define STORE_UPSERT_SET                                                    \
+    " ON CONFLICT (run_id, node_id) DO UPDATE SET"                          \
+    " status = excluded.status,"                                            \
+    " attempt = excluded.attempt,"                                          \
+    " scheduled_at = excluded.scheduled_at,"                                \
+    " started_at = excluded.started_at,"                                    \
+    " completed_at = excluded.completed_at,"                                \
+    " failed_at = excluded.failed_at,"                                      \
+    " suspended_at = excluded.suspended_at,"                                \
+    " last_error = excluded.last_error,"                                    \
+    " retryable = excluded.retryable,"                                      \
+    " suspension_reason = excluded.suspension_reason,"                      \
+    " resume_state_json = excluded.resume_state_json,"                      \
+    " outputs_json = excluded.outputs_json,"                                \
+    " updated_at = excluded.updated_at,"                                    \
+    " seq = excluded.seq"
+
+/* The schema of a new database (sqlite_write.c), also run by the migration. */
+extern const char store_schema_sql[];
+/* last_seq = max(last_seq, ?1), on the database and on the sidecar. */
+extern const char store_set_seq_sql[];
+
+/* ---------------------------------------------------------------------
+ * Fault injection: NODESTATE_FAULTS builds only (see store.h).
+ *
+ * Everything that makes a write fail on purpose lives in this section. A
+ * normal build defines the hooks at its end as empty macros, so it carries
+ * no fault code at all. The hooks are:
+ *   STORE_FAULTS_LOAD(s, msg, len)  parse the environment at open (0 / -1)
+ *   STORE_FAULT_ROW(s, row)         true: refuse this upsert as unwritable
+ *   STORE_FAULT_COMMIT(s)           -1 (errmsg set): fail this write
+ *   STORE_FAULT_WROTE(s)            a write committed
+ * --------------------------------------------------------------------- */
+#ifdef NODESTATE_FAULTS
+
+/* How many row= entries one spec may name. */
+#define STORE_FAULT_ROWS_MAX 8
+
+typedef struct store_faults {
+    int commit_rc;              /* SQLITE_BUSY / _IOERR / _FULL; 0 = none */
+    long commit_left;           /* injected write failures still to come */
+    long after;                 /* successful writes before faults start */
+    long wrote;                 /* successful writes so far */
+    size_t n_rows;
+    char rows[STORE_FAULT_ROWS_MAX][NS_ID_MAX + 1]; /* node_ids refused */
+} store_faults;
+
+#define STORE_FAULTS_FIELD store_faults faults;
+
+/* Parses NODESTATE_FAULTS into f; -1 with msg set when it cannot. */
+int store_faults_load(store_faults *f, char *msg, size_t msglen);
+/* Whether the upsert of node_id is to be refused. */
+bool store_faults_row(const store_faults *f, const char *node_id);
+/* -1 with errmsg set when this write is to fail; each one uses up one. */
+int store_faults_commit(store_faults *f, char *errmsg, size_t len);
+
+#define STORE_FAULTS_LOAD(s, msg, len) store_faults_load(&(s)->faults, msg, len)
+#define STORE_FAULT_ROW(s, row)                                             \
+    ((s) != NULL && store_faults_row(&(s)->faults, (row)->node_id))
+#define STORE_FAULT_COMMIT(s)                                               \
+    store_faults_commit(&(s)->faults, (s)->errmsg, sizeof (s)->errmsg)
+#define STORE_FAULT_WROTE(s) ((void)(s)->faults.wrote++)
+
+#else /* !NODESTATE_FAULTS */
+
+#define STORE_FAULTS_FIELD
+#define STORE_FAULTS_LOAD(s, msg, len) 0
+#define STORE_FAULT_ROW(s, row) false
+#define STORE_FAULT_COMMIT(s) 0
+#define STORE_FAULT_WROTE(s) ((void)0)
+
+#endif /* NODESTATE_FAULTS */
+/* ---------------------- end of fault injection ---------------------- */
+
+/* A row a transaction left out, reported only once that transaction commits. */
+typedef struct store_isolated {
+    size_t row;                 /* index into store_batch.rows */
+    char why[STORE_ERRMSG_MAX]; /* SQLite's message */
+} store_isolated;
+
+/* The rows left out of the transaction in progress. */
+typedef struct store_isolation {
+    store_isolated *v;
+    size_t n;
+    size_t cap;
+} store_isolation;
+
+/* The write connection. Owned by one thread (the writer); no locking. */
+struct store {
+    sqlite3 *db;
+    char *path;                 /* as given to store_open; names the sidecar */
+    sqlite3_stmt *upsert;       /* one row of run_node_state */
+    sqlite3_stmt *delete_run;   /* every row of one run */
+    sqlite3_stmt *set_seq;      /* nodestate_meta 'last_seq' */
+    sqlite3_stmt *meta_get;     /* any nodestate_meta key */
+    sqlite3_stmt *meta_set;
+    sqlite3_stmt *begin;        /* BEGIN IMMEDIATE */
+    sqlite3_stmt *commit;
+    sqlite3_stmt *rollback;
+    int64_t last_seq;           /* highest seq committed to the file */
+    store_isolation iso;        /* reused by every store_write */
+    char errmsg[STORE_ERRMSG_MAX]; /* why the last store_write failed */
+    STORE_FAULTS_FIELD          /* injected faults (NODESTATE_FAULTS only) */
+};
+
+/* Writes "<path>: <msg>" into err, tolerating a NULL or empty buffer. */
+void store_set_err(char *err, size_t errlen, const char *path,
+                   const char *msg);
+/* Same as store_set_err with the connection's own message, if any. */
+void store_set_db_err(char *err, size_t errlen, const char *path,
+                      sqlite3 *db, const char *what);
+/* Runs a statement that returns no rows we care about. Returns an sqlite rc. */
+int store_exec(sqlite3 *db, const char *sql);
+/* Ends the transaction in progress, if any, keeping nothing of it. */
+void store_rollback(sqlite3 *db);
+/* A single-value query's first column in *out (0: no row). An sqlite rc. */
+int store_query_int(sqlite3 *db, const char *sql, int64_t *out);
+/* Prepares one statement that lives as long as the connection. 0 or -1. */
+int store_prepare(sqlite3 *db, const char *sql, sqlite3_stmt **out,
+                  char *err, size_t errlen, const char *path);
+/* store_prepare, checked against NS_NODE_FIELDS (binds or returns a row). */
+int store_prepare_row(sqlite3 *db, const char *sql, bool params,
+                      sqlite3_stmt **out, char *err, size_t errlen,
+                      const char *path);
+/* Steps a statement that returns no rows, then resets it. An sqlite rc. */
+int store_step_once(sqlite3_stmt *st);
+/* Upserts rows with st inside db's open transaction (see sqlite_common.c). */
+int store_upsert_rows(sqlite3 *db, sqlite3_stmt *st, ns_row *const *rows,
+                      size_t n, const store *faults_of, store_isolation *iso,
+                      char *msg, size_t msglen);
+/* Tells the batch's callback about the rows left out, after COMMIT. */
+void store_isolation_report(const store_isolation *iso, const store_batch *b);
+/* Whether b's arrays are there for the counts it claims. */
+bool store_batch_valid(const store_batch *b);
+/* Brings a version-0 table up to version 1 in the caller's transaction. */
+int store_migrate_v0(sqlite3 *db, char *err, size_t errlen, const char *path);
+
+#endif

@@ -1,0 +1,412 @@
+/*
+ * sqlite_write: the SQLite file behind nodestate (see store.h for the contract):
+ * the schema, opening the write connection, the write transaction, meta.
+ *
+ * Everything here is prepared once at open time so that a write is nothing
+ * but bind/step/reset on cached statements inside one transaction.
+ */
+#include "sqlite_internal.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+/*
+ * Idempotent (IF NOT EXISTS) so that two processes racing to create the same
+ * new file both end up with the same schema, and so that a migrated file
+ * (whose table exists already) gets only the index and meta table.
+ */
+const char store_schema_sql[] =
+    "CREATE TABLE IF NOT EXISTS run_node_state ("
+    " run_id TEXT NOT NULL,"
+    " node_id TEXT NOT NULL,"
+    " status TEXT NOT NULL,"
+    " attempt INTEGER NOT NULL,"
+    " scheduled_at TEXT,"
+    " started_at TEXT,"
+    " completed_at TEXT,"
+    " failed_at TEXT,"
+    " suspended_at TEXT,"
+    " last_error TEXT,"
+    " retryable INTEGER NOT NULL DEFAULT 0,"
+    " suspension_reason TEXT,"
+    " resume_state_json TEXT,"
+    " outputs_json TEXT,"
+    " updated_at TEXT NOT NULL,"
+    " seq INTEGER NOT NULL,"
+    " PRIMARY KEY (run_id, node_id)"
+    ") WITHOUT ROWID;"
+    "CREATE INDEX IF NOT EXISTS run_node_state_run_status"
+    " ON run_node_state (run_id, status);"
+    "CREATE TABLE IF NOT EXISTS nodestate_meta ("
+    " key TEXT PRIMARY KEY,"
+    " value INTEGER"
+    ");"
+    "PRAGMA user_version = 1;";
+
+static const char store_upsert_sql[] =
+    "INSERT INTO run_node_state (" STORE_COLUMNS ")"
+    " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14,"
+    " ?15, ?16)" STORE_UPSERT_SET;
+
+static const char store_delete_run_sql[] =
+    "DELETE FROM run_node_state WHERE run_id = ?1";
+
+/*
+ * max() keeps the recorded value "the highest seq ever committed" even if a
+ * caller ever hands in a smaller one.
+ */
+const char store_set_seq_sql[] =
+    "INSERT INTO nodestate_meta (key, value) VALUES ('last_seq', ?1)"
+    " ON CONFLICT (key) DO UPDATE SET value = max(value, excluded.value)";
+
+static const char store_get_seq_sql[] =
+    "SELECT value FROM nodestate_meta WHERE key = 'last_seq'";
+
+static const char store_meta_get_sql[] =
+    "SELECT value FROM nodestate_meta WHERE key = ?1";
+
+/* A plain replace: the caller's keys need not only grow. */
+static const char store_meta_set_sql[] =
+    "INSERT INTO nodestate_meta (key, value) VALUES (?1, ?2)"
+    " ON CONFLICT (key) DO UPDATE SET value = excluded.value";
+
+/*
+ * Switches to WAL and checks it took: journal_mode answers with the mode it
+ * ended up in, and some files (in-memory, some VFSes) silently refuse WAL.
+ */
+static int store_enable_wal(sqlite3 *db, char *err, size_t errlen,
+                            const char *path)
+{
+    sqlite3_stmt *st = NULL;
+    const unsigned char *mode;
+    int rc = sqlite3_prepare_v2(db, "PRAGMA journal_mode = WAL", -1, &st,
+                                NULL);
+
+    if (rc != SQLITE_OK)
+        goto err;
+    rc = sqlite3_step(st);
+    if (rc != SQLITE_ROW)
+        goto err;
+    mode = sqlite3_column_text(st, 0);
+    if (mode == NULL || strcasecmp((const char *)mode, "wal") != 0) {
+        char msg[STORE_ERRMSG_MAX];
+
+        snprintf(msg, sizeof msg,
+                 "cannot use WAL journal mode (journal_mode is %s)",
+                 mode != NULL ? (const char *)mode : "unknown");
+        store_set_err(err, errlen, path, msg);
+        sqlite3_finalize(st);
+        return -1;
+    }
+    sqlite3_finalize(st);
+    return 0;
+
+err:
+    store_set_db_err(err, errlen, path, db, "setting journal_mode=WAL");
+    sqlite3_finalize(st);
+    return -1;
+}
+
+/*
+ * Creates the schema on a new file (user_version 0), migrates the original
+ * design's table (user_version 0 with run_node_state), accepts version 1 and
+ * refuses anything newer. Returns 0 or -1 with err set.
+ */
+static int store_check_schema(sqlite3 *db, char *err, size_t errlen,
+                              const char *path)
+{
+    int64_t version = 0;
+    int64_t has_table = 0;
+    char msg[STORE_ERRMSG_MAX];
+
+    if (store_query_int(db, "PRAGMA user_version", &version) != SQLITE_OK) {
+        store_set_db_err(err, errlen, path, db, "reading user_version");
+        return -1;
+    }
+    if (version > STORE_SCHEMA_VERSION) {
+        snprintf(msg, sizeof msg,
+                 "database schema version %lld is newer than this nodestate "
+                 "supports (%d)", (long long)version, STORE_SCHEMA_VERSION);
+        store_set_err(err, errlen, path, msg);
+        return -1;
+    }
+    if (version < 0) {
+        snprintf(msg, sizeof msg, "database schema version %lld is invalid",
+                 (long long)version);
+        store_set_err(err, errlen, path, msg);
+        return -1;
+    }
+    if (version == STORE_SCHEMA_VERSION)
+        return 0;
+
+    /* One transaction, so a crash never leaves a half-made schema behind. */
+    if (store_exec(db, "BEGIN IMMEDIATE") != SQLITE_OK) {
+        store_set_db_err(err, errlen, path, db, "creating schema");
+        return -1;
+    }
+    /* Read again under the write lock: another process may have won. */
+    if (store_query_int(db, "PRAGMA user_version", &version) != SQLITE_OK
+        || store_query_int(db,
+                           "SELECT count(*) FROM sqlite_master WHERE"
+                           " type = 'table' AND name = 'run_node_state'",
+                           &has_table) != SQLITE_OK) {
+        store_set_db_err(err, errlen, path, db, "creating schema");
+        goto err;
+    }
+    if (version == 0 && has_table) {
+        if (store_migrate_v0(db, err, errlen, path) != 0)
+            goto err;
+    } else if (version == 0 && store_exec(db, store_schema_sql) != SQLITE_OK) {
+        store_set_db_err(err, errlen, path, db, "creating schema");
+        goto err;
+    }
+    if (store_exec(db, "COMMIT") != SQLITE_OK) {
+        store_set_db_err(err, errlen, path, db, "creating schema");
+        goto err;
+    }
+    return 0;
+
+err:
+    store_rollback(db);
+    return -1;
+}
+
+store *store_open(const char *path, bool sync_full, char *err, size_t errlen)
+{
+    store *s = NULL;
+    char msg[STORE_ERRMSG_MAX * 2];
+    int rc;
+
+    if (path == NULL || path[0] == '\0') {
+        store_set_err(err, errlen, "(none)", "no database path given");
+        return NULL;
+    }
+    s = calloc(1, sizeof *s);
+    if (s == NULL || (s->path = strdup(path)) == NULL) {
+        store_set_err(err, errlen, path, "out of memory");
+        goto err;
+    }
+    /* Before the file is touched: a bad spec must change nothing. */
+    if (STORE_FAULTS_LOAD(s, msg, sizeof msg) != 0) {
+        store_set_err(err, errlen, path, msg);
+        goto err;
+    }
+    rc = sqlite3_open_v2(path, &s->db,
+                         SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE
+                             | SQLITE_OPEN_NOMUTEX, NULL);
+    if (rc != SQLITE_OK) {
+        store_set_db_err(err, errlen, path, s->db, "opening database");
+        goto err;
+    }
+    if (sqlite3_busy_timeout(s->db, STORE_WRITE_BUSY_MS) != SQLITE_OK) {
+        store_set_db_err(err, errlen, path, s->db, "setting busy timeout");
+        goto err;
+    }
+    /*
+     * The version check comes first so that a file from a newer nodestate
+     * is refused before we change anything about it (such as its journal).
+     * It is also the first read, so "file is not a database" surfaces here.
+     */
+    if (store_check_schema(s->db, err, errlen, path) != 0)
+        goto err;
+    if (store_enable_wal(s->db, err, errlen, path) != 0)
+        goto err;
+    if (store_exec(s->db, sync_full ? "PRAGMA synchronous = FULL"
+                                    : "PRAGMA synchronous = NORMAL")
+            != SQLITE_OK
+        || store_exec(s->db, "PRAGMA cache_size = " STORE_CACHE_SIZE)
+               != SQLITE_OK
+        || store_exec(s->db, "PRAGMA wal_autocheckpoint = "
+                                 STORE_WAL_AUTOCHECKPOINT) != SQLITE_OK
+        || store_exec(s->db, "PRAGMA temp_store = MEMORY") != SQLITE_OK) {
+        store_set_db_err(err, errlen, path, s->db, "setting pragmas");
+        goto err;
+    }
+    if (store_query_int(s->db, store_get_seq_sql, &s->last_seq)
+        != SQLITE_OK) {
+        store_set_db_err(err, errlen, path, s->db, "reading last_seq");
+        goto err;
+    }
+    if (store_prepare_row(s->db, store_upsert_sql, true, &s->upsert, err,
+                          errlen, path)
+        || store_prepare(s->db, store_delete_run_sql, &s->delete_run, err,
+                         errlen, path)
+        || store_prepare(s->db, store_set_seq_sql, &s->set_seq, err, errlen,
+                         path)
+        || store_prepare(s->db, store_meta_get_sql, &s->meta_get, err,
+                         errlen, path)
+        || store_prepare(s->db, store_meta_set_sql, &s->meta_set, err,
+                         errlen, path)
+        || store_prepare(s->db, "BEGIN IMMEDIATE", &s->begin, err, errlen,
+                         path)
+        || store_prepare(s->db, "COMMIT", &s->commit, err, errlen, path)
+        || store_prepare(s->db, "ROLLBACK", &s->rollback, err, errlen, path))
+        goto err;
+    return s;
+
+err:
+    store_close(s);
+    return NULL;
+}
+
+void store_close(store *s)
+{
+    if (s == NULL)
+        return;
+    sqlite3_finalize(s->upsert);
+    sqlite3_finalize(s->delete_run);
+    sqlite3_finalize(s->set_seq);
+    sqlite3_finalize(s->meta_get);
+    sqlite3_finalize(s->meta_set);
+    sqlite3_finalize(s->begin);
+    sqlite3_finalize(s->commit);
+    sqlite3_finalize(s->rollback);
+    /* Every statement is finalized above, so close cannot be refused. */
+    sqlite3_close(s->db);
+    free(s->iso.v);
+    free(s->path);
+    free(s);
+}
+
+int64_t store_last_seq(const store *s)
+{
+    return s->last_seq;
+}
+
+const char *store_errmsg(const store *s)
+{
+    return s->errmsg;
+}
+
+/* Records why a write failed, before ROLLBACK overwrites the db's message. */
+static void store_fail(store *s, const char *what)
+{
+    snprintf(s->errmsg, sizeof s->errmsg, "%s: %s", what,
+             sqlite3_errmsg(s->db));
+}
+
+
+int store_write(store *s, store_batch *b)
+{
+    /* Misuse is an error, not a crash; nothing has started yet. */
+    if (!store_batch_valid(b)) {
+        snprintf(s->errmsg, sizeof s->errmsg, "invalid batch");
+        return -1;
+    }
+    b->n_isolated = 0;
+    s->iso.n = 0;
+    if (store_step_once(s->begin) != SQLITE_DONE) {
+        store_fail(s, "begin");
+        goto err;
+    }
+    for (size_t i = 0; i < b->n_deletes; i++) {
+        if (sqlite3_bind_text(s->delete_run, 1, b->delete_runs[i], -1,
+                              SQLITE_STATIC) != SQLITE_OK) {
+            store_fail(s, "delete run");
+            sqlite3_clear_bindings(s->delete_run);
+            goto err;
+        }
+        if (store_step_once(s->delete_run) != SQLITE_DONE) {
+            store_fail(s, "delete run");
+            goto err;
+        }
+    }
+    if (store_upsert_rows(s->db, s->upsert, b->rows, b->n_rows, s, &s->iso,
+                          s->errmsg, sizeof s->errmsg) != 0)
+        goto err;
+    if (sqlite3_bind_int64(s->set_seq, 1, b->last_seq) != SQLITE_OK) {
+        store_fail(s, "last_seq");
+        goto err;
+    }
+    if (store_step_once(s->set_seq) != SQLITE_DONE) {
+        store_fail(s, "last_seq");
+        goto err;
+    }
+    /* Injected at the commit, so the rollback of real work is exercised. */
+    if (STORE_FAULT_COMMIT(s) != 0)
+        goto err;
+    if (store_step_once(s->commit) != SQLITE_DONE) {
+        store_fail(s, "commit");
+        goto err;
+    }
+    STORE_FAULT_WROTE(s);
+    if (b->last_seq > s->last_seq)
+        s->last_seq = b->last_seq;
+    s->errmsg[0] = '\0';
+    b->n_isolated = s->iso.n;
+    store_isolation_report(&s->iso, b);
+    return 0;
+
+err:
+    store_rollback(s->db);
+    return -1;
+}
+
+/* ---- nodestate_meta, for the caller's own counters ---- */
+
+int store_meta_get(store *s, const char *key, int64_t *value)
+{
+    int ret = -1;
+    int rc;
+
+    if (key == NULL || value == NULL) {
+        snprintf(s->errmsg, sizeof s->errmsg, "meta get: no key given");
+        return -1;
+    }
+    if (sqlite3_bind_text(s->meta_get, 1, key, -1, SQLITE_STATIC)
+        != SQLITE_OK) {
+        store_fail(s, "meta get");
+        goto out;
+    }
+    rc = sqlite3_step(s->meta_get);
+    if (rc == SQLITE_DONE) {
+        ret = 1;
+    } else if (rc != SQLITE_ROW) {
+        store_fail(s, "meta get");
+    } else if (sqlite3_column_type(s->meta_get, 0) != SQLITE_INTEGER) {
+        /* Not ours to guess at: 0 for a NULL would restart a counter. */
+        snprintf(s->errmsg, sizeof s->errmsg,
+                 "meta get: nodestate_meta '%.64s' is not an integer", key);
+    } else {
+        *value = sqlite3_column_int64(s->meta_get, 0);
+        ret = 0;
+    }
+
+out:
+    sqlite3_reset(s->meta_get);
+    sqlite3_clear_bindings(s->meta_get);
+    return ret;
+}
+
+int store_meta_set(store *s, const char *key, int64_t value)
+{
+    if (key == NULL) {
+        snprintf(s->errmsg, sizeof s->errmsg, "meta set: no key given");
+        return -1;
+    }
+    /* store_write keeps last_seq with max() and caches it in s->last_seq. */
+    if (strcmp(key, "last_seq") == 0) {
+        snprintf(s->errmsg, sizeof s->errmsg,
+                 "meta set: 'last_seq' is written by store_write only");
+        return -1;
+    }
+    /*
+     * Outside BEGIN, the one statement is its own transaction: committed
+     * (with the file's synchronous setting) when the step returns DONE.
+     */
+    if (sqlite3_bind_text(s->meta_set, 1, key, -1, SQLITE_STATIC)
+            != SQLITE_OK
+        || sqlite3_bind_int64(s->meta_set, 2, value) != SQLITE_OK) {
+        store_fail(s, "meta set");
+        sqlite3_clear_bindings(s->meta_set);
+        return -1;
+    }
+    if (store_step_once(s->meta_set) != SQLITE_DONE) {
+        store_fail(s, "meta set");
+        return -1;
+    }
+    s->errmsg[0] = '\0';
+    return 0;
+}
