@@ -73,7 +73,7 @@ for f in ns_util ns_store_sqlite ns_engine ns_api ns_http ns_main; do
 done
 
 main_h=(config.h log.h)
-http_h=(http.h framing.h)
+http_h=(http.h framing.h waitq.h)
 api_h=(api.h api_internal.h codec.h prom.h problems.h buf.h text.h)
 engine_h=(engine.h engine_internal.h cache.h queue.h rules.h stats.h writer.h
           writer_thread.h readthrough.h)

@@ -27,6 +27,7 @@
 #include "logfmt.h"
 #include "loglevel.h"
 #include "model.h"
+#include "waitq.h"
 
 /* How often http_stop looks at the number of requests in flight. */
 #define HTTP_DRAIN_POLL_NS 10000000LL
@@ -66,7 +67,7 @@ typedef enum http_phase {
 /*
  * One request, from the first handler call to MHD_OPTION_NOTIFY_COMPLETED.
  * Only the connection's MHD worker touches it, except the waiter fields
- * (next, prev, park, durable, phase while parked), which are guarded by
+ * (wait, ready, durable, phase while parked), which are guarded by
  * http_server.mu while the request is parked. Whoever takes a waiter off the
  * lists owns the resume: the request cannot complete before
  * MHD_resume_connection, so the taker may still read it.
@@ -82,12 +83,12 @@ typedef struct http_req {
     bool oom;                   /* buffering the body ran out of memory */
     http_phase phase;
     api_response resp;          /* the api's first answer while parked */
-    int64_t wait_seq;           /* set before parking, then read-only */
-    deadline_item park;         /* in http_server.parked (mu); model_mono_ns() clock */
+    waitq_item wait;            /* in http_server.waiters (mu); wait.seq is set
+                                   before parking, then read-only; deadlines on
+                                   the model_mono_ns() clock */
     bool durable;               /* set by the resumer */
     int64_t start_ns;           /* model_mono_ns() at the first call, for the access log */
-    struct http_req *next;      /* by-seq list links (mu); next also chains */
-    struct http_req *prev;      /*   the taker's ready list once taken */
+    struct http_req *ready;     /* the taker's ready list once taken */
 } http_req;
 
 /*
@@ -132,16 +133,11 @@ struct http_server {
      */
     _Atomic int state;
     /*
-     * Guarded by mu. Every parked request is on both the by-seq list and the
-     * parked heap. The list is ordered by wait_seq (requests park nearly in
-     * seq order, so linking walks from the tail) and lets the durable callback
-     * stop at the first request not yet durable. The heap is a min-heap on
-     * the park deadline: timeouts differ per request, so deadlines are not in
-     * arrival order, and the timer needs only the earliest.
+     * Guarded by mu. Every parked request is on the waiters (waitq.h): by
+     * seq, so that the durable callback stops at the first request not yet
+     * durable, and by deadline, so that the timer finds the earliest.
      */
-    http_req *waiters;          /* by-seq list: lowest wait_seq first */
-    http_req *waiters_tail;     /* highest wait_seq */
-    deadline_heap parked;       /* http_req.park of every parked request */
+    waitq waiters;              /* http_req.wait of every parked request */
     deadline_heap headers;      /* http_conn.headers of connections owing headers */
     http_conn *conns;           /* every open connection (with memory for it) */
     /*
@@ -266,39 +262,14 @@ static void http_timer_nudge(http_server *s, int64_t ns)
  */
 static int http_waiter_link(http_server *s, http_req *r, int64_t deadline_ns)
 {
-    http_req *after = s->waiters_tail;
-
     lockcheck_assert_held(&s->mu);
-    if (deadline_push(&s->parked, &r->park, deadline_ns) != 0)
-        return -1;
-    while (after != NULL && after->wait_seq > r->wait_seq)
-        after = after->prev;
-    r->prev = after;
-    r->next = after != NULL ? after->next : s->waiters;
-    if (r->next != NULL)
-        r->next->prev = r;
-    else
-        s->waiters_tail = r;
-    if (after != NULL)
-        after->next = r;
-    else
-        s->waiters = r;
-    return 0;
+    return waitq_push(&s->waiters, &r->wait, r->wait.seq, deadline_ns);
 }
 
 static void http_waiter_unlink(http_server *s, http_req *r)
 {
     lockcheck_assert_held(&s->mu);
-    if (r->prev != NULL)
-        r->prev->next = r->next;
-    else
-        s->waiters = r->next;
-    if (r->next != NULL)
-        r->next->prev = r->prev;
-    else
-        s->waiters_tail = r->prev;
-    r->next = r->prev = NULL;
-    deadline_remove(&s->parked, &r->park);
+    waitq_remove(&s->waiters, &r->wait);
 }
 
 /*
@@ -312,7 +283,7 @@ static void http_waiter_take(http_server *s, http_req *r, bool durable,
     http_waiter_unlink(s, r);
     r->durable = durable;
     r->phase = HTTP_RESUMED;
-    r->next = *ready;
+    r->ready = *ready;
     *ready = r;
 }
 
@@ -324,10 +295,10 @@ static void http_waiter_take(http_server *s, http_req *r, bool durable,
 static void http_resume_all(http_req *ready)
 {
     while (ready != NULL) {
-        http_req *next = ready->next;
+        http_req *next = ready->ready;
         struct MHD_Connection *con = ready->con;
 
-        ready->next = NULL;
+        ready->ready = NULL;
         MHD_resume_connection(con);
         ready = next;
     }
@@ -338,11 +309,13 @@ static void http_release_all(http_server *s)
 {
     http_req *ready = NULL;
     int64_t durable = engine_durable_seq(s->e);
+    waitq_item *w;
 
     lockcheck_assert_not_held(&s->mu);
     lockcheck_lock(&s->mu);
-    while (s->waiters != NULL)
-        http_waiter_take(s, s->waiters, s->waiters->wait_seq <= durable, &ready);
+    while ((w = waitq_lowest(&s->waiters)) != NULL)
+        http_waiter_take(s, HTTP_OWNER(w, http_req, wait), w->seq <= durable,
+                         &ready);
     lockcheck_unlock(&s->mu);
     http_resume_all(ready);
 }
@@ -356,11 +329,12 @@ static void http_on_durable(void *ctx, int64_t durable_seq)
 {
     http_server *s = ctx;
     http_req *ready = NULL;
+    waitq_item *w;
 
     lockcheck_assert_not_held(&s->mu);
     lockcheck_lock(&s->mu);
-    while (s->waiters != NULL && s->waiters->wait_seq <= durable_seq)
-        http_waiter_take(s, s->waiters, true, &ready);
+    while ((w = waitq_lowest(&s->waiters)) != NULL && w->seq <= durable_seq)
+        http_waiter_take(s, HTTP_OWNER(w, http_req, wait), true, &ready);
     lockcheck_unlock(&s->mu);
     http_resume_all(ready);
 }
@@ -390,10 +364,11 @@ static size_t http_expire_headers(http_server *s, int64_t now)
     return n;
 }
 
-/* The earliest deadline of both heaps, or INT64_MAX when there is none. */
+/* The earliest deadline of the waiters and the headers, or INT64_MAX. */
 static int64_t http_next_deadline(const http_server *s)
 {
-    const deadline_item *p = deadline_first(&s->parked);
+    const waitq_item *w = waitq_earliest(&s->waiters);
+    const deadline_item *p = w != NULL ? &w->deadline : NULL;
     const deadline_item *h = deadline_first(&s->headers);
     int64_t next = INT64_MAX;
 
@@ -422,18 +397,19 @@ static void *http_timer_main(void *arg)
         int64_t durable = 0;
         bool durable_read = false;
         http_req *ready = NULL;
-        deadline_item *it;
+        waitq_item *w;
         size_t cut;
 
         s->timer_wake_ns = INT64_MIN;  /* awake: parks need not signal */
-        while ((it = deadline_first(&s->parked)) != NULL && it->at <= now) {
-            http_req *r = HTTP_OWNER(it, http_req, park);
+        while ((w = waitq_earliest(&s->waiters)) != NULL
+               && w->deadline.at <= now) {
+            http_req *r = HTTP_OWNER(w, http_req, wait);
 
             if (!durable_read) {
                 durable = engine_durable_seq(s->e);
                 durable_read = true;
             }
-            http_waiter_take(s, r, r->wait_seq <= durable, &ready);
+            http_waiter_take(s, r, w->seq <= durable, &ready);
         }
         cut = http_expire_headers(s, now);
         if (ready != NULL || cut > 0) {
@@ -890,7 +866,7 @@ static void http_park(http_server *s, http_req *r)
     int64_t deadline_ns;
 
     r->phase = HTTP_PARKED;
-    r->wait_seq = r->resp.wait_seq;
+    r->wait.seq = r->resp.wait_seq;
     deadline_ns = model_mono_ns() + http_seconds_ns(r->resp.wait_timeout);
     MHD_suspend_connection(r->con);
 
@@ -899,7 +875,7 @@ static void http_park(http_server *s, http_req *r)
     if (!released && http_waiter_link(s, r, deadline_ns) != 0)
         no_memory = true;
     if (released || no_memory) {
-        r->durable = engine_durable_seq(s->e) >= r->wait_seq;
+        r->durable = engine_durable_seq(s->e) >= r->wait.seq;
         r->phase = HTTP_RESUMED;
         resume_now = true;
     } else {
@@ -908,11 +884,11 @@ static void http_park(http_server *s, http_req *r)
     lockcheck_unlock(&s->mu);
     if (no_memory)
         http_log(s, NS_LOG_WARN, "http_park_failed",
-                 "seq=%" PRId64 " error=\"out of memory\"", r->wait_seq);
+                 "seq=%" PRId64 " error=\"out of memory\"", r->wait.seq);
 
     if (!resume_now) {
         engine_flush_soon(s->e);
-        if (engine_durable_seq(s->e) >= r->wait_seq) {
+        if (engine_durable_seq(s->e) >= r->wait.seq) {
             lockcheck_lock(&s->mu);
             /* Still ours only if no resumer took it meanwhile. */
             if (r->phase == HTTP_PARKED) {
@@ -1024,7 +1000,7 @@ static enum MHD_Result http_on_request(void *cls, struct MHD_Connection *con,
         r->srv = s;
         r->con = con;
         r->phase = HTTP_READING;
-        deadline_item_init(&r->park);
+        waitq_item_init(&r->wait);
         r->start_ns = model_mono_ns();
         atomic_fetch_add(&s->inflight, 1);
         *con_cls = r;
@@ -1198,7 +1174,7 @@ static void http_teardown(http_server *s)
 /* Frees what http_teardown left: nothing runs on s any more. */
 static void http_free(http_server *s)
 {
-    deadline_free(&s->parked);
+    waitq_free(&s->waiters);
     deadline_free(&s->headers);
     if (s->cv_init)
         pthread_cond_destroy(&s->timer_cv);
@@ -1255,7 +1231,7 @@ http_server *http_start(const http_config *cfg, api *a, engine *e, char *err,
     s->e = e;
     s->max_body_bytes = cfg->max_body_bytes;
     s->header_timeout_ns = http_seconds_ns(cfg->header_timeout);
-    deadline_init(&s->parked);
+    waitq_init(&s->waiters);
     deadline_init(&s->headers);
     s->access_log = cfg->access_log;
     s->log = cfg->log;
