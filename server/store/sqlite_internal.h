@@ -119,9 +119,9 @@ extern const char store_set_seq_sql[];
 /* ---------------------------------------------------------------------
  * Fault injection: NODESTATE_FAULTS builds only (see store.h).
  *
- * Everything that makes a write fail on purpose lives in this section. A
- * normal build defines the hooks at its end as empty macros, so it carries
- * no fault code at all. The hooks are:
+ * Everything that makes a write fail on purpose lives in sqlite_faults.c. A
+ * normal build defines the hooks below as empty macros, so it carries no
+ * fault code at all. The hooks are:
  *   STORE_FAULTS_LOAD(s, msg, len)  parse the environment at open (0 / -1)
  *   STORE_FAULT_ROW(s, row)         true: refuse this upsert as unwritable
  *   STORE_FAULT_COMMIT(s)           -1 (errmsg set): fail this write
