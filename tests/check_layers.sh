@@ -103,6 +103,7 @@ check_header_home '<sqlite3.h>' server/store
 check_header_home '"sqlite_internal.h"' server/store
 check_header_home '<jansson.h>' api
 check_header_home '<microhttpd.h>' server/http
+check_header_home '"http_internal.h"' server/http
 
 # Third-party calls: no layer's objects may need a symbol of another layer's
 # library. The store is an object library (each program links its objects).

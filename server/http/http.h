@@ -1,12 +1,12 @@
 /*
- * http: the HTTP transport on libmicrohttpd, and the only file that includes
- * microhttpd.h. It runs MHD's thread pool, collects each request's body
+ * http: the HTTP transport on libmicrohttpd, and the only module whose files
+ * (server/http/http*.c, sharing http_internal.h) include microhttpd.h. It runs MHD's thread pool, collects each request's body
  * (answering 413 past max_body_bytes before buffering more), hands whole
  * requests to the api, and parks ?wait=true requests with MHD's
  * suspend/resume until the engine reports their seq durable (or they time out),
  * so a waiting request holds no worker thread.
  *
- * Life cycle (http_state in http.c; it only moves forward):
+ * Life cycle (http_state in http_internal.h; it only moves forward):
  *
  *   STARTING ──http_start: daemon bound──▶ SERVING
  *   SERVING ──http_stop: quiesce──▶ STOPPING

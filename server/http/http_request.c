@@ -1,0 +1,375 @@
+#include "http_internal.h"
+
+#include <arpa/inet.h>
+#include <assert.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/types.h>
+#include <sys/uio.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <microhttpd.h>
+
+#include "deadline.h"
+#include "framing.h"
+#include "lockcheck.h"
+#include "logfmt.h"
+#include "loglevel.h"
+#include "model.h"
+#include "waitq.h"
+
+/* ---- framing ---------------------------------------------------------------- */
+
+static enum MHD_Result http_framing_field(void *cls, enum MHD_ValueKind kind,
+                                          const char *key, size_t key_size,
+                                          const char *value, size_t value_size)
+{
+    framing_add(cls, key, key_size, value, value_size);
+    return MHD_YES;
+}
+
+/* The verdict on the request's Content-Length / Transfer-Encoding fields. */
+framing_verdict http_framing(struct MHD_Connection *con)
+{
+    framing_state st;
+
+    framing_init(&st);
+    if (MHD_get_connection_values_n(con, MHD_HEADER_KIND, http_framing_field,
+                                    &st) < 0)
+        return FRAMING_OK;
+    return framing_verdict_of(&st);
+}
+
+/* ---- request lookups handed to the api ------------------------------------ */
+
+static const char *http_header(void *ctx, const char *name)
+{
+    return MHD_lookup_connection_value(ctx, MHD_HEADER_KIND, name);
+}
+
+/* "?wait" (no '=') is present with a NULL value in MHD: the api wants "". */
+static const char *http_query(void *ctx, const char *name)
+{
+    const char *value = NULL;
+
+    if (MHD_lookup_connection_value_n(ctx, MHD_GET_ARGUMENT_KIND, name,
+                                      strlen(name), &value, NULL) != MHD_YES)
+        return NULL;
+    return value != NULL ? value : "";
+}
+
+/*
+ * MHD_OPTION_UNESCAPE_CALLBACK: the URL and query values stay as sent. MHD's
+ * own unescaping ran before the api saw them, so "/runs/r1%00/nodes/n1/state"
+ * arrived as "/runs/r1" (a shorter id, another route) and "%2F" as a route
+ * separator. The api refuses '%' in ids and decodes query values itself.
+ * (MHD still turns '+' in query values into ' ' before calling this.)
+ */
+size_t http_unescape_none(void *cls, struct MHD_Connection *con, char *s)
+{
+    (void)cls;
+    (void)con;
+    return strlen(s);
+}
+
+/* ---- answering ------------------------------------------------------------ */
+
+/* The client's address as text, or "-" when MHD cannot tell. */
+void http_remote(struct MHD_Connection *con, char *buf, size_t size)
+{
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(con, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+    const struct sockaddr *sa = ci != NULL ? ci->client_addr : NULL;
+    const void *addr = NULL;
+
+    if (sa != NULL && sa->sa_family == AF_INET)
+        addr = &((const struct sockaddr_in *)(const void *)sa)->sin_addr;
+    else if (sa != NULL && sa->sa_family == AF_INET6)
+        addr = &((const struct sockaddr_in6 *)(const void *)sa)->sin6_addr;
+    if (addr == NULL || inet_ntop(sa->sa_family, addr, buf, (socklen_t)size) == NULL)
+        snprintf(buf, size, "-");
+}
+
+/*
+ * One access line for an answer just queued. Method and path come from the
+ * client, so they are quoted (and cut to fit) like any logfmt value.
+ */
+static void http_access_log(http_server *s, struct MHD_Connection *con,
+                            const http_req *r, const char *method,
+                            const char *url, int status, size_t bytes)
+{
+    char qmethod[40];
+    char qpath[256];
+    char remote[INET6_ADDRSTRLEN];
+    double ms = (double)(model_mono_ns() - r->start_ns) / 1e6;
+
+    http_remote(con, remote, sizeof remote);
+    http_log(s, NS_LOG_INFO, "access",
+             "method=%s path=%s status=%d bytes=%zu duration_ms=%.2f remote=%s",
+             logfmt_quote(qmethod, sizeof qmethod, method),
+             logfmt_quote(qpath, sizeof qpath, url), status, bytes, ms, remote);
+}
+
+/*
+ * Queues resp on the connection and frees it. The body moves to MHD, which
+ * frees it with free() once sent. MHD_NO (close the connection) when MHD
+ * cannot take the response. With the access log on, a queued answer is
+ * logged for r's method and url.
+ */
+static enum MHD_Result http_queue(http_server *s, const http_req *r,
+                                  const char *method, const char *url,
+                                  struct MHD_Connection *con, api_response *resp)
+{
+    struct MHD_Response *mr;
+    enum MHD_Result ret = MHD_NO;
+    bool has_body = resp->status != 304 && resp->body != NULL && resp->body_len > 0;
+    size_t bytes = has_body ? resp->body_len : 0;
+
+    if (has_body) {
+        mr = MHD_create_response_from_buffer_with_free_callback(
+            resp->body_len, resp->body, free);
+        if (mr != NULL)
+            resp->body = NULL;
+    } else {
+        mr = MHD_create_response_from_buffer(0, (void *)"", MHD_RESPMEM_PERSISTENT);
+    }
+    if (mr == NULL)
+        goto out;
+    if (has_body && resp->content_type != NULL &&
+        MHD_add_response_header(mr, MHD_HTTP_HEADER_CONTENT_TYPE,
+                                resp->content_type) != MHD_YES)
+        goto out;
+    if (resp->etag[0] != '\0' &&
+        MHD_add_response_header(mr, MHD_HTTP_HEADER_ETAG, resp->etag) != MHD_YES)
+        goto out;
+    if (resp->retry_after > 0) {
+        char secs[24];
+
+        snprintf(secs, sizeof secs, "%u", resp->retry_after);
+        if (MHD_add_response_header(mr, MHD_HTTP_HEADER_RETRY_AFTER, secs) != MHD_YES)
+            goto out;
+    }
+    if (resp->allow != NULL &&
+        MHD_add_response_header(mr, MHD_HTTP_HEADER_ALLOW, resp->allow) != MHD_YES)
+        goto out;
+    if ((r->must_close || http_state_of(s) >= HTTP_STOPPING) &&
+        MHD_add_response_header(mr, MHD_HTTP_HEADER_CONNECTION, "close") != MHD_YES)
+        goto out;
+    if (resp->www_authenticate != NULL &&
+        MHD_add_response_header(mr, MHD_HTTP_HEADER_WWW_AUTHENTICATE,
+                                resp->www_authenticate) != MHD_YES)
+        goto out;
+    ret = MHD_queue_response(con, (unsigned)resp->status, mr);
+    if (ret == MHD_YES && s->access_log)
+        http_access_log(s, con, r, method, url, resp->status, bytes);
+out:
+    if (mr != NULL)
+        MHD_destroy_response(mr);
+    api_response_free(resp);
+    return ret;
+}
+
+
+/* Appends a chunk of body, or only counts it once past the limit. 0 / -1 (OOM). */
+static int http_append(http_server *s, http_req *r, const char *data, size_t n)
+{
+    size_t need;
+    char *grown;
+
+    if (r->too_large || r->oom)
+        return 0;
+    if (n > s->max_body_bytes - r->len) {
+        /* Past the limit: drop what we have and keep draining the rest, so
+         * the connection stays usable for the 413 and after it. */
+        r->too_large = true;
+        free(r->body);
+        r->body = NULL;
+        r->len = r->cap = 0;
+        return 0;
+    }
+    need = r->len + n + 1;
+    if (need > r->cap) {
+        size_t cap = r->cap != 0 ? r->cap : 4096;
+
+        while (cap < need)
+            cap = cap > SIZE_MAX / 2 ? need : cap * 2;
+        if (cap > s->max_body_bytes + 1)
+            cap = s->max_body_bytes + 1;
+        grown = realloc(r->body, cap);
+        if (grown == NULL)
+            return -1;
+        r->body = grown;
+        r->cap = cap;
+    }
+    memcpy(r->body + r->len, data, n);
+    r->len += n;
+    r->body[r->len] = '\0';
+    return 0;
+}
+
+/* A declared Content-Length above the limit; malformed ones MHD itself refuses. */
+static bool http_declared_too_large(const char *value, size_t limit)
+{
+    unsigned long long n;
+    char *end;
+
+    if (value == NULL || *value < '0' || *value > '9')
+        return false;
+    errno = 0;
+    n = strtoull(value, &end, 10);
+    if (errno == ERANGE)
+        return true;
+    return n > limit;
+}
+
+/*
+ * A request whose body cannot be delimited one way only is answered 400 at
+ * once, before any of its body is read, and its connection closed: where
+ * the next request would start is exactly what is in doubt (request
+ * smuggling). This is the exception to answering on the last call, and the
+ * close is what it wants.
+ */
+static enum MHD_Result http_refuse_framing(http_server *s, http_req *r,
+                                           const char *method, const char *url,
+                                           struct MHD_Connection *con,
+                                           framing_verdict verdict)
+{
+    api_response resp;
+
+    r->must_close = true;
+    api_problem(s->a, &resp, PROBLEM_BAD_FRAMING, framing_detail(verdict));
+    return http_queue(s, r, method, url, con, &resp);
+}
+
+enum MHD_Result http_on_request(void *cls, struct MHD_Connection *con,
+                                       const char *url, const char *method,
+                                       const char *version,
+                                       const char *upload_data,
+                                       size_t *upload_data_size, void **con_cls)
+{
+    http_server *s = cls;
+    http_req *r = *con_cls;
+    api_request req;
+    api_response resp;
+
+    if (r == NULL) {
+        /* Headers only. No response here as a rule: queueing one now makes
+         * MHD 0.9.75 close the connection after it. */
+        framing_verdict framing;
+        http_conn *c = http_conn_of(con);
+
+        if (c != NULL)
+            http_headers_disarm(s, c);
+        r = calloc(1, sizeof *r);
+        if (r == NULL)
+            return MHD_NO;
+        r->srv = s;
+        r->con = con;
+        r->phase = HTTP_READING;
+        waitq_item_init(&r->wait);
+        r->start_ns = model_mono_ns();
+        atomic_fetch_add(&s->inflight, 1);
+        *con_cls = r;
+        framing = http_framing(con);
+        if (framing != FRAMING_OK)
+            return http_refuse_framing(s, r, method, url, con, framing);
+        r->too_large = http_declared_too_large(
+            MHD_lookup_connection_value(con, MHD_HEADER_KIND,
+                                        MHD_HTTP_HEADER_CONTENT_LENGTH),
+            s->max_body_bytes);
+        return MHD_YES;
+    }
+
+    if (r->phase == HTTP_RESUMED) {
+        /* Back from parking; the resumer recorded durability under mu. */
+        bool durable;
+
+        lockcheck_lock(&s->mu);
+        durable = r->durable;
+        lockcheck_unlock(&s->mu);
+        api_finish_wait(s->a, &r->resp, durable);
+        return http_queue(s, r, method, url, con, &r->resp);
+    }
+    if (r->phase == HTTP_PARKED)
+        return MHD_YES;  /* not expected: MHD does not call a suspended request */
+    if (r->must_close) {
+        /* Answered on the first call already; nothing it sends matters. */
+        *upload_data_size = 0;
+        return MHD_YES;
+    }
+
+    if (*upload_data_size != 0) {
+        if (http_append(s, r, upload_data, *upload_data_size) != 0) {
+            r->oom = true;
+            free(r->body);
+            r->body = NULL;
+            r->len = r->cap = 0;
+        }
+        *upload_data_size = 0;
+        return MHD_YES;
+    }
+
+    memset(&resp, 0, sizeof resp);
+    if (r->too_large) {
+        char detail[96];
+
+        snprintf(detail, sizeof detail, "the request body exceeds %zu bytes",
+                 s->max_body_bytes);
+        api_problem(s->a, &resp, PROBLEM_BODY_TOO_LARGE, detail);
+    } else if (r->oom) {
+        api_problem(s->a, &resp, PROBLEM_OUT_OF_MEMORY,
+                    "out of memory while reading the request body");
+    } else {
+        req.method = method;
+        req.path = url;
+        req.body = r->body;
+        req.body_len = r->len;
+        req.header = http_header;
+        req.query = http_query;
+        req.ctx = con;
+        api_handle(s->a, &req, &resp);
+    }
+
+    if (resp.wait_seq > 0 && engine_durable_seq(s->e) < resp.wait_seq) {
+        r->resp = resp;
+        http_park(s, r);
+        return MHD_YES;
+    }
+    if (resp.wait_seq > 0)
+        api_finish_wait(s->a, &resp, true);
+    return http_queue(s, r, method, url, con, &resp);
+}
+
+/* MHD_OPTION_NOTIFY_COMPLETED: a request ended (answered, failed or shut down). */
+void http_on_completed(void *cls, struct MHD_Connection *con,
+                              void **con_cls, enum MHD_RequestTerminationCode toe)
+{
+    http_server *s = cls;
+    http_req *r = *con_cls;
+    http_conn *c = http_conn_of(con);
+
+    /* The next request's headers are due within the timeout from now. */
+    if (c != NULL)
+        http_headers_arm(s, c);
+    if (r == NULL)
+        return;
+    /* A request still parked here would be a bug: it is never on the waiter
+     * list when MHD ends it, because every park ends with a resume first. */
+    api_response_free(&r->resp);
+    free(r->body);
+    free(r);
+    *con_cls = NULL;
+    atomic_fetch_sub(&s->inflight, 1);
+}
+
