@@ -990,8 +990,7 @@ static void list_columns(const char *lead, const char *skip, char *out, size_t l
 }
 
 /*
- * The SQL of the store (server/store/sqlite_*.c) names the node's columns
- * by hand; the tables it creates, in a new database and in a new sidecar, have exactly the columns
+ * The store expands its tables' columns from NS_NODE_FIELDS; the tables it creates, in a new database and in a new sidecar, have exactly the columns
  * of NS_NODE_FIELDS, which drives the binding and the reading, in its order.
  */
 Test(store, tables_have_the_columns_of_the_node_fields_in_order)
@@ -1014,6 +1013,95 @@ Test(store, tables_have_the_columns_of_the_node_fields_in_order)
     table_columns(db, "spill_log", got, sizeof got);
     list_columns("seq", "seq", want, sizeof want);
     cr_assert(eq(str, got, want), "spill_log");
+    sqlite3_close(db);
+    store_close(s);
+}
+
+/* "cid|name|type|notnull|dflt|pk;..." of a table, or its indexes. */
+#define TABLE_INFO_SQL(t)                                                    \
+    "SELECT group_concat(cid || '|' || name || '|' || type || '|' ||"        \
+    " \"notnull\" || '|' || ifnull(dflt_value, '') || '|' || pk, ';')"      \
+    " FROM (SELECT * FROM pragma_table_info('" t "') ORDER BY cid)"
+#define INDEX_LIST_SQL(t)                                                    \
+    "SELECT ifnull(group_concat(name || '|' || \"unique\" || '|' || origin"  \
+    " || '|' || partial, ';'), '')"                                          \
+    " FROM (SELECT * FROM pragma_index_list('" t "') ORDER BY name)"
+
+/*
+ * The store expands its tables' columns from NS_NODE_FIELDS; a new file
+ * must still get exactly the schema that earlier builds wrote out by hand
+ * (an existing file opens unchanged only if the two agree), written out
+ * here literally: columns, types, NOT NULL, defaults, key, indexes, the
+ * stored CREATE text and the version.
+ */
+Test(store, new_file_has_the_schema_of_earlier_builds)
+{
+    char got[2048];
+    store *s = sfx_open_store();
+    sqlite3 *db = open_raw();
+
+    raw_text(db, TABLE_INFO_SQL("run_node_state"), got, sizeof got);
+    cr_assert(eq(str, got,
+                 "0|run_id|TEXT|1||1;1|node_id|TEXT|1||2;2|status|TEXT|1||0;"
+                 "3|attempt|INTEGER|1||0;4|scheduled_at|TEXT|0||0;"
+                 "5|started_at|TEXT|0||0;6|completed_at|TEXT|0||0;"
+                 "7|failed_at|TEXT|0||0;8|suspended_at|TEXT|0||0;"
+                 "9|last_error|TEXT|0||0;10|retryable|INTEGER|1|0|0;"
+                 "11|suspension_reason|TEXT|0||0;"
+                 "12|resume_state_json|TEXT|0||0;13|outputs_json|TEXT|0||0;"
+                 "14|updated_at|TEXT|1||0;15|seq|INTEGER|1||0"));
+    raw_text(db, INDEX_LIST_SQL("run_node_state"), got, sizeof got);
+    cr_assert(eq(str, got, "run_node_state_run_status|0|c|0;"
+                           "sqlite_autoindex_run_node_state_1|1|pk|0"));
+    raw_text(db, "SELECT sql FROM sqlite_master WHERE name = 'run_node_state'",
+             got, sizeof got);
+    cr_assert(eq(str, got,
+                 "CREATE TABLE run_node_state ( run_id TEXT NOT NULL,"
+                 " node_id TEXT NOT NULL, status TEXT NOT NULL,"
+                 " attempt INTEGER NOT NULL, scheduled_at TEXT,"
+                 " started_at TEXT, completed_at TEXT, failed_at TEXT,"
+                 " suspended_at TEXT, last_error TEXT,"
+                 " retryable INTEGER NOT NULL DEFAULT 0,"
+                 " suspension_reason TEXT, resume_state_json TEXT,"
+                 " outputs_json TEXT, updated_at TEXT NOT NULL,"
+                 " seq INTEGER NOT NULL, PRIMARY KEY (run_id, node_id))"
+                 " WITHOUT ROWID"));
+    cr_assert(eq(i64, raw_int(db, "SELECT count(*) FROM sqlite_master WHERE"
+                                  " name = 'run_node_state' AND sql LIKE"
+                                  " '%WITHOUT ROWID'"), 1));
+    cr_assert(eq(i64, raw_int(db, "PRAGMA user_version"), 1));
+    sqlite3_close(db);
+
+    ns_row d = sfx_draft("r", "a", NS_RUNNING, 1);
+    ns_row *row = model_row_copy(&d);
+    cr_assert_not_null(row);
+    spill(&row, 1, NULL, 0, 1);
+    model_row_unref(row);
+    db = open_raw_spill();
+    raw_text(db, TABLE_INFO_SQL("spill_log"), got, sizeof got);
+    cr_assert(eq(str, got,
+                 "0|seq|INTEGER|0||1;1|run_id|TEXT|1||0;2|node_id|TEXT|1||0;"
+                 "3|status|TEXT|1||0;4|attempt|INTEGER|1||0;"
+                 "5|scheduled_at|TEXT|0||0;6|started_at|TEXT|0||0;"
+                 "7|completed_at|TEXT|0||0;8|failed_at|TEXT|0||0;"
+                 "9|suspended_at|TEXT|0||0;10|last_error|TEXT|0||0;"
+                 "11|retryable|INTEGER|1|0|0;12|suspension_reason|TEXT|0||0;"
+                 "13|resume_state_json|TEXT|0||0;14|outputs_json|TEXT|0||0;"
+                 "15|updated_at|TEXT|1||0"));
+    raw_text(db, INDEX_LIST_SQL("spill_log"), got, sizeof got);
+    cr_assert(eq(str, got, ""));
+    raw_text(db, "SELECT sql FROM sqlite_master WHERE name = 'spill_log'",
+             got, sizeof got);
+    cr_assert(eq(str, got,
+                 "CREATE TABLE spill_log ( seq INTEGER PRIMARY KEY,"
+                 " run_id TEXT NOT NULL, node_id TEXT NOT NULL,"
+                 " status TEXT NOT NULL, attempt INTEGER NOT NULL,"
+                 " scheduled_at TEXT, started_at TEXT, completed_at TEXT,"
+                 " failed_at TEXT, suspended_at TEXT, last_error TEXT,"
+                 " retryable INTEGER NOT NULL DEFAULT 0,"
+                 " suspension_reason TEXT, resume_state_json TEXT,"
+                 " outputs_json TEXT, updated_at TEXT NOT NULL)"));
+    cr_assert(eq(i64, raw_int(db, "PRAGMA user_version"), 1));
     sqlite3_close(db);
     store_close(s);
 }

@@ -28,10 +28,143 @@ void store_set_db_err(char *err, size_t errlen, const char *path,
     store_set_err(err, errlen, path, msg);
 }
 
-/* Runs a statement that returns no rows we care about. Returns an sqlite rc. */
+/*
+ * The columns of NS_NODE_FIELDS with their SQL declarations. updated_at is
+ * the one timestamp that is never null; seq leads the spill log as its key.
+ */
+#define STORE_FIELD_(name, member, json, column, kind)                      \
+    {column, STORE_DECL_##kind, STORE_IS_KEY_##kind, STORE_IS_JSON_##kind,  \
+     offsetof(ns_row, member) == offsetof(ns_row, updated_at),              \
+     offsetof(ns_row, member) == offsetof(ns_row, seq)},
+static const struct store_field {
+    const char *column;
+    const char *decl;
+    bool key;
+    bool json;
+    bool required;
+    bool seq;
+} store_fields[COL_COUNT] = {NS_NODE_FIELDS(STORE_FIELD_)};
+#undef STORE_FIELD_
+
+/* Appends text to b (len bytes of room, *at used); -1 if it does not fit. */
+static int store_sql_put(char *b, size_t len, size_t *at, const char *text)
+{
+    size_t n = strlen(text);
+
+    if (n >= len - *at)
+        return -1;
+    memcpy(b + *at, text, n + 1);
+    *at += n;
+    return 0;
+}
+
+/* Appends the expansion of one STORE_SQL_* token; -1 if it does not fit. */
+static int store_sql_token(char *b, size_t len, size_t *at, const char *tok)
+{
+    char num[24];
+    bool first = true;
+
+    for (int i = 0; i < COL_COUNT; i++) {
+        const struct store_field *f = &store_fields[i];
+        int rc = 0;
+
+        if (strcmp(tok, STORE_SQL_COLUMNS) == 0) {
+            rc = store_sql_put(b, len, at, first ? "" : ", ")
+                 | store_sql_put(b, len, at, f->column);
+        } else if (strcmp(tok, STORE_SQL_PARAMS) == 0) {
+            snprintf(num, sizeof num, "%s?%d", first ? "" : ", ", i + 1);
+            rc = store_sql_put(b, len, at, num);
+        } else if (strcmp(tok, STORE_SQL_KEY) == 0) {
+            if (!f->key)
+                continue;
+            rc = store_sql_put(b, len, at, first ? "" : ", ")
+                 | store_sql_put(b, len, at, f->column);
+        } else if (strcmp(tok, STORE_SQL_JSON_VALID) == 0) {
+            if (!f->json)
+                continue;
+            rc = store_sql_put(b, len, at, ", json_valid(")
+                 | store_sql_put(b, len, at, f->column)
+                 | store_sql_put(b, len, at, ")");
+        } else if (strcmp(tok, STORE_SQL_SET) == 0) {
+            if (f->key)
+                continue;
+            rc = store_sql_put(b, len, at, first ? " " : ", ")
+                 | store_sql_put(b, len, at, f->column)
+                 | store_sql_put(b, len, at, " = excluded.")
+                 | store_sql_put(b, len, at, f->column);
+        } else if (strcmp(tok, STORE_SQL_DEFS) == 0
+                   || strcmp(tok, STORE_SQL_SPILL_DEFS) == 0) {
+            bool spill = strcmp(tok, STORE_SQL_SPILL_DEFS) == 0;
+
+            if (spill && f->seq)
+                continue;
+            rc = store_sql_put(b, len, at, spill ? ", " : " ")
+                 | store_sql_put(b, len, at, f->column)
+                 | store_sql_put(b, len, at, " ")
+                 | store_sql_put(b, len, at, f->decl)
+                 | store_sql_put(b, len, at, f->required ? " NOT NULL" : "")
+                 | store_sql_put(b, len, at, spill ? "" : ",");
+        } else {
+            return -1;
+        }
+        if (rc != 0)
+            return -1;
+        first = false;
+    }
+    return 0;
+}
+
+char *store_sql(const char *tmpl)
+{
+    size_t len = strlen(tmpl) + STORE_SQL_ROOM;
+    char *b = malloc(len);
+    size_t at = 0;
+    char tok[32];
+
+    if (b == NULL)
+        return NULL;
+    b[0] = '\0';
+    while (*tmpl != '\0') {
+        const char *open = strchr(tmpl, '@');
+        const char *close = open != NULL ? strchr(open + 1, '@') : NULL;
+        size_t n = open != NULL ? (size_t)(open - tmpl) : strlen(tmpl);
+
+        if (n >= len - at || (open != NULL && close == NULL))
+            goto err;
+        memcpy(b + at, tmpl, n);
+        at += n;
+        b[at] = '\0';
+        if (open == NULL)
+            break;
+        if ((size_t)(close - open + 1) >= sizeof tok)
+            goto err;
+        memcpy(tok, open, (size_t)(close - open + 1));
+        tok[close - open + 1] = '\0';
+        if (store_sql_token(b, len, &at, tok) != 0)
+            goto err;
+        tmpl = close + 1;
+    }
+    return b;
+
+err:
+    free(b);
+    return NULL;
+}
+
+/*
+ * Runs a statement that returns no rows we care about, its STORE_SQL_*
+ * tokens expanded. Returns an sqlite rc.
+ */
 int store_exec(sqlite3 *db, const char *sql)
 {
-    return sqlite3_exec(db, sql, NULL, NULL, NULL);
+    char *text = store_sql(sql);
+    int rc;
+
+    if (text == NULL)
+        return SQLITE_NOMEM;
+    rc = sqlite3_exec(db, text, NULL, NULL, NULL);
+    free(text);
+    return rc;
 }
 
 /* Ends the transaction in progress, if any, keeping nothing of it. */
@@ -74,8 +207,17 @@ int store_query_int(sqlite3 *db, const char *sql, int64_t *out)
 int store_prepare(sqlite3 *db, const char *sql, sqlite3_stmt **out,
                   char *err, size_t errlen, const char *path)
 {
-    if (sqlite3_prepare_v3(db, sql, -1, SQLITE_PREPARE_PERSISTENT, out, NULL)
-        != SQLITE_OK) {
+    char *text = store_sql(sql);
+    int rc;
+
+    if (text == NULL) {
+        store_set_err(err, errlen, path, "out of memory");
+        return -1;
+    }
+    rc = sqlite3_prepare_v3(db, text, -1, SQLITE_PREPARE_PERSISTENT, out,
+                            NULL);
+    free(text);
+    if (rc != SQLITE_OK) {
         store_set_db_err(err, errlen, path, db, "preparing statements");
         return -1;
     }
@@ -84,8 +226,9 @@ int store_prepare(sqlite3 *db, const char *sql, sqlite3_stmt **out,
 
 /*
  * store_prepare for a statement that binds a row (params) or returns one
- * (!params), checking it against NS_NODE_FIELDS: the SQL of the sqlite_*.c
- * files is written by hand, and a column out of place would bind or read one field as another.
+ * (!params), checking it against NS_NODE_FIELDS: the column lists are
+ * expanded from the list, but the rest of a statement is written by hand,
+ * and a column out of place would bind or read one field as another.
  * An insert must take one parameter per field; a select must return the
  * fields' columns by name, in order, then one json_valid() per json field.
  */

@@ -82,34 +82,53 @@ enum store_col {
 #define STORE_IS_JSON_json 1
 
 /*
- * The SQL below names the columns of NS_NODE_FIELDS by hand, in the list's
- * order (tests/test_store.c checks the tables against the list); a field
- * added to the list needs its column here, in both schemas, in the upsert's
- * SET, a placeholder more and, for a json field, a json_valid() in the
- * selects.
+ * Per kind of NS_NODE_FIELDS: its column's SQL declaration (updated_at, the
+ * timestamp that is never null, adds NOT NULL), and whether it is part of
+ * the key (run_node_state's primary key, the upsert's conflict target).
  */
-#define STORE_COLUMNS                                                       \
-    "run_id, node_id, status, attempt, scheduled_at, started_at, "          \
-    "completed_at, failed_at, suspended_at, last_error, retryable, "        \
-    "suspension_reason, resume_state_json, outputs_json, updated_at, seq"
+#define STORE_DECL_id "TEXT NOT NULL"
+#define STORE_DECL_status "TEXT NOT NULL"
+#define STORE_DECL_int "INTEGER NOT NULL"
+#define STORE_DECL_timestamp "TEXT"
+#define STORE_DECL_text "TEXT"
+#define STORE_DECL_bool "INTEGER NOT NULL DEFAULT 0"
+#define STORE_DECL_json "TEXT"
+#define STORE_IS_KEY_id 1
+#define STORE_IS_KEY_status 0
+#define STORE_IS_KEY_int 0
+#define STORE_IS_KEY_timestamp 0
+#define STORE_IS_KEY_text 0
+#define STORE_IS_KEY_bool 0
+#define STORE_IS_KEY_json 0
+
+/*
+ * Tokens in the SQL texts of the sqlite_*.c files that store_exec and
+ * store_prepare expand from NS_NODE_FIELDS (store_sql), so that no SQL
+ * names the node's columns by hand:
+ *   COLUMNS     every column, in the list's order, comma-separated
+ *   PARAMS      ?1 .. ?N, one per column
+ *   KEY         the key columns (kind id), comma-separated
+ *   JSON_VALID  ", json_valid(col)" for every json column (a select's tail)
+ *   SET         "col = excluded.col" for every column but the key
+ *   DEFS        " col DECL," for every column (run_node_state's body)
+ *   SPILL_DEFS  ", col DECL" for every column but seq (spill_log's body,
+ *               after its own seq key)
+ */
+#define STORE_SQL_COLUMNS "@COLUMNS@"
+#define STORE_SQL_PARAMS "@PARAMS@"
+#define STORE_SQL_KEY "@KEY@"
+#define STORE_SQL_SET "@SET@"
+#define STORE_SQL_JSON_VALID "@JSON_VALID@"
+#define STORE_SQL_DEFS "@DEFS@"
+#define STORE_SQL_SPILL_DEFS "@SPILL_DEFS@"
+/* Room the expansions take beyond the template, for every statement. */
+#define STORE_SQL_ROOM 8192
+
+#define STORE_COLUMNS STORE_SQL_COLUMNS
 
 /* Every column but the key takes the incoming row's value. */
 #define STORE_UPSERT_SET                                                    \
-    " ON CONFLICT (run_id, node_id) DO UPDATE SET"                          \
-    " status = excluded.status,"                                            \
-    " attempt = excluded.attempt,"                                          \
-    " scheduled_at = excluded.scheduled_at,"                                \
-    " started_at = excluded.started_at,"                                    \
-    " completed_at = excluded.completed_at,"                                \
-    " failed_at = excluded.failed_at,"                                      \
-    " suspended_at = excluded.suspended_at,"                                \
-    " last_error = excluded.last_error,"                                    \
-    " retryable = excluded.retryable,"                                      \
-    " suspension_reason = excluded.suspension_reason,"                      \
-    " resume_state_json = excluded.resume_state_json,"                      \
-    " outputs_json = excluded.outputs_json,"                                \
-    " updated_at = excluded.updated_at,"                                    \
-    " seq = excluded.seq"
+    " ON CONFLICT (" STORE_SQL_KEY ") DO UPDATE SET" STORE_SQL_SET
 
 /* The schema of a new database (sqlite_write.c), also run by the migration. */
 extern const char store_schema_sql[];
@@ -206,6 +225,12 @@ void store_set_err(char *err, size_t errlen, const char *path,
 void store_set_db_err(char *err, size_t errlen, const char *path,
                       sqlite3 *db, const char *what);
 /* Runs a statement that returns no rows we care about. Returns an sqlite rc. */
+/*
+ * A template's STORE_SQL_* tokens expanded, malloc'd; NULL if out of memory
+ * or the template names an unknown token. store_exec and store_prepare
+ * expand what they are given.
+ */
+char *store_sql(const char *tmpl);
 int store_exec(sqlite3 *db, const char *sql);
 /* Ends the transaction in progress, if any, keeping nothing of it. */
 void store_rollback(sqlite3 *db);

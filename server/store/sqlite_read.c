@@ -14,18 +14,15 @@
  * must know whether they hold JSON; json_valid() tells without a parse in C.
  */
 static const char store_select_run_sql[] =
-    "SELECT " STORE_COLUMNS ", json_valid(resume_state_json),"
-    " json_valid(outputs_json) FROM run_node_state WHERE run_id = ?1"
-    " ORDER BY node_id";
+    "SELECT " STORE_COLUMNS STORE_SQL_JSON_VALID " FROM run_node_state"
+    " WHERE run_id = ?1 ORDER BY node_id";
 /* One node by primary key, and whether its run has any row. */
 static const char store_select_node_sql[] =
-    "SELECT " STORE_COLUMNS ", json_valid(resume_state_json),"
-    " json_valid(outputs_json) FROM run_node_state"
+    "SELECT " STORE_COLUMNS STORE_SQL_JSON_VALID " FROM run_node_state"
     " WHERE run_id = ?1 AND node_id = ?2";
 /* A run's rows after a node id, in node_id order ("" is before every id). */
 static const char store_select_after_sql[] =
-    "SELECT " STORE_COLUMNS ", json_valid(resume_state_json),"
-    " json_valid(outputs_json) FROM run_node_state"
+    "SELECT " STORE_COLUMNS STORE_SQL_JSON_VALID " FROM run_node_state"
     " WHERE run_id = ?1 AND node_id > ?2 ORDER BY node_id";
 static const char store_select_run_exists_sql[] =
     "SELECT 1 FROM run_node_state WHERE run_id = ?1 LIMIT 1";

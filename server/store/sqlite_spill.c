@@ -20,22 +20,8 @@
  */
 static const char store_spill_schema_sql[] =
     "CREATE TABLE IF NOT EXISTS spill_log ("
-    " seq INTEGER PRIMARY KEY,"
-    " run_id TEXT NOT NULL,"
-    " node_id TEXT NOT NULL,"
-    " status TEXT NOT NULL,"
-    " attempt INTEGER NOT NULL,"
-    " scheduled_at TEXT,"
-    " started_at TEXT,"
-    " completed_at TEXT,"
-    " failed_at TEXT,"
-    " suspended_at TEXT,"
-    " last_error TEXT,"
-    " retryable INTEGER NOT NULL DEFAULT 0,"
-    " suspension_reason TEXT,"
-    " resume_state_json TEXT,"
-    " outputs_json TEXT,"
-    " updated_at TEXT NOT NULL"
+    " seq INTEGER PRIMARY KEY"
+    STORE_SQL_SPILL_DEFS
     ");"
     "CREATE TABLE IF NOT EXISTS spill_deletes ("
     " run_id TEXT PRIMARY KEY,"
@@ -49,8 +35,7 @@ static const char store_spill_schema_sql[] =
 
 static const char store_spill_row_sql[] =
     "INSERT INTO spill_log (" STORE_COLUMNS ")"
-    " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14,"
-    " ?15, ?16)";
+    " VALUES (" STORE_SQL_PARAMS ")";
 
 /*
  * A delete voids the logged rows of its run spilled before its piece: they

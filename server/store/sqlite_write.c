@@ -19,23 +19,8 @@
  */
 const char store_schema_sql[] =
     "CREATE TABLE IF NOT EXISTS run_node_state ("
-    " run_id TEXT NOT NULL,"
-    " node_id TEXT NOT NULL,"
-    " status TEXT NOT NULL,"
-    " attempt INTEGER NOT NULL,"
-    " scheduled_at TEXT,"
-    " started_at TEXT,"
-    " completed_at TEXT,"
-    " failed_at TEXT,"
-    " suspended_at TEXT,"
-    " last_error TEXT,"
-    " retryable INTEGER NOT NULL DEFAULT 0,"
-    " suspension_reason TEXT,"
-    " resume_state_json TEXT,"
-    " outputs_json TEXT,"
-    " updated_at TEXT NOT NULL,"
-    " seq INTEGER NOT NULL,"
-    " PRIMARY KEY (run_id, node_id)"
+    STORE_SQL_DEFS
+    " PRIMARY KEY (" STORE_SQL_KEY ")"
     ") WITHOUT ROWID;"
     "CREATE INDEX IF NOT EXISTS run_node_state_run_status"
     " ON run_node_state (run_id, status);"
@@ -47,8 +32,7 @@ const char store_schema_sql[] =
 
 static const char store_upsert_sql[] =
     "INSERT INTO run_node_state (" STORE_COLUMNS ")"
-    " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14,"
-    " ?15, ?16)" STORE_UPSERT_SET;
+    " VALUES (" STORE_SQL_PARAMS ")" STORE_UPSERT_SET;
 
 static const char store_delete_run_sql[] =
     "DELETE FROM run_node_state WHERE run_id = ?1";

@@ -84,12 +84,13 @@ typedef struct ns_row {
  *         json       compact JSON text, spliced into answers as it is
  *
  * The SQLite store (server/store) binds and reads the columns, and codec.c
- * encodes a row, from this list. The SQL text of the schema and statements
- * is written out in the store's sqlite_*.c (the schema text of existing
- * files must not change): store_prepare_row checks each statement that
- * binds or returns a row against the list when it prepares it,
- * and tests/test_store.c checks that the tables it creates (run_node_state,
- * the sidecar's spill_log) have exactly these columns, in order.
+ * encodes a row, from this list. The store also expands the column parts of
+ * its SQL from it (store_sql in sqlite_common.c: the tables' column
+ * declarations, column lists, placeholders, the upsert's SET), with each
+ * kind's SQL type in sqlite_internal.h; an existing file's schema must not
+ * change, so a new field goes at the end. store_prepare_row still checks
+ * each statement that binds or returns a row against the list, and
+ * tests/test_store.c checks the tables a new file gets, column by column.
  * ns_row and ns_update stay written out: the timestamps are an array indexed
  * by ns_ts_field, and an update has presence flags a row does not.
  */
