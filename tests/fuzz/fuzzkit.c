@@ -9,6 +9,8 @@
 
 #include <jansson.h>
 
+#include "text.h"
+
 void fuzzkit_check(int ok, const char *what)
 {
     if (ok)
@@ -19,24 +21,13 @@ void fuzzkit_check(int ok, const char *what)
 
 /* ---- request text ---- */
 
-static int hex_value(char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
-
 /* Decodes %XX in place, as the transport does; a %00 ends the C string there. */
 static void percent_decode(char *s)
 {
     char *out = s;
     for (char *p = s; *p; p++) {
         int hi, lo;
-        if (*p == '%' && (hi = hex_value(p[1])) >= 0 && (lo = hex_value(p[2])) >= 0) {
+        if (*p == '%' && (hi = text_hex_digit(p[1])) >= 0 && (lo = text_hex_digit(p[2])) >= 0) {
             *out++ = (char)(hi << 4 | lo);
             p += 2;
         } else {
