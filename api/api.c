@@ -174,6 +174,9 @@ void api_response_free(api_response *resp)
 {
     free(resp->body);
     resp->body = NULL;
+    if (resp->stream.close != NULL)
+        resp->stream.close(resp->stream.ctx);
+    memset(&resp->stream, 0, sizeof resp->stream);
     if (resp->wait) {
         model_row_unref(resp->wait->row);
         free(resp->wait);

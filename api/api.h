@@ -21,6 +21,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h> /* ssize_t */
 
 #include "engine.h"
 #include "problems.h"
@@ -50,6 +51,19 @@ typedef struct api_request {
     void *ctx;
 } api_request;
 
+/*
+ * A body read as it is sent, instead of api_response.body: the transport
+ * calls read for the bytes from pos on (how many, -1 on an error that
+ * must cut the answer short) until size bytes have gone, then close once,
+ * sent or not. api_response_free closes a stream the transport did not take.
+ */
+typedef struct api_stream {
+    ssize_t (*read)(void *ctx, uint64_t pos, char *buf, size_t n);
+    void (*close)(void *ctx);
+    void *ctx;
+    uint64_t size;
+} api_stream;
+
 typedef struct api_response {
     int status;
     const char *content_type;  /* static string; NULL with no body */
@@ -59,6 +73,8 @@ typedef struct api_response {
     unsigned retry_after;      /* seconds; 0 for no Retry-After */
     const char *allow;         /* Allow header of a 405, else NULL */
     const char *www_authenticate; /* WWW-Authenticate of a 401, else NULL */
+    api_stream stream;         /* .read != NULL: the body (content_type set, body NULL) */
+    char disposition[96];      /* Content-Disposition, or "" for none */
     int64_t wait_seq;          /* > 0: park until durable (see above) */
     double wait_timeout;       /* seconds to park at most */
     struct api_wait *wait;     /* api's own: what to answer with once parked */

@@ -101,5 +101,6 @@ handler_fn api_get_stats;
 handler_fn api_get_metrics;
 handler_fn api_get_healthz;
 handler_fn api_get_readyz;
+handler_fn api_get_backup;
 
 #endif

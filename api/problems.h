@@ -25,10 +25,12 @@
     X(INVALID_UPDATE, 422, "invalid-update", "Invalid update")                        \
     X(INTERNAL_ERROR, 500, "internal-error", "Internal error")                        \
     X(WRITE_REFUSED, 500, "write-refused", "Write refused")                           \
+    X(BACKUP_UNSUPPORTED, 501, "backup-unsupported", "Backup not supported")          \
     X(QUEUE_FULL, 503, "queue-full", "Queue full")                                    \
     X(OUT_OF_MEMORY, 503, "out-of-memory", "Service unavailable")                     \
     X(NOT_ALIVE, 503, "not-alive", "Not alive")                                       \
-    X(NOT_READY, 503, "not-ready", "Not ready")
+    X(NOT_READY, 503, "not-ready", "Not ready")                                       \
+    X(BACKUP_BUSY, 503, "backup-busy", "Backup in progress")
 
 typedef enum problem_id {
 #define PROBLEMS_ENUM(name, status, slug, title) PROBLEM_##name,

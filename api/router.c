@@ -25,6 +25,7 @@ static const api_route routes[] = {
     { { "metrics" }, "GET, HEAD", 0, api_get_metrics, NULL, NULL },
     { { "healthz" }, "GET, HEAD", ROUTE_NO_AUTH, api_get_healthz, NULL, NULL },
     { { "readyz" }, "GET, HEAD", 0, api_get_readyz, NULL, NULL },
+    { { "backup" }, "GET, HEAD", 0, api_get_backup, NULL, NULL },
 };
 
 const api_route *api_routes(size_t *count)

@@ -120,6 +120,14 @@ static const option_def options[] = {
     {"port-file", OPT_PATH, FIELD(port_file), 0, 0, 0, NULL, "PATH",
      "once listening, write the bound port (a line of digits) to this\n"
      "      file, created anew; handy with --listen HOST:0"},
+    {"tls-cert", OPT_PATH, FIELD(tls_cert), 0, 0, 0, NULL, "PATH",
+     "serve HTTPS with this PEM certificate (chain); needs --tls-key;\n"
+     "      read once at start"},
+    {"tls-key", OPT_PATH, FIELD(tls_key), 0, 0, 0, NULL, "PATH",
+     "the PEM private key of --tls-cert (unencrypted)"},
+    {"max-backups", OPT_UINT, FIELD(max_backups), 1, 64, 0, "1", "N",
+     "GET /backup answers in progress at once; one more gets 503.\n"
+     "      Each holds a copy of the database on disk while it is sent"},
 };
 
 #define OPTION_COUNT (sizeof options / sizeof options[0])

@@ -41,6 +41,9 @@ typedef struct config {
     char token_file[4096];        /* --token-file PATH the token came from; "" = none */
     bool access_log;              /* --access-log: one info line per answered request */
     char port_file[4096];         /* --port-file: where to write the bound port; "" = none */
+    char tls_cert[4096];          /* --tls-cert PEM file; with tls_key: HTTPS; "" = none */
+    char tls_key[4096];           /* --tls-key PEM file of its private key; "" = none */
+    unsigned max_backups;         /* --max-backups: GET /backup answers at once */
 } config;
 
 typedef enum config_outcome {

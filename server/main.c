@@ -103,6 +103,102 @@ static int write_port_file(const char *path, unsigned port)
     return rc;
 }
 
+/* Largest PEM file read for --tls-cert / --tls-key: a long chain fits easily. */
+#define PEM_MAX (1024 * 1024)
+
+/*
+ * Reads a whole PEM file for --tls-cert or --tls-key into *out (malloc'd,
+ * NUL-terminated). Only a first sanity check: GnuTLS parses it in
+ * http_start and says what it refuses. 0, or -1 with a message in err.
+ */
+static int read_pem(const char *option, const char *path, char **out,
+                    size_t *outlen, char *err, size_t errlen)
+{
+    FILE *f = NULL;
+    char *text = NULL;
+    size_t len = 0;
+    int rc = -1;
+
+    *out = NULL;
+    *outlen = 0;
+    f = fopen(path, "rb");
+    if (f == NULL) {
+        snprintf(err, errlen, "--%s: cannot read \"%.300s\": %s", option, path,
+                 strerror(errno));
+        goto out;
+    }
+    text = malloc(PEM_MAX + 1);
+    if (text == NULL) {
+        snprintf(err, errlen, "--%s: out of memory", option);
+        goto out;
+    }
+    len = fread(text, 1, PEM_MAX + 1, f);
+    if (ferror(f)) {
+        snprintf(err, errlen, "--%s: cannot read \"%.300s\": %s", option, path,
+                 strerror(errno));
+        goto out;
+    }
+    if (len > PEM_MAX) {
+        snprintf(err, errlen, "--%s: \"%.300s\" is larger than %d bytes", option,
+                 path, PEM_MAX);
+        goto out;
+    }
+    text[len] = '\0';
+    if (memchr(text, '\0', len) != NULL || strstr(text, "-----BEGIN ") == NULL) {
+        snprintf(err, errlen, "--%s: \"%.300s\" is not a PEM file (no -----BEGIN line)",
+                 option, path);
+        goto out;
+    }
+    *out = text;
+    *outlen = len;
+    text = NULL;
+    rc = 0;
+out:
+    if (text != NULL) {
+        memset(text, 0, len);
+        free(text);
+    }
+    if (f != NULL)
+        fclose(f);
+    return rc;
+}
+
+/* Frees a PEM buffer from read_pem, wiping it first: it may be a private key. */
+static void free_pem(char *text, size_t len)
+{
+    if (text == NULL)
+        return;
+    /* volatile: the compiler must not drop a wipe of memory about to be freed. */
+    for (volatile char *p = text; p < text + len; p++)
+        *p = 0;
+    free(text);
+}
+
+/*
+ * --tls-cert and --tls-key: both or neither. Both read into memory (the
+ * key is the process's to keep out of files it writes). 0 (and NULLs
+ * without TLS), or -1 with a message in err.
+ */
+static int load_tls(const config *cfg, char **cert, size_t *cert_len,
+                    char **key, size_t *key_len, char *err, size_t errlen)
+{
+    if ((cfg->tls_cert[0] == '\0') != (cfg->tls_key[0] == '\0')) {
+        snprintf(err, errlen, "--tls-cert and --tls-key: give both for HTTPS "
+                 "(only --%s was given)", cfg->tls_cert[0] != '\0' ? "tls-cert" : "tls-key");
+        return -1;
+    }
+    if (cfg->tls_cert[0] == '\0')
+        return 0;
+    if (read_pem("tls-cert", cfg->tls_cert, cert, cert_len, err, errlen) != 0)
+        return -1;
+    if (read_pem("tls-key", cfg->tls_key, key, key_len, err, errlen) != 0) {
+        free_pem(*cert, *cert_len);
+        *cert = NULL;
+        return -1;
+    }
+    return 0;
+}
+
 /* HOST:PORT, or [HOST]:PORT for an IPv6 host. */
 static void format_addr(char *buf, size_t size, const char *host,
                         unsigned port)
@@ -131,6 +227,9 @@ int main(int argc, char **argv)
     http_server *srv = NULL;
     int sig = 0;
     engine_closing closing;
+    char *tls_cert = NULL, *tls_key = NULL;
+    size_t tls_cert_len = 0, tls_key_len = 0;
+    int status;
 
     /* Before any thread exists: threads inherit the signal mask. */
     if (setup_signals(&stop) != 0) {
@@ -170,11 +269,19 @@ int main(int argc, char **argv)
         .queue_max_bytes = cfg.queue_max_bytes,
         .cache_max_nodes = cfg.cache_max_nodes,
         .cache_max_bytes = cfg.cache_max_bytes,
+        .max_backups = cfg.max_backups,
         .shutdown_timeout = cfg.shutdown_timeout,
         .synchronous_full = cfg.synchronous_full,
         .log = log_write,
         .log_ctx = log,
     };
+    /* Before the engine: a bad certificate must not cost a database open. */
+    if (load_tls(&cfg, &tls_cert, &tls_cert_len, &tls_key, &tls_key_len, err,
+                 sizeof err) != 0) {
+        log_printf(log, NS_LOG_ERROR, "start-failed", "error=%s",
+                   logfmt_quote(quoted, sizeof quoted, err));
+        goto fail;
+    }
     e = engine_open(&ec, err, sizeof err);
     if (e == NULL) {
         log_printf(log, NS_LOG_ERROR, "start-failed", "db=%s error=%s",
@@ -208,6 +315,8 @@ int main(int argc, char **argv)
         .max_connections_per_ip = cfg.max_connections_per_ip,
         .header_timeout = cfg.header_timeout,
         .access_log = cfg.access_log,
+        .tls_cert = tls_cert,
+        .tls_key = tls_key,
         .log = log_write,
         .log_ctx = log,
     };
@@ -223,7 +332,8 @@ int main(int argc, char **argv)
                config_format(&cfg, settings, sizeof settings));
     config_clear_secrets(&cfg);
     format_addr(addr, sizeof addr, cfg.listen_host, http_port(srv));
-    log_printf(log, NS_LOG_INFO, "listening", "addr=%s", addr);
+    log_printf(log, NS_LOG_INFO, "listening", "addr=%s scheme=%s", addr,
+               tls_cert != NULL ? "https" : "http");
     if (cfg.port_file[0] != '\0' && write_port_file(cfg.port_file, http_port(srv)) != 0) {
         log_printf(log, NS_LOG_ERROR, "start-failed", "port_file=%s error=%s",
                    logfmt_quote(db, sizeof db, cfg.port_file),
@@ -252,8 +362,8 @@ int main(int argc, char **argv)
     api_free(a);
     log_printf(log, NS_LOG_INFO, "stopped", "flushed=%llu spilled=%zu unflushed=%zu",
                (unsigned long long)closing.flushed, closing.spilled, closing.lost);
-    log_free(log);
-    return closing.lost == 0 ? 0 : 1;
+    status = closing.lost == 0 ? 0 : 1;
+    goto out;
 
 fail:
     config_clear_secrets(&cfg);
@@ -261,6 +371,10 @@ fail:
         api_free(a);
     if (e != NULL)
         engine_close(e);
+    status = 1;
+out:
+    free_pem(tls_cert, tls_cert_len);
+    free_pem(tls_key, tls_key_len);
     log_free(log);
-    return 1;
+    return status;
 }

@@ -34,6 +34,9 @@ static const char *const option_names[][2] = {
     {"--max-connections-per-ip", "NODESTATE_MAX_CONNECTIONS_PER_IP"},
     {"--header-timeout", "NODESTATE_HEADER_TIMEOUT"},
     {"--port-file", "NODESTATE_PORT_FILE"},
+    {"--tls-cert", "NODESTATE_TLS_CERT"},
+    {"--tls-key", "NODESTATE_TLS_KEY"},
+    {"--max-backups", "NODESTATE_MAX_BACKUPS"},
 };
 #define N_OPTIONS (sizeof option_names / sizeof option_names[0])
 
@@ -141,6 +144,9 @@ static void assert_same(const config *got, const config *want, const char *what)
                  "%s: max_connections_per_ip", what);
     cr_assert_eq(got->header_timeout, want->header_timeout, "%s: header_timeout", what);
     cr_assert_str_eq(got->port_file, want->port_file, "%s: port_file", what);
+    cr_assert_str_eq(got->tls_cert, want->tls_cert, "%s: tls_cert", what);
+    cr_assert_str_eq(got->tls_key, want->tls_key, "%s: tls_key", what);
+    cr_assert_eq(got->max_backups, want->max_backups, "%s: max_backups", what);
 }
 
 /* The defaults written out by hand, independent of config.c's table. */
@@ -167,7 +173,9 @@ static void want_defaults(config *c)
     c->cache_max_bytes = 256u << 20;
     c->max_connections_per_ip = 256;
     c->header_timeout = 10;
-    /* token, token_file and port_file "", access_log false: the memset. */
+    c->max_backups = 1;
+    /* token, token_file, port_file, tls_cert and tls_key "", access_log
+     * false: the memset. */
 }
 
 Test(config, defaults)
@@ -226,6 +234,9 @@ static void x_cache_max_bytes(config *c) { c->cache_max_bytes = 0; }
 static void x_max_connections_per_ip(config *c) { c->max_connections_per_ip = 0; }
 static void x_header_timeout(config *c) { c->header_timeout = 2.5; }
 static void x_port_file(config *c) { strcpy(c->port_file, "/tmp/ns.port"); }
+static void x_tls_cert(config *c) { strcpy(c->tls_cert, "/etc/ns/cert.pem"); }
+static void x_tls_key(config *c) { strcpy(c->tls_key, "/etc/ns/key.pem"); }
+static void x_max_backups(config *c) { c->max_backups = 64; }
 
 static const option_case option_cases[] = {
     {"--listen", "NODESTATE_LISTEN", "0.0.0.0:9090", x_listen, false, false},
@@ -252,6 +263,9 @@ static const option_case option_cases[] = {
      x_max_connections_per_ip, false, false},
     {"--header-timeout", "NODESTATE_HEADER_TIMEOUT", "2.5", x_header_timeout, false, false},
     {"--port-file", "NODESTATE_PORT_FILE", "/tmp/ns.port", x_port_file, false, false},
+    {"--tls-cert", "NODESTATE_TLS_CERT", "/etc/ns/cert.pem", x_tls_cert, false, false},
+    {"--tls-key", "NODESTATE_TLS_KEY", "/etc/ns/key.pem", x_tls_key, false, false},
+    {"--max-backups", "NODESTATE_MAX_BACKUPS", "64", x_max_backups, false, false},
 };
 #define N_CASES (sizeof option_cases / sizeof option_cases[0])
 
@@ -427,6 +441,10 @@ static const bad_case bad_cases[] = {
     {"queue-max-bytes", "1K", "below 1 MiB"},
     {"header-timeout", "3601", "above an hour"},
     {"port-file", "", "empty"},
+    {"tls-cert", "", "empty"},
+    {"tls-key", "", "empty"},
+    {"max-backups", "0", "below range"},
+    {"max-backups", "65", "above range"},
     {"max-connections", "0", "below range"},
     {"connection-timeout", "1.5", "not whole seconds"},
     {"batch-interval", "61", "above 60"},
@@ -601,7 +619,8 @@ Test(config, format_lists_every_setting)
                           "max_body_bytes=1048576", "max_connections=1024",
                           "queue_max_bytes=134217728", "header_timeout=10", "port_file=\"\"",
                           "connection_timeout=60", "max_wait=60", "log_level=info",
-                          "token=unset", "token_file=\"\"", "access_log=false"};
+                          "token=unset", "token_file=\"\"", "access_log=false",
+                          "tls_cert=\"\"", "tls_key=\"\"", "max_backups=1"};
     for (size_t i = 0; i < sizeof want / sizeof want[0]; i++)
         cr_assert_not_null(strstr(buf, want[i]), "\"%s\" lacks %s", buf, want[i]);
 

@@ -631,3 +631,62 @@ const engine_config *engine_config_of(engine *e)
 {
     return &e->cfg;
 }
+
+/* ---- backups ---- */
+
+struct engine_backup {
+    engine *e;
+    store_backup *sb;
+};
+
+engine_backup_result engine_backup_open(engine *e, engine_backup **out,
+                                        char *err, size_t errlen)
+{
+    unsigned max = e->cfg.max_backups > 0 ? e->cfg.max_backups : 1;
+    engine_backup *b = NULL;
+    store_backup_result r;
+
+    *out = NULL;
+    /* Take a slot first: a refused request must cost nothing. */
+    if (atomic_fetch_add(&e->backups, 1) >= max) {
+        atomic_fetch_sub(&e->backups, 1);
+        snprintf(err, errlen, "%u backup%s already in progress", max,
+                 max == 1 ? " is" : "s are");
+        return ENGINE_BACKUP_BUSY;
+    }
+    b = calloc(1, sizeof *b);
+    if (b == NULL) {
+        snprintf(err, errlen, "out of memory");
+        atomic_fetch_sub(&e->backups, 1);
+        return ENGINE_BACKUP_FAILED;
+    }
+    b->e = e;
+    r = store_backup_open(e->db_path, &b->sb, err, errlen);
+    if (r != STORE_BACKUP_OK) {
+        free(b);
+        atomic_fetch_sub(&e->backups, 1);
+        return r == STORE_BACKUP_UNSUPPORTED ? ENGINE_BACKUP_UNSUPPORTED
+                                             : ENGINE_BACKUP_FAILED;
+    }
+    *out = b;
+    return ENGINE_BACKUP_OK;
+}
+
+uint64_t engine_backup_size(const engine_backup *b)
+{
+    return store_backup_size(b->sb);
+}
+
+ssize_t engine_backup_read(engine_backup *b, uint64_t pos, char *buf, size_t n)
+{
+    return store_backup_read(b->sb, pos, buf, n);
+}
+
+void engine_backup_close(engine_backup *b)
+{
+    if (b == NULL)
+        return;
+    store_backup_close(b->sb);
+    atomic_fetch_sub(&b->e->backups, 1);
+    free(b);
+}

@@ -36,6 +36,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h> /* ssize_t */
 
 #include "loglevel.h" /* NS_LOG_*, ns_log_fn */
 #include "model.h"
@@ -53,6 +54,7 @@ typedef struct engine_config {
     bool synchronous_full;     /* synchronous=FULL instead of NORMAL */
     size_t cache_max_nodes;    /* evict idle runs above this many cached nodes; 0: no bound */
     size_t cache_max_bytes;    /* evict idle runs above this many cached bytes; 0: no bound */
+    unsigned max_backups;      /* engine_backup_open at once; 0 is taken as 1 */
     ns_log_fn *log;            /* may be NULL */
     void *log_ctx;
 } engine_config;
@@ -175,5 +177,30 @@ bool engine_ready(engine *e, const char **reason);
 /* The counters; valid until engine_close. */
 ns_stats *engine_stats(engine *e);
 const engine_config *engine_config_of(engine *e);
+
+/*
+ * A consistent snapshot of the stored database (store_backup_open in
+ * store.h: every update committed when it starts; updates still queued are
+ * not in it), read as a stream of bytes. At most max_backups exist at once:
+ * one more is refused with ENGINE_BACKUP_BUSY until one is closed. The
+ * store decides whether it can: ENGINE_BACKUP_UNSUPPORTED (err says what
+ * to use instead) or ENGINE_BACKUP_FAILED (err says why). Every backup
+ * opened must be closed before engine_close.
+ */
+typedef struct engine_backup engine_backup;
+typedef enum engine_backup_result {
+    ENGINE_BACKUP_OK,
+    ENGINE_BACKUP_BUSY,
+    ENGINE_BACKUP_UNSUPPORTED,
+    ENGINE_BACKUP_FAILED
+} engine_backup_result;
+engine_backup_result engine_backup_open(engine *e, engine_backup **out,
+                                        char *err, size_t errlen);
+/* The snapshot's length in bytes. */
+uint64_t engine_backup_size(const engine_backup *b);
+/* Up to n bytes from offset pos: how many (0 at the end), -1 on an I/O error. */
+ssize_t engine_backup_read(engine_backup *b, uint64_t pos, char *buf, size_t n);
+/* Frees b and its slot. NULL is fine. */
+void engine_backup_close(engine_backup *b);
 
 #endif

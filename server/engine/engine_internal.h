@@ -87,6 +87,7 @@ struct engine {
      */
     _Atomic int state;
     _Atomic bool store_failing;   /* the last commit attempt failed */
+    _Atomic unsigned backups;     /* engine_backup objects open (engine_backup_open) */
     _Atomic bool bytes_full;      /* a write was refused for queue_max_bytes; cleared as bytes are freed */
 
     lockcheck_mutex lock;         /* guards every field below; lockcheck_assert_held where required */

@@ -201,7 +201,7 @@ http_server *http_start(const http_config *cfg, api *a, engine *e, char *err,
     char port_text[8];
     char addr[300];
     unsigned flags;
-    struct MHD_OptionItem opts[8];
+    struct MHD_OptionItem opts[10];
     size_t n = 0;
     int rc, saved_errno;
 
@@ -225,6 +225,7 @@ http_server *http_start(const http_config *cfg, api *a, engine *e, char *err,
     s->log_ctx = cfg->log_ctx;
     s->timer_wake_ns = INT64_MIN;
     atomic_init(&s->inflight, 0);
+    atomic_init(&s->start_msg_taken, false);
 
     if (lockcheck_init(&s->mu) != 0) {
         snprintf(err, errlen, "cannot create a mutex");
@@ -295,6 +296,22 @@ http_server *http_start(const http_config *cfg, api *a, engine *e, char *err,
     opts[n++] = (struct MHD_OptionItem){MHD_OPTION_CONNECTION_TIMEOUT,
                                         (intptr_t)cfg->connection_timeout, NULL};
     n += http_guard_options(cfg, s, opts + n);
+    if (cfg->tls_cert != NULL || cfg->tls_key != NULL) {
+        if (cfg->tls_cert == NULL || cfg->tls_key == NULL) {
+            snprintf(err, errlen, "HTTPS needs both a certificate and its key");
+            goto fail;
+        }
+        if (MHD_is_feature_supported(MHD_FEATURE_TLS) != MHD_YES) {
+            snprintf(err, errlen, "this libmicrohttpd was built without TLS");
+            goto fail;
+        }
+        /* MHD parses both in MHD_start_daemon; GnuTLS keeps its own copy. */
+        flags |= MHD_USE_TLS;
+        opts[n++] = (struct MHD_OptionItem){MHD_OPTION_HTTPS_MEM_CERT, 0,
+                                            (void *)(uintptr_t)cfg->tls_cert};
+        opts[n++] = (struct MHD_OptionItem){MHD_OPTION_HTTPS_MEM_KEY, 0,
+                                            (void *)(uintptr_t)cfg->tls_key};
+    }
     opts[n] = (struct MHD_OptionItem){MHD_OPTION_END, 0, NULL};
 
     /*
@@ -317,8 +334,13 @@ http_server *http_start(const http_config *cfg, api *a, engine *e, char *err,
     if (s->daemon == NULL) {
         int why = http_probe_bind(ai);
 
+        size_t m = strcspn(s->start_msg, "\r\n");
+
         if (why != 0)
             snprintf(err, errlen, "cannot listen on %s: %s", addr, strerror(why));
+        else if (m > 0)
+            snprintf(err, errlen, "cannot start the HTTP%s server on %s: %.*s",
+                     cfg->tls_cert != NULL ? "S" : "", addr, (int)m, s->start_msg);
         else if (saved_errno != 0)
             snprintf(err, errlen, "cannot start the HTTP server on %s: %s", addr,
                      strerror(saved_errno));

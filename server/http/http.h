@@ -46,6 +46,10 @@ typedef struct http_config {
      * status=… bytes=… duration_ms=… remote=…", written when the answer is
      * queued (413s and parked ?wait=true requests included). */
     bool access_log;
+    /* PEM text (not file names) of the certificate chain and its private
+     * key: both set, the server speaks HTTPS only; both NULL, plain HTTP. */
+    const char *tls_cert;
+    const char *tls_key;
     ns_log_fn *log;
     void *log_ctx;
 } http_config;

@@ -148,6 +148,13 @@ struct http_server {
     bool durable_hooked;        /* http_on_durable is registered with the engine */
     bool mu_init;
     bool cv_init;
+    /*
+     * MHD's first message, kept to say why MHD_start_daemon failed (a
+     * certificate it refused, say): written once by whoever claims it,
+     * read only after a failed start, when no MHD thread is left.
+     */
+    _Atomic bool start_msg_taken;
+    char start_msg[200];
 };
 
 /* ---- http.c: the life cycle and logging ---- */

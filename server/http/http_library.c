@@ -187,6 +187,9 @@ void http_mhd_log(void *cls, const char *fm, va_list ap)
     size_t n;
 
     vsnprintf(text, sizeof text, fm, ap);
+    if (!atomic_exchange(&s->start_msg_taken, true))
+        snprintf(s->start_msg, sizeof s->start_msg, "%.*s",
+                 (int)sizeof s->start_msg - 1, text);
     http_on_library_message(s, text);
     if (s->log == NULL)
         return;

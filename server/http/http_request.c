@@ -121,6 +121,26 @@ static void http_access_log(http_server *s, struct MHD_Connection *con,
              logfmt_quote(qpath, sizeof qpath, url), status, bytes, ms, remote);
 }
 
+/* Bytes MHD asks a streamed body for at a time. */
+#define HTTP_STREAM_BLOCK (64 * 1024)
+
+/* MHD's content reader over an api_stream; a short or failed read cuts the answer. */
+static ssize_t http_stream_read(void *cls, uint64_t pos, char *buf, size_t max)
+{
+    api_stream *st = cls;
+    ssize_t got = st->read(st->ctx, pos, buf, max);
+
+    return got > 0 ? got : MHD_CONTENT_READER_END_WITH_ERROR;
+}
+
+static void http_stream_free(void *cls)
+{
+    api_stream *st = cls;
+
+    st->close(st->ctx);
+    free(st);
+}
+
 /*
  * Queues resp on the connection and frees it. The body moves to MHD, which
  * frees it with free() once sent. MHD_NO (close the connection) when MHD
@@ -133,10 +153,29 @@ static enum MHD_Result http_queue(http_server *s, const http_req *r,
 {
     struct MHD_Response *mr;
     enum MHD_Result ret = MHD_NO;
-    bool has_body = resp->status != 304 && resp->body != NULL && resp->body_len > 0;
-    size_t bytes = has_body ? resp->body_len : 0;
+    bool streamed = resp->stream.read != NULL;
+    bool has_body = resp->status != 304 &&
+                    (streamed || (resp->body != NULL && resp->body_len > 0));
+    size_t bytes = streamed ? (size_t)resp->stream.size
+                   : has_body ? resp->body_len : 0;
 
-    if (has_body) {
+    if (streamed) {
+        /* The response outlives resp: MHD gets a copy of the stream and,
+         * once it has one, closes it through http_stream_free. */
+        api_stream *st = malloc(sizeof *st);
+
+        mr = NULL;
+        if (st != NULL) {
+            *st = resp->stream;
+            mr = MHD_create_response_from_callback(st->size, HTTP_STREAM_BLOCK,
+                                                   http_stream_read, st,
+                                                   http_stream_free);
+            if (mr != NULL)
+                memset(&resp->stream, 0, sizeof resp->stream);
+            else
+                free(st);
+        }
+    } else if (has_body) {
         mr = MHD_create_response_from_buffer_with_free_callback(
             resp->body_len, resp->body, free);
         if (mr != NULL)
@@ -160,6 +199,10 @@ static enum MHD_Result http_queue(http_server *s, const http_req *r,
         if (MHD_add_response_header(mr, MHD_HTTP_HEADER_RETRY_AFTER, secs) != MHD_YES)
             goto out;
     }
+    if (resp->disposition[0] != '\0' &&
+        MHD_add_response_header(mr, MHD_HTTP_HEADER_CONTENT_DISPOSITION,
+                                resp->disposition) != MHD_YES)
+        goto out;
     if (resp->allow != NULL &&
         MHD_add_response_header(mr, MHD_HTTP_HEADER_ALLOW, resp->allow) != MHD_YES)
         goto out;

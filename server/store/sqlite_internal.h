@@ -7,7 +7,7 @@
  * transaction, meta), sqlite_migrate.c (the version-0 migration),
  * sqlite_spill.c (spill and replay), sqlite_read.c (the reader),
  * sqlite_faults.c (fault injection), sqlite_common.c (errors, statements,
- * binding and upserting rows).
+ * binding and upserting rows), sqlite_backup.c (the online backup).
  */
 #ifndef NODESTATE_SQLITE_INTERNAL_H
 #define NODESTATE_SQLITE_INTERNAL_H

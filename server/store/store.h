@@ -44,6 +44,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h> /* ssize_t */
 
 #include "model.h"
 
@@ -193,5 +194,35 @@ int store_reader_load_page(store_reader *r, const char *run_id,
                            const char *after, unsigned status_mask,
                            size_t want, int (*fn)(void *ctx, ns_row *row),
                            void *ctx, store_page *page);
+
+/*
+ * A consistent snapshot of the whole database, to be read as a stream of
+ * bytes: a valid SQLite file that restores the service as of one commit.
+ * store_backup_open takes it at once, on a read connection of its own
+ * (never the write connection, which goes on committing: SQLite's online
+ * backup in one read transaction), into a temporary file in the database's
+ * directory, "<db>.backup-XXXXXX", that is unlinked before it returns; its
+ * disk space (the database's size) is held until store_backup_close. A
+ * process killed while the copy is being made may leave that file behind;
+ * it is safe to delete.
+ * Returns STORE_BACKUP_OK with *out set, STORE_BACKUP_UNSUPPORTED when this
+ * store has no such backup (err says what to use instead), or
+ * STORE_BACKUP_FAILED with a message in err. Any thread may call these; one
+ * backup is used by one thread at a time.
+ */
+typedef struct store_backup store_backup;
+typedef enum store_backup_result {
+    STORE_BACKUP_OK,
+    STORE_BACKUP_UNSUPPORTED,
+    STORE_BACKUP_FAILED
+} store_backup_result;
+store_backup_result store_backup_open(const char *db_path, store_backup **out,
+                                      char *err, size_t errlen);
+/* The snapshot's length in bytes. */
+uint64_t store_backup_size(const store_backup *b);
+/* Up to n bytes from offset pos into buf: how many (0 at the end), -1 on an I/O error. */
+ssize_t store_backup_read(store_backup *b, uint64_t pos, char *buf, size_t n);
+/* Frees b and gives back its disk space. NULL is fine. */
+void store_backup_close(store_backup *b);
 
 #endif

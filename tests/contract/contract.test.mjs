@@ -37,6 +37,19 @@ const NOT_TRIGGERABLE = [
     reason: 'not-alive: only when the writer thread has died, which no ' +
       'request can cause.',
   },
+  {
+    status: '501',
+    template: '/backup',
+    reason: 'backup-unsupported: only a store without a streamed backup ' +
+      '(PostgreSQL) answers it; this test runs the SQLite store.',
+  },
+  {
+    status: '503',
+    template: '/backup',
+    reason: 'backup-busy: needs --max-backups answers still being sent while ' +
+      'another arrives; a small database goes out at once (tests/it_backup.c ' +
+      'and tests/test_engine.c hold one open to prove it).',
+  },
 ];
 
 const TOKEN = 'contract-test-token';
@@ -245,6 +258,9 @@ async function mainServer(s) {
   await call(s, 'alive', 'HEAD', '/healthz', { expect: 200 });
   await call(s, 'ready', 'GET', '/readyz', { expect: 200 });
   await call(s, 'ready', 'HEAD', '/readyz', { expect: 200 });
+  await call(s, 'backup', 'GET', '/backup', { expect: 200,
+    assert: (b, r) => (r.body.subarray(0, 16).toString('latin1') === 'SQLite format 3\0' ? null : 'want an SQLite file') });
+  await call(s, 'backup', 'HEAD', '/backup', { expect: 200 });
 
   // Every path, every method the spec does not give it: 405 with Allow.
   for (const template of Object.keys(contract.spec.paths)) {
