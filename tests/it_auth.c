@@ -94,6 +94,7 @@ static const route routes[] = {
     {"GET", "/stats?format=json", NULL, 200},
     {"GET", "/metrics", NULL, 200},
     {"GET", "/readyz", NULL, 200},
+    {"GET", "/backup", NULL, 200},
     {"GET", "/no/such/path", NULL, 404},
 };
 #define N_ROUTES (sizeof routes / sizeof routes[0])

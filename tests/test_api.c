@@ -1453,3 +1453,52 @@ Test(api, route_allow_lists_match_their_handlers)
     }
     cr_assert_eq(updates, 1);
 }
+
+/* ---- GET /backup ---- */
+
+Test(api, backup_streams_a_database_one_at_a_time)
+{
+    spec s = { .method = "GET", .path = "/backup" };
+    api_response first, second, third;
+    char head[16];
+    uint64_t pos = 0;
+    ssize_t got;
+
+    cr_assert_eq(post("r1", "n1", "{\"status\":\"running\"}"), 202);
+    flush_all();
+
+    call(&s, &first);
+    cr_assert_eq(first.status, 200, "%.*s", (int)first.body_len, first.body ? first.body : "");
+    cr_assert_str_eq(first.content_type, "application/vnd.sqlite3");
+    cr_assert_null(first.body);
+    cr_assert_not_null(first.stream.read);
+    cr_assert_gt(first.stream.size, 100);
+    cr_assert_not_null(strstr(first.disposition, "attachment; filename=\"nodestate-"),
+                       "%s", first.disposition);
+    got = first.stream.read(first.stream.ctx, 0, head, sizeof head);
+    cr_assert_eq(got, (ssize_t)sizeof head);
+    cr_assert_eq(memcmp(head, "SQLite format 3", 16), 0, "not an SQLite file");
+
+    /* The first is still being sent (not freed): one more is refused. */
+    call(&s, &second);
+    json_decref(expect_problem(&second, 503, "backup-busy"));
+    cr_assert_gt(second.retry_after, 0);
+    cr_assert_null(second.stream.read);
+    api_response_free(&second);
+
+    /* The whole stream reads back to its size; freeing it frees the slot. */
+    for (;;) {
+        char piece[4096];
+        got = first.stream.read(first.stream.ctx, pos, piece, sizeof piece);
+        if (got <= 0)
+            break;
+        pos += (uint64_t)got;
+    }
+    cr_assert_eq(got, 0);
+    cr_assert_eq(pos, first.stream.size);
+    api_response_free(&first);
+    cr_assert_null(first.stream.read, "api_response_free closes the stream it held");
+    call(&s, &third);
+    cr_assert_eq(third.status, 200);
+    api_response_free(&third);
+}

@@ -4,7 +4,7 @@
  * mask), upsert and delete semantics, last_seq persistence, version refusal,
  * migration of the original design's (version 0) table, all-or-nothing
  * batches when SQLite says no, isolation of a row SQLite refuses by itself,
- * and the spill sidecar with its replay.
+ * the spill sidecar with its replay, and the online backup.
  *
  * Each test gets a fresh directory from mkdtemp; raw sqlite3 connections
  * inspect the file or hold locks the way another process would.
@@ -12,6 +12,8 @@
 #include <criterion/criterion.h>
 #include <criterion/new/assert.h>
 
+#include <dirent.h>
+#include <errno.h>
 #include <limits.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -1922,4 +1924,109 @@ Test(store, meta_set_fails_cleanly_while_the_file_is_locked, .timeout = 10)
     cr_assert(eq(int, store_meta_get(s, "k", &v), 0));
     cr_assert(eq(i64, v, 2));
     store_close(s);
+}
+
+/* ---- the online backup ---- */
+
+/* How many entries of the test directory have ".backup-" in their name. */
+static int backup_files_left(void)
+{
+    DIR *d = opendir(sfx_dir());
+    struct dirent *e;
+    int n = 0;
+
+    cr_assert_not_null(d, "%s: %s", sfx_dir(), strerror(errno));
+    while ((e = readdir(d)) != NULL)
+        if (strstr(e->d_name, ".backup-") != NULL)
+            n++;
+    closedir(d);
+    return n;
+}
+
+/* Reads the whole backup in odd-sized pieces into path; returns its size. */
+static uint64_t backup_to_file(store_backup *b, const char *path)
+{
+    char buf[1000];
+    uint64_t pos = 0;
+    ssize_t got;
+    FILE *f = fopen(path, "wb");
+
+    cr_assert_not_null(f, "%s: %s", path, strerror(errno));
+    while ((got = store_backup_read(b, pos, buf, sizeof buf)) > 0) {
+        cr_assert_eq(fwrite(buf, 1, (size_t)got, f), (size_t)got);
+        pos += (uint64_t)got;
+    }
+    cr_assert_eq(got, 0, "store_backup_read failed at %llu", (unsigned long long)pos);
+    cr_assert_eq(fclose(f), 0);
+    return pos;
+}
+
+Test(store, backup_is_a_snapshot_of_committed_rows_and_leaves_no_file)
+{
+    store *s = sfx_open_store();
+    ns_row a = sfx_draft("run-1", "a", NS_COMPLETED, 7);
+    ns_row b = sfx_draft("run-1", "b", NS_RUNNING, 8);
+    ns_row *rows[] = {&a, &b};
+    store_backup *bk = NULL;
+    char err[512] = "", copy[PATH_MAX], text[64];
+    sqlite3 *writer, *db = NULL;
+
+    write_ok(s, rows, 2, NULL, 0, 8);
+    /*
+     * Another connection holds the write lock with a row not committed: the
+     * backup neither waits for it nor sees the row (WAL readers see the
+     * last commit).
+     */
+    writer = lock_db();
+    raw_exec(writer, "INSERT INTO run_node_state (run_id, node_id, status, attempt, "
+                     "updated_at, seq) VALUES ('run-1', 'c', 'running', 1, "
+                     "'2026-11-26T16:27:29.123Z', 9)");
+    raw_exec(writer, "UPDATE nodestate_meta SET value = 9 WHERE key = 'last_seq'");
+    cr_assert_eq(store_backup_open(sfx_db_path(), &bk, err, sizeof err), STORE_BACKUP_OK,
+                 "%s", err);
+    unlock_db(writer); /* commits c after the snapshot */
+    cr_assert_eq(backup_files_left(), 0, "the temporary copy is unlinked once open");
+
+    snprintf(copy, sizeof copy, "%s/copy.db", sfx_dir());
+    cr_assert_eq(backup_to_file(bk, copy), store_backup_size(bk));
+    cr_assert_gt(store_backup_size(bk), 0);
+    /* Past the end there is nothing more. */
+    cr_assert_eq(store_backup_read(bk, store_backup_size(bk), text, sizeof text), 0);
+    store_backup_close(bk);
+
+    cr_assert_eq(sqlite3_open_v2(copy, &db, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
+    raw_text(db, "PRAGMA integrity_check", text, sizeof text);
+    cr_assert_str_eq(text, "ok");
+    cr_assert_eq(raw_int(db, "SELECT count(*) FROM run_node_state"), 2);
+    cr_assert_eq(raw_int(db, "SELECT seq FROM run_node_state WHERE node_id = 'a'"), 7);
+    raw_text(db, "SELECT status FROM run_node_state WHERE node_id = 'b'", text, sizeof text);
+    cr_assert_str_eq(text, "running");
+    cr_assert_eq(raw_int(db, "SELECT value FROM nodestate_meta WHERE key = 'last_seq'"), 8);
+    cr_assert_eq(raw_int(db, "PRAGMA user_version"), 1);
+    sqlite3_close(db);
+    unlink(copy);
+    store_close(s);
+
+    /* The copy is a database this store opens, as a restore would. */
+    cr_assert_eq(backup_files_left(), 0);
+}
+
+Test(store, backup_failure_names_the_path_and_leaves_nothing)
+{
+    char missing[PATH_MAX], err[512] = "";
+    store_backup *bk = (store_backup *)(void *)&bk;
+
+    /* No such directory: not even the temporary file can be made. */
+    snprintf(missing, sizeof missing, "%s/no-such-dir/ns.db", sfx_dir());
+    cr_assert_eq(store_backup_open(missing, &bk, err, sizeof err), STORE_BACKUP_FAILED);
+    cr_assert_null(bk);
+    cr_assert_not_null(strstr(err, missing), "%s", err);
+
+    /* No database (the directory exists): SQLite refuses a read-only open. */
+    cr_assert_eq(store_backup_open(sfx_db_path(), &bk, err, sizeof err),
+                 STORE_BACKUP_FAILED);
+    cr_assert_null(bk);
+    cr_assert_not_null(strstr(err, sfx_db_path()), "%s", err);
+    cr_assert_eq(backup_files_left(), 0, "a failed backup left its temporary file");
+    store_backup_close(NULL);
 }
