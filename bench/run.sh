@@ -5,8 +5,9 @@
 # node), bigrun_bench (clients writing small runs beside clients adding to
 # and listing a 100,000-node run) and shutdown_bench.sh (SIGTERM with the
 # database locked by another connection: time to exit, and every accepted
-# update kept through the spill), then drives the real binary with wrk and checks what reached the
-# database. Not part of the test suite.
+# update kept through the spill), the cost of TLS (the same wrk load over
+# http and then https, the ratio of the two), then drives the real binary with
+# wrk and checks what reached the database. Not part of the test suite.
 #
 # Everything is overridable from the environment:
 #   BUILD_DIR            build tree (default <repo>/build-bench)
@@ -29,7 +30,8 @@
 #   BIGRUN_DURATION      bigrun_bench --duration seconds per phase (5)
 #   BIGRUN_ARGS          more bigrun_bench arguments (e.g. "--big-clients 4")
 #   SHUTDOWN_TIMEOUT WRITE_SECONDS   shutdown_bench.sh (8 s budget, 20 s of writes)
-#   SKIP_ENGINE=1 / SKIP_DURABLE=1 / SKIP_MEMORY=1 / SKIP_BIGRUN=1 / SKIP_SHUTDOWN=1 / SKIP_HTTP=1
+#   TLS_DURATION         wrk -d of each of the two TLS runs (default WRK_DURATION)
+#   SKIP_ENGINE=1 / SKIP_DURABLE=1 / SKIP_MEMORY=1 / SKIP_BIGRUN=1 / SKIP_SHUTDOWN=1 / SKIP_TLS=1 / SKIP_HTTP=1
 #                        skip a step
 set -euo pipefail
 
@@ -55,6 +57,9 @@ need cmake cmake
 need sqlite3 sqlite3
 need curl curl
 need wrk wrk
+if [ "${SKIP_TLS:-0}" != 1 ]; then
+    need openssl openssl
+fi
 
 echo "== build (Release) in $build"
 cmake -S "$root" -B "$build" -DCMAKE_BUILD_TYPE=Release -DBUILD_TESTING=OFF >/dev/null
@@ -119,6 +124,59 @@ if [ "${SKIP_SHUTDOWN:-0}" != 1 ]; then
     echo
     echo "== shutdown_bench (SIGTERM with the database locked)"
     NODESTATE_BIN="$build/nodestate" bash "$root/bench/shutdown_bench.sh" || status=1
+fi
+
+if [ "${SKIP_TLS:-0}" != 1 ]; then
+    echo
+    echo "== TLS: the same wrk load over http and https"
+    # One server at a time, each on a fresh database, with a certificate made
+    # here. wrk keeps its connections alive, so this is the cost of TLS per
+    # request (encryption), not of a handshake per request.
+    tls_tmp=$(mktemp -d "${TMPDIR:-/tmp}/nodestate-bench-tls.XXXXXX")
+    tls_pid=
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+        -keyout "$tls_tmp/key.pem" -out "$tls_tmp/cert.pem" -days 2 \
+        -subj /CN=127.0.0.1 -addext subjectAltName=IP:127.0.0.1 >/dev/null 2>&1
+    tls_rps=()
+    for scheme in http https; do
+        tls_args=()
+        if [ "$scheme" = https ]; then
+            tls_args=(--tls-cert "$tls_tmp/cert.pem" --tls-key "$tls_tmp/key.pem")
+        fi
+        # shellcheck disable=SC2086 # SERVER_ARGS is meant to be word-split
+        "$build/nodestate" --listen 127.0.0.1:0 --db "$tls_tmp/$scheme.db" \
+            --port-file "$tls_tmp/$scheme.port" "${tls_args[@]}" ${SERVER_ARGS:-} \
+            2>"$tls_tmp/$scheme.log" &
+        tls_pid=$!
+        for _ in $(seq 100); do
+            [ -s "$tls_tmp/$scheme.port" ] && break
+            kill -0 "$tls_pid" 2>/dev/null || break
+            sleep 0.1
+        done
+        if [ ! -s "$tls_tmp/$scheme.port" ]; then
+            echo "run.sh: the $scheme server did not start; its log:" >&2
+            cat "$tls_tmp/$scheme.log" >&2
+            kill -TERM "$tls_pid" 2>/dev/null || true
+            status=1
+            break
+        fi
+        tls_port=$(cat "$tls_tmp/$scheme.port")
+        tls_cmd=(wrk "-t$wrk_threads" "-c$wrk_connections" "-d${TLS_DURATION:-$wrk_duration}"
+                 -s "$root/bench/http_lifecycle.lua" "$scheme://127.0.0.1:$tls_port" -- "$http_runs")
+        echo "\$ ${tls_cmd[*]}"
+        "${tls_cmd[@]}" >"$tls_tmp/$scheme.wrk"
+        tls_rps+=("$(awk '/^Requests\/sec:/ { print $2 }' "$tls_tmp/$scheme.wrk")")
+        grep -E 'Requests/sec|Latency  |Non-2xx' "$tls_tmp/$scheme.wrk" | sed "s/^/  $scheme: /"
+        kill -TERM "$tls_pid"
+        wait "$tls_pid" || status=1
+        tls_pid=
+    done
+    if [ "${#tls_rps[@]}" = 2 ]; then
+        echo "requests/s http / https: ${tls_rps[0]} / ${tls_rps[1]}" \
+             "(https = $(awk -v a="${tls_rps[0]}" -v b="${tls_rps[1]}" \
+                 'BEGIN { printf "%.2f", b / a }') x http)"
+    fi
+    rm -rf "$tls_tmp"
 fi
 
 if [ "${SKIP_HTTP:-0}" = 1 ]; then

@@ -1486,7 +1486,8 @@ Test(api, backup_streams_a_database_one_at_a_time)
     cr_assert_null(second.stream.read);
     api_response_free(&second);
 
-    /* The whole stream reads back to its size; freeing it frees the slot. */
+    /* The whole stream reads back to its size; read to its end, it gives
+     * its slot back before the transport frees it. */
     for (;;) {
         char piece[4096];
         got = first.stream.read(first.stream.ctx, pos, piece, sizeof piece);
@@ -1496,9 +1497,17 @@ Test(api, backup_streams_a_database_one_at_a_time)
     }
     cr_assert_eq(got, 0);
     cr_assert_eq(pos, first.stream.size);
+    call(&s, &third);
+    cr_assert_eq(third.status, 200, "a backup read to its end still holds its slot");
     api_response_free(&first);
     cr_assert_null(first.stream.read, "api_response_free closes the stream it held");
-    call(&s, &third);
-    cr_assert_eq(third.status, 200);
+
+    /* One never read to its end gives its slot back when freed. */
+    call(&s, &second);
+    json_decref(expect_problem(&second, 503, "backup-busy"));
+    api_response_free(&second);
     api_response_free(&third);
+    call(&s, &second);
+    cr_assert_eq(second.status, 200);
+    api_response_free(&second);
 }

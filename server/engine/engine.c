@@ -637,7 +637,22 @@ const engine_config *engine_config_of(engine *e)
 struct engine_backup {
     engine *e;
     store_backup *sb;
+    bool released;      /* its slot given back (read to the end, or closed) */
 };
+
+/*
+ * The slot is given back as soon as the last byte has been read, not at
+ * close: the transport frees the stream a moment after the client has it
+ * all (closing a large unlinked file takes a while), and a client that
+ * asks again at once must not be told a backup is still in progress.
+ */
+static void backup_release(engine_backup *b)
+{
+    if (!b->released) {
+        b->released = true;
+        atomic_fetch_sub(&b->e->backups, 1);
+    }
+}
 
 engine_backup_result engine_backup_open(engine *e, engine_backup **out,
                                         char *err, size_t errlen)
@@ -679,7 +694,11 @@ uint64_t engine_backup_size(const engine_backup *b)
 
 ssize_t engine_backup_read(engine_backup *b, uint64_t pos, char *buf, size_t n)
 {
-    return store_backup_read(b->sb, pos, buf, n);
+    ssize_t got = store_backup_read(b->sb, pos, buf, n);
+
+    if (got >= 0 && pos + (uint64_t)got >= store_backup_size(b->sb))
+        backup_release(b);
+    return got;
 }
 
 void engine_backup_close(engine_backup *b)
@@ -687,6 +706,6 @@ void engine_backup_close(engine_backup *b)
     if (b == NULL)
         return;
     store_backup_close(b->sb);
-    atomic_fetch_sub(&b->e->backups, 1);
+    backup_release(b);
     free(b);
 }

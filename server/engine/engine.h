@@ -181,8 +181,9 @@ const engine_config *engine_config_of(engine *e);
 /*
  * A consistent snapshot of the stored database (store_backup_open in
  * store.h: every update committed when it starts; updates still queued are
- * not in it), read as a stream of bytes. At most max_backups exist at once:
- * one more is refused with ENGINE_BACKUP_BUSY until one is closed. The
+ * not in it), read as a stream of bytes. At most max_backups are being
+ * read at once: one more is refused with ENGINE_BACKUP_BUSY until one has
+ * been read to its end or closed. The
  * store decides whether it can: ENGINE_BACKUP_UNSUPPORTED (err says what
  * to use instead) or ENGINE_BACKUP_FAILED (err says why). Every backup
  * opened must be closed before engine_close.
