@@ -5,9 +5,10 @@
  * posting, every row in it is the version of its node as of one commit,
  * the commit its last_seq names (the newest update of that node with a seq
  * up to last_seq, which the live database then holds or has replaced with a
- * newer one), and nothing of the copy is left next to the database. The
- * restore the README describes (stop, replace the file, remove -wal and
- * -shm, start) brings that state back.
+ * newer one), and nothing of the copy is left next to the database (a
+ * start removes what a killed process left). The restore the README
+ * describes (stop, replace the file, remove -wal and -shm, start) brings
+ * that state back.
  */
 #include <criterion/criterion.h>
 #include <curl/curl.h>
@@ -436,7 +437,13 @@ Test(backup, needs_the_token_and_restores_the_service)
     unlink(file);
     snprintf(file, sizeof file, "%s-shm", ns_db_path(s));
     unlink(file);
+    /* The copy of a backup whose process was killed: the start removes it. */
+    char leftover[4300];
+    snprintf(leftover, sizeof leftover, "%s.backup-k1lled", ns_db_path(s));
+    it_write_file(leftover, "a partial copy");
     cr_assert_eq(ns_restart(s, "--token backup-secret"), 0);
+    cr_assert_neq(access(leftover, F_OK), 0, "the leftover copy is still there");
+    cr_assert(ns_log_contains(s, "msg=backup-leftovers-removed files=1"));
 
     cr_assert_eq(ns_req(s, "GET", "/runs/r1/nodes/a/state", NULL, auth, &r), 0);
     cr_assert_eq(r.status, 200, "%s", r.body);

@@ -2030,3 +2030,49 @@ Test(store, backup_failure_names_the_path_and_leaves_nothing)
     cr_assert_eq(backup_files_left(), 0, "a failed backup left its temporary file");
     store_backup_close(NULL);
 }
+
+Test(store, backup_sweep_removes_only_leftover_copies)
+{
+    static const char *const gone[] = {".backup-Ab12_z", ".backup-xxxxxx"};
+    static const char *const kept[] = {".backup-short", ".backup-toolong7", ".backupXabcdef",
+                                       "-wal", ".spill"};
+    char p[PATH_MAX], err[512] = "";
+    size_t removed = 99;
+
+    for (size_t i = 0; i < sizeof gone / sizeof *gone; i++) {
+        snprintf(p, sizeof p, "%s%s", sfx_db_path(), gone[i]);
+        FILE *f = fopen(p, "w");
+        cr_assert_not_null(f);
+        fclose(f);
+    }
+    for (size_t i = 0; i < sizeof kept / sizeof *kept; i++) {
+        snprintf(p, sizeof p, "%s%s", sfx_db_path(), kept[i]);
+        FILE *f = fopen(p, "w");
+        cr_assert_not_null(f);
+        fclose(f);
+    }
+    /* Another database's leftovers in the same directory are not ours. */
+    snprintf(p, sizeof p, "%s/other.db.backup-abcdef", sfx_dir());
+    FILE *f = fopen(p, "w");
+    cr_assert_not_null(f);
+    fclose(f);
+
+    cr_assert_eq(store_backup_sweep(sfx_db_path(), &removed, err, sizeof err), 0, "%s", err);
+    cr_assert_eq(removed, 2);
+    for (size_t i = 0; i < sizeof gone / sizeof *gone; i++) {
+        snprintf(p, sizeof p, "%s%s", sfx_db_path(), gone[i]);
+        cr_assert_neq(access(p, F_OK), 0, "%s is still there", p);
+    }
+    for (size_t i = 0; i < sizeof kept / sizeof *kept; i++) {
+        snprintf(p, sizeof p, "%s%s", sfx_db_path(), kept[i]);
+        cr_assert_eq(access(p, F_OK), 0, "%s was removed", p);
+        unlink(p);
+    }
+    snprintf(p, sizeof p, "%s/other.db.backup-abcdef", sfx_dir());
+    cr_assert_eq(access(p, F_OK), 0, "another database's file was removed");
+    unlink(p);
+
+    /* Nothing to do is not an error. */
+    cr_assert_eq(store_backup_sweep(sfx_db_path(), &removed, err, sizeof err), 0, "%s", err);
+    cr_assert_eq(removed, 0);
+}

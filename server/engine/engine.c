@@ -413,6 +413,24 @@ static void engine_free(engine *e)
     free(e);
 }
 
+/*
+ * Copies of backups a killed process left behind hold a database's worth
+ * of disk each. Only ours could be there (we hold the database), and a
+ * failure to remove them is worth a warning, not a refusal to start.
+ */
+static void sweep_backups(engine *e)
+{
+    char why[512];
+    char quoted[1100];
+    size_t removed = 0;
+
+    if (store_backup_sweep(e->db_path, &removed, why, sizeof why) != 0)
+        engine_log(e, NS_LOG_WARN, "backup-sweep-failed", "error=%s",
+                   logfmt_quote(quoted, sizeof quoted, why));
+    if (removed > 0)
+        engine_log(e, NS_LOG_WARN, "backup-leftovers-removed", "files=%zu", removed);
+}
+
 engine *engine_open(const engine_config *cfg, char *err, size_t errlen)
 {
     if (cfg->batch_size == 0 || cfg->queue_capacity == 0) {
@@ -446,6 +464,7 @@ engine *engine_open(const engine_config *cfg, char *err, size_t errlen)
     e->dblock = dblock_acquire(e->db_path, err, errlen);
     if (!e->dblock)
         goto err;
+    sweep_backups(e);
     e->store = store_open(e->db_path, cfg->synchronous_full, err, errlen);
     if (!e->store)
         goto err;

@@ -1,5 +1,6 @@
 #include "sqlite_internal.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -24,6 +25,10 @@ struct store_backup {
     int fd;             /* the unlinked copy */
     uint64_t size;
 };
+
+/* What follows "<db>" in a backup's temporary name; mkstemp fills the X's. */
+#define BACKUP_SUFFIX ".backup-"
+#define BACKUP_RANDOM 6
 
 /* Opens db_path (read-only) and tmp (the copy) and copies one into the other. */
 static int store_backup_copy(const char *db_path, const char *tmp, char *err,
@@ -80,7 +85,7 @@ store_backup_result store_backup_open(const char *db_path, store_backup **out,
     bool made = false;
 
     *out = NULL;
-    if (snprintf(tmp, sizeof tmp, "%s.backup-XXXXXX", db_path) >= (int)sizeof tmp) {
+    if (snprintf(tmp, sizeof tmp, "%s" BACKUP_SUFFIX "XXXXXX", db_path) >= (int)sizeof tmp) {
         store_set_err(err, errlen, db_path, "path too long for a backup file");
         goto fail;
     }
@@ -147,4 +152,45 @@ void store_backup_close(store_backup *b)
         return;
     close(b->fd);
     free(b);
+}
+
+int store_backup_sweep(const char *db_path, size_t *removed, char *err,
+                       size_t errlen)
+{
+    char dir[STORE_PATH_MAX], prefix[STORE_PATH_MAX], path[2 * STORE_PATH_MAX];
+    const char *slash = strrchr(db_path, '/');
+    size_t plen;
+    DIR *d;
+    struct dirent *e;
+    int rc = 0;
+
+    *removed = 0;
+    if (slash == NULL)
+        snprintf(dir, sizeof dir, ".");
+    else if (slash == db_path)
+        snprintf(dir, sizeof dir, "/");
+    else
+        snprintf(dir, sizeof dir, "%.*s", (int)(slash - db_path), db_path);
+    snprintf(prefix, sizeof prefix, "%s" BACKUP_SUFFIX, slash != NULL ? slash + 1 : db_path);
+    plen = strlen(prefix);
+    d = opendir(dir);
+    if (d == NULL) {
+        store_set_err(err, errlen, dir, strerror(errno));
+        return -1;
+    }
+    while ((e = readdir(d)) != NULL) {
+        /* Only mkstemp's names: the prefix and exactly its random part. */
+        if (strncmp(e->d_name, prefix, plen) != 0 ||
+            strlen(e->d_name + plen) != BACKUP_RANDOM)
+            continue;
+        snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
+        if (unlink(path) == 0) {
+            (*removed)++;
+        } else if (errno != ENOENT) {
+            store_set_err(err, errlen, path, strerror(errno));
+            rc = -1;
+        }
+    }
+    closedir(d);
+    return rc;
 }

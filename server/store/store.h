@@ -203,8 +203,8 @@ int store_reader_load_page(store_reader *r, const char *run_id,
  * backup in one read transaction), into a temporary file in the database's
  * directory, "<db>.backup-XXXXXX", that is unlinked before it returns; its
  * disk space (the database's size) is held until store_backup_close. A
- * process killed while the copy is being made may leave that file behind;
- * it is safe to delete.
+ * process killed while the copy is being made leaves that file behind;
+ * store_backup_sweep removes it.
  * Returns STORE_BACKUP_OK with *out set, STORE_BACKUP_UNSUPPORTED when this
  * store has no such backup (err says what to use instead), or
  * STORE_BACKUP_FAILED with a message in err. Any thread may call these; one
@@ -224,5 +224,14 @@ uint64_t store_backup_size(const store_backup *b);
 ssize_t store_backup_read(store_backup *b, uint64_t pos, char *buf, size_t n);
 /* Frees b and gives back its disk space. NULL is fine. */
 void store_backup_close(store_backup *b);
+/*
+ * Removes the temporary files of backups that a killed process left next
+ * to db_path ("<db>.backup-" and mkstemp's six characters). Only for the
+ * process that holds the database (dblock.h), before it takes backups of
+ * its own. *removed tells how many; 0, or -1 with a message in err when
+ * the directory cannot be read or a file cannot be removed.
+ */
+int store_backup_sweep(const char *db_path, size_t *removed, char *err,
+                       size_t errlen);
 
 #endif
