@@ -41,6 +41,8 @@ typedef struct config {
     char token_file[4096];        /* --token-file PATH the token came from; "" = none */
     bool access_log;              /* --access-log: one info line per answered request */
     char port_file[4096];         /* --port-file: where to write the bound port; "" = none */
+    double retention;             /* --retention seconds: delete finished runs idle longer; 0 = off */
+    double retention_interval;    /* --retention-interval seconds between sweeps for them */
 } config;
 
 typedef enum config_outcome {

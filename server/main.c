@@ -172,6 +172,8 @@ int main(int argc, char **argv)
         .cache_max_bytes = cfg.cache_max_bytes,
         .shutdown_timeout = cfg.shutdown_timeout,
         .synchronous_full = cfg.synchronous_full,
+        .retention = cfg.retention,
+        .retention_interval = cfg.retention_interval,
         .log = log_write,
         .log_ctx = log,
     };

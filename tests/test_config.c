@@ -34,6 +34,8 @@ static const char *const option_names[][2] = {
     {"--max-connections-per-ip", "NODESTATE_MAX_CONNECTIONS_PER_IP"},
     {"--header-timeout", "NODESTATE_HEADER_TIMEOUT"},
     {"--port-file", "NODESTATE_PORT_FILE"},
+    {"--retention", "NODESTATE_RETENTION"},
+    {"--retention-interval", "NODESTATE_RETENTION_INTERVAL"},
 };
 #define N_OPTIONS (sizeof option_names / sizeof option_names[0])
 
@@ -141,6 +143,9 @@ static void assert_same(const config *got, const config *want, const char *what)
                  "%s: max_connections_per_ip", what);
     cr_assert_eq(got->header_timeout, want->header_timeout, "%s: header_timeout", what);
     cr_assert_str_eq(got->port_file, want->port_file, "%s: port_file", what);
+    cr_assert_eq(got->retention, want->retention, "%s: retention", what);
+    cr_assert_eq(got->retention_interval, want->retention_interval, "%s: retention_interval",
+                 what);
 }
 
 /* The defaults written out by hand, independent of config.c's table. */
@@ -167,6 +172,8 @@ static void want_defaults(config *c)
     c->cache_max_bytes = 256u << 20;
     c->max_connections_per_ip = 256;
     c->header_timeout = 10;
+    c->retention = 0;
+    c->retention_interval = 60;
     /* token, token_file and port_file "", access_log false: the memset. */
 }
 
@@ -226,6 +233,8 @@ static void x_cache_max_bytes(config *c) { c->cache_max_bytes = 0; }
 static void x_max_connections_per_ip(config *c) { c->max_connections_per_ip = 0; }
 static void x_header_timeout(config *c) { c->header_timeout = 2.5; }
 static void x_port_file(config *c) { strcpy(c->port_file, "/tmp/ns.port"); }
+static void x_retention(config *c) { c->retention = 7 * 86400; }
+static void x_retention_interval(config *c) { c->retention_interval = 90; }
 
 static const option_case option_cases[] = {
     {"--listen", "NODESTATE_LISTEN", "0.0.0.0:9090", x_listen, false, false},
@@ -252,6 +261,9 @@ static const option_case option_cases[] = {
      x_max_connections_per_ip, false, false},
     {"--header-timeout", "NODESTATE_HEADER_TIMEOUT", "2.5", x_header_timeout, false, false},
     {"--port-file", "NODESTATE_PORT_FILE", "/tmp/ns.port", x_port_file, false, false},
+    {"--retention", "NODESTATE_RETENTION", "7d", x_retention, false, false},
+    {"--retention-interval", "NODESTATE_RETENTION_INTERVAL", "1.5m", x_retention_interval, false,
+     false},
 };
 #define N_CASES (sizeof option_cases / sizeof option_cases[0])
 
@@ -469,6 +481,18 @@ static const bad_case bad_cases[] = {
     {"access-log", "maybe", "not a boolean"},
     {"access-log", "2", "not a boolean"},
     {"access-log", "", "empty"},
+    {"retention", "7w", "unknown unit"},
+    {"retention", "d", "a unit alone"},
+    {"retention", "-1d", "negative"},
+    {"retention", "1dd", "two units"},
+    {"retention", "5ms", "milliseconds are not a unit"},
+    {"retention", "1 d", "a blank before the unit"},
+    {"retention", "3651d", "above ten years"},
+    {"retention", "nand", "not finite"},
+    {"retention", "0x10s", "hex"},
+    {"retention", "never", "not a duration"},
+    {"retention", "", "empty"},
+    {"retention-interval", "1y", "unknown unit"},
 };
 
 Test(config, bad_values_from_flag)
@@ -601,7 +625,8 @@ Test(config, format_lists_every_setting)
                           "max_body_bytes=1048576", "max_connections=1024",
                           "queue_max_bytes=134217728", "header_timeout=10", "port_file=\"\"",
                           "connection_timeout=60", "max_wait=60", "log_level=info",
-                          "token=unset", "token_file=\"\"", "access_log=false"};
+                          "token=unset", "token_file=\"\"", "access_log=false",
+                          "retention=0s", "retention_interval=60s"};
     for (size_t i = 0; i < sizeof want / sizeof want[0]; i++)
         cr_assert_not_null(strstr(buf, want[i]), "\"%s\" lacks %s", buf, want[i]);
 
@@ -847,4 +872,30 @@ Test(config, sizes_take_suffixes_in_powers_of_1024)
         cr_assert_eq(r->outcome, CONFIG_RUN, "%s: %s", cases[i].value, r->err);
         cr_assert_eq(r->c.cache_max_bytes, cases[i].want, "%s", cases[i].value);
     }
+}
+
+/* The duration parser: units, fractions, off; checked in seconds. */
+Test(config, durations_take_units)
+{
+    static const struct {
+        const char *value;
+        double want;
+    } cases[] = {
+        {"off", 0}, {"0", 0}, {"0d", 0}, {"45", 45}, {"45s", 45}, {"30m", 1800},
+        {"12h", 43200}, {"7d", 604800}, {"1.5h", 5400}, {".5m", 30}, {"3650d", 315360000},
+    };
+
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        run *r = parse(ARGS("--retention", cases[i].value));
+
+        cr_assert_eq(r->outcome, CONFIG_RUN, "%s: %s", cases[i].value, r->err);
+        cr_assert_float_eq(r->c.retention, cases[i].want, 1e-9, "%s", cases[i].value);
+    }
+    cr_assert_eq(setenv("NODESTATE_RETENTION", "12h", 1), 0);
+    run *r = parse(NO_ARGS);
+    cr_assert_eq(r->outcome, CONFIG_RUN, "%s", r->err);
+    cr_assert_float_eq(r->c.retention, 43200, 1e-9);
+    r = parse(ARGS("--retention", "7w"));
+    cr_assert_str_eq(r->err, "--retention: \"7w\" is not a duration (a number with s, m, h or d "
+                             "after it, or off) (from the command line)");
 }

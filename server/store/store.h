@@ -145,6 +145,26 @@ int store_meta_get(store *s, const char *key, int64_t *value);
  */
 int store_meta_set(store *s, const char *key, int64_t value);
 
+/*
+ * Retention's candidates (sqlite_expire.c), on the write connection (writer
+ * thread only). Examines the next max_runs (>= 1) stored runs whose run_id
+ * sorts after cursor ("" = from the first), in run_id order, and calls fn
+ * for each whose nodes are all terminal (completed, failed) and whose
+ * newest updated_at is before cutoff_ms. fn returns 0 to go on, or -1 to
+ * stop (the run it was given is examined again by the next page). cursor
+ * (NS_ID_MAX + 1 bytes) is left at the last run examined, or "" once the
+ * end of the table is reached, so calling again walks the whole table a
+ * page at a time and then starts over. A page costs the rows of the runs
+ * it examines, whatever the table's size. Returns how many runs were
+ * examined, or -1 with store_errmsg set. The disk's view only: the caller
+ * judges each run again against what it has accepted and not yet written.
+ */
+int store_expired_runs(store *s, int64_t cutoff_ms, size_t max_runs,
+                       char cursor[NS_ID_MAX + 1],
+                       int (*fn)(void *ctx, const char *run_id), void *ctx);
+/* The SQL of one such page (?1 the cursor, ?2 max_runs), for tests of its plan. 0 or -1. */
+int store_expired_sql(char *out, size_t outlen);
+
 /* Opens a read-only connection to a file that store_open has set up. */
 store_reader *store_reader_open(const char *path, char *err, size_t errlen);
 void store_reader_close(store_reader *r);
