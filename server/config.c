@@ -132,7 +132,7 @@ static const option_def options[] = {
     {"retention-interval", OPT_DURATION, FIELD(retention_interval), 0, 0,
      DURATION_MAX, "1m", "DURATION",
      "how often --retention sweeps the database for such runs (a page of\n"
-     "      runs at a time); 0 sweeps again as soon as a sweep ends"},
+     "      rows at a time); 0 sweeps again as soon as a sweep ends"},
 };
 
 #define OPTION_COUNT (sizeof options / sizeof options[0])

@@ -1,7 +1,8 @@
 /*
  * Unit tests for retention: the store's selection of candidates
- * (store_expired_runs: terminal and old only, a page at a time with a
- * cursor, a plan on the primary key) and the engine's sweep on a real file
+ * (store_expired_runs: terminal and old only, a page of rows at a time
+ * with a cursor, a run carried over a page checked again, a plan on the
+ * primary key) and the engine's sweep on a real file
  * and the real writer thread (server/engine/retention.c): an expired run
  * goes through the writer and the cache forgets it; a run with a write
  * still queued is kept; a write accepted while the delete is queued is
@@ -92,55 +93,89 @@ Test(retention, store_selects_runs_all_terminal_and_older_than_the_cutoff)
     };
     write_all(s, rows, sizeof rows / sizeof rows[0]);
 
-    char cursor[NS_ID_MAX + 1] = "";
+    store_expiry_cursor cursor = { .expired_so_far = false };
     found f = { .n = 0 };
-    int examined = store_expired_runs(s, cutoff, 100, cursor, note, &f);
-    cr_assert_eq(examined, 7, "%s", store_errmsg(s));
+    int examined = store_expired_runs(s, cutoff, 100, &cursor, note, &f);
+    cr_assert_eq(examined, 10, "%s", store_errmsg(s));
     /* Only these: a node not terminal, or one updated at or after the cutoff, keeps a run. */
     cr_assert_str_eq(f.ids, "a-done,e-failed");
-    cr_assert_str_eq(cursor, "", "a short page ends the sweep");
-    store_close(s);
-}
-
-Test(retention, store_pages_walk_the_table_and_start_over)
-{
-    store *s = sfx_open_store();
-    ns_row rows[] = {
-        row_at("r1", "n", NS_COMPLETED, SFX_T0, 1), row_at("r2", "n", NS_RUNNING, SFX_T0, 2),
-        row_at("r3", "n", NS_COMPLETED, SFX_T0, 3), row_at("r4", "n", NS_COMPLETED, SFX_T0, 4),
-        row_at("r5", "n", NS_COMPLETED, SFX_T0, 5),
-    };
-    write_all(s, rows, 5);
-    static const struct {
-        int examined;
-        const char *ids, *cursor;
-    } pages[] = {
-        { 2, "r1", "r2" }, { 2, "r3,r4", "r4" }, { 1, "r5", "" }, { 2, "r1", "r2" },
-    };
-    char cursor[NS_ID_MAX + 1] = "";
-    for (size_t i = 0; i < sizeof pages / sizeof pages[0]; i++) {
-        found f = { .n = 0 };
-        cr_assert_eq(store_expired_runs(s, SFX_T0 + 1, 2, cursor, note, &f), pages[i].examined,
-                     "page %zu", i);
-        cr_assert_str_eq(f.ids, pages[i].ids, "page %zu", i);
-        cr_assert_str_eq(cursor, pages[i].cursor, "page %zu", i);
-    }
-    /* A callback that stops leaves its run to the next page. */
-    cursor[0] = '\0';
-    found f = { .n = 0, .stop_after = 1 };
-    cr_assert_eq(store_expired_runs(s, SFX_T0 + 1, 10, cursor, note, &f), 2);
-    cr_assert_str_eq(f.ids, "r1");
-    cr_assert_str_eq(cursor, "r2");
-    f = (found){ .n = 0 };
-    cr_assert_eq(store_expired_runs(s, SFX_T0 + 1, 10, cursor, note, &f), 3);
-    cr_assert_str_eq(f.ids, "r3,r4,r5");
+    cr_assert_str_eq(cursor.run_id, "", "a short page ends the sweep");
     store_close(s);
 }
 
 /*
- * The page reads the primary key in order: no temporary B-tree for the
- * GROUP BY, no full scan, no other index needed (the (run_id, status) index
- * is dropped here to show it).
+ * Pages of 2 rows: a run is handed over once its last row has been seen,
+ * which may be on the next page; the end of the table starts the sweep over.
+ */
+Test(retention, store_pages_walk_the_table_a_few_rows_at_a_time)
+{
+    store *s = sfx_open_store();
+    ns_row rows[] = {
+        row_at("r1", "a", NS_COMPLETED, SFX_T0, 1), row_at("r1", "b", NS_COMPLETED, SFX_T0, 2),
+        row_at("r1", "c", NS_FAILED, SFX_T0, 3),    row_at("r2", "a", NS_RUNNING, SFX_T0, 4),
+        row_at("r3", "a", NS_COMPLETED, SFX_T0, 5), row_at("r4", "a", NS_COMPLETED, SFX_T0, 6),
+    };
+    write_all(s, rows, 6);
+    static const struct {
+        int examined;
+        const char *ids, *run, *node;
+    } pages[] = {
+        { 2, "", "r1", "b" },       /* r1 not seen whole yet */
+        { 2, "r1", "r2", "a" },     /* r1 ends with c */
+        { 2, "r3", "r4", "a" },     /* r2 runs; r3 done at r4's first row */
+        { 0, "r4", "", "" },        /* the end: r4 is whole, the sweep starts over */
+        { 2, "", "r1", "b" },
+    };
+    store_expiry_cursor c = { .expired_so_far = false };
+    for (size_t i = 0; i < sizeof pages / sizeof pages[0]; i++) {
+        found f = { .n = 0 };
+        cr_assert_eq(store_expired_runs(s, SFX_T0 + 1, 2, &c, note, &f), pages[i].examined,
+                     "page %zu: %s", i, store_errmsg(s));
+        cr_assert_str_eq(f.ids, pages[i].ids, "page %zu", i);
+        cr_assert_str_eq(c.run_id, pages[i].run, "page %zu", i);
+        cr_assert_str_eq(c.node_id, pages[i].node, "page %zu", i);
+    }
+    /* A callback that stops gets its run again from the next page. */
+    memset(&c, 0, sizeof c);
+    found f = { .n = 0, .stop_after = 1 };
+    cr_assert_eq(store_expired_runs(s, SFX_T0 + 1, 100, &c, note, &f), 5);
+    cr_assert_str_eq(f.ids, "r1");
+    f = (found){ .n = 0 };
+    store_expired_runs(s, SFX_T0 + 1, 100, &c, note, &f);
+    cr_assert_str_eq(f.ids, "r3,r4");
+    store_close(s);
+}
+
+/*
+ * A run judged on an earlier page is checked again whole before it is
+ * handed over: a row the sweep had passed may have changed in between.
+ */
+Test(retention, store_run_carried_over_a_page_is_checked_again)
+{
+    store *s = sfx_open_store();
+    ns_row rows[] = {
+        row_at("r1", "a", NS_COMPLETED, SFX_T0, 1), row_at("r1", "b", NS_COMPLETED, SFX_T0, 2),
+        row_at("r1", "c", NS_COMPLETED, SFX_T0, 3), row_at("r2", "a", NS_COMPLETED, SFX_T0, 4),
+    };
+    write_all(s, rows, 4);
+    store_expiry_cursor c = { .expired_so_far = false };
+    found f = { .n = 0 };
+    cr_assert_eq(store_expired_runs(s, SFX_T0 + 1, 2, &c, note, &f), 2);
+    cr_assert_str_eq(f.ids, "");
+    /* Between pages, a node the sweep has passed starts running again. */
+    ns_row again = row_at("r1", "a", NS_RUNNING, SFX_T0 - 1, 5);
+    write_all(s, &again, 1);
+    cr_assert_eq(store_expired_runs(s, SFX_T0 + 1, 2, &c, note, &f), 2);
+    cr_assert_str_eq(f.ids, "", "r1 has a running node: not handed over");
+    cr_assert_eq(store_expired_runs(s, SFX_T0 + 1, 2, &c, note, &f), 0);
+    cr_assert_str_eq(f.ids, "r2");
+    store_close(s);
+}
+
+/*
+ * The page reads the primary key in order from the cursor: no sort, no
+ * full scan, no other index needed (the (run_id, status) index is dropped
+ * here to show it).
  */
 Test(retention, store_page_plan_walks_the_primary_key)
 {
@@ -151,7 +186,6 @@ Test(retention, store_page_plan_walks_the_primary_key)
     cr_assert_eq(sqlite3_exec(db, "DROP INDEX IF EXISTS run_node_state_run_status", NULL, NULL,
                               NULL), SQLITE_OK);
     char sql[600], plan[1024] = "";
-    snprintf(plan, sizeof plan, "%s", "");
     cr_assert_eq(store_expired_sql(sql + 19, sizeof sql - 19), 0);
     memcpy(sql, "EXPLAIN QUERY PLAN ", 19);
     sqlite3_stmt *st = NULL;
@@ -162,7 +196,8 @@ Test(retention, store_page_plan_walks_the_primary_key)
     }
     sqlite3_finalize(st);
     sqlite3_close(db);
-    cr_assert_str_eq(plan, "SEARCH run_node_state USING PRIMARY KEY (run_id>?);", "plan: %s", plan);
+    cr_assert_str_eq(plan, "SEARCH run_node_state USING PRIMARY KEY ((run_id,node_id)>(?,?));",
+                     "plan: %s", plan);
 }
 
 /* ---- the engine's sweep ---- */

@@ -79,7 +79,7 @@ struct engine {
     store_sidecar *sidecar;       /* writer thread only: open once spilling */
     size_t spill_pieces;          /* writer thread only: pieces committed to the sidecar */
     int64_t spill_piece_ns;       /* writer thread only: how long the last piece took */
-    char retention_cursor[NS_ID_MAX + 1]; /* writer thread only: the sweep's place (retention.c) */
+    store_expiry_cursor retention_cursor; /* writer thread only: the sweep's place (retention.c) */
     int64_t retention_next_ns;    /* writer thread only: when its next page is due (CLOCK_MONOTONIC) */
     pthread_t writer;             /* joined by engine_close once started (state past OPENING) */
     /*

@@ -37,19 +37,24 @@ bool retention_run(engine *e)
     int64_t start = model_mono_ns();
     if (start < retention_due_ns(e))
         return false;
+    /* The writer is behind: its queue is for the clients' writes now; the sweep waits. */
+    if (queue_len(e->queue) * 2 >= queue_capacity(e->queue) || engine_queue_bytes_high(e)) {
+        e->retention_next_ns = start + RETENTION_BUSY_NS;
+        return true;
+    }
     int64_t now_ms = e->cfg.clock_ms ? e->cfg.clock_ms(e->cfg.clock_ctx) : model_now_ms();
     int64_t cutoff = now_ms - (int64_t)(e->cfg.retention * 1000.0);
     lockcheck_unlock(&e->lock);
 
     /* The write connection is the writer's own: no one else uses it meanwhile. */
     candidates found = { .n = 0 };
-    int examined = store_expired_runs(e->store, cutoff, RETENTION_PAGE_RUNS,
-                                      e->retention_cursor, collect, &found);
+    int examined = store_expired_runs(e->store, cutoff, RETENTION_PAGE_ROWS,
+                                      &e->retention_cursor, collect, &found);
     if (examined < 0) {
         char why[512];
         engine_log(e, NS_LOG_ERROR, "retention-failed", "error=%s",
                    logfmt_quote(why, sizeof why, store_errmsg(e->store)));
-        e->retention_cursor[0] = '\0';
+        memset(&e->retention_cursor, 0, sizeof e->retention_cursor);
     }
     cache_run *gone[RETENTION_PAGE_RUNS];
     size_t queued = 0, kept = 0, n_gone = 0;
@@ -75,8 +80,8 @@ bool retention_run(engine *e)
         if (e->flush_until < e->last_seq)
             e->flush_until = e->last_seq;
     }
-    /* A full page may have more after it; a short one ended the sweep. */
-    bool more = examined > 0 && e->retention_cursor[0] != '\0';
+    /* A page that stopped short of the end has more after it; the end zeroes the cursor. */
+    bool more = examined >= 0 && e->retention_cursor.run_id[0] != '\0';
     int64_t gap = more ? RETENTION_PAGE_GAP_NS : (int64_t)(e->cfg.retention_interval * 1e9);
     e->retention_next_ns = model_mono_ns() + (gap > RETENTION_PAGE_GAP_NS ? gap : RETENTION_PAGE_GAP_NS);
     lockcheck_unlock(&e->lock);

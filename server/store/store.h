@@ -146,23 +146,36 @@ int store_meta_get(store *s, const char *key, int64_t *value);
 int store_meta_set(store *s, const char *key, int64_t value);
 
 /*
- * Retention's candidates (sqlite_expire.c), on the write connection (writer
- * thread only). Examines the next max_runs (>= 1) stored runs whose run_id
- * sorts after cursor ("" = from the first), in run_id order, and calls fn
- * for each whose nodes are all terminal (completed, failed) and whose
- * newest updated_at is before cutoff_ms. fn returns 0 to go on, or -1 to
- * stop (the run it was given is examined again by the next page). cursor
- * (NS_ID_MAX + 1 bytes) is left at the last run examined, or "" once the
- * end of the table is reached, so calling again walks the whole table a
- * page at a time and then starts over. A page costs the rows of the runs
- * it examines, whatever the table's size. Returns how many runs were
- * examined, or -1 with store_errmsg set. The disk's view only: the caller
- * judges each run again against what it has accepted and not yet written.
+ * Where a sweep of store_expired_runs is, between pages: the last row
+ * examined and what its run's rows said so far. All zero: the start of
+ * the table.
  */
-int store_expired_runs(store *s, int64_t cutoff_ms, size_t max_runs,
-                       char cursor[NS_ID_MAX + 1],
+typedef struct store_expiry_cursor {
+    char run_id[NS_ID_MAX + 1];
+    char node_id[NS_ID_MAX + 1];
+    bool expired_so_far;   /* every row of run_id examined is terminal and old */
+    bool spans;            /* they were examined on an earlier page */
+} store_expiry_cursor;
+/*
+ * Retention's candidates (sqlite_expire.c), on the write connection (writer
+ * thread only). Examines the next max_rows (>= 1) stored rows after the
+ * cursor, in (run_id, node_id) order, and calls fn for each run whose rows
+ * have all been examined and are all terminal (completed, failed) with
+ * updated_at before cutoff_ms. A run whose rows began on an earlier page is
+ * checked again whole first (commits may have changed it in between). fn
+ * returns 0 to go on, or -1 to stop: the run it was given is handed over
+ * again by the next page. The cursor is left after the last row examined,
+ * or zeroed once the end of the table is reached, so calling again walks
+ * the whole table a page at a time and then starts over. A page costs
+ * max_rows rows (and, for a run it carries over, that run's rows),
+ * whatever the size of the table. Returns how many rows were examined, or
+ * -1 with store_errmsg set. The disk's view only: the caller judges each
+ * run again against what it has accepted and not yet written.
+ */
+int store_expired_runs(store *s, int64_t cutoff_ms, size_t max_rows,
+                       store_expiry_cursor *cursor,
                        int (*fn)(void *ctx, const char *run_id), void *ctx);
-/* The SQL of one such page (?1 the cursor, ?2 max_runs), for tests of its plan. 0 or -1. */
+/* The SQL of one page (?1 ?2 the cursor's key, ?3 max_rows), for tests of its plan. 0 or -1. */
 int store_expired_sql(char *out, size_t outlen);
 
 /* Opens a read-only connection to a file that store_open has set up. */
