@@ -22,6 +22,8 @@
 /* A year: long enough for any real use, small enough that no caller's
  * seconds-to-nanoseconds conversion can overflow. */
 #define SECONDS_MAX 31536000.0
+/* Ten years: retention is counted in days; still far from any overflow in ms. */
+#define DURATION_MAX (10 * SECONDS_MAX)
 
 /* How a value is parsed and which field type it lands in. */
 typedef enum opt_kind {
@@ -35,7 +37,9 @@ typedef enum opt_kind {
     OPT_SYNC,     /* normal|full -> bool */
     OPT_LEVEL,    /* debug|info|warn|error -> int (NS_LOG_*) */
     OPT_SECRET,   /* the token: visible ASCII, never echoed -> char[] */
-    OPT_BOOL      /* on/off; "--name" alone is on -> bool */
+    OPT_BOOL,     /* on/off; "--name" alone is on -> bool */
+    OPT_DURATION  /* a number with s, m, h or d after it (none: seconds), or
+                     off (0), in [0, max_seconds] -> double seconds */
 } opt_kind;
 
 /*
@@ -128,6 +132,15 @@ static const option_def options[] = {
     {"max-backups", OPT_UINT, FIELD(max_backups), 1, 64, 0, "1", "N",
      "GET /backup answers in progress at once; one more gets 503.\n"
      "      Each holds a copy of the database on disk while it is sent"},
+    {"retention", OPT_DURATION, FIELD(retention), 0, 0, DURATION_MAX, "off",
+     "DURATION",
+     "delete runs whose nodes are all completed or failed and whose last\n"
+     "      update is older than this (30m, 12h, 7d; a bare number is seconds);\n"
+     "      off or 0 keeps every run"},
+    {"retention-interval", OPT_DURATION, FIELD(retention_interval), 0, 0,
+     DURATION_MAX, "1m", "DURATION",
+     "how often --retention sweeps the database for such runs (a page of\n"
+     "      rows at a time); 0 sweeps again as soon as a sweep ends"},
 };
 
 #define OPTION_COUNT (sizeof options / sizeof options[0])
@@ -238,6 +251,39 @@ static int parse_seconds(const char *s, double *out)
     if (end == s || *end != '\0')
         return -1;
     *out = v;
+    return 0;
+}
+
+/*
+ * A duration: a number of seconds as parse_seconds takes it, with an
+ * optional unit s, m, h or d (one letter, right after it), or "off" for 0.
+ */
+static int parse_duration(const char *s, double *out)
+{
+    char digits[64];
+    size_t len = strlen(s);
+    double unit = 1, v;
+
+    if (strcmp(s, "off") == 0) {
+        *out = 0;
+        return 0;
+    }
+    if (len > 0) {
+        switch (s[len - 1]) {
+        case 's': unit = 1; len--; break;
+        case 'm': unit = 60; len--; break;
+        case 'h': unit = 3600; len--; break;
+        case 'd': unit = 86400; len--; break;
+        default: break;
+        }
+    }
+    if (len == 0 || len >= sizeof digits)
+        return -1;
+    memcpy(digits, s, len);
+    digits[len] = '\0';
+    if (parse_seconds(digits, &v) != 0)
+        return -1;
+    *out = v * unit;
     return 0;
 }
 
@@ -460,6 +506,20 @@ static int set_value(config *c, const option_def *o, const char *v,
         }
         fail(err, errlen, o, src, "\"%.100s\" is not true or false (or 1, 0)", v);
         return -1;
+    case OPT_DURATION:
+        if (parse_duration(v, &d) != 0) {
+            fail(err, errlen, o, src,
+                 "\"%.100s\" is not a duration (a number with s, m, h or d after it, or off)",
+                 v);
+            return -1;
+        }
+        if (!isfinite(d) || d < 0 || d > o->max_seconds) {
+            fail(err, errlen, o, src, "%.100s is out of range 0..%g seconds", v,
+                 o->max_seconds);
+            return -1;
+        }
+        *(double *)(void *)field = d;
+        return 0;
     }
     fail(err, errlen, o, src, "has an unknown kind");
     return -1;
@@ -749,6 +809,9 @@ static void format_value(const config *c, const option_def *o, char *buf,
     case OPT_BOOL:
         snprintf(buf, size, "%s",
                  *(const bool *)(const void *)field ? "true" : "false");
+        return;
+    case OPT_DURATION:
+        snprintf(buf, size, "%gs", *(const double *)(const void *)field);
         return;
     }
     snprintf(buf, size, "?");

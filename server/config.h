@@ -44,6 +44,8 @@ typedef struct config {
     char tls_cert[4096];          /* --tls-cert PEM file; with tls_key: HTTPS; "" = none */
     char tls_key[4096];           /* --tls-key PEM file of its private key; "" = none */
     unsigned max_backups;         /* --max-backups: GET /backup answers at once */
+    double retention;             /* --retention seconds: delete finished runs idle longer; 0 = off */
+    double retention_interval;    /* --retention-interval seconds between sweeps for them */
 } config;
 
 typedef enum config_outcome {

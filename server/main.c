@@ -272,6 +272,8 @@ int main(int argc, char **argv)
         .max_backups = cfg.max_backups,
         .shutdown_timeout = cfg.shutdown_timeout,
         .synchronous_full = cfg.synchronous_full,
+        .retention = cfg.retention,
+        .retention_interval = cfg.retention_interval,
         .log = log_write,
         .log_ctx = log,
     };

@@ -137,7 +137,11 @@ done < <(instr "$final" ENV)
 listen=${envv[NODESTATE_LISTEN]:-}
 db=${envv[NODESTATE_DB]:-}
 shutdown=${envv[NODESTATE_SHUTDOWN_TIMEOUT]:-}
+port_file=${envv[NODESTATE_PORT_FILE]:-}
 [[ "$listen" == 0.0.0.0:8080 ]] || fail "ENV NODESTATE_LISTEN is '$listen', want 0.0.0.0:8080"
+# Where the HEALTHCHECK learns the port; not on the volume, where a file of an
+# earlier container would outlive it.
+[[ "$port_file" == /tmp/* ]] || fail "ENV NODESTATE_PORT_FILE is '$port_file', want a file in /tmp"
 [[ "$db" == /data/* ]] || fail "ENV NODESTATE_DB is '$db', want a file in /data"
 [[ "$shutdown" =~ ^[0-9]+(\.[0-9]+)?$ ]] || fail "ENV NODESTATE_SHUTDOWN_TIMEOUT is '$shutdown', want seconds"
 # docker stop waits 10 s after SIGTERM before SIGKILL; leave a margin to exit.
@@ -275,31 +279,56 @@ note "build step ok: $artifact built ($got_version), its libraries are in the ru
 # ---------------------------------------------------------------------------
 data=$tmp/data # stands in for the VOLUME /data
 mkdir -p "$data"
-run_env=()
+# The container's environment: the image's ENV with its two paths moved into
+# the scratch directory (the volume, and the port file in /tmp).
+image_env=()
 for k in "${!envv[@]}"; do
     v=${envv[$k]}
     case $k in
-    NODESTATE_LISTEN) v=127.0.0.1:0 ;;
     NODESTATE_DB) v=$data/${db#/data/} ;;
+    NODESTATE_PORT_FILE) v=$tmp/port ;;
     esac
-    run_env+=("$k=$v")
+    image_env+=("$k=$v")
 done
 # Only the image's settings: no NODESTATE_* from the caller's environment.
 check_clean_env
 log=$tmp/nodestate.log
-# --port-file is the check's only addition: the port to talk to.
-(cd "$data" && exec env "${clean_env[@]}" "${run_env[@]}" "$NODESTATE_BIN" --port-file "$tmp/port") 2>"$log" &
-ns_pid=$!
-ns_wait_port "$tmp/port" "$log" "nodestate exited at start with the image's ENV"
-note "start step: nodestate with ${run_env[*]} listens on 127.0.0.1:$port"
 
-# run_healthcheck: the HEALTHCHECK command as Docker runs it (sh -c, image ENV).
-hc_run=${hc_cmd//:8080/:$port}
-run_healthcheck() {
-    env "${clean_env[@]}" "${run_env[@]}" NODESTATE_LISTEN="127.0.0.1:$port" sh -c "$hc_run"
+# start_image ENV_OVERRIDE... -- ARGS...: nodestate as the container starts it,
+# with the image's environment plus overrides and arguments after the image
+# name; waits for the port it writes to NODESTATE_PORT_FILE (sets port).
+start_image() {
+    local over=() args=()
+    while (($#)) && [[ "$1" != -- ]]; do over+=("$1"); shift; done
+    (($#)) && shift
+    args=("$@")
+    rm -f "$tmp/port"
+    (cd "$data" && exec env "${clean_env[@]}" "${image_env[@]}" "${over[@]}" "$NODESTATE_BIN" "${args[@]}") 2>"$log" &
+    ns_pid=$!
+    ns_wait_port "$tmp/port" "$log" "nodestate exited at start with the image's ENV"
 }
-run_healthcheck >"$tmp/hc.out" 2>&1 || { cat "$tmp/hc.out" >&2; fail "HEALTHCHECK failed against a running nodestate: $hc_cmd"; }
-note "HEALTHCHECK succeeded: $(cat "$tmp/hc.out")"
+
+# run_healthcheck: the HEALTHCHECK command verbatim as Docker runs it: sh -c,
+# the container's environment (NODESTATE_LISTEN=0.0.0.0:8080 whatever port the
+# service took), so it passes only if it follows the port the service reports.
+run_healthcheck() {
+    env "${clean_env[@]}" "${image_env[@]}" sh -c "$hc_cmd"
+}
+healthcheck_ok() {
+    run_healthcheck >"$tmp/hc.out" 2>&1 ||
+        { cat "$tmp/hc.out" >&2; fail "HEALTHCHECK failed against nodestate started $1: $hc_cmd"; }
+    note "HEALTHCHECK succeeded with the port given $1: $(cat "$tmp/hc.out")"
+}
+
+# The port given by --listen after the image name (NODESTATE_LISTEN still says 8080).
+start_image -- --listen 127.0.0.1:0
+healthcheck_ok "by the --listen flag"
+kill -TERM "$ns_pid"
+ns_wait_exit 300 || fail "nodestate did not stop on SIGTERM"
+# The port given by NODESTATE_LISTEN (-e NODESTATE_LISTEN=...): the run the rest checks.
+start_image NODESTATE_LISTEN=127.0.0.1:0 --
+note "start step: nodestate with ${image_env[*]} NODESTATE_LISTEN=127.0.0.1:0 listens on 127.0.0.1:$port"
+healthcheck_ok "by NODESTATE_LISTEN"
 [[ -f "$data/${db#/data/}" ]] || fail "no database at NODESTATE_DB (the volume): $data/${db#/data/}"
 
 # The URL the shipped prometheus.yml scrapes, asked for as Prometheus asks.
@@ -343,7 +372,11 @@ fi
 # ---------------------------------------------------------------------------
 # (4) compose.yaml and prometheus.yml.
 # ---------------------------------------------------------------------------
-promtool check config "$promconf" >"$tmp/promconf.out" 2>&1 ||
+# promtool opens the credentials file, which compose mounts at
+# /run/secrets/...: check a copy that names a scratch file instead.
+: >"$tmp/empty-secret"
+sed "s|/run/secrets/[A-Za-z0-9_.-]*|$tmp/empty-secret|g" "$promconf" >"$tmp/prometheus.yml"
+promtool check config "$tmp/prometheus.yml" >"$tmp/promconf.out" 2>&1 ||
     { cat "$tmp/promconf.out" >&2; fail "promtool check config docker/prometheus.yml"; }
 
 if python3 -c 'import yaml' >/dev/null 2>&1; then
@@ -390,6 +423,25 @@ targets = [t for j in jobs if j.get("metrics_path") == "/stats"
            for sc in j.get("static_configs", []) for t in sc.get("targets", [])]
 check(f"{ns_name}:8080" in targets, f"prometheus.yml does not scrape /stats on {ns_name}:8080 (targets {targets})")
 
+# The token: one secret, given to both services; nodestate reads it as its
+# token file, Prometheus sends it (authorization.credentials_file).
+secrets = compose.get("secrets") or {}
+check(len(secrets) == 1, f"compose.yaml should define one secret (the token), has {list(secrets)}")
+secret = next(iter(secrets), None)
+if secret and ns_name and prom_name:
+    for n in (ns_name, prom_name):
+        check(secret in (services[n].get("secrets") or []), f"service {n} does not get the secret {secret}")
+    env = services[ns_name].get("environment") or {}
+    check(f"/run/secrets/{secret}" in str(env.get("NODESTATE_TOKEN_FILE", "")),
+          f"nodestate's NODESTATE_TOKEN_FILE does not name /run/secrets/{secret}")
+    for j in jobs:
+        if j.get("metrics_path") != "/stats":
+            continue
+        auth = j.get("authorization") or {}
+        check(str(auth.get("type", "Bearer")).lower() == "bearer", "the scrape's authorization is not Bearer")
+        check(auth.get("credentials_file") == f"/run/secrets/{secret}",
+              f"the scrape's authorization.credentials_file is not /run/secrets/{secret}")
+
 for e in errors:
     print("check_docker: compose/prometheus:", e, file=sys.stderr)
 sys.exit(1 if errors else 0)
@@ -408,5 +460,149 @@ else
     grep -q '"nodestate:8080"' "$promconf" || fail "prometheus.yml does not scrape nodestate:8080"
     note "compose.yaml and prometheus.yml: line shapes ok (python3 has no yaml module; no full parse)"
 fi
+
+# ---------------------------------------------------------------------------
+# (5) The token, end to end: compose's variables resolved as compose resolves
+# them, two nodestates started as the service would be (token source set, and
+# unset), and a real Prometheus with the shipped scrape job pointed at them,
+# its credentials_file at what compose would mount: both are scraped (up 1).
+# The same job with a wrong token must fail (up 0), so the header is really
+# sent and checked.
+# ---------------------------------------------------------------------------
+command -v prometheus >/dev/null 2>&1 ||
+    fail "prometheus not found on PATH; install the test packages with: bash scripts/deps.sh --test"
+python3 -c 'import yaml' >/dev/null 2>&1 || fail "python3 has no yaml module (python3-yaml) for the token replay"
+echo "check-docker-token-$RANDOM$RANDOM" >"$tmp/token.secret"
+echo "not-the-token" >"$tmp/wrong.secret"
+
+# compose_resolve SOURCE_OR_EMPTY: prints "TOKEN_FILE|SECRET_FILE|MOUNT", what
+# compose makes of the service's NODESTATE_TOKEN_FILE and of the secret's
+# file with NODESTATE_TOKEN_SOURCE set to SOURCE (or unset when empty), the
+# /run/secrets/ mount moved to SECRET_FILE's scratch copy.
+compose_resolve() {
+    python3 - "$compose" "$1" "$tmp" <<'EOF'
+import re, sys, yaml
+compose = yaml.safe_load(open(sys.argv[1]))
+source, tmp = sys.argv[2], sys.argv[3]
+env = {"NODESTATE_TOKEN_SOURCE": source} if source else {}
+def interp(s):
+    def one(m):
+        name, op, word = m.group(1), m.group(2), m.group(3)
+        val = env.get(name)
+        if op == ":+": return word if val else ""
+        if op == "+": return word if val is not None else ""
+        if op == ":-": return val if val else word
+        if op == "-": return val if val is not None else word
+        return val or ""
+    return re.sub(r"\$\{(\w+)(?:(:?[-+])([^}]*))?\}", one, str(s))
+ns = next(s for s in compose["services"].values()
+          if isinstance(s.get("build"), dict) and s["build"].get("dockerfile") == "docker/Dockerfile")
+name, spec = next(iter(compose["secrets"].items()))
+secret_file = interp(spec["file"])
+token_file = interp((ns.get("environment") or {}).get("NODESTATE_TOKEN_FILE", ""))
+token_file = token_file.replace(f"/run/secrets/{name}", f"{tmp}/mounted-{name}")
+print(f"{token_file}|{secret_file}|{tmp}/mounted-{name}")
+EOF
+}
+
+# start_token_ns TOKEN_FILE: a nodestate as compose's service (token file as
+# resolved; empty means none); sets port and the pid in the named variable.
+prom_targets=()
+start_token_ns() {
+    local tf=$1 name=$2
+    rm -f "$tmp/port"
+    env "${clean_env[@]}" NODESTATE_TOKEN_FILE="$tf" "$NODESTATE_BIN" --listen 127.0.0.1:0 \
+        --db "$tmp/$name.db" --port-file "$tmp/port" 2>"$tmp/$name.log" &
+    ns_pid=$!
+    ns_wait_port "$tmp/port" "$tmp/$name.log" "nodestate ($name) exited at start"
+    eval "${name}_pid=$ns_pid ${name}_port=$port"
+    ns_pid=""
+}
+
+IFS='|' read -r set_tf set_secret set_mount < <(compose_resolve "$tmp/token.secret")
+[[ "$set_tf" == "$set_mount" && "$set_secret" == "$tmp/token.secret" ]] ||
+    fail "with NODESTATE_TOKEN_SOURCE set, compose gives nodestate token file '$set_tf' and the secret '$set_secret'"
+cp "$set_secret" "$set_mount"
+IFS='|' read -r unset_tf unset_secret _ < <(compose_resolve "")
+[[ -z "$unset_tf" ]] || fail "with NODESTATE_TOKEN_SOURCE unset, compose still gives nodestate a token file: '$unset_tf'"
+[[ -r "$unset_secret" ]] || fail "with NODESTATE_TOKEN_SOURCE unset, the secret's file '$unset_secret' does not exist"
+start_token_ns "$set_tf" withtoken
+start_token_ns "" notoken
+stop_token_ns() {
+    local pid
+    for pid in "${withtoken_pid:-}" "${notoken_pid:-}" "${prom_pid:-}"; do
+        [[ -n "$pid" ]] && { kill -TERM "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; }
+    done
+    return 0
+}
+trap 'stop_token_ns; check_cleanup' EXIT
+code=$(curl -sS -o /dev/null -w '%{http_code}' --max-time 15 "http://127.0.0.1:$withtoken_port/stats") || fail "curl"
+[[ "$code" == 401 ]] || fail "nodestate started with compose's token file answers /stats without a token with $code, want 401"
+
+# The shipped job three times: token set, token unset, wrong token.
+python3 - "$promconf" "$tmp/prom-token.yml" "$withtoken_port" "$notoken_port" \
+    "$set_mount" "$unset_secret" "$tmp/wrong.secret" <<'EOF'
+import copy, sys, yaml
+src, out, p_with, p_without, cred_with, cred_without, cred_wrong = sys.argv[1:]
+prom = yaml.safe_load(open(src))
+job = next(j for j in prom["scrape_configs"] if j.get("metrics_path") == "/stats")
+jobs = []
+for name, port, cred in (("with-token", p_with, cred_with), ("without-token", p_without, cred_without),
+                         ("wrong-token", p_with, cred_wrong)):
+    j = copy.deepcopy(job)
+    j["job_name"] = name
+    j["scrape_interval"] = "1s"
+    j["scrape_timeout"] = "1s"
+    j["static_configs"] = [{"targets": [f"127.0.0.1:{port}"]}]
+    j.setdefault("authorization", {})["credentials_file"] = cred
+    jobs.append(j)
+prom["global"] = {"scrape_interval": "1s", "evaluation_interval": "1s"}
+prom["scrape_configs"] = jobs
+yaml.safe_dump(prom, open(out, "w"))
+EOF
+promtool check config "$tmp/prom-token.yml" >"$tmp/prom-token.out" 2>&1 ||
+    { cat "$tmp/prom-token.out" >&2; fail "the replayed Prometheus config is invalid"; }
+
+prom_pid=""
+prom_port=""
+for attempt in $(seq 10); do
+    candidate=$((20000 + RANDOM % 40000))
+    (exec 3<>"/dev/tcp/127.0.0.1/$candidate") 2>/dev/null && continue
+    rm -rf "$tmp/prom-data"
+    prometheus --config.file="$tmp/prom-token.yml" --storage.tsdb.path="$tmp/prom-data" \
+        --web.listen-address="127.0.0.1:$candidate" --log.level=warn >"$tmp/prometheus.log" 2>&1 &
+    prom_pid=$!
+    prom_ready() {
+        [[ "$(curl -s -o /dev/null -w '%{http_code}' --max-time 2 "http://127.0.0.1:$candidate/-/ready" || true)" == 200 ]]
+    }
+    if check_wait 60 prom_ready; then
+        prom_port=$candidate
+        break
+    fi
+    if kill -0 "$prom_pid" 2>/dev/null; then
+        tail -n 30 "$tmp/prometheus.log" >&2
+        fail "prometheus not ready within 60 s"
+    fi
+    wait "$prom_pid" 2>/dev/null || true
+    prom_pid=""
+    grep -qi 'address already in use' "$tmp/prometheus.log" ||
+        { tail -n 30 "$tmp/prometheus.log" >&2; fail "prometheus exited at start-up"; }
+done
+[[ -n "$prom_port" ]] || fail "found no free port for prometheus in 10 attempts"
+
+# up_is JOB VALUE: whether Prometheus's latest up for JOB is VALUE.
+up_is() {
+    local v
+    v=$(curl -s -G --max-time 5 --data-urlencode "query=up{job=\"$1\"}" \
+        "http://127.0.0.1:$prom_port/api/v1/query" |
+        sed -n 's/.*"value":\[[^,]*,"\([^"]*\)"\].*/\1/p' || true)
+    [[ "$v" == "$2" ]]
+}
+for want in "with-token 1" "without-token 1" "wrong-token 0"; do
+    read -r job value <<<"$want"
+    check_wait 60 up_is "$job" "$value" ||
+        { tail -n 30 "$tmp/prometheus.log" >&2; fail "Prometheus's up{job=\"$job\"} never became $value"; }
+done
+note "token: Prometheus with the shipped job scrapes nodestate with compose's token secret (up 1), without a token when none is set (up 1), and is refused with a wrong one (up 0)"
 
 note "PASS"

@@ -18,6 +18,11 @@
 # command and no claim for it, a failing command, a wrong status or missing
 # output fails the check, which prints the block.
 #
+# A block may also start a second `nodestate` (the binary under test, run
+# from the examples' directory beside the live server, at most 30 s), and
+# claim its exit status and output (stdout and stderr together):
+#     # → exit STATUS [OUTPUT]
+#
 # The README's Quick start block must be exactly its two commands.
 # Needs NODESTATE_BIN, NODESTATE_SOURCE_DIR and curl.
 set -euo pipefail
@@ -47,7 +52,7 @@ awk -v dir="$tmp/blocks" '
     !in_block && $0 == "```sh" { in_block = 1; n++; start[n] = NR + 1; text = ""; next }
     in_block && /^```[[:space:]]*$/ {
         in_block = 0
-        if (text ~ /(^|[^A-Za-z0-9_-])curl[[:space:]]/) {
+        if (text ~ /(^|[^A-Za-z0-9_-])curl[[:space:]]/ || text ~ /(^|\n)nodestate[[:space:]]/) {
             kept++
             f = sprintf("%s/%03d.sh", dir, kept)
             printf "%s", text > f
@@ -89,6 +94,14 @@ curl() {
     grep -v -e '^@@http_code=' -e '^\$' "\$out.err" >&2 || true
     sed -n 's/^@@http_code=//p' "\$out.err" >>"\$__dir/codes"
     return "\$rc"
+}
+# A second nodestate: its exit status is a claim to check, not a failure.
+nodestate() {
+    __n=\$((__n + 1))
+    local out="\$__dir/out.\$__n" rc=0
+    timeout 30 "$NODESTATE_BIN" "\$@" >"\$out" 2>&1 || rc=\$?
+    cat "\$out"
+    echo "exit \$rc" >>"\$__dir/codes"
 }
 EOF
 
@@ -134,8 +147,8 @@ for block in "${blocks[@]}"; do
     while IFS= read -r c; do
         c=${c#*→}
         c=${c# }
-        [[ "$c" =~ ^([1-5][0-9][0-9])([[:space:]]+(.*))?$ ]] ||
-            block_fail "$block" "$line" "a claim must read '# → STATUS [OUTPUT]': # →$c"
+        [[ "$c" =~ ^([1-5][0-9][0-9]|exit\ [0-9]+)([[:space:]]+(.*))?$ ]] ||
+            block_fail "$block" "$line" "a claim must read '# → STATUS [OUTPUT]' or '# → exit STATUS [OUTPUT]': # →$c"
         want_codes+=("${BASH_REMATCH[1]}")
         want_out+=("${BASH_REMATCH[3]}")
     done < <(grep -E '^[[:space:]]*# →' "$block" || true)
@@ -148,7 +161,7 @@ for block in "${blocks[@]}"; do
         cat "$dir/stdout" "$dir/stderr" >&2
         block_fail "$block" "$line" "the block exits $rc (command ${#got_codes[@]} is the last that ran)"
     fi
-    ((${#got_codes[@]} > 0)) || block_fail "$block" "$line" "no curl command ran"
+    ((${#got_codes[@]} > 0)) || block_fail "$block" "$line" "no curl or nodestate command ran"
     ((${#got_codes[@]} == ${#want_codes[@]})) ||
         block_fail "$block" "$line" "${#got_codes[@]} curl commands ran but the block claims ${#want_codes[@]} results; follow each curl with '# → STATUS [OUTPUT]'"
     for i in "${!got_codes[@]}"; do
@@ -156,7 +169,7 @@ for block in "${blocks[@]}"; do
         out=$(tr -d '\r' <"$dir/out.$n")
         if [[ "${got_codes[$i]}" != "${want_codes[$i]}" ]]; then
             printf '%s\n' "$out" >&2
-            block_fail "$block" "$line" "curl command $n answered ${got_codes[$i]}, the README claims ${want_codes[$i]}"
+            block_fail "$block" "$line" "command $n answered ${got_codes[$i]}, the README claims ${want_codes[$i]}"
         fi
         if ! contains_in_order "$out" "${want_out[$i]}"; then
             printf -- '--- output of curl command %d ---\n%s\n' "$n" "$out" >&2
@@ -165,7 +178,7 @@ for block in "${blocks[@]}"; do
     done
     total=$((total + ${#got_codes[@]}))
 done
-note "$total curl commands in ${#blocks[@]} blocks got the status and output the README shows"
+note "$total commands (curl, nodestate) in ${#blocks[@]} blocks got the status and output the README shows"
 
 # The service the examples ran against must still stop cleanly.
 kill -TERM "$ns_pid"

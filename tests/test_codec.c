@@ -930,6 +930,7 @@ Test(encode, stats)
     atomic_store(&s.updates_coalesced, 4);
     atomic_store(&s.rows_written, 6);
     atomic_store(&s.runs_deleted, 2);
+    atomic_store(&s.runs_expired, 3);
     atomic_store(&s.rejected[NS_REJECT_INVALID], 5);
     atomic_store(&s.rejected[NS_REJECT_STALE], 6);
     atomic_store(&s.rejected[NS_REJECT_ILLEGAL], 7);
@@ -961,7 +962,7 @@ Test(encode, stats)
     static const char *const keys[] = {
         "updates_queued", "updates_processed", "batches_written", "errors",
         "queue_depth", "queue_capacity", "queue_bytes", "updates_coalesced",
-        "rows_written", "runs_deleted", "updates_rejected", "updates_duplicate", "cache_nodes",
+        "rows_written", "runs_deleted", "runs_expired", "updates_rejected", "updates_duplicate", "cache_nodes",
         "cache_runs", "cache_bytes", "cache_loads", "cache_evictions", "rows_isolated",
         "last_seq", "durable_seq", "uptime_seconds",
         "commit_seconds", "batch_updates", "enqueue_to_commit_seconds",
@@ -978,6 +979,7 @@ Test(encode, stats)
     cr_assert_eq(int_of(j, "updates_coalesced"), 4);
     cr_assert_eq(int_of(j, "rows_written"), 6);
     cr_assert_eq(int_of(j, "runs_deleted"), 2);
+    cr_assert_eq(int_of(j, "runs_expired"), 3);
     static const char *const reasons[] = { "invalid", "stale", "illegal",
                                            "queue_full" };
     json_t *rej = json_object_get(j, "updates_rejected");

@@ -37,6 +37,8 @@ static const char *const option_names[][2] = {
     {"--tls-cert", "NODESTATE_TLS_CERT"},
     {"--tls-key", "NODESTATE_TLS_KEY"},
     {"--max-backups", "NODESTATE_MAX_BACKUPS"},
+    {"--retention", "NODESTATE_RETENTION"},
+    {"--retention-interval", "NODESTATE_RETENTION_INTERVAL"},
 };
 #define N_OPTIONS (sizeof option_names / sizeof option_names[0])
 
@@ -147,6 +149,9 @@ static void assert_same(const config *got, const config *want, const char *what)
     cr_assert_str_eq(got->tls_cert, want->tls_cert, "%s: tls_cert", what);
     cr_assert_str_eq(got->tls_key, want->tls_key, "%s: tls_key", what);
     cr_assert_eq(got->max_backups, want->max_backups, "%s: max_backups", what);
+    cr_assert_eq(got->retention, want->retention, "%s: retention", what);
+    cr_assert_eq(got->retention_interval, want->retention_interval, "%s: retention_interval",
+                 what);
 }
 
 /* The defaults written out by hand, independent of config.c's table. */
@@ -176,6 +181,8 @@ static void want_defaults(config *c)
     c->max_backups = 1;
     /* token, token_file, port_file, tls_cert and tls_key "", access_log
      * false: the memset. */
+    c->retention = 0;
+    c->retention_interval = 60;
 }
 
 Test(config, defaults)
@@ -237,6 +244,8 @@ static void x_port_file(config *c) { strcpy(c->port_file, "/tmp/ns.port"); }
 static void x_tls_cert(config *c) { strcpy(c->tls_cert, "/etc/ns/cert.pem"); }
 static void x_tls_key(config *c) { strcpy(c->tls_key, "/etc/ns/key.pem"); }
 static void x_max_backups(config *c) { c->max_backups = 64; }
+static void x_retention(config *c) { c->retention = 7 * 86400; }
+static void x_retention_interval(config *c) { c->retention_interval = 90; }
 
 static const option_case option_cases[] = {
     {"--listen", "NODESTATE_LISTEN", "0.0.0.0:9090", x_listen, false, false},
@@ -266,6 +275,9 @@ static const option_case option_cases[] = {
     {"--tls-cert", "NODESTATE_TLS_CERT", "/etc/ns/cert.pem", x_tls_cert, false, false},
     {"--tls-key", "NODESTATE_TLS_KEY", "/etc/ns/key.pem", x_tls_key, false, false},
     {"--max-backups", "NODESTATE_MAX_BACKUPS", "64", x_max_backups, false, false},
+    {"--retention", "NODESTATE_RETENTION", "7d", x_retention, false, false},
+    {"--retention-interval", "NODESTATE_RETENTION_INTERVAL", "1.5m", x_retention_interval, false,
+     false},
 };
 #define N_CASES (sizeof option_cases / sizeof option_cases[0])
 
@@ -487,6 +499,18 @@ static const bad_case bad_cases[] = {
     {"access-log", "maybe", "not a boolean"},
     {"access-log", "2", "not a boolean"},
     {"access-log", "", "empty"},
+    {"retention", "7w", "unknown unit"},
+    {"retention", "d", "a unit alone"},
+    {"retention", "-1d", "negative"},
+    {"retention", "1dd", "two units"},
+    {"retention", "5ms", "milliseconds are not a unit"},
+    {"retention", "1 d", "a blank before the unit"},
+    {"retention", "3651d", "above ten years"},
+    {"retention", "nand", "not finite"},
+    {"retention", "0x10s", "hex"},
+    {"retention", "never", "not a duration"},
+    {"retention", "", "empty"},
+    {"retention-interval", "1y", "unknown unit"},
 };
 
 Test(config, bad_values_from_flag)
@@ -620,7 +644,8 @@ Test(config, format_lists_every_setting)
                           "queue_max_bytes=134217728", "header_timeout=10", "port_file=\"\"",
                           "connection_timeout=60", "max_wait=60", "log_level=info",
                           "token=unset", "token_file=\"\"", "access_log=false",
-                          "tls_cert=\"\"", "tls_key=\"\"", "max_backups=1"};
+                          "tls_cert=\"\"", "tls_key=\"\"", "max_backups=1",
+                          "retention=0s", "retention_interval=60s"};
     for (size_t i = 0; i < sizeof want / sizeof want[0]; i++)
         cr_assert_not_null(strstr(buf, want[i]), "\"%s\" lacks %s", buf, want[i]);
 
@@ -866,4 +891,30 @@ Test(config, sizes_take_suffixes_in_powers_of_1024)
         cr_assert_eq(r->outcome, CONFIG_RUN, "%s: %s", cases[i].value, r->err);
         cr_assert_eq(r->c.cache_max_bytes, cases[i].want, "%s", cases[i].value);
     }
+}
+
+/* The duration parser: units, fractions, off; checked in seconds. */
+Test(config, durations_take_units)
+{
+    static const struct {
+        const char *value;
+        double want;
+    } cases[] = {
+        {"off", 0}, {"0", 0}, {"0d", 0}, {"45", 45}, {"45s", 45}, {"30m", 1800},
+        {"12h", 43200}, {"7d", 604800}, {"1.5h", 5400}, {".5m", 30}, {"3650d", 315360000},
+    };
+
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        run *r = parse(ARGS("--retention", cases[i].value));
+
+        cr_assert_eq(r->outcome, CONFIG_RUN, "%s: %s", cases[i].value, r->err);
+        cr_assert_float_eq(r->c.retention, cases[i].want, 1e-9, "%s", cases[i].value);
+    }
+    cr_assert_eq(setenv("NODESTATE_RETENTION", "12h", 1), 0);
+    run *r = parse(NO_ARGS);
+    cr_assert_eq(r->outcome, CONFIG_RUN, "%s", r->err);
+    cr_assert_float_eq(r->c.retention, 43200, 1e-9);
+    r = parse(ARGS("--retention", "7w"));
+    cr_assert_str_eq(r->err, "--retention: \"7w\" is not a duration (a number with s, m, h or d "
+                             "after it, or off) (from the command line)");
 }

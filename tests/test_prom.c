@@ -28,6 +28,7 @@ static void fill_stats(void)
     atomic_store(&stats.updates_coalesced, 105);
     atomic_store(&stats.rows_written, 106);
     atomic_store(&stats.runs_deleted, 107);
+    atomic_store(&stats.runs_expired, 108);
     atomic_store(&stats.updates_duplicate, 108);
     atomic_store(&stats.rejected[NS_REJECT_INVALID], 11);
     atomic_store(&stats.rejected[NS_REJECT_STALE], 12);
@@ -123,6 +124,7 @@ Test(prom, counters_and_gauges, .init = fill_stats)
     assert_sample(t, "nodestate_updates_coalesced_total", "105");
     assert_sample(t, "nodestate_rows_written_total", "106");
     assert_sample(t, "nodestate_runs_deleted_total", "107");
+    assert_sample(t, "nodestate_runs_expired_total", "108");
     assert_sample(t, "nodestate_updates_duplicate_total", "108");
     assert_sample(t, "nodestate_updates_rejected_total{reason=\"invalid\"}", "11");
     assert_sample(t, "nodestate_updates_rejected_total{reason=\"stale\"}", "12");
@@ -161,6 +163,7 @@ Test(prom, types_of_families, .init = fill_stats)
         { "nodestate_updates_coalesced_total", "counter" },
         { "nodestate_rows_written_total", "counter" },
         { "nodestate_runs_deleted_total", "counter" },
+        { "nodestate_runs_expired_total", "counter" },
         { "nodestate_updates_duplicate_total", "counter" },
         { "nodestate_updates_rejected_total", "counter" },
         { "nodestate_queue_depth", "gauge" },
@@ -253,7 +256,7 @@ Test(prom, help_and_type_precede_every_family, .init = fill_stats)
             samples++;
         }
     }
-    cr_assert_eq(n_seen, 29);
+    cr_assert_eq(n_seen, 30);
     cr_assert_gt(samples, 20);
     free(t);
 }

@@ -195,6 +195,52 @@ done:
     return res;
 }
 
+/*
+ * Queues the delete of a cached run (id malloc'd, taken over; the caller
+ * checked there is room) and returns its seq. The run stays cached, empty
+ * and pinned, until the delete commits: a read must not find the old rows
+ * on disk, and a write meanwhile starts the run afresh. *gone gets the rows
+ * it held, to free without the lock. Lock held.
+ */
+static int64_t queue_delete(engine *e, cache_run *run, char *id, bool expire, cache_run **gone)
+{
+    lockcheck_assert_held(&e->lock);
+    *gone = cache_run_take(e->cache, run);
+    ns_op op = { .delete_run = id, .expire = expire, .run = run };
+    enqueue(e, &op);
+    publish_cache_size(e);
+    return op.seq;
+}
+
+int engine_expire_run(engine *e, const char *run_id, int64_t cutoff_ms, cache_run **gone)
+{
+    lockcheck_assert_held(&e->lock);
+    *gone = NULL;
+    cache_run *run = cache_run_find(e->cache, run_id);
+    if (run) {
+        /* Something of it is queued (a write, a delete): the disk's view is old. */
+        if (run->pending > 0)
+            return 0;
+        for (int st = 0; st < NS_STATUS_COUNT; st++)
+            if (run->counts[st] && !model_status_terminal((ns_status)st))
+                return 0;
+        if (run->nodes && run->updated_at >= cutoff_ms)
+            return 0;
+    }
+    char *id = strdup(run_id);
+    ns_op probe = { .delete_run = id };
+    if (!id || !queue_has_room(e, queue_op_bytes(&probe))) {
+        free(id);
+        return -1;
+    }
+    if (!run && !(run = cache_run_add(e->cache, run_id))) {
+        free(id);
+        return -1;
+    }
+    queue_delete(e, run, id, true, gone);
+    return 1;
+}
+
 engine_result engine_delete_run(engine *e, const char *run_id, size_t *deleted,
                                 int64_t *seq)
 {
@@ -227,13 +273,8 @@ engine_result engine_delete_run(engine *e, const char *run_id, size_t *deleted,
         goto done;
     }
     *deleted = nodes;
-    /* The run stays cached, empty and pinned, until the delete commits: a read must not find the old rows on disk. */
-    gone = cache_run_take(e->cache, run);
-    ns_op op = { .delete_run = id, .run = run };
-    enqueue(e, &op);
-    *seq = op.seq;
+    *seq = queue_delete(e, run, id, false, &gone);
     id = NULL;
-    publish_cache_size(e);
     res = ENGINE_ACCEPTED;
 done:
     lockcheck_unlock(&e->lock);

@@ -55,6 +55,18 @@ typedef struct engine_config {
     size_t cache_max_nodes;    /* evict idle runs above this many cached nodes; 0: no bound */
     size_t cache_max_bytes;    /* evict idle runs above this many cached bytes; 0: no bound */
     unsigned max_backups;      /* engine_backup_open at once; 0 is taken as 1 */
+    /*
+     * Retention: runs whose nodes are all completed or failed and whose
+     * newest update is older than `retention` seconds are deleted through
+     * the queue, like engine_delete_run (0: never). The writer looks for
+     * them a page of runs at a time, the whole table every
+     * retention_interval seconds (see retention.h).
+     */
+    double retention;
+    double retention_interval;
+    /* The wall clock (ms) retention judges by; NULL: model_now_ms. Tests age the data with their own. */
+    int64_t (*clock_ms)(void *ctx);
+    void *clock_ctx;
     ns_log_fn *log;            /* may be NULL */
     void *log_ctx;
 } engine_config;

@@ -79,6 +79,8 @@ struct engine {
     store_sidecar *sidecar;       /* writer thread only: open once spilling */
     size_t spill_pieces;          /* writer thread only: pieces committed to the sidecar */
     int64_t spill_piece_ns;       /* writer thread only: how long the last piece took */
+    store_expiry_cursor retention_cursor; /* writer thread only: the sweep's place (retention.c) */
+    int64_t retention_next_ns;    /* writer thread only: when its next page is due (CLOCK_MONOTONIC) */
     pthread_t writer;             /* joined by engine_close once started (state past OPENING) */
     /*
      * An engine_state. Written only with lock held (state_advance), so the
@@ -120,6 +122,18 @@ void engine_evict(engine *e, const cache_run *keep);
 void engine_run_drop_if_idle(engine *e, cache_run *run);
 /* Queued bytes from which the writer commits without waiting for batch_interval. Lock held. */
 bool engine_queue_bytes_high(const engine *e);
+/*
+ * Retention's delete of run_id (retention.c), judged again against what the
+ * engine holds: queued only if nothing of the run is queued (every accepted
+ * write of it is then on disk, where the caller found it expired) and every
+ * cached node of it is terminal and updated before cutoff_ms. Queued like
+ * engine_delete_run's: the run stays cached, empty and pinned, until the
+ * delete commits, so a write meanwhile starts the run afresh and is kept.
+ * Returns 1 when queued (*gone: the rows it had, for the caller to free
+ * with cache_run_free after unlocking), 0 when the run is kept, -1 when
+ * the queue has no room or memory ran out. Lock held.
+ */
+int engine_expire_run(engine *e, const char *run_id, int64_t cutoff_ms, cache_run **gone);
 
 static inline engine_state state_of(engine *e)
 {

@@ -22,6 +22,7 @@ struct cache_run;
 typedef struct ns_op {
     ns_row *row;              /* upsert: the new row (one reference); NULL for a delete */
     char *delete_run;         /* delete: the run id (malloc'd); NULL for an upsert */
+    bool expire;              /* delete: queued by retention (counted as runs_expired) */
     struct cache_run *run;    /* the cached run this op keeps pinned until committed */
     int64_t seq;
     int64_t enqueued_ns;      /* CLOCK_MONOTONIC at acceptance */

@@ -100,6 +100,9 @@ typedef struct ns_hist {
     X(runs_deleted, "nodestate_runs_deleted_total", counter, au64, \
       NS_STAT_BEFORE_REJECTED, NS_STAT_BEFORE_REJECTED, \
       "Accepted run deletes committed, each counted.") \
+    X(runs_expired, "nodestate_runs_expired_total", counter, au64, \
+      NS_STAT_BEFORE_REJECTED, NS_STAT_BEFORE_REJECTED, \
+      "Runs deleted by --retention, committed.") \
     X(updates_duplicate, "nodestate_updates_duplicate_total", counter, au64, \
       NS_STAT_AFTER_REJECTED, NS_STAT_BEFORE_REJECTED, \
       "Updates that changed nothing and were answered 200.") \

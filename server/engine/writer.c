@@ -77,7 +77,10 @@ int writer_plan_build(const ns_op *ops, size_t n, writer_plan *plan)
     for (size_t i = n; i-- > 0;) {
         const ns_op *op = &ops[i];
         if (op->delete_run) {
-            plan->run_deletes++;
+            if (op->expire)
+                plan->run_expires++;
+            else
+                plan->run_deletes++;
             if (keyset_add(&k, op->delete_run, NULL))
                 plan->deletes[n_del++] = op->delete_run;
             continue;

@@ -21,6 +21,7 @@ typedef struct writer_plan {
     size_t upserts;          /* upsert ops seen */
     size_t coalesced;        /* upsert ops that write no row of their own */
     size_t run_deletes;      /* delete ops seen: two of one run count two, though one deletes */
+    size_t run_expires;      /* delete ops retention queued (not in run_deletes) */
 } writer_plan;
 
 /* Plans ops[0..n) into *plan. Returns 0, or -1 when out of memory. */

@@ -6,6 +6,7 @@
 #include <time.h>
 
 #include "logfmt.h"
+#include "retention.h"
 
 static void deadline_to_timespec(int64_t ns, struct timespec *ts)
 {
@@ -193,6 +194,7 @@ static int commit_ops(engine *e, const ns_op *ops, size_t n)
                               memory_order_relaxed);
     /* Every accepted delete, even one its batch merged with another of the same run. */
     atomic_fetch_add_explicit(&s->runs_deleted, plan.run_deletes, memory_order_relaxed);
+    atomic_fetch_add_explicit(&s->runs_expired, plan.run_expires, memory_order_relaxed);
     atomic_fetch_add_explicit(&s->updates_coalesced, plan.coalesced, memory_order_relaxed);
     atomic_fetch_add_explicit(&s->updates_processed, n, memory_order_relaxed);
     stats_observe(&s->commit_seconds, (double)(done - t0) / 1e9);
@@ -362,16 +364,31 @@ void *writer_thread_main(void *arg)
     int64_t interval_ns = (int64_t)(e->cfg.batch_interval * 1e9);
     lockcheck_lock(&e->lock);
     for (;;) {
-        while (state_of(e) < ENGINE_CLOSING && queue_len(e->queue) == 0)
-            lockcheck_wait(&e->wake, &e->lock);
+        /* Between batches, also under a steady load that leaves no idle wait. */
+        retention_run(e);
+        while (state_of(e) < ENGINE_CLOSING && queue_len(e->queue) == 0) {
+            if (retention_run(e))
+                continue;
+            int64_t due = retention_due_ns(e);
+            if (due == INT64_MAX) {
+                lockcheck_wait(&e->wake, &e->lock);
+            } else {
+                struct timespec ts;
+                deadline_to_timespec(due, &ts);
+                lockcheck_timedwait(&e->wake, &e->lock, &ts);
+            }
+        }
         if (queue_len(e->queue) == 0)
             break; /* closing and drained */
         while (!batch_due(e)) {
             int64_t deadline = queue_peek(e->queue)->enqueued_ns + interval_ns;
             if (model_mono_ns() >= deadline)
                 break;
+            if (retention_run(e))
+                continue;
+            int64_t due = retention_due_ns(e);
             struct timespec ts;
-            deadline_to_timespec(deadline, &ts);
+            deadline_to_timespec(due < deadline ? due : deadline, &ts);
             lockcheck_timedwait(&e->wake, &e->lock, &ts);
         }
         size_t n = queue_pop(e->queue, e->batch, e->cfg.batch_size);

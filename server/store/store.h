@@ -146,6 +146,39 @@ int store_meta_get(store *s, const char *key, int64_t *value);
  */
 int store_meta_set(store *s, const char *key, int64_t value);
 
+/*
+ * Where a sweep of store_expired_runs is, between pages: the last row
+ * examined and what its run's rows said so far. All zero: the start of
+ * the table.
+ */
+typedef struct store_expiry_cursor {
+    char run_id[NS_ID_MAX + 1];
+    char node_id[NS_ID_MAX + 1];
+    bool expired_so_far;   /* every row of run_id examined is terminal and old */
+    bool spans;            /* they were examined on an earlier page */
+} store_expiry_cursor;
+/*
+ * Retention's candidates (sqlite_expire.c), on the write connection (writer
+ * thread only). Examines the next max_rows (>= 1) stored rows after the
+ * cursor, in (run_id, node_id) order, and calls fn for each run whose rows
+ * have all been examined and are all terminal (completed, failed) with
+ * updated_at before cutoff_ms. A run whose rows began on an earlier page is
+ * checked again whole first (commits may have changed it in between). fn
+ * returns 0 to go on, or -1 to stop: the run it was given is handed over
+ * again by the next page. The cursor is left after the last row examined,
+ * or zeroed once the end of the table is reached, so calling again walks
+ * the whole table a page at a time and then starts over. A page costs
+ * max_rows rows (and, for a run it carries over, that run's rows),
+ * whatever the size of the table. Returns how many rows were examined, or
+ * -1 with store_errmsg set. The disk's view only: the caller judges each
+ * run again against what it has accepted and not yet written.
+ */
+int store_expired_runs(store *s, int64_t cutoff_ms, size_t max_rows,
+                       store_expiry_cursor *cursor,
+                       int (*fn)(void *ctx, const char *run_id), void *ctx);
+/* The SQL of one page (?1 ?2 the cursor's key, ?3 max_rows), for tests of its plan. 0 or -1. */
+int store_expired_sql(char *out, size_t outlen);
+
 /* Opens a read-only connection to a file that store_open has set up. */
 store_reader *store_reader_open(const char *path, char *err, size_t errlen);
 void store_reader_close(store_reader *r);
