@@ -943,6 +943,8 @@ Test(encode, stats)
     atomic_store(&s.rows_isolated, 14);
     atomic_store(&s.last_seq, 12);
     atomic_store(&s.durable_seq, 11);
+    atomic_store(&s.batch_requests, 15);
+    atomic_store(&s.batch_request_updates, 16);
     atomic_store(&s.commit_seconds.count, 3);
     atomic_store(&s.commit_seconds.sum_micro, 1500000);
     atomic_store(&s.batch_updates.count, 3);
@@ -963,8 +965,8 @@ Test(encode, stats)
         "queue_depth", "queue_capacity", "queue_bytes", "updates_coalesced",
         "rows_written", "runs_deleted", "updates_rejected", "updates_duplicate", "cache_nodes",
         "cache_runs", "cache_bytes", "cache_loads", "cache_evictions", "rows_isolated",
-        "last_seq", "durable_seq", "uptime_seconds",
-        "commit_seconds", "batch_updates", "enqueue_to_commit_seconds",
+        "last_seq", "durable_seq", "batch_requests", "batch_request_updates",
+        "uptime_seconds", "commit_seconds", "batch_updates", "enqueue_to_commit_seconds",
         "http_responses",
     };
     assert_keys(j, keys, sizeof keys / sizeof *keys);
@@ -993,6 +995,8 @@ Test(encode, stats)
     cr_assert_eq(int_of(j, "rows_isolated"), 14);
     cr_assert_eq(int_of(j, "last_seq"), 12);
     cr_assert_eq(int_of(j, "durable_seq"), 11);
+    cr_assert_eq(int_of(j, "batch_requests"), 15);
+    cr_assert_eq(int_of(j, "batch_request_updates"), 16);
     json_t *up = json_object_get(j, "uptime_seconds");
     cr_assert(json_is_real(up));
     cr_assert_float_eq(json_real_value(up), 61.25, 1e-9);

@@ -34,6 +34,8 @@ static const char *const option_names[][2] = {
     {"--max-connections-per-ip", "NODESTATE_MAX_CONNECTIONS_PER_IP"},
     {"--header-timeout", "NODESTATE_HEADER_TIMEOUT"},
     {"--port-file", "NODESTATE_PORT_FILE"},
+    {"--max-batch-updates", "NODESTATE_MAX_BATCH_UPDATES"},
+    {"--max-batch-body-bytes", "NODESTATE_MAX_BATCH_BODY_BYTES"},
 };
 #define N_OPTIONS (sizeof option_names / sizeof option_names[0])
 
@@ -127,6 +129,9 @@ static void assert_same(const config *got, const config *want, const char *what)
     cr_assert_eq(got->threads, want->threads, "%s: threads", what);
     cr_assert_eq(got->max_body_bytes, want->max_body_bytes, "%s: max_body_bytes", what);
     cr_assert_eq(got->max_error_bytes, want->max_error_bytes, "%s: max_error_bytes", what);
+    cr_assert_eq(got->max_batch_updates, want->max_batch_updates, "%s: max_batch_updates", what);
+    cr_assert_eq(got->max_batch_body_bytes, want->max_batch_body_bytes,
+                 "%s: max_batch_body_bytes", what);
     cr_assert_eq(got->cache_max_nodes, want->cache_max_nodes, "%s: cache_max_nodes", what);
     cr_assert_eq(got->max_connections, want->max_connections, "%s: max_connections", what);
     cr_assert_eq(got->connection_timeout, want->connection_timeout, "%s: connection_timeout", what);
@@ -167,6 +172,8 @@ static void want_defaults(config *c)
     c->cache_max_bytes = 256u << 20;
     c->max_connections_per_ip = 256;
     c->header_timeout = 10;
+    c->max_batch_updates = 10000;
+    c->max_batch_body_bytes = 16u << 20;
     /* token, token_file and port_file "", access_log false: the memset. */
 }
 
@@ -226,6 +233,8 @@ static void x_cache_max_bytes(config *c) { c->cache_max_bytes = 0; }
 static void x_max_connections_per_ip(config *c) { c->max_connections_per_ip = 0; }
 static void x_header_timeout(config *c) { c->header_timeout = 2.5; }
 static void x_port_file(config *c) { strcpy(c->port_file, "/tmp/ns.port"); }
+static void x_max_batch_updates(config *c) { c->max_batch_updates = 1; }
+static void x_max_batch_body_bytes(config *c) { c->max_batch_body_bytes = 64u << 20; }
 
 static const option_case option_cases[] = {
     {"--listen", "NODESTATE_LISTEN", "0.0.0.0:9090", x_listen, false, false},
@@ -252,6 +261,9 @@ static const option_case option_cases[] = {
      x_max_connections_per_ip, false, false},
     {"--header-timeout", "NODESTATE_HEADER_TIMEOUT", "2.5", x_header_timeout, false, false},
     {"--port-file", "NODESTATE_PORT_FILE", "/tmp/ns.port", x_port_file, false, false},
+    {"--max-batch-updates", "NODESTATE_MAX_BATCH_UPDATES", "1", x_max_batch_updates, false, false},
+    {"--max-batch-body-bytes", "NODESTATE_MAX_BATCH_BODY_BYTES", "64M", x_max_batch_body_bytes,
+     false, false},
 };
 #define N_CASES (sizeof option_cases / sizeof option_cases[0])
 
@@ -428,6 +440,10 @@ static const bad_case bad_cases[] = {
     {"header-timeout", "3601", "above an hour"},
     {"port-file", "", "empty"},
     {"max-connections", "0", "below range"},
+    {"max-batch-updates", "0", "below range"},
+    {"max-batch-updates", "1000001", "above range"},
+    {"max-batch-body-bytes", "0", "below range"},
+    {"max-batch-body-bytes", "2G", "above 1 GiB with a suffix"},
     {"connection-timeout", "1.5", "not whole seconds"},
     {"batch-interval", "61", "above 60"},
     {"batch-interval", "-0.1", "negative"},
