@@ -5,7 +5,8 @@
 # node), bigrun_bench (clients writing small runs beside clients adding to
 # and listing a 100,000-node run) and shutdown_bench.sh (SIGTERM with the
 # database locked by another connection: time to exit, and every accepted
-# update kept through the spill), then drives the real binary with wrk and checks what reached the
+# update kept through the spill), batch_bench (requests of 1,000 updates end
+# to end beside the writer-only rate of the store), then drives the real binary with wrk and checks what reached the
 # database. Not part of the test suite.
 #
 # Everything is overridable from the environment:
@@ -29,7 +30,11 @@
 #   BIGRUN_DURATION      bigrun_bench --duration seconds per phase (5)
 #   BIGRUN_ARGS          more bigrun_bench arguments (e.g. "--big-clients 4")
 #   SHUTDOWN_TIMEOUT WRITE_SECONDS   shutdown_bench.sh (8 s budget, 20 s of writes)
-#   SKIP_ENGINE=1 / SKIP_DURABLE=1 / SKIP_MEMORY=1 / SKIP_BIGRUN=1 / SKIP_SHUTDOWN=1 / SKIP_HTTP=1
+#   BATCH_CLIENTS        batch_bench --clients (default 4)
+#   BATCH_SIZE           batch_bench --batch, updates per request (default 1000)
+#   BATCH_DURATION       batch_bench --duration seconds (10)
+#   BATCH_ARGS           more batch_bench arguments (e.g. "--server-arg --synchronous --server-arg full")
+#   SKIP_ENGINE=1 / SKIP_DURABLE=1 / SKIP_MEMORY=1 / SKIP_BIGRUN=1 / SKIP_SHUTDOWN=1 / SKIP_BATCH=1 / SKIP_HTTP=1
 #                        skip a step
 set -euo pipefail
 
@@ -59,7 +64,7 @@ need wrk wrk
 echo "== build (Release) in $build"
 cmake -S "$root" -B "$build" -DCMAKE_BUILD_TYPE=Release -DBUILD_TESTING=OFF >/dev/null
 cmake --build "$build" --target nodestate engine_bench durable_bench \
-    memory_bench bigrun_bench -j "$(nproc)" >/dev/null
+    memory_bench bigrun_bench batch_bench -j "$(nproc)" >/dev/null
 
 status=0
 
@@ -119,6 +124,19 @@ if [ "${SKIP_SHUTDOWN:-0}" != 1 ]; then
     echo
     echo "== shutdown_bench (SIGTERM with the database locked)"
     NODESTATE_BIN="$build/nodestate" bash "$root/bench/shutdown_bench.sh" || status=1
+fi
+
+if [ "${SKIP_BATCH:-0}" != 1 ]; then
+    echo
+    echo "== batch_bench (POST /runs/{run_id}/nodes, 1,000 updates per request)"
+    args=(--server "$build/nodestate"
+          --clients "${BATCH_CLIENTS:-4}"
+          --batch "${BATCH_SIZE:-1000}"
+          --duration "${BATCH_DURATION:-10}")
+    # shellcheck disable=SC2206 # BATCH_ARGS is meant to be word-split
+    extra=(${BATCH_ARGS:-})
+    echo "\$ $build/bench/batch_bench ${args[*]} ${extra[*]}"
+    "$build/bench/batch_bench" "${args[@]}" "${extra[@]}" || status=1
 fi
 
 if [ "${SKIP_HTTP:-0}" = 1 ]; then
