@@ -10,10 +10,12 @@
  *           accepted divided by the time from the first request until every
  *           accepted update is committed (durable_seq reaches last_seq), so
  *           it counts the writer's work, not just acceptance.
- *   writer  the same number of rows, built the way the engine builds them,
- *           written straight to a fresh file with the service's store in
- *           batches of --writer-batch rows sorted by key, one transaction
- *           each: what the single writer alone can do on this disk.
+ *   writer  --writer-rows rows of new nodes, built the way the engine builds
+ *           them, written straight to a fresh file with the service's store
+ *           in batches of --writer-batch rows sorted by key, one transaction
+ *           each: what the single writer alone can do on this disk. Half is
+ *           measured before the http run and half after it (each on a fresh
+ *           file), so drift of the machine's other load hits both sides.
  *
  * Then the service is stopped with SIGTERM and its file checked: it holds
  * exactly the updates the answers said were accepted. Exit status 0 only when
@@ -47,6 +49,7 @@ typedef struct bb_opts {
     unsigned clients;
     size_t batch;
     size_t writer_batch;
+    uint64_t writer_rows;
     double duration;
     const char *dir;
     bool keep;
@@ -201,13 +204,15 @@ static void bb_usage(FILE *out)
             "  --batch N              updates per request, default 1000\n"
             "  --duration S           seconds of posting, default 10\n"
             "  --writer-batch N       rows per transaction of the writer-only run, default 8192\n"
+            "  --writer-rows N        rows of the writer-only run (half before, half after), default 400000\n"
             "  --dir DIR              where the files go (TMPDIR or /tmp)\n"
             "  --keep                 keep the database files and service log\n");
 }
 
 int main(int argc, char **argv)
 {
-    bb_opts o = { .clients = 4, .batch = 1000, .writer_batch = 8192, .duration = 10 };
+    bb_opts o = { .clients = 4, .batch = 1000, .writer_batch = 8192, .writer_rows = 400000,
+                  .duration = 10 };
     bench_default_server(o.server, sizeof o.server);
     o.dir = bench_default_dir();
     const bench_opt opts[] = {
@@ -217,6 +222,7 @@ int main(int argc, char **argv)
         {"--batch", BENCH_OPT_SIZE, &o.batch, 1, 10000, 0, 0},
         {"--duration", BENCH_OPT_NUMBER, &o.duration, 0, 0, 0.1, 3600},
         {"--writer-batch", BENCH_OPT_SIZE, &o.writer_batch, 1, 1000000, 0, 0},
+        {"--writer-rows", BENCH_OPT_U64, &o.writer_rows, 2, 100000000, 0, 0},
         {"--dir", BENCH_OPT_STRING, &o.dir, 0, 0, 0, 0},
         {"--keep", BENCH_OPT_FLAG, &o.keep, 0, 0, 0, 0},
     };
@@ -241,7 +247,7 @@ int main(int argc, char **argv)
     char dir[PATH_MAX] = "", db_path[PATH_MAX + 32], writer_path[PATH_MAX + 32];
     unsigned started = 0;
     uint64_t accepted = 0, requests = 0, retries = 0, failures = 0;
-    double http_rate = 0;
+    double http_rate = 0, writer_before = -1;
     int rc = 1;
     if (!body || !cls || bench_make_dir("batch_bench", o.dir, dir, sizeof dir) != 0)
         goto out;
@@ -253,8 +259,14 @@ int main(int argc, char **argv)
     bench_print_machine(true);
     printf("workload: %u clients, each its own run and connection, post requests of %zu new "
            "nodes ({\"node_id\",\"status\":\"running\"}) for %.1f s; rate = accepted updates / "
-           "time until all are durable; writer-only: the same rows straight into the store, "
-           "%zu per transaction\n", o.clients, o.batch, o.duration, o.writer_batch);
+           "time until all are durable; writer-only: %" PRIu64 " rows straight into the store, "
+           "%zu per transaction, half before and half after\n", o.clients, o.batch, o.duration,
+           o.writer_rows, o.writer_batch);
+    writer_before = bb_writer(writer_path, o.writer_rows / 2, o.writer_batch);
+    bench_remove_db(writer_path);
+    printf("writer (before): %" PRIu64 " rows straight into the store: %.0f rows/s\n",
+           o.writer_rows / 2, writer_before);
+    fflush(stdout);
     const char *argv_srv[BENCH_MAX_SERVER_ARGS + 10];
     size_t argc_srv = bench_server_argv(argv_srv, o.server, db_path, NULL, 0, &o.server_args);
     printf("service:");
@@ -318,8 +330,12 @@ stop:
     printf("check every accepted update is in the file after SIGTERM: %lld rows, %" PRIu64
            " accepted: %s\n", rows, accepted, kept ? "OK" : "FAILED");
     if (accepted > 0) {
-        double writer_rate = bb_writer(writer_path, accepted, o.writer_batch);
-        printf("writer: %" PRIu64 " rows straight into the store: %.0f rows/s\n", accepted,
+        double writer_after = bb_writer(writer_path, o.writer_rows - o.writer_rows / 2,
+                                        o.writer_batch);
+        double writer_rate = writer_before > 0 && writer_after > 0
+                                 ? (writer_before + writer_after) / 2 : -1;
+        printf("writer (after): %" PRIu64 " rows straight into the store: %.0f rows/s; "
+               "mean %.0f rows/s\n", o.writer_rows - o.writer_rows / 2, writer_after,
                writer_rate);
         printf("ratio http end to end / writer only: %.2f\n",
                writer_rate > 0 ? http_rate / writer_rate : 0.0);
