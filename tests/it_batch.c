@@ -4,7 +4,7 @@
  * stale, illegal, invalid) and only the accepted ones reach the file; a
  * batch the queue cannot take whole is 503 and changes nothing; a bad
  * envelope is refused whole (400, 413, 415, 422); ?wait=true answers 200
- * once every accepted item is durable; and after SIGTERM every accepted item
+ * once every accepted item is durable, 202 when its timeout passes first; and after SIGTERM every accepted item
  * of a large batch is in the SQLite file.
  */
 #include <criterion/criterion.h>
@@ -265,6 +265,18 @@ Test(batch, wait_true_answers_200_once_durable)
     cr_assert_eq(it_jint(doc, "duplicates"), 2);
     cr_assert(json_is_true(json_object_get(doc, "durable")));
     json_decref(doc);
+    /* The file locked: the wait times out, 202 with durable false and the same results. */
+    sqlite3 *db = it_lock_db(s);
+    body = items_body("w", 200, 3, "running");
+    post_batch(s, "wt", "?wait=true&timeout=0.2", body, &r);
+    free(body);
+    cr_assert_eq(r.status, 202, "%ld %s", r.status, r.body);
+    doc = ns_resp_json(&r);
+    cr_assert(json_is_false(json_object_get(doc, "durable")), "%s", r.body);
+    cr_assert_eq(it_jint(doc, "accepted"), 3);
+    cr_assert_eq(result_code(doc, 2), 202);
+    json_decref(doc);
+    it_unlock_db(db);
     /* Without wait, an accepted item is still queued (interval 60 s): 202. */
     body = items_body("w", 100, 1, "running");
     post_batch(s, "wt", NULL, body, &r);
