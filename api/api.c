@@ -131,6 +131,25 @@ void api_deleted_response(api_response *resp, int status, const struct api_wait 
     api_respond(resp, status, API_JSON_TYPE, &b);
 }
 
+void api_batch_response(api_response *resp, int status, const struct api_wait *w,
+                        bool durable)
+{
+    buf b;
+    buf_init(&b);
+    buf_puts(&b, "{\"run_id\":");
+    buf_json_string(&b, w->run_id);
+    buf_printf(&b, ",\"accepted\":%zu,\"duplicates\":%zu,\"refused\":%zu,\"last_seq\":",
+               w->accepted, w->duplicates, w->refused);
+    if (w->seq > 0)
+        buf_printf(&b, "%lld", (long long)w->seq);
+    else
+        buf_puts(&b, "null");
+    buf_puts(&b, durable ? ",\"durable\":true,\"results\":" : ",\"durable\":false,\"results\":");
+    buf_append(&b, w->batch_results, w->batch_results_len);
+    buf_append(&b, "}", 1);
+    api_respond(resp, status, API_JSON_TYPE, &b);
+}
+
 const char *api_header(const api_request *req, const char *name)
 {
     return req->header ? req->header(req->ctx, name) : NULL;
@@ -161,11 +180,14 @@ void api_finish_wait(api *a, api_response *resp, bool durable)
                            "(see the row-isolated log line)");
     else if (w->row)
         api_row_response(resp, status, w->row, durable);
+    else if (w->batch_results)
+        api_batch_response(resp, status, w, durable);
     else
         api_deleted_response(resp, status, w, durable);
     resp->wait_seq = 0;
     resp->wait = NULL;
     model_row_unref(w->row);
+    free(w->batch_results);
     free(w);
     stats_count_http(engine_stats(a->engine), resp->status);
 }
@@ -179,6 +201,7 @@ void api_response_free(api_response *resp)
     memset(&resp->stream, 0, sizeof resp->stream);
     if (resp->wait) {
         model_row_unref(resp->wait->row);
+        free(resp->wait->batch_results);
         free(resp->wait);
         resp->wait = NULL;
     }

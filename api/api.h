@@ -31,6 +31,8 @@ typedef struct api api;
 typedef struct api_config {
     size_t max_body_bytes;   /* the transport answers 413 above this */
     size_t max_error_bytes;  /* longest last_error */
+    size_t max_batch_updates;    /* most items in one batch (POST /runs/{run_id}/nodes) */
+    size_t max_batch_body_bytes; /* the transport answers 413 above this for a batch */
     double max_wait;         /* cap on ?timeout= seconds */
     double default_wait;     /* ?wait=true without ?timeout= */
     const char *token;       /* bearer token every route but /healthz needs; NULL: no auth */
@@ -94,5 +96,11 @@ void api_finish_wait(api *a, api_response *resp, bool durable);
  */
 void api_problem(api *a, api_response *resp, problem_id id, const char *detail);
 void api_response_free(api_response *resp);
+/*
+ * The largest body the transport takes for this method and path (before
+ * reading it): max_batch_body_bytes for a batch of updates, else
+ * max_body_bytes.
+ */
+size_t api_body_limit(const api *a, const char *method, const char *path);
 
 #endif

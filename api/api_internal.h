@@ -33,6 +33,10 @@ struct api_wait {
     char run_id[NS_ID_MAX + 1];
     size_t deleted;
     int64_t seq;
+    /* A batch (POST /runs/{run_id}/nodes): its results array, rendered once; NULL otherwise. */
+    char *batch_results;
+    size_t batch_results_len;
+    size_t accepted, duplicates, refused;
 };
 
 /* The path parameters a route captured. */
@@ -53,6 +57,8 @@ enum route_flag {
      * refusal for bad input counts in updates_rejected.invalid.
      */
     ROUTE_UPDATE = 1u << 1,
+    /* Its POST takes many updates: the body may reach max_batch_body_bytes. */
+    ROUTE_BATCH = 1u << 2,
 };
 
 typedef struct api_route {
@@ -87,6 +93,9 @@ bool api_is_durable(api *a, int64_t seq);
 void api_row_response(api_response *resp, int status, const ns_row *row, bool durable);
 void api_deleted_response(api_response *resp, int status, const struct api_wait *w,
                           bool durable);
+/* A batch's answer: its counts, last_seq w->seq (0: none), durable, and its results. */
+void api_batch_response(api_response *resp, int status, const struct api_wait *w,
+                        bool durable);
 /* Header value by name, or NULL. */
 const char *api_header(const api_request *req, const char *name);
 
@@ -94,6 +103,7 @@ const char *api_header(const api_request *req, const char *name);
 
 handler_fn api_get_state;
 handler_fn api_post_state;
+handler_fn api_post_batch;
 handler_fn api_list_nodes;
 handler_fn api_get_run;
 handler_fn api_delete_run;

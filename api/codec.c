@@ -560,6 +560,248 @@ fail:
     return NULL;
 }
 
+/*
+ * ---- a batch of updates: {"updates": [ {update + "node_id"}, ... ]} ----
+ *
+ * The whole body is parsed once by jansson (duplicate keys refused at every
+ * depth); the scanner above then walks the same text to find each item's
+ * span, so an item's attempt, resume_state and outputs are read from its
+ * own text exactly as a single update's are from its body.
+ */
+
+/* One item: its update, or the 422 detail that refused it. */
+typedef struct codec_batch_item {
+    const char *node_id;  /* as sent (a string), or NULL when missing or not a string */
+    bool ok;
+    ns_update u;          /* ok: the update, strings borrowed from the batch */
+    codec_doc own;        /* owns the item's compact resume_state and outputs (root unused) */
+    char *detail;         /* !ok: why (malloc'd) */
+} codec_batch_item;
+
+struct codec_batch {
+    json_t *root;
+    size_t n;
+    codec_batch_item *items;
+};
+
+void codec_batch_free(codec_batch *b)
+{
+    if (b == NULL)
+        return;
+    for (size_t i = 0; i < b->n; i++) {
+        free(b->items[i].own.resume_state);
+        free(b->items[i].own.outputs);
+        free(b->items[i].detail);
+    }
+    free(b->items);
+    json_decref(b->root);
+    free(b);
+}
+
+size_t codec_batch_len(const codec_batch *b)
+{
+    return b->n;
+}
+
+const ns_update *codec_batch_item_at(const codec_batch *b, size_t i,
+                                     const char **node_id, const char **detail)
+{
+    const codec_batch_item *it = &b->items[i];
+    *node_id = it->node_id;
+    *detail = it->ok ? NULL : it->detail;
+    return it->ok ? &it->u : NULL;
+}
+
+/* The span of the top-level member name of the object text body..end; -1 if absent. */
+static int codec_find_member(const char *body, const char *end, const char *name,
+                             codec_span *out)
+{
+    const char *p = codec_skip_ws(body, end);
+    if (p == end || *p != '{')
+        return -1;
+    p = codec_skip_ws(p + 1, end);
+    while (p < end && *p == '"') {
+        const char *key = p + 1;
+        p = codec_skip_string(p, end);
+        if (p == NULL)
+            return -1;
+        const char *key_end = p - 1;
+        p = codec_skip_ws(p, end);
+        if (p == end || *p != ':')
+            return -1;
+        const char *value = codec_skip_ws(p + 1, end);
+        p = codec_skip_value(value, end);
+        if (p == NULL)
+            return -1;
+        if (codec_key_is(key, key_end, name)) {
+            out->p = value;
+            out->n = (size_t)(p - value);
+            return 0;
+        }
+        p = codec_skip_ws(p, end);
+        if (p == end || *p != ',')
+            return -1;
+        p = codec_skip_ws(p + 1, end);
+    }
+    return -1;
+}
+
+/* Decodes item v (text span t) into it; 0, or -1 with *status 422 (500: memory) and detail. */
+static int codec_batch_decode_item(codec_batch_item *it, json_t *v, codec_span t,
+                                   const char *run_id, size_t max_error_bytes,
+                                   int *status, char *detail, size_t detail_len)
+{
+    memset(&it->u, 0, sizeof it->u);
+    for (int f = 0; f < NS_TS_COUNT; f++)
+        it->u.ts[f] = NS_TS_NULL;
+    if (!json_is_object(v))
+        return codec_fail(status, 422, detail, detail_len, "%s",
+                          "each item of \"updates\" must be a JSON object");
+    json_t *id = json_object_get(v, "node_id");
+    it->node_id = json_is_string(id) ? json_string_value(id) : NULL;
+    if (it->node_id == NULL)
+        return codec_fail(status, 422, detail, detail_len, "missing member \"%s\" (a string)",
+                          "node_id");
+    if (!model_id_valid(it->node_id, json_string_length(id)))
+        return codec_fail(status, 422, detail, detail_len,
+                          "member \"%s\" must be 1 to 128 bytes of A-Z a-z 0-9 . _ ~ : -",
+                          "node_id");
+    codec_spans spans;
+    if (codec_scan(t.p, t.n, &spans) != 0)
+        return codec_fail(status, 500, detail, detail_len, "%s",
+                          "cannot locate the members of the item");
+    bool have_status = false;
+    const char *key;
+    json_t *m;
+    json_object_foreach(v, key, m) {
+        if (codec_member(&it->own, &spans, key, m, run_id, it->node_id, max_error_bytes,
+                         &it->u, &have_status, status, detail, detail_len) != 0)
+            return -1;
+    }
+    if (!have_status)
+        return codec_fail(status, 422, detail, detail_len, "missing member \"%s\"", "status");
+    return 0;
+}
+
+codec_batch *codec_decode_batch(const char *body, size_t len, const char *run_id,
+                                size_t max_error_bytes, size_t max_items,
+                                int *status, char *detail, size_t detail_len)
+{
+    char scratch[1];
+    if (detail == NULL || detail_len == 0) {
+        detail = scratch;
+        detail_len = sizeof scratch;
+    }
+    detail[0] = '\0';
+    if (body == NULL || len == 0) {
+        codec_fail(status, 400, detail, detail_len, "%s", "empty body");
+        return NULL;
+    }
+    if (memchr(body, '\0', len) != NULL) {
+        codec_fail(status, 400, detail, detail_len, "%s",
+                   "invalid JSON: the body contains a NUL byte");
+        return NULL;
+    }
+    codec_batch *b = calloc(1, sizeof *b);
+    if (b == NULL) {
+        codec_fail(status, 500, detail, detail_len, "%s", "out of memory");
+        return NULL;
+    }
+    json_error_t err;
+    /* The flags of codec_decode_update, for the same reasons. */
+    b->root = json_loadb(body, len,
+                         JSON_REJECT_DUPLICATES | JSON_DECODE_ANY | JSON_DECODE_INT_AS_REAL,
+                         &err);
+    if (b->root == NULL) {
+        *status = 400;
+        codec_detail(detail, detail_len, "invalid JSON at line %d column %d: %s",
+                     err.line, err.column, err.text);
+        goto fail;
+    }
+    if (!json_is_object(b->root)) {
+        codec_fail(status, 400, detail, detail_len, "%s", "body must be a JSON object");
+        goto fail;
+    }
+    const char *key;
+    json_t *v;
+    json_object_foreach(b->root, key, v) {
+        if (strcmp(key, "updates") == 0)
+            continue;
+        if (strcmp(key, "run_id") == 0) {
+            if (codec_same_id(v, run_id) != 0) {
+                codec_fail(status, 422, detail, detail_len,
+                           "member \"%s\" must equal the run id in the path", key);
+                goto fail;
+            }
+            continue;
+        }
+        char shown[CODEC_KEY_SHOWN + 1];
+        text_safe(shown, sizeof shown, key, strlen(key));
+        codec_fail(status, 422, detail, detail_len, "unknown member \"%s\"", shown);
+        goto fail;
+    }
+    json_t *arr = json_object_get(b->root, "updates");
+    if (!json_is_array(arr)) {
+        codec_fail(status, 422, detail, detail_len, "member \"%s\" must be an array of updates",
+                   "updates");
+        goto fail;
+    }
+    size_t n = json_array_size(arr);
+    if (n == 0) {
+        codec_fail(status, 422, detail, detail_len, "member \"%s\" must hold at least one update",
+                   "updates");
+        goto fail;
+    }
+    if (n > max_items) {
+        *status = 413;
+        codec_detail(detail, detail_len, "\"updates\" holds %zu items; at most %zu are taken "
+                     "in one request", n, max_items);
+        goto fail;
+    }
+    b->items = calloc(n, sizeof *b->items);
+    if (b->items == NULL) {
+        codec_fail(status, 500, detail, detail_len, "%s", "out of memory");
+        goto fail;
+    }
+    b->n = n;
+    codec_span list;
+    const char *end = body + len;
+    if (codec_find_member(body, end, "updates", &list) != 0 || *list.p != '[') {
+        codec_fail(status, 500, detail, detail_len, "%s", "cannot locate \"updates\"");
+        goto fail;
+    }
+    const char *p = list.p + 1;
+    for (size_t i = 0; i < n; i++) {
+        codec_batch_item *it = &b->items[i];
+        p = codec_skip_ws(p, end);
+        codec_span t = { p, 0 };
+        const char *after = codec_skip_value(p, end);
+        if (after == NULL) {
+            codec_fail(status, 500, detail, detail_len, "%s", "cannot locate an update");
+            goto fail;
+        }
+        t.n = (size_t)(after - p);
+        p = codec_skip_ws(after, end);
+        if (p < end && *p == ',')
+            p++;
+        char why[CODEC_DETAIL_MAX];
+        int item_status = 422;
+        if (codec_batch_decode_item(it, json_array_get(arr, i), t, run_id, max_error_bytes,
+                                    &item_status, why, sizeof why) == 0) {
+            it->ok = true;
+            continue;
+        }
+        if (item_status >= 500 || (it->detail = strdup(why)) == NULL) {
+            codec_fail(status, 500, detail, detail_len, "%s", why);
+            goto fail;
+        }
+    }
+    return b;
+fail:
+    codec_batch_free(b);
+    return NULL;
+}
+
 /* ---- encoders: written by hand into buf, no jansson objects needed ---- */
 
 static void codec_ts(buf *b, int64_t ms)

@@ -34,6 +34,30 @@ codec_doc *codec_decode_update(const char *body, size_t len,
                                int *status, char *detail, size_t detail_len);
 void codec_doc_free(codec_doc *d);
 
+/* A decoded batch body (POST /runs/{run_id}/nodes) its updates borrow from. */
+typedef struct codec_batch codec_batch;
+
+/*
+ * Decodes {"updates": [ {update + "node_id"}, ... ]} (and optionally
+ * "run_id", which must equal run_id). The envelope is all or nothing: NULL
+ * with *status 400 (not JSON, not an object), 413 (more than max_items
+ * updates) or 422 (no "updates" array, an empty one, an unknown member) and
+ * detail. Each item is judged alone like codec_decode_update's body, its
+ * node_id (required) checked as an id: a bad item does not refuse the
+ * batch, codec_batch_item_at tells its 422 detail.
+ */
+codec_batch *codec_decode_batch(const char *body, size_t len, const char *run_id,
+                                size_t max_error_bytes, size_t max_items,
+                                int *status, char *detail, size_t detail_len);
+size_t codec_batch_len(const codec_batch *b);
+/*
+ * Item i: its update, or NULL with *detail saying why it is refused (422).
+ * *node_id is the item's node_id as sent, NULL when it has no string one.
+ */
+const ns_update *codec_batch_item_at(const codec_batch *b, size_t i,
+                                     const char **node_id, const char **detail);
+void codec_batch_free(codec_batch *b);
+
 /* A node state object, every field present, with "durable". */
 void codec_row(buf *b, const ns_row *row, bool durable);
 /*

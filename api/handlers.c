@@ -9,6 +9,7 @@
 #include <time.h>
 
 #include "codec.h"
+#include "engine_batch.h"
 #include "prom.h"
 #include "text.h"
 
@@ -187,6 +188,175 @@ void api_post_state(api *a, const api_request *req, const route_args *args,
         break;
     }
     model_row_unref(row);
+}
+
+/* ---- POST /runs/{run_id}/nodes: many updates at once ---- */
+
+/* One item's problem as the "problem" of its result: {"node_id","code","problem"}. */
+static void batch_problem(buf *b, const char *node_id, problem_id id, const char *detail,
+                          const ns_row *current, bool durable)
+{
+    const problem_type *t = problems_get(id);
+    buf_puts(b, "{\"node_id\":");
+    buf_json_string(b, node_id);
+    buf_printf(b, ",\"code\":%d,\"problem\":", t->status);
+    codec_problem(b, t->status, t->slug, t->title, detail, current, durable);
+    buf_append(b, "}", 1);
+}
+
+/* The 409 detail of an item refused by the rules (as api_post_state words it). */
+static void refusal_detail(char *why, size_t len, engine_result res, const ns_row *cur,
+                           const ns_update *u)
+{
+    if (res == ENGINE_STALE || !cur)
+        snprintf(why, len, "the update's attempt is lower than the node's current attempt");
+    else if (cur->status == u->status)
+        snprintf(why, len, "node is %s, which is final for attempt %lld",
+                 model_status_name(cur->status), (long long)cur->attempt);
+    else
+        snprintf(why, len, "a node cannot move from %s to %s within attempt %lld",
+                 model_status_name(cur->status), model_status_name(u->status),
+                 (long long)cur->attempt);
+}
+
+/*
+ * Renders results[] (one per good item, in body order) and the bad items into w: the results array in body
+ * order, the counts and the highest seq to wait on. 0, or -1 out of memory.
+ */
+static int batch_render(api *a, const codec_batch *cb, const engine_batch_result *results,
+                        struct api_wait *w)
+{
+    size_t n = codec_batch_len(cb), k = 0;
+    buf b;
+    buf_init(&b);
+    buf_append(&b, "[", 1);
+    for (size_t i = 0; i < n; i++) {
+        const char *node_id, *detail;
+        const ns_update *u = codec_batch_item_at(cb, i, &node_id, &detail);
+        if (i > 0)
+            buf_append(&b, ",", 1);
+        if (!u) {
+            w->refused++;
+            batch_problem(&b, node_id, PROBLEM_INVALID_UPDATE, detail, NULL, false);
+            continue;
+        }
+        const engine_batch_result *r = &results[k++];
+        char why[256];
+        switch (r->res) {
+        case ENGINE_ACCEPTED:
+        case ENGINE_DUPLICATE:
+            if (r->res == ENGINE_ACCEPTED)
+                w->accepted++;
+            else
+                w->duplicates++;
+            if (r->seq > w->seq)
+                w->seq = r->seq;
+            buf_puts(&b, "{\"node_id\":");
+            buf_json_string(&b, node_id);
+            buf_printf(&b, ",\"code\":%d,\"seq\":%lld}", r->res == ENGINE_ACCEPTED ? 202 : 200,
+                       (long long)r->seq);
+            break;
+        case ENGINE_STALE:
+        case ENGINE_ILLEGAL:
+            w->refused++;
+            refusal_detail(why, sizeof why, r->res, r->current, u);
+            batch_problem(&b, node_id,
+                          r->res == ENGINE_STALE ? PROBLEM_STALE_ATTEMPT : PROBLEM_ILLEGAL_TRANSITION,
+                          why, r->current, r->current && api_is_durable(a, r->current->seq));
+            break;
+        default:
+            w->refused++;
+            batch_problem(&b, node_id, PROBLEM_INTERNAL_ERROR,
+                          "the update could not be applied (out of memory)", NULL, false);
+            break;
+        }
+    }
+    buf_append(&b, "]", 1);
+    w->batch_results = buf_steal(&b, &w->batch_results_len);
+    return w->batch_results ? 0 : -1;
+}
+
+void api_post_batch(api *a, const api_request *req, const route_args *args,
+                    api_response *resp)
+{
+    bool wait;
+    double timeout;
+    if (wait_args(a, req, resp, &wait, &timeout) != 0) {
+        api_count_invalid(a);
+        return;
+    }
+    int status = 400;
+    char detail[512];
+    engine_batch_item *items = NULL;
+    engine_batch_result *results = NULL;
+    struct api_wait *w = NULL;
+    size_t m = 0;
+    codec_batch *cb = codec_decode_batch(req->body ? req->body : "", req->body_len,
+                                         args->run_id, a->cfg.max_error_bytes,
+                                         a->cfg.max_batch_updates, &status, detail,
+                                         sizeof detail);
+    if (!cb) {
+        if (status >= 500) {
+            api_answer_problem(resp, PROBLEM_INTERNAL_ERROR, detail);
+            return;
+        }
+        api_count_invalid(a);
+        api_answer_problem(resp, status == 400   ? PROBLEM_INVALID_JSON
+                                 : status == 413 ? PROBLEM_TOO_MANY_UPDATES
+                                                 : PROBLEM_INVALID_UPDATE,
+                           detail);
+        return;
+    }
+    size_t n = codec_batch_len(cb);
+    ns_stats *st = engine_stats(a->engine);
+    atomic_fetch_add_explicit(&st->batch_requests, 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(&st->batch_request_updates, n, memory_order_relaxed);
+    items = malloc(n * sizeof *items);
+    results = malloc(n * sizeof *results);
+    w = calloc(1, sizeof *w);
+    if (!items || !results || !w) {
+        api_answer_problem(resp, PROBLEM_OUT_OF_MEMORY, "out of memory");
+        goto done;
+    }
+    for (size_t i = 0; i < n; i++) {
+        const char *node_id, *why;
+        const ns_update *u = codec_batch_item_at(cb, i, &node_id, &why);
+        if (u)
+            items[m++] = (engine_batch_item){ node_id, u };
+        else
+            api_count_invalid(a);
+    }
+    engine_result res = engine_batch_submit(a->engine, args->run_id, items, m, results);
+    if (res == ENGINE_QUEUE_FULL) {
+        queue_full(resp);
+        goto done;
+    }
+    if (res != ENGINE_ACCEPTED) {
+        api_answer_problem(resp, PROBLEM_INTERNAL_ERROR,
+                           "the updates could not be applied (reading the database failed)");
+        goto done;
+    }
+    snprintf(w->run_id, sizeof w->run_id, "%s", args->run_id);
+    int rendered = batch_render(a, cb, results, w);
+    engine_batch_results_free(results, m);
+    if (rendered != 0) {
+        api_answer_problem(resp, PROBLEM_OUT_OF_MEMORY, "out of memory rendering the answer");
+        goto done;
+    }
+    /* Durable once the highest seq it accepted (or found as a duplicate) is. */
+    bool durable = w->seq == 0 || api_is_durable(a, w->seq);
+    api_batch_response(resp, durable ? 200 : 202, w, durable);
+    if (wait && !durable) {
+        park(a, resp, w, timeout);
+        w = NULL; /* the wait keeps it */
+    }
+done:
+    if (w)
+        free(w->batch_results);
+    free(w);
+    free(results);
+    free(items);
+    codec_batch_free(cb);
 }
 
 /* Whether an If-None-Match header matches the entity tag etag ("*" or one of a list). */

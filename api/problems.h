@@ -21,6 +21,7 @@
     X(STALE_ATTEMPT, 409, "stale-attempt", "Stale attempt")                           \
     X(ILLEGAL_TRANSITION, 409, "illegal-transition", "Illegal transition")            \
     X(BODY_TOO_LARGE, 413, "body-too-large", "Request body too large")                \
+    X(TOO_MANY_UPDATES, 413, "too-many-updates", "Too many updates")                  \
     X(UNSUPPORTED_MEDIA_TYPE, 415, "unsupported-media-type", "Unsupported media type") \
     X(INVALID_UPDATE, 422, "invalid-update", "Invalid update")                        \
     X(INTERNAL_ERROR, 500, "internal-error", "Internal error")                        \

@@ -19,7 +19,8 @@
 static const api_route routes[] = {
     { { "runs", "{run}", "nodes", "{node}", "state" }, "GET, HEAD, POST", ROUTE_UPDATE,
       api_get_state, api_post_state, NULL },
-    { { "runs", "{run}", "nodes" }, "GET, HEAD", 0, api_list_nodes, NULL, NULL },
+    { { "runs", "{run}", "nodes" }, "GET, HEAD, POST", ROUTE_UPDATE | ROUTE_BATCH,
+      api_list_nodes, api_post_batch, NULL },
     { { "runs", "{run}" }, "GET, HEAD, DELETE", 0, api_get_run, NULL, api_delete_run },
     { { "stats" }, "GET, HEAD", 0, api_get_stats, NULL, NULL },
     { { "metrics" }, "GET, HEAD", 0, api_get_metrics, NULL, NULL },
@@ -174,6 +175,17 @@ static bool json_content_type(const char *ct)
         return true;
     return n > 17 && strncasecmp(ct, "application/", 12) == 0 &&
            strncasecmp(ct + n - 5, "+json", 5) == 0 && memchr(ct, '/', n) == ct + 11;
+}
+
+size_t api_body_limit(const api *a, const char *method, const char *path)
+{
+    route_args args;
+    const char *bad_id;
+    bool encoded;
+    const api_route *rt = match(path, &args, &bad_id, &encoded);
+    if (rt && (rt->flags & ROUTE_BATCH) && strcmp(method, "POST") == 0)
+        return a->cfg.max_batch_body_bytes;
+    return a->cfg.max_body_bytes;
 }
 
 void api_dispatch(api *a, const api_request *req, api_response *resp)

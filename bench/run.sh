@@ -6,8 +6,10 @@
 # and listing a 100,000-node run) and shutdown_bench.sh (SIGTERM with the
 # database locked by another connection: time to exit, and every accepted
 # update kept through the spill), the cost of TLS (the same wrk load over
-# http and then https, the ratio of the two), then drives the real binary with
-# wrk and checks what reached the database. Not part of the test suite.
+# http and then https, the ratio of the two), batch_bench (requests of 1,000
+# updates end to end beside the writer-only rate of the store), then drives
+# the real binary with wrk and checks what reached the database. Not part of
+# the test suite.
 #
 # Everything is overridable from the environment:
 #   BUILD_DIR            build tree (default <repo>/build-bench)
@@ -31,7 +33,11 @@
 #   BIGRUN_ARGS          more bigrun_bench arguments (e.g. "--big-clients 4")
 #   SHUTDOWN_TIMEOUT WRITE_SECONDS   shutdown_bench.sh (8 s budget, 20 s of writes)
 #   TLS_DURATION         wrk -d of each of the two TLS runs (default WRK_DURATION)
-#   SKIP_ENGINE=1 / SKIP_DURABLE=1 / SKIP_MEMORY=1 / SKIP_BIGRUN=1 / SKIP_SHUTDOWN=1 / SKIP_TLS=1 / SKIP_HTTP=1
+#   BATCH_CLIENTS        batch_bench --clients (default 4)
+#   BATCH_SIZE           batch_bench --batch, updates per request (default 1000)
+#   BATCH_DURATION       batch_bench --duration seconds (10)
+#   BATCH_ARGS           more batch_bench arguments (e.g. "--server-arg --synchronous --server-arg full")
+#   SKIP_ENGINE=1 / SKIP_DURABLE=1 / SKIP_MEMORY=1 / SKIP_BIGRUN=1 / SKIP_SHUTDOWN=1 / SKIP_TLS=1 / SKIP_BATCH=1 / SKIP_HTTP=1
 #                        skip a step
 set -euo pipefail
 
@@ -64,7 +70,7 @@ fi
 echo "== build (Release) in $build"
 cmake -S "$root" -B "$build" -DCMAKE_BUILD_TYPE=Release -DBUILD_TESTING=OFF >/dev/null
 cmake --build "$build" --target nodestate engine_bench durable_bench \
-    memory_bench bigrun_bench -j "$(nproc)" >/dev/null
+    memory_bench bigrun_bench batch_bench -j "$(nproc)" >/dev/null
 
 status=0
 
@@ -177,6 +183,19 @@ if [ "${SKIP_TLS:-0}" != 1 ]; then
                  'BEGIN { printf "%.2f", b / a }') x http)"
     fi
     rm -rf "$tls_tmp"
+fi
+
+if [ "${SKIP_BATCH:-0}" != 1 ]; then
+    echo
+    echo "== batch_bench (POST /runs/{run_id}/nodes, 1,000 updates per request)"
+    args=(--server "$build/nodestate"
+          --clients "${BATCH_CLIENTS:-4}"
+          --batch "${BATCH_SIZE:-1000}"
+          --duration "${BATCH_DURATION:-10}")
+    # shellcheck disable=SC2206 # BATCH_ARGS is meant to be word-split
+    extra=(${BATCH_ARGS:-})
+    echo "\$ $build/bench/batch_bench ${args[*]} ${extra[*]}"
+    "$build/bench/batch_bench" "${args[@]}" "${extra[@]}" || status=1
 fi
 
 if [ "${SKIP_HTTP:-0}" = 1 ]; then

@@ -94,6 +94,13 @@ static const option_def options[] = {
      "HTTP worker threads; 0 = one per core"},
     {"max-body-bytes", OPT_BYTES, FIELD(max_body_bytes), 1, (uint64_t)1 << 30, 0,
      "1M", "BYTES", "largest request body; larger ones get 413 (<= 1 GiB)"},
+    {"max-batch-updates", OPT_SIZE, FIELD(max_batch_updates), 1, 1000000, 0,
+     "10000", "N",
+     "most updates in one POST /runs/{run_id}/nodes; more get 413"},
+    {"max-batch-body-bytes", OPT_BYTES, FIELD(max_batch_body_bytes), 1,
+     (uint64_t)1 << 30, 0, "16M", "BYTES",
+     "largest body of POST /runs/{run_id}/nodes (many updates); larger\n"
+     "      ones get 413 (<= 1 GiB)"},
     {"max-error-bytes", OPT_BYTES, FIELD(max_error_bytes), 1, (uint64_t)1 << 30, 0,
      "64K", "BYTES",
      "longest last_error accepted in an update; longer ones get 422"},

@@ -31,6 +31,8 @@ typedef struct config {
     unsigned threads;             /* --threads: HTTP worker threads, 0 = one per core */
     size_t max_body_bytes;        /* --max-body-bytes: larger bodies get 413 */
     size_t max_error_bytes;       /* --max-error-bytes: longer last_error gets 422 */
+    size_t max_batch_updates;     /* --max-batch-updates: more items in one batch get 413 */
+    size_t max_batch_body_bytes;  /* --max-batch-body-bytes: larger batch bodies get 413 */
     unsigned max_connections;     /* --max-connections */
     unsigned max_connections_per_ip; /* --max-connections-per-ip: 0 = no bound */
     double header_timeout;        /* --header-timeout: seconds to send the headers; 0 = none */

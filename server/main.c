@@ -295,6 +295,8 @@ int main(int argc, char **argv)
     ac = (api_config){
         .max_body_bytes = cfg.max_body_bytes,
         .max_error_bytes = cfg.max_error_bytes,
+        .max_batch_updates = cfg.max_batch_updates,
+        .max_batch_body_bytes = cfg.max_batch_body_bytes,
         .max_wait = cfg.max_wait,
         /* --max-wait caps the default too, or a small cap would be ignored. */
         .default_wait = DEFAULT_WAIT < cfg.max_wait ? DEFAULT_WAIT : cfg.max_wait,

@@ -303,7 +303,7 @@ Test(badinput, unknown_path_404_wrong_method_405)
         { "PATCH", STATE_PATH, { "GET", "POST", NULL } },
         { "POST", "/runs/rb", { "GET", "DELETE", NULL } },
         { "PUT", "/runs/rb", { "GET", "DELETE", NULL } },
-        { "POST", "/runs/rb/nodes", { "GET", NULL, NULL } },
+        { "PUT", "/runs/rb/nodes", { "GET", "POST", NULL } },
         { "DELETE", "/stats", { "GET", NULL, NULL } },
         { "POST", "/metrics", { "GET", NULL, NULL } },
         { "POST", "/healthz", { "GET", NULL, NULL } },

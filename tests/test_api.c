@@ -289,7 +289,7 @@ Test(api, wrong_method_is_405_with_allow)
         { "PUT", "/readyz", "GET, HEAD" },
         { "DELETE", "/runs/r/nodes/n/state", "GET, HEAD, POST" },
         { "PUT", "/runs/r/nodes/n/state", "GET, HEAD, POST" },
-        { "POST", "/runs/r/nodes", "GET, HEAD" },
+        { "PUT", "/runs/r/nodes", "GET, HEAD, POST" },
         { "POST", "/runs/r", "GET, HEAD, DELETE" },
         { "PATCH", "/runs/r", "GET, HEAD, DELETE" },
     };
@@ -1451,7 +1451,7 @@ Test(api, route_allow_lists_match_their_handlers)
             cr_assert_not_null(rt->post, "an update route without a POST");
         }
     }
-    cr_assert_eq(updates, 1);
+    cr_assert_eq(updates, 2, "POST .../state and POST /runs/{run_id}/nodes");
 }
 
 /* ---- GET /backup ---- */

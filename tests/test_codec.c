@@ -944,6 +944,8 @@ Test(encode, stats)
     atomic_store(&s.rows_isolated, 14);
     atomic_store(&s.last_seq, 12);
     atomic_store(&s.durable_seq, 11);
+    atomic_store(&s.batch_requests, 15);
+    atomic_store(&s.batch_request_updates, 16);
     atomic_store(&s.commit_seconds.count, 3);
     atomic_store(&s.commit_seconds.sum_micro, 1500000);
     atomic_store(&s.batch_updates.count, 3);
@@ -964,8 +966,8 @@ Test(encode, stats)
         "queue_depth", "queue_capacity", "queue_bytes", "updates_coalesced",
         "rows_written", "runs_deleted", "runs_expired", "updates_rejected", "updates_duplicate", "cache_nodes",
         "cache_runs", "cache_bytes", "cache_loads", "cache_evictions", "rows_isolated",
-        "last_seq", "durable_seq", "uptime_seconds",
-        "commit_seconds", "batch_updates", "enqueue_to_commit_seconds",
+        "last_seq", "durable_seq", "batch_requests", "batch_request_updates",
+        "uptime_seconds", "commit_seconds", "batch_updates", "enqueue_to_commit_seconds",
         "http_responses",
     };
     assert_keys(j, keys, sizeof keys / sizeof *keys);
@@ -995,6 +997,8 @@ Test(encode, stats)
     cr_assert_eq(int_of(j, "rows_isolated"), 14);
     cr_assert_eq(int_of(j, "last_seq"), 12);
     cr_assert_eq(int_of(j, "durable_seq"), 11);
+    cr_assert_eq(int_of(j, "batch_requests"), 15);
+    cr_assert_eq(int_of(j, "batch_request_updates"), 16);
     json_t *up = json_object_get(j, "uptime_seconds");
     cr_assert(json_is_real(up));
     cr_assert_float_eq(json_real_value(up), 61.25, 1e-9);
@@ -1059,4 +1063,145 @@ Test(decode, nul_byte_in_the_body_is_invalid_json)
     cr_assert_null(d);
     cr_assert_eq(status, 400, "status %d: %s", status, detail);
     cr_assert_not_null(strstr(detail, "NUL"), "%s", detail);
+}
+
+/* ---- decoding a batch (POST /runs/{run_id}/nodes) ---- */
+
+/* Decodes a batch that must be accepted (envelope), at most max items. */
+static codec_batch *batch_ok(const char *body, size_t max)
+{
+    int status = -1;
+    char detail[256] = "";
+    codec_batch *b = codec_decode_batch(body, strlen(body), RUN, MAX_ERR, max, &status,
+                                        detail, sizeof detail);
+    cr_assert_not_null(b, "refused %s: %d %s", body, status, detail);
+    return b;
+}
+
+static void batch_bad(const char *body, size_t max, int code, const char *want)
+{
+    int status = -1;
+    char detail[256] = "";
+    codec_batch *b = codec_decode_batch(body, strlen(body), RUN, MAX_ERR, max, &status,
+                                        detail, sizeof detail);
+    cr_assert_null(b, "accepted %s", body);
+    cr_assert_eq(status, code, "%s: status %d, want %d (%s)", body, status, code, detail);
+    cr_assert_not_null(strstr(detail, want), "%s: detail \"%s\" lacks \"%s\"", body, detail,
+                       want);
+}
+
+Test(decode_batch, items_in_order_with_their_own_spans)
+{
+    /* Spacing differs between the items: each one's JSON members are read from its own text. */
+    codec_batch *b = batch_ok("{ \"run_id\":\"" RUN "\", \"updates\" : [\n"
+                              " {\"node_id\":\"a\",\"status\":\"scheduled\",\"attempt\":3},\n"
+                              " {\"outputs\": { \"n\" : 1.10 },\"node_id\":\"b\",\"status\":\"completed\"},"
+                              "{\"node_id\":\"c\",\"status\":\"running\",\"resume_state\":[1, \"x y\"]}"
+                              " ] }", 10);
+    cr_assert_eq(codec_batch_len(b), 3);
+    const char *node, *why;
+    const ns_update *u = codec_batch_item_at(b, 0, &node, &why);
+    cr_assert_not_null(u, "%s", why);
+    cr_assert_str_eq(node, "a");
+    cr_assert_eq(u->status, NS_SCHEDULED);
+    cr_assert(u->has_attempt);
+    cr_assert_eq(u->attempt, 3);
+    cr_assert_not(u->outputs.set);
+    u = codec_batch_item_at(b, 1, &node, &why);
+    cr_assert_str_eq(node, "b");
+    cr_assert_eq(u->status, NS_COMPLETED);
+    cr_assert_str_eq(u->outputs.value, "{\"n\":1.10}");
+    cr_assert_not(u->has_attempt);
+    u = codec_batch_item_at(b, 2, &node, &why);
+    cr_assert_str_eq(node, "c");
+    cr_assert_str_eq(u->resume_state.value, "[1,\"x y\"]");
+    cr_assert_null(why);
+    codec_batch_free(b);
+}
+
+Test(decode_batch, a_bad_item_is_refused_alone)
+{
+    codec_batch *b = batch_ok("{\"updates\":[{\"node_id\":\"a\",\"status\":\"running\"},"
+                              "{\"status\":\"running\"},"
+                              "{\"node_id\":\"bad id\",\"status\":\"running\"},"
+                              "{\"node_id\":\"d\",\"status\":\"sleeping\"},"
+                              "{\"node_id\":\"e\",\"status\":\"running\",\"colour\":1},"
+                              "{\"node_id\":\"f\"},"
+                              "[1],"
+                              "{\"node_id\":\"g\",\"status\":\"idle\",\"run_id\":\"other\"},"
+                              "{\"node_id\":\"h\",\"status\":\"idle\",\"attempt\":2.0},"
+                              "{\"node_id\":\"i\",\"status\":\"idle\"}]}", 100);
+    static const char *const want[] = {
+        NULL, "member \"node_id\"", "member \"node_id\"", "member \"status\"",
+        "unknown member \"colour\"", "missing member \"status\"", "JSON object",
+        "member \"run_id\"", "member \"attempt\"", NULL,
+    };
+    cr_assert_eq(codec_batch_len(b), 10);
+    for (size_t i = 0; i < 10; i++) {
+        const char *node, *why;
+        const ns_update *u = codec_batch_item_at(b, i, &node, &why);
+        if (!want[i]) {
+            cr_assert_not_null(u, "item %zu refused: %s", i, why);
+            continue;
+        }
+        cr_assert_null(u, "item %zu accepted", i);
+        cr_assert_not_null(strstr(why, want[i]), "item %zu: \"%s\" lacks \"%s\"", i, why, want[i]);
+    }
+    const char *node, *why;
+    codec_batch_item_at(b, 1, &node, &why);
+    cr_assert_null(node, "an item without node_id has none");
+    codec_batch_item_at(b, 2, &node, &why);
+    cr_assert_str_eq(node, "bad id", "the node_id as sent, for the result");
+    codec_batch_free(b);
+}
+
+Test(decode_batch, a_bad_envelope_refuses_the_whole_request)
+{
+    batch_bad("", 10, 400, "empty body");
+    batch_bad("[", 10, 400, "invalid JSON");
+    batch_bad("[{\"node_id\":\"a\",\"status\":\"idle\"}]", 10, 400, "JSON object");
+    batch_bad("{}", 10, 422, "member \"updates\"");
+    batch_bad("{\"updates\":{}}", 10, 422, "member \"updates\"");
+    batch_bad("{\"updates\":[]}", 10, 422, "at least one");
+    batch_bad("{\"updates\":[{\"node_id\":\"a\",\"status\":\"idle\"}],\"x\":1}", 10, 422,
+              "unknown member \"x\"");
+    batch_bad("{\"run_id\":\"other\",\"updates\":[{\"node_id\":\"a\",\"status\":\"idle\"}]}", 10,
+              422, "member \"run_id\"");
+    batch_bad("{\"updates\":[{},{},{}]}", 2, 413, "3 items; at most 2");
+    /* Duplicate keys anywhere are invalid JSON here, as for a single update. */
+    batch_bad("{\"updates\":[{\"node_id\":\"a\",\"status\":\"idle\",\"status\":\"running\"}]}",
+              10, 400, "invalid JSON");
+    /* A NUL byte inside the body. */
+    int status = -1;
+    char detail[128];
+    cr_assert_null(codec_decode_batch("{\"updates\":[]}\0", 15, RUN, MAX_ERR, 10, &status,
+                                      detail, sizeof detail));
+    cr_assert_eq(status, 400);
+}
+
+Test(decode_batch, item_members_match_a_single_update)
+{
+    /* The same update as a batch item and as a single body decode alike. */
+    static const char item[] = "\"status\":\"failed\",\"attempt\":2,\"last_error\":\"boom\","
+                               "\"retryable\":true,\"failed_at\":\"2026-11-26T16:27:29.123Z\","
+                               "\"suspension_reason\":null,\"force\":true,\"outputs\":{\"a\": [1]}";
+    char single[512], batch[600];
+    snprintf(single, sizeof single, "{%s}", item);
+    snprintf(batch, sizeof batch, "{\"updates\":[{\"node_id\":\"" NODE "\",%s}]}", item);
+    decoded d = decode_ok(single);
+    codec_batch *b = batch_ok(batch, 1);
+    const char *node, *why;
+    const ns_update *u = codec_batch_item_at(b, 0, &node, &why);
+    cr_assert_not_null(u, "%s", why);
+    cr_assert_eq(u->status, d.u.status);
+    cr_assert_eq(u->attempt, d.u.attempt);
+    cr_assert_eq(u->ts_set, d.u.ts_set);
+    cr_assert_eq(u->ts[NS_TS_FAILED], d.u.ts[NS_TS_FAILED]);
+    cr_assert_str_eq(u->last_error.value, d.u.last_error.value);
+    cr_assert_eq(u->retryable, d.u.retryable);
+    cr_assert_eq(u->suspension_reason.set, d.u.suspension_reason.set);
+    cr_assert_eq(u->force, d.u.force);
+    cr_assert_str_eq(u->outputs.value, d.u.outputs.value);
+    codec_doc_free(d.doc);
+    codec_batch_free(b);
 }

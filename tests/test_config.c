@@ -39,6 +39,8 @@ static const char *const option_names[][2] = {
     {"--max-backups", "NODESTATE_MAX_BACKUPS"},
     {"--retention", "NODESTATE_RETENTION"},
     {"--retention-interval", "NODESTATE_RETENTION_INTERVAL"},
+    {"--max-batch-updates", "NODESTATE_MAX_BATCH_UPDATES"},
+    {"--max-batch-body-bytes", "NODESTATE_MAX_BATCH_BODY_BYTES"},
 };
 #define N_OPTIONS (sizeof option_names / sizeof option_names[0])
 
@@ -132,6 +134,9 @@ static void assert_same(const config *got, const config *want, const char *what)
     cr_assert_eq(got->threads, want->threads, "%s: threads", what);
     cr_assert_eq(got->max_body_bytes, want->max_body_bytes, "%s: max_body_bytes", what);
     cr_assert_eq(got->max_error_bytes, want->max_error_bytes, "%s: max_error_bytes", what);
+    cr_assert_eq(got->max_batch_updates, want->max_batch_updates, "%s: max_batch_updates", what);
+    cr_assert_eq(got->max_batch_body_bytes, want->max_batch_body_bytes,
+                 "%s: max_batch_body_bytes", what);
     cr_assert_eq(got->cache_max_nodes, want->cache_max_nodes, "%s: cache_max_nodes", what);
     cr_assert_eq(got->max_connections, want->max_connections, "%s: max_connections", what);
     cr_assert_eq(got->connection_timeout, want->connection_timeout, "%s: connection_timeout", what);
@@ -183,6 +188,8 @@ static void want_defaults(config *c)
      * false: the memset. */
     c->retention = 0;
     c->retention_interval = 60;
+    c->max_batch_updates = 10000;
+    c->max_batch_body_bytes = 16u << 20;
 }
 
 Test(config, defaults)
@@ -246,6 +253,8 @@ static void x_tls_key(config *c) { strcpy(c->tls_key, "/etc/ns/key.pem"); }
 static void x_max_backups(config *c) { c->max_backups = 64; }
 static void x_retention(config *c) { c->retention = 7 * 86400; }
 static void x_retention_interval(config *c) { c->retention_interval = 90; }
+static void x_max_batch_updates(config *c) { c->max_batch_updates = 1; }
+static void x_max_batch_body_bytes(config *c) { c->max_batch_body_bytes = 64u << 20; }
 
 static const option_case option_cases[] = {
     {"--listen", "NODESTATE_LISTEN", "0.0.0.0:9090", x_listen, false, false},
@@ -278,6 +287,9 @@ static const option_case option_cases[] = {
     {"--retention", "NODESTATE_RETENTION", "7d", x_retention, false, false},
     {"--retention-interval", "NODESTATE_RETENTION_INTERVAL", "1.5m", x_retention_interval, false,
      false},
+    {"--max-batch-updates", "NODESTATE_MAX_BATCH_UPDATES", "1", x_max_batch_updates, false, false},
+    {"--max-batch-body-bytes", "NODESTATE_MAX_BATCH_BODY_BYTES", "64M", x_max_batch_body_bytes,
+     false, false},
 };
 #define N_CASES (sizeof option_cases / sizeof option_cases[0])
 
@@ -458,6 +470,10 @@ static const bad_case bad_cases[] = {
     {"max-backups", "0", "below range"},
     {"max-backups", "65", "above range"},
     {"max-connections", "0", "below range"},
+    {"max-batch-updates", "0", "below range"},
+    {"max-batch-updates", "1000001", "above range"},
+    {"max-batch-body-bytes", "0", "below range"},
+    {"max-batch-body-bytes", "2G", "above 1 GiB with a suffix"},
     {"connection-timeout", "1.5", "not whole seconds"},
     {"batch-interval", "61", "above 60"},
     {"batch-interval", "-0.1", "negative"},

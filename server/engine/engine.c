@@ -131,6 +131,17 @@ static void enqueue(engine *e, ns_op *op)
         pthread_cond_signal(&e->wake);
 }
 
+/* enqueue and reject for engine_batch.c, which accepts many updates under one hold of the lock. */
+void engine_enqueue(engine *e, ns_op *op)
+{
+    enqueue(e, op);
+}
+
+void engine_reject(engine *e, ns_reject why)
+{
+    reject(e, why);
+}
+
 engine_result engine_submit(engine *e, const char *run_id, const char *node_id,
                             const ns_update *u, ns_row **out)
 {

@@ -120,6 +120,10 @@ void engine_log(engine *e, int level, const char *msg, const char *fmt, ...)
 void engine_evict(engine *e, const cache_run *keep);
 /* Forgets an unpinned run that holds nothing or may differ from disk. Lock held. */
 void engine_run_drop_if_idle(engine *e, cache_run *run);
+/* Appends an op (seq, time, bytes set here) that the caller checked there is room for. Lock held. */
+void engine_enqueue(engine *e, ns_op *op);
+/* Counts a refused update by reason. */
+void engine_reject(engine *e, ns_reject why);
 /* Queued bytes from which the writer commits without waiting for batch_interval. Lock held. */
 bool engine_queue_bytes_high(const engine *e);
 /*

@@ -129,7 +129,13 @@ typedef struct ns_hist {
       "Highest sequence number assigned.") \
     X(durable_seq, "nodestate_durable_seq", gauge, ai64, \
       NS_STAT_AFTER_REJECTED, NS_STAT_AFTER_REJECTED, \
-      "Every sequence number up to this one is committed.")
+      "Every sequence number up to this one is committed.") \
+    X(batch_requests, "nodestate_batch_requests_total", counter, au64, \
+      NS_STAT_AFTER_REJECTED, NS_STAT_AFTER_REJECTED, \
+      "Requests of many updates (POST /runs/{run_id}/nodes) with a valid envelope.") \
+    X(batch_request_updates, "nodestate_batch_request_updates_total", counter, au64, \
+      NS_STAT_AFTER_REJECTED, NS_STAT_AFTER_REJECTED, \
+      "Updates (items) in those requests, whatever became of each.")
 
 /*
  * The histograms, in the order both answers give them:

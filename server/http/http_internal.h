@@ -69,6 +69,7 @@ typedef struct http_req {
     size_t len;
     size_t cap;
     bool too_large;             /* Content-Length or the bytes seen passed the limit */
+    size_t max_body;            /* that limit: api_body_limit of the method and path */
     bool must_close;            /* the answer ends the connection (bad framing) */
     bool oom;                   /* buffering the body ran out of memory */
     http_phase phase;

@@ -232,7 +232,7 @@ static int http_append(http_server *s, http_req *r, const char *data, size_t n)
 
     if (r->too_large || r->oom)
         return 0;
-    if (n > s->max_body_bytes - r->len) {
+    if (n > r->max_body - r->len) {
         /* Past the limit: drop what we have and keep draining the rest, so
          * the connection stays usable for the 413 and after it. */
         r->too_large = true;
@@ -247,8 +247,8 @@ static int http_append(http_server *s, http_req *r, const char *data, size_t n)
 
         while (cap < need)
             cap = cap > SIZE_MAX / 2 ? need : cap * 2;
-        if (cap > s->max_body_bytes + 1)
-            cap = s->max_body_bytes + 1;
+        if (cap > r->max_body + 1)
+            cap = r->max_body + 1;
         grown = realloc(r->body, cap);
         if (grown == NULL)
             return -1;
@@ -327,10 +327,11 @@ enum MHD_Result http_on_request(void *cls, struct MHD_Connection *con,
         framing = http_framing(con);
         if (framing != FRAMING_OK)
             return http_refuse_framing(s, r, method, url, con, framing);
+        r->max_body = api_body_limit(s->a, method, url);
         r->too_large = http_declared_too_large(
             MHD_lookup_connection_value(con, MHD_HEADER_KIND,
                                         MHD_HTTP_HEADER_CONTENT_LENGTH),
-            s->max_body_bytes);
+            r->max_body);
         return MHD_YES;
     }
 
@@ -368,7 +369,7 @@ enum MHD_Result http_on_request(void *cls, struct MHD_Connection *con,
         char detail[96];
 
         snprintf(detail, sizeof detail, "the request body exceeds %zu bytes",
-                 s->max_body_bytes);
+                 r->max_body);
         api_problem(s->a, &resp, PROBLEM_BODY_TOO_LARGE, detail);
     } else if (r->oom) {
         api_problem(s->a, &resp, PROBLEM_OUT_OF_MEMORY,

@@ -243,6 +243,19 @@ async function mainServer(s) {
   await call(s, 'delete bad id', 'DELETE', `/runs/${LONG_ID}`, { expect: 400, slug: 'invalid-id' });
   await call(s, 'delete bad timeout', 'DELETE', '/runs/r1?wait=true&timeout=soon', { expect: 400, slug: 'invalid-query' });
 
+  // Many updates in one request.
+  const B = '/runs/rb/nodes';
+  await call(s, 'batch queued', 'POST', B, { body: { updates: [{ node_id: 'a', status: 'scheduled' }, { node_id: 'a', status: 'running' }] }, expect: 202,
+    assert: (b) => ok(b.accepted === 2 && b.results.map((r) => r.code).join() === '202,202' && b.durable === false, 'want two 202 items, durable:false') });
+  await call(s, 'batch mixed, waited for', 'POST', `${B}?wait=true`, {
+    body: { updates: [{ node_id: 'a', status: 'running' }, { node_id: 'a', status: 'scheduled' }, { node_id: 'a', status: 'running', attempt: 0 }, { node_id: 'c', status: 'idle' }] }, expect: 200,
+    assert: (b) => ok(b.results.map((r) => r.code).join() === '200,409,422,202' && b.durable === true &&
+      b.results[1].problem.current?.status === 'running', 'want 200,409,422,202 and durable:true') });
+  await call(s, 'batch not JSON', 'POST', B, { body: '[', headers: { 'Content-Type': 'application/json' }, expect: 400, slug: 'invalid-json' });
+  await call(s, 'batch bad run id', 'POST', `/runs/${LONG_ID}/nodes`, { body: { updates: [{ node_id: 'a', status: 'idle' }] }, expect: 400, slug: 'invalid-id' });
+  await call(s, 'batch not JSON media type', 'POST', B, { body: 'updates=1', headers: { 'Content-Type': 'text/plain' }, expect: 415, slug: 'unsupported-media-type' });
+  await call(s, 'batch empty', 'POST', B, { body: { updates: [] }, expect: 422, slug: 'invalid-update' });
+
   // Counters and probes.
   await call(s, 'stats text', 'GET', '/stats', { expect: 200 });
   await call(s, 'stats json', 'GET', '/stats?format=json', { expect: 200,
@@ -304,6 +317,7 @@ async function fullQueueServer(s) {
   if (!refused) contract.fail('queue full scenario', 'no 503 after 10 posts with the database locked');
   await call(s, 'queue full', 'POST', '/runs/q/nodes/b/state', { body: { status: 'running' }, expect: 503, slug: 'queue-full' });
   await call(s, 'queue full', 'DELETE', '/runs/q', { expect: 503, slug: 'queue-full' });
+  await call(s, 'queue full', 'POST', '/runs/q/nodes', { body: { updates: [{ node_id: 'b', status: 'running' }] }, expect: 503, slug: 'queue-full' });
   await call(s, 'not ready', 'GET', '/readyz', { expect: 503, slug: 'not-ready' });
   await call(s, 'not ready', 'HEAD', '/readyz', { expect: 503 });
   await lock.release();
@@ -320,6 +334,12 @@ async function fullQueueServer(s) {
 async function smallBodyServer(s) {
   const body = JSON.stringify({ status: 'running', last_error: 'e'.repeat(80) });
   await call(s, 'body too large', 'POST', '/runs/r1/nodes/a/state', { body, headers: { 'Content-Type': 'application/json' }, expect: 413, slug: 'body-too-large' });
+  // A batch has its own, larger limit: 80 bytes pass it, 300 do not.
+  const item = { node_id: 'a', status: 'running' };
+  await call(s, 'batch above --max-body-bytes', 'POST', '/runs/r1/nodes', { body: { updates: [item, item] }, expect: 202 });
+  await call(s, 'batch too many', 'POST', '/runs/r1/nodes', { body: { updates: [item, item, item] }, expect: 413, slug: 'too-many-updates' });
+  await call(s, 'batch body too large', 'POST', '/runs/r1/nodes', { body: JSON.stringify({ updates: [{ ...item, last_error: 'e'.repeat(300) }] }),
+    headers: { 'Content-Type': 'application/json' }, expect: 413, slug: 'body-too-large' });
 }
 
 // With --token: every operation but /healthz's answers 401 without it.
@@ -369,7 +389,7 @@ async function main() {
   await Promise.all([
     scenario('main', [], mainServer),
     scenario('queue-full', ['--queue-capacity', '1', '--batch-interval', '30'], fullQueueServer, true),
-    scenario('small-body', ['--max-body-bytes', '64'], smallBodyServer),
+    scenario('small-body', ['--max-body-bytes', '64', '--max-batch-body-bytes', '256', '--max-batch-updates', '2'], smallBodyServer),
     scenario('token', ['--token', TOKEN], tokenServer),
   ]);
   const { listed, covered } = contract.checkCoverage(NOT_TRIGGERABLE);

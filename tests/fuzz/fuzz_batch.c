@@ -1,0 +1,84 @@
+/*
+ * fuzz_batch: the batch body of POST /runs/{run_id}/nodes. Each input is a
+ * body for run-1. Whatever codec_decode_batch makes of it must be a 400, 413
+ * or 422 with a detail, or 1 to BATCH_MAX items, each of them either a 422
+ * with a detail or an update with a valid node_id. An update is applied to a
+ * new node with the transition rules, the row encoded with codec_row, and
+ * that text decoded again as a single update of that node: it must decode
+ * and repeat the row exactly, so what an item's own text gives (its spans
+ * found by walking the batch) agrees with the decoder of single bodies.
+ */
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "fuzzkit.h"
+#include "buf.h"
+#include "codec.h"
+#include "rules.h"
+
+#define BATCH_RUN "run-1"
+#define BATCH_MAX 64
+#define BATCH_MAX_ERROR 4096
+#define BATCH_NOW_MS INT64_C(1764000000000)
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+
+static void batch_round_trip(const ns_row *row)
+{
+    buf b;
+    buf_init(&b);
+    codec_row(&b, row, false);
+    fuzzkit_check(!b.failed, "codec_row ran out of memory");
+    ns_update again;
+    int status = 0;
+    char detail[512];
+    codec_doc *doc = codec_decode_update(b.data, b.len, BATCH_RUN, row->node_id, SIZE_MAX,
+                                         &again, &status, detail, sizeof detail);
+    if (!doc)
+        fprintf(stderr, "fuzz_batch: %d %s\nin: %.*s\n", status, detail, (int)b.len, b.data);
+    fuzzkit_check(doc != NULL, "an encoded row does not decode");
+    ns_row draft;
+    rules_verdict v = rules_apply(row, BATCH_RUN, row->node_id, &again, BATCH_NOW_MS, &draft);
+    fuzzkit_check(v == RULES_DUPLICATE, "an encoded row does not repeat itself");
+    codec_doc_free(doc);
+    buf_free(&b);
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    int status = 0;
+    char detail[512];
+    codec_batch *b = codec_decode_batch((const char *)data, size, BATCH_RUN, BATCH_MAX_ERROR,
+                                        BATCH_MAX, &status, detail, sizeof detail);
+    if (!b) {
+        fuzzkit_check(status == 400 || status == 413 || status == 422,
+                      "a refused envelope that is not 400, 413 or 422");
+        fuzzkit_check(detail[0] != '\0', "a refused envelope without a detail");
+        return 0;
+    }
+    size_t n = codec_batch_len(b);
+    fuzzkit_check(n >= 1 && n <= BATCH_MAX, "a batch outside 1..max items");
+    for (size_t i = 0; i < n; i++) {
+        const char *node_id, *why;
+        const ns_update *u = codec_batch_item_at(b, i, &node_id, &why);
+        if (!u) {
+            fuzzkit_check(why != NULL && why[0] != '\0', "a refused item without a detail");
+            continue;
+        }
+        fuzzkit_check(node_id != NULL && model_id_valid(node_id, strlen(node_id)),
+                      "an accepted item without a valid node_id");
+        ns_row draft;
+        rules_verdict v = rules_apply(NULL, BATCH_RUN, node_id, u, BATCH_NOW_MS, &draft);
+        fuzzkit_check(v == RULES_APPLY, "a new node refused an update");
+        draft.seq = 1;
+        draft.updated_at = BATCH_NOW_MS;
+        ns_row *row = model_row_copy(&draft);
+        fuzzkit_check(row != NULL, "model_row_copy ran out of memory");
+        batch_round_trip(row);
+        model_row_unref(row);
+    }
+    codec_batch_free(b);
+    return 0;
+}

@@ -1,0 +1,287 @@
+/*
+ * Unit tests for engine_batch, on a real SQLite file and the real writer:
+ * items judged in order as if submitted alone (an earlier item of the same
+ * node counts), per-item results, counters, consecutive seqs; capacity all
+ * or nothing, in entries and in bytes, with the queue held full by a parked
+ * writer; a write to an uncached run reading only the nodes it touches; and
+ * every accepted item on disk after engine_close.
+ *
+ * No assertion depends on timing: the writer is parked (writer_blocker) or
+ * flushed on demand, and waits poll with a generous bound.
+ */
+#include <criterion/criterion.h>
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <sqlite3.h>
+
+#include "store_fixture.h"
+#include "writer_blocker.h"
+#include "engine.h"
+#include "engine_batch.h"
+#include "model.h"
+
+static void setup(void)
+{
+    sfx_setup("test_engine_batch");
+}
+
+TestSuite(engine_batch, .init = setup, .fini = sfx_teardown, .timeout = 120);
+
+static engine *open_cfg(size_t batch_size, double interval, size_t capacity, size_t max_bytes)
+{
+    engine_config c = {
+        .db_path = sfx_db_path(),
+        .batch_size = batch_size,
+        .batch_interval = interval,
+        .queue_capacity = capacity,
+        .queue_max_bytes = max_bytes,
+        .shutdown_timeout = 10,
+    };
+    char err[512] = "";
+    engine *e = engine_open(&c, err, sizeof err);
+    cr_assert_not_null(e, "engine_open: %s", err);
+    return e;
+}
+
+static ns_update upd(ns_status s, int64_t attempt)
+{
+    ns_update u;
+    memset(&u, 0, sizeof u);
+    u.status = s;
+    for (int i = 0; i < NS_TS_COUNT; i++)
+        u.ts[i] = NS_TS_NULL;
+    if (attempt > 0) {
+        u.has_attempt = true;
+        u.attempt = attempt;
+    }
+    return u;
+}
+
+static ns_row *get(engine *e, const char *run, const char *node)
+{
+    engine_result r;
+    ns_row *row = engine_get(e, run, node, &r);
+    cr_assert_not_null(row, "%s/%s not found (%d)", run, node, r);
+    return row;
+}
+
+static void single(engine *e, const char *run, const char *node, ns_status s)
+{
+    ns_update u = upd(s, 0);
+    ns_row *out = NULL;
+    cr_assert_eq(engine_submit(e, run, node, &u, &out), ENGINE_ACCEPTED, "%s/%s", run, node);
+    model_row_unref(out);
+}
+
+static int64_t db_count(const char *run)
+{
+    sqlite3 *db = NULL;
+    cr_assert_eq(sqlite3_open_v2(sfx_db_path(), &db, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
+    sqlite3_stmt *st = NULL;
+    cr_assert_eq(sqlite3_prepare_v2(db, "SELECT count(*) FROM run_node_state WHERE run_id = ?",
+                                    -1, &st, NULL), SQLITE_OK);
+    sqlite3_bind_text(st, 1, run, -1, SQLITE_STATIC);
+    cr_assert_eq(sqlite3_step(st), SQLITE_ROW);
+    int64_t n = sqlite3_column_int64(st, 0);
+    sqlite3_finalize(st);
+    sqlite3_close(db);
+    return n;
+}
+
+Test(engine_batch, items_apply_in_order_as_if_alone)
+{
+    engine *e = open_cfg(1000, 60, 10000, 0);
+    ns_stats *st = engine_stats(e);
+    single(e, "r", "done", NS_COMPLETED);
+    ns_update sched = upd(NS_SCHEDULED, 0), run = upd(NS_RUNNING, 0), run2 = upd(NS_RUNNING, 2);
+    ns_update stale = upd(NS_RUNNING, 1), back = upd(NS_SCHEDULED, 0);
+    engine_batch_item items[] = {
+        { "a", &sched },   /* new node: applies */
+        { "a", &run },     /* after the item above: applies */
+        { "a", &back },    /* rank goes down: illegal */
+        { "a", &run },     /* same as the second: duplicate of it */
+        { "done", &back }, /* a terminal node: illegal */
+        { "b", &run2 },    /* attempt 2 */
+        { "b", &stale },   /* attempt 1 after 2: stale */
+    };
+    enum { N = sizeof items / sizeof *items };
+    engine_batch_result res[N];
+    cr_assert_eq(engine_batch_submit(e, "r", items, N, res), ENGINE_ACCEPTED);
+    engine_result want[N] = { ENGINE_ACCEPTED, ENGINE_ACCEPTED, ENGINE_ILLEGAL,
+                              ENGINE_DUPLICATE, ENGINE_ILLEGAL, ENGINE_ACCEPTED, ENGINE_STALE };
+    for (int i = 0; i < N; i++)
+        cr_assert_eq(res[i].res, want[i], "item %d: %d", i, res[i].res);
+    /* Consecutive seqs after the single update's 1, in item order. */
+    cr_assert_eq(res[0].seq, 2);
+    cr_assert_eq(res[1].seq, 3);
+    cr_assert_eq(res[3].seq, 3, "a duplicate of an earlier item has that item's seq");
+    cr_assert_eq(res[5].seq, 4);
+    /* A refusal carries the row it was judged against: the batch's own, if any. */
+    cr_assert_not_null(res[2].current);
+    cr_assert_eq(res[2].current->status, NS_RUNNING);
+    cr_assert_eq(res[2].current->seq, 3);
+    cr_assert_eq(res[6].current->attempt, 2);
+    cr_assert_eq(res[4].current->status, NS_COMPLETED);
+    cr_assert_null(res[0].current);
+    engine_batch_results_free(res, N);
+
+    ns_row *g = get(e, "r", "a");
+    cr_assert_eq(g->status, NS_RUNNING);
+    cr_assert_eq(g->seq, 3);
+    model_row_unref(g);
+    cr_assert_eq(atomic_load(&st->updates_queued), 4);
+    cr_assert_eq(atomic_load(&st->updates_duplicate), 1);
+    cr_assert_eq(atomic_load(&st->rejected[NS_REJECT_ILLEGAL]), 2);
+    cr_assert_eq(atomic_load(&st->rejected[NS_REJECT_STALE]), 1);
+    cr_assert_eq(atomic_load(&st->last_seq), 4);
+    cr_assert_eq(engine_close(e), 0);
+    cr_assert_eq(db_count("r"), 3);
+}
+
+Test(engine_batch, capacity_is_all_or_nothing)
+{
+    engine *e = open_cfg(1, 0, 4, 0);
+    ns_stats *st = engine_stats(e);
+    blocker b;
+    blocker_arm(e, &b);
+    single(e, "w", "blocker", NS_RUNNING);
+    cr_assert(blocker_wait(e, &b), "the writer never committed the blocker");
+    single(e, "r", "x", NS_SCHEDULED); /* 3 slots left */
+
+    ns_update sched = upd(NS_SCHEDULED, 0), run = upd(NS_RUNNING, 0);
+    /* Four would be accepted (x's duplicate takes no slot): nothing is. */
+    engine_batch_item items[] = { { "x", &sched }, { "a", &sched }, { "a", &run },
+                                  { "b", &sched }, { "x", &run } };
+    engine_batch_result res[5];
+    int64_t last = atomic_load(&st->last_seq);
+    cr_assert_eq(engine_batch_submit(e, "r", items, 5, res), ENGINE_QUEUE_FULL);
+    cr_assert_eq(atomic_load(&st->last_seq), last, "a refused batch used seqs");
+    cr_assert_eq(atomic_load(&st->queue_depth), 1);
+    cr_assert_eq(atomic_load(&st->rejected[NS_REJECT_QUEUE_FULL]), 4);
+    cr_assert_eq(atomic_load(&st->updates_duplicate), 0, "a refused batch counted its items");
+    engine_result r;
+    cr_assert_null(engine_get(e, "r", "a", &r));
+    ns_row *g = get(e, "r", "x");
+    cr_assert_eq(g->status, NS_SCHEDULED);
+    model_row_unref(g);
+    /* A new run refused whole is not left in the cache. */
+    cr_assert_eq(engine_batch_submit(e, "fresh", items + 1, 4, res), ENGINE_QUEUE_FULL);
+    cr_assert_eq(atomic_load(&st->cache_runs), 2, "w and r only");
+
+    /* Three fit exactly. */
+    cr_assert_eq(engine_batch_submit(e, "r", items, 4, res), ENGINE_ACCEPTED);
+    cr_assert_eq(res[0].res, ENGINE_DUPLICATE);
+    cr_assert_eq(atomic_load(&st->queue_depth), 4);
+    engine_batch_results_free(res, 4);
+
+    atomic_store(&b.release, true);
+    cr_assert_eq(engine_close(e), 0);
+    cr_assert_eq(db_count("r"), 3);
+}
+
+Test(engine_batch, byte_bound_is_all_or_nothing)
+{
+    enum { BIG = 256 * 1024, N = 4 };
+    /* 1 MiB: three BIG rows fit beside a held op, four do not. */
+    engine *e = open_cfg(1, 0, 1000, 1 << 20);
+    ns_stats *st = engine_stats(e);
+    blocker b;
+    blocker_arm(e, &b);
+    single(e, "w", "blocker", NS_RUNNING);
+    cr_assert(blocker_wait(e, &b), "the writer never committed the blocker");
+    single(e, "r", "held", NS_SCHEDULED);
+
+    char *outputs = malloc(BIG);
+    cr_assert_not_null(outputs);
+    memset(outputs, 'x', BIG - 1);
+    outputs[0] = outputs[BIG - 2] = '"';
+    outputs[BIG - 1] = '\0';
+    ns_update u = upd(NS_RUNNING, 0);
+    u.outputs.set = true;
+    u.outputs.value = outputs;
+    engine_batch_item items[N] = { { "n0", &u }, { "n1", &u }, { "n2", &u }, { "n3", &u } };
+    engine_batch_result res[N];
+    cr_assert_eq(engine_batch_submit(e, "r", items, N, res), ENGINE_QUEUE_FULL);
+    const char *why = NULL;
+    cr_assert_not(engine_ready(e, &why), "ready while a batch is refused for bytes");
+    cr_assert(strstr(why, "queue-max-bytes") != NULL, "%s", why);
+    cr_assert_eq(atomic_load(&st->queue_depth), 1, "slots were free: bytes refused it");
+    engine_result r;
+    cr_assert_null(engine_get(e, "r", "n0", &r), "a refused batch left a node");
+    cr_assert_eq(engine_batch_submit(e, "r", items, 3, res), ENGINE_ACCEPTED);
+    for (int i = 0; i < 3; i++)
+        cr_assert_eq(res[i].res, ENGINE_ACCEPTED);
+    engine_batch_results_free(res, 3);
+    free(outputs);
+
+    atomic_store(&b.release, true);
+    cr_assert_eq(engine_close(e), 0);
+    cr_assert_eq(db_count("r"), 4);
+}
+
+Test(engine_batch, an_uncached_run_reads_only_the_nodes_touched)
+{
+    engine *e = open_cfg(1000, 60, 10000, 0);
+    char node[16];
+    for (int i = 0; i < 200; i++) {
+        snprintf(node, sizeof node, "n%03d", i);
+        single(e, "p", node, NS_RUNNING);
+    }
+    cr_assert_eq(engine_close(e), 0);
+    e = open_cfg(1000, 60, 10000, 0);
+    ns_stats *st = engine_stats(e);
+    cr_assert_eq(atomic_load(&st->cache_nodes), 0);
+
+    ns_update done = upd(NS_COMPLETED, 0), sched = upd(NS_SCHEDULED, 0);
+    engine_batch_item items[] = { { "n007", &done }, { "new1", &sched }, { "n100", &sched },
+                                  { "new2", &sched } };
+    engine_batch_result res[4];
+    cr_assert_eq(engine_batch_submit(e, "p", items, 4, res), ENGINE_ACCEPTED);
+    cr_assert_eq(res[0].res, ENGINE_ACCEPTED);
+    cr_assert_eq(res[1].res, ENGINE_ACCEPTED);
+    cr_assert_eq(res[2].res, ENGINE_ILLEGAL, "the stored row was not what it was judged by");
+    cr_assert_eq(res[2].current->status, NS_RUNNING);
+    cr_assert_eq(res[3].res, ENGINE_ACCEPTED);
+    engine_batch_results_free(res, 4);
+    /* n007, n100 read; new1, new2 added: not the 200 stored nodes. */
+    cr_assert_eq(atomic_load(&st->cache_nodes), 4, "the whole run was read");
+    cr_assert_eq(atomic_load(&st->cache_loads), 2);
+    cr_assert_eq(engine_close(e), 0);
+    cr_assert_eq(db_count("p"), 202);
+}
+
+Test(engine_batch, a_large_batch_reaches_the_file)
+{
+    enum { N = 5000 };
+    engine *e = open_cfg(512, 0.05, 20000, 0);
+    engine_batch_item *items = calloc(N, sizeof *items);
+    engine_batch_result *res = calloc(N, sizeof *res);
+    char (*ids)[16] = calloc(N, sizeof *ids);
+    cr_assert(items && res && ids);
+    ns_update sched = upd(NS_SCHEDULED, 0);
+    for (int i = 0; i < N; i++) {
+        snprintf(ids[i], sizeof ids[i], "node-%05d", i);
+        items[i] = (engine_batch_item){ ids[i], &sched };
+    }
+    cr_assert_eq(engine_batch_submit(e, "big", items, N, res), ENGINE_ACCEPTED);
+    for (int i = 0; i < N; i++)
+        cr_assert_eq(res[i].seq, i + 1);
+    engine_batch_results_free(res, N);
+    cr_assert_eq(engine_close(e), 0);
+    cr_assert_eq(db_count("big"), N);
+    free(items);
+    free(res);
+    free(ids);
+}
+
+Test(engine_batch, empty_batch_changes_nothing)
+{
+    engine *e = open_cfg(1000, 60, 10000, 0);
+    engine_batch_result res[1];
+    cr_assert_eq(engine_batch_submit(e, "r", NULL, 0, res), ENGINE_ACCEPTED);
+    cr_assert_eq(atomic_load(&engine_stats(e)->cache_runs), 0);
+    cr_assert_eq(engine_close(e), 0);
+}
