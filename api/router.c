@@ -20,6 +20,7 @@ static const api_route routes[] = {
     { { "runs", "{run}", "nodes", "{node}", "state" }, "GET, HEAD, POST", ROUTE_UPDATE,
       api_get_state, api_post_state, NULL },
     { { "runs", "{run}", "nodes" }, "GET, HEAD", 0, api_list_nodes, NULL, NULL },
+    { { "runs", "{run}", "events" }, "GET, HEAD", 0, api_watch_run, NULL, NULL },
     { { "runs", "{run}" }, "GET, HEAD, DELETE", 0, api_get_run, NULL, api_delete_run },
     { { "stats" }, "GET, HEAD", 0, api_get_stats, NULL, NULL },
     { { "metrics" }, "GET, HEAD", 0, api_get_metrics, NULL, NULL },

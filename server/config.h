@@ -41,6 +41,9 @@ typedef struct config {
     char token_file[4096];        /* --token-file PATH the token came from; "" = none */
     bool access_log;              /* --access-log: one info line per answered request */
     char port_file[4096];         /* --port-file: where to write the bound port; "" = none */
+    size_t max_watchers;          /* --max-watchers: event streams and long polls open at once */
+    size_t watch_buffer_bytes;    /* --watch-buffer-bytes: a stream further behind is dropped */
+    double watch_heartbeat;       /* --watch-heartbeat: seconds between comment lines; 0 = none */
 } config;
 
 typedef enum config_outcome {

@@ -208,6 +208,9 @@ int main(int argc, char **argv)
         .max_connections_per_ip = cfg.max_connections_per_ip,
         .header_timeout = cfg.header_timeout,
         .access_log = cfg.access_log,
+        .max_watchers = cfg.max_watchers,
+        .watch_buffer_bytes = cfg.watch_buffer_bytes,
+        .watch_heartbeat = cfg.watch_heartbeat,
         .log = log_write,
         .log_ctx = log,
     };

@@ -126,7 +126,16 @@ typedef struct ns_hist {
       "Highest sequence number assigned.") \
     X(durable_seq, "nodestate_durable_seq", gauge, ai64, \
       NS_STAT_AFTER_REJECTED, NS_STAT_AFTER_REJECTED, \
-      "Every sequence number up to this one is committed.")
+      "Every sequence number up to this one is committed.") \
+    X(watchers, "nodestate_watchers", gauge, au64, \
+      NS_STAT_AFTER_REJECTED, NS_STAT_AFTER_REJECTED, \
+      "Event streams and long polls open now.") \
+    X(watch_events_sent, "nodestate_watch_events_sent_total", counter, au64, \
+      NS_STAT_AFTER_REJECTED, NS_STAT_AFTER_REJECTED, \
+      "Node events written to event streams.") \
+    X(watch_dropped, "nodestate_watch_dropped_total", counter, au64, \
+      NS_STAT_AFTER_REJECTED, NS_STAT_AFTER_REJECTED, \
+      "Event streams dropped for falling too far behind.")
 
 /*
  * The histograms, in the order both answers give them:

@@ -46,6 +46,10 @@ typedef struct http_config {
      * status=… bytes=… duration_ms=… remote=…", written when the answer is
      * queued (413s and parked ?wait=true requests included). */
     bool access_log;
+    /* GET /runs/{run_id}/events streams and long polls (watch.h). */
+    size_t max_watchers;          /* open at once; beyond, 503 */
+    size_t watch_buffer_bytes;    /* unsent bytes past which a stream is dropped */
+    double watch_heartbeat;       /* seconds between comment lines; 0: none */
     ns_log_fn *log;
     void *log_ctx;
 } http_config;
