@@ -338,7 +338,8 @@ static void list_since(api *a, const api_request *req, const route_args *args,
     } else if (res != ENGINE_ACCEPTED) {
         api_answer_problem(resp, PROBLEM_INTERNAL_ERROR, "listing the run failed");
     } else {
-        qsort(all.rows, all.count, sizeof *all.rows, row_seq_cmp);
+        if (all.count > 1)
+            qsort(all.rows, all.count, sizeof *all.rows, row_seq_cmp);
         size_t count = all.count;
         if (all.count > limit)
             all.count = limit;
