@@ -18,6 +18,13 @@
 /* A new stream's first bytes: EventSource clients reconnect after 1 s. */
 #define WATCH_PREAMBLE "retry: 1000\n\n"
 #define WATCH_HEARTBEAT ": heartbeat\n\n"
+/*
+ * A woken watcher is resumed this long after the first wake of a batch at
+ * the latest: the changes of that time go out together, one resume and one
+ * send per stream instead of one per change, which is what keeps a stream
+ * per busy run from costing its writers much.
+ */
+#define WATCH_LINGER_NS 20000000LL
 /* The text around a node event's JSON, and what a pending entry costs besides its row. */
 #define WATCH_EVENT_OVERHEAD 64
 
@@ -71,6 +78,7 @@ struct watch_hub {
     watcher *runs[WATCH_RUN_BUCKETS];
     deadline_heap deadlines;
     watcher *wakes;                 /* to resume, by the thread */
+    int64_t wakes_at;               /* when the thread resumes them; INT64_MAX with none */
     int64_t durable_seq;
     int64_t last_seq;               /* highest seq the hook has seen */
     size_t durable_streams;         /* open streams with ?durable=true */
@@ -235,7 +243,10 @@ static void wake(watch_hub *h, watcher *w)
     w->parked = false;
     w->wake_next = h->wakes;
     h->wakes = w;
-    thread_nudge(h, INT64_MIN);
+    if (h->wakes_at == INT64_MAX) {
+        h->wakes_at = h->released ? INT64_MIN : model_mono_ns() + WATCH_LINGER_NS;
+        thread_nudge(h, h->wakes_at);
+    }
 }
 
 static void drop(watch_hub *h, watcher *w)
@@ -354,6 +365,9 @@ void watch_release(watch_hub *h)
     lockcheck_lock(&h->mu);
     h->stopping = true;
     h->released = true;
+    /* The end does not linger. */
+    h->wakes_at = INT64_MIN;
+    thread_nudge(h, INT64_MIN);
     wake_all(h);
     while (h->wakes || h->resuming)
         lockcheck_wait(&h->idle, &h->mu);
@@ -392,11 +406,13 @@ static void *hub_main(void *arg)
     watch_hub *h = arg;
     lockcheck_lock(&h->mu);
     while (!h->quit) {
+        int64_t now = model_mono_ns();
         h->sleep_until = INT64_MIN;
-        expire(h, model_mono_ns());
-        if (h->wakes) {
+        expire(h, now);
+        if (h->wakes && (h->wakes_at <= now || h->released)) {
             watcher *list = h->wakes;
             h->wakes = NULL;
+            h->wakes_at = INT64_MAX;
             h->resuming = true;
             lockcheck_unlock(&h->mu);
             /* Each is suspended until this resume, so it cannot be closed under us. */
@@ -411,10 +427,13 @@ static void *hub_main(void *arg)
             pthread_cond_broadcast(&h->idle);
             continue;
         }
+        if (!h->wakes)
+            h->wakes_at = INT64_MAX;
         deadline_item *d = deadline_first(&h->deadlines);
-        if (d) {
-            h->sleep_until = d->at;
-            struct timespec until = timespec_of(d->at);
+        int64_t at = d && d->at < h->wakes_at ? d->at : h->wakes_at;
+        if (at != INT64_MAX) {
+            h->sleep_until = at;
+            struct timespec until = timespec_of(at);
             lockcheck_timedwait(&h->cv, &h->mu, &until);
         } else {
             h->sleep_until = INT64_MAX;
@@ -434,6 +453,7 @@ watch_hub *watch_hub_new(const watch_config *cfg)
     h->heartbeat_ns = (int64_t)(cfg->heartbeat * 1e9);
     h->durable_seq = h->last_seq = cfg->durable_seq;
     h->sleep_until = INT64_MAX;
+    h->wakes_at = INT64_MAX;
     deadline_init(&h->deadlines);
     pthread_condattr_t ca;
     pthread_condattr_init(&ca);
