@@ -56,6 +56,7 @@ typedef struct wb_opts {
 
 typedef struct wb_shared {
     const wb_opts *o;
+    pid_t server;
     char base[128];
     _Atomic bool stop;
     _Atomic uint64_t failures;
@@ -103,8 +104,26 @@ out:
     return NULL;
 }
 
-/* One phase of writes: 2xx answers per second. */
-static double wb_write_phase(wb_shared *sh, unsigned round)
+/* CPU seconds the process has used (user + system), from /proc/PID/stat. */
+static double wb_cpu_seconds(pid_t pid)
+{
+    char path[64], buf[1024];
+    unsigned long ut = 0, st = 0;
+    snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+    FILE *f = fopen(path, "r");
+    size_t n = f ? fread(buf, 1, sizeof buf - 1, f) : 0;
+    if (f)
+        fclose(f);
+    buf[n] = '\0';
+    /* After the command's ")": state, then 10 fields, then utime and stime. */
+    const char *p = strrchr(buf, ')');
+    if (!p || sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu", &ut, &st) != 2)
+        return 0;
+    return (double)(ut + st) / (double)sysconf(_SC_CLK_TCK);
+}
+
+/* One phase of writes: 2xx answers per second; *ok gets their number. */
+static double wb_write_phase(wb_shared *sh, unsigned round, uint64_t *ok_out)
 {
     const wb_opts *o = sh->o;
     wb_writer *ws = calloc(o->writers, sizeof *ws);
@@ -125,6 +144,7 @@ static double wb_write_phase(wb_shared *sh, unsigned round)
     }
     double secs = (double)(bench_now_ns() - t0) / 1e9;
     free(ws);
+    *ok_out = ok;
     return (double)ok / secs;
 }
 
@@ -340,18 +360,27 @@ int main(int argc, char **argv)
     }
     curl_easy_setopt(c, CURLOPT_HTTPGET, 1L);
 
-    double none = 0, watched = 0;
-    uint64_t events = 0;
+    double none = 0, watched = 0, cpu_none = 0, cpu_watched = 0;
+    uint64_t events = 0, n_none = 0, n_watched = 0, n;
     unsigned phase = 0;
     for (unsigned r = 0; r < o.rounds; r++) {
-        double a = wb_write_phase(&sh, phase++);
+        /* The server's CPU per accepted update: what the machine's other load does not change much. */
+        bench_wait_drained(c, body, sh.base, 60000);
+        double cpu0 = wb_cpu_seconds(srv.pid);
+        double a = wb_write_phase(&sh, phase++, &n);
+        bench_wait_drained(c, body, sh.base, 60000);
+        cpu_none += wb_cpu_seconds(srv.pid) - cpu0;
+        n_none += n;
         wb_streams st;
         if (wb_streams_open(&st, &sh, o.watchers, c, body) != 0) {
             wb_streams_close(&st);
             goto out;
         }
-        double b = wb_write_phase(&sh, phase++);
+        cpu0 = wb_cpu_seconds(srv.pid);
+        double b = wb_write_phase(&sh, phase++, &n);
         bench_wait_drained(c, body, sh.base, 60000);
+        cpu_watched += wb_cpu_seconds(srv.pid) - cpu0;
+        n_watched += n;
         wb_streams_close(&st);
         events += atomic_load(&st.events);
         if (atomic_load(&st.broken))
@@ -365,6 +394,11 @@ int main(int argc, char **argv)
     printf("writes: none %.0f/s, with %u watchers %.0f/s: ratio %.2f (target >= 0.8); "
            "%" PRIu64 " events sent to the streams\n", none / o.rounds, o.watchers,
            watched / o.rounds, none > 0 ? watched / none : 0, events);
+    double us_none = n_none ? cpu_none * 1e6 / (double)n_none : 0;
+    double us_watched = n_watched ? cpu_watched * 1e6 / (double)n_watched : 0;
+    printf("server CPU per accepted update: none %.1f us, with %u watchers %.1f us (each "
+           "update also sent as an event): ratio none/watched %.2f\n", us_none, o.watchers,
+           us_watched, us_watched > 0 ? us_none / us_watched : 0);
 
     long rss0, th0, rss1, th1;
     bench_wait_drained(c, body, sh.base, 60000);
