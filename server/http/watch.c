@@ -766,10 +766,6 @@ bool watch_timed_out(watcher *w)
     return t;
 }
 
-size_t watch_count(watch_hub *h)
-{
-    return atomic_load(&h->open);
-}
 
 void *watch_owner(const watcher *w)
 {

@@ -111,7 +111,5 @@ bool watch_timed_out(watcher *w);
 bool watch_deleted(watcher *w);
 /* The owner given to watch_open. */
 void *watch_owner(const watcher *w);
-/* Watchers open now. */
-size_t watch_count(watch_hub *h);
 
 #endif
