@@ -307,8 +307,10 @@ static void list_since(api *a, const api_request *req, const route_args *args,
     do {
         res = engine_list(a->engine, args->run_id, mask, *last ? last : NULL, LIST_MAX_LIMIT,
                           &page);
-        if (res != ENGINE_ACCEPTED)
+        if (res != ENGINE_ACCEPTED) {
+            engine_page_free(&page);
             break;
+        }
         if (page.count)
             snprintf(last, sizeof last, "%s", page.rows[page.count - 1]->node_id);
         for (size_t i = 0; i < page.count; i++) {

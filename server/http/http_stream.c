@@ -90,8 +90,10 @@ static engine_result http_stream_catch_up(http_server *s, watcher *w, const char
 
         res = engine_list(s->e, run_id, (1u << NS_STATUS_COUNT) - 1,
                           after[0] != '\0' ? after : NULL, HTTP_CATCH_UP_PAGE, &page);
-        if (res != ENGINE_ACCEPTED)
+        if (res != ENGINE_ACCEPTED) {
+            engine_page_free(&page);
             break;
+        }
         if (n + page.count > cap) {
             size_t ncap = cap != 0 ? cap : HTTP_CATCH_UP_PAGE;
             ns_row **grown;
