@@ -161,7 +161,7 @@ void api_handle(api *a, const api_request *req, api_response *resp)
 {
     memset(resp, 0, sizeof *resp);
     api_dispatch(a, req, resp);
-    if (!resp->wait)
+    if (!resp->wait && !resp->events && !(resp->poll_wait > 0))
         stats_count_http(engine_stats(a->engine), resp->status);
 }
 
@@ -205,4 +205,21 @@ void api_response_free(api_response *resp)
         free(resp->wait);
         resp->wait = NULL;
     }
+}
+
+void api_count_status(api *a, int status)
+{
+    stats_count_http(engine_stats(a->engine), status);
+}
+
+char *api_node_json(const ns_row *row, bool durable, size_t *len)
+{
+    buf b;
+    buf_init(&b);
+    codec_row(&b, row, durable);
+    if (b.failed) {
+        buf_free(&b);
+        return NULL;
+    }
+    return buf_steal(&b, len);
 }

@@ -12,6 +12,14 @@
  * engine's durable seq reaches wait_seq or wait_timeout passes, then calls
  * api_finish_wait to turn it into the final 200 (durable) or 202.
  *
+ * Watching a run is answered in two steps too. GET /runs/{run_id}/events
+ * returns a response with events set (checked, the run found, not counted
+ * yet): the transport opens the stream of the run's changes (server/http/
+ * watch.h) and counts it with api_count_status. A long poll, GET
+ * /runs/{run_id}/nodes?since=N&wait=S that finds nothing above N, returns
+ * poll_wait > 0: the transport parks it until a change of the run or S
+ * seconds, then calls api_handle again (with no_wait once the time is up).
+ *
  * Every final answer (api_handle's when not parked, api_finish_wait's,
  * api_problem's) is counted by status code in the engine's stats.
  */
@@ -51,6 +59,7 @@ typedef struct api_request {
      */
     const char *(*query)(void *ctx, const char *name);
     void *ctx;
+    bool no_wait;            /* a long poll's time is up: answer what there is */
 } api_request;
 
 /*
@@ -80,6 +89,11 @@ typedef struct api_response {
     int64_t wait_seq;          /* > 0: park until durable (see above) */
     double wait_timeout;       /* seconds to park at most */
     struct api_wait *wait;     /* api's own: what to answer with once parked */
+    bool events;               /* GET .../events: stream watch_run's changes (see above) */
+    bool events_durable;       /*   ?durable=true: only committed changes */
+    int64_t since;             /* stream or poll: the changes above this seq */
+    double poll_wait;          /* > 0: long poll with nothing yet; seconds to wait at most */
+    char watch_run[NS_ID_MAX + 1]; /* the run of a stream or poll */
 } api_response;
 
 /* cfg->token is copied. NULL when out of memory. */
@@ -102,5 +116,9 @@ void api_response_free(api_response *resp);
  * max_body_bytes.
  */
 size_t api_body_limit(const api *a, const char *method, const char *path);
+/* Counts an answer the transport gives on the api's word (a stream's 200). */
+void api_count_status(api *a, int status);
+/* A node's JSON exactly as GET .../state answers it (malloc'd, *len bytes), or NULL. */
+char *api_node_json(const ns_row *row, bool durable, size_t *len);
 
 #endif

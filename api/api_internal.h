@@ -17,6 +17,7 @@
 #include "problems.h"
 
 #define API_JSON_TYPE "application/json"
+#define API_EVENT_STREAM_TYPE "text/event-stream"
 /* Path segments of the longest route. */
 #define API_MAX_SEGMENTS 5
 
@@ -112,5 +113,6 @@ handler_fn api_get_metrics;
 handler_fn api_get_healthz;
 handler_fn api_get_readyz;
 handler_fn api_get_backup;
+handler_fn api_watch_run;
 
 #endif

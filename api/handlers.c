@@ -424,6 +424,114 @@ static unsigned status_mask(const char *list)
     return mask;
 }
 
+/* A seq from a query value or header: digits only, at most 2^63-1. -1 otherwise. */
+static int64_t seq_value(const char *v)
+{
+    if (!*v || strlen(v) > 19 || strspn(v, "0123456789") != strlen(v))
+        return -1;
+    unsigned long long n = strtoull(v, NULL, 10);
+    return n > INT64_MAX ? -1 : (int64_t)n;
+}
+
+/* Orders rows by seq. */
+static int row_seq_cmp(const void *x, const void *y)
+{
+    int64_t a = (*(ns_row *const *)x)->seq, b = (*(ns_row *const *)y)->seq;
+    return (a > b) - (a < b);
+}
+
+/*
+ * GET /runs/{run}/nodes?since=N[&wait=S]: the run's nodes whose seq is
+ * above N, in seq order, at most limit (the client asks again with the
+ * last one's seq). None yet and wait > 0: a long poll (api.h).
+ */
+static void list_since(api *a, const api_request *req, const route_args *args,
+                       api_response *resp, unsigned mask, size_t limit,
+                       const char *after, const char *since_value)
+{
+    int64_t since = seq_value(since_value);
+    if (since < 0 || after) {
+        api_answer_problem(resp, PROBLEM_INVALID_QUERY, after
+                           ? "query parameters \"since\" and \"after\" do not go together"
+                           : "query parameter \"since\" must be a whole number >= 0 (a seq)");
+        return;
+    }
+    double wait = 0;
+    char w[QUERY_VALUE_MAX + 1];
+    int has = query_arg(req, resp, "wait", w);
+    if (has < 0)
+        return;
+    if (has) {
+        char *end;
+        wait = strtod(w, &end);
+        if (!*w || *end || !isfinite(wait) || wait < 0) {
+            api_answer_problem(resp, PROBLEM_INVALID_QUERY,
+                               "query parameter \"wait\" must be a number of seconds >= 0");
+            return;
+        }
+        if (wait > a->cfg.max_wait)
+            wait = a->cfg.max_wait;
+    }
+    /* Every matching node, page by page: no index by seq, a run is scanned once per ask. */
+    engine_page all = { 0 }, page;
+    char last[NS_ID_MAX + 1] = "";
+    engine_result res;
+    size_t cap = 0;
+    do {
+        res = engine_list(a->engine, args->run_id, mask, *last ? last : NULL, LIST_MAX_LIMIT,
+                          &page);
+        if (res != ENGINE_ACCEPTED) {
+            engine_page_free(&page);
+            break;
+        }
+        if (page.count)
+            snprintf(last, sizeof last, "%s", page.rows[page.count - 1]->node_id);
+        for (size_t i = 0; i < page.count; i++) {
+            ns_row *r = page.rows[i];
+            if (r->seq <= since)
+                continue;
+            if (all.count == cap) {
+                size_t ncap = cap ? cap * 2 : 64;
+                ns_row **grown = realloc(all.rows, ncap * sizeof *grown);
+                if (!grown) {
+                    res = ENGINE_ERROR;
+                    break;
+                }
+                all.rows = grown;
+                cap = ncap;
+            }
+            model_row_ref(r);
+            all.rows[all.count++] = r;
+        }
+        bool more = page.more;
+        engine_page_free(&page);
+        if (!more || res != ENGINE_ACCEPTED)
+            break;
+    } while (1);
+    if (res == ENGINE_NOT_FOUND) {
+        api_answer_problem(resp, PROBLEM_NOT_FOUND, "no such run");
+    } else if (res != ENGINE_ACCEPTED) {
+        api_answer_problem(resp, PROBLEM_INTERNAL_ERROR, "listing the run failed");
+    } else {
+        if (all.count > 1)
+            qsort(all.rows, all.count, sizeof *all.rows, row_seq_cmp);
+        size_t count = all.count;
+        if (all.count > limit)
+            all.count = limit;
+        buf b;
+        buf_init(&b);
+        codec_page(&b, args->run_id, &all, engine_durable_seq(a->engine));
+        api_respond(resp, 200, API_JSON_TYPE, &b);
+        all.count = count;
+        if (all.count == 0 && wait > 0 && !req->no_wait) {
+            resp->poll_wait = wait;
+            resp->since = since;
+            snprintf(resp->watch_run, sizeof resp->watch_run, "%s", args->run_id);
+        }
+    }
+    engine_page_free(&all);
+}
+
 void api_list_nodes(api *a, const api_request *req, const route_args *args,
                     api_response *resp)
 {
@@ -466,6 +574,14 @@ void api_list_nodes(api *a, const api_request *req, const route_args *args,
     if (after && !model_id_valid(after, strlen(after))) {
         api_answer_problem(resp, PROBLEM_INVALID_QUERY,
                            "query parameter \"after\" must be a node id");
+        return;
+    }
+    char since_value[QUERY_VALUE_MAX + 1];
+    has = query_arg(req, resp, "since", since_value);
+    if (has < 0)
+        return;
+    if (has) {
+        list_since(a, req, args, resp, mask, limit, after, since_value);
         return;
     }
     engine_page page;
@@ -723,4 +839,67 @@ void api_get_backup(api *a, const api_request *req, const route_args *args,
     snprintf(resp->disposition, sizeof resp->disposition,
              "attachment; filename=\"nodestate-%s.db\"", stamp);
     resp->stream = (api_stream){backup_read, backup_close, b, engine_backup_size(b)};
+}
+
+/*
+ * GET /runs/{run}/events: checks what a stream needs (api.h); the
+ * transport streams. Last-Event-ID, which an EventSource sends when it
+ * reconnects, wins over ?since=. HEAD answers the headers alone.
+ */
+void api_watch_run(api *a, const api_request *req, const route_args *args,
+                   api_response *resp)
+{
+    int64_t since = 0;
+    char v[QUERY_VALUE_MAX + 1];
+    int has = query_arg(req, resp, "since", v);
+    if (has < 0)
+        return;
+    if (has && (since = seq_value(v)) < 0) {
+        api_answer_problem(resp, PROBLEM_INVALID_QUERY,
+                           "query parameter \"since\" must be a whole number >= 0 (a seq)");
+        return;
+    }
+    const char *last_id = api_header(req, "Last-Event-ID");
+    if (last_id && *last_id) {
+        if ((since = seq_value(last_id)) < 0) {
+            api_answer_problem(resp, PROBLEM_INVALID_QUERY,
+                               "header Last-Event-ID must be a whole number >= 0 (a seq)");
+            return;
+        }
+    }
+    has = query_arg(req, resp, "durable", v);
+    if (has < 0)
+        return;
+    int durable = has ? flag_value(v) : 0;
+    if (durable < 0) {
+        api_answer_problem(resp, PROBLEM_INVALID_QUERY,
+                           "query parameter \"durable\" must be true or false");
+        return;
+    }
+    engine_page page;
+    engine_result res = engine_list(a->engine, args->run_id, (1u << NS_STATUS_COUNT) - 1,
+                                    NULL, 1, &page);
+    engine_page_free(&page);
+    if (res == ENGINE_NOT_FOUND) {
+        api_answer_problem(resp, PROBLEM_NOT_FOUND, "no such run");
+        return;
+    }
+    if (res != ENGINE_ACCEPTED) {
+        api_answer_problem(resp, PROBLEM_INTERNAL_ERROR, "reading the run failed");
+        return;
+    }
+    if (strcmp(req->method, "GET") != 0) {
+        /* HEAD: the headers a stream starts with, and its first bytes as the body MHD leaves out. */
+        buf b;
+        buf_init(&b);
+        buf_puts(&b, "retry: 1000\n\n");
+        api_respond(resp, 200, API_EVENT_STREAM_TYPE, &b);
+        return;
+    }
+    resp->status = 200;
+    resp->content_type = API_EVENT_STREAM_TYPE;
+    resp->events = true;
+    resp->events_durable = durable == 1;
+    resp->since = since;
+    snprintf(resp->watch_run, sizeof resp->watch_run, "%s", args->run_id);
 }

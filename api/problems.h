@@ -31,7 +31,8 @@
     X(OUT_OF_MEMORY, 503, "out-of-memory", "Service unavailable")                     \
     X(NOT_ALIVE, 503, "not-alive", "Not alive")                                       \
     X(NOT_READY, 503, "not-ready", "Not ready")                                       \
-    X(BACKUP_BUSY, 503, "backup-busy", "Backup in progress")
+    X(BACKUP_BUSY, 503, "backup-busy", "Backup in progress")                          \
+    X(TOO_MANY_WATCHERS, 503, "too-many-watchers", "Too many watchers")
 
 typedef enum problem_id {
 #define PROBLEMS_ENUM(name, status, slug, title) PROBLEM_##name,

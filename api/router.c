@@ -21,6 +21,7 @@ static const api_route routes[] = {
       api_get_state, api_post_state, NULL },
     { { "runs", "{run}", "nodes" }, "GET, HEAD, POST", ROUTE_UPDATE | ROUTE_BATCH,
       api_list_nodes, api_post_batch, NULL },
+    { { "runs", "{run}", "events" }, "GET, HEAD", 0, api_watch_run, NULL, NULL },
     { { "runs", "{run}" }, "GET, HEAD, DELETE", 0, api_get_run, NULL, api_delete_run },
     { { "stats" }, "GET, HEAD", 0, api_get_stats, NULL, NULL },
     { { "metrics" }, "GET, HEAD", 0, api_get_metrics, NULL, NULL },

@@ -3,7 +3,9 @@
 # SQLite vs the engine), durable_bench (?wait=true acks of the real binary vs
 # one commit per update on the same disk), memory_bench (RSS per cached
 # node), bigrun_bench (clients writing small runs beside clients adding to
-# and listing a 100,000-node run) and shutdown_bench.sh (SIGTERM with the
+# and listing a 100,000-node run), watch_bench (the 202 rate with and
+# without 100 event streams on the written runs, and what 1,000 idle streams
+# cost) and shutdown_bench.sh (SIGTERM with the
 # database locked by another connection: time to exit, and every accepted
 # update kept through the spill), the cost of TLS (the same wrk load over
 # http and then https, the ratio of the two), batch_bench (requests of 1,000
@@ -31,13 +33,16 @@
 #   BIGRUN_NODES         bigrun_bench --nodes (default 100000)
 #   BIGRUN_DURATION      bigrun_bench --duration seconds per phase (5)
 #   BIGRUN_ARGS          more bigrun_bench arguments (e.g. "--big-clients 4")
+#   WATCH_WATCHERS WATCH_IDLE WATCH_DURATION WATCH_ROUNDS   watch_bench
+#                        --watchers (100) --idle (1000) --duration (5) --rounds (3)
+#   WATCH_ARGS           more watch_bench arguments (e.g. "--writers 8")
 #   SHUTDOWN_TIMEOUT WRITE_SECONDS   shutdown_bench.sh (8 s budget, 20 s of writes)
 #   TLS_DURATION         wrk -d of each of the two TLS runs (default WRK_DURATION)
 #   BATCH_CLIENTS        batch_bench --clients (default 4)
 #   BATCH_SIZE           batch_bench --batch, updates per request (default 1000)
 #   BATCH_DURATION       batch_bench --duration seconds (10)
 #   BATCH_ARGS           more batch_bench arguments (e.g. "--server-arg --synchronous --server-arg full")
-#   SKIP_ENGINE=1 / SKIP_DURABLE=1 / SKIP_MEMORY=1 / SKIP_BIGRUN=1 / SKIP_SHUTDOWN=1 / SKIP_TLS=1 / SKIP_BATCH=1 / SKIP_HTTP=1
+#   SKIP_ENGINE=1 / SKIP_DURABLE=1 / SKIP_MEMORY=1 / SKIP_BIGRUN=1 / SKIP_WATCH=1 / SKIP_SHUTDOWN=1 / SKIP_TLS=1 / SKIP_BATCH=1 / SKIP_HTTP=1
 #                        skip a step
 set -euo pipefail
 
@@ -70,7 +75,7 @@ fi
 echo "== build (Release) in $build"
 cmake -S "$root" -B "$build" -DCMAKE_BUILD_TYPE=Release -DBUILD_TESTING=OFF >/dev/null
 cmake --build "$build" --target nodestate engine_bench durable_bench \
-    memory_bench bigrun_bench batch_bench -j "$(nproc)" >/dev/null
+    memory_bench bigrun_bench batch_bench watch_bench -j "$(nproc)" >/dev/null
 
 status=0
 
@@ -124,6 +129,20 @@ if [ "${SKIP_BIGRUN:-0}" != 1 ]; then
     extra=(${BIGRUN_ARGS:-})
     echo "\$ $build/bench/bigrun_bench ${args[*]} ${extra[*]}"
     "$build/bench/bigrun_bench" "${args[@]}" "${extra[@]}" || status=1
+fi
+
+if [ "${SKIP_WATCH:-0}" != 1 ]; then
+    echo
+    echo "== watch_bench"
+    args=(--server "$build/nodestate"
+          --watchers "${WATCH_WATCHERS:-100}"
+          --idle "${WATCH_IDLE:-1000}"
+          --duration "${WATCH_DURATION:-5}"
+          --rounds "${WATCH_ROUNDS:-3}")
+    # shellcheck disable=SC2206 # WATCH_ARGS is meant to be word-split
+    extra=(${WATCH_ARGS:-})
+    echo "\$ $build/bench/watch_bench ${args[*]} ${extra[*]}"
+    "$build/bench/watch_bench" "${args[@]}" "${extra[@]}" || status=1
 fi
 
 if [ "${SKIP_SHUTDOWN:-0}" != 1 ]; then

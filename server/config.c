@@ -148,6 +148,14 @@ static const option_def options[] = {
      DURATION_MAX, "1m", "DURATION",
      "how often --retention sweeps the database for such runs (a page of\n"
      "      rows at a time); 0 sweeps again as soon as a sweep ends"},
+    {"max-watchers", OPT_SIZE, FIELD(max_watchers), 0, 1000000, 0, "1024", "N",
+     "most event streams and long polls open at once; beyond it they get 503"},
+    {"watch-buffer-bytes", OPT_BYTES, FIELD(watch_buffer_bytes), 1024,
+     (uint64_t)1 << 40, 0, "1M", "BYTES",
+     "bytes of changes a synced event stream may fall behind before it is\n"
+     "      dropped (the client resumes with Last-Event-ID)"},
+    {"watch-heartbeat", OPT_SECONDS, FIELD(watch_heartbeat), 0, 0, 3600, "15",
+     "SECONDS", "seconds between comment lines on an event stream; 0 = none"},
 };
 
 #define OPTION_COUNT (sizeof options / sizeof options[0])

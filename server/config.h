@@ -48,6 +48,9 @@ typedef struct config {
     unsigned max_backups;         /* --max-backups: GET /backup answers at once */
     double retention;             /* --retention seconds: delete finished runs idle longer; 0 = off */
     double retention_interval;    /* --retention-interval seconds between sweeps for them */
+    size_t max_watchers;          /* --max-watchers: event streams and long polls open at once */
+    size_t watch_buffer_bytes;    /* --watch-buffer-bytes: a stream further behind is dropped */
+    double watch_heartbeat;       /* --watch-heartbeat: seconds between comment lines; 0 = none */
 } config;
 
 typedef enum config_outcome {

@@ -321,6 +321,9 @@ int main(int argc, char **argv)
         .access_log = cfg.access_log,
         .tls_cert = tls_cert,
         .tls_key = tls_key,
+        .max_watchers = cfg.max_watchers,
+        .watch_buffer_bytes = cfg.watch_buffer_bytes,
+        .watch_heartbeat = cfg.watch_heartbeat,
         .log = log_write,
         .log_ctx = log,
     };

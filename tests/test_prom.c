@@ -256,7 +256,7 @@ Test(prom, help_and_type_precede_every_family, .init = fill_stats)
             samples++;
         }
     }
-    cr_assert_eq(n_seen, 32);
+    cr_assert_eq(n_seen, 35);
     cr_assert_gt(samples, 20);
     free(t);
 }

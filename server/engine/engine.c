@@ -122,6 +122,10 @@ static void enqueue(engine *e, ns_op *op)
     atomic_store_explicit(&e->stats.queue_bytes, e->queue_bytes, memory_order_relaxed);
     atomic_store_explicit(&e->stats.last_seq, e->last_seq, memory_order_relaxed);
     atomic_fetch_add_explicit(&e->stats.updates_queued, 1, memory_order_relaxed);
+    /* The one hook of every accepted change: after its seq, in seq order, under the lock. */
+    if (e->on_change)
+        e->on_change(e->on_change_ctx, op->row ? op->row->run_id : op->delete_run, op->row,
+                     op->seq);
     /*
      * Wake the writer only when it may be waiting for this: the first op, a
      * full batch, a full queue, half the byte bound reached.
@@ -621,6 +625,17 @@ void engine_on_durable(engine *e, void (*fn)(void *ctx, int64_t durable_seq),
         lockcheck_wait(&e->callback_done, &e->lock);
     e->on_durable = fn;
     e->on_durable_ctx = ctx;
+    lockcheck_unlock(&e->lock);
+}
+
+void engine_on_change(engine *e, engine_change_fn *fn, void *ctx)
+{
+    assert(state_opened(e));
+    lockcheck_assert_not_held(&e->lock);
+    /* Calls run under the lock, so none is in progress once we hold it. */
+    lockcheck_lock(&e->lock);
+    e->on_change = fn;
+    e->on_change_ctx = ctx;
     lockcheck_unlock(&e->lock);
 }
 

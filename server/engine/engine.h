@@ -170,6 +170,19 @@ void engine_on_durable(engine *e, void (*fn)(void *ctx, int64_t durable_seq),
  * last few hundred such seqs.
  */
 bool engine_refused(engine *e, int64_t seq);
+/*
+ * What engine_on_change calls for every accepted change, in seq order, with
+ * the engine's lock held: row is the node's new state (the callee may keep it
+ * with model_row_ref), or NULL when the run was deleted. It must be quick and
+ * must not call the engine (watchers of a run use it: server/http/watch.h).
+ */
+typedef void engine_change_fn(void *ctx, const char *run_id, ns_row *row, int64_t seq);
+/*
+ * Registers fn (NULL: none). Every accepted change goes through one point,
+ * the queue's append, so single updates, batches and deletes (whatever path
+ * queued them) all reach it. When this returns, no call of the old fn runs.
+ */
+void engine_on_change(engine *e, engine_change_fn *fn, void *ctx);
 /* Asks the writer to commit what is queued now instead of after batch_interval. */
 void engine_flush_soon(engine *e);
 

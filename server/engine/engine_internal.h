@@ -95,6 +95,8 @@ struct engine {
     lockcheck_mutex lock;         /* guards every field below; lockcheck_assert_held where required */
     void (*on_durable)(void *ctx, int64_t durable_seq);
     void *on_durable_ctx;
+    engine_change_fn *on_change;  /* called in enqueue, lock held (engine_on_change) */
+    void *on_change_ctx;
     pthread_cond_t wake;          /* the writer sleeps on it (CLOCK_MONOTONIC) */
     cache *cache;
     queue *queue;

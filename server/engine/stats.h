@@ -135,7 +135,16 @@ typedef struct ns_hist {
       "Requests of many updates (POST /runs/{run_id}/nodes) with a valid envelope.") \
     X(batch_request_updates, "nodestate_batch_request_updates_total", counter, au64, \
       NS_STAT_AFTER_REJECTED, NS_STAT_AFTER_REJECTED, \
-      "Updates (items) in those requests, whatever became of each.")
+      "Updates (items) in those requests, whatever became of each.") \
+    X(watchers, "nodestate_watchers", gauge, au64, \
+      NS_STAT_AFTER_REJECTED, NS_STAT_AFTER_REJECTED, \
+      "Event streams and long polls open now.") \
+    X(watch_events_sent, "nodestate_watch_events_sent_total", counter, au64, \
+      NS_STAT_AFTER_REJECTED, NS_STAT_AFTER_REJECTED, \
+      "Node events written to event streams.") \
+    X(watch_dropped, "nodestate_watch_dropped_total", counter, au64, \
+      NS_STAT_AFTER_REJECTED, NS_STAT_AFTER_REJECTED, \
+      "Event streams dropped for falling too far behind.")
 
 /*
  * The histograms, in the order both answers give them:

@@ -149,9 +149,16 @@ static void http_teardown(http_server *s)
         engine_on_durable(s->e, NULL, NULL);
         s->durable_hooked = false;
     }
+    if (s->change_hooked) {
+        engine_on_change(s->e, NULL, NULL);
+        s->change_hooked = false;
+    }
     http_timer_stop(s);
     /* Parks seen after this resume themselves (RELEASED), on MHD's own threads. */
     http_release_all(s);
+    /* Every stream and long poll resumed and ended; none parks from now on. */
+    if (s->hub != NULL)
+        watch_release(s->hub);
     if (s->daemon != NULL) {
         MHD_stop_daemon(s->daemon);
         s->daemon = NULL;
@@ -161,6 +168,8 @@ static void http_teardown(http_server *s)
 /* Frees what http_teardown left: nothing runs on s any more. */
 static void http_free(http_server *s)
 {
+    /* The daemon is stopped: every stream's response is freed, so every watcher closed. */
+    watch_hub_free(s->hub);
     waitq_free(&s->waiters);
     deadline_free(&s->headers);
     if (s->cv_init)
@@ -265,6 +274,24 @@ http_server *http_start(const http_config *cfg, api *a, engine *e, char *err,
         goto fail;
     }
 
+    /* Before the durable callback, which tells the hub of commits. */
+    {
+        watch_config wc = {
+            .max_watchers = cfg->max_watchers,
+            .buffer_bytes = cfg->watch_buffer_bytes,
+            .heartbeat = cfg->watch_heartbeat,
+            .durable_seq = engine_durable_seq(e),
+            .resume = http_stream_resume,
+            .encode = http_stream_encode,
+            .stats = engine_stats(e),
+        };
+
+        s->hub = watch_hub_new(&wc);
+        if (s->hub == NULL) {
+            snprintf(err, errlen, "cannot start the watchers' thread");
+            goto fail;
+        }
+    }
     /* The timer and the durable callback exist before the first request can
      * park, so no waiter is ever missed. */
     if (pthread_create(&s->timer, NULL, http_timer_main, s) != 0) {
@@ -274,6 +301,8 @@ http_server *http_start(const http_config *cfg, api *a, engine *e, char *err,
     s->timer_started = true;
     engine_on_durable(e, http_on_durable, s);
     s->durable_hooked = true;
+    engine_on_change(e, watch_on_change, s->hub);
+    s->change_hooked = true;
 
     /*
      * poll(), not epoll: in 0.9.75 MHD_quiesce_daemon removes the listen socket
@@ -435,6 +464,8 @@ void http_stop(http_server *s, double timeout)
     lockcheck_unlock(&s->mu);
     listen_fd = MHD_quiesce_daemon(s->daemon);
     engine_flush_soon(s->e);
+    /* Streams end once they have sent the final flush's changes; long polls answer now. */
+    watch_stop(s->hub);
     for (;;) {
         int64_t now = model_mono_ns();
 
@@ -445,6 +476,7 @@ void http_stop(http_server *s, double timeout)
             http_state_advance(s, HTTP_RELEASED);
             lockcheck_unlock(&s->mu);
             http_release_all(s);
+            watch_release(s->hub);
             released = true;
             continue;
         }

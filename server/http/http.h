@@ -50,6 +50,10 @@ typedef struct http_config {
      * key: both set, the server speaks HTTPS only; both NULL, plain HTTP. */
     const char *tls_cert;
     const char *tls_key;
+    /* GET /runs/{run_id}/events streams and long polls (watch.h). */
+    size_t max_watchers;          /* open at once; beyond, 503 */
+    size_t watch_buffer_bytes;    /* unsent bytes past which a stream is dropped */
+    double watch_heartbeat;       /* seconds between comment lines; 0: none */
     ns_log_fn *log;
     void *log_ctx;
 } http_config;

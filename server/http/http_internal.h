@@ -26,6 +26,7 @@
 #include "framing.h"
 #include "lockcheck.h"
 #include "waitq.h"
+#include "watch.h"
 
 /*
  * Longest park (and stop timeout) we honour; the api caps ?timeout= far below
@@ -80,6 +81,8 @@ typedef struct http_req {
     bool durable;               /* set by the resumer */
     int64_t start_ns;           /* model_mono_ns() at the first call, for the access log */
     struct http_req *ready;     /* the taker's ready list once taken */
+    watcher *poll;              /* a parked long poll's watcher (http_stream.c) */
+    int64_t poll_deadline_ns;   /* when the long poll answers empty; 0 before its first park */
 } http_req;
 
 /*
@@ -156,6 +159,9 @@ struct http_server {
      */
     _Atomic bool start_msg_taken;
     char start_msg[200];
+    /* Streams and long polls (watch.h); created before the daemon, freed after it. */
+    watch_hub *hub;
+    bool change_hooked;         /* watch_on_change is registered with the engine */
 };
 
 /* ---- http.c: the life cycle and logging ---- */
@@ -217,8 +223,34 @@ enum MHD_Result http_on_request(void *cls, struct MHD_Connection *con,
                                 const char *version,
                                 const char *upload_data,
                                 size_t *upload_data_size, void **con_cls);
+/*
+ * Calls the api for the request (or answers the body's 413 / out of
+ * memory); no_wait answers a long poll as it stands.
+ */
+void http_api_call(http_server *s, http_req *r, const char *method, const char *url,
+                   struct MHD_Connection *con, bool no_wait, api_response *resp);
+/* Queues resp on the connection and frees it; MHD_NO when MHD cannot take it. */
+enum MHD_Result http_queue(http_server *s, const http_req *r, const char *method,
+                           const char *url, struct MHD_Connection *con,
+                           api_response *resp);
 /* MHD_OPTION_NOTIFY_COMPLETED. */
 void http_on_completed(void *cls, struct MHD_Connection *con,
                        void **con_cls, enum MHD_RequestTerminationCode toe);
+
+/* ---- http_stream.c: event streams and long polls ---- */
+
+/* watch_config.resume and .encode. */
+void http_stream_resume(void *owner);
+char *http_stream_encode(void *ctx, const ns_row *row, bool durable, size_t *len);
+/* Answers resp (api_response.events) with the run's event stream, or a problem. */
+enum MHD_Result http_stream_start(http_server *s, http_req *r, const char *method,
+                                  const char *url, struct MHD_Connection *con,
+                                  api_response *resp);
+/* Parks a long poll; false with resp the answer to give now. */
+bool http_poll_park(http_server *s, http_req *r, const char *method, const char *url,
+                    struct MHD_Connection *con, api_response *resp);
+/* A parked long poll resumed: parks it again (true) or leaves the answer in resp. */
+bool http_poll_resumed(http_server *s, http_req *r, const char *method, const char *url,
+                       struct MHD_Connection *con, api_response *resp);
 
 #endif

@@ -147,9 +147,9 @@ static void http_stream_free(void *cls)
  * cannot take the response. With the access log on, a queued answer is
  * logged for r's method and url.
  */
-static enum MHD_Result http_queue(http_server *s, const http_req *r,
-                                  const char *method, const char *url,
-                                  struct MHD_Connection *con, api_response *resp)
+enum MHD_Result http_queue(http_server *s, const http_req *r,
+                           const char *method, const char *url,
+                           struct MHD_Connection *con, api_response *resp)
 {
     struct MHD_Response *mr;
     enum MHD_Result ret = MHD_NO;
@@ -295,6 +295,35 @@ static enum MHD_Result http_refuse_framing(http_server *s, http_req *r,
     return http_queue(s, r, method, url, con, &resp);
 }
 
+void http_api_call(http_server *s, http_req *r, const char *method, const char *url,
+                   struct MHD_Connection *con, bool no_wait, api_response *resp)
+{
+    api_request req;
+
+    memset(resp, 0, sizeof *resp);
+    if (r->too_large) {
+        char detail[96];
+
+        snprintf(detail, sizeof detail, "the request body exceeds %zu bytes",
+                 r->max_body);
+        api_problem(s->a, resp, PROBLEM_BODY_TOO_LARGE, detail);
+    } else if (r->oom) {
+        api_problem(s->a, resp, PROBLEM_OUT_OF_MEMORY,
+                    "out of memory while reading the request body");
+    } else {
+        memset(&req, 0, sizeof req);
+        req.method = method;
+        req.path = url;
+        req.body = r->body;
+        req.body_len = r->len;
+        req.header = http_header;
+        req.query = http_query;
+        req.ctx = con;
+        req.no_wait = no_wait;
+        api_handle(s->a, &req, resp);
+    }
+}
+
 enum MHD_Result http_on_request(void *cls, struct MHD_Connection *con,
                                        const char *url, const char *method,
                                        const char *version,
@@ -303,7 +332,6 @@ enum MHD_Result http_on_request(void *cls, struct MHD_Connection *con,
 {
     http_server *s = cls;
     http_req *r = *con_cls;
-    api_request req;
     api_response resp;
 
     if (r == NULL) {
@@ -335,6 +363,11 @@ enum MHD_Result http_on_request(void *cls, struct MHD_Connection *con,
         return MHD_YES;
     }
 
+    if (r->poll != NULL) {
+        if (http_poll_resumed(s, r, method, url, con, &resp))
+            return MHD_YES;
+        return http_queue(s, r, method, url, con, &resp);
+    }
     if (r->phase == HTTP_RESUMED) {
         /* Back from parking; the resumer recorded durability under mu. */
         bool durable;
@@ -364,27 +397,11 @@ enum MHD_Result http_on_request(void *cls, struct MHD_Connection *con,
         return MHD_YES;
     }
 
-    memset(&resp, 0, sizeof resp);
-    if (r->too_large) {
-        char detail[96];
-
-        snprintf(detail, sizeof detail, "the request body exceeds %zu bytes",
-                 r->max_body);
-        api_problem(s->a, &resp, PROBLEM_BODY_TOO_LARGE, detail);
-    } else if (r->oom) {
-        api_problem(s->a, &resp, PROBLEM_OUT_OF_MEMORY,
-                    "out of memory while reading the request body");
-    } else {
-        req.method = method;
-        req.path = url;
-        req.body = r->body;
-        req.body_len = r->len;
-        req.header = http_header;
-        req.query = http_query;
-        req.ctx = con;
-        api_handle(s->a, &req, &resp);
-    }
-
+    http_api_call(s, r, method, url, con, false, &resp);
+    if (resp.events)
+        return http_stream_start(s, r, method, url, con, &resp);
+    if (resp.poll_wait > 0 && http_poll_park(s, r, method, url, con, &resp))
+        return MHD_YES;
     if (resp.wait_seq > 0 && engine_durable_seq(s->e) < resp.wait_seq) {
         r->resp = resp;
         http_park(s, r);
@@ -410,6 +427,8 @@ void http_on_completed(void *cls, struct MHD_Connection *con,
         return;
     /* A request still parked here would be a bug: it is never on the waiter
      * list when MHD ends it, because every park ends with a resume first. */
+    /* A long poll the shutdown or a closed connection ended while parked. */
+    watch_close(r->poll);
     api_response_free(&r->resp);
     free(r->body);
     free(r);

@@ -129,6 +129,7 @@ void http_on_durable(void *ctx, int64_t durable_seq)
     http_req *ready = NULL;
     waitq_item *w;
 
+    watch_on_durable(s->hub, durable_seq);
     lockcheck_assert_not_held(&s->mu);
     lockcheck_lock(&s->mu);
     while ((w = waitq_lowest(&s->waiters)) != NULL && w->seq <= durable_seq)

@@ -255,6 +255,29 @@ async function mainServer(s) {
   await call(s, 'batch bad run id', 'POST', `/runs/${LONG_ID}/nodes`, { body: { updates: [{ node_id: 'a', status: 'idle' }] }, expect: 400, slug: 'invalid-id' });
   await call(s, 'batch not JSON media type', 'POST', B, { body: 'updates=1', headers: { 'Content-Type': 'text/plain' }, expect: 415, slug: 'unsupported-media-type' });
   await call(s, 'batch empty', 'POST', B, { body: { updates: [] }, expect: 422, slug: 'invalid-update' });
+  // Watching a run: a stream the run's delete ends, HEAD, bad input, long polls.
+  await call(s, 'setup rw', 'POST', '/runs/rw/nodes/a/state', { body: { status: 'running' }, expect: 202 });
+  const stream = call(s, 'event stream', 'GET', '/runs/rw/events?since=0', { expect: 200,
+    assert: (b, r) => ok(/event: synced/.test(r.body) && /event: deleted/.test(r.body) && /event: node/.test(r.body),
+      'want a node event, synced and deleted') });
+  for (const until = Date.now() + 30000; Date.now() < until;) {
+    const st = await send(s, 'GET', '/stats?format=json');
+    if (JSON.parse(st.body.toString('utf8')).watchers >= 1) break;
+    await new Promise((r) => setTimeout(r, 20));
+  }
+  await call(s, 'end the stream', 'DELETE', '/runs/rw', { expect: 202 });
+  await stream;
+  await call(s, 'events', 'HEAD', '/runs/r1/events', { expect: 200 });
+  await call(s, 'bad since', 'GET', '/runs/r1/events?since=x', { expect: 400, slug: 'invalid-query' });
+  await call(s, 'bad since', 'HEAD', '/runs/r1/events?since=-1', { expect: 400 });
+  await call(s, 'bad run id', 'GET', `/runs/${LONG_ID}/events`, { expect: 400, slug: 'invalid-id' });
+  await call(s, 'unknown run', 'GET', '/runs/no-such-run/events', { expect: 404, slug: 'not-found' });
+  await call(s, 'unknown run', 'HEAD', '/runs/no-such-run/events', { expect: 404 });
+  await call(s, 'nodes since', 'GET', '/runs/r1/nodes?since=0', { expect: 200,
+    assert: (b) => ok(b.nodes.length === 2 && b.nodes[0].seq < b.nodes[1].seq, 'want both nodes in seq order') });
+  await call(s, 'long poll times out', 'GET', '/runs/r1/nodes?since=1000000&wait=0.2', { expect: 200,
+    assert: (b) => ok(b.nodes.length === 0, 'want no nodes') });
+  await call(s, 'bad poll wait', 'GET', '/runs/r1/nodes?since=0&wait=soon', { expect: 400, slug: 'invalid-query' });
 
   // Counters and probes.
   await call(s, 'stats text', 'GET', '/stats', { expect: 200 });
@@ -331,6 +354,12 @@ async function fullQueueServer(s) {
   await call(s, 'after the lock', 'POST', '/runs/q/nodes/c/state?wait=true&timeout=20', { body: { status: 'running' }, expect: 200 });
 }
 
+async function noWatchersServer(s) {
+  await call(s, 'setup', 'POST', '/runs/r1/nodes/a/state', { body: { status: 'running' }, expect: 202 });
+  await call(s, 'too many watchers', 'GET', '/runs/r1/events', { expect: 503, slug: 'too-many-watchers' });
+  await call(s, 'too many long polls', 'GET', '/runs/r1/nodes?since=5&wait=5', { expect: 503, slug: 'too-many-watchers' });
+}
+
 async function smallBodyServer(s) {
   const body = JSON.stringify({ status: 'running', last_error: 'e'.repeat(80) });
   await call(s, 'body too large', 'POST', '/runs/r1/nodes/a/state', { body, headers: { 'Content-Type': 'application/json' }, expect: 413, slug: 'body-too-large' });
@@ -390,6 +419,7 @@ async function main() {
     scenario('main', [], mainServer),
     scenario('queue-full', ['--queue-capacity', '1', '--batch-interval', '30'], fullQueueServer, true),
     scenario('small-body', ['--max-body-bytes', '64', '--max-batch-body-bytes', '256', '--max-batch-updates', '2'], smallBodyServer),
+    scenario('no-watchers', ['--max-watchers', '0'], noWatchersServer),
     scenario('token', ['--token', TOKEN], tokenServer),
   ]);
   const { listed, covered } = contract.checkCoverage(NOT_TRIGGERABLE);

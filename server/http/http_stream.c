@@ -1,0 +1,247 @@
+#include "http_internal.h"
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/types.h>
+
+#include <microhttpd.h>
+
+#include "lockcheck.h"
+#include "model.h"
+#include "watch.h"
+
+/*
+ * The HTTP side of watching a run (watch.h holds the rest): an event
+ * stream is a callback response whose reader writes what its watcher
+ * holds and, with nothing to write, suspends its connection until the hub
+ * resumes it; a long poll is a request suspended until its watcher fires.
+ * Either way no thread waits for a client: 1,000 idle streams are 1,000
+ * suspended connections and their watchers' memory.
+ */
+
+/*
+ * Bytes MHD asks the reader for at most per call: also the buffer MHD keeps
+ * per stream, so it is small (1,000 idle streams measured 50 kB each with
+ * 32 KiB, 28 kB with 8 KiB); a bigger event just takes several calls.
+ */
+#define HTTP_STREAM_BLOCK (8 * 1024)
+/* Rows asked of the engine per page of a catch-up. */
+#define HTTP_CATCH_UP_PAGE 10000
+
+/* watch_config.resume: the hub's thread, no lock of ours held. */
+void http_stream_resume(void *owner)
+{
+    MHD_resume_connection(owner);
+}
+
+/* watch_config.encode. */
+char *http_stream_encode(void *ctx, const ns_row *row, bool durable, size_t *len)
+{
+    (void)ctx;
+    return api_node_json(row, durable, len);
+}
+
+/* MHD's content reader of a stream. */
+static ssize_t http_stream_read(void *cls, uint64_t pos, char *buf, size_t max)
+{
+    watcher *w = cls;
+    ssize_t n = watch_fill(w, buf, max);
+
+    (void)pos;
+    if (n == WATCH_FILL_IDLE) {
+        struct MHD_Connection *con = watch_owner(w);
+
+        /* Suspended before parking, so that the hub's resume always finds it suspended. */
+        MHD_suspend_connection(con);
+        if (watch_park(w))
+            MHD_resume_connection(con);
+        return 0;
+    }
+    if (n == WATCH_FILL_END)
+        return MHD_CONTENT_READER_END_OF_STREAM;
+    if (n == WATCH_FILL_DROP)
+        return MHD_CONTENT_READER_END_WITH_ERROR;
+    return n;
+}
+
+/* MHD is done with the stream's response: its connection ended. */
+static void http_stream_free(void *cls)
+{
+    watch_close(cls);
+}
+
+/*
+ * Hands the run's nodes to a new watcher, page by page: whatever changes
+ * meanwhile the watcher has already seen. ENGINE_ACCEPTED, NOT_FOUND (the
+ * run went since the api looked) or ERROR.
+ */
+static engine_result http_stream_catch_up(http_server *s, watcher *w, const char *run_id)
+{
+    ns_row **rows = NULL;
+    size_t n = 0, cap = 0;
+    char after[NS_ID_MAX + 1] = "";
+    engine_result res;
+    engine_page page;
+
+    for (;;) {
+        bool more;
+
+        res = engine_list(s->e, run_id, (1u << NS_STATUS_COUNT) - 1,
+                          after[0] != '\0' ? after : NULL, HTTP_CATCH_UP_PAGE, &page);
+        if (res != ENGINE_ACCEPTED) {
+            engine_page_free(&page);
+            break;
+        }
+        if (n + page.count > cap) {
+            size_t ncap = cap != 0 ? cap : HTTP_CATCH_UP_PAGE;
+            ns_row **grown;
+
+            while (ncap < n + page.count)
+                ncap *= 2;
+            grown = realloc(rows, ncap * sizeof *grown);
+            if (grown == NULL) {
+                engine_page_free(&page);
+                res = ENGINE_ERROR;
+                break;
+            }
+            rows = grown;
+            cap = ncap;
+        }
+        for (size_t i = 0; i < page.count; i++) {
+            model_row_ref(page.rows[i]);
+            rows[n++] = page.rows[i];
+        }
+        if (page.count > 0)
+            memcpy(after, page.rows[page.count - 1]->node_id,
+                   strlen(page.rows[page.count - 1]->node_id) + 1);
+        more = page.more;
+        engine_page_free(&page);
+        if (!more)
+            break;
+    }
+    /* Gone since the api looked, through a delete the watcher saw: it sends "deleted" and ends. */
+    if (res == ENGINE_NOT_FOUND && watch_deleted(w))
+        res = ENGINE_ACCEPTED;
+    if (res == ENGINE_ACCEPTED && watch_catch_up(w, rows, n) != 0)
+        res = ENGINE_ERROR;
+    for (size_t i = 0; i < n; i++)
+        model_row_unref(rows[i]);
+    free(rows);
+    return res;
+}
+
+/* A watcher could not be opened: 503 too many, or out of memory. */
+static void http_watch_refused(http_server *s, api_response *resp, int err)
+{
+    api_response_free(resp);
+    if (err == WATCH_TOO_MANY)
+        api_problem(s->a, resp, PROBLEM_TOO_MANY_WATCHERS,
+                    "--max-watchers streams and long polls are open; retry later");
+    else
+        api_problem(s->a, resp, PROBLEM_OUT_OF_MEMORY, "out of memory opening a watcher");
+}
+
+/*
+ * Answers resp (api_response.events) with the run's event stream, or with a
+ * problem when it cannot be opened.
+ */
+enum MHD_Result http_stream_start(http_server *s, http_req *r, const char *method,
+                                  const char *url, struct MHD_Connection *con,
+                                  api_response *resp)
+{
+    struct MHD_Response *mr;
+    enum MHD_Result ret;
+    engine_result res;
+    int err = 0;
+    watcher *w = watch_open(s->hub, WATCH_STREAM, resp->watch_run, resp->since,
+                            resp->events_durable, con, 0, &err);
+
+    if (w == NULL) {
+        http_watch_refused(s, resp, err);
+        return http_queue(s, r, method, url, con, resp);
+    }
+    res = http_stream_catch_up(s, w, resp->watch_run);
+    if (res != ENGINE_ACCEPTED) {
+        watch_close(w);
+        api_response_free(resp);
+        if (res == ENGINE_NOT_FOUND)
+            api_problem(s->a, resp, PROBLEM_NOT_FOUND, "no such run");
+        else
+            api_problem(s->a, resp, PROBLEM_INTERNAL_ERROR, "reading the run failed");
+        return http_queue(s, r, method, url, con, resp);
+    }
+    api_response_free(resp);
+    /* From here on the response owns w: its free callback closes it, whatever happens. */
+    mr = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, HTTP_STREAM_BLOCK,
+                                           http_stream_read, w, http_stream_free);
+    if (mr == NULL) {
+        watch_close(w);
+        return MHD_NO;
+    }
+    ret = MHD_NO;
+    if (MHD_add_response_header(mr, MHD_HTTP_HEADER_CONTENT_TYPE, "text/event-stream") != MHD_YES ||
+        MHD_add_response_header(mr, MHD_HTTP_HEADER_CACHE_CONTROL, "no-cache") != MHD_YES ||
+        /* Proxies such as nginx would otherwise hold events back to fill their buffers. */
+        MHD_add_response_header(mr, "X-Accel-Buffering", "no") != MHD_YES)
+        goto out;
+    ret = MHD_queue_response(con, MHD_HTTP_OK, mr);
+    if (ret == MHD_YES)
+        api_count_status(s->a, MHD_HTTP_OK);
+out:
+    MHD_destroy_response(mr);
+    return ret;
+}
+
+/*
+ * resp is a long poll (api_response.poll_wait > 0): parks r until a change
+ * of the run above resp->since or the poll's deadline. Returns true when
+ * parked; false with resp the answer to give now.
+ */
+bool http_poll_park(http_server *s, http_req *r, const char *method, const char *url,
+                    struct MHD_Connection *con, api_response *resp)
+{
+    int err = 0;
+    watcher *w;
+
+    if (r->poll_deadline_ns == 0)
+        r->poll_deadline_ns = model_mono_ns() + http_seconds_ns(resp->poll_wait);
+    if (http_state_of(s) >= HTTP_STOPPING) {
+        api_response_free(resp);
+        http_api_call(s, r, method, url, con, true, resp);
+        return false;
+    }
+    w = watch_open(s->hub, WATCH_POLL, resp->watch_run, resp->since, false, con,
+                   r->poll_deadline_ns, &err);
+    if (w == NULL) {
+        http_watch_refused(s, resp, err);
+        return false;
+    }
+    /* A change between the api's look and watch_open: look again, now that the watcher sees every later one. */
+    api_response_free(resp);
+    http_api_call(s, r, method, url, con, false, resp);
+    if (!(resp->poll_wait > 0)) {
+        watch_close(w);
+        return false;
+    }
+    api_response_free(resp);
+    r->poll = w;
+    MHD_suspend_connection(con);
+    if (watch_park(w))
+        MHD_resume_connection(con);
+    return true;
+}
+
+/* A parked long poll is back: a change, its deadline, or the shutdown. */
+bool http_poll_resumed(http_server *s, http_req *r, const char *method, const char *url,
+                       struct MHD_Connection *con, api_response *resp)
+{
+    bool done = watch_timed_out(r->poll) || model_mono_ns() >= r->poll_deadline_ns ||
+                http_state_of(s) >= HTTP_STOPPING;
+
+    watch_close(r->poll);
+    r->poll = NULL;
+    http_api_call(s, r, method, url, con, done, resp);
+    return resp->poll_wait > 0 && http_poll_park(s, r, method, url, con, resp);
+}
