@@ -86,12 +86,25 @@ Test(shared, former_owner_cannot_regress_a_node_and_rereads_it)
     cr_assert(ns_log_contains(a, "msg=row-superseded"));
     cr_assert_eq(ns_stat(b, "store_conflicts"), 0);
 
-    /* A new attempt on A is a legal move against the stored row: it applies, above B's seq. */
-    cr_assert_eq(ns_post_state(a, "mv", "n1", "?wait=true",
+    /* B starts attempt 2; A, behind again, would move it back to scheduled: a
+     * waiting caller learns the store refused it. */
+    cr_assert_eq(ns_post_state(b, "mv", "n1", "?wait=true",
                                "{\"status\":\"running\",\"attempt\":2}", &r), 0);
     cr_assert_eq(r.status, 200, "%ld %s", r.status, r.body);
-    cr_assert_gt(seq_of(a, "mv", "n1"), seq_b);
-    cr_assert_eq(ns_db_int(a, "SELECT attempt FROM run_node_state WHERE run_id='mv'", NULL), 2);
+    long long seq_b2 = seq_of(b, "mv", "n1");
+    cr_assert_eq(ns_post_state(a, "mv", "n1", "?wait=true",
+                               "{\"status\":\"scheduled\",\"attempt\":2}", &r), 0);
+    char why[512];
+    cr_assert_eq(ns_check_problem(&r, 500, "write-refused", why, sizeof why), 0, "%s", why);
+    cr_assert_eq(ns_stat(a, "store_conflicts"), 2);
+    expect_status(a, "mv", "n1", "running");
+
+    /* A new attempt on A is a legal move against the stored row: it applies, above B's seq. */
+    cr_assert_eq(ns_post_state(a, "mv", "n1", "?wait=true",
+                               "{\"status\":\"running\",\"attempt\":3}", &r), 0);
+    cr_assert_eq(r.status, 200, "%ld %s", r.status, r.body);
+    cr_assert_gt(seq_of(a, "mv", "n1"), seq_b2);
+    cr_assert_eq(ns_db_int(a, "SELECT attempt FROM run_node_state WHERE run_id='mv'", NULL), 3);
     ns_resp_free(&r);
     cr_assert_eq(ns_stop(b, SIGTERM), 0);
     cr_assert_eq(ns_stop(a, SIGTERM), 0);
