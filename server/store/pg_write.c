@@ -17,6 +17,26 @@ typedef struct pg_isolated {
     char why[PG_ERRMSG_MAX];
 } pg_isolated;
 
+/* The session settings of the write connection, again after each reset. */
+static int pg_session(PGconn *conn, char *err, size_t errlen)
+{
+    return pg_exec(conn, "SET lock_timeout = '" PG_LOCK_TIMEOUT "'", err, errlen,
+                   "setting lock_timeout");
+}
+
+/*
+ * A broken connection (the server restarted) is made anew before a try,
+ * with its session settings; a failure shows in the statement that follows.
+ */
+static void pg_revive(pg_store *s)
+{
+    if (PQstatus(s->conn) == CONNECTION_OK)
+        return;
+    PQreset(s->conn);
+    if (PQstatus(s->conn) == CONNECTION_OK)
+        pg_session(s->conn, s->errmsg, sizeof s->errmsg);
+}
+
 pg_store *pg_store_open(const char *uri, bool sync_full, char *err,
                         size_t errlen)
 {
@@ -36,8 +56,7 @@ pg_store *pg_store_open(const char *uri, bool sync_full, char *err,
         goto err;
     if (pg_migrate(s->conn, &s->sql, err, errlen) != 0)
         goto err;
-    if (pg_exec(s->conn, "SET lock_timeout = '" PG_LOCK_TIMEOUT "'", err, errlen,
-                "setting lock_timeout") != 0)
+    if (pg_session(s->conn, err, errlen) != 0)
         goto err;
     /* Every seq any instance handed out is at most this (blocks are recorded before use). */
     if (pg_query_int(s->conn, "SELECT value FROM nodestate_meta WHERE key = 'seq_reserved'",
@@ -60,12 +79,6 @@ void pg_store_close(pg_store *s)
     free(s);
 }
 
-/* A broken connection (the server restarted) is made anew before a try. */
-static void pg_revive(PGconn *conn)
-{
-    if (PQstatus(conn) != CONNECTION_OK)
-        PQreset(conn);
-}
 
 /* Records why a call failed. */
 static void pg_fail(pg_store *s, const PGresult *res, const char *what)
@@ -286,7 +299,7 @@ int pg_store_write(pg_store *s, store_batch *b)
     }
     b->n_isolated = 0;
     b->n_superseded = 0;
-    pg_revive(s->conn);
+    pg_revive(s);
     applied = calloc(b->n_rows ? b->n_rows : 1, sizeof *applied);
     idx = malloc((b->n_rows ? b->n_rows : 1) * sizeof *idx);
     if (applied == NULL || idx == NULL) {
@@ -364,7 +377,7 @@ const char *pg_store_errmsg(const pg_store *s)
 int pg_store_meta_get(pg_store *s, const char *key, int64_t *value)
 {
     const char *p[1] = { key };
-    pg_revive(s->conn);
+    pg_revive(s);
     return pg_query_int(s->conn, "SELECT value FROM nodestate_meta WHERE key = $1",
                         1, p, value, s->errmsg, sizeof s->errmsg, "meta");
 }
@@ -379,7 +392,7 @@ int pg_store_meta_set(pg_store *s, const char *key, int64_t value)
     }
     snprintf(v, sizeof v, "%lld", (long long)value);
     const char *p[2] = { key, v };
-    pg_revive(s->conn);
+    pg_revive(s);
     return pg_run(s, "INSERT INTO nodestate_meta (key, value) VALUES ($1, $2::bigint)"
                      " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
                   2, p, "meta", NULL);
