@@ -6,6 +6,7 @@
 #include "pg_internal.h"
 
 #include <errno.h>
+#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -174,6 +175,44 @@ static void pg_mark_applied(const store_batch *b, const PGresult *res, bool *app
     }
 }
 
+/* The NS_NODE_FIELDS columns of some rows of a batch as array literals, $1..$N. */
+typedef struct pg_arrays {
+    pg_buf cols[64];
+    const char *params[64];
+} pg_arrays;
+
+/* Builds the arrays of rows idx[0..n) of b. 0, or -1 out of memory (errmsg set). */
+static int pg_arrays_build(pg_store *s, const store_batch *b, const size_t *idx, size_t n,
+                           pg_arrays *a)
+{
+    int ncols = s->sql.ncols;
+    memset(a, 0, sizeof *a);
+    for (int c = 0; c < ncols; c++)
+        pg_buf_array_open(&a->cols[c]);
+    for (size_t k = 0; k < n; k++) {
+        const ns_row *row = b->rows[idx[k]];
+        int c = 0;
+#define PG_PUT_(name, member, json, column, kind) pg_put_##kind(&a->cols[c++], row->member);
+        NS_NODE_FIELDS(PG_PUT_)
+#undef PG_PUT_
+    }
+    for (int c = 0; c < ncols; c++) {
+        pg_buf_array_close(&a->cols[c]);
+        if (a->cols[c].oom) {
+            snprintf(s->errmsg, sizeof s->errmsg, "upsert: out of memory");
+            return -1;
+        }
+        a->params[c] = a->cols[c].p;
+    }
+    return 0;
+}
+
+static void pg_arrays_free(pg_arrays *a)
+{
+    for (size_t c = 0; c < sizeof a->cols / sizeof a->cols[0]; c++)
+        pg_buf_free(&a->cols[c]);
+}
+
 /*
  * Upserts rows idx[0..n) of b in one statement (forced: judged by seq
  * alone). 0 with the applied ones marked, or -1 with *failed set to the
@@ -182,31 +221,13 @@ static void pg_mark_applied(const store_batch *b, const PGresult *res, bool *app
 static int pg_upsert(pg_store *s, const store_batch *b, const size_t *idx, size_t n,
                      bool forced, bool *applied, PGresult **failed)
 {
-    int ncols = s->sql.ncols;
-    pg_buf cols[64];
-    const char *params[64];
+    pg_arrays a;
     int ret = -1;
     *failed = NULL;
-    memset(cols, 0, sizeof cols);
-    for (int c = 0; c < ncols; c++)
-        pg_buf_array_open(&cols[c]);
-    for (size_t k = 0; k < n; k++) {
-        const ns_row *row = b->rows[idx[k]];
-        int c = 0;
-#define PG_PUT_(name, member, json, column, kind) pg_put_##kind(&cols[c++], row->member);
-        NS_NODE_FIELDS(PG_PUT_)
-#undef PG_PUT_
-    }
-    for (int c = 0; c < ncols; c++) {
-        pg_buf_array_close(&cols[c]);
-        if (cols[c].oom) {
-            snprintf(s->errmsg, sizeof s->errmsg, "upsert: out of memory");
-            goto out;
-        }
-        params[c] = cols[c].p;
-    }
+    if (pg_arrays_build(s, b, idx, n, &a) != 0)
+        goto out;
     PGresult *res = PQexecParams(s->conn, forced ? s->sql.upsert_forced : s->sql.upsert,
-                                 ncols, NULL, params, NULL, NULL, 0);
+                                 s->sql.ncols, NULL, a.params, NULL, NULL, 0);
     if (res == NULL || PQresultStatus(res) != PGRES_TUPLES_OK) {
         pg_fail(s, res, "upsert");
         *failed = res;
@@ -216,8 +237,148 @@ static int pg_upsert(pg_store *s, const store_batch *b, const size_t *idx, size_
     PQclear(res);
     ret = 0;
 out:
-    for (int c = 0; c < ncols; c++)
-        pg_buf_free(&cols[c]);
+    pg_arrays_free(&a);
+    return ret;
+}
+
+/*
+ * Sends what libpq holds for the server without ever blocking on a full
+ * socket while the server waits for us to read its results (which would
+ * deadlock both): non-blocking writes, reading whatever arrives meanwhile.
+ * 0 once all is sent, -1 on a connection error.
+ */
+static int pg_flush_all(PGconn *conn)
+{
+    int rc;
+    while ((rc = PQflush(conn)) == 1) {
+        struct pollfd p = { .fd = PQsocket(conn), .events = POLLIN | POLLOUT };
+        if (poll(&p, 1, 1000) < 0 && errno != EINTR)
+            return -1;
+        if ((p.revents & POLLIN) && PQconsumeInput(conn) == 0)
+            return -1;
+    }
+    return rc == 0 ? 0 : -1;
+}
+
+/*
+ * The whole batch in one round trip: BEGIN, the deletes, the judged
+ * upsert, the forced one and COMMIT go out together as a libpq pipeline,
+ * then their results are read in order. A statement that fails makes the
+ * server skip the rest, COMMIT included. Returns 0 once committed (applied
+ * rows marked), -1 otherwise, with *row_level telling whether the failure
+ * was a row's own; the caller rolls back what is left of the transaction.
+ */
+static int pg_write_pipelined(pg_store *s, const store_batch *b, size_t *idx,
+                              bool *applied, bool *row_level)
+{
+    enum { Q_PLAIN, Q_UPSERT };
+    pg_arrays arrays[2];
+    pg_buf runs = { 0 };
+    int kinds[5], nq = 0, ret = -1;
+    const char *whats[5];
+    bool have[2] = { false, false };
+    size_t *group[2] = { idx, NULL };
+    size_t counts[2] = { 0, 0 };
+    bool pipelined = false, failed = false;
+    *row_level = false;
+    memset(arrays, 0, sizeof arrays);
+
+    /* idx holds the judged rows from the front and the forced ones from the back. */
+    for (size_t i = 0; i < b->n_rows; i++) {
+        if (b->forced != NULL && b->forced[i])
+            idx[b->n_rows - 1 - counts[1]++] = i;
+        else
+            idx[counts[0]++] = i;
+    }
+    group[1] = idx + b->n_rows - counts[1];
+    for (int g = 0; g < 2; g++) {
+        have[g] = counts[g] > 0;
+        if (have[g] && pg_arrays_build(s, b, group[g], counts[g], &arrays[g]) != 0)
+            goto out;
+    }
+    if (b->n_deletes) {
+        pg_buf_array_open(&runs);
+        for (size_t i = 0; i < b->n_deletes; i++)
+            pg_buf_array_elem(&runs, b->delete_runs[i]);
+        pg_buf_array_close(&runs);
+        if (runs.oom) {
+            snprintf(s->errmsg, sizeof s->errmsg, "delete run: out of memory");
+            goto out;
+        }
+    }
+
+    if (PQsetnonblocking(s->conn, 1) != 0 || PQenterPipelineMode(s->conn) != 1) {
+        pg_fail(s, NULL, "pipeline");
+        goto out;
+    }
+    pipelined = true;
+    bool sent = PQsendQueryParams(s->conn, "BEGIN", 0, NULL, NULL, NULL, NULL, 0) == 1;
+    kinds[nq] = Q_PLAIN, whats[nq++] = "begin";
+    if (sent && b->n_deletes) {
+        const char *p[1] = { runs.p };
+        sent = PQsendQueryParams(s->conn, "DELETE FROM run_node_state WHERE run_id = ANY($1::text[])",
+                                 1, NULL, p, NULL, NULL, 0) == 1;
+        kinds[nq] = Q_PLAIN, whats[nq++] = "delete run";
+    }
+    for (int g = 0; g < 2 && sent; g++) {
+        if (!have[g])
+            continue;
+        sent = PQsendQueryParams(s->conn, g ? s->sql.upsert_forced : s->sql.upsert,
+                                 s->sql.ncols, NULL, arrays[g].params, NULL, NULL, 0) == 1;
+        kinds[nq] = Q_UPSERT, whats[nq++] = "upsert";
+    }
+    if (sent) {
+        sent = PQsendQueryParams(s->conn, "COMMIT", 0, NULL, NULL, NULL, NULL, 0) == 1;
+        kinds[nq] = Q_PLAIN, whats[nq++] = "commit";
+    }
+    if (!sent || PQpipelineSync(s->conn) != 1 || pg_flush_all(s->conn) != 0 ||
+        PQsetnonblocking(s->conn, 0) != 0) {
+        pg_fail(s, NULL, "sending the batch");
+        goto out;
+    }
+    /* Everything is sent: reading may block now. */
+    for (int q = 0; q < nq; q++) {
+        PGresult *res = PQgetResult(s->conn);
+        if (res == NULL) {
+            pg_fail(s, NULL, whats[q]);
+            goto out;
+        }
+        ExecStatusType st = PQresultStatus(res);
+        bool ok = st == (kinds[q] == Q_UPSERT ? PGRES_TUPLES_OK : PGRES_COMMAND_OK);
+        if (ok && kinds[q] == Q_UPSERT)
+            pg_mark_applied(b, res, applied);
+        if (!ok && st != PGRES_PIPELINE_ABORTED && !failed) {
+            /* The first failure is the one to tell; those after it were skipped. */
+            pg_fail(s, res, whats[q]);
+            *row_level = kinds[q] == Q_UPSERT && pg_row_level(res);
+        }
+        failed |= !ok;
+        PQclear(res);
+        /* Each statement's results end with a NULL. */
+        while ((res = PQgetResult(s->conn)) != NULL)
+            PQclear(res);
+    }
+    PGresult *sync = PQgetResult(s->conn);
+    bool synced = sync != NULL && PQresultStatus(sync) == PGRES_PIPELINE_SYNC;
+    PQclear(sync);
+    if (!synced) {
+        if (!failed)
+            pg_fail(s, NULL, "pipeline sync");
+        goto out;
+    }
+    ret = failed ? -1 : 0;
+out:
+    if (pipelined && PQexitPipelineMode(s->conn) != 1) {
+        /* Results left unread: the connection is in no state to go on. */
+        char scratch[PG_ERRMSG_MAX];
+        PQreset(s->conn);
+        if (PQstatus(s->conn) == CONNECTION_OK)
+            pg_session(s->conn, scratch, sizeof scratch);
+    }
+    PQsetnonblocking(s->conn, 0);
+    for (int g = 0; g < 2; g++)
+        pg_arrays_free(&arrays[g]);
+    pg_buf_free(&runs);
     return ret;
 }
 
@@ -290,7 +451,6 @@ int pg_store_write(pg_store *s, store_batch *b)
     size_t *idx = NULL;
     pg_isolated *iso = NULL;
     size_t n_iso = 0;
-    PGresult *failed = NULL;
     int ret = -1;
 
     if (!pg_batch_valid(b)) {
@@ -306,21 +466,8 @@ int pg_store_write(pg_store *s, store_batch *b)
         snprintf(s->errmsg, sizeof s->errmsg, "out of memory");
         goto out;
     }
-    if (pg_run(s, "BEGIN", 0, NULL, "begin", NULL) != 0 || pg_delete_runs(s, b) != 0)
-        goto rollback;
-    /* Two statements at most: the rows judged by the rules, then the forced ones. */
-    for (int pass = 0; pass < 2; pass++) {
-        bool forced = pass == 1;
-        size_t n = 0;
-        for (size_t i = 0; i < b->n_rows; i++)
-            if ((b->forced != NULL && b->forced[i]) == forced)
-                idx[n++] = i;
-        if (n == 0)
-            continue;
-        if (pg_upsert(s, b, idx, n, forced, applied, &failed) == 0)
-            continue;
-        bool row_level = failed != NULL && pg_row_level(failed);
-        PQclear(failed);
+    bool row_level = false;
+    if (pg_write_pipelined(s, b, idx, applied, &row_level) != 0) {
         if (!row_level)
             goto rollback;
         /* A row PostgreSQL will never take: start over, a row at a time. */
@@ -330,12 +477,10 @@ int pg_store_write(pg_store *s, store_batch *b)
             snprintf(s->errmsg, sizeof s->errmsg, "out of memory");
             goto out;
         }
-        if (pg_write_isolating(s, b, applied, iso, &n_iso) != 0)
+        if (pg_write_isolating(s, b, applied, iso, &n_iso) != 0 ||
+            pg_run(s, "COMMIT", 0, NULL, "commit", NULL) != 0)
             goto rollback;
-        break;
     }
-    if (pg_run(s, "COMMIT", 0, NULL, "commit", NULL) != 0)
-        goto rollback;
     if (b->last_seq > s->last_seq)
         s->last_seq = b->last_seq;
     /* Committed: now the callbacks may learn what was left out. */
