@@ -261,8 +261,11 @@ Test(auth, token_absent_from_log)
     char www[256];
 
     for (size_t i = 0; i < N_ROUTES; i++) {
-        assert_status(s, routes[i].method, routes[i].path, routes[i].body, AUTH_OK,
-                      routes[i].ok);
+        long ok = routes[i].ok;
+        /* The PostgreSQL store is backed up with pg_dump: 501, past the token all the same. */
+        if (ns_pg_base() != NULL && strcmp(routes[i].path, "/backup") == 0)
+            ok = 501;
+        assert_status(s, routes[i].method, routes[i].path, routes[i].body, AUTH_OK, ok);
         assert_401(s, routes[i].method, routes[i].path, routes[i].body,
                    "Authorization: Bearer " TOKEN "x");
     }

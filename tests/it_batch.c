@@ -9,7 +9,6 @@
  */
 #include <criterion/criterion.h>
 #include <signal.h>
-#include <sqlite3.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -133,7 +132,7 @@ Test(batch, a_batch_the_queue_cannot_take_whole_changes_nothing)
     cr_assert_not_null(s);
     ns_resp r = { 0 };
     /* The writer cannot commit: what is queued stays queued. */
-    sqlite3 *db = it_lock_db(s);
+    it_store_lock *db = it_lock_store(s);
     char *body = items_body("n", 0, CAPACITY / 2, "running");
     post_batch(s, "full", NULL, body, &r);
     free(body);
@@ -177,7 +176,7 @@ Test(batch, a_batch_the_queue_cannot_take_whole_changes_nothing)
     free(body);
     cr_assert_eq(r.status, 202, "%ld %s", r.status, r.body);
 
-    it_unlock_db(db);
+    it_unlock_store(db);
     cr_assert_eq(ns_stop(s, SIGTERM), 0);
     cr_assert_eq(ns_db_int(s, "SELECT count(*) FROM run_node_state WHERE run_id='full'", NULL),
                  CAPACITY / 2 + room);
@@ -266,7 +265,7 @@ Test(batch, wait_true_answers_200_once_durable)
     cr_assert(json_is_true(json_object_get(doc, "durable")));
     json_decref(doc);
     /* The file locked: the wait times out, 202 with durable false and the same results. */
-    sqlite3 *db = it_lock_db(s);
+    it_store_lock *db = it_lock_store(s);
     body = items_body("w", 200, 3, "running");
     post_batch(s, "wt", "?wait=true&timeout=0.2", body, &r);
     free(body);
@@ -276,7 +275,7 @@ Test(batch, wait_true_answers_200_once_durable)
     cr_assert_eq(it_jint(doc, "accepted"), 3);
     cr_assert_eq(result_code(doc, 2), 202);
     json_decref(doc);
-    it_unlock_db(db);
+    it_unlock_store(db);
     /* Without wait, an accepted item is still queued (interval 60 s): 202. */
     body = items_body("w", 100, 1, "running");
     post_batch(s, "wt", NULL, body, &r);
@@ -303,7 +302,7 @@ Test(batch, sigterm_after_a_large_batch_keeps_every_accepted_item)
     ns_resp_free(&r);
     cr_assert_eq(ns_stop(s, SIGTERM), 0, "exit code after SIGTERM");
     cr_assert_eq(ns_db_int(s, "SELECT count(*) FROM run_node_state WHERE run_id='lg' AND "
-                              "status='running' AND json_extract(outputs_json,'$.i') = "
-                              "CAST(substr(node_id, 4) AS INTEGER)", NULL), N);
+                              "status='running' AND outputs_json = "
+                              "'{\"i\":' || CAST(CAST(substr(node_id, 4) AS INTEGER) AS TEXT) || '}'", NULL), N);
     ns_free(s);
 }

@@ -417,7 +417,7 @@ Test(watch, durable_stream_sends_nothing_above_durable_seq, .timeout = 120)
     cr_assert_eq(ns_wait_until(sse_synced, plain, WAIT_S, 5), 0);
     cr_assert_eq(ns_wait_until(sse_synced, dur, WAIT_S, 5), 0);
     /* With the database locked nothing commits: the durable stream must hold the change back. */
-    sqlite3 *lock = it_lock_db(s);
+    it_store_lock *lock = it_lock_store(s);
     json_t *row = it_post_json(s, "d", "n0002", NULL, "{\"status\":\"idle\"}", 202);
     long long seq = it_jint(row, "seq");
     json_decref(row);
@@ -427,7 +427,7 @@ Test(watch, durable_stream_sends_nothing_above_durable_seq, .timeout = 120)
     pthread_mutex_lock(&dur->mu);
     cr_assert_lt(dur->last_id, seq, "the durable stream sent seq %lld before its commit", seq);
     pthread_mutex_unlock(&dur->mu);
-    it_unlock_db(lock);
+    it_unlock_store(lock);
     saw_seq in_dur = { dur, 2, seq };
     cr_assert_eq(ns_wait_until(saw, &in_dur, WAIT_S, 5), 0, "the durable stream never sent seq %lld", seq);
     cr_assert_geq(ns_stat(s, "durable_seq"), seq);

@@ -966,6 +966,7 @@ Test(encode, stats)
         "queue_depth", "queue_capacity", "queue_bytes", "updates_coalesced",
         "rows_written", "runs_deleted", "runs_expired", "updates_rejected", "updates_duplicate", "cache_nodes",
         "cache_runs", "cache_bytes", "cache_loads", "cache_evictions", "rows_isolated",
+        "store_conflicts",
         "last_seq", "durable_seq", "batch_requests", "batch_request_updates",
         "watchers", "watch_events_sent", "watch_dropped",
         "uptime_seconds", "commit_seconds", "batch_updates", "enqueue_to_commit_seconds",

@@ -146,6 +146,33 @@ void engine_reject(engine *e, ns_reject why)
     reject(e, why);
 }
 
+/*
+ * Makes sure the next `want` seqs (e->last_seq + 1 on) are this instance's
+ * to hand out and above `above` (the highest seq of the nodes' current
+ * states). With a shared
+ * store the seqs come in blocks reserved in the store (other instances
+ * hold other blocks), and a node last written by another instance may
+ * carry a seq past our counter: then a fresh block, above every block
+ * reserved so far, moves the counter past it. A store with one writer
+ * needs neither. 0, or -1 when the store cannot reserve. Lock held.
+ */
+int engine_seq_room(engine *e, int64_t above, size_t want)
+{
+    lockcheck_assert_held(&e->lock);
+    if (!e->shared ||
+        (e->seq_block_last - e->last_seq >= (int64_t)want && e->last_seq >= above))
+        return 0;
+    int64_t first, last, floor = above > e->last_seq ? above : e->last_seq;
+    int64_t block = (int64_t)want > SEQ_BLOCK ? (int64_t)want : SEQ_BLOCK;
+    if (store_reader_seq_block(e->reader, floor, block, &first, &last) != 0) {
+        engine_log(e, NS_LOG_ERROR, "seq-block-failed", "above=%lld", (long long)floor);
+        return -1;
+    }
+    e->last_seq = first - 1;
+    e->seq_block_last = last;
+    return 0;
+}
+
 engine_result engine_submit(engine *e, const char *run_id, const char *node_id,
                             const ns_update *u, ns_row **out)
 {
@@ -183,6 +210,10 @@ engine_result engine_submit(engine *e, const char *run_id, const char *node_id,
         res = ENGINE_QUEUE_FULL;
         goto drop;
     }
+    if (engine_seq_room(e, cur ? cur->seq : 0, 1) != 0) {
+        res = ENGINE_ERROR;
+        goto drop;
+    }
     draft.seq = e->last_seq + 1;
     draft.updated_at = now;
     ns_row *row = model_row_copy(&draft);
@@ -193,7 +224,7 @@ engine_result engine_submit(engine *e, const char *run_id, const char *node_id,
     }
     model_row_ref(row); /* the queue's reference */
     model_row_ref(row); /* the caller's */
-    ns_op op = { .row = row, .run = run };
+    ns_op op = { .row = row, .run = run, .forced = u->force };
     enqueue(e, &op);
     engine_evict(e, run); /* a new node, or a bigger row, may pass a bound */
     *out = row;
@@ -244,7 +275,7 @@ int engine_expire_run(engine *e, const char *run_id, int64_t cutoff_ms, cache_ru
     }
     char *id = strdup(run_id);
     ns_op probe = { .delete_run = id };
-    if (!id || !queue_has_room(e, queue_op_bytes(&probe))) {
+    if (!id || !queue_has_room(e, queue_op_bytes(&probe)) || engine_seq_room(e, 0, 1) != 0) {
         free(id);
         return -1;
     }
@@ -279,6 +310,10 @@ engine_result engine_delete_run(engine *e, const char *run_id, size_t *deleted,
         atomic_store(&e->bytes_full, queue_len(e->queue) < queue_capacity(e->queue));
         reject(e, NS_REJECT_QUEUE_FULL);
         res = ENGINE_QUEUE_FULL;
+        goto done;
+    }
+    if (engine_seq_room(e, 0, 1) != 0) {
+        res = ENGINE_ERROR;
         goto done;
     }
     /* Too big to cache whole: the run (in part, or not at all) is what gets emptied and pinned. */
@@ -429,6 +464,9 @@ static int seq_start(engine *e, char *err, size_t errlen)
 {
     int64_t running = 0, slack = 0;
     e->last_seq = store_last_seq(e->store);
+    /* Blocks are recorded before use (engine_seq_room): no slack, and no flag other instances share. */
+    if (e->shared)
+        return 0;
     if (store_meta_get(e->store, META_RUNNING, &running) < 0 ||
         store_meta_get(e->store, META_SEQ_SLACK, &slack) < 0)
         goto err;
@@ -516,14 +554,33 @@ engine *engine_open(const engine_config *cfg, char *err, size_t errlen)
         snprintf(err, errlen, "out of memory");
         goto err;
     }
-    /* Before anything opens the database or replays its sidecar. */
-    e->dblock = dblock_acquire(e->db_path, err, errlen);
+    char spill[4200];
+    if (cfg->spill_path && cfg->spill_path[0])
+        snprintf(spill, sizeof spill, "%s", cfg->spill_path);
+    else
+        store_default_spill_path(e->db_path, spill, sizeof spill);
+    /*
+     * Before anything opens the database or replays its sidecar. A shared
+     * (PostgreSQL) database has many writers by design; what one process
+     * owns there is its sidecar, so that is what gets locked.
+     */
+    e->dblock = dblock_acquire(store_is_pg(e->db_path) ? spill : e->db_path, err, errlen);
     if (!e->dblock)
         goto err;
     sweep_backups(e);
     e->store = store_open(e->db_path, cfg->synchronous_full, err, errlen);
     if (!e->store)
         goto err;
+    if (store_set_spill_file(e->store, spill) != 0) {
+        snprintf(err, errlen, "out of memory");
+        goto err;
+    }
+    e->cfg.spill_path = NULL; /* the caller's; store_spill_file has our copy */
+    e->shared = store_shared(e->store);
+    if (cfg->retention > 0 && !store_can_expire(e->store)) {
+        snprintf(err, errlen, "--retention is not supported by the PostgreSQL store yet");
+        goto err;
+    }
     if (replay(e, err, errlen) != 0)
         goto err;
     e->reader = store_reader_open(e->db_path, err, errlen);
@@ -589,7 +646,7 @@ size_t engine_close_counted(engine *e, engine_closing *report)
     if (unflushed)
         engine_log(e, NS_LOG_ERROR, "flush-incomplete", "unflushed=%zu", unflushed);
     /* Every seq handed out is on disk or in the sidecar: the next start needs no skip. */
-    else if (store_meta_set(e->store, META_RUNNING, 0) != 0) {
+    else if (!e->shared && store_meta_set(e->store, META_RUNNING, 0) != 0) {
         char why[512];
         engine_log(e, NS_LOG_WARN, "clean-stop-not-recorded", "error=%s",
               logfmt_quote(why, sizeof why, store_errmsg(e->store)));

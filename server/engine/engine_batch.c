@@ -97,6 +97,21 @@ engine_result engine_batch_submit(engine *e, const char *run_id,
     if (!run)
         goto done;
 
+    /*
+     * Room for a seq per item above every node's current one: with a store
+     * that several instances share, seqs come in reserved blocks.
+     */
+    int64_t above = 0;
+    for (size_t i = 0; i < n; i++) {
+        ns_row *cur = cache_node_get(run, items[i].node_id);
+        if (cur && cur->seq > above)
+            above = cur->seq;
+    }
+    if (engine_seq_room(e, above, n) != 0) {
+        res = ENGINE_ERROR;
+        goto unpin;
+    }
+
     /* Judged against the cache and the batch's own rows, before anything changes. */
     int64_t now = model_now_ms();
     for (size_t i = 0; i < n; i++) {
@@ -170,7 +185,7 @@ engine_result engine_batch_submit(engine *e, const char *run_id,
                     model_row_unref(rows[k]);
                 continue;
             }
-            ns_op op = { .row = row, .run = run };
+            ns_op op = { .row = row, .run = run, .forced = items[i].u->force };
             engine_enqueue(e, &op);
             assert(op.seq == row->seq);
         } else if (r->res == ENGINE_ACCEPTED) {

@@ -32,6 +32,11 @@
 #define BACKOFF_CAP_NS 1000000000ll   /* 1 s: a locked database is retried at least once a second */
 /* How often one load of a run is retried when runs are removed meanwhile. */
 #define LOAD_TRIES 8
+/*
+ * Seqs reserved at once from a shared store (seq_room): one round trip to
+ * the database per this many accepted writes.
+ */
+#define SEQ_BLOCK 65536
 /* nodestate_meta keys of seq_start. */
 #define META_RUNNING "running"
 #define META_SEQ_SLACK "seq_slack"
@@ -70,6 +75,7 @@ struct engine {
     ns_stats stats;
     store_reader *reader;         /* read-through connection, locks itself */
     store *store;                 /* the write connection: writer thread only */
+    bool shared;                  /* set at open: the store has other writers (store_shared) */
     ns_op *batch;                 /* writer thread only: batch_size ops */
     const ns_row **isolated;      /* writer thread only: rows isolated in this batch */
     size_t n_isolated, cap_isolated;
@@ -101,6 +107,7 @@ struct engine {
     cache *cache;
     queue *queue;
     int64_t last_seq;             /* last seq assigned */
+    int64_t seq_block_last;       /* shared store: last seq of the block reserved (engine_seq_room) */
     size_t queue_bytes;           /* queue_op_bytes of the ops accepted and not yet released */
     int64_t flush_until;          /* commit without waiting while seqs <= this are queued */
     int64_t drain_started_ns;     /* engine_drain (or close): the shutdown budget starts; 0 before */
@@ -126,6 +133,8 @@ void engine_run_drop_if_idle(engine *e, cache_run *run);
 void engine_enqueue(engine *e, ns_op *op);
 /* Counts a refused update by reason. */
 void engine_reject(engine *e, ns_reject why);
+/* The next `want` seqs are ours and above `above` (see engine.c). 0, or -1; lock held. */
+int engine_seq_room(engine *e, int64_t above, size_t want);
 /* Queued bytes from which the writer commits without waiting for batch_interval. Lock held. */
 bool engine_queue_bytes_high(const engine *e);
 /*

@@ -90,6 +90,33 @@ static void on_isolated(void *ctx, const ns_row *row, const char *why)
     e->isolated[e->n_isolated++] = row;
 }
 
+/*
+ * store_batch.on_superseded (writer thread): a shared store refused the
+ * row because the stored state of its node is newer (another instance
+ * wrote it since this one read it). Handled like an isolated row: once the
+ * batch is released the run goes stale, so the next request reads the
+ * store's state again, and the update's seqs are reported as refused.
+ */
+static void on_superseded(void *ctx, const ns_row *row)
+{
+    engine *e = ctx;
+    atomic_fetch_add_explicit(&e->stats.store_conflicts, 1, memory_order_relaxed);
+    engine_log(e, NS_LOG_WARN, "row-superseded",
+          "run_id=%s node_id=%s seq=%lld detail=\"the stored state is newer\"",
+          row->run_id, row->node_id, (long long)row->seq);
+    if (e->n_isolated == e->cap_isolated) {
+        size_t cap = e->cap_isolated ? e->cap_isolated * 2 : 16;
+        const ns_row **grown = realloc(e->isolated, cap * sizeof *grown);
+        if (!grown) {
+            e->isolated_lost = true;
+            return;
+        }
+        e->isolated = grown;
+        e->cap_isolated = cap;
+    }
+    e->isolated[e->n_isolated++] = row;
+}
+
 /* Remembers a seq whose update will never be on disk. Lock held. */
 static void refuse(engine *e, int64_t seq)
 {
@@ -128,9 +155,7 @@ static void mark_refused(engine *e, const ns_op *ops, size_t n)
 /* The sidecar's path, quoted for a log line. */
 const char *writer_thread_spill_qpath(engine *e, char *out, size_t outlen)
 {
-    char path[4200];
-    store_spill_path(e->db_path, path, sizeof path);
-    return logfmt_quote(out, outlen, path);
+    return logfmt_quote(out, outlen, store_spill_file(e->store));
 }
 
 /*
@@ -164,6 +189,7 @@ static int commit_ops(engine *e, const ns_op *ops, size_t n)
         if (!planned) {
             planned = writer_plan_build(ops, n, &plan) == 0;
             plan.batch.on_isolated = on_isolated;
+            plan.batch.on_superseded = on_superseded;
             plan.batch.isolated_ctx = e;
         }
         t0 = model_mono_ns();
@@ -190,7 +216,8 @@ static int commit_ops(engine *e, const ns_op *ops, size_t n)
     atomic_store(&e->store_failing, false);
     ns_stats *s = &e->stats;
     atomic_fetch_add_explicit(&s->batches_written, 1, memory_order_relaxed);
-    atomic_fetch_add_explicit(&s->rows_written, plan.batch.n_rows - plan.batch.n_isolated,
+    atomic_fetch_add_explicit(&s->rows_written,
+                              plan.batch.n_rows - plan.batch.n_isolated - plan.batch.n_superseded,
                               memory_order_relaxed);
     /* Every accepted delete, even one its batch merged with another of the same run. */
     atomic_fetch_add_explicit(&s->runs_deleted, plan.run_deletes, memory_order_relaxed);
@@ -243,7 +270,7 @@ static size_t spill_ops(engine *e, const ns_op *ops, size_t n, int64_t end_ns)
         int rc = -1;
         writer_plan plan;
         if (!e->sidecar)
-            e->sidecar = store_spill_open(e->db_path, err, sizeof err);
+            e->sidecar = store_spill_open_file(store_spill_file(e->store), err, sizeof err);
         if (e->sidecar && writer_plan_build(ops + done, k, &plan) == 0) {
             plan.batch.on_isolated = on_isolated;
             plan.batch.isolated_ctx = e;

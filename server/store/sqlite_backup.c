@@ -75,8 +75,8 @@ out:
     return rc;
 }
 
-store_backup_result store_backup_open(const char *db_path, store_backup **out,
-                                      char *err, size_t errlen)
+store_backup_result sqlite_backup_open(const char *db_path, store_backup **out,
+                                       char *err, size_t errlen)
 {
     char tmp[STORE_PATH_MAX];
     store_backup *b = NULL;
@@ -154,8 +154,8 @@ void store_backup_close(store_backup *b)
     free(b);
 }
 
-int store_backup_sweep(const char *db_path, size_t *removed, char *err,
-                       size_t errlen)
+int sqlite_backup_sweep(const char *db_path, size_t *removed, char *err,
+                        size_t errlen)
 {
     char dir[STORE_PATH_MAX], prefix[STORE_PATH_MAX], path[2 * STORE_PATH_MAX];
     const char *slash = strrchr(db_path, '/');

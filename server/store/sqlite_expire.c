@@ -1,5 +1,6 @@
 /*
- * sqlite_expire: finding the runs retention may delete (store_expired_runs),
+ * sqlite_expire: finding the runs retention may delete (store_expired_runs of
+ * the SQLite backend),
  * on the write connection, a page of rows at a time.
  *
  * A page walks run_node_state's primary key (run_id, node_id) from the
@@ -60,7 +61,7 @@ static bool terminal_name(const char *name)
  * Whether run_id, judged on earlier pages, still has no node that keeps
  * it. 1 yes, 0 no, -1 on an SQLite error (errmsg set).
  */
-static int recheck(store *s, const char *run_id, const char *cutoff)
+static int recheck(sqlite_store *s, const char *run_id, const char *cutoff)
 {
     char terminal[256], sql[512];
     sqlite3_stmt *st = NULL;
@@ -89,7 +90,7 @@ out:
  * expired. 0 done, 1 fn stopped (the cursor stays on the run, to finish it
  * again next page), -1 on an SQLite error.
  */
-static int finish_run(store *s, store_expiry_cursor *c, const char *cutoff,
+static int finish_run(sqlite_store *s, store_expiry_cursor *c, const char *cutoff,
                       int (*fn)(void *ctx, const char *run_id), void *ctx)
 {
     if (!c->expired_so_far)
@@ -110,7 +111,7 @@ static void start_run(store_expiry_cursor *c, const char *run_id)
     c->spans = false;
 }
 
-int store_expired_runs(store *s, int64_t cutoff_ms, size_t max_rows,
+int sqlite_store_expired_runs(sqlite_store *s, int64_t cutoff_ms, size_t max_rows,
                        store_expiry_cursor *c,
                        int (*fn)(void *ctx, const char *run_id), void *ctx)
 {
