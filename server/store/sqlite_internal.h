@@ -23,7 +23,12 @@
 #include "store.h"
 
 /* The schema this build writes and the newest one it can read. */
-#define STORE_SCHEMA_VERSION 1
+#define STORE_SCHEMA_VERSION 2
+/*
+ * The spill file's own version: its tables did not change when the main
+ * file's index went away (version 2), so spill files of either build replay.
+ */
+#define STORE_SPILL_SCHEMA_VERSION 1
 /*
  * The writer retries failed batches with its own backoff, so a lock held by
  * someone else must make a write fail fast rather than stall the writer.
@@ -253,7 +258,9 @@ int store_upsert_rows(sqlite3 *db, sqlite3_stmt *st, ns_row *const *rows,
 void store_isolation_report(const store_isolation *iso, const store_batch *b);
 /* Whether b's arrays are there for the counts it claims. */
 bool store_batch_valid(const store_batch *b);
-/* Brings a version-0 table up to version 1 in the caller's transaction. */
+/* Brings a version-0 table up to the current version in the caller's transaction. */
 int store_migrate_v0(sqlite3 *db, char *err, size_t errlen, const char *path);
+/* Brings a version-1 file up to version 2 in the caller's transaction. */
+int store_migrate_v1(sqlite3 *db, char *err, size_t errlen, const char *path);
 
 #endif
