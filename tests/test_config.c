@@ -34,6 +34,7 @@ static const char *const option_names[][2] = {
     {"--max-connections-per-ip", "NODESTATE_MAX_CONNECTIONS_PER_IP"},
     {"--header-timeout", "NODESTATE_HEADER_TIMEOUT"},
     {"--port-file", "NODESTATE_PORT_FILE"},
+    {"--group-commit-delay", "NODESTATE_GROUP_COMMIT_DELAY"},
 };
 #define N_OPTIONS (sizeof option_names / sizeof option_names[0])
 
@@ -140,6 +141,8 @@ static void assert_same(const config *got, const config *want, const char *what)
     cr_assert_eq(got->max_connections_per_ip, want->max_connections_per_ip,
                  "%s: max_connections_per_ip", what);
     cr_assert_eq(got->header_timeout, want->header_timeout, "%s: header_timeout", what);
+    cr_assert_eq(got->group_commit_delay, want->group_commit_delay, "%s: group_commit_delay",
+                 what);
     cr_assert_str_eq(got->port_file, want->port_file, "%s: port_file", what);
 }
 
@@ -167,6 +170,7 @@ static void want_defaults(config *c)
     c->cache_max_bytes = 256u << 20;
     c->max_connections_per_ip = 256;
     c->header_timeout = 10;
+    c->group_commit_delay = 0.001;
     /* token, token_file and port_file "", access_log false: the memset. */
 }
 
@@ -226,6 +230,7 @@ static void x_cache_max_bytes(config *c) { c->cache_max_bytes = 0; }
 static void x_max_connections_per_ip(config *c) { c->max_connections_per_ip = 0; }
 static void x_header_timeout(config *c) { c->header_timeout = 2.5; }
 static void x_port_file(config *c) { strcpy(c->port_file, "/tmp/ns.port"); }
+static void x_group_commit_delay(config *c) { c->group_commit_delay = 0.0025; }
 
 static const option_case option_cases[] = {
     {"--listen", "NODESTATE_LISTEN", "0.0.0.0:9090", x_listen, false, false},
@@ -251,6 +256,8 @@ static const option_case option_cases[] = {
     {"--max-connections-per-ip", "NODESTATE_MAX_CONNECTIONS_PER_IP", "0",
      x_max_connections_per_ip, false, false},
     {"--header-timeout", "NODESTATE_HEADER_TIMEOUT", "2.5", x_header_timeout, false, false},
+    {"--group-commit-delay", "NODESTATE_GROUP_COMMIT_DELAY", "0.0025", x_group_commit_delay, false,
+     false},
     {"--port-file", "NODESTATE_PORT_FILE", "/tmp/ns.port", x_port_file, false, false},
 };
 #define N_CASES (sizeof option_cases / sizeof option_cases[0])
@@ -437,6 +444,9 @@ static const bad_case bad_cases[] = {
     {"batch-interval", "0x10", "hex"},
     {"batch-interval", "0.1s", "trailing garbage"},
     {"batch-interval", "", "empty"},
+    {"group-commit-delay", "61", "above 60"},
+    {"group-commit-delay", "-0.001", "negative"},
+    {"group-commit-delay", "1ms", "trailing garbage"},
     {"shutdown-timeout", "-1", "negative"},
     {"shutdown-timeout", "abc", "not a number"},
     {"max-wait", "infinity", "not finite"},
@@ -600,6 +610,7 @@ Test(config, format_lists_every_setting)
                           "shutdown_timeout=10", "synchronous=normal", "threads=2",
                           "max_body_bytes=1048576", "max_connections=1024",
                           "queue_max_bytes=134217728", "header_timeout=10", "port_file=\"\"",
+                          "group_commit_delay=0.001",
                           "connection_timeout=60", "max_wait=60", "log_level=info",
                           "token=unset", "token_file=\"\"", "access_log=false"};
     for (size_t i = 0; i < sizeof want / sizeof want[0]; i++)

@@ -47,6 +47,8 @@ typedef struct engine_config {
     const char *db_path;
     size_t batch_size;         /* most queued entries per transaction */
     double batch_interval;     /* seconds the oldest entry may wait */
+    double group_commit_delay; /* seconds a commit asked for by a durable waiter waits to
+                                * gather more waiters (never past batch_interval); 0: none */
     size_t queue_capacity;     /* most entries queued at once */
     size_t queue_max_bytes;    /* most bytes of rows accepted and not yet written (queue_op_bytes); 0: no bound */
     double shutdown_timeout;   /* seconds engine_close may spend flushing */
@@ -156,7 +158,12 @@ void engine_on_durable(engine *e, void (*fn)(void *ctx, int64_t durable_seq),
  * last few hundred such seqs.
  */
 bool engine_refused(engine *e, int64_t seq);
-/* Asks the writer to commit what is queued now instead of after batch_interval. */
+/*
+ * Asks the writer to commit what is queued soon instead of after
+ * batch_interval: group_commit_delay after the first ask of this commit,
+ * so that the waiters arriving meanwhile share its one commit (and fsync);
+ * at once while draining, or when the batch fills up first.
+ */
 void engine_flush_soon(engine *e);
 
 /*
