@@ -5,7 +5,9 @@
 # node), bigrun_bench (clients writing small runs beside clients adding to
 # and listing a 100,000-node run) and shutdown_bench.sh (SIGTERM with the
 # database locked by another connection: time to exit, and every accepted
-# update kept through the spill), then drives the real binary with wrk and checks what reached the
+# update kept through the spill), ratio_bench.sh (the 202 path against a bare
+# libmicrohttpd + jansson ceiling, and ?wait=true against 202 under both
+# synchronous modes, as ratios), then drives the real binary with wrk and checks what reached the
 # database. Not part of the test suite.
 #
 # Everything is overridable from the environment:
@@ -29,7 +31,8 @@
 #   BIGRUN_DURATION      bigrun_bench --duration seconds per phase (5)
 #   BIGRUN_ARGS          more bigrun_bench arguments (e.g. "--big-clients 4")
 #   SHUTDOWN_TIMEOUT WRITE_SECONDS   shutdown_bench.sh (8 s budget, 20 s of writes)
-#   SKIP_ENGINE=1 / SKIP_DURABLE=1 / SKIP_MEMORY=1 / SKIP_BIGRUN=1 / SKIP_SHUTDOWN=1 / SKIP_HTTP=1
+#   ROUNDS               ratio_bench.sh rounds per side (3; see that script for more)
+#   SKIP_ENGINE=1 / SKIP_DURABLE=1 / SKIP_MEMORY=1 / SKIP_BIGRUN=1 / SKIP_SHUTDOWN=1 / SKIP_RATIO=1 / SKIP_HTTP=1
 #                        skip a step
 set -euo pipefail
 
@@ -59,7 +62,7 @@ need wrk wrk
 echo "== build (Release) in $build"
 cmake -S "$root" -B "$build" -DCMAKE_BUILD_TYPE=Release -DBUILD_TESTING=OFF >/dev/null
 cmake --build "$build" --target nodestate engine_bench durable_bench \
-    memory_bench bigrun_bench -j "$(nproc)" >/dev/null
+    memory_bench bigrun_bench ceiling_server -j "$(nproc)" >/dev/null
 
 status=0
 
@@ -119,6 +122,13 @@ if [ "${SKIP_SHUTDOWN:-0}" != 1 ]; then
     echo
     echo "== shutdown_bench (SIGTERM with the database locked)"
     NODESTATE_BIN="$build/nodestate" bash "$root/bench/shutdown_bench.sh" || status=1
+fi
+
+if [ "${SKIP_RATIO:-0}" != 1 ]; then
+    echo
+    echo "== ratio_bench (202 vs the stack's ceiling; ?wait=true vs 202)"
+    NODESTATE_BIN="$build/nodestate" CEILING_BIN="$build/bench/ceiling_server" \
+        bash "$root/bench/ratio_bench.sh" || status=1
 fi
 
 if [ "${SKIP_HTTP:-0}" = 1 ]; then
