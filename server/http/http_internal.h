@@ -43,7 +43,7 @@
 typedef enum http_state {
     HTTP_STARTING,  /* http_start: nothing served yet */
     HTTP_SERVING,   /* http_start returned */
-    HTTP_STOPPING,  /* http_stop: quiesced, every answer closes its connection */
+    HTTP_STOPPING,  /* http_stop: no more accepts, every answer closes its connection */
     HTTP_RELEASED,  /* parked requests answered as they stand; nothing parks any more */
     HTTP_STOPPED    /* http_teardown: the timer thread exits, the daemon stops */
 } http_state;
