@@ -163,6 +163,7 @@ static uint16_t http_listen_port(int fd)
 static void *http_acceptor_main(void *arg)
 {
     http_server *s = arg;
+    bool warned = false;    /* one log line per streak of failures, not one per retry */
 
     for (;;) {
         struct sockaddr_storage ss;
@@ -178,10 +179,13 @@ static void *http_acceptor_main(void *arg)
             if (errno == EINTR || errno == ECONNABORTED || errno == EAGAIN)
                 continue;
             /* Out of descriptors or memory: let MHD close some first. */
-            http_log(s, NS_LOG_WARN, "accept_failed", "error=\"%s\"", strerror(errno));
+            if (!warned)
+                http_log(s, NS_LOG_WARN, "accept_failed", "error=\"%s\"", strerror(errno));
+            warned = true;
             nanosleep(&(struct timespec){0, HTTP_ACCEPT_BACKOFF_NS}, NULL);
             continue;
         }
+        warned = false;
         (void)MHD_add_connection(s->daemon, fd, (const struct sockaddr *)&ss, len);
     }
     return NULL;
