@@ -8,8 +8,11 @@
 
 #include "text.h"
 
-/* First allocation: big enough for a typical node state object. */
-#define BUF_MIN_CAP 256
+/*
+ * First allocation: big enough for a typical node state object (about 400
+ * bytes with its timestamps), so that an answer is one malloc, no realloc.
+ */
+#define BUF_MIN_CAP 512
 
 void buf_init(buf *b)
 {

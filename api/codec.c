@@ -804,17 +804,37 @@ fail:
 
 /* ---- encoders: written by hand into buf, no jansson objects needed ---- */
 
+/* A string literal, its length known at compile time. */
+#define CODEC_LIT(b, s) buf_append((b), (s), sizeof(s) - 1)
+
 static void codec_ts(buf *b, int64_t ms)
 {
     if (ms == NS_TS_NULL) {
-        buf_puts(b, "null");
+        CODEC_LIT(b, "null");
         return;
     }
-    char ts[NS_TS_BUF];
-    model_ts_format(ms, ts);
-    buf_append(b, "\"", 1);
-    buf_puts(b, ts);
-    buf_append(b, "\"", 1);
+    /* Quoted in place: one append instead of three. */
+    char ts[NS_TS_BUF + 2];
+    model_ts_format(ms, ts + 1);
+    size_t n = strlen(ts + 1);
+    ts[0] = '"';
+    ts[n + 1] = '"';
+    buf_append(b, ts, n + 2);
+}
+
+/* A decimal integer without printf, which dominated encoding a row. */
+static void codec_i64(buf *b, int64_t v)
+{
+    char tmp[24];
+    char *p = tmp + sizeof tmp;
+    uint64_t u = v < 0 ? 0u - (uint64_t)v : (uint64_t)v;
+    do {
+        *--p = (char)('0' + u % 10u);
+        u /= 10u;
+    } while (u != 0);
+    if (v < 0)
+        *--p = '-';
+    buf_append(b, p, (size_t)(tmp + sizeof tmp - p));
 }
 
 /* Stored JSON text, already compact; NULL is JSON null. */
@@ -825,7 +845,10 @@ static void codec_raw_out(buf *b, const char *json)
 
 static void codec_bool(buf *b, bool v)
 {
-    buf_puts(b, v ? "true" : "false");
+    if (v)
+        CODEC_LIT(b, "true");
+    else
+        CODEC_LIT(b, "false");
 }
 
 /*
@@ -856,7 +879,7 @@ static void codec_field_status(buf *b, ns_status v)
 
 static void codec_field_int(buf *b, int64_t v)
 {
-    buf_printf(b, "%" PRId64, v);
+    codec_i64(b, v);
 }
 
 static void codec_field_timestamp(buf *b, int64_t v)
@@ -881,17 +904,18 @@ static void codec_field_json(buf *b, const char *v)
 
 void codec_row(buf *b, const ns_row *row, bool durable)
 {
-    const char *sep = "{";
+    /* Every key goes out with a comma before it; the first comma becomes the brace. */
+    size_t open = b->len;
 #define CODEC_FIELD_(name, member, json, column, kind) \
-    buf_puts(b, sep);                                  \
-    buf_puts(b, "\"" json "\":");                      \
-    codec_field_##kind(b, row->member);                \
-    sep = ",";
+    CODEC_LIT(b, ",\"" json "\":");                     \
+    codec_field_##kind(b, row->member);
     NS_NODE_FIELDS(CODEC_FIELD_)
 #undef CODEC_FIELD_
-    buf_puts(b, ",\"durable\":");
+    CODEC_LIT(b, ",\"durable\":");
     codec_bool(b, durable);
-    buf_append(b, "}", 1);
+    CODEC_LIT(b, "}");
+    if (!b->failed)
+        b->data[open] = '{';
 }
 
 void codec_problem(buf *b, int status, const char *slug, const char *title,

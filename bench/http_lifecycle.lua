@@ -1,7 +1,11 @@
 -- wrk script: posts node lifecycles (scheduled, running, completed) over many
 -- distinct nodes, JSON bodies, keep-alive.
 --
---   wrk -t2 -c64 -d10s --latency -s bench/http_lifecycle.lua http://HOST:PORT [-- RUNS]
+--   wrk -t2 -c64 -d10s --latency -s bench/http_lifecycle.lua http://HOST:PORT [-- RUNS [QUERY [TAG]]]
+--
+-- QUERY, when given, is appended to every path as it is ("?wait=true"), and
+-- TAG is put before every node id, so that runs against one server with
+-- different tags post lifecycles of distinct nodes ("" for both: none).
 --
 -- Each thread walks its nodes in phases of W: "scheduled" for nodes
 -- [b, b+W), then "running" for the same W, then "completed", then the next
@@ -31,6 +35,8 @@ end
 
 -- Per-thread state (each wrk thread has its own Lua state).
 runs = 16
+query = ""
+tag = ""
 counter = 0
 local headers = { ["Content-Type"] = "application/json" }
 local bodies = {
@@ -43,6 +49,12 @@ function init(args)
    if args[1] ~= nil then
       runs = tonumber(args[1]) or runs
    end
+   if args[2] ~= nil then
+      query = args[2]
+   end
+   if args[3] ~= nil then
+      tag = args[3]
+   end
 end
 
 function request()
@@ -52,8 +64,8 @@ function request()
    local within = k % (3 * W)
    local phase = math.floor(within / W) + 1
    local node = block * W + within % W
-   return wrk.format("POST", "/runs/bench-" .. (node % runs) .. "/nodes/t" .. id ..
-                     "-n" .. node .. "/state", headers, bodies[phase])
+   return wrk.format("POST", "/runs/bench-" .. (node % runs) .. "/nodes/" .. tag .. "t" .. id ..
+                     "-n" .. node .. "/state" .. query, headers, bodies[phase])
 end
 
 -- Nodes whose step `phase` (1, 2, 3) was sent among the first k requests.

@@ -1,17 +1,26 @@
 #!/usr/bin/env bash
-# Reproducible benchmarks: builds a Release tree, runs engine_bench (direct
-# SQLite vs the engine), durable_bench (?wait=true acks of the real binary vs
-# one commit per update on the same disk), memory_bench (RSS per cached
-# node), bigrun_bench (clients writing small runs beside clients adding to
-# and listing a 100,000-node run), watch_bench (the 202 rate with and
-# without 100 event streams on the written runs, and what 1,000 idle streams
-# cost) and shutdown_bench.sh (SIGTERM with the
-# database locked by another connection: time to exit, and every accepted
-# update kept through the spill), the cost of TLS (the same wrk load over
-# http and then https, the ratio of the two), batch_bench (requests of 1,000
-# updates end to end beside the writer-only rate of the store), then drives
-# the real binary with wrk and checks what reached the database. Not part of
-# the test suite.
+# Reproducible benchmarks, not part of the test suite: builds a Release tree
+# and runs each step below in turn, printing what it measured (with the
+# machine line) and, where two designs are compared, their ratio:
+#   engine_bench      direct SQLite vs the engine                    SKIP_ENGINE
+#   durable_bench     ?wait=true acks of the real binary vs one
+#                     commit per update on the same disk             SKIP_DURABLE
+#   memory_bench      RSS per cached node                            SKIP_MEMORY
+#   bigrun_bench      small runs beside a 100,000-node run           SKIP_BIGRUN
+#   watch_bench       the 202 rate with and without watchers, and
+#                     what idle streams cost                         SKIP_WATCH
+#   cache_bench.sh    97 runs bounded vs unbounded cache (SOAK_SECONDS
+#                     for the long soak)                             SKIP_CACHE
+#   shutdown_bench.sh SIGTERM with the database locked: time to exit,
+#                     every accepted update kept through the spill   SKIP_SHUTDOWN
+#   TLS               the same wrk load over http and https          SKIP_TLS
+#   batch_bench       1,000-update requests end to end vs the
+#                     store's writer-only rate                       SKIP_BATCH
+#   ratio_bench.sh    the 202 path vs a bare libmicrohttpd+jansson
+#                     ceiling; ?wait=true vs 202, both sync modes    SKIP_RATIO
+#   pg_bench.sh       nodestate on PostgreSQL vs pgbench workers     SKIP_PG
+#   HTTP              wrk against the binary, then what reached
+#                     the database                                   SKIP_HTTP
 #
 # Everything is overridable from the environment:
 #   BUILD_DIR            build tree (default <repo>/build-bench)
@@ -42,8 +51,8 @@
 #   BATCH_SIZE           batch_bench --batch, updates per request (default 1000)
 #   BATCH_DURATION       batch_bench --duration seconds (10)
 #   BATCH_ARGS           more batch_bench arguments (e.g. "--server-arg --synchronous --server-arg full")
-#   SKIP_ENGINE=1 / SKIP_DURABLE=1 / SKIP_MEMORY=1 / SKIP_BIGRUN=1 / SKIP_WATCH=1 / SKIP_SHUTDOWN=1 / SKIP_TLS=1 / SKIP_BATCH=1 / SKIP_HTTP=1
-#                        skip a step
+#   ROUNDS               ratio_bench.sh rounds per side (3; see that script for more)
+#   SKIP_<STEP>=1        skip that step (the names in the list above)
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -75,7 +84,7 @@ fi
 echo "== build (Release) in $build"
 cmake -S "$root" -B "$build" -DCMAKE_BUILD_TYPE=Release -DBUILD_TESTING=OFF >/dev/null
 cmake --build "$build" --target nodestate engine_bench durable_bench \
-    memory_bench bigrun_bench batch_bench watch_bench -j "$(nproc)" >/dev/null
+    memory_bench bigrun_bench batch_bench watch_bench ceiling_server -j "$(nproc)" >/dev/null
 
 status=0
 
@@ -215,6 +224,13 @@ if [ "${SKIP_BATCH:-0}" != 1 ]; then
     extra=(${BATCH_ARGS:-})
     echo "\$ $build/bench/batch_bench ${args[*]} ${extra[*]}"
     "$build/bench/batch_bench" "${args[@]}" "${extra[@]}" || status=1
+fi
+
+if [ "${SKIP_RATIO:-0}" != 1 ]; then
+    echo
+    echo "== ratio_bench (202 vs the stack's ceiling; ?wait=true vs 202)"
+    NODESTATE_BIN="$build/nodestate" CEILING_BIN="$build/bench/ceiling_server" \
+        bash "$root/bench/ratio_bench.sh" || status=1
 fi
 
 if [ "${SKIP_HTTP:-0}" = 1 ]; then

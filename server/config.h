@@ -23,6 +23,7 @@ typedef struct config {
     char spill_path[4096];        /* --spill-path; "": the store's default */
     size_t batch_size;            /* --batch-size */
     double batch_interval;        /* --batch-interval seconds, default 0.1 */
+    double group_commit_delay;    /* --group-commit-delay seconds a waiter's commit gathers others */
     size_t queue_capacity;        /* --queue-capacity */
     size_t queue_max_bytes;       /* --queue-max-bytes: bytes of queued updates */
     size_t cache_max_nodes;       /* --cache-max-nodes: 0 = no bound */

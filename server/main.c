@@ -266,6 +266,7 @@ int main(int argc, char **argv)
         .spill_path = cfg.spill_path,
         .batch_size = cfg.batch_size,
         .batch_interval = cfg.batch_interval,
+        .group_commit_delay = cfg.group_commit_delay,
         .queue_capacity = cfg.queue_capacity,
         .queue_max_bytes = cfg.queue_max_bytes,
         .cache_max_nodes = cfg.cache_max_nodes,

@@ -3,7 +3,8 @@
  * (200, "durable": true), and waiters parked behind one commit are all
  * acknowledged by the next (group commit; how many acks a commit carries
  * under real load is a speed figure, measured by bench/durable_bench.c). A waiter
- * makes the writer commit at once instead of waiting out --batch-interval;
+ * makes the writer commit within --group-commit-delay instead of waiting out
+ * --batch-interval, and waiters arriving meanwhile share that commit;
  * when the database stays locked the wait times out into 202 "durable": false
  * and the update is still written later; GET tells whether a node's last
  * change is durable.
@@ -134,6 +135,73 @@ Test(durable, concurrent_waiters_share_commits)
                               "CAST(substr(node_id, 2, 2) AS INTEGER) * 1000 + "
                               "CAST(substr(node_id, 5) AS INTEGER)", NULL),
                  WAITERS * ROUNDS);
+    cr_assert_eq(ns_stop(s, SIGTERM), 0);
+    ns_free(s);
+}
+
+Test(durable, concurrent_waiters_under_synchronous_normal)
+{
+    /* The same under normal, where commits cost no fsync and come quicker
+     * than waiters arrive: the group commit delay must not strand any. */
+    ns_server *s = ns_start("--batch-interval 60 --synchronous normal");
+    cr_assert_not_null(s);
+    int acks = run_waiters(s, "dn", WAITERS / 2, ROUNDS / 2, NULL, NULL);
+    cr_assert_eq(acks, (WAITERS / 2) * (ROUNDS / 2));
+    cr_assert_eq(ns_db_int(s, "SELECT count(*) FROM run_node_state WHERE run_id='dn'", NULL),
+                 (WAITERS / 2) * (ROUNDS / 2));
+    cr_assert_eq(ns_stop(s, SIGTERM), 0);
+    ns_free(s);
+}
+
+/* Posts one durable update from a thread of its own. */
+static void *post_one_durable(void *arg)
+{
+    waiter *w = arg;
+    ns_resp r = { 0 };
+    int rc = ns_client_req(w->c, "POST", "/runs/gc/nodes/first/state?wait=true&timeout=50",
+                           "{\"status\":\"running\"}", NULL, &r);
+    if (rc == 0 && r.status == 200 && body_durable_is(&r, true))
+        w->acks++;
+    else
+        snprintf(w->first_error, sizeof w->first_error, "%ld %s %s", r.status,
+                 rc == 0 ? r.body : "", rc == 0 ? "" : r.error);
+    ns_resp_free(&r);
+    return NULL;
+}
+
+Test(durable, group_commit_delay_gathers_waiters_into_one_commit)
+{
+    /*
+     * The first waiter's commit waits up to --group-commit-delay (30 s here,
+     * far longer than the test needs) for more waiters, or until the batch
+     * is full (2 updates): the second waiter fills it, and one commit
+     * acknowledges both. Without the delay the first waiter would be
+     * committed on its own at once. Nothing here depends on timing: the
+     * only way to one commit before 30 s is the second update.
+     */
+    ns_server *s = ns_start("--batch-interval 60 --batch-size 2 --group-commit-delay 30");
+    cr_assert_not_null(s);
+    cr_assert_eq(ns_stat(s, "batches_written"), 0);
+    /* Its own client: the server's handle is the main thread's. */
+    waiter first = { .s = s, .c = ns_client_new(s) };
+    cr_assert_not_null(first.c);
+    pthread_t t;
+    cr_assert_eq(pthread_create(&t, NULL, post_one_durable, &first), 0);
+    /* The first is queued (and its waiter asking for the commit) before the second. */
+    cr_assert_eq(ns_wait_stat_eq(s, "updates_queued", 1, IDLE_TIMEOUT), 0);
+    cr_assert_eq(ns_stat(s, "batches_written"), 0, "the first waiter was committed alone");
+
+    ns_resp r = { 0 };
+    cr_assert_eq(ns_post_state(s, "gc", "second", "?wait=true&timeout=50",
+                               "{\"status\":\"running\"}", &r), 0, "%s", r.error);
+    cr_assert_eq(r.status, 200, "second waiter: %ld %s", r.status, r.body);
+    cr_assert(body_durable_is(&r, true), "%s", r.body);
+    ns_resp_free(&r);
+    pthread_join(t, NULL);
+    ns_client_free(first.c);
+    cr_assert_eq(first.acks, 1, "first waiter: %s", first.first_error);
+    cr_assert_eq(ns_stat(s, "batches_written"), 1, "two waiters, not one commit");
+    cr_assert_eq(ns_db_int(s, "SELECT count(*) FROM run_node_state WHERE run_id='gc'", NULL), 2);
     cr_assert_eq(ns_stop(s, SIGTERM), 0);
     ns_free(s);
 }

@@ -1,3 +1,6 @@
+#include <ctype.h>
+#include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -1206,4 +1209,177 @@ Test(decode_batch, item_members_match_a_single_update)
     cr_assert_str_eq(u->outputs.value, d.u.outputs.value);
     codec_doc_free(d.doc);
     codec_batch_free(b);
+}
+
+/* ---- the row encoder against jansson ---- */
+
+/* A small deterministic generator, so a failure names a reproducible row. */
+static uint64_t rng_next(uint64_t *s)
+{
+    *s ^= *s << 13;
+    *s ^= *s >> 7;
+    *s ^= *s << 17;
+    return *s;
+}
+
+/*
+ * Random valid UTF-8 of up to max bytes: ASCII with quotes, backslashes and
+ * every control byte, two-, three- and four-byte characters, U+2028, DEL.
+ */
+static void rng_text(uint64_t *s, char *out, size_t max)
+{
+    static const char *const pieces[] = {
+        "a", "Z", "0", " ", "\"", "\\", "/", "\b", "\f", "\n", "\r", "\t", "\x01", "\x1f",
+        "\x7f", "\xc3\xa9", "\xe2\x82\xac", "\xe2\x80\xa8", "\xf0\x9f\x98\x80", "{", "}",
+        ":", ",", "null",
+    };
+    size_t len = 0, want = rng_next(s) % (max / 4 + 1);
+    while (len < want) {
+        const char *p = pieces[rng_next(s) % (sizeof pieces / sizeof pieces[0])];
+        size_t n = strlen(p);
+        if (len + n >= max)
+            break;
+        memcpy(out + len, p, n);
+        len += n;
+    }
+    out[len] = '\0';
+}
+
+/* A random JSON value (depth-bounded) as jansson holds it. */
+static json_t *rng_value(uint64_t *s, int depth, char *scratch, size_t max)
+{
+    switch (rng_next(s) % (depth > 0 ? 7 : 5)) {
+    case 0: return json_null();
+    case 1: return json_boolean(rng_next(s) & 1);
+    case 2: return json_integer((json_int_t)(rng_next(s) % 2000001) - 1000000);
+    case 3:
+        rng_text(s, scratch, max);
+        return json_string(scratch);
+    case 4: return json_integer((json_int_t)rng_next(s));
+    case 5: {
+        json_t *a = json_array();
+        for (int i = (int)(rng_next(s) % 4); i > 0; i--)
+            json_array_append_new(a, rng_value(s, depth - 1, scratch, max));
+        return a;
+    }
+    default: {
+        json_t *o = json_object();
+        for (int i = (int)(rng_next(s) % 4); i > 0; i--) {
+            char key[32];
+            snprintf(key, sizeof key, "k%d\xc3\xa9", i);
+            json_object_set_new(o, key, rng_value(s, depth - 1, scratch, max));
+        }
+        return o;
+    }
+    }
+}
+
+/* jansson writes \u00XX escapes with upper-case hex, codec_row lower-case: same JSON. */
+static void lower_u_escapes(char *p)
+{
+    for (; *p != '\0'; p++)
+        if (p[0] == '\\' && p[1] == '\\')
+            p++;
+        else if (p[0] == '\\' && p[1] == 'u')
+            for (int i = 2; i < 6 && p[i] != '\0'; i++)
+                p[i] = (char)tolower((unsigned char)p[i]);
+}
+
+Test(encode, row_matches_jansson_byte_for_byte)
+{
+    uint64_t seed = 0x9e3779b97f4a7c15u;
+    static char text[3][70000];
+    char tsbuf[NS_TS_BUF];
+
+    for (int n = 0; n < 3000; n++) {
+        uint64_t at = seed;
+        ns_row r;
+        memset(&r, 0, sizeof r);
+        r.run_id = n % 2 ? "run-1" : "R.~:-_9";
+        r.node_id = n % 3 ? "node.a" : "n";
+        r.status = (ns_status)(rng_next(&seed) % NS_STATUS_COUNT);
+        r.attempt = (int64_t)(rng_next(&seed) % 1000) + 1;
+        if (n % 50 == 0)
+            r.attempt = INT64_MAX;
+        for (int t = 0; t < NS_TS_COUNT; t++)
+            r.ts[t] = rng_next(&seed) % 3 == 0 ? NS_TS_NULL
+                                               : (int64_t)(rng_next(&seed) % 4102444800000u);
+        /* Now and then a big text (tens of KiB), else a short one. */
+        size_t big = n % 97 == 0 ? sizeof text[0] : 64;
+        rng_text(&seed, text[0], big);
+        r.last_error = rng_next(&seed) % 3 == 0 ? NULL : text[0];
+        rng_text(&seed, text[1], 64);
+        r.suspension_reason = rng_next(&seed) % 2 ? NULL : text[1];
+        r.retryable = rng_next(&seed) & 1;
+        json_t *rs = rng_next(&seed) % 3 == 0 ? NULL : rng_value(&seed, 3, text[2], 48);
+        json_t *out = rng_next(&seed) % 3 == 0 ? NULL : rng_value(&seed, 4, text[2], 48);
+        /* Stored JSON is compact text, as jansson writes it. */
+        char *rs_text = rs ? json_dumps(rs, JSON_COMPACT | JSON_ENCODE_ANY | JSON_PRESERVE_ORDER)
+                           : NULL;
+        char *out_text = out ? json_dumps(out, JSON_COMPACT | JSON_ENCODE_ANY |
+                                                   JSON_PRESERVE_ORDER)
+                             : NULL;
+        if (rs_text)
+            lower_u_escapes(rs_text);
+        if (out_text)
+            lower_u_escapes(out_text);
+        r.resume_state = rs_text;
+        r.outputs = out_text;
+        r.updated_at = (int64_t)(rng_next(&seed) % 4102444800000u);
+        r.seq = (int64_t)(rng_next(&seed) >> 1);
+        bool durable = rng_next(&seed) & 1;
+
+        /* What jansson writes for the same row, fields in the documented order. */
+        json_t *want = json_object();
+#define WANT_TS(key, ms)                                                                    \
+    do {                                                                                    \
+        if ((ms) == NS_TS_NULL) {                                                           \
+            json_object_set_new(want, key, json_null());                                    \
+        } else {                                                                            \
+            model_ts_format((ms), tsbuf);                                                   \
+            json_object_set_new(want, key, json_string(tsbuf));                             \
+        }                                                                                   \
+    } while (0)
+        json_object_set_new(want, "run_id", json_string(r.run_id));
+        json_object_set_new(want, "node_id", json_string(r.node_id));
+        json_object_set_new(want, "status", json_string(model_status_name(r.status)));
+        json_object_set_new(want, "attempt", json_integer(r.attempt));
+        WANT_TS("scheduled_at", r.ts[NS_TS_SCHEDULED]);
+        WANT_TS("started_at", r.ts[NS_TS_STARTED]);
+        WANT_TS("completed_at", r.ts[NS_TS_COMPLETED]);
+        WANT_TS("failed_at", r.ts[NS_TS_FAILED]);
+        WANT_TS("suspended_at", r.ts[NS_TS_SUSPENDED]);
+        json_object_set_new(want, "last_error",
+                            r.last_error ? json_string(r.last_error) : json_null());
+        json_object_set_new(want, "retryable", json_boolean(r.retryable));
+        json_object_set_new(want, "suspension_reason",
+                            r.suspension_reason ? json_string(r.suspension_reason)
+                                                : json_null());
+        json_object_set_new(want, "resume_state", rs ? rs : json_null());
+        json_object_set_new(want, "outputs", out ? out : json_null());
+        WANT_TS("updated_at", r.updated_at);
+        json_object_set_new(want, "seq", json_integer(r.seq));
+        json_object_set_new(want, "durable", json_boolean(durable));
+#undef WANT_TS
+        char *want_text = json_dumps(want, JSON_COMPACT | JSON_PRESERVE_ORDER);
+        cr_assert_not_null(want_text);
+        lower_u_escapes(want_text);
+
+        buf b;
+        buf_init(&b);
+        codec_row(&b, &r, durable);
+        cr_assert_not(b.failed);
+        size_t at_byte = 0;
+        while (b.data[at_byte] != '\0' && b.data[at_byte] == want_text[at_byte])
+            at_byte++;
+        cr_assert_str_eq(b.data, want_text,
+                         "row %d (generator state %llu) differs at byte %zu:\n"
+                         " codec_row: %.80s\n jansson:   %.80s", n, (unsigned long long)at,
+                         at_byte, b.data + at_byte, want_text + at_byte);
+        buf_free(&b);
+        free(want_text);
+        free(rs_text);
+        free(out_text);
+        json_decref(want);
+    }
 }

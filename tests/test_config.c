@@ -41,6 +41,7 @@ static const char *const option_names[][2] = {
     {"--retention-interval", "NODESTATE_RETENTION_INTERVAL"},
     {"--max-batch-updates", "NODESTATE_MAX_BATCH_UPDATES"},
     {"--max-batch-body-bytes", "NODESTATE_MAX_BATCH_BODY_BYTES"},
+    {"--group-commit-delay", "NODESTATE_GROUP_COMMIT_DELAY"},
 };
 #define N_OPTIONS (sizeof option_names / sizeof option_names[0])
 
@@ -150,6 +151,8 @@ static void assert_same(const config *got, const config *want, const char *what)
     cr_assert_eq(got->max_connections_per_ip, want->max_connections_per_ip,
                  "%s: max_connections_per_ip", what);
     cr_assert_eq(got->header_timeout, want->header_timeout, "%s: header_timeout", what);
+    cr_assert_eq(got->group_commit_delay, want->group_commit_delay, "%s: group_commit_delay",
+                 what);
     cr_assert_str_eq(got->port_file, want->port_file, "%s: port_file", what);
     cr_assert_str_eq(got->tls_cert, want->tls_cert, "%s: tls_cert", what);
     cr_assert_str_eq(got->tls_key, want->tls_key, "%s: tls_key", what);
@@ -190,6 +193,7 @@ static void want_defaults(config *c)
     c->retention_interval = 60;
     c->max_batch_updates = 10000;
     c->max_batch_body_bytes = 16u << 20;
+    c->group_commit_delay = 0.001;
 }
 
 Test(config, defaults)
@@ -255,6 +259,7 @@ static void x_retention(config *c) { c->retention = 7 * 86400; }
 static void x_retention_interval(config *c) { c->retention_interval = 90; }
 static void x_max_batch_updates(config *c) { c->max_batch_updates = 1; }
 static void x_max_batch_body_bytes(config *c) { c->max_batch_body_bytes = 64u << 20; }
+static void x_group_commit_delay(config *c) { c->group_commit_delay = 0.0025; }
 
 static const option_case option_cases[] = {
     {"--listen", "NODESTATE_LISTEN", "0.0.0.0:9090", x_listen, false, false},
@@ -280,6 +285,8 @@ static const option_case option_cases[] = {
     {"--max-connections-per-ip", "NODESTATE_MAX_CONNECTIONS_PER_IP", "0",
      x_max_connections_per_ip, false, false},
     {"--header-timeout", "NODESTATE_HEADER_TIMEOUT", "2.5", x_header_timeout, false, false},
+    {"--group-commit-delay", "NODESTATE_GROUP_COMMIT_DELAY", "0.0025", x_group_commit_delay, false,
+     false},
     {"--port-file", "NODESTATE_PORT_FILE", "/tmp/ns.port", x_port_file, false, false},
     {"--tls-cert", "NODESTATE_TLS_CERT", "/etc/ns/cert.pem", x_tls_cert, false, false},
     {"--tls-key", "NODESTATE_TLS_KEY", "/etc/ns/key.pem", x_tls_key, false, false},
@@ -483,6 +490,9 @@ static const bad_case bad_cases[] = {
     {"batch-interval", "0x10", "hex"},
     {"batch-interval", "0.1s", "trailing garbage"},
     {"batch-interval", "", "empty"},
+    {"group-commit-delay", "61", "above 60"},
+    {"group-commit-delay", "-0.001", "negative"},
+    {"group-commit-delay", "1ms", "trailing garbage"},
     {"shutdown-timeout", "-1", "negative"},
     {"shutdown-timeout", "abc", "not a number"},
     {"max-wait", "infinity", "not finite"},
@@ -658,6 +668,7 @@ Test(config, format_lists_every_setting)
                           "shutdown_timeout=10", "synchronous=normal", "threads=2",
                           "max_body_bytes=1048576", "max_connections=1024",
                           "queue_max_bytes=134217728", "header_timeout=10", "port_file=\"\"",
+                          "group_commit_delay=0.001",
                           "connection_timeout=60", "max_wait=60", "log_level=info",
                           "token=unset", "token_file=\"\"", "access_log=false",
                           "tls_cert=\"\"", "tls_key=\"\"", "max_backups=1",

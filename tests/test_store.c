@@ -224,7 +224,7 @@ Test(store, open_creates_schema_wal_and_version)
 
     cr_assert(eq(i64, store_last_seq(s), 0));
     db = open_raw();
-    cr_assert(eq(i64, raw_int(db, "PRAGMA user_version"), 1));
+    cr_assert(eq(i64, raw_int(db, "PRAGMA user_version"), 2));
     raw_text(db, "PRAGMA journal_mode", mode, sizeof mode);
     cr_assert(eq(str, mode, "wal"));
     cr_assert(eq(i64, raw_int(db, "SELECT count(*) FROM sqlite_master WHERE"
@@ -233,7 +233,7 @@ Test(store, open_creates_schema_wal_and_version)
     cr_assert(eq(i64, raw_int(db, "SELECT count(*) FROM sqlite_master WHERE"
                                   " type='index' AND"
                                   " name='run_node_state_run_status'"
-                                  " AND tbl_name='run_node_state'"), 1));
+                                  " AND tbl_name='run_node_state'"), 0));
     cr_assert(eq(i64, raw_int(db, "SELECT count(*) FROM pragma_table_info("
                                   "'run_node_state')"), 16));
     cr_assert(eq(i64, raw_int(db, "SELECT count(*) FROM pragma_table_info("
@@ -387,13 +387,13 @@ Test(store, newer_schema_version_is_refused)
     cr_assert(sqlite3_open_v2(sfx_db_path(), &db,
                               SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE,
                               NULL) == SQLITE_OK);
-    cr_assert(sqlite3_exec(db, "PRAGMA user_version = 2", NULL, NULL, NULL)
+    cr_assert(sqlite3_exec(db, "PRAGMA user_version = 3", NULL, NULL, NULL)
               == SQLITE_OK);
     sqlite3_close(db);
 
     cr_assert(store_open(sfx_db_path(), false, err, sizeof err) == NULL);
-    cr_assert(strstr(err, "database schema version 2 is newer than this"
-                          " nodestate supports (1)") != NULL, "err: %s", err);
+    cr_assert(strstr(err, "database schema version 3 is newer than this"
+                          " nodestate supports (2)") != NULL, "err: %s", err);
     cr_assert(strstr(err, sfx_db_path()) != NULL, "err names the path: %s",
               err);
 }
@@ -1053,8 +1053,7 @@ Test(store, new_file_has_the_schema_of_earlier_builds)
                  "12|resume_state_json|TEXT|0||0;13|outputs_json|TEXT|0||0;"
                  "14|updated_at|TEXT|1||0;15|seq|INTEGER|1||0"));
     raw_text(db, INDEX_LIST_SQL("run_node_state"), got, sizeof got);
-    cr_assert(eq(str, got, "run_node_state_run_status|0|c|0;"
-                           "sqlite_autoindex_run_node_state_1|1|pk|0"));
+    cr_assert(eq(str, got, "sqlite_autoindex_run_node_state_1|1|pk|0"));
     raw_text(db, "SELECT sql FROM sqlite_master WHERE name = 'run_node_state'",
              got, sizeof got);
     cr_assert(eq(str, got,
@@ -1071,7 +1070,7 @@ Test(store, new_file_has_the_schema_of_earlier_builds)
     cr_assert(eq(i64, raw_int(db, "SELECT count(*) FROM sqlite_master WHERE"
                                   " name = 'run_node_state' AND sql LIKE"
                                   " '%WITHOUT ROWID'"), 1));
-    cr_assert(eq(i64, raw_int(db, "PRAGMA user_version"), 1));
+    cr_assert(eq(i64, raw_int(db, "PRAGMA user_version"), 2));
     sqlite3_close(db);
 
     ns_row d = sfx_draft("r", "a", NS_RUNNING, 1);
@@ -1475,12 +1474,12 @@ Test(store, migrates_a_version_0_file_adding_missing_columns)
     s = sfx_open_store();
     cr_assert(eq(i64, store_last_seq(s), 2));
     db = open_raw();
-    cr_assert(eq(i64, raw_int(db, "PRAGMA user_version"), 1));
+    cr_assert(eq(i64, raw_int(db, "PRAGMA user_version"), 2));
     cr_assert(eq(i64, raw_int(db, "SELECT count(*) FROM pragma_table_info("
                                   "'run_node_state')"), 16));
     cr_assert(eq(i64, raw_int(db, "SELECT count(*) FROM sqlite_master WHERE"
                                   " type='index' AND"
-                                  " name='run_node_state_run_status'"), 1));
+                                  " name='run_node_state_run_status'"), 0));
     cr_assert(eq(i64, raw_int(db, "SELECT value FROM nodestate_meta WHERE"
                                   " key='last_seq'"), 2));
     cr_assert(eq(i64, raw_int(db, "SELECT count(*) FROM run_node_state"), 2));
@@ -1630,7 +1629,7 @@ Test(store, migration_converts_timestamps_to_our_form)
 
     s = sfx_open_store();
     db = open_raw();
-    cr_assert(eq(i64, raw_int(db, "PRAGMA user_version"), 1));
+    cr_assert(eq(i64, raw_int(db, "PRAGMA user_version"), 2));
     raw_text(db, "SELECT scheduled_at FROM run_node_state WHERE node_id='a'",
              buf, sizeof buf);
     cr_assert(eq(str, buf, "2026-11-26T16:27:29.000Z"));
@@ -2002,7 +2001,7 @@ Test(store, backup_is_a_snapshot_of_committed_rows_and_leaves_no_file)
     raw_text(db, "SELECT status FROM run_node_state WHERE node_id = 'b'", text, sizeof text);
     cr_assert_str_eq(text, "running");
     cr_assert_eq(raw_int(db, "SELECT value FROM nodestate_meta WHERE key = 'last_seq'"), 8);
-    cr_assert_eq(raw_int(db, "PRAGMA user_version"), 1);
+    cr_assert_eq(raw_int(db, "PRAGMA user_version"), 2);
     sqlite3_close(db);
     unlink(copy);
     store_close(s);

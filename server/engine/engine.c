@@ -701,9 +701,18 @@ void engine_flush_soon(engine *e)
     assert(state_opened(e));
     lockcheck_assert_not_held(&e->lock);
     lockcheck_lock(&e->lock);
+    /*
+     * An earlier ask still covering a queued op has set the commit's time
+     * already: this one joins that commit, and the writer need not wake.
+     */
+    const ns_op *oldest = queue_peek(e->queue);
+    bool pending = e->flush_asked_ns != 0 && oldest && oldest->seq <= e->flush_until;
     if (e->flush_until < e->last_seq)
         e->flush_until = e->last_seq;
-    pthread_cond_signal(&e->wake);
+    if (!pending) {
+        e->flush_asked_ns = model_mono_ns();
+        pthread_cond_signal(&e->wake);
+    }
     lockcheck_unlock(&e->lock);
 }
 

@@ -49,6 +49,8 @@ typedef struct engine_config {
     const char *spill_path;    /* the sidecar; NULL or "": the store's default */
     size_t batch_size;         /* most queued entries per transaction */
     double batch_interval;     /* seconds the oldest entry may wait */
+    double group_commit_delay; /* seconds a commit asked for by a durable waiter waits to
+                                * gather more waiters (never past batch_interval); 0: none */
     size_t queue_capacity;     /* most entries queued at once */
     size_t queue_max_bytes;    /* most bytes of rows accepted and not yet written (queue_op_bytes); 0: no bound */
     double shutdown_timeout;   /* seconds engine_close may spend flushing */
@@ -184,7 +186,12 @@ typedef void engine_change_fn(void *ctx, const char *run_id, ns_row *row, int64_
  * queued them) all reach it. When this returns, no call of the old fn runs.
  */
 void engine_on_change(engine *e, engine_change_fn *fn, void *ctx);
-/* Asks the writer to commit what is queued now instead of after batch_interval. */
+/*
+ * Asks the writer to commit what is queued soon instead of after
+ * batch_interval: group_commit_delay after the first ask of this commit,
+ * so that the waiters arriving meanwhile share its one commit (and fsync);
+ * at once while draining, or when the batch fills up first.
+ */
 void engine_flush_soon(engine *e);
 
 /*

@@ -333,16 +333,31 @@ void writer_thread_drop_queue(engine *e)
     atomic_store_explicit(&e->stats.queue_depth, 0, memory_order_relaxed);
 }
 
-/* Whether the writer should commit now rather than wait for more. Lock held. */
-static bool batch_due(engine *e)
+/*
+ * Whether the writer should commit now rather than wait for more. When it
+ * should not, *until is when it should at the latest (batch_interval after
+ * the oldest op, or group_commit_delay after a waiter asked). Lock held.
+ */
+static bool batch_due(engine *e, int64_t now, int64_t *until)
 {
     lockcheck_assert_held(&e->lock);
     const ns_op *oldest = queue_peek(e->queue);
     if (!oldest)
         return false;
     size_t len = queue_len(e->queue);
-    return state_of(e) >= ENGINE_CLOSING || len >= e->cfg.batch_size || len == queue_capacity(e->queue) ||
-           engine_queue_bytes_high(e) || oldest->seq <= e->flush_until;
+    if (state_of(e) >= ENGINE_CLOSING || len >= e->cfg.batch_size || len == queue_capacity(e->queue) ||
+        engine_queue_bytes_high(e))
+        return true;
+    *until = oldest->enqueued_ns + (int64_t)(e->cfg.batch_interval * 1e9);
+    if (oldest->seq <= e->flush_until) {
+        /* Draining: no reason left to gather more. */
+        if (state_of(e) >= ENGINE_DRAINING)
+            return true;
+        int64_t group = e->flush_asked_ns + (int64_t)(e->cfg.group_commit_delay * 1e9);
+        if (group < *until)
+            *until = group;
+    }
+    return now >= *until;
 }
 
 /* After a commit of e->batch[0..n): counters, cache, waiters. Lock held (dropped for the callback). */
@@ -388,7 +403,6 @@ static bool spilled_ops(engine *e, size_t n, size_t spilled)
 void *writer_thread_main(void *arg)
 {
     engine *e = arg;
-    int64_t interval_ns = (int64_t)(e->cfg.batch_interval * 1e9);
     lockcheck_lock(&e->lock);
     for (;;) {
         /* Between batches, also under a steady load that leaves no idle wait. */
@@ -407,10 +421,8 @@ void *writer_thread_main(void *arg)
         }
         if (queue_len(e->queue) == 0)
             break; /* closing and drained */
-        while (!batch_due(e)) {
-            int64_t deadline = queue_peek(e->queue)->enqueued_ns + interval_ns;
-            if (model_mono_ns() >= deadline)
-                break;
+        int64_t deadline = 0;
+        while (!batch_due(e, model_mono_ns(), &deadline)) {
             if (retention_run(e))
                 continue;
             int64_t due = retention_due_ns(e);

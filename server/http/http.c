@@ -95,27 +95,6 @@ static void http_format_addr(char *out, size_t outlen, const char *host,
         snprintf(out, outlen, "%s:%u", host, (unsigned)port);
 }
 
-/*
- * MHD does not say why it could not start. Binding the same address again
- * ourselves (with the same SO_REUSEADDR MHD uses) recovers the reason for
- * the common case, a port already in use; 0 when that bind works.
- */
-static int http_probe_bind(const struct addrinfo *ai)
-{
-    int fd, on = 1, err = 0;
-
-    fd = socket(ai->ai_family, ai->ai_socktype, ai->ai_protocol);
-    if (fd < 0)
-        return errno;
-    (void)setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, sizeof on);
-    if (ai->ai_family == AF_INET6)
-        (void)setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &on, sizeof on);
-    if (bind(fd, ai->ai_addr, ai->ai_addrlen) != 0)
-        err = errno;
-    close(fd);
-    return err;
-}
-
 /* Prefers an IPv4 result ("localhost" usually means 127.0.0.1 to users). */
 static const struct addrinfo *http_pick_addr(const struct addrinfo *list)
 {
@@ -130,6 +109,104 @@ static const struct addrinfo *http_pick_addr(const struct addrinfo *list)
     return NULL;
 }
 
+/* ---- accepting connections ---------------------------------------------- */
+
+/* How long the acceptor backs off after an accept error such as EMFILE. */
+#define HTTP_ACCEPT_BACKOFF_NS 10000000L
+
+/*
+ * Creates the listening socket as MHD would. SO_REUSEADDR only: a restart
+ * can bind while old connections sit in TIME_WAIT, a second live listener
+ * still gets EADDRINUSE (SO_REUSEPORT would let two servers share the
+ * port). IPv6 only on an IPv6 address. Returns the fd, or -1 with errno set.
+ */
+static int http_listen_open(const struct addrinfo *ai)
+{
+    int fd, on = 1, saved;
+
+    fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC, ai->ai_protocol);
+    if (fd < 0)
+        return -1;
+    if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, sizeof on) != 0
+        || (ai->ai_family == AF_INET6
+            && setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &on, sizeof on) != 0)
+        || bind(fd, ai->ai_addr, ai->ai_addrlen) != 0
+        || listen(fd, SOMAXCONN) != 0) {
+        saved = errno;
+        close(fd);
+        errno = saved;
+        return -1;
+    }
+    return fd;
+}
+
+/* The port the listening socket is bound to, or 0. */
+static uint16_t http_listen_port(int fd)
+{
+    struct sockaddr_storage ss;
+    socklen_t len = sizeof ss;
+
+    if (getsockname(fd, (struct sockaddr *)&ss, &len) != 0)
+        return 0;
+    if (ss.ss_family == AF_INET)
+        return ntohs(((struct sockaddr_in *)&ss)->sin_port);
+    if (ss.ss_family == AF_INET6)
+        return ntohs(((struct sockaddr_in6 *)&ss)->sin6_port);
+    return 0;
+}
+
+/*
+ * The acceptor thread: accepts and hands every connection to MHD, which
+ * closes it itself when it cannot take it (the connection or per-address
+ * limit). Ends when accept_stop is set and the socket shut down.
+ */
+static void *http_acceptor_main(void *arg)
+{
+    http_server *s = arg;
+    bool warned = false;    /* one log line per streak of failures, not one per retry */
+
+    for (;;) {
+        struct sockaddr_storage ss;
+        socklen_t len = sizeof ss;
+        int fd = accept(s->listen_fd, (struct sockaddr *)&ss, &len);
+
+        if (atomic_load(&s->accept_stop)) {
+            if (fd >= 0)
+                close(fd);
+            break;
+        }
+        if (fd < 0) {
+            if (errno == EINTR || errno == ECONNABORTED || errno == EAGAIN)
+                continue;
+            /* Out of descriptors or memory: let MHD close some first. */
+            if (!warned)
+                http_log(s, NS_LOG_WARN, "accept_failed", "error=\"%s\"", strerror(errno));
+            warned = true;
+            nanosleep(&(struct timespec){0, HTTP_ACCEPT_BACKOFF_NS}, NULL);
+            continue;
+        }
+        warned = false;
+        (void)MHD_add_connection(s->daemon, fd, (const struct sockaddr *)&ss, len);
+    }
+    return NULL;
+}
+
+/* Stops accepting: no new connections from here on. Idempotent. */
+static void http_acceptor_stop(http_server *s)
+{
+    if (s->acceptor_started) {
+        atomic_store(&s->accept_stop, true);
+        /* Wakes the accept() in progress (it fails with EINVAL). */
+        (void)shutdown(s->listen_fd, SHUT_RDWR);
+        pthread_join(s->acceptor, NULL);
+        s->acceptor_started = false;
+    }
+    if (s->listen_fd >= 0) {
+        close(s->listen_fd);
+        s->listen_fd = -1;
+    }
+}
+
 /*
  * The end of every server, in the only safe order. Resumes come from the
  * writer (http_on_durable) and the timer, each after dropping mu; MHD 0.9.75
@@ -142,6 +219,7 @@ static const struct addrinfo *http_pick_addr(const struct addrinfo *list)
  */
 static void http_teardown(http_server *s)
 {
+    http_acceptor_stop(s);
     lockcheck_lock(&s->mu);
     http_state_advance(s, HTTP_RELEASED);
     lockcheck_unlock(&s->mu);
@@ -205,7 +283,6 @@ http_server *http_start(const http_config *cfg, api *a, engine *e, char *err,
     http_server *s = NULL;
     struct addrinfo hints, *list = NULL;
     const struct addrinfo *ai;
-    const union MHD_DaemonInfo *info;
     pthread_condattr_t cattr;
     char port_text[8];
     char addr[300];
@@ -233,6 +310,8 @@ http_server *http_start(const http_config *cfg, api *a, engine *e, char *err,
     s->log = cfg->log;
     s->log_ctx = cfg->log_ctx;
     s->timer_wake_ns = INT64_MIN;
+    s->listen_fd = -1;
+    atomic_init(&s->accept_stop, false);
     atomic_init(&s->inflight, 0);
     atomic_init(&s->start_msg_taken, false);
 
@@ -304,15 +383,21 @@ http_server *http_start(const http_config *cfg, api *a, engine *e, char *err,
     engine_on_change(e, watch_on_change, s->hub);
     s->change_hooked = true;
 
+    s->listen_fd = http_listen_open(ai);
+    if (s->listen_fd < 0) {
+        snprintf(err, errlen, "cannot listen on %s: %s", addr, strerror(errno));
+        goto fail;
+    }
+
     /*
-     * poll(), not epoll: in 0.9.75 MHD_quiesce_daemon removes the listen socket
-     * from each worker's epoll set while the worker may remove it too, and the
-     * loser of that race hits MHD_PANIC (seen as an abort in
-     * stop_while_commits_land_does_not_crash). With poll the workers are told
-     * through their ITC instead. Measured with wrk here, both serve the same
-     * load (62-64k vs 50-61k req/s in alternating runs).
+     * poll(), not epoll (measured alike with wrk here: 62-64k vs 50-61k
+     * req/s in alternating runs). MHD has no listening socket of its own:
+     * http_acceptor_main hands it every connection, and MHD_add_connection
+     * places them on the workers in turn, where the workers racing to accept
+     * left one with most of them. It also means no MHD_quiesce_daemon at
+     * stop (with epoll, 0.9.75's quiesce could MHD_PANIC).
      */
-    flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_POLL |
+    flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_POLL | MHD_USE_NO_LISTEN_SOCKET |
             MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ITC | MHD_USE_ERROR_LOG;
     if (ai->ai_family == AF_INET6)
         flags |= MHD_USE_IPv6;
@@ -343,31 +428,19 @@ http_server *http_start(const http_config *cfg, api *a, engine *e, char *err,
     }
     opts[n] = (struct MHD_OptionItem){MHD_OPTION_END, 0, NULL};
 
-    /*
-     * MHD_OPTION_LISTENING_ADDRESS_REUSE is left out on purpose: absent, MHD
-     * sets SO_REUSEADDR only (a restart can bind while old connections sit in
-     * TIME_WAIT, a second live listener still gets EADDRINUSE); 0 would also
-     * drop SO_REUSEADDR, and 1 would add SO_REUSEPORT and let two servers
-     * share the port.
-     */
     errno = 0;
     /* The logger goes first: MHD reports options given before it on its own stderr logger. */
-    s->daemon = MHD_start_daemon(flags, cfg->port, NULL, NULL, http_on_request, s,
+    s->daemon = MHD_start_daemon(flags, 0, NULL, NULL, http_on_request, s,
                                  MHD_OPTION_EXTERNAL_LOGGER, http_mhd_log, s,
-                                 MHD_OPTION_SOCK_ADDR, ai->ai_addr,
                                  MHD_OPTION_NOTIFY_COMPLETED, http_on_completed, s,
                                  MHD_OPTION_UNESCAPE_CALLBACK, http_unescape_none, NULL,
                                  MHD_OPTION_ARRAY, opts,
                                  MHD_OPTION_END);
     saved_errno = errno;
     if (s->daemon == NULL) {
-        int why = http_probe_bind(ai);
-
         size_t m = strcspn(s->start_msg, "\r\n");
 
-        if (why != 0)
-            snprintf(err, errlen, "cannot listen on %s: %s", addr, strerror(why));
-        else if (m > 0)
+        if (m > 0)
             snprintf(err, errlen, "cannot start the HTTP%s server on %s: %.*s",
                      cfg->tls_cert != NULL ? "S" : "", addr, (int)m, s->start_msg);
         else if (saved_errno != 0)
@@ -378,12 +451,16 @@ http_server *http_start(const http_config *cfg, api *a, engine *e, char *err,
         goto fail;
     }
 
-    info = MHD_get_daemon_info(s->daemon, MHD_DAEMON_INFO_BIND_PORT);
-    if (info == NULL || info->port == 0) {
+    s->port = http_listen_port(s->listen_fd);
+    if (s->port == 0) {
         snprintf(err, errlen, "cannot read the bound port of %s", addr);
         goto fail;
     }
-    s->port = info->port;
+    if (pthread_create(&s->acceptor, NULL, http_acceptor_main, s) != 0) {
+        snprintf(err, errlen, "cannot start the HTTP acceptor thread");
+        goto fail;
+    }
+    s->acceptor_started = true;
     freeaddrinfo(list);
     lockcheck_lock(&s->mu);
     http_state_advance(s, HTTP_SERVING);
@@ -440,7 +517,6 @@ static void http_sleep_until(int64_t until)
 void http_stop(http_server *s, double timeout)
 {
     int64_t start, budget, reserve, release_at, drain_end;
-    MHD_socket listen_fd;
     bool released = false;
 
     if (s == NULL)
@@ -462,7 +538,7 @@ void http_stop(http_server *s, double timeout)
     lockcheck_lock(&s->mu);
     http_state_advance(s, HTTP_STOPPING);
     lockcheck_unlock(&s->mu);
-    listen_fd = MHD_quiesce_daemon(s->daemon);
+    http_acceptor_stop(s);
     engine_flush_soon(s->e);
     /* Streams end once they have sent the final flush's changes; long polls answer now. */
     watch_stop(s->hub);
@@ -487,8 +563,5 @@ void http_stop(http_server *s, double timeout)
                  atomic_load(&s->inflight));
 
     http_teardown(s);
-    /* Ours since MHD_quiesce_daemon, and only closable after the stop. */
-    if (listen_fd != MHD_INVALID_SOCKET)
-        close(listen_fd);
     http_free(s);
 }

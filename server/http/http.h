@@ -1,6 +1,8 @@
 /*
  * http: the HTTP transport on libmicrohttpd, and the only module whose files
- * (server/http/http*.c, sharing http_internal.h) include microhttpd.h. It runs MHD's thread pool, collects each request's body
+ * (server/http/http*.c, sharing http_internal.h) include microhttpd.h. It
+ * accepts connections on its own listening socket in an acceptor thread and
+ * hands them to MHD's thread pool in turn, collects each request's body
  * (answering 413 past max_body_bytes before buffering more), hands whole
  * requests to the api, and parks ?wait=true requests with MHD's
  * suspend/resume until the engine reports their seq durable (or they time out),
@@ -8,8 +10,8 @@
  *
  * Life cycle (http_state in http_internal.h; it only moves forward):
  *
- *   STARTING ──http_start: daemon bound──▶ SERVING
- *   SERVING ──http_stop: quiesce──▶ STOPPING
+ *   STARTING ──http_start: socket bound, daemon and acceptor started──▶ SERVING
+ *   SERVING ──http_stop: acceptor stopped, socket closed──▶ STOPPING
  *            no new connections, every answer closes its connection,
  *            requests in flight are answered, parked ones wait for commits
  *   STOPPING ──http_stop at half its timeout, or its teardown──▶ RELEASED

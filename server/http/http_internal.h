@@ -44,7 +44,7 @@
 typedef enum http_state {
     HTTP_STARTING,  /* http_start: nothing served yet */
     HTTP_SERVING,   /* http_start returned */
-    HTTP_STOPPING,  /* http_stop: quiesced, every answer closes its connection */
+    HTTP_STOPPING,  /* http_stop: no more accepts, every answer closes its connection */
     HTTP_RELEASED,  /* parked requests answered as they stand; nothing parks any more */
     HTTP_STOPPED    /* http_teardown: the timer thread exits, the daemon stops */
 } http_state;
@@ -144,6 +144,16 @@ struct http_server {
     pthread_cond_t timer_cv;    /* an earlier deadline, or HTTP_STOPPED */
 
     pthread_t timer;
+    /*
+     * Our own listening socket and the thread accepting on it, handing each
+     * connection to MHD (MHD_add_connection), which places it on its worker
+     * threads in turn: MHD's workers racing to accept on a shared socket
+     * left one with most connections (CPU split 50/15 seen here).
+     */
+    int listen_fd;              /* -1 once closed */
+    pthread_t acceptor;
+    _Atomic bool accept_stop;   /* the acceptor ends; set before shutdown(listen_fd) */
+    bool acceptor_started;      /* joined (and false again) by http_acceptor_stop */
     /*
      * What the teardown must undo, whatever the state: these say which
      * resources exist (a failed http_start has only some of them).

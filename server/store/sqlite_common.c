@@ -437,7 +437,7 @@ int store_upsert_rows(sqlite3 *db, sqlite3_stmt *st,
     for (size_t i = 0; i < n; i++) {
         if (rows[i] == NULL) {
             snprintf(msg, msglen, "upsert: row %zu is NULL", i);
-            return -1;
+            goto fail;
         }
         if (STORE_FAULT_ROW(faults_of, rows[i])) {
             snprintf(why, sizeof why, "row refused (injected fault)");
@@ -449,8 +449,11 @@ int store_upsert_rows(sqlite3 *db, sqlite3_stmt *st,
             /* Read before reset, which may replace the message. */
             if (rc != SQLITE_DONE)
                 snprintf(why, sizeof why, "%s", sqlite3_errmsg(db));
+            /*
+             * No clear_bindings per row: the next row binds every
+             * parameter again, and the batch's end clears them once.
+             */
             sqlite3_reset(st);
-            sqlite3_clear_bindings(st);
         }
         if (rc == SQLITE_DONE)
             continue;
@@ -460,14 +463,20 @@ int store_upsert_rows(sqlite3 *db, sqlite3_stmt *st,
          */
         if (!store_row_level(rc) || sqlite3_get_autocommit(db)) {
             snprintf(msg, msglen, "upsert: %s", why);
-            return -1;
+            goto fail;
         }
         if (store_isolation_add(iso, i, why) != 0) {
             snprintf(msg, msglen, "upsert: out of memory");
-            return -1;
+            goto fail;
         }
     }
+    /* The rows' strings were bound SQLITE_STATIC: none may outlive them. */
+    sqlite3_clear_bindings(st);
     return 0;
+
+fail:
+    sqlite3_clear_bindings(st);
+    return -1;
 }
 
 /* Whether b's arrays are there for the counts it claims. */

@@ -24,7 +24,12 @@
 #include "store_ops.h"
 
 /* The schema this build writes and the newest one it can read. */
-#define STORE_SCHEMA_VERSION 1
+#define STORE_SCHEMA_VERSION 2
+/*
+ * The spill file's own version: its tables did not change when the main
+ * file's index went away (version 2), so spill files of either build replay.
+ */
+#define STORE_SPILL_SCHEMA_VERSION 1
 /*
  * The writer retries failed batches with its own backoff, so a lock held by
  * someone else must make a write fail fast rather than stall the writer.
@@ -294,7 +299,9 @@ bool store_batch_valid(const store_batch *b);
  * cannot read, -1 out of memory. Its strings borrow from the statement.
  */
 int store_row_draft(sqlite3_stmt *st, ns_row *d);
-/* Brings a version-0 table up to version 1 in the caller's transaction. */
+/* Brings a version-0 table up to the current version in the caller's transaction. */
 int store_migrate_v0(sqlite3 *db, char *err, size_t errlen, const char *path);
+/* Brings a version-1 file up to version 2 in the caller's transaction. */
+int store_migrate_v1(sqlite3 *db, char *err, size_t errlen, const char *path);
 
 #endif

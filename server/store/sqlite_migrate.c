@@ -1,6 +1,7 @@
 /*
- * sqlite_migrate: the original design's table (schema version 0) brought up to
- * version 1 in place, or refused with the row that stands in the way.
+ * sqlite_migrate: older files brought up to the current schema (version 2)
+ * in place: the original design's table (version 0), or refused with the
+ * row that stands in the way; and version 1, which only loses an index.
  */
 #include "sqlite_internal.h"
 
@@ -368,8 +369,8 @@ static const char store_number_v0_sql[] =
     " AND numbered.node_id IS run_node_state.node_id";
 
 /*
- * Brings the original design's table (user_version 0) up to version 1
- * inside the caller's transaction: the missing columns, then the index,
+ * Brings the original design's table (user_version 0) up to the current
+ * version inside the caller's transaction: the missing columns, then the
  * meta table and version, then seqs for the rows and last_seq from them.
  * A table we cannot read the same way (another key, non-text statuses or
  * timestamps) is refused rather than half converted. Returns 0 or -1 with err set.
@@ -430,6 +431,23 @@ int store_migrate_v0(sqlite3 *db, char *err, size_t errlen,
         store_set_db_err(err, errlen, path, db, "migrating schema version 0");
         return -1;
     }
-    return 0;
+    /* The original design's file may carry version 1's index too. */
+    return store_migrate_v1(db, err, errlen, path);
 }
 
+
+/*
+ * Version 1 had an index on (run_id, status) that no read used (listing by
+ * status walks a run's rows by primary key, the cache holds the counts) and
+ * that every upsert paid for. Dropping it touches no row. Runs inside the
+ * caller's transaction. Returns 0 or -1 with err set.
+ */
+int store_migrate_v1(sqlite3 *db, char *err, size_t errlen, const char *path)
+{
+    if (store_exec(db, "DROP INDEX IF EXISTS run_node_state_run_status;"
+                       "PRAGMA user_version = 2;") != SQLITE_OK) {
+        store_set_db_err(err, errlen, path, db, "migrating schema version 1");
+        return -1;
+    }
+    return 0;
+}

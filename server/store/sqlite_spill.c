@@ -203,11 +203,11 @@ store_sidecar *store_spill_open_file(const char *spill_path, char *err,
         store_set_db_err(err, errlen, sc->path, sc->db, "opening spill file");
         goto err;
     }
-    if (version > STORE_SCHEMA_VERSION) {
+    if (version > STORE_SPILL_SCHEMA_VERSION) {
         snprintf(msg, sizeof msg,
                  "spill file schema version %lld is newer than this "
                  "nodestate supports (%d)", (long long)version,
-                 STORE_SCHEMA_VERSION);
+                 STORE_SPILL_SCHEMA_VERSION);
         store_set_err(err, errlen, sc->path, msg);
         goto err;
     }
@@ -377,11 +377,11 @@ static int store_spill_kind(sqlite3 *db, const char *spill, char *err,
         kind |= STORE_SPILL_V1;
     if (log == 3)
         kind |= STORE_SPILL_LOG;
-    if (version != STORE_SCHEMA_VERSION || kind == 0) {
+    if (version != STORE_SPILL_SCHEMA_VERSION || kind == 0) {
         snprintf(msg, sizeof msg,
                  "not a nodestate spill file of schema version %d "
                  "(user_version %lld); move it away to start",
-                 STORE_SCHEMA_VERSION, (long long)version);
+                 STORE_SPILL_SCHEMA_VERSION, (long long)version);
         store_set_err(err, errlen, spill, msg);
         return -1;
     }

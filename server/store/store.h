@@ -23,15 +23,20 @@
  *   "row=NODE_ID"     every upsert of that node fails as unwritable
  * (comma-separated). Without NODESTATE_FAULTS defined there is no such code.
  *
- * Schema (PRAGMA user_version = 1):
+ * Schema (PRAGMA user_version = 2):
  *   run_node_state(run_id, node_id, status, attempt, scheduled_at, started_at,
  *                  completed_at, failed_at, suspended_at, last_error, retryable,
  *                  suspension_reason, resume_state_json, outputs_json,
- *                  updated_at, seq), PRIMARY KEY (run_id, node_id),
- *                  index on (run_id, status); timestamps are RFC 3339 text.
+ *                  updated_at, seq), PRIMARY KEY (run_id, node_id), WITHOUT
+ *                  ROWID, no other index (every read filters by a prefix of
+ *                  the key); timestamps are RFC 3339 text.
  *   nodestate_meta(key PRIMARY KEY, value): 'last_seq' survives deleted runs,
  *                  so seq keeps growing across restarts; other keys are the
  *                  caller's (store_meta_get / store_meta_set).
+ *
+ * A version-1 file (which had an index on (run_id, status)) is migrated by
+ * dropping that index; its rows are not touched. A file of a newer version
+ * is refused, unchanged.
  *
  * A version-0 file (the original design's table, no user_version) is
  * migrated in one transaction at store_open: missing columns are added and
@@ -43,7 +48,7 @@
  * untouched, when a status is NULL or unknown, attempt is not a whole number
  * >= 1, resume_state_json or outputs_json is neither NULL nor valid JSON,
  * updated_at is NULL, or a timestamp cannot be converted; the message names
- * the column and shows a value and the row's key.
+ * the column and shows a value and the row's key. It ends at version 2.
  */
 #ifndef NODESTATE_STORE_H
 #define NODESTATE_STORE_H
