@@ -3,7 +3,9 @@
 # SQLite vs the engine), durable_bench (?wait=true acks of the real binary vs
 # one commit per update on the same disk), memory_bench (RSS per cached
 # node), bigrun_bench (clients writing small runs beside clients adding to
-# and listing a 100,000-node run) and shutdown_bench.sh (SIGTERM with the
+# and listing a 100,000-node run), cache_bench.sh (97 runs of lifecycles
+# with and without --cache-max-nodes: the ratio, and an optional soak) and
+# shutdown_bench.sh (SIGTERM with the
 # database locked by another connection: time to exit, and every accepted
 # update kept through the spill), then drives the real binary with wrk and checks what reached the
 # database. Not part of the test suite.
@@ -29,7 +31,10 @@
 #   BIGRUN_DURATION      bigrun_bench --duration seconds per phase (5)
 #   BIGRUN_ARGS          more bigrun_bench arguments (e.g. "--big-clients 4")
 #   SHUTDOWN_TIMEOUT WRITE_SECONDS   shutdown_bench.sh (8 s budget, 20 s of writes)
-#   SKIP_ENGINE=1 / SKIP_DURABLE=1 / SKIP_MEMORY=1 / SKIP_BIGRUN=1 / SKIP_SHUTDOWN=1 / SKIP_HTTP=1
+#   CACHE_RUNS CACHE_BOUND CACHE_SECONDS   cache_bench.sh (97 runs, 100000 nodes, 60 s each)
+#   SOAK_SECONDS SOAK_RUNS SOAK_BOUND      its soak (0 = none; 400 runs, 200000 nodes)
+#   SKIP_ENGINE=1 / SKIP_DURABLE=1 / SKIP_MEMORY=1 / SKIP_BIGRUN=1 / SKIP_CACHE=1 /
+#   SKIP_SHUTDOWN=1 / SKIP_HTTP=1
 #                        skip a step
 set -euo pipefail
 
@@ -113,6 +118,12 @@ if [ "${SKIP_BIGRUN:-0}" != 1 ]; then
     extra=(${BIGRUN_ARGS:-})
     echo "\$ $build/bench/bigrun_bench ${args[*]} ${extra[*]}"
     "$build/bench/bigrun_bench" "${args[@]}" "${extra[@]}" || status=1
+fi
+
+if [ "${SKIP_CACHE:-0}" != 1 ]; then
+    echo
+    echo "== cache_bench (97 runs, bounded vs unbounded cache)"
+    NODESTATE_BIN="$build/nodestate" bash "$root/bench/cache_bench.sh" || status=1
 fi
 
 if [ "${SKIP_SHUTDOWN:-0}" != 1 ]; then

@@ -854,7 +854,7 @@ Test(engine, cache_bound_evicts_written_runs)
     /* Once written, the least recently used runs go until the bound holds. */
     cr_assert_leq(atomic_load(&st->cache_nodes), 10);
     cr_assert_geq(atomic_load(&st->cache_evictions), 2);
-    /* An evicted run reads through, whole. */
+    /* A node of an evicted run reads through, alone. */
     uint64_t loads = atomic_load(&st->cache_loads);
     ns_row *g = get(e, "r0", "n3");
     cr_assert_eq(g->status, NS_RUNNING);
@@ -868,6 +868,65 @@ Test(engine, cache_bound_evicts_written_runs)
     /* The rules still see evicted state. */
     cr_assert_eq(submit(e, "r1", "n0", NS_SCHEDULED, 0, NULL), ENGINE_ILLEGAL);
     cr_assert_eq(engine_close(e), 0);
+}
+
+/*
+ * The bound holds a node at a time: once written, a run's idle nodes go,
+ * least recently used first, down to the bound and no further, and the run
+ * stays cached in part. A write to an evicted node reads that node alone
+ * (one load, never the run whole: cache_run_loads stays 0) and is judged by
+ * it; only queued nodes may hold the cache above its bound.
+ */
+Test(engine, bound_evicts_idle_nodes_and_writes_read_one_node)
+{
+    enum { BOUND = 50, NODES = 200 };
+    engine_config c = config(1000, 60, 10000);
+    c.cache_max_nodes = BOUND;
+    engine *e = open_with(&c);
+    ns_stats *st = engine_stats(e);
+    char node[16];
+    for (int i = 0; i < NODES; i++) {
+        snprintf(node, sizeof node, "n%03d", i);
+        accept(e, "r", node, NS_SCHEDULED);
+    }
+    cr_assert_eq(atomic_load(&st->cache_nodes), NODES, "queued nodes were evicted");
+    wait_durable(e, NODES, true);
+    cr_assert_eq(atomic_load(&st->cache_nodes), BOUND, "evicted past the bound, or not to it");
+    cr_assert_eq(atomic_load(&st->cache_runs), 1, "the run was dropped whole");
+    cr_assert_eq(atomic_load(&st->cache_nodes_evicted), NODES - BOUND);
+    cr_assert_eq(atomic_load(&st->cache_evictions), 0);
+
+    /* n000 was written first, so it went: the rules judge by the row read alone. */
+    uint64_t loads = atomic_load(&st->cache_loads);
+    cr_assert_eq(submit(e, "r", "n001", NS_IDLE, 0, NULL), ENGINE_ILLEGAL);
+    cr_assert_eq(atomic_load(&st->cache_loads), loads + 1);
+    cr_assert_leq(atomic_load(&st->cache_nodes), BOUND);
+    /* Every node's next step: one read each, never the run. */
+    for (int i = 0; i < NODES; i++) {
+        snprintf(node, sizeof node, "n%03d", i);
+        loads = atomic_load(&st->cache_loads);
+        accept(e, "r", node, NS_RUNNING);
+        cr_assert_leq(atomic_load(&st->cache_loads), loads + 1, "%s: more than one read", node);
+        /* i + 1 nodes are queued now: they, and only they, may pass the bound. */
+        cr_assert_leq(atomic_load(&st->cache_nodes), (uint64_t)(BOUND + i + 1), "after %s", node);
+    }
+    cr_assert_eq(atomic_load(&st->cache_run_loads), 0, "a write read the run whole");
+    cr_assert_eq(atomic_load(&st->cache_nodes), NODES, "all queued, all cached");
+    int64_t last = 2 * NODES;
+    wait_durable(e, last, true);
+    cr_assert_eq(atomic_load(&st->cache_nodes), BOUND);
+    cr_assert_eq(atomic_load(&st->cache_run_loads), 0);
+
+    /* A summary reads the run whole (too big to cache whole: for that answer alone). */
+    engine_summary sum;
+    cr_assert_eq(engine_summarize(e, "r", &sum), ENGINE_ACCEPTED);
+    cr_assert_eq(sum.nodes, NODES);
+    cr_assert_eq(sum.counts[NS_RUNNING], NODES);
+    cr_assert_eq(atomic_load(&st->cache_run_loads), 1);
+    cr_assert_leq(atomic_load(&st->cache_nodes), BOUND);
+    cr_assert_eq(engine_close(e), 0);
+    cr_assert_eq(db_int("SELECT COUNT(*) FROM run_node_state WHERE status = 'running'", NULL),
+                 NODES);
 }
 
 Test(engine, drain_makes_unready_but_writes_work)
