@@ -77,7 +77,8 @@ phase() {
         sleep 0.1
     done
     [ -s "$dir/port" ] || { echo "cache_bench: the server did not start:" >&2; cat "$dir/server.log" >&2; exit 1; }
-    local addr=127.0.0.1:$(cat "$dir/port")
+    local addr
+    addr=127.0.0.1:$(cat "$dir/port")
     (
         t0=$(date +%s.%N)
         while :; do

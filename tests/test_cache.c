@@ -515,6 +515,53 @@ Test(cache, evicts_clean_nodes_least_recently_used_first)
     cache_free(c);
 }
 
+/*
+ * A run known whole (new, or read whole) stays known through evictions: an
+ * evicted node is "maybe stored" (never a false "absent"), a node never
+ * seen is absent but for the filter's rare false "maybe".
+ */
+Test(cache, known_run_tells_evicted_nodes_from_new_ones)
+{
+    enum { NODES = 5000 };
+    cache *c = new_cache();
+    cache_run *run = add_run(c, "r");
+    cr_assert_not(cache_node_absent(run, "x"), "a run not known: anything may be stored");
+    run->complete = run->known = true;
+    char id[32];
+    for (int i = 0; i < NODES; i++) {
+        snprintf(id, sizeof id, "n%d", i);
+        cr_assert(cache_node_absent(run, id));
+        cr_assert_eq(cache_node_load(c, run, mk("r", id, NS_RUNNING, i + 1)), 0);
+        cr_assert_not(cache_node_absent(run, id), "a held node is not absent");
+    }
+    for (int i = 0; i < NODES - 10; i++)
+        cr_assert_eq(cache_evict_node(c, NULL), CACHE_EVICTED_NODE);
+    cr_assert_not(run->complete);
+    cr_assert(run->known);
+    for (int i = 0; i < NODES; i++) {
+        snprintf(id, sizeof id, "n%d", i);
+        cr_assert_not(cache_node_absent(run, id), "%s evicted (or held) but called absent", id);
+    }
+    int maybes = 0;
+    for (int i = 0; i < NODES; i++) {
+        snprintf(id, sizeof id, "new%d", i);
+        maybes += !cache_node_absent(run, id);
+    }
+    cr_assert_lt(maybes, NODES / 20, "%d of %d new nodes called maybe stored", maybes, NODES);
+    /* Read whole again: complete and known afresh, the filter emptied. */
+    cache_run *loaded = cache_run_new("r");
+    cr_assert_not_null(loaded);
+    cr_assert_eq(cache_run_adopt(c, run, loaded), 0);
+    cr_assert(run->known && run->complete);
+    cr_assert_null(run->gone);
+    /* A run cached in part (not known) never calls a node absent. */
+    cache_run *p = add_run(c, "p");
+    cr_assert_eq(cache_node_load(c, p, mk("p", "a", NS_RUNNING, 1)), 0);
+    cr_assert_eq(cache_evict_node(c, run), CACHE_EVICTED_RUN);
+    cr_assert_eq(cache_runs(c), 1);
+    cache_free(c);
+}
+
 /* Removing a big run costs O(1); cache_reap frees its nodes within each call's budget. */
 Test(cache, big_run_removed_is_freed_in_pieces)
 {

@@ -20,6 +20,25 @@
  * a time, instead of at once.
  */
 #define REAP_INLINE_NODES 1024
+/*
+ * The filters of evicted node ids (cache_gone): the first holds this many
+ * ids, each next one twice as many; GONE_BITS bits per id and GONE_PROBES
+ * probes give about 1% false "maybe"s. Past GONE_MAX ids in all (about
+ * 5 MiB for one run) the run stops being known: its new nodes are read.
+ */
+#define GONE_FIRST 1024
+#define GONE_BITS 10
+#define GONE_PROBES 4
+#define GONE_MAX ((size_t)1 << 22)
+#define GONE_SEED2 0x9e3779b97f4a7c15ull
+
+/* One stage of a run's filter of evicted node ids; stages chain, newest first. */
+struct cache_gone {
+    cache_gone *older;
+    size_t ids, capacity, total; /* total: ids in this stage and the older ones */
+    size_t mask;                 /* bits - 1, bits a power of two */
+    uint64_t words[];
+};
 
 /*
  * One cached node: in its run's table, in the tree of its row's status, and
@@ -147,8 +166,84 @@ cache *cache_new(void)
     return c;
 }
 
+static void gone_free(cache_run *run)
+{
+    while (run->gone) {
+        cache_gone *g = run->gone;
+        run->gone = g->older;
+        free(g);
+    }
+}
+
+/* Sets run->known (it is complete now) with an empty filter. */
+static void known_reset(cache_run *run)
+{
+    gone_free(run);
+    run->known = true;
+}
+
+static bool gone_probe(const cache_gone *g, uint64_t h1, uint64_t h2, bool set)
+{
+    for (int i = 0; i < GONE_PROBES; i++) {
+        size_t bit = (size_t)(h1 + (uint64_t)i * h2) & g->mask;
+        uint64_t m = 1ull << (bit & 63);
+        if (set)
+            ((cache_gone *)g)->words[bit >> 6] |= m;
+        else if (!(g->words[bit >> 6] & m))
+            return false;
+    }
+    return true;
+}
+
+/* Records an evicted node of a known run; one too many, or no memory, and the run is no longer known. */
+static void gone_add(cache_run *run, const char *node_id)
+{
+    cache_gone *g = run->gone;
+    if (!g || g->ids == g->capacity) {
+        size_t total = g ? g->total : 0;
+        size_t capacity = g ? g->capacity * 2 : GONE_FIRST;
+        size_t bits = 64;
+        while (bits < capacity * GONE_BITS)
+            bits *= 2;
+        cache_gone *n = total >= GONE_MAX ? NULL
+                                          : calloc(1, sizeof *n + bits / 64 * sizeof(uint64_t));
+        if (!n) {
+            gone_free(run);
+            run->known = false;
+            return;
+        }
+        n->older = g;
+        n->capacity = capacity;
+        n->total = total;
+        n->mask = bits - 1;
+        run->gone = g = n;
+    }
+    uint64_t h1 = model_hash(MODEL_HASH_SEED, node_id);
+    uint64_t h2 = model_hash(GONE_SEED2, node_id) | 1;
+    gone_probe(g, h1, h2, true);
+    g->ids++;
+    g->total++;
+}
+
+bool cache_node_absent(const cache_run *run, const char *node_id)
+{
+    if (cache_node_get(run, node_id))
+        return false;
+    if (run->complete)
+        return true;
+    if (!run->known)
+        return false;
+    uint64_t h1 = model_hash(MODEL_HASH_SEED, node_id);
+    uint64_t h2 = model_hash(GONE_SEED2, node_id) | 1;
+    for (const cache_gone *g = run->gone; g; g = g->older)
+        if (gone_probe(g, h1, h2, false))
+            return false;
+    return true;
+}
+
 static void run_free(cache_run *run)
 {
+    gone_free(run);
     for (size_t i = 0; i < run->n_slots; i++) {
         if (run->slots[i]) {
             model_row_unref(run->slots[i]->row);
@@ -344,6 +439,7 @@ void cache_run_clear(cache *c, cache_run *run)
     memset(run->counts, 0, sizeof run->counts);
     memset(run->by_status, 0, sizeof run->by_status);
     run->complete = true;
+    known_reset(run);
 }
 
 cache_run *cache_run_take(cache *c, cache_run *run)
@@ -377,6 +473,7 @@ cache_run *cache_run_take(cache *c, cache_run *run)
     memset(run->counts, 0, sizeof run->counts);
     memset(run->by_status, 0, sizeof run->by_status);
     run->complete = true;
+    known_reset(run);
     return old;
 }
 
@@ -750,6 +847,7 @@ int cache_run_adopt(cache *c, cache_run *run, cache_run *loaded)
     if (loaded->updated_at > run->updated_at)
         run->updated_at = loaded->updated_at;
     run->complete = true;
+    known_reset(run);
     run_free(loaded);
     return 0;
 }
@@ -773,6 +871,8 @@ cache_evicted cache_evict_node(cache *c, const cache_run *keep)
     if (n->row->seq > run->evicted_seq)
         run->evicted_seq = n->row->seq;
     run->complete = false;
+    if (run->known)
+        gone_add(run, n->row->node_id);
     model_row_unref(n->row);
     free(n);
     if (run->nodes == 0 && run->pending == 0) {

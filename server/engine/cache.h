@@ -38,12 +38,20 @@
 
 typedef struct cache cache;
 typedef struct cache_node cache_node;
+typedef struct cache_gone cache_gone;
 
 typedef struct cache_run {
     char *run_id;
     size_t pending;            /* queued ops not yet committed (cache_pin); a pinned run stays */
     bool stale;                /* cached rows may differ from disk: drop once unpinned */
     bool complete;             /* every node of the run is held (else only some) */
+    /*
+     * Every stored node of the run is held or in `gone`, the nodes evicted
+     * since it was complete: a node in neither is not on disk, so a new
+     * node needs no read (cache_node_absent).
+     */
+    bool known;
+    cache_gone *gone;          /* a Bloom filter: a false "maybe" only costs a read */
     size_t counts[NS_STATUS_COUNT]; /* nodes held per status */
     size_t nodes;              /* nodes held */
     size_t bytes;              /* what they take (cache_row_bytes each) */
@@ -143,6 +151,13 @@ int cache_node_load(cache *c, cache_run *run, ns_row *row);
  * the node becomes clean, its run's most recently used.
  */
 void cache_node_settle(cache *c, cache_run *run, const ns_row *row);
+/*
+ * Whether the node is known not to exist, neither held nor stored: the run
+ * is complete, or known and the node was not evicted from it (the filter
+ * may say "maybe" for a node never evicted, about once in a hundred: then
+ * the caller reads it). Costs O(log) of the nodes evicted.
+ */
+bool cache_node_absent(const cache_run *run, const char *node_id);
 /* Whether the node is clean (evictable). For tests. */
 bool cache_node_clean(const cache_run *run, const char *node_id);
 

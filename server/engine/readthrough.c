@@ -179,7 +179,10 @@ cache_run *readthrough_run_whole(engine *e, const char *run_id, engine_result *r
 /*
  * The run holding node_id, with the node's current row in *cur (NULL for a
  * node that has none): a run not cached, or cached in part without this
- * node, gets just that row read from SQLite, not the whole run. Locking and
+ * node, gets just that row read from SQLite, not the whole run; no read at
+ * all when the cache knows the node is not stored (cache_node_absent: a
+ * run known since it was new or read whole, and the node not evicted), so
+ * a new node of a busy bounded run costs no read. Locking and
  * races as in readthrough_run_whole. A run with no rows on disk is cached complete
  * (empty), so its later new nodes need no read at all. With create false
  * nothing is cached for a node of an uncached run that is not on disk: NULL
@@ -194,7 +197,7 @@ cache_run *readthrough_run_node(engine *e, const char *run_id, const char *node_
         cache_run *run = cache_run_find(e->cache, run_id);
         if (run) {
             ns_row *row = cache_node_use(e->cache, run, node_id);
-            if (row || run->complete) {
+            if (row || cache_node_absent(run, node_id)) {
                 cache_touch(e->cache, run);
                 *cur = row;
                 return run;
@@ -220,7 +223,7 @@ cache_run *readthrough_run_node(engine *e, const char *run_id, const char *node_
             return NULL;
         }
         run = cache_run_find(e->cache, run_id);
-        if ((run && (run->complete || cache_node_get(run, node_id))) ||
+        if ((run && (cache_node_get(run, node_id) || cache_node_absent(run, node_id))) ||
             read_overtaken(e, run_id, removals, durable)) {
             model_row_unref(row);
             continue; /* the cache knows better now, or the file may have moved on */
@@ -237,7 +240,7 @@ cache_run *readthrough_run_node(engine *e, const char *run_id, const char *node_
                 return NULL;
             }
             /* Nothing cached of it, nothing queued: the file is its truth. */
-            run->complete = !run_has_rows;
+            run->complete = run->known = !run_has_rows;
         }
         cache_touch(e->cache, run); /* the most recent, so evict spares it alone */
         if (row) {
