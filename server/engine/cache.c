@@ -21,26 +21,6 @@
  */
 #define REAP_INLINE_NODES 1024
 /*
- * The filters of evicted node ids (cache_gone): the first holds this many
- * ids, each next one twice as many; GONE_BITS bits per id and GONE_PROBES
- * probes give about 1% false "maybe"s. Past GONE_MAX ids in all (about
- * 5 MiB for one run) the run stops being known: its new nodes are read.
- */
-#define GONE_FIRST 1024
-#define GONE_BITS 10
-#define GONE_PROBES 4
-#define GONE_MAX ((size_t)1 << 22)
-#define GONE_SEED2 0x9e3779b97f4a7c15ull
-
-/* One stage of a run's filter of evicted node ids; stages chain, newest first. */
-struct cache_gone {
-    cache_gone *older;
-    size_t ids, capacity, total; /* total: ids in this stage and the older ones */
-    size_t mask;                 /* bits - 1, bits a power of two */
-    uint64_t words[];
-};
-
-/*
  * One cached node: in its run's table, in the tree of its row's status, and
  * (when clean) in its run's recency list.
  */
@@ -168,11 +148,8 @@ cache *cache_new(void)
 
 static void gone_free(cache_run *run)
 {
-    while (run->gone) {
-        cache_gone *g = run->gone;
-        run->gone = g->older;
-        free(g);
-    }
+    idfilter_free(run->gone);
+    run->gone = NULL;
 }
 
 /* Sets run->known (it is complete now) with an empty filter. */
@@ -182,47 +159,13 @@ static void known_reset(cache_run *run)
     run->known = true;
 }
 
-static bool gone_probe(const cache_gone *g, uint64_t h1, uint64_t h2, bool set)
-{
-    for (int i = 0; i < GONE_PROBES; i++) {
-        size_t bit = (size_t)(h1 + (uint64_t)i * h2) & g->mask;
-        uint64_t m = 1ull << (bit & 63);
-        if (set)
-            ((cache_gone *)g)->words[bit >> 6] |= m;
-        else if (!(g->words[bit >> 6] & m))
-            return false;
-    }
-    return true;
-}
-
-/* Records an evicted node of a known run; one too many, or no memory, and the run is no longer known. */
+/* Records an evicted node of a known run; past the filter's limit, or out of memory, the run is no longer known. */
 static void gone_add(cache_run *run, const char *node_id)
 {
-    cache_gone *g = run->gone;
-    if (!g || g->ids == g->capacity) {
-        size_t total = g ? g->total : 0;
-        size_t capacity = g ? g->capacity * 2 : GONE_FIRST;
-        size_t bits = 64;
-        while (bits < capacity * GONE_BITS)
-            bits *= 2;
-        cache_gone *n = total >= GONE_MAX ? NULL
-                                          : calloc(1, sizeof *n + bits / 64 * sizeof(uint64_t));
-        if (!n) {
-            gone_free(run);
-            run->known = false;
-            return;
-        }
-        n->older = g;
-        n->capacity = capacity;
-        n->total = total;
-        n->mask = bits - 1;
-        run->gone = g = n;
+    if (idfilter_add(&run->gone, node_id) != 0) {
+        gone_free(run);
+        run->known = false;
     }
-    uint64_t h1 = model_hash(MODEL_HASH_SEED, node_id);
-    uint64_t h2 = model_hash(GONE_SEED2, node_id) | 1;
-    gone_probe(g, h1, h2, true);
-    g->ids++;
-    g->total++;
 }
 
 bool cache_node_absent(const cache_run *run, const char *node_id)
@@ -231,14 +174,7 @@ bool cache_node_absent(const cache_run *run, const char *node_id)
         return false;
     if (run->complete)
         return true;
-    if (!run->known)
-        return false;
-    uint64_t h1 = model_hash(MODEL_HASH_SEED, node_id);
-    uint64_t h2 = model_hash(GONE_SEED2, node_id) | 1;
-    for (const cache_gone *g = run->gone; g; g = g->older)
-        if (gone_probe(g, h1, h2, false))
-            return false;
-    return true;
+    return run->known && !idfilter_may_have(run->gone, node_id);
 }
 
 static void run_free(cache_run *run)

@@ -34,11 +34,12 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "idfilter.h"
 #include "model.h"
 
 typedef struct cache cache;
 typedef struct cache_node cache_node;
-typedef struct cache_gone cache_gone;
+
 
 typedef struct cache_run {
     char *run_id;
@@ -51,7 +52,7 @@ typedef struct cache_run {
      * node needs no read (cache_node_absent).
      */
     bool known;
-    cache_gone *gone;          /* a Bloom filter: a false "maybe" only costs a read */
+    idfilter *gone;            /* a false "maybe" only costs a read */
     size_t counts[NS_STATUS_COUNT]; /* nodes held per status */
     size_t nodes;              /* nodes held */
     size_t bytes;              /* what they take (cache_row_bytes each) */
@@ -154,7 +155,7 @@ void cache_node_settle(cache *c, cache_run *run, const ns_row *row);
 /*
  * Whether the node is known not to exist, neither held nor stored: the run
  * is complete, or known and the node was not evicted from it (the filter
- * may say "maybe" for a node never evicted, about once in a hundred: then
+ * may say "maybe" for a node never evicted, under once in fifty: then
  * the caller reads it). Costs O(log) of the nodes evicted.
  */
 bool cache_node_absent(const cache_run *run, const char *node_id);
