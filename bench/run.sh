@@ -52,6 +52,8 @@
 #   BATCH_DURATION       batch_bench --duration seconds (10)
 #   BATCH_ARGS           more batch_bench arguments (e.g. "--server-arg --synchronous --server-arg full")
 #   ROUNDS               ratio_bench.sh rounds per side (3; see that script for more)
+#   CACHE_RUNS CACHE_BOUND CACHE_SECONDS   cache_bench.sh (97 runs, 100000 nodes, 60 s each)
+#   SOAK_SECONDS SOAK_RUNS SOAK_BOUND      its soak (0 = none; 400 runs, 200000 nodes)
 #   SKIP_<STEP>=1        skip that step (the names in the list above)
 set -euo pipefail
 
@@ -152,6 +154,12 @@ if [ "${SKIP_WATCH:-0}" != 1 ]; then
     extra=(${WATCH_ARGS:-})
     echo "\$ $build/bench/watch_bench ${args[*]} ${extra[*]}"
     "$build/bench/watch_bench" "${args[@]}" "${extra[@]}" || status=1
+fi
+
+if [ "${SKIP_CACHE:-0}" != 1 ]; then
+    echo
+    echo "== cache_bench (97 runs, bounded vs unbounded cache)"
+    NODESTATE_BIN="$build/nodestate" bash "$root/bench/cache_bench.sh" || status=1
 fi
 
 if [ "${SKIP_SHUTDOWN:-0}" != 1 ]; then

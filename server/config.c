@@ -86,11 +86,11 @@ static const option_def options[] = {
      "      writes get 503 (K, M, G suffixes: powers of 1024)"},
     {"cache-max-nodes", OPT_SIZE, FIELD(cache_max_nodes), 0, (uint64_t)1 << 40, 0,
      "1000000", "N",
-     "most nodes kept in memory; idle runs past it are evicted (least\n"
+     "most nodes kept in memory; idle nodes past it are evicted (least\n"
      "      recently used first) and read back from SQLite; 0 = no bound"},
     {"cache-max-bytes", OPT_BYTES, FIELD(cache_max_bytes), 0, (uint64_t)1 << 40, 0,
      "256M", "BYTES",
-     "most bytes of node state kept in memory; idle runs past it are\n"
+     "most bytes of node state kept in memory; idle nodes past it are\n"
      "      evicted like --cache-max-nodes; 0 = no bound (K, M, G suffixes)"},
     {"shutdown-timeout", OPT_SECONDS, FIELD(shutdown_timeout), 0, 0,
      SECONDS_MAX, "10", "SECONDS",

@@ -252,6 +252,7 @@ Test(cache, evicted_runs_read_back_whole_and_right)
     /* c00 was read first, so it has been evicted since; the rules must judge a
      * regression of its completed node n002 by the state on disk. */
     loads = ns_stat(s, "cache_loads");
+    long long run_loads = ns_stat(s, "cache_run_loads");
     cr_assert_eq(ns_post_state(s, "c00", "n002", NULL, "{\"status\":\"running\"}", &r), 0);
     char why[512];
     cr_assert_eq(ns_check_problem(&r, 409, "illegal-transition", why, sizeof why), 0,
@@ -282,6 +283,9 @@ Test(cache, evicted_runs_read_back_whole_and_right)
     cr_assert_eq(it_jint(doc, "attempt"), 1);
     cr_assert(ns_jstr(doc, "scheduled_at") != NULL, "scheduled_at lost: %s", r.body);
     json_decref(doc);
+    /* Those writes read one node each, never a run whole. */
+    cr_assert_eq(ns_stat(s, "cache_run_loads"), run_loads, "a write read its run whole");
+    cr_assert_gt(ns_stat(s, "cache_nodes_evicted"), 0);
     ns_resp_free(&r);
     cr_assert_eq(ns_stop(s, SIGTERM), 0);
     ns_free(s);

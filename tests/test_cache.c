@@ -5,7 +5,8 @@
  * run's rows in order with a status mask, a cursor, a limit and "more";
  * the per-status trees staying ordered and balanced (also through randomized
  * operations checked against a plain model), bytes accounting, and partial
- * runs merged with a copy read from disk.
+ * runs merged with a copy read from disk; eviction of clean nodes, least
+ * recently used first, never of queued ones; big removed runs freed in pieces.
  */
 #include <criterion/criterion.h>
 
@@ -47,6 +48,8 @@ static cache_run *add_run(cache *c, const char *run_id)
     cr_assert_not_null(run, "cache_run_add(%s)", run_id);
     return run;
 }
+
+static void check_run(const cache_run *run);
 
 static void put(cache *c, cache_run *run, ns_row *row)
 {
@@ -425,13 +428,22 @@ static void lru_is(const cache *c, const char *want)
     cr_assert_str_eq(got, want);
 }
 
+/* A run with one clean node (read from disk), so it is on the recency list. */
+static cache_run *add_loaded_run(cache *c, const char *run_id)
+{
+    cache_run *run = add_run(c, run_id);
+    cr_assert_eq(cache_node_load(c, run, mk(run_id, "x", NS_RUNNING, 1)), 0);
+    return run;
+}
+
 Test(cache, recency_order)
 {
     cache *c = new_cache();
     lru_is(c, "");
-    cache_run *a = add_run(c, "a");
-    cache_run *b = add_run(c, "b");
-    add_run(c, "c");
+    cache_run *a = add_loaded_run(c, "a");
+    cache_run *b = add_loaded_run(c, "b");
+    add_loaded_run(c, "c");
+    add_run(c, "e"); /* no clean node: not on the list */
     lru_is(c, "a,b,c");
     cache_touch(c, a);
     lru_is(c, "b,c,a");
@@ -441,12 +453,172 @@ Test(cache, recency_order)
     lru_is(c, "b,a");
     cache_run_remove(c, b);
     lru_is(c, "a");
-    cache_run_clear(c, a); /* clearing keeps the run, and its place */
+    cache_run_clear(c, a); /* clearing keeps the run, without clean nodes: off the list */
+    lru_is(c, "");
+    cr_assert_eq(cache_node_load(c, a, mk("a", "y", NS_RUNNING, 2)), 0);
     lru_is(c, "a");
     cache_run_remove(c, a);
     lru_is(c, "");
-    add_run(c, "d");
+    add_loaded_run(c, "d");
     lru_is(c, "d");
+    cache_free(c);
+}
+
+/*
+ * Eviction: only clean nodes go, the least recently used node of the least
+ * recently used run first; a queued node stays until settled; a run loses
+ * nodes, not its place, until it is empty and unpinned.
+ */
+Test(cache, evicts_clean_nodes_least_recently_used_first)
+{
+    cache *c = new_cache();
+    cache_run *a = add_run(c, "a");
+    cache_run *b = add_run(c, "b");
+    ns_row *a1 = mk("a", "1", NS_RUNNING, 1);
+    put(c, a, a1);                                  /* a write: queued */
+    cache_pin(c, a);
+    cr_assert_eq(cache_node_load(c, a, mk("a", "2", NS_RUNNING, 2)), 0);
+    cr_assert_eq(cache_node_load(c, a, mk("a", "3", NS_RUNNING, 3)), 0);
+    cr_assert_eq(cache_node_load(c, b, mk("b", "1", NS_RUNNING, 4)), 0);
+    a->complete = true;
+    cr_assert_not(cache_node_clean(a, "1"));
+    cr_assert(cache_node_clean(a, "2"));
+    lru_is(c, "a,b");
+    /* Using a's node 2 makes node 3 its least recently used one. */
+    cr_assert_not_null(cache_node_use(c, a, "2"));
+    cr_assert_eq(cache_evict_node(c, NULL), CACHE_EVICTED_NODE);
+    cr_assert_null(cache_node_get(a, "3"));
+    cr_assert_not(a->complete, "a run that lost a node is not complete");
+    cr_assert_eq(a->evicted_seq, 3);
+    check_run(a);
+    /* keep spares a run whole: b goes instead. */
+    cr_assert_eq(cache_evict_node(c, a), CACHE_EVICTED_RUN);
+    cr_assert_null(cache_run_find(c, "b"), "b, empty and unpinned, stays cached");
+    cr_assert_eq(cache_evict_node(c, a), CACHE_EVICTED_NONE);
+    cr_assert_eq(cache_evict_node(c, NULL), CACHE_EVICTED_NODE);
+    /* Only the queued node is left: nothing may go, and the pinned run stays. */
+    cr_assert_eq(cache_evict_node(c, NULL), CACHE_EVICTED_NONE);
+    cr_assert_eq(cache_node_get(a, "1"), a1);
+    cr_assert_eq(cache_nodes(c), 1);
+    /* An older write of the node settling changes nothing; its own one does. */
+    ns_row *a1_old = mk("a", "1", NS_SCHEDULED, 0);
+    cache_node_settle(c, a, a1_old);
+    model_row_unref(a1_old);
+    cr_assert_eq(cache_evict_node(c, NULL), CACHE_EVICTED_NONE);
+    cache_node_settle(c, a, a1);
+    check_run(a);
+    cr_assert(cache_node_clean(a, "1"));
+    cr_assert_eq(cache_evict_node(c, NULL), CACHE_EVICTED_NODE, "a is pinned: it stays");
+    cr_assert_not_null(cache_run_find(c, "a"));
+    cr_assert(cache_unpin(c, a));
+    cr_assert_eq(cache_nodes(c), 0);
+    cache_free(c);
+}
+
+/*
+ * A run known whole (new, or read whole) stays known through evictions: an
+ * evicted node is "maybe stored" (never a false "absent"), a node never
+ * seen is absent but for the filter's rare false "maybe".
+ */
+Test(cache, known_run_tells_evicted_nodes_from_new_ones)
+{
+    enum { NODES = 5000 };
+    cache *c = new_cache();
+    cache_run *run = add_run(c, "r");
+    cr_assert_not(cache_node_absent(run, "x"), "a run not known: anything may be stored");
+    run->complete = run->known = true;
+    char id[32];
+    for (int i = 0; i < NODES; i++) {
+        snprintf(id, sizeof id, "n%d", i);
+        cr_assert(cache_node_absent(run, id));
+        cr_assert_eq(cache_node_load(c, run, mk("r", id, NS_RUNNING, i + 1)), 0);
+        cr_assert_not(cache_node_absent(run, id), "a held node is not absent");
+    }
+    for (int i = 0; i < NODES - 10; i++)
+        cr_assert_eq(cache_evict_node(c, NULL), CACHE_EVICTED_NODE);
+    cr_assert_not(run->complete);
+    cr_assert(run->known);
+    for (int i = 0; i < NODES; i++) {
+        snprintf(id, sizeof id, "n%d", i);
+        cr_assert_not(cache_node_absent(run, id), "%s evicted (or held) but called absent", id);
+    }
+    int maybes = 0;
+    for (int i = 0; i < NODES; i++) {
+        snprintf(id, sizeof id, "new%d", i);
+        maybes += !cache_node_absent(run, id);
+    }
+    cr_assert_lt(maybes, NODES / 20, "%d of %d new nodes called maybe stored", maybes, NODES);
+    /* Read whole again: complete and known afresh, the filter emptied. */
+    cache_run *loaded = cache_run_new("r");
+    cr_assert_not_null(loaded);
+    cr_assert_eq(cache_run_adopt(c, run, loaded), 0);
+    cr_assert(run->known && run->complete);
+    cr_assert_null(run->gone);
+    /* A run cached in part (not known) never calls a node absent. */
+    cache_run *p = add_run(c, "p");
+    cr_assert_eq(cache_node_load(c, p, mk("p", "a", NS_RUNNING, 1)), 0);
+    cr_assert_eq(cache_evict_node(c, run), CACHE_EVICTED_RUN);
+    cr_assert_eq(cache_runs(c), 1);
+    cache_free(c);
+}
+
+/* Removing a big run costs O(1); cache_reap frees its nodes within each call's budget. */
+Test(cache, big_run_removed_is_freed_in_pieces)
+{
+    enum { NODES = 5000 };
+    cache *c = new_cache();
+    cache_run *run = add_run(c, "big");
+    char id[32];
+    for (int i = 0; i < NODES; i++) {
+        snprintf(id, sizeof id, "n%d", i);
+        cr_assert_eq(cache_node_load(c, run, mk("big", id, NS_RUNNING, i + 1)), 0);
+    }
+    cache_run_remove(c, run);
+    cr_assert_null(cache_run_find(c, "big"));
+    cr_assert_eq(cache_nodes(c), 0);
+    cr_assert_eq(cache_reaping(c), NODES);
+    size_t freed = 0, calls = 0;
+    while (cache_reaping(c) > 0 && calls < 1000) {
+        size_t got = cache_reap(c, 1000);
+        cr_assert_leq(got, 1000, "one call freed more than its budget");
+        freed += got;
+        calls++;
+    }
+    cr_assert_eq(freed, NODES);
+    cr_assert_gt(calls, 1, "freed in one piece");
+    cr_assert_eq(cache_reap(c, 1000), 0);
+    /* And one left to the end goes with the cache (the sanitizer build checks). */
+    run = add_run(c, "big");
+    for (int i = 0; i < NODES; i++) {
+        snprintf(id, sizeof id, "n%d", i);
+        cr_assert_eq(cache_node_load(c, run, mk("big", id, NS_RUNNING, i + 1)), 0);
+    }
+    cache_run_remove(c, run);
+    cache_reap(c, 10);
+    cache_free(c);
+}
+
+/* A run adopting a disk copy keeps its queued nodes queued, and its place on the list follows. */
+Test(cache, adopt_keeps_queued_nodes_queued)
+{
+    cache *c = new_cache();
+    cache_run *run = add_run(c, "r");
+    put(c, run, mk("r", "q", NS_RUNNING, 10));
+    cache_pin(c, run);
+    lru_is(c, "");
+    cache_run *loaded = cache_run_new("r");
+    cr_assert_not_null(loaded);
+    cr_assert_eq(cache_node_load(NULL, loaded, mk("r", "q", NS_SCHEDULED, 1)), 0);
+    cr_assert_eq(cache_node_load(NULL, loaded, mk("r", "d", NS_RUNNING, 2)), 0);
+    cr_assert_eq(cache_run_adopt(c, run, loaded), 0);
+    check_run(run);
+    lru_is(c, "r");
+    cr_assert_not(cache_node_clean(run, "q"));
+    cr_assert(cache_node_clean(run, "d"));
+    cr_assert_eq(cache_evict_node(c, NULL), CACHE_EVICTED_NODE);
+    cr_assert_null(cache_node_get(run, "d"));
+    cr_assert_eq(cache_evict_node(c, NULL), CACHE_EVICTED_NONE);
+    cr_assert_eq(cache_node_get(run, "q")->seq, 10);
     cache_free(c);
 }
 
@@ -748,10 +920,25 @@ Test(cache, randomized_against_a_model)
             continue;
         }
         if (what < 6) {
-            cache_run *lru = cache_lru_first(c);
-            if (lru) {
-                memset(m[lru->run_id[1] - '0'], 0, sizeof m[0]);
-                cache_run_remove(c, lru);
+            /* Evicting the least recently used clean nodes, as the engine's bound does. */
+            for (int k = 0; k < 20; k++) {
+                cache_run *lru = cache_lru_first(c);
+                if (!lru)
+                    break;
+                int lr = lru->run_id[1] - '0';
+                for (int x = 0; x < RND_NODES; x++) {
+                    rnd_node_id(id, sizeof id, x);
+                    if (m[lr][x].present && !cache_node_get(lru, id))
+                        cr_assert_fail("model and cache differ before an eviction");
+                }
+                bool gone = cache_evict_node(c, NULL) == CACHE_EVICTED_RUN;
+                for (int x = 0; x < RND_NODES; x++) {
+                    rnd_node_id(id, sizeof id, x);
+                    if (m[lr][x].present && (gone || !cache_node_get(lru, id)))
+                        m[lr][x].present = false;
+                }
+                if (!gone)
+                    check_against_model(lru, m[lr]);
             }
             continue;
         }
@@ -777,7 +964,7 @@ Test(cache, randomized_against_a_model)
                     continue;
                 rnd_node_id(id, sizeof id, k);
                 ns_status s = (ns_status)rnd(NS_STATUS_COUNT);
-                cr_assert_eq(cache_node_put(NULL, loaded, mk(run_id, id, s, ++seq)), 0);
+                cr_assert_eq(cache_node_load(NULL, loaded, mk(run_id, id, s, ++seq)), 0);
                 if (!m[r][k].present)
                     m[r][k] = (model_node){ true, s, seq };
             }
@@ -787,7 +974,15 @@ Test(cache, randomized_against_a_model)
             int k = (int)rnd(RND_NODES);
             rnd_node_id(id, sizeof id, k);
             ns_status s = (ns_status)rnd(NS_STATUS_COUNT);
-            put(c, run, mk(run_id, id, s, ++seq));
+            ns_row *row = mk(run_id, id, s, ++seq);
+            uint32_t how = rnd(4);
+            if (how == 0) {
+                cr_assert_eq(cache_node_load(c, run, row), 0); /* read from disk */
+            } else {
+                put(c, run, row);
+                if (how == 1)
+                    cache_node_settle(c, run, row); /* its write committed */
+            }
             m[r][k] = (model_node){ true, s, seq };
             if (rnd(3) == 0)
                 cache_touch(c, run);

@@ -944,6 +944,8 @@ Test(encode, stats)
     atomic_store(&s.cache_bytes, 123456);
     atomic_store(&s.cache_loads, 2);
     atomic_store(&s.cache_evictions, 13);
+    atomic_store(&s.cache_nodes_evicted, 15);
+    atomic_store(&s.cache_run_loads, 16);
     atomic_store(&s.rows_isolated, 14);
     atomic_store(&s.last_seq, 12);
     atomic_store(&s.durable_seq, 11);
@@ -968,7 +970,8 @@ Test(encode, stats)
         "updates_queued", "updates_processed", "batches_written", "errors",
         "queue_depth", "queue_capacity", "queue_bytes", "updates_coalesced",
         "rows_written", "runs_deleted", "runs_expired", "updates_rejected", "updates_duplicate", "cache_nodes",
-        "cache_runs", "cache_bytes", "cache_loads", "cache_evictions", "rows_isolated",
+        "cache_runs", "cache_bytes", "cache_loads", "cache_evictions", "cache_nodes_evicted",
+        "cache_run_loads", "rows_isolated",
         "store_conflicts",
         "last_seq", "durable_seq", "batch_requests", "batch_request_updates",
         "watchers", "watch_events_sent", "watch_dropped",
@@ -999,6 +1002,8 @@ Test(encode, stats)
     cr_assert_eq(int_of(j, "cache_bytes"), 123456);
     cr_assert_eq(int_of(j, "cache_loads"), 2);
     cr_assert_eq(int_of(j, "cache_evictions"), 13);
+    cr_assert_eq(int_of(j, "cache_nodes_evicted"), 15);
+    cr_assert_eq(int_of(j, "cache_run_loads"), 16);
     cr_assert_eq(int_of(j, "rows_isolated"), 14);
     cr_assert_eq(int_of(j, "last_seq"), 12);
     cr_assert_eq(int_of(j, "durable_seq"), 11);

@@ -41,6 +41,8 @@ static void fill_stats(void)
     atomic_store(&stats.cache_bytes, 4096);
     atomic_store(&stats.cache_loads, 18);
     atomic_store(&stats.cache_evictions, 21);
+    atomic_store(&stats.cache_nodes_evicted, 23);
+    atomic_store(&stats.cache_run_loads, 24);
     atomic_store(&stats.rows_isolated, 22);
     atomic_store(&stats.last_seq, 19);
     atomic_store(&stats.durable_seq, 20);
@@ -138,6 +140,8 @@ Test(prom, counters_and_gauges, .init = fill_stats)
     assert_sample(t, "nodestate_cache_bytes", "4096");
     assert_sample(t, "nodestate_cache_loads_total", "18");
     assert_sample(t, "nodestate_cache_evictions_total", "21");
+    assert_sample(t, "nodestate_cache_nodes_evicted_total", "23");
+    assert_sample(t, "nodestate_cache_run_loads_total", "24");
     assert_sample(t, "nodestate_rows_isolated_total", "22");
     assert_sample(t, "nodestate_last_seq", "19");
     assert_sample(t, "nodestate_durable_seq", "20");
@@ -174,6 +178,8 @@ Test(prom, types_of_families, .init = fill_stats)
         { "nodestate_cache_bytes", "gauge" },
         { "nodestate_cache_loads_total", "counter" },
         { "nodestate_cache_evictions_total", "counter" },
+        { "nodestate_cache_nodes_evicted_total", "counter" },
+        { "nodestate_cache_run_loads_total", "counter" },
         { "nodestate_rows_isolated_total", "counter" },
         { "nodestate_store_conflicts_total", "counter" },
         { "nodestate_last_seq", "gauge" },
@@ -257,7 +263,7 @@ Test(prom, help_and_type_precede_every_family, .init = fill_stats)
             samples++;
         }
     }
-    cr_assert_eq(n_seen, 36);
+    cr_assert_eq(n_seen, 38);
     cr_assert_gt(samples, 20);
     free(t);
 }

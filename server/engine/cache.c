@@ -15,12 +15,21 @@
  * high, so 64 levels hold more nodes than memory can.
  */
 #define TREE_MAX_DEPTH 64
-
-/* One cached node: in its run's table, and in the tree of its row's status. */
+/*
+ * A removed run of more nodes than this is freed by cache_reap, a piece at
+ * a time, instead of at once.
+ */
+#define REAP_INLINE_NODES 1024
+/*
+ * One cached node: in its run's table, in the tree of its row's status, and
+ * (when clean) in its run's recency list.
+ */
 struct cache_node {
     ns_row *row;
     cache_node *left, *right;
+    cache_node *older, *newer; /* the run's clean list; both NULL while queued */
     int height;             /* of the subtree rooted here; a leaf is 1 */
+    bool queued;            /* row is a write not yet on disk: not evictable */
 };
 
 struct cache {
@@ -30,8 +39,10 @@ struct cache {
     size_t nodes;
     size_t bytes;           /* sum of the runs' bytes */
     uint64_t removals;
-    cache_run *lru_first;   /* least recently used unpinned run */
-    cache_run *lru_last;    /* most recently used unpinned run */
+    cache_run *lru_first;   /* least recently used run with clean nodes */
+    cache_run *lru_last;    /* most recently used run with clean nodes */
+    cache_run *doomed;      /* removed runs freed in pieces (cache_reap), linked by lru_next */
+    size_t reaping;         /* nodes they still hold */
     /* hashes of the last REMOVED_RING removed run ids, by removal number */
     uint64_t removed_hash[REMOVED_RING];
 };
@@ -62,7 +73,7 @@ static void lru_append(cache *c, cache_run *run)
 
 void cache_touch(cache *c, cache_run *run)
 {
-    if (run->pending > 0 || c->lru_last == run)
+    if (run->clean == 0 || c->lru_last == run)
         return;
     lru_unlink(c, run);
     lru_append(c, run);
@@ -70,16 +81,44 @@ void cache_touch(cache *c, cache_run *run)
 
 void cache_pin(cache *c, cache_run *run)
 {
-    if (run->pending++ == 0)
-        lru_unlink(c, run);
+    (void)c;
+    run->pending++;
 }
 
 bool cache_unpin(cache *c, cache_run *run)
 {
-    if (--run->pending > 0)
-        return false;
-    lru_append(c, run);
-    return true;
+    (void)c;
+    return --run->pending == 0;
+}
+
+/* Takes n off its run's clean list; a run left without clean nodes leaves the cache's list. */
+static void clean_unlink(cache *c, cache_run *run, cache_node *n)
+{
+    if (n->older)
+        n->older->newer = n->newer;
+    else
+        run->clean_first = n->newer;
+    if (n->newer)
+        n->newer->older = n->older;
+    else
+        run->clean_last = n->older;
+    n->older = n->newer = NULL;
+    if (--run->clean == 0 && c)
+        lru_unlink(c, run);
+}
+
+/* Puts n at the recent end of its run's clean list; a run's first clean node puts it on the cache's list. */
+static void clean_append(cache *c, cache_run *run, cache_node *n)
+{
+    n->older = run->clean_last;
+    n->newer = NULL;
+    if (run->clean_last)
+        run->clean_last->newer = n;
+    else
+        run->clean_first = n;
+    run->clean_last = n;
+    if (run->clean++ == 0 && c)
+        lru_append(c, run);
 }
 
 cache_run *cache_lru_first(const cache *c)
@@ -107,8 +146,40 @@ cache *cache_new(void)
     return c;
 }
 
+static void gone_free(cache_run *run)
+{
+    idfilter_free(run->gone);
+    run->gone = NULL;
+}
+
+/* Sets run->known (it is complete now) with an empty filter. */
+static void known_reset(cache_run *run)
+{
+    gone_free(run);
+    run->known = true;
+}
+
+/* Records an evicted node of a known run; past the filter's limit, or out of memory, the run is no longer known. */
+static void gone_add(cache_run *run, const char *node_id)
+{
+    if (idfilter_add(&run->gone, node_id) != 0) {
+        gone_free(run);
+        run->known = false;
+    }
+}
+
+bool cache_node_absent(const cache_run *run, const char *node_id)
+{
+    if (cache_node_get(run, node_id))
+        return false;
+    if (run->complete)
+        return true;
+    return run->known && !idfilter_may_have(run->gone, node_id);
+}
+
 static void run_free(cache_run *run)
 {
+    gone_free(run);
     for (size_t i = 0; i < run->n_slots; i++) {
         if (run->slots[i]) {
             model_row_unref(run->slots[i]->row);
@@ -127,6 +198,11 @@ void cache_free(cache *c)
     for (size_t i = 0; i < c->n_slots; i++)
         if (c->slots[i])
             run_free(c->slots[i]);
+    while (c->doomed) {
+        cache_run *run = c->doomed;
+        c->doomed = run->lru_next;
+        run_free(run); /* cache_reap left NULL in the slots it freed */
+    }
     free(c->slots);
     free(c);
 }
@@ -194,8 +270,7 @@ cache_run *cache_run_add(cache *c, const char *run_id)
         return NULL;
     c->slots[run_slot(c, run_id)] = run;
     c->runs++;
-    lru_append(c, run);
-    return run;
+    return run; /* on the recency list once it has a clean node */
 }
 
 void cache_run_remove(cache *c, cache_run *run)
@@ -223,13 +298,60 @@ void cache_run_remove(cache *c, cache_run *run)
     c->bytes -= run->bytes;
     c->removed_hash[c->removals % REMOVED_RING] = hash_str(run->run_id);
     c->removals++;
-    if (run->pending == 0)
+    if (run->clean > 0)
         lru_unlink(c, run);
-    run_free(run);
+    if (run->nodes <= REAP_INLINE_NODES) {
+        run_free(run);
+        return;
+    }
+    /* Big: freed a piece at a time by cache_reap, so this call stays O(1). */
+    run->reap_at = 0;
+    run->lru_next = c->doomed;
+    c->doomed = run;
+    c->reaping += run->nodes;
+}
+
+size_t cache_reap(cache *c, size_t budget)
+{
+    size_t freed = 0, work = 0;
+    while (c->doomed && work < budget) {
+        cache_run *run = c->doomed;
+        while (run->reap_at < run->n_slots && work < budget) {
+            cache_node *n = run->slots[run->reap_at];
+            run->slots[run->reap_at++] = NULL;
+            work++;
+            if (n) {
+                model_row_unref(n->row);
+                free(n);
+                freed++;
+            }
+        }
+        if (run->reap_at == run->n_slots) {
+            c->doomed = run->lru_next;
+            run_free(run); /* every slot is NULL by now */
+        }
+    }
+    c->reaping -= freed;
+    return freed;
+}
+
+size_t cache_reaping(const cache *c)
+{
+    return c->reaping;
+}
+
+/* Forgets a run's clean list (its nodes are going); it leaves the cache's list. */
+static void clean_forget(cache *c, cache_run *run)
+{
+    if (run->clean > 0 && c)
+        lru_unlink(c, run);
+    run->clean_first = run->clean_last = NULL;
+    run->clean = 0;
 }
 
 void cache_run_clear(cache *c, cache_run *run)
 {
+    clean_forget(c, run);
     for (size_t i = 0; i < run->n_slots; i++) {
         if (run->slots[i]) {
             model_row_unref(run->slots[i]->row);
@@ -253,6 +375,7 @@ void cache_run_clear(cache *c, cache_run *run)
     memset(run->counts, 0, sizeof run->counts);
     memset(run->by_status, 0, sizeof run->by_status);
     run->complete = true;
+    known_reset(run);
 }
 
 cache_run *cache_run_take(cache *c, cache_run *run)
@@ -273,6 +396,10 @@ cache_run *cache_run_take(cache *c, cache_run *run)
     memcpy(old->counts, run->counts, sizeof old->counts);
     old->nodes = run->nodes;
     old->bytes = run->bytes;
+    old->clean_first = run->clean_first;
+    old->clean_last = run->clean_last;
+    old->clean = run->clean;
+    clean_forget(c, run);
     c->nodes -= run->nodes;
     c->bytes -= run->bytes;
     run->nodes = 0;
@@ -282,6 +409,7 @@ cache_run *cache_run_take(cache *c, cache_run *run)
     memset(run->counts, 0, sizeof run->counts);
     memset(run->by_status, 0, sizeof run->by_status);
     run->complete = true;
+    known_reset(run);
     return old;
 }
 
@@ -338,6 +466,43 @@ ns_row *cache_node_get(const cache_run *run, const char *node_id)
 {
     const cache_node *n = run->slots[node_slot(run, node_id)];
     return n ? n->row : NULL;
+}
+
+ns_row *cache_node_use(cache *c, cache_run *run, const char *node_id)
+{
+    cache_node *n = run->slots[node_slot(run, node_id)];
+    if (!n)
+        return NULL;
+    if (!n->queued && run->clean_last != n) {
+        clean_unlink(c, run, n);
+        clean_append(c, run, n);
+    }
+    return n->row;
+}
+
+bool cache_node_clean(const cache_run *run, const char *node_id)
+{
+    const cache_node *n = run->slots[node_slot(run, node_id)];
+    return n && !n->queued;
+}
+
+/* Empties slot i of the node table; backward shift keeps every other key reachable. */
+static void node_table_remove(cache_run *run, size_t i)
+{
+    size_t mask = run->n_slots - 1;
+    size_t j = i;
+    for (;;) {
+        j = (j + 1) & mask;
+        if (!run->slots[j])
+            break;
+        size_t home = hash_str(run->slots[j]->row->node_id) & mask;
+        bool between = i <= j ? (i < home && home <= j) : (i < home || home <= j);
+        if (!between) {
+            run->slots[i] = run->slots[j];
+            i = j;
+        }
+    }
+    run->slots[i] = NULL;
 }
 
 static int nodes_grow(cache_run *run)
@@ -503,7 +668,8 @@ static void account(cache *c, cache_run *run, const ns_row *row, bool add)
     }
 }
 
-int cache_node_put(cache *c, cache_run *run, ns_row *row)
+/* Stores row as the node's, queued (a write) or clean (read from disk). */
+static int node_put(cache *c, cache_run *run, ns_row *row, bool queued)
 {
     size_t i = node_slot(run, row->node_id);
     cache_node *n = run->slots[i];
@@ -517,6 +683,8 @@ int cache_node_put(cache *c, cache_run *run, ns_row *row)
         if (!n)
             return -1;
         n->row = row;
+        n->older = n->newer = NULL;
+        n->queued = true;
         run->slots[i] = n;
         run->by_status[row->status] = tree_insert(run->by_status[row->status], n);
         run->nodes++;
@@ -540,7 +708,31 @@ int cache_node_put(cache *c, cache_run *run, ns_row *row)
         run->last_seq = row->seq;
     if (row->updated_at > run->updated_at)
         run->updated_at = row->updated_at;
+    if (!n->queued)
+        clean_unlink(c, run, n);
+    n->queued = queued;
+    if (!queued)
+        clean_append(c, run, n);
     return 0;
+}
+
+int cache_node_put(cache *c, cache_run *run, ns_row *row)
+{
+    return node_put(c, run, row, true);
+}
+
+int cache_node_load(cache *c, cache_run *run, ns_row *row)
+{
+    return node_put(c, run, row, false);
+}
+
+void cache_node_settle(cache *c, cache_run *run, const ns_row *row)
+{
+    cache_node *n = run->slots[node_slot(run, row->node_id)];
+    if (n && n->row == row && n->queued) {
+        n->queued = false;
+        clean_append(c, run, n);
+    }
 }
 
 int cache_run_merge_into(const cache_run *run, cache_run *loaded)
@@ -550,7 +742,7 @@ int cache_run_merge_into(const cache_run *run, cache_run *loaded)
             continue;
         ns_row *row = run->slots[i]->row;
         model_row_ref(row); /* loaded's own */
-        if (cache_node_put(NULL, loaded, row) != 0) {
+        if (node_put(NULL, loaded, row, run->slots[i]->queued) != 0) {
             model_row_unref(row);
             return -1;
         }
@@ -566,6 +758,15 @@ int cache_run_adopt(cache *c, cache_run *run, cache_run *loaded)
     }
     c->nodes = c->nodes - run->nodes + loaded->nodes;
     c->bytes = c->bytes - run->bytes + loaded->bytes;
+    /* run's clean list becomes loaded's, which holds run's nodes' rows and states now. */
+    bool had_clean = run->clean > 0;
+    run->clean_first = loaded->clean_first;
+    run->clean_last = loaded->clean_last;
+    run->clean = loaded->clean;
+    if (had_clean && !run->clean)
+        lru_unlink(c, run);
+    else if (!had_clean && run->clean)
+        lru_append(c, run);
     /* Swap the bodies: run takes loaded's tables, loaded leaves with run's old ones. */
     cache_node **slots = run->slots;
     size_t n_slots = run->n_slots;
@@ -582,8 +783,39 @@ int cache_run_adopt(cache *c, cache_run *run, cache_run *loaded)
     if (loaded->updated_at > run->updated_at)
         run->updated_at = loaded->updated_at;
     run->complete = true;
+    known_reset(run);
     run_free(loaded);
     return 0;
+}
+
+/* ---- evicting ---- */
+
+cache_evicted cache_evict_node(cache *c, const cache_run *keep)
+{
+    cache_run *run = c->lru_first;
+    if (run && run == keep)
+        run = run->lru_next;
+    if (!run)
+        return CACHE_EVICTED_NONE;
+    cache_node *n = run->clean_first;
+    clean_unlink(c, run, n);
+    node_table_remove(run, node_slot(run, n->row->node_id));
+    run->by_status[n->row->status] = tree_remove(run->by_status[n->row->status], n);
+    account(c, run, n->row, false);
+    run->nodes--;
+    c->nodes--;
+    if (n->row->seq > run->evicted_seq)
+        run->evicted_seq = n->row->seq;
+    run->complete = false;
+    if (run->known)
+        gone_add(run, n->row->node_id);
+    model_row_unref(n->row);
+    free(n);
+    if (run->nodes == 0 && run->pending == 0) {
+        cache_run_remove(c, run);
+        return CACHE_EVICTED_RUN;
+    }
+    return CACHE_EVICTED_NODE;
 }
 
 /* ---- listing ---- */
@@ -706,6 +938,23 @@ int cache_run_check(const cache_run *run, char *why, size_t why_len)
     }
     if (cs.bytes != run->bytes) {
         snprintf(why, why_len, "%zu bytes held, counted %zu", cs.bytes, run->bytes);
+        return -1;
+    }
+    /* The clean list: linked both ways, every clean node on it once, no queued one. */
+    size_t clean_in_table = 0, on_list = 0;
+    for (size_t i = 0; i < run->n_slots; i++)
+        clean_in_table += run->slots[i] && !run->slots[i]->queued;
+    const cache_node *prev = NULL;
+    for (const cache_node *n = run->clean_first; n; prev = n, n = n->newer) {
+        if (n->queued || n->older != prev || ++on_list > run->nodes ||
+            run->slots[node_slot(run, n->row->node_id)] != n) {
+            snprintf(why, why_len, "clean list broken at %s", n->row->node_id);
+            return -1;
+        }
+    }
+    if (prev != run->clean_last || on_list != run->clean || clean_in_table != run->clean) {
+        snprintf(why, why_len, "%zu clean nodes in the table, %zu on the list, counted %zu",
+                 clean_in_table, on_list, run->clean);
         return -1;
     }
     return 0;

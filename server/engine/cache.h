@@ -13,7 +13,16 @@
  * O(log n) plus the rows it returns, whatever the run's size and filter.
  *
  * The cache counts its nodes and the bytes they take (cache_row_bytes), for
- * the engine's bounds.
+ * the engine's bounds, and evicts at node granularity: a node whose row is
+ * on disk (clean: read from disk, or its queued write committed,
+ * cache_node_settle) may go; a node whose row is still queued (put by a
+ * write) may not, since the cache is its only copy. Each run keeps its clean
+ * nodes in a recency list, and the cache keeps the runs that have clean
+ * nodes in another; cache_evict_node drops the least recently used clean
+ * node of the least recently used such run, in O(log n), so a bound is kept
+ * one node at a time and a run is never dropped whole to make room (nor
+ * read back whole for a write). A run that is removed is freed in pieces
+ * (cache_reap) when it is big, so no single call is O(n).
  *
  * Not thread-safe: the engine's lock guards the cache and every run in it.
  * A detached run (cache_run_new) belongs to whoever made it, until adopted.
@@ -25,16 +34,25 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "idfilter.h"
 #include "model.h"
 
 typedef struct cache cache;
 typedef struct cache_node cache_node;
+
 
 typedef struct cache_run {
     char *run_id;
     size_t pending;            /* queued ops not yet committed (cache_pin); a pinned run stays */
     bool stale;                /* cached rows may differ from disk: drop once unpinned */
     bool complete;             /* every node of the run is held (else only some) */
+    /*
+     * Every stored node of the run is held or in `gone`, the nodes evicted
+     * since it was complete: a node in neither is not on disk, so a new
+     * node needs no read (cache_node_absent).
+     */
+    bool known;
+    idfilter *gone;            /* a false "maybe" only costs a read */
     size_t counts[NS_STATUS_COUNT]; /* nodes held per status */
     size_t nodes;              /* nodes held */
     size_t bytes;              /* what they take (cache_row_bytes each) */
@@ -44,7 +62,13 @@ typedef struct cache_run {
     cache_node **slots;
     size_t n_slots;
     cache_node *by_status[NS_STATUS_COUNT]; /* tree roots, node_id order */
-    /* recency list of unpinned runs: lru_prev is less recently used */
+    /* the clean (evictable) nodes, least recently used first */
+    cache_node *clean_first;
+    cache_node *clean_last;
+    size_t clean;              /* how many */
+    int64_t evicted_seq;       /* highest seq of a row evicted from it (cache_evict_node) */
+    size_t reap_at;            /* removed, being freed in pieces: the next slot to free */
+    /* recency list of the runs with clean nodes: lru_prev is less recently used */
     struct cache_run *lru_prev;
     struct cache_run *lru_next;
 } cache_run;
@@ -56,8 +80,19 @@ void cache_free(cache *c);
 cache_run *cache_run_find(cache *c, const char *run_id);
 /* Adds an empty, partial run (not yet cached); NULL when out of memory. */
 cache_run *cache_run_add(cache *c, const char *run_id);
-/* Removes a run and drops its rows. */
+/*
+ * Removes a run and drops its rows: at once for a small run, else in pieces
+ * by cache_reap (its nodes no longer count in cache_nodes either way).
+ */
 void cache_run_remove(cache *c, cache_run *run);
+/*
+ * Frees up to about `budget` nodes of removed runs still waiting to be freed;
+ * returns how many were freed. Called by whoever keeps the bounds, so a big
+ * removed run is freed a piece at a time.
+ */
+size_t cache_reap(cache *c, size_t budget);
+/* Nodes of removed runs not yet freed (cache_reap). */
+size_t cache_reaping(const cache *c);
 /* Drops every node of a run, keeping the (now empty) run, which is complete: it has none. */
 void cache_run_clear(cache *c, cache_run *run);
 /*
@@ -86,27 +121,60 @@ size_t cache_bytes(const cache *c);
  */
 size_t cache_row_bytes(const ns_row *row);
 
-/* Marks a run as the most recently used (cache_run_add does too). */
+/* Marks a run as the most recently used (a run without clean nodes has no place yet). */
 void cache_touch(cache *c, cache_run *run);
 /*
- * The least recently used unpinned run, or NULL; then ->lru_next towards
- * the most recent. Pinned runs are not on this list, so eviction never
- * steps over them.
+ * The least recently used run with clean nodes, or NULL; then ->lru_next
+ * towards the most recent. Runs whose nodes are all queued are not on this
+ * list, so eviction never steps over them.
  */
 cache_run *cache_lru_first(const cache *c);
-/* One more queued op for run: it cannot be evicted until unpinned. */
+/* One more queued op for run: the run stays cached until unpinned. */
 void cache_pin(cache *c, cache_run *run);
 /* One queued op of run committed; returns true when that was the last one. */
 bool cache_unpin(cache *c, cache_run *run);
 
 /* The node's row (no reference taken), or NULL. */
 ns_row *cache_node_get(const cache_run *run, const char *node_id);
+/* cache_node_get that also marks a clean node as its run's most recently used. */
+ns_row *cache_node_use(cache *c, cache_run *run, const char *node_id);
 /*
- * Stores row (taking over the caller's reference), replacing and unreffing
- * any previous one. c is NULL for a detached run. -1 when out of memory
+ * Stores a written row (taking over the caller's reference), replacing and
+ * unreffing any previous one: the node is queued, so not evictable, until
+ * cache_node_settle. c is NULL for a detached run. -1 when out of memory
  * (the caller keeps its reference then).
  */
 int cache_node_put(cache *c, cache_run *run, ns_row *row);
+/* cache_node_put of a row read from disk: the node is clean, the most recently used. */
+int cache_node_load(cache *c, cache_run *run, ns_row *row);
+/*
+ * The queued write of row is on disk now: if it is still the node's row,
+ * the node becomes clean, its run's most recently used.
+ */
+void cache_node_settle(cache *c, cache_run *run, const ns_row *row);
+/*
+ * Whether the node is known not to exist, neither held nor stored: the run
+ * is complete, or known and the node was not evicted from it (the filter
+ * may say "maybe" for a node never evicted, under once in fifty: then
+ * the caller reads it). Costs O(log) of the nodes evicted.
+ */
+bool cache_node_absent(const cache_run *run, const char *node_id);
+/* Whether the node is clean (evictable). For tests. */
+bool cache_node_clean(const cache_run *run, const char *node_id);
+
+/* What cache_evict_node did. */
+typedef enum cache_evicted {
+    CACHE_EVICTED_NONE,  /* no clean node outside keep */
+    CACHE_EVICTED_NODE,  /* one node went */
+    CACHE_EVICTED_RUN    /* one node went, and with it its run (empty and unpinned) */
+} cache_evicted;
+/*
+ * Drops the least recently used clean node of the least recently used run
+ * with clean nodes, sparing the run keep (may be NULL) and whatever it
+ * holds. The run is then no longer complete; one left empty and unpinned is
+ * removed. O(log n).
+ */
+cache_evicted cache_evict_node(cache *c, const cache_run *keep);
 
 /*
  * A run outside any cache, to fill (cache_node_put with c NULL) without the
@@ -118,7 +186,7 @@ void cache_run_free(cache_run *run);
 /*
  * Puts run's rows into loaded (a detached run holding every stored node of
  * it), a reference each, replacing loaded's rows of the same nodes: run's
- * are newer. loaded is then the whole run as it stands, outside the cache.
+ * are newer, and queued ones stay queued. loaded is then the whole run as it stands, outside the cache.
  * Costs O(k log n) for the k nodes run holds. 0, or -1 when out of memory
  * (loaded holds some of them then).
  */

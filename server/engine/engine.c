@@ -46,21 +46,33 @@ static bool over_bounds(const engine *e)
 }
 
 /*
- * Drops least recently used runs until the cache holds at most
- * cache_max_nodes nodes and cache_max_bytes bytes. Only runs with nothing
- * queued can go (the file holds their truth); keep is spared because a
- * caller is using it. Lock held.
+ * Drops clean nodes (their rows are on disk), the least recently used node
+ * of the least recently used run first, until the cache holds at most
+ * cache_max_nodes nodes and cache_max_bytes bytes, so a bound is kept a node
+ * at a time: nothing is dropped beyond it, and a busy run loses its idle
+ * nodes instead of being dropped whole and read back. Queued nodes stay (the
+ * cache is their only copy). keep is spared whole because a caller is using
+ * it. At most EVICT_STEP nodes go per call, and as many slots of removed
+ * runs are freed (cache_reap), so no call is O(n) under the lock: a call
+ * that added many nodes at once (a run read whole) is brought back within
+ * the bounds over the next few. Lock held.
  */
 void engine_evict(engine *e, const cache_run *keep)
 {
     lockcheck_assert_held(&e->lock);
-    while (over_bounds(e)) {
-        cache_run *run = cache_lru_first(e->cache); /* unpinned runs only */
-        if (!run || run == keep)
-            break; /* keep is the most recent: nothing else may go */
-        cache_run_remove(e->cache, run);
-        atomic_fetch_add_explicit(&e->stats.cache_evictions, 1, memory_order_relaxed);
+    cache_reap(e->cache, EVICT_STEP);
+    uint64_t nodes = 0, runs = 0;
+    while (nodes < EVICT_STEP && over_bounds(e)) {
+        cache_evicted got = cache_evict_node(e->cache, keep);
+        if (got == CACHE_EVICTED_NONE)
+            break; /* every other node is queued */
+        nodes++;
+        runs += got == CACHE_EVICTED_RUN;
     }
+    if (nodes)
+        atomic_fetch_add_explicit(&e->stats.cache_nodes_evicted, nodes, memory_order_relaxed);
+    if (runs)
+        atomic_fetch_add_explicit(&e->stats.cache_evictions, runs, memory_order_relaxed);
     publish_cache_size(e);
 }
 
@@ -226,7 +238,6 @@ engine_result engine_submit(engine *e, const char *run_id, const char *node_id,
     model_row_ref(row); /* the caller's */
     ns_op op = { .row = row, .run = run, .forced = u->force };
     enqueue(e, &op);
-    engine_evict(e, run); /* a new node, or a bigger row, may pass a bound */
     *out = row;
     res = ENGINE_ACCEPTED;
     goto done;
@@ -237,6 +248,8 @@ current:
 drop:
     engine_run_drop_if_idle(e, run);
 done:
+    /* A new node, a bigger row or a node read from disk may pass a bound; what *out holds is referenced. */
+    engine_evict(e, NULL);
     lockcheck_unlock(&e->lock);
     return res;
 }
@@ -352,6 +365,7 @@ ns_row *engine_get(engine *e, const char *run_id, const char *node_id,
         } else {
             *res = ENGINE_NOT_FOUND;
         }
+        engine_evict(e, NULL); /* the node read may pass a bound; row is referenced */
     }
     lockcheck_unlock(&e->lock);
     return row;

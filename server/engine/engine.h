@@ -11,7 +11,8 @@
  * cache, which may hold a run whole or in part; what it lacks is read
  * through from SQLite on a separate read-only connection: one node for a
  * write or a node's GET, one page of stored rows for a listing, the whole
- * run for a summary or a delete, each merged with what is cached. Idle runs are evicted, least recently used
+ * run for a summary or a delete, each merged with what is cached. Idle nodes (their rows on disk)
+ * are evicted, the least recently used node of the least recently used run
  * first, to keep the cache within cache_max_nodes and cache_max_bytes.
  *
  * All functions are thread-safe unless noted.

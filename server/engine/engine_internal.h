@@ -30,6 +30,11 @@
 /* Retries of a failed commit wait this long at first, doubling up to the cap. */
 #define BACKOFF_FIRST_NS 10000000ll   /* 10 ms */
 #define BACKOFF_CAP_NS 1000000000ll   /* 1 s: a locked database is retried at least once a second */
+/*
+ * Most nodes engine_evict drops per call (and slots of removed runs it
+ * frees): the bound on the work one call does under the lock.
+ */
+#define EVICT_STEP 4096
 /* How often one load of a run is retried when runs are removed meanwhile. */
 #define LOAD_TRIES 8
 /*
@@ -127,7 +132,7 @@ struct engine {
 /* Logs through cfg.log (if any): fields is printf-formatted logfmt. */
 void engine_log(engine *e, int level, const char *msg, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
-/* Drops least recently used idle runs until the cache is within its bounds, sparing keep. Lock held. */
+/* Drops least recently used clean nodes until the cache is within its bounds, sparing keep. Lock held. */
 void engine_evict(engine *e, const cache_run *keep);
 /* Forgets an unpinned run that holds nothing or may differ from disk. Lock held. */
 void engine_run_drop_if_idle(engine *e, cache_run *run);

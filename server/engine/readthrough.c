@@ -8,7 +8,7 @@
 /* store_reader_load_run's callback: fills a detached run, outside the lock. */
 static int load_into(void *ctx, ns_row *row)
 {
-    if (cache_node_put(NULL, ctx, row) != 0) {
+    if (cache_node_load(NULL, ctx, row) != 0) {
         model_row_unref(row);
         return -1;
     }
@@ -45,6 +45,32 @@ static void row_vec_free(row_vec *v)
     free(v->rows);
     v->rows = NULL;
     v->n = v->cap = 0;
+}
+
+/* The durable seq, read under the lock before a read of the file without it. */
+static int64_t durable_now(engine *e)
+{
+    lockcheck_assert_held(&e->lock);
+    return atomic_load(&e->stats.durable_seq);
+}
+
+/*
+ * Whether rows read from the file without the lock may be older than the
+ * cache knew meanwhile, so the read must be done again: the run was removed
+ * (cache_removed_since), or a node of it was evicted whose row was
+ * committed after `durable` (read before the lock was dropped). Every row
+ * committed up to `durable` is in what the read saw; a row evicted since
+ * with a higher seq may not be, and the cache no longer holds it to win the
+ * merge. Evictions take the least recently used nodes, long committed, so
+ * this is rare. Lock held.
+ */
+static bool read_overtaken(engine *e, const char *run_id, uint64_t removals, int64_t durable)
+{
+    lockcheck_assert_held(&e->lock);
+    if (cache_removed_since(e->cache, run_id, removals))
+        return true;
+    const cache_run *run = cache_run_find(e->cache, run_id);
+    return run && run->evicted_seq > durable;
 }
 
 /*
@@ -87,6 +113,7 @@ cache_run *readthrough_run_whole(engine *e, const char *run_id, engine_result *r
             return run;
         }
         uint64_t removals = cache_removals(e->cache);
+        int64_t durable = durable_now(e);
         /* The last try reads under the lock: slower for everyone, but always right. */
         bool locked = tries == LOAD_TRIES - 1;
         if (!locked)
@@ -106,13 +133,15 @@ cache_run *readthrough_run_whole(engine *e, const char *run_id, engine_result *r
             return NULL;
         }
         run = cache_run_find(e->cache, run_id);
-        if ((run && run->complete) || cache_removed_since(e->cache, run_id, removals)) {
+        if ((run && run->complete) || read_overtaken(e, run_id, removals, durable)) {
             cache_run_free(loaded);
             continue; /* someone else completed it, or the file may have moved on */
         }
         size_t found = loaded->nodes;
-        if (found > 0)
+        if (found > 0) {
             atomic_fetch_add_explicit(&e->stats.cache_loads, 1, memory_order_relaxed);
+            atomic_fetch_add_explicit(&e->stats.cache_run_loads, 1, memory_order_relaxed);
+        }
         if (!may_cache_whole(e, loaded)) {
             if (run && cache_run_merge_into(run, loaded) != 0) {
                 cache_run_free(loaded);
@@ -150,7 +179,10 @@ cache_run *readthrough_run_whole(engine *e, const char *run_id, engine_result *r
 /*
  * The run holding node_id, with the node's current row in *cur (NULL for a
  * node that has none): a run not cached, or cached in part without this
- * node, gets just that row read from SQLite, not the whole run. Locking and
+ * node, gets just that row read from SQLite, not the whole run; no read at
+ * all when the cache knows the node is not stored (cache_node_absent: a
+ * run known since it was new or read whole, and the node not evicted), so
+ * a new node of a busy bounded run costs no read. Locking and
  * races as in readthrough_run_whole. A run with no rows on disk is cached complete
  * (empty), so its later new nodes need no read at all. With create false
  * nothing is cached for a node of an uncached run that is not on disk: NULL
@@ -164,14 +196,15 @@ cache_run *readthrough_run_node(engine *e, const char *run_id, const char *node_
     for (int tries = 0; tries < LOAD_TRIES; tries++) {
         cache_run *run = cache_run_find(e->cache, run_id);
         if (run) {
-            ns_row *row = cache_node_get(run, node_id);
-            if (row || run->complete) {
+            ns_row *row = cache_node_use(e->cache, run, node_id);
+            if (row || cache_node_absent(run, node_id)) {
                 cache_touch(e->cache, run);
                 *cur = row;
                 return run;
             }
         }
         uint64_t removals = cache_removals(e->cache);
+        int64_t durable = durable_now(e);
         bool locked = tries == LOAD_TRIES - 1;
         if (!locked)
             lockcheck_unlock(&e->lock);
@@ -190,8 +223,8 @@ cache_run *readthrough_run_node(engine *e, const char *run_id, const char *node_
             return NULL;
         }
         run = cache_run_find(e->cache, run_id);
-        if ((run && (run->complete || cache_node_get(run, node_id))) ||
-            cache_removed_since(e->cache, run_id, removals)) {
+        if ((run && (cache_node_get(run, node_id) || cache_node_absent(run, node_id))) ||
+            read_overtaken(e, run_id, removals, durable)) {
             model_row_unref(row);
             continue; /* the cache knows better now, or the file may have moved on */
         }
@@ -207,11 +240,11 @@ cache_run *readthrough_run_node(engine *e, const char *run_id, const char *node_
                 return NULL;
             }
             /* Nothing cached of it, nothing queued: the file is its truth. */
-            run->complete = !run_has_rows;
+            run->complete = run->known = !run_has_rows;
         }
         cache_touch(e->cache, run); /* the most recent, so evict spares it alone */
         if (row) {
-            if (cache_node_put(e->cache, run, row) != 0) {
+            if (cache_node_load(e->cache, run, row) != 0) {
                 model_row_unref(row);
                 engine_run_drop_if_idle(e, run);
                 *res = ENGINE_ERROR;
@@ -253,6 +286,7 @@ engine_result readthrough_list(engine *e, const char *run_id, unsigned status_ma
             return ENGINE_ACCEPTED;
         }
         uint64_t removals = cache_removals(e->cache);
+        int64_t durable = durable_now(e);
         bool locked = tries == LOAD_TRIES - 1;
         if (!locked)
             lockcheck_unlock(&e->lock);
@@ -271,7 +305,7 @@ engine_result readthrough_list(engine *e, const char *run_id, unsigned status_ma
             return ENGINE_ERROR;
         }
         run = cache_run_find(e->cache, run_id);
-        if ((run && run->complete) || cache_removed_since(e->cache, run_id, removals)) {
+        if ((run && run->complete) || read_overtaken(e, run_id, removals, durable)) {
             row_vec_free(&disk);
             tries++;
             continue; /* the cache knows better now, or the file may have moved on */

@@ -121,6 +121,12 @@ typedef struct ns_hist {
     X(cache_evictions, "nodestate_cache_evictions_total", counter, au64, \
       NS_STAT_AFTER_REJECTED, NS_STAT_AFTER_REJECTED, \
       "Runs dropped from the cache to bound its size.") \
+    X(cache_nodes_evicted, "nodestate_cache_nodes_evicted_total", counter, au64, \
+      NS_STAT_AFTER_REJECTED, NS_STAT_AFTER_REJECTED, \
+      "Nodes dropped from the cache to bound its size.") \
+    X(cache_run_loads, "nodestate_cache_run_loads_total", counter, au64, \
+      NS_STAT_AFTER_REJECTED, NS_STAT_AFTER_REJECTED, \
+      "Runs read whole from SQLite (a summary or a delete of a run not cached whole).") \
     X(rows_isolated, "nodestate_rows_isolated_total", counter, au64, \
       NS_STAT_AFTER_REJECTED, NS_STAT_AFTER_REJECTED, \
       "Rows SQLite refused for good, left out of their batch.") \

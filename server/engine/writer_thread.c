@@ -366,8 +366,12 @@ static void committed(engine *e, size_t n)
     lockcheck_assert_held(&e->lock);
     int64_t durable = e->batch[n - 1].seq;
     mark_refused(e, e->batch, n);
+    /* On disk now: their nodes may be evicted (unless written again since). */
+    for (size_t i = 0; i < n; i++)
+        if (e->batch[i].row)
+            cache_node_settle(e->cache, e->batch[i].run, e->batch[i].row);
     release_ops(e, e->batch, n);
-    engine_evict(e, NULL); /* runs just written may go now */
+    engine_evict(e, NULL); /* nodes just written may go now */
     atomic_store(&e->stats.durable_seq, durable);
     void (*fn)(void *, int64_t) = e->on_durable;
     void *ctx = e->on_durable_ctx;
