@@ -23,6 +23,10 @@ if [[ "${1:-}" == "--test" ]]; then
   # wrk drives the benchmarks; promtool (in prometheus) lints /metrics and a
   # real Prometheus scrapes it; node runs the OpenAPI contract test and lint.
   packages+=(wrk prometheus)
+  # haproxy routes by run in front of several instances (it_scaleout) and
+  # checks docker/haproxy.cfg (check_docker), which also parses the compose
+  # files with PyYAML.
+  packages+=(haproxy python3-yaml)
   # A machine may carry Node.js from elsewhere (with its own npm); only
   # install Debian's when there is none, since the two conflict.
   command -v node >/dev/null 2>&1 || packages+=(nodejs)
