@@ -78,6 +78,44 @@ void engine_run_drop_if_idle(engine *e, cache_run *run)
     }
 }
 
+/*
+ * Drops run (or marks it to be dropped once its queued writes commit) because
+ * the store changed under it. Lock held.
+ */
+static void invalidate_run(engine *e, cache_run *run)
+{
+    run->stale = true;
+    atomic_fetch_add_explicit(&e->stats.cache_invalidations, 1, memory_order_relaxed);
+    engine_run_drop_if_idle(e, run);
+}
+
+void engine_runs_changed(engine *e, const char *const *run_ids, size_t n)
+{
+    assert(state_opened(e));
+    lockcheck_lock(&e->lock);
+    if (!run_ids) {
+        cache_note_removed(e->cache, NULL);
+        cache_mark_all_stale(e->cache);
+        cache_run *run;
+        size_t dropped = 0;
+        /* Unpinned runs only; the pinned ones go as their writes commit. */
+        while ((run = cache_lru_first(e->cache)) != NULL) {
+            cache_run_remove(e->cache, run);
+            dropped++;
+        }
+        atomic_fetch_add_explicit(&e->stats.cache_invalidations, dropped, memory_order_relaxed);
+        publish_cache_size(e);
+    } else {
+        for (size_t i = 0; i < n; i++) {
+            cache_note_removed(e->cache, run_ids[i]);
+            cache_run *run = cache_run_find(e->cache, run_ids[i]);
+            if (run)
+                invalidate_run(e, run);
+        }
+    }
+    lockcheck_unlock(&e->lock);
+}
+
 /* ---- accepting writes ---- */
 
 static void reject(engine *e, ns_reject why)

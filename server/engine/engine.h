@@ -156,6 +156,16 @@ void engine_on_durable(engine *e, void (*fn)(void *ctx, int64_t durable_seq),
  * last few hundred such seqs.
  */
 bool engine_refused(engine *e, int64_t seq);
+/*
+ * Another instance sharing the store committed to these runs (the store's
+ * listener tells): what the cache holds of them may be older than the
+ * store. A run with nothing queued is dropped, so the next read loads it
+ * again; a run with queued writes is dropped once they have committed, so
+ * it is read again after them. A read through that is in flight for one
+ * of them reads again. run_ids NULL (n ignored): every run, because
+ * notifications may have been missed. Counted in cache_invalidations.
+ */
+void engine_runs_changed(engine *e, const char *const *run_ids, size_t n);
 /* Asks the writer to commit what is queued now instead of after batch_interval. */
 void engine_flush_soon(engine *e);
 

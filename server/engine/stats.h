@@ -118,6 +118,9 @@ typedef struct ns_hist {
     X(cache_evictions, "nodestate_cache_evictions_total", counter, au64, \
       NS_STAT_AFTER_REJECTED, NS_STAT_AFTER_REJECTED, \
       "Runs dropped from the cache to bound its size.") \
+    X(cache_invalidations, "nodestate_cache_invalidations_total", counter, au64, \
+      NS_STAT_AFTER_REJECTED, NS_STAT_AFTER_REJECTED, \
+      "Cached runs dropped because another instance committed to them.") \
     X(rows_isolated, "nodestate_rows_isolated_total", counter, au64, \
       NS_STAT_AFTER_REJECTED, NS_STAT_AFTER_REJECTED, \
       "Rows SQLite refused for good, left out of their batch.") \
