@@ -66,6 +66,12 @@ typedef struct store_batch {
     void (*on_isolated)(void *ctx, const ns_row *row, const char *why);
     void *isolated_ctx;
     size_t n_isolated;
+    /*
+     * The writing instance's id (store_listen.h): a shared store tells the
+     * other instances listening to it which runs this batch touched, in the
+     * same transaction. NULL: tell no one. SQLite has no one to tell.
+     */
+    const char *notify_id;
 } store_batch;
 
 /*

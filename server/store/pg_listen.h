@@ -1,0 +1,40 @@
+/*
+ * pg_listen: cross-instance notifications on PostgreSQL (the listener of
+ * store_listen.h, and the sending side the PostgreSQL writer calls inside
+ * its transaction). Private to server/store; libpq's types stay behind the
+ * struct tag, so libpq-fe.h is included by pg_*.c files only.
+ *
+ * Channel NS_PG_CHANNEL; each payload is "<instance_id> <run_id> <run_id>
+ * ...", ids separated by one space (ids never hold one), cut into several
+ * notifications below PostgreSQL's 8000-byte payload limit.
+ */
+#ifndef NODESTATE_PG_LISTEN_H
+#define NODESTATE_PG_LISTEN_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "store.h"
+#include "store_listen.h"
+
+#define NS_PG_CHANNEL "nodestate_runs"
+
+struct pg_conn; /* libpq's PGconn */
+
+/* Whether path is a libpq connection URI (postgresql:// or postgres://). */
+bool pg_listen_is_uri(const char *path);
+store_listener *pg_listen_start(const char *uri, const char *instance_id,
+                                store_runs_changed_fn *fn, void *ctx,
+                                char *err, size_t errlen);
+void pg_listen_stop(store_listener *l);
+/*
+ * Queues, in the transaction open on conn, the notifications naming every
+ * run b touches (its rows' and its deletes'), signed with b->notify_id;
+ * nothing when notify_id is NULL or the batch touches no run. They are
+ * delivered when the transaction commits, and never if it rolls back.
+ * 0, or -1 with libpq's message in err.
+ */
+int pg_listen_notify(struct pg_conn *conn, const store_batch *b, char *err,
+                     size_t errlen);
+
+#endif
