@@ -61,7 +61,11 @@ static const option_def options[] = {
      "HOST:PORT",
      "address to serve on; [IPv6]:PORT for IPv6, port 0 takes any free port"},
     {"db", OPT_PATH, FIELD(db_path), 0, 0, 0, "./nodestate.db", "PATH",
-     "SQLite database file (WAL mode)"},
+     "SQLite database file (WAL mode), or a PostgreSQL URI\n"
+     "      (postgresql://... or postgres://...) several instances may share"},
+    {"spill-path", OPT_PATH, FIELD(spill_path), 0, 0, 0, NULL, "PATH",
+     "local SQLite sidecar for writes the database would not take by\n"
+     "      shutdown; unset: <db>.spill, or ./nodestate-pg.spill for PostgreSQL"},
     {"batch-size", OPT_SIZE, FIELD(batch_size), 1, 1000000, 0, "8192", "N",
      "most queued updates written in one transaction"},
     {"batch-interval", OPT_SECONDS, FIELD(batch_interval), 0, 0, 60, "0.1",

@@ -20,6 +20,7 @@ typedef struct config {
     char listen_host[256];        /* --listen HOST:PORT, default 127.0.0.1:8080 */
     uint16_t listen_port;         /* 0 asks the kernel for a free port */
     char db_path[4096];           /* --db, default ./nodestate.db */
+    char spill_path[4096];        /* --spill-path; "": the store's default */
     size_t batch_size;            /* --batch-size */
     double batch_interval;        /* --batch-interval seconds, default 0.1 */
     size_t queue_capacity;        /* --queue-capacity */

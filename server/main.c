@@ -164,6 +164,7 @@ int main(int argc, char **argv)
 
     ec = (engine_config){
         .db_path = cfg.db_path,
+        .spill_path = cfg.spill_path,
         .batch_size = cfg.batch_size,
         .batch_interval = cfg.batch_interval,
         .queue_capacity = cfg.queue_capacity,

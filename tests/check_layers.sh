@@ -12,7 +12,7 @@
 # the layer's own header and a lower layer's must compile, every header of a
 # higher layer must fail as "not found".
 #
-# SQLite, jansson and libmicrohttpd install their headers in /usr/include,
+# SQLite, libpq, jansson and libmicrohttpd install their headers in /usr/include,
 # which no include path can hide, so for them the check is on what is used:
 # each may be included only in its layer's directory, and no layer's library
 # may call into one that is not its own (undefined symbols, nm).
@@ -91,8 +91,8 @@ expect_ok ns_http http.h framing.h api.h engine.h model.h
 expect_missing ns_http "${main_h[@]}"
 expect_ok ns_main config.h log.h http.h
 
-# Third-party headers (and the store's private header, which brings
-# sqlite3.h): only in the directory of the layer that owns them.
+# Third-party headers (and the store's private headers, which bring
+# sqlite3.h and libpq-fe.h): only in the directory of the layer that owns them.
 check_header_home() {
   local header=$1 home=$2 f
   while IFS= read -r f; do
@@ -101,6 +101,9 @@ check_header_home() {
 }
 check_header_home '<sqlite3.h>' server/store
 check_header_home '"sqlite_internal.h"' server/store
+check_header_home '<libpq-fe.h>' server/store
+check_header_home '"pg_internal.h"' server/store
+check_header_home '"store_ops.h"' server/store
 check_header_home '<jansson.h>' api
 check_header_home '<microhttpd.h>' server/http
 check_header_home '"http_internal.h"' server/http
@@ -119,12 +122,12 @@ check_symbols() {
   [[ -z $bad ]] || fail "$name calls into a library not its own: $(echo $bad)"
 }
 store_objs=("$build"/CMakeFiles/ns_store_sqlite.dir/server/store/*.o)
-check_symbols ns_util 'sqlite3_|json_|jansson_|MHD_' "$build/libns_util.a"
+check_symbols ns_util 'sqlite3_|PQ|json_|jansson_|MHD_' "$build/libns_util.a"
 check_symbols ns_store_sqlite 'json_|jansson_|MHD_' "${store_objs[@]}"
-check_symbols ns_engine 'sqlite3_|json_|jansson_|MHD_' "$build/libns_engine.a"
-check_symbols ns_api 'sqlite3_|MHD_' "$build/libns_api.a"
-check_symbols ns_http 'sqlite3_|json_|jansson_' "$build/libns_http.a"
-check_symbols ns_main 'sqlite3_|json_|jansson_|MHD_' "$build/libns_main.a"
+check_symbols ns_engine 'sqlite3_|PQ|json_|jansson_|MHD_' "$build/libns_engine.a"
+check_symbols ns_api 'sqlite3_|PQ|MHD_' "$build/libns_api.a"
+check_symbols ns_http 'sqlite3_|PQ|json_|jansson_' "$build/libns_http.a"
+check_symbols ns_main 'sqlite3_|PQ|json_|jansson_|MHD_' "$build/libns_main.a"
 
 if ((fails)); then
   echo "check_layers: $fails failure(s)" >&2

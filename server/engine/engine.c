@@ -521,13 +521,27 @@ engine *engine_open(const engine_config *cfg, char *err, size_t errlen)
         snprintf(err, errlen, "out of memory");
         goto err;
     }
-    /* Before anything opens the database or replays its sidecar. */
-    e->dblock = dblock_acquire(e->db_path, err, errlen);
+    char spill[4200];
+    if (cfg->spill_path && cfg->spill_path[0])
+        snprintf(spill, sizeof spill, "%s", cfg->spill_path);
+    else
+        store_default_spill_path(e->db_path, spill, sizeof spill);
+    /*
+     * Before anything opens the database or replays its sidecar. A shared
+     * (PostgreSQL) database has many writers by design; what one process
+     * owns there is its sidecar, so that is what gets locked.
+     */
+    e->dblock = dblock_acquire(store_is_pg(e->db_path) ? spill : e->db_path, err, errlen);
     if (!e->dblock)
         goto err;
     e->store = store_open(e->db_path, cfg->synchronous_full, err, errlen);
     if (!e->store)
         goto err;
+    if (store_set_spill_file(e->store, spill) != 0) {
+        snprintf(err, errlen, "out of memory");
+        goto err;
+    }
+    e->cfg.spill_path = NULL; /* the caller's; store_spill_file has our copy */
     if (replay(e, err, errlen) != 0)
         goto err;
     e->reader = store_reader_open(e->db_path, err, errlen);

@@ -45,6 +45,7 @@ typedef struct engine engine;
 
 typedef struct engine_config {
     const char *db_path;
+    const char *spill_path;    /* the sidecar; NULL or "": the store's default */
     size_t batch_size;         /* most queued entries per transaction */
     double batch_interval;     /* seconds the oldest entry may wait */
     size_t queue_capacity;     /* most entries queued at once */

@@ -127,9 +127,7 @@ static void mark_refused(engine *e, const ns_op *ops, size_t n)
 /* The sidecar's path, quoted for a log line. */
 const char *writer_thread_spill_qpath(engine *e, char *out, size_t outlen)
 {
-    char path[4200];
-    store_spill_path(e->db_path, path, sizeof path);
-    return logfmt_quote(out, outlen, path);
+    return logfmt_quote(out, outlen, store_spill_file(e->store));
 }
 
 /*
@@ -243,7 +241,7 @@ static size_t spill_ops(engine *e, const ns_op *ops, size_t n, int64_t end_ns)
         int rc = -1;
         writer_plan plan;
         if (!e->sidecar)
-            e->sidecar = store_spill_open(e->db_path, err, sizeof err);
+            e->sidecar = store_spill_open_file(store_spill_file(e->store), err, sizeof err);
         if (e->sidecar && writer_plan_build(ops + done, k, &plan) == 0) {
             plan.batch.on_isolated = on_isolated;
             plan.batch.isolated_ctx = e;

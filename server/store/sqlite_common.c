@@ -425,7 +425,7 @@ void store_isolation_report(const store_isolation *iso,
  */
 int store_upsert_rows(sqlite3 *db, sqlite3_stmt *st,
                       ns_row *const *rows, size_t n,
-                      const store *faults_of, store_isolation *iso,
+                      const sqlite_store *faults_of, store_isolation *iso,
                       char *msg, size_t msglen)
 {
     /* Formatted timestamps of the row being upserted. */

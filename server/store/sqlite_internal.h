@@ -21,6 +21,7 @@
 
 #include "model.h"
 #include "store.h"
+#include "store_ops.h"
 
 /* The schema this build writes and the newest one it can read. */
 #define STORE_SCHEMA_VERSION 1
@@ -201,7 +202,7 @@ typedef struct store_isolation {
 } store_isolation;
 
 /* The write connection. Owned by one thread (the writer); no locking. */
-struct store {
+struct sqlite_store {
     sqlite3 *db;
     char *path;                 /* as given to store_open; names the sidecar */
     sqlite3_stmt *upsert;       /* one row of run_node_state */
@@ -217,6 +218,36 @@ struct store {
     char errmsg[STORE_ERRMSG_MAX]; /* why the last store_write failed */
     STORE_FAULTS_FIELD          /* injected faults (NODESTATE_FAULTS only) */
 };
+
+/*
+ * The backend's side of store.h (store_sqlite_ops in sqlite_ops.c points at
+ * these); each does what its store_* namesake promises.
+ */
+typedef struct sqlite_store sqlite_store;
+typedef struct sqlite_reader sqlite_reader;
+sqlite_store *sqlite_store_open(const char *path, bool sync_full, char *err,
+                                size_t errlen);
+void sqlite_store_close(sqlite_store *s);
+int64_t sqlite_store_last_seq(const sqlite_store *s);
+const char *sqlite_store_errmsg(const sqlite_store *s);
+int sqlite_store_write(sqlite_store *s, store_batch *b);
+int sqlite_store_meta_get(sqlite_store *s, const char *key, int64_t *value);
+int sqlite_store_meta_set(sqlite_store *s, const char *key, int64_t value);
+/* store_replay of the sidecar at spill_path. */
+int sqlite_store_replay(sqlite_store *s, const char *spill_path,
+                        store_replayed *out, char *err, size_t errlen);
+sqlite_reader *sqlite_reader_open(const char *path, char *err, size_t errlen);
+void sqlite_reader_close(sqlite_reader *r);
+int sqlite_reader_load_run(sqlite_reader *r, const char *run_id,
+                           int (*fn)(void *ctx, ns_row *row), void *ctx,
+                           size_t *skipped);
+int sqlite_reader_load_node(sqlite_reader *r, const char *run_id,
+                            const char *node_id, ns_row **out,
+                            bool *run_has_rows);
+int sqlite_reader_load_page(sqlite_reader *r, const char *run_id,
+                            const char *after, unsigned status_mask,
+                            size_t want, int (*fn)(void *ctx, ns_row *row),
+                            void *ctx, store_page *page);
 
 /* Writes "<path>: <msg>" into err, tolerating a NULL or empty buffer. */
 void store_set_err(char *err, size_t errlen, const char *path,
@@ -247,7 +278,7 @@ int store_prepare_row(sqlite3 *db, const char *sql, bool params,
 int store_step_once(sqlite3_stmt *st);
 /* Upserts rows with st inside db's open transaction (see sqlite_common.c). */
 int store_upsert_rows(sqlite3 *db, sqlite3_stmt *st, ns_row *const *rows,
-                      size_t n, const store *faults_of, store_isolation *iso,
+                      size_t n, const sqlite_store *faults_of, store_isolation *iso,
                       char *msg, size_t msglen);
 /* Tells the batch's callback about the rows left out, after COMMIT. */
 void store_isolation_report(const store_isolation *iso, const store_batch *b);

@@ -29,7 +29,7 @@ static const char store_select_run_exists_sql[] =
 
 /* The rows of the log that no later delete of their run voids. */
 /* The read-through connection; any thread may use it. */
-struct store_reader {
+struct sqlite_reader {
     pthread_mutex_t lock;       /* guards db and the statements */
     sqlite3 *db;
     sqlite3_stmt *select_run;   /* rows of one run in node_id order */
@@ -38,9 +38,9 @@ struct store_reader {
     sqlite3_stmt *run_exists;   /* whether a run has any row */
 };
 
-store_reader *store_reader_open(const char *path, char *err, size_t errlen)
+sqlite_reader *sqlite_reader_open(const char *path, char *err, size_t errlen)
 {
-    store_reader *r;
+    sqlite_reader *r;
 
     if (path == NULL || path[0] == '\0') {
         store_set_err(err, errlen, "(none)", "no database path given");
@@ -78,11 +78,11 @@ store_reader *store_reader_open(const char *path, char *err, size_t errlen)
     return r;
 
 err:
-    store_reader_close(r);
+    sqlite_reader_close(r);
     return NULL;
 }
 
-void store_reader_close(store_reader *r)
+void sqlite_reader_close(sqlite_reader *r)
 {
     if (r == NULL)
         return;
@@ -217,7 +217,7 @@ static int store_row_draft(sqlite3_stmt *st, ns_row *d)
  * fn runs with the reader's mutex held (the draft borrows from the
  * statement), so fn must not call back into this reader.
  */
-int store_reader_load_run(store_reader *r, const char *run_id,
+int sqlite_reader_load_run(sqlite_reader *r, const char *run_id,
                           int (*fn)(void *ctx, ns_row *row), void *ctx,
                           size_t *skipped)
 {
@@ -269,7 +269,7 @@ out:
     return ret;
 }
 
-int store_reader_load_node(store_reader *r, const char *run_id,
+int sqlite_reader_load_node(sqlite_reader *r, const char *run_id,
                            const char *node_id, ns_row **out,
                            bool *run_has_rows)
 {
@@ -321,7 +321,7 @@ out:
 }
 
 /* Whether run_id has any stored row; 0/1, or -1 on a SQLite error. Reader lock held. */
-static int store_reader_run_exists(store_reader *r, const char *run_id)
+static int store_reader_run_exists(sqlite_reader *r, const char *run_id)
 {
     sqlite3_stmt *ex = r->run_exists;
     int ret = -1;
@@ -341,7 +341,7 @@ static int store_reader_run_exists(store_reader *r, const char *run_id)
  * Rows whose status is not asked for are passed over on their status
  * column alone, before anything else of them is read.
  */
-int store_reader_load_page(store_reader *r, const char *run_id,
+int sqlite_reader_load_page(sqlite_reader *r, const char *run_id,
                            const char *after, unsigned status_mask,
                            size_t want, int (*fn)(void *ctx, ns_row *row),
                            void *ctx, store_page *page)

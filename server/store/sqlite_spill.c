@@ -156,20 +156,35 @@ void store_spill_close(store_sidecar *sc)
  */
 store_sidecar *store_spill_open(const char *db_path, char *err, size_t errlen)
 {
-    char msg[STORE_ERRMSG_MAX];
-    int64_t version = 0;
-    store_sidecar *sc;
+    char path[STORE_PATH_MAX];
 
     if (db_path == NULL || db_path[0] == '\0') {
         store_set_err(err, errlen, "(none)", "no database path given");
         return NULL;
     }
-    sc = calloc(1, sizeof *sc);
-    if (sc == NULL) {
-        store_set_err(err, errlen, db_path, "out of memory");
+    if (store_path_with(db_path, ".spill", path, sizeof path, err, errlen)
+        != 0)
+        return NULL;
+    return store_spill_open_file(path, err, errlen);
+}
+
+store_sidecar *store_spill_open_file(const char *spill_path, char *err,
+                                     size_t errlen)
+{
+    char msg[STORE_ERRMSG_MAX];
+    int64_t version = 0;
+    store_sidecar *sc;
+
+    if (spill_path == NULL || spill_path[0] == '\0') {
+        store_set_err(err, errlen, "(none)", "no spill path given");
         return NULL;
     }
-    if (store_path_with(db_path, ".spill", sc->path, sizeof sc->path, err,
+    sc = calloc(1, sizeof *sc);
+    if (sc == NULL) {
+        store_set_err(err, errlen, spill_path, "out of memory");
+        return NULL;
+    }
+    if (store_path_with(spill_path, "", sc->path, sizeof sc->path, err,
                         errlen) != 0)
         goto err;
     if (sqlite3_open_v2(sc->path, &sc->db,
@@ -390,7 +405,8 @@ static bool store_spill_torn(const char *spill)
     return stat(journal, &sb) == 0 && sb.st_size > 0;
 }
 
-int store_replay(store *s, store_replayed *out, char *err, size_t errlen)
+int sqlite_store_replay(sqlite_store *s, const char *spill_path,
+                        store_replayed *out, char *err, size_t errlen)
 {
     char spill[STORE_PATH_MAX];
     struct stat sb;
@@ -402,7 +418,7 @@ int store_replay(store *s, store_replayed *out, char *err, size_t errlen)
     int ret = -1;
 
     memset(out, 0, sizeof *out);
-    if (store_path_with(s->path, ".spill", spill, sizeof spill, err, errlen)
+    if (store_path_with(spill_path, "", spill, sizeof spill, err, errlen)
         != 0)
         return -1;
     if (stat(spill, &sb) != 0) {

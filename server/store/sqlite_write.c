@@ -157,9 +157,9 @@ err:
     return -1;
 }
 
-store *store_open(const char *path, bool sync_full, char *err, size_t errlen)
+sqlite_store *sqlite_store_open(const char *path, bool sync_full, char *err, size_t errlen)
 {
-    store *s = NULL;
+    sqlite_store *s = NULL;
     char msg[STORE_ERRMSG_MAX * 2];
     int rc;
 
@@ -231,11 +231,11 @@ store *store_open(const char *path, bool sync_full, char *err, size_t errlen)
     return s;
 
 err:
-    store_close(s);
+    sqlite_store_close(s);
     return NULL;
 }
 
-void store_close(store *s)
+void sqlite_store_close(sqlite_store *s)
 {
     if (s == NULL)
         return;
@@ -254,25 +254,25 @@ void store_close(store *s)
     free(s);
 }
 
-int64_t store_last_seq(const store *s)
+int64_t sqlite_store_last_seq(const sqlite_store *s)
 {
     return s->last_seq;
 }
 
-const char *store_errmsg(const store *s)
+const char *sqlite_store_errmsg(const sqlite_store *s)
 {
     return s->errmsg;
 }
 
 /* Records why a write failed, before ROLLBACK overwrites the db's message. */
-static void store_fail(store *s, const char *what)
+static void store_fail(sqlite_store *s, const char *what)
 {
     snprintf(s->errmsg, sizeof s->errmsg, "%s: %s", what,
              sqlite3_errmsg(s->db));
 }
 
 
-int store_write(store *s, store_batch *b)
+int sqlite_store_write(sqlite_store *s, store_batch *b)
 {
     /* Misuse is an error, not a crash; nothing has started yet. */
     if (!store_batch_valid(b)) {
@@ -330,7 +330,7 @@ err:
 
 /* ---- nodestate_meta, for the caller's own counters ---- */
 
-int store_meta_get(store *s, const char *key, int64_t *value)
+int sqlite_store_meta_get(sqlite_store *s, const char *key, int64_t *value)
 {
     int ret = -1;
     int rc;
@@ -364,7 +364,7 @@ out:
     return ret;
 }
 
-int store_meta_set(store *s, const char *key, int64_t value)
+int sqlite_store_meta_set(sqlite_store *s, const char *key, int64_t value)
 {
     if (key == NULL) {
         snprintf(s->errmsg, sizeof s->errmsg, "meta set: no key given");

@@ -1,5 +1,12 @@
 /*
- * store: the SQLite file, and the only file that includes sqlite3.h.
+ * store: where node states are kept, behind one API whatever the backend.
+ * The database path picks it at store_open / store_reader_open: a libpq
+ * URI (postgresql://... or postgres://...) is a PostgreSQL database that
+ * several instances may share (pg_*.c, the only files that include
+ * libpq-fe.h); anything else is an SQLite file one process owns (sqlite_*.c,
+ * the only files that include sqlite3.h). store.c dispatches through a
+ * small ops table (store_ops.h). Both keep the same table and contract; the
+ * PostgreSQL specifics are at the end of this header.
  *
  * Two kinds of connection. A `store` is the one write connection; it belongs to
  * the writer thread and is never shared. A `store_reader` is a separate
@@ -67,6 +74,15 @@ typedef struct store_batch {
     void *isolated_ctx;
     size_t n_isolated;
     /*
+     * A shared store (PostgreSQL) is the final judge of the transition
+     * rules: a row that the rules do not admit against the row stored (one
+     * another instance wrote since this one read it) is not applied, and
+     * reported here after the commit, with isolated_ctx. May be NULL.
+     * Output: how many rows were refused so. SQLite never refuses.
+     */
+    void (*on_superseded)(void *ctx, const ns_row *row);
+    size_t n_superseded;
+    /*
      * The writing instance's id (store_listen.h): a shared store tells the
      * other instances listening to it which runs this batch touched, in the
      * same transaction. NULL: tell no one. SQLite has no one to tell.
@@ -114,6 +130,9 @@ store_sidecar *store_spill_open(const char *db_path, char *err, size_t errlen);
 int store_spill_append(store_sidecar *sc, const store_batch *b, char *err,
                        size_t errlen);
 void store_spill_close(store_sidecar *sc);
+/* store_spill_open of the sidecar file spill_path itself. */
+store_sidecar *store_spill_open_file(const char *spill_path, char *err,
+                                     size_t errlen);
 int store_spill(const char *db_path, const store_batch *b, char *err,
                 size_t errlen);
 
@@ -199,5 +218,33 @@ int store_reader_load_page(store_reader *r, const char *run_id,
                            const char *after, unsigned status_mask,
                            size_t want, int (*fn)(void *ctx, ns_row *row),
                            void *ctx, store_page *page);
+
+/* ---- backends and several instances ---- */
+
+/* Where a PostgreSQL store's sidecar goes unless told (--spill-path). */
+#define STORE_PG_SPILL_DEFAULT "nodestate-pg.spill"
+/* Whether path is a libpq URI, i.e. names the PostgreSQL store. */
+bool store_is_pg(const char *path);
+/* The sidecar of db_path unless told otherwise: "<path>.spill" for SQLite. */
+void store_default_spill_path(const char *db_path, char *out, size_t outlen);
+/* Makes store_replay apply spill_path instead. 0, -1 out of memory. */
+int store_set_spill_file(store *s, const char *spill_path);
+/* The sidecar store_replay applies (and the writer should spill to). */
+const char *store_spill_file(const store *s);
+/*
+ * Whether several processes may write the store at once (PostgreSQL): seq
+ * then comes from blocks (store_reader_seq_block) rather than from the
+ * process's own counter, and a row may be refused (on_superseded).
+ */
+bool store_shared(const store *s);
+/*
+ * Reserves a block of seqs for this process in a shared store: *first ..
+ * *last, at least `want` of them, every one above `above` and above every
+ * seq any instance reserved before, recorded in the store before it
+ * returns (so no other instance, now or after a crash, gets them). Returns
+ * 0, 1 when the store is not shared (nothing to reserve), -1 on error.
+ */
+int store_reader_seq_block(store_reader *r, int64_t above, int64_t want,
+                           int64_t *first, int64_t *last);
 
 #endif

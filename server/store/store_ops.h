@@ -1,0 +1,55 @@
+/*
+ * store_ops: how store.c reaches a backend. store.h's functions are the
+ * engine's API whatever holds the table; each backend (sqlite_*.c, pg_*.c)
+ * fills one store_ops with its own functions over its own connection types,
+ * and store.c picks the table from the database path at open. Nothing
+ * outside server/store includes this header, and it names no third-party
+ * type, so either backend's private header may include it.
+ */
+#ifndef NODESTATE_STORE_OPS_H
+#define NODESTATE_STORE_OPS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "store.h"
+
+typedef struct store_ops {
+    const char *name;           /* "sqlite", "postgresql": for messages */
+    /* The write connection (see store.h for what each one promises). */
+    void *(*open)(const char *path, bool sync_full, char *err, size_t errlen);
+    void (*close)(void *s);
+    int64_t (*last_seq)(const void *s);
+    int (*write)(void *s, store_batch *b);
+    /* store_replay of the sidecar at spill_path. */
+    int (*replay)(void *s, const char *spill_path, store_replayed *out,
+                  char *err, size_t errlen);
+    const char *(*errmsg)(const void *s);
+    int (*meta_get)(void *s, const char *key, int64_t *value);
+    int (*meta_set)(void *s, const char *key, int64_t value);
+    /* The read-through connection; it locks itself. */
+    void *(*reader_open)(const char *path, char *err, size_t errlen);
+    void (*reader_close)(void *r);
+    int (*load_run)(void *r, const char *run_id,
+                    int (*fn)(void *ctx, ns_row *row), void *ctx,
+                    size_t *skipped);
+    int (*load_node)(void *r, const char *run_id, const char *node_id,
+                     ns_row **out, bool *run_has_rows);
+    int (*load_page)(void *r, const char *run_id, const char *after,
+                     unsigned status_mask, size_t want,
+                     int (*fn)(void *ctx, ns_row *row), void *ctx,
+                     store_page *page);
+    /*
+     * store_reader_seq_block; NULL for a store that one process owns (its
+     * own counter is the only one, so it needs no blocks).
+     */
+    int (*seq_block)(void *r, int64_t above, int64_t want, int64_t *first,
+                     int64_t *last);
+} store_ops;
+
+/* The backends; each defined in its own files. */
+extern const store_ops store_sqlite_ops;
+extern const store_ops store_pg_ops;
+
+#endif
