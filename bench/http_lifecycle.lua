@@ -1,7 +1,9 @@
 -- wrk script: posts node lifecycles (scheduled, running, completed) over many
 -- distinct nodes, JSON bodies, keep-alive.
 --
---   wrk -t2 -c64 -d10s --latency -s bench/http_lifecycle.lua http://HOST:PORT [-- RUNS]
+--   wrk -t2 -c64 -d10s --latency -s bench/http_lifecycle.lua http://HOST:PORT [-- RUNS [QUERY]]
+--
+-- QUERY (e.g. "wait=true") is appended to every POST's path.
 --
 -- Each thread walks its nodes in phases of W: "scheduled" for nodes
 -- [b, b+W), then "running" for the same W, then "completed", then the next
@@ -31,6 +33,7 @@ end
 
 -- Per-thread state (each wrk thread has its own Lua state).
 runs = 16
+query = ""
 counter = 0
 local headers = { ["Content-Type"] = "application/json" }
 local bodies = {
@@ -43,6 +46,9 @@ function init(args)
    if args[1] ~= nil then
       runs = tonumber(args[1]) or runs
    end
+   if args[2] ~= nil and args[2] ~= "" then
+      query = "?" .. args[2]
+   end
 end
 
 function request()
@@ -53,7 +59,7 @@ function request()
    local phase = math.floor(within / W) + 1
    local node = block * W + within % W
    return wrk.format("POST", "/runs/bench-" .. (node % runs) .. "/nodes/t" .. id ..
-                     "-n" .. node .. "/state", headers, bodies[phase])
+                     "-n" .. node .. "/state" .. query, headers, bodies[phase])
 end
 
 -- Nodes whose step `phase` (1, 2, 3) was sent among the first k requests.
