@@ -963,7 +963,7 @@ Test(encode, stats)
         "queue_depth", "queue_capacity", "queue_bytes", "updates_coalesced",
         "rows_written", "runs_deleted", "updates_rejected", "updates_duplicate", "cache_nodes",
         "cache_runs", "cache_bytes", "cache_loads", "cache_evictions", "cache_invalidations",
-        "rows_isolated",
+        "rows_isolated", "store_conflicts",
         "last_seq", "durable_seq", "uptime_seconds",
         "commit_seconds", "batch_updates", "enqueue_to_commit_seconds",
         "http_responses",

@@ -173,6 +173,7 @@ Test(prom, types_of_families, .init = fill_stats)
         { "nodestate_cache_evictions_total", "counter" },
         { "nodestate_cache_invalidations_total", "counter" },
         { "nodestate_rows_isolated_total", "counter" },
+        { "nodestate_store_conflicts_total", "counter" },
         { "nodestate_last_seq", "gauge" },
         { "nodestate_durable_seq", "gauge" },
         { "nodestate_uptime_seconds", "gauge" },
@@ -254,7 +255,7 @@ Test(prom, help_and_type_precede_every_family, .init = fill_stats)
             samples++;
         }
     }
-    cr_assert_eq(n_seen, 30);
+    cr_assert_eq(n_seen, 31);
     cr_assert_gt(samples, 20);
     free(t);
 }

@@ -170,6 +170,30 @@ static void enqueue(engine *e, ns_op *op)
         pthread_cond_signal(&e->wake);
 }
 
+/*
+ * Makes sure the next seq (e->last_seq + 1) is this instance's to hand out
+ * and above `above` (the seq of the node's current state). With a shared
+ * store the seqs come in blocks reserved in the store (other instances
+ * hold other blocks), and a node last written by another instance may
+ * carry a seq past our counter: then a fresh block, above every block
+ * reserved so far, moves the counter past it. A store with one writer
+ * needs neither. 0, or -1 when the store cannot reserve. Lock held.
+ */
+static int seq_room(engine *e, int64_t above)
+{
+    lockcheck_assert_held(&e->lock);
+    if (!e->shared || (e->last_seq < e->seq_block_last && e->last_seq >= above))
+        return 0;
+    int64_t first, last, floor = above > e->last_seq ? above : e->last_seq;
+    if (store_reader_seq_block(e->reader, floor, SEQ_BLOCK, &first, &last) != 0) {
+        engine_log(e, NS_LOG_ERROR, "seq-block-failed", "above=%lld", (long long)floor);
+        return -1;
+    }
+    e->last_seq = first - 1;
+    e->seq_block_last = last;
+    return 0;
+}
+
 engine_result engine_submit(engine *e, const char *run_id, const char *node_id,
                             const ns_update *u, ns_row **out)
 {
@@ -207,6 +231,10 @@ engine_result engine_submit(engine *e, const char *run_id, const char *node_id,
         res = ENGINE_QUEUE_FULL;
         goto drop;
     }
+    if (seq_room(e, cur ? cur->seq : 0) != 0) {
+        res = ENGINE_ERROR;
+        goto drop;
+    }
     draft.seq = e->last_seq + 1;
     draft.updated_at = now;
     ns_row *row = model_row_copy(&draft);
@@ -217,7 +245,7 @@ engine_result engine_submit(engine *e, const char *run_id, const char *node_id,
     }
     model_row_ref(row); /* the queue's reference */
     model_row_ref(row); /* the caller's */
-    ns_op op = { .row = row, .run = run };
+    ns_op op = { .row = row, .run = run, .forced = u->force };
     enqueue(e, &op);
     engine_evict(e, run); /* a new node, or a bigger row, may pass a bound */
     *out = row;
@@ -257,6 +285,10 @@ engine_result engine_delete_run(engine *e, const char *run_id, size_t *deleted,
         atomic_store(&e->bytes_full, queue_len(e->queue) < queue_capacity(e->queue));
         reject(e, NS_REJECT_QUEUE_FULL);
         res = ENGINE_QUEUE_FULL;
+        goto done;
+    }
+    if (seq_room(e, 0) != 0) {
+        res = ENGINE_ERROR;
         goto done;
     }
     /* Too big to cache whole: the run (in part, or not at all) is what gets emptied and pinned. */
@@ -412,6 +444,9 @@ static int seq_start(engine *e, char *err, size_t errlen)
 {
     int64_t running = 0, slack = 0;
     e->last_seq = store_last_seq(e->store);
+    /* Blocks are recorded before use (seq_room): no slack, and no flag other instances share. */
+    if (e->shared)
+        return 0;
     if (store_meta_get(e->store, META_RUNNING, &running) < 0 ||
         store_meta_get(e->store, META_SEQ_SLACK, &slack) < 0)
         goto err;
@@ -542,6 +577,7 @@ engine *engine_open(const engine_config *cfg, char *err, size_t errlen)
         goto err;
     }
     e->cfg.spill_path = NULL; /* the caller's; store_spill_file has our copy */
+    e->shared = store_shared(e->store);
     if (replay(e, err, errlen) != 0)
         goto err;
     e->reader = store_reader_open(e->db_path, err, errlen);
@@ -616,7 +652,7 @@ size_t engine_close_counted(engine *e, engine_closing *report)
     if (unflushed)
         engine_log(e, NS_LOG_ERROR, "flush-incomplete", "unflushed=%zu", unflushed);
     /* Every seq handed out is on disk or in the sidecar: the next start needs no skip. */
-    else if (store_meta_set(e->store, META_RUNNING, 0) != 0) {
+    else if (!e->shared && store_meta_set(e->store, META_RUNNING, 0) != 0) {
         char why[512];
         engine_log(e, NS_LOG_WARN, "clean-stop-not-recorded", "error=%s",
               logfmt_quote(why, sizeof why, store_errmsg(e->store)));

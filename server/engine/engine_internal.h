@@ -33,6 +33,11 @@
 #define BACKOFF_CAP_NS 1000000000ll   /* 1 s: a locked database is retried at least once a second */
 /* How often one load of a run is retried when runs are removed meanwhile. */
 #define LOAD_TRIES 8
+/*
+ * Seqs reserved at once from a shared store (seq_room): one round trip to
+ * the database per this many accepted writes.
+ */
+#define SEQ_BLOCK 65536
 /* nodestate_meta keys of seq_start. */
 #define META_RUNNING "running"
 #define META_SEQ_SLACK "seq_slack"
@@ -71,6 +76,7 @@ struct engine {
     ns_stats stats;
     store_reader *reader;         /* read-through connection, locks itself */
     store *store;                 /* the write connection: writer thread only */
+    bool shared;                  /* set at open: the store has other writers (store_shared) */
     char instance_id[STORE_INSTANCE_ID_MAX + 1]; /* set by engine_open, then read-only */
     store_listener *listener;     /* other instances' commits (shared store only), its own thread */
     ns_op *batch;                 /* writer thread only: batch_size ops */
@@ -99,6 +105,7 @@ struct engine {
     cache *cache;
     queue *queue;
     int64_t last_seq;             /* last seq assigned */
+    int64_t seq_block_last;       /* shared store: last seq of the block reserved (engine_seq_room) */
     size_t queue_bytes;           /* queue_op_bytes of the ops accepted and not yet released */
     int64_t flush_until;          /* commit without waiting while seqs <= this are queued */
     int64_t drain_started_ns;     /* engine_drain (or close): the shutdown budget starts; 0 before */

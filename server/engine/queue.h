@@ -26,6 +26,7 @@ typedef struct ns_op {
     int64_t seq;
     int64_t enqueued_ns;      /* CLOCK_MONOTONIC at acceptance */
     size_t bytes;             /* queue_op_bytes, set by whoever queues it */
+    bool forced;              /* upsert: accepted with force: true (the store judges by seq alone) */
 } ns_op;
 
 typedef struct queue queue;

@@ -124,6 +124,9 @@ typedef struct ns_hist {
     X(rows_isolated, "nodestate_rows_isolated_total", counter, au64, \
       NS_STAT_AFTER_REJECTED, NS_STAT_AFTER_REJECTED, \
       "Rows SQLite refused for good, left out of their batch.") \
+    X(store_conflicts, "nodestate_store_conflicts_total", counter, au64, \
+      NS_STAT_AFTER_REJECTED, NS_STAT_AFTER_REJECTED, \
+      "Rows a shared store refused: their node had a newer stored state.") \
     X(last_seq, "nodestate_last_seq", gauge, ai64, \
       NS_STAT_AFTER_REJECTED, NS_STAT_AFTER_REJECTED, \
       "Highest sequence number assigned.") \

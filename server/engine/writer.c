@@ -64,6 +64,8 @@ int writer_plan_build(const ns_op *ops, size_t n, writer_plan *plan)
     while (slots < n * 2)
         slots *= 2;
     keyset k = { calloc(slots, sizeof *k.runs), calloc(slots, sizeof *k.nodes), slots - 1 };
+    /* The nodes with a forced update among their live ops: a coalesced row inherits the force. */
+    keyset f = { NULL, NULL, slots - 1 };
     plan->deletes = malloc((n ? n : 1) * sizeof *plan->deletes);
     plan->rows = malloc((n ? n : 1) * sizeof *plan->rows);
     if (!k.runs || !k.nodes || !plan->deletes || !plan->rows)
@@ -84,6 +86,12 @@ int writer_plan_build(const ns_op *ops, size_t n, writer_plan *plan)
         }
         plan->upserts++;
         const ns_row *r = op->row;
+        if (op->forced && !keyset_has(&k, r->run_id, NULL)) {
+            if (!f.runs && (!(f.runs = calloc(slots, sizeof *f.runs)) ||
+                            !(f.nodes = calloc(slots, sizeof *f.nodes))))
+                goto err;
+            keyset_add(&f, r->run_id, r->node_id);
+        }
         if (keyset_has(&k, r->run_id, NULL) || !keyset_add(&k, r->run_id, r->node_id)) {
             plan->coalesced++;
             continue;
@@ -91,6 +99,13 @@ int writer_plan_build(const ns_op *ops, size_t n, writer_plan *plan)
         plan->rows[n_rows++] = op->row;
     }
     qsort(plan->rows, n_rows, sizeof *plan->rows, by_key);
+    if (f.runs) {
+        if (!(plan->forced = malloc((n_rows ? n_rows : 1) * sizeof *plan->forced)))
+            goto err;
+        for (size_t i = 0; i < n_rows; i++)
+            plan->forced[i] = keyset_has(&f, plan->rows[i]->run_id, plan->rows[i]->node_id);
+        plan->batch.forced = plan->forced;
+    }
 
     plan->batch.delete_runs = plan->deletes;
     plan->batch.n_deletes = n_del;
@@ -99,10 +114,14 @@ int writer_plan_build(const ns_op *ops, size_t n, writer_plan *plan)
     plan->batch.last_seq = n ? ops[n - 1].seq : 0;
     free(k.runs);
     free(k.nodes);
+    free(f.runs);
+    free(f.nodes);
     return 0;
 err:
     free(k.runs);
     free(k.nodes);
+    free(f.runs);
+    free(f.nodes);
     writer_plan_free(plan);
     return -1;
 }
@@ -111,5 +130,6 @@ void writer_plan_free(writer_plan *plan)
 {
     free(plan->deletes);
     free(plan->rows);
+    free(plan->forced);
     memset(plan, 0, sizeof *plan);
 }

@@ -18,6 +18,7 @@ typedef struct writer_plan {
     store_batch batch;       /* points into the arrays below and into the ops */
     const char **deletes;
     ns_row **rows;
+    bool *forced;            /* per row of rows: force: true (store_batch.forced) */
     size_t upserts;          /* upsert ops seen */
     size_t coalesced;        /* upsert ops that write no row of their own */
     size_t run_deletes;      /* delete ops seen: two of one run count two, though one deletes */

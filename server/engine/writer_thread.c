@@ -89,6 +89,33 @@ static void on_isolated(void *ctx, const ns_row *row, const char *why)
     e->isolated[e->n_isolated++] = row;
 }
 
+/*
+ * store_batch.on_superseded (writer thread): a shared store refused the
+ * row because the stored state of its node is newer (another instance
+ * wrote it since this one read it). Handled like an isolated row: once the
+ * batch is released the run goes stale, so the next request reads the
+ * store's state again, and the update's seqs are reported as refused.
+ */
+static void on_superseded(void *ctx, const ns_row *row)
+{
+    engine *e = ctx;
+    atomic_fetch_add_explicit(&e->stats.store_conflicts, 1, memory_order_relaxed);
+    engine_log(e, NS_LOG_WARN, "row-superseded",
+          "run_id=%s node_id=%s seq=%lld detail=\"the stored state is newer\"",
+          row->run_id, row->node_id, (long long)row->seq);
+    if (e->n_isolated == e->cap_isolated) {
+        size_t cap = e->cap_isolated ? e->cap_isolated * 2 : 16;
+        const ns_row **grown = realloc(e->isolated, cap * sizeof *grown);
+        if (!grown) {
+            e->isolated_lost = true;
+            return;
+        }
+        e->isolated = grown;
+        e->cap_isolated = cap;
+    }
+    e->isolated[e->n_isolated++] = row;
+}
+
 /* Remembers a seq whose update will never be on disk. Lock held. */
 static void refuse(engine *e, int64_t seq)
 {
@@ -161,6 +188,7 @@ static int commit_ops(engine *e, const ns_op *ops, size_t n)
         if (!planned) {
             planned = writer_plan_build(ops, n, &plan) == 0;
             plan.batch.on_isolated = on_isolated;
+            plan.batch.on_superseded = on_superseded;
             plan.batch.isolated_ctx = e;
             /* Instances sharing the store drop what they cache of these runs. */
             plan.batch.notify_id = e->listener ? e->instance_id : NULL;
@@ -189,7 +217,8 @@ static int commit_ops(engine *e, const ns_op *ops, size_t n)
     atomic_store(&e->store_failing, false);
     ns_stats *s = &e->stats;
     atomic_fetch_add_explicit(&s->batches_written, 1, memory_order_relaxed);
-    atomic_fetch_add_explicit(&s->rows_written, plan.batch.n_rows - plan.batch.n_isolated,
+    atomic_fetch_add_explicit(&s->rows_written,
+                              plan.batch.n_rows - plan.batch.n_isolated - plan.batch.n_superseded,
                               memory_order_relaxed);
     /* Every accepted delete, even one its batch merged with another of the same run. */
     atomic_fetch_add_explicit(&s->runs_deleted, plan.run_deletes, memory_order_relaxed);

@@ -284,6 +284,12 @@ int store_upsert_rows(sqlite3 *db, sqlite3_stmt *st, ns_row *const *rows,
 void store_isolation_report(const store_isolation *iso, const store_batch *b);
 /* Whether b's arrays are there for the counts it claims. */
 bool store_batch_valid(const store_batch *b);
+/*
+ * Fills a draft from the current result row of a select of STORE_COLUMNS
+ * and STORE_SQL_JSON_VALID (sqlite_read.c): 0, 1 for a row this build
+ * cannot read, -1 out of memory. Its strings borrow from the statement.
+ */
+int store_row_draft(sqlite3_stmt *st, ns_row *d);
 /* Brings a version-0 table up to version 1 in the caller's transaction. */
 int store_migrate_v0(sqlite3 *db, char *err, size_t errlen, const char *path);
 

@@ -197,7 +197,7 @@ static int store_read_json(sqlite3_stmt *st, int col, const char **out,
  * Returns 0, 1 for such an unreadable row, or -1 when SQLite could not
  * produce a value (out of memory), which says nothing about the row.
  */
-static int store_row_draft(sqlite3_stmt *st, ns_row *d)
+int store_row_draft(sqlite3_stmt *st, ns_row *d)
 {
     int valid = COL_JSON_VALID_FIRST;
     int rc;

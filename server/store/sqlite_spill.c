@@ -512,3 +512,161 @@ out:
     return ret;
 }
 
+
+/* ---- the sidecar read for another backend's replay (store_ops.h) ---- */
+
+int store_spill_remove(const char *spill_path, char *err, size_t errlen)
+{
+    return store_remove_spill(spill_path, err, errlen);
+}
+
+void store_spill_content_free(store_spill_content *c)
+{
+    for (size_t i = 0; i < c->n_deletes; i++)
+        free(c->deletes[i]);
+    for (size_t i = 0; i < c->n_rows; i++)
+        model_row_unref(c->rows[i]);
+    free(c->deletes);
+    free(c->rows);
+    memset(c, 0, sizeof *c);
+}
+
+/* Appends p to a growing array of pointers. 0, -1 out of memory. */
+static int store_push(void ***v, size_t *n, size_t *cap, void *p)
+{
+    if (*n == *cap) {
+        size_t c = *cap ? *cap * 2 : 16;
+        void **grown = realloc(*v, c * sizeof *grown);
+        if (grown == NULL)
+            return -1;
+        *v = grown;
+        *cap = c;
+    }
+    (*v)[(*n)++] = p;
+    return 0;
+}
+
+/*
+ * The sidecar is attached to an in-memory database under the same schema
+ * name as in store_replay, so the same queries read it.
+ */
+int store_spill_read(const char *spill_path, store_spill_content *out,
+                     char *err, size_t errlen)
+{
+    sqlite3 *db = NULL;
+    sqlite3_stmt *st = NULL;
+    struct stat sb;
+    size_t cap_del = 0, cap_rows = 0;
+    int64_t pieces = 0;
+    int kind, rc, ret = -1;
+    char *sel = NULL;
+
+    memset(out, 0, sizeof *out);
+    if (stat(spill_path, &sb) != 0) {
+        if (errno == ENOENT)
+            return 0;
+        store_set_err(err, errlen, spill_path, strerror(errno));
+        return -1;
+    }
+    out->info.torn = store_spill_torn(spill_path);
+    if (sb.st_size == 0)
+        return 0;
+    if (sqlite3_open_v2(":memory:", &db, SQLITE_OPEN_READWRITE, NULL) != SQLITE_OK
+        || sqlite3_prepare_v2(db, "ATTACH DATABASE ?1 AS " STORE_SPILL_SCHEMA, -1,
+                              &st, NULL) != SQLITE_OK
+        || sqlite3_bind_text(st, 1, spill_path, -1, SQLITE_STATIC) != SQLITE_OK
+        || sqlite3_step(st) != SQLITE_DONE) {
+        store_set_db_err(err, errlen, spill_path, db, "attaching spill file");
+        goto out;
+    }
+    sqlite3_finalize(st);
+    st = NULL;
+    kind = store_spill_kind(db, spill_path, err, errlen);
+    if (kind < 0)
+        goto out;
+    if (kind == 0) {
+        ret = 0;
+        goto out;
+    }
+    if (kind & STORE_SPILL_V1) {
+        store_set_err(err, errlen, spill_path,
+                      "a sidecar of an earlier build replays into SQLite only");
+        goto out;
+    }
+    if (sqlite3_prepare_v2(db, "SELECT run_id FROM " STORE_SPILL_SCHEMA ".spill_deletes",
+                           -1, &st, NULL) != SQLITE_OK)
+        goto db_err;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        char *id = strdup((const char *)sqlite3_column_text(st, 0));
+        if (id == NULL || store_push((void ***)&out->deletes, &out->n_deletes, &cap_del, id) != 0) {
+            free(id);
+            store_set_err(err, errlen, spill_path, "out of memory");
+            goto out;
+        }
+    }
+    if (rc != SQLITE_DONE)
+        goto db_err;
+    sqlite3_finalize(st);
+    st = NULL;
+    /* In key order, each node's in seq order: the last of a node is its newest. */
+    sel = store_sql("SELECT " STORE_COLUMNS STORE_SQL_JSON_VALID STORE_SPILL_LIVE
+                    " ORDER BY run_id, node_id, seq");
+    if (sel == NULL || sqlite3_prepare_v2(db, sel, -1, &st, NULL) != SQLITE_OK)
+        goto db_err;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        ns_row draft;
+        int drc = store_row_draft(st, &draft);
+        if (drc < 0)
+            goto db_err;
+        if (drc > 0)
+            continue;
+        if (draft.seq > out->last_seq)
+            out->last_seq = draft.seq;
+        ns_row *prev = out->n_rows ? out->rows[out->n_rows - 1] : NULL;
+        ns_row *row = model_row_copy(&draft);
+        if (row == NULL)
+            goto db_err;
+        if (prev && strcmp(prev->run_id, row->run_id) == 0 &&
+            strcmp(prev->node_id, row->node_id) == 0) {
+            model_row_unref(prev);
+            out->rows[out->n_rows - 1] = row;
+            continue;
+        }
+        if (store_push((void ***)&out->rows, &out->n_rows, &cap_rows, row) != 0) {
+            model_row_unref(row);
+            goto db_err;
+        }
+    }
+    if (rc != SQLITE_DONE)
+        goto db_err;
+    sqlite3_finalize(st);
+    st = NULL;
+    if (store_query_int(db, "SELECT value FROM " STORE_SPILL_SCHEMA
+                            ".nodestate_meta WHERE key = 'pieces'", &pieces) != SQLITE_OK)
+        goto db_err;
+    {
+        int64_t meta_seq = 0;
+        if (store_query_int(db, "SELECT value FROM " STORE_SPILL_SCHEMA
+                                ".nodestate_meta WHERE key = 'last_seq'", &meta_seq) != SQLITE_OK)
+            goto db_err;
+        if (meta_seq > out->last_seq)
+            out->last_seq = meta_seq;
+    }
+    out->info.rows = out->n_rows;
+    out->info.deletes = out->n_deletes;
+    out->info.pieces = pieces > 0 ? (size_t)pieces : out->n_rows || out->n_deletes ? 1 : 0;
+    ret = 0;
+    goto out;
+db_err:
+    store_set_db_err(err, errlen, spill_path, db, "reading spill file");
+out:
+    free(sel);
+    sqlite3_finalize(st);
+    sqlite3_close(db);
+    if (ret != 0) {
+        bool torn = out->info.torn;
+        store_spill_content_free(out);
+        out->info.torn = torn;
+    }
+    return ret;
+}

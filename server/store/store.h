@@ -63,6 +63,11 @@ typedef struct store_batch {
     size_t n_deletes;
     ns_row *const *rows;            /* upserts, sorted by (run_id, node_id) */
     size_t n_rows;
+    /*
+     * NULL, or per row: written with force: true (or coalesced with such an
+     * update), so a shared store judges it by seq alone (on_superseded).
+     */
+    const bool *forced;
     int64_t last_seq;               /* recorded in nodestate_meta */
     /*
      * Called for each row that can never be written (SQLite refuses that

@@ -48,6 +48,30 @@ typedef struct store_ops {
                      int64_t *last);
 } store_ops;
 
+/*
+ * The live content of a sidecar (sqlite_spill.c), for a backend that is not
+ * SQLite to replay: the runs deleted, the newest live row of each node (in
+ * (run_id, node_id) order), the highest seq, and what store_replay reports.
+ */
+typedef struct store_spill_content {
+    char **deletes;
+    size_t n_deletes;
+    ns_row **rows;
+    size_t n_rows;
+    int64_t last_seq;
+    store_replayed info;
+} store_spill_content;
+/*
+ * Reads the sidecar at spill_path without changing it (a torn piece is
+ * rolled back, and said so in info.torn). 0 (all empty when there is no
+ * sidecar), or -1 with err set.
+ */
+int store_spill_read(const char *spill_path, store_spill_content *out,
+                     char *err, size_t errlen);
+void store_spill_content_free(store_spill_content *c);
+/* Removes a replayed sidecar and its journal. 0, or -1 with err set. */
+int store_spill_remove(const char *spill_path, char *err, size_t errlen);
+
 /* The backends; each defined in its own files. */
 extern const store_ops store_sqlite_ops;
 extern const store_ops store_pg_ops;
