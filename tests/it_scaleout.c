@@ -409,6 +409,24 @@ static bool every_run_served(ns_client *c, int *first_missing)
     return all;
 }
 
+/* Requests HAProxy's log (option httplog) says each server answered. */
+static void served_by(const char *log, long counts[INSTANCES])
+{
+    FILE *f = fopen(log, "r");
+    char line[2048];
+    for (int i = 0; i < INSTANCES; i++)
+        counts[i] = 0;
+    while (f && fgets(line, sizeof line, f))
+        for (int i = 0; i < INSTANCES; i++) {
+            char name[32];
+            snprintf(name, sizeof name, " nodestate/ns%d ", i + 1);
+            if (strstr(line, name))
+                counts[i]++;
+        }
+    if (f)
+        fclose(f);
+}
+
 static bool progressed(scale_test *t, long want)
 {
     return atomic_load(&t->steps_done) >= want || atomic_load(&t->failed);
@@ -519,9 +537,13 @@ Test(scaleout, three_instances_behind_haproxy_one_killed_and_restarted, .timeout
     uri_with_db(base, db, uri, sizeof uri);
 
     int ports[INSTANCES];
+    /* Each instance's spill sidecar of its own, where its restart finds it. */
+    char spill_dir[] = "/tmp/it_scaleout.XXXXXX", spill[INSTANCES][PATH_MAX];
+    cr_assert_not_null(mkdtemp(spill_dir));
     for (int i = 0; i < INSTANCES; i++) {
+        snprintf(spill[i], sizeof spill[i], "%s/ns%d.spill", spill_dir, i + 1);
         /* --db last: it wins over the harness's SQLite file. */
-        t.ns[i] = ns_start("--batch-interval 0.02 --db %s", uri);
+        t.ns[i] = ns_start("--batch-interval 0.02 --spill-path %s --db %s", spill[i], uri);
         cr_assert_not_null(t.ns[i], "instance %d did not start", i + 1);
         ports[i] = ns_port(t.ns[i]);
     }
@@ -577,8 +599,8 @@ Test(scaleout, three_instances_behind_haproxy_one_killed_and_restarted, .timeout
         }
         /* Two thirds: back on its old port, where HAProxy looks for it. */
         if (wait_progress(&t, 2 * total / 3))
-            restarted = ns_restart(t.ns[1], "--batch-interval 0.02 --db %s --listen 127.0.0.1:%d",
-                                   uri, ports[1]) == 0;
+            restarted = ns_restart(t.ns[1], "--batch-interval 0.02 --spill-path %s --db %s "
+                                   "--listen 127.0.0.1:%d", spill[1], uri, ports[1]) == 0;
     }
     for (int i = 0; i < CLIENTS; i++)
         pthread_join(threads[i], NULL);
@@ -643,17 +665,25 @@ Test(scaleout, three_instances_behind_haproxy_one_killed_and_restarted, .timeout
     }
     cr_assert_gt(invalidations, 0, "no instance dropped a run another one committed to");
 
-    fprintf(stderr, "it_scaleout: %ld steps (%ld durable acks checked) in %lld ms, %ld resent, "
-            "%ld not shown by the first GET, failover %lld ms, %lld cache invalidations\n",
-            atomic_load(&t.steps_done), checked, load_ms, atomic_load(&t.resent),
-            atomic_load(&t.slow_visible), failover_ms, invalidations);
-
     ns_client_free(probe);
-    stop_haproxy(hp);
+    stop_haproxy(hp); /* its log is complete once it is gone */
+    long served[INSTANCES];
+    served_by(log, served);
+    fprintf(stderr, "it_scaleout: %ld steps (%ld durable acks checked) in %lld ms, %ld resent, "
+            "%ld not shown by the first GET, failover %lld ms, %lld cache invalidations, "
+            "requests served by ns1/ns2/ns3: %ld/%ld/%ld\n",
+            atomic_load(&t.steps_done), checked, load_ms, atomic_load(&t.resent),
+            atomic_load(&t.slow_visible), failover_ms, invalidations,
+            served[0], served[1], served[2]);
+    for (int i = 0; i < INSTANCES; i++)
+        cr_assert_gt(served[i], 0, "HAProxy sent nothing to ns%d: the runs were not spread", i + 1);
     for (int i = 0; i < INSTANCES; i++) {
         cr_assert_eq(ns_stop(t.ns[i], SIGTERM), 0, "instance %d did not stop cleanly", i + 1);
         ns_free(t.ns[i]);
     }
     snprintf(sql, sizeof sql, "DROP DATABASE IF EXISTS %s", db);
     pg_exec(base, sql);
+    char rm[PATH_MAX + 16];
+    snprintf(rm, sizeof rm, "rm -rf '%s'", spill_dir);
+    cr_assert_eq(system(rm), 0);
 }
