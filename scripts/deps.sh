@@ -10,7 +10,7 @@ set -euo pipefail
 
 packages=(
   build-essential cmake pkg-config
-  libmicrohttpd-dev libsqlite3-dev libjansson-dev
+  libmicrohttpd-dev libsqlite3-dev libjansson-dev libpq-dev
   libcurl4-openssl-dev libcriterion-dev
   sqlite3 curl ca-certificates
 )
@@ -27,6 +27,8 @@ if [[ "${1:-}" == "--test" ]]; then
   # checks docker/haproxy.cfg (check_docker), which also parses the compose
   # files with PyYAML.
   packages+=(haproxy python3-yaml)
+  # PostgreSQL 15 runs the throwaway cluster (scripts/pg.sh) of the _pg tests.
+  packages+=(postgresql)
   # A machine may carry Node.js from elsewhere (with its own npm); only
   # install Debian's when there is none, since the two conflict.
   command -v node >/dev/null 2>&1 || packages+=(nodejs)

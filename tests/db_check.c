@@ -1,10 +1,14 @@
 /*
- * db_check: read-only queries on a test server's SQLite file, the first row
- * of each returned as text.
+ * db_check: read-only queries on a test server's SQLite file (or its
+ * PostgreSQL database, see pg_check.h), the first row of each returned as
+ * text.
  */
 #include "db_check.h"
 
+#include "pg_check.h"
+
 #include <errno.h>
+#include <libpq-fe.h>
 #include <sqlite3.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -35,8 +39,88 @@ void ns_dbrow_free(ns_dbrow *row)
  * Runs sql with the string arguments in ap and packs the first row into *out.
  * Returns 1 with a row, 0 with none, -1 on error (reported on stderr).
  */
+/*
+ * ns_db_first on PostgreSQL: the same SQL with each ? made $N, SQLite's
+ * group_concat made string_agg (same arguments), and a boolean column read
+ * as SQLite stores it ("1" / "0"), so a test's query and checks serve both.
+ */
+static int ns_db_first_pg(ns_server *s, const char *sql, va_list ap, ns_dbrow **out)
+{
+    char q[4096];
+    const char *params[32];
+    int nparams = 0, rc = -1;
+    size_t n = 0;
+    ns_dbrow *row = NULL;
+    PGresult *res = NULL;
+    PGconn *c = PQconnectdb(ns_db_path(s));
+    *out = NULL;
+    for (const char *p = sql; *p && n + 16 < sizeof q; p++) {
+        if (*p == '?') {
+            if (nparams == 32)
+                goto fail_quiet;
+            params[nparams] = va_arg(ap, const char *);
+            if (params[nparams] == NULL) {
+                fprintf(stderr, "harness: %s needs more arguments\n", sql);
+                goto fail_quiet;
+            }
+            n += (size_t)snprintf(q + n, sizeof q - n, "$%d", ++nparams);
+        } else if (strncmp(p, "group_concat(", 13) == 0) {
+            n += (size_t)snprintf(q + n, sizeof q - n, "string_agg(");
+            p += 12;
+        } else {
+            q[n++] = *p;
+        }
+    }
+    q[n] = '\0';
+    if (PQstatus(c) != CONNECTION_OK)
+        goto fail;
+    res = PQexecParams(c, q, nparams, NULL, params, NULL, NULL, 0);
+    if (PQresultStatus(res) != PGRES_TUPLES_OK)
+        goto fail;
+    if (PQntuples(res) == 0) {
+        rc = 0;
+        goto out;
+    }
+    int ncols = PQnfields(res);
+    row = calloc(1, sizeof *row);
+    if (row == NULL)
+        goto fail_quiet;
+    row->names = calloc((size_t)ncols + 1, sizeof *row->names);
+    row->values = calloc((size_t)ncols + 1, sizeof *row->values);
+    if (row->names == NULL || row->values == NULL)
+        goto fail_quiet;
+    row->ncols = ncols;
+    for (int i = 0; i < ncols; i++) {
+        if ((row->names[i] = strdup(PQfname(res, i))) == NULL)
+            goto fail_quiet;
+        if (PQgetisnull(res, 0, i))
+            continue;
+        const char *v = PQgetvalue(res, 0, i);
+        if (PQftype(res, i) == 16 /* BOOLOID */)
+            v = v[0] == 't' ? "1" : "0";
+        if ((row->values[i] = strdup(v)) == NULL)
+            goto fail_quiet;
+    }
+    *out = row;
+    row = NULL;
+    rc = 1;
+    goto out;
+fail:
+    fprintf(stderr, "harness: postgresql %s: %s", q,
+            res != NULL ? PQresultErrorMessage(res) : PQerrorMessage(c));
+fail_quiet:
+    rc = -1;
+out:
+    ns_dbrow_release(row);
+    PQclear(res);
+    PQfinish(c);
+    return rc;
+}
+
 static int ns_db_first(ns_server *s, const char *sql, va_list ap, ns_dbrow **out)
 {
+    if (ns_pg_uri(ns_db_path(s)))
+        return ns_db_first_pg(s, sql, ap, out);
     sqlite3 *db = NULL;
     sqlite3_stmt *st = NULL;
     ns_dbrow *row = NULL;

@@ -18,7 +18,9 @@ int ns_env_clear(void)
         char name[256] = "";
         for (size_t i = 0; environ[i] != NULL; i++) {
             size_t n = strcspn(environ[i], "=");
-            if (strncmp(environ[i], "NODESTATE_", 10) == 0 && n < sizeof name) {
+            /* NODESTATE_TEST_PG is the harness's own (pg_check.h), not the server's. */
+            if (strncmp(environ[i], "NODESTATE_", 10) == 0 && n < sizeof name &&
+                strncmp(environ[i], "NODESTATE_TEST_PG=", 18) != 0) {
                 memcpy(name, environ[i], n);
                 name[n] = '\0';
                 break;

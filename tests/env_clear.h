@@ -7,7 +7,10 @@
 #ifndef NODESTATE_ENV_CLEAR_H
 #define NODESTATE_ENV_CLEAR_H
 
-/* Unsets every NODESTATE_* variable of our environment. 0 or -1. */
+/*
+ * Unsets every NODESTATE_* variable of our environment but NODESTATE_TEST_PG
+ * (the harness's own: pg_check.h). 0 or -1.
+ */
 int ns_env_clear(void);
 
 #endif

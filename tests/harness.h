@@ -6,6 +6,7 @@
  *   json_check.h   JSON answers: members, RFC 9457 problems, timestamps
  *   stats_check.h  /stats polled with bounded waits, /metrics samples
  *   db_check.h     the SQLite file read directly (read-only)
+ *   pg_check.h     the same tests on PostgreSQL (NS_IT_STORE=pg)
  *   raw_socket.h   plain TCP for requests libcurl would rewrite
  *   tmp_files.h    temporary directories and small files
  *   bounded_wait.h clocks and bounded polling
@@ -24,6 +25,7 @@
 #include "env_clear.h"
 #include "http_client.h"
 #include "json_check.h"
+#include "pg_check.h"
 #include "raw_socket.h"
 #include "server.h"
 #include "stats_check.h"

@@ -2,6 +2,8 @@
 
 #include <criterion/criterion.h>
 #include <errno.h>
+#include <libpq-fe.h>
+#include <stdlib.h>
 #include <sqlite3.h>
 #include <string.h>
 
@@ -26,6 +28,42 @@ void it_unlock_db(sqlite3 *db)
     cr_assert_eq(sqlite3_exec(db, "ROLLBACK", NULL, NULL, &err), SQLITE_OK,
                  "ROLLBACK: %s", err ? err : "");
     cr_assert_eq(sqlite3_close(db), SQLITE_OK);
+}
+
+struct it_store_lock {
+    sqlite3 *db;
+    PGconn *pg;
+};
+
+it_store_lock *it_lock_store(ns_server *s)
+{
+    it_store_lock *l = calloc(1, sizeof *l);
+    cr_assert_not_null(l);
+    if (!ns_pg_uri(ns_db_path(s))) {
+        l->db = it_lock_db(s);
+        return l;
+    }
+    l->pg = PQconnectdb(ns_db_path(s));
+    cr_assert_eq(PQstatus(l->pg), CONNECTION_OK, "connect: %s", PQerrorMessage(l->pg));
+    PGresult *r = PQexec(l->pg, "BEGIN; LOCK TABLE run_node_state IN EXCLUSIVE MODE");
+    cr_assert_eq(PQresultStatus(r), PGRES_COMMAND_OK, "LOCK TABLE: %s",
+                 PQresultErrorMessage(r));
+    PQclear(r);
+    return l;
+}
+
+void it_unlock_store(it_store_lock *l)
+{
+    if (l->db != NULL) {
+        it_unlock_db(l->db);
+    } else {
+        PGresult *r = PQexec(l->pg, "ROLLBACK");
+        cr_assert_eq(PQresultStatus(r), PGRES_COMMAND_OK, "ROLLBACK: %s",
+                     PQresultErrorMessage(r));
+        PQclear(r);
+        PQfinish(l->pg);
+    }
+    free(l);
 }
 
 json_t *it_get_json(ns_server *s, const char *path, long want)

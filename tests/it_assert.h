@@ -28,6 +28,16 @@ sqlite3 *it_lock_db(ns_server *s);
 /* Rolls back the lock holder's transaction and closes it; asserts both. */
 void it_unlock_db(sqlite3 *db);
 
+/*
+ * The same for either store: the SQLite file's write lock as above, or, on
+ * PostgreSQL (pg_check.h), a transaction holding run_node_state in
+ * EXCLUSIVE mode (reads go on, the server's writes wait and then fail on
+ * its lock_timeout, as they fail on SQLite's busy timeout).
+ */
+typedef struct it_store_lock it_store_lock;
+it_store_lock *it_lock_store(ns_server *s);
+void it_unlock_store(it_store_lock *l);
+
 /* ---- HTTP with JSON answers -------------------------------------------- */
 
 /*

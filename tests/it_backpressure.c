@@ -67,7 +67,7 @@ Test(backpressure, full_queue_503_then_drain_and_ready_again)
     cr_assert_not_null(s);
     ns_resp r = { 0 };
     cr_assert(wait_readyz(s, 200, &r, 30.0), "/readyz at start: %ld %s", r.status, r.body);
-    sqlite3 *db = it_lock_db(s);
+    it_store_lock *db = it_lock_store(s);
 
     /* Fill the queue. Nothing reaches the file: a full queue wakes the writer,
      * which takes one batch (at most the queue's worth) into its hands and
@@ -146,7 +146,7 @@ Test(backpressure, full_queue_503_then_drain_and_ready_again)
 
     /* Unlock; a durable re-POST of the last accepted update (a duplicate, so
      * the full queue takes it) asks the writer to commit now. */
-    it_unlock_db(db);
+    it_unlock_store(db);
     snprintf(node, sizeof node, "n%03d", accepted - 1);
     node_body(body, sizeof body, accepted - 1);
     cr_assert_eq(ns_post_state(s, "bp", node, "?wait=true&timeout=25", body, &r), 0, "%s",
@@ -194,7 +194,7 @@ Test(backpressure, queue_max_bytes_503_then_drain)
     memset(pad, 'y', OUTPUTS);
     pad[OUTPUTS] = '\0';
     snprintf(body, sizeof body, "{\"status\":\"running\",\"outputs\":\"%s\"}", pad);
-    sqlite3 *db = it_lock_db(s);
+    it_store_lock *db = it_lock_store(s);
 
     /* ~16 KB per update: the 1 MiB bound refuses after ~64, far below the 262144 entries. */
     ns_resp r = { 0 };
@@ -228,7 +228,7 @@ Test(backpressure, queue_max_bytes_503_then_drain)
     cr_assert_eq(ns_check_problem(&r, 503, "not-ready", why, sizeof why), 0, "/readyz: %s", why);
 
     /* Once the writer can commit, the bytes are free and the same update goes in. */
-    it_unlock_db(db);
+    it_unlock_store(db);
     cr_assert_eq(ns_wait_idle(s, 30.0), 0, "the queue did not drain");
     cr_assert_eq(ns_stat(s, "queue_bytes"), 0);
     cr_assert(wait_readyz(s, 200, &r, 15.0), "/readyz after the drain: %ld %s", r.status,

@@ -409,7 +409,7 @@ static char *db_rows(ns_server *s)
     bool err = false;
     char *rows = ns_db_text(s, &err,
                             "SELECT group_concat(run_id || '/' || node_id || '=' || status, ';')"
-                            " FROM (SELECT * FROM run_node_state ORDER BY run_id, node_id)",
+                            " FROM (SELECT * FROM run_node_state ORDER BY run_id, node_id) AS t",
                             NULL);
     cr_assert_not(err, "reading the database failed");
     cr_assert_not_null(rows, "the database holds no rows");

@@ -139,7 +139,7 @@ Test(durable, concurrent_waiters_share_commits)
 }
 
 typedef struct park_ctx {
-    sqlite3 *db;
+    it_store_lock *db;
     long long queued;        /* updates_queued once every waiter was parked */
     long long batches;       /* batches_written while the file was locked */
 } park_ctx;
@@ -151,7 +151,7 @@ static void release_when_parked(ns_server *s, void *arg)
     (void)ns_wait_stat_eq(s, "updates_queued", WAITERS, 60.0);
     p->queued = ns_stat(s, "updates_queued");
     p->batches = ns_stat(s, "batches_written");
-    it_unlock_db(p->db);
+    it_unlock_store(p->db);
     p->db = NULL;
 }
 
@@ -160,7 +160,7 @@ Test(durable, one_commit_acknowledges_many_parked_waiters)
     ns_server *s = ns_start("--batch-interval 60");
     cr_assert_not_null(s);
     long long before = ns_stat(s, "batches_written");
-    park_ctx p = { .db = it_lock_db(s) };
+    park_ctx p = { .db = it_lock_store(s) };
 
     /* All 32 waiters park while the file is locked; at most one batch is in
      * the writer's hands, the rest wait in the queue for the next commit. */
@@ -211,7 +211,7 @@ Test(durable, wait_times_out_into_202_while_the_file_is_locked)
 {
     ns_server *s = ns_start(NULL);
     cr_assert_not_null(s);
-    sqlite3 *db = it_lock_db(s);
+    it_store_lock *db = it_lock_store(s);
     ns_resp r = { 0 };
     cr_assert_eq(ns_post_state(s, "to", "n1", "?wait=true&timeout=1",
                                "{\"status\":\"running\",\"outputs\":7}", &r), 0, "%s", r.error);
@@ -224,7 +224,7 @@ Test(durable, wait_times_out_into_202_while_the_file_is_locked)
     cr_assert_eq(ns_stat(s, "updates_processed"), 0, "committed through an exclusive lock?");
 
     /* Still accepted: it is written once the lock is gone. */
-    it_unlock_db(db);
+    it_unlock_store(db);
     cr_assert_eq(ns_wait_idle(s, IDLE_TIMEOUT), 0);
     cr_assert_eq(ns_db_int(s, "SELECT count(*) FROM run_node_state WHERE run_id='to' "
                               "AND node_id='n1' AND outputs_json='7'", NULL), 1);

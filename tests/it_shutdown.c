@@ -45,8 +45,8 @@ Test(shutdown, sigterm_flushes_every_accepted_update)
     cr_assert_eq(ns_db_int(s, "SELECT count(*) FROM run_node_state", NULL), UPDATES);
     cr_assert_eq(ns_db_int(s, "SELECT count(*) FROM run_node_state WHERE status='running' "
                               "AND attempt=2 AND started_at IS NOT NULL AND "
-                              "json_extract(outputs_json,'$.i') = "
-                              "CAST(substr(node_id, 2) AS INTEGER) AND "
+                              "outputs_json = '{\"i\":' || "
+                              "CAST(CAST(substr(node_id, 2) AS INTEGER) AS TEXT) || '}' AND "
                               "run_id = 'sd-' || (CAST(substr(node_id, 2) AS INTEGER) % 5)",
                               NULL), UPDATES);
     cr_assert_eq(ns_db_int(s, "SELECT max(seq) FROM run_node_state", NULL), max_seq);

@@ -6,6 +6,8 @@
  */
 #include "server.h"
 
+#include "pg_check.h"
+
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -289,7 +291,7 @@ static int ns_launch(ns_server *s, const char *extra)
     if (words == NULL)
         return -1;
     char **envp = NULL;
-    char *argv[NS_MAX_ARGS + 8];
+    char *argv[NS_MAX_ARGS + 10];
     /* A restart must not read the port of the process before. */
     if (unlink(s->port_file) == -1 && errno != ENOENT) {
         fprintf(stderr, "harness: cannot remove %s: %s\n", s->port_file, strerror(errno));
@@ -304,10 +306,17 @@ static int ns_launch(ns_server *s, const char *extra)
     argv[argc++] = s->db;
     argv[argc++] = (char *)"--port-file";
     argv[argc++] = s->port_file;
+    /* PostgreSQL's sidecar goes where SQLite's would: in the test's directory. */
+    char spill[PATH_MAX + 32];
+    if (ns_pg_uri(s->db)) {
+        snprintf(spill, sizeof spill, "%s/nodestate.db.spill", s->dir);
+        argv[argc++] = (char *)"--spill-path";
+        argv[argc++] = spill;
+    }
     char *save = NULL;
     for (char *w = strtok_r(words, " \t\n", &save); w != NULL;
          w = strtok_r(NULL, " \t\n", &save)) {
-        if (argc >= NS_MAX_ARGS + 7) {
+        if (argc >= NS_MAX_ARGS + 9) {
             fprintf(stderr, "harness: too many arguments\n");
             free(words);
             return -1;
@@ -490,6 +499,8 @@ static ns_server *ns_vstart(const char *bin, const char *const *env,
     n = snprintf(s->db, sizeof s->db, "%s/nodestate.db", s->dir);
     if (n < 0 || (size_t)n >= sizeof s->db)
         goto fail_dir;
+    if (ns_pg_base() != NULL && ns_pg_create(s->db, sizeof s->db) != 0)
+        goto fail_dir;
     n = snprintf(s->port_file, sizeof s->port_file, "%s/port", s->dir);
     if (n < 0 || (size_t)n >= sizeof s->port_file)
         goto fail_dir;
@@ -592,6 +603,8 @@ void ns_free(ns_server *s)
         return;
     ns_kill(s);
     ns_client_free(s->client);
+    if (ns_pg_uri(s->db))
+        ns_pg_drop(s->db);
     ns_rm_dir(s->dir);
     pthread_mutex_destroy(&s->mu);
     ns_strv_free(s->env);

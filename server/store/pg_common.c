@@ -103,6 +103,12 @@ static void pg_chomp(char *s)
         s[--n] = '\0';
 }
 
+static void pg_ignore_notice(void *ctx, const char *message)
+{
+    (void)ctx;
+    (void)message;
+}
+
 PGconn *pg_connect(const char *uri, char *err, size_t errlen)
 {
     char shown[1024];
@@ -118,6 +124,12 @@ PGconn *pg_connect(const char *uri, char *err, size_t errlen)
         PQfinish(conn);
         return NULL;
     }
+    /*
+     * The server's notices ("relation already exists, skipping" when a second
+     * instance creates the schema) would land on stderr, in the middle of
+     * the log; nothing in them needs telling.
+     */
+    PQsetNoticeProcessor(conn, pg_ignore_notice, NULL);
     /* Our text is UTF-8 whatever the server's default for clients is. */
     if (PQsetClientEncoding(conn, "UTF8") != 0) {
         snprintf(err, errlen, "%s: setting client encoding: %s", shown,

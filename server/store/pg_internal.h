@@ -8,11 +8,13 @@
  * rows), pg_ops.c (the store_ops table).
  *
  * The table is the same as SQLite's: run_node_state with the columns of
- * NS_NODE_FIELDS (timestamps as the same RFC 3339 text, run_id and node_id
- * in the "C" collation so node_id order is strcmp order, the JSON columns of
- * type json so PostgreSQL checks them), and nodestate_meta(key, value)
- * holding 'schema_version', 'last_seq' and 'seq_reserved' (the highest seq
- * any instance has reserved; see store_reader_seq_block).
+ * NS_NODE_FIELDS (timestamps and JSON as the same text, run_id and node_id
+ * in the "C" collation so node_id order is strcmp order), and
+ * nodestate_meta(key, value) holding 'schema_version' and 'seq_reserved'
+ * (the highest seq any instance has reserved; see store_reader_seq_block).
+ * There is no 'last_seq' row: every seq handed out lies in a block recorded
+ * before use, and a row every batch updated would make all instances' commits
+ * wait for each other.
  */
 #ifndef NODESTATE_PG_INTERNAL_H
 #define NODESTATE_PG_INTERNAL_H
@@ -30,6 +32,12 @@
 
 /* The schema this build writes and the newest one it can use. */
 #define PG_SCHEMA_VERSION 1
+/*
+ * How long the writer waits for a row lock held by someone else before the
+ * batch fails (and is retried with the writer's backoff), as SQLite's busy
+ * timeout: a stuck lock shows as failing commits, not as a stalled writer.
+ */
+#define PG_LOCK_TIMEOUT "1s"
 /* Room for "<operation>: <libpq message>". */
 #define PG_ERRMSG_MAX 512
 /*
@@ -52,7 +60,7 @@ typedef struct pg_store {
     PGconn *conn;
     char *uri;
     pg_sql sql;
-    int64_t last_seq;            /* highest seq committed by this store */
+    int64_t last_seq;            /* 'seq_reserved' at open, then the highest seq committed */
     char errmsg[PG_ERRMSG_MAX];  /* why the last call failed */
 } pg_store;
 

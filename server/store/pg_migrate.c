@@ -12,6 +12,8 @@
  * Per kind of NS_NODE_FIELDS: the column's declaration and the array type
  * the batch sends it in. Timestamps are the same RFC 3339 text as SQLite's
  * (updated_at, never null, adds NOT NULL below); ids sort as strcmp does.
+ * The JSON columns are text, as in SQLite: only this service writes them,
+ * from JSON it parsed, and text compares and reads back byte for byte.
  */
 #define PG_DECL_id "text COLLATE \"C\" NOT NULL"
 #define PG_DECL_status "text NOT NULL"
@@ -19,14 +21,14 @@
 #define PG_DECL_timestamp "text"
 #define PG_DECL_text "text"
 #define PG_DECL_bool "boolean NOT NULL DEFAULT false"
-#define PG_DECL_json "json"
+#define PG_DECL_json "text"
 #define PG_ARRAY_id "text[]"
 #define PG_ARRAY_status "text[]"
 #define PG_ARRAY_int "bigint[]"
 #define PG_ARRAY_timestamp "text[]"
 #define PG_ARRAY_text "text[]"
 #define PG_ARRAY_bool "boolean[]"
-#define PG_ARRAY_json "json[]"
+#define PG_ARRAY_json "text[]"
 #define PG_IS_KEY_id 1
 #define PG_IS_KEY_status 0
 #define PG_IS_KEY_int 0
@@ -143,7 +145,7 @@ static void pg_schema_sql(pg_buf *b)
                   "CREATE INDEX IF NOT EXISTS run_node_state_status"
                   " ON run_node_state (run_id, status);"
                   "INSERT INTO nodestate_meta (key, value) VALUES"
-                  " ('last_seq', 0), ('seq_reserved', 0)"
+                  " ('seq_reserved', 0)"
                   " ON CONFLICT (key) DO NOTHING;");
     snprintf(v, sizeof v,
              "INSERT INTO nodestate_meta (key, value) VALUES"

@@ -230,8 +230,7 @@ int pg_reader_seq_block(pg_reader *r, int64_t above, int64_t want,
     if (PQstatus(r->conn) != CONNECTION_OK)
         PQreset(r->conn);
     int rc = pg_query_int(r->conn,
-                          "UPDATE nodestate_meta SET value = GREATEST(value, $1::bigint,"
-                          " (SELECT value FROM nodestate_meta WHERE key = 'last_seq'))"
+                          "UPDATE nodestate_meta SET value = GREATEST(value, $1::bigint)"
                           " + $2::bigint WHERE key = 'seq_reserved' RETURNING value",
                           2, p, &top, err, sizeof err, "reserving seqs");
     pthread_mutex_unlock(&r->lock);

@@ -37,8 +37,12 @@ pg_store *pg_store_open(const char *uri, bool sync_full, char *err,
         goto err;
     if (pg_migrate(s->conn, &s->sql, err, errlen) != 0)
         goto err;
-    if (pg_query_int(s->conn, "SELECT value FROM nodestate_meta WHERE key = 'last_seq'",
-                     0, NULL, &s->last_seq, err, errlen, "reading last_seq") < 0)
+    if (pg_exec(s->conn, "SET lock_timeout = '" PG_LOCK_TIMEOUT "'", err, errlen,
+                "setting lock_timeout") != 0)
+        goto err;
+    /* Every seq any instance handed out is at most this (blocks are recorded before use). */
+    if (pg_query_int(s->conn, "SELECT value FROM nodestate_meta WHERE key = 'seq_reserved'",
+                     0, NULL, &s->last_seq, err, errlen, "reading seq_reserved") < 0)
         goto err;
     return s;
 err:
@@ -275,7 +279,6 @@ int pg_store_write(pg_store *s, store_batch *b)
     pg_isolated *iso = NULL;
     size_t n_iso = 0;
     PGresult *failed = NULL;
-    char seq[32];
     int ret = -1;
 
     if (!pg_batch_valid(b)) {
@@ -322,11 +325,7 @@ int pg_store_write(pg_store *s, store_batch *b)
     /* Delivered with the commit, never without it: the others drop these runs. */
     if (pg_listen_notify(s->conn, b, s->errmsg, sizeof s->errmsg) != 0)
         goto rollback;
-    snprintf(seq, sizeof seq, "%lld", (long long)b->last_seq);
-    const char *p[1] = { seq };
-    if (pg_run(s, "UPDATE nodestate_meta SET value = GREATEST(value, $1::bigint)"
-                  " WHERE key = 'last_seq'", 1, p, "last_seq", NULL) != 0 ||
-        pg_run(s, "COMMIT", 0, NULL, "commit", NULL) != 0)
+    if (pg_run(s, "COMMIT", 0, NULL, "commit", NULL) != 0)
         goto rollback;
     if (b->last_seq > s->last_seq)
         s->last_seq = b->last_seq;

@@ -1,0 +1,338 @@
+/*
+ * test_pg_store: the PostgreSQL store through store.h, on a fresh database
+ * of the throwaway cluster in NODESTATE_TEST_PG (scripts/pg.sh prints one;
+ * scripts/test.sh sets it for its release pass). Without it every test is
+ * skipped, saying so.
+ */
+#include <criterion/criterion.h>
+#include <libpq-fe.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "store.h"
+#include "store_fixture.h"
+
+static char uri[1024];
+static char dbname[64];
+
+/* Runs sql on the base database (or on ours); asserts it worked. */
+static void admin(const char *on, const char *sql)
+{
+    PGconn *c = PQconnectdb(on);
+    cr_assert_eq(PQstatus(c), CONNECTION_OK, "%s", PQerrorMessage(c));
+    PQclear(PQexec(c, "SET client_min_messages = warning"));
+    PGresult *r = PQexec(c, sql);
+    cr_assert(PQresultStatus(r) == PGRES_COMMAND_OK || PQresultStatus(r) == PGRES_TUPLES_OK,
+              "%s: %s", sql, PQresultErrorMessage(r));
+    PQclear(r);
+    PQfinish(c);
+}
+
+/* The first value of a query on our database, as a malloc'd string (NULL: none). */
+static char *value_of(const char *sql)
+{
+    PGconn *c = PQconnectdb(uri);
+    cr_assert_eq(PQstatus(c), CONNECTION_OK, "%s", PQerrorMessage(c));
+    PGresult *r = PQexec(c, sql);
+    cr_assert_eq(PQresultStatus(r), PGRES_TUPLES_OK, "%s: %s", sql, PQresultErrorMessage(r));
+    char *v = PQntuples(r) && !PQgetisnull(r, 0, 0) ? strdup(PQgetvalue(r, 0, 0)) : NULL;
+    PQclear(r);
+    PQfinish(c);
+    return v;
+}
+
+static long long int_of(const char *sql)
+{
+    char *v = value_of(sql);
+    long long n = v ? atoll(v) : -1;
+    free(v);
+    return n;
+}
+
+static void fresh_db(void)
+{
+    const char *base = getenv("NODESTATE_TEST_PG");
+    if (base == NULL || base[0] == '\0')
+        cr_skip_test("NODESTATE_TEST_PG is unset (scripts/pg.sh start DIR prints a URI)");
+    static unsigned n;
+    char sql[160];
+    snprintf(dbname, sizeof dbname, "ns_unit_%ld_%u", (long)getpid(), ++n);
+    snprintf(sql, sizeof sql, "DROP DATABASE IF EXISTS %s", dbname);
+    admin(base, sql);
+    snprintf(sql, sizeof sql, "CREATE DATABASE %s", dbname);
+    admin(base, sql);
+    const char *slash = strchr(strstr(base, "://") + 3, '/');
+    cr_assert_not_null(slash, "NODESTATE_TEST_PG needs a /database: %s", base);
+    snprintf(uri, sizeof uri, "%.*s/%s", (int)(slash - base), base, dbname);
+    sfx_setup("pgstore"); /* a directory for sidecars */
+}
+
+static void drop_db(void)
+{
+    const char *base = getenv("NODESTATE_TEST_PG");
+    if (base == NULL || base[0] == '\0' || dbname[0] == '\0')
+        return;
+    char sql[160];
+    snprintf(sql, sizeof sql, "DROP DATABASE IF EXISTS %s WITH (FORCE)", dbname);
+    admin(base, sql);
+    sfx_teardown();
+}
+
+static store *open_pg(void)
+{
+    char err[512] = "";
+    store *s = store_open(uri, false, err, sizeof err);
+    cr_assert_not_null(s, "store_open: %s", err);
+    cr_assert(store_shared(s));
+    return s;
+}
+
+static store_reader *open_reader(void)
+{
+    char err[512] = "";
+    store_reader *r = store_reader_open(uri, err, sizeof err);
+    cr_assert_not_null(r, "store_reader_open: %s", err);
+    return r;
+}
+
+/* A packed row with attempt, one reference. */
+static ns_row *row_of(const char *run, const char *node, ns_status st, int64_t attempt,
+                      int64_t seq)
+{
+    ns_row d = sfx_draft(run, node, st, seq);
+    d.attempt = attempt;
+    ns_row *r = model_row_copy(&d);
+    cr_assert_not_null(r);
+    return r;
+}
+
+/* What on_superseded was told. */
+typedef struct superseded {
+    sfx_isolated iso; /* first: store_batch.isolated_ctx serves both callbacks */
+    char keys[8][300];
+    size_t n;
+} superseded;
+
+static void on_superseded(void *ctx, const ns_row *row)
+{
+    superseded *s = ctx;
+    cr_assert_lt(s->n, 8);
+    snprintf(s->keys[s->n++], sizeof s->keys[0], "%s/%s", row->run_id, row->node_id);
+}
+
+static void on_isolated(void *ctx, const ns_row *row, const char *why)
+{
+    sfx_on_isolated(&((superseded *)ctx)->iso, row, why);
+}
+
+/* Writes rows (sorted by key) in one batch, forced as given; asserts commit. */
+static void write_rows(store *s, ns_row **rows, size_t n, const bool *forced, superseded *out)
+{
+    memset(out, 0, sizeof *out);
+    store_batch b = { .rows = rows, .n_rows = n, .forced = forced, .last_seq = 0,
+                      .on_isolated = on_isolated, .on_superseded = on_superseded,
+                      .isolated_ctx = out };
+    cr_assert_eq(store_write(s, &b), 0, "store_write: %s", store_errmsg(s));
+    cr_assert_eq(b.n_superseded, out->n);
+    cr_assert_eq(b.n_isolated, out->iso.n);
+}
+
+static void unref_all(ns_row **rows, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        model_row_unref(rows[i]);
+}
+
+TestSuite(pg_store, .init = fresh_db, .fini = drop_db);
+
+Test(pg_store, batch_upsert_writes_and_reads_back)
+{
+    store *s = open_pg();
+    ns_row *rows[3] = { row_of("r1", "a", NS_RUNNING, 1, 1), row_of("r1", "b", NS_SCHEDULED, 1, 2),
+                        row_of("r2", "a", NS_COMPLETED, 1, 3) };
+    superseded sup;
+    write_rows(s, rows, 3, NULL, &sup);
+    cr_assert_eq(sup.n, 0);
+    cr_assert_eq(int_of("SELECT count(*) FROM run_node_state"), 3);
+    char *st = value_of("SELECT status FROM run_node_state WHERE run_id='r2' AND node_id='a'");
+    cr_assert_str_eq(st, "completed");
+    free(st);
+    unref_all(rows, 3);
+
+    /* The reader sees them, in node order, with their values. */
+    store_reader *r = open_reader();
+    ns_row *got = NULL;
+    bool has = false;
+    cr_assert_eq(store_reader_load_node(r, "r1", "b", &got, &has), 0);
+    cr_assert_not_null(got);
+    cr_assert(has);
+    cr_assert_eq(got->status, NS_SCHEDULED);
+    cr_assert_eq(got->seq, 2);
+    cr_assert_eq(got->updated_at, SFX_T0 + 2);
+    model_row_unref(got);
+    cr_assert_eq(store_reader_load_node(r, "r1", "zz", &got, &has), 0);
+    cr_assert_null(got);
+    cr_assert(has, "r1 has other rows");
+    /* A delete and an upsert of the same run in one batch: delete first. */
+    ns_row *again[1] = { row_of("r1", "c", NS_IDLE, 1, 4) };
+    const char *del[1] = { "r1" };
+    store_batch b = { .delete_runs = del, .n_deletes = 1, .rows = again, .n_rows = 1 };
+    cr_assert_eq(store_write(s, &b), 0, "%s", store_errmsg(s));
+    cr_assert_eq(int_of("SELECT count(*) FROM run_node_state WHERE run_id='r1'"), 1);
+    unref_all(again, 1);
+    store_reader_close(r);
+    store_close(s);
+}
+
+/*
+ * The store judges each row against the stored one: another instance's
+ * newer state (or a former owner's late write) is never regressed, and each
+ * refused row is reported.
+ */
+Test(pg_store, judge_refuses_rows_the_rules_do_not_admit)
+{
+    store *s = open_pg();
+    superseded sup;
+    ns_row *base[4] = { row_of("j", "done", NS_COMPLETED, 1, 100), row_of("j", "old", NS_RUNNING, 2, 100),
+                        row_of("j", "run", NS_RUNNING, 1, 100), row_of("j", "seq", NS_SCHEDULED, 1, 100) };
+    write_rows(s, base, 4, NULL, &sup);
+    cr_assert_eq(sup.n, 0);
+    unref_all(base, 4);
+
+    ns_row *late[4] = {
+        row_of("j", "done", NS_RUNNING, 1, 200),   /* below a terminal status */
+        row_of("j", "old", NS_COMPLETED, 1, 200),  /* a lower attempt */
+        row_of("j", "run", NS_PAUSED, 1, 200),     /* rank 2 to rank 2: free */
+        row_of("j", "seq", NS_RUNNING, 1, 50),     /* an older seq */
+    };
+    write_rows(s, late, 4, NULL, &sup);
+    cr_assert_eq(sup.n, 3, "%zu refused", sup.n);
+    cr_assert_str_eq(sup.keys[0], "j/done");
+    cr_assert_str_eq(sup.keys[1], "j/old");
+    cr_assert_str_eq(sup.keys[2], "j/seq");
+    cr_assert_eq(int_of("SELECT count(*) FROM run_node_state WHERE node_id='done'"
+                        " AND status='completed' AND seq=100"), 1);
+    cr_assert_eq(int_of("SELECT attempt FROM run_node_state WHERE node_id='old'"), 2);
+    cr_assert_eq(int_of("SELECT count(*) FROM run_node_state WHERE node_id='run'"
+                        " AND status='paused' AND seq=200"), 1);
+    cr_assert_eq(int_of("SELECT seq FROM run_node_state WHERE node_id='seq'"), 100);
+    unref_all(late, 4);
+
+    /* A new attempt always applies; force applies unless its seq is older. */
+    ns_row *forced_rows[3] = { row_of("j", "done", NS_SCHEDULED, 1, 300),
+                               row_of("j", "old", NS_RUNNING, 3, 300),
+                               row_of("j", "seq", NS_IDLE, 1, 60) };
+    bool forced[3] = { true, false, true };
+    write_rows(s, forced_rows, 3, forced, &sup);
+    cr_assert_eq(sup.n, 1);
+    cr_assert_str_eq(sup.keys[0], "j/seq");
+    cr_assert_eq(int_of("SELECT count(*) FROM run_node_state WHERE node_id='done'"
+                        " AND status='scheduled' AND seq=300"), 1);
+    cr_assert_eq(int_of("SELECT attempt FROM run_node_state WHERE node_id='old'"), 3);
+    unref_all(forced_rows, 3);
+    store_close(s);
+}
+
+/* A row PostgreSQL refuses (text that is not UTF-8) is left out; the rest commits. */
+Test(pg_store, unwritable_row_is_isolated)
+{
+    store *s = open_pg();
+    ns_row d = sfx_draft("iso", "b", NS_FAILED, 2);
+    d.last_error = "bad \xff\xfe bytes";
+    ns_row *rows[3] = { row_of("iso", "a", NS_RUNNING, 1, 1), model_row_copy(&d),
+                        row_of("iso", "c", NS_RUNNING, 1, 3) };
+    superseded sup;
+    write_rows(s, rows, 3, NULL, &sup);
+    cr_assert_eq(sup.iso.n, 1);
+    cr_assert_eq(sup.iso.rows[0], rows[1]);
+    cr_assert(strstr(sup.iso.why[0], "UTF8") != NULL || strstr(sup.iso.why[0], "encoding") != NULL,
+              "%s", sup.iso.why[0]);
+    cr_assert_eq(sup.n, 0, "an isolated row is not also superseded");
+    cr_assert_eq(int_of("SELECT count(*) FROM run_node_state WHERE run_id='iso'"), 2);
+    unref_all(rows, 3);
+    store_close(s);
+}
+
+/* Blocks are disjoint, increasing, above what was asked, and survive a reopen. */
+Test(pg_store, seq_blocks_are_reserved_in_the_store)
+{
+    store *s = open_pg();
+    store_reader *r1 = open_reader(), *r2 = open_reader();
+    int64_t f1, l1, f2, l2, f3, l3;
+    cr_assert_eq(store_reader_seq_block(r1, 0, 100, &f1, &l1), 0);
+    cr_assert_eq(store_reader_seq_block(r2, 0, 100, &f2, &l2), 0);
+    cr_assert_eq(l1 - f1 + 1, 100);
+    cr_assert_eq(l2 - f2 + 1, 100);
+    cr_assert(f2 > l1, "blocks overlap: [%lld,%lld] [%lld,%lld]", (long long)f1,
+              (long long)l1, (long long)f2, (long long)l2);
+    cr_assert_eq(store_reader_seq_block(r1, 5000, 10, &f3, &l3), 0);
+    cr_assert_gt(f3, 5000);
+    cr_assert_eq(int_of("SELECT value FROM nodestate_meta WHERE key='seq_reserved'"), l3);
+    store_reader_close(r1);
+    store_reader_close(r2);
+    store_close(s);
+    /* A new process starts above every block handed out. */
+    s = open_pg();
+    cr_assert_geq(store_last_seq(s), l3);
+    store_close(s);
+}
+
+Test(pg_store, schema_is_versioned_and_a_newer_one_refused)
+{
+    store *s = open_pg();
+    int64_t v = 0;
+    cr_assert_eq(store_meta_get(s, "schema_version", &v), 0);
+    cr_assert_eq(v, 1);
+    cr_assert_eq(store_meta_set(s, "mine", 42), 0);
+    cr_assert_eq(store_meta_get(s, "mine", &v), 0);
+    cr_assert_eq(v, 42);
+    cr_assert_eq(store_meta_get(s, "absent", &v), 1);
+    cr_assert_eq(store_meta_set(s, "seq_reserved", 1), -1, "the store's own key");
+    store_close(s);
+    /* Opening again (another instance) finds the schema in place. */
+    s = open_pg();
+    store_close(s);
+    admin(uri, "UPDATE nodestate_meta SET value = 2 WHERE key = 'schema_version'");
+    char err[512] = "";
+    cr_assert_null(store_open(uri, false, err, sizeof err));
+    cr_assert(strstr(err, "newer") != NULL, "%s", err);
+    cr_assert_null(store_reader_open("postgresql://127.0.0.1:1/none?connect_timeout=2", err,
+                                     sizeof err));
+    cr_assert(strstr(err, "connecting") != NULL, "%s", err);
+}
+
+/* The sidecar (a local SQLite file) replays into PostgreSQL, deletes first, then goes. */
+Test(pg_store, sidecar_replays_into_postgresql)
+{
+    store *s = open_pg();
+    ns_row *before[1] = { row_of("gone", "a", NS_RUNNING, 1, 1) };
+    superseded sup;
+    write_rows(s, before, 1, NULL, &sup);
+    unref_all(before, 1);
+
+    char spill[4200], err[512] = "";
+    snprintf(spill, sizeof spill, "%s/pg.spill", sfx_dir());
+    store_sidecar *sc = store_spill_open_file(spill, err, sizeof err);
+    cr_assert_not_null(sc, "%s", err);
+    const char *del[1] = { "gone" };
+    ns_row *rows[2] = { row_of("kept", "a", NS_RUNNING, 1, 7), row_of("kept", "b", NS_COMPLETED, 1, 8) };
+    store_batch b = { .delete_runs = del, .n_deletes = 1, .rows = rows, .n_rows = 2, .last_seq = 8 };
+    cr_assert_eq(store_spill_append(sc, &b, err, sizeof err), 0, "%s", err);
+    store_spill_close(sc);
+    unref_all(rows, 2);
+
+    cr_assert_eq(store_set_spill_file(s, spill), 0);
+    store_replayed got;
+    cr_assert_eq(store_replay(s, &got, err, sizeof err), 0, "%s", err);
+    cr_assert_eq(got.rows, 2);
+    cr_assert_eq(got.deletes, 1);
+    cr_assert_eq(got.pieces, 1);
+    cr_assert_eq(int_of("SELECT count(*) FROM run_node_state WHERE run_id='gone'"), 0);
+    cr_assert_eq(int_of("SELECT count(*) FROM run_node_state WHERE run_id='kept'"), 2);
+    struct stat sb;
+    cr_assert_neq(stat(spill, &sb), 0, "the sidecar is still there");
+    store_close(s);
+}
