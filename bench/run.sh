@@ -5,8 +5,10 @@
 # node), bigrun_bench (clients writing small runs beside clients adding to
 # and listing a 100,000-node run) and shutdown_bench.sh (SIGTERM with the
 # database locked by another connection: time to exit, and every accepted
-# update kept through the spill), then drives the real binary with wrk and checks what reached the
-# database. Not part of the test suite.
+# update kept through the spill), pg_bench.sh (nodestate on PostgreSQL
+# against pgbench one-upsert-per-transaction workers), then drives the real
+# binary with wrk and checks what reached the database. Not part of the test
+# suite.
 #
 # Everything is overridable from the environment:
 #   BUILD_DIR            build tree (default <repo>/build-bench)
@@ -29,8 +31,11 @@
 #   BIGRUN_DURATION      bigrun_bench --duration seconds per phase (5)
 #   BIGRUN_ARGS          more bigrun_bench arguments (e.g. "--big-clients 4")
 #   SHUTDOWN_TIMEOUT WRITE_SECONDS   shutdown_bench.sh (8 s budget, 20 s of writes)
+#   PG_BENCH_CONNECTIONS PG_BENCH_DURATION PG_BENCH_THREADS PG_BENCH_SERVER_ARGS
+#                        pg_bench.sh (32 connections, 10 s per measurement)
 #   SKIP_ENGINE=1 / SKIP_DURABLE=1 / SKIP_MEMORY=1 / SKIP_BIGRUN=1 / SKIP_SHUTDOWN=1 / SKIP_HTTP=1
 #                        skip a step
+#   SKIP_PG=1            skip pg_bench.sh (it needs PostgreSQL's server and pgbench)
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -119,6 +124,12 @@ if [ "${SKIP_SHUTDOWN:-0}" != 1 ]; then
     echo
     echo "== shutdown_bench (SIGTERM with the database locked)"
     NODESTATE_BIN="$build/nodestate" bash "$root/bench/shutdown_bench.sh" || status=1
+fi
+
+if [ "${SKIP_PG:-0}" != 1 ]; then
+    echo
+    echo "== pg_bench (nodestate on PostgreSQL vs one upsert per transaction)"
+    BUILD_DIR="$build" bash "$root/bench/pg_bench.sh" || status=1
 fi
 
 if [ "${SKIP_HTTP:-0}" = 1 ]; then

@@ -6,6 +6,8 @@
  * so. A test connection plays the other instance's writer: it sends what
  * pg_listen_notify sends inside a transaction, then commits or rolls back.
  *
+ * Tests may run side by side on one database (Criterion's default jobs):
+ * each listens under an id of its own process and counts only its own runs.
  * Waits poll with a generous bound; what must not arrive is checked after
  * a later notification has arrived (PostgreSQL delivers one session's
  * notifications in commit order), never after a sleep.
@@ -18,6 +20,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <libpq-fe.h>
 
@@ -67,12 +70,23 @@ static bool heard_has(const char *run)
     return found;
 }
 
-static size_t heard_count(void)
+/* Mentions heard of runs whose id starts with prefix (each test has its own). */
+static size_t heard_count(const char *prefix)
 {
+    size_t n = 0;
     pthread_mutex_lock(&heard.lock);
-    size_t n = heard.n;
+    for (size_t i = 0; i < heard.n; i++)
+        n += strncmp(heard.runs[i], prefix, strlen(prefix)) == 0;
     pthread_mutex_unlock(&heard.lock);
     return n;
+}
+
+/* This test process's listener id: tests may run side by side on one database. */
+static const char *my_id(void)
+{
+    static char id[32];
+    snprintf(id, sizeof id, "me%d", (int)getpid());
+    return id;
 }
 
 static size_t heard_resets(void)
@@ -164,7 +178,7 @@ Test(pg_listen, sqlite_path_has_nothing_to_hear)
 Test(pg_listen, other_instances_commits_are_heard_own_and_rolled_back_are_not)
 {
     const char *uri = pg_uri();
-    store_listener *l = start(uri, "me");
+    store_listener *l = start(uri, my_id());
     PGconn *c = connect_or_fail(uri);
 
     ns_row a1 = sfx_draft("run-a", "n1", NS_RUNNING, 1);
@@ -177,7 +191,7 @@ Test(pg_listen, other_instances_commits_are_heard_own_and_rolled_back_are_not)
     /* Rolled back, and our own: neither may arrive. */
     b.notify_id = "other";
     send_batch(c, &b, false);
-    b.notify_id = "me";
+    b.notify_id = my_id();
     send_batch(c, &b, true);
     /* Not signed: nothing is sent at all. */
     b.notify_id = NULL;
@@ -189,7 +203,7 @@ Test(pg_listen, other_instances_commits_are_heard_own_and_rolled_back_are_not)
     cr_assert(heard_has("run-a"));
     cr_assert(heard_has("run-gone"));
     /* Each run once: run-a's two rows make one mention; nothing of the earlier three. */
-    cr_assert_eq(heard_count(), 3);
+    cr_assert_eq(heard_count("run-"), 3, "heard %zu mentions", heard_count("run-"));
     cr_assert_eq(heard_resets(), 0);
     PQfinish(c);
     store_listen_stop(l);
@@ -198,7 +212,7 @@ Test(pg_listen, other_instances_commits_are_heard_own_and_rolled_back_are_not)
 Test(pg_listen, many_runs_are_cut_into_payloads_postgresql_accepts)
 {
     const char *uri = pg_uri();
-    store_listener *l = start(uri, "me");
+    store_listener *l = start(uri, my_id());
     PGconn *c = connect_or_fail(uri);
     enum { RUNS = 600 };
     static char ids[RUNS][130];
@@ -215,7 +229,7 @@ Test(pg_listen, many_runs_are_cut_into_payloads_postgresql_accepts)
     wait_heard(ids[RUNS - 1]);
     for (size_t i = 0; i < RUNS; i++)
         cr_assert(heard_has(ids[i]), "run %zu not heard", i);
-    cr_assert_eq(heard_count(), RUNS);
+    cr_assert_eq(heard_count("0"), RUNS, "heard %zu mentions of %d runs", heard_count("0"), RUNS);
     PQfinish(c);
     store_listen_stop(l);
 }
@@ -223,12 +237,16 @@ Test(pg_listen, many_runs_are_cut_into_payloads_postgresql_accepts)
 Test(pg_listen, a_lost_connection_is_made_again_and_says_anything_may_have_changed)
 {
     const char *uri = pg_uri();
-    store_listener *l = start(uri, "me");
+    store_listener *l = start(uri, my_id());
     PGconn *c = connect_or_fail(uri);
-    /* Ends every session listening on our channel but this one: the listener's. */
-    exec_ok(c, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-               "WHERE query = 'LISTEN " NS_PG_CHANNEL "' AND pid <> pg_backend_pid() "
-               "AND datname = current_database()");
+    /* Ends the listener's session, which it names after its instance. */
+    char sql[256];
+    snprintf(sql, sizeof sql, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                              "WHERE application_name = 'nodestate-listen-%s'", my_id());
+    PGresult *killed = PQexec(c, sql);
+    cr_assert_eq(PQresultStatus(killed), PGRES_TUPLES_OK, "%s", PQerrorMessage(c));
+    cr_assert_eq(PQntuples(killed), 1, "no session named nodestate-listen-%s", my_id());
+    PQclear(killed);
     for (int i = 0; i < HANG_SECONDS * 100 && heard_resets() == 0; i++)
         sleep_ms(10);
     cr_assert_geq(heard_resets(), 1, "no reset after the listener's connection was cut");

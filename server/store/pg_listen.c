@@ -151,10 +151,26 @@ done:
 
 /* ---- listening ---- */
 
-/* Connects and LISTENs; the connection, or NULL with err set. */
-static PGconn *connect_listen(const char *uri, char *err, size_t errlen)
+static void ignore_notice(void *ctx, const char *message)
 {
-    PGconn *conn = PQconnectdb(uri);
+    (void)ctx;
+    (void)message;
+}
+
+/*
+ * Connects and LISTENs; the connection, or NULL with err set. The session
+ * is named nodestate-listen-<instance id> (application_name), so
+ * pg_stat_activity tells each instance's listener apart.
+ */
+static PGconn *connect_listen(const char *uri, const char *instance_id, char *err,
+                              size_t errlen)
+{
+    char app[32 + STORE_INSTANCE_ID_MAX];
+    snprintf(app, sizeof app, "nodestate-listen-%s", instance_id);
+    /* The URI first and expanded; the name after it wins over one the URI may give. */
+    const char *const keys[] = { "dbname", "application_name", NULL };
+    const char *const values[] = { uri, app, NULL };
+    PGconn *conn = PQconnectdbParams(keys, values, 1);
     PGresult *res = NULL;
     if (!conn) {
         snprintf(err, errlen, "listen: out of memory");
@@ -162,6 +178,12 @@ static PGconn *connect_listen(const char *uri, char *err, size_t errlen)
     }
     if (PQstatus(conn) != CONNECTION_OK)
         goto fail;
+    /*
+     * The server's words to a session it ends ("terminating connection due
+     * to administrator command") would land on stderr, in the middle of the
+     * log; the reconnect is what matters.
+     */
+    PQsetNoticeProcessor(conn, ignore_notice, NULL);
     res = PQexec(conn, "LISTEN " NS_PG_CHANNEL);
     if (PQresultStatus(res) != PGRES_COMMAND_OK)
         goto fail;
@@ -214,7 +236,7 @@ static void *listen_main(void *arg)
     while (!atomic_load(&l->stop)) {
         if (!l->conn) {
             char err[512];
-            l->conn = connect_listen(l->uri, err, sizeof err);
+            l->conn = connect_listen(l->uri, l->instance_id, err, sizeof err);
             if (!l->conn) {
                 if (nap(l, backoff))
                     break;
@@ -278,7 +300,7 @@ store_listener *pg_listen_start(const char *uri, const char *instance_id,
         goto fail;
     }
     /* The first connection is made here, so a start that cannot listen fails. */
-    l->conn = connect_listen(uri, err, errlen);
+    l->conn = connect_listen(uri, l->instance_id, err, errlen);
     if (!l->conn)
         goto fail;
     int rc = pthread_create(&l->thread, NULL, listen_main, l);
