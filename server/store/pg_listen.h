@@ -28,13 +28,14 @@ store_listener *pg_listen_start(const char *uri, const char *instance_id,
                                 char *err, size_t errlen);
 void pg_listen_stop(store_listener *l);
 /*
- * Queues, in the transaction open on conn, the notifications naming every
- * run b touches (its rows' and its deletes'), signed with b->notify_id;
- * nothing when notify_id is NULL or the batch touches no run. They are
- * delivered when the transaction commits, and never if it rolls back.
- * 0, or -1 with libpq's message in err.
+ * The statements that end b's transaction on conn: the notifications naming
+ * every run b touches (its rows' and its deletes'), signed with
+ * b->notify_id (none when it is NULL or the batch touches no run), then
+ * COMMIT, as one text for one round trip (PQexec). The notifications are
+ * delivered when the transaction commits, and never if it does not.
+ * 0 with *sql malloc'd (the caller frees it), or -1 with err set.
  */
-int pg_listen_notify(struct pg_conn *conn, const store_batch *b, char *err,
-                     size_t errlen);
+int pg_listen_commit_sql(struct pg_conn *conn, const store_batch *b, char **sql,
+                         char *err, size_t errlen);
 
 #endif

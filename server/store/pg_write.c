@@ -322,11 +322,21 @@ int pg_store_write(pg_store *s, store_batch *b)
             goto rollback;
         break;
     }
-    /* Delivered with the commit, never without it: the others drop these runs. */
-    if (pg_listen_notify(s->conn, b, s->errmsg, sizeof s->errmsg) != 0)
+    /*
+     * The notifications (the other instances drop these runs) and COMMIT
+     * in one round trip: delivered with the commit, never without it.
+     */
+    char *commit_sql = NULL;
+    if (pg_listen_commit_sql(s->conn, b, &commit_sql, s->errmsg, sizeof s->errmsg) != 0)
         goto rollback;
-    if (pg_run(s, "COMMIT", 0, NULL, "commit", NULL) != 0)
+    PGresult *committed = PQexec(s->conn, commit_sql);
+    free(commit_sql);
+    if (PQresultStatus(committed) != PGRES_COMMAND_OK) {
+        pg_fail(s, committed, "commit");
+        PQclear(committed);
         goto rollback;
+    }
+    PQclear(committed);
     if (b->last_seq > s->last_seq)
         s->last_seq = b->last_seq;
     /* Committed: now the callbacks may learn what was left out. */
