@@ -178,9 +178,15 @@ static PGconn *connect_listen(const char *uri, const char *instance_id, char *er
 {
     char app[32 + STORE_INSTANCE_ID_MAX];
     snprintf(app, sizeof app, "nodestate-listen-%s", instance_id);
-    /* The URI first and expanded; the name after it wins over one the URI may give. */
-    const char *const keys[] = { "dbname", "application_name", NULL };
-    const char *const values[] = { uri, app, NULL };
+    /*
+     * The URI first and expanded; the settings after it win over its own.
+     * The listener only ever waits for the server, so a connection that
+     * died without a word (a host gone, a partition) must be noticed by
+     * TCP keepalives: after about 10 + 3 * 5 s, then it is made anew.
+     */
+    const char *const keys[] = { "dbname", "application_name", "keepalives", "keepalives_idle",
+                                 "keepalives_interval", "keepalives_count", NULL };
+    const char *const values[] = { uri, app, "1", "10", "5", "3", NULL };
     PGconn *conn = PQconnectdbParams(keys, values, 1);
     PGresult *res = NULL;
     if (!conn) {
