@@ -158,7 +158,8 @@ void api_finish_wait(api *a, api_response *resp, bool durable)
     if (w->row && durable && engine_refused(a->engine, w->seq))
         api_answer_problem(resp, PROBLEM_WRITE_REFUSED,
                            "the database refused this update for good; it is not stored "
-                           "(see the row-isolated log line)");
+                           "(see the row-isolated log line, or row-superseded where a "
+                           "shared database holds a newer state of the node)");
     else if (w->row)
         api_row_response(resp, status, w->row, durable);
     else

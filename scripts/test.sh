@@ -77,6 +77,7 @@ else
 fi
 run_pass "release" build -DCMAKE_BUILD_TYPE=Release
 unset NODESTATE_TEST_PG
+bash scripts/pg.sh stop "$pg_dir"
 ctest_args=(-LE '^pg$')
 
 # detect_leaks also reaches the nodestate binary the integration tests start,

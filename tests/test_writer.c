@@ -266,3 +266,39 @@ Test(writer, plan_free_resets)
     writer_plan_free(&p); /* twice is harmless */
     fixture_free(&f);
 }
+
+/*
+ * A shared store judges a forced update by seq alone, so the row written
+ * for a node carries the force of any live op coalesced into it; a force
+ * before a delete of its run is moot; no force at all leaves forced NULL.
+ */
+Test(writer, forced_ops_mark_their_coalesced_row)
+{
+    fixture f = { .n = 0 };
+    add_upsert(&f, "r", "a", NS_RUNNING);
+    f.ops[f.n - 1].forced = true;
+    add_upsert(&f, "r", "a", NS_COMPLETED); /* newer, not forced: coalesces the forced one */
+    add_upsert(&f, "r", "b", NS_RUNNING);
+    add_upsert(&f, "s", "a", NS_RUNNING);
+    f.ops[f.n - 1].forced = true;
+    add_delete(&f, "s");
+    add_upsert(&f, "s", "b", NS_RUNNING);
+    writer_plan p;
+    cr_assert_eq(writer_plan_build(f.ops, f.n, &p), 0);
+    cr_assert_eq(p.batch.n_rows, 3);
+    cr_assert_not_null(p.batch.forced);
+    cr_assert_str_eq(p.batch.rows[0]->node_id, "a");
+    cr_assert(p.batch.forced[0], "r/a carries the coalesced force");
+    cr_assert_not(p.batch.forced[1], "r/b");
+    cr_assert_str_eq(p.batch.rows[2]->run_id, "s");
+    cr_assert_not(p.batch.forced[2], "s/b: the forced s/a went with the delete");
+    writer_plan_free(&p);
+    fixture_free(&f);
+
+    fixture g = { .n = 0 };
+    add_upsert(&g, "r", "a", NS_RUNNING);
+    cr_assert_eq(writer_plan_build(g.ops, g.n, &p), 0);
+    cr_assert_null(p.batch.forced);
+    writer_plan_free(&p);
+    fixture_free(&g);
+}

@@ -144,6 +144,13 @@ PGconn *pg_connect(const char *uri, char *err, size_t errlen)
 void pg_set_err(char *out, size_t outlen, PGconn *conn, const PGresult *res,
                 const char *what)
 {
+    /* The primary message and SQLSTATE alone: the full text quotes the statement. */
+    const char *primary = res ? PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY) : NULL;
+    const char *state = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
+    if (primary != NULL) {
+        snprintf(out, outlen, "%s: %s (SQLSTATE %s)", what, primary, state ? state : "?");
+        return;
+    }
     const char *msg = res ? PQresultErrorMessage(res) : "";
     if (msg == NULL || msg[0] == '\0')
         msg = conn ? PQerrorMessage(conn) : "unknown error";

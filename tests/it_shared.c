@@ -1,0 +1,113 @@
+/*
+ * it_shared: two instances on one PostgreSQL database, as behind a load
+ * balancer when a run moves from one to the other. The store is the final
+ * judge: a former owner's late write that the transition rules do not
+ * admit against the stored row is refused, counted (store_conflicts), and
+ * the former owner drops the run and reads the store's state again; seqs
+ * stay unique and increasing per node across the instances.
+ *
+ * PostgreSQL only: skipped unless run as it_shared_pg (NS_IT_STORE=pg with
+ * NODESTATE_TEST_PG set; see pg_check.h).
+ */
+#include <criterion/criterion.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "harness.h"
+#include "it_assert.h"
+
+#define WAIT_S 30.0
+
+static long long seq_of(ns_server *s, const char *run, const char *node)
+{
+    ns_resp r = { 0 };
+    cr_assert_eq(ns_get_state(s, run, node, &r), 0);
+    cr_assert_eq(r.status, 200, "GET %s/%s: %ld %s", run, node, r.status, r.body);
+    json_t *doc = ns_resp_json(&r);
+    long long seq = it_jint(doc, "seq");
+    json_decref(doc);
+    ns_resp_free(&r);
+    return seq;
+}
+
+/*
+ * Polls GET until the node's status is want (the run is dropped once its
+ * batch is released, a moment after the conflict is counted), bounded.
+ */
+static void expect_status(ns_server *s, const char *run, const char *node, const char *want)
+{
+    char last[64] = "";
+    long long end = ns_mono_ms() + (long long)(WAIT_S * 1000);
+    for (int i = 0; i < 3000 && ns_mono_ms() < end; i++) {
+        ns_resp r = { 0 };
+        cr_assert_eq(ns_get_state(s, run, node, &r), 0);
+        cr_assert_eq(r.status, 200, "GET %s/%s: %ld %s", run, node, r.status, r.body);
+        json_t *doc = ns_resp_json(&r);
+        snprintf(last, sizeof last, "%s", ns_jstr(doc, "status"));
+        json_decref(doc);
+        ns_resp_free(&r);
+        if (strcmp(last, want) == 0)
+            return;
+        ns_sleep_ms(10);
+    }
+    cr_assert_fail("%s/%s stayed %s, want %s", run, node, last, want);
+}
+
+Test(shared, former_owner_cannot_regress_a_node_and_rereads_it)
+{
+    if (ns_pg_base() == NULL)
+        cr_skip_test("PostgreSQL only: run it_shared_pg with NODESTATE_TEST_PG set");
+    ns_server *a = ns_start("--batch-interval 0.01");
+    cr_assert_not_null(a);
+    ns_server *b = ns_start("--db %s --batch-interval 0.01", ns_db_path(a));
+    cr_assert_not_null(b);
+    ns_resp r = { 0 };
+
+    /* A owns the run first: the node runs, durably. */
+    cr_assert_eq(ns_post_state(a, "mv", "n1", "?wait=true", "{\"status\":\"running\"}", &r), 0);
+    cr_assert_eq(r.status, 200, "%ld %s", r.status, r.body);
+    long long seq_a = seq_of(a, "mv", "n1");
+
+    /* The run moves to B, which reads the node from the store and completes it. */
+    cr_assert_eq(ns_post_state(b, "mv", "n1", "?wait=true", "{\"status\":\"completed\"}", &r), 0);
+    cr_assert_eq(r.status, 200, "%ld %s", r.status, r.body);
+    long long seq_b = seq_of(b, "mv", "n1");
+    cr_assert_gt(seq_b, seq_a, "B's seq %lld is not above A's %lld", seq_b, seq_a);
+
+    /* A late write on A (its cache still says running) is accepted there... */
+    cr_assert_eq(ns_post_state(a, "mv", "n1", NULL, "{\"status\":\"failed\"}", &r), 0);
+    cr_assert_eq(r.status, 202, "%ld %s", r.status, r.body);
+    /* ...and refused by the store, counted, and A reads the store's state again. */
+    cr_assert_eq(ns_wait_stat_ge(a, "store_conflicts", 1, WAIT_S), 0, "no conflict counted");
+    cr_assert_eq(ns_db_int(a, "SELECT count(*) FROM run_node_state WHERE run_id='mv'"
+                              " AND status='completed'", NULL), 1, "the late write regressed the node");
+    expect_status(a, "mv", "n1", "completed");
+    cr_assert(ns_log_contains(a, "msg=row-superseded"));
+    cr_assert_eq(ns_stat(b, "store_conflicts"), 0);
+
+    /* B starts attempt 2; A, behind again, would move it back to scheduled: a
+     * waiting caller learns the store refused it. */
+    cr_assert_eq(ns_post_state(b, "mv", "n1", "?wait=true",
+                               "{\"status\":\"running\",\"attempt\":2}", &r), 0);
+    cr_assert_eq(r.status, 200, "%ld %s", r.status, r.body);
+    long long seq_b2 = seq_of(b, "mv", "n1");
+    cr_assert_eq(ns_post_state(a, "mv", "n1", "?wait=true",
+                               "{\"status\":\"scheduled\",\"attempt\":2}", &r), 0);
+    char why[512];
+    cr_assert_eq(ns_check_problem(&r, 500, "write-refused", why, sizeof why), 0, "%s", why);
+    cr_assert_eq(ns_stat(a, "store_conflicts"), 2);
+    expect_status(a, "mv", "n1", "running");
+
+    /* A new attempt on A is a legal move against the stored row: it applies, above B's seq. */
+    cr_assert_eq(ns_post_state(a, "mv", "n1", "?wait=true",
+                               "{\"status\":\"running\",\"attempt\":3}", &r), 0);
+    cr_assert_eq(r.status, 200, "%ld %s", r.status, r.body);
+    cr_assert_gt(seq_of(a, "mv", "n1"), seq_b2);
+    cr_assert_eq(ns_db_int(a, "SELECT attempt FROM run_node_state WHERE run_id='mv'", NULL), 3);
+    ns_resp_free(&r);
+    cr_assert_eq(ns_stop(b, SIGTERM), 0);
+    cr_assert_eq(ns_stop(a, SIGTERM), 0);
+    ns_free(b);
+    ns_free(a);
+}
