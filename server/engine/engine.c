@@ -522,11 +522,6 @@ static void on_runs_changed(void *ctx, const char *const *run_ids, size_t n)
     engine_runs_changed(e, run_ids, n);
 }
 
-const char *engine_instance_id(engine *e)
-{
-    return e->instance_id;
-}
-
 engine *engine_open(const engine_config *cfg, char *err, size_t errlen)
 {
     if (cfg->batch_size == 0 || cfg->queue_capacity == 0) {

@@ -167,8 +167,6 @@ bool engine_refused(engine *e, int64_t seq);
  * notifications may have been missed. Counted in cache_invalidations.
  */
 void engine_runs_changed(engine *e, const char *const *run_ids, size_t n);
-/* This instance's id in notifications to other instances (random per start). */
-const char *engine_instance_id(engine *e);
 /* Asks the writer to commit what is queued now instead of after batch_interval. */
 void engine_flush_soon(engine *e);
 
