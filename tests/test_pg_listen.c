@@ -148,25 +148,21 @@ static void exec_ok(PGconn *c, const char *sql)
     PQclear(r);
 }
 
-/*
- * Another instance's transaction touching the batch's runs, ended as the
- * writer ends it (notifications and COMMIT in one text), or with the
- * notifications sent and the transaction rolled back.
- */
+/* Another instance's transaction touching the batch's runs, committed or not. */
 static void send_batch(PGconn *c, const store_batch *b, bool commit)
 {
     char err[512] = "";
-    char *sql = NULL;
+    char *payloads = NULL;
     exec_ok(c, "BEGIN");
-    cr_assert_eq(pg_listen_commit_sql(c, b, &sql, err, sizeof err), 0, "%s", err);
-    size_t n = strlen(sql);
-    cr_assert(n >= 6 && strcmp(sql + n - 6, "COMMIT") == 0, "%s", sql);
-    char *text = malloc(n + 8);
-    cr_assert_not_null(text);
-    snprintf(text, n + 8, "%.*s%s", (int)(n - 6), sql, commit ? "COMMIT" : "ROLLBACK");
-    exec_ok(c, text);
-    free(text);
-    free(sql);
+    cr_assert_eq(pg_listen_payloads(b, &payloads, err, sizeof err), 0, "%s", err);
+    if (payloads) {
+        const char *p[1] = { payloads };
+        PGresult *r = PQexecParams(c, PG_LISTEN_NOTIFY_SQL, 1, NULL, p, NULL, NULL, 0);
+        cr_assert_eq(PQresultStatus(r), PGRES_TUPLES_OK, "notify: %s", PQerrorMessage(c));
+        PQclear(r);
+        free(payloads);
+    }
+    exec_ok(c, commit ? "COMMIT" : "ROLLBACK");
 }
 
 static store_listener *start(const char *uri, const char *id)

@@ -82,82 +82,60 @@ static int append(char **buf, size_t *len, size_t *cap, const char *s, size_t n)
     return 0;
 }
 
-/* Appends "SELECT pg_notify(<channel>, <payload>); " to sql, payload n bytes. */
-static int close_payload(PGconn *conn, char **sql, size_t *len, size_t *cap, const char *payload,
-                         size_t n)
-{
-    char *lit = PQescapeLiteral(conn, payload, n);
-    if (!lit)
-        return -1;
-    static const char head[] = "SELECT pg_notify('" NS_PG_CHANNEL "', ";
-    int rc = append(sql, len, cap, head, sizeof head - 1) == 0 &&
-                     append(sql, len, cap, lit, strlen(lit)) == 0 &&
-                     append(sql, len, cap, "); ", 3) == 0
-                 ? 0
-                 : -1;
-    PQfreemem(lit);
-    return rc;
-}
-
-/* Adds run to the payload being built, first closing it into sql when run would not fit. */
-static int add_run(PGconn *conn, char **sql, size_t *len, size_t *cap, char *payload,
-                   size_t *plen, const char *id, const char *run)
+/*
+ * Adds run to the array literal in arr: a new payload element is opened
+ * when the current one would pass PAYLOAD_MAX. *cur is the current
+ * element's length (0: none open yet). Ids and run ids are unreserved
+ * characters, so an element needs no escaping inside its quotes.
+ */
+static int add_run(char **arr, size_t *len, size_t *cap, size_t *cur,
+                   const char *id, const char *run)
 {
     size_t rn = strlen(run);
-    if (*plen && *plen + 1 + rn > PAYLOAD_MAX) {
-        if (close_payload(conn, sql, len, cap, payload, *plen) != 0)
+    if (*cur && *cur + 1 + rn > PAYLOAD_MAX) {
+        if (append(arr, len, cap, "\",", 2) != 0)
             return -1;
-        *plen = 0;
+        *cur = 0;
     }
-    if (*plen == 0) {
-        *plen = strlen(id);
-        memcpy(payload, id, *plen);
+    if (*cur == 0) {
+        if (append(arr, len, cap, "\"", 1) != 0 || append(arr, len, cap, id, strlen(id)) != 0)
+            return -1;
+        *cur = strlen(id);
     }
-    payload[(*plen)++] = ' ';
-    memcpy(payload + *plen, run, rn);
-    *plen += rn;
+    if (append(arr, len, cap, " ", 1) != 0 || append(arr, len, cap, run, rn) != 0)
+        return -1;
+    *cur += 1 + rn;
     return 0;
 }
 
-int pg_listen_commit_sql(PGconn *conn, const store_batch *b, char **out, char *err,
-                         size_t errlen)
+int pg_listen_payloads(const store_batch *b, char **out, char *err, size_t errlen)
 {
-    int rc = -1;
-    char *sql = NULL, *payload = NULL;
-    size_t len = 0, cap = 0, plen = 0;
+    char *arr = NULL;
+    size_t len = 0, cap = 0, cur = 0;
     *out = NULL;
-    if (b->notify_id && (b->n_rows > 0 || b->n_deletes > 0)) {
-        /* An id and a run id are each far below PAYLOAD_MAX. */
-        payload = malloc(PAYLOAD_MAX + 1);
-        if (!payload)
+    if (!b->notify_id || (b->n_rows == 0 && b->n_deletes == 0))
+        return 0;
+    if (append(&arr, &len, &cap, "{", 1) != 0)
+        goto oom;
+    for (size_t i = 0; i < b->n_deletes; i++)
+        if (add_run(&arr, &len, &cap, &cur, b->notify_id, b->delete_runs[i]) != 0)
             goto oom;
-        for (size_t i = 0; i < b->n_deletes; i++)
-            if (add_run(conn, &sql, &len, &cap, payload, &plen, b->notify_id,
-                        b->delete_runs[i]) != 0)
-                goto oom;
-        /* Rows come sorted by run: name each run once. */
-        for (size_t i = 0; i < b->n_rows; i++) {
-            const char *run = b->rows[i]->run_id;
-            if (i > 0 && strcmp(run, b->rows[i - 1]->run_id) == 0)
-                continue;
-            if (add_run(conn, &sql, &len, &cap, payload, &plen, b->notify_id, run) != 0)
-                goto oom;
-        }
-        if (close_payload(conn, &sql, &len, &cap, payload, plen) != 0)
+    /* Rows come sorted by run: name each run once. */
+    for (size_t i = 0; i < b->n_rows; i++) {
+        const char *run = b->rows[i]->run_id;
+        if (i > 0 && strcmp(run, b->rows[i - 1]->run_id) == 0)
+            continue;
+        if (add_run(&arr, &len, &cap, &cur, b->notify_id, run) != 0)
             goto oom;
     }
-    if (append(&sql, &len, &cap, "COMMIT", 6) != 0)
+    if (append(&arr, &len, &cap, "\"}", 2) != 0)
         goto oom;
-    *out = sql;
-    sql = NULL;
-    rc = 0;
-    goto done;
+    *out = arr;
+    return 0;
 oom:
+    free(arr);
     snprintf(err, errlen, "notify: out of memory");
-done:
-    free(sql);
-    free(payload);
-    return rc;
+    return -1;
 }
 
 /* ---- listening ---- */

@@ -7,6 +7,7 @@
 #include "pg_listen.h"
 
 #include <errno.h>
+#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,6 +18,26 @@ typedef struct pg_isolated {
     size_t row;
     char why[PG_ERRMSG_MAX];
 } pg_isolated;
+
+/* The session settings of the write connection, again after each reset. */
+static int pg_session(PGconn *conn, char *err, size_t errlen)
+{
+    return pg_exec(conn, "SET lock_timeout = '" PG_LOCK_TIMEOUT "'", err, errlen,
+                   "setting lock_timeout");
+}
+
+/*
+ * A broken connection (the server restarted) is made anew before a try,
+ * with its session settings; a failure shows in the statement that follows.
+ */
+static void pg_revive(pg_store *s)
+{
+    if (PQstatus(s->conn) == CONNECTION_OK)
+        return;
+    PQreset(s->conn);
+    if (PQstatus(s->conn) == CONNECTION_OK)
+        pg_session(s->conn, s->errmsg, sizeof s->errmsg);
+}
 
 pg_store *pg_store_open(const char *uri, bool sync_full, char *err,
                         size_t errlen)
@@ -37,8 +58,7 @@ pg_store *pg_store_open(const char *uri, bool sync_full, char *err,
         goto err;
     if (pg_migrate(s->conn, &s->sql, err, errlen) != 0)
         goto err;
-    if (pg_exec(s->conn, "SET lock_timeout = '" PG_LOCK_TIMEOUT "'", err, errlen,
-                "setting lock_timeout") != 0)
+    if (pg_session(s->conn, err, errlen) != 0)
         goto err;
     /* Every seq any instance handed out is at most this (blocks are recorded before use). */
     if (pg_query_int(s->conn, "SELECT value FROM nodestate_meta WHERE key = 'seq_reserved'",
@@ -61,12 +81,6 @@ void pg_store_close(pg_store *s)
     free(s);
 }
 
-/* A broken connection (the server restarted) is made anew before a try. */
-static void pg_revive(PGconn *conn)
-{
-    if (PQstatus(conn) != CONNECTION_OK)
-        PQreset(conn);
-}
 
 /* Records why a call failed. */
 static void pg_fail(pg_store *s, const PGresult *res, const char *what)
@@ -162,6 +176,44 @@ static void pg_mark_applied(const store_batch *b, const PGresult *res, bool *app
     }
 }
 
+/* The NS_NODE_FIELDS columns of some rows of a batch as array literals, $1..$N. */
+typedef struct pg_arrays {
+    pg_buf cols[64];
+    const char *params[64];
+} pg_arrays;
+
+/* Builds the arrays of rows idx[0..n) of b. 0, or -1 out of memory (errmsg set). */
+static int pg_arrays_build(pg_store *s, const store_batch *b, const size_t *idx, size_t n,
+                           pg_arrays *a)
+{
+    int ncols = s->sql.ncols;
+    memset(a, 0, sizeof *a);
+    for (int c = 0; c < ncols; c++)
+        pg_buf_array_open(&a->cols[c]);
+    for (size_t k = 0; k < n; k++) {
+        const ns_row *row = b->rows[idx[k]];
+        int c = 0;
+#define PG_PUT_(name, member, json, column, kind) pg_put_##kind(&a->cols[c++], row->member);
+        NS_NODE_FIELDS(PG_PUT_)
+#undef PG_PUT_
+    }
+    for (int c = 0; c < ncols; c++) {
+        pg_buf_array_close(&a->cols[c]);
+        if (a->cols[c].oom) {
+            snprintf(s->errmsg, sizeof s->errmsg, "upsert: out of memory");
+            return -1;
+        }
+        a->params[c] = a->cols[c].p;
+    }
+    return 0;
+}
+
+static void pg_arrays_free(pg_arrays *a)
+{
+    for (size_t c = 0; c < sizeof a->cols / sizeof a->cols[0]; c++)
+        pg_buf_free(&a->cols[c]);
+}
+
 /*
  * Upserts rows idx[0..n) of b in one statement (forced: judged by seq
  * alone). 0 with the applied ones marked, or -1 with *failed set to the
@@ -170,31 +222,13 @@ static void pg_mark_applied(const store_batch *b, const PGresult *res, bool *app
 static int pg_upsert(pg_store *s, const store_batch *b, const size_t *idx, size_t n,
                      bool forced, bool *applied, PGresult **failed)
 {
-    int ncols = s->sql.ncols;
-    pg_buf cols[64];
-    const char *params[64];
+    pg_arrays a;
     int ret = -1;
     *failed = NULL;
-    memset(cols, 0, sizeof cols);
-    for (int c = 0; c < ncols; c++)
-        pg_buf_array_open(&cols[c]);
-    for (size_t k = 0; k < n; k++) {
-        const ns_row *row = b->rows[idx[k]];
-        int c = 0;
-#define PG_PUT_(name, member, json, column, kind) pg_put_##kind(&cols[c++], row->member);
-        NS_NODE_FIELDS(PG_PUT_)
-#undef PG_PUT_
-    }
-    for (int c = 0; c < ncols; c++) {
-        pg_buf_array_close(&cols[c]);
-        if (cols[c].oom) {
-            snprintf(s->errmsg, sizeof s->errmsg, "upsert: out of memory");
-            goto out;
-        }
-        params[c] = cols[c].p;
-    }
+    if (pg_arrays_build(s, b, idx, n, &a) != 0)
+        goto out;
     PGresult *res = PQexecParams(s->conn, forced ? s->sql.upsert_forced : s->sql.upsert,
-                                 ncols, NULL, params, NULL, NULL, 0);
+                                 s->sql.ncols, NULL, a.params, NULL, NULL, 0);
     if (res == NULL || PQresultStatus(res) != PGRES_TUPLES_OK) {
         pg_fail(s, res, "upsert");
         *failed = res;
@@ -204,8 +238,159 @@ static int pg_upsert(pg_store *s, const store_batch *b, const size_t *idx, size_
     PQclear(res);
     ret = 0;
 out:
-    for (int c = 0; c < ncols; c++)
-        pg_buf_free(&cols[c]);
+    pg_arrays_free(&a);
+    return ret;
+}
+
+/*
+ * Sends what libpq holds for the server without ever blocking on a full
+ * socket while the server waits for us to read its results (which would
+ * deadlock both): non-blocking writes, reading whatever arrives meanwhile.
+ * 0 once all is sent, -1 on a connection error.
+ */
+static int pg_flush_all(PGconn *conn)
+{
+    int rc;
+    while ((rc = PQflush(conn)) == 1) {
+        struct pollfd p = { .fd = PQsocket(conn), .events = POLLIN | POLLOUT };
+        if (poll(&p, 1, 1000) < 0 && errno != EINTR)
+            return -1;
+        if ((p.revents & POLLIN) && PQconsumeInput(conn) == 0)
+            return -1;
+    }
+    return rc == 0 ? 0 : -1;
+}
+
+/*
+ * The whole batch in one round trip: BEGIN, the deletes, the judged
+ * upsert, the forced one and COMMIT go out together as a libpq pipeline,
+ * then their results are read in order. A statement that fails makes the
+ * server skip the rest, COMMIT included. Returns 0 once committed (applied
+ * rows marked), -1 otherwise, with *row_level telling whether the failure
+ * was a row's own; the caller rolls back what is left of the transaction.
+ */
+static int pg_write_pipelined(pg_store *s, const store_batch *b, size_t *idx,
+                              bool *applied, bool *row_level)
+{
+    enum { Q_PLAIN, Q_UPSERT, Q_NOTIFY };
+    pg_arrays arrays[2];
+    pg_buf runs = { 0 };
+    char *notify = NULL;
+    int kinds[6], nq = 0, ret = -1;
+    const char *whats[6];
+    bool have[2] = { false, false };
+    size_t *group[2] = { idx, NULL };
+    size_t counts[2] = { 0, 0 };
+    bool pipelined = false, failed = false;
+    *row_level = false;
+    memset(arrays, 0, sizeof arrays);
+
+    /* idx holds the judged rows from the front and the forced ones from the back. */
+    for (size_t i = 0; i < b->n_rows; i++) {
+        if (b->forced != NULL && b->forced[i])
+            idx[b->n_rows - 1 - counts[1]++] = i;
+        else
+            idx[counts[0]++] = i;
+    }
+    group[1] = idx + b->n_rows - counts[1];
+    for (int g = 0; g < 2; g++) {
+        have[g] = counts[g] > 0;
+        if (have[g] && pg_arrays_build(s, b, group[g], counts[g], &arrays[g]) != 0)
+            goto out;
+    }
+    if (b->n_deletes) {
+        pg_buf_array_open(&runs);
+        for (size_t i = 0; i < b->n_deletes; i++)
+            pg_buf_array_elem(&runs, b->delete_runs[i]);
+        pg_buf_array_close(&runs);
+        if (runs.oom) {
+            snprintf(s->errmsg, sizeof s->errmsg, "delete run: out of memory");
+            goto out;
+        }
+    }
+
+    if (pg_listen_payloads(b, &notify, s->errmsg, sizeof s->errmsg) != 0)
+        goto out;
+
+    if (PQsetnonblocking(s->conn, 1) != 0 || PQenterPipelineMode(s->conn) != 1) {
+        pg_fail(s, NULL, "pipeline");
+        goto out;
+    }
+    pipelined = true;
+    bool sent = PQsendQueryParams(s->conn, "BEGIN", 0, NULL, NULL, NULL, NULL, 0) == 1;
+    kinds[nq] = Q_PLAIN, whats[nq++] = "begin";
+    if (sent && b->n_deletes) {
+        const char *p[1] = { runs.p };
+        sent = PQsendQueryParams(s->conn, "DELETE FROM run_node_state WHERE run_id = ANY($1::text[])",
+                                 1, NULL, p, NULL, NULL, 0) == 1;
+        kinds[nq] = Q_PLAIN, whats[nq++] = "delete run";
+    }
+    for (int g = 0; g < 2 && sent; g++) {
+        if (!have[g])
+            continue;
+        sent = PQsendQueryParams(s->conn, g ? s->sql.upsert_forced : s->sql.upsert,
+                                 s->sql.ncols, NULL, arrays[g].params, NULL, NULL, 0) == 1;
+        kinds[nq] = Q_UPSERT, whats[nq++] = "upsert";
+    }
+    /* The other instances drop these runs: told with the commit, never without it. */
+    if (sent && notify) {
+        const char *p[1] = { notify };
+        sent = PQsendQueryParams(s->conn, PG_LISTEN_NOTIFY_SQL, 1, NULL, p, NULL, NULL, 0) == 1;
+        kinds[nq] = Q_NOTIFY, whats[nq++] = "notify";
+    }
+    if (sent) {
+        sent = PQsendQueryParams(s->conn, "COMMIT", 0, NULL, NULL, NULL, NULL, 0) == 1;
+        kinds[nq] = Q_PLAIN, whats[nq++] = "commit";
+    }
+    if (!sent || PQpipelineSync(s->conn) != 1 || pg_flush_all(s->conn) != 0 ||
+        PQsetnonblocking(s->conn, 0) != 0) {
+        pg_fail(s, NULL, "sending the batch");
+        goto out;
+    }
+    /* Everything is sent: reading may block now. */
+    for (int q = 0; q < nq; q++) {
+        PGresult *res = PQgetResult(s->conn);
+        if (res == NULL) {
+            pg_fail(s, NULL, whats[q]);
+            goto out;
+        }
+        ExecStatusType st = PQresultStatus(res);
+        bool ok = st == (kinds[q] == Q_PLAIN ? PGRES_COMMAND_OK : PGRES_TUPLES_OK);
+        if (ok && kinds[q] == Q_UPSERT)
+            pg_mark_applied(b, res, applied);
+        if (!ok && st != PGRES_PIPELINE_ABORTED && !failed) {
+            /* The first failure is the one to tell; those after it were skipped. */
+            pg_fail(s, res, whats[q]);
+            *row_level = kinds[q] == Q_UPSERT && pg_row_level(res);
+        }
+        failed |= !ok;
+        PQclear(res);
+        /* Each statement's results end with a NULL. */
+        while ((res = PQgetResult(s->conn)) != NULL)
+            PQclear(res);
+    }
+    PGresult *sync = PQgetResult(s->conn);
+    bool synced = sync != NULL && PQresultStatus(sync) == PGRES_PIPELINE_SYNC;
+    PQclear(sync);
+    if (!synced) {
+        if (!failed)
+            pg_fail(s, NULL, "pipeline sync");
+        goto out;
+    }
+    ret = failed ? -1 : 0;
+out:
+    if (pipelined && PQexitPipelineMode(s->conn) != 1) {
+        /* Results left unread: the connection is in no state to go on. */
+        char scratch[PG_ERRMSG_MAX];
+        PQreset(s->conn);
+        if (PQstatus(s->conn) == CONNECTION_OK)
+            pg_session(s->conn, scratch, sizeof scratch);
+    }
+    PQsetnonblocking(s->conn, 0);
+    for (int g = 0; g < 2; g++)
+        pg_arrays_free(&arrays[g]);
+    pg_buf_free(&runs);
+    free(notify);
     return ret;
 }
 
@@ -265,6 +450,20 @@ static int pg_write_isolating(pg_store *s, const store_batch *b, bool *applied,
     return 0;
 }
 
+/* Tells the other instances, in the transaction in progress, which runs b touches. 0 or -1. */
+static int pg_notify_runs(pg_store *s, const store_batch *b)
+{
+    char *notify = NULL;
+    if (pg_listen_payloads(b, &notify, s->errmsg, sizeof s->errmsg) != 0)
+        return -1;
+    if (!notify)
+        return 0;
+    const char *p[1] = { notify };
+    int rc = pg_run(s, PG_LISTEN_NOTIFY_SQL, 1, p, "notify", NULL);
+    free(notify);
+    return rc;
+}
+
 /* Whether b's arrays are there for the counts it claims. */
 static bool pg_batch_valid(const store_batch *b)
 {
@@ -278,7 +477,6 @@ int pg_store_write(pg_store *s, store_batch *b)
     size_t *idx = NULL;
     pg_isolated *iso = NULL;
     size_t n_iso = 0;
-    PGresult *failed = NULL;
     int ret = -1;
 
     if (!pg_batch_valid(b)) {
@@ -287,28 +485,15 @@ int pg_store_write(pg_store *s, store_batch *b)
     }
     b->n_isolated = 0;
     b->n_superseded = 0;
-    pg_revive(s->conn);
+    pg_revive(s);
     applied = calloc(b->n_rows ? b->n_rows : 1, sizeof *applied);
     idx = malloc((b->n_rows ? b->n_rows : 1) * sizeof *idx);
     if (applied == NULL || idx == NULL) {
         snprintf(s->errmsg, sizeof s->errmsg, "out of memory");
         goto out;
     }
-    if (pg_run(s, "BEGIN", 0, NULL, "begin", NULL) != 0 || pg_delete_runs(s, b) != 0)
-        goto rollback;
-    /* Two statements at most: the rows judged by the rules, then the forced ones. */
-    for (int pass = 0; pass < 2; pass++) {
-        bool forced = pass == 1;
-        size_t n = 0;
-        for (size_t i = 0; i < b->n_rows; i++)
-            if ((b->forced != NULL && b->forced[i]) == forced)
-                idx[n++] = i;
-        if (n == 0)
-            continue;
-        if (pg_upsert(s, b, idx, n, forced, applied, &failed) == 0)
-            continue;
-        bool row_level = failed != NULL && pg_row_level(failed);
-        PQclear(failed);
+    bool row_level = false;
+    if (pg_write_pipelined(s, b, idx, applied, &row_level) != 0) {
         if (!row_level)
             goto rollback;
         /* A row PostgreSQL will never take: start over, a row at a time. */
@@ -318,25 +503,10 @@ int pg_store_write(pg_store *s, store_batch *b)
             snprintf(s->errmsg, sizeof s->errmsg, "out of memory");
             goto out;
         }
-        if (pg_write_isolating(s, b, applied, iso, &n_iso) != 0)
+        if (pg_write_isolating(s, b, applied, iso, &n_iso) != 0 ||
+            pg_notify_runs(s, b) != 0 || pg_run(s, "COMMIT", 0, NULL, "commit", NULL) != 0)
             goto rollback;
-        break;
     }
-    /*
-     * The notifications (the other instances drop these runs) and COMMIT
-     * in one round trip: delivered with the commit, never without it.
-     */
-    char *commit_sql = NULL;
-    if (pg_listen_commit_sql(s->conn, b, &commit_sql, s->errmsg, sizeof s->errmsg) != 0)
-        goto rollback;
-    PGresult *committed = PQexec(s->conn, commit_sql);
-    free(commit_sql);
-    if (PQresultStatus(committed) != PGRES_COMMAND_OK) {
-        pg_fail(s, committed, "commit");
-        PQclear(committed);
-        goto rollback;
-    }
-    PQclear(committed);
     if (b->last_seq > s->last_seq)
         s->last_seq = b->last_seq;
     /* Committed: now the callbacks may learn what was left out. */
@@ -378,7 +548,7 @@ const char *pg_store_errmsg(const pg_store *s)
 int pg_store_meta_get(pg_store *s, const char *key, int64_t *value)
 {
     const char *p[1] = { key };
-    pg_revive(s->conn);
+    pg_revive(s);
     return pg_query_int(s->conn, "SELECT value FROM nodestate_meta WHERE key = $1",
                         1, p, value, s->errmsg, sizeof s->errmsg, "meta");
 }
@@ -393,7 +563,7 @@ int pg_store_meta_set(pg_store *s, const char *key, int64_t value)
     }
     snprintf(v, sizeof v, "%lld", (long long)value);
     const char *p[2] = { key, v };
-    pg_revive(s->conn);
+    pg_revive(s);
     return pg_run(s, "INSERT INTO nodestate_meta (key, value) VALUES ($1, $2::bigint)"
                      " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
                   2, p, "meta", NULL);
