@@ -416,20 +416,27 @@ static bool every_run_served(ns_client *c, int *first_missing)
     return all;
 }
 
-/* Requests HAProxy's log (option httplog) says each server answered. */
-static void served_by(const char *log, long counts[INSTANCES])
+/*
+ * Requests HAProxy's log (option httplog) says each server answered, and
+ * how many of all it answered itself with 502 (the server died under them).
+ */
+static void served_by(const char *log, long counts[INSTANCES], long *bad_gateway)
 {
     FILE *f = fopen(log, "r");
     char line[2048];
     for (int i = 0; i < INSTANCES; i++)
         counts[i] = 0;
-    while (f && fgets(line, sizeof line, f))
+    *bad_gateway = 0;
+    while (f && fgets(line, sizeof line, f)) {
+        if (strstr(line, " 502 "))
+            (*bad_gateway)++;
         for (int i = 0; i < INSTANCES; i++) {
             char name[32];
             snprintf(name, sizeof name, " nodestate/ns%d ", i + 1);
             if (strstr(line, name))
                 counts[i]++;
         }
+    }
     if (f)
         fclose(f);
 }
@@ -674,14 +681,14 @@ Test(scaleout, three_instances_behind_haproxy_one_killed_and_restarted, .timeout
 
     ns_client_free(probe);
     stop_haproxy(hp); /* its log is complete once it is gone */
-    long served[INSTANCES];
-    served_by(log, served);
+    long served[INSTANCES], bad_gateway = 0;
+    served_by(log, served, &bad_gateway);
     fprintf(stderr, "it_scaleout: %ld steps (%ld durable acks checked) in %lld ms, %ld resent, "
             "%ld not shown by the first GET, failover %lld ms, %lld cache invalidations, "
-            "requests served by ns1/ns2/ns3: %ld/%ld/%ld\n",
+            "requests served by ns1/ns2/ns3: %ld/%ld/%ld, %ld answered 502 by HAProxy\n",
             atomic_load(&t.steps_done), checked, load_ms, atomic_load(&t.resent),
             atomic_load(&t.slow_visible), failover_ms, invalidations,
-            served[0], served[1], served[2]);
+            served[0], served[1], served[2], bad_gateway);
     for (int i = 0; i < INSTANCES; i++)
         cr_assert_gt(served[i], 0, "HAProxy sent nothing to ns%d: the runs were not spread", i + 1);
     for (int i = 0; i < INSTANCES; i++) {
