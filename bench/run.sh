@@ -54,6 +54,9 @@
 #   ROUNDS               ratio_bench.sh rounds per side (3; see that script for more)
 #   CACHE_RUNS CACHE_BOUND CACHE_SECONDS   cache_bench.sh (97 runs, 100000 nodes, 60 s each)
 #   SOAK_SECONDS SOAK_RUNS SOAK_BOUND      its soak (0 = none; 400 runs, 200000 nodes)
+#   PG_BENCH_CONNECTIONS PG_BENCH_DURATION PG_BENCH_THREADS PG_BENCH_SERVER_ARGS
+#                        pg_bench.sh (32 connections, 10 s per measurement; it
+#                        needs PostgreSQL's server and pgbench)
 #   SKIP_<STEP>=1        skip that step (the names in the list above)
 set -euo pipefail
 
@@ -239,6 +242,12 @@ if [ "${SKIP_RATIO:-0}" != 1 ]; then
     echo "== ratio_bench (202 vs the stack's ceiling; ?wait=true vs 202)"
     NODESTATE_BIN="$build/nodestate" CEILING_BIN="$build/bench/ceiling_server" \
         bash "$root/bench/ratio_bench.sh" || status=1
+fi
+
+if [ "${SKIP_PG:-0}" != 1 ]; then
+    echo
+    echo "== pg_bench (nodestate on PostgreSQL vs one upsert per transaction)"
+    BUILD_DIR="$build" bash "$root/bench/pg_bench.sh" || status=1
 fi
 
 if [ "${SKIP_HTTP:-0}" = 1 ]; then

@@ -23,6 +23,10 @@ if [[ "${1:-}" == "--test" ]]; then
   # wrk drives the benchmarks; promtool (in prometheus) lints /metrics and a
   # real Prometheus scrapes it; node runs the OpenAPI contract test and lint.
   packages+=(wrk prometheus)
+  # haproxy routes by run in front of several instances (it_scaleout) and
+  # checks docker/haproxy.cfg (check_docker), which also parses the compose
+  # files with PyYAML.
+  packages+=(haproxy python3-yaml)
   # PostgreSQL 15 runs the throwaway cluster (scripts/pg.sh) of the _pg tests.
   packages+=(postgresql)
   # A machine may carry Node.js from elsewhere (with its own npm); only

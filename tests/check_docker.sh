@@ -27,8 +27,18 @@
 #   (4) compose.yaml and prometheus.yml: prometheus.yml passes `promtool check
 #       config`; both parse as YAML (PyYAML when python3 has it, otherwise a
 #       line-shape check) and agree with each other and with the Dockerfile.
-# Needs NODESTATE_BIN, NODESTATE_SOURCE_DIR, curl, promtool, sqlite3, readelf
-# and dpkg (Debian), and the packages of scripts/deps.sh (the replayed build
+#   (5) the scale-out set: docker/haproxy.cfg passes `haproxy -c -f` and
+#       routes by run (balance uri depth 2, hash-type consistent, health
+#       checks on /readyz) to exactly the nodestate services of
+#       docker/compose.scale.yaml; docker/prometheus.scale.yml passes
+#       `promtool check config` and scrapes each of them; the compose file
+#       parses (PyYAML), its nodestate services build the Dockerfile replayed
+#       in (2) (the same build commands), each with its own /data volume and
+#       a postgresql:// NODESTATE_DB naming the PostgreSQL service with that
+#       service's user, password and database, and HAProxy's image is the
+#       minor release `haproxy -c` ran.
+# Needs NODESTATE_BIN, NODESTATE_SOURCE_DIR, curl, promtool, haproxy, python3
+# with PyYAML (for (5)), sqlite3, readelf and dpkg (Debian), and the packages of scripts/deps.sh (the replayed build
 # runs it; it installs nothing when they are present).
 set -euo pipefail
 
@@ -40,10 +50,14 @@ src=$NODESTATE_SOURCE_DIR
 dockerfile=$src/docker/Dockerfile
 compose=$src/docker/compose.yaml
 promconf=$src/docker/prometheus.yml
-for f in "$dockerfile" "$compose" "$promconf" "$src/scripts/run.sh"; do
+scale_compose=$src/docker/compose.scale.yaml
+scale_haproxy=$src/docker/haproxy.cfg
+scale_promconf=$src/docker/prometheus.scale.yml
+for f in "$dockerfile" "$compose" "$promconf" "$src/scripts/run.sh" \
+    "$scale_compose" "$scale_haproxy" "$scale_promconf"; do
     [[ -f "$f" ]] || fail "$f is missing"
 done
-for tool in curl promtool sqlite3 readelf dpkg; do
+for tool in curl promtool haproxy python3 sqlite3 readelf dpkg; do
     command -v "$tool" >/dev/null 2>&1 ||
         fail "$tool not found on PATH; install the test packages with: bash scripts/deps.sh --test"
 done
@@ -604,5 +618,124 @@ for want in "with-token 1" "without-token 1" "wrong-token 0"; do
         { tail -n 30 "$tmp/prometheus.log" >&2; fail "Prometheus's up{job=\"$job\"} never became $value"; }
 done
 note "token: Prometheus with the shipped job scrapes nodestate with compose's token secret (up 1), without a token when none is set (up 1), and is refused with a wrong one (up 0)"
+# (6) The scale-out set: compose.scale.yaml, haproxy.cfg, prometheus.scale.yml.
+# ---------------------------------------------------------------------------
+haproxy -c -f "$scale_haproxy" >"$tmp/haproxy.out" 2>&1 ||
+    { cat "$tmp/haproxy.out" >&2; fail "haproxy -c -f docker/haproxy.cfg rejects it"; }
+# Warnings are allowed only for the servers' names, which resolve inside
+# compose's network alone.
+if grep -E '^\[(WARNING|ALERT)\]' "$tmp/haproxy.out" | grep -vq 'could not resolve address'; then
+    cat "$tmp/haproxy.out" >&2
+    fail "haproxy -c -f docker/haproxy.cfg warns about more than the compose-only host names"
+fi
+haproxy_minor=$(haproxy -v | sed -n 's/^HAProxy version \([0-9]*\.[0-9]*\).*/\1/p' | head -n 1)
+[[ -n "$haproxy_minor" ]] || fail "cannot read haproxy -v"
+promtool check config "$scale_promconf" >"$tmp/scale_promconf.out" 2>&1 ||
+    { cat "$tmp/scale_promconf.out" >&2; fail "promtool check config docker/prometheus.scale.yml"; }
+python3 -c 'import yaml' >/dev/null 2>&1 ||
+    fail "python3 has no yaml module (PyYAML, Debian's python3-yaml): cannot parse docker/compose.scale.yaml"
+python3 - "$scale_compose" "$scale_haproxy" "$scale_promconf" "$shutdown" "$haproxy_minor" <<'EOF' ||
+import re, sys, urllib.parse, yaml
+
+compose_path, haproxy_path, prom_path, shutdown, haproxy_minor = sys.argv[1:6]
+shutdown = float(shutdown)
+errors = []
+def check(ok, msg):
+    if not ok:
+        errors.append(msg)
+
+compose = yaml.safe_load(open(compose_path))
+prom = yaml.safe_load(open(prom_path))
+services = compose.get("services") or {}
+
+def image(s):
+    return str(s.get("image", ""))
+
+pg_names = [n for n, s in services.items() if image(s).startswith("postgres:")]
+check(len(pg_names) == 1, f"want one PostgreSQL service (image postgres:...), found {pg_names}")
+pg_env = services[pg_names[0]].get("environment") or {} if pg_names else {}
+pg_name = pg_names[0] if pg_names else None
+if pg_name:
+    check(services[pg_name].get("healthcheck"), "the PostgreSQL service has no healthcheck")
+
+ns_names = sorted(n for n, s in services.items()
+                  if isinstance(s.get("build"), dict)
+                  and s["build"].get("dockerfile") == "docker/Dockerfile")
+check(len(ns_names) >= 2, f"want several nodestate services building docker/Dockerfile, found {ns_names}")
+data_volumes = []
+for n in ns_names:
+    s = services[n]
+    check(s["build"].get("context") == "..", f"{n}: the build context is not .. (the repository root)")
+    check(not s.get("ports"), f"{n}: publishes a port; clients must go through HAProxy")
+    vols = [str(v) for v in s.get("volumes", []) if str(v).split(":")[1:2] == ["/data"]]
+    check(len(vols) == 1, f"{n}: no volume of its own on /data (its spill sidecar)")
+    data_volumes += [v.split(":")[0] for v in vols]
+    grace = str(s.get("stop_grace_period", "10s"))
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)s", grace)
+    check(m and float(m.group(1)) > shutdown,
+          f"{n}: stop_grace_period {grace} is not longer than NODESTATE_SHUTDOWN_TIMEOUT={shutdown:g}")
+    env = s.get("environment") or {}
+    if isinstance(env, list):
+        env = dict(e.split("=", 1) for e in env)
+    db = str(env.get("NODESTATE_DB", ""))
+    u = urllib.parse.urlparse(db)
+    check(u.scheme in ("postgresql", "postgres"), f"{n}: NODESTATE_DB is '{db}', not a postgresql:// URI")
+    if pg_name and u.scheme:
+        check(u.hostname == pg_name, f"{n}: NODESTATE_DB names host {u.hostname}, not the service {pg_name}")
+        check(u.username == pg_env.get("POSTGRES_USER") and u.password == pg_env.get("POSTGRES_PASSWORD")
+              and u.path.lstrip("/") == pg_env.get("POSTGRES_DB"),
+              f"{n}: NODESTATE_DB's user, password or database differ from {pg_name}'s POSTGRES_* settings")
+        dep = s.get("depends_on") or {}
+        check(pg_name in dep and (not isinstance(dep, dict)
+                                  or dep[pg_name].get("condition") == "service_healthy"),
+              f"{n}: does not wait for {pg_name} to be healthy")
+check(len(set(data_volumes)) == len(data_volumes), f"nodestate services share a /data volume: {data_volumes}")
+
+# HAProxy: its image, its config mounted, the port published, and the config
+# itself routing by run to exactly the nodestate services.
+hp_names = [n for n, s in services.items() if image(s).startswith("haproxy:")]
+check(len(hp_names) == 1, f"want one HAProxy service, found {hp_names}")
+if hp_names:
+    hp = services[hp_names[0]]
+    tag = image(hp).split(":", 1)[1]
+    check(tag == haproxy_minor or tag.startswith(haproxy_minor + ".") or tag.startswith(haproxy_minor + "-"),
+          f"HAProxy image {image(hp)} is not the {haproxy_minor} release that haproxy -c checked the config with")
+    check("./haproxy.cfg:/usr/local/etc/haproxy/haproxy.cfg:ro" in [str(v) for v in hp.get("volumes", [])],
+          "./haproxy.cfg is not mounted at /usr/local/etc/haproxy/haproxy.cfg")
+    check(any(str(p).endswith(":8080") for p in hp.get("ports", [])), "HAProxy's port 8080 is not published")
+    check(set(ns_names) <= set(hp.get("depends_on") or {}), "HAProxy does not depend on every nodestate service")
+
+cfg = [l.split("#", 1)[0].strip() for l in open(haproxy_path)]
+cfg = [re.sub(r"\s+", " ", l) for l in cfg if l]
+for want in ("balance uri depth 2", "hash-type consistent", "option httpchk GET /readyz",
+             "http-check expect status 200", "bind :8080"):
+    check(want in cfg, f"haproxy.cfg lacks '{want}'")
+servers = {}
+for l in cfg:
+    w = l.split(" ")
+    if w[0] == "server":
+        servers[w[1]] = w[2]
+        check("check" in w[3:], f"haproxy.cfg: server {w[1]} has no health check")
+check(sorted(servers.values()) == sorted(f"{n}:8080" for n in ns_names),
+      f"haproxy.cfg servers {sorted(servers.values())} are not the nodestate services {ns_names} on 8080")
+
+prom_names = [n for n, s in services.items() if "prometheus" in image(s)]
+check(len(prom_names) == 1, f"want one Prometheus service, found {prom_names}")
+if prom_names:
+    p = services[prom_names[0]]
+    conf = next((a.split("=", 1)[1] for a in p.get("command", []) if a.startswith("--config.file=")), None)
+    check(conf and "./prometheus.scale.yml:" + conf + ":ro" in [str(v) for v in p.get("volumes", [])],
+          f"./prometheus.scale.yml is not mounted at the --config.file ({conf})")
+targets = [t for j in prom.get("scrape_configs") or [] if j.get("metrics_path") == "/stats"
+           for sc in j.get("static_configs", []) for t in sc.get("targets", [])]
+check(sorted(targets) == sorted(f"{n}:8080" for n in ns_names),
+      f"prometheus.scale.yml scrapes {targets}, not each nodestate service on 8080")
+
+for e in errors:
+    print("check_docker: compose.scale:", e, file=sys.stderr)
+sys.exit(1 if errors else 0)
+EOF
+    fail "docker/compose.scale.yaml, haproxy.cfg or prometheus.scale.yml (see above)"
+note "scale-out set ok: haproxy -c (HAProxy $haproxy_minor) accepts haproxy.cfg, promtool accepts prometheus.scale.yml, compose.scale.yaml agrees with both and the Dockerfile"
 
 note "PASS"

@@ -122,10 +122,15 @@ static size_t ns_on_header(char *data, size_t size, size_t nmemb, void *ctx)
 
 ns_client *ns_client_new(const ns_server *s)
 {
+    return ns_client_new_port(ns_port(s));
+}
+
+ns_client *ns_client_new_port(int port)
+{
     ns_client *c = calloc(1, sizeof *c);
     if (c == NULL)
         return NULL;
-    c->port = ns_port(s);
+    c->port = port;
     c->h = curl_easy_init();
     if (c->h == NULL) {
         free(c);

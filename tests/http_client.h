@@ -34,6 +34,8 @@ void ns_http_global_cleanup(void);
 
 /* A keep-alive client of its own, for one thread at a time. */
 ns_client *ns_client_new(const ns_server *s);
+/* The same for whatever listens on 127.0.0.1:port (a proxy in front of servers). */
+ns_client *ns_client_new_port(int port);
 void ns_client_free(ns_client *c);
 /*
  * One request: method, path (with query), body (NULL for none; when given it

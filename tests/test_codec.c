@@ -971,7 +971,7 @@ Test(encode, stats)
         "queue_depth", "queue_capacity", "queue_bytes", "updates_coalesced",
         "rows_written", "runs_deleted", "runs_expired", "updates_rejected", "updates_duplicate", "cache_nodes",
         "cache_runs", "cache_bytes", "cache_loads", "cache_evictions", "cache_nodes_evicted",
-        "cache_run_loads", "rows_isolated",
+        "cache_run_loads", "cache_invalidations", "rows_isolated",
         "store_conflicts",
         "last_seq", "durable_seq", "batch_requests", "batch_request_updates",
         "watchers", "watch_events_sent", "watch_dropped",

@@ -418,6 +418,24 @@ uint64_t cache_removals(const cache *c)
     return c->removals;
 }
 
+void cache_mark_all_stale(cache *c)
+{
+    for (size_t i = 0; i < c->n_slots; i++)
+        if (c->slots[i])
+            c->slots[i]->stale = true;
+}
+
+void cache_note_removed(cache *c, const char *run_id)
+{
+    if (!run_id) {
+        /* Past the ring: cache_removed_since is unsure, so true, for every reader in flight. */
+        c->removals += REMOVED_RING + 1;
+        return;
+    }
+    c->removed_hash[c->removals % REMOVED_RING] = hash_str(run_id);
+    c->removals++;
+}
+
 bool cache_removed_since(const cache *c, const char *run_id, uint64_t since)
 {
     if (c->removals - since > REMOVED_RING)

@@ -111,6 +111,15 @@ uint64_t cache_removals(const cache *c);
  * predate a removal and so be stale.
  */
 bool cache_removed_since(const cache *c, const char *run_id, uint64_t since);
+/*
+ * Counts run_id as removed for cache_removed_since, whether it is cached or
+ * not, so a reader reading it from disk without the lock right now reads it
+ * again: the stored rows changed under it (another instance committed to
+ * the run). run_id NULL: every run.
+ */
+void cache_note_removed(cache *c, const char *run_id);
+/* Marks every cached run stale (cache_run.stale). */
+void cache_mark_all_stale(cache *c);
 size_t cache_nodes(const cache *c);
 size_t cache_runs(const cache *c);
 /* Bytes the cached nodes take, the sum of cache_row_bytes. */

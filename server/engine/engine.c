@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <time.h>
 
 #include "engine_internal.h"
@@ -88,6 +89,44 @@ void engine_run_drop_if_idle(engine *e, cache_run *run)
         cache_run_remove(e->cache, run);
         publish_cache_size(e);
     }
+}
+
+/*
+ * Drops run (or marks it to be dropped once its queued writes commit) because
+ * the store changed under it. Lock held.
+ */
+static void invalidate_run(engine *e, cache_run *run)
+{
+    run->stale = true;
+    atomic_fetch_add_explicit(&e->stats.cache_invalidations, 1, memory_order_relaxed);
+    engine_run_drop_if_idle(e, run);
+}
+
+void engine_runs_changed(engine *e, const char *const *run_ids, size_t n)
+{
+    assert(state_opened(e));
+    lockcheck_lock(&e->lock);
+    if (!run_ids) {
+        cache_note_removed(e->cache, NULL);
+        cache_mark_all_stale(e->cache);
+        cache_run *run;
+        size_t dropped = 0;
+        /* Unpinned runs only; the pinned ones go as their writes commit. */
+        while ((run = cache_lru_first(e->cache)) != NULL) {
+            cache_run_remove(e->cache, run);
+            dropped++;
+        }
+        atomic_fetch_add_explicit(&e->stats.cache_invalidations, dropped, memory_order_relaxed);
+        publish_cache_size(e);
+    } else {
+        for (size_t i = 0; i < n; i++) {
+            cache_note_removed(e->cache, run_ids[i]);
+            cache_run *run = cache_run_find(e->cache, run_ids[i]);
+            if (run)
+                invalidate_run(e, run);
+        }
+    }
+    lockcheck_unlock(&e->lock);
 }
 
 /* ---- accepting writes ---- */
@@ -507,6 +546,7 @@ err:
 /* Frees what engine_open built; the writer thread is not running. */
 static void engine_free(engine *e)
 {
+    store_listen_stop(e->listener); /* first: it calls into the cache */
     store_reader_close(e->reader);
     store_close(e->store);
     free(e->batch);
@@ -537,6 +577,40 @@ static void sweep_backups(engine *e)
                    logfmt_quote(quoted, sizeof quoted, why));
     if (removed > 0)
         engine_log(e, NS_LOG_WARN, "backup-leftovers-removed", "files=%zu", removed);
+}
+
+/*
+ * A random id for this instance's notifications: other instances sharing
+ * the store ignore nothing of ours, and we ignore our own. Unique per
+ * process start, so a restarted instance is another instance.
+ */
+static int make_instance_id(engine *e, char *err, size_t errlen)
+{
+    unsigned char r[8];
+    size_t got = 0;
+    while (got < sizeof r) {
+        ssize_t n = getrandom(r + got, sizeof r - got, 0);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0) {
+            snprintf(err, errlen, "cannot make an instance id: %s", strerror(errno));
+            return -1;
+        }
+        got += (size_t)n;
+    }
+    for (size_t i = 0; i < sizeof r; i++)
+        snprintf(e->instance_id + 2 * i, 3, "%02x", r[i]);
+    return 0;
+}
+
+/* The store's listener (its thread): another instance committed to these runs. */
+static void on_runs_changed(void *ctx, const char *const *run_ids, size_t n)
+{
+    engine *e = ctx;
+    if (!run_ids)
+        engine_log(e, NS_LOG_WARN, "notifications-resumed",
+                   "instance=%s cache=dropped", e->instance_id);
+    engine_runs_changed(e, run_ids, n);
 }
 
 engine *engine_open(const engine_config *cfg, char *err, size_t errlen)
@@ -604,10 +678,19 @@ engine *engine_open(const engine_config *cfg, char *err, size_t errlen)
         goto err;
     atomic_store(&e->stats.last_seq, e->last_seq);
     atomic_store(&e->stats.durable_seq, e->last_seq);
+    if (make_instance_id(e, err, errlen) != 0)
+        goto err;
     /* Before the writer exists, so that it starts in RUNNING. */
     lockcheck_lock(&e->lock);
     state_advance(e, ENGINE_RUNNING);
     lockcheck_unlock(&e->lock);
+    /* Before anything is cached or written: every foreign commit from now on is heard. */
+    e->listener = store_listen_start(e->db_path, e->instance_id, on_runs_changed, e,
+                                     err, errlen);
+    if (!e->listener && err[0])
+        goto err;
+    if (e->listener)
+        engine_log(e, NS_LOG_INFO, "listening", "instance=%s", e->instance_id);
     if (pthread_create(&e->writer, NULL, writer_thread_main, e) != 0) {
         snprintf(err, errlen, "cannot start the writer thread");
         goto err;

@@ -188,6 +188,16 @@ typedef void engine_change_fn(void *ctx, const char *run_id, ns_row *row, int64_
  */
 void engine_on_change(engine *e, engine_change_fn *fn, void *ctx);
 /*
+ * Another instance sharing the store committed to these runs (the store's
+ * listener tells): what the cache holds of them may be older than the
+ * store. A run with nothing queued is dropped, so the next read loads it
+ * again; a run with queued writes is dropped once they have committed, so
+ * it is read again after them. A read through that is in flight for one
+ * of them reads again. run_ids NULL (n ignored): every run, because
+ * notifications may have been missed. Counted in cache_invalidations.
+ */
+void engine_runs_changed(engine *e, const char *const *run_ids, size_t n);
+/*
  * Asks the writer to commit what is queued soon instead of after
  * batch_interval: group_commit_delay after the first ask of this commit,
  * so that the waiters arriving meanwhile share its one commit (and fsync);

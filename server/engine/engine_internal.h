@@ -21,6 +21,7 @@
 #include "engine.h"
 #include "queue.h"
 #include "store.h"
+#include "store_listen.h"
 #include "writer.h"
 
 #include "writer.h"
@@ -81,6 +82,8 @@ struct engine {
     store_reader *reader;         /* read-through connection, locks itself */
     store *store;                 /* the write connection: writer thread only */
     bool shared;                  /* set at open: the store has other writers (store_shared) */
+    char instance_id[STORE_INSTANCE_ID_MAX + 1]; /* set by engine_open, then read-only */
+    store_listener *listener;     /* other instances' commits (shared store only), its own thread */
     ns_op *batch;                 /* writer thread only: batch_size ops */
     const ns_row **isolated;      /* writer thread only: rows isolated in this batch */
     size_t n_isolated, cap_isolated;

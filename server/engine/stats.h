@@ -127,6 +127,9 @@ typedef struct ns_hist {
     X(cache_run_loads, "nodestate_cache_run_loads_total", counter, au64, \
       NS_STAT_AFTER_REJECTED, NS_STAT_AFTER_REJECTED, \
       "Runs read whole from SQLite (a summary or a delete of a run not cached whole).") \
+    X(cache_invalidations, "nodestate_cache_invalidations_total", counter, au64, \
+      NS_STAT_AFTER_REJECTED, NS_STAT_AFTER_REJECTED, \
+      "Cached runs dropped because another instance committed to them.") \
     X(rows_isolated, "nodestate_rows_isolated_total", counter, au64, \
       NS_STAT_AFTER_REJECTED, NS_STAT_AFTER_REJECTED, \
       "Rows SQLite refused for good, left out of their batch.") \

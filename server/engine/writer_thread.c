@@ -191,6 +191,8 @@ static int commit_ops(engine *e, const ns_op *ops, size_t n)
             plan.batch.on_isolated = on_isolated;
             plan.batch.on_superseded = on_superseded;
             plan.batch.isolated_ctx = e;
+            /* Instances sharing the store drop what they cache of these runs. */
+            plan.batch.notify_id = e->listener ? e->instance_id : NULL;
         }
         t0 = model_mono_ns();
         if (planned && store_write(e->store, &plan.batch) == 0)
@@ -274,6 +276,8 @@ static size_t spill_ops(engine *e, const ns_op *ops, size_t n, int64_t end_ns)
         if (e->sidecar && writer_plan_build(ops + done, k, &plan) == 0) {
             plan.batch.on_isolated = on_isolated;
             plan.batch.isolated_ctx = e;
+            /* Instances sharing the store drop what they cache of these runs. */
+            plan.batch.notify_id = e->listener ? e->instance_id : NULL;
             rc = store_spill_append(e->sidecar, &plan.batch, err, sizeof err);
             if (rc == 0) {
                 e->spill_pieces++;

@@ -4,6 +4,7 @@
  * isolation of rows PostgreSQL refuses, meta, and replay of the sidecar.
  */
 #include "pg_internal.h"
+#include "pg_listen.h"
 
 #include <errno.h>
 #include <poll.h>
@@ -271,11 +272,12 @@ static int pg_flush_all(PGconn *conn)
 static int pg_write_pipelined(pg_store *s, const store_batch *b, size_t *idx,
                               bool *applied, bool *row_level)
 {
-    enum { Q_PLAIN, Q_UPSERT };
+    enum { Q_PLAIN, Q_UPSERT, Q_NOTIFY };
     pg_arrays arrays[2];
     pg_buf runs = { 0 };
-    int kinds[5], nq = 0, ret = -1;
-    const char *whats[5];
+    char *notify = NULL;
+    int kinds[6], nq = 0, ret = -1;
+    const char *whats[6];
     bool have[2] = { false, false };
     size_t *group[2] = { idx, NULL };
     size_t counts[2] = { 0, 0 };
@@ -307,6 +309,9 @@ static int pg_write_pipelined(pg_store *s, const store_batch *b, size_t *idx,
         }
     }
 
+    if (pg_listen_payloads(b, &notify, s->errmsg, sizeof s->errmsg) != 0)
+        goto out;
+
     if (PQsetnonblocking(s->conn, 1) != 0 || PQenterPipelineMode(s->conn) != 1) {
         pg_fail(s, NULL, "pipeline");
         goto out;
@@ -327,6 +332,12 @@ static int pg_write_pipelined(pg_store *s, const store_batch *b, size_t *idx,
                                  s->sql.ncols, NULL, arrays[g].params, NULL, NULL, 0) == 1;
         kinds[nq] = Q_UPSERT, whats[nq++] = "upsert";
     }
+    /* The other instances drop these runs: told with the commit, never without it. */
+    if (sent && notify) {
+        const char *p[1] = { notify };
+        sent = PQsendQueryParams(s->conn, PG_LISTEN_NOTIFY_SQL, 1, NULL, p, NULL, NULL, 0) == 1;
+        kinds[nq] = Q_NOTIFY, whats[nq++] = "notify";
+    }
     if (sent) {
         sent = PQsendQueryParams(s->conn, "COMMIT", 0, NULL, NULL, NULL, NULL, 0) == 1;
         kinds[nq] = Q_PLAIN, whats[nq++] = "commit";
@@ -344,7 +355,7 @@ static int pg_write_pipelined(pg_store *s, const store_batch *b, size_t *idx,
             goto out;
         }
         ExecStatusType st = PQresultStatus(res);
-        bool ok = st == (kinds[q] == Q_UPSERT ? PGRES_TUPLES_OK : PGRES_COMMAND_OK);
+        bool ok = st == (kinds[q] == Q_PLAIN ? PGRES_COMMAND_OK : PGRES_TUPLES_OK);
         if (ok && kinds[q] == Q_UPSERT)
             pg_mark_applied(b, res, applied);
         if (!ok && st != PGRES_PIPELINE_ABORTED && !failed) {
@@ -379,6 +390,7 @@ out:
     for (int g = 0; g < 2; g++)
         pg_arrays_free(&arrays[g]);
     pg_buf_free(&runs);
+    free(notify);
     return ret;
 }
 
@@ -438,6 +450,20 @@ static int pg_write_isolating(pg_store *s, const store_batch *b, bool *applied,
     return 0;
 }
 
+/* Tells the other instances, in the transaction in progress, which runs b touches. 0 or -1. */
+static int pg_notify_runs(pg_store *s, const store_batch *b)
+{
+    char *notify = NULL;
+    if (pg_listen_payloads(b, &notify, s->errmsg, sizeof s->errmsg) != 0)
+        return -1;
+    if (!notify)
+        return 0;
+    const char *p[1] = { notify };
+    int rc = pg_run(s, PG_LISTEN_NOTIFY_SQL, 1, p, "notify", NULL);
+    free(notify);
+    return rc;
+}
+
 /* Whether b's arrays are there for the counts it claims. */
 static bool pg_batch_valid(const store_batch *b)
 {
@@ -478,7 +504,7 @@ int pg_store_write(pg_store *s, store_batch *b)
             goto out;
         }
         if (pg_write_isolating(s, b, applied, iso, &n_iso) != 0 ||
-            pg_run(s, "COMMIT", 0, NULL, "commit", NULL) != 0)
+            pg_notify_runs(s, b) != 0 || pg_run(s, "COMMIT", 0, NULL, "commit", NULL) != 0)
             goto rollback;
     }
     if (b->last_seq > s->last_seq)

@@ -93,6 +93,12 @@ typedef struct store_batch {
      */
     void (*on_superseded)(void *ctx, const ns_row *row);
     size_t n_superseded;
+    /*
+     * The writing instance's id (store_listen.h): a shared store tells the
+     * other instances listening to it which runs this batch touched, in the
+     * same transaction. NULL: tell no one. SQLite has no one to tell.
+     */
+    const char *notify_id;
 } store_batch;
 
 /*
