@@ -190,8 +190,8 @@ typedef enum cache_evicted {
 /*
  * Drops the least recently used clean node of the least recently used run
  * with clean nodes, sparing the run keep (may be NULL) and held runs
- * (cache_hold), and whatever they hold. The run is then no longer complete; one left empty and unpinned is
- * removed. O(log n).
+ * (cache_hold), and whatever they hold. The run is then no longer
+ * complete; one left empty and unpinned is removed. O(log n).
  */
 cache_evicted cache_evict_node(cache *c, const cache_run *keep);
 
