@@ -515,6 +515,26 @@ Test(cache, evicts_clean_nodes_least_recently_used_first)
     cache_free(c);
 }
 
+/* A held run (a batch loading it) is spared like keep, whoever evicts; released, it is evictable again. */
+Test(cache, held_runs_are_spared)
+{
+    cache *c = new_cache();
+    cache_run *a = add_run(c, "a");
+    cache_run *b = add_run(c, "b");
+    cr_assert_eq(cache_node_load(c, a, mk("a", "1", NS_RUNNING, 1)), 0);
+    cr_assert_eq(cache_node_load(c, b, mk("b", "1", NS_RUNNING, 2)), 0);
+    cache_pin(c, a);
+    cache_hold(a);
+    cr_assert_eq(cache_evict_node(c, NULL), CACHE_EVICTED_RUN);
+    cr_assert_null(cache_run_find(c, "b"));
+    cr_assert_eq(cache_evict_node(c, NULL), CACHE_EVICTED_NONE, "a is held");
+    cr_assert_not_null(cache_node_get(a, "1"));
+    cache_release(a);
+    cr_assert_eq(cache_evict_node(c, NULL), CACHE_EVICTED_NODE);
+    cr_assert(cache_unpin(c, a));
+    cache_free(c);
+}
+
 /*
  * A run known whole (new, or read whole) stays known through evictions: an
  * evicted node is "maybe stored" (never a false "absent"), a node never

@@ -11,6 +11,8 @@
  */
 #include <criterion/criterion.h>
 
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -284,4 +286,89 @@ Test(engine_batch, empty_batch_changes_nothing)
     cr_assert_eq(engine_batch_submit(e, "r", NULL, 0, res), ENGINE_ACCEPTED);
     cr_assert_eq(atomic_load(&engine_stats(e)->cache_runs), 0);
     cr_assert_eq(engine_close(e), 0);
+}
+
+/* Submits new nodes of one run until told to stop: each submit evicts every clean node past the bound. */
+typedef struct churn {
+    engine *e;
+    _Atomic bool stop;
+} churn;
+
+static void *churn_main(void *arg)
+{
+    churn *c = arg;
+    char node[32];
+    for (long k = 0; k < 10000000 && !atomic_load(&c->stop); k++) {
+        snprintf(node, sizeof node, "c%ld", k);
+        ns_update u = upd(NS_RUNNING, 0);
+        ns_row *out = NULL;
+        engine_submit(c->e, "churn", node, &u, &out); /* a full queue is fine */
+        model_row_unref(out);
+    }
+    return NULL;
+}
+
+/*
+ * A batch reads the nodes it lacks one by one, dropping the lock each time;
+ * a node it read first must still be judged against its stored row even
+ * when another writer's eviction runs meanwhile. Every node here is
+ * completed on disk, so moving one back to running is illegal: before the
+ * batch's run was spared while loading, an evicted node was judged as new
+ * and the illegal update accepted.
+ */
+Test(engine_batch, nodes_read_for_a_batch_are_not_evicted_before_it_is_judged)
+{
+    enum { RUNS = 400, NODES = 8 };
+    char run[32], node[NODES][16];
+    for (int j = 0; j < NODES; j++)
+        snprintf(node[j], sizeof node[j], "n%d", j);
+    engine *e = open_cfg(1000, 60, 100000, 0);
+    for (int i = 0; i < RUNS; i++) {
+        snprintf(run, sizeof run, "r%d", i);
+        for (int j = 0; j < NODES; j++)
+            single(e, run, node[j], NS_COMPLETED);
+    }
+    cr_assert_eq(engine_close(e), 0);
+
+    engine_config c = {
+        .db_path = sfx_db_path(),
+        .batch_size = 64,
+        .batch_interval = 0.001,
+        .queue_capacity = 4096,
+        .shutdown_timeout = 10,
+        .cache_max_nodes = 4,
+    };
+    char err[512] = "";
+    e = engine_open(&c, err, sizeof err);
+    cr_assert_not_null(e, "engine_open: %s", err);
+    churn ch = { .e = e };
+    pthread_t t;
+    cr_assert_eq(pthread_create(&t, NULL, churn_main, &ch), 0);
+    ns_update back = upd(NS_RUNNING, 0);
+    engine_batch_item items[NODES];
+    for (int j = 0; j < NODES; j++)
+        items[j] = (engine_batch_item){ node[j], &back };
+    int wrong = -1, wrong_item = -1;
+    for (int i = 0; i < RUNS && wrong < 0; i++) {
+        snprintf(run, sizeof run, "r%d", i);
+        engine_batch_result res[NODES];
+        /* Nothing to queue, so never QUEUE_FULL: that answer means an item was applied. */
+        engine_result got = engine_batch_submit(e, run, items, NODES, res);
+        if (got != ENGINE_ACCEPTED) {
+            wrong = i;
+            wrong_item = -(int)got;
+            continue;
+        }
+        for (int j = 0; j < NODES && wrong < 0; j++)
+            if (res[j].res != ENGINE_ILLEGAL) {
+                wrong = i;
+                wrong_item = j;
+            }
+        engine_batch_results_free(res, NODES);
+    }
+    atomic_store(&ch.stop, true);
+    pthread_join(t, NULL);
+    engine_close(e);
+    cr_assert_eq(wrong, -1, "run r%d item %d (negative: the batch's answer): a completed node judged as new",
+                 wrong, wrong_item);
 }

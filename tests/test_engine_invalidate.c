@@ -145,3 +145,27 @@ Test(engine_invalidate, null_means_every_run)
     cr_assert_eq(atomic_load(&engine_stats(e)->cache_runs), 2, "both read again");
     engine_close(e);
 }
+
+/*
+ * Every run changed, while one has a queued write and a clean node (so it
+ * is on the recency list): it stays, pinned, until the write commits. Before,
+ * it was removed with the others, its queued write was no longer readable
+ * and the writer settled it into freed memory.
+ */
+Test(engine_invalidate, null_keeps_runs_with_queued_writes)
+{
+    engine *e = sfx_open_engine(); /* commits only when asked */
+    sfx_accept(e, "r", "a", NS_RUNNING);
+    wait_all_durable(e);
+    sfx_accept(e, "r", "b", NS_SCHEDULED); /* queued, not committed */
+    commit_elsewhere("r", "a", "completed");
+
+    engine_runs_changed(e, NULL, 0);
+    cr_assert_eq(status_of(e, "r", "b"), NS_SCHEDULED, "a queued write stays readable");
+    wait_all_durable(e);
+    for (int i = 0; i < HANG_SECONDS * 200 && status_of(e, "r", "a") != NS_COMPLETED; i++)
+        sleep_ms(5); /* the drop follows the commit, after durable_seq moved */
+    cr_assert_eq(status_of(e, "r", "a"), NS_COMPLETED);
+    cr_assert_eq(status_of(e, "r", "b"), NS_SCHEDULED);
+    cr_assert_eq(engine_close(e), 0);
+}

@@ -91,6 +91,16 @@ bool cache_unpin(cache *c, cache_run *run)
     return --run->pending == 0;
 }
 
+void cache_hold(cache_run *run)
+{
+    run->holds++;
+}
+
+void cache_release(cache_run *run)
+{
+    run->holds--;
+}
+
 /* Takes n off its run's clean list; a run left without clean nodes leaves the cache's list. */
 static void clean_unlink(cache *c, cache_run *run, cache_node *n)
 {
@@ -811,7 +821,8 @@ int cache_run_adopt(cache *c, cache_run *run, cache_run *loaded)
 cache_evicted cache_evict_node(cache *c, const cache_run *keep)
 {
     cache_run *run = c->lru_first;
-    if (run && run == keep)
+    /* Held runs are few (batches being loaded), so stepping over them stays cheap. */
+    while (run && (run == keep || run->holds))
         run = run->lru_next;
     if (!run)
         return CACHE_EVICTED_NONE;

@@ -44,6 +44,7 @@ typedef struct cache_node cache_node;
 typedef struct cache_run {
     char *run_id;
     size_t pending;            /* queued ops not yet committed (cache_pin); a pinned run stays */
+    size_t holds;              /* callers judging against its nodes across a dropped lock (cache_hold) */
     bool stale;                /* cached rows may differ from disk: drop once unpinned */
     bool complete;             /* every node of the run is held (else only some) */
     /*
@@ -143,6 +144,15 @@ void cache_pin(cache *c, cache_run *run);
 /* One queued op of run committed; returns true when that was the last one. */
 bool cache_unpin(cache *c, cache_run *run);
 
+/*
+ * A caller reads nodes of run one by one, dropping the lock between reads,
+ * and judges against all of them afterwards (a batch): cache_evict_node
+ * spares a held run like its keep, so a node read first is still there.
+ * Pin it too, or it may be removed. cache_release undoes one hold.
+ */
+void cache_hold(cache_run *run);
+void cache_release(cache_run *run);
+
 /* The node's row (no reference taken), or NULL. */
 ns_row *cache_node_get(const cache_run *run, const char *node_id);
 /* cache_node_get that also marks a clean node as its run's most recently used. */
@@ -179,9 +189,9 @@ typedef enum cache_evicted {
 } cache_evicted;
 /*
  * Drops the least recently used clean node of the least recently used run
- * with clean nodes, sparing the run keep (may be NULL) and whatever it
- * holds. The run is then no longer complete; one left empty and unpinned is
- * removed. O(log n).
+ * with clean nodes, sparing the run keep (may be NULL) and held runs
+ * (cache_hold), and whatever they hold. The run is then no longer
+ * complete; one left empty and unpinned is removed. O(log n).
  */
 cache_evicted cache_evict_node(cache *c, const cache_run *keep);
 

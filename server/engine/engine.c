@@ -109,12 +109,20 @@ void engine_runs_changed(engine *e, const char *const *run_ids, size_t n)
     if (!run_ids) {
         cache_note_removed(e->cache, NULL);
         cache_mark_all_stale(e->cache);
-        cache_run *run;
         size_t dropped = 0;
-        /* Unpinned runs only; the pinned ones go as their writes commit. */
-        while ((run = cache_lru_first(e->cache)) != NULL) {
-            cache_run_remove(e->cache, run);
-            dropped++;
+        /*
+         * Unpinned runs only; the pinned ones go as their writes commit. A
+         * pinned run with clean nodes is on this list too (queued ops and a
+         * loading batch point at it), so it is stepped over, not removed.
+         */
+        cache_run *run = cache_lru_first(e->cache);
+        while (run) {
+            cache_run *next = run->lru_next;
+            if (run->pending == 0) {
+                cache_run_remove(e->cache, run);
+                dropped++;
+            }
+            run = next;
         }
         atomic_fetch_add_explicit(&e->stats.cache_invalidations, dropped, memory_order_relaxed);
         publish_cache_size(e);

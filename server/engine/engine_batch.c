@@ -39,8 +39,10 @@ static ns_row **overlay_slot(const overlay *o, const char *node_id)
 /*
  * Makes sure every node an item touches is cached (or known absent: the
  * run is cached whole), reading through what is not; returns the run, pinned
- * so that nothing read here is evicted before the batch is judged. NULL with
- * *res set when reading fails. Lock held, dropped while reading.
+ * (so it stays) and held (so another writer's eviction, while the lock is
+ * dropped for a later read, takes none of the nodes read before, which the
+ * batch is judged against). NULL with *res set when reading fails. Lock
+ * held, dropped while reading.
  */
 static cache_run *load_nodes(engine *e, const char *run_id, const engine_batch_item *items,
                              size_t n, engine_result *res)
@@ -53,13 +55,17 @@ static cache_run *load_nodes(engine *e, const char *run_id, const engine_batch_i
         ns_row *cur;
         cache_run *got = readthrough_run_node(e, run_id, items[i].node_id, true, &cur, res);
         if (!got) {
-            if (run && cache_unpin(e->cache, run))
-                engine_run_drop_if_idle(e, run);
+            if (run) {
+                cache_release(run);
+                if (cache_unpin(e->cache, run))
+                    engine_run_drop_if_idle(e, run);
+            }
             return NULL;
         }
         if (!run) {
             run = got;
             cache_pin(e->cache, run);
+            cache_hold(run);
         }
         /* A pinned run is never removed (neither evicted nor dropped), so it stays this one. */
         assert(got == run);
@@ -192,9 +198,10 @@ engine_result engine_batch_submit(engine *e, const char *run_id,
             r->res = ENGINE_ERROR; /* after the out-of-memory above */
         }
     }
-    engine_evict(e, run); /* new nodes, or bigger rows, may pass a bound */
     res = ENGINE_ACCEPTED;
 unpin:
+    cache_release(run);
+    engine_evict(e, run); /* new nodes, bigger rows, or nodes held while loading may pass a bound */
     if (cache_unpin(e->cache, run))
         engine_run_drop_if_idle(e, run);
 done:
