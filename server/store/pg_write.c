@@ -39,6 +39,11 @@ static void pg_revive(pg_store *s)
         pg_session(s->conn, s->errmsg, sizeof s->errmsg);
 }
 
+void pg_store_revive(pg_store *s)
+{
+    pg_revive(s);
+}
+
 pg_store *pg_store_open(const char *uri, bool sync_full, char *err,
                         size_t errlen)
 {

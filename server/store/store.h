@@ -193,7 +193,8 @@ typedef struct store_expiry_cursor {
     bool spans;            /* they were examined on an earlier page */
 } store_expiry_cursor;
 /*
- * Retention's candidates (sqlite_expire.c), on the write connection (writer
+ * Retention's candidates (sqlite_expire.c, pg_expire.c; judged in
+ * store_expire.c), on the write connection (writer
  * thread only). Examines the next max_rows (>= 1) stored rows after the
  * cursor, in (run_id, node_id) order, and calls fn for each run whose rows
  * have all been examined and are all terminal (completed, failed) with
@@ -211,10 +212,12 @@ typedef struct store_expiry_cursor {
 int store_expired_runs(store *s, int64_t cutoff_ms, size_t max_rows,
                        store_expiry_cursor *cursor,
                        int (*fn)(void *ctx, const char *run_id), void *ctx);
-/* Whether s has store_expired_runs (SQLite does; PostgreSQL not yet). */
+/* Whether s has store_expired_runs (both backends do). */
 bool store_can_expire(const store *s);
 /* The SQL of one page (?1 ?2 the cursor's key, ?3 max_rows), for tests of its plan. 0 or -1. */
 int store_expired_sql(char *out, size_t outlen);
+/* The same for the PostgreSQL store ($1 $2 $3). */
+int store_pg_expired_sql(char *out, size_t outlen);
 
 /* Opens a read-only connection to a file that store_open has set up. */
 store_reader *store_reader_open(const char *path, char *err, size_t errlen);
