@@ -1,7 +1,8 @@
 /*
- * it_retention: --retention on the real binary. Runs are written through the
- * API, the server is stopped, and the rows of some are aged in the file
- * itself (updated_at set years back), so the test never waits for the
+ * it_retention: --retention on the real binary, on either store (the _pg
+ * variant runs it on PostgreSQL). Runs are written through the API, the
+ * server is stopped, and the rows of some are aged in the database itself
+ * (updated_at set years back, ns_db_exec), so the test never waits for the
  * retention period; the restarted server's first sweep runs at start-up.
  * A run whose nodes are all completed/failed and old is deleted (file,
  * answers, counters); one with a running node, or updated recently, stays;
@@ -9,7 +10,6 @@
  */
 #include <criterion/criterion.h>
 #include <signal.h>
-#include <sqlite3.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -21,15 +21,10 @@ TestSuite(retention, .init = it_env_clear, .timeout = 120);
 
 #define WAIT_S 30.0
 
-/* Runs sql on a fresh read-write connection to the stopped server's file. */
+/* Runs sql on a fresh read-write connection to the stopped server's database. */
 static void exec_db(ns_server *s, const char *sql)
 {
-    sqlite3 *db = NULL;
-    char *err = NULL;
-    cr_assert_eq(sqlite3_open_v2(ns_db_path(s), &db, SQLITE_OPEN_READWRITE, NULL), SQLITE_OK);
-    cr_assert_eq(sqlite3_exec(db, sql, NULL, NULL, &err), SQLITE_OK, "%s: %s", sql,
-                 err ? err : "");
-    cr_assert_eq(sqlite3_close(db), SQLITE_OK);
+    cr_assert_eq(ns_db_exec(s, sql), 0, "%s", sql);
 }
 
 static long long rows_of(ns_server *s, const char *run)
