@@ -104,3 +104,36 @@ Test(retention, the_variable_turns_it_on_and_a_recent_run_is_kept)
     cr_assert_eq(ns_stop(s, SIGTERM), 0);
     ns_free(s);
 }
+
+/*
+ * Two instances on one PostgreSQL database: the one sweeping deletes the
+ * run through its own writer, and the commit is announced (LISTEN/NOTIFY)
+ * like any other, so the other instance, which had the run in its cache,
+ * drops it and answers 404 rather than the rows that are gone.
+ */
+Test(retention, an_expired_run_is_announced_to_the_other_instances)
+{
+    if (ns_pg_base() == NULL)
+        cr_skip_test("PostgreSQL only: run it_retention_pg with NODESTATE_TEST_PG set");
+    ns_server *b = ns_start("--batch-interval 0.01");
+    cr_assert_not_null(b);
+    it_post(b, "done", "a", "?wait=true&timeout=30", "{\"status\":\"completed\"}", 200);
+    cr_assert_eq(get_status(b, "/runs/done"), 200, "B has the run cached");
+    /* Aged behind B's back: B's cache still holds the run, and nothing tells B. */
+    exec_db(b, "UPDATE run_node_state SET updated_at = '2020-01-01T00:00:00.000Z'");
+    long long invalidations = ns_stat(b, "cache_invalidations");
+
+    ns_server *a = ns_start("--db %s --retention 1h --retention-interval 1m", ns_db_path(b));
+    cr_assert_not_null(a);
+    cr_assert_eq(ns_wait_stat_eq(a, "runs_expired", 1, WAIT_S), 0, "A never expired the run");
+    cr_assert_eq(rows_of(b, "done"), 0);
+    ns_resp r = { 0 };
+    cr_assert_eq(ns_req_until(b, "GET", "/runs/done", 404, &r, WAIT_S, 10), 0,
+                 "B still answers %ld %s", r.status, r.body ? r.body : "");
+    ns_resp_free(&r);
+    cr_assert_gt(ns_stat(b, "cache_invalidations"), invalidations, "B heard of the delete");
+    cr_assert_eq(ns_stop(a, SIGTERM), 0);
+    cr_assert_eq(ns_stop(b, SIGTERM), 0);
+    ns_free(a);
+    ns_free(b);
+}
