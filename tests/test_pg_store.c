@@ -6,6 +6,7 @@
  */
 #include <criterion/criterion.h>
 #include <libpq-fe.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -496,4 +497,137 @@ Test(pg_store, expired_runs_page_plan_walks_the_primary_key)
         cr_assert(strstr(plan, "Sort") == NULL && strstr(plan, "Seq Scan") == NULL, "plan:\n%s", plan);
     }
     PQfinish(c);
+}
+
+/* ---- retention's deletes, judged again by the shared store ---- */
+
+typedef struct kept_runs {
+    superseded sup;   /* first: isolated_ctx serves every callback */
+    char ids[256];
+} kept_runs;
+
+static void on_kept(void *ctx, const char *run_id)
+{
+    kept_runs *k = ctx;
+    size_t len = strlen(k->ids);
+    snprintf(k->ids + len, sizeof k->ids - len, "%s%s", len ? "," : "", run_id);
+}
+
+/* Deletes runs in one batch, expiring as given, judged against cutoff; the kept ones as "a,b". */
+static void delete_runs(store *s, const char *const *runs, const bool *expiring, size_t n,
+                        int64_t cutoff, kept_runs *k)
+{
+    memset(k, 0, sizeof *k);
+    store_batch b = { .delete_runs = runs, .n_deletes = n, .expiring = expiring,
+                      .expire_cutoff_ms = cutoff, .on_expire_kept = on_kept,
+                      .on_isolated = on_isolated, .on_superseded = on_superseded,
+                      .isolated_ctx = k };
+    cr_assert_eq(store_write(s, &b), 0, "store_write: %s", store_errmsg(s));
+    size_t commas = 0;
+    for (const char *p = k->ids; *p; p++)
+        commas += *p == ',';
+    cr_assert_eq(b.n_expire_kept, k->ids[0] ? commas + 1 : 0);
+}
+
+static long long rows_of_run(const char *run)
+{
+    char sql[128];
+    snprintf(sql, sizeof sql, "SELECT count(*) FROM run_node_state WHERE run_id = '%s'", run);
+    return int_of(sql);
+}
+
+/*
+ * Another instance may write a run between this one's sweep and its
+ * delete: the store deletes a run retention queued only if it is still
+ * expired, and keeps it whole otherwise; a DELETE /runs/{id} goes whatever.
+ */
+Test(pg_store, expiring_delete_keeps_a_run_written_since)
+{
+    store *s = open_pg();
+    aged rows[] = {
+        { "x-old", "a", NS_COMPLETED, SFX_T0 - 10 },   { "x-old", "b", NS_FAILED, SFX_T0 - 10 },
+        { "y-fresh", "a", NS_COMPLETED, SFX_T0 - 10 }, { "y-fresh", "b", NS_COMPLETED, SFX_T0 },
+        { "z-open", "a", NS_RUNNING, SFX_T0 - 10 },    { "z-plain", "a", NS_RUNNING, SFX_T0 },
+    };
+    write_aged(s, rows, 6);
+    const char *runs[] = { "x-old", "y-fresh", "z-open", "z-plain" };
+    const bool expiring[] = { true, true, true, false };
+    kept_runs k;
+    delete_runs(s, runs, expiring, 4, SFX_T0, &k);
+    cr_assert_str_eq(k.ids, "y-fresh,z-open");
+    cr_assert_eq(rows_of_run("x-old"), 0);
+    cr_assert_eq(rows_of_run("y-fresh"), 2, "kept whole");
+    cr_assert_eq(rows_of_run("z-open"), 1);
+    cr_assert_eq(rows_of_run("z-plain"), 0, "an API delete is not judged");
+    store_close(s);
+}
+
+/* store_write of one expiring delete, on a thread of its own. */
+typedef struct expiring_write {
+    store *s;
+    const char *run;
+    int rc;
+    kept_runs k;
+} expiring_write;
+
+static void *expiring_write_thread(void *arg)
+{
+    expiring_write *w = arg;
+    const char *runs[1] = { w->run };
+    const bool expiring[1] = { true };
+    store_batch b = { .delete_runs = runs, .n_deletes = 1, .expiring = expiring,
+                      .expire_cutoff_ms = SFX_T0, .on_expire_kept = on_kept,
+                      .isolated_ctx = &w->k };
+    w->rc = store_write(w->s, &b);
+    return NULL;
+}
+
+/*
+ * Another instance's write in flight when the delete comes: the delete
+ * waits for it (the run's rows are locked first) and then sees it, so the
+ * run is kept, the new state of the node included. (Judged on the rows as
+ * they were, the delete would wait on the same row and then remove its new
+ * version.)
+ */
+Test(pg_store, expiring_delete_waits_for_a_write_in_flight_and_keeps_the_run)
+{
+    store *s = open_pg();
+    aged rows[] = { { "w", "a", NS_COMPLETED, SFX_T0 - 10 }, { "w", "b", NS_COMPLETED, SFX_T0 - 10 } };
+    write_aged(s, rows, 2);
+    PGconn *other = PQconnectdb(uri), *watch = PQconnectdb(uri);
+    cr_assert_eq(PQstatus(other), CONNECTION_OK, "%s", PQerrorMessage(other));
+    cr_assert_eq(PQstatus(watch), CONNECTION_OK, "%s", PQerrorMessage(watch));
+    PGresult *r = PQexec(other, "BEGIN; UPDATE run_node_state SET status = 'running',"
+                                " updated_at = '2099-01-01T00:00:00.000Z'"
+                                " WHERE run_id = 'w' AND node_id = 'b'");
+    cr_assert_eq(PQresultStatus(r), PGRES_COMMAND_OK, "%s", PQresultErrorMessage(r));
+    PQclear(r);
+
+    expiring_write w = { .s = s, .run = "w", .rc = -2 };
+    pthread_t t;
+    cr_assert_eq(pthread_create(&t, NULL, expiring_write_thread, &w), 0);
+    /* Commits once the delete waits on the row lock (bounded: the lock times out after 1 s). */
+    bool waiting = false;
+    for (int i = 0; i < 2000 && !waiting; i++) {
+        r = PQexec(watch, "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                          " AND datname = current_database()");
+        waiting = PQresultStatus(r) == PGRES_TUPLES_OK && atoi(PQgetvalue(r, 0, 0)) > 0;
+        PQclear(r);
+        if (!waiting)
+            usleep(1000);
+    }
+    r = PQexec(other, "COMMIT");
+    cr_assert_eq(PQresultStatus(r), PGRES_COMMAND_OK, "%s", PQresultErrorMessage(r));
+    PQclear(r);
+    cr_assert_eq(pthread_join(t, NULL), 0);
+    cr_assert(waiting, "the delete never waited for the write in flight");
+    cr_assert_eq(w.rc, 0, "store_write: %s", store_errmsg(s));
+    cr_assert_str_eq(w.k.ids, "w");
+    cr_assert_eq(rows_of_run("w"), 2, "the run is kept whole");
+    char *st = value_of("SELECT status FROM run_node_state WHERE run_id = 'w' AND node_id = 'b'");
+    cr_assert_str_eq(st, "running", "the write in flight is not lost");
+    free(st);
+    PQfinish(other);
+    PQfinish(watch);
+    store_close(s);
 }

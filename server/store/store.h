@@ -99,6 +99,20 @@ typedef struct store_batch {
      * same transaction. NULL: tell no one. SQLite has no one to tell.
      */
     const char *notify_id;
+    /*
+     * NULL, or per delete: queued by retention (store_expired_runs). A
+     * shared store judges such a delete again in its transaction, after
+     * locking the run's rows: another instance may have written the run
+     * since this one found it expired, so the run goes only if every row
+     * is still terminal and updated before expire_cutoff_ms; otherwise it
+     * is kept whole and reported to on_expire_kept (with isolated_ctx)
+     * after the commit. Output: how many were kept. SQLite (one process,
+     * whose engine has judged them) deletes them all.
+     */
+    const bool *expiring;
+    int64_t expire_cutoff_ms;
+    void (*on_expire_kept)(void *ctx, const char *run_id);
+    size_t n_expire_kept;
 } store_batch;
 
 /*
