@@ -13,8 +13,10 @@
  * whole (recheck) before it is handed over.
  *
  * Only candidates are found here: the delete itself goes through the
- * writer's batch like DELETE /runs/{id}, and is announced to the other
- * instances with that batch's commit (pg_listen).
+ * writer's batch like DELETE /runs/{id}, marked as retention's
+ * (store_batch.expiring) so that pg_write.c judges it again under row
+ * locks, and is announced to the other instances with that batch's commit
+ * (pg_listen).
  */
 #include "pg_internal.h"
 
