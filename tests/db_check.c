@@ -189,6 +189,39 @@ out:
     return rc;
 }
 
+int ns_db_exec(ns_server *s, const char *sql)
+{
+    int rc = -1;
+    if (ns_pg_uri(ns_db_path(s))) {
+        PGconn *c = PQconnectdb(ns_db_path(s));
+        PGresult *res = NULL;
+        if (PQstatus(c) == CONNECTION_OK) {
+            res = PQexec(c, sql);
+            ExecStatusType st = PQresultStatus(res);
+            rc = st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK ? 0 : -1;
+        }
+        if (rc != 0)
+            fprintf(stderr, "harness: postgresql %s: %s", sql,
+                    res != NULL ? PQresultErrorMessage(res) : PQerrorMessage(c));
+        PQclear(res);
+        PQfinish(c);
+        return rc;
+    }
+    sqlite3 *db = NULL;
+    char *err = NULL;
+    if (sqlite3_open_v2(ns_db_path(s), &db, SQLITE_OPEN_READWRITE, NULL) == SQLITE_OK &&
+        sqlite3_busy_timeout(db, 5000) == SQLITE_OK &&
+        sqlite3_exec(db, sql, NULL, NULL, &err) == SQLITE_OK)
+        rc = 0;
+    if (rc != 0)
+        fprintf(stderr, "harness: sqlite %s: %s\n", sql,
+                err != NULL ? err : db != NULL ? sqlite3_errmsg(db) : "cannot open");
+    sqlite3_free(err);
+    if (sqlite3_close(db) != SQLITE_OK)
+        rc = -1;
+    return rc;
+}
+
 char *ns_db_text(ns_server *s, bool *err, const char *sql, ...)
 {
     va_list ap;

@@ -1,8 +1,9 @@
 /*
- * db_check: reads a test server's SQLite file directly, read-only, on a
- * fresh connection per query, for tests whose point is what is durable
- * (rows written, their values), not what the server answers. The functions
- * report on stderr and never assert.
+ * db_check: reads a test server's SQLite file (or PostgreSQL database)
+ * directly, read-only, on a fresh connection per query, for tests whose
+ * point is what is durable (rows written, their values), not what the
+ * server answers; ns_db_exec alone writes. The functions report on stderr
+ * and never assert.
  */
 #ifndef NODESTATE_DB_CHECK_H
 #define NODESTATE_DB_CHECK_H
@@ -22,6 +23,14 @@ char *ns_db_text(ns_server *s, bool *err, const char *sql, ...)
 /* The same as an integer; -1 when there is no row, a NULL or an error. */
 long long ns_db_int(ns_server *s, const char *sql, ...)
     __attribute__((sentinel));
+
+/*
+ * Runs sql (no arguments, no rows wanted; several statements allowed) on a
+ * fresh READ-WRITE connection to the database, whichever store it is, for a
+ * test that changes what is stored behind a stopped server's back (ages
+ * rows, say). 0, or -1 (reported on stderr).
+ */
+int ns_db_exec(ns_server *s, const char *sql);
 
 /* The first row of a query, every column as text (NULL for SQL NULL). */
 typedef struct ns_dbrow {

@@ -5,7 +5,7 @@
  *   http_client.h  libcurl requests and their answers
  *   json_check.h   JSON answers: members, RFC 9457 problems, timestamps
  *   stats_check.h  /stats polled with bounded waits, /metrics samples
- *   db_check.h     the SQLite file read directly (read-only)
+ *   db_check.h     the database read directly (ns_db_exec writes)
  *   pg_check.h     the same tests on PostgreSQL (NS_IT_STORE=pg)
  *   raw_socket.h   plain TCP for requests libcurl would rewrite
  *   tmp_files.h    temporary directories and small files

@@ -1,7 +1,8 @@
 /*
- * it_retention: --retention on the real binary. Runs are written through the
- * API, the server is stopped, and the rows of some are aged in the file
- * itself (updated_at set years back), so the test never waits for the
+ * it_retention: --retention on the real binary, on either store (the _pg
+ * variant runs it on PostgreSQL). Runs are written through the API, the
+ * server is stopped, and the rows of some are aged in the database itself
+ * (updated_at set years back, ns_db_exec), so the test never waits for the
  * retention period; the restarted server's first sweep runs at start-up.
  * A run whose nodes are all completed/failed and old is deleted (file,
  * answers, counters); one with a running node, or updated recently, stays;
@@ -9,7 +10,6 @@
  */
 #include <criterion/criterion.h>
 #include <signal.h>
-#include <sqlite3.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -21,15 +21,10 @@ TestSuite(retention, .init = it_env_clear, .timeout = 120);
 
 #define WAIT_S 30.0
 
-/* Runs sql on a fresh read-write connection to the stopped server's file. */
+/* Runs sql on a fresh read-write connection to the stopped server's database. */
 static void exec_db(ns_server *s, const char *sql)
 {
-    sqlite3 *db = NULL;
-    char *err = NULL;
-    cr_assert_eq(sqlite3_open_v2(ns_db_path(s), &db, SQLITE_OPEN_READWRITE, NULL), SQLITE_OK);
-    cr_assert_eq(sqlite3_exec(db, sql, NULL, NULL, &err), SQLITE_OK, "%s: %s", sql,
-                 err ? err : "");
-    cr_assert_eq(sqlite3_close(db), SQLITE_OK);
+    cr_assert_eq(ns_db_exec(s, sql), 0, "%s", sql);
 }
 
 static long long rows_of(ns_server *s, const char *run)
@@ -108,4 +103,37 @@ Test(retention, the_variable_turns_it_on_and_a_recent_run_is_kept)
     expect_only_done_expired(s);
     cr_assert_eq(ns_stop(s, SIGTERM), 0);
     ns_free(s);
+}
+
+/*
+ * Two instances on one PostgreSQL database: the one sweeping deletes the
+ * run through its own writer, and the commit is announced (LISTEN/NOTIFY)
+ * like any other, so the other instance, which had the run in its cache,
+ * drops it and answers 404 rather than the rows that are gone.
+ */
+Test(retention, an_expired_run_is_announced_to_the_other_instances)
+{
+    if (ns_pg_base() == NULL)
+        cr_skip_test("PostgreSQL only: run it_retention_pg with NODESTATE_TEST_PG set");
+    ns_server *b = ns_start("--batch-interval 0.01");
+    cr_assert_not_null(b);
+    it_post(b, "done", "a", "?wait=true&timeout=30", "{\"status\":\"completed\"}", 200);
+    cr_assert_eq(get_status(b, "/runs/done"), 200, "B has the run cached");
+    /* Aged behind B's back: B's cache still holds the run, and nothing tells B. */
+    exec_db(b, "UPDATE run_node_state SET updated_at = '2020-01-01T00:00:00.000Z'");
+    long long invalidations = ns_stat(b, "cache_invalidations");
+
+    ns_server *a = ns_start("--db %s --retention 1h --retention-interval 1m", ns_db_path(b));
+    cr_assert_not_null(a);
+    cr_assert_eq(ns_wait_stat_eq(a, "runs_expired", 1, WAIT_S), 0, "A never expired the run");
+    cr_assert_eq(rows_of(b, "done"), 0);
+    ns_resp r = { 0 };
+    cr_assert_eq(ns_req_until(b, "GET", "/runs/done", 404, &r, WAIT_S, 10), 0,
+                 "B still answers %ld %s", r.status, r.body ? r.body : "");
+    ns_resp_free(&r);
+    cr_assert_gt(ns_stat(b, "cache_invalidations"), invalidations, "B heard of the delete");
+    cr_assert_eq(ns_stop(a, SIGTERM), 0);
+    cr_assert_eq(ns_stop(b, SIGTERM), 0);
+    ns_free(a);
+    ns_free(b);
 }

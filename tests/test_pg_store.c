@@ -6,6 +6,7 @@
  */
 #include <criterion/criterion.h>
 #include <libpq-fe.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -334,5 +335,299 @@ Test(pg_store, sidecar_replays_into_postgresql)
     cr_assert_eq(int_of("SELECT count(*) FROM run_node_state WHERE run_id='kept'"), 2);
     struct stat sb;
     cr_assert_neq(stat(spill, &sb), 0, "the sidecar is still there");
+    store_close(s);
+}
+
+/* ---- retention's page walk (pg_expire.c, judged by store_expire.c) ---- */
+
+/* Writes run/node rows with status and updated_at in one batch (sorted by key). */
+typedef struct aged {
+    const char *run, *node;
+    ns_status st;
+    int64_t at;
+} aged;
+
+static void write_aged(store *s, const aged *a, size_t n)
+{
+    static int64_t seq; /* rising, so a later write wins */
+    ns_row *rows[16];
+    cr_assert_leq(n, 16);
+    for (size_t i = 0; i < n; i++) {
+        ns_row d = sfx_draft(a[i].run, a[i].node, a[i].st, ++seq);
+        d.updated_at = a[i].at;
+        rows[i] = model_row_copy(&d);
+        cr_assert_not_null(rows[i]);
+    }
+    bool forced[16];
+    for (size_t i = 0; i < n; i++)
+        forced[i] = true; /* as a test's rows: judged by seq alone */
+    superseded sup;
+    write_rows(s, rows, n, forced, &sup);
+    unref_all(rows, n);
+}
+
+/* What store_expired_runs handed over, as "a,b,c"; stops after stop_after (0: never). */
+typedef struct found {
+    char ids[512];
+    size_t n, stop_after;
+} found;
+
+static int note(void *ctx, const char *run_id)
+{
+    found *f = ctx;
+    if (f->stop_after && f->n == f->stop_after)
+        return -1;
+    size_t len = strlen(f->ids);
+    snprintf(f->ids + len, sizeof f->ids - len, "%s%s", len ? "," : "", run_id);
+    f->n++;
+    return 0;
+}
+
+#define HOUR_MS INT64_C(3600000)
+
+Test(pg_store, expired_runs_are_all_terminal_and_older_than_the_cutoff)
+{
+    store *s = open_pg();
+    cr_assert(store_can_expire(s));
+    int64_t cutoff = SFX_T0;
+    aged rows[] = {
+        { "a-done", "n1", NS_COMPLETED, cutoff - 10 },  { "a-done", "n2", NS_FAILED, cutoff - 5000 },
+        { "b-open", "n1", NS_COMPLETED, cutoff - 10 },  { "b-open", "n2", NS_RUNNING, cutoff - 10 },
+        { "c-recent", "n1", NS_COMPLETED, cutoff },     { "d-mixed", "n1", NS_COMPLETED, cutoff - HOUR_MS },
+        { "d-mixed", "n2", NS_COMPLETED, cutoff + 1 },  { "e-failed", "n1", NS_FAILED, cutoff - 1 },
+        { "f-paused", "n1", NS_PAUSED, cutoff - HOUR_MS }, { "g-idle", "n1", NS_IDLE, cutoff - HOUR_MS },
+    };
+    write_aged(s, rows, sizeof rows / sizeof rows[0]);
+    store_expiry_cursor c = { .expired_so_far = false };
+    found f = { .n = 0 };
+    cr_assert_eq(store_expired_runs(s, cutoff, 100, &c, note, &f), 10, "%s", store_errmsg(s));
+    cr_assert_str_eq(f.ids, "a-done,e-failed");
+    cr_assert_str_eq(c.run_id, "", "a short page ends the sweep");
+    store_close(s);
+}
+
+/*
+ * Pages of 2 rows in key order ("C" collation: "B" sorts before "a"); a run
+ * is handed over once its last row is seen, which may be pages later, and
+ * one whose rows changed between pages is checked again whole.
+ */
+Test(pg_store, expired_runs_walk_the_key_a_page_at_a_time)
+{
+    store *s = open_pg();
+    aged rows[] = {
+        { "B", "a", NS_COMPLETED, SFX_T0 }, { "r1", "a", NS_COMPLETED, SFX_T0 },
+        { "r1", "b", NS_COMPLETED, SFX_T0 }, { "r1", "c", NS_FAILED, SFX_T0 },
+        { "r2", "a", NS_RUNNING, SFX_T0 },  { "r3", "a", NS_COMPLETED, SFX_T0 },
+        { "r3", "b", NS_COMPLETED, SFX_T0 },
+    };
+    write_aged(s, rows, 7);
+    static const struct {
+        int examined;
+        const char *ids, *run, *node;
+    } pages[] = {
+        { 2, "B", "r1", "a" },      /* B whole at r1's first row */
+        { 2, "", "r1", "c" },       /* r1 not known to be whole yet */
+        { 2, "r1", "r3", "a" },     /* r1 ends; r2 runs */
+        { 1, "r3", "", "" },        /* the end: r3 whole, the sweep starts over */
+        { 2, "B", "r1", "a" },
+    };
+    store_expiry_cursor c = { .expired_so_far = false };
+    for (size_t i = 0; i < sizeof pages / sizeof pages[0]; i++) {
+        found f = { .n = 0 };
+        cr_assert_eq(store_expired_runs(s, SFX_T0 + 1, 2, &c, note, &f), pages[i].examined,
+                     "page %zu: %s", i, store_errmsg(s));
+        cr_assert_str_eq(f.ids, pages[i].ids, "page %zu", i);
+        cr_assert_str_eq(c.run_id, pages[i].run, "page %zu", i);
+        cr_assert_str_eq(c.node_id, pages[i].node, "page %zu", i);
+    }
+    /* Between pages, a node of r1 the sweep has passed starts running again. */
+    found f = { .n = 0 };
+    cr_assert_eq(store_expired_runs(s, SFX_T0 + 1, 2, &c, note, &f), 2);
+    cr_assert_str_eq(f.ids, "");
+    aged again = { "r1", "a", NS_RUNNING, SFX_T0 - 1 };
+    write_aged(s, &again, 1);
+    cr_assert_eq(store_expired_runs(s, SFX_T0 + 1, 2, &c, note, &f), 2);
+    cr_assert_str_eq(f.ids, "", "r1 has a running node again: kept");
+    /* A callback that stops gets its run again from the next page. */
+    memset(&c, 0, sizeof c);
+    f = (found){ .n = 0, .stop_after = 1 };
+    cr_assert_eq(store_expired_runs(s, SFX_T0 + 1, 100, &c, note, &f), 7);
+    cr_assert_str_eq(f.ids, "B");
+    f = (found){ .n = 0 };
+    cr_assert_eq(store_expired_runs(s, SFX_T0 + 1, 100, &c, note, &f), 0, "r3 was all examined");
+    cr_assert_str_eq(f.ids, "r3");
+    cr_assert_str_eq(c.run_id, "");
+    store_close(s);
+}
+
+/*
+ * A page is an index scan of the primary key from the cursor, stopped by
+ * the LIMIT: no sort, no sequential scan (on a table of 20,000 rows, where
+ * the planner would choose them if the key could not serve).
+ */
+Test(pg_store, expired_runs_page_plan_walks_the_primary_key)
+{
+    store *s = open_pg();
+    store_close(s);
+    admin(uri, "INSERT INTO run_node_state (run_id, node_id, status, attempt, updated_at, seq)"
+               " SELECT 'run-' || (i / 20), 'node-' || (i % 20), 'completed', 1,"
+               " '2020-01-01T00:00:00.000Z', i FROM generate_series(1, 20000) i");
+    admin(uri, "ANALYZE run_node_state");
+    char sql[600] = "PREPARE page(text, text, bigint) AS ";
+    size_t len = strlen(sql);
+    cr_assert_eq(store_pg_expired_sql(sql + len, sizeof sql - len), 0);
+    PGconn *c = PQconnectdb(uri);
+    cr_assert_eq(PQstatus(c), CONNECTION_OK, "%s", PQerrorMessage(c));
+    PGresult *r = PQexec(c, sql);
+    cr_assert_eq(PQresultStatus(r), PGRES_COMMAND_OK, "%s", PQresultErrorMessage(r));
+    PQclear(r);
+    const char *cursors[] = { "EXPLAIN EXECUTE page('', '', 4096)",
+                              "EXPLAIN EXECUTE page('run-500', 'node-3', 4096)" };
+    for (size_t k = 0; k < 2; k++) {
+        char plan[2048] = "";
+        r = PQexec(c, cursors[k]);
+        cr_assert_eq(PQresultStatus(r), PGRES_TUPLES_OK, "%s", PQresultErrorMessage(r));
+        for (int i = 0; i < PQntuples(r); i++) {
+            size_t l = strlen(plan);
+            snprintf(plan + l, sizeof plan - l, "%s\n", PQgetvalue(r, i, 0));
+        }
+        PQclear(r);
+        cr_assert(strstr(plan, "Index Scan using run_node_state_pkey") != NULL, "plan:\n%s", plan);
+        cr_assert(strstr(plan, "Index Cond: (ROW(run_id, node_id) > ROW(") != NULL, "plan:\n%s", plan);
+        cr_assert(strstr(plan, "Sort") == NULL && strstr(plan, "Seq Scan") == NULL, "plan:\n%s", plan);
+    }
+    PQfinish(c);
+}
+
+/* ---- retention's deletes, judged again by the shared store ---- */
+
+typedef struct kept_runs {
+    superseded sup;   /* first: isolated_ctx serves every callback */
+    char ids[256];
+} kept_runs;
+
+static void on_kept(void *ctx, const char *run_id)
+{
+    kept_runs *k = ctx;
+    size_t len = strlen(k->ids);
+    snprintf(k->ids + len, sizeof k->ids - len, "%s%s", len ? "," : "", run_id);
+}
+
+/* Deletes runs in one batch, expiring as given, judged against cutoff; the kept ones as "a,b". */
+static void delete_runs(store *s, const char *const *runs, const bool *expiring, size_t n,
+                        int64_t cutoff, kept_runs *k)
+{
+    memset(k, 0, sizeof *k);
+    store_batch b = { .delete_runs = runs, .n_deletes = n, .expiring = expiring,
+                      .expire_cutoff_ms = cutoff, .on_expire_kept = on_kept,
+                      .on_isolated = on_isolated, .on_superseded = on_superseded,
+                      .isolated_ctx = k };
+    cr_assert_eq(store_write(s, &b), 0, "store_write: %s", store_errmsg(s));
+    size_t commas = 0;
+    for (const char *p = k->ids; *p; p++)
+        commas += *p == ',';
+    cr_assert_eq(b.n_expire_kept, k->ids[0] ? commas + 1 : 0);
+}
+
+static long long rows_of_run(const char *run)
+{
+    char sql[128];
+    snprintf(sql, sizeof sql, "SELECT count(*) FROM run_node_state WHERE run_id = '%s'", run);
+    return int_of(sql);
+}
+
+/*
+ * Another instance may write a run between this one's sweep and its
+ * delete: the store deletes a run retention queued only if it is still
+ * expired, and keeps it whole otherwise; a DELETE /runs/{id} goes whatever.
+ */
+Test(pg_store, expiring_delete_keeps_a_run_written_since)
+{
+    store *s = open_pg();
+    aged rows[] = {
+        { "x-old", "a", NS_COMPLETED, SFX_T0 - 10 },   { "x-old", "b", NS_FAILED, SFX_T0 - 10 },
+        { "y-fresh", "a", NS_COMPLETED, SFX_T0 - 10 }, { "y-fresh", "b", NS_COMPLETED, SFX_T0 },
+        { "z-open", "a", NS_RUNNING, SFX_T0 - 10 },    { "z-plain", "a", NS_RUNNING, SFX_T0 },
+    };
+    write_aged(s, rows, 6);
+    const char *runs[] = { "x-old", "y-fresh", "z-open", "z-plain" };
+    const bool expiring[] = { true, true, true, false };
+    kept_runs k;
+    delete_runs(s, runs, expiring, 4, SFX_T0, &k);
+    cr_assert_str_eq(k.ids, "y-fresh,z-open");
+    cr_assert_eq(rows_of_run("x-old"), 0);
+    cr_assert_eq(rows_of_run("y-fresh"), 2, "kept whole");
+    cr_assert_eq(rows_of_run("z-open"), 1);
+    cr_assert_eq(rows_of_run("z-plain"), 0, "an API delete is not judged");
+    store_close(s);
+}
+
+/* store_write of one expiring delete, on a thread of its own. */
+typedef struct expiring_write {
+    store *s;
+    const char *run;
+    int rc;
+    kept_runs k;
+} expiring_write;
+
+static void *expiring_write_thread(void *arg)
+{
+    expiring_write *w = arg;
+    const char *runs[1] = { w->run };
+    const bool expiring[1] = { true };
+    store_batch b = { .delete_runs = runs, .n_deletes = 1, .expiring = expiring,
+                      .expire_cutoff_ms = SFX_T0, .on_expire_kept = on_kept,
+                      .isolated_ctx = &w->k };
+    w->rc = store_write(w->s, &b);
+    return NULL;
+}
+
+/*
+ * Another instance's write in flight when the delete comes: the delete
+ * waits for it (the run's rows are locked first) and then sees it, so the
+ * run is kept, the new state of the node included. (Judged on the rows as
+ * they were, the delete would wait on the same row and then remove its new
+ * version.)
+ */
+Test(pg_store, expiring_delete_waits_for_a_write_in_flight_and_keeps_the_run)
+{
+    store *s = open_pg();
+    aged rows[] = { { "w", "a", NS_COMPLETED, SFX_T0 - 10 }, { "w", "b", NS_COMPLETED, SFX_T0 - 10 } };
+    write_aged(s, rows, 2);
+    PGconn *other = PQconnectdb(uri), *watch = PQconnectdb(uri);
+    cr_assert_eq(PQstatus(other), CONNECTION_OK, "%s", PQerrorMessage(other));
+    cr_assert_eq(PQstatus(watch), CONNECTION_OK, "%s", PQerrorMessage(watch));
+    PGresult *r = PQexec(other, "BEGIN; UPDATE run_node_state SET status = 'running',"
+                                " updated_at = '2099-01-01T00:00:00.000Z'"
+                                " WHERE run_id = 'w' AND node_id = 'b'");
+    cr_assert_eq(PQresultStatus(r), PGRES_COMMAND_OK, "%s", PQresultErrorMessage(r));
+    PQclear(r);
+
+    expiring_write w = { .s = s, .run = "w", .rc = -2 };
+    pthread_t t;
+    cr_assert_eq(pthread_create(&t, NULL, expiring_write_thread, &w), 0);
+    /* Commits once the delete waits on the row lock (bounded: the lock times out after 1 s). */
+    bool waiting = false;
+    for (int i = 0; i < 2000 && !waiting; i++) {
+        r = PQexec(watch, "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                          " AND datname = current_database()");
+        waiting = PQresultStatus(r) == PGRES_TUPLES_OK && atoi(PQgetvalue(r, 0, 0)) > 0;
+        PQclear(r);
+        if (!waiting)
+            usleep(1000);
+    }
+    r = PQexec(other, "COMMIT");
+    cr_assert_eq(PQresultStatus(r), PGRES_COMMAND_OK, "%s", PQresultErrorMessage(r));
+    PQclear(r);
+    cr_assert_eq(pthread_join(t, NULL), 0);
+    cr_assert(waiting, "the delete never waited for the write in flight");
+    cr_assert_eq(w.rc, 0, "store_write: %s", store_errmsg(s));
+    cr_assert_str_eq(w.k.ids, "w");
+    cr_assert_eq(rows_of_run("w"), 2, "the run is kept whole");
+    char *st = value_of("SELECT status FROM run_node_state WHERE run_id = 'w' AND node_id = 'b'");
+    cr_assert_str_eq(st, "running", "the write in flight is not lost");
+    free(st);
+    PQfinish(other);
+    PQfinish(watch);
     store_close(s);
 }

@@ -302,3 +302,33 @@ Test(writer, forced_ops_mark_their_coalesced_row)
     writer_plan_free(&p);
     fixture_free(&g);
 }
+
+/*
+ * Retention's deletes are marked as such (store_batch.expiring), per
+ * delete, so a shared store judges them again; a batch without one has no
+ * such array.
+ */
+Test(writer, expire_ops_mark_their_delete)
+{
+    fixture f = { .n = 0 };
+    add_delete(&f, "api");
+    add_delete(&f, "old");
+    f.ops[1].expire = true;
+    writer_plan p;
+    plan(&f, &p);
+    cr_assert_eq(p.batch.n_deletes, 2);
+    cr_assert_eq(p.run_expires, 1);
+    cr_assert_eq(p.run_deletes, 1);
+    cr_assert_not_null(p.batch.expiring);
+    for (size_t i = 0; i < p.batch.n_deletes; i++)
+        cr_assert_eq(p.batch.expiring[i], strcmp(p.batch.delete_runs[i], "old") == 0,
+                     "%s", p.batch.delete_runs[i]);
+    writer_plan_free(&p);
+    fixture_free(&f);
+
+    add_delete(&f, "api");
+    plan(&f, &p);
+    cr_assert_null(p.batch.expiring);
+    writer_plan_free(&p);
+    fixture_free(&f);
+}

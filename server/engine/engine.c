@@ -674,7 +674,7 @@ engine *engine_open(const engine_config *cfg, char *err, size_t errlen)
     e->cfg.spill_path = NULL; /* the caller's; store_spill_file has our copy */
     e->shared = store_shared(e->store);
     if (cfg->retention > 0 && !store_can_expire(e->store)) {
-        snprintf(err, errlen, "--retention is not supported by the PostgreSQL store yet");
+        snprintf(err, errlen, "--retention is not supported by this store");
         goto err;
     }
     if (replay(e, err, errlen) != 0)

@@ -1,8 +1,8 @@
 /*
  * retention: the writer thread's sweep for runs to forget (--retention).
  * A run goes once every node of it is completed or failed and its newest
- * update is older than cfg.retention. The writer finds candidates in
- * SQLite a page of rows at a time (store_expired_runs: a page costs
+ * update is older than cfg.retention. The writer finds candidates in the
+ * store a page of rows at a time (store_expired_runs: a page costs
  * RETENTION_PAGE_ROWS rows, whatever the size of the table or its runs),
  * judges each again against what the engine has accepted and not yet
  * written (engine_expire_run) and queues its delete like DELETE /runs/{id},

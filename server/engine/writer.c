@@ -67,8 +67,9 @@ int writer_plan_build(const ns_op *ops, size_t n, writer_plan *plan)
     /* The nodes with a forced update among their live ops: a coalesced row inherits the force. */
     keyset f = { NULL, NULL, slots - 1 };
     plan->deletes = malloc((n ? n : 1) * sizeof *plan->deletes);
+    plan->expiring = malloc((n ? n : 1) * sizeof *plan->expiring);
     plan->rows = malloc((n ? n : 1) * sizeof *plan->rows);
-    if (!k.runs || !k.nodes || !plan->deletes || !plan->rows)
+    if (!k.runs || !k.nodes || !plan->deletes || !plan->expiring || !plan->rows)
         goto err;
 
     /*
@@ -83,8 +84,10 @@ int writer_plan_build(const ns_op *ops, size_t n, writer_plan *plan)
                 plan->run_expires++;
             else
                 plan->run_deletes++;
-            if (keyset_add(&k, op->delete_run, NULL))
+            if (keyset_add(&k, op->delete_run, NULL)) {
+                plan->expiring[n_del] = op->expire;
                 plan->deletes[n_del++] = op->delete_run;
+            }
             continue;
         }
         plan->upserts++;
@@ -111,6 +114,8 @@ int writer_plan_build(const ns_op *ops, size_t n, writer_plan *plan)
     }
 
     plan->batch.delete_runs = plan->deletes;
+    if (plan->run_expires)
+        plan->batch.expiring = plan->expiring;
     plan->batch.n_deletes = n_del;
     plan->batch.rows = plan->rows;
     plan->batch.n_rows = n_rows;
@@ -132,6 +137,7 @@ err:
 void writer_plan_free(writer_plan *plan)
 {
     free(plan->deletes);
+    free(plan->expiring);
     free(plan->rows);
     free(plan->forced);
     memset(plan, 0, sizeof *plan);

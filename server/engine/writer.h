@@ -19,6 +19,7 @@ typedef struct writer_plan {
     const char **deletes;
     ns_row **rows;
     bool *forced;            /* per row of rows: force: true (store_batch.forced) */
+    bool *expiring;          /* per delete of deletes: retention's (store_batch.expiring) */
     size_t upserts;          /* upsert ops seen */
     size_t coalesced;        /* upsert ops that write no row of their own */
     size_t run_deletes;      /* delete ops seen: two of one run count two, though one deletes */

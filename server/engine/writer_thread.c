@@ -117,6 +117,19 @@ static void on_superseded(void *ctx, const ns_row *row)
     e->isolated[e->n_isolated++] = row;
 }
 
+/*
+ * store_batch.on_expire_kept (writer thread): a shared store kept a run
+ * retention had queued for deletion, since another instance wrote it in
+ * the meantime. That commit's notification makes this instance read the
+ * run again; here it is only told.
+ */
+static void on_expire_kept(void *ctx, const char *run_id)
+{
+    engine *e = ctx;
+    engine_log(e, NS_LOG_INFO, "expire-kept",
+          "run_id=%s detail=\"written meanwhile: no longer expired\"", run_id);
+}
+
 /* Remembers a seq whose update will never be on disk. Lock held. */
 static void refuse(engine *e, int64_t seq)
 {
@@ -193,6 +206,12 @@ static int commit_ops(engine *e, const ns_op *ops, size_t n)
             plan.batch.isolated_ctx = e;
             /* Instances sharing the store drop what they cache of these runs. */
             plan.batch.notify_id = e->listener ? e->instance_id : NULL;
+            plan.batch.on_expire_kept = on_expire_kept;
+        }
+        if (planned && plan.batch.expiring) {
+            /* Judged at this commit, on the clock retention's sweep uses. */
+            int64_t now_ms = e->cfg.clock_ms ? e->cfg.clock_ms(e->cfg.clock_ctx) : model_now_ms();
+            plan.batch.expire_cutoff_ms = now_ms - (int64_t)(e->cfg.retention * 1000.0);
         }
         t0 = model_mono_ns();
         if (planned && store_write(e->store, &plan.batch) == 0)
@@ -223,7 +242,8 @@ static int commit_ops(engine *e, const ns_op *ops, size_t n)
                               memory_order_relaxed);
     /* Every accepted delete, even one its batch merged with another of the same run. */
     atomic_fetch_add_explicit(&s->runs_deleted, plan.run_deletes, memory_order_relaxed);
-    atomic_fetch_add_explicit(&s->runs_expired, plan.run_expires, memory_order_relaxed);
+    atomic_fetch_add_explicit(&s->runs_expired, plan.run_expires - plan.batch.n_expire_kept,
+                              memory_order_relaxed);
     atomic_fetch_add_explicit(&s->updates_coalesced, plan.coalesced, memory_order_relaxed);
     atomic_fetch_add_explicit(&s->updates_processed, n, memory_order_relaxed);
     stats_observe(&s->commit_seconds, (double)(done - t0) / 1e9);

@@ -4,7 +4,7 @@
  * by concern: pg_migrate.c (schema, version, the SQL generated from
  * NS_NODE_FIELDS), pg_write.c (the write connection: the batch, meta,
  * replay of the local sidecar), pg_read.c (the read-through connection and
- * seq blocks), pg_common.c (connections, errors, array literals, decoding
+ * seq blocks), pg_expire.c (retention's candidates), pg_common.c (connections, errors, array literals, decoding
  * rows), pg_ops.c (the store_ops table).
  *
  * The table is the same as SQLite's: run_node_state with the columns of
@@ -19,6 +19,7 @@
 #ifndef NODESTATE_PG_INTERNAL_H
 #define NODESTATE_PG_INTERNAL_H
 
+#include <limits.h>
 #include <pthread.h>
 #include <stdbool.h>
 #include <stddef.h>
@@ -146,6 +147,14 @@ int pg_reader_load_page(pg_reader *r, const char *run_id, const char *after,
                         unsigned status_mask, size_t want,
                         int (*fn)(void *ctx, ns_row *row), void *ctx,
                         store_page *page);
+/*
+ * store_expired_runs (pg_expire.c), on the write connection.
+ */
+int pg_store_expired_runs(pg_store *s, int64_t cutoff_ms, size_t max_rows,
+                          store_expiry_cursor *c,
+                          int (*fn)(void *ctx, const char *run_id), void *ctx);
+/* Makes a broken write connection anew (with its session settings) before a statement. */
+void pg_store_revive(pg_store *s);
 int pg_reader_seq_block(pg_reader *r, int64_t above, int64_t want,
                         int64_t *first, int64_t *last);
 

@@ -83,6 +83,13 @@ static int ops_seq_block(void *r, int64_t above, int64_t want, int64_t *first,
     return pg_reader_seq_block(r, above, want, first, last);
 }
 
+static int ops_expired_runs(void *s, int64_t cutoff_ms, size_t max_rows,
+                            store_expiry_cursor *c,
+                            int (*fn)(void *ctx, const char *run_id), void *ctx)
+{
+    return pg_store_expired_runs(s, cutoff_ms, max_rows, c, fn, ctx);
+}
+
 const store_ops store_pg_ops = {
     .name = "postgresql",
     .open = ops_open,
@@ -99,4 +106,5 @@ const store_ops store_pg_ops = {
     .load_node = ops_load_node,
     .load_page = ops_load_page,
     .seq_block = ops_seq_block,
+    .expired_runs = ops_expired_runs,
 };

@@ -5,6 +5,7 @@
  */
 #include "pg_internal.h"
 #include "pg_listen.h"
+#include "store_expire.h"
 
 #include <errno.h>
 #include <poll.h>
@@ -37,6 +38,11 @@ static void pg_revive(pg_store *s)
     PQreset(s->conn);
     if (PQstatus(s->conn) == CONNECTION_OK)
         pg_session(s->conn, s->errmsg, sizeof s->errmsg);
+}
+
+void pg_store_revive(pg_store *s)
+{
+    pg_revive(s);
 }
 
 pg_store *pg_store_open(const char *uri, bool sync_full, char *err,
@@ -261,6 +267,80 @@ static int pg_flush_all(PGconn *conn)
     return rc == 0 ? 0 : -1;
 }
 
+/* Whether delete i of b is retention's (store_batch.expiring). */
+static bool pg_expiring(const store_batch *b, size_t i)
+{
+    return b->expiring != NULL && b->expiring[i];
+}
+
+/*
+ * The runs b deletes as an array literal: retention's (expiring) or the
+ * others. How many (0: out left empty), or -1 out of memory (errmsg set).
+ */
+static int pg_delete_array(pg_store *s, const store_batch *b, bool expiring, pg_buf *out)
+{
+    int n = 0;
+    memset(out, 0, sizeof *out);
+    for (size_t i = 0; i < b->n_deletes; i++) {
+        if (pg_expiring(b, i) != expiring)
+            continue;
+        if (n++ == 0)
+            pg_buf_array_open(out);
+        pg_buf_array_elem(out, b->delete_runs[i]);
+    }
+    if (n == 0)
+        return 0;
+    pg_buf_array_close(out);
+    if (out->oom) {
+        pg_buf_free(out);
+        snprintf(s->errmsg, sizeof s->errmsg, "delete run: out of memory");
+        return -1;
+    }
+    return n;
+}
+
+/*
+ * Retention's deletes, judged again here since another instance may have
+ * written a run since this one found it expired. First every row of those
+ * runs is locked (in key order, as the upserts take them): a write in
+ * flight is waited for, and none can change a row after. Then, in a
+ * statement whose snapshot sees those writes, a run with a row that keeps
+ * it (store_expiry_keeps_sql) is kept whole and returned; the others are
+ * deleted. A row inserted by a transaction that commits after that
+ * snapshot is not seen and stays: its run starts afresh, as after
+ * DELETE /runs/{id}. $1 the runs, $2 the cutoff.
+ */
+static const char pg_expire_lock_sql[] =
+    "SELECT 1 FROM run_node_state WHERE run_id = ANY($1::text[])"
+    " ORDER BY run_id, node_id FOR UPDATE";
+
+static int pg_expire_delete_sql(pg_store *s, char *out, size_t outlen)
+{
+    char keeps[256];
+    int n = -1;
+    if (store_expiry_keeps_sql("$2", keeps, sizeof keeps) == 0)
+        n = snprintf(out, outlen,
+                     "WITH kept AS (SELECT DISTINCT run_id FROM run_node_state"
+                     " WHERE run_id = ANY($1::text[]) AND %s),"
+                     " gone AS (DELETE FROM run_node_state WHERE run_id = ANY($1::text[])"
+                     " AND run_id NOT IN (SELECT run_id FROM kept))"
+                     " SELECT run_id FROM kept", keeps);
+    if (n < 0 || (size_t)n >= outlen) {
+        snprintf(s->errmsg, sizeof s->errmsg, "expire run: statement too long");
+        return -1;
+    }
+    return 0;
+}
+
+/* Marks the deletes of b that res (the kept runs) names. */
+static void pg_mark_kept(const store_batch *b, const PGresult *res, bool *kept)
+{
+    for (int i = 0; i < PQntuples(res); i++)
+        for (size_t k = 0; k < b->n_deletes; k++)
+            if (pg_expiring(b, k) && strcmp(PQgetvalue(res, i, 0), b->delete_runs[k]) == 0)
+                kept[k] = true;
+}
+
 /*
  * The whole batch in one round trip: BEGIN, the deletes, the judged
  * upsert, the forced one and COMMIT go out together as a libpq pipeline,
@@ -270,14 +350,14 @@ static int pg_flush_all(PGconn *conn)
  * was a row's own; the caller rolls back what is left of the transaction.
  */
 static int pg_write_pipelined(pg_store *s, const store_batch *b, size_t *idx,
-                              bool *applied, bool *row_level)
+                              bool *applied, bool *kept, bool *row_level)
 {
-    enum { Q_PLAIN, Q_UPSERT, Q_NOTIFY };
+    enum { Q_PLAIN, Q_UPSERT, Q_NOTIFY, Q_ROWS, Q_KEPT };
     pg_arrays arrays[2];
-    pg_buf runs = { 0 };
-    char *notify = NULL;
-    int kinds[6], nq = 0, ret = -1;
-    const char *whats[6];
+    pg_buf runs = { 0 }, xruns = { 0 };
+    char *notify = NULL, xsql[1024], cutoff[NS_TS_BUF];
+    int kinds[8], nq = 0, ret = -1, n_plain = 0, n_expiring = 0;
+    const char *whats[8];
     bool have[2] = { false, false };
     size_t *group[2] = { idx, NULL };
     size_t counts[2] = { 0, 0 };
@@ -298,15 +378,13 @@ static int pg_write_pipelined(pg_store *s, const store_batch *b, size_t *idx,
         if (have[g] && pg_arrays_build(s, b, group[g], counts[g], &arrays[g]) != 0)
             goto out;
     }
-    if (b->n_deletes) {
-        pg_buf_array_open(&runs);
-        for (size_t i = 0; i < b->n_deletes; i++)
-            pg_buf_array_elem(&runs, b->delete_runs[i]);
-        pg_buf_array_close(&runs);
-        if (runs.oom) {
-            snprintf(s->errmsg, sizeof s->errmsg, "delete run: out of memory");
+    if ((n_plain = pg_delete_array(s, b, false, &runs)) < 0 ||
+        (n_expiring = pg_delete_array(s, b, true, &xruns)) < 0)
+        goto out;
+    if (n_expiring) {
+        if (pg_expire_delete_sql(s, xsql, sizeof xsql) != 0)
             goto out;
-        }
+        model_ts_format(b->expire_cutoff_ms, cutoff);
     }
 
     if (pg_listen_payloads(b, &notify, s->errmsg, sizeof s->errmsg) != 0)
@@ -319,11 +397,18 @@ static int pg_write_pipelined(pg_store *s, const store_batch *b, size_t *idx,
     pipelined = true;
     bool sent = PQsendQueryParams(s->conn, "BEGIN", 0, NULL, NULL, NULL, NULL, 0) == 1;
     kinds[nq] = Q_PLAIN, whats[nq++] = "begin";
-    if (sent && b->n_deletes) {
+    if (sent && n_plain) {
         const char *p[1] = { runs.p };
         sent = PQsendQueryParams(s->conn, "DELETE FROM run_node_state WHERE run_id = ANY($1::text[])",
                                  1, NULL, p, NULL, NULL, 0) == 1;
         kinds[nq] = Q_PLAIN, whats[nq++] = "delete run";
+    }
+    if (sent && n_expiring) {
+        const char *p[2] = { xruns.p, cutoff };
+        sent = PQsendQueryParams(s->conn, pg_expire_lock_sql, 1, NULL, p, NULL, NULL, 0) == 1;
+        kinds[nq] = Q_ROWS, whats[nq++] = "expire run";
+        sent = sent && PQsendQueryParams(s->conn, xsql, 2, NULL, p, NULL, NULL, 0) == 1;
+        kinds[nq] = Q_KEPT, whats[nq++] = "expire run";
     }
     for (int g = 0; g < 2 && sent; g++) {
         if (!have[g])
@@ -358,6 +443,8 @@ static int pg_write_pipelined(pg_store *s, const store_batch *b, size_t *idx,
         bool ok = st == (kinds[q] == Q_PLAIN ? PGRES_COMMAND_OK : PGRES_TUPLES_OK);
         if (ok && kinds[q] == Q_UPSERT)
             pg_mark_applied(b, res, applied);
+        if (ok && kinds[q] == Q_KEPT)
+            pg_mark_kept(b, res, kept);
         if (!ok && st != PGRES_PIPELINE_ABORTED && !failed) {
             /* The first failure is the one to tell; those after it were skipped. */
             pg_fail(s, res, whats[q]);
@@ -390,28 +477,45 @@ out:
     for (int g = 0; g < 2; g++)
         pg_arrays_free(&arrays[g]);
     pg_buf_free(&runs);
+    pg_buf_free(&xruns);
     free(notify);
     return ret;
 }
 
-/* The runs of b deleted, in the transaction in progress. 0 or -1. */
-static int pg_delete_runs(pg_store *s, const store_batch *b)
+/* The runs of b deleted (retention's judged again), in the transaction in progress. 0 or -1. */
+static int pg_delete_runs(pg_store *s, const store_batch *b, bool *kept)
 {
-    if (b->n_deletes == 0)
-        return 0;
-    pg_buf runs = { 0 };
-    pg_buf_array_open(&runs);
-    for (size_t i = 0; i < b->n_deletes; i++)
-        pg_buf_array_elem(&runs, b->delete_runs[i]);
-    pg_buf_array_close(&runs);
-    if (runs.oom) {
-        snprintf(s->errmsg, sizeof s->errmsg, "delete run: out of memory");
-        return -1;
+    pg_buf runs, xruns = { 0 };
+    char xsql[1024], cutoff[NS_TS_BUF];
+    int rc = -1, n_plain, n_expiring = 0;
+    if ((n_plain = pg_delete_array(s, b, false, &runs)) < 0 ||
+        (n_expiring = pg_delete_array(s, b, true, &xruns)) < 0)
+        goto out;
+    if (n_plain) {
+        const char *p[1] = { runs.p };
+        if (pg_run(s, "DELETE FROM run_node_state WHERE run_id = ANY($1::text[])",
+                   1, p, "delete run", NULL) != 0)
+            goto out;
     }
-    const char *p[1] = { runs.p };
-    int rc = pg_run(s, "DELETE FROM run_node_state WHERE run_id = ANY($1::text[])",
-                    1, p, "delete run", NULL);
+    if (n_expiring) {
+        model_ts_format(b->expire_cutoff_ms, cutoff);
+        const char *p[2] = { xruns.p, cutoff };
+        if (pg_expire_delete_sql(s, xsql, sizeof xsql) != 0 ||
+            pg_run(s, pg_expire_lock_sql, 1, p, "expire run", NULL) != 0)
+            goto out;
+        PGresult *res = PQexecParams(s->conn, xsql, 2, NULL, p, NULL, NULL, 0);
+        if (res == NULL || PQresultStatus(res) != PGRES_TUPLES_OK) {
+            pg_fail(s, res, "expire run");
+            PQclear(res);
+            goto out;
+        }
+        pg_mark_kept(b, res, kept);
+        PQclear(res);
+    }
+    rc = 0;
+out:
     pg_buf_free(&runs);
+    pg_buf_free(&xruns);
     return rc;
 }
 
@@ -421,12 +525,13 @@ static int pg_delete_runs(pg_store *s, const store_batch *b)
  * (noted in iso) and the rest still commits. In a fresh transaction.
  */
 static int pg_write_isolating(pg_store *s, const store_batch *b, bool *applied,
-                              pg_isolated *iso, size_t *n_iso)
+                              bool *kept, pg_isolated *iso, size_t *n_iso)
 {
     PGresult *failed = NULL;
     *n_iso = 0;
     memset(applied, 0, b->n_rows * sizeof *applied);
-    if (pg_run(s, "BEGIN", 0, NULL, "begin", NULL) != 0 || pg_delete_runs(s, b) != 0)
+    memset(kept, 0, b->n_deletes * sizeof *kept);
+    if (pg_run(s, "BEGIN", 0, NULL, "begin", NULL) != 0 || pg_delete_runs(s, b, kept) != 0)
         return -1;
     for (size_t i = 0; i < b->n_rows; i++) {
         bool forced = b->forced != NULL && b->forced[i];
@@ -473,7 +578,7 @@ static bool pg_batch_valid(const store_batch *b)
 
 int pg_store_write(pg_store *s, store_batch *b)
 {
-    bool *applied = NULL;
+    bool *applied = NULL, *kept = NULL;
     size_t *idx = NULL;
     pg_isolated *iso = NULL;
     size_t n_iso = 0;
@@ -485,15 +590,17 @@ int pg_store_write(pg_store *s, store_batch *b)
     }
     b->n_isolated = 0;
     b->n_superseded = 0;
+    b->n_expire_kept = 0;
     pg_revive(s);
     applied = calloc(b->n_rows ? b->n_rows : 1, sizeof *applied);
+    kept = calloc(b->n_deletes ? b->n_deletes : 1, sizeof *kept);
     idx = malloc((b->n_rows ? b->n_rows : 1) * sizeof *idx);
-    if (applied == NULL || idx == NULL) {
+    if (applied == NULL || kept == NULL || idx == NULL) {
         snprintf(s->errmsg, sizeof s->errmsg, "out of memory");
         goto out;
     }
     bool row_level = false;
-    if (pg_write_pipelined(s, b, idx, applied, &row_level) != 0) {
+    if (pg_write_pipelined(s, b, idx, applied, kept, &row_level) != 0) {
         if (!row_level)
             goto rollback;
         /* A row PostgreSQL will never take: start over, a row at a time. */
@@ -503,7 +610,7 @@ int pg_store_write(pg_store *s, store_batch *b)
             snprintf(s->errmsg, sizeof s->errmsg, "out of memory");
             goto out;
         }
-        if (pg_write_isolating(s, b, applied, iso, &n_iso) != 0 ||
+        if (pg_write_isolating(s, b, applied, kept, iso, &n_iso) != 0 ||
             pg_notify_runs(s, b) != 0 || pg_run(s, "COMMIT", 0, NULL, "commit", NULL) != 0)
             goto rollback;
     }
@@ -523,6 +630,13 @@ int pg_store_write(pg_store *s, store_batch *b)
         if (b->on_superseded)
             b->on_superseded(b->isolated_ctx, b->rows[i]);
     }
+    for (size_t i = 0; i < b->n_deletes; i++) {
+        if (!kept[i])
+            continue;
+        b->n_expire_kept++;
+        if (b->on_expire_kept)
+            b->on_expire_kept(b->isolated_ctx, b->delete_runs[i]);
+    }
     ret = 0;
     goto out;
 rollback:
@@ -530,6 +644,7 @@ rollback:
         PQclear(PQexec(s->conn, "ROLLBACK"));
 out:
     free(applied);
+    free(kept);
     free(idx);
     free(iso);
     return ret;

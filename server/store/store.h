@@ -99,6 +99,20 @@ typedef struct store_batch {
      * same transaction. NULL: tell no one. SQLite has no one to tell.
      */
     const char *notify_id;
+    /*
+     * NULL, or per delete: queued by retention (store_expired_runs). A
+     * shared store judges such a delete again in its transaction, after
+     * locking the run's rows: another instance may have written the run
+     * since this one found it expired, so the run goes only if every row
+     * is still terminal and updated before expire_cutoff_ms; otherwise it
+     * is kept whole and reported to on_expire_kept (with isolated_ctx)
+     * after the commit. Output: how many were kept. SQLite (one process,
+     * whose engine has judged them) deletes them all.
+     */
+    const bool *expiring;
+    int64_t expire_cutoff_ms;
+    void (*on_expire_kept)(void *ctx, const char *run_id);
+    size_t n_expire_kept;
 } store_batch;
 
 /*
@@ -193,7 +207,8 @@ typedef struct store_expiry_cursor {
     bool spans;            /* they were examined on an earlier page */
 } store_expiry_cursor;
 /*
- * Retention's candidates (sqlite_expire.c), on the write connection (writer
+ * Retention's candidates (sqlite_expire.c, pg_expire.c; judged in
+ * store_expire.c), on the write connection (writer
  * thread only). Examines the next max_rows (>= 1) stored rows after the
  * cursor, in (run_id, node_id) order, and calls fn for each run whose rows
  * have all been examined and are all terminal (completed, failed) with
@@ -211,10 +226,12 @@ typedef struct store_expiry_cursor {
 int store_expired_runs(store *s, int64_t cutoff_ms, size_t max_rows,
                        store_expiry_cursor *cursor,
                        int (*fn)(void *ctx, const char *run_id), void *ctx);
-/* Whether s has store_expired_runs (SQLite does; PostgreSQL not yet). */
+/* Whether s has store_expired_runs (both backends do). */
 bool store_can_expire(const store *s);
 /* The SQL of one page (?1 ?2 the cursor's key, ?3 max_rows), for tests of its plan. 0 or -1. */
 int store_expired_sql(char *out, size_t outlen);
+/* The same for the PostgreSQL store ($1 $2 $3). */
+int store_pg_expired_sql(char *out, size_t outlen);
 
 /* Opens a read-only connection to a file that store_open has set up. */
 store_reader *store_reader_open(const char *path, char *err, size_t errlen);
