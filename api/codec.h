@@ -49,6 +49,14 @@ typedef struct codec_batch codec_batch;
 codec_batch *codec_decode_batch(const char *body, size_t len, const char *run_id,
                                 size_t max_error_bytes, size_t max_items,
                                 int *status, char *detail, size_t detail_len);
+/*
+ * codec_decode_batch without its fast path for the commonest bodies: every
+ * body through jansson's tree. Its answers are codec_decode_batch's; the
+ * tests and the fuzzer compare the two.
+ */
+codec_batch *codec_decode_batch_tree(const char *body, size_t len, const char *run_id,
+                                     size_t max_error_bytes, size_t max_items,
+                                     int *status, char *detail, size_t detail_len);
 size_t codec_batch_len(const codec_batch *b);
 /*
  * Item i: its update, or NULL with *detail saying why it is refused (422).

@@ -16,6 +16,8 @@
 #   TLS               the same wrk load over http and https          SKIP_TLS
 #   batch_bench       1,000-update requests end to end vs the
 #                     store's writer-only rate                       SKIP_BATCH
+#   batch_cost_bench  CPU per batch item without HTTP: the decoder's
+#                     fast path vs jansson's tree, the api layer     SKIP_BATCH
 #   ratio_bench.sh    the 202 path vs a bare libmicrohttpd+jansson
 #                     ceiling; ?wait=true vs 202, both sync modes    SKIP_RATIO
 #   pg_bench.sh       nodestate on PostgreSQL vs pgbench workers     SKIP_PG
@@ -89,7 +91,7 @@ fi
 echo "== build (Release) in $build"
 cmake -S "$root" -B "$build" -DCMAKE_BUILD_TYPE=Release -DBUILD_TESTING=OFF >/dev/null
 cmake --build "$build" --target nodestate engine_bench durable_bench \
-    memory_bench bigrun_bench batch_bench watch_bench ceiling_server -j "$(nproc)" >/dev/null
+    memory_bench bigrun_bench batch_bench batch_cost_bench watch_bench ceiling_server -j "$(nproc)" >/dev/null
 
 status=0
 
@@ -235,6 +237,10 @@ if [ "${SKIP_BATCH:-0}" != 1 ]; then
     extra=(${BATCH_ARGS:-})
     echo "\$ $build/bench/batch_bench ${args[*]} ${extra[*]}"
     "$build/bench/batch_bench" "${args[@]}" "${extra[@]}" || status=1
+    echo
+    echo "== batch_cost_bench (CPU per batch item, no HTTP)"
+    echo "\$ $build/bench/batch_cost_bench"
+    "$build/bench/batch_cost_bench" || status=1
 fi
 
 if [ "${SKIP_RATIO:-0}" != 1 ]; then

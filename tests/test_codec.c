@@ -1216,6 +1216,143 @@ Test(decode_batch, item_members_match_a_single_update)
     codec_batch_free(b);
 }
 
+/* Whether two ns_text hold the same: both absent, both null, or the same text. */
+static bool text_same(ns_text a, ns_text b)
+{
+    if (a.set != b.set || (a.value == NULL) != (b.value == NULL))
+        return false;
+    return a.value == NULL || strcmp(a.value, b.value) == 0;
+}
+
+static bool update_same(const ns_update *a, const ns_update *b)
+{
+    if (a->status != b->status || a->has_attempt != b->has_attempt ||
+        (a->has_attempt && a->attempt != b->attempt) || a->ts_set != b->ts_set ||
+        a->has_retryable != b->has_retryable || a->retryable != b->retryable ||
+        a->force != b->force || !text_same(a->last_error, b->last_error) ||
+        !text_same(a->suspension_reason, b->suspension_reason) ||
+        !text_same(a->resume_state, b->resume_state) || !text_same(a->outputs, b->outputs))
+        return false;
+    for (int f = 0; f < NS_TS_COUNT; f++)
+        if (a->ts[f] != b->ts[f])
+            return false;
+    return true;
+}
+
+/*
+ * codec_decode_batch (with its fast path for plain {"node_id","status"}
+ * items) gives exactly what codec_decode_batch_tree (jansson's tree for
+ * every body) gives: the same refusal and detail, or the same items.
+ */
+static void batch_both(const char *body, size_t max)
+{
+    int s1 = -1, s2 = -1;
+    char d1[256] = "x", d2[256] = "y";
+    codec_batch *a = codec_decode_batch(body, strlen(body), RUN, MAX_ERR, max, &s1, d1,
+                                        sizeof d1);
+    codec_batch *b = codec_decode_batch_tree(body, strlen(body), RUN, MAX_ERR, max, &s2, d2,
+                                             sizeof d2);
+    cr_assert_eq(a == NULL, b == NULL, "%s: one decoder refused it: %d %s / %d %s", body, s1,
+                 d1, s2, d2);
+    cr_assert_str_eq(d1, d2, "%s", body);
+    if (a == NULL) {
+        cr_assert_eq(s1, s2, "%s", body);
+        return;
+    }
+    cr_assert_eq(codec_batch_len(a), codec_batch_len(b), "%s", body);
+    for (size_t i = 0; i < codec_batch_len(a); i++) {
+        const char *n1, *n2, *w1, *w2;
+        const ns_update *u1 = codec_batch_item_at(a, i, &n1, &w1);
+        const ns_update *u2 = codec_batch_item_at(b, i, &n2, &w2);
+        cr_assert_eq(u1 == NULL, u2 == NULL, "%s: item %zu", body, i);
+        cr_assert_eq(n1 == NULL, n2 == NULL, "%s: item %zu", body, i);
+        if (n1 != NULL)
+            cr_assert_str_eq(n1, n2, "%s: item %zu", body, i);
+        if (u1 == NULL)
+            cr_assert_str_eq(w1, w2, "%s: item %zu", body, i);
+        else
+            cr_assert(update_same(u1, u2), "%s: item %zu", body, i);
+    }
+    codec_batch_free(a);
+    codec_batch_free(b);
+}
+
+Test(decode_batch, the_fast_path_agrees_with_the_tree_decoder)
+{
+    static const char *const bodies[] = {
+        /* what the fast path takes */
+        "{\"updates\":[{\"node_id\":\"a\",\"status\":\"running\"}]}",
+        " {\r\n\t\"updates\" : [ { \"status\" : \"idle\" , \"node_id\" : \"b.c_d~e:f-9\" } ,"
+        "{\"node_id\":\"a\",\"status\":\"completed\"}, {\"node_id\":\"a\",\"status\":\"failed\"}"
+        " ] } \n",
+        /* what it leaves to the tree decoder */
+        "{\"updates\":[{\"node_id\":\"a\\u0062\",\"status\":\"running\"}]}",
+        "{\"updates\":[{\"node_id\":\"a\",\"status\":\"runn\\u0069ng\"}]}",
+        "{\"updates\":[{\"node_\\u0069d\":\"a\",\"status\":\"running\"}]}",
+        "{\"updates\":[{\"node_id\":\"\xc3\xa9\",\"status\":\"running\"}]}",
+        "{\"updates\":[{\"node_id\":\"\xff\",\"status\":\"running\"}]}",
+        "{\"updates\":[{\"node_id\":\"a b\",\"status\":\"running\"}]}",
+        "{\"updates\":[{\"node_id\":\"\",\"status\":\"running\"}]}",
+        "{\"updates\":[{\"node_id\":\"a\",\"status\":\"walking\"}]}",
+        "{\"updates\":[{\"node_id\":\"a\",\"status\":null}]}",
+        "{\"updates\":[{\"node_id\":7,\"status\":\"running\"}]}",
+        "{\"updates\":[{\"node_id\":\"a\",\"node_id\":\"a\"}]}",
+        "{\"updates\":[{\"status\":\"running\",\"status\":\"running\"}]}",
+        "{\"updates\":[{\"node_id\":\"a\"}]}",
+        "{\"updates\":[{\"status\":\"running\"}]}",
+        "{\"updates\":[{}]}",
+        "{\"updates\":[{\"node_id\":\"a\",\"status\":\"running\",\"attempt\":2}]}",
+        "{\"updates\":[{\"node_id\":\"a\",\"status\":\"running\"}],\"run_id\":\"" RUN "\"}",
+        "{\"run_id\":\"" RUN "\",\"updates\":[{\"node_id\":\"a\",\"status\":\"running\"}]}",
+        "{\"updates\":[{\"node_id\":\"a\",\"status\":\"running\"}],\"updates\":[]}",
+        "{\"updates\":[{\"node_id\":\"a\",\"status\":\"running\"}]}x",
+        "{\"updates\":[{\"node_id\":\"a\",\"status\":\"running\"}]",
+        "{\"updates\":[{\"node_id\":\"a\",\"status\":\"running\"},]}",
+        "{\"updates\":[{\"node_id\":\"a\",\"status\":\"running\"}}",
+        "{\"updates\":[{\"node_id\":\"a\",\"status\":\"running\"]}",
+        "{\"updates\":[{\"node_id\":\"a\",\"status\":\"running}]}",
+        "{\"updates\":[{\"node_id\":\"a\" \"status\":\"running\"}]}",
+        "{\"updates\":[[\"node_id\",\"a\"]]}",
+        "{\"updates\":[]}",
+        "{\"updates\":{}}",
+        "{\"updates\":[{\"node_id\":\"a\",\"status\":\"running\"}] , }",
+        "{\"updates\" [{\"node_id\":\"a\",\"status\":\"running\"}]}",
+        "{\"updates\"",
+        "{\"updates\":[{\"node_id\":\"a\",\"status\":\"running\"},{\"node_id\":\"b\","
+        "\"status\":\"running\"},{\"node_id\":\"c\",\"status\":\"running\"}]}",
+        "[{\"updates\":[]}]",
+        "",
+        "{",
+    };
+    for (size_t i = 0; i < sizeof bodies / sizeof bodies[0]; i++)
+        batch_both(bodies[i], 2);
+
+    /* A node_id of the longest length taken, and one byte longer. */
+    char body[512];
+    char id[NS_ID_MAX + 2];
+    memset(id, 'x', sizeof id - 1);
+    id[sizeof id - 1] = '\0';
+    snprintf(body, sizeof body, "{\"updates\":[{\"node_id\":\"%s\",\"status\":\"running\"}]}", id);
+    batch_both(body, 2);
+    id[NS_ID_MAX] = '\0';
+    snprintf(body, sizeof body, "{\"updates\":[{\"node_id\":\"%s\",\"status\":\"running\"}]}", id);
+    batch_both(body, 2);
+    /* Every status name, and every printable ASCII byte as a node_id. */
+    for (int st = 0; st < NS_STATUS_COUNT; st++) {
+        snprintf(body, sizeof body, "{\"updates\":[{\"node_id\":\"n\",\"status\":\"%s\"}]}",
+                 model_status_name((ns_status)st));
+        batch_both(body, 2);
+    }
+    for (int c = 0x20; c < 0x7f; c++) {
+        if (c == '"' || c == '\\')
+            continue;
+        snprintf(body, sizeof body, "{\"updates\":[{\"node_id\":\"%c\",\"status\":\"idle\"}]}",
+                 c);
+        batch_both(body, 2);
+    }
+}
+
+
 /* ---- the row encoder against jansson ---- */
 
 /* A small deterministic generator, so a failure names a reproducible row. */

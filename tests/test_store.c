@@ -826,6 +826,73 @@ Test(store, unwritable_rows_are_isolated_and_the_rest_commits)
     store_close(s);
 }
 
+/*
+ * Enough rows for several of the writer's multi-row inserts and a tail, with
+ * refused rows inside chunks, a node twice within one chunk and a NULL row:
+ * the chunks that SQLite refuses are redone one row each, so exactly the
+ * refused rows are left out, reported by their place in the batch.
+ */
+#define MANY_ROWS 200
+Test(store, multi_row_inserts_isolate_exactly_the_refused_rows)
+{
+    store *s = sfx_open_store();
+    sfx_isolated iso = {0};
+    static char ids[MANY_ROWS][16];
+    static ns_row d[MANY_ROWS];
+    ns_row *rows[MANY_ROWS];
+    sqlite3 *db;
+
+    add_bad_row_trigger();
+    for (int i = 0; i < MANY_ROWS; i++) {
+        snprintf(ids[i], sizeof ids[i], "n%03d", i);
+        d[i] = sfx_draft("r", ids[i], NS_RUNNING, i + 1);
+        rows[i] = &d[i];
+    }
+    d[5].status = NS_STATUS_COUNT;            /* NOT NULL, first chunk */
+    d[70].node_id = "bad";                    /* the trigger, second chunk */
+    d[71].node_id = ids[72];                  /* n072 twice in one chunk: */
+    d[71].status = NS_COMPLETED;              /* the later row (72) wins */
+    d[195].node_id = "bad";                   /* the tail */
+
+    store_batch b = {.rows = rows, .n_rows = MANY_ROWS, .last_seq = MANY_ROWS,
+                     .on_isolated = sfx_on_isolated, .isolated_ctx = &iso};
+    cr_assert(eq(int, store_write(s, &b), 0), "store_write: %s",
+              store_errmsg(s));
+    cr_assert(eq(sz, b.n_isolated, 3));
+    cr_assert(eq(sz, iso.n, 3));
+    cr_assert(iso.rows[0] == &d[5]);
+    cr_assert(strstr(iso.why[0], "NOT NULL constraint failed") != NULL,
+              "why: %s", iso.why[0]);
+    cr_assert(iso.rows[1] == &d[70]);
+    cr_assert(strstr(iso.why[1], "bad row") != NULL, "why: %s", iso.why[1]);
+    cr_assert(iso.rows[2] == &d[195]);
+
+    db = open_raw();
+    /* 200 rows less the 3 refused, less n072's second row. */
+    cr_assert(eq(i64, raw_int(db, "SELECT count(*) FROM run_node_state"),
+                 MANY_ROWS - 4));
+    cr_assert(eq(i64, raw_int(db, "SELECT seq FROM run_node_state WHERE"
+                                  " node_id = 'n072'"), 73));
+    cr_assert(eq(i64, raw_int(db, "SELECT count(*) FROM run_node_state"
+                                  " WHERE status = 'running'"),
+                 MANY_ROWS - 4));
+    cr_assert(eq(i64, raw_int(db, "SELECT count(*) FROM run_node_state"
+                                  " WHERE node_id IN ('n005', 'n070',"
+                                  " 'n195', 'bad')"), 0));
+    cr_assert(eq(i64, raw_int(db, "SELECT sum(seq) FROM run_node_state"),
+                 (int64_t)MANY_ROWS * (MANY_ROWS + 1) / 2 - 6 - 71 - 72
+                     - 196));
+    sqlite3_close(db);
+
+    /* A NULL row in a later chunk fails the batch, named by its place. */
+    rows[130] = NULL;
+    b.on_isolated = NULL;
+    cr_assert(eq(int, store_write(s, &b), -1));
+    cr_assert(strstr(store_errmsg(s), "row 130 is NULL") != NULL,
+              "errmsg: %s", store_errmsg(s));
+    store_close(s);
+}
+
 Test(store, isolated_rows_are_not_reported_when_the_batch_fails)
 {
     store *s = sfx_open_store();

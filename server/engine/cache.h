@@ -59,7 +59,7 @@ typedef struct cache_run {
     size_t bytes;              /* what they take (cache_row_bytes each) */
     int64_t last_seq;          /* highest seq among them (0 when empty) */
     int64_t updated_at;        /* latest updated_at among them, ms (0 when empty) */
-    /* the node table (open addressing, keyed by node_id) */
+    /* the node table (open addressing, keyed by node_id; its block also holds the slots' hash tags, see cache.c) */
     cache_node **slots;
     size_t n_slots;
     cache_node *by_status[NS_STATUS_COUNT]; /* tree roots, node_id order */

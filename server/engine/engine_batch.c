@@ -1,6 +1,7 @@
 #include "engine_batch.h"
 
 #include <assert.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -90,12 +91,18 @@ engine_result engine_batch_submit(engine *e, const char *run_id,
         return ENGINE_ACCEPTED;
     engine_result res = ENGINE_ERROR;
     overlay ov = { 0 };
-    ns_row **rows = malloc(n * sizeof *rows); /* the accepted rows, in order, one reference each */
+    /*
+     * The accepted rows, in order, one reference each; then each item's
+     * cached row as found once under this hold of the lock (borrowed), so
+     * that judging does not look every node up in the run's table again.
+     */
+    ns_row **rows = n <= SIZE_MAX / (2 * sizeof *rows) ? malloc(2 * n * sizeof *rows) : NULL;
     if (!rows || overlay_init(&ov, n) != 0) {
         free(rows);
         free(ov.slots);
         return ENGINE_ERROR;
     }
+    ns_row **cached = rows + n;
     memset(results, 0, n * sizeof *results);
     size_t count = 0, bytes = 0;
     lockcheck_lock(&e->lock);
@@ -109,7 +116,7 @@ engine_result engine_batch_submit(engine *e, const char *run_id,
      */
     int64_t above = 0;
     for (size_t i = 0; i < n; i++) {
-        ns_row *cur = cache_node_get(run, items[i].node_id);
+        ns_row *cur = cached[i] = cache_node_get(run, items[i].node_id);
         if (cur && cur->seq > above)
             above = cur->seq;
     }
@@ -123,7 +130,7 @@ engine_result engine_batch_submit(engine *e, const char *run_id,
     for (size_t i = 0; i < n; i++) {
         const char *node_id = items[i].node_id;
         ns_row **slot = overlay_slot(&ov, node_id);
-        ns_row *cur = *slot ? *slot : cache_node_get(run, node_id);
+        ns_row *cur = *slot ? *slot : cached[i];
         ns_row draft;
         rules_verdict v = rules_apply(cur, run_id, node_id, items[i].u, now, &draft);
         switch (v) {

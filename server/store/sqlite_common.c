@@ -338,7 +338,9 @@ static int store_bind_json(sqlite3_stmt *st, int idx, const char *v,
 }
 
 /*
- * Binds every column of one row into the upsert (or the spill log's insert).
+ * Binds every column of one row into the upsert (or the spill log's insert),
+ * at parameters base + 1 .. base + COL_COUNT (base > 0: a later row of a
+ * multi-row insert).
  * Strings are bound SQLITE_STATIC: the row and tsbuf outlive the step that
  * follows, and store_upsert_rows clears the bindings afterwards. A NULL
  * status name (an out-of-range status) binds NULL, which the NOT NULL
@@ -349,14 +351,15 @@ _Static_assert(0 NS_NODE_FIELDS(STORE_COUNT_TS_) == NS_TS_COUNT + 1,
                "a buffer of store_bind_row's tsbuf per timestamp column");
 #undef STORE_COUNT_TS_
 
-static int store_bind_row(sqlite3_stmt *st, const ns_row *row,
+static int store_bind_row(sqlite3_stmt *st, int base, const ns_row *row,
                           char tsbuf[NS_TS_COUNT + 1][NS_TS_BUF])
 {
     char (*ts)[NS_TS_BUF] = tsbuf;
     int rc;
 
 #define STORE_BIND_(name, member, json, column, kind)                       \
-    if ((rc = store_bind_##kind(st, COL_##name + 1, row->member, &ts))      \
+    if ((rc = store_bind_##kind(st, base + COL_##name + 1, row->member,     \
+                                &ts))                                       \
         != SQLITE_OK)                                                       \
         return rc;
     NS_NODE_FIELDS(STORE_BIND_)
@@ -417,16 +420,17 @@ void store_isolation_report(const store_isolation *iso,
 }
 
 /*
- * Upserts rows[0..n) with st inside the open transaction of db. A row that
- * SQLite refuses by itself is skipped and noted in iso: its statement was
- * undone (ABORT, the default conflict resolution) and the transaction goes
- * on. faults_of is the store whose injected row faults apply, or NULL.
- * Any other failure stops: returns -1 with "upsert: <why>" in msg.
+ * Upserts rows[from..to) one statement each with st inside the open
+ * transaction of db. A row that SQLite refuses by itself is skipped and
+ * noted in iso: its statement was undone (ABORT, the default conflict
+ * resolution) and the transaction goes on. faults_of is the store whose
+ * injected row faults apply, or NULL. Any other failure stops: returns -1
+ * with "upsert: <why>" in msg. Leaves st's bindings for the caller to clear.
  */
-int store_upsert_rows(sqlite3 *db, sqlite3_stmt *st,
-                      ns_row *const *rows, size_t n,
-                      const sqlite_store *faults_of, store_isolation *iso,
-                      char *msg, size_t msglen)
+static int store_upsert_range(sqlite3 *db, sqlite3_stmt *st,
+                              ns_row *const *rows, size_t from, size_t to,
+                              const sqlite_store *faults_of,
+                              store_isolation *iso, char *msg, size_t msglen)
 {
     /* Formatted timestamps of the row being upserted. */
     char tsbuf[NS_TS_COUNT + 1][NS_TS_BUF];
@@ -434,16 +438,16 @@ int store_upsert_rows(sqlite3 *db, sqlite3_stmt *st,
     char why[STORE_ERRMSG_MAX - 16];
     int rc;
 
-    for (size_t i = 0; i < n; i++) {
+    for (size_t i = from; i < to; i++) {
         if (rows[i] == NULL) {
             snprintf(msg, msglen, "upsert: row %zu is NULL", i);
-            goto fail;
+            return -1;
         }
         if (STORE_FAULT_ROW(faults_of, rows[i])) {
             snprintf(why, sizeof why, "row refused (injected fault)");
             rc = SQLITE_CONSTRAINT;
         } else {
-            rc = store_bind_row(st, rows[i], tsbuf);
+            rc = store_bind_row(st, 0, rows[i], tsbuf);
             if (rc == SQLITE_OK)
                 rc = sqlite3_step(st);
             /* Read before reset, which may replace the message. */
@@ -463,20 +467,152 @@ int store_upsert_rows(sqlite3 *db, sqlite3_stmt *st,
          */
         if (!store_row_level(rc) || sqlite3_get_autocommit(db)) {
             snprintf(msg, msglen, "upsert: %s", why);
-            goto fail;
+            return -1;
         }
         if (store_isolation_add(iso, i, why) != 0) {
             snprintf(msg, msglen, "upsert: out of memory");
-            goto fail;
+            return -1;
         }
     }
+    return 0;
+}
+
+/* Upserts rows[0..n) one statement each (see store_upsert_range). */
+int store_upsert_rows(sqlite3 *db, sqlite3_stmt *st,
+                      ns_row *const *rows, size_t n,
+                      const sqlite_store *faults_of, store_isolation *iso,
+                      char *msg, size_t msglen)
+{
+    int rc = store_upsert_range(db, st, rows, 0, n, faults_of, iso, msg,
+                                msglen);
+
     /* The rows' strings were bound SQLITE_STATIC: none may outlive them. */
+    sqlite3_clear_bindings(st);
+    return rc;
+}
+
+/*
+ * Whether rows[from..from + per) can go in one multi-row statement: none is
+ * NULL or has an injected fault (those take the one-row path, which reports
+ * them exactly as before).
+ */
+static bool store_chunk_clean(ns_row *const *rows, size_t from, size_t per,
+                              const sqlite_store *faults_of)
+{
+    for (size_t j = from; j < from + per; j++)
+        if (rows[j] == NULL || STORE_FAULT_ROW(faults_of, rows[j]))
+            return false;
+    return true;
+}
+
+/*
+ * Upserts rows[0..n) with the result of store_upsert_rows, but STORE_ROWS_MANY
+ * rows per step of many where it can: a step costs about as much per
+ * statement as per row, so one per row was most of the writer's time on new
+ * rows. Rows within one statement are inserted in order, a later one's
+ * conflict with an earlier one updating it as a later statement would. A
+ * chunk that SQLite refuses for something about a row was undone whole
+ * (ABORT); it is done again one row each, so exactly the rows the one-row
+ * path would leave out are left out, with the same messages.
+ */
+int store_upsert_rows_many(sqlite3 *db, sqlite3_stmt *st, sqlite3_stmt *many,
+                           ns_row *const *rows, size_t n,
+                           const sqlite_store *faults_of, store_isolation *iso,
+                           char *msg, size_t msglen)
+{
+    /* Formatted timestamps of the rows of one chunk. */
+    char tsbuf[STORE_ROWS_MANY][NS_TS_COUNT + 1][NS_TS_BUF];
+    char why[STORE_ERRMSG_MAX - 16];
+    size_t i = 0;
+    int rc = SQLITE_OK;
+
+    while (n - i >= STORE_ROWS_MANY) {
+        if (store_chunk_clean(rows, i, STORE_ROWS_MANY, faults_of)) {
+            rc = SQLITE_OK;
+            for (size_t j = 0; j < STORE_ROWS_MANY && rc == SQLITE_OK; j++)
+                rc = store_bind_row(many, (int)j * COL_COUNT, rows[i + j],
+                                    tsbuf[j]);
+            if (rc == SQLITE_OK)
+                rc = sqlite3_step(many);
+            if (rc != SQLITE_DONE)
+                snprintf(why, sizeof why, "%s", sqlite3_errmsg(db));
+            sqlite3_reset(many);
+            if (rc == SQLITE_DONE) {
+                i += STORE_ROWS_MANY;
+                continue;
+            }
+            if (!store_row_level(rc) || sqlite3_get_autocommit(db)) {
+                snprintf(msg, msglen, "upsert: %s", why);
+                goto fail;
+            }
+        }
+        if (store_upsert_range(db, st, rows, i, i + STORE_ROWS_MANY,
+                               faults_of, iso, msg, msglen) != 0)
+            goto fail;
+        i += STORE_ROWS_MANY;
+    }
+    if (store_upsert_range(db, st, rows, i, n, faults_of, iso, msg, msglen)
+        != 0)
+        goto fail;
+    sqlite3_clear_bindings(many);
     sqlite3_clear_bindings(st);
     return 0;
 
 fail:
+    sqlite3_clear_bindings(many);
     sqlite3_clear_bindings(st);
     return -1;
+}
+
+/*
+ * Prepares many: "INSERT INTO <table> (<columns>) VALUES" and STORE_ROWS_MANY
+ * groups of one anonymous parameter per column, then tail (its tokens
+ * expanded), checked to bind exactly that many parameters. 0 or -1.
+ */
+int store_prepare_many(sqlite3 *db, const char *table, const char *tail,
+                       sqlite3_stmt **out, char *err, size_t errlen,
+                       const char *path)
+{
+    size_t len = strlen(table) + strlen(tail) + 64
+                 + (size_t)STORE_ROWS_MANY * (COL_COUNT * 3 + 3);
+    char *tmpl = malloc(len);
+    size_t at = 0;
+    int ret = -1;
+
+    if (tmpl == NULL) {
+        store_set_err(err, errlen, path, "out of memory");
+        return -1;
+    }
+    tmpl[0] = '\0';
+    if (store_sql_put(tmpl, len, &at, "INSERT INTO ") != 0
+        || store_sql_put(tmpl, len, &at, table) != 0
+        || store_sql_put(tmpl, len, &at, " (" STORE_SQL_COLUMNS ") VALUES")
+               != 0)
+        goto out;
+    for (int r = 0; r < STORE_ROWS_MANY; r++)
+        for (int c = 0; c < COL_COUNT; c++)
+            if (store_sql_put(tmpl, len, &at,
+                              c == 0 ? (r == 0 ? " (?" : ", (?")
+                                     : (c + 1 == COL_COUNT ? ", ?)" : ", ?"))
+                != 0)
+                goto out;
+    if (store_sql_put(tmpl, len, &at, tail) != 0)
+        goto out;
+    if (store_prepare(db, tmpl, out, err, errlen, path) != 0)
+        goto out_quiet;
+    if (sqlite3_bind_parameter_count(*out) != STORE_ROWS_MANY * COL_COUNT) {
+        store_set_err(err, errlen, path,
+                      "internal: a statement's columns are not the node's fields");
+        goto out_quiet;
+    }
+    ret = 0;
+    goto out_quiet;
+
+out:
+    store_set_err(err, errlen, path, "internal: statement too long");
+out_quiet:
+    free(tmpl);
+    return ret;
 }
 
 /* Whether b's arrays are there for the counts it claims. */

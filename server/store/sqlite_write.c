@@ -219,6 +219,8 @@ sqlite_store *sqlite_store_open(const char *path, bool sync_full, char *err, siz
     }
     if (store_prepare_row(s->db, store_upsert_sql, true, &s->upsert, err,
                           errlen, path)
+        || store_prepare_many(s->db, "run_node_state", STORE_UPSERT_SET,
+                              &s->upsert_many, err, errlen, path)
         || store_prepare(s->db, store_delete_run_sql, &s->delete_run, err,
                          errlen, path)
         || store_prepare(s->db, store_set_seq_sql, &s->set_seq, err, errlen,
@@ -244,6 +246,7 @@ void sqlite_store_close(sqlite_store *s)
     if (s == NULL)
         return;
     sqlite3_finalize(s->upsert);
+    sqlite3_finalize(s->upsert_many);
     sqlite3_finalize(s->delete_run);
     sqlite3_finalize(s->set_seq);
     sqlite3_finalize(s->meta_get);
@@ -301,8 +304,9 @@ int sqlite_store_write(sqlite_store *s, store_batch *b)
             goto err;
         }
     }
-    if (store_upsert_rows(s->db, s->upsert, b->rows, b->n_rows, s, &s->iso,
-                          s->errmsg, sizeof s->errmsg) != 0)
+    if (store_upsert_rows_many(s->db, s->upsert, s->upsert_many, b->rows,
+                               b->n_rows, s, &s->iso, s->errmsg,
+                               sizeof s->errmsg) != 0)
         goto err;
     if (sqlite3_bind_int64(s->set_seq, 1, b->last_seq) != SQLITE_OK) {
         store_fail(s, "last_seq");
