@@ -1,104 +1,15 @@
 /*
- * sqlite_ops: the SQLite backend's store_ops, each entry a thin adapter
- * from store.c's untyped connection to the sqlite_*.c function.
+ * sqlite_ops: the SQLite backend's store_ops, its entries the adapters of
+ * store_adapt.h over the sqlite_*.c functions.
  */
 #include "sqlite_internal.h"
 
-static void *ops_open(const char *path, bool sync_full, char *err, size_t errlen)
-{
-    return sqlite_store_open(path, sync_full, err, errlen);
-}
+#include "store_adapt.h"
 
-static void ops_close(void *s)
-{
-    sqlite_store_close(s);
-}
-
-static int64_t ops_last_seq(const void *s)
-{
-    return sqlite_store_last_seq(s);
-}
-
-static int ops_write(void *s, store_batch *b)
-{
-    return sqlite_store_write(s, b);
-}
-
-static int ops_replay(void *s, const char *spill_path, store_replayed *out,
-                      char *err, size_t errlen)
-{
-    return sqlite_store_replay(s, spill_path, out, err, errlen);
-}
-
-static const char *ops_errmsg(const void *s)
-{
-    return sqlite_store_errmsg(s);
-}
-
-static int ops_meta_get(void *s, const char *key, int64_t *value)
-{
-    return sqlite_store_meta_get(s, key, value);
-}
-
-static int ops_meta_set(void *s, const char *key, int64_t value)
-{
-    return sqlite_store_meta_set(s, key, value);
-}
-
-static void *ops_reader_open(const char *path, char *err, size_t errlen)
-{
-    return sqlite_reader_open(path, err, errlen);
-}
-
-static void ops_reader_close(void *r)
-{
-    sqlite_reader_close(r);
-}
-
-static int ops_load_run(void *r, const char *run_id,
-                        int (*fn)(void *ctx, ns_row *row), void *ctx,
-                        size_t *skipped)
-{
-    return sqlite_reader_load_run(r, run_id, fn, ctx, skipped);
-}
-
-static int ops_load_node(void *r, const char *run_id, const char *node_id,
-                         ns_row **out, bool *run_has_rows)
-{
-    return sqlite_reader_load_node(r, run_id, node_id, out, run_has_rows);
-}
-
-static int ops_load_page(void *r, const char *run_id, const char *after,
-                         unsigned status_mask, size_t want,
-                         int (*fn)(void *ctx, ns_row *row), void *ctx,
-                         store_page *page)
-{
-    return sqlite_reader_load_page(r, run_id, after, status_mask, want, fn,
-                                   ctx, page);
-}
-
-static int ops_expired_runs(void *s, int64_t cutoff_ms, size_t max_rows,
-                            store_expiry_cursor *c,
-                            int (*fn)(void *ctx, const char *run_id), void *ctx)
-{
-    return sqlite_store_expired_runs(s, cutoff_ms, max_rows, c, fn, ctx);
-}
+STORE_ADAPTERS(sqlite)
 
 const store_ops store_sqlite_ops = {
     .name = "sqlite",
-    .open = ops_open,
-    .close = ops_close,
-    .last_seq = ops_last_seq,
-    .write = ops_write,
-    .replay = ops_replay,
-    .errmsg = ops_errmsg,
-    .meta_get = ops_meta_get,
-    .meta_set = ops_meta_set,
-    .reader_open = ops_reader_open,
-    .reader_close = ops_reader_close,
-    .load_run = ops_load_run,
-    .load_node = ops_load_node,
-    .load_page = ops_load_page,
+    STORE_ADAPTED_OPS,
     .seq_block = NULL, /* one process per file (dblock): its counter is the only one */
-    .expired_runs = ops_expired_runs,
 };
