@@ -472,6 +472,52 @@ static int codec_member(codec_doc *d, const codec_spans *spans,
     return 0;
 }
 
+/*
+ * The body as a JSON object (a new reference), or NULL with *status and
+ * detail set: 400 for an empty body, a NUL byte, invalid JSON or another
+ * value than an object, 500 out of memory. Every body we decode is read
+ * this one way.
+ */
+static json_t *codec_load_object(const char *body, size_t len, int *status,
+                                 char *detail, size_t detail_len)
+{
+    if (body == NULL || len == 0) {
+        codec_fail(status, 400, detail, detail_len, "%s", "empty body");
+        return NULL;
+    }
+    /* JSON text never holds a raw NUL; jansson's reader would stop at one mid-number. */
+    if (memchr(body, '\0', len) != NULL) {
+        codec_fail(status, 400, detail, detail_len, "%s",
+                   "invalid JSON: the body contains a NUL byte");
+        return NULL;
+    }
+    json_error_t err;
+    /*
+     * DECODE_ANY so a bare scalar gets "not an object" rather than a parse
+     * error. INT_AS_REAL so an integer beyond int64 in outputs/resume_state
+     * (any JSON, as the API allows) does not make jansson refuse the body; their
+     * text comes from the body, and attempt is read from its text, so no
+     * precision is lost. A number beyond double range (1e400, a 310-digit
+     * integer) is still refused here as invalid JSON.
+     */
+    json_t *root = json_loadb(body, len,
+                              JSON_REJECT_DUPLICATES | JSON_DECODE_ANY |
+                              JSON_DECODE_INT_AS_REAL, &err);
+    if (root == NULL) {
+        *status = 400;
+        /* jansson's text may quote the body, and it cuts it at a byte count. */
+        codec_detail(detail, detail_len, "invalid JSON at line %d column %d: %s",
+                     err.line, err.column, err.text);
+        return NULL;
+    }
+    if (!json_is_object(root)) {
+        json_decref(root);
+        codec_fail(status, 400, detail, detail_len, "%s", "body must be a JSON object");
+        return NULL;
+    }
+    return root;
+}
+
 codec_doc *codec_decode_update(const char *body, size_t len,
                                const char *run_id, const char *node_id,
                                size_t max_error_bytes, ns_update *out,
@@ -489,47 +535,13 @@ codec_doc *codec_decode_update(const char *body, size_t len,
     for (int f = 0; f < NS_TS_COUNT; f++)
         out->ts[f] = NS_TS_NULL;
 
-    if (body == NULL || len == 0) {
-        codec_fail(status, 400, detail, detail_len, "%s", "empty body");
-        return NULL;
-    }
-    /* JSON text never holds a raw NUL; jansson's reader would stop at one mid-number. */
-    if (memchr(body, '\0', len) != NULL) {
-        codec_fail(status, 400, detail, detail_len, "%s",
-                   "invalid JSON: the body contains a NUL byte");
-        return NULL;
-    }
-
     codec_doc *d = calloc(1, sizeof *d);
     if (d == NULL) {
         codec_fail(status, 500, detail, detail_len, "%s", "out of memory");
         return NULL;
     }
-
-    json_error_t err;
-    /*
-     * DECODE_ANY so a bare scalar gets "not an object" rather than a parse
-     * error. INT_AS_REAL so an integer beyond int64 in outputs/resume_state
-     * (any JSON, as the API allows) does not make jansson refuse the body; their
-     * text comes from the body, and attempt is read from its text, so no
-     * precision is lost. A number beyond double range (1e400, a 310-digit
-     * integer) is still refused here as invalid JSON.
-     */
-    d->root = json_loadb(body, len,
-                         JSON_REJECT_DUPLICATES | JSON_DECODE_ANY |
-                         JSON_DECODE_INT_AS_REAL, &err);
-    if (d->root == NULL) {
-        *status = 400;
-        /* jansson's text may quote the body, and it cuts it at a byte count. */
-        codec_detail(detail, detail_len, "invalid JSON at line %d column %d: %s",
-                     err.line, err.column, err.text);
+    if ((d->root = codec_load_object(body, len, status, detail, detail_len)) == NULL)
         goto fail;
-    }
-    if (!json_is_object(d->root)) {
-        codec_fail(status, 400, detail, detail_len, "%s",
-                   "body must be a JSON object");
-        goto fail;
-    }
 
     codec_spans spans;
     if (codec_scan(body, len, &spans) != 0) {
@@ -695,35 +707,13 @@ codec_batch *codec_decode_batch_tree(const char *body, size_t len, const char *r
         detail_len = sizeof scratch;
     }
     detail[0] = '\0';
-    if (body == NULL || len == 0) {
-        codec_fail(status, 400, detail, detail_len, "%s", "empty body");
-        return NULL;
-    }
-    if (memchr(body, '\0', len) != NULL) {
-        codec_fail(status, 400, detail, detail_len, "%s",
-                   "invalid JSON: the body contains a NUL byte");
-        return NULL;
-    }
     codec_batch *b = calloc(1, sizeof *b);
     if (b == NULL) {
         codec_fail(status, 500, detail, detail_len, "%s", "out of memory");
         return NULL;
     }
-    json_error_t err;
-    /* The flags of codec_decode_update, for the same reasons. */
-    b->root = json_loadb(body, len,
-                         JSON_REJECT_DUPLICATES | JSON_DECODE_ANY | JSON_DECODE_INT_AS_REAL,
-                         &err);
-    if (b->root == NULL) {
-        *status = 400;
-        codec_detail(detail, detail_len, "invalid JSON at line %d column %d: %s",
-                     err.line, err.column, err.text);
+    if ((b->root = codec_load_object(body, len, status, detail, detail_len)) == NULL)
         goto fail;
-    }
-    if (!json_is_object(b->root)) {
-        codec_fail(status, 400, detail, detail_len, "%s", "body must be a JSON object");
-        goto fail;
-    }
     const char *key;
     json_t *v;
     json_object_foreach(b->root, key, v) {
