@@ -29,6 +29,9 @@ if [[ "${1:-}" == "--test" ]]; then
   packages+=(haproxy python3-yaml)
   # PostgreSQL 15 runs the throwaway cluster (scripts/pg.sh) of the _pg tests.
   packages+=(postgresql)
+  # openssl makes the self-signed certificates of it_tls and the TLS bench;
+  # systemd brings systemd-analyze, which check_systemd runs on the unit.
+  packages+=(openssl systemd)
   # A machine may carry Node.js from elsewhere (with its own npm); only
   # install Debian's when there is none, since the two conflict.
   command -v node >/dev/null 2>&1 || packages+=(nodejs)
