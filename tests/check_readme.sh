@@ -22,6 +22,9 @@
 # from the examples' directory beside the live server, at most 30 s), and
 # claim its exit status and output (stdout and stderr together):
 #     # → exit STATUS [OUTPUT]
+# A `nodestate` run through another command (`timeout 20 nodestate … &`, a
+# server in the background that the block stops itself) is the binary under
+# test too, found on PATH; it makes no claim of its own.
 #
 # The README's Quick start block must be exactly its two commands.
 # Needs NODESTATE_BIN, NODESTATE_SOURCE_DIR and curl.
@@ -78,6 +81,11 @@ log=$tmp/nodestate.log
 ns_pid=$!
 ns_wait_port "$tmp/port" "$log" "nodestate exited before listening"
 note "nodestate on 127.0.0.1:$port"
+
+# `nodestate` on PATH is the binary under test, for a block that runs it
+# through another command.
+mkdir -p "$tmp/bin"
+ln -s "$NODESTATE_BIN" "$tmp/bin/nodestate"
 
 # A curl that records each command's status and output for the claims. Our
 # --write-out comes last so it wins over one in the example; --max-time comes
@@ -154,7 +162,7 @@ for block in "${blocks[@]}"; do
     done < <(grep -E '^[[:space:]]*# →' "$block" || true)
 
     rc=0
-    (cd "$tmp/run" && __dir=$dir bash -c 'source "$1"; source "$2"' _ "$tmp/prelude.sh" "$dir/body.sh") \
+    (cd "$tmp/run" && PATH="$tmp/bin:$PATH" __dir=$dir bash -c 'source "$1"; source "$2"' _ "$tmp/prelude.sh" "$dir/body.sh") \
         >"$dir/stdout" 2>"$dir/stderr" || rc=$?
     mapfile -t got_codes <"$dir/codes"
     if ((rc != 0)); then
