@@ -63,6 +63,27 @@ static bool backoff_wait(engine *e, int64_t backoff, int64_t failing_since)
 }
 
 /*
+ * Keeps a row the store left out of the batch (isolated, or superseded in
+ * a shared store), so that once the batch is released its run goes stale
+ * and its seqs are reported as refused. Out of memory: isolated_lost says
+ * some were not kept. Writer thread.
+ */
+static void remember_refused(engine *e, const ns_row *row)
+{
+    if (e->n_isolated == e->cap_isolated) {
+        size_t cap = e->cap_isolated ? e->cap_isolated * 2 : 16;
+        const ns_row **grown = realloc(e->isolated, cap * sizeof *grown);
+        if (!grown) {
+            e->isolated_lost = true;
+            return;
+        }
+        e->isolated = grown;
+        e->cap_isolated = cap;
+    }
+    e->isolated[e->n_isolated++] = row;
+}
+
+/*
  * store_batch.on_isolated (writer thread): a row SQLite will never take.
  * Counted and logged now; remembered so that, once its batch is released,
  * the node's run is dropped from the cache (disk is its truth again) and its
@@ -77,17 +98,7 @@ static void on_isolated(void *ctx, const ns_row *row, const char *why)
     engine_log(e, NS_LOG_ERROR, "row-isolated",
           "run_id=%s node_id=%s seq=%lld error=%s", row->run_id, row->node_id,
           (long long)row->seq, quoted);
-    if (e->n_isolated == e->cap_isolated) {
-        size_t cap = e->cap_isolated ? e->cap_isolated * 2 : 16;
-        const ns_row **grown = realloc(e->isolated, cap * sizeof *grown);
-        if (!grown) {
-            e->isolated_lost = true;
-            return;
-        }
-        e->isolated = grown;
-        e->cap_isolated = cap;
-    }
-    e->isolated[e->n_isolated++] = row;
+    remember_refused(e, row);
 }
 
 /*
@@ -104,17 +115,7 @@ static void on_superseded(void *ctx, const ns_row *row)
     engine_log(e, NS_LOG_WARN, "row-superseded",
           "run_id=%s node_id=%s seq=%lld detail=\"the stored state is newer\"",
           row->run_id, row->node_id, (long long)row->seq);
-    if (e->n_isolated == e->cap_isolated) {
-        size_t cap = e->cap_isolated ? e->cap_isolated * 2 : 16;
-        const ns_row **grown = realloc(e->isolated, cap * sizeof *grown);
-        if (!grown) {
-            e->isolated_lost = true;
-            return;
-        }
-        e->isolated = grown;
-        e->cap_isolated = cap;
-    }
-    e->isolated[e->n_isolated++] = row;
+    remember_refused(e, row);
 }
 
 /*
