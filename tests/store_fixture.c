@@ -68,15 +68,26 @@ engine *sfx_open_engine(void)
     return e;
 }
 
-void sfx_accept(engine *e, const char *run, const char *node, ns_status st)
+ns_update sfx_update(ns_status st, int64_t attempt)
 {
     ns_update u;
-    ns_row *out = NULL;
 
     memset(&u, 0, sizeof u);
     u.status = st;
     for (int i = 0; i < NS_TS_COUNT; i++)
         u.ts[i] = NS_TS_NULL;
+    if (attempt > 0) {
+        u.has_attempt = true;
+        u.attempt = attempt;
+    }
+    return u;
+}
+
+void sfx_accept(engine *e, const char *run, const char *node, ns_status st)
+{
+    ns_update u = sfx_update(st, 0);
+    ns_row *out = NULL;
+
     cr_assert_eq(engine_submit(e, run, node, &u, &out), ENGINE_ACCEPTED);
     model_row_unref(out);
 }

@@ -71,25 +71,12 @@ static engine *open_lazy(void)
     return open_with(&c);
 }
 
-static ns_update upd(ns_status s, int64_t attempt)
-{
-    ns_update u;
-    memset(&u, 0, sizeof u);
-    u.status = s;
-    for (int i = 0; i < NS_TS_COUNT; i++)
-        u.ts[i] = NS_TS_NULL;
-    if (attempt > 0) {
-        u.has_attempt = true;
-        u.attempt = attempt;
-    }
-    return u;
-}
 
 /* Submits and returns the verdict; *seq (if not NULL) gets the row's seq. */
 static engine_result submit(engine *e, const char *run, const char *node, ns_status s,
                             int64_t attempt, int64_t *seq)
 {
-    ns_update u = upd(s, attempt);
+    ns_update u = sfx_update(s, attempt);
     ns_row *out = NULL;
     engine_result r = engine_submit(e, run, node, &u, &out);
     if (r == ENGINE_QUEUE_FULL || r == ENGINE_ERROR || r == ENGINE_NOT_FOUND) {
@@ -255,7 +242,7 @@ Test(engine, submit_get_duplicate_stale_illegal)
 {
     engine *e = open_lazy();
     ns_stats *st = engine_stats(e);
-    ns_update u = upd(NS_SCHEDULED, 0);
+    ns_update u = sfx_update(NS_SCHEDULED, 0);
     ns_row *out = NULL;
     cr_assert_eq(engine_submit(e, "r", "a", &u, &out), ENGINE_ACCEPTED);
     cr_assert_not_null(out);
@@ -282,7 +269,7 @@ Test(engine, submit_get_duplicate_stale_illegal)
     cr_assert_eq(seq, 2);
 
     /* Stale: *out is the current row. */
-    u = upd(NS_COMPLETED, 1);
+    u = sfx_update(NS_COMPLETED, 1);
     cr_assert_eq(engine_submit(e, "r", "a", &u, &out), ENGINE_STALE);
     cr_assert_not_null(out);
     cr_assert_eq(out->status, NS_RUNNING);
@@ -291,7 +278,7 @@ Test(engine, submit_get_duplicate_stale_illegal)
     model_row_unref(out);
 
     /* Illegal: *out is the current row. */
-    u = upd(NS_SCHEDULED, 0);
+    u = sfx_update(NS_SCHEDULED, 0);
     cr_assert_eq(engine_submit(e, "r", "a", &u, &out), ENGINE_ILLEGAL);
     cr_assert_not_null(out);
     cr_assert_eq(out->status, NS_RUNNING);
@@ -318,7 +305,7 @@ Test(engine, submit_get_duplicate_stale_illegal)
 Test(engine, fields_reach_the_row)
 {
     engine *e = open_lazy();
-    ns_update u = upd(NS_FAILED, 3);
+    ns_update u = sfx_update(NS_FAILED, 3);
     u.last_error = (ns_text){ true, "boom" };
     u.has_retryable = true;
     u.retryable = true;
@@ -501,7 +488,7 @@ static engine_result submit_big(engine *e, const char *node, size_t size)
     memset(outputs, 'x', size - 1);
     outputs[0] = outputs[size - 2] = '"';
     outputs[size - 1] = '\0';
-    ns_update u = upd(NS_RUNNING, 0);
+    ns_update u = sfx_update(NS_RUNNING, 0);
     u.outputs.set = true;
     u.outputs.value = outputs;
     ns_row *out = NULL;
@@ -650,7 +637,7 @@ Test(engine, delete_then_recreate_in_one_batch)
 Test(engine, restart_reads_the_persisted_state)
 {
     engine *e = open_lazy();
-    ns_update u = upd(NS_RUNNING, 2);
+    ns_update u = sfx_update(NS_RUNNING, 2);
     u.outputs = (ns_text){ true, "{\"progress\":0.5}" };
     u.resume_state = (ns_text){ true, "[\"cursor\",9]" };
     ns_row *out = NULL;
@@ -672,7 +659,7 @@ Test(engine, restart_reads_the_persisted_state)
     model_row_unref(after);
 
     /* The rules use the persisted row. */
-    u = upd(NS_SCHEDULED, 0);
+    u = sfx_update(NS_SCHEDULED, 0);
     cr_assert_eq(engine_submit(e, "r", "a", &u, &out), ENGINE_ILLEGAL);
     cr_assert_eq(out->seq, before->seq);
     cr_assert_eq(out->status, NS_RUNNING);
@@ -972,7 +959,7 @@ static void *race_writer(void *arg)
     for (int i = 0; i < RACE_OPS; i++) {
         int k = (int)(race_rnd(&x) % RACE_NODES);
         snprintf(node, sizeof node, "n%02d", k);
-        ns_update u = upd(race_rnd(&x) % 2 ? NS_RUNNING : NS_SCHEDULED, 0);
+        ns_update u = sfx_update(race_rnd(&x) % 2 ? NS_RUNNING : NS_SCHEDULED, 0);
         u.force = true;
         ns_row *out = NULL;
         engine_result r = engine_submit(rc->e, "r", node, &u, &out);
@@ -1310,7 +1297,7 @@ Test(engine, byte_bound_evicts_idle_runs)
         snprintf(run, sizeof run, "r%d", r);
         for (int n = 0; n < NODES; n++) {
             snprintf(node, sizeof node, "n%d", n);
-            ns_update u = upd(NS_RUNNING, 0);
+            ns_update u = sfx_update(NS_RUNNING, 0);
             u.outputs = (ns_text){ true, outputs };
             ns_row *out = NULL;
             cr_assert_eq(engine_submit(e, run, node, &u, &out), ENGINE_ACCEPTED);
@@ -1541,7 +1528,7 @@ Test(engine, randomized_reads_match_a_model_through_evictions_and_restarts, .tim
         } else if (what < 700) {
             int k = (int)re_rnd(RE_NODES);
             re_id(id, sizeof id, k);
-            ns_update u = upd((ns_status)re_rnd(NS_STATUS_COUNT), 0);
+            ns_update u = sfx_update((ns_status)re_rnd(NS_STATUS_COUNT), 0);
             u.force = true;
             ns_row *out = NULL;
             engine_result res = engine_submit(e, run, id, &u, &out);

@@ -48,19 +48,6 @@ static engine *open_cfg(size_t batch_size, double interval, size_t capacity, siz
     return e;
 }
 
-static ns_update upd(ns_status s, int64_t attempt)
-{
-    ns_update u;
-    memset(&u, 0, sizeof u);
-    u.status = s;
-    for (int i = 0; i < NS_TS_COUNT; i++)
-        u.ts[i] = NS_TS_NULL;
-    if (attempt > 0) {
-        u.has_attempt = true;
-        u.attempt = attempt;
-    }
-    return u;
-}
 
 static ns_row *get(engine *e, const char *run, const char *node)
 {
@@ -72,7 +59,7 @@ static ns_row *get(engine *e, const char *run, const char *node)
 
 static void single(engine *e, const char *run, const char *node, ns_status s)
 {
-    ns_update u = upd(s, 0);
+    ns_update u = sfx_update(s, 0);
     ns_row *out = NULL;
     cr_assert_eq(engine_submit(e, run, node, &u, &out), ENGINE_ACCEPTED, "%s/%s", run, node);
     model_row_unref(out);
@@ -98,8 +85,8 @@ Test(engine_batch, items_apply_in_order_as_if_alone)
     engine *e = open_cfg(1000, 60, 10000, 0);
     ns_stats *st = engine_stats(e);
     single(e, "r", "done", NS_COMPLETED);
-    ns_update sched = upd(NS_SCHEDULED, 0), run = upd(NS_RUNNING, 0), run2 = upd(NS_RUNNING, 2);
-    ns_update stale = upd(NS_RUNNING, 1), back = upd(NS_SCHEDULED, 0);
+    ns_update sched = sfx_update(NS_SCHEDULED, 0), run = sfx_update(NS_RUNNING, 0), run2 = sfx_update(NS_RUNNING, 2);
+    ns_update stale = sfx_update(NS_RUNNING, 1), back = sfx_update(NS_SCHEDULED, 0);
     engine_batch_item items[] = {
         { "a", &sched },   /* new node: applies */
         { "a", &run },     /* after the item above: applies */
@@ -153,7 +140,7 @@ Test(engine_batch, capacity_is_all_or_nothing)
     cr_assert(blocker_wait(e, &b), "the writer never committed the blocker");
     single(e, "r", "x", NS_SCHEDULED); /* 3 slots left */
 
-    ns_update sched = upd(NS_SCHEDULED, 0), run = upd(NS_RUNNING, 0);
+    ns_update sched = sfx_update(NS_SCHEDULED, 0), run = sfx_update(NS_RUNNING, 0);
     /* Four would be accepted (x's duplicate takes no slot): nothing is. */
     engine_batch_item items[] = { { "x", &sched }, { "a", &sched }, { "a", &run },
                                   { "b", &sched }, { "x", &run } };
@@ -201,7 +188,7 @@ Test(engine_batch, byte_bound_is_all_or_nothing)
     memset(outputs, 'x', BIG - 1);
     outputs[0] = outputs[BIG - 2] = '"';
     outputs[BIG - 1] = '\0';
-    ns_update u = upd(NS_RUNNING, 0);
+    ns_update u = sfx_update(NS_RUNNING, 0);
     u.outputs.set = true;
     u.outputs.value = outputs;
     engine_batch_item items[N] = { { "n0", &u }, { "n1", &u }, { "n2", &u }, { "n3", &u } };
@@ -237,7 +224,7 @@ Test(engine_batch, an_uncached_run_reads_only_the_nodes_touched)
     ns_stats *st = engine_stats(e);
     cr_assert_eq(atomic_load(&st->cache_nodes), 0);
 
-    ns_update done = upd(NS_COMPLETED, 0), sched = upd(NS_SCHEDULED, 0);
+    ns_update done = sfx_update(NS_COMPLETED, 0), sched = sfx_update(NS_SCHEDULED, 0);
     engine_batch_item items[] = { { "n007", &done }, { "new1", &sched }, { "n100", &sched },
                                   { "new2", &sched } };
     engine_batch_result res[4];
@@ -263,7 +250,7 @@ Test(engine_batch, a_large_batch_reaches_the_file)
     engine_batch_result *res = calloc(N, sizeof *res);
     char (*ids)[16] = calloc(N, sizeof *ids);
     cr_assert(items && res && ids);
-    ns_update sched = upd(NS_SCHEDULED, 0);
+    ns_update sched = sfx_update(NS_SCHEDULED, 0);
     for (int i = 0; i < N; i++) {
         snprintf(ids[i], sizeof ids[i], "node-%05d", i);
         items[i] = (engine_batch_item){ ids[i], &sched };
@@ -300,7 +287,7 @@ static void *churn_main(void *arg)
     char node[32];
     for (long k = 0; k < 10000000 && !atomic_load(&c->stop); k++) {
         snprintf(node, sizeof node, "c%ld", k);
-        ns_update u = upd(NS_RUNNING, 0);
+        ns_update u = sfx_update(NS_RUNNING, 0);
         ns_row *out = NULL;
         engine_submit(c->e, "churn", node, &u, &out); /* a full queue is fine */
         model_row_unref(out);
@@ -344,7 +331,7 @@ Test(engine_batch, nodes_read_for_a_batch_are_not_evicted_before_it_is_judged)
     churn ch = { .e = e };
     pthread_t t;
     cr_assert_eq(pthread_create(&t, NULL, churn_main, &ch), 0);
-    ns_update back = upd(NS_RUNNING, 0);
+    ns_update back = sfx_update(NS_RUNNING, 0);
     engine_batch_item items[NODES];
     for (int j = 0; j < NODES; j++)
         items[j] = (engine_batch_item){ node[j], &back };

@@ -262,11 +262,7 @@ static void settle(engine *e)
 
 static engine_result submit(engine *e, const char *run, const char *node, ns_status status)
 {
-    ns_update u;
-    memset(&u, 0, sizeof u);
-    u.status = status;
-    for (int i = 0; i < NS_TS_COUNT; i++)
-        u.ts[i] = NS_TS_NULL;
+    ns_update u = sfx_update(status, 0);
     ns_row *out = NULL;
     engine_result r = engine_submit(e, run, node, &u, &out);
     model_row_unref(out);
