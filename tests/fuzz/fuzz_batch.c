@@ -27,27 +27,6 @@
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
-static void batch_round_trip(const ns_row *row)
-{
-    buf b;
-    buf_init(&b);
-    codec_row(&b, row, false);
-    fuzzkit_check(!b.failed, "codec_row ran out of memory");
-    ns_update again;
-    int status = 0;
-    char detail[512];
-    codec_doc *doc = codec_decode_update(b.data, b.len, BATCH_RUN, row->node_id, SIZE_MAX,
-                                         &again, &status, detail, sizeof detail);
-    if (!doc)
-        fprintf(stderr, "fuzz_batch: %d %s\nin: %.*s\n", status, detail, (int)b.len, b.data);
-    fuzzkit_check(doc != NULL, "an encoded row does not decode");
-    ns_row draft;
-    rules_verdict v = rules_apply(row, BATCH_RUN, row->node_id, &again, BATCH_NOW_MS, &draft);
-    fuzzkit_check(v == RULES_DUPLICATE, "an encoded row does not repeat itself");
-    codec_doc_free(doc);
-    buf_free(&b);
-}
-
 static bool batch_text_same(ns_text a, ns_text b)
 {
     if (a.set != b.set || (a.value == NULL) != (b.value == NULL))
@@ -126,7 +105,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         draft.updated_at = BATCH_NOW_MS;
         ns_row *row = model_row_copy(&draft);
         fuzzkit_check(row != NULL, "model_row_copy ran out of memory");
-        batch_round_trip(row);
+        fuzzkit_round_trip("fuzz_batch", row, BATCH_NOW_MS);
         model_row_unref(row);
     }
     codec_batch_free(b);

@@ -26,34 +26,6 @@
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
-/* Encodes row, decodes the text again and checks it repeats row. */
-static void codec_round_trip(const ns_row *row)
-{
-    buf b;
-    buf_init(&b);
-    codec_row(&b, row, false);
-    fuzzkit_check(!b.failed, "codec_row ran out of memory");
-
-    ns_update again;
-    int status = 0;
-    char detail[512];
-    codec_doc *doc = codec_decode_update(b.data, b.len, CODEC_RUN, CODEC_NODE,
-                                         SIZE_MAX, &again, &status, detail,
-                                         sizeof detail);
-    if (!doc)
-        fprintf(stderr, "fuzz_codec: %d %s\nin: %.*s\n", status, detail, (int)b.len,
-                b.data);
-    fuzzkit_check(doc != NULL, "an encoded row does not decode");
-    ns_row draft;
-    rules_verdict v = rules_apply(row, CODEC_RUN, CODEC_NODE, &again, CODEC_NOW_MS,
-                                  &draft);
-    if (v != RULES_DUPLICATE)
-        fprintf(stderr, "fuzz_codec: verdict %d for: %.*s\n", (int)v, (int)b.len, b.data);
-    fuzzkit_check(v == RULES_DUPLICATE, "an encoded row does not repeat itself");
-    codec_doc_free(doc);
-    buf_free(&b);
-}
-
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     ns_update u;
@@ -75,7 +47,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     ns_row *row = model_row_copy(&draft);
     codec_doc_free(doc);   /* the packed row owns copies of every string */
     fuzzkit_check(row != NULL, "model_row_copy ran out of memory");
-    codec_round_trip(row);
+    fuzzkit_round_trip("fuzz_codec", row, CODEC_NOW_MS);
     model_row_unref(row);
     return 0;
 }

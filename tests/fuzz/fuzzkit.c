@@ -9,6 +9,9 @@
 
 #include <jansson.h>
 
+#include "buf.h"
+#include "codec.h"
+#include "rules.h"
 #include "text.h"
 
 void fuzzkit_check(int ok, const char *what)
@@ -257,4 +260,27 @@ int fuzzkit_answer(fuzzkit_env *env, const api_request *req)
     int status = resp.status;
     api_response_free(&resp);
     return status;
+}
+
+void fuzzkit_round_trip(const char *who, const ns_row *row, int64_t now_ms)
+{
+    buf b;
+    buf_init(&b);
+    codec_row(&b, row, false);
+    fuzzkit_check(!b.failed, "codec_row ran out of memory");
+    ns_update again;
+    int status = 0;
+    char detail[512];
+    codec_doc *doc = codec_decode_update(b.data, b.len, row->run_id, row->node_id, SIZE_MAX,
+                                         &again, &status, detail, sizeof detail);
+    if (!doc)
+        fprintf(stderr, "%s: %d %s\nin: %.*s\n", who, status, detail, (int)b.len, b.data);
+    fuzzkit_check(doc != NULL, "an encoded row does not decode");
+    ns_row draft;
+    rules_verdict v = rules_apply(row, row->run_id, row->node_id, &again, now_ms, &draft);
+    if (v != RULES_DUPLICATE)
+        fprintf(stderr, "%s: verdict %d for: %.*s\n", who, (int)v, (int)b.len, b.data);
+    fuzzkit_check(v == RULES_DUPLICATE, "an encoded row does not repeat itself");
+    codec_doc_free(doc);
+    buf_free(&b);
 }

@@ -78,4 +78,12 @@ int fuzzkit_answer(fuzzkit_env *env, const api_request *req);
 /* Aborts with a message on stderr when ok is false: the fuzzer records a crash. */
 void fuzzkit_check(int ok, const char *what);
 
+/*
+ * Encodes row as an answer does, decodes the text as an update of the same
+ * node and aborts unless the rules (at now_ms) call it a duplicate: what
+ * the service writes, it reads back unchanged. who names the target in
+ * the message.
+ */
+void fuzzkit_round_trip(const char *who, const ns_row *row, int64_t now_ms);
+
 #endif
