@@ -8,6 +8,7 @@
 #include <limits.h>
 #include <stdio.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 /* Criterion fixtures have no context argument; this is per test process. */
@@ -66,6 +67,12 @@ engine *sfx_open_engine(void)
 
     cr_assert(e != NULL, "engine_open: %s", err);
     return e;
+}
+
+void sfx_sleep_ms(long ms)
+{
+    struct timespec ts = { ms / 1000, (ms % 1000) * 1000000L };
+    nanosleep(&ts, NULL);
 }
 
 ns_update sfx_update(ns_status st, int64_t attempt)

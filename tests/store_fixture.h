@@ -42,6 +42,8 @@ store_reader *sfx_open_reader(void);
  * success.
  */
 engine *sfx_open_engine(void);
+/* Sleeps ms milliseconds: the pause between two looks of a bounded wait. */
+void sfx_sleep_ms(long ms);
 /* An update to status st, no timestamps, attempt given when > 0. */
 ns_update sfx_update(ns_status st, int64_t attempt);
 /* Submits status st (no timestamps given) to run/node; asserts ACCEPTED. */

@@ -23,6 +23,7 @@
 #include <jansson.h>
 
 #include "utf8_check.h"
+#include "store_fixture.h"
 #include "writer_blocker.h"
 #include "api.h"
 #include "api_internal.h"
@@ -215,12 +216,6 @@ static int post(const char *run, const char *node, const char *body)
     return status;
 }
 
-static void sleep_ms(long ms)
-{
-    struct timespec ts = { ms / 1000, (ms % 1000) * 1000000L };
-    nanosleep(&ts, NULL);
-}
-
 static void flush_all(void)
 {
     int64_t want = atomic_load(&engine_stats(E)->last_seq);
@@ -228,7 +223,7 @@ static void flush_all(void)
         engine_flush_soon(E);
         if (engine_durable_seq(E) >= want)
             return;
-        sleep_ms(5);
+        sfx_sleep_ms(5);
     }
     cr_assert_fail("not durable after %d s", HANG_SECONDS);
 }

@@ -104,12 +104,6 @@ static void sleep_us(long us)
     nanosleep(&ts, NULL);
 }
 
-static void sleep_ms(long ms)
-{
-    struct timespec ts = { ms / 1000, (ms % 1000) * 1000000L };
-    nanosleep(&ts, NULL);
-}
-
 /* Polls until seq is durable; flush asks the writer not to wait for its interval. */
 static void wait_durable(engine *e, int64_t seq, bool flush)
 {
@@ -118,7 +112,7 @@ static void wait_durable(engine *e, int64_t seq, bool flush)
             engine_flush_soon(e);
         if (engine_durable_seq(e) >= seq)
             return;
-        sleep_ms(5);
+        sfx_sleep_ms(5);
     }
     cr_assert_fail("seq %lld not durable after %d s (durable %lld)", (long long)seq,
                    HANG_SECONDS, (long long)engine_durable_seq(e));
@@ -128,7 +122,7 @@ static void wait_durable(engine *e, int64_t seq, bool flush)
 static void wait_counter(_Atomic uint64_t *c, uint64_t want)
 {
     for (int i = 0; i < HANG_SECONDS * 200 && atomic_load(c) < want; i++)
-        sleep_ms(5);
+        sfx_sleep_ms(5);
 }
 
 static ns_row *get(engine *e, const char *run, const char *node)
@@ -364,7 +358,7 @@ Test(engine, on_durable_reports_the_seq)
     accept(e, "r", "b", NS_RUNNING);
     wait_durable(e, 2, true);
     for (int i = 0; i < HANG_SECONDS * 200 && atomic_load(&seen) < 2; i++)
-        sleep_ms(5);
+        sfx_sleep_ms(5);
     cr_assert_eq(atomic_load(&seen), 2);
     cr_assert_eq(engine_close(e), 0);
 }
@@ -542,7 +536,7 @@ Test(engine, queue_byte_bound_refuses_and_changes_nothing)
     engine_on_durable(e, NULL, NULL);
     for (int i = 0; i < HANG_SECONDS * 200 && atomic_load(&st->queue_bytes) != 0; i++) {
         engine_flush_soon(e);
-        sleep_ms(5);
+        sfx_sleep_ms(5);
     }
     cr_assert_eq(atomic_load(&st->queue_bytes), 0);
     cr_assert(engine_ready(e, &why), "still not ready once written: %s", why);
@@ -1100,7 +1094,7 @@ Test(engine, closing_is_alive_and_not_ready)
     for (int i = 0; i < HANG_SECONDS * 200 && !closing; i++) {
         closing = !engine_ready(e, &why) && strcmp(why, "draining for shutdown") == 0;
         if (!closing)
-            sleep_ms(5);
+            sfx_sleep_ms(5);
     }
     cr_assert(closing, "engine_close never made the engine unready");
     cr_assert(engine_alive(e), "the writer is held, not gone");

@@ -32,12 +32,6 @@ TestSuite(engine_invalidate, .init = setup, .fini = sfx_teardown, .timeout = 120
 
 #define HANG_SECONDS 30
 
-static void sleep_ms(long ms)
-{
-    struct timespec ts = { ms / 1000, (ms % 1000) * 1000000L };
-    nanosleep(&ts, NULL);
-}
-
 /* Flushes and polls until everything accepted so far is durable. */
 static void wait_all_durable(engine *e)
 {
@@ -46,7 +40,7 @@ static void wait_all_durable(engine *e)
         engine_flush_soon(e);
         if (engine_durable_seq(e) >= want)
             return;
-        sleep_ms(5);
+        sfx_sleep_ms(5);
     }
     cr_assert_fail("seq %lld not durable after %d s", (long long)want, HANG_SECONDS);
 }
@@ -121,7 +115,7 @@ Test(engine_invalidate, run_with_queued_writes_is_read_again_after_they_commit)
     wait_all_durable(e);
     /* Committed: the run is read again, with the other instance's row. */
     for (int i = 0; i < HANG_SECONDS * 200 && status_of(e, "r", "a") != NS_COMPLETED; i++)
-        sleep_ms(5); /* the drop follows the commit, after durable_seq moved */
+        sfx_sleep_ms(5); /* the drop follows the commit, after durable_seq moved */
     cr_assert_eq(status_of(e, "r", "a"), NS_COMPLETED);
     cr_assert_eq(status_of(e, "r", "b"), NS_SCHEDULED);
     cr_assert_eq(invalidations(e), 1);
@@ -164,7 +158,7 @@ Test(engine_invalidate, null_keeps_runs_with_queued_writes)
     cr_assert_eq(status_of(e, "r", "b"), NS_SCHEDULED, "a queued write stays readable");
     wait_all_durable(e);
     for (int i = 0; i < HANG_SECONDS * 200 && status_of(e, "r", "a") != NS_COMPLETED; i++)
-        sleep_ms(5); /* the drop follows the commit, after durable_seq moved */
+        sfx_sleep_ms(5); /* the drop follows the commit, after durable_seq moved */
     cr_assert_eq(status_of(e, "r", "a"), NS_COMPLETED);
     cr_assert_eq(status_of(e, "r", "b"), NS_SCHEDULED);
     cr_assert_eq(engine_close(e), 0);

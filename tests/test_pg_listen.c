@@ -97,16 +97,10 @@ static size_t heard_resets(void)
     return n;
 }
 
-static void sleep_ms(long ms)
-{
-    struct timespec ts = { ms / 1000, (ms % 1000) * 1000000L };
-    nanosleep(&ts, NULL);
-}
-
 static void wait_heard(const char *run)
 {
     for (int i = 0; i < HANG_SECONDS * 100 && !heard_has(run); i++)
-        sleep_ms(10);
+        sfx_sleep_ms(10);
     cr_assert(heard_has(run), "%s not heard within %d s", run, HANG_SECONDS);
 }
 
@@ -256,7 +250,7 @@ Test(pg_listen, a_lost_connection_is_made_again_and_says_anything_may_have_chang
     cr_assert_eq(PQntuples(killed), 1, "no session named nodestate-listen-%s", my_id());
     PQclear(killed);
     for (int i = 0; i < HANG_SECONDS * 100 && heard_resets() == 0; i++)
-        sleep_ms(10);
+        sfx_sleep_ms(10);
     cr_assert_geq(heard_resets(), 1, "no reset after the listener's connection was cut");
 
     /* And it hears again. */

@@ -211,12 +211,6 @@ static int64_t test_clock(void *ctx)
     return model_now_ms() + atomic_load(&ahead);
 }
 
-static void sleep_ms(int ms)
-{
-    struct timespec ts = { ms / 1000, (long)(ms % 1000) * 1000000L };
-    nanosleep(&ts, NULL);
-}
-
 /* A batch interval of 60 s: only a flush (or retention's own) commits. */
 static engine *open_engine(double retention)
 {
@@ -240,14 +234,14 @@ static engine *open_engine(double retention)
 static void wait_u64(_Atomic uint64_t *c, uint64_t want, const char *what)
 {
     for (int i = 0; i < HANG_SECONDS * 200 && atomic_load(c) < want; i++)
-        sleep_ms(5);
+        sfx_sleep_ms(5);
     cr_assert_geq(atomic_load(c), want, "%s never reached %llu", what, (unsigned long long)want);
 }
 
 static void wait_i64(_Atomic int64_t *c, int64_t want, const char *what)
 {
     for (int i = 0; i < HANG_SECONDS * 200 && atomic_load(c) < want; i++)
-        sleep_ms(5);
+        sfx_sleep_ms(5);
     cr_assert_geq(atomic_load(c), want, "%s never reached %lld", what, (long long)want);
 }
 
