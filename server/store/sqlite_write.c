@@ -206,12 +206,14 @@ sqlite_store *sqlite_store_open(const char *path, bool sync_full, char *err, siz
             != SQLITE_OK
         || store_exec(s->db, "PRAGMA cache_size = " STORE_CACHE_SIZE)
                != SQLITE_OK
-        || store_exec(s->db, "PRAGMA wal_autocheckpoint = "
-                                 STORE_WAL_AUTOCHECKPOINT) != SQLITE_OK
         || store_exec(s->db, "PRAGMA temp_store = MEMORY") != SQLITE_OK) {
         store_set_db_err(err, errlen, path, s->db, "setting pragmas");
         goto err;
     }
+    s->ckpt = store_ckpt_start(s->db, path, STORE_WAL_SOFT_FRAMES, STORE_WAL_HARD_FRAMES, err,
+                               errlen);
+    if (s->ckpt == NULL)
+        goto err;
     if (store_query_int(s->db, store_get_seq_sql, &s->last_seq)
         != SQLITE_OK) {
         store_set_db_err(err, errlen, path, s->db, "reading last_seq");
@@ -245,6 +247,7 @@ void sqlite_store_close(sqlite_store *s)
 {
     if (s == NULL)
         return;
+    store_ckpt_stop(s->ckpt, s->db);
     sqlite3_finalize(s->upsert);
     sqlite3_finalize(s->upsert_many);
     sqlite3_finalize(s->delete_run);
