@@ -74,7 +74,7 @@ static const option_def options[] = {
      "most queued updates written in one transaction"},
     {"batch-interval", OPT_SECONDS, FIELD(batch_interval), 0, 0, 60, "0.1",
      "SECONDS", "longest the oldest queued update waits for its batch (<= 60)"},
-    {"group-commit-delay", OPT_SECONDS, FIELD(group_commit_delay), 0, 0, 60, "0.001",
+    {"group-commit-delay", OPT_SECONDS, FIELD(group_commit_delay), 0, 0, 60, "0",
      "SECONDS",
      "longest a commit asked for by a ?wait=true request waits to gather\n"
      "      more of them into one commit (never past --batch-interval); 0 = none"},

@@ -193,7 +193,7 @@ static void want_defaults(config *c)
     c->retention_interval = 60;
     c->max_batch_updates = 10000;
     c->max_batch_body_bytes = 16u << 20;
-    c->group_commit_delay = 0.001;
+    c->group_commit_delay = 0;
 }
 
 Test(config, defaults)
@@ -668,7 +668,7 @@ Test(config, format_lists_every_setting)
                           "shutdown_timeout=10", "synchronous=normal", "threads=2",
                           "max_body_bytes=1048576", "max_connections=1024",
                           "queue_max_bytes=134217728", "header_timeout=10", "port_file=\"\"",
-                          "group_commit_delay=0.001",
+                          "group_commit_delay=0",
                           "connection_timeout=60", "max_wait=60", "log_level=info",
                           "token=unset", "token_file=\"\"", "access_log=false",
                           "tls_cert=\"\"", "tls_key=\"\"", "max_backups=1",
