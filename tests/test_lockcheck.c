@@ -3,10 +3,12 @@
  * every build; in debug builds (no NDEBUG: the sanitizer build) it knows its
  * holder, across condition waits too, and lockcheck_assert_held aborts in a
  * thread that does not hold it. Threads meet through the mutex and a
- * condition variable, never through sleeps.
+ * condition variable, never through sleeps. lockcheck_cond_init's timed
+ * waits read the monotonic clock.
  */
 #include <criterion/criterion.h>
 
+#include <errno.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdbool.h>
@@ -114,3 +116,40 @@ Test(lockcheck, assert_not_held_aborts_under_the_lock, .signal = SIGABRT)
 }
 
 #endif
+
+static long long mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/*
+ * lockcheck_cond_init's waits read the monotonic clock: a deadline 100 ms
+ * ahead on it is waited out. Read on the wall clock, the same numbers are a
+ * moment decades ago (the monotonic clock counts from boot), and the wait
+ * would end at once. Load only makes the wait longer, never shorter.
+ */
+Test(lockcheck, cond_init_waits_on_the_monotonic_clock)
+{
+    lockcheck_mutex mu;
+    pthread_cond_t cv;
+    cr_assert(lockcheck_init(&mu) == 0);
+    cr_assert(lockcheck_cond_init(&cv) == 0);
+    long long start = mono_ms();
+    struct timespec until;
+    clock_gettime(CLOCK_MONOTONIC, &until);
+    until.tv_nsec += 100 * 1000000L;
+    if (until.tv_nsec >= 1000000000L) {
+        until.tv_sec++;
+        until.tv_nsec -= 1000000000L;
+    }
+    lockcheck_lock(&mu);
+    int rc = 0;
+    while (rc != ETIMEDOUT)
+        rc = lockcheck_timedwait(&cv, &mu, &until);
+    lockcheck_unlock(&mu);
+    cr_assert(mono_ms() - start >= 90, "the wait ended after %lld ms", mono_ms() - start);
+    pthread_cond_destroy(&cv);
+    lockcheck_destroy(&mu);
+}

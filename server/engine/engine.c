@@ -636,13 +636,14 @@ engine *engine_open(const engine_config *cfg, char *err, size_t errlen)
     e->db_path = strdup(cfg->db_path);
     e->cfg.db_path = e->db_path;
     stats_init(&e->stats, cfg->queue_capacity);
-    pthread_condattr_t ca;
-    pthread_condattr_init(&ca);
-    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-    lockcheck_init(&e->lock);
-    pthread_cond_init(&e->wake, &ca);
-    pthread_cond_init(&e->callback_done, NULL);
-    pthread_condattr_destroy(&ca);
+    if (lockcheck_init(&e->lock) != 0 || lockcheck_cond_init(&e->wake) != 0 ||
+        pthread_cond_init(&e->callback_done, NULL) != 0) {
+        /* Never on Linux; engine_free would destroy what was not made. */
+        snprintf(err, errlen, "cannot create the engine's lock");
+        free(e->db_path);
+        free(e);
+        return NULL;
+    }
     e->cache = cache_new();
     e->queue = queue_new(cfg->queue_capacity);
     e->batch = calloc(cfg->batch_size, sizeof *e->batch);

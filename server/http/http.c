@@ -283,7 +283,6 @@ http_server *http_start(const http_config *cfg, api *a, engine *e, char *err,
     http_server *s = NULL;
     struct addrinfo hints, *list = NULL;
     const struct addrinfo *ai;
-    pthread_condattr_t cattr;
     char port_text[8];
     char addr[300];
     unsigned flags;
@@ -320,17 +319,7 @@ http_server *http_start(const http_config *cfg, api *a, engine *e, char *err,
         goto fail;
     }
     s->mu_init = true;
-    /* Deadlines are monotonic so that a clock step neither fires nor
-     * strands waiters. */
-    if (pthread_condattr_init(&cattr) != 0) {
-        snprintf(err, errlen, "cannot create a condition variable");
-        goto fail;
-    }
-    rc = pthread_condattr_setclock(&cattr, CLOCK_MONOTONIC);
-    if (rc == 0)
-        rc = pthread_cond_init(&s->timer_cv, &cattr);
-    pthread_condattr_destroy(&cattr);
-    if (rc != 0) {
+    if (lockcheck_cond_init(&s->timer_cv) != 0) {
         snprintf(err, errlen, "cannot create a condition variable");
         goto fail;
     }

@@ -455,13 +455,9 @@ watch_hub *watch_hub_new(const watch_config *cfg)
     h->sleep_until = INT64_MAX;
     h->wakes_at = INT64_MAX;
     deadline_init(&h->deadlines);
-    pthread_condattr_t ca;
-    pthread_condattr_init(&ca);
-    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
     int ok = lockcheck_init(&h->mu) == 0;
-    ok = ok && pthread_cond_init(&h->cv, &ca) == 0;
+    ok = ok && lockcheck_cond_init(&h->cv) == 0;
     ok = ok && pthread_cond_init(&h->idle, NULL) == 0;
-    pthread_condattr_destroy(&ca);
     if (!ok || pthread_create(&h->thread, NULL, hub_main, h) != 0) {
         /* Only a failure of the last step leaves all three to destroy; creating them does not fail on Linux. */
         free(h);

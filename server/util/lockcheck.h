@@ -7,7 +7,9 @@
  *
  * Waits on a condition variable go through lockcheck_wait/_timedwait: the
  * mutex is released inside the wait, so the owner is cleared before it and
- * set again after it. Header-only (static inline): nothing to link.
+ * set again after it. lockcheck_cond_init makes the condition variables
+ * whose timed waits read the monotonic clock. Header-only (static inline):
+ * nothing to link.
  */
 #ifndef NODESTATE_LOCKCHECK_H
 #define NODESTATE_LOCKCHECK_H
@@ -44,6 +46,23 @@ static inline int lockcheck_init(lockcheck_mutex *m)
 static inline void lockcheck_destroy(lockcheck_mutex *m)
 {
     pthread_mutex_destroy(&m->mutex);
+}
+
+/*
+ * A condition variable whose timed waits read CLOCK_MONOTONIC, the clock of
+ * every deadline here, so that a step of the wall clock neither fires a
+ * wait early nor strands it. 0, or -1 when it could not be made.
+ */
+static inline int lockcheck_cond_init(pthread_cond_t *cv)
+{
+    pthread_condattr_t ca;
+    if (pthread_condattr_init(&ca) != 0)
+        return -1;
+    int rc = pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    if (rc == 0)
+        rc = pthread_cond_init(cv, &ca);
+    pthread_condattr_destroy(&ca);
+    return rc == 0 ? 0 : -1;
 }
 
 static inline void lockcheck_mark(lockcheck_mutex *m)
