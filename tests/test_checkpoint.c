@@ -1,9 +1,10 @@
 /*
- * Unit tests for sqlite_checkpoint: the write connection's WAL checkpoints
- * happen on a thread of their own, so a commit below the hard bound never
- * checkpoints (the main file grows only because that thread copied pages
- * into it), and under a steady stream of commits, which never leaves that
- * thread a fully checkpointed WAL to restart, the commits themselves keep
+ * Unit tests for sqlite_checkpoint, on the SQLite store's own write
+ * connection (sqlite_store_open) so that the checkpointer's round counts
+ * can be read: the write connection's WAL checkpoints happen on a thread of
+ * their own, so a commit below the hard bound never checkpoints (and the
+ * main file grows only because that thread copied pages into it); and when
+ * that thread does not keep up (paused here), the commits themselves keep
  * the WAL bounded. Every row written is in the file afterwards.
  *
  * The WAL is watched through its size on disk: SQLite reuses the file from
@@ -39,6 +40,14 @@ typedef struct nodes {
     int64_t seq;
 } nodes;
 
+static sqlite_store *open_writer(void)
+{
+    char err[512];
+    sqlite_store *s = sqlite_store_open(sfx_db_path(), false, err, sizeof err);
+    cr_assert(s != NULL, "sqlite_store_open: %s", err);
+    return s;
+}
+
 static nodes *nodes_new(void)
 {
     nodes *n = calloc(1, sizeof *n);
@@ -49,7 +58,7 @@ static nodes *nodes_new(void)
 }
 
 /* Writes nodes first, first+step, ... (count of them) in one commit. */
-static void write_nodes(store *s, nodes *n, size_t first, size_t step, size_t count)
+static void write_nodes(sqlite_store *s, nodes *n, size_t first, size_t step, size_t count)
 {
     for (size_t k = 0; k < count; k++) {
         size_t i = first + k * step;
@@ -57,7 +66,7 @@ static void write_nodes(store *s, nodes *n, size_t first, size_t step, size_t co
         n->ptrs[k] = &n->rows[k];
     }
     store_batch b = {.rows = n->ptrs, .n_rows = count, .last_seq = n->seq};
-    cr_assert(eq(int, store_write(s, &b), 0), "store_write: %s", store_errmsg(s));
+    cr_assert(eq(int, sqlite_store_write(s, &b), 0), "store_write: %s", sqlite_store_errmsg(s));
 }
 
 static long long file_size(const char *suffix)
@@ -68,21 +77,22 @@ static long long file_size(const char *suffix)
     return stat(path, &st) == 0 ? (long long)st.st_size : 0;
 }
 
-/* Frames the WAL file has room for (4 KiB pages, 24-byte frame headers). */
+static long long page_size;
+
+/* Frames the WAL file has room for (a 32-byte header, then a 24-byte header per page). */
 static long long wal_frames(void)
 {
     long long size = file_size("-wal");
-    return size > 32 ? (size - 32) / (4096 + 24) : 0;
+    return size > 32 ? (size - 32) / (page_size + 24) : 0;
 }
 
-static long long rows_in_file(void)
+static long long query_int(const char *sql)
 {
     sqlite3 *db = NULL;
     sqlite3_stmt *st = NULL;
     long long n = -1;
     cr_assert(sqlite3_open_v2(sfx_db_path(), &db, SQLITE_OPEN_READONLY, NULL) == SQLITE_OK);
-    cr_assert(sqlite3_prepare_v2(db, "SELECT count(*) FROM run_node_state", -1, &st, NULL)
-              == SQLITE_OK);
+    cr_assert(sqlite3_prepare_v2(db, sql, -1, &st, NULL) == SQLITE_OK, "%s", sql);
     if (sqlite3_step(st) == SQLITE_ROW)
         n = sqlite3_column_int64(st, 0);
     sqlite3_finalize(st);
@@ -90,45 +100,57 @@ static long long rows_in_file(void)
     return n;
 }
 
-static long long main_size_before;
-
-static bool main_file_grew(void *ctx)
+/* Opens the writer and fills the one run with NODES rows. */
+static sqlite_store *open_filled(nodes *n)
 {
-    (void)ctx;
-    return file_size("") > main_size_before;
+    sqlite_store *s = open_writer();
+    page_size = query_int("PRAGMA page_size");
+    cr_assert(gt(i64, page_size, 0));
+    write_nodes(s, n, 0, 1, NODES);
+    return s;
+}
+
+static unsigned long rounds_of(sqlite_store *s, bool inline_ones)
+{
+    unsigned long thread_rounds, inline_rounds;
+    store_ckpt_rounds(s->ckpt, &thread_rounds, &inline_rounds);
+    return inline_ones ? inline_rounds : thread_rounds;
 }
 
 Test(checkpoint, the_thread_copies_pages_below_the_hard_bound)
 {
-    store *s = sfx_open_store();
     nodes *n = nodes_new();
-    main_size_before = file_size("");
+    sqlite_store *s = open_filled(n);
     /* Commits until the WAL holds more than the soft bound of frames, under the hard one. */
-    write_nodes(s, n, 0, 1, NODES);
     for (size_t j = 0; wal_frames() < STORE_WAL_SOFT_FRAMES; j++)
         write_nodes(s, n, j, NODES / SPREAD, SPREAD);
     long long frames = wal_frames();
-    cr_assert(ge(i64, frames, STORE_WAL_SOFT_FRAMES), "the commit wrote %lld frames", frames);
-    cr_assert(lt(i64, frames, STORE_WAL_HARD_FRAMES), "the commit wrote %lld frames", frames);
-    /* Only a checkpoint writes the main file, and no commit made one. */
-    bool grew = false;
-    for (int i = 0; i < 3000 && !(grew = main_file_grew(NULL)); i++)
+    cr_assert(lt(i64, frames, STORE_WAL_HARD_FRAMES), "the commits wrote %lld frames", frames);
+    /* No commit checkpointed; the thread was asked, and its round is what writes the main file. */
+    cr_assert(eq(u64, rounds_of(s, true), 0));
+    long long main_before = file_size("");
+    bool copied = false;
+    for (int i = 0; i < 3000 && !(copied = rounds_of(s, false) > 0 && file_size("") > main_before);
+         i++)
         sfx_sleep_ms(10);
-    cr_assert(grew, "the main file is still %lld bytes", file_size(""));
-    store_close(s);
-    cr_assert(eq(i64, rows_in_file(), NODES));
+    cr_assert(copied, "thread rounds %lu, main file %lld bytes (%lld before)", rounds_of(s, false),
+              file_size(""), main_before);
+    cr_assert(eq(u64, rounds_of(s, true), 0));
+    sqlite_store_close(s);
+    cr_assert(eq(i64, query_int("SELECT count(*) FROM run_node_state"), NODES));
     free(n);
 }
 
-Test(checkpoint, steady_commits_keep_the_wal_bounded)
+Test(checkpoint, commits_bound_the_wal_when_the_thread_falls_behind)
 {
-    store *s = sfx_open_store();
     nodes *n = nodes_new();
-    write_nodes(s, n, 0, 1, NODES);
+    sqlite_store *s = open_filled(n);
+    store_ckpt_pause(s->ckpt, true);
     /*
      * Commits back to back, each touching SPREAD leaves, for five times the
-     * hard bound of frames: without the commits' own checkpoints the WAL
-     * would hold them all, since it restarts only when fully checkpointed.
+     * hard bound of frames, with the thread paused: without the commits'
+     * own checkpoints the WAL would hold them all (it restarts only once
+     * fully checkpointed).
      */
     long long written = 0, longest = 0;
     size_t stride = NODES / SPREAD;
@@ -143,7 +165,9 @@ Test(checkpoint, steady_commits_keep_the_wal_bounded)
     /* The commit that reaches twice the hard bound checkpoints all; the next one restarts. */
     cr_assert(le(i64, longest, 2LL * STORE_WAL_HARD_FRAMES + 2 * SPREAD + 100),
               "the WAL grew to %lld frames after %lld written", longest, written);
-    store_close(s);
-    cr_assert(eq(i64, rows_in_file(), NODES));
+    cr_assert(ge(u64, rounds_of(s, true), 2));
+    store_ckpt_pause(s->ckpt, false);
+    sqlite_store_close(s);
+    cr_assert(eq(i64, query_int("SELECT count(*) FROM run_node_state"), NODES));
     free(n);
 }

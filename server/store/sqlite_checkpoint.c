@@ -8,7 +8,11 @@
  * ?wait=true under synchronous=normal). Instead, the commit's WAL hook only
  * asks a thread of our own, with a connection of its own, for a PASSIVE
  * checkpoint once the un-checkpointed part of the WAL reaches soft_frames;
- * PASSIVE checkpoints never block the writer. A WAL is restarted only by a
+ * the thread's checkpoints never block the writer's commits. A round a
+ * reader cut short (it cannot copy past a reader's snapshot), or one that
+ * failed (another process checkpointing, an I/O error), is tried again
+ * every CKPT_RETRY_MS until it completes, so a WAL left behind by the last
+ * commits of a burst is copied too. A WAL is restarted only by a
  * write that begins when it is fully checkpointed, which under a steady
  * stream of commits the thread never sees, so once the WAL holds
  * hard_frames the commit checkpoints inline as SQLite would: by then the
@@ -18,56 +22,82 @@
  */
 #include "sqlite_internal.h"
 
+#include <errno.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
+#include <time.h>
 
 #include "lockcheck.h"
+
+/* Pause before a round that was cut short or failed is tried again. */
+#define CKPT_RETRY_MS 1000
 
 struct store_ckpt {
     sqlite3 *db;                /* the thread's own connection */
     int soft_frames, hard_frames;
     pthread_t thread;
-    lockcheck_mutex mu;         /* guards asked and stop */
-    pthread_cond_t wake;
-    bool asked, stop;
+    lockcheck_mutex mu;         /* guards asked, stop, paused */
+    pthread_cond_t wake;        /* monotonic: the retry is a timed wait */
+    bool asked, stop, paused;
     pthread_mutex_t run_mu;     /* held by whichever thread checkpoints */
-    /* What the last round saw: frames in the WAL, and of them checkpointed. */
-    atomic_int seen_log, seen_done;
+    /*
+     * What the last round saw, packed so that the hook reads one round's
+     * pair: frames in the WAL (high half) and of them checkpointed (low).
+     */
+    _Atomic uint64_t seen;
+    int hook_frames;            /* the WAL's length at the last commit; the hook's own */
+    atomic_ulong thread_rounds, inline_rounds;
 };
 
-/* One PASSIVE checkpoint on db, remembered for the hook's next estimate. run_mu held. */
-static void ckpt_round(store_ckpt *c, sqlite3 *db)
+static uint64_t ckpt_pack(int log, int done)
+{
+    return (uint64_t)(uint32_t)log << 32 | (uint32_t)done;
+}
+
+/*
+ * One PASSIVE checkpoint on db, remembered for the hook's next estimate.
+ * run_mu held. Returns whether it copied the whole WAL.
+ */
+static bool ckpt_round(store_ckpt *c, sqlite3 *db)
 {
     int log = 0, done = 0;
     if (sqlite3_wal_checkpoint_v2(db, "main", SQLITE_CHECKPOINT_PASSIVE, &log, &done)
-        == SQLITE_OK) {
-        atomic_store(&c->seen_log, log);
-        atomic_store(&c->seen_done, done);
-    }
+            != SQLITE_OK ||
+        log < 0 || done < 0)
+        return false;
+    atomic_store(&c->seen, ckpt_pack(log, done));
+    return done == log;
 }
 
 /*
  * sqlite3_wal_hook, on the writer's thread after each commit: frames is the
- * WAL's length. A WAL shorter than the last round saw has been restarted
- * since, so all of it is new. Past hard_frames the commit checkpoints itself
- * only once the thread has left little to do (a quarter of soft_frames:
- * what costs is syncing and copying what the thread has not), and asks the
- * thread to get there otherwise; at twice hard_frames it no longer waits.
+ * WAL's length. A WAL shorter than at the last commit has been restarted
+ * since, so all of it is new whatever the last round saw. Past hard_frames
+ * the commit checkpoints itself only once the thread has left little to do
+ * (a quarter of soft_frames: what costs is syncing and copying what the
+ * thread has not), and asks the thread to get there otherwise; at twice
+ * hard_frames it no longer waits for that.
  */
 static int ckpt_on_commit(void *arg, sqlite3 *db, const char *schema, int frames)
 {
     store_ckpt *c = arg;
     (void)schema;
-    int log = atomic_load(&c->seen_log);
-    int behind = frames >= log ? frames - atomic_load(&c->seen_done) : frames;
+    if (frames < c->hook_frames)
+        atomic_store(&c->seen, 0);
+    c->hook_frames = frames;
+    uint64_t seen = atomic_load(&c->seen);
+    int log = (int)(seen >> 32), done = (int)(uint32_t)seen;
+    int behind = frames >= log ? frames - done : frames;
     bool long_wal = frames >= c->hard_frames;
     if (long_wal && behind > 0 &&
         (behind <= c->soft_frames / 4 || frames / 2 >= c->hard_frames)) {
         pthread_mutex_lock(&c->run_mu);
         ckpt_round(c, db);
         pthread_mutex_unlock(&c->run_mu);
+        atomic_fetch_add(&c->inline_rounds, 1);
     } else if (behind >= c->soft_frames || (long_wal && behind > 0)) {
         lockcheck_lock(&c->mu);
         if (!c->asked) {
@@ -79,20 +109,45 @@ static int ckpt_on_commit(void *arg, sqlite3 *db, const char *schema, int frames
     return SQLITE_OK;
 }
 
+/* now + ms on the monotonic clock, for lockcheck_timedwait. */
+static struct timespec ckpt_after_ms(long ms)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    ts.tv_sec += ms / 1000;
+    ts.tv_nsec += (ms % 1000) * 1000000L;
+    if (ts.tv_nsec >= 1000000000L) {
+        ts.tv_sec++;
+        ts.tv_nsec -= 1000000000L;
+    }
+    return ts;
+}
+
 static void *ckpt_main(void *arg)
 {
     store_ckpt *c = arg;
+    bool retry = false;
     lockcheck_lock(&c->mu);
     while (!c->stop) {
-        if (!c->asked) {
+        if (c->paused || (!c->asked && !retry)) {
             lockcheck_wait(&c->wake, &c->mu);
             continue;
+        }
+        if (!c->asked) {
+            /* The last round was cut short or failed: again after a pause, or sooner if asked. */
+            struct timespec until = ckpt_after_ms(CKPT_RETRY_MS);
+            int rc = 0;
+            while (!c->stop && !c->asked && !c->paused && rc != ETIMEDOUT)
+                rc = lockcheck_timedwait(&c->wake, &c->mu, &until);
+            if (c->stop || c->paused)
+                continue;
         }
         c->asked = false;
         lockcheck_unlock(&c->mu);
         pthread_mutex_lock(&c->run_mu);
-        ckpt_round(c, c->db);
+        retry = !ckpt_round(c, c->db);
         pthread_mutex_unlock(&c->run_mu);
+        atomic_fetch_add(&c->thread_rounds, 1);
         lockcheck_lock(&c->mu);
     }
     lockcheck_unlock(&c->mu);
@@ -109,6 +164,9 @@ store_ckpt *store_ckpt_start(sqlite3 *writer, const char *path, int soft_frames,
     }
     c->soft_frames = soft_frames;
     c->hard_frames = hard_frames;
+    atomic_init(&c->seen, 0);
+    atomic_init(&c->thread_rounds, 0);
+    atomic_init(&c->inline_rounds, 0);
     int64_t version;
     /* A first read makes the connection open the WAL, or its checkpoints do nothing. */
     if (sqlite3_open_v2(path, &c->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, NULL)
@@ -121,10 +179,14 @@ store_ckpt *store_ckpt_start(sqlite3 *writer, const char *path, int soft_frames,
         return NULL;
     }
     bool mu = lockcheck_init(&c->mu) == 0;
-    bool wake = mu && pthread_cond_init(&c->wake, NULL) == 0;
+    bool wake = mu && lockcheck_cond_init(&c->wake) == 0;
     bool run_mu = wake && pthread_mutex_init(&c->run_mu, NULL) == 0;
-    if (!run_mu || pthread_create(&c->thread, NULL, ckpt_main, c) != 0) {
-        store_set_err(err, errlen, path, "cannot start the checkpoint thread");
+    int rc = run_mu ? pthread_create(&c->thread, NULL, ckpt_main, c) : -1;
+    if (rc != 0) {
+        char msg[STORE_ERRMSG_MAX];
+        snprintf(msg, sizeof msg, "cannot start the checkpoint thread: %s",
+                 rc > 0 ? strerror(rc) : "cannot create its lock");
+        store_set_err(err, errlen, path, msg);
         if (run_mu)
             pthread_mutex_destroy(&c->run_mu);
         if (wake)
@@ -155,4 +217,19 @@ void store_ckpt_stop(store_ckpt *c, sqlite3 *writer)
     lockcheck_destroy(&c->mu);
     sqlite3_close(c->db);
     free(c);
+}
+
+void store_ckpt_pause(store_ckpt *c, bool paused)
+{
+    lockcheck_lock(&c->mu);
+    c->paused = paused;
+    pthread_cond_signal(&c->wake);
+    lockcheck_unlock(&c->mu);
+}
+
+void store_ckpt_rounds(const store_ckpt *c, unsigned long *thread_rounds,
+                       unsigned long *inline_rounds)
+{
+    *thread_rounds = atomic_load(&c->thread_rounds);
+    *inline_rounds = atomic_load(&c->inline_rounds);
 }

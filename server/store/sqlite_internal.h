@@ -224,6 +224,11 @@ store_ckpt *store_ckpt_start(sqlite3 *writer, const char *path, int soft_frames,
                              int hard_frames, char *err, size_t errlen);
 /* Unhooks writer and stops the thread; NULL is a no-op. */
 void store_ckpt_stop(store_ckpt *c, sqlite3 *writer);
+/* For tests: a paused thread leaves every request for later. */
+void store_ckpt_pause(store_ckpt *c, bool paused);
+/* For tests: the rounds the thread and the commits have run so far. */
+void store_ckpt_rounds(const store_ckpt *c, unsigned long *thread_rounds,
+                       unsigned long *inline_rounds);
 
 /* The write connection. Owned by one thread (the writer); no locking. */
 struct sqlite_store {
