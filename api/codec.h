@@ -1,8 +1,9 @@
 /*
- * codec: JSON in and out of the API, and the only file that includes
+ * codec: JSON in and out of the API, and the only module that includes
  * jansson.h. Decoding turns a request body into an ns_update, answering a
- * 400/422 detail for anything malformed; encoding writes rows, pages,
- * summaries, problems (RFC 9457) and the JSON counters into a buf.
+ * 400/422 detail for anything malformed (codec.c one update, codec_batch.c
+ * a batch); encoding writes rows, pages, summaries, problems (RFC 9457) and
+ * the JSON counters into a buf (codec_out.c, no jansson).
  */
 #ifndef NODESTATE_CODEC_H
 #define NODESTATE_CODEC_H

@@ -74,7 +74,7 @@ done
 
 main_h=(config.h log.h)
 http_h=(http.h framing.h waitq.h)
-api_h=(api.h api_internal.h codec.h prom.h problems.h buf.h text.h)
+api_h=(api.h api_internal.h codec.h codec_internal.h prom.h problems.h buf.h text.h)
 engine_h=(engine.h engine_internal.h cache.h queue.h rules.h stats.h writer.h
           writer_thread.h readthrough.h)
 store_h=(store.h dblock.h)

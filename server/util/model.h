@@ -83,7 +83,7 @@ typedef struct ns_row {
  *         bool       stored as 0 or 1
  *         json       compact JSON text, spliced into answers as it is
  *
- * The SQLite store (server/store) binds and reads the columns, and codec.c
+ * The SQLite store (server/store) binds and reads the columns, and codec_out.c
  * encodes a row, from this list. The store also expands the column parts of
  * its SQL from it (store_sql in sqlite_common.c: the tables' column
  * declarations, column lists, placeholders, the upsert's SET), with each
