@@ -77,6 +77,7 @@ http_h=(http.h framing.h waitq.h)
 api_h=(api.h api_internal.h codec.h codec_internal.h prom.h problems.h buf.h text.h)
 engine_h=(engine.h engine_internal.h cache.h queue.h rules.h stats.h writer.h
           writer_thread.h readthrough.h)
+engine_h+=(cache_internal.h)
 store_h=(store.h dblock.h)
 
 expect_ok ns_util model.h logfmt.h loglevel.h lockcheck.h deadline.h
@@ -107,6 +108,10 @@ check_header_home '"store_ops.h"' server/store
 check_header_home '<jansson.h>' api
 check_header_home '<microhttpd.h>' server/http
 check_header_home '"http_internal.h"' server/http
+# The cache's private header: only the cache's own files include it.
+while IFS= read -r f; do
+  [[ $f == server/engine/cache*.c ]] || fail "$f includes cache_internal.h, which only server/engine/cache*.c may"
+done < <(cd "$src" && grep -rlE '#[[:space:]]*include[[:space:]]*"cache_internal.h"' server api)
 
 # Third-party calls: no layer's objects may need a symbol of another layer's
 # library. The store is an object library (each program links its objects).
