@@ -3,7 +3,7 @@
  * HTTP transport hands over one whole request (method, path, body, and
  * lookups for headers and query arguments) and gets back one response (status,
  * content type, body, a few headers). The route table lives in router.c, the
- * handlers in handlers.c, responses are built in api.c (api_internal.h is what
+ * handlers in handlers.c and handlers_read.c, responses are built in api.c (api_internal.h is what
  * they share); every problem answer is one of problems.h; JSON goes through
  * codec, Prometheus text through prom.
  *

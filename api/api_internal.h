@@ -3,7 +3,7 @@
  * api/ may use (api.h is the module's public header). api.c owns the api
  * object and builds responses; router.c matches a path to a route of its
  * table, checks the token and calls the route's handler; handlers.c answers
- * each route.
+ * each route, the reads in handlers_read.c.
  */
 #ifndef NODESTATE_API_INTERNAL_H
 #define NODESTATE_API_INTERNAL_H
@@ -100,7 +100,20 @@ void api_batch_response(api_response *resp, int status, const struct api_wait *w
 /* Header value by name, or NULL. */
 const char *api_header(const api_request *req, const char *name);
 
-/* ---- handlers.c: one per route and method ---- */
+/* ---- handlers.c: reading a request's query, for handlers_read.c too ---- */
+
+/* Longest query value read, decoded: ours are short (an id, a status list). */
+#define API_QUERY_VALUE_MAX 1024
+/*
+ * Query argument name, percent-decoded into out: 1 when present, 0 when
+ * absent, -1 after answering 400.
+ */
+int api_query_arg(const api_request *req, api_response *resp, const char *name,
+                  char out[API_QUERY_VALUE_MAX + 1]);
+/* A boolean query flag's value: "", "true", "1" true; "false", "0" false; -1 otherwise. */
+int api_flag_value(const char *v);
+
+/* ---- handlers.c and handlers_read.c: one per route and method ---- */
 
 handler_fn api_get_state;
 handler_fn api_post_state;

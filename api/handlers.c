@@ -1,6 +1,11 @@
+/*
+ * The handlers that write (a node update, a batch, a run's delete, with
+ * their ?wait=) and the service's own routes (stats, metrics, health,
+ * backup), with the query helpers every handler uses. The reads are in
+ * handlers_read.c.
+ */
 #include "api_internal.h"
 
-#include <ctype.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -15,11 +20,6 @@
 
 /* What GET /backup sends: an SQLite database file. */
 #define BACKUP_TYPE "application/vnd.sqlite3"
-/* Page sizes of GET /runs/{run_id}/nodes (README "API in short"). */
-#define LIST_DEFAULT_LIMIT 1000
-#define LIST_MAX_LIMIT 10000
-/* Longest query value read, decoded: ours are short (an id, a status list). */
-#define QUERY_VALUE_MAX 1024
 
 static void queue_full(api_response *resp)
 {
@@ -30,24 +30,24 @@ static void queue_full(api_response *resp)
 /* ---- request helpers ---- */
 
 /*
- * Query argument name, percent-decoded into out (QUERY_VALUE_MAX + 1 bytes).
+ * Query argument name, percent-decoded into out (API_QUERY_VALUE_MAX + 1 bytes).
  * 1 when present (out holds it; "" for a bare "?name"), 0 when absent, -1
  * after answering 400: a value with a bad escape or an encoded NUL, which
  * would otherwise mean something shorter than what was sent.
  */
-static int query_arg(const api_request *req, api_response *resp, const char *name,
-                     char out[QUERY_VALUE_MAX + 1])
+int api_query_arg(const api_request *req, api_response *resp, const char *name,
+                  char out[API_QUERY_VALUE_MAX + 1])
 {
     const char *raw = req->query ? req->query(req->ctx, name) : NULL;
     if (!raw)
         return 0;
-    text_decode_result r = text_query_decode(out, QUERY_VALUE_MAX + 1, raw, NULL);
+    text_decode_result r = text_query_decode(out, API_QUERY_VALUE_MAX + 1, raw, NULL);
     if (r == TEXT_DECODED)
         return 1;
     char detail[160];
     if (r == TEXT_TOO_LONG)
         snprintf(detail, sizeof detail, "query parameter \"%s\" is longer than %d bytes",
-                 name, QUERY_VALUE_MAX);
+                 name, API_QUERY_VALUE_MAX);
     else
         snprintf(detail, sizeof detail,
                  "query parameter \"%s\" is not percent-encoded right: every %% needs two "
@@ -57,7 +57,7 @@ static int query_arg(const api_request *req, api_response *resp, const char *nam
 }
 
 /* A boolean query flag's value: "", "true", "1" true; "false", "0" false; -1 otherwise. */
-static int flag_value(const char *v)
+int api_flag_value(const char *v)
 {
     if (!*v || strcmp(v, "true") == 0 || strcmp(v, "1") == 0)
         return 1;
@@ -73,11 +73,11 @@ static int flag_value(const char *v)
 static int wait_args(api *a, const api_request *req, api_response *resp,
                      bool *wait, double *timeout)
 {
-    char v[QUERY_VALUE_MAX + 1];
-    int has = query_arg(req, resp, "wait", v);
+    char v[API_QUERY_VALUE_MAX + 1];
+    int has = api_query_arg(req, resp, "wait", v);
     if (has < 0)
         return -1;
-    int w = has ? flag_value(v) : 0;
+    int w = has ? api_flag_value(v) : 0;
     if (w < 0) {
         api_answer_problem(resp, PROBLEM_INVALID_QUERY,
                            "query parameter \"wait\" must be true or false");
@@ -85,7 +85,7 @@ static int wait_args(api *a, const api_request *req, api_response *resp,
     }
     *wait = w == 1;
     *timeout = a->cfg.default_wait;
-    has = query_arg(req, resp, "timeout", v);
+    has = api_query_arg(req, resp, "timeout", v);
     if (has < 0)
         return -1;
     if (has) {
@@ -359,267 +359,6 @@ done:
     codec_batch_free(cb);
 }
 
-/* Whether an If-None-Match header matches the entity tag etag ("*" or one of a list). */
-static bool etag_matches(const char *inm, const char *etag)
-{
-    if (!inm)
-        return false;
-    size_t n = strlen(etag);
-    for (const char *p = inm; *p;) {
-        while (*p == ' ' || *p == ',')
-            p++;
-        if (*p == '*')
-            return true;
-        if (strncmp(p, "W/", 2) == 0)
-            p += 2;
-        if (strncmp(p, etag, n) == 0 && (p[n] == '\0' || p[n] == ',' || p[n] == ' '))
-            return true;
-        p += strcspn(p, ",");
-    }
-    return false;
-}
-
-void api_get_state(api *a, const api_request *req, const route_args *args,
-                   api_response *resp)
-{
-    engine_result res;
-    ns_row *row = engine_get(a->engine, args->run_id, args->node_id, &res);
-    if (!row) {
-        if (res == ENGINE_NOT_FOUND)
-            api_answer_problem(resp, PROBLEM_NOT_FOUND, "no such node in this run");
-        else
-            api_answer_problem(resp, PROBLEM_INTERNAL_ERROR, "reading the database failed");
-        return;
-    }
-    /* Read once: the tag compared and the body sent must agree. */
-    bool durable = api_is_durable(a, row->seq);
-    api_set_etag(resp, row->seq, !durable);
-    if (etag_matches(api_header(req, "If-None-Match"), resp->etag)) {
-        resp->status = 304;
-    } else {
-        api_row_response(resp, 200, row, durable);
-    }
-    model_row_unref(row);
-}
-
-/* Parses ?status=a,b into a mask of status bits; 0 for a bad name. */
-static unsigned status_mask(const char *list)
-{
-    unsigned mask = 0;
-    char name[32];
-    for (const char *p = list; *p;) {
-        size_t n = strcspn(p, ",");
-        if (n == 0 || n >= sizeof name)
-            return 0;
-        memcpy(name, p, n);
-        name[n] = '\0';
-        ns_status s;
-        if (model_status_parse(name, &s) != 0)
-            return 0;
-        mask |= 1u << s;
-        p += n;
-        if (*p == ',')
-            p++;
-    }
-    return mask;
-}
-
-/* A seq from a query value or header: digits only, at most 2^63-1. -1 otherwise. */
-static int64_t seq_value(const char *v)
-{
-    if (!*v || strlen(v) > 19 || strspn(v, "0123456789") != strlen(v))
-        return -1;
-    unsigned long long n = strtoull(v, NULL, 10);
-    return n > INT64_MAX ? -1 : (int64_t)n;
-}
-
-/* Orders rows by seq. */
-static int row_seq_cmp(const void *x, const void *y)
-{
-    int64_t a = (*(ns_row *const *)x)->seq, b = (*(ns_row *const *)y)->seq;
-    return (a > b) - (a < b);
-}
-
-/*
- * GET /runs/{run}/nodes?since=N[&wait=S]: the run's nodes whose seq is
- * above N, in seq order, at most limit (the client asks again with the
- * last one's seq). None yet and wait > 0: a long poll (api.h).
- */
-static void list_since(api *a, const api_request *req, const route_args *args,
-                       api_response *resp, unsigned mask, size_t limit,
-                       const char *after, const char *since_value)
-{
-    int64_t since = seq_value(since_value);
-    if (since < 0 || after) {
-        api_answer_problem(resp, PROBLEM_INVALID_QUERY, after
-                           ? "query parameters \"since\" and \"after\" do not go together"
-                           : "query parameter \"since\" must be a whole number >= 0 (a seq)");
-        return;
-    }
-    double wait = 0;
-    char w[QUERY_VALUE_MAX + 1];
-    int has = query_arg(req, resp, "wait", w);
-    if (has < 0)
-        return;
-    if (has) {
-        char *end;
-        wait = strtod(w, &end);
-        if (!*w || *end || !isfinite(wait) || wait < 0) {
-            api_answer_problem(resp, PROBLEM_INVALID_QUERY,
-                               "query parameter \"wait\" must be a number of seconds >= 0");
-            return;
-        }
-        if (wait > a->cfg.max_wait)
-            wait = a->cfg.max_wait;
-    }
-    /* Every matching node, page by page: no index by seq, a run is scanned once per ask. */
-    engine_page all = { 0 }, page;
-    char last[NS_ID_MAX + 1] = "";
-    engine_result res;
-    size_t cap = 0;
-    do {
-        res = engine_list(a->engine, args->run_id, mask, *last ? last : NULL, LIST_MAX_LIMIT,
-                          &page);
-        if (res != ENGINE_ACCEPTED) {
-            engine_page_free(&page);
-            break;
-        }
-        if (page.count)
-            snprintf(last, sizeof last, "%s", page.rows[page.count - 1]->node_id);
-        for (size_t i = 0; i < page.count; i++) {
-            ns_row *r = page.rows[i];
-            if (r->seq <= since)
-                continue;
-            if (all.count == cap) {
-                size_t ncap = cap ? cap * 2 : 64;
-                ns_row **grown = realloc(all.rows, ncap * sizeof *grown);
-                if (!grown) {
-                    res = ENGINE_ERROR;
-                    break;
-                }
-                all.rows = grown;
-                cap = ncap;
-            }
-            model_row_ref(r);
-            all.rows[all.count++] = r;
-        }
-        bool more = page.more;
-        engine_page_free(&page);
-        if (!more || res != ENGINE_ACCEPTED)
-            break;
-    } while (1);
-    if (res == ENGINE_NOT_FOUND) {
-        api_answer_problem(resp, PROBLEM_NOT_FOUND, "no such run");
-    } else if (res != ENGINE_ACCEPTED) {
-        api_answer_problem(resp, PROBLEM_INTERNAL_ERROR, "listing the run failed");
-    } else {
-        if (all.count > 1)
-            qsort(all.rows, all.count, sizeof *all.rows, row_seq_cmp);
-        size_t count = all.count;
-        if (all.count > limit)
-            all.count = limit;
-        buf b;
-        buf_init(&b);
-        codec_page(&b, args->run_id, &all, engine_durable_seq(a->engine));
-        api_respond(resp, 200, API_JSON_TYPE, &b);
-        all.count = count;
-        if (all.count == 0 && wait > 0 && !req->no_wait) {
-            resp->poll_wait = wait;
-            resp->since = since;
-            snprintf(resp->watch_run, sizeof resp->watch_run, "%s", args->run_id);
-        }
-    }
-    engine_page_free(&all);
-}
-
-void api_list_nodes(api *a, const api_request *req, const route_args *args,
-                    api_response *resp)
-{
-    unsigned mask = (1u << NS_STATUS_COUNT) - 1;
-    char st[QUERY_VALUE_MAX + 1];
-    int has = query_arg(req, resp, "status", st);
-    if (has < 0)
-        return;
-    if (has && *st) {
-        mask = status_mask(st);
-        if (!mask) {
-            api_answer_problem(resp, PROBLEM_INVALID_QUERY,
-                               "query parameter \"status\" must be a comma-separated "
-                               "list of idle, scheduled, running, paused, suspended, "
-                               "completed, failed");
-            return;
-        }
-    }
-    size_t limit = LIST_DEFAULT_LIMIT;
-    char l[QUERY_VALUE_MAX + 1];
-    has = query_arg(req, resp, "limit", l);
-    if (has < 0)
-        return;
-    if (has) {
-        char *end;
-        unsigned long long v = strtoull(l, &end, 10);
-        if (!*l || *end || !isdigit((unsigned char)*l) || v < 1 || v > LIST_MAX_LIMIT) {
-            api_answer_problem(resp, PROBLEM_INVALID_QUERY,
-                               "query parameter \"limit\" must be a whole number from 1 "
-                               "to 10000");
-            return;
-        }
-        limit = (size_t)v;
-    }
-    char after_value[QUERY_VALUE_MAX + 1];
-    has = query_arg(req, resp, "after", after_value);
-    if (has < 0)
-        return;
-    const char *after = has ? after_value : NULL;
-    if (after && !model_id_valid(after, strlen(after))) {
-        api_answer_problem(resp, PROBLEM_INVALID_QUERY,
-                           "query parameter \"after\" must be a node id");
-        return;
-    }
-    char since_value[QUERY_VALUE_MAX + 1];
-    has = query_arg(req, resp, "since", since_value);
-    if (has < 0)
-        return;
-    if (has) {
-        list_since(a, req, args, resp, mask, limit, after, since_value);
-        return;
-    }
-    engine_page page;
-    engine_result res = engine_list(a->engine, args->run_id, mask, after, limit, &page);
-    if (res == ENGINE_ACCEPTED) {
-        buf b;
-        buf_init(&b);
-        codec_page(&b, args->run_id, &page, engine_durable_seq(a->engine));
-        api_respond(resp, 200, API_JSON_TYPE, &b);
-    } else if (res == ENGINE_NOT_FOUND) {
-        api_answer_problem(resp, PROBLEM_NOT_FOUND, "no such run");
-    } else {
-        api_answer_problem(resp, PROBLEM_INTERNAL_ERROR, "listing the run failed");
-    }
-    engine_page_free(&page);
-}
-
-void api_get_run(api *a, const api_request *req, const route_args *args,
-                 api_response *resp)
-{
-    engine_summary s;
-    engine_result res = engine_summarize(a->engine, args->run_id, &s);
-    if (res == ENGINE_NOT_FOUND) {
-        api_answer_problem(resp, PROBLEM_NOT_FOUND, "no such run");
-        return;
-    }
-    if (res != ENGINE_ACCEPTED) {
-        api_answer_problem(resp, PROBLEM_INTERNAL_ERROR, "reading the run failed");
-        return;
-    }
-    buf b;
-    buf_init(&b);
-    codec_summary(&b, args->run_id, &s);
-    api_respond(resp, 200, API_JSON_TYPE, &b);
-    /* A summary does not say what is durable: its tag is the seq alone. */
-    api_set_etag(resp, s.last_seq, false);
-}
-
 void api_delete_run(api *a, const api_request *req, const route_args *args,
                     api_response *resp)
 {
@@ -741,8 +480,8 @@ static void render_stats(api *a, api_response *resp, bool json)
 void api_get_stats(api *a, const api_request *req, const route_args *args,
                    api_response *resp)
 {
-    char v[QUERY_VALUE_MAX + 1];
-    int has = query_arg(req, resp, "format", v);
+    char v[API_QUERY_VALUE_MAX + 1];
+    int has = api_query_arg(req, resp, "format", v);
     if (has < 0)
         return;
     const char *format = has ? v : NULL;
@@ -839,67 +578,4 @@ void api_get_backup(api *a, const api_request *req, const route_args *args,
     snprintf(resp->disposition, sizeof resp->disposition,
              "attachment; filename=\"nodestate-%s.db\"", stamp);
     resp->stream = (api_stream){backup_read, backup_close, b, engine_backup_size(b)};
-}
-
-/*
- * GET /runs/{run}/events: checks what a stream needs (api.h); the
- * transport streams. Last-Event-ID, which an EventSource sends when it
- * reconnects, wins over ?since=. HEAD answers the headers alone.
- */
-void api_watch_run(api *a, const api_request *req, const route_args *args,
-                   api_response *resp)
-{
-    int64_t since = 0;
-    char v[QUERY_VALUE_MAX + 1];
-    int has = query_arg(req, resp, "since", v);
-    if (has < 0)
-        return;
-    if (has && (since = seq_value(v)) < 0) {
-        api_answer_problem(resp, PROBLEM_INVALID_QUERY,
-                           "query parameter \"since\" must be a whole number >= 0 (a seq)");
-        return;
-    }
-    const char *last_id = api_header(req, "Last-Event-ID");
-    if (last_id && *last_id) {
-        if ((since = seq_value(last_id)) < 0) {
-            api_answer_problem(resp, PROBLEM_INVALID_QUERY,
-                               "header Last-Event-ID must be a whole number >= 0 (a seq)");
-            return;
-        }
-    }
-    has = query_arg(req, resp, "durable", v);
-    if (has < 0)
-        return;
-    int durable = has ? flag_value(v) : 0;
-    if (durable < 0) {
-        api_answer_problem(resp, PROBLEM_INVALID_QUERY,
-                           "query parameter \"durable\" must be true or false");
-        return;
-    }
-    engine_page page;
-    engine_result res = engine_list(a->engine, args->run_id, (1u << NS_STATUS_COUNT) - 1,
-                                    NULL, 1, &page);
-    engine_page_free(&page);
-    if (res == ENGINE_NOT_FOUND) {
-        api_answer_problem(resp, PROBLEM_NOT_FOUND, "no such run");
-        return;
-    }
-    if (res != ENGINE_ACCEPTED) {
-        api_answer_problem(resp, PROBLEM_INTERNAL_ERROR, "reading the run failed");
-        return;
-    }
-    if (strcmp(req->method, "GET") != 0) {
-        /* HEAD: the headers a stream starts with, and its first bytes as the body MHD leaves out. */
-        buf b;
-        buf_init(&b);
-        buf_puts(&b, "retry: 1000\n\n");
-        api_respond(resp, 200, API_EVENT_STREAM_TYPE, &b);
-        return;
-    }
-    resp->status = 200;
-    resp->content_type = API_EVENT_STREAM_TYPE;
-    resp->events = true;
-    resp->events_durable = durable == 1;
-    resp->since = since;
-    snprintf(resp->watch_run, sizeof resp->watch_run, "%s", args->run_id);
 }

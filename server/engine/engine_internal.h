@@ -1,7 +1,7 @@
 /*
  * engine_internal: the engine's private parts, shared by the files it is
- * split into: engine.c (accepting writes, reads, the life cycle),
- * readthrough.c (reading what the cache lacks from SQLite) and
+ * split into: engine.c (accepting writes, reads), engine_life.c (open,
+ * drain, close), readthrough.c (reading what the cache lacks from SQLite) and
  * writer_thread.c (the one writer thread). Holds struct engine, its
  * life-cycle state and the helpers they share. Nothing outside
  * server/engine/ includes it (tests of these files aside).

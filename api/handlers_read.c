@@ -1,0 +1,344 @@
+/*
+ * The handlers that read: GET of a node, a run's nodes (a page, or what
+ * changed since a seq, as a long poll), a run's summary, and the checks
+ * before a run's event stream. Separate from handlers.c, which answers the
+ * writes and the service's own routes (stats, health, backup): reads share
+ * nothing with them but the query helpers of api_internal.h.
+ */
+#include "api_internal.h"
+
+#include <ctype.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "codec.h"
+
+/* Page sizes of GET /runs/{run_id}/nodes (README "API in short"). */
+#define LIST_DEFAULT_LIMIT 1000
+#define LIST_MAX_LIMIT 10000
+
+/* Whether an If-None-Match header matches the entity tag etag ("*" or one of a list). */
+static bool etag_matches(const char *inm, const char *etag)
+{
+    if (!inm)
+        return false;
+    size_t n = strlen(etag);
+    for (const char *p = inm; *p;) {
+        while (*p == ' ' || *p == ',')
+            p++;
+        if (*p == '*')
+            return true;
+        if (strncmp(p, "W/", 2) == 0)
+            p += 2;
+        if (strncmp(p, etag, n) == 0 && (p[n] == '\0' || p[n] == ',' || p[n] == ' '))
+            return true;
+        p += strcspn(p, ",");
+    }
+    return false;
+}
+
+void api_get_state(api *a, const api_request *req, const route_args *args,
+                   api_response *resp)
+{
+    engine_result res;
+    ns_row *row = engine_get(a->engine, args->run_id, args->node_id, &res);
+    if (!row) {
+        if (res == ENGINE_NOT_FOUND)
+            api_answer_problem(resp, PROBLEM_NOT_FOUND, "no such node in this run");
+        else
+            api_answer_problem(resp, PROBLEM_INTERNAL_ERROR, "reading the database failed");
+        return;
+    }
+    /* Read once: the tag compared and the body sent must agree. */
+    bool durable = api_is_durable(a, row->seq);
+    api_set_etag(resp, row->seq, !durable);
+    if (etag_matches(api_header(req, "If-None-Match"), resp->etag)) {
+        resp->status = 304;
+    } else {
+        api_row_response(resp, 200, row, durable);
+    }
+    model_row_unref(row);
+}
+
+/* Parses ?status=a,b into a mask of status bits; 0 for a bad name. */
+static unsigned status_mask(const char *list)
+{
+    unsigned mask = 0;
+    char name[32];
+    for (const char *p = list; *p;) {
+        size_t n = strcspn(p, ",");
+        if (n == 0 || n >= sizeof name)
+            return 0;
+        memcpy(name, p, n);
+        name[n] = '\0';
+        ns_status s;
+        if (model_status_parse(name, &s) != 0)
+            return 0;
+        mask |= 1u << s;
+        p += n;
+        if (*p == ',')
+            p++;
+    }
+    return mask;
+}
+
+/* A seq from a query value or header: digits only, at most 2^63-1. -1 otherwise. */
+static int64_t seq_value(const char *v)
+{
+    if (!*v || strlen(v) > 19 || strspn(v, "0123456789") != strlen(v))
+        return -1;
+    unsigned long long n = strtoull(v, NULL, 10);
+    return n > INT64_MAX ? -1 : (int64_t)n;
+}
+
+/* Orders rows by seq. */
+static int row_seq_cmp(const void *x, const void *y)
+{
+    int64_t a = (*(ns_row *const *)x)->seq, b = (*(ns_row *const *)y)->seq;
+    return (a > b) - (a < b);
+}
+
+/*
+ * GET /runs/{run}/nodes?since=N[&wait=S]: the run's nodes whose seq is
+ * above N, in seq order, at most limit (the client asks again with the
+ * last one's seq). None yet and wait > 0: a long poll (api.h).
+ */
+static void list_since(api *a, const api_request *req, const route_args *args,
+                       api_response *resp, unsigned mask, size_t limit,
+                       const char *after, const char *since_value)
+{
+    int64_t since = seq_value(since_value);
+    if (since < 0 || after) {
+        api_answer_problem(resp, PROBLEM_INVALID_QUERY, after
+                           ? "query parameters \"since\" and \"after\" do not go together"
+                           : "query parameter \"since\" must be a whole number >= 0 (a seq)");
+        return;
+    }
+    double wait = 0;
+    char w[API_QUERY_VALUE_MAX + 1];
+    int has = api_query_arg(req, resp, "wait", w);
+    if (has < 0)
+        return;
+    if (has) {
+        char *end;
+        wait = strtod(w, &end);
+        if (!*w || *end || !isfinite(wait) || wait < 0) {
+            api_answer_problem(resp, PROBLEM_INVALID_QUERY,
+                               "query parameter \"wait\" must be a number of seconds >= 0");
+            return;
+        }
+        if (wait > a->cfg.max_wait)
+            wait = a->cfg.max_wait;
+    }
+    /* Every matching node, page by page: no index by seq, a run is scanned once per ask. */
+    engine_page all = { 0 }, page;
+    char last[NS_ID_MAX + 1] = "";
+    engine_result res;
+    size_t cap = 0;
+    do {
+        res = engine_list(a->engine, args->run_id, mask, *last ? last : NULL, LIST_MAX_LIMIT,
+                          &page);
+        if (res != ENGINE_ACCEPTED) {
+            engine_page_free(&page);
+            break;
+        }
+        if (page.count)
+            snprintf(last, sizeof last, "%s", page.rows[page.count - 1]->node_id);
+        for (size_t i = 0; i < page.count; i++) {
+            ns_row *r = page.rows[i];
+            if (r->seq <= since)
+                continue;
+            if (all.count == cap) {
+                size_t ncap = cap ? cap * 2 : 64;
+                ns_row **grown = realloc(all.rows, ncap * sizeof *grown);
+                if (!grown) {
+                    res = ENGINE_ERROR;
+                    break;
+                }
+                all.rows = grown;
+                cap = ncap;
+            }
+            model_row_ref(r);
+            all.rows[all.count++] = r;
+        }
+        bool more = page.more;
+        engine_page_free(&page);
+        if (!more || res != ENGINE_ACCEPTED)
+            break;
+    } while (1);
+    if (res == ENGINE_NOT_FOUND) {
+        api_answer_problem(resp, PROBLEM_NOT_FOUND, "no such run");
+    } else if (res != ENGINE_ACCEPTED) {
+        api_answer_problem(resp, PROBLEM_INTERNAL_ERROR, "listing the run failed");
+    } else {
+        if (all.count > 1)
+            qsort(all.rows, all.count, sizeof *all.rows, row_seq_cmp);
+        size_t count = all.count;
+        if (all.count > limit)
+            all.count = limit;
+        buf b;
+        buf_init(&b);
+        codec_page(&b, args->run_id, &all, engine_durable_seq(a->engine));
+        api_respond(resp, 200, API_JSON_TYPE, &b);
+        all.count = count;
+        if (all.count == 0 && wait > 0 && !req->no_wait) {
+            resp->poll_wait = wait;
+            resp->since = since;
+            snprintf(resp->watch_run, sizeof resp->watch_run, "%s", args->run_id);
+        }
+    }
+    engine_page_free(&all);
+}
+
+void api_list_nodes(api *a, const api_request *req, const route_args *args,
+                    api_response *resp)
+{
+    unsigned mask = (1u << NS_STATUS_COUNT) - 1;
+    char st[API_QUERY_VALUE_MAX + 1];
+    int has = api_query_arg(req, resp, "status", st);
+    if (has < 0)
+        return;
+    if (has && *st) {
+        mask = status_mask(st);
+        if (!mask) {
+            api_answer_problem(resp, PROBLEM_INVALID_QUERY,
+                               "query parameter \"status\" must be a comma-separated "
+                               "list of idle, scheduled, running, paused, suspended, "
+                               "completed, failed");
+            return;
+        }
+    }
+    size_t limit = LIST_DEFAULT_LIMIT;
+    char l[API_QUERY_VALUE_MAX + 1];
+    has = api_query_arg(req, resp, "limit", l);
+    if (has < 0)
+        return;
+    if (has) {
+        char *end;
+        unsigned long long v = strtoull(l, &end, 10);
+        if (!*l || *end || !isdigit((unsigned char)*l) || v < 1 || v > LIST_MAX_LIMIT) {
+            api_answer_problem(resp, PROBLEM_INVALID_QUERY,
+                               "query parameter \"limit\" must be a whole number from 1 "
+                               "to 10000");
+            return;
+        }
+        limit = (size_t)v;
+    }
+    char after_value[API_QUERY_VALUE_MAX + 1];
+    has = api_query_arg(req, resp, "after", after_value);
+    if (has < 0)
+        return;
+    const char *after = has ? after_value : NULL;
+    if (after && !model_id_valid(after, strlen(after))) {
+        api_answer_problem(resp, PROBLEM_INVALID_QUERY,
+                           "query parameter \"after\" must be a node id");
+        return;
+    }
+    char since_value[API_QUERY_VALUE_MAX + 1];
+    has = api_query_arg(req, resp, "since", since_value);
+    if (has < 0)
+        return;
+    if (has) {
+        list_since(a, req, args, resp, mask, limit, after, since_value);
+        return;
+    }
+    engine_page page;
+    engine_result res = engine_list(a->engine, args->run_id, mask, after, limit, &page);
+    if (res == ENGINE_ACCEPTED) {
+        buf b;
+        buf_init(&b);
+        codec_page(&b, args->run_id, &page, engine_durable_seq(a->engine));
+        api_respond(resp, 200, API_JSON_TYPE, &b);
+    } else if (res == ENGINE_NOT_FOUND) {
+        api_answer_problem(resp, PROBLEM_NOT_FOUND, "no such run");
+    } else {
+        api_answer_problem(resp, PROBLEM_INTERNAL_ERROR, "listing the run failed");
+    }
+    engine_page_free(&page);
+}
+
+void api_get_run(api *a, const api_request *req, const route_args *args,
+                 api_response *resp)
+{
+    engine_summary s;
+    engine_result res = engine_summarize(a->engine, args->run_id, &s);
+    if (res == ENGINE_NOT_FOUND) {
+        api_answer_problem(resp, PROBLEM_NOT_FOUND, "no such run");
+        return;
+    }
+    if (res != ENGINE_ACCEPTED) {
+        api_answer_problem(resp, PROBLEM_INTERNAL_ERROR, "reading the run failed");
+        return;
+    }
+    buf b;
+    buf_init(&b);
+    codec_summary(&b, args->run_id, &s);
+    api_respond(resp, 200, API_JSON_TYPE, &b);
+    /* A summary does not say what is durable: its tag is the seq alone. */
+    api_set_etag(resp, s.last_seq, false);
+}
+
+/*
+ * GET /runs/{run}/events: checks what a stream needs (api.h); the
+ * transport streams. Last-Event-ID, which an EventSource sends when it
+ * reconnects, wins over ?since=. HEAD answers the headers alone.
+ */
+void api_watch_run(api *a, const api_request *req, const route_args *args,
+                   api_response *resp)
+{
+    int64_t since = 0;
+    char v[API_QUERY_VALUE_MAX + 1];
+    int has = api_query_arg(req, resp, "since", v);
+    if (has < 0)
+        return;
+    if (has && (since = seq_value(v)) < 0) {
+        api_answer_problem(resp, PROBLEM_INVALID_QUERY,
+                           "query parameter \"since\" must be a whole number >= 0 (a seq)");
+        return;
+    }
+    const char *last_id = api_header(req, "Last-Event-ID");
+    if (last_id && *last_id) {
+        if ((since = seq_value(last_id)) < 0) {
+            api_answer_problem(resp, PROBLEM_INVALID_QUERY,
+                               "header Last-Event-ID must be a whole number >= 0 (a seq)");
+            return;
+        }
+    }
+    has = api_query_arg(req, resp, "durable", v);
+    if (has < 0)
+        return;
+    int durable = has ? api_flag_value(v) : 0;
+    if (durable < 0) {
+        api_answer_problem(resp, PROBLEM_INVALID_QUERY,
+                           "query parameter \"durable\" must be true or false");
+        return;
+    }
+    engine_page page;
+    engine_result res = engine_list(a->engine, args->run_id, (1u << NS_STATUS_COUNT) - 1,
+                                    NULL, 1, &page);
+    engine_page_free(&page);
+    if (res == ENGINE_NOT_FOUND) {
+        api_answer_problem(resp, PROBLEM_NOT_FOUND, "no such run");
+        return;
+    }
+    if (res != ENGINE_ACCEPTED) {
+        api_answer_problem(resp, PROBLEM_INTERNAL_ERROR, "reading the run failed");
+        return;
+    }
+    if (strcmp(req->method, "GET") != 0) {
+        /* HEAD: the headers a stream starts with, and its first bytes as the body MHD leaves out. */
+        buf b;
+        buf_init(&b);
+        buf_puts(&b, "retry: 1000\n\n");
+        api_respond(resp, 200, API_EVENT_STREAM_TYPE, &b);
+        return;
+    }
+    resp->status = 200;
+    resp->content_type = API_EVENT_STREAM_TYPE;
+    resp->events = true;
+    resp->events_durable = durable == 1;
+    resp->since = since;
+    snprintf(resp->watch_run, sizeof resp->watch_run, "%s", args->run_id);
+}
