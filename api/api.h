@@ -3,9 +3,9 @@
  * HTTP transport hands over one whole request (method, path, body, and
  * lookups for headers and query arguments) and gets back one response (status,
  * content type, body, a few headers). The route table lives in router.c, the
- * handlers in handlers.c and handlers_read.c, responses are built in api.c (api_internal.h is what
- * they share); every problem answer is one of problems.h; JSON goes through
- * codec, Prometheus text through prom.
+ * handlers in handlers.c and handlers_read.c, responses are built in api.c
+ * (api_internal.h is what they share); every problem answer is one of
+ * problems.h; JSON goes through codec, Prometheus text through prom.
  *
  * A POST with ?wait=true is answered in two steps: api_handle returns a
  * response whose wait_seq is set; the transport parks the request until the

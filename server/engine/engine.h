@@ -17,8 +17,7 @@
  *
  * All functions are thread-safe unless noted.
  *
- * Life cycle (engine_state in engine_internal.h, moved by engine_life.c; it
- * only moves forward):
+ * Life cycle (engine_state in engine_internal.h; it only moves forward):
  *
  *   OPENING ──engine_open: writer started──▶ RUNNING
  *   RUNNING ──engine_drain──▶ DRAINING        not ready; the shutdown budget starts
