@@ -80,6 +80,20 @@ void api_answer_problem(api_response *resp, problem_id id, const char *detail)
     api_answer_conflict(resp, id, detail, NULL, false);
 }
 
+bool api_run_read_ok(api_response *resp, engine_result res, const char *doing)
+{
+    if (res == ENGINE_ACCEPTED)
+        return true;
+    if (res == ENGINE_NOT_FOUND) {
+        api_answer_problem(resp, PROBLEM_NOT_FOUND, "no such run");
+        return false;
+    }
+    char detail[128];
+    snprintf(detail, sizeof detail, "%s failed", doing);
+    api_answer_problem(resp, PROBLEM_INTERNAL_ERROR, detail);
+    return false;
+}
+
 void api_count_invalid(api *a)
 {
     atomic_fetch_add_explicit(&engine_stats(a->engine)->rejected[NS_REJECT_INVALID], 1,

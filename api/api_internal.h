@@ -84,6 +84,12 @@ void api_dispatch(api *a, const api_request *req, api_response *resp);
 void api_respond(api_response *resp, int status, const char *type, buf *b);
 /* The problem id with detail (NULL for none); a 503 also gets Retry-After. */
 void api_answer_problem(api_response *resp, problem_id id, const char *detail);
+/*
+ * After a read of a whole run: true when res is ENGINE_ACCEPTED; otherwise
+ * answers 404 "no such run" (ENGINE_NOT_FOUND) or 500 "<doing> failed" and
+ * returns false.
+ */
+bool api_run_read_ok(api_response *resp, engine_result res, const char *doing);
 /* As api_answer_problem, with the node's current state as "current". */
 void api_answer_conflict(api_response *resp, problem_id id, const char *detail,
                          const ns_row *current, bool durable);

@@ -492,11 +492,7 @@ codec_doc *codec_decode_update(const char *body, size_t len,
 {
     /* Every path below writes detail; make a NULL/0 destination harmless. */
     char scratch[1];
-    if (detail == NULL || detail_len == 0) {
-        detail = scratch;
-        detail_len = sizeof scratch;
-    }
-    detail[0] = '\0';
+    codec_detail_dest(&detail, &detail_len, scratch);
 
     memset(out, 0, sizeof *out);
     for (int f = 0; f < NS_TS_COUNT; f++)

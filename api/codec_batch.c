@@ -146,11 +146,7 @@ codec_batch *codec_decode_batch_tree(const char *body, size_t len, const char *r
                                      int *status, char *detail, size_t detail_len)
 {
     char scratch[1];
-    if (detail == NULL || detail_len == 0) {
-        detail = scratch;
-        detail_len = sizeof scratch;
-    }
-    detail[0] = '\0';
+    codec_detail_dest(&detail, &detail_len, scratch);
     codec_batch *b = calloc(1, sizeof *b);
     if (b == NULL) {
         codec_fail(status, 500, detail, detail_len, "%s", "out of memory");

@@ -52,6 +52,19 @@ static inline bool codec_is_ws(char c)
     return c == ' ' || c == '\t' || c == '\n' || c == '\r';
 }
 
+/*
+ * A decoder's detail destination made safe to write: a NULL or empty one
+ * becomes scratch (one byte). Emptied either way.
+ */
+static inline void codec_detail_dest(char **detail, size_t *detail_len, char *scratch)
+{
+    if (*detail == NULL || *detail_len == 0) {
+        *detail = scratch;
+        *detail_len = 1;
+    }
+    (*detail)[0] = '\0';
+}
+
 /* The refusal helpers: a detail always goes through text_safe. */
 void codec_detail(char *detail, size_t detail_len, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));

@@ -168,11 +168,7 @@ static void list_since(api *a, const api_request *req, const route_args *args,
         if (!more || res != ENGINE_ACCEPTED)
             break;
     } while (1);
-    if (res == ENGINE_NOT_FOUND) {
-        api_answer_problem(resp, PROBLEM_NOT_FOUND, "no such run");
-    } else if (res != ENGINE_ACCEPTED) {
-        api_answer_problem(resp, PROBLEM_INTERNAL_ERROR, "listing the run failed");
-    } else {
+    if (api_run_read_ok(resp, res, "listing the run")) {
         if (all.count > 1)
             qsort(all.rows, all.count, sizeof *all.rows, row_seq_cmp);
         size_t count = all.count;
@@ -246,15 +242,11 @@ void api_list_nodes(api *a, const api_request *req, const route_args *args,
     }
     engine_page page;
     engine_result res = engine_list(a->engine, args->run_id, mask, after, limit, &page);
-    if (res == ENGINE_ACCEPTED) {
+    if (api_run_read_ok(resp, res, "listing the run")) {
         buf b;
         buf_init(&b);
         codec_page(&b, args->run_id, &page, engine_durable_seq(a->engine));
         api_respond(resp, 200, API_JSON_TYPE, &b);
-    } else if (res == ENGINE_NOT_FOUND) {
-        api_answer_problem(resp, PROBLEM_NOT_FOUND, "no such run");
-    } else {
-        api_answer_problem(resp, PROBLEM_INTERNAL_ERROR, "listing the run failed");
     }
     engine_page_free(&page);
 }
@@ -264,14 +256,8 @@ void api_get_run(api *a, const api_request *req, const route_args *args,
 {
     engine_summary s;
     engine_result res = engine_summarize(a->engine, args->run_id, &s);
-    if (res == ENGINE_NOT_FOUND) {
-        api_answer_problem(resp, PROBLEM_NOT_FOUND, "no such run");
+    if (!api_run_read_ok(resp, res, "reading the run"))
         return;
-    }
-    if (res != ENGINE_ACCEPTED) {
-        api_answer_problem(resp, PROBLEM_INTERNAL_ERROR, "reading the run failed");
-        return;
-    }
     buf b;
     buf_init(&b);
     codec_summary(&b, args->run_id, &s);
@@ -319,14 +305,8 @@ void api_watch_run(api *a, const api_request *req, const route_args *args,
     engine_result res = engine_list(a->engine, args->run_id, (1u << NS_STATUS_COUNT) - 1,
                                     NULL, 1, &page);
     engine_page_free(&page);
-    if (res == ENGINE_NOT_FOUND) {
-        api_answer_problem(resp, PROBLEM_NOT_FOUND, "no such run");
+    if (!api_run_read_ok(resp, res, "reading the run"))
         return;
-    }
-    if (res != ENGINE_ACCEPTED) {
-        api_answer_problem(resp, PROBLEM_INTERNAL_ERROR, "reading the run failed");
-        return;
-    }
     if (strcmp(req->method, "GET") != 0) {
         /* HEAD: the headers a stream starts with, and its first bytes as the body MHD leaves out. */
         buf b;
