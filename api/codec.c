@@ -175,6 +175,27 @@ bool codec_key_is(const char *p, const char *end, const char *name)
     return *name == '\0';
 }
 
+const char *codec_member_next(const char *p, const char *end, const char **key,
+                              const char **key_end, codec_span *value)
+{
+    if (p == end || *p != '"')
+        return NULL;
+    *key = p + 1;
+    p = codec_skip_string(p, end);
+    if (p == NULL)
+        return NULL;
+    *key_end = p - 1;    /* the closing quote */
+    p = codec_skip_ws(p, end);
+    if (p == end || *p != ':')
+        return NULL;
+    value->p = codec_skip_ws(p + 1, end);
+    p = codec_skip_value(value->p, end);
+    if (p == NULL)
+        return NULL;
+    value->n = (size_t)(p - value->p);
+    return p;
+}
+
 /*
  * Finds the spans of attempt, resume_state and outputs in the top-level
  * object of body (which jansson accepted as an object with no duplicate
@@ -193,18 +214,9 @@ int codec_scan(const char *body, size_t len, codec_spans *spans)
     if (p < end && *p == '}')
         return 0;
     for (;;) {
-        if (p == end || *p != '"')
-            return -1;
-        const char *key = p + 1;
-        p = codec_skip_string(p, end);
-        if (p == NULL)
-            return -1;
-        const char *key_end = p - 1;    /* the closing quote */
-        p = codec_skip_ws(p, end);
-        if (p == end || *p != ':')
-            return -1;
-        const char *value = codec_skip_ws(p + 1, end);
-        p = codec_skip_value(value, end);
+        const char *key, *key_end;
+        codec_span value;
+        p = codec_member_next(p, end, &key, &key_end, &value);
         if (p == NULL)
             return -1;
 
@@ -215,10 +227,8 @@ int codec_scan(const char *body, size_t len, codec_spans *spans)
             slot = &spans->resume_state;
         else if (codec_key_is(key, key_end, "outputs"))
             slot = &spans->outputs;
-        if (slot != NULL) {
-            slot->p = value;
-            slot->n = (size_t)(p - value);
-        }
+        if (slot != NULL)
+            *slot = value;
 
         p = codec_skip_ws(p, end);
         if (p == end)

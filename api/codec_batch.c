@@ -79,23 +79,12 @@ static int codec_find_member(const char *body, const char *end, const char *name
         return -1;
     p = codec_skip_ws(p + 1, end);
     while (p < end && *p == '"') {
-        const char *key = p + 1;
-        p = codec_skip_string(p, end);
+        const char *key, *key_end;
+        p = codec_member_next(p, end, &key, &key_end, out);
         if (p == NULL)
             return -1;
-        const char *key_end = p - 1;
-        p = codec_skip_ws(p, end);
-        if (p == end || *p != ':')
-            return -1;
-        const char *value = codec_skip_ws(p + 1, end);
-        p = codec_skip_value(value, end);
-        if (p == NULL)
-            return -1;
-        if (codec_key_is(key, key_end, name)) {
-            out->p = value;
-            out->n = (size_t)(p - value);
+        if (codec_key_is(key, key_end, name))
             return 0;
-        }
         p = codec_skip_ws(p, end);
         if (p == end || *p != ',')
             return -1;

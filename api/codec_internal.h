@@ -72,6 +72,13 @@ int codec_fail(int *status, int code, char *detail, size_t detail_len,
                const char *fmt, const char *member);
 
 /* The scanner over a body jansson accepted (codec.c says what each reads). */
+/*
+ * One member "key": value of an object, p at its opening quote: sets the
+ * key's text (key..key_end, without quotes) and the value's span; returns
+ * the position after the value, or NULL when the text is not a member.
+ */
+const char *codec_member_next(const char *p, const char *end, const char **key,
+                              const char **key_end, codec_span *value);
 const char *codec_skip_ws(const char *p, const char *end);
 const char *codec_skip_string(const char *p, const char *end);
 const char *codec_skip_value(const char *p, const char *end);

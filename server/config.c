@@ -427,6 +427,18 @@ void config_clear_secrets(config *c)
         wipe(c->token, sizeof c->token);
 }
 
+/* Stores d (parsed from v) in the double at field when it is within 0..o->max_seconds. */
+static int set_seconds(const option_def *o, const char *v, double d, char *field,
+                       const char *src, char *err, size_t errlen)
+{
+    if (!isfinite(d) || d < 0 || d > o->max_seconds) {
+        fail(err, errlen, o, src, "%.100s is out of range 0..%g seconds", v, o->max_seconds);
+        return -1;
+    }
+    *(double *)(void *)field = d;
+    return 0;
+}
+
 /* Parses v for option o into c; on error fills err and returns -1. */
 static int set_value(config *c, const option_def *o, const char *v,
                      const char *src, char *err, size_t errlen)
@@ -487,13 +499,7 @@ static int set_value(config *c, const option_def *o, const char *v,
             fail(err, errlen, o, src, "\"%.100s\" is not a number of seconds", v);
             return -1;
         }
-        if (!isfinite(d) || d < 0 || d > o->max_seconds) {
-            fail(err, errlen, o, src, "%.100s is out of range 0..%g seconds", v,
-                 o->max_seconds);
-            return -1;
-        }
-        *(double *)(void *)field = d;
-        return 0;
+        return set_seconds(o, v, d, field, src, err, errlen);
     case OPT_SYNC:
         if (strcmp(v, "normal") != 0 && strcmp(v, "full") != 0) {
             fail(err, errlen, o, src, "\"%.100s\" is not normal or full", v);
@@ -536,13 +542,7 @@ static int set_value(config *c, const option_def *o, const char *v,
                  v);
             return -1;
         }
-        if (!isfinite(d) || d < 0 || d > o->max_seconds) {
-            fail(err, errlen, o, src, "%.100s is out of range 0..%g seconds", v,
-                 o->max_seconds);
-            return -1;
-        }
-        *(double *)(void *)field = d;
-        return 0;
+        return set_seconds(o, v, d, field, src, err, errlen);
     }
     fail(err, errlen, o, src, "has an unknown kind");
     return -1;
