@@ -144,3 +144,14 @@ void sfx_on_isolated(void *ctx, const ns_row *row, const char *why)
     snprintf(iso->why[iso->n], sizeof iso->why[0], "%s", why);
     iso->n++;
 }
+
+int sfx_note(void *ctx, const char *run_id)
+{
+    sfx_found *f = ctx;
+    if (f->stop_after && f->n == f->stop_after)
+        return -1;
+    size_t len = strlen(f->ids);
+    snprintf(f->ids + len, sizeof f->ids - len, "%s%s", len ? "," : "", run_id);
+    f->n++;
+    return 0;
+}

@@ -63,4 +63,13 @@ typedef struct sfx_isolated {
 
 void sfx_on_isolated(void *ctx, const ns_row *row, const char *why);
 
+/* What store_expired_runs handed sfx_note, as "a,b,c"; stops after stop_after (0: never). */
+typedef struct sfx_found {
+    char ids[512];
+    size_t n, stop_after;
+} sfx_found;
+
+/* store_expired_runs' callback: appends run_id to the sfx_found at ctx. */
+int sfx_note(void *ctx, const char *run_id);
+
 #endif

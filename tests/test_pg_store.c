@@ -366,22 +366,6 @@ static void write_aged(store *s, const aged *a, size_t n)
     unref_all(rows, n);
 }
 
-/* What store_expired_runs handed over, as "a,b,c"; stops after stop_after (0: never). */
-typedef struct found {
-    char ids[512];
-    size_t n, stop_after;
-} found;
-
-static int note(void *ctx, const char *run_id)
-{
-    found *f = ctx;
-    if (f->stop_after && f->n == f->stop_after)
-        return -1;
-    size_t len = strlen(f->ids);
-    snprintf(f->ids + len, sizeof f->ids - len, "%s%s", len ? "," : "", run_id);
-    f->n++;
-    return 0;
-}
 
 #define HOUR_MS INT64_C(3600000)
 
@@ -399,8 +383,8 @@ Test(pg_store, expired_runs_are_all_terminal_and_older_than_the_cutoff)
     };
     write_aged(s, rows, sizeof rows / sizeof rows[0]);
     store_expiry_cursor c = { .expired_so_far = false };
-    found f = { .n = 0 };
-    cr_assert_eq(store_expired_runs(s, cutoff, 100, &c, note, &f), 10, "%s", store_errmsg(s));
+    sfx_found f = { .n = 0 };
+    cr_assert_eq(store_expired_runs(s, cutoff, 100, &c, sfx_note, &f), 10, "%s", store_errmsg(s));
     cr_assert_str_eq(f.ids, "a-done,e-failed");
     cr_assert_str_eq(c.run_id, "", "a short page ends the sweep");
     store_close(s);
@@ -433,28 +417,28 @@ Test(pg_store, expired_runs_walk_the_key_a_page_at_a_time)
     };
     store_expiry_cursor c = { .expired_so_far = false };
     for (size_t i = 0; i < sizeof pages / sizeof pages[0]; i++) {
-        found f = { .n = 0 };
-        cr_assert_eq(store_expired_runs(s, SFX_T0 + 1, 2, &c, note, &f), pages[i].examined,
+        sfx_found f = { .n = 0 };
+        cr_assert_eq(store_expired_runs(s, SFX_T0 + 1, 2, &c, sfx_note, &f), pages[i].examined,
                      "page %zu: %s", i, store_errmsg(s));
         cr_assert_str_eq(f.ids, pages[i].ids, "page %zu", i);
         cr_assert_str_eq(c.run_id, pages[i].run, "page %zu", i);
         cr_assert_str_eq(c.node_id, pages[i].node, "page %zu", i);
     }
     /* Between pages, a node of r1 the sweep has passed starts running again. */
-    found f = { .n = 0 };
-    cr_assert_eq(store_expired_runs(s, SFX_T0 + 1, 2, &c, note, &f), 2);
+    sfx_found f = { .n = 0 };
+    cr_assert_eq(store_expired_runs(s, SFX_T0 + 1, 2, &c, sfx_note, &f), 2);
     cr_assert_str_eq(f.ids, "");
     aged again = { "r1", "a", NS_RUNNING, SFX_T0 - 1 };
     write_aged(s, &again, 1);
-    cr_assert_eq(store_expired_runs(s, SFX_T0 + 1, 2, &c, note, &f), 2);
+    cr_assert_eq(store_expired_runs(s, SFX_T0 + 1, 2, &c, sfx_note, &f), 2);
     cr_assert_str_eq(f.ids, "", "r1 has a running node again: kept");
     /* A callback that stops gets its run again from the next page. */
     memset(&c, 0, sizeof c);
-    f = (found){ .n = 0, .stop_after = 1 };
-    cr_assert_eq(store_expired_runs(s, SFX_T0 + 1, 100, &c, note, &f), 7);
+    f = (sfx_found){ .n = 0, .stop_after = 1 };
+    cr_assert_eq(store_expired_runs(s, SFX_T0 + 1, 100, &c, sfx_note, &f), 7);
     cr_assert_str_eq(f.ids, "B");
-    f = (found){ .n = 0 };
-    cr_assert_eq(store_expired_runs(s, SFX_T0 + 1, 100, &c, note, &f), 0, "r3 was all examined");
+    f = (sfx_found){ .n = 0 };
+    cr_assert_eq(store_expired_runs(s, SFX_T0 + 1, 100, &c, sfx_note, &f), 0, "r3 was all examined");
     cr_assert_str_eq(f.ids, "r3");
     cr_assert_str_eq(c.run_id, "");
     store_close(s);

@@ -58,22 +58,6 @@ static void write_all(store *s, ns_row *rows, size_t n)
     cr_assert_eq(store_write(s, &b), 0, "store_write: %s", store_errmsg(s));
 }
 
-/* What store_expired_runs handed over, as "a,b,c"; stops after stop_after (0: never). */
-typedef struct found {
-    char ids[512];
-    size_t n, stop_after;
-} found;
-
-static int note(void *ctx, const char *run_id)
-{
-    found *f = ctx;
-    if (f->stop_after && f->n == f->stop_after)
-        return -1;
-    size_t len = strlen(f->ids);
-    snprintf(f->ids + len, sizeof f->ids - len, "%s%s", len ? "," : "", run_id);
-    f->n++;
-    return 0;
-}
 
 Test(retention, store_selects_runs_all_terminal_and_older_than_the_cutoff)
 {
@@ -94,8 +78,8 @@ Test(retention, store_selects_runs_all_terminal_and_older_than_the_cutoff)
     write_all(s, rows, sizeof rows / sizeof rows[0]);
 
     store_expiry_cursor cursor = { .expired_so_far = false };
-    found f = { .n = 0 };
-    int examined = store_expired_runs(s, cutoff, 100, &cursor, note, &f);
+    sfx_found f = { .n = 0 };
+    int examined = store_expired_runs(s, cutoff, 100, &cursor, sfx_note, &f);
     cr_assert_eq(examined, 10, "%s", store_errmsg(s));
     /* Only these: a node not terminal, or one updated at or after the cutoff, keeps a run. */
     cr_assert_str_eq(f.ids, "a-done,e-failed");
@@ -128,8 +112,8 @@ Test(retention, store_pages_walk_the_table_a_few_rows_at_a_time)
     };
     store_expiry_cursor c = { .expired_so_far = false };
     for (size_t i = 0; i < sizeof pages / sizeof pages[0]; i++) {
-        found f = { .n = 0 };
-        cr_assert_eq(store_expired_runs(s, SFX_T0 + 1, 2, &c, note, &f), pages[i].examined,
+        sfx_found f = { .n = 0 };
+        cr_assert_eq(store_expired_runs(s, SFX_T0 + 1, 2, &c, sfx_note, &f), pages[i].examined,
                      "page %zu: %s", i, store_errmsg(s));
         cr_assert_str_eq(f.ids, pages[i].ids, "page %zu", i);
         cr_assert_str_eq(c.run_id, pages[i].run, "page %zu", i);
@@ -137,11 +121,11 @@ Test(retention, store_pages_walk_the_table_a_few_rows_at_a_time)
     }
     /* A callback that stops gets its run again from the next page. */
     memset(&c, 0, sizeof c);
-    found f = { .n = 0, .stop_after = 1 };
-    cr_assert_eq(store_expired_runs(s, SFX_T0 + 1, 100, &c, note, &f), 5);
+    sfx_found f = { .n = 0, .stop_after = 1 };
+    cr_assert_eq(store_expired_runs(s, SFX_T0 + 1, 100, &c, sfx_note, &f), 5);
     cr_assert_str_eq(f.ids, "r1");
-    f = (found){ .n = 0 };
-    store_expired_runs(s, SFX_T0 + 1, 100, &c, note, &f);
+    f = (sfx_found){ .n = 0 };
+    store_expired_runs(s, SFX_T0 + 1, 100, &c, sfx_note, &f);
     cr_assert_str_eq(f.ids, "r3,r4");
     store_close(s);
 }
@@ -159,15 +143,15 @@ Test(retention, store_run_carried_over_a_page_is_checked_again)
     };
     write_all(s, rows, 4);
     store_expiry_cursor c = { .expired_so_far = false };
-    found f = { .n = 0 };
-    cr_assert_eq(store_expired_runs(s, SFX_T0 + 1, 2, &c, note, &f), 2);
+    sfx_found f = { .n = 0 };
+    cr_assert_eq(store_expired_runs(s, SFX_T0 + 1, 2, &c, sfx_note, &f), 2);
     cr_assert_str_eq(f.ids, "");
     /* Between pages, a node the sweep has passed starts running again. */
     ns_row again = row_at("r1", "a", NS_RUNNING, SFX_T0 - 1, 5);
     write_all(s, &again, 1);
-    cr_assert_eq(store_expired_runs(s, SFX_T0 + 1, 2, &c, note, &f), 2);
+    cr_assert_eq(store_expired_runs(s, SFX_T0 + 1, 2, &c, sfx_note, &f), 2);
     cr_assert_str_eq(f.ids, "", "r1 has a running node: not handed over");
-    cr_assert_eq(store_expired_runs(s, SFX_T0 + 1, 2, &c, note, &f), 0);
+    cr_assert_eq(store_expired_runs(s, SFX_T0 + 1, 2, &c, sfx_note, &f), 0);
     cr_assert_str_eq(f.ids, "r2");
     store_close(s);
 }
