@@ -8,7 +8,8 @@
  * sqlite_spill.c (spill and replay), sqlite_read.c (the reader),
  * sqlite_faults.c (fault injection), sqlite_common.c (errors, statements,
  * binding and upserting rows), sqlite_backup.c (the online backup),
- * sqlite_checkpoint.c (the writer's WAL checkpoints).
+ * sqlite_checkpoint.c (the writer's WAL checkpoints), sqlite_walbuf.c (the
+ * writer's WAL writes, one per commit).
  */
 #ifndef NODESTATE_SQLITE_INTERNAL_H
 #define NODESTATE_SQLITE_INTERNAL_H
@@ -229,6 +230,20 @@ void store_ckpt_pause(store_ckpt *c, bool paused);
 /* For tests: the rounds the thread and the commits have run so far. */
 void store_ckpt_rounds(const store_ckpt *c, unsigned long *thread_rounds,
                        unsigned long *inline_rounds);
+
+/*
+ * The name of the VFS the write connection opens its file with
+ * (sqlite_walbuf.c): the default one, but a commit's WAL frames reach the
+ * file in one write when the commit frame is complete. Registered on first
+ * use; NULL when it cannot be (out of memory).
+ */
+const char *store_walbuf_vfs(void);
+/*
+ * For tests: how many buffers the WAL file of db (opened with that VFS) has
+ * sent, and how many writes went straight through. -1 when db's WAL is not
+ * one of its files (not open yet, or another VFS).
+ */
+int store_walbuf_counts(sqlite3 *db, unsigned long *sends, unsigned long *through);
 
 /* The write connection. Owned by one thread (the writer); no locking. */
 struct sqlite_store {

@@ -165,6 +165,7 @@ sqlite_store *sqlite_store_open(const char *path, bool sync_full, char *err, siz
 {
     sqlite_store *s = NULL;
     char msg[STORE_ERRMSG_MAX * 2];
+    const char *vfs;
     int rc;
 
     if (path == NULL || path[0] == '\0') {
@@ -181,9 +182,14 @@ sqlite_store *sqlite_store_open(const char *path, bool sync_full, char *err, siz
         store_set_err(err, errlen, path, msg);
         goto err;
     }
+    vfs = store_walbuf_vfs();
+    if (vfs == NULL) {
+        store_set_err(err, errlen, path, "out of memory");
+        goto err;
+    }
     rc = sqlite3_open_v2(path, &s->db,
                          SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE
-                             | SQLITE_OPEN_NOMUTEX, NULL);
+                             | SQLITE_OPEN_NOMUTEX, vfs);
     if (rc != SQLITE_OK) {
         store_set_db_err(err, errlen, path, s->db, "opening database");
         goto err;

@@ -1,0 +1,196 @@
+/*
+ * Unit tests for sqlite_walbuf, through the SQLite store's own write
+ * connection (sqlite_store_open opens its file with that VFS): a commit is
+ * in the file for every other connection the moment it returns; a process
+ * killed right after a commit loses none of it, also when the transaction
+ * was too big for the page cache, so SQLite wrote pages early and rewrote
+ * them in place at the commit (the writes that bypass the buffer); and a
+ * write the file refuses fails the commit instead of going missing.
+ */
+#include <criterion/criterion.h>
+#include <criterion/new/assert.h>
+
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "sqlite_internal.h"
+#include "store_fixture.h"
+
+static void setup(void)
+{
+    sfx_setup("test_walbuf");
+}
+
+TestSuite(walbuf, .init = setup, .fini = sfx_teardown);
+
+#define NODES 3000
+
+typedef struct nodes {
+    char ids[NODES][16];
+    ns_row rows[NODES];
+    ns_row *ptrs[NODES];
+    int64_t seq;
+} nodes;
+
+static nodes *nodes_new(void)
+{
+    nodes *n = calloc(1, sizeof *n);
+    cr_assert(n != NULL);
+    /* Ids in a scattered order, so a big transaction comes back to pages it wrote already. */
+    for (size_t i = 0; i < NODES; i++)
+        snprintf(n->ids[i], sizeof n->ids[i], "n%06zu", (i * 7919) % NODES);
+    return n;
+}
+
+/* Writes nodes [first, first+count) with status st in one commit; store_write's result. */
+static int write_nodes(sqlite_store *s, nodes *n, size_t first, size_t count, ns_status st)
+{
+    for (size_t k = 0; k < count; k++) {
+        n->rows[k] = sfx_draft("run", n->ids[first + k], st, ++n->seq);
+        n->ptrs[k] = &n->rows[k];
+    }
+    store_batch b = {.rows = n->ptrs, .n_rows = count, .last_seq = n->seq};
+    return sqlite_store_write(s, &b);
+}
+
+static sqlite_store *open_writer(void)
+{
+    char err[512];
+    sqlite_store *s = sqlite_store_open(sfx_db_path(), false, err, sizeof err);
+    cr_assert(s != NULL, "sqlite_store_open: %s", err);
+    return s;
+}
+
+/* One integer from a connection of its own, opened without the buffering VFS. */
+static long long query_int(const char *sql)
+{
+    sqlite3 *db = NULL;
+    sqlite3_stmt *st = NULL;
+    long long v = -1;
+    cr_assert(sqlite3_open_v2(sfx_db_path(), &db, SQLITE_OPEN_READONLY, NULL) == SQLITE_OK);
+    cr_assert(sqlite3_prepare_v2(db, sql, -1, &st, NULL) == SQLITE_OK, "%s: %s", sql,
+              sqlite3_errmsg(db));
+    int rc = sqlite3_step(st);
+    cr_assert(rc == SQLITE_ROW, "%s: %s (%d)", sql, sqlite3_errmsg(db), sqlite3_extended_errcode(db));
+    v = sqlite3_column_int64(st, 0);
+    sqlite3_finalize(st);
+    sqlite3_close(db);
+    return v;
+}
+
+/* 1 when SQLite finds the file sound. */
+#define INTEGRITY_OK "SELECT count(*) FROM pragma_integrity_check WHERE integrity_check = 'ok'"
+
+static void counts(sqlite_store *s, unsigned long *sends, unsigned long *through)
+{
+    cr_assert(eq(int, store_walbuf_counts(s->db, sends, through), 0),
+              "the write connection's WAL is not the buffering VFS's");
+}
+
+Test(walbuf, a_commit_is_in_the_file_when_it_returns)
+{
+    nodes *n = nodes_new();
+    sqlite_store *s = open_writer();
+    unsigned long sends0, sends1, through;
+    cr_assert(eq(int, write_nodes(s, n, 0, 10, NS_SCHEDULED), 0), "%s", sqlite_store_errmsg(s));
+    counts(s, &sends0, &through);
+    for (size_t k = 1; k <= 5; k++) {
+        cr_assert(eq(int, write_nodes(s, n, 0, 100 * k, NS_RUNNING), 0), "%s",
+                  sqlite_store_errmsg(s));
+        /* Read by another connection while the writer stays open. */
+        cr_assert(eq(i64, query_int("SELECT count(*) FROM run_node_state WHERE status = 'running'"),
+                     (long long)(100 * k)));
+        cr_assert(eq(i64, query_int("SELECT value FROM nodestate_meta WHERE key = 'last_seq'"),
+                     n->seq));
+    }
+    counts(s, &sends1, &through);
+    cr_assert(ge(u64, sends1 - sends0, 5), "%lu buffers sent for 5 commits", sends1 - sends0);
+    cr_assert(eq(i64, query_int(INTEGRITY_OK), 1));
+    sqlite_store_close(s);
+    free(n);
+}
+
+Test(walbuf, a_process_killed_after_a_spilling_commit_loses_none_of_it)
+{
+    int pipefd[2];
+    cr_assert(eq(int, pipe(pipefd), 0));
+    pid_t pid = fork();
+    cr_assert(ne(int, pid, -1));
+    if (pid == 0) {
+        nodes *n = nodes_new();
+        sqlite_store *s = open_writer();
+        unsigned long got[2] = {0, 0};
+        /* A page cache of a few pages: the transaction writes pages early and again at COMMIT. */
+        if (sqlite3_exec(s->db, "PRAGMA cache_size = 4", NULL, NULL, NULL) != SQLITE_OK
+            || write_nodes(s, n, 0, NODES, NS_SCHEDULED) != 0
+            || store_walbuf_counts(s->db, &got[0], &got[1]) != 0
+            /* And a small one after it, which SQLite has no reason to read back. */
+            || write_nodes(s, n, 0, 10, NS_RUNNING) != 0)
+            _exit(1);
+        if (write(pipefd[1], got, sizeof got) != (ssize_t)sizeof got)
+            _exit(1);
+        /* No close, no flush of anything: killed the moment COMMIT returned. */
+        kill(getpid(), SIGKILL);
+        _exit(1);
+    }
+    close(pipefd[1]);
+    unsigned long got[2] = {0, 0};
+    ssize_t r = read(pipefd[0], got, sizeof got);
+    close(pipefd[0]);
+    int status = 0;
+    cr_assert(eq(int, waitpid(pid, &status, 0), pid));
+    bool killed = WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL;
+    cr_assert(killed, "the writer exited %d", WIFEXITED(status) ? WEXITSTATUS(status) : -1);
+    cr_assert(eq(sz, (size_t)r, sizeof got), "the writer failed before its commit returned");
+    /* The rewrites in place happened (else this test proves nothing about them). */
+    cr_assert(gt(u64, got[1], 0), "no write went around the buffer (%lu sent)", got[0]);
+    cr_assert(eq(i64, query_int("SELECT count(*) FROM run_node_state"), NODES));
+    cr_assert(eq(i64, query_int("SELECT count(*) FROM run_node_state WHERE status = 'running'"), 10));
+    cr_assert(eq(i64, query_int("SELECT value FROM nodestate_meta WHERE key = 'last_seq'"),
+                 NODES + 10));
+    cr_assert(eq(i64, query_int(INTEGRITY_OK), 1));
+}
+
+static long long wal_size(void)
+{
+    char path[STORE_PATH_MAX];
+    struct stat st;
+    snprintf(path, sizeof path, "%s-wal", sfx_db_path());
+    return stat(path, &st) == 0 ? (long long)st.st_size : -1;
+}
+
+Test(walbuf, a_write_the_file_refuses_fails_the_commit)
+{
+    nodes *n = nodes_new();
+    sqlite_store *s = open_writer();
+    struct rlimit was, small;
+    cr_assert(eq(int, write_nodes(s, n, 0, 10, NS_SCHEDULED), 0), "%s", sqlite_store_errmsg(s));
+    /* The next commit's frames do not fit under the file size limit (EFBIG, not a signal). */
+    cr_assert(signal(SIGXFSZ, SIG_IGN) != SIG_ERR);
+    cr_assert(eq(int, getrlimit(RLIMIT_FSIZE, &was), 0));
+    small = was;
+    small.rlim_cur = (rlim_t)wal_size() + 8192;
+    cr_assert(eq(int, setrlimit(RLIMIT_FSIZE, &small), 0));
+    int64_t seq_before = n->seq;
+    cr_assert(eq(int, write_nodes(s, n, 10, 1000, NS_SCHEDULED), -1),
+              "a commit past the size limit succeeded");
+    cr_assert(ne(str, (char *)sqlite_store_errmsg(s), ""));
+    cr_assert(eq(i64, sqlite_store_last_seq(s), seq_before));
+    /* Nothing of it is in the file, and the same batch commits once the file may grow. */
+    cr_assert(eq(int, setrlimit(RLIMIT_FSIZE, &was), 0));
+    cr_assert(eq(i64, query_int("SELECT count(*) FROM run_node_state"), 10));
+    n->seq = seq_before;
+    cr_assert(eq(int, write_nodes(s, n, 10, 1000, NS_SCHEDULED), 0), "%s", sqlite_store_errmsg(s));
+    cr_assert(eq(i64, query_int("SELECT count(*) FROM run_node_state"), 1010));
+    sqlite_store_close(s);
+    cr_assert(eq(i64, query_int("SELECT count(*) FROM run_node_state"), 1010));
+    cr_assert(eq(i64, query_int("SELECT value FROM nodestate_meta WHERE key = 'last_seq'"), n->seq));
+    cr_assert(eq(i64, query_int(INTEGRITY_OK), 1));
+    free(n);
+}
