@@ -77,7 +77,8 @@ static const option_def options[] = {
     {"group-commit-delay", OPT_SECONDS, FIELD(group_commit_delay), 0, 0, 60, "0",
      "SECONDS",
      "longest a commit asked for by a ?wait=true request waits to gather\n"
-     "      more of them into one commit (never past --batch-interval); 0 = none"},
+     "      more of them into one commit (never past --batch-interval; not after\n"
+     "      a commit of one update); 0 = none"},
     {"queue-capacity", OPT_SIZE, FIELD(queue_capacity), 1, (uint64_t)1 << 30, 0,
      "262144", "N", "most updates queued at once; past it writes get 503"},
     {"queue-max-bytes", OPT_BYTES, FIELD(queue_max_bytes), 1 << 20,

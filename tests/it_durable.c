@@ -181,17 +181,28 @@ Test(durable, group_commit_delay_gathers_waiters_into_one_commit)
      */
     ns_server *s = ns_start("--batch-interval 60 --batch-size 2 --group-commit-delay 30");
     cr_assert_not_null(s);
-    cr_assert_eq(ns_stat(s, "batches_written"), 0);
+    /*
+     * First a commit of two updates (a full batch, no waiter): a waiter
+     * whose previous commit carried one update at most would be committed
+     * at once (see lone_waiters_are_committed_at_once).
+     */
+    ns_resp r = { 0 };
+    for (int i = 0; i < 2; i++) {
+        cr_assert_eq(ns_post_state(s, "gc", i ? "pre1" : "pre0", "", "{\"status\":\"running\"}",
+                                   &r), 0, "%s", r.error);
+        cr_assert_eq(r.status, 202, "%ld %s", r.status, r.body);
+        ns_resp_free(&r);
+    }
+    cr_assert_eq(ns_wait_stat_eq(s, "batches_written", 1, IDLE_TIMEOUT), 0);
     /* Its own client: the server's handle is the main thread's. */
     waiter first = { .s = s, .c = ns_client_new(s) };
     cr_assert_not_null(first.c);
     pthread_t t;
     cr_assert_eq(pthread_create(&t, NULL, post_one_durable, &first), 0);
     /* The first is queued (and its waiter asking for the commit) before the second. */
-    cr_assert_eq(ns_wait_stat_eq(s, "updates_queued", 1, IDLE_TIMEOUT), 0);
-    cr_assert_eq(ns_stat(s, "batches_written"), 0, "the first waiter was committed alone");
+    cr_assert_eq(ns_wait_stat_eq(s, "updates_queued", 3, IDLE_TIMEOUT), 0);
+    cr_assert_eq(ns_stat(s, "batches_written"), 1, "the first waiter was committed alone");
 
-    ns_resp r = { 0 };
     cr_assert_eq(ns_post_state(s, "gc", "second", "?wait=true&timeout=50",
                                "{\"status\":\"running\"}", &r), 0, "%s", r.error);
     cr_assert_eq(r.status, 200, "second waiter: %ld %s", r.status, r.body);
@@ -200,8 +211,33 @@ Test(durable, group_commit_delay_gathers_waiters_into_one_commit)
     pthread_join(t, NULL);
     ns_client_free(first.c);
     cr_assert_eq(first.acks, 1, "first waiter: %s", first.first_error);
-    cr_assert_eq(ns_stat(s, "batches_written"), 1, "two waiters, not one commit");
-    cr_assert_eq(ns_db_int(s, "SELECT count(*) FROM run_node_state WHERE run_id='gc'", NULL), 2);
+    cr_assert_eq(ns_stat(s, "batches_written"), 2, "two waiters, not one commit");
+    cr_assert_eq(ns_db_int(s, "SELECT count(*) FROM run_node_state WHERE run_id='gc'", NULL), 4);
+    cr_assert_eq(ns_stop(s, SIGTERM), 0);
+    ns_free(s);
+}
+
+Test(durable, lone_waiters_are_committed_at_once)
+{
+    /*
+     * One client posting one update at a time: each commit carries that one
+     * update, so the next waiter has no one to gather and is not held for
+     * --group-commit-delay (30 s here). Each asks to wait 20 s at most: a
+     * commit held for the delay would answer 202 "durable": false.
+     */
+    ns_server *s = ns_start("--batch-interval 60 --group-commit-delay 30");
+    cr_assert_not_null(s);
+    const char *steps[] = {"{\"status\":\"scheduled\"}", "{\"status\":\"running\"}",
+                           "{\"status\":\"completed\"}"};
+    for (int i = 0; i < 3; i++) {
+        ns_resp r = { 0 };
+        cr_assert_eq(ns_post_state(s, "lone", "n", "?wait=true&timeout=20", steps[i], &r), 0, "%s",
+                     r.error);
+        cr_assert_eq(r.status, 200, "waiter %d: %ld %s", i, r.status, r.body);
+        cr_assert(body_durable_is(&r, true), "waiter %d: %s", i, r.body);
+        ns_resp_free(&r);
+    }
+    cr_assert_eq(ns_stat(s, "batches_written"), 3);
     cr_assert_eq(ns_stop(s, SIGTERM), 0);
     ns_free(s);
 }

@@ -120,6 +120,7 @@ struct engine {
     int64_t flush_until;          /* commit without waiting while seqs <= this are queued */
     int64_t flush_asked_ns;       /* when the first waiter asked for the flush still pending
                                    * (group commit: due group_commit_delay later) */
+    size_t last_batch_ops;        /* ops the writer took for its last commit; 0 before the first */
     int64_t drain_started_ns;     /* engine_drain (or close): the shutdown budget starts; 0 before */
     int64_t give_up_ns;           /* set with it: no more commit retries after this, spill */
     int64_t spill_end_ns;         /* set with it: nothing more goes to the sidecar after this */

@@ -361,7 +361,9 @@ void writer_thread_drop_queue(engine *e)
 /*
  * Whether the writer should commit now rather than wait for more. When it
  * should not, *until is when it should at the latest (batch_interval after
- * the oldest op, or group_commit_delay after a waiter asked). Lock held.
+ * the oldest op, or group_commit_delay after a waiter asked). A waiter whose
+ * previous commit carried one update at most has no one to wait for (a lone
+ * client posting one update at a time): its commit is due at once. Lock held.
  */
 static bool batch_due(engine *e, int64_t now, int64_t *until)
 {
@@ -378,7 +380,9 @@ static bool batch_due(engine *e, int64_t now, int64_t *until)
         /* Draining: no reason left to gather more. */
         if (state_of(e) >= ENGINE_DRAINING)
             return true;
-        int64_t group = e->flush_asked_ns + (int64_t)(e->cfg.group_commit_delay * 1e9);
+        int64_t group = e->flush_asked_ns;
+        if (e->last_batch_ops > 1)
+            group += (int64_t)(e->cfg.group_commit_delay * 1e9);
         if (group < *until)
             *until = group;
     }
@@ -460,6 +464,7 @@ void *writer_thread_main(void *arg)
             lockcheck_timedwait(&e->wake, &e->lock, &ts);
         }
         size_t n = queue_pop(e->queue, e->batch, e->cfg.batch_size);
+        e->last_batch_ops = n;
         atomic_store_explicit(&e->stats.queue_depth, queue_len(e->queue), memory_order_relaxed);
         /* Nearly out of budget with work left (slow commits): the rest goes to the sidecar. */
         if (!e->spilling && e->drain_started_ns && model_mono_ns() >= e->give_up_ns)
