@@ -105,7 +105,8 @@ static sqlite_store *open_filled(nodes *n)
 {
     sqlite_store *s = open_writer();
     page_size = query_int("PRAGMA page_size");
-    cr_assert(gt(i64, page_size, 0));
+    /* Not gt(): Criterion 2.4.1's gt() passes when both sides are equal. */
+    cr_assert(page_size > 0);
     write_nodes(s, n, 0, 1, NODES);
     return s;
 }

@@ -240,10 +240,19 @@ void store_ckpt_rounds(const store_ckpt *c, unsigned long *thread_rounds,
 const char *store_walbuf_vfs(void);
 /*
  * For tests: how many buffers the WAL file of db (opened with that VFS) has
- * sent, and how many writes went straight through. -1 when db's WAL is not
- * one of its files (not open yet, or another VFS).
+ * sent, how many writes went straight through, how often it was synced.
+ * -1 when db's WAL is not one of its files (not open yet, or another VFS).
  */
-int store_walbuf_counts(sqlite3 *db, unsigned long *sends, unsigned long *through);
+typedef struct store_walbuf_stats {
+    unsigned long sends, through, syncs;
+} store_walbuf_stats;
+int store_walbuf_counts(sqlite3 *db, store_walbuf_stats *out);
+/*
+ * Syncs db's WAL file now, whatever the synchronous mode (a replayed
+ * sidecar must be on disk before it is removed). Call on the thread that
+ * owns db. An SQLite result code.
+ */
+int store_wal_sync(sqlite3 *db);
 
 /* The write connection. Owned by one thread (the writer); no locking. */
 struct sqlite_store {

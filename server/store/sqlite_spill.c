@@ -483,6 +483,11 @@ int sqlite_store_replay(sqlite_store *s, const char *spill_path,
         store_set_db_err(err, errlen, s->path, s->db, "replaying spill file");
         goto out;
     }
+    /* On disk before the sidecar, which was, goes (synchronous=normal would not sync it). */
+    if (store_wal_sync(s->db) != SQLITE_OK) {
+        store_set_db_err(err, errlen, s->path, s->db, "syncing the replayed spill file");
+        goto out;
+    }
     if (last_seq > s->last_seq)
         s->last_seq = last_seq;
     n_rows += v1_rows;

@@ -21,7 +21,7 @@
  * the buffer's start. Reads, syncs, truncation, the size and file controls
  * send the buffer first too, and a failed send is the error of the write
  * that asked for it, so COMMIT fails rather than claiming what is not in
- * the file.
+ * the file. store_wal_sync syncs the same file on demand.
  */
 #include "sqlite_internal.h"
 
@@ -52,7 +52,7 @@ typedef struct walbuf_file {
     sqlite3_int64 off;   /* where buf[0] goes in the file */
     sqlite3_int64 tail;  /* end of the furthest write so far (sent or buffered) */
     sqlite3_int64 commit_page_at; /* the last write was a commit frame's header: its page's place */
-    unsigned long sends, through; /* for tests: buffers sent, writes not buffered */
+    unsigned long sends, through, syncs; /* for tests: buffers sent, writes not buffered, syncs */
 } walbuf_file;
 
 static int walbuf_send(walbuf_file *f)
@@ -143,6 +143,7 @@ static int walbuf_sync(sqlite3_file *file, int flags)
 {
     walbuf_file *f = (walbuf_file *)file;
     int rc = walbuf_send(f);
+    f->syncs++;
     return rc != SQLITE_OK ? rc : f->real->pMethods->xSync(f->real, flags);
 }
 
@@ -263,7 +264,7 @@ const char *store_walbuf_vfs(void)
     return name;
 }
 
-int store_walbuf_counts(sqlite3 *db, unsigned long *sends, unsigned long *through)
+int store_walbuf_counts(sqlite3 *db, store_walbuf_stats *out)
 {
     sqlite3_file *file = NULL;
     sqlite3_vfs *vfs = sqlite3_vfs_find(WALBUF_VFS_NAME);
@@ -273,7 +274,19 @@ int store_walbuf_counts(sqlite3 *db, unsigned long *sends, unsigned long *throug
         || file == NULL
         || file->pMethods != &((walbuf_vfs *)vfs->pAppData)->methods)
         return -1;
-    *sends = ((walbuf_file *)file)->sends;
-    *through = ((walbuf_file *)file)->through;
+    const walbuf_file *f = (const walbuf_file *)file;
+    *out = (store_walbuf_stats){.sends = f->sends, .through = f->through, .syncs = f->syncs};
     return 0;
+}
+
+int store_wal_sync(sqlite3 *db)
+{
+    sqlite3_file *wal = NULL;
+    int rc = sqlite3_file_control(db, "main", SQLITE_FCNTL_JOURNAL_POINTER, &wal);
+    if (rc != SQLITE_OK)
+        return rc;
+    /* No WAL open: nothing was written through this connection. */
+    if (wal == NULL || wal->pMethods == NULL)
+        return SQLITE_OK;
+    return wal->pMethods->xSync(wal, SQLITE_SYNC_NORMAL);
 }
