@@ -11,6 +11,7 @@
 #include <criterion/new/assert.h>
 
 #include <signal.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -100,7 +101,7 @@ Test(walbuf, a_commit_is_in_the_file_when_it_returns)
     nodes *n = nodes_new();
     sqlite_store *s = open_writer();
     cr_assert(eq(int, write_nodes(s, n, 0, 10, NS_SCHEDULED), 0), "%s", sqlite_store_errmsg(s));
-    unsigned long sends0 = counts(s).sends;
+    store_walbuf_stats before = counts(s);
     for (size_t k = 1; k <= 5; k++) {
         cr_assert(eq(int, write_nodes(s, n, 0, 100 * k, NS_RUNNING), 0), "%s",
                   sqlite_store_errmsg(s));
@@ -110,8 +111,12 @@ Test(walbuf, a_commit_is_in_the_file_when_it_returns)
         cr_assert(eq(i64, query_int("SELECT value FROM nodestate_meta WHERE key = 'last_seq'"),
                      n->seq));
     }
-    unsigned long sends1 = counts(s).sends;
-    cr_assert(ge(u64, sends1 - sends0, 5), "%lu buffers sent for 5 commits", sends1 - sends0);
+    store_walbuf_stats after = counts(s);
+    cr_assert(ge(u64, after.sends - before.sends, 5), "%lu buffers sent for 5 commits",
+              after.sends - before.sends);
+    /* And they were buffered: none of these small commits rewrote a frame. */
+    cr_assert(eq(u64, after.through - before.through, 0), "%lu writes went around the buffer",
+              after.through - before.through);
     cr_assert(eq(i64, query_int(INTEGRITY_OK), 1));
     sqlite_store_close(s);
     free(n);
@@ -193,6 +198,167 @@ Test(walbuf, a_write_the_file_refuses_fails_the_commit)
     sqlite_store_close(s);
     cr_assert(eq(i64, query_int("SELECT count(*) FROM run_node_state"), 1010));
     cr_assert(eq(i64, query_int("SELECT value FROM nodestate_meta WHERE key = 'last_seq'"), n->seq));
+    cr_assert(eq(i64, query_int(INTEGRITY_OK), 1));
+    free(n);
+}
+
+/* Bytes of a WAL frame at the default 4096-byte page: its 24-byte header and the page. */
+#define FRAME_4K (24 + 4096)
+
+/*
+ * Without powersafe overwrite (psow=0) and with synchronous=FULL, SQLite
+ * pads a commit to the next sector boundary with copies of the commit frame
+ * (sqlite3WalFrames), and walWriteToLog writes the one frame that crosses
+ * the boundary in two pieces with an fsync between them: the piece after the
+ * sync is written after the commit frame and its page, and must not wait in
+ * the buffer past the end of COMMIT.
+ */
+Test(walbuf, a_padded_commit_under_synchronous_full_is_whole_in_the_file)
+{
+    char uri[STORE_PATH_MAX + 32], err[512];
+    nodes *n = nodes_new();
+    snprintf(uri, sizeof uri, "file:%s?psow=0", sfx_db_path());
+    sqlite_store *s = sqlite_store_open(uri, true, err, sizeof err);
+    cr_assert(s != NULL, "sqlite_store_open: %s", err);
+    for (size_t k = 1; k <= 8; k++) {
+        cr_assert(eq(int, write_nodes(s, n, 0, 37 * k, NS_RUNNING), 0), "%s",
+                  sqlite_store_errmsg(s));
+        /* Whole frames only: the WAL header, then frames of header and page. */
+        long long size = wal_size();
+        cr_assert(eq(i64, (size - 32) % FRAME_4K, 0),
+                  "commit %zu left %lld bytes of a frame out of the WAL (%lld bytes)", k,
+                  (size - 32) % FRAME_4K, size);
+        cr_assert(eq(i64, query_int(INTEGRITY_OK), 1));
+        cr_assert(eq(i64, query_int("SELECT value FROM nodestate_meta WHERE key = 'last_seq'"),
+                     n->seq));
+    }
+    /*
+     * Commits of one or two frames, so that some commit ends where the
+     * sector boundary falls inside the next frame's header (frame 170 at
+     * 4096-byte pages and sectors): the header itself is split by the fsync.
+     */
+    for (int64_t k = 1; k <= 240; k++) {
+        cr_assert(eq(int, sqlite_store_meta_set(s, "walbuf_test", k), 0), "%s",
+                  sqlite_store_errmsg(s));
+        if (k % 5 == 0)
+            cr_assert(eq(int, write_nodes(s, n, 0, 3, NS_RUNNING), 0), "%s",
+                      sqlite_store_errmsg(s));
+        long long size = wal_size();
+        cr_assert(eq(i64, (size - 32) % FRAME_4K, 0),
+                  "commit of meta %lld left %lld bytes of a frame out of the WAL (%lld bytes)",
+                  (long long)k, (size - 32) % FRAME_4K, size);
+        cr_assert(eq(i64, query_int("SELECT value FROM nodestate_meta WHERE key = 'walbuf_test'"),
+                     k));
+    }
+    cr_assert(eq(i64, query_int(INTEGRITY_OK), 1));
+    sqlite_store_close(s);
+    free(n);
+}
+
+/*
+ * A default VFS whose WAL files refuse writes with SQLITE_FULL while armed,
+ * as on a full disk (RLIMIT_FSIZE gives EFBIG, an I/O error, instead).
+ * Its WAL file is the real VFS's own struct with a copy of the real
+ * methods, so a write finds the flag from the methods it was given.
+ */
+typedef struct full_vfs {
+    sqlite3_vfs vfs;
+    sqlite3_vfs *real;
+    sqlite3_io_methods methods;
+    int (*real_write)(sqlite3_file *, const void *, int, sqlite3_int64);
+    bool armed;
+    unsigned long refused;
+} full_vfs;
+
+static int full_write(sqlite3_file *file, const void *data, int amount, sqlite3_int64 at)
+{
+    full_vfs *v = (full_vfs *)(void *)((char *)(void *)file->pMethods - offsetof(full_vfs, methods));
+    if (v->armed) {
+        v->refused++;
+        return SQLITE_FULL;
+    }
+    return v->real_write(file, data, amount, at);
+}
+
+static int full_open(sqlite3_vfs *vfs, const char *name, sqlite3_file *file, int flags,
+                     int *out_flags)
+{
+    full_vfs *v = vfs->pAppData;
+    int rc = v->real->xOpen(v->real, name, file, flags, out_flags);
+    if (rc == SQLITE_OK && (flags & SQLITE_OPEN_WAL)) {
+        if (v->real_write == NULL) {
+            v->methods = *file->pMethods;
+            v->real_write = v->methods.xWrite;
+            v->methods.xWrite = full_write;
+        }
+        file->pMethods = &v->methods;
+    }
+    return rc;
+}
+
+/* Before the store's first open, so the buffering VFS wraps this one. */
+static full_vfs *full_vfs_install(void)
+{
+    cr_assert(sqlite3_vfs_find("nodestate-walbuf") == NULL,
+              "the buffering VFS exists already (run this test in a process of its own)");
+    full_vfs *v = calloc(1, sizeof *v);
+    cr_assert(v != NULL);
+    v->real = sqlite3_vfs_find(NULL);
+    v->vfs = *v->real;
+    v->vfs.pNext = NULL;
+    v->vfs.zName = "test-full";
+    v->vfs.pAppData = v;
+    v->vfs.xOpen = full_open;
+    cr_assert(eq(int, sqlite3_vfs_register(&v->vfs, 1), SQLITE_OK));
+    return v;
+}
+
+static int exec_rc(sqlite3 *db, const char *sql)
+{
+    return sqlite3_exec(db, sql, NULL, NULL, NULL);
+}
+
+/*
+ * Frames SQLite wrote early (pages spilled from a small cache) wait in the
+ * buffer; the next read of the WAL sends them first and the disk is full.
+ * SQLite took those writes as done, and an SQLITE_FULL from a read only
+ * rolls back the statement (one with a statement journal), so the
+ * transaction goes on and its COMMIT would succeed over frames that are
+ * not in the file. Whatever COMMIT answers must then be true.
+ */
+Test(walbuf, a_send_that_fails_in_a_read_never_lets_the_commit_claim_the_frames)
+{
+    full_vfs *v = full_vfs_install();
+    sqlite_store *s = open_writer();
+    sqlite3 *db = s->db;
+    cr_assert(eq(int, exec_rc(db, "PRAGMA cache_size = 10"), SQLITE_OK));
+    cr_assert(eq(int, exec_rc(db, "BEGIN IMMEDIATE"), SQLITE_OK));
+    cr_assert(eq(int,
+                 exec_rc(db, "CREATE TABLE big (k INTEGER PRIMARY KEY, v BLOB NOT NULL);"
+                             "WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM c"
+                             " WHERE i < 2000) INSERT INTO big SELECT i, randomblob(500) FROM c"),
+                 SQLITE_OK),
+              "%s", sqlite3_errmsg(db));
+    v->armed = true;
+    /* INSERT ... SELECT may abort half way, so it has a statement journal. */
+    int rc = exec_rc(db, "INSERT INTO big SELECT k + 100000, v FROM big WHERE k % 7 = 0");
+    v->armed = false;
+    cr_assert(ne(int, rc, SQLITE_OK), "the statement succeeded on a full disk");
+    cr_assert(v->refused > 0, "no write was refused (%d: %s)", rc, sqlite3_errmsg(db));
+    int committed = exec_rc(db, "COMMIT") == SQLITE_OK;
+    if (!committed)
+        exec_rc(db, "ROLLBACK");
+    cr_assert(eq(i64, query_int(INTEGRITY_OK), 1), "the file is corrupt after COMMIT %s",
+              committed ? "succeeded" : "failed");
+    if (committed)
+        cr_assert(eq(i64, query_int("SELECT count(*) FROM big"), 2000));
+    else
+        cr_assert(eq(i64, query_int("SELECT count(*) FROM sqlite_master WHERE name = 'big'"), 0));
+    /* And the store goes on writing once the disk has room. */
+    nodes *n = nodes_new();
+    cr_assert(eq(int, write_nodes(s, n, 0, 10, NS_SCHEDULED), 0), "%s", sqlite_store_errmsg(s));
+    sqlite_store_close(s);
+    cr_assert(eq(i64, query_int("SELECT count(*) FROM run_node_state"), 10));
     cr_assert(eq(i64, query_int(INTEGRITY_OK), 1));
     free(n);
 }

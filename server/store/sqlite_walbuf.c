@@ -13,15 +13,19 @@
  * connection (readers, the checkpoint thread, which open the file without
  * this VFS) reads frames only up to the last commit.
  *
+ * A file opened without powersafe overwrite (psow=0) is not buffered at
+ * all: there SQLite pads a commit past its commit frame (walbuf_open).
+ *
  * Only appends at the end of what this handle has written wait in the
  * buffer. Any other write (SQLite rewriting a frame of the transaction in
  * progress, or the checksums after such rewrites, which it does after
  * the commit frame) first sends the buffer, then goes straight through,
  * so the file always holds the writes in the order SQLite made them up to
  * the buffer's start. Reads, syncs, truncation, the size and file controls
- * send the buffer first too, and a failed send is the error of the write
- * that asked for it, so COMMIT fails rather than claiming what is not in
- * the file. store_wal_sync syncs the same file on demand.
+ * send the buffer first too, and a failed send is the error (always an I/O
+ * error, which ends the transaction) of the call that asked for it, so
+ * COMMIT fails rather than claiming what is not in the file.
+ * store_wal_sync syncs the same file on demand.
  */
 #include "sqlite_internal.h"
 
@@ -31,7 +35,7 @@
 #define WALBUF_VFS_NAME "nodestate-walbuf"
 /* Frames beyond this much are sent before the commit (a large batch). */
 #define WALBUF_MAX (1u << 20)
-/* One write() at most: the unix VFS splits larger ones itself anyway. */
+/* One write() at most: the unix VFS passes any size to one pwrite(). */
 #define WALBUF_CHUNK 0x1f000u
 /* A WAL frame header; its bytes 4..7 (database size) are non-zero only in a commit frame. */
 #define WALBUF_FRAME_HDR 24
@@ -52,6 +56,7 @@ typedef struct walbuf_file {
     sqlite3_int64 off;   /* where buf[0] goes in the file */
     sqlite3_int64 tail;  /* end of the furthest write so far (sent or buffered) */
     sqlite3_int64 commit_page_at; /* the last write was a commit frame's header: its page's place */
+    bool passthrough;    /* nothing is buffered (a file without powersafe overwrite) */
     unsigned long sends, through, syncs; /* for tests: buffers sent, writes not buffered, syncs */
 } walbuf_file;
 
@@ -65,7 +70,15 @@ static int walbuf_send(walbuf_file *f)
     }
     if (f->len)
         f->sends++;
-    /* On failure too: SQLite rolls the transaction back and writes it again. */
+    /*
+     * SQLite was told these bytes were written, so it must not go on as if
+     * they were: an I/O error rolls its whole transaction back wherever it
+     * surfaces, where SQLITE_FULL from a read (a full disk) rolls back only
+     * the statement, and a later COMMIT would claim frames that are not in
+     * the file. The transaction is then written again, so the buffer goes.
+     */
+    if (rc != SQLITE_OK && (rc & 0xff) != SQLITE_IOERR)
+        rc = SQLITE_IOERR_WRITE;
     f->len = 0;
     return rc;
 }
@@ -98,6 +111,10 @@ static int walbuf_write(sqlite3_file *file, const void *data, int amount, sqlite
     bool commit_page = f->commit_page_at != 0 && at == f->commit_page_at;
     int rc = SQLITE_OK;
 
+    if (f->passthrough) {
+        f->through++;
+        return f->real->pMethods->xWrite(f->real, data, amount, at);
+    }
     f->commit_page_at = 0;
     if (f->len > 0 && (!appends || f->len + n > WALBUF_MAX))
         rc = walbuf_send(f);
@@ -213,8 +230,20 @@ static int walbuf_open(sqlite3_vfs *vfs, const char *name, sqlite3_file *file, i
     f->real = (sqlite3_file *)(f + 1);
     int rc = w->real->xOpen(w->real, name, f->real, flags, out_flags);
     /* pMethods stays NULL on failure, so SQLite does not close what did not open. */
-    if (rc == SQLITE_OK)
-        file->pMethods = &w->methods;
+    if (rc != SQLITE_OK)
+        return rc;
+    /*
+     * Without powersafe overwrite, synchronous=FULL pads each commit with
+     * copies of its commit frame up to a sector boundary and splits the one
+     * that crosses it around an fsync: the commit frame is then not the last
+     * write of the commit. SQLite judges by the main file, whose psow URI
+     * parameter the WAL's name carries (the WAL file itself is opened
+     * without it); such a WAL gets SQLite's writes as they come.
+     */
+    f->passthrough = !sqlite3_uri_boolean(name, "psow", 1)
+                     || !(f->real->pMethods->xDeviceCharacteristics(f->real)
+                          & SQLITE_IOCAP_POWERSAFE_OVERWRITE);
+    file->pMethods = &w->methods;
     return rc;
 }
 
