@@ -35,7 +35,11 @@
 #define WALBUF_VFS_NAME "nodestate-walbuf"
 /* Frames beyond this much are sent before the commit (a large batch). */
 #define WALBUF_MAX (1u << 20)
-/* One write() at most: the unix VFS passes any size to one pwrite(). */
+/*
+ * Bytes per write at most: the unix VFS keeps only the low 17 bits of a
+ * write's size (seekAndWriteFd asserts it is below 128 KiB), so a larger
+ * one would be cut or lost.
+ */
 #define WALBUF_CHUNK 0x1f000u
 /* A WAL frame header; its bytes 4..7 (database size) are non-zero only in a commit frame. */
 #define WALBUF_FRAME_HDR 24
