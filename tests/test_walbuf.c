@@ -1,11 +1,14 @@
 /*
- * Unit tests for sqlite_walbuf, through the SQLite store's own write
+ * Unit tests for sqlite_walbuf, mostly through the SQLite store's own write
  * connection (sqlite_store_open opens its file with that VFS): a commit is
  * in the file for every other connection the moment it returns; a process
  * killed right after a commit loses none of it, also when the transaction
  * was too big for the page cache, so SQLite wrote pages early and rewrote
- * them in place at the commit (the writes that bypass the buffer); and a
- * write the file refuses fails the commit instead of going missing.
+ * them in place at the commit (the writes that bypass the buffer); a write
+ * the file refuses fails the commit instead of going missing, also when it
+ * surfaces in a read; a psow=0 file, whose commits SQLite pads, has whole
+ * frames after each commit; and a replayed sidecar is synced before it
+ * goes.
  */
 #include <criterion/criterion.h>
 #include <criterion/new/assert.h>
