@@ -124,7 +124,8 @@ void api_set_etag(api_response *resp, int64_t seq, bool queued)
 
 bool api_is_durable(api *a, int64_t seq)
 {
-    return seq <= engine_durable_seq(a->engine);
+    engine_durability d = engine_durability_now(a->engine);
+    return engine_durability_covers(&d, seq);
 }
 
 void api_row_response(api_response *resp, int status, const ns_row *row, bool durable)
@@ -179,6 +180,36 @@ void api_handle(api *a, const api_request *req, api_response *resp)
         stats_count_http(engine_stats(a->engine), resp->status);
 }
 
+void api_wait_free(struct api_wait *w)
+{
+    if (!w)
+        return;
+    model_row_unref(w->row);
+    free(w->batch_results);
+    free(w->body);
+    free(w);
+}
+
+/*
+ * A single update a shared store refused because it held a newer state of
+ * the node (another instance wrote it; this one judged the update against
+ * what it had cached): judged again against the stored state, as if it had
+ * just arrived, so the caller learns what the rules say of it there (200
+ * when it changes nothing, as when a retry after a failover finds its own
+ * first try stored; 409; or applied and waited on once more, for what is
+ * left of its timeout). Takes w.
+ */
+static void judge_again(api *a, api_response *resp, struct api_wait *w)
+{
+    int64_t left_ns = w->deadline_ns - model_mono_ns();
+    memset(resp, 0, sizeof *resp);
+    api_post_state_again(a, w->row->run_id, w->row->node_id, w->body, w->body_len,
+                         left_ns > 0 ? (double)left_ns / 1e9 : 0, resp);
+    api_wait_free(w);
+    if (!resp->wait)
+        stats_count_http(engine_stats(a->engine), resp->status);
+}
+
 void api_finish_wait(api *a, api_response *resp, bool durable)
 {
     struct api_wait *w = resp->wait;
@@ -187,8 +218,16 @@ void api_finish_wait(api *a, api_response *resp, bool durable)
     free(resp->body);
     resp->body = NULL;
     resp->body_len = 0;
+    resp->wait_seq = 0;
+    resp->wait = NULL;
     int status = durable ? 200 : 202;
-    if (w->row && durable && engine_refused(a->engine, w->seq))
+    engine_refusal refused = w->row && durable ? engine_refused(a->engine, w->seq)
+                                               : ENGINE_NOT_REFUSED;
+    if (refused == ENGINE_REFUSED_SUPERSEDED && w->body) {
+        judge_again(a, resp, w);
+        return;
+    }
+    if (refused != ENGINE_NOT_REFUSED)
         api_answer_problem(resp, PROBLEM_WRITE_REFUSED,
                            "the database refused this update for good; it is not stored "
                            "(see the row-isolated log line, or row-superseded where a "
@@ -199,11 +238,7 @@ void api_finish_wait(api *a, api_response *resp, bool durable)
         api_batch_response(resp, status, w, durable);
     else
         api_deleted_response(resp, status, w, durable);
-    resp->wait_seq = 0;
-    resp->wait = NULL;
-    model_row_unref(w->row);
-    free(w->batch_results);
-    free(w);
+    api_wait_free(w);
     stats_count_http(engine_stats(a->engine), resp->status);
 }
 
@@ -214,12 +249,8 @@ void api_response_free(api_response *resp)
     if (resp->stream.close != NULL)
         resp->stream.close(resp->stream.ctx);
     memset(&resp->stream, 0, sizeof resp->stream);
-    if (resp->wait) {
-        model_row_unref(resp->wait->row);
-        free(resp->wait->batch_results);
-        free(resp->wait);
-        resp->wait = NULL;
-    }
+    api_wait_free(resp->wait);
+    resp->wait = NULL;
 }
 
 void api_count_status(api *a, int status)

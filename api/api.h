@@ -10,7 +10,10 @@
  * A POST with ?wait=true is answered in two steps: api_handle returns a
  * response whose wait_seq is set; the transport parks the request until the
  * engine's durable seq reaches wait_seq or wait_timeout passes, then calls
- * api_finish_wait to turn it into the final 200 (durable) or 202.
+ * api_finish_wait to turn it into the final 200 (durable) or 202. Once
+ * only, api_finish_wait may set wait_seq again (an update a shared store
+ * refused as superseded, judged again and queued again): the transport
+ * parks it again, as it did the first time.
  *
  * Watching a run is answered in two steps too. GET /runs/{run_id}/events
  * returns a response with events set (checked, the run found, not counted
@@ -101,7 +104,10 @@ api *api_new(engine *e, const api_config *cfg);
 void api_free(api *a);
 /* Answers one request; never fails (out of memory becomes a 500). */
 void api_handle(api *a, const api_request *req, api_response *resp);
-/* Finishes a parked ?wait=true response: 200 durable or 202 not yet. */
+/*
+ * Finishes a parked ?wait=true response: 200 durable or 202 not yet, or
+ * parked again (wait_seq set, see above).
+ */
 void api_finish_wait(api *a, api_response *resp, bool durable);
 /*
  * A problem+json response the transport itself decides on (bad-framing,

@@ -31,6 +31,14 @@ struct api {
 /* What a parked ?wait=true response is rebuilt from. */
 struct api_wait {
     ns_row *row;          /* node update: the row; NULL for a delete */
+    /*
+     * A single update's body, kept to judge it again if a shared store
+     * finds a newer state of the node (ENGINE_REFUSED_SUPERSEDED); NULL once
+     * judged again, and for the other writes.
+     */
+    char *body;
+    size_t body_len;
+    int64_t deadline_ns;  /* with body: when the wait ends (model_mono_ns) */
     char run_id[NS_ID_MAX + 1];
     size_t deleted;
     int64_t seq;
@@ -103,6 +111,8 @@ void api_deleted_response(api_response *resp, int status, const struct api_wait 
 /* A batch's answer: its counts, last_seq w->seq (0: none), durable, and its results. */
 void api_batch_response(api_response *resp, int status, const struct api_wait *w,
                         bool durable);
+/* Frees a wait and what it holds. */
+void api_wait_free(struct api_wait *w);
 /* Header value by name, or NULL. */
 const char *api_header(const api_request *req, const char *name);
 
@@ -123,6 +133,14 @@ int api_flag_value(const char *v);
 
 handler_fn api_get_state;
 handler_fn api_post_state;
+/*
+ * A single update to run_id/node_id judged again against the stored state
+ * (api_finish_wait, after a shared store refused it as superseded): answered
+ * as api_post_state would, except that it waits at most timeout seconds and
+ * is never judged a third time.
+ */
+void api_post_state_again(api *a, const char *run_id, const char *node_id, const char *body,
+                          size_t len, double timeout, api_response *resp);
 handler_fn api_post_batch;
 handler_fn api_list_nodes;
 handler_fn api_get_run;

@@ -157,7 +157,7 @@ void codec_problem(buf *b, int status, const char *slug, const char *title,
 }
 
 void codec_page(buf *b, const char *run_id, const engine_page *page,
-                int64_t durable_seq)
+                const engine_durability *durability)
 {
     buf_puts(b, "{\"run_id\":");
     buf_json_string(b, run_id);
@@ -165,7 +165,7 @@ void codec_page(buf *b, const char *run_id, const engine_page *page,
     for (size_t i = 0; i < page->count; i++) {
         if (i > 0)
             buf_append(b, ",", 1);
-        codec_row(b, page->rows[i], page->rows[i]->seq <= durable_seq);
+        codec_row(b, page->rows[i], engine_durability_covers(durability, page->rows[i]->seq));
     }
     buf_puts(b, "],\"next\":");
     /* next is the cursor for ?after=, and only when more nodes follow. */

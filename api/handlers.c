@@ -115,23 +115,36 @@ static void park(api *a, api_response *resp, struct api_wait *w, double timeout)
 
 /* ---- handlers ---- */
 
-void api_post_state(api *a, const api_request *req, const route_args *args,
-                    api_response *resp)
+/*
+ * Keeps a copy of the body in w, to judge the update again should a shared
+ * store refuse it as superseded (api_finish_wait). Out of memory it is not
+ * kept, and such a refusal is answered as one.
+ */
+static void keep_body(struct api_wait *w, const char *body, size_t len, double timeout)
 {
-    bool wait;
-    double timeout;
-    if (wait_args(a, req, resp, &wait, &timeout) != 0) {
-        /* A bad ?wait= or ?timeout= refuses the update as much as a bad body. */
-        api_count_invalid(a);
+    w->body = malloc(len + 1);
+    if (!w->body)
         return;
-    }
+    memcpy(w->body, body, len);
+    w->body[len] = '\0';
+    w->body_len = len;
+    w->deadline_ns = model_mono_ns() + (int64_t)(timeout * 1e9);
+}
+
+/*
+ * Judges one update (body) to run_id/node_id and answers it; with wait,
+ * parks the answer until the update is durable, timeout seconds at most.
+ * again: it was judged before, against a state a shared store found older
+ * (api_post_state_again), so it is not kept to be judged a third time.
+ */
+static void post_state(api *a, const char *run_id, const char *node_id, const char *body,
+                       size_t len, bool wait, double timeout, bool again, api_response *resp)
+{
     ns_update u;
     int status = 400;
     char detail[512];
-    codec_doc *doc = codec_decode_update(req->body ? req->body : "", req->body_len,
-                                         args->run_id, args->node_id,
-                                         a->cfg.max_error_bytes, &u, &status,
-                                         detail, sizeof detail);
+    codec_doc *doc = codec_decode_update(body, len, run_id, node_id, a->cfg.max_error_bytes,
+                                         &u, &status, detail, sizeof detail);
     if (!doc) {
         if (status >= 500) {
             api_answer_problem(resp, PROBLEM_INTERNAL_ERROR, detail);
@@ -145,7 +158,7 @@ void api_post_state(api *a, const api_request *req, const route_args *args,
         return;
     }
     ns_row *row = NULL;
-    engine_result res = engine_submit(a->engine, args->run_id, args->node_id, &u, &row);
+    engine_result res = engine_submit(a->engine, run_id, node_id, &u, &row);
     codec_doc_free(doc);
     switch (res) {
     case ENGINE_ACCEPTED:
@@ -156,6 +169,8 @@ void api_post_state(api *a, const api_request *req, const route_args *args,
         if (w) {
             w->row = row;
             w->seq = row->seq;
+            if (!again)
+                keep_body(w, body, len, timeout);
             park(a, resp, w, timeout);
             return; /* the wait keeps the row's reference */
         }
@@ -188,6 +203,26 @@ void api_post_state(api *a, const api_request *req, const route_args *args,
         break;
     }
     model_row_unref(row);
+}
+
+void api_post_state(api *a, const api_request *req, const route_args *args,
+                    api_response *resp)
+{
+    bool wait;
+    double timeout;
+    if (wait_args(a, req, resp, &wait, &timeout) != 0) {
+        /* A bad ?wait= or ?timeout= refuses the update as much as a bad body. */
+        api_count_invalid(a);
+        return;
+    }
+    post_state(a, args->run_id, args->node_id, req->body ? req->body : "", req->body_len,
+               wait, timeout, false, resp);
+}
+
+void api_post_state_again(api *a, const char *run_id, const char *node_id, const char *body,
+                          size_t len, double timeout, api_response *resp)
+{
+    post_state(a, run_id, node_id, body, len, true, timeout, true, resp);
 }
 
 /* ---- POST /runs/{run_id}/nodes: many updates at once ---- */

@@ -176,7 +176,8 @@ static void list_since(api *a, const api_request *req, const route_args *args,
             all.count = limit;
         buf b;
         buf_init(&b);
-        codec_page(&b, args->run_id, &all, engine_durable_seq(a->engine));
+        engine_durability d = engine_durability_now(a->engine);
+        codec_page(&b, args->run_id, &all, &d);
         api_respond(resp, 200, API_JSON_TYPE, &b);
         all.count = count;
         if (all.count == 0 && wait > 0 && !req->no_wait) {
@@ -245,7 +246,8 @@ void api_list_nodes(api *a, const api_request *req, const route_args *args,
     if (api_run_read_ok(resp, res, "listing the run")) {
         buf b;
         buf_init(&b);
-        codec_page(&b, args->run_id, &page, engine_durable_seq(a->engine));
+        engine_durability d = engine_durability_now(a->engine);
+        codec_page(&b, args->run_id, &page, &d);
         api_respond(resp, 200, API_JSON_TYPE, &b);
     }
     engine_page_free(&page);

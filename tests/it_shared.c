@@ -95,13 +95,19 @@ Test(shared, former_owner_cannot_regress_a_node_and_rereads_it)
     /*
      * A, behind (its cache says completed in attempt 1), accepts attempt 2
      * as scheduled, which would move the stored node back: the store
-     * refuses it, counts it, a waiting caller learns so, and A reads the
-     * store's state again.
+     * refuses it and counts it, A reads the store's state again, and the
+     * waiting caller gets the update judged against that state: a 409
+     * holding the stored node.
      */
     cr_assert_eq(ns_post_state(a, "mv", "n1", "?wait=true",
                                "{\"status\":\"scheduled\",\"attempt\":2}", &r), 0);
     char why[512];
-    cr_assert_eq(ns_check_problem(&r, 500, "write-refused", why, sizeof why), 0, "%s", why);
+    cr_assert_eq(ns_check_problem(&r, 409, "illegal-transition", why, sizeof why), 0, "%s", why);
+    json_t *doc = ns_resp_json(&r);
+    json_t *cur = json_object_get(doc, "current");
+    cr_assert_str_eq(ns_jstr(cur, "status"), "running", "%s", r.body);
+    cr_assert_eq(it_jint(cur, "attempt"), 2, "%s", r.body);
+    json_decref(doc);
     cr_assert_eq(ns_stat(a, "store_conflicts"), 1);
     cr_assert(ns_log_contains(a, "msg=row-superseded"));
     cr_assert_eq(ns_db_int(a, "SELECT count(*) FROM run_node_state WHERE run_id = 'mv'"
@@ -120,5 +126,81 @@ Test(shared, former_owner_cannot_regress_a_node_and_rereads_it)
     cr_assert_eq(ns_stop(b, SIGTERM), 0);
     cr_assert_eq(ns_stop(a, SIGTERM), 0);
     ns_free(b);
+    ns_free(a);
+}
+
+/* Writes a node straight into the store, above every seq reserved, as an instance A has not heard of. */
+static long long store_node_behind_a(ns_server *a, const char *run, const char *node,
+                                     const char *status)
+{
+    char sql[1024];
+    snprintf(sql, sizeof sql,
+             "WITH s AS (SELECT value + 1000 AS seq FROM nodestate_meta"
+             "           WHERE key = 'seq_reserved'),"
+             " i AS (INSERT INTO run_node_state (run_id, node_id, status, attempt,"
+             "         scheduled_at, updated_at, seq)"
+             "       SELECT '%s', '%s', '%s', 1, '2026-01-01T00:00:00.000Z',"
+             "         '2026-01-01T00:00:00.000Z', seq FROM s RETURNING seq)"
+             " SELECT seq FROM i", run, node, status);
+    long long seq = ns_db_int(a, sql, NULL);
+    cr_assert(seq > 1000, "the insert returned %lld", seq);
+    return seq;
+}
+
+Test(shared, superseded_update_is_judged_again_against_the_stored_node)
+{
+    if (ns_pg_base() == NULL)
+        cr_skip_test("PostgreSQL only: run it_shared_pg with NODESTATE_TEST_PG set");
+    ns_server *a = ns_start("--batch-interval 0.01");
+    cr_assert_not_null(a);
+    ns_resp r = { 0 };
+
+    /* A knows the run whole (listed), with one node. */
+    cr_assert_eq(ns_post_state(a, "fo", "n0", "?wait=true", "{\"status\":\"running\"}", &r), 0);
+    cr_assert_eq(r.status, 200, "%ld %s", r.status, r.body);
+    cr_assert_eq(ns_req(a, "GET", "/runs/fo/nodes", NULL, NULL, &r), 0);
+    cr_assert_eq(r.status, 200, "%ld %s", r.status, r.body);
+
+    /*
+     * Another instance stored n1 as scheduled and died before answering;
+     * its worker sends the same update again, now to A, which has not heard
+     * of n1: A takes it for a new node, under a seq below the stored one,
+     * and the store refuses it. Judged again against the stored node, it
+     * changes nothing: 200 with the stored node, which is on disk.
+     */
+    long long stored = store_node_behind_a(a, "fo", "n1", "scheduled");
+    cr_assert_eq(ns_post_state(a, "fo", "n1", "?wait=true",
+                               "{\"status\":\"scheduled\",\"attempt\":1}", &r), 0);
+    cr_assert_eq(r.status, 200, "%ld %s", r.status, r.body);
+    json_t *doc = ns_resp_json(&r);
+    cr_assert_eq(it_jint(doc, "seq"), stored, "%s", r.body);
+    cr_assert(json_is_true(json_object_get(doc, "durable")), "%s", r.body);
+    json_decref(doc);
+    cr_assert_eq(ns_stat(a, "store_conflicts"), 1);
+
+    /*
+     * The same for an update the stored node admits (scheduled to running):
+     * judged again it applies, under a seq above the stored one, and the
+     * caller waits for that commit.
+     */
+    cr_assert_eq(ns_post_state(a, "fo2", "n0", "?wait=true", "{\"status\":\"running\"}", &r),
+                 0);
+    cr_assert_eq(r.status, 200, "%ld %s", r.status, r.body);
+    cr_assert_eq(ns_req(a, "GET", "/runs/fo2/nodes", NULL, NULL, &r), 0);
+    cr_assert_eq(r.status, 200, "%ld %s", r.status, r.body);
+    stored = store_node_behind_a(a, "fo2", "n2", "scheduled");
+    cr_assert_eq(ns_post_state(a, "fo2", "n2", "?wait=true", "{\"status\":\"running\"}", &r),
+                 0);
+    cr_assert_eq(r.status, 200, "%ld %s", r.status, r.body);
+    doc = ns_resp_json(&r);
+    cr_assert_str_eq(ns_jstr(doc, "status"), "running", "%s", r.body);
+    cr_assert(it_jint(doc, "seq") > stored, "%s", r.body);
+    cr_assert(json_is_true(json_object_get(doc, "durable")), "%s", r.body);
+    json_decref(doc);
+    cr_assert_eq(ns_stat(a, "store_conflicts"), 2);
+    cr_assert_eq(ns_db_int(a, "SELECT count(*) FROM run_node_state WHERE run_id = 'fo2'"
+                              " AND node_id = 'n2' AND status = 'running'", NULL), 1);
+    ns_resp_free(&r);
+    cr_assert_eq(ns_stop(a, SIGTERM), 0);
     ns_free(a);
 }

@@ -822,25 +822,29 @@ static ns_row page_row(const char *node, int64_t seq)
 
 Test(encode, page_with_more)
 {
-    ns_row r0 = page_row("a", 5), r1 = page_row("b\"q", 9), r2 = page_row("c", 10);
-    ns_row *rows[] = { &r0, &r1, &r2 };
-    engine_page page = { .rows = rows, .count = 3, .more = true };
+    ns_row r0 = page_row("a", 5), r1 = page_row("b\"q", 9), r2 = page_row("c", 10),
+           r3 = page_row("d", 12);
+    ns_row *rows[] = { &r0, &r1, &r2, &r3 };
+    engine_page page = { .rows = rows, .count = 4, .more = true };
     buf b;
     buf_init(&b);
-    codec_page(&b, "run-1", &page, 9);
+    /* Committed up to 9, handed out up to 11: 12 was written by another instance. */
+    engine_durability d = { .durable_seq = 9, .last_seq = 11 };
+    codec_page(&b, "run-1", &page, &d);
     json_t *j = parse_buf(&b);
     static const char *const keys[] = { "run_id", "nodes", "next" };
     assert_keys(j, keys, 3);
     cr_assert_str_eq(str_of(j, "run_id"), "run-1");
     json_t *nodes = json_object_get(j, "nodes");
     cr_assert(json_is_array(nodes));
-    cr_assert_eq(json_array_size(nodes), 3);
+    cr_assert_eq(json_array_size(nodes), 4);
     cr_assert_str_eq(str_of(json_array_get(nodes, 1), "node_id"), "b\"q");
-    /* durable exactly when seq <= durable_seq */
+    /* durable exactly when seq <= durable_seq, or past the seqs handed out here */
     cr_assert(json_is_true(json_object_get(json_array_get(nodes, 0), "durable")));
     cr_assert(json_is_true(json_object_get(json_array_get(nodes, 1), "durable")));
     cr_assert(json_is_false(json_object_get(json_array_get(nodes, 2), "durable")));
-    cr_assert_str_eq(str_of(j, "next"), "c");
+    cr_assert(json_is_true(json_object_get(json_array_get(nodes, 3), "durable")));
+    cr_assert_str_eq(str_of(j, "next"), "d");
     json_decref(j);
     buf_free(&b);
 }
@@ -852,7 +856,8 @@ Test(encode, page_last_and_empty)
     engine_page page = { .rows = rows, .count = 1, .more = false };
     buf b;
     buf_init(&b);
-    codec_page(&b, "run-1", &page, 0);
+    engine_durability d = { .durable_seq = 0, .last_seq = 5 };
+    codec_page(&b, "run-1", &page, &d);
     json_t *j = parse_buf(&b);
     cr_assert_eq(json_array_size(json_object_get(j, "nodes")), 1);
     cr_assert(json_is_false(json_object_get(
@@ -863,7 +868,7 @@ Test(encode, page_last_and_empty)
 
     engine_page empty = { .rows = NULL, .count = 0, .more = false };
     buf_init(&b);
-    codec_page(&b, "run-1", &empty, 0);
+    codec_page(&b, "run-1", &empty, &d);
     cr_assert_str_eq(b.data, "{\"run_id\":\"run-1\",\"nodes\":[],\"next\":null}");
     buf_free(&b);
 }

@@ -481,6 +481,20 @@ int64_t engine_durable_seq(engine *e)
     return atomic_load(&e->stats.durable_seq);
 }
 
+engine_durability engine_durability_now(engine *e)
+{
+    /* durable_seq first: a seq handed out after this read is not covered by it. */
+    engine_durability d;
+    d.durable_seq = atomic_load(&e->stats.durable_seq);
+    d.last_seq = atomic_load(&e->stats.last_seq);
+    return d;
+}
+
+bool engine_durability_covers(const engine_durability *d, int64_t seq)
+{
+    return seq <= d->durable_seq || seq > d->last_seq;
+}
+
 void engine_on_durable(engine *e, void (*fn)(void *ctx, int64_t durable_seq),
                        void *ctx)
 {
@@ -525,17 +539,18 @@ void engine_flush_soon(engine *e)
     lockcheck_unlock(&e->lock);
 }
 
-bool engine_refused(engine *e, int64_t seq)
+engine_refusal engine_refused(engine *e, int64_t seq)
 {
     assert(state_opened(e));
     lockcheck_assert_not_held(&e->lock);
-    bool found = false;
+    engine_refusal why = ENGINE_NOT_REFUSED;
     lockcheck_lock(&e->lock);
     size_t n = e->refused_next < REFUSED_RING ? e->refused_next : REFUSED_RING;
-    for (size_t i = 0; i < n && !found; i++)
-        found = e->refused[i] == seq;
+    for (size_t i = 0; i < n && why == ENGINE_NOT_REFUSED; i++)
+        if (e->refused[i].seq == seq)
+            why = e->refused[i].why;
     lockcheck_unlock(&e->lock);
-    return found;
+    return why;
 }
 
 bool engine_alive(engine *e)

@@ -168,12 +168,35 @@ int64_t engine_durable_seq(engine *e);
 void engine_on_durable(engine *e, void (*fn)(void *ctx, int64_t durable_seq),
                        void *ctx);
 /*
- * Whether the update with this seq was refused by SQLite for good (an
- * isolated row, or an older update of its node coalesced into one): it
- * will never be on disk although durable_seq has passed it. Remembers the
- * last few hundred such seqs.
+ * Whether a change is on disk, read once for a whole answer: its seq is at
+ * or below durable_seq, or past every seq this instance handed out
+ * (last_seq), so another instance wrote it to a shared store, where this
+ * one read it.
  */
-bool engine_refused(engine *e, int64_t seq);
+typedef struct engine_durability {
+    int64_t durable_seq;
+    int64_t last_seq;
+} engine_durability;
+engine_durability engine_durability_now(engine *e);
+bool engine_durability_covers(const engine_durability *d, int64_t seq);
+/* Why an update past durable_seq is not on disk (engine_refused). */
+typedef enum engine_refusal {
+    ENGINE_NOT_REFUSED,        /* on disk, or not known to be refused */
+    ENGINE_REFUSED_ISOLATED,   /* the database will never take its row */
+    /*
+     * A shared store held a newer state of the node, written by another
+     * instance: the update was judged against an older one. Judged against
+     * the stored state (the run is read again), it may still apply.
+     */
+    ENGINE_REFUSED_SUPERSEDED
+} engine_refusal;
+/*
+ * Whether the update with this seq was refused for good (its row, or the
+ * row of its node it was coalesced into, was left out of the commit), and
+ * why: it will never be on disk although durable_seq has passed it.
+ * Remembers the last few hundred such seqs.
+ */
+engine_refusal engine_refused(engine *e, int64_t seq);
 /*
  * What engine_on_change calls for every accepted change, in seq order, with
  * the engine's lock held: row is the node's new state (the callee may keep it

@@ -28,6 +28,18 @@
 
 /* Refused seqs remembered for engine_refused. */
 #define REFUSED_RING 256
+
+/* A row the store left out of a batch, and why (writer thread). */
+typedef struct refused_row {
+    const ns_row *row;
+    engine_refusal why;
+} refused_row;
+
+/* A refused update's seq, remembered for engine_refused. */
+typedef struct refused_seq {
+    int64_t seq;
+    engine_refusal why;
+} refused_seq;
 /* Retries of a failed commit wait this long at first, doubling up to the cap. */
 #define BACKOFF_FIRST_NS 10000000ll   /* 10 ms */
 #define BACKOFF_CAP_NS 1000000000ll   /* 1 s: a locked database is retried at least once a second */
@@ -85,7 +97,7 @@ struct engine {
     char instance_id[STORE_INSTANCE_ID_MAX + 1]; /* set by engine_open, then read-only */
     store_listener *listener;     /* other instances' commits (shared store only), its own thread */
     ns_op *batch;                 /* writer thread only: batch_size ops */
-    const ns_row **isolated;      /* writer thread only: rows isolated in this batch */
+    refused_row *isolated;        /* writer thread only: rows refused in this batch */
     size_t n_isolated, cap_isolated;
     bool isolated_lost;           /* writer thread only: one did not fit (out of memory) */
     bool spilling;                /* writer thread only: the flush gave up on the database
@@ -128,7 +140,7 @@ struct engine {
     size_t spilled;               /* ops written to the sidecar */
     size_t unflushed;             /* ops that reached neither the database nor the sidecar */
     bool in_callback;             /* the writer is calling on_durable (unlocked) */
-    int64_t refused[REFUSED_RING]; /* seqs isolated for good, newest at refused_next - 1 */
+    refused_seq refused[REFUSED_RING]; /* seqs refused for good, newest at refused_next - 1 */
     size_t refused_next;
     pthread_cond_t callback_done; /* signalled when that call returns */
 };

@@ -68,11 +68,11 @@ static bool backoff_wait(engine *e, int64_t backoff, int64_t failing_since)
  * and its seqs are reported as refused. Out of memory: isolated_lost says
  * some were not kept. Writer thread.
  */
-static void remember_refused(engine *e, const ns_row *row)
+static void remember_refused(engine *e, const ns_row *row, engine_refusal why)
 {
     if (e->n_isolated == e->cap_isolated) {
         size_t cap = e->cap_isolated ? e->cap_isolated * 2 : 16;
-        const ns_row **grown = realloc(e->isolated, cap * sizeof *grown);
+        refused_row *grown = realloc(e->isolated, cap * sizeof *grown);
         if (!grown) {
             e->isolated_lost = true;
             return;
@@ -80,7 +80,7 @@ static void remember_refused(engine *e, const ns_row *row)
         e->isolated = grown;
         e->cap_isolated = cap;
     }
-    e->isolated[e->n_isolated++] = row;
+    e->isolated[e->n_isolated++] = (refused_row){ row, why };
 }
 
 /*
@@ -98,7 +98,7 @@ static void on_isolated(void *ctx, const ns_row *row, const char *why)
     engine_log(e, NS_LOG_ERROR, "row-isolated",
           "run_id=%s node_id=%s seq=%lld error=%s", row->run_id, row->node_id,
           (long long)row->seq, quoted);
-    remember_refused(e, row);
+    remember_refused(e, row, ENGINE_REFUSED_ISOLATED);
 }
 
 /*
@@ -115,7 +115,7 @@ static void on_superseded(void *ctx, const ns_row *row)
     engine_log(e, NS_LOG_WARN, "row-superseded",
           "run_id=%s node_id=%s seq=%lld detail=\"the stored state is newer\"",
           row->run_id, row->node_id, (long long)row->seq);
-    remember_refused(e, row);
+    remember_refused(e, row, ENGINE_REFUSED_SUPERSEDED);
 }
 
 /*
@@ -131,11 +131,11 @@ static void on_expire_kept(void *ctx, const char *run_id)
           "run_id=%s detail=\"written meanwhile: no longer expired\"", run_id);
 }
 
-/* Remembers a seq whose update will never be on disk. Lock held. */
-static void refuse(engine *e, int64_t seq)
+/* Remembers a seq whose update will never be on disk, and why. Lock held. */
+static void refuse(engine *e, int64_t seq, engine_refusal why)
 {
     lockcheck_assert_held(&e->lock);
-    e->refused[e->refused_next++ % REFUSED_RING] = seq;
+    e->refused[e->refused_next++ % REFUSED_RING] = (refused_seq){ seq, why };
 }
 
 /*
@@ -153,13 +153,13 @@ static void mark_refused(engine *e, const ns_op *ops, size_t n)
         e->isolated_lost = false;
     }
     for (size_t k = 0; k < e->n_isolated; k++) {
-        const ns_row *bad = e->isolated[k];
+        const ns_row *bad = e->isolated[k].row;
         for (size_t i = 0; i < n; i++) {
             const ns_row *r = ops[i].row;
             if (r && strcmp(r->node_id, bad->node_id) == 0 &&
                 strcmp(r->run_id, bad->run_id) == 0) {
                 ops[i].run->stale = true;
-                refuse(e, ops[i].seq);
+                refuse(e, ops[i].seq, e->isolated[k].why);
             }
         }
     }

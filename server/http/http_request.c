@@ -324,6 +324,27 @@ void http_api_call(http_server *s, http_req *r, const char *method, const char *
     }
 }
 
+/*
+ * Parks r until resp's wait_seq is durable, or queues resp now: it waits on
+ * nothing, or its seq is durable already. api_finish_wait may ask for one
+ * more wait (an update judged again), so it is asked again until it does not.
+ */
+static enum MHD_Result http_park_or_queue(http_server *s, http_req *r, const char *method,
+                                          const char *url, struct MHD_Connection *con,
+                                          api_response *resp)
+{
+    while (resp->wait_seq > 0) {
+        if (engine_durable_seq(s->e) < resp->wait_seq) {
+            if (resp != &r->resp)
+                r->resp = *resp;
+            http_park(s, r);
+            return MHD_YES;
+        }
+        api_finish_wait(s->a, resp, true);
+    }
+    return http_queue(s, r, method, url, con, resp);
+}
+
 enum MHD_Result http_on_request(void *cls, struct MHD_Connection *con,
                                        const char *url, const char *method,
                                        const char *version,
@@ -376,7 +397,7 @@ enum MHD_Result http_on_request(void *cls, struct MHD_Connection *con,
         durable = r->durable;
         lockcheck_unlock(&s->mu);
         api_finish_wait(s->a, &r->resp, durable);
-        return http_queue(s, r, method, url, con, &r->resp);
+        return http_park_or_queue(s, r, method, url, con, &r->resp);
     }
     if (r->phase == HTTP_PARKED)
         return MHD_YES;  /* not expected: MHD does not call a suspended request */
@@ -402,14 +423,7 @@ enum MHD_Result http_on_request(void *cls, struct MHD_Connection *con,
         return http_stream_start(s, r, method, url, con, &resp);
     if (resp.poll_wait > 0 && http_poll_park(s, r, method, url, con, &resp))
         return MHD_YES;
-    if (resp.wait_seq > 0 && engine_durable_seq(s->e) < resp.wait_seq) {
-        r->resp = resp;
-        http_park(s, r);
-        return MHD_YES;
-    }
-    if (resp.wait_seq > 0)
-        api_finish_wait(s->a, &resp, true);
-    return http_queue(s, r, method, url, con, &resp);
+    return http_park_or_queue(s, r, method, url, con, &resp);
 }
 
 /* MHD_OPTION_NOTIFY_COMPLETED: a request ended (answered, failed or shut down). */
