@@ -15,6 +15,7 @@
 
 #include "store.h"
 #include "store_fixture.h"
+#include "store_listen.h"
 
 static char uri[1024];
 static char dbname[64];
@@ -305,7 +306,36 @@ Test(pg_store, schema_is_versioned_and_a_newer_one_refused)
     cr_assert(strstr(err, "connecting") != NULL, "%s", err);
 }
 
-/* The sidecar (a local SQLite file) replays into PostgreSQL, deletes first, then goes. */
+/* The runs another instance's listener heard of (its thread writes, the test reads). */
+static struct {
+    pthread_mutex_t lock;
+    bool kept, gone;
+} heard = { PTHREAD_MUTEX_INITIALIZER, false, false };
+
+static void on_runs_changed(void *ctx, const char *const *run_ids, size_t n)
+{
+    (void)ctx;
+    pthread_mutex_lock(&heard.lock);
+    for (size_t i = 0; run_ids && i < n; i++) {
+        heard.kept |= strcmp(run_ids[i], "kept") == 0;
+        heard.gone |= strcmp(run_ids[i], "gone") == 0;
+    }
+    pthread_mutex_unlock(&heard.lock);
+}
+
+static bool heard_both(void)
+{
+    pthread_mutex_lock(&heard.lock);
+    bool both = heard.kept && heard.gone;
+    pthread_mutex_unlock(&heard.lock);
+    return both;
+}
+
+/*
+ * The sidecar (a local SQLite file) replays into PostgreSQL, deletes first,
+ * then goes; the other instances hear of the runs it changed, as of any
+ * batch, so none keeps serving what it had cached of them.
+ */
 Test(pg_store, sidecar_replays_into_postgresql)
 {
     store *s = open_pg();
@@ -325,9 +355,16 @@ Test(pg_store, sidecar_replays_into_postgresql)
     store_spill_close(sc);
     unref_all(rows, 2);
 
+    store_listener *other = store_listen_start(uri, "other", on_runs_changed, NULL, err,
+                                               sizeof err);
+    cr_assert_not_null(other, "%s", err);
     cr_assert_eq(store_set_spill_file(s, spill), 0);
     store_replayed got;
-    cr_assert_eq(store_replay(s, &got, err, sizeof err), 0, "%s", err);
+    cr_assert_eq(store_replay(s, "replayer", &got, err, sizeof err), 0, "%s", err);
+    for (int i = 0; i < 3000 && !heard_both(); i++)
+        sfx_sleep_ms(10);
+    cr_assert(heard_both(), "the other instance did not hear of both runs within 30 s");
+    store_listen_stop(other);
     cr_assert_eq(got.rows, 2);
     cr_assert_eq(got.deletes, 1);
     cr_assert_eq(got.pieces, 1);

@@ -1003,7 +1003,7 @@ static store_replayed replay_ok(store *s, size_t want_rows, size_t want_deletes)
     store_replayed got = {99, 99, 99, true};
     char err[512] = "";
 
-    cr_assert(eq(int, store_replay(s, &got, err, sizeof err), 0),
+    cr_assert(eq(int, store_replay(s, NULL, &got, err, sizeof err), 0),
               "store_replay: %s", err);
     cr_assert(eq(sz, got.rows, want_rows));
     cr_assert(eq(sz, got.deletes, want_deletes));
@@ -1406,7 +1406,7 @@ Test(store, replay_with_the_database_locked_keeps_the_sidecar, .timeout = 10)
     spill(spilled, 1, NULL, 0, 2);
     other = lock_db();
 
-    cr_assert(eq(int, store_replay(s, &got, err, sizeof err), -1));
+    cr_assert(eq(int, store_replay(s, NULL, &got, err, sizeof err), -1));
     cr_assert(strstr(err, "locked") != NULL, "err: %s", err);
     cr_assert(eq(sz, got.rows, 0));
     cr_assert(file_exists(spill_file()), "the sidecar is kept");
@@ -1453,7 +1453,7 @@ Test(store, replay_refuses_a_sidecar_it_did_not_write)
     raw_exec(db, "CREATE TABLE something_else (x)");
     sqlite3_close(db);
 
-    cr_assert(eq(int, store_replay(s, &got, err, sizeof err), -1));
+    cr_assert(eq(int, store_replay(s, NULL, &got, err, sizeof err), -1));
     cr_assert(strstr(err, "not a nodestate spill file") != NULL, "err: %s",
               err);
     cr_assert(strstr(err, spill_file()) != NULL, "err names it: %s", err);
@@ -1477,7 +1477,7 @@ Test(store, spill_isolates_a_row_it_cannot_store)
               "store_spill: %s", err);
     cr_assert(eq(sz, iso.n, 1));
     cr_assert(iso.rows[0] == &bad);
-    cr_assert(eq(int, store_replay(s, &got, err, sizeof err), 0),
+    cr_assert(eq(int, store_replay(s, NULL, &got, err, sizeof err), 0),
               "store_replay: %s", err);
     cr_assert(eq(sz, got.rows, 1));
     cr_assert(eq(i64, store_last_seq(s), 2));

@@ -402,7 +402,7 @@ Test(walbuf, a_replayed_sidecar_is_synced_before_it_is_removed)
 
     unsigned long syncs = counts(s).syncs;
     store_replayed got;
-    cr_assert(eq(int, sqlite_store_replay(s, spill, &got, err, sizeof err), 0), "%s", err);
+    cr_assert(eq(int, sqlite_store_replay(s, spill, NULL, &got, err, sizeof err), 0), "%s", err);
     cr_assert(eq(sz, got.rows, 2));
     /* synchronous=normal syncs no commit: the replay's own sync is what this counts. */
     unsigned long synced = counts(s).syncs;

@@ -38,7 +38,7 @@ static int replay(engine *e, char *err, size_t errlen)
 {
     store_replayed got;
     int64_t backoff = BACKOFF_FIRST_NS;
-    for (int i = 0; store_replay(e->store, &got, err, errlen) != 0; i++) {
+    for (int i = 0; store_replay(e->store, e->instance_id, &got, err, errlen) != 0; i++) {
         if (i + 1 == REPLAY_TRIES)
             return -1;
         nap(backoff);
@@ -221,6 +221,9 @@ engine *engine_open(const engine_config *cfg, char *err, size_t errlen)
         snprintf(err, errlen, "--retention is not supported by this store");
         goto err;
     }
+    /* Before the replay, whose commit names this instance to the others. */
+    if (make_instance_id(e, err, errlen) != 0)
+        goto err;
     if (replay(e, err, errlen) != 0)
         goto err;
     e->reader = store_reader_open(e->db_path, err, errlen);
@@ -230,8 +233,6 @@ engine *engine_open(const engine_config *cfg, char *err, size_t errlen)
         goto err;
     atomic_store(&e->stats.last_seq, e->last_seq);
     atomic_store(&e->stats.durable_seq, e->last_seq);
-    if (make_instance_id(e, err, errlen) != 0)
-        goto err;
     /* Before the writer exists, so that it starts in RUNNING. */
     lockcheck_lock(&e->lock);
     state_advance(e, ENGINE_RUNNING);

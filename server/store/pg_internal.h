@@ -134,8 +134,8 @@ const char *pg_store_errmsg(const pg_store *s);
 int pg_store_write(pg_store *s, store_batch *b);
 int pg_store_meta_get(pg_store *s, const char *key, int64_t *value);
 int pg_store_meta_set(pg_store *s, const char *key, int64_t value);
-int pg_store_replay(pg_store *s, const char *spill_path, store_replayed *out,
-                    char *err, size_t errlen);
+int pg_store_replay(pg_store *s, const char *spill_path, const char *notify_id,
+                    store_replayed *out, char *err, size_t errlen);
 pg_reader *pg_reader_open(const char *uri, char *err, size_t errlen);
 void pg_reader_close(pg_reader *r);
 int pg_reader_load_run(pg_reader *r, const char *run_id,

@@ -688,10 +688,11 @@ int pg_store_meta_set(pg_store *s, const char *key, int64_t value)
  * The sidecar is a local SQLite file whatever the database: its live
  * content is read (store_spill_read) and written as one batch, every row
  * judged by seq alone as SQLite's replay does (each was accepted here
- * against this instance's state), deletes first; only then is it removed.
+ * against this instance's state), deletes first, the other instances told
+ * of its runs like any batch's; only then is it removed.
  */
-int pg_store_replay(pg_store *s, const char *spill_path, store_replayed *out,
-                    char *err, size_t errlen)
+int pg_store_replay(pg_store *s, const char *spill_path, const char *notify_id,
+                    store_replayed *out, char *err, size_t errlen)
 {
     store_spill_content c;
     bool *forced = NULL;
@@ -717,6 +718,7 @@ int pg_store_replay(pg_store *s, const char *spill_path, store_replayed *out,
     store_batch b = {
         .delete_runs = (const char *const *)c.deletes, .n_deletes = c.n_deletes,
         .rows = c.rows, .n_rows = c.n_rows, .forced = forced, .last_seq = c.last_seq,
+        .notify_id = notify_id,
     };
     if (pg_store_write(s, &b) != 0) {
         snprintf(err, errlen, "replaying spill file %s: %s", spill_path, s->errmsg);

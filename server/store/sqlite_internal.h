@@ -293,7 +293,7 @@ int sqlite_store_expired_runs(sqlite_store *s, int64_t cutoff_ms, size_t max_row
                               store_expiry_cursor *c,
                               int (*fn)(void *ctx, const char *run_id), void *ctx);
 /* store_replay of the sidecar at spill_path. */
-int sqlite_store_replay(sqlite_store *s, const char *spill_path,
+int sqlite_store_replay(sqlite_store *s, const char *spill_path, const char *notify_id,
                         store_replayed *out, char *err, size_t errlen);
 sqlite_reader *sqlite_reader_open(const char *path, char *err, size_t errlen);
 void sqlite_reader_close(sqlite_reader *r);

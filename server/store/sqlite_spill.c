@@ -405,9 +405,10 @@ static bool store_spill_torn(const char *spill)
     return stat(journal, &sb) == 0 && sb.st_size > 0;
 }
 
-int sqlite_store_replay(sqlite_store *s, const char *spill_path,
+int sqlite_store_replay(sqlite_store *s, const char *spill_path, const char *notify_id,
                         store_replayed *out, char *err, size_t errlen)
 {
+    (void)notify_id; /* one process writes the file: no one to tell */
     char spill[STORE_PATH_MAX];
     struct stat sb;
     sqlite3_stmt *attach = NULL;

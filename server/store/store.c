@@ -109,9 +109,10 @@ int store_write(store *s, store_batch *b)
     return s->ops->write(s->impl, b);
 }
 
-int store_replay(store *s, store_replayed *out, char *err, size_t errlen)
+int store_replay(store *s, const char *notify_id, store_replayed *out, char *err,
+                 size_t errlen)
 {
-    return s->ops->replay(s->impl, s->spill, out, err, errlen);
+    return s->ops->replay(s->impl, s->spill, notify_id, out, err, errlen);
 }
 
 const char *store_errmsg(const store *s)

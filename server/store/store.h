@@ -172,11 +172,15 @@ typedef struct store_replayed {
  * Applies the sidecar of s's file, if there is one, in one transaction
  * (deletes first, then the newest live row of each node, last_seq raised)
  * and only then removes it. A sidecar of an earlier build (one row per node
- * in a table like the main one) replays too.
+ * in a table like the main one) replays too. notify_id (NULL: none) is the
+ * replaying instance's, as store_batch.notify_id: a shared store tells the
+ * other instances which runs the replay changed, so none keeps serving
+ * what it cached of them before.
  * Returns 0 (all zero without a sidecar), or -1 with a message in err and
  * the sidecar left in place (say, the database is locked).
  */
-int store_replay(store *s, store_replayed *out, char *err, size_t errlen);
+int store_replay(store *s, const char *notify_id, store_replayed *out, char *err,
+                 size_t errlen);
 /* SQLite's message for the last failure of s. */
 const char *store_errmsg(const store *s);
 

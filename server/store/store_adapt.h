@@ -23,10 +23,10 @@
     static void adapt_close(void *s) { P##_store_close(s); }                       \
     static int64_t adapt_last_seq(const void *s) { return P##_store_last_seq(s); } \
     static int adapt_write(void *s, store_batch *b) { return P##_store_write(s, b); } \
-    static int adapt_replay(void *s, const char *spill_path, store_replayed *out,  \
-                            char *err, size_t errlen)                              \
+    static int adapt_replay(void *s, const char *spill_path, const char *notify_id, \
+                            store_replayed *out, char *err, size_t errlen)         \
     {                                                                              \
-        return P##_store_replay(s, spill_path, out, err, errlen);                  \
+        return P##_store_replay(s, spill_path, notify_id, out, err, errlen);       \
     }                                                                              \
     static const char *adapt_errmsg(const void *s) { return P##_store_errmsg(s); } \
     static int adapt_meta_get(void *s, const char *key, int64_t *value)            \

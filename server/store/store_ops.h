@@ -23,8 +23,8 @@ typedef struct store_ops {
     int64_t (*last_seq)(const void *s);
     int (*write)(void *s, store_batch *b);
     /* store_replay of the sidecar at spill_path. */
-    int (*replay)(void *s, const char *spill_path, store_replayed *out,
-                  char *err, size_t errlen);
+    int (*replay)(void *s, const char *spill_path, const char *notify_id,
+                  store_replayed *out, char *err, size_t errlen);
     const char *(*errmsg)(const void *s);
     int (*meta_get)(void *s, const char *key, int64_t *value);
     int (*meta_set)(void *s, const char *key, int64_t value);
