@@ -186,6 +186,7 @@ void api_wait_free(struct api_wait *w)
         return;
     model_row_unref(w->row);
     free(w->batch_results);
+    free(w->batch_seqs);
     free(w->body);
     free(w);
 }
@@ -228,12 +229,11 @@ void api_finish_wait(api *a, api_response *resp, bool durable)
         return;
     }
     if (refused != ENGINE_NOT_REFUSED)
-        api_answer_problem(resp, PROBLEM_WRITE_REFUSED,
-                           "the database refused this update for good; it is not stored "
-                           "(see the row-isolated log line, or row-superseded where a "
-                           "shared database holds a newer state of the node)");
+        api_answer_problem(resp, PROBLEM_WRITE_REFUSED, API_WRITE_REFUSED_DETAIL);
     else if (w->row)
         api_row_response(resp, status, w->row, durable);
+    else if (w->batch_results && durable && api_batch_mark_refused(a, w) != 0)
+        api_answer_problem(resp, PROBLEM_OUT_OF_MEMORY, "out of memory rendering the answer");
     else if (w->batch_results)
         api_batch_response(resp, status, w, durable);
     else

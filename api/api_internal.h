@@ -17,6 +17,11 @@
 #include "problems.h"
 
 #define API_JSON_TYPE "application/json"
+/* The detail of an update (or batch item) the database refused for good. */
+#define API_WRITE_REFUSED_DETAIL                                                       \
+    "the database refused this update for good; it is not stored (see the "           \
+    "row-isolated log line, or row-superseded where a shared database holds a newer " \
+    "state of the node)"
 #define API_EVENT_STREAM_TYPE "text/event-stream"
 /* Path segments of the longest route. */
 #define API_MAX_SEGMENTS 5
@@ -27,6 +32,16 @@ struct api {
     char *token;           /* NULL: no auth */
     size_t token_len;
 };
+
+/*
+ * Where an item of a batch that got a seq sits in its rendered results:
+ * [start, end) is its object, start..mid its `{"node_id":"…"` part.
+ */
+typedef struct api_batch_seq {
+    size_t start, mid, end;
+    int64_t seq;
+    bool duplicate;       /* counted in duplicates, not accepted */
+} api_batch_seq;
 
 /* What a parked ?wait=true response is rebuilt from. */
 struct api_wait {
@@ -45,6 +60,9 @@ struct api_wait {
     /* A batch (POST /runs/{run_id}/nodes): its results array, rendered once; NULL otherwise. */
     char *batch_results;
     size_t batch_results_len;
+    /* A batch that waits: its items with a seq, in order, to tell which were refused. */
+    api_batch_seq *batch_seqs;
+    size_t n_batch_seqs;
     size_t accepted, duplicates, refused;
 };
 
@@ -113,6 +131,12 @@ void api_batch_response(api_response *resp, int status, const struct api_wait *w
                         bool durable);
 /* Frees a wait and what it holds. */
 void api_wait_free(struct api_wait *w);
+/*
+ * A batch's wait that ended durable: its items whose seq the engine refused
+ * after all (engine_refused) become write-refused problems in the results,
+ * and the counts follow. 0, or -1 out of memory (the results unchanged).
+ */
+int api_batch_mark_refused(api *a, struct api_wait *w);
 /* Header value by name, or NULL. */
 const char *api_header(const api_request *req, const char *name);
 

@@ -163,6 +163,12 @@ static void post_state(api *a, const char *run_id, const char *node_id, const ch
     switch (res) {
     case ENGINE_ACCEPTED:
     case ENGINE_DUPLICATE: {
+        if (again && res == ENGINE_DUPLICATE &&
+            engine_refused(a->engine, row->seq) != ENGINE_NOT_REFUSED) {
+            /* Judged against its own refused row, still cached (a batch held its run): not stored. */
+            api_answer_problem(resp, PROBLEM_WRITE_REFUSED, API_WRITE_REFUSED_DETAIL);
+            break;
+        }
         bool durable = res == ENGINE_DUPLICATE && api_is_durable(a, row->seq);
         api_row_response(resp, res == ENGINE_ACCEPTED ? 202 : 200, row, durable);
         struct api_wait *w = wait && !durable ? calloc(1, sizeof *w) : NULL;
@@ -256,12 +262,15 @@ static void refusal_detail(char *why, size_t len, engine_result res, const ns_ro
 
 /*
  * Renders results[] (one per good item, in body order) and the bad items into w: the results array in body
- * order, the counts and the highest seq to wait on. 0, or -1 out of memory.
+ * order, the counts and the highest seq to wait on; with wait, where each item with a seq sits
+ * (api_batch_mark_refused). 0, or -1 out of memory.
  */
 static int batch_render(api *a, const codec_batch *cb, const engine_batch_result *results,
-                        struct api_wait *w)
+                        bool wait, struct api_wait *w)
 {
     size_t n = codec_batch_len(cb), k = 0;
+    if (wait && n > 0 && !(w->batch_seqs = malloc(n * sizeof *w->batch_seqs)))
+        return -1;
     buf b;
     buf_init(&b);
     buf_append(&b, "[", 1);
@@ -286,10 +295,16 @@ static int batch_render(api *a, const codec_batch *cb, const engine_batch_result
                 w->duplicates++;
             if (r->seq > w->seq)
                 w->seq = r->seq;
+            api_batch_seq at = { .start = b.len, .seq = r->seq,
+                                 .duplicate = r->res == ENGINE_DUPLICATE };
             buf_puts(&b, "{\"node_id\":");
             buf_json_string(&b, node_id);
+            at.mid = b.len;
             buf_printf(&b, ",\"code\":%d,\"seq\":%lld}", r->res == ENGINE_ACCEPTED ? 202 : 200,
                        (long long)r->seq);
+            at.end = b.len;
+            if (w->batch_seqs)
+                w->batch_seqs[w->n_batch_seqs++] = at;
             break;
         case ENGINE_STALE:
         case ENGINE_ILLEGAL:
@@ -309,6 +324,51 @@ static int batch_render(api *a, const codec_batch *cb, const engine_batch_result
     buf_append(&b, "]", 1);
     w->batch_results = buf_steal(&b, &w->batch_results_len);
     return w->batch_results ? 0 : -1;
+}
+
+int api_batch_mark_refused(api *a, struct api_wait *w)
+{
+    int64_t lo = INT64_MAX, hi = INT64_MIN;
+    for (size_t i = 0; i < w->n_batch_seqs; i++) {
+        if (w->batch_seqs[i].seq < lo)
+            lo = w->batch_seqs[i].seq;
+        if (w->batch_seqs[i].seq > hi)
+            hi = w->batch_seqs[i].seq;
+    }
+    if (w->n_batch_seqs == 0 || !engine_refused_between(a->engine, lo, hi))
+        return 0;
+    /* Rare (a row the database refused): the results again, each refused item replaced. */
+    buf b;
+    buf_init(&b);
+    size_t from = 0, accepted = w->accepted, duplicates = w->duplicates, refused = w->refused;
+    for (size_t i = 0; i < w->n_batch_seqs; i++) {
+        const api_batch_seq *at = &w->batch_seqs[i];
+        if (engine_refused(a->engine, at->seq) == ENGINE_NOT_REFUSED)
+            continue;
+        const problem_type *t = problems_get(PROBLEM_WRITE_REFUSED);
+        buf_append(&b, w->batch_results + from, at->mid - from);
+        buf_printf(&b, ",\"code\":%d,\"problem\":", t->status);
+        codec_problem(&b, t->status, t->slug, t->title, API_WRITE_REFUSED_DETAIL, NULL, false);
+        buf_append(&b, "}", 1);
+        from = at->end;
+        if (at->duplicate)
+            duplicates--;
+        else
+            accepted--;
+        refused++;
+    }
+    buf_append(&b, w->batch_results + from, w->batch_results_len - from);
+    size_t len;
+    char *results = buf_steal(&b, &len);
+    if (!results)
+        return -1;
+    free(w->batch_results);
+    w->batch_results = results;
+    w->batch_results_len = len;
+    w->accepted = accepted;
+    w->duplicates = duplicates;
+    w->refused = refused;
+    return 0;
 }
 
 void api_post_batch(api *a, const api_request *req, const route_args *args,
@@ -372,7 +432,7 @@ void api_post_batch(api *a, const api_request *req, const route_args *args,
         goto done;
     }
     snprintf(w->run_id, sizeof w->run_id, "%s", args->run_id);
-    int rendered = batch_render(a, cb, results, w);
+    int rendered = batch_render(a, cb, results, wait, w);
     engine_batch_results_free(results, m);
     if (rendered != 0) {
         api_answer_problem(resp, PROBLEM_OUT_OF_MEMORY, "out of memory rendering the answer");
@@ -386,9 +446,7 @@ void api_post_batch(api *a, const api_request *req, const route_args *args,
         w = NULL; /* the wait keeps it */
     }
 done:
-    if (w)
-        free(w->batch_results);
-    free(w);
+    api_wait_free(w);
     free(results);
     free(items);
     codec_batch_free(cb);

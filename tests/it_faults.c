@@ -163,6 +163,44 @@ Test(faults, faults_start_after_successful_writes)
     ns_free(s);
 }
 
+/*
+ * A batch answered after ?wait=true says which of its items the database
+ * refused: that item is a write-refused problem, not "accepted" under
+ * "durable": true, and the counts follow; the others are stored.
+ */
+Test(faults, durable_batch_names_the_item_the_database_refused)
+{
+    ns_server *s = start_faults("row=bad", "--batch-interval 60");
+    ns_resp r = { 0 };
+    cr_assert_eq(ns_req(s, "POST", "/runs/bat/nodes?wait=true&timeout=25",
+                        "{\"updates\":[{\"node_id\":\"a\",\"status\":\"running\"},"
+                        "{\"node_id\":\"bad\",\"status\":\"running\"},"
+                        "{\"node_id\":\"c\",\"status\":\"running\"}]}", NULL, &r), 0);
+    cr_assert_eq(r.status, 200, "%ld %s", r.status, r.body);
+    json_t *doc = ns_resp_json(&r);
+    cr_assert_eq(it_jint(doc, "accepted"), 2, "%s", r.body);
+    cr_assert_eq(it_jint(doc, "refused"), 1, "%s", r.body);
+    cr_assert(json_is_true(json_object_get(doc, "durable")), "%s", r.body);
+    json_t *results = json_object_get(doc, "results");
+    cr_assert_eq(json_array_size(results), 3, "%s", r.body);
+    json_t *bad = json_array_get(results, 1);
+    cr_assert_str_eq(ns_jstr(bad, "node_id"), "bad", "%s", r.body);
+    cr_assert_eq(it_jint(bad, "code"), 500, "%s", r.body);
+    cr_assert(strstr(ns_jstr(json_object_get(bad, "problem"), "type"), "write-refused"),
+              "%s", r.body);
+    for (size_t i = 0; i < 3; i += 2) {
+        json_t *ok = json_array_get(results, i);
+        cr_assert_eq(it_jint(ok, "code"), 202, "%s", r.body);
+        cr_assert(it_jint(ok, "seq") > 0, "%s", r.body);
+    }
+    json_decref(doc);
+    ns_resp_free(&r);
+    cr_assert_eq(ns_db_int(s, "SELECT count(*) FROM run_node_state WHERE run_id = 'bat'",
+                           NULL), 2);
+    cr_assert_eq(ns_stop(s, SIGTERM), 0);
+    ns_free(s);
+}
+
 Test(faults, unwritable_row_is_isolated_and_the_batch_commits)
 {
     ns_server *s = start_faults("row=bad", "--batch-interval 60");

@@ -14,6 +14,8 @@
  * NODESTATE_TEST_PG set; see pg_check.h).
  */
 #include <criterion/criterion.h>
+#include <libpq-fe.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
@@ -201,6 +203,152 @@ Test(shared, superseded_update_is_judged_again_against_the_stored_node)
     cr_assert_eq(ns_db_int(a, "SELECT count(*) FROM run_node_state WHERE run_id = 'fo2'"
                               " AND node_id = 'n2' AND status = 'running'", NULL), 1);
     ns_resp_free(&r);
+    cr_assert_eq(ns_stop(a, SIGTERM), 0);
+    ns_free(a);
+}
+
+/* A transaction holding one node's row (FOR UPDATE): the server's write of that node waits. */
+static PGconn *lock_node_row(ns_server *s, const char *run, const char *node)
+{
+    PGconn *c = PQconnectdb(ns_db_path(s));
+    cr_assert_eq(PQstatus(c), CONNECTION_OK, "connect: %s", PQerrorMessage(c));
+    char sql[512];
+    snprintf(sql, sizeof sql,
+             "BEGIN; SELECT 1 FROM run_node_state WHERE run_id = '%s' AND node_id = '%s'"
+             " FOR UPDATE", run, node);
+    PGresult *r = PQexec(c, sql);
+    cr_assert_eq(PQresultStatus(r), PGRES_TUPLES_OK, "%s", PQresultErrorMessage(r));
+    cr_assert_eq(PQntuples(r), 1);
+    PQclear(r);
+    return c;
+}
+
+static void unlock_node_row(PGconn *c)
+{
+    PQclear(PQexec(c, "ROLLBACK"));
+    PQfinish(c);
+}
+
+typedef struct late_post {
+    ns_client *c;
+    ns_resp r;
+    int rc;
+} late_post;
+
+static void *post_late(void *arg)
+{
+    late_post *p = arg;
+    p->rc = ns_client_req(p->c, "POST", "/runs/pin/nodes/n1/state?wait=true&timeout=60",
+                          "{\"status\":\"scheduled\",\"attempt\":2}", NULL, &p->r);
+    return NULL;
+}
+
+/*
+ * The same refusal as in former_owner_cannot_regress_a_node_and_rereads_it,
+ * but with another write of the run still queued when the waiter is judged
+ * again: the run is pinned, so it is not dropped from the cache, and the
+ * update must still be judged against the stored node (409), not against
+ * A's own refused row (which would make it a duplicate: 200 "durable").
+ * Deterministic: one update per commit, the refused one held back by a row
+ * lock until the other is queued, the other held back until the answer.
+ */
+Test(shared, superseded_update_is_judged_against_the_store_while_its_run_is_pinned)
+{
+    if (ns_pg_base() == NULL)
+        cr_skip_test("PostgreSQL only: run it_shared_pg with NODESTATE_TEST_PG set");
+    ns_server *a = ns_start("--batch-interval 0.01 --batch-size 1");
+    cr_assert_not_null(a);
+    ns_resp r = { 0 };
+    it_post(a, "pin", "n1", "?wait=true", "{\"status\":\"running\"}", 200);
+    it_post(a, "pin", "n1", "?wait=true", "{\"status\":\"completed\"}", 200);
+    it_post(a, "pin", "n2", "?wait=true", "{\"status\":\"running\"}", 200);
+    /* Behind A's back (no notification): n1 is in attempt 2, running. */
+    cr_assert_eq(ns_db_int(a, "WITH u AS (UPDATE run_node_state SET status = 'running',"
+                              " attempt = 2, completed_at = NULL, seq = seq + 1000"
+                              " WHERE run_id = 'pin' AND node_id = 'n1' RETURNING 1)"
+                              " SELECT count(*) FROM u", NULL), 1);
+    PGconn *hold_n1 = lock_node_row(a, "pin", "n1");
+    PGconn *hold_n2 = lock_node_row(a, "pin", "n2");
+    long long queued = ns_stat(a, "updates_queued");
+    cr_assert_geq(queued, 0);
+
+    late_post late = { .c = ns_client_new(a) };
+    cr_assert_not_null(late.c);
+    pthread_t t;
+    cr_assert_eq(pthread_create(&t, NULL, post_late, &late), 0);
+    /* A (behind) accepts it; its commit waits on hold_n1. */
+    cr_assert_eq(ns_wait_stat_eq(a, "updates_queued", queued + 1, WAIT_S), 0);
+    /* Another write of the run, queued behind it (its commit waits on hold_n2). */
+    it_post(a, "pin", "n2", "", "{\"status\":\"completed\"}", 202);
+    unlock_node_row(hold_n1);
+    pthread_join(t, NULL);
+    cr_assert_eq(late.rc, 0, "%s", late.r.error);
+    cr_assert_eq(ns_stat(a, "store_conflicts"), 1);
+    char why[512];
+    int problem = ns_check_problem(&late.r, 409, "illegal-transition", why, sizeof why);
+    unlock_node_row(hold_n2);
+    cr_assert_eq(problem, 0, "%s", why);
+    cr_assert_eq(ns_db_int(a, "SELECT count(*) FROM run_node_state WHERE run_id = 'pin'"
+                              " AND node_id = 'n1' AND status = 'running' AND attempt = 2",
+                           NULL), 1);
+    ns_resp_free(&late.r);
+    ns_client_free(late.c);
+    ns_resp_free(&r);
+    cr_assert_eq(ns_stop(a, SIGTERM), 0);
+    ns_free(a);
+}
+
+/* Writes a node straight into the store with seq seq_reserved + above, as another instance. */
+static long long store_node_at(ns_server *a, const char *run, const char *node, int above)
+{
+    char sql[1024];
+    snprintf(sql, sizeof sql,
+             "WITH s AS (SELECT value + %d AS seq FROM nodestate_meta"
+             "           WHERE key = 'seq_reserved'),"
+             " i AS (INSERT INTO run_node_state (run_id, node_id, status, attempt,"
+             "         scheduled_at, updated_at, seq)"
+             "       SELECT '%s', '%s', 'scheduled', 1, '2026-01-01T00:00:00.000Z',"
+             "         '2026-01-01T00:00:00.000Z', seq FROM s RETURNING seq)"
+             " SELECT seq FROM i", above, run, node);
+    long long seq = ns_db_int(a, sql, NULL);
+    cr_assert(seq > above, "the insert returned %lld", seq);
+    return seq;
+}
+
+static bool durable_of(ns_server *a, const char *run, const char *node)
+{
+    ns_resp r = { 0 };
+    cr_assert_eq(ns_get_state(a, run, node, &r), 0);
+    cr_assert_eq(r.status, 200, "%ld %s", r.status, r.body);
+    json_t *doc = ns_resp_json(&r);
+    bool durable = json_is_true(json_object_get(doc, "durable"));
+    json_decref(doc);
+    ns_resp_free(&r);
+    return durable;
+}
+
+/*
+ * A node another instance wrote, once answered "durable": true (its seq is
+ * past every seq A handed out), must stay so: it is on disk and unchanged.
+ * A's next block, reserved above it while A's own write is still queued,
+ * must not turn it back into "durable": false (and its ETag into "-q").
+ */
+Test(shared, another_instances_node_stays_durable_when_a_reserves_above_it)
+{
+    if (ns_pg_base() == NULL)
+        cr_skip_test("PostgreSQL only: run it_shared_pg with NODESTATE_TEST_PG set");
+    ns_server *a = ns_start("--batch-interval 0.01");
+    cr_assert_not_null(a);
+    it_post(a, "own", "n0", "?wait=true", "{\"status\":\"running\"}", 200);
+    store_node_at(a, "fx", "x", 1000);
+    store_node_at(a, "fy", "y", 2000);
+    cr_assert(durable_of(a, "fx", "x"), "another instance's committed node");
+    /* A's write of y: above y's seq, so a fresh block above x's too; its commit held back. */
+    it_store_lock *hold = it_lock_store(a);
+    it_post(a, "fy", "y", "", "{\"status\":\"running\"}", 202);
+    bool still = durable_of(a, "fx", "x");
+    it_unlock_store(hold);
+    cr_assert(still, "x (unchanged, on disk) went back to durable: false");
     cr_assert_eq(ns_stop(a, SIGTERM), 0);
     ns_free(a);
 }

@@ -197,6 +197,19 @@ static bool db_row(const char *run, const char *node, char *status, size_t n, in
 
 /* ---- verdicts ---- */
 
+/* Durable: committed, or never handed out here (past last_seq, or in a gap between our blocks). */
+Test(engine, durability_covers_what_this_instance_did_not_queue)
+{
+    engine_durability d = { .durable_seq = 10, .last_seq = 100, .n_gaps = 2,
+                            .gap_lo = { 20, 50 }, .gap_hi = { 29, 59 } };
+    const int64_t durable[] = { 1, 10, 20, 25, 29, 50, 59, 101, 5000 };
+    const int64_t queued[] = { 11, 19, 30, 49, 60, 100 };
+    for (size_t i = 0; i < sizeof durable / sizeof *durable; i++)
+        cr_assert(engine_durability_covers(&d, durable[i]), "seq %lld", (long long)durable[i]);
+    for (size_t i = 0; i < sizeof queued / sizeof *queued; i++)
+        cr_assert_not(engine_durability_covers(&d, queued[i]), "seq %lld", (long long)queued[i]);
+}
+
 Test(engine, open_fresh_file)
 {
     engine *e = open_lazy();

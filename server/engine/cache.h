@@ -172,6 +172,14 @@ int cache_node_load(cache *c, cache_run *run, ns_row *row);
  */
 void cache_node_settle(cache *c, cache_run *run, const ns_row *row);
 /*
+ * The queued write of row was refused for good (the database will not take
+ * it, or holds a newer state): if it is still the node's row, the node goes,
+ * so that the next access reads what is stored, and the run is no longer
+ * complete. Not while the run is held (a batch judges against the nodes it
+ * read): false then, as when a newer row of the node is queued.
+ */
+bool cache_node_forget(cache *c, cache_run *run, const ns_row *row);
+/*
  * Whether the node is known not to exist, neither held nor stored: the run
  * is complete, or known and the node was not evicted from it (the filter
  * may say "maybe" for a node never evicted, under once in fifty: then

@@ -169,6 +169,30 @@ void cache_node_settle(cache *c, cache_run *run, const ns_row *row)
 
 /* ---- evicting ---- */
 
+/* Takes n out of run (its table, its status tree, the counts) and frees it; run is not complete after. */
+static void node_drop(cache *c, cache_run *run, cache_node *n)
+{
+    cache_node_table_remove(run, cache_node_slot(run, n->row->node_id));
+    run->by_status[n->row->status] = cache_tree_remove(run->by_status[n->row->status], n);
+    cache_account(c, run, n->row, false);
+    run->nodes--;
+    c->nodes--;
+    run->complete = false;
+    if (run->known)
+        gone_add(run, n->row->node_id);
+    model_row_unref(n->row);
+    free(n);
+}
+
+bool cache_node_forget(cache *c, cache_run *run, const ns_row *row)
+{
+    cache_node *n = run->slots[cache_node_slot(run, row->node_id)];
+    if (!n || n->row != row || !n->queued || run->holds)
+        return false;
+    node_drop(c, run, n);
+    return true;
+}
+
 cache_evicted cache_evict_node(cache *c, const cache_run *keep)
 {
     cache_run *run = c->lru_first;
@@ -179,18 +203,9 @@ cache_evicted cache_evict_node(cache *c, const cache_run *keep)
         return CACHE_EVICTED_NONE;
     cache_node *n = run->clean_first;
     cache_clean_unlink(c, run, n);
-    cache_node_table_remove(run, cache_node_slot(run, n->row->node_id));
-    run->by_status[n->row->status] = cache_tree_remove(run->by_status[n->row->status], n);
-    cache_account(c, run, n->row, false);
-    run->nodes--;
-    c->nodes--;
     if (n->row->seq > run->evicted_seq)
         run->evicted_seq = n->row->seq;
-    run->complete = false;
-    if (run->known)
-        gone_add(run, n->row->node_id);
-    model_row_unref(n->row);
-    free(n);
+    node_drop(c, run, n);
     if (run->nodes == 0 && run->pending == 0) {
         cache_run_remove(c, run);
         return CACHE_EVICTED_RUN;

@@ -206,6 +206,34 @@ void engine_reject(engine *e, ns_reject why)
 }
 
 /*
+ * Remembers [lo, hi], seqs between this instance's blocks that it never
+ * handed out, for engine_durability_now; gaps durable_seq has passed go.
+ * With every slot taken the oldest goes too: its seqs then read as not
+ * durable until durable_seq passes them, which errs on the safe side.
+ * Lock held.
+ */
+static void note_gap(engine *e, int64_t lo, int64_t hi)
+{
+    lockcheck_assert_held(&e->lock);
+    int64_t durable = atomic_load(&e->stats.durable_seq);
+    size_t kept = 0;
+    for (size_t i = 0; i < e->n_gaps; i++) {
+        if (e->gap_hi[i] <= durable)
+            continue;
+        e->gap_lo[kept] = e->gap_lo[i];
+        e->gap_hi[kept++] = e->gap_hi[i];
+    }
+    if (kept == ENGINE_SEQ_GAPS) {
+        memmove(e->gap_lo, e->gap_lo + 1, (kept - 1) * sizeof *e->gap_lo);
+        memmove(e->gap_hi, e->gap_hi + 1, (kept - 1) * sizeof *e->gap_hi);
+        kept--;
+    }
+    e->gap_lo[kept] = lo;
+    e->gap_hi[kept++] = hi;
+    e->n_gaps = kept;
+}
+
+/*
  * Makes sure the next `want` seqs (e->last_seq + 1 on) are this instance's
  * to hand out and above `above` (the highest seq of the nodes' current
  * states). With a shared
@@ -227,6 +255,8 @@ int engine_seq_room(engine *e, int64_t above, size_t want)
         engine_log(e, NS_LOG_ERROR, "seq-block-failed", "above=%lld", (long long)floor);
         return -1;
     }
+    if (first > e->last_seq + 1)
+        note_gap(e, e->last_seq + 1, first - 1);
     e->last_seq = first - 1;
     e->seq_block_last = last;
     return 0;
@@ -483,16 +513,35 @@ int64_t engine_durable_seq(engine *e)
 
 engine_durability engine_durability_now(engine *e)
 {
-    /* durable_seq first: a seq handed out after this read is not covered by it. */
-    engine_durability d;
+    engine_durability d = { 0 };
+    if (!e->shared) {
+        /* One writer, no blocks: durable_seq first, so a seq handed out after it is not covered. */
+        d.durable_seq = atomic_load(&e->stats.durable_seq);
+        d.last_seq = atomic_load(&e->stats.last_seq);
+        return d;
+    }
+    lockcheck_assert_not_held(&e->lock);
+    lockcheck_lock(&e->lock);
     d.durable_seq = atomic_load(&e->stats.durable_seq);
-    d.last_seq = atomic_load(&e->stats.last_seq);
+    d.last_seq = e->last_seq;
+    for (size_t i = 0; i < e->n_gaps; i++) {
+        if (e->gap_hi[i] <= d.durable_seq)
+            continue;
+        d.gap_lo[d.n_gaps] = e->gap_lo[i];
+        d.gap_hi[d.n_gaps++] = e->gap_hi[i];
+    }
+    lockcheck_unlock(&e->lock);
     return d;
 }
 
 bool engine_durability_covers(const engine_durability *d, int64_t seq)
 {
-    return seq <= d->durable_seq || seq > d->last_seq;
+    if (seq <= d->durable_seq || seq > d->last_seq)
+        return true;
+    for (size_t i = 0; i < d->n_gaps; i++)
+        if (seq >= d->gap_lo[i] && seq <= d->gap_hi[i])
+            return true;
+    return false;
 }
 
 void engine_on_durable(engine *e, void (*fn)(void *ctx, int64_t durable_seq),
@@ -551,6 +600,19 @@ engine_refusal engine_refused(engine *e, int64_t seq)
             why = e->refused[i].why;
     lockcheck_unlock(&e->lock);
     return why;
+}
+
+bool engine_refused_between(engine *e, int64_t lo, int64_t hi)
+{
+    assert(state_opened(e));
+    lockcheck_assert_not_held(&e->lock);
+    bool found = false;
+    lockcheck_lock(&e->lock);
+    size_t n = e->refused_next < REFUSED_RING ? e->refused_next : REFUSED_RING;
+    for (size_t i = 0; i < n && !found; i++)
+        found = e->refused[i].seq >= lo && e->refused[i].seq <= hi;
+    lockcheck_unlock(&e->lock);
+    return found;
 }
 
 bool engine_alive(engine *e)

@@ -167,15 +167,22 @@ int64_t engine_durable_seq(engine *e);
  */
 void engine_on_durable(engine *e, void (*fn)(void *ctx, int64_t durable_seq),
                        void *ctx);
+/* Gaps between this instance's seq blocks that engine_durability keeps. */
+#define ENGINE_SEQ_GAPS 8
 /*
  * Whether a change is on disk, read once for a whole answer: its seq is at
- * or below durable_seq, or past every seq this instance handed out
- * (last_seq), so another instance wrote it to a shared store, where this
- * one read it.
+ * or below durable_seq, or one this instance never handed out, so another
+ * instance wrote it to a shared store, where this one read it: past every
+ * seq handed out here (last_seq), or between two of this instance's blocks
+ * (a gap, from a block reserved above other instances' seqs while some of
+ * its own were still queued). Once on disk a change stays so: a seq leaves
+ * a gap only when durable_seq has passed it.
  */
 typedef struct engine_durability {
     int64_t durable_seq;
     int64_t last_seq;
+    size_t n_gaps;
+    int64_t gap_lo[ENGINE_SEQ_GAPS], gap_hi[ENGINE_SEQ_GAPS];
 } engine_durability;
 engine_durability engine_durability_now(engine *e);
 bool engine_durability_covers(const engine_durability *d, int64_t seq);
@@ -197,6 +204,8 @@ typedef enum engine_refusal {
  * Remembers the last few hundred such seqs.
  */
 engine_refusal engine_refused(engine *e, int64_t seq);
+/* Whether any seq engine_refused remembers lies in [lo, hi]: one look for a whole batch. */
+bool engine_refused_between(engine *e, int64_t lo, int64_t hi);
 /*
  * What engine_on_change calls for every accepted change, in seq order, with
  * the engine's lock held: row is the node's new state (the callee may keep it

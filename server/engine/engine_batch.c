@@ -180,6 +180,7 @@ engine_result engine_batch_submit(engine *e, const char *run_id,
     }
 
     size_t k = 0;
+    bool oom = false;
     for (size_t i = 0; i < n; i++) {
         engine_batch_result *r = &results[i];
         if (r->res == ENGINE_STALE || r->res == ENGINE_ILLEGAL) {
@@ -196,6 +197,7 @@ engine_result engine_batch_submit(engine *e, const char *run_id,
                 r->res = ENGINE_ERROR;
                 for (; k < count; k++)
                     model_row_unref(rows[k]);
+                oom = true;
                 continue;
             }
             ns_op op = { .row = row, .run = run, .forced = items[i].u->force };
@@ -205,6 +207,10 @@ engine_result engine_batch_submit(engine *e, const char *run_id,
             r->res = ENGINE_ERROR; /* after the out-of-memory above */
         }
     }
+    /* A duplicate of an earlier item's row that did not go in has a seq never handed out. */
+    for (size_t i = 0; oom && i < n; i++)
+        if (results[i].res == ENGINE_DUPLICATE && results[i].seq > e->last_seq)
+            results[i].res = ENGINE_ERROR;
     res = ENGINE_ACCEPTED;
 unpin:
     cache_release(run);

@@ -128,6 +128,9 @@ struct engine {
     queue *queue;
     int64_t last_seq;             /* last seq assigned */
     int64_t seq_block_last;       /* shared store: last seq of the block reserved (engine_seq_room) */
+    /* Shared store: seqs between our blocks not yet below durable_seq (engine_durability). Lock. */
+    int64_t gap_lo[ENGINE_SEQ_GAPS], gap_hi[ENGINE_SEQ_GAPS];
+    size_t n_gaps;
     size_t queue_bytes;           /* queue_op_bytes of the ops accepted and not yet released */
     int64_t flush_until;          /* commit without waiting while seqs <= this are queued */
     int64_t flush_asked_ns;       /* when the first waiter asked for the flush still pending

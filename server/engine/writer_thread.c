@@ -160,6 +160,13 @@ static void mark_refused(engine *e, const ns_op *ops, size_t n)
                 strcmp(r->run_id, bad->run_id) == 0) {
                 ops[i].run->stale = true;
                 refuse(e, ops[i].seq, e->isolated[k].why);
+                /*
+                 * Its run may stay (other writes of it are queued): the
+                 * node alone goes, so that nothing is judged against a row
+                 * the store does not have (unless a newer one is queued).
+                 */
+                if (r == bad)
+                    cache_node_forget(e->cache, ops[i].run, bad);
             }
         }
     }
