@@ -60,7 +60,7 @@ struct api_wait {
     /* A batch (POST /runs/{run_id}/nodes): its results array, rendered once; NULL otherwise. */
     char *batch_results;
     size_t batch_results_len;
-    /* A batch that waits: its items with a seq, in order, to tell which were refused. */
+    /* A batch: its items with a seq, in order, to tell which were refused. */
     api_batch_seq *batch_seqs;
     size_t n_batch_seqs;
     size_t accepted, duplicates, refused;
@@ -132,9 +132,10 @@ void api_batch_response(api_response *resp, int status, const struct api_wait *w
 /* Frees a wait and what it holds. */
 void api_wait_free(struct api_wait *w);
 /*
- * A batch's wait that ended durable: its items whose seq the engine refused
- * after all (engine_refused) become write-refused problems in the results,
- * and the counts follow. 0, or -1 out of memory (the results unchanged).
+ * A batch found durable (at once, or when its wait ended): its items whose
+ * seq the engine refused after all (engine_refused) become write-refused
+ * problems in the results, and the counts follow. 0, or -1 out of memory
+ * (the results unchanged).
  */
 int api_batch_mark_refused(api *a, struct api_wait *w);
 /* Header value by name, or NULL. */

@@ -262,14 +262,14 @@ static void refusal_detail(char *why, size_t len, engine_result res, const ns_ro
 
 /*
  * Renders results[] (one per good item, in body order) and the bad items into w: the results array in body
- * order, the counts and the highest seq to wait on; with wait, where each item with a seq sits
+ * order, the counts, the highest seq to wait on, and where each item with a seq sits
  * (api_batch_mark_refused). 0, or -1 out of memory.
  */
 static int batch_render(api *a, const codec_batch *cb, const engine_batch_result *results,
-                        bool wait, struct api_wait *w)
+                        struct api_wait *w)
 {
     size_t n = codec_batch_len(cb), k = 0;
-    if (wait && n > 0 && !(w->batch_seqs = malloc(n * sizeof *w->batch_seqs)))
+    if (n > 0 && !(w->batch_seqs = malloc(n * sizeof *w->batch_seqs)))
         return -1;
     buf b;
     buf_init(&b);
@@ -303,8 +303,7 @@ static int batch_render(api *a, const codec_batch *cb, const engine_batch_result
             buf_printf(&b, ",\"code\":%d,\"seq\":%lld}", r->res == ENGINE_ACCEPTED ? 202 : 200,
                        (long long)r->seq);
             at.end = b.len;
-            if (w->batch_seqs)
-                w->batch_seqs[w->n_batch_seqs++] = at;
+            w->batch_seqs[w->n_batch_seqs++] = at;
             break;
         case ENGINE_STALE:
         case ENGINE_ILLEGAL:
@@ -432,7 +431,7 @@ void api_post_batch(api *a, const api_request *req, const route_args *args,
         goto done;
     }
     snprintf(w->run_id, sizeof w->run_id, "%s", args->run_id);
-    int rendered = batch_render(a, cb, results, wait, w);
+    int rendered = batch_render(a, cb, results, w);
     engine_batch_results_free(results, m);
     if (rendered != 0) {
         api_answer_problem(resp, PROBLEM_OUT_OF_MEMORY, "out of memory rendering the answer");
@@ -440,6 +439,10 @@ void api_post_batch(api *a, const api_request *req, const route_args *args,
     }
     /* Durable once the highest seq it accepted (or found as a duplicate) is. */
     bool durable = w->seq == 0 || api_is_durable(a, w->seq);
+    if (durable && api_batch_mark_refused(a, w) != 0) {
+        api_answer_problem(resp, PROBLEM_OUT_OF_MEMORY, "out of memory rendering the answer");
+        goto done;
+    }
     api_batch_response(resp, durable ? 200 : 202, w, durable);
     if (wait && !durable) {
         park(a, resp, w, timeout);

@@ -15,6 +15,8 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "cache.h"
+#include "engine_internal.h"
 #include "model.h"
 #include "store.h"
 #include "store_fixture.h"
@@ -201,4 +203,54 @@ Test(faults, a_failed_commit_reports_no_isolated_rows)
               "reported once, by the commit that left it out");
     cr_assert(eq(int, count_rows(), 1));
     store_close(s);
+}
+
+/*
+ * A row the database refused (here: isolated) is not stored, so it must not
+ * stay cached and be served (as durable: its seq is below durable_seq) or
+ * judged against. cache_node_forget spares a node whose run a batch holds
+ * (engine_batch_submit's load_nodes, reading another node of the run
+ * without the lock); the node is then settled clean with the refused row
+ * and stays while the batch's own queued writes keep the (stale) run
+ * cached. The hold and the batch's write are made by hand here, as
+ * load_nodes and the batch's enqueue would leave them.
+ */
+Test(faults, a_refused_row_does_not_stay_cached_after_a_batch_held_its_run)
+{
+    cr_assert(setenv("NODESTATE_FAULTS", "row=bad", 1) == 0);
+    engine *e = sfx_open_engine();
+    sfx_accept(e, "r", "ok", NS_RUNNING);
+    ns_update u = sfx_update(NS_RUNNING, 0);
+    ns_row *row = NULL;
+    cr_assert_eq(engine_submit(e, "r", "bad", &u, &row), ENGINE_ACCEPTED);
+    int64_t bad_seq = row->seq;
+    model_row_unref(row);
+
+    /* A batch of run r holds and pins it while it reads a node without the lock... */
+    lockcheck_lock(&e->lock);
+    cache_run *run = cache_run_find(e->cache, "r");
+    cr_assert_not_null(run);
+    cache_pin(e->cache, run);
+    cache_hold(run);
+    lockcheck_unlock(&e->lock);
+    /* ...meanwhile the writer commits, and the database refuses "bad". */
+    engine_flush_soon(e);
+    for (int i = 0; i < 3000 && engine_durable_seq(e) < bad_seq; i++)
+        sfx_sleep_ms(10);
+    cr_assert_geq(engine_durable_seq(e), bad_seq, "no commit");
+    cr_assert_eq(engine_refused(e, bad_seq), ENGINE_REFUSED_ISOLATED);
+    /* The batch queues its write of another node of r, then lets go of the run. */
+    sfx_accept(e, "r", "other", NS_RUNNING);
+    lockcheck_lock(&e->lock);
+    cache_release(run);
+    if (cache_unpin(e->cache, run))
+        engine_run_drop_if_idle(e, run);
+    lockcheck_unlock(&e->lock);
+
+    engine_result res = ENGINE_ERROR;
+    ns_row *got = engine_get(e, "r", "bad", &res);
+    cr_assert_null(got, "the refused row (seq %lld, %s) is served as the node's state",
+                   (long long)bad_seq, got ? model_status_name(got->status) : "");
+    cr_assert_eq(res, ENGINE_NOT_FOUND);
+    cr_assert_eq(engine_close(e), 0);
 }

@@ -201,6 +201,42 @@ Test(faults, durable_batch_names_the_item_the_database_refused)
     ns_free(s);
 }
 
+/*
+ * The same, with more refusals in one commit than a fixed ring would hold
+ * (engine_refused once kept the last 256): 300 other runs' "bad" rows are
+ * refused in the same commit, after the batch's own (rows go to the store
+ * in key order, "bat" first), so the batch's refused seq was pushed out
+ * before the batch looked. A bulk refusal (a shared store superseding a
+ * whole batch of a former owner, up to --max-batch-updates items) did the
+ * same to one batch's own items.
+ */
+Test(faults, durable_batch_names_its_refused_item_among_many_refusals)
+{
+    ns_server *s = start_faults("row=bad", "--batch-interval 60");
+    ns_resp r = { 0 };
+    char path[64];
+    for (int i = 0; i < 300; i++) {
+        snprintf(path, sizeof path, "/runs/z%03d/nodes/bad/state", i);
+        cr_assert_eq(ns_req(s, "POST", path, "{\"status\":\"running\"}", NULL, &r), 0);
+        cr_assert_eq(r.status, 202, "%ld %s", r.status, r.body);
+        ns_resp_free(&r);
+    }
+    cr_assert_eq(ns_req(s, "POST", "/runs/bat/nodes?wait=true&timeout=25",
+                        "{\"updates\":[{\"node_id\":\"a\",\"status\":\"running\"},"
+                        "{\"node_id\":\"bad\",\"status\":\"running\"},"
+                        "{\"node_id\":\"c\",\"status\":\"running\"}]}", NULL, &r), 0);
+    cr_assert_eq(r.status, 200, "%ld %s", r.status, r.body);
+    json_t *doc = ns_resp_json(&r);
+    cr_assert_eq(it_jint(doc, "refused"), 1, "%s", r.body);
+    cr_assert_eq(it_jint(doc, "accepted"), 2, "%s", r.body);
+    json_decref(doc);
+    ns_resp_free(&r);
+    cr_assert_eq(ns_db_int(s, "SELECT count(*) FROM run_node_state WHERE run_id = 'bat'",
+                           NULL), 2);
+    cr_assert_eq(ns_stop(s, SIGTERM), 0);
+    ns_free(s);
+}
+
 Test(faults, unwritable_row_is_isolated_and_the_batch_commits)
 {
     ns_server *s = start_faults("row=bad", "--batch-interval 60");

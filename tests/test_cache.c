@@ -515,6 +515,43 @@ Test(cache, evicts_clean_nodes_least_recently_used_first)
     cache_free(c);
 }
 
+/*
+ * A refused row that leaves the cache (cache_node_forget) must count for a
+ * read in flight like an evicted one (evicted_seq), or readthrough's
+ * read_overtaken cannot tell that a run read from disk before the node's
+ * last committed row (seq 10 here) is older than the disk now: with the
+ * node gone the merge takes the old disk row, and the run is cached
+ * complete with it. Scenario: a whole-run read of a partial run starts at
+ * durable_seq 9; row 10 of node n commits; row 11 of n is queued and
+ * refused (forgotten) while another write keeps the run pinned (so it is
+ * not removed); the read comes back and adopts n's row older than 10.
+ */
+Test(cache, forgetting_a_refused_row_tells_reads_in_flight)
+{
+    cache *c = new_cache();
+    cache_run *a = add_run(c, "a");
+    ns_row *r10 = mk("a", "n", NS_RUNNING, 10);
+    put(c, a, r10);
+    cache_pin(c, a);
+    cache_node_settle(c, a, r10); /* committed */
+    cr_assert(cache_unpin(c, a));
+    ns_row *r11 = mk("a", "n", NS_COMPLETED, 11);
+    model_row_ref(r11); /* the queue's */
+    put(c, a, r11);
+    cache_pin(c, a);
+    cache_pin(c, a); /* another write of the run, queued later */
+    cr_assert(cache_node_forget(c, a, r11));
+    check_run(a);
+    cr_assert_eq(cache_nodes(c), 0);
+    cr_assert_eq(a->nodes, 0);
+    cr_assert_not(a->complete);
+    cr_assert_geq(a->evicted_seq, 10,
+                  "evicted_seq %lld: a read that began before row 10 committed is not redone",
+                  (long long)a->evicted_seq);
+    model_row_unref(r11);
+    cache_free(c);
+}
+
 /* A held run (a batch loading it) is spared like keep, whoever evicts; released, it is evictable again. */
 Test(cache, held_runs_are_spared)
 {

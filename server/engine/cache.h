@@ -45,6 +45,7 @@ typedef struct cache_run {
     char *run_id;
     size_t pending;            /* queued ops not yet committed (cache_pin); a pinned run stays */
     size_t holds;              /* callers judging against its nodes across a dropped lock (cache_hold) */
+    uint64_t forgets;          /* refused rows dropped (cache_node_forget): a holder reads again */
     bool stale;                /* cached rows may differ from disk: drop once unpinned */
     bool complete;             /* every node of the run is held (else only some) */
     /*
@@ -174,9 +175,9 @@ void cache_node_settle(cache *c, cache_run *run, const ns_row *row);
 /*
  * The queued write of row was refused for good (the database will not take
  * it, or holds a newer state): if it is still the node's row, the node goes,
- * so that the next access reads what is stored, and the run is no longer
- * complete. Not while the run is held (a batch judges against the nodes it
- * read): false then, as when a newer row of the node is queued.
+ * so that the next access reads what is stored, the run is no longer
+ * complete, and run->forgets counts it (a caller holding the run reads
+ * again what it read before). False when a newer row of the node is queued.
  */
 bool cache_node_forget(cache *c, cache_run *run, const ns_row *row);
 /*

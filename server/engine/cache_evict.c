@@ -187,8 +187,12 @@ static void node_drop(cache *c, cache_run *run, cache_node *n)
 bool cache_node_forget(cache *c, cache_run *run, const ns_row *row)
 {
     cache_node *n = run->slots[cache_node_slot(run, row->node_id)];
-    if (!n || n->row != row || !n->queued || run->holds)
+    if (!n || n->row != row || !n->queued)
         return false;
+    /* As an eviction: a read of the run in flight may predate the row it had. */
+    if (row->seq > run->evicted_seq)
+        run->evicted_seq = row->seq;
+    run->forgets++;
     node_drop(c, run, n);
     return true;
 }

@@ -588,16 +588,32 @@ void engine_flush_soon(engine *e)
     lockcheck_unlock(&e->lock);
 }
 
+/* The first remembered refusal with a seq at or above seq. Lock held. */
+static size_t refused_lower_bound(const engine *e, int64_t seq)
+{
+    size_t lo = 0, hi = atomic_load_explicit(&e->n_refused, memory_order_relaxed);
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (e->refused[mid].seq < seq)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo;
+}
+
 engine_refusal engine_refused(engine *e, int64_t seq)
 {
     assert(state_opened(e));
     lockcheck_assert_not_held(&e->lock);
+    /* Nearly always nothing was refused: then no lock. */
+    if (atomic_load(&e->n_refused) == 0)
+        return ENGINE_NOT_REFUSED;
     engine_refusal why = ENGINE_NOT_REFUSED;
     lockcheck_lock(&e->lock);
-    size_t n = e->refused_next < REFUSED_RING ? e->refused_next : REFUSED_RING;
-    for (size_t i = 0; i < n && why == ENGINE_NOT_REFUSED; i++)
-        if (e->refused[i].seq == seq)
-            why = e->refused[i].why;
+    size_t i = refused_lower_bound(e, seq);
+    if (i < atomic_load_explicit(&e->n_refused, memory_order_relaxed) && e->refused[i].seq == seq)
+        why = e->refused[i].why;
     lockcheck_unlock(&e->lock);
     return why;
 }
@@ -606,11 +622,12 @@ bool engine_refused_between(engine *e, int64_t lo, int64_t hi)
 {
     assert(state_opened(e));
     lockcheck_assert_not_held(&e->lock);
-    bool found = false;
+    if (atomic_load(&e->n_refused) == 0)
+        return false;
     lockcheck_lock(&e->lock);
-    size_t n = e->refused_next < REFUSED_RING ? e->refused_next : REFUSED_RING;
-    for (size_t i = 0; i < n && !found; i++)
-        found = e->refused[i].seq >= lo && e->refused[i].seq <= hi;
+    size_t i = refused_lower_bound(e, lo);
+    bool found = i < atomic_load_explicit(&e->n_refused, memory_order_relaxed) &&
+                 e->refused[i].seq <= hi;
     lockcheck_unlock(&e->lock);
     return found;
 }

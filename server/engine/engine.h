@@ -201,7 +201,8 @@ typedef enum engine_refusal {
  * Whether the update with this seq was refused for good (its row, or the
  * row of its node it was coalesced into, was left out of the commit), and
  * why: it will never be on disk although durable_seq has passed it.
- * Remembers the last few hundred such seqs.
+ * Remembers each for a minute (its waiters ask as soon as its commit
+ * resumes them); without a refusal in that time it costs no lock.
  */
 engine_refusal engine_refused(engine *e, int64_t seq);
 /* Whether any seq engine_refused remembers lies in [lo, hi]: one look for a whole batch. */

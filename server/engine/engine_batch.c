@@ -42,14 +42,17 @@ static ns_row **overlay_slot(const overlay *o, const char *node_id)
  * run is cached whole), reading through what is not; returns the run, pinned
  * (so it stays) and held (so another writer's eviction, while the lock is
  * dropped for a later read, takes none of the nodes read before, which the
- * batch is judged against). NULL with *res set when reading fails. Lock
- * held, dropped while reading.
+ * batch is judged against). A refused row may still go meanwhile
+ * (cache_node_forget): then every item is looked at again, so none is
+ * judged as absent that is stored. NULL with *res set when reading fails.
+ * Lock held, dropped while reading.
  */
 static cache_run *load_nodes(engine *e, const char *run_id, const engine_batch_item *items,
                              size_t n, engine_result *res)
 {
     lockcheck_assert_held(&e->lock);
     cache_run *run = NULL;
+    uint64_t forgets = 0;
     for (size_t i = 0; i < n; i++) {
         if (run && (run->complete || cache_node_get(run, items[i].node_id)))
             continue;
@@ -67,6 +70,11 @@ static cache_run *load_nodes(engine *e, const char *run_id, const engine_batch_i
             run = got;
             cache_pin(e->cache, run);
             cache_hold(run);
+            forgets = run->forgets;
+        } else if (run->forgets != forgets) {
+            /* A node read before may have gone while the lock was dropped: from the first again. */
+            forgets = run->forgets;
+            i = SIZE_MAX; /* the loop's i++ makes it 0 */
         }
         /* A pinned run is never removed (neither evicted nor dropped), so it stays this one. */
         assert(got == run);
@@ -207,10 +215,21 @@ engine_result engine_batch_submit(engine *e, const char *run_id,
             r->res = ENGINE_ERROR; /* after the out-of-memory above */
         }
     }
-    /* A duplicate of an earlier item's row that did not go in has a seq never handed out. */
-    for (size_t i = 0; oom && i < n; i++)
-        if (results[i].res == ENGINE_DUPLICATE && results[i].seq > e->last_seq)
-            results[i].res = ENGINE_ERROR;
+    /*
+     * Judged against an earlier item's row that did not go in (a seq never
+     * handed out): neither a duplicate of it nor refused by it.
+     */
+    for (size_t i = 0; oom && i < n; i++) {
+        engine_batch_result *r = &results[i];
+        bool against_lost = r->res == ENGINE_DUPLICATE ? r->seq > e->last_seq
+                            : (r->res == ENGINE_STALE || r->res == ENGINE_ILLEGAL) &&
+                                  r->current && r->current->seq > e->last_seq;
+        if (!against_lost)
+            continue;
+        model_row_unref(r->current);
+        r->current = NULL;
+        r->res = ENGINE_ERROR;
+    }
     res = ENGINE_ACCEPTED;
 unpin:
     cache_release(run);

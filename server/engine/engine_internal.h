@@ -26,8 +26,11 @@
 
 #include "writer.h"
 
-/* Refused seqs remembered for engine_refused. */
-#define REFUSED_RING 256
+/*
+ * How long engine_refused remembers a refused seq: its waiters are resumed
+ * at its commit and ask at once, unless the machine is very busy.
+ */
+#define REFUSED_KEEP_NS 60000000000ll /* 60 s */
 
 /* A row the store left out of a batch, and why (writer thread). */
 typedef struct refused_row {
@@ -38,6 +41,7 @@ typedef struct refused_row {
 /* A refused update's seq, remembered for engine_refused. */
 typedef struct refused_seq {
     int64_t seq;
+    int64_t at_ns;        /* when (model_mono_ns), to forget it REFUSED_KEEP_NS later */
     engine_refusal why;
 } refused_seq;
 /* Retries of a failed commit wait this long at first, doubling up to the cap. */
@@ -143,8 +147,10 @@ struct engine {
     size_t spilled;               /* ops written to the sidecar */
     size_t unflushed;             /* ops that reached neither the database nor the sidecar */
     bool in_callback;             /* the writer is calling on_durable (unlocked) */
-    refused_seq refused[REFUSED_RING]; /* seqs refused for good, newest at refused_next - 1 */
-    size_t refused_next;
+    /* Seqs refused for good in the last REFUSED_KEEP_NS, sorted by seq (lock; count atomic). */
+    refused_seq *refused;
+    _Atomic size_t n_refused;
+    size_t cap_refused;
     pthread_cond_t callback_done; /* signalled when that call returns */
 };
 

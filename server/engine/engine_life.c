@@ -102,6 +102,7 @@ static void engine_free(engine *e)
     store_close(e->store);
     free(e->batch);
     free(e->isolated);
+    free(e->refused);
     queue_free(e->queue);
     cache_free(e->cache);
     pthread_cond_destroy(&e->wake);

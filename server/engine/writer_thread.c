@@ -131,11 +131,45 @@ static void on_expire_kept(void *ctx, const char *run_id)
           "run_id=%s detail=\"written meanwhile: no longer expired\"", run_id);
 }
 
-/* Remembers a seq whose update will never be on disk, and why. Lock held. */
-static void refuse(engine *e, int64_t seq, engine_refusal why)
+/* Forgets the refusals older than REFUSED_KEEP_NS: their waiters have asked. Lock held. */
+static void forget_old_refusals(engine *e, int64_t now)
 {
     lockcheck_assert_held(&e->lock);
-    e->refused[e->refused_next++ % REFUSED_RING] = (refused_seq){ seq, why };
+    size_t n = atomic_load_explicit(&e->n_refused, memory_order_relaxed), old = 0;
+    while (old < n && now - e->refused[old].at_ns > REFUSED_KEEP_NS)
+        old++;
+    if (old == 0)
+        return;
+    memmove(e->refused, e->refused + old, (n - old) * sizeof *e->refused);
+    atomic_store(&e->n_refused, n - old);
+}
+
+/*
+ * Remembers a seq whose update will never be on disk, and why, in seq order
+ * (refusals come nearly in order: the walk from the end is short). Out of
+ * memory it is logged: a waiter on it would be told "durable". Lock held.
+ */
+static void refuse(engine *e, int64_t seq, engine_refusal why, int64_t now)
+{
+    lockcheck_assert_held(&e->lock);
+    size_t n = atomic_load_explicit(&e->n_refused, memory_order_relaxed);
+    if (n == e->cap_refused) {
+        size_t cap = e->cap_refused ? e->cap_refused * 2 : 64;
+        refused_seq *grown = realloc(e->refused, cap * sizeof *grown);
+        if (!grown) {
+            engine_log(e, NS_LOG_ERROR, "refusal-not-remembered",
+                       "seq=%lld error=\"out of memory\"", (long long)seq);
+            return;
+        }
+        e->refused = grown;
+        e->cap_refused = cap;
+    }
+    size_t at = n;
+    while (at > 0 && e->refused[at - 1].seq > seq)
+        at--;
+    memmove(e->refused + at + 1, e->refused + at, (n - at) * sizeof *e->refused);
+    e->refused[at] = (refused_seq){ .seq = seq, .at_ns = now, .why = why };
+    atomic_store(&e->n_refused, n + 1);
 }
 
 /*
@@ -146,6 +180,11 @@ static void refuse(engine *e, int64_t seq, engine_refusal why)
 static void mark_refused(engine *e, const ns_op *ops, size_t n)
 {
     lockcheck_assert_held(&e->lock);
+    /* Most commits refuse nothing and remember nothing: no clock for them. */
+    bool any = e->n_isolated > 0 || atomic_load_explicit(&e->n_refused, memory_order_relaxed) > 0;
+    int64_t now = any ? model_mono_ns() : 0;
+    if (any)
+        forget_old_refusals(e, now);
     if (e->isolated_lost) {
         /* Which rows went is not known: let every run of the batch reload from disk. */
         for (size_t i = 0; i < n; i++)
@@ -159,7 +198,7 @@ static void mark_refused(engine *e, const ns_op *ops, size_t n)
             if (r && strcmp(r->node_id, bad->node_id) == 0 &&
                 strcmp(r->run_id, bad->run_id) == 0) {
                 ops[i].run->stale = true;
-                refuse(e, ops[i].seq, e->isolated[k].why);
+                refuse(e, ops[i].seq, e->isolated[k].why, now);
                 /*
                  * Its run may stay (other writes of it are queued): the
                  * node alone goes, so that nothing is judged against a row
