@@ -165,7 +165,7 @@ static void post_state(api *a, const char *run_id, const char *node_id, const ch
     case ENGINE_DUPLICATE: {
         if (again && res == ENGINE_DUPLICATE &&
             engine_refused(a->engine, row->seq) != ENGINE_NOT_REFUSED) {
-            /* Judged against its own refused row, still cached (a batch held its run): not stored. */
+            /* Judged against its own refused row, still cached (refused while spilling): not stored. */
             api_answer_problem(resp, PROBLEM_WRITE_REFUSED, API_WRITE_REFUSED_DETAIL);
             break;
         }

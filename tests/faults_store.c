@@ -16,10 +16,12 @@
 #include <unistd.h>
 
 #include "cache.h"
+#include "engine_batch.h"
 #include "engine_internal.h"
 #include "model.h"
 #include "store.h"
 #include "store_fixture.h"
+#include "writer_blocker.h"
 
 static void setup(void)
 {
@@ -252,5 +254,63 @@ Test(faults, a_refused_row_does_not_stay_cached_after_a_batch_held_its_run)
     cr_assert_null(got, "the refused row (seq %lld, %s) is served as the node's state",
                    (long long)bad_seq, got ? model_status_name(got->status) : "");
     cr_assert_eq(res, ENGINE_NOT_FOUND);
+    cr_assert_eq(engine_close(e), 0);
+}
+
+/*
+ * A batch whose items span two commits is answered (its wait on the top
+ * seq resumed, or found durable) only at the second; engine_refused must
+ * still know the seq the first commit refused. Refusals are now forgotten
+ * REFUSED_KEEP_NS (60 s) after they happen, measured from the refusing
+ * commit, not from when the batch's waiter is resumed: when the second
+ * commit comes more than a minute later (the database failing meanwhile:
+ * commits are retried without end; --max-wait may be far above 60 s), the
+ * pruning at that very commit drops the refusal before the waiter asks,
+ * and the item is answered "accepted", durable, though it is not stored.
+ * The minute is simulated by ageing the remembered refusal while the
+ * writer is parked between the two commits (writer_blocker).
+ */
+Test(faults, a_batch_spanning_commits_still_learns_of_a_refusal_a_minute_old)
+{
+    cr_assert(setenv("NODESTATE_FAULTS", "row=bad", 1) == 0);
+    engine *e = sfx_open_engine(); /* batch_size 1000 */
+    enum { N = 1001 };
+    static char ids[N][16];
+    static engine_batch_item items[N];
+    static engine_batch_result results[N];
+    ns_update u = sfx_update(NS_RUNNING, 0);
+    snprintf(ids[0], sizeof ids[0], "bad");
+    for (int i = 1; i < N; i++)
+        snprintf(ids[i], sizeof ids[i], "n%04d", i);
+    for (int i = 0; i < N; i++)
+        items[i] = (engine_batch_item){ ids[i], &u };
+    blocker b;
+    blocker_arm(e, &b);
+    cr_assert_eq(engine_batch_submit(e, "r", items, N, results), ENGINE_ACCEPTED);
+    int64_t bad_seq = results[0].seq, top = results[N - 1].seq;
+    cr_assert_eq(results[0].res, ENGINE_ACCEPTED);
+    /* The first commit (1000 ops, "bad" among them) is done; the last item is still queued. */
+    cr_assert(blocker_wait(e, &b), "the writer never committed");
+    cr_assert_geq(engine_durable_seq(e), bad_seq);
+    cr_assert_lt(engine_durable_seq(e), top);
+    cr_assert_eq(engine_refused(e, bad_seq), ENGINE_REFUSED_ISOLATED);
+    /* More than a minute passes before the next commit. */
+    lockcheck_lock(&e->lock);
+    for (size_t i = 0; i < atomic_load(&e->n_refused); i++)
+        e->refused[i].at_ns -= REFUSED_KEEP_NS + 1000000000ll;
+    lockcheck_unlock(&e->lock);
+    atomic_store(&b.release, true);
+    for (int i = 0; i < 3000 && engine_durable_seq(e) < top; i++) {
+        engine_flush_soon(e);
+        sfx_sleep_ms(10);
+    }
+    cr_assert_geq(engine_durable_seq(e), top, "no second commit");
+    /* The batch's waiter, resumed by this commit, asks now (api_batch_mark_refused). */
+    cr_assert(engine_refused_between(e, bad_seq, top),
+              "the batch's refused item (seq %lld) is forgotten by the commit that resumes "
+              "its waiter: the batch is answered all accepted and durable",
+              (long long)bad_seq);
+    cr_assert_eq(engine_refused(e, bad_seq), ENGINE_REFUSED_ISOLATED);
+    engine_batch_results_free(results, N);
     cr_assert_eq(engine_close(e), 0);
 }

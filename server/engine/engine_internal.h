@@ -27,8 +27,9 @@
 #include "writer.h"
 
 /*
- * How long engine_refused remembers a refused seq: its waiters are resumed
- * at its commit and ask at once, unless the machine is very busy.
+ * How long engine_refused remembers a refused seq once every op queued
+ * before the refusal is written: the waiters that may ask about it have been
+ * resumed then, and ask at once unless the machine is very busy.
  */
 #define REFUSED_KEEP_NS 60000000000ll /* 60 s */
 
@@ -41,7 +42,9 @@ typedef struct refused_row {
 /* A refused update's seq, remembered for engine_refused. */
 typedef struct refused_seq {
     int64_t seq;
-    int64_t at_ns;        /* when (model_mono_ns), to forget it REFUSED_KEEP_NS later */
+    int64_t at_ns;        /* when (model_mono_ns) */
+    /* 0, or when every op queued before it was written: forgotten REFUSED_KEEP_NS later */
+    int64_t settled_ns;
     engine_refusal why;
 } refused_seq;
 /* Retries of a failed commit wait this long at first, doubling up to the cap. */
@@ -151,6 +154,7 @@ struct engine {
     refused_seq *refused;
     _Atomic size_t n_refused;
     size_t cap_refused;
+    size_t n_refused_settled;     /* the first ones, with settled_ns set */
     pthread_cond_t callback_done; /* signalled when that call returns */
 };
 

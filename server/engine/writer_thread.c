@@ -131,28 +131,46 @@ static void on_expire_kept(void *ctx, const char *run_id)
           "run_id=%s detail=\"written meanwhile: no longer expired\"", run_id);
 }
 
-/* Forgets the refusals older than REFUSED_KEEP_NS: their waiters have asked. Lock held. */
+/*
+ * After a commit (the batch's ops written, its waiters not yet resumed): a
+ * refusal is settled once every op queued before it is written, since a
+ * batch whose items straddle commits asks only when its last item is; it is
+ * forgotten REFUSED_KEEP_NS after that, by when its waiters have asked.
+ * Refusals come in seq order, so both go from the front. Lock held.
+ */
 static void forget_old_refusals(engine *e, int64_t now)
 {
     lockcheck_assert_held(&e->lock);
+    const ns_op *oldest = queue_peek(e->queue);
     size_t n = atomic_load_explicit(&e->n_refused, memory_order_relaxed), old = 0;
-    while (old < n && now - e->refused[old].at_ns > REFUSED_KEEP_NS)
+    while (e->n_refused_settled < n &&
+           (!oldest || oldest->enqueued_ns > e->refused[e->n_refused_settled].at_ns))
+        e->refused[e->n_refused_settled++].settled_ns = now;
+    while (old < e->n_refused_settled && now - e->refused[old].settled_ns > REFUSED_KEEP_NS)
         old++;
     if (old == 0)
         return;
     memmove(e->refused, e->refused + old, (n - old) * sizeof *e->refused);
+    e->n_refused_settled -= old;
     atomic_store(&e->n_refused, n - old);
 }
 
+static int by_seq(const void *a, const void *b)
+{
+    int64_t x = ((const refused_seq *)a)->seq, y = ((const refused_seq *)b)->seq;
+    return (x > y) - (x < y);
+}
+
 /*
- * Remembers a seq whose update will never be on disk, and why, in seq order
- * (refusals come nearly in order: the walk from the end is short). Out of
+ * Remembers a seq whose update will never be on disk, and why, after the
+ * `*added` ones this commit remembered so far (mark_refused sorts and counts
+ * them at the end: a commit's seqs are above every earlier commit's). Out of
  * memory it is logged: a waiter on it would be told "durable". Lock held.
  */
-static void refuse(engine *e, int64_t seq, engine_refusal why, int64_t now)
+static void refuse(engine *e, int64_t seq, engine_refusal why, int64_t now, size_t *added)
 {
     lockcheck_assert_held(&e->lock);
-    size_t n = atomic_load_explicit(&e->n_refused, memory_order_relaxed);
+    size_t n = atomic_load_explicit(&e->n_refused, memory_order_relaxed) + *added;
     if (n == e->cap_refused) {
         size_t cap = e->cap_refused ? e->cap_refused * 2 : 64;
         refused_seq *grown = realloc(e->refused, cap * sizeof *grown);
@@ -164,25 +182,25 @@ static void refuse(engine *e, int64_t seq, engine_refusal why, int64_t now)
         e->refused = grown;
         e->cap_refused = cap;
     }
-    size_t at = n;
-    while (at > 0 && e->refused[at - 1].seq > seq)
-        at--;
-    memmove(e->refused + at + 1, e->refused + at, (n - at) * sizeof *e->refused);
-    e->refused[at] = (refused_seq){ .seq = seq, .at_ns = now, .why = why };
-    atomic_store(&e->n_refused, n + 1);
+    e->refused[n] = (refused_seq){ .seq = seq, .at_ns = now, .why = why };
+    (*added)++;
 }
 
 /*
  * After a commit that isolated rows: every op of ops[0..n) for an isolated
  * node (the newest, and the older ones coalesced into it) is refused, and
- * its run goes stale. Lock held, before release_ops.
+ * its run goes stale; with forget, the node's refused row leaves the cache
+ * (not while spilling: durable_seq no longer moves, and reads of the run
+ * would take the node for evicted after it forever). Lock held, before
+ * release_ops.
  */
-static void mark_refused(engine *e, const ns_op *ops, size_t n)
+static void mark_refused(engine *e, const ns_op *ops, size_t n, bool forget)
 {
     lockcheck_assert_held(&e->lock);
     /* Most commits refuse nothing and remember nothing: no clock for them. */
     bool any = e->n_isolated > 0 || atomic_load_explicit(&e->n_refused, memory_order_relaxed) > 0;
     int64_t now = any ? model_mono_ns() : 0;
+    size_t added = 0;
     if (any)
         forget_old_refusals(e, now);
     if (e->isolated_lost) {
@@ -198,16 +216,22 @@ static void mark_refused(engine *e, const ns_op *ops, size_t n)
             if (r && strcmp(r->node_id, bad->node_id) == 0 &&
                 strcmp(r->run_id, bad->run_id) == 0) {
                 ops[i].run->stale = true;
-                refuse(e, ops[i].seq, e->isolated[k].why, now);
+                refuse(e, ops[i].seq, e->isolated[k].why, now, &added);
                 /*
                  * Its run may stay (other writes of it are queued): the
                  * node alone goes, so that nothing is judged against a row
                  * the store does not have (unless a newer one is queued).
                  */
-                if (r == bad)
+                if (r == bad && forget)
                     cache_node_forget(e->cache, ops[i].run, bad);
             }
         }
+    }
+    if (added) {
+        /* The store reports rows in key order: this commit's refusals, sorted by seq, then counted. */
+        size_t before = atomic_load_explicit(&e->n_refused, memory_order_relaxed);
+        qsort(e->refused + before, added, sizeof *e->refused, by_seq);
+        atomic_store(&e->n_refused, before + added);
     }
     e->n_isolated = 0;
 }
@@ -440,7 +464,7 @@ static void committed(engine *e, size_t n)
 {
     lockcheck_assert_held(&e->lock);
     int64_t durable = e->batch[n - 1].seq;
-    mark_refused(e, e->batch, n);
+    mark_refused(e, e->batch, n, true);
     /* On disk now: their nodes may be evicted (unless written again since). */
     for (size_t i = 0; i < n; i++)
         if (e->batch[i].row)
@@ -469,7 +493,7 @@ static void committed(engine *e, size_t n)
 static bool spilled_ops(engine *e, size_t n, size_t spilled)
 {
     lockcheck_assert_held(&e->lock);
-    mark_refused(e, e->batch, n);
+    mark_refused(e, e->batch, n, false);
     e->spilled += spilled;
     e->unflushed += n - spilled;
     release_ops(e, e->batch, n);
