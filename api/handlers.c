@@ -437,8 +437,17 @@ void api_post_batch(api *a, const api_request *req, const route_args *args,
         api_answer_problem(resp, PROBLEM_OUT_OF_MEMORY, "out of memory rendering the answer");
         goto done;
     }
-    /* Durable once the highest seq it accepted (or found as a duplicate) is. */
-    bool durable = w->seq == 0 || api_is_durable(a, w->seq);
+    /*
+     * Durable once every seq it accepted or found as a duplicate is: the
+     * highest of ours not yet on disk is the one to wait on (another
+     * instance's seq, found as a duplicate, may be higher and on disk).
+     */
+    engine_durability d = engine_durability_now(a->engine);
+    int64_t wait_seq = 0;
+    for (size_t i = 0; i < w->n_batch_seqs; i++)
+        if (w->batch_seqs[i].seq > wait_seq && !engine_durability_covers(&d, w->batch_seqs[i].seq))
+            wait_seq = w->batch_seqs[i].seq;
+    bool durable = wait_seq == 0;
     if (durable && api_batch_mark_refused(a, w) != 0) {
         api_answer_problem(resp, PROBLEM_OUT_OF_MEMORY, "out of memory rendering the answer");
         goto done;
@@ -446,6 +455,7 @@ void api_post_batch(api *a, const api_request *req, const route_args *args,
     api_batch_response(resp, durable ? 200 : 202, w, durable);
     if (wait && !durable) {
         park(a, resp, w, timeout);
+        resp->wait_seq = wait_seq;
         w = NULL; /* the wait keeps it */
     }
 done:

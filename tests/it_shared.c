@@ -352,3 +352,75 @@ Test(shared, another_instances_node_stays_durable_when_a_reserves_above_it)
     cr_assert_eq(ns_stop(a, SIGTERM), 0);
     ns_free(a);
 }
+
+/*
+ * A batch made only of duplicates is "durable" when the highest seq it
+ * found is (api_post_batch: api_is_durable(w->seq)). That held while
+ * durable meant seq <= durable_seq; now that another instance's seq (past
+ * A's last seq, or in a gap) is durable at once, the highest seq being
+ * durable says nothing of a lower one that is A's own and still queued:
+ * x (A's, queued behind a locked store) is answered durable: true with it.
+ */
+Test(shared, all_duplicate_batch_is_not_durable_while_one_of_its_seqs_is_queued)
+{
+    if (ns_pg_base() == NULL)
+        cr_skip_test("PostgreSQL only: run it_shared_pg with NODESTATE_TEST_PG set");
+    ns_server *a = ns_start("--batch-interval 0.01");
+    cr_assert_not_null(a);
+    it_post(a, "own", "n0", "?wait=true", "{\"status\":\"running\"}", 200);
+    /* y: another instance's node, seq above every block reserved. */
+    store_node_at(a, "dup", "y", 1000);
+    it_store_lock *hold = it_lock_store(a);
+    /* x: A's own, queued (its commit waits on the lock), seq below y's. */
+    it_post(a, "dup", "x", "", "{\"status\":\"running\"}", 202);
+    bool x_durable = durable_of(a, "dup", "x");
+    ns_resp r = { 0 };
+    cr_assert_eq(ns_req(a, "POST", "/runs/dup/nodes",
+                        "{\"updates\":[{\"node_id\":\"x\",\"status\":\"running\"},"
+                        "{\"node_id\":\"y\",\"status\":\"scheduled\"}]}", NULL, &r), 0);
+    it_unlock_store(hold);
+    cr_assert_not(x_durable, "x is queued");
+    json_t *doc = ns_resp_json(&r);
+    cr_assert_eq(it_jint(doc, "duplicates"), 2, "%s", r.body);
+    cr_assert_not(json_is_true(json_object_get(doc, "durable")),
+                  "%ld %s: x's seq is still queued", r.status, r.body);
+    cr_assert_eq(r.status, 202, "%ld %s", r.status, r.body);
+    json_decref(doc);
+    ns_resp_free(&r);
+    cr_assert_eq(ns_stop(a, SIGTERM), 0);
+    ns_free(a);
+}
+
+/*
+ * (Older than this session, found reviewing it.) Evicting a node another
+ * instance wrote raises its run's evicted_seq to that node's seq, past A's
+ * durable_seq (A's own commits only); readthrough's read_overtaken then
+ * takes every later read of the run for overtaken, all LOAD_TRIES of it,
+ * the last under the lock too, and the read fails: a node of that run not
+ * cached answers 500 until A's durable_seq passes the other instance's seq.
+ */
+Test(shared, evicting_another_instances_node_does_not_break_reads_of_its_run)
+{
+    if (ns_pg_base() == NULL)
+        cr_skip_test("PostgreSQL only: run it_shared_pg with NODESTATE_TEST_PG set");
+    ns_server *a = ns_start("--batch-interval 0.01 --cache-max-nodes 3");
+    cr_assert_not_null(a);
+    it_post(a, "own", "n0", "?wait=true", "{\"status\":\"running\"}", 200);
+    store_node_at(a, "ev", "x", 1000);
+    store_node_at(a, "ev", "w", 1001);
+    store_node_at(a, "ev", "u", 1002);
+    cr_assert(durable_of(a, "ev", "x"));
+    cr_assert(durable_of(a, "ev", "w"));
+    /* A fourth node: after its commit the least recently used one (ev/x) is evicted. */
+    it_post(a, "own", "n1", "?wait=true", "{\"status\":\"running\"}", 200);
+    cr_assert_geq(ns_stat(a, "cache_nodes_evicted"), 1);
+    ns_resp r = { 0 };
+    cr_assert_eq(ns_get_state(a, "ev", "u", &r), 0);
+    cr_assert_eq(r.status, 200, "GET ev/u: %ld %s", r.status, r.body);
+    ns_resp_free(&r);
+    cr_assert_eq(ns_get_state(a, "ev", "x", &r), 0);
+    cr_assert_eq(r.status, 200, "GET ev/x: %ld %s", r.status, r.body);
+    ns_resp_free(&r);
+    cr_assert_eq(ns_stop(a, SIGTERM), 0);
+    ns_free(a);
+}

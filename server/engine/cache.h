@@ -200,9 +200,20 @@ typedef enum cache_evicted {
  * Drops the least recently used clean node of the least recently used run
  * with clean nodes, sparing the run keep (may be NULL) and held runs
  * (cache_hold), and whatever they hold. The run is then no longer
- * complete; one left empty and unpinned is removed. O(log n).
+ * complete, and its evicted_seq rises to the row's seq if this process
+ * handed it out (cache_set_own_seqs); one left empty and unpinned is
+ * removed. O(log n).
  */
 cache_evicted cache_evict_node(cache *c, const cache_run *keep);
+/*
+ * With a store other processes write: own(ctx, seq) tells whether this
+ * process handed seq out. Another process's row is on disk before any read
+ * that could have seen it and a change of it drops the run (the listener),
+ * while evicted_seq is compared with this process's durable seq, which such
+ * a row may stay above for good, failing every read of its run. Called with
+ * the engine's lock held.
+ */
+void cache_set_own_seqs(cache *c, bool (*own)(void *ctx, int64_t seq), void *ctx);
 
 /*
  * A run outside any cache, to fill (cache_node_put with c NULL) without the

@@ -197,6 +197,12 @@ bool cache_node_forget(cache *c, cache_run *run, const ns_row *row)
     return true;
 }
 
+void cache_set_own_seqs(cache *c, bool (*own)(void *ctx, int64_t seq), void *ctx)
+{
+    c->own_seq = own;
+    c->own_ctx = ctx;
+}
+
 cache_evicted cache_evict_node(cache *c, const cache_run *keep)
 {
     cache_run *run = c->lru_first;
@@ -207,7 +213,7 @@ cache_evicted cache_evict_node(cache *c, const cache_run *keep)
         return CACHE_EVICTED_NONE;
     cache_node *n = run->clean_first;
     cache_clean_unlink(c, run, n);
-    if (n->row->seq > run->evicted_seq)
+    if (n->row->seq > run->evicted_seq && (!c->own_seq || c->own_seq(c->own_ctx, n->row->seq)))
         run->evicted_seq = n->row->seq;
     node_drop(c, run, n);
     if (run->nodes == 0 && run->pending == 0) {

@@ -45,6 +45,9 @@ struct cache {
     size_t reaping;         /* nodes they still hold */
     /* hashes of the last REMOVED_RING removed run ids, by removal number */
     uint64_t removed_hash[REMOVED_RING];
+    /* NULL (every seq), or whether this process handed seq out (cache_set_own_seqs) */
+    bool (*own_seq)(void *ctx, int64_t seq);
+    void *own_ctx;
 };
 
 /* ---- cache.c: the node table, storing rows ---- */

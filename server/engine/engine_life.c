@@ -155,6 +155,22 @@ static int make_instance_id(engine *e, char *err, size_t errlen)
     return 0;
 }
 
+/*
+ * The cache's question at an eviction (lock held): whether this instance
+ * handed seq out, not past its last seq nor in a gap between its blocks.
+ */
+static bool seq_is_own(void *ctx, int64_t seq)
+{
+    engine *e = ctx;
+    lockcheck_assert_held(&e->lock);
+    if (seq > e->last_seq)
+        return false;
+    for (size_t i = 0; i < e->n_gaps; i++)
+        if (seq >= e->gap_lo[i] && seq <= e->gap_hi[i])
+            return false;
+    return true;
+}
+
 /* The store's listener (its thread): another instance committed to these runs. */
 static void on_runs_changed(void *ctx, const char *const *run_ids, size_t n)
 {
@@ -218,6 +234,8 @@ engine *engine_open(const engine_config *cfg, char *err, size_t errlen)
     }
     e->cfg.spill_path = NULL; /* the caller's; store_spill_file has our copy */
     e->shared = store_shared(e->store);
+    if (e->shared)
+        cache_set_own_seqs(e->cache, seq_is_own, e);
     if (cfg->retention > 0 && !store_can_expire(e->store)) {
         snprintf(err, errlen, "--retention is not supported by this store");
         goto err;
