@@ -131,21 +131,20 @@ Test(shared, former_owner_cannot_regress_a_node_and_rereads_it)
     ns_free(a);
 }
 
-/* Writes a node straight into the store, above every seq reserved, as an instance A has not heard of. */
-static long long store_node_behind_a(ns_server *a, const char *run, const char *node,
-                                     const char *status)
+/* Writes a node straight into the store with seq seq_reserved + above, as another instance. */
+static long long store_node_at(ns_server *a, const char *run, const char *node, int above)
 {
     char sql[1024];
     snprintf(sql, sizeof sql,
-             "WITH s AS (SELECT value + 1000 AS seq FROM nodestate_meta"
+             "WITH s AS (SELECT value + %d AS seq FROM nodestate_meta"
              "           WHERE key = 'seq_reserved'),"
              " i AS (INSERT INTO run_node_state (run_id, node_id, status, attempt,"
              "         scheduled_at, updated_at, seq)"
-             "       SELECT '%s', '%s', '%s', 1, '2026-01-01T00:00:00.000Z',"
+             "       SELECT '%s', '%s', 'scheduled', 1, '2026-01-01T00:00:00.000Z',"
              "         '2026-01-01T00:00:00.000Z', seq FROM s RETURNING seq)"
-             " SELECT seq FROM i", run, node, status);
+             " SELECT seq FROM i", above, run, node);
     long long seq = ns_db_int(a, sql, NULL);
-    cr_assert(seq > 1000, "the insert returned %lld", seq);
+    cr_assert(seq > above, "the insert returned %lld", seq);
     return seq;
 }
 
@@ -170,7 +169,7 @@ Test(shared, superseded_update_is_judged_again_against_the_stored_node)
      * and the store refuses it. Judged again against the stored node, it
      * changes nothing: 200 with the stored node, which is on disk.
      */
-    long long stored = store_node_behind_a(a, "fo", "n1", "scheduled");
+    long long stored = store_node_at(a, "fo", "n1", 1000);
     cr_assert_eq(ns_post_state(a, "fo", "n1", "?wait=true",
                                "{\"status\":\"scheduled\",\"attempt\":1}", &r), 0);
     cr_assert_eq(r.status, 200, "%ld %s", r.status, r.body);
@@ -190,7 +189,7 @@ Test(shared, superseded_update_is_judged_again_against_the_stored_node)
     cr_assert_eq(r.status, 200, "%ld %s", r.status, r.body);
     cr_assert_eq(ns_req(a, "GET", "/runs/fo2/nodes", NULL, NULL, &r), 0);
     cr_assert_eq(r.status, 200, "%ld %s", r.status, r.body);
-    stored = store_node_behind_a(a, "fo2", "n2", "scheduled");
+    stored = store_node_at(a, "fo2", "n2", 1000);
     cr_assert_eq(ns_post_state(a, "fo2", "n2", "?wait=true", "{\"status\":\"running\"}", &r),
                  0);
     cr_assert_eq(r.status, 200, "%ld %s", r.status, r.body);
@@ -298,23 +297,6 @@ Test(shared, superseded_update_is_judged_against_the_store_while_its_run_is_pinn
     ns_free(a);
 }
 
-/* Writes a node straight into the store with seq seq_reserved + above, as another instance. */
-static long long store_node_at(ns_server *a, const char *run, const char *node, int above)
-{
-    char sql[1024];
-    snprintf(sql, sizeof sql,
-             "WITH s AS (SELECT value + %d AS seq FROM nodestate_meta"
-             "           WHERE key = 'seq_reserved'),"
-             " i AS (INSERT INTO run_node_state (run_id, node_id, status, attempt,"
-             "         scheduled_at, updated_at, seq)"
-             "       SELECT '%s', '%s', 'scheduled', 1, '2026-01-01T00:00:00.000Z',"
-             "         '2026-01-01T00:00:00.000Z', seq FROM s RETURNING seq)"
-             " SELECT seq FROM i", above, run, node);
-    long long seq = ns_db_int(a, sql, NULL);
-    cr_assert(seq > above, "the insert returned %lld", seq);
-    return seq;
-}
-
 static bool durable_of(ns_server *a, const char *run, const char *node)
 {
     ns_resp r = { 0 };
@@ -354,8 +336,8 @@ Test(shared, another_instances_node_stays_durable_when_a_reserves_above_it)
 }
 
 /*
- * A batch made only of duplicates is "durable" when the highest seq it
- * found is (api_post_batch: api_is_durable(w->seq)). That held while
+ * A batch made only of duplicates was "durable" when the highest seq it
+ * found was (api_post_batch: api_is_durable(w->seq)). That held while
  * durable meant seq <= durable_seq; now that another instance's seq (past
  * A's last seq, or in a gap) is durable at once, the highest seq being
  * durable says nothing of a lower one that is A's own and still queued:
