@@ -47,9 +47,9 @@ typedef struct api_batch_seq {
 struct api_wait {
     ns_row *row;          /* node update: the row; NULL for a delete */
     /*
-     * A single update's body, kept to judge it again if a shared store
-     * finds a newer state of the node (ENGINE_REFUSED_SUPERSEDED); NULL once
-     * judged again, and for the other writes.
+     * A single update's body, kept with a shared store to judge it again if
+     * the store finds a newer state of the node (ENGINE_REFUSED_SUPERSEDED);
+     * NULL once judged again, with SQLite, and for the other writes.
      */
     char *body;
     size_t body_len;

@@ -117,8 +117,9 @@ static void park(api *a, api_response *resp, struct api_wait *w, double timeout)
 
 /*
  * Keeps a copy of the body in w, to judge the update again should a shared
- * store refuse it as superseded (api_finish_wait). Out of memory it is not
- * kept, and such a refusal is answered as one.
+ * store refuse it as superseded (api_finish_wait; SQLite never does, so
+ * nothing is kept there). Out of memory it is not kept, and such a refusal
+ * is answered as one.
  */
 static void keep_body(struct api_wait *w, const char *body, size_t len, double timeout)
 {
@@ -175,7 +176,7 @@ static void post_state(api *a, const char *run_id, const char *node_id, const ch
         if (w) {
             w->row = row;
             w->seq = row->seq;
-            if (!again)
+            if (!again && engine_shared(a->engine))
                 keep_body(w, body, len, timeout);
             park(a, resp, w, timeout);
             return; /* the wait keeps the row's reference */

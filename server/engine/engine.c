@@ -511,6 +511,11 @@ int64_t engine_durable_seq(engine *e)
     return atomic_load(&e->stats.durable_seq);
 }
 
+bool engine_shared(const engine *e)
+{
+    return e->shared;
+}
+
 engine_durability engine_durability_now(engine *e)
 {
     engine_durability d = { 0 };

@@ -186,6 +186,8 @@ typedef struct engine_durability {
 } engine_durability;
 engine_durability engine_durability_now(engine *e);
 bool engine_durability_covers(const engine_durability *d, int64_t seq);
+/* Whether other instances write the store too (PostgreSQL): only then is a row superseded. */
+bool engine_shared(const engine *e);
 /* Why an update past durable_seq is not on disk (engine_refused). */
 typedef enum engine_refusal {
     ENGINE_NOT_REFUSED,        /* on disk, or not known to be refused */
