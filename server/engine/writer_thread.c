@@ -155,6 +155,14 @@ static void forget_old_refusals(engine *e, int64_t now)
     atomic_store(&e->n_refused, n - old);
 }
 
+/* Orders refused rows by (run_id, node_id), for bsearch from each op. */
+static int refused_by_key(const void *a, const void *b)
+{
+    const ns_row *x = ((const refused_row *)a)->row, *y = ((const refused_row *)b)->row;
+    int c = strcmp(x->run_id, y->run_id);
+    return c ? c : strcmp(x->node_id, y->node_id);
+}
+
 static int by_seq(const void *a, const void *b)
 {
     int64_t x = ((const refused_seq *)a)->seq, y = ((const refused_seq *)b)->seq;
@@ -209,23 +217,27 @@ static void mark_refused(engine *e, const ns_op *ops, size_t n, bool forget)
             ops[i].run->stale = true;
         e->isolated_lost = false;
     }
-    for (size_t k = 0; k < e->n_isolated; k++) {
-        const ns_row *bad = e->isolated[k].row;
-        for (size_t i = 0; i < n; i++) {
-            const ns_row *r = ops[i].row;
-            if (r && strcmp(r->node_id, bad->node_id) == 0 &&
-                strcmp(r->run_id, bad->run_id) == 0) {
-                ops[i].run->stale = true;
-                refuse(e, ops[i].seq, e->isolated[k].why, now, &added);
-                /*
-                 * Its run may stay (other writes of it are queued): the
-                 * node alone goes, so that nothing is judged against a row
-                 * the store does not have (unless a newer one is queued).
-                 */
-                if (r == bad && forget)
-                    cache_node_forget(e->cache, ops[i].run, bad);
-            }
-        }
+    /* Sorted by key, so each op finds its node's refusal (if any) in O(log) even in bulk. */
+    if (e->n_isolated > 1)
+        qsort(e->isolated, e->n_isolated, sizeof *e->isolated, refused_by_key);
+    for (size_t i = 0; i < n && e->n_isolated > 0; i++) {
+        const ns_row *r = ops[i].row;
+        if (!r)
+            continue;
+        refused_row key = { .row = r };
+        const refused_row *bad = bsearch(&key, e->isolated, e->n_isolated, sizeof *e->isolated,
+                                         refused_by_key);
+        if (!bad)
+            continue;
+        ops[i].run->stale = true;
+        refuse(e, ops[i].seq, bad->why, now, &added);
+        /*
+         * Its run may stay (other writes of it are queued): the node alone
+         * goes, so that nothing is judged against a row the store does not
+         * have (unless a newer one is queued).
+         */
+        if (r == bad->row && forget)
+            cache_node_forget(e->cache, ops[i].run, r);
     }
     if (added) {
         /* The store reports rows in key order: this commit's refusals, sorted by seq, then counted. */
