@@ -163,16 +163,10 @@ static int refused_by_key(const void *a, const void *b)
     return c ? c : strcmp(x->node_id, y->node_id);
 }
 
-static int by_seq(const void *a, const void *b)
-{
-    int64_t x = ((const refused_seq *)a)->seq, y = ((const refused_seq *)b)->seq;
-    return (x > y) - (x < y);
-}
-
 /*
  * Remembers a seq whose update will never be on disk, and why, after the
- * `*added` ones this commit remembered so far (mark_refused sorts and counts
- * them at the end: a commit's seqs are above every earlier commit's). Out of
+ * `*added` ones this commit remembered so far (mark_refused counts them at
+ * the end; they come in seq order, above every earlier commit's). Out of
  * memory it is logged: a waiter on it would be told "durable". Lock held.
  */
 static void refuse(engine *e, int64_t seq, engine_refusal why, int64_t now, size_t *added)
@@ -239,12 +233,10 @@ static void mark_refused(engine *e, const ns_op *ops, size_t n, bool forget)
         if (r == bad->row && forget)
             cache_node_forget(e->cache, ops[i].run, r);
     }
-    if (added) {
-        /* The store reports rows in key order: this commit's refusals, sorted by seq, then counted. */
-        size_t before = atomic_load_explicit(&e->n_refused, memory_order_relaxed);
-        qsort(e->refused + before, added, sizeof *e->refused, by_seq);
-        atomic_store(&e->n_refused, before + added);
-    }
+    /* Published at once: the ops came in seq order, so the array stays sorted. */
+    if (added)
+        atomic_store(&e->n_refused, atomic_load_explicit(&e->n_refused, memory_order_relaxed) +
+                                        added);
     e->n_isolated = 0;
 }
 
