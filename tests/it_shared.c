@@ -297,6 +297,20 @@ Test(shared, superseded_update_is_judged_against_the_store_while_its_run_is_pinn
     ns_free(a);
 }
 
+/*
+ * Instance A on PostgreSQL (skips without it), with args, having written a
+ * node of its own durably: seq blocks reserved, so others' seqs come above.
+ */
+static ns_server *start_a(const char *args)
+{
+    if (ns_pg_base() == NULL)
+        cr_skip_test("PostgreSQL only: run it_shared_pg with NODESTATE_TEST_PG set");
+    ns_server *a = ns_start("%s", args);
+    cr_assert_not_null(a);
+    it_post(a, "own", "n0", "?wait=true", "{\"status\":\"running\"}", 200);
+    return a;
+}
+
 static bool durable_of(ns_server *a, const char *run, const char *node)
 {
     ns_resp r = { 0 };
@@ -317,11 +331,7 @@ static bool durable_of(ns_server *a, const char *run, const char *node)
  */
 Test(shared, another_instances_node_stays_durable_when_a_reserves_above_it)
 {
-    if (ns_pg_base() == NULL)
-        cr_skip_test("PostgreSQL only: run it_shared_pg with NODESTATE_TEST_PG set");
-    ns_server *a = ns_start("--batch-interval 0.01");
-    cr_assert_not_null(a);
-    it_post(a, "own", "n0", "?wait=true", "{\"status\":\"running\"}", 200);
+    ns_server *a = start_a("--batch-interval 0.01");
     store_node_at(a, "fx", "x", 1000);
     store_node_at(a, "fy", "y", 2000);
     cr_assert(durable_of(a, "fx", "x"), "another instance's committed node");
@@ -345,11 +355,7 @@ Test(shared, another_instances_node_stays_durable_when_a_reserves_above_it)
  */
 Test(shared, all_duplicate_batch_is_not_durable_while_one_of_its_seqs_is_queued)
 {
-    if (ns_pg_base() == NULL)
-        cr_skip_test("PostgreSQL only: run it_shared_pg with NODESTATE_TEST_PG set");
-    ns_server *a = ns_start("--batch-interval 0.01");
-    cr_assert_not_null(a);
-    it_post(a, "own", "n0", "?wait=true", "{\"status\":\"running\"}", 200);
+    ns_server *a = start_a("--batch-interval 0.01");
     /* y: another instance's node, seq above every block reserved. */
     store_node_at(a, "dup", "y", 1000);
     it_store_lock *hold = it_lock_store(a);
@@ -383,11 +389,7 @@ Test(shared, all_duplicate_batch_is_not_durable_while_one_of_its_seqs_is_queued)
  */
 Test(shared, evicting_another_instances_node_does_not_break_reads_of_its_run)
 {
-    if (ns_pg_base() == NULL)
-        cr_skip_test("PostgreSQL only: run it_shared_pg with NODESTATE_TEST_PG set");
-    ns_server *a = ns_start("--batch-interval 0.01 --cache-max-nodes 3");
-    cr_assert_not_null(a);
-    it_post(a, "own", "n0", "?wait=true", "{\"status\":\"running\"}", 200);
+    ns_server *a = start_a("--batch-interval 0.01 --cache-max-nodes 3");
     store_node_at(a, "ev", "x", 1000);
     store_node_at(a, "ev", "w", 1001);
     store_node_at(a, "ev", "u", 1002);
