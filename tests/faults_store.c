@@ -10,6 +10,7 @@
 #include <criterion/criterion.h>
 #include <criterion/new/assert.h>
 
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -313,4 +314,79 @@ Test(faults, a_batch_spanning_commits_still_learns_of_a_refusal_a_minute_old)
     cr_assert_eq(engine_refused(e, bad_seq), ENGINE_REFUSED_ISOLATED);
     engine_batch_results_free(results, N);
     cr_assert_eq(engine_close(e), 0);
+}
+
+/* What store_on_checkpoint's listener was told, in order. */
+typedef struct ckpt_heard {
+    pthread_mutex_t mu;
+    int calls;
+    uint64_t failures[4];
+    bool error[4];
+    char first_error[256];
+} ckpt_heard;
+
+static void on_ckpt(void *ctx, uint64_t failures, const char *error)
+{
+    ckpt_heard *h = ctx;
+    pthread_mutex_lock(&h->mu);
+    if (h->calls < 4) {
+        h->failures[h->calls] = failures;
+        h->error[h->calls] = error != NULL;
+    }
+    if (h->calls == 0 && error != NULL)
+        snprintf(h->first_error, sizeof h->first_error, "%s", error);
+    h->calls++;
+    pthread_mutex_unlock(&h->mu);
+}
+
+static int ckpt_calls(ckpt_heard *h)
+{
+    pthread_mutex_lock(&h->mu);
+    int n = h->calls;
+    pthread_mutex_unlock(&h->mu);
+    return n;
+}
+
+Test(faults, failed_checkpoints_are_told_and_so_is_the_recovery)
+{
+    enum { PER_COMMIT = 200, MAX_COMMITS = 400 };
+    store *s = open_with("checkpoint=2");
+    ckpt_heard h = {.mu = PTHREAD_MUTEX_INITIALIZER};
+    store_on_checkpoint(s, on_ckpt, &h);
+    static char ids[MAX_COMMITS * PER_COMMIT][16];
+    static ns_row rows[PER_COMMIT];
+    ns_row *ptrs[PER_COMMIT];
+    int64_t seq = 0;
+    /*
+     * Commits of new nodes until the listener has heard two failed rounds
+     * and the one that completed after them: every commit past the WAL's
+     * soft bound asks the checkpoint thread for a round.
+     */
+    int commits = 0;
+    for (; commits < MAX_COMMITS && ckpt_calls(&h) < 3; commits++) {
+        for (int k = 0; k < PER_COMMIT; k++) {
+            char *id = ids[commits * PER_COMMIT + k];
+            snprintf(id, sizeof ids[0], "n%07d", commits * PER_COMMIT + k);
+            rows[k] = sfx_draft("r", id, NS_RUNNING, ++seq);
+            ptrs[k] = &rows[k];
+        }
+        store_batch b = {.rows = ptrs, .n_rows = PER_COMMIT, .last_seq = seq};
+        cr_assert(eq(int, store_write(s, &b), 0), "%s", store_errmsg(s));
+    }
+    /* The last commits' rounds may still be running. */
+    for (int i = 0; i < 3000 && ckpt_calls(&h) < 3; i++)
+        sfx_sleep_ms(10);
+    pthread_mutex_lock(&h.mu);
+    cr_assert(eq(int, h.calls, 3), "the listener heard %d calls in %d commits", h.calls,
+              commits);
+    cr_assert(h.error[0] && h.error[1] && !h.error[2]);
+    cr_assert(eq(u64, h.failures[0], 1));
+    cr_assert(eq(u64, h.failures[1], 2));
+    cr_assert(eq(u64, h.failures[2], 2), "the recovery tells the count so far");
+    cr_assert(strstr(h.first_error, "injected") != NULL, "error: %s", h.first_error);
+    pthread_mutex_unlock(&h.mu);
+    cr_assert(store_wal_frames(s) > 0);
+    store_close(s);
+    /* Nothing a failed round touched is lost. */
+    cr_assert(eq(int, count_rows(), commits * PER_COMMIT));
 }

@@ -281,3 +281,55 @@ Test(faults, unwritable_row_is_isolated_and_the_batch_commits)
     cr_assert_eq(ns_stop(s, SIGTERM), 0);
     ns_free(s);
 }
+
+/*
+ * A WAL checkpoint round that fails is counted (checkpoint_failures) and
+ * logged once for its streak, the round that completes after it is logged
+ * too, the WAL's length shows in wal_frames, and nothing is lost: the
+ * commits never depended on the checkpoint.
+ */
+Test(faults, failed_checkpoints_are_counted_and_logged)
+{
+    enum { PER_BATCH = 500, MAX_BATCHES = 400 };
+    ns_server *s = start_faults("checkpoint=1", NULL);
+    ns_resp r = { 0 };
+    int batches = 0;
+    char *recovered = NULL;
+    /* New nodes until a round failed and a later one completed (each commit past ~1,000 WAL frames asks for one). */
+    for (; batches < MAX_BATCHES && (recovered = log_line(s, "msg=checkpoint-recovered")) == NULL;
+         batches++) {
+        size_t cap = 32 + (size_t)PER_BATCH * 64, len = 0;
+        char *body = malloc(cap);
+        cr_assert_not_null(body);
+        len += (size_t)snprintf(body, cap, "{\"updates\":[");
+        for (int i = 0; i < PER_BATCH; i++)
+            len += (size_t)snprintf(body + len, cap - len,
+                                    "%s{\"node_id\":\"n%07d\",\"status\":\"running\"}",
+                                    i ? "," : "", batches * PER_BATCH + i);
+        snprintf(body + len, cap - len, "]}");
+        cr_assert_eq(ns_req(s, "POST", "/runs/ckpt/nodes?wait=true&timeout=25", body, NULL, &r),
+                     0, "%s", r.error);
+        cr_assert_eq(r.status, 200, "batch %d: %ld %s", batches, r.status, r.body);
+        free(body);
+    }
+    cr_assert_not_null(recovered, "no msg=checkpoint-recovered after %d batches of %d", batches,
+                       PER_BATCH);
+    fprintf(stderr, "it_faults: %s\n", recovered);
+    cr_assert(strstr(recovered, "failures=1") != NULL, "%s", recovered);
+    free(recovered);
+    char *failed = log_line(s, "msg=checkpoint-failed");
+    cr_assert_not_null(failed, "no msg=checkpoint-failed in the log");
+    cr_assert(strstr(failed, "level=warn") != NULL, "%s", failed);
+    cr_assert(strstr(failed, "failures=1") != NULL, "%s", failed);
+    cr_assert(strstr(failed, "injected") != NULL, "the error is not named: %s", failed);
+    free(failed);
+    cr_assert_eq(ns_stat(s, "checkpoint_failures"), 1);
+    cr_assert(ns_stat(s, "wal_frames") > 0, "wal_frames %lld", ns_stat(s, "wal_frames"));
+    cr_assert_eq(ns_req(s, "GET", "/readyz", NULL, NULL, &r), 0);
+    cr_assert_eq(r.status, 200, "/readyz: %ld %s", r.status, r.body);
+    ns_resp_free(&r);
+    cr_assert_eq(ns_stop(s, SIGTERM), 0);
+    cr_assert_eq(ns_db_int(s, "SELECT count(*) FROM run_node_state WHERE run_id='ckpt'", NULL),
+                 (long long)batches * PER_BATCH);
+    ns_free(s);
+}

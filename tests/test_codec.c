@@ -977,7 +977,7 @@ Test(encode, stats)
         "rows_written", "runs_deleted", "runs_expired", "updates_rejected", "updates_duplicate", "cache_nodes",
         "cache_runs", "cache_bytes", "cache_loads", "cache_evictions", "cache_nodes_evicted",
         "cache_run_loads", "cache_invalidations", "rows_isolated",
-        "store_conflicts",
+        "store_conflicts", "checkpoint_failures", "wal_frames",
         "last_seq", "durable_seq", "batch_requests", "batch_request_updates",
         "watchers", "watch_events_sent", "watch_dropped",
         "uptime_seconds", "commit_seconds", "batch_updates", "enqueue_to_commit_seconds",

@@ -183,6 +183,8 @@ Test(prom, types_of_families, .init = fill_stats)
         { "nodestate_cache_invalidations_total", "counter" },
         { "nodestate_rows_isolated_total", "counter" },
         { "nodestate_store_conflicts_total", "counter" },
+        { "nodestate_checkpoint_failures_total", "counter" },
+        { "nodestate_wal_frames", "gauge" },
         { "nodestate_last_seq", "gauge" },
         { "nodestate_durable_seq", "gauge" },
         { "nodestate_uptime_seconds", "gauge" },
@@ -264,7 +266,7 @@ Test(prom, help_and_type_precede_every_family, .init = fill_stats)
             samples++;
         }
     }
-    cr_assert_eq(n_seen, 39);
+    cr_assert_eq(n_seen, 41);
     cr_assert_gt(samples, 20);
     free(t);
 }

@@ -122,6 +122,7 @@ struct engine {
      */
     _Atomic int state;
     _Atomic bool store_failing;   /* the last commit attempt failed */
+    bool ckpt_failing;            /* the last checkpoint round failed; on_checkpoint's own */
     _Atomic unsigned backups;     /* engine_backup objects open (engine_backup_open) */
     _Atomic bool bytes_full;      /* a write was refused for queue_max_bytes; cleared as bytes are freed */
 

@@ -136,6 +136,29 @@ static void sweep_backups(engine *e)
  * the store ignore nothing of ours, and we ignore our own. Unique per
  * process start, so a restarted instance is another instance.
  */
+/*
+ * store_on_checkpoint's listener (the checkpoint thread, or the writer's
+ * inside a commit): counts a failed round, and logs the first of a streak
+ * and the round that ends it. A failing checkpoint costs nothing at once,
+ * but the WAL then grows with every commit (wal_frames) until the disk is
+ * full.
+ */
+static void on_checkpoint(void *ctx, uint64_t failures, const char *error)
+{
+    engine *e = ctx;
+    atomic_store_explicit(&e->stats.checkpoint_failures, failures, memory_order_relaxed);
+    if (error != NULL && !e->ckpt_failing) {
+        char why[512];
+        engine_log(e, NS_LOG_WARN, "checkpoint-failed",
+                   "failures=%llu error=%s detail=\"retried; the WAL grows until one completes\"",
+                   (unsigned long long)failures, logfmt_quote(why, sizeof why, error));
+    } else if (error == NULL && e->ckpt_failing) {
+        engine_log(e, NS_LOG_INFO, "checkpoint-recovered", "failures=%llu",
+                   (unsigned long long)failures);
+    }
+    e->ckpt_failing = error != NULL;
+}
+
 static int make_instance_id(engine *e, char *err, size_t errlen)
 {
     unsigned char r[8];
@@ -233,6 +256,7 @@ engine *engine_open(const engine_config *cfg, char *err, size_t errlen)
         goto err;
     }
     e->cfg.spill_path = NULL; /* the caller's; store_spill_file has our copy */
+    store_on_checkpoint(e->store, on_checkpoint, e);
     e->shared = store_shared(e->store);
     if (e->shared)
         cache_set_own_seqs(e->cache, seq_is_own, e);

@@ -136,6 +136,12 @@ typedef struct ns_hist {
     X(store_conflicts, "nodestate_store_conflicts_total", counter, au64, \
       NS_STAT_AFTER_REJECTED, NS_STAT_AFTER_REJECTED, \
       "Rows a shared store refused: their node had a newer stored state.") \
+    X(checkpoint_failures, "nodestate_checkpoint_failures_total", counter, au64, \
+      NS_STAT_AFTER_REJECTED, NS_STAT_AFTER_REJECTED, \
+      "SQLite WAL checkpoint rounds that failed.") \
+    X(wal_frames, "nodestate_wal_frames", gauge, au64, \
+      NS_STAT_AFTER_REJECTED, NS_STAT_AFTER_REJECTED, \
+      "Frames in the SQLite WAL after the last commit.") \
     X(last_seq, "nodestate_last_seq", gauge, ai64, \
       NS_STAT_AFTER_REJECTED, NS_STAT_AFTER_REJECTED, \
       "Highest sequence number assigned.") \

@@ -311,6 +311,8 @@ static int commit_ops(engine *e, const ns_op *ops, size_t n)
     int64_t done = model_mono_ns();
     atomic_store(&e->store_failing, false);
     ns_stats *s = &e->stats;
+    atomic_store_explicit(&s->wal_frames, (uint64_t)store_wal_frames(e->store),
+                          memory_order_relaxed);
     atomic_fetch_add_explicit(&s->batches_written, 1, memory_order_relaxed);
     atomic_fetch_add_explicit(&s->rows_written,
                               plan.batch.n_rows - plan.batch.n_isolated - plan.batch.n_superseded,

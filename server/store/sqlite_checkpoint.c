@@ -19,6 +19,11 @@
  * thread has copied all but the last few pages, so the stall is short, and
  * the next write starts the WAL over. The inline checkpoint waits for a
  * round of the thread in progress rather than being refused by it.
+ *
+ * A round that fails (not one a reader cut short) is counted and told to
+ * the listener (store_on_checkpoint), and so is the first that completes
+ * after failures: a checkpoint that keeps failing otherwise shows only as a
+ * WAL that never stops growing.
  */
 #include "sqlite_internal.h"
 
@@ -49,8 +54,53 @@ struct store_ckpt {
      */
     _Atomic uint64_t seen;
     int hook_frames;            /* the WAL's length at the last commit; the hook's own */
+    atomic_int wal_frames;      /* the same, for store_ckpt_wal_frames */
     atomic_ulong thread_rounds, inline_rounds;
+    /* Rounds that failed; whether the last one did (both under report_mu). */
+    uint64_t failures;
+    bool failing;
+    pthread_mutex_t report_mu;  /* also orders the listener's calls */
+    store_ckpt_fn listener;     /* under report_mu */
+    void *listener_ctx;
+#ifdef NODESTATE_FAULTS
+    atomic_long fail_left;      /* rounds still to fail (store_ckpt_inject) */
+#endif
 };
+
+#ifdef NODESTATE_FAULTS
+/* Whether this round is one store_ckpt_inject asked to fail. */
+static bool ckpt_injected(store_ckpt *c)
+{
+    long left = atomic_load(&c->fail_left);
+    while (left > 0 && !atomic_compare_exchange_weak(&c->fail_left, &left, left - 1)) {
+    }
+    return left > 0;
+}
+
+void store_ckpt_inject(store_ckpt *c, long rounds)
+{
+    atomic_store(&c->fail_left, rounds);
+}
+#else
+#define ckpt_injected(c) false
+#endif
+
+/*
+ * Counts a failed round (error: why) or notes a completed one (NULL), and
+ * tells the listener of every failure and of the first completion after
+ * one. Called by whichever thread ran the round, run_mu held.
+ */
+static void ckpt_report(store_ckpt *c, const char *error)
+{
+    pthread_mutex_lock(&c->report_mu);
+    bool tell = error != NULL || c->failing;
+    if (error != NULL)
+        c->failures++;
+    c->failing = error != NULL;
+    if (tell && c->listener != NULL)
+        c->listener(c->listener_ctx, c->failures, error);
+    pthread_mutex_unlock(&c->report_mu);
+}
 
 static uint64_t ckpt_pack(int log, int done)
 {
@@ -64,9 +114,16 @@ static uint64_t ckpt_pack(int log, int done)
 static bool ckpt_round(store_ckpt *c, sqlite3 *db)
 {
     int log = 0, done = 0;
-    if (sqlite3_wal_checkpoint_v2(db, "main", SQLITE_CHECKPOINT_PASSIVE, &log, &done)
-            != SQLITE_OK ||
-        log < 0 || done < 0)
+    bool injected = ckpt_injected(c);
+    int rc = injected ? SQLITE_IOERR
+                      : sqlite3_wal_checkpoint_v2(db, "main", SQLITE_CHECKPOINT_PASSIVE, &log,
+                                                  &done);
+    if (rc != SQLITE_OK) {
+        ckpt_report(c, injected ? "injected failure (NODESTATE_FAULTS)" : sqlite3_errmsg(db));
+        return false;
+    }
+    ckpt_report(c, NULL);
+    if (log < 0 || done < 0)
         return false;
     atomic_store(&c->seen, ckpt_pack(log, done));
     return done == log;
@@ -88,6 +145,7 @@ static int ckpt_on_commit(void *arg, sqlite3 *db, const char *schema, int frames
     if (frames < c->hook_frames)
         atomic_store(&c->seen, 0);
     c->hook_frames = frames;
+    atomic_store_explicit(&c->wal_frames, frames, memory_order_relaxed);
     uint64_t seen = atomic_load(&c->seen);
     int log = (int)(seen >> 32), done = (int)(uint32_t)seen;
     int behind = frames >= log ? frames - done : frames;
@@ -167,6 +225,10 @@ store_ckpt *store_ckpt_start(sqlite3 *writer, const char *path, int soft_frames,
     atomic_init(&c->seen, 0);
     atomic_init(&c->thread_rounds, 0);
     atomic_init(&c->inline_rounds, 0);
+    atomic_init(&c->wal_frames, 0);
+#ifdef NODESTATE_FAULTS
+    atomic_init(&c->fail_left, 0);
+#endif
     int64_t version;
     /* A first read makes the connection open the WAL, or its checkpoints do nothing. */
     if (sqlite3_open_v2(path, &c->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, NULL)
@@ -181,12 +243,15 @@ store_ckpt *store_ckpt_start(sqlite3 *writer, const char *path, int soft_frames,
     bool mu = lockcheck_init(&c->mu) == 0;
     bool wake = mu && lockcheck_cond_init(&c->wake) == 0;
     bool run_mu = wake && pthread_mutex_init(&c->run_mu, NULL) == 0;
-    int rc = run_mu ? pthread_create(&c->thread, NULL, ckpt_main, c) : -1;
+    bool report_mu = run_mu && pthread_mutex_init(&c->report_mu, NULL) == 0;
+    int rc = report_mu ? pthread_create(&c->thread, NULL, ckpt_main, c) : -1;
     if (rc != 0) {
         char msg[STORE_ERRMSG_MAX];
         snprintf(msg, sizeof msg, "cannot start the checkpoint thread: %s",
                  rc > 0 ? strerror(rc) : "cannot create its lock");
         store_set_err(err, errlen, path, msg);
+        if (report_mu)
+            pthread_mutex_destroy(&c->report_mu);
         if (run_mu)
             pthread_mutex_destroy(&c->run_mu);
         if (wake)
@@ -212,6 +277,7 @@ void store_ckpt_stop(store_ckpt *c, sqlite3 *writer)
     pthread_cond_signal(&c->wake);
     lockcheck_unlock(&c->mu);
     pthread_join(c->thread, NULL);
+    pthread_mutex_destroy(&c->report_mu);
     pthread_mutex_destroy(&c->run_mu);
     pthread_cond_destroy(&c->wake);
     lockcheck_destroy(&c->mu);
@@ -232,4 +298,17 @@ void store_ckpt_rounds(const store_ckpt *c, unsigned long *thread_rounds,
 {
     *thread_rounds = atomic_load(&c->thread_rounds);
     *inline_rounds = atomic_load(&c->inline_rounds);
+}
+
+void store_ckpt_listen(store_ckpt *c, store_ckpt_fn fn, void *ctx)
+{
+    pthread_mutex_lock(&c->report_mu);
+    c->listener = fn;
+    c->listener_ctx = ctx;
+    pthread_mutex_unlock(&c->report_mu);
+}
+
+int store_ckpt_wal_frames(const store_ckpt *c)
+{
+    return atomic_load_explicit(&c->wal_frames, memory_order_relaxed);
 }

@@ -55,6 +55,8 @@ static int store_faults_entry(store_faults *f, char *entry)
     }
     if (strcmp(entry, "after") == 0)
         return store_faults_number(value, 0, &f->after);
+    if (strcmp(entry, "checkpoint") == 0)
+        return store_faults_number(value, 1, &f->checkpoint_rounds);
     if (strcmp(entry, "row") == 0) {
         if (!model_id_valid(value, strlen(value))
             || f->n_rows == STORE_FAULT_ROWS_MAX)
@@ -92,8 +94,8 @@ int store_faults_load(store_faults *f, char *msg, size_t msglen)
         if (store_faults_entry(f, entry) != 0) {
             snprintf(msg, msglen,
                      "NODESTATE_FAULTS=\"%s\": cannot read \"%s\" (expected "
-                     "commit=busy|ioerr|full:N, after=N or row=NODE_ID, "
-                     "comma-separated)", spec, entry);
+                     "commit=busy|ioerr|full:N, after=N, checkpoint=N or "
+                     "row=NODE_ID, comma-separated)", spec, entry);
             ret = -1;
         }
     }

@@ -159,6 +159,7 @@ extern const char store_set_seq_sql[];
  *   STORE_FAULT_ROW(s, row)         true: refuse this upsert as unwritable
  *   STORE_FAULT_COMMIT(s)           -1 (errmsg set): fail this write
  *   STORE_FAULT_WROTE(s)            a write committed
+ *   STORE_FAULTS_ARM_CKPT(s)        the checkpointer fails its first rounds
  * --------------------------------------------------------------------- */
 #ifdef NODESTATE_FAULTS
 
@@ -170,6 +171,7 @@ typedef struct store_faults {
     long commit_left;           /* injected write failures still to come */
     long after;                 /* successful writes before faults start */
     long wrote;                 /* successful writes so far */
+    long checkpoint_rounds;     /* checkpoint rounds to fail, from the first */
     size_t n_rows;
     char rows[STORE_FAULT_ROWS_MAX][NS_ID_MAX + 1]; /* node_ids refused */
 } store_faults;
@@ -189,6 +191,7 @@ int store_faults_commit(store_faults *f, char *errmsg, size_t len);
 #define STORE_FAULT_COMMIT(s)                                               \
     store_faults_commit(&(s)->faults, (s)->errmsg, sizeof (s)->errmsg)
 #define STORE_FAULT_WROTE(s) ((void)(s)->faults.wrote++)
+#define STORE_FAULTS_ARM_CKPT(s) store_ckpt_inject((s)->ckpt, (s)->faults.checkpoint_rounds)
 
 #else /* !NODESTATE_FAULTS */
 
@@ -197,6 +200,7 @@ int store_faults_commit(store_faults *f, char *errmsg, size_t len);
 #define STORE_FAULT_ROW(s, row) false
 #define STORE_FAULT_COMMIT(s) 0
 #define STORE_FAULT_WROTE(s) ((void)0)
+#define STORE_FAULTS_ARM_CKPT(s) ((void)0)
 
 #endif /* NODESTATE_FAULTS */
 /* ---------------------- end of fault injection ---------------------- */
@@ -230,6 +234,14 @@ void store_ckpt_pause(store_ckpt *c, bool paused);
 /* For tests: the rounds the thread and the commits have run so far. */
 void store_ckpt_rounds(const store_ckpt *c, unsigned long *thread_rounds,
                        unsigned long *inline_rounds);
+/* Sets the listener told of failed rounds (store_on_checkpoint); NULL: none. */
+void store_ckpt_listen(store_ckpt *c, store_ckpt_fn fn, void *ctx);
+/* The WAL's length in frames at the writer's last commit (store_wal_frames). */
+int store_ckpt_wal_frames(const store_ckpt *c);
+#ifdef NODESTATE_FAULTS
+/* The next `rounds` checkpoint rounds fail (NODESTATE_FAULTS "checkpoint=N"). */
+void store_ckpt_inject(store_ckpt *c, long rounds);
+#endif
 
 /*
  * The name of the VFS the write connection opens its file with

@@ -8,8 +8,20 @@
 
 STORE_ADAPTERS(sqlite)
 
+static void sqlite_on_checkpoint(void *s, store_ckpt_fn fn, void *ctx)
+{
+    store_ckpt_listen(((sqlite_store *)s)->ckpt, fn, ctx);
+}
+
+static int64_t sqlite_wal_frames(const void *s)
+{
+    return store_ckpt_wal_frames(((const sqlite_store *)s)->ckpt);
+}
+
 const store_ops store_sqlite_ops = {
     .name = "sqlite",
     STORE_ADAPTED_OPS,
     .seq_block = NULL, /* one process per file (dblock): its counter is the only one */
+    .on_checkpoint = sqlite_on_checkpoint,
+    .wal_frames = sqlite_wal_frames,
 };

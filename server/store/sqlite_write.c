@@ -220,6 +220,7 @@ sqlite_store *sqlite_store_open(const char *path, bool sync_full, char *err, siz
                                errlen);
     if (s->ckpt == NULL)
         goto err;
+    STORE_FAULTS_ARM_CKPT(s);
     if (store_query_int(s->db, store_get_seq_sql, &s->last_seq)
         != SQLITE_OK) {
         store_set_db_err(err, errlen, path, s->db, "reading last_seq");

@@ -99,6 +99,17 @@ bool store_shared(const store *s)
     return s->ops->seq_block != NULL;
 }
 
+void store_on_checkpoint(store *s, store_ckpt_fn fn, void *ctx)
+{
+    if (s->ops->on_checkpoint != NULL)
+        s->ops->on_checkpoint(s->impl, fn, ctx);
+}
+
+int64_t store_wal_frames(const store *s)
+{
+    return s->ops->wal_frames != NULL ? s->ops->wal_frames(s->impl) : 0;
+}
+
 int64_t store_last_seq(const store *s)
 {
     return s->ops->last_seq(s->impl);

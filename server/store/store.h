@@ -21,6 +21,7 @@
  *   "commit=ioerr:2"  ... with SQLITE_IOERR; "commit=full:1" with SQLITE_FULL
  *   "after=5"         faults start after 5 successful writes
  *   "row=NODE_ID"     every upsert of that node fails as unwritable
+ *   "checkpoint=2"    the first 2 WAL checkpoint rounds fail (SQLITE_IOERR)
  * (comma-separated). Without NODESTATE_FAULTS defined there is no such code.
  *
  * Schema (PRAGMA user_version = 2):
@@ -342,6 +343,18 @@ const char *store_spill_file(const store *s);
  * process's own counter, and a row may be refused (on_superseded).
  */
 bool store_shared(const store *s);
+/*
+ * Told of the SQLite WAL's checkpoints: after every round that failed
+ * (error: why; failures: rounds failed since the store was opened) and
+ * after the first that completed again (error NULL). Called on the
+ * checkpoint thread, or on the writer's when a commit checkpoints itself
+ * (inside store_write), never two at once; must not call into the store.
+ */
+typedef void (*store_ckpt_fn)(void *ctx, uint64_t failures, const char *error);
+/* Sets the checkpoints' listener (NULL: none); a store without a WAL has none to tell. */
+void store_on_checkpoint(store *s, store_ckpt_fn fn, void *ctx);
+/* The WAL's length in frames after the last commit; 0 for a store without one. */
+int64_t store_wal_frames(const store *s);
 /*
  * Reserves a block of seqs for this process in a shared store: *first ..
  * *last, at least `want` of them, every one above `above` and above every

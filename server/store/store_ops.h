@@ -50,6 +50,9 @@ typedef struct store_ops {
     int (*expired_runs)(void *s, int64_t cutoff_ms, size_t max_rows,
                         store_expiry_cursor *c,
                         int (*fn)(void *ctx, const char *run_id), void *ctx);
+    /* store_on_checkpoint and store_wal_frames; NULL when there is no WAL. */
+    void (*on_checkpoint)(void *s, store_ckpt_fn fn, void *ctx);
+    int64_t (*wal_frames)(const void *s);
 } store_ops;
 
 /*
