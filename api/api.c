@@ -211,6 +211,26 @@ static void judge_again(api *a, api_response *resp, struct api_wait *w)
         stats_count_http(engine_stats(a->engine), resp->status);
 }
 
+/*
+ * A batch whose wait ended durable, with items judged again
+ * (api_batch_mark_refused): one queued anew is not durable yet, so the
+ * batch waits again, for what is left of its timeout, on the highest such
+ * seq; 202 when nothing is left, 200 once every seq it names is durable.
+ * Takes w.
+ */
+static void batch_judged_again(api *a, api_response *resp, struct api_wait *w)
+{
+    int64_t wait_seq = api_batch_wait_seq(a, w);
+    int64_t left_ns = w->deadline_ns - model_mono_ns();
+    api_batch_response(resp, wait_seq ? 202 : 200, w, wait_seq == 0);
+    if (wait_seq && left_ns > 0) {
+        api_park(resp, w, wait_seq, (double)left_ns / 1e9);
+        return;
+    }
+    api_wait_free(w);
+    stats_count_http(engine_stats(a->engine), resp->status);
+}
+
 void api_finish_wait(api *a, api_response *resp, bool durable)
 {
     struct api_wait *w = resp->wait;
@@ -228,11 +248,16 @@ void api_finish_wait(api *a, api_response *resp, bool durable)
         judge_again(a, resp, w);
         return;
     }
+    int marked = w->batch_results && durable ? api_batch_mark_refused(a, w) : 0;
+    if (marked > 0) {
+        batch_judged_again(a, resp, w);
+        return;
+    }
     if (refused != ENGINE_NOT_REFUSED)
         api_answer_problem(resp, PROBLEM_WRITE_REFUSED, API_WRITE_REFUSED_DETAIL);
     else if (w->row)
         api_row_response(resp, status, w->row, durable);
-    else if (w->batch_results && durable && api_batch_mark_refused(a, w) != 0)
+    else if (marked < 0)
         api_answer_problem(resp, PROBLEM_OUT_OF_MEMORY, "out of memory rendering the answer");
     else if (w->batch_results)
         api_batch_response(resp, status, w, durable);

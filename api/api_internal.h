@@ -41,15 +41,17 @@ typedef struct api_batch_seq {
     size_t start, mid, end;
     int64_t seq;
     bool duplicate;       /* counted in duplicates, not accepted */
+    size_t item;          /* its index among the request's items */
 } api_batch_seq;
 
 /* What a parked ?wait=true response is rebuilt from. */
 struct api_wait {
     ns_row *row;          /* node update: the row; NULL for a delete */
     /*
-     * A single update's body, kept with a shared store to judge it again if
-     * the store finds a newer state of the node (ENGINE_REFUSED_SUPERSEDED);
-     * NULL once judged again, with SQLite, and for the other writes.
+     * A single update's or a batch's body, kept with a shared store to
+     * judge it (or the refused items) again if the store finds a newer
+     * state of the node (ENGINE_REFUSED_SUPERSEDED); NULL once judged
+     * again, with SQLite, and for the other writes.
      */
     char *body;
     size_t body_len;
@@ -134,10 +136,21 @@ void api_wait_free(struct api_wait *w);
 /*
  * A batch found durable (at once, or when its wait ended): its items whose
  * seq the engine refused after all (engine_refused) become write-refused
- * problems in the results, and the counts follow. 0, or -1 out of memory
- * (the results unchanged).
+ * problems in the results, and the counts follow; with its body kept (a
+ * shared store), an item refused as superseded is judged again instead, as
+ * if it had just arrived, and the body is dropped (judged once). 0; 1 when
+ * an item was judged again (it may have been queued anew: the batch is
+ * durable only if api_batch_wait_seq says so); -1 out of memory (the
+ * results unchanged).
  */
 int api_batch_mark_refused(api *a, struct api_wait *w);
+/*
+ * The seq a batch must wait on to be durable: the highest of its own seqs
+ * not yet covered (engine_durability_covers); 0 when it is durable now.
+ */
+int64_t api_batch_wait_seq(api *a, const struct api_wait *w);
+/* Parks resp on w (its answer so far already in resp) for timeout seconds, on wait_seq. */
+void api_park(api_response *resp, struct api_wait *w, int64_t wait_seq, double timeout);
 /* Header value by name, or NULL. */
 const char *api_header(const api_request *req, const char *name);
 

@@ -104,13 +104,12 @@ static int wait_args(api *a, const api_request *req, api_response *resp,
     return 0;
 }
 
-/* Parks resp until seq is durable; the transport calls api_finish_wait. */
-static void park(api *a, api_response *resp, struct api_wait *w, double timeout)
+/* Parks resp until wait_seq is durable; the transport calls api_finish_wait. */
+void api_park(api_response *resp, struct api_wait *w, int64_t wait_seq, double timeout)
 {
     resp->wait = w;
-    resp->wait_seq = w->seq;
+    resp->wait_seq = wait_seq;
     resp->wait_timeout = timeout;
-    (void)a;
 }
 
 /* ---- handlers ---- */
@@ -178,7 +177,7 @@ static void post_state(api *a, const char *run_id, const char *node_id, const ch
             w->seq = row->seq;
             if (!again && engine_shared(a->engine))
                 keep_body(w, body, len, timeout);
-            park(a, resp, w, timeout);
+            api_park(resp, w, w->seq, timeout);
             return; /* the wait keeps the row's reference */
         }
         break;
@@ -262,6 +261,51 @@ static void refusal_detail(char *why, size_t len, engine_result res, const ns_ro
 }
 
 /*
+ * Writes the result of one item, judged res (seq its seq, current the
+ * node's state when refused), to b and counts it in w: 202 or 200 with its
+ * seq, whose place in b goes to *at (returns true), or its problem: 409
+ * with the current node, or 500 with fail_detail.
+ */
+static bool batch_item(api *a, struct api_wait *w, buf *b, const char *node_id,
+                       const ns_update *u, engine_result res, int64_t seq, const ns_row *current,
+                       const char *fail_detail, api_batch_seq *at)
+{
+    char why[256];
+    switch (res) {
+    case ENGINE_ACCEPTED:
+    case ENGINE_DUPLICATE:
+        if (res == ENGINE_ACCEPTED)
+            w->accepted++;
+        else
+            w->duplicates++;
+        if (seq > w->seq)
+            w->seq = seq;
+        at->start = b->len;
+        at->seq = seq;
+        at->duplicate = res == ENGINE_DUPLICATE;
+        buf_puts(b, "{\"node_id\":");
+        buf_json_string(b, node_id);
+        at->mid = b->len;
+        buf_printf(b, ",\"code\":%d,\"seq\":%lld}", res == ENGINE_ACCEPTED ? 202 : 200,
+                   (long long)seq);
+        at->end = b->len;
+        return true;
+    case ENGINE_STALE:
+    case ENGINE_ILLEGAL:
+        w->refused++;
+        refusal_detail(why, sizeof why, res, current, u);
+        batch_problem(b, node_id,
+                      res == ENGINE_STALE ? PROBLEM_STALE_ATTEMPT : PROBLEM_ILLEGAL_TRANSITION,
+                      why, current, current && api_is_durable(a, current->seq));
+        return false;
+    default:
+        w->refused++;
+        batch_problem(b, node_id, PROBLEM_INTERNAL_ERROR, fail_detail, NULL, false);
+        return false;
+    }
+}
+
+/*
  * Renders results[] (one per good item, in body order) and the bad items into w: the results array in body
  * order, the counts, the highest seq to wait on, and where each item with a seq sits
  * (api_batch_mark_refused). 0, or -1 out of memory.
@@ -286,44 +330,47 @@ static int batch_render(api *a, const codec_batch *cb, const engine_batch_result
             continue;
         }
         const engine_batch_result *r = &results[k++];
-        char why[256];
-        switch (r->res) {
-        case ENGINE_ACCEPTED:
-        case ENGINE_DUPLICATE:
-            if (r->res == ENGINE_ACCEPTED)
-                w->accepted++;
-            else
-                w->duplicates++;
-            if (r->seq > w->seq)
-                w->seq = r->seq;
-            api_batch_seq at = { .start = b.len, .seq = r->seq,
-                                 .duplicate = r->res == ENGINE_DUPLICATE };
-            buf_puts(&b, "{\"node_id\":");
-            buf_json_string(&b, node_id);
-            at.mid = b.len;
-            buf_printf(&b, ",\"code\":%d,\"seq\":%lld}", r->res == ENGINE_ACCEPTED ? 202 : 200,
-                       (long long)r->seq);
-            at.end = b.len;
+        api_batch_seq at = { .item = i };
+        if (batch_item(a, w, &b, node_id, u, r->res, r->seq, r->current,
+                       "the update could not be applied (out of memory)", &at))
             w->batch_seqs[w->n_batch_seqs++] = at;
-            break;
-        case ENGINE_STALE:
-        case ENGINE_ILLEGAL:
-            w->refused++;
-            refusal_detail(why, sizeof why, r->res, r->current, u);
-            batch_problem(&b, node_id,
-                          r->res == ENGINE_STALE ? PROBLEM_STALE_ATTEMPT : PROBLEM_ILLEGAL_TRANSITION,
-                          why, r->current, r->current && api_is_durable(a, r->current->seq));
-            break;
-        default:
-            w->refused++;
-            batch_problem(&b, node_id, PROBLEM_INTERNAL_ERROR,
-                          "the update could not be applied (out of memory)", NULL, false);
-            break;
-        }
     }
     buf_append(&b, "]", 1);
     w->batch_results = buf_steal(&b, &w->batch_results_len);
     return w->batch_results ? 0 : -1;
+}
+
+/*
+ * An item of batch cb that a shared store refused as superseded (old: its
+ * place and seq), judged again as if it had just arrived, as a single
+ * update is (judge_again): its new result goes to b, its place to *at if it
+ * got a seq (returns true). Its old count in w is taken back first.
+ */
+static bool batch_item_again(api *a, struct api_wait *w, const codec_batch *cb,
+                             const api_batch_seq *old, buf *b, api_batch_seq *at)
+{
+    const char *node_id, *why;
+    const ns_update *u = codec_batch_item_at(cb, old->item, &node_id, &why);
+    if (old->duplicate)
+        w->duplicates--;
+    else
+        w->accepted--;
+    *at = (api_batch_seq){ .item = old->item };
+    if (!u) {
+        /* The body decoded to this item once; it cannot fail to now. */
+        w->refused++;
+        batch_problem(b, node_id, PROBLEM_INTERNAL_ERROR, why, NULL, false);
+        return false;
+    }
+    ns_row *row = NULL;
+    engine_result res = engine_submit(a->engine, w->run_id, node_id, u, &row);
+    bool has_seq = batch_item(a, w, b, node_id, u, res, row ? row->seq : 0, row,
+                              res == ENGINE_QUEUE_FULL
+                                  ? "the queue was full when the update was judged again"
+                                  : "the update could not be applied (reading the database failed)",
+                              at);
+    model_row_unref(row);
+    return has_seq;
 }
 
 int api_batch_mark_refused(api *a, struct api_wait *w)
@@ -337,38 +384,87 @@ int api_batch_mark_refused(api *a, struct api_wait *w)
     }
     if (w->n_batch_seqs == 0 || !engine_refused_between(a->engine, lo, hi))
         return 0;
-    /* Rare (a row the database refused): the results again, each refused item replaced. */
+    /*
+     * Rare (a row the database refused): the results again, each refused
+     * item replaced, every item with a seq placed anew (an item judged
+     * again may get one or lose it, and the text around moves).
+     */
+    codec_batch *cb = NULL;
+    if (w->body) {
+        int status;
+        char detail[256];
+        cb = codec_decode_batch(w->body, w->body_len, w->run_id, a->cfg.max_error_bytes,
+                                a->cfg.max_batch_updates, &status, detail, sizeof detail);
+    }
+    api_batch_seq *seqs = malloc(w->n_batch_seqs * sizeof *seqs);
     buf b;
     buf_init(&b);
-    size_t from = 0, accepted = w->accepted, duplicates = w->duplicates, refused = w->refused;
-    for (size_t i = 0; i < w->n_batch_seqs; i++) {
+    size_t n_seqs = 0, from = 0;
+    size_t accepted = w->accepted, duplicates = w->duplicates, refused = w->refused;
+    bool again = false;
+    for (size_t i = 0; seqs && i < w->n_batch_seqs; i++) {
         const api_batch_seq *at = &w->batch_seqs[i];
-        if (engine_refused(a->engine, at->seq) == ENGINE_NOT_REFUSED)
+        buf_append(&b, w->batch_results + from, at->start - from);
+        from = at->end;
+        engine_refusal why = engine_refused(a->engine, at->seq);
+        if (why == ENGINE_NOT_REFUSED) {
+            seqs[n_seqs++] = (api_batch_seq){ b.len, b.len + (at->mid - at->start),
+                                              b.len + (at->end - at->start), at->seq,
+                                              at->duplicate, at->item };
+            buf_append(&b, w->batch_results + at->start, at->end - at->start);
             continue;
+        }
+        if (why == ENGINE_REFUSED_SUPERSEDED && cb) {
+            again = true;
+            if (batch_item_again(a, w, cb, at, &b, &seqs[n_seqs]))
+                n_seqs++;
+            continue;
+        }
         const problem_type *t = problems_get(PROBLEM_WRITE_REFUSED);
-        buf_append(&b, w->batch_results + from, at->mid - from);
+        buf_append(&b, w->batch_results + at->start, at->mid - at->start);
         buf_printf(&b, ",\"code\":%d,\"problem\":", t->status);
         codec_problem(&b, t->status, t->slug, t->title, API_WRITE_REFUSED_DETAIL, NULL, false);
         buf_append(&b, "}", 1);
-        from = at->end;
         if (at->duplicate)
-            duplicates--;
+            w->duplicates--;
         else
-            accepted--;
-        refused++;
+            w->accepted--;
+        w->refused++;
     }
-    buf_append(&b, w->batch_results + from, w->batch_results_len - from);
-    size_t len;
-    char *results = buf_steal(&b, &len);
-    if (!results)
+    codec_batch_free(cb);
+    size_t len = 0;
+    if (seqs)
+        buf_append(&b, w->batch_results + from, w->batch_results_len - from);
+    char *results = seqs ? buf_steal(&b, &len) : NULL;
+    if (!results) {
+        buf_free(&b);
+        free(seqs);
+        /* The counts as they were; an item judged again stays judged (its row is queued). */
+        w->accepted = accepted;
+        w->duplicates = duplicates;
+        w->refused = refused;
         return -1;
+    }
     free(w->batch_results);
     w->batch_results = results;
     w->batch_results_len = len;
-    w->accepted = accepted;
-    w->duplicates = duplicates;
-    w->refused = refused;
-    return 0;
+    free(w->batch_seqs);
+    w->batch_seqs = seqs;
+    w->n_batch_seqs = n_seqs;
+    /* Judged once: a second refusal is answered as one. */
+    free(w->body);
+    w->body = NULL;
+    return again ? 1 : 0;
+}
+
+int64_t api_batch_wait_seq(api *a, const struct api_wait *w)
+{
+    engine_durability d = engine_durability_now(a->engine);
+    int64_t wait_seq = 0;
+    for (size_t i = 0; i < w->n_batch_seqs; i++)
+        if (w->batch_seqs[i].seq > wait_seq && !engine_durability_covers(&d, w->batch_seqs[i].seq))
+            wait_seq = w->batch_seqs[i].seq;
+    return wait_seq;
 }
 
 void api_post_batch(api *a, const api_request *req, const route_args *args,
@@ -443,20 +539,18 @@ void api_post_batch(api *a, const api_request *req, const route_args *args,
      * highest of ours not yet on disk is the one to wait on (another
      * instance's seq, found as a duplicate, may be higher and on disk).
      */
-    engine_durability d = engine_durability_now(a->engine);
-    int64_t wait_seq = 0;
-    for (size_t i = 0; i < w->n_batch_seqs; i++)
-        if (w->batch_seqs[i].seq > wait_seq && !engine_durability_covers(&d, w->batch_seqs[i].seq))
-            wait_seq = w->batch_seqs[i].seq;
+    int64_t wait_seq = api_batch_wait_seq(a, w);
     bool durable = wait_seq == 0;
-    if (durable && api_batch_mark_refused(a, w) != 0) {
+    /* No body is kept yet, so nothing is judged again here (never 1). */
+    if (durable && api_batch_mark_refused(a, w) < 0) {
         api_answer_problem(resp, PROBLEM_OUT_OF_MEMORY, "out of memory rendering the answer");
         goto done;
     }
     api_batch_response(resp, durable ? 200 : 202, w, durable);
     if (wait && !durable) {
-        park(a, resp, w, timeout);
-        resp->wait_seq = wait_seq;
+        if (engine_shared(a->engine))
+            keep_body(w, req->body ? req->body : "", req->body_len, timeout);
+        api_park(resp, w, wait_seq, timeout);
         w = NULL; /* the wait keeps it */
     }
 done:
@@ -483,7 +577,7 @@ void api_delete_run(api *a, const api_request *req, const route_args *args,
     if (res == ENGINE_ACCEPTED) {
         api_deleted_response(resp, 202, w, false);
         if (wait) {
-            park(a, resp, w, timeout);
+            api_park(resp, w, w->seq, timeout);
             return;
         }
     } else if (res == ENGINE_NOT_FOUND) {

@@ -408,3 +408,66 @@ Test(shared, evicting_another_instances_node_does_not_break_reads_of_its_run)
     cr_assert_eq(ns_stop(a, SIGTERM), 0);
     ns_free(a);
 }
+
+/*
+ * The same for the items of a waiting batch: each item the store refused
+ * as superseded is judged again against the stored node, as a single
+ * update is (not answered 500 write-refused): one that changes nothing is
+ * a duplicate (200, the stored seq), one the rules refuse there a 409 with
+ * the stored node, and one they admit is queued again and the batch waits
+ * for it too. The batch's counts follow its items.
+ */
+Test(shared, superseded_batch_items_are_judged_again_against_the_stored_nodes)
+{
+    ns_server *a = start_a("--batch-interval 0.01");
+    ns_resp r = { 0 };
+    /* A knows run fb whole (listed), so it takes every node below for new. */
+    it_post(a, "fb", "n0", "?wait=true", "{\"status\":\"running\"}", 200);
+    cr_assert_eq(ns_req(a, "GET", "/runs/fb/nodes", NULL, NULL, &r), 0);
+    cr_assert_eq(r.status, 200, "%ld %s", r.status, r.body);
+    /* Another instance stored n1 and n3 as scheduled and n4 as completed. */
+    long long s1 = store_node_at(a, "fb", "n1", 1000);
+    long long s3 = store_node_at(a, "fb", "n3", 1001);
+    store_node_at(a, "fb", "n4", 1002);
+    cr_assert_eq(ns_db_int(a, "WITH u AS (UPDATE run_node_state SET status = 'completed',"
+                              " completed_at = '2026-01-01T00:00:01.000Z'"
+                              " WHERE run_id = 'fb' AND node_id = 'n4' RETURNING 1)"
+                              " SELECT count(*) FROM u", NULL), 1);
+    cr_assert_eq(ns_req(a, "POST", "/runs/fb/nodes?wait=true",
+                        "{\"updates\":[{\"node_id\":\"n1\",\"status\":\"scheduled\"},"
+                        "{\"node_id\":\"n3\",\"status\":\"running\"},"
+                        "{\"node_id\":\"n4\",\"status\":\"running\"},"
+                        "{\"node_id\":\"n5\",\"status\":\"running\"}]}", NULL, &r), 0);
+    cr_assert_eq(r.status, 200, "%ld %s", r.status, r.body);
+    json_t *doc = ns_resp_json(&r);
+    cr_assert(json_is_true(json_object_get(doc, "durable")), "%s", r.body);
+    cr_assert_eq(it_jint(doc, "accepted"), 2, "%s", r.body);
+    cr_assert_eq(it_jint(doc, "duplicates"), 1, "%s", r.body);
+    cr_assert_eq(it_jint(doc, "refused"), 1, "%s", r.body);
+    json_t *res = json_object_get(doc, "results");
+    cr_assert_eq(json_array_size(res), 4, "%s", r.body);
+    json_t *n1 = json_array_get(res, 0), *n3 = json_array_get(res, 1);
+    json_t *n4 = json_array_get(res, 2), *n5 = json_array_get(res, 3);
+    cr_assert_eq(it_jint(n1, "code"), 200, "n1 changes nothing stored: %s", r.body);
+    cr_assert_eq(it_jint(n1, "seq"), s1, "%s", r.body);
+    cr_assert_eq(it_jint(n3, "code"), 202, "n3 applies to the stored node: %s", r.body);
+    cr_assert(it_jint(n3, "seq") > s3, "%s", r.body);
+    cr_assert_eq(it_jint(n4, "code"), 409, "n4 is completed in the store: %s", r.body);
+    json_t *p4 = json_object_get(n4, "problem");
+    cr_assert_str_eq(ns_jstr(p4, "type"), "urn:nodestate:problem:illegal-transition", "%s",
+                     r.body);
+    cr_assert_str_eq(ns_jstr(json_object_get(p4, "current"), "status"), "completed", "%s",
+                     r.body);
+    cr_assert_eq(it_jint(n5, "code"), 202, "%s", r.body);
+    cr_assert_eq(it_jint(doc, "last_seq"), it_jint(n3, "seq"), "%s", r.body);
+    json_decref(doc);
+    ns_resp_free(&r);
+    cr_assert_eq(ns_stat(a, "store_conflicts"), 3);
+    /* Durable meant it: n3's second try and n5 are stored, n4 untouched. */
+    cr_assert_eq(ns_db_int(a, "SELECT count(*) FROM run_node_state WHERE run_id = 'fb' AND"
+                              " ((node_id IN ('n3', 'n5') AND status = 'running') OR"
+                              "  (node_id = 'n4' AND status = 'completed') OR"
+                              "  (node_id = 'n1' AND status = 'scheduled'))", NULL), 4);
+    cr_assert_eq(ns_stop(a, SIGTERM), 0);
+    ns_free(a);
+}
