@@ -390,3 +390,70 @@ Test(faults, failed_checkpoints_are_told_and_so_is_the_recovery)
     /* Nothing a failed round touched is lost. */
     cr_assert(eq(int, count_rows(), commits * PER_COMMIT));
 }
+
+/*
+ * A failing checkpoint stays off the commit path: no round completes, so
+ * the WAL passes twice the hard bound (20,000 frames), from where a commit
+ * would run a round of its own inside its COMMIT, on the writer's thread
+ * (with a real error, syncing the WAL and copying pages before failing).
+ * While rounds fail, the commits only ask. (Found by a review.)
+ */
+typedef struct ckpt_threads {
+    pthread_mutex_t mu;
+    pthread_t writer;
+    int on_writer, elsewhere;
+} ckpt_threads;
+
+static void on_ckpt_thread(void *ctx, uint64_t failures, const char *error)
+{
+    ckpt_threads *t = ctx;
+    (void)failures;
+    (void)error;
+    pthread_mutex_lock(&t->mu);
+    if (pthread_equal(pthread_self(), t->writer))
+        t->on_writer++;
+    else
+        t->elsewhere++;
+    pthread_mutex_unlock(&t->mu);
+}
+
+Test(faults, a_failing_checkpoint_costs_no_commit_a_round)
+{
+    enum { NODES = 50000, SPREAD = 200, AFTER = 20, TWICE_HARD = 2 * 10000 /* STORE_WAL_HARD_FRAMES */ };
+    store *s = open_with("checkpoint=1000000");
+    ckpt_threads t = {.mu = PTHREAD_MUTEX_INITIALIZER, .writer = pthread_self()};
+    store_on_checkpoint(s, on_ckpt_thread, &t);
+    static char ids[NODES][16];
+    static ns_row rows[NODES];
+    static ns_row *ptrs[NODES];
+    int64_t seq = 0;
+    for (int i = 0; i < NODES; i++) {
+        snprintf(ids[i], sizeof ids[i], "n%06d", i);
+        rows[i] = sfx_draft("r", ids[i], NS_RUNNING, ++seq);
+        ptrs[i] = &rows[i];
+    }
+    store_batch all = {.rows = ptrs, .n_rows = NODES, .last_seq = seq};
+    cr_assert(eq(int, store_write(s, &all), 0), "%s", store_errmsg(s));
+    /* Commits that each touch SPREAD leaves, until past twice the hard bound, then AFTER more. */
+    int stride = NODES / SPREAD, extra = 0, commits = 0;
+    for (int j = 0; extra < AFTER && commits < 2000; j++, commits++) {
+        if (store_wal_frames(s) >= TWICE_HARD)
+            extra++;
+        for (int k = 0; k < SPREAD; k++) {
+            int i = j % stride + k * stride;
+            rows[k] = sfx_draft("r", ids[i], NS_RUNNING, ++seq);
+            ptrs[k] = &rows[k];
+        }
+        store_batch b = {.rows = ptrs, .n_rows = SPREAD, .last_seq = seq};
+        cr_assert(eq(int, store_write(s, &b), 0), "%s", store_errmsg(s));
+    }
+    cr_assert(eq(int, extra, AFTER), "the WAL never reached %d frames (%lld)", TWICE_HARD,
+              (long long)store_wal_frames(s));
+    pthread_mutex_lock(&t.mu);
+    int on_writer = t.on_writer, elsewhere = t.elsewhere;
+    pthread_mutex_unlock(&t.mu);
+    store_close(s);
+    cr_assert(eq(int, on_writer, 0),
+              "%d failed rounds ran inside store_write (the last %d commits past %d frames), "
+              "%d on the checkpoint thread", on_writer, AFTER, TWICE_HARD, elsewhere);
+}

@@ -132,16 +132,11 @@ static void sweep_backups(engine *e)
 }
 
 /*
- * A random id for this instance's notifications: other instances sharing
- * the store ignore nothing of ours, and we ignore our own. Unique per
- * process start, so a restarted instance is another instance.
- */
-/*
  * store_on_checkpoint's listener (the checkpoint thread, or the writer's
  * inside a commit): counts a failed round, and logs the first of a streak
- * and the round that ends it. A failing checkpoint costs nothing at once,
- * but the WAL then grows with every commit (wal_frames) until the disk is
- * full.
+ * and the round that ends it. A failing checkpoint delays no commit (it is
+ * tried once a second, off the commit path), but the WAL then grows with
+ * every commit (wal_frames) until the disk is full.
  */
 static void on_checkpoint(void *ctx, uint64_t failures, const char *error)
 {
@@ -159,6 +154,11 @@ static void on_checkpoint(void *ctx, uint64_t failures, const char *error)
     e->ckpt_failing = error != NULL;
 }
 
+/*
+ * A random id for this instance's notifications: other instances sharing
+ * the store ignore nothing of ours, and we ignore our own. Unique per
+ * process start, so a restarted instance is another instance.
+ */
 static int make_instance_id(engine *e, char *err, size_t errlen)
 {
     unsigned char r[8];

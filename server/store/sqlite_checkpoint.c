@@ -9,9 +9,9 @@
  * asks a thread of our own, with a connection of its own, for a PASSIVE
  * checkpoint once the un-checkpointed part of the WAL reaches soft_frames;
  * the thread's checkpoints never block the writer's commits. A round a
- * reader cut short (it cannot copy past a reader's snapshot), or one that
- * failed (another process checkpointing, an I/O error), is tried again
- * every CKPT_RETRY_MS until it completes, so a WAL left behind by the last
+ * reader cut short (it cannot copy past a reader's snapshot), or one held
+ * off by another connection's checkpoint (SQLITE_BUSY), is tried again
+ * when asked or CKPT_RETRY_MS later, so a WAL left behind by the last
  * commits of a burst is copied too. A WAL is restarted only by a
  * write that begins when it is fully checkpointed, which under a steady
  * stream of commits the thread never sees, so once the WAL holds
@@ -20,10 +20,13 @@
  * the next write starts the WAL over. The inline checkpoint waits for a
  * round of the thread in progress rather than being refused by it.
  *
- * A round that fails (not one a reader cut short) is counted and told to
- * the listener (store_on_checkpoint), and so is the first that completes
- * after failures: a checkpoint that keeps failing otherwise shows only as a
- * WAL that never stops growing.
+ * A round that fails (an error: not one cut short or held off) is counted
+ * and told to the listener (store_on_checkpoint), and so is the first round
+ * without an error after it: a checkpoint that keeps failing otherwise
+ * shows only as a WAL that never stops growing. While rounds fail, the
+ * thread tries once every CKPT_RETRY_MS whatever the commits ask, and the
+ * commits do not checkpoint inline: a failing disk costs one attempt a
+ * second, on this thread, not one per commit on the writer's.
  */
 #include "sqlite_internal.h"
 
@@ -56,9 +59,9 @@ struct store_ckpt {
     int hook_frames;            /* the WAL's length at the last commit; the hook's own */
     atomic_int wal_frames;      /* the same, for store_ckpt_wal_frames */
     atomic_ulong thread_rounds, inline_rounds;
-    /* Rounds that failed; whether the last one did (both under report_mu). */
+    /* Rounds that failed (under report_mu); whether the last one did (written under it). */
     uint64_t failures;
-    bool failing;
+    atomic_bool failing;
     pthread_mutex_t report_mu;  /* also orders the listener's calls */
     store_ckpt_fn listener;     /* under report_mu */
     void *listener_ctx;
@@ -93,10 +96,10 @@ void store_ckpt_inject(store_ckpt *c, long rounds)
 static void ckpt_report(store_ckpt *c, const char *error)
 {
     pthread_mutex_lock(&c->report_mu);
-    bool tell = error != NULL || c->failing;
+    bool tell = error != NULL || atomic_load(&c->failing);
     if (error != NULL)
         c->failures++;
-    c->failing = error != NULL;
+    atomic_store(&c->failing, error != NULL);
     if (tell && c->listener != NULL)
         c->listener(c->listener_ctx, c->failures, error);
     pthread_mutex_unlock(&c->report_mu);
@@ -107,26 +110,36 @@ static uint64_t ckpt_pack(int log, int done)
     return (uint64_t)(uint32_t)log << 32 | (uint32_t)done;
 }
 
+/* How a round ended. */
+typedef enum ckpt_outcome {
+    CKPT_DONE,      /* the whole WAL copied */
+    CKPT_SHORT,     /* a reader's snapshot or another checkpointer stopped it: no error */
+    CKPT_FAILED,    /* an error (counted and told) */
+} ckpt_outcome;
+
 /*
  * One PASSIVE checkpoint on db, remembered for the hook's next estimate.
- * run_mu held. Returns whether it copied the whole WAL.
+ * run_mu held. SQLITE_BUSY means another connection holds the checkpoint
+ * lock, i.e. is copying the WAL itself: no failure.
  */
-static bool ckpt_round(store_ckpt *c, sqlite3 *db)
+static ckpt_outcome ckpt_round(store_ckpt *c, sqlite3 *db)
 {
     int log = 0, done = 0;
     bool injected = ckpt_injected(c);
     int rc = injected ? SQLITE_IOERR
                       : sqlite3_wal_checkpoint_v2(db, "main", SQLITE_CHECKPOINT_PASSIVE, &log,
                                                   &done);
+    if (rc == SQLITE_BUSY)
+        return CKPT_SHORT;
     if (rc != SQLITE_OK) {
         ckpt_report(c, injected ? "injected failure (NODESTATE_FAULTS)" : sqlite3_errmsg(db));
-        return false;
+        return CKPT_FAILED;
     }
     ckpt_report(c, NULL);
     if (log < 0 || done < 0)
-        return false;
+        return CKPT_SHORT;
     atomic_store(&c->seen, ckpt_pack(log, done));
-    return done == log;
+    return done == log ? CKPT_DONE : CKPT_SHORT;
 }
 
 /*
@@ -150,7 +163,7 @@ static int ckpt_on_commit(void *arg, sqlite3 *db, const char *schema, int frames
     int log = (int)(seen >> 32), done = (int)(uint32_t)seen;
     int behind = frames >= log ? frames - done : frames;
     bool long_wal = frames >= c->hard_frames;
-    if (long_wal && behind > 0 &&
+    if (long_wal && behind > 0 && !atomic_load(&c->failing) &&
         (behind <= c->soft_frames / 4 || frames / 2 >= c->hard_frames)) {
         pthread_mutex_lock(&c->run_mu);
         ckpt_round(c, db);
@@ -184,18 +197,19 @@ static struct timespec ckpt_after_ms(long ms)
 static void *ckpt_main(void *arg)
 {
     store_ckpt *c = arg;
-    bool retry = false;
+    ckpt_outcome last = CKPT_DONE;
     lockcheck_lock(&c->mu);
     while (!c->stop) {
-        if (c->paused || (!c->asked && !retry)) {
+        if (c->paused || (!c->asked && last == CKPT_DONE)) {
             lockcheck_wait(&c->wake, &c->mu);
             continue;
         }
-        if (!c->asked) {
-            /* The last round was cut short or failed: again after a pause, or sooner if asked. */
+        if (last == CKPT_FAILED || (last == CKPT_SHORT && !c->asked)) {
+            /* Again after a pause: sooner if asked after a round cut short, never sooner after a failure. */
             struct timespec until = ckpt_after_ms(CKPT_RETRY_MS);
             int rc = 0;
-            while (!c->stop && !c->asked && !c->paused && rc != ETIMEDOUT)
+            while (!c->stop && !c->paused && (last == CKPT_FAILED || !c->asked) &&
+                   rc != ETIMEDOUT)
                 rc = lockcheck_timedwait(&c->wake, &c->mu, &until);
             if (c->stop || c->paused)
                 continue;
@@ -203,7 +217,7 @@ static void *ckpt_main(void *arg)
         c->asked = false;
         lockcheck_unlock(&c->mu);
         pthread_mutex_lock(&c->run_mu);
-        retry = !ckpt_round(c, c->db);
+        last = ckpt_round(c, c->db);
         pthread_mutex_unlock(&c->run_mu);
         atomic_fetch_add(&c->thread_rounds, 1);
         lockcheck_lock(&c->mu);
@@ -226,6 +240,7 @@ store_ckpt *store_ckpt_start(sqlite3 *writer, const char *path, int soft_frames,
     atomic_init(&c->thread_rounds, 0);
     atomic_init(&c->inline_rounds, 0);
     atomic_init(&c->wal_frames, 0);
+    atomic_init(&c->failing, false);
 #ifdef NODESTATE_FAULTS
     atomic_init(&c->fail_left, 0);
 #endif
