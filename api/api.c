@@ -220,13 +220,9 @@ static void judge_again(api *a, api_response *resp, struct api_wait *w)
  */
 static void batch_judged_again(api *a, api_response *resp, struct api_wait *w)
 {
-    int64_t wait_seq = api_batch_wait_seq(a, w);
     int64_t left_ns = w->deadline_ns - model_mono_ns();
-    api_batch_response(resp, wait_seq ? 202 : 200, w, wait_seq == 0);
-    if (wait_seq && left_ns > 0) {
-        api_park(resp, w, wait_seq, (double)left_ns / 1e9);
+    if (api_batch_answer(a, resp, w, left_ns > 0, (double)left_ns / 1e9))
         return;
-    }
     api_wait_free(w);
     stats_count_http(engine_stats(a->engine), resp->status);
 }

@@ -105,7 +105,7 @@ static int wait_args(api *a, const api_request *req, api_response *resp,
 }
 
 /* Parks resp until wait_seq is durable; the transport calls api_finish_wait. */
-void api_park(api_response *resp, struct api_wait *w, int64_t wait_seq, double timeout)
+static void park(api_response *resp, struct api_wait *w, int64_t wait_seq, double timeout)
 {
     resp->wait = w;
     resp->wait_seq = wait_seq;
@@ -177,7 +177,7 @@ static void post_state(api *a, const char *run_id, const char *node_id, const ch
             w->seq = row->seq;
             if (!again && engine_shared(a->engine))
                 keep_body(w, body, len, timeout);
-            api_park(resp, w, w->seq, timeout);
+            park(resp, w, w->seq, timeout);
             return; /* the wait keeps the row's reference */
         }
         break;
@@ -451,13 +451,23 @@ int api_batch_mark_refused(api *a, struct api_wait *w)
     free(w->batch_seqs);
     w->batch_seqs = seqs;
     w->n_batch_seqs = n_seqs;
+    /* last_seq: the highest seq a result still shows (an item refused lost its). */
+    w->seq = 0;
+    for (size_t i = 0; i < n_seqs; i++)
+        if (seqs[i].seq > w->seq)
+            w->seq = seqs[i].seq;
     /* Judged once: a second refusal is answered as one. */
     free(w->body);
     w->body = NULL;
     return again ? 1 : 0;
 }
 
-int64_t api_batch_wait_seq(api *a, const struct api_wait *w)
+/*
+ * The seq a batch must wait on to be durable: the highest of its own seqs
+ * not yet covered (engine_durability_covers); 0 when it is durable now.
+ * Another instance's seq, found as a duplicate, may be higher and on disk.
+ */
+static int64_t batch_wait_seq(api *a, const struct api_wait *w)
 {
     engine_durability d = engine_durability_now(a->engine);
     int64_t wait_seq = 0;
@@ -465,6 +475,18 @@ int64_t api_batch_wait_seq(api *a, const struct api_wait *w)
         if (w->batch_seqs[i].seq > wait_seq && !engine_durability_covers(&d, w->batch_seqs[i].seq))
             wait_seq = w->batch_seqs[i].seq;
     return wait_seq;
+}
+
+bool api_batch_answer(api *a, api_response *resp, struct api_wait *w, bool wait,
+                      double timeout)
+{
+    int64_t wait_seq = batch_wait_seq(a, w);
+    bool durable = wait_seq == 0;
+    api_batch_response(resp, durable ? 200 : 202, w, durable);
+    if (!wait || durable)
+        return false;
+    park(resp, w, wait_seq, timeout);
+    return true;
 }
 
 void api_post_batch(api *a, const api_request *req, const route_args *args,
@@ -535,24 +557,18 @@ void api_post_batch(api *a, const api_request *req, const route_args *args,
         goto done;
     }
     /*
-     * Durable once every seq it accepted or found as a duplicate is: the
-     * highest of ours not yet on disk is the one to wait on (another
-     * instance's seq, found as a duplicate, may be higher and on disk).
+     * Kept before durability is looked at: the writer may commit the batch
+     * (and the store refuse an item as superseded) before the look.
      */
-    int64_t wait_seq = api_batch_wait_seq(a, w);
-    bool durable = wait_seq == 0;
-    /* No body is kept yet, so nothing is judged again here (never 1). */
-    if (durable && api_batch_mark_refused(a, w) < 0) {
+    if (wait && engine_shared(a->engine))
+        keep_body(w, req->body ? req->body : "", req->body_len, timeout);
+    /* Durable at once: an item the store refused meanwhile is judged again or named. */
+    if (batch_wait_seq(a, w) == 0 && api_batch_mark_refused(a, w) < 0) {
         api_answer_problem(resp, PROBLEM_OUT_OF_MEMORY, "out of memory rendering the answer");
         goto done;
     }
-    api_batch_response(resp, durable ? 200 : 202, w, durable);
-    if (wait && !durable) {
-        if (engine_shared(a->engine))
-            keep_body(w, req->body ? req->body : "", req->body_len, timeout);
-        api_park(resp, w, wait_seq, timeout);
+    if (api_batch_answer(a, resp, w, wait, timeout))
         w = NULL; /* the wait keeps it */
-    }
 done:
     api_wait_free(w);
     free(results);
@@ -577,7 +593,7 @@ void api_delete_run(api *a, const api_request *req, const route_args *args,
     if (res == ENGINE_ACCEPTED) {
         api_deleted_response(resp, 202, w, false);
         if (wait) {
-            api_park(resp, w, w->seq, timeout);
+            park(resp, w, w->seq, timeout);
             return;
         }
     } else if (res == ENGINE_NOT_FOUND) {

@@ -471,3 +471,125 @@ Test(shared, superseded_batch_items_are_judged_again_against_the_stored_nodes)
     cr_assert_eq(ns_stop(a, SIGTERM), 0);
     ns_free(a);
 }
+
+/*
+ * (Review of 69ad9e0.) last_seq is "the highest seq of the accepted and
+ * duplicate items; null when none" (openapi BatchAnswer). An item judged
+ * again into a 409 no longer has a seq, but w->seq keeps its refused one:
+ * here the batch's highest seq was the refused item's, so last_seq names a
+ * seq no result shows (and that is not stored).
+ */
+Test(shared, last_seq_drops_the_seq_of_an_item_judged_again_into_a_409)
+{
+    ns_server *a = start_a("--batch-interval 0.01");
+    ns_resp r = { 0 };
+    it_post(a, "ls", "n0", "?wait=true", "{\"status\":\"running\"}", 200);
+    cr_assert_eq(ns_req(a, "GET", "/runs/ls/nodes", NULL, NULL, &r), 0);
+    cr_assert_eq(r.status, 200, "%ld %s", r.status, r.body);
+    /* Another instance stored n4 as completed. */
+    store_node_at(a, "ls", "n4", 1000);
+    cr_assert_eq(ns_db_int(a, "WITH u AS (UPDATE run_node_state SET status = 'completed',"
+                              " completed_at = '2026-01-01T00:00:01.000Z'"
+                              " WHERE run_id = 'ls' AND node_id = 'n4' RETURNING 1)"
+                              " SELECT count(*) FROM u", NULL), 1);
+    cr_assert_eq(ns_req(a, "POST", "/runs/ls/nodes?wait=true",
+                        "{\"updates\":[{\"node_id\":\"n5\",\"status\":\"running\"},"
+                        "{\"node_id\":\"n4\",\"status\":\"running\"}]}", NULL, &r), 0);
+    cr_assert_eq(r.status, 200, "%ld %s", r.status, r.body);
+    json_t *doc = ns_resp_json(&r);
+    json_t *res = json_object_get(doc, "results");
+    cr_assert_eq(it_jint(json_array_get(res, 1), "code"), 409, "%s", r.body);
+    cr_assert_eq(it_jint(doc, "last_seq"), it_jint(json_array_get(res, 0), "seq"),
+                 "last_seq is the refused seq of the item answered 409: %s", r.body);
+    json_decref(doc);
+    ns_resp_free(&r);
+    cr_assert_eq(ns_stop(a, SIGTERM), 0);
+    ns_free(a);
+}
+
+/*
+ * (Review of 69ad9e0.) An item judged again and queued anew, refused again
+ * (a second pass of api_batch_mark_refused on the re-rendered results, with
+ * the places recorded anew): the JSON stays whole and the counts follow.
+ * The store refuses every write of n3 (a trigger skips it, as a newer
+ * stored state would); n4 turns 409 between the passes, so the text moves.
+ */
+Test(shared, an_item_judged_again_and_refused_again_is_write_refused_in_place)
+{
+    ns_server *a = start_a("--batch-interval 0.01");
+    ns_resp r = { 0 };
+    it_post(a, "rr", "n0", "?wait=true", "{\"status\":\"running\"}", 200);
+    cr_assert_eq(ns_req(a, "GET", "/runs/rr/nodes", NULL, NULL, &r), 0);
+    cr_assert_eq(r.status, 200, "%ld %s", r.status, r.body);
+    store_node_at(a, "rr", "n3", 1000);
+    store_node_at(a, "rr", "n4", 1001);
+    cr_assert_eq(ns_db_int(a, "WITH u AS (UPDATE run_node_state SET status = 'completed',"
+                              " completed_at = '2026-01-01T00:00:01.000Z'"
+                              " WHERE run_id = 'rr' AND node_id = 'n4' RETURNING 1)"
+                              " SELECT count(*) FROM u", NULL), 1);
+    cr_assert_eq(ns_db_exec(a, "CREATE FUNCTION skip_n3() RETURNS trigger LANGUAGE plpgsql AS"
+                               " $$ BEGIN IF NEW.node_id = 'n3' THEN RETURN NULL; END IF;"
+                               " RETURN NEW; END $$;"
+                               " CREATE TRIGGER skip_n3 BEFORE UPDATE ON run_node_state"
+                               " FOR EACH ROW EXECUTE FUNCTION skip_n3()"), 0);
+    cr_assert_eq(ns_req(a, "POST", "/runs/rr/nodes?wait=true&timeout=20",
+                        "{\"updates\":[{\"node_id\":\"n1\",\"status\":\"running\"},"
+                        "{\"node_id\":\"n3\",\"status\":\"running\"},"
+                        "{\"node_id\":\"n4\",\"status\":\"running\"},"
+                        "{\"node_id\":\"n5\",\"status\":\"running\"}]}", NULL, &r), 0);
+    json_t *doc = ns_resp_json(&r);
+    cr_assert_not_null(doc, "not JSON: %s", r.body);
+    cr_assert_eq(r.status, 200, "%ld %s", r.status, r.body);
+    cr_assert(json_is_true(json_object_get(doc, "durable")), "%s", r.body);
+    json_t *res = json_object_get(doc, "results");
+    cr_assert_eq(json_array_size(res), 4, "%s", r.body);
+    cr_assert_eq(it_jint(json_array_get(res, 0), "code"), 202, "%s", r.body);
+    cr_assert_eq(it_jint(json_array_get(res, 1), "code"), 500, "%s", r.body);
+    cr_assert_str_eq(ns_jstr(json_object_get(json_array_get(res, 1), "problem"), "type"),
+                     "urn:nodestate:problem:write-refused", "%s", r.body);
+    cr_assert_eq(it_jint(json_array_get(res, 2), "code"), 409, "%s", r.body);
+    cr_assert_eq(it_jint(json_array_get(res, 3), "code"), 202, "%s", r.body);
+    cr_assert_eq(it_jint(doc, "accepted"), 2, "%s", r.body);
+    cr_assert_eq(it_jint(doc, "duplicates"), 0, "%s", r.body);
+    cr_assert_eq(it_jint(doc, "refused"), 2, "%s", r.body);
+    cr_assert_geq(ns_stat(a, "store_conflicts"), 3);
+    json_decref(doc);
+    ns_resp_free(&r);
+    cr_assert_eq(ns_stop(a, SIGTERM), 0);
+    ns_free(a);
+}
+
+/*
+ * (Review of 69ad9e0.) The wait after a re-judge ends by its timeout (the
+ * re-queued commit is slow: a trigger sleeps in it): 202, durable false,
+ * the re-queued item 202 with its new seq, and nothing leaks (ASan build).
+ */
+Test(shared, a_batch_waiting_again_times_out_not_durable)
+{
+    ns_server *a = start_a("--batch-interval 0.01");
+    ns_resp r = { 0 };
+    it_post(a, "to", "n0", "?wait=true", "{\"status\":\"running\"}", 200);
+    cr_assert_eq(ns_req(a, "GET", "/runs/to/nodes", NULL, NULL, &r), 0);
+    cr_assert_eq(r.status, 200, "%ld %s", r.status, r.body);
+    long long s3 = store_node_at(a, "to", "n3", 1000);
+    cr_assert_eq(ns_db_exec(a, "CREATE FUNCTION slow_n3() RETURNS trigger LANGUAGE plpgsql AS"
+                               " $$ BEGIN IF NEW.node_id = 'n3' THEN PERFORM pg_sleep(3);"
+                               " END IF; RETURN NEW; END $$;"
+                               " CREATE TRIGGER slow_n3 BEFORE UPDATE ON run_node_state"
+                               " FOR EACH ROW EXECUTE FUNCTION slow_n3()"), 0);
+    cr_assert_eq(ns_req(a, "POST", "/runs/to/nodes?wait=true&timeout=1",
+                        "{\"updates\":[{\"node_id\":\"n1\",\"status\":\"running\"},"
+                        "{\"node_id\":\"n3\",\"status\":\"running\"}]}", NULL, &r), 0);
+    json_t *doc = ns_resp_json(&r);
+    cr_assert_not_null(doc, "not JSON: %s", r.body);
+    cr_assert_eq(r.status, 202, "%ld %s", r.status, r.body);
+    cr_assert(json_is_false(json_object_get(doc, "durable")), "%s", r.body);
+    json_t *res = json_object_get(doc, "results");
+    cr_assert_eq(it_jint(json_array_get(res, 1), "code"), 202, "%s", r.body);
+    cr_assert(it_jint(json_array_get(res, 1), "seq") > s3, "%s", r.body);
+    cr_assert_eq(it_jint(doc, "accepted"), 2, "%s", r.body);
+    json_decref(doc);
+    ns_resp_free(&r);
+    cr_assert_eq(ns_stop(a, SIGTERM), 0);
+    ns_free(a);
+}
