@@ -409,6 +409,31 @@ Test(shared, evicting_another_instances_node_does_not_break_reads_of_its_run)
     ns_free(a);
 }
 
+/* A lists run after a node of its own there: every node not cached is new to it. */
+static void know_run_whole(ns_server *a, const char *run)
+{
+    ns_resp r = { 0 };
+    it_post(a, run, "n0", "?wait=true", "{\"status\":\"running\"}", 200);
+    char path[128];
+    snprintf(path, sizeof path, "/runs/%s/nodes", run);
+    cr_assert_eq(ns_req(a, "GET", path, NULL, NULL, &r), 0);
+    cr_assert_eq(r.status, 200, "%ld %s", r.status, r.body);
+    ns_resp_free(&r);
+}
+
+/* store_node_at, then completed: a node no update of attempt 1 may move. */
+static void store_completed_at(ns_server *a, const char *run, const char *node, int above)
+{
+    store_node_at(a, run, node, above);
+    char sql[512];
+    snprintf(sql, sizeof sql,
+             "WITH u AS (UPDATE run_node_state SET status = 'completed',"
+             " completed_at = '2026-01-01T00:00:01.000Z'"
+             " WHERE run_id = '%s' AND node_id = '%s' RETURNING 1) SELECT count(*) FROM u",
+             run, node);
+    cr_assert_eq(ns_db_int(a, sql, NULL), 1);
+}
+
 /*
  * The same for the items of a waiting batch: each item the store refused
  * as superseded is judged again against the stored node, as a single
@@ -422,17 +447,11 @@ Test(shared, superseded_batch_items_are_judged_again_against_the_stored_nodes)
     ns_server *a = start_a("--batch-interval 0.01");
     ns_resp r = { 0 };
     /* A knows run fb whole (listed), so it takes every node below for new. */
-    it_post(a, "fb", "n0", "?wait=true", "{\"status\":\"running\"}", 200);
-    cr_assert_eq(ns_req(a, "GET", "/runs/fb/nodes", NULL, NULL, &r), 0);
-    cr_assert_eq(r.status, 200, "%ld %s", r.status, r.body);
+    know_run_whole(a, "fb");
     /* Another instance stored n1 and n3 as scheduled and n4 as completed. */
     long long s1 = store_node_at(a, "fb", "n1", 1000);
     long long s3 = store_node_at(a, "fb", "n3", 1001);
-    store_node_at(a, "fb", "n4", 1002);
-    cr_assert_eq(ns_db_int(a, "WITH u AS (UPDATE run_node_state SET status = 'completed',"
-                              " completed_at = '2026-01-01T00:00:01.000Z'"
-                              " WHERE run_id = 'fb' AND node_id = 'n4' RETURNING 1)"
-                              " SELECT count(*) FROM u", NULL), 1);
+    store_completed_at(a, "fb", "n4", 1002);
     cr_assert_eq(ns_req(a, "POST", "/runs/fb/nodes?wait=true",
                         "{\"updates\":[{\"node_id\":\"n1\",\"status\":\"scheduled\"},"
                         "{\"node_id\":\"n3\",\"status\":\"running\"},"
@@ -483,15 +502,9 @@ Test(shared, last_seq_drops_the_seq_of_an_item_judged_again_into_a_409)
 {
     ns_server *a = start_a("--batch-interval 0.01");
     ns_resp r = { 0 };
-    it_post(a, "ls", "n0", "?wait=true", "{\"status\":\"running\"}", 200);
-    cr_assert_eq(ns_req(a, "GET", "/runs/ls/nodes", NULL, NULL, &r), 0);
-    cr_assert_eq(r.status, 200, "%ld %s", r.status, r.body);
+    know_run_whole(a, "ls");
     /* Another instance stored n4 as completed. */
-    store_node_at(a, "ls", "n4", 1000);
-    cr_assert_eq(ns_db_int(a, "WITH u AS (UPDATE run_node_state SET status = 'completed',"
-                              " completed_at = '2026-01-01T00:00:01.000Z'"
-                              " WHERE run_id = 'ls' AND node_id = 'n4' RETURNING 1)"
-                              " SELECT count(*) FROM u", NULL), 1);
+    store_completed_at(a, "ls", "n4", 1000);
     cr_assert_eq(ns_req(a, "POST", "/runs/ls/nodes?wait=true",
                         "{\"updates\":[{\"node_id\":\"n5\",\"status\":\"running\"},"
                         "{\"node_id\":\"n4\",\"status\":\"running\"}]}", NULL, &r), 0);
@@ -518,15 +531,9 @@ Test(shared, an_item_judged_again_and_refused_again_is_write_refused_in_place)
 {
     ns_server *a = start_a("--batch-interval 0.01");
     ns_resp r = { 0 };
-    it_post(a, "rr", "n0", "?wait=true", "{\"status\":\"running\"}", 200);
-    cr_assert_eq(ns_req(a, "GET", "/runs/rr/nodes", NULL, NULL, &r), 0);
-    cr_assert_eq(r.status, 200, "%ld %s", r.status, r.body);
+    know_run_whole(a, "rr");
     store_node_at(a, "rr", "n3", 1000);
-    store_node_at(a, "rr", "n4", 1001);
-    cr_assert_eq(ns_db_int(a, "WITH u AS (UPDATE run_node_state SET status = 'completed',"
-                              " completed_at = '2026-01-01T00:00:01.000Z'"
-                              " WHERE run_id = 'rr' AND node_id = 'n4' RETURNING 1)"
-                              " SELECT count(*) FROM u", NULL), 1);
+    store_completed_at(a, "rr", "n4", 1001);
     cr_assert_eq(ns_db_exec(a, "CREATE FUNCTION skip_n3() RETURNS trigger LANGUAGE plpgsql AS"
                                " $$ BEGIN IF NEW.node_id = 'n3' THEN RETURN NULL; END IF;"
                                " RETURN NEW; END $$;"
@@ -560,26 +567,34 @@ Test(shared, an_item_judged_again_and_refused_again_is_write_refused_in_place)
 }
 
 /*
- * (Review of 69ad9e0.) The wait after a re-judge ends by its timeout (the
- * re-queued commit is slow: a trigger sleeps in it): 202, durable false,
- * the re-queued item 202 with its new seq, and nothing leaks (ASan build).
+ * (Review of 69ad9e0.) The wait after a re-judge ends by its timeout: the
+ * re-queued commit of n3 cannot finish (a trigger on its admitted update
+ * waits for an advisory lock the test holds; the first, refused write
+ * updates nothing, so it never fires there): 202, durable false, the
+ * re-queued item 202 with its new seq, and nothing leaks (ASan build).
  */
 Test(shared, a_batch_waiting_again_times_out_not_durable)
 {
     ns_server *a = start_a("--batch-interval 0.01");
     ns_resp r = { 0 };
-    it_post(a, "to", "n0", "?wait=true", "{\"status\":\"running\"}", 200);
-    cr_assert_eq(ns_req(a, "GET", "/runs/to/nodes", NULL, NULL, &r), 0);
-    cr_assert_eq(r.status, 200, "%ld %s", r.status, r.body);
+    know_run_whole(a, "to");
     long long s3 = store_node_at(a, "to", "n3", 1000);
-    cr_assert_eq(ns_db_exec(a, "CREATE FUNCTION slow_n3() RETURNS trigger LANGUAGE plpgsql AS"
-                               " $$ BEGIN IF NEW.node_id = 'n3' THEN PERFORM pg_sleep(3);"
-                               " END IF; RETURN NEW; END $$;"
-                               " CREATE TRIGGER slow_n3 BEFORE UPDATE ON run_node_state"
-                               " FOR EACH ROW EXECUTE FUNCTION slow_n3()"), 0);
-    cr_assert_eq(ns_req(a, "POST", "/runs/to/nodes?wait=true&timeout=1",
+    cr_assert_eq(ns_db_exec(a, "CREATE FUNCTION hold_n3() RETURNS trigger LANGUAGE plpgsql AS"
+                               " $$ BEGIN IF NEW.node_id = 'n3' THEN"
+                               " PERFORM pg_advisory_xact_lock(4242); END IF;"
+                               " RETURN NEW; END $$;"
+                               " CREATE TRIGGER hold_n3 BEFORE UPDATE ON run_node_state"
+                               " FOR EACH ROW EXECUTE FUNCTION hold_n3()"), 0);
+    PGconn *hold = PQconnectdb(ns_db_path(a));
+    cr_assert_eq(PQstatus(hold), CONNECTION_OK, "connect: %s", PQerrorMessage(hold));
+    PGresult *pr = PQexec(hold, "SELECT pg_advisory_lock(4242)");
+    cr_assert_eq(PQresultStatus(pr), PGRES_TUPLES_OK, "%s", PQresultErrorMessage(pr));
+    PQclear(pr);
+    /* Ample for the first commit; the second cannot end while the lock is held. */
+    cr_assert_eq(ns_req(a, "POST", "/runs/to/nodes?wait=true&timeout=10",
                         "{\"updates\":[{\"node_id\":\"n1\",\"status\":\"running\"},"
                         "{\"node_id\":\"n3\",\"status\":\"running\"}]}", NULL, &r), 0);
+    PQfinish(hold); /* releases the lock: the commit goes through */
     json_t *doc = ns_resp_json(&r);
     cr_assert_not_null(doc, "not JSON: %s", r.body);
     cr_assert_eq(r.status, 202, "%ld %s", r.status, r.body);
