@@ -89,9 +89,9 @@ void store_ckpt_inject(store_ckpt *c, long rounds)
 #endif
 
 /*
- * Counts a failed round (error: why) or notes a completed one (NULL), and
- * tells the listener of every failure and of the first completion after
- * one. Called by whichever thread ran the round, run_mu held.
+ * Counts a failed round (error: why) or notes one without an error (NULL),
+ * and tells the listener of every failure and of the first round without
+ * an error after one. Called by whichever thread ran the round, run_mu held.
  */
 static void ckpt_report(store_ckpt *c, const char *error)
 {
