@@ -494,8 +494,8 @@ Test(shared, superseded_batch_items_are_judged_again_against_the_stored_nodes)
 /*
  * (Review of 69ad9e0.) last_seq is "the highest seq of the accepted and
  * duplicate items; null when none" (openapi BatchAnswer). An item judged
- * again into a 409 no longer has a seq, but w->seq keeps its refused one:
- * here the batch's highest seq was the refused item's, so last_seq names a
+ * again into a 409 no longer has a seq, but w->seq kept its refused one:
+ * here the batch's highest seq was the refused item's, so last_seq named a
  * seq no result shows (and that is not stored).
  */
 Test(shared, last_seq_drops_the_seq_of_an_item_judged_again_into_a_409)
