@@ -243,6 +243,10 @@ void http_park(http_server *s, http_req *r)
     bool released;
     int64_t deadline_ns;
 
+    /* What the answer needs of the body the api kept (api_wait): no second copy waits with it. */
+    free(r->body);
+    r->body = NULL;
+    r->len = r->cap = 0;
     r->phase = HTTP_PARKED;
     r->wait.seq = r->resp.wait_seq;
     deadline_ns = model_mono_ns() + http_seconds_ns(r->resp.wait_timeout);
