@@ -417,9 +417,29 @@ static void on_ckpt_thread(void *ctx, uint64_t failures, const char *error)
     pthread_mutex_unlock(&t->mu);
 }
 
+/* One commit of nodes first, first+stride, ... (SPREAD of them) of ids, new rows above *seq. */
+static void write_spread(store *s, char (*ids)[16], ns_row *rows, ns_row **ptrs, int first,
+                         int stride, int spread, int64_t *seq)
+{
+    for (int k = 0; k < spread; k++) {
+        rows[k] = sfx_draft("r", ids[first % stride + k * stride], NS_RUNNING, ++*seq);
+        ptrs[k] = &rows[k];
+    }
+    store_batch b = {.rows = ptrs, .n_rows = (size_t)spread, .last_seq = *seq};
+    cr_assert(eq(int, store_write(s, &b), 0), "%s", store_errmsg(s));
+}
+
+static int failed_elsewhere(ckpt_threads *t)
+{
+    pthread_mutex_lock(&t->mu);
+    int n = t->elsewhere;
+    pthread_mutex_unlock(&t->mu);
+    return n;
+}
+
 Test(faults, a_failing_checkpoint_costs_no_commit_a_round)
 {
-    enum { NODES = 50000, SPREAD = 200, AFTER = 20, TWICE_HARD = 2 * 10000 /* STORE_WAL_HARD_FRAMES */ };
+    enum { NODES = 50000, SPREAD = 200, AFTER = 20, SOFT = 1000, TWICE_HARD = 2 * 10000 };
     store *s = open_with("checkpoint=1000000");
     ckpt_threads t = {.mu = PTHREAD_MUTEX_INITIALIZER, .writer = pthread_self()};
     store_on_checkpoint(s, on_ckpt_thread, &t);
@@ -434,18 +454,25 @@ Test(faults, a_failing_checkpoint_costs_no_commit_a_round)
     }
     store_batch all = {.rows = ptrs, .n_rows = NODES, .last_seq = seq};
     cr_assert(eq(int, store_write(s, &all), 0), "%s", store_errmsg(s));
-    /* Commits that each touch SPREAD leaves, until past twice the hard bound, then AFTER more. */
-    int stride = NODES / SPREAD, extra = 0, commits = 0;
-    for (int j = 0; extra < AFTER && commits < 2000; j++, commits++) {
+    /*
+     * Commits that each touch SPREAD leaves: first past the soft bound
+     * (STORE_WAL_SOFT_FRAMES), so the thread is asked, and until it has
+     * failed a round (the very first failure may be anyone's, and a busy
+     * machine may not run the thread at once: waited for, bounded); then
+     * past twice the hard bound (STORE_WAL_HARD_FRAMES), and AFTER more.
+     */
+    int stride = NODES / SPREAD, j = 0, extra = 0;
+    for (int i = 0; i < 3000 && failed_elsewhere(&t) == 0; i++) {
+        if (store_wal_frames(s) < SOFT)
+            write_spread(s, ids, rows, ptrs, j++, stride, SPREAD, &seq);
+        else
+            sfx_sleep_ms(10);
+    }
+    cr_assert(failed_elsewhere(&t) > 0, "the checkpoint thread failed no round");
+    for (int commits = 0; extra < AFTER && commits < 2000; commits++) {
         if (store_wal_frames(s) >= TWICE_HARD)
             extra++;
-        for (int k = 0; k < SPREAD; k++) {
-            int i = j % stride + k * stride;
-            rows[k] = sfx_draft("r", ids[i], NS_RUNNING, ++seq);
-            ptrs[k] = &rows[k];
-        }
-        store_batch b = {.rows = ptrs, .n_rows = SPREAD, .last_seq = seq};
-        cr_assert(eq(int, store_write(s, &b), 0), "%s", store_errmsg(s));
+        write_spread(s, ids, rows, ptrs, j++, stride, SPREAD, &seq);
     }
     cr_assert(eq(int, extra, AFTER), "the WAL never reached %d frames (%lld)", TWICE_HARD,
               (long long)store_wal_frames(s));
