@@ -140,17 +140,22 @@ void api_wait_free(struct api_wait *w);
  * shared store), an item refused as superseded is judged again instead, as
  * if it had just arrived, and the body is dropped (judged once). 0; 1 when
  * an item was judged again (it may have been queued anew: the batch is
- * durable only if api_batch_answer finds it so); -1 out of memory (the
+ * durable only if api_batch_wait_seq says so); -1 out of memory (the
  * results unchanged).
  */
 int api_batch_mark_refused(api *a, struct api_wait *w);
 /*
- * Answers batch w: 200 when every seq it names is durable, else 202; with
- * wait, a batch not durable yet is parked on the highest of its own seqs
- * not yet durable, for timeout seconds. Returns whether it parked (the
- * wait then owns w).
+ * The seq batch w must wait on to be durable: the highest of its own seqs
+ * not yet covered (engine_durability_covers; another instance's seq, found
+ * as a duplicate, may be higher and on disk); 0 when it is durable now.
  */
-bool api_batch_answer(api *a, api_response *resp, struct api_wait *w, bool wait,
+int64_t api_batch_wait_seq(api *a, const struct api_wait *w);
+/*
+ * Answers batch w: 200 when wait_seq (api_batch_wait_seq) is 0, else 202;
+ * with wait, a batch not durable yet is parked on wait_seq for timeout
+ * seconds. Returns whether it parked (the wait then owns w).
+ */
+bool api_batch_answer(api_response *resp, struct api_wait *w, int64_t wait_seq, bool wait,
                       double timeout);
 /* Header value by name, or NULL. */
 const char *api_header(const api_request *req, const char *name);

@@ -462,12 +462,7 @@ int api_batch_mark_refused(api *a, struct api_wait *w)
     return again ? 1 : 0;
 }
 
-/*
- * The seq a batch must wait on to be durable: the highest of its own seqs
- * not yet covered (engine_durability_covers); 0 when it is durable now.
- * Another instance's seq, found as a duplicate, may be higher and on disk.
- */
-static int64_t batch_wait_seq(api *a, const struct api_wait *w)
+int64_t api_batch_wait_seq(api *a, const struct api_wait *w)
 {
     engine_durability d = engine_durability_now(a->engine);
     int64_t wait_seq = 0;
@@ -477,10 +472,9 @@ static int64_t batch_wait_seq(api *a, const struct api_wait *w)
     return wait_seq;
 }
 
-bool api_batch_answer(api *a, api_response *resp, struct api_wait *w, bool wait,
+bool api_batch_answer(api_response *resp, struct api_wait *w, int64_t wait_seq, bool wait,
                       double timeout)
 {
-    int64_t wait_seq = batch_wait_seq(a, w);
     bool durable = wait_seq == 0;
     api_batch_response(resp, durable ? 200 : 202, w, durable);
     if (!wait || durable)
@@ -563,11 +557,15 @@ void api_post_batch(api *a, const api_request *req, const route_args *args,
     if (wait && engine_shared(a->engine))
         keep_body(w, req->body ? req->body : "", req->body_len, timeout);
     /* Durable at once: an item the store refused meanwhile is judged again or named. */
-    if (batch_wait_seq(a, w) == 0 && api_batch_mark_refused(a, w) < 0) {
+    int64_t wait_seq = api_batch_wait_seq(a, w);
+    int marked = wait_seq == 0 ? api_batch_mark_refused(a, w) : 0;
+    if (marked < 0) {
         api_answer_problem(resp, PROBLEM_OUT_OF_MEMORY, "out of memory rendering the answer");
         goto done;
     }
-    if (api_batch_answer(a, resp, w, wait, timeout))
+    if (marked > 0)
+        wait_seq = api_batch_wait_seq(a, w); /* an item judged again may be queued anew */
+    if (api_batch_answer(resp, w, wait_seq, wait, timeout))
         w = NULL; /* the wait keeps it */
 done:
     api_wait_free(w);
