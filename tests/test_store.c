@@ -40,6 +40,19 @@ TestSuite(store, .init = setup, .fini = sfx_teardown);
 /* 2026-11-26T16:27:29.123Z and a few neighbours. */
 #define T0 SFX_T0
 
+/* run_node_state as builds before 2026-12-07 made it: in key order, WITHOUT ROWID. */
+#define WITHOUT_ROWID_TABLE_SQL                                               \
+    "CREATE TABLE run_node_state (run_id TEXT NOT NULL,"                      \
+    " node_id TEXT NOT NULL, status TEXT NOT NULL,"                           \
+    " attempt INTEGER NOT NULL, scheduled_at TEXT,"                           \
+    " started_at TEXT, completed_at TEXT, failed_at TEXT,"                    \
+    " suspended_at TEXT, last_error TEXT,"                                    \
+    " retryable INTEGER NOT NULL DEFAULT 0,"                                  \
+    " suspension_reason TEXT, resume_state_json TEXT,"                        \
+    " outputs_json TEXT, updated_at TEXT NOT NULL,"                           \
+    " seq INTEGER NOT NULL, PRIMARY KEY (run_id, node_id))"                   \
+    " WITHOUT ROWID;"
+
 static sqlite3 *open_raw(void)
 {
     sqlite3 *db = NULL;
@@ -216,6 +229,50 @@ static void expect_run(store_reader *r, const char *run, const char *why,
     loaded_free(&l);
 }
 
+/*
+ * Builds before 2026-12-07 made run_node_state WITHOUT ROWID (the same
+ * columns, key and version): such a file is written, read and emptied of a
+ * run like a new one, and keeps its layout.
+ */
+Test(store, a_file_made_without_rowid_is_read_and_written_alike)
+{
+    sqlite3 *db = NULL;
+
+    cr_assert(sqlite3_open_v2(sfx_db_path(), &db,
+                              SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE,
+                              NULL) == SQLITE_OK);
+    raw_exec(db, "PRAGMA journal_mode = WAL;"
+                 WITHOUT_ROWID_TABLE_SQL
+                 "CREATE TABLE nodestate_meta ( key TEXT PRIMARY KEY,"
+                 " value INTEGER);"
+                 "PRAGMA user_version = 2;");
+    sqlite3_close(db);
+
+    store *s = sfx_open_store();
+    ns_row a = sfx_draft("r", "a", NS_RUNNING, 1);
+    ns_row b = sfx_draft("r", "b", NS_SCHEDULED, 2);
+    ns_row gone = sfx_draft("old", "x", NS_COMPLETED, 3);
+    ns_row a2 = sfx_draft("r", "a", NS_COMPLETED, 4);
+    ns_row *first[] = {&a, &b, &gone};
+    ns_row *second[] = {&a2};
+    const char *deletes[] = {"old"};
+
+    write_ok(s, first, 3, NULL, 0, 3);
+    write_ok(s, second, 1, deletes, 1, 4);
+    store_reader *r = sfx_open_reader();
+    expect_run(r, "r", "updated in place", 2, &a2, &b);
+    expect_run(r, "old", "the run deleted", 0);
+    store_reader_close(r);
+    store_close(s);
+
+    db = open_raw();
+    cr_assert(eq(i64, raw_int(db, "SELECT wr FROM pragma_table_list"
+                                  " WHERE name = 'run_node_state'"), 1));
+    cr_assert(eq(i64, raw_int(db, "SELECT count(*) FROM run_node_state"), 2));
+    cr_assert(eq(i64, raw_int(db, "PRAGMA user_version"), 2));
+    sqlite3_close(db);
+}
+
 Test(store, open_creates_schema_wal_and_version)
 {
     store *s = sfx_open_store();
@@ -238,9 +295,9 @@ Test(store, open_creates_schema_wal_and_version)
                                   "'run_node_state')"), 16));
     cr_assert(eq(i64, raw_int(db, "SELECT count(*) FROM pragma_table_info("
                                   "'run_node_state') WHERE pk > 0"), 2));
-    /* WITHOUT ROWID: there is no rowid to select. */
-    cr_assert(sqlite3_exec(db, "SELECT rowid FROM run_node_state", NULL, NULL,
-                           NULL) != SQLITE_OK);
+    /* A rowid table: rows lie in the order they were first written. */
+    cr_assert(eq(i64, raw_int(db, "SELECT wr FROM pragma_table_list"
+                                  " WHERE name = 'run_node_state'"), 0));
     sqlite3_close(db);
     store_close(s);
 
@@ -1098,10 +1155,12 @@ Test(store, tables_have_the_columns_of_the_node_fields_in_order)
 
 /*
  * The store expands its tables' columns from NS_NODE_FIELDS; a new file
- * must still get exactly the schema that earlier builds wrote out by hand
+ * must still get exactly the columns that earlier builds wrote out by hand
  * (an existing file opens unchanged only if the two agree), written out
  * here literally: columns, types, NOT NULL, defaults, key, indexes, the
- * stored CREATE text and the version.
+ * stored CREATE text and the version. Earlier builds made the same table
+ * WITHOUT ROWID (still read and written: see
+ * a_file_made_without_rowid_is_read_and_written_alike).
  */
 Test(store, new_file_has_the_schema_of_earlier_builds)
 {
@@ -1132,11 +1191,7 @@ Test(store, new_file_has_the_schema_of_earlier_builds)
                  " retryable INTEGER NOT NULL DEFAULT 0,"
                  " suspension_reason TEXT, resume_state_json TEXT,"
                  " outputs_json TEXT, updated_at TEXT NOT NULL,"
-                 " seq INTEGER NOT NULL, PRIMARY KEY (run_id, node_id))"
-                 " WITHOUT ROWID"));
-    cr_assert(eq(i64, raw_int(db, "SELECT count(*) FROM sqlite_master WHERE"
-                                  " name = 'run_node_state' AND sql LIKE"
-                                  " '%WITHOUT ROWID'"), 1));
+                 " seq INTEGER NOT NULL, PRIMARY KEY (run_id, node_id))"));
     cr_assert(eq(i64, raw_int(db, "PRAGMA user_version"), 2));
     sqlite3_close(db);
 
@@ -1357,16 +1412,7 @@ Test(store, a_sidecar_of_an_earlier_build_still_replays)
     cr_assert(sqlite3_open_v2(spill_file(), &db,
                               SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE,
                               NULL) == SQLITE_OK);
-    raw_exec(db, "CREATE TABLE run_node_state (run_id TEXT NOT NULL,"
-                 " node_id TEXT NOT NULL, status TEXT NOT NULL,"
-                 " attempt INTEGER NOT NULL, scheduled_at TEXT,"
-                 " started_at TEXT, completed_at TEXT, failed_at TEXT,"
-                 " suspended_at TEXT, last_error TEXT,"
-                 " retryable INTEGER NOT NULL DEFAULT 0,"
-                 " suspension_reason TEXT, resume_state_json TEXT,"
-                 " outputs_json TEXT, updated_at TEXT NOT NULL,"
-                 " seq INTEGER NOT NULL, PRIMARY KEY (run_id, node_id))"
-                 " WITHOUT ROWID;"
+    raw_exec(db, WITHOUT_ROWID_TABLE_SQL
                  "CREATE TABLE nodestate_meta (key TEXT PRIMARY KEY,"
                  " value INTEGER);"
                  "CREATE TABLE spilled_deletes (run_id TEXT PRIMARY KEY);"

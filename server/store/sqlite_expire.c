@@ -4,12 +4,13 @@
  * on the write connection, a page of rows at a time.
  *
  * A page walks run_node_state's primary key (run_id, node_id) from the
- * cursor: the table is WITHOUT ROWID, so the key is the table itself, the
- * rows come in key order with no sort and no temporary table, and the page
- * stops after max_rows of them. A page therefore costs max_rows rows however
- * big the table or its runs are, and needs no index of its own
- * (tests/test_retention.c checks the plan). The rows are fed to
- * store_expire.c, which judges them the same way for either backend; a run
+ * cursor: its index (or the table itself, in a file made WITHOUT ROWID),
+ * so the rows come in key order with no sort and no temporary table, and
+ * the page stops after max_rows of them. A page therefore costs max_rows
+ * rows however big the table or its runs are, and needs no index of its
+ * own (tests/test_retention.c checks the plan of both layouts). The rows
+ * are fed to store_expire.c, which judges them the same way for either
+ * backend; a run
  * whose rows began on an earlier page is checked again whole, by key
  * (recheck below), before it is handed over.
  */

@@ -20,12 +20,21 @@
  * node_id) prefix, and an index on (run_id, status) cost the writer a
  * quarter of its rows per second on in-order inserts and over half on
  * random updates (see store_migrate_v1).
+ *
+ * A rowid table, so rows lie in the order they were first written and the
+ * key is an index beside them. A small commit (?wait=true: ~12 updates)
+ * then rewrites the pages of the nodes it touches; nodes that were created
+ * together and move on together (a run's scheduled nodes start and finish
+ * in waves) share those pages, where a table ordered by key spreads one
+ * commit over a page per run. Files made WITHOUT ROWID by earlier builds
+ * (the same key, the same version) are read and written alike and keep
+ * their layout.
  */
 const char store_schema_sql[] =
     "CREATE TABLE IF NOT EXISTS run_node_state ("
     STORE_SQL_DEFS
     " PRIMARY KEY (" STORE_SQL_KEY ")"
-    ") WITHOUT ROWID;"
+    ");"
     "CREATE TABLE IF NOT EXISTS nodestate_meta ("
     " key TEXT PRIMARY KEY,"
     " value INTEGER"
