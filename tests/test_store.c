@@ -28,6 +28,7 @@
 
 #include "model.h"
 #include "store.h"
+#include "sqlite_internal.h" /* STORE_ROWS_MANY */
 #include "store_fixture.h"
 
 static void setup(void)
@@ -259,6 +260,20 @@ Test(store, a_file_made_without_rowid_is_read_and_written_alike)
 
     write_ok(s, first, 3, NULL, 0, 3);
     write_ok(s, second, 1, deletes, 1, 4);
+    /* Past STORE_ROWS_MANY: the many-row upsert, twice (new rows, then updates). */
+    enum { MANY = 2 * STORE_ROWS_MANY + 5 };
+    char ids[MANY][16];
+    ns_row many[MANY];
+    ns_row *many_p[MANY];
+    for (int pass = 0; pass < 2; pass++) {
+        for (int i = 0; i < MANY; i++) {
+            snprintf(ids[i], sizeof ids[i], "m%04d", i);
+            many[i] = sfx_draft("many", ids[i], pass ? NS_COMPLETED : NS_RUNNING,
+                                5 + pass * MANY + i);
+            many_p[i] = &many[i];
+        }
+        write_ok(s, many_p, MANY, NULL, 0, 4 + (pass + 1) * MANY);
+    }
     store_reader *r = sfx_open_reader();
     expect_run(r, "r", "updated in place", 2, &a2, &b);
     expect_run(r, "old", "the run deleted", 0);
@@ -268,7 +283,9 @@ Test(store, a_file_made_without_rowid_is_read_and_written_alike)
     db = open_raw();
     cr_assert(eq(i64, raw_int(db, "SELECT wr FROM pragma_table_list"
                                   " WHERE name = 'run_node_state'"), 1));
-    cr_assert(eq(i64, raw_int(db, "SELECT count(*) FROM run_node_state"), 2));
+    cr_assert(eq(i64, raw_int(db, "SELECT count(*) FROM run_node_state"), 2 + MANY));
+    cr_assert(eq(i64, raw_int(db, "SELECT count(*) FROM run_node_state WHERE run_id = 'many'"
+                                  " AND status = 'completed'"), MANY));
     cr_assert(eq(i64, raw_int(db, "PRAGMA user_version"), 2));
     sqlite3_close(db);
 }
@@ -1162,7 +1179,7 @@ Test(store, tables_have_the_columns_of_the_node_fields_in_order)
  * WITHOUT ROWID (still read and written: see
  * a_file_made_without_rowid_is_read_and_written_alike).
  */
-Test(store, new_file_has_the_schema_of_earlier_builds)
+Test(store, new_file_has_the_columns_and_key_of_earlier_builds)
 {
     char got[2048];
     store *s = sfx_open_store();

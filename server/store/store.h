@@ -28,9 +28,12 @@
  *   run_node_state(run_id, node_id, status, attempt, scheduled_at, started_at,
  *                  completed_at, failed_at, suspended_at, last_error, retryable,
  *                  suspension_reason, resume_state_json, outputs_json,
- *                  updated_at, seq), PRIMARY KEY (run_id, node_id), WITHOUT
- *                  ROWID, no other index (every read filters by a prefix of
- *                  the key); timestamps are RFC 3339 text.
+ *                  updated_at, seq), PRIMARY KEY (run_id, node_id), no
+ *                  other index (every read filters by a prefix of the key);
+ *                  rows in the order they were first written (a rowid
+ *                  table; files made before 2026-12-07 are WITHOUT ROWID,
+ *                  in key order, and work alike); timestamps are RFC 3339
+ *                  text.
  *   nodestate_meta(key PRIMARY KEY, value): 'last_seq' survives deleted runs,
  *                  so seq keeps growing across restarts; other keys are the
  *                  caller's (store_meta_get / store_meta_set).
