@@ -20,6 +20,7 @@
 #include "engine_batch.h"
 #include "engine_internal.h"
 #include "model.h"
+#include "sqlite_internal.h" /* STORE_WAL_SOFT_FRAMES, STORE_WAL_HARD_FRAMES */
 #include "store.h"
 #include "store_fixture.h"
 #include "writer_blocker.h"
@@ -439,7 +440,8 @@ static int failed_elsewhere(ckpt_threads *t)
 
 Test(faults, a_failing_checkpoint_costs_no_commit_a_round)
 {
-    enum { NODES = 50000, SPREAD = 200, AFTER = 20, SOFT = 1000, TWICE_HARD = 2 * 10000 };
+    enum { NODES = 50000, SPREAD = 200, AFTER = 20, SOFT = STORE_WAL_SOFT_FRAMES,
+           TWICE_HARD = 2 * STORE_WAL_HARD_FRAMES };
     store *s = open_with("checkpoint=1000000");
     ckpt_threads t = {.mu = PTHREAD_MUTEX_INITIALIZER, .writer = pthread_self()};
     store_on_checkpoint(s, on_ckpt_thread, &t);
@@ -455,7 +457,7 @@ Test(faults, a_failing_checkpoint_costs_no_commit_a_round)
     store_batch all = {.rows = ptrs, .n_rows = NODES, .last_seq = seq};
     cr_assert(eq(int, store_write(s, &all), 0), "%s", store_errmsg(s));
     /*
-     * Commits that each touch SPREAD leaves: first past the soft bound
+     * Commits that each touch SPREAD pages: first past the soft bound
      * (STORE_WAL_SOFT_FRAMES), so the thread is asked, and until it has
      * failed a round (the very first failure may be anyone's, and a busy
      * machine may not run the thread at once: waited for, bounded); then
