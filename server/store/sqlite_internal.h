@@ -9,7 +9,7 @@
  * sqlite_faults.c (fault injection), sqlite_common.c (errors, statements,
  * binding and upserting rows), sqlite_backup.c (the online backup),
  * sqlite_checkpoint.c (the writer's WAL checkpoints), sqlite_walbuf.c (the
- * writer's WAL writes, one per commit).
+ * writer's WAL writes, one per commit), sqlite_pcache.c (the page cache).
  */
 #ifndef NODESTATE_SQLITE_INTERNAL_H
 #define NODESTATE_SQLITE_INTERNAL_H
@@ -242,6 +242,23 @@ int store_ckpt_wal_frames(const store_ckpt *c);
 /* The next `rounds` checkpoint rounds fail (NODESTATE_FAULTS "checkpoint=N"). */
 void store_ckpt_inject(store_ckpt *c, long rounds);
 #endif
+
+/*
+ * Puts the page cache of sqlite_pcache.c in place of SQLite's default, once
+ * per process; call before any other SQLite call of the store. False when
+ * SQLite was initialised already (the default cache stays: slower commits,
+ * nothing else).
+ */
+bool store_pcache_install(void);
+/*
+ * For tests: how many pages the cache has held under a nearer number, and
+ * the largest number the default cache was asked to move a page to.
+ */
+typedef struct store_pcache_stats {
+    unsigned long aliases;
+    unsigned largest_move;
+} store_pcache_stats;
+store_pcache_stats store_pcache_counts(void);
 
 /*
  * The name of the VFS the write connection opens its file with

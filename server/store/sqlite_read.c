@@ -56,6 +56,7 @@ sqlite_reader *sqlite_reader_open(const char *path, char *err, size_t errlen)
         free(r);
         return NULL;
     }
+    store_pcache_install();
     if (sqlite3_open_v2(path, &r->db,
                         SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX, NULL)
         != SQLITE_OK) {

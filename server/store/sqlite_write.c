@@ -191,6 +191,8 @@ sqlite_store *sqlite_store_open(const char *path, bool sync_full, char *err, siz
         store_set_err(err, errlen, path, msg);
         goto err;
     }
+    /* First: the VFS lookup below starts SQLite, after which its page cache is fixed. */
+    store_pcache_install();
     vfs = store_walbuf_vfs();
     if (vfs == NULL) {
         store_set_err(err, errlen, path, "out of memory");
