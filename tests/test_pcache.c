@@ -5,8 +5,10 @@
  * The cache's own calls, made the way SQLite makes them: a page moved to
  * the spare number is found under that number and nowhere else, the swap
  * through it leaves every page under the number SQLite gave it, a real page
- * asked for under the alias's number gets a page of its own, and an alias
- * that is let go or truncated away behaves as the default cache would.
+ * asked for under the alias's number gets a page of its own (the alias
+ * moving on, up to its own number at most), and an alias that is let go or
+ * truncated behaves as the default cache would, also once it has moved past
+ * pages held beyond the spare number.
  * Then a real file: commits of a dozen rows over many key ranges split
  * pages (the swaps happen) and the file stays whole, with every row, also
  * when the file is larger than the spare number (SQLite's pending byte
@@ -271,4 +273,56 @@ Test(pcache_file, the_store_puts_it_in_place_before_sqlite_starts)
     store *s = sfx_open_store();
     cr_assert(store_pcache_install());
     store_close(s);
+}
+
+/*
+ * The alias moves on to the next free number whenever a real page is asked
+ * for under the number it is held by; once a page past the spare number is
+ * in the cache, that next free number is past the spare number too. A
+ * truncate between the two must still keep page SPARE (SQLite's number for
+ * it is below the limit), as the default cache keeps it; dropping it would
+ * free a page SQLite still holds.
+ */
+Test(pcache_calls, an_alias_moved_past_its_own_number_is_kept_by_a_truncate_above_that_number)
+{
+    m.xRekey(cache, pg[3], 3, SPARE);
+    sqlite3_pcache_page *past = m.xFetch(cache, SPARE + 1, 2);
+    cr_assert(past != NULL);
+    unsigned mark = SPARE + 1;
+    memcpy(past->pBuf, &mark, sizeof mark);
+    sqlite3_pcache_page *next = m.xFetch(cache, PAGES + 1, 2);
+    cr_assert(next != NULL);
+    mark = PAGES + 1;
+    memcpy(next->pBuf, &mark, sizeof mark);
+    /* Drops page SPARE + 1 only. */
+    m.xTruncate(cache, SPARE + 1);
+    cr_assert(eq(uint, page_at(SPARE), 3), "the default cache keeps page SPARE");
+    cr_assert(eq(uint, page_at(SPARE + 1), 0));
+    cr_assert(eq(uint, page_at(PAGES + 1), PAGES + 1));
+    cr_assert(eq(int, m.xPagecount(cache), PAGES + 1));
+    m.xRekey(cache, pg[3], SPARE, 3);
+    cr_assert(eq(uint, page_at(3), 3));
+    cr_assert(eq(uint, page_at(SPARE), 0));
+}
+
+/*
+ * Lookups of the numbers the alias is held by walk it up to the number
+ * SQLite gave the page; there it is the page's own number again (the
+ * default cache asserts, in SQLITE_DEBUG builds, that a move changes the
+ * number, so none may be a move to the same number).
+ */
+Test(pcache_calls, lookups_walking_the_alias_up_to_its_own_number_keep_it_there)
+{
+    const unsigned own = PAGES + 3;
+    m.xRekey(cache, pg[3], 3, own);  /* held under PAGES + 1 */
+    cr_assert(eq(uint, page_at(PAGES + 1), 0));
+    cr_assert(eq(uint, page_at(PAGES + 2), 0));
+    cr_assert(eq(uint, page_at(own), 3));
+    cr_assert(eq(int, m.xPagecount(cache), PAGES));
+    m.xUnpin(cache, pg[3], 0);
+    cr_assert(eq(uint, page_at(own), 3));
+    cr_assert(eq(uint, page_at(3), 0));
+    m.xTruncate(cache, own);
+    cr_assert(eq(uint, page_at(own), 0));
+    cr_assert(eq(int, m.xPagecount(cache), PAGES - 1));
 }

@@ -50,6 +50,8 @@ static unsigned key_in(const pcache_wrap *w, unsigned key)
 /* Every move the default cache makes goes through here (rare: page splits). */
 static void base_rekey(pcache_wrap *w, sqlite3_pcache_page *page, unsigned from, unsigned to)
 {
+    if (from == to)
+        return; /* the default cache asserts that a move changes the number */
     unsigned seen = atomic_load_explicit(&largest_move, memory_order_relaxed);
     while (to > seen
            && !atomic_compare_exchange_weak_explicit(&largest_move, &seen, to,
@@ -65,15 +67,29 @@ static void note_key(pcache_wrap *w, unsigned key)
         w->max_key = key;
 }
 
+/* The aliased page back under the number SQLite gave it; the alias ends. */
+static void alias_end(pcache_wrap *w)
+{
+    base_rekey(w, w->alias_page, w->alias_to, w->alias_from);
+    note_key(w, w->alias_from);
+    w->alias_from = 0;
+    w->alias_page = NULL;
+}
+
 /*
  * A real page is asked for under the number the aliased one is held by:
- * the aliased one moves to the next free number first.
+ * the aliased one moves to the next free number first, or back to its own
+ * when no free number below that is left (so alias_to < alias_from always).
  */
 static void alias_clear_of(pcache_wrap *w, unsigned key)
 {
     if (w->alias_from == 0 || key != w->alias_to)
         return;
     unsigned to = w->max_key + 1;
+    if (to >= w->alias_from) {
+        alias_end(w);
+        return;
+    }
     base_rekey(w, w->alias_page, w->alias_to, to);
     w->alias_to = to;
     note_key(w, to);
@@ -136,11 +152,11 @@ static void wrap_unpin(sqlite3_pcache *c, sqlite3_pcache_page *page, int discard
     pcache_wrap *w = (pcache_wrap *)c;
     if (w->alias_from != 0 && page == w->alias_page) {
         if (!discard) {
-            base_rekey(w, page, w->alias_to, w->alias_from);
-            note_key(w, w->alias_from);
+            alias_end(w);
+        } else {
+            w->alias_from = 0;
+            w->alias_page = NULL;
         }
-        w->alias_from = 0;
-        w->alias_page = NULL;
     }
     base_methods.xUnpin(w->base, page, discard);
 }
@@ -172,13 +188,12 @@ static void wrap_rekey(sqlite3_pcache *c, sqlite3_pcache_page *page, unsigned ol
 static void wrap_truncate(sqlite3_pcache *c, unsigned limit)
 {
     pcache_wrap *w = (pcache_wrap *)c;
-    if (w->alias_from != 0 && w->alias_from >= limit) {
-        /* Dropped by its own number, as the default cache would drop it. */
-        base_rekey(w, w->alias_page, w->alias_to, w->alias_from);
-        note_key(w, w->alias_from);
-        w->alias_from = 0;
-        w->alias_page = NULL;
-    }
+    /*
+     * Judged by its own number, as the default cache judges it: back under
+     * it whenever either number is at or past the limit.
+     */
+    if (w->alias_from != 0 && (w->alias_from >= limit || w->alias_to >= limit))
+        alias_end(w);
     base_methods.xTruncate(w->base, limit);
     if (limit > 0 && w->max_key >= limit)
         w->max_key = limit - 1;
