@@ -13,10 +13,11 @@
  *
  * This cache is the default one (SQLITE_CONFIG_GETPCACHE2) with one change:
  * a page moved to a number beyond every page the cache has held is held
- * under the next free number instead (alias), until it moves on (the swap's
- * next step) or the cache is truncated. Every call SQLite makes sees the
- * numbers it chose, so nothing else changes; the default cache's largest
- * number then stays next to the end of the file.
+ * under the next free number instead (alias) while it stays pinned: until
+ * it moves on (the swap's next step), is let go, or the cache is truncated
+ * past it. Every call SQLite makes sees the numbers it chose, so nothing
+ * else changes; the default cache's largest number then stays next to the
+ * end of the file.
  *
  * Installed process-wide before SQLite initialises (store_pcache_install);
  * if something initialised SQLite first, the default cache stays, which
@@ -98,7 +99,7 @@ static void alias_clear_of(pcache_wrap *w, unsigned key)
 static int wrap_init(void *arg)
 {
     (void)arg;
-    return base_methods.xInit(base_methods.pArg);
+    return base_methods.xInit ? base_methods.xInit(base_methods.pArg) : SQLITE_OK;
 }
 
 static void wrap_shutdown(void *arg)
