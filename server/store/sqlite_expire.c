@@ -10,9 +10,8 @@
  * rows however big the table or its runs are, and needs no index of its
  * own (tests/test_retention.c checks the plan of both layouts). The rows
  * are fed to store_expire.c, which judges them the same way for either
- * backend; a run
- * whose rows began on an earlier page is checked again whole, by key
- * (recheck below), before it is handed over.
+ * backend; a run whose rows began on an earlier page is checked again
+ * whole, by key (recheck below), before it is handed over.
  */
 #include "sqlite_internal.h"
 
