@@ -191,6 +191,16 @@ static void enqueue(engine *e, ns_op *op)
      */
     if (len == 1 || len == e->cfg.batch_size || len == queue_capacity(e->queue) ||
         (!was_high && engine_queue_bytes_high(e)))
+        e->wake_writer = true;
+}
+
+void engine_unlock(engine *e)
+{
+    lockcheck_assert_held(&e->lock);
+    bool wake = e->wake_writer;
+    e->wake_writer = false;
+    lockcheck_unlock(&e->lock);
+    if (wake)
         pthread_cond_signal(&e->wake);
 }
 
@@ -327,7 +337,7 @@ drop:
 done:
     /* A new node, a bigger row or a node read from disk may pass a bound; what *out holds is referenced. */
     engine_evict(e, NULL);
-    lockcheck_unlock(&e->lock);
+    engine_unlock(e);
     return res;
 }
 
@@ -417,7 +427,7 @@ engine_result engine_delete_run(engine *e, const char *run_id, size_t *deleted,
     id = NULL;
     res = ENGINE_ACCEPTED;
 done:
-    lockcheck_unlock(&e->lock);
+    engine_unlock(e);
     free(id);
     /* The rows the run had, or its copy: freed without the lock, a big run takes a while. */
     cache_run_free(gone);
@@ -588,9 +598,9 @@ void engine_flush_soon(engine *e)
         e->flush_until = e->last_seq;
     if (!pending) {
         e->flush_asked_ns = model_mono_ns();
-        pthread_cond_signal(&e->wake);
+        e->wake_writer = true;
     }
-    lockcheck_unlock(&e->lock);
+    engine_unlock(e);
 }
 
 /* The first remembered refusal with a seq at or above seq. Lock held. */

@@ -237,7 +237,7 @@ unpin:
     if (cache_unpin(e->cache, run))
         engine_run_drop_if_idle(e, run);
 done:
-    lockcheck_unlock(&e->lock);
+    engine_unlock(e);
     free(rows);
     free(ov.slots);
     return res;

@@ -132,6 +132,7 @@ struct engine {
     engine_change_fn *on_change;  /* called in enqueue, lock held (engine_on_change) */
     void *on_change_ctx;
     pthread_cond_t wake;          /* the writer sleeps on it (CLOCK_MONOTONIC) */
+    bool wake_writer;             /* an enqueue or a flush ask wants it signalled: engine_unlock does */
     cache *cache;
     queue *queue;
     int64_t last_seq;             /* last seq assigned */
@@ -166,8 +167,18 @@ void engine_log(engine *e, int level, const char *msg, const char *fmt, ...)
 void engine_evict(engine *e, const cache_run *keep);
 /* Forgets an unpinned run that holds nothing or may differ from disk. Lock held. */
 void engine_run_drop_if_idle(engine *e, cache_run *run);
-/* Appends an op (seq, time, bytes set here) that the caller checked there is room for. Lock held. */
+/*
+ * Appends an op (seq, time, bytes set here) that the caller checked there is
+ * room for. Lock held; the caller lets go of it with engine_unlock, which
+ * wakes the writer if the op asks for that.
+ */
 void engine_enqueue(engine *e, ns_op *op);
+/*
+ * Unlocks, then wakes the writer if an enqueue (or engine_flush_soon) asked
+ * for it under this hold. Signalled after the unlock, the writer finds the
+ * lock free when it wakes rather than blocking on it again at once.
+ */
+void engine_unlock(engine *e);
 /* Counts a refused update by reason. */
 void engine_reject(engine *e, ns_reject why);
 /* The next `want` seqs are ours and above `above` (see engine.c). 0, or -1; lock held. */

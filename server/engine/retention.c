@@ -84,7 +84,7 @@ bool retention_run(engine *e)
     bool more = examined >= 0 && e->retention_cursor.run_id[0] != '\0';
     int64_t gap = more ? RETENTION_PAGE_GAP_NS : (int64_t)(e->cfg.retention_interval * 1e9);
     e->retention_next_ns = model_mono_ns() + (gap > RETENTION_PAGE_GAP_NS ? gap : RETENTION_PAGE_GAP_NS);
-    lockcheck_unlock(&e->lock);
+    engine_unlock(e);
 
     /* Freed without the lock: a big run's rows take a while. */
     for (size_t i = 0; i < n_gone; i++)
