@@ -104,7 +104,11 @@ static int wait_args(api *a, const api_request *req, api_response *resp,
     return 0;
 }
 
-/* Parks resp until wait_seq is durable; the transport calls api_finish_wait. */
+/*
+ * Parks resp until wait_seq is durable; the transport calls api_finish_wait,
+ * which renders the answer then. Nothing is rendered before: a parked
+ * answer's first body would only be thrown away.
+ */
 static void park(api_response *resp, struct api_wait *w, int64_t wait_seq, double timeout)
 {
     resp->wait = w;
@@ -170,7 +174,6 @@ static void post_state(api *a, const char *run_id, const char *node_id, const ch
             break;
         }
         bool durable = res == ENGINE_DUPLICATE && api_is_durable(a, row->seq);
-        api_row_response(resp, res == ENGINE_ACCEPTED ? 202 : 200, row, durable);
         struct api_wait *w = wait && !durable ? calloc(1, sizeof *w) : NULL;
         if (w) {
             w->row = row;
@@ -180,6 +183,7 @@ static void post_state(api *a, const char *run_id, const char *node_id, const ch
             park(resp, w, w->seq, timeout);
             return; /* the wait keeps the row's reference */
         }
+        api_row_response(resp, res == ENGINE_ACCEPTED ? 202 : 200, row, durable);
         break;
     }
     case ENGINE_STALE:
@@ -476,11 +480,12 @@ bool api_batch_answer(api_response *resp, struct api_wait *w, int64_t wait_seq, 
                       double timeout)
 {
     bool durable = wait_seq == 0;
+    if (wait && !durable) {
+        park(resp, w, wait_seq, timeout);
+        return true;
+    }
     api_batch_response(resp, durable ? 200 : 202, w, durable);
-    if (!wait || durable)
-        return false;
-    park(resp, w, wait_seq, timeout);
-    return true;
+    return false;
 }
 
 void api_post_batch(api *a, const api_request *req, const route_args *args,
@@ -588,12 +593,11 @@ void api_delete_run(api *a, const api_request *req, const route_args *args,
     }
     snprintf(w->run_id, sizeof w->run_id, "%s", args->run_id);
     engine_result res = engine_delete_run(a->engine, args->run_id, &w->deleted, &w->seq);
-    if (res == ENGINE_ACCEPTED) {
+    if (res == ENGINE_ACCEPTED && wait) {
+        park(resp, w, w->seq, timeout);
+        return;
+    } else if (res == ENGINE_ACCEPTED) {
         api_deleted_response(resp, 202, w, false);
-        if (wait) {
-            park(resp, w, w->seq, timeout);
-            return;
-        }
     } else if (res == ENGINE_NOT_FOUND) {
         api_answer_problem(resp, PROBLEM_NOT_FOUND, "no such run");
     } else if (res == ENGINE_QUEUE_FULL) {

@@ -45,6 +45,7 @@ static const api_config api_cfg = {
     .max_error_bytes = 65536,
     .max_wait = 30,
     .default_wait = 10,
+    .max_batch_updates = 1000,
 };
 
 static void open_env(size_t queue_capacity)
@@ -968,6 +969,7 @@ Test(api, wait_true_parks_then_answers_durable)
     call(&s, &resp);
     cr_assert_eq(resp.wait_seq, 1, "not parked");
     cr_assert_eq(resp.wait_timeout, api_cfg.default_wait);
+    cr_assert_null(resp.body, "a parked answer is rendered when it finishes, not before");
     flush_all();
     cr_assert_geq(engine_durable_seq(E), resp.wait_seq);
     api_finish_wait(A, &resp, true);
@@ -1040,6 +1042,7 @@ Test(api, wait_on_delete)
     api_response resp;
     call(&(spec){ .method = "DELETE", .path = "/runs/r", .query = { { "wait", "true" } } }, &resp);
     cr_assert_eq(resp.wait_seq, 3);
+    cr_assert_null(resp.body, "a parked answer is rendered when it finishes, not before");
     flush_all();
     api_finish_wait(A, &resp, true);
     cr_assert_eq(resp.status, 200);
@@ -1047,6 +1050,28 @@ Test(api, wait_on_delete)
     cr_assert_eq(jint(j, "deleted"), 2);
     cr_assert_eq(jint(j, "seq"), 3);
     cr_assert(jbool(j, "durable"));
+    json_decref(j);
+    api_response_free(&resp);
+}
+
+Test(api, wait_on_a_batch_renders_once_it_finishes)
+{
+    spec s = { .method = "POST", .path = "/runs/r/nodes",
+               .body = "{\"updates\":[{\"node_id\":\"a\",\"status\":\"running\"},"
+                       "{\"node_id\":\"b\",\"status\":\"scheduled\"}]}",
+               .query = { { "wait", "true" } } };
+    api_response resp;
+    call(&s, &resp);
+    cr_assert_eq(resp.wait_seq, 2, "not parked on the batch's last seq");
+    cr_assert_null(resp.body, "a parked answer is rendered when it finishes, not before");
+    flush_all();
+    api_finish_wait(A, &resp, true);
+    cr_assert_eq(resp.status, 200);
+    cr_assert_eq(resp.wait_seq, 0);
+    json_t *j = body_json(&resp);
+    json_t *results = json_object_get(j, "results");
+    cr_assert_eq(json_array_size(results), 2);
+    cr_assert_eq(jint(json_array_get(results, 1), "seq"), 2);
     json_decref(j);
     api_response_free(&resp);
 }
