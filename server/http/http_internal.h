@@ -71,6 +71,7 @@ typedef struct http_req {
     size_t cap;
     bool too_large;             /* Content-Length or the bytes seen passed the limit */
     size_t max_body;            /* that limit: api_body_limit of the method and path */
+    size_t declared;            /* the Content-Length (0: none), SIZE_MAX past a size_t */
     bool must_close;            /* the answer ends the connection (bad framing) */
     bool oom;                   /* buffering the body ran out of memory */
     http_phase phase;
