@@ -260,8 +260,8 @@ Test(store, a_file_made_without_rowid_is_read_and_written_alike)
 
     write_ok(s, first, 3, NULL, 0, 3);
     write_ok(s, second, 1, deletes, 1, 4);
-    /* Past STORE_ROWS_MANY: the many-row upsert, twice (new rows, then updates). */
-    enum { MANY = 2 * STORE_ROWS_MANY + 5 };
+    /* Past STORE_ROWS_MANY: each multi-row upsert and single rows, twice (new rows, then updates). */
+    enum { MANY = 2 * STORE_ROWS_MANY + STORE_ROWS_FEW + 5 };
     char ids[MANY][16];
     ns_row many[MANY];
     ns_row *many_p[MANY];
@@ -901,12 +901,13 @@ Test(store, unwritable_rows_are_isolated_and_the_rest_commits)
 }
 
 /*
- * Enough rows for several of the writer's multi-row inserts and a tail, with
- * refused rows inside chunks, a node twice within one chunk and a NULL row:
+ * Enough rows for the writer's multi-row inserts of both sizes and single
+ * rows after them, with refused rows in each, a node twice within one chunk
+ * and a NULL row:
  * the chunks that SQLite refuses are redone one row each, so exactly the
  * refused rows are left out, reported by their place in the batch.
  */
-#define MANY_ROWS 200
+#define MANY_ROWS 203 /* 3 x STORE_ROWS_MANY, STORE_ROWS_FEW, 3 single rows */
 Test(store, multi_row_inserts_isolate_exactly_the_refused_rows)
 {
     store *s = sfx_open_store();
@@ -926,36 +927,38 @@ Test(store, multi_row_inserts_isolate_exactly_the_refused_rows)
     d[70].node_id = "bad";                    /* the trigger, second chunk */
     d[71].node_id = ids[72];                  /* n072 twice in one chunk: */
     d[71].status = NS_COMPLETED;              /* the later row (72) wins */
-    d[195].node_id = "bad";                   /* the tail */
+    d[195].node_id = "bad";                   /* the chunk of STORE_ROWS_FEW */
+    d[201].node_id = "bad";                   /* a single row */
 
     store_batch b = {.rows = rows, .n_rows = MANY_ROWS, .last_seq = MANY_ROWS,
                      .on_isolated = sfx_on_isolated, .isolated_ctx = &iso};
     cr_assert(eq(int, store_write(s, &b), 0), "store_write: %s",
               store_errmsg(s));
-    cr_assert(eq(sz, b.n_isolated, 3));
-    cr_assert(eq(sz, iso.n, 3));
+    cr_assert(eq(sz, b.n_isolated, 4));
+    cr_assert(eq(sz, iso.n, 4));
     cr_assert(iso.rows[0] == &d[5]);
     cr_assert(strstr(iso.why[0], "NOT NULL constraint failed") != NULL,
               "why: %s", iso.why[0]);
     cr_assert(iso.rows[1] == &d[70]);
     cr_assert(strstr(iso.why[1], "bad row") != NULL, "why: %s", iso.why[1]);
     cr_assert(iso.rows[2] == &d[195]);
+    cr_assert(iso.rows[3] == &d[201]);
 
     db = open_raw();
-    /* 200 rows less the 3 refused, less n072's second row. */
+    /* The rows less the 4 refused, less n072's second row. */
     cr_assert(eq(i64, raw_int(db, "SELECT count(*) FROM run_node_state"),
-                 MANY_ROWS - 4));
+                 MANY_ROWS - 5));
     cr_assert(eq(i64, raw_int(db, "SELECT seq FROM run_node_state WHERE"
                                   " node_id = 'n072'"), 73));
     cr_assert(eq(i64, raw_int(db, "SELECT count(*) FROM run_node_state"
                                   " WHERE status = 'running'"),
-                 MANY_ROWS - 4));
+                 MANY_ROWS - 5));
     cr_assert(eq(i64, raw_int(db, "SELECT count(*) FROM run_node_state"
                                   " WHERE node_id IN ('n005', 'n070',"
-                                  " 'n195', 'bad')"), 0));
+                                  " 'n195', 'n201', 'bad')"), 0));
     cr_assert(eq(i64, raw_int(db, "SELECT sum(seq) FROM run_node_state"),
                  (int64_t)MANY_ROWS * (MANY_ROWS + 1) / 2 - 6 - 71 - 72
-                     - 196));
+                     - 196 - 202));
     sqlite3_close(db);
 
     /* A NULL row in a later chunk fails the batch, named by its place. */

@@ -505,17 +505,21 @@ static bool store_chunk_clean(ns_row *const *rows, size_t from, size_t per,
     return true;
 }
 
+const size_t store_chunk_rows[STORE_CHUNKS] = { STORE_ROWS_MANY, STORE_ROWS_FEW };
+
 /*
- * Upserts rows[0..n) with the result of store_upsert_rows, but STORE_ROWS_MANY
- * rows per step of many where it can: a step costs about as much per
- * statement as per row, so one per row was most of the writer's time on new
- * rows. Rows within one statement are inserted in order, a later one's
+ * Upserts rows[0..n) with the result of store_upsert_rows, but
+ * store_chunk_rows[k] rows per step of many[k] where it can, largest first:
+ * a step costs about as much per statement as per row, so one per row was
+ * most of the writer's time on new rows, and on a ?wait=true commit of a
+ * dozen. Rows within one statement are inserted in order, a later one's
  * conflict with an earlier one updating it as a later statement would. A
  * chunk that SQLite refuses for something about a row was undone whole
  * (ABORT); it is done again one row each, so exactly the rows the one-row
  * path would leave out are left out, with the same messages.
  */
-int store_upsert_rows_many(sqlite3 *db, sqlite3_stmt *st, sqlite3_stmt *many,
+int store_upsert_rows_many(sqlite3 *db, sqlite3_stmt *st,
+                           sqlite3_stmt *const many[STORE_CHUNKS],
                            ns_row *const *rows, size_t n,
                            const sqlite_store *faults_of, store_isolation *iso,
                            char *msg, size_t msglen)
@@ -525,60 +529,65 @@ int store_upsert_rows_many(sqlite3 *db, sqlite3_stmt *st, sqlite3_stmt *many,
     char why[STORE_ERRMSG_MAX - 16];
     size_t i = 0;
     int rc = SQLITE_OK;
+    int ret = -1;
 
-    while (n - i >= STORE_ROWS_MANY) {
-        if (store_chunk_clean(rows, i, STORE_ROWS_MANY, faults_of)) {
-            rc = SQLITE_OK;
-            for (size_t j = 0; j < STORE_ROWS_MANY && rc == SQLITE_OK; j++)
-                rc = store_bind_row(many, (int)j * COL_COUNT, rows[i + j],
-                                    tsbuf[j]);
-            if (rc == SQLITE_OK)
-                rc = sqlite3_step(many);
-            if (rc != SQLITE_DONE)
-                snprintf(why, sizeof why, "%s", sqlite3_errmsg(db));
-            sqlite3_reset(many);
-            if (rc == SQLITE_DONE) {
-                i += STORE_ROWS_MANY;
-                continue;
+    for (size_t k = 0; k < STORE_CHUNKS; k++) {
+        size_t per = store_chunk_rows[k];
+        while (n - i >= per) {
+            if (store_chunk_clean(rows, i, per, faults_of)) {
+                rc = SQLITE_OK;
+                for (size_t j = 0; j < per && rc == SQLITE_OK; j++)
+                    rc = store_bind_row(many[k], (int)j * COL_COUNT, rows[i + j], tsbuf[j]);
+                if (rc == SQLITE_OK)
+                    rc = sqlite3_step(many[k]);
+                if (rc != SQLITE_DONE)
+                    snprintf(why, sizeof why, "%s", sqlite3_errmsg(db));
+                sqlite3_reset(many[k]);
+                if (rc == SQLITE_DONE) {
+                    i += per;
+                    continue;
+                }
+                if (!store_row_level(rc) || sqlite3_get_autocommit(db)) {
+                    snprintf(msg, msglen, "upsert: %s", why);
+                    goto out;
+                }
             }
-            if (!store_row_level(rc) || sqlite3_get_autocommit(db)) {
-                snprintf(msg, msglen, "upsert: %s", why);
-                goto fail;
-            }
+            if (store_upsert_range(db, st, rows, i, i + per, faults_of, iso, msg, msglen) != 0)
+                goto out;
+            i += per;
         }
-        if (store_upsert_range(db, st, rows, i, i + STORE_ROWS_MANY,
-                               faults_of, iso, msg, msglen) != 0)
-            goto fail;
-        i += STORE_ROWS_MANY;
     }
-    if (store_upsert_range(db, st, rows, i, n, faults_of, iso, msg, msglen)
-        != 0)
-        goto fail;
-    sqlite3_clear_bindings(many);
-    sqlite3_clear_bindings(st);
-    return 0;
+    if (store_upsert_range(db, st, rows, i, n, faults_of, iso, msg, msglen) != 0)
+        goto out;
+    ret = 0;
 
-fail:
-    sqlite3_clear_bindings(many);
+out:
+    for (size_t k = 0; k < STORE_CHUNKS; k++)
+        sqlite3_clear_bindings(many[k]);
     sqlite3_clear_bindings(st);
-    return -1;
+    return ret;
 }
 
 /*
- * Prepares many: "INSERT INTO <table> (<columns>) VALUES" and STORE_ROWS_MANY
- * groups of one anonymous parameter per column, then tail (its tokens
- * expanded), checked to bind exactly that many parameters. 0 or -1.
+ * Prepares many: "INSERT INTO <table> (<columns>) VALUES" and per groups of
+ * one anonymous parameter per column, then tail (its tokens expanded),
+ * checked to bind exactly that many parameters. 0 or -1.
  */
-int store_prepare_many(sqlite3 *db, const char *table, const char *tail,
+int store_prepare_many(sqlite3 *db, const char *table, const char *tail, size_t per,
                        sqlite3_stmt **out, char *err, size_t errlen,
                        const char *path)
 {
-    size_t len = strlen(table) + strlen(tail) + 64
-                 + (size_t)STORE_ROWS_MANY * (COL_COUNT * 3 + 3);
-    char *tmpl = malloc(len);
+    size_t len = strlen(table) + strlen(tail) + 64 + per * (COL_COUNT * 3 + 3);
+    char *tmpl;
     size_t at = 0;
     int ret = -1;
 
+    /* store_upsert_rows_many formats the timestamps of STORE_ROWS_MANY rows at most. */
+    if (per == 0 || per > STORE_ROWS_MANY) {
+        store_set_err(err, errlen, path, "internal: rows per statement out of range");
+        return -1;
+    }
+    tmpl = malloc(len);
     if (tmpl == NULL) {
         store_set_err(err, errlen, path, "out of memory");
         return -1;
@@ -589,7 +598,7 @@ int store_prepare_many(sqlite3 *db, const char *table, const char *tail,
         || store_sql_put(tmpl, len, &at, " (" STORE_SQL_COLUMNS ") VALUES")
                != 0)
         goto out;
-    for (int r = 0; r < STORE_ROWS_MANY; r++)
+    for (size_t r = 0; r < per; r++)
         for (int c = 0; c < COL_COUNT; c++)
             if (store_sql_put(tmpl, len, &at,
                               c == 0 ? (r == 0 ? " (?" : ", (?")
@@ -600,7 +609,7 @@ int store_prepare_many(sqlite3 *db, const char *table, const char *tail,
         goto out;
     if (store_prepare(db, tmpl, out, err, errlen, path) != 0)
         goto out_quiet;
-    if (sqlite3_bind_parameter_count(*out) != STORE_ROWS_MANY * COL_COUNT) {
+    if ((size_t)sqlite3_bind_parameter_count(*out) != per * COL_COUNT) {
         store_set_err(err, errlen, path,
                       "internal: a statement's columns are not the node's fields");
         goto out_quiet;

@@ -283,13 +283,23 @@ int store_walbuf_counts(sqlite3 *db, store_walbuf_stats *out);
  */
 int store_wal_sync(sqlite3 *db);
 
+/*
+ * Rows per multi-row insert (store_upsert_rows_many), largest first. Steps
+ * are what the writer spends its time on: a big batch goes 64 rows a step
+ * (64 x 16 columns stays far below SQLite's 32,766 parameters), and a
+ * ?wait=true commit of a dozen rows 8 a step rather than one.
+ */
+#define STORE_ROWS_MANY 64
+#define STORE_ROWS_FEW 8
+#define STORE_CHUNKS 2
+
 /* The write connection. Owned by one thread (the writer); no locking. */
 struct sqlite_store {
     sqlite3 *db;
     store_ckpt *ckpt;           /* its checkpoints, on a thread of their own */
     char *path;                 /* as given to store_open; names the sidecar */
     sqlite3_stmt *upsert;       /* one row of run_node_state */
-    sqlite3_stmt *upsert_many;  /* STORE_ROWS_MANY rows of it */
+    sqlite3_stmt *upsert_many[STORE_CHUNKS]; /* store_chunk_rows[k] rows of it */
     sqlite3_stmt *delete_run;   /* every row of one run */
     sqlite3_stmt *set_seq;      /* nodestate_meta 'last_seq' */
     sqlite3_stmt *meta_get;     /* any nodestate_meta key */
@@ -368,19 +378,15 @@ int store_step_once(sqlite3_stmt *st);
 int store_upsert_rows(sqlite3 *db, sqlite3_stmt *st, ns_row *const *rows,
                       size_t n, const sqlite_store *faults_of, store_isolation *iso,
                       char *msg, size_t msglen);
-/*
- * Rows per multi-row insert (store_upsert_rows_many). Steps are what the
- * writer spends its time on; 64 rows x 16 columns stays far below SQLite's
- * 32,766 parameters.
- */
-#define STORE_ROWS_MANY 64
-/* store_upsert_rows, STORE_ROWS_MANY rows per step of many where it can. */
-int store_upsert_rows_many(sqlite3 *db, sqlite3_stmt *st, sqlite3_stmt *many,
+extern const size_t store_chunk_rows[STORE_CHUNKS];
+/* store_upsert_rows, store_chunk_rows[k] rows per step of many[k] where it can. */
+int store_upsert_rows_many(sqlite3 *db, sqlite3_stmt *st,
+                           sqlite3_stmt *const many[STORE_CHUNKS],
                            ns_row *const *rows, size_t n,
                            const sqlite_store *faults_of, store_isolation *iso,
                            char *msg, size_t msglen);
-/* Prepares the STORE_ROWS_MANY-row insert into table, tail after its VALUES. */
-int store_prepare_many(sqlite3 *db, const char *table, const char *tail,
+/* Prepares the insert of per rows (at most STORE_ROWS_MANY) into table, tail after its VALUES. */
+int store_prepare_many(sqlite3 *db, const char *table, const char *tail, size_t per,
                        sqlite3_stmt **out, char *err, size_t errlen,
                        const char *path);
 /* Tells the batch's callback about the rows left out, after COMMIT. */

@@ -239,8 +239,6 @@ sqlite_store *sqlite_store_open(const char *path, bool sync_full, char *err, siz
     }
     if (store_prepare_row(s->db, store_upsert_sql, true, &s->upsert, err,
                           errlen, path)
-        || store_prepare_many(s->db, "run_node_state", STORE_UPSERT_SET,
-                              &s->upsert_many, err, errlen, path)
         || store_prepare(s->db, store_delete_run_sql, &s->delete_run, err,
                          errlen, path)
         || store_prepare(s->db, store_set_seq_sql, &s->set_seq, err, errlen,
@@ -254,6 +252,10 @@ sqlite_store *sqlite_store_open(const char *path, bool sync_full, char *err, siz
         || store_prepare(s->db, "COMMIT", &s->commit, err, errlen, path)
         || store_prepare(s->db, "ROLLBACK", &s->rollback, err, errlen, path))
         goto err;
+    for (size_t k = 0; k < STORE_CHUNKS; k++)
+        if (store_prepare_many(s->db, "run_node_state", STORE_UPSERT_SET, store_chunk_rows[k],
+                               &s->upsert_many[k], err, errlen, path) != 0)
+            goto err;
     return s;
 
 err:
@@ -267,7 +269,8 @@ void sqlite_store_close(sqlite_store *s)
         return;
     store_ckpt_stop(s->ckpt, s->db);
     sqlite3_finalize(s->upsert);
-    sqlite3_finalize(s->upsert_many);
+    for (size_t k = 0; k < STORE_CHUNKS; k++)
+        sqlite3_finalize(s->upsert_many[k]);
     sqlite3_finalize(s->delete_run);
     sqlite3_finalize(s->set_seq);
     sqlite3_finalize(s->meta_get);
