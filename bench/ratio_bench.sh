@@ -34,6 +34,8 @@ conns=${WRK_CONNECTIONS:-64}
 wthreads=${WRK_THREADS:-2}
 runs=${HTTP_RUNS:-16}
 lua=$root/bench/http_lifecycle.lua
+# shellcheck source=bench/bench_lib.sh
+source "$root/bench/bench_lib.sh"
 
 if [ -z "${NODESTATE_BIN:-}" ] || [ -z "${CEILING_BIN:-}" ]; then
     cmake -S "$root" -B "$build" -DCMAKE_BUILD_TYPE=Release -DBUILD_TESTING=OFF >/dev/null
@@ -55,23 +57,7 @@ cleanup() {
 trap cleanup EXIT
 status=0
 
-echo "machine: $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores" \
-     "($(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1))," \
-     "Linux $(uname -r), load $(cut -d' ' -f1-3 /proc/loadavg)," \
-     "wrk -t$wthreads -c$conns -d$duration, $rounds rounds"
-
-# wait_addr LOG PID: the HOST:PORT the server logged, within 10 s.
-wait_addr() {
-    local addr=
-    for _ in $(seq 100); do
-        addr=$(sed -n 's/.*listening.*addr=\([0-9.]*:[0-9]*\).*/\1/p' "$1" | head -n 1)
-        [ -n "$addr" ] && break
-        kill -0 "$2" 2>/dev/null || break
-        sleep 0.1
-    done
-    [ -n "$addr" ] || { echo "ratio_bench: no address in $1:" >&2; cat "$1" >&2; exit 1; }
-    echo "$addr"
-}
+bench_machine "wrk -t$wthreads -c$conns -d$duration, $rounds rounds"
 
 # start_ns NAME ARGS...: starts nodestate on a new file; sets ns_pid, ns_addr, ns_db.
 start_ns() {
@@ -82,7 +68,7 @@ start_ns() {
     "$ns_bin" --listen 127.0.0.1:0 --db "$ns_db" "$@" ${SERVER_ARGS:-} 2>"$tmp/$name.log" &
     ns_pid=$!
     pids+=("$ns_pid")
-    ns_addr=$(wait_addr "$tmp/$name.log" "$ns_pid")
+    ns_addr=$(bench_wait_addr "$tmp/$name.log" "$ns_pid" ratio_bench)
     ns_started=0
     ns_ok=0
     ns_rounds=0
@@ -151,7 +137,7 @@ if [ "${SKIP_CEILING:-0}" != 1 ]; then
     "$ceil_bin" 2>"$tmp/ceiling.log" &
     ceil_pid=$!
     pids+=("$ceil_pid")
-    ceil_addr=$(wait_addr "$tmp/ceiling.log" "$ceil_pid")
+    ceil_addr=$(bench_wait_addr "$tmp/ceiling.log" "$ceil_pid" ratio_bench)
     start_ns n202
     echo "  ceiling: $(head -n 1 "$tmp/ceiling.log"); nodestate: $ns_addr ${SERVER_ARGS:-}"
     for r in $(seq "$rounds"); do

@@ -63,6 +63,8 @@
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck source=bench/bench_lib.sh
+source "$root/bench/bench_lib.sh"
 build=${BUILD_DIR:-$root/build-bench}
 wrk_threads=${WRK_THREADS:-2}
 wrk_connections=${WRK_CONNECTIONS:-64}
@@ -281,20 +283,7 @@ db=$tmp/nodestate.db
     2>"$tmp/server.log" &
 server_pid=$!
 
-addr=
-for _ in $(seq 100); do
-    addr=$(sed -n 's/.*msg=listening.*addr=\([0-9.]*:[0-9]*\).*/\1/p' "$tmp/server.log" | head -n 1)
-    [ -n "$addr" ] && break
-    if ! kill -0 "$server_pid" 2>/dev/null; then
-        break
-    fi
-    sleep 0.1
-done
-if [ -z "$addr" ]; then
-    echo "run.sh: the server did not start listening; its log:" >&2
-    cat "$tmp/server.log" >&2
-    exit 1
-fi
+addr=$(bench_wait_addr "$tmp/server.log" "$server_pid" run.sh)
 echo "server: pid $server_pid, $addr, db $db ${SERVER_ARGS:-}"
 
 wrk_cmd=(wrk "-t$wrk_threads" "-c$wrk_connections" "-d$wrk_duration" --latency

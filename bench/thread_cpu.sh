@@ -30,6 +30,8 @@ duration=${WRK_DURATION:-5s}
 conns=${WRK_CONNECTIONS:-64}
 runs=${HTTP_RUNS:-16}
 lua=$root/bench/http_lifecycle.lua
+# shellcheck source=bench/bench_lib.sh
+source "$root/bench/bench_lib.sh"
 hz=$(getconf CLK_TCK)
 
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/thread-cpu.XXXXXX")
@@ -44,10 +46,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-echo "machine: $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores" \
-     "($(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1))," \
-     "Linux $(uname -r), load $(cut -d' ' -f1-3 /proc/loadavg)," \
-     "wrk -t2 -c$conns -d$duration, query '${query}', $pairs pairs"
+bench_machine "wrk -t2 -c$conns -d$duration, query '${query}', $pairs pairs"
 
 # Every thread of $pid as "tid:name ticks", sorted.
 threads() {
@@ -62,18 +61,12 @@ threads() {
 machine() { awk '/^cpu /{print $5, $6}' /proc/stat; }
 
 round() {
-    local bin=$1 db=$tmp/round.db addr="" reqs
+    local bin=$1 db=$tmp/round.db addr reqs
     rm -f "$db" "$db-wal" "$db-shm" "$db.lock"
     # shellcheck disable=SC2086 # SERVER_ARGS is a list of arguments
     "$bin" --db "$db" --listen 127.0.0.1:0 ${SERVER_ARGS:-} >"$tmp/log" 2>&1 &
     pid=$!
-    for _ in $(seq 100); do
-        addr=$(sed -n 's/.*listening.*addr=\([0-9.]*:[0-9]*\).*/\1/p' "$tmp/log" | head -n 1)
-        [ -n "$addr" ] && break
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.1
-    done
-    [ -n "$addr" ] || { echo "thread_cpu: no address from $bin:" >&2; cat "$tmp/log" >&2; exit 1; }
+    addr=$(bench_wait_addr "$tmp/log" "$pid" thread_cpu)
     wrk -t2 -c"$conns" -d2s -s "$lua" "http://$addr" -- "$runs" "$query" warm- >/dev/null
     threads >"$tmp/before"
     read -r idle0 iow0 < <(machine)
