@@ -245,6 +245,45 @@ Test(badinput, body_over_limit_is_413)
     ns_free(s);
 }
 
+/*
+ * A client that waits for 100 Continue before sending a body over the limit
+ * gets the 413 instead, at once, and never has to send the body; one whose
+ * body fits gets its 100 Continue.
+ */
+Test(badinput, body_over_limit_with_expect_is_413_before_the_body)
+{
+    ns_server *s = start();
+    char head[512], buf[4096];
+    size_t len = 0;
+    int fd = it_raw_connect(s, NULL);
+    snprintf(head, sizeof head,
+             "POST " STATE_PATH " HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+             "Content-Length: %d\r\nExpect: 100-continue\r\n\r\n", MAX_BODY + 1);
+    cr_assert_eq(ns_raw_send_str(fd, head), 0);
+    it_raw_read_to_close(fd, buf, sizeof buf, &len, 30.0);
+    close(fd);
+    cr_assert(strncmp(buf, "HTTP/1.1 413", 12) == 0, "not an early 413: %.300s", buf);
+    cr_assert_null(strstr(buf, "100 Continue"), "a 100 Continue before the 413: %.300s", buf);
+    cr_assert_not_null(strstr(buf, "body-too-large"), "%.600s", buf);
+
+    fd = it_raw_connect(s, NULL);
+    len = 0;
+    snprintf(head, sizeof head,
+             "POST " STATE_PATH " HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+             "Content-Length: %d\r\nExpect: 100-continue\r\n\r\n", MAX_BODY);
+    cr_assert_eq(ns_raw_send_str(fd, head), 0);
+    buf[0] = '\0';
+    for (int tries = 0; strstr(buf, "\r\n\r\n") == NULL; tries++) {
+        cr_assert(tries < 3, "no answer in 90 s: %.300s", buf);
+        cr_assert_eq(it_raw_read_for(fd, buf, sizeof buf, &len, 30000), 0,
+                     "closed before an answer: %.300s", buf);
+    }
+    cr_assert(strncmp(buf, "HTTP/1.1 100", 12) == 0, "not a 100 Continue: %.300s", buf);
+    close(fd);
+    expect_still_serving(s);
+    ns_free(s);
+}
+
 Test(badinput, content_type_not_json_is_415)
 {
     ns_server *s = start();

@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/socket.h>
 #include <sys/types.h>
 #include <sys/uio.h>
@@ -358,6 +359,14 @@ static enum MHD_Result http_park_or_queue(http_server *s, http_req *r, const cha
     return http_queue(s, r, method, url, con, resp);
 }
 
+/* Whether the request asks for a 100 Continue before it sends its body. */
+static bool http_expects_continue(struct MHD_Connection *con)
+{
+    const char *expect = MHD_lookup_connection_value(con, MHD_HEADER_KIND,
+                                                     MHD_HTTP_HEADER_EXPECT);
+    return expect != NULL && strcasecmp(expect, "100-continue") == 0;
+}
+
 enum MHD_Result http_on_request(void *cls, struct MHD_Connection *con,
                                        const char *url, const char *method,
                                        const char *version,
@@ -394,6 +403,16 @@ enum MHD_Result http_on_request(void *cls, struct MHD_Connection *con,
             MHD_lookup_connection_value(con, MHD_HEADER_KIND,
                                         MHD_HTTP_HEADER_CONTENT_LENGTH));
         r->too_large = r->declared > r->max_body;
+        if (r->too_large && http_expects_continue(con)) {
+            /*
+             * The client holds its body back until a 100 Continue: the 413
+             * now spares it the upload. MHD closes the connection after it,
+             * as it must with a body announced and not sent.
+             */
+            r->must_close = true;
+            http_api_call(s, r, method, url, con, false, &resp);
+            return http_queue(s, r, method, url, con, &resp);
+        }
         return MHD_YES;
     }
 
