@@ -221,7 +221,8 @@ static void judge_again(api *a, api_response *resp, struct api_wait *w)
 static void batch_judged_again(api *a, api_response *resp, struct api_wait *w)
 {
     int64_t left_ns = w->deadline_ns - model_mono_ns();
-    if (api_batch_answer(resp, w, api_batch_wait_seq(a, w), left_ns > 0, (double)left_ns / 1e9))
+    if (api_batch_answer(a, resp, w, api_batch_wait_seq(a, w), left_ns > 0,
+                         (double)left_ns / 1e9))
         return;
     api_wait_free(w);
     stats_count_http(engine_stats(a->engine), resp->status);

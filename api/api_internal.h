@@ -151,12 +151,15 @@ int api_batch_mark_refused(api *a, struct api_wait *w);
  */
 int64_t api_batch_wait_seq(api *a, const struct api_wait *w);
 /*
- * Answers batch w: 200 when wait_seq (api_batch_wait_seq) is 0, else 202;
- * with wait, a batch not durable yet is parked on wait_seq for timeout
- * seconds. Returns whether it parked (the wait then owns w).
+ * Answers batch w, durable when wait_seq (api_batch_wait_seq) is 0: 202
+ * when an accepted item is not durable yet, else 200 (a batch of
+ * duplicates changes nothing, as a duplicate posted alone gets a 200); with
+ * wait, a batch not durable yet (duplicates included, as a duplicate's
+ * ?wait=true waits too) is parked on wait_seq for timeout seconds. Returns
+ * whether it parked (the wait then owns w).
  */
-bool api_batch_answer(api_response *resp, struct api_wait *w, int64_t wait_seq, bool wait,
-                      double timeout);
+bool api_batch_answer(api *a, api_response *resp, struct api_wait *w, int64_t wait_seq,
+                      bool wait, double timeout);
 /* Header value by name, or NULL. */
 const char *api_header(const api_request *req, const char *name);
 

@@ -466,25 +466,36 @@ int api_batch_mark_refused(api *a, struct api_wait *w)
     return again ? 1 : 0;
 }
 
-int64_t api_batch_wait_seq(api *a, const struct api_wait *w)
+/* The highest seq of w's items (with duplicates or not) not durable yet; 0 when none. */
+static int64_t batch_pending_seq(api *a, const struct api_wait *w, bool duplicates)
 {
     engine_durability d = engine_durability_now(a->engine);
     int64_t wait_seq = 0;
-    for (size_t i = 0; i < w->n_batch_seqs; i++)
-        if (w->batch_seqs[i].seq > wait_seq && !engine_durability_covers(&d, w->batch_seqs[i].seq))
-            wait_seq = w->batch_seqs[i].seq;
+    for (size_t i = 0; i < w->n_batch_seqs; i++) {
+        const api_batch_seq *at = &w->batch_seqs[i];
+        if ((duplicates || !at->duplicate) && at->seq > wait_seq &&
+            !engine_durability_covers(&d, at->seq))
+            wait_seq = at->seq;
+    }
     return wait_seq;
 }
 
-bool api_batch_answer(api_response *resp, struct api_wait *w, int64_t wait_seq, bool wait,
-                      double timeout)
+int64_t api_batch_wait_seq(api *a, const struct api_wait *w)
+{
+    return batch_pending_seq(a, w, true);
+}
+
+bool api_batch_answer(api *a, api_response *resp, struct api_wait *w, int64_t wait_seq,
+                      bool wait, double timeout)
 {
     bool durable = wait_seq == 0;
     if (wait && !durable) {
         park(resp, w, wait_seq, timeout);
         return true;
     }
-    api_batch_response(resp, durable ? 200 : 202, w, durable);
+    /* A duplicate changes nothing: only an accepted item still queued makes it a 202. */
+    bool queued = !durable && batch_pending_seq(a, w, false) != 0;
+    api_batch_response(resp, queued ? 202 : 200, w, durable);
     return false;
 }
 
@@ -570,7 +581,7 @@ void api_post_batch(api *a, const api_request *req, const route_args *args,
     }
     if (marked > 0)
         wait_seq = api_batch_wait_seq(a, w); /* an item judged again may be queued anew */
-    if (api_batch_answer(resp, w, wait_seq, wait, timeout))
+    if (api_batch_answer(a, resp, w, wait_seq, wait, timeout))
         w = NULL; /* the wait keeps it */
 done:
     api_wait_free(w);

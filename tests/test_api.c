@@ -1076,6 +1076,49 @@ Test(api, wait_on_a_batch_renders_once_it_finishes)
     api_response_free(&resp);
 }
 
+/* A batch is a 202 only for an accepted item still queued, never for a duplicate alone. */
+Test(api, batch_of_queued_duplicates_is_200)
+{
+    spec one = { .method = "POST", .path = "/runs/r/nodes/a/state",
+                 .body = "{\"status\":\"running\"}" };
+    spec dup = { .method = "POST", .path = "/runs/r/nodes",
+                 .body = "{\"updates\":[{\"node_id\":\"a\",\"status\":\"running\"}]}" };
+    spec mixed = { .method = "POST", .path = "/runs/r/nodes",
+                   .body = "{\"updates\":[{\"node_id\":\"a\",\"status\":\"running\"},"
+                           "{\"node_id\":\"b\",\"status\":\"scheduled\"}]}" };
+    api_response resp;
+    call(&one, &resp);
+    cr_assert_eq(resp.status, 202);
+    api_response_free(&resp);
+
+    /* Only a duplicate of a state still queued: 200 as posted alone, not durable yet. */
+    call(&dup, &resp);
+    cr_assert_eq(resp.status, 200, "%.*s", (int)resp.body_len, resp.body);
+    json_t *j = body_json(&resp);
+    cr_assert_eq(jint(j, "accepted"), 0);
+    cr_assert_eq(jint(j, "duplicates"), 1);
+    cr_assert_not(jbool(j, "durable"), "the duplicate's state is not on disk yet");
+    json_decref(j);
+    api_response_free(&resp);
+
+    /* With an accepted item beside it: 202. */
+    call(&mixed, &resp);
+    cr_assert_eq(resp.status, 202, "%.*s", (int)resp.body_len, resp.body);
+    api_response_free(&resp);
+
+    /* ?wait=true on the duplicate alone still waits for its state to be durable. */
+    dup.query[0] = (kv){ "wait", "true" };
+    call(&dup, &resp);
+    cr_assert_eq(resp.wait_seq, 1, "a duplicate's wait is not parked on its state's seq");
+    flush_all();
+    api_finish_wait(A, &resp, true);
+    cr_assert_eq(resp.status, 200);
+    j = body_json(&resp);
+    cr_assert(jbool(j, "durable"));
+    json_decref(j);
+    api_response_free(&resp);
+}
+
 Test(api, finish_wait_without_wait_is_a_no_op)
 {
     cr_assert_eq(post("r", "a", "{\"status\":\"running\"}"), 202);
