@@ -388,8 +388,9 @@ int codec_member(codec_doc *d, const codec_spans *spans,
                               "string or null", key);
         out->ts_set |= 1u << f;
         out->ts[f] = ms;
-    } else if (strcmp(key, "last_error") == 0) {
-        if (codec_text(v, &out->last_error) != 0)
+    } else if (strcmp(key, "last_error") == 0 || strcmp(key, "suspension_reason") == 0) {
+        /* The two free texts, bounded alike (--max-error-bytes). */
+        if (codec_text(v, key[0] == 'l' ? &out->last_error : &out->suspension_reason) != 0)
             return codec_fail(status, 422, detail, detail_len,
                               "member \"%s\" must be a string or null", key);
         if (json_is_string(v) && json_string_length(v) > max_error_bytes) {
@@ -405,10 +406,6 @@ int codec_member(codec_doc *d, const codec_spans *spans,
                               "member \"%s\" must be a boolean or null", key);
         out->has_retryable = true;
         out->retryable = json_is_true(v);
-    } else if (strcmp(key, "suspension_reason") == 0) {
-        if (codec_text(v, &out->suspension_reason) != 0)
-            return codec_fail(status, 422, detail, detail_len,
-                              "member \"%s\" must be a string or null", key);
     } else if (strcmp(key, "resume_state") == 0) {
         if (codec_raw(v, spans->resume_state, &d->resume_state, &out->resume_state) != 0)
             return codec_fail(status, 500, detail, detail_len,

@@ -112,7 +112,8 @@ static const option_def options[] = {
      "      ones get 413 (<= 1 GiB)"},
     {"max-error-bytes", OPT_BYTES, FIELD(max_error_bytes), 1, (uint64_t)1 << 30, 0,
      "64K", "BYTES",
-     "longest last_error accepted in an update; longer ones get 422"},
+     "longest last_error or suspension_reason accepted in an update; longer\n"
+     "      ones get 422"},
     {"max-connections", OPT_UINT, FIELD(max_connections), 1, 1000000, 0, "1024",
      "N", "most client connections open at once"},
     {"max-connections-per-ip", OPT_UINT, FIELD(max_connections_per_ip), 0,
