@@ -446,15 +446,75 @@ int codec_member(codec_doc *d, const codec_spans *spans,
     return 0;
 }
 
+json_t *codec_json_load(const char *text, size_t len, json_error_t *err)
+{
+    /*
+     * DECODE_ANY so a bare scalar gets "not an object" rather than a parse
+     * error. INT_AS_REAL so an integer beyond int64 in outputs/resume_state
+     * (any JSON, as the API allows) does not make jansson refuse the body; their
+     * text comes from the body, and attempt is read from its text, so no
+     * precision is lost. A number beyond double range (1e400, a 310-digit
+     * integer) is still refused (codec_json_value_refused).
+     */
+    return json_loadb(text, len, JSON_REJECT_DUPLICATES | JSON_DECODE_ANY |
+                                     JSON_DECODE_INT_AS_REAL, err);
+}
+
+bool codec_json_value_refused(const json_error_t *err)
+{
+    switch (json_error_code(err)) {
+    case json_error_null_character:
+    case json_error_null_byte_in_key:
+    case json_error_duplicate_key:
+    case json_error_numeric_overflow:
+    case json_error_stack_overflow:
+        return true;
+    default:
+        return false;
+    }
+}
+
+void codec_json_detail(const json_error_t *err, char *detail, size_t detail_len)
+{
+    const char *why;
+    switch (json_error_code(err)) {
+    case json_error_null_character:
+        why = "a string holds \\u0000 (NUL), which is not taken";
+        break;
+    case json_error_null_byte_in_key:
+        why = "a member name holds \\u0000 (NUL), which is not taken";
+        break;
+    case json_error_duplicate_key:
+        why = "a member name appears twice in one object";
+        break;
+    case json_error_numeric_overflow:
+        why = "a number is beyond the range of a double";
+        break;
+    case json_error_stack_overflow:
+        why = "nested deeper than 2048 levels";
+        break;
+    default:
+        why = err->text; /* it may quote the body, and it cuts it at a byte count */
+        break;
+    }
+    codec_detail(detail, detail_len, "invalid JSON at line %d column %d: %s", err->line,
+                 err->column, why);
+}
+
 /*
  * The body as a JSON object (a new reference), or NULL with *status and
  * detail set: 400 for an empty body, a NUL byte, invalid JSON or another
  * value than an object, 500 out of memory. Every body we decode is read
- * this one way.
+ * this one way. err (may be NULL) gets jansson's error, or a code of
+ * json_error_unknown when the refusal was not jansson's.
  */
 json_t *codec_load_object(const char *body, size_t len, int *status,
-                          char *detail, size_t detail_len)
+                          char *detail, size_t detail_len, json_error_t *err)
 {
+    json_error_t own;
+    if (err == NULL)
+        err = &own;
+    memset(err, 0, sizeof *err);
     if (body == NULL || len == 0) {
         codec_fail(status, 400, detail, detail_len, "%s", "empty body");
         return NULL;
@@ -465,27 +525,15 @@ json_t *codec_load_object(const char *body, size_t len, int *status,
                    "invalid JSON: the body contains a NUL byte");
         return NULL;
     }
-    json_error_t err;
-    /*
-     * DECODE_ANY so a bare scalar gets "not an object" rather than a parse
-     * error. INT_AS_REAL so an integer beyond int64 in outputs/resume_state
-     * (any JSON, as the API allows) does not make jansson refuse the body; their
-     * text comes from the body, and attempt is read from its text, so no
-     * precision is lost. A number beyond double range (1e400, a 310-digit
-     * integer) is still refused here as invalid JSON.
-     */
-    json_t *root = json_loadb(body, len,
-                              JSON_REJECT_DUPLICATES | JSON_DECODE_ANY |
-                              JSON_DECODE_INT_AS_REAL, &err);
+    json_t *root = codec_json_load(body, len, err);
     if (root == NULL) {
         *status = 400;
-        /* jansson's text may quote the body, and it cuts it at a byte count. */
-        codec_detail(detail, detail_len, "invalid JSON at line %d column %d: %s",
-                     err.line, err.column, err.text);
+        codec_json_detail(err, detail, detail_len);
         return NULL;
     }
     if (!json_is_object(root)) {
         json_decref(root);
+        memset(err, 0, sizeof *err);
         codec_fail(status, 400, detail, detail_len, "%s", "body must be a JSON object");
         return NULL;
     }
@@ -510,7 +558,7 @@ codec_doc *codec_decode_update(const char *body, size_t len,
         codec_fail(status, 500, detail, detail_len, "%s", "out of memory");
         return NULL;
     }
-    if ((d->root = codec_load_object(body, len, status, detail, detail_len)) == NULL)
+    if ((d->root = codec_load_object(body, len, status, detail, detail_len, NULL)) == NULL)
         goto fail;
 
     codec_spans spans;

@@ -30,7 +30,7 @@ typedef struct codec_batch_item {
     const char *node_id;  /* as sent (a string), or NULL when missing or not a string */
     bool ok;
     ns_update u;          /* ok: the update, strings borrowed from the batch */
-    codec_doc own;        /* owns the item's compact resume_state and outputs (root unused) */
+    codec_doc own;        /* its compact resume_state and outputs; root: its own tree, when read alone */
     char *detail;         /* !ok: why (malloc'd) */
 } codec_batch_item;
 
@@ -46,6 +46,7 @@ void codec_batch_free(codec_batch *b)
     if (b == NULL)
         return;
     for (size_t i = 0; i < b->n; i++) {
+        json_decref(b->items[i].own.root);
         free(b->items[i].own.resume_state);
         free(b->items[i].own.outputs);
         free(b->items[i].detail);
@@ -130,95 +131,234 @@ static int codec_batch_decode_item(codec_batch_item *it, json_t *v, codec_span t
     return 0;
 }
 
-codec_batch *codec_decode_batch_tree(const char *body, size_t len, const char *run_id,
-                                     size_t max_error_bytes, size_t max_items,
-                                     int *status, char *detail, size_t detail_len)
+/*
+ * Checks the envelope root: "run_id" (if any) the path's, nothing else but
+ * "updates", an array of 1 to max_items. Its array, or NULL with *status
+ * and detail.
+ */
+static json_t *codec_batch_envelope(json_t *root, const char *run_id, size_t max_items,
+                                    int *status, char *detail, size_t detail_len)
 {
-    char scratch[1];
-    codec_detail_dest(&detail, &detail_len, scratch);
-    codec_batch *b = calloc(1, sizeof *b);
-    if (b == NULL) {
-        codec_fail(status, 500, detail, detail_len, "%s", "out of memory");
-        return NULL;
-    }
-    if ((b->root = codec_load_object(body, len, status, detail, detail_len)) == NULL)
-        goto fail;
     const char *key;
     json_t *v;
-    json_object_foreach(b->root, key, v) {
+    json_object_foreach(root, key, v) {
         if (strcmp(key, "updates") == 0)
             continue;
         if (strcmp(key, "run_id") == 0) {
             if (codec_same_id(v, run_id) != 0) {
                 codec_fail(status, 422, detail, detail_len,
                            "member \"%s\" must equal the run id in the path", key);
-                goto fail;
+                return NULL;
             }
             continue;
         }
         char shown[CODEC_KEY_SHOWN + 1];
         text_safe(shown, sizeof shown, key, strlen(key));
         codec_fail(status, 422, detail, detail_len, "unknown member \"%s\"", shown);
-        goto fail;
+        return NULL;
     }
-    json_t *arr = json_object_get(b->root, "updates");
+    json_t *arr = json_object_get(root, "updates");
     if (!json_is_array(arr)) {
         codec_fail(status, 422, detail, detail_len, "member \"%s\" must be an array of updates",
                    "updates");
-        goto fail;
+        return NULL;
     }
     size_t n = json_array_size(arr);
     if (n == 0) {
         codec_fail(status, 422, detail, detail_len, "member \"%s\" must hold at least one update",
                    "updates");
-        goto fail;
+        return NULL;
     }
     if (n > max_items) {
         *status = 413;
         codec_detail(detail, detail_len, "\"updates\" holds %zu items; at most %zu are taken "
                      "in one request", n, max_items);
-        goto fail;
+        return NULL;
     }
+    return arr;
+}
+
+/*
+ * The spans of the items of the top-level "updates" array of body, found by
+ * the scanner: their count (at most cap are stored in out, which may be
+ * NULL), or -1 when the text is not read as such an array.
+ */
+static long codec_batch_spans(const char *body, size_t len, codec_span *out, size_t cap)
+{
+    const char *end = body + len;
+    codec_span list;
+    if (codec_find_member(body, end, "updates", &list) != 0 || *list.p != '[')
+        return -1;
+    const char *p = codec_skip_ws(list.p + 1, end);
+    long n = 0;
+    if (p < end && *p == ']')
+        return 0;
+    for (;;) {
+        const char *after = codec_skip_value(p, end);
+        if (after == NULL)
+            return -1;
+        if (out != NULL && (size_t)n < cap)
+            out[n] = (codec_span){ p, (size_t)(after - p) };
+        n++;
+        p = codec_skip_ws(after, end);
+        if (p < end && *p == ']')
+            return n;
+        if (p == end || *p != ',')
+            return -1;
+        p = codec_skip_ws(p + 1, end);
+    }
+}
+
+/*
+ * Judges item v (text t) into it: ok, or refused with its 422 detail. 0, or
+ * -1 with *status 500 and detail when out of memory.
+ */
+static int codec_batch_take(codec_batch_item *it, json_t *v, codec_span t, const char *run_id,
+                            size_t max_error_bytes, int *status, char *detail,
+                            size_t detail_len)
+{
+    char why[CODEC_DETAIL_MAX];
+    int item_status = 422;
+    if (codec_batch_decode_item(it, v, t, run_id, max_error_bytes, &item_status, why,
+                                sizeof why) == 0) {
+        it->ok = true;
+        return 0;
+    }
+    if (item_status >= 500 || (it->detail = strdup(why)) == NULL) {
+        codec_fail(status, 500, detail, detail_len, "%s", why);
+        return -1;
+    }
+    return 0;
+}
+
+/* Allocates b's n items; 0, or -1 with *status 500. */
+static int codec_batch_alloc(codec_batch *b, size_t n, int *status, char *detail,
+                             size_t detail_len)
+{
     b->items = calloc(n, sizeof *b->items);
-    if (b->items == NULL) {
+    if (b->items == NULL)
+        return codec_fail(status, 500, detail, detail_len, "%s", "out of memory");
+    b->n = n;
+    return 0;
+}
+
+/*
+ * A body jansson refused for something inside it that valid JSON may hold
+ * (codec_json_value_refused): read again item by item, so that the item
+ * holding it gets its own 422 and the others still apply. The envelope is
+ * read with every item in it replaced by 0, each item on its own. NULL
+ * when that does not hold (the envelope or an item is not JSON, or the
+ * scanner does not find the items): then the body's own refusal stands,
+ * and *status and detail are left as they were, unless the envelope itself
+ * is refused (413, 422) or memory runs out (500).
+ */
+static codec_batch *codec_decode_batch_by_item(const char *body, size_t len, const char *run_id,
+                                               size_t max_error_bytes, size_t max_items,
+                                               int *status, char *detail, size_t detail_len)
+{
+    long n = codec_batch_spans(body, len, NULL, 0);
+    /* Past max_items no item is judged: the body's 400 stands, and no span is kept for it. */
+    if (n <= 0 || (size_t)n > max_items)
+        return NULL;
+    codec_batch *b = calloc(1, sizeof *b);
+    codec_span *spans = malloc((size_t)n * sizeof *spans);
+    char *env = malloc(len + 1);
+    size_t env_len = 0, from = 0;
+    json_error_t err;
+    if (b == NULL || spans == NULL || env == NULL) {
         codec_fail(status, 500, detail, detail_len, "%s", "out of memory");
         goto fail;
     }
-    b->n = n;
-    codec_span list;
-    const char *end = body + len;
-    if (codec_find_member(body, end, "updates", &list) != 0 || *list.p != '[') {
-        codec_fail(status, 500, detail, detail_len, "%s", "cannot locate \"updates\"");
-        goto fail;
+    codec_batch_spans(body, len, spans, (size_t)n);
+    for (long i = 0; i < n; i++) {
+        size_t at = (size_t)(spans[i].p - body);
+        memcpy(env + env_len, body + from, at - from);
+        env_len += at - from;
+        env[env_len++] = '0';
+        from = at + spans[i].n;
     }
-    const char *p = list.p + 1;
-    for (size_t i = 0; i < n; i++) {
+    memcpy(env + env_len, body + from, len - from);
+    env_len += len - from;
+    b->root = codec_json_load(env, env_len, &err);
+    if (b->root == NULL || !json_is_object(b->root))
+        goto fail;
+    /*
+     * Refused, the envelope says why (422); with another count than the
+     * scanner's items, the body's 400 stands.
+     */
+    json_t *arr = codec_batch_envelope(b->root, run_id, max_items, status, detail, detail_len);
+    if (arr == NULL || json_array_size(arr) != (size_t)n)
+        goto fail;
+    if (codec_batch_alloc(b, (size_t)n, status, detail, detail_len) != 0)
+        goto fail;
+    for (size_t i = 0; i < b->n; i++) {
         codec_batch_item *it = &b->items[i];
-        p = codec_skip_ws(p, end);
-        codec_span t = { p, 0 };
-        const char *after = codec_skip_value(p, end);
-        if (after == NULL) {
-            codec_fail(status, 500, detail, detail_len, "%s", "cannot locate an update");
-            goto fail;
-        }
-        t.n = (size_t)(after - p);
-        p = codec_skip_ws(after, end);
-        if (p < end && *p == ',')
-            p++;
-        char why[CODEC_DETAIL_MAX];
-        int item_status = 422;
-        if (codec_batch_decode_item(it, json_array_get(arr, i), t, run_id, max_error_bytes,
-                                    &item_status, why, sizeof why) == 0) {
-            it->ok = true;
+        it->own.root = codec_json_load(spans[i].p, spans[i].n, &err);
+        if (it->own.root == NULL) {
+            char why[CODEC_DETAIL_MAX];
+            if (!codec_json_value_refused(&err))
+                goto fail; /* not JSON: the body's 400 stands */
+            codec_json_detail(&err, why, sizeof why);
+            if ((it->detail = strdup(why)) == NULL) {
+                codec_fail(status, 500, detail, detail_len, "%s", "out of memory");
+                goto fail;
+            }
             continue;
         }
-        if (item_status >= 500 || (it->detail = strdup(why)) == NULL) {
-            codec_fail(status, 500, detail, detail_len, "%s", why);
+        if (codec_batch_take(it, it->own.root, spans[i], run_id, max_error_bytes, status,
+                             detail, detail_len) != 0)
             goto fail;
-        }
     }
+    free(spans);
+    free(env);
     return b;
 fail:
+    codec_batch_free(b);
+    free(spans);
+    free(env);
+    return NULL;
+}
+
+codec_batch *codec_decode_batch_tree(const char *body, size_t len, const char *run_id,
+                                     size_t max_error_bytes, size_t max_items,
+                                     int *status, char *detail, size_t detail_len)
+{
+    char scratch[1];
+    codec_detail_dest(&detail, &detail_len, scratch);
+    json_error_t err;
+    codec_batch *b = calloc(1, sizeof *b);
+    if (b == NULL) {
+        codec_fail(status, 500, detail, detail_len, "%s", "out of memory");
+        return NULL;
+    }
+    if ((b->root = codec_load_object(body, len, status, detail, detail_len, &err)) == NULL) {
+        codec_batch_free(b);
+        return codec_json_value_refused(&err)
+                   ? codec_decode_batch_by_item(body, len, run_id, max_error_bytes, max_items,
+                                                status, detail, detail_len)
+                   : NULL;
+    }
+    json_t *arr = codec_batch_envelope(b->root, run_id, max_items, status, detail, detail_len);
+    size_t n = arr != NULL ? json_array_size(arr) : 0;
+    codec_span *spans = arr != NULL ? malloc(n * sizeof *spans) : NULL;
+    if (arr == NULL)
+        goto fail;
+    if (spans == NULL || codec_batch_alloc(b, n, status, detail, detail_len) != 0) {
+        codec_fail(status, 500, detail, detail_len, "%s", "out of memory");
+        goto fail;
+    }
+    if (codec_batch_spans(body, len, spans, n) != (long)n) {
+        codec_fail(status, 500, detail, detail_len, "%s", "cannot locate the updates");
+        goto fail;
+    }
+    for (size_t i = 0; i < n; i++)
+        if (codec_batch_take(&b->items[i], json_array_get(arr, i), spans[i], run_id,
+                             max_error_bytes, status, detail, detail_len) != 0)
+            goto fail;
+    free(spans);
+    return b;
+fail:
+    free(spans);
     codec_batch_free(b);
     return NULL;
 }

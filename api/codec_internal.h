@@ -85,9 +85,23 @@ const char *codec_skip_value(const char *p, const char *end);
 bool codec_key_is(const char *p, const char *end, const char *name);
 int codec_scan(const char *body, size_t len, codec_spans *spans);
 
-/* A body as a JSON object, or NULL with *status (400, 500) and detail. */
+/* JSON text read by jansson as every body and batch item is read, or NULL with err. */
+json_t *codec_json_load(const char *text, size_t len, json_error_t *err);
+/*
+ * Whether jansson refused err's text for something valid JSON may hold but
+ * we do not take (a NUL in a string or a member name, a member twice, a
+ * number beyond double, nesting past 2048), not for its syntax: in a batch
+ * that is one item's fault, not the request's.
+ */
+bool codec_json_value_refused(const json_error_t *err);
+/* "invalid JSON at line L column C: why", in our words where jansson's name its flags. */
+void codec_json_detail(const json_error_t *err, char *detail, size_t detail_len);
+/*
+ * A body as a JSON object, or NULL with *status (400, 500) and detail; err
+ * (may be NULL) gets jansson's error (code json_error_unknown otherwise).
+ */
 json_t *codec_load_object(const char *body, size_t len, int *status,
-                          char *detail, size_t detail_len);
+                          char *detail, size_t detail_len, json_error_t *err);
 /* 0 when v is a string equal to id. */
 int codec_same_id(json_t *v, const char *id);
 /* Checks and stores one member of an update; -1 with *status and detail set. */

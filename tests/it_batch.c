@@ -1,7 +1,8 @@
 /*
  * it_batch: POST /runs/{run_id}/nodes on the real binary. A batch of mixed
  * items gets one result per item in request order (accepted, duplicate,
- * stale, illegal, invalid) and only the accepted ones reach the file; a
+ * stale, illegal, invalid, valid JSON the service does not take) and only
+ * the accepted ones reach the file; a
  * batch the queue cannot take whole is 503 and changes nothing; a bad
  * envelope is refused whole (400, 413, 415, 422); ?wait=true answers 200
  * once every accepted item is durable, 202 when its timeout passes first; and after SIGTERM every accepted item
@@ -77,37 +78,41 @@ Test(batch, mixed_items_each_get_their_result)
                "{\"node_id\":\"b c\",\"status\":\"running\"},"        /* 6 bad id: 422 */
                "{\"node_id\":\"d\",\"status\":\"sleeping\"},"         /* 7 bad status: 422 */
                "{\"node_id\":\"e\",\"status\":\"idle\",\"colour\":1}," /* 8 bad member: 422 */
-               "{\"node_id\":\"f\",\"status\":\"idle\"}"              /* 9 new: 202 */
+               /* 9, 10: valid JSON jansson refuses (a NUL, a member twice): their own 422 */
+               "{\"node_id\":\"g\",\"status\":\"failed\",\"last_error\":\"x\\u0000y\"},"
+               "{\"node_id\":\"h\",\"status\":\"idle\",\"status\":\"failed\"},"
+               "{\"node_id\":\"f\",\"status\":\"idle\"}"              /* 11 new: 202 */
                "]}", &r);
     cr_assert_eq(r.status, 202, "%ld %s", r.status, r.body);
     json_t *doc = ns_resp_json(&r);
     cr_assert_not_null(doc);
-    static const long long codes[] = { 202, 202, 200, 409, 409, 409, 422, 422, 422, 202 };
-    cr_assert_eq(json_array_size(json_object_get(doc, "results")), 10);
-    for (size_t i = 0; i < 10; i++)
+    static const long long codes[] = { 202, 202, 200, 409, 409, 409, 422, 422, 422, 422, 422,
+                                       202 };
+    cr_assert_eq(json_array_size(json_object_get(doc, "results")), 12);
+    for (size_t i = 0; i < 12; i++)
         cr_assert_eq(result_code(doc, i), codes[i], "results[%zu]: %s", i, r.body);
     cr_assert_str_eq(result_slug(doc, 3), "illegal-transition");
     cr_assert_str_eq(result_slug(doc, 4), "illegal-transition");
     cr_assert_str_eq(result_slug(doc, 5), "stale-attempt");
-    for (size_t i = 6; i < 9; i++)
+    for (size_t i = 6; i < 11; i++)
         cr_assert_str_eq(result_slug(doc, i), "invalid-update");
     cr_assert_eq(it_jint(doc, "accepted"), 3);
     cr_assert_eq(it_jint(doc, "duplicates"), 1);
-    cr_assert_eq(it_jint(doc, "refused"), 6);
+    cr_assert_eq(it_jint(doc, "refused"), 8);
     cr_assert_str_eq(ns_jstr(doc, "run_id"), "mx");
     /* Seqs follow the two single updates (1, 2), in item order. */
     json_t *res = json_object_get(doc, "results");
     cr_assert_eq(it_jint(json_array_get(res, 0), "seq"), 3);
     cr_assert_eq(it_jint(json_array_get(res, 1), "seq"), 4);
     cr_assert_eq(it_jint(json_array_get(res, 2), "seq"), 4);
-    cr_assert_eq(it_jint(json_array_get(res, 9), "seq"), 5);
+    cr_assert_eq(it_jint(json_array_get(res, 11), "seq"), 5);
     cr_assert_eq(it_jint(doc, "last_seq"), 5);
     json_decref(doc);
 
     json_t *st = ns_stats(s);
     cr_assert_not_null(st);
     cr_assert_eq(it_jint(st, "batch_requests"), 1);
-    cr_assert_eq(it_jint(st, "batch_request_updates"), 10);
+    cr_assert_eq(it_jint(st, "batch_request_updates"), 12);
     cr_assert_eq(it_jint(st, "updates_queued"), 5, "2 single + 3 batch items");
     json_decref(st);
 
@@ -119,8 +124,8 @@ Test(batch, mixed_items_each_get_their_result)
     cr_assert_str_eq(st_a, "running");
     free(st_a);
     cr_assert_eq(ns_db_int(s, "SELECT attempt FROM run_node_state WHERE node_id='retry'", NULL), 3);
-    cr_assert_eq(ns_db_int(s, "SELECT count(*) FROM run_node_state WHERE node_id IN ('d','e')",
-                           NULL), 0);
+    cr_assert_eq(ns_db_int(s, "SELECT count(*) FROM run_node_state WHERE node_id IN "
+                              "('d','e','g','h')", NULL), 0);
     ns_resp_free(&r);
     ns_free(s);
 }

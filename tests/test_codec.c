@@ -546,9 +546,9 @@ Test(decode, not_json_or_not_object)
     decode_bad("null", 400, "object");
     /* duplicate keys make the body ambiguous */
     decode_bad("{\"status\":\"idle\",\"status\":\"failed\"}", 400, "invalid JSON");
-    /* a NUL inside a string cannot become a C string */
+    /* a NUL inside a string cannot become a C string; the detail names no library flag */
     decode_bad("{\"status\":\"idle\",\"last_error\":\"a\\u0000b\"}", 400,
-               "invalid JSON");
+               "a string holds \\u0000 (NUL)");
     /* invalid UTF-8 */
     decode_bad("{\"status\":\"idle\",\"last_error\":\"\xff\"}", 400, "invalid JSON");
 }
@@ -1184,15 +1184,70 @@ Test(decode_batch, a_bad_envelope_refuses_the_whole_request)
     batch_bad("{\"run_id\":\"other\",\"updates\":[{\"node_id\":\"a\",\"status\":\"idle\"}]}", 10,
               422, "member \"run_id\"");
     batch_bad("{\"updates\":[{},{},{}]}", 2, 413, "3 items; at most 2");
-    /* Duplicate keys anywhere are invalid JSON here, as for a single update. */
-    batch_bad("{\"updates\":[{\"node_id\":\"a\",\"status\":\"idle\",\"status\":\"running\"}]}",
-              10, 400, "invalid JSON");
+    /* A member twice in the envelope; a syntax error in an item (beside a NUL in another). */
+    batch_bad("{\"updates\":[{\"node_id\":\"a\",\"status\":\"idle\"}],\"updates\":[]}", 10,
+              400, "appears twice");
+    batch_bad("{\"updates\":[{\"node_id\":\"a\",\"last_error\":\"\\u0000\"},{\"node_id\":}]}", 10,
+              400, "invalid JSON");
+    batch_bad("{\"updates\":[{\"node_id\":\"a\",\"last_error\":\"\\u0000\"}],\"x\":1}", 10, 422,
+              "unknown member \"x\"");
     /* A NUL byte inside the body. */
     int status = -1;
     char detail[128];
     cr_assert_null(codec_decode_batch("{\"updates\":[]}\0", 15, RUN, MAX_ERR, 10, &status,
                                       detail, sizeof detail));
     cr_assert_eq(status, 400);
+}
+
+/*
+ * Valid JSON that jansson refuses (a NUL in a string or a member name, a
+ * member twice, a number beyond double, nesting past 2048) is the item's
+ * fault: that item gets its 422, the others are read as usual.
+ */
+Test(decode_batch, what_jansson_refuses_in_an_item_is_that_items_422)
+{
+    static const char *const bad[] = {
+        "{\"node_id\":\"x\",\"status\":\"failed\",\"last_error\":\"a\\u0000b\"}",
+        "{\"node_id\":\"x\",\"status\":\"idle\",\"outputs\":{\"k\\u0000\":1}}",
+        "{\"node_id\":\"x\",\"status\":\"idle\",\"status\":\"failed\"}",
+        "{\"node_id\":\"x\",\"status\":\"idle\",\"outputs\":1e400}",
+        NULL, /* nesting past 2048 levels, built below */
+    };
+    static const char *const want[] = {
+        "a string holds \\u0000", "a member name holds \\u0000", "appears twice",
+        "beyond the range", "deeper than 2048",
+    };
+    char deep[2 * 2100 + 128];
+    int at = snprintf(deep, sizeof deep, "{\"node_id\":\"x\",\"status\":\"idle\",\"outputs\":");
+    for (int i = 0; i < 2100; i++)
+        deep[at++] = '[';
+    for (int i = 0; i < 2100; i++)
+        deep[at++] = ']';
+    snprintf(deep + at, sizeof deep - (size_t)at, "}");
+    for (size_t k = 0; k < sizeof want / sizeof *want; k++) {
+        char body[sizeof deep + 256];
+        snprintf(body, sizeof body,
+                 "{\"updates\":[{\"node_id\":\"a\",\"status\":\"running\"},%s,"
+                 "{\"node_id\":\"c\",\"status\":\"failed\",\"outputs\":{\"o\":[1.50]}}]}",
+                 bad[k] != NULL ? bad[k] : deep);
+        codec_batch *b = batch_ok(body, 10);
+        cr_assert_eq(codec_batch_len(b), 3);
+        const char *node, *why;
+        const ns_update *u = codec_batch_item_at(b, 0, &node, &why);
+        cr_assert_not_null(u, "case %zu: item 0 refused: %s", k, why);
+        cr_assert_str_eq(node, "a");
+        cr_assert_eq(u->status, NS_RUNNING);
+        u = codec_batch_item_at(b, 1, &node, &why);
+        cr_assert_null(u, "case %zu: the bad item was taken", k);
+        cr_assert_not_null(strstr(why, want[k]), "case %zu: \"%s\" lacks \"%s\"", k, why,
+                           want[k]);
+        cr_assert_null(strstr(why, "JSON_"), "case %zu: a library's flag in \"%s\"", k, why);
+        u = codec_batch_item_at(b, 2, &node, &why);
+        cr_assert_not_null(u, "case %zu: item 2 refused: %s", k, why);
+        cr_assert_str_eq(node, "c");
+        cr_assert_str_eq(u->outputs.value, "{\"o\":[1.50]}", "read from its own text");
+        codec_batch_free(b);
+    }
 }
 
 Test(decode_batch, item_members_match_a_single_update)
