@@ -175,6 +175,11 @@ int api_query_arg(const api_request *req, api_response *resp, const char *name,
                   char out[API_QUERY_VALUE_MAX + 1]);
 /* A boolean query flag's value: "", "true", "1" true; "false", "0" false; -1 otherwise. */
 int api_flag_value(const char *v);
+/*
+ * A number of seconds >= 0 written in plain decimal ("5", "0.25", ".5",
+ * "1e1"): 0 with *out, or -1 (a sign, blanks, hex, inf, nan, too large).
+ */
+int api_seconds_value(const char *v, double *out);
 
 /* ---- handlers.c and handlers_read.c: one per route and method ---- */
 

@@ -66,6 +66,33 @@ int api_flag_value(const char *v)
     return -1;
 }
 
+int api_seconds_value(const char *v, double *out)
+{
+    size_t digits = strspn(v, "0123456789");
+    const char *p = v + digits;
+    if (*p == '.') {
+        size_t frac = strspn(p + 1, "0123456789");
+        digits += frac;
+        p += 1 + frac;
+    }
+    if (digits == 0)
+        return -1;
+    if (*p == 'e' || *p == 'E') {
+        p++;
+        if (*p == '+' || *p == '-')
+            p++;
+        size_t exp = strspn(p, "0123456789");
+        if (exp == 0)
+            return -1;
+        p += exp;
+    }
+    double secs = strtod(v, NULL);
+    if (*p != '\0' || !isfinite(secs))
+        return -1;
+    *out = secs;
+    return 0;
+}
+
 /*
  * The ?wait= and ?timeout= of a write. Returns 0 with *wait and *timeout
  * set, or -1 after answering 400.
@@ -88,16 +115,10 @@ static int wait_args(api *a, const api_request *req, api_response *resp,
     has = api_query_arg(req, resp, "timeout", v);
     if (has < 0)
         return -1;
-    if (has) {
-        char *end;
-        double secs = strtod(v, &end);
-        if (!*v || *end || !isfinite(secs) || secs < 0) {
-            api_answer_problem(resp, PROBLEM_INVALID_QUERY,
-                               "query parameter \"timeout\" must be a number of "
-                               "seconds >= 0");
-            return -1;
-        }
-        *timeout = secs;
+    if (has && api_seconds_value(v, timeout) != 0) {
+        api_answer_problem(resp, PROBLEM_INVALID_QUERY,
+                           "query parameter \"timeout\" must be a number of seconds >= 0");
+        return -1;
     }
     if (*timeout > a->cfg.max_wait)
         *timeout = a->cfg.max_wait;

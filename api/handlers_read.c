@@ -8,7 +8,6 @@
 #include "api_internal.h"
 
 #include <ctype.h>
-#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -122,9 +121,7 @@ static void list_since(api *a, const api_request *req, const route_args *args,
     if (has < 0)
         return;
     if (has) {
-        char *end;
-        wait = strtod(w, &end);
-        if (!*w || *end || !isfinite(wait) || wait < 0) {
+        if (api_seconds_value(w, &wait) != 0) {
             api_answer_problem(resp, PROBLEM_INVALID_QUERY,
                                "query parameter \"wait\" must be a number of seconds >= 0");
             return;

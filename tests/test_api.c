@@ -570,8 +570,22 @@ Test(api, post_bad_bodies)
     spec t = { .method = "POST", .path = "/runs/r/nodes/n/state", .body = "{\"status\":\"idle\"}",
                .query = { { "wait", "true" }, { "timeout", "soon" } } };
     check_problem(&t, 400, "invalid-query");
-    t.query[1].value = "-1";
-    check_problem(&t, 400, "invalid-query");
+    static const char *const bad_seconds[] = { "-1", "+1", " 1", "1 ", "0x1p0", "1e", "1e400",
+                                               "inf", "nan", ".", "" };
+    for (size_t i = 0; i < sizeof bad_seconds / sizeof *bad_seconds; i++) {
+        t.query[1].value = bad_seconds[i];
+        check_problem(&t, 400, "invalid-query");
+        check_problem(&(spec){ .method = "GET", .path = "/runs/r/nodes",
+                               .query = { { "since", "0" }, { "wait", bad_seconds[i] } } },
+                      400, "invalid-query");
+    }
+    /* Plain decimal, fraction and exponent are seconds. */
+    static const char *const good_seconds[] = { "0", "0.25", ".5", "1.", "1e-1", "1E0" };
+    for (size_t i = 0; i < sizeof good_seconds / sizeof *good_seconds; i++) {
+        double secs = -1;
+        cr_assert_eq(api_seconds_value(good_seconds[i], &secs), 0, "%s", good_seconds[i]);
+        cr_assert(secs >= 0 && secs <= 1, "%s read as %g", good_seconds[i], secs);
+    }
 }
 
 Test(api, post_queue_full_is_503)
