@@ -274,8 +274,8 @@ Test(badinput, body_over_limit_with_expect_is_413_before_the_body)
     cr_assert_eq(ns_raw_send_str(fd, head), 0);
     buf[0] = '\0';
     for (int tries = 0; strstr(buf, "\r\n\r\n") == NULL; tries++) {
-        cr_assert(tries < 3, "no answer in 90 s: %.300s", buf);
-        cr_assert_eq(it_raw_read_for(fd, buf, sizeof buf, &len, 30000), 0,
+        cr_assert(tries < 600, "no answer in 60 s: %.300s", buf);
+        cr_assert_eq(it_raw_read_for(fd, buf, sizeof buf, &len, 100), 0,
                      "closed before an answer: %.300s", buf);
     }
     cr_assert(strncmp(buf, "HTTP/1.1 100", 12) == 0, "not a 100 Continue: %.300s", buf);
