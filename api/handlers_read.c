@@ -100,6 +100,61 @@ static int row_seq_cmp(const void *x, const void *y)
 }
 
 /*
+ * The run's nodes with since < seq <= upto into *all (references held),
+ * page by page: there is no index by seq, so a run is scanned once per ask,
+ * and each page is read under its own hold of the engine's lock (a run of
+ * 100,000 nodes must not hold it for all of them). A node that moves on
+ * between two pages may then be read in its old state after another node
+ * was read in a newer one; upto leaves the newer states out (*cut says some
+ * were), so the client, asking again from the highest seq it got, misses
+ * no node's latest state.
+ */
+static engine_result since_scan(engine *e, const char *run_id, unsigned mask, int64_t since,
+                                int64_t upto, engine_page *all, bool *cut)
+{
+    engine_page page;
+    char last[NS_ID_MAX + 1] = "";
+    engine_result res;
+    size_t cap = 0;
+    *all = (engine_page){ 0 };
+    *cut = false;
+    for (;;) {
+        res = engine_list(e, run_id, mask, *last ? last : NULL, LIST_MAX_LIMIT, &page);
+        if (res != ENGINE_ACCEPTED) {
+            engine_page_free(&page);
+            return res;
+        }
+        if (page.count)
+            snprintf(last, sizeof last, "%s", page.rows[page.count - 1]->node_id);
+        for (size_t i = 0; i < page.count && res == ENGINE_ACCEPTED; i++) {
+            ns_row *r = page.rows[i];
+            if (r->seq <= since)
+                continue;
+            if (r->seq > upto) {
+                *cut = true;
+                continue;
+            }
+            if (all->count == cap) {
+                size_t ncap = cap ? cap * 2 : 64;
+                ns_row **grown = realloc(all->rows, ncap * sizeof *grown);
+                if (!grown) {
+                    res = ENGINE_ERROR;
+                    break;
+                }
+                all->rows = grown;
+                cap = ncap;
+            }
+            model_row_ref(r);
+            all->rows[all->count++] = r;
+        }
+        bool more = page.more;
+        engine_page_free(&page);
+        if (!more || res != ENGINE_ACCEPTED)
+            return res;
+    }
+}
+
+/*
  * GET /runs/{run}/nodes?since=N[&wait=S]: the run's nodes whose seq is
  * above N, in seq order, at most limit (the client asks again with the
  * last one's seq). None yet and wait > 0: a long poll (api.h).
@@ -129,42 +184,22 @@ static void list_since(api *a, const api_request *req, const route_args *args,
         if (wait > a->cfg.max_wait)
             wait = a->cfg.max_wait;
     }
-    /* Every matching node, page by page: no index by seq, a run is scanned once per ask. */
-    engine_page all = { 0 }, page;
-    char last[NS_ID_MAX + 1] = "";
-    engine_result res;
-    size_t cap = 0;
-    do {
-        res = engine_list(a->engine, args->run_id, mask, *last ? last : NULL, LIST_MAX_LIMIT,
-                          &page);
-        if (res != ENGINE_ACCEPTED) {
-            engine_page_free(&page);
-            break;
-        }
-        if (page.count)
-            snprintf(last, sizeof last, "%s", page.rows[page.count - 1]->node_id);
-        for (size_t i = 0; i < page.count; i++) {
-            ns_row *r = page.rows[i];
-            if (r->seq <= since)
-                continue;
-            if (all.count == cap) {
-                size_t ncap = cap ? cap * 2 : 64;
-                ns_row **grown = realloc(all.rows, ncap * sizeof *grown);
-                if (!grown) {
-                    res = ENGINE_ERROR;
-                    break;
-                }
-                all.rows = grown;
-                cap = ncap;
-            }
-            model_row_ref(r);
-            all.rows[all.count++] = r;
-        }
-        bool more = page.more;
-        engine_page_free(&page);
-        if (!more || res != ENGINE_ACCEPTED)
-            break;
-    } while (1);
+    /*
+     * Single instance: seqs rise with time, so upto, the last seq handed out
+     * before the scan, bounds every state the run was in when it began; a
+     * node changed while the scan went on has a higher seq (below).
+     */
+    bool shared = engine_shared(a->engine);
+    int64_t upto = shared ? INT64_MAX : engine_durability_now(a->engine).last_seq;
+    engine_page all = { 0 };
+    bool cut = false;
+    engine_result res = since_scan(a->engine, args->run_id, mask, since, upto, &all, &cut);
+    /* Only nodes changed during the scan: scanned again, twice at most, for what they are now. */
+    for (int again = 0; again < 2 && res == ENGINE_ACCEPTED && cut && all.count == 0; again++) {
+        engine_page_free(&all);
+        upto = engine_durability_now(a->engine).last_seq;
+        res = since_scan(a->engine, args->run_id, mask, since, upto, &all, &cut);
+    }
     if (api_run_read_ok(resp, res, "listing the run")) {
         if (all.count > 1)
             qsort(all.rows, all.count, sizeof *all.rows, row_seq_cmp);
@@ -177,7 +212,8 @@ static void list_since(api *a, const api_request *req, const route_args *args,
         codec_page(&b, args->run_id, &all, &d);
         api_respond(resp, 200, API_JSON_TYPE, &b);
         all.count = count;
-        if (all.count == 0 && wait > 0 && !req->no_wait) {
+        /* Nothing above since, unless it was cut (the client asks again at once). */
+        if (all.count == 0 && !cut && wait > 0 && !req->no_wait) {
             resp->poll_wait = wait;
             resp->since = since;
             snprintf(resp->watch_run, sizeof resp->watch_run, "%s", args->run_id);

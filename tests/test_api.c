@@ -13,6 +13,8 @@
 #include <criterion/criterion.h>
 
 #include <limits.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -1131,6 +1133,90 @@ Test(api, batch_of_queued_duplicates_is_200)
     cr_assert(jbool(j, "durable"));
     json_decref(j);
     api_response_free(&resp);
+}
+
+/* ---- ?since= over a run of more than one page ---- */
+
+#define SINCE_NODES 12000   /* two pages of the since scan (10,000 each) */
+#define SINCE_MOVES 2000    /* nodes moved on from each end of the run */
+
+static atomic_bool since_done;
+static atomic_int since_failed;
+
+/* Moves nodes on from both ends of the run in turn: low ids (first page), high (second). */
+static void *since_mover(void *arg)
+{
+    (void)arg;
+    for (int i = 0; i < SINCE_MOVES; i++) {
+        char lo[16], hi[16];
+        snprintf(lo, sizeof lo, "n%05d", i);
+        snprintf(hi, sizeof hi, "n%05d", SINCE_NODES - 1 - i);
+        if (post("big", lo, "{\"status\":\"running\"}") != 202 ||
+            post("big", hi, "{\"status\":\"running\"}") != 202)
+            atomic_fetch_add(&since_failed, 1);
+    }
+    atomic_store(&since_done, true);
+    return NULL;
+}
+
+/*
+ * A client following a run with ?since= (asking again from the highest seq
+ * it got) sees every node's latest state, while nodes of both pages the
+ * scan reads move on under it: a node read in its old state on the first
+ * page may not be left behind by a newer seq read on the second.
+ */
+Test(api, since_misses_no_latest_state_while_the_run_changes)
+{
+    for (int b = 0; b < SINCE_NODES / 1000; b++) {
+        char body[1000 * 48 + 32];
+        size_t len = (size_t)snprintf(body, sizeof body, "{\"updates\":[");
+        for (int i = 0; i < 1000; i++)
+            len += (size_t)snprintf(body + len, sizeof body - len,
+                                    "%s{\"node_id\":\"n%05d\",\"status\":\"scheduled\"}",
+                                    i ? "," : "", b * 1000 + i);
+        snprintf(body + len, sizeof body - len, "]}");
+        api_response resp;
+        call(&(spec){ .method = "POST", .path = "/runs/big/nodes", .body = body }, &resp);
+        /* 200 when the writer took the full batch at once. */
+        cr_assert(resp.status == 202 || resp.status == 200, "%.200s", resp.body);
+        api_response_free(&resp);
+        flush_all();
+    }
+    int64_t since = atomic_load(&engine_stats(E)->last_seq);
+    static bool running[SINCE_NODES];
+    pthread_t mover;
+    cr_assert_eq(pthread_create(&mover, NULL, since_mover, NULL), 0);
+    for (int asks = 0;; asks++) {
+        cr_assert_lt(asks, 100000, "the follower never caught up");
+        bool done = atomic_load(&since_done);
+        char q[32];
+        snprintf(q, sizeof q, "%lld", (long long)since);
+        api_response resp;
+        call(&(spec){ .method = "GET", .path = "/runs/big/nodes",
+                      .query = { { "since", q }, { "limit", "10000" } } }, &resp);
+        cr_assert_eq(resp.status, 200);
+        json_t *j = body_json(&resp);
+        json_t *nodes = json_object_get(j, "nodes");
+        size_t n = json_array_size(nodes);
+        for (size_t i = 0; i < n; i++) {
+            json_t *row = json_array_get(nodes, i);
+            int k = atoi(jstr(row, "node_id") + 1);
+            cr_assert(k >= 0 && k < SINCE_NODES);
+            running[k] = strcmp(jstr(row, "status"), "running") == 0;
+            if (jint(row, "seq") > since)
+                since = jint(row, "seq");
+        }
+        json_decref(j);
+        api_response_free(&resp);
+        if (n == 0 && done)
+            break;
+    }
+    pthread_join(mover, NULL);
+    cr_assert_eq(atomic_load(&since_failed), 0, "a move was not accepted");
+    int missed = 0;
+    for (int i = 0; i < SINCE_MOVES; i++)
+        missed += !running[i] + !running[SINCE_NODES - 1 - i];
+    cr_assert_eq(missed, 0, "%d nodes' latest state never reached the follower", missed);
 }
 
 Test(api, finish_wait_without_wait_is_a_no_op)
