@@ -478,6 +478,42 @@ Test(watch, a_client_that_stops_reading_is_dropped, .timeout = 180)
     ns_free(s);
 }
 
+/*
+ * A stream or a long poll whose client went away gives its --max-watchers
+ * place back without a write to find out (no heartbeats here, no change).
+ */
+Test(watch, a_client_that_left_frees_its_place, .timeout = 120)
+{
+    ns_server *s = ns_start("--watch-heartbeat 0 --max-watchers 1");
+    cr_assert_not_null(s);
+    it_post(s, "gone", "n0", NULL, "{\"status\":\"idle\"}", 202);
+    static const char *const asks[] = {
+        "GET /runs/gone/events HTTP/1.1\r\nHost: t\r\n\r\n",
+        "GET /runs/gone/nodes?since=1000000&wait=100 HTTP/1.1\r\nHost: t\r\n\r\n",
+    };
+    for (size_t i = 0; i < 2; i++) {
+        int fd = it_raw_connect(s, NULL);
+        cr_assert_eq(ns_raw_send_str(fd, asks[i]), 0);
+        cr_assert_eq(ns_wait_stat_eq(s, "watchers", 1, WAIT_S), 0, "ask %zu did not park", i);
+        close(fd);
+        cr_assert_eq(ns_wait_stat_eq(s, "watchers", 0, WAIT_S), 0,
+                     "ask %zu kept its place after its client left", i);
+    }
+    /* The place is free: a new stream is taken, not refused with 503. */
+    int fd = it_raw_connect(s, NULL);
+    cr_assert_eq(ns_raw_send_str(fd, asks[0]), 0);
+    char buf[1024];
+    size_t len = 0;
+    buf[0] = '\0';
+    for (int tries = 0; strstr(buf, "\r\n\r\n") == NULL; tries++) {
+        cr_assert(tries < 600, "no answer in 60 s: %.300s", buf);
+        cr_assert_eq(it_raw_read_for(fd, buf, sizeof buf, &len, 100), 0, "closed: %.300s", buf);
+    }
+    cr_assert(strncmp(buf, "HTTP/1.1 200", 12) == 0, "%.300s", buf);
+    close(fd);
+    ns_free(s);
+}
+
 typedef struct poller {
     ns_server *s;
     char path[128];

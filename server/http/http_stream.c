@@ -43,6 +43,14 @@ char *http_stream_encode(void *ctx, const ns_row *row, bool durable, size_t *len
     return api_node_json(row, durable, len);
 }
 
+/* The connection's socket, or -1. */
+static int http_socket_of(struct MHD_Connection *con)
+{
+    const union MHD_ConnectionInfo *info =
+        MHD_get_connection_info(con, MHD_CONNECTION_INFO_CONNECTION_FD);
+    return info != NULL ? (int)info->connect_fd : -1;
+}
+
 /* MHD's content reader of a stream. */
 static ssize_t http_stream_read(void *cls, uint64_t pos, char *buf, size_t max)
 {
@@ -55,7 +63,7 @@ static ssize_t http_stream_read(void *cls, uint64_t pos, char *buf, size_t max)
 
         /* Suspended before parking, so that the hub's resume always finds it suspended. */
         MHD_suspend_connection(con);
-        if (watch_park(w))
+        if (watch_park(w, http_socket_of(con)))
             MHD_resume_connection(con);
         return 0;
     }
@@ -228,7 +236,7 @@ bool http_poll_park(http_server *s, http_req *r, const char *method, const char 
     api_response_free(resp);
     r->poll = w;
     MHD_suspend_connection(con);
-    if (watch_park(w))
+    if (watch_park(w, http_socket_of(con)))
         MHD_resume_connection(con);
     return true;
 }

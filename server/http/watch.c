@@ -1,8 +1,11 @@
+/* POLLRDHUP (Linux): a peer that closed is told apart from one that sent more. */
+#define _GNU_SOURCE
 #include "watch.h"
 
 #include <assert.h>
 #include <errno.h>
 #include <inttypes.h>
+#include <poll.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -25,6 +28,12 @@
  * per busy run from costing its writers much.
  */
 #define WATCH_LINGER_NS 20000000LL
+/*
+ * How often the thread looks at the sockets of parked watchers for a peer
+ * that has gone: a suspended connection is out of the HTTP library's poll,
+ * so only a write would otherwise find out (a heartbeat, or never).
+ */
+#define WATCH_PEER_CHECK_NS 1000000000LL
 /* The text around a node event's JSON, and what a pending entry costs besides its row. */
 #define WATCH_EVENT_OVERHEAD 64
 
@@ -62,6 +71,7 @@ struct watcher {
     int64_t deleted_seq;            /* the run's delete; 0: none */
     bool dropped;                   /* too slow or out of memory: close */
     bool parked;                    /* suspended until a wake */
+    int fd;                         /* parked: its connection's socket, or -1 */
     struct watcher *wake_next;      /* on hub->wakes (parked is then false) */
     /* The connection's thread only: */
     char *out;                      /* text being sent */
@@ -85,6 +95,7 @@ struct watch_hub {
     bool stopping, released, quit;
     bool resuming;                  /* the thread is resuming a batch, unlocked */
     int64_t sleep_until;            /* the thread's wait: INT64_MAX none, INT64_MIN awake */
+    int64_t peer_check_at;          /* next look at parked sockets; INT64_MAX: none parked */
     pthread_cond_t cv;              /* the thread: wakes or an earlier deadline */
     pthread_cond_t idle;            /* a resume batch is done */
     pthread_t thread;
@@ -401,6 +412,45 @@ static void expire(watch_hub *h, int64_t now)
     }
 }
 
+/*
+ * Parked watchers whose peer has closed (or whose socket failed) are
+ * dropped (a poll fires) and woken, so that their connections end and
+ * free their --max-watchers slots now. A parked watcher's connection is
+ * suspended until the thread resumes it, so its socket stays open while
+ * mu is held. The next look is due while some are parked. mu held.
+ */
+static void peer_check(watch_hub *h, int64_t now)
+{
+    size_t n = 0, cap = atomic_load(&h->open);
+    struct pollfd *fds = cap ? malloc(cap * sizeof *fds) : NULL;
+    watcher **who = cap ? malloc(cap * sizeof *who) : NULL;
+    h->peer_check_at = INT64_MAX;
+    for (size_t b = 0; fds && who && b < WATCH_RUN_BUCKETS; b++)
+        for (watcher *w = h->runs[b]; w && n < cap; w = w->rnext)
+            if (w->parked && w->fd >= 0) {
+                fds[n] = (struct pollfd){ .fd = w->fd, .events = POLLRDHUP };
+                who[n++] = w;
+            }
+    size_t left = n;
+    if (n > 0 && poll(fds, n, 0) > 0) {
+        for (size_t i = 0; i < n; i++) {
+            if (!(fds[i].revents & (POLLRDHUP | POLLHUP | POLLERR | POLLNVAL)))
+                continue;
+            watcher *w = who[i];
+            if (w->kind == WATCH_POLL)
+                w->fired = w->timed_out = true;
+            else
+                drop(h, w);
+            wake(h, w);
+            left--;
+        }
+    }
+    if (left > 0 || !fds || !who)
+        h->peer_check_at = now + WATCH_PEER_CHECK_NS;
+    free(fds);
+    free(who);
+}
+
 static void *hub_main(void *arg)
 {
     watch_hub *h = arg;
@@ -409,6 +459,8 @@ static void *hub_main(void *arg)
         int64_t now = model_mono_ns();
         h->sleep_until = INT64_MIN;
         expire(h, now);
+        if (now >= h->peer_check_at)
+            peer_check(h, now);
         if (h->wakes && (h->wakes_at <= now || h->released)) {
             watcher *list = h->wakes;
             h->wakes = NULL;
@@ -431,6 +483,8 @@ static void *hub_main(void *arg)
             h->wakes_at = INT64_MAX;
         deadline_item *d = deadline_first(&h->deadlines);
         int64_t at = d && d->at < h->wakes_at ? d->at : h->wakes_at;
+        if (h->peer_check_at < at)
+            at = h->peer_check_at;
         if (at != INT64_MAX) {
             h->sleep_until = at;
             struct timespec until = timespec_of(at);
@@ -454,6 +508,7 @@ watch_hub *watch_hub_new(const watch_config *cfg)
     h->durable_seq = h->last_seq = cfg->durable_seq;
     h->sleep_until = INT64_MAX;
     h->wakes_at = INT64_MAX;
+    h->peer_check_at = INT64_MAX;
     deadline_init(&h->deadlines);
     int ok = lockcheck_init(&h->mu) == 0;
     ok = ok && lockcheck_cond_init(&h->cv) == 0;
@@ -741,14 +796,20 @@ ssize_t watch_fill(watcher *w, char *buf, size_t max)
     return (ssize_t)n;
 }
 
-bool watch_park(watcher *w)
+bool watch_park(watcher *w, int fd)
 {
     watch_hub *h = w->hub;
     bool now;
     lockcheck_lock(&h->mu);
     now = h->released || ready(h, w);
-    if (!now)
+    if (!now) {
         w->parked = true;
+        w->fd = fd;
+        if (fd >= 0 && h->peer_check_at == INT64_MAX) {
+            h->peer_check_at = model_mono_ns() + WATCH_PEER_CHECK_NS;
+            thread_nudge(h, h->peer_check_at);
+        }
+    }
     lockcheck_unlock(&h->mu);
     return now;
 }

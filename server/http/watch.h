@@ -103,8 +103,12 @@ ssize_t watch_fill(watcher *w, char *buf, size_t max);
 /*
  * After WATCH_FILL_IDLE and suspending the connection: parks w. Returns
  * true when the caller must resume at once (something came meanwhile).
+ * fd, the connection's socket (-1: unknown), is looked at about once a
+ * second while parked: once its peer has closed, a stream is dropped and
+ * a poll fires, and either is resumed, so a client that went away does
+ * not keep its watcher's place until the next write to it.
  */
-bool watch_park(watcher *w);
+bool watch_park(watcher *w, int fd);
 /* A poll: whether its deadline (or the shutdown) fired it, not a change. */
 bool watch_timed_out(watcher *w);
 /* Whether a stream has seen its run deleted. */
