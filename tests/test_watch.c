@@ -255,7 +255,7 @@ Test(watch, a_parked_watcher_whose_peer_left_is_resumed)
     drain(w, &end);
     cr_assert_eq(end, WATCH_FILL_DROP, "the stream of a peer that left goes on");
     cr_assert(watch_timed_out(p), "the poll of a peer that left did not fire");
-    cr_assert_eq(atomic_load(&stats.watch_dropped), 1);
+    cr_assert_eq(atomic_load(&stats.watch_dropped), 0, "a client that left is not one too slow");
     watch_close(w);
     watch_close(p);
     /*

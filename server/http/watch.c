@@ -260,14 +260,21 @@ static void wake(watch_hub *h, watcher *w)
     }
 }
 
-static void drop(watch_hub *h, watcher *w)
+/* Ends w's stream at its next fill, its pending set freed now; counted when counted. mu held. */
+static void drop_as(watch_hub *h, watcher *w, bool counted)
 {
     if (w->dropped)
         return;
     w->dropped = true;
     pend_clear(w);
-    if (h->cfg.stats)
+    if (counted && h->cfg.stats)
         count_add(&h->cfg.stats->watch_dropped, 1);
+}
+
+/* Too slow or out of memory: watch_dropped. */
+static void drop(watch_hub *h, watcher *w)
+{
+    drop_as(h, w, true);
 }
 
 /* Whether a stream has something to write now (or must end). */
@@ -437,15 +444,17 @@ static void peer_check(watch_hub *h, int64_t now)
             if (!(fds[i].revents & (POLLRDHUP | POLLHUP | POLLERR | POLLNVAL)))
                 continue;
             watcher *w = who[i];
+            /* Not watch_dropped (a client too far behind): this one left. */
             if (w->kind == WATCH_POLL)
                 w->fired = w->timed_out = true;
             else
-                drop(h, w);
+                drop_as(h, w, false);
             wake(h, w);
             left--;
         }
     }
-    if (left > 0 || !fds || !who)
+    /* Out of memory, none was looked at: look again later. */
+    if (left > 0 || (cap > 0 && (!fds || !who)))
         h->peer_check_at = now + WATCH_PEER_CHECK_NS;
     free(fds);
     free(who);
