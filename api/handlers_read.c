@@ -100,24 +100,19 @@ static int row_seq_cmp(const void *x, const void *y)
 }
 
 /*
- * The run's nodes with since < seq <= upto into *all (references held),
- * page by page: there is no index by seq, so a run is scanned once per ask,
- * and each page is read under its own hold of the engine's lock (a run of
- * 100,000 nodes must not hold it for all of them). A node that moves on
- * between two pages may then be read in its old state after another node
- * was read in a newer one; upto leaves the newer states out (*cut says some
- * were), so the client, asking again from the highest seq it got, misses
- * no node's latest state.
+ * The run's nodes with seq > since into *all (references held), in node_id
+ * order, page by page: there is no index by seq, so a run is scanned once
+ * per ask, each page under its own hold of the engine's lock (a run of
+ * 100,000 nodes must not hold it for all of them).
  */
 static engine_result since_scan(engine *e, const char *run_id, unsigned mask, int64_t since,
-                                int64_t upto, engine_page *all, bool *cut)
+                                engine_page *all)
 {
     engine_page page;
     char last[NS_ID_MAX + 1] = "";
     engine_result res;
     size_t cap = 0;
     *all = (engine_page){ 0 };
-    *cut = false;
     for (;;) {
         res = engine_list(e, run_id, mask, *last ? last : NULL, LIST_MAX_LIMIT, &page);
         if (res != ENGINE_ACCEPTED) {
@@ -130,10 +125,6 @@ static engine_result since_scan(engine *e, const char *run_id, unsigned mask, in
             ns_row *r = page.rows[i];
             if (r->seq <= since)
                 continue;
-            if (r->seq > upto) {
-                *cut = true;
-                continue;
-            }
             if (all->count == cap) {
                 size_t ncap = cap ? cap * 2 : 64;
                 ns_row **grown = realloc(all->rows, ncap * sizeof *grown);
@@ -152,6 +143,73 @@ static engine_result since_scan(engine *e, const char *run_id, unsigned mask, in
         if (!more || res != ENGINE_ACCEPTED)
             return res;
     }
+}
+
+/* Orders rows by node_id, then seq. */
+static int row_node_seq_cmp(const void *x, const void *y)
+{
+    const ns_row *a = *(ns_row *const *)x, *b = *(ns_row *const *)y;
+    int c = strcmp(a->node_id, b->node_id);
+    return c ? c : (a->seq > b->seq) - (a->seq < b->seq);
+}
+
+static int row_node_key_cmp(const void *key, const void *y)
+{
+    return strcmp(key, (*(ns_row *const *)y)->node_id);
+}
+
+/*
+ * Makes all (since_scan's: node_id order) what the run held when its
+ * follow ended: each node's newest state among changes replaces what a
+ * page read (or leaves it out when outside mask), or joins it. A node read
+ * before it moved on is then never missing while a later one shows a
+ * newer seq, and one that keeps moving is still there: a client asking
+ * again from the highest seq it got misses no node's latest state. changes
+ * is sorted in place; its references stay its own. 0, or -1 out of memory.
+ */
+static int since_merge(engine_page *all, engine_page *changes, unsigned mask, int64_t since)
+{
+    size_t n = all->count, extra = 0;
+    if (changes->count == 0)
+        return 0;
+    ns_row **grown = realloc(all->rows, (n + changes->count) * sizeof *grown);
+    bool *out = calloc(n + 1, sizeof *out);    /* read, but now outside mask */
+    if (grown)
+        all->rows = grown;
+    if (!grown || !out) {
+        free(out);
+        return -1;
+    }
+    qsort(changes->rows, changes->count, sizeof *changes->rows, row_node_seq_cmp);
+    for (size_t i = 0; i < changes->count; i++) {
+        ns_row *c = changes->rows[i];
+        if (i + 1 < changes->count && strcmp(changes->rows[i + 1]->node_id, c->node_id) == 0)
+            continue; /* a newer one of the same node follows */
+        bool wanted = (mask & (1u << c->status)) && c->seq > since;
+        ns_row **at = n ? bsearch(c->node_id, all->rows, n, sizeof *all->rows,
+                                  row_node_key_cmp)
+                        : NULL;
+        if (at) {
+            /* Replaced in place even when it goes, so the order bsearch needs holds. */
+            model_row_unref(*at);
+            model_row_ref(c);
+            *at = c;
+            out[at - all->rows] = !wanted;
+        } else if (wanted) {
+            model_row_ref(c);
+            all->rows[n + extra++] = c;
+        }
+    }
+    size_t kept = 0;
+    for (size_t i = 0; i < n + extra; i++) {
+        if (i < n && out[i])
+            model_row_unref(all->rows[i]);
+        else
+            all->rows[kept++] = all->rows[i];
+    }
+    all->count = kept;
+    free(out);
+    return 0;
 }
 
 /*
@@ -185,20 +243,26 @@ static void list_since(api *a, const api_request *req, const route_args *args,
             wait = a->cfg.max_wait;
     }
     /*
-     * Single instance: seqs rise with time, so upto, the last seq handed out
-     * before the scan, bounds every state the run was in when it began; a
-     * node changed while the scan went on has a higher seq (below).
+     * Followed while it is scanned, so that nodes moving on between two
+     * pages are read as the follow leaves them (since_merge). A follow
+     * broken by a delete of the run (or memory) is tried again.
      */
-    bool shared = engine_shared(a->engine);
-    int64_t upto = shared ? INT64_MAX : engine_durability_now(a->engine).last_seq;
     engine_page all = { 0 };
-    bool cut = false;
-    engine_result res = since_scan(a->engine, args->run_id, mask, since, upto, &all, &cut);
-    /* Only nodes changed during the scan: scanned again, twice at most, for what they are now. */
-    for (int again = 0; again < 2 && res == ENGINE_ACCEPTED && cut && all.count == 0; again++) {
+    engine_result res = ENGINE_ERROR;
+    for (int tries = 0; tries < 3; tries++) {
+        engine_follow *f = engine_follow_begin(a->engine, args->run_id);
+        if (!f)
+            break;
+        res = since_scan(a->engine, args->run_id, mask, since, &all);
+        engine_page changes;
+        bool whole = engine_follow_end(a->engine, f, &changes);
+        if (res == ENGINE_ACCEPTED && whole && since_merge(&all, &changes, mask, since) != 0)
+            res = ENGINE_ERROR;
+        engine_page_free(&changes);
+        if (res != ENGINE_ACCEPTED || whole)
+            break;
         engine_page_free(&all);
-        upto = engine_durability_now(a->engine).last_seq;
-        res = since_scan(a->engine, args->run_id, mask, since, upto, &all, &cut);
+        res = ENGINE_ERROR;
     }
     if (api_run_read_ok(resp, res, "listing the run")) {
         if (all.count > 1)
@@ -212,8 +276,7 @@ static void list_since(api *a, const api_request *req, const route_args *args,
         codec_page(&b, args->run_id, &all, &d);
         api_respond(resp, 200, API_JSON_TYPE, &b);
         all.count = count;
-        /* Nothing above since, unless it was cut (the client asks again at once). */
-        if (all.count == 0 && !cut && wait > 0 && !req->no_wait) {
+        if (all.count == 0 && wait > 0 && !req->no_wait) {
             resp->poll_wait = wait;
             resp->since = since;
             snprintf(resp->watch_run, sizeof resp->watch_run, "%s", args->run_id);

@@ -560,6 +560,46 @@ Test(engine, queue_byte_bound_refuses_and_changes_nothing)
 
 /* ---- deleting ---- */
 
+/*
+ * A follow sees its run's accepted changes between begin and end, newest
+ * last, whatever path queued them, and nothing of other runs or refused
+ * updates; a delete of the run breaks it (the caller reads again).
+ */
+Test(engine, follow_gives_the_runs_changes_in_seq_order)
+{
+    engine *e = open_lazy();
+    accept(e, "r", "before", NS_RUNNING);
+    engine_follow *f = engine_follow_begin(e, "r");
+    cr_assert_not_null(f);
+    accept(e, "r", "a", NS_SCHEDULED);
+    accept(e, "other", "x", NS_RUNNING);
+    accept(e, "r", "a", NS_RUNNING);
+    int64_t seq = 0;
+    cr_assert_eq(submit(e, "r", "a", NS_RUNNING, 1, &seq), ENGINE_DUPLICATE);
+    cr_assert_eq(submit(e, "r", "a", NS_SCHEDULED, 1, &seq), ENGINE_ILLEGAL);
+    accept(e, "r", "b", NS_IDLE);
+    engine_page ch;
+    cr_assert(engine_follow_end(e, f, &ch));
+    cr_assert_eq(ch.count, 3);
+    static const char *const nodes[] = { "a", "a", "b" };
+    for (size_t i = 0; i < 3; i++) {
+        cr_assert_str_eq(ch.rows[i]->node_id, nodes[i]);
+        cr_assert_str_eq(ch.rows[i]->run_id, "r");
+        if (i > 0)
+            cr_assert(ch.rows[i]->seq > ch.rows[i - 1]->seq);
+    }
+    cr_assert_eq(ch.rows[1]->status, NS_RUNNING);
+    engine_page_free(&ch);
+
+    f = engine_follow_begin(e, "r");
+    accept(e, "r", "c", NS_IDLE);
+    size_t deleted = 0;
+    cr_assert_eq(engine_delete_run(e, "r", &deleted, &seq), ENGINE_ACCEPTED);
+    cr_assert_not(engine_follow_end(e, f, &ch), "a delete of the run went unnoticed");
+    engine_page_free(&ch);
+    cr_assert_eq(engine_close(e), 0);
+}
+
 Test(engine, delete_run_forgets_it_for_good)
 {
     engine *e = open_lazy();

@@ -165,6 +165,68 @@ bool engine_queue_bytes_high(const engine *e)
     return e->cfg.queue_max_bytes && e->queue_bytes >= e->cfg.queue_max_bytes / 2;
 }
 
+struct engine_follow {
+    struct engine_follow *next;
+    char run_id[NS_ID_MAX + 1];
+    ns_row **rows;
+    size_t n, cap;
+    bool broken;    /* out of memory, or the run was deleted */
+};
+
+engine_follow *engine_follow_begin(engine *e, const char *run_id)
+{
+    engine_follow *f = calloc(1, sizeof *f);
+    if (!f)
+        return NULL;
+    snprintf(f->run_id, sizeof f->run_id, "%s", run_id);
+    lockcheck_lock(&e->lock);
+    f->next = e->follows;
+    e->follows = f;
+    lockcheck_unlock(&e->lock);
+    return f;
+}
+
+bool engine_follow_end(engine *e, engine_follow *f, engine_page *changes)
+{
+    lockcheck_lock(&e->lock);
+    engine_follow **at = &e->follows;
+    while (*at != f)
+        at = &(*at)->next;
+    *at = f->next;
+    lockcheck_unlock(&e->lock);
+    *changes = (engine_page){ .rows = f->rows, .count = f->n };
+    bool whole = !f->broken;
+    free(f);
+    return whole;
+}
+
+/* Files op with every follow of its run. Lock held. */
+static void follow_add(engine *e, const ns_op *op)
+{
+    lockcheck_assert_held(&e->lock);
+    const char *run_id = op->row ? op->row->run_id : op->delete_run;
+    for (engine_follow *f = e->follows; f; f = f->next) {
+        if (f->broken || strcmp(f->run_id, run_id) != 0)
+            continue;
+        if (!op->row) {
+            f->broken = true;
+            continue;
+        }
+        if (f->n == f->cap) {
+            size_t cap = f->cap ? f->cap * 2 : 16;
+            ns_row **grown = realloc(f->rows, cap * sizeof *grown);
+            if (!grown) {
+                f->broken = true;
+                continue;
+            }
+            f->rows = grown;
+            f->cap = cap;
+        }
+        model_row_ref(op->row);
+        f->rows[f->n++] = op->row;
+    }
+}
+
 /* Appends an op under e->lock; the caller checked there is room (queue_has_room). */
 static void enqueue(engine *e, ns_op *op)
 {
@@ -181,6 +243,8 @@ static void enqueue(engine *e, ns_op *op)
     atomic_store_explicit(&e->stats.queue_bytes, e->queue_bytes, memory_order_relaxed);
     atomic_store_explicit(&e->stats.last_seq, e->last_seq, memory_order_relaxed);
     atomic_fetch_add_explicit(&e->stats.updates_queued, 1, memory_order_relaxed);
+    if (e->follows)
+        follow_add(e, op);
     /* The one hook of every accepted change: after its seq, in seq order, under the lock. */
     if (e->on_change)
         e->on_change(e->on_change_ctx, op->row ? op->row->run_id : op->delete_run, op->row,

@@ -223,6 +223,21 @@ typedef void engine_change_fn(void *ctx, const char *run_id, ns_row *row, int64_
  */
 void engine_on_change(engine *e, engine_change_fn *fn, void *ctx);
 /*
+ * A run's accepted changes from engine_follow_begin to engine_follow_end,
+ * so that a caller reading the run a page at a time (each page under its
+ * own hold of the lock) can make what it read whole: every node as it was
+ * when the follow ended. Only this instance's changes are seen.
+ */
+typedef struct engine_follow engine_follow;
+/* Starts following run_id; NULL when out of memory. */
+engine_follow *engine_follow_begin(engine *e, const char *run_id);
+/*
+ * Stops following and frees f: *changes gets the new states in seq order
+ * (references, for engine_page_free). Returns false when they are not all
+ * there (out of memory, or the run was deleted meanwhile).
+ */
+bool engine_follow_end(engine *e, engine_follow *f, engine_page *changes);
+/*
  * Another instance sharing the store committed to these runs (the store's
  * listener tells): what the cache holds of them may be older than the
  * store. A run with nothing queued is dropped, so the next read loads it

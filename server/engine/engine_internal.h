@@ -129,6 +129,7 @@ struct engine {
     lockcheck_mutex lock;         /* guards every field below; lockcheck_assert_held where required */
     void (*on_durable)(void *ctx, int64_t durable_seq);
     void *on_durable_ctx;
+    struct engine_follow *follows; /* engine_follow_begin's, filled in enqueue (lock held) */
     engine_change_fn *on_change;  /* called in enqueue, lock held (engine_on_change) */
     void *on_change_ctx;
     pthread_cond_t wake;          /* the writer sleeps on it (CLOCK_MONOTONIC) */
