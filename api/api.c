@@ -257,7 +257,7 @@ void api_finish_wait(api *a, api_response *resp, bool durable)
     else if (marked < 0)
         api_answer_problem(resp, PROBLEM_OUT_OF_MEMORY, "out of memory rendering the answer");
     else if (w->batch_results)
-        api_batch_response(resp, status, w, durable);
+        api_batch_response(resp, api_batch_status(a, w, durable), w, durable);
     else
         api_deleted_response(resp, status, w, durable);
     api_wait_free(w);

@@ -151,6 +151,11 @@ int api_batch_mark_refused(api *a, struct api_wait *w);
  */
 int64_t api_batch_wait_seq(api *a, const struct api_wait *w);
 /*
+ * The status of batch w's answer: 202 while an accepted item is not
+ * durable, else 200 (durable: whether api_batch_wait_seq found none).
+ */
+int api_batch_status(api *a, const struct api_wait *w, bool durable);
+/*
  * Answers batch w, durable when wait_seq (api_batch_wait_seq) is 0: 202
  * when an accepted item is not durable yet, else 200 (a batch of
  * duplicates changes nothing, as a duplicate posted alone gets a 200); with

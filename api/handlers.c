@@ -506,6 +506,12 @@ int64_t api_batch_wait_seq(api *a, const struct api_wait *w)
     return batch_pending_seq(a, w, true);
 }
 
+int api_batch_status(api *a, const struct api_wait *w, bool durable)
+{
+    /* A duplicate changes nothing: only an accepted item still queued makes it a 202. */
+    return !durable && batch_pending_seq(a, w, false) != 0 ? 202 : 200;
+}
+
 bool api_batch_answer(api *a, api_response *resp, struct api_wait *w, int64_t wait_seq,
                       bool wait, double timeout)
 {
@@ -514,9 +520,7 @@ bool api_batch_answer(api *a, api_response *resp, struct api_wait *w, int64_t wa
         park(resp, w, wait_seq, timeout);
         return true;
     }
-    /* A duplicate changes nothing: only an accepted item still queued makes it a 202. */
-    bool queued = !durable && batch_pending_seq(a, w, false) != 0;
-    api_batch_response(resp, queued ? 202 : 200, w, durable);
+    api_batch_response(resp, api_batch_status(a, w, durable), w, durable);
     return false;
 }
 

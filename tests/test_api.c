@@ -1122,10 +1122,19 @@ Test(api, batch_of_queued_duplicates_is_200)
     cr_assert_eq(resp.status, 202, "%.*s", (int)resp.body_len, resp.body);
     api_response_free(&resp);
 
-    /* ?wait=true on the duplicate alone still waits for its state to be durable. */
+    /* ?wait=true on the duplicate alone still waits for its state to be durable... */
     dup.query[0] = (kv){ "wait", "true" };
     call(&dup, &resp);
     cr_assert_eq(resp.wait_seq, 1, "a duplicate's wait is not parked on its state's seq");
+    /* ...and when its timeout passes first, nothing accepted is queued: a 200 still. */
+    api_finish_wait(A, &resp, false);
+    cr_assert_eq(resp.status, 200, "%.*s", (int)resp.body_len, resp.body);
+    j = body_json(&resp);
+    cr_assert_not(jbool(j, "durable"));
+    json_decref(j);
+    api_response_free(&resp);
+    call(&dup, &resp);
+    cr_assert_eq(resp.wait_seq, 1);
     flush_all();
     api_finish_wait(A, &resp, true);
     cr_assert_eq(resp.status, 200);
