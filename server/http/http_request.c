@@ -254,7 +254,7 @@ static int http_append(http_server *s, http_req *r, const char *data, size_t n)
          */
         size_t cap = r->cap != 0 ? r->cap
                      : r->declared > 0 && r->declared < HTTP_BODY_FIRST_MAX ? r->declared + 1
-                     : 4096;
+                     : HTTP_BODY_FIRST_MAX;
 
         while (cap < need)
             cap = cap > SIZE_MAX / 2 ? need : cap * 2;
