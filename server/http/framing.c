@@ -20,6 +20,31 @@ static bool framing_name_is(const char *name, size_t len, const char *want)
     return true;
 }
 
+/* Whether name is a token (RFC 9110 5.6.2): no blank, colon or control byte in it. */
+static bool framing_token(const char *name, size_t len)
+{
+    static const char other[] = "!#$%&'*+-.^_`|~";
+
+    if (len == 0)
+        return false;
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)name[i];
+
+        if (!((c >= '0' && c <= '9') || (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') ||
+              (c != '\0' && strchr(other, c) != NULL)))
+            return false;
+    }
+    return true;
+}
+
+/* Whether name begins with want (lower case) and goes on. */
+static bool framing_name_runs_on(const char *name, size_t len, const char *want)
+{
+    size_t n = strlen(want);
+
+    return len > n && framing_name_is(name, n, want);
+}
+
 /* 1*DIGIT into *out; false when empty, not digits, or above UINT64_MAX. */
 static bool framing_parse_length(const char *v, size_t len, uint64_t *out)
 {
@@ -54,6 +79,11 @@ void framing_add(framing_state *st, const char *name, size_t name_len,
         return;
     if (value == NULL)
         value_len = 0;
+    if (!framing_token(name, name_len) || framing_name_runs_on(name, name_len, "content-length") ||
+        framing_name_runs_on(name, name_len, "transfer-encoding")) {
+        st->field_malformed = true;
+        return;
+    }
 
     if (framing_name_is(name, name_len, "content-length")) {
         uint64_t n;
@@ -82,6 +112,8 @@ framing_verdict framing_verdict_of(const framing_state *st)
 {
     if (st->length_malformed)
         return FRAMING_LENGTH_MALFORMED;
+    if (st->field_malformed)
+        return FRAMING_FIELD_MALFORMED;
     if (st->length_conflict)
         return FRAMING_LENGTH_CONFLICT;
     if (st->codings > 0 && st->has_length)
@@ -110,6 +142,9 @@ const char *framing_detail(framing_verdict v)
         return "";
     case FRAMING_LENGTH_MALFORMED:
         return "Content-Length must be a number of bytes (digits only, at most 2^64-1)";
+    case FRAMING_FIELD_MALFORMED:
+        return "a header field's name must be a token right before its colon, on one line "
+               "(no blank before the colon, no folded line)";
     case FRAMING_LENGTH_CONFLICT:
         return "the request has Content-Length fields with different values";
     case FRAMING_LENGTH_AND_CODING:

@@ -4,8 +4,12 @@
  * body ends (a proxy taking the first of two Content-Lengths, the server the
  * second; one honouring Transfer-Encoding, the other Content-Length) let a
  * client smuggle a second request inside the first, so anything ambiguous is
- * refused rather than resolved. Pure: no MHD, no allocation; the transport
- * feeds it the fields as it iterates them.
+ * refused rather than resolved. So is a field name that is not a token (a
+ * blank before its colon: "Content-Length : 5" is no Content-Length to MHD,
+ * but is one to a lenient proxy), and a framing field's name with more after
+ * it: MHD 0.9.75 glues a folded continuation line onto the field's name
+ * ("Content-Length: 5" then " 0" arrives as "Content-Length0"). Pure: no
+ * MHD, no allocation; the transport feeds it the fields as it iterates them.
  */
 #ifndef NODESTATE_FRAMING_H
 #define NODESTATE_FRAMING_H
@@ -18,6 +22,7 @@
 typedef enum framing_verdict {
     FRAMING_OK = 0,
     FRAMING_LENGTH_MALFORMED,   /* a Content-Length not 1*DIGIT, or above 2^64-1 */
+    FRAMING_FIELD_MALFORMED,    /* a name not a token, or a framing name run on */
     FRAMING_LENGTH_CONFLICT,    /* Content-Length fields with different values */
     FRAMING_LENGTH_AND_CODING,  /* Content-Length together with Transfer-Encoding */
     FRAMING_CODING_UNSUPPORTED  /* Transfer-Encoding other than one "chunked" */
@@ -28,6 +33,7 @@ typedef struct framing_state {
     bool has_length;
     uint64_t length;            /* the first valid Content-Length */
     bool length_malformed;
+    bool field_malformed;
     bool length_conflict;
     unsigned codings;           /* Transfer-Encoding fields, saturating */
     bool coding_chunked;        /* the (only) Transfer-Encoding is "chunked" */
