@@ -167,7 +167,12 @@ void api_batch_response(api_response *resp, int status, const struct api_wait *w
 
 const char *api_header(const api_request *req, const char *name)
 {
-    return req->header ? req->header(req->ctx, name) : NULL;
+    return api_header_line(req, name, 0);
+}
+
+const char *api_header_line(const api_request *req, const char *name, size_t nth)
+{
+    return req->header ? req->header(req->ctx, name, nth) : NULL;
 }
 
 /* ---- the entry points ---- */

@@ -54,8 +54,11 @@ typedef struct api_request {
     const char *path;        /* path as sent (not percent-decoded), no query string */
     const char *body;        /* NULL when there is none */
     size_t body_len;
-    /* Header value by case-insensitive name, or NULL. */
-    const char *(*header)(void *ctx, const char *name);
+    /*
+     * The value of the nth line (0 the first) of the header with this
+     * case-insensitive name, or NULL when it has fewer lines.
+     */
+    const char *(*header)(void *ctx, const char *name, size_t nth);
     /*
      * Query argument by name as sent, still percent-encoded (the api decodes
      * it; '+' may already be ' '), or NULL (present without value: "").

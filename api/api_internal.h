@@ -165,8 +165,10 @@ int api_batch_status(api *a, const struct api_wait *w, bool durable);
  */
 bool api_batch_answer(api *a, api_response *resp, struct api_wait *w, int64_t wait_seq,
                       bool wait, double timeout);
-/* Header value by name, or NULL. */
+/* Header value by name (its first line), or NULL. */
 const char *api_header(const api_request *req, const char *name);
+/* The value of the header's nth line (0 the first), or NULL past its last. */
+const char *api_header_line(const api_request *req, const char *name, size_t nth);
 
 /* ---- handlers.c: reading a request's query, for handlers_read.c too ---- */
 

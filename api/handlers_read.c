@@ -18,23 +18,34 @@
 #define LIST_DEFAULT_LIMIT 1000
 #define LIST_MAX_LIMIT 10000
 
-/* Whether an If-None-Match header matches the entity tag etag ("*" or one of a list). */
-static bool etag_matches(const char *inm, const char *etag)
+/* Whether one If-None-Match line matches the entity tag etag ("*" or one of a list). */
+static bool etag_line_matches(const char *inm, const char *etag)
 {
-    if (!inm)
-        return false;
     size_t n = strlen(etag);
     for (const char *p = inm; *p;) {
-        while (*p == ' ' || *p == ',')
-            p++;
+        p += strspn(p, " \t,");
         if (*p == '*')
             return true;
         if (strncmp(p, "W/", 2) == 0)
             p += 2;
-        if (strncmp(p, etag, n) == 0 && (p[n] == '\0' || p[n] == ',' || p[n] == ' '))
+        /* strchr finds the terminating NUL too: a tag at the line's end. */
+        if (strncmp(p, etag, n) == 0 && strchr(" \t,", p[n]))
             return true;
         p += strcspn(p, ",");
     }
+    return false;
+}
+
+/*
+ * Whether the request's If-None-Match matches resp's ETag: a list may
+ * come on several header lines (RFC 9110 5.3), each one is looked at.
+ */
+static bool not_modified(const api_request *req, const api_response *resp)
+{
+    const char *line;
+    for (size_t i = 0; (line = api_header_line(req, "If-None-Match", i)) != NULL; i++)
+        if (etag_line_matches(line, resp->etag))
+            return true;
     return false;
 }
 
@@ -53,7 +64,7 @@ void api_get_state(api *a, const api_request *req, const route_args *args,
     /* Read once: the tag compared and the body sent must agree. */
     bool durable = api_is_durable(a, row->seq);
     api_set_etag(resp, row->seq, !durable);
-    if (etag_matches(api_header(req, "If-None-Match"), resp->etag)) {
+    if (not_modified(req, resp)) {
         resp->status = 304;
     } else {
         api_row_response(resp, 200, row, durable);
@@ -356,12 +367,16 @@ void api_get_run(api *a, const api_request *req, const route_args *args,
     engine_result res = engine_summarize(a->engine, args->run_id, &s);
     if (!api_run_read_ok(resp, res, "reading the run"))
         return;
+    /* A summary does not say what is durable: its tag is the seq alone. */
+    api_set_etag(resp, s.last_seq, false);
+    if (not_modified(req, resp)) {
+        resp->status = 304;
+        return;
+    }
     buf b;
     buf_init(&b);
     codec_summary(&b, args->run_id, &s);
     api_respond(resp, 200, API_JSON_TYPE, &b);
-    /* A summary does not say what is durable: its tag is the seq alone. */
-    api_set_etag(resp, s.last_seq, false);
 }
 
 /*

@@ -84,7 +84,15 @@ static double bc_decode(const char *body, size_t len, size_t n, size_t times, bo
     return bc_cpu_s() - t0;
 }
 
-static const char *bc_no_header(void *ctx, const char *name)
+static const char *bc_no_header(void *ctx, const char *name, size_t nth)
+{
+    (void)ctx;
+    (void)name;
+    (void)nth;
+    return NULL;
+}
+
+static const char *bc_no_query(void *ctx, const char *name)
 {
     (void)ctx;
     (void)name;
@@ -117,7 +125,7 @@ static double bc_api(const bc_opts *o)
         if (body == NULL)
             goto out;
         api_request rq = { .method = "POST", .path = "/runs/" BC_RUN "/nodes", .body = body,
-                           .body_len = len, .header = bc_no_header, .query = bc_no_header };
+                           .body_len = len, .header = bc_no_header, .query = bc_no_query };
         api_response rs;
         memset(&rs, 0, sizeof rs);
         double t0 = bc_cpu_s();

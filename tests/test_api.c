@@ -113,11 +113,11 @@ typedef struct spec {
     kv query[6];
 } spec;
 
-static const char *header_of(void *ctx, const char *name)
+static const char *header_of(void *ctx, const char *name, size_t nth)
 {
     const spec *s = ctx;
     for (size_t i = 0; i < 6 && s->headers[i].name; i++)
-        if (strcasecmp(s->headers[i].name, name) == 0)
+        if (strcasecmp(s->headers[i].name, name) == 0 && nth-- == 0)
             return s->headers[i].value;
     return NULL;
 }
@@ -647,7 +647,7 @@ Test(api, get_etag_and_if_none_match)
     api_response_free(&resp);
 
     static const char *const match[] = { "\"2-q\"", "W/\"2-q\"", "*", "\"1\", \"2-q\"",
-                                         "\"9\",\"2-q\"" };
+                                         "\"9\",\"2-q\"", "\"9\",\t\"2-q\"\t" };
     for (size_t i = 0; i < sizeof match / sizeof *match; i++) {
         spec c = { .method = "GET", .path = "/runs/r/nodes/a/state",
                    .headers = { { "If-None-Match", match[i] } } };
@@ -658,7 +658,7 @@ Test(api, get_etag_and_if_none_match)
         api_response_free(&resp);
     }
     static const char *const nomatch[] = { "\"1\"", "\"22\"", "2", "\"20\", \"3\"", "\"2\"",
-                                           "\"2-\"", "\"2-q" };
+                                           "\"2-\"", "\"2-q", "\"2-q\"x" };
     for (size_t i = 0; i < sizeof nomatch / sizeof *nomatch; i++) {
         spec c = { .method = "GET", .path = "/runs/r/nodes/a/state",
                    .headers = { { "If-None-Match", nomatch[i] } } };
@@ -666,6 +666,17 @@ Test(api, get_etag_and_if_none_match)
         cr_assert_eq(resp.status, 200, "If-None-Match: %s -> %d", nomatch[i], resp.status);
         api_response_free(&resp);
     }
+    /* A list may come on several lines: any line's tag counts. */
+    spec lines = { .method = "GET", .path = "/runs/r/nodes/a/state",
+                   .headers = { { "If-None-Match", "\"9\"" },
+                                { "If-None-Match", "\"1\", \"2-q\"" } } };
+    call(&lines, &resp);
+    cr_assert_eq(resp.status, 304, "the second If-None-Match line not read: %d", resp.status);
+    api_response_free(&resp);
+    lines.headers[1].value = "\"3\"";
+    call(&lines, &resp);
+    cr_assert_eq(resp.status, 200, "two lines, neither matching: %d", resp.status);
+    api_response_free(&resp);
 
     /*
      * After a flush the same state reads durable: another body, so another
@@ -844,6 +855,20 @@ Test(api, run_summary)
     int64_t ms;
     cr_assert_eq(model_ts_parse(jstr(j, "updated_at"), &ms), 0);
     json_decref(j);
+    cr_assert_str_eq(resp.etag, "\"5\"");
+    api_response_free(&resp);
+
+    /* Its tag is the run's last seq: asking with it gets 304 until the run changes. */
+    spec same = { .method = "GET", .path = "/runs/r", .headers = { { "If-None-Match", "\"5\"" } } };
+    call(&same, &resp);
+    cr_assert_eq(resp.status, 304, "the summary's own tag: %d", resp.status);
+    cr_assert_null(resp.body, "a 304 with a body");
+    cr_assert_str_eq(resp.etag, "\"5\"");
+    api_response_free(&resp);
+    cr_assert_eq(post("r", "f", "{\"status\":\"scheduled\"}"), 202);
+    call(&same, &resp);
+    cr_assert_eq(resp.status, 200, "an old tag after a change: %d", resp.status);
+    cr_assert_str_eq(resp.etag, "\"7\"", "%s", resp.etag);
     api_response_free(&resp);
     check_problem(&(spec){ .method = "GET", .path = "/runs/nobody" }, 404, "not-found");
 }

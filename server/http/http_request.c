@@ -54,9 +54,35 @@ framing_verdict http_framing(struct MHD_Connection *con)
 
 /* ---- request lookups handed to the api ------------------------------------ */
 
-static const char *http_header(void *ctx, const char *name)
+/* Looking for the nth line of the header name. */
+typedef struct header_line {
+    const char *name;
+    size_t nth;
+    const char *value;
+} header_line;
+
+static enum MHD_Result header_line_visit(void *cls, enum MHD_ValueKind kind, const char *key,
+                                         const char *value)
 {
-    return MHD_lookup_connection_value(ctx, MHD_HEADER_KIND, name);
+    (void)kind;
+    header_line *h = cls;
+    if (strcasecmp(key, h->name) != 0)
+        return MHD_YES;
+    if (h->nth > 0) {
+        h->nth--;
+        return MHD_YES;
+    }
+    h->value = value;
+    return MHD_NO;
+}
+
+static const char *http_header(void *ctx, const char *name, size_t nth)
+{
+    if (nth == 0)
+        return MHD_lookup_connection_value(ctx, MHD_HEADER_KIND, name);
+    header_line h = { name, nth, NULL };
+    MHD_get_connection_values(ctx, MHD_HEADER_KIND, header_line_visit, &h);
+    return h.value;
 }
 
 /* "?wait" (no '=') is present with a NULL value in MHD: the api wants "". */

@@ -224,8 +224,12 @@ async function mainServer(s) {
   await call(s, 'unknown run', 'HEAD', '/runs/no-such-run/nodes', { expect: 404 });
 
   // Run summary.
-  await call(s, 'summary', 'GET', '/runs/r1', { expect: 200,
-    assert: (b) => ok(b.nodes === 2 && b.counts.running === 1 && b.counts.scheduled === 1, 'want 2 nodes: 1 running, 1 scheduled') });
+  const { res: sum } = await call(s, 'summary', 'GET', '/runs/r1', { expect: 200,
+    assert: (b, r) => ok(b.nodes === 2 && b.counts.running === 1 && b.counts.scheduled === 1 &&
+      r.headers.etag === `"${b.last_seq}"`, 'want 2 nodes: 1 running, 1 scheduled, ETag the quoted last_seq') });
+  const runTag = sum?.headers.etag ?? '"0"';
+  await call(s, 'not modified', 'GET', '/runs/r1', { headers: { 'If-None-Match': runTag }, expect: 304 });
+  await call(s, 'not modified', 'HEAD', '/runs/r1', { headers: { 'If-None-Match': runTag }, expect: 304 });
   await call(s, 'bad run id', 'GET', `/runs/${LONG_ID}`, { expect: 400, slug: 'invalid-id' });
   await call(s, 'unknown run', 'GET', '/runs/no-such-run', { expect: 404, slug: 'not-found' });
   await call(s, 'summary', 'HEAD', '/runs/r1', { expect: 200 });

@@ -4,13 +4,14 @@
  * content negotiation of /stats), If-None-Match (GET of a node, whose ETag
  * the input may guess) and Content-Type (POST).
  *
- * Input: one control byte, then up to four header values separated by '\n'
- * in the order Authorization, Accept, If-None-Match, Content-Type.
+ * Input: one control byte, then up to five header values separated by '\n'
+ * in the order Authorization, Accept, If-None-Match, Content-Type, and a
+ * second If-None-Match line.
  *   bits 0-1 of the control byte: the request, one of
  *            GET /stats, GET the node, POST the node, GET the run;
  *   bit 2:   send the right token instead of the first value (so the other
  *            parsers are reached without guessing it);
- *   bits 3-6: whether each of the four headers is sent at all.
+ *   bits 3-7: whether each of the five header lines is sent at all.
  */
 #include <stdint.h>
 #include <stdlib.h>
@@ -29,19 +30,19 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 /* libFuzzer calls the target with no context: the engine has to live here. */
 static fuzzkit_env headers_env;
 
-static const char *const header_names[4] = {
-    "Authorization", "Accept", "If-None-Match", "Content-Type",
+static const char *const header_names[5] = {
+    "Authorization", "Accept", "If-None-Match", "Content-Type", "If-None-Match",
 };
 
 typedef struct headers_input {
-    const char *values[4];   /* NULL: not sent */
+    const char *values[5];   /* NULL: not sent */
 } headers_input;
 
-static const char *headers_lookup(void *ctx, const char *name)
+static const char *headers_lookup(void *ctx, const char *name, size_t nth)
 {
     const headers_input *in = ctx;
-    for (size_t i = 0; i < 4; i++)
-        if (strcasecmp(header_names[i], name) == 0)
+    for (size_t i = 0; i < 5; i++)
+        if (in->values[i] && strcasecmp(header_names[i], name) == 0 && nth-- == 0)
             return in->values[i];
     return NULL;
 }
@@ -58,7 +59,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     fuzzkit_env_open(&headers_env, "fuzz_headers", HEADERS_TOKEN);
     atexit(headers_close);
     /* The node the GETs read, so If-None-Match is compared with a real ETag. */
-    headers_input in = { { "Bearer " HEADERS_TOKEN, NULL, NULL, NULL } };
+    headers_input in = { { "Bearer " HEADERS_TOKEN, NULL, NULL, NULL, NULL } };
     static const char body[] = "{\"status\":\"running\"}";
     api_request req = {
         .method = "POST",
@@ -83,9 +84,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     memcpy(text, data + 1, size - 1);
     text[size - 1] = '\0';
 
-    headers_input in = { { NULL, NULL, NULL, NULL } };
+    headers_input in = { { NULL, NULL, NULL, NULL, NULL } };
     char *p = text;
-    for (size_t i = 0; i < 4 && p; i++) {
+    for (size_t i = 0; i < 5 && p; i++) {
         char *next = strchr(p, '\n');
         if (next)
             *next++ = '\0';

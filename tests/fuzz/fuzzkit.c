@@ -133,11 +133,11 @@ void fuzzkit_request_free(fuzzkit_request *r)
 }
 
 /* Header names are case-insensitive; the first one given wins, like MHD's lookup. */
-static const char *request_header(void *ctx, const char *name)
+static const char *request_header(void *ctx, const char *name, size_t nth)
 {
     const fuzzkit_request *r = ctx;
     for (size_t i = 0; i < r->header_count; i++)
-        if (strcasecmp(r->headers[i].name, name) == 0)
+        if (strcasecmp(r->headers[i].name, name) == 0 && nth-- == 0)
             return r->headers[i].value;
     return NULL;
 }
