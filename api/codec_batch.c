@@ -28,6 +28,7 @@
 /* One item: its update, or the 422 detail that refused it. */
 typedef struct codec_batch_item {
     const char *node_id;  /* as sent (a string), or NULL when missing or not a string */
+    char *id;             /* node_id's own copy when no tree holds it (an item read as text) */
     bool ok;
     ns_update u;          /* ok: the update, strings borrowed from the batch */
     codec_doc own;        /* its compact resume_state and outputs; root: its own tree, when read alone */
@@ -50,6 +51,7 @@ void codec_batch_free(codec_batch *b)
         free(b->items[i].own.resume_state);
         free(b->items[i].own.outputs);
         free(b->items[i].detail);
+        free(b->items[i].id);
     }
     free(b->items);
     json_decref(b->root);
@@ -179,11 +181,12 @@ static json_t *codec_batch_envelope(json_t *root, const char *run_id, size_t max
 }
 
 /*
- * The spans of the items of the top-level "updates" array of body, found by
- * the scanner: their count (at most cap are stored in out, which may be
- * NULL), or -1 when the text is not read as such an array.
+ * Hands each item of the top-level "updates" array of body, found by the
+ * scanner, to visit in order: their count, or -1 when the text is not read
+ * as such an array (visit may have seen some items by then).
  */
-static long codec_batch_spans(const char *body, size_t len, codec_span *out, size_t cap)
+static long codec_batch_walk(const char *body, size_t len,
+                             void (*visit)(void *ctx, size_t i, codec_span item), void *ctx)
 {
     const char *end = body + len;
     codec_span list;
@@ -197,9 +200,7 @@ static long codec_batch_spans(const char *body, size_t len, codec_span *out, siz
         const char *after = codec_skip_value(p, end);
         if (after == NULL)
             return -1;
-        if (out != NULL && (size_t)n < cap)
-            out[n] = (codec_span){ p, (size_t)(after - p) };
-        n++;
+        visit(ctx, (size_t)n++, (codec_span){ p, (size_t)(after - p) });
         p = codec_skip_ws(after, end);
         if (p < end && *p == ']')
             return n;
@@ -207,6 +208,59 @@ static long codec_batch_spans(const char *body, size_t len, codec_span *out, siz
             return -1;
         p = codec_skip_ws(p + 1, end);
     }
+}
+
+/* Where codec_batch_spans stores the spans. */
+typedef struct span_list {
+    codec_span *out;
+    size_t cap;
+} span_list;
+
+static void span_keep(void *ctx, size_t i, codec_span item)
+{
+    span_list *l = ctx;
+    if (i < l->cap)
+        l->out[i] = item;
+}
+
+/* The spans of the items of body's "updates" (at most cap kept in out): codec_batch_walk's count. */
+static long codec_batch_spans(const char *body, size_t len, codec_span *out, size_t cap)
+{
+    span_list l = { out, cap };
+    return codec_batch_walk(body, len, span_keep, &l);
+}
+
+/* Building the envelope of a body: its text with every item replaced by 0. */
+typedef struct envelope_text {
+    const char *body;
+    char *env;     /* holds the body's length + 1 bytes */
+    size_t len;    /* of env so far */
+    size_t from;   /* the body's bytes before this are in env */
+} envelope_text;
+
+static void envelope_keep(void *ctx, size_t i, codec_span item)
+{
+    (void)i;
+    envelope_text *e = ctx;
+    size_t at = (size_t)(item.p - e->body);
+    memcpy(e->env + e->len, e->body + e->from, at - e->from);
+    e->len += at - e->from;
+    e->env[e->len++] = '0';
+    e->from = at + item.n;
+}
+
+/*
+ * The node_id of an item jansson would not read (text t), when it is
+ * plainly there: a top-level member holding a valid id without escapes (the
+ * first, if named twice); NULL otherwise or out of memory.
+ */
+static char *codec_item_id(codec_span t)
+{
+    codec_span v;
+    if (codec_find_member(t.p, t.p + t.n, "node_id", &v) != 0 || v.n < 2 || *v.p != '"' ||
+        memchr(v.p, '\\', v.n) != NULL || !model_id_valid(v.p + 1, v.n - 2))
+        return NULL;
+    return strndup(v.p + 1, v.n - 2);
 }
 
 /*
@@ -256,39 +310,35 @@ static codec_batch *codec_decode_batch_by_item(const char *body, size_t len, con
                                                size_t max_error_bytes, size_t max_items,
                                                int *status, char *detail, size_t detail_len)
 {
-    long n = codec_batch_spans(body, len, NULL, 0);
-    /* Past max_items no item is judged: the body's 400 stands, and no span is kept for it. */
-    if (n <= 0 || (size_t)n > max_items)
-        return NULL;
     codec_batch *b = calloc(1, sizeof *b);
-    codec_span *spans = malloc((size_t)n * sizeof *spans);
-    char *env = malloc(len + 1);
-    size_t env_len = 0, from = 0;
+    codec_span *spans = NULL;
+    envelope_text e = { body, malloc(len + 1), 0, 0 };
     json_error_t err;
-    if (b == NULL || spans == NULL || env == NULL) {
+    if (b == NULL || e.env == NULL) {
         codec_fail(status, 500, detail, detail_len, "%s", "out of memory");
         goto fail;
     }
-    codec_batch_spans(body, len, spans, (size_t)n);
-    for (long i = 0; i < n; i++) {
-        size_t at = (size_t)(spans[i].p - body);
-        memcpy(env + env_len, body + from, at - from);
-        env_len += at - from;
-        env[env_len++] = '0';
-        from = at + spans[i].n;
-    }
-    memcpy(env + env_len, body + from, len - from);
-    env_len += len - from;
-    b->root = codec_json_load(env, env_len, &err);
+    long n = codec_batch_walk(body, len, envelope_keep, &e);
+    if (n < 0)
+        goto fail;
+    memcpy(e.env + e.len, body + e.from, len - e.from);
+    e.len += len - e.from;
+    b->root = codec_json_load(e.env, e.len, &err);
     if (b->root == NULL || !json_is_object(b->root))
         goto fail;
     /*
-     * Refused, the envelope says why (422); with another count than the
-     * scanner's items, the body's 400 stands.
+     * Refused, the envelope says why (413: too many items, none is read;
+     * 422); with another count than the scanner's items, the body's 400
+     * stands.
      */
     json_t *arr = codec_batch_envelope(b->root, run_id, max_items, status, detail, detail_len);
     if (arr == NULL || json_array_size(arr) != (size_t)n)
         goto fail;
+    if ((spans = malloc((size_t)n * sizeof *spans)) == NULL) {
+        codec_fail(status, 500, detail, detail_len, "%s", "out of memory");
+        goto fail;
+    }
+    codec_batch_spans(body, len, spans, (size_t)n);
     if (codec_batch_alloc(b, (size_t)n, status, detail, detail_len) != 0)
         goto fail;
     for (size_t i = 0; i < b->n; i++) {
@@ -303,6 +353,7 @@ static codec_batch *codec_decode_batch_by_item(const char *body, size_t len, con
                 codec_fail(status, 500, detail, detail_len, "%s", "out of memory");
                 goto fail;
             }
+            it->node_id = it->id = codec_item_id(spans[i]);
             continue;
         }
         if (codec_batch_take(it, it->own.root, spans[i], run_id, max_error_bytes, status,
@@ -310,12 +361,12 @@ static codec_batch *codec_decode_batch_by_item(const char *body, size_t len, con
             goto fail;
     }
     free(spans);
-    free(env);
+    free(e.env);
     return b;
 fail:
     codec_batch_free(b);
     free(spans);
-    free(env);
+    free(e.env);
     return NULL;
 }
 

@@ -96,6 +96,10 @@ Test(batch, mixed_items_each_get_their_result)
     cr_assert_str_eq(result_slug(doc, 5), "stale-attempt");
     for (size_t i = 6; i < 11; i++)
         cr_assert_str_eq(result_slug(doc, i), "invalid-update");
+    /* Items jansson would not read still name their node. */
+    json_t *named = json_object_get(doc, "results");
+    cr_assert_str_eq(ns_jstr(json_array_get(named, 9), "node_id"), "g", "%s", r.body);
+    cr_assert_str_eq(ns_jstr(json_array_get(named, 10), "node_id"), "h", "%s", r.body);
     cr_assert_eq(it_jint(doc, "accepted"), 3);
     cr_assert_eq(it_jint(doc, "duplicates"), 1);
     cr_assert_eq(it_jint(doc, "refused"), 8);

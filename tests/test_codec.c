@@ -1191,6 +1191,9 @@ Test(decode_batch, a_bad_envelope_refuses_the_whole_request)
               400, "invalid JSON");
     batch_bad("{\"updates\":[{\"node_id\":\"a\",\"last_error\":\"\\u0000\"}],\"x\":1}", 10, 422,
               "unknown member \"x\"");
+    /* Too many items is the same 413 with or without one jansson refuses. */
+    batch_bad("{\"updates\":[{\"node_id\":\"a\",\"last_error\":\"\\u0000\"},{},{}]}", 2, 413,
+              "3 items; at most 2");
     /* A NUL byte inside the body. */
     int status = -1;
     char detail[128];
@@ -1239,6 +1242,8 @@ Test(decode_batch, what_jansson_refuses_in_an_item_is_that_items_422)
         cr_assert_eq(u->status, NS_RUNNING);
         u = codec_batch_item_at(b, 1, &node, &why);
         cr_assert_null(u, "case %zu: the bad item was taken", k);
+        cr_assert_not_null(node, "case %zu: the refused item's node_id not read", k);
+        cr_assert_str_eq(node, "x", "case %zu", k);
         cr_assert_not_null(strstr(why, want[k]), "case %zu: \"%s\" lacks \"%s\"", k, why,
                            want[k]);
         cr_assert_null(strstr(why, "JSON_"), "case %zu: a library's flag in \"%s\"", k, why);
@@ -1246,6 +1251,23 @@ Test(decode_batch, what_jansson_refuses_in_an_item_is_that_items_422)
         cr_assert_not_null(u, "case %zu: item 2 refused: %s", k, why);
         cr_assert_str_eq(node, "c");
         cr_assert_str_eq(u->outputs.value, "{\"o\":[1.50]}", "read from its own text");
+        codec_batch_free(b);
+    }
+    /* A node_id not plainly there (escaped, invalid, not a string, nested) is not named. */
+    static const char *const unnamed[] = {
+        "{\"node_id\":\"\\u0078\",\"status\":\"idle\",\"a\":\"\\u0000\"}",
+        "{\"node_id\":\"b c\",\"status\":\"idle\",\"a\":\"\\u0000\"}",
+        "{\"node_id\":7,\"status\":\"idle\",\"a\":\"\\u0000\"}",
+        "{\"status\":\"idle\",\"outputs\":{\"node_id\":\"x\"},\"a\":\"\\u0000\"}",
+        "[\"node_id\",\"\\u0000\"]",
+    };
+    for (size_t k = 0; k < sizeof unnamed / sizeof *unnamed; k++) {
+        char body[256];
+        snprintf(body, sizeof body, "{\"updates\":[%s]}", unnamed[k]);
+        codec_batch *b = batch_ok(body, 10);
+        const char *node, *why;
+        cr_assert_null(codec_batch_item_at(b, 0, &node, &why), "%s taken", body);
+        cr_assert_null(node, "%s: node_id \"%s\"", body, node);
         codec_batch_free(b);
     }
 }
