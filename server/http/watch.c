@@ -72,6 +72,7 @@ struct watcher {
     bool dropped;                   /* too slow or out of memory: close */
     bool parked;                    /* suspended until a wake */
     int fd;                         /* parked: its connection's socket, or -1 */
+    uint64_t park_id;               /* parked: which park (the hub's count of them) */
     struct watcher *wake_next;      /* on hub->wakes (parked is then false) */
     /* The connection's thread only: */
     char *out;                      /* text being sent */
@@ -96,6 +97,7 @@ struct watch_hub {
     bool resuming;                  /* the thread is resuming a batch, unlocked */
     int64_t sleep_until;            /* the thread's wait: INT64_MAX none, INT64_MIN awake */
     int64_t peer_check_at;          /* next look at parked sockets; INT64_MAX: none parked */
+    uint64_t parks;                 /* parks so far: each parked watcher's park_id */
     pthread_cond_t cv;              /* the thread: wakes or an earlier deadline */
     pthread_cond_t idle;            /* a resume batch is done */
     pthread_t thread;
@@ -419,45 +421,66 @@ static void expire(watch_hub *h, int64_t now)
     }
 }
 
+static int park_id_order(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
 /*
  * Parked watchers whose peer has closed (or whose socket failed) are
  * dropped (a poll fires) and woken, so that their connections end and
- * free their --max-watchers slots now. A parked watcher's connection is
- * suspended until the thread resumes it, so its socket stays open while
- * mu is held. The next look is due while some are parked. mu held.
+ * free their --max-watchers slots now. The poll runs with mu released (it
+ * takes milliseconds at thousands of sockets, and a change's hook waits
+ * for mu under the engine's lock): afterwards only a watcher still in the
+ * same park is acted on. That one's connection stayed suspended all
+ * along, so the socket polled was its own; any other socket polled is
+ * merely looked at. The next look is due while some are parked. mu held
+ * on entry and on return.
  */
 static void peer_check(watch_hub *h, int64_t now)
 {
-    size_t n = 0, cap = atomic_load(&h->open);
+    size_t n = 0, gone = 0, cap = atomic_load(&h->open);
     struct pollfd *fds = cap ? malloc(cap * sizeof *fds) : NULL;
-    watcher **who = cap ? malloc(cap * sizeof *who) : NULL;
+    uint64_t *ids = cap ? malloc(cap * sizeof *ids) : NULL;
     h->peer_check_at = INT64_MAX;
-    for (size_t b = 0; fds && who && b < WATCH_RUN_BUCKETS; b++)
+    for (size_t b = 0; fds && ids && b < WATCH_RUN_BUCKETS; b++)
         for (watcher *w = h->runs[b]; w && n < cap; w = w->rnext)
             if (w->parked && w->fd >= 0) {
                 fds[n] = (struct pollfd){ .fd = w->fd, .events = POLLRDHUP };
-                who[n++] = w;
+                ids[n++] = w->park_id;
             }
-    size_t left = n;
-    if (n > 0 && poll(fds, n, 0) > 0) {
-        for (size_t i = 0; i < n; i++) {
-            if (!(fds[i].revents & (POLLRDHUP | POLLHUP | POLLERR | POLLNVAL)))
-                continue;
-            watcher *w = who[i];
-            /* Not watch_dropped (a client too far behind): this one left. */
-            if (w->kind == WATCH_POLL)
-                w->fired = w->timed_out = true;
-            else
-                drop_as(h, w, false);
-            wake(h, w);
-            left--;
-        }
+    if (n > 0) {
+        lockcheck_unlock(&h->mu);
+        int ready = poll(fds, n, 0);
+        lockcheck_lock(&h->mu);
+        for (size_t i = 0; ready > 0 && i < n; i++)
+            if (fds[i].revents & (POLLRDHUP | POLLHUP | POLLERR | POLLNVAL))
+                ids[gone++] = ids[i];
     }
-    /* Out of memory, none was looked at: look again later. */
-    if (left > 0 || (cap > 0 && (!fds || !who)))
+    if (gone > 0) {
+        qsort(ids, gone, sizeof *ids, park_id_order);
+        for (size_t b = 0; b < WATCH_RUN_BUCKETS; b++)
+            for (watcher *w = h->runs[b]; w; w = w->rnext) {
+                if (!w->parked || w->fd < 0 ||
+                    !bsearch(&w->park_id, ids, gone, sizeof *ids, park_id_order))
+                    continue;
+                /* Not watch_dropped (a client too far behind): this one left. */
+                if (w->kind == WATCH_POLL)
+                    w->fired = w->timed_out = true;
+                else
+                    drop_as(h, w, false);
+                wake(h, w);
+            }
+    }
+    /*
+     * Some still parked, or out of memory (none was looked at): look again
+     * later. One parked while mu was released has set the time already.
+     */
+    if ((n > gone || (cap > 0 && (!fds || !ids))) && h->peer_check_at == INT64_MAX)
         h->peer_check_at = now + WATCH_PEER_CHECK_NS;
     free(fds);
-    free(who);
+    free(ids);
 }
 
 static void *hub_main(void *arg)
@@ -814,6 +837,7 @@ bool watch_park(watcher *w, int fd)
     if (!now) {
         w->parked = true;
         w->fd = fd;
+        w->park_id = ++h->parks;
         if (fd >= 0 && h->peer_check_at == INT64_MAX) {
             h->peer_check_at = model_mono_ns() + WATCH_PEER_CHECK_NS;
             thread_nudge(h, h->peer_check_at);
