@@ -226,6 +226,36 @@ static bool resumed_at_least(int n)
 }
 
 /*
+ * A client may ask from a seq above any of the run's (a stale or guessed
+ * one): its changes below that are not news, but the run's delete is.
+ */
+Test(watch, a_delete_reaches_watchers_asking_from_past_it)
+{
+    watch_hub *h = hub(4, 1 << 20);
+    int err = 0;
+    watcher *w = watch_open(h, WATCH_STREAM, "r", 100, false, NULL, 0, &err);
+    watcher *p = watch_open(h, WATCH_POLL, "r", 100, false, NULL, INT64_MAX, &err);
+    cr_assert(w && p);
+    cr_assert_eq(watch_catch_up(w, NULL, 0), 0);
+    ssize_t end;
+    drain(w, &end);
+    cr_assert_eq(end, WATCH_FILL_IDLE);
+    cr_assert_not(watch_park(p, -1));
+    change(h, "r", "a", 5);
+    cr_assert_eq(atomic_load(&resumed), 0, "a change below since woke the poll");
+    watch_on_change(h, "r", NULL, 6);
+    char *t = drain(w, &end);
+    cr_assert_eq(end, WATCH_FILL_END, "the stream outlived its run: %s", t);
+    cr_assert_not_null(strstr(t, "event: deleted\n"), "%s", t);
+    cr_assert_null(strstr(t, "event: node\n"), "a change below since was sent: %s", t);
+    watch_close(w);
+    cr_assert(resumed_at_least(1), "the run's delete did not wake the poll");
+    cr_assert_not(watch_timed_out(p), "the poll waited out its time");
+    watch_close(p);
+    watch_hub_free(h);
+}
+
+/*
  * A parked watcher whose peer closed its socket is dropped (a stream) or
  * fired (a poll) and resumed, with no change, heartbeat or deadline to do
  * it; one whose peer is still there stays parked.

@@ -319,7 +319,8 @@ void watch_on_change(void *ctx, const char *run_id, ns_row *row, int64_t seq)
     lockcheck_lock(&h->mu);
     h->last_seq = seq;
     for (watcher *w = *run_bucket(h, hash); w; w = w->rnext) {
-        if (w->run_hash != hash || strcmp(w->run_id, run_id) != 0 || seq <= w->since)
+        /* A delete reaches every watcher of the run, whatever its since: the run is gone. */
+        if (w->run_hash != hash || strcmp(w->run_id, run_id) != 0 || (row && seq <= w->since))
             continue;
         if (w->kind == WATCH_POLL) {
             w->fired = true;
