@@ -90,6 +90,7 @@ typedef struct api_response {
     unsigned retry_after;      /* seconds; 0 for no Retry-After */
     const char *allow;         /* Allow header of a 405, else NULL */
     const char *www_authenticate; /* WWW-Authenticate of a 401, else NULL */
+    const char *vary;          /* Vary: the request headers the body was chosen by, or NULL */
     api_stream stream;         /* .read != NULL: the body (content_type set, body NULL) */
     char disposition[96];      /* Content-Disposition, or "" for none */
     int64_t wait_seq;          /* > 0: park until durable (see above) */

@@ -746,6 +746,9 @@ void api_get_stats(api *a, const api_request *req, const route_args *args,
         return;
     }
     render_stats(a, resp, wants_json(req, format));
+    /* Without ?format= the Accept header chose the body: a cache must key on it. */
+    if (!format)
+        resp->vary = "Accept";
 }
 
 void api_get_metrics(api *a, const api_request *req, const route_args *args,

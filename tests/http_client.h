@@ -22,6 +22,7 @@ typedef struct ns_resp {
     char retry_after[64];
     char allow[256];
     char www_authenticate[256];
+    char vary[128];
     char error[256];           /* transport error when status == 0 */
 } ns_resp;
 

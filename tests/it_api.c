@@ -474,6 +474,7 @@ Test(api, stats_json_text_metrics_health)
     cr_assert_eq(r.status, 200);
     cr_assert(strncmp(r.content_type, "application/json", 16) == 0,
               "Accept: application/json gave %s", r.content_type);
+    cr_assert_str_eq(r.vary, "Accept", "the body chosen by Accept, but Vary: \"%s\"", r.vary);
     st = ns_resp_json(&r);
     cr_assert(json_is_object(st));
     cr_assert_eq(it_jint(st, "updates_queued"), queued);
@@ -491,6 +492,9 @@ Test(api, stats_json_text_metrics_health)
                   "%s: Content-Type %s", text_paths[i], r.content_type);
         cr_assert(strstr(r.body, "# TYPE nodestate_updates_queued_total counter") != NULL,
                   "%s: no TYPE line:\n%s", text_paths[i], r.body);
+        /* Only /stats without ?format= goes by Accept. */
+        cr_assert_str_eq(r.vary, i == 0 ? "Accept" : "", "%s: Vary: \"%s\"", text_paths[i],
+                         r.vary);
         double v;
         cr_assert_eq(ns_prom_value(r.body, "nodestate_updates_queued_total", &v), 0);
         cr_assert_eq((long long)v, queued);

@@ -963,6 +963,10 @@ Test(api, stats_json_or_prometheus)
         else
             cr_assert(is_prometheus(&resp), "case %zu: %s format=%s Accept=%s: not Prometheus", i,
                       cases[i].path, cases[i].format, cases[i].accept);
+        /* Where Accept chose the body, a cache is told so. */
+        bool negotiated = strcmp(cases[i].path, "/stats") == 0 && !cases[i].format;
+        cr_assert_eq(resp.vary != NULL && strcmp(resp.vary, "Accept") == 0, negotiated,
+                     "case %zu: Vary %s", i, resp.vary ? resp.vary : "(none)");
         api_response_free(&resp);
     }
 

@@ -233,6 +233,9 @@ enum MHD_Result http_queue(http_server *s, const http_req *r,
     if (resp->allow != NULL &&
         MHD_add_response_header(mr, MHD_HTTP_HEADER_ALLOW, resp->allow) != MHD_YES)
         goto out;
+    if (resp->vary != NULL &&
+        MHD_add_response_header(mr, MHD_HTTP_HEADER_VARY, resp->vary) != MHD_YES)
+        goto out;
     if ((r->must_close || http_state_of(s) >= HTTP_STOPPING) &&
         MHD_add_response_header(mr, MHD_HTTP_HEADER_CONNECTION, "close") != MHD_YES)
         goto out;
