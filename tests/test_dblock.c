@@ -4,7 +4,9 @@
  * file in its message, whether it is this process or another; a lock file
  * left by a SIGKILLed holder does not block the next taker; and closing
  * other descriptors of the database or lock file does not drop the lock
- * (which a POSIX lock would).
+ * (which a POSIX lock would). Other names of the file are the same
+ * database: a symbolic link (to it or its directory) finds the same lock
+ * file, a hard link is refused by the flock on the file itself.
  */
 #include <criterion/criterion.h>
 
@@ -62,7 +64,7 @@ static bool child_can_acquire(void)
     cr_assert_geq(pid, 0, "fork: %s", strerror(errno));
     if (pid == 0) {
         char err[512];
-        dblock *l = dblock_acquire(db_path, err, sizeof err);
+        dblock *l = dblock_acquire(db_path, true, err, sizeof err);
         _exit(l != NULL ? 0 : 3);
     }
     int status = 0;
@@ -83,7 +85,7 @@ Test(dblock, path_is_the_database_path_with_lock_appended)
 Test(dblock, lock_file_names_the_holder_and_goes_on_release)
 {
     char err[512] = "";
-    dblock *l = dblock_acquire(db_path, err, sizeof err);
+    dblock *l = dblock_acquire(db_path, true, err, sizeof err);
     cr_assert_not_null(l, "%s", err);
     cr_assert_eq(file_pid(), (long)getpid());
     dblock_release(l);
@@ -94,12 +96,12 @@ Test(dblock, lock_file_names_the_holder_and_goes_on_release)
 Test(dblock, second_taker_is_refused_with_the_holders_pid)
 {
     char err[512] = "";
-    dblock *l = dblock_acquire(db_path, err, sizeof err);
+    dblock *l = dblock_acquire(db_path, true, err, sizeof err);
     cr_assert_not_null(l, "%s", err);
     char want[64];
     snprintf(want, sizeof want, "pid %ld", (long)getpid());
     err[0] = '\0';
-    cr_assert_null(dblock_acquire(db_path, err, sizeof err), "taken twice");
+    cr_assert_null(dblock_acquire(db_path, true, err, sizeof err), "taken twice");
     cr_assert_not_null(strstr(err, want), "no \"%s\" in: %s", want, err);
     cr_assert_not_null(strstr(err, lock_path), "no lock file in: %s", err);
     cr_assert_not_null(strstr(err, "in use"), "%s", err);
@@ -108,7 +110,7 @@ Test(dblock, second_taker_is_refused_with_the_holders_pid)
     cr_assert_eq(file_pid(), (long)getpid());
 
     dblock_release(l);
-    l = dblock_acquire(db_path, err, sizeof err);
+    l = dblock_acquire(db_path, true, err, sizeof err);
     cr_assert_not_null(l, "not free after the release: %s", err);
     dblock_release(l);
 }
@@ -116,7 +118,7 @@ Test(dblock, second_taker_is_refused_with_the_holders_pid)
 Test(dblock, closing_other_descriptors_of_the_files_keeps_the_lock)
 {
     char err[512] = "";
-    dblock *l = dblock_acquire(db_path, err, sizeof err);
+    dblock *l = dblock_acquire(db_path, true, err, sizeof err);
     cr_assert_not_null(l, "%s", err);
     /* SQLite opens and closes descriptors of the database all the time. */
     static const char *const paths[] = { db_path, lock_path };
@@ -138,7 +140,7 @@ Test(dblock, lock_of_a_killed_holder_does_not_block)
     cr_assert_geq(pid, 0, "fork: %s", strerror(errno));
     if (pid == 0) {
         char err[512];
-        char ok = dblock_acquire(db_path, err, sizeof err) != NULL ? 'y' : 'n';
+        char ok = dblock_acquire(db_path, true, err, sizeof err) != NULL ? 'y' : 'n';
         if (write(ready[1], &ok, 1) != 1)
             _exit(1);
         for (;;)
@@ -153,7 +155,7 @@ Test(dblock, lock_of_a_killed_holder_does_not_block)
     char err[512] = "";
     char want[64];
     snprintf(want, sizeof want, "pid %ld", (long)pid);
-    cr_assert_null(dblock_acquire(db_path, err, sizeof err));
+    cr_assert_null(dblock_acquire(db_path, true, err, sizeof err));
     cr_assert_not_null(strstr(err, want), "no \"%s\" in: %s", want, err);
 
     cr_assert_eq(kill(pid, SIGKILL), 0);
@@ -161,7 +163,7 @@ Test(dblock, lock_of_a_killed_holder_does_not_block)
     /* The dead holder's file is left behind, naming it... */
     cr_assert_eq(file_pid(), (long)pid);
     /* ...and the kernel released its lock with it. */
-    dblock *l = dblock_acquire(db_path, err, sizeof err);
+    dblock *l = dblock_acquire(db_path, true, err, sizeof err);
     cr_assert_not_null(l, "a dead holder's lock file blocks: %s", err);
     cr_assert_eq(file_pid(), (long)getpid());
     dblock_release(l);
@@ -170,6 +172,100 @@ Test(dblock, lock_of_a_killed_holder_does_not_block)
 Test(dblock, missing_directory_is_an_error_naming_the_file)
 {
     char err[512] = "";
-    cr_assert_null(dblock_acquire("/nonexistent-dir-for-test/ns.db", err, sizeof err));
+    cr_assert_null(dblock_acquire("/nonexistent-dir-for-test/ns.db", true, err, sizeof err));
     cr_assert_not_null(strstr(err, "/nonexistent-dir-for-test/ns.db.lock"), "%s", err);
+}
+
+/* Another name of db_path (made by link or symlink) in the test's directory. */
+static void other_name(char *out, size_t size, const char *name)
+{
+    snprintf(out, size, "%s/%s", tmp_dir, name);
+}
+
+Test(dblock, a_symbolic_link_to_the_database_finds_the_same_lock)
+{
+    char err[512] = "", link_path[PATH_MAX], dir_link[PATH_MAX], via_dir[PATH_MAX + 8];
+    dblock *l = dblock_acquire(db_path, true, err, sizeof err);
+    cr_assert_not_null(l, "%s", err);
+    other_name(link_path, sizeof link_path, "sym.db");
+    cr_assert_eq(symlink(db_path, link_path), 0, "%s", strerror(errno));
+    other_name(dir_link, sizeof dir_link, "dir");
+    cr_assert_eq(symlink(tmp_dir, dir_link), 0, "%s", strerror(errno));
+    snprintf(via_dir, sizeof via_dir, "%s/ns.db", dir_link);
+
+    const char *const names[] = { link_path, via_dir };
+    char want[64];
+    snprintf(want, sizeof want, "pid %ld", (long)getpid());
+    for (size_t i = 0; i < 2; i++) {
+        char lock[PATH_MAX + 8];
+        cr_assert_eq(dblock_path(names[i], lock, sizeof lock), 0);
+        cr_assert_str_eq(lock, lock_path, "%s has its own lock file", names[i]);
+        err[0] = '\0';
+        cr_assert_null(dblock_acquire(names[i], true, err, sizeof err), "%s: taken twice",
+                       names[i]);
+        cr_assert_not_null(strstr(err, want), "no \"%s\" in: %s", want, err);
+    }
+    dblock_release(l);
+    /* Not there yet: the name is kept, its directory resolved. */
+    char fresh[PATH_MAX + 8], lock[PATH_MAX + 16], want_lock[PATH_MAX + 16];
+    snprintf(fresh, sizeof fresh, "%s/new.db", dir_link);
+    snprintf(want_lock, sizeof want_lock, "%s/new.db.lock", tmp_dir);
+    cr_assert_eq(dblock_path(fresh, lock, sizeof lock), 0);
+    cr_assert_str_eq(lock, want_lock);
+    unlink(link_path);
+    unlink(dir_link);
+}
+
+Test(dblock, a_hard_link_to_the_database_is_refused_naming_the_holder)
+{
+    char err[512] = "", hard[PATH_MAX], hard_lock[PATH_MAX + 8];
+    dblock *l = dblock_acquire(db_path, true, err, sizeof err);
+    cr_assert_not_null(l, "%s", err);
+    other_name(hard, sizeof hard, "hard.db");
+    cr_assert_eq(link(db_path, hard), 0, "%s", strerror(errno));
+    cr_assert_eq(dblock_path(hard, hard_lock, sizeof hard_lock), 0);
+
+    /* Another process: flocks of this one would not tell who holds them. */
+    int out[2];
+    cr_assert_eq(pipe(out), 0);
+    pid_t pid = fork();
+    cr_assert_geq(pid, 0);
+    if (pid == 0) {
+        char e[512] = "";
+        dblock *d = dblock_acquire(hard, true, e, sizeof e);
+        if (write(out[1], e, strlen(e) + 1) < 0)
+            _exit(2);
+        _exit(d == NULL ? 0 : 1);
+    }
+    close(out[1]);
+    char got[512] = "";
+    cr_assert_gt(read(out[0], got, sizeof got - 1), 0);
+    close(out[0]);
+    int status = 0;
+    cr_assert_eq(waitpid(pid, &status, 0), pid);
+    cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "the hard link got the lock");
+    char want[64];
+    snprintf(want, sizeof want, "pid %ld", (long)getpid());
+    cr_assert_not_null(strstr(got, want), "no \"%s\" in: %s", want, got);
+    cr_assert_not_null(strstr(got, "hard link"), "%s", got);
+    cr_assert_neq(access(hard_lock, F_OK), 0, "the refused taker left its lock file");
+
+    /* Released, the other name takes it, and then holds it against the first. */
+    dblock_release(l);
+    l = dblock_acquire(hard, true, err, sizeof err);
+    cr_assert_not_null(l, "%s", err);
+    cr_assert(!child_can_acquire(), "the database taken under both names at once");
+    dblock_release(l);
+    cr_assert(child_can_acquire());
+    unlink(hard);
+}
+
+Test(dblock, without_hold_file_the_file_is_neither_made_nor_held)
+{
+    char err[512] = "";
+    dblock *l = dblock_acquire(db_path, false, err, sizeof err);
+    cr_assert_not_null(l, "%s", err);
+    cr_assert_neq(access(db_path, F_OK), 0, "the file was made");
+    cr_assert_eq(file_pid(), (long)getpid());
+    dblock_release(l);
 }

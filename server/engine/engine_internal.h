@@ -96,7 +96,8 @@ typedef enum engine_state {
 struct engine {
     engine_config cfg;            /* db_path points at db_path below */
     char *db_path;
-    dblock *dblock;               /* held from before the store opens until after it closes */
+    dblock *dblock;               /* SQLite: held from before the store opens until after it closes */
+    dblock *spill_lock;           /* the sidecar's, for as long */
     ns_stats stats;
     store_reader *reader;         /* read-through connection, locks itself */
     store *store;                 /* the write connection: writer thread only */

@@ -108,6 +108,7 @@ static void engine_free(engine *e)
     pthread_cond_destroy(&e->wake);
     pthread_cond_destroy(&e->callback_done);
     lockcheck_destroy(&e->lock);
+    dblock_release(e->spill_lock);
     dblock_release(e->dblock);
     free(e->db_path);
     free(e);
@@ -242,10 +243,12 @@ engine *engine_open(const engine_config *cfg, char *err, size_t errlen)
     /*
      * Before anything opens the database or replays its sidecar. A shared
      * (PostgreSQL) database has many writers by design; what one process
-     * owns there is its sidecar, so that is what gets locked.
+     * owns there is its sidecar. A SQLite file is one process's, and so is
+     * its sidecar: two servers given one --spill-path would mix their rows.
      */
-    e->dblock = dblock_acquire(store_is_pg(e->db_path) ? spill : e->db_path, err, errlen);
-    if (!e->dblock)
+    if (!store_is_pg(e->db_path) && !(e->dblock = dblock_acquire(e->db_path, true, err, errlen)))
+        goto err;
+    if (!(e->spill_lock = dblock_acquire(spill, false, err, errlen)))
         goto err;
     sweep_backups(e);
     e->store = store_open(e->db_path, cfg->synchronous_full, err, errlen);

@@ -352,10 +352,11 @@ static void nap_until(int64_t ns, int64_t end)
  * the middle loses only the piece being written. A failed piece is retried
  * with backoff until end_ns, and no piece is begun that would, at the pace
  * of the last one, end after end_ns. Returns how many ops, counted from the
- * first, are in the sidecar: n, or fewer when end_ns came first. Writer
- * thread, without the lock.
+ * first, went to the sidecar: n, or fewer when end_ns came first; of those,
+ * *isolated rows the sidecar would not take (they are in it no more than in
+ * the database). Writer thread, without the lock.
  */
-static size_t spill_ops(engine *e, const ns_op *ops, size_t n, int64_t end_ns)
+static size_t spill_ops(engine *e, const ns_op *ops, size_t n, int64_t end_ns, size_t *isolated)
 {
     lockcheck_assert_not_held(&e->lock);
     size_t done = 0;
@@ -377,6 +378,7 @@ static size_t spill_ops(engine *e, const ns_op *ops, size_t n, int64_t end_ns)
             plan.batch.notify_id = e->listener ? e->instance_id : NULL;
             rc = store_spill_append(e->sidecar, &plan.batch, err, sizeof err);
             if (rc == 0) {
+                *isolated += plan.batch.n_isolated;
                 e->spill_pieces++;
                 engine_log(e, NS_LOG_DEBUG, "spill-piece",
                       "piece=%zu updates=%zu rows=%zu deletes=%zu last_seq=%lld",
@@ -493,15 +495,17 @@ static void committed(engine *e, size_t n)
 
 /*
  * After e->batch[0..n) went to the sidecar, of which the first `spilled`
- * made it. Returns false when some did not (the spill is out of time): the
- * rest of the queue is dropped, counted in unflushed. Lock held.
+ * made it but for `isolated` rows it refused (counted in unflushed: they
+ * are kept nowhere). Returns false when some did not go (the spill is out
+ * of time): the rest of the queue is dropped, counted in unflushed too.
+ * Lock held.
  */
-static bool spilled_ops(engine *e, size_t n, size_t spilled)
+static bool spilled_ops(engine *e, size_t n, size_t spilled, size_t isolated)
 {
     lockcheck_assert_held(&e->lock);
     mark_refused(e, e->batch, n, false);
-    e->spilled += spilled;
-    e->unflushed += n - spilled;
+    e->spilled += spilled - isolated;
+    e->unflushed += n - spilled + isolated;
     release_ops(e, e->batch, n);
     if (spilled == n)
         return true;
@@ -548,19 +552,19 @@ void *writer_thread_main(void *arg)
         lockcheck_unlock(&e->lock);
 
         bool ok = !e->spilling && commit_ops(e, e->batch, n) == 0;
-        size_t spilled = 0;
+        size_t spilled = 0, isolated = 0;
         if (!ok) {
             /* Spilling happens only once the shutdown budget runs, which has set spill_end_ns. */
             lockcheck_lock(&e->lock);
             int64_t spill_end = e->spill_end_ns;
             lockcheck_unlock(&e->lock);
-            spilled = spill_ops(e, e->batch, n, spill_end);
+            spilled = spill_ops(e, e->batch, n, spill_end, &isolated);
         }
 
         lockcheck_lock(&e->lock);
         if (ok)
             committed(e, n);
-        else if (!spilled_ops(e, n, spilled))
+        else if (!spilled_ops(e, n, spilled, isolated))
             break;
     }
     size_t spilled = e->spilled;

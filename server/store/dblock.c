@@ -7,6 +7,7 @@
 #include <string.h>
 #include <sys/file.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -24,13 +25,98 @@
 
 struct dblock {
     int fd;
+    int file_fd;   /* hold_file: the database file's own descriptor, else -1 */
     char *path;
 };
 
+/*
+ * path with its symbolic links resolved; those of its directory only when
+ * it does not exist yet (SQLite creates it there). malloc'd; NULL when
+ * neither resolves or out of memory.
+ */
+static char *resolved(const char *path)
+{
+    char *full = realpath(path, NULL);
+    if (full != NULL || errno != ENOENT)
+        return full;
+    char *copy = strdup(path);
+    if (copy == NULL)
+        return NULL;
+    char *slash = strrchr(copy, '/');
+    const char *base = slash != NULL ? slash + 1 : copy;
+    if (slash != NULL)
+        *slash = '\0';
+    char *dir = realpath(slash == NULL ? "." : slash == copy ? "/" : copy, NULL);
+    if (dir != NULL && *base != '\0') {
+        size_t n = strlen(dir) + strlen(base) + 2;
+        if ((full = malloc(n)) != NULL)
+            snprintf(full, n, "%s%s%s", dir, strcmp(dir, "/") == 0 ? "" : "/", base);
+    }
+    free(dir);
+    free(copy);
+    return full;
+}
+
 int dblock_path(const char *db_path, char *out, size_t outlen)
 {
-    int n = snprintf(out, outlen, "%s.lock", db_path);
+    char *full = resolved(db_path);
+    int n = snprintf(out, outlen, "%s.lock", full != NULL ? full : db_path);
+    free(full);
     return n < 0 || (size_t)n >= outlen ? -1 : 0;
+}
+
+/*
+ * The pid of a process holding a flock on the file fd (another name of it),
+ * from /proc/locks ("1: FLOCK  ADVISORY  WRITE 1234 fd:01:5678 0 EOF"); 0
+ * when it cannot be told.
+ */
+static long flock_holder(int fd)
+{
+    struct stat st;
+    FILE *f = fstat(fd, &st) == 0 ? fopen("/proc/locks", "re") : NULL;
+    if (f == NULL)
+        return 0;
+    char line[256];
+    long found = 0;
+    while (found == 0 && fgets(line, sizeof line, f) != NULL) {
+        char kind[16];
+        long pid;
+        unsigned maj, min;
+        unsigned long long ino;
+        if (sscanf(line, "%*d: %15s %*s %*s %ld %x:%x:%llu", kind, &pid, &maj, &min, &ino) == 5 &&
+            strcmp(kind, "FLOCK") == 0 && maj == major(st.st_dev) && min == minor(st.st_dev) &&
+            ino == (unsigned long long)st.st_ino && pid != (long)getpid())
+            found = pid;
+    }
+    fclose(f);
+    return found;
+}
+
+/* The database file itself, flocked into l->file_fd; 0, or -1 with err. */
+static int hold_db_file(dblock *l, const char *db_path, char *err, size_t errlen)
+{
+    l->file_fd = open(db_path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    if (l->file_fd < 0) {
+        snprintf(err, errlen, "cannot open %s: %s", db_path, strerror(errno));
+        return -1;
+    }
+    int rc;
+    while ((rc = flock(l->file_fd, LOCK_EX | LOCK_NB)) != 0 && errno == EINTR) {
+    }
+    if (rc == 0)
+        return 0;
+    if (errno != EWOULDBLOCK) {
+        snprintf(err, errlen, "cannot lock %s: %s", db_path, strerror(errno));
+        return -1;
+    }
+    long pid = flock_holder(l->file_fd);
+    char holder[32] = "unknown";
+    if (pid > 0)
+        snprintf(holder, sizeof holder, "%ld", pid);
+    snprintf(err, errlen,
+             "database %s is in use by another process (pid %s) under another name of the "
+             "same file (a hard link), which holds its own lock file", db_path, holder);
+    return -1;
 }
 
 /* The pid in the lock file at fd, or 0 when it holds none (yet). */
@@ -79,16 +165,19 @@ static int write_pid(int fd)
     return 0;
 }
 
-dblock *dblock_acquire(const char *db_path, char *err, size_t errlen)
+dblock *dblock_acquire(const char *db_path, bool hold_file, char *err, size_t errlen)
 {
     dblock *l = calloc(1, sizeof *l);
-    size_t size = strlen(db_path) + sizeof ".lock";
+    char *full = resolved(db_path);
+    size_t size = strlen(full != NULL ? full : db_path) + sizeof ".lock";
     int fd = -1;
-    if (!l || !(l->path = malloc(size))) {
+    free(full);
+    if (l)
+        l->file_fd = -1;
+    if (!l || !(l->path = malloc(size)) || dblock_path(db_path, l->path, size) != 0) {
         snprintf(err, errlen, "out of memory");
         goto fail;
     }
-    dblock_path(db_path, l->path, size);
     for (int i = 0; i < ACQUIRE_TRIES; i++) {
         fd = open(l->path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
         if (fd < 0) {
@@ -101,14 +190,15 @@ dblock *dblock_acquire(const char *db_path, char *err, size_t errlen)
                 continue;
             if (errno == EWOULDBLOCK) {
                 long pid = read_pid(fd);
+                const char *what = hold_file ? "database" : "file";
                 if (pid > 0)
                     snprintf(err, errlen,
-                             "database %s is in use by another process (pid %ld, "
-                             "lock file %s)", db_path, pid, l->path);
+                             "%s %s is in use by another process (pid %ld, "
+                             "lock file %s)", what, db_path, pid, l->path);
                 else
                     snprintf(err, errlen,
-                             "database %s is in use by another process (pid "
-                             "unknown, lock file %s)", db_path, l->path);
+                             "%s %s is in use by another process (pid "
+                             "unknown, lock file %s)", what, db_path, l->path);
             } else {
                 snprintf(err, errlen, "cannot lock %s: %s", l->path, strerror(errno));
             }
@@ -126,6 +216,11 @@ dblock *dblock_acquire(const char *db_path, char *err, size_t errlen)
                          strerror(errno));
                 goto fail;
             }
+            if (hold_file && hold_db_file(l, db_path, err, errlen) != 0) {
+                /* Ours a moment: gone again, as a release leaves it. */
+                unlink(l->path);
+                goto fail;
+            }
             l->fd = fd;
             return l;
         }
@@ -136,6 +231,8 @@ dblock *dblock_acquire(const char *db_path, char *err, size_t errlen)
 fail:
     if (fd >= 0)
         close(fd);
+    if (l && l->file_fd >= 0)
+        close(l->file_fd);
     if (l)
         free(l->path);
     free(l);
@@ -150,6 +247,8 @@ void dblock_release(dblock *l)
      * after winning it (still_linked) and starts over on a new file. */
     unlink(l->path);
     close(l->fd);
+    if (l->file_fd >= 0)
+        close(l->file_fd);
     free(l->path);
     free(l);
 }

@@ -5,28 +5,41 @@
  * holds it for the life of the process.
  *
  * The lock is flock(2) on a sidecar "<db>.lock" that holds the holder's pid,
- * not a lock on the database file: SQLite takes POSIX (fcntl) locks on that
- * file, and closing any descriptor of it would drop a POSIX lock of ours. A
- * flock belongs to the open file description, so the kernel releases it when
- * the holder dies, however it dies: a lock file left by a killed process
- * does not block the next start. A clean release removes the file.
+ * not a POSIX (fcntl) lock: SQLite takes those on the database file, and
+ * closing any descriptor of it would drop a POSIX lock of ours. A flock
+ * belongs to the open file description, so the kernel releases it when the
+ * holder dies, however it dies: a lock file left by a killed process does
+ * not block the next start. A clean release removes the file.
+ *
+ * One file may have many names. The lock file is named after the path with
+ * every symbolic link resolved, so a link to the database (or to its
+ * directory) finds the same lock file. A hard link is another name of the
+ * same inode that no path can reveal, so with hold_file the database file
+ * itself is flocked too (the holder's pid then comes from /proc/locks).
  */
 #ifndef NODESTATE_DBLOCK_H
 #define NODESTATE_DBLOCK_H
 
+#include <stdbool.h>
 #include <stddef.h>
 
 typedef struct dblock dblock;
 
 /*
- * Takes the lock of db_path without waiting. NULL when another process (or
- * another dblock of this one) holds it, with err naming the holder's pid and
- * the lock file, or when the lock file cannot be made, with err saying why.
+ * Takes the lock of db_path without waiting; with hold_file, also a flock on
+ * the file db_path names (created if missing, as an empty file). NULL when
+ * another process (or another dblock of this one) holds it, with err naming
+ * the holder's pid and the lock file, or when the lock file cannot be made,
+ * with err saying why.
  */
-dblock *dblock_acquire(const char *db_path, char *err, size_t errlen);
+dblock *dblock_acquire(const char *db_path, bool hold_file, char *err, size_t errlen);
 /* Removes the lock file and drops the lock. NULL is a no-op. */
 void dblock_release(dblock *l);
-/* The lock file of db_path into out; 0, or -1 when it does not fit. */
+/*
+ * The lock file of db_path into out: db_path with its symbolic links
+ * resolved (those of its directory when it does not exist yet; as given
+ * when even that fails), then ".lock". 0, or -1 when it does not fit.
+ */
 int dblock_path(const char *db_path, char *out, size_t outlen);
 
 #endif
