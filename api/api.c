@@ -243,7 +243,8 @@ void api_finish_wait(api *a, api_response *resp, bool durable)
     resp->body_len = 0;
     resp->wait_seq = 0;
     resp->wait = NULL;
-    int status = durable ? 200 : 202;
+    /* A duplicate changed nothing: 200 (durable or not, as the body says), as when not waited on. */
+    int status = durable || w->duplicate ? 200 : 202;
     engine_refusal refused = w->row && durable ? engine_refused(a->engine, w->seq)
                                                : ENGINE_NOT_REFUSED;
     if (refused == ENGINE_REFUSED_SUPERSEDED && w->body) {

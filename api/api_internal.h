@@ -47,6 +47,7 @@ typedef struct api_batch_seq {
 /* What a parked ?wait=true response is rebuilt from. */
 struct api_wait {
     ns_row *row;          /* node update: the row; NULL for a delete */
+    bool duplicate;       /* node update: it repeated the node's (queued) state: 200 always */
     /*
      * A single update's or a batch's body, kept with a shared store to
      * judge it (or the refused items) again if the store finds a newer

@@ -199,6 +199,7 @@ static void post_state(api *a, const char *run_id, const char *node_id, const ch
         if (w) {
             w->row = row;
             w->seq = row->seq;
+            w->duplicate = res == ENGINE_DUPLICATE;
             if (!again && engine_shared(a->engine))
                 keep_body(w, body, len, timeout);
             park(resp, w, w->seq, timeout);

@@ -1162,6 +1162,17 @@ Test(api, batch_of_queued_duplicates_is_200)
     cr_assert_not(jbool(j, "durable"));
     json_decref(j);
     api_response_free(&resp);
+    /* The same duplicate posted alone: the same 200 when the timeout passes first. */
+    one.query[0] = (kv){ "wait", "true" };
+    call(&one, &resp);
+    cr_assert_eq(resp.wait_seq, 1, "a single duplicate's wait is not parked on its state's seq");
+    api_finish_wait(A, &resp, false);
+    cr_assert_eq(resp.status, 200, "a duplicate answered %d: %.*s", resp.status,
+                 (int)resp.body_len, resp.body);
+    j = body_json(&resp);
+    cr_assert_not(jbool(j, "durable"));
+    json_decref(j);
+    api_response_free(&resp);
     call(&dup, &resp);
     cr_assert_eq(resp.wait_seq, 1);
     flush_all();
