@@ -351,6 +351,8 @@ http_server *http_start(const http_config *cfg, api *a, engine *e, char *err,
             .durable_seq = engine_durable_seq(e),
             .resume = http_stream_resume,
             .encode = http_stream_encode,
+            .fetch = http_stream_fetch,
+            .encode_ctx = e,
             .stats = engine_stats(e),
         };
 

@@ -253,6 +253,8 @@ void http_on_completed(void *cls, struct MHD_Connection *con,
 /* watch_config.resume and .encode. */
 void http_stream_resume(void *owner);
 char *http_stream_encode(void *ctx, const ns_row *row, bool durable, size_t *len);
+/* watch_config.fetch: the node's current row from the engine (ctx). */
+int http_stream_fetch(void *ctx, const char *run_id, const char *node_id, ns_row **row);
 /* Answers resp (api_response.events) with the run's event stream, or a problem. */
 enum MHD_Result http_stream_start(http_server *s, http_req *r, const char *method,
                                   const char *url, struct MHD_Connection *con,

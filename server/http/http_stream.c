@@ -27,8 +27,11 @@
  * 32 KiB, 28 kB with 8 KiB); a bigger event just takes several calls.
  */
 #define HTTP_STREAM_BLOCK (8 * 1024)
-/* Rows asked of the engine per page of a catch-up. */
-#define HTTP_CATCH_UP_PAGE 10000
+/*
+ * Rows asked of the engine per page of a catch-up: a page's rows are held
+ * whole until their stubs are made, so it is small (big outputs add up).
+ */
+#define HTTP_CATCH_UP_PAGE 256
 
 /* watch_config.resume: the hub's thread, no lock of ours held. */
 void http_stream_resume(void *owner)
@@ -41,6 +44,27 @@ char *http_stream_encode(void *ctx, const ns_row *row, bool durable, size_t *len
 {
     (void)ctx;
     return api_node_json(row, durable, len);
+}
+
+/* watch_config.fetch: ctx is the engine. */
+int http_stream_fetch(void *ctx, const char *run_id, const char *node_id, ns_row **row)
+{
+    engine_result res;
+    *row = engine_get(ctx, run_id, node_id, &res);
+    return *row != NULL || res == ENGINE_NOT_FOUND ? 0 : -1;
+}
+
+/*
+ * What a catch-up holds of row until its turn: its ids and seq, the rest
+ * left out (watch_config.fetch reads it then). NULL when out of memory.
+ */
+static ns_row *http_stream_stub(const ns_row *row)
+{
+    ns_row stub = { .run_id = row->run_id, .node_id = row->node_id, .status = row->status,
+                    .attempt = row->attempt, .updated_at = row->updated_at, .seq = row->seq };
+    for (int i = 0; i < NS_TS_COUNT; i++)
+        stub.ts[i] = NS_TS_NULL;
+    return model_row_copy(&stub);
 }
 
 /* The connection's socket, or -1. */
@@ -82,8 +106,10 @@ static void http_stream_free(void *cls)
 
 /*
  * Hands the run's nodes to a new watcher, page by page: whatever changes
- * meanwhile the watcher has already seen. ENGINE_ACCEPTED, NOT_FOUND (the
- * run went since the api looked) or ERROR.
+ * meanwhile the watcher has already seen. It holds a stub of each row, not
+ * the row: a stream on a run of big rows would hold all of them (each an
+ * own copy for a run too big to cache) until sent. ENGINE_ACCEPTED,
+ * NOT_FOUND (the run went since the api looked) or ERROR.
  */
 static engine_result http_stream_catch_up(http_server *s, watcher *w, const char *run_id)
 {
@@ -117,16 +143,17 @@ static engine_result http_stream_catch_up(http_server *s, watcher *w, const char
             rows = grown;
             cap = ncap;
         }
-        for (size_t i = 0; i < page.count; i++) {
-            model_row_ref(page.rows[i]);
-            rows[n++] = page.rows[i];
-        }
+        for (size_t i = 0; i < page.count && res == ENGINE_ACCEPTED; i++)
+            if ((rows[n] = http_stream_stub(page.rows[i])) != NULL)
+                n++;
+            else
+                res = ENGINE_ERROR;
         if (page.count > 0)
             memcpy(after, page.rows[page.count - 1]->node_id,
                    strlen(page.rows[page.count - 1]->node_id) + 1);
         more = page.more;
         engine_page_free(&page);
-        if (!more)
+        if (res != ENGINE_ACCEPTED || !more)
             break;
     }
     /* Gone since the api looked, through a delete the watcher saw: it sends "deleted" and ends. */

@@ -705,10 +705,11 @@ typedef enum piece_kind { PIECE_NONE, PIECE_ROW, PIECE_TEXT, PIECE_END, PIECE_DR
 
 /*
  * What comes next, decided under mu: a row taken off the pending set (the
- * reference moves to *row), a fixed text, the end, or nothing.
+ * reference moves to *row; *catchup says whether it came from the catch-up),
+ * a fixed text, the end, or nothing.
  */
 static piece_kind next_piece(watcher *w, ns_row **row, char *text, size_t size,
-                             bool *durable)
+                             bool *durable, bool *catchup)
 {
     watch_hub *h = w->hub;
     piece_kind k = PIECE_NONE;
@@ -736,6 +737,7 @@ static piece_kind next_piece(watcher *w, ns_row **row, char *text, size_t size,
         pend_unlink(w, p);
         *row = p->row;
         *durable = p->row->seq <= h->durable_seq;
+        *catchup = p->catchup;
         free(p);
         k = PIECE_ROW;
     } else if (h->released || (h->stopping && !w->head && h->durable_seq >= hub_last_seq(h))) {
@@ -765,22 +767,38 @@ static int build(watcher *w)
     }
     if (w->ended)
         return WATCH_FILL_END;
-    switch (next_piece(w, &row, text, sizeof text, &durable)) {
-    case PIECE_NONE:
-        return 0;
-    case PIECE_END:
-        w->ended = true;
-        return WATCH_FILL_END;
-    case PIECE_DROP:
-        return WATCH_FILL_DROP;
-    case PIECE_TEXT:
-        w->out = strdup(text);
-        if (!w->out)
+    for (bool catchup = false;; catchup = false) {
+        switch (next_piece(w, &row, text, sizeof text, &durable, &catchup)) {
+        case PIECE_NONE:
+            return 0;
+        case PIECE_END:
+            w->ended = true;
+            return WATCH_FILL_END;
+        case PIECE_DROP:
             return WATCH_FILL_DROP;
-        w->out_len = strlen(text);
-        return 1;
-    case PIECE_ROW:
-        break;
+        case PIECE_TEXT:
+            w->out = strdup(text);
+            if (!w->out)
+                return WATCH_FILL_DROP;
+            w->out_len = strlen(text);
+            return 1;
+        case PIECE_ROW:
+            break;
+        }
+        if (!catchup || !h->cfg.fetch)
+            break;
+        /* A catch-up entry names the node and its seq: its row is read now. */
+        ns_row *now = NULL;
+        int rc = h->cfg.fetch(h->cfg.encode_ctx, w->run_id, row->node_id, &now);
+        bool same = rc == 0 && now && now->seq == row->seq;
+        model_row_unref(row);
+        row = now;
+        if (rc != 0)
+            return WATCH_FILL_DROP; /* the client resumes from what it has */
+        if (same)
+            break;
+        /* Moved on (its change is pending, in seq order) or gone (the delete follows). */
+        model_row_unref(now);
     }
     size_t jlen = 0;
     char *json = h->cfg.encode(h->cfg.encode_ctx, row, durable, &jlen);

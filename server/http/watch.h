@@ -40,7 +40,15 @@ typedef struct watch_config {
     void (*resume)(void *owner);
     /* The node's JSON as GET .../state gives it (malloc'd, *len bytes), or NULL. */
     char *(*encode)(void *ctx, const ns_row *row, bool durable, size_t *len);
-    void *encode_ctx;
+    /*
+     * The node's current row (referenced; NULL when it is gone) into *row:
+     * 0, or -1 when it cannot be read. With it, a catch-up holds each
+     * node's id and seq only, not its row, and reads the row when its turn
+     * to be sent comes (a big run's rows are not held per stream). NULL:
+     * catch-up rows are held and sent as given.
+     */
+    int (*fetch)(void *ctx, const char *run_id, const char *node_id, ns_row **row);
+    void *encode_ctx;         /* encode's and fetch's */
     ns_stats *stats;          /* watchers, watch_events_sent, watch_dropped; may be NULL */
 } watch_config;
 
@@ -91,8 +99,11 @@ watcher *watch_open(watch_hub *h, watch_kind kind, const char *run_id, int64_t s
 /*
  * The run's nodes as they were after watch_open (n rows, any order; the
  * references stay the caller's): those above since and not changed since
- * are sent first, in seq order, then "event: synced". 0 or -1 (out of
- * memory: the stream is dropped).
+ * are sent first, in seq order, then "event: synced". With a fetch, only
+ * each row's node_id and seq are looked at (a row holding just those does):
+ * a node whose current row has moved on past that seq when its turn comes
+ * is left to its change, which is pending; one gone with its run, to the
+ * delete. 0 or -1 (out of memory: the stream is dropped).
  */
 int watch_catch_up(watcher *w, ns_row *const *rows, size_t n);
 /* Unregisters and frees w (its connection is done with it). */
