@@ -15,6 +15,7 @@
 #include <jansson.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -532,6 +533,17 @@ static long rss_kib(const ns_server *s)
     return kib;
 }
 
+/*
+ * Under a sanitizer the server's resident memory is mostly the sanitizer's
+ * (shadow memory, ASan's quarantine of freed blocks): the test below runs
+ * there too, but judges memory only in a plain build.
+ */
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+#define RSS_TELLS_OURS false
+#else
+#define RSS_TELLS_OURS true
+#endif
+
 #define BIG_NODES 2000
 #define BIG_OUTPUT (20 * 1000)
 #define BIG_BATCH 200
@@ -601,8 +613,8 @@ Test(watch, streams_on_a_big_uncached_run_do_not_each_hold_its_rows, .timeout = 
     cr_assert_eq(ns_wait_stat_eq(s, "watchers", BIG_STREAMS, WAIT_S), 0);
     long grew = rss_kib(s) - before;
     /* One copy of the run is 40 MB; the four streams together hold well under that. */
-    cr_assert(grew < 32 * 1024, "%d streams grew the server by %ld MiB", BIG_STREAMS,
-              grew / 1024);
+    cr_assert(!RSS_TELLS_OURS || grew < 32 * 1024, "%d streams grew the server by %ld MiB",
+              BIG_STREAMS, grew / 1024);
     for (int i = 0; i < BIG_STREAMS; i++)
         close(fds[i]);
     ns_free(s);
