@@ -70,7 +70,7 @@ static int count_rows(void)
     store_reader *r = sfx_open_reader();
     int n = 0;
 
-    cr_assert(eq(int, store_reader_load_run(r, "r", count_row, &n, NULL), 0));
+    cr_assert(eq(int, store_reader_load_run(r, "r", false, count_row, &n, NULL), 0));
     store_reader_close(r);
     return n;
 }

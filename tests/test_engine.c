@@ -1439,6 +1439,48 @@ Test(engine, a_run_too_big_to_cache_whole_is_answered_from_a_copy)
 }
 
 /*
+ * A run found too big to cache whole is remembered: later summaries and
+ * deletes read it light, without the text and JSON values (here: a row
+ * whose outputs are not JSON, which a whole read leaves out as unreadable,
+ * is counted by the light read, which never looks at them). The counts
+ * still merge what is cached and queued.
+ */
+Test(engine, counts_of_a_run_too_big_to_cache_are_read_light_once_known)
+{
+    engine *e = partial_fixture();
+    cr_assert_eq(engine_close(e), 0);
+    sqlite3 *db = NULL;
+    cr_assert_eq(sqlite3_open(sfx_db_path(), &db), SQLITE_OK);
+    cr_assert_eq(sqlite3_exec(db, "UPDATE run_node_state SET outputs_json = 'not json' "
+                                  "WHERE run_id = 'p' AND node_id = 'n077'", NULL, NULL, NULL),
+                 SQLITE_OK, "%s", sqlite3_errmsg(db));
+    sqlite3_close(db);
+    engine_config c = config(1000, 60, 10000);
+    c.cache_max_nodes = 50; /* p has 100 */
+    e = open_with(&c);
+    accept(e, "p", "n001", NS_COMPLETED);
+    engine_summary sum;
+    cr_assert_eq(engine_summarize(e, "p", &sum), ENGINE_ACCEPTED);
+    cr_assert_eq(sum.nodes, PARTIAL_NODES - 1, "the whole read took the unreadable row");
+    /* Known too big now: read light, every stored row counted, the queued n001 over its stored one. */
+    accept(e, "p", "n002", NS_FAILED);
+    cr_assert_eq(engine_summarize(e, "p", &sum), ENGINE_ACCEPTED);
+    cr_assert_eq(sum.nodes, PARTIAL_NODES, "not read light");
+    cr_assert_eq(sum.counts[NS_COMPLETED], 11);
+    cr_assert_eq(sum.counts[NS_FAILED], 1);
+    cr_assert_eq(sum.counts[NS_RUNNING], PARTIAL_NODES - 12);
+    cr_assert_leq(atomic_load(&engine_stats(e)->cache_nodes), 50, "a light read was cached");
+    /* A GET of the unreadable node still reads it whole, and finds it unreadable. */
+    get_none(e, "p", "n077");
+    size_t deleted = 0;
+    int64_t seq = 0;
+    cr_assert_eq(engine_delete_run(e, "p", &deleted, &seq), ENGINE_ACCEPTED);
+    cr_assert_eq(deleted, PARTIAL_NODES);
+    cr_assert_eq(engine_close(e), 0);
+    cr_assert_eq(db_count("p"), 0);
+}
+
+/*
  * Randomized, against a plain model: forced updates (any status) of random
  * nodes of a few runs, run deletes, commits and restarts, with a cache bound
  * that keeps runs coming and going (evicted, cached in part, cached whole),

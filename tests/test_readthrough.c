@@ -42,7 +42,7 @@ Test(readthrough, node_then_whole_run_from_the_file)
     cr_assert_eq(run->nodes, 1);
 
     cache_run *view = NULL;
-    cache_run *whole = readthrough_run_whole(e, "r", &res, &view);
+    cache_run *whole = readthrough_run_whole(e, "r", false, &res, &view);
     cr_assert_not_null(whole);
     cr_assert_null(view);
     cr_assert(whole->complete);

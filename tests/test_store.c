@@ -167,7 +167,7 @@ static void load(store_reader *r, const char *run, loaded *l)
     size_t skipped = 99;
 
     memset(l, 0, sizeof *l);
-    cr_assert(eq(int, store_reader_load_run(r, run, collect, l, &skipped),
+    cr_assert(eq(int, store_reader_load_run(r, run, false, collect, l, &skipped),
                  0));
     cr_assert(eq(sz, skipped, 0));
 }
@@ -368,6 +368,19 @@ Test(store, write_then_read_back_field_by_field)
              sizeof buf);
     cr_assert(eq(str, buf, "suspended"));
     sqlite3_close(db);
+
+    /* Read light: the same rows without their text and JSON values. */
+    loaded l = { 0 };
+    cr_assert(eq(int, store_reader_load_run(r, "run-1", true, collect, &l, NULL), 0));
+    cr_assert(eq(sz, l.n, 2));
+    const ns_row *want[] = { &a, &b };
+    for (size_t i = 0; i < 2; i++) {
+        ns_row light = *want[i];
+        light.last_error = light.suspension_reason = NULL;
+        light.resume_state = light.outputs = NULL;
+        assert_row_eq(l.rows[i], &light);
+    }
+    loaded_free(&l);
 
     store_reader_close(r);
     store_close(s);
@@ -620,7 +633,7 @@ Test(store, reader_stops_when_fn_says_so)
     write_ok(s, rows, 2, NULL, 0, 2);
     memset(&l, 0, sizeof l);
     l.stop_after = 1;
-    cr_assert(eq(int, store_reader_load_run(r, "r", collect, &l, NULL), -1));
+    cr_assert(eq(int, store_reader_load_run(r, "r", false, collect, &l, NULL), -1));
     cr_assert(eq(sz, l.n, 1));
     loaded_free(&l);
 
@@ -651,7 +664,7 @@ static size_t load_skipping(store_reader *r, loaded *l)
     size_t skipped = 99;
 
     memset(l, 0, sizeof *l);
-    cr_assert(eq(int, store_reader_load_run(r, "r", collect, l, &skipped),
+    cr_assert(eq(int, store_reader_load_run(r, "r", false, collect, l, &skipped),
                  0));
     return skipped;
 }
@@ -700,14 +713,14 @@ Test(store, reader_skips_and_counts_rows_it_cannot_parse)
     size_t skipped = 99;
     memset(&l, 0, sizeof l);
     l.stop_after = 1;
-    cr_assert(eq(int, store_reader_load_run(r, "r", collect, &l, &skipped),
+    cr_assert(eq(int, store_reader_load_run(r, "r", false, collect, &l, &skipped),
                  -1));
     cr_assert(eq(sz, skipped, 1));
     cr_assert(eq(sz, l.n, 1));
     assert_row_eq(l.rows[0], &b);
     loaded_free(&l);
     memset(&l, 0, sizeof l);
-    cr_assert(eq(int, store_reader_load_run(r, "r", collect, &l, NULL), 0));
+    cr_assert(eq(int, store_reader_load_run(r, "r", false, collect, &l, NULL), 0));
     cr_assert(eq(sz, l.n, 2));
     loaded_free(&l);
 

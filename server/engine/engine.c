@@ -462,8 +462,8 @@ engine_result engine_delete_run(engine *e, const char *run_id, size_t *deleted,
         return ENGINE_ERROR;
     cache_run *view = NULL, *gone = NULL;
     lockcheck_lock(&e->lock);
-    /* Whole: the answer tells how many nodes went. */
-    cache_run *run = readthrough_run_whole(e, run_id, &res, &view);
+    /* Whole, light: the answer tells how many nodes went, which the keys tell. */
+    cache_run *run = readthrough_run_whole(e, run_id, true, &res, &view);
     size_t nodes = run ? run->nodes : view ? view->nodes : 0;
     if ((run || view) && nodes == 0)
         res = ENGINE_NOT_FOUND;
@@ -561,7 +561,8 @@ engine_result engine_summarize(engine *e, const char *run_id, engine_summary *ou
     cache_run *view = NULL;
     memset(out, 0, sizeof *out);
     lockcheck_lock(&e->lock);
-    const cache_run *run = readthrough_run_whole(e, run_id, &res, &view);
+    /* Light: counts need no outputs, and a big run's are most of its bytes. */
+    const cache_run *run = readthrough_run_whole(e, run_id, true, &res, &view);
     if (!run)
         run = view;
     if (run && run->nodes == 0)

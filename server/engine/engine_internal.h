@@ -57,6 +57,8 @@ typedef struct refused_seq {
 #define EVICT_STEP 4096
 /* How often one load of a run is retried when runs are removed meanwhile. */
 #define LOAD_TRIES 8
+/* Runs remembered as too big to cache whole (engine.big_runs). */
+#define ENGINE_BIG_RUNS 64
 /*
  * Seqs reserved at once from a shared store (seq_room): one round trip to
  * the database per this many accepted writes.
@@ -96,6 +98,12 @@ typedef enum engine_state {
 struct engine {
     engine_config cfg;            /* db_path points at db_path below */
     char *db_path;
+    /*
+     * Runs a whole read found too big to cache whole, newest last in a
+     * ring (lock): their summaries read light (readthrough_run_whole).
+     */
+    char *big_runs[ENGINE_BIG_RUNS];
+    size_t big_next;
     dblock *dblock;               /* SQLite: held from before the store opens until after it closes */
     dblock *spill_lock;           /* the sidecar's, for as long */
     ns_stats stats;

@@ -108,6 +108,8 @@ static void engine_free(engine *e)
     pthread_cond_destroy(&e->wake);
     pthread_cond_destroy(&e->callback_done);
     lockcheck_destroy(&e->lock);
+    for (size_t i = 0; i < ENGINE_BIG_RUNS; i++)
+        free(e->big_runs[i]);
     dblock_release(e->spill_lock);
     dblock_release(e->dblock);
     free(e->db_path);

@@ -84,6 +84,26 @@ static bool may_cache_whole(const engine *e, const cache_run *loaded)
            (!e->cfg.cache_max_bytes || loaded->bytes <= e->cfg.cache_max_bytes / 2);
 }
 
+/* Whether run_id was found too big to cache whole lately. Lock held. */
+static bool known_big(const engine *e, const char *run_id)
+{
+    for (size_t i = 0; i < ENGINE_BIG_RUNS; i++)
+        if (e->big_runs[i] && strcmp(e->big_runs[i], run_id) == 0)
+            return true;
+    return false;
+}
+
+/* Remembers run_id as too big to cache whole, in place of the oldest. Lock held. */
+static void note_big(engine *e, const char *run_id)
+{
+    char *id = strdup(run_id);
+    if (!id)
+        return; /* only a later read is heavier */
+    free(e->big_runs[e->big_next]);
+    e->big_runs[e->big_next] = id;
+    e->big_next = (e->big_next + 1) % ENGINE_BIG_RUNS;
+}
+
 /*
  * The cached run, complete: read whole from SQLite when it is not cached or
  * cached only in part. Called and returns with e->lock held, but drops it
@@ -99,13 +119,17 @@ static bool may_cache_whole(const engine *e, const cache_run *loaded)
  *
  * A run too big to cache whole (may_cache_whole) is not: NULL is returned
  * with *view set to the merged copy, which the caller frees (after
- * unlocking: freeing a big run takes a while) and *res ACCEPTED.
+ * unlocking: freeing a big run takes a while) and *res ACCEPTED. Such a run
+ * is remembered (engine.big_runs), and a caller that needs only its counts
+ * (light) gets the view read light from then on: rows without their text
+ * and JSON, which a big run's outputs would make the bulk of every read.
  */
-cache_run *readthrough_run_whole(engine *e, const char *run_id, engine_result *res,
+cache_run *readthrough_run_whole(engine *e, const char *run_id, bool light, engine_result *res,
                                 cache_run **view)
 {
     lockcheck_assert_held(&e->lock);
     *view = NULL;
+    light = light && known_big(e, run_id);
     for (int tries = 0; tries < LOAD_TRIES; tries++) {
         cache_run *run = cache_run_find(e->cache, run_id);
         if (run && run->complete) {
@@ -120,7 +144,8 @@ cache_run *readthrough_run_whole(engine *e, const char *run_id, engine_result *r
             lockcheck_unlock(&e->lock);
         size_t skipped = 0;
         cache_run *loaded = cache_run_new(run_id);
-        int rc = loaded ? store_reader_load_run(e->reader, run_id, load_into, loaded, &skipped)
+        int rc = loaded ? store_reader_load_run(e->reader, run_id, light, load_into, loaded,
+                                                &skipped)
                         : -1;
         if (skipped)
             engine_log(e, NS_LOG_WARN, "rows-unreadable", "run_id=%s skipped=%zu", run_id, skipped);
@@ -142,7 +167,9 @@ cache_run *readthrough_run_whole(engine *e, const char *run_id, engine_result *r
             atomic_fetch_add_explicit(&e->stats.cache_loads, 1, memory_order_relaxed);
             atomic_fetch_add_explicit(&e->stats.cache_run_loads, 1, memory_order_relaxed);
         }
-        if (!may_cache_whole(e, loaded)) {
+        if (light || !may_cache_whole(e, loaded)) {
+            if (!light)
+                note_big(e, run_id);
             if (run && cache_run_merge_into(run, loaded) != 0) {
                 cache_run_free(loaded);
                 *res = ENGINE_ERROR;

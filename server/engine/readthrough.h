@@ -13,8 +13,8 @@
 
 #include "engine_internal.h"
 
-/* The cached run, complete (see readthrough.c); lock held. */
-cache_run *readthrough_run_whole(engine *e, const char *run_id, engine_result *res,
+/* The cached run, complete, or a light view of it (see readthrough.c); lock held. */
+cache_run *readthrough_run_whole(engine *e, const char *run_id, bool light, engine_result *res,
                                  cache_run **view);
 /* The run holding node_id, with its current row in *cur (see readthrough.c); lock held. */
 cache_run *readthrough_run_node(engine *e, const char *run_id, const char *node_id,

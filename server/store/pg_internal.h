@@ -138,7 +138,7 @@ int pg_store_replay(pg_store *s, const char *spill_path, const char *notify_id,
                     store_replayed *out, char *err, size_t errlen);
 pg_reader *pg_reader_open(const char *uri, char *err, size_t errlen);
 void pg_reader_close(pg_reader *r);
-int pg_reader_load_run(pg_reader *r, const char *run_id,
+int pg_reader_load_run(pg_reader *r, const char *run_id, bool light,
                        int (*fn)(void *ctx, ns_row *row), void *ctx,
                        size_t *skipped);
 int pg_reader_load_node(pg_reader *r, const char *run_id, const char *node_id,

@@ -84,10 +84,11 @@ static int pg_run_exists(pg_reader *r, const char *run_id)
  * fn runs with the reader's mutex held (the drafts borrow from the
  * result), so fn must not call back into this reader.
  */
-int pg_reader_load_run(pg_reader *r, const char *run_id,
+int pg_reader_load_run(pg_reader *r, const char *run_id, bool light,
                        int (*fn)(void *ctx, ns_row *row), void *ctx,
                        size_t *skipped)
 {
+    (void)light; /* every column: a light read is an optimisation the SQLite store has */
     const char *p[1] = { run_id };
     size_t n_skipped = 0;
     int ret = -1;

@@ -34,6 +34,7 @@ void store_set_db_err(char *err, size_t errlen, const char *path,
  */
 #define STORE_FIELD_(name, member, json, column, kind)                      \
     {column, STORE_DECL_##kind, STORE_IS_KEY_##kind, STORE_IS_JSON_##kind,  \
+     STORE_IS_BULK_##kind,                                                  \
      offsetof(ns_row, member) == offsetof(ns_row, updated_at),              \
      offsetof(ns_row, member) == offsetof(ns_row, seq)},
 static const struct store_field {
@@ -41,6 +42,7 @@ static const struct store_field {
     const char *decl;
     bool key;
     bool json;
+    bool bulk;
     bool required;
     bool seq;
 } store_fields[COL_COUNT] = {NS_NODE_FIELDS(STORE_FIELD_)};
@@ -85,6 +87,14 @@ static int store_sql_token(char *b, size_t len, size_t *at, const char *tok)
             rc = store_sql_put(b, len, at, ", json_valid(")
                  | store_sql_put(b, len, at, f->column)
                  | store_sql_put(b, len, at, ")");
+        } else if (strcmp(tok, STORE_SQL_LIGHT) == 0) {
+            rc = store_sql_put(b, len, at, first ? "" : ", ")
+                 | store_sql_put(b, len, at, f->bulk ? "NULL AS " : "")
+                 | store_sql_put(b, len, at, f->column);
+            /* The JSON_VALID tail's places, after the last column. */
+            for (int j = 0; rc == 0 && i == COL_COUNT - 1 && j < COL_COUNT; j++)
+                if (store_fields[j].json)
+                    rc = store_sql_put(b, len, at, ", 0");
         } else if (strcmp(tok, STORE_SQL_SET) == 0) {
             if (f->key)
                 continue;

@@ -114,6 +114,14 @@ enum store_col {
 #define STORE_IS_KEY_text 0
 #define STORE_IS_KEY_bool 0
 #define STORE_IS_KEY_json 0
+/* Kinds whose values a run's counts never need: strings, often big ones. */
+#define STORE_IS_BULK_id 0
+#define STORE_IS_BULK_status 0
+#define STORE_IS_BULK_int 0
+#define STORE_IS_BULK_timestamp 0
+#define STORE_IS_BULK_text 1
+#define STORE_IS_BULK_bool 0
+#define STORE_IS_BULK_json 1
 
 /*
  * Tokens in the SQL texts of the sqlite_*.c files that store_exec and
@@ -123,6 +131,8 @@ enum store_col {
  *   PARAMS      ?1 .. ?N, one per column
  *   KEY         the key columns (kind id), comma-separated
  *   JSON_VALID  ", json_valid(col)" for every json column (a select's tail)
+ *   LIGHT       COLUMNS and JSON_VALID for a select that reads no text or
+ *               JSON value: "NULL AS col" for those columns, ", 0" for the tail
  *   SET         "col = excluded.col" for every column but the key
  *   DEFS        " col DECL," for every column (run_node_state's body)
  *   SPILL_DEFS  ", col DECL" for every column but seq (spill_log's body,
@@ -133,6 +143,7 @@ enum store_col {
 #define STORE_SQL_KEY "@KEY@"
 #define STORE_SQL_SET "@SET@"
 #define STORE_SQL_JSON_VALID "@JSON_VALID@"
+#define STORE_SQL_LIGHT "@LIGHT@"
 #define STORE_SQL_DEFS "@DEFS@"
 #define STORE_SQL_SPILL_DEFS "@SPILL_DEFS@"
 /* Room the expansions take beyond the template, for every statement. */
@@ -336,7 +347,7 @@ int sqlite_store_replay(sqlite_store *s, const char *spill_path, const char *not
                         store_replayed *out, char *err, size_t errlen);
 sqlite_reader *sqlite_reader_open(const char *path, char *err, size_t errlen);
 void sqlite_reader_close(sqlite_reader *r);
-int sqlite_reader_load_run(sqlite_reader *r, const char *run_id,
+int sqlite_reader_load_run(sqlite_reader *r, const char *run_id, bool light,
                            int (*fn)(void *ctx, ns_row *row), void *ctx,
                            size_t *skipped);
 int sqlite_reader_load_node(sqlite_reader *r, const char *run_id,

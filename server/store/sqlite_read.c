@@ -24,6 +24,9 @@ static const char store_select_node_sql[] =
 static const char store_select_after_sql[] =
     "SELECT " STORE_COLUMNS STORE_SQL_JSON_VALID " FROM run_node_state"
     " WHERE run_id = ?1 AND node_id > ?2 ORDER BY node_id";
+/* The same rows without their text and JSON values, for a run's counts. */
+static const char store_select_run_light_sql[] =
+    "SELECT " STORE_SQL_LIGHT " FROM run_node_state WHERE run_id = ?1 ORDER BY node_id";
 static const char store_select_run_exists_sql[] =
     "SELECT 1 FROM run_node_state WHERE run_id = ?1 LIMIT 1";
 
@@ -33,6 +36,7 @@ struct sqlite_reader {
     pthread_mutex_t lock;       /* guards db and the statements */
     sqlite3 *db;
     sqlite3_stmt *select_run;   /* rows of one run in node_id order */
+    sqlite3_stmt *select_run_light; /* the same, light */
     sqlite3_stmt *select_node;  /* one row by primary key */
     sqlite3_stmt *select_after; /* rows of one run after a node id */
     sqlite3_stmt *run_exists;   /* whether a run has any row */
@@ -69,6 +73,8 @@ sqlite_reader *sqlite_reader_open(const char *path, char *err, size_t errlen)
     }
     if (store_prepare_row(r->db, store_select_run_sql, false, &r->select_run,
                           err, errlen, path) != 0
+        || store_prepare_row(r->db, store_select_run_light_sql, false, &r->select_run_light,
+                             err, errlen, path) != 0
         || store_prepare_row(r->db, store_select_node_sql, false,
                              &r->select_node, err, errlen, path) != 0
         || store_prepare_row(r->db, store_select_after_sql, false,
@@ -88,6 +94,7 @@ void sqlite_reader_close(sqlite_reader *r)
     if (r == NULL)
         return;
     sqlite3_finalize(r->select_run);
+    sqlite3_finalize(r->select_run_light);
     sqlite3_finalize(r->select_node);
     sqlite3_finalize(r->select_after);
     sqlite3_finalize(r->run_exists);
@@ -218,11 +225,11 @@ int store_row_draft(sqlite3_stmt *st, ns_row *d)
  * fn runs with the reader's mutex held (the draft borrows from the
  * statement), so fn must not call back into this reader.
  */
-int sqlite_reader_load_run(sqlite_reader *r, const char *run_id,
+int sqlite_reader_load_run(sqlite_reader *r, const char *run_id, bool light,
                           int (*fn)(void *ctx, ns_row *row), void *ctx,
                           size_t *skipped)
 {
-    sqlite3_stmt *st = r->select_run;
+    sqlite3_stmt *st = light ? r->select_run_light : r->select_run;
     size_t n_skipped = 0;
     int ret = -1;
     int rc;

@@ -165,11 +165,11 @@ void store_reader_close(store_reader *r)
     free(r);
 }
 
-int store_reader_load_run(store_reader *r, const char *run_id,
+int store_reader_load_run(store_reader *r, const char *run_id, bool light,
                           int (*fn)(void *ctx, ns_row *row), void *ctx,
                           size_t *skipped)
 {
-    return r->ops->load_run(r->impl, run_id, fn, ctx, skipped);
+    return r->ops->load_run(r->impl, run_id, light, fn, ctx, skipped);
 }
 
 int store_reader_load_node(store_reader *r, const char *run_id,

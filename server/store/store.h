@@ -255,8 +255,12 @@ void store_reader_close(store_reader *r);
  * *skipped (if not NULL) is set to how many rows were skipped, also when -1
  * is returned, so the caller can log them. Returns 0 when every readable row
  * was delivered, -1 on a SQLite error, out of memory, or when fn stopped.
+ * light: rows for a run's counts only, their text and JSON members NULL
+ * (the SQLite store does not read those values, so a run of big outputs
+ * costs little more than its keys; PostgreSQL reads them anyway). Such a
+ * row must never be cached or answered.
  */
-int store_reader_load_run(store_reader *r, const char *run_id,
+int store_reader_load_run(store_reader *r, const char *run_id, bool light,
                           int (*fn)(void *ctx, ns_row *row), void *ctx,
                           size_t *skipped);
 /*

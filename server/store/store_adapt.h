@@ -42,11 +42,11 @@
         return P##_reader_open(path, err, errlen);                                 \
     }                                                                              \
     static void adapt_reader_close(void *r) { P##_reader_close(r); }               \
-    static int adapt_load_run(void *r, const char *run_id,                         \
+    static int adapt_load_run(void *r, const char *run_id, bool light,             \
                               int (*fn)(void *ctx, ns_row *row), void *ctx,        \
                               size_t *skipped)                                     \
     {                                                                              \
-        return P##_reader_load_run(r, run_id, fn, ctx, skipped);                   \
+        return P##_reader_load_run(r, run_id, light, fn, ctx, skipped);            \
     }                                                                              \
     static int adapt_load_node(void *r, const char *run_id, const char *node_id,   \
                                ns_row **out, bool *run_has_rows)                   \

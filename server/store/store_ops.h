@@ -31,7 +31,7 @@ typedef struct store_ops {
     /* The read-through connection; it locks itself. */
     void *(*reader_open)(const char *path, char *err, size_t errlen);
     void (*reader_close)(void *r);
-    int (*load_run)(void *r, const char *run_id,
+    int (*load_run)(void *r, const char *run_id, bool light,
                     int (*fn)(void *ctx, ns_row *row), void *ctx,
                     size_t *skipped);
     int (*load_node)(void *r, const char *run_id, const char *node_id,
