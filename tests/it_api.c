@@ -109,6 +109,17 @@ static void expect_state_shape(const json_t *doc)
 
 /* ---- node state: POST, GET, ETag ------------------------------------- */
 
+/* GET path with the If-None-Match header line inm: a 304 without a body. */
+static void expect_not_modified(ns_server *s, const char *path, const char *inm)
+{
+    ns_resp r = { 0 };
+    const char *hdr[] = { inm, NULL };
+    cr_assert_eq(ns_req(s, "GET", path, NULL, hdr, &r), 0);
+    cr_assert_eq(r.status, 304, "%s with %s: %ld %s", path, inm, r.status, r.body);
+    cr_assert_eq(r.body_len, 0, "a 304 with a body: %s", r.body);
+    ns_resp_free(&r);
+}
+
 Test(api, post_then_get_with_etag)
 {
     ns_server *s = start(NULL);
@@ -157,9 +168,7 @@ Test(api, post_then_get_with_etag)
     char inm[96];
     snprintf(inm, sizeof inm, "If-None-Match: %s", etag);
     const char *hdr[] = { inm, NULL };
-    cr_assert_eq(ns_req(s, "GET", "/runs/run-1/nodes/node.a/state", NULL, hdr, &r), 0);
-    cr_assert_eq(r.status, 304, "If-None-Match equal: %ld %s", r.status, r.body);
-    cr_assert_eq(r.body_len, 0, "304 with a body: %s", r.body);
+    expect_not_modified(s, "/runs/run-1/nodes/node.a/state", inm);
 
     const char *other[] = { "If-None-Match: \"999999999\"", NULL };
     cr_assert_eq(ns_req(s, "GET", "/runs/run-1/nodes/node.a/state", NULL, other, &r), 0);
@@ -363,13 +372,10 @@ Test(api, run_summary_counts)
     json_decref(sum);
 
     /* The summary's ETag is its last seq; asking with it again gets a 304. */
-    ns_resp r = { 0 };
     char inm[64];
     snprintf(inm, sizeof inm, "If-None-Match: \"%lld\"", last_seq);
-    const char *hdr[] = { inm, NULL };
-    cr_assert_eq(ns_req(s, "GET", "/runs/rs", NULL, hdr, &r), 0);
-    cr_assert_eq(r.status, 304, "the summary's own tag: %ld %s", r.status, r.body);
-    cr_assert_eq(r.body_len, 0, "a 304 with a body: %s", r.body);
+    expect_not_modified(s, "/runs/rs", inm);
+    ns_resp r = { 0 };
 
     cr_assert_eq(ns_req(s, "GET", "/runs/unknown-run", NULL, NULL, &r), 0);
     json_decref(problem(&r, 404, "not-found"));
