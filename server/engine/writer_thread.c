@@ -353,8 +353,8 @@ static void nap_until(int64_t ns, int64_t end)
  * with backoff until end_ns, and no piece is begun that would, at the pace
  * of the last one, end after end_ns. Returns how many ops, counted from the
  * first, went to the sidecar: n, or fewer when end_ns came first; of those,
- * *isolated rows the sidecar would not take (they are in it no more than in
- * the database). Writer thread, without the lock.
+ * *isolated rows the sidecar would not take, as a commit isolates them.
+ * Writer thread, without the lock.
  */
 static size_t spill_ops(engine *e, const ns_op *ops, size_t n, int64_t end_ns, size_t *isolated)
 {
@@ -495,17 +495,18 @@ static void committed(engine *e, size_t n)
 
 /*
  * After e->batch[0..n) went to the sidecar, of which the first `spilled`
- * made it but for `isolated` rows it refused (counted in unflushed: they
- * are kept nowhere). Returns false when some did not go (the spill is out
- * of time): the rest of the queue is dropped, counted in unflushed too.
- * Lock held.
+ * made it but for `isolated` rows it refused for good: those are isolated
+ * rows as a commit's are (logged, counted in rows_isolated, refused to a
+ * waiter), neither spilled nor unflushed. Returns false when some did not
+ * go (the spill is out of time): the rest of the queue is dropped, counted
+ * in unflushed. Lock held.
  */
 static bool spilled_ops(engine *e, size_t n, size_t spilled, size_t isolated)
 {
     lockcheck_assert_held(&e->lock);
     mark_refused(e, e->batch, n, false);
     e->spilled += spilled - isolated;
-    e->unflushed += n - spilled + isolated;
+    e->unflushed += n - spilled;
     release_ops(e, e->batch, n);
     if (spilled == n)
         return true;
