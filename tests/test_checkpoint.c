@@ -291,3 +291,59 @@ Test(checkpoint, a_round_another_checkpointer_holds_off_is_no_failure)
               "a round held off by another checkpointer (SQLITE_BUSY) was told as a failure "
               "%d time(s)", calls);
 }
+
+/*
+ * A close with no time left (store_close_by's deadline passed) copies none
+ * of the WAL: the main file is untouched, the WAL keeps the commits, and a
+ * reader (the next start) sees them all. With time, the close copies it all
+ * and removes it, as without a deadline.
+ */
+Test(checkpoint, a_close_out_of_time_leaves_the_wal_to_the_next_start)
+{
+    nodes *n = nodes_new();
+    sqlite_store *s = open_filled(n);
+    store_ckpt_pause(s->ckpt, true);
+    for (size_t j = 0; wal_frames() < STORE_WAL_SOFT_FRAMES; j++)
+        write_nodes(s, n, j, NODES / SPREAD, SPREAD);
+    long long frames = wal_frames();
+    uint64_t before = main_file_hash();
+    sqlite_store_close_by(s, model_mono_ns() - 1);
+    sqlite_store_close(s);
+    cr_assert(eq(u64, main_file_hash(), before), "the close copied pages out of time");
+    cr_assert(ge(i64, wal_frames(), frames), "the WAL went");
+    cr_assert(eq(i64, query_int("SELECT count(*) FROM run_node_state"), NODES));
+    cr_assert(eq(i64, query_int("SELECT max(seq) FROM run_node_state"), n->seq));
+
+    /* Opened again (the WAL is read), written, closed with time: all copied, WAL gone. */
+    s = open_writer();
+    write_nodes(s, n, 1, NODES / SPREAD, SPREAD);
+    sqlite_store_close_by(s, model_mono_ns() + 60 * 1000000000LL);
+    sqlite_store_close(s);
+    cr_assert(eq(i64, wal_frames(), 0), "a close with time left kept the WAL");
+    cr_assert(eq(i64, query_int("SELECT max(seq) FROM run_node_state"), n->seq));
+    free(n);
+}
+
+/*
+ * Once closing, commits past the hard bound do not checkpoint inline (the
+ * close does what its time allows), and the final checkpoint is cut short
+ * at its deadline rather than copying a long WAL.
+ */
+Test(checkpoint, closing_commits_leave_the_wal_and_the_final_copy_stops_in_time)
+{
+    nodes *n = nodes_new();
+    sqlite_store *s = open_filled(n);
+    store_ckpt_pause(s->ckpt, true);
+    store_ckpt_closing(s->ckpt);
+    size_t stride = NODES / SPREAD;
+    for (size_t j = 0; wal_frames() < 3LL * STORE_WAL_HARD_FRAMES; j++)
+        write_nodes(s, n, j % stride, stride, SPREAD);
+    cr_assert(eq(u64, rounds_of(s, true), 0), "a closing store's commit checkpointed");
+    /* A millisecond is far too short to copy this WAL: the watch interrupts it. */
+    cr_assert(eq(int, store_ckpt_final(s->db, model_mono_ns() + 1000000), 1));
+    cr_assert(eq(int, store_ckpt_final(s->db, model_mono_ns() - 1), 1));
+    sqlite_store_close_by(s, model_mono_ns() - 1);
+    sqlite_store_close(s);
+    cr_assert(eq(i64, query_int("SELECT max(seq) FROM run_node_state"), n->seq));
+    free(n);
+}

@@ -77,6 +77,8 @@ typedef struct refused_seq {
 #define SPILL_STALL_NS 500000000ll    /* 0.5 s */
 #define SPILL_RESERVE_NS 1000000000ll /* 1 s */
 #define SPILL_OVERRUN_NS 500000000ll  /* 0.5 s */
+/* The store's close may run this far past the spill's end (store_close_by). */
+#define CLOSE_SLACK_NS 250000000ll    /* 0.25 s */
 /* Most bytes of queued rows in one piece of the sidecar (one transaction). */
 #define SPILL_PIECE_BYTES ((size_t)4 << 20)
 /* Replaying a sidecar at start is tried this often, BACKOFF_FIRST_NS doubling between tries (~5 s). */

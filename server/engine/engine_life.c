@@ -341,6 +341,11 @@ size_t engine_close_counted(engine *e, engine_closing *report)
     size_t unflushed = e->unflushed;
     size_t spilled = e->spilled;
     lockcheck_unlock(&e->lock);
+    /*
+     * The shutdown's time bound holds for the close too: a WAL that a
+     * reader kept long is copied only as far as the budget goes.
+     */
+    store_close_by(e->store, e->spill_end_ns + CLOSE_SLACK_NS);
     if (unflushed)
         engine_log(e, NS_LOG_ERROR, "flush-incomplete", "unflushed=%zu", unflushed);
     /* Every seq handed out is on disk or in the sidecar: the next start needs no skip. */

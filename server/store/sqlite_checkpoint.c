@@ -39,6 +39,7 @@
 #include <time.h>
 
 #include "lockcheck.h"
+#include "model.h"
 
 /* Pause before a round that was cut short or failed is tried again. */
 #define CKPT_RETRY_MS 1000
@@ -50,6 +51,7 @@ struct store_ckpt {
     lockcheck_mutex mu;         /* guards asked, stop, paused */
     pthread_cond_t wake;        /* monotonic: the retry is a timed wait */
     bool asked, stop, paused;
+    atomic_bool closing;        /* store_ckpt_closing: no commit checkpoints inline */
     pthread_mutex_t run_mu;     /* held by whichever thread checkpoints */
     /*
      * What the last round saw, packed so that the hook reads one round's
@@ -163,6 +165,8 @@ static int ckpt_on_commit(void *arg, sqlite3 *db, const char *schema, int frames
     int log = (int)(seen >> 32), done = (int)(uint32_t)seen;
     int behind = frames >= log ? frames - done : frames;
     bool long_wal = frames >= c->hard_frames;
+    if (atomic_load(&c->closing))
+        return SQLITE_OK; /* the close copies what it has time for (store_ckpt_final) */
     if (long_wal && behind > 0 && !atomic_load(&c->failing) &&
         (behind <= c->soft_frames / 4 || frames / 2 >= c->hard_frames)) {
         pthread_mutex_lock(&c->run_mu);
@@ -291,6 +295,8 @@ void store_ckpt_stop(store_ckpt *c, sqlite3 *writer)
     c->stop = true;
     pthread_cond_signal(&c->wake);
     lockcheck_unlock(&c->mu);
+    /* A round in progress ends now: what it leaves is the close's (store_ckpt_final). */
+    sqlite3_interrupt(c->db);
     pthread_join(c->thread, NULL);
     pthread_mutex_destroy(&c->report_mu);
     pthread_mutex_destroy(&c->run_mu);
@@ -298,6 +304,66 @@ void store_ckpt_stop(store_ckpt *c, sqlite3 *writer)
     lockcheck_destroy(&c->mu);
     sqlite3_close(c->db);
     free(c);
+}
+
+void store_ckpt_closing(store_ckpt *c)
+{
+    if (c != NULL)
+        atomic_store(&c->closing, true);
+}
+
+/* store_ckpt_final's watch: interrupts db at the deadline unless told it is done first. */
+typedef struct ckpt_watch {
+    sqlite3 *db;
+    struct timespec deadline;   /* CLOCK_MONOTONIC */
+    lockcheck_mutex mu;
+    pthread_cond_t cv;
+    bool done;
+} ckpt_watch;
+
+static void *ckpt_watch_main(void *arg)
+{
+    ckpt_watch *w = arg;
+    int rc = 0;
+    lockcheck_lock(&w->mu);
+    while (!w->done && rc != ETIMEDOUT)
+        rc = lockcheck_timedwait(&w->cv, &w->mu, &w->deadline);
+    if (!w->done)
+        sqlite3_interrupt(w->db);
+    lockcheck_unlock(&w->mu);
+    return NULL;
+}
+
+int store_ckpt_final(sqlite3 *writer, int64_t deadline_ns)
+{
+    if (model_mono_ns() >= deadline_ns)
+        return 1;
+    ckpt_watch w = { .db = writer,
+                     .deadline = { (time_t)(deadline_ns / 1000000000),
+                                   (long)(deadline_ns % 1000000000) } };
+    pthread_t t;
+    if (lockcheck_init(&w.mu) != 0)
+        return 1;
+    if (lockcheck_cond_init(&w.cv) != 0) {
+        lockcheck_destroy(&w.mu);
+        return 1;
+    }
+    /* Without the watch the copy could not be bounded: none then. */
+    if (pthread_create(&t, NULL, ckpt_watch_main, &w) != 0) {
+        pthread_cond_destroy(&w.cv);
+        lockcheck_destroy(&w.mu);
+        return 1;
+    }
+    int log = -1, done = -1;
+    int rc = sqlite3_wal_checkpoint_v2(writer, "main", SQLITE_CHECKPOINT_PASSIVE, &log, &done);
+    lockcheck_lock(&w.mu);
+    w.done = true;
+    pthread_cond_signal(&w.cv);
+    lockcheck_unlock(&w.mu);
+    pthread_join(t, NULL);
+    pthread_cond_destroy(&w.cv);
+    lockcheck_destroy(&w.mu);
+    return rc == SQLITE_OK && log == done ? 0 : 1;
 }
 
 void store_ckpt_pause(store_ckpt *c, bool paused)

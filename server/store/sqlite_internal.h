@@ -238,8 +238,22 @@ typedef struct store_ckpt store_ckpt;
  */
 store_ckpt *store_ckpt_start(sqlite3 *writer, const char *path, int soft_frames,
                              int hard_frames, char *err, size_t errlen);
-/* Unhooks writer and stops the thread; NULL is a no-op. */
+/*
+ * Unhooks writer and stops the thread, cutting a round in progress short;
+ * NULL is a no-op.
+ */
 void store_ckpt_stop(store_ckpt *c, sqlite3 *writer);
+/* The store is closing: from now on no commit checkpoints inline. NULL is a no-op. */
+void store_ckpt_closing(store_ckpt *c);
+/*
+ * The close's checkpoint of writer, cut short at deadline_ns
+ * (model_mono_ns) by sqlite3_interrupt from a watching thread: 0 when the
+ * whole WAL is copied, so that closing the connection has nothing left to
+ * copy; 1 otherwise (out of time, a reader's snapshot, an error), when the
+ * close must not checkpoint (SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE): the WAL
+ * keeps the rest, and the next start reads it.
+ */
+int store_ckpt_final(sqlite3 *writer, int64_t deadline_ns);
 /* For tests: a paused thread leaves every request for later. */
 void store_ckpt_pause(store_ckpt *c, bool paused);
 /* For tests: the rounds the thread and the commits have run so far. */
@@ -308,6 +322,7 @@ int store_wal_sync(sqlite3 *db);
 struct sqlite_store {
     sqlite3 *db;
     store_ckpt *ckpt;           /* its checkpoints, on a thread of their own */
+    int64_t close_by_ns;        /* store_close_by's deadline (model_mono_ns); 0: none */
     char *path;                 /* as given to store_open; names the sidecar */
     sqlite3_stmt *upsert;       /* one row of run_node_state */
     sqlite3_stmt *upsert_many[STORE_CHUNKS]; /* store_chunk_rows[k] rows of it */
@@ -338,6 +353,7 @@ const char *sqlite_store_errmsg(const sqlite_store *s);
 int sqlite_store_write(sqlite_store *s, store_batch *b);
 int sqlite_store_meta_get(sqlite_store *s, const char *key, int64_t *value);
 int sqlite_store_meta_set(sqlite_store *s, const char *key, int64_t value);
+void sqlite_store_close_by(sqlite_store *s, int64_t deadline_ns);
 /* store_expired_runs (sqlite_expire.c). */
 int sqlite_store_expired_runs(sqlite_store *s, int64_t cutoff_ms, size_t max_rows,
                               store_expiry_cursor *c,

@@ -18,10 +18,16 @@ static int64_t sqlite_wal_frames(const void *s)
     return store_ckpt_wal_frames(((const sqlite_store *)s)->ckpt);
 }
 
+static void sqlite_close_by(void *s, int64_t deadline_ns)
+{
+    sqlite_store_close_by(s, deadline_ns);
+}
+
 const store_ops store_sqlite_ops = {
     .name = "sqlite",
     STORE_ADAPTED_OPS,
     .seq_block = NULL, /* one process per file (dblock): its counter is the only one */
     .on_checkpoint = sqlite_on_checkpoint,
     .wal_frames = sqlite_wal_frames,
+    .close_by = sqlite_close_by,
 };

@@ -278,11 +278,20 @@ void sqlite_store_close(sqlite_store *s)
     sqlite3_finalize(s->begin);
     sqlite3_finalize(s->commit);
     sqlite3_finalize(s->rollback);
+    /* Out of time for the whole WAL: the rest stays in it, for the next start. */
+    if (s->close_by_ns != 0 && store_ckpt_final(s->db, s->close_by_ns) != 0)
+        sqlite3_db_config(s->db, SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, 1, NULL);
     /* Every statement is finalized above, so close cannot be refused. */
     sqlite3_close(s->db);
     free(s->iso.v);
     free(s->path);
     free(s);
+}
+
+void sqlite_store_close_by(sqlite_store *s, int64_t deadline_ns)
+{
+    s->close_by_ns = deadline_ns;
+    store_ckpt_closing(s->ckpt);
 }
 
 int64_t sqlite_store_last_seq(const sqlite_store *s)

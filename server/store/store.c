@@ -105,6 +105,12 @@ void store_on_checkpoint(store *s, store_ckpt_fn fn, void *ctx)
         s->ops->on_checkpoint(s->impl, fn, ctx);
 }
 
+void store_close_by(store *s, int64_t deadline_ns)
+{
+    if (s->ops->close_by != NULL)
+        s->ops->close_by(s->impl, deadline_ns);
+}
+
 int64_t store_wal_frames(const store *s)
 {
     return s->ops->wal_frames != NULL ? s->ops->wal_frames(s->impl) : 0;

@@ -363,6 +363,13 @@ void store_on_checkpoint(store *s, store_ckpt_fn fn, void *ctx);
 /* The WAL's length in frames after the last commit; 0 for a store without one. */
 int64_t store_wal_frames(const store *s);
 /*
+ * Bounds what closing s still does (its writes before store_close included)
+ * by deadline_ns (model_mono_ns): a WAL checkpoint that would run past it
+ * is cut short there, and the WAL keeps the rest for the next start, which
+ * reads it. Without this a close copies the whole WAL however long it is.
+ */
+void store_close_by(store *s, int64_t deadline_ns);
+/*
  * Reserves a block of seqs for this process in a shared store: *first ..
  * *last, at least `want` of them, every one above `above` and above every
  * seq any instance reserved before, recorded in the store before it
