@@ -3,7 +3,8 @@
  * API. While the test holds BEGIN EXCLUSIVE on the file, every POST is still
  * accepted (202, queued); the writer's transactions fail and are counted
  * (errors), /readyz turns unready, and once the lock is gone the writer
- * retries and every update reaches the file, none dropped.
+ * retries and every update reaches the file, none dropped. With nothing
+ * queued, the idle writer's look at the store turns /readyz unready too.
  */
 #include <criterion/criterion.h>
 #include <signal.h>
@@ -105,6 +106,32 @@ Test(lock, readyz_unready_while_the_store_fails)
 
     it_unlock_db(db);
     cr_assert_eq(ns_wait_idle(s, RECOVER_TIMEOUT), 0);
+    cr_assert_eq(ns_req_until(s, "GET", "/readyz", 200, &r, 15.0, 10), 0,
+                 "/readyz did not recover: %ld %s %s", r.status, r.body, r.error);
+    ns_resp_free(&r);
+    ns_free(s);
+}
+
+/*
+ * With nothing to write, the database locked by another process is found
+ * all the same (the idle writer tries the store): /readyz says so without
+ * waiting for a write to fail, and recovers once the lock is gone.
+ */
+Test(lock, readyz_unready_while_another_process_holds_the_lock_and_nothing_is_queued)
+{
+    ns_server *s = ns_start(NULL);
+    cr_assert_not_null(s);
+    ns_resp r = { 0 };
+    cr_assert_eq(ns_req(s, "GET", "/readyz", NULL, NULL, &r), 0);
+    cr_assert_eq(r.status, 200, "/readyz before the lock: %ld %s", r.status, r.body);
+
+    sqlite3 *db = it_lock_db(s);
+    cr_assert_eq(ns_req_until(s, "GET", "/readyz", 503, &r, 15.0, 10), 0,
+                 "/readyz stayed %ld with the database locked", r.status);
+    char why[512];
+    cr_assert_eq(ns_check_problem(&r, 503, "not-ready", why, sizeof why), 0, "%s", why);
+    cr_assert_eq(ns_stat(s, "updates_queued"), 0, "the test wrote something");
+    it_unlock_db(db);
     cr_assert_eq(ns_req_until(s, "GET", "/readyz", 200, &r, 15.0, 10), 0,
                  "/readyz did not recover: %ld %s %s", r.status, r.body, r.error);
     ns_resp_free(&r);

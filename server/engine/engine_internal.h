@@ -50,6 +50,8 @@ typedef struct refused_seq {
 /* Retries of a failed commit wait this long at first, doubling up to the cap. */
 #define BACKOFF_FIRST_NS 10000000ll   /* 10 ms */
 #define BACKOFF_CAP_NS 1000000000ll   /* 1 s: a locked database is retried at least once a second */
+/* An idle writer tries the store this often (probe_idle: /readyz). */
+#define PROBE_IDLE_NS 1000000000ll    /* 1 s */
 /*
  * Most nodes engine_evict drops per call (and slots of removed runs it
  * frees): the bound on the work one call does under the lock.

@@ -514,6 +514,25 @@ static bool spilled_ops(engine *e, size_t n, size_t spilled, size_t isolated)
     return false;
 }
 
+/*
+ * Idle: whether a write could begin now. A database another process keeps
+ * locked would otherwise show only when a write fails, and /readyz would say
+ * ready meanwhile. Lock held; dropped while the store is tried (this thread
+ * is the write connection's only user).
+ */
+static void probe_idle(engine *e)
+{
+    lockcheck_unlock(&e->lock);
+    int rc = store_probe(e->store);
+    lockcheck_lock(&e->lock);
+    bool was = atomic_exchange(&e->store_failing, rc != 0);
+    if (rc != 0 && !was)
+        engine_log(e, NS_LOG_WARN, "store-unwritable",
+                   "reason=%s", rc > 0 ? "locked-by-another-process" : "error");
+    else if (rc == 0 && was)
+        engine_log(e, NS_LOG_INFO, "store-writable", "%s", "");
+}
+
 void *writer_thread_main(void *arg)
 {
     engine *e = arg;
@@ -521,17 +540,19 @@ void *writer_thread_main(void *arg)
     for (;;) {
         /* Between batches, also under a steady load that leaves no idle wait. */
         retention_run(e);
+        int64_t probe_at = model_mono_ns() + PROBE_IDLE_NS;
         while (state_of(e) < ENGINE_CLOSING && queue_len(e->queue) == 0) {
             if (retention_run(e))
                 continue;
-            int64_t due = retention_due_ns(e);
-            if (due == INT64_MAX) {
-                lockcheck_wait(&e->wake, &e->lock);
-            } else {
-                struct timespec ts;
-                deadline_to_timespec(due, &ts);
-                lockcheck_timedwait(&e->wake, &e->lock, &ts);
+            if (model_mono_ns() >= probe_at) {
+                probe_idle(e);
+                probe_at = model_mono_ns() + PROBE_IDLE_NS;
+                continue;
             }
+            int64_t due = retention_due_ns(e);
+            struct timespec ts;
+            deadline_to_timespec(due < probe_at ? due : probe_at, &ts);
+            lockcheck_timedwait(&e->wake, &e->lock, &ts);
         }
         if (queue_len(e->queue) == 0)
             break; /* closing and drained */

@@ -354,6 +354,7 @@ int sqlite_store_write(sqlite_store *s, store_batch *b);
 int sqlite_store_meta_get(sqlite_store *s, const char *key, int64_t *value);
 int sqlite_store_meta_set(sqlite_store *s, const char *key, int64_t value);
 void sqlite_store_close_by(sqlite_store *s, int64_t deadline_ns);
+int sqlite_store_probe(sqlite_store *s);
 /* store_expired_runs (sqlite_expire.c). */
 int sqlite_store_expired_runs(sqlite_store *s, int64_t cutoff_ms, size_t max_rows,
                               store_expiry_cursor *c,

@@ -18,6 +18,11 @@ static int64_t sqlite_wal_frames(const void *s)
     return store_ckpt_wal_frames(((const sqlite_store *)s)->ckpt);
 }
 
+static int sqlite_probe(void *s)
+{
+    return sqlite_store_probe(s);
+}
+
 static void sqlite_close_by(void *s, int64_t deadline_ns)
 {
     sqlite_store_close_by(s, deadline_ns);
@@ -30,4 +35,5 @@ const store_ops store_sqlite_ops = {
     .on_checkpoint = sqlite_on_checkpoint,
     .wal_frames = sqlite_wal_frames,
     .close_by = sqlite_close_by,
+    .probe = sqlite_probe,
 };

@@ -288,6 +288,20 @@ void sqlite_store_close(sqlite_store *s)
     free(s);
 }
 
+int sqlite_store_probe(sqlite_store *s)
+{
+    /* No wait: a write lock held elsewhere is the answer, not something to wait out. */
+    sqlite3_busy_timeout(s->db, 0);
+    int rc = sqlite3_step(s->begin);
+    sqlite3_reset(s->begin);
+    if (rc == SQLITE_DONE) {
+        sqlite3_step(s->rollback);
+        sqlite3_reset(s->rollback);
+    }
+    sqlite3_busy_timeout(s->db, STORE_WRITE_BUSY_MS);
+    return rc == SQLITE_DONE ? 0 : rc == SQLITE_BUSY || rc == SQLITE_LOCKED ? 1 : -1;
+}
+
 void sqlite_store_close_by(sqlite_store *s, int64_t deadline_ns)
 {
     s->close_by_ns = deadline_ns;

@@ -105,6 +105,11 @@ void store_on_checkpoint(store *s, store_ckpt_fn fn, void *ctx)
         s->ops->on_checkpoint(s->impl, fn, ctx);
 }
 
+int store_probe(store *s)
+{
+    return s->ops->probe != NULL ? s->ops->probe(s->impl) : 0;
+}
+
 void store_close_by(store *s, int64_t deadline_ns)
 {
     if (s->ops->close_by != NULL)

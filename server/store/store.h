@@ -370,6 +370,12 @@ int64_t store_wal_frames(const store *s);
  */
 void store_close_by(store *s, int64_t deadline_ns);
 /*
+ * Whether a write could begin now, tried without waiting and undone at once
+ * (the writer's thread, between writes): 0 yes, 1 another process holds the
+ * write lock, -1 another error. A store nothing else can lock says 0.
+ */
+int store_probe(store *s);
+/*
  * Reserves a block of seqs for this process in a shared store: *first ..
  * *last, at least `want` of them, every one above `above` and above every
  * seq any instance reserved before, recorded in the store before it

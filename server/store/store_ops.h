@@ -53,6 +53,8 @@ typedef struct store_ops {
     /* store_on_checkpoint and store_wal_frames; NULL when there is no WAL. */
     void (*on_checkpoint)(void *s, store_ckpt_fn fn, void *ctx);
     int64_t (*wal_frames)(const void *s);
+    /* store_probe; NULL when a store cannot be locked out by another process. */
+    int (*probe)(void *s);
     /* store_close_by; NULL when closing has nothing to bound. */
     void (*close_by)(void *s, int64_t deadline_ns);
 } store_ops;
