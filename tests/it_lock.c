@@ -81,13 +81,20 @@ Test(lock, posts_are_accepted_while_the_file_is_locked)
     ns_free(s);
 }
 
-Test(lock, readyz_unready_while_the_store_fails)
+/* A server whose /readyz answers 200 (into r) before anything is locked. */
+static ns_server *start_ready(ns_resp *r)
 {
     ns_server *s = ns_start(NULL);
     cr_assert_not_null(s);
+    cr_assert_eq(ns_req(s, "GET", "/readyz", NULL, NULL, r), 0);
+    cr_assert_eq(r->status, 200, "/readyz before the lock: %ld %s", r->status, r->body);
+    return s;
+}
+
+Test(lock, readyz_unready_while_the_store_fails)
+{
     ns_resp r = { 0 };
-    cr_assert_eq(ns_req(s, "GET", "/readyz", NULL, NULL, &r), 0);
-    cr_assert_eq(r.status, 200, "/readyz before the lock: %ld %s", r.status, r.body);
+    ns_server *s = start_ready(&r);
 
     sqlite3 *db = it_lock_db(s);
     cr_assert_eq(ns_post_state(s, "ry", "a", NULL, "{\"status\":\"running\"}", &r), 0);
@@ -119,11 +126,8 @@ Test(lock, readyz_unready_while_the_store_fails)
  */
 Test(lock, readyz_unready_while_another_process_holds_the_lock_and_nothing_is_queued)
 {
-    ns_server *s = ns_start(NULL);
-    cr_assert_not_null(s);
     ns_resp r = { 0 };
-    cr_assert_eq(ns_req(s, "GET", "/readyz", NULL, NULL, &r), 0);
-    cr_assert_eq(r.status, 200, "/readyz before the lock: %ld %s", r.status, r.body);
+    ns_server *s = start_ready(&r);
 
     sqlite3 *db = it_lock_db(s);
     cr_assert_eq(ns_req_until(s, "GET", "/readyz", 503, &r, 15.0, 10), 0,

@@ -141,15 +141,24 @@ static unsigned long rounds_of(sqlite_store *s, bool inline_ones)
     return inline_ones ? inline_rounds : thread_rounds;
 }
 
+/*
+ * open_filled with the thread paused, then commits until the WAL holds more
+ * than the soft bound of frames (under the hard one).
+ */
+static sqlite_store *open_past_soft(nodes *n)
+{
+    sqlite_store *s = open_filled(n);
+    store_ckpt_pause(s->ckpt, true);
+    for (size_t j = 0; wal_frames() < STORE_WAL_SOFT_FRAMES; j++)
+        write_nodes(s, n, j, NODES / SPREAD, SPREAD);
+    return s;
+}
+
 Test(checkpoint, the_thread_copies_pages_below_the_hard_bound)
 {
     nodes *n = nodes_new();
-    sqlite_store *s = open_filled(n);
     /* Paused, the round the commits ask for waits until the main file has been read. */
-    store_ckpt_pause(s->ckpt, true);
-    /* Commits until the WAL holds more than the soft bound of frames, under the hard one. */
-    for (size_t j = 0; wal_frames() < STORE_WAL_SOFT_FRAMES; j++)
-        write_nodes(s, n, j, NODES / SPREAD, SPREAD);
+    sqlite_store *s = open_past_soft(n);
     long long frames = wal_frames();
     cr_assert(lt(i64, frames, STORE_WAL_HARD_FRAMES), "the commits wrote %lld frames", frames);
     /* No commit checkpointed, and no round has run yet. */
@@ -301,10 +310,7 @@ Test(checkpoint, a_round_another_checkpointer_holds_off_is_no_failure)
 Test(checkpoint, a_close_out_of_time_leaves_the_wal_to_the_next_start)
 {
     nodes *n = nodes_new();
-    sqlite_store *s = open_filled(n);
-    store_ckpt_pause(s->ckpt, true);
-    for (size_t j = 0; wal_frames() < STORE_WAL_SOFT_FRAMES; j++)
-        write_nodes(s, n, j, NODES / SPREAD, SPREAD);
+    sqlite_store *s = open_past_soft(n);
     long long frames = wal_frames();
     uint64_t before = main_file_hash();
     sqlite_store_close_by(s, model_mono_ns() - 1);
