@@ -371,11 +371,21 @@ Test(api, run_summary_counts)
     cr_assert_gt(ns_ts_ms(ns_jstr(sum, "updated_at")), 0);
     json_decref(sum);
 
-    /* The summary's ETag is its last seq; asking with it again gets a 304. */
+    /*
+     * The summary's ETag is its last seq; asking with it again gets a 304,
+     * but for PostgreSQL, where a node added below the last seq (another
+     * instance's block) would change the summary and not the tag.
+     */
     char inm[64];
     snprintf(inm, sizeof inm, "If-None-Match: \"%lld\"", last_seq);
-    expect_not_modified(s, "/runs/rs", inm);
     ns_resp r = { 0 };
+    if (!ns_pg_base()) {
+        expect_not_modified(s, "/runs/rs", inm);
+    } else {
+        const char *hdr[] = { inm, NULL };
+        cr_assert_eq(ns_req(s, "GET", "/runs/rs", NULL, hdr, &r), 0);
+        cr_assert_eq(r.status, 200, "a shared store's summary answered %ld", r.status);
+    }
 
     cr_assert_eq(ns_req(s, "GET", "/runs/unknown-run", NULL, NULL, &r), 0);
     json_decref(problem(&r, 404, "not-found"));

@@ -215,11 +215,18 @@ Test(watch, delete_ends_the_stream_and_the_limit_holds)
     watch_hub_free(h);
 }
 
-/* fake_fetch's view of the run: node -> its current seq (0: gone; -1: a read error). */
+/*
+ * fake_fetch's view of the run: node -> its current seq (0: gone; -1: a
+ * read error); filed: the change that made it is filed with the hub first,
+ * as the engine does under its lock (else it came from elsewhere: another
+ * instance, or the database's refusal).
+ */
 static struct {
     const char *node;
     int64_t seq;
-} current[4];
+    bool filed;
+} current[5];
+static watch_hub *fetch_hub;
 
 static int fake_fetch(void *ctx, const char *run_id, const char *node_id, ns_row **out)
 {
@@ -230,6 +237,8 @@ static int fake_fetch(void *ctx, const char *run_id, const char *node_id, ns_row
             continue;
         if (current[i].seq < 0)
             return -1;
+        if (current[i].filed)
+            change(fetch_hub, run_id, node_id, current[i].seq);
         if (current[i].seq > 0)
             *out = row(run_id, node_id, current[i].seq);
         return 0;
@@ -239,43 +248,48 @@ static int fake_fetch(void *ctx, const char *run_id, const char *node_id, ns_row
 
 /*
  * With a fetch, a catch-up entry is read when its turn comes: sent when
- * the node is still at the seq listed, left out when it moved on (its
- * change is pending and goes out in its place) or is gone; a read error
- * drops the stream.
+ * the node is still at the seq listed; left out when it moved on by a
+ * change filed with the hub (that one goes out in seq order) or is gone;
+ * sent as read when it moved on otherwise (another instance's commit,
+ * which no hook files: nothing else would send it). A read error drops
+ * the stream.
  */
 Test(watch, catch_up_rows_are_read_when_their_turn_comes)
 {
     memset(&stats, 0, sizeof stats);
     watch_config cfg = { .max_watchers = 4, .buffer_bytes = 1 << 20, .resume = fake_resume,
                          .encode = fake_encode, .fetch = fake_fetch, .stats = &stats };
-    watch_hub *h = watch_hub_new(&cfg);
+    watch_hub *h = fetch_hub = watch_hub_new(&cfg);
     cr_assert_not_null(h);
     int err = 0;
     watcher *w = watch_open(h, WATCH_STREAM, "r", 0, false, NULL, 0, &err);
     cr_assert_not_null(w);
-    /* Listed: a at 1, b at 2, c at 3. Now: a still 1, b moved on to 5, c gone. */
-    ns_row *listed[] = { row("r", "a", 1), row("r", "b", 2), row("r", "c", 3) };
+    /*
+     * Listed: a at 1, b at 2, c at 3, e at 6. Now: a still 1; b at 7 by a
+     * change filed as it is read; c gone; e at 8 from elsewhere.
+     */
+    ns_row *listed[] = { row("r", "a", 1), row("r", "b", 2), row("r", "c", 3),
+                         row("r", "e", 6) };
     current[0].node = "a", current[0].seq = 1;
-    current[1].node = "b", current[1].seq = 5;
+    current[1].node = "b", current[1].seq = 7, current[1].filed = true;
     current[2].node = "c", current[2].seq = 0;
-    cr_assert_eq(watch_catch_up(w, listed, 3), 0);
-    for (size_t i = 0; i < 3; i++)
+    current[3].node = "e", current[3].seq = 8;
+    cr_assert_eq(watch_catch_up(w, listed, 4), 0);
+    for (size_t i = 0; i < 4; i++)
         model_row_unref(listed[i]);
-    change(h, "r", "d", 4);
     ssize_t end;
     char got[64];
-    ids(drain(w, &end), got, sizeof got);
-    cr_assert_str_eq(got, "1,4", "sent: %s", got);
+    char *t = drain(w, &end);
+    ids(t, got, sizeof got);
+    cr_assert_str_eq(got, "1,8,7", "sent: %s", got);
+    cr_assert_not_null(strstr(t, "\"node\":\"e\",\"seq\":8"), "%s", t);
     cr_assert_eq(end, WATCH_FILL_IDLE);
-    change(h, "r", "b", 5);
-    ids(drain(w, &end), got, sizeof got);
-    cr_assert_str_eq(got, "5");
     watch_close(w);
 
     /* A read that fails ends the stream: its client resumes from what it has. */
     w = watch_open(h, WATCH_STREAM, "r", 0, false, NULL, 0, &err);
-    ns_row *one[] = { row("r", "e", 6) };
-    current[3].node = "e", current[3].seq = -1;
+    ns_row *one[] = { row("r", "f", 9) };
+    current[4].node = "f", current[4].seq = -1;
     cr_assert_eq(watch_catch_up(w, one, 1), 0);
     model_row_unref(one[0]);
     drain(w, &end);

@@ -194,15 +194,15 @@ static void refuse(engine *e, int64_t seq, engine_refusal why, int64_t now, size
  * its run goes stale; with forget, the node's refused row leaves the cache
  * (not while spilling: durable_seq no longer moves, and reads of the run
  * would take the node for evicted after it forever). Lock held, before
- * release_ops.
+ * release_ops. Returns how many ops were refused.
  */
-static void mark_refused(engine *e, const ns_op *ops, size_t n, bool forget)
+static size_t mark_refused(engine *e, const ns_op *ops, size_t n, bool forget)
 {
     lockcheck_assert_held(&e->lock);
     /* Most commits refuse nothing and remember nothing: no clock for them. */
     bool any = e->n_isolated > 0 || atomic_load_explicit(&e->n_refused, memory_order_relaxed) > 0;
     int64_t now = any ? model_mono_ns() : 0;
-    size_t added = 0;
+    size_t added = 0, refused = 0;
     if (any)
         forget_old_refusals(e, now);
     if (e->isolated_lost) {
@@ -225,6 +225,7 @@ static void mark_refused(engine *e, const ns_op *ops, size_t n, bool forget)
             continue;
         ops[i].run->stale = true;
         refuse(e, ops[i].seq, bad->why, now, &added);
+        refused++;
         /*
          * Its run may stay (other writes of it are queued): the node alone
          * goes, so that nothing is judged against a row the store does not
@@ -238,6 +239,7 @@ static void mark_refused(engine *e, const ns_op *ops, size_t n, bool forget)
         atomic_store(&e->n_refused, atomic_load_explicit(&e->n_refused, memory_order_relaxed) +
                                         added);
     e->n_isolated = 0;
+    return refused;
 }
 
 /* The sidecar's path, quoted for a log line. */
@@ -352,11 +354,10 @@ static void nap_until(int64_t ns, int64_t end)
  * the middle loses only the piece being written. A failed piece is retried
  * with backoff until end_ns, and no piece is begun that would, at the pace
  * of the last one, end after end_ns. Returns how many ops, counted from the
- * first, went to the sidecar: n, or fewer when end_ns came first; of those,
- * *isolated rows the sidecar would not take, as a commit isolates them.
- * Writer thread, without the lock.
+ * first, are in the sidecar: n, or fewer when end_ns came first. Writer
+ * thread, without the lock.
  */
-static size_t spill_ops(engine *e, const ns_op *ops, size_t n, int64_t end_ns, size_t *isolated)
+static size_t spill_ops(engine *e, const ns_op *ops, size_t n, int64_t end_ns)
 {
     lockcheck_assert_not_held(&e->lock);
     size_t done = 0;
@@ -378,7 +379,6 @@ static size_t spill_ops(engine *e, const ns_op *ops, size_t n, int64_t end_ns, s
             plan.batch.notify_id = e->listener ? e->instance_id : NULL;
             rc = store_spill_append(e->sidecar, &plan.batch, err, sizeof err);
             if (rc == 0) {
-                *isolated += plan.batch.n_isolated;
                 e->spill_pieces++;
                 engine_log(e, NS_LOG_DEBUG, "spill-piece",
                       "piece=%zu updates=%zu rows=%zu deletes=%zu last_seq=%lld",
@@ -495,17 +495,16 @@ static void committed(engine *e, size_t n)
 
 /*
  * After e->batch[0..n) went to the sidecar, of which the first `spilled`
- * made it but for `isolated` rows it refused for good: those are isolated
- * rows as a commit's are (logged, counted in rows_isolated, refused to a
- * waiter), neither spilled nor unflushed. Returns false when some did not
- * go (the spill is out of time): the rest of the queue is dropped, counted
- * in unflushed. Lock held.
+ * made it. The ops of rows it isolated are refused as a commit's are
+ * (logged, counted in rows_isolated, answered to a waiter): neither spilled
+ * nor unflushed. Returns false when some did not go (the spill is out of
+ * time): the rest of the queue is dropped, counted in unflushed. Lock held.
  */
-static bool spilled_ops(engine *e, size_t n, size_t spilled, size_t isolated)
+static bool spilled_ops(engine *e, size_t n, size_t spilled)
 {
     lockcheck_assert_held(&e->lock);
-    mark_refused(e, e->batch, n, false);
-    e->spilled += spilled - isolated;
+    size_t isolated = mark_refused(e, e->batch, n, false);
+    e->spilled += spilled - (isolated < spilled ? isolated : spilled);
     e->unflushed += n - spilled;
     release_ops(e, e->batch, n);
     if (spilled == n)
@@ -574,19 +573,19 @@ void *writer_thread_main(void *arg)
         lockcheck_unlock(&e->lock);
 
         bool ok = !e->spilling && commit_ops(e, e->batch, n) == 0;
-        size_t spilled = 0, isolated = 0;
+        size_t spilled = 0;
         if (!ok) {
             /* Spilling happens only once the shutdown budget runs, which has set spill_end_ns. */
             lockcheck_lock(&e->lock);
             int64_t spill_end = e->spill_end_ns;
             lockcheck_unlock(&e->lock);
-            spilled = spill_ops(e, e->batch, n, spill_end, &isolated);
+            spilled = spill_ops(e, e->batch, n, spill_end);
         }
 
         lockcheck_lock(&e->lock);
         if (ok)
             committed(e, n);
-        else if (!spilled_ops(e, n, spilled, isolated))
+        else if (!spilled_ops(e, n, spilled))
             break;
     }
     size_t spilled = e->spilled;

@@ -747,6 +747,15 @@ static piece_kind next_piece(watcher *w, ns_row **row, char *text, size_t size,
     return k;
 }
 
+/* Whether row's node has an entry in w's pending set. */
+static bool pending(watcher *w, const ns_row *row)
+{
+    lockcheck_lock(&w->hub->mu);
+    bool has = pend_find(w, row->node_id, model_hash(MODEL_HASH_SEED, row->node_id)) != NULL;
+    lockcheck_unlock(&w->hub->mu);
+    return has;
+}
+
 /* Builds the next event into w->out. 1 built, 0 nothing, WATCH_FILL_END/DROP. */
 static int build(watcher *w)
 {
@@ -797,7 +806,20 @@ static int build(watcher *w)
             return WATCH_FILL_DROP; /* the client resumes from what it has */
         if (same)
             break;
-        /* Moved on (its change is pending, in seq order) or gone (the delete follows). */
+        /*
+         * Moved on: a change of this instance is pending (filed under the
+         * engine's lock before the row could be read), and goes out in seq
+         * order. One that came otherwise (another instance's commit, heard
+         * as a dropped cache; a row the database refused, read back as
+         * stored) has no entry: the row read is sent in this one's place.
+         * Gone: the delete follows.
+         */
+        if (now && !pending(w, now)) {
+            lockcheck_lock(&h->mu);
+            durable = now->seq <= h->durable_seq;
+            lockcheck_unlock(&h->mu);
+            break;
+        }
         model_row_unref(now);
     }
     size_t jlen = 0;

@@ -8,6 +8,7 @@
 #include <sys/file.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
+#include <sys/vfs.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -92,13 +93,27 @@ static long flock_holder(int fd)
     return found;
 }
 
-/* The database file itself, flocked into l->file_fd; 0, or -1 with err. */
+/* NFS's magic number (statfs(2)): its flock is a POSIX lock in disguise. */
+#define DBLOCK_NFS_MAGIC 0x6969
+
+/*
+ * The database file itself, flocked into l->file_fd; 0, or -1 with err. Not
+ * on NFS, where Linux emulates flock with a whole-file POSIX lock that
+ * SQLite's own locks of the file would run into (its WAL mode does not work
+ * there anyway): the lock file alone guards it there.
+ */
 static int hold_db_file(dblock *l, const char *db_path, char *err, size_t errlen)
 {
     l->file_fd = open(db_path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
     if (l->file_fd < 0) {
         snprintf(err, errlen, "cannot open %s: %s", db_path, strerror(errno));
         return -1;
+    }
+    struct statfs fs;
+    if (fstatfs(l->file_fd, &fs) == 0 && fs.f_type == DBLOCK_NFS_MAGIC) {
+        close(l->file_fd);
+        l->file_fd = -1;
+        return 0;
     }
     int rc;
     while ((rc = flock(l->file_fd, LOCK_EX | LOCK_NB)) != 0 && errno == EINTR) {
