@@ -370,3 +370,40 @@ Test(spill, sigkill_as_the_spill_starts_keeps_a_consistent_prefix, .timeout = 24
 {
     kill_during_spill("msg=spill-started ");
 }
+
+/*
+ * The default sidecar sits beside the database's real file: a server
+ * started on a symbolic link to it spills there, and a start under the
+ * real name replays it.
+ */
+Test(spill, the_default_sidecar_is_found_under_every_name_of_the_database)
+{
+    ns_server *s = ns_start(NULL);
+    cr_assert_not_null(s);
+    char link_db[4200], real_spill[4300], link_spill[4300];
+    snprintf(link_db, sizeof link_db, "%s/link.db", ns_dir(s));
+    snprintf(real_spill, sizeof real_spill, "%s.spill", ns_db_path(s));
+    snprintf(link_spill, sizeof link_spill, "%s.spill", link_db);
+    cr_assert_eq(symlink(ns_db_path(s), link_db), 0);
+    cr_assert_eq(ns_stop(s, SIGTERM), 0);
+    cr_assert_eq(ns_restart(s, "--shutdown-timeout 1 --batch-interval 60 --db %s", link_db), 0);
+
+    sqlite3 *db = it_lock_db(s);
+    for (int i = 0; i < 3; i++) {
+        char node[16];
+        snprintf(node, sizeof node, "n%d", i);
+        it_post(s, "named", node, NULL, "{\"status\":\"running\"}", 202);
+    }
+    cr_assert_eq(ns_stop(s, SIGTERM), 0);
+    it_unlock_db(db);
+    cr_assert_eq(access(real_spill, F_OK), 0, "no sidecar beside the real file");
+    cr_assert_neq(access(link_spill, F_OK), 0, "the sidecar went beside the link");
+
+    cr_assert_eq(ns_restart(s, NULL), 0);
+    cr_assert(ns_log_contains(s, "msg=spill-replayed rows=3"), "not replayed under the real name");
+    cr_assert_eq(ns_db_int(s, "SELECT count(*) FROM run_node_state WHERE run_id='named'", NULL),
+                 3);
+    cr_assert_eq(ns_stop(s, SIGTERM), 0);
+    unlink(link_db);
+    ns_free(s);
+}

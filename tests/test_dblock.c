@@ -269,3 +269,19 @@ Test(dblock, without_hold_file_the_file_is_neither_made_nor_held)
     cr_assert_eq(file_pid(), (long)getpid());
     dblock_release(l);
 }
+
+/* A link to a file not made yet locks the file it would make, as its own name does. */
+Test(dblock, a_dangling_link_finds_the_lock_of_the_file_it_names)
+{
+    char link_path[PATH_MAX], lock[PATH_MAX + 8], err[512] = "";
+    other_name(link_path, sizeof link_path, "dangling.db");
+    cr_assert_eq(access(db_path, F_OK), -1, "the file is there already");
+    cr_assert_eq(symlink("ns.db", link_path), 0, "%s", strerror(errno));
+    cr_assert_eq(dblock_path(link_path, lock, sizeof lock), 0);
+    cr_assert_str_eq(lock, lock_path);
+    dblock *l = dblock_acquire(link_path, false, err, sizeof err);
+    cr_assert_not_null(l, "%s", err);
+    cr_assert_null(dblock_acquire(db_path, false, err, sizeof err), "taken under both names");
+    dblock_release(l);
+    unlink(link_path);
+}

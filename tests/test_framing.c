@@ -145,6 +145,14 @@ Test(framing, names_that_are_not_tokens_or_run_on_are_refused)
     }
     framing_header nul = { "X\0Y", 3, "5", 1 };
     cr_assert_eq(check(&nul, 1), FRAMING_FIELD_MALFORMED);
+    /* A value holding a line's end: "X: y\rContent-Length: 5" is two fields to some parsers. */
+    static const char *const values[] = { "y\rContent-Length: 5", "y\nz", "\r" };
+    for (size_t i = 0; i < sizeof values / sizeof *values; i++) {
+        framing_header h = { "X", 1, values[i], strlen(values[i]) };
+        cr_assert_eq(check(&h, 1), FRAMING_FIELD_MALFORMED, "value %zu", i);
+    }
+    framing_header nul_value = { "X", 1, "a\0b", 3 };
+    cr_assert_eq(check(&nul_value, 1), FRAMING_FIELD_MALFORMED);
     cr_assert(strlen(framing_detail(FRAMING_FIELD_MALFORMED)) > 0);
     /* Every token character is fine. */
     const framing_header ok[] = { F("A-z_0.9!#$%&'*+^`|~", "v") };

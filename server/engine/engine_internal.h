@@ -52,6 +52,8 @@ typedef struct refused_seq {
 #define BACKOFF_CAP_NS 1000000000ll   /* 1 s: a locked database is retried at least once a second */
 /* An idle writer tries the store this often (probe_idle: /readyz). */
 #define PROBE_IDLE_NS 1000000000ll    /* 1 s */
+/* Failed tries in a row before the store counts as failing. */
+#define PROBE_FAILURES 2
 /*
  * Most nodes engine_evict drops per call (and slots of removed runs it
  * frees): the bound on the work one call does under the lock.
@@ -102,6 +104,7 @@ typedef enum engine_state {
 struct engine {
     engine_config cfg;            /* db_path points at db_path below */
     char *db_path;
+    unsigned probes_failed;       /* the writer's: probe_idle's failures in a row */
     /*
      * Runs a whole read found too big to cache whole, newest last in a
      * ring (lock): their summaries read light (readthrough_run_whole).

@@ -15,6 +15,7 @@
 #include <string.h>
 #include <sys/random.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "engine_internal.h"
 #include "logfmt.h"
@@ -92,6 +93,26 @@ err:
     snprintf(err, errlen, "cannot record the start in %s: %s", e->db_path,
              store_errmsg(e->store));
     return -1;
+}
+
+/*
+ * The sidecar when --spill-path is not given: beside the database's real
+ * file (links resolved), so that every name of it finds the same one. One
+ * left beside the name given (by a build that did not resolve it) is still
+ * taken while it is there, or its rows would wait for a start under that
+ * name.
+ */
+static void default_spill_path(const char *db_path, char *out, size_t size)
+{
+    char *real = store_is_pg(db_path) ? NULL : dblock_resolve(db_path);
+    store_default_spill_path(real ? real : db_path, out, size);
+    if (real && strcmp(real, db_path) != 0) {
+        char given[4200];
+        store_default_spill_path(db_path, given, sizeof given);
+        if (access(out, F_OK) != 0 && access(given, F_OK) == 0)
+            snprintf(out, size, "%s", given);
+    }
+    free(real);
 }
 
 /* Frees what engine_open built; the writer thread is not running. */
@@ -241,7 +262,7 @@ engine *engine_open(const engine_config *cfg, char *err, size_t errlen)
     if (cfg->spill_path && cfg->spill_path[0])
         snprintf(spill, sizeof spill, "%s", cfg->spill_path);
     else
-        store_default_spill_path(e->db_path, spill, sizeof spill);
+        default_spill_path(e->db_path, spill, sizeof spill);
     /*
      * Before anything opens the database or replays its sidecar. A shared
      * (PostgreSQL) database has many writers by design; what one process
@@ -320,6 +341,12 @@ static void budget_start(engine *e)
     e->drain_started_ns = now;
     e->give_up_ns = now + budget - reserve;
     e->spill_end_ns = now + budget + SPILL_OVERRUN_NS;
+    /*
+     * The shutdown's time bound holds for the store too: from now on no
+     * commit copies a long WAL (one a reader held back) inline, and the
+     * close copies it only as far as the budget goes.
+     */
+    store_close_by(e->store, e->spill_end_ns + CLOSE_SLACK_NS);
     e->drain_processed = atomic_load(&e->stats.updates_processed);
 }
 
@@ -341,11 +368,6 @@ size_t engine_close_counted(engine *e, engine_closing *report)
     size_t unflushed = e->unflushed;
     size_t spilled = e->spilled;
     lockcheck_unlock(&e->lock);
-    /*
-     * The shutdown's time bound holds for the close too: a WAL that a
-     * reader kept long is copied only as far as the budget goes.
-     */
-    store_close_by(e->store, e->spill_end_ns + CLOSE_SLACK_NS);
     if (unflushed)
         engine_log(e, NS_LOG_ERROR, "flush-incomplete", "unflushed=%zu", unflushed);
     /* Every seq handed out is on disk or in the sidecar: the next start needs no skip. */

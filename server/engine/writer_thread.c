@@ -524,6 +524,10 @@ static void probe_idle(engine *e)
     lockcheck_unlock(&e->lock);
     int rc = store_probe(e->store);
     lockcheck_lock(&e->lock);
+    /* Twice in a row: one probe meeting another process's write is no lock kept. */
+    e->probes_failed = rc != 0 ? e->probes_failed + 1 : 0;
+    if (rc != 0 && e->probes_failed < PROBE_FAILURES)
+        return;
     bool was = atomic_exchange(&e->store_failing, rc != 0);
     if (rc != 0 && !was)
         engine_log(e, NS_LOG_WARN, "store-unwritable",

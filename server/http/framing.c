@@ -79,6 +79,15 @@ void framing_add(framing_state *st, const char *name, size_t name_len,
         return;
     if (value == NULL)
         value_len = 0;
+    /*
+     * A CR, LF or NUL in a value: a bare CR ends the line for some parsers
+     * (a proxy in front) and not for MHD, which would read "X: y\rContent-
+     * Length: 5" as one field and the body as the next request.
+     */
+    if (value_len > 0 && (memchr(value, '\r', value_len) != NULL ||
+                          memchr(value, '\n', value_len) != NULL ||
+                          memchr(value, '\0', value_len) != NULL))
+        st->field_malformed = true;
     if (!framing_token(name, name_len) || framing_name_runs_on(name, name_len, "content-length") ||
         framing_name_runs_on(name, name_len, "transfer-encoding")) {
         st->field_malformed = true;
@@ -144,7 +153,7 @@ const char *framing_detail(framing_verdict v)
         return "Content-Length must be a number of bytes (digits only, at most 2^64-1)";
     case FRAMING_FIELD_MALFORMED:
         return "a header field's name must be a token right before its colon, on one line "
-               "(no blank before the colon, no folded line)";
+               "(no blank before the colon, no folded line), and its value without a CR";
     case FRAMING_LENGTH_CONFLICT:
         return "the request has Content-Length fields with different values";
     case FRAMING_LENGTH_AND_CODING:

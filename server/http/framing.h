@@ -8,8 +8,9 @@
  * blank before its colon: "Content-Length : 5" is no Content-Length to MHD,
  * but is one to a lenient proxy), and a framing field's name with more after
  * it: MHD 0.9.75 glues a folded continuation line onto the field's name
- * ("Content-Length: 5" then " 0" arrives as "Content-Length0"). Pure: no
- * MHD, no allocation; the transport feeds it the fields as it iterates them.
+ * ("Content-Length: 5" then " 0" arrives as "Content-Length0"), and a value
+ * holding a CR (a line's end to some parsers, not to MHD). Pure: no MHD, no
+ * allocation; the transport feeds it the fields as it iterates them.
  */
 #ifndef NODESTATE_FRAMING_H
 #define NODESTATE_FRAMING_H
@@ -22,7 +23,7 @@
 typedef enum framing_verdict {
     FRAMING_OK = 0,
     FRAMING_LENGTH_MALFORMED,   /* a Content-Length not 1*DIGIT, or above 2^64-1 */
-    FRAMING_FIELD_MALFORMED,    /* a name not a token, or a framing name run on */
+    FRAMING_FIELD_MALFORMED,    /* a name not a token, a framing name run on, a CR/LF/NUL value */
     FRAMING_LENGTH_CONFLICT,    /* Content-Length fields with different values */
     FRAMING_LENGTH_AND_CODING,  /* Content-Length together with Transfer-Encoding */
     FRAMING_CODING_UNSUPPORTED  /* Transfer-Encoding other than one "chunked" */

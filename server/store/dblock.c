@@ -2,6 +2,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -30,17 +31,45 @@ struct dblock {
     char *path;
 };
 
+/* Symbolic links followed at most, as the kernel's own bound. */
+#define DBLOCK_MAX_HOPS 40
+
 /*
- * path with its symbolic links resolved; those of its directory only when
- * it does not exist yet (SQLite creates it there). malloc'd; NULL when
- * neither resolves or out of memory.
+ * Where a dangling link at path points (the file that a create through it
+ * would make), into out; path itself when it is not a link. -1 when that
+ * does not fit or the links go on and on.
  */
-static char *resolved(const char *path)
+static int link_target(const char *path, char *out, size_t size)
+{
+    if ((size_t)snprintf(out, size, "%s", path) >= size)
+        return -1;
+    for (int hops = 0; hops < DBLOCK_MAX_HOPS; hops++) {
+        char to[PATH_MAX];
+        ssize_t n = readlink(out, to, sizeof to - 1);
+        if (n < 0)
+            return 0;
+        to[n] = '\0';
+        char *slash = strrchr(out, '/');
+        if (to[0] == '/' || slash == NULL) {
+            if ((size_t)snprintf(out, size, "%s", to) >= size)
+                return -1;
+        } else {
+            slash[1] = '\0';
+            if (strlen(out) + strlen(to) >= size)
+                return -1;
+            strcat(out, to);
+        }
+    }
+    return -1;
+}
+
+char *dblock_resolve(const char *path)
 {
     char *full = realpath(path, NULL);
     if (full != NULL || errno != ENOENT)
         return full;
-    char *copy = strdup(path);
+    char target[PATH_MAX];
+    char *copy = link_target(path, target, sizeof target) == 0 ? strdup(target) : NULL;
     if (copy == NULL)
         return NULL;
     char *slash = strrchr(copy, '/');
@@ -60,7 +89,7 @@ static char *resolved(const char *path)
 
 int dblock_path(const char *db_path, char *out, size_t outlen)
 {
-    char *full = resolved(db_path);
+    char *full = dblock_resolve(db_path);
     int n = snprintf(out, outlen, "%s.lock", full != NULL ? full : db_path);
     free(full);
     return n < 0 || (size_t)n >= outlen ? -1 : 0;
@@ -183,7 +212,7 @@ static int write_pid(int fd)
 dblock *dblock_acquire(const char *db_path, bool hold_file, char *err, size_t errlen)
 {
     dblock *l = calloc(1, sizeof *l);
-    char *full = resolved(db_path);
+    char *full = dblock_resolve(db_path);
     size_t size = strlen(full != NULL ? full : db_path) + sizeof ".lock";
     int fd = -1;
     free(full);

@@ -36,9 +36,15 @@ dblock *dblock_acquire(const char *db_path, bool hold_file, char *err, size_t er
 /* Removes the lock file and drops the lock. NULL is a no-op. */
 void dblock_release(dblock *l);
 /*
- * The lock file of db_path into out: db_path with its symbolic links
- * resolved (those of its directory when it does not exist yet; as given
- * when even that fails), then ".lock". 0, or -1 when it does not fit.
+ * path with its symbolic links resolved, for a file that may not exist
+ * yet: a dangling link is followed to where the file would be made, and
+ * only the directory of that needs to exist. malloc'd; NULL when it does
+ * not resolve or out of memory.
+ */
+char *dblock_resolve(const char *path);
+/*
+ * The lock file of db_path into out: dblock_resolve(db_path) (db_path as
+ * given when that fails), then ".lock". 0, or -1 when it does not fit.
  */
 int dblock_path(const char *db_path, char *out, size_t outlen);
 

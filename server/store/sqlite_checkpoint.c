@@ -52,6 +52,7 @@ struct store_ckpt {
     pthread_cond_t wake;        /* monotonic: the retry is a timed wait */
     bool asked, stop, paused;
     atomic_bool closing;        /* store_ckpt_closing: no commit checkpoints inline */
+    _Atomic(sqlite3 *) inline_db; /* the writer, while a commit checkpoints inline */
     pthread_mutex_t run_mu;     /* held by whichever thread checkpoints */
     /*
      * What the last round saw, packed so that the hook reads one round's
@@ -131,7 +132,8 @@ static ckpt_outcome ckpt_round(store_ckpt *c, sqlite3 *db)
     int rc = injected ? SQLITE_IOERR
                       : sqlite3_wal_checkpoint_v2(db, "main", SQLITE_CHECKPOINT_PASSIVE, &log,
                                                   &done);
-    if (rc == SQLITE_BUSY)
+    /* Interrupted: the store is closing (store_ckpt_closing, store_ckpt_stop). */
+    if (rc == SQLITE_BUSY || rc == SQLITE_INTERRUPT)
         return CKPT_SHORT;
     if (rc != SQLITE_OK) {
         ckpt_report(c, injected ? "injected failure (NODESTATE_FAULTS)" : sqlite3_errmsg(db));
@@ -170,7 +172,11 @@ static int ckpt_on_commit(void *arg, sqlite3 *db, const char *schema, int frames
     if (long_wal && behind > 0 && !atomic_load(&c->failing) &&
         (behind <= c->soft_frames / 4 || frames / 2 >= c->hard_frames)) {
         pthread_mutex_lock(&c->run_mu);
-        ckpt_round(c, db);
+        atomic_store(&c->inline_db, db);
+        /* Closing began meanwhile: its interrupt may have come before the store above. */
+        if (!atomic_load(&c->closing))
+            ckpt_round(c, db);
+        atomic_store(&c->inline_db, NULL);
         pthread_mutex_unlock(&c->run_mu);
         atomic_fetch_add(&c->inline_rounds, 1);
     } else if (behind >= c->soft_frames || (long_wal && behind > 0)) {
@@ -308,8 +314,18 @@ void store_ckpt_stop(store_ckpt *c, sqlite3 *writer)
 
 void store_ckpt_closing(store_ckpt *c)
 {
-    if (c != NULL)
-        atomic_store(&c->closing, true);
+    if (c == NULL)
+        return;
+    atomic_store(&c->closing, true);
+    /*
+     * A commit copying a long WAL inline right now would hold the writer
+     * past any budget: it is cut short (the commit itself is done). Should
+     * the round end just before this, the writer's next statement fails
+     * once and is retried.
+     */
+    sqlite3 *db = atomic_load(&c->inline_db);
+    if (db != NULL)
+        sqlite3_interrupt(db);
 }
 
 /* store_ckpt_final's watch: interrupts db at the deadline unless told it is done first. */

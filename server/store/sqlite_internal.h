@@ -37,6 +37,8 @@
  * someone else must make a write fail fast rather than stall the writer.
  */
 #define STORE_WRITE_BUSY_MS 100
+/* store_probe's wait for the write lock: longer than another process's quick write. */
+#define STORE_PROBE_BUSY_MS 50
 /* A read-through may wait a little longer: it is rare and off the hot path. */
 #define STORE_READ_BUSY_MS 1000
 /* A spill is the last write before exit; waiting a moment beats losing it. */
@@ -243,7 +245,10 @@ store_ckpt *store_ckpt_start(sqlite3 *writer, const char *path, int soft_frames,
  * NULL is a no-op.
  */
 void store_ckpt_stop(store_ckpt *c, sqlite3 *writer);
-/* The store is closing: from now on no commit checkpoints inline. NULL is a no-op. */
+/*
+ * The store is closing: from now on no commit checkpoints inline, and one
+ * doing so now is interrupted. Any thread. NULL is a no-op.
+ */
 void store_ckpt_closing(store_ckpt *c);
 /*
  * The close's checkpoint of writer, cut short at deadline_ns

@@ -290,8 +290,8 @@ void sqlite_store_close(sqlite_store *s)
 
 int sqlite_store_probe(sqlite_store *s)
 {
-    /* No wait: a write lock held elsewhere is the answer, not something to wait out. */
-    sqlite3_busy_timeout(s->db, 0);
+    /* A short wait: another process's quick writes are no lock held. */
+    sqlite3_busy_timeout(s->db, STORE_PROBE_BUSY_MS);
     int rc = sqlite3_step(s->begin);
     sqlite3_reset(s->begin);
     if (rc == SQLITE_DONE) {

@@ -367,12 +367,14 @@ int64_t store_wal_frames(const store *s);
  * by deadline_ns (model_mono_ns): a WAL checkpoint that would run past it
  * is cut short there, and the WAL keeps the rest for the next start, which
  * reads it. Without this a close copies the whole WAL however long it is.
+ * Any thread, also while the writer writes (the shutdown's start).
  */
 void store_close_by(store *s, int64_t deadline_ns);
 /*
- * Whether a write could begin now, tried without waiting and undone at once
- * (the writer's thread, between writes): 0 yes, 1 another process holds the
- * write lock, -1 another error. A store nothing else can lock says 0.
+ * Whether a write could begin now, tried with a short wait and undone at
+ * once (the writer's thread, between writes): 0 yes, 1 another process
+ * holds the write lock, -1 another error. A store nothing else can lock
+ * says 0.
  */
 int store_probe(store *s);
 /*
