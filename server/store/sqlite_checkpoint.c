@@ -320,8 +320,8 @@ void store_ckpt_closing(store_ckpt *c)
     /*
      * A commit copying a long WAL inline right now would hold the writer
      * past any budget: it is cut short (the commit itself is done). Should
-     * the round end just before this, the writer's next statement fails
-     * once and is retried.
+     * the round end just before this, the interrupt finds no statement
+     * running, and SQLite clears it as the writer's next one begins.
      */
     sqlite3 *db = atomic_load(&c->inline_db);
     if (db != NULL)
