@@ -116,44 +116,31 @@ static int row_seq_cmp(const void *x, const void *y)
  * per ask, each page under its own hold of the engine's lock (a run of
  * 100,000 nodes must not hold it for all of them).
  */
+/* since_scan's collector: the rows above since, in a growing page. */
+typedef struct since_rows {
+    engine_page *all;
+    size_t cap;
+    int64_t since;
+} since_rows;
+
+static int since_keep(void *ctx, ns_row *r)
+{
+    since_rows *s = ctx;
+    if (r->seq <= s->since)
+        return 0;
+    model_row_ref(r);
+    if (engine_page_push(s->all, &s->cap, r) == 0)
+        return 0;
+    model_row_unref(r);
+    return -1;
+}
+
 static engine_result since_scan(engine *e, const char *run_id, unsigned mask, int64_t since,
                                 engine_page *all)
 {
-    engine_page page;
-    char last[NS_ID_MAX + 1] = "";
-    engine_result res;
-    size_t cap = 0;
     *all = (engine_page){ 0 };
-    for (;;) {
-        res = engine_list(e, run_id, mask, *last ? last : NULL, LIST_MAX_LIMIT, &page);
-        if (res != ENGINE_ACCEPTED) {
-            engine_page_free(&page);
-            return res;
-        }
-        if (page.count)
-            snprintf(last, sizeof last, "%s", page.rows[page.count - 1]->node_id);
-        for (size_t i = 0; i < page.count && res == ENGINE_ACCEPTED; i++) {
-            ns_row *r = page.rows[i];
-            if (r->seq <= since)
-                continue;
-            if (all->count == cap) {
-                size_t ncap = cap ? cap * 2 : 64;
-                ns_row **grown = realloc(all->rows, ncap * sizeof *grown);
-                if (!grown) {
-                    res = ENGINE_ERROR;
-                    break;
-                }
-                all->rows = grown;
-                cap = ncap;
-            }
-            model_row_ref(r);
-            all->rows[all->count++] = r;
-        }
-        bool more = page.more;
-        engine_page_free(&page);
-        if (!more || res != ENGINE_ACCEPTED)
-            return res;
-    }
+    since_rows s = { all, 0, since };
+    return engine_scan(e, run_id, mask, LIST_MAX_LIMIT, since_keep, &s);
 }
 
 /* Orders rows by node_id, then seq. */

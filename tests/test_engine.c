@@ -801,6 +801,50 @@ static void check_listing(engine *e)
     cr_assert_eq(engine_summarize(e, "missing", &s), ENGINE_NOT_FOUND);
 }
 
+/* engine_scan's fn: keeps the node ids in order; stops after stop_at rows (0: never). */
+typedef struct scanned {
+    char ids[16][8];
+    size_t n, stop_at;
+} scanned;
+
+static int scan_keep(void *ctx, ns_row *row)
+{
+    scanned *s = ctx;
+    if (s->stop_at && s->n == s->stop_at)
+        return -1;
+    cr_assert(s->n < 16);
+    snprintf(s->ids[s->n++], sizeof s->ids[0], "%s", row->node_id);
+    return 0;
+}
+
+/* Every matching node once, in node_id order, whatever the page size; a stop is an error. */
+Test(engine, scan_hands_every_node_over_page_by_page)
+{
+    engine *e = open_lazy();
+    list_fixture(e);
+    for (size_t page = 1; page <= 7; page++) {
+        scanned s = { .n = 0 };
+        cr_assert_eq(engine_scan(e, "r", ALL, page, scan_keep, &s), ENGINE_ACCEPTED);
+        cr_assert_eq(s.n, 6, "page %zu", page);
+        for (size_t i = 0; i < s.n; i++) {
+            char want[24];
+            snprintf(want, sizeof want, "n%zu", i);
+            cr_assert_str_eq(s.ids[i], want, "page %zu", page);
+        }
+    }
+    scanned some = { .n = 0 };
+    unsigned mask = (1u << NS_SCHEDULED) | (1u << NS_RUNNING);
+    cr_assert_eq(engine_scan(e, "r", mask, 2, scan_keep, &some), ENGINE_ACCEPTED);
+    cr_assert_eq(some.n, 3);
+    scanned stop = { .n = 0, .stop_at = 4 };
+    cr_assert_eq(engine_scan(e, "r", ALL, 3, scan_keep, &stop), ENGINE_ERROR);
+    cr_assert_eq(stop.n, 4);
+    scanned none = { .n = 0 };
+    cr_assert_eq(engine_scan(e, "missing", ALL, 3, scan_keep, &none), ENGINE_NOT_FOUND);
+    cr_assert_eq(none.n, 0);
+    cr_assert_eq(engine_close(e), 0);
+}
+
 Test(engine, list_and_summarize)
 {
     engine *e = open_lazy();

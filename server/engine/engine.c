@@ -553,6 +553,39 @@ void engine_page_free(engine_page *page)
     memset(page, 0, sizeof *page);
 }
 
+int engine_page_push(engine_page *page, size_t *cap, ns_row *row)
+{
+    if (page->count == *cap) {
+        size_t ncap = *cap ? *cap * 2 : 64;
+        ns_row **grown = realloc(page->rows, ncap * sizeof *grown);
+        if (!grown)
+            return -1;
+        page->rows = grown;
+        *cap = ncap;
+    }
+    page->rows[page->count++] = row;
+    return 0;
+}
+
+engine_result engine_scan(engine *e, const char *run_id, unsigned status_mask, size_t page,
+                          int (*fn)(void *ctx, ns_row *row), void *ctx)
+{
+    char after[NS_ID_MAX + 1] = "";
+    engine_page p;
+    for (;;) {
+        engine_result res = engine_list(e, run_id, status_mask, *after ? after : NULL, page, &p);
+        for (size_t i = 0; res == ENGINE_ACCEPTED && i < p.count; i++)
+            if (fn(ctx, p.rows[i]) != 0)
+                res = ENGINE_ERROR;
+        if (res == ENGINE_ACCEPTED && p.count)
+            snprintf(after, sizeof after, "%s", p.rows[p.count - 1]->node_id);
+        bool more = p.more;
+        engine_page_free(&p);
+        if (res != ENGINE_ACCEPTED || !more)
+            return res;
+    }
+}
+
 engine_result engine_summarize(engine *e, const char *run_id, engine_summary *out)
 {
     assert(state_opened(e));

@@ -154,6 +154,21 @@ ns_row *engine_get(engine *e, const char *run_id, const char *node_id,
 engine_result engine_list(engine *e, const char *run_id, unsigned status_mask,
                           const char *after, size_t limit, engine_page *page);
 void engine_page_free(engine_page *page);
+/*
+ * Appends row to page, which takes the reference the caller hands over
+ * (*cap: the room page->rows has, 0 at first). 0, or -1 out of memory
+ * (the reference stays the caller's).
+ */
+int engine_page_push(engine_page *page, size_t *cap, ns_row *row);
+/*
+ * Hands every node of a run whose status bit is in status_mask to fn, in
+ * node_id order, page by page (engine_list, `page` rows each, each page
+ * under its own hold of the lock, none held while fn runs). fn gets a row
+ * it may reference (model_row_ref) and returns 0 to go on, -1 to stop
+ * (then ERROR). ACCEPTED, NOT_FOUND (no such run) or ERROR.
+ */
+engine_result engine_scan(engine *e, const char *run_id, unsigned status_mask, size_t page,
+                          int (*fn)(void *ctx, ns_row *row), void *ctx);
 /* Counts a run's nodes by status; ACCEPTED, NOT_FOUND or ERROR. */
 engine_result engine_summarize(engine *e, const char *run_id,
                                engine_summary *out);

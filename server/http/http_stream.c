@@ -111,59 +111,34 @@ static void http_stream_free(void *cls)
  * own copy for a run too big to cache) until sent. ENGINE_ACCEPTED,
  * NOT_FOUND (the run went since the api looked) or ERROR.
  */
+/* A catch-up's collector: a stub of each row (engine_scan's fn). */
+typedef struct stub_rows {
+    engine_page page;
+    size_t cap;
+} stub_rows;
+
+static int http_stream_keep_stub(void *ctx, ns_row *row)
+{
+    stub_rows *s = ctx;
+    ns_row *stub = http_stream_stub(row);
+    if (stub != NULL && engine_page_push(&s->page, &s->cap, stub) == 0)
+        return 0;
+    model_row_unref(stub);
+    return -1;
+}
+
 static engine_result http_stream_catch_up(http_server *s, watcher *w, const char *run_id)
 {
-    ns_row **rows = NULL;
-    size_t n = 0, cap = 0;
-    char after[NS_ID_MAX + 1] = "";
-    engine_result res;
-    engine_page page;
+    stub_rows stubs = { { 0 }, 0 };
+    engine_result res = engine_scan(s->e, run_id, (1u << NS_STATUS_COUNT) - 1,
+                                    HTTP_CATCH_UP_PAGE, http_stream_keep_stub, &stubs);
 
-    for (;;) {
-        bool more;
-
-        res = engine_list(s->e, run_id, (1u << NS_STATUS_COUNT) - 1,
-                          after[0] != '\0' ? after : NULL, HTTP_CATCH_UP_PAGE, &page);
-        if (res != ENGINE_ACCEPTED) {
-            engine_page_free(&page);
-            break;
-        }
-        if (n + page.count > cap) {
-            size_t ncap = cap != 0 ? cap : HTTP_CATCH_UP_PAGE;
-            ns_row **grown;
-
-            while (ncap < n + page.count)
-                ncap *= 2;
-            grown = realloc(rows, ncap * sizeof *grown);
-            if (grown == NULL) {
-                engine_page_free(&page);
-                res = ENGINE_ERROR;
-                break;
-            }
-            rows = grown;
-            cap = ncap;
-        }
-        for (size_t i = 0; i < page.count && res == ENGINE_ACCEPTED; i++)
-            if ((rows[n] = http_stream_stub(page.rows[i])) != NULL)
-                n++;
-            else
-                res = ENGINE_ERROR;
-        if (page.count > 0)
-            memcpy(after, page.rows[page.count - 1]->node_id,
-                   strlen(page.rows[page.count - 1]->node_id) + 1);
-        more = page.more;
-        engine_page_free(&page);
-        if (res != ENGINE_ACCEPTED || !more)
-            break;
-    }
     /* Gone since the api looked, through a delete the watcher saw: it sends "deleted" and ends. */
     if (res == ENGINE_NOT_FOUND && watch_deleted(w))
         res = ENGINE_ACCEPTED;
-    if (res == ENGINE_ACCEPTED && watch_catch_up(w, rows, n) != 0)
+    if (res == ENGINE_ACCEPTED && watch_catch_up(w, stubs.page.rows, stubs.page.count) != 0)
         res = ENGINE_ERROR;
-    for (size_t i = 0; i < n; i++)
-        model_row_unref(rows[i]);
-    free(rows);
+    engine_page_free(&stubs.page);
     return res;
 }
 
