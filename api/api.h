@@ -16,9 +16,10 @@
  * parks it again, as it did the first time.
  *
  * Watching a run is answered in two steps too. GET /runs/{run_id}/events
- * returns a response with events set (checked, the run found, not counted
- * yet): the transport opens the stream of the run's changes (server/http/
- * watch.h) and counts it with api_count_status. A long poll, GET
+ * returns a response with events set (checked, the run found or its delete
+ * missed, not counted yet): the transport opens the stream of the run's
+ * changes (server/http/watch.h), asks api_missed_delete once its watcher
+ * sees every later change, and counts it with api_count_status. A long poll, GET
  * /runs/{run_id}/nodes?since=N&wait=S that finds nothing above N, returns
  * poll_wait > 0: the transport parks it until a change of the run or S
  * seconds, then calls api_handle again (with no_wait once the time is up).
@@ -128,6 +129,15 @@ void api_response_free(api_response *resp);
 size_t api_body_limit(const api *a, const char *method, const char *path);
 /* Counts an answer the transport gives on the api's word (a stream's 200). */
 void api_count_status(api *a, int status);
+/*
+ * A watcher of run_id resuming from since (> 0) that missed the run's
+ * delete, whether or not the run was written anew since: *seq that
+ * delete's seq, else 0 (since 0 missed nothing: it asks for all there is).
+ * *committed: it is on record in the store. 0, or -1 when the store could
+ * not be read.
+ */
+int api_missed_delete(api *a, const char *run_id, int64_t since, int64_t *seq,
+                      bool *committed);
 /* A node's JSON exactly as GET .../state answers it (malloc'd, *len bytes), or NULL. */
 char *api_node_json(const ns_row *row, bool durable, size_t *len);
 

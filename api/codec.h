@@ -78,9 +78,13 @@ void codec_row(buf *b, const ns_row *row, bool durable);
  */
 void codec_problem(buf *b, int status, const char *slug, const char *title,
                    const char *detail, const ns_row *current, bool durable);
-/* {"run_id","nodes":[rows],"next": last node_id or null}; durable per row by durability. */
+/*
+ * {"run_id","nodes":[rows],"next": last node_id or null}, and
+ * "deleted_seq" when deleted_seq > 0 (a ?since= list that missed the run's
+ * delete); durable per row by durability.
+ */
 void codec_page(buf *b, const char *run_id, const engine_page *page,
-                const engine_durability *durability);
+                const engine_durability *durability, int64_t deleted_seq);
 /* {"run_id","nodes","counts":{status: n ...},"last_seq","updated_at"}. */
 void codec_summary(buf *b, const char *run_id, const engine_summary *s);
 /* {"run_id","deleted","seq","durable"}. */

@@ -157,7 +157,7 @@ void codec_problem(buf *b, int status, const char *slug, const char *title,
 }
 
 void codec_page(buf *b, const char *run_id, const engine_page *page,
-                const engine_durability *durability)
+                const engine_durability *durability, int64_t deleted_seq)
 {
     buf_puts(b, "{\"run_id\":");
     buf_json_string(b, run_id);
@@ -173,6 +173,8 @@ void codec_page(buf *b, const char *run_id, const engine_page *page,
         buf_json_string(b, page->rows[page->count - 1]->node_id);
     else
         buf_puts(b, "null");
+    if (deleted_seq > 0)
+        buf_printf(b, ",\"deleted_seq\":%" PRId64, deleted_seq);
     buf_append(b, "}", 1);
 }
 

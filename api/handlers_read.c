@@ -210,6 +210,20 @@ static int since_merge(engine_page *all, engine_page *changes, unsigned mask, in
     return 0;
 }
 
+int api_missed_delete(api *a, const char *run_id, int64_t since, int64_t *seq,
+                      bool *committed)
+{
+    *seq = 0;
+    *committed = true;
+    if (since <= 0)
+        return 0;
+    if (engine_deleted_seq(a->engine, run_id, seq, committed) != 0)
+        return -1;
+    if (*seq <= since)
+        *seq = 0;
+    return 0;
+}
+
 /*
  * GET /runs/{run}/nodes?since=N[&wait=S]: the run's nodes whose seq is
  * above N, in seq order, at most limit (the client asks again with the
@@ -262,6 +276,16 @@ static void list_since(api *a, const api_request *req, const route_args *args,
         engine_page_free(&all);
         res = ENGINE_ERROR;
     }
+    /*
+     * After the scan: a delete that came before it, or during it, is on
+     * record by now, so a client is never handed the new run's nodes as if
+     * the old ones were still there.
+     */
+    int64_t deleted = 0;
+    bool committed;
+    if (res == ENGINE_ACCEPTED &&
+        api_missed_delete(a, args->run_id, since, &deleted, &committed) != 0)
+        res = ENGINE_ERROR;
     if (api_run_read_ok(resp, res, "listing the run")) {
         if (all.count > 1)
             qsort(all.rows, all.count, sizeof *all.rows, row_seq_cmp);
@@ -271,10 +295,10 @@ static void list_since(api *a, const api_request *req, const route_args *args,
         buf b;
         buf_init(&b);
         engine_durability d = engine_durability_now(a->engine);
-        codec_page(&b, args->run_id, &all, &d);
+        codec_page(&b, args->run_id, &all, &d, deleted);
         api_respond(resp, 200, API_JSON_TYPE, &b);
         all.count = count;
-        if (all.count == 0 && wait > 0 && !req->no_wait) {
+        if (all.count == 0 && deleted == 0 && wait > 0 && !req->no_wait) {
             resp->poll_wait = wait;
             resp->since = since;
             snprintf(resp->watch_run, sizeof resp->watch_run, "%s", args->run_id);
@@ -341,7 +365,7 @@ void api_list_nodes(api *a, const api_request *req, const route_args *args,
         buf b;
         buf_init(&b);
         engine_durability d = engine_durability_now(a->engine);
-        codec_page(&b, args->run_id, &page, &d);
+        codec_page(&b, args->run_id, &page, &d, 0);
         api_respond(resp, 200, API_JSON_TYPE, &b);
     }
     engine_page_free(&page);
@@ -409,6 +433,12 @@ void api_watch_run(api *a, const api_request *req, const route_args *args,
     engine_result res = engine_list(a->engine, args->run_id, (1u << NS_STATUS_COUNT) - 1,
                                     NULL, 1, &page);
     engine_page_free(&page);
+    /* Gone, but deleted after the client's since: the stream tells it so (the transport looks again). */
+    int64_t deleted = 0;
+    bool committed;
+    if (res == ENGINE_NOT_FOUND &&
+        api_missed_delete(a, args->run_id, since, &deleted, &committed) == 0 && deleted > 0)
+        res = ENGINE_ACCEPTED;
     if (!api_run_read_ok(resp, res, "reading the run"))
         return;
     if (strcmp(req->method, "GET") != 0) {

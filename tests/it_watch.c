@@ -59,6 +59,7 @@ typedef struct sse {
     int node_events;
     int synced;
     int deleted;
+    long long deleted_id;       /* the id of the last "deleted" event */
     int out_of_order;           /* an id not above the previous one */
     int mismatched;             /* data's seq is not the id, or data is not a node */
     int not_durable;            /* "durable": false in a node event */
@@ -84,6 +85,7 @@ static void sse_dispatch(sse *c)
         c->synced++;
     } else if (strcmp(c->event, "deleted") == 0) {
         c->deleted++;
+        c->deleted_id = c->id;
     } else if (strcmp(c->event, "node") == 0) {
         json_t *doc = c->data ? json_loads(c->data, 0, NULL) : NULL;
         const char *node = doc ? json_string_value(json_object_get(doc, "node_id")) : NULL;
@@ -196,10 +198,13 @@ static void *sse_main(void *arg)
     return NULL;
 }
 
-static sse *sse_open(ns_server *s, const char *run, bool durable, int abort_after)
+/* A stream that starts with Last-Event-ID: from (0: none); abort_after drops it once. */
+static sse *sse_open_from(ns_server *s, const char *run, bool durable, int abort_after,
+                          long long from)
 {
     sse *c = calloc(1, sizeof *c);
     cr_assert_not_null(c);
+    c->last_id = from;
     c->port = ns_port(s);
     snprintf(c->run, sizeof c->run, "%s", run);
     c->durable = durable;
@@ -208,6 +213,11 @@ static sse *sse_open(ns_server *s, const char *run, bool durable, int abort_afte
     pthread_mutex_init(&c->mu, NULL);
     cr_assert_eq(pthread_create(&c->thread, NULL, sse_main, c), 0);
     return c;
+}
+
+static sse *sse_open(ns_server *s, const char *run, bool durable, int abort_after)
+{
+    return sse_open_from(s, run, durable, abort_after, 0);
 }
 
 static bool sse_synced(void *arg)
@@ -340,7 +350,123 @@ static void delete_run(ns_server *s, const char *run)
     ns_resp_free(&r);
 }
 
+/* DELETE /runs/{run}: the delete's seq. */
+static long long delete_run_seq(ns_server *s, const char *run)
+{
+    char path[96];
+    ns_resp r = { 0 };
+    snprintf(path, sizeof path, "/runs/%s", run);
+    cr_assert_eq(ns_req(s, "DELETE", path, NULL, NULL, &r), 0);
+    cr_assert_eq(r.status, 202, "DELETE %s: %ld %s", path, r.status, r.body);
+    json_t *doc = json_loads(r.body, 0, NULL);
+    cr_assert_not_null(doc, "DELETE %s: %s", path, r.body);
+    long long seq = it_jint(doc, "seq");
+    json_decref(doc);
+    ns_resp_free(&r);
+    return seq;
+}
+
+/* A stream from Last-Event-ID: from that ends by itself: what it said. */
+static void assert_told_deleted(ns_server *s, const char *run, bool durable, long long from,
+                                long long deleted)
+{
+    sse *c = sse_open_from(s, run, durable, 0, from);
+    cr_assert_eq(ns_wait_until(sse_done, c, WAIT_S, 10), 0,
+                 "a stream from %lld did not end on the delete it missed", from);
+    pthread_mutex_lock(&c->mu);
+    cr_assert_eq(c->http_status, 200);
+    cr_assert_eq(c->result, CURLE_OK, "the stream ended with %s", curl_easy_strerror(c->result));
+    cr_assert_eq(c->deleted, 1, "from %lld: %d deleted events", from, c->deleted);
+    cr_assert_eq(c->deleted_id, deleted, "from %lld: deleted at %lld, told %lld", from, deleted,
+                 c->deleted_id);
+    cr_assert_eq(c->node_events, 0, "from %lld: %d nodes before the delete", from,
+                 c->node_events);
+    cr_assert_eq(c->synced, 0);
+    pthread_mutex_unlock(&c->mu);
+    sse_close(c);
+}
+
+/* GET /runs/{run}/nodes?since=N: its deleted_seq (0 when absent) and how many nodes. */
+static long long since_deleted_seq(ns_server *s, const char *run, long long since, size_t *nodes)
+{
+    char path[128];
+    snprintf(path, sizeof path, "/runs/%s/nodes?since=%lld&wait=30", run, since);
+    json_t *page = it_get_json(s, path, 200);
+    json_t *d = json_object_get(page, "deleted_seq");
+    long long seq = d ? json_integer_value(d) : 0;
+    cr_assert(d == NULL || (json_is_integer(d) && seq > 0));
+    *nodes = json_array_size(json_object_get(page, "nodes"));
+    json_decref(page);
+    return seq;
+}
+
 /* ---- tests ---- */
+
+Test(watch, a_resumed_stream_learns_of_the_delete_it_missed, .timeout = 180)
+{
+    ns_server *s = ns_start(NULL);
+    cr_assert_not_null(s);
+    it_post(s, "x", "n0000", "?wait=true", "{\"status\":\"idle\"}", 200);
+    json_t *row = it_post_json(s, "x", "n0001", "?wait=true", "{\"status\":\"idle\"}", 200);
+    long long seen = it_jint(row, "seq");
+    json_decref(row);
+    /* The client saw up to `seen`, then the run was deleted and written anew. */
+    long long deleted = delete_run_seq(s, "x");
+    row = it_post_json(s, "x", "n0002", "?wait=true", "{\"status\":\"idle\"}", 200);
+    long long fresh = it_jint(row, "seq");
+    json_decref(row);
+    cr_assert_gt(fresh, deleted);
+
+    for (int round = 0; round < 2; round++) {
+        /* Told the delete, not the new run's nodes (n0000 and n0001 are gone, not unchanged). */
+        assert_told_deleted(s, "x", false, seen, deleted);
+        assert_told_deleted(s, "x", true, seen, deleted);
+        /* Resumed from the delete: the new run, then synced. */
+        sse *c = sse_open_from(s, "x", false, 0, deleted);
+        cr_assert_eq(ns_wait_until(sse_synced, c, WAIT_S, 5), 0, "no synced event");
+        pthread_mutex_lock(&c->mu);
+        cr_assert_eq(c->node_events, 1);
+        cr_assert_eq(c->seq[2], fresh);
+        cr_assert_eq(c->deleted, 0);
+        pthread_mutex_unlock(&c->mu);
+        /* The long poll says the same: the nodes now, and the delete before them. */
+        size_t nodes = 0;
+        cr_assert_eq(since_deleted_seq(s, "x", seen, &nodes), deleted);
+        cr_assert_eq(nodes, 1);
+        cr_assert_eq(since_deleted_seq(s, "x", deleted, &nodes), 0);
+        cr_assert_eq(nodes, 1);
+        /* Asking for everything (no since) missed nothing. */
+        sse *all = sse_open(s, "x", false, 0);
+        cr_assert_eq(ns_wait_until(sse_synced, all, WAIT_S, 5), 0, "no synced event");
+        pthread_mutex_lock(&all->mu);
+        cr_assert_eq(all->deleted, 0);
+        cr_assert_eq(all->node_events, 1);
+        pthread_mutex_unlock(&all->mu);
+        if (round == 0) {
+            /* Once more from the store's record alone, after a restart. */
+            ns_stop(s, SIGTERM);
+            sse_close(c);
+            sse_close(all);
+            cr_assert_eq(ns_restart(s, NULL), 0);
+            continue;
+        }
+        /* Gone for good: a stream that missed it is told, one that saw it gets 404. */
+        long long again = delete_run_seq(s, "x");
+        cr_assert_eq(ns_wait_until(sse_done, c, WAIT_S, 10), 0);
+        sse_close(c);
+        sse_close(all);
+        assert_told_deleted(s, "x", false, fresh, again);
+        sse *late = sse_open_from(s, "x", false, 0, again);
+        cr_assert_eq(ns_wait_until(sse_done, late, WAIT_S, 10), 0);
+        cr_assert_eq(late->http_status, 404);
+        sse_close(late);
+        sse *none = sse_open(s, "x", false, 0);
+        cr_assert_eq(ns_wait_until(sse_done, none, WAIT_S, 10), 0);
+        cr_assert_eq(none->http_status, 404);
+        sse_close(none);
+    }
+    ns_free(s);
+}
 
 Test(watch, every_final_state_in_seq_order_from_eight_writers, .timeout = 180)
 {

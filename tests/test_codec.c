@@ -831,7 +831,7 @@ Test(encode, page_with_more)
     buf_init(&b);
     /* Committed up to 9, handed out up to 11: 12 was written by another instance. */
     engine_durability d = { .durable_seq = 9, .last_seq = 11 };
-    codec_page(&b, "run-1", &page, &d);
+    codec_page(&b, "run-1", &page, &d, 0);
     json_t *j = parse_buf(&b);
     static const char *const keys[] = { "run_id", "nodes", "next" };
     assert_keys(j, keys, 3);
@@ -858,7 +858,7 @@ Test(encode, page_last_and_empty)
     buf b;
     buf_init(&b);
     engine_durability d = { .durable_seq = 0, .last_seq = 5 };
-    codec_page(&b, "run-1", &page, &d);
+    codec_page(&b, "run-1", &page, &d, 0);
     json_t *j = parse_buf(&b);
     cr_assert_eq(json_array_size(json_object_get(j, "nodes")), 1);
     cr_assert(json_is_false(json_object_get(
@@ -869,7 +869,7 @@ Test(encode, page_last_and_empty)
 
     engine_page empty = { .rows = NULL, .count = 0, .more = false };
     buf_init(&b);
-    codec_page(&b, "run-1", &empty, &d);
+    codec_page(&b, "run-1", &empty, &d, 0);
     cr_assert_str_eq(b.data, "{\"run_id\":\"run-1\",\"nodes\":[],\"next\":null}");
     buf_free(&b);
 }

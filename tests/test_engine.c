@@ -1707,3 +1707,44 @@ Test(engine, a_read_through_into_the_least_recent_run_still_keeps_the_bound)
     model_row_unref(g);
     cr_assert_eq(engine_close(e), 0);
 }
+
+/* engine_deleted_seq, asserting it read. */
+static int64_t deleted_seq(engine *e, const char *run, bool *committed)
+{
+    int64_t seq = -1;
+    cr_assert_eq(engine_deleted_seq(e, run, &seq, committed), 0);
+    return seq;
+}
+
+Test(engine, a_runs_delete_is_known_while_queued_and_once_committed)
+{
+    engine *e = open_lazy();
+    bool committed = false;
+    accept(e, "r", "a", NS_RUNNING);
+    wait_durable(e, 1, true);
+    cr_assert_eq(deleted_seq(e, "r", &committed), 0);
+
+    /* Queued and not committed (the writer is held after a commit): known, not on record. */
+    blocker b;
+    stall_writer(e, &b);
+    size_t deleted = 0;
+    int64_t seq = 0;
+    cr_assert_eq(engine_delete_run(e, "r", &deleted, &seq), ENGINE_ACCEPTED);
+    cr_assert_eq(deleted_seq(e, "r", &committed), seq);
+    cr_assert_not(committed);
+    /* Written anew meanwhile: the delete is still what a watcher from before it missed. */
+    accept(e, "r", "b", NS_IDLE);
+    cr_assert_eq(deleted_seq(e, "r", &committed), seq);
+    atomic_store(&b.release, true);
+    wait_durable(e, seq + 1, true);
+    cr_assert_eq(deleted_seq(e, "r", &committed), seq);
+    cr_assert(committed);
+
+    /* From the store alone after a restart. */
+    cr_assert_eq(engine_close(e), 0);
+    e = open_lazy();
+    cr_assert_eq(deleted_seq(e, "r", &committed), seq);
+    cr_assert(committed);
+    cr_assert_eq(deleted_seq(e, "other", &committed), 0);
+    cr_assert_eq(engine_close(e), 0);
+}

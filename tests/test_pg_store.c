@@ -662,3 +662,67 @@ Test(pg_store, expiring_delete_waits_for_a_write_in_flight_and_keeps_the_run)
     PQfinish(watch);
     store_close(s);
 }
+
+/* store_reader_deleted_seq of our database. */
+static int64_t deleted_seq_of(store_reader *r, const char *run)
+{
+    int64_t seq = -1;
+    cr_assert_eq(store_reader_deleted_seq(r, run, &seq), 0);
+    return seq;
+}
+
+/*
+ * A run's delete is on record with its seq (the newest wins), in the
+ * delete's transaction, on either way of writing a batch; retention's delete
+ * of a run it keeps is no delete; old records go with a cutoff.
+ */
+Test(pg_store, deletes_are_on_record_with_their_seq)
+{
+    store *s = open_pg();
+    store_reader *r = open_reader();
+    cr_assert_eq(deleted_seq_of(r, "gone"), 0);
+    aged rows[] = {
+        { "gone", "a", NS_RUNNING, SFX_T0 },  { "kept", "a", NS_COMPLETED, SFX_T0 },
+        { "expired", "a", NS_COMPLETED, SFX_T0 - 10 },
+    };
+    write_aged(s, rows, 3);
+    const char *runs[] = { "gone", "kept", "expired" };
+    const bool expiring[] = { false, true, true };
+    const int64_t seqs[] = { 100, 101, 102 };
+    kept_runs k = { 0 };
+    store_batch b = { .delete_runs = runs, .delete_seqs = seqs, .n_deletes = 3,
+                      .expiring = expiring, .expire_cutoff_ms = SFX_T0 - 5,
+                      .on_expire_kept = on_kept, .isolated_ctx = &k, .last_seq = 102 };
+    cr_assert_eq(store_write(s, &b), 0, "store_write: %s", store_errmsg(s));
+    cr_assert_str_eq(k.ids, "kept");
+    cr_assert_eq(deleted_seq_of(r, "gone"), 100);
+    cr_assert_eq(deleted_seq_of(r, "kept"), 0, "kept by retention: not deleted");
+    cr_assert_eq(deleted_seq_of(r, "expired"), 102);
+
+    /* Older does not replace newer; a batch that isolates a row records its deletes too. */
+    const int64_t older[] = { 90 }, newer[] = { 110 };
+    store_batch ob = { .delete_runs = runs, .delete_seqs = older, .n_deletes = 1, .last_seq = 102 };
+    cr_assert_eq(store_write(s, &ob), 0, "store_write: %s", store_errmsg(s));
+    cr_assert_eq(deleted_seq_of(r, "gone"), 100);
+    ns_row d = sfx_draft("iso", "b", NS_FAILED, 111);
+    d.last_error = "bad \xff\xfe bytes";
+    ns_row *bad[1] = { model_row_copy(&d) };
+    bool forced[1] = { true };
+    sfx_isolated iso = { 0 };
+    store_batch nb = { .delete_runs = runs, .delete_seqs = newer, .n_deletes = 1, .rows = bad,
+                       .n_rows = 1, .forced = forced, .on_isolated = sfx_on_isolated,
+                       .isolated_ctx = &iso, .last_seq = 111 };
+    cr_assert_eq(store_write(s, &nb), 0, "store_write: %s", store_errmsg(s));
+    cr_assert_eq(nb.n_isolated, 1);
+    cr_assert_eq(deleted_seq_of(r, "gone"), 110);
+    unref_all(bad, 1);
+
+    /* Records older than the cutoff go. */
+    admin(uri, "UPDATE run_deletes SET deleted_at = 1000 WHERE run_id = 'expired'");
+    store_batch fb = { .forget_deletes_before_ms = 2000, .last_seq = 111 };
+    cr_assert_eq(store_write(s, &fb), 0, "store_write: %s", store_errmsg(s));
+    cr_assert_eq(deleted_seq_of(r, "expired"), 0);
+    cr_assert_eq(deleted_seq_of(r, "gone"), 110);
+    store_reader_close(r);
+    store_close(s);
+}

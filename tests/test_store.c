@@ -2221,3 +2221,81 @@ Test(store, backup_sweep_removes_only_leftover_copies)
     cr_assert_eq(store_backup_sweep(sfx_db_path(), &removed, err, sizeof err), 0, "%s", err);
     cr_assert_eq(removed, 0);
 }
+
+/* store_reader_deleted_seq, asserting it read. */
+static int64_t deleted_seq(store_reader *r, const char *run)
+{
+    int64_t seq = -1;
+    cr_assert(eq(int, store_reader_deleted_seq(r, run, &seq), 0));
+    return seq;
+}
+
+Test(store, a_delete_is_on_record_with_its_seq_until_retention_forgets_it)
+{
+    store *s = sfx_open_store();
+    store_reader *r = sfx_open_reader();
+    cr_assert(eq(i64, deleted_seq(r, "r1"), 0), "no delete on record");
+
+    const char *const del[] = {"r1", "r2"};
+    const int64_t seqs[] = {5, 6};
+    store_batch b = { .delete_runs = del, .delete_seqs = seqs, .n_deletes = 2, .last_seq = 6 };
+    cr_assert(eq(int, store_write(s, &b), 0), "%s", store_errmsg(s));
+    cr_assert(eq(i64, deleted_seq(r, "r1"), 5));
+    cr_assert(eq(i64, deleted_seq(r, "r2"), 6));
+
+    /* A newer delete replaces the record; an older one (a late replay's) does not. */
+    const int64_t newer[] = {9}, older[] = {7};
+    store_batch nb = { .delete_runs = del, .delete_seqs = newer, .n_deletes = 1, .last_seq = 9 };
+    cr_assert(eq(int, store_write(s, &nb), 0), "%s", store_errmsg(s));
+    store_batch ob = { .delete_runs = del, .delete_seqs = older, .n_deletes = 1, .last_seq = 9 };
+    cr_assert(eq(int, store_write(s, &ob), 0), "%s", store_errmsg(s));
+    cr_assert(eq(i64, deleted_seq(r, "r1"), 9));
+
+    /* A batch without seqs (older callers) records nothing. */
+    const char *const del3[] = {"r3"};
+    write_ok(s, NULL, 0, del3, 1, 10);
+    cr_assert(eq(i64, deleted_seq(r, "r3"), 0));
+
+    /* Records older than the cutoff go with the batch that carries it. */
+    sqlite3 *raw = open_raw();
+    raw_exec(raw, "UPDATE run_deletes SET deleted_at = 1000 WHERE run_id = 'r2'");
+    sqlite3_close(raw);
+    store_batch fb = { .forget_deletes_before_ms = 2000, .last_seq = 10 };
+    cr_assert(eq(int, store_write(s, &fb), 0), "%s", store_errmsg(s));
+    cr_assert(eq(i64, deleted_seq(r, "r2"), 0), "forgotten");
+    cr_assert(eq(i64, deleted_seq(r, "r1"), 9), "younger than the cutoff: kept");
+
+    /* A spilled delete is on record once replayed, with its own seq. */
+    const char *const del4[] = {"r4"};
+    const int64_t seq4[] = {12};
+    store_batch sb = { .delete_runs = del4, .delete_seqs = seq4, .n_deletes = 1, .last_seq = 13 };
+    char err[512] = "";
+    cr_assert(eq(int, store_spill(sfx_db_path(), &sb, err, sizeof err), 0), "%s", err);
+    replay_ok(s, 0, 1);
+    cr_assert(eq(i64, deleted_seq(r, "r4"), 12));
+    store_reader_close(r);
+    store_close(s);
+}
+
+Test(store, a_reader_of_a_file_without_delete_records_finds_none)
+{
+    store *s = sfx_open_store();
+    store_close(s);
+    /* As a build that predates run_deletes left it. */
+    sqlite3 *raw = open_raw();
+    raw_exec(raw, "DROP TABLE run_deletes");
+    sqlite3_close(raw);
+    store_reader *r = sfx_open_reader();
+    cr_assert(eq(i64, deleted_seq(r, "r1"), 0));
+    store_reader_close(r);
+    /* The next writer makes it again. */
+    s = sfx_open_store();
+    const char *const del[] = {"r1"};
+    const int64_t seqs[] = {3};
+    store_batch b = { .delete_runs = del, .delete_seqs = seqs, .n_deletes = 1, .last_seq = 3 };
+    cr_assert(eq(int, store_write(s, &b), 0), "%s", store_errmsg(s));
+    r = sfx_open_reader();
+    cr_assert(eq(i64, deleted_seq(r, "r1"), 3));
+    store_reader_close(r);
+    store_close(s);
+}

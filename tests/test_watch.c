@@ -425,3 +425,46 @@ Test(watch, parked_watchers_are_resumed_by_the_hub_thread)
     watch_close(w);
     watch_hub_free(h);
 }
+
+Test(watch, a_delete_missed_before_the_stream_is_told_instead_of_the_catch_up)
+{
+    watch_hub *h = hub(8, 1 << 20);
+    int err = 0;
+    ssize_t end;
+    /* Committed (read from the store): even a durable stream tells it at once. */
+    watcher *w = watch_open(h, WATCH_STREAM, "r", 3, true, NULL, 0, &err);
+    cr_assert_not_null(w);
+    watch_deleted_before(w, 7, true);
+    ns_row *fresh = row("r", "new", 9);
+    cr_assert_eq(watch_catch_up(w, &fresh, 1), 0);
+    char *t = drain(w, &end);
+    cr_assert_eq(end, WATCH_FILL_END);
+    cr_assert_str_eq(t, "retry: 1000\n\nid: 7\nevent: deleted\ndata: {\"run_id\":\"r\",\"seq\":7}\n\n");
+    watch_close(w);
+
+    /* Queued: a durable stream waits for its commit. */
+    w = watch_open(h, WATCH_STREAM, "r", 3, true, NULL, 0, &err);
+    cr_assert_not_null(w);
+    watch_deleted_before(w, 7, false);
+    cr_assert_eq(watch_catch_up(w, &fresh, 1), 0);
+    t = drain(w, &end);
+    cr_assert_eq(end, WATCH_FILL_IDLE);
+    cr_assert_null(strstr(t, "deleted"), "told before its commit: %s", t);
+    watch_on_durable(h, 7);
+    t = drain(w, &end);
+    cr_assert_eq(end, WATCH_FILL_END);
+    cr_assert_not_null(strstr(t, "id: 7\nevent: deleted\n"), "%s", t);
+    watch_close(w);
+
+    /* A newer delete seen since watch_open wins over the one looked up. */
+    w = watch_open(h, WATCH_STREAM, "r", 3, false, NULL, 0, &err);
+    cr_assert_not_null(w);
+    watch_on_change(h, "r", NULL, 8);
+    watch_deleted_before(w, 7, true);
+    cr_assert_eq(watch_catch_up(w, NULL, 0), 0);
+    t = drain(w, &end);
+    cr_assert_not_null(strstr(t, "id: 8\nevent: deleted\n"), "%s", t);
+    watch_close(w);
+    model_row_unref(fresh);
+    watch_hub_free(h);
+}

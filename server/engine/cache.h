@@ -69,6 +69,7 @@ typedef struct cache_run {
     cache_node *clean_last;
     size_t clean;              /* how many */
     int64_t evicted_seq;       /* highest seq of a row evicted from it (cache_evict_node) */
+    int64_t deleted_seq;       /* its newest delete this process queued, 0: none (engine_deleted_seq) */
     size_t reap_at;            /* removed, being freed in pieces: the next slot to free */
     /* recency list of the runs with clean nodes: lru_prev is less recently used */
     struct cache_run *lru_prev;

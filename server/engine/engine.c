@@ -418,6 +418,7 @@ static int64_t queue_delete(engine *e, cache_run *run, char *id, bool expire, ca
     *gone = cache_run_take(e->cache, run);
     ns_op op = { .delete_run = id, .expire = expire, .run = run };
     enqueue(e, &op);
+    run->deleted_seq = op.seq;
     publish_cache_size(e);
     return op.seq;
 }
@@ -449,6 +450,25 @@ int engine_expire_run(engine *e, const char *run_id, int64_t cutoff_ms, cache_ru
     }
     queue_delete(e, run, id, true, gone);
     return 1;
+}
+
+int engine_deleted_seq(engine *e, const char *run_id, int64_t *seq, bool *committed)
+{
+    assert(state_opened(e));
+    /*
+     * The cache first: a delete queued before this call is there until it
+     * commits, and on record in the store from its commit on.
+     */
+    lockcheck_lock(&e->lock);
+    cache_run *run = cache_run_find(e->cache, run_id);
+    int64_t queued = run ? run->deleted_seq : 0;
+    lockcheck_unlock(&e->lock);
+    int64_t stored = 0;
+    if (store_reader_deleted_seq(e->reader, run_id, &stored) != 0)
+        return -1;
+    *seq = queued > stored ? queued : stored;
+    *committed = stored >= queued;
+    return 0;
 }
 
 engine_result engine_delete_run(engine *e, const char *run_id, size_t *deleted,

@@ -141,6 +141,15 @@ engine_result engine_submit(engine *e, const char *run_id, const char *node_id,
  */
 engine_result engine_delete_run(engine *e, const char *run_id, size_t *deleted,
                                 int64_t *seq);
+/*
+ * The seq of run_id's newest delete into *seq, 0 when none is known: one
+ * queued (the run stays cached until it commits) or committed (the store's
+ * record, also of other instances' deletes). A watcher resuming from a
+ * lower seq missed it, whether or not the run was written anew since.
+ * *committed: that delete is on record in the store. 0, or -1 when the
+ * store could not be read.
+ */
+int engine_deleted_seq(engine *e, const char *run_id, int64_t *seq, bool *committed);
 
 /* The node's latest accepted row (a reference), or NULL with *res NOT_FOUND or ERROR. */
 ns_row *engine_get(engine *e, const char *run_id, const char *node_id,

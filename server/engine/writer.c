@@ -67,9 +67,11 @@ int writer_plan_build(const ns_op *ops, size_t n, writer_plan *plan)
     /* The nodes with a forced update among their live ops: a coalesced row inherits the force. */
     keyset f = { NULL, NULL, slots - 1 };
     plan->deletes = malloc((n ? n : 1) * sizeof *plan->deletes);
+    plan->delete_seqs = malloc((n ? n : 1) * sizeof *plan->delete_seqs);
     plan->expiring = malloc((n ? n : 1) * sizeof *plan->expiring);
     plan->rows = malloc((n ? n : 1) * sizeof *plan->rows);
-    if (!k.runs || !k.nodes || !plan->deletes || !plan->expiring || !plan->rows)
+    if (!k.runs || !k.nodes || !plan->deletes || !plan->delete_seqs || !plan->expiring ||
+        !plan->rows)
         goto err;
 
     /*
@@ -86,6 +88,7 @@ int writer_plan_build(const ns_op *ops, size_t n, writer_plan *plan)
                 plan->run_deletes++;
             if (keyset_add(&k, op->delete_run, NULL)) {
                 plan->expiring[n_del] = op->expire;
+                plan->delete_seqs[n_del] = op->seq;
                 plan->deletes[n_del++] = op->delete_run;
             }
             continue;
@@ -114,6 +117,7 @@ int writer_plan_build(const ns_op *ops, size_t n, writer_plan *plan)
     }
 
     plan->batch.delete_runs = plan->deletes;
+    plan->batch.delete_seqs = plan->delete_seqs;
     if (plan->run_expires)
         plan->batch.expiring = plan->expiring;
     plan->batch.n_deletes = n_del;
@@ -137,6 +141,7 @@ err:
 void writer_plan_free(writer_plan *plan)
 {
     free(plan->deletes);
+    free(plan->delete_seqs);
     free(plan->expiring);
     free(plan->rows);
     free(plan->forced);

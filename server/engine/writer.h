@@ -17,6 +17,7 @@
 typedef struct writer_plan {
     store_batch batch;       /* points into the arrays below and into the ops */
     const char **deletes;
+    int64_t *delete_seqs;    /* per delete of deletes: the newest delete's seq */
     ns_row **rows;
     bool *forced;            /* per row of rows: force: true (store_batch.forced) */
     bool *expiring;          /* per delete of deletes: retention's (store_batch.expiring) */

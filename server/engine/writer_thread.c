@@ -285,10 +285,14 @@ static int commit_ops(engine *e, const ns_op *ops, size_t n)
             plan.batch.notify_id = e->listener ? e->instance_id : NULL;
             plan.batch.on_expire_kept = on_expire_kept;
         }
-        if (planned && plan.batch.expiring) {
+        if (planned && plan.batch.n_deletes && e->cfg.retention > 0) {
             /* Judged at this commit, on the clock retention's sweep uses. */
             int64_t now_ms = e->cfg.clock_ms ? e->cfg.clock_ms(e->cfg.clock_ctx) : model_now_ms();
-            plan.batch.expire_cutoff_ms = now_ms - (int64_t)(e->cfg.retention * 1000.0);
+            int64_t cutoff = now_ms - (int64_t)(e->cfg.retention * 1000.0);
+            if (plan.batch.expiring)
+                plan.batch.expire_cutoff_ms = cutoff;
+            /* Delete records live as long as the runs retention keeps (store.h run_deletes). */
+            plan.batch.forget_deletes_before_ms = cutoff;
         }
         t0 = model_mono_ns();
         if (planned && store_write(e->store, &plan.batch) == 0)

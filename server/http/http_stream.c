@@ -127,8 +127,22 @@ static int http_stream_keep_stub(void *ctx, ns_row *row)
     return -1;
 }
 
-static engine_result http_stream_catch_up(http_server *s, watcher *w, const char *run_id)
+static engine_result http_stream_catch_up(http_server *s, watcher *w, const char *run_id,
+                                          int64_t since)
 {
+    /*
+     * Looked for once w sees every later change: a delete the client missed
+     * (queued or committed by now) is told instead of the run's nodes,
+     * which, if the run was written anew, would read as its old ones.
+     */
+    int64_t deleted;
+    bool committed;
+    if (api_missed_delete(s->a, run_id, since, &deleted, &committed) != 0)
+        return ENGINE_ERROR;
+    if (deleted > 0) {
+        watch_deleted_before(w, deleted, committed);
+        return watch_catch_up(w, NULL, 0) == 0 ? ENGINE_ACCEPTED : ENGINE_ERROR;
+    }
     stub_rows stubs = { { 0 }, 0 };
     engine_result res = engine_scan(s->e, run_id, (1u << NS_STATUS_COUNT) - 1,
                                     HTTP_CATCH_UP_PAGE, http_stream_keep_stub, &stubs);
@@ -172,7 +186,7 @@ enum MHD_Result http_stream_start(http_server *s, http_req *r, const char *metho
         http_watch_refused(s, resp, err);
         return http_queue(s, r, method, url, con, resp);
     }
-    res = http_stream_catch_up(s, w, resp->watch_run);
+    res = http_stream_catch_up(s, w, resp->watch_run, resp->since);
     if (res != ENGINE_ACCEPTED) {
         watch_close(w);
         api_response_free(resp);

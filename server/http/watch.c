@@ -69,6 +69,7 @@ struct watcher {
     bool fired;                     /* poll: a change or the deadline came */
     bool timed_out;                 /* poll: the deadline (or the shutdown) */
     int64_t deleted_seq;            /* the run's delete; 0: none */
+    bool deleted_committed;         /* it was read from the store: durable already */
     bool dropped;                   /* too slow or out of memory: close */
     bool parked;                    /* suspended until a wake */
     int fd;                         /* parked: its connection's socket, or -1 */
@@ -279,6 +280,12 @@ static void drop(watch_hub *h, watcher *w)
     drop_as(h, w, true);
 }
 
+/* Whether a stream's "deleted" may go: at once, or for a durable one once committed. */
+static bool deleted_sendable(const watch_hub *h, const watcher *w)
+{
+    return !w->durable || w->deleted_committed || w->deleted_seq <= h->durable_seq;
+}
+
 /* Whether a stream has something to write now (or must end). */
 static bool stream_ready(const watch_hub *h, const watcher *w)
 {
@@ -287,7 +294,7 @@ static bool stream_ready(const watch_hub *h, const watcher *w)
     if (w->loading)
         return false;
     if (w->deleted_seq)
-        return !w->durable || w->deleted_seq <= h->durable_seq;
+        return deleted_sendable(h, w);
     if (!w->synced_sent && w->catchup_left == 0)
         return true;
     if (w->head && (!w->durable || w->head->row->seq <= h->durable_seq))
@@ -716,7 +723,7 @@ static piece_kind next_piece(watcher *w, ns_row **row, char *text, size_t size,
     lockcheck_lock(&h->mu);
     if (w->dropped) {
         k = PIECE_DROP;
-    } else if (w->deleted_seq && (!w->durable || w->deleted_seq <= h->durable_seq)) {
+    } else if (w->deleted_seq && deleted_sendable(h, w)) {
         snprintf(text, size, "id: %" PRId64 "\nevent: deleted\ndata: {\"run_id\":\"%s\",\"seq\":%"
                  PRId64 "}\n\n", w->deleted_seq, w->run_id, w->deleted_seq);
         w->ended = true;
@@ -901,6 +908,19 @@ bool watch_timed_out(watcher *w)
 void *watch_owner(const watcher *w)
 {
     return w->owner;
+}
+
+void watch_deleted_before(watcher *w, int64_t seq, bool committed)
+{
+    watch_hub *h = w->hub;
+    lockcheck_lock(&h->mu);
+    /* One seen since watch_open is newer, and says the same. */
+    if (!w->deleted_seq) {
+        pend_clear(w);
+        w->deleted_seq = seq;
+        w->deleted_committed = committed;
+    }
+    lockcheck_unlock(&h->mu);
 }
 
 bool watch_deleted(watcher *w)

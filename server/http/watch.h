@@ -122,6 +122,14 @@ ssize_t watch_fill(watcher *w, char *buf, size_t max);
 bool watch_park(watcher *w, int fd);
 /* A poll: whether its deadline (or the shutdown) fired it, not a change. */
 bool watch_timed_out(watcher *w);
+/*
+ * Before watch_catch_up: the run was deleted at seq, above the stream's
+ * since, before watch_open (the client missed it, even if the run was
+ * written anew since). The stream sends "deleted" with that id instead of
+ * a catch-up, and ends; the client resumes from it. committed: read from
+ * the store, so a durable stream need not wait for it.
+ */
+void watch_deleted_before(watcher *w, int64_t seq, bool committed);
 /* Whether a stream has seen its run deleted. */
 bool watch_deleted(watcher *w);
 /* The owner given to watch_open. */

@@ -143,6 +143,7 @@ int pg_reader_load_run(pg_reader *r, const char *run_id, bool light,
                        size_t *skipped);
 int pg_reader_load_node(pg_reader *r, const char *run_id, const char *node_id,
                         ns_row **out, bool *run_has_rows);
+int pg_reader_deleted_seq(pg_reader *r, const char *run_id, int64_t *seq);
 int pg_reader_load_page(pg_reader *r, const char *run_id, const char *after,
                         unsigned status_mask, size_t want,
                         int (*fn)(void *ctx, ns_row *row), void *ctx,

@@ -144,6 +144,10 @@ static void pg_schema_sql(pg_buf *b)
     pg_buf_str(b, "PRIMARY KEY (run_id, node_id));"
                   "CREATE INDEX IF NOT EXISTS run_node_state_status"
                   " ON run_node_state (run_id, status);"
+                  /* store.h: made where missing, whatever the version. */
+                  "CREATE TABLE IF NOT EXISTS run_deletes (run_id " PG_DECL_id " PRIMARY KEY,"
+                  " seq bigint NOT NULL, deleted_at bigint NOT NULL);"
+                  "CREATE INDEX IF NOT EXISTS run_deletes_deleted_at ON run_deletes (deleted_at);"
                   "INSERT INTO nodestate_meta (key, value) VALUES"
                   " ('seq_reserved', 0)"
                   " ON CONFLICT (key) DO NOTHING;");

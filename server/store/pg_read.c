@@ -80,6 +80,20 @@ static int pg_run_exists(pg_reader *r, const char *run_id)
     return ret;
 }
 
+int pg_reader_deleted_seq(pg_reader *r, const char *run_id, int64_t *seq)
+{
+    const char *p[1] = { run_id };
+    char err[PG_ERRMSG_MAX];
+    *seq = 0;
+    pthread_mutex_lock(&r->lock);
+    if (PQstatus(r->conn) != CONNECTION_OK)
+        PQreset(r->conn);
+    int rc = pg_query_int(r->conn, "SELECT seq FROM run_deletes WHERE run_id = $1", 1, p, seq,
+                          err, sizeof err, "deleted seq");
+    pthread_mutex_unlock(&r->lock);
+    return rc < 0 ? -1 : 0;
+}
+
 /*
  * fn runs with the reader's mutex held (the drafts borrow from the
  * result), so fn must not call back into this reader.

@@ -332,6 +332,77 @@ static int pg_expire_delete_sql(pg_store *s, char *out, size_t outlen)
     return 0;
 }
 
+/*
+ * The runs b deleted into run_deletes (store.h), after the deletes in the
+ * same transaction: $1 the runs, $2 their seqs, $3 now in Unix ms, $4
+ * retention's runs among them, recorded only where gone (not kept).
+ */
+static const char pg_record_deletes_sql[] =
+    "INSERT INTO run_deletes (run_id, seq, deleted_at)"
+    " SELECT d.run_id, d.seq, $3::bigint FROM unnest($1::text[], $2::bigint[]) AS d(run_id, seq)"
+    " WHERE NOT d.run_id = ANY($4::text[])"
+    " OR NOT EXISTS (SELECT 1 FROM run_node_state AS r WHERE r.run_id = d.run_id)"
+    " ON CONFLICT (run_id) DO UPDATE SET seq = excluded.seq, deleted_at = excluded.deleted_at"
+    " WHERE excluded.seq > run_deletes.seq";
+
+static const char pg_forget_deletes_sql[] = "DELETE FROM run_deletes WHERE deleted_at < $1";
+
+/* pg_record_deletes_sql's parameters, and pg_forget_deletes_sql's (forget). */
+typedef struct pg_record {
+    pg_buf runs, seqs, xruns;
+    char now[32], before[32];
+    const char *p[4];
+    const char *forget[1];
+} pg_record;
+
+/*
+ * Fills rec for b's deletes: 1, 0 when there is nothing to record (no
+ * deletes, or no seqs), -1 out of memory (errmsg set); rec->forget[0] is
+ * set when old records go (store_batch.forget_deletes_before_ms).
+ * pg_record_free after.
+ */
+static int pg_record_params(pg_store *s, const store_batch *b, pg_record *rec)
+{
+    memset(rec, 0, sizeof *rec);
+    if (b->forget_deletes_before_ms > 0) {
+        snprintf(rec->before, sizeof rec->before, "%lld", (long long)b->forget_deletes_before_ms);
+        rec->forget[0] = rec->before;
+    }
+    if (b->n_deletes == 0 || b->delete_seqs == NULL)
+        return 0;
+    pg_buf_array_open(&rec->runs);
+    pg_buf_array_open(&rec->seqs);
+    pg_buf_array_open(&rec->xruns);
+    for (size_t i = 0; i < b->n_deletes; i++) {
+        char v[32];
+        snprintf(v, sizeof v, "%lld", (long long)b->delete_seqs[i]);
+        pg_buf_array_elem(&rec->runs, b->delete_runs[i]);
+        pg_buf_array_elem(&rec->seqs, v);
+        if (pg_expiring(b, i))
+            pg_buf_array_elem(&rec->xruns, b->delete_runs[i]);
+    }
+    pg_buf_array_close(&rec->runs);
+    pg_buf_array_close(&rec->seqs);
+    pg_buf_array_close(&rec->xruns);
+    if (rec->runs.oom || rec->seqs.oom || rec->xruns.oom) {
+        snprintf(s->errmsg, sizeof s->errmsg, "recording deletes: out of memory");
+        return -1;
+    }
+    snprintf(rec->now, sizeof rec->now, "%lld", (long long)model_now_ms());
+    rec->p[0] = rec->runs.p;
+    rec->p[1] = rec->seqs.p;
+    rec->p[2] = rec->now;
+    rec->p[3] = rec->xruns.p;
+    return 1;
+}
+
+static void pg_record_free(pg_record *rec)
+{
+    pg_buf_free(&rec->runs);
+    pg_buf_free(&rec->seqs);
+    pg_buf_free(&rec->xruns);
+}
+
 /* Marks the deletes of b that res (the kept runs) names. */
 static void pg_mark_kept(const store_batch *b, const PGresult *res, bool *kept)
 {
@@ -355,15 +426,17 @@ static int pg_write_pipelined(pg_store *s, const store_batch *b, size_t *idx,
     enum { Q_PLAIN, Q_UPSERT, Q_NOTIFY, Q_ROWS, Q_KEPT };
     pg_arrays arrays[2];
     pg_buf runs = { 0 }, xruns = { 0 };
+    pg_record rec;
     char *notify = NULL, xsql[1024], cutoff[NS_TS_BUF];
-    int kinds[8], nq = 0, ret = -1, n_plain = 0, n_expiring = 0;
-    const char *whats[8];
+    int kinds[10], nq = 0, ret = -1, n_plain = 0, n_expiring = 0, n_record = 0;
+    const char *whats[10];
     bool have[2] = { false, false };
     size_t *group[2] = { idx, NULL };
     size_t counts[2] = { 0, 0 };
     bool pipelined = false, failed = false;
     *row_level = false;
     memset(arrays, 0, sizeof arrays);
+    memset(&rec, 0, sizeof rec);
 
     /* idx holds the judged rows from the front and the forced ones from the back. */
     for (size_t i = 0; i < b->n_rows; i++) {
@@ -379,7 +452,8 @@ static int pg_write_pipelined(pg_store *s, const store_batch *b, size_t *idx,
             goto out;
     }
     if ((n_plain = pg_delete_array(s, b, false, &runs)) < 0 ||
-        (n_expiring = pg_delete_array(s, b, true, &xruns)) < 0)
+        (n_expiring = pg_delete_array(s, b, true, &xruns)) < 0 ||
+        (n_record = pg_record_params(s, b, &rec)) < 0)
         goto out;
     if (n_expiring) {
         if (pg_expire_delete_sql(s, xsql, sizeof xsql) != 0)
@@ -409,6 +483,16 @@ static int pg_write_pipelined(pg_store *s, const store_batch *b, size_t *idx,
         kinds[nq] = Q_ROWS, whats[nq++] = "expire run";
         sent = sent && PQsendQueryParams(s->conn, xsql, 2, NULL, p, NULL, NULL, 0) == 1;
         kinds[nq] = Q_KEPT, whats[nq++] = "expire run";
+    }
+    if (sent && rec.forget[0]) {
+        sent = PQsendQueryParams(s->conn, pg_forget_deletes_sql, 1, NULL, rec.forget, NULL, NULL,
+                                 0) == 1;
+        kinds[nq] = Q_PLAIN, whats[nq++] = "forgetting deletes";
+    }
+    if (sent && n_record) {
+        sent = PQsendQueryParams(s->conn, pg_record_deletes_sql, 4, NULL, rec.p, NULL, NULL,
+                                 0) == 1;
+        kinds[nq] = Q_PLAIN, whats[nq++] = "recording deletes";
     }
     for (int g = 0; g < 2 && sent; g++) {
         if (!have[g])
@@ -478,6 +562,7 @@ out:
         pg_arrays_free(&arrays[g]);
     pg_buf_free(&runs);
     pg_buf_free(&xruns);
+    pg_record_free(&rec);
     free(notify);
     return ret;
 }
@@ -512,6 +597,16 @@ static int pg_delete_runs(pg_store *s, const store_batch *b, bool *kept)
         pg_mark_kept(b, res, kept);
         PQclear(res);
     }
+    pg_record rec;
+    int n_record = pg_record_params(s, b, &rec);
+    if (n_record < 0 ||
+        (rec.forget[0] &&
+         pg_run(s, pg_forget_deletes_sql, 1, rec.forget, "forgetting deletes", NULL) != 0) ||
+        (n_record && pg_run(s, pg_record_deletes_sql, 4, rec.p, "recording deletes", NULL) != 0)) {
+        pg_record_free(&rec);
+        goto out;
+    }
+    pg_record_free(&rec);
     rc = 0;
 out:
     pg_buf_free(&runs);
@@ -716,7 +811,8 @@ int pg_store_replay(pg_store *s, const char *spill_path, const char *notify_id,
     for (size_t i = 0; i < c.n_rows; i++)
         forced[i] = true;
     store_batch b = {
-        .delete_runs = (const char *const *)c.deletes, .n_deletes = c.n_deletes,
+        .delete_runs = (const char *const *)c.deletes, .delete_seqs = c.delete_seqs,
+        .n_deletes = c.n_deletes,
         .rows = c.rows, .n_rows = c.n_rows, .forced = forced, .last_seq = c.last_seq,
         .notify_id = notify_id,
     };

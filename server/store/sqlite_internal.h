@@ -332,6 +332,8 @@ struct sqlite_store {
     sqlite3_stmt *upsert;       /* one row of run_node_state */
     sqlite3_stmt *upsert_many[STORE_CHUNKS]; /* store_chunk_rows[k] rows of it */
     sqlite3_stmt *delete_run;   /* every row of one run */
+    sqlite3_stmt *record_delete; /* run_deletes: a run's newest delete */
+    sqlite3_stmt *forget_deletes; /* run_deletes: the records older than ?1 */
     sqlite3_stmt *set_seq;      /* nodestate_meta 'last_seq' */
     sqlite3_stmt *meta_get;     /* any nodestate_meta key */
     sqlite3_stmt *meta_set;
@@ -372,6 +374,7 @@ void sqlite_reader_close(sqlite_reader *r);
 int sqlite_reader_load_run(sqlite_reader *r, const char *run_id, bool light,
                            int (*fn)(void *ctx, ns_row *row), void *ctx,
                            size_t *skipped);
+int sqlite_reader_deleted_seq(sqlite_reader *r, const char *run_id, int64_t *seq);
 int sqlite_reader_load_node(sqlite_reader *r, const char *run_id,
                             const char *node_id, ns_row **out,
                             bool *run_has_rows);

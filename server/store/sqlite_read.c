@@ -40,6 +40,7 @@ struct sqlite_reader {
     sqlite3_stmt *select_node;  /* one row by primary key */
     sqlite3_stmt *select_after; /* rows of one run after a node id */
     sqlite3_stmt *run_exists;   /* whether a run has any row */
+    sqlite3_stmt *deleted_seq;  /* run_deletes: a run's newest delete */
 };
 
 sqlite_reader *sqlite_reader_open(const char *path, char *err, size_t errlen)
@@ -82,6 +83,12 @@ sqlite_reader *sqlite_reader_open(const char *path, char *err, size_t errlen)
         || store_prepare(r->db, store_select_run_exists_sql, &r->run_exists,
                          err, errlen, path) != 0)
         goto err;
+    /* A file no writer of this build opened yet has no run_deletes: no delete on record. */
+    if (sqlite3_prepare_v2(r->db, "SELECT seq FROM run_deletes WHERE run_id = ?1", -1,
+                           &r->deleted_seq, NULL) != SQLITE_OK) {
+        sqlite3_finalize(r->deleted_seq);
+        r->deleted_seq = NULL;
+    }
     return r;
 
 err:
@@ -98,6 +105,7 @@ void sqlite_reader_close(sqlite_reader *r)
     sqlite3_finalize(r->select_node);
     sqlite3_finalize(r->select_after);
     sqlite3_finalize(r->run_exists);
+    sqlite3_finalize(r->deleted_seq);
     sqlite3_close(r->db);
     pthread_mutex_destroy(&r->lock);
     free(r);
@@ -324,6 +332,29 @@ out:
     sqlite3_clear_bindings(st);
     sqlite3_reset(ex);
     sqlite3_clear_bindings(ex);
+    pthread_mutex_unlock(&r->lock);
+    return ret;
+}
+
+int sqlite_reader_deleted_seq(sqlite_reader *r, const char *run_id, int64_t *seq)
+{
+    sqlite3_stmt *st = r->deleted_seq;
+    int ret = -1;
+
+    *seq = 0;
+    if (st == NULL)
+        return 0;
+    pthread_mutex_lock(&r->lock);
+    if (sqlite3_bind_text(st, 1, run_id, -1, SQLITE_STATIC) == SQLITE_OK) {
+        int rc = sqlite3_step(st);
+        if (rc == SQLITE_ROW)
+            *seq = sqlite3_column_int64(st, 0);
+        if (rc == SQLITE_ROW || rc == SQLITE_DONE)
+            ret = 0;
+    }
+    /* Ends the read transaction so the writer's checkpoints can progress. */
+    sqlite3_reset(st);
+    sqlite3_clear_bindings(st);
     pthread_mutex_unlock(&r->lock);
     return ret;
 }

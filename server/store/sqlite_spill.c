@@ -38,14 +38,17 @@ static const char store_spill_row_sql[] =
     " VALUES (" STORE_SQL_PARAMS ")";
 
 /*
- * A delete voids the logged rows of its run spilled before its piece: they
- * all have seqs up to the last_seq recorded so far, while the rows of its
- * own piece that survive planning are newer than the delete itself.
+ * A delete voids the logged rows of its run older than itself (?2, its
+ * seq): those of earlier pieces, while the rows of its own piece that
+ * survive planning are newer. Without its seq (?2 NULL), every row spilled
+ * before its piece, whose seqs are at most the last_seq recorded so far.
+ * Replay records before_seq as the run's delete (run_deletes), which is
+ * why it is the delete's own seq when known: the bound below it is lower.
  */
 static const char store_spill_delete_sql[] =
-    "INSERT INTO spill_deletes (run_id, before_seq) VALUES (?1,"
+    "INSERT INTO spill_deletes (run_id, before_seq) VALUES (?1, coalesce(?2,"
     " coalesce((SELECT value FROM nodestate_meta WHERE key = 'last_seq'), 0)"
-    " + 1)"
+    " + 1))"
     " ON CONFLICT (run_id) DO UPDATE SET"
     " before_seq = max(before_seq, excluded.before_seq)";
 
@@ -64,6 +67,12 @@ static const char store_spill_delete_sql[] =
 static const char store_replay_log_sql[] =
     "DELETE FROM main.run_node_state WHERE run_id IN"
     " (SELECT run_id FROM " STORE_SPILL_SCHEMA ".spill_deletes);"
+    "INSERT INTO main.run_deletes (run_id, seq, deleted_at)"
+    " SELECT run_id, before_seq,"
+    "  CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)"
+    " FROM " STORE_SPILL_SCHEMA ".spill_deletes WHERE true"
+    " ON CONFLICT (run_id) DO UPDATE SET seq = excluded.seq,"
+    " deleted_at = excluded.deleted_at WHERE excluded.seq > run_deletes.seq;"
     "INSERT INTO main.run_node_state (" STORE_COLUMNS ")"
     " SELECT " STORE_COLUMNS STORE_SPILL_LIVE
     " ORDER BY run_id, node_id, seq" STORE_UPSERT_SET
@@ -259,6 +268,8 @@ int store_spill_append(store_sidecar *sc, const store_batch *b, char *err,
 
         if (sqlite3_bind_text(sc->del_run, 1, run, -1, SQLITE_STATIC)
                 != SQLITE_OK
+            || (b->delete_seqs != NULL
+                && sqlite3_bind_int64(sc->del_run, 2, b->delete_seqs[i]) != SQLITE_OK)
             || store_step_once(sc->del_run) != SQLITE_DONE) {
             store_set_db_err(err, errlen, sc->path, sc->db,
                              "spill: delete run");
@@ -533,6 +544,7 @@ void store_spill_content_free(store_spill_content *c)
     for (size_t i = 0; i < c->n_rows; i++)
         model_row_unref(c->rows[i]);
     free(c->deletes);
+    free(c->delete_seqs);
     free(c->rows);
     memset(c, 0, sizeof *c);
 }
@@ -599,16 +611,26 @@ int store_spill_read(const char *spill_path, store_spill_content *out,
                       "a sidecar of an earlier build replays into SQLite only");
         goto out;
     }
-    if (sqlite3_prepare_v2(db, "SELECT run_id FROM " STORE_SPILL_SCHEMA ".spill_deletes",
-                           -1, &st, NULL) != SQLITE_OK)
+    if (sqlite3_prepare_v2(db, "SELECT run_id, before_seq FROM " STORE_SPILL_SCHEMA
+                               ".spill_deletes", -1, &st, NULL) != SQLITE_OK)
         goto db_err;
     while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
         char *id = strdup((const char *)sqlite3_column_text(st, 0));
+        size_t cap = cap_del;
         if (id == NULL || store_push((void ***)&out->deletes, &out->n_deletes, &cap_del, id) != 0) {
             free(id);
             store_set_err(err, errlen, spill_path, "out of memory");
             goto out;
         }
+        if (cap_del != cap) {
+            int64_t *grown = realloc(out->delete_seqs, cap_del * sizeof *grown);
+            if (grown == NULL) {
+                store_set_err(err, errlen, spill_path, "out of memory");
+                goto out;
+            }
+            out->delete_seqs = grown;
+        }
+        out->delete_seqs[out->n_deletes - 1] = sqlite3_column_int64(st, 1);
     }
     if (rc != SQLITE_DONE)
         goto db_err;

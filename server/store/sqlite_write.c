@@ -49,6 +49,28 @@ static const char store_delete_run_sql[] =
     "DELETE FROM run_node_state WHERE run_id = ?1";
 
 /*
+ * The newest delete of each run (store.h). Made at every open where it is
+ * missing, outside the version: a file written by a build that did not know
+ * it gets it, and such a build leaves it alone.
+ */
+static const char store_deletes_schema_sql[] =
+    "CREATE TABLE IF NOT EXISTS run_deletes ("
+    " run_id TEXT PRIMARY KEY,"
+    " seq INTEGER NOT NULL,"
+    " deleted_at INTEGER NOT NULL"
+    ");"
+    "CREATE INDEX IF NOT EXISTS run_deletes_deleted_at ON run_deletes (deleted_at)";
+
+static const char store_forget_deletes_sql[] =
+    "DELETE FROM run_deletes WHERE deleted_at < ?1";
+
+/* ?1 run, ?2 the delete's seq, ?3 now in Unix ms; an older seq never replaces a newer one. */
+static const char store_record_delete_sql[] =
+    "INSERT INTO run_deletes (run_id, seq, deleted_at) VALUES (?1, ?2, ?3)"
+    " ON CONFLICT (run_id) DO UPDATE SET seq = excluded.seq,"
+    " deleted_at = excluded.deleted_at WHERE excluded.seq > run_deletes.seq";
+
+/*
  * max() keeps the recorded value "the highest seq ever committed" even if a
  * caller ever hands in a smaller one.
  */
@@ -216,6 +238,10 @@ sqlite_store *sqlite_store_open(const char *path, bool sync_full, char *err, siz
      */
     if (store_check_schema(s->db, err, errlen, path) != 0)
         goto err;
+    if (store_exec(s->db, store_deletes_schema_sql) != SQLITE_OK) {
+        store_set_db_err(err, errlen, path, s->db, "creating run_deletes");
+        goto err;
+    }
     if (store_enable_wal(s->db, err, errlen, path) != 0)
         goto err;
     if (store_exec(s->db, sync_full ? "PRAGMA synchronous = FULL"
@@ -240,6 +266,10 @@ sqlite_store *sqlite_store_open(const char *path, bool sync_full, char *err, siz
     if (store_prepare_row(s->db, store_upsert_sql, true, &s->upsert, err,
                           errlen, path)
         || store_prepare(s->db, store_delete_run_sql, &s->delete_run, err,
+                         errlen, path)
+        || store_prepare(s->db, store_record_delete_sql, &s->record_delete, err,
+                         errlen, path)
+        || store_prepare(s->db, store_forget_deletes_sql, &s->forget_deletes, err,
                          errlen, path)
         || store_prepare(s->db, store_set_seq_sql, &s->set_seq, err, errlen,
                          path)
@@ -272,6 +302,8 @@ void sqlite_store_close(sqlite_store *s)
     for (size_t k = 0; k < STORE_CHUNKS; k++)
         sqlite3_finalize(s->upsert_many[k]);
     sqlite3_finalize(s->delete_run);
+    sqlite3_finalize(s->record_delete);
+    sqlite3_finalize(s->forget_deletes);
     sqlite3_finalize(s->set_seq);
     sqlite3_finalize(s->meta_get);
     sqlite3_finalize(s->meta_set);
@@ -325,6 +357,32 @@ static void store_fail(sqlite_store *s, const char *what)
              sqlite3_errmsg(s->db));
 }
 
+/*
+ * Each delete of b with a seq into run_deletes, the records older than
+ * b->forget_deletes_before_ms out, in the transaction in progress. 0 or -1.
+ */
+static int store_record_deletes(sqlite_store *s, const store_batch *b)
+{
+    if (b->forget_deletes_before_ms > 0 &&
+        (sqlite3_bind_int64(s->forget_deletes, 1, b->forget_deletes_before_ms) != SQLITE_OK ||
+         store_step_once(s->forget_deletes) != SQLITE_DONE))
+        return -1;
+    if (b->delete_seqs == NULL)
+        return 0;
+    int64_t now_ms = model_now_ms();
+    for (size_t i = 0; i < b->n_deletes; i++) {
+        sqlite3_stmt *st = s->record_delete;
+        if (sqlite3_bind_text(st, 1, b->delete_runs[i], -1, SQLITE_STATIC) != SQLITE_OK ||
+            sqlite3_bind_int64(st, 2, b->delete_seqs[i]) != SQLITE_OK ||
+            sqlite3_bind_int64(st, 3, now_ms) != SQLITE_OK) {
+            sqlite3_clear_bindings(st);
+            return -1;
+        }
+        if (store_step_once(st) != SQLITE_DONE)
+            return -1;
+    }
+    return 0;
+}
 
 int sqlite_store_write(sqlite_store *s, store_batch *b)
 {
@@ -350,6 +408,10 @@ int sqlite_store_write(sqlite_store *s, store_batch *b)
             store_fail(s, "delete run");
             goto err;
         }
+    }
+    if (store_record_deletes(s, b) != 0) {
+        store_fail(s, "recording deletes");
+        goto err;
     }
     if (store_upsert_rows_many(s->db, s->upsert, s->upsert_many, b->rows,
                                b->n_rows, s, &s->iso, s->errmsg,

@@ -190,6 +190,11 @@ int store_reader_load_node(store_reader *r, const char *run_id,
     return r->ops->load_node(r->impl, run_id, node_id, out, run_has_rows);
 }
 
+int store_reader_deleted_seq(store_reader *r, const char *run_id, int64_t *seq)
+{
+    return r->ops->deleted_seq(r->impl, run_id, seq);
+}
+
 int store_reader_load_page(store_reader *r, const char *run_id,
                            const char *after, unsigned status_mask,
                            size_t want, int (*fn)(void *ctx, ns_row *row),

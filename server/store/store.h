@@ -37,6 +37,16 @@
  *   nodestate_meta(key PRIMARY KEY, value): 'last_seq' survives deleted runs,
  *                  so seq keeps growing across restarts; other keys are the
  *                  caller's (store_meta_get / store_meta_set).
+ *   run_deletes(run_id PRIMARY KEY, seq, deleted_at): the newest delete of
+ *                  each run (its seq; deleted_at in Unix milliseconds),
+ *                  written in the delete's transaction, so that a watcher
+ *                  resuming from a seq below it learns of the delete even
+ *                  after the run was written anew (store_reader_deleted_seq).
+ *                  A batch with deletes forgets the records older than
+ *                  store_batch.forget_deletes_before_ms (by an index on
+ *                  deleted_at). Created at open where missing, with no
+ *                  change of version: builds that do not know it leave it
+ *                  alone.
  *
  * A version-1 file (which had an index on (run_id, status)) is migrated by
  * dropping that index; its rows are not touched. A file of a newer version
@@ -70,7 +80,10 @@ typedef struct store_reader store_reader;
 /* One transaction's worth of work, prepared by the writer. */
 typedef struct store_batch {
     const char *const *delete_runs; /* runs to forget, applied first */
+    const int64_t *delete_seqs;     /* per delete: its seq (run_deletes); NULL: not recorded */
     size_t n_deletes;
+    /* > 0: the delete records (run_deletes) older than this (Unix ms) go, in this transaction. */
+    int64_t forget_deletes_before_ms;
     ns_row *const *rows;            /* upserts, sorted by (run_id, node_id) */
     size_t n_rows;
     /*
@@ -274,6 +287,11 @@ int store_reader_load_run(store_reader *r, const char *run_id, bool light,
 int store_reader_load_node(store_reader *r, const char *run_id,
                            const char *node_id, ns_row **out,
                            bool *run_has_rows);
+/*
+ * The seq of the newest committed delete of run_id into *seq (0: none on
+ * record; run_deletes in the schema above). 0, or -1 on a database error.
+ */
+int store_reader_deleted_seq(store_reader *r, const char *run_id, int64_t *seq);
 
 /* What store_reader_load_page found besides its rows. */
 typedef struct store_page {

@@ -61,6 +61,10 @@
         return P##_reader_load_page(r, run_id, after, status_mask, want, fn, ctx,  \
                                     page);                                         \
     }                                                                              \
+    static int adapt_deleted_seq(void *r, const char *run_id, int64_t *seq)        \
+    {                                                                              \
+        return P##_reader_deleted_seq(r, run_id, seq);                             \
+    }                                                                              \
     static int adapt_expired_runs(void *s, int64_t cutoff_ms, size_t max_rows,     \
                                   store_expiry_cursor *c,                          \
                                   int (*fn)(void *ctx, const char *run_id),        \
@@ -76,6 +80,7 @@
     .meta_get = adapt_meta_get, .meta_set = adapt_meta_set,                        \
     .reader_open = adapt_reader_open, .reader_close = adapt_reader_close,          \
     .load_run = adapt_load_run, .load_node = adapt_load_node,                      \
-    .load_page = adapt_load_page, .expired_runs = adapt_expired_runs
+    .load_page = adapt_load_page, .deleted_seq = adapt_deleted_seq,              \
+    .expired_runs = adapt_expired_runs
 
 #endif

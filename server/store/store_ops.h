@@ -40,6 +40,7 @@ typedef struct store_ops {
                      unsigned status_mask, size_t want,
                      int (*fn)(void *ctx, ns_row *row), void *ctx,
                      store_page *page);
+    int (*deleted_seq)(void *r, const char *run_id, int64_t *seq);
     /*
      * store_reader_seq_block; NULL for a store that one process owns (its
      * own counter is the only one, so it needs no blocks).
@@ -66,6 +67,7 @@ typedef struct store_ops {
  */
 typedef struct store_spill_content {
     char **deletes;
+    int64_t *delete_seqs;   /* per delete: its seq (a lower bound from earlier builds) */
     size_t n_deletes;
     ns_row **rows;
     size_t n_rows;

@@ -5,7 +5,10 @@
 // at that id; one client drops its connection in the middle of the burst
 // and reconnects with Last-Event-ID; a ?durable=true client must only ever
 // see durable states; deleting the run ends every stream with
-// "event: deleted". Prints "N passed, M failed"; exits non-zero on failure.
+// "event: deleted"; a client that resumes after missing a delete (the run
+// written anew meanwhile) is told "deleted" first, and the EventSource's own
+// reconnect then gets the new run. Prints "N passed, M failed"; exits
+// non-zero on failure.
 import { EventSource } from 'eventsource';
 
 const base = process.env.NODESTATE_URL;
@@ -83,6 +86,42 @@ async function waitFor(cond, what) {
   return false;
 }
 
+// A client away while its run is deleted and written anew: resumed from its
+// last id it hears "deleted" (the delete's id), and EventSource reconnects on
+// its own with that id, so it then gets the new run only.
+async function missedDelete() {
+  const run = 'es-again';
+  const first = await (await fetch(`${base}/runs/${run}/nodes/old/state?wait=true`, {
+    method: 'POST', headers: { 'Content-Type': 'application/json' }, body: '{"status":"idle"}',
+  })).json();
+  const del = await (await fetch(`${base}/runs/${run}`, { method: 'DELETE' })).json();
+  check(await post(run, 'new', { status: 'idle' }) === 202, 'missed delete: post new');
+  const seen = { deleted: [], nodes: [], synced: 0 };
+  let done;
+  const doneP = new Promise((r) => { done = r; });
+  let connections = 0;
+  const es = new EventSource(`${base}/runs/${run}/events`, {
+    fetch: (u, init) => {
+      connections++;
+      // The first connection resumes from the old node; EventSource sets the header itself after that.
+      const headers = connections === 1 ? { ...init.headers, 'Last-Event-ID': String(first.seq) } : init.headers;
+      return fetch(u, { ...init, headers });
+    },
+  });
+  es.addEventListener('deleted', (e) => { seen.deleted.push(Number(e.lastEventId)); });
+  es.addEventListener('node', (e) => { seen.nodes.push(JSON.parse(e.data).node_id); });
+  es.addEventListener('synced', () => { seen.synced++; done(); });
+  try {
+    await within(doneP, 'missed delete: synced after the reconnect');
+  } finally {
+    es.close();
+  }
+  check(seen.deleted.length === 1 && seen.deleted[0] === del.seq,
+    `missed delete: want one deleted event with id ${del.seq}, got [${seen.deleted}]`);
+  check(seen.nodes.join() === 'new', `missed delete: want only the new node, got [${seen.nodes}]`);
+  check(connections === 2, `missed delete: want 2 connections, got ${connections}`);
+}
+
 async function main() {
   const run = 'es-run';
   check(await post(run, 'n0000', { status: 'idle' }) === 202, 'setup post');
@@ -122,6 +161,7 @@ async function main() {
 
 try {
   await main();
+  await missedDelete();
 } catch (e) {
   failures.push(`crashed: ${e.stack}`);
 }
