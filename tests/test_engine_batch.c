@@ -149,7 +149,7 @@ Test(engine_batch, capacity_is_all_or_nothing)
     cr_assert_eq(engine_batch_submit(e, "r", items, 5, res), ENGINE_QUEUE_FULL);
     cr_assert_eq(atomic_load(&st->last_seq), last, "a refused batch used seqs");
     cr_assert_eq(atomic_load(&st->queue_depth), 1);
-    cr_assert_eq(atomic_load(&st->rejected[NS_REJECT_QUEUE_FULL]), 4);
+    cr_assert_eq(atomic_load(&st->rejected[NS_REJECT_QUEUE_FULL]), 5, "every item of a refused batch");
     cr_assert_eq(atomic_load(&st->updates_duplicate), 0, "a refused batch counted its items");
     engine_result r;
     cr_assert_null(engine_get(e, "r", "a", &r));
@@ -358,4 +358,99 @@ Test(engine_batch, nodes_read_for_a_batch_are_not_evicted_before_it_is_judged)
     engine_close(e);
     cr_assert_eq(wrong, -1, "run r%d item %d (negative: the batch's answer): a completed node judged as new",
                  wrong, wrong_item);
+}
+
+/* Polls (bounded, 30 s) until the cache holds at most max nodes; what it holds then. */
+static uint64_t cache_nodes_settle(ns_stats *st, uint64_t max)
+{
+    for (int i = 0; i < 30 * 200 && atomic_load(&st->cache_nodes) > max; i++)
+        sfx_sleep_ms(5);
+    return atomic_load(&st->cache_nodes);
+}
+
+/*
+ * Batches of new nodes bigger than one eviction step, all into one run:
+ * once written, the cache comes back within its bound by itself (it used
+ * to keep step - batch more nodes per batch, forever).
+ */
+Test(engine_batch, big_batches_into_one_run_leave_the_cache_within_its_bound)
+{
+    enum { PER = 10000, BATCHES = 4, BOUND = 1000 };
+    engine_config c = {
+        .db_path = sfx_db_path(), .batch_size = 8192, .batch_interval = 0.001,
+        .queue_capacity = 4 * PER, .shutdown_timeout = 10, .cache_max_nodes = BOUND,
+    };
+    char err[512] = "";
+    engine *e = engine_open(&c, err, sizeof err);
+    cr_assert_not_null(e, "engine_open: %s", err);
+    ns_stats *st = engine_stats(e);
+    ns_update sched = sfx_update(NS_SCHEDULED, 0);
+    engine_batch_item *items = calloc(PER, sizeof *items);
+    engine_batch_result *res = calloc(PER, sizeof *res);
+    char (*ids)[16] = calloc(PER, sizeof *ids);
+    cr_assert(items && res && ids);
+    for (int b = 0; b < BATCHES; b++) {
+        for (int i = 0; i < PER; i++) {
+            snprintf(ids[i], sizeof ids[i], "b%d-%05d", b, i);
+            items[i] = (engine_batch_item){ ids[i], &sched };
+        }
+        cr_assert_eq(engine_batch_submit(e, "one", items, PER, res), ENGINE_ACCEPTED);
+        int64_t last = res[PER - 1].seq;
+        engine_batch_results_free(res, PER);
+        for (int i = 0; i < 30 * 200 && engine_durable_seq(e) < last; i++) {
+            engine_flush_soon(e);
+            sfx_sleep_ms(5);
+        }
+        cr_assert_geq(engine_durable_seq(e), last);
+        uint64_t held = cache_nodes_settle(st, BOUND);
+        cr_assert_leq(held, BOUND, "after batch %d the cache holds %llu nodes, nothing queued", b,
+                      (unsigned long long)held);
+    }
+    free(items);
+    free(res);
+    free(ids);
+    cr_assert_eq(engine_close(e), 0);
+    cr_assert_eq(db_count("one"), PER * BATCHES);
+}
+
+/*
+ * A batch of duplicates reads its nodes to judge them and queues nothing:
+ * those nodes, on disk already, must not stay in the cache past its bound
+ * (the batch's run was spared by the eviction that followed it).
+ */
+Test(engine_batch, nodes_read_to_judge_a_batch_leave_within_the_bound)
+{
+    enum { N = 2500, BOUND = 1000 };
+    engine *e = open_cfg(1000, 0.001, 4 * N, 0);
+    ns_update sched = sfx_update(NS_SCHEDULED, 0);
+    engine_batch_item *items = calloc(N, sizeof *items);
+    engine_batch_result *res = calloc(N, sizeof *res);
+    char (*ids)[16] = calloc(N, sizeof *ids);
+    cr_assert(items && res && ids);
+    for (int i = 0; i < N; i++) {
+        snprintf(ids[i], sizeof ids[i], "n%05d", i);
+        items[i] = (engine_batch_item){ ids[i], &sched };
+    }
+    cr_assert_eq(engine_batch_submit(e, "dup", items, N, res), ENGINE_ACCEPTED);
+    engine_batch_results_free(res, N);
+    cr_assert_eq(engine_close(e), 0);
+
+    engine_config c = {
+        .db_path = sfx_db_path(), .batch_size = 1000, .batch_interval = 0.001,
+        .queue_capacity = 4 * N, .shutdown_timeout = 10, .cache_max_nodes = BOUND,
+    };
+    char err[512] = "";
+    e = engine_open(&c, err, sizeof err);
+    cr_assert_not_null(e, "engine_open: %s", err);
+    ns_stats *st = engine_stats(e);
+    cr_assert_eq(engine_batch_submit(e, "dup", items, N, res), ENGINE_ACCEPTED);
+    for (int i = 0; i < N; i++)
+        cr_assert_eq(res[i].res, ENGINE_DUPLICATE);
+    engine_batch_results_free(res, N);
+    /* The request's own eviction: nothing was queued, so at once. */
+    cr_assert_leq(atomic_load(&st->cache_nodes), BOUND);
+    free(items);
+    free(res);
+    free(ids);
+    cr_assert_eq(engine_close(e), 0);
 }

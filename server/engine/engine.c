@@ -54,9 +54,11 @@ static bool over_bounds(const engine *e)
  * nodes instead of being dropped whole and read back. Queued nodes stay (the
  * cache is their only copy). keep is spared whole because a caller is using
  * it. At most EVICT_STEP nodes go per call, and as many slots of removed
- * runs are freed (cache_reap), so no call is O(n) under the lock: a call
- * that added many nodes at once (a run read whole) is brought back within
- * the bounds over the next few. Lock held.
+ * runs are freed (cache_reap), so no call is O(n) under the lock: when a
+ * call that added many nodes at once (a big batch, a run read whole) leaves
+ * the cache over a bound after a full step, evict_more asks the writer
+ * thread to go on, a step per hold of the lock, whether or not anything
+ * else comes. Lock held.
  */
 void engine_evict(engine *e, const cache_run *keep)
 {
@@ -75,6 +77,9 @@ void engine_evict(engine *e, const cache_run *keep)
     if (runs)
         atomic_fetch_add_explicit(&e->stats.cache_evictions, runs, memory_order_relaxed);
     publish_cache_size(e);
+    e->evict_more = nodes == EVICT_STEP && over_bounds(e);
+    if (e->evict_more)
+        e->wake_writer = true;
 }
 
 /*

@@ -180,7 +180,8 @@ engine_result engine_batch_submit(engine *e, const char *run_id,
                      bytes <= max - (max < e->queue_bytes ? max : e->queue_bytes);
     if (count > free_slots || !bytes_fit) {
         atomic_store(&e->bytes_full, count <= free_slots);
-        atomic_fetch_add_explicit(&e->stats.rejected[NS_REJECT_QUEUE_FULL], count,
+        /* The request is refused whole: every item comes again, duplicates and 409s too. */
+        atomic_fetch_add_explicit(&e->stats.rejected[NS_REJECT_QUEUE_FULL], n,
                                   memory_order_relaxed);
         discard(rows, count, results, n);
         res = ENGINE_QUEUE_FULL;
@@ -233,9 +234,14 @@ engine_result engine_batch_submit(engine *e, const char *run_id,
     res = ENGINE_ACCEPTED;
 unpin:
     cache_release(run);
-    engine_evict(e, run); /* new nodes, bigger rows, or nodes held while loading may pass a bound */
     if (cache_unpin(e->cache, run))
         engine_run_drop_if_idle(e, run);
+    /*
+     * New nodes, bigger rows, or nodes loaded to judge the items (those of
+     * duplicates and refusals are on disk already) may pass a bound: this
+     * run's go like any other's, now that it is released.
+     */
+    engine_evict(e, NULL);
 done:
     engine_unlock(e);
     free(rows);

@@ -56,7 +56,9 @@ typedef struct refused_seq {
 #define PROBE_FAILURES 2
 /*
  * Most nodes engine_evict drops per call (and slots of removed runs it
- * frees): the bound on the work one call does under the lock.
+ * frees): the bound on the work one call does under the lock. What is left
+ * over the bounds after a full step (a big batch, a run read whole), the
+ * writer thread evicts a step at a time (evict_more).
  */
 #define EVICT_STEP 4096
 /* How often one load of a run is retried when runs are removed meanwhile. */
@@ -150,6 +152,7 @@ struct engine {
     void *on_change_ctx;
     pthread_cond_t wake;          /* the writer sleeps on it (CLOCK_MONOTONIC) */
     bool wake_writer;             /* an enqueue or a flush ask wants it signalled: engine_unlock does */
+    bool evict_more;              /* a step of engine_evict left the cache over a bound: the writer goes on */
     cache *cache;
     queue *queue;
     int64_t last_seq;             /* last seq assigned */

@@ -540,15 +540,34 @@ static void probe_idle(engine *e)
         engine_log(e, NS_LOG_INFO, "store-writable", "%s", "");
 }
 
+/*
+ * What engine_evict left over the bounds (evict_more), a step per hold of
+ * the lock, so that the cache is back within them whether or not more
+ * requests come. Lock held, dropped between steps.
+ */
+static void evict_rest(engine *e)
+{
+    while (e->evict_more) {
+        lockcheck_unlock(&e->lock);
+        lockcheck_lock(&e->lock);
+        engine_evict(e, NULL);
+    }
+}
+
 void *writer_thread_main(void *arg)
 {
     engine *e = arg;
     lockcheck_lock(&e->lock);
     for (;;) {
         /* Between batches, also under a steady load that leaves no idle wait. */
+        evict_rest(e);
         retention_run(e);
         int64_t probe_at = model_mono_ns() + PROBE_IDLE_NS;
         while (state_of(e) < ENGINE_CLOSING && queue_len(e->queue) == 0) {
+            if (e->evict_more) {
+                evict_rest(e);
+                continue;
+            }
             if (retention_run(e))
                 continue;
             if (model_mono_ns() >= probe_at) {
