@@ -6,11 +6,13 @@
  * configuration.
  */
 #include <errno.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "api.h"
@@ -46,6 +48,78 @@ static int setup_signals(sigset_t *stop)
         sigaddset(stop, SIGINT) != 0)
         return -1;
     return pthread_sigmask(SIG_BLOCK, stop, NULL) == 0 ? 0 : -1;
+}
+
+/*
+ * Start-up can take long before anything is served: a big sidecar replayed
+ * (a gigabyte: ~6 s), a database another process keeps locked. A SIGTERM
+ * or SIGINT meanwhile is taken by this guard's thread, and start-up goes
+ * on for at most --shutdown-timeout from the signal; past that the process
+ * exits at once, as a SIGKILL would leave it, which loses nothing: an
+ * unfinished replay is rolled back and its sidecar stays for the next
+ * start. A start-up that finishes in time stops at once (start_guard_end).
+ */
+typedef struct start_guard {
+    sigset_t stop;
+    double timeout;          /* --shutdown-timeout */
+    logger *log;
+    atomic_int sig;          /* the signal that came during start-up; 0: none */
+    atomic_bool over;        /* start-up ended (or failed): the guard goes */
+    pthread_t thread;
+    bool running;
+} start_guard;
+
+static double mono_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static void *start_guard_main(void *arg)
+{
+    start_guard *g = arg;
+    const struct timespec tick = { 0, 50 * 1000000L };
+    while (!atomic_load(&g->over)) {
+        int sig = sigtimedwait(&g->stop, NULL, &tick);
+        if (sig <= 0)
+            continue;
+        atomic_store(&g->sig, sig);
+        log_printf(g->log, NS_LOG_INFO, "stopping", "signal=%s during=start-up",
+                   sig == SIGTERM ? "TERM" : "INT");
+        double give_up = mono_s() + g->timeout;
+        while (!atomic_load(&g->over) && mono_s() < give_up)
+            nanosleep(&tick, NULL);
+        if (atomic_load(&g->over))
+            break;
+        log_printf(g->log, NS_LOG_WARN, "start-abandoned",
+                   "detail=\"--shutdown-timeout passed during start-up; a sidecar not yet "
+                   "replayed stays for the next start\"");
+        _exit(0);
+    }
+    return NULL;
+}
+
+static int start_guard_begin(start_guard *g, const sigset_t *stop, double timeout, logger *log)
+{
+    memset(g, 0, sizeof *g);
+    g->stop = *stop;
+    g->timeout = timeout;
+    g->log = log;
+    atomic_init(&g->sig, 0);
+    atomic_init(&g->over, false);
+    g->running = pthread_create(&g->thread, NULL, start_guard_main, g) == 0;
+    return g->running ? 0 : -1;
+}
+
+/* Start-up is over: the guard goes. The signal it took (0: none), to stop at once. */
+static int start_guard_end(start_guard *g)
+{
+    atomic_store(&g->over, true);
+    if (g->running)
+        pthread_join(g->thread, NULL);
+    g->running = false;
+    return atomic_load(&g->sig);
 }
 
 /*
@@ -222,6 +296,7 @@ int main(int argc, char **argv)
     api_config ac;
     http_config hc;
     logger *log = NULL;
+    start_guard guard = { .running = false };
     engine *e = NULL;
     api *a = NULL;
     http_server *srv = NULL;
@@ -279,6 +354,10 @@ int main(int argc, char **argv)
         .log = log_write,
         .log_ctx = log,
     };
+    if (start_guard_begin(&guard, &stop, cfg.shutdown_timeout, log) != 0) {
+        log_write(log, NS_LOG_ERROR, "start-failed", "error=\"cannot start a thread\"");
+        goto fail;
+    }
     /* Before the engine: a bad certificate must not cost a database open. */
     if (load_tls(&cfg, &tls_cert, &tls_cert_len, &tls_key, &tls_key_len, err,
                  sizeof err) != 0) {
@@ -352,11 +431,15 @@ int main(int argc, char **argv)
         goto fail;
     }
 
-    /* sigwait fails only for a bad set; then shut down rather than spin. */
-    if (sigwait(&stop, &sig) != 0)
-        sig = 0;
-    log_printf(log, NS_LOG_INFO, "stopping", "signal=%s",
-               sig == SIGTERM ? "TERM" : sig == SIGINT ? "INT" : "other");
+    /* A signal during start-up: stop now (the guard said so). Else wait for one. */
+    sig = start_guard_end(&guard);
+    if (sig == 0) {
+        /* sigwait fails only for a bad set; then shut down rather than spin. */
+        if (sigwait(&stop, &sig) != 0)
+            sig = 0;
+        log_printf(log, NS_LOG_INFO, "stopping", "signal=%s",
+                   sig == SIGTERM ? "TERM" : sig == SIGINT ? "INT" : "other");
+    }
 
     /*
      * One budget of --shutdown-timeout for the whole stop, starting now:
@@ -381,6 +464,7 @@ fail:
     if (e != NULL)
         engine_close(e);
     status = 1;
+    start_guard_end(&guard);
 out:
     free_pem(tls_cert, tls_cert_len);
     free_pem(tls_key, tls_key_len);

@@ -17,6 +17,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -237,4 +238,117 @@ Test(tls, bad_certificate_files_fail_the_start_with_a_message)
     start_fails(false, "GnuTLS", "--tls-cert", bad, "--tls-key", key);
     /* The certificate where the key belongs. */
     start_fails(false, "cannot start the HTTPS server", "--tls-cert", cert, "--tls-key", cert);
+}
+
+/* ---- a stop asked for while starting (a FIFO as the certificate holds the start) ---- */
+
+/* The log of a server started by hand: its stderr, written to a file. */
+static char *read_file(const char *path)
+{
+    FILE *f = fopen(path, "r");
+    cr_assert_not_null(f, "%s", path);
+    static char text[65536];
+    size_t n = fread(text, 1, sizeof text - 1, f);
+    text[n] = '\0';
+    fclose(f);
+    return text;
+}
+
+/* Threads of pid (from /proc), or -1. */
+static int threads_of(pid_t pid)
+{
+    char path[64], line[256];
+    snprintf(path, sizeof path, "/proc/%d/status", (int)pid);
+    FILE *f = fopen(path, "r");
+    int n = -1;
+    while (f && fgets(line, sizeof line, f))
+        if (strncmp(line, "Threads:", 8) == 0)
+            n = atoi(line + 8);
+    if (f)
+        fclose(f);
+    return n;
+}
+
+typedef struct starting {
+    pid_t pid;
+} starting;
+
+/* The start-up guard runs (the first thread main starts): a signal now is the guard's. */
+static bool guarded(void *arg)
+{
+    return threads_of(((starting *)arg)->pid) >= 2;
+}
+
+/* Exit status of pid (waited for, bounded by RUN_TIMEOUT, then SIGKILLed: -1). */
+static int wait_exit(pid_t pid)
+{
+    for (int i = 0; i < (int)(RUN_TIMEOUT * 100); i++) {
+        int st;
+        pid_t got = waitpid(pid, &st, WNOHANG);
+        if (got == pid)
+            return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+        ns_sleep_ms(10);
+    }
+    kill(pid, SIGKILL);
+    waitpid(pid, NULL, 0);
+    return -1;
+}
+
+/* Starts nodestate reading its certificate from a FIFO (which blocks until written). */
+static pid_t start_on_fifo(const char *fifo, const char *log, const char *shutdown_timeout)
+{
+    char db[256];
+    snprintf(db, sizeof db, "%s/fifo.db", dir);
+    cr_assert_eq(mkfifo(fifo, 0600), 0);
+    pid_t pid = fork();
+    cr_assert_geq(pid, 0);
+    if (pid == 0) {
+        FILE *err = freopen(log, "w", stderr);
+        (void)err;
+        execl(NODESTATE_BIN, NODESTATE_BIN, "--listen", "127.0.0.1:0", "--db", db,
+              "--tls-cert", fifo, "--tls-key", key, "--shutdown-timeout", shutdown_timeout,
+              (char *)NULL);
+        _exit(127);
+    }
+    starting s = { pid };
+    cr_assert_eq(ns_wait_until(guarded, &s, RUN_TIMEOUT, 5), 0, "the start-up guard never ran");
+    return pid;
+}
+
+Test(tls, a_stop_during_a_start_that_does_not_end_exits_after_the_shutdown_timeout)
+{
+    char fifo[256], log[256];
+    snprintf(fifo, sizeof fifo, "%s/held.pem", dir);
+    snprintf(log, sizeof log, "%s/held.log", dir);
+    pid_t pid = start_on_fifo(fifo, log, "1");
+    cr_assert_eq(kill(pid, SIGTERM), 0);
+    /* Nobody writes the FIFO: the start never ends, the guard gives up on it. */
+    cr_assert_eq(wait_exit(pid), 0, "log:\n%s", read_file(log));
+    char *text = read_file(log);
+    cr_assert_not_null(strstr(text, "msg=stopping signal=TERM during=start-up"), "%s", text);
+    cr_assert_not_null(strstr(text, "msg=start-abandoned"), "%s", text);
+    unlink(fifo);
+}
+
+Test(tls, a_stop_during_a_start_that_ends_in_time_stops_at_once)
+{
+    char fifo[256], log[256];
+    snprintf(fifo, sizeof fifo, "%s/late.pem", dir);
+    snprintf(log, sizeof log, "%s/late.log", dir);
+    /* A timeout far beyond this test's steps: the start ends first however busy the machine. */
+    pid_t pid = start_on_fifo(fifo, log, "120");
+    cr_assert_eq(kill(pid, SIGTERM), 0);
+    /* The certificate comes after the signal: the start ends, and the server stops at once. */
+    char *pem = strdup(read_file(cert));
+    FILE *w = fopen(fifo, "w");
+    cr_assert_not_null(w);
+    fputs(pem, w);
+    fclose(w);
+    free(pem);
+    cr_assert_eq(wait_exit(pid), 0, "log:\n%s", read_file(log));
+    char *text = read_file(log);
+    cr_assert_not_null(strstr(text, "msg=stopping signal=TERM during=start-up"), "%s", text);
+    cr_assert_not_null(strstr(text, "msg=stopped"), "%s", text);
+    cr_assert_null(strstr(text, "msg=start-abandoned"), "%s", text);
+    unlink(fifo);
 }
