@@ -64,11 +64,8 @@ void api_get_state(api *a, const api_request *req, const route_args *args,
     /* Read once: the tag compared and the body sent must agree. */
     bool durable = api_is_durable(a, row->seq);
     api_set_etag(resp, row->seq, !durable);
-    if (not_modified(req, resp)) {
-        resp->status = 304;
-    } else {
-        api_row_response(resp, 200, row, durable);
-    }
+    /* A 304 carries the body a 200 would: its Content-Length must be that one's (RFC 9110 8.6). */
+    api_row_response(resp, not_modified(req, resp) ? 304 : 200, row, durable);
     model_row_unref(row);
 }
 
@@ -384,14 +381,11 @@ void api_get_run(api *a, const api_request *req, const route_args *args,
      * below the run's last seq changes the summary and not the tag: no 304.
      */
     api_set_etag(resp, s.last_seq, false);
-    if (!engine_shared(a->engine) && not_modified(req, resp)) {
-        resp->status = 304;
-        return;
-    }
     buf b;
     buf_init(&b);
     codec_summary(&b, args->run_id, &s);
-    api_respond(resp, 200, API_JSON_TYPE, &b);
+    api_respond(resp, !engine_shared(a->engine) && not_modified(req, resp) ? 304 : 200,
+                API_JSON_TYPE, &b);
 }
 
 /*

@@ -85,7 +85,7 @@ static size_t ns_on_header(char *data, size_t size, size_t nmemb, void *ctx)
     /* A new status line (after a 100 Continue, say) starts a new header set. */
     if (n >= 5 && memcmp(data, "HTTP/", 5) == 0) {
         r->content_type[0] = r->etag[0] = r->retry_after[0] = r->allow[0] = '\0';
-        r->www_authenticate[0] = r->vary[0] = '\0';
+        r->www_authenticate[0] = r->vary[0] = r->content_length[0] = '\0';
         return n;
     }
     static const struct {
@@ -98,6 +98,7 @@ static size_t ns_on_header(char *data, size_t size, size_t nmemb, void *ctx)
         { "retry-after", offsetof(ns_resp, retry_after), sizeof r->retry_after },
         { "allow", offsetof(ns_resp, allow), sizeof r->allow },
         { "vary", offsetof(ns_resp, vary), sizeof r->vary },
+        { "content-length", offsetof(ns_resp, content_length), sizeof r->content_length },
         { "www-authenticate", offsetof(ns_resp, www_authenticate),
           sizeof r->www_authenticate },
     };

@@ -23,6 +23,7 @@ typedef struct ns_resp {
     char allow[256];
     char www_authenticate[256];
     char vary[128];
+    char content_length[32];
     char error[256];           /* transport error when status == 0 */
 } ns_resp;
 

@@ -109,14 +109,25 @@ static void expect_state_shape(const json_t *doc)
 
 /* ---- node state: POST, GET, ETag ------------------------------------- */
 
-/* GET path with the If-None-Match header line inm: a 304 without a body. */
+/*
+ * GET path with the If-None-Match header line inm: a 304 without a body,
+ * whose Content-Length is the 200's (RFC 9110 8.6; libmicrohttpd always
+ * sends one).
+ */
 static void expect_not_modified(ns_server *s, const char *path, const char *inm)
 {
-    ns_resp r = { 0 };
+    ns_resp ok = { 0 }, r = { 0 };
+    cr_assert_eq(ns_req(s, "GET", path, NULL, NULL, &ok), 0);
+    cr_assert_eq(ok.status, 200);
     const char *hdr[] = { inm, NULL };
     cr_assert_eq(ns_req(s, "GET", path, NULL, hdr, &r), 0);
     cr_assert_eq(r.status, 304, "%s with %s: %ld %s", path, inm, r.status, r.body);
     cr_assert_eq(r.body_len, 0, "a 304 with a body: %s", r.body);
+    cr_assert(r.content_length[0], "%s: a 304 without Content-Length", path);
+    cr_assert_eq(strtoull(r.content_length, NULL, 10), ok.body_len,
+                 "%s: a 304 says Content-Length %s, its 200 has %zu bytes", path,
+                 r.content_length, ok.body_len);
+    ns_resp_free(&ok);
     ns_resp_free(&r);
 }
 

@@ -181,8 +181,13 @@ enum MHD_Result http_queue(http_server *s, const http_req *r,
     struct MHD_Response *mr;
     enum MHD_Result ret = MHD_NO;
     bool streamed = resp->stream.read != NULL;
-    bool has_body = resp->status != 304 &&
-                    (streamed || (resp->body != NULL && resp->body_len > 0));
+    bool buffered = !streamed && resp->body != NULL && resp->body_len > 0;
+    /*
+     * A 304 holds the body its 200 would have, which MHD does not send but
+     * measures: Content-Length is then the 200's, as RFC 9110 8.6 wants
+     * (an empty one would say 0).
+     */
+    bool has_body = resp->status != 304 && (streamed || buffered);
     size_t bytes = streamed ? (size_t)resp->stream.size
                    : has_body ? resp->body_len : 0;
 
@@ -202,7 +207,7 @@ enum MHD_Result http_queue(http_server *s, const http_req *r,
             else
                 free(st);
         }
-    } else if (has_body) {
+    } else if (buffered) {
         mr = MHD_create_response_from_buffer_with_free_callback(
             resp->body_len, resp->body, free);
         if (mr != NULL)
