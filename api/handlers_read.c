@@ -286,15 +286,14 @@ static void list_since(api *a, const api_request *req, const route_args *args,
     if (api_run_read_ok(resp, res, "listing the run")) {
         if (all.count > 1)
             qsort(all.rows, all.count, sizeof *all.rows, row_seq_cmp);
-        size_t count = all.count;
-        if (all.count > limit)
-            all.count = limit;
+        /* The lowest seqs, at most limit and ENGINE_PAGE_MAX_BYTES of them: the client asks again from the last. */
+        engine_page_cut(&all, limit);
+        all.more = false; /* next stays null: the cursor of ?since= is the last seq */
         buf b;
         buf_init(&b);
         engine_durability d = engine_durability_now(a->engine);
         codec_page(&b, args->run_id, &all, &d, deleted);
         api_respond(resp, 200, API_JSON_TYPE, &b);
-        all.count = count;
         if (all.count == 0 && deleted == 0 && wait > 0 && !req->no_wait) {
             resp->poll_wait = wait;
             resp->since = since;

@@ -567,7 +567,21 @@ engine_result engine_list(engine *e, const char *run_id, unsigned status_mask,
     free(cached);
     if (res != ENGINE_ACCEPTED)
         page->count = 0;
+    engine_page_cut(page, limit);
     return res;
+}
+
+void engine_page_cut(engine_page *page, size_t limit)
+{
+    size_t keep = 0, bytes = 0;
+    while (keep < page->count && keep < limit && (keep == 0 || bytes < ENGINE_PAGE_MAX_BYTES))
+        bytes += model_row_bytes(page->rows[keep++]);
+    if (keep == page->count)
+        return;
+    for (size_t i = keep; i < page->count; i++)
+        model_row_unref(page->rows[i]);
+    page->count = keep;
+    page->more = true;
 }
 
 void engine_page_free(engine_page *page)

@@ -92,6 +92,14 @@ typedef struct engine_page {
     bool more;          /* further matching nodes follow the last one */
 } engine_page;
 
+/*
+ * A page of a listing ends once its rows take this many bytes
+ * (model_row_bytes), after at least one: a page of big outputs is a few
+ * rows, not `limit` of them (1,000 rows of 1 MiB each would be a gigabyte
+ * per request, twice over with its JSON).
+ */
+#define ENGINE_PAGE_MAX_BYTES (8u * 1024 * 1024)
+
 typedef struct engine_summary {
     size_t nodes;
     size_t counts[NS_STATUS_COUNT];
@@ -156,13 +164,20 @@ ns_row *engine_get(engine *e, const char *run_id, const char *node_id,
                    engine_result *res);
 /*
  * Lists a run's nodes whose status bit (1u << status) is in status_mask, with
- * node_id > after (NULL: from the start), at most limit of them.
- * Returns ENGINE_ACCEPTED (found; the page may be empty), NOT_FOUND (no such
- * run) or ERROR.
+ * node_id > after (NULL: from the start), at most limit of them, and fewer
+ * once they take ENGINE_PAGE_MAX_BYTES (page->more then set). A read of
+ * stored rows ends there too, so neither the page nor what is read for it
+ * grows with its rows' size. Returns ENGINE_ACCEPTED (found; the page may be
+ * empty), NOT_FOUND (no such run) or ERROR.
  */
 engine_result engine_list(engine *e, const char *run_id, unsigned status_mask,
                           const char *after, size_t limit, engine_page *page);
 void engine_page_free(engine_page *page);
+/*
+ * Keeps the first rows of page up to limit and ENGINE_PAGE_MAX_BYTES (at
+ * least one), dropping the rest (page->more set when it cut).
+ */
+void engine_page_cut(engine_page *page, size_t limit);
 /*
  * Appends row to page, which takes the reference the caller hands over
  * (*cap: the room page->rows has, 0 at first). 0, or -1 out of memory

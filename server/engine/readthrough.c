@@ -1,5 +1,6 @@
 #include "readthrough.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -19,6 +20,8 @@ static int load_into(void *ctx, ns_row *row)
 typedef struct row_vec {
     ns_row **rows;
     size_t n, cap;
+    size_t bytes;   /* row_vec_push_page: what they take */
+    bool full;      /* row_vec_push_page: stopped at ENGINE_PAGE_MAX_BYTES */
 } row_vec;
 
 static int row_vec_push(void *ctx, ns_row *row)
@@ -36,6 +39,18 @@ static int row_vec_push(void *ctx, ns_row *row)
     }
     v->rows[v->n++] = row;
     return 0;
+}
+
+/* row_vec_push for a page: ends the read once its rows take ENGINE_PAGE_MAX_BYTES. */
+static int row_vec_push_page(void *ctx, ns_row *row)
+{
+    row_vec *v = ctx;
+    size_t bytes = model_row_bytes(row);
+    if (row_vec_push(ctx, row) != 0)
+        return -1;
+    v->bytes += bytes;
+    v->full = v->bytes >= ENGINE_PAGE_MAX_BYTES;
+    return v->full ? 1 : 0;
 }
 
 static void row_vec_free(row_vec *v)
@@ -293,8 +308,11 @@ cache_run *readthrough_run_node(engine *e, const char *run_id, const char *node_
  * cached ones, which win, so a listing never reads a run whole. What the
  * disk read covers ends at its last row when more follow; if the merge
  * needs rows beyond that (cached nodes took the place of stored ones), a
- * longer stretch is read. Races as in readthrough_run_whole. Lock held, dropped
- * while reading; cached has room for limit + 1.
+ * longer stretch is read. The disk read also ends once its rows take
+ * ENGINE_PAGE_MAX_BYTES: the page then ends with it (a shorter page, more
+ * following), or, when none of its rows made the page, the next read starts
+ * after it. Races as in readthrough_run_whole. Lock held, dropped while
+ * reading; cached has room for limit + 1.
  */
 engine_result readthrough_list(engine *e, const char *run_id, unsigned status_mask,
                                   const char *after, size_t limit, engine_page *page,
@@ -302,6 +320,7 @@ engine_result readthrough_list(engine *e, const char *run_id, unsigned status_ma
 {
     lockcheck_assert_held(&e->lock);
     size_t want = limit + 1;
+    char past[NS_ID_MAX + 1]; /* where a read that passed over big rows goes on */
     for (int tries = 0; tries < LOAD_TRIES;) {
         cache_run *run = cache_run_find(e->cache, run_id);
         if (run && run->complete) {
@@ -320,7 +339,7 @@ engine_result readthrough_list(engine *e, const char *run_id, unsigned status_ma
         row_vec disk = { 0 };
         store_page sp;
         int rc = store_reader_load_page(e->reader, run_id, after, status_mask, want,
-                                        row_vec_push, &disk, &sp);
+                                        row_vec_push_page, &disk, &sp);
         if (sp.skipped)
             engine_log(e, NS_LOG_WARN, "rows-unreadable", "run_id=%s skipped=%zu", run_id,
                   sp.skipped);
@@ -376,12 +395,25 @@ engine_result readthrough_list(engine *e, const char *run_id, unsigned status_ma
         }
         for (size_t x = 0; x < nc; x++)
             model_row_unref(cached[x]);
+        bool passed_over = false;
+        if (!full && end && disk.full) {
+            /* The read ended on bytes, not on want: a longer one would end there again. */
+            if (k > 0) {
+                full = true;
+            } else {
+                snprintf(past, sizeof past, "%s", end);
+                after = past;
+                passed_over = true;
+            }
+        }
         row_vec_free(&disk);
         if (full || !end) {
             page->count = k;
             page->more = full;
             return ENGINE_ACCEPTED;
         }
+        if (passed_over)
+            continue; /* every row read was passed over: on from the last */
         /* Cached nodes took stored rows' places: read a longer stretch. */
         for (size_t x = 0; x < k; x++)
             model_row_unref(page->rows[x]);

@@ -208,9 +208,12 @@ int pg_reader_load_page(pg_reader *r, const char *run_id, const char *after,
             continue;
         }
         ns_row *row = model_row_copy(&draft);
-        if (row == NULL || fn(ctx, row) != 0)
+        int frc = row == NULL ? -1 : fn(ctx, row);
+        if (frc < 0)
             goto out;
         delivered++;
+        if (frc > 0)
+            want = delivered; /* enough: the next matching row, if any, says more follow */
     }
     if (!page->run_has_rows) {
         int ex = pg_run_exists(r, run_id);

@@ -426,9 +426,12 @@ int sqlite_reader_load_page(sqlite_reader *r, const char *run_id,
         if (row == NULL)
             goto out;
         /* fn owns the row from here, whatever it returns. */
-        if (fn(ctx, row) != 0)
+        int frc = fn(ctx, row);
+        if (frc < 0)
             goto out;
         delivered++;
+        if (frc > 0)
+            want = delivered; /* enough: the next matching row, if any, says more follow */
     }
     if (rc != SQLITE_ROW && rc != SQLITE_DONE)
         goto out;
