@@ -107,37 +107,93 @@ static int row_seq_cmp(const void *x, const void *y)
     return (a > b) - (a < b);
 }
 
+static int row_node_seq_cmp(const void *x, const void *y);
+
 /*
- * The run's nodes with seq > since into *all (references held), in node_id
- * order, page by page: there is no index by seq, so a run is scanned once
- * per ask, each page under its own hold of the engine's lock (a run of
- * 100,000 nodes must not hold it for all of them).
+ * since_scan's collector: the rows above since with the lowest seqs, at
+ * most limit of them and ENGINE_PAGE_MAX_BYTES (at least one), as a
+ * max-heap by seq. A row that does not fit (the highest of those seen)
+ * lowers cut to its seq: every row seen below cut is kept, so the answer is
+ * whole below cut, and nothing at or above it may be answered (a client
+ * asking again from the highest seq it got would never see the rows left
+ * out). The answer is bounded so, not by the run: asking from 0 on a run
+ * too big to cache held a copy of all of it.
  */
-/* since_scan's collector: the rows above since, in a growing page. */
 typedef struct since_rows {
     engine_page *all;
-    size_t cap;
+    size_t cap, limit, bytes;
     int64_t since;
+    int64_t cut;        /* the lowest seq left out; INT64_MAX: none */
 } since_rows;
+
+static void heap_swap(ns_row **v, size_t i, size_t j)
+{
+    ns_row *t = v[i];
+    v[i] = v[j];
+    v[j] = t;
+}
+
+/* Drops the highest seq (the heap's top), lowering s->cut to it. */
+static void since_drop_top(since_rows *s)
+{
+    ns_row **v = s->all->rows;
+    size_t n = --s->all->count;
+    ns_row *top = v[0];
+    if (top->seq < s->cut)
+        s->cut = top->seq;
+    s->bytes -= model_row_bytes(top);
+    model_row_unref(top);
+    v[0] = v[n];
+    for (size_t i = 0;;) {
+        size_t l = 2 * i + 1, r = l + 1, big = i;
+        if (l < n && v[l]->seq > v[big]->seq)
+            big = l;
+        if (r < n && v[r]->seq > v[big]->seq)
+            big = r;
+        if (big == i)
+            break;
+        heap_swap(v, i, big);
+        i = big;
+    }
+}
 
 static int since_keep(void *ctx, ns_row *r)
 {
     since_rows *s = ctx;
-    if (r->seq <= s->since)
+    if (r->seq <= s->since || r->seq >= s->cut)
         return 0;
     model_row_ref(r);
-    if (engine_page_push(s->all, &s->cap, r) == 0)
-        return 0;
-    model_row_unref(r);
-    return -1;
+    if (engine_page_push(s->all, &s->cap, r) != 0) {
+        model_row_unref(r);
+        return -1;
+    }
+    s->bytes += model_row_bytes(r);
+    ns_row **v = s->all->rows;
+    for (size_t i = s->all->count - 1; i > 0 && v[(i - 1) / 2]->seq < v[i]->seq; i = (i - 1) / 2)
+        heap_swap(v, i, (i - 1) / 2);
+    while (s->all->count > s->limit ||
+           (s->all->count > 1 && s->bytes > ENGINE_PAGE_MAX_BYTES))
+        since_drop_top(s);
+    return 0;
 }
 
+/*
+ * The run's nodes with seq > since into *all (references held), at most
+ * limit and ENGINE_PAGE_MAX_BYTES of the lowest seqs, in node_id order;
+ * *cut as since_rows says. Page by page: there is no index by seq, so a run
+ * is scanned once per ask, each page under its own hold of the engine's
+ * lock (a run of 100,000 nodes must not hold it for all of them).
+ */
 static engine_result since_scan(engine *e, const char *run_id, unsigned mask, int64_t since,
-                                engine_page *all)
+                                size_t limit, engine_page *all, int64_t *cut)
 {
     *all = (engine_page){ 0 };
-    since_rows s = { all, 0, since };
-    return engine_scan(e, run_id, mask, LIST_MAX_LIMIT, since_keep, &s);
+    since_rows s = { .all = all, .limit = limit, .since = since, .cut = INT64_MAX };
+    engine_result res = engine_scan(e, run_id, mask, LIST_MAX_LIMIT, since_keep, &s);
+    if (all->count > 1)
+        qsort(all->rows, all->count, sizeof *all->rows, row_node_seq_cmp);
+    *cut = s.cut;
+    return res;
 }
 
 /* Orders rows by node_id, then seq. */
@@ -207,6 +263,24 @@ static int since_merge(engine_page *all, engine_page *changes, unsigned mask, in
     return 0;
 }
 
+/*
+ * Leaves out of all the rows at or above cut (since_rows: they moved on
+ * during the scan, past rows it left out). True when that leaves nothing
+ * though rows were left out: the answer would say "nothing above since".
+ */
+static bool since_cut(engine_page *all, int64_t cut)
+{
+    size_t kept = 0;
+    for (size_t i = 0; i < all->count; i++) {
+        if (all->rows[i]->seq >= cut)
+            model_row_unref(all->rows[i]);
+        else
+            all->rows[kept++] = all->rows[i];
+    }
+    all->count = kept;
+    return kept == 0 && cut != INT64_MAX;
+}
+
 int api_missed_delete(api *a, const char *run_id, int64_t since, int64_t *seq,
                       bool *committed)
 {
@@ -262,12 +336,15 @@ static void list_since(api *a, const api_request *req, const route_args *args,
         engine_follow *f = engine_follow_begin(a->engine, args->run_id);
         if (!f)
             break;
-        res = since_scan(a->engine, args->run_id, mask, since, &all);
+        int64_t cut;
+        res = since_scan(a->engine, args->run_id, mask, since, limit, &all, &cut);
         engine_page changes;
         bool whole = engine_follow_end(a->engine, f, &changes);
         if (res == ENGINE_ACCEPTED && whole && since_merge(&all, &changes, mask, since) != 0)
             res = ENGINE_ERROR;
         engine_page_free(&changes);
+        if (res == ENGINE_ACCEPTED && whole && since_cut(&all, cut) && tries < 2)
+            whole = false; /* every node kept moved past the cut: look again */
         if (res != ENGINE_ACCEPTED || whole)
             break;
         engine_page_free(&all);
