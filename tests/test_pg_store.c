@@ -726,3 +726,18 @@ Test(pg_store, deletes_are_on_record_with_their_seq)
     store_reader_close(r);
     store_close(s);
 }
+
+/* Retention's delete of a run a DELETE /runs/{id} removed already expired nothing: reported, not counted. */
+Test(pg_store, expiring_delete_of_a_run_gone_already_is_not_an_expiry)
+{
+    store *s = open_pg();
+    aged rows[] = { { "old", "a", NS_COMPLETED, SFX_T0 - 10 } };
+    write_aged(s, rows, 1);
+    const char *runs[] = { "old", "gone" };
+    const bool expiring[] = { true, true };
+    kept_runs k;
+    delete_runs(s, runs, expiring, 2, SFX_T0, &k);
+    cr_assert_str_eq(k.ids, "gone");
+    cr_assert_eq(rows_of_run("old"), 0);
+    store_close(s);
+}

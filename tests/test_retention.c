@@ -156,6 +156,38 @@ Test(retention, store_run_carried_over_a_page_is_checked_again)
     store_close(s);
 }
 
+/*
+ * A run carried over a page and deleted (DELETE /runs/{id}) before the
+ * next: nothing of it is left to expire, so it is not handed over (its
+ * expiry would count a run retention never removed).
+ */
+Test(retention, store_run_carried_over_a_page_and_deleted_meanwhile_is_not_handed_over)
+{
+    store *s = sfx_open_store();
+    ns_row rows[] = {
+        row_at("r1", "a", NS_COMPLETED, SFX_T0, 1), row_at("r1", "b", NS_COMPLETED, SFX_T0, 2),
+        row_at("r1", "c", NS_COMPLETED, SFX_T0, 3), row_at("r2", "a", NS_COMPLETED, SFX_T0, 4),
+    };
+    write_all(s, rows, 4);
+    store_expiry_cursor c = { .expired_so_far = false };
+    sfx_found f = { .n = 0 };
+    cr_assert_eq(store_expired_runs(s, SFX_T0 + 1, 2, &c, sfx_note, &f), 2);
+    const char *const del[] = { "r1" };
+    store_batch b = { .delete_runs = del, .n_deletes = 1, .last_seq = 5 };
+    cr_assert_eq(store_write(s, &b), 0, "%s", store_errmsg(s));
+    cr_assert_eq(store_expired_runs(s, SFX_T0 + 1, 2, &c, sfx_note, &f), 1);
+    cr_assert_str_eq(f.ids, "r2", "r1 is gone already");
+
+    /* Retention's delete of a run gone already expired nothing: counted so. */
+    const bool expiring[] = { true, true };
+    const char *const both[] = { "r1", "r2" };
+    store_batch x = { .delete_runs = both, .n_deletes = 2, .expiring = expiring,
+                      .expire_cutoff_ms = SFX_T0 + 1, .last_seq = 6 };
+    cr_assert_eq(store_write(s, &x), 0, "%s", store_errmsg(s));
+    cr_assert_eq(x.n_expire_kept, 1, "r1 had no row left to expire");
+    store_close(s);
+}
+
 /* The plan of store_expired_sql on db, its steps' details joined by ';'. */
 static void page_plan(sqlite3 *db, char *plan, size_t len)
 {
@@ -217,23 +249,29 @@ static int64_t test_clock(void *ctx)
 }
 
 /* A batch interval of 60 s: only a flush (or retention's own) commits. */
-static engine *open_engine(double retention)
+/* The clock stays where `ahead` puts it. */
+static engine *open_engine_with(double retention, size_t capacity, double interval)
 {
-    atomic_store(&ahead, 0);
     engine_config c = {
         .db_path = sfx_db_path(),
         .batch_size = 1000,
         .batch_interval = 60,
-        .queue_capacity = 1000,
+        .queue_capacity = capacity,
         .shutdown_timeout = 10,
         .retention = retention,
-        .retention_interval = 0.01,
+        .retention_interval = interval,
         .clock_ms = test_clock,
     };
     char err[512] = "";
     engine *e = engine_open(&c, err, sizeof err);
     cr_assert_not_null(e, "engine_open: %s", err);
     return e;
+}
+
+static engine *open_engine(double retention)
+{
+    atomic_store(&ahead, 0);
+    return open_engine_with(retention, 1000, 0.01);
 }
 
 static void wait_u64(_Atomic uint64_t *c, uint64_t want, const char *what)
@@ -430,5 +468,37 @@ Test(retention, write_while_the_delete_is_queued_is_kept_and_starts_afresh)
     cr_assert(has(e, "done", "a"));
     cr_assert_not(has(e, "done", "b"));
     cr_assert_eq(atomic_load(&st->runs_expired), 1);
+    engine_close(e);
+}
+
+/*
+ * More expired runs than the queue has room for: those left over are
+ * queued as room comes back (about a second later), not a whole
+ * --retention-interval later (an hour here).
+ */
+Test(retention, runs_past_the_queues_room_expire_without_waiting_a_whole_interval)
+{
+    enum { RUNS = 12 };
+    atomic_store(&ahead, 0);
+    engine *e = open_engine_with(3600, 1000, 0.01);
+    char run[16];
+    for (int i = 0; i < RUNS; i++) {
+        snprintf(run, sizeof run, "r%02d", i);
+        submit(e, run, "a", NS_COMPLETED);
+    }
+    settle(e);
+    engine_close(e);
+
+    /* Expired from the first sweep, at start-up; the next full sweep would be an hour on. */
+    atomic_store(&ahead, 2 * HOUR_MS);
+    e = open_engine_with(3600, 4, 3600);
+    ns_stats *st = engine_stats(e);
+    wait_u64(&st->runs_expired, RUNS, "runs_expired");
+    for (int i = 0; i < RUNS; i++) {
+        char ids[64];
+        snprintf(run, sizeof run, "r%02d", i);
+        stored(run, ids, sizeof ids);
+        cr_assert_str_eq(ids, "", "%s still stored", run);
+    }
     engine_close(e);
 }

@@ -1,5 +1,6 @@
 #include "retention.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -58,14 +59,24 @@ bool retention_run(engine *e)
     }
     cache_run *gone[RETENTION_PAGE_RUNS];
     size_t queued = 0, kept = 0, n_gone = 0;
+    bool full = false;
 
     lockcheck_lock(&e->lock);
     for (size_t i = 0; i < found.n; i++) {
         cache_run *rows = NULL;
         int rc = engine_expire_run(e, found.ids[i], cutoff, &rows);
         if (rc < 0) {
-            /* No room: this run and the rest wait for the next sweep. */
+            /*
+             * No room: the sweep goes on from this run (its first row)
+             * once the queue has room again, not after a whole interval.
+             */
             kept += found.n - i;
+            /* Before its first row, judged afresh (as store_expiry_row starts a run). */
+            memset(&e->retention_cursor, 0, sizeof e->retention_cursor);
+            snprintf(e->retention_cursor.run_id, sizeof e->retention_cursor.run_id, "%s",
+                     found.ids[i]);
+            e->retention_cursor.expired_so_far = true;
+            full = true;
             break;
         }
         if (rc == 1)
@@ -82,7 +93,8 @@ bool retention_run(engine *e)
     }
     /* A page that stopped short of the end has more after it; the end zeroes the cursor. */
     bool more = examined >= 0 && e->retention_cursor.run_id[0] != '\0';
-    int64_t gap = more ? RETENTION_PAGE_GAP_NS : (int64_t)(e->cfg.retention_interval * 1e9);
+    int64_t gap = full ? RETENTION_BUSY_NS
+                  : more ? RETENTION_PAGE_GAP_NS : (int64_t)(e->cfg.retention_interval * 1e9);
     e->retention_next_ns = model_mono_ns() + (gap > RETENTION_PAGE_GAP_NS ? gap : RETENTION_PAGE_GAP_NS);
     engine_unlock(e);
 

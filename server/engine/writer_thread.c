@@ -128,7 +128,7 @@ static void on_expire_kept(void *ctx, const char *run_id)
 {
     engine *e = ctx;
     engine_log(e, NS_LOG_INFO, "expire-kept",
-          "run_id=%s detail=\"written meanwhile: no longer expired\"", run_id);
+          "run_id=%s detail=\"written meanwhile, or deleted already: not expired\"", run_id);
 }
 
 /*

@@ -36,11 +36,14 @@ int store_pg_expired_sql(char *out, size_t outlen)
     return n < 0 || (size_t)n >= outlen ? -1 : 0;
 }
 
-/* store_expiry_walk's recheck: some node of run_id that keeps it? */
+/*
+ * store_expiry_walk's recheck: some node of run_id that keeps it, or no
+ * node left (a DELETE committed since the earlier page: nothing to expire)?
+ */
 static int recheck(void *backend, const char *run_id, const char *cutoff)
 {
     pg_store *s = backend;
-    char keeps[256], sql[512];
+    char keeps[256], sql[640];
     const char *p[2] = { run_id, cutoff };
     int64_t one;
 
@@ -48,11 +51,12 @@ static int recheck(void *backend, const char *run_id, const char *cutoff)
         snprintf(s->errmsg, sizeof s->errmsg, "expired runs: statement too long");
         return -1;
     }
-    snprintf(sql, sizeof sql, "SELECT 1 FROM run_node_state WHERE run_id = $1 AND %s LIMIT 1",
-             keeps);
+    snprintf(sql, sizeof sql,
+             "SELECT 1 WHERE NOT EXISTS (SELECT 1 FROM run_node_state WHERE run_id = $1)"
+             " OR EXISTS (SELECT 1 FROM run_node_state WHERE run_id = $1 AND %s)", keeps);
     int rc = pg_query_int(s->conn, sql, 2, p, &one, s->errmsg, sizeof s->errmsg,
                           "expired runs");
-    return rc < 0 ? -1 : rc; /* 0 a row keeps it, 1 none does */
+    return rc < 0 ? -1 : rc; /* 0 kept (or gone), 1 expired */
 }
 
 /* A column of row i of res, NULL for SQL NULL. */

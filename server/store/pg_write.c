@@ -308,7 +308,10 @@ static int pg_delete_array(pg_store *s, const store_batch *b, bool expiring, pg_
  * it (store_expiry_keeps_sql) is kept whole and returned; the others are
  * deleted. A row inserted by a transaction that commits after that
  * snapshot is not seen and stays: its run starts afresh, as after
- * DELETE /runs/{id}. $1 the runs, $2 the cutoff.
+ * DELETE /runs/{id}. Every run it did not delete is returned: kept, or
+ * gone already (a DELETE /runs/{id} committed since the sweep found it),
+ * so that only runs retention removed count as expired. $1 the runs, $2
+ * the cutoff.
  */
 static const char pg_expire_lock_sql[] =
     "SELECT 1 FROM run_node_state WHERE run_id = ANY($1::text[])"
@@ -323,8 +326,9 @@ static int pg_expire_delete_sql(pg_store *s, char *out, size_t outlen)
                      "WITH kept AS (SELECT DISTINCT run_id FROM run_node_state"
                      " WHERE run_id = ANY($1::text[]) AND %s),"
                      " gone AS (DELETE FROM run_node_state WHERE run_id = ANY($1::text[])"
-                     " AND run_id NOT IN (SELECT run_id FROM kept))"
-                     " SELECT run_id FROM kept", keeps);
+                     " AND run_id NOT IN (SELECT run_id FROM kept) RETURNING run_id)"
+                     " SELECT r FROM unnest($1::text[]) AS r"
+                     " WHERE r NOT IN (SELECT run_id FROM gone)", keeps);
     if (n < 0 || (size_t)n >= outlen) {
         snprintf(s->errmsg, sizeof s->errmsg, "expire run: statement too long");
         return -1;

@@ -32,11 +32,14 @@ int store_expired_sql(char *out, size_t outlen)
     return n < 0 || (size_t)n >= outlen ? -1 : 0;
 }
 
-/* store_expiry_walk's recheck: some node of run_id that keeps it? */
+/*
+ * store_expiry_walk's recheck: some node of run_id that keeps it, or no
+ * node left (a DELETE committed since the earlier page: nothing to expire)?
+ */
 static int recheck(void *backend, const char *run_id, const char *cutoff)
 {
     sqlite_store *s = backend;
-    char keeps[256], sql[512];
+    char keeps[256], sql[640];
     sqlite3_stmt *st = NULL;
     int ret = -1;
 
@@ -44,8 +47,9 @@ static int recheck(void *backend, const char *run_id, const char *cutoff)
         snprintf(s->errmsg, sizeof s->errmsg, "expired runs: statement too long");
         return -1;
     }
-    snprintf(sql, sizeof sql, "SELECT 1 FROM run_node_state WHERE run_id = ?1 AND %s LIMIT 1",
-             keeps);
+    snprintf(sql, sizeof sql,
+             "SELECT 1 WHERE NOT EXISTS (SELECT 1 FROM run_node_state WHERE run_id = ?1)"
+             " OR EXISTS (SELECT 1 FROM run_node_state WHERE run_id = ?1 AND %s)", keeps);
     if (sqlite3_prepare_v2(s->db, sql, -1, &st, NULL) != SQLITE_OK ||
         sqlite3_bind_text(st, 1, run_id, -1, SQLITE_STATIC) != SQLITE_OK ||
         sqlite3_bind_text(st, 2, cutoff, -1, SQLITE_STATIC) != SQLITE_OK)

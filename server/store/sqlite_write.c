@@ -391,7 +391,9 @@ int sqlite_store_write(sqlite_store *s, store_batch *b)
         snprintf(s->errmsg, sizeof s->errmsg, "invalid batch");
         return -1;
     }
+    size_t n_gone = 0;
     b->n_isolated = 0;
+    b->n_expire_kept = 0;
     s->iso.n = 0;
     if (store_step_once(s->begin) != SQLITE_DONE) {
         store_fail(s, "begin");
@@ -408,6 +410,9 @@ int sqlite_store_write(sqlite_store *s, store_batch *b)
             store_fail(s, "delete run");
             goto err;
         }
+        /* Retention's delete of a run a DELETE /runs/{id} removed already expired nothing. */
+        if (b->expiring != NULL && b->expiring[i] && sqlite3_changes(s->db) == 0)
+            n_gone++;
     }
     if (store_record_deletes(s, b) != 0) {
         store_fail(s, "recording deletes");
@@ -437,6 +442,7 @@ int sqlite_store_write(sqlite_store *s, store_batch *b)
         s->last_seq = b->last_seq;
     s->errmsg[0] = '\0';
     b->n_isolated = s->iso.n;
+    b->n_expire_kept = n_gone;
     store_isolation_report(&s->iso, b);
     return 0;
 

@@ -123,8 +123,11 @@ typedef struct store_batch {
      * since this one found it expired, so the run goes only if every row
      * is still terminal and updated before expire_cutoff_ms; otherwise it
      * is kept whole and reported to on_expire_kept (with isolated_ctx)
-     * after the commit. Output: how many were kept. SQLite (one process,
-     * whose engine has judged them) deletes them all.
+     * after the commit. Output: how many it did not delete: kept, or gone
+     * already (a DELETE /runs/{id} committed since the sweep found the
+     * run; PostgreSQL reports those to on_expire_kept too). SQLite (one
+     * process, whose engine has judged them) keeps none, and counts the
+     * gone ones without a report.
      */
     const bool *expiring;
     int64_t expire_cutoff_ms;
