@@ -20,6 +20,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <dirent.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "harness.h"
@@ -143,7 +144,7 @@ static long long backup_int(sqlite3 *db, const char *sql)
     return v;
 }
 
-/* Whether any file in dir has ".backup-" in its name. */
+/* Whether any file in dir has ".nodestate-backup-" in its name. */
 static bool copy_left_in(const char *dir)
 {
     DIR *d = opendir(dir);
@@ -152,7 +153,7 @@ static bool copy_left_in(const char *dir)
 
     cr_assert_not_null(d, "%s", dir);
     while ((e = readdir(d)) != NULL)
-        found = found || strstr(e->d_name, ".backup-") != NULL;
+        found = found || strstr(e->d_name, ".nodestate-backup-") != NULL;
     closedir(d);
     return found;
 }
@@ -439,10 +440,18 @@ Test(backup, needs_the_token_and_restores_the_service)
     unlink(file);
     /* The copy of a backup whose process was killed: the start removes it. */
     char leftover[4300];
-    snprintf(leftover, sizeof leftover, "%s.backup-k1lled", ns_db_path(s));
+    snprintf(leftover, sizeof leftover, "%s.nodestate-backup-k1lled", ns_db_path(s));
     it_write_file(leftover, "a partial copy");
+    cr_assert_eq(chmod(leftover, 0600), 0); /* as mkstemp made it */
+    /* An operator's own copy, named as earlier builds named theirs: kept. */
+    char mine[4300];
+    snprintf(mine, sizeof mine, "%s.backup-friday", ns_db_path(s));
+    it_write_file(mine, "an operator's backup");
+    cr_assert_eq(chmod(mine, 0600), 0);
     cr_assert_eq(ns_restart(s, "--token backup-secret"), 0);
     cr_assert_neq(access(leftover, F_OK), 0, "the leftover copy is still there");
+    cr_assert_eq(access(mine, F_OK), 0, "an operator's backup was removed");
+    unlink(mine);
     cr_assert(ns_log_contains(s, "msg=backup-leftovers-removed files=1"));
 
     cr_assert_eq(ns_req(s, "GET", "/runs/r1/nodes/a/state", NULL, auth, &r), 0);

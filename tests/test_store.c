@@ -2073,7 +2073,7 @@ Test(store, meta_set_fails_cleanly_while_the_file_is_locked, .timeout = 10)
 
 /* ---- the online backup ---- */
 
-/* How many entries of the test directory have ".backup-" in their name. */
+/* How many entries of the test directory have ".nodestate-backup-" in their name. */
 static int backup_files_left(void)
 {
     DIR *d = opendir(sfx_dir());
@@ -2082,7 +2082,7 @@ static int backup_files_left(void)
 
     cr_assert_not_null(d, "%s: %s", sfx_dir(), strerror(errno));
     while ((e = readdir(d)) != NULL)
-        if (strstr(e->d_name, ".backup-") != NULL)
+        if (strstr(e->d_name, ".nodestate-backup-") != NULL)
             n++;
     closedir(d);
     return n;
@@ -2178,9 +2178,11 @@ Test(store, backup_failure_names_the_path_and_leaves_nothing)
 
 Test(store, backup_sweep_removes_only_leftover_copies)
 {
-    static const char *const gone[] = {".backup-Ab12_z", ".backup-xxxxxx"};
-    static const char *const kept[] = {".backup-short", ".backup-toolong7", ".backupXabcdef",
-                                       "-wal", ".spill"};
+    static const char *const gone[] = {".nodestate-backup-Ab12_z", ".nodestate-backup-xxxxxx"};
+    /* An operator's own copies too, named as earlier builds named theirs. */
+    static const char *const kept[] = {".nodestate-backup-short", ".nodestate-backup-toolong7",
+                                       ".nodestate-backupXabcdef", ".backup-friday",
+                                       ".backup-Ab12_z", "-wal", ".spill"};
     char p[PATH_MAX], err[512] = "";
     size_t removed = 99;
 
@@ -2189,7 +2191,14 @@ Test(store, backup_sweep_removes_only_leftover_copies)
         FILE *f = fopen(p, "w");
         cr_assert_not_null(f);
         fclose(f);
+        cr_assert_eq(chmod(p, 0600), 0); /* as mkstemp makes them */
     }
+    /* Our name, not our mode: someone made it by hand. */
+    snprintf(p, sizeof p, "%s.nodestate-backup-hand00", sfx_db_path());
+    FILE *h = fopen(p, "w");
+    cr_assert_not_null(h);
+    fclose(h);
+    cr_assert_eq(chmod(p, 0644), 0);
     for (size_t i = 0; i < sizeof kept / sizeof *kept; i++) {
         snprintf(p, sizeof p, "%s%s", sfx_db_path(), kept[i]);
         FILE *f = fopen(p, "w");
@@ -2197,7 +2206,7 @@ Test(store, backup_sweep_removes_only_leftover_copies)
         fclose(f);
     }
     /* Another database's leftovers in the same directory are not ours. */
-    snprintf(p, sizeof p, "%s/other.db.backup-abcdef", sfx_dir());
+    snprintf(p, sizeof p, "%s/other.db.nodestate-backup-abcdef", sfx_dir());
     FILE *f = fopen(p, "w");
     cr_assert_not_null(f);
     fclose(f);
@@ -2213,8 +2222,11 @@ Test(store, backup_sweep_removes_only_leftover_copies)
         cr_assert_eq(access(p, F_OK), 0, "%s was removed", p);
         unlink(p);
     }
-    snprintf(p, sizeof p, "%s/other.db.backup-abcdef", sfx_dir());
+    snprintf(p, sizeof p, "%s/other.db.nodestate-backup-abcdef", sfx_dir());
     cr_assert_eq(access(p, F_OK), 0, "another database's file was removed");
+    unlink(p);
+    snprintf(p, sizeof p, "%s.nodestate-backup-hand00", sfx_db_path());
+    cr_assert_eq(access(p, F_OK), 0, "a file of our name made by hand (0644) was removed");
     unlink(p);
 
     /* Nothing to do is not an error. */

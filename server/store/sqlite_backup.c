@@ -26,8 +26,12 @@ struct store_backup {
     uint64_t size;
 };
 
-/* What follows "<db>" in a backup's temporary name; mkstemp fills the X's. */
-#define BACKUP_SUFFIX ".backup-"
+/*
+ * What follows "<db>" in a backup's temporary name; mkstemp fills the X's.
+ * Ours alone: the start-up sweep removes every such name, and an operator's
+ * own "<db>.backup-friday" (the name earlier builds used) must be left be.
+ */
+#define BACKUP_SUFFIX ".nodestate-backup-"
 #define BACKUP_RANDOM 6
 
 /* Opens db_path (read-only) and tmp (the copy) and copies one into the other. */
@@ -184,6 +188,11 @@ int sqlite_backup_sweep(const char *db_path, size_t *removed, char *err,
             strlen(e->d_name + plen) != BACKUP_RANDOM)
             continue;
         snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
+        /* And only as mkstemp made it: a regular file of ours, mode 0600. */
+        struct stat sb;
+        if (lstat(path, &sb) != 0 || !S_ISREG(sb.st_mode) || (sb.st_mode & 07777) != 0600 ||
+            sb.st_uid != geteuid())
+            continue;
         if (unlink(path) == 0) {
             (*removed)++;
         } else if (errno != ENOENT) {
