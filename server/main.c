@@ -270,6 +270,13 @@ static int load_tls(const config *cfg, char **cert, size_t *cert_len,
         *cert = NULL;
         return -1;
     }
+    /* As GnuTLS will take them, now: a pair it refuses must not cost a database open. */
+    if (http_tls_check(*cert, *key, err, errlen) != 0) {
+        free_pem(*cert, *cert_len);
+        free_pem(*key, *key_len);
+        *cert = *key = NULL;
+        return -1;
+    }
     return 0;
 }
 

@@ -191,8 +191,8 @@ Test(tls, a_handshake_never_sent_is_closed_at_the_header_deadline)
 
 /*
  * Runs the binary with the TLS arguments given; asserts exit 1 with want in
- * its output. Files that cannot be read are refused before the database is
- * opened (before_db); what GnuTLS refuses, when the server starts.
+ * its output, and, with before_db, that the database was not even created:
+ * files that cannot be read, and what GnuTLS refuses, are refused first.
  */
 static void start_fails(bool before_db, const char *want, const char *a1,
                         const char *v1, const char *a2, const char *v2)
@@ -235,9 +235,20 @@ Test(tls, bad_certificate_files_fail_the_start_with_a_message)
     start_fails(true, "not a PEM file", "--tls-cert", junk, "--tls-key", key);
     start_fails(true, "give both", "--tls-cert", cert, "--log-level", "info");
     start_fails(true, "give both", "--tls-key", key, "--log-level", "info");
-    start_fails(false, "GnuTLS", "--tls-cert", bad, "--tls-key", key);
+    start_fails(true, "GnuTLS", "--tls-cert", bad, "--tls-key", key);
     /* The certificate where the key belongs. */
-    start_fails(false, "cannot start the HTTPS server", "--tls-cert", cert, "--tls-key", cert);
+    start_fails(true, "the TLS certificate and key are refused", "--tls-cert", cert,
+                "--tls-key", cert);
+    /* A key of another certificate. */
+    char other[300], cmd[700];
+    snprintf(other, sizeof other, "%s/other-key.pem", dir);
+    snprintf(cmd, sizeof cmd,
+             "openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:prime256v1 -out '%s' "
+             ">/dev/null 2>&1", other);
+    int rc = system(cmd);
+    cr_assert(rc != -1 && WIFEXITED(rc) && WEXITSTATUS(rc) == 0, "%s", cmd);
+    start_fails(true, "the TLS certificate and key are refused", "--tls-cert", cert,
+                "--tls-key", other);
 }
 
 /* ---- a stop asked for while starting (a FIFO as the certificate holds the start) ---- */

@@ -277,6 +277,51 @@ static size_t http_guard_options(const http_config *cfg, http_server *s,
     return n;
 }
 
+/* http_tls_check's logger: keeps the first line libmicrohttpd says. */
+static void http_tls_check_log(void *cls, const char *fm, va_list ap)
+{
+    char *msg = cls;
+    if (msg[0] == '\0')
+        vsnprintf(msg, 200, fm, ap);
+}
+
+/* http_tls_check's daemon never has a connection to answer. */
+static enum MHD_Result http_tls_check_request(void *cls, struct MHD_Connection *con,
+                                              const char *url, const char *method,
+                                              const char *version, const char *data,
+                                              size_t *size, void **req)
+{
+    (void)cls, (void)con, (void)url, (void)method, (void)version, (void)data, (void)size;
+    (void)req;
+    return MHD_NO;
+}
+
+int http_tls_check(const char *cert, const char *key, char *err, size_t errlen)
+{
+    char msg[200] = "";
+    if (cert == NULL || key == NULL) {
+        snprintf(err, errlen, "HTTPS needs both a certificate and its key");
+        return -1;
+    }
+    if (MHD_is_feature_supported(MHD_FEATURE_TLS) != MHD_YES) {
+        snprintf(err, errlen, "this libmicrohttpd was built without TLS");
+        return -1;
+    }
+    /* No socket, no thread: MHD_start_daemon parses both, which is the check. */
+    struct MHD_Daemon *d = MHD_start_daemon(
+        MHD_USE_NO_LISTEN_SOCKET | MHD_USE_TLS | MHD_USE_ERROR_LOG, 0, NULL, NULL,
+        http_tls_check_request, NULL, MHD_OPTION_EXTERNAL_LOGGER, http_tls_check_log, msg,
+        MHD_OPTION_HTTPS_MEM_CERT, cert, MHD_OPTION_HTTPS_MEM_KEY, key, MHD_OPTION_END);
+    if (d == NULL) {
+        size_t m = strcspn(msg, "\r\n");
+        snprintf(err, errlen, "the TLS certificate and key are refused: %.*s", (int)m,
+                 m ? msg : "(no reason given)");
+        return -1;
+    }
+    MHD_stop_daemon(d);
+    return 0;
+}
+
 http_server *http_start(const http_config *cfg, api *a, engine *e, char *err,
                         size_t errlen)
 {

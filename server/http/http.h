@@ -60,6 +60,13 @@ typedef struct http_config {
     void *log_ctx;
 } http_config;
 
+/*
+ * Whether GnuTLS takes the PEM certificate chain and key (http_config's
+ * tls_cert and tls_key) as http_start will, without binding anything, so
+ * a pair it refuses (a key of another certificate) fails a start before
+ * the database is opened. 0, or -1 with the reason in err.
+ */
+int http_tls_check(const char *cert, const char *key, char *err, size_t errlen);
 /* Binds and starts serving; NULL with a message in err on failure (e.g. port in use). */
 http_server *http_start(const http_config *cfg, api *a, engine *e, char *err,
                         size_t errlen);
