@@ -242,14 +242,36 @@ Test(engine_batch, an_uncached_run_reads_only_the_nodes_touched)
     cr_assert_eq(db_count("p"), 202);
 }
 
+/* A batch's items, their results and room for their node ids, n of each. */
+typedef struct batch_arrays {
+    engine_batch_item *items;
+    engine_batch_result *res;
+    char (*ids)[16];
+} batch_arrays;
+
+static batch_arrays batch_arrays_new(size_t n)
+{
+    batch_arrays a = { calloc(n, sizeof *a.items), calloc(n, sizeof *a.res),
+                       calloc(n, sizeof *a.ids) };
+    cr_assert(a.items && a.res && a.ids);
+    return a;
+}
+
+static void batch_arrays_free(batch_arrays *a)
+{
+    free(a->items);
+    free(a->res);
+    free(a->ids);
+}
+
 Test(engine_batch, a_large_batch_reaches_the_file)
 {
     enum { N = 5000 };
     engine *e = open_cfg(512, 0.05, 20000, 0);
-    engine_batch_item *items = calloc(N, sizeof *items);
-    engine_batch_result *res = calloc(N, sizeof *res);
-    char (*ids)[16] = calloc(N, sizeof *ids);
-    cr_assert(items && res && ids);
+    batch_arrays a = batch_arrays_new(N);
+    engine_batch_item *items = a.items;
+    engine_batch_result *res = a.res;
+    char (*ids)[16] = a.ids;
     ns_update sched = sfx_update(NS_SCHEDULED, 0);
     for (int i = 0; i < N; i++) {
         snprintf(ids[i], sizeof ids[i], "node-%05d", i);
@@ -261,9 +283,7 @@ Test(engine_batch, a_large_batch_reaches_the_file)
     engine_batch_results_free(res, N);
     cr_assert_eq(engine_close(e), 0);
     cr_assert_eq(db_count("big"), N);
-    free(items);
-    free(res);
-    free(ids);
+    batch_arrays_free(&a);
 }
 
 Test(engine_batch, empty_batch_changes_nothing)
@@ -385,10 +405,10 @@ Test(engine_batch, big_batches_into_one_run_leave_the_cache_within_its_bound)
     cr_assert_not_null(e, "engine_open: %s", err);
     ns_stats *st = engine_stats(e);
     ns_update sched = sfx_update(NS_SCHEDULED, 0);
-    engine_batch_item *items = calloc(PER, sizeof *items);
-    engine_batch_result *res = calloc(PER, sizeof *res);
-    char (*ids)[16] = calloc(PER, sizeof *ids);
-    cr_assert(items && res && ids);
+    batch_arrays a = batch_arrays_new(PER);
+    engine_batch_item *items = a.items;
+    engine_batch_result *res = a.res;
+    char (*ids)[16] = a.ids;
     for (int b = 0; b < BATCHES; b++) {
         for (int i = 0; i < PER; i++) {
             snprintf(ids[i], sizeof ids[i], "b%d-%05d", b, i);
@@ -406,9 +426,7 @@ Test(engine_batch, big_batches_into_one_run_leave_the_cache_within_its_bound)
         cr_assert_leq(held, BOUND, "after batch %d the cache holds %llu nodes, nothing queued", b,
                       (unsigned long long)held);
     }
-    free(items);
-    free(res);
-    free(ids);
+    batch_arrays_free(&a);
     cr_assert_eq(engine_close(e), 0);
     cr_assert_eq(db_count("one"), PER * BATCHES);
 }
@@ -423,10 +441,10 @@ Test(engine_batch, nodes_read_to_judge_a_batch_leave_within_the_bound)
     enum { N = 2500, BOUND = 1000 };
     engine *e = open_cfg(1000, 0.001, 4 * N, 0);
     ns_update sched = sfx_update(NS_SCHEDULED, 0);
-    engine_batch_item *items = calloc(N, sizeof *items);
-    engine_batch_result *res = calloc(N, sizeof *res);
-    char (*ids)[16] = calloc(N, sizeof *ids);
-    cr_assert(items && res && ids);
+    batch_arrays a = batch_arrays_new(N);
+    engine_batch_item *items = a.items;
+    engine_batch_result *res = a.res;
+    char (*ids)[16] = a.ids;
     for (int i = 0; i < N; i++) {
         snprintf(ids[i], sizeof ids[i], "n%05d", i);
         items[i] = (engine_batch_item){ ids[i], &sched };
@@ -449,8 +467,6 @@ Test(engine_batch, nodes_read_to_judge_a_batch_leave_within_the_bound)
     engine_batch_results_free(res, N);
     /* The request's own eviction: nothing was queued, so at once. */
     cr_assert_leq(atomic_load(&st->cache_nodes), BOUND);
-    free(items);
-    free(res);
-    free(ids);
+    batch_arrays_free(&a);
     cr_assert_eq(engine_close(e), 0);
 }

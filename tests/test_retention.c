@@ -131,10 +131,10 @@ Test(retention, store_pages_walk_the_table_a_few_rows_at_a_time)
 }
 
 /*
- * A run judged on an earlier page is checked again whole before it is
- * handed over: a row the sweep had passed may have changed in between.
+ * Three expired rows of r1 and one of r2, and a first page of two rows:
+ * r1 is carried over to the next page. The store, open.
  */
-Test(retention, store_run_carried_over_a_page_is_checked_again)
+static store *carried_over(store_expiry_cursor *c, sfx_found *f)
 {
     store *s = sfx_open_store();
     ns_row rows[] = {
@@ -142,10 +142,20 @@ Test(retention, store_run_carried_over_a_page_is_checked_again)
         row_at("r1", "c", NS_COMPLETED, SFX_T0, 3), row_at("r2", "a", NS_COMPLETED, SFX_T0, 4),
     };
     write_all(s, rows, 4);
+    cr_assert_eq(store_expired_runs(s, SFX_T0 + 1, 2, c, sfx_note, f), 2);
+    cr_assert_str_eq(f->ids, "");
+    return s;
+}
+
+/*
+ * A run judged on an earlier page is checked again whole before it is
+ * handed over: a row the sweep had passed may have changed in between.
+ */
+Test(retention, store_run_carried_over_a_page_is_checked_again)
+{
     store_expiry_cursor c = { .expired_so_far = false };
     sfx_found f = { .n = 0 };
-    cr_assert_eq(store_expired_runs(s, SFX_T0 + 1, 2, &c, sfx_note, &f), 2);
-    cr_assert_str_eq(f.ids, "");
+    store *s = carried_over(&c, &f);
     /* Between pages, a node the sweep has passed starts running again. */
     ns_row again = row_at("r1", "a", NS_RUNNING, SFX_T0 - 1, 5);
     write_all(s, &again, 1);
@@ -163,15 +173,9 @@ Test(retention, store_run_carried_over_a_page_is_checked_again)
  */
 Test(retention, store_run_carried_over_a_page_and_deleted_meanwhile_is_not_handed_over)
 {
-    store *s = sfx_open_store();
-    ns_row rows[] = {
-        row_at("r1", "a", NS_COMPLETED, SFX_T0, 1), row_at("r1", "b", NS_COMPLETED, SFX_T0, 2),
-        row_at("r1", "c", NS_COMPLETED, SFX_T0, 3), row_at("r2", "a", NS_COMPLETED, SFX_T0, 4),
-    };
-    write_all(s, rows, 4);
     store_expiry_cursor c = { .expired_so_far = false };
     sfx_found f = { .n = 0 };
-    cr_assert_eq(store_expired_runs(s, SFX_T0 + 1, 2, &c, sfx_note, &f), 2);
+    store *s = carried_over(&c, &f);
     const char *const del[] = { "r1" };
     store_batch b = { .delete_runs = del, .n_deletes = 1, .last_seq = 5 };
     cr_assert_eq(store_write(s, &b), 0, "%s", store_errmsg(s));
