@@ -131,13 +131,11 @@ size_t api_body_limit(const api *a, const char *method, const char *path);
 void api_count_status(api *a, int status);
 /*
  * A watcher of run_id resuming from since (> 0) that missed the run's
- * delete, whether or not the run was written anew since: *seq that
- * delete's seq, else 0 (since 0 missed nothing: it asks for all there is).
- * *committed: it is on record in the store. 0, or -1 when the store could
- * not be read.
+ * delete, whether or not the run was written anew since: that delete's
+ * seq, else 0 (since 0 missed nothing: it asks for all there is).
+ * *committed: it is on record in the store.
  */
-int api_missed_delete(api *a, const char *run_id, int64_t since, int64_t *seq,
-                      bool *committed);
+int64_t api_missed_delete(api *a, const char *run_id, int64_t since, bool *committed);
 /* A node's JSON exactly as GET .../state answers it (malloc'd, *len bytes), or NULL. */
 char *api_node_json(const ns_row *row, bool durable, size_t *len);
 

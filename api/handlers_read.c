@@ -263,6 +263,19 @@ static int since_merge(engine_page *all, engine_page *changes, unsigned mask, in
     return 0;
 }
 
+/* Leaves out of all the rows below seq (states from before the run's delete at seq). */
+static void since_cut_below(engine_page *all, int64_t seq)
+{
+    size_t kept = 0;
+    for (size_t i = 0; i < all->count; i++) {
+        if (all->rows[i]->seq < seq)
+            model_row_unref(all->rows[i]);
+        else
+            all->rows[kept++] = all->rows[i];
+    }
+    all->count = kept;
+}
+
 /*
  * Leaves out of all the rows at or above cut (since_rows: they moved on
  * during the scan, past rows it left out). True when that leaves nothing
@@ -281,18 +294,13 @@ static bool since_cut(engine_page *all, int64_t cut)
     return kept == 0 && cut != INT64_MAX;
 }
 
-int api_missed_delete(api *a, const char *run_id, int64_t since, int64_t *seq,
-                      bool *committed)
+int64_t api_missed_delete(api *a, const char *run_id, int64_t since, bool *committed)
 {
-    *seq = 0;
     *committed = true;
     if (since <= 0)
         return 0;
-    if (engine_deleted_seq(a->engine, run_id, seq, committed) != 0)
-        return -1;
-    if (*seq <= since)
-        *seq = 0;
-    return 0;
+    int64_t seq = engine_deleted_seq(a->engine, run_id, committed);
+    return seq > since ? seq : 0;
 }
 
 /*
@@ -355,11 +363,12 @@ static void list_since(api *a, const api_request *req, const route_args *args,
      * record by now, so a client is never handed the new run's nodes as if
      * the old ones were still there.
      */
-    int64_t deleted = 0;
     bool committed;
-    if (res == ENGINE_ACCEPTED &&
-        api_missed_delete(a, args->run_id, since, &deleted, &committed) != 0)
-        res = ENGINE_ERROR;
+    int64_t deleted = res == ENGINE_ACCEPTED
+                      ? api_missed_delete(a, args->run_id, since, &committed) : 0;
+    /* A delete after the scan: what it read is the old run's, gone. */
+    if (res == ENGINE_ACCEPTED && deleted > 0)
+        since_cut_below(&all, deleted);
     if (api_run_read_ok(resp, res, "listing the run")) {
         if (all.count > 1)
             qsort(all.rows, all.count, sizeof *all.rows, row_seq_cmp);
@@ -504,10 +513,8 @@ void api_watch_run(api *a, const api_request *req, const route_args *args,
                                     NULL, 1, &page);
     engine_page_free(&page);
     /* Gone, but deleted after the client's since: the stream tells it so (the transport looks again). */
-    int64_t deleted = 0;
     bool committed;
-    if (res == ENGINE_NOT_FOUND &&
-        api_missed_delete(a, args->run_id, since, &deleted, &committed) == 0 && deleted > 0)
+    if (res == ENGINE_NOT_FOUND && api_missed_delete(a, args->run_id, since, &committed) > 0)
         res = ENGINE_ACCEPTED;
     if (!api_run_read_ok(resp, res, "reading the run"))
         return;

@@ -609,3 +609,52 @@ Test(shared, a_batch_waiting_again_times_out_not_durable)
     cr_assert_eq(ns_stop(a, SIGTERM), 0);
     ns_free(a);
 }
+
+/*
+ * A run moves between instances around its delete. A (whose seq block is
+ * the first) deletes the run after B wrote it, then B writes it anew: the
+ * delete's seq must be above B's node (or a watcher that saw that node
+ * would never be told of the delete), and B's new node above the delete
+ * (or a watcher told of it would resume past the new node).
+ */
+Test(shared, a_delete_and_the_write_after_it_are_ordered_across_instances)
+{
+    ns_server *a = start_a("--batch-interval 0.01");
+    ns_server *b = ns_start("--db %s --batch-interval 0.01", ns_db_path(a));
+    cr_assert_not_null(b);
+    it_post(b, "mv", "old", "?wait=true", "{\"status\":\"running\"}", 200);
+    long long seen = seq_of(b, "mv", "old");
+    long long dropped = ns_stat(b, "cache_invalidations");
+
+    ns_resp r = { 0 };
+    cr_assert_eq(ns_req(a, "DELETE", "/runs/mv?wait=true", NULL, NULL, &r), 0);
+    cr_assert_eq(r.status, 200, "%ld %s", r.status, r.body);
+    json_t *doc = ns_resp_json(&r);
+    long long deleted = it_jint(doc, "seq");
+    json_decref(doc);
+    ns_resp_free(&r);
+    cr_assert_gt(deleted, seen, "the delete is numbered below a node a watcher saw");
+
+    /* B learns of the delete (it drops the run: notified), then writes the run anew. */
+    cr_assert_eq(ns_wait_stat_ge(b, "cache_invalidations", dropped + 1, WAIT_S), 0,
+                 "B never heard of A's delete");
+    json_t *row = it_post_json(b, "mv", "new", "?wait=true", "{\"status\":\"running\"}", 200);
+    long long fresh = it_jint(row, "seq");
+    json_decref(row);
+    cr_assert_gt(fresh, deleted, "the write after the delete is numbered below it");
+
+    /* A watcher that saw `old`: told of the delete, and the new node. */
+    char path[128];
+    snprintf(path, sizeof path, "/runs/mv/nodes?since=%lld", seen);
+    for (int k = 0; k < 2; k++) {
+        json_t *page = it_get_json(k ? b : a, path, 200);
+        cr_assert_eq(it_jint(page, "deleted_seq"), deleted);
+        json_t *nodes = json_object_get(page, "nodes");
+        cr_assert_eq(json_array_size(nodes), 1);
+        cr_assert_str_eq(json_string_value(json_object_get(json_array_get(nodes, 0), "node_id")),
+                         "new");
+        json_decref(page);
+    }
+    ns_free(b);
+    ns_free(a);
+}

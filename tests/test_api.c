@@ -23,6 +23,7 @@
 #include <unistd.h>
 
 #include <jansson.h>
+#include <sqlite3.h>
 
 #include "utf8_check.h"
 #include "store_fixture.h"
@@ -1739,4 +1740,29 @@ Test(api, backup_streams_a_database_one_at_a_time)
     call(&s, &second);
     cr_assert_eq(second.status, 200);
     api_response_free(&second);
+}
+
+/*
+ * The store's delete records cannot be read (here: the table is gone under
+ * the reader; PostgreSQL away, in production): a resume from a seq still
+ * answers from what this process knows, it does not fail (an EventSource
+ * gives up on a 500 for good).
+ */
+Test(api, a_resume_does_not_fail_when_delete_records_cannot_be_read)
+{
+    cr_assert_eq(post("r", "a", "{\"status\":\"running\"}"), 202);
+    flush_all();
+    sqlite3 *db = NULL;
+    cr_assert_eq(sqlite3_open(db_path, &db), SQLITE_OK);
+    cr_assert_eq(sqlite3_exec(db, "DROP TABLE run_deletes", NULL, NULL, NULL), SQLITE_OK);
+    sqlite3_close(db);
+    api_response resp;
+    call(&(spec){ .method = "GET", .path = "/runs/r/nodes", .query = { { "since", "0" } } },
+         &resp);
+    cr_assert_eq(resp.status, 200);
+    api_response_free(&resp);
+    call(&(spec){ .method = "GET", .path = "/runs/r/nodes", .query = { { "since", "1" } } },
+         &resp);
+    cr_assert_eq(resp.status, 200, "%d %.200s", resp.status, resp.body ? resp.body : "");
+    api_response_free(&resp);
 }

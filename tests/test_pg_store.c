@@ -527,8 +527,9 @@ typedef struct kept_runs {
     char ids[256];
 } kept_runs;
 
-static void on_kept(void *ctx, const char *run_id)
+static void on_kept(void *ctx, const char *run_id, int64_t seq)
 {
+    (void)seq;
     kept_runs *k = ctx;
     size_t len = strlen(k->ids);
     snprintf(k->ids + len, sizeof k->ids - len, "%s%s", len ? "," : "", run_id);

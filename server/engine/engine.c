@@ -378,7 +378,9 @@ engine_result engine_submit(engine *e, const char *run_id, const char *node_id,
         res = ENGINE_QUEUE_FULL;
         goto drop;
     }
-    if (engine_seq_room(e, cur ? cur->seq : 0, 1) != 0) {
+    /* Above the node's seq, and the run's last delete (a shared store's blocks: run_seq_floor). */
+    int64_t above = cur ? cur->seq : 0;
+    if (engine_seq_room(e, above > run->deleted_seq ? above : run->deleted_seq, 1) != 0) {
         res = ENGINE_ERROR;
         goto drop;
     }
@@ -408,6 +410,21 @@ done:
     engine_evict(e, NULL);
     engine_unlock(e);
     return res;
+}
+
+/*
+ * The highest seq a run's nodes are known to have had. A delete takes a seq
+ * above it: with a shared store seqs come in blocks per instance, and a
+ * delete numbered below a node another instance wrote, which a watcher saw,
+ * would never be told to it (it resumes from above the delete). The other
+ * way round, a write takes a seq above the run's last delete (cache_run's
+ * deleted_seq, which a shared store's run cached anew reads from the store:
+ * readthrough_run_node), or a watcher told of the delete would resume past
+ * the write. Lock held.
+ */
+static int64_t run_seq_floor(const cache_run *run)
+{
+    return run->last_seq > run->evicted_seq ? run->last_seq : run->evicted_seq;
 }
 
 /*
@@ -445,7 +462,8 @@ int engine_expire_run(engine *e, const char *run_id, int64_t cutoff_ms, cache_ru
     }
     char *id = strdup(run_id);
     ns_op probe = { .delete_run = id };
-    if (!id || !queue_has_room(e, queue_op_bytes(&probe)) || engine_seq_room(e, 0, 1) != 0) {
+    if (!id || !queue_has_room(e, queue_op_bytes(&probe)) ||
+        engine_seq_room(e, run ? run_seq_floor(run) : 0, 1) != 0) {
         free(id);
         return -1;
     }
@@ -457,7 +475,7 @@ int engine_expire_run(engine *e, const char *run_id, int64_t cutoff_ms, cache_ru
     return 1;
 }
 
-int engine_deleted_seq(engine *e, const char *run_id, int64_t *seq, bool *committed)
+int64_t engine_deleted_seq(engine *e, const char *run_id, bool *committed)
 {
     assert(state_opened(e));
     /*
@@ -469,11 +487,17 @@ int engine_deleted_seq(engine *e, const char *run_id, int64_t *seq, bool *commit
     int64_t queued = run ? run->deleted_seq : 0;
     lockcheck_unlock(&e->lock);
     int64_t stored = 0;
-    if (store_reader_deleted_seq(e->reader, run_id, &stored) != 0)
-        return -1;
-    *seq = queued > stored ? queued : stored;
+    if (store_reader_deleted_seq(e->reader, run_id, &stored) != 0) {
+        /*
+         * The store cannot be read (PostgreSQL away): what this process
+         * queued is all it knows. A resume must not fail for it: an
+         * EventSource gives up on a 500 for good.
+         */
+        engine_log(e, NS_LOG_DEBUG, "deleted-seq-unread", "run_id=%s", run_id);
+        stored = 0;
+    }
     *committed = stored >= queued;
-    return 0;
+    return queued > stored ? queued : stored;
 }
 
 engine_result engine_delete_run(engine *e, const char *run_id, size_t *deleted,
@@ -501,7 +525,8 @@ engine_result engine_delete_run(engine *e, const char *run_id, size_t *deleted,
         res = ENGINE_QUEUE_FULL;
         goto done;
     }
-    if (engine_seq_room(e, 0, 1) != 0) {
+    /* Shared store: above each seq of its nodes, which a watcher may have seen (run_seq_floor). */
+    if (engine_seq_room(e, run ? run_seq_floor(run) : view->last_seq, 1) != 0) {
         res = ENGINE_ERROR;
         goto done;
     }

@@ -154,10 +154,11 @@ engine_result engine_delete_run(engine *e, const char *run_id, size_t *deleted,
  * queued (the run stays cached until it commits) or committed (the store's
  * record, also of other instances' deletes). A watcher resuming from a
  * lower seq missed it, whether or not the run was written anew since.
- * *committed: that delete is on record in the store. 0, or -1 when the
- * store could not be read.
+ * *committed: that delete is on record in the store. When the store
+ * cannot be read, only a queued delete is known (logged at debug level):
+ * a resume does not fail for it.
  */
-int engine_deleted_seq(engine *e, const char *run_id, int64_t *seq, bool *committed);
+int64_t engine_deleted_seq(engine *e, const char *run_id, bool *committed);
 
 /* The node's latest accepted row (a reference), or NULL with *res NOT_FOUND or ERROR. */
 ns_row *engine_get(engine *e, const char *run_id, const char *node_id,

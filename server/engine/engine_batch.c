@@ -122,7 +122,7 @@ engine_result engine_batch_submit(engine *e, const char *run_id,
      * Room for a seq per item above every node's current one: with a store
      * that several instances share, seqs come in reserved blocks.
      */
-    int64_t above = 0;
+    int64_t above = run->deleted_seq; /* and above its last delete (engine.c run_seq_floor) */
     for (size_t i = 0; i < n; i++) {
         ns_row *cur = cached[i] = cache_node_get(run, items[i].node_id);
         if (cur && cur->seq > above)

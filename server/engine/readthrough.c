@@ -248,11 +248,16 @@ cache_run *readthrough_run_node(engine *e, const char *run_id, const char *node_
         uint64_t removals = cache_removals(e->cache);
         int64_t durable = durable_now(e);
         bool locked = tries == LOAD_TRIES - 1;
+        /* Shared store: a run cached anew learns its last delete, a floor for its seqs. */
+        bool fresh = e->shared && !run;
         if (!locked)
             lockcheck_unlock(&e->lock);
         ns_row *row = NULL;
         bool run_has_rows = false;
+        int64_t deleted = 0;
         int rc = store_reader_load_node(e->reader, run_id, node_id, &row, &run_has_rows);
+        if (rc >= 0 && fresh && store_reader_deleted_seq(e->reader, run_id, &deleted) != 0)
+            deleted = 0; /* unknown: the floor is the node's seq alone, as before */
         if (rc > 0)
             engine_log(e, NS_LOG_WARN, "rows-unreadable", "run_id=%s node_id=%s skipped=1", run_id,
                   node_id);
@@ -284,6 +289,8 @@ cache_run *readthrough_run_node(engine *e, const char *run_id, const char *node_
             /* Nothing cached of it, nothing queued: the file is its truth. */
             run->complete = run->known = !run_has_rows;
         }
+        if (deleted > run->deleted_seq)
+            run->deleted_seq = deleted;
         cache_touch(e->cache, run); /* the most recent, so evict spares it alone */
         if (row) {
             if (cache_node_load(e->cache, run, row) != 0) {

@@ -119,14 +119,20 @@ static void on_superseded(void *ctx, const ns_row *row)
 }
 
 /*
- * store_batch.on_expire_kept (writer thread): a shared store kept a run
- * retention had queued for deletion, since another instance wrote it in
- * the meantime. That commit's notification makes this instance read the
- * run again; here it is only told.
+ * store_batch.on_expire_kept (writer thread, without the lock): a shared
+ * store kept a run retention had queued for deletion (delete seq `seq`),
+ * since another instance wrote it in the meantime. That commit's
+ * notification makes this instance read the run again; the delete its
+ * cached run remembers (engine_deleted_seq) never happened, so it goes.
  */
-static void on_expire_kept(void *ctx, const char *run_id)
+static void on_expire_kept(void *ctx, const char *run_id, int64_t seq)
 {
     engine *e = ctx;
+    lockcheck_lock(&e->lock);
+    cache_run *run = cache_run_find(e->cache, run_id);
+    if (run && seq && run->deleted_seq == seq)
+        run->deleted_seq = 0;
+    lockcheck_unlock(&e->lock);
     engine_log(e, NS_LOG_INFO, "expire-kept",
           "run_id=%s detail=\"written meanwhile, or deleted already: not expired\"", run_id);
 }

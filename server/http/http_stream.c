@@ -135,10 +135,8 @@ static engine_result http_stream_catch_up(http_server *s, watcher *w, const char
      * (queued or committed by now) is told instead of the run's nodes,
      * which, if the run was written anew, would read as its old ones.
      */
-    int64_t deleted;
     bool committed;
-    if (api_missed_delete(s->a, run_id, since, &deleted, &committed) != 0)
-        return ENGINE_ERROR;
+    int64_t deleted = api_missed_delete(s->a, run_id, since, &committed);
     if (deleted > 0) {
         watch_deleted_before(w, deleted, committed);
         return watch_catch_up(w, NULL, 0) == 0 ? ENGINE_ACCEPTED : ENGINE_ERROR;

@@ -734,7 +734,8 @@ int pg_store_write(pg_store *s, store_batch *b)
             continue;
         b->n_expire_kept++;
         if (b->on_expire_kept)
-            b->on_expire_kept(b->isolated_ctx, b->delete_runs[i]);
+            b->on_expire_kept(b->isolated_ctx, b->delete_runs[i],
+                              b->delete_seqs ? b->delete_seqs[i] : 0);
     }
     ret = 0;
     goto out;

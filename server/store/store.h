@@ -131,7 +131,7 @@ typedef struct store_batch {
      */
     const bool *expiring;
     int64_t expire_cutoff_ms;
-    void (*on_expire_kept)(void *ctx, const char *run_id);
+    void (*on_expire_kept)(void *ctx, const char *run_id, int64_t seq); /* seq: delete_seqs' (0: none) */
     size_t n_expire_kept;
 } store_batch;
 
