@@ -57,24 +57,19 @@ static int setup_signals(sigset_t *stop)
  * on for at most --shutdown-timeout from the signal; past that the process
  * exits at once, as a SIGKILL would leave it, which loses nothing: an
  * unfinished replay is rolled back and its sidecar stays for the next
- * start. A start-up that finishes in time stops at once (start_guard_end).
+ * start. A start-up that finishes in time stops at once (start_guard_end),
+ * with what is left of the budget counted from the signal.
  */
 typedef struct start_guard {
     sigset_t stop;
     double timeout;          /* --shutdown-timeout */
     logger *log;
     atomic_int sig;          /* the signal that came during start-up; 0: none */
+    int64_t sig_ns;          /* when (model_mono_ns), set before sig */
     atomic_bool over;        /* start-up ended (or failed): the guard goes */
     pthread_t thread;
     bool running;
 } start_guard;
-
-static double mono_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
 
 static void *start_guard_main(void *arg)
 {
@@ -84,11 +79,12 @@ static void *start_guard_main(void *arg)
         int sig = sigtimedwait(&g->stop, NULL, &tick);
         if (sig <= 0)
             continue;
+        g->sig_ns = model_mono_ns();
         atomic_store(&g->sig, sig);
         log_printf(g->log, NS_LOG_INFO, "stopping", "signal=%s during=start-up",
                    sig == SIGTERM ? "TERM" : "INT");
-        double give_up = mono_s() + g->timeout;
-        while (!atomic_load(&g->over) && mono_s() < give_up)
+        int64_t give_up = g->sig_ns + (int64_t)(g->timeout * 1e9);
+        while (!atomic_load(&g->over) && model_mono_ns() < give_up)
             nanosleep(&tick, NULL);
         if (atomic_load(&g->over))
             break;
@@ -112,14 +108,20 @@ static int start_guard_begin(start_guard *g, const sigset_t *stop, double timeou
     return g->running ? 0 : -1;
 }
 
-/* Start-up is over: the guard goes. The signal it took (0: none), to stop at once. */
-static int start_guard_end(start_guard *g)
+/*
+ * Start-up is over: the guard goes. The signal it took (0: none), to stop
+ * at once, and when it came (*sig_ns).
+ */
+static int start_guard_end(start_guard *g, int64_t *sig_ns)
 {
     atomic_store(&g->over, true);
     if (g->running)
         pthread_join(g->thread, NULL);
     g->running = false;
-    return atomic_load(&g->sig);
+    int sig = atomic_load(&g->sig);
+    if (sig_ns != NULL)
+        *sig_ns = g->sig_ns;
+    return sig;
 }
 
 /*
@@ -439,24 +441,28 @@ int main(int argc, char **argv)
     }
 
     /* A signal during start-up: stop now (the guard said so). Else wait for one. */
-    sig = start_guard_end(&guard);
+    int64_t stop_ns = 0;
+    sig = start_guard_end(&guard, &stop_ns);
     if (sig == 0) {
         /* sigwait fails only for a bad set; then shut down rather than spin. */
         if (sigwait(&stop, &sig) != 0)
             sig = 0;
+        stop_ns = model_mono_ns();
         log_printf(log, NS_LOG_INFO, "stopping", "signal=%s",
                    sig == SIGTERM ? "TERM" : sig == SIGINT ? "INT" : "other");
     }
 
     /*
-     * One budget of --shutdown-timeout for the whole stop, starting now:
-     * requests in flight get half of it, and the engine's flush ends with
+     * One budget of --shutdown-timeout for the whole stop, from the signal
+     * (during start-up, what start-up left of it): requests in flight get
+     * half of what is left, and the engine's flush ends with
      * the budget; if the database will not take the rest, the spill to the
      * sidecar (begun as soon as the flush stalls) ends 0.5 s after it, so
      * the process is gone within the budget plus 1 s.
      */
-    engine_drain(e); /* and /readyz says so while in-flight requests finish */
-    http_stop(srv, cfg.shutdown_timeout / 2);
+    engine_drain_since(e, stop_ns); /* and /readyz says so while in-flight requests finish */
+    double left = cfg.shutdown_timeout - (double)(model_mono_ns() - stop_ns) / 1e9;
+    http_stop(srv, left > 0 ? left / 2 : 0);
     engine_close_counted(e, &closing);
     api_free(a);
     log_printf(log, NS_LOG_INFO, "stopped", "flushed=%llu spilled=%zu unflushed=%zu",
@@ -471,7 +477,7 @@ fail:
     if (e != NULL)
         engine_close(e);
     status = 1;
-    start_guard_end(&guard);
+    start_guard_end(&guard, NULL);
 out:
     free_pem(tls_cert, tls_cert_len);
     free_pem(tls_key, tls_key_len);

@@ -301,6 +301,11 @@ void engine_flush_soon(engine *e);
  * batch_interval. The shutdown budget (shutdown_timeout) starts now.
  */
 void engine_drain(engine *e);
+/*
+ * engine_drain with the budget counted from since_ns (model_mono_ns), not
+ * now: a stop asked for while the service was still starting.
+ */
+void engine_drain_since(engine *e, int64_t since_ns);
 /* Liveness: the writer thread is running. */
 bool engine_alive(engine *e);
 /*

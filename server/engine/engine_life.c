@@ -330,12 +330,11 @@ err:
  * the spill ends SPILL_OVERRUN after it, so the whole shutdown fits what a
  * supervisor such as Docker allows before it kills the process. Lock held.
  */
-static void budget_start(engine *e)
+static void budget_start(engine *e, int64_t now)
 {
     lockcheck_assert_held(&e->lock);
     if (e->drain_started_ns)
         return;
-    int64_t now = model_mono_ns();
     int64_t budget = (int64_t)(e->cfg.shutdown_timeout * 1e9);
     int64_t reserve = budget / 4 < SPILL_RESERVE_NS ? budget / 4 : SPILL_RESERVE_NS;
     e->drain_started_ns = now;
@@ -357,7 +356,7 @@ size_t engine_close_counted(engine *e, engine_closing *report)
     lockcheck_lock(&e->lock);
     /* Called once, after engine_open returned e (DRAINING or not; CLOSED if the writer ran out of time). */
     assert(state_opened(e) && state_of(e) != ENGINE_CLOSING);
-    budget_start(e);
+    budget_start(e, model_mono_ns());
     state_advance(e, ENGINE_CLOSING);
     pthread_cond_signal(&e->wake);
     lockcheck_unlock(&e->lock);
@@ -392,11 +391,16 @@ size_t engine_close(engine *e)
 
 void engine_drain(engine *e)
 {
+    engine_drain_since(e, model_mono_ns());
+}
+
+void engine_drain_since(engine *e, int64_t since_ns)
+{
     lockcheck_lock(&e->lock);
     /* Before engine_close; twice is harmless. */
     assert(state_opened(e) && state_of(e) != ENGINE_CLOSING);
     state_advance(e, ENGINE_DRAINING);
-    budget_start(e);
+    budget_start(e, since_ns);
     /* Shutting down: what is queued from now on is written at once, not after batch_interval. */
     e->flush_until = INT64_MAX;
     pthread_cond_signal(&e->wake);
