@@ -556,6 +556,8 @@ int cache_run_adopt(cache *c, cache_run *run, cache_run *loaded)
     run->bytes = loaded->bytes;
     if (loaded->last_seq > run->last_seq)
         run->last_seq = loaded->last_seq;
+    if (loaded->deleted_seq > run->deleted_seq)
+        run->deleted_seq = loaded->deleted_seq;
     if (loaded->updated_at > run->updated_at)
         run->updated_at = loaded->updated_at;
     run->complete = true;

@@ -155,6 +155,8 @@ cache_run *readthrough_run_whole(engine *e, const char *run_id, bool light, engi
         int64_t durable = durable_now(e);
         /* The last try reads under the lock: slower for everyone, but always right. */
         bool locked = tries == LOAD_TRIES - 1;
+        /* Shared store: a run cached anew learns its last delete (readthrough_run_node). */
+        bool fresh = e->shared && !run;
         if (!locked)
             lockcheck_unlock(&e->lock);
         size_t skipped = 0;
@@ -162,6 +164,8 @@ cache_run *readthrough_run_whole(engine *e, const char *run_id, bool light, engi
         int rc = loaded ? store_reader_load_run(e->reader, run_id, light, load_into, loaded,
                                                 &skipped)
                         : -1;
+        if (rc == 0 && fresh && store_reader_deleted_seq(e->reader, run_id, &loaded->deleted_seq))
+            loaded->deleted_seq = 0; /* unknown: the floor is the nodes' seqs alone */
         if (skipped)
             engine_log(e, NS_LOG_WARN, "rows-unreadable", "run_id=%s skipped=%zu", run_id, skipped);
         if (!locked)
