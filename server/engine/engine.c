@@ -56,9 +56,9 @@ static bool over_bounds(const engine *e)
  * it. At most EVICT_STEP nodes go per call, and as many slots of removed
  * runs are freed (cache_reap), so no call is O(n) under the lock: when a
  * call that added many nodes at once (a big batch, a run read whole) leaves
- * the cache over a bound after a full step, evict_more asks the writer
- * thread to go on, a step per hold of the lock, whether or not anything
- * else comes. Lock held.
+ * the cache over a bound after a full step, or removed runs are still to be
+ * freed, evict_more asks the writer thread to go on, a step per hold of the
+ * lock, whether or not anything else comes. Lock held.
  */
 void engine_evict(engine *e, const cache_run *keep)
 {
@@ -77,9 +77,19 @@ void engine_evict(engine *e, const cache_run *keep)
     if (runs)
         atomic_fetch_add_explicit(&e->stats.cache_evictions, runs, memory_order_relaxed);
     publish_cache_size(e);
-    e->evict_more = nodes == EVICT_STEP && over_bounds(e);
+    e->evict_more = (nodes == EVICT_STEP && over_bounds(e)) || cache_reaping(e->cache) > 0;
     if (e->evict_more)
         e->wake_writer = true;
+}
+
+/*
+ * Removed runs still to be freed (a big one goes in pieces): the writer
+ * frees them (evict_more), whether or not requests come. Lock held.
+ */
+static void reap_later(engine *e)
+{
+    if (cache_reaping(e->cache) > 0)
+        e->evict_more = e->wake_writer = true;
 }
 
 /*
@@ -93,6 +103,7 @@ void engine_run_drop_if_idle(engine *e, cache_run *run)
     if (run->pending == 0 && (run->nodes == 0 || run->stale)) {
         cache_run_remove(e->cache, run);
         publish_cache_size(e);
+        reap_later(e);
     }
 }
 
@@ -131,6 +142,7 @@ void engine_runs_changed(engine *e, const char *const *run_ids, size_t n)
         }
         atomic_fetch_add_explicit(&e->stats.cache_invalidations, dropped, memory_order_relaxed);
         publish_cache_size(e);
+        reap_later(e);
     } else {
         for (size_t i = 0; i < n; i++) {
             cache_note_removed(e->cache, run_ids[i]);
@@ -139,7 +151,7 @@ void engine_runs_changed(engine *e, const char *const *run_ids, size_t n)
                 invalidate_run(e, run);
         }
     }
-    lockcheck_unlock(&e->lock);
+    engine_unlock(e); /* wakes the writer to free removed runs (evict_more) */
 }
 
 /* ---- accepting writes ---- */
