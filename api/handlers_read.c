@@ -121,7 +121,7 @@ static int row_node_seq_cmp(const void *x, const void *y);
  */
 typedef struct since_rows {
     engine_page *all;
-    size_t cap, limit, bytes;
+    size_t cap, limit, bytes, max_bytes;
     int64_t since;
     int64_t cut;        /* the lowest seq left out; INT64_MAX: none */
 } since_rows;
@@ -171,24 +171,24 @@ static int since_keep(void *ctx, ns_row *r)
     ns_row **v = s->all->rows;
     for (size_t i = s->all->count - 1; i > 0 && v[(i - 1) / 2]->seq < v[i]->seq; i = (i - 1) / 2)
         heap_swap(v, i, (i - 1) / 2);
-    while (s->all->count > s->limit ||
-           (s->all->count > 1 && s->bytes > ENGINE_PAGE_MAX_BYTES))
+    while (s->all->count > s->limit || (s->all->count > 1 && s->bytes > s->max_bytes))
         since_drop_top(s);
     return 0;
 }
 
 /*
  * The run's nodes with seq > since into *all (references held), at most
- * limit and ENGINE_PAGE_MAX_BYTES of the lowest seqs, in node_id order;
- * *cut as since_rows says. Page by page: there is no index by seq, so a run
- * is scanned once per ask, each page under its own hold of the engine's
- * lock (a run of 100,000 nodes must not hold it for all of them).
+ * limit and max_bytes of the lowest seqs, in node_id order; *cut as
+ * since_rows says. Page by page: there is no index by seq, so a run is
+ * scanned once per ask, each page under its own hold of the engine's lock
+ * (a run of 100,000 nodes must not hold it for all of them).
  */
 static engine_result since_scan(engine *e, const char *run_id, unsigned mask, int64_t since,
-                                size_t limit, engine_page *all, int64_t *cut)
+                                size_t limit, size_t max_bytes, engine_page *all, int64_t *cut)
 {
     *all = (engine_page){ 0 };
-    since_rows s = { .all = all, .limit = limit, .since = since, .cut = INT64_MAX };
+    since_rows s = { .all = all, .limit = limit, .max_bytes = max_bytes, .since = since,
+                     .cut = INT64_MAX };
     engine_result res = engine_scan(e, run_id, mask, LIST_MAX_LIMIT, since_keep, &s);
     if (all->count > 1)
         qsort(all->rows, all->count, sizeof *all->rows, row_node_seq_cmp);
@@ -344,8 +344,15 @@ static void list_since(api *a, const api_request *req, const route_args *args,
         engine_follow *f = engine_follow_begin(a->engine, args->run_id);
         if (!f)
             break;
+        /*
+         * Each try keeps more: kept nodes that keep moving past the cut
+         * (a few hot ones, a small limit) must not empty every answer.
+         */
+        size_t keep = tries == 0 ? limit : tries == 1 ? limit * 16 + 256 : LIST_MAX_LIMIT;
+        size_t max_bytes = (size_t)ENGINE_PAGE_MAX_BYTES << (tries == 2 ? 3 : 0);
         int64_t cut;
-        res = since_scan(a->engine, args->run_id, mask, since, limit, &all, &cut);
+        res = since_scan(a->engine, args->run_id, mask, since,
+                         keep < LIST_MAX_LIMIT ? keep : LIST_MAX_LIMIT, max_bytes, &all, &cut);
         engine_page changes;
         bool whole = engine_follow_end(a->engine, f, &changes);
         if (res == ENGINE_ACCEPTED && whole && since_merge(&all, &changes, mask, since) != 0)
