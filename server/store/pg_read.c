@@ -189,32 +189,50 @@ int pg_reader_load_page(pg_reader *r, const char *run_id, const char *after,
     /* One more than wanted tells whether another page follows. */
     snprintf(limit, sizeof limit, "%zu", want + 1);
     const char *p[4] = { run_id, after != NULL ? after : "", statuses.p, limit };
+    char sql[1024];
+    snprintf(sql, sizeof sql,
+             "SELECT %s FROM run_node_state WHERE run_id = $1 AND node_id > $2"
+             " AND status = ANY($3::text[]) ORDER BY node_id LIMIT $4::bigint",
+             r->select_cols);
     pthread_mutex_lock(&r->lock);
-    PGresult *res = pg_select(r, "FROM run_node_state WHERE run_id = $1 AND node_id > $2"
-                                 " AND status = ANY($3::text[]) ORDER BY node_id"
-                                 " LIMIT $4::bigint", 4, p);
-    if (res == NULL)
+    if (PQstatus(r->conn) != CONNECTION_OK)
+        PQreset(r->conn);
+    /*
+     * A row at a time (single-row mode): libpq would otherwise hold the
+     * whole result, a page of 1,000 big outputs, before fn could say
+     * "enough". Rows after that are still read, one at a time, and dropped.
+     */
+    if (PQsendQueryParams(r->conn, sql, 4, NULL, p, NULL, NULL, 0) != 1)
         goto out;
+    PQsetSingleRowMode(r->conn); /* refused (never, just after the send): one result, read alike */
+    bool failed = false, done = false;
     size_t delivered = 0;
-    for (int i = 0; i < PQntuples(res); i++) {
-        ns_row draft;
-        page->run_has_rows = true;
-        if (delivered == want) {
-            page->more = true;
-            break;
-        }
-        if (pg_row_draft(res, i, &draft) != 0) {
-            page->skipped++;
+    for (PGresult *res; (res = PQgetResult(r->conn)) != NULL; PQclear(res)) {
+        ExecStatusType st = PQresultStatus(res);
+        if (st != PGRES_SINGLE_TUPLE && st != PGRES_TUPLES_OK) {
+            failed = true;
             continue;
         }
-        ns_row *row = model_row_copy(&draft);
-        int frc = row == NULL ? -1 : fn(ctx, row);
-        if (frc < 0)
-            goto out;
-        delivered++;
-        if (frc > 0)
-            want = delivered; /* enough: the next matching row, if any, says more follow */
+        for (int i = 0; i < PQntuples(res) && !failed && !done; i++) {
+            ns_row draft;
+            page->run_has_rows = true;
+            if (delivered == want) {
+                page->more = true;
+                done = true;
+            } else if (pg_row_draft(res, i, &draft) != 0) {
+                page->skipped++;
+            } else {
+                ns_row *row = model_row_copy(&draft);
+                int frc = row == NULL ? -1 : fn(ctx, row);
+                failed = frc < 0;
+                delivered += frc >= 0;
+                if (frc > 0)
+                    want = delivered; /* enough: the next matching row, if any, says more follow */
+            }
+        }
     }
+    if (failed)
+        goto out;
     if (!page->run_has_rows) {
         int ex = pg_run_exists(r, run_id);
         if (ex < 0)
@@ -223,7 +241,6 @@ int pg_reader_load_page(pg_reader *r, const char *run_id, const char *after,
     }
     ret = 0;
 out:
-    PQclear(res);
     pthread_mutex_unlock(&r->lock);
     pg_buf_free(&statuses);
     return ret;
