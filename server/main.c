@@ -471,13 +471,14 @@ int main(int argc, char **argv)
     goto out;
 
 fail:
+    /* First: a failed start's close must not be cut short by the guard's _exit(0). */
+    start_guard_end(&guard, NULL);
     config_clear_secrets(&cfg);
     if (a != NULL)
         api_free(a);
     if (e != NULL)
         engine_close(e);
     status = 1;
-    start_guard_end(&guard, NULL);
 out:
     free_pem(tls_cert, tls_cert_len);
     free_pem(tls_key, tls_key_len);

@@ -658,3 +658,37 @@ Test(shared, a_delete_and_the_write_after_it_are_ordered_across_instances)
     ns_free(b);
     ns_free(a);
 }
+
+/*
+ * Retention on A expires a run only B wrote (A never cached it): its delete
+ * is numbered above B's nodes all the same (the sweep hands over the run's
+ * highest seq), so a watcher that saw them is told, and B's later write
+ * comes above the delete.
+ */
+Test(shared, retention_of_a_run_another_instance_wrote_is_numbered_above_it)
+{
+    ns_server *a = start_a("--batch-interval 0.01 --retention 1 --retention-interval 0.2");
+    ns_server *b = ns_start("--db %s --batch-interval 0.01", ns_db_path(a));
+    cr_assert_not_null(b);
+    it_post(b, "old", "n1", "?wait=true", "{\"status\":\"completed\"}", 200);
+    long long seen = seq_of(b, "old", "n1");
+    long long dropped = ns_stat(b, "cache_invalidations");
+    cr_assert_eq(ns_wait_stat_ge(a, "runs_expired", 1, WAIT_S), 0, "A never expired the run");
+    cr_assert_eq(ns_wait_stat_ge(b, "cache_invalidations", dropped + 1, WAIT_S), 0,
+                 "B never heard of the expiry");
+    json_t *row = it_post_json(b, "old", "n2", "?wait=true", "{\"status\":\"running\"}", 200);
+    json_decref(row);
+    char path[128];
+    snprintf(path, sizeof path, "/runs/old/nodes?since=%lld", seen);
+    json_t *page = it_get_json(b, path, 200);
+    json_t *deleted = json_object_get(page, "deleted_seq");
+    cr_assert(json_is_integer(deleted), "the expiry was numbered below the node seen");
+    cr_assert_gt(json_integer_value(deleted), seen);
+    json_t *nodes = json_object_get(page, "nodes");
+    cr_assert_eq(json_array_size(nodes), 1);
+    cr_assert_str_eq(json_string_value(json_object_get(json_array_get(nodes, 0), "node_id")),
+                     "n2");
+    json_decref(page);
+    ns_free(b);
+    ns_free(a);
+}

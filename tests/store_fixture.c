@@ -145,8 +145,9 @@ void sfx_on_isolated(void *ctx, const ns_row *row, const char *why)
     iso->n++;
 }
 
-int sfx_note(void *ctx, const char *run_id)
+int sfx_note(void *ctx, const char *run_id, int64_t max_seq)
 {
+    (void)max_seq;
     sfx_found *f = ctx;
     if (f->stop_after && f->n == f->stop_after)
         return -1;

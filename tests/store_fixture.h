@@ -70,6 +70,6 @@ typedef struct sfx_found {
 } sfx_found;
 
 /* store_expired_runs' callback: appends run_id to the sfx_found at ctx. */
-int sfx_note(void *ctx, const char *run_id);
+int sfx_note(void *ctx, const char *run_id, int64_t max_seq);
 
 #endif

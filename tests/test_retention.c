@@ -232,7 +232,7 @@ Test(retention, store_page_plan_walks_the_primary_key)
     cr_assert_eq(sqlite3_exec(db, "DROP TABLE run_node_state;"
                                   "CREATE TABLE run_node_state (run_id TEXT NOT NULL,"
                                   " node_id TEXT NOT NULL, status TEXT NOT NULL,"
-                                  " updated_at TEXT NOT NULL,"
+                                  " updated_at TEXT NOT NULL, seq INTEGER NOT NULL,"
                                   " PRIMARY KEY (run_id, node_id)) WITHOUT ROWID",
                               NULL, NULL, NULL), SQLITE_OK, "%s", sqlite3_errmsg(db));
     page_plan(db, plan, sizeof plan);

@@ -31,18 +31,23 @@ static int recheck(void *backend, const char *run_id, const char *cutoff)
     return p->recheck_answer;
 }
 
-static int hand(void *ctx, const char *run_id)
+/* Notes "run@max_seq". */
+static int hand(void *ctx, const char *run_id, int64_t max_seq)
 {
     probe *p = ctx;
     size_t len = strlen(p->handed);
-    snprintf(p->handed + len, sizeof p->handed - len, "%s%s", len ? "," : "", run_id);
+    snprintf(p->handed + len, sizeof p->handed - len, "%s%s@%lld", len ? "," : "", run_id,
+             (long long)max_seq);
     return 0;
 }
+
+/* Feeds a row; each gets the next seq of this counter (rows of a run need not rise). */
+static int64_t next_seq;
 
 static void feed(store_expiry_walk *w, const char *run, const char *node, const char *at,
                  const char *status)
 {
-    cr_assert_eq(store_expiry_row(w, run, node, at, status), 0);
+    cr_assert_eq(store_expiry_row(w, run, node, at, status, ++next_seq), 0);
 }
 
 Test(store_expire, runs_are_judged_as_their_rows_go_by)
@@ -50,6 +55,7 @@ Test(store_expire, runs_are_judged_as_their_rows_go_by)
     probe p = { .recheck_answer = 1 };
     store_expiry_cursor c = { .expired_so_far = false };
     store_expiry_walk w;
+    next_seq = 0;
     store_expiry_begin(&w, &c, T0, recheck, &p, hand, &p);
     feed(&w, "a", "1", OLD, "completed");
     feed(&w, "a", "2", OLD, "failed");
@@ -58,9 +64,10 @@ Test(store_expire, runs_are_judged_as_their_rows_go_by)
     feed(&w, "d", "1", NULL, "completed");      /* cannot be judged: kept */
     feed(&w, "e", "1", OLD, "no-such-status");  /* another build's row: kept */
     feed(&w, "f", "1", OLD, "completed");
-    cr_assert_eq(store_expiry_row(&w, NULL, "x", OLD, "completed"), 0, "a row without id is skipped");
+    cr_assert_eq(store_expiry_row(&w, NULL, "x", OLD, "completed", 99), 0,
+                 "a row without id is skipped");
     cr_assert_eq(store_expiry_end(&w, true), 7);
-    cr_assert_str_eq(p.handed, "a,f");
+    cr_assert_str_eq(p.handed, "a@2,f@7", "each with the highest seq of its rows");
     cr_assert_eq(p.rechecks, 0, "nothing spanned a page");
     cr_assert_str_eq(c.run_id, "", "the end of the table starts the sweep over");
 }
@@ -86,7 +93,7 @@ Test(store_expire, a_run_carried_over_is_rechecked_before_it_is_handed)
     p.recheck_answer = -1;
     cr_assert_eq(store_expiry_end(&w, false), 2);
     store_expiry_begin(&w, &c, T0, recheck, &p, hand, &p);
-    cr_assert_eq(store_expiry_row(&w, "c", "1", OLD, "completed"), 1);
+    cr_assert_eq(store_expiry_row(&w, "c", "1", OLD, "completed", 1), 1);
     cr_assert_eq(store_expiry_end(&w, true), -1);
     cr_assert_str_eq(c.run_id, "b", "the cursor stays on the run");
 }

@@ -457,7 +457,8 @@ static int64_t queue_delete(engine *e, cache_run *run, char *id, bool expire, ca
     return op.seq;
 }
 
-int engine_expire_run(engine *e, const char *run_id, int64_t cutoff_ms, cache_run **gone)
+int engine_expire_run(engine *e, const char *run_id, int64_t cutoff_ms, int64_t max_seq,
+                      cache_run **gone)
 {
     lockcheck_assert_held(&e->lock);
     *gone = NULL;
@@ -474,8 +475,8 @@ int engine_expire_run(engine *e, const char *run_id, int64_t cutoff_ms, cache_ru
     }
     char *id = strdup(run_id);
     ns_op probe = { .delete_run = id };
-    if (!id || !queue_has_room(e, queue_op_bytes(&probe)) ||
-        engine_seq_room(e, run ? run_seq_floor(run) : 0, 1) != 0) {
+    int64_t floor = run && run_seq_floor(run) > max_seq ? run_seq_floor(run) : max_seq;
+    if (!id || !queue_has_room(e, queue_op_bytes(&probe)) || engine_seq_room(e, floor, 1) != 0) {
         free(id);
         return -1;
     }

@@ -212,11 +212,14 @@ bool engine_queue_bytes_high(const engine *e);
  * cached node of it is terminal and updated before cutoff_ms. Queued like
  * engine_delete_run's: the run stays cached, empty and pinned, until the
  * delete commits, so a write meanwhile starts the run afresh and is kept.
- * Returns 1 when queued (*gone: the rows it had, for the caller to free
- * with cache_run_free after unlocking), 0 when the run is kept, -1 when
- * the queue has no room or memory ran out. Lock held.
+ * Its seq is above max_seq (the highest the sweep saw of the run) and what
+ * is cached of it (run_seq_floor). Returns 1 when queued (*gone: the rows
+ * it had, for the caller to free with cache_run_free after unlocking), 0
+ * when the run is kept, -1 when the queue has no room or memory ran out.
+ * Lock held.
  */
-int engine_expire_run(engine *e, const char *run_id, int64_t cutoff_ms, cache_run **gone);
+int engine_expire_run(engine *e, const char *run_id, int64_t cutoff_ms, int64_t max_seq,
+                      cache_run **gone);
 
 static inline engine_state state_of(engine *e)
 {

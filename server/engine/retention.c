@@ -9,14 +9,16 @@
 /* The candidates of one page, collected without the lock. */
 typedef struct candidates {
     char *ids[RETENTION_PAGE_RUNS];
+    int64_t max_seqs[RETENTION_PAGE_RUNS];   /* each run's highest seq seen */
     size_t n;
 } candidates;
 
-static int collect(void *ctx, const char *run_id)
+static int collect(void *ctx, const char *run_id, int64_t max_seq)
 {
     candidates *c = ctx;
     if (c->n == RETENTION_PAGE_RUNS)
         return -1;
+    c->max_seqs[c->n] = max_seq;
     c->ids[c->n] = strdup(run_id);
     if (!c->ids[c->n])
         return -1;
@@ -64,7 +66,7 @@ bool retention_run(engine *e)
     lockcheck_lock(&e->lock);
     for (size_t i = 0; i < found.n; i++) {
         cache_run *rows = NULL;
-        int rc = engine_expire_run(e, found.ids[i], cutoff, &rows);
+        int rc = engine_expire_run(e, found.ids[i], cutoff, found.max_seqs[i], &rows);
         if (rc < 0) {
             /*
              * No room: the sweep goes on from this run (its first row)

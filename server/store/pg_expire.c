@@ -21,13 +21,14 @@
 #include "pg_internal.h"
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "store_expire.h"
 
 /* $1 $2 the cursor's key, $3 the page size. */
 static const char expire_page_sql[] =
-    "SELECT run_id, node_id, updated_at, status FROM run_node_state"
+    "SELECT run_id, node_id, updated_at, status, seq FROM run_node_state"
     " WHERE (run_id, node_id) > ($1, $2) ORDER BY run_id, node_id LIMIT $3";
 
 int store_pg_expired_sql(char *out, size_t outlen)
@@ -67,7 +68,7 @@ static const char *col(const PGresult *res, int i, int c)
 
 int pg_store_expired_runs(pg_store *s, int64_t cutoff_ms, size_t max_rows,
                           store_expiry_cursor *c,
-                          int (*fn)(void *ctx, const char *run_id), void *ctx)
+                          int (*fn)(void *ctx, const char *run_id, int64_t max_seq), void *ctx)
 {
     store_expiry_walk w;
     char limit[32];
@@ -89,7 +90,7 @@ int pg_store_expired_runs(pg_store *s, int64_t cutoff_ms, size_t max_rows,
     int n = PQntuples(res);
     for (int i = 0; i < n; i++)
         if (store_expiry_row(&w, col(res, i, 0), col(res, i, 1), col(res, i, 2),
-                             col(res, i, 3)) != 0)
+                             col(res, i, 3), col(res, i, 4) ? atoll(col(res, i, 4)) : 0) != 0)
             break;
     /* The page ran out before max_rows: the end of the table. */
     int examined = store_expiry_end(&w, w.stop == 0 && (size_t)n < max_rows);

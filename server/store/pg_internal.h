@@ -153,7 +153,7 @@ int pg_reader_load_page(pg_reader *r, const char *run_id, const char *after,
  */
 int pg_store_expired_runs(pg_store *s, int64_t cutoff_ms, size_t max_rows,
                           store_expiry_cursor *c,
-                          int (*fn)(void *ctx, const char *run_id), void *ctx);
+                          int (*fn)(void *ctx, const char *run_id, int64_t max_seq), void *ctx);
 /* Makes a broken write connection anew (with its session settings) before a statement. */
 void pg_store_revive(pg_store *s);
 int pg_reader_seq_block(pg_reader *r, int64_t above, int64_t want,

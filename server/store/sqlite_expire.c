@@ -23,7 +23,7 @@
 
 /* ?1 ?2 the cursor's key, ?3 the page size. */
 static const char expire_page_sql[] =
-    "SELECT run_id, node_id, updated_at, status FROM run_node_state"
+    "SELECT run_id, node_id, updated_at, status, seq FROM run_node_state"
     " WHERE (run_id, node_id) > (?1, ?2) ORDER BY run_id, node_id LIMIT ?3";
 
 int store_expired_sql(char *out, size_t outlen)
@@ -68,7 +68,7 @@ out:
 
 int sqlite_store_expired_runs(sqlite_store *s, int64_t cutoff_ms, size_t max_rows,
                        store_expiry_cursor *c,
-                       int (*fn)(void *ctx, const char *run_id), void *ctx)
+                       int (*fn)(void *ctx, const char *run_id, int64_t max_seq), void *ctx)
 {
     store_expiry_walk w;
     sqlite3_stmt *st = NULL;
@@ -90,7 +90,8 @@ int sqlite_store_expired_runs(sqlite_store *s, int64_t cutoff_ms, size_t max_row
         if (store_expiry_row(&w, (const char *)sqlite3_column_text(st, 0),
                              (const char *)sqlite3_column_text(st, 1),
                              (const char *)sqlite3_column_text(st, 2),
-                             (const char *)sqlite3_column_text(st, 3)) != 0)
+                             (const char *)sqlite3_column_text(st, 3),
+                             sqlite3_column_int64(st, 4)) != 0)
             break;
     }
     if (w.stop == 0 && rc != SQLITE_ROW && rc != SQLITE_DONE)

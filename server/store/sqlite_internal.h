@@ -365,7 +365,7 @@ int sqlite_store_probe(sqlite_store *s);
 /* store_expired_runs (sqlite_expire.c). */
 int sqlite_store_expired_runs(sqlite_store *s, int64_t cutoff_ms, size_t max_rows,
                               store_expiry_cursor *c,
-                              int (*fn)(void *ctx, const char *run_id), void *ctx);
+                              int (*fn)(void *ctx, const char *run_id, int64_t max_seq), void *ctx);
 /* store_replay of the sidecar at spill_path. */
 int sqlite_store_replay(sqlite_store *s, const char *spill_path, const char *notify_id,
                         store_replayed *out, char *err, size_t errlen);

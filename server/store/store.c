@@ -219,7 +219,7 @@ bool store_can_expire(const store *s)
 
 int store_expired_runs(store *s, int64_t cutoff_ms, size_t max_rows,
                        store_expiry_cursor *cursor,
-                       int (*fn)(void *ctx, const char *run_id), void *ctx)
+                       int (*fn)(void *ctx, const char *run_id, int64_t max_seq), void *ctx)
 {
     if (s->ops->expired_runs == NULL)
         return -1; /* engine_open refuses retention first (store_can_expire) */

@@ -229,6 +229,7 @@ typedef struct store_expiry_cursor {
     char node_id[NS_ID_MAX + 1];
     bool expired_so_far;   /* every row of run_id examined is terminal and old */
     bool spans;            /* they were examined on an earlier page */
+    int64_t max_seq;       /* the highest seq among them */
 } store_expiry_cursor;
 /*
  * Retention's candidates (sqlite_expire.c, pg_expire.c; judged in
@@ -236,8 +237,10 @@ typedef struct store_expiry_cursor {
  * thread only). Examines the next max_rows (>= 1) stored rows after the
  * cursor, in (run_id, node_id) order, and calls fn for each run whose rows
  * have all been examined and are all terminal (completed, failed) with
- * updated_at before cutoff_ms. A run whose rows began on an earlier page is
- * checked again whole first (commits may have changed it in between). fn
+ * updated_at before cutoff_ms, with the highest seq among them (a shared
+ * store's delete is numbered above it: engine.c run_seq_floor). A run
+ * whose rows began on an earlier page is checked again whole first
+ * (commits may have changed it in between). fn
  * returns 0 to go on, or -1 to stop: the run it was given is handed over
  * again by the next page. The cursor is left after the last row examined,
  * or zeroed once the end of the table is reached, so calling again walks
@@ -249,7 +252,7 @@ typedef struct store_expiry_cursor {
  */
 int store_expired_runs(store *s, int64_t cutoff_ms, size_t max_rows,
                        store_expiry_cursor *cursor,
-                       int (*fn)(void *ctx, const char *run_id), void *ctx);
+                       int (*fn)(void *ctx, const char *run_id, int64_t max_seq), void *ctx);
 /* Whether s has store_expired_runs (both backends do). */
 bool store_can_expire(const store *s);
 /* The SQL of one page (?1 ?2 the cursor's key, ?3 max_rows), for tests of its plan. 0 or -1. */

@@ -67,7 +67,7 @@
     }                                                                              \
     static int adapt_expired_runs(void *s, int64_t cutoff_ms, size_t max_rows,     \
                                   store_expiry_cursor *c,                          \
-                                  int (*fn)(void *ctx, const char *run_id),        \
+                                  int (*fn)(void *ctx, const char *run_id, int64_t), \
                                   void *ctx)                                       \
     {                                                                              \
         return P##_store_expired_runs(s, cutoff_ms, max_rows, c, fn, ctx);         \

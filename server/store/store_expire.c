@@ -40,7 +40,8 @@ static bool terminal_name(const char *name)
 
 void store_expiry_begin(store_expiry_walk *w, store_expiry_cursor *c, int64_t cutoff_ms,
                         int (*recheck)(void *backend, const char *run_id, const char *cutoff),
-                        void *backend, int (*fn)(void *ctx, const char *run_id), void *ctx)
+                        void *backend,
+                        int (*fn)(void *ctx, const char *run_id, int64_t max_seq), void *ctx)
 {
     memset(w, 0, sizeof *w);
     w->c = c;
@@ -68,7 +69,7 @@ static int finish_run(store_expiry_walk *w)
         if (rc <= 0)
             return rc;
     }
-    return w->fn(w->ctx, c->run_id) == 0 ? 0 : 1;
+    return w->fn(w->ctx, c->run_id, c->max_seq) == 0 ? 0 : 1;
 }
 
 /* Starts judging run_id at its first row. */
@@ -77,10 +78,11 @@ static void start_run(store_expiry_cursor *c, const char *run_id)
     snprintf(c->run_id, sizeof c->run_id, "%s", run_id);
     c->expired_so_far = true;
     c->spans = false;
+    c->max_seq = 0;
 }
 
 int store_expiry_row(store_expiry_walk *w, const char *run_id, const char *node_id,
-                     const char *updated_at, const char *status)
+                     const char *updated_at, const char *status, int64_t seq)
 {
     store_expiry_cursor *c = w->c;
     if (w->stop)
@@ -100,6 +102,8 @@ int store_expiry_row(store_expiry_walk *w, const char *run_id, const char *node_
      * bounded.
      */
     snprintf(c->node_id, sizeof c->node_id, "%s", node_id);
+    if (seq > c->max_seq)
+        c->max_seq = seq;
     /* A NULL updated_at cannot be judged: such a run is kept. */
     if (!terminal_name(status) || updated_at == NULL || strcmp(updated_at, w->cutoff) >= 0)
         c->expired_so_far = false;

@@ -28,7 +28,7 @@ typedef struct store_expiry_walk {
      */
     int (*recheck)(void *backend, const char *run_id, const char *cutoff);
     void *backend;
-    int (*fn)(void *ctx, const char *run_id);
+    int (*fn)(void *ctx, const char *run_id, int64_t max_seq);
     void *ctx;
     long examined;               /* rows fed and counted */
     int stop;                    /* 0 going on, 1 fn stopped, -1 recheck failed */
@@ -36,15 +36,16 @@ typedef struct store_expiry_walk {
 
 void store_expiry_begin(store_expiry_walk *w, store_expiry_cursor *c, int64_t cutoff_ms,
                         int (*recheck)(void *backend, const char *run_id, const char *cutoff),
-                        void *backend, int (*fn)(void *ctx, const char *run_id), void *ctx);
+                        void *backend,
+                        int (*fn)(void *ctx, const char *run_id, int64_t max_seq), void *ctx);
 /*
  * Feeds the next row of the page (status and updated_at as stored; NULL
- * when NULL). Returns 0 to go on, or 1 once the walk has stopped (fn
+ * when NULL; seq as stored, 0 when NULL). Returns 0 to go on, or 1 once the walk has stopped (fn
  * stopped, or a recheck failed: w->stop says which); the row was then not
  * taken, and the rest of the page is not wanted.
  */
 int store_expiry_row(store_expiry_walk *w, const char *run_id, const char *node_id,
-                     const char *updated_at, const char *status);
+                     const char *updated_at, const char *status, int64_t seq);
 /*
  * The page is over: at_end when the backend ran out of rows before
  * max_rows (the end of the table, so its last run is whole). Returns how

@@ -50,7 +50,8 @@ typedef struct store_ops {
     /* store_expired_runs; NULL when the backend has no retention sweep. */
     int (*expired_runs)(void *s, int64_t cutoff_ms, size_t max_rows,
                         store_expiry_cursor *c,
-                        int (*fn)(void *ctx, const char *run_id), void *ctx);
+                        int (*fn)(void *ctx, const char *run_id, int64_t max_seq),
+                        void *ctx);
     /* store_on_checkpoint and store_wal_frames; NULL when there is no WAL. */
     void (*on_checkpoint)(void *s, store_ckpt_fn fn, void *ctx);
     int64_t (*wal_frames)(const void *s);
