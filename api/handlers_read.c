@@ -107,7 +107,13 @@ static int row_seq_cmp(const void *x, const void *y)
     return (a > b) - (a < b);
 }
 
-static int row_node_seq_cmp(const void *x, const void *y);
+/* Orders rows by node_id, then seq. */
+static int row_node_seq_cmp(const void *x, const void *y)
+{
+    const ns_row *a = *(ns_row *const *)x, *b = *(ns_row *const *)y;
+    int c = strcmp(a->node_id, b->node_id);
+    return c ? c : (a->seq > b->seq) - (a->seq < b->seq);
+}
 
 /*
  * since_scan's collector: the rows above since with the lowest seqs, at
@@ -196,13 +202,6 @@ static engine_result since_scan(engine *e, const char *run_id, unsigned mask, in
     return res;
 }
 
-/* Orders rows by node_id, then seq. */
-static int row_node_seq_cmp(const void *x, const void *y)
-{
-    const ns_row *a = *(ns_row *const *)x, *b = *(ns_row *const *)y;
-    int c = strcmp(a->node_id, b->node_id);
-    return c ? c : (a->seq > b->seq) - (a->seq < b->seq);
-}
 
 static int row_node_key_cmp(const void *key, const void *y)
 {
@@ -263,12 +262,12 @@ static int since_merge(engine_page *all, engine_page *changes, unsigned mask, in
     return 0;
 }
 
-/* Leaves out of all the rows below seq (states from before the run's delete at seq). */
-static void since_cut_below(engine_page *all, int64_t seq)
+/* Keeps the rows of all whose seq is in [lo, hi), dropping the others. */
+static void since_keep_between(engine_page *all, int64_t lo, int64_t hi)
 {
     size_t kept = 0;
     for (size_t i = 0; i < all->count; i++) {
-        if (all->rows[i]->seq < seq)
+        if (all->rows[i]->seq < lo || all->rows[i]->seq >= hi)
             model_row_unref(all->rows[i]);
         else
             all->rows[kept++] = all->rows[i];
@@ -283,15 +282,8 @@ static void since_cut_below(engine_page *all, int64_t seq)
  */
 static bool since_cut(engine_page *all, int64_t cut)
 {
-    size_t kept = 0;
-    for (size_t i = 0; i < all->count; i++) {
-        if (all->rows[i]->seq >= cut)
-            model_row_unref(all->rows[i]);
-        else
-            all->rows[kept++] = all->rows[i];
-    }
-    all->count = kept;
-    return kept == 0 && cut != INT64_MAX;
+    since_keep_between(all, INT64_MIN, cut);
+    return all->count == 0 && cut != INT64_MAX;
 }
 
 int64_t api_missed_delete(api *a, const char *run_id, int64_t since, bool *committed)
@@ -373,13 +365,13 @@ static void list_since(api *a, const api_request *req, const route_args *args,
     bool committed;
     int64_t deleted = res == ENGINE_ACCEPTED
                       ? api_missed_delete(a, args->run_id, since, &committed) : 0;
-    /* A delete after the scan: what it read is the old run's, gone. */
+    /* A delete after the scan: what it read below it is the old run's, gone. */
     if (res == ENGINE_ACCEPTED && deleted > 0)
-        since_cut_below(&all, deleted);
+        since_keep_between(&all, deleted, INT64_MAX);
     if (api_run_read_ok(resp, res, "listing the run")) {
         if (all.count > 1)
             qsort(all.rows, all.count, sizeof *all.rows, row_seq_cmp);
-        /* The lowest seqs, at most limit and ENGINE_PAGE_MAX_BYTES of them: the client asks again from the last. */
+        /* The lowest seqs, at most limit and 8 MiB: the client asks again from the last. */
         engine_page_cut(&all, limit);
         all.more = false; /* next stays null: the cursor of ?since= is the last seq */
         buf b;
