@@ -311,8 +311,9 @@ typedef struct store_page {
  * (NULL: from the first) and whose status bit (1u << status) is in
  * status_mask. Costs the rows it steps over, not the run: one page of a
  * listing. fn returning 1 takes its row and ends the page there, as if
- * `want` were reached, so that a caller can bound the page in bytes. Returns 0, or -1 on a SQLite error, out of
- * memory, or when fn failed (returned -1).
+ * `want` were reached, so that a caller can bound the page in bytes.
+ * Returns 0, or -1 on a database error, out of memory, or when fn failed
+ * (returned -1).
  */
 int store_reader_load_page(store_reader *r, const char *run_id,
                            const char *after, unsigned status_mask,
