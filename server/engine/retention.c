@@ -69,8 +69,10 @@ bool retention_run(engine *e)
         int rc = engine_expire_run(e, found.ids[i], cutoff, found.max_seqs[i], &rows);
         if (rc < 0) {
             /*
-             * No room: the sweep goes on from this run (its first row)
-             * once the queue has room again, not after a whole interval.
+             * No room: the sweep goes on from this run (its first row) a
+             * page gap later, once the writer has made room (or, with the
+             * queue still half full, a second later), not after a whole
+             * interval.
              */
             kept += found.n - i;
             /* Before its first row, judged afresh (as store_expiry_row starts a run). */
@@ -95,8 +97,8 @@ bool retention_run(engine *e)
     }
     /* A page that stopped short of the end has more after it; the end zeroes the cursor. */
     bool more = examined >= 0 && e->retention_cursor.run_id[0] != '\0';
-    int64_t gap = full ? RETENTION_BUSY_NS
-                  : more ? RETENTION_PAGE_GAP_NS : (int64_t)(e->cfg.retention_interval * 1e9);
+    int64_t gap = full || more ? RETENTION_PAGE_GAP_NS
+                               : (int64_t)(e->cfg.retention_interval * 1e9);
     e->retention_next_ns = model_mono_ns() + (gap > RETENTION_PAGE_GAP_NS ? gap : RETENTION_PAGE_GAP_NS);
     engine_unlock(e);
 
