@@ -90,6 +90,21 @@ json_t *it_post_json(ns_server *s, const char *run, const char *node,
     return doc;
 }
 
+long long it_delete_seq(ns_server *s, const char *run, const char *query, long want)
+{
+    char path[256];
+    ns_resp r = { 0 };
+    snprintf(path, sizeof path, "/runs/%s%s", run, query ? query : "");
+    cr_assert_eq(ns_req(s, "DELETE", path, NULL, NULL, &r), 0, "DELETE %s: %s", path, r.error);
+    cr_assert_eq(r.status, want, "DELETE %s: %ld %s, want %ld", path, r.status, r.body, want);
+    json_t *doc = ns_resp_json(&r);
+    cr_assert(json_is_object(doc), "DELETE %s: %s", path, r.body);
+    long long seq = it_jint(doc, "seq");
+    json_decref(doc);
+    ns_resp_free(&r);
+    return seq;
+}
+
 void it_post(ns_server *s, const char *run, const char *node, const char *query,
              const char *json, long want)
 {

@@ -52,6 +52,11 @@ json_t *it_get_json(ns_server *s, const char *path, long want);
  */
 json_t *it_post_json(ns_server *s, const char *run, const char *node,
                      const char *query, const char *json, long want);
+/*
+ * DELETE /runs/{run}{query} (query may be NULL); asserts status want (202,
+ * or 200 with ?wait=true) and returns the delete's seq from the body.
+ */
+long long it_delete_seq(ns_server *s, const char *run, const char *query, long want);
 /* The same POST asserting only the status; the body is dropped. */
 void it_post(ns_server *s, const char *run, const char *node, const char *query,
              const char *json, long want);

@@ -611,6 +611,25 @@ Test(shared, a_batch_waiting_again_times_out_not_durable)
 }
 
 /*
+ * GET /runs/{run}/nodes?since=seen on s: asserts the one node listed is
+ * node; returns the page's deleted_seq (0 when absent).
+ */
+static long long told_deleted(ns_server *s, const char *run, long long seen, const char *node)
+{
+    char path[128];
+    snprintf(path, sizeof path, "/runs/%s/nodes?since=%lld", run, seen);
+    json_t *page = it_get_json(s, path, 200);
+    json_t *nodes = json_object_get(page, "nodes");
+    cr_assert_eq(json_array_size(nodes), 1, "%s", path);
+    cr_assert_str_eq(json_string_value(json_object_get(json_array_get(nodes, 0), "node_id")),
+                     node);
+    json_t *d = json_object_get(page, "deleted_seq");
+    long long deleted = json_is_integer(d) ? json_integer_value(d) : 0;
+    json_decref(page);
+    return deleted;
+}
+
+/*
  * A run moves between instances around its delete. A (whose seq block is
  * the first) deletes the run after B wrote it, then B writes it anew: the
  * delete's seq must be above B's node (or a watcher that saw that node
@@ -626,13 +645,7 @@ Test(shared, a_delete_and_the_write_after_it_are_ordered_across_instances)
     long long seen = seq_of(b, "mv", "old");
     long long dropped = ns_stat(b, "cache_invalidations");
 
-    ns_resp r = { 0 };
-    cr_assert_eq(ns_req(a, "DELETE", "/runs/mv?wait=true", NULL, NULL, &r), 0);
-    cr_assert_eq(r.status, 200, "%ld %s", r.status, r.body);
-    json_t *doc = ns_resp_json(&r);
-    long long deleted = it_jint(doc, "seq");
-    json_decref(doc);
-    ns_resp_free(&r);
+    long long deleted = it_delete_seq(a, "mv", "?wait=true", 200);
     cr_assert_gt(deleted, seen, "the delete is numbered below a node a watcher saw");
 
     /* B learns of the delete (it drops the run: notified), then writes the run anew. */
@@ -644,17 +657,8 @@ Test(shared, a_delete_and_the_write_after_it_are_ordered_across_instances)
     cr_assert_gt(fresh, deleted, "the write after the delete is numbered below it");
 
     /* A watcher that saw `old`: told of the delete, and the new node. */
-    char path[128];
-    snprintf(path, sizeof path, "/runs/mv/nodes?since=%lld", seen);
-    for (int k = 0; k < 2; k++) {
-        json_t *page = it_get_json(k ? b : a, path, 200);
-        cr_assert_eq(it_jint(page, "deleted_seq"), deleted);
-        json_t *nodes = json_object_get(page, "nodes");
-        cr_assert_eq(json_array_size(nodes), 1);
-        cr_assert_str_eq(json_string_value(json_object_get(json_array_get(nodes, 0), "node_id")),
-                         "new");
-        json_decref(page);
-    }
+    cr_assert_eq(told_deleted(a, "mv", seen, "new"), deleted);
+    cr_assert_eq(told_deleted(b, "mv", seen, "new"), deleted);
     ns_free(b);
     ns_free(a);
 }
@@ -676,19 +680,9 @@ Test(shared, retention_of_a_run_another_instance_wrote_is_numbered_above_it)
     cr_assert_eq(ns_wait_stat_ge(a, "runs_expired", 1, WAIT_S), 0, "A never expired the run");
     cr_assert_eq(ns_wait_stat_ge(b, "cache_invalidations", dropped + 1, WAIT_S), 0,
                  "B never heard of the expiry");
-    json_t *row = it_post_json(b, "old", "n2", "?wait=true", "{\"status\":\"running\"}", 200);
-    json_decref(row);
-    char path[128];
-    snprintf(path, sizeof path, "/runs/old/nodes?since=%lld", seen);
-    json_t *page = it_get_json(b, path, 200);
-    json_t *deleted = json_object_get(page, "deleted_seq");
-    cr_assert(json_is_integer(deleted), "the expiry was numbered below the node seen");
-    cr_assert_gt(json_integer_value(deleted), seen);
-    json_t *nodes = json_object_get(page, "nodes");
-    cr_assert_eq(json_array_size(nodes), 1);
-    cr_assert_str_eq(json_string_value(json_object_get(json_array_get(nodes, 0), "node_id")),
-                     "n2");
-    json_decref(page);
+    it_post(b, "old", "n2", "?wait=true", "{\"status\":\"running\"}", 200);
+    cr_assert_gt(told_deleted(b, "old", seen, "n2"), seen,
+                 "the expiry was numbered below the node seen");
     ns_free(b);
     ns_free(a);
 }

@@ -138,13 +138,9 @@ Test(shutdown, restart_serves_persisted_state)
         json_decref(d);
     }
     /* The delete is the highest seq; no row keeps it, only the meta table. */
-    ns_resp r = { 0 };
-    cr_assert_eq(ns_req(s, "DELETE", "/runs/gone", NULL, NULL, &r), 0);
-    cr_assert_eq(r.status, 202, "DELETE: %ld %s", r.status, r.body);
-    json_t *del = ns_resp_json(&r);
-    long long delete_seq = it_jint(del, "seq");
-    json_decref(del);
+    long long delete_seq = it_delete_seq(s, "gone", NULL, 202);
     cr_assert_gt(delete_seq, run_last_seq);
+    ns_resp r = { 0 };
 
     cr_assert_eq(ns_stop(s, SIGTERM), 0);
     cr_assert_eq(ns_restart(s, "--batch-interval 0.05"), 0, "restart on the same file");

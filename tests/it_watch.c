@@ -340,31 +340,7 @@ static void assert_clean(sse *c)
     pthread_mutex_unlock(&c->mu);
 }
 
-static void delete_run(ns_server *s, const char *run)
-{
-    char path[96];
-    ns_resp r = { 0 };
-    snprintf(path, sizeof path, "/runs/%s", run);
-    cr_assert_eq(ns_req(s, "DELETE", path, NULL, NULL, &r), 0);
-    cr_assert_eq(r.status, 202, "DELETE %s: %ld %s", path, r.status, r.body);
-    ns_resp_free(&r);
-}
 
-/* DELETE /runs/{run}: the delete's seq. */
-static long long delete_run_seq(ns_server *s, const char *run)
-{
-    char path[96];
-    ns_resp r = { 0 };
-    snprintf(path, sizeof path, "/runs/%s", run);
-    cr_assert_eq(ns_req(s, "DELETE", path, NULL, NULL, &r), 0);
-    cr_assert_eq(r.status, 202, "DELETE %s: %ld %s", path, r.status, r.body);
-    json_t *doc = json_loads(r.body, 0, NULL);
-    cr_assert_not_null(doc, "DELETE %s: %s", path, r.body);
-    long long seq = it_jint(doc, "seq");
-    json_decref(doc);
-    ns_resp_free(&r);
-    return seq;
-}
 
 /* A stream from Last-Event-ID: from that ends by itself: what it said. */
 static void assert_told_deleted(ns_server *s, const char *run, bool durable, long long from,
@@ -411,7 +387,7 @@ Test(watch, a_resumed_stream_learns_of_the_delete_it_missed, .timeout = 180)
     long long seen = it_jint(row, "seq");
     json_decref(row);
     /* The client saw up to `seen`, then the run was deleted and written anew. */
-    long long deleted = delete_run_seq(s, "x");
+    long long deleted = it_delete_seq(s, "x", NULL, 202);
     row = it_post_json(s, "x", "n0002", "?wait=true", "{\"status\":\"idle\"}", 200);
     long long fresh = it_jint(row, "seq");
     json_decref(row);
@@ -451,7 +427,7 @@ Test(watch, a_resumed_stream_learns_of_the_delete_it_missed, .timeout = 180)
             continue;
         }
         /* Gone for good: a stream that missed it is told, one that saw it gets 404. */
-        long long again = delete_run_seq(s, "x");
+        long long again = it_delete_seq(s, "x", NULL, 202);
         cr_assert_eq(ns_wait_until(sse_done, c, WAIT_S, 10), 0);
         sse_close(c);
         sse_close(all);
@@ -486,7 +462,7 @@ Test(watch, every_final_state_in_seq_order_from_eight_writers, .timeout = 180)
         cr_assert_str_eq(a->status[i], "completed", "n%04d ends %s", i, a->status[i]);
     cr_assert_eq(a->synced, 1);
     /* The run's delete ends the stream: an event, then a clean end. */
-    delete_run(s, "w");
+    it_delete_seq(s, "w", NULL, 202);
     cr_assert_eq(ns_wait_until(sse_done, a, WAIT_S, 10), 0);
     cr_assert_eq(a->deleted, 1);
     cr_assert_eq(a->result, CURLE_OK, "the stream ended with %s", curl_easy_strerror(a->result));
@@ -515,7 +491,7 @@ Test(watch, reconnect_with_last_event_id_loses_no_final_state, .timeout = 180)
     pthread_mutex_lock(&a->mu);
     cr_assert_eq(a->connections, 2, "want one reconnect, got %d connections", a->connections);
     pthread_mutex_unlock(&a->mu);
-    delete_run(s, "r");
+    it_delete_seq(s, "r", NULL, 202);
     cr_assert_eq(ns_wait_until(sse_done, a, WAIT_S, 10), 0);
     cr_assert_eq(a->deleted, 1);
     sse_close(a);
@@ -571,7 +547,7 @@ Test(watch, durable_stream_sends_nothing_above_durable_seq, .timeout = 120)
     pthread_mutex_lock(&dur->mu);
     cr_assert_eq(dur->not_durable, 0, "%d events said durable: false", dur->not_durable);
     pthread_mutex_unlock(&dur->mu);
-    delete_run(s, "d");
+    it_delete_seq(s, "d", NULL, 202);
     sse_close(plain);
     sse_close(dur);
     ns_free(s);
