@@ -296,9 +296,9 @@ static enum MHD_Result http_tls_check_request(void *cls, struct MHD_Connection *
     return MHD_NO;
 }
 
-int http_tls_check(const char *cert, const char *key, char *err, size_t errlen)
+/* Both PEM texts given, and a libmicrohttpd with TLS. 0, or -1 with err set. */
+static int http_tls_usable(const char *cert, const char *key, char *err, size_t errlen)
 {
-    char msg[200] = "";
     if (cert == NULL || key == NULL) {
         snprintf(err, errlen, "HTTPS needs both a certificate and its key");
         return -1;
@@ -307,6 +307,14 @@ int http_tls_check(const char *cert, const char *key, char *err, size_t errlen)
         snprintf(err, errlen, "this libmicrohttpd was built without TLS");
         return -1;
     }
+    return 0;
+}
+
+int http_tls_check(const char *cert, const char *key, char *err, size_t errlen)
+{
+    char msg[200] = "";
+    if (http_tls_usable(cert, key, err, errlen) != 0)
+        return -1;
     /* No socket, no thread: MHD_start_daemon parses both, which is the check. */
     struct MHD_Daemon *d = MHD_start_daemon(
         MHD_USE_NO_LISTEN_SOCKET | MHD_USE_TLS | MHD_USE_ERROR_LOG, 0, NULL, NULL,
@@ -447,14 +455,8 @@ http_server *http_start(const http_config *cfg, api *a, engine *e, char *err,
                                         (intptr_t)cfg->connection_timeout, NULL};
     n += http_guard_options(cfg, s, opts + n);
     if (cfg->tls_cert != NULL || cfg->tls_key != NULL) {
-        if (cfg->tls_cert == NULL || cfg->tls_key == NULL) {
-            snprintf(err, errlen, "HTTPS needs both a certificate and its key");
+        if (http_tls_usable(cfg->tls_cert, cfg->tls_key, err, errlen) != 0)
             goto fail;
-        }
-        if (MHD_is_feature_supported(MHD_FEATURE_TLS) != MHD_YES) {
-            snprintf(err, errlen, "this libmicrohttpd was built without TLS");
-            goto fail;
-        }
         /* MHD parses both in MHD_start_daemon; GnuTLS keeps its own copy. */
         flags |= MHD_USE_TLS;
         opts[n++] = (struct MHD_OptionItem){MHD_OPTION_HTTPS_MEM_CERT, 0,
