@@ -79,7 +79,11 @@ static bool authorized(const api *a, const api_request *req, api_response *resp)
 
 /* ---- matching ---- */
 
-/* Splits "/a/b/c" into at most API_MAX_SEGMENTS segments; -1 for more, an empty one, or no leading '/'. */
+/*
+ * Splits "/a/b/c" into at most API_MAX_SEGMENTS segments; -1 for more or no
+ * leading '/'. A segment may be empty ("/runs//nodes"): where a route has an
+ * id, that is an invalid id (400), not an unknown path.
+ */
 static int split_path(const char *path, const char *seg[API_MAX_SEGMENTS],
                       size_t len[API_MAX_SEGMENTS])
 {
@@ -89,7 +93,7 @@ static int split_path(const char *path, const char *seg[API_MAX_SEGMENTS],
     const char *p = path + 1;
     for (;;) {
         size_t l = strcspn(p, "/");
-        if (l == 0 || n == API_MAX_SEGMENTS)
+        if (n == API_MAX_SEGMENTS)
             return -1;
         seg[n] = p;
         len[n] = l;

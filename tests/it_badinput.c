@@ -191,6 +191,7 @@ Test(badinput, bad_ids_are_400)
         "/runs/r!x/nodes/n/state", "/runs/r/nodes/n@1/state",
         "/runs/r%20x/nodes/n/state", "/runs/r/nodes/n%2Bx/state",
         "/runs/r/nodes/%C3%A9/state", "/runs/r*/nodes/n/state",
+        "/runs//nodes/n/state", "/runs/r/nodes//state",
     };
     for (size_t i = 0; i < sizeof bad_paths / sizeof *bad_paths; i++) {
         free(expect_problem_req(s, "POST", bad_paths[i], body, NULL, 400, "invalid-id"));

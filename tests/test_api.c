@@ -264,7 +264,7 @@ Test(api, unknown_paths_are_404)
 {
     static const char *const paths[] = {
         "/", "/nope", "/runs", "/runs/r/nodes/n", "/runs/r/nodes/n/state/x",
-        "/runs/r/x", "/runs/r/nodes/n/status", "//runs/r", "/runs/r/", "/runs//nodes",
+        "/runs/r/x", "/runs/r/nodes/n/status", "//runs/r", "/runs/r/", "/runs/r//",
         "runs/r", "/stats/x", "/Runs/r", "/runs/r/nodes/n/state/x/y/z",
     };
     for (size_t i = 0; i < sizeof paths / sizeof *paths; i++) {
@@ -344,7 +344,8 @@ Test(api, bad_ids_are_400)
     memset(long_id, 'x', NS_ID_MAX + 1);
     long_id[NS_ID_MAX + 1] = '\0';
     char path[512];
-    static const char *const bad[] = { "a b", "a%2Fb", "caf\xc3\xa9", "a+b", "a?b" };
+    /* "" too: an empty id is an invalid one, not another path. */
+    static const char *const bad[] = { "a b", "a%2Fb", "caf\xc3\xa9", "a+b", "a?b", "" };
     for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
         snprintf(path, sizeof path, "/runs/%s/nodes/n/state", bad[i]);
         check_problem(&(spec){ .method = "GET", .path = path }, 400, "invalid-id");
@@ -354,6 +355,10 @@ Test(api, bad_ids_are_400)
         snprintf(path, sizeof path, "/runs/%s", bad[i]);
         check_problem(&(spec){ .method = "DELETE", .path = path }, 400, "invalid-id");
         snprintf(path, sizeof path, "/runs/%s/nodes", bad[i]);
+        check_problem(&(spec){ .method = "GET", .path = path }, 400, "invalid-id");
+        check_problem(&(spec){ .method = "POST", .path = path, .body = "{\"updates\":[]}" },
+                      400, "invalid-id");
+        snprintf(path, sizeof path, "/runs/%s/events", bad[i]);
         check_problem(&(spec){ .method = "GET", .path = path }, 400, "invalid-id");
     }
     /* 129 bytes is one too many; 128 is fine (and simply unknown). */
