@@ -1503,6 +1503,43 @@ Test(store, replay_with_the_database_locked_keeps_the_sidecar, .timeout = 10)
     store_close(s);
 }
 
+/*
+ * A sidecar replayed late, after a server that did not know of it wrote to
+ * the database (started with another --spill-path): the spilled delete
+ * voids only the run's rows older than itself, never the newer ones, and
+ * an older spilled row does not replace a newer one.
+ */
+Test(store, a_late_replay_keeps_the_writes_made_since)
+{
+    store *s = sfx_open_store();
+    store_reader *r = sfx_open_reader();
+    char err[512] = "";
+    ns_row a = sfx_draft("r", "a", NS_RUNNING, 1);
+    ns_row sa = sfx_draft("r", "a", NS_COMPLETED, 2);
+    ns_row other = sfx_draft("q", "x", NS_RUNNING, 3);
+    ns_row later_a = sfx_draft("r", "a", NS_FAILED, 100);
+    ns_row later_b = sfx_draft("r", "b", NS_RUNNING, 101);
+    ns_row *base[] = {&a};
+    ns_row *spilled[] = {&other, &sa};
+    ns_row *later[] = {&later_a, &later_b};
+    const char *del[] = {"r"};
+    const int64_t del_seq[] = {4};
+    store_batch b = {
+        .delete_runs = del, .delete_seqs = del_seq, .n_deletes = 1,
+        .rows = spilled, .n_rows = 2, .last_seq = 4,
+    };
+
+    write_ok(s, base, 1, NULL, 0, 1);
+    cr_assert(eq(int, store_spill(sfx_db_path(), &b, err, sizeof err), 0), "%s", err);
+    write_ok(s, later, 2, NULL, 0, 101);
+
+    replay_ok(s, 1, 1);
+    expect_run(r, "r", "the writes after the spilled delete stay", 2, &later_a, &later_b);
+    expect_run(r, "q", "the spilled row of another run applies", 1, &other);
+    store_reader_close(r);
+    store_close(s);
+}
+
 Test(store, replay_of_a_missing_or_empty_sidecar_is_a_no_op)
 {
     store *s = sfx_open_store();

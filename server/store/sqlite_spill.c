@@ -61,12 +61,16 @@ static const char store_spill_delete_sql[] =
  * Replay of the log, run on the write connection with the sidecar attached.
  * Deletes first; then the live rows in key order (SQLite takes keys in
  * order fastest), each node's in seq order so that its newest wins. The seq
- * guard only matters if a sidecar were ever replayed late, after newer
- * writes: it never lets an older spilled row replace them.
+ * guards only matter when a sidecar is replayed late, after newer writes (a
+ * server started meanwhile with another --spill-path): a delete voids only
+ * the rows older than itself, and an older spilled row never replaces a
+ * newer one.
  */
 static const char store_replay_log_sql[] =
     "DELETE FROM main.run_node_state WHERE run_id IN"
-    " (SELECT run_id FROM " STORE_SPILL_SCHEMA ".spill_deletes);"
+    " (SELECT run_id FROM " STORE_SPILL_SCHEMA ".spill_deletes)"
+    " AND seq < (SELECT d.before_seq FROM " STORE_SPILL_SCHEMA ".spill_deletes AS d"
+    "            WHERE d.run_id = run_node_state.run_id);"
     "INSERT INTO main.run_deletes (run_id, seq, deleted_at)"
     " SELECT run_id, before_seq,"
     "  CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)"
