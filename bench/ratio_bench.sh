@@ -12,6 +12,13 @@
 #      202 path and of ?wait=true, alternating (each round posts lifecycles
 #      of its own nodes). Ratio wait/202 (target >= 0.75) and the p99 of the
 #      wait rounds (target <= 15 ms).
+#   3. with NOSYNC_DIR (e.g. /dev/shm, a tmpfs): step 2's `full` again with
+#      the database there, where fdatasync writes nothing to a device, so
+#      the difference from step 2's `full` is what the disk's sync costs.
+#
+# Before step 2 it prints what one synchronous 80 KiB overwrite (a durable
+# commit's WAL bytes, written and flushed) costs on the database's disk:
+# wall time and CPU time per write, from `dd oflag=dsync`.
 #
 # After each nodestate's SIGTERM its file is checked: every node wrk started
 # is there, short by at most the requests in flight when each wrk round
@@ -23,7 +30,7 @@
 # WRK_DURATION (5s), WRK_CONNECTIONS (64), WRK_THREADS (2), HTTP_RUNS (16),
 # SERVER_ARGS (more nodestate arguments, e.g. "--group-commit-delay 0"),
 # NODESTATE_BIN / CEILING_BIN (binaries to use instead of building),
-# SKIP_CEILING=1 / SKIP_WAIT=1.
+# SKIP_CEILING=1 / SKIP_WAIT=1, NOSYNC_DIR (step 3; none by default).
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -45,6 +52,7 @@ ns_bin=${NODESTATE_BIN:-$build/nodestate}
 ceil_bin=${CEILING_BIN:-$build/bench/ceiling_server}
 
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/ratio-bench.XXXXXX")
+nosync_tmp=""
 pids=()
 # shellcheck disable=SC2317 # called through the EXIT trap
 cleanup() {
@@ -52,18 +60,20 @@ cleanup() {
         kill -TERM "$p" 2>/dev/null || true
         wait "$p" 2>/dev/null || true
     done
-    rm -rf "$tmp"
+    rm -rf "$tmp" ${nosync_tmp:+"$nosync_tmp"}
 }
 trap cleanup EXIT
 status=0
 
 bench_machine "wrk -t$wthreads -c$conns -d$duration, $rounds rounds"
 
-# start_ns NAME ARGS...: starts nodestate on a new file; sets ns_pid, ns_addr, ns_db.
+# start_ns NAME ARGS...: starts nodestate on a new file in db_dir (default
+# the run's directory); sets ns_pid, ns_addr, ns_db.
+db_dir=$tmp
 start_ns() {
     local name=$1
     shift
-    ns_db=$tmp/$name.db
+    ns_db=$db_dir/$name.db
     # shellcheck disable=SC2086 # SERVER_ARGS is meant to be word-split
     "$ns_bin" --listen 127.0.0.1:0 --db "$ns_db" "$@" ${SERVER_ARGS:-} 2>"$tmp/$name.log" &
     ns_pid=$!
@@ -154,22 +164,52 @@ if [ "${SKIP_CEILING:-0}" != 1 ]; then
     echo "RESULT nodestate/ceiling = $(ratio "$n" "$c") (target >= 0.75)"
 fi
 
-if [ "${SKIP_WAIT:-0}" != 1 ]; then
-    for sync in normal full; do
-        echo
-        echo "== ?wait=true vs 202, --synchronous $sync"
-        start_ns "w$sync" --synchronous "$sync"
-        echo "  nodestate: $ns_addr --synchronous $sync ${SERVER_ARGS:-}"
-        for r in $(seq "$rounds"); do
-            round "a202-$sync" "$ns_addr" "" "a$r-"
-            round "wait-$sync" "$ns_addr" "?wait=true" "w$r-"
-        done
-        stop_ns "w$sync"
-        a=$(mean "a202-$sync" 2)
-        w=$(mean "wait-$sync" 2)
-        echo "  202 $a req/s (p99 $(mean "a202-$sync" 3) ms), wait $w req/s (p99 $(mean "wait-$sync" 3) ms)"
-        echo "RESULT $sync: wait/202 = $(ratio "$w" "$a") (target >= 0.75)," \
-             "wait p99 = $(mean "wait-$sync" 3) ms (target <= 15)"
+# sync_probe DIR: one line on what a synchronous 80 KiB overwrite costs in
+# DIR (200 of them, after a first pass that allocates the file's blocks).
+sync_probe() {
+    local f=$1/sync-probe t
+    dd if=/dev/zero of="$f" bs=80k count=200 status=none
+    sync "$f"
+    t=$( { TIMEFORMAT='%R %U %S'; time dd if=/dev/zero of="$f" bs=80k count=200 \
+        oflag=dsync conv=notrunc status=none; } 2>&1)
+    rm -f "$f"
+    awk -v t="$t" -v d="$1" 'BEGIN { split(t, a, " ")
+        printf "  sync probe in %s: %.0f us wall, %.0f us CPU per 80 KiB dsync write\n",
+            d, a[1] * 1e6 / 200, (a[2] + a[3]) * 1e6 / 200 }'
+}
+
+# wait_pass SYNC LABEL: ROUNDS rounds of 202 and ?wait=true, alternating, on
+# one server under --synchronous SYNC; prints its RESULT line as LABEL.
+wait_pass() {
+    local sync=$1 label=$2
+    echo
+    echo "== ?wait=true vs 202, --synchronous $sync, database in $db_dir"
+    start_ns "w$label" --synchronous "$sync"
+    echo "  nodestate: $ns_addr --synchronous $sync ${SERVER_ARGS:-}"
+    for r in $(seq "$rounds"); do
+        round "a202-$label" "$ns_addr" "" "a$r-"
+        round "wait-$label" "$ns_addr" "?wait=true" "w$r-"
     done
+    stop_ns "w$label"
+    a=$(mean "a202-$label" 2)
+    w=$(mean "wait-$label" 2)
+    echo "  202 $a req/s (p99 $(mean "a202-$label" 3) ms), wait $w req/s (p99 $(mean "wait-$label" 3) ms)"
+    echo "RESULT $label: wait/202 = $(ratio "$w" "$a") (target >= 0.75)," \
+         "wait p99 = $(mean "wait-$label" 3) ms (target <= 15)"
+}
+
+if [ "${SKIP_WAIT:-0}" != 1 ]; then
+    echo
+    sync_probe "$tmp"
+    for sync in normal full; do
+        wait_pass "$sync" "$sync"
+    done
+    if [ -n "${NOSYNC_DIR:-}" ]; then
+        nosync_tmp=$(mktemp -d "$NOSYNC_DIR/ratio-bench.XXXXXX")
+        db_dir=$nosync_tmp
+        sync_probe "$nosync_tmp"
+        wait_pass full full-nosync
+        db_dir=$tmp
+    fi
 fi
 exit "$status"

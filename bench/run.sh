@@ -54,6 +54,8 @@
 #   BATCH_DURATION       batch_bench --duration seconds (10)
 #   BATCH_ARGS           more batch_bench arguments (e.g. "--server-arg --synchronous --server-arg full")
 #   ROUNDS               ratio_bench.sh rounds per side (3; see that script for more)
+#   NOSYNC_DIR           ratio_bench.sh also runs `full` with its file there (a
+#                        tmpfs such as /dev/shm: the disk's sync removed)
 #   CACHE_RUNS CACHE_BOUND CACHE_SECONDS   cache_bench.sh (97 runs, 100000 nodes, 60 s each)
 #   SOAK_SECONDS SOAK_RUNS SOAK_BOUND      its soak (0 = none; 400 runs, 200000 nodes)
 #   PG_BENCH_CONNECTIONS PG_BENCH_DURATION PG_BENCH_THREADS PG_BENCH_SERVER_ARGS
