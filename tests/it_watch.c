@@ -620,32 +620,6 @@ Test(watch, a_client_that_left_frees_its_place, .timeout = 120)
     ns_free(s);
 }
 
-/* The server's resident memory in KiB (VmRSS), -1 when it cannot be read. */
-static long rss_kib(const ns_server *s)
-{
-    char path[64], line[128];
-    snprintf(path, sizeof path, "/proc/%d/status", (int)ns_pid(s));
-    FILE *f = fopen(path, "r");
-    long kib = -1;
-    while (f && fgets(line, sizeof line, f))
-        if (sscanf(line, "VmRSS: %ld kB", &kib) == 1)
-            break;
-    if (f)
-        fclose(f);
-    return kib;
-}
-
-/*
- * Under a sanitizer the server's resident memory is mostly the sanitizer's
- * (shadow memory, ASan's quarantine of freed blocks): the test below runs
- * there too, but judges memory only in a plain build.
- */
-#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
-#define RSS_TELLS_OURS false
-#else
-#define RSS_TELLS_OURS true
-#endif
-
 #define BIG_NODES 2000
 #define BIG_OUTPUT (20 * 1000)
 #define BIG_BATCH 200
@@ -707,15 +681,15 @@ Test(watch, streams_on_a_big_uncached_run_do_not_each_hold_its_rows, .timeout = 
     /* Started again, nothing of the run is cached: the streams read it from the file. */
     cr_assert_eq(ns_stop(s, SIGTERM), 0);
     cr_assert_eq(ns_restart(s, "--cache-max-bytes 16M"), 0);
-    long before = rss_kib(s);
+    long before = ns_status_kib(s, "VmRSS");
     cr_assert_gt(before, 0);
     int fds[BIG_STREAMS];
     for (int i = 0; i < BIG_STREAMS; i++)
         fds[i] = big_stream(s);
     cr_assert_eq(ns_wait_stat_eq(s, "watchers", BIG_STREAMS, WAIT_S), 0);
-    long grew = rss_kib(s) - before;
+    long grew = ns_status_kib(s, "VmRSS") - before;
     /* One copy of the run is 40 MB; the four streams together hold well under that. */
-    cr_assert(!RSS_TELLS_OURS || grew < 32 * 1024, "%d streams grew the server by %ld MiB",
+    cr_assert(!NS_MEMORY_TELLS_OURS || grew < 32 * 1024, "%d streams grew the server by %ld MiB",
               BIG_STREAMS, grew / 1024);
     for (int i = 0; i < BIG_STREAMS; i++)
         close(fds[i]);

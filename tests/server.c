@@ -706,6 +706,25 @@ pid_t ns_pid(const ns_server *s)
     return s != NULL && s->running ? s->pid : -1;
 }
 
+long ns_status_kib(const ns_server *s, const char *field)
+{
+    char path[64], line[128];
+    size_t n = strlen(field);
+    long kib = -1;
+    pid_t pid = ns_pid(s);
+    if (pid <= 0)
+        return -1;
+    snprintf(path, sizeof path, "/proc/%d/status", (int)pid);
+    FILE *f = fopen(path, "r");
+    while (f != NULL && fgets(line, sizeof line, f) != NULL)
+        if (strncmp(line, field, n) == 0 && line[n] == ':' &&
+            sscanf(line + n + 1, "%ld", &kib) == 1)
+            break;
+    if (f != NULL)
+        fclose(f);
+    return kib;
+}
+
 const char *ns_dir(const ns_server *s)
 {
     return s->dir;

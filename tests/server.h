@@ -73,6 +73,19 @@ int ns_run_env(const char *const *args, const char *const *env,
 int ns_port(const ns_server *s);
 /* The running server process, or -1 when none runs (stopped or killed). */
 pid_t ns_pid(const ns_server *s);
+/*
+ * A memory figure of the running server from /proc/<pid>/status, in KiB
+ * ("VmRSS": resident now, "VmHWM": the most resident so far), -1 when it
+ * cannot be read. Under a sanitizer most of it is the sanitizer's (shadow
+ * memory, ASan's quarantine): NS_MEMORY_TELLS_OURS says whether a test
+ * may judge the server's own memory by it.
+ */
+long ns_status_kib(const ns_server *s, const char *field);
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+#define NS_MEMORY_TELLS_OURS false
+#else
+#define NS_MEMORY_TELLS_OURS true
+#endif
 const char *ns_dir(const ns_server *s);
 const char *ns_db_path(const ns_server *s);
 /* The server's own keep-alive HTTP client: main thread only. */

@@ -1106,6 +1106,106 @@ static void batch_bad(const char *body, size_t max, int code, const char *want)
                        want);
 }
 
+/* body: prefix, then n copies of unit separated by commas, then suffix (malloc'd). */
+static char *repeated(const char *prefix, const char *unit, size_t n, const char *suffix)
+{
+    size_t pl = strlen(prefix), ul = strlen(unit), sl = strlen(suffix);
+    char *body = malloc(pl + n * (ul + 1) + sl + 1);
+    cr_assert_not_null(body);
+    char *p = body;
+    memcpy(p, prefix, pl);
+    p += pl;
+    for (size_t i = 0; i < n; i++) {
+        if (i > 0)
+            *p++ = ',';
+        memcpy(p, unit, ul);
+        p += ul;
+    }
+    memcpy(p, suffix, sl + 1);
+    return body;
+}
+
+/*
+ * A body whose tree would take more than codec_tree_budget is refused with
+ * 413 before jansson builds it: as too many items when they are (counted
+ * by the scanner), else as too much to decode, even in a single item.
+ */
+Test(decode_batch, a_body_too_costly_to_decode_is_413_before_its_tree)
+{
+    /* 400,000 empty items: ~1.2 MB of text, ~90 MB of tree. */
+    char *many = repeated("{\"updates\":[", "{}", 400000, "]}");
+    cr_assert_gt(codec_tree_estimate(many, strlen(many)), codec_tree_budget(strlen(many)));
+    batch_bad(many, 10000, 413, "holds 400000 items");
+    free(many);
+    char *deep = repeated("{\"updates\":[{\"node_id\":\"a\",\"status\":\"running\","
+                          "\"outputs\":[", "{}", 400000, "]}]}");
+    batch_bad(deep, 10000, 413, "decoding this body would take about");
+    int status = -1;
+    char detail[256] = "";
+    cr_assert_null(codec_decode_batch_tree(deep, strlen(deep), RUN, MAX_ERR, 10000, &status,
+                                           detail, sizeof detail));
+    cr_assert_eq(status, 413, "%d %s", status, detail);
+    free(deep);
+    /* Under the budget the same shape is taken. */
+    char *fits = repeated("{\"updates\":[{\"node_id\":\"a\",\"status\":\"running\","
+                          "\"outputs\":[", "{}", 1000, "]}]}");
+    codec_batch *b = batch_ok(fits, 10000);
+    cr_assert_eq(codec_batch_len(b), 1);
+    codec_batch_free(b);
+    free(fits);
+}
+
+/*
+ * The estimate is not below what jansson takes for bodies of each kind of
+ * value (counted through jansson's allocator hooks, each block with the
+ * 16 bytes malloc keeps beside it), so the budget bounds the tree it
+ * stands for.
+ */
+#define MALLOC_OVERHEAD 16
+static size_t tree_live;
+static void *tree_malloc(size_t n)
+{
+    size_t *p = malloc(n + sizeof(size_t) * 2);
+    if (p == NULL)
+        return NULL;
+    p[0] = n + MALLOC_OVERHEAD;
+    tree_live += p[0];
+    return p + 2;
+}
+static void tree_free(void *q)
+{
+    if (q == NULL)
+        return;
+    size_t *p = (size_t *)q - 2;
+    tree_live -= p[0];
+    free(p);
+}
+
+Test(decode_batch, the_tree_estimate_is_not_below_jansson)
+{
+    static const char *const units[] = {
+        "{}", "[]", "0", "-1.5e3", "\"x\"", "{\"a\":0}", "[1,2,3]", "true", "null",
+        "{\"k\":\"a longer string value\",\"l\":[{}, []]}",
+    };
+    json_malloc_t old_m;
+    json_free_t old_f;
+    json_get_alloc_funcs(&old_m, &old_f);
+    json_set_alloc_funcs(tree_malloc, tree_free);
+    for (size_t u = 0; u < sizeof units / sizeof *units; u++) {
+        char *body = repeated("[", units[u], 20000, "]");
+        size_t before = tree_live;
+        json_error_t err;
+        json_t *tree = json_loadb(body, strlen(body), 0, &err);
+        cr_assert_not_null(tree, "%s: %s", units[u], err.text);
+        size_t took = tree_live - before;
+        size_t est = codec_tree_estimate(body, strlen(body));
+        json_decref(tree);
+        cr_assert_geq(est, took, "%s: estimate %zu < %zu taken", units[u], est, took);
+        free(body);
+    }
+    json_set_alloc_funcs(old_m, old_f);
+}
+
 Test(decode_batch, items_in_order_with_their_own_spans)
 {
     /* Spacing differs between the items: each one's JSON members are read from its own text. */
