@@ -85,8 +85,8 @@ static unsigned status_mask(const char *list)
             return 0;
         mask |= 1u << s;
         p += n;
-        if (*p == ',')
-            p++;
+        if (*p == ',' && !*++p)
+            return 0; /* a trailing comma names nothing */
     }
     return mask;
 }
@@ -438,6 +438,15 @@ void api_list_nodes(api *a, const api_request *req, const route_args *args,
         return;
     if (has) {
         list_since(a, req, args, resp, mask, limit, after, since_value);
+        return;
+    }
+    /* A long poll waits for nodes above a seq: without one, nothing says what to wait for. */
+    char w[API_QUERY_VALUE_MAX + 1];
+    if ((has = api_query_arg(req, resp, "wait", w)) != 0) {
+        if (has > 0)
+            api_answer_problem(resp, PROBLEM_INVALID_QUERY,
+                               "query parameter \"wait\" needs \"since\" (a long poll "
+                               "waits for the nodes above that seq)");
         return;
     }
     engine_page page;

@@ -824,7 +824,8 @@ Test(api, list_bad_queries_are_400)
     list_fixture();
     static const kv bad[] = {
         { "status", "bogus" }, { "status", "running,bogus" }, { "status", ",running" },
-        { "status", "running,,idle" }, { "status", "Running" },
+        { "status", "running,,idle" }, { "status", "Running" }, { "status", "running," },
+        { "wait", "5" }, { "wait", "abc" }, { "wait", "" },
         { "limit", "0" }, { "limit", "10001" }, { "limit", "abc" }, { "limit", "-1" },
         { "limit", "" }, { "limit", "5x" }, { "limit", "+5" }, { "limit", " 5" },
         { "limit", "99999999999999999999999" },
