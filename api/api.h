@@ -127,6 +127,14 @@ void api_response_free(api_response *resp);
  * max_body_bytes.
  */
 size_t api_body_limit(const api *a, const char *method, const char *path);
+/*
+ * Whether api_handle will answer req 401 whatever its body: its path needs
+ * the token (every one but /healthz, and a path of no route) and req has
+ * none or a wrong one. The transport asks with the headers only (body
+ * NULL), so that a client without the token cannot make it store a body,
+ * nor be told to send one.
+ */
+bool api_auth_refused(const api *a, const api_request *req);
 /* Counts an answer the transport gives on the api's word (a stream's 200). */
 void api_count_status(api *a, int status);
 /*

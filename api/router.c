@@ -52,29 +52,52 @@ static bool token_matches(const api *a, const char *given, size_t given_len)
     return diff == 0;
 }
 
+/* Where the request's bearer token stands. */
+typedef enum auth_verdict {
+    AUTH_OK,       /* no token configured, or the right one given */
+    AUTH_MISSING,  /* no "Authorization: Bearer" header */
+    AUTH_INVALID,  /* a bearer token that is not the configured one */
+} auth_verdict;
+
+static auth_verdict auth_check(const api *a, const api_request *req)
+{
+    if (!a->token)
+        return AUTH_OK;
+    const char *auth = api_header(req, "Authorization");
+    if (!auth || strncasecmp(auth, "Bearer ", 7) != 0)
+        return AUTH_MISSING;
+    const char *given = auth + 7;
+    while (*given == ' ')
+        given++;
+    size_t n = strlen(given);
+    while (n > 0 && given[n - 1] == ' ')
+        n--;
+    return token_matches(a, given, n) ? AUTH_OK : AUTH_INVALID;
+}
+
 /* Whether the request may go on; otherwise answers 401 in resp. */
 static bool authorized(const api *a, const api_request *req, api_response *resp)
 {
-    if (!a->token)
+    switch (auth_check(a, req)) {
+    case AUTH_OK:
         return true;
-    const char *auth = api_header(req, "Authorization");
-    if (auth && strncasecmp(auth, "Bearer ", 7) == 0) {
-        const char *given = auth + 7;
-        while (*given == ' ')
-            given++;
-        size_t n = strlen(given);
-        while (n > 0 && given[n - 1] == ' ')
-            n--;
-        if (token_matches(a, given, n))
-            return true;
+    case AUTH_INVALID:
         api_answer_problem(resp, PROBLEM_UNAUTHORIZED, "the bearer token is not valid");
         resp->www_authenticate = "Bearer realm=\"nodestate\", error=\"invalid_token\"";
         return false;
+    case AUTH_MISSING:
+        break;
     }
     api_answer_problem(resp, PROBLEM_UNAUTHORIZED,
                        "this service needs an Authorization: Bearer <token> header");
     resp->www_authenticate = "Bearer realm=\"nodestate\"";
     return false;
+}
+
+/* Whether a request to rt (NULL: no route) must carry the token. */
+static bool needs_token(const api_route *rt)
+{
+    return !(rt && (rt->flags & ROUTE_NO_AUTH));
 }
 
 /* ---- matching ---- */
@@ -182,6 +205,15 @@ static bool json_content_type(const char *ct)
            strncasecmp(ct + n - 5, "+json", 5) == 0 && memchr(ct, '/', n) == ct + 11;
 }
 
+bool api_auth_refused(const api *a, const api_request *req)
+{
+    route_args args;
+    const char *bad_id;
+    bool encoded;
+    const api_route *rt = match(req->path, &args, &bad_id, &encoded);
+    return needs_token(rt) && auth_check(a, req) != AUTH_OK;
+}
+
 size_t api_body_limit(const api *a, const char *method, const char *path)
 {
     route_args args;
@@ -200,7 +232,7 @@ void api_dispatch(api *a, const api_request *req, api_response *resp)
     bool encoded;
     const api_route *rt = match(req->path, &args, &bad_id, &encoded);
     /* Before the 404: without a token, no path says whether it exists. */
-    if (!(rt && (rt->flags & ROUTE_NO_AUTH)) && !authorized(a, req, resp))
+    if (needs_token(rt) && !authorized(a, req, resp))
         return;
     if (!rt) {
         api_answer_problem(resp, PROBLEM_NOT_FOUND, "no resource at this path");

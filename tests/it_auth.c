@@ -2,8 +2,10 @@
  * it_auth: bearer-token authentication of the real binary. With a token
  * (--token, NODESTATE_TOKEN, --token-file or NODESTATE_TOKEN_FILE) every
  * route but /healthz needs "Authorization: Bearer <token>"; a missing or
- * wrong one is a 401 problem with WWW-Authenticate: Bearer. The token never
- * shows in the log or in --help.
+ * wrong one is a 401 problem with WWW-Authenticate: Bearer. The body of a
+ * request refused so is drained, never stored, and a client waiting for a
+ * 100 Continue gets the 401 instead. The token never shows in the log or in
+ * --help.
  */
 #include <criterion/criterion.h>
 #include <errno.h>
@@ -281,6 +283,159 @@ Test(auth, token_absent_from_log)
     cr_assert_not_null(strstr(log, " status=401 "), "401s are access-logged:\n%s", log);
     cr_assert_not_null(strstr(log, " msg=stopped "), "no stopped line:\n%s", log);
     free(log);
+    ns_free(s);
+}
+
+/* ---- bodies of requests without the token ---------------------------------- */
+
+/* Bound on every wait for the server to act; meeting the condition ends it. */
+#define WAIT_S 30.0
+
+/*
+ * Under a sanitizer the server's resident memory is mostly the sanitizer's:
+ * the test runs there too, but judges memory only in a plain build.
+ */
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+#define RSS_TELLS_OURS false
+#else
+#define RSS_TELLS_OURS true
+#endif
+
+/* The server's peak resident memory so far in KiB (VmHWM), -1 when unreadable. */
+static long peak_rss_kib(const ns_server *s)
+{
+    char path[64], line[128];
+    long kib = -1;
+
+    snprintf(path, sizeof path, "/proc/%d/status", (int)ns_pid(s));
+    FILE *f = fopen(path, "r");
+    while (f != NULL && fgets(line, sizeof line, f) != NULL)
+        if (sscanf(line, "VmHWM: %ld kB", &kib) == 1)
+            break;
+    if (f != NULL)
+        fclose(f);
+    return kib;
+}
+
+/* Reads to the close; asserts exactly one answer, a 401 problem. */
+static void assert_raw_401(int fd, const char *what)
+{
+    static char buf[8192];
+    size_t len;
+
+    it_raw_read_to_close(fd, buf, sizeof buf, &len, WAIT_S);
+    cr_assert(strncmp(buf, "HTTP/1.1 401 ", 13) == 0, "%s: %.300s", what, buf);
+    cr_assert_null(strstr(buf + 1, "HTTP/1.1 "), "%s: more than one answer: %.300s", what, buf);
+    cr_assert_not_null(strstr(buf, "urn:nodestate:problem:unauthorized"), "%s: %.300s", what,
+                       buf);
+}
+
+#define UPLOADS 8
+#define UPLOAD_BYTES (15u << 20)   /* under --max-batch-body-bytes (16 MiB) */
+#define UPLOAD_CHUNK (64u << 10)
+
+/*
+ * Batches of 15 MiB sent together without the token are each answered 401
+ * after their body, and the server holds none of them: their bodies are
+ * drained, not buffered (30 such uploads took it from 9 to 460 MiB).
+ */
+Test(auth, bodies_without_the_token_are_not_buffered, .timeout = 180)
+{
+    ns_server *s = start("--token " TOKEN);
+    static char chunk[UPLOAD_CHUNK];
+    char head[256];
+    int fds[UPLOADS];
+
+    memset(chunk, 'x', sizeof chunk);
+    snprintf(head, sizeof head,
+             "POST /runs/r/nodes HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+             "Content-Length: %u\r\nConnection: close\r\n\r\n", UPLOAD_BYTES);
+    long before = peak_rss_kib(s);
+    cr_assert_gt(before, 0);
+    for (int i = 0; i < UPLOADS; i++) {
+        fds[i] = it_raw_connect(s, NULL);
+        cr_assert_eq(ns_raw_send_str(fds[i], head), 0);
+    }
+    /* In turns, so that every upload is under way at once. */
+    for (unsigned sent = 0; sent < UPLOAD_BYTES; sent += UPLOAD_CHUNK)
+        for (int i = 0; i < UPLOADS; i++)
+            cr_assert_eq(ns_raw_send(fds[i], chunk, UPLOAD_CHUNK), 0,
+                         "upload %d cut off after %u bytes", i, sent);
+    for (int i = 0; i < UPLOADS; i++) {
+        assert_raw_401(fds[i], "a batch without the token");
+        close(fds[i]);
+    }
+    long grew = peak_rss_kib(s) - before;
+    cr_assert(!RSS_TELLS_OURS || grew < (long)(UPLOAD_BYTES >> 10),
+              "%d uploads of %u MiB without the token grew the server's peak by %ld MiB",
+              UPLOADS, UPLOAD_BYTES >> 20, grew / 1024);
+
+    /* A body over the limit is no exception: the answer is the 401, not a 413. */
+    size_t big = (2u << 20) + 1;
+    char *body = malloc(big + 1);
+    cr_assert_not_null(body);
+    memset(body, ' ', big);
+    body[big] = '\0';
+    assert_401(s, "POST", "/runs/r/nodes/n/state", body, NULL);
+    free(body);
+    /* Nothing was applied. */
+    assert_status(s, "GET", "/runs/r", NULL, AUTH_OK, 404);
+    ns_free(s);
+}
+
+/* Sends a POST's headers asking for a 100 Continue; returns the socket. */
+static int expect_continue(ns_server *s, const char *auth)
+{
+    char head[512];
+    int fd = it_raw_connect(s, NULL);
+
+    snprintf(head, sizeof head,
+             "POST /runs/r/nodes/n/state HTTP/1.1\r\nHost: x\r\n"
+             "Content-Type: application/json\r\nContent-Length: 20\r\n%s"
+             "Expect: 100-continue\r\n\r\n", auth);
+    cr_assert_eq(ns_raw_send_str(fd, head), 0);
+    return fd;
+}
+
+/* The status line of the first answer on fd; asserts it came. */
+static void first_status(int fd, char *buf, size_t cap)
+{
+    long long until = ns_mono_ms() + (long long)(WAIT_S * 1000);
+    size_t len = 0;
+
+    buf[0] = '\0';
+    while (strstr(buf, "\r\n\r\n") == NULL) {
+        cr_assert(ns_mono_ms() < until, "no answer within %.0f s: %.300s", WAIT_S, buf);
+        if (it_raw_read_for(fd, buf, cap, &len, 100) == 1)
+            break;
+    }
+}
+
+/*
+ * A client without the token that waits for a 100 Continue is not invited
+ * to send its body: it gets the 401 at once, and the connection is closed
+ * (the body it announced never comes). With the token it is invited.
+ */
+Test(auth, expect_continue_without_the_token_gets_401_not_100)
+{
+    ns_server *s = start("--token " TOKEN);
+    char buf[4096];
+
+    int fd = expect_continue(s, "");
+    first_status(fd, buf, sizeof buf);
+    cr_assert(strncmp(buf, "HTTP/1.1 401 ", 13) == 0, "without the token: %.300s", buf);
+    close(fd);
+    fd = expect_continue(s, "Authorization: Bearer wrong\r\n");
+    assert_raw_401(fd, "a wrong token and Expect: 100-continue");
+    close(fd);
+
+    fd = expect_continue(s, AUTH_OK "\r\n");
+    first_status(fd, buf, sizeof buf);
+    cr_assert(strncmp(buf, "HTTP/1.1 100 ", 13) == 0, "with the token: %.300s", buf);
+    cr_assert_eq(ns_raw_send_str(fd, "{\"status\":\"running\"}"), 0);
+    first_status(fd, buf, sizeof buf);
+    cr_assert(strncmp(buf, "HTTP/1.1 202 ", 13) == 0, "the body after the 100: %.300s", buf);
+    close(fd);
     ns_free(s);
 }
 

@@ -1666,9 +1666,28 @@ Test(api, only_healthz_is_exempt_from_the_token)
             cr_assert_eq(resp.status, 200, "%s: %d", path, resp.status);
         else
             cr_assert_eq(resp.status, 401, "%s: %d", path, resp.status);
+        /* The transport asks before the body, and hears the same. */
+        cr_assert_eq(api_auth_refused(guarded, &req), resp.status == 401, "%s", path);
         api_response_free(&resp);
+        /* With the token (or a wrong one), before any body. */
+        spec ok = { .method = "POST", .path = path,
+                    .headers = { { "Authorization", "Bearer sesame" } } };
+        req.ctx = &ok;
+        cr_assert_not(api_auth_refused(guarded, &req), "%s with the token", path);
+        spec wrong = { .method = "POST", .path = path,
+                       .headers = { { "Authorization", "Bearer sesamf" } } };
+        req.ctx = &wrong;
+        cr_assert_eq(api_auth_refused(guarded, &req), strcmp(path, "/healthz") != 0,
+                     "%s with a wrong token", path);
     }
+    /* A path of no route needs the token too (its 404 would tell it exists). */
+    spec none = { .method = "POST", .path = "/no/such/path" };
+    api_request req = { .method = none.method, .path = none.path, .header = header_of,
+                        .query = query_of, .ctx = &none };
+    cr_assert(api_auth_refused(guarded, &req));
     api_free(guarded);
+    /* Without a token configured, nothing is refused. */
+    cr_assert_not(api_auth_refused(A, &req));
 }
 
 Test(api, route_allow_lists_match_their_handlers)

@@ -74,6 +74,7 @@ typedef struct http_req {
     size_t declared;            /* the Content-Length (0: none), SIZE_MAX past a size_t */
     bool must_close;            /* the answer ends the connection (bad framing) */
     bool oom;                   /* buffering the body ran out of memory */
+    bool discard;               /* the api refuses it 401: its body is read and dropped */
     http_phase phase;
     api_response resp;          /* the api's first answer while parked */
     waitq_item wait;            /* in http_server.waiters (mu); wait.seq is set
