@@ -24,6 +24,8 @@
     X(TOO_MANY_UPDATES, 413, "too-many-updates", "Too many updates")                  \
     X(UNSUPPORTED_MEDIA_TYPE, 415, "unsupported-media-type", "Unsupported media type") \
     X(INVALID_UPDATE, 422, "invalid-update", "Invalid update")                        \
+    X(HEADER_FIELDS_TOO_LARGE, 431, "header-fields-too-large",                         \
+      "Request header fields too large")                                               \
     X(INTERNAL_ERROR, 500, "internal-error", "Internal error")                        \
     X(WRITE_REFUSED, 500, "write-refused", "Write refused")                           \
     X(BACKUP_UNSUPPORTED, 501, "backup-unsupported", "Backup not supported")          \

@@ -5,8 +5,10 @@
  * --max-connections-per-ip connections while other addresses are served; a
  * client that trickles its headers is cut off at --header-timeout however
  * often it sends a byte, while a slow body is not; a request whose body
- * length is ambiguous gets exactly one answer, a 400 problem; and the answers
- * the library gives on its own are counted in http_responses.
+ * length is ambiguous gets exactly one answer, a 400 problem; one whose
+ * header fields would leave no room for its answer gets a 431 problem and
+ * is not applied; and the answers the library gives on its own are counted
+ * in http_responses.
  *
  * Every wait is on the event itself (a close, an answer) with a generous
  * bound; nothing asserts how soon it came.
@@ -239,21 +241,24 @@ Test(transport, a_slow_body_is_not_cut_off_by_the_header_timeout)
 
 /* ---- framing ------------------------------------------------------------------ */
 
-/* Sends a raw request; asserts one answer, a 400 bad-framing problem, then a close. */
-static void expect_one_framing_400(ns_server *s, const char *request)
+/* Sends a raw request; asserts one answer, a problem of status and slug, then a close. */
+static void expect_one_problem(ns_server *s, const char *request, int status,
+                               const char *slug)
 {
     char buf[8192];
     size_t len;
     const char *body;
     json_t *doc;
     json_error_t jerr;
+    char want[96];
     int fd = it_raw_connect(s, NULL);
 
     (void)ns_raw_send_str(fd, request);
     it_raw_read_to_close(fd, buf, sizeof buf, &len, WAIT_S);
     close(fd);
-    cr_assert_eq(status_lines(buf), 1, "request:\n%s\nanswer:\n%s", request, buf);
-    cr_assert(strncmp(buf, "HTTP/1.1 400 ", 13) == 0, "request:\n%s\nanswer:\n%s",
+    cr_assert_eq(status_lines(buf), 1, "request:\n%.300s\nanswer:\n%s", request, buf);
+    snprintf(want, sizeof want, "HTTP/1.1 %d ", status);
+    cr_assert(strncmp(buf, want, strlen(want)) == 0, "request:\n%.300s\nanswer:\n%s",
               request, buf);
     cr_assert_not_null(strstr(buf, "\r\nContent-Type: application/problem+json\r\n"),
                        "answer: %s", buf);
@@ -262,11 +267,18 @@ static void expect_one_framing_400(ns_server *s, const char *request)
     /* jansson refuses invalid UTF-8, so this also checks the encoding. */
     doc = json_loads(body + 4, 0, &jerr);
     cr_assert_not_null(doc, "body is not JSON (%s): %s", jerr.text, body + 4);
-    cr_assert_str_eq(ns_jstr(doc, "type"), "urn:nodestate:problem:bad-framing");
-    cr_assert_eq(json_integer_value(json_object_get(doc, "status")), 400);
+    snprintf(want, sizeof want, "urn:nodestate:problem:%s", slug);
+    cr_assert_str_eq(ns_jstr(doc, "type"), want);
+    cr_assert_eq(json_integer_value(json_object_get(doc, "status")), status);
     cr_assert_not_null(ns_jstr(doc, "title"));
     cr_assert_not_null(ns_jstr(doc, "detail"));
     json_decref(doc);
+}
+
+/* One answer, a 400 bad-framing problem, then a close. */
+static void expect_one_framing_400(ns_server *s, const char *request)
+{
+    expect_one_problem(s, request, 400, "bad-framing");
 }
 
 #define POST_HEAD "POST /runs/fr/nodes/n1/state HTTP/1.1\r\nHost: x\r\n" \
@@ -359,6 +371,122 @@ Test(transport, equal_repeated_lengths_and_plain_chunked_are_served)
                   strncmp(buf, "HTTP/1.1 200 ", 13) == 0,
                   "request:\n%s\nanswer:\n%s", requests[i], buf);
     }
+    ns_free(s);
+}
+
+/* ---- header fields that leave no room for the answer --------------------------- */
+
+/* The service's bounds on a request's line and fields (README, "Slow and malformed clients"). */
+#define FIELDS_MAX_BYTES 16384
+#define FIELDS_MAX 100
+#define HF_FIXED "Host: x\r\nContent-Type: application/json\r\nContent-Length: 20\r\n" \
+                 "Connection: close\r\n"
+#define HF_FIXED_FIELDS 4
+#define HF_FIXED_BYTES (4 + 1 + 12 + 16 + 14 + 2 + 10 + 5)  /* names and values above */
+
+/*
+ * A POST of BODY to /runs/hf/nodes/<node>/state whose request line and
+ * fields take exactly bytes (method, path and version; names and values)
+ * in exactly fields fields, as the service measures them. malloc'd.
+ */
+static char *post_with_fields(const char *node, size_t fields, size_t bytes)
+{
+    char path[96];
+    size_t fill = fields - HF_FIXED_FIELDS;
+    snprintf(path, sizeof path, "/runs/hf/nodes/%s/state", node);
+    size_t used = strlen("POST") + strlen(path) + strlen("HTTP/1.1") + HF_FIXED_BYTES +
+                  fill * 4;  /* each filler's name: "X%03zu" */
+    cr_assert(fields > HF_FIXED_FIELDS && bytes >= used, "%zu fields, %zu bytes", fields,
+              bytes);
+    size_t values = bytes - used;
+    size_t cap = bytes + fields * 4 + 256;
+    char *req = malloc(cap);
+    cr_assert_not_null(req);
+    size_t n = (size_t)snprintf(req, cap, "POST %s HTTP/1.1\r\n" HF_FIXED, path);
+    for (size_t i = 0; i < fill; i++) {
+        size_t v = values / fill + (i < values % fill ? 1 : 0);
+        n += (size_t)snprintf(req + n, cap - n, "X%03zu: ", i);
+        memset(req + n, 'v', v);
+        n += v;
+        n += (size_t)snprintf(req + n, cap - n, "\r\n");
+    }
+    snprintf(req + n, cap - n, "\r\n" BODY);
+    return req;
+}
+
+/* Status of GET /runs/hf/nodes/<node>/state. */
+static long hf_node_status(ns_server *s, const char *node)
+{
+    char path[96];
+    ns_resp r = { 0 };
+    snprintf(path, sizeof path, "/runs/hf/nodes/%s/state", node);
+    cr_assert_eq(ns_req(s, "GET", path, NULL, NULL, &r), 0, "%s", r.error);
+    long status = r.status;
+    ns_resp_free(&r);
+    return status;
+}
+
+/*
+ * MHD keeps a request's fields in the connection's 32 KiB pool, where the
+ * answer's header must fit too: a POST whose fields took ~32.2 KB was
+ * applied, then closed unanswered ("failed to create response header"),
+ * and a client that gets no answer sends it again. Past the service's
+ * bounds a request is refused 431 before anything is applied; at the
+ * bounds, with the most fields, it is still answered.
+ */
+Test(transport, header_fields_past_the_bound_get_431_and_change_nothing)
+{
+    ns_server *s = ns_start(NULL);
+    cr_assert_not_null(s);
+    long long before = answered(s, "431");
+
+    char *req = post_with_fields("at", FIELDS_MAX, FIELDS_MAX_BYTES);
+    int fd = it_raw_connect(s, NULL);
+    char buf[8192];
+    size_t len;
+    cr_assert_eq(ns_raw_send_str(fd, req), 0);
+    it_raw_read_to_close(fd, buf, sizeof buf, &len, WAIT_S);
+    close(fd);
+    free(req);
+    cr_assert(strncmp(buf, "HTTP/1.1 202 ", 13) == 0, "at the bounds: %.300s", buf);
+    cr_assert_eq(hf_node_status(s, "at"), 200);
+
+    req = post_with_fields("bytes", FIELDS_MAX, FIELDS_MAX_BYTES + 1);
+    expect_one_problem(s, req, 431, "header-fields-too-large");
+    free(req);
+    req = post_with_fields("fields", FIELDS_MAX + 1, FIELDS_MAX_BYTES);
+    expect_one_problem(s, req, 431, "header-fields-too-large");
+    free(req);
+    /* Query arguments are fields too. */
+    char get[1024] = "GET /runs/hf/nodes?a";
+    for (int i = 0; i < FIELDS_MAX; i++)
+        strcat(get, "&a");
+    strcat(get, " HTTP/1.1\r\nHost: x\r\n\r\n");
+    expect_one_problem(s, get, 431, "header-fields-too-large");
+    cr_assert_eq(answered(s, "431"), before + 3, "each 431 counted once");
+    cr_assert_eq(hf_node_status(s, "bytes"), 404, "a refused request was applied");
+    cr_assert_eq(hf_node_status(s, "fields"), 404, "a refused request was applied");
+
+    /*
+     * Up to the library's own 431: just below it, not even the 431 fits
+     * and the connection is closed unanswered. Whatever the answer,
+     * nothing is applied.
+     */
+    for (size_t bytes = 31500; bytes <= 32600; bytes += 50) {
+        char node[32];
+        snprintf(node, sizeof node, "near%zu", bytes);
+        req = post_with_fields(node, HF_FIXED_FIELDS + 1, bytes);
+        fd = it_raw_connect(s, NULL);
+        (void)ns_raw_send_str(fd, req);
+        it_raw_read_to_close(fd, buf, sizeof buf, &len, WAIT_S);
+        close(fd);
+        free(req);
+        cr_assert(len == 0 || (strncmp(buf, "HTTP/1.1 431 ", 13) == 0 &&
+                               status_lines(buf) == 1),
+                  "%zu bytes of fields: %.300s", bytes, buf);
+        cr_assert_eq(hf_node_status(s, node), 404, "%zu bytes of fields: applied", bytes);
+    }
+    healthz_from(s, NULL);
     ns_free(s);
 }
 
