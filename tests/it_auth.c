@@ -291,32 +291,6 @@ Test(auth, token_absent_from_log)
 /* Bound on every wait for the server to act; meeting the condition ends it. */
 #define WAIT_S 30.0
 
-/*
- * Under a sanitizer the server's resident memory is mostly the sanitizer's:
- * the test runs there too, but judges memory only in a plain build.
- */
-#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
-#define RSS_TELLS_OURS false
-#else
-#define RSS_TELLS_OURS true
-#endif
-
-/* The server's peak resident memory so far in KiB (VmHWM), -1 when unreadable. */
-static long peak_rss_kib(const ns_server *s)
-{
-    char path[64], line[128];
-    long kib = -1;
-
-    snprintf(path, sizeof path, "/proc/%d/status", (int)ns_pid(s));
-    FILE *f = fopen(path, "r");
-    while (f != NULL && fgets(line, sizeof line, f) != NULL)
-        if (sscanf(line, "VmHWM: %ld kB", &kib) == 1)
-            break;
-    if (f != NULL)
-        fclose(f);
-    return kib;
-}
-
 /* Reads to the close; asserts exactly one answer, a 401 problem. */
 static void assert_raw_401(int fd, const char *what)
 {
@@ -350,7 +324,7 @@ Test(auth, bodies_without_the_token_are_not_buffered, .timeout = 180)
     snprintf(head, sizeof head,
              "POST /runs/r/nodes HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
              "Content-Length: %u\r\nConnection: close\r\n\r\n", UPLOAD_BYTES);
-    long before = peak_rss_kib(s);
+    long before = ns_status_kib(s, "VmHWM");
     cr_assert_gt(before, 0);
     for (int i = 0; i < UPLOADS; i++) {
         fds[i] = it_raw_connect(s, NULL);
@@ -365,8 +339,8 @@ Test(auth, bodies_without_the_token_are_not_buffered, .timeout = 180)
         assert_raw_401(fds[i], "a batch without the token");
         close(fds[i]);
     }
-    long grew = peak_rss_kib(s) - before;
-    cr_assert(!RSS_TELLS_OURS || grew < (long)(UPLOAD_BYTES >> 10),
+    long grew = ns_status_kib(s, "VmHWM") - before;
+    cr_assert(!NS_MEMORY_TELLS_OURS || grew < (long)(UPLOAD_BYTES >> 10),
               "%d uploads of %u MiB without the token grew the server's peak by %ld MiB",
               UPLOADS, UPLOAD_BYTES >> 20, grew / 1024);
 
