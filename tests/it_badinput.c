@@ -3,9 +3,10 @@
  * problem (type, title, status, detail), changes nothing, and leaves the
  * server serving. Input in disguise too: percent-encoded ids (an encoded NUL
  * or '/' must not shorten an id or change the route; the SQLite file is
- * compared before and after), encoded query values, request bytes that are
- * not UTF-8 (the problem body must still be UTF-8), the ETag of a state that
- * becomes durable, and the counting of every problem by code.
+ * compared before and after), encoded query values, query names in another
+ * case (not the parameter, so ignored), request bytes that are not UTF-8
+ * (the problem body must still be UTF-8), the ETag of a state that becomes
+ * durable, and the counting of every problem by code.
  */
 #include <criterion/criterion.h>
 #include <errno.h>
@@ -566,6 +567,48 @@ Test(badinput, query_values_work_encoded_and_plain)
     json_t *run = it_get_json(s, "/runs/rq", 200);
     cr_assert_eq(it_jint(run, "nodes"), 3);
     json_decref(run);
+    ns_free(s);
+}
+
+/* Asserts path answers 200 with a page of these nodes (one letter each, in order). */
+static void expect_page(ns_server *s, const char *path, const char *ids)
+{
+    json_t *page = it_get_json(s, path, 200);
+    json_t *nodes = json_object_get(page, "nodes");
+    char got[16] = "";
+    for (size_t k = 0; k < json_array_size(nodes) && k + 1 < sizeof got; k++)
+        strncat(got, ns_jstr(json_array_get(nodes, k), "node_id"), 1);
+    cr_assert_str_eq(got, ids, "%s", path);
+    json_decref(page);
+}
+
+/*
+ * Names are matched as sent: one in another case is not the parameter (MHD's
+ * own lookup is caseless), so it is ignored like any name a route does not
+ * know, and it neither refuses a request nor changes its answer.
+ */
+Test(badinput, query_names_are_matched_as_sent)
+{
+    ns_server *s = start();
+    it_post(s, "rn", "a", "?WAIT=true", "{\"status\":\"running\"}", 202);
+    it_post(s, "rn", "b", "?Wait", "{\"status\":\"completed\"}", 202);
+    it_post(s, "rn", "c", "?wait", "{\"status\":\"failed\"}", 200);
+
+    expect_page(s, "/runs/rn/nodes?STATUS=bogus", "abc");
+    expect_page(s, "/runs/rn/nodes?Limit=1", "abc");
+    expect_page(s, "/runs/rn/nodes?Limit=1&limit=2", "ab");
+    expect_page(s, "/runs/rn/nodes?status=failed&Status=running", "c");
+    free(expect_problem_req(s, "GET", "/runs/rn/nodes?status=bogus", NULL, NULL, 400,
+                            "invalid-query"));
+
+    ns_resp r = { 0 };
+    cr_assert_eq(ns_req(s, "GET", "/stats?FORMAT=xml", NULL, NULL, &r), 0, "%s", r.error);
+    cr_assert_eq(r.status, 200, "?FORMAT=xml: %ld %s", r.status, r.body);
+    cr_assert(strncmp(r.content_type, "text/plain", 10) == 0, "?FORMAT=xml: %s",
+              r.content_type);
+    ns_resp_free(&r);
+    free(expect_problem_req(s, "GET", "/stats?format=xml", NULL, NULL, 400,
+                            "invalid-query"));
     ns_free(s);
 }
 

@@ -135,15 +135,34 @@ static const char *http_header(void *ctx, const char *name, size_t nth)
     return h.value;
 }
 
-/* "?wait" (no '=') is present with a NULL value in MHD: the api wants "". */
+/* Looking for the first query argument of exactly this name. */
+typedef struct query_arg {
+    const char *name;
+    const char *value;
+} query_arg;
+
+static enum MHD_Result query_arg_visit(void *cls, enum MHD_ValueKind kind, const char *key,
+                                       const char *value)
+{
+    (void)kind;
+    query_arg *q = cls;
+    if (strcmp(key, q->name) != 0)
+        return MHD_YES;
+    /* "?wait" (no '=') is present with a NULL value in MHD: the api wants "". */
+    q->value = value != NULL ? value : "";
+    return MHD_NO;
+}
+
+/*
+ * Names are matched as sent, byte for byte: MHD's own lookup compares them
+ * caselessly, so "?Limit=1" was taken for ?limit. A name in another case is
+ * one the api does not know, and it ignores those.
+ */
 static const char *http_query(void *ctx, const char *name)
 {
-    const char *value = NULL;
-
-    if (MHD_lookup_connection_value_n(ctx, MHD_GET_ARGUMENT_KIND, name,
-                                      strlen(name), &value, NULL) != MHD_YES)
-        return NULL;
-    return value != NULL ? value : "";
+    query_arg q = { name, NULL };
+    MHD_get_connection_values(ctx, MHD_GET_ARGUMENT_KIND, query_arg_visit, &q);
+    return q.value;
 }
 
 /*
