@@ -19,10 +19,11 @@
  * returns a response with events set (checked, the run found or its delete
  * missed, not counted yet): the transport opens the stream of the run's
  * changes (server/http/watch.h), asks api_missed_delete once its watcher
- * sees every later change, and counts it with api_count_status. A long poll, GET
- * /runs/{run_id}/nodes?since=N&wait=S that finds nothing above N, returns
- * poll_wait > 0: the transport parks it until a change of the run or S
- * seconds, then calls api_handle again (with no_wait once the time is up).
+ * sees every later change, and counts it with api_count_status. HEAD gets
+ * the same response; the transport sends the stream's headers alone. A long
+ * poll, GET /runs/{run_id}/nodes?since=N&wait=S that finds nothing above N,
+ * returns poll_wait > 0: the transport parks it until a change of the run or
+ * S seconds, then calls api_handle again (with no_wait once the time is up).
  *
  * Every final answer (api_handle's when not parked, api_finish_wait's,
  * api_problem's) is counted by status code in the engine's stats.
@@ -97,7 +98,7 @@ typedef struct api_response {
     int64_t wait_seq;          /* > 0: park until durable (see above) */
     double wait_timeout;       /* seconds to park at most */
     struct api_wait *wait;     /* api's own: what to answer with once parked */
-    bool events;               /* GET .../events: stream watch_run's changes (see above) */
+    bool events;               /* GET or HEAD .../events: stream watch_run's changes (see above) */
     bool events_durable;       /*   ?durable=true: only committed changes */
     int64_t since;             /* stream or poll: the changes above this seq */
     double poll_wait;          /* > 0: long poll with nothing yet; seconds to wait at most */

@@ -484,7 +484,7 @@ void api_get_run(api *a, const api_request *req, const route_args *args,
 /*
  * GET /runs/{run}/events: checks what a stream needs (api.h); the
  * transport streams. Last-Event-ID, which an EventSource sends when it
- * reconnects, wins over ?since=. HEAD answers the headers alone.
+ * reconnects, wins over ?since=. HEAD is checked the same way.
  */
 void api_watch_run(api *a, const api_request *req, const route_args *args,
                    api_response *resp)
@@ -526,14 +526,7 @@ void api_watch_run(api *a, const api_request *req, const route_args *args,
         res = ENGINE_ACCEPTED;
     if (!api_run_read_ok(resp, res, "reading the run"))
         return;
-    if (strcmp(req->method, "GET") != 0) {
-        /* HEAD: the headers a stream starts with, and its first bytes as the body MHD leaves out. */
-        buf b;
-        buf_init(&b);
-        buf_puts(&b, "retry: 1000\n\n");
-        api_respond(resp, 200, API_EVENT_STREAM_TYPE, &b);
-        return;
-    }
+    /* HEAD too: the transport answers it with a stream's status and headers, and opens none. */
     resp->status = 200;
     resp->content_type = API_EVENT_STREAM_TYPE;
     resp->events = true;

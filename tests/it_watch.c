@@ -7,7 +7,8 @@
  * nothing the disk does not hold; deleting the run ends its streams; a
  * client that stops reading is dropped once past --watch-buffer-bytes and
  * its memory goes; SIGTERM ends a durable stream cleanly after the final
- * flush. GET .../nodes?since=N&wait=S answers once a change comes.
+ * flush; HEAD answers a stream's headers and nothing more. GET
+ * .../nodes?since=N&wait=S answers once a change comes.
  * (tests/contract covers the answers' shapes and the 503.)
  */
 #include <criterion/criterion.h>
@@ -19,6 +20,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <unistd.h>
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -617,6 +619,91 @@ Test(watch, a_client_that_left_frees_its_place, .timeout = 120)
     }
     cr_assert(strncmp(buf, "HTTP/1.1 200", 12) == 0, "%.300s", buf);
     close(fd);
+    ns_free(s);
+}
+
+/* Reads from fd until the end of an answer's headers (60 s at most); returns where its body starts. */
+static char *read_headers(int fd, char *buf, size_t cap, size_t *len)
+{
+    char *end;
+
+    for (int tries = 0; (end = strstr(buf, "\r\n\r\n")) == NULL; tries++) {
+        cr_assert(tries < 600, "no headers in 60 s: %.300s", buf);
+        bool closed = it_raw_read_for(fd, buf, cap, len, 100) == 1;
+        cr_assert(!closed || strstr(buf, "\r\n\r\n") != NULL, "closed: %.300s", buf);
+    }
+    return end + 4;
+}
+
+static int line_cmp(const void *a, const void *b)
+{
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+/*
+ * The status line, then the header lines of head (cut at its end) sorted,
+ * into out: all but Date and the fields of the connection's framing.
+ */
+static void header_set(char *head, char *out, size_t cap)
+{
+    static const char *const left_out[] = { "Date:", "Connection:", "Transfer-Encoding:" };
+    char *lines[32];
+    size_t n = 0;
+
+    for (char *l = strtok(head, "\r\n"); l != NULL; l = strtok(NULL, "\r\n")) {
+        bool keep = true;
+        for (size_t i = 0; i < sizeof left_out / sizeof *left_out; i++)
+            keep = keep && strncasecmp(l, left_out[i], strlen(left_out[i])) != 0;
+        cr_assert_lt(n, sizeof lines / sizeof *lines, "too many header lines");
+        if (keep)
+            lines[n++] = l;
+    }
+    cr_assert_gt(n, 0, "no status line");
+    qsort(lines + 1, n - 1, sizeof *lines, line_cmp);
+    out[0] = '\0';
+    for (size_t i = 0; i < n; i++) {
+        cr_assert_lt(strlen(out) + strlen(lines[i]) + 2, cap);
+        strcat(out, lines[i]);
+        strcat(out, "\n");
+    }
+}
+
+/*
+ * HEAD of a stream answers what GET does, body aside (RFC 9110 9.3.2): the
+ * same status and header fields, so no Content-Length where GET's length is
+ * unknown, and the headers only a stream has. Not GET's framing: GET's is
+ * chunked, and MHD 0.9.75 would end a chunked HEAD with a last chunk, a
+ * body; HEAD is closed after its headers instead, with not a byte more.
+ */
+Test(watch, head_answers_the_headers_of_the_stream, .timeout = 120)
+{
+    ns_server *s = ns_start(NULL);
+    cr_assert_not_null(s);
+    it_post(s, "h", "n0", NULL, "{\"status\":\"idle\"}", 202);
+    static const char *const methods[] = { "GET", "HEAD" };
+    char sets[2][1024];
+    for (size_t i = 0; i < 2; i++) {
+        int fd = it_raw_connect(s, NULL);
+        char req[128];
+        snprintf(req, sizeof req, "%s /runs/h/events HTTP/1.1\r\nHost: t\r\n\r\n", methods[i]);
+        cr_assert_eq(ns_raw_send_str(fd, req), 0);
+        char buf[4096] = "";
+        size_t len = 0;
+        char *body = read_headers(fd, buf, sizeof buf, &len);
+        if (strcmp(methods[i], "HEAD") == 0) {
+            size_t head_len = (size_t)(body - buf);
+            cr_assert_eq(it_raw_read_for(fd, buf, sizeof buf, &len, 30000), 1,
+                         "HEAD's connection stayed open: %.300s", buf);
+            cr_assert_eq(len, head_len, "HEAD sent a body: %s", body);
+        }
+        body[0] = '\0';
+        header_set(buf, sets[i], sizeof sets[i]);
+        cr_assert(strstr(sets[i], "Content-Length:") == NULL, "%s: %s", methods[i], sets[i]);
+        close(fd);
+    }
+    cr_assert(strstr(sets[0], "HTTP/1.1 200") == sets[0], "%s", sets[0]);
+    cr_assert(strstr(sets[0], "X-Accel-Buffering: no\n") != NULL, "%s", sets[0]);
+    cr_assert_str_eq(sets[1], sets[0], "HEAD:\n%s\nGET:\n%s", sets[1], sets[0]);
     ns_free(s);
 }
 

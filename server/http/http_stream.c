@@ -166,20 +166,79 @@ static void http_watch_refused(http_server *s, api_response *resp, int err)
 }
 
 /*
+ * Queues mr, a stream's 200, with the headers of every stream, and lets go
+ * of it. MHD_NO (close the connection) when it cannot.
+ */
+static enum MHD_Result http_stream_queue(http_server *s, struct MHD_Connection *con,
+                                         struct MHD_Response *mr)
+{
+    enum MHD_Result ret = MHD_NO;
+
+    if (MHD_add_response_header(mr, MHD_HTTP_HEADER_CONTENT_TYPE, "text/event-stream") != MHD_YES ||
+        MHD_add_response_header(mr, MHD_HTTP_HEADER_CACHE_CONTROL, "no-cache") != MHD_YES ||
+        /* Proxies such as nginx would otherwise hold events back to fill their buffers. */
+        MHD_add_response_header(mr, "X-Accel-Buffering", "no") != MHD_YES)
+        goto out;
+    ret = MHD_queue_response(con, MHD_HTTP_OK, mr);
+    if (ret == MHD_YES)
+        api_count_status(s->a, MHD_HTTP_OK);
+out:
+    MHD_destroy_response(mr);
+    return ret;
+}
+
+/* A HEAD's content reader: MHD sends HEAD no body, so it ends at once if ever asked. */
+static ssize_t http_stream_head_read(void *cls, uint64_t pos, char *buf, size_t max)
+{
+    (void)cls;
+    (void)pos;
+    (void)buf;
+    (void)max;
+    return MHD_CONTENT_READER_END_OF_STREAM;
+}
+
+/*
+ * HEAD of a stream: GET's status and headers, and no watcher, since nothing
+ * is sent. Its length is unknown as GET's is, so there is no Content-Length
+ * (RFC 9110 8.6: none GET would not send). Not chunked as GET is, though:
+ * MHD 0.9.75 ends a chunked answer to HEAD with the last chunk "0\r\n\r\n",
+ * bytes a kept-alive client would take for the next answer. Unchunked and of
+ * no known length, it is closed after the headers (Connection: close), and
+ * RFC 9112 6.1 lets a HEAD answer leave GET's transfer coding unsaid.
+ */
+static enum MHD_Result http_stream_head(http_server *s, struct MHD_Connection *con)
+{
+    struct MHD_Response *mr = MHD_create_response_from_callback(
+        MHD_SIZE_UNKNOWN, HTTP_STREAM_BLOCK, http_stream_head_read, NULL, NULL);
+
+    if (mr == NULL)
+        return MHD_NO;
+    if (MHD_set_response_options(mr, MHD_RF_HTTP_VERSION_1_0_ONLY, MHD_RO_END) != MHD_YES) {
+        MHD_destroy_response(mr);
+        return MHD_NO;
+    }
+    return http_stream_queue(s, con, mr);
+}
+
+/*
  * Answers resp (api_response.events) with the run's event stream, or with a
- * problem when it cannot be opened.
+ * problem when it cannot be opened. HEAD gets the stream's headers alone.
  */
 enum MHD_Result http_stream_start(http_server *s, http_req *r, const char *method,
                                   const char *url, struct MHD_Connection *con,
                                   api_response *resp)
 {
     struct MHD_Response *mr;
-    enum MHD_Result ret;
     engine_result res;
     int err = 0;
-    watcher *w = watch_open(s->hub, WATCH_STREAM, resp->watch_run, resp->since,
-                            resp->events_durable, con, 0, &err);
+    watcher *w;
 
+    if (strcmp(method, "HEAD") == 0) {
+        api_response_free(resp);
+        return http_stream_head(s, con);
+    }
+    w = watch_open(s->hub, WATCH_STREAM, resp->watch_run, resp->since,
+                   resp->events_durable, con, 0, &err);
     if (w == NULL) {
         http_watch_refused(s, resp, err);
         return http_queue(s, r, method, url, con, resp);
@@ -202,18 +261,7 @@ enum MHD_Result http_stream_start(http_server *s, http_req *r, const char *metho
         watch_close(w);
         return MHD_NO;
     }
-    ret = MHD_NO;
-    if (MHD_add_response_header(mr, MHD_HTTP_HEADER_CONTENT_TYPE, "text/event-stream") != MHD_YES ||
-        MHD_add_response_header(mr, MHD_HTTP_HEADER_CACHE_CONTROL, "no-cache") != MHD_YES ||
-        /* Proxies such as nginx would otherwise hold events back to fill their buffers. */
-        MHD_add_response_header(mr, "X-Accel-Buffering", "no") != MHD_YES)
-        goto out;
-    ret = MHD_queue_response(con, MHD_HTTP_OK, mr);
-    if (ret == MHD_YES)
-        api_count_status(s->a, MHD_HTTP_OK);
-out:
-    MHD_destroy_response(mr);
-    return ret;
+    return http_stream_queue(s, con, mr);
 }
 
 /*
