@@ -189,7 +189,11 @@ static const api_route *match(const char *path, route_args *args, const char **b
 
 /* ---- dispatching ---- */
 
-/* application/json, application/<x>+json, optional parameters; absent is taken as JSON. */
+/*
+ * application/json, application/<x>+json, optional parameters; absent is
+ * taken as JSON. A subtype holds no '/': "application/vnd.a/b+json" is no
+ * media type at all.
+ */
 static bool json_content_type(const char *ct)
 {
     if (!ct)
@@ -202,7 +206,7 @@ static bool json_content_type(const char *ct)
     if (n == 16 && strncasecmp(ct, "application/json", 16) == 0)
         return true;
     return n > 17 && strncasecmp(ct, "application/", 12) == 0 &&
-           strncasecmp(ct + n - 5, "+json", 5) == 0 && memchr(ct, '/', n) == ct + 11;
+           strncasecmp(ct + n - 5, "+json", 5) == 0 && memchr(ct + 12, '/', n - 12) == NULL;
 }
 
 bool api_auth_refused(const api *a, const api_request *req)

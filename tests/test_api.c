@@ -479,7 +479,8 @@ Test(api, post_content_types)
     };
     static const char *const bad[] = {
         "text/plain", "application/x-www-form-urlencoded", "text/json", "application/jsonx",
-        "application/+json", "multipart/form-data",
+        "application/+json", "multipart/form-data", "application/vnd.a/b+json",
+        "application//x+json",
     };
     char node[16];
     for (size_t i = 0; i < sizeof ok / sizeof *ok; i++) {
