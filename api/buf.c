@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "text.h"
+#include "utf8.h"
 
 /*
  * First allocation: big enough for a typical node state object (about 400
@@ -128,7 +129,7 @@ void buf_json_string(buf *b, const char *s)
              * of a valid character (a row another program wrote, a cut
              * somewhere upstream) becomes U+FFFD rather than breaking it.
              */
-            size_t n = text_char_len(p, (size_t)(end - p));
+            size_t n = utf8_char_len(p, (size_t)(end - p));
             if (n > 0) {
                 p += n - 1;
                 continue;

@@ -3,46 +3,12 @@
 #include <stdbool.h>
 #include <string.h>
 
+#include "utf8.h"
+
 /* Bytes an escaped byte takes: \xHH. */
 #define TEXT_ESCAPE_LEN 4
 #define TEXT_ELLIPSIS "..."
 #define TEXT_ELLIPSIS_LEN 3
-
-/* The checks on the second byte are what rule out overlongs, surrogates and too big. */
-size_t text_char_len(const char *str, size_t len)
-{
-    const unsigned char *s = (const unsigned char *)str;
-    unsigned char c, lo = 0x80, hi = 0xbf;
-    size_t n;
-
-    if (len == 0)
-        return 0;
-    c = s[0];
-    if (c < 0x80)
-        return 1;
-    if (c >= 0xc2 && c <= 0xdf)
-        n = 2;
-    else if (c >= 0xe0 && c <= 0xef)
-        n = 3;
-    else if (c >= 0xf0 && c <= 0xf4)
-        n = 4;
-    else
-        return 0;
-    if (c == 0xe0)
-        lo = 0xa0;      /* shorter forms are overlong */
-    else if (c == 0xed)
-        hi = 0x9f;      /* U+D800..U+DFFF are surrogates */
-    else if (c == 0xf0)
-        lo = 0x90;
-    else if (c == 0xf4)
-        hi = 0x8f;      /* beyond U+10FFFF */
-    if (len < n || s[1] < lo || s[1] > hi)
-        return 0;
-    for (size_t i = 2; i < n; i++)
-        if (s[i] < 0x80 || s[i] > 0xbf)
-            return 0;
-    return n;
-}
 
 static bool text_is_control(unsigned char c)
 {
@@ -55,7 +21,7 @@ static bool text_is_control(unsigned char c)
  */
 static size_t text_unit(const unsigned char *s, size_t len, size_t *in)
 {
-    size_t n = text_is_control(s[0]) ? 0 : text_char_len((const char *)s, len);
+    size_t n = text_is_control(s[0]) ? 0 : utf8_char_len((const char *)s, len);
 
     if (n == 0) {
         *in = 1;

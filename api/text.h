@@ -23,13 +23,6 @@
  */
 size_t text_safe(char *out, size_t size, const char *s, size_t len);
 
-/*
- * The length (1-4) of the valid UTF-8 character at s, of at most len bytes,
- * or 0 when none starts there. Valid as RFC 3629 says: shortest form only, no
- * surrogates, nothing above U+10FFFF.
- */
-size_t text_char_len(const char *s, size_t len);
-
 /* The value of a hex digit (either case), or -1 for any other byte. */
 int text_hex_digit(char c);
 

@@ -261,6 +261,14 @@ Test(log, quote)
     cr_assert_str_eq(logfmt_quote(buf, 8, "a b c d e f"), "\"a b c\"");
     cr_assert_str_eq(logfmt_quote(buf, 6, "ab\"cd e"), "\"ab\"");
     cr_assert_str_eq(logfmt_quote(buf, 4, "plain"), "pla");
+    /* A line stays UTF-8: characters kept whole, other bytes escaped (and quoted). */
+    cr_assert_str_eq(logfmt_quote(buf, sizeof buf, "caf\xc3\xa9"), "caf\xc3\xa9");
+    cr_assert_str_eq(logfmt_quote(buf, sizeof buf, "/runs/a\xff\xc3"), "\"/runs/a\\xff\\xc3\"");
+    cr_assert_str_eq(logfmt_quote(buf, sizeof buf, "\xed\xa0\x80"),
+                     "\"\\xed\\xa0\\x80\"");
+    cr_assert_str_eq(logfmt_quote(buf, 5, "ab\xe2\x82\xac"), "ab");
+    cr_assert_str_eq(logfmt_quote(buf, 6, "ab\xe2\x82\xac"), "ab\xe2\x82\xac");
+    cr_assert_str_eq(logfmt_quote(buf, 7, "a\xff b"), "\"a\"");
 }
 
 Test(log, null_logger_is_harmless)

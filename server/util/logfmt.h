@@ -13,7 +13,8 @@
 /*
  * Writes value into buf (size bytes) as a logfmt value: as is when it needs
  * no quotes, else in double quotes with '"', '\' and control characters
- * escaped. Truncates to fit. NULL writes "". Returns buf.
+ * escaped, and every byte that is no part of a UTF-8 character as \xHH.
+ * Truncates to fit, between characters. NULL writes "". Returns buf.
  */
 const char *logfmt_quote(char *buf, size_t size, const char *value);
 /*
