@@ -42,7 +42,7 @@ typedef struct codec_batch codec_batch;
  * Decodes {"updates": [ {update + "node_id"}, ... ]} (and optionally
  * "run_id", which must equal run_id). The envelope is all or nothing: NULL
  * with *status 400 (not JSON, not an object), 413 (more than max_items
- * updates, or a tree over codec_tree_budget) or 422 (no "updates" array, an empty one, an unknown member) and
+ * updates) or 422 (no "updates" array, an empty one, an unknown member) and
  * detail. Each item is judged alone like codec_decode_update's body, its
  * node_id (required) checked as an id: a bad item does not refuse the
  * batch, codec_batch_item_at tells its 422 detail.
@@ -59,10 +59,11 @@ codec_batch *codec_decode_batch_tree(const char *body, size_t len, const char *r
                                      size_t max_error_bytes, size_t max_items,
                                      int *status, char *detail, size_t detail_len);
 /*
- * A batch body's jansson tree may take at most codec_tree_budget(len)
- * bytes (CODEC_TREE_PER_BYTE times the body, at least CODEC_TREE_FLOOR):
- * beyond it codec_decode_batch answers 413 without building the tree.
- * codec_tree_estimate is what the tree of body would take, from its text.
+ * A body's jansson tree may take at most codec_tree_budget(len) bytes
+ * (CODEC_TREE_PER_BYTE times the body, at least CODEC_TREE_FLOOR);
+ * codec_tree_estimate is what the tree of body would take, from its text
+ * in one pass without allocating. The api refuses a body over the budget
+ * before codec_decode_update or codec_decode_batch builds its tree.
  */
 #define CODEC_TREE_PER_BYTE 8u
 #define CODEC_TREE_FLOOR ((size_t)64 << 20)

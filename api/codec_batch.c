@@ -370,93 +370,6 @@ fail:
     return NULL;
 }
 
-/*
- * ---- the memory a tree of the body takes, bounded before it is built ----
- *
- * jansson's tree of a body of tiny values takes many times the body (2.14
- * on glibc, measured with malloc's 16 bytes per block: an object 232
- * bytes, an array 136, a member 74 besides its key and value, a string 68
- * plus its length, a number 40, an array slot up to 16 as the array
- * doubles), so 16 MiB of {"updates":[{},{},...]} took 1.26 GB before its
- * items were even counted. The estimate reads the text once, allocating
- * nothing, counting a key as a string too; a body over the budget is
- * refused without a tree.
- */
-#define CODEC_TREE_OBJECT 232u
-#define CODEC_TREE_ARRAY 136u
-#define CODEC_TREE_MEMBER 74u
-#define CODEC_TREE_STRING 68u
-#define CODEC_TREE_NUMBER 40u
-#define CODEC_TREE_SLOT 16u
-
-size_t codec_tree_budget(size_t len)
-{
-    return len > CODEC_TREE_FLOOR / CODEC_TREE_PER_BYTE ? len * CODEC_TREE_PER_BYTE
-                                                        : CODEC_TREE_FLOOR;
-}
-
-size_t codec_tree_estimate(const char *body, size_t len)
-{
-    const char *p = body, *end = body + len;
-    size_t bytes = 0;
-    bool in_number = false;
-    while (p < end) {
-        char c = *p;
-        if (c == '"') {
-            const char *after = codec_skip_string(p, end);
-            if (after == NULL)
-                after = end;
-            bytes += CODEC_TREE_STRING + (size_t)(after - p);
-            p = after;
-            in_number = false;
-            continue;
-        }
-        bool number = (c >= '0' && c <= '9') || c == '-';
-        if (number && !in_number)
-            bytes += CODEC_TREE_NUMBER;
-        in_number = number || (in_number && (c == '.' || c == 'e' || c == 'E' || c == '+'));
-        bytes += c == '{'   ? CODEC_TREE_OBJECT
-                 : c == '[' ? CODEC_TREE_ARRAY
-                 : c == ':' ? CODEC_TREE_MEMBER
-                 : c == ',' ? CODEC_TREE_SLOT
-                            : 0;
-        p++;
-    }
-    return bytes;
-}
-
-/* Counts the items codec_batch_walk finds. */
-static void item_count(void *ctx, size_t i, codec_span item)
-{
-    (void)ctx;
-    (void)i;
-    (void)item;
-}
-
-/*
- * Whether body's tree fits codec_tree_budget; otherwise -1 with *status
- * 413 and detail: too many items when the scanner counts more than
- * max_items (what the envelope would have said), else the body too large
- * to decode.
- */
-static int codec_tree_fits(const char *body, size_t len, size_t max_items, int *status,
-                           char *detail, size_t detail_len)
-{
-    size_t need = codec_tree_estimate(body, len), budget = codec_tree_budget(len);
-    if (need <= budget)
-        return 0;
-    long n = codec_batch_walk(body, len, item_count, NULL);
-    *status = 413;
-    if (n > 0 && (size_t)n > max_items)
-        codec_detail(detail, detail_len, "\"updates\" holds %ld items; at most %zu are taken "
-                     "in one request", n, max_items);
-    else
-        codec_detail(detail, detail_len, "decoding this body would take about %zu MiB; at most "
-                     "%zu MiB is taken for one request: send fewer or smaller updates per request",
-                     need >> 20, budget >> 20);
-    return -1;
-}
-
 codec_batch *codec_decode_batch_tree(const char *body, size_t len, const char *run_id,
                                      size_t max_error_bytes, size_t max_items,
                                      int *status, char *detail, size_t detail_len)
@@ -465,8 +378,6 @@ codec_batch *codec_decode_batch_tree(const char *body, size_t len, const char *r
     codec_detail_dest(&detail, &detail_len, scratch);
     json_error_t err;
     codec_batch *b = calloc(1, sizeof *b);
-    if (codec_tree_fits(body, len, max_items, status, detail, detail_len) != 0)
-        return NULL;
     if (b == NULL) {
         codec_fail(status, 500, detail, detail_len, "%s", "out of memory");
         return NULL;

@@ -237,6 +237,29 @@ static void post_state(api *a, const char *run_id, const char *node_id, const ch
     model_row_unref(row);
 }
 
+/*
+ * Whether req's body would take more memory to decode than its budget
+ * (codec_tree_budget): then answered 413 body-too-large, before a decoder
+ * builds its tree. A body of tiny values ([{},{},...]) costs jansson ~80
+ * times its size: 15 MiB of them took 1.26 GB.
+ */
+static bool body_too_costly(api *a, const api_request *req, api_response *resp)
+{
+    size_t len = req->body ? req->body_len : 0;
+    size_t need = codec_tree_estimate(len ? req->body : "", len);
+    size_t budget = codec_tree_budget(len);
+    if (need <= budget)
+        return false;
+    char detail[192];
+    snprintf(detail, sizeof detail,
+             "decoding this body would take about %zu MiB; at most %zu MiB is taken for one "
+             "request (8 times its size, at least 64 MiB): send fewer or smaller values",
+             need >> 20, budget >> 20);
+    api_count_invalid(a);
+    api_answer_problem(resp, PROBLEM_BODY_TOO_LARGE, detail);
+    return true;
+}
+
 void api_post_state(api *a, const api_request *req, const route_args *args,
                     api_response *resp)
 {
@@ -247,6 +270,8 @@ void api_post_state(api *a, const api_request *req, const route_args *args,
         api_count_invalid(a);
         return;
     }
+    if (body_too_costly(a, req, resp))
+        return;
     post_state(a, args->run_id, args->node_id, req->body ? req->body : "", req->body_len,
                wait, timeout, false, resp);
 }
@@ -534,6 +559,8 @@ void api_post_batch(api *a, const api_request *req, const route_args *args,
         api_count_invalid(a);
         return;
     }
+    if (body_too_costly(a, req, resp))
+        return;
     int status = 400;
     char detail[512];
     engine_batch_item *items = NULL;

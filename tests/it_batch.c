@@ -281,7 +281,7 @@ Test(batch, a_body_of_tiny_values_is_refused_before_it_is_read, .timeout = 120)
     char *body = tiny_values_body((size_t)5 << 20);
     post_batch(s, "tiny", NULL, body, &r);
     free(body);
-    cr_assert_eq(ns_check_problem(&r, 413, "too-many-updates", why, sizeof why), 0, "%s", why);
+    cr_assert_eq(ns_check_problem(&r, 413, "body-too-large", why, sizeof why), 0, "%s", why);
     cr_assert_not_null(strstr(r.body, "decoding this body would take"), "%s", r.body);
     long grew = ns_status_kib(s, "VmHWM") - before;
     /* The body itself (15 MiB) and the budget's floor (64 MiB) at most; it was 1.2 GB. */
