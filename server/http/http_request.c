@@ -73,32 +73,48 @@ typedef struct http_fields_size {
     size_t fields;
 } http_fields_size;
 
+/* Counts the fields, and adds up the bytes of the kinds asked (cookies: MHD's copies). */
+typedef struct http_fields_visit_ctx {
+    http_fields_size *fs;
+    bool count_bytes;
+} http_fields_visit_ctx;
+
 static enum MHD_Result http_fields_visit(void *cls, enum MHD_ValueKind kind,
                                          const char *key, size_t key_size,
                                          const char *value, size_t value_size)
 {
-    http_fields_size *fs = cls;
+    http_fields_visit_ctx *v = cls;
 
     (void)kind;
     (void)key;
     (void)value;
-    fs->bytes += key_size + value_size;
-    fs->fields++;
+    if (v->count_bytes)
+        v->fs->bytes += key_size + value_size;
+    v->fs->fields++;
     return MHD_YES;
 }
 
 /*
- * What the request takes against the bounds above: the request line's
- * parts (url without the query, whose arguments are fields) and every field.
+ * What the request takes against the bounds above. The request's head as
+ * it arrived, whitespace included (MHD strips the blanks around a value
+ * but they stay in its buffer: counting the values alone let 16 KB of
+ * padding through), plus the copy MHD makes of the cookies; and every
+ * field. The names and values alone when MHD does not tell the head's size.
  */
 static http_fields_size http_fields_size_of(struct MHD_Connection *con, const char *method,
                                             const char *url, const char *version)
 {
-    http_fields_size fs = { strlen(method) + strlen(url) + strlen(version), 0 };
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(con, MHD_CONNECTION_INFO_REQUEST_HEADER_SIZE);
+    bool head_known = ci != NULL && ci->header_size > 0;
+    http_fields_size fs = { head_known ? ci->header_size
+                                       : strlen(method) + strlen(url) + strlen(version), 0 };
+    http_fields_visit_ctx lines = { &fs, !head_known }, cookies = { &fs, true };
 
     (void)MHD_get_connection_values_n(
-        con, (enum MHD_ValueKind)(MHD_HEADER_KIND | MHD_COOKIE_KIND | MHD_GET_ARGUMENT_KIND),
-        http_fields_visit, &fs);
+        con, (enum MHD_ValueKind)(MHD_HEADER_KIND | MHD_GET_ARGUMENT_KIND), http_fields_visit,
+        &lines);
+    (void)MHD_get_connection_values_n(con, MHD_COOKIE_KIND, http_fields_visit, &cookies);
     return fs;
 }
 
