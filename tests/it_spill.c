@@ -197,6 +197,59 @@ Test(spill, locked_database_on_sigterm_spills_and_next_start_replays)
     ns_free(s);
 }
 
+static bool spill_done(void *ctx)
+{
+    return ns_log_contains(ctx, "msg=spilled ");
+}
+
+/*
+ * A stop that spilled leaves the start unclean even when the lock goes away
+ * before the process records its stop: a start that does not replay the
+ * sidecar (another --spill-path) skips past every seq handed out, so that
+ * the sidecar replayed later keeps what that start wrote (its delete was
+ * taken for newer than those rows, which lost them).
+ */
+Test(spill, a_start_without_the_sidecar_writes_above_its_seqs)
+{
+    ns_server *s = ns_start("--shutdown-timeout 1");
+    cr_assert_not_null(s);
+    it_post(s, "r", "a", "?wait=true", "{\"status\":\"running\"}", 200);
+    sqlite3 *db = it_lock_db(s);
+    it_post(s, "r", "a", NULL, "{\"status\":\"completed\"}", 202);
+    long long deleted = it_delete_seq(s, "r", NULL, 202);
+    pid_t pid = ns_pid(s);
+    cr_assert_eq(kill(pid, SIGTERM), 0);
+    cr_assert_eq(ns_wait_until(spill_done, s, 30.0, 5), 0, "no spill");
+    /* The lock goes at once: the process may now record its stop. */
+    it_unlock_db(db);
+    cr_assert_eq(ns_stop(s, SIGTERM), 0);
+    cr_assert_eq(ns_db_int(s, "SELECT value FROM nodestate_meta WHERE key='running'", NULL), 1,
+                 "the stop that spilled was recorded clean");
+
+    /* Started with another sidecar path, it does not see the spill. */
+    char other[4300], spill[4300];
+    snprintf(other, sizeof other, "%s.other-spill", ns_db_path(s));
+    snprintf(spill, sizeof spill, "%s.spill", ns_db_path(s));
+    cr_assert_eq(ns_restart(s, "--spill-path %s", other), 0);
+    cr_assert(ns_log_contains(s, "msg=unclean-stop"), "no skip past the spilled seqs");
+    json_t *b = it_post_json(s, "r", "b", "?wait=true", "{\"status\":\"running\"}", 200);
+    long long seq = it_jint(b, "seq");
+    json_decref(b);
+    cr_assert_gt(seq, deleted, "seq %lld is below the spilled delete's %lld", seq, deleted);
+    cr_assert_eq(ns_stop(s, SIGTERM), 0);
+
+    /* The sidecar replayed late keeps r/b, written after its delete. */
+    cr_assert_eq(access(spill, F_OK), 0, "no sidecar %s", spill);
+    cr_assert_eq(ns_restart(s, NULL), 0);
+    cr_assert(ns_log_contains(s, "msg=spill-replayed"), "not replayed");
+    cr_assert_eq(ns_db_int(s, "SELECT count(*) FROM run_node_state WHERE run_id='r' "
+                              "AND node_id='b' AND status='running'", NULL), 1);
+    cr_assert_eq(ns_db_int(s, "SELECT count(*) FROM run_node_state WHERE run_id='r' "
+                              "AND node_id='a'", NULL), 0, "r/a outlived its delete");
+    cr_assert_eq(ns_stop(s, SIGTERM), 0);
+    ns_free(s);
+}
+
 Test(spill, clean_shutdown_leaves_no_sidecar)
 {
     ns_server *s = ns_start("--shutdown-timeout 5 --batch-interval 60");

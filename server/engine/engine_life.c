@@ -369,8 +369,14 @@ size_t engine_close_counted(engine *e, engine_closing *report)
     lockcheck_unlock(&e->lock);
     if (unflushed)
         engine_log(e, NS_LOG_ERROR, "flush-incomplete", "unflushed=%zu", unflushed);
-    /* Every seq handed out is on disk or in the sidecar: the next start needs no skip. */
-    else if (!e->shared && store_meta_set(e->store, META_RUNNING, 0) != 0) {
+    /*
+     * Every seq handed out is on disk: the next start needs no skip. Not
+     * when some went to the sidecar: a start that does not replay it (run
+     * with another --spill-path) must still hand out seqs above them, or
+     * the sidecar's later replay would judge its rows and deletes against
+     * newer writes with seqs below theirs.
+     */
+    else if (!e->shared && spilled == 0 && store_meta_set(e->store, META_RUNNING, 0) != 0) {
         char why[512];
         engine_log(e, NS_LOG_WARN, "clean-stop-not-recorded", "error=%s",
               logfmt_quote(why, sizeof why, store_errmsg(e->store)));
