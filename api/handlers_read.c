@@ -91,6 +91,19 @@ static unsigned status_mask(const char *list)
     return mask;
 }
 
+/*
+ * since as this server can answer it. One above every seq it has handed
+ * out comes from a timeline it does not know: the database was restored
+ * from a backup older than what the client saw, or another instance of a
+ * shared store handed it out. Nothing then says which of the run's nodes
+ * the client has seen, so it gets them all again rather than nothing until
+ * the seqs catch up.
+ */
+static int64_t since_known(api *a, int64_t since)
+{
+    return since > engine_durability_now(a->engine).last_seq ? 0 : since;
+}
+
 /* A seq from a query value or header: digits only, at most 2^63-1. -1 otherwise. */
 static int64_t seq_value(const char *v)
 {
@@ -311,6 +324,7 @@ static void list_since(api *a, const api_request *req, const route_args *args,
                            : "query parameter \"since\" must be a whole number >= 0 (a seq)");
         return;
     }
+    since = since_known(a, since);
     double wait = 0;
     char w[API_QUERY_VALUE_MAX + 1];
     int has = api_query_arg(req, resp, "wait", w);
@@ -507,6 +521,7 @@ void api_watch_run(api *a, const api_request *req, const route_args *args,
             return;
         }
     }
+    since = since_known(a, since);
     has = api_query_arg(req, resp, "durable", v);
     if (has < 0)
         return;

@@ -1194,6 +1194,30 @@ Test(api, batch_of_queued_duplicates_is_200)
     api_response_free(&resp);
 }
 
+/*
+ * A since above every seq the server handed out (a client of a timeline a
+ * restored backup went back from) gets the run again from the start, not
+ * nothing until the seqs catch up.
+ */
+Test(api, a_since_above_every_seq_handed_out_starts_over)
+{
+    cr_assert_eq(post("tl", "n", "{\"status\":\"running\"}"), 202);
+    spec s = { .method = "GET", .path = "/runs/tl/nodes", .query = { { "since", "1000000" } } };
+    api_response resp;
+    call(&s, &resp);
+    cr_assert_eq(resp.status, 200, "%d", resp.status);
+    cr_assert_not_null(strstr(resp.body, "\"node_id\":\"n\""), "%.*s", (int)resp.body_len,
+                       resp.body);
+    api_response_free(&resp);
+    spec ev = { .method = "GET", .path = "/runs/tl/events",
+                .headers = { { "Last-Event-ID", "1000000" } } };
+    call(&ev, &resp);
+    cr_assert_eq(resp.status, 200, "%d", resp.status);
+    cr_assert(resp.events);
+    cr_assert_eq(resp.since, 0, "the stream resumes from %lld", (long long)resp.since);
+    api_response_free(&resp);
+}
+
 /* ---- ?since= over a run of more than one page ---- */
 
 #define SINCE_NODES 12000   /* two pages of the since scan (10,000 each) */
