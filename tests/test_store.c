@@ -485,6 +485,31 @@ Test(store, newer_schema_version_is_refused)
               err);
 }
 
+/*
+ * Another program's database given as --db (a typo) is refused, and left
+ * as it was: no table of ours, its journal mode unchanged.
+ */
+Test(store, another_programs_database_is_refused_untouched)
+{
+    sqlite3 *db = NULL;
+    char err[512] = "";
+
+    cr_assert(sqlite3_open_v2(sfx_db_path(), &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE,
+                              NULL) == SQLITE_OK);
+    cr_assert(sqlite3_exec(db, "CREATE TABLE invoices (id INTEGER PRIMARY KEY, total REAL)",
+                           NULL, NULL, NULL) == SQLITE_OK);
+    sqlite3_close(db);
+
+    cr_assert(store_open(sfx_db_path(), false, err, sizeof err) == NULL);
+    cr_assert(strstr(err, "not a nodestate database") != NULL, "err: %s", err);
+    cr_assert(sqlite3_open_v2(sfx_db_path(), &db, SQLITE_OPEN_READONLY, NULL) == SQLITE_OK);
+    cr_assert(eq(i64, raw_int(db, "SELECT count(*) FROM sqlite_master"), 1), "tables added");
+    char mode[32] = "";
+    raw_text(db, "PRAGMA journal_mode", mode, sizeof mode);
+    cr_assert(eq(str, mode, "delete"), "journal mode %s", mode);
+    sqlite3_close(db);
+}
+
 Test(store, open_errors_name_the_path)
 {
     char err[512] = "";

@@ -172,6 +172,27 @@ static int store_check_schema(sqlite3 *db, char *err, size_t errlen,
         store_set_db_err(err, errlen, path, db, "creating schema");
         goto err;
     }
+    if (version == 0 && !has_table) {
+        /*
+         * No table of ours: a new file, or another program's database (a
+         * typo in --db), which must not gain our tables and a WAL.
+         */
+        int64_t others = 0;
+        if (store_query_int(db, "SELECT count(*) FROM sqlite_master WHERE"
+                                " name NOT LIKE 'sqlite\\_%' ESCAPE '\\' AND name NOT IN"
+                                " ('nodestate_meta', 'run_deletes', 'run_deletes_deleted_at')",
+                            &others) != SQLITE_OK) {
+            store_set_db_err(err, errlen, path, db, "creating schema");
+            goto err;
+        }
+        if (others > 0) {
+            snprintf(msg, sizeof msg,
+                     "not a nodestate database: it holds %lld tables, indexes or views "
+                     "of another program and no run_node_state", (long long)others);
+            store_set_err(err, errlen, path, msg);
+            goto err;
+        }
+    }
     if (version == 0 && has_table) {
         if (store_migrate_v0(db, err, errlen, path) != 0)
             goto err;
