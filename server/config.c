@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/stat.h>
 
 #include "log.h"
 
@@ -699,6 +700,33 @@ static int finish_token(config *c, char source[][ENV_NAME_MAX], char *err,
     return read_token_file(c, &options[fi], source[fi], err, errlen);
 }
 
+/*
+ * --port-file must not name the database or a file beside it that SQLite
+ * or the service keeps: the port written over the database destroyed it,
+ * and every later write answered durable went nowhere. By name, and by
+ * file when both exist (another path to the same file).
+ */
+static int check_port_file(const config *c, char *err, size_t errlen)
+{
+    static const char *const beside[] = { "", "-wal", "-shm", "-journal", ".lock", ".spill" };
+    const char *p = c->port_file, *db = c->db_path;
+    size_t n = strlen(db);
+    struct stat ps, ds;
+
+    if (p[0] == '\0')
+        return 0;
+    bool clash = stat(p, &ps) == 0 && stat(db, &ds) == 0 && ps.st_dev == ds.st_dev &&
+                 ps.st_ino == ds.st_ino;
+    for (size_t i = 0; !clash && i < sizeof beside / sizeof *beside; i++)
+        clash = strncmp(p, db, n) == 0 && strcmp(p + n, beside[i]) == 0;
+    if (clash || strcmp(p, c->spill_path) == 0) {
+        snprintf(err, errlen, "--port-file %s: that is the database's or its sidecar's file; "
+                 "give another path", p);
+        return -1;
+    }
+    return 0;
+}
+
 config_outcome config_parse(config *c, int argc, char **argv,
                             char *(*env)(const char *name), FILE *out,
                             char *err, size_t errlen)
@@ -789,6 +817,8 @@ config_outcome config_parse(config *c, int argc, char **argv,
             return CONFIG_ERROR;
         snprintf(source[i], sizeof source[i], "%s", src);
     }
+    if (check_port_file(c, err, errlen) != 0)
+        return CONFIG_ERROR;
     return finish_token(c, source, err, errlen) == 0 ? CONFIG_RUN : CONFIG_ERROR;
 }
 

@@ -32,8 +32,10 @@
  * Blocks SIGTERM and SIGINT so every thread started later inherits the mask
  * and only sigwait in main sees them; ignores SIGPIPE so a client hanging up
  * is an EPIPE on that one socket, not the death of the process, and SIGHUP,
- * whose default would end the process without a flush when its terminal
- * goes away or an operator sends it out of habit.
+ * SIGUSR1 and SIGUSR2, whose default would end the process without a flush
+ * when its terminal goes away or an operator or a tool sends one out of
+ * habit (log rotation, a reload): the accepted updates still queued were
+ * lost as with SIGKILL.
  */
 static int setup_signals(sigset_t *stop)
 {
@@ -42,7 +44,8 @@ static int setup_signals(sigset_t *stop)
     memset(&ign, 0, sizeof ign);
     ign.sa_handler = SIG_IGN;
     sigemptyset(&ign.sa_mask);
-    if (sigaction(SIGPIPE, &ign, NULL) != 0 || sigaction(SIGHUP, &ign, NULL) != 0)
+    if (sigaction(SIGPIPE, &ign, NULL) != 0 || sigaction(SIGHUP, &ign, NULL) != 0 ||
+        sigaction(SIGUSR1, &ign, NULL) != 0 || sigaction(SIGUSR2, &ign, NULL) != 0)
         return -1;
     if (sigemptyset(stop) != 0 || sigaddset(stop, SIGTERM) != 0 ||
         sigaddset(stop, SIGINT) != 0)
@@ -465,6 +468,9 @@ int main(int argc, char **argv)
     http_stop(srv, left > 0 ? left / 2 : 0);
     engine_close_counted(e, &closing);
     api_free(a);
+    /* A script that waits for the file must not read this process's port once it is gone. */
+    if (cfg.port_file[0] != '\0')
+        unlink(cfg.port_file);
     log_printf(log, NS_LOG_INFO, "stopped", "flushed=%llu spilled=%zu unflushed=%zu",
                (unsigned long long)closing.flushed, closing.spilled, closing.lost);
     status = closing.lost == 0 ? 0 : 1;

@@ -1,8 +1,9 @@
 /*
  * it_portfile: --port-file PATH. Once listening on port 0, the server writes
  * the port it really got (digits and a newline) to PATH, replacing what was
- * there, and serves on it; a server that cannot write the file exits 1 with a
- * message naming it. (The harness starts every server this way.)
+ * there, serves on it, and removes it when it stops; a server that cannot
+ * write the file exits 1 with a message naming it. (The harness starts every
+ * server this way.)
  */
 #include <criterion/criterion.h>
 #include <signal.h>
@@ -36,8 +37,10 @@ Test(portfile, holds_the_port_the_server_listens_on)
     snprintf(tmp, sizeof tmp, "%s.tmp", path);
     cr_assert_neq(access(tmp, F_OK), 0, "the temporary file was left behind");
 
-    /* A restart (on another port 0) replaces the file with its own port. */
+    /* A clean stop removes it: nobody reads a port no process serves. */
     cr_assert_eq(ns_stop(s, SIGTERM), 0);
+    cr_assert_neq(access(path, F_OK), 0, "the port file outlived the process");
+    /* A restart (on another port 0) replaces what is there with its own port. */
     it_write_file(path, "1\n");
     cr_assert_eq(ns_restart(s, NULL), 0);
     it_read_file(path, text, sizeof text);

@@ -3,8 +3,9 @@
  * exits 0, and a restart on the same file serves the persisted state: reads,
  * lists and summaries work, the transition rules apply to what was persisted,
  * and seq keeps growing past anything seen before (deleted runs included).
- * SIGHUP (a closed terminal, an operator's habit) changes nothing: the server
- * keeps serving, and a later SIGTERM still flushes everything.
+ * SIGHUP (a closed terminal, an operator's habit), SIGUSR1 and SIGUSR2 (a
+ * log rotation's or a reload's) change nothing: the server keeps serving,
+ * and a later SIGTERM still flushes everything.
  */
 #include <criterion/criterion.h>
 #include <signal.h>
@@ -84,6 +85,8 @@ Test(shutdown, sighup_is_ignored_and_sigterm_still_flushes)
     cr_assert_eq(ns_stat(s, "updates_processed"), 0);
     pid_t pid = ns_pid(s);
     cr_assert_eq(kill(pid, SIGHUP), 0);
+    cr_assert_eq(kill(pid, SIGUSR1), 0);
+    cr_assert_eq(kill(pid, SIGUSR2), 0);
     /* Still the same process, still serving: reads, writes, health. */
     for (int i = BEFORE; i < BEFORE + AFTER; i++) {
         snprintf(node, sizeof node, "n%03d", i);

@@ -761,6 +761,28 @@ Test(config, token_file_problems_name_option_and_path)
     cr_assert_not_null(strstr(r->err, strerror(ENOENT)), "%s", r->err);
 }
 
+/* --port-file never names the database or its files: the port over the database destroyed it. */
+Test(config, port_file_is_not_the_databases_file)
+{
+    static const char *const clash[] = { "x.db", "x.db-wal", "x.db-shm", "x.db.lock",
+                                         "x.db.spill", "side.spill" };
+    for (size_t i = 0; i < sizeof clash / sizeof *clash; i++) {
+        run *r = parse(ARGS("--db", "x.db", "--spill-path", "side.spill", "--port-file",
+                            clash[i]));
+        cr_assert_eq(r->outcome, CONFIG_ERROR, "%s", clash[i]);
+        cr_assert_not_null(strstr(r->err, "--port-file"), "%s", r->err);
+    }
+    run *r = parse(ARGS("--db", "x.db", "--port-file", "x.db.port"));
+    cr_assert_eq(r->outcome, CONFIG_RUN, "%s", r->err);
+    /* Another name of the same file. */
+    char other[160];
+    snprintf(other, sizeof other, "%s.link", token_path);
+    cr_assert_eq(link(token_path, other), 0, "%s", strerror(errno));
+    r = parse(ARGS("--db", token_path, "--port-file", other));
+    cr_assert_eq(r->outcome, CONFIG_ERROR, "a hard link to the database");
+    unlink(other);
+}
+
 Test(config, token_and_token_file_exclude_each_other)
 {
     /* Every mix of sources: which should win is a guess, so neither does. */
