@@ -60,14 +60,21 @@ static void expect_status(ns_server *s, const char *run, const char *node, const
     cr_assert_fail("%s/%s stayed %s, want %s", run, node, last, want);
 }
 
+/* A second instance on a's store (its run moves there, say); asserted started. */
+static ns_server *start_b(const ns_server *a)
+{
+    ns_server *b = ns_start("--db %s --batch-interval 0.01", ns_db_path(a));
+    cr_assert_not_null(b);
+    return b;
+}
+
 Test(shared, former_owner_cannot_regress_a_node_and_rereads_it)
 {
     if (ns_pg_base() == NULL)
         cr_skip_test("PostgreSQL only: run it_shared_pg with NODESTATE_TEST_PG set");
     ns_server *a = ns_start("--batch-interval 0.01");
     cr_assert_not_null(a);
-    ns_server *b = ns_start("--db %s --batch-interval 0.01", ns_db_path(a));
-    cr_assert_not_null(b);
+    ns_server *b = start_b(a);
     ns_resp r = { 0 };
 
     /* A owns the run first: the node runs, durably. */
@@ -639,8 +646,7 @@ static long long told_deleted(ns_server *s, const char *run, long long seen, con
 Test(shared, a_delete_and_the_write_after_it_are_ordered_across_instances)
 {
     ns_server *a = start_a("--batch-interval 0.01");
-    ns_server *b = ns_start("--db %s --batch-interval 0.01", ns_db_path(a));
-    cr_assert_not_null(b);
+    ns_server *b = start_b(a);
     it_post(b, "mv", "old", "?wait=true", "{\"status\":\"running\"}", 200);
     long long seen = seq_of(b, "mv", "old");
     long long dropped = ns_stat(b, "cache_invalidations");
@@ -672,8 +678,7 @@ Test(shared, a_delete_and_the_write_after_it_are_ordered_across_instances)
 Test(shared, retention_of_a_run_another_instance_wrote_is_numbered_above_it)
 {
     ns_server *a = start_a("--batch-interval 0.01 --retention 1 --retention-interval 0.2");
-    ns_server *b = ns_start("--db %s --batch-interval 0.01", ns_db_path(a));
-    cr_assert_not_null(b);
+    ns_server *b = start_b(a);
     it_post(b, "old", "n1", "?wait=true", "{\"status\":\"completed\"}", 200);
     long long seen = seq_of(b, "old", "n1");
     long long dropped = ns_stat(b, "cache_invalidations");
